@@ -1,0 +1,249 @@
+//! The seed's domain types, as they travel in events and in the HTTP API (camelCase JSON).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AgentId, StepId, WorkflowId};
+
+/// Sampling settings an agent passes to its LLM.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelParameters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+/// A registered agent: who it is, what it knows, and which LLM speaks for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentProfile {
+    pub id: AgentId,
+    pub name: String,
+    pub role: String,
+    pub backstory: String,
+    pub skills: Vec<String>,
+    /// Name of an LLM provider configured on the agent workers (`offline`, `openai`, ...).
+    pub provider: String,
+    pub model: String,
+    #[serde(default)]
+    pub model_parameters: ModelParameters,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowType {
+    #[default]
+    Pipeline,
+    Parallel,
+    Conditional,
+    Recursive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepType {
+    Analysis,
+    Implementation,
+    Review,
+    Testing,
+    Documentation,
+    Coordination,
+    Decision,
+}
+
+/// One step of a workflow (the seed's `WorkflowStep`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkflowStep {
+    pub id: StepId,
+    pub name: String,
+    pub description: String,
+    #[serde(rename = "type")]
+    pub step_type: StepType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_agent_role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_agent_id: Option<AgentId>,
+    #[serde(default)]
+    pub required_skills: Vec<String>,
+    #[serde(default)]
+    pub depends_on: Vec<StepId>,
+    #[serde(default = "yes")]
+    pub can_run_in_parallel: bool,
+    pub instructions: String,
+    pub expected_output: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_minutes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_criteria: Vec<String>,
+    #[serde(default)]
+    pub review_required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewer_role: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommunicationStyle {
+    Formal,
+    Casual,
+    #[default]
+    Technical,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionMaking {
+    Consensus,
+    #[default]
+    Coordinator,
+    Majority,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Coordination {
+    #[serde(default)]
+    pub communication_style: CommunicationStyle,
+    #[serde(default)]
+    pub decision_making: DecisionMaking,
+    #[serde(default = "yes")]
+    pub knowledge_sharing: bool,
+}
+
+impl Default for Coordination {
+    fn default() -> Self {
+        Self {
+            communication_style: CommunicationStyle::default(),
+            decision_making: DecisionMaking::default(),
+            knowledge_sharing: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Constraints {
+    /// Minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_execution_time: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// `false` runs one step at a time even where `dependsOn` would allow more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_parallel_execution: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkflowConfiguration {
+    pub steps: Vec<WorkflowStep>,
+    #[serde(default)]
+    pub coordination: Coordination,
+    #[serde(default)]
+    pub constraints: Constraints,
+}
+
+/// A workflow as created: the seed's `CreateWorkflowRequest` plus its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowDefinition {
+    pub id: WorkflowId,
+    pub name: String,
+    pub description: String,
+    pub workflow_type: WorkflowType,
+    pub participating_agents: Vec<AgentId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_agent_id: Option<AgentId>,
+    pub configuration: WorkflowConfiguration,
+}
+
+impl WorkflowDefinition {
+    pub fn step(&self, id: &StepId) -> Option<&WorkflowStep> {
+        self.configuration.steps.iter().find(|s| &s.id == id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerReason {
+    #[default]
+    Manual,
+    Scheduled,
+    Event,
+    Dependency,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InteractionType {
+    TaskDelegation,
+    KnowledgeSharing,
+    Coordination,
+    Feedback,
+    Question,
+}
+
+impl InteractionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TaskDelegation => "task_delegation",
+            Self::KnowledgeSharing => "knowledge_sharing",
+            Self::Coordination => "coordination",
+            Self::Feedback => "feedback",
+            Self::Question => "question",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KnowledgeType {
+    Insight,
+    Decision,
+    Resource,
+    Constraint,
+    BestPractice,
+}
+
+impl KnowledgeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Insight => "insight",
+            Self::Decision => "decision",
+            Self::Resource => "resource",
+            Self::Constraint => "constraint",
+            Self::BestPractice => "best_practice",
+        }
+    }
+}
+
+/// Token counts reported by the LLM (or estimated by the offline provider).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUsage {
+    pub prompt: u32,
+    pub completion: u32,
+    pub total: u32,
+}
+
+/// What an agent produced for a step, parsed from the seed's response sections.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepResult {
+    pub summary: String,
+    pub output: String,
+    #[serde(default)]
+    pub insights: Vec<String>,
+    #[serde(default)]
+    pub decisions: Vec<String>,
+    #[serde(default)]
+    pub questions: Vec<String>,
+    pub raw_response: String,
+    pub tokens: TokenUsage,
+}

@@ -1,0 +1,103 @@
+//! Stream and consumer settings. Services create or update them at start-up from here, so
+//! every replica and every test agrees on them.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer, stream};
+
+use crate::subjects;
+
+/// The event log: every fact, kept forever, never edited.
+pub const EVENTS_STREAM: &str = "CADRE_EVENTS";
+
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a re-published copy. Beyond it, the
+/// consumers' own idempotency takes over (the projector's event index, the coordinator's state).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Largest event accepted; a step's LLM output is the biggest payload.
+pub const MAX_EVENT_BYTES: i32 = 1024 * 1024;
+
+pub fn events_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.to_owned(),
+        description: Some("Cadre event log: the source of truth".to_owned()),
+        subjects: vec![subjects::ALL_EVENTS.to_owned()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_message_size: MAX_EVENT_BYTES,
+        allow_direct: true,
+        // The log is append-only: no message is deleted or purged, so a replay from sequence 1
+        // always sees everything that happened.
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    }
+}
+
+/// The priority group whose single pinned client does the work of a consumer; other replicas
+/// pull the same group and wait on standby, taking over when the pin times out.
+pub const ACTIVE_GROUP: &str = "active";
+/// How long a silent pinned client keeps its pin.
+pub const PIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pull expiry for pinned consumers: well below [`PIN_TIMEOUT`], so a live client never loses it.
+pub const PINNED_PULL_EXPIRY: Duration = Duration::from_secs(5);
+
+pub const COORDINATOR_CONSUMER: &str = "coordinator";
+pub const AGENT_WORKER_CONSUMER: &str = "agent-worker";
+pub const PROJECTOR_CONSUMER: &str = "projector";
+
+/// The coordinator folds every execution-state event in order. One replica is active at a time
+/// (pinned client): its in-memory execution states stay a gap-free prefix of the log.
+pub fn coordinator_consumer() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(COORDINATOR_CONSUMER.to_owned()),
+        description: Some("coordinator: folds execution events and decides".to_owned()),
+        filter_subject: subjects::ALL_EXECUTION_EVENTS.to_owned(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 20_000,
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![ACTIVE_GROUP.to_owned()],
+        priority_timeout: PIN_TIMEOUT,
+        ..Default::default()
+    }
+}
+
+/// How often the agent workers try a step whose LLM call keeps failing transiently.
+pub const AGENT_WORKER_MAX_DELIVER: i64 = 5;
+
+/// All agent-worker replicas share this queue; each step goes to one of them.
+pub fn agent_worker_consumer() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(AGENT_WORKER_CONSUMER.to_owned()),
+        description: Some("agent workers: run scheduled steps".to_owned()),
+        filter_subject: subjects::ALL_SCHEDULED_STEPS.to_owned(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        // Workers send in-progress acks while an LLM call runs, so this only bounds how long a
+        // crashed worker holds a step.
+        ack_wait: Duration::from_secs(30),
+        max_deliver: AGENT_WORKER_MAX_DELIVER,
+        max_ack_pending: 20_000,
+        ..Default::default()
+    }
+}
+
+/// The projector folds every event into Postgres in stream order; one replica is active.
+pub fn projector_consumer() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(PROJECTOR_CONSUMER.to_owned()),
+        description: Some("projector: folds events into Postgres read models".to_owned()),
+        filter_subject: subjects::ALL_EVENTS.to_owned(),
+        // Acking a batch's last message acks the batch: the checkpoint committed with the rows
+        // is what really records progress.
+        ack_policy: consumer::AckPolicy::All,
+        ack_wait: Duration::from_secs(60),
+        max_ack_pending: 50_000,
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![ACTIVE_GROUP.to_owned()],
+        priority_timeout: PIN_TIMEOUT,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,131 @@
+//! Subject builders: the only place where a subject is spelled.
+//!
+//! Layout (tokens after `cadre.events.<tenant>`):
+//! - `agent.<agent>.registered`
+//! - `workflow.<workflow>.created`, `workflow.<workflow>.knowledge.shared`
+//! - `workflow.<workflow>.execution.<execution>.{started,completed,failed}`
+//! - `workflow.<workflow>.execution.<execution>.step.<step>.{scheduled,started,completed,failed}`
+//! - `workflow.<workflow>.interactions.<execution>.recorded`
+//!
+//! Everything under `execution.<execution>.>` is the execution's state and is appended with an
+//! expected last sequence over that filter. Interactions live beside it, not inside it, so an
+//! agent chatting never makes the coordinator's optimistic append retry.
+
+use crate::ids::{AgentId, ExecutionId, StepId, TenantId, WorkflowId};
+
+pub const PREFIX: &str = "cadre.events";
+/// Every Cadre event.
+pub const ALL_EVENTS: &str = "cadre.events.>";
+/// Every execution-state event of every tenant: what the coordinator folds.
+pub const ALL_EXECUTION_EVENTS: &str = "cadre.events.*.workflow.*.execution.>";
+/// Every scheduled step of every tenant: the agent workers' queue.
+pub const ALL_SCHEDULED_STEPS: &str = "cadre.events.*.workflow.*.execution.*.step.*.scheduled";
+
+pub const REGISTERED: &str = "registered";
+pub const CREATED: &str = "created";
+pub const SCHEDULED: &str = "scheduled";
+pub const STARTED: &str = "started";
+pub const COMPLETED: &str = "completed";
+pub const FAILED: &str = "failed";
+
+pub fn agent(tenant: &TenantId, agent: AgentId, fact: &str) -> String {
+    format!("{PREFIX}.{tenant}.agent.{agent}.{fact}")
+}
+
+pub fn workflow(tenant: &TenantId, workflow: WorkflowId, fact: &str) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.{fact}")
+}
+
+pub fn knowledge(tenant: &TenantId, workflow: WorkflowId) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.knowledge.shared")
+}
+
+pub fn interactions(tenant: &TenantId, workflow: WorkflowId, execution: ExecutionId) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.interactions.{execution}.recorded")
+}
+
+pub fn execution(
+    tenant: &TenantId,
+    workflow: WorkflowId,
+    execution: ExecutionId,
+    fact: &str,
+) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.execution.{execution}.{fact}")
+}
+
+pub fn step(
+    tenant: &TenantId,
+    workflow: WorkflowId,
+    execution: ExecutionId,
+    step: &StepId,
+    fact: &str,
+) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.execution.{execution}.step.{step}.{fact}")
+}
+
+/// All of one execution's state events: the filter of its optimistic-concurrency check and of
+/// its replay.
+pub fn execution_state(tenant: &TenantId, workflow: WorkflowId, execution: ExecutionId) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.execution.{execution}.>")
+}
+
+/// The `started` events of all executions of a workflow: the last one holds the last
+/// execution number, and appending the next one expects it to still be the last.
+pub fn execution_starts(tenant: &TenantId, workflow: WorkflowId) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.execution.*.{STARTED}")
+}
+
+/// All state events of one step of one execution.
+pub fn step_state(
+    tenant: &TenantId,
+    workflow: WorkflowId,
+    execution: ExecutionId,
+    step: &StepId,
+) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.execution.{execution}.step.{step}.*")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(filter: &str, subject: &str) -> bool {
+        let f: Vec<&str> = filter.split('.').collect();
+        let s: Vec<&str> = subject.split('.').collect();
+        for (i, token) in f.iter().enumerate() {
+            match *token {
+                ">" => return s.len() > i,
+                "*" if i < s.len() => {}
+                t if s.get(i) == Some(&t) => {}
+                _ => return false,
+            }
+        }
+        f.len() == s.len()
+    }
+
+    #[test]
+    fn filters_select_exactly_their_events() {
+        let t = TenantId::default_tenant();
+        let (w, e) = (WorkflowId::new(), ExecutionId::new());
+        let s = StepId::parse("design").unwrap();
+        let scheduled = step(&t, w, e, &s, SCHEDULED);
+        let started = execution(&t, w, e, STARTED);
+        let chat = interactions(&t, w, e);
+        let know = knowledge(&t, w);
+
+        assert!(matches(ALL_SCHEDULED_STEPS, &scheduled));
+        assert!(!matches(ALL_SCHEDULED_STEPS, &step(&t, w, e, &s, STARTED)));
+        for subject in [&scheduled, &started] {
+            assert!(matches(ALL_EXECUTION_EVENTS, subject));
+            assert!(matches(&execution_state(&t, w, e), subject));
+        }
+        for subject in [&chat, &know] {
+            assert!(!matches(ALL_EXECUTION_EVENTS, subject), "{subject}");
+            assert!(!matches(&execution_state(&t, w, e), subject));
+            assert!(matches(ALL_EVENTS, subject));
+        }
+        assert!(matches(&execution_starts(&t, w), &started));
+        assert!(!matches(&execution_starts(&t, w), &step(&t, w, e, &s, STARTED)));
+        assert!(matches(&step_state(&t, w, e, &s), &scheduled));
+    }
+}
