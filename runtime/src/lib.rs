@@ -1,1 +1,10 @@
+//! What every Cadre service shares: layered configuration, telemetry with W3C trace-context
+//! propagation, structured shutdown, and the thin adapter that puts [`cadre_proto`] events on
+//! NATS JetStream and reads them back.
+//!
+//! No domain logic lives here: deciding what to publish is the services' job.
 
+pub mod bus;
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;

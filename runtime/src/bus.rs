@@ -1,0 +1,242 @@
+//! The event bus: JetStream as Cadre's event log.
+//!
+//! Every publish carries `Nats-Msg-Id` = the event id (a retried publish is dropped as a
+//! duplicate) and the current trace context; appends that protect an invariant also carry an
+//! expected last sequence over a subject filter, so two writers cannot fork an aggregate.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context, stream};
+use bytes::Bytes;
+use cadre_proto::envelope::CONTENT_TYPE;
+use cadre_proto::{DecodeError, Envelope, streams};
+use futures::StreamExt;
+
+/// Header naming the subject filter that `Nats-Expected-Last-Subject-Sequence` applies to
+/// (NATS server 2.11+). Without it the check would cover only the event's own subject.
+pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+    "Nats-Expected-Last-Subject-Sequence-Subject";
+
+/// The error type of NATS calls whose kinds do not matter to the caller.
+pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects, retrying until the server answers (it may start after us in a pod).
+pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client, NatsError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(client_name)
+        .retry_on_initial_connect()
+        .connect(url)
+        .await?;
+    Ok(client)
+}
+
+/// Creates the event stream, or brings an existing one to the settings in [`streams`].
+pub async fn ensure_event_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<stream::Stream, NatsError> {
+    let config = streams::events_stream(replicas);
+    match js.get_stream(streams::EVENTS_STREAM).await {
+        Ok(mut existing) => {
+            let current = existing.info().await?.config.clone();
+            if current.subjects != config.subjects
+                || current.duplicate_window != config.duplicate_window
+                || current.max_message_size != config.max_message_size
+            {
+                js.update_stream(config).await?;
+            }
+            Ok(existing)
+        }
+        Err(_) => Ok(js.get_or_create_stream(config).await?),
+    }
+}
+
+/// Where an append may land.
+#[derive(Debug, Clone)]
+pub enum Append {
+    /// Anywhere: the event is a fact whose id makes a repeat harmless.
+    Any,
+    /// Only if the last message on `filter` has this stream sequence (0: none yet).
+    ExpectLast { filter: String, sequence: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Someone appended to the filter since we read it: re-read and decide again.
+    #[error("another writer appended first (expected last sequence {expected} on {filter})")]
+    Conflict { filter: String, expected: u64 },
+    #[error("publish to NATS failed: {0}")]
+    Nats(#[from] context::PublishError),
+}
+
+/// A stored event and its stream sequence.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub sequence: u64,
+    pub envelope: Envelope,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading the event log failed: {0}")]
+    Nats(NatsError),
+    #[error("stored event at sequence {sequence} cannot be decoded: {error}")]
+    Decode { sequence: u64, error: DecodeError },
+}
+
+/// Publishes and reads Cadre events on the event stream.
+#[derive(Clone)]
+pub struct EventBus {
+    js: jetstream::Context,
+    stream: stream::Stream,
+}
+
+impl EventBus {
+    /// Connects to the event stream, creating it when absent.
+    pub async fn open(js: jetstream::Context, replicas: usize) -> Result<Self, NatsError> {
+        let stream = ensure_event_stream(&js, replicas).await?;
+        Ok(Self { js, stream })
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn stream(&self) -> &stream::Stream {
+        &self.stream
+    }
+
+    /// Appends one event and waits until JetStream has stored it.
+    pub async fn publish(
+        &self,
+        envelope: &Envelope,
+        append: Append,
+    ) -> Result<jetstream::publish::PublishAck, PublishError> {
+        let ack = self.send(envelope, &append).await?;
+        ack.await.map_err(|error| classify(error, &append))
+    }
+
+    /// Appends events without expectations, all in flight at once, and waits until every one is
+    /// stored. They are stored in the order given.
+    pub async fn publish_all(
+        &self,
+        envelopes: &[Envelope],
+    ) -> Result<Vec<jetstream::publish::PublishAck>, PublishError> {
+        let mut pending = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            pending.push(self.send(envelope, &Append::Any).await?);
+        }
+        let mut acks = Vec::with_capacity(pending.len());
+        for ack in pending {
+            acks.push(ack.await?);
+        }
+        Ok(acks)
+    }
+
+    async fn send(
+        &self,
+        envelope: &Envelope,
+        append: &Append,
+    ) -> Result<context::PublishAckFuture, PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Content-Type", CONTENT_TYPE);
+        crate::telemetry::inject(&mut headers);
+        let mut publish = jetstream::message::PublishMessage::build()
+            .headers(headers)
+            .message_id(envelope.meta.id.to_string())
+            .payload(Bytes::from(envelope.encode()));
+        if let Append::ExpectLast { filter, sequence } = append {
+            publish = publish
+                .expected_last_subject_sequence(*sequence)
+                .header(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, filter.as_str());
+        }
+        self.js
+            .send_publish(envelope.nats_subject(), publish)
+            .await
+            .map_err(|error| classify(error, append))
+    }
+
+    /// The last event stored on `filter` (wildcards allowed), if any.
+    pub async fn last_event(&self, filter: &str) -> Result<Option<Stored>, ReadError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self.stream.get_last_raw_message_by_subject(filter).await {
+            Ok(message) => decode_stored(message.sequence, &message.payload).map(Some),
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(error) => Err(ReadError::Nats(Box::new(error))),
+        }
+    }
+
+    /// Every event stored on `filter`, in order, as of the moment of the call.
+    pub async fn read_all(&self, filter: &str) -> Result<Vec<Stored>, ReadError> {
+        let nats = |e: NatsError| ReadError::Nats(e);
+        let consumer = self
+            .stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(Box::new(e)))?;
+        let mut events = Vec::new();
+        let pending = consumer.cached_info().num_pending;
+        if pending == 0 {
+            return Ok(events);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| nats(Box::new(e)))?;
+        while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .map_err(|e| nats(Box::new(e)))?
+        {
+            let message = message.map_err(|e| nats(Box::new(e)))?;
+            let info = message.info().map_err(|e| nats(e))?;
+            let (sequence, remaining) = (info.stream_sequence, info.pending);
+            events.push(decode_stored(sequence, &message.payload)?);
+            if remaining == 0 {
+                break;
+            }
+        }
+        Ok(events)
+    }
+}
+
+fn decode_stored(sequence: u64, payload: &[u8]) -> Result<Stored, ReadError> {
+    Envelope::decode(payload)
+        .map(|envelope| Stored { sequence, envelope })
+        .map_err(|error| ReadError::Decode { sequence, error })
+}
+
+fn classify(error: context::PublishError, append: &Append) -> PublishError {
+    match (error.kind(), append) {
+        (context::PublishErrorKind::WrongLastSequence, Append::ExpectLast { filter, sequence }) => {
+            PublishError::Conflict {
+                filter: filter.clone(),
+                expected: *sequence,
+            }
+        }
+        _ => PublishError::Nats(error),
+    }
+}
+
+/// Stops redelivery of a message that can never be processed, recording why: the reason goes
+/// to the log here and, on NATS 2.11+, into the server's `MSG_TERMINATED` advisory.
+pub async fn terminate(message: &jetstream::Message, reason: &str) {
+    let (sequence, consumer) = message
+        .info()
+        .map(|i| (i.stream_sequence, i.consumer.to_owned()))
+        .unwrap_or_default();
+    tracing::warn!(
+        subject = %message.subject,
+        sequence,
+        consumer,
+        reason,
+        "terminating a message that cannot be processed"
+    );
+    if let Some(reply) = &message.reply {
+        let body = Bytes::from(format!("+TERM {reason}"));
+        if let Err(error) = message.context.client().publish(reply.clone(), body).await {
+            tracing::warn!(%error, sequence, "could not send the terminate acknowledgement");
+        }
+    }
+}
