@@ -84,7 +84,8 @@ pub fn agent_worker_consumer() -> consumer::pull::Config {
     }
 }
 
-/// The projector folds every event into Postgres in stream order; one replica is active.
+/// The projector folds every event into Postgres in stream order. One replica is active: it
+/// holds a Postgres advisory lock, which also keeps a `rebuild` from running beside it.
 pub fn projector_consumer() -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(PROJECTOR_CONSUMER.to_owned()),
@@ -95,9 +96,6 @@ pub fn projector_consumer() -> consumer::pull::Config {
         ack_policy: consumer::AckPolicy::All,
         ack_wait: Duration::from_secs(60),
         max_ack_pending: 50_000,
-        priority_policy: consumer::PriorityPolicy::PinnedClient,
-        priority_groups: vec![ACTIVE_GROUP.to_owned()],
-        priority_timeout: PIN_TIMEOUT,
         ..Default::default()
     }
 }

@@ -6,5 +6,6 @@
 
 pub mod bus;
 pub mod config;
+pub mod health;
 pub mod shutdown;
 pub mod telemetry;
