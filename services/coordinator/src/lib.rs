@@ -1,1 +1,2 @@
-
+//! Cadre's coordinator.
+pub mod domain;

@@ -1,0 +1,462 @@
+//! The seed's prompt for a step and its parsing of the answer, as pure functions.
+//!
+//! The system prompt makes the model the agent (persona, backstory), gives it the team context
+//! (the step, the workflow's communication style, the team's relevant knowledge) and asks for
+//! the seed's sections; [`parse_step_result`] reads those sections back exactly as the seed's
+//! `parseStepResult` did, fallbacks included.
+
+use cadre_proto::model::{
+    AgentProfile, CommunicationStyle, StepResult, TokenUsage, WorkflowStep,
+};
+use serde::Serialize;
+
+/// One item of the workflow's shared knowledge, as the prompt shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnowledgeItem {
+    pub title: String,
+    /// `insight`, `decision`, ... as stored by the projector.
+    pub knowledge_type: String,
+    pub content: String,
+}
+
+/// What the model is asked, in OpenAI's two roles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepPrompt {
+    pub system: String,
+    pub user: String,
+}
+
+// Labels shared by the prompt builder and by `read_prompt`, so the offline provider reads what
+// the builder writes.
+const STEP_LABEL: &str = "Step: ";
+const EXPECTED_OUTPUT_LABEL: &str = "Expected Output: ";
+const KNOWLEDGE_HEADER: &str = "Relevant Team Knowledge:";
+const CLOSING_REQUEST: &str =
+    "Please complete this step thoroughly and provide the structured response format requested.";
+
+pub fn step_prompt(
+    agent: &AgentProfile,
+    step: &WorkflowStep,
+    style: CommunicationStyle,
+    knowledge: &[KnowledgeItem],
+) -> StepPrompt {
+    StepPrompt {
+        system: system_prompt(agent, step, style, knowledge),
+        user: user_prompt(step),
+    }
+}
+
+fn system_prompt(
+    agent: &AgentProfile,
+    step: &WorkflowStep,
+    style: CommunicationStyle,
+    knowledge: &[KnowledgeItem],
+) -> String {
+    format!(
+        "You are {name}, a {role}.
+
+{backstory}
+
+You are working as part of a collaborative team on a workflow. Your role is to complete the assigned step with high quality and professionalism.
+
+The team communicates in a {style_name} style: {style_rule}.
+
+Team Context:
+{context}
+When completing tasks, please:
+1. Follow the step instructions carefully
+2. Provide clear, actionable outputs
+3. Share any insights or recommendations for the team
+4. Note any questions or concerns for other team members
+5. Be thorough but concise in your response
+
+Structure your response as follows:
+## Summary
+[Brief summary of what you accomplished]
+
+## Output
+[The actual deliverable/result for this step]
+
+## Insights
+[Any valuable insights or learnings]
+
+## Decisions
+[Any decisions you made during this step]
+
+## Questions/Concerns
+[Any issues or questions for the team]",
+        name = agent.name,
+        role = agent.role,
+        backstory = agent.backstory,
+        style_name = serde_name(&style),
+        style_rule = style_rule(style),
+        context = execution_context(step, knowledge),
+    )
+}
+
+fn style_rule(style: CommunicationStyle) -> &'static str {
+    match style {
+        CommunicationStyle::Formal => "complete sentences and a professional, impersonal tone",
+        CommunicationStyle::Casual => "plain, friendly language and short sentences",
+        CommunicationStyle::Technical => {
+            "precise technical language, concrete details and no filler"
+        }
+    }
+}
+
+/// The seed's `buildExecutionContext`. A knowledge item's content may span lines (an item
+/// joins a step's insights); its continuation lines are indented so that every item still
+/// starts with `- ` at the beginning of a line.
+fn execution_context(step: &WorkflowStep, knowledge: &[KnowledgeItem]) -> String {
+    let mut context = String::from("Step Context:\n");
+    context.push_str(&format!("- Step Name: {}\n", step.name));
+    context.push_str(&format!("- Step Type: {}\n", serde_name(&step.step_type)));
+    context.push_str(&format!(
+        "- Required Skills: {}\n",
+        step.required_skills.join(", ")
+    ));
+    if !step.depends_on.is_empty() {
+        let depends_on: Vec<&str> = step.depends_on.iter().map(|id| id.as_str()).collect();
+        context.push_str(&format!("- Depends on steps: {}\n", depends_on.join(", ")));
+    }
+    if !step.validation_criteria.is_empty() {
+        context.push_str(&format!(
+            "- Validation Criteria: {}\n",
+            step.validation_criteria.join(", ")
+        ));
+    }
+    if !knowledge.is_empty() {
+        context.push_str(&format!("\n{KNOWLEDGE_HEADER}\n"));
+        for item in knowledge {
+            let content = item.content.trim().replace('\n', "\n  ");
+            context.push_str(&format!(
+                "- {} ({}): {content}\n",
+                item.title, item.knowledge_type
+            ));
+        }
+    }
+    context
+}
+
+fn user_prompt(step: &WorkflowStep) -> String {
+    format!(
+        "{STEP_LABEL}{name}
+
+Description: {description}
+
+Instructions: {instructions}
+
+{EXPECTED_OUTPUT_LABEL}{expected}
+
+{CLOSING_REQUEST}",
+        name = step.name,
+        description = step.description,
+        instructions = step.instructions,
+        expected = step.expected_output,
+    )
+}
+
+/// The snake_case name serde gives a unit enum variant (`analysis`, `technical`).
+fn serde_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
+/// What a prompt built by [`step_prompt`] is about, read back from its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptFacts {
+    pub step_name: String,
+    pub expected_output: String,
+    pub knowledge_items: usize,
+}
+
+/// Reads a prompt the way a model would have to: from its text alone.
+pub fn read_prompt(system: &str, user: &str) -> PromptFacts {
+    let step_name = user
+        .lines()
+        .find_map(|line| line.strip_prefix(STEP_LABEL))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let expected_output = user
+        .split_once(EXPECTED_OUTPUT_LABEL)
+        .map(|(_, rest)| rest.rsplit_once(CLOSING_REQUEST).map_or(rest, |(e, _)| e))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let knowledge_items = system
+        .split_once(KNOWLEDGE_HEADER)
+        .map(|(_, rest)| {
+            rest.lines()
+                .skip(1)
+                .take_while(|line| !line.is_empty())
+                .filter(|line| line.starts_with("- "))
+                .count()
+        })
+        .unwrap_or(0);
+    PromptFacts {
+        step_name,
+        expected_output,
+        knowledge_items,
+    }
+}
+
+/// The seed's `parseStepResult` plus the fallbacks of `executeStepWithAI`: the answer is split
+/// at every `##` followed by whitespace; a section's first line is its header, matched by
+/// substring (`summary`, `output`, `insight`, `decision`, `question` or `concern`), and a later
+/// section with the same header wins. List sections keep their non-blank lines as they are.
+/// An empty summary becomes "Completed <step name>"; an empty output becomes the whole answer.
+pub fn parse_step_result(step_name: &str, response: &str, tokens: TokenUsage) -> StepResult {
+    let mut summary = String::new();
+    let mut output = String::new();
+    let mut insights = Vec::new();
+    let mut decisions = Vec::new();
+    let mut questions = Vec::new();
+
+    for section in split_at_headings(response) {
+        let section = section.trim();
+        let (first_line, content) = section.split_once('\n').unwrap_or((section, ""));
+        let header = first_line.trim().to_lowercase();
+        let content = content.trim();
+        if header.contains("summary") {
+            summary = content.to_owned();
+        } else if header.contains("output") {
+            output = content.to_owned();
+        } else if header.contains("insight") {
+            insights = non_blank_lines(content);
+        } else if header.contains("decision") {
+            decisions = non_blank_lines(content);
+        } else if header.contains("question") || header.contains("concern") {
+            questions = non_blank_lines(content);
+        }
+    }
+
+    StepResult {
+        summary: if summary.is_empty() {
+            format!("Completed {step_name}")
+        } else {
+            summary
+        },
+        output: if output.is_empty() {
+            response.to_owned()
+        } else {
+            output
+        },
+        insights,
+        decisions,
+        questions,
+        raw_response: response.to_owned(),
+        tokens,
+    }
+}
+
+/// JavaScript's `text.split(/##\s+/)`.
+fn split_at_headings(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut sections = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    while at + 1 < bytes.len() {
+        if bytes[at] == b'#' && bytes[at + 1] == b'#' {
+            let whitespace: usize = text[at + 2..]
+                .chars()
+                .take_while(|c| c.is_whitespace())
+                .map(char::len_utf8)
+                .sum();
+            if whitespace > 0 {
+                sections.push(&text[start..at]);
+                at += 2 + whitespace;
+                start = at;
+                continue;
+            }
+        }
+        at += 1;
+    }
+    sections.push(&text[start..]);
+    sections
+}
+
+fn non_blank_lines(content: &str) -> Vec<String> {
+    content
+        .split('\n')
+        .filter(|line| !line.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use cadre_proto::model::{ModelParameters, StepType};
+    use cadre_proto::{AgentId, StepId};
+
+    use super::*;
+
+    fn agent() -> AgentProfile {
+        AgentProfile {
+            id: AgentId::new(),
+            name: "Ada".to_owned(),
+            role: "software architect".to_owned(),
+            backstory: "Ada has designed distributed systems for twenty years.".to_owned(),
+            skills: vec!["architecture".to_owned()],
+            provider: "offline".to_owned(),
+            model: "none".to_owned(),
+            model_parameters: ModelParameters::default(),
+        }
+    }
+
+    fn step() -> WorkflowStep {
+        WorkflowStep {
+            id: StepId::parse("design").unwrap(),
+            name: "Design the API".to_owned(),
+            description: "Design the public HTTP API.".to_owned(),
+            step_type: StepType::Analysis,
+            assigned_agent_role: None,
+            preferred_agent_id: None,
+            required_skills: vec!["architecture".to_owned(), "http".to_owned()],
+            depends_on: vec![StepId::parse("research").unwrap()],
+            can_run_in_parallel: true,
+            instructions: "List the endpoints.".to_owned(),
+            expected_output: "An endpoint table".to_owned(),
+            timeout_minutes: None,
+            validation_criteria: vec!["covers CRUD".to_owned()],
+            review_required: false,
+            reviewer_role: None,
+        }
+    }
+
+    fn knowledge() -> Vec<KnowledgeItem> {
+        vec![
+            KnowledgeItem {
+                title: "Insights from Research".to_owned(),
+                knowledge_type: "insight".to_owned(),
+                content: "- Users want pagination\n- Latency matters".to_owned(),
+            },
+            KnowledgeItem {
+                title: "Decisions from Research".to_owned(),
+                knowledge_type: "decision".to_owned(),
+                content: "- Use JSON".to_owned(),
+            },
+        ]
+    }
+
+    #[test]
+    fn prompt_carries_persona_context_knowledge_and_sections() {
+        let prompt = step_prompt(&agent(), &step(), CommunicationStyle::Formal, &knowledge());
+        let system = &prompt.system;
+        assert!(system.starts_with("You are Ada, a software architect.\n\nAda has designed"));
+        assert!(system.contains("communicates in a formal style"));
+        assert!(system.contains("Team Context:\nStep Context:\n- Step Name: Design the API\n"));
+        assert!(system.contains("- Step Type: analysis\n"));
+        assert!(system.contains("- Required Skills: architecture, http\n"));
+        assert!(system.contains("- Depends on steps: research\n"));
+        assert!(system.contains("- Validation Criteria: covers CRUD\n"));
+        assert!(system.contains(
+            "Relevant Team Knowledge:\n\
+             - Insights from Research (insight): - Users want pagination\n  - Latency matters\n\
+             - Decisions from Research (decision): - Use JSON\n"
+        ));
+        for section in ["## Summary", "## Output", "## Insights", "## Decisions", "## Questions/Concerns"] {
+            assert!(system.contains(section), "{section}");
+        }
+        assert_eq!(
+            prompt.user,
+            "Step: Design the API\n\nDescription: Design the public HTTP API.\n\n\
+             Instructions: List the endpoints.\n\nExpected Output: An endpoint table\n\n\
+             Please complete this step thoroughly and provide the structured response format requested."
+        );
+    }
+
+    #[test]
+    fn prompt_without_knowledge_or_dependencies_omits_them() {
+        let mut step = step();
+        step.depends_on.clear();
+        step.validation_criteria.clear();
+        let prompt = step_prompt(&agent(), &step, CommunicationStyle::Technical, &[]);
+        assert!(!prompt.system.contains("Relevant Team Knowledge"));
+        assert!(!prompt.system.contains("Depends on steps"));
+        assert!(!prompt.system.contains("Validation Criteria"));
+        assert!(prompt.system.contains("communicates in a technical style"));
+    }
+
+    #[test]
+    fn prompt_facts_read_back_what_was_written() {
+        let prompt = step_prompt(&agent(), &step(), CommunicationStyle::Casual, &knowledge());
+        assert_eq!(
+            read_prompt(&prompt.system, &prompt.user),
+            PromptFacts {
+                step_name: "Design the API".to_owned(),
+                expected_output: "An endpoint table".to_owned(),
+                knowledge_items: 2,
+            }
+        );
+        let bare = step_prompt(&agent(), &step(), CommunicationStyle::Casual, &[]);
+        assert_eq!(read_prompt(&bare.system, &bare.user).knowledge_items, 0);
+    }
+
+    #[test]
+    fn parses_the_seed_sections() {
+        let text = "## Summary\nDesigned the API.\n\n## Output\n| GET | /items |\n| POST | /items |\n\n\
+                    ## Insights\n- Pagination is needed\n\n- Cache reads\n\n## Decisions\n- JSON only\n\n\
+                    ## Questions/Concerns\n- Who owns auth?\n";
+        let tokens = TokenUsage { prompt: 10, completion: 20, total: 30 };
+        let result = parse_step_result("Design", text, tokens);
+        assert_eq!(result.summary, "Designed the API.");
+        assert_eq!(result.output, "| GET | /items |\n| POST | /items |");
+        assert_eq!(result.insights, vec!["- Pagination is needed", "- Cache reads"]);
+        assert_eq!(result.decisions, vec!["- JSON only"]);
+        assert_eq!(result.questions, vec!["- Who owns auth?"]);
+        assert_eq!(result.raw_response, text);
+        assert_eq!(result.tokens, tokens);
+    }
+
+    #[test]
+    fn unstructured_answers_fall_back_like_the_seed() {
+        let text = "I did the thing, no headings here.";
+        let result = parse_step_result("Design", text, TokenUsage::default());
+        assert_eq!(result.summary, "Completed Design");
+        assert_eq!(result.output, text);
+        assert!(result.insights.is_empty() && result.decisions.is_empty());
+        assert!(result.questions.is_empty());
+
+        // Empty sections count as missing.
+        let result = parse_step_result("Design", "## Summary\n\n## Output\n", TokenUsage::default());
+        assert_eq!(result.summary, "Completed Design");
+        assert_eq!(result.output, "## Summary\n\n## Output\n");
+    }
+
+    #[test]
+    fn odd_headings_behave_as_the_regex_split_did() {
+        // Headers match by substring and case-insensitively; the last of a kind wins; a
+        // "Concerns" header is the questions section; text before the first heading is ignored.
+        let text = "Preamble\n##   EXECUTIVE SUMMARY  \nFirst\n## Summary\nSecond\n\
+                    ##\nKey Insights:\n  indented line\n  plain\n## Concerns\nrisk one\n";
+        let result = parse_step_result("S", text, TokenUsage::default());
+        assert_eq!(result.summary, "Second");
+        // "##\n" splits too (\s matches a newline); the header is then the next line. The
+        // content is trimmed as a whole, so only inner lines keep their indentation.
+        assert_eq!(result.insights, vec!["indented line", "  plain"]);
+        assert_eq!(result.questions, vec!["risk one"]);
+
+        // "###" leaves a '#' behind in the previous section and still splits before the header;
+        // "##x" (no whitespace) does not split at all.
+        let text = "### Output\nthe deliverable ##x not a heading\n## Decision log\n- a\n";
+        let result = parse_step_result("S", text, TokenUsage::default());
+        assert_eq!(result.output, "the deliverable ##x not a heading");
+        assert_eq!(result.decisions, vec!["- a"]);
+
+        // A header that names two kinds goes to the first in the seed's order.
+        let result = parse_step_result("S", "## Output summary\nx\n", TokenUsage::default());
+        assert_eq!(result.summary, "x");
+        assert_eq!(result.output, "## Output summary\nx\n");
+    }
+
+    #[test]
+    fn splits_like_javascript() {
+        assert_eq!(split_at_headings("a## b##c##\t\nd"), vec!["a", "b##c", "d"]);
+        assert_eq!(split_at_headings("##"), vec!["##"]);
+        assert_eq!(split_at_headings("## "), vec!["", ""]);
+        assert_eq!(split_at_headings("é## ü"), vec!["é", "ü"]);
+    }
+}
