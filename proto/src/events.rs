@@ -309,6 +309,23 @@ impl Event {
         }
     }
 
+    /// The workflow an event belongs to, if any.
+    pub fn workflow_id(&self) -> Option<WorkflowId> {
+        match self {
+            Self::AgentRegistered(_) => None,
+            Self::WorkflowCreated(e) => Some(e.workflow.id),
+            Self::KnowledgeShared(e) => Some(e.workflow_id),
+            Self::ExecutionStarted(e) => Some(e.workflow_id),
+            Self::StepScheduled(e) => Some(e.workflow_id),
+            Self::StepStarted(e) => Some(e.workflow_id),
+            Self::InteractionRecorded(e) => Some(e.workflow_id),
+            Self::StepCompleted(e) => Some(e.workflow_id),
+            Self::StepFailed(e) => Some(e.workflow_id),
+            Self::ExecutionCompleted(e) => Some(e.workflow_id),
+            Self::ExecutionFailed(e) => Some(e.workflow_id),
+        }
+    }
+
     /// The execution an event belongs to, if any.
     pub fn execution_id(&self) -> Option<ExecutionId> {
         match self {

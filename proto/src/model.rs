@@ -6,7 +6,7 @@ use crate::ids::{AgentId, StepId, WorkflowId};
 
 /// Sampling settings an agent passes to its LLM.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ModelParameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
@@ -54,7 +54,7 @@ pub enum StepType {
 
 /// One step of a workflow (the seed's `WorkflowStep`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkflowStep {
     pub id: StepId,
     pub name: String,
@@ -106,7 +106,7 @@ pub enum DecisionMaking {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Coordination {
     #[serde(default)]
     pub communication_style: CommunicationStyle,
@@ -127,7 +127,7 @@ impl Default for Coordination {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Constraints {
     /// Minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,7 +140,7 @@ pub struct Constraints {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkflowConfiguration {
     pub steps: Vec<WorkflowStep>,
     #[serde(default)]

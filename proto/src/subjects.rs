@@ -75,6 +75,11 @@ pub fn execution_starts(tenant: &TenantId, workflow: WorkflowId) -> String {
     format!("{PREFIX}.{tenant}.workflow.{workflow}.execution.*.{STARTED}")
 }
 
+/// The start of an execution whose workflow is not known to the reader.
+pub fn execution_started_in_any_workflow(tenant: &TenantId, execution: ExecutionId) -> String {
+    format!("{PREFIX}.{tenant}.workflow.*.execution.{execution}.{STARTED}")
+}
+
 /// All state events of one step of one execution.
 pub fn step_state(
     tenant: &TenantId,

@@ -117,6 +117,26 @@ impl EventBus {
         ack.await.map_err(|error| classify(error, &append))
     }
 
+    /// Appends `envelopes` in order after the message at `expected` on `filter`, each expecting
+    /// the one before it; returns the last one's sequence. On a conflict, the events before it
+    /// are stored and the rest are not: the caller re-reads and decides again.
+    pub async fn append_after(
+        &self,
+        envelopes: &[Envelope],
+        filter: &str,
+        expected: u64,
+    ) -> Result<u64, PublishError> {
+        let mut last = expected;
+        for envelope in envelopes {
+            let append = Append::ExpectLast {
+                filter: filter.to_owned(),
+                sequence: last,
+            };
+            last = self.publish(envelope, append).await?.sequence;
+        }
+        Ok(last)
+    }
+
     /// Appends events without expectations, all in flight at once, and waits until every one is
     /// stored. They are stored in the order given.
     pub async fn publish_all(

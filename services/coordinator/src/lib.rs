@@ -1,2 +1,115 @@
-//! Cadre's coordinator.
+//! Cadre's coordinator: the HTTP command API and the event-sourced execution state machine.
+//!
+//! [`domain`] is the pure core (decide/evolve, assignment, validation). [`api`] validates
+//! commands and appends their events; [`processor`] folds execution events and appends the
+//! decisions. The coordinator never writes to Postgres: it only reads the projector's models.
+
+pub mod api;
 pub mod domain;
+pub mod processor;
+pub mod read;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use cadre_proto::TenantId;
+use cadre_runtime::bus::{self, EventBus};
+use cadre_runtime::health::Readiness;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub nats_url: String,
+    pub database_url: String,
+    pub http_addr: SocketAddr,
+    /// JetStream replicas of the event stream (3 in a cluster).
+    pub stream_replicas: usize,
+    /// Parallel lanes of the event processor; one execution always uses the same lane.
+    pub shards: usize,
+    pub db_max_connections: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            database_url: "postgres://postgres@127.0.0.1:5432/cadre".into(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            stream_replicas: 1,
+            shards: 16,
+            db_max_connections: 16,
+        }
+    }
+}
+
+/// A started coordinator.
+pub struct Running {
+    /// Where the HTTP API listens (useful with port 0).
+    pub http_addr: SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the coordinator has stopped (after `shutdown` is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("coordinator task panicked")?
+    }
+}
+
+/// Connects, binds the API and starts the event processor; returns once serving.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let client = bus::connect(&config.nats_url, "cadre-coordinator")
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", config.nats_url))?;
+    let bus = EventBus::open(async_nats::jetstream::new(client), config.stream_replicas)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the event stream: {e}"))?;
+    // Lazy: the API's commands work while Postgres is down; only its queries answer 503.
+    let db = PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&config.database_url)
+        .context("parsing DATABASE_URL")?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the API to {}", config.http_addr))?;
+    let http_addr = listener.local_addr()?;
+    let readiness = Readiness::default();
+    let app = api::router(
+        api::AppState {
+            bus: bus.clone(),
+            db,
+            tenant: TenantId::default_tenant(),
+        },
+        readiness.clone(),
+    );
+    tracing::info!(%http_addr, "coordinator API listening");
+
+    let task = tokio::spawn(async move {
+        let processor = tokio::spawn(processor::run(
+            bus,
+            config.shards,
+            shutdown.clone(),
+            readiness,
+        ));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await
+            .context("serving the API")?;
+        processor
+            .await
+            .context("event processor panicked")?
+            .map_err(|e| anyhow::anyhow!("event processor: {e}"))
+    });
+    Ok(Running { http_addr, task })
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown).await?.wait().await
+}

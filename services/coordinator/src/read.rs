@@ -1,0 +1,235 @@
+//! Queries over the projector's read models, shaped as the API returns them. Read models lag
+//! the event log by the projection lag; the API says so where it matters.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use cadre_proto::TenantId;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub backstory: String,
+    pub skills: serde_json::Value,
+    pub provider: String,
+    pub model: String,
+    pub model_parameters: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowView {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub workflow_type: String,
+    pub configuration: serde_json::Value,
+    pub participating_agents: serde_json::Value,
+    pub coordinator_agent_id: Option<Uuid>,
+    pub status: String,
+    pub total_steps: i32,
+    pub execution_count: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub actual_duration: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionView {
+    pub id: Uuid,
+    pub workflow_id: Uuid,
+    pub execution_number: i32,
+    pub trigger_reason: String,
+    pub triggered_by: Option<String>,
+    pub current_step_id: Option<String>,
+    pub execution_context: serde_json::Value,
+    pub step_results: serde_json::Value,
+    pub active_agents: serde_json::Value,
+    pub agent_assignments: serde_json::Value,
+    pub status: String,
+    pub error_message: Option<String>,
+    pub final_output: Option<serde_json::Value>,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct InteractionView {
+    pub id: Uuid,
+    pub workflow_execution_id: Uuid,
+    pub from_agent_id: Option<Uuid>,
+    pub to_agent_id: Option<Uuid>,
+    pub interaction_type: String,
+    pub message: String,
+    pub context_data: serde_json::Value,
+    pub related_step_id: Option<String>,
+    pub requires_response: bool,
+    pub response_received: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct KnowledgeView {
+    pub id: Uuid,
+    pub workflow_id: Uuid,
+    pub execution_id: Uuid,
+    pub step_id: String,
+    pub title: String,
+    pub content: String,
+    pub knowledge_type: String,
+    pub created_by_agent_id: Uuid,
+    pub validated_by_agents: serde_json::Value,
+    pub relevance_score: f64,
+    pub usage_count: i32,
+    pub tags: serde_json::Value,
+    pub is_active: bool,
+    pub superseded_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn agents(db: &PgPool, tenant: &TenantId, page: Page) -> sqlx::Result<Vec<AgentView>> {
+    sqlx::query_as(
+        "SELECT id, name, role, backstory, skills, provider, model, model_parameters, created_at
+         FROM agents WHERE tenant_id = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3",
+    )
+    .bind(tenant.as_str())
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(db)
+    .await
+}
+
+/// Kept as macros so queries stay `&'static str`: sqlx refuses SQL built at run time.
+macro_rules! workflow_columns {
+    () => {
+        "id, name, description, workflow_type, configuration,
+    participating_agents, coordinator_agent_id, status, total_steps, execution_count,
+    started_at, completed_at, actual_duration, created_at, updated_at"
+    };
+}
+
+pub async fn workflows(
+    db: &PgPool,
+    tenant: &TenantId,
+    page: Page,
+) -> sqlx::Result<Vec<WorkflowView>> {
+    sqlx::query_as(concat!(
+        "SELECT ", workflow_columns!(), " FROM collaboration_workflows WHERE tenant_id = $1
+         ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
+    ))
+    .bind(tenant.as_str())
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn workflow(db: &PgPool, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<WorkflowView>> {
+    sqlx::query_as(concat!(
+        "SELECT ", workflow_columns!(), " FROM collaboration_workflows WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(tenant.as_str())
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+macro_rules! execution_columns {
+    () => {
+        "id, workflow_id, execution_number, trigger_reason, triggered_by,
+    current_step_id, execution_context, step_results, active_agents, agent_assignments, status,
+    error_message, final_output, started_at, completed_at, updated_at"
+    };
+}
+
+pub async fn execution(
+    db: &PgPool,
+    tenant: &TenantId,
+    id: Uuid,
+) -> sqlx::Result<Option<ExecutionView>> {
+    sqlx::query_as(concat!(
+        "SELECT ", execution_columns!(), " FROM workflow_executions WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(tenant.as_str())
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn executions(
+    db: &PgPool,
+    tenant: &TenantId,
+    workflow_id: Uuid,
+    page: Page,
+) -> sqlx::Result<Vec<ExecutionView>> {
+    sqlx::query_as(concat!(
+        "SELECT ", execution_columns!(), " FROM workflow_executions
+         WHERE tenant_id = $1 AND workflow_id = $2
+         ORDER BY execution_number DESC LIMIT $3 OFFSET $4"
+    ))
+    .bind(tenant.as_str())
+    .bind(workflow_id)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn interactions(
+    db: &PgPool,
+    tenant: &TenantId,
+    execution_id: Uuid,
+    page: Page,
+) -> sqlx::Result<Vec<InteractionView>> {
+    sqlx::query_as(
+        "SELECT id, workflow_execution_id, from_agent_id, to_agent_id, interaction_type, message,
+                context_data, related_step_id, requires_response, response_received, created_at
+         FROM agent_interactions WHERE tenant_id = $1 AND workflow_execution_id = $2
+         ORDER BY event_sequence LIMIT $3 OFFSET $4",
+    )
+    .bind(tenant.as_str())
+    .bind(execution_id)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn knowledge(
+    db: &PgPool,
+    tenant: &TenantId,
+    workflow_id: Uuid,
+    page: Page,
+) -> sqlx::Result<Vec<KnowledgeView>> {
+    sqlx::query_as(
+        "SELECT id, workflow_id, execution_id, step_id, title, content, knowledge_type,
+                created_by_agent_id, validated_by_agents, relevance_score, usage_count, tags,
+                is_active, superseded_by, created_at
+         FROM collaboration_knowledge WHERE tenant_id = $1 AND workflow_id = $2
+         ORDER BY event_sequence LIMIT $3 OFFSET $4",
+    )
+    .bind(tenant.as_str())
+    .bind(workflow_id)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(db)
+    .await
+}
