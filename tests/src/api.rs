@@ -1,0 +1,186 @@
+//! A small client for the coordinator's HTTP API, shared by the tests, the demo and the bench.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub location: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            base: base.into(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn reply(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let header = |name: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+        let location = header(reqwest::header::LOCATION);
+        let bytes = response.bytes().await.expect("response body");
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply {
+            status,
+            content_type,
+            location,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
+        Self::reply(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, Some("application/json"), body.to_string().into_bytes())
+            .await
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut request = self.http.post(format!("{}{path}", self.base)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
+        Self::reply(request.send().await.expect("POST")).await
+    }
+
+    fn expect(reply: Reply, status: u16, what: &str) -> Value {
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        reply.body
+    }
+
+    /// Registers an agent and returns it as the API echoes it.
+    pub async fn register_agent(&self, agent: &Value) -> Value {
+        Self::expect(self.post("/v1/agents", agent).await, 201, "registering an agent")
+    }
+
+    pub async fn create_workflow(&self, workflow: &Value) -> Value {
+        Self::expect(
+            self.post("/v1/workflows", workflow).await,
+            201,
+            "creating a workflow",
+        )
+    }
+
+    /// Starts an execution; returns `(executionId, executionNumber)`.
+    pub async fn start_execution(&self, workflow_id: &str) -> (String, u64) {
+        let body = Self::expect(
+            self.post(&format!("/v1/workflows/{workflow_id}/executions"), &json!({}))
+                .await,
+            202,
+            "starting an execution",
+        );
+        (
+            body["executionId"].as_str().expect("executionId").to_owned(),
+            body["executionNumber"].as_u64().expect("executionNumber"),
+        )
+    }
+
+    /// Polls the execution's read model until it is completed or failed.
+    pub async fn wait_until_finished(&self, execution_id: &str, timeout: Duration) -> Value {
+        crate::eventually(timeout, "the execution to finish", || async {
+            let reply = self.get(&format!("/v1/executions/{execution_id}")).await;
+            let status = reply.body["status"].as_str().unwrap_or_default();
+            (reply.status == 200 && matches!(status, "completed" | "failed")).then_some(reply.body)
+        })
+        .await
+    }
+}
+
+/// An agent request body.
+pub fn agent(name: &str, role: &str, skills: &[&str], provider: &str) -> Value {
+    json!({
+        "name": name,
+        "role": role,
+        "backstory": format!("{name} has shipped many projects as a {role}."),
+        "skills": skills,
+        "provider": provider,
+        "model": if provider == "offline" { "offline-deterministic" } else { "gpt-4o-mini" },
+        "modelParameters": { "temperature": 0.3, "maxTokens": 1200 }
+    })
+}
+
+/// The three agents of the demo pipeline, in step order.
+pub fn team(provider: &str) -> Vec<Value> {
+    vec![
+        agent("Ada", "analyst", &["requirements analysis", "research"], provider),
+        agent("Linus", "engineer", &["rust", "implementation"], provider),
+        agent("Grace", "reviewer", &["code review", "testing"], provider),
+    ]
+}
+
+/// A pipeline of `steps` steps, each depending on the previous one, spread over `agents`
+/// (ids) by required skills. The first three are the seed's analyse → build → review.
+pub fn pipeline(name: &str, agent_ids: &[String], skills: &[&[&str]], steps: usize) -> Value {
+    const KINDS: [(&str, &str, &str); 3] = [
+        ("analysis", "Analyse requirements", "A list of requirements and risks"),
+        ("implementation", "Implement the change", "A description of the implementation"),
+        ("review", "Review the implementation", "Review findings and a verdict"),
+    ];
+    let steps: Vec<Value> = (0..steps)
+        .map(|i| {
+            let (kind, title, output) = KINDS[i % KINDS.len()];
+            let id = format!("step-{}", i + 1);
+            let depends_on: Vec<String> = if i == 0 { vec![] } else { vec![format!("step-{i}")] };
+            json!({
+                "id": id,
+                "name": if steps <= KINDS.len() { title.to_owned() } else { format!("{title} ({})", i + 1) },
+                "description": format!("{title} for the real-time collaboration feature."),
+                "type": kind,
+                "requiredSkills": skills[i % skills.len()],
+                "dependsOn": depends_on,
+                "instructions": format!("{title}. Build on what the team already shared."),
+                "expectedOutput": output,
+                "timeoutMinutes": 10
+            })
+        })
+        .collect();
+    json!({
+        "name": name,
+        "description": "Analyse, build and review a feature as a team.",
+        "workflowType": "pipeline",
+        "participatingAgents": agent_ids,
+        "configuration": {
+            "steps": steps,
+            "coordination": { "communicationStyle": "technical", "decisionMaking": "coordinator", "knowledgeSharing": true },
+            "constraints": { "maxRetries": 1 }
+        }
+    })
+}
+
+/// The skills each step of [`pipeline`] requires, matching [`team`].
+pub const PIPELINE_SKILLS: [&[&str]; 3] = [&["research"], &["rust"], &["code review"]];

@@ -1,0 +1,165 @@
+//! Cadre's three services, in-process, on a private NATS server and a fresh database.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cadre_agent_worker::ProviderConfig;
+use cadre_runtime::bus::{self, EventBus};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Api;
+use crate::fake_llm::FakeLlm;
+use crate::nats::NatsServer;
+use crate::pg::TestDb;
+
+/// The provider name under which tests reach the fake OpenAI-compatible server.
+pub const FAKE_PROVIDER: &str = "fake-openai";
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Simulated latency of the built-in offline provider.
+    pub offline_latency_ms: u64,
+    pub worker_concurrency: usize,
+    pub coordinator_shards: usize,
+    pub projector_max_batch: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            offline_latency_ms: 0,
+            worker_concurrency: 64,
+            coordinator_shards: 8,
+            projector_max_batch: 1000,
+        }
+    }
+}
+
+pub struct Stack {
+    pub api: Api,
+    pub bus: EventBus,
+    pub llm: FakeLlm,
+    pub db: TestDb,
+    pub nats: NatsServer,
+    shutdown: CancellationToken,
+    services: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+/// Logs of the services under test, when `RUST_LOG` asks for them.
+fn init_test_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> Self {
+        init_test_logging();
+        let nats = NatsServer::start();
+        let db = TestDb::create().await;
+        let llm = FakeLlm::start().await.expect("fake LLM server");
+        let shutdown = CancellationToken::new();
+
+        let client = bus::connect(&nats.url, "cadre-tests").await.expect("NATS");
+        let bus = EventBus::open(async_nats::jetstream::new(client), 1)
+            .await
+            .expect("event stream");
+
+        let mut services = Vec::new();
+        let coordinator = cadre_coordinator::start(
+            cadre_coordinator::Config {
+                nats_url: nats.url.clone(),
+                database_url: db.url.clone(),
+                http_addr: "127.0.0.1:0".parse().expect("address"),
+                shards: options.coordinator_shards,
+                ..Default::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .expect("coordinator starts");
+        let api = Api::new(format!("http://{}", coordinator.http_addr));
+        services.push(("coordinator", tokio::spawn(coordinator.wait())));
+
+        let mut stack = Self {
+            api,
+            bus,
+            llm,
+            db,
+            nats,
+            shutdown,
+            services,
+        };
+        stack.spawn_projector(options.projector_max_batch);
+        stack.spawn_worker(options.worker_concurrency, options.offline_latency_ms);
+        stack
+    }
+
+    pub fn projector_config(&self, max_batch: usize) -> cadre_projector::Config {
+        cadre_projector::Config {
+            nats_url: self.nats.url.clone(),
+            database_url: self.db.url.clone(),
+            health_addr: "127.0.0.1:0".parse().expect("address"),
+            max_batch,
+            ..Default::default()
+        }
+    }
+
+    fn spawn_projector(&mut self, max_batch: usize) {
+        let config = self.projector_config(max_batch);
+        let task = tokio::spawn(cadre_projector::run(config, self.shutdown.clone()));
+        self.services.push(("projector", task));
+    }
+
+    fn spawn_worker(&mut self, concurrency: usize, offline_latency_ms: u64) {
+        let config = cadre_agent_worker::Config {
+            nats_url: self.nats.url.clone(),
+            database_url: self.db.url.clone(),
+            health_addr: "127.0.0.1:0".into(),
+            worker_id: "test-worker".into(),
+            concurrency,
+            knowledge_wait_secs: 10,
+            providers: BTreeMap::from([
+                (
+                    "offline".to_owned(),
+                    ProviderConfig::Offline {
+                        latency_ms: offline_latency_ms,
+                    },
+                ),
+                (
+                    FAKE_PROVIDER.to_owned(),
+                    ProviderConfig::OpenAiCompatible {
+                        base_url: self.llm.base_url(),
+                        api_key: Some("test-key".to_owned().into()),
+                        timeout_secs: 10,
+                    },
+                ),
+            ]),
+            ..Default::default()
+        };
+        let task = tokio::spawn(cadre_agent_worker::run(config, self.shutdown.clone()));
+        self.services.push(("agent-worker", task));
+    }
+
+    /// Asks every service to stop and checks that each stopped cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for (name, task) in self.services {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => panic!("{name} stopped with an error: {error:#}"),
+                Ok(Err(panic)) => panic!("{name} panicked: {panic}"),
+                Err(_) => panic!("{name} did not stop within 30 s of the stop request"),
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The guarantees of the event log that Cadre's design rests on, checked on a real server.
+
+use chrono::Utc;
+use cadre_proto::events::{AgentRegistered, ExecutionFailed};
+use cadre_proto::model::{AgentProfile, ModelParameters};
+use cadre_proto::{AgentId, Envelope, Event, ExecutionId, TenantId, WorkflowId, subjects};
+use cadre_runtime::bus::{self, Append, EventBus, PublishError};
+use cadre_tests::nats::NatsServer;
+
+async fn open(nats: &NatsServer) -> EventBus {
+    let client = bus::connect(&nats.url, "event-log-test").await.unwrap();
+    EventBus::open(async_nats::jetstream::new(client), 1).await.unwrap()
+}
+
+fn failed(workflow_id: WorkflowId, execution_id: ExecutionId, error: &str) -> Envelope {
+    Envelope::new(
+        "/test",
+        TenantId::default_tenant(),
+        Utc::now(),
+        Event::ExecutionFailed(ExecutionFailed {
+            execution_id,
+            workflow_id,
+            failed_step_id: None,
+            error: error.into(),
+        }),
+    )
+}
+
+#[tokio::test]
+async fn republishing_an_event_id_stores_it_once() {
+    let nats = NatsServer::start();
+    let bus = open(&nats).await;
+    let agent = AgentProfile {
+        id: AgentId::new(),
+        name: "Ada".into(),
+        role: "analyst".into(),
+        backstory: String::new(),
+        skills: vec![],
+        provider: "offline".into(),
+        model: "m".into(),
+        model_parameters: ModelParameters::default(),
+    };
+    let envelope = Envelope::new(
+        "/test",
+        TenantId::default_tenant(),
+        Utc::now(),
+        Event::AgentRegistered(AgentRegistered { agent }),
+    );
+    let first = bus.publish(&envelope, Append::Any).await.unwrap();
+    let again = bus.publish(&envelope, Append::Any).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate, "same Nats-Msg-Id inside the duplicate window");
+    assert_eq!(again.sequence, first.sequence);
+    let info = bus.stream().clone().info().await.unwrap().state.messages;
+    assert_eq!(info, 1);
+}
+
+#[tokio::test]
+async fn an_expected_sequence_over_a_filter_stops_a_second_writer() {
+    let nats = NatsServer::start();
+    let bus = open(&nats).await;
+    let tenant = TenantId::default_tenant();
+    let (workflow, execution) = (WorkflowId::new(), ExecutionId::new());
+    let filter = subjects::execution_state(&tenant, workflow, execution);
+
+    // Two writers both saw "nothing yet" (sequence 0); only the first append lands.
+    let a = failed(workflow, execution, "writer a");
+    let b = failed(workflow, execution, "writer b");
+    let stored = bus.append_after(std::slice::from_ref(&a), &filter, 0).await.unwrap();
+    let refused = bus.append_after(std::slice::from_ref(&b), &filter, 0).await;
+    assert!(
+        matches!(refused, Err(PublishError::Conflict { expected: 0, .. })),
+        "{refused:?}"
+    );
+
+    // The filter's last event, found with a wildcard, is the one that landed.
+    let last = bus.last_event(&filter).await.unwrap().expect("an event");
+    assert_eq!(last.sequence, stored);
+    assert_eq!(last.envelope, a);
+    let by_wildcard = bus
+        .last_event(&format!("cadre.events.{tenant}.workflow.*.execution.{execution}.*"))
+        .await
+        .unwrap()
+        .expect("an event");
+    assert_eq!(by_wildcard.sequence, stored);
+
+    // Appending after the right sequence works, and a reader sees both in order.
+    let c = failed(workflow, execution, "writer b, after re-reading");
+    bus.append_after(std::slice::from_ref(&c), &filter, stored).await.unwrap();
+    let all = bus.read_all(&filter).await.unwrap();
+    assert_eq!(
+        all.iter().map(|s| s.envelope.clone()).collect::<Vec<_>>(),
+        vec![a, c]
+    );
+    assert!(bus.last_event(&subjects::execution_state(&tenant, workflow, ExecutionId::new())).await.unwrap().is_none());
+}
