@@ -151,9 +151,14 @@ impl Stack {
     }
 
     /// Asks every service to stop and checks that each stopped cleanly.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
+        self.stop_services().await;
+    }
+
+    /// [`Stack::stop`], keeping NATS and the database for a look afterwards.
+    pub async fn stop_services(&mut self) {
         self.shutdown.cancel();
-        for (name, task) in self.services {
+        for (name, task) in self.services.drain(..) {
             match tokio::time::timeout(Duration::from_secs(30), task).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(error))) => panic!("{name} stopped with an error: {error:#}"),

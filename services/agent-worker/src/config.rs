@@ -102,6 +102,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // figment's `Jail` closures return its (large) error type.
+    #[allow(clippy::result_large_err)]
     fn providers_come_from_environment_nesting() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("CADRE_PROVIDERS__OPENAI__KIND", "openai_compatible");

@@ -1,1 +1,191 @@
+//! Cadre's agent worker: it runs the workflow steps the coordinator schedules.
+//!
+//! Each `StepScheduled` on the `agent-worker` queue is done by one replica: it announces the
+//! step (`StepStarted`), waits until the read models hold the knowledge the step's
+//! dependencies shared, asks the agent's LLM with the seed's prompt, and records what came back:
+//! the agent's questions (`InteractionRecorded`), its insights and decisions (`KnowledgeShared`),
+//! then `StepCompleted` — or `StepFailed` when the provider refuses for good. The message is
+//! acked only after those events are stored, and every event id derives from the scheduled
+//! event's id, so a redelivered step changes nothing.
+//!
+//! The worker decides nothing about the execution (which step comes next, retries of a failed
+//! step, the execution's outcome: that is the coordinator's), and it writes no read model
+//! (that is the projector's); it only reads them.
 
+// In tests a panic is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod config;
+pub mod knowledge;
+pub mod llm;
+pub mod prompt;
+pub mod step;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use cadre_proto::streams;
+use cadre_runtime::bus::{self, EventBus};
+use cadre_runtime::health::Readiness;
+use futures::StreamExt;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, ProviderConfig};
+
+use crate::knowledge::KnowledgeView;
+use crate::llm::Providers;
+use crate::worker::Worker;
+
+/// How long shutdown waits for running steps; below Kubernetes' default 30 s grace period.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long steps handed back at the drain deadline get to send their nak.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(2);
+/// Messages pulled ahead of the running steps. A pulled message's ack deadline runs while it
+/// waits for a free slot, so the client buffers only a few.
+const PREFETCH_LIMIT: usize = 16;
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Read-model connections; one of them listens for checkpoint notifications.
+const DATABASE_CONNECTIONS: u32 = 16;
+
+/// Runs the worker until `shutdown`, then lets running steps finish (for up to 20 s).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_readiness(config, Readiness::default(), shutdown).await
+}
+
+/// [`run`], reporting on `readiness` whether the worker is consuming.
+pub async fn run_with_readiness(
+    config: Config,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let providers =
+        Providers::from_config(&config.providers).context("configuring LLM providers")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(DATABASE_CONNECTIONS)
+        .connect_lazy(&config.database_url)
+        .context("parsing database_url")?;
+    let knowledge = KnowledgeView::start(pool);
+
+    let client_name = format!("cadre-agent-worker/{}", config.worker_id);
+    let Some(client) = shutdown
+        .run_until_cancelled(bus::connect(&config.nats_url, &client_name))
+        .await
+    else {
+        return Ok(());
+    };
+    let client = client.map_err(|error| anyhow::anyhow!(error).context("connecting to NATS"))?;
+    let bus = EventBus::open(async_nats::jetstream::new(client), config.stream_replicas)
+        .await
+        .map_err(|error| anyhow::anyhow!(error).context("opening the event stream"))?;
+    let consumer: PullConsumer = bus
+        .stream()
+        .get_or_create_consumer(
+            streams::AGENT_WORKER_CONSUMER,
+            streams::agent_worker_consumer(),
+        )
+        .await
+        .context("creating the agent-worker consumer")?;
+
+    let worker = Arc::new(Worker {
+        bus,
+        providers,
+        knowledge,
+        knowledge_limit: config.knowledge_limit,
+        knowledge_wait: config.knowledge_wait(),
+    });
+    tracing::info!(
+        worker_id = config.worker_id,
+        concurrency = config.concurrency,
+        "agent worker consuming scheduled steps"
+    );
+    consume(
+        worker,
+        consumer,
+        config.concurrency.max(1),
+        readiness,
+        shutdown,
+    )
+    .await
+}
+
+/// Pulls steps while a slot is free, each in its own task; on shutdown stops pulling and
+/// drains.
+async fn consume(
+    worker: Arc<Worker>,
+    consumer: PullConsumer,
+    concurrency: usize,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrency.min(PREFETCH_LIMIT))
+        .heartbeat(IDLE_HEARTBEAT)
+        .messages()
+        .await
+        .context("pulling from the agent-worker consumer")?;
+    readiness.set(true);
+
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let steps = TaskTracker::new();
+    let abandon = CancellationToken::new();
+    let outcome = loop {
+        // A slot first, then a message: a message taken from the stream is ours to run now.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            slot = slots.clone().acquire_owned() => slot.context("step slots closed")?,
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            next = messages.next() => next,
+        };
+        match next {
+            Some(Ok(message)) => {
+                let (worker, abandon) = (worker.clone(), abandon.clone());
+                steps.spawn(async move {
+                    worker.handle(message, &abandon).await;
+                    drop(slot);
+                });
+            }
+            Some(Err(error)) => match error.kind() {
+                MessagesErrorKind::ConsumerDeleted
+                | MessagesErrorKind::PushBasedConsumer
+                | MessagesErrorKind::RequestLimitExceeded => {
+                    break Err(anyhow::anyhow!(error).context("the agent-worker consumer failed"));
+                }
+                _ => tracing::warn!(%error, "pulling steps failed; retrying"),
+            },
+            None => break Err(anyhow::anyhow!("the agent-worker message stream ended")),
+        }
+    };
+
+    readiness.set(false);
+    // Messages pulled but not started go back to the server when their ack deadline passes.
+    drop(messages);
+    steps.close();
+    tracing::info!(running = steps.len(), "draining running steps");
+    if tokio::time::timeout(DRAIN_TIMEOUT, steps.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            running = steps.len(),
+            "steps still running at the drain deadline; handing them back"
+        );
+        abandon.cancel();
+        if tokio::time::timeout(ABANDON_TIMEOUT, steps.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(running = steps.len(), "steps did not stop in time");
+        }
+    }
+    outcome
+}

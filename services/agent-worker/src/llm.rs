@@ -107,9 +107,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 pub struct Providers(BTreeMap<String, Provider>);
 
 impl Providers {
-    pub fn from_config(
-        configs: &BTreeMap<String, ProviderConfig>,
-    ) -> Result<Self, reqwest::Error> {
+    pub fn from_config(configs: &BTreeMap<String, ProviderConfig>) -> Result<Self, reqwest::Error> {
         configs
             .iter()
             .map(|(name, config)| Ok((name.clone(), Provider::from_config(config)?)))
@@ -435,7 +433,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(limited.is_retryable(), "{limited}");
-        assert!(limited.to_string().contains("429") && limited.to_string().contains("rate limited"));
+        assert!(
+            limited.to_string().contains("429") && limited.to_string().contains("rate limited")
+        );
 
         let unavailable = answering(503, "overloaded").await.unwrap_err();
         assert!(unavailable.is_retryable(), "{unavailable}");
@@ -489,9 +489,12 @@ mod tests {
 
     #[tokio::test]
     async fn openai_answer_without_usage_gets_an_estimate() {
-        let completion = answering(200, r#"{"choices":[{"message":{"content":"one two three"}}]}"#)
-            .await
-            .unwrap();
+        let completion = answering(
+            200,
+            r#"{"choices":[{"message":{"content":"one two three"}}]}"#,
+        )
+        .await
+        .unwrap();
         assert_eq!(completion.usage.completion, 4);
         assert_eq!(
             completion.usage.total,
@@ -501,7 +504,8 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_provider_is_permanent() {
-        let providers = Providers::from_config(&crate::config::Config::default().providers).unwrap();
+        let providers =
+            Providers::from_config(&crate::config::Config::default().providers).unwrap();
         assert!(providers.get("offline").is_ok());
         let Err(error) = providers.get("openai") else {
             panic!("openai is not configured by default");
@@ -519,10 +523,17 @@ mod tests {
         let second = offline.complete(&request()).await.unwrap();
         assert_eq!(first, second);
         assert!(first.usage.prompt > 0 && first.usage.completion > 0);
-        assert_eq!(first.usage.total, first.usage.prompt + first.usage.completion);
+        assert_eq!(
+            first.usage.total,
+            first.usage.prompt + first.usage.completion
+        );
 
         let result = parse_step_result("Design the API", &first.text, first.usage);
-        assert!(result.summary.starts_with("[offline provider]"), "{}", result.summary);
+        assert!(
+            result.summary.starts_with("[offline provider]"),
+            "{}",
+            result.summary
+        );
         assert!(result.summary.contains("2 item(s)"), "{}", result.summary);
         assert!(result.output.contains("An endpoint table"));
         assert_eq!(result.insights.len(), 2);

@@ -5,9 +5,7 @@
 //! the seed's sections; [`parse_step_result`] reads those sections back exactly as the seed's
 //! `parseStepResult` did, fallbacks included.
 
-use cadre_proto::model::{
-    AgentProfile, CommunicationStyle, StepResult, TokenUsage, WorkflowStep,
-};
+use cadre_proto::model::{AgentProfile, CommunicationStyle, StepResult, TokenUsage, WorkflowStep};
 use serde::Serialize;
 
 /// One item of the workflow's shared knowledge, as the prompt shows it.
@@ -357,7 +355,13 @@ mod tests {
              - Insights from Research (insight): - Users want pagination\n  - Latency matters\n\
              - Decisions from Research (decision): - Use JSON\n"
         ));
-        for section in ["## Summary", "## Output", "## Insights", "## Decisions", "## Questions/Concerns"] {
+        for section in [
+            "## Summary",
+            "## Output",
+            "## Insights",
+            "## Decisions",
+            "## Questions/Concerns",
+        ] {
             assert!(system.contains(section), "{section}");
         }
         assert_eq!(
@@ -400,11 +404,18 @@ mod tests {
         let text = "## Summary\nDesigned the API.\n\n## Output\n| GET | /items |\n| POST | /items |\n\n\
                     ## Insights\n- Pagination is needed\n\n- Cache reads\n\n## Decisions\n- JSON only\n\n\
                     ## Questions/Concerns\n- Who owns auth?\n";
-        let tokens = TokenUsage { prompt: 10, completion: 20, total: 30 };
+        let tokens = TokenUsage {
+            prompt: 10,
+            completion: 20,
+            total: 30,
+        };
         let result = parse_step_result("Design", text, tokens);
         assert_eq!(result.summary, "Designed the API.");
         assert_eq!(result.output, "| GET | /items |\n| POST | /items |");
-        assert_eq!(result.insights, vec!["- Pagination is needed", "- Cache reads"]);
+        assert_eq!(
+            result.insights,
+            vec!["- Pagination is needed", "- Cache reads"]
+        );
         assert_eq!(result.decisions, vec!["- JSON only"]);
         assert_eq!(result.questions, vec!["- Who owns auth?"]);
         assert_eq!(result.raw_response, text);
@@ -421,7 +432,8 @@ mod tests {
         assert!(result.questions.is_empty());
 
         // Empty sections count as missing.
-        let result = parse_step_result("Design", "## Summary\n\n## Output\n", TokenUsage::default());
+        let result =
+            parse_step_result("Design", "## Summary\n\n## Output\n", TokenUsage::default());
         assert_eq!(result.summary, "Completed Design");
         assert_eq!(result.output, "## Summary\n\n## Output\n");
     }

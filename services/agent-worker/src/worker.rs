@@ -1,0 +1,317 @@
+//! One delivery of a `StepScheduled`, from decoding to acknowledgement.
+//!
+//! The handler decides a [`Disposition`] and [`settle`] carries it out: ack only once every
+//! event of the step is stored; nak (with a delay) when the infrastructure or the provider failed
+//! transiently; terminate, with the reason, what can never be processed.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind};
+use cadre_proto::model::CommunicationStyle;
+use cadre_proto::{Envelope, Event, events::types, streams, subjects};
+use cadre_runtime::bus::{self, Append, EventBus, ReadError};
+use chrono::Utc;
+use tracing::Instrument;
+
+use crate::knowledge::KnowledgeView;
+use crate::llm::{ChatRequest, LlmError, Providers};
+use crate::prompt::{parse_step_result, step_prompt};
+use crate::step::{ScheduledStep, already_handled, retry_delay};
+
+/// How often a running step tells JetStream it is still being worked on; well under the
+/// consumer's `ack_wait` of 30 s.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What to tell JetStream about a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Done: every event the step produced is stored (or it needed no work).
+    Ack,
+    /// Deliver it again after `delay`.
+    Nak { delay: Duration },
+    /// It can never be processed; stop redelivering and record why.
+    Terminate(String),
+}
+
+pub struct Worker {
+    pub bus: EventBus,
+    pub providers: Providers,
+    pub knowledge: KnowledgeView,
+    pub knowledge_limit: u32,
+    pub knowledge_wait: Duration,
+}
+
+impl Worker {
+    /// Handles one delivery inside a span joined to the publisher's trace, and settles it.
+    /// `abandon` hands the step back (nak) when shutdown could not wait for it any longer.
+    pub async fn handle(
+        &self,
+        message: jetstream::Message,
+        abandon: &tokio_util::sync::CancellationToken,
+    ) {
+        let span = tracing::info_span!(
+            "step",
+            subject = %message.subject,
+            execution_id = tracing::field::Empty,
+            step_id = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            delivered = tracing::field::Empty,
+        );
+        cadre_runtime::telemetry::extract(message.headers.as_ref(), &span);
+        async {
+            let work = while_in_progress(&message, self.process(&message));
+            let disposition = match abandon.run_until_cancelled(work).await {
+                Some(disposition) => disposition,
+                None => {
+                    tracing::warn!("shutting down before the step finished; handing it back");
+                    Disposition::Nak {
+                        delay: Duration::ZERO,
+                    }
+                }
+            };
+            settle(&message, disposition).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn process(&self, message: &jetstream::Message) -> Disposition {
+        let envelope = match Envelope::decode(&message.payload) {
+            Ok(envelope) => envelope,
+            Err(error) => return Disposition::Terminate(error.to_string()),
+        };
+        let Event::StepScheduled(scheduled) = envelope.event else {
+            return Disposition::Terminate(format!(
+                "expected a {} event, got {}",
+                types::STEP_SCHEDULED,
+                envelope.event.type_name()
+            ));
+        };
+        let delivered = match message.info() {
+            Ok(info) => info.delivered,
+            Err(error) => {
+                return Disposition::Terminate(format!("not a JetStream delivery: {error}"));
+            }
+        };
+        let span = tracing::Span::current();
+        span.record(
+            "execution_id",
+            tracing::field::display(scheduled.execution_id),
+        );
+        span.record("step_id", tracing::field::display(&scheduled.step.id));
+        span.record("attempt", scheduled.attempt);
+        span.record("delivered", delivered);
+        let step = ScheduledStep {
+            event_id: envelope.meta.id,
+            tenant: envelope.meta.tenant,
+            scheduled: *scheduled,
+        };
+        let last_delivery = delivered >= streams::AGENT_WORKER_MAX_DELIVER;
+
+        match self.run_step(&step, last_delivery).await {
+            Ok(disposition) => disposition,
+            Err(error) if last_delivery => {
+                // No delivery is left to retry: report the step failed rather than leave the
+                // execution waiting for an answer that will never come.
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "step failed on its last delivery"
+                );
+                self.fail(
+                    &step,
+                    format!("gave up after {delivered} deliveries: {error:#}"),
+                )
+                .await
+                .unwrap_or_else(|error| self.retry_later(&error, delivered))
+            }
+            Err(error) => self.retry_later(&error, delivered),
+        }
+    }
+
+    /// The step's latest scheduling, completion and failure. Looked up per fact rather than as
+    /// the step's single latest event: a copy of the `StepScheduled` re-published after the
+    /// duplicate window would otherwise hide a completion stored before it.
+    async fn latest_outcomes(&self, step: &ScheduledStep) -> anyhow::Result<Vec<Event>> {
+        let s = &step.scheduled;
+        let filters = [subjects::SCHEDULED, subjects::COMPLETED, subjects::FAILED].map(|fact| {
+            subjects::step(
+                &step.tenant,
+                s.workflow_id,
+                s.execution_id,
+                &s.step.id,
+                fact,
+            )
+        });
+        let lookups =
+            futures::future::join_all(filters.iter().map(|f| self.bus.last_event(f))).await;
+        let mut latest = Vec::new();
+        for lookup in lookups {
+            match lookup {
+                Ok(Some(stored)) => latest.push(stored.envelope.event),
+                Ok(None) => {}
+                // Only our own events matter here; one this build cannot read is not one.
+                Err(error @ ReadError::Decode { .. }) => {
+                    tracing::warn!(%error, "ignoring an unreadable event of the step");
+                }
+                Err(error) => return Err(error).context("reading the step's latest events"),
+            }
+        }
+        Ok(latest)
+    }
+
+    fn retry_later(&self, error: &anyhow::Error, delivered: i64) -> Disposition {
+        let delay = retry_delay(delivered);
+        tracing::warn!(
+            error = format!("{error:#}"),
+            ?delay,
+            "step interrupted; it will be redelivered"
+        );
+        Disposition::Nak { delay }
+    }
+
+    /// Runs the step. An `Err` is an infrastructure failure: the step is worth another delivery.
+    async fn run_step(
+        &self,
+        step: &ScheduledStep,
+        last_delivery: bool,
+    ) -> anyhow::Result<Disposition> {
+        let s = &step.scheduled;
+        for latest in self.latest_outcomes(step).await? {
+            if let Some(why) = already_handled(s, &latest) {
+                tracing::info!(why, "step already handled; skipping this delivery");
+                return Ok(Disposition::Ack);
+            }
+        }
+
+        let started_at = Instant::now();
+        self.bus
+            .publish(&step.started(Utc::now()), Append::Any)
+            .await
+            .context("publishing StepStarted")?;
+
+        if !self
+            .knowledge
+            .wait_until(s.knowledge_watermark, self.knowledge_wait)
+            .await
+        {
+            tracing::warn!(
+                watermark = s.knowledge_watermark,
+                visible = self.knowledge.checkpoint(),
+                "read models are behind the step's knowledge watermark; using the knowledge visible now"
+            );
+        }
+        let (knowledge, style) = tokio::try_join!(
+            self.knowledge
+                .relevant(&step.tenant, s.workflow_id, self.knowledge_limit),
+            self.knowledge
+                .communication_style(&step.tenant, s.workflow_id),
+        )
+        .context("reading the workflow's knowledge")?;
+        let style = style.unwrap_or_else(|| {
+            tracing::warn!(
+                "workflow not in the read models; using the default communication style"
+            );
+            CommunicationStyle::default()
+        });
+
+        let provider = match self.providers.get(&s.agent.provider) {
+            Ok(provider) => provider,
+            Err(error) => return self.fail(step, llm_failure(step, &error)).await,
+        };
+        let request =
+            ChatRequest::for_agent(&s.agent, step_prompt(&s.agent, &s.step, style, &knowledge));
+        tracing::info!(
+            provider = s.agent.provider,
+            model = s.agent.model,
+            knowledge_items = knowledge.len(),
+            "calling the agent's LLM"
+        );
+        let completion = match provider.complete(&request).await {
+            Ok(completion) => completion,
+            Err(error) if error.is_retryable() && !last_delivery => {
+                return Err(anyhow::anyhow!(llm_failure(step, &error)));
+            }
+            Err(error) if error.is_retryable() => {
+                let gave_up = format!(
+                    "{} (gave up after {} deliveries)",
+                    llm_failure(step, &error),
+                    streams::AGENT_WORKER_MAX_DELIVER
+                );
+                return self.fail(step, gave_up).await;
+            }
+            Err(error) => return self.fail(step, llm_failure(step, &error)).await,
+        };
+
+        let result = parse_step_result(&s.step.name, &completion.text, completion.usage);
+        let shared = step.shared(&result, Utc::now());
+        if !shared.is_empty() {
+            // Stored before the completion: the coordinator takes the next step's knowledge
+            // watermark after it sees the completion.
+            self.bus
+                .publish_all(&shared)
+                .await
+                .context("publishing the step's questions and knowledge")?;
+        }
+        let completed = step.completed(result, started_at.elapsed(), Utc::now());
+        self.bus
+            .publish(&completed, Append::Any)
+            .await
+            .context("publishing StepCompleted")?;
+        tracing::info!(tokens = completion.usage.total, "step completed");
+        Ok(Disposition::Ack)
+    }
+
+    async fn fail(&self, step: &ScheduledStep, error: String) -> anyhow::Result<Disposition> {
+        tracing::warn!(error, "step failed");
+        self.bus
+            .publish(&step.failed(error, Utc::now()), Append::Any)
+            .await
+            .context("publishing StepFailed")?;
+        Ok(Disposition::Ack)
+    }
+}
+
+fn llm_failure(step: &ScheduledStep, error: &LlmError) -> String {
+    let agent = &step.scheduled.agent;
+    format!(
+        "the LLM call of agent {} (provider {:?}, model {:?}) failed: {error}",
+        agent.name, agent.provider, agent.model
+    )
+}
+
+/// Runs `work` while telling JetStream every [`PROGRESS_INTERVAL`] that the message is still
+/// being worked on, so that a long LLM call or knowledge wait is not redelivered elsewhere.
+async fn while_in_progress<F: Future>(message: &jetstream::Message, work: F) -> F::Output {
+    let mut progress = tokio::time::interval_at(
+        tokio::time::Instant::now() + PROGRESS_INTERVAL,
+        PROGRESS_INTERVAL,
+    );
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = progress.tick() => {
+                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!(%error, "could not extend the step's ack deadline");
+                }
+            }
+        }
+    }
+}
+
+async fn settle(message: &jetstream::Message, disposition: Disposition) {
+    let acked = match disposition {
+        Disposition::Ack => message.ack().await,
+        Disposition::Nak { delay } => message.ack_with(AckKind::Nak(Some(delay))).await,
+        Disposition::Terminate(reason) => {
+            bus::terminate(message, &reason).await;
+            Ok(())
+        }
+    };
+    if let Err(error) = acked {
+        // The step's events are stored; a redelivery will find them and skip.
+        tracing::warn!(%error, "could not acknowledge the step message");
+    }
+}

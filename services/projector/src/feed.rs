@@ -1,0 +1,333 @@
+//! Reading the event stream in batches and handing each batch to the store.
+//!
+//! Postgres, not JetStream, knows how far the projection got: each session starts from the
+//! committed checkpoint, skips what is at or below it, and acks a batch only after its commit.
+//! The consumer's `AckPolicy::All` makes one ack cover the batch, so a message must never be
+//! acked past one that was not applied: a gap in delivered sequences ends the session and the
+//! consumer is recreated from the checkpoint.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{Message, stream};
+use cadre_proto::{streams, subjects};
+use cadre_runtime::bus::{EventBus, NatsError};
+use cadre_runtime::health::Readiness;
+use cadre_runtime::telemetry;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::plan::Incoming;
+use crate::store::{Lease, retry_backoff, sleep_or_shutdown};
+
+/// How often the active projector checks that its Postgres session, and so its lock, is alive
+/// while no events arrive.
+const LEASE_CHECK: Duration = Duration::from_secs(5);
+
+/// What a projector has done so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Progress {
+    /// Messages applied (events and rejected messages), copies and skips excluded.
+    pub messages: u64,
+    pub rejected: u64,
+    pub checkpoint: u64,
+}
+
+pub(crate) struct Projector<'a> {
+    pub bus: &'a EventBus,
+    pub database_url: &'a str,
+    pub max_batch: usize,
+    pub readiness: Readiness,
+    /// Stop once the checkpoint reaches this sequence (a rebuild); `None` runs until shutdown.
+    pub until: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// The session holding the lock failed: another replica may be active by now.
+    #[error("Postgres session lost: {0}")]
+    Lease(#[from] sqlx::Error),
+    #[error("NATS: {0}")]
+    Nats(NatsError),
+}
+
+fn nats(error: impl Into<NatsError>) -> SessionError {
+    SessionError::Nats(error.into())
+}
+
+/// Why a session ended without an error.
+enum End {
+    /// Shutdown, or the rebuild target was reached.
+    Stopped,
+    /// The subscription cannot go on (a gap, a stream error): resubscribe from the checkpoint.
+    Resubscribe,
+}
+
+impl Projector<'_> {
+    /// Projects until shutdown or `until`, resubscribing after stream trouble and taking the
+    /// lock again (as a standby if need be) when its Postgres session is lost.
+    pub async fn run(&self, mut lease: Lease, shutdown: &CancellationToken) -> Progress {
+        let mut progress = Progress::default();
+        let mut backoff = retry_backoff();
+        loop {
+            let before = progress.checkpoint;
+            let outcome = self.session(&mut lease, shutdown, &mut progress).await;
+            self.readiness.set(false);
+            if progress.checkpoint != before {
+                backoff = retry_backoff();
+            }
+            match outcome {
+                Ok(End::Stopped) => return progress,
+                Ok(End::Resubscribe) => {}
+                Err(SessionError::Nats(error)) => {
+                    tracing::warn!(%error, "event stream unavailable; retrying");
+                }
+                Err(SessionError::Lease(error)) => {
+                    tracing::warn!(%error, "lost the Postgres session that held the projector lock");
+                    match Lease::acquire(self.database_url, shutdown).await {
+                        Some(again) => lease = again,
+                        None => return progress,
+                    }
+                    continue;
+                }
+            }
+            let delay = backoff.next().unwrap_or(LEASE_CHECK);
+            if sleep_or_shutdown(delay, shutdown).await {
+                return progress;
+            }
+        }
+    }
+
+    fn reached(&self, checkpoint: u64) -> bool {
+        self.until.is_some_and(|target| checkpoint >= target)
+    }
+
+    async fn session(
+        &self,
+        lease: &mut Lease,
+        shutdown: &CancellationToken,
+        progress: &mut Progress,
+    ) -> Result<End, SessionError> {
+        let checkpoint = lease.checkpoint().await?;
+        progress.checkpoint = checkpoint;
+        if self.reached(checkpoint) {
+            return Ok(End::Stopped);
+        }
+        let stream = self.bus.stream();
+        let consumer = open_consumer(stream, checkpoint).await.map_err(nats)?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.max_batch)
+            .messages()
+            .await
+            .map_err(nats)?;
+        // Whatever has arrived while the previous batch was written forms the next batch.
+        let mut chunks = messages.ready_chunks(self.max_batch);
+        let mut cursor = Cursor { last: checkpoint };
+        let mut lease_check = tokio::time::interval(LEASE_CHECK);
+        self.readiness.set(true);
+        tracing::info!(checkpoint, "projecting events");
+        loop {
+            let chunk = tokio::select! {
+                () = shutdown.cancelled() => return Ok(End::Stopped),
+                _ = lease_check.tick() => {
+                    lease.ping().await?;
+                    continue;
+                }
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                tracing::warn!("the event subscription ended; resubscribing");
+                return Ok(End::Resubscribe);
+            };
+            let (batch, interrupted) = admit(chunk, &mut cursor, stream).await?;
+            if !self.commit(lease, batch, shutdown, progress).await? {
+                return Ok(End::Stopped);
+            }
+            if self.reached(progress.checkpoint) {
+                return Ok(End::Stopped);
+            }
+            if interrupted {
+                return Ok(End::Resubscribe);
+            }
+        }
+    }
+
+    /// Writes the batch (retrying the same batch while the session lives) and then acks it.
+    /// False if shutdown interrupted the retries; the batch is then not acked.
+    async fn commit(
+        &self,
+        lease: &mut Lease,
+        batch: Batch,
+        shutdown: &CancellationToken,
+        progress: &mut Progress,
+    ) -> Result<bool, SessionError> {
+        if let (Some(first), Some(last)) = (batch.incoming.first(), batch.incoming.last()) {
+            let (first, last) = (first.sequence, last.sequence);
+            let span = tracing::info_span!("project_batch", first, last, messages = batch.incoming.len());
+            for event_span in &batch.spans {
+                span.follows_from(event_span);
+            }
+            let mut backoff = retry_backoff();
+            let started = std::time::Instant::now();
+            let plan = loop {
+                match lease.project(&batch.incoming).instrument(span.clone()).await {
+                    Ok(plan) => {
+                        tracing::debug!(first, last, messages = batch.incoming.len(), elapsed = ?started.elapsed(), "batch committed");
+                        break plan;
+                    }
+                    Err(error) => {
+                        if lease.ping().await.is_err() {
+                            return Err(SessionError::Lease(error));
+                        }
+                        let delay = backoff.next().unwrap_or(LEASE_CHECK);
+                        tracing::warn!(%error, first, last, ?delay, "writing a batch failed; retrying it");
+                        if sleep_or_shutdown(delay, shutdown).await {
+                            return Ok(false);
+                        }
+                    }
+                }
+            };
+            for rejection in &plan.rejections {
+                tracing::warn!(
+                    sequence = rejection.stream_sequence,
+                    subject = %rejection.subject,
+                    reason = %rejection.reason,
+                    "recorded a message that is not a readable event in rejected_events"
+                );
+            }
+            progress.messages += batch.incoming.len() as u64;
+            progress.rejected += plan.rejections.len() as u64;
+            progress.checkpoint = plan.last_sequence;
+        }
+        // Ack after commit: a crash in between replays the batch, which the checkpoint skips.
+        if let Some(message) = batch.ack
+            && let Err(error) = message.ack().await
+        {
+            tracing::warn!(%error, "ack failed; the batch will be redelivered and skipped");
+        }
+        Ok(true)
+    }
+}
+
+/// Creates the durable consumer at the checkpoint, or reuses it if it has not handed out
+/// anything beyond the checkpoint. Otherwise its position is wrong for this database (restored
+/// from a backup, or rebuilt), or messages past the checkpoint are out with a previous owner and
+/// would only come back after the ack wait; either way it is recreated from the checkpoint.
+async fn open_consumer(stream: &stream::Stream, checkpoint: u64) -> Result<PullConsumer, NatsError> {
+    let mut config = streams::projector_consumer();
+    config.deliver_policy = if checkpoint == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: checkpoint + 1,
+        }
+    };
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(streams::PROJECTOR_CONSUMER, config.clone())
+        .await?;
+    let delivered = consumer.cached_info().delivered.stream_sequence;
+    if delivered <= checkpoint {
+        return Ok(consumer);
+    }
+    tracing::info!(checkpoint, delivered, "recreating the projector consumer at the checkpoint");
+    stream.delete_consumer(streams::PROJECTOR_CONSUMER).await?;
+    Ok(stream.create_consumer::<pull::Config>(config).await?)
+}
+
+/// Messages of one chunk to write together, and the message whose ack covers them.
+#[derive(Default)]
+struct Batch {
+    incoming: Vec<Incoming>,
+    /// One span per message, a child of its publisher's trace; closed after the commit.
+    spans: Vec<tracing::Span>,
+    ack: Option<Message>,
+}
+
+/// The last stream sequence admitted: every message up to it is applied or in the batch.
+struct Cursor {
+    last: u64,
+}
+
+enum Admission {
+    Apply,
+    Skip,
+    Gap,
+}
+
+impl Cursor {
+    async fn admit(&mut self, sequence: u64, stream: &stream::Stream) -> Result<Admission, NatsError> {
+        if sequence <= self.last {
+            // Already applied: a redelivery, or a replay of a batch committed but not acked.
+            return Ok(Admission::Skip);
+        }
+        if sequence > self.last + 1 {
+            // Sequences may only jump where the stream holds nothing; otherwise a delivery went
+            // missing (a reconnect drops messages in flight) and acking past it would lose it.
+            let next = stream
+                .get_first_raw_message_by_subject(subjects::ALL_EVENTS, self.last + 1)
+                .await?;
+            if next.sequence != sequence {
+                tracing::warn!(expected = self.last + 1, got = sequence, "a delivery went missing");
+                return Ok(Admission::Gap);
+            }
+        }
+        self.last = sequence;
+        Ok(Admission::Apply)
+    }
+}
+
+type Delivery = Result<Message, pull::MessagesError>;
+
+/// Sorts a chunk into the batch to write; true if the subscription must be renewed after it
+/// (a gap or a stream error: later messages wait for the new subscription).
+async fn admit(
+    chunk: Vec<Delivery>,
+    cursor: &mut Cursor,
+    stream: &stream::Stream,
+) -> Result<(Batch, bool), SessionError> {
+    let mut batch = Batch::default();
+    let mut highest_skipped = 0;
+    for delivery in chunk {
+        let message = match delivery {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "event subscription failed; resubscribing");
+                return Ok((batch, true));
+            }
+        };
+        let (sequence, stored_at) = match message.info() {
+            Ok(info) => {
+                let nanos = i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+                (info.stream_sequence, DateTime::<Utc>::from_timestamp_nanos(nanos))
+            }
+            Err(error) => {
+                tracing::warn!(%error, subject = %message.subject, "message without JetStream metadata");
+                return Ok((batch, true));
+            }
+        };
+        match cursor.admit(sequence, stream).await.map_err(nats)? {
+            Admission::Apply => {
+                let span = tracing::info_span!("project_event", sequence, subject = %message.subject);
+                telemetry::extract(message.headers.as_ref(), &span);
+                let incoming = span.in_scope(|| {
+                    Incoming::decode(sequence, message.subject.as_str(), stored_at, &message.payload)
+                });
+                batch.incoming.push(incoming);
+                batch.spans.push(span);
+                batch.ack = Some(message);
+            }
+            Admission::Skip => {
+                // Its ack only matters when nothing new comes with it: ack the highest one.
+                if batch.incoming.is_empty() && sequence > highest_skipped {
+                    highest_skipped = sequence;
+                    batch.ack = Some(message);
+                }
+            }
+            Admission::Gap => return Ok((batch, true)),
+        }
+    }
+    Ok((batch, false))
+}

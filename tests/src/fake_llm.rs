@@ -1,0 +1,241 @@
+//! A local server that speaks OpenAI's chat completions API, standing in for a paid LLM in
+//! end-to-end tests.
+//!
+//! It records every request and answers deterministically in the seed's sections. Its
+//! insight and decision lines name the step found in the user prompt ([`insight_line`],
+//! [`decision_line`]), so a test can check that a later step's prompt carries the knowledge an
+//! earlier step shared. Failures can be scripted ([`FakeLlm::fail_next`]) and answers slowed
+//! ([`FakeLlm::set_latency`]). The server stops when the `FakeLlm` is dropped.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// One chat completion request the fake received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRequest {
+    pub model: String,
+    pub system: String,
+    pub user: String,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u64>,
+    /// The `Authorization` header, if any (`Bearer <key>`).
+    pub authorization: Option<String>,
+    /// The HTTP status the fake answered with.
+    pub status: u16,
+}
+
+impl RecordedRequest {
+    /// The step named on the user prompt's `Step: ` line.
+    pub fn step_name(&self) -> Option<&str> {
+        step_name(&self.user)
+    }
+}
+
+/// The insight the fake reports for a step.
+pub fn insight_line(step_name: &str) -> String {
+    format!("- Insight from {step_name}: later steps can build on this.")
+}
+
+/// The decision the fake reports for a step.
+pub fn decision_line(step_name: &str) -> String {
+    format!("- Decision from {step_name}: proceed as planned.")
+}
+
+/// The question the fake raises for a step.
+pub fn question_line(step_name: &str) -> String {
+    format!("- Question from {step_name}: is anything missing?")
+}
+
+#[derive(Default)]
+struct Script {
+    requests: Vec<RecordedRequest>,
+    /// Statuses to answer the next requests with, one per request.
+    failures: VecDeque<StatusCode>,
+    latency: Duration,
+}
+
+type Shared = Arc<Mutex<Script>>;
+
+fn lock(script: &Shared) -> MutexGuard<'_, Script> {
+    // A test that panicked while holding the lock already failed; keep serving the others.
+    script
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub struct FakeLlm {
+    addr: SocketAddr,
+    script: Shared,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl FakeLlm {
+    /// Starts the server on a free port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let script = Shared::default();
+        let router = Router::new()
+            .route("/v1/chat/completions", post(complete))
+            .with_state(script.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            script,
+            stop: Some(stop),
+        })
+    }
+
+    /// What to configure as the provider's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.script).requests.clone()
+    }
+
+    /// Answers the next `n` requests with HTTP `status` and an OpenAI-style error body.
+    pub fn fail_next(&self, n: usize, status: u16) {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        lock(&self.script)
+            .failures
+            .extend(std::iter::repeat_n(status, n));
+    }
+
+    /// Delays every answer from now on by `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.script).latency = latency;
+    }
+
+    /// Stops the server (as dropping it does).
+    pub fn shutdown(mut self) {
+        self.stop_serving();
+    }
+
+    fn stop_serving(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.stop_serving();
+    }
+}
+
+async fn complete(
+    State(script): State<Shared>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Response {
+    let Ok(request) = serde_json::from_str::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "request body is not JSON");
+    };
+    let message = |role: &str| {
+        request["messages"]
+            .as_array()
+            .and_then(|messages| messages.iter().find(|m| m["role"] == role))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut recorded = RecordedRequest {
+        model: request["model"].as_str().unwrap_or_default().to_owned(),
+        system: message("system"),
+        user: message("user"),
+        temperature: request["temperature"].as_f64(),
+        max_tokens: request["max_tokens"].as_u64(),
+        authorization: headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        status: StatusCode::OK.as_u16(),
+    };
+    let (failure, latency) = {
+        let mut script = lock(&script);
+        let failure = script.failures.pop_front();
+        if let Some(status) = failure {
+            recorded.status = status.as_u16();
+        }
+        script.requests.push(recorded.clone());
+        (failure, script.latency)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(status) = failure {
+        return error(status, "scripted failure");
+    }
+
+    let step = recorded.step_name().unwrap_or("an unnamed step").to_owned();
+    let text = answer(&step, &recorded.model);
+    let prompt_tokens = words(&recorded.system) + words(&recorded.user);
+    let completion_tokens = words(&text);
+    axum::Json(json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": recorded.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop"
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens
+        }
+    }))
+    .into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "fake_llm", "code": status.as_u16()}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn step_name(user_prompt: &str) -> Option<&str> {
+    user_prompt
+        .lines()
+        .find_map(|line| line.strip_prefix("Step: "))
+        .map(str::trim)
+}
+
+fn words(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+fn answer(step: &str, model: &str) -> String {
+    format!(
+        "## Summary\nFake LLM completed {step}.\n\n\
+         ## Output\nDeliverable of {step}, written by {model}.\n\n\
+         ## Insights\n{}\n\n\
+         ## Decisions\n{}\n\n\
+         ## Questions/Concerns\n{}\n",
+        insight_line(step),
+        decision_line(step),
+        question_line(step),
+    )
+}

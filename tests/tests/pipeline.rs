@@ -1,0 +1,329 @@
+//! A workflow end to end: coordinator → JetStream → agent worker → projector → Postgres.
+
+use std::time::Duration;
+
+use cadre_proto::streams::{AGENT_WORKER_CONSUMER, COORDINATOR_CONSUMER, PROJECTOR_CONSUMER};
+use cadre_proto::subjects;
+use cadre_proto::{Event, TenantId};
+use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
+use cadre_tests::fake_llm::insight_line;
+use cadre_tests::stack::FAKE_PROVIDER;
+use cadre_tests::{Stack, eventually};
+use serde_json::Value;
+use sqlx::Row;
+
+const FINISH: Duration = Duration::from_secs(60);
+
+/// Registers the demo team on the fake LLM and creates the 3-step pipeline.
+async fn team_and_pipeline(stack: &Stack) -> (Vec<String>, String) {
+    let mut ids = Vec::new();
+    for agent in team(FAKE_PROVIDER) {
+        ids.push(stack.api.register_agent(&agent).await["id"].as_str().unwrap().to_owned());
+    }
+    let workflow = stack
+        .api
+        .create_workflow(&pipeline("Feature pipeline", &ids, &PIPELINE_SKILLS, 3))
+        .await;
+    (ids, workflow["id"].as_str().unwrap().to_owned())
+}
+
+async fn count(stack: &Stack, sql: &str, id: &str) -> i64 {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(uuid::Uuid::parse_str(id).unwrap())
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn interaction_and_knowledge_rows(stack: &Stack, execution_id: &str, workflow_id: &str) -> (i64, i64) {
+    (
+        count(stack, "SELECT count(*) FROM agent_interactions WHERE workflow_execution_id = $1", execution_id).await,
+        count(stack, "SELECT count(*) FROM collaboration_knowledge WHERE workflow_id = $1", workflow_id).await,
+    )
+}
+
+/// Waits until every consumer has processed everything stored so far.
+async fn settle(stack: &Stack) {
+    let last = stack.bus.stream().clone().info().await.unwrap().state.last_sequence;
+    eventually(FINISH, "the consumers to catch up", || async {
+        for name in [COORDINATOR_CONSUMER, AGENT_WORKER_CONSUMER, PROJECTOR_CONSUMER] {
+            let info = stack
+                .bus
+                .stream()
+                .consumer_info(name)
+                .await
+                .ok()?;
+            if info.num_pending > 0 || info.num_ack_pending > 0 {
+                return None;
+            }
+        }
+        let checkpoint: i64 = sqlx::query_scalar(
+            "SELECT stream_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
+        )
+        .fetch_one(&stack.db.pool)
+        .await
+        .ok()?;
+        (checkpoint as u64 >= last).then_some(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_three_step_pipeline_runs_end_to_end_and_shares_knowledge() {
+    let stack = Stack::start().await;
+    let (agents, workflow_id) = team_and_pipeline(&stack).await;
+
+    let (execution_id, number) = stack.api.start_execution(&workflow_id).await;
+    assert_eq!(number, 1);
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+
+    // Each step went to the agent whose skills match, in dependsOn order.
+    for (step, agent) in ["step-1", "step-2", "step-3"].iter().zip(&agents) {
+        let result = &execution["stepResults"][step];
+        assert_eq!(result["status"], "completed", "{step}: {result}");
+        assert_eq!(&execution["agentAssignments"][step]["agentId"], agent);
+        assert!(!result["summary"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(
+        execution["finalOutput"]["step-3"]["agentId"], agents[2],
+        "the final output is the last step's"
+    );
+
+    // The fake LLM saw the steps in order, and each later prompt carried what the earlier
+    // steps shared with the team.
+    let requests = stack.llm.requests();
+    let names: Vec<&str> = requests.iter().filter_map(|r| r.step_name()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "Analyse requirements",
+            "Implement the change",
+            "Review the implementation"
+        ]
+    );
+    assert!(!requests[0].system.contains("Insight from"));
+    assert!(requests[1].system.contains(&insight_line("Analyse requirements")));
+    assert!(requests[2].system.contains(&insight_line("Analyse requirements")));
+    assert!(requests[2].system.contains(&insight_line("Implement the change")));
+    assert!(requests[0].system.contains("You are Ada, a analyst"));
+
+    // Read models, through the API.
+    let interactions = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}/interactions"))
+        .await;
+    assert_eq!(interactions.status, 200);
+    let kinds: Vec<&str> = interactions.body.as_array().unwrap().iter()
+        .map(|i| i["interactionType"].as_str().unwrap())
+        .collect();
+    for (kind, expected) in [("task_delegation", 3), ("coordination", 6), ("knowledge_sharing", 6), ("question", 3)] {
+        assert_eq!(kinds.iter().filter(|k| **k == kind).count(), expected, "{kind} in {kinds:?}");
+    }
+    let knowledge = stack.api.get(&format!("/v1/workflows/{workflow_id}/knowledge")).await;
+    let knowledge = knowledge.body.as_array().unwrap().clone();
+    assert_eq!(knowledge.len(), 6, "insights and decisions of three steps");
+    assert!(knowledge.iter().all(|k| k["workflowId"] == workflow_id.as_str()));
+
+    let workflow = stack.api.get(&format!("/v1/workflows/{workflow_id}")).await.body;
+    assert_eq!(workflow["status"], "completed");
+    assert_eq!(workflow["executionCount"], 1);
+
+    // Knowledge belongs to the workflow: the next execution starts with it.
+    let (second, number) = stack.api.start_execution(&workflow_id).await;
+    assert_eq!(number, 2);
+    let done = stack.api.wait_until_finished(&second, FINISH).await;
+    assert_eq!(done["status"], "completed");
+    let first_step_of_second_run = &stack.llm.requests()[3];
+    assert_eq!(first_step_of_second_run.step_name(), Some("Analyse requirements"));
+    assert!(first_step_of_second_run.system.contains("Insight from"));
+    let listed = stack.api.get(&format!("/v1/workflows/{workflow_id}/executions")).await.body;
+    let numbers: Vec<u64> = listed.as_array().unwrap().iter().map(|e| e["executionNumber"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, vec![2, 1]);
+
+    // Every row carries the tenant.
+    for table in ["agents", "collaboration_workflows", "workflow_executions", "agent_interactions", "collaboration_knowledge"] {
+        let untenanted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE tenant_id <> 'default'"
+        )))
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(untenanted, 0, "{table}");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
+    let stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    assert_eq!(stack.api.wait_until_finished(&execution_id, FINISH).await["status"], "completed");
+    settle(&stack).await;
+
+    let tenant = TenantId::default_tenant();
+    let execution = cadre_proto::ExecutionId(execution_id.parse().unwrap());
+    let workflow = cadre_proto::WorkflowId(workflow_id.parse().unwrap());
+    let filter = subjects::execution_state(&tenant, workflow, execution);
+    let events = stack.bus.read_all(&filter).await.unwrap();
+    let completions = |events: &[cadre_runtime::bus::Stored]| {
+        events.iter().filter(|s| matches!(&s.envelope.event, Event::StepCompleted(c) if c.step_id.as_str() == "step-1")).count()
+    };
+    assert_eq!(completions(&events), 1);
+    let scheduled = events
+        .iter()
+        .find(|s| matches!(&s.envelope.event, Event::StepScheduled(s) if s.step.id.as_str() == "step-1"))
+        .unwrap();
+
+    let before = interaction_and_knowledge_rows(&stack, &execution_id, &workflow_id).await;
+    let calls_before = stack.llm.requests().len();
+
+    // The same StepScheduled again, as a copy stored after JetStream's duplicate window would
+    // have forgotten its id: a new message id, the same event.
+    let js = stack.bus.jetstream();
+    let copy = async_nats::jetstream::message::PublishMessage::build()
+        .message_id(format!("{}-copy", scheduled.envelope.meta.id))
+        .payload(scheduled.envelope.encode().into());
+    js.send_publish(scheduled.envelope.nats_subject(), copy)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    settle(&stack).await;
+
+    let events = stack.bus.read_all(&filter).await.unwrap();
+    assert_eq!(completions(&events), 1, "no second completion");
+    assert_eq!(stack.llm.requests().len(), calls_before, "no second LLM call for a finished step");
+    assert_eq!(
+        interaction_and_knowledge_rows(&stack, &execution_id, &workflow_id).await,
+        before,
+        "no duplicate rows"
+    );
+    let execution = stack.api.get(&format!("/v1/executions/{execution_id}")).await.body;
+    assert_eq!(execution["status"], "completed");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_delivered_twice_while_running_still_completes_once() {
+    let stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    stack.llm.set_latency(Duration::from_millis(400));
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let tenant = TenantId::default_tenant();
+    let execution = cadre_proto::ExecutionId(execution_id.parse().unwrap());
+    let workflow = cadre_proto::WorkflowId(workflow_id.parse().unwrap());
+    let step = cadre_proto::StepId::parse("step-1").unwrap();
+
+    // As soon as the first step is scheduled, store a copy of it: both copies reach workers
+    // while the LLM call is still running.
+    let scheduled = eventually(FINISH, "step-1 to be scheduled", || async {
+        stack.bus.last_event(&subjects::step(&tenant, workflow, execution, &step, subjects::SCHEDULED)).await.ok().flatten()
+    })
+    .await;
+    let copy = async_nats::jetstream::message::PublishMessage::build()
+        .message_id(format!("{}-copy", scheduled.envelope.meta.id))
+        .payload(scheduled.envelope.encode().into());
+    stack.bus.jetstream().send_publish(scheduled.envelope.nats_subject(), copy).await.unwrap().await.unwrap();
+
+    assert_eq!(stack.api.wait_until_finished(&execution_id, FINISH).await["status"], "completed");
+    settle(&stack).await;
+    let events = stack.bus.read_all(&subjects::execution_state(&tenant, workflow, execution)).await.unwrap();
+    let step_one_completions = events.iter().filter(|s| matches!(&s.envelope.event, Event::StepCompleted(c) if c.step_id == step)).count();
+    assert_eq!(step_one_completions, 1);
+    let knowledge = count(&stack, "SELECT count(*) FROM collaboration_knowledge WHERE workflow_id = $1", &workflow_id).await;
+    assert_eq!(knowledge, 6, "two items per step, none twice");
+    let delegations = count(&stack, "SELECT count(*) FROM agent_interactions WHERE workflow_execution_id = $1 AND interaction_type = 'task_delegation'", &execution_id).await;
+    assert_eq!(delegations, 3);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_messages_are_terminated_with_a_reason_and_block_nothing() {
+    let stack = Stack::start().await;
+    let client = async_nats::connect(&stack.nats.url).await.unwrap();
+    let mut advisories = client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>")
+        .await
+        .unwrap();
+    let js = stack.bus.jetstream();
+    let (w, e) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let garbage = [
+        (format!("cadre.events.default.workflow.{w}.execution.{e}.step.x.scheduled"), "{not json".to_owned()),
+        (format!("cadre.events.default.workflow.{w}.execution.{e}.started"), r#"{"specversion":"1.0","id":"01900000-0000-7000-8000-000000000000","source":"/x","type":"dev.cadre.execution.exploded.v1","time":"2026-01-01T00:00:00Z","tenantid":"default","data":{}}"#.to_owned()),
+        (format!("cadre.events.default.agent.{w}.registered"), "\u{0}\u{1}binary".to_owned()),
+    ];
+    for (subject, payload) in &garbage {
+        js.publish(subject.clone(), payload.clone().into()).await.unwrap().await.unwrap();
+    }
+
+    // The consumers keep going: a whole workflow runs behind the garbage.
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    assert_eq!(stack.api.wait_until_finished(&execution_id, FINISH).await["status"], "completed");
+    settle(&stack).await;
+
+    // Each consumer that received garbage terminated it, and the server recorded why.
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let advisory = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut advisories))
+            .await
+            .expect("a MSG_TERMINATED advisory")
+            .unwrap();
+        let body: Value = serde_json::from_slice(&advisory.payload).unwrap();
+        reasons.push((body["consumer"].as_str().unwrap().to_owned(), body["reason"].as_str().unwrap_or_default().to_owned()));
+    }
+    reasons.sort();
+    assert_eq!(reasons[0].0, AGENT_WORKER_CONSUMER);
+    assert!(reasons[0].1.contains("not a CloudEvents JSON envelope"), "{reasons:?}");
+    assert_eq!(reasons[1].0, COORDINATOR_CONSUMER);
+    assert_eq!(reasons[2].0, COORDINATOR_CONSUMER);
+    assert!(reasons.iter().any(|(_, r)| r.contains("unknown event type \"dev.cadre.execution.exploded.v1\"")), "{reasons:?}");
+
+    // The projector keeps its rejections, with the reason, in Postgres.
+    let rejected: Vec<(String, String)> = sqlx::query_as("SELECT subject, reason FROM rejected_events ORDER BY stream_sequence")
+        .fetch_all(&stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+    assert_eq!(rejected[0].0, garbage[0].0);
+    assert!(rejected[1].1.contains("unknown event type"));
+    stack.stop().await;
+}
+
+/// Every read-model row, as JSON, in a stable order.
+async fn snapshot(stack: &Stack) -> Vec<Value> {
+    let mut tables = Vec::new();
+    for table in ["agents", "collaboration_workflows", "workflow_executions", "agent_interactions", "collaboration_knowledge", "projected_events", "rejected_events"] {
+        let rows: Option<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text) FROM {table} t"
+        )))
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+        tables.push(serde_json::json!({ "table": table, "rows": rows }));
+    }
+    tables
+}
+
+#[tokio::test]
+async fn a_rebuild_replays_the_log_into_the_same_read_models() {
+    let mut stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    for _ in 0..2 {
+        let (id, _) = stack.api.start_execution(&workflow_id).await;
+        assert_eq!(stack.api.wait_until_finished(&id, FINISH).await["status"], "completed");
+    }
+    stack.bus.jetstream().publish("cadre.events.default.agent.x.registered", "junk".into()).await.unwrap().await.unwrap();
+    settle(&stack).await;
+    let live = snapshot(&stack).await;
+    stack.stop_services().await;
+
+    let report = cadre_projector::rebuild(stack.projector_config(7)).await.unwrap();
+    assert_eq!(report.final_checkpoint, stack.bus.stream().clone().info().await.unwrap().state.last_sequence);
+    assert_eq!(report.rejected, 1);
+    let rebuilt = snapshot(&stack).await;
+    assert_eq!(rebuilt, live);
+}
