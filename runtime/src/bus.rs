@@ -21,13 +21,15 @@ pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
 /// The error type of NATS calls whose kinds do not matter to the caller.
 pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Connects, retrying until the server answers (it may start after us in a pod).
+/// Connects, retrying until the server answers (it may start after us in a pod). Returns once
+/// the server has introduced itself, so its version is known.
 pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client, NatsError> {
     let client = async_nats::ConnectOptions::new()
         .name(client_name)
         .retry_on_initial_connect()
         .connect(url)
         .await?;
+    client.flush().await?;
     Ok(client)
 }
 
@@ -49,6 +51,23 @@ pub async fn ensure_event_stream(
             Ok(existing)
         }
         Err(_) => Ok(js.get_or_create_stream(config).await?),
+    }
+}
+
+/// Oldest NATS server with what Cadre relies on: expected last sequence over a subject filter
+/// (2.11), pinned-client consumers (2.11) and terminate reasons in advisories (2.11).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
+
+fn check_server_version(version: &str) -> Result<(), NatsError> {
+    let mut parts = version.trim_start_matches('v').split('.').map(|p| p.parse::<u64>().ok());
+    let found = (parts.next().flatten(), parts.next().flatten());
+    match found {
+        (Some(major), Some(minor)) if (major, minor) >= MIN_SERVER_VERSION => Ok(()),
+        _ => Err(format!(
+            "NATS server {version} is too old: Cadre needs {}.{} or newer (scripts/ensure-nats.sh installs one)",
+            MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
+        )
+        .into()),
     }
 }
 
@@ -95,6 +114,7 @@ pub struct EventBus {
 impl EventBus {
     /// Connects to the event stream, creating it when absent.
     pub async fn open(js: jetstream::Context, replicas: usize) -> Result<Self, NatsError> {
+        check_server_version(&js.client().server_info().version)?;
         let stream = ensure_event_stream(&js, replicas).await?;
         Ok(Self { js, stream })
     }
@@ -210,7 +230,7 @@ impl EventBus {
             .map_err(|e| nats(Box::new(e)))?
         {
             let message = message.map_err(|e| nats(Box::new(e)))?;
-            let info = message.info().map_err(|e| nats(e))?;
+            let info = message.info().map_err(&nats)?;
             let (sequence, remaining) = (info.stream_sequence, info.pending);
             events.push(decode_stored(sequence, &message.payload)?);
             if remaining == 0 {
@@ -257,6 +277,22 @@ pub async fn terminate(message: &jetstream::Message, reason: &str) {
         let body = Bytes::from(format!("+TERM {reason}"));
         if let Err(error) = message.context.client().publish(reply.clone(), body).await {
             tracing::warn!(%error, sequence, "could not send the terminate acknowledgement");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_server_version;
+
+    #[test]
+    fn refuses_servers_without_the_features_cadre_needs() {
+        for ok in ["2.11.0", "2.15.1", "3.0.0", "v2.12.3-beta"] {
+            assert!(check_server_version(ok).is_ok(), "{ok}");
+        }
+        for old in ["2.9.10", "2.10.22", "garbage", ""] {
+            let error = check_server_version(old).unwrap_err().to_string();
+            assert!(error.contains("too old"), "{old}: {error}");
         }
     }
 }

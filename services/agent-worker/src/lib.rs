@@ -16,11 +16,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
-pub mod knowledge;
+mod knowledge;
 pub mod llm;
 pub mod prompt;
-pub mod step;
-pub mod worker;
+mod step;
+mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,6 +186,11 @@ async fn consume(
         {
             tracing::warn!(running = steps.len(), "steps did not stop in time");
         }
+    }
+    // Acks are only queued by the client: send them before the connection goes away, or the
+    // steps they settle would wait out their ack deadline and run again.
+    if let Err(error) = worker.bus.jetstream().client().flush().await {
+        tracing::warn!(%error, "could not flush the last acknowledgements");
     }
     outcome
 }

@@ -136,7 +136,9 @@ impl Projector<'_> {
                     lease.ping().await?;
                     continue;
                 }
-                chunk = chunks.next() => chunk,
+                // Unconstrained: tokio's cooperative budget would otherwise cut every chunk at
+                // about 128 messages however many are waiting.
+                chunk = tokio::task::unconstrained(chunks.next()) => chunk,
             };
             let Some(chunk) = chunk else {
                 tracing::warn!("the event subscription ended; resubscribing");

@@ -17,7 +17,7 @@ fn config(max_batch: usize) -> Config {
     let port = std::fs::read_to_string("/tmp/projscratch/port").unwrap();
     Config {
         nats_url: format!("nats://127.0.0.1:{}", port.trim()),
-        database_url: "postgres://postgres@127.0.0.1:5432/cadre_projector_scratch".into(),
+        database_url: std::env::var("SCRATCH_DB").unwrap_or("postgres://postgres@127.0.0.1:5432/cadre_projector_scratch".into()),
         stream_replicas: 1,
         health_addr: "127.0.0.1:0".parse().unwrap(),
         max_batch,
@@ -270,6 +270,8 @@ async fn scratch() {
     js.publish("cadre.events.default.junk", "{not json".into()).await.unwrap().await.unwrap();
     js.publish(events[5].nats_subject(), events[5].encode().into()).await.unwrap().await.unwrap();
     let target = last_seq(&bus).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if live.is_finished() { println!("LIVE ENDED: {:?}", live.await); panic!(); }
     wait_for(&pool, target).await;
     let note = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
     println!("NOTIFY payload {}", note.payload());
