@@ -36,6 +36,26 @@ pub fn events_stream(replicas: usize) -> stream::Config {
     }
 }
 
+/// The agent workers' queue: a copy of each `StepScheduled`, removed once a worker acks it.
+/// Workers read it rather than the log because a JetStream consumer filtering a wildcard out
+/// of a stream of many distinct subjects walks every block's subject index on each delivery;
+/// a consumer whose filter is its stream's whole subject space reads sequentially.
+pub const DISPATCH_STREAM: &str = "CADRE_DISPATCH";
+
+pub fn dispatch_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: DISPATCH_STREAM.to_owned(),
+        description: Some("Cadre steps handed to agent workers".to_owned()),
+        subjects: vec![subjects::ALL_DISPATCHED_STEPS.to_owned()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_message_size: MAX_EVENT_BYTES,
+        ..Default::default()
+    }
+}
+
 /// The priority group whose single pinned client does the work of a consumer; other replicas
 /// pull the same group and wait on standby, taking over when the pin times out.
 pub const ACTIVE_GROUP: &str = "active";
@@ -49,12 +69,13 @@ pub const AGENT_WORKER_CONSUMER: &str = "agent-worker";
 pub const PROJECTOR_CONSUMER: &str = "projector";
 
 /// The coordinator folds every execution-state event in order. One replica is active at a time
-/// (pinned client): its in-memory execution states stay a gap-free prefix of the log.
+/// (pinned client): its in-memory execution states stay a gap-free prefix of the log. It reads
+/// the whole log (the fast path, see [`DISPATCH_STREAM`]) and acks other events unread.
 pub fn coordinator_consumer() -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(COORDINATOR_CONSUMER.to_owned()),
         description: Some("coordinator: folds execution events and decides".to_owned()),
-        filter_subject: subjects::ALL_EXECUTION_EVENTS.to_owned(),
+        filter_subject: subjects::ALL_EVENTS.to_owned(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 20_000,
@@ -68,12 +89,12 @@ pub fn coordinator_consumer() -> consumer::pull::Config {
 /// How often the agent workers try a step whose LLM call keeps failing transiently.
 pub const AGENT_WORKER_MAX_DELIVER: i64 = 5;
 
-/// All agent-worker replicas share this queue; each step goes to one of them.
+/// All agent-worker replicas share this queue on [`DISPATCH_STREAM`]; each step goes to one.
 pub fn agent_worker_consumer() -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(AGENT_WORKER_CONSUMER.to_owned()),
         description: Some("agent workers: run scheduled steps".to_owned()),
-        filter_subject: subjects::ALL_SCHEDULED_STEPS.to_owned(),
+        filter_subject: subjects::ALL_DISPATCHED_STEPS.to_owned(),
         ack_policy: consumer::AckPolicy::Explicit,
         // Workers send in-progress acks while an LLM call runs, so this only bounds how long a
         // crashed worker holds a step.

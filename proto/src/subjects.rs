@@ -16,10 +16,8 @@ use crate::ids::{AgentId, ExecutionId, StepId, TenantId, WorkflowId};
 pub const PREFIX: &str = "cadre.events";
 /// Every Cadre event.
 pub const ALL_EVENTS: &str = "cadre.events.>";
-/// Every execution-state event of every tenant: what the coordinator folds.
-pub const ALL_EXECUTION_EVENTS: &str = "cadre.events.*.workflow.*.execution.>";
-/// Every scheduled step of every tenant: the agent workers' queue.
-pub const ALL_SCHEDULED_STEPS: &str = "cadre.events.*.workflow.*.execution.*.step.*.scheduled";
+/// Every step handed to the agent workers (copies of `StepScheduled` events).
+pub const ALL_DISPATCHED_STEPS: &str = "cadre.dispatch.>";
 
 pub const REGISTERED: &str = "registered";
 pub const CREATED: &str = "created";
@@ -27,6 +25,17 @@ pub const SCHEDULED: &str = "scheduled";
 pub const STARTED: &str = "started";
 pub const COMPLETED: &str = "completed";
 pub const FAILED: &str = "failed";
+
+/// Where the coordinator hands a tenant's scheduled steps to the agent workers.
+pub fn dispatched_steps(tenant: &TenantId) -> String {
+    format!("cadre.dispatch.{tenant}.steps")
+}
+
+/// Whether `subject` holds an execution's state event (what the coordinator folds).
+pub fn is_execution_state(subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    tokens.nth(3) == Some("workflow") && tokens.nth(1) == Some("execution")
+}
 
 pub fn agent(tenant: &TenantId, agent: AgentId, fact: &str) -> String {
     format!("{PREFIX}.{tenant}.agent.{agent}.{fact}")
@@ -118,14 +127,12 @@ mod tests {
         let chat = interactions(&t, w, e);
         let know = knowledge(&t, w);
 
-        assert!(matches(ALL_SCHEDULED_STEPS, &scheduled));
-        assert!(!matches(ALL_SCHEDULED_STEPS, &step(&t, w, e, &s, STARTED)));
         for subject in [&scheduled, &started] {
-            assert!(matches(ALL_EXECUTION_EVENTS, subject));
+            assert!(is_execution_state(subject));
             assert!(matches(&execution_state(&t, w, e), subject));
         }
-        for subject in [&chat, &know] {
-            assert!(!matches(ALL_EXECUTION_EVENTS, subject), "{subject}");
+        for subject in [&chat, &know, &workflow(&t, w, CREATED), &agent(&t, AgentId::new(), REGISTERED)] {
+            assert!(!is_execution_state(subject), "{subject}");
             assert!(!matches(&execution_state(&t, w, e), subject));
             assert!(matches(ALL_EVENTS, subject));
         }

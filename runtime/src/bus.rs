@@ -33,13 +33,12 @@ pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client,
     Ok(client)
 }
 
-/// Creates the event stream, or brings an existing one to the settings in [`streams`].
-pub async fn ensure_event_stream(
+/// Creates a stream, or brings an existing one to the settings in [`streams`].
+async fn ensure_stream(
     js: &jetstream::Context,
-    replicas: usize,
+    config: stream::Config,
 ) -> Result<stream::Stream, NatsError> {
-    let config = streams::events_stream(replicas);
-    match js.get_stream(streams::EVENTS_STREAM).await {
+    match js.get_stream(&config.name).await {
         Ok(mut existing) => {
             let current = existing.info().await?.config.clone();
             if current.subjects != config.subjects
@@ -104,27 +103,50 @@ pub enum ReadError {
     Decode { sequence: u64, error: DecodeError },
 }
 
-/// Publishes and reads Cadre events on the event stream.
+/// Publishes and reads Cadre events on the event stream, and hands steps to the workers.
 #[derive(Clone)]
 pub struct EventBus {
     js: jetstream::Context,
     stream: stream::Stream,
+    dispatch: stream::Stream,
 }
 
 impl EventBus {
     /// Connects to the event stream, creating it when absent.
     pub async fn open(js: jetstream::Context, replicas: usize) -> Result<Self, NatsError> {
         check_server_version(&js.client().server_info().version)?;
-        let stream = ensure_event_stream(&js, replicas).await?;
-        Ok(Self { js, stream })
+        let stream = ensure_stream(&js, streams::events_stream(replicas)).await?;
+        let dispatch = ensure_stream(&js, streams::dispatch_stream(replicas)).await?;
+        Ok(Self {
+            js,
+            stream,
+            dispatch,
+        })
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }
 
+    /// The event log.
     pub fn stream(&self) -> &stream::Stream {
         &self.stream
+    }
+
+    /// The agent workers' queue.
+    pub fn dispatch_stream(&self) -> &stream::Stream {
+        &self.dispatch
+    }
+
+    /// Hands a scheduled step to the agent workers. The copy keeps the event's id as its
+    /// `Nats-Msg-Id`, so handing the same step twice within the duplicate window stores it once.
+    pub async fn dispatch(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        let subject = cadre_proto::subjects::dispatched_steps(&envelope.meta.tenant);
+        self.js
+            .send_publish(subject, message(envelope))
+            .await?
+            .await?;
+        Ok(())
     }
 
     /// Appends one event and waits until JetStream has stored it.
@@ -179,13 +201,7 @@ impl EventBus {
         envelope: &Envelope,
         append: &Append,
     ) -> Result<context::PublishAckFuture, PublishError> {
-        let mut headers = HeaderMap::new();
-        headers.insert("Content-Type", CONTENT_TYPE);
-        crate::telemetry::inject(&mut headers);
-        let mut publish = jetstream::message::PublishMessage::build()
-            .headers(headers)
-            .message_id(envelope.meta.id.to_string())
-            .payload(Bytes::from(envelope.encode()));
+        let mut publish = message(envelope);
         if let Append::ExpectLast { filter, sequence } = append {
             publish = publish
                 .expected_last_subject_sequence(*sequence)
@@ -239,6 +255,17 @@ impl EventBus {
         }
         Ok(events)
     }
+}
+
+/// An event as a JetStream message: JSON CloudEvent, its id as `Nats-Msg-Id`, trace context.
+fn message(envelope: &Envelope) -> jetstream::message::PublishMessage {
+    let mut headers = HeaderMap::new();
+    headers.insert("Content-Type", CONTENT_TYPE);
+    crate::telemetry::inject(&mut headers);
+    jetstream::message::PublishMessage::build()
+        .headers(headers)
+        .message_id(envelope.meta.id.to_string())
+        .payload(Bytes::from(envelope.encode()))
 }
 
 fn decode_stored(sequence: u64, payload: &[u8]) -> Result<Stored, ReadError> {

@@ -47,13 +47,13 @@ async fn interaction_and_knowledge_rows(stack: &Stack, execution_id: &str, workf
 async fn settle(stack: &Stack) {
     let last = stack.bus.stream().clone().info().await.unwrap().state.last_sequence;
     eventually(FINISH, "the consumers to catch up", || async {
-        for name in [COORDINATOR_CONSUMER, AGENT_WORKER_CONSUMER, PROJECTOR_CONSUMER] {
-            let info = stack
-                .bus
-                .stream()
-                .consumer_info(name)
-                .await
-                .ok()?;
+        let consumers = [
+            (stack.bus.stream(), COORDINATOR_CONSUMER),
+            (stack.bus.stream(), PROJECTOR_CONSUMER),
+            (stack.bus.dispatch_stream(), AGENT_WORKER_CONSUMER),
+        ];
+        for (stream, name) in consumers {
+            let info = stream.consumer_info(name).await.ok()?;
             if info.num_pending > 0 || info.num_ack_pending > 0 {
                 return None;
             }
@@ -258,6 +258,8 @@ async fn malformed_messages_are_terminated_with_a_reason_and_block_nothing() {
     for (subject, payload) in &garbage {
         js.publish(subject.clone(), payload.clone().into()).await.unwrap().await.unwrap();
     }
+    // And on the workers' own queue.
+    js.publish("cadre.dispatch.default.steps", "{\"specversion\":".into()).await.unwrap().await.unwrap();
 
     // The consumers keep going: a whole workflow runs behind the garbage.
     let (_, workflow_id) = team_and_pipeline(&stack).await;
@@ -275,11 +277,14 @@ async fn malformed_messages_are_terminated_with_a_reason_and_block_nothing() {
         let body: Value = serde_json::from_slice(&advisory.payload).unwrap();
         reasons.push((body["consumer"].as_str().unwrap().to_owned(), body["reason"].as_str().unwrap_or_default().to_owned()));
     }
+    // The coordinator terminates what it cannot read among execution events (it ignores the
+    // agent garbage: not its business); the worker what it cannot read in its queue.
     reasons.sort();
     assert_eq!(reasons[0].0, AGENT_WORKER_CONSUMER);
     assert!(reasons[0].1.contains("not a CloudEvents JSON envelope"), "{reasons:?}");
     assert_eq!(reasons[1].0, COORDINATOR_CONSUMER);
     assert_eq!(reasons[2].0, COORDINATOR_CONSUMER);
+    assert!(reasons.iter().any(|(_, r)| r.contains("not a CloudEvents JSON envelope")), "{reasons:?}");
     assert!(reasons.iter().any(|(_, r)| r.contains("unknown event type \"dev.cadre.execution.exploded.v1\"")), "{reasons:?}");
 
     // The projector keeps its rejections, with the reason, in Postgres.

@@ -85,7 +85,7 @@ pub async fn run_with_readiness(
         .await
         .map_err(|error| anyhow::anyhow!(error).context("opening the event stream"))?;
     let consumer: PullConsumer = bus
-        .stream()
+        .dispatch_stream()
         .get_or_create_consumer(
             streams::AGENT_WORKER_CONSUMER,
             streams::agent_worker_consumer(),

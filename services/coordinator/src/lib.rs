@@ -86,6 +86,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             bus: bus.clone(),
             db,
             tenant: TenantId::default_tenant(),
+            starts: api::StartLocks::default(),
         },
         readiness.clone(),
     );

@@ -1,6 +1,9 @@
 //! The event processor: folds every execution event, in log order, into the execution's state
 //! and appends what `decide` returns.
 //!
+//! Each `StepScheduled` it reads from the log it copies to the workers' dispatch queue before
+//! acking it: the log doubles as the outbox of that second write.
+//!
 //! One coordinator replica processes at a time (the consumer's pinned client); the others wait
 //! on standby. Events of one execution always go to the same shard task, so each execution's
 //! state in memory is a gap-free prefix of its events in the log. Appends expect the last
@@ -81,6 +84,12 @@ pub async fn run(
             next = messages.next() => next,
         };
         match next {
+            Some(Ok(message)) if !subjects::is_execution_state(&message.subject) => {
+                // Agents, workflows, knowledge, interactions: not the coordinator's business.
+                if let Err(error) = message.ack().await {
+                    tracing::warn!(%error, "ack failed; the event will be redelivered");
+                }
+            }
             Some(Ok(message)) => {
                 let shard = shard_of(&message.subject, senders.len());
                 if senders[shard].send(message).await.is_err() {
@@ -137,6 +146,15 @@ async fn handle(bus: &EventBus, executions: &mut HashMap<ExecutionId, Folded>, m
         bus::terminate(&message, "not an execution event").await;
         return;
     };
+    // The log is the workers' outbox: every scheduled step stored in it is handed to them
+    // before its delivery is acked, so none is lost between the two writes.
+    if let Event::StepScheduled(_) = &envelope.event {
+        if let Err(error) = bus.dispatch(&envelope).await {
+            tracing::warn!(%error, sequence, "dispatching a step failed; redelivering");
+            let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+            return;
+        }
+    }
     match fold_and_decide(bus, executions, sequence, envelope, execution_id, workflow_id).await {
         Ok(()) => {
             if let Err(error) = message.ack().await {

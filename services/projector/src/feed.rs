@@ -6,7 +6,7 @@
 //! acked past one that was not applied: a gap in delivered sequences ends the session and the
 //! consumer is recreated from the checkpoint.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{Message, stream};
@@ -168,14 +168,23 @@ impl Projector<'_> {
     ) -> Result<bool, SessionError> {
         if let (Some(first), Some(last)) = (batch.incoming.first(), batch.incoming.last()) {
             let (first, last) = (first.sequence, last.sequence);
-            let span = tracing::info_span!("project_batch", first, last, messages = batch.incoming.len());
+            let span = tracing::info_span!(
+                "project_batch",
+                first,
+                last,
+                messages = batch.incoming.len()
+            );
             for event_span in &batch.spans {
                 span.follows_from(event_span);
             }
             let mut backoff = retry_backoff();
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let plan = loop {
-                match lease.project(&batch.incoming).instrument(span.clone()).await {
+                match lease
+                    .project(&batch.incoming)
+                    .instrument(span.clone())
+                    .await
+                {
                     Ok(plan) => {
                         tracing::debug!(first, last, messages = batch.incoming.len(), elapsed = ?started.elapsed(), "batch committed");
                         break plan;
@@ -218,7 +227,10 @@ impl Projector<'_> {
 /// anything beyond the checkpoint. Otherwise its position is wrong for this database (restored
 /// from a backup, or rebuilt), or messages past the checkpoint are out with a previous owner and
 /// would only come back after the ack wait; either way it is recreated from the checkpoint.
-async fn open_consumer(stream: &stream::Stream, checkpoint: u64) -> Result<PullConsumer, NatsError> {
+async fn open_consumer(
+    stream: &stream::Stream,
+    checkpoint: u64,
+) -> Result<PullConsumer, NatsError> {
     let mut config = streams::projector_consumer();
     config.deliver_policy = if checkpoint == 0 {
         DeliverPolicy::All
@@ -234,7 +246,11 @@ async fn open_consumer(stream: &stream::Stream, checkpoint: u64) -> Result<PullC
     if delivered <= checkpoint {
         return Ok(consumer);
     }
-    tracing::info!(checkpoint, delivered, "recreating the projector consumer at the checkpoint");
+    tracing::info!(
+        checkpoint,
+        delivered,
+        "recreating the projector consumer at the checkpoint"
+    );
     stream.delete_consumer(streams::PROJECTOR_CONSUMER).await?;
     Ok(stream.create_consumer::<pull::Config>(config).await?)
 }
@@ -260,7 +276,11 @@ enum Admission {
 }
 
 impl Cursor {
-    async fn admit(&mut self, sequence: u64, stream: &stream::Stream) -> Result<Admission, NatsError> {
+    async fn admit(
+        &mut self,
+        sequence: u64,
+        stream: &stream::Stream,
+    ) -> Result<Admission, NatsError> {
         if sequence <= self.last {
             // Already applied: a redelivery, or a replay of a batch committed but not acked.
             return Ok(Admission::Skip);
@@ -272,7 +292,11 @@ impl Cursor {
                 .get_first_raw_message_by_subject(subjects::ALL_EVENTS, self.last + 1)
                 .await?;
             if next.sequence != sequence {
-                tracing::warn!(expected = self.last + 1, got = sequence, "a delivery went missing");
+                tracing::warn!(
+                    expected = self.last + 1,
+                    got = sequence,
+                    "a delivery went missing"
+                );
                 return Ok(Admission::Gap);
             }
         }
@@ -302,8 +326,12 @@ async fn admit(
         };
         let (sequence, stored_at) = match message.info() {
             Ok(info) => {
-                let nanos = i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
-                (info.stream_sequence, DateTime::<Utc>::from_timestamp_nanos(nanos))
+                let nanos =
+                    i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+                (
+                    info.stream_sequence,
+                    DateTime::<Utc>::from_timestamp_nanos(nanos),
+                )
             }
             Err(error) => {
                 tracing::warn!(%error, subject = %message.subject, "message without JetStream metadata");
@@ -312,10 +340,16 @@ async fn admit(
         };
         match cursor.admit(sequence, stream).await.map_err(nats)? {
             Admission::Apply => {
-                let span = tracing::info_span!("project_event", sequence, subject = %message.subject);
+                let span =
+                    tracing::info_span!("project_event", sequence, subject = %message.subject);
                 telemetry::extract(message.headers.as_ref(), &span);
                 let incoming = span.in_scope(|| {
-                    Incoming::decode(sequence, message.subject.as_str(), stored_at, &message.payload)
+                    Incoming::decode(
+                        sequence,
+                        message.subject.as_str(),
+                        stored_at,
+                        &message.payload,
+                    )
                 });
                 batch.incoming.push(incoming);
                 batch.spans.push(span);

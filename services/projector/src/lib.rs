@@ -163,12 +163,6 @@ async fn open_bus(
         }
         () = shutdown.cancelled() => return Ok(None),
     };
-    // `bus::connect` returns before the first connection is made, but opening the bus checks
-    // the server's version, which is only known once it has answered.
-    tokio::select! {
-        flushed = client.flush() => flushed.context("waiting for NATS to answer")?,
-        () = shutdown.cancelled() => return Ok(None),
-    }
     let bus = EventBus::open(async_nats::jetstream::new(client), config.stream_replicas)
         .await
         .map_err(|error| anyhow::anyhow!("opening the event stream: {error}"))?;

@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
-#[command(version, about = "Folds Cadre's event log into the Postgres read models")]
+#[command(
+    version,
+    about = "Folds Cadre's event log into the Postgres read models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

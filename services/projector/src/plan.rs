@@ -273,7 +273,10 @@ fn sequence(stream_sequence: u64) -> i64 {
 /// earlier one (a late message of a retried step) changes nothing, and the same attempt
 /// overwrites the fields it names. The store applies the same rule between the stored entry and
 /// a batch's folded one, so folding first gives what applying one event at a time would.
-fn merge_step(current: Option<Map<String, Value>>, patch: Map<String, Value>) -> Map<String, Value> {
+fn merge_step(
+    current: Option<Map<String, Value>>,
+    patch: Map<String, Value>,
+) -> Map<String, Value> {
     fn attempt(entry: &Map<String, Value>) -> u64 {
         entry.get("attempt").and_then(Value::as_u64).unwrap_or(0)
     }
@@ -867,9 +870,11 @@ mod tests {
     fn events_for_one_execution_fold_into_one_patch_in_order() {
         let mut f = Fixture::new();
         let batch = vec![
-            f.message(Event::WorkflowCreated(cadre_proto::events::WorkflowCreated {
-                workflow: f.definition(),
-            })),
+            f.message(Event::WorkflowCreated(
+                cadre_proto::events::WorkflowCreated {
+                    workflow: f.definition(),
+                },
+            )),
             f.message(f.started(1)),
             f.message(f.scheduled(1)),
             f.message(f.step_started(1)),
@@ -918,7 +923,11 @@ mod tests {
             })
         );
 
-        let messages: Vec<_> = plan.interactions.iter().map(|i| i.message.as_str()).collect();
+        let messages: Vec<_> = plan
+            .interactions
+            .iter()
+            .map(|i| i.message.as_str())
+            .collect();
         assert_eq!(
             messages,
             [
@@ -953,7 +962,10 @@ mod tests {
             Value::Object(step.clone()),
             json!({ "status": "running", "attempt": 2, "agentId": f.agent.id })
         );
-        assert_eq!(plan.execution_patches[0].assignments["design"]["attempt"], 2);
+        assert_eq!(
+            plan.execution_patches[0].assignments["design"]["attempt"],
+            2
+        );
         assert_eq!(plan.interactions.len(), 5, "every event is still logged");
     }
 
@@ -967,17 +979,32 @@ mod tests {
         let batch = vec![
             Incoming::decode(7, "cadre.events.x", stored_at, b"{not json"),
             good,
-            Incoming::decode(9, "cadre.events.y", stored_at, &serde_json::to_vec(&unknown).unwrap()),
+            Incoming::decode(
+                9,
+                "cadre.events.y",
+                stored_at,
+                &serde_json::to_vec(&unknown).unwrap(),
+            ),
         ];
         let plan = plan_all(&batch);
 
         assert_eq!(plan.last_sequence, 9);
-        assert_eq!(plan.execution_patches.len(), 1, "the good event is still applied");
+        assert_eq!(
+            plan.execution_patches.len(),
+            1,
+            "the good event is still applied"
+        );
         assert_eq!(plan.rejections.len(), 2);
         let malformed = &plan.rejections[0];
         assert_eq!(malformed.stream_sequence, 7);
         assert_eq!(malformed.subject, "cadre.events.x");
-        assert!(malformed.reason.starts_with("not a CloudEvents JSON envelope"), "{}", malformed.reason);
+        assert!(
+            malformed
+                .reason
+                .starts_with("not a CloudEvents JSON envelope"),
+            "{}",
+            malformed.reason
+        );
         assert_eq!(malformed.payload, b"{not json");
         assert_eq!(malformed.rejected_at, stored_at);
         assert_eq!(
@@ -1014,16 +1041,30 @@ mod tests {
         let plan = plan_all(&batch);
 
         assert_eq!(plan.knowledge.len(), 2);
-        assert_eq!(plan.knowledge[0].content, long, "the knowledge row keeps it all");
+        assert_eq!(
+            plan.knowledge[0].content, long,
+            "the knowledge row keeps it all"
+        );
         assert_eq!(plan.knowledge[0].knowledge_type, "insight");
-        let quoted = plan.interactions[0].context_data["content"].as_str().unwrap();
+        let quoted = plan.interactions[0].context_data["content"]
+            .as_str()
+            .unwrap();
         assert_eq!(quoted, format!("{}...", "é".repeat(200)));
         assert_eq!(plan.interactions[1].context_data["content"], exact.as_str());
-        assert_eq!(plan.interactions[0].message, "Shared knowledge: Insights from Design");
+        assert_eq!(
+            plan.interactions[0].message,
+            "Shared knowledge: Insights from Design"
+        );
         assert_eq!(plan.interactions[0].interaction_type, "knowledge_sharing");
-        assert_eq!(plan.interactions[0].context_data["knowledgeType"], "insight");
+        assert_eq!(
+            plan.interactions[0].context_data["knowledgeType"],
+            "insight"
+        );
         assert_ne!(plan.interactions[0].id, plan.knowledge[0].id);
-        assert_eq!(plan.interactions[0].id, batch[0].content.as_ref().unwrap().meta.id.0);
+        assert_eq!(
+            plan.interactions[0].id,
+            batch[0].content.as_ref().unwrap().meta.id.0
+        );
     }
 
     #[test]
@@ -1033,12 +1074,19 @@ mod tests {
         let copy = Incoming::decode(2, first.subject.clone(), f.clock, &good_payload(&first));
         let batch = vec![first, copy];
         let both_new = plan_all(&batch);
-        assert_eq!(both_new.interactions.len(), 1, "a copy inside the batch is dropped");
+        assert_eq!(
+            both_new.interactions.len(),
+            1,
+            "a copy inside the batch is dropped"
+        );
         assert_eq!(both_new.last_sequence, 2);
 
         let both_applied = plan(&batch, &HashSet::new());
         assert!(both_applied.execution_patches.is_empty() && both_applied.interactions.is_empty());
-        assert_eq!(both_applied.last_sequence, 2, "the checkpoint still moves past them");
+        assert_eq!(
+            both_applied.last_sequence, 2,
+            "the checkpoint still moves past them"
+        );
     }
 
     #[test]
@@ -1047,11 +1095,17 @@ mod tests {
         let mut renamed = f.agent.clone();
         renamed.name = "Ada Lovelace".to_owned();
         let register = |agent: AgentProfile| Event::AgentRegistered(AgentRegistered { agent });
-        let batch = vec![f.message(register(f.agent.clone())), f.message(register(renamed))];
+        let batch = vec![
+            f.message(register(f.agent.clone())),
+            f.message(register(renamed)),
+        ];
         let plan = plan_all(&batch);
         assert_eq!(plan.agents.len(), 1);
         assert_eq!(plan.agents[0].name, "Ada Lovelace");
-        assert_eq!(plan.agents[0].created_at + chrono::Duration::seconds(1), plan.agents[0].updated_at);
+        assert_eq!(
+            plan.agents[0].created_at + chrono::Duration::seconds(1),
+            plan.agents[0].updated_at
+        );
     }
 
     #[test]

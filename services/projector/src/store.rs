@@ -186,14 +186,14 @@ async fn set_checkpoint(tx: &mut PgConnection, sequence: u64) -> Result<(), sqlx
 /// already keeps an event from being applied twice, and a clash between two different events
 /// must not fail the batch on every retry.
 async fn write(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    { let t=std::time::Instant::now(); insert_agents(tx, plan).await?; tracing::debug!(elapsed=?t.elapsed(), "insert_agents"); }
-    { let t=std::time::Instant::now(); insert_workflows(tx, plan).await?; tracing::debug!(elapsed=?t.elapsed(), "insert_workflows"); }
-    { let t=std::time::Instant::now(); insert_executions(tx, plan).await?; tracing::debug!(elapsed=?t.elapsed(), "insert_executions"); }
-    { let t=std::time::Instant::now(); patch_executions(tx, plan).await?; tracing::debug!(elapsed=?t.elapsed(), "patch_executions"); }
-    { let t=std::time::Instant::now(); patch_workflows(tx, plan).await?; tracing::debug!(elapsed=?t.elapsed(), "patch_workflows"); }
-    { let t=std::time::Instant::now(); insert_interactions(tx, plan).await?; tracing::debug!(elapsed=?t.elapsed(), "insert_interactions"); }
-    { let t=std::time::Instant::now(); insert_knowledge(tx, plan).await?; tracing::debug!(elapsed=?t.elapsed(), "insert_knowledge"); }
-    { let t=std::time::Instant::now(); insert_rejections(tx, plan).await?; tracing::debug!(elapsed=?t.elapsed(), "insert_rejections"); }
+    insert_agents(tx, plan).await?;
+    insert_workflows(tx, plan).await?;
+    insert_executions(tx, plan).await?;
+    patch_executions(tx, plan).await?;
+    patch_workflows(tx, plan).await?;
+    insert_interactions(tx, plan).await?;
+    insert_knowledge(tx, plan).await?;
+    insert_rejections(tx, plan).await?;
     set_checkpoint(tx, plan.last_sequence).await?;
     // Delivered on commit: workers waiting for a knowledge watermark wake up then.
     sqlx::query("SELECT pg_notify($1, $2)")
@@ -357,7 +357,9 @@ async fn patch_executions(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx
     )
     .bind(column!(rows, |r| r.execution_id))
     .bind(steps)
-    .bind(column!(rows, |r| serde_json::Value::Object(r.assignments.clone())))
+    .bind(column!(rows, |r| serde_json::Value::Object(
+        r.assignments.clone()
+    )))
     .bind(column!(rows, |r| r.current_step_id.is_some()))
     .bind(column!(rows, |r| r.current_step_id.clone().flatten()))
     .bind(column!(rows, |r| r.status))

@@ -6,6 +6,7 @@ mod problem;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,6 +19,7 @@ use futures::future::try_join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::sync::Mutex;
 
 use cadre_proto::events::{AgentRegistered, WorkflowCreated};
 use cadre_proto::model::{
@@ -46,6 +48,7 @@ pub struct AppState {
     pub db: PgPool,
     /// Until authentication arrives, every request acts for this tenant.
     pub tenant: TenantId,
+    pub starts: StartLocks,
 }
 
 pub fn router(state: AppState, readiness: Readiness) -> Router {
@@ -342,6 +345,27 @@ struct ExecutionAccepted {
     status: &'static str,
 }
 
+/// What starting an execution of a workflow needs, kept per workflow: its definition and its
+/// agents (both immutable once registered) and the last execution number with the stream
+/// sequence of its `started` event. Starts of one workflow queue on its lock here instead of
+/// racing each other in the log; a race with another coordinator replica is still caught by
+/// the expected-sequence append and resolved by re-reading.
+pub struct WorkflowStarts {
+    workflow: WorkflowDefinition,
+    agents: Vec<AgentProfile>,
+    last: Option<(u32, u64)>,
+}
+
+#[derive(Clone, Default)]
+pub struct StartLocks(Arc<std::sync::Mutex<HashMap<WorkflowId, Arc<Mutex<Option<WorkflowStarts>>>>>>);
+
+impl StartLocks {
+    fn of(&self, workflow: WorkflowId) -> Arc<Mutex<Option<WorkflowStarts>>> {
+        let mut locks = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.entry(workflow).or_default().clone()
+    }
+}
+
 async fn start_execution(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -353,27 +377,35 @@ async fn start_execution(
     } else {
         body::parse(&bytes)?
     };
-    let workflow = load_workflow(&app, workflow_id).await?;
-    let agents = try_join_all(
-        workflow
-            .participating_agents
-            .iter()
-            .map(|id| load_agent(&app, *id)),
-    )
-    .await?
-    .into_iter()
-    .collect::<Option<Vec<_>>>()
-    .ok_or_else(|| Problem::conflict("an agent of this workflow is no longer registered"))?;
+    let lock = app.starts.of(workflow_id);
+    let mut cached = lock.lock().await;
+    if cached.is_none() {
+        let workflow = load_workflow(&app, workflow_id).await?;
+        let agents = try_join_all(
+            workflow
+                .participating_agents
+                .iter()
+                .map(|id| load_agent(&app, *id)),
+        )
+        .await?
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Problem::conflict("an agent of this workflow is no longer registered"))?;
+        *cached = Some(WorkflowStarts {
+            workflow,
+            agents,
+            last: None,
+        });
+    }
+    let Some(starts) = cached.as_mut() else {
+        unreachable!("filled above")
+    };
 
-    let starts = subjects::execution_starts(&app.tenant, workflow_id);
+    let filter = subjects::execution_starts(&app.tenant, workflow_id);
     for _ in 0..START_ATTEMPTS {
-        let last = app.bus.last_event(&starts).await.map_err(unavailable_log)?;
-        let (last_number, sequence) = match &last {
-            Some(stored) => match &stored.envelope.event {
-                Event::ExecutionStarted(e) => (e.execution_number, stored.sequence),
-                _ => (0, stored.sequence),
-            },
-            None => (0, 0),
+        let (last_number, sequence) = match starts.last {
+            Some(last) => last,
+            None => last_start(&app, &filter).await?,
         };
         let execution_id = ExecutionId::new();
         let execution_number = last_number + 1;
@@ -383,8 +415,8 @@ async fn start_execution(
                 execution_number,
                 trigger_reason: request.trigger_reason,
                 triggered_by: request.triggered_by.clone(),
-                workflow: workflow.clone(),
-                agents: agents.clone(),
+                workflow: starts.workflow.clone(),
+                agents: starts.agents.clone(),
             },
             &ExecutionState::NotStarted,
         )
@@ -393,8 +425,9 @@ async fn start_execution(
             .into_iter()
             .map(|event| Envelope::new(SOURCE, app.tenant.clone(), Utc::now(), event))
             .collect();
-        match app.bus.append_after(&envelopes, &starts, sequence).await {
-            Ok(_) => {
+        match app.bus.append_after(&envelopes, &filter, sequence).await {
+            Ok(stored_at) => {
+                starts.last = Some((execution_number, stored_at));
                 return Ok((
                     StatusCode::ACCEPTED,
                     [(header::LOCATION, format!("/v1/executions/{execution_id}"))],
@@ -407,14 +440,29 @@ async fn start_execution(
                 )
                     .into_response());
             }
-            // Another start took this number: read the new last one and go again.
-            Err(PublishError::Conflict { .. }) => continue,
-            Err(other) => return Err(publish_failed(other)),
+            // Another replica started one: forget what we knew and read the log again.
+            Err(PublishError::Conflict { .. }) => starts.last = None,
+            Err(other) => {
+                starts.last = None;
+                return Err(publish_failed(other));
+            }
         }
     }
     Err(Problem::conflict(
         "too many executions of this workflow are starting at once; retry",
     ))
+}
+
+/// The last execution number of a workflow and the sequence of its `started` event.
+async fn last_start(app: &AppState, filter: &str) -> Result<(u32, u64), Problem> {
+    let last = app.bus.last_event(filter).await.map_err(unavailable_log)?;
+    Ok(match last {
+        Some(stored) => match stored.envelope.event {
+            Event::ExecutionStarted(e) => (e.execution_number, stored.sequence),
+            _ => (0, stored.sequence),
+        },
+        None => (0, 0),
+    })
 }
 
 async fn list_executions(
