@@ -132,7 +132,8 @@ impl Worker {
 
     /// The step's latest scheduling, completion and failure. Looked up per fact rather than as
     /// the step's single latest event: a copy of the `StepScheduled` re-published after the
-    /// duplicate window would otherwise hide a completion stored before it.
+    /// duplicate window would otherwise hide a completion stored before it. Any replica may
+    /// answer: one that lags can only say "not done yet", and a step run twice is deduplicated.
     async fn latest_outcomes(&self, step: &ScheduledStep) -> anyhow::Result<Vec<Event>> {
         let s = &step.scheduled;
         let filters = [subjects::SCHEDULED, subjects::COMPLETED, subjects::FAILED].map(|fact| {
@@ -145,7 +146,7 @@ impl Worker {
             )
         });
         let lookups =
-            futures::future::join_all(filters.iter().map(|f| self.bus.last_event(f))).await;
+            futures::future::join_all(filters.iter().map(|f| self.bus.peek_last_event(f))).await;
         let mut latest = Vec::new();
         for lookup in lookups {
             match lookup {

@@ -30,7 +30,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// JetStream replicas of the event stream (3 in a cluster).
     pub stream_replicas: usize,
-    /// Parallel lanes of the event processor; one execution always uses the same lane.
+    /// Parallel lanes of the event processor; one execution always uses the same lane. Each
+    /// lane waits for its appends, so lanes, not CPU, bound throughput when there are too few.
     pub shards: usize,
     pub db_max_connections: u32,
 }
@@ -42,7 +43,7 @@ impl Default for Config {
             database_url: "postgres://postgres@127.0.0.1:5432/cadre".into(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             stream_replicas: 1,
-            shards: 16,
+            shards: 128,
             db_max_connections: 16,
         }
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-use cadre_proto::{Envelope, Event, ExecutionId, subjects};
+use cadre_proto::subjects;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
 use cadre_tests::{Stack, StackOptions};
 use chrono::{DateTime, Utc};
@@ -49,16 +49,19 @@ async fn main() -> anyhow::Result<()> {
     let latency_ms = setting("BENCH_LATENCY_MS", 0);
     let concurrency = setting("BENCH_WORKER_CONCURRENCY", 256) as usize;
     let start_parallelism = setting("BENCH_START_PARALLELISM", 64) as usize;
+    // Starts of one workflow queue behind each other (execution numbers are consecutive);
+    // spreading the executions over several identical workflows shows the steps' own ceiling.
+    let workflows = setting("BENCH_WORKFLOWS", 1).max(1);
     println!(
-        "cadre bench: {executions} executions x {steps} steps, offline provider latency {latency_ms} ms, \
-         worker concurrency {concurrency}, {} cores",
+        "cadre bench: {executions} executions x {steps} steps over {workflows} workflow(s), \
+         offline provider latency {latency_ms} ms, worker concurrency {concurrency}, {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
 
     let stack = Stack::start_with(StackOptions {
         offline_latency_ms: latency_ms,
         worker_concurrency: concurrency,
-        coordinator_shards: 16,
+        coordinator_shards: setting("BENCH_COORDINATOR_SHARDS", 128) as usize,
         projector_max_batch: 2000,
     })
     .await;
@@ -67,10 +70,13 @@ async fn main() -> anyhow::Result<()> {
     for agent in team("offline") {
         agent_ids.push(api.register_agent(&agent).await["id"].as_str().unwrap_or_default().to_owned());
     }
-    let workflow = api
-        .create_workflow(&pipeline("bench", &agent_ids, &PIPELINE_SKILLS, steps))
-        .await;
-    let workflow_id = workflow["id"].as_str().unwrap_or_default().to_owned();
+    let mut workflow_ids = Vec::new();
+    for _ in 0..workflows {
+        let workflow = api
+            .create_workflow(&pipeline("bench", &agent_ids, &PIPELINE_SKILLS, steps))
+            .await;
+        workflow_ids.push(workflow["id"].as_str().unwrap_or_default().to_owned());
+    }
 
     // Watch the log from here on, and the projector's commits.
     let first_sequence = stack.bus.stream().clone().info().await?.state.last_sequence + 1;
@@ -101,9 +107,9 @@ async fn main() -> anyhow::Result<()> {
 
     let wall = Instant::now();
     let http_latencies = futures::stream::iter(0..executions)
-        .map(|_| {
+        .map(|i| {
             let api = api.clone();
-            let workflow_id = workflow_id.clone();
+            let workflow_id = workflow_ids[i as usize % workflow_ids.len()].clone();
             async move {
                 let started = Instant::now();
                 api.start_execution(&workflow_id).await;
@@ -115,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         .await;
     let accepted_in = wall.elapsed();
 
-    let mut times: HashMap<ExecutionId, ExecutionTimes> = HashMap::new();
+    let mut times: HashMap<String, ExecutionTimes> = HashMap::new();
     let mut stored: Vec<(u64, DateTime<Utc>)> = Vec::new();
     let mut finished = 0u64;
     let mut failed = 0u64;
@@ -130,23 +136,27 @@ async fn main() -> anyhow::Result<()> {
             i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0),
         );
         stored.push((info.stream_sequence, at));
-        let Ok(envelope) = Envelope::decode(&message.payload) else { continue };
-        let Some(execution) = envelope.event.execution_id() else { continue };
-        let entry = times.entry(execution).or_default();
-        match &envelope.event {
-            Event::ExecutionStarted(_) => entry.started = Some(at),
-            Event::StepStarted(e) => {
+        // The subject says all the bench needs; decoding every event would load the machine
+        // it measures. `...execution.<id>.<fact>` or `...execution.<id>.step.<step>.<fact>`.
+        let tokens: Vec<&str> = message.subject.split('.').collect();
+        if tokens.get(5) != Some(&"execution") {
+            continue;
+        }
+        let entry = times.entry(tokens[6].to_owned()).or_default();
+        match (tokens.get(7), tokens.get(9), tokens.last()) {
+            (Some(&"step"), Some(&"started"), _) => {
                 step_events += 1;
-                entry.step_started.insert(e.step_id.to_string(), at);
+                entry.step_started.insert(tokens[8].to_owned(), at);
             }
-            Event::StepCompleted(e) => {
-                entry.step_completed.insert(e.step_id.to_string(), at);
+            (Some(&"step"), Some(&"completed"), _) => {
+                entry.step_completed.insert(tokens[8].to_owned(), at);
             }
-            Event::ExecutionCompleted(_) => {
+            (Some(&"started"), None, _) => entry.started = Some(at),
+            (Some(&"completed"), None, _) => {
                 entry.finished = Some(at);
                 finished += 1;
             }
-            Event::ExecutionFailed(_) => {
+            (Some(&"failed"), None, _) => {
                 entry.finished = Some(at);
                 finished += 1;
                 failed += 1;
