@@ -167,7 +167,10 @@ impl Envelope {
 }
 
 fn decode_data(event_type: &str, data: &str) -> Result<Event, DecodeError> {
-    fn parse<T: serde::de::DeserializeOwned>(event_type: &str, data: &str) -> Result<T, DecodeError> {
+    fn parse<T: serde::de::DeserializeOwned>(
+        event_type: &str,
+        data: &str,
+    ) -> Result<T, DecodeError> {
         serde_json::from_str(data).map_err(|error| DecodeError::InvalidData {
             event_type: event_type.to_owned(),
             error,
@@ -230,14 +233,21 @@ mod tests {
 
     #[test]
     fn rejects_what_it_does_not_understand() {
-        assert!(matches!(Envelope::decode(b"{not json"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Envelope::decode(b"{not json"),
+            Err(DecodeError::Malformed(_))
+        ));
         let mut v: serde_json::Value = serde_json::from_slice(&sample().encode()).unwrap();
         v["type"] = "dev.cadre.execution.exploded.v9".into();
         let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(matches!(err, DecodeError::UnknownType(ref t) if t.ends_with("exploded.v9")));
         v["type"] = types::AGENT_REGISTERED.into();
         let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(err.to_string().starts_with("invalid data for dev.cadre.agent.registered.v1: missing field `agent`"));
+        assert!(
+            err.to_string().starts_with(
+                "invalid data for dev.cadre.agent.registered.v1: missing field `agent`"
+            )
+        );
         v["specversion"] = "0.3".into();
         let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(matches!(err, DecodeError::SpecVersion(_)));

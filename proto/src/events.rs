@@ -39,7 +39,11 @@ pub struct ExecutionStarted {
 
 /// Why the coordinator chose an agent for a step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "kind"
+)]
 pub enum AssignmentReason {
     /// The step named this agent as `preferredAgentId`.
     PreferredAgent,

@@ -131,13 +131,21 @@ mod tests {
             assert!(is_execution_state(subject));
             assert!(matches(&execution_state(&t, w, e), subject));
         }
-        for subject in [&chat, &know, &workflow(&t, w, CREATED), &agent(&t, AgentId::new(), REGISTERED)] {
+        for subject in [
+            &chat,
+            &know,
+            &workflow(&t, w, CREATED),
+            &agent(&t, AgentId::new(), REGISTERED),
+        ] {
             assert!(!is_execution_state(subject), "{subject}");
             assert!(!matches(&execution_state(&t, w, e), subject));
             assert!(matches(ALL_EVENTS, subject));
         }
         assert!(matches(&execution_starts(&t, w), &started));
-        assert!(!matches(&execution_starts(&t, w), &step(&t, w, e, &s, STARTED)));
+        assert!(!matches(
+            &execution_starts(&t, w),
+            &step(&t, w, e, &s, STARTED)
+        ));
         assert!(matches(&step_state(&t, w, e, &s), &scheduled));
     }
 }

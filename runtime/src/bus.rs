@@ -58,7 +58,10 @@ async fn ensure_stream(
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
 
 fn check_server_version(version: &str) -> Result<(), NatsError> {
-    let mut parts = version.trim_start_matches('v').split('.').map(|p| p.parse::<u64>().ok());
+    let mut parts = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse::<u64>().ok());
     let found = (parts.next().flatten(), parts.next().flatten());
     match found {
         (Some(major), Some(minor)) if (major, minor) >= MIN_SERVER_VERSION => Ok(()),

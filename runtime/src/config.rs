@@ -15,7 +15,11 @@ pub fn load<T: Serialize + DeserializeOwned + Default>() -> Result<T, Box<figmen
     }
     figment
         .merge(Env::prefixed("CADRE_").split("__").ignore(&["CONFIG"]))
-        .merge(Env::raw().only(&["NATS_URL", "DATABASE_URL"]).map(|key| key.as_str().to_ascii_lowercase().into()))
+        .merge(
+            Env::raw()
+                .only(&["NATS_URL", "DATABASE_URL"])
+                .map(|key| key.as_str().to_ascii_lowercase().into()),
+        )
         .extract()
         .map_err(Box::new)
 }
@@ -50,6 +54,8 @@ mod tests {
     }
 
     #[test]
+    // figment's `Jail` closures return its (large) error type.
+    #[allow(clippy::result_large_err)]
     fn layers_defaults_file_and_environment() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("cadre.toml", "[http]\nport = 9000\nbody_limit = 20\n")?;

@@ -66,8 +66,12 @@ impl Api {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        self.post_raw(path, Some("application/json"), body.to_string().into_bytes())
-            .await
+        self.post_raw(
+            path,
+            Some("application/json"),
+            body.to_string().into_bytes(),
+        )
+        .await
     }
 
     pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
@@ -85,7 +89,11 @@ impl Api {
 
     /// Registers an agent and returns it as the API echoes it.
     pub async fn register_agent(&self, agent: &Value) -> Value {
-        Self::expect(self.post("/v1/agents", agent).await, 201, "registering an agent")
+        Self::expect(
+            self.post("/v1/agents", agent).await,
+            201,
+            "registering an agent",
+        )
     }
 
     pub async fn create_workflow(&self, workflow: &Value) -> Value {
@@ -99,13 +107,19 @@ impl Api {
     /// Starts an execution; returns `(executionId, executionNumber)`.
     pub async fn start_execution(&self, workflow_id: &str) -> (String, u64) {
         let body = Self::expect(
-            self.post(&format!("/v1/workflows/{workflow_id}/executions"), &json!({}))
-                .await,
+            self.post(
+                &format!("/v1/workflows/{workflow_id}/executions"),
+                &json!({}),
+            )
+            .await,
             202,
             "starting an execution",
         );
         (
-            body["executionId"].as_str().expect("executionId").to_owned(),
+            body["executionId"]
+                .as_str()
+                .expect("executionId")
+                .to_owned(),
             body["executionNumber"].as_u64().expect("executionNumber"),
         )
     }
@@ -137,7 +151,12 @@ pub fn agent(name: &str, role: &str, skills: &[&str], provider: &str) -> Value {
 /// The three agents of the demo pipeline, in step order.
 pub fn team(provider: &str) -> Vec<Value> {
     vec![
-        agent("Ada", "analyst", &["requirements analysis", "research"], provider),
+        agent(
+            "Ada",
+            "analyst",
+            &["requirements analysis", "research"],
+            provider,
+        ),
         agent("Linus", "engineer", &["rust", "implementation"], provider),
         agent("Grace", "reviewer", &["code review", "testing"], provider),
     ]
@@ -147,9 +166,21 @@ pub fn team(provider: &str) -> Vec<Value> {
 /// (ids) by required skills. The first three are the seed's analyse → build → review.
 pub fn pipeline(name: &str, agent_ids: &[String], skills: &[&[&str]], steps: usize) -> Value {
     const KINDS: [(&str, &str, &str); 3] = [
-        ("analysis", "Analyse requirements", "A list of requirements and risks"),
-        ("implementation", "Implement the change", "A description of the implementation"),
-        ("review", "Review the implementation", "Review findings and a verdict"),
+        (
+            "analysis",
+            "Analyse requirements",
+            "A list of requirements and risks",
+        ),
+        (
+            "implementation",
+            "Implement the change",
+            "A description of the implementation",
+        ),
+        (
+            "review",
+            "Review the implementation",
+            "Review findings and a verdict",
+        ),
     ];
     let steps: Vec<Value> = (0..steps)
         .map(|i| {

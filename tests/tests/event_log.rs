@@ -1,15 +1,20 @@
 //! The guarantees of the event log that Cadre's design rests on, checked on a real server.
 
-use chrono::Utc;
+// Test code: a panic is the failure report, in helpers as in tests.
+#![allow(clippy::unwrap_used)]
+
 use cadre_proto::events::{AgentRegistered, ExecutionFailed};
 use cadre_proto::model::{AgentProfile, ModelParameters};
 use cadre_proto::{AgentId, Envelope, Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_runtime::bus::{self, Append, EventBus, PublishError};
 use cadre_tests::nats::NatsServer;
+use chrono::Utc;
 
 async fn open(nats: &NatsServer) -> EventBus {
     let client = bus::connect(&nats.url, "event-log-test").await.unwrap();
-    EventBus::open(async_nats::jetstream::new(client), 1).await.unwrap()
+    EventBus::open(async_nats::jetstream::new(client), 1)
+        .await
+        .unwrap()
 }
 
 fn failed(workflow_id: WorkflowId, execution_id: ExecutionId, error: &str) -> Envelope {
@@ -49,7 +54,10 @@ async fn republishing_an_event_id_stores_it_once() {
     let first = bus.publish(&envelope, Append::Any).await.unwrap();
     let again = bus.publish(&envelope, Append::Any).await.unwrap();
     assert!(!first.duplicate);
-    assert!(again.duplicate, "same Nats-Msg-Id inside the duplicate window");
+    assert!(
+        again.duplicate,
+        "same Nats-Msg-Id inside the duplicate window"
+    );
     assert_eq!(again.sequence, first.sequence);
     let info = bus.stream().clone().info().await.unwrap().state.messages;
     assert_eq!(info, 1);
@@ -66,7 +74,10 @@ async fn an_expected_sequence_over_a_filter_stops_a_second_writer() {
     // Two writers both saw "nothing yet" (sequence 0); only the first append lands.
     let a = failed(workflow, execution, "writer a");
     let b = failed(workflow, execution, "writer b");
-    let stored = bus.append_after(std::slice::from_ref(&a), &filter, 0).await.unwrap();
+    let stored = bus
+        .append_after(std::slice::from_ref(&a), &filter, 0)
+        .await
+        .unwrap();
     let refused = bus.append_after(std::slice::from_ref(&b), &filter, 0).await;
     assert!(
         matches!(refused, Err(PublishError::Conflict { expected: 0, .. })),
@@ -78,7 +89,9 @@ async fn an_expected_sequence_over_a_filter_stops_a_second_writer() {
     assert_eq!(last.sequence, stored);
     assert_eq!(last.envelope, a);
     let by_wildcard = bus
-        .last_event(&format!("cadre.events.{tenant}.workflow.*.execution.{execution}.*"))
+        .last_event(&format!(
+            "cadre.events.{tenant}.workflow.*.execution.{execution}.*"
+        ))
         .await
         .unwrap()
         .expect("an event");
@@ -86,11 +99,22 @@ async fn an_expected_sequence_over_a_filter_stops_a_second_writer() {
 
     // Appending after the right sequence works, and a reader sees both in order.
     let c = failed(workflow, execution, "writer b, after re-reading");
-    bus.append_after(std::slice::from_ref(&c), &filter, stored).await.unwrap();
+    bus.append_after(std::slice::from_ref(&c), &filter, stored)
+        .await
+        .unwrap();
     let all = bus.read_all(&filter).await.unwrap();
     assert_eq!(
         all.iter().map(|s| s.envelope.clone()).collect::<Vec<_>>(),
         vec![a, c]
     );
-    assert!(bus.last_event(&subjects::execution_state(&tenant, workflow, ExecutionId::new())).await.unwrap().is_none());
+    assert!(
+        bus.last_event(&subjects::execution_state(
+            &tenant,
+            workflow,
+            ExecutionId::new()
+        ))
+        .await
+        .unwrap()
+        .is_none()
+    );
 }

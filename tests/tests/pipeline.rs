@@ -1,5 +1,8 @@
 //! A workflow end to end: coordinator → JetStream → agent worker → projector → Postgres.
 
+// Test code: a panic is the failure report, in helpers as in tests.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use cadre_proto::streams::{AGENT_WORKER_CONSUMER, COORDINATOR_CONSUMER, PROJECTOR_CONSUMER};
@@ -18,7 +21,12 @@ const FINISH: Duration = Duration::from_secs(60);
 async fn team_and_pipeline(stack: &Stack) -> (Vec<String>, String) {
     let mut ids = Vec::new();
     for agent in team(FAKE_PROVIDER) {
-        ids.push(stack.api.register_agent(&agent).await["id"].as_str().unwrap().to_owned());
+        ids.push(
+            stack.api.register_agent(&agent).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     let workflow = stack
         .api
@@ -36,16 +44,38 @@ async fn count(stack: &Stack, sql: &str, id: &str) -> i64 {
         .get(0)
 }
 
-async fn interaction_and_knowledge_rows(stack: &Stack, execution_id: &str, workflow_id: &str) -> (i64, i64) {
+async fn interaction_and_knowledge_rows(
+    stack: &Stack,
+    execution_id: &str,
+    workflow_id: &str,
+) -> (i64, i64) {
     (
-        count(stack, "SELECT count(*) FROM agent_interactions WHERE workflow_execution_id = $1", execution_id).await,
-        count(stack, "SELECT count(*) FROM collaboration_knowledge WHERE workflow_id = $1", workflow_id).await,
+        count(
+            stack,
+            "SELECT count(*) FROM agent_interactions WHERE workflow_execution_id = $1",
+            execution_id,
+        )
+        .await,
+        count(
+            stack,
+            "SELECT count(*) FROM collaboration_knowledge WHERE workflow_id = $1",
+            workflow_id,
+        )
+        .await,
     )
 }
 
 /// Waits until every consumer has processed everything stored so far.
 async fn settle(stack: &Stack) {
-    let last = stack.bus.stream().clone().info().await.unwrap().state.last_sequence;
+    let last = stack
+        .bus
+        .stream()
+        .clone()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
     eventually(FINISH, "the consumers to catch up", || async {
         let consumers = [
             (stack.bus.stream(), COORDINATOR_CONSUMER),
@@ -104,9 +134,21 @@ async fn a_three_step_pipeline_runs_end_to_end_and_shares_knowledge() {
         ]
     );
     assert!(!requests[0].system.contains("Insight from"));
-    assert!(requests[1].system.contains(&insight_line("Analyse requirements")));
-    assert!(requests[2].system.contains(&insight_line("Analyse requirements")));
-    assert!(requests[2].system.contains(&insight_line("Implement the change")));
+    assert!(
+        requests[1]
+            .system
+            .contains(&insight_line("Analyse requirements"))
+    );
+    assert!(
+        requests[2]
+            .system
+            .contains(&insight_line("Analyse requirements"))
+    );
+    assert!(
+        requests[2]
+            .system
+            .contains(&insight_line("Implement the change"))
+    );
     assert!(requests[0].system.contains("You are Ada, a analyst"));
 
     // Read models, through the API.
@@ -115,18 +157,42 @@ async fn a_three_step_pipeline_runs_end_to_end_and_shares_knowledge() {
         .get(&format!("/v1/executions/{execution_id}/interactions"))
         .await;
     assert_eq!(interactions.status, 200);
-    let kinds: Vec<&str> = interactions.body.as_array().unwrap().iter()
+    let kinds: Vec<&str> = interactions
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
         .map(|i| i["interactionType"].as_str().unwrap())
         .collect();
-    for (kind, expected) in [("task_delegation", 3), ("coordination", 6), ("knowledge_sharing", 6), ("question", 3)] {
-        assert_eq!(kinds.iter().filter(|k| **k == kind).count(), expected, "{kind} in {kinds:?}");
+    for (kind, expected) in [
+        ("task_delegation", 3),
+        ("coordination", 6),
+        ("knowledge_sharing", 6),
+        ("question", 3),
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|k| **k == kind).count(),
+            expected,
+            "{kind} in {kinds:?}"
+        );
     }
-    let knowledge = stack.api.get(&format!("/v1/workflows/{workflow_id}/knowledge")).await;
+    let knowledge = stack
+        .api
+        .get(&format!("/v1/workflows/{workflow_id}/knowledge"))
+        .await;
     let knowledge = knowledge.body.as_array().unwrap().clone();
     assert_eq!(knowledge.len(), 6, "insights and decisions of three steps");
-    assert!(knowledge.iter().all(|k| k["workflowId"] == workflow_id.as_str()));
+    assert!(
+        knowledge
+            .iter()
+            .all(|k| k["workflowId"] == workflow_id.as_str())
+    );
 
-    let workflow = stack.api.get(&format!("/v1/workflows/{workflow_id}")).await.body;
+    let workflow = stack
+        .api
+        .get(&format!("/v1/workflows/{workflow_id}"))
+        .await
+        .body;
     assert_eq!(workflow["status"], "completed");
     assert_eq!(workflow["executionCount"], 1);
 
@@ -136,14 +202,32 @@ async fn a_three_step_pipeline_runs_end_to_end_and_shares_knowledge() {
     let done = stack.api.wait_until_finished(&second, FINISH).await;
     assert_eq!(done["status"], "completed");
     let first_step_of_second_run = &stack.llm.requests()[3];
-    assert_eq!(first_step_of_second_run.step_name(), Some("Analyse requirements"));
+    assert_eq!(
+        first_step_of_second_run.step_name(),
+        Some("Analyse requirements")
+    );
     assert!(first_step_of_second_run.system.contains("Insight from"));
-    let listed = stack.api.get(&format!("/v1/workflows/{workflow_id}/executions")).await.body;
-    let numbers: Vec<u64> = listed.as_array().unwrap().iter().map(|e| e["executionNumber"].as_u64().unwrap()).collect();
+    let listed = stack
+        .api
+        .get(&format!("/v1/workflows/{workflow_id}/executions"))
+        .await
+        .body;
+    let numbers: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["executionNumber"].as_u64().unwrap())
+        .collect();
     assert_eq!(numbers, vec![2, 1]);
 
     // Every row carries the tenant.
-    for table in ["agents", "collaboration_workflows", "workflow_executions", "agent_interactions", "collaboration_knowledge"] {
+    for table in [
+        "agents",
+        "collaboration_workflows",
+        "workflow_executions",
+        "agent_interactions",
+        "collaboration_knowledge",
+    ] {
         let untenanted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {table} WHERE tenant_id <> 'default'"
         )))
@@ -160,7 +244,10 @@ async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
     let stack = Stack::start().await;
     let (_, workflow_id) = team_and_pipeline(&stack).await;
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    assert_eq!(stack.api.wait_until_finished(&execution_id, FINISH).await["status"], "completed");
+    assert_eq!(
+        stack.api.wait_until_finished(&execution_id, FINISH).await["status"],
+        "completed"
+    );
     settle(&stack).await;
 
     let tenant = TenantId::default_tenant();
@@ -195,13 +282,21 @@ async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
 
     let events = stack.bus.read_all(&filter).await.unwrap();
     assert_eq!(completions(&events), 1, "no second completion");
-    assert_eq!(stack.llm.requests().len(), calls_before, "no second LLM call for a finished step");
+    assert_eq!(
+        stack.llm.requests().len(),
+        calls_before,
+        "no second LLM call for a finished step"
+    );
     assert_eq!(
         interaction_and_knowledge_rows(&stack, &execution_id, &workflow_id).await,
         before,
         "no duplicate rows"
     );
-    let execution = stack.api.get(&format!("/v1/executions/{execution_id}")).await.body;
+    let execution = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}"))
+        .await
+        .body;
     assert_eq!(execution["status"], "completed");
     stack.stop().await;
 }
@@ -220,20 +315,53 @@ async fn a_step_delivered_twice_while_running_still_completes_once() {
     // As soon as the first step is scheduled, store a copy of it: both copies reach workers
     // while the LLM call is still running.
     let scheduled = eventually(FINISH, "step-1 to be scheduled", || async {
-        stack.bus.last_event(&subjects::step(&tenant, workflow, execution, &step, subjects::SCHEDULED)).await.ok().flatten()
+        stack
+            .bus
+            .last_event(&subjects::step(
+                &tenant,
+                workflow,
+                execution,
+                &step,
+                subjects::SCHEDULED,
+            ))
+            .await
+            .ok()
+            .flatten()
     })
     .await;
     let copy = async_nats::jetstream::message::PublishMessage::build()
         .message_id(format!("{}-copy", scheduled.envelope.meta.id))
         .payload(scheduled.envelope.encode().into());
-    stack.bus.jetstream().send_publish(scheduled.envelope.nats_subject(), copy).await.unwrap().await.unwrap();
+    stack
+        .bus
+        .jetstream()
+        .send_publish(scheduled.envelope.nats_subject(), copy)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
-    assert_eq!(stack.api.wait_until_finished(&execution_id, FINISH).await["status"], "completed");
+    assert_eq!(
+        stack.api.wait_until_finished(&execution_id, FINISH).await["status"],
+        "completed"
+    );
     settle(&stack).await;
-    let events = stack.bus.read_all(&subjects::execution_state(&tenant, workflow, execution)).await.unwrap();
-    let step_one_completions = events.iter().filter(|s| matches!(&s.envelope.event, Event::StepCompleted(c) if c.step_id == step)).count();
+    let events = stack
+        .bus
+        .read_all(&subjects::execution_state(&tenant, workflow, execution))
+        .await
+        .unwrap();
+    let step_one_completions = events
+        .iter()
+        .filter(|s| matches!(&s.envelope.event, Event::StepCompleted(c) if c.step_id == step))
+        .count();
     assert_eq!(step_one_completions, 1);
-    let knowledge = count(&stack, "SELECT count(*) FROM collaboration_knowledge WHERE workflow_id = $1", &workflow_id).await;
+    let knowledge = count(
+        &stack,
+        "SELECT count(*) FROM collaboration_knowledge WHERE workflow_id = $1",
+        &workflow_id,
+    )
+    .await;
     assert_eq!(knowledge, 6, "two items per step, none twice");
     let delegations = count(&stack, "SELECT count(*) FROM agent_interactions WHERE workflow_execution_id = $1 AND interaction_type = 'task_delegation'", &execution_id).await;
     assert_eq!(delegations, 3);
@@ -256,42 +384,73 @@ async fn malformed_messages_are_terminated_with_a_reason_and_block_nothing() {
         (format!("cadre.events.default.agent.{w}.registered"), "\u{0}\u{1}binary".to_owned()),
     ];
     for (subject, payload) in &garbage {
-        js.publish(subject.clone(), payload.clone().into()).await.unwrap().await.unwrap();
+        js.publish(subject.clone(), payload.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     // And on the workers' own queue.
-    js.publish("cadre.dispatch.default.steps", "{\"specversion\":".into()).await.unwrap().await.unwrap();
+    js.publish("cadre.dispatch.default.steps", "{\"specversion\":".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
     // The consumers keep going: a whole workflow runs behind the garbage.
     let (_, workflow_id) = team_and_pipeline(&stack).await;
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    assert_eq!(stack.api.wait_until_finished(&execution_id, FINISH).await["status"], "completed");
+    assert_eq!(
+        stack.api.wait_until_finished(&execution_id, FINISH).await["status"],
+        "completed"
+    );
     settle(&stack).await;
 
     // Each consumer that received garbage terminated it, and the server recorded why.
     let mut reasons = Vec::new();
     while reasons.len() < 3 {
-        let advisory = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut advisories))
-            .await
-            .expect("a MSG_TERMINATED advisory")
-            .unwrap();
+        let advisory = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures::StreamExt::next(&mut advisories),
+        )
+        .await
+        .expect("a MSG_TERMINATED advisory")
+        .unwrap();
         let body: Value = serde_json::from_slice(&advisory.payload).unwrap();
-        reasons.push((body["consumer"].as_str().unwrap().to_owned(), body["reason"].as_str().unwrap_or_default().to_owned()));
+        reasons.push((
+            body["consumer"].as_str().unwrap().to_owned(),
+            body["reason"].as_str().unwrap_or_default().to_owned(),
+        ));
     }
     // The coordinator terminates what it cannot read among execution events (it ignores the
     // agent garbage: not its business); the worker what it cannot read in its queue.
     reasons.sort();
     assert_eq!(reasons[0].0, AGENT_WORKER_CONSUMER);
-    assert!(reasons[0].1.contains("not a CloudEvents JSON envelope"), "{reasons:?}");
+    assert!(
+        reasons[0].1.contains("not a CloudEvents JSON envelope"),
+        "{reasons:?}"
+    );
     assert_eq!(reasons[1].0, COORDINATOR_CONSUMER);
     assert_eq!(reasons[2].0, COORDINATOR_CONSUMER);
-    assert!(reasons.iter().any(|(_, r)| r.contains("not a CloudEvents JSON envelope")), "{reasons:?}");
-    assert!(reasons.iter().any(|(_, r)| r.contains("unknown event type \"dev.cadre.execution.exploded.v1\"")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|(_, r)| r.contains("not a CloudEvents JSON envelope")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(_, r)| r.contains("unknown event type \"dev.cadre.execution.exploded.v1\"")),
+        "{reasons:?}"
+    );
 
     // The projector keeps its rejections, with the reason, in Postgres.
-    let rejected: Vec<(String, String)> = sqlx::query_as("SELECT subject, reason FROM rejected_events ORDER BY stream_sequence")
-        .fetch_all(&stack.db.pool)
-        .await
-        .unwrap();
+    let rejected: Vec<(String, String)> =
+        sqlx::query_as("SELECT subject, reason FROM rejected_events ORDER BY stream_sequence")
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap();
     assert_eq!(rejected.len(), 3, "{rejected:?}");
     assert_eq!(rejected[0].0, garbage[0].0);
     assert!(rejected[1].1.contains("unknown event type"));
@@ -301,7 +460,15 @@ async fn malformed_messages_are_terminated_with_a_reason_and_block_nothing() {
 /// Every read-model row, as JSON, in a stable order.
 async fn snapshot(stack: &Stack) -> Vec<Value> {
     let mut tables = Vec::new();
-    for table in ["agents", "collaboration_workflows", "workflow_executions", "agent_interactions", "collaboration_knowledge", "projected_events", "rejected_events"] {
+    for table in [
+        "agents",
+        "collaboration_workflows",
+        "workflow_executions",
+        "agent_interactions",
+        "collaboration_knowledge",
+        "projected_events",
+        "rejected_events",
+    ] {
         let rows: Option<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text) FROM {table} t"
         )))
@@ -319,15 +486,38 @@ async fn a_rebuild_replays_the_log_into_the_same_read_models() {
     let (_, workflow_id) = team_and_pipeline(&stack).await;
     for _ in 0..2 {
         let (id, _) = stack.api.start_execution(&workflow_id).await;
-        assert_eq!(stack.api.wait_until_finished(&id, FINISH).await["status"], "completed");
+        assert_eq!(
+            stack.api.wait_until_finished(&id, FINISH).await["status"],
+            "completed"
+        );
     }
-    stack.bus.jetstream().publish("cadre.events.default.agent.x.registered", "junk".into()).await.unwrap().await.unwrap();
+    stack
+        .bus
+        .jetstream()
+        .publish("cadre.events.default.agent.x.registered", "junk".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     settle(&stack).await;
     let live = snapshot(&stack).await;
     stack.stop_services().await;
 
-    let report = cadre_projector::rebuild(stack.projector_config(7)).await.unwrap();
-    assert_eq!(report.final_checkpoint, stack.bus.stream().clone().info().await.unwrap().state.last_sequence);
+    let report = cadre_projector::rebuild(stack.projector_config(7))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.final_checkpoint,
+        stack
+            .bus
+            .stream()
+            .clone()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .last_sequence
+    );
     assert_eq!(report.rejected, 1);
     let rebuilt = snapshot(&stack).await;
     assert_eq!(rebuilt, live);

@@ -103,7 +103,10 @@ pub async fn run(
     readiness.set(false);
     drop(senders);
     tracker.close();
-    if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("stopped before every in-flight event finished; they will be redelivered");
     }
     Ok(())
@@ -112,7 +115,11 @@ pub async fn run(
 /// Events of one execution share a shard: the execution id is the subject's 7th token.
 fn shard_of(subject: &str, shards: usize) -> usize {
     let mut hasher = DefaultHasher::new();
-    subject.split('.').nth(6).unwrap_or(subject).hash(&mut hasher);
+    subject
+        .split('.')
+        .nth(6)
+        .unwrap_or(subject)
+        .hash(&mut hasher);
     (hasher.finish() % shards as u64) as usize
 }
 
@@ -121,11 +128,17 @@ async fn shard(bus: EventBus, mut messages: mpsc::Receiver<jetstream::Message>) 
     while let Some(message) = messages.recv().await {
         let span = tracing::info_span!("coordinator.event", subject = %message.subject);
         telemetry::extract(message.headers.as_ref(), &span);
-        handle(&bus, &mut executions, message).instrument(span).await;
+        handle(&bus, &mut executions, message)
+            .instrument(span)
+            .await;
     }
 }
 
-async fn handle(bus: &EventBus, executions: &mut HashMap<ExecutionId, Folded>, message: jetstream::Message) {
+async fn handle(
+    bus: &EventBus,
+    executions: &mut HashMap<ExecutionId, Folded>,
+    message: jetstream::Message,
+) {
     let sequence = match message.info() {
         Ok(info) => info.stream_sequence,
         Err(error) => {
@@ -148,14 +161,23 @@ async fn handle(bus: &EventBus, executions: &mut HashMap<ExecutionId, Folded>, m
     };
     // The log is the workers' outbox: every scheduled step stored in it is handed to them
     // before its delivery is acked, so none is lost between the two writes.
-    if let Event::StepScheduled(_) = &envelope.event {
-        if let Err(error) = bus.dispatch(&envelope).await {
-            tracing::warn!(%error, sequence, "dispatching a step failed; redelivering");
-            let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-            return;
-        }
+    if let Event::StepScheduled(_) = &envelope.event
+        && let Err(error) = bus.dispatch(&envelope).await
+    {
+        tracing::warn!(%error, sequence, "dispatching a step failed; redelivering");
+        let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+        return;
     }
-    match fold_and_decide(bus, executions, sequence, envelope, execution_id, workflow_id).await {
+    match fold_and_decide(
+        bus,
+        executions,
+        sequence,
+        envelope,
+        execution_id,
+        workflow_id,
+    )
+    .await
+    {
         Ok(()) => {
             if let Err(error) = message.ack().await {
                 tracing::warn!(%error, sequence, "ack failed; the event will be redelivered");
@@ -222,7 +244,10 @@ async fn fold_and_decide(
         .into_iter()
         .map(|event| Envelope::new(SOURCE, folded.tenant.clone(), now, event))
         .collect();
-    match bus.append_after(&envelopes, &filter, folded.last_sequence).await {
+    match bus
+        .append_after(&envelopes, &filter, folded.last_sequence)
+        .await
+    {
         Ok(last_sequence) => {
             folded.state = envelopes
                 .iter()
@@ -251,12 +276,16 @@ async fn replay(
     execution_id: ExecutionId,
 ) -> Result<Folded, bus::ReadError> {
     let stored = bus
-        .read_all(&subjects::execution_state(&tenant, workflow_id, execution_id))
+        .read_all(&subjects::execution_state(
+            &tenant,
+            workflow_id,
+            execution_id,
+        ))
         .await?;
     let last_sequence = stored.last().map(|s| s.sequence).unwrap_or(0);
-    let state = stored
-        .iter()
-        .fold(State::NotStarted, |state, s| evolve(state, &s.envelope.event));
+    let state = stored.iter().fold(State::NotStarted, |state, s| {
+        evolve(state, &s.envelope.event)
+    });
     Ok(Folded {
         state,
         last_sequence,

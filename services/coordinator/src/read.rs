@@ -132,7 +132,9 @@ pub async fn workflows(
     page: Page,
 ) -> sqlx::Result<Vec<WorkflowView>> {
     sqlx::query_as(concat!(
-        "SELECT ", workflow_columns!(), " FROM collaboration_workflows WHERE tenant_id = $1
+        "SELECT ",
+        workflow_columns!(),
+        " FROM collaboration_workflows WHERE tenant_id = $1
          ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
     ))
     .bind(tenant.as_str())
@@ -142,9 +144,15 @@ pub async fn workflows(
     .await
 }
 
-pub async fn workflow(db: &PgPool, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<WorkflowView>> {
+pub async fn workflow(
+    db: &PgPool,
+    tenant: &TenantId,
+    id: Uuid,
+) -> sqlx::Result<Option<WorkflowView>> {
     sqlx::query_as(concat!(
-        "SELECT ", workflow_columns!(), " FROM collaboration_workflows WHERE tenant_id = $1 AND id = $2"
+        "SELECT ",
+        workflow_columns!(),
+        " FROM collaboration_workflows WHERE tenant_id = $1 AND id = $2"
     ))
     .bind(tenant.as_str())
     .bind(id)
@@ -166,7 +174,9 @@ pub async fn execution(
     id: Uuid,
 ) -> sqlx::Result<Option<ExecutionView>> {
     sqlx::query_as(concat!(
-        "SELECT ", execution_columns!(), " FROM workflow_executions WHERE tenant_id = $1 AND id = $2"
+        "SELECT ",
+        execution_columns!(),
+        " FROM workflow_executions WHERE tenant_id = $1 AND id = $2"
     ))
     .bind(tenant.as_str())
     .bind(id)
@@ -181,7 +191,9 @@ pub async fn executions(
     page: Page,
 ) -> sqlx::Result<Vec<ExecutionView>> {
     sqlx::query_as(concat!(
-        "SELECT ", execution_columns!(), " FROM workflow_executions
+        "SELECT ",
+        execution_columns!(),
+        " FROM workflow_executions
          WHERE tenant_id = $1 AND workflow_id = $2
          ORDER BY execution_number DESC LIMIT $3 OFFSET $4"
     ))

@@ -55,7 +55,9 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "cadre bench: {executions} executions x {steps} steps over {workflows} workflow(s), \
          offline provider latency {latency_ms} ms, worker concurrency {concurrency}, {} cores",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
 
     let stack = Stack::start_with(StackOptions {
@@ -68,7 +70,12 @@ async fn main() -> anyhow::Result<()> {
     let api = stack.api.clone();
     let mut agent_ids = Vec::new();
     for agent in team("offline") {
-        agent_ids.push(api.register_agent(&agent).await["id"].as_str().unwrap_or_default().to_owned());
+        agent_ids.push(
+            api.register_agent(&agent).await["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
     }
     let mut workflow_ids = Vec::new();
     for _ in 0..workflows {
@@ -97,10 +104,10 @@ async fn main() -> anyhow::Result<()> {
     let (commit_sender, mut commit_receiver) = tokio::sync::mpsc::unbounded_channel();
     let projection = tokio::spawn(async move {
         while let Ok(notification) = listener.recv().await {
-            if let Ok(sequence) = notification.payload().parse::<u64>() {
-                if commit_sender.send((sequence, Utc::now())).is_err() {
-                    break;
-                }
+            if let Ok(sequence) = notification.payload().parse::<u64>()
+                && commit_sender.send((sequence, Utc::now())).is_err()
+            {
+                break;
             }
         }
     });
@@ -127,7 +134,8 @@ async fn main() -> anyhow::Result<()> {
     let mut failed = 0u64;
     let mut step_events = 0u64;
     while finished < executions {
-        let Some(message) = tokio::time::timeout(Duration::from_secs(120), events.next()).await? else {
+        let Some(message) = tokio::time::timeout(Duration::from_secs(120), events.next()).await?
+        else {
             anyhow::bail!("the event log ended");
         };
         let message = message?;
@@ -164,8 +172,16 @@ async fn main() -> anyhow::Result<()> {
             _ => {}
         }
     }
-    let last_event = stored.iter().map(|(_, at)| *at).max().unwrap_or_else(Utc::now);
-    let first_event = stored.iter().map(|(_, at)| *at).min().unwrap_or_else(Utc::now);
+    let last_event = stored
+        .iter()
+        .map(|(_, at)| *at)
+        .max()
+        .unwrap_or_else(Utc::now);
+    let first_event = stored
+        .iter()
+        .map(|(_, at)| *at)
+        .min()
+        .unwrap_or_else(Utc::now);
     let last_sequence = stored.iter().map(|(s, _)| *s).max().unwrap_or(0);
 
     // Let the projector finish, then stop everything and collect its commit times.
@@ -181,11 +197,10 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let completed_rows: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM workflow_executions WHERE status = 'completed'",
-    )
-    .fetch_one(&stack.db.pool)
-    .await?;
+    let completed_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM workflow_executions WHERE status = 'completed'")
+            .fetch_one(&stack.db.pool)
+            .await?;
     projection.abort();
     let mut commits: Vec<(u64, DateTime<Utc>)> = Vec::new();
     while let Ok(commit) = commit_receiver.try_recv() {
@@ -228,12 +243,41 @@ async fn main() -> anyhow::Result<()> {
 
     let wall = micros(last_event, first_event) as f64 / 1e6;
     let total_steps = executions * steps as u64;
-    println!("executions accepted in {:.2} s (HTTP p50 {:.1} ms, p99 {:.1} ms)", accepted_in.as_secs_f64(), ms(&http, 0.5), ms(&http, 0.99));
-    println!("finished: {executions} executions ({failed} failed), {step_events} steps started, {completed_rows} completed rows in Postgres");
-    println!("events: {} in {wall:.2} s = {:.0} events/s", stored.len(), stored.len() as f64 / wall);
-    println!("throughput: {:.0} steps/s end to end ({total_steps} steps in {wall:.2} s)", total_steps as f64 / wall);
-    println!("step handoff (StepCompleted -> next StepStarted): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", ms(&handoff, 0.5), ms(&handoff, 0.99), ms(&handoff, 1.0));
-    println!("execution (ExecutionStarted -> ExecutionCompleted): p50 {:.1} ms, p99 {:.1} ms", ms(&end_to_end, 0.5), ms(&end_to_end, 0.99));
-    println!("projection lag (event stored -> row visible): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} events", ms(&lag, 0.5), ms(&lag, 0.99), ms(&lag, 1.0), lag.len());
+    println!(
+        "executions accepted in {:.2} s (HTTP p50 {:.1} ms, p99 {:.1} ms)",
+        accepted_in.as_secs_f64(),
+        ms(&http, 0.5),
+        ms(&http, 0.99)
+    );
+    println!(
+        "finished: {executions} executions ({failed} failed), {step_events} steps started, {completed_rows} completed rows in Postgres"
+    );
+    println!(
+        "events: {} in {wall:.2} s = {:.0} events/s",
+        stored.len(),
+        stored.len() as f64 / wall
+    );
+    println!(
+        "throughput: {:.0} steps/s end to end ({total_steps} steps in {wall:.2} s)",
+        total_steps as f64 / wall
+    );
+    println!(
+        "step handoff (StepCompleted -> next StepStarted): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(&handoff, 0.5),
+        ms(&handoff, 0.99),
+        ms(&handoff, 1.0)
+    );
+    println!(
+        "execution (ExecutionStarted -> ExecutionCompleted): p50 {:.1} ms, p99 {:.1} ms",
+        ms(&end_to_end, 0.5),
+        ms(&end_to_end, 0.99)
+    );
+    println!(
+        "projection lag (event stored -> row visible): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} events",
+        ms(&lag, 0.5),
+        ms(&lag, 0.99),
+        ms(&lag, 1.0),
+        lag.len()
+    );
     Ok(())
 }

@@ -38,7 +38,11 @@ async fn main() -> anyhow::Result<()> {
     let api = Api::new(args.api.trim_end_matches('/'));
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     while api_is_down(&api).await {
-        anyhow::ensure!(Instant::now() < deadline, "the coordinator at {} never became ready", args.api);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the coordinator at {} never became ready",
+            args.api
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -47,37 +51,68 @@ async fn main() -> anyhow::Result<()> {
     let mut ids = Vec::new();
     for agent in team("offline") {
         let created = api.register_agent(&agent).await;
-        println!("  {:<6} {:<9} skills: {}", text(&created["name"]), text(&created["role"]), created["skills"]);
-        names.insert(text(&created["id"]).to_owned(), text(&created["name"]).to_owned());
+        println!(
+            "  {:<6} {:<9} skills: {}",
+            text(&created["name"]),
+            text(&created["role"]),
+            created["skills"]
+        );
+        names.insert(
+            text(&created["id"]).to_owned(),
+            text(&created["name"]).to_owned(),
+        );
         ids.push(text(&created["id"]).to_owned());
     }
 
     println!("\n== Creating a 3-step pipeline");
     let workflow = api
-        .create_workflow(&pipeline("Real-time collaboration feature", &ids, &PIPELINE_SKILLS, 3))
+        .create_workflow(&pipeline(
+            "Real-time collaboration feature",
+            &ids,
+            &PIPELINE_SKILLS,
+            3,
+        ))
         .await;
     let workflow_id = text(&workflow["id"]).to_owned();
-    for step in workflow["configuration"]["steps"].as_array().into_iter().flatten() {
-        println!("  {:<7} {:<28} needs {}", text(&step["id"]), text(&step["name"]), step["requiredSkills"]);
+    for step in workflow["configuration"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "  {:<7} {:<28} needs {}",
+            text(&step["id"]),
+            text(&step["name"]),
+            step["requiredSkills"]
+        );
     }
 
     let (execution_id, number) = api.start_execution(&workflow_id).await;
     println!("\n== Execution #{number} ({execution_id}) accepted; progress:");
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let execution = loop {
-        anyhow::ensure!(Instant::now() < deadline, "the execution did not finish in time");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the execution did not finish in time"
+        );
         let reply = api.get(&format!("/v1/executions/{execution_id}")).await;
         if reply.status == 200 {
             let execution = reply.body;
             for (step, result) in execution["stepResults"].as_object().into_iter().flatten() {
                 let status = text(&result["status"]).to_owned();
                 if seen.get(step) != Some(&status) {
-                    let agent = names.get(text(&result["agentId"])).cloned().unwrap_or_default();
+                    let agent = names
+                        .get(text(&result["agentId"]))
+                        .cloned()
+                        .unwrap_or_default();
                     let why = &execution["agentAssignments"][step]["reason"];
                     match status.as_str() {
                         "scheduled" => println!("  {step}: assigned to {agent} ({})", reason(why)),
                         "running" => println!("  {step}: {agent} is working"),
-                        "completed" => println!("  {step}: completed by {agent}: {}", first_line(&result["summary"])),
+                        "completed" => println!(
+                            "  {step}: completed by {agent}: {}",
+                            first_line(&result["summary"])
+                        ),
                         other => println!("  {step}: {other} {}", text(&result["error"])),
                     }
                     seen.insert(step.clone(), status);
@@ -95,31 +130,66 @@ async fn main() -> anyhow::Result<()> {
     if let Some(error) = execution["errorMessage"].as_str() {
         println!("  error: {error}");
     }
-    println!("  started {} / completed {}", text(&execution["startedAt"]), text(&execution["completedAt"]));
+    println!(
+        "  started {} / completed {}",
+        text(&execution["startedAt"]),
+        text(&execution["completedAt"])
+    );
     for step in ["step-1", "step-2", "step-3"] {
         let result = &execution["stepResults"][step];
-        let agent = names.get(text(&result["agentId"])).cloned().unwrap_or_default();
+        let agent = names
+            .get(text(&result["agentId"]))
+            .cloned()
+            .unwrap_or_default();
         println!("  {step} by {agent}: {}", first_line(&result["summary"]));
         println!("         tokens: {}", result["tokens"]["total"]);
     }
 
-    let interactions = api.get(&format!("/v1/executions/{execution_id}/interactions")).await.body;
+    let interactions = api
+        .get(&format!("/v1/executions/{execution_id}/interactions"))
+        .await
+        .body;
     let interactions = interactions.as_array().cloned().unwrap_or_default();
     println!("\n== Interactions ({})", interactions.len());
     for i in &interactions {
-        let from = names.get(text(&i["fromAgentId"])).cloned().unwrap_or_else(|| "coordinator".into());
-        println!("  [{:<17}] {:<11} {}", text(&i["interactionType"]), from, first_line(&i["message"]));
+        let from = names
+            .get(text(&i["fromAgentId"]))
+            .cloned()
+            .unwrap_or_else(|| "coordinator".into());
+        println!(
+            "  [{:<17}] {:<11} {}",
+            text(&i["interactionType"]),
+            from,
+            first_line(&i["message"])
+        );
     }
 
-    let knowledge = api.get(&format!("/v1/workflows/{workflow_id}/knowledge")).await.body;
+    let knowledge = api
+        .get(&format!("/v1/workflows/{workflow_id}/knowledge"))
+        .await
+        .body;
     let knowledge = knowledge.as_array().cloned().unwrap_or_default();
-    println!("\n== Shared knowledge of the workflow ({})", knowledge.len());
+    println!(
+        "\n== Shared knowledge of the workflow ({})",
+        knowledge.len()
+    );
     for k in &knowledge {
-        let by = names.get(text(&k["createdByAgentId"])).cloned().unwrap_or_default();
-        println!("  {} ({}, by {by}): {}", text(&k["title"]), text(&k["knowledgeType"]), first_line(&k["content"]));
+        let by = names
+            .get(text(&k["createdByAgentId"]))
+            .cloned()
+            .unwrap_or_default();
+        println!(
+            "  {} ({}, by {by}): {}",
+            text(&k["title"]),
+            text(&k["knowledgeType"]),
+            first_line(&k["content"])
+        );
     }
     println!();
-    anyhow::ensure!(text(&execution["status"]) == "completed", "the execution did not complete");
+    anyhow::ensure!(
+        text(&execution["status"]) == "completed",
+        "the execution did not complete"
+    );
     Ok(())
 }
 

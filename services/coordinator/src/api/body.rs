@@ -101,12 +101,19 @@ fn pointer_of(path: &serde_path_to_error::Path) -> String {
             Segment::Unknown => pointer.push_str("/?"),
         }
     }
-    if pointer.is_empty() { "/".into() } else { pointer }
+    if pointer.is_empty() {
+        "/".into()
+    } else {
+        pointer
+    }
 }
 
 /// serde_ignored writes paths as `a.b.0.c`.
 fn pointer_of_ignored(path: &str) -> String {
-    format!("/{}", path.split('.').map(escape).collect::<Vec<_>>().join("/"))
+    format!(
+        "/{}",
+        path.split('.').map(escape).collect::<Vec<_>>().join("/")
+    )
 }
 
 fn escape(token: &str) -> String {
@@ -123,7 +130,11 @@ mod tests {
         let missing = parse::<WorkflowConfiguration>(br#"{"steps":[{"id":"a"}]}"#).unwrap_err();
         assert_eq!(missing.status, 422);
         assert_eq!(missing.errors[0].pointer, "/steps/0");
-        assert!(missing.detail.contains("missing field `name`"), "{}", missing.detail);
+        assert!(
+            missing.detail.contains("missing field `name`"),
+            "{}",
+            missing.detail
+        );
 
         let typo = parse::<WorkflowConfiguration>(
             br#"{"steps":[{"id":"a","name":"A","description":"","type":"analysis","instructions":"i","expectedOutput":"o","dependOn":[]}]}"#,

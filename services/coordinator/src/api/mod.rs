@@ -30,7 +30,7 @@ use cadre_proto::{AgentId, Envelope, Event, ExecutionId, TenantId, WorkflowId, s
 use cadre_runtime::bus::{Append, EventBus, PublishError, ReadError};
 use cadre_runtime::health::{self, Readiness};
 
-use crate::domain::execution::{Command, State as ExecutionState, decide};
+use crate::domain::execution::{Command, Start, State as ExecutionState, decide};
 use crate::domain::validation::{FieldError, referenced_agents, validate_agent, validate_workflow};
 use crate::read::{self, Page};
 use body::Body;
@@ -63,7 +63,10 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
         )
         .route("/v1/workflows/{id}/knowledge", get(workflow_knowledge))
         .route("/v1/executions/{id}", get(get_execution))
-        .route("/v1/executions/{id}/interactions", get(execution_interactions))
+        .route(
+            "/v1/executions/{id}/interactions",
+            get(execution_interactions),
+        )
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
@@ -91,7 +94,9 @@ fn publish_failed(error: PublishError) -> Problem {
         }
         PublishError::Nats(error) => {
             tracing::error!(%error, "event append failed");
-            Problem::unavailable("the event log did not store the change; nothing was written, retry")
+            Problem::unavailable(
+                "the event log did not store the change; nothing was written, retry",
+            )
         }
     }
 }
@@ -203,7 +208,9 @@ async fn list_agents(
 
 async fn get_agent(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     let id: AgentId = parse_id(&raw, "agent id")?;
-    found(load_agent(&app, id).await?, || format!("no agent has the id {id}"))
+    found(load_agent(&app, id).await?, || {
+        format!("no agent has the id {id}")
+    })
 }
 
 /// An agent as registered, read from the log (the read model may lag behind it).
@@ -356,12 +363,18 @@ pub struct WorkflowStarts {
     last: Option<(u32, u64)>,
 }
 
+/// One workflow's start lock and what it guards (`None` until its first start here).
+type StartLock = Arc<Mutex<Option<WorkflowStarts>>>;
+
 #[derive(Clone, Default)]
-pub struct StartLocks(Arc<std::sync::Mutex<HashMap<WorkflowId, Arc<Mutex<Option<WorkflowStarts>>>>>>);
+pub struct StartLocks(Arc<std::sync::Mutex<HashMap<WorkflowId, StartLock>>>);
 
 impl StartLocks {
-    fn of(&self, workflow: WorkflowId) -> Arc<Mutex<Option<WorkflowStarts>>> {
-        let mut locks = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn of(&self, workflow: WorkflowId) -> StartLock {
+        let mut locks = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         locks.entry(workflow).or_default().clone()
     }
 }
@@ -410,14 +423,14 @@ async fn start_execution(
         let execution_id = ExecutionId::new();
         let execution_number = last_number + 1;
         let started = decide(
-            &Command::Start {
+            &Command::Start(Box::new(Start {
                 execution_id,
                 execution_number,
                 trigger_reason: request.trigger_reason,
                 triggered_by: request.triggered_by.clone(),
                 workflow: starts.workflow.clone(),
                 agents: starts.agents.clone(),
-            },
+            })),
             &ExecutionState::NotStarted,
         )
         .map_err(|e| Problem::conflict(e.to_string()))?;
@@ -496,7 +509,10 @@ async fn get_execution(State(app): State<AppState>, Path(raw): Path<String>) -> 
     // Just accepted and not yet projected: answer from the log rather than deny it exists.
     let started = app
         .bus
-        .last_event(&subjects::execution_started_in_any_workflow(&app.tenant, id))
+        .last_event(&subjects::execution_started_in_any_workflow(
+            &app.tenant,
+            id,
+        ))
         .await
         .map_err(unavailable_log)?;
     match started.map(|s| (s.envelope.meta.time, s.envelope.event)) {

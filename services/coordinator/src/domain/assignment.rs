@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
+use cadre_proto::AgentId;
 use cadre_proto::events::AssignmentReason;
 use cadre_proto::model::{AgentProfile, WorkflowStep};
-use cadre_proto::AgentId;
 
 /// The seed's fuzzy rule: a skill matches when either name contains the other, ignoring case.
 fn skill_matches(required: &str, offered: &str) -> bool {
@@ -27,10 +27,10 @@ pub fn assign<'a>(
         agents.min_by_key(|a| load_of(a))
     };
 
-    if let Some(preferred) = step.preferred_agent_id {
-        if let Some(agent) = candidates.iter().find(|a| a.id == preferred) {
-            return Some((agent, AssignmentReason::PreferredAgent));
-        }
+    if let Some(preferred) = step.preferred_agent_id
+        && let Some(agent) = candidates.iter().find(|a| a.id == preferred)
+    {
+        return Some((agent, AssignmentReason::PreferredAgent));
     }
 
     if let Some(role) = step.assigned_agent_role.as_deref() {
@@ -83,8 +83,8 @@ pub fn assign<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cadre_proto::model::{ModelParameters, StepType};
     use cadre_proto::StepId;
+    use cadre_proto::model::{ModelParameters, StepType};
 
     fn agent(name: &str, role: &str, skills: &[&str]) -> AgentProfile {
         AgentProfile {
@@ -130,7 +130,10 @@ mod tests {
 
         let mut s = step(&["review"]);
         s.preferred_agent_id = Some(team[2].id);
-        assert_eq!(assign(&s, &team, &none).unwrap().1, AssignmentReason::PreferredAgent);
+        assert_eq!(
+            assign(&s, &team, &none).unwrap().1,
+            AssignmentReason::PreferredAgent
+        );
 
         let mut s = step(&[]);
         s.assigned_agent_role = Some("reviewer".into());

@@ -8,9 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cadre_proto::events::{
-    ExecutionCompleted, ExecutionFailed, ExecutionStarted, StepScheduled,
-};
+use cadre_proto::events::{ExecutionCompleted, ExecutionFailed, ExecutionStarted, StepScheduled};
 use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition};
 use cadre_proto::{AgentId, Event, ExecutionId, StepId, WorkflowId};
 
@@ -20,10 +18,21 @@ use super::assignment::assign;
 pub enum Phase {
     /// Not yet handed to an agent (or failed with retries left).
     Waiting,
-    Scheduled { agent: AgentId },
-    Running { agent: AgentId },
-    Completed { agent: AgentId, summary: String, output: String },
-    Failed { agent: AgentId, error: String },
+    Scheduled {
+        agent: AgentId,
+    },
+    Running {
+        agent: AgentId,
+    },
+    Completed {
+        agent: AgentId,
+        summary: String,
+        output: String,
+    },
+    Failed {
+        agent: AgentId,
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,20 +67,25 @@ pub enum State {
     Started(Box<Execution>),
 }
 
+/// Begin a run of `workflow` with a snapshot of its agents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub execution_id: ExecutionId,
+    pub execution_number: u32,
+    pub trigger_reason: TriggerReason,
+    pub triggered_by: Option<String>,
+    pub workflow: WorkflowDefinition,
+    pub agents: Vec<AgentProfile>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    /// Begin a run of `workflow` with a snapshot of its agents.
-    Start {
-        execution_id: ExecutionId,
-        execution_number: u32,
-        trigger_reason: TriggerReason,
-        triggered_by: Option<String>,
-        workflow: WorkflowDefinition,
-        agents: Vec<AgentProfile>,
-    },
+    Start(Box<Start>),
     /// Do whatever the state calls for: schedule ready steps, retry, complete or fail.
     /// `watermark` is the last stream sequence folded into the state.
-    Advance { watermark: u64 },
+    Advance {
+        watermark: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,9 +138,7 @@ impl Execution {
                 if e.attempt > p.attempt {
                     *p = StepProgress {
                         attempt: e.attempt,
-                        phase: Phase::Scheduled {
-                            agent: e.agent.id,
-                        },
+                        phase: Phase::Scheduled { agent: e.agent.id },
                     };
                 }
             }),
@@ -164,16 +176,21 @@ impl Execution {
     }
 
     fn step_event(&mut self, step: &StepId, change: impl FnOnce(&mut StepProgress)) {
-        if self.status == Status::Running {
-            if let Some(progress) = self.steps.get_mut(step) {
-                change(progress);
-            }
+        if self.status == Status::Running
+            && let Some(progress) = self.steps.get_mut(step)
+        {
+            change(progress);
         }
     }
 
     /// How many tries a step gets: one plus the workflow's `maxRetries`.
     fn max_attempts(&self) -> u32 {
-        1 + self.workflow.configuration.constraints.max_retries.unwrap_or(0)
+        1 + self
+            .workflow
+            .configuration
+            .constraints
+            .max_retries
+            .unwrap_or(0)
     }
 
     fn load(&self) -> HashMap<AgentId, u32> {
@@ -195,27 +212,19 @@ impl StepProgress {
 
 pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, DomainError> {
     match (command, state) {
-        (
-            Command::Start {
-                execution_id,
-                execution_number,
-                trigger_reason,
-                triggered_by,
-                workflow,
-                agents,
-            },
-            State::NotStarted,
-        ) => Ok(vec![Event::ExecutionStarted(Box::new(ExecutionStarted {
-            execution_id: *execution_id,
-            workflow_id: workflow.id,
-            execution_number: *execution_number,
-            trigger_reason: *trigger_reason,
-            triggered_by: triggered_by.clone(),
-            workflow: workflow.clone(),
-            agents: agents.clone(),
-        }))]),
-        (Command::Start { execution_id, .. }, State::Started(_)) => {
-            Err(DomainError::AlreadyStarted(*execution_id))
+        (Command::Start(start), State::NotStarted) => {
+            Ok(vec![Event::ExecutionStarted(Box::new(ExecutionStarted {
+                execution_id: start.execution_id,
+                workflow_id: start.workflow.id,
+                execution_number: start.execution_number,
+                trigger_reason: start.trigger_reason,
+                triggered_by: start.triggered_by.clone(),
+                workflow: start.workflow.clone(),
+                agents: start.agents.clone(),
+            }))])
+        }
+        (Command::Start(start), State::Started(_)) => {
+            Err(DomainError::AlreadyStarted(start.execution_id))
         }
         (Command::Advance { .. }, State::NotStarted) => Ok(vec![]),
         (Command::Advance { watermark }, State::Started(execution)) => {
@@ -234,18 +243,18 @@ fn advance(execution: &Execution, watermark: u64) -> Result<Vec<Event>, DomainEr
     // A step that failed its last allowed attempt fails the execution.
     for step in &workflow.configuration.steps {
         let progress = &execution.steps[&step.id];
-        if let Phase::Failed { error, .. } = &progress.phase {
-            if progress.attempt >= max_attempts {
-                return Ok(vec![Event::ExecutionFailed(ExecutionFailed {
-                    execution_id: execution.id,
-                    workflow_id: workflow.id,
-                    failed_step_id: Some(step.id.clone()),
-                    error: format!(
-                        "step '{}' failed after {} attempt(s): {error}",
-                        step.name, progress.attempt
-                    ),
-                })]);
-            }
+        if let Phase::Failed { error, .. } = &progress.phase
+            && progress.attempt >= max_attempts
+        {
+            return Ok(vec![Event::ExecutionFailed(ExecutionFailed {
+                execution_id: execution.id,
+                workflow_id: workflow.id,
+                failed_step_id: Some(step.id.clone()),
+                error: format!(
+                    "step '{}' failed after {} attempt(s): {error}",
+                    step.name, progress.attempt
+                ),
+            })]);
         }
     }
 
@@ -260,17 +269,18 @@ fn advance(execution: &Execution, watermark: u64) -> Result<Vec<Event>, DomainEr
 
     let mut load = execution.load();
     let mut active: usize = load.values().map(|n| *n as usize).sum();
-    let exclusive_running = workflow.configuration.steps.iter().any(|s| {
-        !s.can_run_in_parallel && execution.steps[&s.id].is_active()
-    });
+    let exclusive_running = workflow
+        .configuration
+        .steps
+        .iter()
+        .any(|s| !s.can_run_in_parallel && execution.steps[&s.id].is_active());
     let one_at_a_time = workflow.configuration.constraints.allow_parallel_execution == Some(false);
 
     let mut events = Vec::new();
     for step in &workflow.configuration.steps {
         let progress = &execution.steps[&step.id];
         let retry = matches!(progress.phase, Phase::Failed { .. });
-        let ready = (progress.phase == Phase::Waiting || retry)
-            && step.depends_on.iter().all(done);
+        let ready = (progress.phase == Phase::Waiting || retry) && step.depends_on.iter().all(done);
         if !ready {
             continue;
         }
@@ -278,12 +288,11 @@ fn advance(execution: &Execution, watermark: u64) -> Result<Vec<Event>, DomainEr
         if exclusive_running || (active > 0 && (one_at_a_time || !step.can_run_in_parallel)) {
             break;
         }
-        let (agent, reason) = assign(step, &execution.agents, &load).ok_or_else(|| {
-            DomainError::NoAgent {
+        let (agent, reason) =
+            assign(step, &execution.agents, &load).ok_or_else(|| DomainError::NoAgent {
                 workflow: workflow.id,
                 step: step.id.clone(),
-            }
-        })?;
+            })?;
         *load.entry(agent.id).or_insert(0) += 1;
         active += 1;
         events.push(Event::StepScheduled(Box::new(StepScheduled {

@@ -2,13 +2,13 @@
 
 use cadre_proto::events::{AssignmentReason, StepCompleted, StepFailed, StepStarted};
 use cadre_proto::model::{
-    AgentProfile, Constraints, Coordination, ModelParameters, StepResult, StepType,
-    TriggerReason, WorkflowConfiguration, WorkflowDefinition, WorkflowStep, WorkflowType,
+    AgentProfile, Constraints, Coordination, ModelParameters, StepResult, StepType, TriggerReason,
+    WorkflowConfiguration, WorkflowDefinition, WorkflowStep, WorkflowType,
 };
 use cadre_proto::{AgentId, Event, EventId, ExecutionId, StepId, WorkflowId};
 use proptest::prelude::*;
 
-use super::execution::{Command, DomainError, State, decide, evolve};
+use super::execution::{Command, DomainError, Start, State, decide, evolve};
 use super::validation::validate_workflow;
 
 fn agent(name: &str, skills: &[&str]) -> AgentProfile {
@@ -61,14 +61,14 @@ fn workflow(agents: &[AgentProfile], steps: Vec<WorkflowStep>) -> WorkflowDefini
 }
 
 fn start(workflow: &WorkflowDefinition, agents: &[AgentProfile]) -> Command {
-    Command::Start {
+    Command::Start(Box::new(Start {
         execution_id: ExecutionId::new(),
         execution_number: 1,
         trigger_reason: TriggerReason::Manual,
         triggered_by: None,
         workflow: workflow.clone(),
         agents: agents.to_vec(),
-    }
+    }))
 }
 
 fn fold(events: &[Event]) -> State {
@@ -134,7 +134,11 @@ fn advance(log: &[Event]) -> Vec<Event> {
 
 #[test]
 fn a_pipeline_runs_in_dependency_order_then_completes() {
-    let team = vec![agent("Ada", &["design"]), agent("Bo", &["rust"]), agent("Cy", &["review"])];
+    let team = vec![
+        agent("Ada", &["design"]),
+        agent("Bo", &["rust"]),
+        agent("Cy", &["review"]),
+    ];
     let wf = workflow(
         &team,
         vec![
@@ -147,11 +151,19 @@ fn a_pipeline_runs_in_dependency_order_then_completes() {
 
     let first = advance(&log);
     assert_eq!(scheduled(&first), vec![("design".into(), 1, team[0].id)]);
-    let Event::StepScheduled(s) = &first[0] else { unreachable!() };
-    assert_eq!(s.knowledge_watermark, 1, "the watermark is the state's last sequence");
+    let Event::StepScheduled(s) = &first[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        s.knowledge_watermark, 1,
+        "the watermark is the state's last sequence"
+    );
     assert!(matches!(s.reason, AssignmentReason::SkillMatch { .. }));
     log.extend(first.clone());
-    assert!(advance(&log).is_empty(), "deciding again on the same state adds nothing");
+    assert!(
+        advance(&log).is_empty(),
+        "deciding again on the same state adds nothing"
+    );
 
     log.push(completed(&first[0]));
     let second = advance(&log);
@@ -167,16 +179,26 @@ fn a_pipeline_runs_in_dependency_order_then_completes() {
     let [Event::ExecutionCompleted(done)] = end.as_slice() else {
         panic!("expected completion, got {end:?}")
     };
-    assert_eq!(done.final_output["review"]["summary"], "did review", "sinks only");
+    assert_eq!(
+        done.final_output["review"]["summary"], "did review",
+        "sinks only"
+    );
     assert!(done.final_output.get("design").is_none());
     log.extend(end);
-    assert!(advance(&log).is_empty(), "a finished execution decides nothing");
+    assert!(
+        advance(&log).is_empty(),
+        "a finished execution decides nothing"
+    );
 }
 
 #[test]
 fn independent_steps_run_in_parallel_unless_the_workflow_forbids_it() {
     let team = vec![agent("Ada", &[]), agent("Bo", &[])];
-    let steps = vec![step("a", &[], &[]), step("b", &[], &[]), step("c", &["a", "b"], &[])];
+    let steps = vec![
+        step("a", &[], &[]),
+        step("b", &[], &[]),
+        step("c", &["a", "b"], &[]),
+    ];
     let wf = workflow(&team, steps.clone());
     let log = decide(&start(&wf, &team), &State::NotStarted).unwrap();
     let ready = advance(&log);
@@ -225,7 +247,11 @@ fn a_failed_step_is_retried_then_fails_the_execution() {
         panic!("expected failure, got {end:?}")
     };
     assert_eq!(failure.failed_step_id, Some(StepId::parse("only").unwrap()));
-    assert!(failure.error.contains("after 2 attempt(s): provider returned 400"));
+    assert!(
+        failure
+            .error
+            .contains("after 2 attempt(s): provider returned 400")
+    );
 }
 
 #[test]
@@ -235,7 +261,9 @@ fn duplicates_and_strays_change_nothing() {
     let mut log = decide(&start(&wf, &team), &State::NotStarted).unwrap();
     let first = advance(&log);
     log.extend(first.clone());
-    let Event::StepScheduled(s) = &first[0] else { unreachable!() };
+    let Event::StepScheduled(s) = &first[0] else {
+        unreachable!()
+    };
     log.push(Event::StepStarted(StepStarted {
         execution_id: s.execution_id,
         workflow_id: s.workflow_id,
@@ -266,7 +294,11 @@ fn validation_names_the_offending_fields() {
     let team = vec![agent("Ada", &[])];
     let mut wf = workflow(
         &team,
-        vec![step("a", &["c"], &[]), step("a", &[], &[]), step("b", &["nope"], &[])],
+        vec![
+            step("a", &["c"], &[]),
+            step("a", &[], &[]),
+            step("b", &["nope"], &[]),
+        ],
     );
     wf.configuration.steps[2].preferred_agent_id = Some(AgentId::new());
     let errors = validate_workflow(&wf);
@@ -284,11 +316,18 @@ fn validation_names_the_offending_fields() {
 
     let cyclic = workflow(
         &team,
-        vec![step("a", &["c"], &[]), step("b", &["a"], &[]), step("c", &["b"], &[])],
+        vec![
+            step("a", &["c"], &[]),
+            step("b", &["a"], &[]),
+            step("c", &["b"], &[]),
+        ],
     );
     let errors = validate_workflow(&cyclic);
     assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0].message, "dependsOn forms a cycle: a -> b -> c -> a");
+    assert_eq!(
+        errors[0].message,
+        "dependsOn forms a cycle: a -> b -> c -> a"
+    );
 }
 
 /// A random DAG: step i may depend on any earlier step.

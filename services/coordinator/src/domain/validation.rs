@@ -41,13 +41,13 @@ pub fn validate_agent(agent: &AgentProfile) -> Vec<FieldError> {
     for (i, skill) in agent.skills.iter().enumerate() {
         require_text(&mut errors, &format!("/skills/{i}"), skill, MAX_NAME);
     }
-    if let Some(t) = agent.model_parameters.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            errors.push(error(
-                "/modelParameters/temperature",
-                "must be between 0 and 2",
-            ));
-        }
+    if let Some(t) = agent.model_parameters.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        errors.push(error(
+            "/modelParameters/temperature",
+            "must be between 0 and 2",
+        ));
     }
     if agent.model_parameters.max_tokens == Some(0) {
         errors.push(error("/modelParameters/maxTokens", "must be at least 1"));
@@ -61,7 +61,10 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
     require_text(&mut errors, "/name", &workflow.name, MAX_NAME);
 
     if workflow.participating_agents.is_empty() {
-        errors.push(error("/participatingAgents", "must name at least one agent"));
+        errors.push(error(
+            "/participatingAgents",
+            "must name at least one agent",
+        ));
     }
     let mut seen_agents = HashSet::new();
     for (i, agent) in workflow.participating_agents.iter().enumerate() {
@@ -75,7 +78,10 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
 
     let steps = &workflow.configuration.steps;
     if steps.is_empty() {
-        errors.push(error("/configuration/steps", "must contain at least one step"));
+        errors.push(error(
+            "/configuration/steps",
+            "must contain at least one step",
+        ));
     } else if steps.len() > MAX_STEPS {
         errors.push(error(
             "/configuration/steps",
@@ -105,13 +111,13 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             &step.expected_output,
             16 * 1024,
         );
-        if let Some(preferred) = step.preferred_agent_id {
-            if !workflow.participating_agents.contains(&preferred) {
-                errors.push(error(
-                    format!("{at}/preferredAgentId"),
-                    format!("agent {preferred} is not one of the participatingAgents"),
-                ));
-            }
+        if let Some(preferred) = step.preferred_agent_id
+            && !workflow.participating_agents.contains(&preferred)
+        {
+            errors.push(error(
+                format!("{at}/preferredAgentId"),
+                format!("agent {preferred} is not one of the participatingAgents"),
+            ));
         }
         if step.timeout_minutes == Some(0) {
             errors.push(error(format!("{at}/timeoutMinutes"), "must be at least 1"));
@@ -127,14 +133,14 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             }
         }
     }
-    if errors.is_empty() {
-        if let Some(cycle) = find_cycle(workflow) {
-            let path: Vec<&str> = cycle.iter().map(|s| s.as_str()).collect();
-            errors.push(error(
-                "/configuration/steps",
-                format!("dependsOn forms a cycle: {}", path.join(" -> ")),
-            ));
-        }
+    if errors.is_empty()
+        && let Some(cycle) = find_cycle(workflow)
+    {
+        let path: Vec<&str> = cycle.iter().map(|s| s.as_str()).collect();
+        errors.push(error(
+            "/configuration/steps",
+            format!("dependsOn forms a cycle: {}", path.join(" -> ")),
+        ));
     }
     errors
 }
@@ -199,10 +205,10 @@ fn find_cycle(workflow: &WorkflowDefinition) -> Option<Vec<StepId>> {
 /// Agents a workflow names: its participants and its coordinator.
 pub fn referenced_agents(workflow: &WorkflowDefinition) -> Vec<AgentId> {
     let mut agents = workflow.participating_agents.clone();
-    if let Some(coordinator) = workflow.coordinator_agent_id {
-        if !agents.contains(&coordinator) {
-            agents.push(coordinator);
-        }
+    if let Some(coordinator) = workflow.coordinator_agent_id
+        && !agents.contains(&coordinator)
+    {
+        agents.push(coordinator);
     }
     agents
 }
