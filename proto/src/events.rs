@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{AgentId, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId};
 use crate::model::{
-    AgentProfile, InteractionType, KnowledgeType, StepResult, TriggerReason, WorkflowDefinition,
-    WorkflowStep,
+    AgentProfile, CommunicationStyle, InteractionType, KnowledgeType, StepResult, TriggerReason,
+    WorkflowDefinition, WorkflowStep,
 };
 use crate::subjects;
 
@@ -95,6 +95,9 @@ pub struct StepScheduled {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinator_agent_id: Option<AgentId>,
     pub knowledge_sharing: bool,
+    /// How the workflow wants its agents to write.
+    #[serde(default)]
+    pub communication_style: CommunicationStyle,
     /// Stream sequence the coordinator had seen when it scheduled the step. Knowledge shared
     /// by the steps this one depends on was stored at or before it, so a worker that waits
     /// until the read models reach it sees that knowledge.

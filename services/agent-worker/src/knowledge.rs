@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cadre_proto::model::CommunicationStyle;
 use cadre_proto::{TenantId, WorkflowId};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -88,31 +87,6 @@ impl KnowledgeView {
                 content,
             })
             .collect())
-    }
-
-    /// The workflow's communication style, from its read model; `None` if the workflow is not
-    /// projected (yet).
-    // `StepScheduled` does not carry the style, and a workflow's configuration never changes
-    // once created, so the read model is as good a source as the event.
-    pub async fn communication_style(
-        &self,
-        tenant: &TenantId,
-        workflow: WorkflowId,
-    ) -> Result<Option<CommunicationStyle>, sqlx::Error> {
-        let style: Option<(Option<serde_json::Value>,)> = sqlx::query_as(
-            "SELECT configuration -> 'coordination' -> 'communicationStyle' \
-             FROM collaboration_workflows WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(tenant.as_str())
-        .bind(workflow.0)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(style.map(|(style,)| {
-            // Absent in the stored configuration means the default, as when it was created.
-            style
-                .and_then(|style| serde_json::from_value(style).ok())
-                .unwrap_or_default()
-        }))
     }
 }
 

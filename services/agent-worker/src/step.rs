@@ -258,6 +258,7 @@ mod tests {
                 reason: AssignmentReason::PreferredAgent,
                 coordinator_agent_id: None,
                 knowledge_sharing,
+                communication_style: Default::default(),
                 knowledge_watermark: 7,
             },
         }

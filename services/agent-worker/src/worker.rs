@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind};
-use cadre_proto::model::CommunicationStyle;
 use cadre_proto::{Envelope, Event, events::types, streams, subjects};
 use cadre_runtime::bus::{self, Append, EventBus, ReadError};
 use chrono::Utc;
@@ -203,26 +202,20 @@ impl Worker {
                 "read models are behind the step's knowledge watermark; using the knowledge visible now"
             );
         }
-        let (knowledge, style) = tokio::try_join!(
-            self.knowledge
-                .relevant(&step.tenant, s.workflow_id, self.knowledge_limit),
-            self.knowledge
-                .communication_style(&step.tenant, s.workflow_id),
-        )
-        .context("reading the workflow's knowledge")?;
-        let style = style.unwrap_or_else(|| {
-            tracing::warn!(
-                "workflow not in the read models; using the default communication style"
-            );
-            CommunicationStyle::default()
-        });
+        let knowledge = self
+            .knowledge
+            .relevant(&step.tenant, s.workflow_id, self.knowledge_limit)
+            .await
+            .context("reading the workflow's knowledge")?;
 
         let provider = match self.providers.get(&s.agent.provider) {
             Ok(provider) => provider,
             Err(error) => return self.fail(step, llm_failure(step, &error)).await,
         };
-        let request =
-            ChatRequest::for_agent(&s.agent, step_prompt(&s.agent, &s.step, style, &knowledge));
+        let request = ChatRequest::for_agent(
+            &s.agent,
+            step_prompt(&s.agent, &s.step, s.communication_style, &knowledge),
+        );
         tracing::info!(
             provider = s.agent.provider,
             model = s.agent.model,

@@ -12,7 +12,6 @@ use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{Message, stream};
 use cadre_proto::{streams, subjects};
 use cadre_runtime::bus::{EventBus, NatsError};
-use cadre_runtime::health::Readiness;
 use cadre_runtime::telemetry;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -39,7 +38,6 @@ pub(crate) struct Projector<'a> {
     pub bus: &'a EventBus,
     pub database_url: &'a str,
     pub max_batch: usize,
-    pub readiness: Readiness,
     /// Stop once the checkpoint reaches this sequence (a rebuild); `None` runs until shutdown.
     pub until: Option<u64>,
 }
@@ -74,7 +72,6 @@ impl Projector<'_> {
         loop {
             let before = progress.checkpoint;
             let outcome = self.session(&mut lease, shutdown, &mut progress).await;
-            self.readiness.set(false);
             if progress.checkpoint != before {
                 backoff = retry_backoff();
             }
@@ -127,7 +124,6 @@ impl Projector<'_> {
         let mut chunks = messages.ready_chunks(self.max_batch);
         let mut cursor = Cursor { last: checkpoint };
         let mut lease_check = tokio::time::interval(LEASE_CHECK);
-        self.readiness.set(true);
         tracing::info!(checkpoint, "projecting events");
         loop {
             let chunk = tokio::select! {

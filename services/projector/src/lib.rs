@@ -59,7 +59,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 /// Serves health, then projects events as they are appended until `shutdown`. While another
-/// replica holds the lock this one waits as a standby (and reports not ready).
+/// replica holds the lock this one waits as a standby. Ready means able to take over (the event
+/// stream is open): a standby that reported not ready would stall every rolling update.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let health = health::serve(config.health_addr, readiness.clone(), shutdown.clone())
@@ -69,6 +70,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let Some(bus) = open_bus(&config, &shutdown).await? else {
         return Ok(());
     };
+    readiness.set(true);
     let Some(lease) = Lease::acquire(&config.database_url, &shutdown).await else {
         return Ok(());
     };
@@ -76,7 +78,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         bus: &bus,
         database_url: &config.database_url,
         max_batch: config.max_batch.max(1),
-        readiness,
         until: None,
     };
     let progress = projector.run(lease, &shutdown).await;
@@ -140,7 +141,6 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
         bus: &bus,
         database_url: &config.database_url,
         max_batch: config.max_batch.max(1),
-        readiness: Readiness::default(),
         until: Some(target),
     };
     let progress = projector.run(lease, &never).await;

@@ -799,6 +799,7 @@ mod tests {
                 },
                 coordinator_agent_id: None,
                 knowledge_sharing: true,
+                communication_style: Default::default(),
                 knowledge_watermark: 0,
             }))
         }

@@ -305,6 +305,7 @@ fn advance(execution: &Execution, watermark: u64) -> Result<Vec<Event>, DomainEr
             reason,
             coordinator_agent_id: workflow.coordinator_agent_id,
             knowledge_sharing: workflow.configuration.coordination.knowledge_sharing,
+            communication_style: workflow.configuration.coordination.communication_style,
             knowledge_watermark: watermark,
         })));
         if one_at_a_time || !step.can_run_in_parallel {
