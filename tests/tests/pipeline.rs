@@ -522,3 +522,99 @@ async fn a_rebuild_replays_the_log_into_the_same_read_models() {
     let rebuilt = snapshot(&stack).await;
     assert_eq!(rebuilt, live);
 }
+
+#[tokio::test]
+async fn two_coordinators_starting_at_once_never_reuse_an_execution_number() {
+    let stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    // A second coordinator on the same log and read models, as a second replica would be.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let second = cadre_coordinator::start(
+        cadre_coordinator::Config {
+            nats_url: stack.nats.url.clone(),
+            database_url: stack.db.url.clone(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let other = cadre_tests::Api::new(format!("http://{}", second.http_addr));
+
+    let starts = (0..24).map(|i| {
+        let api = if i % 2 == 0 {
+            stack.api.clone()
+        } else {
+            other.clone()
+        };
+        let workflow_id = workflow_id.clone();
+        async move { api.start_execution(&workflow_id).await }
+    });
+    let started = futures::future::join_all(starts).await;
+    let mut numbers: Vec<u64> = started.iter().map(|(_, n)| *n).collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (1..=24).collect::<Vec<u64>>(),
+        "consecutive and unique"
+    );
+    for (id, _) in &started {
+        assert_eq!(
+            stack.api.wait_until_finished(id, FINISH).await["status"],
+            "completed"
+        );
+    }
+    shutdown.cancel();
+    second.wait().await.unwrap();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_whose_llm_keeps_refusing_is_retried_then_fails_the_execution() {
+    let stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    // The pipeline allows one retry; the provider refuses both attempts of the first step.
+    stack.llm.fail_next(2, 400);
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "failed", "{execution:#}");
+    let error = execution["errorMessage"].as_str().unwrap();
+    assert!(
+        error.contains("step 'Analyse requirements' failed after 2 attempt(s)"),
+        "{error}"
+    );
+    assert!(error.contains("400"), "{error}");
+    assert_eq!(execution["stepResults"]["step-1"]["status"], "failed");
+    assert_eq!(execution["stepResults"]["step-1"]["attempt"], 2);
+    assert!(
+        execution["stepResults"].get("step-2").is_none(),
+        "nothing ran after the failure"
+    );
+    assert_eq!(stack.llm.requests().len(), 2);
+
+    let interactions = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}/interactions"))
+        .await
+        .body;
+    let failures = interactions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| {
+            i["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Step failed: Analyse requirements")
+        })
+        .count();
+    assert_eq!(failures, 2, "one per attempt");
+    let workflow = stack
+        .api
+        .get(&format!("/v1/workflows/{workflow_id}"))
+        .await
+        .body;
+    assert_eq!(workflow["status"], "failed");
+    stack.stop().await;
+}
