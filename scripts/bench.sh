@@ -3,9 +3,6 @@
 # offline provider (BENCH_LATENCY_MS of simulated LLM latency, default 0). Prints figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/ensure-nats.sh
-CADRE_ADMIN_DATABASE_URL=$(bash scripts/ensure-postgres.sh)
-export CADRE_ADMIN_DATABASE_URL
-export NATS_SERVER_BIN="$PWD/.cadre/bin/nats-server"
+source scripts/services-env.sh
 cargo build --release --locked -q -p cadre-tests --bin cadre-bench
 exec target/release/cadre-bench

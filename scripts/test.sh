@@ -4,10 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/ensure-nats.sh
-CADRE_ADMIN_DATABASE_URL=$(bash scripts/ensure-postgres.sh)
-export CADRE_ADMIN_DATABASE_URL
-export NATS_SERVER_BIN="$PWD/.cadre/bin/nats-server"
+source scripts/services-env.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

@@ -104,6 +104,17 @@ impl Stack {
         stack
     }
 
+    /// The event log's counts and last sequence, now.
+    pub async fn log_state(&self) -> async_nats::jetstream::stream::State {
+        let mut stream = self.bus.stream().clone();
+        stream
+            .info()
+            .await
+            .expect("event stream info")
+            .state
+            .clone()
+    }
+
     pub fn projector_config(&self, max_batch: usize) -> cadre_projector::Config {
         cadre_projector::Config {
             nats_url: self.nats.url.clone(),

@@ -42,15 +42,7 @@ fn pointers(reply: &Reply) -> Vec<String> {
 }
 
 async fn stored_events(stack: &Stack) -> u64 {
-    stack
-        .bus
-        .stream()
-        .clone()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
+    stack.log_state().await.messages
 }
 
 async fn read_model_rows(stack: &Stack) -> i64 {

@@ -65,17 +65,20 @@ async fn interaction_and_knowledge_rows(
     )
 }
 
+/// Creates the pipeline and runs it once; returns `(workflowId, executionId)` once every
+/// consumer has caught up.
+async fn run_to_completion(stack: &Stack) -> (String, String) {
+    let (_, workflow_id) = team_and_pipeline(stack).await;
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    settle(stack).await;
+    (workflow_id, execution_id)
+}
+
 /// Waits until every consumer has processed everything stored so far.
 async fn settle(stack: &Stack) {
-    let last = stack
-        .bus
-        .stream()
-        .clone()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence;
+    let last = stack.log_state().await.last_sequence;
     eventually(FINISH, "the consumers to catch up", || async {
         let consumers = [
             (stack.bus.stream(), COORDINATOR_CONSUMER),
@@ -242,13 +245,7 @@ async fn a_three_step_pipeline_runs_end_to_end_and_shares_knowledge() {
 #[tokio::test]
 async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
     let stack = Stack::start().await;
-    let (_, workflow_id) = team_and_pipeline(&stack).await;
-    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    assert_eq!(
-        stack.api.wait_until_finished(&execution_id, FINISH).await["status"],
-        "completed"
-    );
-    settle(&stack).await;
+    let (workflow_id, execution_id) = run_to_completion(&stack).await;
 
     let tenant = TenantId::default_tenant();
     let execution = cadre_proto::ExecutionId(execution_id.parse().unwrap());
@@ -398,13 +395,7 @@ async fn malformed_messages_are_terminated_with_a_reason_and_block_nothing() {
         .unwrap();
 
     // The consumers keep going: a whole workflow runs behind the garbage.
-    let (_, workflow_id) = team_and_pipeline(&stack).await;
-    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    assert_eq!(
-        stack.api.wait_until_finished(&execution_id, FINISH).await["status"],
-        "completed"
-    );
-    settle(&stack).await;
+    run_to_completion(&stack).await;
 
     // Each consumer that received garbage terminated it, and the server recorded why.
     let mut reasons = Vec::new();
@@ -508,15 +499,7 @@ async fn a_rebuild_replays_the_log_into_the_same_read_models() {
         .unwrap();
     assert_eq!(
         report.final_checkpoint,
-        stack
-            .bus
-            .stream()
-            .clone()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .last_sequence
+        stack.log_state().await.last_sequence
     );
     assert_eq!(report.rejected, 1);
     let rebuilt = snapshot(&stack).await;

@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Watch the log from here on, and the projector's commits.
-    let first_sequence = stack.bus.stream().clone().info().await?.state.last_sequence + 1;
+    let first_sequence = stack.log_state().await.last_sequence + 1;
     let observer = stack
         .bus
         .stream()

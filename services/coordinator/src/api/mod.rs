@@ -478,6 +478,23 @@ async fn last_start(app: &AppState, filter: &str) -> Result<(u32, u64), Problem>
     })
 }
 
+/// A listing under an unknown parent is a 404, not an empty list.
+async fn workflow_must_exist(app: &AppState, id: WorkflowId) -> Result<(), Problem> {
+    let row = read::workflow(&app.db, &app.tenant, id.0)
+        .await
+        .map_err(unavailable_db)?;
+    row.map(drop)
+        .ok_or_else(|| Problem::not_found(format!("no workflow has the id {id}")))
+}
+
+async fn execution_must_exist(app: &AppState, id: ExecutionId) -> Result<(), Problem> {
+    let row = read::execution(&app.db, &app.tenant, id.0)
+        .await
+        .map_err(unavailable_db)?;
+    row.map(drop)
+        .ok_or_else(|| Problem::not_found(format!("no execution has the id {id}")))
+}
+
 async fn list_executions(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -485,13 +502,7 @@ async fn list_executions(
 ) -> ApiResult {
     let id: WorkflowId = parse_id(&raw, "workflow id")?;
     let page = page(&params)?;
-    if read::workflow(&app.db, &app.tenant, id.0)
-        .await
-        .map_err(unavailable_db)?
-        .is_none()
-    {
-        return Err(Problem::not_found(format!("no workflow has the id {id}")));
-    }
+    workflow_must_exist(&app, id).await?;
     let rows = read::executions(&app.db, &app.tenant, id.0, page)
         .await
         .map_err(unavailable_db)?;
@@ -549,13 +560,7 @@ async fn execution_interactions(
 ) -> ApiResult {
     let id: ExecutionId = parse_id(&raw, "execution id")?;
     let page = page(&params)?;
-    if read::execution(&app.db, &app.tenant, id.0)
-        .await
-        .map_err(unavailable_db)?
-        .is_none()
-    {
-        return Err(Problem::not_found(format!("no execution has the id {id}")));
-    }
+    execution_must_exist(&app, id).await?;
     let rows = read::interactions(&app.db, &app.tenant, id.0, page)
         .await
         .map_err(unavailable_db)?;
@@ -569,13 +574,7 @@ async fn workflow_knowledge(
 ) -> ApiResult {
     let id: WorkflowId = parse_id(&raw, "workflow id")?;
     let page = page(&params)?;
-    if read::workflow(&app.db, &app.tenant, id.0)
-        .await
-        .map_err(unavailable_db)?
-        .is_none()
-    {
-        return Err(Problem::not_found(format!("no workflow has the id {id}")));
-    }
+    workflow_must_exist(&app, id).await?;
     let rows = read::knowledge(&app.db, &app.tenant, id.0, page)
         .await
         .map_err(unavailable_db)?;
