@@ -54,11 +54,16 @@ pub fn init(service: &'static str) -> Telemetry {
             .with_writer(std::io::stderr)
             .boxed()
     };
+    // The log filter (RUST_LOG) applies to the log lines only: spans at INFO and above always
+    // reach OpenTelemetry, so quieter logs never break trace propagation across NATS.
     // A test process may install a subscriber of its own first; keep that one.
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt.with_filter(filter))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
         .try_init();
     Telemetry { provider }
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
+use tower_http::trace::DefaultMakeSpan;
 
 use cadre_proto::events::{AgentRegistered, WorkflowCreated};
 use cadre_proto::model::{
@@ -72,7 +73,11 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
         .with_state(state)
         .merge(health::routes(readiness))
         .fallback(|| async { Problem::not_found("no such resource; the API lives under /v1") })
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // INFO, not the default DEBUG: the request span is the root of the execution's trace.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO)),
+        )
 }
 
 type ApiResult = Result<Response, Problem>;
