@@ -86,10 +86,8 @@ pub async fn run_with_readiness(
         .map_err(|error| anyhow::anyhow!(error).context("opening the event stream"))?;
     let consumer: PullConsumer = bus
         .dispatch_stream()
-        .get_or_create_consumer(
-            streams::AGENT_WORKER_CONSUMER,
-            streams::agent_worker_consumer(),
-        )
+        // Create or update: a consumer left by an older release takes today's settings.
+        .create_consumer(streams::agent_worker_consumer())
         .await
         .context("creating the agent-worker consumer")?;
 

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use cadre_proto::streams::{self, ACTIVE_GROUP, COORDINATOR_CONSUMER, PINNED_PULL_EXPIRY};
+use cadre_proto::streams::{self, ACTIVE_GROUP, PINNED_PULL_EXPIRY};
 use cadre_proto::{Envelope, Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_runtime::bus::{self, EventBus, NatsError, PublishError};
 use cadre_runtime::health::Readiness;
@@ -60,7 +60,8 @@ pub async fn run(
 ) -> Result<(), NatsError> {
     let consumer: jetstream::consumer::PullConsumer = bus
         .stream()
-        .get_or_create_consumer(COORDINATOR_CONSUMER, streams::coordinator_consumer())
+        // Create or update: a consumer left by an older release takes today's settings.
+        .create_consumer(streams::coordinator_consumer())
         .await?;
     let tracker = TaskTracker::new();
     let senders: Vec<mpsc::Sender<jetstream::Message>> = (0..shards.max(1))
