@@ -376,11 +376,18 @@ pub struct StartLocks(Arc<std::sync::Mutex<HashMap<WorkflowId, StartLock>>>);
 
 impl StartLocks {
     fn of(&self, workflow: WorkflowId) -> StartLock {
-        let mut locks = self
-            .0
+        self.locks().entry(workflow).or_default().clone()
+    }
+
+    fn forget(&self, workflow: WorkflowId) {
+        self.locks().remove(&workflow);
+    }
+
+    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<WorkflowId, StartLock>> {
+        // Nothing is left half-done under this lock, so a poisoned one is still sound.
+        self.0
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        locks.entry(workflow).or_default().clone()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -397,26 +404,16 @@ async fn start_execution(
     };
     let lock = app.starts.of(workflow_id);
     let mut cached = lock.lock().await;
-    if cached.is_none() {
-        let workflow = load_workflow(&app, workflow_id).await?;
-        let agents = try_join_all(
-            workflow
-                .participating_agents
-                .iter()
-                .map(|id| load_agent(&app, *id)),
-        )
-        .await?
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| Problem::conflict("an agent of this workflow is no longer registered"))?;
-        *cached = Some(WorkflowStarts {
-            workflow,
-            agents,
-            last: None,
-        });
-    }
-    let Some(starts) = cached.as_mut() else {
-        unreachable!("filled above")
+    let starts = match cached.as_mut() {
+        Some(starts) => starts,
+        None => match load_starts(&app, workflow_id).await {
+            Ok(loaded) => cached.insert(loaded),
+            Err(problem) => {
+                // Keep no lock for ids that name no workflow: bad requests must not grow memory.
+                app.starts.forget(workflow_id);
+                return Err(problem);
+            }
+        },
     };
 
     let filter = subjects::execution_starts(&app.tenant, workflow_id);
@@ -469,6 +466,26 @@ async fn start_execution(
     Err(Problem::conflict(
         "too many executions of this workflow are starting at once; retry",
     ))
+}
+
+/// What starting a workflow needs, read from the log.
+async fn load_starts(app: &AppState, workflow_id: WorkflowId) -> Result<WorkflowStarts, Problem> {
+    let workflow = load_workflow(app, workflow_id).await?;
+    let agents = try_join_all(
+        workflow
+            .participating_agents
+            .iter()
+            .map(|id| load_agent(app, *id)),
+    )
+    .await?
+    .into_iter()
+    .collect::<Option<Vec<_>>>()
+    .ok_or_else(|| Problem::conflict("an agent of this workflow is no longer registered"))?;
+    Ok(WorkflowStarts {
+        workflow,
+        agents,
+        last: None,
+    })
 }
 
 /// The last execution number of a workflow and the sequence of its `started` event.
