@@ -218,6 +218,16 @@ async fn fold_and_decide(
             }
             folded
         }
+        // An execution's end decides nothing more; most often it is our own append coming
+        // back after we dropped the finished state. Replaying the execution to learn that
+        // would cost a scan of the log per execution.
+        None if matches!(
+            envelope.event,
+            Event::ExecutionCompleted(_) | Event::ExecutionFailed(_)
+        ) =>
+        {
+            return Ok(());
+        }
         // The first event of an execution needs no replay.
         None if matches!(envelope.event, Event::ExecutionStarted(_)) => Folded {
             state: evolve(State::NotStarted, &envelope.event),
