@@ -43,7 +43,14 @@ pub struct Stack {
     pub db: TestDb,
     pub nats: NatsServer,
     shutdown: CancellationToken,
-    services: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    services: Vec<Service>,
+}
+
+/// A service running in-process, stoppable on its own.
+struct Service {
+    name: &'static str,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
 }
 
 /// Logs of the services under test, when `RUST_LOG` asks for them.
@@ -75,6 +82,7 @@ impl Stack {
             .expect("event stream");
 
         let mut services = Vec::new();
+        let coordinator_stop = shutdown.child_token();
         let coordinator = cadre_coordinator::start(
             cadre_coordinator::Config {
                 nats_url: nats.url.clone(),
@@ -83,12 +91,16 @@ impl Stack {
                 shards: options.coordinator_shards,
                 ..Default::default()
             },
-            shutdown.clone(),
+            coordinator_stop.clone(),
         )
         .await
         .expect("coordinator starts");
         let api = Api::new(format!("http://{}", coordinator.http_addr));
-        services.push(("coordinator", tokio::spawn(coordinator.wait())));
+        services.push(Service {
+            name: "coordinator",
+            stop: coordinator_stop,
+            task: tokio::spawn(coordinator.wait()),
+        });
 
         let mut stack = Self {
             api,
@@ -127,8 +139,13 @@ impl Stack {
 
     fn spawn_projector(&mut self, max_batch: usize) {
         let config = self.projector_config(max_batch);
-        let task = tokio::spawn(cadre_projector::run(config, self.shutdown.clone()));
-        self.services.push(("projector", task));
+        let stop = self.shutdown.child_token();
+        let task = tokio::spawn(cadre_projector::run(config, stop.clone()));
+        self.services.push(Service {
+            name: "projector",
+            stop,
+            task,
+        });
     }
 
     fn spawn_worker(&mut self, concurrency: usize, offline_latency_ms: u64) {
@@ -157,8 +174,13 @@ impl Stack {
             ]),
             ..Default::default()
         };
-        let task = tokio::spawn(cadre_agent_worker::run(config, self.shutdown.clone()));
-        self.services.push(("agent-worker", task));
+        let stop = self.shutdown.child_token();
+        let task = tokio::spawn(cadre_agent_worker::run(config, stop.clone()));
+        self.services.push(Service {
+            name: "agent-worker",
+            stop,
+            task,
+        });
     }
 
     /// Asks every service to stop and checks that each stopped cleanly.
@@ -169,13 +191,30 @@ impl Stack {
     /// [`Stack::stop`], keeping NATS and the database for a look afterwards.
     pub async fn stop_services(&mut self) {
         self.shutdown.cancel();
-        for (name, task) in self.services.drain(..) {
-            match tokio::time::timeout(Duration::from_secs(30), task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(error))) => panic!("{name} stopped with an error: {error:#}"),
-                Ok(Err(panic)) => panic!("{name} panicked: {panic}"),
-                Err(_) => panic!("{name} did not stop within 30 s of the stop request"),
-            }
+        for service in std::mem::take(&mut self.services) {
+            stopped_cleanly(service).await;
         }
+    }
+
+    /// Stops one service (`"coordinator"`, `"agent-worker"` or `"projector"`), as a pod would be.
+    pub async fn stop_service(&mut self, name: &str) {
+        let at = self
+            .services
+            .iter()
+            .position(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no running service {name}"));
+        let service = self.services.remove(at);
+        service.stop.cancel();
+        stopped_cleanly(service).await;
+    }
+}
+
+async fn stopped_cleanly(service: Service) {
+    let name = service.name;
+    match tokio::time::timeout(Duration::from_secs(30), service.task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => panic!("{name} stopped with an error: {error:#}"),
+        Ok(Err(panic)) => panic!("{name} panicked: {panic}"),
+        Err(_) => panic!("{name} did not stop within 30 s of the stop request"),
     }
 }

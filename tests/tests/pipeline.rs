@@ -601,3 +601,70 @@ async fn a_step_whose_llm_keeps_refusing_is_retried_then_fails_the_execution() {
     assert_eq!(workflow["status"], "failed");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_standby_coordinator_takes_over_a_running_execution() {
+    let mut stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let standby = cadre_coordinator::start(
+        cadre_coordinator::Config {
+            nats_url: stack.nats.url.clone(),
+            database_url: stack.db.url.clone(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let standby_api = cadre_tests::Api::new(format!("http://{}", standby.http_addr));
+
+    // Slow steps, so that the active coordinator stops while the first one runs.
+    stack.llm.set_latency(Duration::from_millis(300));
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let tenant = TenantId::default_tenant();
+    let execution = cadre_proto::ExecutionId(execution_id.parse().unwrap());
+    let workflow = cadre_proto::WorkflowId(workflow_id.parse().unwrap());
+    let first = cadre_proto::StepId::parse("step-1").unwrap();
+    eventually(FINISH, "step-1 to start", || async {
+        stack
+            .bus
+            .last_event(&subjects::step(
+                &tenant,
+                workflow,
+                execution,
+                &first,
+                subjects::STARTED,
+            ))
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    stack.stop_service("coordinator").await;
+
+    // The standby rebuilds the execution from the log and carries it to the end.
+    let done = standby_api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let events = stack
+        .bus
+        .read_all(&subjects::execution_state(&tenant, workflow, execution))
+        .await
+        .unwrap();
+    let scheduled: Vec<String> = events
+        .iter()
+        .filter_map(|s| match &s.envelope.event {
+            Event::StepScheduled(e) => Some(e.step.id.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        scheduled,
+        vec!["step-1", "step-2", "step-3"],
+        "each step scheduled once"
+    );
+    shutdown.cancel();
+    standby.wait().await.unwrap();
+    stack.stop().await;
+}

@@ -110,6 +110,15 @@ pub async fn run(
     {
         tracing::warn!("stopped before every in-flight event finished; they will be redelivered");
     }
+    // Hand the pin to a standby now rather than after PIN_TIMEOUT of silence.
+    drop(messages);
+    if let Err(error) = bus
+        .stream()
+        .unpin_consumer(streams::COORDINATOR_CONSUMER, ACTIVE_GROUP)
+        .await
+    {
+        tracing::warn!(%error, "could not release the consumer's pin; a standby takes over when it expires");
+    }
     Ok(())
 }
 
