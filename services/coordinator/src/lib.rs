@@ -22,6 +22,9 @@ use cadre_proto::TenantId;
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
 
+/// The CloudEvents `source` of every event the coordinator emits.
+pub(crate) const SOURCE: &str = "/cadre/coordinator";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {

@@ -30,9 +30,9 @@ use cadre_runtime::bus::{self, EventBus, NatsError, PublishError};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::telemetry;
 
+use crate::SOURCE;
 use crate::domain::execution::{Command, State, Status, decide, evolve};
 
-const SOURCE: &str = "/cadre/coordinator";
 /// How long a failed event waits before it is redelivered.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// How long in-flight events may take to finish once stopping.

@@ -31,6 +31,7 @@ use cadre_proto::{AgentId, Envelope, Event, ExecutionId, TenantId, WorkflowId, s
 use cadre_runtime::bus::{Append, EventBus, PublishError, ReadError};
 use cadre_runtime::health::{self, Readiness};
 
+use crate::SOURCE;
 use crate::domain::execution::{Command, Start, State as ExecutionState, decide};
 use crate::domain::validation::{FieldError, referenced_agents, validate_agent, validate_workflow};
 use crate::read::{self, Page};
@@ -38,7 +39,6 @@ use body::Body;
 pub use problem::Problem;
 
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
-const SOURCE: &str = "/cadre/coordinator";
 /// How often a start is retried when another start of the same workflow wins the race for
 /// the next execution number.
 const START_ATTEMPTS: usize = 8;
