@@ -124,6 +124,23 @@ impl Api {
         )
     }
 
+    /// Registers the demo team on `provider` and creates its `steps`-step pipeline; returns
+    /// the agents' ids (in step order) and the workflow's id.
+    pub async fn team_and_pipeline(&self, provider: &str, steps: usize) -> (Vec<String>, String) {
+        let mut ids = Vec::new();
+        for agent in team(provider) {
+            let created = self.register_agent(&agent).await;
+            ids.push(created["id"].as_str().expect("agent id").to_owned());
+        }
+        let workflow = self
+            .create_workflow(&pipeline("Feature pipeline", &ids, &PIPELINE_SKILLS, steps))
+            .await;
+        (
+            ids,
+            workflow["id"].as_str().expect("workflow id").to_owned(),
+        )
+    }
+
     /// Polls the execution's read model until it is completed or failed.
     pub async fn wait_until_finished(&self, execution_id: &str, timeout: Duration) -> Value {
         crate::eventually(timeout, "the execution to finish", || async {

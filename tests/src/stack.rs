@@ -116,6 +116,27 @@ impl Stack {
         stack
     }
 
+    /// Another coordinator on the same NATS and database, as a second replica would be; it
+    /// runs until `stop` is cancelled.
+    pub async fn second_coordinator(
+        &self,
+        stop: CancellationToken,
+    ) -> (cadre_coordinator::Running, Api) {
+        let running = cadre_coordinator::start(
+            cadre_coordinator::Config {
+                nats_url: self.nats.url.clone(),
+                database_url: self.db.url.clone(),
+                http_addr: "127.0.0.1:0".parse().expect("address"),
+                ..Default::default()
+            },
+            stop,
+        )
+        .await
+        .expect("second coordinator starts");
+        let api = Api::new(format!("http://{}", running.http_addr));
+        (running, api)
+    }
+
     /// The event log's counts and last sequence, now.
     pub async fn log_state(&self) -> async_nats::jetstream::stream::State {
         let mut stream = self.bus.stream().clone();

@@ -8,7 +8,6 @@ use std::time::Duration;
 use cadre_proto::streams::{AGENT_WORKER_CONSUMER, COORDINATOR_CONSUMER, PROJECTOR_CONSUMER};
 use cadre_proto::subjects;
 use cadre_proto::{Event, TenantId};
-use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
 use cadre_tests::fake_llm::insight_line;
 use cadre_tests::stack::FAKE_PROVIDER;
 use cadre_tests::{Stack, eventually};
@@ -17,22 +16,9 @@ use sqlx::Row;
 
 const FINISH: Duration = Duration::from_secs(60);
 
-/// Registers the demo team on the fake LLM and creates the 3-step pipeline.
+/// The demo team on the fake LLM, and the 3-step pipeline.
 async fn team_and_pipeline(stack: &Stack) -> (Vec<String>, String) {
-    let mut ids = Vec::new();
-    for agent in team(FAKE_PROVIDER) {
-        ids.push(
-            stack.api.register_agent(&agent).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    let workflow = stack
-        .api
-        .create_workflow(&pipeline("Feature pipeline", &ids, &PIPELINE_SKILLS, 3))
-        .await;
-    (ids, workflow["id"].as_str().unwrap().to_owned())
+    stack.api.team_and_pipeline(FAKE_PROVIDER, 3).await
 }
 
 async fn count(stack: &Stack, sql: &str, id: &str) -> i64 {
@@ -512,18 +498,7 @@ async fn two_coordinators_starting_at_once_never_reuse_an_execution_number() {
     let (_, workflow_id) = team_and_pipeline(&stack).await;
     // A second coordinator on the same log and read models, as a second replica would be.
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let second = cadre_coordinator::start(
-        cadre_coordinator::Config {
-            nats_url: stack.nats.url.clone(),
-            database_url: stack.db.url.clone(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let other = cadre_tests::Api::new(format!("http://{}", second.http_addr));
+    let (second, other) = stack.second_coordinator(shutdown.clone()).await;
 
     let starts = (0..24).map(|i| {
         let api = if i % 2 == 0 {
@@ -607,18 +582,7 @@ async fn a_standby_coordinator_takes_over_a_running_execution() {
     let mut stack = Stack::start().await;
     let (_, workflow_id) = team_and_pipeline(&stack).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let standby = cadre_coordinator::start(
-        cadre_coordinator::Config {
-            nats_url: stack.nats.url.clone(),
-            database_url: stack.db.url.clone(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let standby_api = cadre_tests::Api::new(format!("http://{}", standby.http_addr));
+    let (standby, standby_api) = stack.second_coordinator(shutdown.clone()).await;
 
     // Slow steps, so that the active coordinator stops while the first one runs.
     stack.llm.set_latency(Duration::from_millis(300));

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use cadre_tests::Stack;
-use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
 use futures::StreamExt;
 
 #[tokio::test]
@@ -17,20 +16,8 @@ async fn one_execution_is_one_trace_across_every_service() {
     // The services' own telemetry set-up (OpenTelemetry SDK, no exporter), as in production.
     let _telemetry = cadre_runtime::telemetry::init("cadre-tests");
     let stack = Stack::start().await;
-    let mut ids = Vec::new();
-    for agent in team("offline") {
-        ids.push(
-            stack.api.register_agent(&agent).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    let workflow = stack
-        .api
-        .create_workflow(&pipeline("traced", &ids, &PIPELINE_SKILLS, 3))
-        .await;
-    let workflow_id = workflow["id"].as_str().unwrap();
+    let (_, workflow_id) = stack.api.team_and_pipeline("offline", 3).await;
+    let workflow_id = workflow_id.as_str();
     let (execution_id, _) = stack.api.start_execution(workflow_id).await;
     let done = stack
         .api
