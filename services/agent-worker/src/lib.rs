@@ -16,6 +16,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
+#[cfg(test)]
+mod fixtures;
 mod knowledge;
 pub mod llm;
 pub mod prompt;

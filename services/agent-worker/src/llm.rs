@@ -560,22 +560,13 @@ mod tests {
 
     #[test]
     fn sampling_defaults_follow_the_seed() {
-        let agent = AgentProfile {
-            id: cadre_proto::AgentId::new(),
-            name: "Ada".to_owned(),
-            role: "architect".to_owned(),
-            backstory: String::new(),
-            skills: vec![],
-            provider: "offline".to_owned(),
-            model: "m".to_owned(),
-            model_parameters: Default::default(),
-        };
+        let agent = crate::fixtures::agent();
         let prompt = StepPrompt {
             system: "s".to_owned(),
             user: "u".to_owned(),
         };
         let request = ChatRequest::for_agent(&agent, prompt);
         assert_eq!((request.temperature, request.max_tokens), (0.5, 2000));
-        assert_eq!(request.model, "m");
+        assert_eq!(request.model, agent.model);
     }
 }

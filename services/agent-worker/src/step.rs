@@ -214,8 +214,8 @@ pub fn retry_delay(delivered: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use cadre_proto::events::AssignmentReason;
-    use cadre_proto::model::{AgentProfile, StepType, TokenUsage, WorkflowStep};
-    use cadre_proto::{AgentId, ExecutionId, StepId, WorkflowId};
+    use cadre_proto::model::{TokenUsage, WorkflowStep};
+    use cadre_proto::{ExecutionId, WorkflowId};
 
     use super::*;
 
@@ -228,33 +228,11 @@ mod tests {
                 workflow_id: WorkflowId::new(),
                 workflow_name: "Launch".to_owned(),
                 step: WorkflowStep {
-                    id: StepId::parse("design").unwrap(),
                     name: "Design".to_owned(),
-                    description: "d".to_owned(),
-                    step_type: StepType::Analysis,
-                    assigned_agent_role: None,
-                    preferred_agent_id: None,
-                    required_skills: vec![],
-                    depends_on: vec![],
-                    can_run_in_parallel: true,
-                    instructions: "i".to_owned(),
-                    expected_output: "e".to_owned(),
-                    timeout_minutes: None,
-                    validation_criteria: vec![],
-                    review_required: false,
-                    reviewer_role: None,
+                    ..crate::fixtures::step()
                 },
                 attempt: 2,
-                agent: AgentProfile {
-                    id: AgentId::new(),
-                    name: "Ada".to_owned(),
-                    role: "architect".to_owned(),
-                    backstory: String::new(),
-                    skills: vec![],
-                    provider: "offline".to_owned(),
-                    model: "m".to_owned(),
-                    model_parameters: Default::default(),
-                },
+                agent: crate::fixtures::agent(),
                 reason: AssignmentReason::PreferredAgent,
                 coordinator_agent_id: None,
                 knowledge_sharing,
