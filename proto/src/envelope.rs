@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::events::{self, Event, types};
+use crate::events::Event;
 use crate::ids::{EventId, TenantId};
+use crate::upcast;
 
 pub const SPEC_VERSION: &str = "1.0";
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -59,23 +60,7 @@ struct WireOut<'a> {
     time: DateTime<Utc>,
     datacontenttype: &'static str,
     tenantid: &'a TenantId,
-    data: Data<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Data<'a> {
-    AgentRegistered(&'a events::AgentRegistered),
-    WorkflowCreated(&'a events::WorkflowCreated),
-    KnowledgeShared(&'a events::KnowledgeShared),
-    ExecutionStarted(&'a events::ExecutionStarted),
-    StepScheduled(&'a events::StepScheduled),
-    StepStarted(&'a events::StepStarted),
-    InteractionRecorded(&'a events::InteractionRecorded),
-    StepCompleted(&'a events::StepCompleted),
-    StepFailed(&'a events::StepFailed),
-    ExecutionCompleted(&'a events::ExecutionCompleted),
-    ExecutionFailed(&'a events::ExecutionFailed),
+    data: Box<RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -120,19 +105,11 @@ impl Envelope {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let data = match &self.event {
-            Event::AgentRegistered(e) => Data::AgentRegistered(e),
-            Event::WorkflowCreated(e) => Data::WorkflowCreated(e),
-            Event::KnowledgeShared(e) => Data::KnowledgeShared(e),
-            Event::ExecutionStarted(e) => Data::ExecutionStarted(e),
-            Event::StepScheduled(e) => Data::StepScheduled(e),
-            Event::StepStarted(e) => Data::StepStarted(e),
-            Event::InteractionRecorded(e) => Data::InteractionRecorded(e),
-            Event::StepCompleted(e) => Data::StepCompleted(e),
-            Event::StepFailed(e) => Data::StepFailed(e),
-            Event::ExecutionCompleted(e) => Data::ExecutionCompleted(e),
-            Event::ExecutionFailed(e) => Data::ExecutionFailed(e),
-        };
+        // Serializing plain structs of strings, numbers and maps with string keys cannot fail.
+        let data = self
+            .event
+            .data()
+            .unwrap_or_else(|_| RawValue::NULL.to_owned());
         let wire = WireOut {
             specversion: SPEC_VERSION,
             id: self.meta.id,
@@ -144,7 +121,6 @@ impl Envelope {
             tenantid: &self.meta.tenant,
             data,
         };
-        // Serializing plain structs of strings, numbers and maps with string keys cannot fail.
         serde_json::to_vec(&wire).unwrap_or_default()
     }
 
@@ -153,7 +129,7 @@ impl Envelope {
         if wire.specversion != SPEC_VERSION {
             return Err(DecodeError::SpecVersion(wire.specversion));
         }
-        let event = decode_data(&wire.event_type, wire.data.get())?;
+        let event = decode_data(&wire.event_type, wire.data)?;
         Ok(Self {
             meta: EventMeta {
                 id: wire.id,
@@ -166,78 +142,318 @@ impl Envelope {
     }
 }
 
-fn decode_data(event_type: &str, data: &str) -> Result<Event, DecodeError> {
-    fn parse<T: serde::de::DeserializeOwned>(
-        event_type: &str,
-        data: &str,
-    ) -> Result<T, DecodeError> {
-        serde_json::from_str(data).map_err(|error| DecodeError::InvalidData {
-            event_type: event_type.to_owned(),
-            error,
-        })
+/// The payload of `event_type`, upcast first when it is an older version.
+fn decode_data(event_type: &str, data: &RawValue) -> Result<Event, DecodeError> {
+    let invalid = |error| DecodeError::InvalidData {
+        event_type: event_type.to_owned(),
+        error,
+    };
+    if let Some(event) = Event::from_data(event_type, data.get()) {
+        return event.map_err(invalid);
     }
-    Ok(match event_type {
-        types::AGENT_REGISTERED => Event::AgentRegistered(parse(event_type, data)?),
-        types::WORKFLOW_CREATED => Event::WorkflowCreated(parse(event_type, data)?),
-        types::KNOWLEDGE_SHARED => Event::KnowledgeShared(parse(event_type, data)?),
-        types::EXECUTION_STARTED => Event::ExecutionStarted(parse(event_type, data)?),
-        types::STEP_SCHEDULED => Event::StepScheduled(parse(event_type, data)?),
-        types::STEP_STARTED => Event::StepStarted(parse(event_type, data)?),
-        types::INTERACTION_RECORDED => Event::InteractionRecorded(parse(event_type, data)?),
-        types::STEP_COMPLETED => Event::StepCompleted(parse(event_type, data)?),
-        types::STEP_FAILED => Event::StepFailed(parse(event_type, data)?),
-        types::EXECUTION_COMPLETED => Event::ExecutionCompleted(parse(event_type, data)?),
-        types::EXECUTION_FAILED => Event::ExecutionFailed(parse(event_type, data)?),
-        other => return Err(DecodeError::UnknownType(other.to_owned())),
-    })
+    match upcast::to_current(event_type, data) {
+        Some(upcast) => {
+            let (current, data) = upcast.map_err(invalid)?;
+            Event::from_data(current, data.get())
+                .unwrap_or_else(|| Err(serde::de::Error::custom("upcast to an unknown type")))
+                .map_err(invalid)
+        }
+        None => Err(DecodeError::UnknownType(event_type.to_owned())),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::events::StepFailed;
-    use crate::ids::{AgentId, ExecutionId, StepId, WorkflowId};
+    use std::collections::BTreeSet;
 
-    fn sample() -> Envelope {
+    use super::*;
+    use crate::events::*;
+    use crate::ids::{AgentId, ExecutionId, KnowledgeId, StepId, WorkflowId};
+    use crate::model::*;
+
+    fn attempt() -> StepAttempt {
+        StepAttempt {
+            execution_id: ExecutionId::new(),
+            workflow_id: WorkflowId::new(),
+            step_id: StepId::parse("review").unwrap(),
+            step_name: "Review".to_owned(),
+            number: 1,
+            agent_id: AgentId::new(),
+        }
+    }
+
+    fn agent() -> AgentProfile {
+        AgentProfile {
+            id: AgentId::new(),
+            name: "Ada".into(),
+            role: "analyst".into(),
+            backstory: "b".into(),
+            skills: vec!["research".into()],
+            provider: "offline".into(),
+            model: "m".into(),
+            model_parameters: ModelParameters {
+                temperature: Some(0.5),
+                max_tokens: Some(100),
+            },
+        }
+    }
+
+    fn workflow() -> WorkflowDefinition {
+        WorkflowDefinition {
+            id: WorkflowId::new(),
+            name: "W".into(),
+            description: "d".into(),
+            workflow_type: WorkflowType::Pipeline,
+            participating_agents: vec![AgentId::new()],
+            coordinator_agent_id: None,
+            configuration: WorkflowConfiguration {
+                steps: vec![WorkflowStep {
+                    id: StepId::parse("a").unwrap(),
+                    name: "A".into(),
+                    description: "d".into(),
+                    step_type: StepType::Analysis,
+                    assigned_agent_role: Some("analyst".into()),
+                    preferred_agent_id: None,
+                    required_skills: vec!["research".into()],
+                    depends_on: vec![],
+                    can_run_in_parallel: true,
+                    instructions: "i".into(),
+                    expected_output: "o".into(),
+                    timeout_minutes: Some(3),
+                    validation_criteria: vec![],
+                    review_required: false,
+                    reviewer_role: None,
+                }],
+                coordination: Coordination::default(),
+                constraints: Constraints::default(),
+            },
+        }
+    }
+
+    /// One event of every type.
+    fn every_event() -> Vec<Event> {
+        let (w, e) = (WorkflowId::new(), ExecutionId::new());
+        let request = Request {
+            requested_by: Some("ops".into()),
+            reason: Some("why".into()),
+        };
+        let scheduled = StepScheduled {
+            execution_id: e,
+            workflow_id: w,
+            workflow_name: "W".into(),
+            step: workflow().configuration.steps[0].clone(),
+            attempt: 1,
+            agent: agent(),
+            reason: AssignmentReason::SkillMatch {
+                matched: vec!["research".into()],
+                active_steps: 0,
+            },
+            coordinator_agent_id: None,
+            knowledge_sharing: true,
+            communication_style: CommunicationStyle::Formal,
+            knowledge_watermark: 7,
+            timeout_at: Some(Utc::now()),
+        };
+        vec![
+            Event::AgentRegistered(AgentRegistered { agent: agent() }),
+            Event::WorkflowCreated(WorkflowCreated {
+                workflow: workflow(),
+            }),
+            Event::WorkflowPaused(WorkflowPaused {
+                workflow_id: w,
+                request: request.clone(),
+            }),
+            Event::WorkflowResumed(WorkflowResumed {
+                workflow_id: w,
+                request: Request::default(),
+            }),
+            Event::KnowledgeShared(KnowledgeShared {
+                knowledge_id: KnowledgeId::new(),
+                workflow_id: w,
+                execution_id: e,
+                step_id: StepId::parse("a").unwrap(),
+                title: "t".into(),
+                content: "c".into(),
+                knowledge_type: KnowledgeType::Insight,
+                created_by_agent_id: AgentId::new(),
+                relevance_score: 0.5,
+                tags: vec!["x".into()],
+            }),
+            Event::ExecutionStarted(Box::new(ExecutionStarted {
+                execution_id: e,
+                workflow_id: w,
+                execution_number: 3,
+                trigger_reason: TriggerReason::Manual,
+                triggered_by: Some("me".into()),
+                workflow: workflow(),
+                agents: vec![agent()],
+                deadline: Some(Utc::now()),
+            })),
+            Event::StepScheduled(Box::new(scheduled)),
+            Event::StepStarted(StepStarted {
+                attempt: attempt(),
+                scheduled_event_id: EventId::new(),
+            }),
+            Event::InteractionRecorded(InteractionRecorded {
+                execution_id: e,
+                workflow_id: w,
+                from_agent_id: AgentId::new(),
+                to_agent_id: Some(AgentId::new()),
+                interaction_type: InteractionType::Question,
+                message: "m".into(),
+                context_data: serde_json::json!({"k": 1}),
+                related_step_id: Some(StepId::parse("a").unwrap()),
+                requires_response: true,
+            }),
+            Event::StepCompleted(Box::new(StepCompleted {
+                attempt: attempt(),
+                result: StepResult {
+                    summary: "s".into(),
+                    output: "o".into(),
+                    insights: vec!["i".into()],
+                    decisions: vec![],
+                    questions: vec![],
+                    raw_response: "r".into(),
+                    tokens: TokenUsage {
+                        prompt: 1,
+                        completion: 2,
+                        total: 3,
+                    },
+                },
+                provider: "offline".into(),
+                model: "m".into(),
+                duration_ms: 12,
+            })),
+            Event::StepFailed(StepFailed {
+                attempt: attempt(),
+                error: "provider said 400".into(),
+            }),
+            Event::StepTimedOut(StepTimedOut {
+                attempt: attempt(),
+                timeout_minutes: 5,
+            }),
+            Event::ExecutionPaused(ExecutionPaused {
+                execution_id: e,
+                workflow_id: w,
+                request: request.clone(),
+            }),
+            Event::ExecutionResumed(ExecutionResumed {
+                execution_id: e,
+                workflow_id: w,
+                request: Request::default(),
+            }),
+            Event::ExecutionCompleted(ExecutionCompleted {
+                execution_id: e,
+                workflow_id: w,
+                final_output: serde_json::json!({"a": {"summary": "s"}}),
+            }),
+            Event::ExecutionFailed(ExecutionFailed {
+                execution_id: e,
+                workflow_id: w,
+                cause: FailureCause::TimeLimit {
+                    max_execution_minutes: 5,
+                },
+                error: "time limit".into(),
+            }),
+            Event::ExecutionCancelled(ExecutionCancelled {
+                execution_id: e,
+                workflow_id: w,
+                request,
+            }),
+        ]
+    }
+
+    fn wrap(event: Event) -> Envelope {
         Envelope::new(
             "/cadre/agent-worker",
             TenantId::default_tenant(),
             Utc::now(),
-            Event::StepFailed(StepFailed {
-                execution_id: ExecutionId::new(),
-                workflow_id: WorkflowId::new(),
-                step_id: StepId::parse("review").unwrap(),
-                step_name: "Review".to_owned(),
-                attempt: 1,
-                agent_id: AgentId::new(),
-                error: "provider said 400".to_owned(),
-            }),
+            event,
         )
     }
 
     #[test]
-    fn round_trips_and_is_a_valid_cloudevent() {
-        let envelope = sample();
-        let bytes = envelope.encode();
-        assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+    fn every_event_type_round_trips_and_is_a_valid_cloudevent() {
+        let events = every_event();
+        let covered: BTreeSet<&str> = events.iter().map(Event::type_name).collect();
+        assert_eq!(covered, types::ALL.iter().copied().collect::<BTreeSet<_>>());
+        for event in events {
+            let envelope = wrap(event);
+            let bytes = envelope.encode();
+            assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
 
-        // An independent CloudEvents implementation accepts it, attributes and all.
-        let ce: cloudevents::Event = serde_json::from_slice(&bytes).unwrap();
-        use cloudevents::AttributesReader;
-        assert_eq!(ce.id(), envelope.meta.id.to_string());
-        assert_eq!(ce.ty(), types::STEP_FAILED);
-        assert_eq!(ce.source().to_string(), "/cadre/agent-worker");
-        assert_eq!(ce.subject(), Some(envelope.event.ce_subject().as_str()));
-        assert!(ce.extension("tenantid").is_some());
+            // An independent CloudEvents implementation accepts it, attributes and all.
+            let ce: cloudevents::Event = serde_json::from_slice(&bytes).unwrap();
+            use cloudevents::AttributesReader;
+            assert_eq!(ce.id(), envelope.meta.id.to_string());
+            assert_eq!(ce.ty(), envelope.event.type_name());
+            assert_eq!(ce.source().to_string(), "/cadre/agent-worker");
+            assert_eq!(ce.subject(), Some(envelope.event.ce_subject().as_str()));
+            assert!(ce.extension("tenantid").is_some());
+            assert!(envelope.nats_subject().starts_with(crate::subjects::PREFIX));
+        }
+    }
+
+    #[test]
+    fn step_attempt_fields_stay_at_the_top_level_of_the_payload() {
+        let bytes = wrap(Event::StepFailed(StepFailed {
+            attempt: attempt(),
+            error: "e".into(),
+        }))
+        .encode();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        for field in ["executionId", "workflowId", "stepId", "stepName", "agentId"] {
+            assert!(v["data"][field].is_string(), "{field}");
+        }
+        assert_eq!(v["data"]["attempt"], 1);
+    }
+
+    #[test]
+    fn an_execution_failed_v1_is_read_as_the_current_version() {
+        let (w, e) = (WorkflowId::new(), ExecutionId::new());
+        let v1 = |failed_step: serde_json::Value| {
+            serde_json::json!({
+                "specversion": "1.0", "id": EventId::new(), "source": "/cadre/coordinator",
+                "type": crate::upcast::EXECUTION_FAILED_V1, "subject": e.to_string(),
+                "time": Utc::now(), "datacontenttype": "application/json", "tenantid": "default",
+                "data": {"executionId": e, "workflowId": w, "failedStepId": failed_step,
+                         "error": "step 'A' failed after 1 attempt(s): boom"}
+            })
+        };
+        let decoded = Envelope::decode(&serde_json::to_vec(&v1("a".into())).unwrap()).unwrap();
+        assert_eq!(
+            decoded.event,
+            Event::ExecutionFailed(ExecutionFailed {
+                execution_id: e,
+                workflow_id: w,
+                cause: FailureCause::StepFailed {
+                    step_id: StepId::parse("a").unwrap()
+                },
+                error: "step 'A' failed after 1 attempt(s): boom".into(),
+            })
+        );
+        assert_eq!(decoded.event.type_name(), types::EXECUTION_FAILED);
+        let decoded = Envelope::decode(&serde_json::to_vec(&v1(serde_json::Value::Null)).unwrap());
+        assert!(matches!(
+            decoded.unwrap().event,
+            Event::ExecutionFailed(ExecutionFailed {
+                cause: FailureCause::Unspecified,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn rejects_what_it_does_not_understand() {
+        let sample = wrap(Event::StepFailed(StepFailed {
+            attempt: attempt(),
+            error: "e".into(),
+        }));
         assert!(matches!(
             Envelope::decode(b"{not json"),
             Err(DecodeError::Malformed(_))
         ));
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().encode()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&sample.encode()).unwrap();
         v["type"] = "dev.cadre.execution.exploded.v9".into();
         let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(matches!(err, DecodeError::UnknownType(ref t) if t.ends_with("exploded.v9")));
@@ -248,6 +464,10 @@ mod tests {
                 "invalid data for dev.cadre.agent.registered.v1: missing field `agent`"
             )
         );
+        v["type"] = crate::upcast::EXECUTION_FAILED_V1.into();
+        v["data"] = serde_json::json!({"error": "no ids"});
+        let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("invalid data"), "{err}");
         v["specversion"] = "0.3".into();
         let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(matches!(err, DecodeError::SpecVersion(_)));

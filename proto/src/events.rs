@@ -1,5 +1,6 @@
 //! Every fact Cadre records, in the past tense, with its CloudEvents `type` and its subject.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AgentId, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId};
@@ -35,6 +36,9 @@ pub struct ExecutionStarted {
     pub triggered_by: Option<String>,
     pub workflow: WorkflowDefinition,
     pub agents: Vec<AgentProfile>,
+    /// When the run must have ended (`constraints.maxExecutionTime` after its start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 /// Why the coordinator chose an agent for a step.
@@ -102,17 +106,46 @@ pub struct StepScheduled {
     /// by the steps this one depends on was stored at or before it, so a worker that waits
     /// until the read models reach it sees that knowledge.
     pub knowledge_watermark: u64,
+    /// When this attempt times out (the step's `timeoutMinutes` after it was scheduled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_at: Option<DateTime<Utc>>,
 }
 
+/// Which attempt of which step, by which agent: what every step-attempt event shares. Its
+/// fields sit at the top level of the event's JSON (`stepId`, `attempt`, ...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StepStarted {
+pub struct StepAttempt {
     pub execution_id: ExecutionId,
     pub workflow_id: WorkflowId,
     pub step_id: StepId,
     pub step_name: String,
-    pub attempt: u32,
+    /// 1 for the first try of the step.
+    #[serde(rename = "attempt")]
+    pub number: u32,
     pub agent_id: AgentId,
+}
+
+impl StepAttempt {
+    /// The attempt a `StepScheduled` hands out.
+    pub fn of(scheduled: &StepScheduled) -> Self {
+        Self {
+            execution_id: scheduled.execution_id,
+            workflow_id: scheduled.workflow_id,
+            step_id: scheduled.step.id.clone(),
+            step_name: scheduled.step.name.clone(),
+            number: scheduled.attempt,
+            agent_id: scheduled.agent.id,
+        }
+    }
+}
+
+/// A worker took the attempt and began it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStarted {
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
     /// The `StepScheduled` event this attempt answers.
     pub scheduled_event_id: EventId,
 }
@@ -157,12 +190,8 @@ pub struct KnowledgeShared {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepCompleted {
-    pub execution_id: ExecutionId,
-    pub workflow_id: WorkflowId,
-    pub step_id: StepId,
-    pub step_name: String,
-    pub attempt: u32,
-    pub agent_id: AgentId,
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
     pub result: StepResult,
     pub provider: String,
     pub model: String,
@@ -172,13 +201,20 @@ pub struct StepCompleted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepFailed {
-    pub execution_id: ExecutionId,
-    pub workflow_id: WorkflowId,
-    pub step_id: StepId,
-    pub step_name: String,
-    pub attempt: u32,
-    pub agent_id: AgentId,
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
     pub error: String,
+}
+
+/// The attempt ran past its step's `timeoutMinutes`. It counts as a failed attempt: the step is
+/// retried within `maxRetries`, else the execution fails. Whatever the attempt reports later
+/// is ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepTimedOut {
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
+    pub timeout_minutes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,71 +226,166 @@ pub struct ExecutionCompleted {
     pub final_output: serde_json::Value,
 }
 
+/// Why an execution failed, as data a dashboard can group by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "kind"
+)]
+pub enum FailureCause {
+    /// A step failed its last allowed attempt.
+    StepFailed { step_id: StepId },
+    /// The execution ran past `constraints.maxExecutionTime`.
+    TimeLimit { max_execution_minutes: u32 },
+    /// The execution's state allows no way forward (for example no agent can take a step).
+    Stuck,
+    /// Recorded before causes existed (`failed.v1`).
+    Unspecified,
+}
+
+/// The execution ended without completing. `error` says why in words; `cause` as data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionFailed {
     pub execution_id: ExecutionId,
     pub workflow_id: WorkflowId,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed_step_id: Option<StepId>,
+    pub cause: FailureCause,
     pub error: String,
 }
 
-/// Every event type. The CloudEvents `type` of each is `dev.cadre.<aggregate>.<fact>.v<N>`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    AgentRegistered(AgentRegistered),
-    WorkflowCreated(WorkflowCreated),
-    KnowledgeShared(KnowledgeShared),
-    ExecutionStarted(Box<ExecutionStarted>),
-    StepScheduled(Box<StepScheduled>),
-    StepStarted(StepStarted),
-    InteractionRecorded(InteractionRecorded),
-    StepCompleted(Box<StepCompleted>),
-    StepFailed(StepFailed),
-    ExecutionCompleted(ExecutionCompleted),
-    ExecutionFailed(ExecutionFailed),
+/// Who asked for a change of an execution or workflow, and why; both free text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
-/// The CloudEvents `type` strings, one per variant; a new payload version adds a new string
-/// and an upcast in [`crate::envelope`].
-pub mod types {
-    pub const AGENT_REGISTERED: &str = "dev.cadre.agent.registered.v1";
-    pub const WORKFLOW_CREATED: &str = "dev.cadre.workflow.created.v1";
-    pub const KNOWLEDGE_SHARED: &str = "dev.cadre.workflow.knowledge_shared.v1";
-    pub const EXECUTION_STARTED: &str = "dev.cadre.execution.started.v1";
-    pub const STEP_SCHEDULED: &str = "dev.cadre.execution.step_scheduled.v1";
-    pub const STEP_STARTED: &str = "dev.cadre.execution.step_started.v1";
-    pub const INTERACTION_RECORDED: &str = "dev.cadre.execution.interaction_recorded.v1";
-    pub const STEP_COMPLETED: &str = "dev.cadre.execution.step_completed.v1";
-    pub const STEP_FAILED: &str = "dev.cadre.execution.step_failed.v1";
-    pub const EXECUTION_COMPLETED: &str = "dev.cadre.execution.completed.v1";
-    pub const EXECUTION_FAILED: &str = "dev.cadre.execution.failed.v1";
+/// An execution is cancelled: nothing new is scheduled and running LLM calls are stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionCancelled {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Running steps finish; nothing new is scheduled until `ExecutionResumed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionPaused {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionResumed {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// The workflow takes no new executions until `WorkflowResumed`; running ones go on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowPaused {
+    pub workflow_id: WorkflowId,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowResumed {
+    pub workflow_id: WorkflowId,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Declares [`Event`] with one variant per payload and its CloudEvents `type`, so that a new
+/// event is named in one place. `Box` the large payloads: an `Event` is moved a lot.
+macro_rules! events {
+    ($($variant:ident($payload:ty) = $type_const:ident: $type_name:literal,)+) => {
+        /// Every event type. The CloudEvents `type` of each is
+        /// `dev.cadre.<aggregate>.<fact>.v<N>`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Event {
+            $($variant($payload),)+
+        }
+
+        /// The CloudEvents `type` strings of the current versions; an older version is read
+        /// through [`crate::upcast`].
+        pub mod types {
+            $(pub const $type_const: &str = $type_name;)+
+            /// Every current type, for tests that must cover them all.
+            pub const ALL: &[&str] = &[$($type_const,)+];
+        }
+
+        impl Event {
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => types::$type_const,)+
+                }
+            }
+
+            /// The payload as JSON.
+            pub fn data(&self) -> serde_json::Result<Box<serde_json::value::RawValue>> {
+                match self {
+                    $(Self::$variant(e) => serde_json::value::to_raw_value(e),)+
+                }
+            }
+
+            /// Reads a payload of the current version of `event_type`; `None` for a type this
+            /// build does not know.
+            pub fn from_data(event_type: &str, data: &str) -> Option<serde_json::Result<Self>> {
+                match event_type {
+                    $(types::$type_const => Some(serde_json::from_str(data).map(Self::$variant)),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+events! {
+    AgentRegistered(AgentRegistered) = AGENT_REGISTERED: "dev.cadre.agent.registered.v1",
+    WorkflowCreated(WorkflowCreated) = WORKFLOW_CREATED: "dev.cadre.workflow.created.v1",
+    WorkflowPaused(WorkflowPaused) = WORKFLOW_PAUSED: "dev.cadre.workflow.paused.v1",
+    WorkflowResumed(WorkflowResumed) = WORKFLOW_RESUMED: "dev.cadre.workflow.resumed.v1",
+    KnowledgeShared(KnowledgeShared) = KNOWLEDGE_SHARED: "dev.cadre.workflow.knowledge_shared.v1",
+    ExecutionStarted(Box<ExecutionStarted>) = EXECUTION_STARTED: "dev.cadre.execution.started.v1",
+    StepScheduled(Box<StepScheduled>) = STEP_SCHEDULED: "dev.cadre.execution.step_scheduled.v1",
+    StepStarted(StepStarted) = STEP_STARTED: "dev.cadre.execution.step_started.v1",
+    InteractionRecorded(InteractionRecorded) = INTERACTION_RECORDED: "dev.cadre.execution.interaction_recorded.v1",
+    StepCompleted(Box<StepCompleted>) = STEP_COMPLETED: "dev.cadre.execution.step_completed.v1",
+    StepFailed(StepFailed) = STEP_FAILED: "dev.cadre.execution.step_failed.v1",
+    StepTimedOut(StepTimedOut) = STEP_TIMED_OUT: "dev.cadre.execution.step_timed_out.v1",
+    ExecutionPaused(ExecutionPaused) = EXECUTION_PAUSED: "dev.cadre.execution.paused.v1",
+    ExecutionResumed(ExecutionResumed) = EXECUTION_RESUMED: "dev.cadre.execution.resumed.v1",
+    ExecutionCompleted(ExecutionCompleted) = EXECUTION_COMPLETED: "dev.cadre.execution.completed.v1",
+    ExecutionFailed(ExecutionFailed) = EXECUTION_FAILED: "dev.cadre.execution.failed.v2",
+    ExecutionCancelled(ExecutionCancelled) = EXECUTION_CANCELLED: "dev.cadre.execution.cancelled.v1",
 }
 
 impl Event {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::AgentRegistered(_) => types::AGENT_REGISTERED,
-            Self::WorkflowCreated(_) => types::WORKFLOW_CREATED,
-            Self::KnowledgeShared(_) => types::KNOWLEDGE_SHARED,
-            Self::ExecutionStarted(_) => types::EXECUTION_STARTED,
-            Self::StepScheduled(_) => types::STEP_SCHEDULED,
-            Self::StepStarted(_) => types::STEP_STARTED,
-            Self::InteractionRecorded(_) => types::INTERACTION_RECORDED,
-            Self::StepCompleted(_) => types::STEP_COMPLETED,
-            Self::StepFailed(_) => types::STEP_FAILED,
-            Self::ExecutionCompleted(_) => types::EXECUTION_COMPLETED,
-            Self::ExecutionFailed(_) => types::EXECUTION_FAILED,
-        }
-    }
-
     /// The NATS subject this event is stored under.
     pub fn nats_subject(&self, tenant: &TenantId) -> String {
         use subjects::{agent, execution, step, workflow};
+        let step_fact =
+            |a: &StepAttempt, fact| step(tenant, a.workflow_id, a.execution_id, &a.step_id, fact);
         match self {
             Self::AgentRegistered(e) => agent(tenant, e.agent.id, subjects::REGISTERED),
             Self::WorkflowCreated(e) => workflow(tenant, e.workflow.id, subjects::CREATED),
+            Self::WorkflowPaused(e) => workflow(tenant, e.workflow_id, subjects::PAUSED),
+            Self::WorkflowResumed(e) => workflow(tenant, e.workflow_id, subjects::RESUMED),
             Self::KnowledgeShared(e) => subjects::knowledge(tenant, e.workflow_id),
             Self::ExecutionStarted(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::STARTED)
@@ -266,35 +397,27 @@ impl Event {
                 &e.step.id,
                 subjects::SCHEDULED,
             ),
-            Self::StepStarted(e) => step(
-                tenant,
-                e.workflow_id,
-                e.execution_id,
-                &e.step_id,
-                subjects::STARTED,
-            ),
+            Self::StepStarted(e) => step_fact(&e.attempt, subjects::STARTED),
             Self::InteractionRecorded(e) => {
                 subjects::interactions(tenant, e.workflow_id, e.execution_id)
             }
-            Self::StepCompleted(e) => step(
-                tenant,
-                e.workflow_id,
-                e.execution_id,
-                &e.step_id,
-                subjects::COMPLETED,
-            ),
-            Self::StepFailed(e) => step(
-                tenant,
-                e.workflow_id,
-                e.execution_id,
-                &e.step_id,
-                subjects::FAILED,
-            ),
+            Self::StepCompleted(e) => step_fact(&e.attempt, subjects::COMPLETED),
+            Self::StepFailed(e) => step_fact(&e.attempt, subjects::FAILED),
+            Self::StepTimedOut(e) => step_fact(&e.attempt, subjects::TIMED_OUT),
+            Self::ExecutionPaused(e) => {
+                execution(tenant, e.workflow_id, e.execution_id, subjects::PAUSED)
+            }
+            Self::ExecutionResumed(e) => {
+                execution(tenant, e.workflow_id, e.execution_id, subjects::RESUMED)
+            }
             Self::ExecutionCompleted(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::COMPLETED)
             }
             Self::ExecutionFailed(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::FAILED)
+            }
+            Self::ExecutionCancelled(e) => {
+                execution(tenant, e.workflow_id, e.execution_id, subjects::CANCELLED)
             }
         }
     }
@@ -304,15 +427,12 @@ impl Event {
         match self {
             Self::AgentRegistered(e) => e.agent.id.to_string(),
             Self::WorkflowCreated(e) => e.workflow.id.to_string(),
-            Self::KnowledgeShared(e) => e.execution_id.to_string(),
-            Self::ExecutionStarted(e) => e.execution_id.to_string(),
-            Self::StepScheduled(e) => e.execution_id.to_string(),
-            Self::StepStarted(e) => e.execution_id.to_string(),
-            Self::InteractionRecorded(e) => e.execution_id.to_string(),
-            Self::StepCompleted(e) => e.execution_id.to_string(),
-            Self::StepFailed(e) => e.execution_id.to_string(),
-            Self::ExecutionCompleted(e) => e.execution_id.to_string(),
-            Self::ExecutionFailed(e) => e.execution_id.to_string(),
+            Self::WorkflowPaused(e) => e.workflow_id.to_string(),
+            Self::WorkflowResumed(e) => e.workflow_id.to_string(),
+            _ => self
+                .execution_id()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
         }
     }
 
@@ -321,31 +441,44 @@ impl Event {
         match self {
             Self::AgentRegistered(_) => None,
             Self::WorkflowCreated(e) => Some(e.workflow.id),
+            Self::WorkflowPaused(e) => Some(e.workflow_id),
+            Self::WorkflowResumed(e) => Some(e.workflow_id),
             Self::KnowledgeShared(e) => Some(e.workflow_id),
             Self::ExecutionStarted(e) => Some(e.workflow_id),
             Self::StepScheduled(e) => Some(e.workflow_id),
-            Self::StepStarted(e) => Some(e.workflow_id),
+            Self::StepStarted(e) => Some(e.attempt.workflow_id),
             Self::InteractionRecorded(e) => Some(e.workflow_id),
-            Self::StepCompleted(e) => Some(e.workflow_id),
-            Self::StepFailed(e) => Some(e.workflow_id),
+            Self::StepCompleted(e) => Some(e.attempt.workflow_id),
+            Self::StepFailed(e) => Some(e.attempt.workflow_id),
+            Self::StepTimedOut(e) => Some(e.attempt.workflow_id),
+            Self::ExecutionPaused(e) => Some(e.workflow_id),
+            Self::ExecutionResumed(e) => Some(e.workflow_id),
             Self::ExecutionCompleted(e) => Some(e.workflow_id),
             Self::ExecutionFailed(e) => Some(e.workflow_id),
+            Self::ExecutionCancelled(e) => Some(e.workflow_id),
         }
     }
 
     /// The execution an event belongs to, if any.
     pub fn execution_id(&self) -> Option<ExecutionId> {
         match self {
-            Self::AgentRegistered(_) | Self::WorkflowCreated(_) => None,
+            Self::AgentRegistered(_)
+            | Self::WorkflowCreated(_)
+            | Self::WorkflowPaused(_)
+            | Self::WorkflowResumed(_) => None,
             Self::KnowledgeShared(e) => Some(e.execution_id),
             Self::ExecutionStarted(e) => Some(e.execution_id),
             Self::StepScheduled(e) => Some(e.execution_id),
-            Self::StepStarted(e) => Some(e.execution_id),
+            Self::StepStarted(e) => Some(e.attempt.execution_id),
             Self::InteractionRecorded(e) => Some(e.execution_id),
-            Self::StepCompleted(e) => Some(e.execution_id),
-            Self::StepFailed(e) => Some(e.execution_id),
+            Self::StepCompleted(e) => Some(e.attempt.execution_id),
+            Self::StepFailed(e) => Some(e.attempt.execution_id),
+            Self::StepTimedOut(e) => Some(e.attempt.execution_id),
+            Self::ExecutionPaused(e) => Some(e.execution_id),
+            Self::ExecutionResumed(e) => Some(e.execution_id),
             Self::ExecutionCompleted(e) => Some(e.execution_id),
             Self::ExecutionFailed(e) => Some(e.execution_id),
+            Self::ExecutionCancelled(e) => Some(e.execution_id),
         }
     }
 }

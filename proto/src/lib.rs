@@ -12,6 +12,8 @@ pub mod ids;
 pub mod model;
 pub mod streams;
 pub mod subjects;
+pub mod timers;
+pub mod upcast;
 
 pub use envelope::{DecodeError, Envelope, EventMeta};
 pub use events::Event;

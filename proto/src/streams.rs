@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer, stream};
 
-use crate::subjects;
+use crate::{subjects, timers};
 
 /// The event log: every fact, kept forever, never edited.
 pub const EVENTS_STREAM: &str = "CADRE_EVENTS";
@@ -56,6 +56,31 @@ pub fn dispatch_stream(replicas: usize) -> stream::Config {
     }
 }
 
+/// Durable timers: schedule messages and the messages they fire (see [`crate::timers`]). Not
+/// the source of truth: what a fired timer means is decided and recorded in the event log.
+pub const TIMERS_STREAM: &str = "CADRE_TIMERS";
+
+/// How long a fired timer stays in the timers stream; its consumer takes it within moments.
+pub const FIRED_TIMER_TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub fn timers_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: TIMERS_STREAM.to_owned(),
+        description: Some("Cadre durable timers (message schedules)".to_owned()),
+        subjects: vec![timers::ALL.to_owned()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        // One message per subject: a timer armed again replaces its schedule, and a timer
+        // that fired again replaces its previous firing.
+        max_messages_per_subject: 1,
+        allow_message_schedules: true,
+        // Fired timers carry a TTL (`Nats-Schedule-TTL`) so the stream does not keep them.
+        allow_message_ttl: true,
+        ..Default::default()
+    }
+}
+
 /// The priority group whose single pinned client does the work of a consumer; other replicas
 /// pull the same group and wait on standby, taking over when the pin times out.
 pub const ACTIVE_GROUP: &str = "active";
@@ -79,6 +104,25 @@ pub fn coordinator_consumer() -> consumer::pull::Config {
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 20_000,
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![ACTIVE_GROUP.to_owned()],
+        priority_timeout: PIN_TIMEOUT,
+        ..Default::default()
+    }
+}
+
+pub const COORDINATOR_TIMERS_CONSUMER: &str = "coordinator-timers";
+
+/// The coordinator's fired timers. Pinned like [`coordinator_consumer`]; the two pins may sit on
+/// different replicas, which is safe (appends expect the execution's last sequence) if slower.
+pub fn coordinator_timers_consumer() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(COORDINATOR_TIMERS_CONSUMER.to_owned()),
+        description: Some("coordinator: fired timers".to_owned()),
+        filter_subject: timers::ALL_FIRED.to_owned(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
         priority_policy: consumer::PriorityPolicy::PinnedClient,
         priority_groups: vec![ACTIVE_GROUP.to_owned()],
         priority_timeout: PIN_TIMEOUT,

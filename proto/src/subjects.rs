@@ -2,9 +2,9 @@
 //!
 //! Layout (tokens after `cadre.events.<tenant>`):
 //! - `agent.<agent>.registered`
-//! - `workflow.<workflow>.created`, `workflow.<workflow>.knowledge.shared`
-//! - `workflow.<workflow>.execution.<execution>.{started,completed,failed}`
-//! - `workflow.<workflow>.execution.<execution>.step.<step>.{scheduled,started,completed,failed}`
+//! - `workflow.<workflow>.{created,paused,resumed}`, `workflow.<workflow>.knowledge.shared`
+//! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled}`
+//! - `workflow.<workflow>.execution.<execution>.step.<step>.{scheduled,started,completed,failed,timed_out}`
 //! - `workflow.<workflow>.interactions.<execution>.recorded`
 //!
 //! Everything under `execution.<execution>.>` is the execution's state and is appended with an
@@ -25,6 +25,10 @@ pub const SCHEDULED: &str = "scheduled";
 pub const STARTED: &str = "started";
 pub const COMPLETED: &str = "completed";
 pub const FAILED: &str = "failed";
+pub const TIMED_OUT: &str = "timed_out";
+pub const PAUSED: &str = "paused";
+pub const RESUMED: &str = "resumed";
+pub const CANCELLED: &str = "cancelled";
 
 /// Where the coordinator hands a tenant's scheduled steps to the agent workers.
 pub fn dispatched_steps(tenant: &TenantId) -> String {
@@ -43,6 +47,12 @@ pub fn agent(tenant: &TenantId, agent: AgentId, fact: &str) -> String {
 
 pub fn workflow(tenant: &TenantId, workflow: WorkflowId, fact: &str) -> String {
     format!("{PREFIX}.{tenant}.workflow.{workflow}.{fact}")
+}
+
+/// A workflow's own facts (created, paused, resumed), not its executions': the filter of the
+/// workflow's optimistic-concurrency check and of its replay.
+pub fn workflow_lifecycle(tenant: &TenantId, workflow: WorkflowId) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.*")
 }
 
 pub fn knowledge(tenant: &TenantId, workflow: WorkflowId) -> String {

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use cadre_proto::events::{
-    InteractionRecorded, KnowledgeShared, StepCompleted, StepFailed, StepScheduled, StepStarted,
+    InteractionRecorded, KnowledgeShared, StepAttempt, StepCompleted, StepFailed, StepScheduled,
+    StepStarted,
 };
 use cadre_proto::model::{InteractionType, KnowledgeType, StepResult};
 use cadre_proto::{Envelope, Event, EventId, KnowledgeId, TenantId};
@@ -58,12 +59,7 @@ impl ScheduledStep {
             label::STARTED,
             now,
             Event::StepStarted(StepStarted {
-                execution_id: s.execution_id,
-                workflow_id: s.workflow_id,
-                step_id: s.step.id.clone(),
-                step_name: s.step.name.clone(),
-                attempt: s.attempt,
-                agent_id: s.agent.id,
+                attempt: StepAttempt::of(s),
                 scheduled_event_id: self.event_id,
             }),
         )
@@ -154,12 +150,7 @@ impl ScheduledStep {
             label::COMPLETED,
             now,
             Event::StepCompleted(Box::new(StepCompleted {
-                execution_id: s.execution_id,
-                workflow_id: s.workflow_id,
-                step_id: s.step.id.clone(),
-                step_name: s.step.name.clone(),
-                attempt: s.attempt,
-                agent_id: s.agent.id,
+                attempt: StepAttempt::of(s),
                 result,
                 provider: s.agent.provider.clone(),
                 model: s.agent.model.clone(),
@@ -174,12 +165,7 @@ impl ScheduledStep {
             label::FAILED,
             now,
             Event::StepFailed(StepFailed {
-                execution_id: s.execution_id,
-                workflow_id: s.workflow_id,
-                step_id: s.step.id.clone(),
-                step_name: s.step.name.clone(),
-                attempt: s.attempt,
-                agent_id: s.agent.id,
+                attempt: StepAttempt::of(s),
                 error,
             }),
         )
@@ -192,15 +178,20 @@ impl ScheduledStep {
 pub fn already_handled(scheduled: &StepScheduled, latest: &Event) -> Option<String> {
     let attempt = scheduled.attempt;
     match latest {
-        Event::StepCompleted(done) if done.attempt >= attempt => {
-            Some(format!("attempt {} already completed", done.attempt))
+        Event::StepCompleted(done) if done.attempt.number >= attempt => {
+            Some(format!("attempt {} already completed", done.attempt.number))
         }
-        Event::StepFailed(failed) if failed.attempt >= attempt => {
-            Some(format!("attempt {} already failed", failed.attempt))
+        Event::StepFailed(failed) if failed.attempt.number >= attempt => {
+            Some(format!("attempt {} already failed", failed.attempt.number))
+        }
+        Event::StepTimedOut(late) if late.attempt.number >= attempt => {
+            Some(format!("attempt {} already timed out", late.attempt.number))
         }
         Event::StepScheduled(later) if later.attempt > attempt => {
             Some(format!("superseded by attempt {}", later.attempt))
         }
+        Event::ExecutionCancelled(_) => Some("the execution was cancelled".to_owned()),
+        Event::ExecutionFailed(failed) => Some(format!("the execution failed: {}", failed.error)),
         _ => None,
     }
 }
@@ -213,7 +204,7 @@ pub fn retry_delay(delivered: i64) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use cadre_proto::events::AssignmentReason;
+    use cadre_proto::events::{AssignmentReason, StepTimedOut};
     use cadre_proto::model::{TokenUsage, WorkflowStep};
     use cadre_proto::{ExecutionId, WorkflowId};
 
@@ -238,6 +229,7 @@ mod tests {
                 knowledge_sharing,
                 communication_style: Default::default(),
                 knowledge_watermark: 7,
+                timeout_at: None,
             },
         }
     }
@@ -361,7 +353,7 @@ mod tests {
         let completed = |attempt| {
             let mut e = step.completed(result(), Duration::ZERO, now).event;
             if let Event::StepCompleted(c) = &mut e {
-                c.attempt = attempt;
+                c.attempt.number = attempt;
             }
             e
         };
@@ -369,6 +361,11 @@ mod tests {
         assert!(already_handled(s, &completed(3)).is_some());
         assert!(already_handled(s, &completed(1)).is_none());
         assert!(already_handled(s, &step.failed("x".to_owned(), now).event).is_some());
+        let timed_out = Event::StepTimedOut(StepTimedOut {
+            attempt: StepAttempt::of(s),
+            timeout_minutes: 1,
+        });
+        assert!(already_handled(s, &timed_out).is_some());
         // A started attempt that never finished (the worker died) is run again.
         assert!(already_handled(s, &step.started(now).event).is_none());
         assert!(already_handled(s, &Event::StepScheduled(Box::new(s.clone()))).is_none());

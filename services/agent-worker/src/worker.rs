@@ -129,13 +129,19 @@ impl Worker {
         }
     }
 
-    /// The step's latest scheduling, completion and failure. Looked up per fact rather than as
+    /// The step's latest scheduling, completion, failure and time-out, and its execution's end. Looked up per fact rather than as
     /// the step's single latest event: a copy of the `StepScheduled` re-published after the
     /// duplicate window would otherwise hide a completion stored before it. Any replica may
     /// answer: one that lags can only say "not done yet", and a step run twice is deduplicated.
     async fn latest_outcomes(&self, step: &ScheduledStep) -> anyhow::Result<Vec<Event>> {
         let s = &step.scheduled;
-        let filters = [subjects::SCHEDULED, subjects::COMPLETED, subjects::FAILED].map(|fact| {
+        let step_facts = [
+            subjects::SCHEDULED,
+            subjects::COMPLETED,
+            subjects::FAILED,
+            subjects::TIMED_OUT,
+        ]
+        .map(|fact| {
             subjects::step(
                 &step.tenant,
                 s.workflow_id,
@@ -144,6 +150,10 @@ impl Worker {
                 fact,
             )
         });
+        // An execution that ended (cancelled, or failed by another step) needs no more work.
+        let execution_ends = [subjects::CANCELLED, subjects::FAILED]
+            .map(|fact| subjects::execution(&step.tenant, s.workflow_id, s.execution_id, fact));
+        let filters: Vec<&String> = step_facts.iter().chain(&execution_ends).collect();
         let lookups =
             futures::future::join_all(filters.iter().map(|f| self.bus.peek_last_event(f))).await;
         let mut latest = Vec::new();

@@ -1,0 +1,147 @@
+//! Durable timers, as JetStream message schedules (ADR-51) in the timers stream.
+//!
+//! A timer is one schedule message on its own subject
+//! `cadre.timers.<tenant>.schedule.<execution>.<key>`, published with
+//! `Nats-Schedule: @at <RFC 3339 time>` and `Nats-Schedule-Target` =
+//! `cadre.timers.<tenant>.fired.<execution>.<key>`. When it is due the server publishes the body
+//! to the target, and the coordinator's timers consumer hands it to the execution's decider.
+//! Arming a timer again replaces it (the last message of a subject is the schedule); cancelling
+//! one purges its subject. A timer that fires late, twice, or after what it guards has ended
+//! changes nothing: the decider checks it against the execution's state.
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ExecutionId, StepId, TenantId, WorkflowId};
+
+const PREFIX: &str = "cadre.timers";
+/// Every subject of the timers stream.
+pub const ALL: &str = "cadre.timers.>";
+/// Every fired timer, of every tenant: what the coordinator consumes.
+pub const ALL_FIRED: &str = "cadre.timers.*.fired.>";
+
+/// What a timer guards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "kind"
+)]
+pub enum Timer {
+    /// One attempt of a step must end by the time the timer fires (`timeoutMinutes`).
+    StepTimeout {
+        workflow_id: WorkflowId,
+        execution_id: ExecutionId,
+        step_id: StepId,
+        attempt: u32,
+    },
+    /// The execution must end by the time the timer fires (`maxExecutionTime`).
+    ExecutionDeadline {
+        workflow_id: WorkflowId,
+        execution_id: ExecutionId,
+    },
+}
+
+/// The body of a schedule message, and so of the message it fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimerMessage {
+    pub tenant: TenantId,
+    pub timer: Timer,
+}
+
+impl Timer {
+    pub fn execution_id(&self) -> ExecutionId {
+        match self {
+            Self::StepTimeout { execution_id, .. }
+            | Self::ExecutionDeadline { execution_id, .. } => *execution_id,
+        }
+    }
+
+    pub fn workflow_id(&self) -> WorkflowId {
+        match self {
+            Self::StepTimeout { workflow_id, .. } | Self::ExecutionDeadline { workflow_id, .. } => {
+                *workflow_id
+            }
+        }
+    }
+
+    /// The timer's name within its execution: one schedule per step (a retry re-arms it) and
+    /// one deadline.
+    fn key(&self) -> String {
+        match self {
+            Self::StepTimeout { step_id, .. } => format!("step.{step_id}"),
+            Self::ExecutionDeadline { .. } => "deadline".to_owned(),
+        }
+    }
+
+    /// The subject holding the timer's schedule.
+    pub fn schedule_subject(&self, tenant: &TenantId) -> String {
+        format!(
+            "{PREFIX}.{tenant}.schedule.{}.{}",
+            self.execution_id(),
+            self.key()
+        )
+    }
+
+    /// Where the server publishes the timer when it is due.
+    pub fn fired_subject(&self, tenant: &TenantId) -> String {
+        format!(
+            "{PREFIX}.{tenant}.fired.{}.{}",
+            self.execution_id(),
+            self.key()
+        )
+    }
+}
+
+/// The `Nats-Schedule` value that fires once at `at`, rounded up to the whole second (the
+/// format has no fractions, and a timer must not fire early).
+pub fn at(at: DateTime<Utc>) -> String {
+    let whole = at.trunc_subsecs(0);
+    let due = if whole < at {
+        whole + chrono::TimeDelta::seconds(1)
+    } else {
+        whole
+    };
+    format!("@at {}", due.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_has_its_own_schedule_and_target_subjects() {
+        let t = TenantId::default_tenant();
+        let (w, e) = (WorkflowId::new(), ExecutionId::new());
+        let step = Timer::StepTimeout {
+            workflow_id: w,
+            execution_id: e,
+            step_id: StepId::parse("review").unwrap(),
+            attempt: 2,
+        };
+        let deadline = Timer::ExecutionDeadline {
+            workflow_id: w,
+            execution_id: e,
+        };
+        assert_eq!(
+            step.schedule_subject(&t),
+            format!("cadre.timers.{t}.schedule.{e}.step.review")
+        );
+        assert_eq!(
+            deadline.fired_subject(&t),
+            format!("cadre.timers.{t}.fired.{e}.deadline")
+        );
+        let body = serde_json::to_string(&TimerMessage {
+            tenant: t.clone(),
+            timer: step.clone(),
+        })
+        .unwrap();
+        let back: TimerMessage = serde_json::from_str(&body).unwrap();
+        assert_eq!(back.timer, step);
+        let when = DateTime::parse_from_rfc3339("2026-11-29T21:00:05.250Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(at(when), "@at 2026-11-29T21:00:06Z");
+    }
+}
