@@ -219,7 +219,7 @@ mod tests {
                     can_run_in_parallel: true,
                     instructions: "i".into(),
                     expected_output: "o".into(),
-                    timeout_minutes: Some(3),
+                    timeout_minutes: Some(3.0),
                     validation_criteria: vec![],
                     review_required: false,
                     reviewer_role: None,
@@ -330,7 +330,7 @@ mod tests {
             }),
             Event::StepTimedOut(StepTimedOut {
                 attempt: attempt(),
-                timeout_minutes: 5,
+                timeout_minutes: 0.5,
             }),
             Event::ExecutionPaused(ExecutionPaused {
                 execution_id: e,
@@ -351,7 +351,7 @@ mod tests {
                 execution_id: e,
                 workflow_id: w,
                 cause: FailureCause::TimeLimit {
-                    max_execution_minutes: 5,
+                    max_execution_seconds: 5,
                 },
                 error: "time limit".into(),
             }),

@@ -214,7 +214,7 @@ pub struct StepFailed {
 pub struct StepTimedOut {
     #[serde(flatten)]
     pub attempt: StepAttempt,
-    pub timeout_minutes: u32,
+    pub timeout_minutes: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,8 +236,8 @@ pub struct ExecutionCompleted {
 pub enum FailureCause {
     /// A step failed its last allowed attempt.
     StepFailed { step_id: StepId },
-    /// The execution ran past `constraints.maxExecutionTime`.
-    TimeLimit { max_execution_minutes: u32 },
+    /// The execution ran past `constraints.maxExecutionTime` (seconds).
+    TimeLimit { max_execution_seconds: u32 },
     /// The execution's state allows no way forward (for example no agent can take a step).
     Stuck,
     /// Recorded before causes existed (`failed.v1`).

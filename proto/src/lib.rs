@@ -6,6 +6,7 @@
 //! their camelCase JSON. This crate performs no I/O: services and tests share it so that a
 //! subject, an event type or a stream setting is spelled in exactly one place.
 
+pub mod control;
 pub mod envelope;
 pub mod events;
 pub mod ids;

@@ -73,8 +73,10 @@ pub struct WorkflowStep {
     pub can_run_in_parallel: bool,
     pub instructions: String,
     pub expected_output: String,
+    /// How long one attempt may take, in minutes (fractions allowed: `0.5` is 30 s), from
+    /// when it is handed to the workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_minutes: Option<u32>,
+    pub timeout_minutes: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validation_criteria: Vec<String>,
     #[serde(default)]
@@ -129,7 +131,7 @@ impl Default for Coordination {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Constraints {
-    /// Minutes.
+    /// How long a run may take from its start, in seconds (the seed's unit: 3600 is an hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_execution_time: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,10 +7,13 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::header;
 use async_nats::jetstream::{self, context, stream};
 use bytes::Bytes;
 use cadre_proto::envelope::CONTENT_TYPE;
-use cadre_proto::{DecodeError, Envelope, streams};
+use cadre_proto::timers::{self, Timer, TimerMessage};
+use cadre_proto::{DecodeError, Envelope, TenantId, streams};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 /// Header naming the subject filter that `Nats-Expected-Last-Subject-Sequence` applies to
@@ -54,8 +57,9 @@ async fn ensure_stream(
 }
 
 /// Oldest NATS server with what Cadre relies on: expected last sequence over a subject filter
-/// (2.11), pinned-client consumers (2.11) and terminate reasons in advisories (2.11).
-pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
+/// (2.11), pinned-client consumers (2.11), terminate reasons in advisories (2.11) and message
+/// schedules for durable timers (2.12).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
 fn check_server_version(version: &str) -> Result<(), NatsError> {
     let mut parts = version
@@ -112,6 +116,7 @@ pub struct EventBus {
     js: jetstream::Context,
     stream: stream::Stream,
     dispatch: stream::Stream,
+    timers: stream::Stream,
 }
 
 impl EventBus {
@@ -120,10 +125,12 @@ impl EventBus {
         check_server_version(&js.client().server_info().version)?;
         let stream = ensure_stream(&js, streams::events_stream(replicas)).await?;
         let dispatch = ensure_stream(&js, streams::dispatch_stream(replicas)).await?;
+        let timers = ensure_stream(&js, streams::timers_stream(replicas)).await?;
         Ok(Self {
             js,
             stream,
             dispatch,
+            timers,
         })
     }
 
@@ -139,6 +146,51 @@ impl EventBus {
     /// The agent workers' queue.
     pub fn dispatch_stream(&self) -> &stream::Stream {
         &self.dispatch
+    }
+
+    /// The durable timers.
+    pub fn timers_stream(&self) -> &stream::Stream {
+        &self.timers
+    }
+
+    /// Arms `timer` to fire at `at` (replacing an earlier schedule of the same timer) and waits
+    /// until JetStream has stored the schedule.
+    pub async fn arm_timer(
+        &self,
+        tenant: &TenantId,
+        timer: &Timer,
+        at: DateTime<Utc>,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(&TimerMessage {
+            tenant: tenant.clone(),
+            timer: timer.clone(),
+        })
+        .unwrap_or_default();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::NATS_SCHEDULE, timers::at(at).as_str());
+        headers.insert(
+            header::NATS_SCHEDULE_TARGET,
+            timer.fired_subject(tenant).as_str(),
+        );
+        headers.insert(
+            header::NATS_SCHEDULE_TTL,
+            format!("{}s", streams::FIRED_TIMER_TTL.as_secs()).as_str(),
+        );
+        crate::telemetry::inject(&mut headers);
+        self.js
+            .publish_with_headers(timer.schedule_subject(tenant), headers, body.into())
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    /// Disarms `timer`; nothing happens if it is not armed.
+    pub async fn disarm_timer(&self, tenant: &TenantId, timer: &Timer) -> Result<(), NatsError> {
+        self.timers
+            .purge()
+            .filter(timer.schedule_subject(tenant))
+            .await?;
+        Ok(())
     }
 
     /// Hands a scheduled step to the agent workers. The copy keeps the event's id as its
@@ -329,10 +381,10 @@ mod tests {
 
     #[test]
     fn refuses_servers_without_the_features_cadre_needs() {
-        for ok in ["2.11.0", "2.15.1", "3.0.0", "v2.12.3-beta"] {
+        for ok in ["2.12.0", "2.15.1", "3.0.0", "v2.12.3-beta"] {
             assert!(check_server_version(ok).is_ok(), "{ok}");
         }
-        for old in ["2.9.10", "2.10.22", "garbage", ""] {
+        for old in ["2.9.10", "2.10.22", "2.11.9", "garbage", ""] {
             let error = check_server_version(old).unwrap_err().to_string();
             assert!(error.contains("too old"), "{old}: {error}");
         }

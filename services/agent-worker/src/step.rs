@@ -363,7 +363,7 @@ mod tests {
         assert!(already_handled(s, &step.failed("x".to_owned(), now).event).is_some());
         let timed_out = Event::StepTimedOut(StepTimedOut {
             attempt: StepAttempt::of(s),
-            timeout_minutes: 1,
+            timeout_minutes: 1.0,
         });
         assert!(already_handled(s, &timed_out).is_some());
         // A started attempt that never finished (the worker died) is run again.

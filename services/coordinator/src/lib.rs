@@ -5,6 +5,7 @@
 //! decisions. The coordinator never writes to Postgres: it only reads the projector's models.
 
 pub mod api;
+pub mod command;
 pub mod domain;
 pub mod processor;
 pub mod read;

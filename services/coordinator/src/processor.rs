@@ -1,55 +1,52 @@
-//! The event processor: folds every execution event, in log order, into the execution's state
-//! and appends what `decide` returns.
+//! The event processor: folds every execution event, in log order, into the execution's
+//! state; performs the effects the stored event calls for; and appends what `decide` returns.
+//! Fired timers come in through a second consumer and are decided on the same way.
 //!
-//! Each `StepScheduled` it reads from the log it copies to the workers' dispatch queue before
-//! acking it: the log doubles as the outbox of that second write.
+//! Effects (handing a step to the workers, arming and cancelling timers, stopping calls) are
+//! performed when their event is read back from the log and before it is acked: the log is the
+//! outbox, so none is lost between an append and a crash.
 //!
-//! One coordinator replica processes at a time (the consumer's pinned client); the others wait
-//! on standby. Events of one execution always go to the same shard task, so each execution's
-//! state in memory is a gap-free prefix of its events in the log. Appends expect the last
-//! sequence that state has seen: if anyone appended in between, the append is refused, the
-//! state is dropped, and the next delivered event (the one that got in between, at the latest)
-//! rebuilds it from the log and decides again. Nothing is acked before its effects are stored.
+//! One coordinator replica processes at a time (each consumer's pinned client); the others wait
+//! on standby. Events and timers of one execution always go to the same lane, so each
+//! execution's state in memory is a prefix of its events in the log. Appends expect the last
+//! sequence that state has seen: if anyone appended in between, the command path reloads the
+//! execution and decides again. Nothing is acked before its effects are stored.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::Entry;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use cadre_proto::control::{StopCalls, stop_calls_subject};
 use cadre_proto::streams::{self, ACTIVE_GROUP, PINNED_PULL_EXPIRY};
+use cadre_proto::timers::TimerMessage;
 use cadre_proto::{Envelope, Event, ExecutionId, TenantId, WorkflowId, subjects};
-use cadre_runtime::bus::{self, EventBus, NatsError, PublishError};
+use cadre_runtime::bus::{self, EventBus, NatsError};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::telemetry;
 
-use crate::SOURCE;
-use crate::domain::execution::{Command, State, Status, decide, evolve};
+use crate::command::{Aggregate, CommandError, History};
+use crate::domain::execution::{Command, Effect, ExecutionDecider, TransitionRefused, effects};
 
 /// How long a failed event waits before it is redelivered.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// How long in-flight events may take to finish once stopping.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
 
-/// An execution's state and the stream sequence of the last event folded into it.
-struct Folded {
-    state: State,
-    last_sequence: u64,
-    tenant: TenantId,
-    workflow_id: WorkflowId,
-}
+type Execution = Aggregate<ExecutionDecider>;
 
-impl Folded {
-    fn is_finished(&self) -> bool {
-        matches!(&self.state, State::Started(e) if e.status != Status::Running)
-    }
+/// What a lane processes: an event of the log or a fired timer.
+enum Input {
+    Event(jetstream::Message),
+    Timer(jetstream::Message),
 }
 
 pub async fn run(
@@ -58,51 +55,63 @@ pub async fn run(
     shutdown: CancellationToken,
     readiness: Readiness,
 ) -> Result<(), NatsError> {
-    let consumer: jetstream::consumer::PullConsumer = bus
+    // Create or update: a consumer left by an older release takes today's settings.
+    let events = bus
         .stream()
-        // Create or update: a consumer left by an older release takes today's settings.
         .create_consumer(streams::coordinator_consumer())
         .await?;
+    let timers = bus
+        .timers_stream()
+        .create_consumer(streams::coordinator_timers_consumer())
+        .await?;
     let tracker = TaskTracker::new();
-    let senders: Vec<mpsc::Sender<jetstream::Message>> = (0..shards.max(1))
+    let lanes: Vec<mpsc::Sender<Input>> = (0..shards.max(1))
         .map(|_| {
             let (sender, receiver) = mpsc::channel(1024);
-            tracker.spawn(shard(bus.clone(), receiver));
+            tracker.spawn(lane(bus.clone(), receiver));
             sender
         })
         .collect();
-    let mut messages = consumer
-        .stream()
-        .group(ACTIVE_GROUP)
-        .expires(PINNED_PULL_EXPIRY)
-        .max_messages_per_batch(1000)
-        .messages()
-        .await?;
+    let mut events = pinned_messages(&events).await?;
+    let mut timers = pinned_messages(&timers).await?;
     readiness.set(true);
     loop {
-        let next = tokio::select! {
+        let input = tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = messages.next() => next,
+            next = events.next() => match next {
+                Some(Ok(message)) if !subjects::is_execution_state(&message.subject) => {
+                    // Agents, workflows, knowledge, interactions: not the coordinator's business.
+                    if let Err(error) = message.ack().await {
+                        tracing::warn!(%error, "ack failed; the event will be redelivered");
+                    }
+                    continue;
+                }
+                Some(Ok(message)) => Input::Event(message),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pulling execution events failed; retrying");
+                    continue;
+                }
+                None => break,
+            },
+            next = timers.next() => match next {
+                Some(Ok(message)) => Input::Timer(message),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pulling fired timers failed; retrying");
+                    continue;
+                }
+                None => break,
+            },
         };
-        match next {
-            Some(Ok(message)) if !subjects::is_execution_state(&message.subject) => {
-                // Agents, workflows, knowledge, interactions: not the coordinator's business.
-                if let Err(error) = message.ack().await {
-                    tracing::warn!(%error, "ack failed; the event will be redelivered");
-                }
-            }
-            Some(Ok(message)) => {
-                let shard = shard_of(&message.subject, senders.len());
-                if senders[shard].send(message).await.is_err() {
-                    break;
-                }
-            }
-            Some(Err(error)) => tracing::warn!(%error, "pulling execution events failed; retrying"),
-            None => break,
+        if lanes[lane_of(&input, lanes.len())]
+            .send(input)
+            .await
+            .is_err()
+        {
+            break;
         }
     }
     readiness.set(false);
-    drop(senders);
+    drop(lanes);
     tracker.close();
     if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
         .await
@@ -110,206 +119,244 @@ pub async fn run(
     {
         tracing::warn!("stopped before every in-flight event finished; they will be redelivered");
     }
-    // Hand the pin to a standby now rather than after PIN_TIMEOUT of silence.
-    drop(messages);
-    if let Err(error) = bus
-        .stream()
-        .unpin_consumer(streams::COORDINATOR_CONSUMER, ACTIVE_GROUP)
-        .await
-    {
-        tracing::warn!(%error, "could not release the consumer's pin; a standby takes over when it expires");
+    // Hand the pins to a standby now rather than after PIN_TIMEOUT of silence.
+    drop(events);
+    drop(timers);
+    for (stream, consumer) in [
+        (bus.stream(), streams::COORDINATOR_CONSUMER),
+        (bus.timers_stream(), streams::COORDINATOR_TIMERS_CONSUMER),
+    ] {
+        if let Err(error) = stream.unpin_consumer(consumer, ACTIVE_GROUP).await {
+            tracing::warn!(%error, consumer, "could not release the consumer's pin; a standby takes over when it expires");
+        }
     }
     Ok(())
 }
 
-/// Events of one execution share a shard: the execution id is the subject's 7th token.
-fn shard_of(subject: &str, shards: usize) -> usize {
+/// The messages of a consumer whose pinned client does the work.
+async fn pinned_messages(
+    consumer: &jetstream::consumer::PullConsumer,
+) -> Result<jetstream::consumer::pull::Stream, NatsError> {
+    Ok(consumer
+        .stream()
+        .group(ACTIVE_GROUP)
+        .expires(PINNED_PULL_EXPIRY)
+        .max_messages_per_batch(1000)
+        .messages()
+        .await?)
+}
+
+/// Events and timers of one execution share a lane: the execution id is the 7th token of an
+/// event's subject and the 5th of a fired timer's.
+fn lane_of(input: &Input, lanes: usize) -> usize {
+    let (subject, token) = match input {
+        Input::Event(m) => (m.subject.as_str(), 6),
+        Input::Timer(m) => (m.subject.as_str(), 4),
+    };
     let mut hasher = DefaultHasher::new();
     subject
         .split('.')
-        .nth(6)
+        .nth(token)
         .unwrap_or(subject)
         .hash(&mut hasher);
-    (hasher.finish() % shards as u64) as usize
+    (hasher.finish() % lanes as u64) as usize
 }
 
-async fn shard(bus: EventBus, mut messages: mpsc::Receiver<jetstream::Message>) {
-    let mut executions: HashMap<ExecutionId, Folded> = HashMap::new();
-    while let Some(message) = messages.recv().await {
+async fn lane(bus: EventBus, mut inputs: mpsc::Receiver<Input>) {
+    let mut executions: HashMap<ExecutionId, Execution> = HashMap::new();
+    while let Some(input) = inputs.recv().await {
+        let message = match &input {
+            Input::Event(m) | Input::Timer(m) => m,
+        };
         let span = tracing::info_span!("coordinator.event", subject = %message.subject);
         telemetry::extract(message.headers.as_ref(), &span);
-        handle(&bus, &mut executions, message)
-            .instrument(span)
-            .await;
+        let processed = async {
+            match &input {
+                Input::Event(message) => on_event(&bus, &mut executions, message).await,
+                Input::Timer(message) => on_timer(&bus, &mut executions, message).await,
+            }
+        }
+        .instrument(span)
+        .await;
+        settle(message, processed).await;
     }
 }
 
-async fn handle(
-    bus: &EventBus,
-    executions: &mut HashMap<ExecutionId, Folded>,
-    message: jetstream::Message,
-) {
-    let sequence = match message.info() {
-        Ok(info) => info.stream_sequence,
-        Err(error) => {
-            bus::terminate(&message, &format!("no JetStream metadata: {error}")).await;
-            return;
-        }
-    };
-    let envelope = match Envelope::decode(&message.payload) {
-        Ok(envelope) => envelope,
-        Err(error) => {
-            bus::terminate(&message, &error.to_string()).await;
-            return;
-        }
-    };
-    let (Some(execution_id), Some(workflow_id)) =
-        (envelope.event.execution_id(), envelope.event.workflow_id())
-    else {
-        bus::terminate(&message, "not an execution event").await;
-        return;
-    };
-    // The log is the workers' outbox: every scheduled step stored in it is handed to them
-    // before its delivery is acked, so none is lost between the two writes.
-    if let Event::StepScheduled(_) = &envelope.event
-        && let Err(error) = bus.dispatch(&envelope).await
-    {
-        tracing::warn!(%error, sequence, "dispatching a step failed; redelivering");
-        let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-        return;
-    }
-    match fold_and_decide(
-        bus,
-        executions,
-        sequence,
-        envelope,
-        execution_id,
-        workflow_id,
-    )
-    .await
-    {
-        Ok(()) => {
+/// What became of a message.
+enum Processed {
+    Done,
+    /// It can never be processed: terminate it with the reason.
+    Unreadable(String),
+    /// Something outside failed; deliver it again.
+    Retry(String),
+}
+
+async fn settle(message: &jetstream::Message, processed: Processed) {
+    match processed {
+        Processed::Done => {
             if let Err(error) = message.ack().await {
-                tracing::warn!(%error, sequence, "ack failed; the event will be redelivered");
+                tracing::warn!(%error, "ack failed; the message will be redelivered");
             }
         }
-        Err(error) => {
-            // The execution's state was dropped with the error: the redelivery rebuilds it.
-            tracing::warn!(%error, sequence, %execution_id, "event not processed; redelivering");
+        Processed::Unreadable(reason) => bus::terminate(message, &reason).await,
+        Processed::Retry(error) => {
+            tracing::warn!(error, "message not processed; redelivering");
             let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ProcessError {
-    #[error(transparent)]
-    Read(#[from] bus::ReadError),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
+/// The execution's state, from this lane's memory or else from the log.
+async fn execution<'a>(
+    bus: &EventBus,
+    executions: &'a mut HashMap<ExecutionId, Execution>,
+    tenant: &TenantId,
+    workflow_id: WorkflowId,
+    execution_id: ExecutionId,
+) -> Result<&'a mut Execution, bus::ReadError> {
+    Ok(match executions.entry(execution_id) {
+        Entry::Occupied(cached) => cached.into_mut(),
+        Entry::Vacant(missing) => {
+            let filter = subjects::execution_state(tenant, workflow_id, execution_id);
+            missing.insert(Execution::load(bus, tenant.clone(), filter, History::All).await?)
+        }
+    })
 }
 
-async fn fold_and_decide(
+async fn on_event(
     bus: &EventBus,
-    executions: &mut HashMap<ExecutionId, Folded>,
-    sequence: u64,
-    envelope: Envelope,
-    execution_id: ExecutionId,
-    workflow_id: WorkflowId,
-) -> Result<(), ProcessError> {
-    let tenant = envelope.meta.tenant;
-    let mut folded = match executions.remove(&execution_id) {
-        Some(mut folded) => {
-            // At or below what we folded already: a redelivery or our own append coming back.
-            if sequence > folded.last_sequence {
-                folded.state = evolve(folded.state, &envelope.event);
-                folded.last_sequence = sequence;
-            }
-            folded
-        }
-        // An execution's end decides nothing more; most often it is our own append coming
-        // back after we dropped the finished state. Replaying the execution to learn that
-        // would cost a scan of the log per execution.
-        None if matches!(
-            envelope.event,
-            Event::ExecutionCompleted(_) | Event::ExecutionFailed(_)
-        ) =>
-        {
-            return Ok(());
-        }
-        // The first event of an execution needs no replay.
-        None if matches!(envelope.event, Event::ExecutionStarted(_)) => Folded {
-            state: evolve(State::NotStarted, &envelope.event),
-            last_sequence: sequence,
-            tenant,
-            workflow_id,
-        },
-        None => replay(bus, tenant, workflow_id, execution_id).await?,
+    executions: &mut HashMap<ExecutionId, Execution>,
+    message: &jetstream::Message,
+) -> Processed {
+    let sequence = match message.info() {
+        Ok(info) => info.stream_sequence,
+        Err(error) => return Processed::Unreadable(format!("no JetStream metadata: {error}")),
     };
-    let filter = subjects::execution_state(&folded.tenant, folded.workflow_id, execution_id);
-    let decided = match decide(
-        &Command::Advance {
-            watermark: folded.last_sequence,
-        },
-        &folded.state,
-    ) {
-        Ok(events) => events,
-        Err(error) => {
-            tracing::error!(%error, %execution_id, "the execution cannot advance");
-            Vec::new()
-        }
+    let envelope = match Envelope::decode(&message.payload) {
+        Ok(envelope) => envelope,
+        Err(error) => return Processed::Unreadable(error.to_string()),
     };
-    let now = Utc::now();
-    let envelopes: Vec<Envelope> = decided
-        .into_iter()
-        .map(|event| Envelope::new(SOURCE, folded.tenant.clone(), now, event))
-        .collect();
-    match bus
-        .append_after(&envelopes, &filter, folded.last_sequence)
-        .await
-    {
-        Ok(last_sequence) => {
-            folded.state = envelopes
-                .iter()
-                .fold(folded.state, |state, e| evolve(state, &e.event));
-            folded.last_sequence = last_sequence;
-        }
-        Err(PublishError::Conflict { .. }) => {
-            // Someone appended after what we saw; that event is on its way to us and will
-            // rebuild the state from the log, which also holds whatever of ours got in.
-            tracing::debug!(%execution_id, "append raced another writer; will rebuild");
-            return Ok(());
-        }
-        Err(error) => return Err(error.into()),
+    let (Some(execution_id), Some(workflow_id)) =
+        (envelope.event.execution_id(), envelope.event.workflow_id())
+    else {
+        return Processed::Unreadable("not an execution event".to_owned());
+    };
+    let tenant = envelope.meta.tenant.clone();
+    // The first event of an execution needs no replay.
+    if let Event::ExecutionStarted(_) = &envelope.event {
+        executions.entry(execution_id).or_insert_with(|| {
+            let filter = subjects::execution_state(&tenant, workflow_id, execution_id);
+            Execution::empty(tenant.clone(), filter, History::All)
+        });
     }
-    if !folded.is_finished() {
-        executions.insert(execution_id, folded);
+    let aggregate = match execution(bus, executions, &tenant, workflow_id, execution_id).await {
+        Ok(aggregate) => aggregate,
+        Err(error) => return Processed::Retry(error.to_string()),
+    };
+    aggregate.fold(sequence, &envelope.event);
+    for effect in effects(&aggregate.state, &envelope.event) {
+        if let Err(error) = perform(bus, &envelope, effect).await {
+            return Processed::Retry(format!("performing an effect of event {sequence}: {error}"));
+        }
+    }
+    let outcome = aggregate
+        .execute(
+            bus,
+            &Command::Advance {
+                watermark: aggregate.version,
+            },
+        )
+        .await;
+    // A finished execution leaves memory once its end has come back from the log (its effects
+    // are performed) and nothing more was decided.
+    if aggregate.state.is_finished() && is_end(&envelope.event) {
+        executions.remove(&execution_id);
+    }
+    decided(outcome, executions, execution_id)
+}
+
+fn is_end(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::ExecutionCompleted(_) | Event::ExecutionFailed(_) | Event::ExecutionCancelled(_)
+    )
+}
+
+/// Settles a decision; on an infrastructure error the execution's state is dropped, so the
+/// redelivery rebuilds it from the log.
+fn decided(
+    outcome: Result<Vec<Envelope>, CommandError<TransitionRefused>>,
+    executions: &mut HashMap<ExecutionId, Execution>,
+    execution_id: ExecutionId,
+) -> Processed {
+    match outcome {
+        Ok(_) => Processed::Done,
+        // Advance and timers never refuse; a refusal would be a bug in the core, and retrying
+        // cannot fix it.
+        Err(CommandError::Rejected(refused)) => {
+            tracing::error!(%refused, %execution_id, "the execution refused its own command");
+            Processed::Done
+        }
+        Err(error) => {
+            executions.remove(&execution_id);
+            Processed::Retry(error.to_string())
+        }
+    }
+}
+
+async fn on_timer(
+    bus: &EventBus,
+    executions: &mut HashMap<ExecutionId, Execution>,
+    message: &jetstream::Message,
+) -> Processed {
+    let fired: TimerMessage = match serde_json::from_slice(&message.payload) {
+        Ok(fired) => fired,
+        Err(error) => return Processed::Unreadable(format!("not a Cadre timer: {error}")),
+    };
+    let execution_id = fired.timer.execution_id();
+    let aggregate = match execution(
+        bus,
+        executions,
+        &fired.tenant,
+        fired.timer.workflow_id(),
+        execution_id,
+    )
+    .await
+    {
+        Ok(aggregate) => aggregate,
+        Err(error) => return Processed::Retry(error.to_string()),
+    };
+    tracing::info!(timer = ?fired.timer, "timer fired");
+    let outcome = aggregate
+        .execute(bus, &Command::TimerFired(fired.timer))
+        .await;
+    decided(outcome, executions, execution_id)
+}
+
+/// Carries out one effect of a stored event.
+async fn perform(bus: &EventBus, stored: &Envelope, effect: Effect) -> Result<(), NatsError> {
+    let tenant = &stored.meta.tenant;
+    match effect {
+        // The log is the workers' outbox: a scheduled step stored in it is handed to them
+        // before its delivery is acked, so none is lost between the two writes.
+        Effect::Dispatch => bus.dispatch(stored).await?,
+        Effect::StartTimer { timer, at } => bus.arm_timer(tenant, &timer, at).await?,
+        Effect::CancelTimer(timer) => bus.disarm_timer(tenant, &timer).await?,
+        Effect::StopCalls { execution_id, step } => {
+            let (step_id, attempt) = step.map_or((None, None), |(s, a)| (Some(s), Some(a)));
+            let request = StopCalls {
+                execution_id,
+                step_id,
+                attempt,
+            };
+            bus.jetstream()
+                .client()
+                .publish(
+                    stop_calls_subject(tenant),
+                    serde_json::to_vec(&request)?.into(),
+                )
+                .await?;
+        }
     }
     Ok(())
-}
-
-/// Rebuilds an execution's state from its events in the log.
-async fn replay(
-    bus: &EventBus,
-    tenant: TenantId,
-    workflow_id: WorkflowId,
-    execution_id: ExecutionId,
-) -> Result<Folded, bus::ReadError> {
-    let stored = bus
-        .read_all(&subjects::execution_state(
-            &tenant,
-            workflow_id,
-            execution_id,
-        ))
-        .await?;
-    let last_sequence = stored.last().map(|s| s.sequence).unwrap_or(0);
-    let state = stored.iter().fold(State::NotStarted, |state, s| {
-        evolve(state, &s.envelope.event)
-    });
-    Ok(Folded {
-        state,
-        last_sequence,
-        tenant,
-        workflow_id,
-    })
 }

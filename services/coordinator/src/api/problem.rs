@@ -19,6 +19,9 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// For a refused state transition: the resource's status now.
+    #[serde(rename = "currentStatus", skip_serializing_if = "Option::is_none")]
+    pub current_status: Option<&'static str>,
 }
 
 impl Problem {
@@ -29,6 +32,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            current_status: None,
         }
     }
 
@@ -59,6 +63,19 @@ impl Problem {
 
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+    }
+
+    /// A change the resource's current status does not allow (409, with that status).
+    pub fn invalid_transition(detail: impl Into<String>, current_status: &'static str) -> Self {
+        Self {
+            current_status: Some(current_status),
+            ..Self::new(
+                StatusCode::CONFLICT,
+                "invalid-transition",
+                "The change is not allowed in the current status",
+                detail,
+            )
+        }
     }
 
     /// The infrastructure failed; the request may succeed if retried.

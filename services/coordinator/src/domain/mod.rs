@@ -1,9 +1,33 @@
 //! The coordinator's pure core: no clock, no I/O, no randomness. Everything here is a function
-//! of its arguments, so it is tested as given-events / when-command / then-events.
+//! of its arguments (the time comes in as one), so it is tested as given events, when a
+//! command, then events.
+//!
+//! Each aggregate is a [`Decider`]: [`agent`], [`workflow`], [`starts`] (a workflow's execution
+//! numbers) and [`execution`] (one run, with the effects its events call for).
 
+pub mod agent;
 pub mod assignment;
 pub mod execution;
+pub mod starts;
 pub mod validation;
+pub mod workflow;
 
-#[cfg(test)]
-mod tests;
+use cadre_proto::Event;
+use chrono::{DateTime, Utc};
+
+/// An aggregate's rules: what its events make of its state, and which events a command
+/// produces from a state. Both are pure; `crate::command` loads, decides and appends.
+pub trait Decider {
+    type State: Default + Send;
+    type Command: Sync;
+    /// The domain's "no": a 4xx for the API, never a reason to retry.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn decide(
+        command: &Self::Command,
+        state: &Self::State,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Event>, Self::Error>;
+
+    fn evolve(state: Self::State, event: &Event) -> Self::State;
+}

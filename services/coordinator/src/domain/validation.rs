@@ -23,6 +23,10 @@ fn error(pointer: impl Into<String>, message: impl Into<String>) -> FieldError {
 
 const MAX_NAME: usize = 200;
 pub const MAX_STEPS: usize = 500;
+/// Longest step attempt: a week, in minutes.
+const MAX_TIMEOUT_MINUTES: f64 = 7.0 * 24.0 * 60.0;
+/// Longest run: 30 days, in seconds.
+const MAX_EXECUTION_SECONDS: u32 = 30 * 24 * 3600;
 
 fn require_text(errors: &mut Vec<FieldError>, pointer: &str, value: &str, max: usize) {
     if value.trim().is_empty() {
@@ -89,6 +93,15 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
         ));
     }
 
+    if let Some(seconds) = workflow.configuration.constraints.max_execution_time
+        && !(1..=MAX_EXECUTION_SECONDS).contains(&seconds)
+    {
+        errors.push(error(
+            "/configuration/constraints/maxExecutionTime",
+            format!("must be from 1 to {MAX_EXECUTION_SECONDS} seconds (30 days)"),
+        ));
+    }
+
     let mut index: HashMap<&StepId, usize> = HashMap::new();
     for (i, step) in steps.iter().enumerate() {
         let at = format!("/configuration/steps/{i}");
@@ -119,8 +132,13 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
                 format!("agent {preferred} is not one of the participatingAgents"),
             ));
         }
-        if step.timeout_minutes == Some(0) {
-            errors.push(error(format!("{at}/timeoutMinutes"), "must be at least 1"));
+        if let Some(minutes) = step.timeout_minutes
+            && !(minutes > 0.0 && minutes <= MAX_TIMEOUT_MINUTES)
+        {
+            errors.push(error(
+                format!("{at}/timeoutMinutes"),
+                format!("must be more than 0 and at most {MAX_TIMEOUT_MINUTES} (a week)"),
+            ));
         }
     }
     for (i, step) in steps.iter().enumerate() {

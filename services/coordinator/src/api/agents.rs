@@ -1,0 +1,91 @@
+//! `/v1/agents`: register (a command on the agent aggregate), list and get.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+
+use cadre_proto::model::{AgentProfile, ModelParameters};
+use cadre_proto::{AgentId, Event, subjects};
+
+use super::body::Body;
+use super::{
+    ApiResult, AppState, Problem, command_failed, created, found, page, parse_id, unavailable_db,
+    unavailable_log,
+};
+use crate::command::{Aggregate, History};
+use crate::domain::agent::{Agent, Register};
+use crate::domain::validation::validate_agent;
+use crate::read;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RegisterAgent {
+    name: String,
+    role: String,
+    #[serde(default)]
+    backstory: String,
+    #[serde(default)]
+    skills: Vec<String>,
+    provider: String,
+    model: String,
+    #[serde(default)]
+    model_parameters: ModelParameters,
+}
+
+pub(super) async fn register(
+    State(app): State<AppState>,
+    Body(req): Body<RegisterAgent>,
+) -> ApiResult {
+    let agent = AgentProfile {
+        id: AgentId::new(),
+        name: req.name,
+        role: req.role,
+        backstory: req.backstory,
+        skills: req.skills,
+        provider: req.provider,
+        model: req.model,
+        model_parameters: req.model_parameters,
+    };
+    let errors = validate_agent(&agent);
+    if !errors.is_empty() {
+        return Err(Problem::invalid("the agent is not valid", errors));
+    }
+    let filter = subjects::agent(&app.tenant, agent.id, subjects::REGISTERED);
+    Aggregate::<Agent>::empty(app.tenant.clone(), filter, History::Last)
+        .execute(&app.bus, &Register(agent.clone()))
+        .await
+        .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
+    Ok(created(format!("/v1/agents/{}", agent.id), agent))
+}
+
+pub(super) async fn list(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let rows = read::agents(&app.db, &app.tenant, page(&params)?)
+        .await
+        .map_err(unavailable_db)?;
+    Ok(axum::Json(rows).into_response())
+}
+
+pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
+    let id: AgentId = parse_id(&raw, "agent id")?;
+    found(load(&app, id).await?, || {
+        format!("no agent has the id {id}")
+    })
+}
+
+/// An agent as registered, read from the log (the read model may lag behind it).
+pub(super) async fn load(app: &AppState, id: AgentId) -> Result<Option<AgentProfile>, Problem> {
+    let stored = app
+        .bus
+        .last_event(&subjects::agent(&app.tenant, id, subjects::REGISTERED))
+        .await
+        .map_err(unavailable_log)?;
+    Ok(stored.and_then(|s| match s.envelope.event {
+        Event::AgentRegistered(e) => Some(e.agent),
+        _ => None,
+    }))
+}

@@ -1,0 +1,175 @@
+//! `/v1/workflows`: create, pause and resume (commands on the workflow aggregate), list, get,
+//! and the workflow's shared knowledge.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use futures::future::try_join_all;
+use serde::Deserialize;
+use serde_json::json;
+
+use cadre_proto::model::{WorkflowConfiguration, WorkflowDefinition, WorkflowType};
+use cadre_proto::{AgentId, WorkflowId, subjects};
+
+use super::body::Body;
+use super::{
+    ApiResult, AppState, Problem, agents, command_failed, control_request, created, found, page,
+    parse_id, unavailable_db, unavailable_log,
+};
+use crate::command::{Aggregate, History};
+use crate::domain::validation::{FieldError, referenced_agents, validate_workflow};
+use crate::domain::workflow::{self, Command, Workflow};
+use crate::read;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct CreateWorkflow {
+    name: String,
+    description: String,
+    #[serde(default)]
+    workflow_type: WorkflowType,
+    participating_agents: Vec<AgentId>,
+    #[serde(default)]
+    coordinator_agent_id: Option<AgentId>,
+    configuration: WorkflowConfiguration,
+}
+
+pub(super) async fn create(
+    State(app): State<AppState>,
+    Body(req): Body<CreateWorkflow>,
+) -> ApiResult {
+    let definition = WorkflowDefinition {
+        id: WorkflowId::new(),
+        name: req.name,
+        description: req.description,
+        workflow_type: req.workflow_type,
+        participating_agents: req.participating_agents,
+        coordinator_agent_id: req.coordinator_agent_id,
+        configuration: req.configuration,
+    };
+    let errors = validate_workflow(&definition);
+    if !errors.is_empty() {
+        return Err(Problem::invalid("the workflow is not valid", errors));
+    }
+    let referenced = referenced_agents(&definition);
+    let known = try_join_all(referenced.iter().map(|id| agents::load(&app, *id))).await?;
+    let unknown: Vec<FieldError> = referenced
+        .iter()
+        .zip(&known)
+        .filter(|(_, agent)| agent.is_none())
+        .map(|(id, _)| FieldError {
+            pointer: match definition.participating_agents.iter().position(|a| a == id) {
+                Some(i) => format!("/participatingAgents/{i}"),
+                None => "/coordinatorAgentId".to_owned(),
+            },
+            message: format!("no agent has the id {id}; register it with POST /v1/agents first"),
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Problem::invalid(
+            "the workflow names agents that are not registered",
+            unknown,
+        ));
+    }
+    let filter = subjects::workflow_lifecycle(&app.tenant, definition.id);
+    Aggregate::<Workflow>::empty(app.tenant.clone(), filter, History::All)
+        .execute(&app.bus, &Command::Create(Box::new(definition.clone())))
+        .await
+        .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
+    let mut body = serde_json::to_value(&definition).unwrap_or_default();
+    body["status"] = json!("draft");
+    body["totalSteps"] = json!(definition.configuration.steps.len());
+    Ok(created(format!("/v1/workflows/{}", definition.id), body))
+}
+
+pub(super) async fn list(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let rows = read::workflows(&app.db, &app.tenant, page(&params)?)
+        .await
+        .map_err(unavailable_db)?;
+    Ok(axum::Json(rows).into_response())
+}
+
+pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
+    let id: WorkflowId = parse_id(&raw, "workflow id")?;
+    let row = read::workflow(&app.db, &app.tenant, id.0)
+        .await
+        .map_err(unavailable_db)?;
+    found(row, || format!("no workflow has the id {id}"))
+}
+
+/// The workflow aggregate as stored in the log.
+pub(super) async fn load(app: &AppState, id: WorkflowId) -> Result<Aggregate<Workflow>, Problem> {
+    let filter = subjects::workflow_lifecycle(&app.tenant, id);
+    let loaded = Aggregate::<Workflow>::load(&app.bus, app.tenant.clone(), filter, History::All)
+        .await
+        .map_err(unavailable_log)?;
+    if loaded.state.definition().is_none() {
+        return Err(Problem::not_found(format!("no workflow has the id {id}")));
+    }
+    Ok(loaded)
+}
+
+async fn control(
+    app: AppState,
+    raw: String,
+    bytes: Bytes,
+    command: fn(cadre_proto::events::Request) -> Command,
+) -> ApiResult {
+    let id: WorkflowId = parse_id(&raw, "workflow id")?;
+    let command = command(control_request(&bytes)?);
+    let mut aggregate = load(&app, id).await?;
+    aggregate.execute(&app.bus, &command).await.map_err(|e| {
+        command_failed(e, |refused| match refused {
+            workflow::Error::InvalidTransition { status, .. } => {
+                Problem::invalid_transition(refused.to_string(), status)
+            }
+            workflow::Error::NotFound => Problem::not_found(format!("no workflow has the id {id}")),
+            workflow::Error::AlreadyExists(_) => Problem::conflict(refused.to_string()),
+        })
+    })?;
+    Ok(axum::Json(json!({ "id": id, "status": aggregate.state.status() })).into_response())
+}
+
+pub(super) async fn pause(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    control(app, raw, bytes, Command::Pause).await
+}
+
+pub(super) async fn resume(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    control(app, raw, bytes, Command::Resume).await
+}
+
+/// A listing under an unknown parent is a 404, not an empty list.
+pub(super) async fn must_exist(app: &AppState, id: WorkflowId) -> Result<(), Problem> {
+    let row = read::workflow(&app.db, &app.tenant, id.0)
+        .await
+        .map_err(unavailable_db)?;
+    row.map(drop)
+        .ok_or_else(|| Problem::not_found(format!("no workflow has the id {id}")))
+}
+
+pub(super) async fn knowledge(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let id: WorkflowId = parse_id(&raw, "workflow id")?;
+    let page = page(&params)?;
+    must_exist(&app, id).await?;
+    let rows = read::knowledge(&app.db, &app.tenant, id.0, page)
+        .await
+        .map_err(unavailable_db)?;
+    Ok(axum::Json(rows).into_response())
+}

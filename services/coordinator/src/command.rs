@@ -1,0 +1,137 @@
+//! The one command path of every aggregate: load its state from the log, decide, append the
+//! events expecting the last sequence the state has seen, and on a conflict (someone appended
+//! in between) load again and decide again. The HTTP API and the event processor both use it.
+
+use std::marker::PhantomData;
+
+use chrono::Utc;
+
+use cadre_proto::{Envelope, Event, TenantId};
+use cadre_runtime::bus::{self, EventBus, PublishError};
+
+use crate::SOURCE;
+use crate::domain::Decider;
+
+/// How often a command is decided again after losing a race for the same aggregate.
+const ATTEMPTS: usize = 8;
+
+/// Which of an aggregate's stored events its state needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// Every event on the filter, in order.
+    All,
+    /// Only the last one: the state is a function of it (a workflow's last execution number).
+    Last,
+}
+
+/// An aggregate's state as of a stream sequence.
+pub struct Aggregate<D: Decider> {
+    pub tenant: TenantId,
+    filter: String,
+    history: History,
+    pub state: D::State,
+    /// Stream sequence of the last event folded into `state`; 0 before the first.
+    pub version: u64,
+    decider: PhantomData<D>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The domain said no: a client error, never retried.
+    #[error(transparent)]
+    Rejected(E),
+    #[error(transparent)]
+    Read(#[from] bus::ReadError),
+    #[error(transparent)]
+    Publish(PublishError),
+    /// Other writers kept winning the race for this aggregate.
+    #[error("the aggregate kept changing under {ATTEMPTS} attempts to decide on it")]
+    Contended,
+}
+
+impl<D: Decider> Aggregate<D> {
+    /// An aggregate with no events yet: a new id, whose first append expects an empty filter.
+    pub fn empty(tenant: TenantId, filter: String, history: History) -> Self {
+        Self {
+            tenant,
+            filter,
+            history,
+            state: D::State::default(),
+            version: 0,
+            decider: PhantomData,
+        }
+    }
+
+    /// The aggregate as stored in the log now.
+    pub async fn load(
+        bus: &EventBus,
+        tenant: TenantId,
+        filter: String,
+        history: History,
+    ) -> Result<Self, bus::ReadError> {
+        let mut aggregate = Self::empty(tenant, filter, history);
+        aggregate.reload(bus).await?;
+        Ok(aggregate)
+    }
+
+    async fn reload(&mut self, bus: &EventBus) -> Result<(), bus::ReadError> {
+        let stored = match self.history {
+            History::All => bus.read_all(&self.filter).await?,
+            History::Last => bus.last_event(&self.filter).await?.into_iter().collect(),
+        };
+        self.state = D::State::default();
+        self.version = 0;
+        for event in stored {
+            self.fold(event.sequence, &event.envelope.event);
+        }
+        Ok(())
+    }
+
+    /// Folds an event read from the log at `sequence`; one already folded (a redelivery, or
+    /// our own append coming back) changes nothing. Returns whether it was new.
+    pub fn fold(&mut self, sequence: u64, event: &Event) -> bool {
+        if sequence <= self.version {
+            return false;
+        }
+        self.state = D::evolve(std::mem::take(&mut self.state), event);
+        self.version = sequence;
+        true
+    }
+
+    /// Decides `command` on the current state and appends the events; returns them as stored.
+    pub async fn execute(
+        &mut self,
+        bus: &EventBus,
+        command: &D::Command,
+    ) -> Result<Vec<Envelope>, CommandError<D::Error>> {
+        for _ in 0..ATTEMPTS {
+            let now = Utc::now();
+            let events = D::decide(command, &self.state, now).map_err(CommandError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            let envelopes: Vec<Envelope> = events
+                .into_iter()
+                .map(|event| Envelope::new(SOURCE, self.tenant.clone(), now, event))
+                .collect();
+            match bus
+                .append_after(&envelopes, &self.filter, self.version)
+                .await
+            {
+                Ok(last) => {
+                    for envelope in &envelopes {
+                        self.state = D::evolve(std::mem::take(&mut self.state), &envelope.event);
+                    }
+                    self.version = last;
+                    return Ok(envelopes);
+                }
+                Err(PublishError::Conflict { .. }) => {
+                    tracing::debug!(filter = %self.filter, "append raced another writer; deciding again");
+                    self.reload(bus).await?;
+                }
+                Err(error) => return Err(CommandError::Publish(error)),
+            }
+        }
+        Err(CommandError::Contended)
+    }
+}

@@ -1,0 +1,326 @@
+//! What an execution does next: commands in, events out. The time is an input, never read.
+
+use cadre_proto::events::{
+    ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused, ExecutionResumed,
+    ExecutionStarted, FailureCause, Request, StepAttempt, StepScheduled, StepTimedOut,
+};
+use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition};
+use cadre_proto::timers::Timer;
+use cadre_proto::{Event, ExecutionId, StepId};
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::{Execution, Phase, State, Status, after_minutes};
+use crate::domain::Decider;
+use crate::domain::assignment::assign;
+
+/// Begin a run of `workflow` with a snapshot of its agents. The workflow's execution numbers
+/// are decided by `crate::domain::starts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub execution_id: ExecutionId,
+    pub trigger_reason: TriggerReason,
+    pub triggered_by: Option<String>,
+    pub workflow: WorkflowDefinition,
+    pub agents: Vec<AgentProfile>,
+}
+
+/// The first event of an execution: the run numbered `number` of its workflow, started `now`.
+pub fn started(start: &Start, number: u32, now: DateTime<Utc>) -> ExecutionStarted {
+    ExecutionStarted {
+        execution_id: start.execution_id,
+        workflow_id: start.workflow.id,
+        execution_number: number,
+        trigger_reason: start.trigger_reason,
+        triggered_by: start.triggered_by.clone(),
+        workflow: start.workflow.clone(),
+        agents: start.agents.clone(),
+        deadline: start
+            .workflow
+            .configuration
+            .constraints
+            .max_execution_time
+            .map(|seconds| now + TimeDelta::seconds(i64::from(seconds))),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Do whatever the state calls for: schedule ready steps, retry, complete or fail.
+    /// `watermark` is the last stream sequence folded into the state.
+    Advance {
+        watermark: u64,
+    },
+    /// A durable timer of this execution is due.
+    TimerFired(Timer),
+    Cancel(Request),
+    Pause(Request),
+    Resume(Request),
+}
+
+/// A person asked for a change the execution's status does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionRefused {
+    #[error("no execution has this id")]
+    NotStarted,
+    #[error("the execution is {status}; it cannot be {wanted}")]
+    Invalid {
+        status: &'static str,
+        wanted: &'static str,
+    },
+}
+
+/// The execution aggregate, for `crate::command`.
+pub struct ExecutionDecider;
+
+impl Decider for ExecutionDecider {
+    type State = State;
+    type Command = Command;
+    type Error = TransitionRefused;
+
+    fn decide(
+        command: &Command,
+        state: &State,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Event>, TransitionRefused> {
+        decide(command, state, now)
+    }
+
+    fn evolve(state: State, event: &Event) -> State {
+        super::evolve(state, event)
+    }
+}
+
+pub fn decide(
+    command: &Command,
+    state: &State,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, TransitionRefused> {
+    let State::Started(execution) = state else {
+        return match command {
+            // Nothing to advance before the start; a timer cannot outlive its execution's log.
+            Command::Advance { .. } | Command::TimerFired(_) => Ok(vec![]),
+            _ => Err(TransitionRefused::NotStarted),
+        };
+    };
+    let (execution_id, workflow_id) = (execution.id, execution.workflow.id);
+    let status = execution.status;
+    let refuse = |wanted| TransitionRefused::Invalid {
+        status: status.as_str(),
+        wanted,
+    };
+    match command {
+        Command::Advance { watermark } => Ok(advance(execution, *watermark, now)),
+        Command::TimerFired(timer) => Ok(timer_fired(execution, timer)),
+        Command::Cancel(request) if !status.is_finished() => {
+            Ok(vec![Event::ExecutionCancelled(ExecutionCancelled {
+                execution_id,
+                workflow_id,
+                request: request.clone(),
+            })])
+        }
+        Command::Pause(request) if status == Status::Running => {
+            Ok(vec![Event::ExecutionPaused(ExecutionPaused {
+                execution_id,
+                workflow_id,
+                request: request.clone(),
+            })])
+        }
+        Command::Resume(request) if status == Status::Paused => {
+            Ok(vec![Event::ExecutionResumed(ExecutionResumed {
+                execution_id,
+                workflow_id,
+                request: request.clone(),
+            })])
+        }
+        Command::Cancel(_) => Err(refuse("cancelled")),
+        Command::Pause(_) => Err(refuse("paused")),
+        Command::Resume(_) => Err(refuse("resumed")),
+    }
+}
+
+fn failed(execution: &Execution, cause: FailureCause, error: String) -> Vec<Event> {
+    vec![Event::ExecutionFailed(ExecutionFailed {
+        execution_id: execution.id,
+        workflow_id: execution.workflow.id,
+        cause,
+        error,
+    })]
+}
+
+/// A due timer ends what it guards, if that is still running.
+fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
+    if execution.status.is_finished() {
+        return vec![];
+    }
+    match timer {
+        Timer::StepTimeout {
+            step_id, attempt, ..
+        } => {
+            let (Some(progress), Some(step)) = (
+                execution.steps.get(step_id),
+                execution.workflow.step(step_id),
+            ) else {
+                return vec![];
+            };
+            let (true, Phase::Scheduled { agent } | Phase::Running { agent }, Some(minutes)) = (
+                progress.attempt == *attempt,
+                &progress.phase,
+                step.timeout_minutes,
+            ) else {
+                return vec![];
+            };
+            vec![Event::StepTimedOut(StepTimedOut {
+                attempt: StepAttempt {
+                    execution_id: execution.id,
+                    workflow_id: execution.workflow.id,
+                    step_id: step_id.clone(),
+                    step_name: step.name.clone(),
+                    number: *attempt,
+                    agent_id: *agent,
+                },
+                timeout_minutes: minutes,
+            })]
+        }
+        Timer::ExecutionDeadline { .. } => {
+            let seconds = execution
+                .workflow
+                .configuration
+                .constraints
+                .max_execution_time
+                .unwrap_or(0);
+            failed(
+                execution,
+                FailureCause::TimeLimit {
+                    max_execution_seconds: seconds,
+                },
+                format!(
+                    "time limit: the execution ran longer than its maxExecutionTime of {seconds} s"
+                ),
+            )
+        }
+    }
+}
+
+fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Event> {
+    if execution.status.is_finished() {
+        return vec![];
+    }
+    let workflow = &execution.workflow;
+    let max_attempts = execution.max_attempts();
+
+    // A step that failed its last allowed attempt fails the execution.
+    for step in &workflow.configuration.steps {
+        let progress = &execution.steps[&step.id];
+        if let Phase::Failed { error, .. } = &progress.phase
+            && progress.attempt >= max_attempts
+        {
+            return failed(
+                execution,
+                FailureCause::StepFailed {
+                    step_id: step.id.clone(),
+                },
+                format!(
+                    "step '{}' failed after {} attempt(s): {error}",
+                    step.name, progress.attempt
+                ),
+            );
+        }
+    }
+
+    let done = |id: &StepId| matches!(execution.steps[id].phase, Phase::Completed { .. });
+    if workflow.configuration.steps.iter().all(|s| done(&s.id)) {
+        return vec![Event::ExecutionCompleted(ExecutionCompleted {
+            execution_id: execution.id,
+            workflow_id: workflow.id,
+            final_output: final_output(execution),
+        })];
+    }
+    if execution.status == Status::Paused {
+        return vec![];
+    }
+
+    let mut load = execution.load();
+    let mut active: usize = load.values().map(|n| *n as usize).sum();
+    let exclusive_running = workflow
+        .configuration
+        .steps
+        .iter()
+        .any(|s| !s.can_run_in_parallel && execution.steps[&s.id].is_active());
+    let one_at_a_time = workflow.configuration.constraints.allow_parallel_execution == Some(false);
+
+    let mut events = Vec::new();
+    for step in &workflow.configuration.steps {
+        let progress = &execution.steps[&step.id];
+        let retry = matches!(progress.phase, Phase::Failed { .. });
+        let ready = (progress.phase == Phase::Waiting || retry) && step.depends_on.iter().all(done);
+        if !ready {
+            continue;
+        }
+        // A step that must run alone waits for an idle execution, and blocks the others.
+        if exclusive_running || (active > 0 && (one_at_a_time || !step.can_run_in_parallel)) {
+            break;
+        }
+        let Some((agent, reason)) = assign(step, &execution.agents, &load) else {
+            return failed(
+                execution,
+                FailureCause::Stuck,
+                format!(
+                    "no participating agent can take step '{}': the execution has no agents",
+                    step.name
+                ),
+            );
+        };
+        *load.entry(agent.id).or_insert(0) += 1;
+        active += 1;
+        events.push(Event::StepScheduled(Box::new(StepScheduled {
+            execution_id: execution.id,
+            workflow_id: workflow.id,
+            workflow_name: workflow.name.clone(),
+            step: step.clone(),
+            attempt: progress.attempt + 1,
+            agent: agent.clone(),
+            reason,
+            coordinator_agent_id: workflow.coordinator_agent_id,
+            knowledge_sharing: workflow.configuration.coordination.knowledge_sharing,
+            communication_style: workflow.configuration.coordination.communication_style,
+            knowledge_watermark: watermark,
+            timeout_at: step.timeout_minutes.map(|m| after_minutes(now, m)),
+        })));
+        if one_at_a_time || !step.can_run_in_parallel {
+            break;
+        }
+    }
+    if events.is_empty() && active == 0 {
+        // Nothing runs, nothing can start, and not everything is done: without this the run
+        // would wait forever with no record of why.
+        return failed(
+            execution,
+            FailureCause::Stuck,
+            "no step is running and none can start, yet not every step is done".to_owned(),
+        );
+    }
+    events
+}
+
+/// The results of the steps nothing depends on: what the workflow delivers.
+fn final_output(execution: &Execution) -> serde_json::Value {
+    let steps = &execution.workflow.configuration.steps;
+    let sinks = steps
+        .iter()
+        .filter(|s| !steps.iter().any(|other| other.depends_on.contains(&s.id)));
+    let mut out = serde_json::Map::new();
+    for step in sinks {
+        if let Phase::Completed {
+            agent,
+            summary,
+            output,
+        } = &execution.steps[&step.id].phase
+        {
+            out.insert(
+                step.id.to_string(),
+                serde_json::json!({ "agentId": agent, "summary": summary, "output": output }),
+            );
+        }
+    }
+    serde_json::Value::Object(out)
+}

@@ -1,0 +1,144 @@
+//! What the world outside the log must do because an event of an execution is now stored.
+//!
+//! Effects follow from stored events, not from decisions: the coordinator performs them when it
+//! reads the event back from the log and acks the event only afterwards, so the log is the
+//! outbox and no effect is lost between an append and a crash. Every effect is idempotent
+//! (dispatch deduplicates by event id, a timer armed twice is one schedule, cancelling twice is
+//! a no-op, a stop of a call that ended does nothing), so performing one again is harmless.
+
+use cadre_proto::events::StepAttempt;
+use cadre_proto::timers::Timer;
+use cadre_proto::{Event, ExecutionId, StepId};
+use chrono::{DateTime, Utc};
+
+use super::{Execution, State};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Hand the stored `StepScheduled` to the agent workers.
+    Dispatch,
+    /// Arm a durable timer to fire at `at`.
+    StartTimer { timer: Timer, at: DateTime<Utc> },
+    /// Disarm a timer that has nothing left to guard.
+    CancelTimer(Timer),
+    /// Stop the LLM calls still running for the execution (`step: None`: all of them) or for
+    /// one attempt of one step.
+    StopCalls {
+        execution_id: ExecutionId,
+        step: Option<(StepId, u32)>,
+    },
+}
+
+/// The effects `event`, just stored, calls for, given the execution's state after folding it
+/// (or later: the state may already hold events stored after this one).
+pub fn effects(state: &State, event: &Event) -> Vec<Effect> {
+    let State::Started(execution) = state else {
+        return vec![];
+    };
+    match event {
+        Event::ExecutionStarted(e) => match e.deadline {
+            Some(at) if !execution.status.is_finished() => vec![Effect::StartTimer {
+                timer: deadline(execution),
+                at,
+            }],
+            _ => vec![],
+        },
+        Event::StepScheduled(e) => {
+            let mut effects = vec![Effect::Dispatch];
+            if let Some(at) = e.timeout_at
+                && execution
+                    .steps
+                    .get(&e.step.id)
+                    .is_some_and(|p| p.runs(e.attempt))
+            {
+                effects.push(Effect::StartTimer {
+                    timer: step_timeout(execution, &e.step.id, e.attempt),
+                    at,
+                });
+            }
+            effects
+        }
+        Event::StepCompleted(e) => attempt_ended(execution, &e.attempt),
+        Event::StepFailed(e) => attempt_ended(execution, &e.attempt),
+        Event::StepTimedOut(e) => {
+            let mut effects = attempt_ended(execution, &e.attempt);
+            effects.push(Effect::StopCalls {
+                execution_id: execution.id,
+                step: Some((e.attempt.step_id.clone(), e.attempt.number)),
+            });
+            effects
+        }
+        Event::ExecutionCompleted(_) => ended(execution, false),
+        Event::ExecutionFailed(_) | Event::ExecutionCancelled(_) => ended(execution, true),
+        _ => vec![],
+    }
+}
+
+/// An attempt's timer is cancelled once the attempt is over, unless a later attempt (whose
+/// timer has the same name) has taken its place.
+fn attempt_ended(execution: &Execution, attempt: &StepAttempt) -> Vec<Effect> {
+    let has_timeout = execution
+        .workflow
+        .step(&attempt.step_id)
+        .is_some_and(|s| s.timeout_minutes.is_some());
+    let superseded = execution
+        .steps
+        .get(&attempt.step_id)
+        .is_none_or(|p| p.attempt != attempt.number || p.is_active());
+    if has_timeout && !superseded {
+        vec![Effect::CancelTimer(step_timeout(
+            execution,
+            &attempt.step_id,
+            attempt.number,
+        ))]
+    } else {
+        vec![]
+    }
+}
+
+/// A finished execution needs no timer, and a failed or cancelled one no running call.
+fn ended(execution: &Execution, stop_calls: bool) -> Vec<Effect> {
+    let mut effects: Vec<Effect> = execution
+        .workflow
+        .configuration
+        .steps
+        .iter()
+        .filter(|s| s.timeout_minutes.is_some())
+        .map(|s| {
+            let attempt = execution.steps.get(&s.id).map_or(0, |p| p.attempt);
+            Effect::CancelTimer(step_timeout(execution, &s.id, attempt))
+        })
+        .collect();
+    if execution
+        .workflow
+        .configuration
+        .constraints
+        .max_execution_time
+        .is_some()
+    {
+        effects.push(Effect::CancelTimer(deadline(execution)));
+    }
+    if stop_calls {
+        effects.push(Effect::StopCalls {
+            execution_id: execution.id,
+            step: None,
+        });
+    }
+    effects
+}
+
+fn step_timeout(execution: &Execution, step: &StepId, attempt: u32) -> Timer {
+    Timer::StepTimeout {
+        workflow_id: execution.workflow.id,
+        execution_id: execution.id,
+        step_id: step.clone(),
+        attempt,
+    }
+}
+
+fn deadline(execution: &Execution) -> Timer {
+    Timer::ExecutionDeadline {
+        workflow_id: execution.workflow.id,
+        execution_id: execution.id,
+    }
+}

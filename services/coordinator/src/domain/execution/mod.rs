@@ -1,0 +1,248 @@
+//! One workflow execution as a state machine: [`evolve`] folds its events, [`decide`] says
+//! what happens next, and [`effects`] says what the world outside the log must do because an
+//! event was stored (hand a step to the workers, arm or cancel a timer, stop an LLM call).
+//!
+//! Decisions are level-triggered: `Advance` looks at the whole state (which steps are ready,
+//! whether all are done) rather than at the event that woke the coordinator. Deciding twice on
+//! the same state yields the same events, so a redelivered or replayed event is harmless, and
+//! `evolve` ignores events that no longer apply (a second completion of a step, a stale attempt).
+
+mod decide;
+mod effects;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use cadre_proto::model::{AgentProfile, WorkflowDefinition};
+use cadre_proto::{AgentId, Event, ExecutionId, StepId};
+use chrono::{DateTime, Utc};
+
+pub use decide::{Command, ExecutionDecider, Start, TransitionRefused, decide, started};
+pub use effects::{Effect, effects};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Not yet handed to an agent (or failed with retries left).
+    Waiting,
+    Scheduled {
+        agent: AgentId,
+    },
+    Running {
+        agent: AgentId,
+    },
+    Completed {
+        agent: AgentId,
+        summary: String,
+        output: String,
+    },
+    /// The attempt failed or timed out.
+    Failed {
+        agent: AgentId,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProgress {
+    /// The attempt the phase belongs to; 0 before the first scheduling.
+    pub attempt: u32,
+    pub phase: Phase,
+}
+
+impl StepProgress {
+    pub fn is_active(&self) -> bool {
+        matches!(self.phase, Phase::Scheduled { .. } | Phase::Running { .. })
+    }
+
+    /// Whether `attempt` is this step's current attempt and still running.
+    fn runs(&self, attempt: u32) -> bool {
+        self.attempt == attempt && self.is_active()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    /// Running steps finish; nothing new is scheduled.
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    pub id: ExecutionId,
+    pub workflow: WorkflowDefinition,
+    /// Participating agents, in participation order.
+    pub agents: Vec<AgentProfile>,
+    pub status: Status,
+    pub steps: BTreeMap<StepId, StepProgress>,
+}
+
+/// An execution's state: nothing before its `ExecutionStarted`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum State {
+    #[default]
+    NotStarted,
+    Started(Box<Execution>),
+}
+
+impl State {
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Started(e) if e.status.is_finished())
+    }
+}
+
+pub fn evolve(state: State, event: &Event) -> State {
+    match (state, event) {
+        (State::NotStarted, Event::ExecutionStarted(started)) => {
+            let steps = started
+                .workflow
+                .configuration
+                .steps
+                .iter()
+                .map(|s| {
+                    (
+                        s.id.clone(),
+                        StepProgress {
+                            attempt: 0,
+                            phase: Phase::Waiting,
+                        },
+                    )
+                })
+                .collect();
+            State::Started(Box::new(Execution {
+                id: started.execution_id,
+                workflow: started.workflow.clone(),
+                agents: started.agents.clone(),
+                status: Status::Running,
+                steps,
+            }))
+        }
+        (State::Started(mut execution), event) => {
+            execution.apply(event);
+            State::Started(execution)
+        }
+        (state, _) => state,
+    }
+}
+
+impl Execution {
+    fn apply(&mut self, event: &Event) {
+        match event {
+            Event::StepScheduled(e) => self.step_event(&e.step.id, |p| {
+                // A newer attempt always takes over; the same attempt only schedules once.
+                if e.attempt > p.attempt {
+                    *p = StepProgress {
+                        attempt: e.attempt,
+                        phase: Phase::Scheduled { agent: e.agent.id },
+                    };
+                }
+            }),
+            Event::StepStarted(e) => self.step_event(&e.attempt.step_id, |p| {
+                if p.attempt == e.attempt.number && matches!(p.phase, Phase::Scheduled { .. }) {
+                    p.phase = Phase::Running {
+                        agent: e.attempt.agent_id,
+                    };
+                }
+            }),
+            Event::StepCompleted(e) => self.step_event(&e.attempt.step_id, |p| {
+                if p.runs(e.attempt.number) {
+                    p.phase = Phase::Completed {
+                        agent: e.attempt.agent_id,
+                        summary: e.result.summary.clone(),
+                        output: e.result.output.clone(),
+                    };
+                }
+            }),
+            Event::StepFailed(e) => self.step_event(&e.attempt.step_id, |p| {
+                if p.runs(e.attempt.number) {
+                    p.phase = Phase::Failed {
+                        agent: e.attempt.agent_id,
+                        error: e.error.clone(),
+                    };
+                }
+            }),
+            Event::StepTimedOut(e) => self.step_event(&e.attempt.step_id, |p| {
+                if p.runs(e.attempt.number) {
+                    p.phase = Phase::Failed {
+                        agent: e.attempt.agent_id,
+                        error: format!("timed out after {} minute(s)", e.timeout_minutes),
+                    };
+                }
+            }),
+            Event::ExecutionPaused(_) if self.status == Status::Running => {
+                self.status = Status::Paused;
+            }
+            Event::ExecutionResumed(_) if self.status == Status::Paused => {
+                self.status = Status::Running;
+            }
+            Event::ExecutionCompleted(_) if !self.status.is_finished() => {
+                self.status = Status::Completed;
+            }
+            Event::ExecutionFailed(_) if !self.status.is_finished() => {
+                self.status = Status::Failed;
+            }
+            Event::ExecutionCancelled(_) if !self.status.is_finished() => {
+                self.status = Status::Cancelled;
+            }
+            // Facts about other aggregates, the start (already applied), or no longer
+            // applicable (a pause of a finished run).
+            _ => {}
+        }
+    }
+
+    fn step_event(&mut self, step: &StepId, change: impl FnOnce(&mut StepProgress)) {
+        if !self.status.is_finished()
+            && let Some(progress) = self.steps.get_mut(step)
+        {
+            change(progress);
+        }
+    }
+
+    /// How many tries a step gets: one plus the workflow's `maxRetries`.
+    fn max_attempts(&self) -> u32 {
+        1 + self
+            .workflow
+            .configuration
+            .constraints
+            .max_retries
+            .unwrap_or(0)
+    }
+
+    fn load(&self) -> HashMap<AgentId, u32> {
+        let mut load = HashMap::new();
+        for progress in self.steps.values() {
+            if let Phase::Scheduled { agent } | Phase::Running { agent } = progress.phase {
+                *load.entry(agent).or_insert(0) += 1;
+            }
+        }
+        load
+    }
+}
+
+/// The time `minutes` (fractions allowed) after `from`, to the millisecond.
+fn after_minutes(from: DateTime<Utc>, minutes: f64) -> DateTime<Utc> {
+    // Validation bounds `minutes`, so the cast cannot overflow.
+    #[allow(clippy::cast_possible_truncation)]
+    let millis = (minutes * 60_000.0).round() as i64;
+    from + chrono::TimeDelta::milliseconds(millis)
+}

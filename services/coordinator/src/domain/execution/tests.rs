@@ -1,0 +1,743 @@
+//! Given events, when a command, then events — and properties over random workflows.
+
+use cadre_proto::events::{
+    AssignmentReason, FailureCause, Request, StepAttempt, StepCompleted, StepFailed, StepStarted,
+};
+use cadre_proto::model::{
+    AgentProfile, Constraints, Coordination, ModelParameters, StepResult, StepType, TriggerReason,
+    WorkflowConfiguration, WorkflowDefinition, WorkflowStep, WorkflowType,
+};
+use cadre_proto::timers::Timer;
+use cadre_proto::{AgentId, Event, EventId, ExecutionId, StepId, WorkflowId};
+use proptest::prelude::*;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::{
+    Command, Effect, Phase, Start, State, Status, TransitionRefused, decide, effects, evolve,
+    started,
+};
+use crate::domain::validation::validate_workflow;
+
+/// The time of every decision in these tests: the core never reads a clock.
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-29T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn agent(name: &str, skills: &[&str]) -> AgentProfile {
+    AgentProfile {
+        id: AgentId::new(),
+        name: name.into(),
+        role: name.to_lowercase(),
+        backstory: String::new(),
+        skills: skills.iter().map(|s| s.to_string()).collect(),
+        provider: "offline".into(),
+        model: "offline-1".into(),
+        model_parameters: ModelParameters::default(),
+    }
+}
+
+fn step(id: &str, deps: &[&str], skills: &[&str]) -> WorkflowStep {
+    WorkflowStep {
+        id: StepId::parse(id).unwrap(),
+        name: format!("Step {id}"),
+        description: String::new(),
+        step_type: StepType::Analysis,
+        assigned_agent_role: None,
+        preferred_agent_id: None,
+        required_skills: skills.iter().map(|s| s.to_string()).collect(),
+        depends_on: deps.iter().map(|d| StepId::parse(*d).unwrap()).collect(),
+        can_run_in_parallel: true,
+        instructions: "do it".into(),
+        expected_output: "it, done".into(),
+        timeout_minutes: None,
+        validation_criteria: vec![],
+        review_required: false,
+        reviewer_role: None,
+    }
+}
+
+fn workflow(agents: &[AgentProfile], steps: Vec<WorkflowStep>) -> WorkflowDefinition {
+    WorkflowDefinition {
+        id: WorkflowId::new(),
+        name: "Ship it".into(),
+        description: String::new(),
+        workflow_type: WorkflowType::Pipeline,
+        participating_agents: agents.iter().map(|a| a.id).collect(),
+        coordinator_agent_id: None,
+        configuration: WorkflowConfiguration {
+            steps,
+            coordination: Coordination::default(),
+            constraints: Constraints::default(),
+        },
+    }
+}
+
+/// The log of a run of `workflow` that has just started.
+fn start(workflow: &WorkflowDefinition, agents: &[AgentProfile]) -> Vec<Event> {
+    let start = Start {
+        execution_id: ExecutionId::new(),
+        trigger_reason: TriggerReason::Manual,
+        triggered_by: None,
+        workflow: workflow.clone(),
+        agents: agents.to_vec(),
+    };
+    vec![Event::ExecutionStarted(Box::new(started(&start, 1, now())))]
+}
+
+fn fold(events: &[Event]) -> State {
+    events.iter().fold(State::NotStarted, evolve)
+}
+
+fn scheduled(events: &[Event]) -> Vec<(String, u32, AgentId)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepScheduled(s) => Some((s.step.id.to_string(), s.attempt, s.agent.id)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn completed(of: &Event) -> Event {
+    let Event::StepScheduled(s) = of else {
+        panic!("not a StepScheduled: {of:?}")
+    };
+    Event::StepCompleted(Box::new(StepCompleted {
+        attempt: StepAttempt::of(s),
+        result: StepResult {
+            summary: format!("did {}", s.step.id),
+            output: format!("output of {}", s.step.id),
+            ..StepResult::default()
+        },
+        provider: "offline".into(),
+        model: "offline-1".into(),
+        duration_ms: 1,
+    }))
+}
+
+fn failed(of: &Event, error: &str) -> Event {
+    let Event::StepScheduled(s) = of else {
+        panic!("not a StepScheduled: {of:?}")
+    };
+    Event::StepFailed(StepFailed {
+        attempt: StepAttempt::of(s),
+        error: error.into(),
+    })
+}
+
+fn advance(log: &[Event]) -> Vec<Event> {
+    decide(
+        &Command::Advance {
+            watermark: log.len() as u64,
+        },
+        &fold(log),
+        now(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_pipeline_runs_in_dependency_order_then_completes() {
+    let team = vec![
+        agent("Ada", &["design"]),
+        agent("Bo", &["rust"]),
+        agent("Cy", &["review"]),
+    ];
+    let wf = workflow(
+        &team,
+        vec![
+            step("design", &[], &["design"]),
+            step("build", &["design"], &["rust"]),
+            step("review", &["build"], &["review"]),
+        ],
+    );
+    let mut log = start(&wf, &team);
+
+    let first = advance(&log);
+    assert_eq!(scheduled(&first), vec![("design".into(), 1, team[0].id)]);
+    let Event::StepScheduled(s) = &first[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        s.knowledge_watermark, 1,
+        "the watermark is the state's last sequence"
+    );
+    assert!(matches!(s.reason, AssignmentReason::SkillMatch { .. }));
+    log.extend(first.clone());
+    assert!(
+        advance(&log).is_empty(),
+        "deciding again on the same state adds nothing"
+    );
+
+    log.push(completed(&first[0]));
+    let second = advance(&log);
+    assert_eq!(scheduled(&second), vec![("build".into(), 1, team[1].id)]);
+    log.extend(second.clone());
+    log.push(completed(&second[0]));
+    let third = advance(&log);
+    assert_eq!(scheduled(&third), vec![("review".into(), 1, team[2].id)]);
+    log.extend(third.clone());
+    log.push(completed(&third[0]));
+
+    let end = advance(&log);
+    let [Event::ExecutionCompleted(done)] = end.as_slice() else {
+        panic!("expected completion, got {end:?}")
+    };
+    assert_eq!(
+        done.final_output["review"]["summary"], "did review",
+        "sinks only"
+    );
+    assert!(done.final_output.get("design").is_none());
+    log.extend(end);
+    assert!(
+        advance(&log).is_empty(),
+        "a finished execution decides nothing"
+    );
+}
+
+#[test]
+fn independent_steps_run_in_parallel_unless_the_workflow_forbids_it() {
+    let team = vec![agent("Ada", &[]), agent("Bo", &[])];
+    let steps = vec![
+        step("a", &[], &[]),
+        step("b", &[], &[]),
+        step("c", &["a", "b"], &[]),
+    ];
+    let wf = workflow(&team, steps.clone());
+    let log = start(&wf, &team);
+    let ready = advance(&log);
+    assert_eq!(
+        scheduled(&ready),
+        vec![("a".into(), 1, team[0].id), ("b".into(), 1, team[1].id)],
+        "spread over the least loaded agents"
+    );
+
+    let mut serial = workflow(&team, steps);
+    serial.configuration.constraints.allow_parallel_execution = Some(false);
+    let mut log = start(&serial, &team);
+    let first = advance(&log);
+    assert_eq!(scheduled(&first).len(), 1);
+    log.extend(first.clone());
+    assert!(advance(&log).is_empty(), "b waits while a runs");
+    log.push(completed(&first[0]));
+    assert_eq!(
+        scheduled(&advance(&log)),
+        vec![("b".into(), 1, team[0].id)],
+        "both idle again: participation order decides"
+    );
+}
+
+#[test]
+fn a_failed_step_is_retried_then_fails_the_execution() {
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(&team, vec![step("only", &[], &[])]);
+    wf.configuration.constraints.max_retries = Some(1);
+    let mut log = start(&wf, &team);
+
+    let first = advance(&log);
+    log.extend(first.clone());
+    log.push(failed(&first[0], "provider returned 400"));
+    let retry = advance(&log);
+    assert_eq!(scheduled(&retry), vec![("only".into(), 2, team[0].id)]);
+    log.extend(retry.clone());
+
+    // The first attempt's late completion no longer counts.
+    log.push(completed(&first[0]));
+    assert!(advance(&log).is_empty());
+
+    log.push(failed(&retry[0], "provider returned 400"));
+    let end = advance(&log);
+    let [Event::ExecutionFailed(failure)] = end.as_slice() else {
+        panic!("expected failure, got {end:?}")
+    };
+    assert_eq!(
+        failure.cause,
+        FailureCause::StepFailed {
+            step_id: StepId::parse("only").unwrap()
+        }
+    );
+    assert!(
+        failure
+            .error
+            .contains("after 2 attempt(s): provider returned 400")
+    );
+}
+
+#[test]
+fn duplicates_and_strays_change_nothing() {
+    let team = vec![agent("Ada", &[])];
+    let wf = workflow(&team, vec![step("a", &[], &[]), step("b", &["a"], &[])]);
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    let Event::StepScheduled(s) = &first[0] else {
+        unreachable!()
+    };
+    log.push(Event::StepStarted(StepStarted {
+        attempt: StepAttempt::of(s),
+        scheduled_event_id: EventId::new(),
+    }));
+    log.push(completed(&first[0]));
+    let once = fold(&log);
+
+    let mut twice = log.clone();
+    twice.extend(first.clone()); // the StepScheduled again
+    twice.push(completed(&first[0])); // and its completion again
+    assert_eq!(fold(&twice), once);
+    let advance_at =
+        |state: &State| decide(&Command::Advance { watermark: 9 }, state, now()).unwrap();
+    assert_eq!(advance_at(&fold(&twice)), advance_at(&once));
+    assert_eq!(
+        fold(&[log.clone(), start(&wf, &team)].concat()),
+        once,
+        "a second start changes nothing"
+    );
+}
+
+fn fire(log: &[Event], timer: Timer) -> Vec<Event> {
+    decide(&Command::TimerFired(timer), &fold(log), now()).unwrap()
+}
+
+fn step_timer(of: &Event) -> Timer {
+    let Event::StepScheduled(s) = of else {
+        panic!("not a StepScheduled: {of:?}")
+    };
+    Timer::StepTimeout {
+        workflow_id: s.workflow_id,
+        execution_id: s.execution_id,
+        step_id: s.step.id.clone(),
+        attempt: s.attempt,
+    }
+}
+
+fn deadline_of(log: &[Event]) -> Timer {
+    let Event::ExecutionStarted(e) = &log[0] else {
+        panic!("not a start")
+    };
+    Timer::ExecutionDeadline {
+        workflow_id: e.workflow_id,
+        execution_id: e.execution_id,
+    }
+}
+
+fn status(log: &[Event]) -> Status {
+    match fold(log) {
+        State::Started(e) => e.status,
+        State::NotStarted => panic!("not started"),
+    }
+}
+
+#[test]
+fn an_attempt_that_runs_past_its_timeout_is_timed_out_then_retried_then_fails_the_run() {
+    let team = vec![agent("Ada", &[])];
+    let mut slow = step("slow", &[], &[]);
+    slow.timeout_minutes = Some(0.5);
+    let mut wf = workflow(&team, vec![slow]);
+    wf.configuration.constraints.max_retries = Some(1);
+    let mut log = start(&wf, &team);
+
+    let first = advance(&log);
+    let Event::StepScheduled(s) = &first[0] else {
+        unreachable!()
+    };
+    assert_eq!(s.timeout_at, Some(now() + TimeDelta::seconds(30)));
+    log.extend(first.clone());
+    assert_eq!(
+        effects(&fold(&log), &first[0]),
+        vec![
+            Effect::Dispatch,
+            Effect::StartTimer {
+                timer: step_timer(&first[0]),
+                at: now() + TimeDelta::seconds(30)
+            }
+        ]
+    );
+
+    let timed_out = fire(&log, step_timer(&first[0]));
+    let [Event::StepTimedOut(t)] = timed_out.as_slice() else {
+        panic!("expected a time-out, got {timed_out:?}")
+    };
+    assert_eq!((t.attempt.number, t.timeout_minutes), (1, 0.5));
+    log.extend(timed_out.clone());
+    assert!(
+        effects(&fold(&log), &timed_out[0]).contains(&Effect::StopCalls {
+            execution_id: s.execution_id,
+            step: Some((s.step.id.clone(), 1)),
+        }),
+        "the worker's call for the attempt is stopped"
+    );
+    assert!(
+        fire(&log, step_timer(&first[0])).is_empty(),
+        "a timer firing twice changes nothing"
+    );
+
+    let retry = advance(&log);
+    assert_eq!(scheduled(&retry), vec![("slow".into(), 2, team[0].id)]);
+    log.extend(retry.clone());
+    log.push(completed(&first[0]));
+    assert!(
+        advance(&log).is_empty(),
+        "the timed-out attempt's late answer is ignored"
+    );
+    assert!(
+        fire(&log, step_timer(&first[0])).is_empty(),
+        "attempt 1's timer cannot time out attempt 2"
+    );
+
+    log.extend(fire(&log, step_timer(&retry[0])));
+    let end = advance(&log);
+    let [Event::ExecutionFailed(failure)] = end.as_slice() else {
+        panic!("expected failure, got {end:?}")
+    };
+    assert!(
+        failure
+            .error
+            .contains("failed after 2 attempt(s): timed out after 0.5 minute(s)"),
+        "{}",
+        failure.error
+    );
+}
+
+#[test]
+fn a_timer_that_fires_after_its_step_ended_changes_nothing() {
+    let team = vec![agent("Ada", &[])];
+    let mut quick = step("quick", &[], &[]);
+    quick.timeout_minutes = Some(1.0);
+    let wf = workflow(&team, vec![quick, step("next", &["quick"], &[])]);
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    log.push(completed(&first[0]));
+    assert_eq!(
+        effects(&fold(&log), log.last().unwrap()),
+        vec![Effect::CancelTimer(step_timer(&first[0]))]
+    );
+    assert!(fire(&log, step_timer(&first[0])).is_empty());
+}
+
+#[test]
+fn an_execution_past_its_time_limit_fails_with_reason_time_limit() {
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(&team, vec![step("a", &[], &[])]);
+    wf.configuration.constraints.max_execution_time = Some(90);
+    let mut log = start(&wf, &team);
+    let Event::ExecutionStarted(e) = log[0].clone() else {
+        unreachable!()
+    };
+    let at = now() + TimeDelta::seconds(90);
+    assert_eq!(e.deadline, Some(at));
+    assert_eq!(
+        effects(&fold(&log), &log[0]),
+        vec![Effect::StartTimer {
+            timer: deadline_of(&log),
+            at
+        }]
+    );
+    log.extend(advance(&log));
+
+    let end = fire(&log, deadline_of(&log));
+    let [Event::ExecutionFailed(failure)] = end.as_slice() else {
+        panic!("expected failure, got {end:?}")
+    };
+    assert_eq!(
+        failure.cause,
+        FailureCause::TimeLimit {
+            max_execution_seconds: 90
+        }
+    );
+    assert!(failure.error.starts_with("time limit"));
+    log.extend(end.clone());
+    assert!(
+        effects(&fold(&log), &end[0]).contains(&Effect::StopCalls {
+            execution_id: e.execution_id,
+            step: None
+        }),
+        "a failed run stops its running calls"
+    );
+    assert!(fire(&log, deadline_of(&log)).is_empty());
+    assert!(advance(&log).is_empty());
+}
+
+#[test]
+fn pause_lets_running_steps_finish_and_schedules_nothing_until_resumed() {
+    let team = vec![agent("Ada", &[])];
+    let wf = workflow(&team, vec![step("a", &[], &[]), step("b", &["a"], &[])]);
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    let control = |log: &[Event], command: Command| decide(&command, &fold(log), now());
+
+    log.extend(control(&log, Command::Pause(Request::default())).unwrap());
+    assert_eq!(status(&log), Status::Paused);
+    assert_eq!(
+        control(&log, Command::Pause(Request::default())),
+        Err(TransitionRefused::Invalid {
+            status: "paused",
+            wanted: "paused"
+        })
+    );
+    log.push(completed(&first[0]));
+    assert!(advance(&log).is_empty(), "b waits while paused");
+
+    log.extend(control(&log, Command::Resume(Request::default())).unwrap());
+    assert_eq!(scheduled(&advance(&log)), vec![("b".into(), 1, team[0].id)]);
+}
+
+#[test]
+fn cancel_ends_the_run_and_stops_its_calls_and_a_finished_run_refuses_control() {
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(&team, vec![step("a", &[], &[])]);
+    wf.configuration.steps[0].timeout_minutes = Some(5.0);
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    let request = Request {
+        requested_by: Some("ops".into()),
+        reason: Some("wrong input".into()),
+    };
+    let cancelled = decide(&Command::Cancel(request), &fold(&log), now()).unwrap();
+    log.extend(cancelled.clone());
+    assert_eq!(status(&log), Status::Cancelled);
+    let Event::StepScheduled(s) = &first[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        effects(&fold(&log), &cancelled[0]),
+        vec![
+            Effect::CancelTimer(step_timer(&first[0])),
+            Effect::StopCalls {
+                execution_id: s.execution_id,
+                step: None
+            }
+        ]
+    );
+    log.push(completed(&first[0]));
+    assert!(advance(&log).is_empty(), "nothing follows a cancel");
+    for command in [
+        Command::Cancel(Request::default()),
+        Command::Pause(Request::default()),
+        Command::Resume(Request::default()),
+    ] {
+        assert!(matches!(
+            decide(&command, &fold(&log), now()),
+            Err(TransitionRefused::Invalid {
+                status: "cancelled",
+                ..
+            })
+        ));
+    }
+    assert_eq!(
+        decide(
+            &Command::Cancel(Request::default()),
+            &State::NotStarted,
+            now()
+        ),
+        Err(TransitionRefused::NotStarted)
+    );
+}
+
+#[test]
+fn a_run_that_cannot_go_on_fails_with_a_recorded_reason() {
+    let wf = workflow(&[agent("Ada", &[])], vec![step("a", &[], &[])]);
+    let log = start(&wf, &[]);
+    let end = advance(&log);
+    let [Event::ExecutionFailed(failure)] = end.as_slice() else {
+        panic!("expected failure, got {end:?}")
+    };
+    assert_eq!(failure.cause, FailureCause::Stuck);
+    assert!(failure.error.contains("no participating agent"));
+}
+
+#[test]
+fn validation_names_the_offending_fields() {
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(
+        &team,
+        vec![
+            step("a", &["c"], &[]),
+            step("a", &[], &[]),
+            step("b", &["nope"], &[]),
+        ],
+    );
+    wf.configuration.steps[2].preferred_agent_id = Some(AgentId::new());
+    let errors = validate_workflow(&wf);
+    let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+    assert_eq!(
+        pointers,
+        vec![
+            "/configuration/steps/1/id",
+            "/configuration/steps/2/preferredAgentId",
+            "/configuration/steps/0/dependsOn/0",
+            "/configuration/steps/2/dependsOn/0",
+        ]
+    );
+    assert_eq!(errors[0].message, "duplicate step id 'a'");
+
+    let cyclic = workflow(
+        &team,
+        vec![
+            step("a", &["c"], &[]),
+            step("b", &["a"], &[]),
+            step("c", &["b"], &[]),
+        ],
+    );
+    let errors = validate_workflow(&cyclic);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].message,
+        "dependsOn forms a cycle: a -> b -> c -> a"
+    );
+}
+
+/// A random DAG: step i may depend on any earlier step.
+fn dag() -> impl Strategy<Value = Vec<Vec<usize>>> {
+    (1usize..12).prop_flat_map(|n| {
+        (0..n)
+            .map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(3)))
+            .collect::<Vec<_>>()
+    })
+}
+
+fn dag_workflow(deps: &[Vec<usize>], team: &[AgentProfile]) -> WorkflowDefinition {
+    let names: Vec<String> = (0..deps.len()).map(|i| format!("s{i}")).collect();
+    let steps = deps
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let d: Vec<&str> = d.iter().map(|j| names[*j].as_str()).collect();
+            step(&names[i], &d, &[])
+        })
+        .collect();
+    workflow(team, steps)
+}
+
+proptest! {
+    /// Whatever the DAG and whatever order agents finish in, every step is scheduled exactly
+    /// once, only after its dependencies completed, and the execution then completes.
+    #[test]
+    fn any_valid_dag_runs_every_step_exactly_once(deps in dag(), picks in proptest::collection::vec(any::<prop::sample::Index>(), 64)) {
+        let team = vec![agent("Ada", &[]), agent("Bo", &[])];
+        let wf = dag_workflow(&deps, &team);
+        prop_assert!(validate_workflow(&wf).is_empty());
+        let mut log = start(&wf, &team);
+        let mut in_flight: Vec<Event> = Vec::new();
+        let mut order: Vec<String> = Vec::new();
+        let mut picks = picks.into_iter().cycle();
+        loop {
+            let decided = advance(&log);
+            if let Some(Event::ExecutionCompleted(_)) = decided.first() {
+                break;
+            }
+            in_flight.extend(decided.iter().cloned());
+            log.extend(decided);
+            prop_assert!(!in_flight.is_empty(), "stalled with steps left");
+            let pick = picks.next().unwrap().index(in_flight.len());
+            let done = in_flight.remove(pick);
+            let Event::StepScheduled(s) = &done else { unreachable!() };
+            for dependency in &s.step.depends_on {
+                prop_assert!(order.contains(&dependency.to_string()), "ran before its dependency");
+            }
+            order.push(s.step.id.to_string());
+            log.push(completed(&done));
+        }
+        let mut unique = order.clone();
+        unique.sort();
+        unique.dedup();
+        prop_assert_eq!(unique.len(), deps.len());
+        prop_assert_eq!(order.len(), deps.len());
+    }
+
+    /// Folding the same log twice gives the same state, and so the same decision.
+    #[test]
+    fn replay_is_deterministic(deps in dag(), cut in any::<prop::sample::Index>()) {
+        let team = vec![agent("Ada", &[])];
+        let wf = dag_workflow(&deps, &team);
+        let mut log = start(&wf, &team);
+        for _ in 0..deps.len() {
+            let decided = advance(&log);
+            let completions: Vec<Event> = decided.iter().filter(|e| matches!(e, Event::StepScheduled(_))).map(completed).collect();
+            log.extend(decided);
+            log.extend(completions);
+        }
+        let prefix = &log[..cut.index(log.len()) + 1];
+        prop_assert_eq!(fold(prefix), fold(prefix));
+        prop_assert_eq!(advance(prefix), advance(prefix));
+    }
+
+    /// Whatever the DAG, and whatever happens to each attempt (it completes, fails, or times
+    /// out) and to the run (paused, resumed, cancelled), the run reaches a terminal state;
+    /// no step starts before its dependencies completed; and replaying the log gives the
+    /// state that was built event by event.
+    #[test]
+    fn every_run_ends_whatever_happens(
+        deps in dag(),
+        retries in 0u32..3,
+        moves in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..20), 200),
+    ) {
+        let team = vec![agent("Ada", &[]), agent("Bo", &[])];
+        let mut wf = dag_workflow(&deps, &team);
+        wf.configuration.constraints.max_retries = Some(retries);
+        for s in &mut wf.configuration.steps {
+            s.timeout_minutes = Some(1.0);
+        }
+        let mut log = start(&wf, &team);
+        let mut state = fold(&log);
+        let mut in_flight: Vec<Event> = Vec::new();
+        let mut moves = moves.into_iter().cycle();
+        let append = |log: &mut Vec<Event>, state: &mut State, events: Vec<Event>| {
+            for event in events {
+                *state = evolve(std::mem::take(state), &event);
+                log.push(event);
+            }
+        };
+        for _ in 0..2_000 {
+            let decided = decide(&Command::Advance { watermark: log.len() as u64 }, &state, now()).unwrap();
+            in_flight.extend(decided.iter().filter(|e| matches!(e, Event::StepScheduled(_))).cloned());
+            append(&mut log, &mut state, decided);
+            if state.is_finished() {
+                break;
+            }
+            let (pick, roll) = moves.next().unwrap();
+            let control = match roll {
+                0 => Some(Command::Cancel(Request::default())),
+                1 => Some(Command::Pause(Request::default())),
+                2 | 3 => Some(Command::Resume(Request::default())),
+                _ => None,
+            };
+            if let Some(command) = control {
+                // A refused transition is a valid outcome; it must not change anything.
+                let events = decide(&command, &state, now()).unwrap_or_default();
+                append(&mut log, &mut state, events);
+                continue;
+            }
+            if in_flight.is_empty() {
+                // Paused with nothing running: only a resume (or a cancel) moves it on.
+                let events = decide(&Command::Resume(Request::default()), &state, now()).unwrap_or_default();
+                append(&mut log, &mut state, events);
+                continue;
+            }
+            let attempt = in_flight.remove(pick.index(in_flight.len()));
+            let Event::StepScheduled(s) = &attempt else { unreachable!() };
+            if let State::Started(e) = &state {
+                for dependency in &s.step.depends_on {
+                    prop_assert!(matches!(e.steps[dependency].phase, Phase::Completed { .. }), "ran before its dependency");
+                }
+            }
+            let outcome = match roll % 3 {
+                0 => vec![completed(&attempt)],
+                1 => vec![failed(&attempt, "boom")],
+                _ => decide(&Command::TimerFired(step_timer(&attempt)), &state, now()).unwrap(),
+            };
+            append(&mut log, &mut state, outcome);
+        }
+        prop_assert!(state.is_finished(), "the run did not end: {:?}", state);
+        prop_assert_eq!(fold(&log), state.clone());
+        if let State::Started(e) = &state && e.status == Status::Completed {
+            let all_completed = e.steps.values().all(|p| matches!(p.phase, Phase::Completed { .. }));
+            prop_assert!(all_completed);
+        }
+    }
+}
