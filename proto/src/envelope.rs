@@ -223,6 +223,12 @@ mod tests {
                     validation_criteria: vec![],
                     review_required: false,
                     reviewer_role: None,
+                    condition: Some("input.ticket > 1".into()),
+                }],
+                phases: vec![WorkflowPhase {
+                    name: "Analysis".into(),
+                    mode: PhaseMode::Sequential,
+                    steps: vec![StepId::parse("a").unwrap()],
                 }],
                 coordination: Coordination::default(),
                 constraints: Constraints::default(),
@@ -252,6 +258,7 @@ mod tests {
             knowledge_sharing: true,
             communication_style: CommunicationStyle::Formal,
             knowledge_watermark: 7,
+            input: Some(serde_json::json!({"ticket": 42})),
             timeout_at: Some(Utc::now()),
         };
         vec![
@@ -287,6 +294,7 @@ mod tests {
                 triggered_by: Some("me".into()),
                 workflow: workflow(),
                 agents: vec![agent()],
+                input: Some(serde_json::json!({"ticket": 42})),
                 deadline: Some(Utc::now()),
             })),
             Event::StepScheduled(Box::new(scheduled)),
@@ -331,6 +339,13 @@ mod tests {
             Event::StepTimedOut(StepTimedOut {
                 attempt: attempt(),
                 timeout_minutes: 0.5,
+            }),
+            Event::StepSkipped(StepSkipped {
+                execution_id: e,
+                workflow_id: w,
+                step_id: StepId::parse("a").unwrap(),
+                step_name: "A".into(),
+                condition: "false".into(),
             }),
             Event::ExecutionPaused(ExecutionPaused {
                 execution_id: e,

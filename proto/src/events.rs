@@ -36,6 +36,9 @@ pub struct ExecutionStarted {
     pub triggered_by: Option<String>,
     pub workflow: WorkflowDefinition,
     pub agents: Vec<AgentProfile>,
+    /// What the run was started with (the seed's `executionContext`); steps see it as data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
     /// When the run must have ended (`constraints.maxExecutionTime` after its start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<DateTime<Utc>>,
@@ -106,6 +109,9 @@ pub struct StepScheduled {
     /// by the steps this one depends on was stored at or before it, so a worker that waits
     /// until the read models reach it sees that knowledge.
     pub knowledge_watermark: u64,
+    /// The execution's input, for the agent to read as data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
     /// When this attempt times out (the step's `timeoutMinutes` after it was scheduled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_at: Option<DateTime<Utc>>,
@@ -217,6 +223,19 @@ pub struct StepTimedOut {
     pub timeout_minutes: f64,
 }
 
+/// The step's condition was false when its dependencies were done: it does not run, and the
+/// steps that depend on it treat it as done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSkipped {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    pub step_id: StepId,
+    pub step_name: String,
+    /// The condition that was false.
+    pub condition: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionCompleted {
@@ -238,6 +257,8 @@ pub enum FailureCause {
     StepFailed { step_id: StepId },
     /// The execution ran past `constraints.maxExecutionTime` (seconds).
     TimeLimit { max_execution_seconds: u32 },
+    /// A step's condition could not be evaluated to true or false.
+    ConditionFailed { step_id: StepId },
     /// The execution's state allows no way forward (for example no agent can take a step).
     Stuck,
     /// Recorded before causes existed (`failed.v1`).
@@ -368,6 +389,7 @@ events! {
     StepCompleted(Box<StepCompleted>) = STEP_COMPLETED: "dev.cadre.execution.step_completed.v1",
     StepFailed(StepFailed) = STEP_FAILED: "dev.cadre.execution.step_failed.v1",
     StepTimedOut(StepTimedOut) = STEP_TIMED_OUT: "dev.cadre.execution.step_timed_out.v1",
+    StepSkipped(StepSkipped) = STEP_SKIPPED: "dev.cadre.execution.step_skipped.v1",
     ExecutionPaused(ExecutionPaused) = EXECUTION_PAUSED: "dev.cadre.execution.paused.v1",
     ExecutionResumed(ExecutionResumed) = EXECUTION_RESUMED: "dev.cadre.execution.resumed.v1",
     ExecutionCompleted(ExecutionCompleted) = EXECUTION_COMPLETED: "dev.cadre.execution.completed.v1",
@@ -404,6 +426,13 @@ impl Event {
             Self::StepCompleted(e) => step_fact(&e.attempt, subjects::COMPLETED),
             Self::StepFailed(e) => step_fact(&e.attempt, subjects::FAILED),
             Self::StepTimedOut(e) => step_fact(&e.attempt, subjects::TIMED_OUT),
+            Self::StepSkipped(e) => step(
+                tenant,
+                e.workflow_id,
+                e.execution_id,
+                &e.step_id,
+                subjects::SKIPPED,
+            ),
             Self::ExecutionPaused(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::PAUSED)
             }
@@ -451,6 +480,7 @@ impl Event {
             Self::StepCompleted(e) => Some(e.attempt.workflow_id),
             Self::StepFailed(e) => Some(e.attempt.workflow_id),
             Self::StepTimedOut(e) => Some(e.attempt.workflow_id),
+            Self::StepSkipped(e) => Some(e.workflow_id),
             Self::ExecutionPaused(e) => Some(e.workflow_id),
             Self::ExecutionResumed(e) => Some(e.workflow_id),
             Self::ExecutionCompleted(e) => Some(e.workflow_id),
@@ -474,6 +504,7 @@ impl Event {
             Self::StepCompleted(e) => Some(e.attempt.execution_id),
             Self::StepFailed(e) => Some(e.attempt.execution_id),
             Self::StepTimedOut(e) => Some(e.attempt.execution_id),
+            Self::StepSkipped(e) => Some(e.execution_id),
             Self::ExecutionPaused(e) => Some(e.execution_id),
             Self::ExecutionResumed(e) => Some(e.execution_id),
             Self::ExecutionCompleted(e) => Some(e.execution_id),

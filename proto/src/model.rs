@@ -83,6 +83,11 @@ pub struct WorkflowStep {
     pub review_required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reviewer_role: Option<String>,
+    /// A CEL expression over `input` (the execution's input) and `steps` (each earlier step's
+    /// `status`, `summary` and `output`, by step id), evaluated when the step's dependencies
+    /// are done. `false` skips the step; its dependants treat it as done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
 }
 
 fn yes() -> bool {
@@ -145,10 +150,35 @@ pub struct Constraints {
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowConfiguration {
     pub steps: Vec<WorkflowStep>,
+    /// The seed's phases ("Phase 1: Analysis & Design (Parallel)"): each phase starts when
+    /// every step of the phase before it is done.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<WorkflowPhase>,
     #[serde(default)]
     pub coordination: Coordination,
     #[serde(default)]
     pub constraints: Constraints,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseMode {
+    /// The phase's steps run at the same time.
+    #[default]
+    Parallel,
+    /// The phase's steps run one after another, in the order listed.
+    Sequential,
+}
+
+/// A group of steps that runs as one stage of the workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowPhase {
+    pub name: String,
+    #[serde(default)]
+    pub mode: PhaseMode,
+    /// Step ids, in order.
+    pub steps: Vec<StepId>,
 }
 
 /// A workflow as created: the seed's `CreateWorkflowRequest` plus its id.
@@ -168,6 +198,37 @@ pub struct WorkflowDefinition {
 impl WorkflowDefinition {
     pub fn step(&self, id: &StepId) -> Option<&WorkflowStep> {
         self.configuration.steps.iter().find(|s| &s.id == id)
+    }
+
+    /// The steps `step` waits for: its own `dependsOn`, every step of the phase before its
+    /// phase, and in a sequential phase the step listed before it. Duplicates removed, in a
+    /// stable order.
+    pub fn dependencies<'a>(&'a self, step: &'a WorkflowStep) -> Vec<&'a StepId> {
+        let mut all: Vec<&StepId> = step.depends_on.iter().collect();
+        let phases = &self.configuration.phases;
+        if let Some(at) = phases.iter().position(|p| p.steps.contains(&step.id)) {
+            if let Some(before) = at.checked_sub(1) {
+                all.extend(&phases[before].steps);
+            }
+            let phase = &phases[at];
+            if phase.mode == PhaseMode::Sequential
+                && let Some(i) = phase.steps.iter().position(|s| s == &step.id)
+                && let Some(previous) = i.checked_sub(1)
+            {
+                all.push(&phase.steps[previous]);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        all.retain(|id| seen.insert(*id));
+        all
+    }
+
+    /// Whether some step waits for `step`.
+    pub fn has_dependants(&self, step: &StepId) -> bool {
+        self.configuration
+            .steps
+            .iter()
+            .any(|s| self.dependencies(s).contains(&step))
     }
 }
 

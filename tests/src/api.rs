@@ -141,12 +141,13 @@ impl Api {
         )
     }
 
-    /// Polls the execution's read model until it is completed or failed.
+    /// Polls the execution's read model until it is completed, failed or cancelled.
     pub async fn wait_until_finished(&self, execution_id: &str, timeout: Duration) -> Value {
         crate::eventually(timeout, "the execution to finish", || async {
             let reply = self.get(&format!("/v1/executions/{execution_id}")).await;
             let status = reply.body["status"].as_str().unwrap_or_default();
-            (reply.status == 200 && matches!(status, "completed" | "failed")).then_some(reply.body)
+            (reply.status == 200 && matches!(status, "completed" | "failed" | "cancelled"))
+                .then_some(reply.body)
         })
         .await
     }

@@ -62,6 +62,8 @@ struct Script {
     /// Statuses to answer the next requests with, one per request.
     failures: VecDeque<StatusCode>,
     latency: Duration,
+    /// Requests whose client hung up before the answer.
+    abandoned: usize,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -126,6 +128,11 @@ impl FakeLlm {
         lock(&self.script).latency = latency;
     }
 
+    /// How many requests were abandoned by their client (a stopped call) before the answer.
+    pub fn abandoned(&self) -> usize {
+        lock(&self.script).abandoned
+    }
+
     /// Stops the server (as dropping it does).
     pub fn shutdown(mut self) {
         self.stop_serving();
@@ -182,7 +189,13 @@ async fn complete(
         (failure, script.latency)
     };
     if !latency.is_zero() {
+        // The server drops this handler when the client hangs up: the guard counts that.
+        let pending = Pending {
+            script: script.clone(),
+            answered: false,
+        };
         tokio::time::sleep(latency).await;
+        pending.answered();
     }
     if let Some(status) = failure {
         return error(status, "scripted failure");
@@ -209,6 +222,26 @@ async fn complete(
         }
     }))
     .into_response()
+}
+
+/// A request waiting for its answer.
+struct Pending {
+    script: Shared,
+    answered: bool,
+}
+
+impl Pending {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.answered {
+            lock(&self.script).abandoned += 1;
+        }
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

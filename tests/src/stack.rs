@@ -23,6 +23,8 @@ pub struct StackOptions {
     pub worker_concurrency: usize,
     pub coordinator_shards: usize,
     pub projector_max_batch: usize,
+    /// How long a worker waits for the fake LLM's answer.
+    pub llm_timeout_secs: u64,
 }
 
 impl Default for StackOptions {
@@ -32,6 +34,7 @@ impl Default for StackOptions {
             worker_concurrency: 64,
             coordinator_shards: 8,
             projector_max_batch: 1000,
+            llm_timeout_secs: 10,
         }
     }
 }
@@ -112,7 +115,7 @@ impl Stack {
             services,
         };
         stack.spawn_projector(options.projector_max_batch);
-        stack.spawn_worker(options.worker_concurrency, options.offline_latency_ms);
+        stack.spawn_worker(&options);
         stack
     }
 
@@ -169,19 +172,19 @@ impl Stack {
         });
     }
 
-    fn spawn_worker(&mut self, concurrency: usize, offline_latency_ms: u64) {
+    fn spawn_worker(&mut self, options: &StackOptions) {
         let config = cadre_agent_worker::Config {
             nats_url: self.nats.url.clone(),
             database_url: self.db.url.clone(),
             health_addr: "127.0.0.1:0".into(),
             worker_id: "test-worker".into(),
-            concurrency,
+            concurrency: options.worker_concurrency,
             knowledge_wait_secs: 10,
             providers: BTreeMap::from([
                 (
                     "offline".to_owned(),
                     ProviderConfig::Offline {
-                        latency_ms: offline_latency_ms,
+                        latency_ms: options.offline_latency_ms,
                     },
                 ),
                 (
@@ -189,7 +192,7 @@ impl Stack {
                     ProviderConfig::OpenAiCompatible {
                         base_url: self.llm.base_url(),
                         api_key: Some("test-key".to_owned().into()),
-                        timeout_secs: 10,
+                        timeout_secs: options.llm_timeout_secs,
                     },
                 ),
             ]),

@@ -33,5 +33,6 @@ pub(crate) fn step() -> WorkflowStep {
         validation_criteria: vec!["covers CRUD".to_owned()],
         review_required: false,
         reviewer_role: None,
+        condition: None,
     }
 }

@@ -15,6 +15,7 @@
 // In tests a panic is the failure report.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod calls;
 pub mod config;
 #[cfg(test)]
 mod fixtures;
@@ -41,6 +42,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ProviderConfig};
 
+use crate::calls::RunningCalls;
 use crate::knowledge::KnowledgeView;
 use crate::llm::Providers;
 use crate::worker::Worker;
@@ -93,8 +95,15 @@ pub async fn run_with_readiness(
         .await
         .context("creating the agent-worker consumer")?;
 
+    let calls = RunningCalls::default();
+    let stop_listener = tokio::spawn(
+        calls
+            .clone()
+            .listen(bus.jetstream().client(), shutdown.clone()),
+    );
     let worker = Arc::new(Worker {
         bus,
+        calls,
         providers,
         knowledge,
         knowledge_limit: config.knowledge_limit,
@@ -105,14 +114,20 @@ pub async fn run_with_readiness(
         concurrency = config.concurrency,
         "agent worker consuming scheduled steps"
     );
-    consume(
+    let consumed = consume(
         worker,
         consumer,
         config.concurrency.max(1),
         readiness,
         shutdown,
     )
-    .await
+    .await;
+    match stop_listener.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "could not listen for stop requests"),
+        Err(error) => tracing::warn!(%error, "the stop listener panicked"),
+    }
+    consumed
 }
 
 /// Pulls steps while a slot is free, each in its own task; on shutdown stops pulling and

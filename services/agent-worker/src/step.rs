@@ -229,6 +229,7 @@ mod tests {
                 knowledge_sharing,
                 communication_style: Default::default(),
                 knowledge_watermark: 7,
+                input: None,
                 timeout_at: None,
             },
         }

@@ -14,6 +14,7 @@ use cadre_runtime::bus::{self, Append, EventBus, ReadError};
 use chrono::Utc;
 use tracing::Instrument;
 
+use crate::calls::RunningCalls;
 use crate::knowledge::KnowledgeView;
 use crate::llm::{ChatRequest, LlmError, Providers};
 use crate::prompt::{parse_step_result, step_prompt};
@@ -36,6 +37,7 @@ pub enum Disposition {
 
 pub struct Worker {
     pub bus: EventBus,
+    pub calls: RunningCalls,
     pub providers: Providers,
     pub knowledge: KnowledgeView,
     pub knowledge_limit: u32,
@@ -109,7 +111,21 @@ impl Worker {
         };
         let last_delivery = delivered >= streams::AGENT_WORKER_MAX_DELIVER;
 
-        match self.run_step(&step, last_delivery).await {
+        let call = self.calls.register(
+            step.scheduled.execution_id,
+            step.scheduled.step.id.clone(),
+            step.scheduled.attempt,
+        );
+        let Some(outcome) = call
+            .token
+            .run_until_cancelled(self.run_step(&step, last_delivery))
+            .await
+        else {
+            // The coordinator recorded why (a time-out, a cancel) before it asked.
+            tracing::info!("the coordinator stopped this step; nothing more to record");
+            return Disposition::Ack;
+        };
+        match outcome {
             Ok(disposition) => disposition,
             Err(error) if last_delivery => {
                 // No delivery is left to retry: report the step failed rather than leave the
@@ -224,7 +240,13 @@ impl Worker {
         };
         let request = ChatRequest::for_agent(
             &s.agent,
-            step_prompt(&s.agent, &s.step, s.communication_style, &knowledge),
+            step_prompt(
+                &s.agent,
+                &s.step,
+                s.communication_style,
+                &knowledge,
+                s.input.as_ref(),
+            ),
         );
         tracing::info!(
             provider = s.agent.provider,

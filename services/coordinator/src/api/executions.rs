@@ -24,8 +24,10 @@ use super::{
 use crate::command::{Aggregate, History};
 use crate::domain::execution::{Command, ExecutionDecider, Start, TransitionRefused};
 use crate::domain::starts::{StartExecution, Starts};
+use crate::domain::validation::FieldError;
 use crate::read;
 
+/// The body of a start: all optional (the seed's `executionContext` is `input`).
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct StartRequest {
@@ -33,6 +35,45 @@ struct StartRequest {
     trigger_reason: TriggerReason,
     #[serde(default)]
     triggered_by: Option<String>,
+    #[serde(default)]
+    input: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Largest `input`, as JSON: it travels in the start event and in every scheduled step.
+const MAX_INPUT_BYTES: usize = 64 * 1024;
+/// Longest `triggeredBy`.
+const MAX_TRIGGERED_BY: usize = 200;
+
+impl StartRequest {
+    fn validate(&self) -> Result<(), Problem> {
+        let mut errors = Vec::new();
+        if let Some(input) = &self.input {
+            let size = serde_json::to_vec(input).map_or(usize::MAX, |bytes| bytes.len());
+            if size > MAX_INPUT_BYTES {
+                errors.push(FieldError {
+                    pointer: "/input".to_owned(),
+                    message: format!(
+                        "is {size} bytes as JSON; at most {MAX_INPUT_BYTES} are accepted (pass large data by reference, e.g. a URL)"
+                    ),
+                });
+            }
+        }
+        if self
+            .triggered_by
+            .as_ref()
+            .is_some_and(|t| t.chars().count() > MAX_TRIGGERED_BY)
+        {
+            errors.push(FieldError {
+                pointer: "/triggeredBy".to_owned(),
+                message: format!("must be at most {MAX_TRIGGERED_BY} characters"),
+            });
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Problem::invalid("the start request is not valid", errors))
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -85,6 +126,7 @@ pub(super) async fn start(
 ) -> ApiResult {
     let workflow_id: WorkflowId = parse_id(&raw, "workflow id")?;
     let request: StartRequest = optional_body(&bytes)?;
+    request.validate()?;
     let lock = app.starts.of(workflow_id);
     let mut cached = lock.lock().await;
     let starts = match cached.as_mut() {
@@ -114,6 +156,7 @@ pub(super) async fn start(
             triggered_by: request.triggered_by,
             workflow: starts.workflow.clone(),
             agents: starts.agents.clone(),
+            input: request.input.map(serde_json::Value::Object),
         },
         workflow_paused,
     };

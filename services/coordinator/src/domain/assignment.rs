@@ -116,6 +116,7 @@ mod tests {
             validation_criteria: vec![],
             review_required: false,
             reviewer_role: None,
+            condition: None,
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod assignment;
+pub mod condition;
 pub mod execution;
 pub mod starts;
 pub mod validation;

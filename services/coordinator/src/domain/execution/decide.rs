@@ -2,16 +2,17 @@
 
 use cadre_proto::events::{
     ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused, ExecutionResumed,
-    ExecutionStarted, FailureCause, Request, StepAttempt, StepScheduled, StepTimedOut,
+    ExecutionStarted, FailureCause, Request, StepAttempt, StepScheduled, StepSkipped, StepTimedOut,
 };
-use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition};
+use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition, WorkflowStep};
 use cadre_proto::timers::Timer;
 use cadre_proto::{Event, ExecutionId, StepId};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{Execution, Phase, State, Status, after_minutes};
+use super::{Execution, State, Status, StepState, after_minutes};
 use crate::domain::Decider;
 use crate::domain::assignment::assign;
+use crate::domain::condition::{self, StepView};
 
 /// Begin a run of `workflow` with a snapshot of its agents. The workflow's execution numbers
 /// are decided by `crate::domain::starts`.
@@ -22,6 +23,7 @@ pub struct Start {
     pub triggered_by: Option<String>,
     pub workflow: WorkflowDefinition,
     pub agents: Vec<AgentProfile>,
+    pub input: Option<serde_json::Value>,
 }
 
 /// The first event of an execution: the run numbered `number` of its workflow, started `now`.
@@ -34,6 +36,7 @@ pub fn started(start: &Start, number: u32, now: DateTime<Utc>) -> ExecutionStart
         triggered_by: start.triggered_by.clone(),
         workflow: start.workflow.clone(),
         agents: start.agents.clone(),
+        input: start.input.clone(),
         deadline: start
             .workflow
             .configuration
@@ -162,11 +165,16 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
             ) else {
                 return vec![];
             };
-            let (true, Phase::Scheduled { agent } | Phase::Running { agent }, Some(minutes)) = (
+            let (
+                true,
+                StepState::Scheduled { agent } | StepState::Running { agent },
+                Some(minutes),
+            ) = (
                 progress.attempt == *attempt,
-                &progress.phase,
+                &progress.state,
                 step.timeout_minutes,
-            ) else {
+            )
+            else {
                 return vec![];
             };
             vec![Event::StepTimedOut(StepTimedOut {
@@ -211,7 +219,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     // A step that failed its last allowed attempt fails the execution.
     for step in &workflow.configuration.steps {
         let progress = &execution.steps[&step.id];
-        if let Phase::Failed { error, .. } = &progress.phase
+        if let StepState::Failed { error, .. } = &progress.state
             && progress.attempt >= max_attempts
         {
             return failed(
@@ -227,7 +235,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         }
     }
 
-    let done = |id: &StepId| matches!(execution.steps[id].phase, Phase::Completed { .. });
+    let done = |id: &StepId| execution.steps[id].state.is_done();
     if workflow.configuration.steps.iter().all(|s| done(&s.id)) {
         return vec![Event::ExecutionCompleted(ExecutionCompleted {
             execution_id: execution.id,
@@ -237,6 +245,51 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     }
     if execution.status == Status::Paused {
         return vec![];
+    }
+
+    // Steps whose dependencies are done and whose condition is false are skipped first: a
+    // skip can make further steps ready, which the next decision (on the skip's return from
+    // the log) takes up.
+    let ready: Vec<&WorkflowStep> = workflow
+        .configuration
+        .steps
+        .iter()
+        .filter(|step| {
+            let progress = &execution.steps[&step.id];
+            let retry = matches!(progress.state, StepState::Failed { .. });
+            (progress.state == StepState::Waiting || retry)
+                && workflow.dependencies(step).into_iter().all(done)
+        })
+        .collect();
+    let mut skipped = Vec::new();
+    for step in &ready {
+        let (Some(condition), StepState::Waiting) =
+            (&step.condition, &execution.steps[&step.id].state)
+        else {
+            continue;
+        };
+        match evaluate_condition(execution, condition) {
+            Ok(true) => {}
+            Ok(false) => skipped.push(Event::StepSkipped(StepSkipped {
+                execution_id: execution.id,
+                workflow_id: workflow.id,
+                step_id: step.id.clone(),
+                step_name: step.name.clone(),
+                condition: condition.clone(),
+            })),
+            Err(error) => {
+                return failed(
+                    execution,
+                    FailureCause::ConditionFailed {
+                        step_id: step.id.clone(),
+                    },
+                    format!("the condition of step '{}' {error}", step.name),
+                );
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        return skipped;
     }
 
     let mut load = execution.load();
@@ -249,13 +302,8 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     let one_at_a_time = workflow.configuration.constraints.allow_parallel_execution == Some(false);
 
     let mut events = Vec::new();
-    for step in &workflow.configuration.steps {
+    for step in ready {
         let progress = &execution.steps[&step.id];
-        let retry = matches!(progress.phase, Phase::Failed { .. });
-        let ready = (progress.phase == Phase::Waiting || retry) && step.depends_on.iter().all(done);
-        if !ready {
-            continue;
-        }
         // A step that must run alone waits for an idle execution, and blocks the others.
         if exclusive_running || (active > 0 && (one_at_a_time || !step.can_run_in_parallel)) {
             break;
@@ -284,6 +332,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             knowledge_sharing: workflow.configuration.coordination.knowledge_sharing,
             communication_style: workflow.configuration.coordination.communication_style,
             knowledge_watermark: watermark,
+            input: execution.input.clone(),
             timeout_at: step.timeout_minutes.map(|m| after_minutes(now, m)),
         })));
         if one_at_a_time || !step.can_run_in_parallel {
@@ -302,19 +351,40 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     events
 }
 
+/// A step's condition, over the execution's input and its steps as they are now.
+fn evaluate_condition(execution: &Execution, condition: &str) -> Result<bool, String> {
+    let steps = execution.steps.iter().map(|(id, progress)| {
+        let (summary, output) = match &progress.state {
+            StepState::Completed {
+                summary, output, ..
+            } => (summary.as_str(), output.as_str()),
+            _ => ("", ""),
+        };
+        (
+            id.as_str(),
+            StepView {
+                status: progress.state.name(),
+                summary,
+                output,
+            },
+        )
+    });
+    condition::evaluate(condition, execution.input.as_ref(), steps)
+}
+
 /// The results of the steps nothing depends on: what the workflow delivers.
 fn final_output(execution: &Execution) -> serde_json::Value {
     let steps = &execution.workflow.configuration.steps;
     let sinks = steps
         .iter()
-        .filter(|s| !steps.iter().any(|other| other.depends_on.contains(&s.id)));
+        .filter(|s| !execution.workflow.has_dependants(&s.id));
     let mut out = serde_json::Map::new();
     for step in sinks {
-        if let Phase::Completed {
+        if let StepState::Completed {
             agent,
             summary,
             output,
-        } = &execution.steps[&step.id].phase
+        } = &execution.steps[&step.id].state
         {
             out.insert(
                 step.id.to_string(),

@@ -22,7 +22,7 @@ pub use decide::{Command, ExecutionDecider, Start, TransitionRefused, decide, st
 pub use effects::{Effect, effects};
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Phase {
+pub enum StepState {
     /// Not yet handed to an agent (or failed with retries left).
     Waiting,
     Scheduled {
@@ -41,18 +41,42 @@ pub enum Phase {
         agent: AgentId,
         error: String,
     },
+    /// Its condition was false: it will not run, and counts as done for its dependants.
+    Skipped,
+}
+
+impl StepState {
+    /// The name a condition and the read models see.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Scheduled { .. } => "scheduled",
+            Self::Running { .. } => "running",
+            Self::Completed { .. } => "completed",
+            Self::Failed { .. } => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// Done, as far as the steps that depend on it are concerned.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Self::Completed { .. } | Self::Skipped)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepProgress {
-    /// The attempt the phase belongs to; 0 before the first scheduling.
+    /// The attempt the state belongs to; 0 before the first scheduling.
     pub attempt: u32,
-    pub phase: Phase,
+    pub state: StepState,
 }
 
 impl StepProgress {
     pub fn is_active(&self) -> bool {
-        matches!(self.phase, Phase::Scheduled { .. } | Phase::Running { .. })
+        matches!(
+            self.state,
+            StepState::Scheduled { .. } | StepState::Running { .. }
+        )
     }
 
     /// Whether `attempt` is this step's current attempt and still running.
@@ -93,6 +117,8 @@ pub struct Execution {
     pub workflow: WorkflowDefinition,
     /// Participating agents, in participation order.
     pub agents: Vec<AgentProfile>,
+    /// What the run was started with.
+    pub input: Option<serde_json::Value>,
     pub status: Status,
     pub steps: BTreeMap<StepId, StepProgress>,
 }
@@ -124,7 +150,7 @@ pub fn evolve(state: State, event: &Event) -> State {
                         s.id.clone(),
                         StepProgress {
                             attempt: 0,
-                            phase: Phase::Waiting,
+                            state: StepState::Waiting,
                         },
                     )
                 })
@@ -133,6 +159,7 @@ pub fn evolve(state: State, event: &Event) -> State {
                 id: started.execution_id,
                 workflow: started.workflow.clone(),
                 agents: started.agents.clone(),
+                input: started.input.clone(),
                 status: Status::Running,
                 steps,
             }))
@@ -153,20 +180,20 @@ impl Execution {
                 if e.attempt > p.attempt {
                     *p = StepProgress {
                         attempt: e.attempt,
-                        phase: Phase::Scheduled { agent: e.agent.id },
+                        state: StepState::Scheduled { agent: e.agent.id },
                     };
                 }
             }),
             Event::StepStarted(e) => self.step_event(&e.attempt.step_id, |p| {
-                if p.attempt == e.attempt.number && matches!(p.phase, Phase::Scheduled { .. }) {
-                    p.phase = Phase::Running {
+                if p.attempt == e.attempt.number && matches!(p.state, StepState::Scheduled { .. }) {
+                    p.state = StepState::Running {
                         agent: e.attempt.agent_id,
                     };
                 }
             }),
             Event::StepCompleted(e) => self.step_event(&e.attempt.step_id, |p| {
                 if p.runs(e.attempt.number) {
-                    p.phase = Phase::Completed {
+                    p.state = StepState::Completed {
                         agent: e.attempt.agent_id,
                         summary: e.result.summary.clone(),
                         output: e.result.output.clone(),
@@ -175,7 +202,7 @@ impl Execution {
             }),
             Event::StepFailed(e) => self.step_event(&e.attempt.step_id, |p| {
                 if p.runs(e.attempt.number) {
-                    p.phase = Phase::Failed {
+                    p.state = StepState::Failed {
                         agent: e.attempt.agent_id,
                         error: e.error.clone(),
                     };
@@ -183,10 +210,15 @@ impl Execution {
             }),
             Event::StepTimedOut(e) => self.step_event(&e.attempt.step_id, |p| {
                 if p.runs(e.attempt.number) {
-                    p.phase = Phase::Failed {
+                    p.state = StepState::Failed {
                         agent: e.attempt.agent_id,
                         error: format!("timed out after {} minute(s)", e.timeout_minutes),
                     };
+                }
+            }),
+            Event::StepSkipped(e) => self.step_event(&e.step_id, |p| {
+                if p.state == StepState::Waiting {
+                    p.state = StepState::Skipped;
                 }
             }),
             Event::ExecutionPaused(_) if self.status == Status::Running => {
@@ -231,7 +263,7 @@ impl Execution {
     fn load(&self) -> HashMap<AgentId, u32> {
         let mut load = HashMap::new();
         for progress in self.steps.values() {
-            if let Phase::Scheduled { agent } | Phase::Running { agent } = progress.phase {
+            if let StepState::Scheduled { agent } | StepState::Running { agent } = progress.state {
                 *load.entry(agent).or_insert(0) += 1;
             }
         }

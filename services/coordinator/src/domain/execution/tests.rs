@@ -4,8 +4,9 @@ use cadre_proto::events::{
     AssignmentReason, FailureCause, Request, StepAttempt, StepCompleted, StepFailed, StepStarted,
 };
 use cadre_proto::model::{
-    AgentProfile, Constraints, Coordination, ModelParameters, StepResult, StepType, TriggerReason,
-    WorkflowConfiguration, WorkflowDefinition, WorkflowStep, WorkflowType,
+    AgentProfile, Constraints, Coordination, ModelParameters, PhaseMode, StepResult, StepType,
+    TriggerReason, WorkflowConfiguration, WorkflowDefinition, WorkflowPhase, WorkflowStep,
+    WorkflowType,
 };
 use cadre_proto::timers::Timer;
 use cadre_proto::{AgentId, Event, EventId, ExecutionId, StepId, WorkflowId};
@@ -14,8 +15,7 @@ use proptest::prelude::*;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
-    Command, Effect, Phase, Start, State, Status, TransitionRefused, decide, effects, evolve,
-    started,
+    Command, Effect, Start, State, Status, TransitionRefused, decide, effects, evolve, started,
 };
 use crate::domain::validation::validate_workflow;
 
@@ -56,6 +56,7 @@ fn step(id: &str, deps: &[&str], skills: &[&str]) -> WorkflowStep {
         validation_criteria: vec![],
         review_required: false,
         reviewer_role: None,
+        condition: None,
     }
 }
 
@@ -69,6 +70,7 @@ fn workflow(agents: &[AgentProfile], steps: Vec<WorkflowStep>) -> WorkflowDefini
         coordinator_agent_id: None,
         configuration: WorkflowConfiguration {
             steps,
+            phases: vec![],
             coordination: Coordination::default(),
             constraints: Constraints::default(),
         },
@@ -83,6 +85,7 @@ fn start(workflow: &WorkflowDefinition, agents: &[AgentProfile]) -> Vec<Event> {
         triggered_by: None,
         workflow: workflow.clone(),
         agents: agents.to_vec(),
+        input: Some(serde_json::json!({"priority": "high", "tickets": 3})),
     };
     vec![Event::ExecutionStarted(Box::new(started(&start, 1, now())))]
 }
@@ -551,6 +554,162 @@ fn a_run_that_cannot_go_on_fails_with_a_recorded_reason() {
     assert!(failure.error.contains("no participating agent"));
 }
 
+fn skipped(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepSkipped(s) => Some(s.step_id.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs the log to its end, completing every scheduled step; returns the log.
+fn run_to_end(mut log: Vec<Event>) -> Vec<Event> {
+    for _ in 0..100 {
+        let decided = advance(&log);
+        if decided.is_empty() {
+            break;
+        }
+        let completions: Vec<Event> = decided
+            .iter()
+            .filter(|e| matches!(e, Event::StepScheduled(_)))
+            .map(completed)
+            .collect();
+        log.extend(decided);
+        log.extend(completions);
+    }
+    log
+}
+
+#[test]
+fn a_false_condition_skips_its_step_and_its_dependants_go_on() {
+    let team = vec![agent("Ada", &[])];
+    let mut hotfix = step("hotfix", &["triage"], &[]);
+    hotfix.condition =
+        Some("input.priority == 'high' && steps.triage.status == 'completed'".into());
+    let mut polish = step("polish", &["triage"], &[]);
+    polish.condition = Some("input.tickets > 5".into());
+    let wf = workflow(
+        &team,
+        vec![
+            step("triage", &[], &[]),
+            hotfix,
+            polish,
+            step("release", &["hotfix", "polish"], &[]),
+        ],
+    );
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    log.push(completed(&first[0]));
+
+    let next = advance(&log);
+    assert_eq!(skipped(&next), vec!["polish"], "skips come first");
+    log.extend(next);
+    let next = advance(&log);
+    assert_eq!(scheduled(&next), vec![("hotfix".into(), 1, team[0].id)]);
+    log.extend(next.clone());
+    log.push(completed(&next[0]));
+    let next = advance(&log);
+    assert_eq!(
+        scheduled(&next),
+        vec![("release".into(), 1, team[0].id)],
+        "a skipped dependency counts as done"
+    );
+    let log = run_to_end(log);
+    let Some(Event::ExecutionCompleted(done)) = log.last() else {
+        panic!("expected completion: {:?}", log.last())
+    };
+    assert!(done.final_output.get("release").is_some());
+    assert!(done.final_output.get("polish").is_none());
+}
+
+#[test]
+fn a_condition_that_cannot_be_evaluated_fails_the_run_with_the_reason() {
+    let team = vec![agent("Ada", &[])];
+    let mut odd = step("odd", &[], &[]);
+    odd.condition = Some("input.priority".into());
+    let log = start(&workflow(&team, vec![odd]), &team);
+    let end = advance(&log);
+    let [Event::ExecutionFailed(failure)] = end.as_slice() else {
+        panic!("expected failure, got {end:?}")
+    };
+    assert_eq!(
+        failure.cause,
+        FailureCause::ConditionFailed {
+            step_id: StepId::parse("odd").unwrap()
+        }
+    );
+    assert!(
+        failure
+            .error
+            .starts_with("the condition of step 'Step odd' gave"),
+        "{}",
+        failure.error
+    );
+}
+
+#[test]
+fn phases_run_one_after_another_in_their_mode() {
+    let team = vec![agent("Ada", &[]), agent("Bo", &[])];
+    let mut wf = workflow(
+        &team,
+        vec![
+            step("design", &[], &[]),
+            step("threats", &[], &[]),
+            step("build", &[], &[]),
+            step("test", &[], &[]),
+            step("docs", &[], &[]),
+        ],
+    );
+    wf.configuration.phases = vec![
+        WorkflowPhase {
+            name: "Analysis & Design".into(),
+            mode: PhaseMode::Parallel,
+            steps: vec![
+                StepId::parse("design").unwrap(),
+                StepId::parse("threats").unwrap(),
+            ],
+        },
+        WorkflowPhase {
+            name: "Core Implementation".into(),
+            mode: PhaseMode::Sequential,
+            steps: vec![
+                StepId::parse("build").unwrap(),
+                StepId::parse("test").unwrap(),
+            ],
+        },
+    ];
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    let mut names: Vec<String> = scheduled(&first).into_iter().map(|s| s.0).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["design", "docs", "threats"],
+        "phase 1 in parallel, and the step in no phase"
+    );
+    log.extend(first.clone());
+    log.push(completed(&first[0]));
+    assert!(
+        scheduled(&advance(&log)).is_empty(),
+        "phase 2 waits for all of phase 1"
+    );
+    for event in &first[1..] {
+        log.push(completed(event));
+    }
+    let second = advance(&log);
+    assert_eq!(scheduled(&second), vec![("build".into(), 1, team[0].id)]);
+    log.extend(second.clone());
+    log.push(completed(&second[0]));
+    assert_eq!(
+        scheduled(&advance(&log)),
+        vec![("test".into(), 1, team[0].id)],
+        "sequential: one after the other"
+    );
+}
+
 #[test]
 fn validation_names_the_offending_fields() {
     let team = vec![agent("Ada", &[])];
@@ -674,14 +833,20 @@ proptest! {
     #[test]
     fn every_run_ends_whatever_happens(
         deps in dag(),
+        conditions in proptest::collection::vec(0u8..4, 12),
         retries in 0u32..3,
         moves in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..20), 200),
     ) {
         let team = vec![agent("Ada", &[]), agent("Bo", &[])];
         let mut wf = dag_workflow(&deps, &team);
         wf.configuration.constraints.max_retries = Some(retries);
-        for s in &mut wf.configuration.steps {
+        for (s, condition) in wf.configuration.steps.iter_mut().zip(conditions) {
             s.timeout_minutes = Some(1.0);
+            s.condition = match condition {
+                0 => Some("input.priority == 'low'".into()),
+                1 => Some("input.tickets >= 3".into()),
+                _ => None,
+            };
         }
         let mut log = start(&wf, &team);
         let mut state = fold(&log);
@@ -723,7 +888,7 @@ proptest! {
             let Event::StepScheduled(s) = &attempt else { unreachable!() };
             if let State::Started(e) = &state {
                 for dependency in &s.step.depends_on {
-                    prop_assert!(matches!(e.steps[dependency].phase, Phase::Completed { .. }), "ran before its dependency");
+                    prop_assert!(e.steps[dependency].state.is_done(), "ran before its dependency");
                 }
             }
             let outcome = match roll % 3 {
@@ -736,8 +901,8 @@ proptest! {
         prop_assert!(state.is_finished(), "the run did not end: {:?}", state);
         prop_assert_eq!(fold(&log), state.clone());
         if let State::Started(e) = &state && e.status == Status::Completed {
-            let all_completed = e.steps.values().all(|p| matches!(p.phase, Phase::Completed { .. }));
-            prop_assert!(all_completed);
+            let all_done = e.steps.values().all(|p| p.state.is_done());
+            prop_assert!(all_done);
         }
     }
 }

@@ -1,0 +1,124 @@
+//! The LLM calls running on this worker, so that the coordinator can stop them: when an attempt
+//! times out or its execution is cancelled or fails, it publishes a [`StopCalls`] that every
+//! worker hears. Stopping is an optimisation, not a guarantee: the log already says the work is
+//! moot, and whatever a call that was not stopped reports is ignored by the coordinator.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cadre_proto::control::{self, StopCalls};
+use cadre_proto::{ExecutionId, StepId};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+type Key = (ExecutionId, StepId, u32);
+
+#[derive(Clone, Default)]
+pub struct RunningCalls(Arc<Mutex<HashMap<Key, CancellationToken>>>);
+
+/// A registered call; it leaves the registry when dropped.
+pub struct Registration {
+    calls: RunningCalls,
+    key: Key,
+    pub token: CancellationToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.calls.lock().remove(&self.key);
+    }
+}
+
+impl RunningCalls {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, CancellationToken>> {
+        // Every change under the lock is a single insert or remove: a poisoned map is sound.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers `attempt` of `step` while it runs.
+    pub fn register(&self, execution: ExecutionId, step: StepId, attempt: u32) -> Registration {
+        let token = CancellationToken::new();
+        let key = (execution, step, attempt);
+        self.lock().insert(key.clone(), token.clone());
+        Registration {
+            calls: self.clone(),
+            key,
+            token,
+        }
+    }
+
+    /// Cancels every running call `request` covers; returns how many.
+    pub fn stop(&self, request: &StopCalls) -> usize {
+        let calls = self.lock();
+        let mut stopped = 0;
+        for ((execution, step, attempt), token) in calls.iter() {
+            if request.covers(*execution, step, *attempt) {
+                token.cancel();
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
+    /// Listens for stop requests until `shutdown`.
+    pub async fn listen(
+        self,
+        client: async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let mut requests = client.subscribe(control::ALL_STOP_CALLS).await?;
+        while let Some(Some(message)) = shutdown.run_until_cancelled(requests.next()).await {
+            match serde_json::from_slice::<StopCalls>(&message.payload) {
+                Ok(request) => {
+                    let stopped = self.stop(&request);
+                    if stopped > 0 {
+                        tracing::info!(?request, stopped, "stopped running LLM calls");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "ignoring an unreadable stop request"),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_reaches_the_calls_it_names_and_no_other() {
+        let calls = RunningCalls::default();
+        let (e1, e2) = (ExecutionId::new(), ExecutionId::new());
+        let step = |s: &str| StepId::parse(s).unwrap();
+        let a1 = calls.register(e1, step("a"), 1);
+        let b1 = calls.register(e1, step("b"), 1);
+        let other = calls.register(e2, step("a"), 1);
+
+        let one = StopCalls {
+            execution_id: e1,
+            step_id: Some(step("a")),
+            attempt: Some(2),
+        };
+        assert_eq!(calls.stop(&one), 0, "another attempt of the step");
+        let one = StopCalls {
+            attempt: Some(1),
+            ..one
+        };
+        assert_eq!(calls.stop(&one), 1);
+        assert!(a1.token.is_cancelled() && !b1.token.is_cancelled());
+
+        let all = StopCalls {
+            execution_id: e1,
+            step_id: None,
+            attempt: None,
+        };
+        assert_eq!(calls.stop(&all), 2);
+        assert!(b1.token.is_cancelled() && !other.token.is_cancelled());
+
+        drop((a1, b1));
+        assert_eq!(calls.stop(&all), 0, "finished calls leave the registry");
+    }
+}

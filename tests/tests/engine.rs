@@ -1,0 +1,390 @@
+//! The workflow engine's time and control, end to end: step time-outs and execution time
+//! limits on durable timers (JetStream message schedules), cancel, pause and resume of
+//! executions and workflows, and timers that outlive the coordinator that armed them.
+
+// Test code: a panic is the failure report, in helpers as in tests.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cadre_proto::events::FailureCause;
+use cadre_proto::streams::COORDINATOR_CONSUMER;
+use cadre_proto::timers::Timer;
+use cadre_proto::{Event, ExecutionId, StepId, TenantId, WorkflowId, subjects};
+use cadre_tests::api::{Reply, agent, pipeline};
+use cadre_tests::stack::FAKE_PROVIDER;
+use cadre_tests::{Stack, StackOptions, eventually};
+use serde_json::{Value, json};
+
+const FINISH: Duration = Duration::from_secs(60);
+/// An LLM that answers long after any test is over: only a stopped call ends sooner.
+const NEVER: Duration = Duration::from_secs(3600);
+
+/// A stack whose worker waits for the fake LLM as long as it takes.
+async fn patient_stack() -> Stack {
+    Stack::start_with(StackOptions {
+        llm_timeout_secs: 3600,
+        ..Default::default()
+    })
+    .await
+}
+
+/// One agent on the fake LLM and a workflow of `steps` steps (a pipeline), with `patch`
+/// merged into its first step and `constraints` as its constraints; returns the workflow id.
+async fn workflow(stack: &Stack, steps: usize, patch: Value, constraints: Value) -> String {
+    let ada = stack
+        .api
+        .register_agent(&agent("Ada", "analyst", &["research"], FAKE_PROVIDER))
+        .await;
+    let ids = vec![ada["id"].as_str().unwrap().to_owned()];
+    let mut body = pipeline("Engine", &ids, &[&["research"]], steps);
+    for (key, value) in patch.as_object().unwrap() {
+        body["configuration"]["steps"][0][key] = value.clone();
+    }
+    body["configuration"]["constraints"] = constraints;
+    stack.api.create_workflow(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+struct Run {
+    workflow: WorkflowId,
+    execution: ExecutionId,
+    id: String,
+}
+
+async fn start(stack: &Stack, workflow_id: &str) -> Run {
+    let (id, _) = stack.api.start_execution(workflow_id).await;
+    Run {
+        workflow: WorkflowId(workflow_id.parse().unwrap()),
+        execution: ExecutionId(id.parse().unwrap()),
+        id,
+    }
+}
+
+/// The execution's state events in the log, in order.
+async fn events(stack: &Stack, run: &Run) -> Vec<Event> {
+    stack
+        .bus
+        .read_all(&subjects::execution_state(
+            &TenantId::default_tenant(),
+            run.workflow,
+            run.execution,
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.envelope.event)
+        .collect()
+}
+
+/// Waits for an event of the execution that `wanted` accepts, and returns it.
+async fn wait_for(stack: &Stack, run: &Run, what: &str, wanted: fn(&Event) -> bool) -> Event {
+    eventually(FINISH, what, || async {
+        events(stack, run).await.into_iter().find(wanted)
+    })
+    .await
+}
+
+fn step_started(step: &'static str) -> impl Fn(&Event) -> bool {
+    move |e| matches!(e, Event::StepStarted(s) if s.attempt.step_id.as_str() == step)
+}
+
+async fn control(stack: &Stack, path: &str, body: Value) -> Reply {
+    stack.api.post(path, &body).await
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_timeout_is_timed_out_its_call_stopped_and_the_run_fails() {
+    let stack = patient_stack().await;
+    stack.llm.set_latency(NEVER);
+    // 0.05 minutes is 3 s; one retry, so two attempts time out.
+    let workflow_id = workflow(
+        &stack,
+        2,
+        json!({"timeoutMinutes": 0.05}),
+        json!({"maxRetries": 1}),
+    )
+    .await;
+    let run = start(&stack, &workflow_id).await;
+    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    assert_eq!(execution["status"], "failed", "{execution:#}");
+    let error = execution["errorMessage"].as_str().unwrap();
+    assert!(
+        error.contains("failed after 2 attempt(s): timed out after 0.05 minute(s)"),
+        "{error}"
+    );
+    let log = events(&stack, &run).await;
+    let timed_out: Vec<u32> = log
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepTimedOut(t) => Some(t.attempt.number),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timed_out, vec![1, 2]);
+    assert!(matches!(
+        log.last(),
+        Some(Event::ExecutionFailed(f)) if f.cause == FailureCause::StepFailed { step_id: StepId::parse("step-1").unwrap() }
+    ));
+    // Both calls were stopped by the coordinator, not left to run for the LLM's hour.
+    eventually(FINISH, "both LLM calls to be stopped", || async {
+        (stack.llm.abandoned() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(execution["stepResults"]["step-1"]["status"], "timed_out");
+    assert!(execution["stepResults"].get("step-2").is_none());
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_past_its_time_limit_fails_with_reason_time_limit() {
+    let stack = patient_stack().await;
+    stack.llm.set_latency(NEVER);
+    let workflow_id = workflow(&stack, 1, json!({}), json!({"maxExecutionTime": 2})).await;
+    let run = start(&stack, &workflow_id).await;
+    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    assert_eq!(execution["status"], "failed", "{execution:#}");
+    assert!(
+        execution["errorMessage"]
+            .as_str()
+            .unwrap()
+            .starts_with("time limit"),
+        "{execution:#}"
+    );
+    assert!(matches!(
+        events(&stack, &run).await.last(),
+        Some(Event::ExecutionFailed(f)) if f.cause == FailureCause::TimeLimit { max_execution_seconds: 2 }
+    ));
+    eventually(FINISH, "the LLM call to be stopped", || async {
+        (stack.llm.abandoned() == 1).then_some(())
+    })
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_ends_a_running_execution_and_stops_its_calls() {
+    let stack = patient_stack().await;
+    stack.llm.set_latency(NEVER);
+    let workflow_id = workflow(&stack, 2, json!({}), json!({})).await;
+    let run = start(&stack, &workflow_id).await;
+    wait_for(&stack, &run, "step-1 to start", step_started("step-1")).await;
+
+    let cancel = format!("/v1/executions/{}/cancel", run.id);
+    let reply = control(
+        &stack,
+        &cancel,
+        json!({"reason": "wrong input", "requestedBy": "ops"}),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body["status"], "cancelled");
+    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    assert_eq!(execution["status"], "cancelled", "{execution:#}");
+
+    for path in [cancel.clone(), format!("/v1/executions/{}/pause", run.id)] {
+        let again = control(&stack, &path, json!({})).await;
+        assert_eq!(again.status, 409, "{}", again.body);
+        assert_eq!(again.content_type, "application/problem+json");
+        assert_eq!(again.body["currentStatus"], "cancelled");
+        assert!(
+            again.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("the execution is cancelled")
+        );
+    }
+    eventually(FINISH, "the LLM call to be stopped", || async {
+        (stack.llm.abandoned() == 1).then_some(())
+    })
+    .await;
+    let log = events(&stack, &run).await;
+    assert!(
+        matches!(log.last(), Some(Event::ExecutionCancelled(c)) if c.request.reason.as_deref() == Some("wrong input"))
+    );
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, Event::StepCompleted(_) | Event::StepScheduled(s) if s.step.id.as_str() == "step-2"))
+    );
+    let ghost = format!("/v1/executions/{}/cancel", uuid::Uuid::now_v7());
+    assert_eq!(control(&stack, &ghost, json!({})).await.status, 404);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn pause_lets_the_running_step_finish_and_resume_carries_on() {
+    let stack = Stack::start().await;
+    stack.llm.set_latency(Duration::from_millis(500));
+    let workflow_id = workflow(&stack, 2, json!({}), json!({})).await;
+    let run = start(&stack, &workflow_id).await;
+    wait_for(&stack, &run, "step-1 to start", step_started("step-1")).await;
+
+    let reply = control(
+        &stack,
+        &format!("/v1/executions/{}/pause", run.id),
+        json!({}),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body["status"], "paused");
+
+    // Step 1 finishes; once the coordinator has acted on its completion, step 2 is still not
+    // scheduled.
+    wait_for(&stack, &run, "step-1 to complete", |e| {
+        matches!(e, Event::StepCompleted(_))
+    })
+    .await;
+    let completed_at = stack.log_state().await.last_sequence;
+    eventually(
+        FINISH,
+        "the coordinator to process step-1's completion",
+        || async {
+            let info = stack
+                .bus
+                .stream()
+                .consumer_info(COORDINATOR_CONSUMER)
+                .await
+                .ok()?;
+            (info.ack_floor.stream_sequence >= completed_at).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !events(&stack, &run)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::StepScheduled(s) if s.step.id.as_str() == "step-2")),
+        "nothing is scheduled while paused"
+    );
+    eventually(FINISH, "the read model to say paused", || async {
+        let body = stack
+            .api
+            .get(&format!("/v1/executions/{}", run.id))
+            .await
+            .body;
+        (body["status"] == "paused").then_some(())
+    })
+    .await;
+
+    let reply = control(
+        &stack,
+        &format!("/v1/executions/{}/resume", run.id),
+        json!({}),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body["status"], "running");
+    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    let resume_again = control(
+        &stack,
+        &format!("/v1/executions/{}/resume", run.id),
+        json!({}),
+    )
+    .await;
+    assert_eq!(resume_again.status, 409);
+    assert_eq!(resume_again.body["currentStatus"], "completed");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_paused_workflow_takes_no_new_executions_until_resumed() {
+    let stack = Stack::start().await;
+    let workflow_id = workflow(&stack, 1, json!({}), json!({})).await;
+    let pause = format!("/v1/workflows/{workflow_id}/pause");
+    let reply = control(&stack, &pause, json!({"reason": "maintenance"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["status"], "paused");
+    let again = control(&stack, &pause, json!({})).await;
+    assert_eq!(again.status, 409);
+    assert_eq!(again.body["currentStatus"], "paused");
+
+    let start = format!("/v1/workflows/{workflow_id}/executions");
+    let refused = stack.api.post(&start, &json!({})).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(refused.body["currentStatus"], "paused");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("resume it")
+    );
+
+    let reply = control(
+        &stack,
+        &format!("/v1/workflows/{workflow_id}/resume"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["status"], "active");
+    let run = start_and_finish(&stack, &workflow_id).await;
+    assert_eq!(run["status"], "completed");
+    assert_eq!(
+        run["executionNumber"], 1,
+        "the refused start used no number"
+    );
+    stack.stop().await;
+}
+
+async fn start_and_finish(stack: &Stack, workflow_id: &str) -> Value {
+    let (id, _) = stack.api.start_execution(workflow_id).await;
+    stack.api.wait_until_finished(&id, FINISH).await
+}
+
+#[tokio::test]
+async fn a_timer_armed_before_a_coordinator_stopped_fires_for_the_next_one() {
+    let mut stack = patient_stack().await;
+    stack.llm.set_latency(NEVER);
+    let workflow_id = workflow(&stack, 1, json!({"timeoutMinutes": 0.05}), json!({})).await;
+    let run = start(&stack, &workflow_id).await;
+    wait_for(&stack, &run, "step-1 to start", step_started("step-1")).await;
+    let tenant = TenantId::default_tenant();
+    let timer = Timer::StepTimeout {
+        workflow_id: run.workflow,
+        execution_id: run.execution,
+        step_id: StepId::parse("step-1").unwrap(),
+        attempt: 1,
+    };
+    let timers = stack.bus.timers_stream().clone();
+    eventually(FINISH, "the step's timer to be armed", || async {
+        timers
+            .get_last_raw_message_by_subject(&timer.schedule_subject(&tenant))
+            .await
+            .ok()
+    })
+    .await;
+    stack.stop_service("coordinator").await;
+
+    // The schedule lives in JetStream: it fires with no coordinator running.
+    eventually(FINISH, "the timer to fire", || async {
+        timers
+            .get_last_raw_message_by_subject(&timer.fired_subject(&tenant))
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        !events(&stack, &run)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::StepTimedOut(_))),
+        "nobody decided on it yet"
+    );
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (next, next_api) = stack.second_coordinator(stop.clone()).await;
+    let execution = next_api.wait_until_finished(&run.id, FINISH).await;
+    assert_eq!(execution["status"], "failed", "{execution:#}");
+    assert!(
+        execution["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 0.05 minute(s)")
+    );
+    stop.cancel();
+    next.wait().await.unwrap();
+    stack.stop().await;
+}
