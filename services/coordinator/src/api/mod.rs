@@ -33,7 +33,10 @@ use cadre_runtime::health::{self, Readiness};
 
 use crate::SOURCE;
 use crate::domain::execution::{Command, Start, State as ExecutionState, decide};
-use crate::domain::validation::{FieldError, referenced_agents, validate_agent, validate_workflow};
+use crate::domain::validation::{
+    FieldError, referenced_agents, start_size_error, validate_agent, validate_start,
+    validate_workflow,
+};
 use crate::read::{self, Page};
 use body::Body;
 pub use problem::Problem;
@@ -96,6 +99,11 @@ fn publish_failed(error: PublishError) -> Problem {
     match error {
         PublishError::Conflict { .. } => {
             Problem::conflict("another request changed this resource at the same time; retry")
+        }
+        // The same request would be refused again: the client must change it, not retry.
+        PublishError::Nats(error) if problem::is_too_large(&error) => {
+            tracing::warn!(%error, "event refused as too large");
+            Problem::too_large_to_record(&error)
         }
         PublishError::Nats(error) => {
             tracing::error!(%error, "event append failed");
@@ -283,6 +291,14 @@ async fn create_workflow(
             unknown,
         ));
     }
+    // The participants in order (the coordinator is one of them): what a start snapshots.
+    let agents: Vec<AgentProfile> = known.into_iter().flatten().collect();
+    if let Some(too_large) = start_size_error(&workflow, &agents, &app.tenant) {
+        return Err(Problem::invalid(
+            format!("the workflow could never start: {}", too_large.message),
+            vec![too_large],
+        ));
+    }
     let envelope = Envelope::new(
         SOURCE,
         app.tenant.clone(),
@@ -402,6 +418,10 @@ async fn start_execution(
     } else {
         body::parse(&bytes)?
     };
+    let errors = validate_start(request.triggered_by.as_deref());
+    if !errors.is_empty() {
+        return Err(Problem::invalid("the start request is not valid", errors));
+    }
     let lock = app.starts.of(workflow_id);
     let mut cached = lock.lock().await;
     let starts = match cached.as_mut() {
