@@ -159,7 +159,7 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             "/workflowType",
             &format!("workflowType '{}'", wire_name(&workflow.workflow_type)),
             "every step runs once, as its dependsOn allows, with no conditions or repetition",
-            "use 'pipeline' or 'parallel', or leave workflowType out",
+            "remove it, or use 'pipeline' or 'parallel'",
         ));
     }
 
@@ -205,7 +205,7 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             "/configuration/coordination/decisionMaking",
             &format!("decisionMaking '{}'", wire_name(&decision_making)),
             "each step's agent decides on its own and no vote is taken",
-            "use 'coordinator' or leave decisionMaking out",
+            "remove it, or use 'coordinator'",
         ));
     }
 
