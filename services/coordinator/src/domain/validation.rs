@@ -29,7 +29,7 @@ fn error(pointer: impl Into<String>, message: impl Into<String>) -> FieldError {
 
 /// Limits on every free-text field and list, in characters and entries. Each bounds what one
 /// field may add to an event: a run's first event snapshots the workflow and all its agents'
-/// profiles in one message (see [`start_size_errors`]), and the steps' texts go into prompts.
+/// profiles in one message (see [`start_size_error`]), and the steps' texts go into prompts.
 pub mod limits {
     /// Names, roles, models, skills, a step's name.
     pub const NAME: usize = 200;
@@ -47,8 +47,6 @@ pub mod limits {
     /// The label a start request may give its trigger.
     pub const TRIGGERED_BY: usize = 200;
 }
-
-pub const MAX_STEPS: usize = limits::STEPS;
 
 fn too_long(max: usize, count: usize) -> String {
     format!("must be at most {max} characters (it has {count})")
@@ -357,7 +355,8 @@ pub fn start_size_error(
     tenant: &TenantId,
 ) -> Option<FieldError> {
     let limit = usize::try_from(MAX_EVENT_BYTES).unwrap_or(usize::MAX);
-    // The event a start writes, built the way a start builds it (see `start_execution`).
+    // The event `decide` makes of a `Start`, with the widest number and trigger reason; a new
+    // field on the event stops this from compiling until it is accounted for here.
     let started = Event::ExecutionStarted(Box::new(ExecutionStarted {
         execution_id: ExecutionId(uuid::Uuid::nil()),
         workflow_id: workflow.id,
