@@ -24,13 +24,13 @@ use super::{
 use crate::command::{Aggregate, History};
 use crate::domain::execution::{Command, ExecutionDecider, Start, TransitionRefused};
 use crate::domain::starts::{StartExecution, Starts};
-use crate::domain::validation::FieldError;
+use crate::domain::validation::validate_start;
 use crate::read;
 
 /// The body of a start: all optional (the seed's `executionContext` is `input`).
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct StartRequest {
+pub(super) struct StartRequest {
     #[serde(default)]
     trigger_reason: TriggerReason,
     #[serde(default)]
@@ -39,35 +39,9 @@ struct StartRequest {
     input: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Largest `input`, as JSON: it travels in the start event and in every scheduled step.
-const MAX_INPUT_BYTES: usize = 64 * 1024;
-/// Longest `triggeredBy`.
-const MAX_TRIGGERED_BY: usize = 200;
-
 impl StartRequest {
     fn validate(&self) -> Result<(), Problem> {
-        let mut errors = Vec::new();
-        if let Some(input) = &self.input {
-            let size = serde_json::to_vec(input).map_or(usize::MAX, |bytes| bytes.len());
-            if size > MAX_INPUT_BYTES {
-                errors.push(FieldError {
-                    pointer: "/input".to_owned(),
-                    message: format!(
-                        "is {size} bytes as JSON; at most {MAX_INPUT_BYTES} are accepted (pass large data by reference, e.g. a URL)"
-                    ),
-                });
-            }
-        }
-        if self
-            .triggered_by
-            .as_ref()
-            .is_some_and(|t| t.chars().count() > MAX_TRIGGERED_BY)
-        {
-            errors.push(FieldError {
-                pointer: "/triggeredBy".to_owned(),
-                message: format!("must be at most {MAX_TRIGGERED_BY} characters"),
-            });
-        }
+        let errors = validate_start(self.triggered_by.as_deref(), self.input.as_ref());
         if errors.is_empty() {
             Ok(())
         } else {

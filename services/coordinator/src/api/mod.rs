@@ -94,6 +94,11 @@ fn publish_failed(error: PublishError) -> Problem {
         PublishError::Conflict { .. } => {
             Problem::conflict("another request changed this resource at the same time; retry")
         }
+        // The same request would be refused again: the client must change it, not retry.
+        PublishError::Nats(error) if problem::is_too_large(&error) => {
+            tracing::warn!(%error, "event refused as too large");
+            Problem::too_large_to_record(&error)
+        }
         PublishError::Nats(error) => {
             tracing::error!(%error, "event append failed");
             Problem::unavailable(

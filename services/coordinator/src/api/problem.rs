@@ -1,5 +1,7 @@
 //! RFC 9457 problem details: every error the API returns, with a message a person can act on.
 
+use async_nats::jetstream;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -88,6 +90,24 @@ impl Problem {
         )
     }
 
+    /// The event log refused to store the event a request would record because it is too
+    /// large: a property of the request (or of the workflow it starts), not an outage, so
+    /// retrying would fail the same way.
+    pub fn too_large_to_record(error: &PublishError) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too-large-to-record",
+            "Too large to record",
+            format!(
+                "the event this request would record is larger than the event log accepts \
+                 ({error}); nothing was written and retrying will not help: make the request \
+                 smaller (to start a workflow, its definition and its agents' profiles must fit \
+                 in {} KiB together)",
+                cadre_proto::streams::MAX_EVENT_BYTES / 1024
+            ),
+        )
+    }
+
     pub fn unsupported_media_type() -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -140,5 +160,61 @@ impl From<BytesRejection> for Problem {
 impl From<PathRejection> for Problem {
     fn from(rejection: PathRejection) -> Self {
         Problem::bad_request(rejection.body_text())
+    }
+}
+
+/// Whether NATS refused a publish because the message is too large: the client's check against
+/// the server's `max_payload`, or JetStream's against the stream's maximum message size.
+pub fn is_too_large(error: &PublishError) -> bool {
+    if error.kind() == PublishErrorKind::MaxPayloadExceeded {
+        return true;
+    }
+    let stream_refused = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM);
+    // Older clients and servers say it only in words.
+    let text = error.to_string().to_lowercase();
+    stream_refused
+        || text.contains("maximum payload")
+        || text.contains("message size exceeds maximum allowed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_error(code: u64, description: &str) -> PublishError {
+        let error: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 400, "err_code": code, "description": description
+        }))
+        .unwrap();
+        PublishError::with_source(PublishErrorKind::Other, error)
+    }
+
+    #[test]
+    fn a_message_too_large_is_the_request_s_fault_not_an_outage() {
+        let refusals = [
+            PublishError::with_source(
+                PublishErrorKind::MaxPayloadExceeded,
+                "Payload size limit of 1048576 exceeded by message size of 1200000",
+            ),
+            stream_error(10054, "message size exceeds maximum allowed"),
+            PublishError::with_source(PublishErrorKind::Other, "nats: Maximum Payload Violation"),
+        ];
+        for error in &refusals {
+            assert!(is_too_large(error), "{error}");
+            let problem = Problem::too_large_to_record(error);
+            assert_eq!(problem.status, 422);
+            assert!(problem.detail.contains("retrying will not help"));
+        }
+
+        let outages = [
+            PublishError::new(PublishErrorKind::TimedOut),
+            PublishError::new(PublishErrorKind::StreamNotFound),
+            stream_error(10008, "JetStream system temporarily unavailable"),
+        ];
+        for error in &outages {
+            assert!(!is_too_large(error), "{error}");
+        }
     }
 }

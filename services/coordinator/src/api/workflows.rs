@@ -19,7 +19,9 @@ use super::{
     parse_id, unavailable_db, unavailable_log,
 };
 use crate::command::{Aggregate, History};
-use crate::domain::validation::{FieldError, referenced_agents, validate_workflow};
+use crate::domain::validation::{
+    FieldError, referenced_agents, start_size_error, validate_workflow,
+};
 use crate::domain::workflow::{self, Command, Workflow};
 use crate::read;
 
@@ -71,6 +73,14 @@ pub(super) async fn create(
         return Err(Problem::invalid(
             "the workflow names agents that are not registered",
             unknown,
+        ));
+    }
+    // The participants in order (the coordinator is one of them): what a start snapshots.
+    let agents: Vec<_> = known.into_iter().flatten().collect();
+    if let Some(too_large) = start_size_error(&definition, &agents, &app.tenant) {
+        return Err(Problem::invalid(
+            format!("the workflow could never start: {}", too_large.message),
+            vec![too_large],
         ));
     }
     let filter = subjects::workflow_lifecycle(&app.tenant, definition.id);

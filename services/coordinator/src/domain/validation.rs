@@ -3,9 +3,17 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cadre_proto::model::{AgentProfile, WorkflowDefinition};
-use cadre_proto::{AgentId, StepId};
+use chrono::{DateTime, Utc};
+
+use cadre_proto::events::{Event, ExecutionStarted};
+use cadre_proto::model::{
+    AgentProfile, DecisionMaking, TriggerReason, WorkflowDefinition, WorkflowType,
+};
+use cadre_proto::streams::MAX_EVENT_BYTES;
+use cadre_proto::{AgentId, Envelope, ExecutionId, StepId, TenantId};
 use serde::Serialize;
+
+use super::condition;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
@@ -21,30 +29,96 @@ fn error(pointer: impl Into<String>, message: impl Into<String>) -> FieldError {
     }
 }
 
-const MAX_NAME: usize = 200;
-pub const MAX_STEPS: usize = 500;
-/// Longest step attempt: a week, in minutes.
-const MAX_TIMEOUT_MINUTES: f64 = 7.0 * 24.0 * 60.0;
-/// Longest run: 30 days, in seconds.
-const MAX_EXECUTION_SECONDS: u32 = 30 * 24 * 3600;
+/// Limits on every free-text field and list, in characters and entries. Each bounds what one
+/// field may add to an event: a run's first event snapshots the workflow and all its agents'
+/// profiles in one message (see [`start_size_error`]), and the steps' texts go into prompts.
+pub mod limits {
+    /// Names, roles, models, skills, a step's name.
+    pub const NAME: usize = 200;
+    pub const PROVIDER: usize = 64;
+    pub const BACKSTORY: usize = 8 * 1024;
+    pub const SKILLS: usize = 50;
+    /// A workflow's or a step's description.
+    pub const DESCRIPTION: usize = 4 * 1024;
+    pub const INSTRUCTIONS: usize = 64 * 1024;
+    pub const EXPECTED_OUTPUT: usize = 16 * 1024;
+    pub const VALIDATION_CRITERIA: usize = 50;
+    pub const VALIDATION_CRITERION: usize = 1024;
+    pub const PARTICIPATING_AGENTS: usize = 100;
+    pub const STEPS: usize = 500;
+    /// The label a start request may give its trigger.
+    pub const TRIGGERED_BY: usize = 200;
+    /// Longest step attempt: a week, in minutes.
+    pub const TIMEOUT_MINUTES: f64 = 7.0 * 24.0 * 60.0;
+    /// Longest run: 30 days, in seconds.
+    pub const EXECUTION_SECONDS: u32 = 30 * 24 * 3600;
+    pub const PHASES: usize = 50;
+    /// A start's `input`, as JSON: it travels in the start event and every scheduled step.
+    pub const INPUT_BYTES: usize = 64 * 1024;
+}
 
+fn too_long(max: usize, count: usize) -> String {
+    format!("must be at most {max} characters (it has {count})")
+}
+
+/// A text that must say something, within `max` characters.
 fn require_text(errors: &mut Vec<FieldError>, pointer: &str, value: &str, max: usize) {
     if value.trim().is_empty() {
         errors.push(error(pointer, "must not be empty"));
-    } else if value.chars().count() > max {
-        errors.push(error(pointer, format!("must be at most {max} characters")));
+    } else {
+        limit_text(errors, pointer, value, max);
+    }
+}
+
+/// A text that may be empty, within `max` characters.
+fn limit_text(errors: &mut Vec<FieldError>, pointer: &str, value: &str, max: usize) {
+    let count = value.chars().count();
+    if count > max {
+        errors.push(error(pointer, too_long(max, count)));
+    }
+}
+
+/// A list of at most `max_entries` texts, each non-empty and within `max` characters.
+fn require_texts(
+    errors: &mut Vec<FieldError>,
+    pointer: &str,
+    values: &[String],
+    max_entries: usize,
+    max: usize,
+) {
+    if values.len() > max_entries {
+        errors.push(error(
+            pointer,
+            format!(
+                "must have at most {max_entries} entries (it has {})",
+                values.len()
+            ),
+        ));
+    }
+    for (i, value) in values.iter().enumerate() {
+        require_text(errors, &format!("{pointer}/{i}"), value, max);
     }
 }
 
 pub fn validate_agent(agent: &AgentProfile) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    require_text(&mut errors, "/name", &agent.name, MAX_NAME);
-    require_text(&mut errors, "/role", &agent.role, MAX_NAME);
-    require_text(&mut errors, "/provider", &agent.provider, 64);
-    require_text(&mut errors, "/model", &agent.model, MAX_NAME);
-    for (i, skill) in agent.skills.iter().enumerate() {
-        require_text(&mut errors, &format!("/skills/{i}"), skill, MAX_NAME);
-    }
+    require_text(&mut errors, "/name", &agent.name, limits::NAME);
+    require_text(&mut errors, "/role", &agent.role, limits::NAME);
+    limit_text(
+        &mut errors,
+        "/backstory",
+        &agent.backstory,
+        limits::BACKSTORY,
+    );
+    require_texts(
+        &mut errors,
+        "/skills",
+        &agent.skills,
+        limits::SKILLS,
+        limits::NAME,
+    );
+    require_text(&mut errors, "/provider", &agent.provider, limits::PROVIDER);
+    require_text(&mut errors, "/model", &agent.model, limits::NAME);
     if let Some(t) = agent.model_parameters.temperature
         && !(0.0..=2.0).contains(&t)
     {
@@ -59,25 +133,102 @@ pub fn validate_agent(agent: &AgentProfile) -> Vec<FieldError> {
     errors
 }
 
+/// What a start request may carry besides its trigger reason.
+pub fn validate_start(
+    triggered_by: Option<&str>,
+    input: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(label) = triggered_by {
+        limit_text(&mut errors, "/triggeredBy", label, limits::TRIGGERED_BY);
+    }
+    if let Some(input) = input {
+        let size = json_len(input);
+        if size > limits::INPUT_BYTES {
+            errors.push(error(
+                "/input",
+                format!(
+                    "is {size} bytes as JSON; at most {} are accepted (pass large data by reference, such as a URL)",
+                    limits::INPUT_BYTES
+                ),
+            ));
+        }
+    }
+    errors
+}
+
+/// A field the API accepts in its schema but does not act on yet: refused rather than stored
+/// and silently ignored, so no one relies on behaviour that does not exist.
+fn unsupported(pointer: impl Into<String>, what: &str, why: &str, instead: &str) -> FieldError {
+    error(
+        pointer,
+        format!("{what} is not supported yet: {why}; {instead}"),
+    )
+}
+
 /// Checks a workflow on its own; whether its agents exist is the caller's question.
 pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    require_text(&mut errors, "/name", &workflow.name, MAX_NAME);
+    require_text(&mut errors, "/name", &workflow.name, limits::NAME);
+    limit_text(
+        &mut errors,
+        "/description",
+        &workflow.description,
+        limits::DESCRIPTION,
+    );
+    if workflow.workflow_type == WorkflowType::Recursive {
+        errors.push(unsupported(
+            "/workflowType",
+            "workflowType 'recursive'",
+            "no step runs another workflow as a child execution",
+            "remove it, or use 'pipeline', 'parallel' or 'conditional'",
+        ));
+    }
 
-    if workflow.participating_agents.is_empty() {
+    let agents = &workflow.participating_agents;
+    if agents.is_empty() {
         errors.push(error(
             "/participatingAgents",
             "must name at least one agent",
         ));
+    } else if agents.len() > limits::PARTICIPATING_AGENTS {
+        errors.push(error(
+            "/participatingAgents",
+            format!(
+                "must name at most {} agents (it names {})",
+                limits::PARTICIPATING_AGENTS,
+                agents.len()
+            ),
+        ));
     }
     let mut seen_agents = HashSet::new();
-    for (i, agent) in workflow.participating_agents.iter().enumerate() {
+    for (i, agent) in agents.iter().enumerate() {
         if !seen_agents.insert(agent) {
             errors.push(error(
                 format!("/participatingAgents/{i}"),
                 format!("agent {agent} is listed twice"),
             ));
         }
+    }
+    if let Some(coordinator) = workflow.coordinator_agent_id
+        && !agents.contains(&coordinator)
+    {
+        errors.push(error(
+            "/coordinatorAgentId",
+            format!(
+                "agent {coordinator} is not one of the participatingAgents; add it to them or \
+                 choose one of them as the coordinator"
+            ),
+        ));
+    }
+    let decision_making = workflow.configuration.coordination.decision_making;
+    if decision_making != DecisionMaking::Coordinator {
+        errors.push(unsupported(
+            "/configuration/coordination/decisionMaking",
+            &format!("decisionMaking '{}'", wire_name(&decision_making)),
+            "each step's agent decides on its own and no vote is taken",
+            "remove it, or use 'coordinator'",
+        ));
     }
 
     let steps = &workflow.configuration.steps;
@@ -86,19 +237,26 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             "/configuration/steps",
             "must contain at least one step",
         ));
-    } else if steps.len() > MAX_STEPS {
+    } else if steps.len() > limits::STEPS {
         errors.push(error(
             "/configuration/steps",
-            format!("must contain at most {MAX_STEPS} steps"),
+            format!(
+                "must contain at most {} steps (it has {})",
+                limits::STEPS,
+                steps.len()
+            ),
         ));
     }
 
     if let Some(seconds) = workflow.configuration.constraints.max_execution_time
-        && !(1..=MAX_EXECUTION_SECONDS).contains(&seconds)
+        && !(1..=limits::EXECUTION_SECONDS).contains(&seconds)
     {
         errors.push(error(
             "/configuration/constraints/maxExecutionTime",
-            format!("must be from 1 to {MAX_EXECUTION_SECONDS} seconds (30 days)"),
+            format!(
+                "must be from 1 to {} seconds (30 days)",
+                limits::EXECUTION_SECONDS
+            ),
         ));
     }
 
@@ -111,56 +269,257 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
                 format!("duplicate step id '{}'", step.id),
             ));
         }
-        require_text(&mut errors, &format!("{at}/name"), &step.name, MAX_NAME);
+        require_text(&mut errors, &format!("{at}/name"), &step.name, limits::NAME);
+        limit_text(
+            &mut errors,
+            &format!("{at}/description"),
+            &step.description,
+            limits::DESCRIPTION,
+        );
+        if let Some(role) = &step.assigned_agent_role {
+            require_text(
+                &mut errors,
+                &format!("{at}/assignedAgentRole"),
+                role,
+                limits::NAME,
+            );
+        }
+        require_texts(
+            &mut errors,
+            &format!("{at}/requiredSkills"),
+            &step.required_skills,
+            limits::SKILLS,
+            limits::NAME,
+        );
         require_text(
             &mut errors,
             &format!("{at}/instructions"),
             &step.instructions,
-            64 * 1024,
+            limits::INSTRUCTIONS,
         );
         require_text(
             &mut errors,
             &format!("{at}/expectedOutput"),
             &step.expected_output,
-            16 * 1024,
+            limits::EXPECTED_OUTPUT,
         );
+        require_texts(
+            &mut errors,
+            &format!("{at}/validationCriteria"),
+            &step.validation_criteria,
+            limits::VALIDATION_CRITERIA,
+            limits::VALIDATION_CRITERION,
+        );
+        if step.review_required {
+            errors.push(unsupported(
+                format!("{at}/reviewRequired"),
+                "reviewRequired",
+                "no review is scheduled after a step",
+                "remove it, or add a review step that dependsOn this one",
+            ));
+        }
+        if let Some(role) = &step.reviewer_role {
+            errors.push(unsupported(
+                format!("{at}/reviewerRole"),
+                "reviewerRole",
+                "no reviewer is assigned to a step",
+                "remove it, or add a review step with that assignedAgentRole",
+            ));
+            // Checked already so that the limit is in place the day reviews are.
+            limit_text(
+                &mut errors,
+                &format!("{at}/reviewerRole"),
+                role,
+                limits::NAME,
+            );
+        }
         if let Some(preferred) = step.preferred_agent_id
-            && !workflow.participating_agents.contains(&preferred)
+            && !agents.contains(&preferred)
         {
             errors.push(error(
                 format!("{at}/preferredAgentId"),
                 format!("agent {preferred} is not one of the participatingAgents"),
             ));
         }
+        if let Some(condition) = &step.condition
+            && let Err(why) = condition::check(condition)
+        {
+            errors.push(error(format!("{at}/condition"), why));
+        }
         if let Some(minutes) = step.timeout_minutes
-            && !(minutes > 0.0 && minutes <= MAX_TIMEOUT_MINUTES)
+            && !(minutes > 0.0 && minutes <= limits::TIMEOUT_MINUTES)
         {
             errors.push(error(
                 format!("{at}/timeoutMinutes"),
-                format!("must be more than 0 and at most {MAX_TIMEOUT_MINUTES} (a week)"),
+                format!(
+                    "must be more than 0 and at most {} (a week)",
+                    limits::TIMEOUT_MINUTES
+                ),
             ));
         }
     }
+    // The cycle search follows every dependency, so it needs them all to name other steps.
+    let mut graph_is_sound = index.len() == steps.len();
     for (i, step) in steps.iter().enumerate() {
+        let mut seen = HashSet::new();
         for (j, dependency) in step.depends_on.iter().enumerate() {
             let at = format!("/configuration/steps/{i}/dependsOn/{j}");
             if dependency == &step.id {
+                graph_is_sound = false;
                 errors.push(error(at, format!("step '{}' depends on itself", step.id)));
             } else if !index.contains_key(dependency) {
+                graph_is_sound = false;
                 errors.push(error(at, format!("no step has the id '{dependency}'")));
+            } else if !seen.insert(dependency) {
+                errors.push(error(
+                    at,
+                    format!("step '{dependency}' is listed twice; list it once"),
+                ));
             }
         }
     }
-    if errors.is_empty()
-        && let Some(cycle) = find_cycle(workflow)
-    {
+    graph_is_sound &= validate_phases(workflow, &index, &mut errors);
+    if graph_is_sound && let Some(cycle) = find_cycle(workflow) {
         let path: Vec<&str> = cycle.iter().map(|s| s.as_str()).collect();
+        let what = if workflow.configuration.phases.is_empty() {
+            "dependsOn forms"
+        } else {
+            "dependsOn and phases form"
+        };
         errors.push(error(
             "/configuration/steps",
-            format!("dependsOn forms a cycle: {}", path.join(" -> ")),
+            format!("{what} a cycle: {}", path.join(" -> ")),
         ));
     }
     errors
+}
+
+/// Each phase names steps that exist, each step in at most one phase. Returns whether the
+/// phases are sound enough to follow.
+fn validate_phases(
+    workflow: &WorkflowDefinition,
+    index: &HashMap<&StepId, usize>,
+    errors: &mut Vec<FieldError>,
+) -> bool {
+    let phases = &workflow.configuration.phases;
+    let before = errors.len();
+    if phases.len() > limits::PHASES {
+        errors.push(error(
+            "/configuration/phases",
+            format!("must contain at most {} phases", limits::PHASES),
+        ));
+    }
+    let mut phase_of: HashMap<&StepId, usize> = HashMap::new();
+    for (i, phase) in phases.iter().enumerate() {
+        let at = format!("/configuration/phases/{i}");
+        require_text(errors, &format!("{at}/name"), &phase.name, limits::NAME);
+        if phase.steps.is_empty() {
+            errors.push(error(format!("{at}/steps"), "must name at least one step"));
+        }
+        for (j, step) in phase.steps.iter().enumerate() {
+            let at = format!("{at}/steps/{j}");
+            if !index.contains_key(step) {
+                errors.push(error(at, format!("no step has the id '{step}'")));
+            } else if let Some(other) = phase_of.insert(step, i) {
+                errors.push(error(
+                    at,
+                    format!(
+                        "step '{step}' is already in phase '{}'; a step belongs to one phase",
+                        phases[other].name
+                    ),
+                ));
+            }
+        }
+    }
+    errors.len() == before
+}
+
+/// Room a start needs beyond what its event holds when the workflow is created: the NATS
+/// headers (message id, traceparent, content type, the expected-sequence filter), a longer
+/// timestamp, a `triggeredBy` label of up to [`limits::TRIGGERED_BY`] characters that JSON
+/// may escape to six bytes each, the deadline, and an `input` of up to [`limits::INPUT_BYTES`].
+const START_HEADROOM: usize = 4 * 1024 + limits::INPUT_BYTES;
+
+/// Why `workflow` could never start, if so. A run's first event snapshots the workflow and
+/// every participating agent's profile (`agents`) in one message, and the event log refuses a
+/// message over [`MAX_EVENT_BYTES`]. Checked when the workflow is created: the same start
+/// would fail every time, which is a property of the workflow, not an outage.
+pub fn start_size_error(
+    workflow: &WorkflowDefinition,
+    agents: &[AgentProfile],
+    tenant: &TenantId,
+) -> Option<FieldError> {
+    let limit = usize::try_from(MAX_EVENT_BYTES).unwrap_or(usize::MAX);
+    // The event `decide` makes of a `Start`, with the widest number and trigger reason; a new
+    // field on the event stops this from compiling until it is accounted for here.
+    let started = Event::ExecutionStarted(Box::new(ExecutionStarted {
+        execution_id: ExecutionId(uuid::Uuid::nil()),
+        workflow_id: workflow.id,
+        execution_number: u32::MAX,
+        trigger_reason: TriggerReason::Dependency,
+        triggered_by: None,
+        workflow: workflow.clone(),
+        agents: agents.to_vec(),
+        input: None,
+        deadline: None,
+    }));
+    let envelope = Envelope::new(
+        crate::SOURCE,
+        tenant.clone(),
+        DateTime::<Utc>::default(),
+        started,
+    );
+    let size = envelope.encode().len() + START_HEADROOM;
+    if size <= limit {
+        return None;
+    }
+    let workflow_size = json_len(workflow);
+    let agents_size: usize = agents.iter().map(json_len).sum();
+    let largest = agents
+        .iter()
+        .map(|a| (json_len(a), a))
+        .max_by_key(|(len, _)| *len);
+    let kib = |bytes: usize| bytes.div_ceil(1024);
+    let mut message = format!(
+        "starting this workflow records it and its agents' profiles in one event of about {} KiB, \
+         and the event log takes at most {} KiB per event: the workflow takes {} KiB and the \
+         profiles of its {} agents {} KiB",
+        kib(size),
+        kib(limit),
+        kib(workflow_size),
+        agents.len(),
+        kib(agents_size),
+    );
+    if let Some((len, agent)) = largest {
+        message.push_str(&format!(
+            " (the largest, '{}' {}, {} KiB)",
+            agent.name,
+            agent.id,
+            kib(len)
+        ));
+    }
+    message.push_str(
+        "; name fewer agents, shorten their backstories or skills, or shorten the steps' texts",
+    );
+    let pointer = if agents_size >= workflow_size {
+        "/participatingAgents"
+    } else {
+        "/configuration/steps"
+    };
+    Some(error(pointer, message))
+}
+
+/// How many bytes `value` takes as JSON.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(0, |json| json.len())
+}
+
+/// How `value` (an enum of plain names) is spelt in JSON.
+fn wire_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// A dependency cycle as a path that starts and ends on the same step, if there is one.
@@ -179,6 +538,7 @@ fn find_cycle(workflow: &WorkflowDefinition) -> Option<Vec<StepId>> {
 
     fn visit(
         at: usize,
+        workflow: &WorkflowDefinition,
         steps: &[cadre_proto::model::WorkflowStep],
         position: &HashMap<&StepId, usize>,
         marks: &mut [Mark],
@@ -186,7 +546,7 @@ fn find_cycle(workflow: &WorkflowDefinition) -> Option<Vec<StepId>> {
     ) -> Option<Vec<StepId>> {
         marks[at] = Mark::OnPath;
         path.push(at);
-        for dependency in &steps[at].depends_on {
+        for dependency in workflow.dependencies(&steps[at]) {
             let next = position[dependency];
             match marks[next] {
                 Mark::OnPath => {
@@ -199,7 +559,7 @@ fn find_cycle(workflow: &WorkflowDefinition) -> Option<Vec<StepId>> {
                     return Some(cycle);
                 }
                 Mark::New => {
-                    if let Some(cycle) = visit(next, steps, position, marks, path) {
+                    if let Some(cycle) = visit(next, workflow, steps, position, marks, path) {
                         return Some(cycle);
                     }
                 }
@@ -213,7 +573,7 @@ fn find_cycle(workflow: &WorkflowDefinition) -> Option<Vec<StepId>> {
 
     (0..steps.len()).find_map(|i| {
         if marks[i] == Mark::New {
-            visit(i, steps, &position, &mut marks, &mut path)
+            visit(i, workflow, steps, &position, &mut marks, &mut path)
         } else {
             None
         }
@@ -229,4 +589,371 @@ pub fn referenced_agents(workflow: &WorkflowDefinition) -> Vec<AgentId> {
         agents.push(coordinator);
     }
     agents
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cadre_proto::WorkflowId;
+    use cadre_proto::model::{
+        Constraints, Coordination, ModelParameters, StepType, WorkflowConfiguration, WorkflowStep,
+    };
+
+    fn agent(name: &str) -> AgentProfile {
+        AgentProfile {
+            id: AgentId::new(),
+            name: name.into(),
+            role: "analyst".into(),
+            backstory: "Has shipped many projects.".into(),
+            skills: vec!["research".into()],
+            provider: "offline".into(),
+            model: "offline-deterministic".into(),
+            model_parameters: ModelParameters::default(),
+        }
+    }
+
+    fn step(id: &str, deps: &[&str]) -> WorkflowStep {
+        WorkflowStep {
+            id: StepId::parse(id).unwrap(),
+            name: format!("Step {id}"),
+            description: "What it is for.".into(),
+            step_type: StepType::Analysis,
+            assigned_agent_role: None,
+            preferred_agent_id: None,
+            required_skills: vec!["research".into()],
+            depends_on: deps.iter().map(|d| StepId::parse(*d).unwrap()).collect(),
+            can_run_in_parallel: true,
+            instructions: "Do it.".into(),
+            expected_output: "It, done.".into(),
+            timeout_minutes: None,
+            validation_criteria: vec![],
+            review_required: false,
+            reviewer_role: None,
+            condition: None,
+        }
+    }
+
+    fn workflow(agents: &[AgentProfile]) -> WorkflowDefinition {
+        WorkflowDefinition {
+            id: WorkflowId::new(),
+            name: "Ship it".into(),
+            description: "Analyse and build.".into(),
+            workflow_type: WorkflowType::Pipeline,
+            participating_agents: agents.iter().map(|a| a.id).collect(),
+            coordinator_agent_id: None,
+            configuration: WorkflowConfiguration {
+                steps: vec![step("a", &[]), step("b", &["a"])],
+                phases: vec![],
+                coordination: Coordination::default(),
+                constraints: Constraints::default(),
+            },
+        }
+    }
+
+    fn pointers(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.pointer.as_str()).collect()
+    }
+
+    #[test]
+    fn an_invalid_condition_is_refused_at_its_field() {
+        let team = [agent("Ada")];
+        let mut wf = workflow(&team);
+        wf.configuration.steps[1].condition = Some("steps.a.status == 'completed'".into());
+        assert_eq!(validate_workflow(&wf), vec![]);
+        wf.configuration.steps[0].condition = Some("input.priority ==".into());
+        let errors = validate_workflow(&wf);
+        assert_eq!(pointers(&errors), vec!["/configuration/steps/0/condition"]);
+        assert!(
+            errors[0]
+                .message
+                .starts_with("is not a valid CEL expression")
+        );
+    }
+
+    #[test]
+    fn phases_name_existing_steps_once_and_join_the_cycle_check() {
+        let team = [agent("Ada")];
+        let phase = |name: &str, steps: &[&str]| cadre_proto::model::WorkflowPhase {
+            name: name.into(),
+            mode: cadre_proto::model::PhaseMode::Parallel,
+            steps: steps.iter().map(|s| StepId::parse(*s).unwrap()).collect(),
+        };
+        let mut wf = workflow(&team);
+        wf.configuration.phases = vec![phase("One", &["a", "nope"]), phase("Two", &["a"])];
+        let errors = validate_workflow(&wf);
+        assert_eq!(
+            pointers(&errors),
+            vec![
+                "/configuration/phases/0/steps/1",
+                "/configuration/phases/1/steps/0"
+            ]
+        );
+        assert!(errors[1].message.contains("already in phase 'One'"));
+
+        // b depends on a, but the phases put b's phase first: a cycle through the phases.
+        wf.configuration.phases = vec![phase("First", &["b"]), phase("Second", &["a"])];
+        let errors = validate_workflow(&wf);
+        assert_eq!(
+            errors[0].message,
+            "dependsOn and phases form a cycle: a -> b -> a"
+        );
+    }
+
+    #[test]
+    fn the_fixtures_are_valid() {
+        let team = [agent("Ada")];
+        assert_eq!(validate_agent(&team[0]), vec![]);
+        assert_eq!(validate_workflow(&workflow(&team)), vec![]);
+    }
+
+    #[test]
+    fn the_coordinator_must_be_a_participant() {
+        let team = [agent("Ada"), agent("Bo")];
+        let mut wf = workflow(&team[..1]);
+        wf.coordinator_agent_id = Some(team[1].id);
+        let errors = validate_workflow(&wf);
+        assert_eq!(pointers(&errors), vec!["/coordinatorAgentId"]);
+        assert!(
+            errors[0]
+                .message
+                .contains("not one of the participatingAgents")
+        );
+        wf.coordinator_agent_id = Some(team[0].id);
+        assert_eq!(validate_workflow(&wf), vec![]);
+    }
+
+    #[test]
+    fn a_dependency_listed_twice_is_refused_where_it_repeats() {
+        let team = [agent("Ada")];
+        let mut wf = workflow(&team);
+        wf.configuration.steps.push(step("c", &["a", "b", "a"]));
+        let errors = validate_workflow(&wf);
+        assert_eq!(
+            pointers(&errors),
+            vec!["/configuration/steps/2/dependsOn/2"]
+        );
+        assert_eq!(errors[0].message, "step 'a' is listed twice; list it once");
+    }
+
+    #[test]
+    fn every_free_text_field_has_a_limit() {
+        let long = |n: usize| "x".repeat(n + 1);
+        type AgentEdit = fn(&mut AgentProfile, String);
+        let agent_fields: [(&str, usize, AgentEdit); 6] = [
+            ("/name", limits::NAME, |a, t| a.name = t),
+            ("/role", limits::NAME, |a, t| a.role = t),
+            ("/backstory", limits::BACKSTORY, |a, t| a.backstory = t),
+            ("/skills/0", limits::NAME, |a, t| a.skills[0] = t),
+            ("/provider", limits::PROVIDER, |a, t| a.provider = t),
+            ("/model", limits::NAME, |a, t| a.model = t),
+        ];
+        for (pointer, max, edit) in agent_fields {
+            let mut a = agent("Ada");
+            edit(&mut a, "é".repeat(max));
+            assert_eq!(validate_agent(&a), vec![], "{pointer} at its limit");
+            edit(&mut a, long(max));
+            let errors = validate_agent(&a);
+            assert_eq!(pointers(&errors), vec![pointer]);
+            assert_eq!(
+                errors[0].message,
+                format!("must be at most {max} characters (it has {})", max + 1)
+            );
+        }
+        let mut a = agent("Ada");
+        a.skills = vec!["s".into(); limits::SKILLS + 1];
+        assert_eq!(pointers(&validate_agent(&a)), vec!["/skills"]);
+
+        let team = [agent("Ada")];
+        type WorkflowEdit = fn(&mut WorkflowDefinition, String);
+        let workflow_fields: [(&str, usize, WorkflowEdit); 9] = [
+            ("/name", limits::NAME, |w, t| w.name = t),
+            ("/description", limits::DESCRIPTION, |w, t| {
+                w.description = t
+            }),
+            ("/configuration/steps/0/name", limits::NAME, |w, t| {
+                w.configuration.steps[0].name = t
+            }),
+            (
+                "/configuration/steps/0/description",
+                limits::DESCRIPTION,
+                |w, t| w.configuration.steps[0].description = t,
+            ),
+            (
+                "/configuration/steps/0/assignedAgentRole",
+                limits::NAME,
+                |w, t| w.configuration.steps[0].assigned_agent_role = Some(t),
+            ),
+            (
+                "/configuration/steps/0/requiredSkills/0",
+                limits::NAME,
+                |w, t| w.configuration.steps[0].required_skills[0] = t,
+            ),
+            (
+                "/configuration/steps/0/instructions",
+                limits::INSTRUCTIONS,
+                |w, t| w.configuration.steps[0].instructions = t,
+            ),
+            (
+                "/configuration/steps/0/expectedOutput",
+                limits::EXPECTED_OUTPUT,
+                |w, t| w.configuration.steps[0].expected_output = t,
+            ),
+            (
+                "/configuration/steps/0/validationCriteria/0",
+                limits::VALIDATION_CRITERION,
+                |w, t| w.configuration.steps[0].validation_criteria = vec![t],
+            ),
+        ];
+        for (pointer, max, edit) in workflow_fields {
+            let mut wf = workflow(&team);
+            edit(&mut wf, "é".repeat(max));
+            assert_eq!(validate_workflow(&wf), vec![], "{pointer} at its limit");
+            edit(&mut wf, long(max));
+            assert_eq!(pointers(&validate_workflow(&wf)), vec![pointer]);
+        }
+        let mut wf = workflow(&team);
+        wf.configuration.steps[0].required_skills = vec!["s".into(); limits::SKILLS + 1];
+        wf.configuration.steps[1].validation_criteria =
+            vec!["c".into(); limits::VALIDATION_CRITERIA + 1];
+        assert_eq!(
+            pointers(&validate_workflow(&wf)),
+            vec![
+                "/configuration/steps/0/requiredSkills",
+                "/configuration/steps/1/validationCriteria"
+            ]
+        );
+        let mut wf = workflow(&team);
+        wf.configuration.steps[0].reviewer_role = Some(long(limits::NAME));
+        assert_eq!(
+            pointers(&validate_workflow(&wf)),
+            vec![
+                "/configuration/steps/0/reviewerRole",
+                "/configuration/steps/0/reviewerRole"
+            ]
+        );
+        let many: Vec<AgentProfile> = (0..=limits::PARTICIPATING_AGENTS)
+            .map(|i| agent(&format!("A{i}")))
+            .collect();
+        assert_eq!(
+            pointers(&validate_workflow(&workflow(&many))),
+            vec!["/participatingAgents"]
+        );
+
+        assert_eq!(
+            validate_start(Some(&"é".repeat(limits::TRIGGERED_BY)), None),
+            vec![]
+        );
+        assert_eq!(
+            pointers(&validate_start(Some(&long(limits::TRIGGERED_BY)), None)),
+            vec!["/triggeredBy"]
+        );
+        let big = serde_json::Map::from_iter([(
+            "blob".to_owned(),
+            serde_json::Value::String("x".repeat(limits::INPUT_BYTES)),
+        )]);
+        assert_eq!(pointers(&validate_start(None, Some(&big))), vec!["/input"]);
+    }
+
+    #[test]
+    fn fields_that_do_nothing_yet_are_refused_and_say_so() {
+        let team = [agent("Ada")];
+        let mut wf = workflow(&team);
+        wf.workflow_type = WorkflowType::Recursive;
+        wf.configuration.coordination.decision_making = DecisionMaking::Majority;
+        wf.configuration.steps[0].review_required = true;
+        wf.configuration.steps[1].reviewer_role = Some("reviewer".into());
+        let errors = validate_workflow(&wf);
+        assert_eq!(
+            pointers(&errors),
+            vec![
+                "/workflowType",
+                "/configuration/coordination/decisionMaking",
+                "/configuration/steps/0/reviewRequired",
+                "/configuration/steps/1/reviewerRole",
+            ]
+        );
+        assert!(
+            errors[0]
+                .message
+                .starts_with("workflowType 'recursive' is not supported yet: ")
+        );
+        assert!(errors[1].message.contains("decisionMaking 'majority'"));
+        assert!(
+            errors[2]
+                .message
+                .starts_with("reviewRequired is not supported yet: ")
+        );
+        assert!(errors[2].message.contains("; remove it"));
+        assert!(
+            errors[3]
+                .message
+                .starts_with("reviewerRole is not supported yet")
+        );
+        wf.workflow_type = WorkflowType::Recursive;
+        assert!(validate_workflow(&wf)[0].message.contains("'recursive'"));
+
+        // Being made real elsewhere: accepted.
+        let mut wf = workflow(&team);
+        wf.workflow_type = WorkflowType::Parallel;
+        wf.configuration.steps[0].timeout_minutes = Some(5.0);
+        wf.configuration.steps[0].can_run_in_parallel = false;
+        wf.configuration.constraints.max_execution_time = Some(30);
+        wf.configuration.constraints.allow_parallel_execution = Some(false);
+        assert_eq!(validate_workflow(&wf), vec![]);
+    }
+
+    #[test]
+    fn a_workflow_whose_start_event_cannot_fit_is_refused_naming_what_is_large() {
+        let tenant = TenantId::default_tenant();
+        let mut team: Vec<AgentProfile> = (0..5).map(|i| agent(&format!("A{i}"))).collect();
+        let wf = workflow(&team);
+        assert_eq!(start_size_error(&wf, &team, &tenant), None);
+
+        // Within every per-field limit, but 40 agents of 4-byte-character backstories add up.
+        team = (0..40).map(|i| agent(&format!("A{i}"))).collect();
+        for member in &mut team {
+            member.backstory = "🦀".repeat(limits::BACKSTORY);
+        }
+        team[7].skills = vec!["a skill".into(); limits::SKILLS];
+        for member in &team {
+            assert_eq!(validate_agent(member), vec![]);
+        }
+        let wf = workflow(&team);
+        assert_eq!(validate_workflow(&wf), vec![]);
+        let error = start_size_error(&wf, &team, &tenant).unwrap();
+        assert_eq!(error.pointer, "/participatingAgents");
+        assert!(
+            error.message.contains("at most 1024 KiB per event"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("profiles of its 40 agents"));
+        assert!(error.message.contains(&format!("'A7' {}", team[7].id)));
+
+        // The limit leaves room for the largest start: just under it fits.
+        let fits = |count: usize| {
+            let team: Vec<AgentProfile> = team.iter().take(count).cloned().collect();
+            start_size_error(&workflow(&team), &team, &tenant).is_none()
+        };
+        let largest_fitting = (1..=40).take_while(|n| fits(*n)).last().unwrap();
+        let team: Vec<AgentProfile> = team.into_iter().take(largest_fitting).collect();
+        let started = Envelope::new(
+            crate::SOURCE,
+            tenant.clone(),
+            Utc::now(),
+            Event::ExecutionStarted(Box::new(ExecutionStarted {
+                execution_id: ExecutionId::new(),
+                workflow_id: WorkflowId::new(),
+                execution_number: 1,
+                trigger_reason: TriggerReason::Manual,
+                triggered_by: Some("\u{1}".repeat(limits::TRIGGERED_BY)),
+                workflow: workflow(&team),
+                agents: team,
+                input: None,
+                deadline: Some(Utc::now()),
+            })),
+        );
+        let limit = usize::try_from(MAX_EVENT_BYTES).unwrap();
+        assert!(started.encode().len() + 1024 <= limit);
+    }
 }
