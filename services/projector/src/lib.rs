@@ -13,6 +13,8 @@
 mod feed;
 mod plan;
 mod store;
+#[cfg(test)]
+mod testing;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cadre_proto::events::{
-    AssignmentReason, ExecutionCompleted, ExecutionFailed, ExecutionStarted, InteractionRecorded,
-    KnowledgeShared, StepCompleted, StepFailed, StepScheduled, StepStarted,
+    AssignmentReason, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted,
+    InteractionRecorded, KnowledgeShared, StepAttempt, StepCompleted, StepFailed, StepScheduled,
+    StepStarted, StepTimedOut,
 };
 use cadre_proto::model::{AgentProfile, InteractionType, WorkflowDefinition};
-use cadre_proto::{AgentId, Envelope, Event, ExecutionId, StepId};
+use cadre_proto::{Envelope, Event, ExecutionId, StepId};
 use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -165,25 +166,128 @@ pub(crate) struct ExecutionPatch {
     pub steps: BTreeMap<String, Map<String, Value>>,
     /// Step id -> its latest assignment.
     pub assignments: Map<String, Value>,
-    /// `Some(None)` clears the current step.
-    pub current_step_id: Option<Option<String>>,
-    pub status: Option<&'static str>,
-    pub error_message: Option<String>,
-    pub final_output: Option<Value>,
-    pub completed_at: Option<DateTime<Utc>>,
+    /// Steps scheduled in the batch, in the order of their latest scheduling. The store puts
+    /// them after the stored `active_steps` (all scheduled earlier), so `active_steps` stays in
+    /// scheduling order however the log is cut into batches.
+    pub scheduled: Vec<String>,
+    pub status: ExecutionStatus,
+    /// The batch's first end of the execution; it applies only if the stored one had not ended.
+    pub ending: Option<Ending>,
     pub updated_at: DateTime<Utc>,
+}
+
+pub(crate) const RUNNING: &str = "running";
+pub(crate) const PAUSED: &str = "paused";
+pub(crate) const COMPLETED: &str = "completed";
+pub(crate) const FAILED: &str = "failed";
+pub(crate) const CANCELLED: &str = "cancelled";
+pub(crate) const ACTIVE: &str = "active";
+
+/// What a batch does to an execution's `status`, for each status it can have had before the
+/// batch: only `running` and `paused` change, since an ended execution stays as it ended. Folding
+/// both outcomes lets a batch be planned without reading the stored row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExecutionStatus {
+    pub if_running: &'static str,
+    pub if_paused: &'static str,
+}
+
+impl Default for ExecutionStatus {
+    fn default() -> Self {
+        Self {
+            if_running: RUNNING,
+            if_paused: PAUSED,
+        }
+    }
+}
+
+/// An event that moves an execution's status.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Pause,
+    Resume,
+    End(&'static str),
+}
+
+impl ExecutionStatus {
+    fn apply(&mut self, control: Control) {
+        fn after(status: &'static str, control: Control) -> &'static str {
+            let open = status == RUNNING || status == PAUSED;
+            match control {
+                Control::Pause if open => PAUSED,
+                // Defensive: events come in log order, but a resume must never reopen an
+                // execution that ended.
+                Control::Resume if status == PAUSED => RUNNING,
+                Control::End(ended) if open => ended,
+                _ => status,
+            }
+        }
+        self.if_running = after(self.if_running, control);
+        self.if_paused = after(self.if_paused, control);
+    }
+}
+
+/// How an execution ended: completed, failed or cancelled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Ending {
+    pub error_message: Option<String>,
+    pub failure_cause: Option<Value>,
+    pub final_output: Option<Value>,
+    /// Merged into `execution_context` (who cancelled, and why).
+    pub context: Map<String, Value>,
+    pub completed_at: DateTime<Utc>,
 }
 
 /// Changes to one workflow row, folded over the batch.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct WorkflowPatch {
     pub workflow_id: Uuid,
-    pub status: Option<&'static str>,
+    pub status: WorkflowStatus,
     pub started_at: Option<DateTime<Utc>>,
     pub execution_count: Option<i32>,
     pub completed_at: Option<DateTime<Utc>>,
     pub duration: Option<Duration>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What a batch does to a workflow's `status`, for a stored status of `paused` and for any
+/// other; `None` keeps the stored one. A workflow's status follows its latest execution
+/// (`active`, then how it ended) except while it is paused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WorkflowStatus {
+    pub if_paused: Option<&'static str>,
+    pub otherwise: Option<&'static str>,
+}
+
+/// An event that moves a workflow's status.
+#[derive(Debug, Clone, Copy)]
+enum WorkflowControl {
+    RunStarted,
+    RunEnded(&'static str),
+    Paused,
+    Resumed,
+}
+
+impl WorkflowStatus {
+    fn apply(&mut self, control: WorkflowControl) {
+        fn after(
+            status: Option<&'static str>,
+            paused_before: bool,
+            control: WorkflowControl,
+        ) -> Option<&'static str> {
+            let paused = status.map_or(paused_before, |s| s == PAUSED);
+            match (paused, control) {
+                (true, WorkflowControl::Resumed) => Some(ACTIVE),
+                // Runs go on while their workflow is paused; their outcome must not unpause it.
+                (true, _) | (false, WorkflowControl::Resumed) => status,
+                (false, WorkflowControl::RunStarted) => Some(ACTIVE),
+                (false, WorkflowControl::RunEnded(outcome)) => Some(outcome),
+                (false, WorkflowControl::Paused) => Some(PAUSED),
+            }
+        }
+        self.if_paused = after(self.if_paused, true, control);
+        self.otherwise = after(self.otherwise, false, control);
+    }
 }
 
 /// `actual_duration` of a completed run: from `started_at` (the batch's own start, or the stored
@@ -271,8 +375,10 @@ fn sequence(stream_sequence: u64) -> i64 {
 
 /// A step's entry in `step_results` after `patch`: a later attempt replaces the entry, an
 /// earlier one (a late message of a retried step) changes nothing, and the same attempt
-/// overwrites the fields it names. The store applies the same rule between the stored entry and
-/// a batch's folded one, so folding first gives what applying one event at a time would.
+/// overwrites the fields it names unless the attempt already ended (a worker's report after its
+/// attempt timed out is ignored, as the coordinator ignores it). The store applies the same
+/// rule between the stored entry and a batch's folded one, so folding first gives what applying
+/// one event at a time would.
 fn merge_step(
     current: Option<Map<String, Value>>,
     patch: Map<String, Value>,
@@ -285,12 +391,23 @@ fn merge_step(
         Some(mut current) => match attempt(&current).cmp(&attempt(&patch)) {
             std::cmp::Ordering::Greater => current,
             std::cmp::Ordering::Less => patch,
+            std::cmp::Ordering::Equal if step_ended(&current) => current,
             std::cmp::Ordering::Equal => {
                 current.extend(patch);
                 current
             }
         },
     }
+}
+
+/// Step statuses that end an attempt; the store's SQL lists the same ones.
+const STEP_ENDED: [&str; 3] = ["completed", "failed", "timed_out"];
+
+fn step_ended(entry: &Map<String, Value>) -> bool {
+    entry
+        .get("status")
+        .and_then(Value::as_str)
+        .is_some_and(|status| STEP_ENDED.contains(&status))
 }
 
 /// How many characters of shared knowledge its interaction quotes (as the seed does).
@@ -376,8 +493,28 @@ impl Planner {
             Event::KnowledgeShared(e) => self.knowledge_shared(&origin, e),
             Event::StepCompleted(e) => self.step_completed(&origin, e),
             Event::StepFailed(e) => self.step_failed(&origin, e),
+            Event::StepTimedOut(e) => self.step_timed_out(&origin, e),
+            Event::ExecutionPaused(e) => {
+                self.execution(e.execution_id.0, origin.at)
+                    .status
+                    .apply(Control::Pause);
+            }
+            Event::ExecutionResumed(e) => {
+                self.execution(e.execution_id.0, origin.at)
+                    .status
+                    .apply(Control::Resume);
+            }
             Event::ExecutionCompleted(e) => self.execution_completed(&origin, e),
             Event::ExecutionFailed(e) => self.execution_failed(&origin, e),
+            Event::ExecutionCancelled(e) => self.execution_cancelled(&origin, e),
+            Event::WorkflowPaused(e) => self
+                .workflow(e.workflow_id.0, origin.at)
+                .status
+                .apply(WorkflowControl::Paused),
+            Event::WorkflowResumed(e) => self
+                .workflow(e.workflow_id.0, origin.at)
+                .status
+                .apply(WorkflowControl::Resumed),
         }
     }
 
@@ -436,7 +573,7 @@ impl Planner {
             started_at: origin.at,
         });
         let workflow = self.workflow(e.workflow_id.0, origin.at);
-        workflow.status = Some("active");
+        workflow.status.apply(WorkflowControl::RunStarted);
         workflow.started_at = Some(origin.at);
         workflow.execution_count = Some(workflow.execution_count.map_or(number, |n| n.max(number)));
     }
@@ -444,10 +581,12 @@ impl Planner {
     fn step_scheduled(&mut self, origin: &Origin<'_>, e: &StepScheduled) {
         let step = e.step.id.to_string();
         let execution = self.execution(e.execution_id.0, origin.at);
-        execution.merge_step(
-            &step,
-            json!({ "status": "scheduled", "attempt": e.attempt, "agentId": e.agent.id }),
-        );
+        let mut entry =
+            json!({ "status": "scheduled", "attempt": e.attempt, "agentId": e.agent.id });
+        if let Some(timeout_at) = e.timeout_at {
+            entry["timeoutAt"] = json!(timeout_at);
+        }
+        execution.merge_step(&step, entry);
         execution.assignments.insert(
             step.clone(),
             json!({
@@ -457,7 +596,8 @@ impl Planner {
                 "attempt": e.attempt,
             }),
         );
-        execution.current_step_id = Some(Some(step));
+        execution.scheduled.retain(|scheduled| *scheduled != step);
+        execution.scheduled.push(step);
         self.plan.interactions.push(InteractionRow {
             from_agent_id: e.coordinator_agent_id.map(|id| id.0),
             to_agent_id: Some(e.agent.id.0),
@@ -473,26 +613,32 @@ impl Planner {
     }
 
     fn step_started(&mut self, origin: &Origin<'_>, e: &StepStarted) {
-        self.execution(e.execution_id.0, origin.at).merge_step(
-            e.step_id.as_str(),
-            json!({ "status": "running", "attempt": e.attempt, "agentId": e.agent_id }),
+        let a = &e.attempt;
+        self.execution(a.execution_id.0, origin.at).merge_step(
+            a.step_id.as_str(),
+            json!({
+                "status": "running",
+                "attempt": a.number,
+                "agentId": a.agent_id,
+                "startedAt": origin.at,
+            }),
         );
         self.step_interaction(
             origin,
-            (e.execution_id, &e.step_id, e.agent_id),
-            format!("Starting step: {}", e.step_name),
-            json!({ "stepId": e.step_id, "attempt": e.attempt }),
+            a,
+            format!("Starting step: {}", a.step_name),
+            json!({ "stepId": a.step_id, "attempt": a.number }),
         );
     }
 
     fn step_completed(&mut self, origin: &Origin<'_>, e: &StepCompleted) {
-        let result = &e.result;
-        self.execution(e.execution_id.0, origin.at).merge_step(
-            e.step_id.as_str(),
+        let (a, result) = (&e.attempt, &e.result);
+        self.execution(a.execution_id.0, origin.at).merge_step(
+            a.step_id.as_str(),
             json!({
                 "status": "completed",
-                "attempt": e.attempt,
-                "agentId": e.agent_id,
+                "attempt": a.number,
+                "agentId": a.agent_id,
                 "summary": result.summary,
                 "output": result.output,
                 "insights": result.insights,
@@ -507,44 +653,86 @@ impl Planner {
         );
         self.step_interaction(
             origin,
-            (e.execution_id, &e.step_id, e.agent_id),
-            format!("Completed step: {}", e.step_name),
-            json!({ "stepId": e.step_id, "result": result.summary, "tokensUsed": result.tokens.total }),
+            a,
+            format!("Completed step: {}", a.step_name),
+            json!({ "stepId": a.step_id, "result": result.summary, "tokensUsed": result.tokens.total }),
         );
     }
 
     fn step_failed(&mut self, origin: &Origin<'_>, e: &StepFailed) {
-        self.execution(e.execution_id.0, origin.at).merge_step(
-            e.step_id.as_str(),
+        let a = &e.attempt;
+        self.execution(a.execution_id.0, origin.at).merge_step(
+            a.step_id.as_str(),
             json!({
                 "status": "failed",
-                "attempt": e.attempt,
-                "agentId": e.agent_id,
+                "attempt": a.number,
+                "agentId": a.agent_id,
                 "error": e.error,
                 "failedAt": origin.at,
+                "completedAt": origin.at,
             }),
         );
         self.step_interaction(
             origin,
-            (e.execution_id, &e.step_id, e.agent_id),
-            format!("Step failed: {} - {}", e.step_name, e.error),
-            json!({ "stepId": e.step_id, "error": true, "errorMessage": e.error }),
+            a,
+            format!("Step failed: {} - {}", a.step_name, e.error),
+            json!({ "stepId": a.step_id, "error": true, "errorMessage": e.error }),
         );
+    }
+
+    /// Like a failed attempt, but the coordinator's timer, not the agent, reports it: the
+    /// interaction comes from the coordinator (no agent) and is addressed to the agent.
+    fn step_timed_out(&mut self, origin: &Origin<'_>, e: &StepTimedOut) {
+        let a = &e.attempt;
+        let error = format!("timed out after {} minute(s)", e.timeout_minutes);
+        self.execution(a.execution_id.0, origin.at).merge_step(
+            a.step_id.as_str(),
+            json!({
+                "status": "timed_out",
+                "attempt": a.number,
+                "agentId": a.agent_id,
+                "error": error,
+                "timeoutMinutes": e.timeout_minutes,
+                "completedAt": origin.at,
+            }),
+        );
+        self.plan.interactions.push(InteractionRow {
+            to_agent_id: Some(a.agent_id.0),
+            context_data: json!({
+                "stepId": a.step_id,
+                "attempt": a.number,
+                "error": true,
+                "errorMessage": error,
+                "timeoutMinutes": e.timeout_minutes,
+            }),
+            related_step_id: Some(a.step_id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                a.execution_id,
+                InteractionType::Coordination,
+                format!("Step timed out: {} - {error}", a.step_name),
+            )
+        });
     }
 
     /// The coordination note an agent leaves about its own step.
     fn step_interaction(
         &mut self,
         origin: &Origin<'_>,
-        (execution, step, agent): (ExecutionId, &StepId, AgentId),
+        attempt: &StepAttempt,
         message: String,
         context_data: Value,
     ) {
         self.plan.interactions.push(InteractionRow {
-            from_agent_id: Some(agent.0),
+            from_agent_id: Some(attempt.agent_id.0),
             context_data,
-            related_step_id: Some(step.to_string()),
-            ..InteractionRow::new(origin, execution, InteractionType::Coordination, message)
+            related_step_id: Some(attempt.step_id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                attempt.execution_id,
+                InteractionType::Coordination,
+                message,
+            )
         });
     }
 
@@ -603,14 +791,15 @@ impl Planner {
     }
 
     fn execution_completed(&mut self, origin: &Origin<'_>, e: &ExecutionCompleted) {
-        let execution = self.execution(e.execution_id.0, origin.at);
-        execution.status = Some("completed");
-        execution.completed_at = Some(origin.at);
-        execution.final_output = Some(e.final_output.clone());
-        execution.current_step_id = Some(None);
+        self.execution(e.execution_id.0, origin.at).end(
+            COMPLETED,
+            Ending {
+                final_output: Some(e.final_output.clone()),
+                ..Ending::at(origin.at)
+            },
+        );
         let workflow = self.workflow(e.workflow_id.0, origin.at);
-        workflow.status = Some("completed");
-        workflow.completed_at = Some(origin.at);
+        workflow.run_ended(COMPLETED, origin.at);
         workflow.duration = Some(Duration {
             started_at: workflow.started_at,
             completed_at: origin.at,
@@ -618,13 +807,30 @@ impl Planner {
     }
 
     fn execution_failed(&mut self, origin: &Origin<'_>, e: &ExecutionFailed) {
-        let execution = self.execution(e.execution_id.0, origin.at);
-        execution.status = Some("failed");
-        execution.error_message = Some(e.error.clone());
-        execution.completed_at = Some(origin.at);
-        let workflow = self.workflow(e.workflow_id.0, origin.at);
-        workflow.status = Some("failed");
-        workflow.completed_at = Some(origin.at);
+        self.execution(e.execution_id.0, origin.at).end(
+            FAILED,
+            Ending {
+                error_message: Some(e.error.clone()),
+                failure_cause: Some(json!(e.cause)),
+                ..Ending::at(origin.at)
+            },
+        );
+        self.workflow(e.workflow_id.0, origin.at)
+            .run_ended(FAILED, origin.at);
+    }
+
+    fn execution_cancelled(&mut self, origin: &Origin<'_>, e: &ExecutionCancelled) {
+        let reason = e.request.reason.as_deref().unwrap_or(CANCELLED);
+        self.execution(e.execution_id.0, origin.at).end(
+            CANCELLED,
+            Ending {
+                error_message: Some(reason.to_owned()),
+                context: object(json!({ "cancellation": e.request })),
+                ..Ending::at(origin.at)
+            },
+        );
+        self.workflow(e.workflow_id.0, origin.at)
+            .run_ended(CANCELLED, origin.at);
     }
 
     /// The batch's patch of an execution, touched at `at`.
@@ -635,11 +841,9 @@ impl Planner {
                 execution_id: id,
                 steps: BTreeMap::new(),
                 assignments: Map::new(),
-                current_step_id: None,
-                status: None,
-                error_message: None,
-                final_output: None,
-                completed_at: None,
+                scheduled: Vec::new(),
+                status: ExecutionStatus::default(),
+                ending: None,
                 updated_at: at,
             });
             patches.len() - 1
@@ -655,7 +859,7 @@ impl Planner {
         let index = *self.workflows.entry(id).or_insert_with(|| {
             patches.push(WorkflowPatch {
                 workflow_id: id,
-                status: None,
+                status: WorkflowStatus::default(),
                 started_at: None,
                 execution_count: None,
                 completed_at: None,
@@ -676,6 +880,33 @@ impl ExecutionPatch {
         self.steps
             .insert(step.to_owned(), merge_step(current, object(patch)));
     }
+
+    /// Ends the execution as `status`; only the first end counts, as only the first would
+    /// apply one event at a time.
+    fn end(&mut self, status: &'static str, ending: Ending) {
+        self.status.apply(Control::End(status));
+        self.ending.get_or_insert(ending);
+    }
+}
+
+impl Ending {
+    fn at(completed_at: DateTime<Utc>) -> Self {
+        Self {
+            error_message: None,
+            failure_cause: None,
+            final_output: None,
+            context: Map::new(),
+            completed_at,
+        }
+    }
+}
+
+impl WorkflowPatch {
+    /// A run of the workflow ended as `outcome`.
+    fn run_ended(&mut self, outcome: &'static str, at: DateTime<Utc>) {
+        self.status.apply(WorkflowControl::RunEnded(outcome));
+        self.completed_at = Some(at);
+    }
 }
 
 fn delegation_message(step: &str, agent: &str, reason: &AssignmentReason) -> String {
@@ -686,186 +917,10 @@ fn delegation_message(step: &str, agent: &str, reason: &AssignmentReason) -> Str
 #[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 mod tests {
     use super::*;
-    use cadre_proto::events::{AgentRegistered, StepScheduled};
-    use cadre_proto::model::{
-        KnowledgeType, StepResult, StepType, TokenUsage, WorkflowConfiguration, WorkflowStep,
-    };
-    use cadre_proto::{EventId, KnowledgeId, TenantId, WorkflowId};
-
-    struct Fixture {
-        workflow: WorkflowId,
-        execution: ExecutionId,
-        agent: AgentProfile,
-        step: WorkflowStep,
-        clock: DateTime<Utc>,
-        sequence: u64,
-    }
-
-    impl Fixture {
-        fn new() -> Self {
-            let step = WorkflowStep {
-                id: StepId::parse("design").unwrap(),
-                name: "Design".to_owned(),
-                description: "Design the thing".to_owned(),
-                step_type: StepType::Analysis,
-                assigned_agent_role: None,
-                preferred_agent_id: None,
-                required_skills: vec!["rust".to_owned()],
-                depends_on: vec![],
-                can_run_in_parallel: true,
-                instructions: "Think".to_owned(),
-                expected_output: "A design".to_owned(),
-                timeout_minutes: None,
-                validation_criteria: vec![],
-                review_required: false,
-                reviewer_role: None,
-            };
-            Self {
-                workflow: WorkflowId::new(),
-                execution: ExecutionId::new(),
-                agent: AgentProfile {
-                    id: AgentId::new(),
-                    name: "Ada".to_owned(),
-                    role: "architect".to_owned(),
-                    backstory: "Designs systems".to_owned(),
-                    skills: vec!["rust".to_owned()],
-                    provider: "offline".to_owned(),
-                    model: "echo".to_owned(),
-                    model_parameters: Default::default(),
-                },
-                step,
-                clock: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-                sequence: 0,
-            }
-        }
-
-        /// The next message of the stream, carrying `event`, one second after the previous one.
-        fn message(&mut self, event: Event) -> Incoming {
-            self.clock += chrono::Duration::seconds(1);
-            self.sequence += 1;
-            let envelope = Envelope::with_id(
-                EventId::new(),
-                "/cadre/test",
-                TenantId::default_tenant(),
-                self.clock,
-                event,
-            );
-            Incoming::decode(
-                self.sequence,
-                envelope.nats_subject(),
-                self.clock,
-                &envelope.encode(),
-            )
-        }
-
-        fn definition(&self) -> WorkflowDefinition {
-            WorkflowDefinition {
-                id: self.workflow,
-                name: "Build".to_owned(),
-                description: "Build it".to_owned(),
-                workflow_type: Default::default(),
-                participating_agents: vec![self.agent.id],
-                coordinator_agent_id: None,
-                configuration: WorkflowConfiguration {
-                    steps: vec![self.step.clone()],
-                    coordination: Default::default(),
-                    constraints: Default::default(),
-                },
-            }
-        }
-
-        fn started(&self, number: u32) -> Event {
-            Event::ExecutionStarted(Box::new(ExecutionStarted {
-                execution_id: self.execution,
-                workflow_id: self.workflow,
-                execution_number: number,
-                trigger_reason: Default::default(),
-                triggered_by: Some("tester".to_owned()),
-                workflow: self.definition(),
-                agents: vec![self.agent.clone()],
-            }))
-        }
-
-        fn scheduled(&self, attempt: u32) -> Event {
-            Event::StepScheduled(Box::new(StepScheduled {
-                execution_id: self.execution,
-                workflow_id: self.workflow,
-                workflow_name: "Build".to_owned(),
-                step: self.step.clone(),
-                attempt,
-                agent: self.agent.clone(),
-                reason: AssignmentReason::RoleMatch {
-                    role: "architect".to_owned(),
-                },
-                coordinator_agent_id: None,
-                knowledge_sharing: true,
-                communication_style: Default::default(),
-                knowledge_watermark: 0,
-            }))
-        }
-
-        fn step_started(&self, attempt: u32) -> Event {
-            Event::StepStarted(StepStarted {
-                execution_id: self.execution,
-                workflow_id: self.workflow,
-                step_id: self.step.id.clone(),
-                step_name: self.step.name.clone(),
-                attempt,
-                agent_id: self.agent.id,
-                scheduled_event_id: EventId::new(),
-            })
-        }
-
-        fn step_completed(&self, attempt: u32) -> Event {
-            Event::StepCompleted(Box::new(StepCompleted {
-                execution_id: self.execution,
-                workflow_id: self.workflow,
-                step_id: self.step.id.clone(),
-                step_name: self.step.name.clone(),
-                attempt,
-                agent_id: self.agent.id,
-                result: StepResult {
-                    summary: "Designed".to_owned(),
-                    output: "The design".to_owned(),
-                    insights: vec!["Keep it small".to_owned()],
-                    decisions: vec![],
-                    questions: vec![],
-                    raw_response: "...".to_owned(),
-                    tokens: TokenUsage {
-                        prompt: 10,
-                        completion: 5,
-                        total: 15,
-                    },
-                },
-                provider: "offline".to_owned(),
-                model: "echo".to_owned(),
-                duration_ms: 42,
-            }))
-        }
-
-        fn step_failed(&self, attempt: u32) -> Event {
-            Event::StepFailed(StepFailed {
-                execution_id: self.execution,
-                workflow_id: self.workflow,
-                step_id: self.step.id.clone(),
-                step_name: self.step.name.clone(),
-                attempt,
-                agent_id: self.agent.id,
-                error: "provider said 500".to_owned(),
-            })
-        }
-    }
-
-    fn fresh_ids(batch: &[Incoming]) -> HashSet<Uuid> {
-        batch
-            .iter()
-            .filter_map(|m| m.content.as_ref().ok().map(|e| e.meta.id.0))
-            .collect()
-    }
-
-    fn plan_all(batch: &[Incoming]) -> Plan {
-        plan(batch, &fresh_ids(batch))
-    }
+    use crate::testing::{Fixture, plan_all};
+    use cadre_proto::KnowledgeId;
+    use cadre_proto::events::AgentRegistered;
+    use cadre_proto::model::KnowledgeType;
 
     #[test]
     fn events_for_one_execution_fold_into_one_patch_in_order() {
@@ -906,14 +961,30 @@ mod tests {
         assert_eq!(step["durationMs"], 42);
         assert_eq!(patch.assignments["design"]["agentName"], "Ada");
         assert_eq!(patch.assignments["design"]["reason"]["kind"], "roleMatch");
-        assert_eq!(patch.current_step_id, Some(None));
-        assert_eq!(patch.status, Some("completed"));
+        assert_eq!(patch.scheduled, ["design"]);
+        assert_eq!(
+            patch.status,
+            ExecutionStatus {
+                if_running: "completed",
+                if_paused: "completed"
+            }
+        );
+        let ending = patch.ending.as_ref().unwrap();
+        assert_eq!(ending.final_output, Some(json!({ "design": "The design" })));
+        assert_eq!(ending.completed_at, f.clock);
         assert_eq!(patch.updated_at, f.clock);
 
         assert_eq!(plan.workflow_patches.len(), 1);
         let workflow = &plan.workflow_patches[0];
         let started_at = batch[1].content.as_ref().unwrap().meta.time;
-        assert_eq!(workflow.status, Some("completed"));
+        assert_eq!(
+            workflow.status,
+            WorkflowStatus {
+                if_paused: None,
+                otherwise: Some("completed")
+            },
+            "a paused workflow stays paused"
+        );
         assert_eq!(workflow.started_at, Some(started_at));
         assert_eq!(workflow.execution_count, Some(1));
         assert_eq!(
@@ -961,7 +1032,7 @@ mod tests {
         let step = &plan.execution_patches[0].steps["design"];
         assert_eq!(
             Value::Object(step.clone()),
-            json!({ "status": "running", "attempt": 2, "agentId": f.agent.id })
+            json!({ "status": "running", "attempt": 2, "agentId": f.agent.id, "startedAt": f.clock })
         );
         assert_eq!(
             plan.execution_patches[0].assignments["design"]["attempt"],
@@ -1130,5 +1201,270 @@ mod tests {
         let incoming = f.message(f.started(u32::MAX));
         let reason = &incoming.content.as_ref().unwrap_err().reason;
         assert_eq!(reason, "execution number 4294967295 is out of range");
+    }
+
+    fn only_patch(plan: &Plan) -> &ExecutionPatch {
+        assert_eq!(plan.execution_patches.len(), 1, "{plan:?}");
+        &plan.execution_patches[0]
+    }
+
+    #[test]
+    fn every_step_entry_records_when_it_started_and_ended() {
+        let mut f = Fixture::with_steps(&["design", "review"]);
+        let review = f.on("review");
+        let batch = f.messages([
+            f.scheduled(1),
+            review.scheduled(1),
+            f.step_started(1),
+            review.step_started(1),
+            f.step_completed(1),
+            review.step_failed(1),
+        ]);
+        let at = |i: usize| json!(batch[i].content.as_ref().unwrap().meta.time);
+        let plan = plan_all(&batch);
+        let steps = &only_patch(&plan).steps;
+        assert_eq!(steps["design"]["startedAt"], at(2));
+        assert_eq!(steps["design"]["completedAt"], at(4));
+        assert_eq!(steps["review"]["status"], "failed");
+        assert_eq!(steps["review"]["startedAt"], at(3));
+        assert_eq!(steps["review"]["completedAt"], at(5));
+        assert_eq!(
+            steps["review"]["failedAt"],
+            at(5),
+            "kept for existing readers"
+        );
+    }
+
+    #[test]
+    fn a_timed_out_attempt_keeps_its_start_and_ignores_what_it_reports_later() {
+        let mut f = Fixture::new();
+        let batch = f.messages([
+            f.scheduled(1),
+            f.step_started(1),
+            f.step_timed_out(1, 5),
+            // The worker finishes after the coordinator gave up on it.
+            f.step_completed(1),
+        ]);
+        let time = |i: usize| batch[i].content.as_ref().unwrap().meta.time;
+        let plan = plan_all(&batch);
+        let step = &only_patch(&plan).steps["design"];
+        assert_eq!(
+            Value::Object(step.clone()),
+            json!({
+                "status": "timed_out",
+                "attempt": 1,
+                "agentId": f.agent.id,
+                "startedAt": time(1),
+                "error": "timed out after 5 minute(s)",
+                "timeoutMinutes": 5,
+                "completedAt": time(2),
+            })
+        );
+
+        let timed_out = &plan.interactions[2];
+        assert_eq!(timed_out.interaction_type, "coordination");
+        assert_eq!(
+            timed_out.message,
+            "Step timed out: Design - timed out after 5 minute(s)"
+        );
+        assert_eq!(
+            timed_out.from_agent_id, None,
+            "the coordinator's timer said so"
+        );
+        assert_eq!(timed_out.to_agent_id, Some(f.agent.id.0));
+        assert_eq!(timed_out.related_step_id.as_deref(), Some("design"));
+        assert_eq!(timed_out.context_data["error"], true);
+        assert_eq!(timed_out.context_data["timeoutMinutes"], 5);
+        assert_eq!(timed_out.id, batch[2].content.as_ref().unwrap().meta.id.0);
+    }
+
+    #[test]
+    fn a_retry_after_a_timeout_replaces_the_entry() {
+        let mut f = Fixture::new();
+        let batch = f.messages([
+            f.scheduled(1),
+            f.step_timed_out(1, 1),
+            f.scheduled(2),
+            f.step_started(1),
+        ]);
+        let plan = plan_all(&batch);
+        let patch = only_patch(&plan);
+        assert_eq!(patch.steps["design"]["status"], "scheduled");
+        assert_eq!(patch.steps["design"]["attempt"], 2);
+        assert_eq!(patch.scheduled, ["design"]);
+    }
+
+    #[test]
+    fn steps_scheduled_in_a_batch_are_listed_by_their_latest_scheduling() {
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let (review, test) = (f.on("review"), f.on("test"));
+        let batch = f.messages([
+            f.scheduled(1),
+            review.scheduled(1),
+            test.scheduled(1),
+            f.step_failed(1),
+            f.scheduled(2),
+        ]);
+        let plan = plan_all(&batch);
+        assert_eq!(only_patch(&plan).scheduled, ["review", "test", "design"]);
+    }
+
+    #[test]
+    fn a_failed_execution_records_its_cause() {
+        let mut f = Fixture::new();
+        let batch = f.messages([f.failed()]);
+        let plan = plan_all(&batch);
+        let patch = only_patch(&plan);
+        assert_eq!(patch.status.if_running, "failed");
+        assert_eq!(patch.status.if_paused, "failed");
+        let ending = patch.ending.as_ref().unwrap();
+        assert_eq!(
+            ending.failure_cause,
+            Some(json!({ "kind": "stepFailed", "stepId": "design" }))
+        );
+        assert_eq!(
+            ending.error_message.as_deref(),
+            Some("step 'Design' failed after 1 attempt(s)")
+        );
+        assert_eq!(plan.workflow_patches[0].status.otherwise, Some("failed"));
+    }
+
+    #[test]
+    fn a_failure_recorded_before_causes_existed_reads_as_the_current_version() {
+        let mut f = Fixture::new();
+        let current = f.message(f.failed());
+        let mut v1: Value =
+            serde_json::from_slice(&current.content.as_ref().unwrap().encode()).unwrap();
+        v1["type"] = cadre_proto::upcast::EXECUTION_FAILED_V1.into();
+        v1["data"] = json!({
+            "executionId": f.execution,
+            "workflowId": f.workflow,
+            "failedStepId": "design",
+            "error": "it broke",
+        });
+        let old = Incoming::decode(
+            2,
+            current.subject.clone(),
+            f.clock,
+            &serde_json::to_vec(&v1).unwrap(),
+        );
+        let plan = plan_all(&[old]);
+        let ending = only_patch(&plan).ending.clone().unwrap();
+        assert_eq!(
+            ending.failure_cause,
+            Some(json!({ "kind": "stepFailed", "stepId": "design" }))
+        );
+        assert_eq!(ending.error_message.as_deref(), Some("it broke"));
+    }
+
+    #[test]
+    fn a_cancellation_ends_the_execution_with_its_reason_and_requester() {
+        let mut f = Fixture::new();
+        let batch = f.messages([f.cancelled(Some("ops"), Some("wrong input"))]);
+        let plan = plan_all(&batch);
+        let patch = only_patch(&plan);
+        assert_eq!(patch.status.if_running, "cancelled");
+        assert_eq!(patch.status.if_paused, "cancelled");
+        let ending = patch.ending.as_ref().unwrap();
+        assert_eq!(ending.error_message.as_deref(), Some("wrong input"));
+        assert_eq!(ending.completed_at, f.clock);
+        assert_eq!(
+            Value::Object(ending.context.clone()),
+            json!({ "cancellation": { "requestedBy": "ops", "reason": "wrong input" } })
+        );
+        assert_eq!(plan.workflow_patches[0].status.otherwise, Some("cancelled"));
+
+        let batch = f.messages([f.cancelled(None, None)]);
+        let plan = plan_all(&batch);
+        let ending = only_patch(&plan).ending.clone().unwrap();
+        assert_eq!(ending.error_message.as_deref(), Some("cancelled"));
+        assert_eq!(Value::Object(ending.context), json!({ "cancellation": {} }));
+    }
+
+    #[test]
+    fn pause_and_resume_move_only_an_execution_that_has_not_ended() {
+        let mut f = Fixture::new();
+        let e = f.clone();
+        let mut status = |events: Vec<Event>| {
+            let plan = plan_all(&f.messages(events));
+            let patch = only_patch(&plan);
+            (
+                patch.status.if_running,
+                patch.status.if_paused,
+                patch.ending.is_some(),
+            )
+        };
+        assert_eq!(status(vec![e.paused()]), ("paused", "paused", false));
+        assert_eq!(status(vec![e.resumed()]), ("running", "running", false));
+        assert_eq!(
+            status(vec![e.paused(), e.resumed()]),
+            ("running", "running", false)
+        );
+        assert_eq!(
+            status(vec![e.paused(), e.completed()]),
+            ("completed", "completed", true)
+        );
+        assert_eq!(
+            status(vec![e.completed(), e.resumed(), e.paused()]),
+            ("completed", "completed", true),
+            "an ended execution is never resurrected"
+        );
+
+        // Only the first end counts.
+        let plan = plan_all(&f.messages([e.cancelled(Some("ops"), None), e.completed()]));
+        let patch = only_patch(&plan);
+        assert_eq!(patch.status.if_running, "cancelled");
+        let ending = patch.ending.as_ref().unwrap();
+        assert_eq!(ending.final_output, None);
+        assert_eq!(ending.error_message.as_deref(), Some("cancelled"));
+    }
+
+    #[test]
+    fn a_paused_workflow_stays_paused_while_its_runs_start_and_end() {
+        let mut f = Fixture::new();
+        let e = f.clone();
+        let mut status = |events: Vec<Event>| {
+            let plan = plan_all(&f.messages(events));
+            assert_eq!(plan.workflow_patches.len(), 1);
+            plan.workflow_patches[0].status
+        };
+        let unless_paused = |otherwise| WorkflowStatus {
+            if_paused: None,
+            otherwise,
+        };
+        assert_eq!(
+            status(vec![e.workflow_paused()]),
+            unless_paused(Some("paused"))
+        );
+        assert_eq!(
+            status(vec![e.workflow_paused(), e.started(2), e.completed()]),
+            unless_paused(Some("paused"))
+        );
+        assert_eq!(
+            status(vec![e.started(2), e.completed()]),
+            unless_paused(Some("completed"))
+        );
+        assert_eq!(
+            status(vec![e.workflow_resumed()]),
+            WorkflowStatus {
+                if_paused: Some("active"),
+                otherwise: None,
+            },
+            "resuming a workflow that is not paused changes nothing"
+        );
+        assert_eq!(
+            status(vec![e.workflow_resumed(), e.failed()]),
+            WorkflowStatus {
+                if_paused: Some("failed"),
+                otherwise: Some("failed"),
+            }
+        );
+        assert_eq!(
+            status(vec![e.workflow_paused(), e.workflow_resumed()]),
+            WorkflowStatus {
+                if_paused: Some("active"),
+                otherwise: Some("active"),
+            }
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -307,71 +308,122 @@ async fn insert_executions(tx: &mut PgConnection, plan: &Plan) -> Result<(), sql
 
 /// One statement for every execution the batch touched. Step entries merge with the stored ones
 /// by the rule of `plan::merge_step` (later attempt replaces, earlier is ignored, same attempt
-/// overwrites the named fields); `active_agents` is derived from the steps now running.
+/// overwrites the named fields unless it ended). The status moves by the batch's
+/// `ExecutionStatus` from the stored one, and the batch's ending applies only if that ends the
+/// execution now. `active_steps` lists the steps now scheduled or running, the stored ones first
+/// (scheduled earlier), then those this batch scheduled, then any other (defensive: a step that
+/// started without being scheduled); `current_step_id` is the last of them and `active_agents`
+/// the agents of the running ones. Both are empty once the execution ended.
 async fn patch_executions(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
     let rows = &plan.execution_patches;
     if rows.is_empty() {
         return Ok(());
     }
-    let steps = column!(rows, |r| serde_json::Value::Object(
+    let steps = column!(rows, |r| Value::Object(
         r.steps
             .iter()
-            .map(|(step, entry)| (step.clone(), serde_json::Value::Object(entry.clone())))
+            .map(|(step, entry)| (step.clone(), Value::Object(entry.clone())))
             .collect()
     ));
     sqlx::query(
         "WITH patch AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::jsonb[], $4::bool[], $5::text[],
-                                  $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[],
-                                  $10::timestamptz[])
-                  AS p(id, steps, assignments, sets_current_step, current_step_id, status,
-                       error_message, final_output, completed_at, updated_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::text[],
+                                  $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::jsonb[],
+                                  $11::timestamptz[], $12::timestamptz[])
+                  AS p(id, steps, assignments, scheduled, if_running, if_paused, error_message,
+                       failure_cause, final_output, context, completed_at, updated_at)
          ), merged AS (
-             SELECT p.*, e.step_results || coalesce((
-                 SELECT jsonb_object_agg(s.key, CASE
-                     WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
-                          > (s.value ->> 'attempt')::bigint THEN e.step_results -> s.key
-                     WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
-                          < (s.value ->> 'attempt')::bigint THEN s.value
-                     ELSE coalesce(e.step_results -> s.key, '{}'::jsonb) || s.value
-                 END)
-                 FROM jsonb_each(p.steps) AS s), '{}'::jsonb) AS step_results
+             SELECT p.*, e.active_steps AS was_active,
+                 CASE e.status WHEN 'running' THEN p.if_running
+                               WHEN 'paused' THEN p.if_paused
+                               ELSE e.status END AS status,
+                 e.status IN ('running', 'paused') AND p.completed_at IS NOT NULL AS ends,
+                 e.step_results || coalesce((
+                     SELECT jsonb_object_agg(s.key, CASE
+                         WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
+                              > (s.value ->> 'attempt')::bigint THEN e.step_results -> s.key
+                         WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
+                              < (s.value ->> 'attempt')::bigint THEN s.value
+                         WHEN e.step_results -> s.key ->> 'status'
+                              IN ('completed', 'failed', 'timed_out') THEN e.step_results -> s.key
+                         ELSE coalesce(e.step_results -> s.key, '{}'::jsonb) || s.value
+                     END)
+                     FROM jsonb_each(p.steps) AS s), '{}'::jsonb) AS step_results
              FROM patch p JOIN workflow_executions e ON e.id = p.id
+         ), derived AS (
+             SELECT m.*,
+                 CASE WHEN m.status NOT IN ('running', 'paused') THEN '[]'::jsonb
+                 ELSE (SELECT coalesce(jsonb_agg(a.step ORDER BY a.rank, a.position, a.step),
+                                       '[]'::jsonb)
+                       FROM (SELECT w.step, 0 AS rank, w.position
+                             FROM jsonb_array_elements_text(m.was_active)
+                                  WITH ORDINALITY AS w(step, position)
+                             WHERE NOT m.scheduled ? w.step
+                             UNION ALL
+                             SELECT n.step, 1, n.position
+                             FROM jsonb_array_elements_text(m.scheduled)
+                                  WITH ORDINALITY AS n(step, position)
+                             UNION ALL
+                             SELECT k.step, 2, 0
+                             FROM jsonb_object_keys(m.step_results) AS k(step)
+                             WHERE NOT m.was_active ? k.step AND NOT m.scheduled ? k.step
+                            ) AS a
+                       WHERE m.step_results -> a.step ->> 'status' IN ('scheduled', 'running'))
+                 END AS active_steps
+             FROM merged m
          )
          UPDATE workflow_executions e SET
-             step_results = m.step_results,
-             active_agents = (
-                 SELECT coalesce(jsonb_agg(DISTINCT r.value -> 'agentId'), '[]'::jsonb)
-                 FROM jsonb_each(m.step_results) AS r
-                 WHERE r.value ->> 'status' = 'running'),
-             agent_assignments = e.agent_assignments || m.assignments,
-             current_step_id = CASE WHEN m.sets_current_step THEN m.current_step_id
-                                    ELSE e.current_step_id END,
-             status = coalesce(m.status, e.status),
-             error_message = coalesce(m.error_message, e.error_message),
-             final_output = coalesce(m.final_output, e.final_output),
-             completed_at = coalesce(m.completed_at, e.completed_at),
-             updated_at = m.updated_at
-         FROM merged m
-         WHERE e.id = m.id",
+             step_results = d.step_results,
+             active_steps = d.active_steps,
+             current_step_id = d.active_steps ->> -1,
+             active_agents = CASE WHEN d.status NOT IN ('running', 'paused') THEN '[]'::jsonb
+                 ELSE (SELECT coalesce(jsonb_agg(DISTINCT r.value -> 'agentId'), '[]'::jsonb)
+                       FROM jsonb_each(d.step_results) AS r
+                       WHERE r.value ->> 'status' = 'running') END,
+             agent_assignments = e.agent_assignments || d.assignments,
+             status = d.status,
+             error_message = CASE WHEN d.ends THEN d.error_message ELSE e.error_message END,
+             failure_cause = CASE WHEN d.ends THEN d.failure_cause ELSE e.failure_cause END,
+             final_output = CASE WHEN d.ends THEN d.final_output ELSE e.final_output END,
+             execution_context = CASE WHEN d.ends THEN e.execution_context || d.context
+                                      ELSE e.execution_context END,
+             completed_at = CASE WHEN d.ends THEN d.completed_at ELSE e.completed_at END,
+             updated_at = d.updated_at
+         FROM derived d
+         WHERE e.id = d.id",
     )
     .bind(column!(rows, |r| r.execution_id))
     .bind(steps)
-    .bind(column!(rows, |r| serde_json::Value::Object(
-        r.assignments.clone()
+    .bind(column!(rows, |r| Value::Object(r.assignments.clone())))
+    .bind(column!(rows, |r| json!(r.scheduled)))
+    .bind(column!(rows, |r| r.status.if_running))
+    .bind(column!(rows, |r| r.status.if_paused))
+    .bind(column!(rows, |r| r
+        .ending
+        .as_ref()
+        .and_then(|e| e.error_message.as_deref())))
+    .bind(column!(rows, |r| r
+        .ending
+        .as_ref()
+        .and_then(|e| e.failure_cause.as_ref())))
+    .bind(column!(rows, |r| r
+        .ending
+        .as_ref()
+        .and_then(|e| e.final_output.as_ref())))
+    .bind(column!(rows, |r| Value::Object(
+        r.ending
+            .as_ref()
+            .map(|e| e.context.clone())
+            .unwrap_or_default()
     )))
-    .bind(column!(rows, |r| r.current_step_id.is_some()))
-    .bind(column!(rows, |r| r.current_step_id.clone().flatten()))
-    .bind(column!(rows, |r| r.status))
-    .bind(column!(rows, |r| r.error_message.as_deref()))
-    .bind(column!(rows, |r| r.final_output.as_ref()))
-    .bind(column!(rows, |r| r.completed_at))
+    .bind(column!(rows, |r| r.ending.as_ref().map(|e| e.completed_at)))
     .bind(column!(rows, |r| r.updated_at))
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
+/// The workflow's status moves by the batch's `WorkflowStatus` from the stored one.
 async fn patch_workflows(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
     let rows = &plan.workflow_patches;
     if rows.is_empty() {
@@ -380,7 +432,8 @@ async fn patch_workflows(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx:
     // In SET, `w.started_at` is the stored value: the start of a run begun in an earlier batch.
     sqlx::query(
         "UPDATE collaboration_workflows w SET
-             status = coalesce(p.status, w.status),
+             status = CASE WHEN w.status = 'paused' THEN coalesce(p.if_paused, w.status)
+                           ELSE coalesce(p.otherwise, w.status) END,
              started_at = coalesce(p.started_at, w.started_at),
              execution_count = greatest(w.execution_count, coalesce(p.execution_count, 0)),
              completed_at = coalesce(p.completed_at, w.completed_at),
@@ -388,14 +441,15 @@ async fn patch_workflows(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx:
                  ELSE trunc(extract(epoch FROM
                      p.run_completed_at - coalesce(p.run_started_at, w.started_at)))::int END,
              updated_at = p.updated_at
-         FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int[], $5::timestamptz[],
-                     $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
-              AS p(id, status, started_at, execution_count, completed_at, run_started_at,
-                   run_completed_at, updated_at)
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::int[],
+                     $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[])
+              AS p(id, if_paused, otherwise, started_at, execution_count, completed_at,
+                   run_started_at, run_completed_at, updated_at)
          WHERE w.id = p.id",
     )
     .bind(column!(rows, |r| r.workflow_id))
-    .bind(column!(rows, |r| r.status))
+    .bind(column!(rows, |r| r.status.if_paused))
+    .bind(column!(rows, |r| r.status.otherwise))
     .bind(column!(rows, |r| r.started_at))
     .bind(column!(rows, |r| r.execution_count))
     .bind(column!(rows, |r| r.completed_at))
@@ -495,4 +549,342 @@ async fn insert_rejections(tx: &mut PgConnection, plan: &Plan) -> Result<(), sql
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
+mod tests {
+    use cadre_proto::{Event, ExecutionId};
+    use serde_json::Value;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::testing::{Fixture, TestDb};
+
+    async fn lease(db: &TestDb) -> Lease {
+        Lease::acquire(&db.url, &CancellationToken::new())
+            .await
+            .unwrap()
+    }
+
+    /// Projects `messages` in batches of `size`.
+    async fn project(lease: &mut Lease, messages: &[Incoming], size: usize) {
+        for batch in messages.chunks(size) {
+            lease.project(batch).await.unwrap();
+        }
+    }
+
+    /// Every row of `table` as JSON, in a stable order.
+    async fn rows(conn: &mut PgConnection, table: &str) -> Value {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text), '[]') FROM {table} t"
+        )))
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    }
+
+    async fn execution(conn: &mut PgConnection, id: ExecutionId) -> Value {
+        sqlx::query_scalar("SELECT to_jsonb(e) FROM workflow_executions e WHERE id = $1")
+            .bind(id.0)
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
+
+    async fn workflow_status(conn: &mut PgConnection, f: &Fixture) -> String {
+        sqlx::query_scalar("SELECT status FROM collaboration_workflows WHERE id = $1")
+            .bind(f.workflow.0)
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_scheduled_or_running_step_is_listed_while_the_execution_runs() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let (design, review, test) = (f.on("design"), f.on("review"), f.on("test"));
+        let mut step = async |events: Vec<Event>| {
+            project(&mut lease, &f.messages(events), 1).await;
+            let row = execution(&mut conn, f.execution).await;
+            (
+                row["active_steps"].clone(),
+                row["current_step_id"].clone(),
+                row["active_agents"].clone(),
+            )
+        };
+        let agents = json!([design.agent.id]);
+
+        let (active, current, working) = step(vec![
+            design.created(),
+            design.started(1),
+            design.scheduled(1),
+            review.scheduled(1),
+            test.scheduled(1),
+        ])
+        .await;
+        assert_eq!(active, json!(["design", "review", "test"]));
+        assert_eq!(current, "test", "the most recently scheduled");
+        assert_eq!(working, json!([]), "none has started");
+
+        let (active, current, working) =
+            step(vec![design.step_started(1), review.step_started(1)]).await;
+        assert_eq!(active, json!(["design", "review", "test"]));
+        assert_eq!(current, "test");
+        assert_eq!(working, agents);
+
+        let (active, current, _) = step(vec![review.step_completed(1)]).await;
+        assert_eq!(active, json!(["design", "test"]));
+        assert_eq!(current, "test");
+
+        let (active, current, _) = step(vec![design.step_timed_out(1, 5)]).await;
+        assert_eq!(active, json!(["test"]));
+        assert_eq!(current, "test");
+
+        let (active, current, working) = step(vec![design.scheduled(2)]).await;
+        assert_eq!(active, json!(["test", "design"]));
+        assert_eq!(current, "design", "the retry is the latest scheduled");
+        assert_eq!(working, json!([]));
+
+        let (active, current, _) = step(vec![test.step_started(1), test.step_failed(1)]).await;
+        assert_eq!(active, json!(["design"]));
+        assert_eq!(current, "design");
+
+        // A step still scheduled when the execution ends is not active any more.
+        let (active, current, working) = step(vec![test.failed()]).await;
+        assert_eq!(active, json!([]));
+        assert_eq!(current, Value::Null);
+        assert_eq!(working, json!([]));
+    }
+
+    #[tokio::test]
+    async fn a_batch_adds_the_steps_it_schedules_after_the_stored_ones() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let (design, review, test) = (f.on("design"), f.on("review"), f.on("test"));
+        let first = f.messages([design.started(1), design.scheduled(1), review.scheduled(1)]);
+        project(&mut lease, &first, 10).await;
+        let second = f.messages([
+            test.scheduled(1),
+            review.step_failed(1),
+            review.scheduled(2),
+        ]);
+        project(&mut lease, &second, 10).await;
+        let row = execution(&mut conn, f.execution).await;
+        assert_eq!(row["active_steps"], json!(["design", "test", "review"]));
+        assert_eq!(row["current_step_id"], "review");
+    }
+
+    #[tokio::test]
+    async fn a_report_after_a_timeout_changes_nothing_in_a_later_batch() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::new();
+        let e = f.clone();
+        let log = f.messages([
+            e.started(1),
+            e.scheduled(1),
+            e.step_started(1),
+            e.step_timed_out(1, 2),
+            e.step_completed(1),
+        ]);
+        project(&mut lease, &log, 1).await;
+        let row = execution(&mut conn, f.execution).await;
+        let step = &row["step_results"]["design"];
+        assert_eq!(step["status"], "timed_out");
+        assert_eq!(step["error"], "timed out after 2 minute(s)");
+        assert_eq!(
+            step["startedAt"],
+            json!(log[2].content.as_ref().unwrap().meta.time)
+        );
+        assert_eq!(
+            step["completedAt"],
+            json!(log[3].content.as_ref().unwrap().meta.time)
+        );
+        assert_eq!(step.get("summary"), None);
+        assert_eq!(row["active_steps"], json!([]));
+        assert_eq!(
+            row["status"], "running",
+            "the coordinator decides what comes next"
+        );
+    }
+
+    /// A run through every kind of event, late and out-of-place ones included.
+    fn eventful_log() -> (Fixture, Vec<ExecutionId>, Vec<Incoming>) {
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let (design, review, test) = (f.on("design"), f.on("review"), f.on("test"));
+        let mut log = f.messages([
+            design.created(),
+            design.started(1),
+            design.scheduled(1),
+            review.scheduled(1),
+            test.scheduled(1),
+            design.step_started(1),
+            review.step_started(1),
+            review.step_completed(1),
+            design.step_timed_out(1, 5),
+            test.step_started(1),
+            design.scheduled(2),
+            design.paused(),
+            design.step_started(2),
+            // The first attempt's worker reports after its timeout.
+            design.step_completed(1),
+            design.workflow_paused(),
+            design.resumed(),
+            design.step_completed(2),
+            test.step_failed(1),
+            test.failed(),
+            // Defensive: nothing reopens an ended execution.
+            design.resumed(),
+            design.paused(),
+            design.cancelled(Some("ops"), None),
+        ]);
+        let mut executions = vec![f.execution];
+        // A run that ends while its workflow is paused leaves it paused.
+        f.execution = ExecutionId::new();
+        let second = f.on("design");
+        log.extend(f.messages([
+            second.started(2),
+            second.scheduled(1),
+            second.cancelled(None, Some("not needed")),
+            second.workflow_resumed(),
+        ]));
+        executions.push(f.execution);
+        f.execution = ExecutionId::new();
+        let third = f.on("design");
+        log.extend(f.messages([
+            third.started(3),
+            third.scheduled(1),
+            third.paused(),
+            third.cancelled(Some("ops"), Some("superseded")),
+        ]));
+        executions.push(f.execution);
+        (f, executions, log)
+    }
+
+    #[tokio::test]
+    async fn lifecycle_events_give_the_same_rows_however_the_log_is_cut() {
+        let (f, executions, log) = eventful_log();
+        let mut snapshots = Vec::new();
+        for size in [log.len(), 1, 3, 7] {
+            let db = TestDb::create().await;
+            let mut lease = lease(&db).await;
+            project(&mut lease, &log, size).await;
+            let mut conn = db.connect().await;
+            let mut snapshot = Vec::new();
+            for table in [
+                "collaboration_workflows",
+                "workflow_executions",
+                "agent_interactions",
+            ] {
+                snapshot.push(rows(&mut conn, table).await);
+            }
+            if size == log.len() {
+                check_eventful_rows(&mut conn, &f, &executions).await;
+            }
+            snapshots.push((size, snapshot));
+        }
+        let (_, whole) = &snapshots[0];
+        for (size, snapshot) in &snapshots[1..] {
+            assert_eq!(snapshot, whole, "batches of {size}");
+        }
+    }
+
+    async fn check_eventful_rows(conn: &mut PgConnection, f: &Fixture, executions: &[ExecutionId]) {
+        let first = execution(conn, executions[0]).await;
+        assert_eq!(first["status"], "failed");
+        assert_eq!(
+            first["failure_cause"],
+            json!({ "kind": "stepFailed", "stepId": "test" })
+        );
+        assert_eq!(
+            first["execution_context"],
+            json!({}),
+            "the late cancel is ignored"
+        );
+        assert_eq!(first["active_steps"], json!([]));
+        assert_eq!(first["current_step_id"], Value::Null);
+        let steps = &first["step_results"];
+        assert_eq!(steps["design"]["status"], "completed");
+        assert_eq!(steps["design"]["attempt"], 2);
+        assert!(steps["design"]["startedAt"].is_string(), "{steps}");
+        assert_eq!(steps["review"]["status"], "completed");
+        assert_eq!(steps["test"]["status"], "failed");
+        assert!(steps["test"]["startedAt"].is_string(), "{steps}");
+
+        let second = execution(conn, executions[1]).await;
+        assert_eq!(second["status"], "cancelled");
+        assert_eq!(second["error_message"], "not needed");
+        assert_eq!(
+            second["execution_context"],
+            json!({ "cancellation": { "reason": "not needed" } })
+        );
+        assert!(second["completed_at"].is_string());
+
+        let third = execution(conn, executions[2]).await;
+        assert_eq!(
+            third["status"], "cancelled",
+            "a paused execution can be cancelled"
+        );
+        assert_eq!(third["error_message"], "superseded");
+        assert_eq!(
+            third["execution_context"]["cancellation"]["requestedBy"],
+            "ops"
+        );
+        assert_eq!(workflow_status(conn, f).await, "cancelled");
+    }
+
+    #[tokio::test]
+    async fn a_paused_workflow_stays_paused_across_batches_until_resumed() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::new();
+        let e = f.clone();
+        for (events, status) in [
+            (vec![e.created()], "draft"),
+            (vec![e.started(1)], "active"),
+            (vec![e.workflow_paused()], "paused"),
+            (vec![e.completed()], "paused"),
+            (vec![e.workflow_resumed()], "active"),
+            (vec![e.workflow_resumed()], "active"),
+        ] {
+            project(&mut lease, &f.messages(events), 1).await;
+            assert_eq!(workflow_status(&mut conn, &f).await, status);
+        }
+        let row = execution(&mut conn, f.execution).await;
+        assert_eq!(row["status"], "completed");
+        assert_eq!(row["final_output"], json!({ "design": "The design" }));
+    }
+
+    #[tokio::test]
+    async fn a_resume_never_reopens_an_ended_execution() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::new();
+        let e = f.clone();
+        for (events, status) in [
+            (vec![e.started(1)], "running"),
+            (vec![e.paused()], "paused"),
+            (vec![e.paused()], "paused"),
+            (vec![e.resumed()], "running"),
+            (vec![e.completed()], "completed"),
+            (vec![e.resumed()], "completed"),
+            (vec![e.paused(), e.resumed()], "completed"),
+            (vec![e.cancelled(Some("ops"), None)], "completed"),
+        ] {
+            project(&mut lease, &f.messages(events), 10).await;
+            assert_eq!(execution(&mut conn, f.execution).await["status"], status);
+        }
+        let row = execution(&mut conn, f.execution).await;
+        assert_eq!(row["error_message"], Value::Null);
+        assert_eq!(row["execution_context"], json!({}));
+    }
 }
