@@ -11,6 +11,8 @@
 //! the log is fixed by replaying the log, never by writing to it.
 
 mod feed;
+mod incoming;
+mod models;
 mod plan;
 mod store;
 #[cfg(test)]

@@ -6,21 +6,27 @@
 use std::collections::HashSet;
 
 use cadre_proto::events::{
-    ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused, ExecutionResumed,
-    ExecutionStarted, FailureCause, Request, StepAttempt, StepCompleted, StepFailed, StepScheduled,
-    StepStarted, StepTimedOut, WorkflowCreated, WorkflowPaused, WorkflowResumed,
+    AgentRegistered, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused,
+    ExecutionResumed, ExecutionStarted, FailureCause, InteractionRecorded, KnowledgeShared,
+    Request, StepAttempt, StepCompleted, StepFailed, StepScheduled, StepStarted, StepTimedOut,
+    WorkflowCreated, WorkflowPaused, WorkflowResumed,
 };
 use cadre_proto::model::{
-    AgentProfile, StepResult, StepType, TokenUsage, WorkflowConfiguration, WorkflowDefinition,
-    WorkflowStep,
+    AgentProfile, InteractionType, KnowledgeType, StepResult, StepType, TokenUsage,
+    WorkflowConfiguration, WorkflowDefinition, WorkflowStep,
 };
-use cadre_proto::{AgentId, Envelope, Event, EventId, ExecutionId, StepId, TenantId, WorkflowId};
+use cadre_proto::{
+    AgentId, Envelope, Event, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId,
+};
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::plan::{Incoming, Plan, plan};
+use crate::incoming::Incoming;
+use crate::plan::{Plan, plan};
+use crate::store::Lease;
 
 /// One workflow, one agent, one execution at a time; `step` is the step the step events are
 /// about (see [`Fixture::on`]).
@@ -140,6 +146,43 @@ impl Fixture {
                 constraints: Default::default(),
             },
         }
+    }
+
+    pub fn registered(&self) -> Event {
+        Event::AgentRegistered(AgentRegistered {
+            agent: self.agent.clone(),
+        })
+    }
+
+    /// Knowledge from this fixture's step.
+    pub fn shared(&self, content: &str) -> Event {
+        Event::KnowledgeShared(KnowledgeShared {
+            knowledge_id: KnowledgeId::new(),
+            workflow_id: self.workflow,
+            execution_id: self.execution,
+            step_id: self.step.id.clone(),
+            title: format!("Insights from {}", self.step.name),
+            content: content.to_owned(),
+            knowledge_type: KnowledgeType::Insight,
+            created_by_agent_id: self.agent.id,
+            relevance_score: 0.8,
+            tags: vec![self.step.id.to_string()],
+        })
+    }
+
+    /// A question from this fixture's agent to the team.
+    pub fn question(&self, message: &str) -> Event {
+        Event::InteractionRecorded(InteractionRecorded {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            from_agent_id: self.agent.id,
+            to_agent_id: None,
+            interaction_type: InteractionType::Question,
+            message: message.to_owned(),
+            context_data: Value::Null,
+            related_step_id: Some(self.step.id.clone()),
+            requires_response: true,
+        })
     }
 
     pub fn created(&self) -> Event {
@@ -307,6 +350,11 @@ pub(crate) fn fresh_ids(batch: &[Incoming]) -> HashSet<Uuid> {
         .collect()
 }
 
+/// The message's envelope, encoded again.
+pub(crate) fn payload(incoming: &Incoming) -> Vec<u8> {
+    incoming.content.as_ref().unwrap().encode()
+}
+
 /// The plan of a batch whose events are all new to the projection.
 pub(crate) fn plan_all(batch: &[Incoming]) -> Plan {
     plan(batch, &fresh_ids(batch))
@@ -374,4 +422,43 @@ impl Drop for TestDb {
         });
         let _ = dropper.join();
     }
+}
+
+pub(crate) async fn lease(db: &TestDb) -> Lease {
+    Lease::acquire(&db.url, &CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+/// Projects `messages` in batches of `size`.
+pub(crate) async fn project(lease: &mut Lease, messages: &[Incoming], size: usize) {
+    for batch in messages.chunks(size) {
+        lease.project(batch).await.unwrap();
+    }
+}
+
+/// Every row of `table` as JSON, in a stable order.
+pub(crate) async fn rows(conn: &mut PgConnection, table: &str) -> Value {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text), '[]') FROM {table} t"
+    )))
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+pub(crate) async fn execution(conn: &mut PgConnection, id: ExecutionId) -> Value {
+    sqlx::query_scalar("SELECT to_jsonb(e) FROM workflow_executions e WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+pub(crate) async fn workflow_status(conn: &mut PgConnection, f: &Fixture) -> String {
+    sqlx::query_scalar("SELECT status FROM collaboration_workflows WHERE id = $1")
+        .bind(f.workflow.0)
+        .fetch_one(conn)
+        .await
+        .unwrap()
 }
