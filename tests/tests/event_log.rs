@@ -25,7 +25,7 @@ fn failed(workflow_id: WorkflowId, execution_id: ExecutionId, error: &str) -> En
         Event::ExecutionFailed(ExecutionFailed {
             execution_id,
             workflow_id,
-            failed_step_id: None,
+            cause: cadre_proto::events::FailureCause::Stuck,
             error: error.into(),
         }),
     )

@@ -239,7 +239,7 @@ async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
     let filter = subjects::execution_state(&tenant, workflow, execution);
     let events = stack.bus.read_all(&filter).await.unwrap();
     let completions = |events: &[cadre_runtime::bus::Stored]| {
-        events.iter().filter(|s| matches!(&s.envelope.event, Event::StepCompleted(c) if c.step_id.as_str() == "step-1")).count()
+        events.iter().filter(|s| matches!(&s.envelope.event, Event::StepCompleted(c) if c.attempt.step_id.as_str() == "step-1")).count()
     };
     assert_eq!(completions(&events), 1);
     let scheduled = events
@@ -336,7 +336,9 @@ async fn a_step_delivered_twice_while_running_still_completes_once() {
         .unwrap();
     let step_one_completions = events
         .iter()
-        .filter(|s| matches!(&s.envelope.event, Event::StepCompleted(c) if c.step_id == step))
+        .filter(
+            |s| matches!(&s.envelope.event, Event::StepCompleted(c) if c.attempt.step_id == step),
+        )
         .count();
     assert_eq!(step_one_completions, 1);
     let knowledge = count(

@@ -56,13 +56,18 @@ pub struct ExecutionView {
     pub execution_number: i32,
     pub trigger_reason: String,
     pub triggered_by: Option<String>,
+    /// The most recently scheduled of `active_steps`; kept for clients of the seed's API.
     pub current_step_id: Option<String>,
+    /// Every step scheduled or running, in the order they were scheduled.
+    pub active_steps: serde_json::Value,
     pub execution_context: serde_json::Value,
     pub step_results: serde_json::Value,
     pub active_agents: serde_json::Value,
     pub agent_assignments: serde_json::Value,
     pub status: String,
     pub error_message: Option<String>,
+    /// Why a failed execution failed (`{"kind": "stepFailed", "stepId": ...}`).
+    pub failure_cause: Option<serde_json::Value>,
     pub final_output: Option<serde_json::Value>,
     pub started_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -163,8 +168,9 @@ pub async fn workflow(
 macro_rules! execution_columns {
     () => {
         "id, workflow_id, execution_number, trigger_reason, triggered_by,
-    current_step_id, execution_context, step_results, active_agents, agent_assignments, status,
-    error_message, final_output, started_at, completed_at, updated_at"
+    current_step_id, active_steps, execution_context, step_results, active_agents,
+    agent_assignments, status, error_message, failure_cause, final_output, started_at,
+    completed_at, updated_at"
     };
 }
 

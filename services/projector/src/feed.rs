@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::plan::Incoming;
+use crate::incoming::Incoming;
 use crate::store::{Lease, retry_backoff, sleep_or_shutdown};
 
 /// How often the active projector checks that its Postgres session, and so its lock, is alive
@@ -197,7 +197,7 @@ impl Projector<'_> {
                     }
                 }
             };
-            for rejection in &plan.rejections {
+            for rejection in &plan.rejections.rows {
                 tracing::warn!(
                     sequence = rejection.stream_sequence,
                     subject = %rejection.subject,
@@ -206,7 +206,7 @@ impl Projector<'_> {
                 );
             }
             progress.messages += batch.incoming.len() as u64;
-            progress.rejected += plan.rejections.len() as u64;
+            progress.rejected += plan.rejections.rows.len() as u64;
             progress.checkpoint = plan.last_sequence;
         }
         // Ack after commit: a crash in between replays the batch, which the checkpoint skips.

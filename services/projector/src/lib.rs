@@ -11,8 +11,12 @@
 //! the log is fixed by replaying the log, never by writing to it.
 
 mod feed;
+mod incoming;
+mod models;
 mod plan;
 mod store;
+#[cfg(test)]
+mod testing;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,871 +1,158 @@
 //! What a batch of stream messages does to the read models, decided without I/O.
 //!
 //! [`plan`] folds a batch in stream order into one change per row: several events for the same
-//! execution or workflow become one patch, so the store can apply a whole batch with one
-//! set-based statement per table. Every value comes from the events (never the clock), so
-//! replaying the log gives the same rows however it is cut into batches.
+//! execution or workflow become one patch, so that each read model (see [`crate::models`])
+//! writes a whole batch with one set-based statement per kind of change. The routing below says
+//! which read models each event changes; each model's module says how.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 
-use cadre_proto::events::{
-    AssignmentReason, ExecutionCompleted, ExecutionFailed, ExecutionStarted, InteractionRecorded,
-    KnowledgeShared, StepCompleted, StepFailed, StepScheduled, StepStarted,
-};
-use cadre_proto::model::{AgentProfile, InteractionType, WorkflowDefinition};
-use cadre_proto::{AgentId, Envelope, Event, ExecutionId, StepId};
-use chrono::{DateTime, Datelike, Utc};
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use cadre_proto::{Envelope, Event};
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// A message read from the event stream.
-#[derive(Debug)]
-pub(crate) struct Incoming {
-    pub sequence: u64,
-    pub subject: String,
-    /// When JetStream stored the message: the only time a message that is not an event has.
-    pub stored_at: DateTime<Utc>,
-    pub content: Result<Envelope, Unreadable>,
-}
+use crate::incoming::Incoming;
+use crate::models::executions::Outcome;
+use crate::models::{agents, executions, interactions, knowledge, rejections, workflows};
 
-/// A message that is not an event the read models can hold, and why.
-#[derive(Debug)]
-pub(crate) struct Unreadable {
-    pub reason: String,
-    pub payload: Vec<u8>,
-}
-
-impl Incoming {
-    pub fn decode(
-        sequence: u64,
-        subject: impl Into<String>,
-        stored_at: DateTime<Utc>,
-        payload: &[u8],
-    ) -> Self {
-        let payload = without_nul_escapes(payload);
-        let content = Envelope::decode(&payload)
-            .map_err(|error| error.to_string())
-            .and_then(|envelope| storable(&envelope).map(|()| envelope))
-            .map_err(|reason| Unreadable {
-                reason,
-                payload: payload.into_owned(),
-            });
-        Self {
-            sequence,
-            subject: subject.into(),
-            stored_at,
-            content,
-        }
-    }
-}
-
-/// Postgres refuses NUL in `text` and `jsonb`; one such character would fail its batch on
-/// every retry and stall the projection. JSON can only carry it escaped, so the escape is
-/// swapped for U+FFFD (same length) before decoding.
-fn without_nul_escapes(payload: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    const NUL: &[u8] = b"u0000";
-    const REPLACEMENT: &[u8] = b"ufffd";
-    let mut owned: Option<Vec<u8>> = None;
-    let mut i = 0;
-    while i < payload.len() {
-        if payload[i] != b'\\' {
-            i += 1;
-            continue;
-        }
-        // A backslash always starts an escape inside a JSON string; skip the escaped character
-        // so that an escaped backslash followed by "u0000" is left alone.
-        if payload.get(i + 1..i + 1 + NUL.len()) == Some(NUL) {
-            owned.get_or_insert_with(|| payload.to_vec())[i + 1..i + 1 + NUL.len()]
-                .copy_from_slice(REPLACEMENT);
-            i += 1 + NUL.len();
-        } else {
-            i += 2;
-        }
-    }
-    owned.map_or(std::borrow::Cow::Borrowed(payload), std::borrow::Cow::Owned)
-}
-
-/// Events that decode but cannot be stored would fail their batch forever; they are rejected
-/// like undecodable messages instead.
-fn storable(envelope: &Envelope) -> Result<(), String> {
-    let year = envelope.meta.time.year();
-    if !(1..=9999).contains(&year) {
-        return Err(format!("event time {} is out of range", envelope.meta.time));
-    }
-    if let Event::ExecutionStarted(e) = &envelope.event
-        && i32::try_from(e.execution_number).is_err()
-    {
-        return Err(format!(
-            "execution number {} is out of range",
-            e.execution_number
-        ));
-    }
-    Ok(())
-}
-
+/// Every read model's changes from one batch.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     /// The batch's last stream sequence: the checkpoint once the plan is written.
     pub last_sequence: u64,
-    pub agents: Vec<AgentRow>,
-    pub workflows: Vec<WorkflowRow>,
-    pub executions: Vec<ExecutionRow>,
-    pub execution_patches: Vec<ExecutionPatch>,
-    pub workflow_patches: Vec<WorkflowPatch>,
-    pub interactions: Vec<InteractionRow>,
-    pub knowledge: Vec<KnowledgeRow>,
-    pub rejections: Vec<Rejection>,
+    pub agents: agents::Changes,
+    pub workflows: workflows::Changes,
+    pub executions: executions::Changes,
+    pub interactions: interactions::Changes,
+    pub knowledge: knowledge::Changes,
+    pub rejections: rejections::Changes,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct AgentRow {
-    pub id: Uuid,
-    pub tenant_id: String,
-    pub name: String,
-    pub role: String,
-    pub backstory: String,
-    pub skills: Value,
-    pub provider: String,
-    pub model: String,
-    pub model_parameters: Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+/// Where a derived row came from.
+pub(crate) struct Origin<'a> {
+    pub event_id: Uuid,
+    pub tenant: &'a str,
+    pub at: DateTime<Utc>,
+    /// The event's stream sequence: the order of the interaction log and of knowledge.
+    pub sequence: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct WorkflowRow {
-    pub id: Uuid,
-    pub tenant_id: String,
-    pub name: String,
-    pub description: String,
-    pub workflow_type: String,
-    pub configuration: Value,
-    pub participating_agents: Value,
-    pub coordinator_agent_id: Option<Uuid>,
-    pub total_steps: i32,
-    pub created_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ExecutionRow {
-    pub id: Uuid,
-    pub tenant_id: String,
-    pub workflow_id: Uuid,
-    pub execution_number: i32,
-    pub trigger_reason: String,
-    pub triggered_by: Option<String>,
-    pub started_at: DateTime<Utc>,
-}
-
-/// Changes to one execution row, folded over the batch.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ExecutionPatch {
-    pub execution_id: Uuid,
-    /// Step id -> the step's entry in `step_results`, merged with [`merge_step`].
-    pub steps: BTreeMap<String, Map<String, Value>>,
-    /// Step id -> its latest assignment.
-    pub assignments: Map<String, Value>,
-    /// `Some(None)` clears the current step.
-    pub current_step_id: Option<Option<String>>,
-    pub status: Option<&'static str>,
-    pub error_message: Option<String>,
-    pub final_output: Option<Value>,
-    pub completed_at: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Changes to one workflow row, folded over the batch.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct WorkflowPatch {
-    pub workflow_id: Uuid,
-    pub status: Option<&'static str>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub execution_count: Option<i32>,
-    pub completed_at: Option<DateTime<Utc>>,
-    pub duration: Option<Duration>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// `actual_duration` of a completed run: from `started_at` (the batch's own start, or the stored
-/// one when the run started in an earlier batch) to `completed_at`. Postgres does the
-/// subtraction in both cases, so the result does not depend on where a batch was cut.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Duration {
-    pub started_at: Option<DateTime<Utc>>,
-    pub completed_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct InteractionRow {
-    pub id: Uuid,
-    pub tenant_id: String,
-    pub workflow_execution_id: Uuid,
-    pub from_agent_id: Option<Uuid>,
-    pub to_agent_id: Option<Uuid>,
-    pub interaction_type: &'static str,
-    pub message: String,
-    pub context_data: Value,
-    pub related_step_id: Option<String>,
-    pub requires_response: bool,
-    pub created_at: DateTime<Utc>,
-    pub event_sequence: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct KnowledgeRow {
-    pub id: Uuid,
-    pub tenant_id: String,
-    pub workflow_id: Uuid,
-    pub execution_id: Uuid,
-    pub step_id: String,
-    pub title: String,
-    pub content: String,
-    pub knowledge_type: &'static str,
-    pub created_by_agent_id: Uuid,
-    pub relevance_score: f64,
-    pub tags: Value,
-    pub created_at: DateTime<Utc>,
-    pub event_sequence: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Rejection {
-    pub stream_sequence: i64,
-    pub subject: String,
-    pub reason: String,
-    pub payload: Vec<u8>,
-    pub rejected_at: DateTime<Utc>,
+pub(crate) fn sequence(stream_sequence: u64) -> i64 {
+    // Stream sequences count stored messages; they stay far below i64::MAX.
+    i64::try_from(stream_sequence).unwrap_or(i64::MAX)
 }
 
 /// Folds `batch` into row changes. `fresh` holds the ids of the batch's events that the
 /// projection had not applied before; any other event is a re-published copy and changes nothing.
 pub(crate) fn plan(batch: &[Incoming], fresh: &HashSet<Uuid>) -> Plan {
-    let mut planner = Planner::default();
+    let mut plan = Plan::default();
     let mut seen = HashSet::new();
     for incoming in batch {
-        planner.plan.last_sequence = planner.plan.last_sequence.max(incoming.sequence);
+        plan.last_sequence = plan.last_sequence.max(incoming.sequence);
         match &incoming.content {
             Ok(envelope) => {
                 let id = envelope.meta.id.0;
                 // `seen` catches two copies inside one batch: both ids were new to the table.
                 if fresh.contains(&id) && seen.insert(id) {
-                    planner.apply(incoming.sequence, envelope);
+                    plan.apply(incoming.sequence, envelope);
                 }
             }
-            Err(unreadable) => planner.plan.rejections.push(Rejection {
-                stream_sequence: sequence(incoming.sequence),
-                subject: incoming.subject.clone(),
-                reason: unreadable.reason.clone(),
-                payload: unreadable.payload.clone(),
-                rejected_at: incoming.stored_at,
-            }),
+            Err(unreadable) => plan.rejections.rejected(incoming, unreadable),
         }
     }
-    planner.plan
+    plan
 }
 
-fn sequence(stream_sequence: u64) -> i64 {
-    // Stream sequences count stored messages; they stay far below i64::MAX.
-    i64::try_from(stream_sequence).unwrap_or(i64::MAX)
-}
-
-/// A step's entry in `step_results` after `patch`: a later attempt replaces the entry, an
-/// earlier one (a late message of a retried step) changes nothing, and the same attempt
-/// overwrites the fields it names. The store applies the same rule between the stored entry and
-/// a batch's folded one, so folding first gives what applying one event at a time would.
-fn merge_step(
-    current: Option<Map<String, Value>>,
-    patch: Map<String, Value>,
-) -> Map<String, Value> {
-    fn attempt(entry: &Map<String, Value>) -> u64 {
-        entry.get("attempt").and_then(Value::as_u64).unwrap_or(0)
-    }
-    match current {
-        None => patch,
-        Some(mut current) => match attempt(&current).cmp(&attempt(&patch)) {
-            std::cmp::Ordering::Greater => current,
-            std::cmp::Ordering::Less => patch,
-            std::cmp::Ordering::Equal => {
-                current.extend(patch);
-                current
-            }
-        },
-    }
-}
-
-/// How many characters of shared knowledge its interaction quotes (as the seed does).
-const KNOWLEDGE_PREVIEW_CHARS: usize = 200;
-
-fn preview(content: &str) -> String {
-    match content.char_indices().nth(KNOWLEDGE_PREVIEW_CHARS) {
-        Some((cut, _)) => format!("{}...", &content[..cut]),
-        None => content.to_owned(),
-    }
-}
-
-/// The serde name of a unit enum variant (`"pipeline"`, `"manual"`).
-fn wire_name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(Value::String(name)) => name,
-        _ => String::new(),
-    }
-}
-
-fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
-}
-
-/// Where a derived row came from.
-struct Origin<'a> {
-    event_id: Uuid,
-    tenant: &'a str,
-    at: DateTime<Utc>,
-    sequence: i64,
-}
-
-impl InteractionRow {
-    fn new(
-        origin: &Origin<'_>,
-        execution: ExecutionId,
-        kind: InteractionType,
-        message: String,
-    ) -> Self {
-        Self {
-            id: origin.event_id,
-            tenant_id: origin.tenant.to_owned(),
-            workflow_execution_id: execution.0,
-            from_agent_id: None,
-            to_agent_id: None,
-            interaction_type: kind.as_str(),
-            message,
-            context_data: json!({}),
-            related_step_id: None,
-            requires_response: false,
-            created_at: origin.at,
-            event_sequence: origin.sequence,
-        }
-    }
-}
-
-#[derive(Default)]
-struct Planner {
-    plan: Plan,
-    agents: HashMap<Uuid, usize>,
-    executions: HashMap<Uuid, usize>,
-    workflows: HashMap<Uuid, usize>,
-}
-
-impl Planner {
+impl Plan {
+    /// Hands the event to every read model it changes.
     fn apply(&mut self, stream_sequence: u64, envelope: &Envelope) {
-        let origin = Origin {
+        let origin = &Origin {
             event_id: envelope.meta.id.0,
             tenant: envelope.meta.tenant.as_str(),
             at: envelope.meta.time,
             sequence: sequence(stream_sequence),
         };
         match &envelope.event {
-            Event::AgentRegistered(e) => self.agent_registered(&origin, &e.agent),
-            Event::WorkflowCreated(e) => self.workflow_created(&origin, &e.workflow),
-            Event::ExecutionStarted(e) => self.execution_started(&origin, e),
-            Event::StepScheduled(e) => self.step_scheduled(&origin, e),
-            Event::StepStarted(e) => self.step_started(&origin, e),
-            Event::InteractionRecorded(e) => self.interaction_recorded(&origin, e),
-            Event::KnowledgeShared(e) => self.knowledge_shared(&origin, e),
-            Event::StepCompleted(e) => self.step_completed(&origin, e),
-            Event::StepFailed(e) => self.step_failed(&origin, e),
-            Event::ExecutionCompleted(e) => self.execution_completed(&origin, e),
-            Event::ExecutionFailed(e) => self.execution_failed(&origin, e),
+            Event::AgentRegistered(e) => self.agents.registered(origin, &e.agent),
+            Event::WorkflowCreated(e) => self.workflows.created(origin, &e.workflow),
+            Event::WorkflowPaused(e) => self.workflows.paused(origin, e.workflow_id),
+            Event::WorkflowResumed(e) => self.workflows.resumed(origin, e.workflow_id),
+            Event::KnowledgeShared(e) => {
+                self.knowledge.shared(origin, e);
+                self.interactions.knowledge_shared(origin, e);
+            }
+            Event::ExecutionStarted(e) => {
+                self.executions.started(origin, e);
+                self.workflows.run_started(origin, e);
+            }
+            Event::StepScheduled(e) => {
+                self.executions.step_scheduled(origin, e);
+                self.interactions.step_scheduled(origin, e);
+            }
+            Event::StepStarted(e) => {
+                self.executions.step_started(origin, e);
+                self.interactions.step_started(origin, e);
+            }
+            Event::InteractionRecorded(e) => self.interactions.recorded(origin, e),
+            Event::StepCompleted(e) => {
+                self.executions.step_completed(origin, e);
+                self.interactions.step_completed(origin, e);
+            }
+            Event::StepFailed(e) => {
+                self.executions.step_failed(origin, e);
+                self.interactions.step_failed(origin, e);
+            }
+            Event::StepTimedOut(e) => {
+                self.executions.step_timed_out(origin, e);
+                self.interactions.step_timed_out(origin, e);
+            }
+            Event::StepSkipped(e) => {
+                self.executions.step_skipped(origin, e);
+                self.interactions.step_skipped(origin, e);
+            }
+            Event::ExecutionPaused(e) => self.executions.paused(origin, e.execution_id),
+            Event::ExecutionResumed(e) => self.executions.resumed(origin, e.execution_id),
+            Event::ExecutionCompleted(e) => {
+                self.executions.completed(origin, e);
+                self.workflows
+                    .run_ended(origin, e.workflow_id, Outcome::Completed);
+            }
+            Event::ExecutionFailed(e) => {
+                self.executions.failed(origin, e);
+                self.workflows
+                    .run_ended(origin, e.workflow_id, Outcome::Failed);
+            }
+            Event::ExecutionCancelled(e) => {
+                self.executions.cancelled(origin, e);
+                self.workflows
+                    .run_ended(origin, e.workflow_id, Outcome::Cancelled);
+            }
         }
     }
 
-    /// A registration of a known agent updates its profile; it keeps its first `created_at`.
-    fn agent_registered(&mut self, origin: &Origin<'_>, agent: &AgentProfile) {
-        let row = AgentRow {
-            id: agent.id.0,
-            tenant_id: origin.tenant.to_owned(),
-            name: agent.name.clone(),
-            role: agent.role.clone(),
-            backstory: agent.backstory.clone(),
-            skills: json!(agent.skills),
-            provider: agent.provider.clone(),
-            model: agent.model.clone(),
-            model_parameters: json!(agent.model_parameters),
-            created_at: origin.at,
-            updated_at: origin.at,
-        };
-        match self.agents.get(&row.id) {
-            Some(&index) => {
-                let created_at = self.plan.agents[index].created_at;
-                self.plan.agents[index] = AgentRow { created_at, ..row };
-            }
-            None => {
-                self.agents.insert(row.id, self.plan.agents.len());
-                self.plan.agents.push(row);
-            }
-        }
+    /// Writes every read model's changes inside the caller's transaction. The tables are
+    /// independent (no foreign keys), so the order between models does not matter.
+    pub async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        self.agents.write(tx).await?;
+        self.workflows.write(tx).await?;
+        self.executions.write(tx).await?;
+        self.interactions.write(tx).await?;
+        self.knowledge.write(tx).await?;
+        self.rejections.write(tx).await
     }
-
-    fn workflow_created(&mut self, origin: &Origin<'_>, workflow: &WorkflowDefinition) {
-        self.plan.workflows.push(WorkflowRow {
-            id: workflow.id.0,
-            tenant_id: origin.tenant.to_owned(),
-            name: workflow.name.clone(),
-            description: workflow.description.clone(),
-            workflow_type: wire_name(&workflow.workflow_type),
-            configuration: json!(workflow.configuration),
-            participating_agents: json!(workflow.participating_agents),
-            coordinator_agent_id: workflow.coordinator_agent_id.map(|id| id.0),
-            total_steps: i32::try_from(workflow.configuration.steps.len()).unwrap_or(i32::MAX),
-            created_at: origin.at,
-        });
-    }
-
-    fn execution_started(&mut self, origin: &Origin<'_>, e: &ExecutionStarted) {
-        // `storable` refused execution numbers beyond i32 before planning.
-        let number = i32::try_from(e.execution_number).unwrap_or(i32::MAX);
-        self.plan.executions.push(ExecutionRow {
-            id: e.execution_id.0,
-            tenant_id: origin.tenant.to_owned(),
-            workflow_id: e.workflow_id.0,
-            execution_number: number,
-            trigger_reason: wire_name(&e.trigger_reason),
-            triggered_by: e.triggered_by.clone(),
-            started_at: origin.at,
-        });
-        let workflow = self.workflow(e.workflow_id.0, origin.at);
-        workflow.status = Some("active");
-        workflow.started_at = Some(origin.at);
-        workflow.execution_count = Some(workflow.execution_count.map_or(number, |n| n.max(number)));
-    }
-
-    fn step_scheduled(&mut self, origin: &Origin<'_>, e: &StepScheduled) {
-        let step = e.step.id.to_string();
-        let execution = self.execution(e.execution_id.0, origin.at);
-        execution.merge_step(
-            &step,
-            json!({ "status": "scheduled", "attempt": e.attempt, "agentId": e.agent.id }),
-        );
-        execution.assignments.insert(
-            step.clone(),
-            json!({
-                "agentId": e.agent.id,
-                "agentName": e.agent.name,
-                "reason": e.reason,
-                "attempt": e.attempt,
-            }),
-        );
-        execution.current_step_id = Some(Some(step));
-        self.plan.interactions.push(InteractionRow {
-            from_agent_id: e.coordinator_agent_id.map(|id| id.0),
-            to_agent_id: Some(e.agent.id.0),
-            context_data: json!({ "stepId": e.step.id, "attempt": e.attempt, "reason": e.reason }),
-            related_step_id: Some(e.step.id.to_string()),
-            ..InteractionRow::new(
-                origin,
-                e.execution_id,
-                InteractionType::TaskDelegation,
-                delegation_message(&e.step.name, &e.agent.name, &e.reason),
-            )
-        });
-    }
-
-    fn step_started(&mut self, origin: &Origin<'_>, e: &StepStarted) {
-        self.execution(e.execution_id.0, origin.at).merge_step(
-            e.step_id.as_str(),
-            json!({ "status": "running", "attempt": e.attempt, "agentId": e.agent_id }),
-        );
-        self.step_interaction(
-            origin,
-            (e.execution_id, &e.step_id, e.agent_id),
-            format!("Starting step: {}", e.step_name),
-            json!({ "stepId": e.step_id, "attempt": e.attempt }),
-        );
-    }
-
-    fn step_completed(&mut self, origin: &Origin<'_>, e: &StepCompleted) {
-        let result = &e.result;
-        self.execution(e.execution_id.0, origin.at).merge_step(
-            e.step_id.as_str(),
-            json!({
-                "status": "completed",
-                "attempt": e.attempt,
-                "agentId": e.agent_id,
-                "summary": result.summary,
-                "output": result.output,
-                "insights": result.insights,
-                "decisions": result.decisions,
-                "questions": result.questions,
-                "tokens": result.tokens,
-                "provider": e.provider,
-                "model": e.model,
-                "durationMs": e.duration_ms,
-                "completedAt": origin.at,
-            }),
-        );
-        self.step_interaction(
-            origin,
-            (e.execution_id, &e.step_id, e.agent_id),
-            format!("Completed step: {}", e.step_name),
-            json!({ "stepId": e.step_id, "result": result.summary, "tokensUsed": result.tokens.total }),
-        );
-    }
-
-    fn step_failed(&mut self, origin: &Origin<'_>, e: &StepFailed) {
-        self.execution(e.execution_id.0, origin.at).merge_step(
-            e.step_id.as_str(),
-            json!({
-                "status": "failed",
-                "attempt": e.attempt,
-                "agentId": e.agent_id,
-                "error": e.error,
-                "failedAt": origin.at,
-            }),
-        );
-        self.step_interaction(
-            origin,
-            (e.execution_id, &e.step_id, e.agent_id),
-            format!("Step failed: {} - {}", e.step_name, e.error),
-            json!({ "stepId": e.step_id, "error": true, "errorMessage": e.error }),
-        );
-    }
-
-    /// The coordination note an agent leaves about its own step.
-    fn step_interaction(
-        &mut self,
-        origin: &Origin<'_>,
-        (execution, step, agent): (ExecutionId, &StepId, AgentId),
-        message: String,
-        context_data: Value,
-    ) {
-        self.plan.interactions.push(InteractionRow {
-            from_agent_id: Some(agent.0),
-            context_data,
-            related_step_id: Some(step.to_string()),
-            ..InteractionRow::new(origin, execution, InteractionType::Coordination, message)
-        });
-    }
-
-    fn interaction_recorded(&mut self, origin: &Origin<'_>, e: &InteractionRecorded) {
-        let context_data = match &e.context_data {
-            Value::Null => json!({}),
-            given => given.clone(),
-        };
-        self.plan.interactions.push(InteractionRow {
-            from_agent_id: Some(e.from_agent_id.0),
-            to_agent_id: e.to_agent_id.map(|id| id.0),
-            context_data,
-            related_step_id: e.related_step_id.as_ref().map(StepId::to_string),
-            requires_response: e.requires_response,
-            ..InteractionRow::new(
-                origin,
-                e.execution_id,
-                e.interaction_type,
-                e.message.clone(),
-            )
-        });
-    }
-
-    fn knowledge_shared(&mut self, origin: &Origin<'_>, e: &KnowledgeShared) {
-        self.plan.knowledge.push(KnowledgeRow {
-            id: e.knowledge_id.0,
-            tenant_id: origin.tenant.to_owned(),
-            workflow_id: e.workflow_id.0,
-            execution_id: e.execution_id.0,
-            step_id: e.step_id.to_string(),
-            title: e.title.clone(),
-            content: e.content.clone(),
-            knowledge_type: e.knowledge_type.as_str(),
-            created_by_agent_id: e.created_by_agent_id.0,
-            relevance_score: e.relevance_score,
-            tags: json!(e.tags),
-            created_at: origin.at,
-            event_sequence: origin.sequence,
-        });
-        // The knowledge row is keyed by the knowledge id; its interaction, like every derived
-        // interaction, by the event id.
-        self.plan.interactions.push(InteractionRow {
-            from_agent_id: Some(e.created_by_agent_id.0),
-            context_data: json!({
-                "knowledgeType": e.knowledge_type,
-                "content": preview(&e.content),
-            }),
-            related_step_id: Some(e.step_id.to_string()),
-            ..InteractionRow::new(
-                origin,
-                e.execution_id,
-                InteractionType::KnowledgeSharing,
-                format!("Shared knowledge: {}", e.title),
-            )
-        });
-    }
-
-    fn execution_completed(&mut self, origin: &Origin<'_>, e: &ExecutionCompleted) {
-        let execution = self.execution(e.execution_id.0, origin.at);
-        execution.status = Some("completed");
-        execution.completed_at = Some(origin.at);
-        execution.final_output = Some(e.final_output.clone());
-        execution.current_step_id = Some(None);
-        let workflow = self.workflow(e.workflow_id.0, origin.at);
-        workflow.status = Some("completed");
-        workflow.completed_at = Some(origin.at);
-        workflow.duration = Some(Duration {
-            started_at: workflow.started_at,
-            completed_at: origin.at,
-        });
-    }
-
-    fn execution_failed(&mut self, origin: &Origin<'_>, e: &ExecutionFailed) {
-        let execution = self.execution(e.execution_id.0, origin.at);
-        execution.status = Some("failed");
-        execution.error_message = Some(e.error.clone());
-        execution.completed_at = Some(origin.at);
-        let workflow = self.workflow(e.workflow_id.0, origin.at);
-        workflow.status = Some("failed");
-        workflow.completed_at = Some(origin.at);
-    }
-
-    /// The batch's patch of an execution, touched at `at`.
-    fn execution(&mut self, id: Uuid, at: DateTime<Utc>) -> &mut ExecutionPatch {
-        let patches = &mut self.plan.execution_patches;
-        let index = *self.executions.entry(id).or_insert_with(|| {
-            patches.push(ExecutionPatch {
-                execution_id: id,
-                steps: BTreeMap::new(),
-                assignments: Map::new(),
-                current_step_id: None,
-                status: None,
-                error_message: None,
-                final_output: None,
-                completed_at: None,
-                updated_at: at,
-            });
-            patches.len() - 1
-        });
-        let patch = &mut patches[index];
-        patch.updated_at = at;
-        patch
-    }
-
-    /// The batch's patch of a workflow, touched at `at`.
-    fn workflow(&mut self, id: Uuid, at: DateTime<Utc>) -> &mut WorkflowPatch {
-        let patches = &mut self.plan.workflow_patches;
-        let index = *self.workflows.entry(id).or_insert_with(|| {
-            patches.push(WorkflowPatch {
-                workflow_id: id,
-                status: None,
-                started_at: None,
-                execution_count: None,
-                completed_at: None,
-                duration: None,
-                updated_at: at,
-            });
-            patches.len() - 1
-        });
-        let patch = &mut patches[index];
-        patch.updated_at = at;
-        patch
-    }
-}
-
-impl ExecutionPatch {
-    fn merge_step(&mut self, step: &str, patch: Value) {
-        let current = self.steps.remove(step);
-        self.steps
-            .insert(step.to_owned(), merge_step(current, object(patch)));
-    }
-}
-
-fn delegation_message(step: &str, agent: &str, reason: &AssignmentReason) -> String {
-    format!("Assigned {step} to {agent}: {}", reason.describe())
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 mod tests {
+    use cadre_proto::events::ExecutionCompleted;
+    use serde_json::json;
+
     use super::*;
-    use cadre_proto::events::{AgentRegistered, StepScheduled};
-    use cadre_proto::model::{
-        KnowledgeType, StepResult, StepType, TokenUsage, WorkflowConfiguration, WorkflowStep,
-    };
-    use cadre_proto::{EventId, KnowledgeId, TenantId, WorkflowId};
-
-    struct Fixture {
-        workflow: WorkflowId,
-        execution: ExecutionId,
-        agent: AgentProfile,
-        step: WorkflowStep,
-        clock: DateTime<Utc>,
-        sequence: u64,
-    }
-
-    impl Fixture {
-        fn new() -> Self {
-            let step = WorkflowStep {
-                id: StepId::parse("design").unwrap(),
-                name: "Design".to_owned(),
-                description: "Design the thing".to_owned(),
-                step_type: StepType::Analysis,
-                assigned_agent_role: None,
-                preferred_agent_id: None,
-                required_skills: vec!["rust".to_owned()],
-                depends_on: vec![],
-                can_run_in_parallel: true,
-                instructions: "Think".to_owned(),
-                expected_output: "A design".to_owned(),
-                timeout_minutes: None,
-                validation_criteria: vec![],
-                review_required: false,
-                reviewer_role: None,
-            };
-            Self {
-                workflow: WorkflowId::new(),
-                execution: ExecutionId::new(),
-                agent: AgentProfile {
-                    id: AgentId::new(),
-                    name: "Ada".to_owned(),
-                    role: "architect".to_owned(),
-                    backstory: "Designs systems".to_owned(),
-                    skills: vec!["rust".to_owned()],
-                    provider: "offline".to_owned(),
-                    model: "echo".to_owned(),
-                    model_parameters: Default::default(),
-                },
-                step,
-                clock: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-                sequence: 0,
-            }
-        }
-
-        /// The next message of the stream, carrying `event`, one second after the previous one.
-        fn message(&mut self, event: Event) -> Incoming {
-            self.clock += chrono::Duration::seconds(1);
-            self.sequence += 1;
-            let envelope = Envelope::with_id(
-                EventId::new(),
-                "/cadre/test",
-                TenantId::default_tenant(),
-                self.clock,
-                event,
-            );
-            Incoming::decode(
-                self.sequence,
-                envelope.nats_subject(),
-                self.clock,
-                &envelope.encode(),
-            )
-        }
-
-        fn definition(&self) -> WorkflowDefinition {
-            WorkflowDefinition {
-                id: self.workflow,
-                name: "Build".to_owned(),
-                description: "Build it".to_owned(),
-                workflow_type: Default::default(),
-                participating_agents: vec![self.agent.id],
-                coordinator_agent_id: None,
-                configuration: WorkflowConfiguration {
-                    steps: vec![self.step.clone()],
-                    coordination: Default::default(),
-                    constraints: Default::default(),
-                },
-            }
-        }
-
-        fn started(&self, number: u32) -> Event {
-            Event::ExecutionStarted(Box::new(ExecutionStarted {
-                execution_id: self.execution,
-                workflow_id: self.workflow,
-                execution_number: number,
-                trigger_reason: Default::default(),
-                triggered_by: Some("tester".to_owned()),
-                workflow: self.definition(),
-                agents: vec![self.agent.clone()],
-            }))
-        }
-
-        fn scheduled(&self, attempt: u32) -> Event {
-            Event::StepScheduled(Box::new(StepScheduled {
-                execution_id: self.execution,
-                workflow_id: self.workflow,
-                workflow_name: "Build".to_owned(),
-                step: self.step.clone(),
-                attempt,
-                agent: self.agent.clone(),
-                reason: AssignmentReason::RoleMatch {
-                    role: "architect".to_owned(),
-                },
-                coordinator_agent_id: None,
-                knowledge_sharing: true,
-                communication_style: Default::default(),
-                knowledge_watermark: 0,
-            }))
-        }
-
-        fn step_started(&self, attempt: u32) -> Event {
-            Event::StepStarted(StepStarted {
-                execution_id: self.execution,
-                workflow_id: self.workflow,
-                step_id: self.step.id.clone(),
-                step_name: self.step.name.clone(),
-                attempt,
-                agent_id: self.agent.id,
-                scheduled_event_id: EventId::new(),
-            })
-        }
-
-        fn step_completed(&self, attempt: u32) -> Event {
-            Event::StepCompleted(Box::new(StepCompleted {
-                execution_id: self.execution,
-                workflow_id: self.workflow,
-                step_id: self.step.id.clone(),
-                step_name: self.step.name.clone(),
-                attempt,
-                agent_id: self.agent.id,
-                result: StepResult {
-                    summary: "Designed".to_owned(),
-                    output: "The design".to_owned(),
-                    insights: vec!["Keep it small".to_owned()],
-                    decisions: vec![],
-                    questions: vec![],
-                    raw_response: "...".to_owned(),
-                    tokens: TokenUsage {
-                        prompt: 10,
-                        completion: 5,
-                        total: 15,
-                    },
-                },
-                provider: "offline".to_owned(),
-                model: "echo".to_owned(),
-                duration_ms: 42,
-            }))
-        }
-
-        fn step_failed(&self, attempt: u32) -> Event {
-            Event::StepFailed(StepFailed {
-                execution_id: self.execution,
-                workflow_id: self.workflow,
-                step_id: self.step.id.clone(),
-                step_name: self.step.name.clone(),
-                attempt,
-                agent_id: self.agent.id,
-                error: "provider said 500".to_owned(),
-            })
-        }
-    }
-
-    fn fresh_ids(batch: &[Incoming]) -> HashSet<Uuid> {
-        batch
-            .iter()
-            .filter_map(|m| m.content.as_ref().ok().map(|e| e.meta.id.0))
-            .collect()
-    }
-
-    fn plan_all(batch: &[Incoming]) -> Plan {
-        plan(batch, &fresh_ids(batch))
-    }
+    use crate::models::executions::ExecutionStatus;
+    use crate::models::workflows::{Duration, WorkflowStatus};
+    use crate::testing::{Fixture, payload, plan_all};
 
     #[test]
     fn events_for_one_execution_fold_into_one_patch_in_order() {
@@ -889,14 +176,14 @@ mod tests {
         let plan = plan_all(&batch);
 
         assert_eq!(plan.last_sequence, 6);
-        assert_eq!(plan.workflows.len(), 1);
-        assert_eq!(plan.workflows[0].total_steps, 1);
-        assert_eq!(plan.workflows[0].workflow_type, "pipeline");
-        assert_eq!(plan.executions.len(), 1);
-        assert_eq!(plan.executions[0].trigger_reason, "manual");
+        assert_eq!(plan.workflows.rows.len(), 1);
+        assert_eq!(plan.workflows.rows[0].total_steps, 1);
+        assert_eq!(plan.workflows.rows[0].workflow_type, "pipeline");
+        assert_eq!(plan.executions.rows.len(), 1);
+        assert_eq!(plan.executions.rows[0].trigger_reason, "manual");
 
-        assert_eq!(plan.execution_patches.len(), 1);
-        let patch = &plan.execution_patches[0];
+        assert_eq!(plan.executions.patches.len(), 1);
+        let patch = &plan.executions.patches[0];
         let step = &patch.steps["design"];
         assert_eq!(step["status"], "completed");
         assert_eq!(step["attempt"], 1);
@@ -906,14 +193,30 @@ mod tests {
         assert_eq!(step["durationMs"], 42);
         assert_eq!(patch.assignments["design"]["agentName"], "Ada");
         assert_eq!(patch.assignments["design"]["reason"]["kind"], "roleMatch");
-        assert_eq!(patch.current_step_id, Some(None));
-        assert_eq!(patch.status, Some("completed"));
+        assert_eq!(patch.scheduled, ["design"]);
+        assert_eq!(
+            patch.status,
+            ExecutionStatus {
+                if_running: "completed",
+                if_paused: "completed"
+            }
+        );
+        let ending = patch.ending.as_ref().unwrap();
+        assert_eq!(ending.final_output, Some(json!({ "design": "The design" })));
+        assert_eq!(ending.completed_at, f.clock);
         assert_eq!(patch.updated_at, f.clock);
 
-        assert_eq!(plan.workflow_patches.len(), 1);
-        let workflow = &plan.workflow_patches[0];
+        assert_eq!(plan.workflows.patches.len(), 1);
+        let workflow = &plan.workflows.patches[0];
         let started_at = batch[1].content.as_ref().unwrap().meta.time;
-        assert_eq!(workflow.status, Some("completed"));
+        assert_eq!(
+            workflow.status,
+            WorkflowStatus {
+                if_paused: None,
+                otherwise: Some("completed")
+            },
+            "a paused workflow stays paused"
+        );
         assert_eq!(workflow.started_at, Some(started_at));
         assert_eq!(workflow.execution_count, Some(1));
         assert_eq!(
@@ -926,6 +229,7 @@ mod tests {
 
         let messages: Vec<_> = plan
             .interactions
+            .rows
             .iter()
             .map(|i| i.message.as_str())
             .collect();
@@ -937,198 +241,36 @@ mod tests {
                 "Completed step: Design",
             ]
         );
-        let delegation = &plan.interactions[0];
+        let delegation = &plan.interactions.rows[0];
         assert_eq!(delegation.interaction_type, "task_delegation");
         assert_eq!(delegation.from_agent_id, None);
         assert_eq!(delegation.to_agent_id, Some(f.agent.id.0));
         assert_eq!(delegation.event_sequence, 3);
         assert_eq!(delegation.id, batch[2].content.as_ref().unwrap().meta.id.0);
-        assert_eq!(plan.interactions[2].context_data["tokensUsed"], 15);
-    }
-
-    #[test]
-    fn a_later_attempt_replaces_a_step_and_a_stale_one_changes_nothing() {
-        let mut f = Fixture::new();
-        let batch = vec![
-            f.message(f.scheduled(1)),
-            f.message(f.step_failed(1)),
-            f.message(f.scheduled(2)),
-            // A slow worker's report about attempt 1 arrives after attempt 2 was scheduled.
-            f.message(f.step_completed(1)),
-            f.message(f.step_started(2)),
-        ];
-        let plan = plan_all(&batch);
-        let step = &plan.execution_patches[0].steps["design"];
-        assert_eq!(
-            Value::Object(step.clone()),
-            json!({ "status": "running", "attempt": 2, "agentId": f.agent.id })
-        );
-        assert_eq!(
-            plan.execution_patches[0].assignments["design"]["attempt"],
-            2
-        );
-        assert_eq!(plan.interactions.len(), 5, "every event is still logged");
-    }
-
-    #[test]
-    fn malformed_and_unknown_messages_become_rejections() {
-        let mut f = Fixture::new();
-        let good = f.message(f.scheduled(1));
-        let stored_at = f.clock;
-        let mut unknown: Value = serde_json::from_slice(&good_payload(&good)).unwrap();
-        unknown["type"] = "dev.cadre.execution.exploded.v9".into();
-        let batch = vec![
-            Incoming::decode(7, "cadre.events.x", stored_at, b"{not json"),
-            good,
-            Incoming::decode(
-                9,
-                "cadre.events.y",
-                stored_at,
-                &serde_json::to_vec(&unknown).unwrap(),
-            ),
-        ];
-        let plan = plan_all(&batch);
-
-        assert_eq!(plan.last_sequence, 9);
-        assert_eq!(
-            plan.execution_patches.len(),
-            1,
-            "the good event is still applied"
-        );
-        assert_eq!(plan.rejections.len(), 2);
-        let malformed = &plan.rejections[0];
-        assert_eq!(malformed.stream_sequence, 7);
-        assert_eq!(malformed.subject, "cadre.events.x");
-        assert!(
-            malformed
-                .reason
-                .starts_with("not a CloudEvents JSON envelope"),
-            "{}",
-            malformed.reason
-        );
-        assert_eq!(malformed.payload, b"{not json");
-        assert_eq!(malformed.rejected_at, stored_at);
-        assert_eq!(
-            plan.rejections[1].reason,
-            "unknown event type \"dev.cadre.execution.exploded.v9\""
-        );
-    }
-
-    fn good_payload(incoming: &Incoming) -> Vec<u8> {
-        incoming.content.as_ref().unwrap().encode()
-    }
-
-    #[test]
-    fn knowledge_interaction_quotes_at_most_200_characters() {
-        let mut f = Fixture::new();
-        let shared = |content: String| {
-            Event::KnowledgeShared(KnowledgeShared {
-                knowledge_id: KnowledgeId::new(),
-                workflow_id: f.workflow,
-                execution_id: f.execution,
-                step_id: f.step.id.clone(),
-                title: "Insights from Design".to_owned(),
-                content,
-                knowledge_type: KnowledgeType::Insight,
-                created_by_agent_id: f.agent.id,
-                relevance_score: 0.8,
-                tags: vec!["design".to_owned()],
-            })
-        };
-        let long = "é".repeat(250);
-        let exact = "x".repeat(200);
-        let (long_event, exact_event) = (shared(long.clone()), shared(exact.clone()));
-        let batch = vec![f.message(long_event), f.message(exact_event)];
-        let plan = plan_all(&batch);
-
-        assert_eq!(plan.knowledge.len(), 2);
-        assert_eq!(
-            plan.knowledge[0].content, long,
-            "the knowledge row keeps it all"
-        );
-        assert_eq!(plan.knowledge[0].knowledge_type, "insight");
-        let quoted = plan.interactions[0].context_data["content"]
-            .as_str()
-            .unwrap();
-        assert_eq!(quoted, format!("{}...", "é".repeat(200)));
-        assert_eq!(plan.interactions[1].context_data["content"], exact.as_str());
-        assert_eq!(
-            plan.interactions[0].message,
-            "Shared knowledge: Insights from Design"
-        );
-        assert_eq!(plan.interactions[0].interaction_type, "knowledge_sharing");
-        assert_eq!(
-            plan.interactions[0].context_data["knowledgeType"],
-            "insight"
-        );
-        assert_ne!(plan.interactions[0].id, plan.knowledge[0].id);
-        assert_eq!(
-            plan.interactions[0].id,
-            batch[0].content.as_ref().unwrap().meta.id.0
-        );
+        assert_eq!(plan.interactions.rows[2].context_data["tokensUsed"], 15);
     }
 
     #[test]
     fn copies_of_applied_events_change_nothing() {
         let mut f = Fixture::new();
         let first = f.message(f.scheduled(1));
-        let copy = Incoming::decode(2, first.subject.clone(), f.clock, &good_payload(&first));
+        let copy = Incoming::decode(2, first.subject.clone(), f.clock, &payload(&first));
         let batch = vec![first, copy];
         let both_new = plan_all(&batch);
         assert_eq!(
-            both_new.interactions.len(),
+            both_new.interactions.rows.len(),
             1,
             "a copy inside the batch is dropped"
         );
         assert_eq!(both_new.last_sequence, 2);
 
         let both_applied = plan(&batch, &HashSet::new());
-        assert!(both_applied.execution_patches.is_empty() && both_applied.interactions.is_empty());
+        assert!(
+            both_applied.executions.patches.is_empty() && both_applied.interactions.rows.is_empty()
+        );
         assert_eq!(
             both_applied.last_sequence, 2,
             "the checkpoint still moves past them"
         );
-    }
-
-    #[test]
-    fn agent_registered_twice_keeps_first_creation_time() {
-        let mut f = Fixture::new();
-        let mut renamed = f.agent.clone();
-        renamed.name = "Ada Lovelace".to_owned();
-        let register = |agent: AgentProfile| Event::AgentRegistered(AgentRegistered { agent });
-        let batch = vec![
-            f.message(register(f.agent.clone())),
-            f.message(register(renamed)),
-        ];
-        let plan = plan_all(&batch);
-        assert_eq!(plan.agents.len(), 1);
-        assert_eq!(plan.agents[0].name, "Ada Lovelace");
-        assert_eq!(
-            plan.agents[0].created_at + chrono::Duration::seconds(1),
-            plan.agents[0].updated_at
-        );
-    }
-
-    #[test]
-    fn nul_characters_are_replaced_not_fatal() {
-        let mut f = Fixture::new();
-        let mut failed = f.step_failed(1);
-        if let Event::StepFailed(e) = &mut failed {
-            e.error = "bad\u{0}byte and a literal \\u0000".to_owned();
-        }
-        let incoming = f.message(failed);
-        let envelope = incoming.content.as_ref().unwrap();
-        let Event::StepFailed(e) = &envelope.event else {
-            panic!("decoded as {envelope:?}")
-        };
-        assert_eq!(e.error, "bad\u{fffd}byte and a literal \\u0000");
-    }
-
-    #[test]
-    fn unstorable_events_are_rejected() {
-        let mut f = Fixture::new();
-        let incoming = f.message(f.started(u32::MAX));
-        let reason = &incoming.content.as_ref().unwrap_err().reason;
-        assert_eq!(reason, "execution number 4294967295 is out of range");
     }
 }

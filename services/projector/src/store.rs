@@ -1,5 +1,6 @@
-//! Postgres: the lease that makes one projector the writer, and the thin code that writes a
-//! [`Plan`] with one set-based statement per table.
+//! Postgres: the lease that makes one projector the writer, the transaction each batch is
+//! written in, the index of applied event ids and the checkpoint. What the rows are is up to the
+//! read models ([`crate::models`]).
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -11,7 +12,9 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::plan::{Incoming, Plan, plan};
+use crate::incoming::Incoming;
+use crate::models;
+use crate::plan::{Plan, plan};
 
 /// The row of `projection_checkpoints` this projector owns.
 const PROJECTION: &str = "read_models";
@@ -107,12 +110,10 @@ impl Lease {
     /// Empties every read model and moves the checkpoint back to the start of the log.
     pub async fn reset(&mut self) -> Result<(), sqlx::Error> {
         let mut tx = self.conn.begin().await?;
-        sqlx::query(
-            "TRUNCATE agents, collaboration_workflows, workflow_executions, agent_interactions, \
-             collaboration_knowledge, projected_events, rejected_events",
-        )
-        .execute(&mut *tx)
-        .await?;
+        models::reset(&mut tx).await?;
+        sqlx::query("TRUNCATE projected_events")
+            .execute(&mut *tx)
+            .await?;
         set_checkpoint(&mut tx, 0).await?;
         tx.commit().await
     }
@@ -181,19 +182,9 @@ async fn set_checkpoint(tx: &mut PgConnection, sequence: u64) -> Result<(), sqlx
     Ok(())
 }
 
-/// Writes `plan` inside the caller's transaction. Inserts come first so that patches of rows
-/// created in the same batch find them. Inserts ignore rows that already exist: the event index
-/// already keeps an event from being applied twice, and a clash between two different events
-/// must not fail the batch on every retry.
+/// Writes `plan` inside the caller's transaction, then moves the checkpoint past the batch.
 async fn write(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    insert_agents(tx, plan).await?;
-    insert_workflows(tx, plan).await?;
-    insert_executions(tx, plan).await?;
-    patch_executions(tx, plan).await?;
-    patch_workflows(tx, plan).await?;
-    insert_interactions(tx, plan).await?;
-    insert_knowledge(tx, plan).await?;
-    insert_rejections(tx, plan).await?;
+    plan.write(tx).await?;
     set_checkpoint(tx, plan.last_sequence).await?;
     // Delivered on commit: workers waiting for a knowledge watermark wake up then.
     sqlx::query("SELECT pg_notify($1, $2)")
@@ -204,295 +195,182 @@ async fn write(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The `Vec` of one field over `rows`, ready to bind as a Postgres array.
-macro_rules! column {
-    ($rows:expr, |$row:ident| $value:expr) => {
-        $rows.iter().map(|$row| $value).collect::<Vec<_>>()
-    };
-}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
+mod tests {
+    use cadre_proto::ExecutionId;
+    use chrono::Utc;
+    use serde_json::{Value, json};
+    use sqlx::PgConnection;
 
-async fn insert_agents(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    let rows = &plan.agents;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    // A repeated registration updates the profile and keeps the first creation time.
-    sqlx::query(
-        "INSERT INTO agents (id, tenant_id, name, role, backstory, skills, provider, model,
-                             model_parameters, created_at, updated_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::jsonb[], $7::text[], $8::text[], $9::jsonb[],
-                              $10::timestamptz[], $11::timestamptz[])
-         ON CONFLICT (id) DO UPDATE SET
-             name = excluded.name, role = excluded.role, backstory = excluded.backstory,
-             skills = excluded.skills, provider = excluded.provider, model = excluded.model,
-             model_parameters = excluded.model_parameters, updated_at = excluded.updated_at",
-    )
-    .bind(column!(rows, |r| r.id))
-    .bind(column!(rows, |r| r.tenant_id.as_str()))
-    .bind(column!(rows, |r| r.name.as_str()))
-    .bind(column!(rows, |r| r.role.as_str()))
-    .bind(column!(rows, |r| r.backstory.as_str()))
-    .bind(column!(rows, |r| &r.skills))
-    .bind(column!(rows, |r| r.provider.as_str()))
-    .bind(column!(rows, |r| r.model.as_str()))
-    .bind(column!(rows, |r| &r.model_parameters))
-    .bind(column!(rows, |r| r.created_at))
-    .bind(column!(rows, |r| r.updated_at))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
+    use crate::incoming::Incoming;
+    use crate::testing::{Fixture, TestDb, execution, lease, project, rows, workflow_status};
 
-async fn insert_workflows(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    let rows = &plan.workflows;
-    if rows.is_empty() {
-        return Ok(());
+    /// A run through every kind of event, late and out-of-place ones included.
+    fn eventful_log() -> (Fixture, Vec<ExecutionId>, Vec<Incoming>) {
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let (design, review, test) = (f.on("design"), f.on("review"), f.on("test"));
+        let mut log = f.messages([
+            design.registered(),
+            design.created(),
+            design.started(1),
+            design.scheduled(1),
+            review.scheduled(1),
+            test.scheduled(1),
+            design.step_started(1),
+            review.step_started(1),
+            review.question("Which format?"),
+            review.shared("Reviews go faster with a checklist"),
+            review.step_completed(1),
+            design.step_timed_out(1, 5),
+            test.step_started(1),
+            design.scheduled(2),
+            design.paused(),
+            design.step_started(2),
+            // The first attempt's worker reports after its timeout.
+            design.step_completed(1),
+            design.workflow_paused(),
+            design.resumed(),
+            design.step_completed(2),
+            test.step_failed(1),
+            test.failed(),
+            // Defensive: nothing reopens an ended execution.
+            design.resumed(),
+            design.paused(),
+            design.cancelled(Some("ops"), None),
+        ]);
+        let mut executions = vec![f.execution];
+        // A run that ends while its workflow is paused leaves it paused.
+        f.execution = ExecutionId::new();
+        let second = f.on("design");
+        log.extend(f.messages([
+            second.started(2),
+            second.scheduled(1),
+            second.cancelled(None, Some("not needed")),
+            second.workflow_resumed(),
+        ]));
+        executions.push(f.execution);
+        f.execution = ExecutionId::new();
+        let third = f.on("design");
+        log.extend(f.messages([
+            third.started(3),
+            third.scheduled(1),
+            third.paused(),
+            third.cancelled(Some("ops"), Some("superseded")),
+        ]));
+        executions.push(f.execution);
+        (f, executions, log)
     }
-    sqlx::query(
-        "INSERT INTO collaboration_workflows (id, tenant_id, name, description, workflow_type,
-             configuration, participating_agents, coordinator_agent_id, status, total_steps,
-             created_at, updated_at)
-         SELECT id, tenant_id, name, description, workflow_type, configuration,
-                participating_agents, coordinator_agent_id, 'draft', total_steps, created_at,
-                created_at
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                     $7::jsonb[], $8::uuid[], $9::int[], $10::timestamptz[])
-              AS w(id, tenant_id, name, description, workflow_type, configuration,
-                   participating_agents, coordinator_agent_id, total_steps, created_at)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(column!(rows, |r| r.id))
-    .bind(column!(rows, |r| r.tenant_id.as_str()))
-    .bind(column!(rows, |r| r.name.as_str()))
-    .bind(column!(rows, |r| r.description.as_str()))
-    .bind(column!(rows, |r| r.workflow_type.as_str()))
-    .bind(column!(rows, |r| &r.configuration))
-    .bind(column!(rows, |r| &r.participating_agents))
-    .bind(column!(rows, |r| r.coordinator_agent_id))
-    .bind(column!(rows, |r| r.total_steps))
-    .bind(column!(rows, |r| r.created_at))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
 
-async fn insert_executions(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    let rows = &plan.executions;
-    if rows.is_empty() {
-        return Ok(());
+    #[tokio::test]
+    async fn lifecycle_events_give_the_same_rows_however_the_log_is_cut() {
+        let (f, executions, log) = eventful_log();
+        let mut snapshots = Vec::new();
+        for size in [log.len(), 1, 3, 7] {
+            let db = TestDb::create().await;
+            let mut lease = lease(&db).await;
+            project(&mut lease, &log, size).await;
+            let mut conn = db.connect().await;
+            let mut snapshot = Vec::new();
+            for table in [
+                "collaboration_workflows",
+                "workflow_executions",
+                "agent_interactions",
+            ] {
+                snapshot.push(rows(&mut conn, table).await);
+            }
+            if size == log.len() {
+                check_eventful_rows(&mut conn, &f, &executions).await;
+            }
+            snapshots.push((size, snapshot));
+        }
+        let (_, whole) = &snapshots[0];
+        for (size, snapshot) in &snapshots[1..] {
+            assert_eq!(snapshot, whole, "batches of {size}");
+        }
     }
-    sqlx::query(
-        "INSERT INTO workflow_executions (id, tenant_id, workflow_id, execution_number,
-             trigger_reason, triggered_by, status, started_at, updated_at)
-         SELECT id, tenant_id, workflow_id, execution_number, trigger_reason, triggered_by,
-                'running', started_at, started_at
-         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::text[], $6::text[],
-                     $7::timestamptz[])
-              AS e(id, tenant_id, workflow_id, execution_number, trigger_reason, triggered_by,
-                   started_at)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(column!(rows, |r| r.id))
-    .bind(column!(rows, |r| r.tenant_id.as_str()))
-    .bind(column!(rows, |r| r.workflow_id))
-    .bind(column!(rows, |r| r.execution_number))
-    .bind(column!(rows, |r| r.trigger_reason.as_str()))
-    .bind(column!(rows, |r| r.triggered_by.as_deref()))
-    .bind(column!(rows, |r| r.started_at))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
 
-/// One statement for every execution the batch touched. Step entries merge with the stored ones
-/// by the rule of `plan::merge_step` (later attempt replaces, earlier is ignored, same attempt
-/// overwrites the named fields); `active_agents` is derived from the steps now running.
-async fn patch_executions(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    let rows = &plan.execution_patches;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let steps = column!(rows, |r| serde_json::Value::Object(
-        r.steps
-            .iter()
-            .map(|(step, entry)| (step.clone(), serde_json::Value::Object(entry.clone())))
-            .collect()
-    ));
-    sqlx::query(
-        "WITH patch AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::jsonb[], $4::bool[], $5::text[],
-                                  $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[],
-                                  $10::timestamptz[])
-                  AS p(id, steps, assignments, sets_current_step, current_step_id, status,
-                       error_message, final_output, completed_at, updated_at)
-         ), merged AS (
-             SELECT p.*, e.step_results || coalesce((
-                 SELECT jsonb_object_agg(s.key, CASE
-                     WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
-                          > (s.value ->> 'attempt')::bigint THEN e.step_results -> s.key
-                     WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
-                          < (s.value ->> 'attempt')::bigint THEN s.value
-                     ELSE coalesce(e.step_results -> s.key, '{}'::jsonb) || s.value
-                 END)
-                 FROM jsonb_each(p.steps) AS s), '{}'::jsonb) AS step_results
-             FROM patch p JOIN workflow_executions e ON e.id = p.id
-         )
-         UPDATE workflow_executions e SET
-             step_results = m.step_results,
-             active_agents = (
-                 SELECT coalesce(jsonb_agg(DISTINCT r.value -> 'agentId'), '[]'::jsonb)
-                 FROM jsonb_each(m.step_results) AS r
-                 WHERE r.value ->> 'status' = 'running'),
-             agent_assignments = e.agent_assignments || m.assignments,
-             current_step_id = CASE WHEN m.sets_current_step THEN m.current_step_id
-                                    ELSE e.current_step_id END,
-             status = coalesce(m.status, e.status),
-             error_message = coalesce(m.error_message, e.error_message),
-             final_output = coalesce(m.final_output, e.final_output),
-             completed_at = coalesce(m.completed_at, e.completed_at),
-             updated_at = m.updated_at
-         FROM merged m
-         WHERE e.id = m.id",
-    )
-    .bind(column!(rows, |r| r.execution_id))
-    .bind(steps)
-    .bind(column!(rows, |r| serde_json::Value::Object(
-        r.assignments.clone()
-    )))
-    .bind(column!(rows, |r| r.current_step_id.is_some()))
-    .bind(column!(rows, |r| r.current_step_id.clone().flatten()))
-    .bind(column!(rows, |r| r.status))
-    .bind(column!(rows, |r| r.error_message.as_deref()))
-    .bind(column!(rows, |r| r.final_output.as_ref()))
-    .bind(column!(rows, |r| r.completed_at))
-    .bind(column!(rows, |r| r.updated_at))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
+    async fn check_eventful_rows(conn: &mut PgConnection, f: &Fixture, executions: &[ExecutionId]) {
+        let first = execution(conn, executions[0]).await;
+        assert_eq!(first["status"], "failed");
+        assert_eq!(
+            first["failure_cause"],
+            json!({ "kind": "stepFailed", "stepId": "test" })
+        );
+        assert_eq!(
+            first["execution_context"],
+            json!({}),
+            "the late cancel is ignored"
+        );
+        assert_eq!(first["active_steps"], json!([]));
+        assert_eq!(first["current_step_id"], Value::Null);
+        let steps = &first["step_results"];
+        assert_eq!(steps["design"]["status"], "completed");
+        assert_eq!(steps["design"]["attempt"], 2);
+        assert!(steps["design"]["startedAt"].is_string(), "{steps}");
+        assert_eq!(steps["review"]["status"], "completed");
+        assert_eq!(steps["test"]["status"], "failed");
+        assert!(steps["test"]["startedAt"].is_string(), "{steps}");
 
-async fn patch_workflows(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    let rows = &plan.workflow_patches;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    // In SET, `w.started_at` is the stored value: the start of a run begun in an earlier batch.
-    sqlx::query(
-        "UPDATE collaboration_workflows w SET
-             status = coalesce(p.status, w.status),
-             started_at = coalesce(p.started_at, w.started_at),
-             execution_count = greatest(w.execution_count, coalesce(p.execution_count, 0)),
-             completed_at = coalesce(p.completed_at, w.completed_at),
-             actual_duration = CASE WHEN p.run_completed_at IS NULL THEN w.actual_duration
-                 ELSE trunc(extract(epoch FROM
-                     p.run_completed_at - coalesce(p.run_started_at, w.started_at)))::int END,
-             updated_at = p.updated_at
-         FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int[], $5::timestamptz[],
-                     $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
-              AS p(id, status, started_at, execution_count, completed_at, run_started_at,
-                   run_completed_at, updated_at)
-         WHERE w.id = p.id",
-    )
-    .bind(column!(rows, |r| r.workflow_id))
-    .bind(column!(rows, |r| r.status))
-    .bind(column!(rows, |r| r.started_at))
-    .bind(column!(rows, |r| r.execution_count))
-    .bind(column!(rows, |r| r.completed_at))
-    .bind(column!(rows, |r| r.duration.and_then(|d| d.started_at)))
-    .bind(column!(rows, |r| r.duration.map(|d| d.completed_at)))
-    .bind(column!(rows, |r| r.updated_at))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
+        let second = execution(conn, executions[1]).await;
+        assert_eq!(second["status"], "cancelled");
+        assert_eq!(second["error_message"], "not needed");
+        assert_eq!(
+            second["execution_context"],
+            json!({ "cancellation": { "reason": "not needed" } })
+        );
+        assert!(second["completed_at"].is_string());
 
-async fn insert_interactions(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    let rows = &plan.interactions;
-    if rows.is_empty() {
-        return Ok(());
+        let third = execution(conn, executions[2]).await;
+        assert_eq!(
+            third["status"], "cancelled",
+            "a paused execution can be cancelled"
+        );
+        assert_eq!(third["error_message"], "superseded");
+        assert_eq!(
+            third["execution_context"]["cancellation"]["requestedBy"],
+            "ops"
+        );
+        assert_eq!(workflow_status(conn, f).await, "cancelled");
     }
-    sqlx::query(
-        "INSERT INTO agent_interactions (id, tenant_id, workflow_execution_id, from_agent_id,
-             to_agent_id, interaction_type, message, context_data, related_step_id,
-             requires_response, created_at, event_sequence)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[],
-                              $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::bool[],
-                              $11::timestamptz[], $12::bigint[])
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(column!(rows, |r| r.id))
-    .bind(column!(rows, |r| r.tenant_id.as_str()))
-    .bind(column!(rows, |r| r.workflow_execution_id))
-    .bind(column!(rows, |r| r.from_agent_id))
-    .bind(column!(rows, |r| r.to_agent_id))
-    .bind(column!(rows, |r| r.interaction_type))
-    .bind(column!(rows, |r| r.message.as_str()))
-    .bind(column!(rows, |r| &r.context_data))
-    .bind(column!(rows, |r| r.related_step_id.as_deref()))
-    .bind(column!(rows, |r| r.requires_response))
-    .bind(column!(rows, |r| r.created_at))
-    .bind(column!(rows, |r| r.event_sequence))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
 
-async fn insert_knowledge(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    let rows = &plan.knowledge;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO collaboration_knowledge (id, tenant_id, workflow_id, execution_id, step_id,
-             title, content, knowledge_type, created_by_agent_id, relevance_score, tags,
-             created_at, updated_at, event_sequence)
-         SELECT id, tenant_id, workflow_id, execution_id, step_id, title, content,
-                knowledge_type, created_by_agent_id, relevance_score, tags, created_at,
-                created_at, event_sequence
-         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::uuid[], $10::float8[], $11::jsonb[],
-                     $12::timestamptz[], $13::bigint[])
-              AS k(id, tenant_id, workflow_id, execution_id, step_id, title, content,
-                   knowledge_type, created_by_agent_id, relevance_score, tags, created_at,
-                   event_sequence)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(column!(rows, |r| r.id))
-    .bind(column!(rows, |r| r.tenant_id.as_str()))
-    .bind(column!(rows, |r| r.workflow_id))
-    .bind(column!(rows, |r| r.execution_id))
-    .bind(column!(rows, |r| r.step_id.as_str()))
-    .bind(column!(rows, |r| r.title.as_str()))
-    .bind(column!(rows, |r| r.content.as_str()))
-    .bind(column!(rows, |r| r.knowledge_type))
-    .bind(column!(rows, |r| r.created_by_agent_id))
-    .bind(column!(rows, |r| r.relevance_score))
-    .bind(column!(rows, |r| &r.tags))
-    .bind(column!(rows, |r| r.created_at))
-    .bind(column!(rows, |r| r.event_sequence))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
+    #[tokio::test]
+    async fn a_reset_empties_every_read_model_and_a_replay_fills_them_again() {
+        let (_, _, log) = eventful_log();
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let junk = Incoming::decode(log.len() as u64 + 1, "cadre.events.x", Utc::now(), b"junk");
+        project(&mut lease, &log, 5).await;
+        project(&mut lease, std::slice::from_ref(&junk), 1).await;
+        let mut before = Vec::new();
+        for table in TABLES {
+            before.push(rows(&mut conn, table).await);
+        }
+        assert!(before.iter().all(|rows| rows != &json!([])), "{before:?}");
 
-async fn insert_rejections(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    let rows = &plan.rejections;
-    if rows.is_empty() {
-        return Ok(());
+        lease.reset().await.unwrap();
+        for table in TABLES {
+            assert_eq!(rows(&mut conn, table).await, json!([]), "{table}");
+        }
+        assert_eq!(lease.checkpoint().await.unwrap(), 0);
+
+        project(&mut lease, &log, 5).await;
+        project(&mut lease, std::slice::from_ref(&junk), 1).await;
+        let mut after = Vec::new();
+        for table in TABLES {
+            after.push(rows(&mut conn, table).await);
+        }
+        assert_eq!(after, before);
     }
-    sqlx::query(
-        "INSERT INTO rejected_events (stream_sequence, subject, reason, payload, rejected_at)
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[],
-                              $5::timestamptz[])
-         ON CONFLICT (stream_sequence) DO NOTHING",
-    )
-    .bind(column!(rows, |r| r.stream_sequence))
-    .bind(column!(rows, |r| r.subject.as_str()))
-    .bind(column!(rows, |r| r.reason.as_str()))
-    .bind(column!(rows, |r| r.payload.as_slice()))
-    .bind(column!(rows, |r| r.rejected_at))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+
+    const TABLES: [&str; 7] = [
+        "agents",
+        "collaboration_workflows",
+        "workflow_executions",
+        "agent_interactions",
+        "collaboration_knowledge",
+        "projected_events",
+        "rejected_events",
+    ];
 }

@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         worker_concurrency: concurrency,
         coordinator_shards: setting("BENCH_COORDINATOR_SHARDS", 128) as usize,
         projector_max_batch: 2000,
+        ..Default::default()
     })
     .await;
     let api = stack.api.clone();

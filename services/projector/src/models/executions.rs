@@ -1,0 +1,935 @@
+//! `workflow_executions`: one row per run of a workflow, with each step's latest attempt
+//! (`step_results`), who was assigned each step, the steps under way and how the run ended.
+//!
+//! An execution is `running` or `paused` until it ends `completed`, `failed` or `cancelled`;
+//! an ended execution never changes status again.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cadre_proto::ExecutionId;
+use cadre_proto::events::{
+    ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted, StepCompleted,
+    StepFailed, StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{column, object, wire_name};
+use crate::plan::Origin;
+
+const RUNNING: &str = "running";
+const PAUSED: &str = "paused";
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Outcome {
+    /// Its `status`, in executions as in workflows.
+    pub fn status(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The execution's number as stored; `incoming::storable` refused numbers beyond `i32`.
+pub(crate) fn number(e: &ExecutionStarted) -> i32 {
+    i32::try_from(e.execution_number).unwrap_or(i32::MAX)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExecutionRow {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub workflow_id: Uuid,
+    pub execution_number: i32,
+    pub trigger_reason: String,
+    pub triggered_by: Option<String>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Changes to one execution row, folded over the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExecutionPatch {
+    pub execution_id: Uuid,
+    /// Step id -> the step's entry in `step_results`, merged with [`merge_step`].
+    pub steps: BTreeMap<String, Map<String, Value>>,
+    /// Step id -> its latest assignment.
+    pub assignments: Map<String, Value>,
+    /// Steps scheduled in the batch, in the order of their latest scheduling. The store puts
+    /// them after the stored `active_steps` (all scheduled earlier), so `active_steps` stays in
+    /// scheduling order however the log is cut into batches.
+    pub scheduled: Vec<String>,
+    pub status: ExecutionStatus,
+    /// The batch's first end of the execution; it applies only if the stored one had not ended.
+    pub ending: Option<Ending>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a batch does to an execution's `status`, for each status it can have had before the
+/// batch: only `running` and `paused` change, since an ended execution stays as it ended. Folding
+/// both outcomes lets a batch be planned without reading the stored row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExecutionStatus {
+    pub if_running: &'static str,
+    pub if_paused: &'static str,
+}
+
+impl Default for ExecutionStatus {
+    fn default() -> Self {
+        Self {
+            if_running: RUNNING,
+            if_paused: PAUSED,
+        }
+    }
+}
+
+/// An event that moves an execution's status.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Pause,
+    Resume,
+    End(Outcome),
+}
+
+impl ExecutionStatus {
+    fn apply(&mut self, control: Control) {
+        fn after(status: &'static str, control: Control) -> &'static str {
+            let open = status == RUNNING || status == PAUSED;
+            match control {
+                Control::Pause if open => PAUSED,
+                // Defensive: events come in log order, but a resume must never reopen an
+                // execution that ended.
+                Control::Resume if status == PAUSED => RUNNING,
+                Control::End(outcome) if open => outcome.status(),
+                _ => status,
+            }
+        }
+        self.if_running = after(self.if_running, control);
+        self.if_paused = after(self.if_paused, control);
+    }
+}
+
+/// How an execution ended: completed, failed or cancelled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Ending {
+    pub error_message: Option<String>,
+    pub failure_cause: Option<Value>,
+    pub final_output: Option<Value>,
+    /// Merged into `execution_context` (who cancelled, and why).
+    pub context: Map<String, Value>,
+    pub completed_at: DateTime<Utc>,
+}
+
+impl Ending {
+    fn at(completed_at: DateTime<Utc>) -> Self {
+        Self {
+            error_message: None,
+            failure_cause: None,
+            final_output: None,
+            context: Map::new(),
+            completed_at,
+        }
+    }
+}
+
+/// A step's entry in `step_results` after `patch`: a later attempt replaces the entry, an
+/// earlier one (a late message of a retried step) changes nothing, and the same attempt
+/// overwrites the fields it names unless the attempt already ended (a worker's report after its
+/// attempt timed out is ignored, as the coordinator ignores it). The store applies the same
+/// rule between the stored entry and a batch's folded one, so folding first gives what applying
+/// one event at a time would.
+fn merge_step(
+    current: Option<Map<String, Value>>,
+    patch: Map<String, Value>,
+) -> Map<String, Value> {
+    fn attempt(entry: &Map<String, Value>) -> u64 {
+        entry.get("attempt").and_then(Value::as_u64).unwrap_or(0)
+    }
+    match current {
+        None => patch,
+        Some(mut current) => match attempt(&current).cmp(&attempt(&patch)) {
+            std::cmp::Ordering::Greater => current,
+            std::cmp::Ordering::Less => patch,
+            std::cmp::Ordering::Equal if step_ended(&current) => current,
+            std::cmp::Ordering::Equal => {
+                current.extend(patch);
+                current
+            }
+        },
+    }
+}
+
+/// Step statuses that end an attempt; the SQL of [`Changes::update`] lists the same ones.
+const STEP_ENDED: [&str; 3] = ["completed", "failed", "timed_out"];
+
+fn step_ended(entry: &Map<String, Value>) -> bool {
+    entry
+        .get("status")
+        .and_then(Value::as_str)
+        .is_some_and(|status| STEP_ENDED.contains(&status))
+}
+
+impl ExecutionPatch {
+    fn merge_step(&mut self, step: &str, patch: Value) {
+        let current = self.steps.remove(step);
+        self.steps
+            .insert(step.to_owned(), merge_step(current, object(patch)));
+    }
+
+    /// Ends the execution; only the first end counts, as only the first would apply one event
+    /// at a time.
+    fn end(&mut self, outcome: Outcome, ending: Ending) {
+        self.status.apply(Control::End(outcome));
+        self.ending.get_or_insert(ending);
+    }
+}
+
+/// The batch's new executions, and its changes to executions.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pub rows: Vec<ExecutionRow>,
+    pub patches: Vec<ExecutionPatch>,
+    index: HashMap<Uuid, usize>,
+}
+
+impl Changes {
+    pub fn started(&mut self, origin: &Origin<'_>, e: &ExecutionStarted) {
+        self.rows.push(ExecutionRow {
+            id: e.execution_id.0,
+            tenant_id: origin.tenant.to_owned(),
+            workflow_id: e.workflow_id.0,
+            execution_number: number(e),
+            trigger_reason: wire_name(&e.trigger_reason),
+            triggered_by: e.triggered_by.clone(),
+            started_at: origin.at,
+        });
+    }
+
+    pub fn step_scheduled(&mut self, origin: &Origin<'_>, e: &StepScheduled) {
+        let step = e.step.id.to_string();
+        let execution = self.patch(e.execution_id, origin.at);
+        let mut entry =
+            json!({ "status": "scheduled", "attempt": e.attempt, "agentId": e.agent.id });
+        if let Some(timeout_at) = e.timeout_at {
+            entry["timeoutAt"] = json!(timeout_at);
+        }
+        execution.merge_step(&step, entry);
+        execution.assignments.insert(
+            step.clone(),
+            json!({
+                "agentId": e.agent.id,
+                "agentName": e.agent.name,
+                "reason": e.reason,
+                "attempt": e.attempt,
+            }),
+        );
+        execution.scheduled.retain(|scheduled| *scheduled != step);
+        execution.scheduled.push(step);
+    }
+
+    pub fn step_started(&mut self, origin: &Origin<'_>, e: &StepStarted) {
+        let a = &e.attempt;
+        self.patch(a.execution_id, origin.at).merge_step(
+            a.step_id.as_str(),
+            json!({
+                "status": "running",
+                "attempt": a.number,
+                "agentId": a.agent_id,
+                "startedAt": origin.at,
+            }),
+        );
+    }
+
+    pub fn step_completed(&mut self, origin: &Origin<'_>, e: &StepCompleted) {
+        let (a, result) = (&e.attempt, &e.result);
+        self.patch(a.execution_id, origin.at).merge_step(
+            a.step_id.as_str(),
+            json!({
+                "status": "completed",
+                "attempt": a.number,
+                "agentId": a.agent_id,
+                "summary": result.summary,
+                "output": result.output,
+                "insights": result.insights,
+                "decisions": result.decisions,
+                "questions": result.questions,
+                "tokens": result.tokens,
+                "provider": e.provider,
+                "model": e.model,
+                "durationMs": e.duration_ms,
+                "completedAt": origin.at,
+            }),
+        );
+    }
+
+    pub fn step_failed(&mut self, origin: &Origin<'_>, e: &StepFailed) {
+        let a = &e.attempt;
+        self.patch(a.execution_id, origin.at).merge_step(
+            a.step_id.as_str(),
+            json!({
+                "status": "failed",
+                "attempt": a.number,
+                "agentId": a.agent_id,
+                "error": e.error,
+                "failedAt": origin.at,
+                "completedAt": origin.at,
+            }),
+        );
+    }
+
+    pub fn step_timed_out(&mut self, origin: &Origin<'_>, e: &StepTimedOut) {
+        let a = &e.attempt;
+        self.patch(a.execution_id, origin.at).merge_step(
+            a.step_id.as_str(),
+            json!({
+                "status": "timed_out",
+                "attempt": a.number,
+                "agentId": a.agent_id,
+                "error": timeout_error(e),
+                "timeoutMinutes": e.timeout_minutes,
+                "completedAt": origin.at,
+            }),
+        );
+    }
+
+    pub fn step_skipped(&mut self, origin: &Origin<'_>, e: &StepSkipped) {
+        self.patch(e.execution_id, origin.at).merge_step(
+            e.step_id.as_str(),
+            json!({
+                "status": "skipped",
+                "attempt": 0,
+                "condition": e.condition,
+                "completedAt": origin.at,
+            }),
+        );
+    }
+
+    pub fn paused(&mut self, origin: &Origin<'_>, execution: ExecutionId) {
+        self.patch(execution, origin.at)
+            .status
+            .apply(Control::Pause);
+    }
+
+    pub fn resumed(&mut self, origin: &Origin<'_>, execution: ExecutionId) {
+        self.patch(execution, origin.at)
+            .status
+            .apply(Control::Resume);
+    }
+
+    pub fn completed(&mut self, origin: &Origin<'_>, e: &ExecutionCompleted) {
+        self.patch(e.execution_id, origin.at).end(
+            Outcome::Completed,
+            Ending {
+                final_output: Some(e.final_output.clone()),
+                ..Ending::at(origin.at)
+            },
+        );
+    }
+
+    pub fn failed(&mut self, origin: &Origin<'_>, e: &ExecutionFailed) {
+        self.patch(e.execution_id, origin.at).end(
+            Outcome::Failed,
+            Ending {
+                error_message: Some(e.error.clone()),
+                failure_cause: Some(json!(e.cause)),
+                ..Ending::at(origin.at)
+            },
+        );
+    }
+
+    pub fn cancelled(&mut self, origin: &Origin<'_>, e: &ExecutionCancelled) {
+        let reason = e
+            .request
+            .reason
+            .as_deref()
+            .unwrap_or(Outcome::Cancelled.status());
+        self.patch(e.execution_id, origin.at).end(
+            Outcome::Cancelled,
+            Ending {
+                error_message: Some(reason.to_owned()),
+                context: object(json!({ "cancellation": e.request })),
+                ..Ending::at(origin.at)
+            },
+        );
+    }
+
+    /// The batch's patch of an execution, touched at `at`.
+    fn patch(&mut self, execution: ExecutionId, at: DateTime<Utc>) -> &mut ExecutionPatch {
+        let patches = &mut self.patches;
+        let index = *self.index.entry(execution.0).or_insert_with(|| {
+            patches.push(ExecutionPatch {
+                execution_id: execution.0,
+                steps: BTreeMap::new(),
+                assignments: Map::new(),
+                scheduled: Vec::new(),
+                status: ExecutionStatus::default(),
+                ending: None,
+                updated_at: at,
+            });
+            patches.len() - 1
+        });
+        let patch = &mut patches[index];
+        patch.updated_at = at;
+        patch
+    }
+
+    /// Inserts first, so that patches of executions started in the same batch find them.
+    pub async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        self.insert(tx).await?;
+        self.update(tx).await
+    }
+
+    /// An execution started twice (two different events with one id) keeps the first: the
+    /// event index already keeps an event from being applied twice, and such a clash must not
+    /// fail the batch on every retry.
+    async fn insert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows = &self.rows;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO workflow_executions (id, tenant_id, workflow_id, execution_number,
+                 trigger_reason, triggered_by, status, started_at, updated_at)
+             SELECT id, tenant_id, workflow_id, execution_number, trigger_reason, triggered_by,
+                    'running', started_at, started_at
+             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::text[], $6::text[],
+                         $7::timestamptz[])
+                  AS e(id, tenant_id, workflow_id, execution_number, trigger_reason,
+                       triggered_by, started_at)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(column!(rows, |r| r.id))
+        .bind(column!(rows, |r| r.tenant_id.as_str()))
+        .bind(column!(rows, |r| r.workflow_id))
+        .bind(column!(rows, |r| r.execution_number))
+        .bind(column!(rows, |r| r.trigger_reason.as_str()))
+        .bind(column!(rows, |r| r.triggered_by.as_deref()))
+        .bind(column!(rows, |r| r.started_at))
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// One statement for every execution the batch touched. Step entries merge with the stored
+    /// ones by the rule of [`merge_step`]. The status moves by the batch's [`ExecutionStatus`]
+    /// from the stored one, and the batch's ending applies only if that ends the execution now.
+    /// `active_steps` lists the steps now scheduled or running, the stored ones first (scheduled
+    /// earlier), then those this batch scheduled, then any other (defensive: a step that started
+    /// without being scheduled); `current_step_id` is the last of them and `active_agents` the
+    /// agents of the running ones. All three are empty once the execution ended.
+    async fn update(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows = &self.patches;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let steps = column!(rows, |r| Value::Object(
+            r.steps
+                .iter()
+                .map(|(step, entry)| (step.clone(), Value::Object(entry.clone())))
+                .collect()
+        ));
+        sqlx::query(
+            "WITH patch AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::jsonb[], $4::jsonb[],
+                                      $5::text[], $6::text[], $7::text[], $8::jsonb[],
+                                      $9::jsonb[], $10::jsonb[], $11::timestamptz[],
+                                      $12::timestamptz[])
+                      AS p(id, steps, assignments, scheduled, if_running, if_paused,
+                           error_message, failure_cause, final_output, context, completed_at,
+                           updated_at)
+             ), merged AS (
+                 SELECT p.*, e.active_steps AS was_active,
+                     CASE e.status WHEN 'running' THEN p.if_running
+                                   WHEN 'paused' THEN p.if_paused
+                                   ELSE e.status END AS status,
+                     e.status IN ('running', 'paused') AND p.completed_at IS NOT NULL AS ends,
+                     e.step_results || coalesce((
+                         SELECT jsonb_object_agg(s.key, CASE
+                             WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
+                                  > (s.value ->> 'attempt')::bigint THEN e.step_results -> s.key
+                             WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
+                                  < (s.value ->> 'attempt')::bigint THEN s.value
+                             WHEN e.step_results -> s.key ->> 'status'
+                                  IN ('completed', 'failed', 'timed_out')
+                                  THEN e.step_results -> s.key
+                             ELSE coalesce(e.step_results -> s.key, '{}'::jsonb) || s.value
+                         END)
+                         FROM jsonb_each(p.steps) AS s), '{}'::jsonb) AS step_results
+                 FROM patch p JOIN workflow_executions e ON e.id = p.id
+             ), derived AS (
+                 SELECT m.*,
+                     CASE WHEN m.status NOT IN ('running', 'paused') THEN '[]'::jsonb
+                     ELSE (SELECT coalesce(jsonb_agg(a.step ORDER BY a.rank, a.position, a.step),
+                                           '[]'::jsonb)
+                           FROM (SELECT w.step, 0 AS rank, w.position
+                                 FROM jsonb_array_elements_text(m.was_active)
+                                      WITH ORDINALITY AS w(step, position)
+                                 WHERE NOT m.scheduled ? w.step
+                                 UNION ALL
+                                 SELECT n.step, 1, n.position
+                                 FROM jsonb_array_elements_text(m.scheduled)
+                                      WITH ORDINALITY AS n(step, position)
+                                 UNION ALL
+                                 SELECT k.step, 2, 0
+                                 FROM jsonb_object_keys(m.step_results) AS k(step)
+                                 WHERE NOT m.was_active ? k.step AND NOT m.scheduled ? k.step
+                                ) AS a
+                           WHERE m.step_results -> a.step ->> 'status' IN ('scheduled', 'running'))
+                     END AS active_steps
+                 FROM merged m
+             )
+             UPDATE workflow_executions e SET
+                 step_results = d.step_results,
+                 active_steps = d.active_steps,
+                 current_step_id = d.active_steps ->> -1,
+                 active_agents = CASE WHEN d.status NOT IN ('running', 'paused') THEN '[]'::jsonb
+                     ELSE (SELECT coalesce(jsonb_agg(DISTINCT r.value -> 'agentId'), '[]'::jsonb)
+                           FROM jsonb_each(d.step_results) AS r
+                           WHERE r.value ->> 'status' = 'running') END,
+                 agent_assignments = e.agent_assignments || d.assignments,
+                 status = d.status,
+                 error_message = CASE WHEN d.ends THEN d.error_message ELSE e.error_message END,
+                 failure_cause = CASE WHEN d.ends THEN d.failure_cause ELSE e.failure_cause END,
+                 final_output = CASE WHEN d.ends THEN d.final_output ELSE e.final_output END,
+                 execution_context = CASE WHEN d.ends THEN e.execution_context || d.context
+                                          ELSE e.execution_context END,
+                 completed_at = CASE WHEN d.ends THEN d.completed_at ELSE e.completed_at END,
+                 updated_at = d.updated_at
+             FROM derived d
+             WHERE e.id = d.id",
+        )
+        .bind(column!(rows, |r| r.execution_id))
+        .bind(steps)
+        .bind(column!(rows, |r| Value::Object(r.assignments.clone())))
+        .bind(column!(rows, |r| json!(r.scheduled)))
+        .bind(column!(rows, |r| r.status.if_running))
+        .bind(column!(rows, |r| r.status.if_paused))
+        .bind(column!(rows, |r| r
+            .ending
+            .as_ref()
+            .and_then(|e| e.error_message.as_deref())))
+        .bind(column!(rows, |r| r
+            .ending
+            .as_ref()
+            .and_then(|e| e.failure_cause.as_ref())))
+        .bind(column!(rows, |r| r
+            .ending
+            .as_ref()
+            .and_then(|e| e.final_output.as_ref())))
+        .bind(column!(rows, |r| Value::Object(
+            r.ending
+                .as_ref()
+                .map(|e| e.context.clone())
+                .unwrap_or_default()
+        )))
+        .bind(column!(rows, |r| r.ending.as_ref().map(|e| e.completed_at)))
+        .bind(column!(rows, |r| r.updated_at))
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The error a timed-out attempt reports.
+pub(crate) fn timeout_error(e: &StepTimedOut) -> String {
+    format!("timed out after {} minute(s)", e.timeout_minutes)
+}
+
+pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("TRUNCATE workflow_executions")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
+mod tests {
+    use cadre_proto::Event;
+
+    use super::*;
+    use crate::incoming::Incoming;
+    use crate::plan::Plan;
+    use crate::testing::{Fixture, TestDb, execution, lease, plan_all, project};
+
+    fn only_patch(plan: &Plan) -> &ExecutionPatch {
+        assert_eq!(plan.executions.patches.len(), 1, "{plan:?}");
+        &plan.executions.patches[0]
+    }
+
+    #[test]
+    fn a_later_attempt_replaces_a_step_and_a_stale_one_changes_nothing() {
+        let mut f = Fixture::new();
+        let batch = vec![
+            f.message(f.scheduled(1)),
+            f.message(f.step_failed(1)),
+            f.message(f.scheduled(2)),
+            // A slow worker's report about attempt 1 arrives after attempt 2 was scheduled.
+            f.message(f.step_completed(1)),
+            f.message(f.step_started(2)),
+        ];
+        let plan = plan_all(&batch);
+        let step = &plan.executions.patches[0].steps["design"];
+        assert_eq!(
+            Value::Object(step.clone()),
+            json!({ "status": "running", "attempt": 2, "agentId": f.agent.id, "startedAt": f.clock })
+        );
+        assert_eq!(
+            plan.executions.patches[0].assignments["design"]["attempt"],
+            2
+        );
+        assert_eq!(
+            plan.interactions.rows.len(),
+            5,
+            "every event is still logged"
+        );
+    }
+
+    #[test]
+    fn every_step_entry_records_when_it_started_and_ended() {
+        let mut f = Fixture::with_steps(&["design", "review"]);
+        let review = f.on("review");
+        let batch = f.messages([
+            f.scheduled(1),
+            review.scheduled(1),
+            f.step_started(1),
+            review.step_started(1),
+            f.step_completed(1),
+            review.step_failed(1),
+        ]);
+        let at = |i: usize| json!(batch[i].content.as_ref().unwrap().meta.time);
+        let plan = plan_all(&batch);
+        let steps = &only_patch(&plan).steps;
+        assert_eq!(steps["design"]["startedAt"], at(2));
+        assert_eq!(steps["design"]["completedAt"], at(4));
+        assert_eq!(steps["review"]["status"], "failed");
+        assert_eq!(steps["review"]["startedAt"], at(3));
+        assert_eq!(steps["review"]["completedAt"], at(5));
+        assert_eq!(
+            steps["review"]["failedAt"],
+            at(5),
+            "kept for existing readers"
+        );
+    }
+
+    #[test]
+    fn a_timed_out_attempt_keeps_its_start_and_ignores_what_it_reports_later() {
+        let mut f = Fixture::new();
+        let batch = f.messages([
+            f.scheduled(1),
+            f.step_started(1),
+            f.step_timed_out(1, 5),
+            // The worker finishes after the coordinator gave up on it.
+            f.step_completed(1),
+        ]);
+        let time = |i: usize| batch[i].content.as_ref().unwrap().meta.time;
+        let plan = plan_all(&batch);
+        let step = &only_patch(&plan).steps["design"];
+        assert_eq!(
+            Value::Object(step.clone()),
+            json!({
+                "status": "timed_out",
+                "attempt": 1,
+                "agentId": f.agent.id,
+                "startedAt": time(1),
+                "error": "timed out after 5 minute(s)",
+                "timeoutMinutes": 5,
+                "completedAt": time(2),
+            })
+        );
+    }
+
+    #[test]
+    fn a_retry_after_a_timeout_replaces_the_entry() {
+        let mut f = Fixture::new();
+        let batch = f.messages([
+            f.scheduled(1),
+            f.step_timed_out(1, 1),
+            f.scheduled(2),
+            f.step_started(1),
+        ]);
+        let plan = plan_all(&batch);
+        let patch = only_patch(&plan);
+        assert_eq!(patch.steps["design"]["status"], "scheduled");
+        assert_eq!(patch.steps["design"]["attempt"], 2);
+        assert_eq!(patch.scheduled, ["design"]);
+    }
+
+    #[test]
+    fn steps_scheduled_in_a_batch_are_listed_by_their_latest_scheduling() {
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let (review, test) = (f.on("review"), f.on("test"));
+        let batch = f.messages([
+            f.scheduled(1),
+            review.scheduled(1),
+            test.scheduled(1),
+            f.step_failed(1),
+            f.scheduled(2),
+        ]);
+        let plan = plan_all(&batch);
+        assert_eq!(only_patch(&plan).scheduled, ["review", "test", "design"]);
+    }
+
+    #[test]
+    fn a_failed_execution_records_its_cause() {
+        let mut f = Fixture::new();
+        let batch = f.messages([f.failed()]);
+        let plan = plan_all(&batch);
+        let patch = only_patch(&plan);
+        assert_eq!(patch.status.if_running, "failed");
+        assert_eq!(patch.status.if_paused, "failed");
+        let ending = patch.ending.as_ref().unwrap();
+        assert_eq!(
+            ending.failure_cause,
+            Some(json!({ "kind": "stepFailed", "stepId": "design" }))
+        );
+        assert_eq!(
+            ending.error_message.as_deref(),
+            Some("step 'Design' failed after 1 attempt(s)")
+        );
+        assert_eq!(plan.workflows.patches[0].status.otherwise, Some("failed"));
+    }
+
+    #[test]
+    fn a_failure_recorded_before_causes_existed_reads_as_the_current_version() {
+        let mut f = Fixture::new();
+        let current = f.message(f.failed());
+        let mut v1: Value =
+            serde_json::from_slice(&current.content.as_ref().unwrap().encode()).unwrap();
+        v1["type"] = cadre_proto::upcast::EXECUTION_FAILED_V1.into();
+        v1["data"] = json!({
+            "executionId": f.execution,
+            "workflowId": f.workflow,
+            "failedStepId": "design",
+            "error": "it broke",
+        });
+        let old = Incoming::decode(
+            2,
+            current.subject.clone(),
+            f.clock,
+            &serde_json::to_vec(&v1).unwrap(),
+        );
+        let plan = plan_all(&[old]);
+        let ending = only_patch(&plan).ending.clone().unwrap();
+        assert_eq!(
+            ending.failure_cause,
+            Some(json!({ "kind": "stepFailed", "stepId": "design" }))
+        );
+        assert_eq!(ending.error_message.as_deref(), Some("it broke"));
+    }
+
+    #[test]
+    fn a_cancellation_ends_the_execution_with_its_reason_and_requester() {
+        let mut f = Fixture::new();
+        let batch = f.messages([f.cancelled(Some("ops"), Some("wrong input"))]);
+        let plan = plan_all(&batch);
+        let patch = only_patch(&plan);
+        assert_eq!(patch.status.if_running, "cancelled");
+        assert_eq!(patch.status.if_paused, "cancelled");
+        let ending = patch.ending.as_ref().unwrap();
+        assert_eq!(ending.error_message.as_deref(), Some("wrong input"));
+        assert_eq!(ending.completed_at, f.clock);
+        assert_eq!(
+            Value::Object(ending.context.clone()),
+            json!({ "cancellation": { "requestedBy": "ops", "reason": "wrong input" } })
+        );
+        assert_eq!(
+            plan.workflows.patches[0].status.otherwise,
+            Some("cancelled")
+        );
+
+        let batch = f.messages([f.cancelled(None, None)]);
+        let plan = plan_all(&batch);
+        let ending = only_patch(&plan).ending.clone().unwrap();
+        assert_eq!(ending.error_message.as_deref(), Some("cancelled"));
+        assert_eq!(Value::Object(ending.context), json!({ "cancellation": {} }));
+    }
+
+    #[test]
+    fn pause_and_resume_move_only_an_execution_that_has_not_ended() {
+        let mut f = Fixture::new();
+        let e = f.clone();
+        let mut status = |events: Vec<Event>| {
+            let plan = plan_all(&f.messages(events));
+            let patch = only_patch(&plan);
+            (
+                patch.status.if_running,
+                patch.status.if_paused,
+                patch.ending.is_some(),
+            )
+        };
+        assert_eq!(status(vec![e.paused()]), ("paused", "paused", false));
+        assert_eq!(status(vec![e.resumed()]), ("running", "running", false));
+        assert_eq!(
+            status(vec![e.paused(), e.resumed()]),
+            ("running", "running", false)
+        );
+        assert_eq!(
+            status(vec![e.paused(), e.completed()]),
+            ("completed", "completed", true)
+        );
+        assert_eq!(
+            status(vec![e.completed(), e.resumed(), e.paused()]),
+            ("completed", "completed", true),
+            "an ended execution is never resurrected"
+        );
+
+        // Only the first end counts.
+        let plan = plan_all(&f.messages([e.cancelled(Some("ops"), None), e.completed()]));
+        let patch = only_patch(&plan);
+        assert_eq!(patch.status.if_running, "cancelled");
+        let ending = patch.ending.as_ref().unwrap();
+        assert_eq!(ending.final_output, None);
+        assert_eq!(ending.error_message.as_deref(), Some("cancelled"));
+    }
+
+    #[tokio::test]
+    async fn every_scheduled_or_running_step_is_listed_while_the_execution_runs() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let (design, review, test) = (f.on("design"), f.on("review"), f.on("test"));
+        let mut step = async |events: Vec<Event>| {
+            project(&mut lease, &f.messages(events), 1).await;
+            let row = execution(&mut conn, f.execution).await;
+            (
+                row["active_steps"].clone(),
+                row["current_step_id"].clone(),
+                row["active_agents"].clone(),
+            )
+        };
+        let agents = json!([design.agent.id]);
+
+        let (active, current, working) = step(vec![
+            design.created(),
+            design.started(1),
+            design.scheduled(1),
+            review.scheduled(1),
+            test.scheduled(1),
+        ])
+        .await;
+        assert_eq!(active, json!(["design", "review", "test"]));
+        assert_eq!(current, "test", "the most recently scheduled");
+        assert_eq!(working, json!([]), "none has started");
+
+        let (active, current, working) =
+            step(vec![design.step_started(1), review.step_started(1)]).await;
+        assert_eq!(active, json!(["design", "review", "test"]));
+        assert_eq!(current, "test");
+        assert_eq!(working, agents);
+
+        let (active, current, _) = step(vec![review.step_completed(1)]).await;
+        assert_eq!(active, json!(["design", "test"]));
+        assert_eq!(current, "test");
+
+        let (active, current, _) = step(vec![design.step_timed_out(1, 5)]).await;
+        assert_eq!(active, json!(["test"]));
+        assert_eq!(current, "test");
+
+        let (active, current, working) = step(vec![design.scheduled(2)]).await;
+        assert_eq!(active, json!(["test", "design"]));
+        assert_eq!(current, "design", "the retry is the latest scheduled");
+        assert_eq!(working, json!([]));
+
+        let (active, current, _) = step(vec![test.step_started(1), test.step_failed(1)]).await;
+        assert_eq!(active, json!(["design"]));
+        assert_eq!(current, "design");
+
+        // A step still scheduled when the execution ends is not active any more.
+        let (active, current, working) = step(vec![test.failed()]).await;
+        assert_eq!(active, json!([]));
+        assert_eq!(current, Value::Null);
+        assert_eq!(working, json!([]));
+    }
+
+    #[tokio::test]
+    async fn a_batch_adds_the_steps_it_schedules_after_the_stored_ones() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let (design, review, test) = (f.on("design"), f.on("review"), f.on("test"));
+        let first = f.messages([design.started(1), design.scheduled(1), review.scheduled(1)]);
+        project(&mut lease, &first, 10).await;
+        let second = f.messages([
+            test.scheduled(1),
+            review.step_failed(1),
+            review.scheduled(2),
+        ]);
+        project(&mut lease, &second, 10).await;
+        let row = execution(&mut conn, f.execution).await;
+        assert_eq!(row["active_steps"], json!(["design", "test", "review"]));
+        assert_eq!(row["current_step_id"], "review");
+    }
+
+    #[tokio::test]
+    async fn a_report_after_a_timeout_changes_nothing_in_a_later_batch() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::new();
+        let e = f.clone();
+        let log = f.messages([
+            e.started(1),
+            e.scheduled(1),
+            e.step_started(1),
+            e.step_timed_out(1, 2),
+            e.step_completed(1),
+        ]);
+        project(&mut lease, &log, 1).await;
+        let row = execution(&mut conn, f.execution).await;
+        let step = &row["step_results"]["design"];
+        assert_eq!(step["status"], "timed_out");
+        assert_eq!(step["error"], "timed out after 2 minute(s)");
+        assert_eq!(
+            step["startedAt"],
+            json!(log[2].content.as_ref().unwrap().meta.time)
+        );
+        assert_eq!(
+            step["completedAt"],
+            json!(log[3].content.as_ref().unwrap().meta.time)
+        );
+        assert_eq!(step.get("summary"), None);
+        assert_eq!(row["active_steps"], json!([]));
+        assert_eq!(
+            row["status"], "running",
+            "the coordinator decides what comes next"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resume_never_reopens_an_ended_execution() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::new();
+        let e = f.clone();
+        for (events, status) in [
+            (vec![e.started(1)], "running"),
+            (vec![e.paused()], "paused"),
+            (vec![e.paused()], "paused"),
+            (vec![e.resumed()], "running"),
+            (vec![e.completed()], "completed"),
+            (vec![e.resumed()], "completed"),
+            (vec![e.paused(), e.resumed()], "completed"),
+            (vec![e.cancelled(Some("ops"), None)], "completed"),
+        ] {
+            project(&mut lease, &f.messages(events), 10).await;
+            assert_eq!(execution(&mut conn, f.execution).await["status"], status);
+        }
+        let row = execution(&mut conn, f.execution).await;
+        assert_eq!(row["error_message"], Value::Null);
+        assert_eq!(row["execution_context"], json!({}));
+    }
+}

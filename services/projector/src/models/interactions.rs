@@ -1,0 +1,355 @@
+//! `agent_interactions`: the execution's interaction log. Agents record their own messages
+//! (`InteractionRecorded`); the other rows are derived from what happened to steps and knowledge,
+//! each keyed by the id of the event it comes from.
+
+use cadre_proto::events::{
+    AssignmentReason, InteractionRecorded, KnowledgeShared, StepAttempt, StepCompleted, StepFailed,
+    StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+};
+use cadre_proto::model::InteractionType;
+use cadre_proto::{ExecutionId, StepId};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::column;
+use super::executions::timeout_error;
+use crate::plan::Origin;
+
+/// How many characters of shared knowledge its interaction quotes (as the seed does).
+const KNOWLEDGE_PREVIEW_CHARS: usize = 200;
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct InteractionRow {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub workflow_execution_id: Uuid,
+    pub from_agent_id: Option<Uuid>,
+    pub to_agent_id: Option<Uuid>,
+    pub interaction_type: &'static str,
+    pub message: String,
+    pub context_data: Value,
+    pub related_step_id: Option<String>,
+    pub requires_response: bool,
+    pub created_at: DateTime<Utc>,
+    pub event_sequence: i64,
+}
+
+impl InteractionRow {
+    fn new(
+        origin: &Origin<'_>,
+        execution: ExecutionId,
+        kind: InteractionType,
+        message: String,
+    ) -> Self {
+        Self {
+            id: origin.event_id,
+            tenant_id: origin.tenant.to_owned(),
+            workflow_execution_id: execution.0,
+            from_agent_id: None,
+            to_agent_id: None,
+            interaction_type: kind.as_str(),
+            message,
+            context_data: json!({}),
+            related_step_id: None,
+            requires_response: false,
+            created_at: origin.at,
+            event_sequence: origin.sequence,
+        }
+    }
+}
+
+/// The batch's interactions, in stream order.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pub rows: Vec<InteractionRow>,
+}
+
+impl Changes {
+    /// The delegation of a step to its agent, from the coordinator agent if there is one.
+    pub fn step_scheduled(&mut self, origin: &Origin<'_>, e: &StepScheduled) {
+        self.rows.push(InteractionRow {
+            from_agent_id: e.coordinator_agent_id.map(|id| id.0),
+            to_agent_id: Some(e.agent.id.0),
+            context_data: json!({ "stepId": e.step.id, "attempt": e.attempt, "reason": e.reason }),
+            related_step_id: Some(e.step.id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::TaskDelegation,
+                delegation_message(&e.step.name, &e.agent.name, &e.reason),
+            )
+        });
+    }
+
+    pub fn step_started(&mut self, origin: &Origin<'_>, e: &StepStarted) {
+        let a = &e.attempt;
+        self.step_note(
+            origin,
+            a,
+            format!("Starting step: {}", a.step_name),
+            json!({ "stepId": a.step_id, "attempt": a.number }),
+        );
+    }
+
+    pub fn step_completed(&mut self, origin: &Origin<'_>, e: &StepCompleted) {
+        let (a, result) = (&e.attempt, &e.result);
+        self.step_note(
+            origin,
+            a,
+            format!("Completed step: {}", a.step_name),
+            json!({ "stepId": a.step_id, "result": result.summary, "tokensUsed": result.tokens.total }),
+        );
+    }
+
+    pub fn step_failed(&mut self, origin: &Origin<'_>, e: &StepFailed) {
+        let a = &e.attempt;
+        self.step_note(
+            origin,
+            a,
+            format!("Step failed: {} - {}", a.step_name, e.error),
+            json!({ "stepId": a.step_id, "error": true, "errorMessage": e.error }),
+        );
+    }
+
+    /// Like a failed attempt, but the coordinator's timer, not the agent, reports it: the
+    /// interaction comes from the coordinator (no agent) and is addressed to the agent.
+    pub fn step_timed_out(&mut self, origin: &Origin<'_>, e: &StepTimedOut) {
+        let a = &e.attempt;
+        let error = timeout_error(e);
+        self.rows.push(InteractionRow {
+            to_agent_id: Some(a.agent_id.0),
+            context_data: json!({
+                "stepId": a.step_id,
+                "attempt": a.number,
+                "error": true,
+                "errorMessage": error,
+                "timeoutMinutes": e.timeout_minutes,
+            }),
+            related_step_id: Some(a.step_id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                a.execution_id,
+                InteractionType::Coordination,
+                format!("Step timed out: {} - {error}", a.step_name),
+            )
+        });
+    }
+
+    pub fn step_skipped(&mut self, origin: &Origin<'_>, e: &StepSkipped) {
+        self.rows.push(InteractionRow {
+            context_data: json!({ "stepId": e.step_id, "condition": e.condition }),
+            related_step_id: Some(e.step_id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::Coordination,
+                format!(
+                    "Step skipped: {} - its condition is false: {}",
+                    e.step_name, e.condition
+                ),
+            )
+        });
+    }
+
+    /// The coordination note an agent leaves about its own step.
+    fn step_note(
+        &mut self,
+        origin: &Origin<'_>,
+        attempt: &StepAttempt,
+        message: String,
+        context_data: Value,
+    ) {
+        self.rows.push(InteractionRow {
+            from_agent_id: Some(attempt.agent_id.0),
+            context_data,
+            related_step_id: Some(attempt.step_id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                attempt.execution_id,
+                InteractionType::Coordination,
+                message,
+            )
+        });
+    }
+
+    pub fn recorded(&mut self, origin: &Origin<'_>, e: &InteractionRecorded) {
+        let context_data = match &e.context_data {
+            Value::Null => json!({}),
+            given => given.clone(),
+        };
+        self.rows.push(InteractionRow {
+            from_agent_id: Some(e.from_agent_id.0),
+            to_agent_id: e.to_agent_id.map(|id| id.0),
+            context_data,
+            related_step_id: e.related_step_id.as_ref().map(StepId::to_string),
+            requires_response: e.requires_response,
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                e.interaction_type,
+                e.message.clone(),
+            )
+        });
+    }
+
+    /// The knowledge row is keyed by the knowledge id; its interaction, like every derived
+    /// interaction, by the event id.
+    pub fn knowledge_shared(&mut self, origin: &Origin<'_>, e: &KnowledgeShared) {
+        self.rows.push(InteractionRow {
+            from_agent_id: Some(e.created_by_agent_id.0),
+            context_data: json!({
+                "knowledgeType": e.knowledge_type,
+                "content": preview(&e.content),
+            }),
+            related_step_id: Some(e.step_id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::KnowledgeSharing,
+                format!("Shared knowledge: {}", e.title),
+            )
+        });
+    }
+
+    /// An interaction already stored (two different events with one id) is kept: the event
+    /// index already keeps an event from being applied twice, and such a clash must not fail
+    /// the batch on every retry.
+    pub async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows = &self.rows;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO agent_interactions (id, tenant_id, workflow_execution_id, from_agent_id,
+                 to_agent_id, interaction_type, message, context_data, related_step_id,
+                 requires_response, created_at, event_sequence)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[],
+                                  $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::bool[],
+                                  $11::timestamptz[], $12::bigint[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(column!(rows, |r| r.id))
+        .bind(column!(rows, |r| r.tenant_id.as_str()))
+        .bind(column!(rows, |r| r.workflow_execution_id))
+        .bind(column!(rows, |r| r.from_agent_id))
+        .bind(column!(rows, |r| r.to_agent_id))
+        .bind(column!(rows, |r| r.interaction_type))
+        .bind(column!(rows, |r| r.message.as_str()))
+        .bind(column!(rows, |r| &r.context_data))
+        .bind(column!(rows, |r| r.related_step_id.as_deref()))
+        .bind(column!(rows, |r| r.requires_response))
+        .bind(column!(rows, |r| r.created_at))
+        .bind(column!(rows, |r| r.event_sequence))
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+fn delegation_message(step: &str, agent: &str, reason: &AssignmentReason) -> String {
+    format!("Assigned {step} to {agent}: {}", reason.describe())
+}
+
+fn preview(content: &str) -> String {
+    match content.char_indices().nth(KNOWLEDGE_PREVIEW_CHARS) {
+        Some((cut, _)) => format!("{}...", &content[..cut]),
+        None => content.to_owned(),
+    }
+}
+
+pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("TRUNCATE agent_interactions")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
+mod tests {
+    use cadre_proto::model::KnowledgeType;
+    use cadre_proto::{Event, KnowledgeId};
+
+    use super::*;
+    use crate::testing::{Fixture, plan_all};
+
+    #[test]
+    fn knowledge_interaction_quotes_at_most_200_characters() {
+        let mut f = Fixture::new();
+        let shared = |content: String| {
+            Event::KnowledgeShared(KnowledgeShared {
+                knowledge_id: KnowledgeId::new(),
+                workflow_id: f.workflow,
+                execution_id: f.execution,
+                step_id: f.step.id.clone(),
+                title: "Insights from Design".to_owned(),
+                content,
+                knowledge_type: KnowledgeType::Insight,
+                created_by_agent_id: f.agent.id,
+                relevance_score: 0.8,
+                tags: vec!["design".to_owned()],
+            })
+        };
+        let long = "é".repeat(250);
+        let exact = "x".repeat(200);
+        let (long_event, exact_event) = (shared(long.clone()), shared(exact.clone()));
+        let batch = vec![f.message(long_event), f.message(exact_event)];
+        let plan = plan_all(&batch);
+
+        assert_eq!(plan.knowledge.rows.len(), 2);
+        assert_eq!(
+            plan.knowledge.rows[0].content, long,
+            "the knowledge row keeps it all"
+        );
+        assert_eq!(plan.knowledge.rows[0].knowledge_type, "insight");
+        let quoted = plan.interactions.rows[0].context_data["content"]
+            .as_str()
+            .unwrap();
+        assert_eq!(quoted, format!("{}...", "é".repeat(200)));
+        assert_eq!(
+            plan.interactions.rows[1].context_data["content"],
+            exact.as_str()
+        );
+        assert_eq!(
+            plan.interactions.rows[0].message,
+            "Shared knowledge: Insights from Design"
+        );
+        assert_eq!(
+            plan.interactions.rows[0].interaction_type,
+            "knowledge_sharing"
+        );
+        assert_eq!(
+            plan.interactions.rows[0].context_data["knowledgeType"],
+            "insight"
+        );
+        assert_ne!(plan.interactions.rows[0].id, plan.knowledge.rows[0].id);
+        assert_eq!(
+            plan.interactions.rows[0].id,
+            batch[0].content.as_ref().unwrap().meta.id.0
+        );
+    }
+
+    #[test]
+    fn a_timeout_is_noted_by_the_coordinator_to_the_agent() {
+        let mut f = Fixture::new();
+        let batch = f.messages([f.scheduled(1), f.step_started(1), f.step_timed_out(1, 5)]);
+        let plan = plan_all(&batch);
+        let timed_out = &plan.interactions.rows[2];
+        assert_eq!(timed_out.interaction_type, "coordination");
+        assert_eq!(
+            timed_out.message,
+            "Step timed out: Design - timed out after 5 minute(s)"
+        );
+        assert_eq!(
+            timed_out.from_agent_id, None,
+            "the coordinator's timer said so"
+        );
+        assert_eq!(timed_out.to_agent_id, Some(f.agent.id.0));
+        assert_eq!(timed_out.related_step_id.as_deref(), Some("design"));
+        assert_eq!(timed_out.context_data["error"], true);
+        assert_eq!(timed_out.context_data["timeoutMinutes"], 5);
+        assert_eq!(timed_out.id, batch[2].content.as_ref().unwrap().meta.id.0);
+    }
+}

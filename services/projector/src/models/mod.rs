@@ -1,0 +1,51 @@
+//! The read models, one module per table: its rows, what each event does to them (folded over
+//! a batch without I/O), and the SQL that writes a batch's changes with one set-based
+//! statement per kind of change. The tables themselves are defined in `migrations/` only.
+//!
+//! Every value comes from the events (never the clock), so replaying the log gives the same
+//! rows however it is cut into batches. Writes run inside the store's transaction, together
+//! with the event ids they apply and the checkpoint.
+
+pub(crate) mod agents;
+pub(crate) mod executions;
+pub(crate) mod interactions;
+pub(crate) mod knowledge;
+pub(crate) mod rejections;
+pub(crate) mod workflows;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+/// The `Vec` of one field over `rows`, ready to bind as a Postgres array.
+macro_rules! column {
+    ($rows:expr, |$row:ident| $value:expr) => {
+        $rows.iter().map(|$row| $value).collect::<Vec<_>>()
+    };
+}
+pub(crate) use column;
+
+/// Empties every read model (`cadre-projector rebuild`).
+pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    agents::reset(tx).await?;
+    workflows::reset(tx).await?;
+    executions::reset(tx).await?;
+    interactions::reset(tx).await?;
+    knowledge::reset(tx).await?;
+    rejections::reset(tx).await
+}
+
+/// The serde name of a unit enum variant (`"pipeline"`, `"manual"`).
+fn wire_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}

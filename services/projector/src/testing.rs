@@ -1,0 +1,468 @@
+//! Test helpers: a workflow with an agent whose events a test can write one line each, and a
+//! fresh Postgres database with the read-model schema.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
+
+use std::collections::HashSet;
+
+use cadre_proto::events::{
+    AgentRegistered, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused,
+    ExecutionResumed, ExecutionStarted, FailureCause, InteractionRecorded, KnowledgeShared,
+    Request, StepAttempt, StepCompleted, StepFailed, StepScheduled, StepStarted, StepTimedOut,
+    WorkflowCreated, WorkflowPaused, WorkflowResumed,
+};
+use cadre_proto::model::{
+    AgentProfile, InteractionType, KnowledgeType, StepResult, StepType, TokenUsage,
+    WorkflowConfiguration, WorkflowDefinition, WorkflowStep,
+};
+use cadre_proto::{
+    AgentId, Envelope, Event, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId,
+};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::incoming::Incoming;
+use crate::plan::{Plan, plan};
+use crate::store::Lease;
+
+/// One workflow, one agent, one execution at a time; `step` is the step the step events are
+/// about (see [`Fixture::on`]).
+#[derive(Clone)]
+pub(crate) struct Fixture {
+    pub workflow: WorkflowId,
+    pub execution: ExecutionId,
+    pub agent: AgentProfile,
+    pub steps: Vec<WorkflowStep>,
+    pub step: WorkflowStep,
+    pub clock: DateTime<Utc>,
+    pub sequence: u64,
+}
+
+fn workflow_step(id: &str) -> WorkflowStep {
+    let mut name = id.to_owned();
+    if let Some(first) = name.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    WorkflowStep {
+        id: StepId::parse(id).unwrap(),
+        name,
+        description: format!("{id} the thing"),
+        step_type: StepType::Analysis,
+        assigned_agent_role: None,
+        preferred_agent_id: None,
+        required_skills: vec!["rust".to_owned()],
+        depends_on: vec![],
+        can_run_in_parallel: true,
+        instructions: "Think".to_owned(),
+        expected_output: "A design".to_owned(),
+        timeout_minutes: None,
+        validation_criteria: vec![],
+        review_required: false,
+        reviewer_role: None,
+        condition: None,
+    }
+}
+
+impl Fixture {
+    /// A workflow of one step, `design`.
+    pub fn new() -> Self {
+        Self::with_steps(&["design"])
+    }
+
+    /// A workflow of independent steps; the step events are about the first one.
+    pub fn with_steps(ids: &[&str]) -> Self {
+        let steps: Vec<_> = ids.iter().map(|id| workflow_step(id)).collect();
+        Self {
+            workflow: WorkflowId::new(),
+            execution: ExecutionId::new(),
+            agent: AgentProfile {
+                id: AgentId::new(),
+                name: "Ada".to_owned(),
+                role: "architect".to_owned(),
+                backstory: "Designs systems".to_owned(),
+                skills: vec!["rust".to_owned()],
+                provider: "offline".to_owned(),
+                model: "echo".to_owned(),
+                model_parameters: Default::default(),
+            },
+            step: steps[0].clone(),
+            steps,
+            clock: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            sequence: 0,
+        }
+    }
+
+    /// The same fixture with its step events about step `id`.
+    pub fn on(&self, id: &str) -> Self {
+        let step = self
+            .steps
+            .iter()
+            .find(|s| s.id.as_str() == id)
+            .unwrap()
+            .clone();
+        Self {
+            step,
+            ..self.clone()
+        }
+    }
+
+    /// The next message of the stream, carrying `event`, one second after the previous one.
+    pub fn message(&mut self, event: Event) -> Incoming {
+        self.clock += chrono::Duration::seconds(1);
+        self.sequence += 1;
+        let envelope = Envelope::with_id(
+            EventId::new(),
+            "/cadre/test",
+            TenantId::default_tenant(),
+            self.clock,
+            event,
+        );
+        Incoming::decode(
+            self.sequence,
+            envelope.nats_subject(),
+            self.clock,
+            &envelope.encode(),
+        )
+    }
+
+    /// Messages carrying `events`, in order.
+    pub fn messages(&mut self, events: impl IntoIterator<Item = Event>) -> Vec<Incoming> {
+        events.into_iter().map(|e| self.message(e)).collect()
+    }
+
+    pub fn definition(&self) -> WorkflowDefinition {
+        WorkflowDefinition {
+            id: self.workflow,
+            name: "Build".to_owned(),
+            description: "Build it".to_owned(),
+            workflow_type: Default::default(),
+            participating_agents: vec![self.agent.id],
+            coordinator_agent_id: None,
+            configuration: WorkflowConfiguration {
+                steps: self.steps.clone(),
+                phases: vec![],
+                coordination: Default::default(),
+                constraints: Default::default(),
+            },
+        }
+    }
+
+    pub fn registered(&self) -> Event {
+        Event::AgentRegistered(AgentRegistered {
+            agent: self.agent.clone(),
+        })
+    }
+
+    /// Knowledge from this fixture's step.
+    pub fn shared(&self, content: &str) -> Event {
+        Event::KnowledgeShared(KnowledgeShared {
+            knowledge_id: KnowledgeId::new(),
+            workflow_id: self.workflow,
+            execution_id: self.execution,
+            step_id: self.step.id.clone(),
+            title: format!("Insights from {}", self.step.name),
+            content: content.to_owned(),
+            knowledge_type: KnowledgeType::Insight,
+            created_by_agent_id: self.agent.id,
+            relevance_score: 0.8,
+            tags: vec![self.step.id.to_string()],
+        })
+    }
+
+    /// A question from this fixture's agent to the team.
+    pub fn question(&self, message: &str) -> Event {
+        Event::InteractionRecorded(InteractionRecorded {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            from_agent_id: self.agent.id,
+            to_agent_id: None,
+            interaction_type: InteractionType::Question,
+            message: message.to_owned(),
+            context_data: Value::Null,
+            related_step_id: Some(self.step.id.clone()),
+            requires_response: true,
+        })
+    }
+
+    pub fn created(&self) -> Event {
+        Event::WorkflowCreated(WorkflowCreated {
+            workflow: self.definition(),
+        })
+    }
+
+    pub fn started(&self, number: u32) -> Event {
+        Event::ExecutionStarted(Box::new(ExecutionStarted {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            execution_number: number,
+            trigger_reason: Default::default(),
+            triggered_by: Some("tester".to_owned()),
+            workflow: self.definition(),
+            agents: vec![self.agent.clone()],
+            input: None,
+            deadline: None,
+        }))
+    }
+
+    pub fn scheduled(&self, attempt: u32) -> Event {
+        Event::StepScheduled(Box::new(StepScheduled {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            workflow_name: "Build".to_owned(),
+            step: self.step.clone(),
+            attempt,
+            agent: self.agent.clone(),
+            reason: cadre_proto::events::AssignmentReason::RoleMatch {
+                role: "architect".to_owned(),
+            },
+            coordinator_agent_id: None,
+            knowledge_sharing: true,
+            communication_style: Default::default(),
+            knowledge_watermark: 0,
+            input: None,
+            timeout_at: None,
+        }))
+    }
+
+    pub fn attempt(&self, number: u32) -> StepAttempt {
+        StepAttempt {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            step_id: self.step.id.clone(),
+            step_name: self.step.name.clone(),
+            number,
+            agent_id: self.agent.id,
+        }
+    }
+
+    pub fn step_started(&self, attempt: u32) -> Event {
+        Event::StepStarted(StepStarted {
+            attempt: self.attempt(attempt),
+            scheduled_event_id: EventId::new(),
+        })
+    }
+
+    pub fn step_completed(&self, attempt: u32) -> Event {
+        Event::StepCompleted(Box::new(StepCompleted {
+            attempt: self.attempt(attempt),
+            result: StepResult {
+                summary: "Designed".to_owned(),
+                output: "The design".to_owned(),
+                insights: vec!["Keep it small".to_owned()],
+                decisions: vec![],
+                questions: vec![],
+                raw_response: "...".to_owned(),
+                tokens: TokenUsage {
+                    prompt: 10,
+                    completion: 5,
+                    total: 15,
+                },
+            },
+            provider: "offline".to_owned(),
+            model: "echo".to_owned(),
+            duration_ms: 42,
+        }))
+    }
+
+    pub fn step_failed(&self, attempt: u32) -> Event {
+        Event::StepFailed(StepFailed {
+            attempt: self.attempt(attempt),
+            error: "provider said 500".to_owned(),
+        })
+    }
+
+    pub fn step_timed_out(&self, attempt: u32, timeout_minutes: u32) -> Event {
+        Event::StepTimedOut(StepTimedOut {
+            attempt: self.attempt(attempt),
+            timeout_minutes: f64::from(timeout_minutes),
+        })
+    }
+
+    pub fn completed(&self) -> Event {
+        Event::ExecutionCompleted(ExecutionCompleted {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            final_output: json!({ "design": "The design" }),
+        })
+    }
+
+    /// The execution failed because this fixture's step did.
+    pub fn failed(&self) -> Event {
+        Event::ExecutionFailed(ExecutionFailed {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            cause: FailureCause::StepFailed {
+                step_id: self.step.id.clone(),
+            },
+            error: format!("step '{}' failed after 1 attempt(s)", self.step.name),
+        })
+    }
+
+    pub fn cancelled(&self, requested_by: Option<&str>, reason: Option<&str>) -> Event {
+        Event::ExecutionCancelled(ExecutionCancelled {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            request: request(requested_by, reason),
+        })
+    }
+
+    pub fn paused(&self) -> Event {
+        Event::ExecutionPaused(ExecutionPaused {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            request: request(Some("ops"), None),
+        })
+    }
+
+    pub fn resumed(&self) -> Event {
+        Event::ExecutionResumed(ExecutionResumed {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            request: request(Some("ops"), None),
+        })
+    }
+
+    pub fn workflow_paused(&self) -> Event {
+        Event::WorkflowPaused(WorkflowPaused {
+            workflow_id: self.workflow,
+            request: request(Some("ops"), Some("maintenance")),
+        })
+    }
+
+    pub fn workflow_resumed(&self) -> Event {
+        Event::WorkflowResumed(WorkflowResumed {
+            workflow_id: self.workflow,
+            request: request(Some("ops"), None),
+        })
+    }
+}
+
+fn request(requested_by: Option<&str>, reason: Option<&str>) -> Request {
+    Request {
+        requested_by: requested_by.map(str::to_owned),
+        reason: reason.map(str::to_owned),
+    }
+}
+
+pub(crate) fn fresh_ids(batch: &[Incoming]) -> HashSet<Uuid> {
+    batch
+        .iter()
+        .filter_map(|m| m.content.as_ref().ok().map(|e| e.meta.id.0))
+        .collect()
+}
+
+/// The message's envelope, encoded again.
+pub(crate) fn payload(incoming: &Incoming) -> Vec<u8> {
+    incoming.content.as_ref().unwrap().encode()
+}
+
+/// The plan of a batch whose events are all new to the projection.
+pub(crate) fn plan_all(batch: &[Incoming]) -> Plan {
+    plan(batch, &fresh_ids(batch))
+}
+
+/// A fresh database with the read-model schema, dropped when the value is.
+pub(crate) struct TestDb {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// On `CADRE_ADMIN_DATABASE_URL`'s server, else the local one (as the end-to-end tests do).
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("CADRE_ADMIN_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("cadre_projector_test_{}", Uuid::now_v7().simple());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("Postgres at {admin_url}: {e} (run `make test`)"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = match admin_url.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => format!("{admin_url}/{name}"),
+        };
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        crate::migrate(&pool).await.unwrap();
+        pool.close().await;
+        Self {
+            url,
+            name,
+            admin_url,
+        }
+    }
+
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs outside async: a thread with its own runtime, joined so that the database
+        // is gone when the test ends.
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+pub(crate) async fn lease(db: &TestDb) -> Lease {
+    Lease::acquire(&db.url, &CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+/// Projects `messages` in batches of `size`.
+pub(crate) async fn project(lease: &mut Lease, messages: &[Incoming], size: usize) {
+    for batch in messages.chunks(size) {
+        lease.project(batch).await.unwrap();
+    }
+}
+
+/// Every row of `table` as JSON, in a stable order.
+pub(crate) async fn rows(conn: &mut PgConnection, table: &str) -> Value {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text), '[]') FROM {table} t"
+    )))
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+pub(crate) async fn execution(conn: &mut PgConnection, id: ExecutionId) -> Value {
+    sqlx::query_scalar("SELECT to_jsonb(e) FROM workflow_executions e WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+pub(crate) async fn workflow_status(conn: &mut PgConnection, f: &Fixture) -> String {
+    sqlx::query_scalar("SELECT status FROM collaboration_workflows WHERE id = $1")
+        .bind(f.workflow.0)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
