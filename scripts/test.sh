@@ -10,6 +10,18 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Builds check SQL against .sqlx/ (offline); this checks .sqlx/ against the migrated schema.
+echo "== sqlx query data"
+sqlx_version=$(awk '/^name = "sqlx"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
+if [ "$(cargo sqlx --version 2>/dev/null | awk '{print $2}')" != "$sqlx_version" ]; then
+  cargo install sqlx-cli --locked --version "$sqlx_version" --no-default-features --features postgres,rustls
+fi
+sqlx_db="${CADRE_ADMIN_DATABASE_URL%/*}/cadre_sqlx_check"
+cargo sqlx database drop -y -f -D "$sqlx_db" >/dev/null
+trap 'cargo sqlx database drop -y -f -D "$sqlx_db" >/dev/null' EXIT
+cargo sqlx database create -D "$sqlx_db"
+cargo sqlx migrate run --source services/projector/migrations -D "$sqlx_db" >/dev/null
+cargo sqlx prepare --workspace --check -D "$sqlx_db" -- --all-targets --locked
 echo "== kubernetes manifests"
 bash scripts/validate-k8s.sh
 echo "== cargo test"

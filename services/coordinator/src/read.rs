@@ -14,7 +14,7 @@ pub struct Page {
     pub offset: i64,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentView {
     pub id: Uuid,
@@ -28,7 +28,7 @@ pub struct AgentView {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowView {
     pub id: Uuid,
@@ -48,7 +48,7 @@ pub struct WorkflowView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionView {
     pub id: Uuid,
@@ -74,7 +74,7 @@ pub struct ExecutionView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InteractionView {
     pub id: Uuid,
@@ -90,7 +90,7 @@ pub struct InteractionView {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KnowledgeView {
     pub id: Uuid,
@@ -111,40 +111,38 @@ pub struct KnowledgeView {
 }
 
 pub async fn agents(db: &PgPool, tenant: &TenantId, page: Page) -> sqlx::Result<Vec<AgentView>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        AgentView,
         "SELECT id, name, role, backstory, skills, provider, model, model_parameters, created_at
          FROM agents WHERE tenant_id = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3",
+        tenant.as_str(),
+        page.limit,
+        page.offset,
     )
-    .bind(tenant.as_str())
-    .bind(page.limit)
-    .bind(page.offset)
     .fetch_all(db)
     .await
 }
 
-/// Kept as macros so queries stay `&'static str`: sqlx refuses SQL built at run time.
-macro_rules! workflow_columns {
-    () => {
-        "id, name, description, workflow_type, configuration,
-    participating_agents, coordinator_agent_id, status, total_steps, execution_count,
-    started_at, completed_at, actual_duration, created_at, updated_at"
-    };
-}
+// The column lists below are spelled out in each query: the query macros read SQL literals
+// only. A list that misses or adds a column does not compile, since the macros build the view
+// struct field by field.
 
 pub async fn workflows(
     db: &PgPool,
     tenant: &TenantId,
     page: Page,
 ) -> sqlx::Result<Vec<WorkflowView>> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        workflow_columns!(),
-        " FROM collaboration_workflows WHERE tenant_id = $1
-         ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
-    ))
-    .bind(tenant.as_str())
-    .bind(page.limit)
-    .bind(page.offset)
+    sqlx::query_as!(
+        WorkflowView,
+        "SELECT id, name, description, workflow_type, configuration, participating_agents,
+                coordinator_agent_id, status, total_steps, execution_count, started_at,
+                completed_at, actual_duration, created_at, updated_at
+         FROM collaboration_workflows WHERE tenant_id = $1
+         ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+        tenant.as_str(),
+        page.limit,
+        page.offset,
+    )
     .fetch_all(db)
     .await
 }
@@ -154,24 +152,17 @@ pub async fn workflow(
     tenant: &TenantId,
     id: Uuid,
 ) -> sqlx::Result<Option<WorkflowView>> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        workflow_columns!(),
-        " FROM collaboration_workflows WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(tenant.as_str())
-    .bind(id)
+    sqlx::query_as!(
+        WorkflowView,
+        "SELECT id, name, description, workflow_type, configuration, participating_agents,
+                coordinator_agent_id, status, total_steps, execution_count, started_at,
+                completed_at, actual_duration, created_at, updated_at
+         FROM collaboration_workflows WHERE tenant_id = $1 AND id = $2",
+        tenant.as_str(),
+        id,
+    )
     .fetch_optional(db)
     .await
-}
-
-macro_rules! execution_columns {
-    () => {
-        "id, workflow_id, execution_number, trigger_reason, triggered_by,
-    current_step_id, active_steps, execution_context, step_results, active_agents,
-    agent_assignments, status, error_message, failure_cause, final_output, started_at,
-    completed_at, updated_at"
-    };
 }
 
 pub async fn execution(
@@ -179,13 +170,16 @@ pub async fn execution(
     tenant: &TenantId,
     id: Uuid,
 ) -> sqlx::Result<Option<ExecutionView>> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        execution_columns!(),
-        " FROM workflow_executions WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(tenant.as_str())
-    .bind(id)
+    sqlx::query_as!(
+        ExecutionView,
+        "SELECT id, workflow_id, execution_number, trigger_reason, triggered_by, current_step_id,
+                active_steps, execution_context, step_results, active_agents, agent_assignments,
+                status, error_message, failure_cause, final_output, started_at, completed_at,
+                updated_at
+         FROM workflow_executions WHERE tenant_id = $1 AND id = $2",
+        tenant.as_str(),
+        id,
+    )
     .fetch_optional(db)
     .await
 }
@@ -196,17 +190,20 @@ pub async fn executions(
     workflow_id: Uuid,
     page: Page,
 ) -> sqlx::Result<Vec<ExecutionView>> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        execution_columns!(),
-        " FROM workflow_executions
+    sqlx::query_as!(
+        ExecutionView,
+        "SELECT id, workflow_id, execution_number, trigger_reason, triggered_by, current_step_id,
+                active_steps, execution_context, step_results, active_agents, agent_assignments,
+                status, error_message, failure_cause, final_output, started_at, completed_at,
+                updated_at
+         FROM workflow_executions
          WHERE tenant_id = $1 AND workflow_id = $2
-         ORDER BY execution_number DESC LIMIT $3 OFFSET $4"
-    ))
-    .bind(tenant.as_str())
-    .bind(workflow_id)
-    .bind(page.limit)
-    .bind(page.offset)
+         ORDER BY execution_number DESC LIMIT $3 OFFSET $4",
+        tenant.as_str(),
+        workflow_id,
+        page.limit,
+        page.offset,
+    )
     .fetch_all(db)
     .await
 }
@@ -217,16 +214,17 @@ pub async fn interactions(
     execution_id: Uuid,
     page: Page,
 ) -> sqlx::Result<Vec<InteractionView>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        InteractionView,
         "SELECT id, workflow_execution_id, from_agent_id, to_agent_id, interaction_type, message,
                 context_data, related_step_id, requires_response, response_received, created_at
          FROM agent_interactions WHERE tenant_id = $1 AND workflow_execution_id = $2
          ORDER BY event_sequence LIMIT $3 OFFSET $4",
+        tenant.as_str(),
+        execution_id,
+        page.limit,
+        page.offset,
     )
-    .bind(tenant.as_str())
-    .bind(execution_id)
-    .bind(page.limit)
-    .bind(page.offset)
     .fetch_all(db)
     .await
 }
@@ -237,17 +235,18 @@ pub async fn knowledge(
     workflow_id: Uuid,
     page: Page,
 ) -> sqlx::Result<Vec<KnowledgeView>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        KnowledgeView,
         "SELECT id, workflow_id, execution_id, step_id, title, content, knowledge_type,
                 created_by_agent_id, validated_by_agents, relevance_score, usage_count, tags,
                 is_active, superseded_by, created_at
          FROM collaboration_knowledge WHERE tenant_id = $1 AND workflow_id = $2
          ORDER BY event_sequence LIMIT $3 OFFSET $4",
+        tenant.as_str(),
+        workflow_id,
+        page.limit,
+        page.offset,
     )
-    .bind(tenant.as_str())
-    .bind(workflow_id)
-    .bind(page.limit)
-    .bind(page.offset)
     .fetch_all(db)
     .await
 }

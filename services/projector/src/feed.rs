@@ -175,15 +175,15 @@ impl Projector<'_> {
             }
             let mut backoff = retry_backoff();
             let started = Instant::now();
-            let plan = loop {
+            let checkpoint = loop {
                 match lease
                     .project(&batch.incoming)
                     .instrument(span.clone())
                     .await
                 {
-                    Ok(plan) => {
+                    Ok(checkpoint) => {
                         tracing::debug!(first, last, messages = batch.incoming.len(), elapsed = ?started.elapsed(), "batch committed");
-                        break plan;
+                        break checkpoint;
                     }
                     Err(error) => {
                         if lease.ping().await.is_err() {
@@ -197,17 +197,20 @@ impl Projector<'_> {
                     }
                 }
             };
-            for rejection in &plan.rejections.rows {
-                tracing::warn!(
-                    sequence = rejection.stream_sequence,
-                    subject = %rejection.subject,
-                    reason = %rejection.reason,
-                    "recorded a message that is not a readable event in rejected_events"
-                );
+            // Every message that is not a readable event is now a row of rejected_events.
+            for incoming in &batch.incoming {
+                if let Err(unreadable) = &incoming.content {
+                    progress.rejected += 1;
+                    tracing::warn!(
+                        sequence = incoming.sequence,
+                        subject = %incoming.subject,
+                        reason = %unreadable.reason,
+                        "recorded a message that is not a readable event in rejected_events"
+                    );
+                }
             }
             progress.messages += batch.incoming.len() as u64;
-            progress.rejected += plan.rejections.rows.len() as u64;
-            progress.checkpoint = plan.last_sequence;
+            progress.checkpoint = checkpoint;
         }
         // Ack after commit: a crash in between replays the batch, which the checkpoint skips.
         if let Some(message) = batch.ack

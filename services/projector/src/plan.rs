@@ -132,8 +132,9 @@ impl Plan {
     }
 
     /// Writes every read model's changes inside the caller's transaction. The tables are
-    /// independent (no foreign keys), so the order between models does not matter.
-    pub async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    /// independent (no foreign keys), so the order between models does not matter. The rows
+    /// move into the statements' arrays: a batch retried is planned again.
+    pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         self.agents.write(tx).await?;
         self.workflows.write(tx).await?;
         self.executions.write(tx).await?;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::incoming::Incoming;
 use crate::models;
-use crate::plan::{Plan, plan};
+use crate::plan::{plan, sequence};
 
 /// The row of `projection_checkpoints` this projector owns.
 const PROJECTION: &str = "read_models";
@@ -72,20 +72,20 @@ impl Lease {
             .application_name("cadre-projector")
             .connect()
             .await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut conn)
-            .await?;
+        let locked =
+            sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "locked!""#, LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await?;
         // A standby closes its session between polls: an idle connection per replica buys nothing.
         Ok(locked.then_some(Self { conn }))
     }
 
     /// The last stream sequence whose effects are committed.
     pub async fn checkpoint(&mut self) -> Result<u64, sqlx::Error> {
-        let sequence: Option<i64> = sqlx::query_scalar(
+        let sequence = sqlx::query_scalar!(
             "SELECT stream_sequence FROM projection_checkpoints WHERE projection = $1",
+            PROJECTION
         )
-        .bind(PROJECTION)
         .fetch_optional(&mut self.conn)
         .await?;
         Ok(sequence.map_or(0, |s| u64::try_from(s).unwrap_or(0)))
@@ -97,21 +97,31 @@ impl Lease {
     }
 
     /// Applies a batch in one transaction: rows, rejections, checkpoint and notification commit
-    /// together or not at all. Returns the plan it wrote.
-    pub async fn project(&mut self, batch: &[Incoming]) -> Result<Plan, sqlx::Error> {
+    /// together or not at all. Returns the new checkpoint.
+    pub async fn project(&mut self, batch: &[Incoming]) -> Result<u64, sqlx::Error> {
         let mut tx = self.conn.begin().await?;
         let fresh = register_events(&mut tx, batch).await?;
         let plan = plan(batch, &fresh);
-        write(&mut tx, &plan).await?;
+        let checkpoint = plan.last_sequence;
+        plan.write(&mut tx).await?;
+        set_checkpoint(&mut tx, checkpoint).await?;
+        // Delivered on commit: workers waiting for a knowledge watermark wake up then.
+        sqlx::query!(
+            "SELECT pg_notify($1, $2)",
+            NOTIFY_CHANNEL,
+            checkpoint.to_string()
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(plan)
+        Ok(checkpoint)
     }
 
     /// Empties every read model and moves the checkpoint back to the start of the log.
     pub async fn reset(&mut self) -> Result<(), sqlx::Error> {
         let mut tx = self.conn.begin().await?;
         models::reset(&mut tx).await?;
-        sqlx::query("TRUNCATE projected_events")
+        sqlx::query!("TRUNCATE projected_events")
             .execute(&mut *tx)
             .await?;
         set_checkpoint(&mut tx, 0).await?;
@@ -147,51 +157,38 @@ async fn register_events(
     for incoming in batch {
         if let Ok(envelope) = &incoming.content {
             ids.push(envelope.meta.id.0);
-            tenants.push(envelope.meta.tenant.as_str());
-            sequences.push(i64::try_from(incoming.sequence).unwrap_or(i64::MAX));
+            tenants.push(envelope.meta.tenant.as_str().to_owned());
+            sequences.push(sequence(incoming.sequence));
         }
     }
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    let fresh: Vec<Uuid> = sqlx::query_scalar(
+    let fresh = sqlx::query_scalar!(
         "INSERT INTO projected_events (event_id, tenant_id, event_sequence)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[])
          ON CONFLICT (event_id) DO NOTHING
          RETURNING event_id",
+        &ids,
+        &tenants,
+        &sequences,
     )
-    .bind(ids)
-    .bind(tenants)
-    .bind(sequences)
     .fetch_all(&mut *tx)
     .await?;
     Ok(fresh.into_iter().collect())
 }
 
-async fn set_checkpoint(tx: &mut PgConnection, sequence: u64) -> Result<(), sqlx::Error> {
-    sqlx::query(
+async fn set_checkpoint(tx: &mut PgConnection, checkpoint: u64) -> Result<(), sqlx::Error> {
+    sqlx::query!(
         "INSERT INTO projection_checkpoints (projection, stream_sequence, updated_at)
          VALUES ($1, $2, now())
          ON CONFLICT (projection) DO UPDATE
          SET stream_sequence = excluded.stream_sequence, updated_at = excluded.updated_at",
+        PROJECTION,
+        sequence(checkpoint),
     )
-    .bind(PROJECTION)
-    .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
     .execute(&mut *tx)
     .await?;
-    Ok(())
-}
-
-/// Writes `plan` inside the caller's transaction, then moves the checkpoint past the batch.
-async fn write(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    plan.write(tx).await?;
-    set_checkpoint(tx, plan.last_sequence).await?;
-    // Delivered on commit: workers waiting for a knowledge watermark wake up then.
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(plan.last_sequence.to_string())
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::column;
+use super::columns;
 use crate::plan::Origin;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,13 +61,15 @@ impl Changes {
         }
     }
 
-    pub async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let rows = &self.rows;
+    pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows = self.rows;
         if rows.is_empty() {
             return Ok(());
         }
+        columns!(for r in rows => id, tenant_id, name, role, backstory, skills, provider, model,
+                 model_parameters, created_at, updated_at);
         // A repeated registration updates the profile and keeps the first creation time.
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO agents (id, tenant_id, name, role, backstory, skills, provider, model,
                                  model_parameters, created_at, updated_at)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -77,18 +79,18 @@ impl Changes {
                  name = excluded.name, role = excluded.role, backstory = excluded.backstory,
                  skills = excluded.skills, provider = excluded.provider, model = excluded.model,
                  model_parameters = excluded.model_parameters, updated_at = excluded.updated_at",
+            &id,
+            &tenant_id,
+            &name,
+            &role,
+            &backstory,
+            &skills,
+            &provider,
+            &model,
+            &model_parameters,
+            &created_at,
+            &updated_at,
         )
-        .bind(column!(rows, |r| r.id))
-        .bind(column!(rows, |r| r.tenant_id.as_str()))
-        .bind(column!(rows, |r| r.name.as_str()))
-        .bind(column!(rows, |r| r.role.as_str()))
-        .bind(column!(rows, |r| r.backstory.as_str()))
-        .bind(column!(rows, |r| &r.skills))
-        .bind(column!(rows, |r| r.provider.as_str()))
-        .bind(column!(rows, |r| r.model.as_str()))
-        .bind(column!(rows, |r| &r.model_parameters))
-        .bind(column!(rows, |r| r.created_at))
-        .bind(column!(rows, |r| r.updated_at))
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -96,7 +98,7 @@ impl Changes {
 }
 
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("TRUNCATE agents").execute(&mut *tx).await?;
+    sqlx::query!("TRUNCATE agents").execute(&mut *tx).await?;
     Ok(())
 }
 

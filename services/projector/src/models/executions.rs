@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{column, object, wire_name};
+use super::{columns, object, wire_name};
 use crate::plan::Origin;
 
 const RUNNING: &str = "running";
@@ -65,7 +65,7 @@ pub(crate) struct ExecutionPatch {
     pub steps: BTreeMap<String, Map<String, Value>>,
     /// Step id -> its latest assignment.
     pub assignments: Map<String, Value>,
-    /// Steps scheduled in the batch, in the order of their latest scheduling. The store puts
+    /// Steps scheduled in the batch, in the order of their latest scheduling. [`update`] puts
     /// them after the stored `active_steps` (all scheduled earlier), so `active_steps` stays in
     /// scheduling order however the log is cut into batches.
     pub scheduled: Vec<String>,
@@ -145,7 +145,7 @@ impl Ending {
 /// A step's entry in `step_results` after `patch`: a later attempt replaces the entry, an
 /// earlier one (a late message of a retried step) changes nothing, and the same attempt
 /// overwrites the fields it names unless the attempt already ended (a worker's report after its
-/// attempt timed out is ignored, as the coordinator ignores it). The store applies the same
+/// attempt timed out is ignored, as the coordinator ignores it). [`update`] applies the same
 /// rule between the stored entry and a batch's folded one, so folding first gives what applying
 /// one event at a time would.
 fn merge_step(
@@ -169,7 +169,7 @@ fn merge_step(
     }
 }
 
-/// Step statuses that end an attempt; the SQL of [`Changes::update`] lists the same ones.
+/// Step statuses that end an attempt; the SQL of [`update`] lists the same ones.
 const STEP_ENDED: [&str; 3] = ["completed", "failed", "timed_out"];
 
 fn step_ended(entry: &Map<String, Value>) -> bool {
@@ -384,160 +384,168 @@ impl Changes {
     }
 
     /// Inserts first, so that patches of executions started in the same batch find them.
-    pub async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        self.insert(tx).await?;
-        self.update(tx).await
+    pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        insert(tx, self.rows).await?;
+        update(tx, self.patches).await
     }
+}
 
-    /// An execution started twice (two different events with one id) keeps the first: the
-    /// event index already keeps an event from being applied twice, and such a clash must not
-    /// fail the batch on every retry.
-    async fn insert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let rows = &self.rows;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO workflow_executions (id, tenant_id, workflow_id, execution_number,
-                 trigger_reason, triggered_by, status, started_at, updated_at)
-             SELECT id, tenant_id, workflow_id, execution_number, trigger_reason, triggered_by,
-                    'running', started_at, started_at
-             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::text[], $6::text[],
-                         $7::timestamptz[])
-                  AS e(id, tenant_id, workflow_id, execution_number, trigger_reason,
-                       triggered_by, started_at)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(column!(rows, |r| r.id))
-        .bind(column!(rows, |r| r.tenant_id.as_str()))
-        .bind(column!(rows, |r| r.workflow_id))
-        .bind(column!(rows, |r| r.execution_number))
-        .bind(column!(rows, |r| r.trigger_reason.as_str()))
-        .bind(column!(rows, |r| r.triggered_by.as_deref()))
-        .bind(column!(rows, |r| r.started_at))
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+/// An execution started twice (two different events with one id) keeps the first: the event
+/// index already keeps an event from being applied twice, and such a clash must not fail the
+/// batch on every retry.
+async fn insert(tx: &mut PgConnection, rows: Vec<ExecutionRow>) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
     }
+    columns!(for r in rows => id, tenant_id, workflow_id, execution_number, trigger_reason,
+             triggered_by, started_at);
+    sqlx::query!(
+        "INSERT INTO workflow_executions (id, tenant_id, workflow_id, execution_number,
+             trigger_reason, triggered_by, status, started_at, updated_at)
+         SELECT id, tenant_id, workflow_id, execution_number, trigger_reason, triggered_by,
+                'running', started_at, started_at
+         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::text[], $6::text[],
+                     $7::timestamptz[])
+              AS e(id, tenant_id, workflow_id, execution_number, trigger_reason, triggered_by,
+                   started_at)
+         ON CONFLICT DO NOTHING",
+        &id,
+        &tenant_id,
+        &workflow_id,
+        &execution_number,
+        &trigger_reason,
+        triggered_by as _,
+        &started_at,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
 
-    /// One statement for every execution the batch touched. Step entries merge with the stored
-    /// ones by the rule of [`merge_step`]. The status moves by the batch's [`ExecutionStatus`]
-    /// from the stored one, and the batch's ending applies only if that ends the execution now.
-    /// `active_steps` lists the steps now scheduled or running, the stored ones first (scheduled
-    /// earlier), then those this batch scheduled, then any other (defensive: a step that started
-    /// without being scheduled); `current_step_id` is the last of them and `active_agents` the
-    /// agents of the running ones. All three are empty once the execution ended.
-    async fn update(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let rows = &self.patches;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let steps = column!(rows, |r| Value::Object(
-            r.steps
-                .iter()
-                .map(|(step, entry)| (step.clone(), Value::Object(entry.clone())))
-                .collect()
-        ));
-        sqlx::query(
-            "WITH patch AS (
-                 SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::jsonb[], $4::jsonb[],
-                                      $5::text[], $6::text[], $7::text[], $8::jsonb[],
-                                      $9::jsonb[], $10::jsonb[], $11::timestamptz[],
-                                      $12::timestamptz[])
-                      AS p(id, steps, assignments, scheduled, if_running, if_paused,
-                           error_message, failure_cause, final_output, context, completed_at,
-                           updated_at)
-             ), merged AS (
-                 SELECT p.*, e.active_steps AS was_active,
-                     CASE e.status WHEN 'running' THEN p.if_running
-                                   WHEN 'paused' THEN p.if_paused
-                                   ELSE e.status END AS status,
-                     e.status IN ('running', 'paused') AND p.completed_at IS NOT NULL AS ends,
-                     e.step_results || coalesce((
-                         SELECT jsonb_object_agg(s.key, CASE
-                             WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
-                                  > (s.value ->> 'attempt')::bigint THEN e.step_results -> s.key
-                             WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
-                                  < (s.value ->> 'attempt')::bigint THEN s.value
-                             WHEN e.step_results -> s.key ->> 'status'
-                                  IN ('completed', 'failed', 'timed_out')
-                                  THEN e.step_results -> s.key
-                             ELSE coalesce(e.step_results -> s.key, '{}'::jsonb) || s.value
-                         END)
-                         FROM jsonb_each(p.steps) AS s), '{}'::jsonb) AS step_results
-                 FROM patch p JOIN workflow_executions e ON e.id = p.id
-             ), derived AS (
-                 SELECT m.*,
-                     CASE WHEN m.status NOT IN ('running', 'paused') THEN '[]'::jsonb
-                     ELSE (SELECT coalesce(jsonb_agg(a.step ORDER BY a.rank, a.position, a.step),
-                                           '[]'::jsonb)
-                           FROM (SELECT w.step, 0 AS rank, w.position
-                                 FROM jsonb_array_elements_text(m.was_active)
-                                      WITH ORDINALITY AS w(step, position)
-                                 WHERE NOT m.scheduled ? w.step
-                                 UNION ALL
-                                 SELECT n.step, 1, n.position
-                                 FROM jsonb_array_elements_text(m.scheduled)
-                                      WITH ORDINALITY AS n(step, position)
-                                 UNION ALL
-                                 SELECT k.step, 2, 0
-                                 FROM jsonb_object_keys(m.step_results) AS k(step)
-                                 WHERE NOT m.was_active ? k.step AND NOT m.scheduled ? k.step
-                                ) AS a
-                           WHERE m.step_results -> a.step ->> 'status' IN ('scheduled', 'running'))
-                     END AS active_steps
-                 FROM merged m
-             )
-             UPDATE workflow_executions e SET
-                 step_results = d.step_results,
-                 active_steps = d.active_steps,
-                 current_step_id = d.active_steps ->> -1,
-                 active_agents = CASE WHEN d.status NOT IN ('running', 'paused') THEN '[]'::jsonb
-                     ELSE (SELECT coalesce(jsonb_agg(DISTINCT r.value -> 'agentId'), '[]'::jsonb)
-                           FROM jsonb_each(d.step_results) AS r
-                           WHERE r.value ->> 'status' = 'running') END,
-                 agent_assignments = e.agent_assignments || d.assignments,
-                 status = d.status,
-                 error_message = CASE WHEN d.ends THEN d.error_message ELSE e.error_message END,
-                 failure_cause = CASE WHEN d.ends THEN d.failure_cause ELSE e.failure_cause END,
-                 final_output = CASE WHEN d.ends THEN d.final_output ELSE e.final_output END,
-                 execution_context = CASE WHEN d.ends THEN e.execution_context || d.context
-                                          ELSE e.execution_context END,
-                 completed_at = CASE WHEN d.ends THEN d.completed_at ELSE e.completed_at END,
-                 updated_at = d.updated_at
-             FROM derived d
-             WHERE e.id = d.id",
-        )
-        .bind(column!(rows, |r| r.execution_id))
-        .bind(steps)
-        .bind(column!(rows, |r| Value::Object(r.assignments.clone())))
-        .bind(column!(rows, |r| json!(r.scheduled)))
-        .bind(column!(rows, |r| r.status.if_running))
-        .bind(column!(rows, |r| r.status.if_paused))
-        .bind(column!(rows, |r| r
-            .ending
-            .as_ref()
-            .and_then(|e| e.error_message.as_deref())))
-        .bind(column!(rows, |r| r
-            .ending
-            .as_ref()
-            .and_then(|e| e.failure_cause.as_ref())))
-        .bind(column!(rows, |r| r
-            .ending
-            .as_ref()
-            .and_then(|e| e.final_output.as_ref())))
-        .bind(column!(rows, |r| Value::Object(
-            r.ending
-                .as_ref()
-                .map(|e| e.context.clone())
-                .unwrap_or_default()
-        )))
-        .bind(column!(rows, |r| r.ending.as_ref().map(|e| e.completed_at)))
-        .bind(column!(rows, |r| r.updated_at))
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+/// One statement for every execution the batch touched. Step entries merge with the stored
+/// ones by the rule of [`merge_step`]. The status moves by the batch's [`ExecutionStatus`] from
+/// the stored one, and the batch's ending applies only if that ends the execution now.
+/// `active_steps` lists the steps now scheduled or running, the stored ones first (scheduled
+/// earlier), then those this batch scheduled, then any other (defensive: a step that started
+/// without being scheduled); `current_step_id` is the last of them and `active_agents` the
+/// agents of the running ones. All three are empty once the execution ended.
+async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
     }
+    columns!(for r in rows => updated_at,
+             id = r.execution_id,
+             steps = Value::Object(
+                 r.steps.into_iter().map(|(step, entry)| (step, Value::Object(entry))).collect()
+             ),
+             assignments = Value::Object(r.assignments),
+             scheduled = json!(r.scheduled),
+             if_running = r.status.if_running.to_owned(),
+             if_paused = r.status.if_paused.to_owned(),
+             ending = r.ending);
+    // The ending's columns: NULL, and no context, where the batch did not end the execution.
+    let (mut error_message, mut failure_cause, mut final_output, mut context, mut completed_at) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ending in ending {
+        match ending {
+            Some(ending) => {
+                error_message.push(ending.error_message);
+                failure_cause.push(ending.failure_cause);
+                final_output.push(ending.final_output);
+                context.push(Value::Object(ending.context));
+                completed_at.push(Some(ending.completed_at));
+            }
+            None => {
+                error_message.push(None);
+                failure_cause.push(None);
+                final_output.push(None);
+                context.push(json!({}));
+                completed_at.push(None);
+            }
+        }
+    }
+    sqlx::query!(
+        "WITH patch AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::text[],
+                                  $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::jsonb[],
+                                  $11::timestamptz[], $12::timestamptz[])
+                  AS p(id, steps, assignments, scheduled, if_running, if_paused, error_message,
+                       failure_cause, final_output, context, completed_at, updated_at)
+         ), merged AS (
+             SELECT p.*, e.active_steps AS was_active,
+                 CASE e.status WHEN 'running' THEN p.if_running
+                               WHEN 'paused' THEN p.if_paused
+                               ELSE e.status END AS status,
+                 e.status IN ('running', 'paused') AND p.completed_at IS NOT NULL AS ends,
+                 e.step_results || coalesce((
+                     SELECT jsonb_object_agg(s.key, CASE
+                         WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
+                              > (s.value ->> 'attempt')::bigint THEN e.step_results -> s.key
+                         WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
+                              < (s.value ->> 'attempt')::bigint THEN s.value
+                         WHEN e.step_results -> s.key ->> 'status'
+                              IN ('completed', 'failed', 'timed_out') THEN e.step_results -> s.key
+                         ELSE coalesce(e.step_results -> s.key, '{}'::jsonb) || s.value
+                     END)
+                     FROM jsonb_each(p.steps) AS s), '{}'::jsonb) AS step_results
+             FROM patch p JOIN workflow_executions e ON e.id = p.id
+         ), derived AS (
+             SELECT m.*,
+                 CASE WHEN m.status NOT IN ('running', 'paused') THEN '[]'::jsonb
+                 ELSE (SELECT coalesce(jsonb_agg(a.step ORDER BY a.rank, a.position, a.step),
+                                       '[]'::jsonb)
+                       FROM (SELECT w.step, 0 AS rank, w.position
+                             FROM jsonb_array_elements_text(m.was_active)
+                                  WITH ORDINALITY AS w(step, position)
+                             WHERE NOT m.scheduled ? w.step
+                             UNION ALL
+                             SELECT n.step, 1, n.position
+                             FROM jsonb_array_elements_text(m.scheduled)
+                                  WITH ORDINALITY AS n(step, position)
+                             UNION ALL
+                             SELECT k.step, 2, 0
+                             FROM jsonb_object_keys(m.step_results) AS k(step)
+                             WHERE NOT m.was_active ? k.step AND NOT m.scheduled ? k.step
+                            ) AS a
+                       WHERE m.step_results -> a.step ->> 'status' IN ('scheduled', 'running'))
+                 END AS active_steps
+             FROM merged m
+         )
+         UPDATE workflow_executions e SET
+             step_results = d.step_results,
+             active_steps = d.active_steps,
+             current_step_id = d.active_steps ->> -1,
+             active_agents = CASE WHEN d.status NOT IN ('running', 'paused') THEN '[]'::jsonb
+                 ELSE (SELECT coalesce(jsonb_agg(DISTINCT r.value -> 'agentId'), '[]'::jsonb)
+                       FROM jsonb_each(d.step_results) AS r
+                       WHERE r.value ->> 'status' = 'running') END,
+             agent_assignments = e.agent_assignments || d.assignments,
+             status = d.status,
+             error_message = CASE WHEN d.ends THEN d.error_message ELSE e.error_message END,
+             failure_cause = CASE WHEN d.ends THEN d.failure_cause ELSE e.failure_cause END,
+             final_output = CASE WHEN d.ends THEN d.final_output ELSE e.final_output END,
+             execution_context = CASE WHEN d.ends THEN e.execution_context || d.context
+                                      ELSE e.execution_context END,
+             completed_at = CASE WHEN d.ends THEN d.completed_at ELSE e.completed_at END,
+             updated_at = d.updated_at
+         FROM derived d
+         WHERE e.id = d.id",
+        &id,
+        &steps,
+        &assignments,
+        &scheduled,
+        &if_running,
+        &if_paused,
+        error_message as _,
+        failure_cause as _,
+        final_output as _,
+        &context,
+        completed_at as _,
+        &updated_at,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// The error a timed-out attempt reports.
@@ -546,7 +554,7 @@ pub(crate) fn timeout_error(e: &StepTimedOut) -> String {
 }
 
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("TRUNCATE workflow_executions")
+    sqlx::query!("TRUNCATE workflow_executions")
         .execute(&mut *tx)
         .await?;
     Ok(())

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::column;
+use super::columns;
 use super::executions::timeout_error;
 use crate::plan::Origin;
 
@@ -216,12 +216,16 @@ impl Changes {
     /// An interaction already stored (two different events with one id) is kept: the event
     /// index already keeps an event from being applied twice, and such a clash must not fail
     /// the batch on every retry.
-    pub async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let rows = &self.rows;
+    pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows = self.rows;
         if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        columns!(for r in rows => id, tenant_id, workflow_execution_id, from_agent_id,
+                 to_agent_id, message, context_data, related_step_id, requires_response,
+                 created_at, event_sequence,
+                 interaction_type = r.interaction_type.to_owned());
+        sqlx::query!(
             "INSERT INTO agent_interactions (id, tenant_id, workflow_execution_id, from_agent_id,
                  to_agent_id, interaction_type, message, context_data, related_step_id,
                  requires_response, created_at, event_sequence)
@@ -229,19 +233,19 @@ impl Changes {
                                   $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::bool[],
                                   $11::timestamptz[], $12::bigint[])
              ON CONFLICT DO NOTHING",
+            &id,
+            &tenant_id,
+            &workflow_execution_id,
+            from_agent_id as _,
+            to_agent_id as _,
+            &interaction_type,
+            &message,
+            &context_data,
+            related_step_id as _,
+            &requires_response,
+            &created_at,
+            &event_sequence,
         )
-        .bind(column!(rows, |r| r.id))
-        .bind(column!(rows, |r| r.tenant_id.as_str()))
-        .bind(column!(rows, |r| r.workflow_execution_id))
-        .bind(column!(rows, |r| r.from_agent_id))
-        .bind(column!(rows, |r| r.to_agent_id))
-        .bind(column!(rows, |r| r.interaction_type))
-        .bind(column!(rows, |r| r.message.as_str()))
-        .bind(column!(rows, |r| &r.context_data))
-        .bind(column!(rows, |r| r.related_step_id.as_deref()))
-        .bind(column!(rows, |r| r.requires_response))
-        .bind(column!(rows, |r| r.created_at))
-        .bind(column!(rows, |r| r.event_sequence))
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -260,7 +264,7 @@ fn preview(content: &str) -> String {
 }
 
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("TRUNCATE agent_interactions")
+    sqlx::query!("TRUNCATE agent_interactions")
         .execute(&mut *tx)
         .await?;
     Ok(())

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::column;
+use super::columns;
 use crate::plan::Origin;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,12 +55,15 @@ impl Changes {
     /// Knowledge already stored under an id (two different events with one id) is kept: the
     /// event index already keeps an event from being applied twice, and such a clash must not
     /// fail the batch on every retry.
-    pub async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let rows = &self.rows;
+    pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows = self.rows;
         if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        columns!(for r in rows => id, tenant_id, workflow_id, execution_id, step_id, title,
+                 content, created_by_agent_id, relevance_score, tags, created_at, event_sequence,
+                 knowledge_type = r.knowledge_type.to_owned());
+        sqlx::query!(
             "INSERT INTO collaboration_knowledge (id, tenant_id, workflow_id, execution_id,
                  step_id, title, content, knowledge_type, created_by_agent_id, relevance_score,
                  tags, created_at, updated_at, event_sequence)
@@ -74,20 +77,20 @@ impl Changes {
                        knowledge_type, created_by_agent_id, relevance_score, tags, created_at,
                        event_sequence)
              ON CONFLICT DO NOTHING",
+            &id,
+            &tenant_id,
+            &workflow_id,
+            &execution_id,
+            &step_id,
+            &title,
+            &content,
+            &knowledge_type,
+            &created_by_agent_id,
+            &relevance_score,
+            &tags,
+            &created_at,
+            &event_sequence,
         )
-        .bind(column!(rows, |r| r.id))
-        .bind(column!(rows, |r| r.tenant_id.as_str()))
-        .bind(column!(rows, |r| r.workflow_id))
-        .bind(column!(rows, |r| r.execution_id))
-        .bind(column!(rows, |r| r.step_id.as_str()))
-        .bind(column!(rows, |r| r.title.as_str()))
-        .bind(column!(rows, |r| r.content.as_str()))
-        .bind(column!(rows, |r| r.knowledge_type))
-        .bind(column!(rows, |r| r.created_by_agent_id))
-        .bind(column!(rows, |r| r.relevance_score))
-        .bind(column!(rows, |r| &r.tags))
-        .bind(column!(rows, |r| r.created_at))
-        .bind(column!(rows, |r| r.event_sequence))
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -95,7 +98,7 @@ impl Changes {
 }
 
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("TRUNCATE collaboration_knowledge")
+    sqlx::query!("TRUNCATE collaboration_knowledge")
         .execute(&mut *tx)
         .await?;
     Ok(())

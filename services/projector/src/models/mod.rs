@@ -17,13 +17,28 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
-/// The `Vec` of one field over `rows`, ready to bind as a Postgres array.
-macro_rules! column {
-    ($rows:expr, |$row:ident| $value:expr) => {
-        $rows.iter().map(|$row| $value).collect::<Vec<_>>()
+/// Splits `rows` into one `Vec` per column, moving the values, ready to bind as the Postgres
+/// arrays of an `UNNEST` statement: `columns!(for r in rows => id, name, kind = r.kind.to_owned())`
+/// binds `id` and `name` (the fields of those names) and `kind` (the expression).
+///
+/// The query macros check each array's element type, but know no `Vec<Option<T>>`: an array
+/// whose elements may be NULL is bound as `column as _`, and the statement's `$n::type[]` cast
+/// still fixes what Postgres reads (the Postgres-backed tests write every such column).
+macro_rules! columns {
+    (for $row:ident in $rows:ident => $($column:ident $(= $value:expr)?),+ $(,)?) => {
+        $(let mut $column = Vec::with_capacity($rows.len());)+
+        for $row in $rows {
+            $($column.push(columns!(@value $row, $column $(, $value)?));)+
+        }
+    };
+    (@value $row:ident, $column:ident) => {
+        $row.$column
+    };
+    (@value $row:ident, $column:ident, $value:expr) => {
+        $value
     };
 }
-pub(crate) use column;
+pub(crate) use columns;
 
 /// Empties every read model (`cadre-projector rebuild`).
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {

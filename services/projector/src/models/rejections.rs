@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::column;
+use super::columns;
 use crate::incoming::{Incoming, Unreadable};
 use crate::plan::sequence;
 
@@ -35,22 +35,23 @@ impl Changes {
     }
 
     /// The stream sequence identifies a message: a replayed batch records nothing twice.
-    pub async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let rows = &self.rows;
+    pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows = self.rows;
         if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        columns!(for r in rows => stream_sequence, subject, reason, payload, rejected_at);
+        sqlx::query!(
             "INSERT INTO rejected_events (stream_sequence, subject, reason, payload, rejected_at)
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[],
                                   $5::timestamptz[])
              ON CONFLICT (stream_sequence) DO NOTHING",
+            &stream_sequence,
+            &subject,
+            &reason,
+            &payload,
+            &rejected_at,
         )
-        .bind(column!(rows, |r| r.stream_sequence))
-        .bind(column!(rows, |r| r.subject.as_str()))
-        .bind(column!(rows, |r| r.reason.as_str()))
-        .bind(column!(rows, |r| r.payload.as_slice()))
-        .bind(column!(rows, |r| r.rejected_at))
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -58,7 +59,7 @@ impl Changes {
 }
 
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("TRUNCATE rejected_events")
+    sqlx::query!("TRUNCATE rejected_events")
         .execute(&mut *tx)
         .await?;
     Ok(())

@@ -15,7 +15,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::executions::{self, Outcome};
-use super::{column, wire_name};
+use super::{columns, wire_name};
 use crate::plan::Origin;
 
 const ACTIVE: &str = "active";
@@ -173,89 +173,93 @@ impl Changes {
     }
 
     /// Inserts first, so that patches of workflows created in the same batch find them.
-    pub async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        self.insert(tx).await?;
-        self.update(tx).await
-    }
-
-    /// A workflow created twice (two different events with one id) keeps the first: the
-    /// event index already keeps an event from being applied twice, and such a clash must not
-    /// fail the batch on every retry.
-    async fn insert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let rows = &self.rows;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO collaboration_workflows (id, tenant_id, name, description, workflow_type,
-                 configuration, participating_agents, coordinator_agent_id, status, total_steps,
-                 created_at, updated_at)
-             SELECT id, tenant_id, name, description, workflow_type, configuration,
-                    participating_agents, coordinator_agent_id, 'draft', total_steps, created_at,
-                    created_at
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                         $7::jsonb[], $8::uuid[], $9::int[], $10::timestamptz[])
-                  AS w(id, tenant_id, name, description, workflow_type, configuration,
-                       participating_agents, coordinator_agent_id, total_steps, created_at)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(column!(rows, |r| r.id))
-        .bind(column!(rows, |r| r.tenant_id.as_str()))
-        .bind(column!(rows, |r| r.name.as_str()))
-        .bind(column!(rows, |r| r.description.as_str()))
-        .bind(column!(rows, |r| r.workflow_type.as_str()))
-        .bind(column!(rows, |r| &r.configuration))
-        .bind(column!(rows, |r| &r.participating_agents))
-        .bind(column!(rows, |r| r.coordinator_agent_id))
-        .bind(column!(rows, |r| r.total_steps))
-        .bind(column!(rows, |r| r.created_at))
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
-    }
-
-    /// The workflow's status moves by the batch's [`WorkflowStatus`] from the stored one.
-    async fn update(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let rows = &self.patches;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        // In SET, `w.started_at` is the stored value: the start of a run begun in an earlier
-        // batch.
-        sqlx::query(
-            "UPDATE collaboration_workflows w SET
-                 status = CASE WHEN w.status = 'paused' THEN coalesce(p.if_paused, w.status)
-                               ELSE coalesce(p.otherwise, w.status) END,
-                 started_at = coalesce(p.started_at, w.started_at),
-                 execution_count = greatest(w.execution_count, coalesce(p.execution_count, 0)),
-                 completed_at = coalesce(p.completed_at, w.completed_at),
-                 actual_duration = CASE WHEN p.run_completed_at IS NULL THEN w.actual_duration
-                     ELSE trunc(extract(epoch FROM
-                         p.run_completed_at - coalesce(p.run_started_at, w.started_at)))::int END,
-                 updated_at = p.updated_at
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::int[],
-                         $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[])
-                  AS p(id, if_paused, otherwise, started_at, execution_count, completed_at,
-                       run_started_at, run_completed_at, updated_at)
-             WHERE w.id = p.id",
-        )
-        .bind(column!(rows, |r| r.workflow_id))
-        .bind(column!(rows, |r| r.status.if_paused))
-        .bind(column!(rows, |r| r.status.otherwise))
-        .bind(column!(rows, |r| r.started_at))
-        .bind(column!(rows, |r| r.execution_count))
-        .bind(column!(rows, |r| r.completed_at))
-        .bind(column!(rows, |r| r.duration.and_then(|d| d.started_at)))
-        .bind(column!(rows, |r| r.duration.map(|d| d.completed_at)))
-        .bind(column!(rows, |r| r.updated_at))
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+    pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        insert(tx, self.rows).await?;
+        update(tx, self.patches).await
     }
 }
 
+/// A workflow created twice (two different events with one id) keeps the first: the event
+/// index already keeps an event from being applied twice, and such a clash must not fail the
+/// batch on every retry.
+async fn insert(tx: &mut PgConnection, rows: Vec<WorkflowRow>) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    columns!(for r in rows => id, tenant_id, name, description, workflow_type, configuration,
+             participating_agents, coordinator_agent_id, total_steps, created_at);
+    sqlx::query!(
+        "INSERT INTO collaboration_workflows (id, tenant_id, name, description, workflow_type,
+             configuration, participating_agents, coordinator_agent_id, status, total_steps,
+             created_at, updated_at)
+         SELECT id, tenant_id, name, description, workflow_type, configuration,
+                participating_agents, coordinator_agent_id, 'draft', total_steps, created_at,
+                created_at
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+                     $7::jsonb[], $8::uuid[], $9::int[], $10::timestamptz[])
+              AS w(id, tenant_id, name, description, workflow_type, configuration,
+                   participating_agents, coordinator_agent_id, total_steps, created_at)
+         ON CONFLICT DO NOTHING",
+        &id,
+        &tenant_id,
+        &name,
+        &description,
+        &workflow_type,
+        &configuration,
+        &participating_agents,
+        coordinator_agent_id as _,
+        &total_steps,
+        &created_at,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The workflow's status moves by the batch's [`WorkflowStatus`] from the stored one.
+async fn update(tx: &mut PgConnection, rows: Vec<WorkflowPatch>) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    columns!(for r in rows => workflow_id, started_at, execution_count, completed_at, updated_at,
+             if_paused = r.status.if_paused.map(str::to_owned),
+             otherwise = r.status.otherwise.map(str::to_owned),
+             run_started_at = r.duration.and_then(|d| d.started_at),
+             run_completed_at = r.duration.map(|d| d.completed_at));
+    // In SET, `w.started_at` is the stored value: the start of a run begun in an earlier batch.
+    sqlx::query!(
+        "UPDATE collaboration_workflows w SET
+             status = CASE WHEN w.status = 'paused' THEN coalesce(p.if_paused, w.status)
+                           ELSE coalesce(p.otherwise, w.status) END,
+             started_at = coalesce(p.started_at, w.started_at),
+             execution_count = greatest(w.execution_count, coalesce(p.execution_count, 0)),
+             completed_at = coalesce(p.completed_at, w.completed_at),
+             actual_duration = CASE WHEN p.run_completed_at IS NULL THEN w.actual_duration
+                 ELSE trunc(extract(epoch FROM
+                     p.run_completed_at - coalesce(p.run_started_at, w.started_at)))::int END,
+             updated_at = p.updated_at
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::int[],
+                     $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[])
+              AS p(id, if_paused, otherwise, started_at, execution_count, completed_at,
+                   run_started_at, run_completed_at, updated_at)
+         WHERE w.id = p.id",
+        &workflow_id,
+        if_paused as _,
+        otherwise as _,
+        started_at as _,
+        execution_count as _,
+        completed_at as _,
+        run_started_at as _,
+        run_completed_at as _,
+        &updated_at,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("TRUNCATE collaboration_workflows")
+    sqlx::query!("TRUNCATE collaboration_workflows")
         .execute(&mut *tx)
         .await?;
     Ok(())
