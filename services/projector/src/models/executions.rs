@@ -651,7 +651,7 @@ mod tests {
                 "agentId": f.agent.id,
                 "startedAt": time(1),
                 "error": "timed out after 5 minute(s)",
-                "timeoutMinutes": 5,
+                "timeoutMinutes": 5.0,
                 "completedAt": time(2),
             })
         );

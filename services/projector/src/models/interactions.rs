@@ -353,7 +353,7 @@ mod tests {
         assert_eq!(timed_out.to_agent_id, Some(f.agent.id.0));
         assert_eq!(timed_out.related_step_id.as_deref(), Some("design"));
         assert_eq!(timed_out.context_data["error"], true);
-        assert_eq!(timed_out.context_data["timeoutMinutes"], 5);
+        assert_eq!(timed_out.context_data["timeoutMinutes"], 5.0);
         assert_eq!(timed_out.id, batch[2].content.as_ref().unwrap().meta.id.0);
     }
 }
