@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{consumer, stream};
+use async_nats::jetstream::{consumer, kv, stream};
 
 use crate::{subjects, timers};
 
@@ -77,6 +77,24 @@ pub fn timers_stream(replicas: usize) -> stream::Config {
         allow_message_schedules: true,
         // Fired timers carry a TTL (`Nats-Schedule-TTL`) so the stream does not keep them.
         allow_message_ttl: true,
+        ..Default::default()
+    }
+}
+
+/// Start idempotency keys: each maps a client's key to the execution it started.
+pub const IDEMPOTENCY_BUCKET: &str = "CADRE_IDEMPOTENCY";
+
+/// How long an idempotency key holds: a retry within a day gets the same execution.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+pub fn idempotency_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: IDEMPOTENCY_BUCKET.to_owned(),
+        description: "Cadre start idempotency keys -> execution ids".to_owned(),
+        history: 1,
+        max_age: IDEMPOTENCY_WINDOW,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     }
 }

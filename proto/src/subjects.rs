@@ -100,6 +100,13 @@ pub fn execution_started_in_any_workflow(tenant: &TenantId, execution: Execution
     format!("{PREFIX}.{tenant}.workflow.*.execution.{execution}.{STARTED}")
 }
 
+/// The key under which a start's idempotency key is claimed (in the idempotency bucket): the
+/// client's key is hashed, so any text is a valid key and none is stored.
+pub fn idempotency_key(tenant: &TenantId, workflow: WorkflowId, key: &str) -> String {
+    let hashed = uuid::Uuid::new_v5(&workflow.0, key.as_bytes());
+    format!("{tenant}.{workflow}.{hashed}")
+}
+
 /// All state events of one step of one execution.
 pub fn step_state(
     tenant: &TenantId,

@@ -510,10 +510,10 @@ async fn a_wrong_shape_is_described_in_json_terms_without_rust_type_names() {
             "/v1/workflows",
             with(
                 valid.clone(),
-                "/configuration/steps/0/timeoutMinutes",
+                "/configuration/constraints/maxRetries",
                 json!(1.5),
             ),
-            "/configuration/steps/0/timeoutMinutes",
+            "/configuration/constraints/maxRetries",
             "expected a whole number from 0 to 4294967295, got 1.5",
         ),
         (

@@ -389,3 +389,61 @@ async fn a_timer_armed_before_a_coordinator_stopped_fires_for_the_next_one() {
     next.wait().await.unwrap();
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn the_same_idempotency_key_starts_one_execution() {
+    let stack = Stack::start().await;
+    let workflow_id = workflow(&stack, 1, json!({}), json!({})).await;
+    let path = format!("/v1/workflows/{workflow_id}/executions");
+    let start_with = |key: &'static str| {
+        let request = reqwest::Client::new()
+            .post(format!("{}{path}", stack.api.base()))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(r#"{"triggeredBy":"ci"}"#);
+        async move {
+            let reply = request.send().await.unwrap();
+            let status = reply.status().as_u16();
+            (status, reply.json::<Value>().await.unwrap())
+        }
+    };
+    // Eight at once with one key: one run, the others told about it.
+    let replies = futures::future::join_all((0..8).map(|_| start_with("deploy-41"))).await;
+    let ids: std::collections::BTreeSet<String> = replies
+        .iter()
+        .filter(|(status, _)| *status != 409)
+        .map(|(_, body)| body["executionId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{replies:?}");
+    assert_eq!(
+        replies.iter().filter(|(status, _)| *status == 202).count(),
+        1,
+        "{replies:?}"
+    );
+    for (status, body) in &replies {
+        assert!(matches!(status, 200 | 202 | 409), "{status} {body}");
+    }
+    // Once recorded, a repeat gets the same execution and number.
+    let (status, again) = start_with("deploy-41").await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["executionId"].as_str().unwrap(), ids.first().unwrap());
+    assert_eq!(again["executionNumber"], 1);
+    let (status, other) = start_with("deploy-42").await;
+    assert_eq!(status, 202);
+    assert_eq!(other["executionNumber"], 2);
+    let starts = stack
+        .bus
+        .read_all(&subjects::execution_starts(
+            &TenantId::default_tenant(),
+            WorkflowId(workflow_id.parse().unwrap()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(starts.len(), 2, "one run per key");
+    let reply = stack
+        .api
+        .post_raw(&path, Some("application/json"), b"{}".to_vec())
+        .await;
+    assert_eq!(reply.status, 202, "no key, a new run");
+    stack.stop().await;
+}

@@ -9,6 +9,7 @@ pub mod command;
 pub mod domain;
 pub mod processor;
 pub mod read;
+pub mod starter;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -75,6 +76,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let bus = EventBus::open(async_nats::jetstream::new(client), config.stream_replicas)
         .await
         .map_err(|e| anyhow::anyhow!("opening the event stream: {e}"))?;
+    let starter = starter::Starter::open(bus.clone(), config.stream_replicas)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the idempotency store: {e}"))?;
     // Lazy: the API's commands work while Postgres is down; only its queries answer 503.
     let db = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
@@ -91,7 +95,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             bus: bus.clone(),
             db,
             tenant: TenantId::default_tenant(),
-            starts: api::StartLocks::default(),
+            starter: starter.clone(),
         },
         readiness.clone(),
     );

@@ -2,30 +2,27 @@
 //! numbering), cancel, pause and resume (commands on the execution), list, get, interactions.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use futures::future::try_join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::Mutex;
 
 use cadre_proto::events::Request;
-use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition};
+use cadre_proto::model::TriggerReason;
 use cadre_proto::{Event, ExecutionId, WorkflowId, subjects};
 
 use super::{
-    ApiResult, AppState, Problem, agents, command_failed, control_request, optional_body, page,
-    parse_id, unavailable_db, unavailable_log, workflows,
+    ApiResult, AppState, Problem, command_failed, control_request, optional_body, page, parse_id,
+    unavailable_db, unavailable_log, workflows,
 };
 use crate::command::{Aggregate, History};
-use crate::domain::execution::{Command, ExecutionDecider, Start, TransitionRefused};
-use crate::domain::starts::{StartExecution, Starts};
+use crate::domain::execution::{Command, ExecutionDecider, TransitionRefused};
 use crate::domain::validation::validate_start;
 use crate::read;
+use crate::starter::{StartError, StartOrder};
 
 /// The body of a start: all optional (the seed's `executionContext` is `input`).
 #[derive(Deserialize, Default)]
@@ -59,134 +56,84 @@ struct ExecutionAccepted {
     status: &'static str,
 }
 
-/// What starting an execution of a workflow needs, kept per workflow: its definition and its
-/// agents (both immutable once registered) and its execution numbering as last seen. Starts
-/// of one workflow queue on its lock here instead of racing each other in the log; a race
-/// with another coordinator replica is still caught by the expected-sequence append and
-/// resolved by the command path, which reloads and decides again.
-struct WorkflowStarts {
-    workflow: WorkflowDefinition,
-    agents: Vec<AgentProfile>,
-    numbering: Aggregate<Starts>,
-}
-
-/// One workflow's start lock and what it guards (`None` until its first start here).
-type StartLock = Arc<Mutex<Option<WorkflowStarts>>>;
-
-#[derive(Clone, Default)]
-pub struct StartLocks(Arc<std::sync::Mutex<HashMap<WorkflowId, StartLock>>>);
-
-impl StartLocks {
-    fn of(&self, workflow: WorkflowId) -> StartLock {
-        self.locks().entry(workflow).or_default().clone()
-    }
-
-    fn forget(&self, workflow: WorkflowId) {
-        self.locks().remove(&workflow);
-    }
-
-    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<WorkflowId, StartLock>> {
-        // Nothing is left half-done under this lock, so a poisoned one is still sound.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 pub(super) async fn start(
     State(app): State<AppState>,
     Path(raw): Path<String>,
+    headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
     let workflow_id: WorkflowId = parse_id(&raw, "workflow id")?;
     let request: StartRequest = optional_body(&bytes)?;
     request.validate()?;
-    let lock = app.starts.of(workflow_id);
-    let mut cached = lock.lock().await;
-    let starts = match cached.as_mut() {
-        Some(starts) => starts,
-        None => match load_starts(&app, workflow_id).await {
-            Ok(loaded) => cached.insert(loaded),
-            Err(problem) => {
-                // Keep no lock for ids that name no workflow: bad requests must not grow memory.
-                app.starts.forget(workflow_id);
-                return Err(problem);
-            }
-        },
+    let idempotency_key = idempotency_key(&headers)?;
+    let order = StartOrder {
+        workflow_id,
+        trigger_reason: request.trigger_reason,
+        triggered_by: request.triggered_by,
+        input: request.input.map(serde_json::Value::Object),
+        idempotency_key,
     };
-    // The workflow's last own event says whether it is paused; a replica's answer that lags by
-    // a moment only orders this start before a concurrent pause.
-    let workflow_paused = matches!(
-        app.bus
-            .peek_last_event(&subjects::workflow_lifecycle(&app.tenant, workflow_id))
-            .await
-            .map_err(unavailable_log)?,
-        Some(stored) if matches!(stored.envelope.event, Event::WorkflowPaused(_))
-    );
-    let command = StartExecution {
-        start: Start {
-            execution_id: ExecutionId::new(),
-            trigger_reason: request.trigger_reason,
-            triggered_by: request.triggered_by,
-            workflow: starts.workflow.clone(),
-            agents: starts.agents.clone(),
-            input: request.input.map(serde_json::Value::Object),
-        },
-        workflow_paused,
+    let started = app
+        .starter
+        .start(&app.tenant, order)
+        .await
+        .map_err(start_failed)?;
+    let status = if started.repeated {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
     };
-    if let Err(error) = starts.numbering.execute(&app.bus, &command).await {
-        // Whether an append that failed midway was stored is unknown: read it again next time.
-        *cached = None;
-        return Err(command_failed(error, |paused| {
-            Problem::invalid_transition(paused.to_string(), "paused")
-        }));
-    }
-    let execution_number = starts.numbering.state.last_number;
-    let execution_id = command.start.execution_id;
     Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/v1/executions/{execution_id}"))],
+        status,
+        [(
+            header::LOCATION,
+            format!("/v1/executions/{}", started.execution_id),
+        )],
         axum::Json(ExecutionAccepted {
-            execution_id,
-            execution_number,
-            workflow_id,
+            execution_id: started.execution_id,
+            execution_number: started.execution_number,
+            workflow_id: started.workflow_id,
             status: "pending",
         }),
     )
         .into_response())
 }
 
-/// What starting a workflow needs, read from the log.
-async fn load_starts(app: &AppState, workflow_id: WorkflowId) -> Result<WorkflowStarts, Problem> {
-    let workflow = workflows::load(app, workflow_id)
-        .await?
-        .state
-        .definition()
-        .cloned()
-        .ok_or_else(|| Problem::not_found(format!("no workflow has the id {workflow_id}")))?;
-    let agents = try_join_all(
-        workflow
-            .participating_agents
-            .iter()
-            .map(|id| agents::load(app, *id)),
-    )
-    .await?
-    .into_iter()
-    .collect::<Option<Vec<_>>>()
-    .ok_or_else(|| Problem::conflict("an agent of this workflow is no longer registered"))?;
-    let numbering = Aggregate::<Starts>::load(
-        &app.bus,
-        app.tenant.clone(),
-        subjects::execution_starts(&app.tenant, workflow_id),
-        History::Last,
-    )
-    .await
-    .map_err(unavailable_log)?;
-    Ok(WorkflowStarts {
-        workflow,
-        agents,
-        numbering,
-    })
+/// Longest `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The request's `Idempotency-Key`, if any (IETF draft-ietf-httpapi-idempotency-key-header).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+fn start_failed(error: StartError) -> Problem {
+    match error {
+        StartError::NoWorkflow(id) => Problem::not_found(format!("no workflow has the id {id}")),
+        StartError::NoAgent(_) => Problem::conflict(error.to_string()),
+        StartError::Refused(error) => command_failed(error, |paused| {
+            Problem::invalid_transition(paused.to_string(), "paused")
+        }),
+        StartError::KeyInFlight => Problem::conflict(error.to_string()),
+        StartError::Read(error) => unavailable_log(error),
+        StartError::Idempotency(error) => {
+            tracing::error!(%error, "idempotency store failed");
+            Problem::unavailable("the start could not be recorded; nothing was started, retry")
+        }
+    }
 }
 
 async fn execution_must_exist(app: &AppState, id: ExecutionId) -> Result<(), Problem> {

@@ -27,7 +27,7 @@ use cadre_runtime::health::{self, Readiness};
 
 use crate::command::CommandError;
 use crate::read::Page;
-pub use executions::StartLocks;
+use crate::starter::Starter;
 pub use problem::Problem;
 
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
@@ -38,7 +38,7 @@ pub struct AppState {
     pub db: PgPool,
     /// Until authentication arrives, every request acts for this tenant.
     pub tenant: TenantId,
-    pub starts: StartLocks,
+    pub starter: Starter,
 }
 
 pub fn router(state: AppState, readiness: Readiness) -> Router {

@@ -53,6 +53,8 @@ pub mod limits {
     /// Longest run: 30 days, in seconds.
     pub const EXECUTION_SECONDS: u32 = 30 * 24 * 3600;
     pub const PHASES: usize = 50;
+    /// Retries of a failed step: each is another LLM call.
+    pub const MAX_RETRIES: u32 = 20;
     /// A start's `input`, as JSON: it travels in the start event and every scheduled step.
     pub const INPUT_BYTES: usize = 64 * 1024;
 }
@@ -257,6 +259,15 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
                 "must be from 1 to {} seconds (30 days)",
                 limits::EXECUTION_SECONDS
             ),
+        ));
+    }
+
+    if let Some(retries) = workflow.configuration.constraints.max_retries
+        && retries > limits::MAX_RETRIES
+    {
+        errors.push(error(
+            "/configuration/constraints/maxRetries",
+            format!("must be at most {}", limits::MAX_RETRIES),
         ));
     }
 

@@ -1,0 +1,275 @@
+//! Starting executions: one path for the API and for triggers (schedules, events, other
+//! workflows). It numbers runs through the `starts` decider and honours idempotency keys.
+//!
+//! Starts of one workflow queue on a per-workflow lock here (with the workflow's definition,
+//! agents and numbering cached) instead of racing each other in the log; a race with another
+//! coordinator replica is still caught by the expected-sequence append and resolved by the
+//! command path, which reloads and decides again.
+//!
+//! An idempotency key is claimed in a JetStream KV bucket (entries expire after a day) before
+//! the start is appended, mapping it to the execution id; a second start with the same key
+//! finds the claim and answers with the first execution instead of starting another.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::jetstream::kv;
+use futures::future::try_join_all;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition};
+use cadre_proto::{AgentId, Event, ExecutionId, TenantId, WorkflowId, streams, subjects};
+use cadre_runtime::bus::{EventBus, NatsError, ReadError};
+
+use crate::command::{Aggregate, CommandError, History};
+use crate::domain::execution::Start;
+use crate::domain::starts::{StartExecution, Starts, WorkflowPaused};
+use crate::domain::workflow::Workflow;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StartOrder {
+    pub workflow_id: WorkflowId,
+    pub trigger_reason: TriggerReason,
+    pub triggered_by: Option<String>,
+    pub input: Option<Value>,
+    /// The same key within a day starts one execution, whatever the number of requests.
+    pub idempotency_key: Option<String>,
+}
+
+/// A started execution (or, for a repeated idempotency key, the one started before).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    pub execution_id: ExecutionId,
+    pub execution_number: u32,
+    pub workflow_id: WorkflowId,
+    /// Stream sequence of its `ExecutionStarted`.
+    pub sequence: u64,
+    /// Whether an earlier request with the same idempotency key started it.
+    pub repeated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no workflow has the id {0}")]
+    NoWorkflow(WorkflowId),
+    #[error("agent {0} of this workflow is no longer registered")]
+    NoAgent(AgentId),
+    #[error(transparent)]
+    Refused(CommandError<WorkflowPaused>),
+    #[error(
+        "a start with this idempotency key is still being recorded; retry in a moment to get its execution"
+    )]
+    KeyInFlight,
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("the idempotency store failed: {0}")]
+    Idempotency(NatsError),
+}
+
+/// What starting a workflow needs, kept per workflow.
+struct WorkflowStarts {
+    workflow: WorkflowDefinition,
+    agents: Vec<AgentProfile>,
+    numbering: Aggregate<Starts>,
+}
+
+type StartLock = Arc<Mutex<Option<WorkflowStarts>>>;
+
+#[derive(Clone)]
+pub struct Starter {
+    bus: EventBus,
+    keys: kv::Store,
+    locks: Arc<std::sync::Mutex<HashMap<WorkflowId, StartLock>>>,
+}
+
+impl Starter {
+    /// Opens (or creates) the idempotency bucket.
+    pub async fn open(bus: EventBus, replicas: usize) -> Result<Self, NatsError> {
+        let keys = bus
+            .jetstream()
+            .create_or_update_key_value(streams::idempotency_bucket(replicas))
+            .await?;
+        Ok(Self {
+            bus,
+            keys,
+            locks: Arc::default(),
+        })
+    }
+
+    fn lock_of(&self, workflow: WorkflowId) -> StartLock {
+        self.locks().entry(workflow).or_default().clone()
+    }
+
+    fn forget(&self, workflow: WorkflowId) {
+        self.locks().remove(&workflow);
+    }
+
+    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<WorkflowId, StartLock>> {
+        // Nothing is left half-done under this lock, so a poisoned one is still sound.
+        self.locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub async fn start(&self, tenant: &TenantId, order: StartOrder) -> Result<Started, StartError> {
+        let execution_id = ExecutionId::new();
+        let claim = match &order.idempotency_key {
+            Some(key) => {
+                let claim = subjects::idempotency_key(tenant, order.workflow_id, key);
+                match self
+                    .keys
+                    .create(&claim, execution_id.to_string().into())
+                    .await
+                {
+                    Ok(_) => Some(claim),
+                    Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        return self.repeated(tenant, &claim).await;
+                    }
+                    Err(error) => return Err(StartError::Idempotency(Box::new(error))),
+                }
+            }
+            None => None,
+        };
+        let started = self.start_new(tenant, &order, execution_id).await;
+        if let (Err(_), Some(claim)) = (&started, &claim) {
+            // Nothing was started under the key: free it for the client's retry.
+            if let Err(error) = self.keys.delete(claim).await {
+                tracing::warn!(%error, "could not release an idempotency key; it expires in a day");
+            }
+        }
+        started
+    }
+
+    /// The execution an earlier start with the same key recorded.
+    async fn repeated(&self, tenant: &TenantId, claim: &str) -> Result<Started, StartError> {
+        let claimed = self
+            .keys
+            .get(claim)
+            .await
+            .map_err(|e| StartError::Idempotency(Box::new(e)))?;
+        let Some(execution_id) = claimed
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok().map(str::to_owned))
+            .and_then(|id| id.parse::<ExecutionId>().ok())
+        else {
+            return Err(StartError::KeyInFlight);
+        };
+        let stored = self
+            .bus
+            .last_event(&subjects::execution_started_in_any_workflow(
+                tenant,
+                execution_id,
+            ))
+            .await?;
+        match stored {
+            Some(stored) => match stored.envelope.event {
+                Event::ExecutionStarted(e) => Ok(Started {
+                    execution_id,
+                    execution_number: e.execution_number,
+                    workflow_id: e.workflow_id,
+                    sequence: stored.sequence,
+                    repeated: true,
+                }),
+                _ => Err(StartError::KeyInFlight),
+            },
+            None => Err(StartError::KeyInFlight),
+        }
+    }
+
+    async fn start_new(
+        &self,
+        tenant: &TenantId,
+        order: &StartOrder,
+        execution_id: ExecutionId,
+    ) -> Result<Started, StartError> {
+        let workflow_id = order.workflow_id;
+        let lock = self.lock_of(workflow_id);
+        let mut cached = lock.lock().await;
+        let starts = match cached.as_mut() {
+            Some(starts) => starts,
+            None => match self.load(tenant, workflow_id).await {
+                Ok(loaded) => cached.insert(loaded),
+                Err(error) => {
+                    // Keep no lock for ids that name no workflow: bad requests must not grow memory.
+                    self.forget(workflow_id);
+                    return Err(error);
+                }
+            },
+        };
+        // The workflow's last own event says whether it is paused; a replica's answer that lags
+        // by a moment only orders this start before a concurrent pause.
+        let workflow_paused = matches!(
+            self.bus
+                .peek_last_event(&subjects::workflow_lifecycle(tenant, workflow_id))
+                .await?,
+            Some(stored) if matches!(stored.envelope.event, Event::WorkflowPaused(_))
+        );
+        let command = StartExecution {
+            start: Start {
+                execution_id,
+                trigger_reason: order.trigger_reason,
+                triggered_by: order.triggered_by.clone(),
+                workflow: starts.workflow.clone(),
+                agents: starts.agents.clone(),
+                input: order.input.clone(),
+            },
+            workflow_paused,
+        };
+        if let Err(error) = starts.numbering.execute(&self.bus, &command).await {
+            // Whether an append that failed midway was stored is unknown: read it again next time.
+            *cached = None;
+            return Err(StartError::Refused(error));
+        }
+        Ok(Started {
+            execution_id,
+            execution_number: starts.numbering.state.last_number,
+            workflow_id,
+            sequence: starts.numbering.version,
+            repeated: false,
+        })
+    }
+
+    /// What starting a workflow needs, read from the log.
+    async fn load(
+        &self,
+        tenant: &TenantId,
+        workflow_id: WorkflowId,
+    ) -> Result<WorkflowStarts, StartError> {
+        let lifecycle = Aggregate::<Workflow>::load(
+            &self.bus,
+            tenant.clone(),
+            subjects::workflow_lifecycle(tenant, workflow_id),
+            History::All,
+        )
+        .await?;
+        let workflow = lifecycle
+            .state
+            .definition()
+            .cloned()
+            .ok_or(StartError::NoWorkflow(workflow_id))?;
+        let agents = try_join_all(workflow.participating_agents.iter().map(|id| async {
+            let stored = self
+                .bus
+                .last_event(&subjects::agent(tenant, *id, subjects::REGISTERED))
+                .await?;
+            match stored.map(|s| s.envelope.event) {
+                Some(Event::AgentRegistered(e)) => Ok(e.agent),
+                _ => Err(StartError::NoAgent(*id)),
+            }
+        }))
+        .await?;
+        let numbering = Aggregate::<Starts>::load(
+            &self.bus,
+            tenant.clone(),
+            subjects::execution_starts(tenant, workflow_id),
+            History::Last,
+        )
+        .await?;
+        Ok(WorkflowStarts {
+            workflow,
+            agents,
+            numbering,
+        })
+    }
+}
