@@ -232,6 +232,11 @@ mod tests {
                 }],
                 coordination: Coordination::default(),
                 constraints: Constraints::default(),
+                triggers: Triggers {
+                    schedule: Some("@hourly".into()),
+                    events: true,
+                    after_workflows: vec![WorkflowId::new()],
+                },
             },
         }
     }

@@ -158,6 +158,33 @@ pub struct WorkflowConfiguration {
     pub coordination: Coordination,
     #[serde(default)]
     pub constraints: Constraints,
+    /// What starts runs besides `POST /v1/workflows/{id}/executions`.
+    #[serde(default, skip_serializing_if = "Triggers::is_none")]
+    pub triggers: Triggers,
+}
+
+/// What starts a workflow's runs on its own (each run records its `triggerReason`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Triggers {
+    /// A run on every tick of this schedule (`scheduled`): a cron expression of 6 fields,
+    /// seconds first, in UTC (`0 */15 * * * *`), or `@hourly`, `@daily`, `@weekly`,
+    /// `@monthly`, `@yearly`, `@every <duration>` (`@every 90s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// A run for each CloudEvent published on the workflow's trigger subject (`event`), with
+    /// the event as its input.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub events: bool,
+    /// A run each time a run of one of these workflows completes (`dependency`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_workflows: Vec<WorkflowId>,
+}
+
+impl Triggers {
+    pub fn is_none(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

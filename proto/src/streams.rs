@@ -81,6 +81,60 @@ pub fn timers_stream(replicas: usize) -> stream::Config {
     }
 }
 
+/// CloudEvents that start workflow runs (see [`subjects::trigger`]), removed once a run is
+/// started for them.
+pub const TRIGGERS_STREAM: &str = "CADRE_TRIGGERS";
+
+/// Largest trigger event accepted.
+pub const MAX_TRIGGER_BYTES: i32 = 64 * 1024;
+
+pub fn triggers_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: TRIGGERS_STREAM.to_owned(),
+        description: Some("CloudEvents that start Cadre workflow runs".to_owned()),
+        subjects: vec![subjects::ALL_TRIGGERS.to_owned()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_message_size: MAX_TRIGGER_BYTES,
+        ..Default::default()
+    }
+}
+
+pub const COORDINATOR_TRIGGERS_CONSUMER: &str = "coordinator-triggers";
+
+/// The coordinator's trigger events, pinned like [`coordinator_consumer`].
+pub fn coordinator_triggers_consumer() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(COORDINATOR_TRIGGERS_CONSUMER.to_owned()),
+        description: Some("coordinator: CloudEvents that start runs".to_owned()),
+        filter_subject: subjects::ALL_TRIGGERS.to_owned(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 1_000,
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![ACTIVE_GROUP.to_owned()],
+        priority_timeout: PIN_TIMEOUT,
+        ..Default::default()
+    }
+}
+
+/// Which workflows start when a run of another completes (`triggers.afterWorkflows`), kept
+/// from the workflows' definitions so a completion finds its dependants by key prefix.
+pub const WORKFLOW_LINKS_BUCKET: &str = "CADRE_WORKFLOW_LINKS";
+
+pub fn workflow_links_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: WORKFLOW_LINKS_BUCKET.to_owned(),
+        description: "Cadre: workflow A's completion starts workflow B".to_owned(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 /// Start idempotency keys: each maps a client's key to the execution it started.
 pub const IDEMPOTENCY_BUCKET: &str = "CADRE_IDEMPOTENCY";
 

@@ -36,6 +36,48 @@ pub fn dispatched_steps(tenant: &TenantId) -> String {
     format!("cadre.dispatch.{tenant}.steps")
 }
 
+/// Every trigger subject: CloudEvents that start runs of workflows.
+pub const ALL_TRIGGERS: &str = "cadre.triggers.>";
+
+/// Where a CloudEvent (JSON, structured mode) starts a run of `workflow`, if its
+/// `configuration.triggers.events` is on. Publish with `Nats-Msg-Id` = the event's `id`.
+pub fn trigger(tenant: &TenantId, workflow: WorkflowId) -> String {
+    format!("cadre.triggers.{tenant}.workflow.{workflow}")
+}
+
+/// The workflow a trigger subject names, with its tenant.
+pub fn parse_trigger(subject: &str) -> Option<(TenantId, WorkflowId)> {
+    let mut tokens = subject.split('.');
+    let (Some("cadre"), Some("triggers"), Some(tenant), Some("workflow"), Some(workflow), None) = (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) else {
+        return None;
+    };
+    Some((TenantId::parse(tenant).ok()?, workflow.parse().ok()?))
+}
+
+/// The key recording that `downstream` starts when a run of `upstream` completes (in the
+/// workflow links bucket).
+pub fn after_link(tenant: &TenantId, upstream: WorkflowId, downstream: WorkflowId) -> String {
+    format!("{tenant}.after.{upstream}.{downstream}")
+}
+
+/// The filter of every link from `upstream` (KV keys, as subjects of the bucket's stream).
+pub fn after_links_of(tenant: &TenantId, upstream: WorkflowId) -> String {
+    format!("{tenant}.after.{upstream}.*")
+}
+
+/// Whether `subject` is a workflow's own fact (created, paused, resumed).
+pub fn is_workflow_lifecycle(subject: &str) -> bool {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    tokens.len() == 6 && tokens[3] == "workflow" && matches!(tokens[5], CREATED | PAUSED | RESUMED)
+}
+
 /// Whether `subject` holds an execution's state event (what the coordinator folds).
 pub fn is_execution_state(subject: &str) -> bool {
     let mut tokens = subject.split('.');

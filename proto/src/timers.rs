@@ -1,10 +1,13 @@
 //! Durable timers, as JetStream message schedules (ADR-51) in the timers stream.
 //!
 //! A timer is one schedule message on its own subject
-//! `cadre.timers.<tenant>.schedule.<execution>.<key>`, published with
-//! `Nats-Schedule: @at <RFC 3339 time>` and `Nats-Schedule-Target` =
-//! `cadre.timers.<tenant>.fired.<execution>.<key>`. When it is due the server publishes the body
-//! to the target, and the coordinator's timers consumer hands it to the execution's decider.
+//! `cadre.timers.<tenant>.schedule.<scope>.<key>` (the scope is the execution, or for a
+//! workflow's schedule the workflow), published with `Nats-Schedule: @at <RFC 3339 time>` (once)
+//! or a cron expression (repeating), and `Nats-Schedule-Target` =
+//! `cadre.timers.<tenant>.fired.<scope>.<key>`. When it is due the server publishes the body to
+//! the target, and the coordinator's timers consumer hands it to the execution's decider, or
+//! starts a run of the scheduled workflow. Ticks of a schedule that fire while no coordinator
+//! consumes them coalesce into one (one message per subject).
 //! Arming a timer again replaces it (the last message of a subject is the schedule); cancelling
 //! one purges its subject. A timer that fires late, twice, or after what it guards has ended
 //! changes nothing: the decider checks it against the execution's state.
@@ -40,6 +43,28 @@ pub enum Timer {
         workflow_id: WorkflowId,
         execution_id: ExecutionId,
     },
+    /// The workflow's `triggers.schedule` ticked: start a run.
+    Schedule { workflow_id: WorkflowId },
+}
+
+/// When a timer fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum When {
+    /// Once, at this time.
+    At(DateTime<Utc>),
+    /// On every tick of this cron expression (6 fields, seconds first, UTC; or `@hourly`,
+    /// `@daily`, `@every 5m` ...).
+    Cron(String),
+}
+
+impl When {
+    /// The `Nats-Schedule` header value.
+    pub fn header(&self) -> String {
+        match self {
+            Self::At(time) => at(*time),
+            Self::Cron(expression) => expression.clone(),
+        }
+    }
 }
 
 /// The body of a schedule message, and so of the message it fires.
@@ -51,19 +76,27 @@ pub struct TimerMessage {
 }
 
 impl Timer {
-    pub fn execution_id(&self) -> ExecutionId {
+    /// The execution the timer guards; `None` for a workflow's schedule.
+    pub fn execution_id(&self) -> Option<ExecutionId> {
         match self {
             Self::StepTimeout { execution_id, .. }
-            | Self::ExecutionDeadline { execution_id, .. } => *execution_id,
+            | Self::ExecutionDeadline { execution_id, .. } => Some(*execution_id),
+            Self::Schedule { .. } => None,
         }
     }
 
     pub fn workflow_id(&self) -> WorkflowId {
         match self {
-            Self::StepTimeout { workflow_id, .. } | Self::ExecutionDeadline { workflow_id, .. } => {
-                *workflow_id
-            }
+            Self::StepTimeout { workflow_id, .. }
+            | Self::ExecutionDeadline { workflow_id, .. }
+            | Self::Schedule { workflow_id } => *workflow_id,
         }
+    }
+
+    /// The id the timer's subjects are scoped by: its execution, else its workflow.
+    fn scope(&self) -> String {
+        self.execution_id()
+            .map_or_else(|| self.workflow_id().to_string(), |e| e.to_string())
     }
 
     /// The timer's name within its execution: one schedule per step (a retry re-arms it) and
@@ -72,25 +105,18 @@ impl Timer {
         match self {
             Self::StepTimeout { step_id, .. } => format!("step.{step_id}"),
             Self::ExecutionDeadline { .. } => "deadline".to_owned(),
+            Self::Schedule { .. } => "schedule".to_owned(),
         }
     }
 
     /// The subject holding the timer's schedule.
     pub fn schedule_subject(&self, tenant: &TenantId) -> String {
-        format!(
-            "{PREFIX}.{tenant}.schedule.{}.{}",
-            self.execution_id(),
-            self.key()
-        )
+        format!("{PREFIX}.{tenant}.schedule.{}.{}", self.scope(), self.key())
     }
 
     /// Where the server publishes the timer when it is due.
     pub fn fired_subject(&self, tenant: &TenantId) -> String {
-        format!(
-            "{PREFIX}.{tenant}.fired.{}.{}",
-            self.execution_id(),
-            self.key()
-        )
+        format!("{PREFIX}.{tenant}.fired.{}.{}", self.scope(), self.key())
     }
 }
 

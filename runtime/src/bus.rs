@@ -11,9 +11,8 @@ use async_nats::header;
 use async_nats::jetstream::{self, context, stream};
 use bytes::Bytes;
 use cadre_proto::envelope::CONTENT_TYPE;
-use cadre_proto::timers::{self, Timer, TimerMessage};
+use cadre_proto::timers::{Timer, TimerMessage, When};
 use cadre_proto::{DecodeError, Envelope, TenantId, streams};
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 /// Header naming the subject filter that `Nats-Expected-Last-Subject-Sequence` applies to
@@ -57,9 +56,9 @@ async fn ensure_stream(
 }
 
 /// Oldest NATS server with what Cadre relies on: expected last sequence over a subject filter
-/// (2.11), pinned-client consumers (2.11), terminate reasons in advisories (2.11) and message
-/// schedules for durable timers (2.12).
-pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
+/// (2.11), pinned-client consumers (2.11), terminate reasons in advisories (2.11), message
+/// schedules for durable timers (2.12) and cron schedules for workflow triggers (2.14).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 14);
 
 fn check_server_version(version: &str) -> Result<(), NatsError> {
     let mut parts = version
@@ -153,13 +152,13 @@ impl EventBus {
         &self.timers
     }
 
-    /// Arms `timer` to fire at `at` (replacing an earlier schedule of the same timer) and waits
+    /// Arms `timer` to fire `when` (replacing an earlier schedule of the same timer) and waits
     /// until JetStream has stored the schedule.
     pub async fn arm_timer(
         &self,
         tenant: &TenantId,
         timer: &Timer,
-        at: DateTime<Utc>,
+        when: &When,
     ) -> Result<(), PublishError> {
         let body = serde_json::to_vec(&TimerMessage {
             tenant: tenant.clone(),
@@ -167,7 +166,7 @@ impl EventBus {
         })
         .unwrap_or_default();
         let mut headers = HeaderMap::new();
-        headers.insert(header::NATS_SCHEDULE, timers::at(at).as_str());
+        headers.insert(header::NATS_SCHEDULE, when.header().as_str());
         headers.insert(
             header::NATS_SCHEDULE_TARGET,
             timer.fired_subject(tenant).as_str(),
@@ -324,6 +323,36 @@ impl EventBus {
     }
 }
 
+/// The subjects of `stream` matching `filter` that hold a message now (for a KV bucket's
+/// stream: its keys under a prefix), without reading anything else.
+pub async fn subjects_under(
+    stream: &stream::Stream,
+    filter: &str,
+) -> Result<Vec<String>, NatsError> {
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?;
+    let mut subjects = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(subjects);
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await?
+    {
+        let message = message?;
+        let remaining = message.info()?.pending;
+        subjects.push(message.subject.to_string());
+        if remaining == 0 {
+            break;
+        }
+    }
+    Ok(subjects)
+}
+
 /// An event as a JetStream message: JSON CloudEvent, its id as `Nats-Msg-Id`, trace context.
 fn message(envelope: &Envelope) -> jetstream::message::PublishMessage {
     let mut headers = HeaderMap::new();
@@ -381,10 +410,12 @@ mod tests {
 
     #[test]
     fn refuses_servers_without_the_features_cadre_needs() {
-        for ok in ["2.12.0", "2.15.1", "3.0.0", "v2.12.3-beta"] {
+        for ok in ["2.14.0", "2.15.1", "3.0.0", "v2.14.3-beta"] {
             assert!(check_server_version(ok).is_ok(), "{ok}");
         }
-        for old in ["2.9.10", "2.10.22", "2.11.9", "garbage", ""] {
+        for old in [
+            "2.9.10", "2.10.22", "2.11.9", "2.12.4", "2.13.0", "garbage", "",
+        ] {
             let error = check_server_version(old).unwrap_err().to_string();
             assert!(error.contains("too old"), "{old}: {error}");
         }

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod processor;
 pub mod read;
 pub mod starter;
+mod triggers;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -79,6 +80,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let starter = starter::Starter::open(bus.clone(), config.stream_replicas)
         .await
         .map_err(|e| anyhow::anyhow!("opening the idempotency store: {e}"))?;
+    let services = processor::Services::open(bus.clone(), starter.clone(), config.stream_replicas)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the workflow links: {e}"))?;
     // Lazy: the API's commands work while Postgres is down; only its queries answer 503.
     let db = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
@@ -103,7 +107,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let task = tokio::spawn(async move {
         let processor = tokio::spawn(processor::run(
-            bus,
+            services,
             config.shards,
             shutdown.clone(),
             readiness,

@@ -1,6 +1,9 @@
 //! The event processor: folds every execution event, in log order, into the execution's
 //! state; performs the effects the stored event calls for; and appends what `decide` returns.
-//! Fired timers come in through a second consumer and are decided on the same way.
+//! Fired timers come in through a second consumer and are decided on the same way. Workflow
+//! lifecycle events keep each workflow's schedule and links in step with it, and what starts
+//! runs on its own (a schedule's tick, a trigger CloudEvent, a run of an upstream workflow
+//! completing) goes through the same start path as the API ([`crate::starter`]).
 //!
 //! Effects (handing a step to the workers, arming and cancelling timers, stopping calls) are
 //! performed when their event is read back from the log and before it is acked: the log is the
@@ -18,7 +21,7 @@ use std::collections::hash_map::Entry;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +37,11 @@ use cadre_runtime::health::Readiness;
 use cadre_runtime::telemetry;
 
 use crate::command::{Aggregate, CommandError, History};
-use crate::domain::execution::{Command, Effect, ExecutionDecider, TransitionRefused, effects};
+use crate::domain::Effect;
+use crate::domain::execution::{Command, ExecutionDecider, TransitionRefused, effects};
+use crate::domain::workflow::{self, Workflow};
+use crate::starter::Starter;
+use crate::triggers;
 
 /// How long a failed event waits before it is redelivered.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -43,18 +50,55 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
 
 type Execution = Aggregate<ExecutionDecider>;
 
-/// What a lane processes: an event of the log or a fired timer.
+/// What a lane processes.
 enum Input {
+    /// An execution's state event.
     Event(jetstream::Message),
+    /// A workflow's own fact (created, paused, resumed).
+    Workflow(jetstream::Message),
     Timer(jetstream::Message),
+    /// A CloudEvent that starts a run.
+    Trigger(jetstream::Message),
+}
+
+impl Input {
+    fn message(&self) -> &jetstream::Message {
+        match self {
+            Self::Event(m) | Self::Workflow(m) | Self::Timer(m) | Self::Trigger(m) => m,
+        }
+    }
+}
+
+/// What the lanes act with.
+#[derive(Clone)]
+pub struct Services {
+    pub bus: EventBus,
+    pub starter: Starter,
+    /// Which workflows start after which (`triggers.afterWorkflows`).
+    pub links: kv::Store,
+}
+
+impl Services {
+    pub async fn open(bus: EventBus, starter: Starter, replicas: usize) -> Result<Self, NatsError> {
+        let links = bus
+            .jetstream()
+            .create_or_update_key_value(streams::workflow_links_bucket(replicas))
+            .await?;
+        Ok(Self {
+            bus,
+            starter,
+            links,
+        })
+    }
 }
 
 pub async fn run(
-    bus: EventBus,
+    services: Services,
     shards: usize,
     shutdown: CancellationToken,
     readiness: Readiness,
 ) -> Result<(), NatsError> {
+    let bus = &services.bus;
     // Create or update: a consumer left by an older release takes today's settings.
     let events = bus
         .stream()
@@ -64,21 +108,31 @@ pub async fn run(
         .timers_stream()
         .create_consumer(streams::coordinator_timers_consumer())
         .await?;
+    let triggers = bus
+        .jetstream()
+        .get_or_create_stream(streams::triggers_stream(1))
+        .await?
+        .create_consumer(streams::coordinator_triggers_consumer())
+        .await?;
     let tracker = TaskTracker::new();
     let lanes: Vec<mpsc::Sender<Input>> = (0..shards.max(1))
         .map(|_| {
             let (sender, receiver) = mpsc::channel(1024);
-            tracker.spawn(lane(bus.clone(), receiver));
+            tracker.spawn(lane(services.clone(), receiver));
             sender
         })
         .collect();
     let mut events = pinned_messages(&events).await?;
     let mut timers = pinned_messages(&timers).await?;
+    let mut triggers = pinned_messages(&triggers).await?;
     readiness.set(true);
     loop {
         let input = tokio::select! {
             _ = shutdown.cancelled() => break,
             next = events.next() => match next {
+                Some(Ok(message)) if subjects::is_workflow_lifecycle(&message.subject) => {
+                    Input::Workflow(message)
+                }
                 Some(Ok(message)) if !subjects::is_execution_state(&message.subject) => {
                     // Agents, workflows, knowledge, interactions: not the coordinator's business.
                     if let Err(error) = message.ack().await {
@@ -97,6 +151,14 @@ pub async fn run(
                 Some(Ok(message)) => Input::Timer(message),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "pulling fired timers failed; retrying");
+                    continue;
+                }
+                None => break,
+            },
+            next = triggers.next() => match next {
+                Some(Ok(message)) => Input::Trigger(message),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pulling trigger events failed; retrying");
                     continue;
                 }
                 None => break,
@@ -122,9 +184,12 @@ pub async fn run(
     // Hand the pins to a standby now rather than after PIN_TIMEOUT of silence.
     drop(events);
     drop(timers);
+    drop(triggers);
+    let triggers_stream = bus.jetstream().get_stream(streams::TRIGGERS_STREAM).await?;
     for (stream, consumer) in [
         (bus.stream(), streams::COORDINATOR_CONSUMER),
         (bus.timers_stream(), streams::COORDINATOR_TIMERS_CONSUMER),
+        (&triggers_stream, streams::COORDINATOR_TRIGGERS_CONSUMER),
     ] {
         if let Err(error) = stream.unpin_consumer(consumer, ACTIVE_GROUP).await {
             tracing::warn!(%error, consumer, "could not release the consumer's pin; a standby takes over when it expires");
@@ -147,11 +212,12 @@ async fn pinned_messages(
 }
 
 /// Events and timers of one execution share a lane: the execution id is the 7th token of an
-/// event's subject and the 5th of a fired timer's.
+/// event's subject and the 5th of a fired timer's (a workflow's own timer, lifecycle events
+/// and triggers go by the workflow id, their 5th token).
 fn lane_of(input: &Input, lanes: usize) -> usize {
     let (subject, token) = match input {
         Input::Event(m) => (m.subject.as_str(), 6),
-        Input::Timer(m) => (m.subject.as_str(), 4),
+        Input::Workflow(m) | Input::Timer(m) | Input::Trigger(m) => (m.subject.as_str(), 4),
     };
     let mut hasher = DefaultHasher::new();
     subject
@@ -162,18 +228,18 @@ fn lane_of(input: &Input, lanes: usize) -> usize {
     (hasher.finish() % lanes as u64) as usize
 }
 
-async fn lane(bus: EventBus, mut inputs: mpsc::Receiver<Input>) {
+async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
     let mut executions: HashMap<ExecutionId, Execution> = HashMap::new();
     while let Some(input) = inputs.recv().await {
-        let message = match &input {
-            Input::Event(m) | Input::Timer(m) => m,
-        };
+        let message = input.message();
         let span = tracing::info_span!("coordinator.event", subject = %message.subject);
         telemetry::extract(message.headers.as_ref(), &span);
         let processed = async {
             match &input {
-                Input::Event(message) => on_event(&bus, &mut executions, message).await,
-                Input::Timer(message) => on_timer(&bus, &mut executions, message).await,
+                Input::Event(message) => on_event(&services, &mut executions, message).await,
+                Input::Workflow(message) => on_workflow_event(&services, message).await,
+                Input::Timer(message) => on_timer(&services, &mut executions, message).await,
+                Input::Trigger(message) => triggers::on_trigger(&services.starter, message).await,
             }
         }
         .instrument(span)
@@ -183,7 +249,7 @@ async fn lane(bus: EventBus, mut inputs: mpsc::Receiver<Input>) {
 }
 
 /// What became of a message.
-enum Processed {
+pub(crate) enum Processed {
     Done,
     /// It can never be processed: terminate it with the reason.
     Unreadable(String),
@@ -224,10 +290,11 @@ async fn execution<'a>(
 }
 
 async fn on_event(
-    bus: &EventBus,
+    services: &Services,
     executions: &mut HashMap<ExecutionId, Execution>,
     message: &jetstream::Message,
 ) -> Processed {
+    let bus = &services.bus;
     let sequence = match message.info() {
         Ok(info) => info.stream_sequence,
         Err(error) => return Processed::Unreadable(format!("no JetStream metadata: {error}")),
@@ -255,7 +322,7 @@ async fn on_event(
     };
     aggregate.fold(sequence, &envelope.event);
     for effect in effects(&aggregate.state, &envelope.event) {
-        if let Err(error) = perform(bus, &envelope, effect).await {
+        if let Err(error) = perform(services, &envelope, effect).await {
             return Processed::Retry(format!("performing an effect of event {sequence}: {error}"));
         }
     }
@@ -304,8 +371,37 @@ fn decided(
     }
 }
 
+/// A workflow's lifecycle event: its schedule and links follow its state.
+async fn on_workflow_event(services: &Services, message: &jetstream::Message) -> Processed {
+    let envelope = match Envelope::decode(&message.payload) {
+        Ok(envelope) => envelope,
+        Err(error) => return Processed::Unreadable(error.to_string()),
+    };
+    let Some(workflow_id) = envelope.event.workflow_id() else {
+        return Processed::Unreadable("not a workflow event".to_owned());
+    };
+    let tenant = envelope.meta.tenant.clone();
+    let workflow = match Aggregate::<Workflow>::load(
+        &services.bus,
+        tenant.clone(),
+        subjects::workflow_lifecycle(&tenant, workflow_id),
+        History::All,
+    )
+    .await
+    {
+        Ok(workflow) => workflow,
+        Err(error) => return Processed::Retry(error.to_string()),
+    };
+    for effect in workflow::effects(&workflow.state, &envelope.event) {
+        if let Err(error) = perform(services, &envelope, effect).await {
+            return Processed::Retry(format!("performing an effect of a workflow event: {error}"));
+        }
+    }
+    Processed::Done
+}
+
 async fn on_timer(
-    bus: &EventBus,
+    services: &Services,
     executions: &mut HashMap<ExecutionId, Execution>,
     message: &jetstream::Message,
 ) -> Processed {
@@ -313,9 +409,20 @@ async fn on_timer(
         Ok(fired) => fired,
         Err(error) => return Processed::Unreadable(format!("not a Cadre timer: {error}")),
     };
-    let execution_id = fired.timer.execution_id();
+    tracing::info!(timer = ?fired.timer, "timer fired");
+    let Some(execution_id) = fired.timer.execution_id() else {
+        // A workflow's schedule ticked: one run per tick, even if the tick is delivered twice.
+        let sequence = message.info().map_or(0, |info| info.stream_sequence);
+        return triggers::start_scheduled(
+            &services.starter,
+            &fired.tenant,
+            fired.timer.workflow_id(),
+            sequence,
+        )
+        .await;
+    };
     let aggregate = match execution(
-        bus,
+        &services.bus,
         executions,
         &fired.tenant,
         fired.timer.workflow_id(),
@@ -326,21 +433,20 @@ async fn on_timer(
         Ok(aggregate) => aggregate,
         Err(error) => return Processed::Retry(error.to_string()),
     };
-    tracing::info!(timer = ?fired.timer, "timer fired");
     let outcome = aggregate
-        .execute(bus, &Command::TimerFired(fired.timer))
+        .execute(&services.bus, &Command::TimerFired(fired.timer))
         .await;
     decided(outcome, executions, execution_id)
 }
 
 /// Carries out one effect of a stored event.
-async fn perform(bus: &EventBus, stored: &Envelope, effect: Effect) -> Result<(), NatsError> {
-    let tenant = &stored.meta.tenant;
+async fn perform(services: &Services, stored: &Envelope, effect: Effect) -> Result<(), NatsError> {
+    let (bus, tenant) = (&services.bus, &stored.meta.tenant);
     match effect {
         // The log is the workers' outbox: a scheduled step stored in it is handed to them
         // before its delivery is acked, so none is lost between the two writes.
         Effect::Dispatch => bus.dispatch(stored).await?,
-        Effect::StartTimer { timer, at } => bus.arm_timer(tenant, &timer, at).await?,
+        Effect::StartTimer { timer, when } => bus.arm_timer(tenant, &timer, &when).await?,
         Effect::CancelTimer(timer) => bus.disarm_timer(tenant, &timer).await?,
         Effect::StopCalls { execution_id, step } => {
             let (step_id, attempt) = step.map_or((None, None), |(s, a)| (Some(s), Some(a)));
@@ -357,6 +463,22 @@ async fn perform(bus: &EventBus, stored: &Envelope, effect: Effect) -> Result<()
                 )
                 .await?;
         }
+        Effect::Link {
+            upstream,
+            downstream,
+        } => {
+            services
+                .links
+                .put(
+                    subjects::after_link(tenant, upstream, downstream),
+                    "".into(),
+                )
+                .await?;
+        }
+        Effect::StartDependants {
+            upstream,
+            execution_id,
+        } => triggers::start_dependants(services, tenant, upstream, execution_id).await?,
     }
     Ok(())
 }

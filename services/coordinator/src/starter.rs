@@ -36,6 +36,8 @@ pub struct StartOrder {
     pub input: Option<Value>,
     /// The same key within a day starts one execution, whatever the number of requests.
     pub idempotency_key: Option<String>,
+    /// A trigger rather than a person: the workflow must have asked for it (see `permitted`).
+    pub triggered: bool,
 }
 
 /// A started execution (or, for a repeated idempotency key, the one started before).
@@ -56,6 +58,8 @@ pub enum StartError {
     NoWorkflow(WorkflowId),
     #[error("agent {0} of this workflow is no longer registered")]
     NoAgent(AgentId),
+    #[error("{0}")]
+    NotTriggerable(String),
     #[error(transparent)]
     Refused(CommandError<WorkflowPaused>),
     #[error(
@@ -197,6 +201,9 @@ impl Starter {
                 }
             },
         };
+        if order.triggered {
+            permitted(order, &starts.workflow).map_err(StartError::NotTriggerable)?;
+        }
         // The workflow's last own event says whether it is paused; a replica's answer that lags
         // by a moment only orders this start before a concurrent pause.
         let workflow_paused = matches!(
@@ -271,5 +278,22 @@ impl Starter {
             agents,
             numbering,
         })
+    }
+}
+
+/// Whether the workflow takes runs from what triggered `order`: events and schedules only when
+/// its configuration asks for them.
+fn permitted(order: &StartOrder, workflow: &WorkflowDefinition) -> Result<(), String> {
+    let triggers = &workflow.configuration.triggers;
+    match order.trigger_reason {
+        TriggerReason::Event if !triggers.events => Err(format!(
+            "workflow {} takes no event triggers; set configuration.triggers.events to true",
+            workflow.id
+        )),
+        TriggerReason::Scheduled if triggers.schedule.is_none() => Err(format!(
+            "workflow {} has no schedule (configuration.triggers.schedule)",
+            workflow.id
+        )),
+        _ => Ok(()),
     }
 }

@@ -146,6 +146,7 @@ impl Fixture {
                 phases: vec![],
                 coordination: Default::default(),
                 constraints: Default::default(),
+                triggers: Default::default(),
             },
         }
     }

@@ -72,6 +72,7 @@ pub(super) async fn start(
         triggered_by: request.triggered_by,
         input: request.input.map(serde_json::Value::Object),
         idempotency_key,
+        triggered: false,
     };
     let started = app
         .starter
@@ -123,7 +124,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 fn start_failed(error: StartError) -> Problem {
     match error {
         StartError::NoWorkflow(id) => Problem::not_found(format!("no workflow has the id {id}")),
-        StartError::NoAgent(_) => Problem::conflict(error.to_string()),
+        StartError::NoAgent(_) | StartError::NotTriggerable(_) => {
+            Problem::conflict(error.to_string())
+        }
         StartError::Refused(error) => command_failed(error, |paused| {
             Problem::invalid_transition(paused.to_string(), "paused")
         }),

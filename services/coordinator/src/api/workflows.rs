@@ -75,6 +75,30 @@ pub(super) async fn create(
             unknown,
         ));
     }
+    let upstream = &definition.configuration.triggers.after_workflows;
+    let upstream_created = try_join_all(upstream.iter().map(|id| {
+        let subject = subjects::workflow(&app.tenant, *id, subjects::CREATED);
+        let bus = &app.bus;
+        async move { bus.last_event(&subject).await }
+    }))
+    .await
+    .map_err(unavailable_log)?;
+    let unknown: Vec<FieldError> = upstream
+        .iter()
+        .zip(&upstream_created)
+        .enumerate()
+        .filter(|(_, (_, stored))| stored.is_none())
+        .map(|(i, (id, _))| FieldError {
+            pointer: format!("/configuration/triggers/afterWorkflows/{i}"),
+            message: format!("no workflow has the id {id}"),
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Problem::invalid(
+            "the workflow starts after workflows that do not exist",
+            unknown,
+        ));
+    }
     // The participants in order (the coordinator is one of them): what a start snapshots.
     let agents: Vec<_> = known.into_iter().flatten().collect();
     if let Some(too_large) = start_size_error(&definition, &agents, &app.tenant) {

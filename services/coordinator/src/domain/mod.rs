@@ -13,8 +13,38 @@ pub mod starts;
 pub mod validation;
 pub mod workflow;
 
-use cadre_proto::Event;
+use cadre_proto::timers::{Timer, When};
+use cadre_proto::{Event, ExecutionId, StepId, WorkflowId};
 use chrono::{DateTime, Utc};
+
+/// What the world outside the log must do because an event is stored: the deciders' effects,
+/// as data, performed by the coordinator when it reads the event back (see
+/// [`execution::effects`] and [`workflow::effects`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Hand the stored `StepScheduled` to the agent workers.
+    Dispatch,
+    /// Arm a durable timer.
+    StartTimer { timer: Timer, when: When },
+    /// Disarm a timer that has nothing left to guard.
+    CancelTimer(Timer),
+    /// Stop the LLM calls still running for the execution (`step: None`: all of them) or for
+    /// one attempt of one step.
+    StopCalls {
+        execution_id: ExecutionId,
+        step: Option<(StepId, u32)>,
+    },
+    /// Record that a run of `upstream` completing starts a run of `downstream`.
+    Link {
+        upstream: WorkflowId,
+        downstream: WorkflowId,
+    },
+    /// Start a run of every workflow linked after `upstream`, for its run `execution_id`.
+    StartDependants {
+        upstream: WorkflowId,
+        execution_id: ExecutionId,
+    },
+}
 
 /// An aggregate's rules: what its events make of its state, and which events a command
 /// produces from a state. Both are pure; `crate::command` loads, decides and appends.

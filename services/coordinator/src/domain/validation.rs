@@ -53,6 +53,8 @@ pub mod limits {
     /// Longest run: 30 days, in seconds.
     pub const EXECUTION_SECONDS: u32 = 30 * 24 * 3600;
     pub const PHASES: usize = 50;
+    /// Workflows a workflow may start after.
+    pub const AFTER_WORKFLOWS: usize = 20;
     /// Retries of a failed step: each is another LLM call.
     pub const MAX_RETRIES: u32 = 20;
     /// A start's `input`, as JSON: it travels in the start event and every scheduled step.
@@ -389,6 +391,7 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             }
         }
     }
+    validate_triggers(workflow, &mut errors);
     graph_is_sound &= validate_phases(workflow, &index, &mut errors);
     if graph_is_sound && let Some(cycle) = find_cycle(workflow) {
         let path: Vec<&str> = cycle.iter().map(|s| s.as_str()).collect();
@@ -403,6 +406,108 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
         ));
     }
     errors
+}
+
+/// A schedule the NATS server's message scheduler takes (ADR-51), and links to other
+/// workflows that name each one once and not this workflow; whether they exist is the caller's
+/// question.
+fn validate_triggers(workflow: &WorkflowDefinition, errors: &mut Vec<FieldError>) {
+    let triggers = &workflow.configuration.triggers;
+    if let Some(schedule) = &triggers.schedule
+        && let Err(why) = check_schedule(schedule)
+    {
+        errors.push(error("/configuration/triggers/schedule", why));
+    }
+    if triggers.after_workflows.len() > limits::AFTER_WORKFLOWS {
+        errors.push(error(
+            "/configuration/triggers/afterWorkflows",
+            format!("must name at most {} workflows", limits::AFTER_WORKFLOWS),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, upstream) in triggers.after_workflows.iter().enumerate() {
+        let at = format!("/configuration/triggers/afterWorkflows/{i}");
+        if *upstream == workflow.id {
+            errors.push(error(at, "a workflow cannot start after itself"));
+        } else if !seen.insert(upstream) {
+            errors.push(error(at, format!("workflow {upstream} is listed twice")));
+        }
+    }
+}
+
+/// Checks a schedule against ADR-51's syntax: a predefined name, `@every <Go duration>` of at
+/// least a second, or six cron fields (seconds first) without the extensions the server does
+/// not know.
+pub fn check_schedule(schedule: &str) -> Result<(), String> {
+    const NAMES: [&str; 7] = [
+        "@yearly",
+        "@annually",
+        "@monthly",
+        "@weekly",
+        "@daily",
+        "@midnight",
+        "@hourly",
+    ];
+    let schedule = schedule.trim();
+    if schedule.chars().count() > limits::NAME {
+        return Err(format!("must be at most {} characters", limits::NAME));
+    }
+    if NAMES.contains(&schedule) {
+        return Ok(());
+    }
+    if let Some(every) = schedule.strip_prefix("@every ") {
+        return match go_duration_seconds(every.trim()) {
+            Some(seconds) if seconds >= 1.0 => Ok(()),
+            Some(_) => Err("@every must be at least 1s".to_owned()),
+            None => Err(format!(
+                "'{every}' is not a duration such as 90s, 5m or 1h30m"
+            )),
+        };
+    }
+    if schedule.split_whitespace().count() != 6 || schedule.contains(['L', 'W', '#', '?']) {
+        return Err(
+            "must be six cron fields, seconds first, in UTC (e.g. '0 */15 * * * *'), a name such as @hourly or @daily, or '@every 5m'"
+                .to_owned(),
+        );
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(schedule)
+        .map(drop)
+        .map_err(|error| format!("is not a valid cron expression: {error}"))
+}
+
+/// A Go `time.ParseDuration` string (`1h30m`, `90s`, `1.5h`) in seconds.
+fn go_duration_seconds(text: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let (unit, seconds) = [
+            ("ns", 1e-9),
+            ("us", 1e-6),
+            ("µs", 1e-6),
+            ("ms", 1e-3),
+            ("s", 1.0),
+            ("m", 60.0),
+            ("h", 3600.0),
+        ]
+        .into_iter()
+        // Longest first where one unit is a prefix of another ("ms" before "m").
+        .filter(|(unit, _)| rest.starts_with(unit))
+        .max_by_key(|(unit, _)| unit.len())?;
+        total += number * seconds;
+        rest = &rest[unit.len()..];
+    }
+    Some(total)
 }
 
 /// Each phase names steps that exist, each step in at most one phase. Returns whether the
@@ -657,6 +762,7 @@ mod tests {
                 phases: vec![],
                 coordination: Coordination::default(),
                 constraints: Constraints::default(),
+                triggers: Default::default(),
             },
         }
     }
@@ -707,6 +813,42 @@ mod tests {
         assert_eq!(
             errors[0].message,
             "dependsOn and phases form a cycle: a -> b -> a"
+        );
+    }
+
+    #[test]
+    fn schedules_follow_the_servers_syntax() {
+        for ok in [
+            "0 */15 * * * *",
+            "* * * * * *",
+            "0 0 9 * * mon-fri",
+            "@hourly",
+            "@every 90s",
+            "@every 1h30m",
+        ] {
+            assert_eq!(check_schedule(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "*/15 * * * *",
+            "61 * * * * *",
+            "0 0 L * * *",
+            "@every 500ms",
+            "@every soon",
+            "@fortnightly",
+        ] {
+            assert!(check_schedule(bad).is_err(), "{bad}");
+        }
+        let team = [agent("Ada")];
+        let mut wf = workflow(&team);
+        wf.configuration.triggers.schedule = Some("every day".into());
+        wf.configuration.triggers.after_workflows = vec![wf.id, WorkflowId::new()];
+        let errors = validate_workflow(&wf);
+        assert_eq!(
+            pointers(&errors),
+            vec![
+                "/configuration/triggers/schedule",
+                "/configuration/triggers/afterWorkflows/0"
+            ]
         );
     }
 

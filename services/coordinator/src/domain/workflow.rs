@@ -6,7 +6,9 @@ use cadre_proto::model::WorkflowDefinition;
 use cadre_proto::{Event, WorkflowId};
 use chrono::{DateTime, Utc};
 
-use super::Decider;
+use cadre_proto::timers::{Timer, When};
+
+use super::{Decider, Effect};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum State {
@@ -118,5 +120,107 @@ impl Decider for Workflow {
             },
             (state, _) => state,
         }
+    }
+}
+
+/// What a workflow's stored lifecycle event calls for, given the workflow's state (which may
+/// already hold later events): its schedule armed while it is active and disarmed while it is
+/// paused, and, once created, its links after the workflows that trigger it. Level-triggered:
+/// the same effects whichever lifecycle event is read, so order and repeats do not matter.
+pub fn effects(state: &State, event: &Event) -> Vec<Effect> {
+    let State::Created { definition, paused } = state else {
+        return vec![];
+    };
+    let triggers = &definition.configuration.triggers;
+    let mut effects = Vec::new();
+    if let Some(schedule) = &triggers.schedule {
+        let timer = Timer::Schedule {
+            workflow_id: definition.id,
+        };
+        effects.push(if *paused {
+            Effect::CancelTimer(timer)
+        } else {
+            Effect::StartTimer {
+                timer,
+                when: When::Cron(schedule.clone()),
+            }
+        });
+    }
+    if let Event::WorkflowCreated(_) = event {
+        effects.extend(
+            triggers
+                .after_workflows
+                .iter()
+                .map(|upstream| Effect::Link {
+                    upstream: *upstream,
+                    downstream: definition.id,
+                }),
+        );
+    }
+    effects
+}
+
+#[cfg(test)]
+mod tests {
+    use cadre_proto::model::{Triggers, WorkflowConfiguration};
+
+    use super::*;
+
+    fn created(triggers: Triggers) -> (State, Event) {
+        let definition = WorkflowDefinition {
+            id: WorkflowId::new(),
+            name: "Nightly".into(),
+            description: String::new(),
+            workflow_type: Default::default(),
+            participating_agents: vec![],
+            coordinator_agent_id: None,
+            configuration: WorkflowConfiguration {
+                steps: vec![],
+                phases: vec![],
+                coordination: Default::default(),
+                constraints: Default::default(),
+                triggers,
+            },
+        };
+        let event = Event::WorkflowCreated(WorkflowCreated {
+            workflow: definition,
+        });
+        (Workflow::evolve(State::Unknown, &event), event)
+    }
+
+    #[test]
+    fn a_schedule_is_armed_while_active_and_disarmed_while_paused() {
+        let upstream = WorkflowId::new();
+        let (state, event) = created(Triggers {
+            schedule: Some("@hourly".into()),
+            events: false,
+            after_workflows: vec![upstream],
+        });
+        let id = state.definition().unwrap().id;
+        let timer = Timer::Schedule { workflow_id: id };
+        assert_eq!(
+            effects(&state, &event),
+            vec![
+                Effect::StartTimer {
+                    timer: timer.clone(),
+                    when: When::Cron("@hourly".into())
+                },
+                Effect::Link {
+                    upstream,
+                    downstream: id
+                }
+            ]
+        );
+        let now = chrono::Utc::now();
+        let paused = Workflow::decide(&Command::Pause(Request::default()), &state, now).unwrap();
+        let state = Workflow::evolve(state, &paused[0]);
+        assert_eq!(
+            effects(&state, &paused[0]),
+            vec![Effect::CancelTimer(timer.clone())]
+        );
+        // Read late, the creation follows the state: no schedule armed for a paused workflow.
+        assert_eq!(effects(&state, &event)[0], Effect::CancelTimer(timer));
+        let (plain, event) = created(Triggers::default());
+        assert!(effects(&plain, &event).is_empty());
     }
 }

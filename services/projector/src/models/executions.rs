@@ -54,6 +54,7 @@ pub(crate) struct ExecutionRow {
     pub execution_number: i32,
     pub trigger_reason: String,
     pub triggered_by: Option<String>,
+    pub execution_context: Value,
     pub started_at: DateTime<Utc>,
 }
 
@@ -211,6 +212,8 @@ impl Changes {
             execution_number: number(e),
             trigger_reason: wire_name(&e.trigger_reason),
             triggered_by: e.triggered_by.clone(),
+            // The seed's `executionContext`: what the run was started with.
+            execution_context: e.input.clone().unwrap_or_else(|| json!({})),
             started_at: origin.at,
         });
     }
@@ -398,16 +401,16 @@ async fn insert(tx: &mut PgConnection, rows: Vec<ExecutionRow>) -> Result<(), sq
         return Ok(());
     }
     columns!(for r in rows => id, tenant_id, workflow_id, execution_number, trigger_reason,
-             triggered_by, started_at);
+             triggered_by, execution_context, started_at);
     sqlx::query!(
         "INSERT INTO workflow_executions (id, tenant_id, workflow_id, execution_number,
-             trigger_reason, triggered_by, status, started_at, updated_at)
+             trigger_reason, triggered_by, execution_context, status, started_at, updated_at)
          SELECT id, tenant_id, workflow_id, execution_number, trigger_reason, triggered_by,
-                'running', started_at, started_at
+                execution_context, 'running', started_at, started_at
          FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::text[], $6::text[],
-                     $7::timestamptz[])
+                     $7::jsonb[], $8::timestamptz[])
               AS e(id, tenant_id, workflow_id, execution_number, trigger_reason, triggered_by,
-                   started_at)
+                   execution_context, started_at)
          ON CONFLICT DO NOTHING",
         &id,
         &tenant_id,
@@ -415,6 +418,7 @@ async fn insert(tx: &mut PgConnection, rows: Vec<ExecutionRow>) -> Result<(), sq
         &execution_number,
         &trigger_reason,
         triggered_by as _,
+        &execution_context,
         &started_at,
     )
     .execute(&mut *tx)

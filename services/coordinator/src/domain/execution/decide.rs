@@ -189,6 +189,8 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
                 timeout_minutes: minutes,
             })]
         }
+        // A workflow's schedule is not a timer of an execution.
+        Timer::Schedule { .. } => vec![],
         Timer::ExecutionDeadline { .. } => {
             let seconds = execution
                 .workflow

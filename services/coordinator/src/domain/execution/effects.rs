@@ -7,27 +7,11 @@
 //! a no-op, a stop of a call that ended does nothing), so performing one again is harmless.
 
 use cadre_proto::events::StepAttempt;
-use cadre_proto::timers::Timer;
-use cadre_proto::{Event, ExecutionId, StepId};
-use chrono::{DateTime, Utc};
+use cadre_proto::timers::{Timer, When};
+use cadre_proto::{Event, StepId};
 
 use super::{Execution, State};
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    /// Hand the stored `StepScheduled` to the agent workers.
-    Dispatch,
-    /// Arm a durable timer to fire at `at`.
-    StartTimer { timer: Timer, at: DateTime<Utc> },
-    /// Disarm a timer that has nothing left to guard.
-    CancelTimer(Timer),
-    /// Stop the LLM calls still running for the execution (`step: None`: all of them) or for
-    /// one attempt of one step.
-    StopCalls {
-        execution_id: ExecutionId,
-        step: Option<(StepId, u32)>,
-    },
-}
+use crate::domain::Effect;
 
 /// The effects `event`, just stored, calls for, given the execution's state after folding it
 /// (or later: the state may already hold events stored after this one).
@@ -39,7 +23,7 @@ pub fn effects(state: &State, event: &Event) -> Vec<Effect> {
         Event::ExecutionStarted(e) => match e.deadline {
             Some(at) if !execution.status.is_finished() => vec![Effect::StartTimer {
                 timer: deadline(execution),
-                at,
+                when: When::At(at),
             }],
             _ => vec![],
         },
@@ -53,7 +37,7 @@ pub fn effects(state: &State, event: &Event) -> Vec<Effect> {
             {
                 effects.push(Effect::StartTimer {
                     timer: step_timeout(execution, &e.step.id, e.attempt),
-                    at,
+                    when: When::At(at),
                 });
             }
             effects
@@ -68,7 +52,14 @@ pub fn effects(state: &State, event: &Event) -> Vec<Effect> {
             });
             effects
         }
-        Event::ExecutionCompleted(_) => ended(execution, false),
+        Event::ExecutionCompleted(_) => {
+            let mut effects = ended(execution, false);
+            effects.push(Effect::StartDependants {
+                upstream: execution.workflow.id,
+                execution_id: execution.id,
+            });
+            effects
+        }
         Event::ExecutionFailed(_) | Event::ExecutionCancelled(_) => ended(execution, true),
         _ => vec![],
     }

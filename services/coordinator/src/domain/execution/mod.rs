@@ -19,7 +19,7 @@ use cadre_proto::{AgentId, Event, ExecutionId, StepId};
 use chrono::{DateTime, Utc};
 
 pub use decide::{Command, ExecutionDecider, Start, TransitionRefused, decide, started};
-pub use effects::{Effect, effects};
+pub use effects::effects;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepState {

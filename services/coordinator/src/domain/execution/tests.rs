@@ -8,15 +8,14 @@ use cadre_proto::model::{
     TriggerReason, WorkflowConfiguration, WorkflowDefinition, WorkflowPhase, WorkflowStep,
     WorkflowType,
 };
-use cadre_proto::timers::Timer;
+use cadre_proto::timers::{Timer, When};
 use cadre_proto::{AgentId, Event, EventId, ExecutionId, StepId, WorkflowId};
 use proptest::prelude::*;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{
-    Command, Effect, Start, State, Status, TransitionRefused, decide, effects, evolve, started,
-};
+use super::{Command, Start, State, Status, TransitionRefused, decide, effects, evolve, started};
+use crate::domain::Effect;
 use crate::domain::validation::validate_workflow;
 
 /// The time of every decision in these tests: the core never reads a clock.
@@ -73,6 +72,7 @@ fn workflow(agents: &[AgentProfile], steps: Vec<WorkflowStep>) -> WorkflowDefini
             phases: vec![],
             coordination: Coordination::default(),
             constraints: Constraints::default(),
+            triggers: Default::default(),
         },
     }
 }
@@ -354,7 +354,7 @@ fn an_attempt_that_runs_past_its_timeout_is_timed_out_then_retried_then_fails_th
             Effect::Dispatch,
             Effect::StartTimer {
                 timer: step_timer(&first[0]),
-                at: now() + TimeDelta::seconds(30)
+                when: When::At(now() + TimeDelta::seconds(30))
             }
         ]
     );
@@ -436,7 +436,7 @@ fn an_execution_past_its_time_limit_fails_with_reason_time_limit() {
         effects(&fold(&log), &log[0]),
         vec![Effect::StartTimer {
             timer: deadline_of(&log),
-            at
+            when: When::At(at)
         }]
     );
     log.extend(advance(&log));
