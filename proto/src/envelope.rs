@@ -332,6 +332,11 @@ mod tests {
                         completion: 2,
                         total: 3,
                     },
+                    full: Some(ObjectRef {
+                        bucket: "CADRE_RESULTS".into(),
+                        name: "t/e/a/1".into(),
+                        size: 400_000,
+                    }),
                 },
                 provider: "offline".into(),
                 model: "m".into(),

@@ -336,4 +336,18 @@ pub struct StepResult {
     pub questions: Vec<String>,
     pub raw_response: String,
     pub tokens: TokenUsage,
+    /// Where the whole result is when it was too large for an event (a claim check): the
+    /// texts above are then previews, each ending with a note that says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<ObjectRef>,
+}
+
+/// A value kept in a JetStream Object Store because it is too large for an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub bucket: String,
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{consumer, kv, stream};
+use async_nats::jetstream::{consumer, kv, object_store, stream};
 
 use crate::{subjects, timers};
 
@@ -129,6 +129,23 @@ pub fn workflow_links_bucket(replicas: usize) -> kv::Config {
         bucket: WORKFLOW_LINKS_BUCKET.to_owned(),
         description: "Cadre: workflow A's completion starts workflow B".to_owned(),
         history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Step results too large for an event (claim checks, see [`crate::model::ObjectRef`]).
+pub const RESULTS_BUCKET: &str = "CADRE_RESULTS";
+
+/// Largest step result an event carries whole, as JSON; a larger one goes to
+/// [`RESULTS_BUCKET`] and the event carries previews.
+pub const INLINE_RESULT_BYTES: usize = 64 * 1024;
+
+pub fn results_object_store(replicas: usize) -> object_store::Config {
+    object_store::Config {
+        bucket: RESULTS_BUCKET.to_owned(),
+        description: Some("Cadre step results too large for an event".to_owned()),
         storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()

@@ -16,6 +16,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod calls;
+mod claim;
 pub mod config;
 #[cfg(test)]
 mod fixtures;
@@ -95,6 +96,11 @@ pub async fn run_with_readiness(
         .await
         .context("creating the agent-worker consumer")?;
 
+    let results = bus
+        .jetstream()
+        .create_object_store(streams::results_object_store(config.stream_replicas))
+        .await
+        .context("opening the results store")?;
     let calls = RunningCalls::default();
     let stop_listener = tokio::spawn(
         calls
@@ -103,6 +109,7 @@ pub async fn run_with_readiness(
     );
     let worker = Arc::new(Worker {
         bus,
+        results,
         calls,
         providers,
         knowledge,

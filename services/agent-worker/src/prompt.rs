@@ -260,6 +260,7 @@ pub fn parse_step_result(step_name: &str, response: &str, tokens: TokenUsage) ->
         questions,
         raw_response: response.to_owned(),
         tokens,
+        full: None,
     }
 }
 

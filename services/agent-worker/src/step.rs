@@ -244,6 +244,7 @@ mod tests {
             questions: vec!["- q1".to_owned()],
             raw_response: "raw".to_owned(),
             tokens: TokenUsage::default(),
+            full: None,
         }
     }
 

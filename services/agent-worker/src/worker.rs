@@ -8,13 +8,16 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, AckKind};
+use cadre_proto::model::{ObjectRef, StepResult};
 use cadre_proto::{Envelope, Event, events::types, streams, subjects};
 use cadre_runtime::bus::{self, Append, EventBus, ReadError};
 use chrono::Utc;
 use tracing::Instrument;
 
 use crate::calls::RunningCalls;
+use crate::claim;
 use crate::knowledge::KnowledgeView;
 use crate::llm::{ChatRequest, LlmError, Providers};
 use crate::prompt::{parse_step_result, step_prompt};
@@ -37,6 +40,8 @@ pub enum Disposition {
 
 pub struct Worker {
     pub bus: EventBus,
+    /// Where results too large for an event are kept (claim checks).
+    pub results: ObjectStore,
     pub calls: RunningCalls,
     pub providers: Providers,
     pub knowledge: KnowledgeView,
@@ -271,6 +276,11 @@ impl Worker {
         };
 
         let result = parse_step_result(&s.step.name, &completion.text, completion.usage);
+        let result = if claim::too_large(&result) {
+            self.claim_check(step, result).await?
+        } else {
+            result
+        };
         let shared = step.shared(&result, Utc::now());
         if !shared.is_empty() {
             // Stored before the completion: the coordinator takes the next step's knowledge
@@ -287,6 +297,36 @@ impl Worker {
             .context("publishing StepCompleted")?;
         tracing::info!(tokens = completion.usage.total, "step completed");
         Ok(Disposition::Ack)
+    }
+
+    /// Keeps the whole result in the results store and returns what the event carries.
+    async fn claim_check(
+        &self,
+        step: &ScheduledStep,
+        result: StepResult,
+    ) -> anyhow::Result<StepResult> {
+        let s = &step.scheduled;
+        // One object per attempt: a redelivered attempt rewrites its own.
+        let name = format!(
+            "{}/{}/{}/{}",
+            step.tenant, s.execution_id, s.step.id, s.attempt
+        );
+        let whole = claim::encode(&result);
+        self.results
+            .put(name.as_str(), &mut whole.as_slice())
+            .await
+            .context("storing a large result in the results store")?;
+        tracing::info!(bytes = whole.len(), name, "result kept by reference");
+        let reference = ObjectRef {
+            bucket: streams::RESULTS_BUCKET.to_owned(),
+            name,
+            size: whole.len() as u64,
+        };
+        let whole_at = format!(
+            "GET /v1/executions/{}/steps/{}/result",
+            s.execution_id, s.step.id
+        );
+        Ok(claim::shrink(result, reference, &whole_at))
     }
 
     async fn fail(&self, step: &ScheduledStep, error: String) -> anyhow::Result<Disposition> {

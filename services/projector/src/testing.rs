@@ -261,6 +261,7 @@ impl Fixture {
                     completion: 5,
                     total: 15,
                 },
+                full: None,
             },
             provider: "offline".to_owned(),
             model: "echo".to_owned(),

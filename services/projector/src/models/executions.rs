@@ -255,9 +255,7 @@ impl Changes {
 
     pub fn step_completed(&mut self, origin: &Origin<'_>, e: &StepCompleted) {
         let (a, result) = (&e.attempt, &e.result);
-        self.patch(a.execution_id, origin.at).merge_step(
-            a.step_id.as_str(),
-            json!({
+        let mut entry = json!({
                 "status": "completed",
                 "attempt": a.number,
                 "agentId": a.agent_id,
@@ -271,8 +269,13 @@ impl Changes {
                 "model": e.model,
                 "durationMs": e.duration_ms,
                 "completedAt": origin.at,
-            }),
-        );
+        });
+        if let Some(full) = &result.full {
+            // The texts are previews; the whole result is behind the API's result endpoint.
+            entry["fullResult"] = json!(full);
+        }
+        self.patch(a.execution_id, origin.at)
+            .merge_step(a.step_id.as_str(), entry);
     }
 
     pub fn step_failed(&mut self, origin: &Origin<'_>, e: &StepFailed) {

@@ -374,25 +374,52 @@ fn evaluate_condition(execution: &Execution, condition: &str) -> Result<bool, St
     condition::evaluate(condition, execution.input.as_ref(), steps)
 }
 
-/// The results of the steps nothing depends on: what the workflow delivers.
+/// Largest `finalOutput`, as JSON: it travels in the execution's last event.
+const FINAL_OUTPUT_BYTES: usize = 256 * 1024;
+/// Characters of a summary kept when the outputs themselves do not fit.
+const SHORT_SUMMARY_CHARS: usize = 200;
+
+/// The results of the steps nothing depends on: what the workflow delivers. Each carries its
+/// whole result's reference when it has one; when the outputs together would not fit in an
+/// event, each keeps a short summary and where its whole result is.
 fn final_output(execution: &Execution) -> serde_json::Value {
     let steps = &execution.workflow.configuration.steps;
-    let sinks = steps
+    let sinks: Vec<(&StepId, &StepState)> = steps
         .iter()
-        .filter(|s| !execution.workflow.has_dependants(&s.id));
-    let mut out = serde_json::Map::new();
-    for step in sinks {
-        if let StepState::Completed {
+        .filter(|s| !execution.workflow.has_dependants(&s.id))
+        .map(|s| (&s.id, &execution.steps[&s.id].state))
+        .collect();
+    let entry = |state: &StepState, whole: bool| match state {
+        StepState::Completed {
             agent,
             summary,
             output,
-        } = &execution.steps[&step.id].state
-        {
-            out.insert(
-                step.id.to_string(),
-                serde_json::json!({ "agentId": agent, "summary": summary, "output": output }),
-            );
+            full,
+        } => {
+            let mut entry = if whole {
+                serde_json::json!({ "agentId": agent, "summary": summary, "output": output })
+            } else {
+                let short: String = summary.chars().take(SHORT_SUMMARY_CHARS).collect();
+                serde_json::json!({ "agentId": agent, "summary": short, "outputOmitted": true })
+            };
+            if let Some(full) = full {
+                entry["fullResult"] = serde_json::json!(full);
+            }
+            Some(entry)
         }
+        _ => None,
+    };
+    let build = |whole: bool| {
+        let out: serde_json::Map<String, serde_json::Value> = sinks
+            .iter()
+            .filter_map(|(id, state)| entry(state, whole).map(|e| (id.to_string(), e)))
+            .collect();
+        serde_json::Value::Object(out)
+    };
+    let whole = build(true);
+    if serde_json::to_vec(&whole).map_or(0, |json| json.len()) <= FINAL_OUTPUT_BYTES {
+        whole
+    } else {
+        build(false)
     }
-    serde_json::Value::Object(out)
 }

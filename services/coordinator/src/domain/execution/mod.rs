@@ -14,7 +14,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
-use cadre_proto::model::{AgentProfile, WorkflowDefinition};
+use cadre_proto::model::{AgentProfile, ObjectRef, WorkflowDefinition};
 use cadre_proto::{AgentId, Event, ExecutionId, StepId};
 use chrono::{DateTime, Utc};
 
@@ -35,6 +35,8 @@ pub enum StepState {
         agent: AgentId,
         summary: String,
         output: String,
+        /// Where the whole result is, when `summary` and `output` are previews.
+        full: Option<ObjectRef>,
     },
     /// The attempt failed or timed out.
     Failed {
@@ -197,6 +199,7 @@ impl Execution {
                         agent: e.attempt.agent_id,
                         summary: e.result.summary.clone(),
                         output: e.result.output.clone(),
+                        full: e.result.full.clone(),
                     };
                 }
             }),
