@@ -19,7 +19,7 @@ use cadre_proto::{Event, ExecutionId, WorkflowId, subjects};
 
 use super::{
     ApiResult, AppState, Problem, agents, command_failed, control_request, optional_body, page,
-    parse_id, unavailable_db, unavailable_log, workflows,
+    parse_id, unavailable_db, unavailable_log, workflows, written,
 };
 use crate::command::{Aggregate, History};
 use crate::domain::execution::{Command, ExecutionDecider, Start, TransitionRefused};
@@ -142,8 +142,11 @@ pub(super) async fn start(
         }));
     }
     let execution_number = starts.numbering.state.last_number;
+    let position = starts.numbering.version;
+    // Other starts of this workflow must not queue behind the projector.
+    drop(cached);
     let execution_id = command.start.execution_id;
-    Ok((
+    let response = (
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/v1/executions/{execution_id}"))],
         axum::Json(ExecutionAccepted {
@@ -153,7 +156,8 @@ pub(super) async fn start(
             status: "pending",
         }),
     )
-        .into_response())
+        .into_response();
+    Ok(written(&app, position, response).await)
 }
 
 /// What starting a workflow needs, read from the log.
@@ -314,11 +318,12 @@ async fn control(
         crate::domain::execution::State::Started(e) => e.status.as_str(),
         crate::domain::execution::State::NotStarted => "pending",
     };
-    Ok((
+    let response = (
         StatusCode::ACCEPTED,
         axum::Json(json!({ "executionId": id, "status": status })),
     )
-        .into_response())
+        .into_response();
+    Ok(written(&app, execution.version, response).await)
 }
 
 pub(super) async fn cancel(
