@@ -79,7 +79,11 @@ mod tests {
             name: "e/s/1".into(),
             size: encode(&result).len() as u64,
         };
-        let small = shrink(result.clone(), reference.clone(), "/v1/executions/e/steps/s/result");
+        let small = shrink(
+            result.clone(),
+            reference.clone(),
+            "/v1/executions/e/steps/s/result",
+        );
         assert!(!too_large(&small));
         assert_eq!(small.full, Some(reference));
         assert_eq!(small.summary, result.summary, "short texts stay whole");

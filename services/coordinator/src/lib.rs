@@ -2,7 +2,9 @@
 //!
 //! [`domain`] is the pure core (decide/evolve, assignment, validation). [`api`] validates
 //! commands and appends their events; [`processor`] folds execution events and appends the
-//! decisions. The coordinator never writes to Postgres: it only reads the projector's models.
+//! decisions. The coordinator never writes to Postgres: it only reads the projector's models,
+//! and a command answers once they have caught up with it (bounded), so a client reads its own
+//! writes.
 
 pub mod api;
 pub mod command;
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use cadre_proto::TenantId;
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
+use cadre_runtime::projection::ProjectionWatermark;
 
 /// The CloudEvents `source` of every event the coordinator emits.
 pub(crate) const SOURCE: &str = "/cadre/coordinator";
@@ -40,6 +43,16 @@ pub struct Config {
     /// lane waits for its appends, so lanes, not CPU, bound throughput when there are too few.
     pub shards: usize,
     pub db_max_connections: u32,
+    /// How long a command waits for the read models to reach the events it appended before it
+    /// answers, so that the client's next query sees them; 0 answers at once. Either way the
+    /// response says whether they had (`Cadre-Read-Models`).
+    pub read_your_writes_timeout_ms: u64,
+}
+
+impl Config {
+    pub fn read_your_writes_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_your_writes_timeout_ms)
+    }
 }
 
 impl Default for Config {
@@ -51,6 +64,7 @@ impl Default for Config {
             stream_replicas: 1,
             shards: 128,
             db_max_connections: 16,
+            read_your_writes_timeout_ms: 5000,
         }
     }
 }
@@ -89,6 +103,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy(&config.database_url)
         .context("parsing DATABASE_URL")?;
+    // Keeps one of the pool's connections to listen for the projector's checkpoints.
+    let read_models = ProjectionWatermark::start(db.clone());
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding the API to {}", config.http_addr))?;
@@ -100,6 +116,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             db,
             tenant: TenantId::default_tenant(),
             starter: starter.clone(),
+            read_models,
+            read_your_writes: config.read_your_writes_timeout(),
         },
         readiness.clone(),
     );

@@ -12,7 +12,7 @@ use cadre_proto::{AgentId, Event, subjects};
 use super::body::Body;
 use super::{
     ApiResult, AppState, Problem, command_failed, created, found, page, parse_id, unavailable_db,
-    unavailable_log,
+    unavailable_log, written,
 };
 use crate::command::{Aggregate, History};
 use crate::domain::agent::{Agent, Register};
@@ -53,11 +53,13 @@ pub(super) async fn register(
         return Err(Problem::invalid("the agent is not valid", errors));
     }
     let filter = subjects::agent(&app.tenant, agent.id, subjects::REGISTERED);
-    Aggregate::<Agent>::empty(app.tenant.clone(), filter, History::Last)
+    let mut registered = Aggregate::<Agent>::empty(app.tenant.clone(), filter, History::Last);
+    registered
         .execute(&app.bus, &Register(agent.clone()))
         .await
         .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
-    Ok(created(format!("/v1/agents/{}", agent.id), agent))
+    let response = created(format!("/v1/agents/{}", agent.id), agent);
+    Ok(written(&app, registered.version, response).await)
 }
 
 pub(super) async fn list(

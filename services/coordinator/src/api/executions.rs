@@ -16,7 +16,7 @@ use cadre_proto::{Event, ExecutionId, WorkflowId, subjects};
 
 use super::{
     ApiResult, AppState, Problem, command_failed, control_request, optional_body, page, parse_id,
-    unavailable_db, unavailable_log, workflows,
+    unavailable_db, unavailable_log, workflows, written,
 };
 use crate::command::{Aggregate, History};
 use crate::domain::execution::{Command, ExecutionDecider, TransitionRefused};
@@ -84,7 +84,7 @@ pub(super) async fn start(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((
+    let response = (
         status,
         [(
             header::LOCATION,
@@ -94,10 +94,11 @@ pub(super) async fn start(
             execution_id: started.execution_id,
             execution_number: started.execution_number,
             workflow_id: started.workflow_id,
-            status: "pending",
+            status: "running",
         }),
     )
-        .into_response())
+        .into_response();
+    Ok(written(&app, started.sequence, response).await)
 }
 
 /// Longest `Idempotency-Key`.
@@ -264,11 +265,12 @@ async fn control(
         crate::domain::execution::State::Started(e) => e.status.as_str(),
         crate::domain::execution::State::NotStarted => "pending",
     };
-    Ok((
+    let response = (
         StatusCode::ACCEPTED,
         axum::Json(json!({ "executionId": id, "status": status })),
     )
-        .into_response())
+        .into_response();
+    Ok(written(&app, execution.version, response).await)
 }
 
 pub(super) async fn cancel(

@@ -10,10 +10,11 @@ mod workflows;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,7 @@ use cadre_proto::TenantId;
 use cadre_proto::events::Request;
 use cadre_runtime::bus::{EventBus, PublishError, ReadError};
 use cadre_runtime::health::{self, Readiness};
+use cadre_runtime::projection::ProjectionWatermark;
 
 use crate::command::CommandError;
 use crate::read::Page;
@@ -39,6 +41,10 @@ pub struct AppState {
     /// Until authentication arrives, every request acts for this tenant.
     pub tenant: TenantId,
     pub starter: Starter,
+    /// How far the read models have got, so a command can answer once they show its events.
+    pub read_models: ProjectionWatermark,
+    /// How long a command waits for that (zero: not at all).
+    pub read_your_writes: Duration,
 }
 
 pub fn router(state: AppState, readiness: Readiness) -> Router {
@@ -211,4 +217,46 @@ fn control_request(bytes: &[u8]) -> Result<Request, Problem> {
         requested_by: request.requested_by,
         reason: request.reason,
     })
+}
+
+/// The stream sequence of the last event a command's answer rests on: what it appended, or,
+/// when it had nothing to append, the last event of the state it reports.
+pub const LOG_POSITION: HeaderName = HeaderName::from_static("cadre-log-position");
+/// `current` if the read models covered [`LOG_POSITION`] when the command answered (a query
+/// sent now sees the command's effect), `behind` if not.
+pub const READ_MODELS: HeaderName = HeaderName::from_static("cadre-read-models");
+
+/// Answers a command whose effect is stored at `position` once the read models cover it, so
+/// that the client can read its own write; waits at most `read_your_writes` and not at all
+/// while the read models cannot be read (Postgres down: the command has succeeded all the
+/// same). Call it with no lock held: others would queue behind the projector.
+async fn written(app: &AppState, position: u64, mut response: Response) -> Response {
+    let current = app
+        .read_models
+        .wait_while_readable(position, app.read_your_writes)
+        .await;
+    if !current {
+        let checkpoint = app.read_models.checkpoint();
+        if app.read_models.unreadable() {
+            tracing::debug!(
+                position,
+                checkpoint,
+                "read models unreadable; answering without them"
+            );
+        } else if !app.read_your_writes.is_zero() {
+            tracing::warn!(
+                position,
+                checkpoint,
+                timeout = ?app.read_your_writes,
+                "read models did not reach the command's events in time; answering without them"
+            );
+        }
+    }
+    let headers = response.headers_mut();
+    headers.insert(LOG_POSITION, HeaderValue::from(position));
+    headers.insert(
+        READ_MODELS,
+        HeaderValue::from_static(if current { "current" } else { "behind" }),
+    );
+    response
 }

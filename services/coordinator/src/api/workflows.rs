@@ -16,7 +16,7 @@ use cadre_proto::{AgentId, WorkflowId, subjects};
 use super::body::Body;
 use super::{
     ApiResult, AppState, Problem, agents, command_failed, control_request, created, found, page,
-    parse_id, unavailable_db, unavailable_log,
+    parse_id, unavailable_db, unavailable_log, written,
 };
 use crate::command::{Aggregate, History};
 use crate::domain::validation::{
@@ -108,14 +108,17 @@ pub(super) async fn create(
         ));
     }
     let filter = subjects::workflow_lifecycle(&app.tenant, definition.id);
-    Aggregate::<Workflow>::empty(app.tenant.clone(), filter, History::All)
+    let mut created_workflow =
+        Aggregate::<Workflow>::empty(app.tenant.clone(), filter, History::All);
+    created_workflow
         .execute(&app.bus, &Command::Create(Box::new(definition.clone())))
         .await
         .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
     let mut body = serde_json::to_value(&definition).unwrap_or_default();
     body["status"] = json!("draft");
     body["totalSteps"] = json!(definition.configuration.steps.len());
-    Ok(created(format!("/v1/workflows/{}", definition.id), body))
+    let response = created(format!("/v1/workflows/{}", definition.id), body);
+    Ok(written(&app, created_workflow.version, response).await)
 }
 
 pub(super) async fn list(
@@ -166,7 +169,8 @@ async fn control(
             workflow::Error::AlreadyExists(_) => Problem::conflict(refused.to_string()),
         })
     })?;
-    Ok(axum::Json(json!({ "id": id, "status": aggregate.state.status() })).into_response())
+    let response = axum::Json(json!({ "id": id, "status": aggregate.state.status() }));
+    Ok(written(&app, aggregate.version, response.into_response()).await)
 }
 
 pub(super) async fn pause(
