@@ -259,6 +259,8 @@ pub enum FailureCause {
     TimeLimit { max_execution_seconds: u32 },
     /// A step's condition could not be evaluated to true or false.
     ConditionFailed { step_id: StepId },
+    /// A decision's event was larger than the log accepts, so the run could not go on.
+    Unrecordable,
     /// The execution's state allows no way forward (for example no agent can take a step).
     Stuck,
     /// Recorded before causes existed (`failed.v1`).

@@ -94,6 +94,29 @@ pub enum PublishError {
     Nats(#[from] context::PublishError),
 }
 
+/// Whether NATS refused a publish because the message is too large: the client's check against
+/// the server's `max_payload`, or JetStream's against the stream's maximum message size.
+pub fn is_too_large(error: &context::PublishError) -> bool {
+    if error.kind() == context::PublishErrorKind::MaxPayloadExceeded {
+        return true;
+    }
+    let stream_refused = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM);
+    // Older clients and servers say it only in words.
+    let text = error.to_string().to_lowercase();
+    stream_refused
+        || text.contains("maximum payload")
+        || text.contains("message size exceeds maximum allowed")
+}
+
+impl PublishError {
+    /// Whether the log refused the events as too large: a permanent condition, never an outage.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Self::Nats(error) if is_too_large(error))
+    }
+}
+
 /// A stored event and its stream sequence.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -406,7 +429,39 @@ pub async fn terminate(message: &jetstream::Message, reason: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::check_server_version;
+    use super::{check_server_version, is_too_large};
+    use async_nats::jetstream::{self, context::PublishError, context::PublishErrorKind};
+
+    fn stream_error(code: u64, description: &str) -> PublishError {
+        let error: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 400, "err_code": code, "description": description
+        }))
+        .unwrap();
+        PublishError::with_source(PublishErrorKind::Other, error)
+    }
+
+    #[test]
+    fn a_message_too_large_is_told_apart_from_an_outage() {
+        let refusals = [
+            PublishError::with_source(
+                PublishErrorKind::MaxPayloadExceeded,
+                "Payload size limit of 1048576 exceeded by message size of 1200000",
+            ),
+            stream_error(10054, "message size exceeds maximum allowed"),
+            PublishError::with_source(PublishErrorKind::Other, "nats: Maximum Payload Violation"),
+        ];
+        for error in &refusals {
+            assert!(is_too_large(error), "{error}");
+        }
+        let outages = [
+            PublishError::new(PublishErrorKind::TimedOut),
+            PublishError::new(PublishErrorKind::StreamNotFound),
+            stream_error(10008, "JetStream system temporarily unavailable"),
+        ];
+        for error in &outages {
+            assert!(!is_too_large(error), "{error}");
+        }
+    }
 
     #[test]
     fn refuses_servers_without_the_features_cadre_needs() {

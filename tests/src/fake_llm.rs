@@ -64,6 +64,8 @@ struct Script {
     latency: Duration,
     /// Requests whose client hung up before the answer.
     abandoned: usize,
+    /// Characters of filler added to every answer's output.
+    padding: usize,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -128,6 +130,11 @@ impl FakeLlm {
         lock(&self.script).latency = latency;
     }
 
+    /// Pads every answer's output with `chars` characters from now on (a very long answer).
+    pub fn set_output_padding(&self, chars: usize) {
+        lock(&self.script).padding = chars;
+    }
+
     /// How many requests were abandoned by their client (a stopped call) before the answer.
     pub fn abandoned(&self) -> usize {
         lock(&self.script).abandoned
@@ -179,14 +186,14 @@ async fn complete(
             .map(str::to_owned),
         status: StatusCode::OK.as_u16(),
     };
-    let (failure, latency) = {
+    let (failure, latency, padding) = {
         let mut script = lock(&script);
         let failure = script.failures.pop_front();
         if let Some(status) = failure {
             recorded.status = status.as_u16();
         }
         script.requests.push(recorded.clone());
-        (failure, script.latency)
+        (failure, script.latency, script.padding)
     };
     if !latency.is_zero() {
         // The server drops this handler when the client hangs up: the guard counts that.
@@ -202,7 +209,7 @@ async fn complete(
     }
 
     let step = recorded.step_name().unwrap_or("an unnamed step").to_owned();
-    let text = answer(&step, &recorded.model);
+    let text = answer(&step, &recorded.model, padding);
     let prompt_tokens = words(&recorded.system) + words(&recorded.user);
     let completion_tokens = words(&text);
     axum::Json(json!({
@@ -260,10 +267,11 @@ fn words(text: &str) -> usize {
     text.split_whitespace().count()
 }
 
-fn answer(step: &str, model: &str) -> String {
+fn answer(step: &str, model: &str, padding: usize) -> String {
+    let filler = "x".repeat(padding);
     format!(
         "## Summary\nFake LLM completed {step}.\n\n\
-         ## Output\nDeliverable of {step}, written by {model}.\n\n\
+         ## Output\nDeliverable of {step}, written by {model}.{filler}\n\n\
          ## Insights\n{}\n\n\
          ## Decisions\n{}\n\n\
          ## Questions/Concerns\n{}\n",

@@ -94,6 +94,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let starter = starter::Starter::open(bus.clone(), config.stream_replicas)
         .await
         .map_err(|e| anyhow::anyhow!("opening the idempotency store: {e}"))?;
+    let results = bus
+        .jetstream()
+        .create_object_store(cadre_proto::streams::results_object_store(
+            config.stream_replicas,
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the results store: {e}"))?;
     let services = processor::Services::open(bus.clone(), starter.clone(), config.stream_replicas)
         .await
         .map_err(|e| anyhow::anyhow!("opening the workflow links: {e}"))?;
@@ -116,6 +123,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             db,
             tenant: TenantId::default_tenant(),
             starter: starter.clone(),
+            results,
             read_models,
             read_your_writes: config.read_your_writes_timeout(),
         },

@@ -330,20 +330,37 @@ async fn on_event(
             return Processed::Retry(format!("performing an effect of event {sequence}: {error}"));
         }
     }
-    let outcome = aggregate
-        .execute(
-            bus,
-            &Command::Advance {
-                watermark: aggregate.version,
-            },
-        )
-        .await;
+    let advance = Command::Advance {
+        watermark: aggregate.version,
+    };
+    let outcome = decide_or_abandon(bus, aggregate, &advance).await;
     // A finished execution leaves memory once its end has come back from the log (its effects
     // are performed) and nothing more was decided.
     if aggregate.state.is_finished() && is_end(&envelope.event) {
         executions.remove(&execution_id);
     }
     decided(outcome, executions, execution_id)
+}
+
+/// Decides `command`; when the log refuses what it decided as too large, retrying would fail
+/// the same way forever, so the run fails with that reason instead.
+async fn decide_or_abandon(
+    bus: &EventBus,
+    aggregate: &mut Execution,
+    command: &Command,
+) -> Result<Vec<Envelope>, CommandError<TransitionRefused>> {
+    match aggregate.execute(bus, command).await {
+        Err(CommandError::Publish(error)) if error.is_too_large() => {
+            tracing::error!(%error, "a decision is too large to record; failing the execution");
+            let abandon = Command::Abandon {
+                error: format!(
+                    "the execution could not go on: what it decided next is larger than the event log accepts ({error})"
+                ),
+            };
+            aggregate.execute(bus, &abandon).await
+        }
+        outcome => outcome,
+    }
 }
 
 fn is_end(event: &Event) -> bool {
@@ -437,9 +454,8 @@ async fn on_timer(
         Ok(aggregate) => aggregate,
         Err(error) => return Processed::Retry(error.to_string()),
     };
-    let outcome = aggregate
-        .execute(&services.bus, &Command::TimerFired(fired.timer))
-        .await;
+    let outcome =
+        decide_or_abandon(&services.bus, aggregate, &Command::TimerFired(fired.timer)).await;
     decided(outcome, executions, execution_id)
 }
 

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use cadre_proto::events::Request;
 use cadre_proto::model::TriggerReason;
-use cadre_proto::{Event, ExecutionId, WorkflowId, subjects};
+use cadre_proto::{Event, ExecutionId, StepId, WorkflowId, subjects};
 
 use super::{
     ApiResult, AppState, Problem, command_failed, control_request, optional_body, page, parse_id,
@@ -295,4 +295,64 @@ pub(super) async fn resume(
     bytes: Bytes,
 ) -> ApiResult {
     control(app, raw, bytes, Command::Resume).await
+}
+
+/// The whole result of a completed step: what its `StepCompleted` carries, or, when that holds
+/// previews, the result it refers to in the results store.
+pub(super) async fn step_result(
+    State(app): State<AppState>,
+    Path((raw, step)): Path<(String, String)>,
+) -> ApiResult {
+    let id: ExecutionId = parse_id(&raw, "execution id")?;
+    let step_id = StepId::parse(step.as_str())
+        .map_err(|error| Problem::bad_request(format!("step id '{step}': {error}")))?;
+    let (_, started) = started(&app, id).await?;
+    let stored = app
+        .bus
+        .last_event(&subjects::step(
+            &app.tenant,
+            started.workflow_id,
+            id,
+            &step_id,
+            subjects::COMPLETED,
+        ))
+        .await
+        .map_err(unavailable_log)?;
+    let Some(Event::StepCompleted(done)) = stored.map(|s| s.envelope.event) else {
+        return Err(Problem::not_found(format!(
+            "step '{step_id}' of execution {id} has no result: it has not completed"
+        )));
+    };
+    let result = match &done.result.full {
+        None => done.result.clone(),
+        Some(full) => {
+            let mut object = app.results.get(&full.name).await.map_err(|error| {
+                tracing::error!(%error, name = full.name, "results store read failed");
+                Problem::unavailable(
+                    "the step's result could not be read from the results store; retry",
+                )
+            })?;
+            let mut bytes = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+                .await
+                .map_err(|error| {
+                    tracing::error!(%error, name = full.name, "results store read failed");
+                    Problem::unavailable(
+                        "the step's result could not be read from the results store; retry",
+                    )
+                })?;
+            serde_json::from_slice(&bytes).map_err(|error| {
+                tracing::error!(%error, name = full.name, "stored result unreadable");
+                Problem::unavailable("the step's stored result is unreadable")
+            })?
+        }
+    };
+    Ok(axum::Json(json!({
+        "executionId": id,
+        "stepId": step_id,
+        "attempt": done.attempt.number,
+        "agentId": done.attempt.agent_id,
+        "result": result,
+    }))
+    .into_response())
 }

@@ -41,6 +41,8 @@ pub struct AppState {
     /// Until authentication arrives, every request acts for this tenant.
     pub tenant: TenantId,
     pub starter: Starter,
+    /// Step results too large for an event.
+    pub results: async_nats::jetstream::object_store::ObjectStore,
     /// How far the read models have got, so a command can answer once they show its events.
     pub read_models: ProjectionWatermark,
     /// How long a command waits for that (zero: not at all).
@@ -70,6 +72,10 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
         .route(
             "/v1/executions/{id}/interactions",
             get(executions::interactions),
+        )
+        .route(
+            "/v1/executions/{id}/steps/{step}/result",
+            get(executions::step_result),
         )
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -101,7 +107,7 @@ fn publish_failed(error: PublishError) -> Problem {
             Problem::conflict("another request changed this resource at the same time; retry")
         }
         // The same request would be refused again: the client must change it, not retry.
-        PublishError::Nats(error) if problem::is_too_large(&error) => {
+        PublishError::Nats(error) if cadre_runtime::bus::is_too_large(&error) => {
             tracing::warn!(%error, "event refused as too large");
             Problem::too_large_to_record(&error)
         }

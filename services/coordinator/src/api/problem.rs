@@ -1,7 +1,6 @@
 //! RFC 9457 problem details: every error the API returns, with a message a person can act on.
 
-use async_nats::jetstream;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::PublishError;
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -163,25 +162,11 @@ impl From<PathRejection> for Problem {
     }
 }
 
-/// Whether NATS refused a publish because the message is too large: the client's check against
-/// the server's `max_payload`, or JetStream's against the stream's maximum message size.
-pub fn is_too_large(error: &PublishError) -> bool {
-    if error.kind() == PublishErrorKind::MaxPayloadExceeded {
-        return true;
-    }
-    let stream_refused = std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<jetstream::Error>())
-        .is_some_and(|e| e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM);
-    // Older clients and servers say it only in words.
-    let text = error.to_string().to_lowercase();
-    stream_refused
-        || text.contains("maximum payload")
-        || text.contains("message size exceeds maximum allowed")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_nats::jetstream;
+    use async_nats::jetstream::context::PublishErrorKind;
 
     fn stream_error(code: u64, description: &str) -> PublishError {
         let error: jetstream::Error = serde_json::from_value(serde_json::json!({
@@ -202,19 +187,9 @@ mod tests {
             PublishError::with_source(PublishErrorKind::Other, "nats: Maximum Payload Violation"),
         ];
         for error in &refusals {
-            assert!(is_too_large(error), "{error}");
             let problem = Problem::too_large_to_record(error);
             assert_eq!(problem.status, 422);
             assert!(problem.detail.contains("retrying will not help"));
-        }
-
-        let outages = [
-            PublishError::new(PublishErrorKind::TimedOut),
-            PublishError::new(PublishErrorKind::StreamNotFound),
-            stream_error(10008, "JetStream system temporarily unavailable"),
-        ];
-        for error in &outages {
-            assert!(!is_too_large(error), "{error}");
         }
     }
 }

@@ -58,6 +58,11 @@ pub enum Command {
     Cancel(Request),
     Pause(Request),
     Resume(Request),
+    /// What the state called for could not be recorded, for a reason retrying cannot change
+    /// (`error` says which): the run fails rather than wait forever.
+    Abandon {
+        error: String,
+    },
 }
 
 /// A person asked for a change the execution's status does not allow.
@@ -101,7 +106,9 @@ pub fn decide(
     let State::Started(execution) = state else {
         return match command {
             // Nothing to advance before the start; a timer cannot outlive its execution's log.
-            Command::Advance { .. } | Command::TimerFired(_) => Ok(vec![]),
+            Command::Advance { .. } | Command::TimerFired(_) | Command::Abandon { .. } => {
+                Ok(vec![])
+            }
             _ => Err(TransitionRefused::NotStarted),
         };
     };
@@ -114,6 +121,10 @@ pub fn decide(
     match command {
         Command::Advance { watermark } => Ok(advance(execution, *watermark, now)),
         Command::TimerFired(timer) => Ok(timer_fired(execution, timer)),
+        Command::Abandon { error } if !status.is_finished() => {
+            Ok(failed(execution, FailureCause::Unrecordable, error.clone()))
+        }
+        Command::Abandon { .. } => Ok(vec![]),
         Command::Cancel(request) if !status.is_finished() => {
             Ok(vec![Event::ExecutionCancelled(ExecutionCancelled {
                 execution_id,

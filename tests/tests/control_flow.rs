@@ -1,0 +1,264 @@
+//! Control flow end to end: fan-out and fan-in with steps running at the same time, phases,
+//! a condition that skips a branch, and answers too large for an event (claim checks).
+
+// Test code: a panic is the failure report, in helpers as in tests.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
+use cadre_tests::api::agent;
+use cadre_tests::stack::FAKE_PROVIDER;
+use cadre_tests::{Stack, StackOptions};
+use serde_json::{Value, json};
+
+const FINISH: Duration = Duration::from_secs(90);
+
+fn step(id: &str, depends_on: &[&str]) -> Value {
+    json!({
+        "id": id, "name": format!("Step {id}"), "description": "A part of the work.",
+        "type": "analysis", "requiredSkills": ["research"], "dependsOn": depends_on,
+        "instructions": format!("Do {id}."), "expectedOutput": "It, done."
+    })
+}
+
+/// Two agents on the fake LLM and a workflow with these steps and configuration extras.
+async fn workflow(stack: &Stack, steps: Vec<Value>, extra: Value) -> String {
+    let mut ids = Vec::new();
+    for name in ["Ada", "Bo"] {
+        let created = stack
+            .api
+            .register_agent(&agent(name, "analyst", &["research"], FAKE_PROVIDER))
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let mut configuration = json!({ "steps": steps });
+    for (key, value) in extra.as_object().unwrap() {
+        configuration[key] = value.clone();
+    }
+    let body = json!({
+        "name": "Flow", "description": "Control flow.", "workflowType": "conditional",
+        "participatingAgents": ids, "configuration": configuration
+    });
+    stack.api.create_workflow(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Runs the workflow once to its end; returns the execution view and its events.
+async fn run(
+    stack: &Stack,
+    workflow_id: &str,
+    input: Value,
+) -> (Value, Vec<(Event, chrono::DateTime<chrono::Utc>)>) {
+    let reply = stack
+        .api
+        .post(
+            &format!("/v1/workflows/{workflow_id}/executions"),
+            &json!({ "input": input }),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let id = reply.body["executionId"].as_str().unwrap().to_owned();
+    let view = stack.api.wait_until_finished(&id, FINISH).await;
+    let events = stack
+        .bus
+        .read_all(&subjects::execution_state(
+            &TenantId::default_tenant(),
+            WorkflowId(workflow_id.parse().unwrap()),
+            ExecutionId(id.parse().unwrap()),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.envelope.event, s.envelope.meta.time))
+        .collect();
+    (view, events)
+}
+
+/// The most steps that were running at once, from their start and end events.
+fn max_overlap(events: &[(Event, chrono::DateTime<chrono::Utc>)]) -> usize {
+    let (mut running, mut most) = (0usize, 0usize);
+    for (event, _) in events {
+        match event {
+            Event::StepStarted(_) => {
+                running += 1;
+                most = most.max(running);
+            }
+            Event::StepCompleted(_) | Event::StepFailed(_) => running = running.saturating_sub(1),
+            _ => {}
+        }
+    }
+    most
+}
+
+fn order_of(events: &[(Event, chrono::DateTime<chrono::Utc>)], kind: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|(event, _)| match (kind, event) {
+            ("started", Event::StepStarted(s)) => Some(s.attempt.step_id.to_string()),
+            ("completed", Event::StepCompleted(c)) => Some(c.attempt.step_id.to_string()),
+            ("skipped", Event::StepSkipped(s)) => Some(s.step_id.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fan_out_runs_steps_at_the_same_time_and_fan_in_waits_for_all() {
+    let stack = Stack::start().await;
+    // Each answer takes a while, so steps that may overlap do.
+    stack.llm.set_latency(Duration::from_millis(400));
+    let steps = vec![
+        step("plan", &[]),
+        step("a", &["plan"]),
+        step("b", &["plan"]),
+        step("c", &["plan"]),
+        step("merge", &["a", "b", "c"]),
+    ];
+    let workflow_id = workflow(&stack, steps, json!({})).await;
+    let (view, events) = run(&stack, &workflow_id, json!({})).await;
+    assert_eq!(view["status"], "completed", "{view:#}");
+    let overlap = max_overlap(&events);
+    println!("fan-out: at most {overlap} steps ran at once");
+    assert_eq!(overlap, 3, "the three branches ran at the same time");
+    let started = order_of(&events, "started");
+    let completed = order_of(&events, "completed");
+    assert_eq!(started.first().unwrap(), "plan");
+    assert_eq!(started.last().unwrap(), "merge");
+    let merge_started = events
+        .iter()
+        .position(
+            |(e, _)| matches!(e, Event::StepStarted(s) if s.attempt.step_id.as_str() == "merge"),
+        )
+        .unwrap();
+    for branch in ["a", "b", "c"] {
+        let done = events
+            .iter()
+            .position(|(e, _)| matches!(e, Event::StepCompleted(c) if c.attempt.step_id.as_str() == branch))
+            .unwrap();
+        assert!(
+            done < merge_started,
+            "merge started before {branch} completed"
+        );
+    }
+    assert_eq!(completed.len(), 5);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn phases_run_in_order_each_in_its_mode() {
+    let stack = Stack::start().await;
+    stack.llm.set_latency(Duration::from_millis(200));
+    let steps = vec![
+        step("design", &[]),
+        step("threats", &[]),
+        step("build", &[]),
+        step("test", &[]),
+    ];
+    let phases = json!({"phases": [
+        {"name": "Phase 1: Analysis & Design", "mode": "parallel", "steps": ["design", "threats"]},
+        {"name": "Phase 2: Core Implementation", "mode": "sequential", "steps": ["build", "test"]}
+    ]});
+    let workflow_id = workflow(&stack, steps, phases).await;
+    let (view, events) = run(&stack, &workflow_id, json!({})).await;
+    assert_eq!(view["status"], "completed", "{view:#}");
+    let started = order_of(&events, "started");
+    assert_eq!(&started[2..], ["build", "test"], "{started:?}");
+    let position = |kind: &str, id: &str| {
+        events
+            .iter()
+            .position(|(e, _)| match (kind, e) {
+                ("started", Event::StepStarted(s)) => s.attempt.step_id.as_str() == id,
+                ("completed", Event::StepCompleted(c)) => c.attempt.step_id.as_str() == id,
+                _ => false,
+            })
+            .unwrap()
+    };
+    assert!(position("completed", "design") < position("started", "build"));
+    assert!(position("completed", "threats") < position("started", "build"));
+    assert!(position("completed", "build") < position("started", "test"));
+    assert!(
+        position("started", "threats") < position("completed", "design"),
+        "phase 1 runs in parallel"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_false_condition_skips_its_branch_and_the_run_completes() {
+    let stack = Stack::start().await;
+    let mut hotfix = step("hotfix", &["triage"]);
+    hotfix["condition"] = json!("input.severity == 'critical'");
+    let mut polish = step("polish", &["triage"]);
+    polish["condition"] = json!("input.severity != 'critical'");
+    let steps = vec![
+        step("triage", &[]),
+        hotfix,
+        polish,
+        step("report", &["hotfix", "polish"]),
+    ];
+    let workflow_id = workflow(&stack, steps, json!({})).await;
+    let (view, events) = run(&stack, &workflow_id, json!({"severity": "critical"})).await;
+    assert_eq!(view["status"], "completed", "{view:#}");
+    assert_eq!(order_of(&events, "skipped"), vec!["polish"]);
+    assert_eq!(
+        order_of(&events, "completed"),
+        vec!["triage", "hotfix", "report"]
+    );
+    assert_eq!(view["stepResults"]["polish"]["status"], "skipped");
+    assert_eq!(view["executionContext"]["severity"], "critical");
+    // The agent saw the input as quoted data.
+    assert!(stack.llm.requests().iter().all(
+        |r| r.user.contains("Execution Input") && r.user.contains("\"severity\": \"critical\"")
+    ));
+    let bad = stack
+        .api
+        .post(
+            "/v1/workflows",
+            &json!({"name": "Bad", "description": "", "participatingAgents": [view["id"]],
+                    "configuration": {"steps": [{"id": "x", "name": "X", "description": "", "type": "analysis",
+                    "instructions": "i", "expectedOutput": "o", "condition": "input.severity =="}]}}),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert_eq!(
+        bad.body["errors"][0]["pointer"],
+        "/configuration/steps/0/condition"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn answers_too_large_for_an_event_go_by_reference_and_the_run_completes() {
+    let stack = Stack::start_with(StackOptions::default()).await;
+    // Three parallel sinks of ~380 KB each: together far over the log's 1 MiB per event.
+    stack.llm.set_output_padding(380 * 1024);
+    let steps = vec![step("a", &[]), step("b", &[]), step("c", &[])];
+    let workflow_id = workflow(&stack, steps, json!({})).await;
+    let (view, _) = run(&stack, &workflow_id, json!({})).await;
+    assert_eq!(view["status"], "completed", "{view:#}");
+    let entry = &view["stepResults"]["a"];
+    assert!(
+        entry["output"]
+            .as_str()
+            .unwrap()
+            .contains("[preview: 2000 of"),
+        "{entry:#}"
+    );
+    assert_eq!(entry["fullResult"]["bucket"], "CADRE_RESULTS");
+    assert!(view["finalOutput"]["b"]["fullResult"].is_object());
+    let whole = stack
+        .api
+        .get(&format!(
+            "/v1/executions/{}/steps/a/result",
+            view["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let output = whole.body["result"]["output"].as_str().unwrap();
+    assert!(output.len() > 380 * 1024, "{}", output.len());
+    assert!(output.starts_with("Deliverable of Step a"));
+    stack.stop().await;
+}
