@@ -224,6 +224,7 @@ mod tests {
                     review_required: false,
                     reviewer_role: None,
                     condition: Some("input.ticket > 1".into()),
+                    child_workflow_id: None,
                 }],
                 phases: vec![WorkflowPhase {
                     name: "Analysis".into(),
@@ -300,6 +301,11 @@ mod tests {
                 workflow: workflow(),
                 agents: vec![agent()],
                 input: Some(serde_json::json!({"ticket": 42})),
+                parent: Some(ParentStep {
+                    attempt: attempt(),
+                    depth: 1,
+                }),
+                started_at: Some(Utc::now()),
                 deadline: Some(Utc::now()),
             })),
             Event::StepScheduled(Box::new(scheduled)),

@@ -39,9 +39,25 @@ pub struct ExecutionStarted {
     /// What the run was started with (the seed's `executionContext`); steps see it as data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
+    /// The step of another execution this run is a child of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentStep>,
+    /// When the run started (absent in events recorded before it was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
     /// When the run must have ended (`constraints.maxExecutionTime` after its start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<DateTime<Utc>>,
+}
+
+/// The attempt of a step that runs a child execution, and how deep the child is (1 for a
+/// child of a top-level run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentStep {
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
+    pub depth: u32,
 }
 
 /// Why the coordinator chose an agent for a step.

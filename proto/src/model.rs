@@ -88,6 +88,10 @@ pub struct WorkflowStep {
     /// are done. `false` skips the step; its dependants treat it as done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
+    /// Run this workflow as a child execution instead of asking an agent: the step completes
+    /// with the child's final output, or fails with its error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_workflow_id: Option<WorkflowId>,
 }
 
 fn yes() -> bool {

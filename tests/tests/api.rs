@@ -850,7 +850,7 @@ async fn fields_that_do_nothing_yet_are_refused_and_say_so() {
     let valid = one_agent_and_a_pipeline(&stack).await;
     let before = written(&stack, 1).await;
 
-    let cases: [(&str, Value, &str); 5] = [
+    let cases: [(&str, Value, &str); 4] = [
         (
             "/configuration/steps/0/reviewRequired",
             json!(true),
@@ -860,11 +860,6 @@ async fn fields_that_do_nothing_yet_are_refused_and_say_so() {
             "/configuration/steps/1/reviewerRole",
             json!("reviewer"),
             "reviewerRole is not supported yet: ",
-        ),
-        (
-            "/workflowType",
-            json!("recursive"),
-            "workflowType 'recursive' is not supported yet: ",
         ),
         (
             "/configuration/coordination/decisionMaking",

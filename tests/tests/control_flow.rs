@@ -262,3 +262,68 @@ async fn answers_too_large_for_an_event_go_by_reference_and_the_run_completes() 
     assert!(output.starts_with("Deliverable of Step a"));
     stack.stop().await;
 }
+
+/// A one-step workflow whose step runs `child` as a child execution (or asks an agent).
+async fn nesting(stack: &Stack, agent_id: &str, name: &str, child: Option<&str>) -> String {
+    let mut only = step("only", &[]);
+    if let Some(child) = child {
+        only["childWorkflowId"] = json!(child);
+    }
+    let body = json!({
+        "name": name, "description": "Nested.", "workflowType": "recursive",
+        "participatingAgents": [agent_id], "configuration": {"steps": [only]}
+    });
+    stack.api.create_workflow(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_step_runs_another_workflow_as_a_child_and_nesting_is_bounded() {
+    let stack = Stack::start().await;
+    let ada = stack
+        .api
+        .register_agent(&agent("Ada", "analyst", &["research"], FAKE_PROVIDER))
+        .await;
+    let ada = ada["id"].as_str().unwrap();
+    let leaf = nesting(&stack, ada, "Leaf", None).await;
+    let parent = nesting(&stack, ada, "Parent", Some(&leaf)).await;
+    let (view, _) = run(&stack, &parent, json!({"ticket": 7})).await;
+    assert_eq!(view["status"], "completed", "{view:#}");
+    let entry = &view["stepResults"]["only"];
+    assert_eq!(entry["provider"], "cadre");
+    assert!(
+        entry["output"]
+            .as_str()
+            .unwrap()
+            .contains("Fake LLM completed Step only"),
+        "the child's final output is the step's output: {entry:#}"
+    );
+    let children = stack
+        .api
+        .get(&format!("/v1/workflows/{leaf}/executions"))
+        .await
+        .body;
+    let child = &children.as_array().unwrap()[0];
+    assert_eq!(child["status"], "completed");
+    assert_eq!(child["triggerReason"], "dependency");
+    assert_eq!(
+        child["executionContext"]["ticket"], 7,
+        "the child gets the parent's input"
+    );
+
+    // Seven levels where five are allowed: the sixth child is refused and the failure rises.
+    let mut chain = leaf.clone();
+    for level in 0..6 {
+        chain = nesting(&stack, ada, &format!("Level {level}"), Some(&chain)).await;
+    }
+    let (view, _) = run(&stack, &chain, json!({})).await;
+    assert_eq!(view["status"], "failed", "{view:#}");
+    let error = view["errorMessage"].as_str().unwrap();
+    assert!(
+        error.contains("levels deep is over the limit of 5"),
+        "{error}"
+    );
+    stack.stop().await;
+}

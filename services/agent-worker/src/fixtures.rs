@@ -34,5 +34,6 @@ pub(crate) fn step() -> WorkflowStep {
         review_required: false,
         reviewer_role: None,
         condition: None,
+        child_workflow_id: None,
     }
 }

@@ -43,6 +43,8 @@ pub struct Config {
     /// lane waits for its appends, so lanes, not CPU, bound throughput when there are too few.
     pub shards: usize,
     pub db_max_connections: u32,
+    /// How deep child runs (steps with `childWorkflowId`) may nest.
+    pub max_child_depth: u32,
     /// How long a command waits for the read models to reach the events it appended before it
     /// answers, so that the client's next query sees them; 0 answers at once. Either way the
     /// response says whether they had (`Cadre-Read-Models`).
@@ -64,6 +66,7 @@ impl Default for Config {
             stream_replicas: 1,
             shards: 128,
             db_max_connections: 16,
+            max_child_depth: 5,
             read_your_writes_timeout_ms: 5000,
         }
     }
@@ -91,9 +94,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let bus = EventBus::open(async_nats::jetstream::new(client), config.stream_replicas)
         .await
         .map_err(|e| anyhow::anyhow!("opening the event stream: {e}"))?;
-    let starter = starter::Starter::open(bus.clone(), config.stream_replicas)
-        .await
-        .map_err(|e| anyhow::anyhow!("opening the idempotency store: {e}"))?;
+    let starter =
+        starter::Starter::open(bus.clone(), config.stream_replicas, config.max_child_depth)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the idempotency store: {e}"))?;
     let results = bus
         .jetstream()
         .create_object_store(cadre_proto::streams::results_object_store(

@@ -29,17 +29,19 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use cadre_proto::control::{StopCalls, stop_calls_subject};
+use cadre_proto::events::{ParentStep, StepCompleted, StepFailed};
+use cadre_proto::model::StepResult;
 use cadre_proto::streams::{self, ACTIVE_GROUP, PINNED_PULL_EXPIRY};
 use cadre_proto::timers::TimerMessage;
 use cadre_proto::{Envelope, Event, ExecutionId, TenantId, WorkflowId, subjects};
-use cadre_runtime::bus::{self, EventBus, NatsError};
+use cadre_runtime::bus::{self, Append, EventBus, NatsError};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::telemetry;
 
 use crate::command::{Aggregate, CommandError, History};
-use crate::domain::Effect;
 use crate::domain::execution::{Command, ExecutionDecider, TransitionRefused, effects};
 use crate::domain::workflow::{self, Workflow};
+use crate::domain::{ChildOutcome, Effect};
 use crate::starter::Starter;
 use crate::triggers;
 
@@ -325,7 +327,7 @@ async fn on_event(
         Err(error) => return Processed::Retry(error.to_string()),
     };
     aggregate.fold(sequence, &envelope.event);
-    for effect in effects(&aggregate.state, &envelope.event) {
+    for effect in effects(&aggregate.state, &envelope.event, envelope.meta.time) {
         if let Err(error) = perform(services, &envelope, effect).await {
             return Processed::Retry(format!("performing an effect of event {sequence}: {error}"));
         }
@@ -499,6 +501,63 @@ async fn perform(services: &Services, stored: &Envelope, effect: Effect) -> Resu
             upstream,
             execution_id,
         } => triggers::start_dependants(services, tenant, upstream, execution_id).await?,
+        Effect::StartChild {
+            workflow_id,
+            parent,
+            input,
+        } => {
+            if let Some(refused) =
+                triggers::start_child(&services.starter, tenant, workflow_id, &parent, input)
+                    .await?
+            {
+                // The child can never start: the parent's step fails with the reason.
+                report_to_parent(bus, stored, parent, ChildOutcome::Failed { error: refused })
+                    .await?;
+            }
+        }
+        Effect::ReportToParent { parent, outcome } => {
+            report_to_parent(bus, stored, parent, outcome).await?;
+        }
     }
+    Ok(())
+}
+
+/// Records a child run's end as its parent step's completion or failure. The event's id
+/// derives from the stored event that caused it, so reporting twice stores it once.
+async fn report_to_parent(
+    bus: &EventBus,
+    cause: &Envelope,
+    parent: ParentStep,
+    outcome: ChildOutcome,
+) -> Result<(), NatsError> {
+    let event = match outcome {
+        ChildOutcome::Completed {
+            summary,
+            final_output,
+            duration_ms,
+        } => Event::StepCompleted(Box::new(StepCompleted {
+            attempt: parent.attempt,
+            result: StepResult {
+                summary,
+                output: serde_json::to_string_pretty(&final_output)?,
+                ..StepResult::default()
+            },
+            provider: "cadre".to_owned(),
+            model: "child-execution".to_owned(),
+            duration_ms: duration_ms.unwrap_or_default(),
+        })),
+        ChildOutcome::Failed { error } => Event::StepFailed(StepFailed {
+            attempt: parent.attempt,
+            error,
+        }),
+    };
+    let envelope = Envelope::with_id(
+        cause.meta.id.child("parent-report"),
+        crate::SOURCE,
+        cause.meta.tenant.clone(),
+        cause.meta.time,
+        event,
+    );
+    bus.publish(&envelope, Append::Any).await?;
     Ok(())
 }

@@ -26,6 +26,7 @@ use crate::command::{Aggregate, CommandError, History};
 use crate::domain::execution::Start;
 use crate::domain::starts::{StartExecution, Starts, WorkflowPaused};
 use crate::domain::workflow::Workflow;
+use cadre_proto::events::ParentStep;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct StartOrder {
     pub idempotency_key: Option<String>,
     /// A trigger rather than a person: the workflow must have asked for it (see `permitted`).
     pub triggered: bool,
+    /// The step this run is a child of.
+    pub parent: Option<ParentStep>,
 }
 
 /// A started execution (or, for a repeated idempotency key, the one started before).
@@ -60,6 +63,8 @@ pub enum StartError {
     NoAgent(AgentId),
     #[error("{0}")]
     NotTriggerable(String),
+    #[error("a child run {depth} levels deep is over the limit of {limit}")]
+    TooDeep { depth: u32, limit: u32 },
     #[error(transparent)]
     Refused(CommandError<WorkflowPaused>),
     #[error(
@@ -85,12 +90,14 @@ type StartLock = Arc<Mutex<Option<WorkflowStarts>>>;
 pub struct Starter {
     bus: EventBus,
     keys: kv::Store,
+    /// How deep child runs may nest.
+    max_depth: u32,
     locks: Arc<std::sync::Mutex<HashMap<WorkflowId, StartLock>>>,
 }
 
 impl Starter {
     /// Opens (or creates) the idempotency bucket.
-    pub async fn open(bus: EventBus, replicas: usize) -> Result<Self, NatsError> {
+    pub async fn open(bus: EventBus, replicas: usize, max_depth: u32) -> Result<Self, NatsError> {
         let keys = bus
             .jetstream()
             .create_or_update_key_value(streams::idempotency_bucket(replicas))
@@ -98,6 +105,7 @@ impl Starter {
         Ok(Self {
             bus,
             keys,
+            max_depth,
             locks: Arc::default(),
         })
     }
@@ -118,6 +126,14 @@ impl Starter {
     }
 
     pub async fn start(&self, tenant: &TenantId, order: StartOrder) -> Result<Started, StartError> {
+        if let Some(parent) = &order.parent
+            && parent.depth > self.max_depth
+        {
+            return Err(StartError::TooDeep {
+                depth: parent.depth,
+                limit: self.max_depth,
+            });
+        }
         let execution_id = ExecutionId::new();
         let claim = match &order.idempotency_key {
             Some(key) => {
@@ -220,6 +236,7 @@ impl Starter {
                 workflow: starts.workflow.clone(),
                 agents: starts.agents.clone(),
                 input: order.input.clone(),
+                parent: order.parent.clone(),
             },
             workflow_paused,
         };

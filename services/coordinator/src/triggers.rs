@@ -7,6 +7,7 @@ use async_nats::jetstream;
 use cloudevents::AttributesReader;
 use serde_json::json;
 
+use cadre_proto::events::ParentStep;
 use cadre_proto::model::TriggerReason;
 use cadre_proto::{ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_runtime::bus::{self, NatsError};
@@ -20,9 +21,10 @@ use crate::starter::{StartError, StartOrder, Starter};
 /// (`Ok` with the reason).
 fn classify(error: StartError) -> Result<String, String> {
     match error {
-        StartError::NoWorkflow(_) | StartError::NoAgent(_) | StartError::NotTriggerable(_) => {
-            Ok(error.to_string())
-        }
+        StartError::NoWorkflow(_)
+        | StartError::NoAgent(_)
+        | StartError::NotTriggerable(_)
+        | StartError::TooDeep { .. } => Ok(error.to_string()),
         StartError::Refused(CommandError::Rejected(paused)) => Ok(paused.to_string()),
         other => Err(other.to_string()),
     }
@@ -42,6 +44,7 @@ pub async fn start_scheduled(
         input: None,
         idempotency_key: Some(format!("schedule:{sequence}")),
         triggered: true,
+        parent: None,
     };
     match starter.start(tenant, order).await.map_err(classify) {
         Ok(started) => {
@@ -99,6 +102,7 @@ pub async fn on_trigger(starter: &Starter, message: &jetstream::Message) -> Proc
             cloud_event.id()
         )),
         triggered: true,
+        parent: None,
     };
     match starter.start(&tenant, order).await.map_err(classify) {
         Ok(started) => {
@@ -136,6 +140,7 @@ pub async fn start_dependants(
             ),
             idempotency_key: Some(format!("after:{execution}")),
             triggered: true,
+            parent: None,
         };
         match services
             .starter
@@ -151,4 +156,43 @@ pub async fn start_dependants(
         }
     }
     Ok(())
+}
+
+/// Starts `workflow_id` as the child of `parent`; `Ok(Some(reason))` when it never can.
+pub async fn start_child(
+    starter: &Starter,
+    tenant: &TenantId,
+    workflow_id: WorkflowId,
+    parent: &ParentStep,
+    input: Option<serde_json::Value>,
+) -> Result<Option<String>, NatsError> {
+    let a = &parent.attempt;
+    let order = StartOrder {
+        workflow_id,
+        trigger_reason: TriggerReason::Dependency,
+        triggered_by: Some(format!(
+            "step {} of execution {}",
+            a.step_id, a.execution_id
+        )),
+        input,
+        // One child per attempt of the parent step, however often this is performed.
+        idempotency_key: Some(format!(
+            "child:{}:{}:{}",
+            a.execution_id, a.step_id, a.number
+        )),
+        triggered: true,
+        parent: Some(parent.clone()),
+    };
+    match starter.start(tenant, order).await {
+        Ok(started) => {
+            tracing::info!(%workflow_id, execution = %started.execution_id, "child run started");
+            Ok(None)
+        }
+        Err(error) => match classify(error) {
+            Ok(why) => Ok(Some(format!(
+                "the child run of workflow {workflow_id} cannot start: {why}"
+            ))),
+            Err(error) => Err(error.into()),
+        },
+    }
 }

@@ -63,6 +63,7 @@ fn workflow_step(id: &str) -> WorkflowStep {
         review_required: false,
         reviewer_role: None,
         condition: None,
+        child_workflow_id: None,
     }
 }
 
@@ -204,6 +205,8 @@ impl Fixture {
             workflow: self.definition(),
             agents: vec![self.agent.clone()],
             input: None,
+            parent: None,
+            started_at: None,
             deadline: None,
         }))
     }

@@ -73,6 +73,7 @@ pub(super) async fn start(
         input: request.input.map(serde_json::Value::Object),
         idempotency_key,
         triggered: false,
+        parent: None,
     };
     let started = app
         .starter
@@ -125,7 +126,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 fn start_failed(error: StartError) -> Problem {
     match error {
         StartError::NoWorkflow(id) => Problem::not_found(format!("no workflow has the id {id}")),
-        StartError::NoAgent(_) | StartError::NotTriggerable(_) => {
+        StartError::NoAgent(_) | StartError::NotTriggerable(_) | StartError::TooDeep { .. } => {
             Problem::conflict(error.to_string())
         }
         StartError::Refused(error) => command_failed(error, |paused| {

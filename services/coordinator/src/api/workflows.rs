@@ -75,27 +75,45 @@ pub(super) async fn create(
             unknown,
         ));
     }
-    let upstream = &definition.configuration.triggers.after_workflows;
-    let upstream_created = try_join_all(upstream.iter().map(|id| {
+    // Workflows it names: those it starts after, and those its steps run as children.
+    let named: Vec<(String, WorkflowId)> = definition
+        .configuration
+        .triggers
+        .after_workflows
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (format!("/configuration/triggers/afterWorkflows/{i}"), *id))
+        .chain(
+            definition
+                .configuration
+                .steps
+                .iter()
+                .enumerate()
+                .filter_map(|(i, step)| {
+                    step.child_workflow_id
+                        .map(|id| (format!("/configuration/steps/{i}/childWorkflowId"), id))
+                }),
+        )
+        .collect();
+    let stored = try_join_all(named.iter().map(|(_, id)| {
         let subject = subjects::workflow(&app.tenant, *id, subjects::CREATED);
         let bus = &app.bus;
         async move { bus.last_event(&subject).await }
     }))
     .await
     .map_err(unavailable_log)?;
-    let unknown: Vec<FieldError> = upstream
-        .iter()
-        .zip(&upstream_created)
-        .enumerate()
-        .filter(|(_, (_, stored))| stored.is_none())
-        .map(|(i, (id, _))| FieldError {
-            pointer: format!("/configuration/triggers/afterWorkflows/{i}"),
+    let unknown: Vec<FieldError> = named
+        .into_iter()
+        .zip(&stored)
+        .filter(|(_, stored)| stored.is_none())
+        .map(|((pointer, id), _)| FieldError {
+            pointer,
             message: format!("no workflow has the id {id}"),
         })
         .collect();
     if !unknown.is_empty() {
         return Err(Problem::invalid(
-            "the workflow starts after workflows that do not exist",
+            "the workflow names workflows that do not exist",
             unknown,
         ));
     }

@@ -117,6 +117,7 @@ mod tests {
             review_required: false,
             reviewer_role: None,
             condition: None,
+            child_workflow_id: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod starts;
 pub mod validation;
 pub mod workflow;
 
+use cadre_proto::events::ParentStep;
 use cadre_proto::timers::{Timer, When};
 use cadre_proto::{Event, ExecutionId, StepId, WorkflowId};
 use chrono::{DateTime, Utc};
@@ -43,6 +44,31 @@ pub enum Effect {
     StartDependants {
         upstream: WorkflowId,
         execution_id: ExecutionId,
+    },
+    /// Start a run of `workflow_id` as the child of `parent`, with the parent's input.
+    StartChild {
+        workflow_id: WorkflowId,
+        parent: ParentStep,
+        input: Option<serde_json::Value>,
+    },
+    /// Tell the parent step how its child run ended (a `StepCompleted` or `StepFailed` of it).
+    ReportToParent {
+        parent: ParentStep,
+        outcome: ChildOutcome,
+    },
+}
+
+/// How a child run ended, as its parent step records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChildOutcome {
+    Completed {
+        summary: String,
+        final_output: serde_json::Value,
+        /// How long the child ran, in milliseconds, when its start time is known.
+        duration_ms: Option<u64>,
+    },
+    Failed {
+        error: String,
     },
 }
 

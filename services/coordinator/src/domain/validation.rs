@@ -6,9 +6,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use cadre_proto::events::{Event, ExecutionStarted};
-use cadre_proto::model::{
-    AgentProfile, DecisionMaking, TriggerReason, WorkflowDefinition, WorkflowType,
-};
+use cadre_proto::model::{AgentProfile, DecisionMaking, TriggerReason, WorkflowDefinition};
 use cadre_proto::streams::MAX_EVENT_BYTES;
 use cadre_proto::{AgentId, Envelope, ExecutionId, StepId, TenantId};
 use serde::Serialize;
@@ -180,13 +178,13 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
         &workflow.description,
         limits::DESCRIPTION,
     );
-    if workflow.workflow_type == WorkflowType::Recursive {
-        errors.push(unsupported(
-            "/workflowType",
-            "workflowType 'recursive'",
-            "no step runs another workflow as a child execution",
-            "remove it, or use 'pipeline', 'parallel' or 'conditional'",
-        ));
+    for (i, step) in workflow.configuration.steps.iter().enumerate() {
+        if step.child_workflow_id == Some(workflow.id) {
+            errors.push(error(
+                format!("/configuration/steps/{i}/childWorkflowId"),
+                "a workflow cannot run itself as a child",
+            ));
+        }
     }
 
     let agents = &workflow.participating_agents;
@@ -577,6 +575,8 @@ pub fn start_size_error(
         workflow: workflow.clone(),
         agents: agents.to_vec(),
         input: None,
+        parent: None,
+        started_at: Some(DateTime::<Utc>::default()),
         deadline: None,
     }));
     let envelope = Envelope::new(
@@ -713,6 +713,7 @@ mod tests {
     use cadre_proto::WorkflowId;
     use cadre_proto::model::{
         Constraints, Coordination, ModelParameters, StepType, WorkflowConfiguration, WorkflowStep,
+        WorkflowType,
     };
 
     fn agent(name: &str) -> AgentProfile {
@@ -746,6 +747,7 @@ mod tests {
             review_required: false,
             reviewer_role: None,
             condition: None,
+            child_workflow_id: None,
         }
     }
 
@@ -1011,7 +1013,6 @@ mod tests {
     fn fields_that_do_nothing_yet_are_refused_and_say_so() {
         let team = [agent("Ada")];
         let mut wf = workflow(&team);
-        wf.workflow_type = WorkflowType::Recursive;
         wf.configuration.coordination.decision_making = DecisionMaking::Majority;
         wf.configuration.steps[0].review_required = true;
         wf.configuration.steps[1].reviewer_role = Some("reviewer".into());
@@ -1019,35 +1020,28 @@ mod tests {
         assert_eq!(
             pointers(&errors),
             vec![
-                "/workflowType",
                 "/configuration/coordination/decisionMaking",
                 "/configuration/steps/0/reviewRequired",
                 "/configuration/steps/1/reviewerRole",
             ]
         );
+        assert!(errors[0].message.contains("decisionMaking 'majority'"));
         assert!(
-            errors[0]
-                .message
-                .starts_with("workflowType 'recursive' is not supported yet: ")
-        );
-        assert!(errors[1].message.contains("decisionMaking 'majority'"));
-        assert!(
-            errors[2]
+            errors[1]
                 .message
                 .starts_with("reviewRequired is not supported yet: ")
         );
-        assert!(errors[2].message.contains("; remove it"));
+        assert!(errors[1].message.contains("; remove it"));
         assert!(
-            errors[3]
+            errors[2]
                 .message
                 .starts_with("reviewerRole is not supported yet")
         );
-        wf.workflow_type = WorkflowType::Recursive;
-        assert!(validate_workflow(&wf)[0].message.contains("'recursive'"));
 
-        // Being made real elsewhere: accepted.
+        // Real now: accepted.
         let mut wf = workflow(&team);
-        wf.workflow_type = WorkflowType::Parallel;
+        wf.workflow_type = WorkflowType::Recursive;
+        wf.configuration.steps[1].child_workflow_id = Some(WorkflowId::new());
         wf.configuration.steps[0].timeout_minutes = Some(5.0);
         wf.configuration.steps[0].can_run_in_parallel = false;
         wf.configuration.constraints.max_execution_time = Some(30);
@@ -1103,6 +1097,8 @@ mod tests {
                 workflow: workflow(&team),
                 agents: team,
                 input: None,
+                parent: None,
+                started_at: Some(Utc::now()),
                 deadline: Some(Utc::now()),
             })),
         );

@@ -2,7 +2,8 @@
 
 use cadre_proto::events::{
     ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused, ExecutionResumed,
-    ExecutionStarted, FailureCause, Request, StepAttempt, StepScheduled, StepSkipped, StepTimedOut,
+    ExecutionStarted, FailureCause, ParentStep, Request, StepAttempt, StepScheduled, StepSkipped,
+    StepTimedOut,
 };
 use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition, WorkflowStep};
 use cadre_proto::timers::Timer;
@@ -24,6 +25,8 @@ pub struct Start {
     pub workflow: WorkflowDefinition,
     pub agents: Vec<AgentProfile>,
     pub input: Option<serde_json::Value>,
+    /// The step this run is a child of, if any.
+    pub parent: Option<ParentStep>,
 }
 
 /// The first event of an execution: the run numbered `number` of its workflow, started `now`.
@@ -37,6 +40,8 @@ pub fn started(start: &Start, number: u32, now: DateTime<Utc>) -> ExecutionStart
         workflow: start.workflow.clone(),
         agents: start.agents.clone(),
         input: start.input.clone(),
+        parent: start.parent.clone(),
+        started_at: Some(now),
         deadline: start
             .workflow
             .configuration

@@ -6,16 +6,17 @@
 //! (dispatch deduplicates by event id, a timer armed twice is one schedule, cancelling twice is
 //! a no-op, a stop of a call that ended does nothing), so performing one again is harmless.
 
-use cadre_proto::events::StepAttempt;
+use cadre_proto::events::{ParentStep, StepAttempt};
 use cadre_proto::timers::{Timer, When};
 use cadre_proto::{Event, StepId};
+use chrono::{DateTime, Utc};
 
 use super::{Execution, State};
-use crate::domain::Effect;
+use crate::domain::{ChildOutcome, Effect};
 
-/// The effects `event`, just stored, calls for, given the execution's state after folding it
-/// (or later: the state may already hold events stored after this one).
-pub fn effects(state: &State, event: &Event) -> Vec<Effect> {
+/// The effects `event`, stored at `stored_at`, calls for, given the execution's state after
+/// folding it (or later: the state may already hold events stored after this one).
+pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Effect> {
     let State::Started(execution) = state else {
         return vec![];
     };
@@ -28,7 +29,18 @@ pub fn effects(state: &State, event: &Event) -> Vec<Effect> {
             _ => vec![],
         },
         Event::StepScheduled(e) => {
-            let mut effects = vec![Effect::Dispatch];
+            let mut effects = vec![match e.step.child_workflow_id {
+                // A child run takes the step instead of an agent.
+                Some(workflow_id) => Effect::StartChild {
+                    workflow_id,
+                    parent: ParentStep {
+                        attempt: StepAttempt::of(e),
+                        depth: execution.parent.as_ref().map_or(0, |p| p.depth) + 1,
+                    },
+                    input: execution.input.clone(),
+                },
+                None => Effect::Dispatch,
+            }];
             if let Some(at) = e.timeout_at
                 && execution
                     .steps
@@ -52,17 +64,64 @@ pub fn effects(state: &State, event: &Event) -> Vec<Effect> {
             });
             effects
         }
-        Event::ExecutionCompleted(_) => {
+        Event::ExecutionCompleted(e) => {
+            let duration_ms = execution.started_at.map(|started| {
+                u64::try_from((stored_at - started).num_milliseconds()).unwrap_or(0)
+            });
             let mut effects = ended(execution, false);
             effects.push(Effect::StartDependants {
                 upstream: execution.workflow.id,
                 execution_id: execution.id,
             });
+            effects.extend(report_to_parent(
+                execution,
+                ChildOutcome::Completed {
+                    summary: format!(
+                        "child run of workflow '{}' completed",
+                        execution.workflow.name
+                    ),
+                    final_output: e.final_output.clone(),
+                    duration_ms,
+                },
+            ));
             effects
         }
-        Event::ExecutionFailed(_) | Event::ExecutionCancelled(_) => ended(execution, true),
+        Event::ExecutionFailed(e) => {
+            let mut effects = ended(execution, true);
+            effects.extend(report_to_parent(
+                execution,
+                ChildOutcome::Failed {
+                    error: format!(
+                        "child run of workflow '{}' failed: {}",
+                        execution.workflow.name, e.error
+                    ),
+                },
+            ));
+            effects
+        }
+        Event::ExecutionCancelled(_) => {
+            let mut effects = ended(execution, true);
+            effects.extend(report_to_parent(
+                execution,
+                ChildOutcome::Failed {
+                    error: format!(
+                        "child run of workflow '{}' was cancelled",
+                        execution.workflow.name
+                    ),
+                },
+            ));
+            effects
+        }
         _ => vec![],
     }
+}
+
+/// A child run's end, for its parent step.
+fn report_to_parent(execution: &Execution, outcome: ChildOutcome) -> Option<Effect> {
+    execution
+        .parent
+        .clone()
+        .map(|parent| Effect::ReportToParent { parent, outcome })
 }
 
 /// An attempt's timer is cancelled once the attempt is over, unless a later attempt (whose

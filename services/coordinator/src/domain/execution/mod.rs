@@ -14,6 +14,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
+use cadre_proto::events::ParentStep;
 use cadre_proto::model::{AgentProfile, ObjectRef, WorkflowDefinition};
 use cadre_proto::{AgentId, Event, ExecutionId, StepId};
 use chrono::{DateTime, Utc};
@@ -121,6 +122,9 @@ pub struct Execution {
     pub agents: Vec<AgentProfile>,
     /// What the run was started with.
     pub input: Option<serde_json::Value>,
+    /// The step of another execution this run is a child of.
+    pub parent: Option<ParentStep>,
+    pub started_at: Option<DateTime<Utc>>,
     pub status: Status,
     pub steps: BTreeMap<StepId, StepProgress>,
 }
@@ -162,6 +166,8 @@ pub fn evolve(state: State, event: &Event) -> State {
                 workflow: started.workflow.clone(),
                 agents: started.agents.clone(),
                 input: started.input.clone(),
+                parent: started.parent.clone(),
+                started_at: started.started_at,
                 status: Status::Running,
                 steps,
             }))

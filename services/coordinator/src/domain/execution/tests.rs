@@ -1,7 +1,8 @@
 //! Given events, when a command, then events — and properties over random workflows.
 
 use cadre_proto::events::{
-    AssignmentReason, FailureCause, Request, StepAttempt, StepCompleted, StepFailed, StepStarted,
+    AssignmentReason, FailureCause, ParentStep, Request, StepAttempt, StepCompleted, StepFailed,
+    StepStarted,
 };
 use cadre_proto::model::{
     AgentProfile, Constraints, Coordination, ModelParameters, PhaseMode, StepResult, StepType,
@@ -56,6 +57,7 @@ fn step(id: &str, deps: &[&str], skills: &[&str]) -> WorkflowStep {
         review_required: false,
         reviewer_role: None,
         condition: None,
+        child_workflow_id: None,
     }
 }
 
@@ -86,6 +88,7 @@ fn start(workflow: &WorkflowDefinition, agents: &[AgentProfile]) -> Vec<Event> {
         workflow: workflow.clone(),
         agents: agents.to_vec(),
         input: Some(serde_json::json!({"priority": "high", "tickets": 3})),
+        parent: None,
     };
     vec![Event::ExecutionStarted(Box::new(started(&start, 1, now())))]
 }
@@ -349,7 +352,7 @@ fn an_attempt_that_runs_past_its_timeout_is_timed_out_then_retried_then_fails_th
     assert_eq!(s.timeout_at, Some(now() + TimeDelta::seconds(30)));
     log.extend(first.clone());
     assert_eq!(
-        effects(&fold(&log), &first[0]),
+        effects(&fold(&log), &first[0], now()),
         vec![
             Effect::Dispatch,
             Effect::StartTimer {
@@ -366,7 +369,7 @@ fn an_attempt_that_runs_past_its_timeout_is_timed_out_then_retried_then_fails_th
     assert_eq!((t.attempt.number, t.timeout_minutes), (1, 0.5));
     log.extend(timed_out.clone());
     assert!(
-        effects(&fold(&log), &timed_out[0]).contains(&Effect::StopCalls {
+        effects(&fold(&log), &timed_out[0], now()).contains(&Effect::StopCalls {
             execution_id: s.execution_id,
             step: Some((s.step.id.clone(), 1)),
         }),
@@ -415,7 +418,7 @@ fn a_timer_that_fires_after_its_step_ended_changes_nothing() {
     log.extend(first.clone());
     log.push(completed(&first[0]));
     assert_eq!(
-        effects(&fold(&log), log.last().unwrap()),
+        effects(&fold(&log), log.last().unwrap(), now()),
         vec![Effect::CancelTimer(step_timer(&first[0]))]
     );
     assert!(fire(&log, step_timer(&first[0])).is_empty());
@@ -433,7 +436,7 @@ fn an_execution_past_its_time_limit_fails_with_reason_time_limit() {
     let at = now() + TimeDelta::seconds(90);
     assert_eq!(e.deadline, Some(at));
     assert_eq!(
-        effects(&fold(&log), &log[0]),
+        effects(&fold(&log), &log[0], now()),
         vec![Effect::StartTimer {
             timer: deadline_of(&log),
             when: When::At(at)
@@ -454,7 +457,7 @@ fn an_execution_past_its_time_limit_fails_with_reason_time_limit() {
     assert!(failure.error.starts_with("time limit"));
     log.extend(end.clone());
     assert!(
-        effects(&fold(&log), &end[0]).contains(&Effect::StopCalls {
+        effects(&fold(&log), &end[0], now()).contains(&Effect::StopCalls {
             execution_id: e.execution_id,
             step: None
         }),
@@ -508,7 +511,7 @@ fn cancel_ends_the_run_and_stops_its_calls_and_a_finished_run_refuses_control() 
         unreachable!()
     };
     assert_eq!(
-        effects(&fold(&log), &cancelled[0]),
+        effects(&fold(&log), &cancelled[0], now()),
         vec![
             Effect::CancelTimer(step_timer(&first[0])),
             Effect::StopCalls {
@@ -707,6 +710,71 @@ fn phases_run_one_after_another_in_their_mode() {
         scheduled(&advance(&log)),
         vec![("test".into(), 1, team[0].id)],
         "sequential: one after the other"
+    );
+}
+
+#[test]
+fn a_child_step_starts_a_child_run_and_a_child_run_reports_to_its_parent() {
+    let team = vec![agent("Ada", &[])];
+    let child_workflow = WorkflowId::new();
+    let mut nested = step("nested", &[], &[]);
+    nested.child_workflow_id = Some(child_workflow);
+    let wf = workflow(&team, vec![nested]);
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    let Event::StepScheduled(s) = &first[0] else {
+        unreachable!()
+    };
+    let parent = ParentStep {
+        attempt: StepAttempt::of(s),
+        depth: 1,
+    };
+    assert_eq!(
+        effects(&fold(&log), &first[0], now()),
+        vec![Effect::StartChild {
+            workflow_id: child_workflow,
+            parent: parent.clone(),
+            input: Some(serde_json::json!({"priority": "high", "tickets": 3})),
+        }],
+        "no agent is asked: the child run takes the step"
+    );
+
+    // The child run: started as the child of that attempt, it reports how it ended.
+    let child = workflow(&team, vec![step("inner", &[], &[])]);
+    let mut child_log = vec![Event::ExecutionStarted(Box::new(started(
+        &Start {
+            execution_id: ExecutionId::new(),
+            trigger_reason: TriggerReason::Dependency,
+            triggered_by: None,
+            workflow: child,
+            agents: team.clone(),
+            input: None,
+            parent: Some(parent.clone()),
+        },
+        1,
+        now(),
+    )))];
+    let Event::ExecutionStarted(e) = &child_log[0] else {
+        unreachable!()
+    };
+    assert_eq!(e.parent.as_ref().map(|p| p.depth), Some(1));
+    let inner = advance(&child_log);
+    child_log.extend(inner.clone());
+    child_log.push(completed(&inner[0]));
+    let end = advance(&child_log);
+    child_log.extend(end.clone());
+    let reported = effects(&fold(&child_log), &end[0], now() + TimeDelta::seconds(2));
+    assert!(
+        reported.contains(&Effect::ReportToParent {
+            parent,
+            outcome: crate::domain::ChildOutcome::Completed {
+                summary: "child run of workflow 'Ship it' completed".into(),
+                final_output: serde_json::json!({"inner": {"agentId": team[0].id, "summary": "did inner", "output": "output of inner"}}),
+                duration_ms: Some(2000),
+            }
+        }),
+        "{reported:?}"
     );
 }
 
