@@ -265,6 +265,13 @@ mod tests {
             communication_style: CommunicationStyle::Formal,
             knowledge_watermark: 7,
             input: Some(serde_json::json!({"ticket": 42})),
+            review: Some(ReviewRequest {
+                round: 1,
+                author_agent_id: AgentId::new(),
+                summary: "s".into(),
+                output: "o".into(),
+            }),
+            feedback: Some("tighten it".into()),
             timeout_at: Some(Utc::now()),
         };
         vec![
@@ -355,6 +362,13 @@ mod tests {
             Event::StepTimedOut(StepTimedOut {
                 attempt: attempt(),
                 timeout_minutes: 0.5,
+            }),
+            Event::StepReviewed(StepReviewed {
+                attempt: attempt(),
+                round: 1,
+                author_agent_id: AgentId::new(),
+                approved: false,
+                feedback: "name the risks".into(),
             }),
             Event::StepSkipped(StepSkipped {
                 execution_id: e,

@@ -79,6 +79,15 @@ pub enum AssignmentReason {
     },
     /// No agent matched any requirement; the least loaded participant was taken.
     LeastLoaded { active_steps: u32 },
+    /// The step's review: an agent of `reviewerRole` if there is one, else another participant
+    /// than the author (the author itself only when it works alone).
+    Reviewer {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        author_agent_id: AgentId,
+    },
+    /// The author of the work a reviewer sent back, to rework it.
+    Rework,
 }
 
 impl AssignmentReason {
@@ -97,6 +106,11 @@ impl AssignmentReason {
             Self::LeastLoaded { active_steps } => {
                 format!("no skill match; least loaded agent ({active_steps} active step(s))")
             }
+            Self::Reviewer {
+                role: Some(role), ..
+            } => format!("reviewer of role '{role}'"),
+            Self::Reviewer { role: None, .. } => "reviews another agent's work".to_owned(),
+            Self::Rework => "reworks its output after review".to_owned(),
         }
     }
 }
@@ -128,6 +142,12 @@ pub struct StepScheduled {
     /// The execution's input, for the agent to read as data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
+    /// Present when this attempt reviews the step's work instead of doing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewRequest>,
+    /// A reviewer's feedback the author must address in this attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
     /// When this attempt times out (the step's `timeoutMinutes` after it was scheduled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_at: Option<DateTime<Utc>>,
@@ -160,6 +180,31 @@ impl StepAttempt {
             agent_id: scheduled.agent.id,
         }
     }
+}
+
+/// What a reviewer is asked to judge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewRequest {
+    /// 1 for the first review of the step.
+    pub round: u32,
+    pub author_agent_id: AgentId,
+    pub summary: String,
+    pub output: String,
+}
+
+/// A reviewer judged a step's work: approved, or sent back with feedback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepReviewed {
+    /// The review attempt (its agent is the reviewer).
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
+    pub round: u32,
+    /// Whose work was reviewed.
+    pub author_agent_id: AgentId,
+    pub approved: bool,
+    pub feedback: String,
 }
 
 /// A worker took the attempt and began it.
@@ -408,6 +453,7 @@ events! {
     StepFailed(StepFailed) = STEP_FAILED: "dev.cadre.execution.step_failed.v1",
     StepTimedOut(StepTimedOut) = STEP_TIMED_OUT: "dev.cadre.execution.step_timed_out.v1",
     StepSkipped(StepSkipped) = STEP_SKIPPED: "dev.cadre.execution.step_skipped.v1",
+    StepReviewed(StepReviewed) = STEP_REVIEWED: "dev.cadre.execution.step_reviewed.v1",
     ExecutionPaused(ExecutionPaused) = EXECUTION_PAUSED: "dev.cadre.execution.paused.v1",
     ExecutionResumed(ExecutionResumed) = EXECUTION_RESUMED: "dev.cadre.execution.resumed.v1",
     ExecutionCompleted(ExecutionCompleted) = EXECUTION_COMPLETED: "dev.cadre.execution.completed.v1",
@@ -444,6 +490,7 @@ impl Event {
             Self::StepCompleted(e) => step_fact(&e.attempt, subjects::COMPLETED),
             Self::StepFailed(e) => step_fact(&e.attempt, subjects::FAILED),
             Self::StepTimedOut(e) => step_fact(&e.attempt, subjects::TIMED_OUT),
+            Self::StepReviewed(e) => step_fact(&e.attempt, subjects::REVIEWED),
             Self::StepSkipped(e) => step(
                 tenant,
                 e.workflow_id,
@@ -498,6 +545,7 @@ impl Event {
             Self::StepCompleted(e) => Some(e.attempt.workflow_id),
             Self::StepFailed(e) => Some(e.attempt.workflow_id),
             Self::StepTimedOut(e) => Some(e.attempt.workflow_id),
+            Self::StepReviewed(e) => Some(e.attempt.workflow_id),
             Self::StepSkipped(e) => Some(e.workflow_id),
             Self::ExecutionPaused(e) => Some(e.workflow_id),
             Self::ExecutionResumed(e) => Some(e.workflow_id),
@@ -522,6 +570,7 @@ impl Event {
             Self::StepCompleted(e) => Some(e.attempt.execution_id),
             Self::StepFailed(e) => Some(e.attempt.execution_id),
             Self::StepTimedOut(e) => Some(e.attempt.execution_id),
+            Self::StepReviewed(e) => Some(e.attempt.execution_id),
             Self::StepSkipped(e) => Some(e.execution_id),
             Self::ExecutionPaused(e) => Some(e.execution_id),
             Self::ExecutionResumed(e) => Some(e.execution_id),

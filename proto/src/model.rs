@@ -148,6 +148,10 @@ pub struct Constraints {
     /// `false` runs one step at a time even where `dependsOn` would allow more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_parallel_execution: Option<bool>,
+    /// How many times a reviewer may send a step back (`reviewRequired`) before the step fails
+    /// with the last feedback; 2 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_review_rounds: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //! - `agent.<agent>.registered`
 //! - `workflow.<workflow>.{created,paused,resumed}`, `workflow.<workflow>.knowledge.shared`
 //! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled}`
-//! - `workflow.<workflow>.execution.<execution>.step.<step>.{scheduled,started,completed,failed,timed_out,skipped}`
+//! - `workflow.<workflow>.execution.<execution>.step.<step>.{scheduled,started,completed,failed,timed_out,skipped,reviewed}`
 //! - `workflow.<workflow>.interactions.<execution>.recorded`
 //!
 //! Everything under `execution.<execution>.>` is the execution's state and is appended with an
@@ -27,6 +27,7 @@ pub const COMPLETED: &str = "completed";
 pub const FAILED: &str = "failed";
 pub const TIMED_OUT: &str = "timed_out";
 pub const SKIPPED: &str = "skipped";
+pub const REVIEWED: &str = "reviewed";
 pub const PAUSED: &str = "paused";
 pub const RESUMED: &str = "resumed";
 pub const CANCELLED: &str = "cancelled";

@@ -66,6 +66,8 @@ struct Script {
     abandoned: usize,
     /// Characters of filler added to every answer's output.
     padding: usize,
+    /// Reviews still to answer with "CHANGES REQUESTED".
+    rejections: usize,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -130,6 +132,12 @@ impl FakeLlm {
         lock(&self.script).latency = latency;
     }
 
+    /// Answers the next `n` reviews (prompts asking for a verdict) with "CHANGES REQUESTED" and
+    /// feedback; later reviews approve.
+    pub fn reject_reviews(&self, n: usize) {
+        lock(&self.script).rejections = n;
+    }
+
     /// Pads every answer's output with `chars` characters from now on (a very long answer).
     pub fn set_output_padding(&self, chars: usize) {
         lock(&self.script).padding = chars;
@@ -186,14 +194,19 @@ async fn complete(
             .map(str::to_owned),
         status: StatusCode::OK.as_u16(),
     };
-    let (failure, latency, padding) = {
+    let review = recorded.system.contains("## Verdict");
+    let (failure, latency, padding, reject) = {
         let mut script = lock(&script);
         let failure = script.failures.pop_front();
         if let Some(status) = failure {
             recorded.status = status.as_u16();
         }
         script.requests.push(recorded.clone());
-        (failure, script.latency, script.padding)
+        let reject = review && script.rejections > 0;
+        if reject {
+            script.rejections -= 1;
+        }
+        (failure, script.latency, script.padding, reject)
     };
     if !latency.is_zero() {
         // The server drops this handler when the client hangs up: the guard counts that.
@@ -209,7 +222,19 @@ async fn complete(
     }
 
     let step = recorded.step_name().unwrap_or("an unnamed step").to_owned();
-    let text = answer(&step, &recorded.model, padding);
+    let text = if review {
+        let verdict = if reject {
+            "CHANGES REQUESTED"
+        } else {
+            "APPROVED"
+        };
+        format!(
+            "## Verdict\n{verdict}\n\n## Feedback\n{}\n",
+            review_feedback(reject)
+        )
+    } else {
+        answer(&step, &recorded.model, padding)
+    };
     let prompt_tokens = words(&recorded.system) + words(&recorded.user);
     let completion_tokens = words(&text);
     axum::Json(json!({
@@ -265,6 +290,15 @@ fn step_name(user_prompt: &str) -> Option<&str> {
 
 fn words(text: &str) -> usize {
     text.split_whitespace().count()
+}
+
+/// The fake reviewer's feedback.
+pub fn review_feedback(rejected: bool) -> &'static str {
+    if rejected {
+        "Name the error codes of every endpoint."
+    } else {
+        "Clear and complete."
+    }
 }
 
 fn answer(step: &str, model: &str, padding: usize) -> String {

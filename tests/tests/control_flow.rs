@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_tests::api::agent;
+use cadre_tests::fake_llm::review_feedback;
 use cadre_tests::stack::FAKE_PROVIDER;
 use cadre_tests::{Stack, StackOptions};
 use serde_json::{Value, json};
@@ -324,6 +325,76 @@ async fn a_step_runs_another_workflow_as_a_child_and_nesting_is_bounded() {
     assert!(
         error.contains("levels deep is over the limit of 5"),
         "{error}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_review_rejected_once_then_accepted_sends_the_work_back_with_feedback() {
+    let stack = Stack::start().await;
+    stack.llm.reject_reviews(1);
+    let author = stack
+        .api
+        .register_agent(&agent("Ada", "architect", &["research"], FAKE_PROVIDER))
+        .await;
+    let critic = stack
+        .api
+        .register_agent(&agent("Cy", "reviewer", &["code review"], FAKE_PROVIDER))
+        .await;
+    let mut design = step("design", &[]);
+    design["reviewRequired"] = json!(true);
+    design["reviewerRole"] = json!("reviewer");
+    let body = json!({
+        "name": "Reviewed", "description": "Reviewed work.",
+        "participatingAgents": [author["id"], critic["id"]],
+        "configuration": {"steps": [design, step("build", &["design"])]}
+    });
+    let workflow_id = stack.api.create_workflow(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (view, events) = run(&stack, &workflow_id, json!({})).await;
+    assert_eq!(view["status"], "completed", "{view:#}");
+    let verdicts: Vec<(u32, bool)> = events
+        .iter()
+        .filter_map(|(e, _)| match e {
+            Event::StepReviewed(r) => Some((r.round, r.approved)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verdicts, vec![(1, false), (2, true)]);
+    let entry = &view["stepResults"]["design"];
+    assert_eq!(entry["status"], "completed");
+    assert_eq!(entry["agentId"], author["id"], "the work is the author's");
+    assert_eq!(entry["review"]["approved"], true);
+    // The author's second attempt was asked to address the feedback.
+    let rework = stack
+        .llm
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.contains("Reviewer Feedback"))
+        .collect::<Vec<_>>();
+    assert_eq!(rework.len(), 1);
+    assert!(rework[0].user.contains(review_feedback(true)));
+    let interactions = stack
+        .api
+        .get(&format!(
+            "/v1/executions/{}/interactions",
+            view["id"].as_str().unwrap()
+        ))
+        .await
+        .body;
+    let feedback: Vec<&Value> = interactions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["interactionType"] == "feedback")
+        .collect();
+    assert_eq!(feedback.len(), 2, "{interactions:#}");
+    assert!(
+        feedback
+            .iter()
+            .all(|i| i["fromAgentId"] == critic["id"] && i["toAgentId"] == author["id"])
     );
     stack.stop().await;
 }

@@ -195,7 +195,19 @@ fn offline_answer(facts: &PromptFacts) -> String {
         step_name: step,
         expected_output: expected,
         knowledge_items: known,
+        review,
     } = facts;
+    if *review {
+        return format!(
+            "## Verdict
+APPROVED
+
+## Feedback
+[offline provider] Reviewed \"{step}\" without a language model: the work is approved as it \
+stands against the expected output (\"{expected}\"); a person should review it before relying on it.
+"
+        );
+    }
     format!(
         "## Summary
 [offline provider] Completed \"{step}\" without a language model, with {known} item(s) of team knowledge in context.

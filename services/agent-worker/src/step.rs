@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use cadre_proto::events::{
-    InteractionRecorded, KnowledgeShared, StepAttempt, StepCompleted, StepFailed, StepScheduled,
-    StepStarted,
+    InteractionRecorded, KnowledgeShared, ReviewRequest, StepAttempt, StepCompleted, StepFailed,
+    StepReviewed, StepScheduled, StepStarted,
 };
 use cadre_proto::model::{InteractionType, KnowledgeType, StepResult};
 use cadre_proto::{Envelope, Event, EventId, KnowledgeId, TenantId};
@@ -31,6 +31,8 @@ mod label {
     pub const INSIGHTS_ID: &str = "knowledge-id/insights";
     pub const DECISIONS_ID: &str = "knowledge-id/decisions";
     pub const COMPLETED: &str = "completed";
+    pub const FEEDBACK: &str = "interaction/feedback";
+    pub const REVIEWED: &str = "reviewed";
     pub const FAILED: &str = "failed";
 }
 
@@ -139,6 +141,58 @@ impl ScheduledStep {
         events
     }
 
+    /// A review's outcome: the reviewer's feedback to the author (a `feedback` interaction),
+    /// then the verdict.
+    pub fn reviewed(
+        &self,
+        review: &ReviewRequest,
+        approved: bool,
+        feedback: String,
+        now: DateTime<Utc>,
+    ) -> Vec<Envelope> {
+        let s = &self.scheduled;
+        let verdict = if approved {
+            "approved"
+        } else {
+            "changes requested"
+        };
+        vec![
+            self.envelope(
+                label::FEEDBACK,
+                now,
+                Event::InteractionRecorded(InteractionRecorded {
+                    execution_id: s.execution_id,
+                    workflow_id: s.workflow_id,
+                    from_agent_id: s.agent.id,
+                    to_agent_id: Some(review.author_agent_id),
+                    interaction_type: InteractionType::Feedback,
+                    message: format!(
+                        "Review of {} (round {}) by {}: {verdict}\n{feedback}",
+                        s.step.name, review.round, s.agent.name
+                    ),
+                    context_data: serde_json::json!({
+                        "stepId": s.step.id,
+                        "round": review.round,
+                        "approved": approved,
+                    }),
+                    related_step_id: Some(s.step.id.clone()),
+                    requires_response: !approved,
+                }),
+            ),
+            self.envelope(
+                label::REVIEWED,
+                now,
+                Event::StepReviewed(StepReviewed {
+                    attempt: StepAttempt::of(s),
+                    round: review.round,
+                    author_agent_id: review.author_agent_id,
+                    approved,
+                    feedback,
+                }),
+            ),
+        ]
+    }
+
     pub fn completed(
         &self,
         result: StepResult,
@@ -183,6 +237,9 @@ pub fn already_handled(scheduled: &StepScheduled, latest: &Event) -> Option<Stri
         }
         Event::StepFailed(failed) if failed.attempt.number >= attempt => {
             Some(format!("attempt {} already failed", failed.attempt.number))
+        }
+        Event::StepReviewed(done) if done.attempt.number >= attempt => {
+            Some(format!("attempt {} already reviewed", done.attempt.number))
         }
         Event::StepTimedOut(late) if late.attempt.number >= attempt => {
             Some(format!("attempt {} already timed out", late.attempt.number))
@@ -230,6 +287,8 @@ mod tests {
                 communication_style: Default::default(),
                 knowledge_watermark: 7,
                 input: None,
+                review: None,
+                feedback: None,
                 timeout_at: None,
             },
         }

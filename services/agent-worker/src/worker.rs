@@ -20,7 +20,7 @@ use crate::calls::RunningCalls;
 use crate::claim;
 use crate::knowledge::KnowledgeView;
 use crate::llm::{ChatRequest, LlmError, Providers};
-use crate::prompt::{parse_step_result, step_prompt};
+use crate::prompt::{parse_review, parse_step_result, review_prompt, step_prompt};
 use crate::step::{ScheduledStep, already_handled, retry_delay};
 
 /// How often a running step tells JetStream it is still being worked on; well under the
@@ -161,6 +161,7 @@ impl Worker {
             subjects::COMPLETED,
             subjects::FAILED,
             subjects::TIMED_OUT,
+            subjects::REVIEWED,
         ]
         .map(|fact| {
             subjects::step(
@@ -243,16 +244,18 @@ impl Worker {
             Ok(provider) => provider,
             Err(error) => return self.fail(step, llm_failure(step, &error)).await,
         };
-        let request = ChatRequest::for_agent(
-            &s.agent,
-            step_prompt(
+        let prompt = match &s.review {
+            Some(review) => review_prompt(&s.agent, &s.step, s.communication_style, review),
+            None => step_prompt(
                 &s.agent,
                 &s.step,
                 s.communication_style,
                 &knowledge,
                 s.input.as_ref(),
+                s.feedback.as_deref(),
             ),
-        );
+        };
+        let request = ChatRequest::for_agent(&s.agent, prompt);
         tracing::info!(
             provider = s.agent.provider,
             model = s.agent.model,
@@ -275,6 +278,24 @@ impl Worker {
             Err(error) => return self.fail(step, llm_failure(step, &error)).await,
         };
 
+        if let Some(review) = &s.review {
+            let Some((approved, feedback)) = parse_review(&completion.text) else {
+                let reason = format!(
+                    "the review by {} gave no verdict: its answer has no '## Verdict' section \
+                     saying APPROVED or CHANGES REQUESTED",
+                    s.agent.name
+                );
+                return self.fail(step, reason).await;
+            };
+            // The feedback interaction first: the verdict moves the step on.
+            let events = step.reviewed(review, approved, feedback, Utc::now());
+            self.bus
+                .publish_all(&events)
+                .await
+                .context("publishing the review")?;
+            tracing::info!(approved, round = review.round, "step reviewed");
+            return Ok(Disposition::Ack);
+        }
         let result = parse_step_result(&s.step.name, &completion.text, completion.usage);
         let result = if claim::too_large(&result) {
             self.claim_check(step, result).await?

@@ -107,6 +107,7 @@ impl Plan {
                 self.executions.step_timed_out(origin, e);
                 self.interactions.step_timed_out(origin, e);
             }
+            Event::StepReviewed(e) => self.executions.step_reviewed(origin, e),
             Event::StepSkipped(e) => {
                 self.executions.step_skipped(origin, e);
                 self.interactions.step_skipped(origin, e);

@@ -227,6 +227,8 @@ impl Fixture {
             communication_style: Default::default(),
             knowledge_watermark: 0,
             input: None,
+            review: None,
+            feedback: None,
             timeout_at: None,
         }))
     }

@@ -119,6 +119,27 @@ pub(super) async fn create(
     }
     // The participants in order (the coordinator is one of them): what a start snapshots.
     let agents: Vec<_> = known.into_iter().flatten().collect();
+    let roleless: Vec<FieldError> = definition
+        .configuration
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, step)| {
+            let role = step.reviewer_role.as_deref()?.trim();
+            (!agents.iter().any(|a| a.role.trim().eq_ignore_ascii_case(role))).then(|| FieldError {
+                pointer: format!("/configuration/steps/{i}/reviewerRole"),
+                message: format!(
+                    "no participating agent has the role '{role}'; add one, or remove reviewerRole to let any other participant review"
+                ),
+            })
+        })
+        .collect();
+    if !roleless.is_empty() {
+        return Err(Problem::invalid(
+            "the workflow asks for reviewers no participant can be",
+            roleless,
+        ));
+    }
     if let Some(too_large) = start_size_error(&definition, &agents, &app.tenant) {
         return Err(Problem::invalid(
             format!("the workflow could never start: {}", too_large.message),

@@ -80,6 +80,33 @@ pub fn assign<'a>(
     })
 }
 
+/// Picks the reviewer of `author`'s work on `step`: the least loaded agent of the step's
+/// `reviewerRole` other than the author, else the least loaded other participant, else (a team
+/// of one) the author. `None` only when there are no candidates.
+pub fn assign_reviewer<'a>(
+    step: &WorkflowStep,
+    candidates: &'a [AgentProfile],
+    load: &HashMap<AgentId, u32>,
+    author: AgentId,
+) -> Option<(&'a AgentProfile, AssignmentReason)> {
+    let load_of = |agent: &&AgentProfile| load.get(&agent.id).copied().unwrap_or(0);
+    let role = step.reviewer_role.as_deref().map(str::trim);
+    let others = || candidates.iter().filter(|a| a.id != author);
+    let of_role = others()
+        .filter(|a| role.is_some_and(|r| a.role.trim().eq_ignore_ascii_case(r)))
+        .min_by_key(load_of);
+    let agent = of_role
+        .or_else(|| others().min_by_key(load_of))
+        .or_else(|| candidates.iter().find(|a| a.id == author))?;
+    Some((
+        agent,
+        AssignmentReason::Reviewer {
+            role: role.filter(|_| of_role.is_some()).map(str::to_owned),
+            author_agent_id: author,
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

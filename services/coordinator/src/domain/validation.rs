@@ -55,6 +55,8 @@ pub mod limits {
     pub const AFTER_WORKFLOWS: usize = 20;
     /// Retries of a failed step: each is another LLM call.
     pub const MAX_RETRIES: u32 = 20;
+    /// Times a reviewer may send a step back.
+    pub const MAX_REVIEW_ROUNDS: u32 = 5;
     /// A start's `input`, as JSON: it travels in the start event and every scheduled step.
     pub const INPUT_BYTES: usize = 64 * 1024;
 }
@@ -262,6 +264,14 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
         ));
     }
 
+    if let Some(rounds) = workflow.configuration.constraints.max_review_rounds
+        && !(1..=limits::MAX_REVIEW_ROUNDS).contains(&rounds)
+    {
+        errors.push(error(
+            "/configuration/constraints/maxReviewRounds",
+            format!("must be from 1 to {}", limits::MAX_REVIEW_ROUNDS),
+        ));
+    }
     if let Some(retries) = workflow.configuration.constraints.max_retries
         && retries > limits::MAX_RETRIES
     {
@@ -321,28 +331,19 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             limits::VALIDATION_CRITERIA,
             limits::VALIDATION_CRITERION,
         );
-        if step.review_required {
-            errors.push(unsupported(
-                format!("{at}/reviewRequired"),
-                "reviewRequired",
-                "no review is scheduled after a step",
-                "remove it, or add a review step that dependsOn this one",
-            ));
-        }
         if let Some(role) = &step.reviewer_role {
-            errors.push(unsupported(
-                format!("{at}/reviewerRole"),
-                "reviewerRole",
-                "no reviewer is assigned to a step",
-                "remove it, or add a review step with that assignedAgentRole",
-            ));
-            // Checked already so that the limit is in place the day reviews are.
-            limit_text(
+            require_text(
                 &mut errors,
                 &format!("{at}/reviewerRole"),
                 role,
                 limits::NAME,
             );
+            if !step.review_required {
+                errors.push(error(
+                    format!("{at}/reviewerRole"),
+                    "only means something with reviewRequired: true; add that, or remove reviewerRole",
+                ));
+            }
         }
         if let Some(preferred) = step.preferred_agent_id
             && !agents.contains(&preferred)
@@ -1014,14 +1015,12 @@ mod tests {
         let team = [agent("Ada")];
         let mut wf = workflow(&team);
         wf.configuration.coordination.decision_making = DecisionMaking::Majority;
-        wf.configuration.steps[0].review_required = true;
         wf.configuration.steps[1].reviewer_role = Some("reviewer".into());
         let errors = validate_workflow(&wf);
         assert_eq!(
             pointers(&errors),
             vec![
                 "/configuration/coordination/decisionMaking",
-                "/configuration/steps/0/reviewRequired",
                 "/configuration/steps/1/reviewerRole",
             ]
         );
@@ -1029,17 +1028,13 @@ mod tests {
         assert!(
             errors[1]
                 .message
-                .starts_with("reviewRequired is not supported yet: ")
-        );
-        assert!(errors[1].message.contains("; remove it"));
-        assert!(
-            errors[2]
-                .message
-                .starts_with("reviewerRole is not supported yet")
+                .contains("only means something with reviewRequired")
         );
 
         // Real now: accepted.
         let mut wf = workflow(&team);
+        wf.configuration.steps[0].review_required = true;
+        wf.configuration.steps[0].reviewer_role = Some("reviewer".into());
         wf.workflow_type = WorkflowType::Recursive;
         wf.configuration.steps[1].child_workflow_id = Some(WorkflowId::new());
         wf.configuration.steps[0].timeout_minutes = Some(5.0);

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use cadre_proto::ExecutionId;
 use cadre_proto::events::{
     ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted, StepCompleted,
-    StepFailed, StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+    StepFailed, StepReviewed, StepScheduled, StepSkipped, StepStarted, StepTimedOut,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -226,6 +226,16 @@ impl Changes {
         if let Some(timeout_at) = e.timeout_at {
             entry["timeoutAt"] = json!(timeout_at);
         }
+        if let Some(review) = &e.review {
+            // The attempt reviews the work: the entry shows that work while it is judged.
+            entry["review"] =
+                json!({ "round": review.round, "authorAgentId": review.author_agent_id });
+            entry["summary"] = json!(review.summary);
+            entry["output"] = json!(review.output);
+        }
+        if let Some(feedback) = &e.feedback {
+            entry["feedback"] = json!(feedback);
+        }
         execution.merge_step(&step, entry);
         execution.assignments.insert(
             step.clone(),
@@ -276,6 +286,36 @@ impl Changes {
         }
         self.patch(a.execution_id, origin.at)
             .merge_step(a.step_id.as_str(), entry);
+    }
+
+    /// A review's verdict: approval completes the step with the reviewed work (its author's);
+    /// changes requested leave it for the author's next attempt.
+    pub fn step_reviewed(&mut self, origin: &Origin<'_>, e: &StepReviewed) {
+        let a = &e.attempt;
+        let review = json!({
+            "round": e.round,
+            "approved": e.approved,
+            "feedback": e.feedback,
+            "reviewerId": a.agent_id,
+            "authorAgentId": e.author_agent_id,
+        });
+        let patch = if e.approved {
+            json!({
+                "status": "completed",
+                "attempt": a.number,
+                "agentId": e.author_agent_id,
+                "review": review,
+                "completedAt": origin.at,
+            })
+        } else {
+            json!({
+                "status": "changes_requested",
+                "attempt": a.number,
+                "review": review,
+            })
+        };
+        self.patch(a.execution_id, origin.at)
+            .merge_step(a.step_id.as_str(), patch);
     }
 
     pub fn step_failed(&mut self, origin: &Origin<'_>, e: &StepFailed) {

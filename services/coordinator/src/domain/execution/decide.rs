@@ -1,9 +1,9 @@
 //! What an execution does next: commands in, events out. The time is an input, never read.
 
 use cadre_proto::events::{
-    ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused, ExecutionResumed,
-    ExecutionStarted, FailureCause, ParentStep, Request, StepAttempt, StepScheduled, StepSkipped,
-    StepTimedOut,
+    AssignmentReason, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused,
+    ExecutionResumed, ExecutionStarted, FailureCause, ParentStep, Request, ReviewRequest,
+    StepAttempt, StepScheduled, StepSkipped, StepTimedOut,
 };
 use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition, WorkflowStep};
 use cadre_proto::timers::Timer;
@@ -12,7 +12,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{Execution, State, Status, StepState, after_minutes};
 use crate::domain::Decider;
-use crate::domain::assignment::assign;
+use crate::domain::assignment::{assign, assign_reviewer};
 use crate::domain::condition::{self, StepView};
 
 /// Begin a run of `workflow` with a snapshot of its agents. The workflow's execution numbers
@@ -232,25 +232,30 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         return vec![];
     }
     let workflow = &execution.workflow;
-    let max_attempts = execution.max_attempts();
+    let max_retries = execution.max_retries();
 
-    // A step that failed its last allowed attempt fails the execution.
+    // A step that failed more often than retries allow, or that reviewers sent back as often as
+    // allowed, fails the execution.
     for step in &workflow.configuration.steps {
         let progress = &execution.steps[&step.id];
-        if let StepState::Failed { error, .. } = &progress.state
-            && progress.attempt >= max_attempts
-        {
-            return failed(
-                execution,
-                FailureCause::StepFailed {
-                    step_id: step.id.clone(),
-                },
-                format!(
-                    "step '{}' failed after {} attempt(s): {error}",
-                    step.name, progress.attempt
-                ),
-            );
-        }
+        let error = match &progress.state {
+            StepState::Failed { error, .. } if progress.failures > max_retries => format!(
+                "step '{}' failed after {} attempt(s): {error}",
+                step.name, progress.failures
+            ),
+            StepState::Rejected { feedback } => format!(
+                "step '{}' was sent back by its reviewer {} time(s); the last feedback: {feedback}",
+                step.name, progress.rounds
+            ),
+            _ => continue,
+        };
+        return failed(
+            execution,
+            FailureCause::StepFailed {
+                step_id: step.id.clone(),
+            },
+            error,
+        );
     }
 
     let done = |id: &StepId| execution.steps[id].state.is_done();
@@ -274,9 +279,14 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         .iter()
         .filter(|step| {
             let progress = &execution.steps[&step.id];
-            let retry = matches!(progress.state, StepState::Failed { .. });
-            (progress.state == StepState::Waiting || retry)
-                && workflow.dependencies(step).into_iter().all(done)
+            let pending = matches!(
+                progress.state,
+                StepState::Waiting
+                    | StepState::Failed { .. }
+                    | StepState::AwaitingReview
+                    | StepState::Rework { .. }
+            );
+            pending && workflow.dependencies(step).into_iter().all(done)
         })
         .collect();
     let mut skipped = Vec::new();
@@ -326,7 +336,34 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         if exclusive_running || (active > 0 && (one_at_a_time || !step.can_run_in_parallel)) {
             break;
         }
-        let Some((agent, reason)) = assign(step, &execution.agents, &load) else {
+        let (review, assigned) = match (&progress.state, &progress.draft) {
+            // Work waiting for a review, or a review to try again.
+            (StepState::AwaitingReview | StepState::Failed { .. }, Some(draft))
+                if progress.state == StepState::AwaitingReview || progress.reviewing =>
+            {
+                let review = ReviewRequest {
+                    round: progress.rounds + 1,
+                    author_agent_id: draft.author,
+                    summary: draft.summary.clone(),
+                    output: draft.output.clone(),
+                };
+                let reviewer = assign_reviewer(step, &execution.agents, &load, draft.author);
+                (Some(review), reviewer)
+            }
+            (StepState::Rework { author }, _) => {
+                let author = execution
+                    .agents
+                    .iter()
+                    .find(|a| a.id == *author)
+                    .map(|a| (a, AssignmentReason::Rework));
+                (
+                    None,
+                    author.or_else(|| assign(step, &execution.agents, &load)),
+                )
+            }
+            _ => (None, assign(step, &execution.agents, &load)),
+        };
+        let Some((agent, reason)) = assigned else {
             return failed(
                 execution,
                 FailureCause::Stuck,
@@ -351,6 +388,11 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             communication_style: workflow.configuration.coordination.communication_style,
             knowledge_watermark: watermark,
             input: execution.input.clone(),
+            feedback: review
+                .is_none()
+                .then(|| progress.feedback.clone())
+                .flatten(),
+            review,
             timeout_at: step.timeout_minutes.map(|m| after_minutes(now, m)),
         })));
         if one_at_a_time || !step.can_run_in_parallel {

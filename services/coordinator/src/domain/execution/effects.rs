@@ -56,6 +56,7 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
         }
         Event::StepCompleted(e) => attempt_ended(execution, &e.attempt),
         Event::StepFailed(e) => attempt_ended(execution, &e.attempt),
+        Event::StepReviewed(e) => attempt_ended(execution, &e.attempt),
         Event::StepTimedOut(e) => {
             let mut effects = attempt_ended(execution, &e.attempt);
             effects.push(Effect::StopCalls {

@@ -46,6 +46,16 @@ pub enum StepState {
     },
     /// Its condition was false: it will not run, and counts as done for its dependants.
     Skipped,
+    /// Its work is done and waits for a review (`reviewRequired`).
+    AwaitingReview,
+    /// A reviewer sent it back: its author does it again with the feedback.
+    Rework {
+        author: AgentId,
+    },
+    /// Reviewers sent it back as many times as allowed.
+    Rejected {
+        feedback: String,
+    },
 }
 
 impl StepState {
@@ -58,6 +68,9 @@ impl StepState {
             Self::Completed { .. } => "completed",
             Self::Failed { .. } => "failed",
             Self::Skipped => "skipped",
+            Self::AwaitingReview => "awaiting_review",
+            Self::Rework { .. } => "rework",
+            Self::Rejected { .. } => "rejected",
         }
     }
 
@@ -69,9 +82,43 @@ impl StepState {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepProgress {
-    /// The attempt the state belongs to; 0 before the first scheduling.
+    /// The attempt the state belongs to; 0 before the first scheduling. Reviews and reworks are
+    /// attempts too.
     pub attempt: u32,
     pub state: StepState,
+    /// Attempts that failed or timed out: more than `maxRetries` fail the execution.
+    pub failures: u32,
+    /// Whether the current attempt reviews the step's work rather than doing it.
+    pub reviewing: bool,
+    /// Reviews so far.
+    pub rounds: u32,
+    /// Work done and waiting for (or under) review.
+    pub draft: Option<Draft>,
+    /// The last reviewer's feedback, for the author's next attempt.
+    pub feedback: Option<String>,
+}
+
+/// A step's work before its review approves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draft {
+    pub author: AgentId,
+    pub summary: String,
+    pub output: String,
+    pub full: Option<ObjectRef>,
+}
+
+impl StepProgress {
+    fn new() -> Self {
+        Self {
+            attempt: 0,
+            state: StepState::Waiting,
+            failures: 0,
+            reviewing: false,
+            rounds: 0,
+            draft: None,
+            feedback: None,
+        }
+    }
 }
 
 impl StepProgress {
@@ -151,15 +198,7 @@ pub fn evolve(state: State, event: &Event) -> State {
                 .configuration
                 .steps
                 .iter()
-                .map(|s| {
-                    (
-                        s.id.clone(),
-                        StepProgress {
-                            attempt: 0,
-                            state: StepState::Waiting,
-                        },
-                    )
-                })
+                .map(|s| (s.id.clone(), StepProgress::new()))
                 .collect();
             State::Started(Box::new(Execution {
                 id: started.execution_id,
@@ -186,10 +225,9 @@ impl Execution {
             Event::StepScheduled(e) => self.step_event(&e.step.id, |p| {
                 // A newer attempt always takes over; the same attempt only schedules once.
                 if e.attempt > p.attempt {
-                    *p = StepProgress {
-                        attempt: e.attempt,
-                        state: StepState::Scheduled { agent: e.agent.id },
-                    };
+                    p.attempt = e.attempt;
+                    p.state = StepState::Scheduled { agent: e.agent.id };
+                    p.reviewing = e.review.is_some();
                 }
             }),
             Event::StepStarted(e) => self.step_event(&e.attempt.step_id, |p| {
@@ -199,18 +237,58 @@ impl Execution {
                     };
                 }
             }),
-            Event::StepCompleted(e) => self.step_event(&e.attempt.step_id, |p| {
-                if p.runs(e.attempt.number) {
-                    p.state = StepState::Completed {
-                        agent: e.attempt.agent_id,
+            Event::StepCompleted(e) => {
+                let review_required = self
+                    .workflow
+                    .step(&e.attempt.step_id)
+                    .is_some_and(|s| s.review_required);
+                self.step_event(&e.attempt.step_id, |p| {
+                    // A review attempt answers with `StepReviewed`, never with this.
+                    if !p.runs(e.attempt.number) || p.reviewing {
+                        return;
+                    }
+                    let draft = Draft {
+                        author: e.attempt.agent_id,
                         summary: e.result.summary.clone(),
                         output: e.result.output.clone(),
                         full: e.result.full.clone(),
                     };
-                }
-            }),
+                    if review_required {
+                        p.draft = Some(draft);
+                        p.state = StepState::AwaitingReview;
+                    } else {
+                        p.state = draft.completed();
+                    }
+                });
+            }
+            Event::StepReviewed(e) => {
+                let max_rounds = self.max_review_rounds();
+                self.step_event(&e.attempt.step_id, |p| {
+                    if !p.runs(e.attempt.number) || !p.reviewing {
+                        return;
+                    }
+                    p.rounds = e.round;
+                    match p.draft.take() {
+                        Some(draft) if e.approved => p.state = draft.completed(),
+                        Some(_) if e.round >= max_rounds => {
+                            p.state = StepState::Rejected {
+                                feedback: e.feedback.clone(),
+                            };
+                        }
+                        Some(draft) => {
+                            p.feedback = Some(e.feedback.clone());
+                            p.state = StepState::Rework {
+                                author: draft.author,
+                            };
+                        }
+                        // A review of no work cannot be: leave the step as it is.
+                        None => {}
+                    }
+                });
+            }
             Event::StepFailed(e) => self.step_event(&e.attempt.step_id, |p| {
                 if p.runs(e.attempt.number) {
+                    p.failures += 1;
                     p.state = StepState::Failed {
                         agent: e.attempt.agent_id,
                         error: e.error.clone(),
@@ -219,6 +297,7 @@ impl Execution {
             }),
             Event::StepTimedOut(e) => self.step_event(&e.attempt.step_id, |p| {
                 if p.runs(e.attempt.number) {
+                    p.failures += 1;
                     p.state = StepState::Failed {
                         agent: e.attempt.agent_id,
                         error: format!("timed out after {} minute(s)", e.timeout_minutes),
@@ -259,14 +338,22 @@ impl Execution {
         }
     }
 
-    /// How many tries a step gets: one plus the workflow's `maxRetries`.
-    fn max_attempts(&self) -> u32 {
-        1 + self
-            .workflow
+    /// How many failed attempts a step may have before the execution fails.
+    fn max_retries(&self) -> u32 {
+        self.workflow
             .configuration
             .constraints
             .max_retries
             .unwrap_or(0)
+    }
+
+    /// How many times a reviewer may send a step back.
+    fn max_review_rounds(&self) -> u32 {
+        self.workflow
+            .configuration
+            .constraints
+            .max_review_rounds
+            .unwrap_or(DEFAULT_REVIEW_ROUNDS)
     }
 
     fn load(&self) -> HashMap<AgentId, u32> {
@@ -277,6 +364,20 @@ impl Execution {
             }
         }
         load
+    }
+}
+
+/// Reviews a step may fail before it fails, when `maxReviewRounds` is absent.
+const DEFAULT_REVIEW_ROUNDS: u32 = 2;
+
+impl Draft {
+    fn completed(self) -> StepState {
+        StepState::Completed {
+            agent: self.author,
+            summary: self.summary,
+            output: self.output,
+            full: self.full,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use cadre_proto::events::{
     AssignmentReason, FailureCause, ParentStep, Request, StepAttempt, StepCompleted, StepFailed,
-    StepStarted,
+    StepReviewed, StepStarted,
 };
 use cadre_proto::model::{
     AgentProfile, Constraints, Coordination, ModelParameters, PhaseMode, StepResult, StepType,
@@ -776,6 +776,126 @@ fn a_child_step_starts_a_child_run_and_a_child_run_reports_to_its_parent() {
         }),
         "{reported:?}"
     );
+}
+
+fn reviewed(of: &Event, approved: bool, feedback: &str) -> Event {
+    let Event::StepScheduled(s) = of else {
+        panic!("not a StepScheduled: {of:?}")
+    };
+    let review = s.review.as_ref().expect("a review attempt");
+    Event::StepReviewed(StepReviewed {
+        attempt: StepAttempt::of(s),
+        round: review.round,
+        author_agent_id: review.author_agent_id,
+        approved,
+        feedback: feedback.into(),
+    })
+}
+
+fn review_team() -> (Vec<AgentProfile>, WorkflowDefinition) {
+    let mut author = agent("Ada", &["design"]);
+    author.role = "architect".into();
+    let mut critic = agent("Cy", &[]);
+    critic.role = "reviewer".into();
+    let team = vec![author, agent("Bo", &[]), critic];
+    let mut design = step("design", &[], &["design"]);
+    design.review_required = true;
+    design.reviewer_role = Some("Reviewer".into());
+    let wf = workflow(&team, vec![design, step("build", &["design"], &[])]);
+    (team, wf)
+}
+
+#[test]
+fn a_review_rejected_once_returns_the_step_to_its_author_with_the_feedback() {
+    let (team, wf) = review_team();
+    let mut log = start(&wf, &team);
+    let work = advance(&log);
+    log.extend(work.clone());
+    log.push(completed(&work[0]));
+
+    let review = advance(&log);
+    let Event::StepScheduled(r) = &review[0] else {
+        panic!("expected a review, got {review:?}")
+    };
+    assert_eq!(r.agent.name, "Cy", "an agent of the reviewer role");
+    assert_eq!(r.attempt, 2);
+    let request = r.review.as_ref().unwrap();
+    assert_eq!((request.round, request.author_agent_id), (1, team[0].id));
+    assert_eq!(request.output, "output of design");
+    assert!(matches!(r.reason, AssignmentReason::Reviewer { .. }));
+    log.extend(review.clone());
+    log.push(reviewed(&review[0], false, "Name the error codes."));
+
+    let rework = advance(&log);
+    let Event::StepScheduled(w) = &rework[0] else {
+        panic!("expected a rework, got {rework:?}")
+    };
+    assert_eq!(w.agent.id, team[0].id, "back to its author");
+    assert_eq!(w.reason, AssignmentReason::Rework);
+    assert_eq!(w.feedback.as_deref(), Some("Name the error codes."));
+    assert!(w.review.is_none());
+    log.extend(rework.clone());
+    log.push(completed(&rework[0]));
+
+    let second = advance(&log);
+    let Event::StepScheduled(r2) = &second[0] else {
+        panic!("expected a second review, got {second:?}")
+    };
+    assert_eq!(r2.review.as_ref().unwrap().round, 2);
+    log.extend(second.clone());
+    log.push(reviewed(&second[0], true, "Good."));
+    assert_eq!(
+        scheduled(&advance(&log)),
+        vec![("build".into(), 1, team[0].id)],
+        "approved: the step is done and its dependants go on"
+    );
+}
+
+#[test]
+fn reviews_that_keep_rejecting_fail_the_step_with_the_last_feedback() {
+    let (team, mut wf) = review_team();
+    wf.configuration.constraints.max_review_rounds = Some(1);
+    let mut log = start(&wf, &team);
+    let work = advance(&log);
+    log.extend(work.clone());
+    log.push(completed(&work[0]));
+    let review = advance(&log);
+    log.extend(review.clone());
+    log.push(reviewed(&review[0], false, "Still vague."));
+    let end = advance(&log);
+    let [Event::ExecutionFailed(failure)] = end.as_slice() else {
+        panic!("expected failure, got {end:?}")
+    };
+    assert!(
+        failure
+            .error
+            .ends_with("was sent back by its reviewer 1 time(s); the last feedback: Still vague."),
+        "{}",
+        failure.error
+    );
+}
+
+#[test]
+fn a_failed_review_is_retried_as_a_review() {
+    let (team, mut wf) = review_team();
+    wf.configuration.constraints.max_retries = Some(1);
+    let mut log = start(&wf, &team);
+    let work = advance(&log);
+    log.extend(work.clone());
+    log.push(completed(&work[0]));
+    let review = advance(&log);
+    log.extend(review.clone());
+    log.push(failed(&review[0], "provider said 503"));
+    let again = advance(&log);
+    let Event::StepScheduled(r) = &again[0] else {
+        panic!("expected a review again, got {again:?}")
+    };
+    assert_eq!(
+        r.review.as_ref().unwrap().round,
+        1,
+        "the same round, tried again"
+    );
+    assert_eq!(r.attempt, 3);
 }
 
 #[test]
