@@ -347,33 +347,22 @@ impl EventBus {
 }
 
 /// The subjects of `stream` matching `filter` that hold a message now (for a KV bucket's
-/// stream: its keys under a prefix), without reading anything else.
+/// stream: its keys under a prefix): one stream-info request, no consumer.
 pub async fn subjects_under(
     stream: &stream::Stream,
     filter: &str,
 ) -> Result<Vec<String>, NatsError> {
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
+    use futures::TryStreamExt;
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(filter)
+        .await?
+        .try_collect()
         .await?;
-    let mut subjects = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(subjects);
-    }
-    let mut messages = consumer.messages().await?;
-    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await?
-    {
-        let message = message?;
-        let remaining = message.info()?.pending;
-        subjects.push(message.subject.to_string());
-        if remaining == 0 {
-            break;
-        }
-    }
-    Ok(subjects)
+    Ok(subjects
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(subject, _)| subject)
+        .collect())
 }
 
 /// An event as a JetStream message: JSON CloudEvent, its id as `Nats-Msg-Id`, trace context.
