@@ -1,6 +1,18 @@
-//! `make bench`: N executions of an M-step pipeline on the offline provider, through the three
+//! `make bench`: N executions of an M-step workflow on the offline provider, through the three
 //! services on a private NATS server and a fresh database. Prints throughput, the latency from
-//! one step's completion to the next step's start, and projection lag. Figures, not assertions.
+//! a step's last dependency's completion to the step's start, how many steps of one execution
+//! ran at once, and projection lag. Figures, not assertions.
+//!
+//! Settings (environment):
+//! - `BENCH_SHAPE`: `pipeline` (default: each step depends on the one before) or `dag` (layers
+//!   of `BENCH_FANOUT` steps, each step depending on every step of the layer before: fan-out,
+//!   then fan-in, so up to `BENCH_FANOUT` steps of one execution run at once).
+//! - `BENCH_MODE`: `run` (default: start the executions, wait for all of them to finish and for
+//!   the projector to catch up) or `starts` (start the executions of one workflow as fast as the
+//!   API accepts them and measure only the start requests; the executions are not waited for).
+//! - `BENCH_EXECUTIONS` (1000), `BENCH_STEPS` (5), `BENCH_FANOUT` (10), `BENCH_WORKFLOWS` (1,
+//!   `run` mode only), `BENCH_START_PARALLELISM` (64 concurrent HTTP clients),
+//!   `BENCH_LATENCY_MS` (0), `BENCH_WORKER_CONCURRENCY` (256), `BENCH_COORDINATOR_SHARDS` (128).
 //!
 //! Times are the server's store timestamps of the events (one clock: everything runs on this
 //! machine); projection lag is the time the projector's commit notification arrives minus the
@@ -12,10 +24,11 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use cadre_proto::subjects;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
-use cadre_tests::{Stack, StackOptions};
+use cadre_tests::{Api, Stack, StackOptions};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use serde_json::{Value, json};
 use sqlx::postgres::PgListener;
 
 fn setting(name: &str, default: u64) -> u64 {
@@ -25,6 +38,81 @@ fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+fn choice(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// How the steps of the benchmark's workflow depend on each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Each step depends on the one before.
+    Pipeline,
+    /// Layers of `fanout` steps; each step depends on every step of the layer before.
+    Dag { fanout: usize },
+}
+
+impl Shape {
+    /// The ids of the steps that step `i` (0-based; its id is `step-{i + 1}`) depends on.
+    fn dependencies(self, i: usize) -> Vec<String> {
+        match self {
+            Shape::Pipeline if i == 0 => vec![],
+            Shape::Pipeline => vec![step_id(i - 1)],
+            Shape::Dag { fanout } => {
+                let layer = i / fanout;
+                if layer == 0 {
+                    vec![]
+                } else {
+                    ((layer - 1) * fanout..layer * fanout)
+                        .map(step_id)
+                        .collect()
+                }
+            }
+        }
+    }
+
+    /// The most steps of one execution the shape lets run at once.
+    fn width(self, steps: usize) -> usize {
+        match self {
+            Shape::Pipeline => 1.min(steps),
+            Shape::Dag { fanout } => fanout.min(steps),
+        }
+    }
+
+    /// The workflow the API takes: [`pipeline`]'s steps, rewired to this shape.
+    fn workflow(self, agent_ids: &[String], steps: usize) -> Value {
+        let mut workflow = pipeline("bench", agent_ids, &PIPELINE_SKILLS, steps);
+        if let Shape::Dag { fanout } = self {
+            workflow["workflowType"] = json!("parallel");
+            workflow["description"] = json!(format!(
+                "{steps} steps in layers of {fanout}, each depending on the whole layer before."
+            ));
+            if let Some(list) = workflow["configuration"]["steps"].as_array_mut() {
+                for (i, step) in list.iter_mut().enumerate() {
+                    step["dependsOn"] = json!(self.dependencies(i));
+                }
+            }
+        }
+        workflow
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Shape::Pipeline => "pipeline".to_owned(),
+            Shape::Dag { fanout } => {
+                format!("DAG (layers of {fanout}, each on the whole layer before)")
+            }
+        }
+    }
+}
+
+fn step_id(i: usize) -> String {
+    format!("step-{}", i + 1)
+}
+
 #[derive(Default)]
 struct ExecutionTimes {
     started: Option<DateTime<Utc>>,
@@ -32,6 +120,45 @@ struct ExecutionTimes {
     /// Per step id: when it was started and when it completed.
     step_started: HashMap<String, DateTime<Utc>>,
     step_completed: HashMap<String, DateTime<Utc>>,
+}
+
+impl ExecutionTimes {
+    /// How many of the execution's steps ran at once (from `StepStarted` to `StepCompleted`):
+    /// the time-weighted average while at least one ran, and the peak. `None` without steps.
+    fn overlap(&self) -> Option<(f64, usize)> {
+        let mut edges: Vec<(DateTime<Utc>, i32)> = Vec::new();
+        for (step, started) in &self.step_started {
+            if let Some(completed) = self.step_completed.get(step) {
+                edges.push((*started, 1));
+                edges.push((*completed, -1));
+            }
+        }
+        // At equal times a completion comes first: a handoff is no overlap.
+        edges.sort_unstable();
+        let (mut running, mut peak) = (0i32, 0i32);
+        let (mut busy, mut weighted) = (0u64, 0u64);
+        let mut previous: Option<DateTime<Utc>> = None;
+        for (at, delta) in edges {
+            if let Some(previous) = previous {
+                let span = micros(at, previous);
+                if running > 0 {
+                    busy += span;
+                    weighted += span * running as u64;
+                }
+            }
+            running += delta;
+            peak = peak.max(running);
+            previous = Some(at);
+        }
+        (peak > 0).then(|| {
+            let average = if busy == 0 {
+                1.0
+            } else {
+                weighted as f64 / busy as f64
+            };
+            (average, peak as usize)
+        })
+    }
 }
 
 fn micros(later: DateTime<Utc>, earlier: DateTime<Utc>) -> u64 {
@@ -45,20 +172,49 @@ fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let executions = setting("BENCH_EXECUTIONS", 1000);
-    let steps = setting("BENCH_STEPS", 5) as usize;
+    let steps = setting("BENCH_STEPS", 5).max(1) as usize;
     let latency_ms = setting("BENCH_LATENCY_MS", 0);
     let concurrency = setting("BENCH_WORKER_CONCURRENCY", 256) as usize;
-    let start_parallelism = setting("BENCH_START_PARALLELISM", 64) as usize;
+    let start_parallelism = setting("BENCH_START_PARALLELISM", 64).max(1) as usize;
+    let shape = match choice("BENCH_SHAPE", "pipeline").as_str() {
+        "pipeline" => Shape::Pipeline,
+        "dag" => Shape::Dag {
+            fanout: setting("BENCH_FANOUT", 10).max(1) as usize,
+        },
+        other => anyhow::bail!("BENCH_SHAPE must be 'pipeline' or 'dag', not '{other}'"),
+    };
+    let starts_only = match choice("BENCH_MODE", "run").as_str() {
+        "run" => false,
+        "starts" => true,
+        other => anyhow::bail!("BENCH_MODE must be 'run' or 'starts', not '{other}'"),
+    };
     // Starts of one workflow queue behind each other (execution numbers are consecutive);
     // spreading the executions over several identical workflows shows the steps' own ceiling.
-    let workflows = setting("BENCH_WORKFLOWS", 1).max(1);
-    println!(
-        "cadre bench: {executions} executions x {steps} steps over {workflows} workflow(s), \
-         offline provider latency {latency_ms} ms, worker concurrency {concurrency}, {} cores",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
+    // The starts measurement is of one workflow.
+    let workflows = if starts_only {
+        1
+    } else {
+        setting("BENCH_WORKFLOWS", 1).max(1)
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if starts_only {
+        println!(
+            "cadre bench (starts): {executions} starts of one {steps}-step {} workflow from \
+             {start_parallelism} concurrent HTTP clients, offline provider latency {latency_ms} ms, \
+             worker concurrency {concurrency}, {cores} cores",
+            shape.describe()
+        );
+    } else {
+        println!(
+            "cadre bench: {executions} executions x {steps} steps over {workflows} workflow(s), \
+             offline provider latency {latency_ms} ms, worker concurrency {concurrency}, {cores} cores"
+        );
+        if shape != Shape::Pipeline {
+            println!("shape: {}", shape.describe());
+        }
+    }
 
     let stack = Stack::start_with(StackOptions {
         offline_latency_ms: latency_ms,
@@ -81,11 +237,89 @@ async fn main() -> anyhow::Result<()> {
     let mut workflow_ids = Vec::new();
     for _ in 0..workflows {
         let workflow = api
-            .create_workflow(&pipeline("bench", &agent_ids, &PIPELINE_SKILLS, steps))
+            .create_workflow(&shape.workflow(&agent_ids, steps))
             .await;
         workflow_ids.push(workflow["id"].as_str().unwrap_or_default().to_owned());
     }
 
+    if starts_only {
+        let outcome = measure_starts(&api, &workflow_ids[0], executions, start_parallelism).await;
+        // The executions are still running: stop the services under them, as a deploy would.
+        stack.stop().await;
+        return outcome;
+    }
+    measure_runs(
+        stack,
+        &workflow_ids,
+        shape,
+        executions,
+        steps,
+        start_parallelism,
+    )
+    .await
+}
+
+/// `BENCH_MODE=starts`: `executions` start requests for one workflow, `parallelism` at a time;
+/// prints the accepted starts per second and the requests' latency. Waits for no execution.
+async fn measure_starts(
+    api: &Api,
+    workflow_id: &str,
+    executions: u64,
+    parallelism: usize,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/workflows/{workflow_id}/executions");
+    let body = json!({});
+    let wall = Instant::now();
+    let replies = futures::stream::iter(0..executions)
+        .map(|_| async {
+            let sent = Instant::now();
+            let reply = api.post(&path, &body).await;
+            (reply.status, sent.elapsed())
+        })
+        .buffer_unordered(parallelism)
+        .collect::<Vec<(u16, Duration)>>()
+        .await;
+    let took = wall.elapsed().as_secs_f64();
+
+    let mut accepted = Histogram::<u64>::new(3)?;
+    let mut refused: HashMap<u16, u64> = HashMap::new();
+    for (status, latency) in &replies {
+        if *status == 202 {
+            accepted.record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX))?;
+        } else {
+            *refused.entry(*status).or_default() += 1;
+        }
+    }
+    println!(
+        "starts: {} accepted in {took:.2} s = {:.0} starts/s ({parallelism} concurrent clients)",
+        accepted.len(),
+        accepted.len() as f64 / took
+    );
+    println!(
+        "start request (POST -> 202): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(&accepted, 0.5),
+        ms(&accepted, 0.99),
+        ms(&accepted, 1.0)
+    );
+    if !refused.is_empty() {
+        let mut refused: Vec<_> = refused.into_iter().collect();
+        refused.sort_unstable();
+        println!("refused starts (status: count): {refused:?}");
+    }
+    Ok(())
+}
+
+/// `BENCH_MODE=run`: starts the executions, follows the event log until every one finished and
+/// the projector caught up, then prints the figures.
+async fn measure_runs(
+    stack: Stack,
+    workflow_ids: &[String],
+    shape: Shape,
+    executions: u64,
+    steps: usize,
+    start_parallelism: usize,
+) -> anyhow::Result<()> {
+    let api = stack.api.clone();
     // Watch the log from here on, and the projector's commits.
     let first_sequence = stack.log_state().await.last_sequence + 1;
     let observer = stack
@@ -209,20 +443,34 @@ async fn main() -> anyhow::Result<()> {
     }
     stack.stop().await;
 
-    // Step handoff: step k completed -> step k+1 started, within each execution.
+    // Step handoff: the last of a step's dependencies completed -> the step started, within
+    // each execution (in a pipeline: step k completed -> step k+1 started).
+    let dependencies: Vec<(String, Vec<String>)> = (0..steps)
+        .map(|i| (step_id(i), shape.dependencies(i)))
+        .filter(|(_, on)| !on.is_empty())
+        .collect();
     let mut handoff = Histogram::<u64>::new(3)?;
     let mut end_to_end = Histogram::<u64>::new(3)?;
+    let (mut overlap_sum, mut peak_sum, mut peak_max, mut overlapped) = (0.0, 0usize, 0usize, 0u32);
     for t in times.values() {
-        for k in 1..steps {
-            let (done, next) = (format!("step-{k}"), format!("step-{}", k + 1));
-            if let (Some(done), Some(next)) =
-                (t.step_completed.get(&done), t.step_started.get(&next))
-            {
-                handoff.record(micros(*next, *done))?;
+        for (step, on) in &dependencies {
+            let last_done = on
+                .iter()
+                .map(|d| t.step_completed.get(d).copied())
+                .collect::<Option<Vec<_>>>()
+                .and_then(|done| done.into_iter().max());
+            if let (Some(done), Some(next)) = (last_done, t.step_started.get(step)) {
+                handoff.record(micros(*next, done))?;
             }
         }
         if let (Some(start), Some(end)) = (t.started, t.finished) {
             end_to_end.record(micros(end, start))?;
+        }
+        if let Some((average, peak)) = t.overlap() {
+            overlap_sum += average;
+            peak_sum += peak;
+            peak_max = peak_max.max(peak);
+            overlapped += 1;
         }
     }
     let mut http = Histogram::<u64>::new(3)?;
@@ -262,17 +510,31 @@ async fn main() -> anyhow::Result<()> {
         "throughput: {:.0} steps/s end to end ({total_steps} steps in {wall:.2} s)",
         total_steps as f64 / wall
     );
+    let handoff_what = match shape {
+        Shape::Pipeline => "StepCompleted -> next StepStarted",
+        Shape::Dag { .. } => "last dependency's StepCompleted -> StepStarted",
+    };
     println!(
-        "step handoff (StepCompleted -> next StepStarted): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "step handoff ({handoff_what}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} handoffs",
         ms(&handoff, 0.5),
         ms(&handoff, 0.99),
-        ms(&handoff, 1.0)
+        ms(&handoff, 1.0),
+        handoff.len()
     );
     println!(
         "execution (ExecutionStarted -> ExecutionCompleted): p50 {:.1} ms, p99 {:.1} ms",
         ms(&end_to_end, 0.5),
         ms(&end_to_end, 0.99)
     );
+    if overlapped > 0 {
+        println!(
+            "overlap (steps of one execution running at once, StepStarted -> StepCompleted): \
+             average {:.2} while any runs, peak {:.2} on average, max {peak_max} (the shape allows {})",
+            overlap_sum / f64::from(overlapped),
+            peak_sum as f64 / f64::from(overlapped),
+            shape.width(steps)
+        );
+    }
     println!(
         "projection lag (event stored -> row visible): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} events",
         ms(&lag, 0.5),
