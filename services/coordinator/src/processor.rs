@@ -327,10 +327,16 @@ async fn on_event(
         Err(error) => return Processed::Retry(error.to_string()),
     };
     aggregate.fold(sequence, &envelope.event);
-    for effect in effects(&aggregate.state, &envelope.event, envelope.meta.time) {
-        if let Err(error) = perform(services, &envelope, effect).await {
-            return Processed::Retry(format!("performing an effect of event {sequence}: {error}"));
-        }
+    // An event's effects are independent of each other (handing a step over and arming its
+    // timer): perform them at once.
+    let performed = futures::future::join_all(
+        effects(&aggregate.state, &envelope.event, envelope.meta.time)
+            .into_iter()
+            .map(|effect| perform(services, &envelope, effect)),
+    )
+    .await;
+    if let Some(Err(error)) = performed.into_iter().find(Result::is_err) {
+        return Processed::Retry(format!("performing an effect of event {sequence}: {error}"));
     }
     let advance = Command::Advance {
         watermark: aggregate.version,

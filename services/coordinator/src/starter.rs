@@ -204,6 +204,15 @@ impl Starter {
         execution_id: ExecutionId,
     ) -> Result<Started, StartError> {
         let workflow_id = order.workflow_id;
+        // The workflow's last own event says whether it is paused. Read before queueing for the
+        // workflow's lock, so starts do not wait for each other's reads; an answer a moment old
+        // (or from a replica that lags) only orders this start before a concurrent pause.
+        let workflow_paused = matches!(
+            self.bus
+                .peek_last_event(&subjects::workflow_lifecycle(tenant, workflow_id))
+                .await?,
+            Some(stored) if matches!(stored.envelope.event, Event::WorkflowPaused(_))
+        );
         let lock = self.lock_of(workflow_id);
         let mut cached = lock.lock().await;
         let starts = match cached.as_mut() {
@@ -220,14 +229,6 @@ impl Starter {
         if order.triggered {
             permitted(order, &starts.workflow).map_err(StartError::NotTriggerable)?;
         }
-        // The workflow's last own event says whether it is paused; a replica's answer that lags
-        // by a moment only orders this start before a concurrent pause.
-        let workflow_paused = matches!(
-            self.bus
-                .peek_last_event(&subjects::workflow_lifecycle(tenant, workflow_id))
-                .await?,
-            Some(stored) if matches!(stored.envelope.event, Event::WorkflowPaused(_))
-        );
         let command = StartExecution {
             start: Start {
                 execution_id,
