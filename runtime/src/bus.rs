@@ -115,6 +115,25 @@ impl PublishError {
     pub fn is_too_large(&self) -> bool {
         matches!(self, Self::Nats(error) if is_too_large(error))
     }
+
+    /// Whether the server refused a message schedule's expression: retrying cannot help.
+    pub fn is_refused_schedule(&self) -> bool {
+        const SCHEDULE_PATTERN_INVALID: u64 = 10189;
+        let Self::Nats(error) = self else {
+            return false;
+        };
+        std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<jetstream::Error>())
+            .is_some_and(|e| e.error_code() == jetstream::ErrorCode(SCHEDULE_PATTERN_INVALID))
+            || error.to_string().contains("schedules pattern is invalid")
+    }
+}
+
+/// The events of a filter, and the sequence of its last message (0: none).
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub events: Vec<Stored>,
+    pub last_sequence: u64,
 }
 
 /// A stored event and its stream sequence.
@@ -314,6 +333,13 @@ impl EventBus {
 
     /// Every event stored on `filter`, in order, as of the moment of the call.
     pub async fn read_all(&self, filter: &str) -> Result<Vec<Stored>, ReadError> {
+        Ok(self.read_history(filter).await?.events)
+    }
+
+    /// Every event stored on `filter`, in order, and the sequence of the last message there.
+    /// A message this build cannot decode (terminated by the consumers, recorded by the
+    /// projector) is skipped with a warning: it must not make the events around it unreadable.
+    pub async fn read_history(&self, filter: &str) -> Result<History, ReadError> {
         let nats = |e: NatsError| ReadError::Nats(e);
         let consumer = self
             .stream
@@ -324,10 +350,10 @@ impl EventBus {
             })
             .await
             .map_err(|e| nats(Box::new(e)))?;
-        let mut events = Vec::new();
+        let mut history = History::default();
         let pending = consumer.cached_info().num_pending;
         if pending == 0 {
-            return Ok(events);
+            return Ok(history);
         }
         let mut messages = consumer.messages().await.map_err(|e| nats(Box::new(e)))?;
         while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next())
@@ -337,12 +363,36 @@ impl EventBus {
             let message = message.map_err(|e| nats(Box::new(e)))?;
             let info = message.info().map_err(&nats)?;
             let (sequence, remaining) = (info.stream_sequence, info.pending);
-            events.push(decode_stored(sequence, &message.payload)?);
+            history.last_sequence = sequence;
+            match decode_stored(sequence, &message.payload) {
+                Ok(stored) => history.events.push(stored),
+                Err(error) => tracing::warn!(%error, filter, "skipping an undecodable message"),
+            }
             if remaining == 0 {
                 break;
             }
         }
-        Ok(events)
+        Ok(history)
+    }
+
+    /// [`EventBus::last_event`] that looks past an undecodable last message to the last event
+    /// before it; also returns the sequence of the last message (decodable or not), which an
+    /// append must expect.
+    pub async fn last_decodable_event(
+        &self,
+        filter: &str,
+    ) -> Result<(Option<Stored>, u64), ReadError> {
+        match self.last_event(filter).await {
+            Ok(stored) => {
+                let sequence = stored.as_ref().map_or(0, |s| s.sequence);
+                Ok((stored, sequence))
+            }
+            Err(ReadError::Decode { .. }) => {
+                let mut history = self.read_history(filter).await?;
+                Ok((history.events.pop(), history.last_sequence))
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 

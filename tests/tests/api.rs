@@ -894,3 +894,25 @@ async fn fields_that_do_nothing_yet_are_refused_and_say_so() {
     api.create_workflow(&real).await;
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn control_requests_refuse_what_is_not_json_and_what_is_too_large_as_problems() {
+    let stack = Stack::start().await;
+    let api = &stack.api;
+    let ghost = uuid::Uuid::now_v7();
+    for path in [
+        format!("/v1/executions/{ghost}/cancel"),
+        format!("/v1/workflows/{ghost}/pause"),
+        format!("/v1/workflows/{ghost}/executions"),
+    ] {
+        let reply = api
+            .post_raw(&path, Some("text/plain"), b"stop it".to_vec())
+            .await;
+        assert_problem(&reply, 415, "Content-Type: application/json");
+        let reply = api
+            .post_raw(&path, Some("application/json"), vec![b' '; 300 * 1024])
+            .await;
+        assert_problem(&reply, 413, "larger than the 256 KiB");
+    }
+    stack.stop().await;
+}

@@ -447,3 +447,112 @@ async fn the_same_idempotency_key_starts_one_execution() {
     assert_eq!(reply.status, 202, "no key, a new run");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_message_in_a_runs_history_blocks_neither_the_run_nor_its_control() {
+    let stack = Stack::start().await;
+    stack.llm.set_latency(Duration::from_millis(300));
+    let workflow_id = workflow(&stack, 2, json!({}), json!({})).await;
+    let run = start(&stack, &workflow_id).await;
+    wait_for(&stack, &run, "step-1 to start", step_started("step-1")).await;
+    let tenant = TenantId::default_tenant();
+    let js = stack.bus.jetstream();
+    // Garbage, and an event of a version this build does not know, on the run's own subjects
+    // and on its workflow's.
+    let newer = json!({
+        "specversion": "1.0", "id": uuid::Uuid::now_v7(), "source": "/future", "type": "dev.cadre.execution.step_failed.v9",
+        "time": chrono::Utc::now(), "tenantid": "default", "data": {}
+    });
+    for (subject, body) in [
+        (
+            subjects::execution(&tenant, run.workflow, run.execution, subjects::PAUSED),
+            b"not an event".to_vec(),
+        ),
+        (
+            subjects::step(
+                &tenant,
+                run.workflow,
+                run.execution,
+                &StepId::parse("step-1").unwrap(),
+                subjects::FAILED,
+            ),
+            newer.to_string().into_bytes(),
+        ),
+        (
+            subjects::workflow(&tenant, run.workflow, subjects::PAUSED),
+            b"{}".to_vec(),
+        ),
+    ] {
+        js.publish(subject, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let paused = control(
+        &stack,
+        &format!("/v1/executions/{}/pause", run.id),
+        json!({}),
+    )
+    .await;
+    assert_eq!(paused.status, 202, "{}", paused.body);
+    let resumed = control(
+        &stack,
+        &format!("/v1/executions/{}/resume", run.id),
+        json!({}),
+    )
+    .await;
+    assert_eq!(resumed.status, 202, "{}", resumed.body);
+    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    // The workflow still takes runs.
+    let (second, _) = stack.api.start_execution(&workflow_id).await;
+    assert_eq!(
+        stack.api.wait_until_finished(&second, FINISH).await["status"],
+        "completed"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_whose_start_died_before_it_was_recorded_is_carried_out_by_the_next_request() {
+    let stack = Stack::start().await;
+    let workflow_id = workflow(&stack, 1, json!({}), json!({})).await;
+    let tenant = TenantId::default_tenant();
+    let workflow = WorkflowId(workflow_id.parse().unwrap());
+    // What a coordinator killed between claiming the key and recording the start leaves.
+    let claimed = ExecutionId::new();
+    let keys = stack
+        .bus
+        .jetstream()
+        .get_key_value(cadre_proto::streams::IDEMPOTENCY_BUCKET)
+        .await
+        .unwrap();
+    let claim = json!({"executionId": claimed, "claimedAt": chrono::Utc::now() - chrono::TimeDelta::minutes(5)});
+    keys.create(
+        subjects::idempotency_key(&tenant, workflow, "deploy-9"),
+        claim.to_string().into(),
+    )
+    .await
+    .unwrap();
+    let reply = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/workflows/{workflow_id}/executions",
+            stack.api.base()
+        ))
+        .header("idempotency-key", "deploy-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    let body: Value = reply.json().await.unwrap();
+    assert_eq!(body["executionId"], claimed.to_string());
+    assert_eq!(
+        stack
+            .api
+            .wait_until_finished(&claimed.to_string(), FINISH)
+            .await["status"],
+        "completed"
+    );
+    stack.stop().await;
+}

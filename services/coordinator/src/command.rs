@@ -75,15 +75,24 @@ impl<D: Decider> Aggregate<D> {
     }
 
     async fn reload(&mut self, bus: &EventBus) -> Result<(), bus::ReadError> {
-        let stored = match self.history {
-            History::All => bus.read_all(&self.filter).await?,
-            History::Last => bus.last_event(&self.filter).await?.into_iter().collect(),
+        // Messages this build cannot read are skipped (the consumers terminate them), but the
+        // next append must still expect the last message there is.
+        let (stored, last_sequence) = match self.history {
+            History::All => {
+                let history = bus.read_history(&self.filter).await?;
+                (history.events, history.last_sequence)
+            }
+            History::Last => {
+                let (last, sequence) = bus.last_decodable_event(&self.filter).await?;
+                (last.into_iter().collect(), sequence)
+            }
         };
         self.state = D::State::default();
         self.version = 0;
         for event in stored {
             self.fold(event.sequence, &event.envelope.event);
         }
+        self.version = self.version.max(last_sequence);
         Ok(())
     }
 

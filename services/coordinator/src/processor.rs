@@ -474,7 +474,14 @@ async fn perform(services: &Services, stored: &Envelope, effect: Effect) -> Resu
         // The log is the workers' outbox: a scheduled step stored in it is handed to them
         // before its delivery is acked, so none is lost between the two writes.
         Effect::Dispatch => bus.dispatch(stored).await?,
-        Effect::StartTimer { timer, when } => bus.arm_timer(tenant, &timer, &when).await?,
+        Effect::StartTimer { timer, when } => match bus.arm_timer(tenant, &timer, &when).await {
+            // Validation keeps such schedules out; one the server still refuses (an older
+            // definition) would be refused forever, so it is reported and left unarmed.
+            Err(error) if error.is_refused_schedule() => {
+                tracing::error!(%error, ?timer, schedule = when.header(), "the server refused the schedule; it is not armed");
+            }
+            armed => armed?,
+        },
         Effect::CancelTimer(timer) => bus.disarm_timer(tenant, &timer).await?,
         Effect::StopCalls { execution_id, step } => {
             let (step_id, attempt) = step.map_or((None, None), |(s, a)| (Some(s), Some(a)));

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_nats::jetstream::kv;
+use chrono::{DateTime, Utc};
 use futures::future::try_join_all;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -27,6 +29,34 @@ use crate::domain::execution::Start;
 use crate::domain::starts::{StartExecution, Starts, WorkflowPaused};
 use crate::domain::workflow::Workflow;
 use cadre_proto::events::ParentStep;
+
+/// How long a claimed idempotency key may wait for its start to be recorded before the claim
+/// counts as abandoned (its coordinator died in between) and the next request carries it out.
+const ABANDONED_CLAIM: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// What an idempotency key maps to.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Claim {
+    execution_id: ExecutionId,
+    claimed_at: DateTime<Utc>,
+}
+
+impl Claim {
+    fn encode(&self) -> bytes::Bytes {
+        serde_json::to_vec(self).unwrap_or_default().into()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// What a repeated key finds.
+enum Repeat {
+    Started(Started),
+    Abandoned(ExecutionId),
+}
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -92,7 +122,8 @@ pub struct Starter {
     keys: kv::Store,
     /// How deep child runs may nest.
     max_depth: u32,
-    locks: Arc<std::sync::Mutex<HashMap<WorkflowId, StartLock>>>,
+    /// Keyed by tenant too: a workflow id names a workflow of one tenant only.
+    locks: Arc<std::sync::Mutex<HashMap<(TenantId, WorkflowId), StartLock>>>,
 }
 
 impl Starter {
@@ -110,15 +141,18 @@ impl Starter {
         })
     }
 
-    fn lock_of(&self, workflow: WorkflowId) -> StartLock {
-        self.locks().entry(workflow).or_default().clone()
+    fn lock_of(&self, tenant: &TenantId, workflow: WorkflowId) -> StartLock {
+        self.locks()
+            .entry((tenant.clone(), workflow))
+            .or_default()
+            .clone()
     }
 
-    fn forget(&self, workflow: WorkflowId) {
-        self.locks().remove(&workflow);
+    fn forget(&self, tenant: &TenantId, workflow: WorkflowId) {
+        self.locks().remove(&(tenant.clone(), workflow));
     }
 
-    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<WorkflowId, StartLock>> {
+    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<(TenantId, WorkflowId), StartLock>> {
         // Nothing is left half-done under this lock, so a poisoned one is still sound.
         self.locks
             .lock()
@@ -138,14 +172,21 @@ impl Starter {
         let claim = match &order.idempotency_key {
             Some(key) => {
                 let claim = subjects::idempotency_key(tenant, order.workflow_id, key);
-                match self
-                    .keys
-                    .create(&claim, execution_id.to_string().into())
-                    .await
-                {
+                let value = Claim {
+                    execution_id,
+                    claimed_at: Utc::now(),
+                };
+                match self.keys.create(&claim, value.encode()).await {
                     Ok(_) => Some(claim),
                     Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        return self.repeated(tenant, &claim).await;
+                        return match self.repeated(tenant, &claim).await? {
+                            Repeat::Started(started) => Ok(started),
+                            // The start that claimed the key died before recording it: carry
+                            // it out with the execution id the key names.
+                            Repeat::Abandoned(execution_id) => {
+                                self.start_new(tenant, &order, execution_id).await
+                            }
+                        };
                     }
                     Err(error) => return Err(StartError::Idempotency(Box::new(error))),
                 }
@@ -162,19 +203,18 @@ impl Starter {
         started
     }
 
-    /// The execution an earlier start with the same key recorded.
-    async fn repeated(&self, tenant: &TenantId, claim: &str) -> Result<Started, StartError> {
+    /// The execution an earlier start with the same key recorded, or the claim of a start that
+    /// never recorded one.
+    async fn repeated(&self, tenant: &TenantId, claim: &str) -> Result<Repeat, StartError> {
         let claimed = self
             .keys
             .get(claim)
             .await
             .map_err(|e| StartError::Idempotency(Box::new(e)))?;
-        let Some(execution_id) = claimed
-            .and_then(|bytes| std::str::from_utf8(&bytes).ok().map(str::to_owned))
-            .and_then(|id| id.parse::<ExecutionId>().ok())
-        else {
+        let Some(claimed) = claimed.as_deref().and_then(Claim::decode) else {
             return Err(StartError::KeyInFlight);
         };
+        let execution_id = claimed.execution_id;
         let stored = self
             .bus
             .last_event(&subjects::execution_started_in_any_workflow(
@@ -182,18 +222,18 @@ impl Starter {
                 execution_id,
             ))
             .await?;
-        match stored {
-            Some(stored) => match stored.envelope.event {
-                Event::ExecutionStarted(e) => Ok(Started {
-                    execution_id,
-                    execution_number: e.execution_number,
-                    workflow_id: e.workflow_id,
-                    sequence: stored.sequence,
-                    repeated: true,
-                }),
-                _ => Err(StartError::KeyInFlight),
-            },
-            None => Err(StartError::KeyInFlight),
+        match stored.map(|s| (s.sequence, s.envelope.event)) {
+            Some((sequence, Event::ExecutionStarted(e))) => Ok(Repeat::Started(Started {
+                execution_id,
+                execution_number: e.execution_number,
+                workflow_id: e.workflow_id,
+                sequence,
+                repeated: true,
+            })),
+            _ if Utc::now() - claimed.claimed_at > ABANDONED_CLAIM => {
+                Ok(Repeat::Abandoned(execution_id))
+            }
+            _ => Err(StartError::KeyInFlight),
         }
     }
 
@@ -207,13 +247,16 @@ impl Starter {
         // The workflow's last own event says whether it is paused. Read before queueing for the
         // workflow's lock, so starts do not wait for each other's reads; an answer a moment old
         // (or from a replica that lags) only orders this start before a concurrent pause.
+        let lifecycle = subjects::workflow_lifecycle(tenant, workflow_id);
+        let last = match self.bus.peek_last_event(&lifecycle).await {
+            Err(ReadError::Decode { .. }) => self.bus.last_decodable_event(&lifecycle).await?.0,
+            other => other?,
+        };
         let workflow_paused = matches!(
-            self.bus
-                .peek_last_event(&subjects::workflow_lifecycle(tenant, workflow_id))
-                .await?,
+            last,
             Some(stored) if matches!(stored.envelope.event, Event::WorkflowPaused(_))
         );
-        let lock = self.lock_of(workflow_id);
+        let lock = self.lock_of(tenant, workflow_id);
         let mut cached = lock.lock().await;
         let starts = match cached.as_mut() {
             Some(starts) => starts,
@@ -221,7 +264,7 @@ impl Starter {
                 Ok(loaded) => cached.insert(loaded),
                 Err(error) => {
                     // Keep no lock for ids that name no workflow: bad requests must not grow memory.
-                    self.forget(workflow_id);
+                    self.forget(tenant, workflow_id);
                     return Err(error);
                 }
             },

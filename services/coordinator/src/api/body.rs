@@ -19,20 +19,40 @@ use crate::domain::validation::FieldError;
 
 pub struct Body<T>(pub T);
 
+/// A body that may be left empty; when present it must be JSON, with the same answers as
+/// [`Body`] for a wrong type or an oversized body.
+pub struct OptionalBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalBody {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let is_json = json_content(&request);
+        let bytes = Bytes::from_request(request, state).await?;
+        if !bytes.iter().all(u8::is_ascii_whitespace) && !is_json {
+            return Err(Problem::unsupported_media_type());
+        }
+        Ok(Self(bytes))
+    }
+}
+
+fn json_content(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime == "application/json" || mime.ends_with("+json")
+        })
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let is_json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| {
-                let mime = mime.trim();
-                mime == "application/json" || mime.ends_with("+json")
-            });
-        if !is_json {
+        if !json_content(&request) {
             return Err(Problem::unsupported_media_type());
         }
         let bytes = Bytes::from_request(request, state).await?;

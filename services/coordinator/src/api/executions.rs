@@ -14,6 +14,7 @@ use cadre_proto::events::Request;
 use cadre_proto::model::TriggerReason;
 use cadre_proto::{Event, ExecutionId, StepId, WorkflowId, subjects};
 
+use super::body::OptionalBody;
 use super::{
     ApiResult, AppState, Problem, command_failed, control_request, optional_body, page, parse_id,
     unavailable_db, unavailable_log, workflows, written,
@@ -60,7 +61,7 @@ pub(super) async fn start(
     State(app): State<AppState>,
     Path(raw): Path<String>,
     headers: HeaderMap,
-    bytes: Bytes,
+    OptionalBody(bytes): OptionalBody,
 ) -> ApiResult {
     let workflow_id: WorkflowId = parse_id(&raw, "workflow id")?;
     let request: StartRequest = optional_body(&bytes)?;
@@ -277,7 +278,7 @@ async fn control(
 pub(super) async fn cancel(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    OptionalBody(bytes): OptionalBody,
 ) -> ApiResult {
     control(app, raw, bytes, Command::Cancel).await
 }
@@ -285,7 +286,7 @@ pub(super) async fn cancel(
 pub(super) async fn pause(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    OptionalBody(bytes): OptionalBody,
 ) -> ApiResult {
     control(app, raw, bytes, Command::Pause).await
 }
@@ -293,7 +294,7 @@ pub(super) async fn pause(
 pub(super) async fn resume(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    OptionalBody(bytes): OptionalBody,
 ) -> ApiResult {
     control(app, raw, bytes, Command::Resume).await
 }

@@ -14,6 +14,7 @@ use cadre_proto::model::{WorkflowConfiguration, WorkflowDefinition, WorkflowType
 use cadre_proto::{AgentId, WorkflowId, subjects};
 
 use super::body::Body;
+use super::body::OptionalBody;
 use super::{
     ApiResult, AppState, Problem, agents, command_failed, control_request, created, found, page,
     parse_id, unavailable_db, unavailable_log, written,
@@ -215,7 +216,7 @@ async fn control(
 pub(super) async fn pause(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    OptionalBody(bytes): OptionalBody,
 ) -> ApiResult {
     control(app, raw, bytes, Command::Pause).await
 }
@@ -223,7 +224,7 @@ pub(super) async fn pause(
 pub(super) async fn resume(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    bytes: Bytes,
+    OptionalBody(bytes): OptionalBody,
 ) -> ApiResult {
     control(app, raw, bytes, Command::Resume).await
 }

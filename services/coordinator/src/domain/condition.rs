@@ -12,10 +12,24 @@ use std::collections::HashMap;
 /// Longest condition accepted, in characters.
 pub const MAX_LENGTH: usize = 4096;
 
+/// List macros a condition may use. Each nests a loop over a list, so a few nested ones over
+/// small lists already take seconds; two keep every condition cheap.
+const MAX_LIST_MACROS: usize = 2;
+
 /// Parses `source`; the error says what is wrong in words a workflow author can act on.
 pub fn check(source: &str) -> Result<(), String> {
     if source.chars().count() > MAX_LENGTH {
         return Err(format!("must be at most {MAX_LENGTH} characters"));
+    }
+    let macros = [".all(", ".exists(", ".exists_one(", ".map(", ".filter("]
+        .iter()
+        .map(|m| source.matches(m).count())
+        .sum::<usize>();
+    if macros > MAX_LIST_MACROS {
+        return Err(format!(
+            "uses {macros} list macros (all, exists, exists_one, map, filter); at most \
+             {MAX_LIST_MACROS} keep a condition cheap to evaluate"
+        ));
     }
     cel::Program::compile(source)
         .map(drop)
@@ -133,6 +147,9 @@ mod tests {
                 .starts_with("is not a valid CEL expression")
         );
         assert!(check(&"x".repeat(MAX_LENGTH + 1)).is_err());
+        let nested = "[1,2].all(a, [1,2].all(b, [1,2].all(c, a + b + c > 0)))";
+        assert!(check(nested).unwrap_err().starts_with("uses 3 list macros"));
+        assert_eq!(check("input.tags.exists(t, t == 'db')"), Ok(()));
         let error = evaluate(
             "input.priority",
             Some(&json!({"priority": "high"})),

@@ -469,6 +469,27 @@ pub fn check_schedule(schedule: &str) -> Result<(), String> {
                 .to_owned(),
         );
     }
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    let numbers = |field: &str| -> Vec<u32> {
+        field
+            .split([',', '-', '/'])
+            .filter_map(|token| token.parse().ok())
+            .collect()
+    };
+    // The server's scheduler (ADR-51) knows Sunday only as 0, and refuses dates no month has.
+    if numbers(fields[5]).contains(&7) {
+        return Err("day of week is 0-6 (0 is Sunday); the scheduler does not take 7".to_owned());
+    }
+    if let (Ok(day), Ok(month)) = (fields[3].parse::<u32>(), fields[4].parse::<u32>()) {
+        let longest = match month {
+            2 => 29,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        if day > longest {
+            return Err(format!("day {day} never comes in month {month}"));
+        }
+    }
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .build()
@@ -837,6 +858,10 @@ mod tests {
             "0 0 L * * *",
             "@every 500ms",
             "@every soon",
+            "0 0 0 * * 7",
+            "0 0 0 * * 0-7",
+            "0 0 0 31 4 *",
+            "0 0 0 30 2 *",
             "@fortnightly",
         ] {
             assert!(check_schedule(bad).is_err(), "{bad}");
