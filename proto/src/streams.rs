@@ -222,6 +222,12 @@ pub fn coordinator_timers_consumer() -> consumer::pull::Config {
 /// How often the agent workers try a step whose LLM call keeps failing transiently.
 pub const AGENT_WORKER_MAX_DELIVER: i64 = 5;
 
+/// Where the server announces a step that reached [`AGENT_WORKER_MAX_DELIVER`] deliveries with
+/// none acked: every worker that took it crashed or was stopped while running it.
+pub fn agent_worker_max_deliveries_advisory() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{DISPATCH_STREAM}.{AGENT_WORKER_CONSUMER}")
+}
+
 /// All agent-worker replicas share this queue on [`DISPATCH_STREAM`]; each step goes to one.
 pub fn agent_worker_consumer() -> consumer::pull::Config {
     consumer::pull::Config {

@@ -556,3 +556,51 @@ async fn a_key_whose_start_died_before_it_was_recorded_is_carried_out_by_the_nex
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_step_no_worker_finishes_fails_its_attempt_instead_of_waiting_forever() {
+    let mut stack = Stack::start().await;
+    stack.stop_service("agent-worker").await;
+    let workflow_id = workflow(&stack, 1, json!({}), json!({})).await;
+    let run = start(&stack, &workflow_id).await;
+    // A worker that takes the step and dies every time, as many times as the queue allows.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stack
+        .bus
+        .dispatch_stream()
+        .create_consumer(cadre_proto::streams::agent_worker_consumer())
+        .await
+        .unwrap();
+    for _ in 0..cadre_proto::streams::AGENT_WORKER_MAX_DELIVER {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .unwrap();
+        let message = futures::StreamExt::next(&mut batch).await.unwrap().unwrap();
+        message
+            .ack_with(async_nats::jetstream::AckKind::Nak(None))
+            .await
+            .unwrap();
+    }
+    // Workers keep asking for work; that is when the server finds the step exhausted.
+    let mut idle = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    while futures::StreamExt::next(&mut idle).await.is_some() {}
+    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    assert_eq!(execution["status"], "failed", "{execution:#}");
+    assert!(
+        execution["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("no worker finished the step in 5 deliveries"),
+        "{execution:#}"
+    );
+    stack.stop().await;
+}

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use cadre_proto::control::{StopCalls, stop_calls_subject};
-use cadre_proto::events::{ParentStep, StepCompleted, StepFailed};
+use cadre_proto::events::{ParentStep, StepAttempt, StepCompleted, StepFailed};
 use cadre_proto::model::StepResult;
 use cadre_proto::streams::{self, ACTIVE_GROUP, PINNED_PULL_EXPIRY};
 use cadre_proto::timers::TimerMessage;
@@ -132,6 +132,11 @@ pub async fn run(
     let mut events = pinned_messages(&events).await?;
     let mut timers = pinned_messages(&timers).await?;
     let mut triggers = pinned_messages(&triggers).await?;
+    let mut abandoned_steps = bus
+        .jetstream()
+        .client()
+        .subscribe(streams::agent_worker_max_deliveries_advisory())
+        .await?;
     readiness.set(true);
     loop {
         let input = tokio::select! {
@@ -162,6 +167,12 @@ pub async fn run(
                 }
                 None => break,
             },
+            Some(advisory) = abandoned_steps.next() => {
+                if let Err(error) = fail_abandoned_step(bus, &advisory.payload).await {
+                    tracing::warn!(%error, "could not record a step no worker finished");
+                }
+                continue;
+            }
             next = triggers.next() => match next {
                 Some(Ok(message)) => Input::Trigger(message),
                 Some(Err(error)) => {
@@ -201,6 +212,46 @@ pub async fn run(
             tracing::warn!(%error, consumer, "could not release the consumer's pin; a standby takes over when it expires");
         }
     }
+    Ok(())
+}
+
+/// A step the workers took [`streams::AGENT_WORKER_MAX_DELIVER`] times without finishing (each
+/// crashed or was stopped while running it) would otherwise leave its run waiting forever:
+/// record the attempt as failed, so the run follows its failure rules. The event's id derives
+/// from the step's, so every coordinator that hears the advisory records it once.
+async fn fail_abandoned_step(bus: &EventBus, advisory: &[u8]) -> Result<(), NatsError> {
+    #[derive(serde::Deserialize)]
+    struct MaxDeliveries {
+        stream_seq: u64,
+        deliveries: u64,
+    }
+    let advisory: MaxDeliveries = serde_json::from_slice(advisory)?;
+    let message = bus
+        .dispatch_stream()
+        .get_raw_message(advisory.stream_seq)
+        .await?;
+    let scheduled = Envelope::decode(&message.payload)?;
+    let Event::StepScheduled(step) = &scheduled.event else {
+        return Ok(());
+    };
+    let failed = Envelope::with_id(
+        scheduled.meta.id.child("abandoned"),
+        crate::SOURCE,
+        scheduled.meta.tenant.clone(),
+        chrono::Utc::now(),
+        Event::StepFailed(StepFailed {
+            attempt: StepAttempt::of(step),
+            error: format!(
+                "no worker finished the step in {} deliveries: each one crashed or was stopped while running it",
+                advisory.deliveries
+            ),
+        }),
+    );
+    bus.publish(&failed, Append::Any).await?;
+    // Nothing will take it any more; it must not linger in the queue.
+    bus.dispatch_stream()
+        .delete_message(advisory.stream_seq)
+        .await?;
     Ok(())
 }
 
