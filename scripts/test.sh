@@ -16,7 +16,8 @@ sqlx_version=$(awk '/^name = "sqlx"$/ { getline; gsub(/"/, "", $3); print $3; ex
 if [ "$(cargo sqlx --version 2>/dev/null | awk '{print $2}')" != "$sqlx_version" ]; then
   cargo install sqlx-cli --locked --version "$sqlx_version" --no-default-features --features postgres,rustls
 fi
-sqlx_db="${CADRE_ADMIN_DATABASE_URL%/*}/cadre_sqlx_check"
+# A name of its own, so two runs on one Postgres do not drop each other's database.
+sqlx_db="${CADRE_ADMIN_DATABASE_URL%/*}/cadre_sqlx_check_$$"
 cargo sqlx database drop -y -f -D "$sqlx_db" >/dev/null
 trap 'cargo sqlx database drop -y -f -D "$sqlx_db" >/dev/null' EXIT
 cargo sqlx database create -D "$sqlx_db"
