@@ -50,6 +50,8 @@ use crate::worker::Worker;
 
 /// How long shutdown waits for running steps; below Kubernetes' default 30 s grace period.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the last acknowledgements may take to reach NATS once stopping.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long steps handed back at the drain deadline get to send their nak.
 const ABANDON_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages pulled ahead of the running steps. A pulled message's ack deadline runs while it
@@ -211,8 +213,13 @@ async fn consume(
     }
     // Acks are only queued by the client: send them before the connection goes away, or the
     // steps they settle would wait out their ack deadline and run again.
-    if let Err(error) = worker.bus.jetstream().client().flush().await {
-        tracing::warn!(%error, "could not flush the last acknowledgements");
+    // Bounded: with NATS gone the flush would wait for ever, and a stopping pod must stop.
+    match tokio::time::timeout(FLUSH_TIMEOUT, worker.bus.jetstream().client().flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "could not flush the last acknowledgements"),
+        Err(_) => tracing::warn!(
+            "NATS did not take the last acknowledgements in time; their steps will be redelivered and found done"
+        ),
     }
     outcome
 }
