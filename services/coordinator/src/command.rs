@@ -6,7 +6,8 @@ use std::marker::PhantomData;
 
 use chrono::Utc;
 
-use cadre_proto::{Envelope, Event, TenantId};
+use cadre_proto::model::AgentProfile;
+use cadre_proto::{AgentId, Envelope, Event, TenantId, subjects};
 use cadre_runtime::bus::{self, EventBus, PublishError};
 
 use crate::SOURCE;
@@ -143,4 +144,19 @@ impl<D: Decider> Aggregate<D> {
         }
         Err(CommandError::Contended)
     }
+}
+
+/// An agent as registered, read from the log (the read models may lag behind it).
+pub async fn registered_agent(
+    bus: &EventBus,
+    tenant: &TenantId,
+    id: AgentId,
+) -> Result<Option<AgentProfile>, bus::ReadError> {
+    let stored = bus
+        .last_event(&subjects::agent(tenant, id, subjects::REGISTERED))
+        .await?;
+    Ok(stored.and_then(|s| match s.envelope.event {
+        Event::AgentRegistered(e) => Some(e.agent),
+        _ => None,
+    }))
 }

@@ -24,7 +24,7 @@ use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition};
 use cadre_proto::{AgentId, Event, ExecutionId, TenantId, WorkflowId, streams, subjects};
 use cadre_runtime::bus::{EventBus, NatsError, ReadError};
 
-use crate::command::{Aggregate, CommandError, History};
+use crate::command::{Aggregate, CommandError, History, registered_agent};
 use crate::domain::execution::Start;
 use crate::domain::starts::{StartExecution, Starts, WorkflowPaused};
 use crate::domain::workflow::Workflow;
@@ -317,14 +317,9 @@ impl Starter {
             .cloned()
             .ok_or(StartError::NoWorkflow(workflow_id))?;
         let agents = try_join_all(workflow.participating_agents.iter().map(|id| async {
-            let stored = self
-                .bus
-                .last_event(&subjects::agent(tenant, *id, subjects::REGISTERED))
-                .await?;
-            match stored.map(|s| s.envelope.event) {
-                Some(Event::AgentRegistered(e)) => Ok(e.agent),
-                _ => Err(StartError::NoAgent(*id)),
-            }
+            registered_agent(&self.bus, tenant, *id)
+                .await?
+                .ok_or(StartError::NoAgent(*id))
         }))
         .await?;
         let numbering = Aggregate::<Starts>::load(

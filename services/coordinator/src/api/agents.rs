@@ -7,14 +7,14 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 
 use cadre_proto::model::{AgentProfile, ModelParameters};
-use cadre_proto::{AgentId, Event, subjects};
+use cadre_proto::{AgentId, subjects};
 
 use super::body::Body;
 use super::{
     ApiResult, AppState, Problem, command_failed, created, found, page, parse_id, unavailable_db,
     unavailable_log, written,
 };
-use crate::command::{Aggregate, History};
+use crate::command::{Aggregate, History, registered_agent};
 use crate::domain::agent::{Agent, Register};
 use crate::domain::validation::validate_agent;
 use crate::read;
@@ -81,13 +81,7 @@ pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) ->
 
 /// An agent as registered, read from the log (the read model may lag behind it).
 pub(super) async fn load(app: &AppState, id: AgentId) -> Result<Option<AgentProfile>, Problem> {
-    let stored = app
-        .bus
-        .last_event(&subjects::agent(&app.tenant, id, subjects::REGISTERED))
+    registered_agent(&app.bus, &app.tenant, id)
         .await
-        .map_err(unavailable_log)?;
-    Ok(stored.and_then(|s| match s.envelope.event {
-        Event::AgentRegistered(e) => Some(e.agent),
-        _ => None,
-    }))
+        .map_err(unavailable_log)
 }
