@@ -217,6 +217,26 @@ pub struct StepStarted {
     pub scheduled_event_id: EventId,
 }
 
+/// The attempt's LLM provider could not answer now (rate limited, overloaded, unreachable,
+/// its circuit open): the step waits, holding no worker, until `retry_at`, when it is handed to
+/// the workers again. The attempt goes on; it fails only when its retry budget (time, counted
+/// from `waiting_since`) runs out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepDeferred {
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
+    /// What the provider said, naming the provider, model and URL.
+    pub error: String,
+    /// When the step is handed to the workers again: the provider's `Retry-After`, else a
+    /// jittered backoff.
+    pub retry_at: DateTime<Utc>,
+    /// 1 for the attempt's first wait, then 2, 3, ...
+    pub deferral: u32,
+    /// When the attempt's first transient failure happened.
+    pub waiting_since: DateTime<Utc>,
+}
+
 /// A message between agents, or from an agent to the team (`toAgentId` absent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -448,6 +468,7 @@ events! {
     ExecutionStarted(Box<ExecutionStarted>) = EXECUTION_STARTED: "dev.cadre.execution.started.v1",
     StepScheduled(Box<StepScheduled>) = STEP_SCHEDULED: "dev.cadre.execution.step_scheduled.v1",
     StepStarted(StepStarted) = STEP_STARTED: "dev.cadre.execution.step_started.v1",
+    StepDeferred(StepDeferred) = STEP_DEFERRED: "dev.cadre.execution.step_deferred.v1",
     InteractionRecorded(InteractionRecorded) = INTERACTION_RECORDED: "dev.cadre.execution.interaction_recorded.v1",
     StepCompleted(Box<StepCompleted>) = STEP_COMPLETED: "dev.cadre.execution.step_completed.v1",
     StepFailed(StepFailed) = STEP_FAILED: "dev.cadre.execution.step_failed.v1",
@@ -484,6 +505,7 @@ impl Event {
                 subjects::SCHEDULED,
             ),
             Self::StepStarted(e) => step_fact(&e.attempt, subjects::STARTED),
+            Self::StepDeferred(e) => step_fact(&e.attempt, subjects::DEFERRED),
             Self::InteractionRecorded(e) => {
                 subjects::interactions(tenant, e.workflow_id, e.execution_id)
             }
@@ -541,6 +563,7 @@ impl Event {
             Self::ExecutionStarted(e) => Some(e.workflow_id),
             Self::StepScheduled(e) => Some(e.workflow_id),
             Self::StepStarted(e) => Some(e.attempt.workflow_id),
+            Self::StepDeferred(e) => Some(e.attempt.workflow_id),
             Self::InteractionRecorded(e) => Some(e.workflow_id),
             Self::StepCompleted(e) => Some(e.attempt.workflow_id),
             Self::StepFailed(e) => Some(e.attempt.workflow_id),
@@ -566,6 +589,7 @@ impl Event {
             Self::ExecutionStarted(e) => Some(e.execution_id),
             Self::StepScheduled(e) => Some(e.execution_id),
             Self::StepStarted(e) => Some(e.attempt.execution_id),
+            Self::StepDeferred(e) => Some(e.attempt.execution_id),
             Self::InteractionRecorded(e) => Some(e.execution_id),
             Self::StepCompleted(e) => Some(e.attempt.execution_id),
             Self::StepFailed(e) => Some(e.attempt.execution_id),

@@ -15,6 +15,7 @@ pub mod streams;
 pub mod subjects;
 pub mod timers;
 pub mod upcast;
+pub mod workers;
 
 pub use envelope::{DecodeError, Envelope, EventMeta};
 pub use events::Event;

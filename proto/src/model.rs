@@ -330,6 +330,17 @@ pub struct TokenUsage {
     pub total: u32,
 }
 
+impl TokenUsage {
+    /// The usage of two calls made for one result (an answer and its repair, say).
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            prompt: self.prompt.saturating_add(other.prompt),
+            completion: self.completion.saturating_add(other.completion),
+            total: self.total.saturating_add(other.total),
+        }
+    }
+}
+
 /// What an agent produced for a step, parsed from the seed's response sections.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -52,6 +52,9 @@ pub fn dispatch_stream(replicas: usize) -> stream::Config {
         num_replicas: replicas,
         duplicate_window: DUPLICATE_WINDOW,
         max_message_size: MAX_EVENT_BYTES,
+        // A step whose provider asked to be called later waits here as a message schedule
+        // (see `subjects::deferred_step`), not in a worker's memory or a held delivery.
+        allow_message_schedules: true,
         ..Default::default()
     }
 }
@@ -219,27 +222,58 @@ pub fn coordinator_timers_consumer() -> consumer::pull::Config {
     }
 }
 
-/// How often the agent workers try a step whose LLM call keeps failing transiently.
+/// How often a step is delivered without being settled (each worker that took it crashed or
+/// was stopped while running it) before the coordinator records its attempt as failed. A
+/// provider's transient failure does not count: the worker settles that delivery and lets the
+/// step wait on a message schedule (see `subjects::deferred_step`).
 pub const AGENT_WORKER_MAX_DELIVER: i64 = 5;
 
 /// Where the server announces a step that reached [`AGENT_WORKER_MAX_DELIVER`] deliveries with
-/// none acked: every worker that took it crashed or was stopped while running it.
+/// none acked, for the queue of any provider.
 pub fn agent_worker_max_deliveries_advisory() -> String {
-    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{DISPATCH_STREAM}.{AGENT_WORKER_CONSUMER}")
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{DISPATCH_STREAM}.*")
 }
 
-/// All agent-worker replicas share this queue on [`DISPATCH_STREAM`]; each step goes to one.
-pub fn agent_worker_consumer() -> consumer::pull::Config {
+/// The name of the queue of steps for `provider`'s agents.
+pub fn agent_worker_consumer_name(provider: &str) -> String {
+    format!("{AGENT_WORKER_CONSUMER}-{provider}")
+}
+
+/// The agent-worker replicas that offer `provider` share this queue on [`DISPATCH_STREAM`];
+/// each step goes to one of them. A replica offering several providers reads several queues.
+/// A step for a provider no replica offers waits in the stream until one starts.
+pub fn agent_worker_consumer(provider: &str) -> consumer::pull::Config {
     consumer::pull::Config {
-        durable_name: Some(AGENT_WORKER_CONSUMER.to_owned()),
-        description: Some("agent workers: run scheduled steps".to_owned()),
-        filter_subject: subjects::ALL_DISPATCHED_STEPS.to_owned(),
+        durable_name: Some(agent_worker_consumer_name(provider)),
+        description: Some(format!(
+            "agent workers offering provider {provider}: run its scheduled steps"
+        )),
+        filter_subject: subjects::dispatched_steps_for(provider),
         ack_policy: consumer::AckPolicy::Explicit,
         // Workers send in-progress acks while an LLM call runs, so this only bounds how long a
         // crashed worker holds a step.
         ack_wait: Duration::from_secs(30),
         max_deliver: AGENT_WORKER_MAX_DELIVER,
         max_ack_pending: 20_000,
+        ..Default::default()
+    }
+}
+
+/// The live registry of agent workers and the providers they offer: one key per worker,
+/// rewritten every [`WORKER_HEARTBEAT`]; a worker that stops heartbeating drops out after
+/// [`WORKER_TTL`]. The coordinator reads it to warn about agents no worker can serve.
+pub const WORKERS_BUCKET: &str = "CADRE_WORKERS";
+pub const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
+pub const WORKER_TTL: Duration = Duration::from_secs(15);
+
+pub fn workers_kv(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: WORKERS_BUCKET.to_owned(),
+        description: "Cadre agent workers and the LLM providers they offer".to_owned(),
+        history: 1,
+        max_age: WORKER_TTL,
+        storage: stream::StorageType::Memory,
+        num_replicas: replicas,
         ..Default::default()
     }
 }

@@ -4,7 +4,7 @@
 //! - `agent.<agent>.registered`
 //! - `workflow.<workflow>.{created,paused,resumed}`, `workflow.<workflow>.knowledge.shared`
 //! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled}`
-//! - `workflow.<workflow>.execution.<execution>.step.<step>.{scheduled,started,completed,failed,timed_out,skipped,reviewed}`
+//! - `workflow.<workflow>.execution.<execution>.step.<step>.{scheduled,started,deferred,completed,failed,timed_out,skipped,reviewed}`
 //! - `workflow.<workflow>.interactions.<execution>.recorded`
 //!
 //! Everything under `execution.<execution>.>` is the execution's state and is appended with an
@@ -16,7 +16,8 @@ use crate::ids::{AgentId, ExecutionId, StepId, TenantId, WorkflowId};
 pub const PREFIX: &str = "cadre.events";
 /// Every Cadre event.
 pub const ALL_EVENTS: &str = "cadre.events.>";
-/// Every step handed to the agent workers (copies of `StepScheduled` events).
+/// Every subject of the agent workers' queue: steps handed to them (copies of `StepScheduled`
+/// events) and steps waiting to be handed to them again later (message schedules).
 pub const ALL_DISPATCHED_STEPS: &str = "cadre.dispatch.>";
 
 pub const REGISTERED: &str = "registered";
@@ -28,13 +29,43 @@ pub const FAILED: &str = "failed";
 pub const TIMED_OUT: &str = "timed_out";
 pub const SKIPPED: &str = "skipped";
 pub const REVIEWED: &str = "reviewed";
+pub const DEFERRED: &str = "deferred";
 pub const PAUSED: &str = "paused";
 pub const RESUMED: &str = "resumed";
 pub const CANCELLED: &str = "cancelled";
 
-/// Where the coordinator hands a tenant's scheduled steps to the agent workers.
-pub fn dispatched_steps(tenant: &TenantId) -> String {
-    format!("cadre.dispatch.{tenant}.steps")
+/// Where the coordinator hands a tenant's scheduled steps to the agent workers that offer the
+/// step agent's LLM `provider`: steps are routed by capability, so a worker only ever takes
+/// work it can do. `provider` is a single subject token (see [`is_provider_name`]).
+pub fn dispatched_steps(provider: &str, tenant: &TenantId) -> String {
+    format!("cadre.dispatch.{provider}.{tenant}.steps")
+}
+
+/// Every step of every tenant for `provider`: what the workers offering it consume.
+pub fn dispatched_steps_for(provider: &str) -> String {
+    format!("cadre.dispatch.{provider}.*.steps")
+}
+
+/// Where a step waits (a message schedule) until it is handed to the workers again, for
+/// example after its provider answered "429, retry after 30 s". One per step attempt: waiting
+/// again replaces the schedule. Never matched by [`dispatched_steps_for`].
+pub fn deferred_step(
+    provider: &str,
+    tenant: &TenantId,
+    execution: ExecutionId,
+    step: &StepId,
+    attempt: u32,
+) -> String {
+    format!("cadre.dispatch.{provider}.{tenant}.deferred.{execution}.{step}.{attempt}")
+}
+
+/// Whether `name` can name an LLM provider: it is a subject token and a consumer name, so
+/// letters, digits, `-` and `_` only.
+pub fn is_provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Every trigger subject: CloudEvents that start runs of workflows.
@@ -208,5 +239,25 @@ mod tests {
             &step(&t, w, e, &s, STARTED)
         ));
         assert!(matches(&step_state(&t, w, e, &s), &scheduled));
+    }
+
+    #[test]
+    fn workers_take_only_their_providers_steps_and_never_a_waiting_one() {
+        let t = TenantId::default_tenant();
+        let (e, s) = (ExecutionId::new(), StepId::parse("design").unwrap());
+        let quirk = dispatched_steps("quirk", &t);
+        assert!(matches(&dispatched_steps_for("quirk"), &quirk));
+        assert!(!matches(&dispatched_steps_for("offline"), &quirk));
+        assert!(matches(ALL_DISPATCHED_STEPS, &quirk));
+        let waiting = deferred_step("quirk", &t, e, &s, 2);
+        assert!(matches(ALL_DISPATCHED_STEPS, &waiting));
+        assert!(!matches(&dispatched_steps_for("quirk"), &waiting));
+
+        for good in ["offline", "open-ai", "llama_cpp", "Anthropic2"] {
+            assert!(is_provider_name(good), "{good}");
+        }
+        for bad in ["", "a.b", "a*", ">", "a b", "ä"] {
+            assert!(!is_provider_name(bad), "{bad}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use cadre_proto::envelope::CONTENT_TYPE;
 use cadre_proto::timers::{Timer, TimerMessage, When};
 use cadre_proto::{DecodeError, Envelope, TenantId, streams};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 /// Header naming the subject filter that `Nats-Expected-Last-Subject-Sequence` applies to
@@ -46,6 +47,7 @@ async fn ensure_stream(
             if current.subjects != config.subjects
                 || current.duplicate_window != config.duplicate_window
                 || current.max_message_size != config.max_message_size
+                || current.allow_message_schedules != config.allow_message_schedules
             {
                 js.update_stream(config).await?;
             }
@@ -234,12 +236,45 @@ impl EventBus {
         Ok(())
     }
 
-    /// Hands a scheduled step to the agent workers. The copy keeps the event's id as its
-    /// `Nats-Msg-Id`, so handing the same step twice within the duplicate window stores it once.
-    pub async fn dispatch(&self, envelope: &Envelope) -> Result<(), PublishError> {
-        let subject = cadre_proto::subjects::dispatched_steps(&envelope.meta.tenant);
+    /// Hands a scheduled step to the agent workers that offer `provider`. The copy keeps the
+    /// event's id as its `Nats-Msg-Id`, so handing the same step twice within the duplicate
+    /// window stores it once.
+    pub async fn dispatch(&self, envelope: &Envelope, provider: &str) -> Result<(), PublishError> {
+        let subject = cadre_proto::subjects::dispatched_steps(provider, &envelope.meta.tenant);
         self.js
             .send_publish(subject, message(envelope))
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    /// Hands a step to the agent workers again at `at`: a message schedule on
+    /// `schedule_subject` (in the workers' queue, matched by no consumer) that the server
+    /// publishes to `target` when due, with `payload` and `headers` (which it copies).
+    /// `message_id` makes a repeated call one schedule.
+    pub async fn dispatch_later(
+        &self,
+        schedule_subject: String,
+        target: String,
+        at: DateTime<Utc>,
+        headers: &[(&str, String)],
+        payload: Bytes,
+        message_id: &str,
+    ) -> Result<(), PublishError> {
+        let mut map = HeaderMap::new();
+        map.insert("Content-Type", CONTENT_TYPE);
+        for (name, value) in headers {
+            map.insert(*name, value.as_str());
+        }
+        map.insert(header::NATS_SCHEDULE, cadre_proto::timers::at(at).as_str());
+        map.insert(header::NATS_SCHEDULE_TARGET, target.as_str());
+        crate::telemetry::inject(&mut map);
+        let message = jetstream::message::PublishMessage::build()
+            .headers(map)
+            .message_id(message_id)
+            .payload(payload);
+        self.js
+            .send_publish(schedule_subject, message)
             .await?
             .await?;
         Ok(())

@@ -32,6 +32,8 @@ pub struct RecordedRequest {
     pub authorization: Option<String>,
     /// The HTTP status the fake answered with.
     pub status: u16,
+    /// When the request arrived.
+    pub received_at: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -59,8 +61,8 @@ pub fn question_line(step_name: &str) -> String {
 #[derive(Default)]
 struct Script {
     requests: Vec<RecordedRequest>,
-    /// Statuses to answer the next requests with, one per request.
-    failures: VecDeque<StatusCode>,
+    /// Statuses (and `Retry-After` seconds) to answer the next requests with, one per request.
+    failures: VecDeque<(StatusCode, Option<u64>)>,
     latency: Duration,
     /// Requests whose client hung up before the answer.
     abandoned: usize,
@@ -124,7 +126,15 @@ impl FakeLlm {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         lock(&self.script)
             .failures
-            .extend(std::iter::repeat_n(status, n));
+            .extend(std::iter::repeat_n((status, None), n));
+    }
+
+    /// Answers the next `n` requests with HTTP 429 and `Retry-After: retry_after_secs`.
+    pub fn rate_limit_next(&self, n: usize, retry_after_secs: u64) {
+        lock(&self.script).failures.extend(std::iter::repeat_n(
+            (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs)),
+            n,
+        ));
     }
 
     /// Delays every answer from now on by `latency`.
@@ -193,12 +203,13 @@ async fn complete(
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned),
         status: StatusCode::OK.as_u16(),
+        received_at: std::time::Instant::now(),
     };
     let review = recorded.system.contains("## Verdict");
     let (failure, latency, padding, reject) = {
         let mut script = lock(&script);
         let failure = script.failures.pop_front();
-        if let Some(status) = failure {
+        if let Some((status, _)) = failure {
             recorded.status = status.as_u16();
         }
         script.requests.push(recorded.clone());
@@ -217,8 +228,15 @@ async fn complete(
         tokio::time::sleep(latency).await;
         pending.answered();
     }
-    if let Some(status) = failure {
-        return error(status, "scripted failure");
+    if let Some((status, retry_after)) = failure {
+        let mut response = error(status, "scripted failure");
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        return response;
     }
 
     let step = recorded.step_name().unwrap_or("an unnamed step").to_owned();

@@ -173,38 +173,58 @@ impl Stack {
     }
 
     fn spawn_worker(&mut self, options: &StackOptions) {
+        let providers = BTreeMap::from([
+            (
+                "offline".to_owned(),
+                ProviderConfig::Offline {
+                    latency_ms: options.offline_latency_ms,
+                },
+            ),
+            (
+                FAKE_PROVIDER.to_owned(),
+                self.fake_provider(options.llm_timeout_secs),
+            ),
+        ]);
         let config = cadre_agent_worker::Config {
+            concurrency: options.worker_concurrency,
+            ..self.worker_config("agent-worker", providers)
+        };
+        self.run_worker("agent-worker", config);
+    }
+
+    /// The fake OpenAI-compatible server as a provider's configuration.
+    pub fn fake_provider(&self, timeout_secs: u64) -> ProviderConfig {
+        ProviderConfig::OpenAiCompatible {
+            base_url: self.llm.base_url(),
+            api_key: Some("test-key".to_owned().into()),
+            timeout_secs,
+        }
+    }
+
+    /// The configuration of an agent worker of this stack with id `name`, offering exactly
+    /// `providers`.
+    pub fn worker_config(
+        &self,
+        name: &str,
+        providers: BTreeMap<String, ProviderConfig>,
+    ) -> cadre_agent_worker::Config {
+        cadre_agent_worker::Config {
             nats_url: self.nats.url.clone(),
             database_url: self.db.url.clone(),
             health_addr: "127.0.0.1:0".into(),
-            worker_id: "test-worker".into(),
-            concurrency: options.worker_concurrency,
+            worker_id: name.to_owned(),
+            concurrency: StackOptions::default().worker_concurrency,
             knowledge_wait_secs: 10,
-            providers: BTreeMap::from([
-                (
-                    "offline".to_owned(),
-                    ProviderConfig::Offline {
-                        latency_ms: options.offline_latency_ms,
-                    },
-                ),
-                (
-                    FAKE_PROVIDER.to_owned(),
-                    ProviderConfig::OpenAiCompatible {
-                        base_url: self.llm.base_url(),
-                        api_key: Some("test-key".to_owned().into()),
-                        timeout_secs: options.llm_timeout_secs,
-                    },
-                ),
-            ]),
+            providers,
             ..Default::default()
-        };
+        }
+    }
+
+    /// Starts another agent worker, stoppable as `name` with [`Stack::stop_service`].
+    pub fn run_worker(&mut self, name: &'static str, config: cadre_agent_worker::Config) {
         let stop = self.shutdown.child_token();
         let task = tokio::spawn(cadre_agent_worker::run(config, stop.clone()));
-        self.services.push(Service {
-            name: "agent-worker",
-            stop,
-            task,
-        });
+        self.services.push(Service { name, stop, task });
     }
 
     /// Asks every service to stop and checks that each stopped cleanly.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cadre_proto::streams::{AGENT_WORKER_CONSUMER, COORDINATOR_CONSUMER, PROJECTOR_CONSUMER};
+use cadre_proto::streams::{COORDINATOR_CONSUMER, PROJECTOR_CONSUMER, agent_worker_consumer_name};
 use cadre_proto::subjects;
 use cadre_proto::{Event, TenantId};
 use cadre_tests::fake_llm::insight_line;
@@ -66,13 +66,18 @@ async fn run_to_completion(stack: &Stack) -> (String, String) {
 async fn settle(stack: &Stack) {
     let last = stack.log_state().await.last_sequence;
     eventually(FINISH, "the consumers to catch up", || async {
+        let (offline_queue, fake_queue) = (
+            agent_worker_consumer_name("offline"),
+            agent_worker_consumer_name(FAKE_PROVIDER),
+        );
         let consumers = [
-            (stack.bus.stream(), COORDINATOR_CONSUMER),
-            (stack.bus.stream(), PROJECTOR_CONSUMER),
-            (stack.bus.dispatch_stream(), AGENT_WORKER_CONSUMER),
+            (stack.bus.stream(), &COORDINATOR_CONSUMER.to_owned()),
+            (stack.bus.stream(), &PROJECTOR_CONSUMER.to_owned()),
+            (stack.bus.dispatch_stream(), &offline_queue),
+            (stack.bus.dispatch_stream(), &fake_queue),
         ];
         for (stream, name) in consumers {
-            let info = stream.consumer_info(name).await.ok()?;
+            let info = stream.consumer_info(name.as_str()).await.ok()?;
             if info.num_pending > 0 || info.num_ack_pending > 0 {
                 return None;
             }
@@ -376,7 +381,8 @@ async fn malformed_messages_are_terminated_with_a_reason_and_block_nothing() {
             .unwrap();
     }
     // And on the workers' own queue.
-    js.publish("cadre.dispatch.default.steps", "{\"specversion\":".into())
+    let offline_queue = subjects::dispatched_steps("offline", &TenantId::default_tenant());
+    js.publish(offline_queue, "{\"specversion\":".into())
         .await
         .unwrap()
         .await
@@ -404,7 +410,7 @@ async fn malformed_messages_are_terminated_with_a_reason_and_block_nothing() {
     // The coordinator terminates what it cannot read among execution events (it ignores the
     // agent garbage: not its business); the worker what it cannot read in its queue.
     reasons.sort();
-    assert_eq!(reasons[0].0, AGENT_WORKER_CONSUMER);
+    assert_eq!(reasons[0].0, agent_worker_consumer_name("offline"));
     assert!(
         reasons[0].1.contains("not a CloudEvents JSON envelope"),
         "{reasons:?}"

@@ -31,12 +31,23 @@ pub struct Config {
     /// How long a step waits for the read models to reach its knowledge watermark before it
     /// proceeds with the knowledge that is visible.
     pub knowledge_wait_secs: u64,
+    /// How long a step attempt may wait, in all, for a provider that keeps failing transiently
+    /// (rate limits, overload, outages) before it fails. Counted in time, not calls: a provider
+    /// asking for 30 s between calls gets as long as one that fails fast.
+    pub retry_budget_secs: u64,
+    /// Most characters of the results of a step's dependencies its prompt carries, shared
+    /// equally among them (about four characters a token).
+    pub dependency_budget_chars: usize,
     pub providers: BTreeMap<String, ProviderConfig>,
 }
 
 impl Config {
     pub fn knowledge_wait(&self) -> Duration {
         Duration::from_secs(self.knowledge_wait_secs)
+    }
+
+    pub fn retry_budget(&self) -> Duration {
+        Duration::from_secs(self.retry_budget_secs)
     }
 }
 
@@ -51,6 +62,8 @@ impl Default for Config {
             concurrency: 256,
             knowledge_limit: 5,
             knowledge_wait_secs: 30,
+            retry_budget_secs: 900,
+            dependency_budget_chars: 12_000,
             providers: BTreeMap::from([(
                 "offline".to_owned(),
                 ProviderConfig::Offline { latency_ms: 0 },

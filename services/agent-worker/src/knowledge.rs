@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use cadre_proto::{TenantId, WorkflowId};
+use cadre_proto::{ExecutionId, StepId, TenantId, WorkflowId};
 use cadre_runtime::projection::ProjectionWatermark;
 use sqlx::PgPool;
 
-use crate::prompt::KnowledgeItem;
+use crate::prompt::{DependencyOutput, KnowledgeItem};
 
 pub struct KnowledgeView {
     pool: PgPool,
@@ -64,6 +64,40 @@ impl KnowledgeView {
                 title,
                 knowledge_type,
                 content,
+            })
+            .collect())
+    }
+
+    /// The results of `steps` (a step's dependencies) in `execution`, in the order given, as
+    /// the read models show them; a step not completed there (skipped, say) is left out.
+    pub async fn dependency_outputs(
+        &self,
+        tenant: &TenantId,
+        execution: ExecutionId,
+        steps: &[StepId],
+    ) -> Result<Vec<DependencyOutput>, sqlx::Error> {
+        if steps.is_empty() {
+            return Ok(vec![]);
+        }
+        let ids: Vec<&str> = steps.iter().map(StepId::as_str).collect();
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT r.key, coalesce(r.value ->> 'summary', ''), coalesce(r.value ->> 'output', '') \
+             FROM workflow_executions e, jsonb_each(e.step_results) AS r \
+             WHERE e.tenant_id = $1 AND e.id = $2 AND r.key = ANY($3) \
+               AND r.value ->> 'status' = 'completed' \
+             ORDER BY array_position($3, r.key)",
+        )
+        .bind(tenant.as_str())
+        .bind(execution.0)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(step_id, summary, output)| DependencyOutput {
+                step_id,
+                summary,
+                output,
             })
             .collect())
     }

@@ -1,6 +1,11 @@
 //! Cadre's agent worker: it runs the workflow steps the coordinator schedules.
 //!
-//! Each `StepScheduled` on the `agent-worker` queue is done by one replica: it announces the
+//! Steps are routed by capability: each LLM provider has its own queue (`agent-worker-<provider>`)
+//! and a replica reads only the queues of the providers it is configured with, so it never takes
+//! a step it cannot run; a step whose provider no running replica offers waits in its queue. Each
+//! replica announces what it offers in the live worker registry.
+//!
+//! Each scheduled step is done by one replica: it announces the
 //! step (`StepStarted`), waits until the read models hold the knowledge the step's
 //! dependencies shared, asks the agent's LLM with the seed's prompt, and records what came back:
 //! the agent's questions (`InteractionRecorded`), its insights and decisions (`KnowledgeShared`),
@@ -23,6 +28,7 @@ mod fixtures;
 mod knowledge;
 pub mod llm;
 pub mod prompt;
+mod registry;
 mod step;
 mod worker;
 
@@ -32,7 +38,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
-use cadre_proto::streams;
+use cadre_proto::{streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
 use futures::StreamExt;
@@ -47,6 +53,7 @@ use crate::calls::RunningCalls;
 use crate::knowledge::KnowledgeView;
 use crate::llm::Providers;
 use crate::worker::Worker;
+use cadre_proto::workers::WorkerRecord;
 
 /// How long shutdown waits for running steps; below Kubernetes' default 30 s grace period.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -91,12 +98,30 @@ pub async fn run_with_readiness(
     let bus = EventBus::open(async_nats::jetstream::new(client), config.stream_replicas)
         .await
         .map_err(|error| anyhow::anyhow!(error).context("opening the event stream"))?;
-    let consumer: PullConsumer = bus
-        .dispatch_stream()
-        // Create or update: a consumer left by an older release takes today's settings.
-        .create_consumer(streams::agent_worker_consumer())
+    let offered = providers.names();
+    if let Some(bad) = offered
+        .iter()
+        .find(|name| !subjects::is_provider_name(name))
+    {
+        anyhow::bail!(
+            "provider name {bad:?} cannot name a step queue: use letters, digits, '-' and '_' only"
+        );
+    }
+    let consumers = provider_queues(&bus, &offered).await?;
+    let registry = bus
+        .jetstream()
+        .create_key_value(streams::workers_kv(config.stream_replicas))
         .await
-        .context("creating the agent-worker consumer")?;
+        .context("opening the worker registry")?;
+    let record = WorkerRecord {
+        worker_id: config.worker_id.clone(),
+        providers: offered.clone(),
+        concurrency: config.concurrency,
+        started_at: chrono::Utc::now(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let announcing = CancellationToken::new();
+    let announcer = tokio::spawn(registry::announce(registry, record, announcing.clone()));
 
     let results = bus
         .jetstream()
@@ -117,20 +142,27 @@ pub async fn run_with_readiness(
         knowledge,
         knowledge_limit: config.knowledge_limit,
         knowledge_wait: config.knowledge_wait(),
+        retry_budget: config.retry_budget(),
+        dependency_budget: config.dependency_budget_chars,
     });
     tracing::info!(
         worker_id = config.worker_id,
         concurrency = config.concurrency,
+        providers = ?offered,
         "agent worker consuming scheduled steps"
     );
     let consumed = consume(
         worker,
-        consumer,
+        consumers,
         config.concurrency.max(1),
         readiness,
         shutdown,
     )
     .await;
+    announcing.cancel();
+    if let Err(error) = announcer.await {
+        tracing::warn!(%error, "the registry announcer panicked");
+    }
     match stop_listener.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "could not listen for stop requests"),
@@ -139,22 +171,59 @@ pub async fn run_with_readiness(
     consumed
 }
 
-/// Pulls steps while a slot is free, each in its own task; on shutdown stops pulling and
-/// drains.
+/// The step queues of the `providers` this replica offers, created or brought to today's
+/// settings.
+async fn provider_queues(
+    bus: &EventBus,
+    providers: &[String],
+) -> anyhow::Result<Vec<PullConsumer>> {
+    let queue = bus.dispatch_stream();
+    // Releases before capability routing had one queue over every dispatched step; a work
+    // queue refuses overlapping consumers, so it goes (its steps' subjects are no longer used).
+    if queue
+        .consumer_info(streams::AGENT_WORKER_CONSUMER)
+        .await
+        .is_ok()
+    {
+        tracing::info!("removing the single agent-worker queue of an older release");
+        queue
+            .delete_consumer(streams::AGENT_WORKER_CONSUMER)
+            .await
+            .context("removing the old agent-worker queue")?;
+    }
+    let mut consumers = Vec::with_capacity(providers.len());
+    for provider in providers {
+        // Create or update: a consumer left by an older release takes today's settings.
+        let consumer = queue
+            .create_consumer(streams::agent_worker_consumer(provider))
+            .await
+            .with_context(|| format!("creating the step queue of provider {provider:?}"))?;
+        consumers.push(consumer);
+    }
+    Ok(consumers)
+}
+
+/// Pulls steps from every queue while a slot is free, each in its own task; on shutdown stops
+/// pulling and drains.
 async fn consume(
     worker: Arc<Worker>,
-    consumer: PullConsumer,
+    consumers: Vec<PullConsumer>,
     concurrency: usize,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency.min(PREFETCH_LIMIT))
-        .heartbeat(IDLE_HEARTBEAT)
-        .messages()
-        .await
-        .context("pulling from the agent-worker consumer")?;
+    let mut queues = Vec::with_capacity(consumers.len());
+    for consumer in &consumers {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(concurrency.min(PREFETCH_LIMIT))
+            .heartbeat(IDLE_HEARTBEAT)
+            .messages()
+            .await
+            .context("pulling from a step queue")?;
+        queues.push(messages);
+    }
+    let mut messages = futures::stream::select_all(queues);
     readiness.set(true);
 
     let slots = Arc::new(Semaphore::new(concurrency));
@@ -182,11 +251,11 @@ async fn consume(
                 MessagesErrorKind::ConsumerDeleted
                 | MessagesErrorKind::PushBasedConsumer
                 | MessagesErrorKind::RequestLimitExceeded => {
-                    break Err(anyhow::anyhow!(error).context("the agent-worker consumer failed"));
+                    break Err(anyhow::anyhow!(error).context("a step queue failed"));
                 }
                 _ => tracing::warn!(%error, "pulling steps failed; retrying"),
             },
-            None => break Err(anyhow::anyhow!("the agent-worker message stream ended")),
+            None => break Err(anyhow::anyhow!("the step queues' message streams ended")),
         }
     };
 

@@ -30,6 +30,8 @@ pub struct ChatRequest {
     pub user: String,
     pub temperature: f32,
     pub max_tokens: u32,
+    /// A JSON Schema the answer should follow, where the provider supports structured output.
+    pub json_schema: Option<serde_json::Value>,
 }
 
 impl ChatRequest {
@@ -42,6 +44,7 @@ impl ChatRequest {
             user: prompt.user,
             temperature: parameters.temperature.unwrap_or(DEFAULT_TEMPERATURE),
             max_tokens: parameters.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            json_schema: None,
         }
     }
 }
@@ -59,7 +62,11 @@ pub enum LlmError {
     #[error("calling the provider failed: {message}")]
     Transport { retryable: bool, message: String },
     #[error("the provider answered HTTP {status}: {body}")]
-    Status { status: StatusCode, body: String },
+    Status {
+        status: StatusCode,
+        body: String,
+        retry_after: Option<Duration>,
+    },
     #[error("the provider's answer is malformed: {0}")]
     Malformed(String),
     #[error("the provider's answer has no content")]
@@ -67,6 +74,14 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// When the provider asked to be called again (`Retry-After` in seconds).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Whether trying the same call again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -113,6 +128,11 @@ impl Providers {
             .map(|(name, config)| Ok((name.clone(), Provider::from_config(config)?)))
             .collect::<Result<_, _>>()
             .map(Self)
+    }
+
+    /// The provider names this worker offers, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
     }
 
     pub fn get(&self, name: &str) -> Result<&Provider, LlmError> {
@@ -310,11 +330,17 @@ impl OpenAiCompatible {
         }
         let response = call.send().await.map_err(LlmError::transport)?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.trim().parse().ok())
+            .map(Duration::from_secs);
         let bytes = response.bytes().await.map_err(LlmError::transport)?;
         if !status.is_success() {
             return Err(LlmError::Status {
                 status,
                 body: truncated(&String::from_utf8_lossy(&bytes)),
+                retry_after,
             });
         }
         let answer: ChatResponse = serde_json::from_slice(&bytes).map_err(|error| {
@@ -373,6 +399,7 @@ mod tests {
                 .to_owned(),
             temperature: 0.2,
             max_tokens: 300,
+            json_schema: None,
         }
     }
 

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use cadre_proto::events::{
-    InteractionRecorded, KnowledgeShared, ReviewRequest, StepAttempt, StepCompleted, StepFailed,
-    StepReviewed, StepScheduled, StepStarted,
+    InteractionRecorded, KnowledgeShared, ReviewRequest, StepAttempt, StepCompleted, StepDeferred,
+    StepFailed, StepReviewed, StepScheduled, StepStarted,
 };
 use cadre_proto::model::{InteractionType, KnowledgeType, StepResult};
 use cadre_proto::{Envelope, Event, EventId, KnowledgeId, TenantId};
@@ -20,8 +20,15 @@ pub const SOURCE: &str = "/cadre/agent-worker";
 /// The seed's default relevance of new knowledge.
 const KNOWLEDGE_RELEVANCE: f64 = 1.0;
 
-/// Longest delay before a step whose provider failed transiently is tried again.
+/// Longest delay before a delivery interrupted by an infrastructure failure is tried again,
+/// and longest backoff between two calls of a provider that failed transiently without saying
+/// when to come back.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// Headers a waiting step carries from one deferral to the next (copied by the server from the
+/// message schedule to the message it fires).
+pub const WAITING_SINCE_HEADER: &str = "Cadre-Waiting-Since";
+pub const DEFERRALS_HEADER: &str = "Cadre-Deferrals";
 
 mod label {
     pub const STARTED: &str = "started";
@@ -34,6 +41,7 @@ mod label {
     pub const FEEDBACK: &str = "interaction/feedback";
     pub const REVIEWED: &str = "reviewed";
     pub const FAILED: &str = "failed";
+    pub const DEFERRED: &str = "deferred";
 }
 
 /// A delivered `StepScheduled` with the envelope attributes the answers inherit.
@@ -213,6 +221,23 @@ impl ScheduledStep {
         )
     }
 
+    /// The step waits for its provider until `wait.retry_at`. One id per deferral: the n-th
+    /// wait of a redelivered attempt is the same event.
+    pub fn deferred(&self, error: String, wait: &Wait, now: DateTime<Utc>) -> Envelope {
+        let s = &self.scheduled;
+        self.envelope(
+            &format!("{}/{}", label::DEFERRED, wait.deferral),
+            now,
+            Event::StepDeferred(StepDeferred {
+                attempt: StepAttempt::of(s),
+                error,
+                retry_at: wait.retry_at,
+                deferral: wait.deferral,
+                waiting_since: wait.since,
+            }),
+        )
+    }
+
     pub fn failed(&self, error: String, now: DateTime<Utc>) -> Envelope {
         let s = &self.scheduled;
         self.envelope(
@@ -227,11 +252,26 @@ impl ScheduledStep {
 }
 
 /// Why a delivery of `scheduled` needs no work, given one of the latest events of its step:
-/// the attempt already ended (an earlier delivery finished but its ack was lost), or a later
-/// attempt replaced it.
-pub fn already_handled(scheduled: &StepScheduled, latest: &Event) -> Option<String> {
+/// the attempt already ended (an earlier delivery finished but its ack was lost), a later
+/// attempt replaced it, or it waits for its provider and this is a stale copy (`waited` says
+/// which of the attempt's waits brought this delivery; the schedule of a later one will hand
+/// the step back).
+pub fn already_handled(
+    scheduled: &StepScheduled,
+    waited: Option<Waited>,
+    latest: &Event,
+) -> Option<String> {
     let attempt = scheduled.attempt;
     match latest {
+        Event::StepDeferred(wait)
+            if wait.attempt.number == attempt
+                && wait.deferral > waited.map_or(0, |w| w.deferrals) =>
+        {
+            Some(format!(
+                "the attempt waits for its provider until {}",
+                wait.retry_at
+            ))
+        }
         Event::StepCompleted(done) if done.attempt.number >= attempt => {
             Some(format!("attempt {} already completed", done.attempt.number))
         }
@@ -255,8 +295,78 @@ pub fn already_handled(scheduled: &StepScheduled, latest: &Event) -> Option<Stri
 
 /// How long to wait before delivery `delivered + 1`: 1 s, 2 s, 4 s, ... up to a minute.
 pub fn retry_delay(delivered: i64) -> Duration {
-    let exponent = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    backoff(u32::try_from(delivered).unwrap_or(u32::MAX))
+}
+
+/// The `n`-th delay of a doubling backoff from 1 s, capped at [`MAX_RETRY_DELAY`].
+fn backoff(n: u32) -> Duration {
+    let exponent = n.saturating_sub(1).min(16);
     Duration::from_secs(1u64 << exponent).min(MAX_RETRY_DELAY)
+}
+
+/// How long a step attempt has been waiting for its provider, from the headers of its
+/// delivery: `None` on a first delivery.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Waited {
+    pub since: DateTime<Utc>,
+    pub deferrals: u32,
+}
+
+impl Waited {
+    pub fn from_headers(headers: Option<&async_nats::HeaderMap>) -> Option<Self> {
+        let headers = headers?;
+        let since = headers.get(WAITING_SINCE_HEADER)?.as_str();
+        Some(Self {
+            since: DateTime::parse_from_rfc3339(since)
+                .ok()?
+                .with_timezone(&Utc),
+            deferrals: headers.get(DEFERRALS_HEADER)?.as_str().parse().ok()?,
+        })
+    }
+}
+
+/// The next wait of a step whose provider failed transiently.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Wait {
+    pub retry_at: DateTime<Utc>,
+    /// 1 for the attempt's first wait.
+    pub deferral: u32,
+    pub since: DateTime<Utc>,
+}
+
+impl Wait {
+    pub fn headers(&self) -> [(&'static str, String); 2] {
+        [
+            (WAITING_SINCE_HEADER, self.since.to_rfc3339()),
+            (DEFERRALS_HEADER, self.deferral.to_string()),
+        ]
+    }
+}
+
+/// When to call a provider again after a transient failure: when it said (`Retry-After`, a
+/// little later so a fleet told the same time does not arrive at once), else after a doubling
+/// backoff with jitter. `None` when that is beyond the attempt's retry `budget`, counted in time
+/// from its first transient failure. `jitter` is uniform in `[0, 1)`.
+pub fn next_wait(
+    waited: Option<Waited>,
+    hint: Option<Duration>,
+    budget: Duration,
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> Option<Wait> {
+    let (since, deferral) = waited.map_or((now, 1), |w| (w.since, w.deferrals.saturating_add(1)));
+    let delay = match hint {
+        Some(hint) => hint.max(Duration::from_secs(1)).mul_f64(1.0 + 0.1 * jitter),
+        // "Equal jitter": never less than half the backoff, so waits still grow.
+        None => backoff(deferral).mul_f64(0.5 + 0.5 * jitter),
+    };
+    let retry_at = now + chrono::Duration::from_std(delay).ok()?;
+    let waited_then = (retry_at - since).to_std().unwrap_or_default();
+    (waited_then <= budget).then_some(Wait {
+        retry_at,
+        deferral,
+        since,
+    })
 }
 
 #[cfg(test)]
@@ -418,23 +528,38 @@ mod tests {
             }
             e
         };
-        assert!(already_handled(s, &completed(2)).is_some());
-        assert!(already_handled(s, &completed(3)).is_some());
-        assert!(already_handled(s, &completed(1)).is_none());
-        assert!(already_handled(s, &step.failed("x".to_owned(), now).event).is_some());
+        assert!(already_handled(s, None, &completed(2)).is_some());
+        assert!(already_handled(s, None, &completed(3)).is_some());
+        assert!(already_handled(s, None, &completed(1)).is_none());
+        assert!(already_handled(s, None, &step.failed("x".to_owned(), now).event).is_some());
         let timed_out = Event::StepTimedOut(StepTimedOut {
             attempt: StepAttempt::of(s),
             timeout_minutes: 1.0,
         });
-        assert!(already_handled(s, &timed_out).is_some());
+        assert!(already_handled(s, None, &timed_out).is_some());
         // A started attempt that never finished (the worker died) is run again.
-        assert!(already_handled(s, &step.started(now).event).is_none());
-        assert!(already_handled(s, &Event::StepScheduled(Box::new(s.clone()))).is_none());
+        assert!(already_handled(s, None, &step.started(now).event).is_none());
+        assert!(already_handled(s, None, &Event::StepScheduled(Box::new(s.clone()))).is_none());
         let later = StepScheduled {
             attempt: 3,
             ..s.clone()
         };
-        assert!(already_handled(s, &Event::StepScheduled(Box::new(later))).is_some());
+        assert!(already_handled(s, None, &Event::StepScheduled(Box::new(later))).is_some());
+
+        // Waiting for the provider: only the delivery the latest wait's schedule brings runs.
+        let first = next_wait(None, None, Duration::from_secs(60), now, 0.5).unwrap();
+        let waiting = step.deferred("503".to_owned(), &first, now).event;
+        assert!(already_handled(s, None, &waiting).is_some());
+        let brought = Waited {
+            since: first.since,
+            deferrals: first.deferral,
+        };
+        assert!(already_handled(s, Some(brought), &waiting).is_none());
+        let other_attempt = StepScheduled {
+            attempt: 3,
+            ..s.clone()
+        };
+        assert!(already_handled(&other_attempt, None, &waiting).is_none());
     }
 
     #[test]
@@ -443,5 +568,84 @@ mod tests {
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(retry_delay(0), Duration::from_secs(1));
         assert_eq!(retry_delay(i64::MAX), MAX_RETRY_DELAY);
+    }
+
+    #[test]
+    fn a_provider_that_says_when_is_called_no_sooner() {
+        let now = Utc::now();
+        let budget = Duration::from_secs(600);
+        let hint = Some(Duration::from_secs(30));
+        for jitter in [0.0, 0.5, 0.999] {
+            let wait = next_wait(None, hint, budget, now, jitter).unwrap();
+            let delay = (wait.retry_at - now).to_std().unwrap();
+            assert!(delay >= Duration::from_secs(30), "{delay:?}");
+            assert!(delay <= Duration::from_secs(33), "{delay:?}");
+            assert_eq!((wait.deferral, wait.since), (1, now));
+        }
+        // A hint under a second still waits a second: schedules fire on whole seconds.
+        let wait = next_wait(None, Some(Duration::from_millis(20)), budget, now, 0.0).unwrap();
+        assert_eq!(wait.retry_at - now, chrono::Duration::seconds(1));
+    }
+
+    #[test]
+    fn waits_without_a_hint_double_with_jitter_and_the_budget_is_time() {
+        let start = Utc::now();
+        let budget = Duration::from_secs(60);
+        let mut waited = None;
+        let mut now = start;
+        let mut delays = Vec::new();
+        while let Some(wait) = next_wait(waited, None, budget, now, 0.999) {
+            assert_eq!(wait.since, start);
+            delays.push((wait.retry_at - now).num_milliseconds());
+            waited = Some(Waited {
+                since: wait.since,
+                deferrals: wait.deferral,
+            });
+            now = wait.retry_at;
+        }
+        // 1, 2, 4, 8, 16 s (less a hair of jitter): 31 s; the next, 32 s, would pass 60 s.
+        assert_eq!(delays.len(), 5, "{delays:?}");
+        assert!(delays.windows(2).all(|d| d[1] > d[0]), "{delays:?}");
+        assert!((now - start).to_std().unwrap() <= budget);
+        // Half the backoff at least, whatever the jitter.
+        let low = next_wait(None, None, budget, start, 0.0).unwrap();
+        assert_eq!(low.retry_at - start, chrono::Duration::milliseconds(500));
+        // A hint beyond the budget gives up at once.
+        assert!(next_wait(None, Some(Duration::from_secs(61)), budget, start, 0.0).is_none());
+    }
+
+    #[test]
+    fn the_wait_travels_in_headers_and_each_deferral_is_one_event() {
+        let now = Utc::now();
+        let wait = next_wait(None, None, Duration::from_secs(60), now, 0.3).unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in wait.headers() {
+            headers.insert(name, value.as_str());
+        }
+        let waited = Waited::from_headers(Some(&headers)).unwrap();
+        assert_eq!(waited.deferrals, 1);
+        assert_eq!(waited.since, now);
+        assert_eq!(Waited::from_headers(None), None);
+        assert_eq!(
+            Waited::from_headers(Some(&async_nats::HeaderMap::new())),
+            None
+        );
+
+        let step = step(true);
+        let second = next_wait(Some(waited), None, Duration::from_secs(60), now, 0.3).unwrap();
+        let first_id = step.deferred("429".to_owned(), &wait, now).meta.id;
+        assert_eq!(
+            first_id,
+            step.deferred("503".to_owned(), &wait, now).meta.id
+        );
+        let Event::StepDeferred(deferred) = step.deferred("429".to_owned(), &second, now).event
+        else {
+            panic!("a deferral is a StepDeferred");
+        };
+        assert_eq!((deferred.deferral, deferred.waiting_since), (2, now));
+        assert_ne!(
+            first_id,
+            step.deferred("429".to_owned(), &second, now).meta.id
+        );
     }
 }

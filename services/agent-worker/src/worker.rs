@@ -1,8 +1,12 @@
 //! One delivery of a `StepScheduled`, from decoding to acknowledgement.
 //!
 //! The handler decides a [`Disposition`] and [`settle`] carries it out: ack only once every
-//! event of the step is stored; nak (with a delay) when the infrastructure or the provider failed
-//! transiently; terminate, with the reason, what can never be processed.
+//! event of the step is stored; nak (with a delay) when the infrastructure failed transiently;
+//! terminate, with the reason, what can never be processed. A provider that fails transiently
+//! (rate limited, overloaded, unreachable) does not hold the delivery: the step is recorded as
+//! waiting (`StepDeferred`), handed back to the queue by a message schedule at the time the
+//! provider named (or after a jittered backoff), and acked; it fails once its retry budget,
+//! counted in time, runs out.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -19,9 +23,12 @@ use tracing::Instrument;
 use crate::calls::RunningCalls;
 use crate::claim;
 use crate::knowledge::KnowledgeView;
-use crate::llm::{ChatRequest, LlmError, Providers};
-use crate::prompt::{parse_review, parse_step_result, review_prompt, step_prompt};
-use crate::step::{ScheduledStep, already_handled, retry_delay};
+use crate::llm::{ChatRequest, Completion, LlmError, Provider, Providers};
+use crate::prompt::{
+    StepContext, StepPrompt, has_system_role, parse_answer, parse_review, repair_prompt,
+    review_prompt, step_prompt, step_result_schema,
+};
+use crate::step::{ScheduledStep, Waited, already_handled, next_wait, retry_delay};
 
 /// How often a running step tells JetStream it is still being worked on; well under the
 /// consumer's `ack_wait` of 30 s.
@@ -47,6 +54,10 @@ pub struct Worker {
     pub knowledge: KnowledgeView,
     pub knowledge_limit: u32,
     pub knowledge_wait: Duration,
+    /// How long a step attempt may wait for a provider that keeps failing transiently.
+    pub retry_budget: Duration,
+    /// Most characters of the dependencies' results a step's prompt carries.
+    pub dependency_budget: usize,
 }
 
 impl Worker {
@@ -114,6 +125,7 @@ impl Worker {
             tenant: envelope.meta.tenant,
             scheduled: *scheduled,
         };
+        let waited = Waited::from_headers(message.headers.as_ref());
         let last_delivery = delivered >= streams::AGENT_WORKER_MAX_DELIVER;
 
         let call = self.calls.register(
@@ -123,7 +135,7 @@ impl Worker {
         );
         let Some(outcome) = call
             .token
-            .run_until_cancelled(self.run_step(&step, last_delivery))
+            .run_until_cancelled(self.run_step(&step, message, waited))
             .await
         else {
             // The coordinator recorded why (a time-out, a cancel) before it asked.
@@ -158,6 +170,7 @@ impl Worker {
         let s = &step.scheduled;
         let step_facts = [
             subjects::SCHEDULED,
+            subjects::DEFERRED,
             subjects::COMPLETED,
             subjects::FAILED,
             subjects::TIMED_OUT,
@@ -207,11 +220,12 @@ impl Worker {
     async fn run_step(
         &self,
         step: &ScheduledStep,
-        last_delivery: bool,
+        message: &jetstream::Message,
+        waited: Option<Waited>,
     ) -> anyhow::Result<Disposition> {
         let s = &step.scheduled;
         for latest in self.latest_outcomes(step).await? {
-            if let Some(why) = already_handled(s, &latest) {
+            if let Some(why) = already_handled(s, waited, &latest) {
                 tracing::info!(why, "step already handled; skipping this delivery");
                 return Ok(Disposition::Ack);
             }
@@ -239,6 +253,11 @@ impl Worker {
             .relevant(&step.tenant, s.workflow_id, self.knowledge_limit)
             .await
             .context("reading the workflow's knowledge")?;
+        let dependencies = self
+            .knowledge
+            .dependency_outputs(&step.tenant, s.execution_id, &s.step.depends_on)
+            .await
+            .context("reading the results of the step's dependencies")?;
 
         let provider = match self.providers.get(&s.agent.provider) {
             Ok(provider) => provider,
@@ -250,32 +269,34 @@ impl Worker {
                 &s.agent,
                 &s.step,
                 s.communication_style,
-                &knowledge,
-                s.input.as_ref(),
-                s.feedback.as_deref(),
+                &StepContext {
+                    knowledge: &knowledge,
+                    dependencies: &dependencies,
+                    dependency_budget: self.dependency_budget,
+                    input: s.input.as_ref(),
+                    feedback: s.feedback.as_deref(),
+                },
             ),
         };
-        let request = ChatRequest::for_agent(&s.agent, prompt);
+        let prompt = if has_system_role(&s.agent.model) {
+            prompt
+        } else {
+            prompt.without_system_role()
+        };
+        let mut request = ChatRequest::for_agent(&s.agent, prompt);
+        if s.review.is_none() {
+            request.json_schema = Some(step_result_schema());
+        }
         tracing::info!(
             provider = s.agent.provider,
             model = s.agent.model,
             knowledge_items = knowledge.len(),
+            dependencies = dependencies.len(),
             "calling the agent's LLM"
         );
-        let completion = match provider.complete(&request).await {
+        let completion = match self.call(step, message, waited, provider, &request).await? {
             Ok(completion) => completion,
-            Err(error) if error.is_retryable() && !last_delivery => {
-                return Err(anyhow::anyhow!(llm_failure(step, &error)));
-            }
-            Err(error) if error.is_retryable() => {
-                let gave_up = format!(
-                    "{} (gave up after {} deliveries)",
-                    llm_failure(step, &error),
-                    streams::AGENT_WORKER_MAX_DELIVER
-                );
-                return self.fail(step, gave_up).await;
-            }
-            Err(error) => return self.fail(step, llm_failure(step, &error)).await,
+            Err(settled) => return Ok(settled),
         };
 
         if let Some(review) = &s.review {
@@ -296,7 +317,39 @@ impl Worker {
             tracing::info!(approved, round = review.round, "step reviewed");
             return Ok(Disposition::Ack);
         }
-        let result = parse_step_result(&s.step.name, &completion.text, completion.usage);
+        let result = match parse_answer(&s.step.name, &completion.text, completion.usage) {
+            Ok(result) => result,
+            Err(unstructured) => {
+                tracing::warn!(%unstructured, "asking once for the answer in the required structure");
+                let prompt = StepPrompt {
+                    system: request.system.clone(),
+                    user: request.user.clone(),
+                };
+                let repaired = repair_prompt(&prompt, &completion.text);
+                let repair = ChatRequest {
+                    system: repaired.system,
+                    user: repaired.user,
+                    ..request
+                };
+                let again = match self.call(step, message, waited, provider, &repair).await? {
+                    Ok(again) => again,
+                    Err(settled) => return Ok(settled),
+                };
+                let usage = completion.usage.plus(again.usage);
+                match parse_answer(&s.step.name, &again.text, usage) {
+                    Ok(result) => result,
+                    Err(still) => {
+                        let reason = format!(
+                            "agent {} answered without the required structure twice (one repair \
+                             request): {still}",
+                            s.agent.name
+                        );
+                        return self.fail(step, reason).await;
+                    }
+                }
+            }
+        };
+        let tokens = result.tokens.total;
         let result = if claim::too_large(&result) {
             self.claim_check(step, result).await?
         } else {
@@ -316,7 +369,7 @@ impl Worker {
             .publish(&completed, Append::Any)
             .await
             .context("publishing StepCompleted")?;
-        tracing::info!(tokens = completion.usage.total, "step completed");
+        tracing::info!(tokens, "step completed");
         Ok(Disposition::Ack)
     }
 
@@ -348,6 +401,79 @@ impl Worker {
             s.execution_id, s.step.id
         );
         Ok(claim::shrink(result, reference, &whole_at))
+    }
+
+    /// One LLM call. `Ok(Err(disposition))`: the call failed and the step is settled (it waits
+    /// for the provider, or failed for good); `Err`: recording that failed, so the delivery is
+    /// worth another try.
+    async fn call(
+        &self,
+        step: &ScheduledStep,
+        message: &jetstream::Message,
+        waited: Option<Waited>,
+        provider: &Provider,
+        request: &ChatRequest,
+    ) -> anyhow::Result<Result<Completion, Disposition>> {
+        match provider.complete(request).await {
+            Ok(completion) => Ok(Ok(completion)),
+            Err(error) if error.is_retryable() => {
+                self.defer(step, message, waited, &error).await.map(Err)
+            }
+            Err(error) => self.fail(step, llm_failure(step, &error)).await.map(Err),
+        }
+    }
+
+    /// The provider failed transiently: the step waits on a message schedule (holding no
+    /// worker and no delivery) until the provider's `Retry-After` or a jittered backoff, unless
+    /// that is beyond the retry budget, when the attempt fails with what was tried.
+    async fn defer(
+        &self,
+        step: &ScheduledStep,
+        message: &jetstream::Message,
+        waited: Option<Waited>,
+        error: &LlmError,
+    ) -> anyhow::Result<Disposition> {
+        let reason = llm_failure(step, error);
+        let now = Utc::now();
+        let budget = self.retry_budget;
+        let Some(wait) = next_wait(waited, error.retry_after(), budget, now, fastrand::f64())
+        else {
+            let (since, calls) = waited.map_or((now, 1), |w| (w.since, w.deferrals + 1));
+            let gave_up = format!(
+                "{reason} (gave up after {calls} call(s) over {}s: waiting longer would pass the \
+                 retry budget of {}s)",
+                (now - since).num_seconds(),
+                budget.as_secs()
+            );
+            return self.fail(step, gave_up).await;
+        };
+        let s = &step.scheduled;
+        let provider = &s.agent.provider;
+        // The schedule before the event: a delivery that finds the event skips itself, so the
+        // event must never exist without the schedule that brings the step back.
+        self.bus
+            .dispatch_later(
+                subjects::deferred_step(
+                    provider,
+                    &step.tenant,
+                    s.execution_id,
+                    &s.step.id,
+                    s.attempt,
+                ),
+                subjects::dispatched_steps(provider, &step.tenant),
+                wait.retry_at,
+                &wait.headers(),
+                message.payload.clone(),
+                &format!("{}/deferred/{}", step.event_id, wait.deferral),
+            )
+            .await
+            .context("scheduling the step's next call")?;
+        self.bus
+            .publish(&step.deferred(reason, &wait, now), Append::Any)
+            .await
+            .context("publishing StepDeferred")?;
+        tracing::warn!(retry_at = %wait.retry_at, deferral = wait.deferral, "the provider failed transiently; the step waits");
+        Ok(Disposition::Ack)
     }
 
     async fn fail(&self, step: &ScheduledStep, error: String) -> anyhow::Result<Disposition> {

@@ -13,6 +13,7 @@ pub mod processor;
 pub mod read;
 pub mod starter;
 mod triggers;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -108,6 +109,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let services = processor::Services::open(bus.clone(), starter.clone(), config.stream_replicas)
         .await
         .map_err(|e| anyhow::anyhow!("opening the workflow links: {e}"))?;
+    let workers = workers::WorkerRegistry::open(bus.jetstream(), config.stream_replicas)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the worker registry: {e}"))?;
     // Lazy: the API's commands work while Postgres is down; only its queries answer 503.
     let db = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
@@ -128,6 +132,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             tenant: TenantId::default_tenant(),
             starter: starter.clone(),
             results,
+            workers,
             read_models,
             read_your_writes: config.read_your_writes_timeout(),
         },

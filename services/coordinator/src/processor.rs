@@ -524,7 +524,7 @@ async fn perform(services: &Services, stored: &Envelope, effect: Effect) -> Resu
     match effect {
         // The log is the workers' outbox: a scheduled step stored in it is handed to them
         // before its delivery is acked, so none is lost between the two writes.
-        Effect::Dispatch => bus.dispatch(stored).await?,
+        Effect::Dispatch { provider } => bus.dispatch(stored, &provider).await?,
         Effect::StartTimer { timer, when } => match bus.arm_timer(tenant, &timer, &when).await {
             // Validation keeps such schedules out; one the server still refuses (an older
             // definition) would be refused forever, so it is reported and left unarmed.

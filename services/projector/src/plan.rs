@@ -94,6 +94,10 @@ impl Plan {
                 self.executions.step_started(origin, e);
                 self.interactions.step_started(origin, e);
             }
+            Event::StepDeferred(e) => {
+                self.executions.step_deferred(origin, e);
+                self.interactions.step_deferred(origin, e);
+            }
             Event::InteractionRecorded(e) => self.interactions.recorded(origin, e),
             Event::StepCompleted(e) => {
                 self.executions.step_completed(origin, e);

@@ -18,6 +18,7 @@ use crate::command::{Aggregate, History, registered_agent};
 use crate::domain::agent::{Agent, Register};
 use crate::domain::validation::validate_agent;
 use crate::read;
+use crate::workers::no_worker_offers;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -58,8 +59,34 @@ pub(super) async fn register(
         .execute(&app.bus, &Register(agent.clone()))
         .await
         .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
-    let response = created(format!("/v1/agents/{}", agent.id), agent);
+    let warnings = provider_warnings(&app, &agent.provider).await;
+    let mut body = serde_json::to_value(&agent).unwrap_or_default();
+    body["warnings"] = serde_json::json!(warnings);
+    let response = created(format!("/v1/agents/{}", agent.id), body);
     Ok(written(&app, registered.version, response).await)
+}
+
+/// What a person registering an agent should know about its provider: the agent is
+/// registered either way (workers may start later), but its steps wait until one offers it.
+async fn provider_warnings(app: &AppState, provider: &str) -> Vec<String> {
+    match app.workers.offered().await {
+        Ok(offered) if offered.contains(provider) => vec![],
+        Ok(_) => vec![no_worker_offers(provider)],
+        Err(error) => {
+            tracing::warn!(%error, "could not read the worker registry");
+            vec![]
+        }
+    }
+}
+
+/// `GET /v1/workers`: the live agent workers, what providers they offer and how much they run
+/// at once.
+pub(super) async fn workers(State(app): State<AppState>) -> ApiResult {
+    let live = app.workers.live().await.map_err(|error| {
+        tracing::error!(%error, "worker registry read failed");
+        Problem::unavailable(format!("the worker registry could not be read: {error}"))
+    })?;
+    Ok(axum::Json(live).into_response())
 }
 
 pub(super) async fn list(

@@ -24,6 +24,7 @@ use crate::domain::execution::{Command, ExecutionDecider, TransitionRefused};
 use crate::domain::validation::validate_start;
 use crate::read;
 use crate::starter::{StartError, StartOrder};
+use crate::workers::no_worker_offers;
 
 /// The body of a start: all optional (the seed's `executionContext` is `input`).
 #[derive(Deserialize, Default)]
@@ -195,7 +196,8 @@ pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) ->
         .await
         .map_err(unavailable_db)?
     {
-        return Ok(axum::Json(row).into_response());
+        let waiting = waiting_for_workers(&app, &row).await;
+        return Ok(axum::Json(ExecutionDetail { row, waiting }).into_response());
     }
     // Just accepted and not yet projected: answer from the log rather than deny it exists.
     let (time, e) = started(&app, id).await?;
@@ -223,6 +225,55 @@ pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) ->
         updated_at: time,
     })
     .into_response())
+}
+
+/// An execution as the read models show it, with what they cannot know: which of its
+/// scheduled steps no live worker can take.
+#[derive(Serialize)]
+struct ExecutionDetail {
+    #[serde(flatten)]
+    row: read::ExecutionView,
+    waiting: Vec<WaitingStep>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WaitingStep {
+    step_id: String,
+    provider: String,
+    reason: String,
+}
+
+/// The execution's steps that are scheduled but not started and whose agent's provider no live
+/// worker offers: they wait, visibly, rather than fail.
+async fn waiting_for_workers(app: &AppState, row: &read::ExecutionView) -> Vec<WaitingStep> {
+    let Some(steps) = row.step_results.as_object() else {
+        return vec![];
+    };
+    let queued: Vec<(&String, &str)> = steps
+        .iter()
+        .filter(|(_, entry)| entry["status"] == "scheduled")
+        .filter_map(|(step, _)| Some((step, row.agent_assignments[step]["provider"].as_str()?)))
+        .collect();
+    if queued.is_empty() {
+        return vec![];
+    }
+    let offered = match app.workers.offered().await {
+        Ok(offered) => offered,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the worker registry");
+            return vec![];
+        }
+    };
+    queued
+        .into_iter()
+        .filter(|(_, provider)| !offered.contains(*provider))
+        .map(|(step, provider)| WaitingStep {
+            step_id: step.clone(),
+            provider: provider.to_owned(),
+            reason: no_worker_offers(provider),
+        })
+        .collect()
 }
 
 pub(super) async fn interactions(

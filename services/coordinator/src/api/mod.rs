@@ -43,6 +43,8 @@ pub struct AppState {
     pub starter: Starter,
     /// Step results too large for an event.
     pub results: async_nats::jetstream::object_store::ObjectStore,
+    /// The live agent workers and the providers they offer.
+    pub workers: crate::workers::WorkerRegistry,
     /// How far the read models have got, so a command can answer once they show its events.
     pub read_models: ProjectionWatermark,
     /// How long a command waits for that (zero: not at all).
@@ -53,6 +55,7 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
     Router::new()
         .route("/v1/agents", get(agents::list).post(agents::register))
         .route("/v1/agents/{id}", get(agents::get))
+        .route("/v1/workers", get(agents::workers))
         .route(
             "/v1/workflows",
             get(workflows::list).post(workflows::create),

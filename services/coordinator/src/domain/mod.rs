@@ -23,8 +23,9 @@ use chrono::{DateTime, Utc};
 /// [`execution::effects`] and [`workflow::effects`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// Hand the stored `StepScheduled` to the agent workers.
-    Dispatch,
+    /// Hand the stored `StepScheduled` to the agent workers that offer its agent's LLM
+    /// `provider`.
+    Dispatch { provider: String },
     /// Arm a durable timer.
     StartTimer { timer: Timer, when: When },
     /// Disarm a timer that has nothing left to guard.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use cadre_proto::events::{Event, ExecutionStarted};
 use cadre_proto::model::{AgentProfile, DecisionMaking, TriggerReason, WorkflowDefinition};
 use cadre_proto::streams::MAX_EVENT_BYTES;
-use cadre_proto::{AgentId, Envelope, ExecutionId, StepId, TenantId};
+use cadre_proto::{AgentId, Envelope, ExecutionId, StepId, TenantId, subjects};
 use serde::Serialize;
 
 use super::condition;
@@ -122,6 +122,12 @@ pub fn validate_agent(agent: &AgentProfile) -> Vec<FieldError> {
         limits::NAME,
     );
     require_text(&mut errors, "/provider", &agent.provider, limits::PROVIDER);
+    if !agent.provider.is_empty() && !subjects::is_provider_name(&agent.provider) {
+        errors.push(error(
+            "/provider",
+            "must name a provider configured on the agent workers: letters, digits, '-' and '_' only",
+        ));
+    }
     require_text(&mut errors, "/model", &agent.model, limits::NAME);
     if let Some(t) = agent.model_parameters.temperature
         && !(0.0..=2.0).contains(&t)
@@ -917,6 +923,18 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_name_must_be_usable_as_a_queue_name() {
+        for bad in ["open.ai", "open ai", "q*", ">"] {
+            let mut a = agent("Ada");
+            a.provider = bad.to_owned();
+            assert_eq!(pointers(&validate_agent(&a)), vec!["/provider"], "{bad}");
+        }
+        let mut a = agent("Ada");
+        a.provider = "llama_cpp-2".to_owned();
+        assert_eq!(validate_agent(&a), vec![]);
+    }
+
+    #[test]
     fn every_free_text_field_has_a_limit() {
         let long = |n: usize| "x".repeat(n + 1);
         type AgentEdit = fn(&mut AgentProfile, String);
@@ -930,7 +948,9 @@ mod tests {
         ];
         for (pointer, max, edit) in agent_fields {
             let mut a = agent("Ada");
-            edit(&mut a, "é".repeat(max));
+            // A provider name is a subject token: ASCII only.
+            let widest = if pointer == "/provider" { "x" } else { "é" };
+            edit(&mut a, widest.repeat(max));
             assert_eq!(validate_agent(&a), vec![], "{pointer} at its limit");
             edit(&mut a, long(max));
             let errors = validate_agent(&a);

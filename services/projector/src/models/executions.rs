@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use cadre_proto::ExecutionId;
 use cadre_proto::events::{
     ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted, StepCompleted,
-    StepFailed, StepReviewed, StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+    StepDeferred, StepFailed, StepReviewed, StepScheduled, StepSkipped, StepStarted, StepTimedOut,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -242,6 +242,7 @@ impl Changes {
             json!({
                 "agentId": e.agent.id,
                 "agentName": e.agent.name,
+                "provider": e.agent.provider,
                 "reason": e.reason,
                 "attempt": e.attempt,
             }),
@@ -259,6 +260,23 @@ impl Changes {
                 "attempt": a.number,
                 "agentId": a.agent_id,
                 "startedAt": origin.at,
+            }),
+        );
+    }
+
+    /// The attempt waits for its provider: shown as `waiting`, with why and until when.
+    pub fn step_deferred(&mut self, origin: &Origin<'_>, e: &StepDeferred) {
+        let a = &e.attempt;
+        self.patch(a.execution_id, origin.at).merge_step(
+            a.step_id.as_str(),
+            json!({
+                "status": "waiting",
+                "attempt": a.number,
+                "agentId": a.agent_id,
+                "waitingReason": e.error,
+                "retryAt": e.retry_at,
+                "deferrals": e.deferral,
+                "waitingSince": e.waiting_since,
             }),
         );
     }
@@ -554,7 +572,7 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
                              FROM jsonb_object_keys(m.step_results) AS k(step)
                              WHERE NOT m.was_active ? k.step AND NOT m.scheduled ? k.step
                             ) AS a
-                       WHERE m.step_results -> a.step ->> 'status' IN ('scheduled', 'running'))
+                       WHERE m.step_results -> a.step ->> 'status' IN ('scheduled', 'running', 'waiting'))
                  END AS active_steps
              FROM merged m
          )

@@ -3,8 +3,8 @@
 //! each keyed by the id of the event it comes from.
 
 use cadre_proto::events::{
-    AssignmentReason, InteractionRecorded, KnowledgeShared, StepAttempt, StepCompleted, StepFailed,
-    StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+    AssignmentReason, InteractionRecorded, KnowledgeShared, StepAttempt, StepCompleted,
+    StepDeferred, StepFailed, StepScheduled, StepSkipped, StepStarted, StepTimedOut,
 };
 use cadre_proto::model::InteractionType;
 use cadre_proto::{ExecutionId, StepId};
@@ -90,6 +90,19 @@ impl Changes {
             a,
             format!("Starting step: {}", a.step_name),
             json!({ "stepId": a.step_id, "attempt": a.number }),
+        );
+    }
+
+    pub fn step_deferred(&mut self, origin: &Origin<'_>, e: &StepDeferred) {
+        let a = &e.attempt;
+        self.step_note(
+            origin,
+            a,
+            format!(
+                "Step waiting: {} - {} (tried again at {})",
+                a.step_name, e.error, e.retry_at
+            ),
+            json!({ "stepId": a.step_id, "attempt": a.number, "retryAt": e.retry_at, "deferral": e.deferral }),
         );
     }
 

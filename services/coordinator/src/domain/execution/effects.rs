@@ -39,7 +39,9 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                     },
                     input: execution.input.clone(),
                 },
-                None => Effect::Dispatch,
+                None => Effect::Dispatch {
+                    provider: e.agent.provider.clone(),
+                },
             }];
             if let Some(at) = e.timeout_at
                 && execution

@@ -354,7 +354,9 @@ fn an_attempt_that_runs_past_its_timeout_is_timed_out_then_retried_then_fails_th
     assert_eq!(
         effects(&fold(&log), &first[0], now()),
         vec![
-            Effect::Dispatch,
+            Effect::Dispatch {
+                provider: s.agent.provider.clone()
+            },
             Effect::StartTimer {
                 timer: step_timer(&first[0]),
                 when: When::At(now() + TimeDelta::seconds(30))

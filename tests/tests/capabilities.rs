@@ -1,0 +1,215 @@
+//! Workers take only work they can do: steps are routed to the workers that offer their
+//! agent's LLM provider, a step no running worker can take waits visibly until one starts, and a
+//! provider that asks to be called later is called no sooner, on a durable schedule, within a
+//! retry budget counted in time.
+
+// Test code: a panic is the failure report, in helpers as in tests.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cadre_agent_worker::ProviderConfig;
+use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
+use cadre_tests::api::{agent, pipeline};
+use cadre_tests::{Stack, eventually};
+use serde_json::{Value, json};
+
+const FINISH: Duration = Duration::from_secs(60);
+/// The provider only some workers know.
+const QUIRK: &str = "quirk";
+
+fn offline_only() -> BTreeMap<String, ProviderConfig> {
+    BTreeMap::from([(
+        "offline".to_owned(),
+        ProviderConfig::Offline { latency_ms: 0 },
+    )])
+}
+
+/// `offline`, and `quirk` served by the stack's fake OpenAI-compatible server.
+fn with_quirk(stack: &Stack) -> BTreeMap<String, ProviderConfig> {
+    let mut providers = offline_only();
+    providers.insert(QUIRK.to_owned(), stack.fake_provider(10));
+    providers
+}
+
+/// A `steps`-step pipeline for one agent on `provider`; returns the agent's registration
+/// answer and the workflow id.
+async fn workflow(
+    stack: &Stack,
+    provider: &str,
+    steps: usize,
+    max_retries: u32,
+) -> (Value, String) {
+    let registered = stack
+        .api
+        .register_agent(&agent("Quinn", "analyst", &["research"], provider))
+        .await;
+    let ids = vec![registered["id"].as_str().unwrap().to_owned()];
+    let mut body = pipeline("Routed", &ids, &[&["research"]], steps);
+    body["configuration"]["constraints"] = json!({ "maxRetries": max_retries });
+    let workflow = stack.api.create_workflow(&body).await;
+    (registered, workflow["id"].as_str().unwrap().to_owned())
+}
+
+async fn events(stack: &Stack, workflow: &str, execution: &str) -> Vec<Event> {
+    stack
+        .bus
+        .read_all(&subjects::execution_state(
+            &TenantId::default_tenant(),
+            WorkflowId(workflow.parse().unwrap()),
+            ExecutionId(execution.parse().unwrap()),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.envelope.event)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_mixed_fleet_runs_every_step_on_a_worker_that_offers_its_provider() {
+    let mut stack = Stack::start().await;
+    stack.stop_service("agent-worker").await;
+    stack.run_worker("plain", stack.worker_config("plain", offline_only()));
+    stack.run_worker("quirky", stack.worker_config("quirky", with_quirk(&stack)));
+    let workers = eventually(FINISH, "both workers in the registry", || async {
+        let reply = stack.api.get("/v1/workers").await;
+        (reply.body.as_array().map(Vec::len) == Some(2)).then_some(reply.body)
+    })
+    .await;
+    assert_eq!(workers[0]["workerId"], "plain");
+    assert_eq!(workers[0]["providers"], json!(["offline"]));
+    assert_eq!(workers[1]["workerId"], "quirky");
+    assert_eq!(workers[1]["providers"], json!(["offline", QUIRK]));
+
+    let (registered, workflow_id) = workflow(&stack, QUIRK, 8, 3).await;
+    assert_eq!(registered["warnings"], json!([]), "a worker offers quirk");
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+
+    let log = events(&stack, &workflow_id, &execution_id).await;
+    let failed = log
+        .iter()
+        .filter(|e| matches!(e, Event::StepFailed(_)))
+        .count();
+    assert_eq!(failed, 0, "no worker took a step it cannot run");
+    let attempts: Vec<u32> = log
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepCompleted(c) => Some(c.attempt.number),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts, vec![1; 8], "every step done on its first attempt");
+    assert_eq!(stack.llm.requests().len(), 8, "one call per step");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_no_running_worker_can_take_waits_visibly_until_one_starts() {
+    let mut stack = Stack::start().await;
+    stack.stop_service("agent-worker").await;
+    stack.run_worker("plain", stack.worker_config("plain", offline_only()));
+    eventually(FINISH, "the worker in the registry", || async {
+        let reply = stack.api.get("/v1/workers").await;
+        (reply.body.as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+
+    let (registered, workflow_id) = workflow(&stack, QUIRK, 1, 0).await;
+    let warning = registered["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("no live agent worker offers provider \"quirk\""),
+        "{warning}"
+    );
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let waiting = eventually(FINISH, "the step shown waiting for a worker", || async {
+        let reply = stack
+            .api
+            .get(&format!("/v1/executions/{execution_id}"))
+            .await;
+        let waiting = &reply.body["waiting"];
+        (waiting.as_array().map(Vec::len) == Some(1)).then(|| reply.body.clone())
+    })
+    .await;
+    assert_eq!(waiting["status"], "running");
+    assert_eq!(waiting["waiting"][0]["stepId"], "step-1");
+    assert_eq!(waiting["waiting"][0]["provider"], QUIRK);
+    assert!(stack.llm.requests().is_empty(), "nobody called quirk");
+
+    // A worker that offers quirk starts: the waiting step runs, nothing was lost.
+    stack.run_worker("quirky", stack.worker_config("quirky", with_quirk(&stack)));
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    let after = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}"))
+        .await;
+    assert_eq!(after.body["waiting"], json!([]));
+    assert_eq!(stack.llm.requests().len(), 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_call_is_repeated_no_sooner_than_retry_after_and_each_wait_is_recorded() {
+    let stack = Stack::start().await;
+    stack.llm.rate_limit_next(2, 2);
+    let (_, workflow_id) = workflow(&stack, cadre_tests::stack::FAKE_PROVIDER, 1, 0).await;
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+
+    let calls = stack.llm.requests();
+    assert_eq!(
+        calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+        vec![429, 429, 200]
+    );
+    for pair in calls.windows(2) {
+        let gap = pair[1].received_at - pair[0].received_at;
+        assert!(gap >= Duration::from_secs(2), "called again after {gap:?}");
+    }
+    let waits: Vec<_> = events(&stack, &workflow_id, &execution_id)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StepDeferred(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        waits.iter().map(|d| d.deferral).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(waits[0].error.contains("429"), "{}", waits[0].error);
+    assert_eq!(waits[0].waiting_since, waits[1].waiting_since);
+    assert_eq!(
+        execution["stepResults"]["step-1"]["status"], "completed",
+        "{execution:#}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_that_keeps_failing_fails_the_step_when_its_time_budget_runs_out() {
+    let mut stack = Stack::start().await;
+    stack.stop_service("agent-worker").await;
+    let config = cadre_agent_worker::Config {
+        retry_budget_secs: 3,
+        ..stack.worker_config("impatient", with_quirk(&stack))
+    };
+    stack.run_worker("impatient", config);
+    stack.llm.fail_next(100, 503);
+    let (_, workflow_id) = workflow(&stack, QUIRK, 1, 0).await;
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "failed", "{execution:#}");
+    let error = execution["errorMessage"].as_str().unwrap();
+    assert!(error.contains("retry budget of 3s"), "{error}");
+    assert!(error.contains("503"), "{error}");
+    let calls = stack.llm.requests().len();
+    // Doubling waits of at least 0.5, 1 and 2 s fit about three calls into 3 s.
+    assert!((2..=4).contains(&calls), "{calls} calls");
+    stack.stop().await;
+}
