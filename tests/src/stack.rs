@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cadre_agent_worker::ProviderConfig;
+use cadre_agent_worker::{HttpProviderConfig, ProviderConfig};
 use cadre_runtime::bus::{self, EventBus};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -189,11 +189,11 @@ impl Stack {
                 ),
                 (
                     FAKE_PROVIDER.to_owned(),
-                    ProviderConfig::OpenAiCompatible {
-                        base_url: self.llm.base_url(),
+                    ProviderConfig::OpenAiCompatible(HttpProviderConfig {
                         api_key: Some("test-key".to_owned().into()),
                         timeout_secs: options.llm_timeout_secs,
-                    },
+                        ..HttpProviderConfig::new(self.llm.base_url())
+                    }),
                 ),
             ]),
             ..Default::default()

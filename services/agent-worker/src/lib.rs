@@ -41,7 +41,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, ProviderConfig};
+pub use config::{CircuitBreakerConfig, Config, HttpProviderConfig, ProviderConfig};
 
 use crate::calls::RunningCalls;
 use crate::knowledge::KnowledgeView;
