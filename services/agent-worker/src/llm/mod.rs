@@ -597,4 +597,132 @@ mod tests {
         assert_eq!(claude.url(), "https://api.anthropic.com/v1/messages");
         assert_eq!(claude.server_address(), "api.anthropic.com");
     }
+
+    mod spans {
+        use std::fmt;
+        use std::sync::{Arc, Mutex};
+
+        use serde_json::json;
+        use tracing::field::{Field, Visit};
+        use tracing::span::{Attributes, Id, Record};
+        use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
+
+        use crate::llm::testing::{API_KEY, Fake, Reply, http_config, openai, request};
+
+        type Fields = Arc<Mutex<Vec<(String, String)>>>;
+
+        thread_local! {
+            /// Where this thread's span fields go (none: dropped).
+            static CAPTURED: std::cell::RefCell<Option<Fields>> = const { std::cell::RefCell::new(None) };
+        }
+
+        /// Captures span fields on threads that ask for them. A global subscriber rather than
+        /// a scoped one: with a scoped one, other tests hitting the span's callsite at the same
+        /// time on threads without a subscriber can leave its cached interest at "never".
+        fn capture_on_this_thread() -> Fields {
+            static INSTALL: std::sync::Once = std::sync::Once::new();
+            INSTALL.call_once(|| {
+                tracing::subscriber::set_global_default(
+                    tracing_subscriber::registry().with(Capture),
+                )
+                .unwrap();
+            });
+            let fields = Fields::default();
+            CAPTURED.with(|captured| *captured.borrow_mut() = Some(fields.clone()));
+            fields
+        }
+
+        struct Capture;
+
+        struct Visitor;
+
+        impl Visitor {
+            fn push(field: &Field, value: String) {
+                CAPTURED.with(|captured| {
+                    if let Some(fields) = &*captured.borrow() {
+                        fields
+                            .lock()
+                            .unwrap()
+                            .push((field.name().to_owned(), value));
+                    }
+                });
+            }
+        }
+
+        impl Visit for Visitor {
+            fn record_str(&mut self, field: &Field, value: &str) {
+                Self::push(field, value.to_owned());
+            }
+
+            fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+                Self::push(field, format!("{value:?}"));
+            }
+        }
+
+        impl<S: tracing::Subscriber> Layer<S> for Capture {
+            fn on_new_span(&self, attributes: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+                attributes.record(&mut Visitor);
+            }
+
+            fn on_record(&self, _: &Id, values: &Record<'_>, _: Context<'_, S>) {
+                values.record(&mut Visitor);
+            }
+        }
+
+        fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+            fields
+                .iter()
+                .rev()
+                .find(|(field, _)| field == name)
+                .map(|(_, value)| value.as_str())
+        }
+
+        #[tokio::test]
+        async fn each_call_is_a_gen_ai_span_without_prompts_or_keys() {
+            let fields = capture_on_this_thread();
+
+            let answer = json!({
+                "model": "gpt-test-2024",
+                "choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 7}
+            });
+            let fake = Fake::start(
+                "/chat/completions",
+                vec![Reply::json(200, answer), Reply::raw(503, "down")],
+            )
+            .await;
+            let provider = openai(http_config(&fake.base_url));
+            provider.complete(&request()).await.unwrap();
+            let ok = fields.lock().unwrap().clone();
+            for (name, value) in [
+                ("otel.name", "chat gpt-test"),
+                ("gen_ai.operation.name", "chat"),
+                ("gen_ai.system", "openai_compatible"),
+                ("gen_ai.request.model", "gpt-test"),
+                ("gen_ai.response.model", "gpt-test-2024"),
+                ("gen_ai.response.finish_reasons", "stop"),
+                ("gen_ai.usage.input_tokens", "11"),
+                ("gen_ai.usage.output_tokens", "7"),
+                ("server.address", "127.0.0.1"),
+            ] {
+                assert_eq!(field(&ok, name), Some(value), "{name} in {ok:?}");
+            }
+            assert_eq!(field(&ok, "error.type"), None);
+
+            fields.lock().unwrap().clear();
+            provider.complete(&request()).await.unwrap_err();
+            let failed = fields.lock().unwrap().clone();
+            assert_eq!(field(&failed, "error.type"), Some("503"));
+            assert_eq!(field(&failed, "otel.status_code"), Some("ERROR"));
+
+            for (name, value) in ok.iter().chain(&failed) {
+                assert!(
+                    !value.contains(API_KEY)
+                        && !value.contains("You are Ada")
+                        && !value.contains("Design the API"),
+                    "{name} = {value}"
+                );
+            }
+        }
+    }
 }

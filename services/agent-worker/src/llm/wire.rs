@@ -391,6 +391,8 @@ mod tests {
 
     #[test]
     fn lone_surrogates_become_replacement_characters() {
+        // What this repairs: serde_json refuses them outright.
+        assert!(serde_json::from_str::<Value>(r#""a\ud83d""#).is_err());
         let cases = [
             (r#"{"t":"a\ud83d"}"#, "a\u{FFFD}"),
             (r#"{"t":"a\ud83dxyz"}"#, "a\u{FFFD}xyz"),
