@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cadre_agent_worker::ProviderConfig;
+use cadre_agent_worker::{HttpProviderConfig, ProviderConfig};
 use cadre_runtime::bus::{self, EventBus};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -194,11 +194,11 @@ impl Stack {
 
     /// The fake OpenAI-compatible server as a provider's configuration.
     pub fn fake_provider(&self, timeout_secs: u64) -> ProviderConfig {
-        ProviderConfig::OpenAiCompatible {
-            base_url: self.llm.base_url(),
+        ProviderConfig::OpenAiCompatible(HttpProviderConfig {
             api_key: Some("test-key".to_owned().into()),
             timeout_secs,
-        }
+            ..HttpProviderConfig::new(self.llm.base_url())
+        })
     }
 
     /// The configuration of an agent worker of this stack with id `name`, offering exactly

@@ -10,6 +10,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -91,21 +92,136 @@ pub enum ProviderConfig {
         #[serde(default)]
         latency_ms: u64,
     },
-    /// Any server speaking OpenAI's `/chat/completions` (OpenAI, DeepSeek, vLLM, Ollama, ...).
+    /// Any server speaking OpenAI's `/chat/completions` (OpenAI, DeepSeek, vLLM, Ollama,
+    /// llama.cpp's server, ...).
     #[serde(rename = "openai_compatible")]
-    OpenAiCompatible {
-        /// Up to and including the version segment, e.g. `https://api.openai.com/v1`.
-        base_url: String,
-        /// Sent as a bearer token. Never serialized, so it cannot end up in a dump of the config.
-        #[serde(default, skip_serializing)]
-        api_key: Option<SecretString>,
-        #[serde(default = "default_timeout_secs")]
-        timeout_secs: u64,
-    },
+    OpenAiCompatible(HttpProviderConfig),
+    /// Anthropic's Messages API (`POST {base_url}/messages`).
+    Anthropic(HttpProviderConfig),
 }
 
-fn default_timeout_secs() -> u64 {
-    120
+/// A provider reached over HTTP. Every field but `base_url` (for OpenAI-compatible servers)
+/// has a default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpProviderConfig {
+    /// Up to and including the version segment, e.g. `https://api.openai.com/v1`. Empty means
+    /// the provider's public API (Anthropic only).
+    pub base_url: String,
+    /// The model for agents that name none.
+    pub model: Option<String>,
+    /// The API key itself. Never serialized, so it cannot end up in a dump of the config.
+    #[serde(skip_serializing)]
+    pub api_key: Option<SecretString>,
+    /// The name of an environment variable holding the API key, read at startup.
+    pub api_key_env: Option<String>,
+    /// A file holding the API key (a mounted secret), read and trimmed at startup.
+    pub api_key_file: Option<PathBuf>,
+    /// The whole call, including reading the answer.
+    pub timeout_secs: u64,
+    /// No bytes from the server for this long ends the call (a hung server).
+    pub idle_timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+    /// Most calls in flight to this provider from this process; more wait for a turn.
+    /// None: no limit.
+    pub max_concurrency: Option<usize>,
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// How many times an answer cut off at `max_tokens` is continued before the step fails.
+    pub max_continuations: u32,
+    /// Whether to ask for JSON against a request's schema (where the server supports it).
+    pub json_schema: bool,
+    /// Whether to stream the answer (server-sent events) and pass its text on as it comes.
+    pub stream: bool,
+}
+
+impl Default for HttpProviderConfig {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            model: None,
+            api_key: None,
+            api_key_env: None,
+            api_key_file: None,
+            timeout_secs: 120,
+            idle_timeout_secs: 60,
+            connect_timeout_secs: 10,
+            max_concurrency: None,
+            circuit_breaker: CircuitBreakerConfig::default(),
+            max_continuations: 2,
+            json_schema: true,
+            stream: false,
+        }
+    }
+}
+
+impl HttpProviderConfig {
+    /// An OpenAI-compatible or Anthropic provider at `base_url` with every other setting at
+    /// its default.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The API key from whichever of `api_key`, `api_key_env` and `api_key_file` is set.
+    /// At most one may be; a named variable or file that is missing or empty is an error
+    /// (at startup, rather than a 401 on every step).
+    pub fn resolve_api_key(&self) -> Result<Option<SecretString>, String> {
+        let sources = [
+            self.api_key.is_some(),
+            self.api_key_env.is_some(),
+            self.api_key_file.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() > 1 {
+            return Err("set only one of api_key, api_key_env and api_key_file".to_owned());
+        }
+        if let Some(key) = &self.api_key {
+            return Ok(Some(key.clone()));
+        }
+        if let Some(name) = &self.api_key_env {
+            let value = std::env::var(name).map_err(|_| {
+                format!("api_key_env names the environment variable {name:?}, which is not set")
+            })?;
+            let value = value.trim();
+            if value.is_empty() {
+                return Err(format!(
+                    "api_key_env names the environment variable {name:?}, which is empty"
+                ));
+            }
+            return Ok(Some(SecretString::from(value.to_owned())));
+        }
+        if let Some(path) = &self.api_key_file {
+            let value = std::fs::read_to_string(path).map_err(|error| {
+                format!("api_key_file {} cannot be read: {error}", path.display())
+            })?;
+            let value = value.trim();
+            if value.is_empty() {
+                return Err(format!("api_key_file {} is empty", path.display()));
+            }
+            return Ok(Some(SecretString::from(value.to_owned())));
+        }
+        Ok(None)
+    }
+}
+
+/// When a provider is given a rest: after `failure_threshold` retryable failures in a row,
+/// calls fail at once for `cool_down_secs`; then one trial call decides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CircuitBreakerConfig {
+    /// 0 turns the breaker off.
+    pub failure_threshold: u32,
+    pub cool_down_secs: u64,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            cool_down_secs: 30,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +243,15 @@ mod tests {
             jail.set_env("CADRE_PROVIDERS__OPENAI__API_KEY", "sk-test");
             jail.set_env("CADRE_PROVIDERS__OFFLINE__LATENCY_MS", "25");
             jail.set_env("CADRE_CONCURRENCY", "8");
+            jail.set_env("CADRE_PROVIDERS__CLAUDE__KIND", "anthropic");
+            jail.set_env("CADRE_PROVIDERS__CLAUDE__API_KEY_ENV", "ANTHROPIC_KEY");
+            jail.set_env("CADRE_PROVIDERS__CLAUDE__IDLE_TIMEOUT_SECS", "15");
+            jail.set_env("CADRE_PROVIDERS__CLAUDE__MAX_CONCURRENCY", "4");
+            jail.set_env(
+                "CADRE_PROVIDERS__CLAUDE__CIRCUIT_BREAKER__FAILURE_THRESHOLD",
+                "3",
+            );
+            jail.set_env("CADRE_PROVIDERS__CLAUDE__STREAM", "true");
             let config: Config =
                 cadre_runtime::config::load().map_err(|error| error.to_string())?;
 
@@ -137,22 +262,71 @@ mod tests {
                 Some(ProviderConfig::Offline { latency_ms: 25 })
             ));
             match config.providers.get("openai") {
-                Some(ProviderConfig::OpenAiCompatible {
-                    base_url,
-                    api_key,
-                    timeout_secs,
-                }) => {
-                    assert_eq!(base_url, "https://api.openai.com/v1");
+                Some(ProviderConfig::OpenAiCompatible(http)) => {
+                    assert_eq!(http.base_url, "https://api.openai.com/v1");
                     assert_eq!(
-                        api_key.as_ref().map(|key| key.expose_secret()),
+                        http.api_key.as_ref().map(|key| key.expose_secret()),
                         Some("sk-test")
                     );
-                    assert_eq!(*timeout_secs, 120);
+                    assert_eq!(http.timeout_secs, 120);
+                    assert_eq!(http.max_continuations, 2);
+                    assert!(http.json_schema && !http.stream);
                 }
                 other => panic!("expected an openai_compatible provider, got {other:?}"),
+            }
+            match config.providers.get("claude") {
+                Some(ProviderConfig::Anthropic(http)) => {
+                    assert_eq!(http.api_key_env.as_deref(), Some("ANTHROPIC_KEY"));
+                    assert_eq!(http.idle_timeout_secs, 15);
+                    assert_eq!(http.max_concurrency, Some(4));
+                    assert_eq!(http.circuit_breaker.failure_threshold, 3);
+                    assert!(http.stream);
+                }
+                other => panic!("expected an anthropic provider, got {other:?}"),
             }
             assert!(!format!("{config:?}").contains("sk-test"));
             Ok(())
         });
+    }
+
+    #[test]
+    fn api_keys_come_from_one_source_and_missing_ones_are_startup_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "  sk-from-file\n").unwrap();
+        let from_file = HttpProviderConfig {
+            api_key_file: Some(file),
+            ..HttpProviderConfig::new("http://x")
+        };
+        let key = from_file.resolve_api_key().unwrap().unwrap();
+        assert_eq!(key.expose_secret(), "sk-from-file");
+
+        let missing_file = HttpProviderConfig {
+            api_key_file: Some(dir.path().join("absent")),
+            ..HttpProviderConfig::new("http://x")
+        };
+        let error = missing_file.resolve_api_key().unwrap_err();
+        assert!(error.contains("absent"), "{error}");
+
+        let missing_env = HttpProviderConfig {
+            api_key_env: Some("CADRE_TEST_SURELY_UNSET_KEY".to_owned()),
+            ..HttpProviderConfig::new("http://x")
+        };
+        let error = missing_env.resolve_api_key().unwrap_err();
+        assert!(error.contains("CADRE_TEST_SURELY_UNSET_KEY"), "{error}");
+
+        let both = HttpProviderConfig {
+            api_key: Some(SecretString::from("sk-a")),
+            api_key_env: Some("X".to_owned()),
+            ..HttpProviderConfig::new("http://x")
+        };
+        let error = both.resolve_api_key().unwrap_err();
+        assert!(
+            error.contains("only one") && !error.contains("sk-a"),
+            "{error}"
+        );
+        assert!(!format!("{both:?}").contains("sk-a"));
+        let serialized = serde_json::to_string(&both).unwrap();
+        assert!(!serialized.contains("sk-a"), "{serialized}");
     }
 }

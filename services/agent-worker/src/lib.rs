@@ -47,7 +47,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, ProviderConfig};
+pub use config::{CircuitBreakerConfig, Config, HttpProviderConfig, ProviderConfig};
 
 use crate::calls::RunningCalls;
 use crate::knowledge::KnowledgeView;
@@ -98,7 +98,7 @@ pub async fn run_with_readiness(
     let bus = EventBus::open(async_nats::jetstream::new(client), config.stream_replicas)
         .await
         .map_err(|error| anyhow::anyhow!(error).context("opening the event stream"))?;
-    let offered = providers.names();
+    let offered: Vec<String> = providers.names().map(str::to_owned).collect();
     if let Some(bad) = offered
         .iter()
         .find(|name| !subjects::is_provider_name(name))

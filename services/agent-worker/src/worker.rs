@@ -486,12 +486,9 @@ impl Worker {
     }
 }
 
+/// The error names the provider, model and URL; this adds whose call it was.
 fn llm_failure(step: &ScheduledStep, error: &LlmError) -> String {
-    let agent = &step.scheduled.agent;
-    format!(
-        "the LLM call of agent {} (provider {:?}, model {:?}) failed: {error}",
-        agent.name, agent.provider, agent.model
-    )
+    format!("agent {}: {error}", step.scheduled.agent.name)
 }
 
 /// Runs `work` while telling JetStream every [`PROGRESS_INTERVAL`] that the message is still
