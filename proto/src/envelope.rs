@@ -320,6 +320,13 @@ mod tests {
                 attempt: attempt(),
                 scheduled_event_id: EventId::new(),
             }),
+            Event::StepDeferred(StepDeferred {
+                attempt: attempt(),
+                error: "HTTP 429".into(),
+                retry_at: Utc::now(),
+                deferral: 1,
+                waiting_since: Utc::now(),
+            }),
             Event::InteractionRecorded(InteractionRecorded {
                 execution_id: e,
                 workflow_id: w,
@@ -354,6 +361,7 @@ mod tests {
                 provider: "offline".into(),
                 model: "m".into(),
                 duration_ms: 12,
+                cost_usd: None,
             })),
             Event::StepFailed(StepFailed {
                 attempt: attempt(),

@@ -283,6 +283,10 @@ pub struct StepCompleted {
     pub provider: String,
     pub model: String,
     pub duration_ms: u64,
+    /// What the step's LLM calls cost in US dollars, from the workers' price table; absent
+    /// when the model has no price there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -567,7 +567,7 @@ async fn a_step_no_worker_finishes_fails_its_attempt_instead_of_waiting_forever(
     let consumer: async_nats::jetstream::consumer::PullConsumer = stack
         .bus
         .dispatch_stream()
-        .create_consumer(cadre_proto::streams::agent_worker_consumer("offline"))
+        .create_consumer(cadre_proto::streams::agent_worker_consumer(FAKE_PROVIDER))
         .await
         .unwrap();
     for _ in 0..cadre_proto::streams::AGENT_WORKER_MAX_DELIVER {

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cadre_proto::model::TokenUsage;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,10 @@ pub struct Config {
     /// Most characters of the results of a step's dependencies its prompt carries, shared
     /// equally among them (about four characters a token).
     pub dependency_budget_chars: usize,
+    /// What each model costs, by model name, for the cost of every step in its events and
+    /// read models. In the TOML file (`CADRE_CONFIG`):
+    /// `[prices."gpt-4o-mini"]` `input_per_million = 0.15` `output_per_million = 0.60`.
+    pub prices: BTreeMap<String, Price>,
     pub providers: BTreeMap<String, ProviderConfig>,
 }
 
@@ -65,11 +70,28 @@ impl Default for Config {
             knowledge_wait_secs: 30,
             retry_budget_secs: 900,
             dependency_budget_chars: 12_000,
+            prices: BTreeMap::new(),
             providers: BTreeMap::from([(
                 "offline".to_owned(),
                 ProviderConfig::Offline { latency_ms: 0 },
             )]),
         }
+    }
+}
+
+/// A model's price in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+impl Price {
+    /// What `usage` costs at this price.
+    pub fn cost(&self, usage: &TokenUsage) -> f64 {
+        (f64::from(usage.prompt) * self.input_per_million
+            + f64::from(usage.completion) * self.output_per_million)
+            / 1_000_000.0
     }
 }
 
@@ -328,5 +350,28 @@ mod tests {
         assert!(!format!("{both:?}").contains("sk-a"));
         let serialized = serde_json::to_string(&both).unwrap();
         assert!(!serialized.contains("sk-a"), "{serialized}");
+    }
+
+    #[test]
+    // figment's `Jail` closures return its (large) error type.
+    #[allow(clippy::result_large_err)]
+    fn prices_come_from_the_config_file_and_price_a_steps_tokens() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "cadre.toml",
+                "[prices.\"gpt-4o-mini\"]\ninput_per_million = 0.15\noutput_per_million = 0.6\n",
+            )?;
+            jail.set_env("CADRE_CONFIG", "cadre.toml");
+            let config: Config =
+                cadre_runtime::config::load().map_err(|error| error.to_string())?;
+            let price = config.prices["gpt-4o-mini"];
+            let usage = TokenUsage {
+                prompt: 2_000_000,
+                completion: 500_000,
+                total: 2_500_000,
+            };
+            assert!((price.cost(&usage) - 0.6).abs() < 1e-9);
+            Ok(())
+        });
     }
 }

@@ -144,6 +144,7 @@ pub async fn run_with_readiness(
         knowledge_wait: config.knowledge_wait(),
         retry_budget: config.retry_budget(),
         dependency_budget: config.dependency_budget_chars,
+        prices: config.prices.clone(),
     });
     tracing::info!(
         worker_id = config.worker_id,

@@ -204,6 +204,7 @@ impl ScheduledStep {
     pub fn completed(
         &self,
         result: StepResult,
+        cost_usd: Option<f64>,
         duration: Duration,
         now: DateTime<Utc>,
     ) -> Envelope {
@@ -217,6 +218,7 @@ impl ScheduledStep {
                 provider: s.agent.provider.clone(),
                 model: s.agent.model.clone(),
                 duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                cost_usd,
             })),
         )
     }
@@ -444,7 +446,7 @@ mod tests {
             knowledge_ids(step.shared(&result(), late))
         );
         let completed = |at| {
-            step.completed(result(), Duration::from_millis(5), at)
+            step.completed(result(), None, Duration::from_millis(5), at)
                 .meta
                 .id
         };
@@ -522,7 +524,7 @@ mod tests {
         let s = &step.scheduled;
         let now = Utc::now();
         let completed = |attempt| {
-            let mut e = step.completed(result(), Duration::ZERO, now).event;
+            let mut e = step.completed(result(), None, Duration::ZERO, now).event;
             if let Event::StepCompleted(c) = &mut e {
                 c.attempt.number = attempt;
             }

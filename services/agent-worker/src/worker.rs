@@ -8,6 +8,7 @@
 //! provider named (or after a jittered backoff), and acked; it fails once its retry budget,
 //! counted in time, runs out.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use tracing::Instrument;
 
 use crate::calls::RunningCalls;
 use crate::claim;
+use crate::config::Price;
 use crate::knowledge::KnowledgeView;
 use crate::llm::{ChatRequest, Completion, LlmError, Provider, Providers};
 use crate::prompt::{
@@ -58,6 +60,8 @@ pub struct Worker {
     pub retry_budget: Duration,
     /// Most characters of the dependencies' results a step's prompt carries.
     pub dependency_budget: usize,
+    /// Model prices, for each step's cost.
+    pub prices: BTreeMap<String, Price>,
 }
 
 impl Worker {
@@ -364,7 +368,11 @@ impl Worker {
                 .await
                 .context("publishing the step's questions and knowledge")?;
         }
-        let completed = step.completed(result, started_at.elapsed(), Utc::now());
+        let cost = self
+            .prices
+            .get(&s.agent.model)
+            .map(|price| price.cost(&result.tokens));
+        let completed = step.completed(result, cost, started_at.elapsed(), Utc::now());
         self.bus
             .publish(&completed, Append::Any)
             .await

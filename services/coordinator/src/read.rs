@@ -250,3 +250,87 @@ pub async fn knowledge(
     .fetch_all(db)
     .await
 }
+
+/// Whose LLM usage to sum.
+#[derive(Debug, Clone, Copy)]
+pub enum UsageScope {
+    Execution(Uuid),
+    Workflow(Uuid),
+    Agent(Uuid),
+}
+
+/// What to break a usage sum down by.
+#[derive(Debug, Clone, Copy)]
+pub enum UsageGroup {
+    Step,
+    Agent,
+    Model,
+}
+
+/// Tokens and cost of a set of completed step attempts.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSum {
+    /// What the row sums (a step id, an agent id, a `provider/model`); absent for the total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Completed step attempts.
+    pub steps: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    /// In US dollars; absent when no model of these steps has a price.
+    pub cost_usd: Option<f64>,
+    /// Whether every step's model had a price (otherwise `costUsd` covers only some of them).
+    pub cost_complete: bool,
+}
+
+/// The total of `scope`'s token usage and cost, then one sum per `group`, largest first.
+pub async fn usage(
+    db: &PgPool,
+    tenant: &TenantId,
+    scope: UsageScope,
+    groups: &[UsageGroup],
+) -> sqlx::Result<(UsageSum, Vec<Vec<UsageSum>>)> {
+    let (column, id) = match scope {
+        UsageScope::Execution(id) => ("execution_id", id),
+        UsageScope::Workflow(id) => ("workflow_id", id),
+        UsageScope::Agent(id) => ("agent_id", id),
+    };
+    // Audited: only the fixed column expressions of this function are formatted in (so each
+    // scope keeps its index); the tenant and the id are bound.
+    let sum = |key: &str| {
+        format!(
+            "SELECT {key} AS key, count(*) AS steps,
+                    coalesce(sum(prompt_tokens), 0)::int8 AS prompt_tokens,
+                    coalesce(sum(completion_tokens), 0)::int8 AS completion_tokens,
+                    coalesce(sum(total_tokens), 0)::int8 AS total_tokens,
+                    sum(cost_usd) AS cost_usd,
+                    count(cost_usd) = count(*) AS cost_complete
+             FROM token_usage WHERE tenant_id = $1 AND {column} = $2"
+        )
+    };
+    let total = sqlx::query_as::<_, UsageSum>(sqlx::AssertSqlSafe(sum("NULL::text")))
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_one(db)
+        .await?;
+    let mut breakdowns = Vec::with_capacity(groups.len());
+    for group in groups {
+        let key = match group {
+            UsageGroup::Step => "step_id",
+            UsageGroup::Agent => "agent_id::text",
+            UsageGroup::Model => "provider || '/' || model",
+        };
+        let rows = sqlx::query_as::<_, UsageSum>(sqlx::AssertSqlSafe(format!(
+            "{} GROUP BY 1 ORDER BY total_tokens DESC, 1",
+            sum(key)
+        )))
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_all(db)
+        .await?;
+        breakdowns.push(rows);
+    }
+    Ok((total, breakdowns))
+}

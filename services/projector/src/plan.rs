@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::incoming::Incoming;
 use crate::models::executions::Outcome;
-use crate::models::{agents, executions, interactions, knowledge, rejections, workflows};
+use crate::models::{agents, executions, interactions, knowledge, rejections, usage, workflows};
 
 /// Every read model's changes from one batch.
 #[derive(Debug, Default)]
@@ -26,6 +26,7 @@ pub(crate) struct Plan {
     pub executions: executions::Changes,
     pub interactions: interactions::Changes,
     pub knowledge: knowledge::Changes,
+    pub usage: usage::Changes,
     pub rejections: rejections::Changes,
 }
 
@@ -101,6 +102,7 @@ impl Plan {
             Event::InteractionRecorded(e) => self.interactions.recorded(origin, e),
             Event::StepCompleted(e) => {
                 self.executions.step_completed(origin, e);
+                self.usage.completed(origin, e);
                 self.interactions.step_completed(origin, e);
             }
             Event::StepFailed(e) => {
@@ -145,6 +147,7 @@ impl Plan {
         self.executions.write(tx).await?;
         self.interactions.write(tx).await?;
         self.knowledge.write(tx).await?;
+        self.usage.write(tx).await?;
         self.rejections.write(tx).await
     }
 }

@@ -271,6 +271,7 @@ impl Fixture {
             provider: "offline".to_owned(),
             model: "echo".to_owned(),
             duration_ms: 42,
+            cost_usd: None,
         }))
     }
 

@@ -143,7 +143,7 @@ fn start_failed(error: StartError) -> Problem {
     }
 }
 
-async fn execution_must_exist(app: &AppState, id: ExecutionId) -> Result<(), Problem> {
+pub(super) async fn execution_must_exist(app: &AppState, id: ExecutionId) -> Result<(), Problem> {
     let row = read::execution(&app.db, &app.tenant, id.0)
         .await
         .map_err(unavailable_db)?;

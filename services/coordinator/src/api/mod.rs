@@ -6,6 +6,7 @@ mod agents;
 mod body;
 mod executions;
 mod problem;
+mod usage;
 mod workflows;
 
 use std::collections::HashMap;
@@ -55,6 +56,7 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
     Router::new()
         .route("/v1/agents", get(agents::list).post(agents::register))
         .route("/v1/agents/{id}", get(agents::get))
+        .route("/v1/agents/{id}/usage", get(usage::agent))
         .route("/v1/workers", get(agents::workers))
         .route(
             "/v1/workflows",
@@ -68,7 +70,9 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
             get(executions::list).post(executions::start),
         )
         .route("/v1/workflows/{id}/knowledge", get(workflows::knowledge))
+        .route("/v1/workflows/{id}/usage", get(usage::workflow))
         .route("/v1/executions/{id}", get(executions::get))
+        .route("/v1/executions/{id}/usage", get(usage::execution))
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
         .route("/v1/executions/{id}/pause", post(executions::pause))
         .route("/v1/executions/{id}/resume", post(executions::resume))

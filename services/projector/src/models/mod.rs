@@ -11,6 +11,7 @@ pub(crate) mod executions;
 pub(crate) mod interactions;
 pub(crate) mod knowledge;
 pub(crate) mod rejections;
+pub(crate) mod usage;
 pub(crate) mod workflows;
 
 use serde::Serialize;
@@ -47,6 +48,7 @@ pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     executions::reset(tx).await?;
     interactions::reset(tx).await?;
     knowledge::reset(tx).await?;
+    usage::reset(tx).await?;
     rejections::reset(tx).await
 }
 
