@@ -2,11 +2,13 @@
 # Runs a real OpenAI-compatible model server on 127.0.0.1, in the foreground: llama-cpp-python's
 # server with Gemma 3 270M Q4_K_M (both installed by scripts/ensure-llm.sh, on first use).
 #
-# usage: scripts/llm-server.sh [--port P] [--ctx N] [--threads N] [--alias ID] [-- SERVER ARGS...]
+# usage: scripts/llm-server.sh [--port P] [--ctx N] [--threads N] [--alias ID] [--outlive-parent]
+#                              [-- SERVER ARGS...]
 #   --port     port on 127.0.0.1 (default $LLM_PORT, else a free one)
 #   --ctx      context size in tokens, shared by prompt and answer (default $LLM_CTX, else 4096)
 #   --threads  generation threads (default $LLM_THREADS, else 2; prompt processing uses 2)
 #   --alias    the model id the server reports and accepts (default $LLM_MODEL_ALIAS, else gemma-3-270m)
+#   --outlive-parent  keep serving after the process that started the script is gone
 #   after --    passed to `python -m llama_cpp.server` as they are (e.g. --n_batch 256)
 #
 # Once GET /v1/models answers it prints exactly two lines on stdout and nothing after them:
@@ -15,8 +17,9 @@
 # The server's own output goes to .cadre/llm-server-PORT.log (its tail is shown on stderr if the
 # server dies or does not answer within $LLM_START_TIMEOUT seconds, default 180).
 # The script's process becomes the server (exec), so whatever stops the script stops the server:
-# ctrl-c, SIGTERM, or a test's Child::kill (SIGKILL). The server also exits by itself once the process
-# that started the script is gone, so a test that forgets to kill it leaves nothing running.
+# ctrl-c, SIGTERM, or a test's Child::kill (SIGKILL). Unless --outlive-parent, the server also exits
+# by itself once the process that started the script is gone, so a test that forgets to kill it (a
+# server kept in a static, a panic) leaves nothing running.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 port=${LLM_PORT:-0}
@@ -24,14 +27,16 @@ ctx=${LLM_CTX:-4096}
 threads=${LLM_THREADS:-2}
 alias=${LLM_MODEL_ALIAS:-gemma-3-270m}
 timeout=${LLM_START_TIMEOUT:-180}
+watch_parent=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) port=$2; shift 2 ;;
     --ctx) ctx=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --alias) alias=$2; shift 2 ;;
+    --outlive-parent) watch_parent=0; shift ;;
     --) shift; break ;;
-    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     *) echo "llm-server: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -93,13 +98,40 @@ EOF
 
 # The server itself. The environment variables HOST, PORT, CONFIG_FILE and API_KEY would override or
 # add to these arguments (llama_cpp.server reads them), so they are dropped; a thread stops the server
-# once its parent (whoever started this script) is gone.
-exec "$python" - --model "$model" --model_alias "$alias" --host 127.0.0.1 --port "$port" \
-  --n_ctx "$ctx" --n_threads "$threads" --n_threads_batch 2 "$@" >"$log" 2>&1 <<'EOF'
+# once its parent (whoever started this script) is gone. The first argument only names the process
+# (`pgrep -af llama_cpp.server` finds it).
+CADRE_LLM_WATCH_PARENT=$watch_parent exec "$python" - llama_cpp.server --model "$model" --model_alias "$alias" --host 127.0.0.1 \
+  --port "$port" --n_ctx "$ctx" --n_threads "$threads" --n_threads_batch 2 --chat_format gemma3 \
+  "$@" >"$log" 2>&1 <<'EOF'
 import os, runpy, signal, sys, threading, time
+from llama_cpp import llama_chat_format as chat_format
+
 for name in list(os.environ):
     if name.upper() in ("HOST", "PORT", "CONFIG_FILE", "API_KEY"):
         del os.environ[name]
+
+# The model file carries no chat template, and llama-cpp-python's own formats fit it badly: its
+# fallback ("llama-2") wraps the turns in [INST] markers Gemma never saw, and its "gemma" format
+# drops system messages. This is Gemma 3's own template: the system text opens the first user turn.
+@chat_format.register_chat_format("gemma3")
+def format_gemma3(messages, **kwargs):
+    def text(message):
+        content = message.get("content") or ""
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
+        return content.strip()
+
+    prefix = "\n\n".join(text(m) for m in messages if m["role"] == "system")
+    prefix = prefix + "\n\n" if prefix else ""
+    turns = [m for m in messages if m["role"] != "system"] or [{"role": "user", "content": ""}]
+    prompt = ""
+    for message in turns:
+        role = "model" if message["role"] == "assistant" else "user"
+        prompt += f"<start_of_turn>{role}\n{prefix}{text(message)}<end_of_turn>\n"
+        prefix = ""
+    prompt += "<start_of_turn>model\n"
+    return chat_format.ChatFormatterResponse(prompt=prompt, stop=["<end_of_turn>"])
+
 parent = os.getppid()
 
 def watch_parent():
@@ -110,7 +142,8 @@ def watch_parent():
     time.sleep(10)
     os._exit(1)
 
-threading.Thread(target=watch_parent, daemon=True).start()
-sys.argv[0] = "llama_cpp.server"
+if os.environ.pop("CADRE_LLM_WATCH_PARENT", "1") == "1":
+    threading.Thread(target=watch_parent, daemon=True).start()
+sys.argv = sys.argv[1:]
 runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 EOF

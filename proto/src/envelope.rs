@@ -195,6 +195,10 @@ mod tests {
                 temperature: Some(0.5),
                 max_tokens: Some(100),
             },
+            fallback: Some(ModelChoice {
+                provider: "anthropic".into(),
+                model: "claude-haiku".into(),
+            }),
         }
     }
 

@@ -28,6 +28,17 @@ pub struct AgentProfile {
     pub model: String,
     #[serde(default)]
     pub model_parameters: ModelParameters,
+    /// Asked when `provider` fails (rate limited, down, refusing), by a worker that offers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<ModelChoice>,
+}
+
+/// An LLM provider (by the name the agent workers configure it under) and one of its models.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelChoice {
+    pub provider: String,
+    pub model: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -213,3 +213,38 @@ async fn a_provider_that_keeps_failing_fails_the_step_when_its_time_budget_runs_
     assert!((2..=4).contains(&calls), "{calls} calls");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_whose_provider_refuses_is_answered_by_its_fallback() {
+    let mut stack = Stack::start().await;
+    stack.stop_service("agent-worker").await;
+    stack.run_worker("quirky", stack.worker_config("quirky", with_quirk(&stack)));
+    // An authentication error: retrying the same provider cannot help; the fallback can.
+    stack.llm.fail_next(1, 401);
+    let mut body = agent("Quinn", "analyst", &["research"], QUIRK);
+    body["fallback"] = json!({"provider": "offline", "model": "offline-deterministic"});
+    let registered = stack.api.register_agent(&body).await;
+    assert_eq!(registered["fallback"]["provider"], "offline");
+    let ids = vec![registered["id"].as_str().unwrap().to_owned()];
+    let workflow = stack
+        .api
+        .create_workflow(&pipeline("Fallback", &ids, &[&["research"]], 1))
+        .await;
+    let workflow_id = workflow["id"].as_str().unwrap();
+    let (execution_id, _) = stack.api.start_execution(workflow_id).await;
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    let step = &execution["stepResults"]["step-1"];
+    assert_eq!(step["provider"], "offline", "{step:#}");
+    assert_eq!(step["model"], "offline-deterministic");
+    assert!(
+        step["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("[offline provider]")
+    );
+    let calls = stack.llm.requests();
+    assert_eq!(calls.len(), 1, "quirk was asked once");
+    assert_eq!(calls[0].status, 401);
+    stack.stop().await;
+}

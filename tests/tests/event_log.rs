@@ -44,6 +44,7 @@ async fn republishing_an_event_id_stores_it_once() {
         provider: "offline".into(),
         model: "m".into(),
         model_parameters: ModelParameters::default(),
+        fallback: None,
     };
     let envelope = Envelope::new(
         "/test",

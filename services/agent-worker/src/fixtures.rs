@@ -13,6 +13,7 @@ pub(crate) fn agent() -> AgentProfile {
         provider: "offline".to_owned(),
         model: "none".to_owned(),
         model_parameters: ModelParameters::default(),
+        fallback: None,
     }
 }
 

@@ -10,7 +10,7 @@ use cadre_proto::events::{
     InteractionRecorded, KnowledgeShared, ReviewRequest, StepAttempt, StepCompleted, StepDeferred,
     StepFailed, StepReviewed, StepScheduled, StepStarted,
 };
-use cadre_proto::model::{InteractionType, KnowledgeType, StepResult};
+use cadre_proto::model::{InteractionType, KnowledgeType, ModelChoice, StepResult};
 use cadre_proto::{Envelope, Event, EventId, KnowledgeId, TenantId};
 use chrono::{DateTime, Utc};
 
@@ -201,9 +201,11 @@ impl ScheduledStep {
         ]
     }
 
+    /// The attempt's result, as `answered_by` gave it (the agent's model or its fallback).
     pub fn completed(
         &self,
         result: StepResult,
+        answered_by: &ModelChoice,
         cost_usd: Option<f64>,
         duration: Duration,
         now: DateTime<Utc>,
@@ -215,8 +217,8 @@ impl ScheduledStep {
             Event::StepCompleted(Box::new(StepCompleted {
                 attempt: StepAttempt::of(s),
                 result,
-                provider: s.agent.provider.clone(),
-                model: s.agent.model.clone(),
+                provider: answered_by.provider.clone(),
+                model: answered_by.model.clone(),
                 duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                 cost_usd,
             })),
@@ -419,6 +421,13 @@ mod tests {
         }
     }
 
+    fn own() -> ModelChoice {
+        ModelChoice {
+            provider: "offline".to_owned(),
+            model: "m".to_owned(),
+        }
+    }
+
     fn ids(events: &[Envelope]) -> Vec<EventId> {
         events.iter().map(|e| e.meta.id).collect()
     }
@@ -446,7 +455,7 @@ mod tests {
             knowledge_ids(step.shared(&result(), late))
         );
         let completed = |at| {
-            step.completed(result(), None, Duration::from_millis(5), at)
+            step.completed(result(), &own(), None, Duration::from_millis(5), at)
                 .meta
                 .id
         };
@@ -524,7 +533,9 @@ mod tests {
         let s = &step.scheduled;
         let now = Utc::now();
         let completed = |attempt| {
-            let mut e = step.completed(result(), None, Duration::ZERO, now).event;
+            let mut e = step
+                .completed(result(), &own(), None, Duration::ZERO, now)
+                .event;
             if let Event::StepCompleted(c) = &mut e {
                 c.attempt.number = attempt;
             }

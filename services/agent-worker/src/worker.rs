@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, AckKind};
-use cadre_proto::model::{ObjectRef, StepResult};
+use cadre_proto::model::{AgentProfile, ModelChoice, ObjectRef, StepResult};
 use cadre_proto::{Envelope, Event, events::types, streams, subjects};
 use cadre_runtime::bus::{self, Append, EventBus, ReadError};
 use chrono::Utc;
@@ -25,7 +25,7 @@ use crate::calls::RunningCalls;
 use crate::claim;
 use crate::config::Price;
 use crate::knowledge::KnowledgeView;
-use crate::llm::{ChatRequest, Completion, LlmError, Provider, Providers};
+use crate::llm::{ChatRequest, Completion, LlmError, Providers};
 use crate::prompt::{
     StepContext, StepPrompt, has_system_role, parse_answer, parse_review, repair_prompt,
     review_prompt, step_prompt, step_result_schema,
@@ -35,6 +35,12 @@ use crate::step::{ScheduledStep, Waited, already_handled, next_wait, retry_delay
 /// How often a running step tells JetStream it is still being worked on; well under the
 /// consumer's `ack_wait` of 30 s.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// An answer and the model that gave it (the agent's own, or its fallback).
+struct Answer {
+    completion: Completion,
+    answered_by: ModelChoice,
+}
 
 /// What to tell JetStream about a delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -263,10 +269,6 @@ impl Worker {
             .await
             .context("reading the results of the step's dependencies")?;
 
-        let provider = match self.providers.get(&s.agent.provider) {
-            Ok(provider) => provider,
-            Err(error) => return self.fail(step, llm_failure(step, &error)).await,
-        };
         let prompt = match &s.review {
             Some(review) => review_prompt(&s.agent, &s.step, s.communication_style, review),
             None => step_prompt(
@@ -282,15 +284,7 @@ impl Worker {
                 },
             ),
         };
-        let prompt = if has_system_role(&s.agent.model) {
-            prompt
-        } else {
-            prompt.without_system_role()
-        };
-        let mut request = ChatRequest::for_agent(&s.agent, prompt);
-        if s.review.is_none() {
-            request.json_schema = Some(step_result_schema());
-        }
+        let schema = s.review.is_none().then(step_result_schema);
         tracing::info!(
             provider = s.agent.provider,
             model = s.agent.model,
@@ -298,8 +292,14 @@ impl Worker {
             dependencies = dependencies.len(),
             "calling the agent's LLM"
         );
-        let completion = match self.call(step, message, waited, provider, &request).await? {
-            Ok(completion) => completion,
+        let Answer {
+            completion,
+            answered_by,
+        } = match self
+            .call(step, message, waited, &prompt, schema.as_ref())
+            .await?
+        {
+            Ok(answer) => answer,
             Err(settled) => return Ok(settled),
         };
 
@@ -325,18 +325,12 @@ impl Worker {
             Ok(result) => result,
             Err(unstructured) => {
                 tracing::warn!(%unstructured, "asking once for the answer in the required structure");
-                let prompt = StepPrompt {
-                    system: request.system.clone(),
-                    user: request.user.clone(),
-                };
-                let repaired = repair_prompt(&prompt, &completion.text);
-                let repair = ChatRequest {
-                    system: repaired.system,
-                    user: repaired.user,
-                    ..request
-                };
-                let again = match self.call(step, message, waited, provider, &repair).await? {
-                    Ok(again) => again,
+                let repair = repair_prompt(&prompt, &completion.text);
+                let again = match self
+                    .call(step, message, waited, &repair, schema.as_ref())
+                    .await?
+                {
+                    Ok(again) => again.completion,
                     Err(settled) => return Ok(settled),
                 };
                 let usage = completion.usage.plus(again.usage);
@@ -370,9 +364,10 @@ impl Worker {
         }
         let cost = self
             .prices
-            .get(&s.agent.model)
+            .get(&answered_by.model)
             .map(|price| price.cost(&result.tokens));
-        let completed = step.completed(result, cost, started_at.elapsed(), Utc::now());
+        let completed =
+            step.completed(result, &answered_by, cost, started_at.elapsed(), Utc::now());
         self.bus
             .publish(&completed, Append::Any)
             .await
@@ -411,24 +406,67 @@ impl Worker {
         Ok(claim::shrink(result, reference, &whole_at))
     }
 
-    /// One LLM call. `Ok(Err(disposition))`: the call failed and the step is settled (it waits
-    /// for the provider, or failed for good); `Err`: recording that failed, so the delivery is
-    /// worth another try.
+    /// Asks the agent's model, then (if it fails and this worker offers it) the agent's
+    /// fallback. `Ok(Err(disposition))`: both failed and the step is settled (it waits for the
+    /// provider, or failed for good, as the agent's own provider's error says); `Err`: recording
+    /// that failed, so the delivery is worth another try.
     async fn call(
         &self,
         step: &ScheduledStep,
         message: &jetstream::Message,
         waited: Option<Waited>,
-        provider: &Provider,
-        request: &ChatRequest,
-    ) -> anyhow::Result<Result<Completion, Disposition>> {
-        match provider.complete(request).await {
-            Ok(completion) => Ok(Ok(completion)),
-            Err(error) if error.is_retryable() => {
-                self.defer(step, message, waited, &error).await.map(Err)
+        prompt: &StepPrompt,
+        schema: Option<&serde_json::Value>,
+    ) -> anyhow::Result<Result<Answer, Disposition>> {
+        let agent = &step.scheduled.agent;
+        let own = ModelChoice {
+            provider: agent.provider.clone(),
+            model: agent.model.clone(),
+        };
+        let error = match self.ask(agent, &own, prompt, schema).await {
+            Ok(answer) => return Ok(Ok(answer)),
+            Err(error) => error,
+        };
+        if let Some(fallback) = &agent.fallback
+            && self.providers.get(&fallback.provider).is_ok()
+        {
+            tracing::warn!(%error, provider = fallback.provider, model = fallback.model, "the agent's provider failed; asking its fallback");
+            match self.ask(agent, fallback, prompt, schema).await {
+                Ok(answer) => return Ok(Ok(answer)),
+                Err(also) => tracing::warn!(error = %also, "the fallback failed too"),
             }
-            Err(error) => self.fail(step, llm_failure(step, &error)).await.map(Err),
         }
+        if error.is_retryable() {
+            self.defer(step, message, waited, &error).await.map(Err)
+        } else {
+            self.fail(step, llm_failure(step, &error)).await.map(Err)
+        }
+    }
+
+    /// One call of `choice` with the agent's sampling settings, the prompt placed for the model.
+    async fn ask(
+        &self,
+        agent: &AgentProfile,
+        choice: &ModelChoice,
+        prompt: &StepPrompt,
+        schema: Option<&serde_json::Value>,
+    ) -> Result<Answer, LlmError> {
+        let provider = self.providers.get(&choice.provider)?;
+        let placed = if has_system_role(&choice.model) {
+            prompt.clone()
+        } else {
+            prompt.clone().without_system_role()
+        };
+        let request = ChatRequest {
+            model: choice.model.clone(),
+            json_schema: schema.cloned(),
+            ..ChatRequest::for_agent(agent, placed)
+        };
+        let completion = provider.complete(&request).await?;
+        Ok(Answer {
+            completion,
+            answered_by: choice.clone(),
+        })
     }
 
     /// The provider failed transiently: the step waits on a message schedule (holding no

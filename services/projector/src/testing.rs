@@ -88,6 +88,7 @@ impl Fixture {
                 provider: "offline".to_owned(),
                 model: "echo".to_owned(),
                 model_parameters: Default::default(),
+                fallback: None,
             },
             step: steps[0].clone(),
             steps,

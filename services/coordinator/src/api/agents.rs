@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 
-use cadre_proto::model::{AgentProfile, ModelParameters};
+use cadre_proto::model::{AgentProfile, ModelChoice, ModelParameters};
 use cadre_proto::{AgentId, subjects};
 
 use super::body::Body;
@@ -33,6 +33,8 @@ pub(super) struct RegisterAgent {
     model: String,
     #[serde(default)]
     model_parameters: ModelParameters,
+    #[serde(default)]
+    fallback: Option<ModelChoice>,
 }
 
 pub(super) async fn register(
@@ -48,6 +50,7 @@ pub(super) async fn register(
         provider: req.provider,
         model: req.model,
         model_parameters: req.model_parameters,
+        fallback: req.fallback,
     };
     let errors = validate_agent(&agent);
     if !errors.is_empty() {
@@ -59,24 +62,29 @@ pub(super) async fn register(
         .execute(&app.bus, &Register(agent.clone()))
         .await
         .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
-    let warnings = provider_warnings(&app, &agent.provider).await;
+    let warnings = provider_warnings(&app, &agent).await;
     let mut body = serde_json::to_value(&agent).unwrap_or_default();
     body["warnings"] = serde_json::json!(warnings);
     let response = created(format!("/v1/agents/{}", agent.id), body);
     Ok(written(&app, registered.version, response).await)
 }
 
-/// What a person registering an agent should know about its provider: the agent is
-/// registered either way (workers may start later), but its steps wait until one offers it.
-async fn provider_warnings(app: &AppState, provider: &str) -> Vec<String> {
-    match app.workers.offered().await {
-        Ok(offered) if offered.contains(provider) => vec![],
-        Ok(_) => vec![no_worker_offers(provider)],
+/// What a person registering an agent should know about its providers: the agent is
+/// registered either way (workers may start later), but its steps wait until one offers its
+/// provider, and its fallback is only asked by a worker that offers both.
+async fn provider_warnings(app: &AppState, agent: &AgentProfile) -> Vec<String> {
+    let offered = match app.workers.offered().await {
+        Ok(offered) => offered,
         Err(error) => {
             tracing::warn!(%error, "could not read the worker registry");
-            vec![]
+            return vec![];
         }
-    }
+    };
+    std::iter::once(&agent.provider)
+        .chain(agent.fallback.as_ref().map(|f| &f.provider))
+        .filter(|provider| !offered.contains(*provider))
+        .map(|provider| no_worker_offers(provider))
+        .collect()
 }
 
 /// `GET /v1/workers`: the live agent workers, what providers they offer and how much they run

@@ -123,6 +123,7 @@ mod tests {
             provider: "offline".into(),
             model: "m".into(),
             model_parameters: ModelParameters::default(),
+            fallback: None,
         }
     }
 

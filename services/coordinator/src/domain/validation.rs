@@ -122,11 +122,21 @@ pub fn validate_agent(agent: &AgentProfile) -> Vec<FieldError> {
         limits::NAME,
     );
     require_text(&mut errors, "/provider", &agent.provider, limits::PROVIDER);
-    if !agent.provider.is_empty() && !subjects::is_provider_name(&agent.provider) {
-        errors.push(error(
-            "/provider",
-            "must name a provider configured on the agent workers: letters, digits, '-' and '_' only",
-        ));
+    provider_name(&mut errors, "/provider", &agent.provider);
+    if let Some(fallback) = &agent.fallback {
+        require_text(
+            &mut errors,
+            "/fallback/provider",
+            &fallback.provider,
+            limits::PROVIDER,
+        );
+        provider_name(&mut errors, "/fallback/provider", &fallback.provider);
+        require_text(
+            &mut errors,
+            "/fallback/model",
+            &fallback.model,
+            limits::NAME,
+        );
     }
     require_text(&mut errors, "/model", &agent.model, limits::NAME);
     if let Some(t) = agent.model_parameters.temperature
@@ -141,6 +151,15 @@ pub fn validate_agent(agent: &AgentProfile) -> Vec<FieldError> {
         errors.push(error("/modelParameters/maxTokens", "must be at least 1"));
     }
     errors
+}
+
+fn provider_name(errors: &mut Vec<FieldError>, pointer: &str, provider: &str) {
+    if !provider.is_empty() && !subjects::is_provider_name(provider) {
+        errors.push(error(
+            pointer,
+            "must name a provider configured on the agent workers: letters, digits, '-' and '_' only",
+        ));
+    }
 }
 
 /// What a start request may carry besides its trigger reason.
@@ -740,8 +759,8 @@ mod tests {
     use super::*;
     use cadre_proto::WorkflowId;
     use cadre_proto::model::{
-        Constraints, Coordination, ModelParameters, StepType, WorkflowConfiguration, WorkflowStep,
-        WorkflowType,
+        Constraints, Coordination, ModelChoice, ModelParameters, StepType, WorkflowConfiguration,
+        WorkflowStep, WorkflowType,
     };
 
     fn agent(name: &str) -> AgentProfile {
@@ -754,6 +773,7 @@ mod tests {
             provider: "offline".into(),
             model: "offline-deterministic".into(),
             model_parameters: ModelParameters::default(),
+            fallback: None,
         }
     }
 
@@ -932,6 +952,14 @@ mod tests {
         let mut a = agent("Ada");
         a.provider = "llama_cpp-2".to_owned();
         assert_eq!(validate_agent(&a), vec![]);
+        a.fallback = Some(ModelChoice {
+            provider: "open.ai".to_owned(),
+            model: String::new(),
+        });
+        assert_eq!(
+            pointers(&validate_agent(&a)),
+            vec!["/fallback/provider", "/fallback/model"]
+        );
     }
 
     #[test]

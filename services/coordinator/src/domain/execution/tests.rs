@@ -36,6 +36,7 @@ fn agent(name: &str, skills: &[&str]) -> AgentProfile {
         provider: "offline".into(),
         model: "offline-1".into(),
         model_parameters: ModelParameters::default(),
+        fallback: None,
     }
 }
 
