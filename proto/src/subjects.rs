@@ -68,6 +68,16 @@ pub fn is_provider_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Every live token stream (core NATS, kept by no stream: the monitor's, not the log's).
+pub const ALL_LIVE_TOKENS: &str = "cadre.live.>";
+
+/// Where a worker streams the text of a step's answer as the model writes it, one JSON
+/// message `{"attempt", "index", "text"}` per piece (see [`crate::workers::TokenDelta`]). The
+/// final result goes to the log as usual; a subscriber that missed pieces reads it there.
+pub fn live_tokens(tenant: &TenantId, execution: ExecutionId, step: &StepId) -> String {
+    format!("cadre.live.{tenant}.execution.{execution}.step.{step}")
+}
+
 /// Every trigger subject: CloudEvents that start runs of workflows.
 pub const ALL_TRIGGERS: &str = "cadre.triggers.>";
 

@@ -18,6 +18,16 @@ pub struct WorkerRecord {
     pub version: String,
 }
 
+/// One piece of a step's answer as the model writes it, on [`crate::subjects::live_tokens`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenDelta {
+    pub attempt: u32,
+    /// 0 for the answer's first piece, then 1, 2, ...: a subscriber sees gaps and order.
+    pub index: u64,
+    pub text: String,
+}
+
 impl WorkerRecord {
     /// Its key in the bucket: the worker id with every character a key may not hold replaced.
     pub fn key(&self) -> String {

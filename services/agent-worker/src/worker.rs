@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, AckKind};
-use cadre_proto::model::{AgentProfile, ModelChoice, ObjectRef, StepResult};
+use cadre_proto::model::{ModelChoice, ObjectRef, StepResult};
+use cadre_proto::workers::TokenDelta;
 use cadre_proto::{Envelope, Event, events::types, streams, subjects};
 use cadre_runtime::bus::{self, Append, EventBus, ReadError};
 use chrono::Utc;
@@ -423,7 +424,7 @@ impl Worker {
             provider: agent.provider.clone(),
             model: agent.model.clone(),
         };
-        let error = match self.ask(agent, &own, prompt, schema).await {
+        let error = match self.ask(step, &own, prompt, schema).await {
             Ok(answer) => return Ok(Ok(answer)),
             Err(error) => error,
         };
@@ -431,7 +432,7 @@ impl Worker {
             && self.providers.get(&fallback.provider).is_ok()
         {
             tracing::warn!(%error, provider = fallback.provider, model = fallback.model, "the agent's provider failed; asking its fallback");
-            match self.ask(agent, fallback, prompt, schema).await {
+            match self.ask(step, fallback, prompt, schema).await {
                 Ok(answer) => return Ok(Ok(answer)),
                 Err(also) => tracing::warn!(error = %also, "the fallback failed too"),
             }
@@ -446,11 +447,12 @@ impl Worker {
     /// One call of `choice` with the agent's sampling settings, the prompt placed for the model.
     async fn ask(
         &self,
-        agent: &AgentProfile,
+        step: &ScheduledStep,
         choice: &ModelChoice,
         prompt: &StepPrompt,
         schema: Option<&serde_json::Value>,
     ) -> Result<Answer, LlmError> {
+        let (s, agent) = (&step.scheduled, &step.scheduled.agent);
         let provider = self.providers.get(&choice.provider)?;
         let placed = if has_system_role(&choice.model) {
             prompt.clone()
@@ -462,7 +464,24 @@ impl Worker {
             json_schema: schema.cloned(),
             ..ChatRequest::for_agent(agent, placed)
         };
-        let completion = provider.complete(&request).await?;
+        let completion = if provider.streams() {
+            let (pieces, forwarded) = live_tokens(
+                self.bus.jetstream().client(),
+                subjects::live_tokens(&step.tenant, s.execution_id, &s.step.id),
+                s.attempt,
+            );
+            let sink = move |text: &str| {
+                // Fails only when the forwarder is gone, and then nobody is listening.
+                let _ = pieces.send(text.to_owned());
+            };
+            let completion = provider.complete_streaming(&request, Some(&sink)).await;
+            drop(sink);
+            // The pieces go out before the result is recorded: the monitor never sees them late.
+            let _ = forwarded.await;
+            completion?
+        } else {
+            provider.complete(&request).await?
+        };
         Ok(Answer {
             completion,
             answered_by: choice.clone(),
@@ -535,6 +554,35 @@ impl Worker {
 /// The error names the provider, model and URL; this adds whose call it was.
 fn llm_failure(step: &ScheduledStep, error: &LlmError) -> String {
     format!("agent {}: {error}", step.scheduled.agent.name)
+}
+
+/// A channel for the pieces of an answer and the task that publishes them, in order, on
+/// `subject` (core NATS: live, outside the log); the task ends when the sender is dropped.
+fn live_tokens(
+    client: async_nats::Client,
+    subject: String,
+    attempt: u32,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<String>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (pieces, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let forwarded = tokio::spawn(async move {
+        let mut index = 0;
+        while let Some(text) = received.recv().await {
+            let delta = TokenDelta {
+                attempt,
+                index,
+                text,
+            };
+            let body = serde_json::to_vec(&delta).unwrap_or_default();
+            if let Err(error) = client.publish(subject.clone(), body.into()).await {
+                tracing::debug!(%error, "could not stream a piece of the answer");
+            }
+            index += 1;
+        }
+    });
+    (pieces, forwarded)
 }
 
 /// Runs `work` while telling JetStream every [`PROGRESS_INTERVAL`] that the message is still

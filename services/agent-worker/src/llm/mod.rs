@@ -148,6 +148,7 @@ pub struct Provider {
     max_continuations: u32,
     default_model: Option<String>,
     json_schema: bool,
+    streams: bool,
 }
 
 enum Backend {
@@ -181,6 +182,7 @@ impl Provider {
                     max_continuations: 0,
                     default_model: None,
                     json_schema: false,
+                    streams: false,
                 });
             }
             ProviderConfig::OpenAiCompatible(http) | ProviderConfig::Anthropic(http) => http,
@@ -225,7 +227,14 @@ impl Provider {
             max_continuations: http.max_continuations,
             default_model: http.model.clone().filter(|model| !model.is_empty()),
             json_schema: http.json_schema,
+            streams: http.stream,
         })
+    }
+
+    /// Whether its answers come as a stream whose pieces [`Provider::complete_streaming`]
+    /// hands to a sink.
+    pub fn streams(&self) -> bool {
+        self.streams
     }
 
     pub fn name(&self) -> &str {
