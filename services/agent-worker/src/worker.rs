@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::calls::RunningCalls;
 use crate::claim;
-use crate::knowledge::KnowledgeView;
+use crate::knowledge::{KNOWLEDGE_TOKEN_BUDGET, KnowledgeView};
 use crate::llm::{ChatRequest, Completion, LlmError, Provider, Providers};
 use crate::prompt::{
     StepContext, StepPrompt, has_system_role, parse_answer, parse_review, repair_prompt,
@@ -250,7 +250,13 @@ impl Worker {
         }
         let knowledge = self
             .knowledge
-            .relevant(&step.tenant, s.workflow_id, self.knowledge_limit)
+            .relevant(
+                &step.tenant,
+                s.workflow_id,
+                &s.step,
+                self.knowledge_limit,
+                KNOWLEDGE_TOKEN_BUDGET,
+            )
             .await
             .context("reading the workflow's knowledge")?;
         let dependencies = self
@@ -355,7 +361,7 @@ impl Worker {
         } else {
             result
         };
-        let shared = step.shared(&result, Utc::now());
+        let shared = step.shared(&result, &knowledge, Utc::now());
         if !shared.is_empty() {
             // Stored before the completion: the coordinator takes the next step's knowledge
             // watermark after it sees the completion.
@@ -364,7 +370,8 @@ impl Worker {
                 .await
                 .context("publishing the step's questions and knowledge")?;
         }
-        let completed = step.completed(result, started_at.elapsed(), Utc::now());
+        let used = knowledge.iter().map(|item| item.id).collect();
+        let completed = step.completed(result, used, started_at.elapsed(), Utc::now());
         self.bus
             .publish(&completed, Append::Any)
             .await

@@ -609,6 +609,7 @@ async fn report_to_parent(
             provider: "cadre".to_owned(),
             model: "child-execution".to_owned(),
             duration_ms: duration_ms.unwrap_or_default(),
+            knowledge_used: Vec::new(),
         })),
         ChildOutcome::Failed { error } => Event::StepFailed(StepFailed {
             attempt: parent.attempt,

@@ -121,6 +121,7 @@ fn completed(of: &Event) -> Event {
         provider: "offline".into(),
         model: "offline-1".into(),
         duration_ms: 1,
+        knowledge_used: Vec::new(),
     }))
 }
 
