@@ -336,6 +336,13 @@ mod tests {
                 attempt: attempt(),
                 scheduled_event_id: EventId::new(),
             }),
+            Event::StepDeferred(StepDeferred {
+                attempt: attempt(),
+                error: "provider said 429".into(),
+                retry_at: Utc::now(),
+                deferral: 2,
+                waiting_since: Utc::now(),
+            }),
             Event::InteractionRecorded(InteractionRecorded {
                 execution_id: e,
                 workflow_id: w,
