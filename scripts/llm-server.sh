@@ -96,11 +96,13 @@ print(models[0]["id"] if models else "", flush=True)
 EOF
 )
 
-# The server itself. The environment variables HOST, PORT, CONFIG_FILE and API_KEY would override or
+# The server itself. OpenMP threads that spin while they wait collapse on a busy 2-core machine (a
+# cargo build beside the server: 4 tokens/s instead of 30-40 for the first answers), so they sleep.
+# The environment variables HOST, PORT, CONFIG_FILE and API_KEY would override or
 # add to these arguments (llama_cpp.server reads them), so they are dropped; a thread stops the server
 # once its parent (whoever started this script) is gone. The first argument only names the process
 # (`pgrep -af llama_cpp.server` finds it).
-CADRE_LLM_WATCH_PARENT=$watch_parent exec "$python" - llama_cpp.server --model "$model" --model_alias "$alias" --host 127.0.0.1 \
+OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} CADRE_LLM_WATCH_PARENT=$watch_parent exec "$python" - llama_cpp.server --model "$model" --model_alias "$alias" --host 127.0.0.1 \
   --port "$port" --n_ctx "$ctx" --n_threads "$threads" --n_threads_batch 2 --chat_format gemma3 \
   "$@" >"$log" 2>&1 <<'EOF'
 import os, runpy, signal, sys, threading, time

@@ -303,6 +303,22 @@ mod tests {
                 relevance_score: 0.5,
                 tags: vec!["x".into()],
             }),
+            Event::KnowledgeValidated(KnowledgeValidated {
+                knowledge_id: KnowledgeId::new(),
+                workflow_id: w,
+                execution_id: e,
+                step_id: StepId::parse("b").unwrap(),
+                agent_id: AgentId::new(),
+            }),
+            Event::KnowledgeSuperseded(KnowledgeSuperseded {
+                knowledge_id: KnowledgeId::new(),
+                superseded_by: KnowledgeId::new(),
+                workflow_id: w,
+                execution_id: e,
+                step_id: StepId::parse("b").unwrap(),
+                agent_id: AgentId::new(),
+                reason: "newer measurements".into(),
+            }),
             Event::ExecutionStarted(Box::new(ExecutionStarted {
                 execution_id: e,
                 workflow_id: w,
@@ -366,6 +382,7 @@ mod tests {
                 model: "m".into(),
                 duration_ms: 12,
                 cost_usd: None,
+                knowledge_used: vec![KnowledgeId::new()],
             })),
             Event::StepFailed(StepFailed {
                 attempt: attempt(),

@@ -274,6 +274,34 @@ pub struct KnowledgeShared {
     pub tags: Vec<String>,
 }
 
+/// Another agent confirmed a piece of the workflow's knowledge while working on a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnowledgeValidated {
+    pub knowledge_id: KnowledgeId,
+    pub workflow_id: WorkflowId,
+    pub execution_id: ExecutionId,
+    pub step_id: StepId,
+    pub agent_id: AgentId,
+}
+
+/// An agent replaced a piece of the workflow's knowledge with newer knowledge; the old piece is
+/// no longer offered to steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnowledgeSuperseded {
+    /// The knowledge replaced.
+    pub knowledge_id: KnowledgeId,
+    /// The knowledge that replaces it.
+    pub superseded_by: KnowledgeId,
+    pub workflow_id: WorkflowId,
+    pub execution_id: ExecutionId,
+    pub step_id: StepId,
+    pub agent_id: AgentId,
+    #[serde(default)]
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepCompleted {
@@ -287,6 +315,9 @@ pub struct StepCompleted {
     /// when the model has no price there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
+    /// The workflow knowledge the step's prompt carried: each use counts once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub knowledge_used: Vec<KnowledgeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -469,6 +500,8 @@ events! {
     WorkflowPaused(WorkflowPaused) = WORKFLOW_PAUSED: "dev.cadre.workflow.paused.v1",
     WorkflowResumed(WorkflowResumed) = WORKFLOW_RESUMED: "dev.cadre.workflow.resumed.v1",
     KnowledgeShared(KnowledgeShared) = KNOWLEDGE_SHARED: "dev.cadre.workflow.knowledge_shared.v1",
+    KnowledgeValidated(KnowledgeValidated) = KNOWLEDGE_VALIDATED: "dev.cadre.workflow.knowledge_validated.v1",
+    KnowledgeSuperseded(KnowledgeSuperseded) = KNOWLEDGE_SUPERSEDED: "dev.cadre.workflow.knowledge_superseded.v1",
     ExecutionStarted(Box<ExecutionStarted>) = EXECUTION_STARTED: "dev.cadre.execution.started.v1",
     StepScheduled(Box<StepScheduled>) = STEP_SCHEDULED: "dev.cadre.execution.step_scheduled.v1",
     StepStarted(StepStarted) = STEP_STARTED: "dev.cadre.execution.step_started.v1",
@@ -498,6 +531,12 @@ impl Event {
             Self::WorkflowPaused(e) => workflow(tenant, e.workflow_id, subjects::PAUSED),
             Self::WorkflowResumed(e) => workflow(tenant, e.workflow_id, subjects::RESUMED),
             Self::KnowledgeShared(e) => subjects::knowledge(tenant, e.workflow_id),
+            Self::KnowledgeValidated(e) => {
+                subjects::knowledge_fact(tenant, e.workflow_id, subjects::VALIDATED)
+            }
+            Self::KnowledgeSuperseded(e) => {
+                subjects::knowledge_fact(tenant, e.workflow_id, subjects::SUPERSEDED)
+            }
             Self::ExecutionStarted(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::STARTED)
             }
@@ -564,6 +603,8 @@ impl Event {
             Self::WorkflowPaused(e) => Some(e.workflow_id),
             Self::WorkflowResumed(e) => Some(e.workflow_id),
             Self::KnowledgeShared(e) => Some(e.workflow_id),
+            Self::KnowledgeValidated(e) => Some(e.workflow_id),
+            Self::KnowledgeSuperseded(e) => Some(e.workflow_id),
             Self::ExecutionStarted(e) => Some(e.workflow_id),
             Self::StepScheduled(e) => Some(e.workflow_id),
             Self::StepStarted(e) => Some(e.attempt.workflow_id),
@@ -590,6 +631,8 @@ impl Event {
             | Self::WorkflowPaused(_)
             | Self::WorkflowResumed(_) => None,
             Self::KnowledgeShared(e) => Some(e.execution_id),
+            Self::KnowledgeValidated(e) => Some(e.execution_id),
+            Self::KnowledgeSuperseded(e) => Some(e.execution_id),
             Self::ExecutionStarted(e) => Some(e.execution_id),
             Self::StepScheduled(e) => Some(e.execution_id),
             Self::StepStarted(e) => Some(e.attempt.execution_id),

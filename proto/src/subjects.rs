@@ -2,7 +2,7 @@
 //!
 //! Layout (tokens after `cadre.events.<tenant>`):
 //! - `agent.<agent>.registered`
-//! - `workflow.<workflow>.{created,paused,resumed}`, `workflow.<workflow>.knowledge.shared`
+//! - `workflow.<workflow>.{created,paused,resumed}`, `workflow.<workflow>.knowledge.{shared,validated,superseded}`
 //! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{scheduled,started,deferred,completed,failed,timed_out,skipped,reviewed}`
 //! - `workflow.<workflow>.interactions.<execution>.recorded`
@@ -33,6 +33,9 @@ pub const DEFERRED: &str = "deferred";
 pub const PAUSED: &str = "paused";
 pub const RESUMED: &str = "resumed";
 pub const CANCELLED: &str = "cancelled";
+pub const SHARED: &str = "shared";
+pub const VALIDATED: &str = "validated";
+pub const SUPERSEDED: &str = "superseded";
 
 /// Where the coordinator hands a tenant's scheduled steps to the agent workers that offer the
 /// step agent's LLM `provider`: steps are routed by capability, so a worker only ever takes
@@ -141,7 +144,12 @@ pub fn workflow_lifecycle(tenant: &TenantId, workflow: WorkflowId) -> String {
 }
 
 pub fn knowledge(tenant: &TenantId, workflow: WorkflowId) -> String {
-    format!("{PREFIX}.{tenant}.workflow.{workflow}.knowledge.shared")
+    knowledge_fact(tenant, workflow, SHARED)
+}
+
+/// What happened to the workflow's knowledge: `shared`, `validated` or `superseded`.
+pub fn knowledge_fact(tenant: &TenantId, workflow: WorkflowId, fact: &str) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.knowledge.{fact}")
 }
 
 pub fn interactions(tenant: &TenantId, workflow: WorkflowId, execution: ExecutionId) -> String {

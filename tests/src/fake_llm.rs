@@ -5,7 +5,9 @@
 //! insight and decision lines name the step found in the user prompt ([`insight_line`],
 //! [`decision_line`]), so a test can check that a later step's prompt carries the knowledge an
 //! earlier step shared. Failures can be scripted ([`FakeLlm::fail_next`]) and answers slowed
-//! ([`FakeLlm::set_latency`]). The server stops when the `FakeLlm` is dropped.
+//! ([`FakeLlm::set_latency`]). Asked to ([`FakeLlm::confirm_knowledge`]), it also confirms
+//! every knowledge item its prompt shows ([`confirm_line`]). The server stops when the
+//! `FakeLlm` is dropped.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -53,6 +55,24 @@ pub fn decision_line(step_name: &str) -> String {
     format!("- Decision from {step_name}: proceed as planned.")
 }
 
+/// The line by which the fake confirms the knowledge item shown as `handle` (`K-1a2b3c4d`).
+pub fn confirm_line(handle: &str, step_name: &str) -> String {
+    format!("- [confirms {handle}] Confirmed by {step_name}.")
+}
+
+/// The knowledge handles a prompt shows (`[K-` and 8 hex digits`]`), in order.
+fn handles(prompt: &str) -> Vec<String> {
+    prompt
+        .match_indices("[K-")
+        .filter_map(|(at, _)| {
+            let handle = prompt.get(at + 1..at + 11)?;
+            let closed = prompt.get(at + 11..at + 12) == Some("]");
+            (closed && handle[2..].chars().all(|c| c.is_ascii_hexdigit()))
+                .then(|| handle.to_owned())
+        })
+        .collect()
+}
+
 /// The question the fake raises for a step.
 pub fn question_line(step_name: &str) -> String {
     format!("- Question from {step_name}: is anything missing?")
@@ -70,6 +90,8 @@ struct Script {
     padding: usize,
     /// Reviews still to answer with "CHANGES REQUESTED".
     rejections: usize,
+    /// Whether answers confirm the knowledge their prompt shows.
+    confirms: bool,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -153,6 +175,12 @@ impl FakeLlm {
         lock(&self.script).padding = chars;
     }
 
+    /// From now on, every step's answer confirms each knowledge item its prompt shows, with
+    /// one [`confirm_line`] in its insights.
+    pub fn confirm_knowledge(&self) {
+        lock(&self.script).confirms = true;
+    }
+
     /// How many requests were abandoned by their client (a stopped call) before the answer.
     pub fn abandoned(&self) -> usize {
         lock(&self.script).abandoned
@@ -206,7 +234,7 @@ async fn complete(
         received_at: std::time::Instant::now(),
     };
     let review = recorded.system.contains("## Verdict");
-    let (failure, latency, padding, reject) = {
+    let (failure, latency, padding, reject, confirms) = {
         let mut script = lock(&script);
         let failure = script.failures.pop_front();
         if let Some((status, _)) = failure {
@@ -217,7 +245,13 @@ async fn complete(
         if reject {
             script.rejections -= 1;
         }
-        (failure, script.latency, script.padding, reject)
+        (
+            failure,
+            script.latency,
+            script.padding,
+            reject,
+            script.confirms,
+        )
     };
     if !latency.is_zero() {
         // The server drops this handler when the client hangs up: the guard counts that.
@@ -250,6 +284,13 @@ async fn complete(
             "## Verdict\n{verdict}\n\n## Feedback\n{}\n",
             review_feedback(reject)
         )
+    } else if confirms {
+        let confirmations: Vec<String> =
+            handles(&format!("{}\n{}", recorded.system, recorded.user))
+                .iter()
+                .map(|handle| confirm_line(handle, &step))
+                .collect();
+        answer_confirming(&step, &recorded.model, padding, &confirmations)
     } else {
         answer(&step, &recorded.model, padding)
     };
@@ -320,14 +361,23 @@ pub fn review_feedback(rejected: bool) -> &'static str {
 }
 
 fn answer(step: &str, model: &str, padding: usize) -> String {
+    answer_confirming(step, model, padding, &[])
+}
+
+/// The default answer, with `confirmations` after the insight line.
+fn answer_confirming(step: &str, model: &str, padding: usize, confirmations: &[String]) -> String {
     let filler = "x".repeat(padding);
+    let insights = std::iter::once(insight_line(step))
+        .chain(confirmations.iter().cloned())
+        .collect::<Vec<_>>()
+        .join("\n");
     format!(
         "## Summary\nFake LLM completed {step}.\n\n\
          ## Output\nDeliverable of {step}, written by {model}.{filler}\n\n\
          ## Insights\n{}\n\n\
          ## Decisions\n{}\n\n\
          ## Questions/Concerns\n{}\n",
-        insight_line(step),
+        insights,
         decision_line(step),
         question_line(step),
     )

@@ -8,11 +8,24 @@
 
 use std::time::Duration;
 
-use cadre_proto::{ExecutionId, StepId, TenantId, WorkflowId};
+use std::collections::HashSet;
+
+use cadre_proto::model::WorkflowStep;
+use cadre_proto::{ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId};
 use cadre_runtime::projection::ProjectionWatermark;
 use sqlx::PgPool;
+use uuid::Uuid;
 
+use crate::llm::estimate_tokens;
 use crate::prompt::{DependencyOutput, KnowledgeItem};
+
+/// Most tokens of knowledge a step's prompt carries.
+pub const KNOWLEDGE_TOKEN_BUDGET: u32 = 2_000;
+
+/// Most distinct words of a step's text its knowledge query asks for.
+const QUERY_WORDS: usize = 64;
+/// Longer "words" (a pasted hash, say) match nothing useful; Postgres would ignore them anyway.
+const LONGEST_QUERY_WORD: usize = 40;
 
 pub struct KnowledgeView {
     pool: PgPool,
@@ -40,32 +53,69 @@ impl KnowledgeView {
         self.read_models.wait_until(watermark, timeout).await
     }
 
-    /// The workflow's most relevant active knowledge, newest first among equals (the seed's
-    /// `gatherRelevantKnowledge`).
+    /// The workflow's active knowledge most relevant to `step`: at most `limit` items whose
+    /// lines fit `token_budget` (estimated as [`estimate_tokens`] does), best first. An item
+    /// that does not fit is passed over for the next that does.
+    ///
+    /// Items matching the step's text come first. The query ORs the words of the step's name,
+    /// description, instructions, expected output and required skills
+    /// ([`search_terms`]) against the item's title, tags and content (the generated `search`
+    /// column, `english` configuration: stems, no stop words), and a matching item scores
+    ///
+    /// `ts_rank_cd(search, query, 32) × relevance_score / (1 + age in days)`
+    ///
+    /// (a cover-density rank squashed into `[0, 1)`, weighted title > tags > content; the
+    /// author's relevance score; a day-old item counts half as much as a new one). The items
+    /// that match nothing still qualify after them (a workflow's knowledge is all somewhat
+    /// relevant to its steps), by relevance score then recency, as the seed ordered everything.
     pub async fn relevant(
         &self,
         tenant: &TenantId,
         workflow: WorkflowId,
+        step: &WorkflowStep,
         limit: u32,
+        token_budget: u32,
     ) -> Result<Vec<KnowledgeItem>, sqlx::Error> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT title, knowledge_type, content FROM collaboration_knowledge \
-             WHERE tenant_id = $1 AND workflow_id = $2 AND is_active \
-             ORDER BY relevance_score DESC, event_sequence DESC LIMIT $3",
+        // Twice the limit from each part: room to pass over items too large for the budget.
+        let candidates = i64::from(limit).saturating_mul(2);
+        let rows: Vec<(Uuid, String, String, String)> = sqlx::query_as(
+            "WITH q AS (SELECT to_tsquery('english', $3) AS query), \
+             matching AS ( \
+                 SELECT k.id, k.title, k.knowledge_type, k.content, 0 AS part, \
+                        row_number() OVER (ORDER BY ts_rank_cd(k.search, q.query, 32) \
+                            * k.relevance_score \
+                            / (1 + greatest(extract(epoch FROM now() - k.created_at), 0) / 86400) \
+                            DESC, k.event_sequence DESC) AS place \
+                 FROM collaboration_knowledge k, q \
+                 WHERE k.tenant_id = $1 AND k.workflow_id = $2 AND k.is_active \
+                   AND k.search @@ q.query), \
+             others AS ( \
+                 SELECT k.id, k.title, k.knowledge_type, k.content, 1 AS part, \
+                        row_number() OVER (ORDER BY k.relevance_score DESC, \
+                            k.event_sequence DESC) AS place \
+                 FROM collaboration_knowledge k, q \
+                 WHERE k.tenant_id = $1 AND k.workflow_id = $2 AND k.is_active \
+                   AND NOT k.search @@ q.query) \
+             SELECT id, title, knowledge_type, content FROM ( \
+                 SELECT * FROM matching WHERE place <= $4 \
+                 UNION ALL SELECT * FROM others WHERE place <= $4) AS c \
+             ORDER BY part, place",
         )
         .bind(tenant.as_str())
         .bind(workflow.0)
-        .bind(i64::from(limit))
+        .bind(search_terms(step))
+        .bind(candidates)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
+        let items = rows
             .into_iter()
-            .map(|(title, knowledge_type, content)| KnowledgeItem {
+            .map(|(id, title, knowledge_type, content)| KnowledgeItem {
+                id: KnowledgeId(id),
                 title,
                 knowledge_type,
                 content,
-            })
-            .collect())
+            });
+        Ok(within_budget(items, limit, token_budget))
     }
 
     /// The results of `steps` (a step's dependencies) in `execution`, in the order given, as
@@ -100,5 +150,329 @@ impl KnowledgeView {
                 output,
             })
             .collect())
+    }
+}
+
+/// The step's text as a `to_tsquery` OR of its distinct words: `design | the | api | ...`.
+/// Each word is a run of letters and digits, so nothing in the step's text can act as a
+/// tsquery operator; the string is bound as a parameter, never spliced into SQL. Stemming and
+/// stop words are Postgres's (`english`). Empty when the step has no words: it matches nothing.
+pub(crate) fn search_terms(step: &WorkflowStep) -> String {
+    let texts = [
+        step.name.as_str(),
+        step.description.as_str(),
+        step.instructions.as_str(),
+        step.expected_output.as_str(),
+    ]
+    .into_iter()
+    .chain(step.required_skills.iter().map(String::as_str));
+    let mut seen = HashSet::new();
+    let words: Vec<String> = texts
+        .flat_map(|text| text.split(|c: char| !c.is_alphanumeric()))
+        .filter(|word| !word.is_empty() && word.chars().count() <= LONGEST_QUERY_WORD)
+        .map(str::to_lowercase)
+        .filter(|word| seen.insert(word.clone()))
+        .take(QUERY_WORDS)
+        .collect();
+    words.join(" | ")
+}
+
+/// The first `limit` of `items` (best first) whose prompt lines fit `token_budget` together.
+fn within_budget(
+    items: impl IntoIterator<Item = KnowledgeItem>,
+    limit: u32,
+    token_budget: u32,
+) -> Vec<KnowledgeItem> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut left = token_budget;
+    let mut chosen = Vec::new();
+    for item in items {
+        if chosen.len() >= limit {
+            break;
+        }
+        let cost = estimate_tokens(&item.title)
+            .saturating_add(estimate_tokens(&item.content))
+            // The handle and the type.
+            .saturating_add(4);
+        if cost <= left {
+            left -= cost;
+            chosen.push(item);
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use sqlx::{Connection, PgConnection};
+
+    use super::*;
+
+    #[test]
+    fn the_query_is_the_steps_distinct_words_ored() {
+        let mut step = crate::fixtures::step();
+        step.instructions =
+            "List the endpoints (all of them) & the API's errors: 'quoted' | !x".into();
+        let terms = search_terms(&step);
+        assert_eq!(
+            terms,
+            "design | the | api | public | http | list | endpoints | all | of | them | s | \
+             errors | quoted | x | an | endpoint | table | architecture"
+        );
+        assert!(!terms.contains(['&', '!', '(', ')', ':', '\'', '*', '<']));
+        let silent = WorkflowStep {
+            name: "…".into(),
+            description: String::new(),
+            instructions: String::new(),
+            expected_output: String::new(),
+            required_skills: vec![],
+            ..crate::fixtures::step()
+        };
+        assert_eq!(search_terms(&silent), "");
+    }
+
+    fn item(title: &str, words: usize) -> KnowledgeItem {
+        KnowledgeItem {
+            id: KnowledgeId::new(),
+            title: title.to_owned(),
+            knowledge_type: "insight".to_owned(),
+            content: vec!["word"; words].join(" "),
+        }
+    }
+
+    #[test]
+    fn items_are_cut_to_the_limit_and_the_token_budget() {
+        let titles = |items: Vec<KnowledgeItem>| -> Vec<String> {
+            items.into_iter().map(|i| i.title).collect()
+        };
+        // Title, content and 4 for the rest of the line: "A" costs 2 + 2 + 4 tokens, "B b"
+        // 3 + 134 + 4, "C c" 3 + 14 + 4.
+        let items = || vec![item("A", 1), item("B b", 100), item("C c", 10)];
+        assert_eq!(
+            titles(within_budget(items(), 5, 1_000)),
+            ["A", "B b", "C c"]
+        );
+        assert_eq!(titles(within_budget(items(), 2, 1_000)), ["A", "B b"]);
+        assert_eq!(
+            titles(within_budget(items(), 5, 40)),
+            ["A", "C c"],
+            "an item over the budget is passed over for the next"
+        );
+        assert!(within_budget(items(), 0, 1_000).is_empty());
+    }
+
+    /// A fresh database with the projector's schema, dropped at the end of the test.
+    struct Db {
+        admin: String,
+        name: String,
+        pool: PgPool,
+    }
+
+    impl Db {
+        async fn create() -> Self {
+            let admin = std::env::var("CADRE_ADMIN_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let name = format!("cadre_worker_test_{}", Uuid::now_v7().simple());
+            let mut conn = PgConnection::connect(&admin).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let url = match admin.rsplit_once('/') {
+                Some((server, _)) => format!("{server}/{name}"),
+                None => format!("{admin}/{name}"),
+            };
+            let pool = PgPool::connect(&url).await.unwrap();
+            sqlx::migrate!("../projector/migrations")
+                .run(&pool)
+                .await
+                .unwrap();
+            Self { admin, name, pool }
+        }
+
+        async fn drop(self) {
+            self.pool.close().await;
+            let mut conn = PgConnection::connect(&self.admin).await.unwrap();
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    struct Row<'a> {
+        title: &'a str,
+        content: &'a str,
+        tags: &'a [&'a str],
+        relevance: f64,
+        age_days: i64,
+        sequence: i64,
+        active: bool,
+    }
+
+    const ROW: Row<'static> = Row {
+        title: "Insights from Research",
+        content: "",
+        tags: &[],
+        relevance: 1.0,
+        age_days: 0,
+        sequence: 1,
+        active: true,
+    };
+
+    async fn insert(pool: &PgPool, tenant: &TenantId, workflow: WorkflowId, row: Row<'_>) -> Uuid {
+        let id = Uuid::now_v7();
+        let now: DateTime<Utc> = Utc::now() - chrono::Duration::days(row.age_days);
+        sqlx::query(
+            "INSERT INTO collaboration_knowledge (id, tenant_id, workflow_id, execution_id, \
+                 step_id, title, content, knowledge_type, created_by_agent_id, relevance_score, \
+                 tags, is_active, created_at, updated_at, event_sequence) \
+             VALUES ($1, $2, $3, $4, 'research', $5, $6, 'insight', $4, $7, $8, $9, $10, $10, $11)",
+        )
+        .bind(id)
+        .bind(tenant.as_str())
+        .bind(workflow.0)
+        .bind(Uuid::now_v7())
+        .bind(row.title)
+        .bind(row.content)
+        .bind(row.relevance)
+        .bind(serde_json::json!(row.tags))
+        .bind(row.active)
+        .bind(now)
+        .bind(row.sequence)
+        .execute(pool)
+        .await
+        .unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn relevant_knowledge_matches_the_step_then_ranks_by_score_and_recency() {
+        let db = Db::create().await;
+        let view = KnowledgeView::start(db.pool.clone());
+        let tenant = TenantId::default_tenant();
+        let workflow = WorkflowId::new();
+        // The step: "Design the API", "List the endpoints.", skills architecture and http.
+        let step = crate::fixtures::step();
+        let pool = &db.pool;
+        let unrelated_but_valued = insert(
+            pool,
+            &tenant,
+            workflow,
+            Row {
+                content: "- The budget is tight",
+                relevance: 5.0,
+                sequence: 1,
+                ..ROW
+            },
+        )
+        .await;
+        let unrelated_newer = insert(
+            pool,
+            &tenant,
+            workflow,
+            Row {
+                content: "- Meetings are on Tuesdays",
+                sequence: 2,
+                ..ROW
+            },
+        )
+        .await;
+        let weak_match = insert(
+            pool,
+            &tenant,
+            workflow,
+            Row {
+                content: "- Twelve endpoints exist today",
+                sequence: 3,
+                ..ROW
+            },
+        )
+        .await;
+        let strong_match = insert(
+            pool,
+            &tenant,
+            workflow,
+            Row {
+                title: "API design notes",
+                content: "- Designing the API: list every endpoint and its HTTP errors",
+                tags: &["architecture"],
+                sequence: 4,
+                ..ROW
+            },
+        )
+        .await;
+        let stale_strong_match = insert(
+            pool,
+            &tenant,
+            workflow,
+            Row {
+                title: "API design notes",
+                content: "- Designing the API: list every endpoint and its HTTP errors",
+                tags: &["architecture"],
+                age_days: 1,
+                sequence: 5,
+                ..ROW
+            },
+        )
+        .await;
+        let superseded = insert(
+            pool,
+            &tenant,
+            workflow,
+            Row {
+                title: "API design",
+                content: "- Design the API endpoints over HTTP",
+                sequence: 6,
+                active: false,
+                ..ROW
+            },
+        )
+        .await;
+        let other_workflow = insert(
+            pool,
+            &tenant,
+            WorkflowId::new(),
+            Row {
+                title: "API design",
+                ..ROW
+            },
+        )
+        .await;
+
+        let ids = |items: Vec<KnowledgeItem>| -> Vec<Uuid> {
+            items.into_iter().map(|i| i.id.0).collect()
+        };
+        let all = ids(view
+            .relevant(&tenant, workflow, &step, 10, 10_000)
+            .await
+            .unwrap());
+        assert_eq!(
+            all,
+            [
+                strong_match,
+                stale_strong_match,
+                weak_match,
+                unrelated_but_valued,
+                unrelated_newer
+            ]
+        );
+        assert!(!all.contains(&superseded) && !all.contains(&other_workflow));
+        let top = view
+            .relevant(&tenant, workflow, &step, 2, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(ids(top), [strong_match, stale_strong_match]);
+        let other_tenant = TenantId::parse("other").unwrap();
+        assert!(
+            view.relevant(&other_tenant, workflow, &step, 10, 10_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        drop(view);
+        db.drop().await;
     }
 }

@@ -7,9 +7,11 @@
 //!
 //! Each scheduled step is done by one replica: it announces the
 //! step (`StepStarted`), waits until the read models hold the knowledge the step's
-//! dependencies shared, asks the agent's LLM with the seed's prompt, and records what came back:
+//! dependencies shared, asks the agent's LLM with the seed's prompt (carrying the workflow's
+//! knowledge most relevant to the step, within a token budget), and records what came back:
 //! the agent's questions (`InteractionRecorded`), its insights and decisions (`KnowledgeShared`),
-//! then `StepCompleted` — or `StepFailed` when the provider refuses for good. The message is
+//! the knowledge it confirmed or replaced (`KnowledgeValidated`, `KnowledgeSuperseded`), then
+//! `StepCompleted` with the knowledge used — or `StepFailed` when the provider refuses for good. The message is
 //! acked only after those events are stored, and every event id derives from the scheduled
 //! event's id, so a redelivered step changes nothing.
 //!

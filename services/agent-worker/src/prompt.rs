@@ -5,6 +5,7 @@
 //! the seed's sections; [`parse_step_result`] reads those sections back exactly as the seed's
 //! `parseStepResult` did, fallbacks included.
 
+use cadre_proto::KnowledgeId;
 use cadre_proto::events::ReviewRequest;
 use cadre_proto::model::{AgentProfile, CommunicationStyle, StepResult, TokenUsage, WorkflowStep};
 use serde::Serialize;
@@ -12,10 +13,26 @@ use serde::Serialize;
 /// One item of the workflow's shared knowledge, as the prompt shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KnowledgeItem {
+    pub id: KnowledgeId,
     pub title: String,
     /// `insight`, `decision`, ... as stored by the projector.
     pub knowledge_type: String,
     pub content: String,
+}
+
+impl KnowledgeItem {
+    /// How the prompt names the item, so an answer can confirm or supersede it:
+    /// `K-` and 8 hex digits of its id. The last 8, not the first: ids are UUIDv7, whose first
+    /// digits are a timestamp shared by everything shared within the same minute.
+    pub fn handle(&self) -> String {
+        knowledge_handle(self.id)
+    }
+}
+
+/// See [`KnowledgeItem::handle`].
+pub fn knowledge_handle(id: KnowledgeId) -> String {
+    let hex = id.0.simple().to_string();
+    format!("K-{}", &hex[hex.len() - 8..])
 }
 
 /// The result of a step this one depends on, as the read models show it.
@@ -38,6 +55,11 @@ pub struct StepPrompt {
 const STEP_LABEL: &str = "Step: ";
 const EXPECTED_OUTPUT_LABEL: &str = "Expected Output: ";
 const KNOWLEDGE_HEADER: &str = "Relevant Team Knowledge:";
+/// The one sentence that tells an agent how to confirm or replace a knowledge item (read back
+/// by `step::knowledge_verdicts`).
+const KNOWLEDGE_CONVENTION: &str = "(To confirm an item, or to replace it with newer knowledge, \
+     start a line of your Insights or Decisions with [confirms K-xxxxxxxx] or \
+     [supersedes K-xxxxxxxx], using the item's handle, then say why or give the new knowledge.)";
 const INPUT_HEADER: &str = "Execution Input";
 const FEEDBACK_HEADER: &str = "Reviewer Feedback";
 const DEPENDENCIES_HEADER: &str = "Results of the steps this one depends on";
@@ -272,12 +294,14 @@ fn execution_context(step: &WorkflowStep, knowledge: &[KnowledgeItem]) -> String
         ));
     }
     if !knowledge.is_empty() {
-        context.push_str(&format!("\n{KNOWLEDGE_HEADER}\n"));
+        context.push_str(&format!("\n{KNOWLEDGE_HEADER}\n{KNOWLEDGE_CONVENTION}\n"));
         for item in knowledge {
             let content = item.content.trim().replace('\n', "\n  ");
             context.push_str(&format!(
-                "- {} ({}): {content}\n",
-                item.title, item.knowledge_type
+                "- [{}] {} ({}): {content}\n",
+                item.handle(),
+                item.title,
+                item.knowledge_type
             ));
         }
     }
@@ -614,11 +638,13 @@ mod tests {
     fn knowledge() -> Vec<KnowledgeItem> {
         vec![
             KnowledgeItem {
+                id: KnowledgeId("0190a1b2-c3d4-7e5f-8a6b-00001a2b3c4d".parse().unwrap()),
                 title: "Insights from Research".to_owned(),
                 knowledge_type: "insight".to_owned(),
                 content: "- Users want pagination\n- Latency matters".to_owned(),
             },
             KnowledgeItem {
+                id: KnowledgeId("0190a1b2-c3d4-7e5f-8a6b-0000deadbeef".parse().unwrap()),
                 title: "Decisions from Research".to_owned(),
                 knowledge_type: "decision".to_owned(),
                 content: "- Use JSON".to_owned(),
@@ -647,8 +673,11 @@ mod tests {
         assert!(system.contains("- Validation Criteria: covers CRUD\n"));
         assert!(system.contains(
             "Relevant Team Knowledge:\n\
-             - Insights from Research (insight): - Users want pagination\n  - Latency matters\n\
-             - Decisions from Research (decision): - Use JSON\n"
+             (To confirm an item, or to replace it with newer knowledge, start a line of your \
+             Insights or Decisions with [confirms K-xxxxxxxx] or [supersedes K-xxxxxxxx], using \
+             the item's handle, then say why or give the new knowledge.)\n\
+             - [K-1a2b3c4d] Insights from Research (insight): - Users want pagination\n  - Latency matters\n\
+             - [K-deadbeef] Decisions from Research (decision): - Use JSON\n"
         ));
         for section in [
             "## Summary",

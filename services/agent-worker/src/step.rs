@@ -4,15 +4,18 @@
 //! Every event id is derived from the `StepScheduled` event id, so a second delivery of the same
 //! step republishes identical ids and JetStream drops the copies.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use cadre_proto::events::{
-    InteractionRecorded, KnowledgeShared, ReviewRequest, StepAttempt, StepCompleted, StepDeferred,
-    StepFailed, StepReviewed, StepScheduled, StepStarted,
+    InteractionRecorded, KnowledgeShared, KnowledgeSuperseded, KnowledgeValidated, ReviewRequest,
+    StepAttempt, StepCompleted, StepDeferred, StepFailed, StepReviewed, StepScheduled, StepStarted,
 };
 use cadre_proto::model::{InteractionType, KnowledgeType, ModelChoice, StepResult};
 use cadre_proto::{Envelope, Event, EventId, KnowledgeId, TenantId};
 use chrono::{DateTime, Utc};
+
+use crate::prompt::KnowledgeItem;
 
 /// The CloudEvents `source` of everything a worker publishes.
 pub const SOURCE: &str = "/cadre/agent-worker";
@@ -37,6 +40,8 @@ mod label {
     pub const DECISIONS: &str = "knowledge/decisions";
     pub const INSIGHTS_ID: &str = "knowledge-id/insights";
     pub const DECISIONS_ID: &str = "knowledge-id/decisions";
+    pub const CONFIRMS: &str = "knowledge/confirms";
+    pub const SUPERSEDES: &str = "knowledge/supersedes";
     pub const COMPLETED: &str = "completed";
     pub const FEEDBACK: &str = "interaction/feedback";
     pub const REVIEWED: &str = "reviewed";
@@ -77,8 +82,15 @@ impl ScheduledStep {
 
     /// What the agent tells the team before it reports the step done: its questions, to
     /// everyone, and (when the workflow shares knowledge) its insights and decisions, as the
-    /// seed's `shareKnowledge` did.
-    pub fn shared(&self, result: &StepResult, now: DateTime<Utc>) -> Vec<Envelope> {
+    /// seed's `shareKnowledge` did, then what those lines say about the `knowledge` its prompt
+    /// showed (see [`knowledge_verdict`]): an item confirmed, or superseded by the new insights
+    /// or decisions that carry the line.
+    pub fn shared(
+        &self,
+        result: &StepResult,
+        knowledge: &[KnowledgeItem],
+        now: DateTime<Utc>,
+    ) -> Vec<Envelope> {
         let s = &self.scheduled;
         let mut events = Vec::new();
         if !result.questions.is_empty() {
@@ -145,6 +157,69 @@ impl ScheduledStep {
                     }),
                 ));
             }
+            events.extend(self.verdicts(result, knowledge, now));
+        }
+        events
+    }
+
+    /// The confirmations and supersessions in the answer's insights and decisions, once per
+    /// item and verdict, for items the prompt showed under an unambiguous handle.
+    fn verdicts(
+        &self,
+        result: &StepResult,
+        knowledge: &[KnowledgeItem],
+        now: DateTime<Utc>,
+    ) -> Vec<Envelope> {
+        let s = &self.scheduled;
+        // Two items whose handles collide cannot be told apart: neither is named.
+        let mut shown: HashMap<String, Option<KnowledgeId>> = HashMap::new();
+        for item in knowledge {
+            shown
+                .entry(item.handle())
+                .and_modify(|id| *id = None)
+                .or_insert(Some(item.id));
+        }
+        let mut seen = HashSet::new();
+        let mut events = Vec::new();
+        for (lines, id_label) in [
+            (&result.insights, label::INSIGHTS_ID),
+            (&result.decisions, label::DECISIONS_ID),
+        ] {
+            let new_id = KnowledgeId(self.event_id.child(id_label).0);
+            for line in lines {
+                let Some((verdict, handle, reason)) = knowledge_verdict(line) else {
+                    continue;
+                };
+                let Some(Some(old_id)) = shown.get(&handle).copied() else {
+                    continue;
+                };
+                if !seen.insert((verdict, old_id)) {
+                    continue;
+                }
+                let event = match verdict {
+                    Verdict::Confirms => Event::KnowledgeValidated(KnowledgeValidated {
+                        knowledge_id: old_id,
+                        workflow_id: s.workflow_id,
+                        execution_id: s.execution_id,
+                        step_id: s.step.id.clone(),
+                        agent_id: s.agent.id,
+                    }),
+                    Verdict::Supersedes => Event::KnowledgeSuperseded(KnowledgeSuperseded {
+                        knowledge_id: old_id,
+                        superseded_by: new_id,
+                        workflow_id: s.workflow_id,
+                        execution_id: s.execution_id,
+                        step_id: s.step.id.clone(),
+                        agent_id: s.agent.id,
+                        reason: reason.to_owned(),
+                    }),
+                };
+                let event_label = match verdict {
+                    Verdict::Confirms => label::CONFIRMS,
+                    Verdict::Supersedes => label::SUPERSEDES,
+                };
+                events.push(self.envelope(&format!("{event_label}/{}", old_id.0), now, event));
+            }
         }
         events
     }
@@ -201,12 +276,14 @@ impl ScheduledStep {
         ]
     }
 
-    /// The attempt's result, as `answered_by` gave it (the agent's model or its fallback).
+    /// The attempt's result, as `answered_by` gave it (the agent's model or its fallback);
+    /// `knowledge_used` is the knowledge its prompt carried.
     pub fn completed(
         &self,
         result: StepResult,
         answered_by: &ModelChoice,
         cost_usd: Option<f64>,
+        knowledge_used: Vec<KnowledgeId>,
         duration: Duration,
         now: DateTime<Utc>,
     ) -> Envelope {
@@ -221,6 +298,7 @@ impl ScheduledStep {
                 model: answered_by.model.clone(),
                 duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                 cost_usd,
+                knowledge_used,
             })),
         )
     }
@@ -253,6 +331,43 @@ impl ScheduledStep {
             }),
         )
     }
+}
+
+/// What a line of an answer says about an item of the knowledge its prompt showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Confirms,
+    Supersedes,
+}
+
+/// Reads the convention the prompt teaches: an insight or decision line that starts (after
+/// its bullet) with `[confirms K-1a2b3c4d]` or `[supersedes K-1a2b3c4d]`. Returns the verdict,
+/// the handle as the prompt writes it (`K-` and 8 lowercase hex digits) and the rest of the
+/// line (why, or the new knowledge).
+pub fn knowledge_verdict(line: &str) -> Option<(Verdict, String, &str)> {
+    let line = line
+        .trim_start()
+        .trim_start_matches(['-', '*', '•'])
+        .trim_start();
+    let (inside, rest) = line.strip_prefix('[')?.split_once(']')?;
+    let mut words = inside.split_whitespace();
+    let verdict = match words.next()?.to_ascii_lowercase().as_str() {
+        "confirms" | "confirm" => Verdict::Confirms,
+        "supersedes" | "supersede" => Verdict::Supersedes,
+        _ => return None,
+    };
+    let handle = words.next()?;
+    if words.next().is_some() {
+        return None;
+    }
+    let hex = handle
+        .strip_prefix("K-")
+        .or_else(|| handle.strip_prefix("k-"))?;
+    if hex.len() != 8 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let reason = rest.trim_start_matches([':', ' ']).trim();
+    Some((verdict, format!("K-{}", hex.to_ascii_lowercase()), reason))
 }
 
 /// Why a delivery of `scheduled` needs no work, given one of the latest events of its step:
@@ -438,8 +553,8 @@ mod tests {
         let (early, late) = (Utc::now(), Utc::now() + chrono::Duration::seconds(90));
         assert_eq!(step.started(early).meta.id, step.started(late).meta.id);
         assert_eq!(
-            ids(&step.shared(&result(), early)),
-            ids(&step.shared(&result(), late))
+            ids(&step.shared(&result(), &[], early)),
+            ids(&step.shared(&result(), &[], late))
         );
         let knowledge_ids = |events: Vec<Envelope>| -> Vec<KnowledgeId> {
             events
@@ -451,11 +566,11 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            knowledge_ids(step.shared(&result(), early)),
-            knowledge_ids(step.shared(&result(), late))
+            knowledge_ids(step.shared(&result(), &[], early)),
+            knowledge_ids(step.shared(&result(), &[], late))
         );
         let completed = |at| {
-            step.completed(result(), &own(), None, Duration::from_millis(5), at)
+            step.completed(result(), &own(), None, vec![], Duration::from_millis(5), at)
                 .meta
                 .id
         };
@@ -466,7 +581,7 @@ mod tests {
         );
 
         // Distinct events get distinct ids, and another step gets others.
-        let mut all = ids(&step.shared(&result(), early));
+        let mut all = ids(&step.shared(&result(), &[], early));
         all.extend([
             step.started(early).meta.id,
             completed(early),
@@ -483,7 +598,7 @@ mod tests {
     #[test]
     fn shares_questions_insights_and_decisions_like_the_seed() {
         let step = step(true);
-        let events = step.shared(&result(), Utc::now());
+        let events = step.shared(&result(), &[], Utc::now());
         assert_eq!(events.len(), 3);
         let Event::InteractionRecorded(question) = &events[0].event else {
             panic!("questions first");
@@ -516,15 +631,149 @@ mod tests {
             questions: vec![],
             ..result()
         };
-        let events = step(true).shared(&quiet, Utc::now());
+        let events = step(true).shared(&quiet, &[], Utc::now());
         assert_eq!(events.len(), 1);
         assert!(
             matches!(&events[0].event, Event::KnowledgeShared(k) if k.knowledge_type == KnowledgeType::Decision)
         );
 
-        let events = step(false).shared(&result(), Utc::now());
+        let events = step(false).shared(&result(), &[], Utc::now());
         assert_eq!(events.len(), 1);
         assert!(matches!(events[0].event, Event::InteractionRecorded(_)));
+    }
+
+    #[test]
+    fn reads_confirm_and_supersede_lines() {
+        assert_eq!(
+            knowledge_verdict("- [confirms K-1a2b3c4d] matches what I measured"),
+            Some((
+                Verdict::Confirms,
+                "K-1a2b3c4d".to_owned(),
+                "matches what I measured"
+            ))
+        );
+        assert_eq!(
+            knowledge_verdict("* [Supersedes k-DEADBEEF]: use gRPC, not REST"),
+            Some((
+                Verdict::Supersedes,
+                "K-deadbeef".to_owned(),
+                "use gRPC, not REST"
+            ))
+        );
+        assert_eq!(
+            knowledge_verdict("[confirm K-00000000]"),
+            Some((Verdict::Confirms, "K-00000000".to_owned(), ""))
+        );
+        for not_one in [
+            "- Insight from Design: later steps can build on this.",
+            "- I [confirms K-1a2b3c4d] in the middle of a line",
+            "- [confirms K-1a2b3c4] seven digits",
+            "- [confirms K-1a2b3c4d5] nine digits",
+            "- [confirms K-1a2b3c4g] not hex",
+            "- [confirms 1a2b3c4d] no prefix",
+            "- [refutes K-1a2b3c4d] unknown verb",
+            "- [confirms K-1a2b3c4d K-deadbeef] two handles",
+            "- [confirms K-1a2b3c4d no closing bracket",
+        ] {
+            assert_eq!(knowledge_verdict(not_one), None, "{not_one}");
+        }
+    }
+
+    fn item(id: &str, title: &str) -> KnowledgeItem {
+        KnowledgeItem {
+            id: KnowledgeId(id.parse().unwrap()),
+            title: title.to_owned(),
+            knowledge_type: "insight".to_owned(),
+            content: "c".to_owned(),
+        }
+    }
+
+    #[test]
+    fn confirms_and_supersedes_only_knowledge_the_prompt_showed() {
+        let step = step(true);
+        let shown = [
+            item("0190a1b2-c3d4-7e5f-8a6b-00001a2b3c4d", "Old"),
+            item("0190a1b2-c3d4-7e5f-8a6b-0000deadbeef", "Other"),
+            // Two items with one handle: neither can be named.
+            item("0190a1b2-c3d4-7e5f-8a6b-000100000001", "Twin 1"),
+            item("0190a1b2-c3d4-7e5f-8a6b-000200000001", "Twin 2"),
+        ];
+        let answer = StepResult {
+            insights: vec![
+                "- [confirms K-deadbeef] still true".to_owned(),
+                "- [confirms K-DEADBEEF] said twice".to_owned(),
+                "- [confirms K-99999999] never shown".to_owned(),
+                "- [confirms K-00000001] ambiguous".to_owned(),
+                "- plain insight".to_owned(),
+            ],
+            decisions: vec!["- [supersedes K-1a2b3c4d] use gRPC".to_owned()],
+            questions: vec![],
+            ..result()
+        };
+        let now = Utc::now();
+        let events = step.shared(&answer, &shown, now);
+        let verdicts: Vec<&Event> = events
+            .iter()
+            .map(|e| &e.event)
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::KnowledgeValidated(_) | Event::KnowledgeSuperseded(_)
+                )
+            })
+            .collect();
+        assert_eq!(verdicts.len(), 2, "{verdicts:#?}");
+        let Event::KnowledgeValidated(confirmed) = verdicts[0] else {
+            panic!("the confirmation first");
+        };
+        assert_eq!(confirmed.knowledge_id, shown[1].id);
+        assert_eq!(confirmed.agent_id, step.scheduled.agent.id);
+        assert_eq!(confirmed.step_id, step.scheduled.step.id);
+        let Event::KnowledgeSuperseded(superseded) = verdicts[1] else {
+            panic!("then the supersession");
+        };
+        assert_eq!(superseded.knowledge_id, shown[0].id);
+        assert_eq!(superseded.reason, "use gRPC");
+        let decisions = events
+            .iter()
+            .find_map(|e| match &e.event {
+                Event::KnowledgeShared(k) if k.knowledge_type == KnowledgeType::Decision => {
+                    Some(k.knowledge_id)
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            superseded.superseded_by, decisions,
+            "replaced by the decisions that carry the line"
+        );
+        // The same ids on a redelivery; none without knowledge sharing.
+        assert_eq!(ids(&events), ids(&step.shared(&answer, &shown, Utc::now())));
+        let quiet = self::step(false).shared(&answer, &shown, now);
+        assert!(quiet.iter().all(|e| !matches!(
+            e.event,
+            Event::KnowledgeValidated(_) | Event::KnowledgeSuperseded(_)
+        )));
+    }
+
+    #[test]
+    fn the_completion_records_the_knowledge_used() {
+        let step = step(true);
+        let used = vec![KnowledgeId::new(), KnowledgeId::new()];
+        let Event::StepCompleted(done) = step
+            .completed(
+                result(),
+                &own(),
+                None,
+                used.clone(),
+                Duration::ZERO,
+                Utc::now(),
+            )
+            .event
+        else {
+            panic!("a StepCompleted");
+        };
+        assert_eq!(done.knowledge_used, used);
     }
 
     #[test]
@@ -534,7 +783,7 @@ mod tests {
         let now = Utc::now();
         let completed = |attempt| {
             let mut e = step
-                .completed(result(), &own(), None, Duration::ZERO, now)
+                .completed(result(), &own(), None, vec![], Duration::ZERO, now)
                 .event;
             if let Event::StepCompleted(c) = &mut e {
                 c.attempt.number = attempt;

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::calls::RunningCalls;
 use crate::claim;
 use crate::config::Price;
-use crate::knowledge::KnowledgeView;
+use crate::knowledge::{KNOWLEDGE_TOKEN_BUDGET, KnowledgeView};
 use crate::llm::{ChatRequest, Completion, LlmError, Providers};
 use crate::prompt::{
     StepContext, StepPrompt, has_system_role, parse_answer, parse_review, repair_prompt,
@@ -261,7 +261,13 @@ impl Worker {
         }
         let knowledge = self
             .knowledge
-            .relevant(&step.tenant, s.workflow_id, self.knowledge_limit)
+            .relevant(
+                &step.tenant,
+                s.workflow_id,
+                &s.step,
+                self.knowledge_limit,
+                KNOWLEDGE_TOKEN_BUDGET,
+            )
             .await
             .context("reading the workflow's knowledge")?;
         let dependencies = self
@@ -354,7 +360,7 @@ impl Worker {
         } else {
             result
         };
-        let shared = step.shared(&result, Utc::now());
+        let shared = step.shared(&result, &knowledge, Utc::now());
         if !shared.is_empty() {
             // Stored before the completion: the coordinator takes the next step's knowledge
             // watermark after it sees the completion.
@@ -367,8 +373,15 @@ impl Worker {
             .prices
             .get(&answered_by.model)
             .map(|price| price.cost(&result.tokens));
-        let completed =
-            step.completed(result, &answered_by, cost, started_at.elapsed(), Utc::now());
+        let used = knowledge.iter().map(|item| item.id).collect();
+        let completed = step.completed(
+            result,
+            &answered_by,
+            cost,
+            used,
+            started_at.elapsed(),
+            Utc::now(),
+        );
         self.bus
             .publish(&completed, Append::Any)
             .await

@@ -610,6 +610,7 @@ async fn report_to_parent(
             model: "child-execution".to_owned(),
             duration_ms: duration_ms.unwrap_or_default(),
             cost_usd: None,
+            knowledge_used: Vec::new(),
         })),
         ChildOutcome::Failed { error } => Event::StepFailed(StepFailed {
             attempt: parent.attempt,

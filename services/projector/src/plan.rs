@@ -100,10 +100,13 @@ impl Plan {
                 self.interactions.step_deferred(origin, e);
             }
             Event::InteractionRecorded(e) => self.interactions.recorded(origin, e),
+            Event::KnowledgeValidated(e) => self.knowledge.validated(origin, e),
+            Event::KnowledgeSuperseded(e) => self.knowledge.superseded(origin, e),
             Event::StepCompleted(e) => {
                 self.executions.step_completed(origin, e);
                 self.usage.completed(origin, e);
                 self.interactions.step_completed(origin, e);
+                self.knowledge.used(origin, e);
             }
             Event::StepFailed(e) => {
                 self.executions.step_failed(origin, e);

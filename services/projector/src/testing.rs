@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use cadre_proto::events::{
     AgentRegistered, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused,
     ExecutionResumed, ExecutionStarted, FailureCause, InteractionRecorded, KnowledgeShared,
-    Request, StepAttempt, StepCompleted, StepFailed, StepScheduled, StepStarted, StepTimedOut,
-    WorkflowCreated, WorkflowPaused, WorkflowResumed,
+    KnowledgeSuperseded, KnowledgeValidated, Request, StepAttempt, StepCompleted, StepFailed,
+    StepScheduled, StepStarted, StepTimedOut, WorkflowCreated, WorkflowPaused, WorkflowResumed,
 };
 use cadre_proto::model::{
     AgentProfile, InteractionType, KnowledgeType, StepResult, StepType, TokenUsage,
@@ -273,7 +273,41 @@ impl Fixture {
             model: "echo".to_owned(),
             duration_ms: 42,
             cost_usd: None,
+            knowledge_used: vec![],
         }))
+    }
+
+    /// A completion of attempt 1 whose prompt carried `knowledge`.
+    pub fn step_completed_using(&self, knowledge: &[KnowledgeId]) -> Event {
+        let mut event = self.step_completed(1);
+        if let Event::StepCompleted(completed) = &mut event {
+            completed.knowledge_used = knowledge.to_vec();
+        }
+        event
+    }
+
+    /// `agent` confirmed `knowledge` during this fixture's step.
+    pub fn validated(&self, knowledge: KnowledgeId, agent: AgentId) -> Event {
+        Event::KnowledgeValidated(KnowledgeValidated {
+            knowledge_id: knowledge,
+            workflow_id: self.workflow,
+            execution_id: self.execution,
+            step_id: self.step.id.clone(),
+            agent_id: agent,
+        })
+    }
+
+    /// This fixture's agent replaced `old` with `new`.
+    pub fn superseded(&self, old: KnowledgeId, new: KnowledgeId) -> Event {
+        Event::KnowledgeSuperseded(KnowledgeSuperseded {
+            knowledge_id: old,
+            superseded_by: new,
+            workflow_id: self.workflow,
+            execution_id: self.execution,
+            step_id: self.step.id.clone(),
+            agent_id: self.agent.id,
+            reason: "newer findings".to_owned(),
+        })
     }
 
     pub fn step_failed(&self, attempt: u32) -> Event {

@@ -123,6 +123,7 @@ fn completed(of: &Event) -> Event {
         model: "offline-1".into(),
         duration_ms: 1,
         cost_usd: None,
+        knowledge_used: Vec::new(),
     }))
 }
 
