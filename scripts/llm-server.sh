@@ -42,9 +42,19 @@ while [ $# -gt 0 ]; do
 done
 model=$("$root/scripts/ensure-llm.sh")
 python="$root/.cadre/venv-llm/bin/python"
-if [ "$port" = 0 ]; then
-  port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-fi
+# A free port, or a check that the given one is free: another server answering /v1/models there
+# would otherwise pass for this one.
+port=$("$python" - "$port" <<'EOF'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError as error:
+    sys.exit(f"llm-server: cannot listen on 127.0.0.1:{sys.argv[1]}: {error.strerror}")
+print(s.getsockname()[1])
+EOF
+)
 log="$root/.cadre/llm-server-$port.log"
 base="http://127.0.0.1:$port/v1"
 server_pid=$$
@@ -89,7 +99,7 @@ while True:
     except Exception:
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGTERM)
-            fail(f"no answer from {base}/models within {timeout:.0f}s")
+            fail(f"no answer from {base}/models within {timeout:g}s")
         time.sleep(0.2)
 print(base)
 print(models[0]["id"] if models else "", flush=True)

@@ -296,6 +296,9 @@ async fn complete(
     };
     let prompt_tokens = words(&recorded.system) + words(&recorded.user);
     let completion_tokens = words(&text);
+    if request["stream"] == true {
+        return streamed(&recorded.model, &text, prompt_tokens, completion_tokens);
+    }
     axum::Json(json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -314,6 +317,33 @@ async fn complete(
     }))
     .into_response()
 }
+
+/// The answer as OpenAI streams it (server-sent events): the text in pieces of about
+/// [`STREAM_PIECE_CHARS`] characters, the finish reason, the usage, then `[DONE]`.
+fn streamed(model: &str, text: &str, prompt_tokens: usize, completion_tokens: usize) -> Response {
+    let chars: Vec<char> = text.chars().collect();
+    let mut body = String::new();
+    let mut event = |data: Value| body.push_str(&format!("data: {data}\n\n"));
+    for piece in chars.chunks(STREAM_PIECE_CHARS) {
+        let piece: String = piece.iter().collect();
+        event(json!({"model": model, "choices": [{"index": 0, "delta": {"content": piece}}]}));
+    }
+    event(json!({"model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
+    event(json!({"model": model, "choices": [], "usage": {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens
+    }}));
+    body.push_str("data: [DONE]\n\n");
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+        body,
+    )
+        .into_response()
+}
+
+/// How long a streamed answer's pieces are.
+pub const STREAM_PIECE_CHARS: usize = 40;
 
 /// A request waiting for its answer.
 struct Pending {
