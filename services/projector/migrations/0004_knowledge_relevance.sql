@@ -19,3 +19,8 @@ ALTER TABLE collaboration_knowledge ADD COLUMN search tsvector GENERATED ALWAYS 
 ) STORED;
 
 CREATE INDEX collaboration_knowledge_search ON collaboration_knowledge USING GIN (search);
+
+-- The worker ranks only a workflow's newest active items: this finds them without a sort.
+CREATE INDEX collaboration_knowledge_recent
+    ON collaboration_knowledge (tenant_id, workflow_id, event_sequence DESC)
+    WHERE is_active;

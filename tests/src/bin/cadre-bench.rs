@@ -14,6 +14,11 @@
 //!   `run` mode only), `BENCH_START_PARALLELISM` (64 concurrent HTTP clients),
 //!   `BENCH_LATENCY_MS` (0), `BENCH_WORKER_CONCURRENCY` (256), `BENCH_COORDINATOR_SHARDS` (128).
 //!
+//! For the in-flight figure (one worker holding many slow calls), for example:
+//! `BENCH_LATENCY_MS=2000 BENCH_SHAPE=dag BENCH_STEPS=100 BENCH_FANOUT=100 BENCH_EXECUTIONS=60
+//! BENCH_WORKFLOWS=60 BENCH_WORKER_CONCURRENCY=8000`: every step of an execution runs at once,
+//! and the bench prints the peak of steps in flight and the memory each one costs.
+//!
 //! Times are the server's store timestamps of the events (one clock: everything runs on this
 //! machine); projection lag is the time the projector's commit notification arrives minus the
 //! store time of the events it covers.
@@ -107,6 +112,19 @@ impl Shape {
             }
         }
     }
+}
+
+/// This process's resident set size in KiB (`VmRSS`), where `/proc` tells it.
+fn resident_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn step_id(i: usize) -> String {
@@ -347,6 +365,21 @@ async fn measure_runs(
         }
     });
 
+    // The whole process's resident memory, sampled while the executions run.
+    let baseline_rss = resident_kib();
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn({
+        let stop = sampling.clone();
+        async move {
+            let mut peak = 0;
+            while !stop.is_cancelled() {
+                peak = resident_kib().map_or(peak, |now| now.max(peak));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        }
+    });
+
     let wall = Instant::now();
     let http_latencies = futures::stream::iter(0..executions)
         .map(|i| {
@@ -407,6 +440,8 @@ async fn measure_runs(
             _ => {}
         }
     }
+    sampling.cancel();
+    let peak_rss = sampler.await.unwrap_or(0);
     let last_event = stored
         .iter()
         .map(|(_, at)| *at)
@@ -533,6 +568,37 @@ async fn measure_runs(
             overlap_sum / f64::from(overlapped),
             peak_sum as f64 / f64::from(overlapped),
             shape.width(steps)
+        );
+    }
+    // Steps in flight across all executions: a sweep over the StepStarted -> StepCompleted
+    // intervals.
+    let mut edges: Vec<(DateTime<Utc>, i64)> = times
+        .values()
+        .flat_map(|t| {
+            t.step_started.iter().filter_map(|(step, started)| {
+                let done = t.step_completed.get(step)?;
+                Some([(*started, 1), (*done, -1)])
+            })
+        })
+        .flatten()
+        .collect();
+    edges.sort_unstable();
+    let (mut running, mut peak_in_flight) = (0i64, 0i64);
+    for (_, change) in edges {
+        running += change;
+        peak_in_flight = peak_in_flight.max(running);
+    }
+    if let Some(baseline) = baseline_rss
+        && peak_in_flight > 0
+    {
+        let grown = peak_rss.saturating_sub(baseline);
+        println!(
+            "in flight: peak {peak_in_flight} steps at once; memory (the whole process: \
+             coordinator, projector, worker, bench): {:.0} MiB before, peak {:.0} MiB, \
+             {:.1} KiB more per in-flight step",
+            baseline as f64 / 1024.0,
+            peak_rss as f64 / 1024.0,
+            grown as f64 / peak_in_flight as f64
         );
     }
     println!(
