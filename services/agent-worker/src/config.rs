@@ -141,7 +141,10 @@ pub struct HttpProviderConfig {
     pub api_key_file: Option<PathBuf>,
     /// The whole call, including reading the answer.
     pub timeout_secs: u64,
-    /// No bytes from the server for this long ends the call (a hung server).
+    /// No bytes from the server for this long ends the call (a hung server). A server that does
+    /// not stream sends its first byte only when the whole answer is written: for such a
+    /// provider keep this above the longest answer's generation time (a streaming one sends
+    /// bytes as tokens come).
     pub idle_timeout_secs: u64,
     pub connect_timeout_secs: u64,
     /// Most calls in flight to this provider from this process; more wait for a turn.

@@ -441,7 +441,18 @@ pub fn read_prompt(system: &str, user: &str) -> PromptFacts {
 /// The JSON Schema a step's answer is asked to follow where the provider supports structured
 /// output: the seed's sections as fields.
 pub fn step_result_schema() -> serde_json::Value {
-    let list = |what: &str| serde_json::json!({"type": "array", "items": {"type": "string"}, "description": what});
+    // Lists are bounded: a server that constrains decoding to the schema (llama.cpp's grammars)
+    // can then close them, where a small model would otherwise list on until max_tokens cuts
+    // the object. Strings are not: llama.cpp spells `maxLength` out as nested optional
+    // characters, and a deliverable-sized bound is a grammar it cannot parse.
+    let list = |what: &str| {
+        serde_json::json!({
+            "type": "array",
+            "items": {"type": "string"},
+            "maxItems": 5,
+            "description": what,
+        })
+    };
     serde_json::json!({
         "type": "object",
         "properties": {

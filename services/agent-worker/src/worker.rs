@@ -546,11 +546,11 @@ impl Worker {
             )
             .await
             .context("scheduling the step's next call")?;
+        tracing::warn!(error = reason, retry_at = %wait.retry_at, deferral = wait.deferral, "the provider failed transiently; the step waits");
         self.bus
             .publish(&step.deferred(reason, &wait, now), Append::Any)
             .await
             .context("publishing StepDeferred")?;
-        tracing::warn!(retry_at = %wait.retry_at, deferral = wait.deferral, "the provider failed transiently; the step waits");
         Ok(Disposition::Ack)
     }
 

@@ -117,11 +117,14 @@ impl OpenAiCompatible {
     }
 }
 
-/// A 400/422 that names `response_format` or `json_schema`: the server does not take them.
+/// A refusal that names `response_format` or `json_schema`: the server does not take them.
+/// Servers say so with 400 or 422 (OpenAI, vLLM, Ollama) and some with 500 (llama-cpp-python
+/// answers every request it cannot validate with `internal_server_error`): any 4xx or 5xx that
+/// names them, since a retry of the same request would be refused the same way.
 fn refuses_json_schema(error: &LlmError) -> bool {
     match error.kind() {
         LlmErrorKind::Api {
-            status: 400 | 422,
+            status: 400..=599,
             code,
             message,
             ..

@@ -149,6 +149,47 @@ async fn json_schema_is_asked_for_and_dropped_for_good_when_refused() {
 }
 
 #[tokio::test]
+async fn every_shape_of_a_json_schema_refusal_drops_the_schema() {
+    // OpenAI and vLLM say 400, others 422, llama-cpp-python 500 (its validation error).
+    let refusals = [
+        (
+            400,
+            json!({"error": {"message": "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.", "type": "invalid_request_error", "param": "response_format"}}),
+        ),
+        (
+            422,
+            json!({"error": {"message": "unknown field", "code": "response_format"}}),
+        ),
+        (
+            500,
+            json!({"error": {"message": "1 validation error:\n {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}", "type": "internal_server_error", "param": null, "code": null}}),
+        ),
+    ];
+    for (status, body) in refusals {
+        let fake = Fake::start(
+            PATH,
+            vec![
+                Reply::json(status, body),
+                Reply::json(200, answer(json!("{\"summary\":\"s\"}"), "stop")),
+            ],
+        )
+        .await;
+        let mut request = request();
+        request.json_schema = Some(json!({"type": "object"}));
+        let completion = openai(http_config(&fake.base_url))
+            .complete(&request)
+            .await
+            .unwrap_or_else(|error| panic!("HTTP {status}: {error}"));
+        assert_eq!(completion.text, "{\"summary\":\"s\"}");
+        let sent = fake.requests();
+        assert!(
+            sent[1].body.get("response_format").is_none(),
+            "HTTP {status}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_400_about_something_else_is_not_retried_without_the_schema() {
     let fake = Fake::start(
         PATH,
