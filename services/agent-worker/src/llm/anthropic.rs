@@ -95,17 +95,7 @@ impl Anthropic {
         if let Some(key) = &self.api_key {
             builder = builder.header("x-api-key", key.expose_secret());
         }
-        let response = http::send(&call, builder).await?;
-        let mut stream = Streamed::default();
-        let sink = turn.sink;
-        let whole = http::read(&call, response, &mut |event| {
-            stream.on_event(&call, event, sink)
-        })
-        .await?;
-        match whole {
-            Some(answer) => read_answer(&call, &answer),
-            None => stream.finish(&call),
-        }
+        http::exchange::<Streamed>(&call, builder, turn.sink, read_answer).await
     }
 }
 
@@ -174,7 +164,7 @@ struct Streamed {
     done: bool,
 }
 
-impl Streamed {
+impl http::AnswerStream for Streamed {
     fn on_event(
         &mut self,
         call: &Call<'_>,
@@ -237,16 +227,6 @@ impl Streamed {
         Ok(false)
     }
 
-    fn push_text(&mut self, piece: Option<&str>, sink: Option<TextSink<'_>>) {
-        let Some(piece) = piece.filter(|piece| !piece.is_empty()) else {
-            return;
-        };
-        if let Some(sink) = sink {
-            sink(piece);
-        }
-        self.text.push_str(piece);
-    }
-
     fn finish(self, call: &Call<'_>) -> Result<TurnAnswer, LlmError> {
         if !self.done && self.stop_reason.is_none() {
             return Err(call.error(LlmErrorKind::Transport {
@@ -271,6 +251,18 @@ impl Streamed {
             model: self.model,
             streamed: true,
         })
+    }
+}
+
+impl Streamed {
+    fn push_text(&mut self, piece: Option<&str>, sink: Option<TextSink<'_>>) {
+        let Some(piece) = piece.filter(|piece| !piece.is_empty()) else {
+            return;
+        };
+        if let Some(sink) = sink {
+            sink(piece);
+        }
+        self.text.push_str(piece);
     }
 }
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::error::{self, LlmError, LlmErrorKind};
 use super::wire::{self, ErrorBody, SseEvent, SseParser};
+use super::{TextSink, TurnAnswer};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
@@ -178,4 +179,38 @@ pub(crate) async fn read(
             ErrorBody::from_text(&text).message
         ))
     })
+}
+
+/// What differs between chat APIs in reading a streamed answer: their events.
+pub(crate) trait AnswerStream: Default + Send {
+    /// Takes one event (handing text to `sink` as it comes); `Ok(true)` when the answer ended.
+    fn on_event(
+        &mut self,
+        call: &Call<'_>,
+        event: &SseEvent,
+        sink: Option<TextSink<'_>>,
+    ) -> Result<bool, LlmError>;
+
+    /// The answer the events made.
+    fn finish(self, call: &Call<'_>) -> Result<TurnAnswer, LlmError>;
+}
+
+/// Sends the request and reads its answer, whole (`read_answer`) or as events (`S`), whichever
+/// the server sent.
+pub(crate) async fn exchange<S: AnswerStream>(
+    call: &Call<'_>,
+    builder: RequestBuilder,
+    sink: Option<TextSink<'_>>,
+    read_answer: fn(&Call<'_>, &Value) -> Result<TurnAnswer, LlmError>,
+) -> Result<TurnAnswer, LlmError> {
+    let response = send(call, builder).await?;
+    let mut stream = S::default();
+    let whole = read(call, response, &mut |event| {
+        stream.on_event(call, event, sink)
+    })
+    .await?;
+    match whole {
+        Some(answer) => read_answer(call, &answer),
+        None => stream.finish(call),
+    }
 }

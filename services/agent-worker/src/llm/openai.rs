@@ -103,17 +103,7 @@ impl OpenAiCompatible {
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key.expose_secret());
         }
-        let response = http::send(&call, builder).await?;
-        let mut stream = Streamed::default();
-        let sink = turn.sink;
-        let whole = http::read(&call, response, &mut |event| {
-            stream.on_event(&call, event, sink)
-        })
-        .await?;
-        match whole {
-            Some(answer) => read_answer(&call, &answer),
-            None => stream.finish(&call),
-        }
+        http::exchange::<Streamed>(&call, builder, turn.sink, read_answer).await
     }
 }
 
@@ -211,7 +201,7 @@ struct Streamed {
     done: bool,
 }
 
-impl Streamed {
+impl http::AnswerStream for Streamed {
     fn on_event(
         &mut self,
         call: &Call<'_>,
