@@ -86,6 +86,7 @@ impl Anthropic {
             provider: &self.provider,
             model: turn.model,
             url: &self.url,
+            api_key: self.api_key.as_ref(),
         };
         let mut builder = self
             .http

@@ -49,6 +49,42 @@ struct Inner {
     retry_after: Option<Duration>,
 }
 
+impl LlmErrorKind {
+    /// The kind with every occurrence of `secret` in the server's words replaced.
+    pub(crate) fn redacted(self, secret: &str) -> Self {
+        // Too short to be a key worth hiding, and replacing it would garble the message.
+        if secret.len() < 8 {
+            return self;
+        }
+        let clean = |text: String| text.replace(secret, "[redacted API key]");
+        match self {
+            Self::Transport { retryable, message } => Self::Transport {
+                retryable,
+                message: clean(message),
+            },
+            Self::Timeout { message } => Self::Timeout {
+                message: clean(message),
+            },
+            Self::Api {
+                status,
+                code,
+                message,
+                retryable,
+            } => Self::Api {
+                status,
+                code: code.map(clean),
+                message: clean(message),
+                retryable,
+            },
+            Self::Malformed(text) => Self::Malformed(clean(text)),
+            Self::Refused { reason } => Self::Refused {
+                reason: clean(reason),
+            },
+            other => other,
+        }
+    }
+}
+
 impl LlmError {
     pub(crate) fn new(kind: LlmErrorKind, provider: &str, model: &str, url: &str) -> Self {
         Self(Box::new(Inner {

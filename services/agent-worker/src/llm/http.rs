@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use reqwest::{Client, RequestBuilder, Response};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::error::{self, LlmError, LlmErrorKind};
@@ -32,10 +33,17 @@ pub(crate) struct Call<'a> {
     pub provider: &'a str,
     pub model: &'a str,
     pub url: &'a str,
+    /// The call's API key: taken out of whatever the server said (some servers echo a key
+    /// they refuse), so an error can be logged, recorded and published.
+    pub api_key: Option<&'a SecretString>,
 }
 
 impl Call<'_> {
     pub fn error(&self, kind: LlmErrorKind) -> LlmError {
+        let kind = match self.api_key {
+            Some(key) => kind.redacted(key.expose_secret()),
+            None => kind,
+        };
         LlmError::new(kind, self.provider, self.model, self.url)
     }
 

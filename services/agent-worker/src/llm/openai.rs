@@ -98,6 +98,7 @@ impl OpenAiCompatible {
             provider: &self.provider,
             model: turn.model,
             url: &self.url,
+            api_key: self.api_key.as_ref(),
         };
         let mut builder = self.http.post(&self.url).json(&self.body(turn, schema));
         if let Some(key) = &self.api_key {

@@ -502,6 +502,24 @@ async fn errors_say_where_and_what_to_do() {
     .await;
     assert!(!unauthorized.is_retryable());
     assert!(unauthorized.to_string().contains("api_key_env"));
+
+    // A server that echoes the key it refuses: the error (logged, recorded, published) does not.
+    for body in [
+        json!({"error": {"message": format!("Incorrect API key provided: {API_KEY}."), "code": "invalid_api_key"}}),
+        json!({"error": {"message": "bad key", "code": API_KEY}}),
+    ] {
+        let echoed = error_of(Reply::json(401, body)).await;
+        let text = echoed.to_string();
+        assert!(!text.contains(API_KEY), "{text}");
+        assert!(!format!("{echoed:?}").contains(API_KEY));
+        assert!(text.contains("[redacted API key]"), "{text}");
+    }
+    let proxied = error_of(Reply::raw(
+        502,
+        format!("<html><title>bad gateway for {API_KEY}</title></html>"),
+    ))
+    .await;
+    assert!(!proxied.to_string().contains(API_KEY), "{proxied}");
 }
 
 #[tokio::test]
