@@ -386,6 +386,7 @@ mod tests {
             })),
             Event::StepFailed(StepFailed {
                 attempt: attempt(),
+                retryable: true,
                 error: "provider said 400".into(),
             }),
             Event::StepTimedOut(StepTimedOut {
@@ -472,6 +473,7 @@ mod tests {
     fn step_attempt_fields_stay_at_the_top_level_of_the_payload() {
         let bytes = wrap(Event::StepFailed(StepFailed {
             attempt: attempt(),
+            retryable: true,
             error: "e".into(),
         }))
         .encode();
@@ -521,6 +523,7 @@ mod tests {
     fn rejects_what_it_does_not_understand() {
         let sample = wrap(Event::StepFailed(StepFailed {
             attempt: attempt(),
+            retryable: true,
             error: "e".into(),
         }));
         assert!(matches!(

@@ -325,7 +325,16 @@ pub struct StepCompleted {
 pub struct StepFailed {
     #[serde(flatten)]
     pub attempt: StepAttempt,
+    /// Whether another attempt may succeed. False for an error a retry cannot fix (the
+    /// provider refused the key, the quota is spent, the request is invalid): the step is not
+    /// retried, whatever `maxRetries` allows. Absent in events recorded before it existed: true.
+    #[serde(default = "retryable_by_default")]
+    pub retryable: bool,
     pub error: String,
+}
+
+fn retryable_by_default() -> bool {
+    true
 }
 
 /// The attempt ran past its step's `timeoutMinutes`. It counts as a failed attempt: the step is

@@ -62,13 +62,14 @@ pub fn deferred_step(
     format!("cadre.dispatch.{provider}.{tenant}.deferred.{execution}.{step}.{attempt}")
 }
 
-/// Whether `name` can name an LLM provider: it is a subject token and a consumer name, so
-/// letters, digits, `-` and `_` only.
+/// Whether `name` can name an LLM provider: it is a subject token and a consumer name, and
+/// the workers' environment configuration (`CADRE_PROVIDERS__<NAME>__…`) lowercases it, so
+/// lowercase letters, digits, `-` and `_` only.
 pub fn is_provider_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// Every live token stream (core NATS, kept by no stream: the monitor's, not the log's).
@@ -271,10 +272,10 @@ mod tests {
         assert!(matches(ALL_DISPATCHED_STEPS, &waiting));
         assert!(!matches(&dispatched_steps_for("quirk"), &waiting));
 
-        for good in ["offline", "open-ai", "llama_cpp", "Anthropic2"] {
+        for good in ["offline", "open-ai", "llama_cpp", "anthropic2"] {
             assert!(is_provider_name(good), "{good}");
         }
-        for bad in ["", "a.b", "a*", ">", "a b", "ä"] {
+        for bad in ["", "a.b", "a*", ">", "a b", "ä", "Quirk"] {
             assert!(!is_provider_name(bad), "{bad}");
         }
     }

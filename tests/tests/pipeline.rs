@@ -537,27 +537,29 @@ async fn two_coordinators_starting_at_once_never_reuse_an_execution_number() {
 }
 
 #[tokio::test]
-async fn a_step_whose_llm_keeps_refusing_is_retried_then_fails_the_execution() {
+async fn a_step_whose_llm_refuses_the_request_fails_the_execution_without_a_pointless_retry() {
     let stack = Stack::start().await;
     let (_, workflow_id) = team_and_pipeline(&stack).await;
-    // The pipeline allows one retry; the provider refuses both attempts of the first step.
+    // The pipeline allows one retry, but a rejected request is rejected again: not retried.
     stack.llm.fail_next(2, 400);
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
     let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "failed", "{execution:#}");
     let error = execution["errorMessage"].as_str().unwrap();
     assert!(
-        error.contains("step 'Analyse requirements' failed after 2 attempt(s)"),
+        error.contains(
+            "step 'Analyse requirements' failed with an error another attempt cannot fix"
+        ),
         "{error}"
     );
     assert!(error.contains("400"), "{error}");
     assert_eq!(execution["stepResults"]["step-1"]["status"], "failed");
-    assert_eq!(execution["stepResults"]["step-1"]["attempt"], 2);
+    assert_eq!(execution["stepResults"]["step-1"]["attempt"], 1);
     assert!(
         execution["stepResults"].get("step-2").is_none(),
         "nothing ran after the failure"
     );
-    assert_eq!(stack.llm.requests().len(), 2);
+    assert_eq!(stack.llm.requests().len(), 1);
 
     let interactions = stack
         .api
@@ -575,7 +577,7 @@ async fn a_step_whose_llm_keeps_refusing_is_retried_then_fails_the_execution() {
                 .starts_with("Step failed: Analyse requirements")
         })
         .count();
-    assert_eq!(failures, 2, "one per attempt");
+    assert_eq!(failures, 1, "one attempt");
     let workflow = stack
         .api
         .get(&format!("/v1/workflows/{workflow_id}"))

@@ -106,7 +106,8 @@ pub async fn run_with_readiness(
         .find(|name| !subjects::is_provider_name(name))
     {
         anyhow::bail!(
-            "provider name {bad:?} cannot name a step queue: use letters, digits, '-' and '_' only"
+            "provider name {bad:?} cannot name a step queue: use lowercase letters, digits, '-' \
+             and '_' only"
         );
     }
     let consumers = provider_queues(&bus, &offered).await?;

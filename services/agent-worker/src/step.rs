@@ -320,13 +320,15 @@ impl ScheduledStep {
         )
     }
 
-    pub fn failed(&self, error: String, now: DateTime<Utc>) -> Envelope {
+    /// The attempt failed; `retryable`: whether another attempt may succeed.
+    pub fn failed(&self, error: String, retryable: bool, now: DateTime<Utc>) -> Envelope {
         let s = &self.scheduled;
         self.envelope(
             label::FAILED,
             now,
             Event::StepFailed(StepFailed {
                 attempt: StepAttempt::of(s),
+                retryable,
                 error,
             }),
         )
@@ -576,8 +578,8 @@ mod tests {
         };
         assert_eq!(completed(early), completed(late));
         assert_eq!(
-            step.failed("x".to_owned(), early).meta.id,
-            step.failed("y".to_owned(), late).meta.id
+            step.failed("x".to_owned(), true, early).meta.id,
+            step.failed("y".to_owned(), true, late).meta.id
         );
 
         // Distinct events get distinct ids, and another step gets others.
@@ -585,7 +587,7 @@ mod tests {
         all.extend([
             step.started(early).meta.id,
             completed(early),
-            step.failed("x".to_owned(), early).meta.id,
+            step.failed("x".to_owned(), true, early).meta.id,
         ]);
         let unique: std::collections::BTreeSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
@@ -793,7 +795,7 @@ mod tests {
         assert!(already_handled(s, None, &completed(2)).is_some());
         assert!(already_handled(s, None, &completed(3)).is_some());
         assert!(already_handled(s, None, &completed(1)).is_none());
-        assert!(already_handled(s, None, &step.failed("x".to_owned(), now).event).is_some());
+        assert!(already_handled(s, None, &step.failed("x".to_owned(), true, now).event).is_some());
         let timed_out = Event::StepTimedOut(StepTimedOut {
             attempt: StepAttempt::of(s),
             timeout_minutes: 1.0,

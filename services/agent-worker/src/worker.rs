@@ -165,6 +165,7 @@ impl Worker {
                 self.fail(
                     &step,
                     format!("gave up after {delivered} deliveries: {error:#}"),
+                    true,
                 )
                 .await
                 .unwrap_or_else(|error| self.retry_later(&error, delivered))
@@ -317,7 +318,7 @@ impl Worker {
                      saying APPROVED or CHANGES REQUESTED",
                     s.agent.name
                 );
-                return self.fail(step, reason).await;
+                return self.fail(step, reason, true).await;
             };
             // The feedback interaction first: the verdict moves the step on.
             let events = step.reviewed(review, approved, feedback, Utc::now());
@@ -349,7 +350,7 @@ impl Worker {
                              request): {still}",
                             s.agent.name
                         );
-                        return self.fail(step, reason).await;
+                        return self.fail(step, reason, true).await;
                     }
                 }
             }
@@ -453,7 +454,9 @@ impl Worker {
         if error.is_retryable() {
             self.defer(step, message, waited, &error).await.map(Err)
         } else {
-            self.fail(step, llm_failure(step, &error)).await.map(Err)
+            self.fail(step, llm_failure(step, &error), false)
+                .await
+                .map(Err)
         }
     }
 
@@ -523,7 +526,7 @@ impl Worker {
                 (now - since).num_seconds(),
                 budget.as_secs()
             );
-            return self.fail(step, gave_up).await;
+            return self.fail(step, gave_up, true).await;
         };
         let s = &step.scheduled;
         let provider = &s.agent.provider;
@@ -554,10 +557,17 @@ impl Worker {
         Ok(Disposition::Ack)
     }
 
-    async fn fail(&self, step: &ScheduledStep, error: String) -> anyhow::Result<Disposition> {
-        tracing::warn!(error, "step failed");
+    /// Records the attempt failed; `retryable`: whether another attempt may succeed (the
+    /// coordinator retries it within `maxRetries` only then).
+    async fn fail(
+        &self,
+        step: &ScheduledStep,
+        error: String,
+        retryable: bool,
+    ) -> anyhow::Result<Disposition> {
+        tracing::warn!(error, retryable, "step failed");
         self.bus
-            .publish(&step.failed(error, Utc::now()), Append::Any)
+            .publish(&step.failed(error, retryable, Utc::now()), Append::Any)
             .await
             .context("publishing StepFailed")?;
         Ok(Disposition::Ack)

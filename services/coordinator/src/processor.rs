@@ -241,6 +241,7 @@ async fn fail_abandoned_step(bus: &EventBus, advisory: &[u8]) -> Result<(), Nats
         chrono::Utc::now(),
         Event::StepFailed(StepFailed {
             attempt: StepAttempt::of(step),
+            retryable: true,
             error: format!(
                 "no worker finished the step in {} deliveries: each one crashed or was stopped while running it",
                 advisory.deliveries
@@ -614,6 +615,7 @@ async fn report_to_parent(
         })),
         ChildOutcome::Failed { error } => Event::StepFailed(StepFailed {
             attempt: parent.attempt,
+            retryable: true,
             error,
         }),
     };

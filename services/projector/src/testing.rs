@@ -313,6 +313,7 @@ impl Fixture {
     pub fn step_failed(&self, attempt: u32) -> Event {
         Event::StepFailed(StepFailed {
             attempt: self.attempt(attempt),
+            retryable: true,
             error: "provider said 500".to_owned(),
         })
     }

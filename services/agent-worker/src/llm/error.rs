@@ -187,9 +187,11 @@ impl LlmError {
                     "the account has no quota or credit left: add credit or use another key"
                         .to_owned()
                 }
-                (429, true) => "rate limited: the call is retried later".to_owned(),
+                (429, true) => {
+                    "rate limited: a transient failure, worth calling again later".to_owned()
+                }
                 (_, true) => "the provider (or a proxy in front of it) failed or is \
-                              overloaded: the call is retried later"
+                              overloaded: a transient failure, worth calling again later"
                     .to_owned(),
                 (_, false) => "the provider refused the request: check the model name, \
                                max_tokens and the agent's settings"
@@ -212,7 +214,7 @@ impl LlmError {
                 "change the step's instructions or use another model".to_owned()
             }
             LlmErrorKind::CircuitOpen { .. } => {
-                "the provider failed repeatedly and is given a rest: the call is retried later"
+                "the provider failed repeatedly and is given a rest: worth calling again later"
                     .to_owned()
             }
         }

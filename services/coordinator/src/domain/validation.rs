@@ -157,7 +157,8 @@ fn provider_name(errors: &mut Vec<FieldError>, pointer: &str, provider: &str) {
     if !provider.is_empty() && !subjects::is_provider_name(provider) {
         errors.push(error(
             pointer,
-            "must name a provider configured on the agent workers: letters, digits, '-' and '_' only",
+            "must name a provider configured on the agent workers: lowercase letters, digits, '-' \
+             and '_' only (the workers' configuration lowercases provider names)",
         ));
     }
 }
@@ -944,7 +945,7 @@ mod tests {
 
     #[test]
     fn a_provider_name_must_be_usable_as_a_queue_name() {
-        for bad in ["open.ai", "open ai", "q*", ">"] {
+        for bad in ["open.ai", "open ai", "q*", ">", "QUIRK"] {
             let mut a = agent("Ada");
             a.provider = bad.to_owned();
             assert_eq!(pointers(&validate_agent(&a)), vec!["/provider"], "{bad}");

@@ -243,6 +243,15 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                 "step '{}' failed after {} attempt(s): {error}",
                 step.name, progress.failures
             ),
+            // Retries left cannot help an error no retry fixes (a refused key, a spent quota).
+            StepState::Failed {
+                error,
+                retryable: false,
+                ..
+            } => format!(
+                "step '{}' failed with an error another attempt cannot fix: {error}",
+                step.name
+            ),
             StepState::Rejected { feedback } => format!(
                 "step '{}' was sent back by its reviewer {} time(s); the last feedback: {feedback}",
                 step.name, progress.rounds

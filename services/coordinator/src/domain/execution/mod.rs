@@ -43,6 +43,8 @@ pub enum StepState {
     Failed {
         agent: AgentId,
         error: String,
+        /// Whether another attempt may succeed.
+        retryable: bool,
     },
     /// Its condition was false: it will not run, and counts as done for its dependants.
     Skipped,
@@ -292,6 +294,7 @@ impl Execution {
                     p.state = StepState::Failed {
                         agent: e.attempt.agent_id,
                         error: e.error.clone(),
+                        retryable: e.retryable,
                     };
                 }
             }),
@@ -301,6 +304,7 @@ impl Execution {
                     p.state = StepState::Failed {
                         agent: e.attempt.agent_id,
                         error: format!("timed out after {} minute(s)", e.timeout_minutes),
+                        retryable: true,
                     };
                 }
             }),

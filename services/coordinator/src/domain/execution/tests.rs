@@ -133,6 +133,7 @@ fn failed(of: &Event, error: &str) -> Event {
     };
     Event::StepFailed(StepFailed {
         attempt: StepAttempt::of(s),
+        retryable: true,
         error: error.into(),
     })
 }
@@ -272,6 +273,33 @@ fn a_failed_step_is_retried_then_fails_the_execution() {
         failure
             .error
             .contains("after 2 attempt(s): provider returned 400")
+    );
+}
+
+#[test]
+fn an_error_no_retry_fixes_fails_the_execution_whatever_retries_are_left() {
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(&team, vec![step("only", &[], &[])]);
+    wf.configuration.constraints.max_retries = Some(3);
+    let mut log = start(&wf, &team);
+
+    let first = advance(&log);
+    log.extend(first.clone());
+    let Event::StepFailed(mut refused) = failed(&first[0], "HTTP 401: invalid_api_key") else {
+        unreachable!()
+    };
+    refused.retryable = false;
+    log.push(Event::StepFailed(refused));
+    let end = advance(&log);
+    let [Event::ExecutionFailed(failure)] = end.as_slice() else {
+        panic!("expected failure without a retry, got {end:?}")
+    };
+    assert!(
+        failure
+            .error
+            .contains("an error another attempt cannot fix: HTTP 401: invalid_api_key"),
+        "{}",
+        failure.error
     );
 }
 
