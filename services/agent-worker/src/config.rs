@@ -104,9 +104,10 @@ fn default_worker_id() -> String {
         .unwrap_or_else(|| format!("agent-worker-{}", uuid::Uuid::now_v7()))
 }
 
-/// One configured LLM provider.
+/// One configured LLM provider. A setting it does not know (a misspelt `APIKEY`, say) stops
+/// the worker with its name rather than being ignored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ProviderConfig {
     /// Answers without a model, deterministically: for demos, tests and benchmarks.
     Offline {
@@ -125,7 +126,7 @@ pub enum ProviderConfig {
 /// A provider reached over HTTP. Every field but `base_url` (for OpenAI-compatible servers)
 /// has a default.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpProviderConfig {
     /// Up to and including the version segment, e.g. `https://api.openai.com/v1`. Empty means
     /// the provider's public API (Anthropic only).
@@ -233,7 +234,7 @@ impl HttpProviderConfig {
 /// When a provider is given a rest: after `failure_threshold` retryable failures in a row,
 /// calls fail at once for `cool_down_secs`; then one trial call decides.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     /// 0 turns the breaker off.
     pub failure_threshold: u32,
@@ -374,6 +375,30 @@ mod tests {
                 total: 2_500_000,
             };
             assert!((price.cost(&usage) - 0.6).abs() < 1e-9);
+            Ok(())
+        });
+    }
+
+    #[test]
+    // figment's `Jail` closures return its (large) error type.
+    #[allow(clippy::result_large_err)]
+    fn a_misspelt_provider_setting_is_refused_by_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CADRE_PROVIDERS__Z__KIND", "openai_compatible");
+            jail.set_env("CADRE_PROVIDERS__Z__BASE_URL", "http://127.0.0.1:1/v1");
+            jail.set_env("CADRE_PROVIDERS__Z__APIKEY", "sk-typo");
+            let error = cadre_runtime::config::load::<Config>()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("apikey"), "{error}");
+            assert!(!error.contains("sk-typo"), "{error}");
+
+            jail.clear_env();
+            jail.set_env("CADRE_PROVIDERS__OFFLINE__LATENCYMS", "5");
+            let error = cadre_runtime::config::load::<Config>()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("latencyms"), "{error}");
             Ok(())
         });
     }
