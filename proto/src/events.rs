@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{AgentId, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId};
 use crate::model::{
-    AgentProfile, CommunicationStyle, InteractionType, KnowledgeType, StepResult, TriggerReason,
-    WorkflowDefinition, WorkflowStep,
+    AgentProfile, CommunicationStyle, InteractionType, KnowledgeType, StepResult, TokenUsage,
+    TriggerReason, WorkflowDefinition, WorkflowStep,
 };
 use crate::subjects;
 
@@ -88,6 +88,8 @@ pub enum AssignmentReason {
     },
     /// The author of the work a reviewer sent back, to rework it.
     Rework,
+    /// The agent that asked its teammates questions, to finish the step with their answers.
+    Answered,
 }
 
 impl AssignmentReason {
@@ -111,6 +113,7 @@ impl AssignmentReason {
             } => format!("reviewer of role '{role}'"),
             Self::Reviewer { role: None, .. } => "reviews another agent's work".to_owned(),
             Self::Rework => "reworks its output after review".to_owned(),
+            Self::Answered => "finishes the step with its teammates' answers".to_owned(),
         }
     }
 }
@@ -151,6 +154,48 @@ pub struct StepScheduled {
     /// When this attempt times out (the step's `timeoutMinutes` after it was scheduled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_at: Option<DateTime<Utc>>,
+    /// The other participants, whom the agent may ask questions by name or role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub team: Vec<Teammate>,
+    /// The answers to the questions the step's previous attempt asked: present when this
+    /// attempt finishes the step with them (it may ask no further question that waits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<QuestionAnswer>,
+}
+
+/// A participant of an execution, as other agents see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Teammate {
+    pub id: AgentId,
+    pub name: String,
+    pub role: String,
+}
+
+impl Teammate {
+    pub fn of(agent: &AgentProfile) -> Self {
+        Self {
+            id: agent.id,
+            name: agent.name.clone(),
+            role: agent.role.clone(),
+        }
+    }
+}
+
+/// What became of one question, for the agent that asked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuestionAnswer {
+    pub question: String,
+    /// Who was asked: a teammate's name, or what the asker wrote when nobody matched.
+    pub asked: String,
+    /// Its answer; absent when none came (see `note`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Why there is no answer: the deadline passed, nobody on the team matched, the
+    /// teammate's model failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Which attempt of which step, by which agent: what every step-attempt event shares. Its
@@ -235,6 +280,105 @@ pub struct StepDeferred {
     pub deferral: u32,
     /// When the attempt's first transient failure happened.
     pub waiting_since: DateTime<Utc>,
+}
+
+/// One question an agent's answer asks, as the agent wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AskedQuestion {
+    /// `q1`, `q2`, ... in the order of the answer.
+    pub question_id: String,
+    /// Whom it is for, by agent id, name or role; absent (or `everyone`) for every other
+    /// participant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    pub text: String,
+}
+
+/// An attempt's agent asked its teammates questions it needs answered before it can finish the
+/// step. The attempt holds no worker while it waits: the coordinator hands each question to
+/// its addressees (`QuestionAssigned`) and, once all have answered or the workflow's deadline
+/// passed, schedules the next attempt of the step with the answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuestionsAsked {
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
+    pub questions: Vec<AskedQuestion>,
+    /// The model that wrote them and what its call used, for the usage read models.
+    pub provider: String,
+    pub model: String,
+    pub tokens: TokenUsage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
+/// The coordinator handed one question to one teammate (a question for everyone is handed to
+/// each of them). Carries everything the worker needs to answer as that teammate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuestionAssigned {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    pub step_id: StepId,
+    pub step_name: String,
+    /// The asking attempt.
+    pub attempt: u32,
+    pub question_id: String,
+    pub question: String,
+    pub asker: Teammate,
+    /// Who answers: the teammate the question was for.
+    pub recipient: AgentProfile,
+    /// Whether the question was for everyone.
+    pub broadcast: bool,
+    /// When the asker stops waiting.
+    pub deadline_at: DateTime<Utc>,
+    #[serde(default)]
+    pub communication_style: CommunicationStyle,
+}
+
+/// A teammate answered a question, or could not (`answer` absent, `error` says why).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuestionAnswered {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    pub step_id: StepId,
+    /// The asking attempt.
+    pub attempt: u32,
+    pub question_id: String,
+    /// The teammate who answered.
+    pub agent_id: AgentId,
+    /// The `QuestionAssigned` event this answers: the interaction it completes.
+    pub assigned_event_id: EventId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub tokens: TokenUsage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
+/// The asker's deadline passed with questions unanswered. With `failed` the attempt failed
+/// (`onMissedDeadline: fail`); otherwise the step goes on with the answers it has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuestionsExpired {
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
+    /// Who did not answer which question.
+    pub unanswered: Vec<Unanswered>,
+    pub failed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unanswered {
+    pub question_id: String,
+    pub agent_id: AgentId,
 }
 
 /// A message between agents, or from an agent to the team (`toAgentId` absent).
@@ -521,6 +665,10 @@ events! {
     StepTimedOut(StepTimedOut) = STEP_TIMED_OUT: "dev.cadre.execution.step_timed_out.v1",
     StepSkipped(StepSkipped) = STEP_SKIPPED: "dev.cadre.execution.step_skipped.v1",
     StepReviewed(StepReviewed) = STEP_REVIEWED: "dev.cadre.execution.step_reviewed.v1",
+    QuestionsAsked(QuestionsAsked) = QUESTIONS_ASKED: "dev.cadre.execution.questions_asked.v1",
+    QuestionAssigned(Box<QuestionAssigned>) = QUESTION_ASSIGNED: "dev.cadre.execution.question_assigned.v1",
+    QuestionAnswered(QuestionAnswered) = QUESTION_ANSWERED: "dev.cadre.execution.question_answered.v1",
+    QuestionsExpired(QuestionsExpired) = QUESTIONS_EXPIRED: "dev.cadre.execution.questions_expired.v1",
     ExecutionPaused(ExecutionPaused) = EXECUTION_PAUSED: "dev.cadre.execution.paused.v1",
     ExecutionResumed(ExecutionResumed) = EXECUTION_RESUMED: "dev.cadre.execution.resumed.v1",
     ExecutionCompleted(ExecutionCompleted) = EXECUTION_COMPLETED: "dev.cadre.execution.completed.v1",
@@ -565,6 +713,22 @@ impl Event {
             Self::StepFailed(e) => step_fact(&e.attempt, subjects::FAILED),
             Self::StepTimedOut(e) => step_fact(&e.attempt, subjects::TIMED_OUT),
             Self::StepReviewed(e) => step_fact(&e.attempt, subjects::REVIEWED),
+            Self::QuestionsAsked(e) => step_fact(&e.attempt, subjects::QUESTIONS_ASKED),
+            Self::QuestionAssigned(e) => step(
+                tenant,
+                e.workflow_id,
+                e.execution_id,
+                &e.step_id,
+                subjects::QUESTION_ASSIGNED,
+            ),
+            Self::QuestionAnswered(e) => step(
+                tenant,
+                e.workflow_id,
+                e.execution_id,
+                &e.step_id,
+                subjects::QUESTION_ANSWERED,
+            ),
+            Self::QuestionsExpired(e) => step_fact(&e.attempt, subjects::QUESTIONS_EXPIRED),
             Self::StepSkipped(e) => step(
                 tenant,
                 e.workflow_id,
@@ -623,6 +787,10 @@ impl Event {
             Self::StepFailed(e) => Some(e.attempt.workflow_id),
             Self::StepTimedOut(e) => Some(e.attempt.workflow_id),
             Self::StepReviewed(e) => Some(e.attempt.workflow_id),
+            Self::QuestionsAsked(e) => Some(e.attempt.workflow_id),
+            Self::QuestionAssigned(e) => Some(e.workflow_id),
+            Self::QuestionAnswered(e) => Some(e.workflow_id),
+            Self::QuestionsExpired(e) => Some(e.attempt.workflow_id),
             Self::StepSkipped(e) => Some(e.workflow_id),
             Self::ExecutionPaused(e) => Some(e.workflow_id),
             Self::ExecutionResumed(e) => Some(e.workflow_id),
@@ -651,6 +819,10 @@ impl Event {
             Self::StepFailed(e) => Some(e.attempt.execution_id),
             Self::StepTimedOut(e) => Some(e.attempt.execution_id),
             Self::StepReviewed(e) => Some(e.attempt.execution_id),
+            Self::QuestionsAsked(e) => Some(e.attempt.execution_id),
+            Self::QuestionAssigned(e) => Some(e.execution_id),
+            Self::QuestionAnswered(e) => Some(e.execution_id),
+            Self::QuestionsExpired(e) => Some(e.attempt.execution_id),
             Self::StepSkipped(e) => Some(e.execution_id),
             Self::ExecutionPaused(e) => Some(e.execution_id),
             Self::ExecutionResumed(e) => Some(e.execution_id),

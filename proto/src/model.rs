@@ -136,6 +136,9 @@ pub struct Coordination {
     pub decision_making: DecisionMaking,
     #[serde(default = "yes")]
     pub knowledge_sharing: bool,
+    /// How long an agent waits for its teammates' answers, and what then.
+    #[serde(default)]
+    pub questions: QuestionPolicy,
 }
 
 impl Default for Coordination {
@@ -144,8 +147,53 @@ impl Default for Coordination {
             communication_style: CommunicationStyle::default(),
             decision_making: DecisionMaking::default(),
             knowledge_sharing: true,
+            questions: QuestionPolicy::default(),
         }
     }
+}
+
+/// What happens to a step whose agent asked teammates questions that need an answer: the step
+/// waits (holding no worker) until every addressee answered or `deadline_seconds` passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuestionPolicy {
+    /// Seconds the asker waits for answers, from when the questions were handed out.
+    #[serde(default = "QuestionPolicy::default_deadline")]
+    pub deadline_seconds: u32,
+    /// What a missed deadline does to the asking step.
+    #[serde(default)]
+    pub on_missed_deadline: MissedDeadline,
+}
+
+impl QuestionPolicy {
+    /// Five minutes: longer than most answers take, short enough not to stall a run.
+    pub const DEFAULT_DEADLINE_SECONDS: u32 = 300;
+    /// A day: a question is not a way to park a run.
+    pub const MAX_DEADLINE_SECONDS: u32 = 86_400;
+
+    fn default_deadline() -> u32 {
+        Self::DEFAULT_DEADLINE_SECONDS
+    }
+}
+
+impl Default for QuestionPolicy {
+    fn default() -> Self {
+        Self {
+            deadline_seconds: Self::DEFAULT_DEADLINE_SECONDS,
+            on_missed_deadline: MissedDeadline::default(),
+        }
+    }
+}
+
+/// What a step does when some of its questions are still unanswered at the deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedDeadline {
+    /// The asker goes on with the answers it has, told which ones never came.
+    #[default]
+    Proceed,
+    /// The attempt fails (and is retried within `maxRetries`).
+    Fail,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

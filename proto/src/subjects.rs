@@ -5,6 +5,7 @@
 //! - `workflow.<workflow>.{created,paused,resumed}`, `workflow.<workflow>.knowledge.{shared,validated,superseded}`
 //! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{scheduled,started,deferred,completed,failed,timed_out,skipped,reviewed}`
+//! - `workflow.<workflow>.execution.<execution>.step.<step>.{questions_asked,question_assigned,question_answered,questions_expired}`
 //! - `workflow.<workflow>.interactions.<execution>.recorded`
 //!
 //! Everything under `execution.<execution>.>` is the execution's state and is appended with an
@@ -16,8 +17,9 @@ use crate::ids::{AgentId, ExecutionId, StepId, TenantId, WorkflowId};
 pub const PREFIX: &str = "cadre.events";
 /// Every Cadre event.
 pub const ALL_EVENTS: &str = "cadre.events.>";
-/// Every subject of the agent workers' queue: steps handed to them (copies of `StepScheduled`
-/// events) and steps waiting to be handed to them again later (message schedules).
+/// Every subject of the agent workers' queue: work handed to them (copies of `StepScheduled`
+/// and `QuestionAssigned` events) and steps waiting to be handed to them again later (message
+/// schedules).
 pub const ALL_DISPATCHED_STEPS: &str = "cadre.dispatch.>";
 
 pub const REGISTERED: &str = "registered";
@@ -36,6 +38,10 @@ pub const CANCELLED: &str = "cancelled";
 pub const SHARED: &str = "shared";
 pub const VALIDATED: &str = "validated";
 pub const SUPERSEDED: &str = "superseded";
+pub const QUESTIONS_ASKED: &str = "questions_asked";
+pub const QUESTION_ASSIGNED: &str = "question_assigned";
+pub const QUESTION_ANSWERED: &str = "question_answered";
+pub const QUESTIONS_EXPIRED: &str = "questions_expired";
 
 /// Where the coordinator hands a tenant's scheduled steps to the agent workers that offer the
 /// step agent's LLM `provider`: steps are routed by capability, so a worker only ever takes

@@ -45,6 +45,14 @@ pub enum Timer {
     },
     /// The workflow's `triggers.schedule` ticked: start a run.
     Schedule { workflow_id: WorkflowId },
+    /// The questions an attempt of a step asked its teammates must be answered by the time the
+    /// timer fires (`coordination.questions.deadlineSeconds`).
+    QuestionDeadline {
+        workflow_id: WorkflowId,
+        execution_id: ExecutionId,
+        step_id: StepId,
+        attempt: u32,
+    },
 }
 
 /// When a timer fires.
@@ -80,7 +88,8 @@ impl Timer {
     pub fn execution_id(&self) -> Option<ExecutionId> {
         match self {
             Self::StepTimeout { execution_id, .. }
-            | Self::ExecutionDeadline { execution_id, .. } => Some(*execution_id),
+            | Self::ExecutionDeadline { execution_id, .. }
+            | Self::QuestionDeadline { execution_id, .. } => Some(*execution_id),
             Self::Schedule { .. } => None,
         }
     }
@@ -89,6 +98,7 @@ impl Timer {
         match self {
             Self::StepTimeout { workflow_id, .. }
             | Self::ExecutionDeadline { workflow_id, .. }
+            | Self::QuestionDeadline { workflow_id, .. }
             | Self::Schedule { workflow_id } => *workflow_id,
         }
     }
@@ -106,6 +116,7 @@ impl Timer {
             Self::StepTimeout { step_id, .. } => format!("step.{step_id}"),
             Self::ExecutionDeadline { .. } => "deadline".to_owned(),
             Self::Schedule { .. } => "schedule".to_owned(),
+            Self::QuestionDeadline { step_id, .. } => format!("questions.{step_id}"),
         }
     }
 

@@ -8,10 +8,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use cadre_proto::events::{
-    InteractionRecorded, KnowledgeShared, KnowledgeSuperseded, KnowledgeValidated, ReviewRequest,
-    StepAttempt, StepCompleted, StepDeferred, StepFailed, StepReviewed, StepScheduled, StepStarted,
+    AskedQuestion, InteractionRecorded, KnowledgeShared, KnowledgeSuperseded, KnowledgeValidated,
+    QuestionAnswered, QuestionAssigned, QuestionsAsked, ReviewRequest, StepAttempt, StepCompleted,
+    StepDeferred, StepFailed, StepReviewed, StepScheduled, StepStarted,
 };
-use cadre_proto::model::{InteractionType, KnowledgeType, ModelChoice, StepResult};
+use cadre_proto::model::{InteractionType, KnowledgeType, ModelChoice, StepResult, TokenUsage};
 use cadre_proto::{Envelope, Event, EventId, KnowledgeId, TenantId};
 use chrono::{DateTime, Utc};
 
@@ -47,7 +48,12 @@ mod label {
     pub const REVIEWED: &str = "reviewed";
     pub const FAILED: &str = "failed";
     pub const DEFERRED: &str = "deferred";
+    pub const ASKED: &str = "questions-asked";
+    pub const ANSWERED: &str = "answered";
 }
+
+/// Longest addressee an `@name:` prefix may have: a name or role, not a sentence.
+const LONGEST_ADDRESSEE: usize = 64;
 
 /// A delivered `StepScheduled` with the envelope attributes the answers inherit.
 #[derive(Debug, Clone)]
@@ -80,8 +86,55 @@ impl ScheduledStep {
         )
     }
 
-    /// What the agent tells the team before it reports the step done: its questions, to
-    /// everyone, and (when the workflow shares knowledge) its insights and decisions, as the
+    /// The questions of `result` the agent needs answered before it can finish the step: its
+    /// lines addressed `@name:` (a teammate by name or role, or `@everyone`). None for a
+    /// review, and none when this attempt already has its answers: one round per step, so
+    /// two agents cannot keep asking each other.
+    pub fn questions_to_ask(&self, result: &StepResult) -> Vec<AskedQuestion> {
+        let s = &self.scheduled;
+        if s.review.is_some() || !s.answers.is_empty() {
+            return vec![];
+        }
+        result
+            .questions
+            .iter()
+            .filter_map(|line| addressed(line))
+            .enumerate()
+            .map(|(i, (to, text))| AskedQuestion {
+                question_id: format!("q{}", i + 1),
+                to: Some(to.to_owned()),
+                text: text.to_owned(),
+            })
+            .collect()
+    }
+
+    /// The attempt waits for answers to `questions` (see [`Self::questions_to_ask`]);
+    /// `answered_by` wrote them, using `tokens`.
+    pub fn asked(
+        &self,
+        questions: Vec<AskedQuestion>,
+        answered_by: &ModelChoice,
+        tokens: TokenUsage,
+        cost_usd: Option<f64>,
+        now: DateTime<Utc>,
+    ) -> Envelope {
+        self.envelope(
+            label::ASKED,
+            now,
+            Event::QuestionsAsked(QuestionsAsked {
+                attempt: StepAttempt::of(&self.scheduled),
+                questions,
+                provider: answered_by.provider.clone(),
+                model: answered_by.model.clone(),
+                tokens,
+                cost_usd,
+            }),
+        )
+    }
+
+    /// What the agent tells the team before it reports the step done: its questions and
+    /// concerns, which wait for nobody (see [`Self::questions_to_ask`] for those that do), and
+    /// (when the workflow shares knowledge) its insights and decisions, as the
     /// seed's `shareKnowledge` did, then what those lines say about the `knowledge` its prompt
     /// showed (see [`knowledge_verdict`]): an item confirmed, or superseded by the new insights
     /// or decisions that carry the line.
@@ -115,7 +168,7 @@ impl ScheduledStep {
                         "questions": result.questions,
                     }),
                     related_step_id: Some(s.step.id.clone()),
-                    requires_response: true,
+                    requires_response: false,
                 }),
             ));
         }
@@ -335,6 +388,74 @@ impl ScheduledStep {
     }
 }
 
+/// A question handed to this worker's agent, with the envelope attributes its answer inherits.
+#[derive(Debug, Clone)]
+pub struct AssignedQuestion {
+    pub event_id: EventId,
+    pub tenant: TenantId,
+    pub assigned: QuestionAssigned,
+}
+
+impl AssignedQuestion {
+    /// The teammate's answer, or (`Err`) why it has none. One id per assignment: a redelivered
+    /// question answers with the same event, which JetStream drops.
+    pub fn answered(
+        &self,
+        answer: Result<String, String>,
+        answered_by: &ModelChoice,
+        tokens: TokenUsage,
+        cost_usd: Option<f64>,
+        now: DateTime<Utc>,
+    ) -> Envelope {
+        let q = &self.assigned;
+        let (answer, error) = match answer {
+            Ok(answer) => (Some(answer), None),
+            Err(error) => (None, Some(error)),
+        };
+        Envelope::with_id(
+            self.event_id.child(label::ANSWERED),
+            SOURCE,
+            self.tenant.clone(),
+            now,
+            Event::QuestionAnswered(QuestionAnswered {
+                execution_id: q.execution_id,
+                workflow_id: q.workflow_id,
+                step_id: q.step_id.clone(),
+                attempt: q.attempt,
+                question_id: q.question_id.clone(),
+                agent_id: q.recipient.id,
+                assigned_event_id: self.event_id,
+                answer,
+                error,
+                provider: answered_by.provider.clone(),
+                model: answered_by.model.clone(),
+                tokens,
+                cost_usd,
+            }),
+        )
+    }
+}
+
+/// A question line addressed to someone: `@name: text` (the name may hold spaces, up to
+/// [`LONGEST_ADDRESSEE`] characters) or `@name text` (one word), after any list bullet.
+/// Returns the addressee and the question.
+pub fn addressed(line: &str) -> Option<(&str, &str)> {
+    let line = line
+        .trim_start()
+        .trim_start_matches(['-', '*', '•'])
+        .trim_start();
+    let rest = line.strip_prefix('@')?;
+    let (to, text) = match rest.split_once(':') {
+        Some((to, text)) if to.chars().count() <= LONGEST_ADDRESSEE && !to.contains('\n') => {
+            (to, text)
+        }
+        _ => rest.split_once(char::is_whitespace)?,
+    };
+    let (to, text) = (to.trim(), text.trim());
+    let named = !to.is_empty() && to.chars().count() <= LONGEST_ADDRESSEE && !to.contains(':');
+    (named && !text.is_empty()).then_some((to, text))
+}
+
 /// What a line of an answer says about an item of the knowledge its prompt showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
@@ -399,6 +520,10 @@ pub fn already_handled(
         Event::StepFailed(failed) if failed.attempt.number >= attempt => {
             Some(format!("attempt {} already failed", failed.attempt.number))
         }
+        Event::QuestionsAsked(asked) if asked.attempt.number >= attempt => Some(format!(
+            "attempt {} already asked its questions",
+            asked.attempt.number
+        )),
         Event::StepReviewed(done) if done.attempt.number >= attempt => {
             Some(format!("attempt {} already reviewed", done.attempt.number))
         }
@@ -521,6 +646,8 @@ mod tests {
                 review: None,
                 feedback: None,
                 timeout_at: None,
+                team: Vec::new(),
+                answers: Vec::new(),
             },
         }
     }
@@ -606,7 +733,10 @@ mod tests {
             panic!("questions first");
         };
         assert_eq!(question.interaction_type, InteractionType::Question);
-        assert!(question.requires_response);
+        assert!(
+            !question.requires_response,
+            "a concern without an addressee waits for nobody"
+        );
         assert_eq!(question.to_agent_id, None);
         assert!(question.message.contains("- q1"));
         let Event::KnowledgeShared(insights) = &events[1].event else {
@@ -642,6 +772,100 @@ mod tests {
         let events = step(false).shared(&result(), &[], Utc::now());
         assert_eq!(events.len(), 1);
         assert!(matches!(events[0].event, Event::InteractionRecorded(_)));
+    }
+
+    #[test]
+    fn reads_addressed_questions_in_the_shapes_models_write_them() {
+        for (line, expected) in [
+            (
+                "@Architect: which database?",
+                Some(("Architect", "which database?")),
+            ),
+            (
+                "- @architect: which database?",
+                Some(("architect", "which database?")),
+            ),
+            (
+                "* @Security Agent: is the token stored?",
+                Some(("Security Agent", "is the token stored?")),
+            ),
+            (
+                "@everyone: any blockers?",
+                Some(("everyone", "any blockers?")),
+            ),
+            (
+                "@tester which browsers?",
+                Some(("tester", "which browsers?")),
+            ),
+            (
+                "  • @QA:what about mobile?",
+                Some(("QA", "what about mobile?")),
+            ),
+            // A concern, not a question for anyone: nobody waits for it.
+            ("should a person review this?", None),
+            ("email me@example.com: when?", None),
+            ("@: empty addressee", None),
+            ("@architect:", None),
+            ("@architect", None),
+        ] {
+            assert_eq!(addressed(line), expected, "{line}");
+        }
+        let long = format!("@{}: why?", "x".repeat(80));
+        assert_eq!(
+            addressed(&long),
+            None,
+            "a sentence with a colon is no addressee, and no word follows it"
+        );
+    }
+
+    #[test]
+    fn addressed_questions_wait_once_per_step_and_never_in_a_review() {
+        let mut step = step(true);
+        let mut with_questions = result();
+        with_questions.questions = vec![
+            "- should a person review this?".to_owned(),
+            "- @architect: which database?".to_owned(),
+            "- @everyone: any blockers?".to_owned(),
+        ];
+        let asked = step.questions_to_ask(&with_questions);
+        let ids: Vec<(&str, Option<&str>, &str)> = asked
+            .iter()
+            .map(|q| (q.question_id.as_str(), q.to.as_deref(), q.text.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("q1", Some("architect"), "which database?"),
+                ("q2", Some("everyone"), "any blockers?"),
+            ]
+        );
+        let event = step.asked(asked, &own(), TokenUsage::default(), None, Utc::now());
+        assert_eq!(
+            event.meta.id,
+            step.asked(vec![], &own(), TokenUsage::default(), None, Utc::now())
+                .meta
+                .id,
+            "a redelivered attempt asks with the same event id"
+        );
+
+        step.scheduled.answers = vec![cadre_proto::events::QuestionAnswer {
+            question: "which database?".to_owned(),
+            asked: "Ada".to_owned(),
+            answer: Some("Postgres".to_owned()),
+            note: None,
+        }];
+        assert!(
+            step.questions_to_ask(&with_questions).is_empty(),
+            "the attempt that has its answers finishes the step"
+        );
+        step.scheduled.answers.clear();
+        step.scheduled.review = Some(ReviewRequest {
+            round: 1,
+            author_agent_id: cadre_proto::AgentId::new(),
+            summary: "s".to_owned(),
+            output: "o".to_owned(),
+        });
+        assert!(step.questions_to_ask(&with_questions).is_empty());
     }
 
     #[test]

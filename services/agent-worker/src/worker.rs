@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, AckKind};
-use cadre_proto::model::{ModelChoice, ObjectRef, StepResult};
+use cadre_proto::model::{AgentProfile, ModelChoice, ObjectRef, StepResult, TokenUsage};
 use cadre_proto::workers::TokenDelta;
 use cadre_proto::{Envelope, Event, events::types, streams, subjects};
 use cadre_runtime::bus::{self, Append, EventBus, ReadError};
@@ -28,10 +28,16 @@ use crate::config::Price;
 use crate::knowledge::{KNOWLEDGE_TOKEN_BUDGET, KnowledgeView};
 use crate::llm::{ChatRequest, Completion, LlmError, Providers};
 use crate::prompt::{
-    StepContext, StepPrompt, has_system_role, parse_answer, parse_review, repair_prompt,
-    review_prompt, step_prompt, step_result_schema,
+    StepContext, StepPrompt, has_system_role, parse_answer, parse_review, question_prompt,
+    repair_prompt, review_prompt, step_prompt, step_result_schema,
 };
-use crate::step::{ScheduledStep, Waited, already_handled, next_wait, retry_delay};
+use crate::step::{
+    AssignedQuestion, ScheduledStep, Waited, already_handled, next_wait, retry_delay,
+};
+
+/// Longest a question waits for its recipient's provider between two deliveries: a question
+/// has a deadline, and a later answer is of no use to its asker.
+const MAX_QUESTION_DELAY: Duration = Duration::from_secs(30);
 
 /// How often a running step tells JetStream it is still being worked on; well under the
 /// consumer's `ack_wait` of 30 s.
@@ -110,17 +116,29 @@ impl Worker {
             Ok(envelope) => envelope,
             Err(error) => return Disposition::Terminate(error.to_string()),
         };
-        let Event::StepScheduled(scheduled) = envelope.event else {
-            return Disposition::Terminate(format!(
-                "expected a {} event, got {}",
-                types::STEP_SCHEDULED,
-                envelope.event.type_name()
-            ));
-        };
         let delivered = match message.info() {
             Ok(info) => info.delivered,
             Err(error) => {
                 return Disposition::Terminate(format!("not a JetStream delivery: {error}"));
+            }
+        };
+        let scheduled = match envelope.event {
+            Event::StepScheduled(scheduled) => scheduled,
+            Event::QuestionAssigned(assigned) => {
+                let question = AssignedQuestion {
+                    event_id: envelope.meta.id,
+                    tenant: envelope.meta.tenant,
+                    assigned: *assigned,
+                };
+                return self.answer(&question, delivered).await;
+            }
+            other => {
+                return Disposition::Terminate(format!(
+                    "expected a {} or {} event, got {}",
+                    types::STEP_SCHEDULED,
+                    types::QUESTION_ASSIGNED,
+                    other.type_name()
+                ));
             }
         };
         let span = tracing::Span::current();
@@ -187,6 +205,7 @@ impl Worker {
             subjects::FAILED,
             subjects::TIMED_OUT,
             subjects::REVIEWED,
+            subjects::QUESTIONS_ASKED,
         ]
         .map(|fact| {
             subjects::step(
@@ -289,6 +308,8 @@ impl Worker {
                     dependency_budget: self.dependency_budget,
                     input: s.input.as_ref(),
                     feedback: s.feedback.as_deref(),
+                    team: &s.team,
+                    answers: &s.answers,
                 },
             ),
         };
@@ -355,6 +376,23 @@ impl Worker {
                 }
             }
         };
+        let cost = self
+            .prices
+            .get(&answered_by.model)
+            .map(|price| price.cost(&result.tokens));
+        let questions = step.questions_to_ask(&result);
+        if !questions.is_empty() {
+            // The step waits for its teammates, holding no worker: the coordinator hands the
+            // questions out and schedules the next attempt with the answers.
+            let count = questions.len();
+            let asked = step.asked(questions, &answered_by, result.tokens, cost, Utc::now());
+            self.bus
+                .publish(&asked, Append::Any)
+                .await
+                .context("publishing QuestionsAsked")?;
+            tracing::info!(questions = count, "step waits for its teammates' answers");
+            return Ok(Disposition::Ack);
+        }
         let tokens = result.tokens.total;
         let result = if claim::too_large(&result) {
             self.claim_check(step, result).await?
@@ -370,10 +408,6 @@ impl Worker {
                 .await
                 .context("publishing the step's questions and knowledge")?;
         }
-        let cost = self
-            .prices
-            .get(&answered_by.model)
-            .map(|price| price.cost(&result.tokens));
         let used = knowledge.iter().map(|item| item.id).collect();
         let completed = step.completed(
             result,
@@ -438,7 +472,8 @@ impl Worker {
             provider: agent.provider.clone(),
             model: agent.model.clone(),
         };
-        let error = match self.ask(step, &own, prompt, schema).await {
+        let live = Some(live_subject(step));
+        let error = match self.ask(agent, live.clone(), &own, prompt, schema).await {
             Ok(answer) => return Ok(Ok(answer)),
             Err(error) => error,
         };
@@ -446,7 +481,7 @@ impl Worker {
             && self.providers.get(&fallback.provider).is_ok()
         {
             tracing::warn!(%error, provider = fallback.provider, model = fallback.model, "the agent's provider failed; asking its fallback");
-            match self.ask(step, fallback, prompt, schema).await {
+            match self.ask(agent, live, fallback, prompt, schema).await {
                 Ok(answer) => return Ok(Ok(answer)),
                 Err(also) => tracing::warn!(error = %also, "the fallback failed too"),
             }
@@ -460,15 +495,16 @@ impl Worker {
         }
     }
 
-    /// One call of `choice` with the agent's sampling settings, the prompt placed for the model.
+    /// One call of `choice` with `agent`'s sampling settings, the prompt placed for the model;
+    /// a streaming provider's pieces go to `live` (subject, attempt) as the model writes them.
     async fn ask(
         &self,
-        step: &ScheduledStep,
+        agent: &AgentProfile,
+        live: Option<(String, u32)>,
         choice: &ModelChoice,
         prompt: &StepPrompt,
         schema: Option<&serde_json::Value>,
     ) -> Result<Answer, LlmError> {
-        let (s, agent) = (&step.scheduled, &step.scheduled.agent);
         let provider = self.providers.get(&choice.provider)?;
         let placed = if has_system_role(&choice.model) {
             prompt.clone()
@@ -480,12 +516,8 @@ impl Worker {
             json_schema: schema.cloned(),
             ..ChatRequest::for_agent(agent, placed)
         };
-        let completion = if provider.streams() {
-            let (pieces, forwarded) = live_tokens(
-                self.bus.jetstream().client(),
-                subjects::live_tokens(&step.tenant, s.execution_id, &s.step.id),
-                s.attempt,
-            );
+        let completion = if let Some((subject, attempt)) = live.filter(|_| provider.streams()) {
+            let (pieces, forwarded) = live_tokens(self.bus.jetstream().client(), subject, attempt);
             let sink = move |text: &str| {
                 // Fails only when the forwarder is gone, and then nobody is listening.
                 let _ = pieces.send(text.to_owned());
@@ -557,6 +589,82 @@ impl Worker {
         Ok(Disposition::Ack)
     }
 
+    /// Answers a teammate's question as its recipient: the agent's model, else its fallback.
+    /// A provider that fails transiently gets the question back later (a delayed redelivery,
+    /// at its `Retry-After` or a backoff) until the deliveries run out; then, or for an error
+    /// no retry fixes, the answer records why there is none, so the asker never waits for it
+    /// past what it must.
+    async fn answer(&self, question: &AssignedQuestion, delivered: i64) -> Disposition {
+        let q = &question.assigned;
+        let span = tracing::Span::current();
+        span.record("execution_id", tracing::field::display(q.execution_id));
+        span.record("step_id", tracing::field::display(&q.step_id));
+        span.record("attempt", q.attempt);
+        span.record("delivered", delivered);
+        let agent = &q.recipient;
+        let prompt = question_prompt(q);
+        let mut answered_by = ModelChoice {
+            provider: agent.provider.clone(),
+            model: agent.model.clone(),
+        };
+        let mut outcome = self.ask(agent, None, &answered_by, &prompt, None).await;
+        if let (Err(error), Some(fallback)) = (&outcome, &agent.fallback)
+            && self.providers.get(&fallback.provider).is_ok()
+        {
+            tracing::warn!(%error, provider = fallback.provider, "the agent's provider failed; asking its fallback");
+            if let Ok(answer) = self.ask(agent, None, fallback, &prompt, None).await {
+                answered_by = fallback.clone();
+                outcome = Ok(answer);
+            }
+        }
+        let now = Utc::now();
+        let event = match outcome {
+            Ok(Answer {
+                completion,
+                answered_by,
+            }) => {
+                let cost = self
+                    .prices
+                    .get(&answered_by.model)
+                    .map(|price| price.cost(&completion.usage));
+                question.answered(
+                    Ok(completion.text.trim().to_owned()),
+                    &answered_by,
+                    completion.usage,
+                    cost,
+                    now,
+                )
+            }
+            Err(error) if error.is_retryable() && delivered < streams::AGENT_WORKER_MAX_DELIVER => {
+                let delay = error
+                    .retry_after()
+                    .unwrap_or_else(|| retry_delay(delivered))
+                    .min(MAX_QUESTION_DELAY);
+                tracing::warn!(%error, ?delay, "the provider failed transiently; the question comes back later");
+                return Disposition::Nak { delay };
+            }
+            Err(error) => question.answered(
+                Err(format!("agent {}: {error}", agent.name)),
+                &answered_by,
+                TokenUsage::default(),
+                None,
+                now,
+            ),
+        };
+        match self.bus.publish(&event, Append::Any).await {
+            Ok(_) => {
+                tracing::info!(question = q.question_id, "question answered");
+                Disposition::Ack
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not record the answer; the question comes back");
+                Disposition::Nak {
+                    delay: retry_delay(delivered),
+                }
+            }
+        }
+    }
+
     /// Records the attempt failed; `retryable`: whether another attempt may succeed (the
     /// coordinator retries it within `maxRetries` only then).
     async fn fail(
@@ -572,6 +680,15 @@ impl Worker {
             .context("publishing StepFailed")?;
         Ok(Disposition::Ack)
     }
+}
+
+/// Where a step attempt's answer streams live, with the attempt.
+fn live_subject(step: &ScheduledStep) -> (String, u32) {
+    let s = &step.scheduled;
+    (
+        subjects::live_tokens(&step.tenant, s.execution_id, &s.step.id),
+        s.attempt,
+    )
 }
 
 /// The error names the provider, model and URL; this adds whose call it was.

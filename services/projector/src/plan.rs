@@ -117,6 +117,20 @@ impl Plan {
                 self.interactions.step_timed_out(origin, e);
             }
             Event::StepReviewed(e) => self.executions.step_reviewed(origin, e),
+            Event::QuestionsAsked(e) => {
+                self.executions.questions_asked(origin, e);
+                self.interactions.questions_asked(origin, e);
+                self.usage.asked(origin, e);
+            }
+            Event::QuestionAssigned(e) => self.interactions.question_assigned(origin, e),
+            Event::QuestionAnswered(e) => {
+                self.interactions.question_answered(origin, e);
+                self.usage.answered(origin, e);
+            }
+            Event::QuestionsExpired(e) => {
+                self.executions.questions_expired(origin, e);
+                self.interactions.questions_expired(origin, e);
+            }
             Event::StepSkipped(e) => {
                 self.executions.step_skipped(origin, e);
                 self.interactions.step_skipped(origin, e);

@@ -231,6 +231,8 @@ impl Fixture {
             review: None,
             feedback: None,
             timeout_at: None,
+            team: Vec::new(),
+            answers: Vec::new(),
         }))
     }
 

@@ -39,7 +39,13 @@ fn offline_answer(facts: &PromptFacts) -> String {
         expected_output: expected,
         knowledge_items: known,
         review,
+        question,
     } = facts;
+    if *question {
+        return "[offline provider] Answered without a language model: there is no expert \
+                opinion here; the asker should go on with what it knows and flag the open point."
+            .to_owned();
+    }
     if *review {
         return format!(
             "## Verdict

@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use cadre_proto::events::{Event, ExecutionStarted};
-use cadre_proto::model::{AgentProfile, DecisionMaking, TriggerReason, WorkflowDefinition};
+use cadre_proto::model::{
+    AgentProfile, DecisionMaking, QuestionPolicy, TriggerReason, WorkflowDefinition,
+};
 use cadre_proto::streams::MAX_EVENT_BYTES;
 use cadre_proto::{AgentId, Envelope, ExecutionId, StepId, TenantId, subjects};
 use serde::Serialize;
@@ -286,6 +288,21 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             format!(
                 "must be from 1 to {} seconds (30 days)",
                 limits::EXECUTION_SECONDS
+            ),
+        ));
+    }
+
+    let question_deadline = workflow
+        .configuration
+        .coordination
+        .questions
+        .deadline_seconds;
+    if !(1..=QuestionPolicy::MAX_DEADLINE_SECONDS).contains(&question_deadline) {
+        errors.push(error(
+            "/configuration/coordination/questions/deadlineSeconds",
+            format!(
+                "must be from 1 to {} seconds (a day)",
+                QuestionPolicy::MAX_DEADLINE_SECONDS
             ),
         ));
     }

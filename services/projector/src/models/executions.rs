@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use cadre_proto::ExecutionId;
 use cadre_proto::events::{
-    ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted, StepCompleted,
-    StepDeferred, StepFailed, StepReviewed, StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+    ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted, QuestionsAsked,
+    QuestionsExpired, StepCompleted, StepDeferred, StepFailed, StepReviewed, StepScheduled,
+    StepSkipped, StepStarted, StepTimedOut,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -277,6 +278,40 @@ impl Changes {
                 "retryAt": e.retry_at,
                 "deferrals": e.deferral,
                 "waitingSince": e.waiting_since,
+            }),
+        );
+    }
+
+    /// The attempt waits for its teammates' answers: shown as `awaiting_answers`, with the
+    /// questions.
+    pub fn questions_asked(&mut self, origin: &Origin<'_>, e: &QuestionsAsked) {
+        let a = &e.attempt;
+        self.patch(a.execution_id, origin.at).merge_step(
+            a.step_id.as_str(),
+            json!({
+                "status": "awaiting_answers",
+                "attempt": a.number,
+                "agentId": a.agent_id,
+                "questions": e.questions,
+            }),
+        );
+    }
+
+    /// A missed deadline that fails the attempt ends it like a failure; one the step goes on
+    /// from changes nothing here (its next attempt's scheduling will).
+    pub fn questions_expired(&mut self, origin: &Origin<'_>, e: &QuestionsExpired) {
+        if !e.failed {
+            return;
+        }
+        let a = &e.attempt;
+        self.patch(a.execution_id, origin.at).merge_step(
+            a.step_id.as_str(),
+            json!({
+                "status": "failed",
+                "attempt": a.number,
+                "agentId": a.agent_id,
+                "error": "its questions were not all answered by the deadline",
+                "failedAt": origin.at,
             }),
         );
     }

@@ -3,8 +3,9 @@
 //! each keyed by the id of the event it comes from.
 
 use cadre_proto::events::{
-    AssignmentReason, InteractionRecorded, KnowledgeShared, StepAttempt, StepCompleted,
-    StepDeferred, StepFailed, StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+    AssignmentReason, InteractionRecorded, KnowledgeShared, QuestionAnswered, QuestionAssigned,
+    QuestionsAsked, QuestionsExpired, StepAttempt, StepCompleted, StepDeferred, StepFailed,
+    StepScheduled, StepSkipped, StepStarted, StepTimedOut,
 };
 use cadre_proto::model::InteractionType;
 use cadre_proto::{ExecutionId, StepId};
@@ -32,8 +33,32 @@ pub(crate) struct InteractionRow {
     pub context_data: Value,
     pub related_step_id: Option<String>,
     pub requires_response: bool,
+    pub response_deadline: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub event_sequence: i64,
+}
+
+/// What became of a question that waited for an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Response {
+    /// The teammate answered, or (`received: false`) could not, `message` saying why; `id` is
+    /// the question's row (its `QuestionAssigned` event id).
+    Answered {
+        id: Uuid,
+        received: bool,
+        message: String,
+        data: Value,
+        at: DateTime<Utc>,
+    },
+    /// The asker's deadline passed before the teammate answered.
+    Missed {
+        tenant_id: String,
+        execution: Uuid,
+        step_id: String,
+        attempt: i32,
+        question_id: String,
+        agent: Uuid,
+    },
 }
 
 impl InteractionRow {
@@ -54,16 +79,18 @@ impl InteractionRow {
             context_data: json!({}),
             related_step_id: None,
             requires_response: false,
+            response_deadline: None,
             created_at: origin.at,
             event_sequence: origin.sequence,
         }
     }
 }
 
-/// The batch's interactions, in stream order.
+/// The batch's interactions, in stream order, then what became of its questions.
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
     pub rows: Vec<InteractionRow>,
+    pub responses: Vec<Response>,
 }
 
 impl Changes {
@@ -166,6 +193,96 @@ impl Changes {
         });
     }
 
+    /// The agent stops to ask: its questions follow, one row per teammate asked.
+    pub fn questions_asked(&mut self, origin: &Origin<'_>, e: &QuestionsAsked) {
+        let a = &e.attempt;
+        self.step_note(
+            origin,
+            a,
+            format!(
+                "Step waiting for answers: {} - {} question(s) for teammates",
+                a.step_name,
+                e.questions.len()
+            ),
+            json!({ "stepId": a.step_id, "attempt": a.number, "questions": e.questions }),
+        );
+    }
+
+    /// A question handed to one teammate: it requires a response by the deadline.
+    pub fn question_assigned(&mut self, origin: &Origin<'_>, e: &QuestionAssigned) {
+        self.rows.push(InteractionRow {
+            from_agent_id: Some(e.asker.id.0),
+            to_agent_id: Some(e.recipient.id.0),
+            context_data: json!({
+                "stepId": e.step_id,
+                "attempt": e.attempt,
+                "questionId": e.question_id,
+                "broadcast": e.broadcast,
+            }),
+            related_step_id: Some(e.step_id.to_string()),
+            requires_response: true,
+            response_deadline: Some(e.deadline_at),
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::Question,
+                format!(
+                    "Question from {} to {} on {}: {}",
+                    e.asker.name, e.recipient.name, e.step_name, e.question
+                ),
+            )
+        });
+    }
+
+    pub fn question_answered(&mut self, origin: &Origin<'_>, e: &QuestionAnswered) {
+        let (received, message) = match (&e.answer, &e.error) {
+            (Some(answer), _) => (true, answer.clone()),
+            (None, error) => (false, error.clone().unwrap_or_default()),
+        };
+        self.responses.push(Response::Answered {
+            id: e.assigned_event_id.0,
+            received,
+            message,
+            data: json!({
+                "answeredBy": e.agent_id,
+                "provider": e.provider,
+                "model": e.model,
+                "tokens": e.tokens,
+                "error": e.error,
+            }),
+            at: origin.at,
+        });
+    }
+
+    pub fn questions_expired(&mut self, origin: &Origin<'_>, e: &QuestionsExpired) {
+        let a = &e.attempt;
+        for missed in &e.unanswered {
+            self.responses.push(Response::Missed {
+                tenant_id: origin.tenant.to_owned(),
+                execution: a.execution_id.0,
+                step_id: a.step_id.to_string(),
+                attempt: i32::try_from(a.number).unwrap_or(i32::MAX),
+                question_id: missed.question_id.clone(),
+                agent: missed.agent_id.0,
+            });
+        }
+        let outcome = if e.failed {
+            "the attempt fails"
+        } else {
+            "the step goes on without them"
+        };
+        self.step_note(
+            origin,
+            a,
+            format!(
+                "Questions unanswered by the deadline: {} - {} answer(s) missing; {outcome}",
+                a.step_name,
+                e.unanswered.len()
+            ),
+            json!({ "stepId": a.step_id, "attempt": a.number, "unanswered": e.unanswered, "failed": e.failed }),
+        );
+    }
+
     /// The coordination note an agent leaves about its own step.
     fn step_note(
         &mut self,
@@ -231,36 +348,90 @@ impl Changes {
     /// the batch on every retry.
     pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         let rows = self.rows;
-        if rows.is_empty() {
-            return Ok(());
+        if !rows.is_empty() {
+            columns!(for r in rows => id, tenant_id, workflow_execution_id, from_agent_id,
+                     to_agent_id, message, context_data, related_step_id, requires_response,
+                     response_deadline, created_at, event_sequence,
+                     interaction_type = r.interaction_type.to_owned());
+            sqlx::query!(
+                "INSERT INTO agent_interactions (id, tenant_id, workflow_execution_id,
+                     from_agent_id, to_agent_id, interaction_type, message, context_data,
+                     related_step_id, requires_response, response_deadline, created_at,
+                     event_sequence)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[],
+                                      $6::text[], $7::text[], $8::jsonb[], $9::text[],
+                                      $10::bool[], $11::timestamptz[], $12::timestamptz[],
+                                      $13::bigint[])
+                 ON CONFLICT DO NOTHING",
+                &id,
+                &tenant_id,
+                &workflow_execution_id,
+                from_agent_id as _,
+                to_agent_id as _,
+                &interaction_type,
+                &message,
+                &context_data,
+                related_step_id as _,
+                &requires_response,
+                response_deadline as _,
+                &created_at,
+                &event_sequence,
+            )
+            .execute(&mut *tx)
+            .await?;
         }
-        columns!(for r in rows => id, tenant_id, workflow_execution_id, from_agent_id,
-                 to_agent_id, message, context_data, related_step_id, requires_response,
-                 created_at, event_sequence,
-                 interaction_type = r.interaction_type.to_owned());
-        sqlx::query!(
-            "INSERT INTO agent_interactions (id, tenant_id, workflow_execution_id, from_agent_id,
-                 to_agent_id, interaction_type, message, context_data, related_step_id,
-                 requires_response, created_at, event_sequence)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[],
-                                  $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::bool[],
-                                  $11::timestamptz[], $12::bigint[])
-             ON CONFLICT DO NOTHING",
-            &id,
-            &tenant_id,
-            &workflow_execution_id,
-            from_agent_id as _,
-            to_agent_id as _,
-            &interaction_type,
-            &message,
-            &context_data,
-            related_step_id as _,
-            &requires_response,
-            &created_at,
-            &event_sequence,
-        )
-        .execute(&mut *tx)
-        .await?;
+        // After the rows: a question and its answer may arrive in one batch. Rare (a few per
+        // step that asks), so one statement each.
+        for response in self.responses {
+            match response {
+                Response::Answered {
+                    id,
+                    received,
+                    message,
+                    data,
+                    at,
+                } => {
+                    sqlx::query!(
+                        "UPDATE agent_interactions SET response_received = $2,
+                             response_message = $3, response_data = $4, responded_at = $5
+                         WHERE id = $1 AND responded_at IS NULL",
+                        id,
+                        received,
+                        message,
+                        data,
+                        at,
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Response::Missed {
+                    tenant_id,
+                    execution,
+                    step_id,
+                    attempt,
+                    question_id,
+                    agent,
+                } => {
+                    sqlx::query!(
+                        "UPDATE agent_interactions
+                         SET response_data = jsonb_build_object('missedDeadline', true)
+                         WHERE tenant_id = $1 AND workflow_execution_id = $2
+                           AND related_step_id = $3 AND interaction_type = 'question'
+                           AND requires_response AND responded_at IS NULL
+                           AND context_data ->> 'attempt' = $4::int4::text
+                           AND context_data ->> 'questionId' = $5 AND to_agent_id = $6",
+                        tenant_id,
+                        execution,
+                        step_id,
+                        attempt,
+                        question_id,
+                        agent,
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -1,7 +1,10 @@
-//! `token_usage`: what each completed step attempt's LLM calls used and cost, one row per
-//! `StepCompleted`, for the read API to sum per step, agent, execution and workflow.
+//! `token_usage`: what LLM calls used and cost, one row per event that reports calls (a
+//! `StepCompleted`; a `QuestionsAsked`, whose call ended in questions; a `QuestionAnswered`,
+//! counted for the teammate who answered, under the asking step), for the read API to sum per
+//! step, agent, execution and workflow.
 
-use cadre_proto::events::StepCompleted;
+use cadre_proto::events::{QuestionAnswered, QuestionsAsked, StepAttempt, StepCompleted};
+use cadre_proto::model::TokenUsage;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -32,9 +35,55 @@ pub(crate) struct Changes {
     pub rows: Vec<UsageRow>,
 }
 
+/// What one event says its LLM calls used.
+struct Call<'a> {
+    provider: &'a str,
+    model: &'a str,
+    tokens: &'a TokenUsage,
+    cost_usd: Option<f64>,
+}
+
 impl Changes {
     pub fn completed(&mut self, origin: &Origin<'_>, e: &StepCompleted) {
-        let (a, tokens) = (&e.attempt, &e.result.tokens);
+        let call = Call {
+            provider: &e.provider,
+            model: &e.model,
+            tokens: &e.result.tokens,
+            cost_usd: e.cost_usd,
+        };
+        self.attempt(origin, &e.attempt, &call);
+    }
+
+    pub fn asked(&mut self, origin: &Origin<'_>, e: &QuestionsAsked) {
+        let call = Call {
+            provider: &e.provider,
+            model: &e.model,
+            tokens: &e.tokens,
+            cost_usd: e.cost_usd,
+        };
+        self.attempt(origin, &e.attempt, &call);
+    }
+
+    pub fn answered(&mut self, origin: &Origin<'_>, e: &QuestionAnswered) {
+        let call = Call {
+            provider: &e.provider,
+            model: &e.model,
+            tokens: &e.tokens,
+            cost_usd: e.cost_usd,
+        };
+        let answerer = StepAttempt {
+            execution_id: e.execution_id,
+            workflow_id: e.workflow_id,
+            step_id: e.step_id.clone(),
+            step_name: String::new(),
+            number: e.attempt,
+            agent_id: e.agent_id,
+        };
+        self.attempt(origin, &answerer, &call);
+    }
+
+    fn attempt(&mut self, origin: &Origin<'_>, a: &StepAttempt, call: &Call<'_>) {
+        let tokens = call.tokens;
         self.rows.push(UsageRow {
             event_id: origin.event_id,
             tenant_id: origin.tenant.to_owned(),
@@ -43,12 +92,12 @@ impl Changes {
             step_id: a.step_id.to_string(),
             attempt: i32::try_from(a.number).unwrap_or(i32::MAX),
             agent_id: a.agent_id.0,
-            provider: e.provider.clone(),
-            model: e.model.clone(),
+            provider: call.provider.to_owned(),
+            model: call.model.to_owned(),
             prompt_tokens: i64::from(tokens.prompt),
             completion_tokens: i64::from(tokens.completion),
             total_tokens: i64::from(tokens.total),
-            cost_usd: e.cost_usd,
+            cost_usd: call.cost_usd,
             recorded_at: origin.at,
         });
     }

@@ -2,15 +2,18 @@
 
 use cadre_proto::events::{
     AssignmentReason, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused,
-    ExecutionResumed, ExecutionStarted, FailureCause, ParentStep, Request, ReviewRequest,
-    StepAttempt, StepScheduled, StepSkipped, StepTimedOut,
+    ExecutionResumed, ExecutionStarted, FailureCause, ParentStep, QuestionAnswer, QuestionAssigned,
+    QuestionsExpired, Request, ReviewRequest, StepAttempt, StepScheduled, StepSkipped,
+    StepTimedOut, Teammate, Unanswered,
 };
-use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition, WorkflowStep};
+use cadre_proto::model::{
+    AgentProfile, MissedDeadline, TriggerReason, WorkflowDefinition, WorkflowStep,
+};
 use cadre_proto::timers::Timer;
 use cadre_proto::{Event, ExecutionId, StepId};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{Execution, State, Status, StepState, after_minutes};
+use super::{Execution, Reply, State, Status, StepProgress, StepState, after_minutes};
 use crate::domain::Decider;
 use crate::domain::assignment::{assign, assign_reviewer};
 use crate::domain::condition::{self, StepView};
@@ -183,7 +186,9 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
             };
             let (
                 true,
-                StepState::Scheduled { agent } | StepState::Running { agent },
+                StepState::Scheduled { agent }
+                | StepState::Running { agent }
+                | StepState::AwaitingAnswers { agent },
                 Some(minutes),
             ) = (
                 progress.attempt == *attempt,
@@ -207,6 +212,9 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
         }
         // A workflow's schedule is not a timer of an execution.
         Timer::Schedule { .. } => vec![],
+        Timer::QuestionDeadline {
+            step_id, attempt, ..
+        } => questions_expired(execution, step_id, *attempt),
         Timer::ExecutionDeadline { .. } => {
             let seconds = execution
                 .workflow
@@ -338,7 +346,44 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         .any(|s| !s.can_run_in_parallel && execution.steps[&s.id].is_active());
     let one_at_a_time = workflow.configuration.constraints.allow_parallel_execution == Some(false);
 
+    // Steps whose agents asked their teammates questions: the questions not yet handed out go
+    // to their addressees; once every addressee answered (or could not, or the deadline passed)
+    // the asker finishes the step with the answers.
     let mut events = Vec::new();
+    let mut awaiting = false;
+    for step in &workflow.configuration.steps {
+        let progress = &execution.steps[&step.id];
+        let StepState::AwaitingAnswers { agent } = progress.state else {
+            continue;
+        };
+        awaiting = true;
+        let handed_out = questions_assigned(execution, step, progress, agent, now);
+        if !handed_out.is_empty() {
+            events.extend(handed_out);
+        } else if progress
+            .questions
+            .iter()
+            .all(|q| q.recipients.iter().all(|r| r.reply.is_final()))
+            && let Some(asker) = execution.agents.iter().find(|a| a.id == agent)
+        {
+            *load.entry(agent).or_insert(0) += 1;
+            events.push(scheduled(
+                execution,
+                Scheduling {
+                    step,
+                    attempt: progress.attempt + 1,
+                    agent: asker,
+                    reason: AssignmentReason::Answered,
+                    review: None,
+                    feedback: progress.feedback.clone(),
+                    answers: answers(progress),
+                },
+                watermark,
+                now,
+            ));
+        }
+    }
+
     for step in ready {
         let progress = &execution.steps[&step.id];
         // A step that must run alone waits for an idle execution, and blocks the others.
@@ -384,31 +429,29 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         };
         *load.entry(agent.id).or_insert(0) += 1;
         active += 1;
-        events.push(Event::StepScheduled(Box::new(StepScheduled {
-            execution_id: execution.id,
-            workflow_id: workflow.id,
-            workflow_name: workflow.name.clone(),
-            step: step.clone(),
-            attempt: progress.attempt + 1,
-            agent: agent.clone(),
-            reason,
-            coordinator_agent_id: workflow.coordinator_agent_id,
-            knowledge_sharing: workflow.configuration.coordination.knowledge_sharing,
-            communication_style: workflow.configuration.coordination.communication_style,
-            knowledge_watermark: watermark,
-            input: execution.input.clone(),
-            feedback: review
-                .is_none()
-                .then(|| progress.feedback.clone())
-                .flatten(),
-            review,
-            timeout_at: step.timeout_minutes.map(|m| after_minutes(now, m)),
-        })));
+        let feedback = review
+            .is_none()
+            .then(|| progress.feedback.clone())
+            .flatten();
+        events.push(scheduled(
+            execution,
+            Scheduling {
+                step,
+                attempt: progress.attempt + 1,
+                agent,
+                reason,
+                review,
+                feedback,
+                answers: Vec::new(),
+            },
+            watermark,
+            now,
+        ));
         if one_at_a_time || !step.can_run_in_parallel {
             break;
         }
     }
-    if events.is_empty() && active == 0 {
+    if events.is_empty() && active == 0 && !awaiting {
         // Nothing runs, nothing can start, and not everything is done: without this the run
         // would wait forever with no record of why.
         return failed(
@@ -418,6 +461,184 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         );
     }
     events
+}
+
+/// What a `StepScheduled` says beyond the execution's own facts.
+struct Scheduling<'a> {
+    step: &'a WorkflowStep,
+    attempt: u32,
+    agent: &'a AgentProfile,
+    reason: AssignmentReason,
+    review: Option<ReviewRequest>,
+    feedback: Option<String>,
+    answers: Vec<QuestionAnswer>,
+}
+
+fn scheduled(
+    execution: &Execution,
+    scheduling: Scheduling<'_>,
+    watermark: u64,
+    now: DateTime<Utc>,
+) -> Event {
+    let workflow = &execution.workflow;
+    let Scheduling {
+        step,
+        attempt,
+        agent,
+        reason,
+        review,
+        feedback,
+        answers,
+    } = scheduling;
+    Event::StepScheduled(Box::new(StepScheduled {
+        execution_id: execution.id,
+        workflow_id: workflow.id,
+        workflow_name: workflow.name.clone(),
+        step: step.clone(),
+        attempt,
+        agent: agent.clone(),
+        reason,
+        coordinator_agent_id: workflow.coordinator_agent_id,
+        knowledge_sharing: workflow.configuration.coordination.knowledge_sharing,
+        communication_style: workflow.configuration.coordination.communication_style,
+        knowledge_watermark: watermark,
+        input: execution.input.clone(),
+        feedback,
+        review,
+        timeout_at: step.timeout_minutes.map(|m| after_minutes(now, m)),
+        team: execution
+            .agents
+            .iter()
+            .filter(|a| a.id != agent.id)
+            .map(Teammate::of)
+            .collect(),
+        answers,
+    }))
+}
+
+/// The questions of a waiting step not yet handed out, each to each of its addressees, all
+/// with the same deadline.
+fn questions_assigned(
+    execution: &Execution,
+    step: &WorkflowStep,
+    progress: &StepProgress,
+    asker: cadre_proto::AgentId,
+    now: DateTime<Utc>,
+) -> Vec<Event> {
+    let Some(asker) = execution.agents.iter().find(|a| a.id == asker) else {
+        return vec![];
+    };
+    let coordination = &execution.workflow.configuration.coordination;
+    let deadline_at = now + TimeDelta::seconds(i64::from(coordination.questions.deadline_seconds));
+    let mut events = Vec::new();
+    for question in &progress.questions {
+        for recipient in &question.recipients {
+            let Some(profile) = execution.agents.iter().find(|a| a.id == recipient.agent) else {
+                continue;
+            };
+            if recipient.reply != Reply::Pending {
+                continue;
+            }
+            events.push(Event::QuestionAssigned(Box::new(QuestionAssigned {
+                execution_id: execution.id,
+                workflow_id: execution.workflow.id,
+                step_id: step.id.clone(),
+                step_name: step.name.clone(),
+                attempt: progress.attempt,
+                question_id: question.question_id.clone(),
+                question: question.text.clone(),
+                asker: Teammate::of(asker),
+                recipient: profile.clone(),
+                broadcast: question.is_broadcast(),
+                deadline_at,
+                communication_style: coordination.communication_style,
+            })));
+        }
+    }
+    events
+}
+
+/// What became of each question, for the asker's next attempt.
+fn answers(progress: &StepProgress) -> Vec<QuestionAnswer> {
+    let mut answers = Vec::new();
+    for question in &progress.questions {
+        if question.recipients.is_empty() {
+            let asked = question.to.clone().unwrap_or_else(|| "everyone".to_owned());
+            let note = if question.is_broadcast() {
+                "nobody else takes part in this execution".to_owned()
+            } else {
+                format!("no participant of this execution has the id, name or role '{asked}'")
+            };
+            answers.push(QuestionAnswer {
+                question: question.text.clone(),
+                asked,
+                answer: None,
+                note: Some(note),
+            });
+        }
+        for recipient in &question.recipients {
+            let (answer, note) = match &recipient.reply {
+                Reply::Answered(answer) => (Some(answer.clone()), None),
+                Reply::Failed(error) => (None, Some(format!("could not answer: {error}"))),
+                Reply::Missed | Reply::Pending | Reply::Assigned => {
+                    (None, Some("did not answer by the deadline".to_owned()))
+                }
+            };
+            answers.push(QuestionAnswer {
+                question: question.text.clone(),
+                asked: recipient.name.clone(),
+                answer,
+                note,
+            });
+        }
+    }
+    answers
+}
+
+/// The deadline of an attempt's questions passed: what is still unanswered is recorded, and
+/// the attempt fails if the workflow says so.
+fn questions_expired(execution: &Execution, step_id: &StepId, attempt: u32) -> Vec<Event> {
+    let (Some(progress), Some(step)) = (
+        execution.steps.get(step_id),
+        execution.workflow.step(step_id),
+    ) else {
+        return vec![];
+    };
+    let StepState::AwaitingAnswers { agent } = progress.state else {
+        return vec![];
+    };
+    if progress.attempt != attempt {
+        return vec![];
+    }
+    let unanswered: Vec<Unanswered> = progress
+        .questions
+        .iter()
+        .flat_map(|q| {
+            q.recipients
+                .iter()
+                .filter(|r| !r.reply.is_final())
+                .map(|r| Unanswered {
+                    question_id: q.question_id.clone(),
+                    agent_id: r.agent,
+                })
+        })
+        .collect();
+    if unanswered.is_empty() {
+        return vec![];
+    }
+    let policy = execution.workflow.configuration.coordination.questions;
+    vec![Event::QuestionsExpired(QuestionsExpired {
+        attempt: StepAttempt {
+            execution_id: execution.id,
+            workflow_id: execution.workflow.id,
+            step_id: step_id.clone(),
+            step_name: step.name.clone(),
+            number: attempt,
+            agent_id: agent,
+        },
+        unanswered,
+        failed: policy.on_missed_deadline == MissedDeadline::Fail,
+    })]
 }
 
 /// A step's condition, over the execution's input and its steps as they are now.

@@ -11,7 +11,7 @@ use cadre_proto::timers::{Timer, When};
 use cadre_proto::{Event, StepId};
 use chrono::{DateTime, Utc};
 
-use super::{Execution, State};
+use super::{Execution, State, StepState};
 use crate::domain::{ChildOutcome, Effect};
 
 /// The effects `event`, stored at `stored_at`, calls for, given the execution's state after
@@ -43,6 +43,14 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                     provider: e.agent.provider.clone(),
                 },
             }];
+            // The asker is back at work: its questions' deadline has nothing left to guard.
+            if !e.answers.is_empty() {
+                effects.push(Effect::CancelTimer(question_deadline(
+                    execution,
+                    &e.step.id,
+                    e.attempt - 1,
+                )));
+            }
             if let Some(at) = e.timeout_at
                 && execution
                     .steps
@@ -55,6 +63,26 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                 });
             }
             effects
+        }
+        // A question goes to the workers of its addressee's provider; its asker waits until the
+        // deadline at most (one timer per asking attempt: arming it again changes nothing).
+        Event::QuestionAssigned(e) => {
+            let waiting = execution.steps.get(&e.step_id).is_some_and(|p| {
+                p.attempt == e.attempt && matches!(p.state, StepState::AwaitingAnswers { .. })
+            });
+            if waiting {
+                vec![
+                    Effect::Dispatch {
+                        provider: e.recipient.provider.clone(),
+                    },
+                    Effect::StartTimer {
+                        timer: question_deadline(execution, &e.step_id, e.attempt),
+                        when: When::At(e.deadline_at),
+                    },
+                ]
+            } else {
+                vec![]
+            }
         }
         Event::StepCompleted(e) => attempt_ended(execution, &e.attempt),
         Event::StepFailed(e) => attempt_ended(execution, &e.attempt),
@@ -162,6 +190,13 @@ fn ended(execution: &Execution, stop_calls: bool) -> Vec<Effect> {
             Effect::CancelTimer(step_timeout(execution, &s.id, attempt))
         })
         .collect();
+    effects.extend(
+        execution
+            .steps
+            .iter()
+            .filter(|(_, p)| matches!(p.state, StepState::AwaitingAnswers { .. }))
+            .map(|(id, p)| Effect::CancelTimer(question_deadline(execution, id, p.attempt))),
+    );
     if execution
         .workflow
         .configuration
@@ -182,6 +217,15 @@ fn ended(execution: &Execution, stop_calls: bool) -> Vec<Effect> {
 
 fn step_timeout(execution: &Execution, step: &StepId, attempt: u32) -> Timer {
     Timer::StepTimeout {
+        workflow_id: execution.workflow.id,
+        execution_id: execution.id,
+        step_id: step.clone(),
+        attempt,
+    }
+}
+
+fn question_deadline(execution: &Execution, step: &StepId, attempt: u32) -> Timer {
+    Timer::QuestionDeadline {
         workflow_id: execution.workflow.id,
         execution_id: execution.id,
         step_id: step.clone(),

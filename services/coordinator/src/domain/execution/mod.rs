@@ -58,6 +58,11 @@ pub enum StepState {
     Rejected {
         feedback: String,
     },
+    /// Its agent asked teammates questions ([`StepProgress::questions`]) and finishes the step
+    /// in a next attempt, with their answers; no worker is held meanwhile.
+    AwaitingAnswers {
+        agent: AgentId,
+    },
 }
 
 impl StepState {
@@ -73,6 +78,7 @@ impl StepState {
             Self::AwaitingReview => "awaiting_review",
             Self::Rework { .. } => "rework",
             Self::Rejected { .. } => "rejected",
+            Self::AwaitingAnswers { .. } => "awaiting_answers",
         }
     }
 
@@ -98,6 +104,104 @@ pub struct StepProgress {
     pub draft: Option<Draft>,
     /// The last reviewer's feedback, for the author's next attempt.
     pub feedback: Option<String>,
+    /// The questions the current attempt asked, while it waits for their answers.
+    pub questions: Vec<Question>,
+    /// Whether the current attempt was handed its questions' answers: it may not ask again.
+    pub answered: bool,
+}
+
+/// A question an attempt asked, and what became of it for each teammate it went to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Question {
+    pub question_id: String,
+    pub text: String,
+    /// Whom the agent asked, as it wrote it (`None`: everyone).
+    pub to: Option<String>,
+    /// The teammates it goes to: one, every other participant for a broadcast, none when
+    /// nobody matched `to`.
+    pub recipients: Vec<Recipient>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipient {
+    pub agent: AgentId,
+    pub name: String,
+    pub reply: Reply,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Not handed out yet.
+    Pending,
+    /// Handed out; no answer yet.
+    Assigned,
+    Answered(String),
+    /// The teammate could not answer (its model failed), with why.
+    Failed(String),
+    /// The deadline passed first.
+    Missed,
+}
+
+impl Reply {
+    fn is_final(&self) -> bool {
+        matches!(self, Self::Answered(_) | Self::Failed(_) | Self::Missed)
+    }
+}
+
+impl Question {
+    /// Whom `to` names among `agents` (never the asker): an agent by id, name or role, the
+    /// first in participation order when several share a role; everyone for no addressee or
+    /// `everyone`/`all`/`team`; nobody when nothing matches.
+    fn addressed(
+        asked: &cadre_proto::events::AskedQuestion,
+        asker: AgentId,
+        agents: &[AgentProfile],
+    ) -> Self {
+        let mut others = agents.iter().filter(|a| a.id != asker);
+        let recipients: Vec<&AgentProfile> = match asked.to.as_deref() {
+            Some(to) if !is_everyone(to) => {
+                let to = to.trim().trim_start_matches('@');
+                others
+                    .find(|a| {
+                        a.id.to_string() == to
+                            || a.name.eq_ignore_ascii_case(to)
+                            || a.role.eq_ignore_ascii_case(to)
+                    })
+                    .into_iter()
+                    .collect()
+            }
+            _ => others.collect(),
+        };
+        Self {
+            question_id: asked.question_id.clone(),
+            text: asked.text.clone(),
+            to: asked.to.clone(),
+            recipients: recipients
+                .into_iter()
+                .map(|a| Recipient {
+                    agent: a.id,
+                    name: a.name.clone(),
+                    reply: Reply::Pending,
+                })
+                .collect(),
+        }
+    }
+
+    fn is_broadcast(&self) -> bool {
+        self.to.as_deref().is_none_or(is_everyone)
+    }
+
+    fn recipient(&mut self, agent: AgentId) -> Option<&mut Recipient> {
+        self.recipients.iter_mut().find(|r| r.agent == agent)
+    }
+}
+
+/// Whether a question's addressee means the whole team.
+fn is_everyone(to: &str) -> bool {
+    let to = to.trim().trim_start_matches('@');
+    ["everyone", "all", "team", ""]
+        .iter()
+        .any(|word| to.eq_ignore_ascii_case(word))
 }
 
 /// A step's work before its review approves it.
@@ -119,15 +223,21 @@ impl StepProgress {
             rounds: 0,
             draft: None,
             feedback: None,
+            questions: Vec::new(),
+            answered: false,
         }
     }
 }
 
 impl StepProgress {
+    /// Whether an attempt is under way: handed out, running, or waiting for its questions'
+    /// answers.
     pub fn is_active(&self) -> bool {
         matches!(
             self.state,
-            StepState::Scheduled { .. } | StepState::Running { .. }
+            StepState::Scheduled { .. }
+                | StepState::Running { .. }
+                | StepState::AwaitingAnswers { .. }
         )
     }
 
@@ -230,6 +340,8 @@ impl Execution {
                     p.attempt = e.attempt;
                     p.state = StepState::Scheduled { agent: e.agent.id };
                     p.reviewing = e.review.is_some();
+                    p.questions.clear();
+                    p.answered = !e.answers.is_empty();
                 }
             }),
             Event::StepStarted(e) => self.step_event(&e.attempt.step_id, |p| {
@@ -308,6 +420,74 @@ impl Execution {
                     };
                 }
             }),
+            Event::QuestionsAsked(e) => {
+                let agents = &self.agents;
+                let asker = e.attempt.agent_id;
+                let questions: Vec<Question> = e
+                    .questions
+                    .iter()
+                    .map(|q| Question::addressed(q, asker, agents))
+                    .collect();
+                self.step_event(&e.attempt.step_id, |p| {
+                    if p.runs(e.attempt.number)
+                        && !p.reviewing
+                        && !p.answered
+                        && !matches!(p.state, StepState::AwaitingAnswers { .. })
+                    {
+                        p.state = StepState::AwaitingAnswers { agent: asker };
+                        p.questions = questions;
+                    }
+                });
+            }
+            Event::QuestionAssigned(e) => self.reply(&e.step_id, e.attempt, |p| {
+                if let Some(r) = p
+                    .questions
+                    .iter_mut()
+                    .find(|q| q.question_id == e.question_id)
+                    .and_then(|q| q.recipient(e.recipient.id))
+                    && r.reply == Reply::Pending
+                {
+                    r.reply = Reply::Assigned;
+                }
+            }),
+            Event::QuestionAnswered(e) => self.reply(&e.step_id, e.attempt, |p| {
+                if let Some(r) = p
+                    .questions
+                    .iter_mut()
+                    .find(|q| q.question_id == e.question_id)
+                    .and_then(|q| q.recipient(e.agent_id))
+                    && !r.reply.is_final()
+                {
+                    r.reply = match (&e.answer, &e.error) {
+                        (Some(answer), _) => Reply::Answered(answer.clone()),
+                        (None, error) => {
+                            Reply::Failed(error.clone().unwrap_or_else(|| "no answer".to_owned()))
+                        }
+                    };
+                }
+            }),
+            Event::QuestionsExpired(e) => self.reply(&e.attempt.step_id, e.attempt.number, |p| {
+                for missed in &e.unanswered {
+                    if let Some(r) = p
+                        .questions
+                        .iter_mut()
+                        .find(|q| q.question_id == missed.question_id)
+                        .and_then(|q| q.recipient(missed.agent_id))
+                        && !r.reply.is_final()
+                    {
+                        r.reply = Reply::Missed;
+                    }
+                }
+                if e.failed {
+                    p.failures += 1;
+                    p.state = StepState::Failed {
+                        agent: e.attempt.agent_id,
+                        error: "its questions were not all answered by the deadline".to_owned(),
+                        retryable: true,
+                    };
+                    p.questions.clear();
+                }
+            }),
             Event::StepSkipped(e) => self.step_event(&e.step_id, |p| {
                 if p.state == StepState::Waiting {
                     p.state = StepState::Skipped;
@@ -340,6 +520,15 @@ impl Execution {
         {
             change(progress);
         }
+    }
+
+    /// A change to the questions of `attempt`, while it waits for their answers.
+    fn reply(&mut self, step: &StepId, attempt: u32, change: impl FnOnce(&mut StepProgress)) {
+        self.step_event(step, |p| {
+            if p.attempt == attempt && matches!(p.state, StepState::AwaitingAnswers { .. }) {
+                change(p);
+            }
+        });
     }
 
     /// How many failed attempts a step may have before the execution fails.

@@ -1,13 +1,13 @@
 //! Given events, when a command, then events — and properties over random workflows.
 
 use cadre_proto::events::{
-    AssignmentReason, FailureCause, ParentStep, Request, StepAttempt, StepCompleted, StepFailed,
-    StepReviewed, StepStarted,
+    AskedQuestion, AssignmentReason, FailureCause, ParentStep, QuestionAnswered, QuestionsAsked,
+    Request, StepAttempt, StepCompleted, StepFailed, StepReviewed, StepStarted,
 };
 use cadre_proto::model::{
-    AgentProfile, Constraints, Coordination, ModelParameters, PhaseMode, StepResult, StepType,
-    TriggerReason, WorkflowConfiguration, WorkflowDefinition, WorkflowPhase, WorkflowStep,
-    WorkflowType,
+    AgentProfile, Constraints, Coordination, MissedDeadline, ModelParameters, PhaseMode,
+    StepResult, StepType, TokenUsage, TriggerReason, WorkflowConfiguration, WorkflowDefinition,
+    WorkflowPhase, WorkflowStep, WorkflowType,
 };
 use cadre_proto::timers::{Timer, When};
 use cadre_proto::{AgentId, Event, EventId, ExecutionId, StepId, WorkflowId};
@@ -125,6 +125,65 @@ fn completed(of: &Event) -> Event {
         cost_usd: None,
         knowledge_used: Vec::new(),
     }))
+}
+
+/// The attempt `of` asks `questions` (addressee, text) instead of completing.
+fn asked(of: &Event, questions: &[(Option<&str>, &str)]) -> Event {
+    let Event::StepScheduled(s) = of else {
+        panic!("not a StepScheduled: {of:?}")
+    };
+    Event::QuestionsAsked(QuestionsAsked {
+        attempt: StepAttempt::of(s),
+        questions: questions
+            .iter()
+            .enumerate()
+            .map(|(i, (to, text))| AskedQuestion {
+                question_id: format!("q{}", i + 1),
+                to: to.map(str::to_owned),
+                text: (*text).to_owned(),
+            })
+            .collect(),
+        provider: "offline".into(),
+        model: "offline-1".into(),
+        tokens: TokenUsage::default(),
+        cost_usd: None,
+    })
+}
+
+/// The teammate a `QuestionAssigned` went to answers it (or, with `None`, cannot).
+fn answered(assigned: &Event, answer: Option<&str>) -> Event {
+    let Event::QuestionAssigned(q) = assigned else {
+        panic!("not a QuestionAssigned: {assigned:?}")
+    };
+    Event::QuestionAnswered(QuestionAnswered {
+        execution_id: q.execution_id,
+        workflow_id: q.workflow_id,
+        step_id: q.step_id.clone(),
+        attempt: q.attempt,
+        question_id: q.question_id.clone(),
+        agent_id: q.recipient.id,
+        assigned_event_id: EventId::new(),
+        answer: answer.map(str::to_owned),
+        error: answer
+            .is_none()
+            .then(|| "HTTP 401 from the provider".to_owned()),
+        provider: "offline".into(),
+        model: "offline-1".into(),
+        tokens: TokenUsage::default(),
+        cost_usd: None,
+    })
+}
+
+fn question_timer(assigned: &Event) -> Timer {
+    let Event::QuestionAssigned(q) = assigned else {
+        panic!("not a QuestionAssigned: {assigned:?}")
+    };
+    Timer::QuestionDeadline {
+        workflow_id: q.workflow_id,
+        execution_id: q.execution_id,
+        step_id: q.step_id.clone(),
+        attempt: q.attempt,
+    }
 }
 
 fn failed(of: &Event, error: &str) -> Event {
@@ -931,6 +990,211 @@ fn a_failed_review_is_retried_as_a_review() {
     assert_eq!(r.attempt, 3);
 }
 
+/// A team of three: the asker (Ada, a writer), an architect and a tester.
+fn question_team() -> (Vec<AgentProfile>, WorkflowDefinition) {
+    let team = vec![
+        agent("Writer", &["write"]),
+        agent("Architect", &[]),
+        agent("Tester", &[]),
+    ];
+    let wf = workflow(
+        &team,
+        vec![step("a", &[], &["write"]), step("b", &["a"], &["write"])],
+    );
+    (team, wf)
+}
+
+#[test]
+fn questions_go_to_their_addressees_and_the_asker_finishes_with_the_answers() {
+    let (team, wf) = question_team();
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    log.push(asked(
+        &first[0],
+        &[
+            (Some("architect"), "Which database?"),
+            (None, "Anything I missed?"),
+            (Some("Nobody"), "Are you there?"),
+        ],
+    ));
+
+    // Asked: the step waits, holding no worker, and the questions are handed out: one to the
+    // architect (by role), one to each teammate (a broadcast), none to an unknown name.
+    let handed_out = advance(&log);
+    let recipients: Vec<(String, AgentId, bool)> = handed_out
+        .iter()
+        .map(|e| match e {
+            Event::QuestionAssigned(q) => (q.question_id.clone(), q.recipient.id, q.broadcast),
+            other => panic!("expected only questions, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        recipients,
+        vec![
+            ("q1".to_owned(), team[1].id, false),
+            ("q2".to_owned(), team[1].id, true),
+            ("q2".to_owned(), team[2].id, true),
+        ]
+    );
+    let Event::QuestionAssigned(q1) = &handed_out[0] else {
+        unreachable!()
+    };
+    assert_eq!(q1.asker.id, team[0].id);
+    assert_eq!(q1.deadline_at, now() + TimeDelta::seconds(300));
+    let state = fold(&log);
+    let handing_out = effects(&state, &handed_out[0], now());
+    assert!(handing_out.contains(&Effect::Dispatch {
+        provider: "offline".into()
+    }));
+    assert!(handing_out.contains(&Effect::StartTimer {
+        timer: question_timer(&handed_out[0]),
+        when: When::At(q1.deadline_at),
+    }));
+    log.extend(handed_out.clone());
+    assert!(advance(&log).is_empty(), "waiting is not being stuck");
+
+    // Answers come in; the last one brings the asker back with all of them.
+    log.push(answered(&handed_out[0], Some("Postgres")));
+    log.push(answered(&handed_out[1], Some("The rollback plan")));
+    assert!(advance(&log).is_empty(), "one answer is still missing");
+    log.push(answered(&handed_out[2], None));
+    let next = advance(&log);
+    assert_eq!(scheduled(&next), vec![("a".into(), 2, team[0].id)]);
+    let Event::StepScheduled(again) = &next[0] else {
+        unreachable!()
+    };
+    assert_eq!(again.reason, AssignmentReason::Answered);
+    let answers: Vec<(&str, &str, Option<&str>)> = again
+        .answers
+        .iter()
+        .map(|a| (a.question.as_str(), a.asked.as_str(), a.answer.as_deref()))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            ("Which database?", "Architect", Some("Postgres")),
+            ("Anything I missed?", "Architect", Some("The rollback plan")),
+            ("Anything I missed?", "Tester", None),
+            ("Are you there?", "Nobody", None),
+        ]
+    );
+    assert!(
+        again.answers[2]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("HTTP 401")
+    );
+    assert!(
+        again.answers[3]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("no participant")
+    );
+    let teammates: Vec<AgentId> = again.team.iter().map(|t| t.id).collect();
+    assert_eq!(teammates, vec![team[1].id, team[2].id]);
+    log.extend(next.clone());
+    assert!(
+        effects(&fold(&log), &next[0], now())
+            .contains(&Effect::CancelTimer(question_timer(&handed_out[0]))),
+        "the asker is back: the deadline has nothing left to guard"
+    );
+
+    // An answer after the asker went on changes nothing; the step completes as usual.
+    log.push(answered(&handed_out[2], Some("too late")));
+    assert!(advance(&log).is_empty());
+    log.push(completed(&next[0]));
+    assert_eq!(scheduled(&advance(&log)), vec![("b".into(), 1, team[0].id)]);
+}
+
+#[test]
+fn a_missed_deadline_lets_the_step_proceed_or_fails_the_attempt_as_configured() {
+    for policy in [MissedDeadline::Proceed, MissedDeadline::Fail] {
+        let (team, mut wf) = question_team();
+        wf.configuration.coordination.questions.on_missed_deadline = policy;
+        wf.configuration.constraints.max_retries = Some(1);
+        let mut log = start(&wf, &team);
+        let first = advance(&log);
+        log.extend(first.clone());
+        log.push(asked(&first[0], &[(Some("tester"), "Which browsers?")]));
+        let handed_out = advance(&log);
+        log.extend(handed_out.clone());
+
+        let expired = fire(&log, question_timer(&handed_out[0]));
+        let [Event::QuestionsExpired(e)] = expired.as_slice() else {
+            panic!("expected the deadline recorded, got {expired:?}")
+        };
+        assert_eq!(e.unanswered.len(), 1);
+        assert_eq!(e.unanswered[0].agent_id, team[2].id);
+        assert_eq!(e.failed, policy == MissedDeadline::Fail);
+        log.extend(expired.clone());
+        assert!(
+            fire(&log, question_timer(&handed_out[0])).is_empty(),
+            "a deadline fires once"
+        );
+
+        let next = advance(&log);
+        assert_eq!(scheduled(&next), vec![("a".into(), 2, team[0].id)]);
+        let Event::StepScheduled(again) = &next[0] else {
+            unreachable!()
+        };
+        match policy {
+            // The step goes on, told which answer never came.
+            MissedDeadline::Proceed => {
+                assert_eq!(again.reason, AssignmentReason::Answered);
+                assert_eq!(again.answers.len(), 1);
+                assert_eq!(again.answers[0].answer, None);
+                assert!(
+                    again.answers[0]
+                        .note
+                        .as_deref()
+                        .unwrap()
+                        .contains("deadline")
+                );
+            }
+            // A failed attempt, retried from scratch within maxRetries.
+            MissedDeadline::Fail => {
+                assert_ne!(again.reason, AssignmentReason::Answered);
+                assert!(again.answers.is_empty());
+                let State::Started(run) = fold(&log) else {
+                    unreachable!()
+                };
+                assert_eq!(run.steps[&StepId::parse("a").unwrap()].failures, 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_broadcast_in_a_team_of_one_goes_on_at_once_and_a_step_asks_one_round_only() {
+    let solo = vec![agent("Writer", &["write"])];
+    let wf = workflow(&solo, vec![step("a", &[], &["write"])]);
+    let mut log = start(&wf, &solo);
+    let first = advance(&log);
+    log.extend(first.clone());
+    log.push(asked(&first[0], &[(Some("everyone"), "Anyone?")]));
+    let next = advance(&log);
+    let Event::StepScheduled(again) = &next[0] else {
+        panic!("expected the asker back at once, got {next:?}")
+    };
+    assert!(
+        again.answers[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("nobody else")
+    );
+    log.extend(next.clone());
+    // The attempt with its answers cannot wait again (the worker never asks from it; were
+    // such questions recorded, the state would not take them), so two agents cannot keep
+    // asking each other.
+    let before = fold(&log);
+    log.push(asked(&next[0], &[(Some("everyone"), "Anyone now?")]));
+    assert_eq!(fold(&log), before);
+}
+
 #[test]
 fn validation_names_the_offending_fields() {
     let team = vec![agent("Ada", &[])];
@@ -1047,8 +1311,9 @@ proptest! {
         prop_assert_eq!(advance(prefix), advance(prefix));
     }
 
-    /// Whatever the DAG, and whatever happens to each attempt (it completes, fails, or times
-    /// out) and to the run (paused, resumed, cancelled), the run reaches a terminal state;
+    /// Whatever the DAG, and whatever happens to each attempt (it completes, fails, times
+    /// out, or asks teammates questions that are answered or miss their deadline) and to the
+    /// run (paused, resumed, cancelled), the run reaches a terminal state;
     /// no step starts before its dependencies completed; and replaying the log gives the
     /// state that was built event by event.
     #[test]
@@ -1081,7 +1346,7 @@ proptest! {
         };
         for _ in 0..2_000 {
             let decided = decide(&Command::Advance { watermark: log.len() as u64 }, &state, now()).unwrap();
-            in_flight.extend(decided.iter().filter(|e| matches!(e, Event::StepScheduled(_))).cloned());
+            in_flight.extend(decided.iter().filter(|e| matches!(e, Event::StepScheduled(_) | Event::QuestionAssigned(_))).cloned());
             append(&mut log, &mut state, decided);
             if state.is_finished() {
                 break;
@@ -1106,16 +1371,27 @@ proptest! {
                 continue;
             }
             let attempt = in_flight.remove(pick.index(in_flight.len()));
+            if let Event::QuestionAssigned(_) = &attempt {
+                let outcome = if roll % 2 == 0 {
+                    vec![answered(&attempt, Some("yes"))]
+                } else {
+                    decide(&Command::TimerFired(question_timer(&attempt)), &state, now()).unwrap()
+                };
+                append(&mut log, &mut state, outcome);
+                continue;
+            }
             let Event::StepScheduled(s) = &attempt else { unreachable!() };
             if let State::Started(e) = &state {
                 for dependency in &s.step.depends_on {
                     prop_assert!(e.steps[dependency].state.is_done(), "ran before its dependency");
                 }
             }
-            let outcome = match roll % 3 {
+            let outcome = match roll % 4 {
                 0 => vec![completed(&attempt)],
                 1 => vec![failed(&attempt, "boom")],
-                _ => decide(&Command::TimerFired(step_timer(&attempt)), &state, now()).unwrap(),
+                2 => decide(&Command::TimerFired(step_timer(&attempt)), &state, now()).unwrap(),
+                _ if s.answers.is_empty() => vec![asked(&attempt, &[(Some("bo"), "why?"), (None, "anyone?")])],
+                _ => vec![completed(&attempt)],
             };
             append(&mut log, &mut state, outcome);
         }
