@@ -92,6 +92,10 @@ struct Script {
     rejections: usize,
     /// Whether answers confirm the knowledge their prompt shows.
     confirms: bool,
+    /// Lines a step's first answer adds to its questions (`@name: question`), once per step.
+    asks: Vec<String>,
+    /// How long a teammate takes to answer a question.
+    question_delay: Duration,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -182,6 +186,17 @@ impl FakeLlm {
     }
 
     /// How many requests were abandoned by their client (a stopped call) before the answer.
+    /// Every step's first answer (one without its questions' answers) also asks `lines`
+    /// (`@architect: which database?`), so the step waits for its teammates.
+    pub fn ask_questions(&self, lines: &[&str]) {
+        lock(&self.script).asks = lines.iter().map(|l| (*l).to_owned()).collect();
+    }
+
+    /// Teammates take `delay` to answer a question.
+    pub fn set_question_delay(&self, delay: Duration) {
+        lock(&self.script).question_delay = delay;
+    }
+
     pub fn abandoned(&self) -> usize {
         lock(&self.script).abandoned
     }
@@ -234,7 +249,18 @@ async fn complete(
         received_at: std::time::Instant::now(),
     };
     let review = recorded.system.contains("## Verdict");
-    let (failure, latency, padding, reject, confirms) = {
+    if let Some(asked) = recorded.user.strip_prefix(QUESTION_PROMPT) {
+        let delay = {
+            let mut script = lock(&script);
+            script.requests.push(recorded.clone());
+            script.question_delay
+        };
+        tokio::time::sleep(delay).await;
+        let asker = asked.split(" (").next().unwrap_or_default();
+        let text = question_answer(persona(&recorded.system), asker);
+        return completion(&recorded.model, &text, words(&recorded.user), words(&text));
+    }
+    let (failure, latency, padding, reject, confirms, asks) = {
         let mut script = lock(&script);
         let failure = script.failures.pop_front();
         if let Some((status, _)) = failure {
@@ -245,12 +271,19 @@ async fn complete(
         if reject {
             script.rejections -= 1;
         }
+        // Asked once per step: the attempt that has its answers finishes.
+        let asks = if review || recorded.user.contains(ANSWERS_HEADER) {
+            Vec::new()
+        } else {
+            script.asks.clone()
+        };
         (
             failure,
             script.latency,
             script.padding,
             reject,
             script.confirms,
+            asks,
         )
     };
     if !latency.is_zero() {
@@ -291,6 +324,12 @@ async fn complete(
                 .map(|handle| confirm_line(handle, &step))
                 .collect();
         answer_confirming(&step, &recorded.model, padding, &confirmations)
+    } else if !asks.is_empty() {
+        format!(
+            "{}{}\n",
+            answer(&step, &recorded.model, padding),
+            asks.join("\n")
+        )
     } else {
         answer(&step, &recorded.model, padding)
     };
@@ -299,11 +338,16 @@ async fn complete(
     if request["stream"] == true {
         return streamed(&recorded.model, &text, prompt_tokens, completion_tokens);
     }
+    completion(&recorded.model, &text, prompt_tokens, completion_tokens)
+}
+
+/// A whole chat completion answering `text`.
+fn completion(model: &str, text: &str, prompt_tokens: usize, completion_tokens: usize) -> Response {
     axum::Json(json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 0,
-        "model": recorded.model,
+        "model": model,
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": text},
@@ -316,6 +360,24 @@ async fn complete(
         }
     }))
     .into_response()
+}
+
+/// How the worker's prompt for a teammate's question begins, and how a step's prompt
+/// introduces the answers to its questions.
+const QUESTION_PROMPT: &str = "Question from ";
+const ANSWERS_HEADER: &str = "Answers to your questions";
+
+/// The agent a system prompt makes the model: `You are <name>, a <role>.`
+fn persona(system: &str) -> &str {
+    system
+        .strip_prefix("You are ")
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_default()
+}
+
+/// What the fake answers, as `agent`, to a question `asker` asked.
+pub fn question_answer(agent: &str, asker: &str) -> String {
+    format!("{agent} answers {asker}: use Postgres, and keep the rollback plan.")
 }
 
 /// The answer as OpenAI streams it (server-sent events): the text in pieces of about

@@ -42,7 +42,8 @@ pub(crate) struct InteractionRow {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Response {
     /// The teammate answered, or (`received: false`) could not, `message` saying why; `id` is
-    /// the question's row (its `QuestionAssigned` event id).
+    /// the question's row (its `QuestionAssigned` event id). An answer after the deadline is
+    /// still recorded: `response_data.missedDeadline` tells it came too late for the asker.
     Answered {
         id: Uuid,
         received: bool,
@@ -393,7 +394,9 @@ impl Changes {
                 } => {
                     sqlx::query!(
                         "UPDATE agent_interactions SET response_received = $2,
-                             response_message = $3, response_data = $4, responded_at = $5
+                             response_message = $3,
+                             response_data = coalesce(response_data, '{}') || $4,
+                             responded_at = $5
                          WHERE id = $1 AND responded_at IS NULL",
                         id,
                         received,
@@ -414,7 +417,8 @@ impl Changes {
                 } => {
                     sqlx::query!(
                         "UPDATE agent_interactions
-                         SET response_data = jsonb_build_object('missedDeadline', true)
+                         SET response_data = coalesce(response_data, '{}')
+                                 || jsonb_build_object('missedDeadline', true)
                          WHERE tenant_id = $1 AND workflow_execution_id = $2
                            AND related_step_id = $3 AND interaction_type = 'question'
                            AND requires_response AND responded_at IS NULL
