@@ -5,9 +5,10 @@
 //! insight and decision lines name the step found in the user prompt ([`insight_line`],
 //! [`decision_line`]), so a test can check that a later step's prompt carries the knowledge an
 //! earlier step shared. Failures can be scripted ([`FakeLlm::fail_next`]) and answers slowed
-//! ([`FakeLlm::set_latency`]). Asked to ([`FakeLlm::confirm_knowledge`]), it also confirms
-//! every knowledge item its prompt shows ([`confirm_line`]). The server stops when the
-//! `FakeLlm` is dropped.
+//! ([`FakeLlm::set_latency`]). Asked to ([`FakeLlm::judge_knowledge`]), it also confirms,
+//! supersedes or flags a conflict with every knowledge item its prompt shows
+//! ([`verdict_line`]), shares a constraint ([`FakeLlm::share_constraint`]) or asks teammates
+//! questions ([`FakeLlm::ask_questions`]). The server stops when the `FakeLlm` is dropped.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -55,9 +56,10 @@ pub fn decision_line(step_name: &str) -> String {
     format!("- Decision from {step_name}: proceed as planned.")
 }
 
-/// The line by which the fake confirms the knowledge item shown as `handle` (`K-1a2b3c4d`).
-pub fn confirm_line(handle: &str, step_name: &str) -> String {
-    format!("- [confirms {handle}] Confirmed by {step_name}.")
+/// The line by which the fake judges the knowledge item shown as `handle` (`K-1a2b3c4d`):
+/// `verdict` is `confirms`, `supersedes` or `conflicts`.
+pub fn verdict_line(verdict: &str, handle: &str, step_name: &str) -> String {
+    format!("- [{verdict} {handle}] Judged by {step_name}.")
 }
 
 /// The knowledge handles a prompt shows (`[K-` and 8 hex digits`]`), in order.
@@ -90,8 +92,10 @@ struct Script {
     padding: usize,
     /// Reviews still to answer with "CHANGES REQUESTED".
     rejections: usize,
-    /// Whether answers confirm the knowledge their prompt shows.
-    confirms: bool,
+    /// What answers say of the knowledge their prompt shows (`confirms`, ...), if anything.
+    verdict: Option<&'static str>,
+    /// A constraint every step's answer shares.
+    constraint: Option<String>,
     /// Lines a step's first answer adds to its questions (`@name: question`), once per step.
     asks: Vec<String>,
     /// How long a teammate takes to answer a question.
@@ -179,10 +183,15 @@ impl FakeLlm {
         lock(&self.script).padding = chars;
     }
 
-    /// From now on, every step's answer confirms each knowledge item its prompt shows, with
-    /// one [`confirm_line`] in its insights.
-    pub fn confirm_knowledge(&self) {
-        lock(&self.script).confirms = true;
+    /// From now on, every step's answer judges each knowledge item its prompt shows with one
+    /// [`verdict_line`] in its insights: `verdict` is `confirms`, `supersedes` or `conflicts`.
+    pub fn judge_knowledge(&self, verdict: &'static str) {
+        lock(&self.script).verdict = Some(verdict);
+    }
+
+    /// From now on, every step's answer shares `text` as a constraint (`[constraint] text`).
+    pub fn share_constraint(&self, text: &str) {
+        lock(&self.script).constraint = Some(text.to_owned());
     }
 
     /// How many requests were abandoned by their client (a stopped call) before the answer.
@@ -260,7 +269,7 @@ async fn complete(
         let text = question_answer(persona(&recorded.system), asker);
         return completion(&recorded.model, &text, words(&recorded.user), words(&text));
     }
-    let (failure, latency, padding, reject, confirms, asks) = {
+    let (failure, latency, padding, reject, verdict, constraint, asks) = {
         let mut script = lock(&script);
         let failure = script.failures.pop_front();
         if let Some((status, _)) = failure {
@@ -282,7 +291,8 @@ async fn complete(
             script.latency,
             script.padding,
             reject,
-            script.confirms,
+            script.verdict,
+            script.constraint.clone(),
             asks,
         )
     };
@@ -317,21 +327,21 @@ async fn complete(
             "## Verdict\n{verdict}\n\n## Feedback\n{}\n",
             review_feedback(reject)
         )
-    } else if confirms {
-        let confirmations: Vec<String> =
-            handles(&format!("{}\n{}", recorded.system, recorded.user))
-                .iter()
-                .map(|handle| confirm_line(handle, &step))
-                .collect();
-        answer_confirming(&step, &recorded.model, padding, &confirmations)
-    } else if !asks.is_empty() {
-        format!(
-            "{}{}\n",
-            answer(&step, &recorded.model, padding),
-            asks.join("\n")
-        )
     } else {
-        answer(&step, &recorded.model, padding)
+        let mut extra: Vec<String> = constraint
+            .iter()
+            .map(|text| format!("- [constraint] {text}"))
+            .collect();
+        if let Some(verdict) = verdict {
+            let shown = handles(&format!("{}\n{}", recorded.system, recorded.user));
+            extra.extend(shown.iter().map(|h| verdict_line(verdict, h, &step)));
+        }
+        let text = answer_with(&step, &recorded.model, padding, &extra);
+        if asks.is_empty() {
+            text
+        } else {
+            format!("{text}{}\n", asks.join("\n"))
+        }
     };
     let prompt_tokens = words(&recorded.system) + words(&recorded.user);
     let completion_tokens = words(&text);
@@ -452,15 +462,11 @@ pub fn review_feedback(rejected: bool) -> &'static str {
     }
 }
 
-fn answer(step: &str, model: &str, padding: usize) -> String {
-    answer_confirming(step, model, padding, &[])
-}
-
-/// The default answer, with `confirmations` after the insight line.
-fn answer_confirming(step: &str, model: &str, padding: usize, confirmations: &[String]) -> String {
+/// The default answer, with `extra` lines after the insight line.
+fn answer_with(step: &str, model: &str, padding: usize, extra: &[String]) -> String {
     let filler = "x".repeat(padding);
     let insights = std::iter::once(insight_line(step))
-        .chain(confirmations.iter().cloned())
+        .chain(extra.iter().cloned())
         .collect::<Vec<_>>()
         .join("\n");
     format!(

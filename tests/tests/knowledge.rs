@@ -1,12 +1,13 @@
 //! Knowledge end to end: what a step shares reaches a later step's prompt under a handle, the
-//! completion counts its use, and an agent's confirmation lands in the read model.
+//! completion counts its use, and an agent's confirmation, supersession or conflict lands in
+//! the read models.
 
 // Test code: a panic is the failure report, in helpers as in tests.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use cadre_tests::fake_llm::{confirm_line, insight_line};
+use cadre_tests::fake_llm::{insight_line, verdict_line};
 use cadre_tests::stack::FAKE_PROVIDER;
 use cadre_tests::{Stack, eventually};
 use serde_json::{Value, json};
@@ -86,7 +87,7 @@ async fn a_later_step_reads_the_earlier_steps_knowledge_and_counts_its_use() {
 #[tokio::test]
 async fn an_agent_confirms_knowledge_its_prompt_showed() {
     let stack = Stack::start().await;
-    stack.llm.confirm_knowledge();
+    stack.llm.judge_knowledge("confirms");
     let (agents, workflow) = run_two_steps(&stack).await;
 
     let second_agent = json!([agents[1]]);
@@ -108,13 +109,106 @@ async fn an_agent_confirms_knowledge_its_prompt_showed() {
         .unwrap();
     for (step, id, _, _, _) in rows.iter().filter(|r| r.0 == "step-1") {
         assert!(
-            step_two_insights
-                .4
-                .contains(&confirm_line(&handle(*id), "Implement the change")),
+            step_two_insights.4.contains(&verdict_line(
+                "confirms",
+                &handle(*id),
+                "Implement the change"
+            )),
             "{step}: {}",
             step_two_insights.4
         );
     }
     assert_eq!(step_two_insights.3, json!([]), "nobody confirmed step 2's");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_supersedes_knowledge_and_the_old_item_is_no_longer_offered() {
+    let stack = Stack::start().await;
+    stack.llm.judge_knowledge("supersedes");
+    let (_, workflow) = run_two_steps(&stack).await;
+
+    // Step 2 replaced what step 1 shared with its own insights: the old items are inactive,
+    // each pointing at its replacement, which stays active.
+    let rows: Vec<(String, Uuid, bool, Option<Uuid>, String)> =
+        eventually(FINISH, "step 1's knowledge to be superseded", || async {
+            let rows: Vec<(String, Uuid, bool, Option<Uuid>, String)> = sqlx::query_as(
+                "SELECT step_id, id, is_active, superseded_by, knowledge_type \
+                 FROM collaboration_knowledge WHERE workflow_id = $1 ORDER BY event_sequence",
+            )
+            .bind(workflow)
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap();
+            let old = rows.iter().filter(|r| r.0 == "step-1");
+            (old.clone().count() == 2 && old.clone().all(|r| !r.2)).then_some(rows)
+        })
+        .await;
+    let replacement = rows
+        .iter()
+        .find(|r| r.0 == "step-2" && r.4 == "insight")
+        .unwrap();
+    assert!(replacement.2, "the replacement is active");
+    for old in rows.iter().filter(|r| r.0 == "step-1") {
+        assert_eq!(old.3, Some(replacement.1), "{old:?}");
+    }
+
+    // A third run's first step is shown only what is still active.
+    let (execution_id, _) = stack.api.start_execution(&workflow.to_string()).await;
+    stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let third = stack
+        .llm
+        .requests()
+        .into_iter()
+        .filter(|r| r.step_name() == Some("Analyse requirements"))
+        .last()
+        .unwrap();
+    let prompt = format!("{}\n{}", third.system, third.user);
+    // (As items, `- [K-…] `: the replacement's own text names the handles it replaced.)
+    let shown = |id: Uuid| prompt.contains(&format!("- [{}] ", handle(id)));
+    for old in rows.iter().filter(|r| r.0 == "step-1") {
+        assert!(!shown(old.1), "superseded {} shown in {prompt}", old.1);
+    }
+    assert!(shown(replacement.1));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_result_that_contradicts_an_active_constraint_is_flagged_as_a_conflict() {
+    let stack = Stack::start().await;
+    stack
+        .llm
+        .share_constraint("No new dependencies this quarter.");
+    stack.llm.judge_knowledge("conflicts");
+    let (agents, workflow) = run_two_steps(&stack).await;
+
+    let constraint: Uuid = sqlx::query_scalar(
+        "SELECT id FROM collaboration_knowledge \
+         WHERE workflow_id = $1 AND step_id = 'step-1' AND knowledge_type = 'constraint'",
+    )
+    .bind(workflow)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    let flagged: Vec<(Uuid, bool, Value)> =
+        eventually(FINISH, "the conflict interaction", || async {
+            let rows: Vec<(Uuid, bool, Value)> = sqlx::query_as(
+                "SELECT from_agent_id, requires_response, context_data FROM agent_interactions \
+                 WHERE interaction_type = 'coordination' AND context_data ->> 'conflict' = 'true' \
+                   AND context_data ->> 'knowledgeId' = $1",
+            )
+            .bind(constraint.to_string())
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap();
+            (!rows.is_empty()).then_some(rows)
+        })
+        .await;
+    assert_eq!(flagged.len(), 1);
+    let (from, requires_response, context) = &flagged[0];
+    assert_eq!(from.to_string(), agents[1], "step 2's agent flagged it");
+    assert!(requires_response);
+    assert_eq!(context["knowledgeType"], "constraint");
+    assert_eq!(context["knowledge"], "No new dependencies this quarter.");
     stack.stop().await;
 }

@@ -43,6 +43,7 @@ mod label {
     pub const DECISIONS_ID: &str = "knowledge-id/decisions";
     pub const CONFIRMS: &str = "knowledge/confirms";
     pub const SUPERSEDES: &str = "knowledge/supersedes";
+    pub const CONFLICTS: &str = "knowledge/conflicts";
     pub const COMPLETED: &str = "completed";
     pub const FEEDBACK: &str = "interaction/feedback";
     pub const REVIEWED: &str = "reviewed";
@@ -189,34 +190,76 @@ impl ScheduledStep {
                     label::DECISIONS_ID,
                 ),
             ];
+            let tags = |lines: &[&String]| knowledge_tags(&s.step.required_skills, lines);
             for (lines, heading, knowledge_type, event_label, id_label) in kinds {
-                if lines.is_empty() {
-                    continue;
-                }
-                events.push(self.envelope(
-                    event_label,
-                    now,
-                    Event::KnowledgeShared(KnowledgeShared {
-                        knowledge_id: KnowledgeId(self.event_id.child(id_label).0),
-                        workflow_id: s.workflow_id,
-                        execution_id: s.execution_id,
-                        step_id: s.step.id.clone(),
-                        title: format!("{heading} from {}", s.step.name),
-                        content: lines.join("\n"),
+                // A line marked as a kind of its own (a constraint, a resource, a best
+                // practice) is shared apart, as that kind; the rest together, as the section's.
+                let (marked, plain): (Vec<&String>, Vec<&String>) = lines
+                    .iter()
+                    .partition(|line| knowledge_kind(line).is_some());
+                if !plain.is_empty() {
+                    let content: Vec<&str> = plain.iter().map(|line| line.as_str()).collect();
+                    events.push(self.knowledge(
+                        (event_label, id_label),
+                        format!("{heading} from {}", s.step.name),
+                        content.join("\n"),
                         knowledge_type,
-                        created_by_agent_id: s.agent.id,
-                        relevance_score: KNOWLEDGE_RELEVANCE,
-                        tags: Vec::new(),
-                    }),
-                ));
+                        tags(&plain),
+                        now,
+                    ));
+                }
+                for (i, line) in marked.into_iter().enumerate() {
+                    let Some((kind, text)) = knowledge_kind(line) else {
+                        continue;
+                    };
+                    events.push(self.knowledge(
+                        (&format!("{event_label}/{i}"), &format!("{id_label}/{i}")),
+                        format!("{} from {}", kind_title(kind), s.step.name),
+                        text.to_owned(),
+                        kind,
+                        tags(&[line]),
+                        now,
+                    ));
+                }
             }
             events.extend(self.verdicts(result, knowledge, now));
         }
         events
     }
 
-    /// The confirmations and supersessions in the answer's insights and decisions, once per
-    /// item and verdict, for items the prompt showed under an unambiguous handle.
+    /// One piece of knowledge the step shares; `labels` derive its event id and its id.
+    fn knowledge(
+        &self,
+        (event_label, id_label): (&str, &str),
+        title: String,
+        content: String,
+        knowledge_type: KnowledgeType,
+        tags: Vec<String>,
+        now: DateTime<Utc>,
+    ) -> Envelope {
+        let s = &self.scheduled;
+        self.envelope(
+            event_label,
+            now,
+            Event::KnowledgeShared(KnowledgeShared {
+                knowledge_id: KnowledgeId(self.event_id.child(id_label).0),
+                workflow_id: s.workflow_id,
+                execution_id: s.execution_id,
+                step_id: s.step.id.clone(),
+                title,
+                content,
+                knowledge_type,
+                created_by_agent_id: s.agent.id,
+                relevance_score: KNOWLEDGE_RELEVANCE,
+                tags,
+            }),
+        )
+    }
+
+    /// The confirmations, supersessions and conflicts in the answer's insights and decisions,
+    /// once per item and verdict, for items the prompt showed under an unambiguous handle. A
+    /// conflict (the agent's result contradicts an item, an active constraint say) is flagged
+    /// to the team as a coordination interaction that requires a response.
     fn verdicts(
         &self,
         result: &StepResult,
@@ -225,12 +268,12 @@ impl ScheduledStep {
     ) -> Vec<Envelope> {
         let s = &self.scheduled;
         // Two items whose handles collide cannot be told apart: neither is named.
-        let mut shown: HashMap<String, Option<KnowledgeId>> = HashMap::new();
+        let mut shown: HashMap<String, Option<&KnowledgeItem>> = HashMap::new();
         for item in knowledge {
             shown
                 .entry(item.handle())
-                .and_modify(|id| *id = None)
-                .or_insert(Some(item.id));
+                .and_modify(|item| *item = None)
+                .or_insert(Some(item));
         }
         let mut seen = HashSet::new();
         let mut events = Vec::new();
@@ -243,9 +286,10 @@ impl ScheduledStep {
                 let Some((verdict, handle, reason)) = knowledge_verdict(line) else {
                     continue;
                 };
-                let Some(Some(old_id)) = shown.get(&handle).copied() else {
+                let Some(Some(item)) = shown.get(&handle).copied() else {
                     continue;
                 };
+                let old_id = item.id;
                 if !seen.insert((verdict, old_id)) {
                     continue;
                 }
@@ -266,10 +310,34 @@ impl ScheduledStep {
                         agent_id: s.agent.id,
                         reason: reason.to_owned(),
                     }),
+                    Verdict::Conflicts => Event::InteractionRecorded(InteractionRecorded {
+                        execution_id: s.execution_id,
+                        workflow_id: s.workflow_id,
+                        from_agent_id: s.agent.id,
+                        to_agent_id: None,
+                        interaction_type: InteractionType::Coordination,
+                        message: format!(
+                            "Conflict: {} on {} reports that its result contradicts the team's \
+                             {} [{handle}] {}: {reason}",
+                            s.agent.name, s.step.name, item.knowledge_type, item.title
+                        ),
+                        context_data: serde_json::json!({
+                            "conflict": true,
+                            "stepId": s.step.id,
+                            "attempt": s.attempt,
+                            "knowledgeId": old_id,
+                            "knowledgeType": item.knowledge_type,
+                            "knowledge": item.content,
+                            "reason": reason,
+                        }),
+                        related_step_id: Some(s.step.id.clone()),
+                        requires_response: true,
+                    }),
                 };
                 let event_label = match verdict {
                     Verdict::Confirms => label::CONFIRMS,
                     Verdict::Supersedes => label::SUPERSEDES,
+                    Verdict::Conflicts => label::CONFLICTS,
                 };
                 events.push(self.envelope(&format!("{event_label}/{}", old_id.0), now, event));
             }
@@ -456,15 +524,82 @@ pub fn addressed(line: &str) -> Option<(&str, &str)> {
     (named && !text.is_empty()).then_some((to, text))
 }
 
+/// The kind a line of insights or decisions marks itself as: `[constraint]`, `[resource]`
+/// or `[best practice]` first (after any bullet); returns it with the rest of the line.
+pub fn knowledge_kind(line: &str) -> Option<(KnowledgeType, &str)> {
+    let line = line
+        .trim_start()
+        .trim_start_matches(['-', '*', '•'])
+        .trim_start();
+    let (inside, rest) = line.strip_prefix('[')?.split_once(']')?;
+    let kind = match inside
+        .trim()
+        .to_ascii_lowercase()
+        .replace(['-', '_'], " ")
+        .as_str()
+    {
+        "constraint" => KnowledgeType::Constraint,
+        "resource" => KnowledgeType::Resource,
+        "best practice" => KnowledgeType::BestPractice,
+        _ => return None,
+    };
+    let text = rest.trim_start_matches([':', ' ']).trim();
+    (!text.is_empty()).then_some((kind, text))
+}
+
+fn kind_title(kind: KnowledgeType) -> &'static str {
+    match kind {
+        KnowledgeType::Insight => "Insight",
+        KnowledgeType::Decision => "Decision",
+        KnowledgeType::Resource => "Resource",
+        KnowledgeType::Constraint => "Constraint",
+        KnowledgeType::BestPractice => "Best practice",
+    }
+}
+
+/// Most tags a piece of knowledge carries.
+const MAX_TAGS: usize = 10;
+
+/// The tags of knowledge shared from `lines` by a step that requires `skills`: the skills,
+/// then the lines' `#hashtags`, lowercased, each once, at most [`MAX_TAGS`]. They are searched
+/// with the knowledge (weighted between its title and its content).
+pub fn knowledge_tags(skills: &[String], lines: &[&String]) -> Vec<String> {
+    let hashtags = lines.iter().flat_map(|line| {
+        line.split_whitespace().filter_map(|word| {
+            let tag = word.strip_prefix('#')?;
+            let tag = tag.trim_end_matches(|c: char| !c.is_alphanumeric());
+            let valid = !tag.is_empty()
+                && tag
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_');
+            valid.then(|| tag.to_lowercase())
+        })
+    });
+    let mut tags: Vec<String> = Vec::new();
+    for tag in skills
+        .iter()
+        .map(|s| s.trim().to_lowercase())
+        .chain(hashtags)
+    {
+        if !tag.is_empty() && !tags.contains(&tag) && tags.len() < MAX_TAGS {
+            tags.push(tag);
+        }
+    }
+    tags
+}
+
 /// What a line of an answer says about an item of the knowledge its prompt showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
     Confirms,
     Supersedes,
+    /// The agent's result contradicts the item (an active constraint, typically).
+    Conflicts,
 }
 
 /// Reads the convention the prompt teaches: an insight or decision line that starts (after
-/// its bullet) with `[confirms K-1a2b3c4d]` or `[supersedes K-1a2b3c4d]`. Returns the verdict,
+/// its bullet) with `[confirms K-1a2b3c4d]`, `[supersedes K-1a2b3c4d]` or
+/// `[conflicts K-1a2b3c4d]`. Returns the verdict,
 /// the handle as the prompt writes it (`K-` and 8 lowercase hex digits) and the rest of the
 /// line (why, or the new knowledge).
 pub fn knowledge_verdict(line: &str) -> Option<(Verdict, String, &str)> {
@@ -477,6 +612,7 @@ pub fn knowledge_verdict(line: &str) -> Option<(Verdict, String, &str)> {
     let verdict = match words.next()?.to_ascii_lowercase().as_str() {
         "confirms" | "confirm" => Verdict::Confirms,
         "supersedes" | "supersede" => Verdict::Supersedes,
+        "conflicts" | "conflict" | "contradicts" => Verdict::Conflicts,
         _ => return None,
     };
     let handle = words.next()?;
@@ -620,6 +756,7 @@ mod tests {
     use cadre_proto::events::{AssignmentReason, StepTimedOut};
     use cadre_proto::model::{TokenUsage, WorkflowStep};
     use cadre_proto::{ExecutionId, WorkflowId};
+    use serde_json::json;
 
     use super::*;
 
@@ -980,6 +1117,116 @@ mod tests {
             e.event,
             Event::KnowledgeValidated(_) | Event::KnowledgeSuperseded(_)
         )));
+    }
+
+    #[test]
+    fn marked_lines_are_shared_as_their_kind_with_tags() {
+        let mut step = step(true);
+        step.scheduled.step.required_skills = vec!["Security".to_owned(), "rust".to_owned()];
+        let answer = StepResult {
+            insights: vec![
+                "- plain insight #Perf".to_owned(),
+                "- [constraint] Tokens expire after 15 minutes #auth #security.".to_owned(),
+                "- [Best-Practice]: rotate keys monthly".to_owned(),
+                "- [resource] https://example.com/runbook".to_owned(),
+                "- [constraint]".to_owned(),
+            ],
+            decisions: vec![],
+            questions: vec![],
+            ..result()
+        };
+        let shared: Vec<(KnowledgeType, String, String, Vec<String>)> = step
+            .shared(&answer, &[], Utc::now())
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Event::KnowledgeShared(k) => Some((k.knowledge_type, k.title, k.content, k.tags)),
+                _ => None,
+            })
+            .collect();
+        let tags = |extra: &[&str]| {
+            ["security", "rust"]
+                .iter()
+                .chain(extra)
+                .map(|t| (*t).to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            shared,
+            vec![
+                (
+                    KnowledgeType::Insight,
+                    "Insights from Design".to_owned(),
+                    // An empty marker marks nothing: the line stays an insight.
+                    "- plain insight #Perf\n- [constraint]".to_owned(),
+                    tags(&["perf"]),
+                ),
+                (
+                    KnowledgeType::Constraint,
+                    "Constraint from Design".to_owned(),
+                    "Tokens expire after 15 minutes #auth #security.".to_owned(),
+                    tags(&["auth"]),
+                ),
+                (
+                    KnowledgeType::BestPractice,
+                    "Best practice from Design".to_owned(),
+                    "rotate keys monthly".to_owned(),
+                    tags(&[]),
+                ),
+                (
+                    KnowledgeType::Resource,
+                    "Resource from Design".to_owned(),
+                    "https://example.com/runbook".to_owned(),
+                    tags(&[]),
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_result_that_contradicts_a_shown_constraint_is_flagged_as_a_conflict() {
+        let step = step(true);
+        let constraint = KnowledgeItem {
+            knowledge_type: "constraint".to_owned(),
+            content: "No new dependencies this quarter".to_owned(),
+            ..item(
+                "0190a1b2-c3d4-7e5f-8a6b-00001a2b3c4d",
+                "Constraint from Plan",
+            )
+        };
+        let answer = StepResult {
+            decisions: vec![
+                "- [conflicts K-1a2b3c4d] the parser needs a new crate".to_owned(),
+                "- [contradicts K-1a2b3c4d] said twice".to_owned(),
+            ],
+            insights: vec![],
+            questions: vec![],
+            ..result()
+        };
+        let conflicts: Vec<InteractionRecorded> = step
+            .shared(&answer, std::slice::from_ref(&constraint), Utc::now())
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Event::InteractionRecorded(i) if i.context_data["conflict"] == true => Some(i),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(conflicts.len(), 1, "one flag per item");
+        let conflict = &conflicts[0];
+        assert_eq!(conflict.interaction_type, InteractionType::Coordination);
+        assert!(conflict.requires_response, "a conflict needs resolving");
+        assert_eq!(conflict.context_data["knowledgeId"], json!(constraint.id));
+        assert_eq!(conflict.context_data["knowledgeType"], "constraint");
+        assert_eq!(
+            conflict.context_data["reason"],
+            "the parser needs a new crate"
+        );
+        assert!(
+            conflict
+                .message
+                .contains("contradicts the team's constraint [K-1a2b3c4d] Constraint from Plan"),
+            "{}",
+            conflict.message
+        );
     }
 
     #[test]
