@@ -108,10 +108,12 @@ impl OpenAiCompatible {
     }
 }
 
-/// A refusal that names `response_format` or `json_schema`: the server does not take them.
-/// Servers say so with 400 or 422 (OpenAI, vLLM, Ollama) and some with 500 (llama-cpp-python
-/// answers every request it cannot validate with `internal_server_error`): any 4xx or 5xx that
-/// names them, since a retry of the same request would be refused the same way.
+/// A refusal of the schema: an error that names `response_format`, the schema, or the grammar
+/// a server builds from it (llama.cpp: "failed to parse grammar", "JSON schema conversion
+/// failed"; vLLM: "not supported by xgrammar"). Servers say so with 400 or 422 (OpenAI, vLLM,
+/// Ollama) and some with 500 (llama-cpp-python answers every request it cannot validate with
+/// `internal_server_error`, llama.cpp a grammar it cannot build): any 4xx or 5xx that names
+/// them, since a retry of the same request would be refused the same way.
 fn refuses_json_schema(error: &LlmError) -> bool {
     match error.kind() {
         LlmErrorKind::Api {
@@ -124,7 +126,9 @@ fn refuses_json_schema(error: &LlmError) -> bool {
             .flatten()
             .any(|text| {
                 let text = text.to_ascii_lowercase();
-                text.contains("response_format") || text.contains("json_schema")
+                ["response_format", "json_schema", "json schema", "grammar"]
+                    .iter()
+                    .any(|name| text.contains(name))
             }),
         _ => false,
     }

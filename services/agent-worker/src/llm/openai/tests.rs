@@ -164,6 +164,20 @@ async fn every_shape_of_a_json_schema_refusal_drops_the_schema() {
             500,
             json!({"error": {"message": "1 validation error:\n {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}", "type": "internal_server_error", "param": null, "code": null}}),
         ),
+        // llama.cpp's server when the schema's grammar is too large for it to build.
+        (
+            500,
+            json!({"error": {"code": 500, "message": "failed to parse grammar", "type": "server_error"}}),
+        ),
+        (
+            400,
+            json!({"error": {"code": 400, "message": "JSON schema conversion failed:\nUnrecognized schema: {\"maxLength\": 100000}", "type": "invalid_request_error"}}),
+        ),
+        // vLLM's guided decoding backends.
+        (
+            400,
+            json!({"object": "error", "message": "The provided JSON schema contains features not supported by xgrammar.", "type": "BadRequestError", "code": 400}),
+        ),
     ];
     for (status, body) in refusals {
         let fake = Fake::start(
