@@ -395,11 +395,13 @@ mod tests {
                 duration_ms: 12,
                 cost_usd: None,
                 knowledge_used: vec![KnowledgeId::new()],
+                fallback_reason: None,
             })),
             Event::StepFailed(StepFailed {
                 attempt: attempt(),
                 retryable: true,
                 error: "provider said 400".into(),
+                usage: None,
             }),
             Event::StepTimedOut(StepTimedOut {
                 attempt: attempt(),
@@ -411,6 +413,12 @@ mod tests {
                 author_agent_id: AgentId::new(),
                 approved: false,
                 feedback: "name the risks".into(),
+                usage: Some(CallUsage {
+                    provider: "offline".into(),
+                    model: "m".into(),
+                    tokens,
+                    cost_usd: None,
+                }),
             }),
             Event::QuestionsAsked(QuestionsAsked {
                 attempt: attempt(),
@@ -419,10 +427,12 @@ mod tests {
                     to: Some("architect".into()),
                     text: "which database?".into(),
                 }],
-                provider: "offline".into(),
-                model: "m".into(),
-                tokens,
-                cost_usd: Some(0.001),
+                usage: CallUsage {
+                    provider: "offline".into(),
+                    model: "m".into(),
+                    tokens,
+                    cost_usd: Some(0.001),
+                },
             }),
             Event::QuestionAssigned(Box::new(QuestionAssigned {
                 execution_id: e,
@@ -448,10 +458,12 @@ mod tests {
                 assigned_event_id: EventId::new(),
                 answer: Some("Postgres".into()),
                 error: None,
-                provider: "offline".into(),
-                model: "m".into(),
-                tokens,
-                cost_usd: None,
+                usage: CallUsage {
+                    provider: "offline".into(),
+                    model: "m".into(),
+                    tokens,
+                    cost_usd: None,
+                },
             }),
             Event::QuestionsExpired(QuestionsExpired {
                 attempt: attempt(),
@@ -536,6 +548,7 @@ mod tests {
             attempt: attempt(),
             retryable: true,
             error: "e".into(),
+            usage: None,
         }))
         .encode();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -586,6 +599,7 @@ mod tests {
             attempt: attempt(),
             retryable: true,
             error: "e".into(),
+            usage: None,
         }));
         assert!(matches!(
             Envelope::decode(b"{not json"),

@@ -250,6 +250,9 @@ pub struct StepReviewed {
     pub author_agent_id: AgentId,
     pub approved: bool,
     pub feedback: String,
+    /// What the reviewer's call used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<CallUsage>,
 }
 
 /// A worker took the attempt and began it.
@@ -306,9 +309,18 @@ pub struct QuestionsAsked {
     pub attempt: StepAttempt,
     pub questions: Vec<AskedQuestion>,
     /// The model that wrote them and what its call used, for the usage read models.
+    #[serde(flatten)]
+    pub usage: CallUsage,
+}
+
+/// Which model an LLM call went to and what it used and cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallUsage {
     pub provider: String,
     pub model: String,
     pub tokens: TokenUsage,
+    /// In US dollars, from the workers' price table; absent when the model has no price there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
 }
@@ -355,11 +367,8 @@ pub struct QuestionAnswered {
     pub answer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    pub provider: String,
-    pub model: String,
-    pub tokens: TokenUsage,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cost_usd: Option<f64>,
+    #[serde(flatten)]
+    pub usage: CallUsage,
 }
 
 /// The asker's deadline passed with questions unanswered. With `failed` the attempt failed
@@ -462,6 +471,9 @@ pub struct StepCompleted {
     /// The workflow knowledge the step's prompt carried: each use counts once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub knowledge_used: Vec<KnowledgeId>,
+    /// Why the agent's own model did not answer, when its fallback (`provider`, `model`) did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -475,6 +487,10 @@ pub struct StepFailed {
     #[serde(default = "retryable_by_default")]
     pub retryable: bool,
     pub error: String,
+    /// What the attempt's LLM calls used before it failed (an answer that had to be repaired,
+    /// then still fit no structure): paid for all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<CallUsage>,
 }
 
 fn retryable_by_default() -> bool {

@@ -237,6 +237,11 @@ async fn an_agent_whose_provider_refuses_is_answered_by_its_fallback() {
     let step = &execution["stepResults"]["step-1"];
     assert_eq!(step["provider"], "offline", "{step:#}");
     assert_eq!(step["model"], "offline-deterministic");
+    let reason = step["fallbackReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("401") && reason.contains("quirk"),
+        "why the fallback answered is recorded: {step:#}"
+    );
     assert!(
         step["summary"]
             .as_str()

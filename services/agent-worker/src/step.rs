@@ -8,11 +8,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use cadre_proto::events::{
-    AskedQuestion, InteractionRecorded, KnowledgeShared, KnowledgeSuperseded, KnowledgeValidated,
-    QuestionAnswered, QuestionAssigned, QuestionsAsked, ReviewRequest, StepAttempt, StepCompleted,
-    StepDeferred, StepFailed, StepReviewed, StepScheduled, StepStarted,
+    AskedQuestion, CallUsage, InteractionRecorded, KnowledgeShared, KnowledgeSuperseded,
+    KnowledgeValidated, QuestionAnswered, QuestionAssigned, QuestionsAsked, ReviewRequest,
+    StepAttempt, StepCompleted, StepDeferred, StepFailed, StepReviewed, StepScheduled, StepStarted,
 };
-use cadre_proto::model::{InteractionType, KnowledgeType, ModelChoice, StepResult, TokenUsage};
+use cadre_proto::model::{InteractionType, KnowledgeType, ModelChoice, StepResult};
 use cadre_proto::{Envelope, Event, EventId, KnowledgeId, TenantId};
 use chrono::{DateTime, Utc};
 
@@ -109,14 +109,12 @@ impl ScheduledStep {
             .collect()
     }
 
-    /// The attempt waits for answers to `questions` (see [`Self::questions_to_ask`]);
-    /// `answered_by` wrote them, using `tokens`.
+    /// The attempt waits for answers to `questions` (see [`Self::questions_to_ask`]); the
+    /// call that wrote them used `usage`.
     pub fn asked(
         &self,
         questions: Vec<AskedQuestion>,
-        answered_by: &ModelChoice,
-        tokens: TokenUsage,
-        cost_usd: Option<f64>,
+        usage: CallUsage,
         now: DateTime<Utc>,
     ) -> Envelope {
         self.envelope(
@@ -125,10 +123,7 @@ impl ScheduledStep {
             Event::QuestionsAsked(QuestionsAsked {
                 attempt: StepAttempt::of(&self.scheduled),
                 questions,
-                provider: answered_by.provider.clone(),
-                model: answered_by.model.clone(),
-                tokens,
-                cost_usd,
+                usage,
             }),
         )
     }
@@ -352,6 +347,7 @@ impl ScheduledStep {
         review: &ReviewRequest,
         approved: bool,
         feedback: String,
+        usage: CallUsage,
         now: DateTime<Utc>,
     ) -> Vec<Envelope> {
         let s = &self.scheduled;
@@ -392,18 +388,18 @@ impl ScheduledStep {
                     author_agent_id: review.author_agent_id,
                     approved,
                     feedback,
+                    usage: Some(usage),
                 }),
             ),
         ]
     }
 
-    /// The attempt's result, as `answered_by` gave it (the agent's model or its fallback);
-    /// `knowledge_used` is the knowledge its prompt carried.
+    /// The attempt's result, as `answered` says who gave it; `knowledge_used` is the
+    /// knowledge its prompt carried.
     pub fn completed(
         &self,
         result: StepResult,
-        answered_by: &ModelChoice,
-        cost_usd: Option<f64>,
+        answered: Answered,
         knowledge_used: Vec<KnowledgeId>,
         duration: Duration,
         now: DateTime<Utc>,
@@ -415,11 +411,12 @@ impl ScheduledStep {
             Event::StepCompleted(Box::new(StepCompleted {
                 attempt: StepAttempt::of(s),
                 result,
-                provider: answered_by.provider.clone(),
-                model: answered_by.model.clone(),
+                provider: answered.by.provider,
+                model: answered.by.model,
                 duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-                cost_usd,
+                cost_usd: answered.cost_usd,
                 knowledge_used,
+                fallback_reason: answered.fallback_reason,
             })),
         )
     }
@@ -441,8 +438,15 @@ impl ScheduledStep {
         )
     }
 
-    /// The attempt failed; `retryable`: whether another attempt may succeed.
-    pub fn failed(&self, error: String, retryable: bool, now: DateTime<Utc>) -> Envelope {
+    /// The attempt failed; `retryable`: whether another attempt may succeed; `usage`: what its
+    /// calls used, when a model answered before it failed.
+    pub fn failed(
+        &self,
+        error: String,
+        retryable: bool,
+        usage: Option<CallUsage>,
+        now: DateTime<Utc>,
+    ) -> Envelope {
         let s = &self.scheduled;
         self.envelope(
             label::FAILED,
@@ -451,9 +455,20 @@ impl ScheduledStep {
                 attempt: StepAttempt::of(s),
                 retryable,
                 error,
+                usage,
             }),
         )
     }
+}
+
+/// Who gave a step's result: the agent's model, or its fallback and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered {
+    pub by: ModelChoice,
+    /// What its calls cost, by the price table.
+    pub cost_usd: Option<f64>,
+    /// Why the agent's own model did not answer, when its fallback did.
+    pub fallback_reason: Option<String>,
 }
 
 /// A question handed to this worker's agent, with the envelope attributes its answer inherits.
@@ -470,9 +485,7 @@ impl AssignedQuestion {
     pub fn answered(
         &self,
         answer: Result<String, String>,
-        answered_by: &ModelChoice,
-        tokens: TokenUsage,
-        cost_usd: Option<f64>,
+        usage: CallUsage,
         now: DateTime<Utc>,
     ) -> Envelope {
         let q = &self.assigned;
@@ -495,10 +508,7 @@ impl AssignedQuestion {
                 assigned_event_id: self.event_id,
                 answer,
                 error,
-                provider: answered_by.provider.clone(),
-                model: answered_by.model.clone(),
-                tokens,
-                cost_usd,
+                usage,
             }),
         )
     }
@@ -809,6 +819,14 @@ mod tests {
         }
     }
 
+    fn answered() -> Answered {
+        Answered {
+            by: own(),
+            cost_usd: None,
+            fallback_reason: None,
+        }
+    }
+
     fn ids(events: &[Envelope]) -> Vec<EventId> {
         events.iter().map(|e| e.meta.id).collect()
     }
@@ -836,14 +854,14 @@ mod tests {
             knowledge_ids(step.shared(&result(), &[], late))
         );
         let completed = |at| {
-            step.completed(result(), &own(), None, vec![], Duration::from_millis(5), at)
+            step.completed(result(), answered(), vec![], Duration::from_millis(5), at)
                 .meta
                 .id
         };
         assert_eq!(completed(early), completed(late));
         assert_eq!(
-            step.failed("x".to_owned(), true, early).meta.id,
-            step.failed("y".to_owned(), true, late).meta.id
+            step.failed("x".to_owned(), true, None, early).meta.id,
+            step.failed("y".to_owned(), true, None, late).meta.id
         );
 
         // Distinct events get distinct ids, and another step gets others.
@@ -851,7 +869,7 @@ mod tests {
         all.extend([
             step.started(early).meta.id,
             completed(early),
-            step.failed("x".to_owned(), true, early).meta.id,
+            step.failed("x".to_owned(), true, None, early).meta.id,
         ]);
         let unique: std::collections::BTreeSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
@@ -976,12 +994,16 @@ mod tests {
                 ("q2", Some("everyone"), "any blockers?"),
             ]
         );
-        let event = step.asked(asked, &own(), TokenUsage::default(), None, Utc::now());
+        let usage = CallUsage {
+            provider: "offline".to_owned(),
+            model: "m".to_owned(),
+            tokens: TokenUsage::default(),
+            cost_usd: None,
+        };
+        let event = step.asked(asked, usage.clone(), Utc::now());
         assert_eq!(
             event.meta.id,
-            step.asked(vec![], &own(), TokenUsage::default(), None, Utc::now())
-                .meta
-                .id,
+            step.asked(vec![], usage, Utc::now()).meta.id,
             "a redelivered attempt asks with the same event id"
         );
 
@@ -1236,8 +1258,7 @@ mod tests {
         let Event::StepCompleted(done) = step
             .completed(
                 result(),
-                &own(),
-                None,
+                answered(),
                 used.clone(),
                 Duration::ZERO,
                 Utc::now(),
@@ -1256,7 +1277,7 @@ mod tests {
         let now = Utc::now();
         let completed = |attempt| {
             let mut e = step
-                .completed(result(), &own(), None, vec![], Duration::ZERO, now)
+                .completed(result(), answered(), vec![], Duration::ZERO, now)
                 .event;
             if let Event::StepCompleted(c) = &mut e {
                 c.attempt.number = attempt;
@@ -1266,7 +1287,9 @@ mod tests {
         assert!(already_handled(s, None, &completed(2)).is_some());
         assert!(already_handled(s, None, &completed(3)).is_some());
         assert!(already_handled(s, None, &completed(1)).is_none());
-        assert!(already_handled(s, None, &step.failed("x".to_owned(), true, now).event).is_some());
+        assert!(
+            already_handled(s, None, &step.failed("x".to_owned(), true, None, now).event).is_some()
+        );
         let timed_out = Event::StepTimedOut(StepTimedOut {
             attempt: StepAttempt::of(s),
             timeout_minutes: 1.0,

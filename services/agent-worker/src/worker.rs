@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, AckKind};
+use cadre_proto::events::CallUsage;
 use cadre_proto::model::{AgentProfile, ModelChoice, ObjectRef, StepResult, TokenUsage};
 use cadre_proto::workers::TokenDelta;
 use cadre_proto::{Envelope, Event, events::types, streams, subjects};
@@ -32,7 +33,7 @@ use crate::prompt::{
     repair_prompt, review_prompt, step_prompt, step_result_schema,
 };
 use crate::step::{
-    AssignedQuestion, ScheduledStep, Waited, already_handled, next_wait, retry_delay,
+    Answered, AssignedQuestion, ScheduledStep, Waited, already_handled, next_wait, retry_delay,
 };
 
 /// Longest a question waits for its recipient's provider between two deliveries: a question
@@ -43,10 +44,12 @@ const MAX_QUESTION_DELAY: Duration = Duration::from_secs(30);
 /// consumer's `ack_wait` of 30 s.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// An answer and the model that gave it (the agent's own, or its fallback).
+/// An answer and the model that gave it (the agent's own, or its fallback, and then why).
 struct Answer {
     completion: Completion,
     answered_by: ModelChoice,
+    /// Why the agent's own model did not answer, when its fallback did.
+    fallback_reason: Option<String>,
 }
 
 /// What to tell JetStream about a delivery.
@@ -184,6 +187,7 @@ impl Worker {
                     &step,
                     format!("gave up after {delivered} deliveries: {error:#}"),
                     true,
+                    None,
                 )
                 .await
                 .unwrap_or_else(|error| self.retry_later(&error, delivered))
@@ -324,6 +328,7 @@ impl Worker {
         let Answer {
             completion,
             answered_by,
+            fallback_reason,
         } = match self
             .call(step, message, waited, &prompt, schema.as_ref())
             .await?
@@ -339,10 +344,12 @@ impl Worker {
                      saying APPROVED or CHANGES REQUESTED",
                     s.agent.name
                 );
-                return self.fail(step, reason, true).await;
+                let usage = self.usage(&answered_by, completion.usage);
+                return self.fail(step, reason, true, Some(usage)).await;
             };
             // The feedback interaction first: the verdict moves the step on.
-            let events = step.reviewed(review, approved, feedback, Utc::now());
+            let usage = self.usage(&answered_by, completion.usage);
+            let events = step.reviewed(review, approved, feedback, usage, Utc::now());
             self.bus
                 .publish_all(&events)
                 .await
@@ -371,21 +378,20 @@ impl Worker {
                              request): {still}",
                             s.agent.name
                         );
-                        return self.fail(step, reason, true).await;
+                        let usage = self.usage(&answered_by, usage);
+                        return self.fail(step, reason, true, Some(usage)).await;
                     }
                 }
             }
         };
-        let cost = self
-            .prices
-            .get(&answered_by.model)
-            .map(|price| price.cost(&result.tokens));
+        let usage = self.usage(&answered_by, result.tokens);
+        let cost = usage.cost_usd;
         let questions = step.questions_to_ask(&result);
         if !questions.is_empty() {
             // The step waits for its teammates, holding no worker: the coordinator hands the
             // questions out and schedules the next attempt with the answers.
             let count = questions.len();
-            let asked = step.asked(questions, &answered_by, result.tokens, cost, Utc::now());
+            let asked = step.asked(questions, usage, Utc::now());
             self.bus
                 .publish(&asked, Append::Any)
                 .await
@@ -409,14 +415,12 @@ impl Worker {
                 .context("publishing the step's questions and knowledge")?;
         }
         let used = knowledge.iter().map(|item| item.id).collect();
-        let completed = step.completed(
-            result,
-            &answered_by,
-            cost,
-            used,
-            started_at.elapsed(),
-            Utc::now(),
-        );
+        let answered = Answered {
+            by: answered_by,
+            cost_usd: cost,
+            fallback_reason,
+        };
+        let completed = step.completed(result, answered, used, started_at.elapsed(), Utc::now());
         self.bus
             .publish(&completed, Append::Any)
             .await
@@ -482,14 +486,19 @@ impl Worker {
         {
             tracing::warn!(%error, provider = fallback.provider, model = fallback.model, "the agent's provider failed; asking its fallback");
             match self.ask(agent, live, fallback, prompt, schema).await {
-                Ok(answer) => return Ok(Ok(answer)),
+                Ok(answer) => {
+                    return Ok(Ok(Answer {
+                        fallback_reason: Some(error.to_string()),
+                        ..answer
+                    }));
+                }
                 Err(also) => tracing::warn!(error = %also, "the fallback failed too"),
             }
         }
         if error.is_retryable() {
             self.defer(step, message, waited, &error).await.map(Err)
         } else {
-            self.fail(step, llm_failure(step, &error), false)
+            self.fail(step, llm_failure(step, &error), false, None)
                 .await
                 .map(Err)
         }
@@ -533,6 +542,7 @@ impl Worker {
         Ok(Answer {
             completion,
             answered_by: choice.clone(),
+            fallback_reason: None,
         })
     }
 
@@ -558,7 +568,7 @@ impl Worker {
                 (now - since).num_seconds(),
                 budget.as_secs()
             );
-            return self.fail(step, gave_up, true).await;
+            return self.fail(step, gave_up, true, None).await;
         };
         let s = &step.scheduled;
         let provider = &s.agent.provider;
@@ -622,19 +632,12 @@ impl Worker {
             Ok(Answer {
                 completion,
                 answered_by,
-            }) => {
-                let cost = self
-                    .prices
-                    .get(&answered_by.model)
-                    .map(|price| price.cost(&completion.usage));
-                question.answered(
-                    Ok(completion.text.trim().to_owned()),
-                    &answered_by,
-                    completion.usage,
-                    cost,
-                    now,
-                )
-            }
+                ..
+            }) => question.answered(
+                Ok(completion.text.trim().to_owned()),
+                self.usage(&answered_by, completion.usage),
+                now,
+            ),
             Err(error) if error.is_retryable() && delivered < streams::AGENT_WORKER_MAX_DELIVER => {
                 let delay = error
                     .retry_after()
@@ -645,9 +648,7 @@ impl Worker {
             }
             Err(error) => question.answered(
                 Err(format!("agent {}: {error}", agent.name)),
-                &answered_by,
-                TokenUsage::default(),
-                None,
+                self.usage(&answered_by, TokenUsage::default()),
                 now,
             ),
         };
@@ -665,6 +666,19 @@ impl Worker {
         }
     }
 
+    /// What a call of `model` (by `provider`) that used `tokens` cost, by the price table.
+    fn usage(&self, answered_by: &ModelChoice, tokens: TokenUsage) -> CallUsage {
+        CallUsage {
+            provider: answered_by.provider.clone(),
+            model: answered_by.model.clone(),
+            tokens,
+            cost_usd: self
+                .prices
+                .get(&answered_by.model)
+                .map(|price| price.cost(&tokens)),
+        }
+    }
+
     /// Records the attempt failed; `retryable`: whether another attempt may succeed (the
     /// coordinator retries it within `maxRetries` only then).
     async fn fail(
@@ -672,10 +686,14 @@ impl Worker {
         step: &ScheduledStep,
         error: String,
         retryable: bool,
+        usage: Option<CallUsage>,
     ) -> anyhow::Result<Disposition> {
         tracing::warn!(error, retryable, "step failed");
         self.bus
-            .publish(&step.failed(error, retryable, Utc::now()), Append::Any)
+            .publish(
+                &step.failed(error, retryable, usage, Utc::now()),
+                Append::Any,
+            )
             .await
             .context("publishing StepFailed")?;
         Ok(Disposition::Ack)

@@ -246,6 +246,7 @@ async fn fail_abandoned_step(bus: &EventBus, advisory: &[u8]) -> Result<(), Nats
                 "no worker finished the step in {} deliveries: each one crashed or was stopped while running it",
                 advisory.deliveries
             ),
+            usage: None,
         }),
     );
     bus.publish(&failed, Append::Any).await?;
@@ -612,11 +613,13 @@ async fn report_to_parent(
             duration_ms: duration_ms.unwrap_or_default(),
             cost_usd: None,
             knowledge_used: Vec::new(),
+            fallback_reason: None,
         })),
         ChildOutcome::Failed { error } => Event::StepFailed(StepFailed {
             attempt: parent.attempt,
             retryable: true,
             error,
+            usage: None,
         }),
     };
     let envelope = Envelope::with_id(

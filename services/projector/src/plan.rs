@@ -109,6 +109,7 @@ impl Plan {
                 self.knowledge.used(origin, e);
             }
             Event::StepFailed(e) => {
+                self.usage.attempt(origin, &e.attempt, e.usage.as_ref());
                 self.executions.step_failed(origin, e);
                 self.interactions.step_failed(origin, e);
             }
@@ -116,11 +117,14 @@ impl Plan {
                 self.executions.step_timed_out(origin, e);
                 self.interactions.step_timed_out(origin, e);
             }
-            Event::StepReviewed(e) => self.executions.step_reviewed(origin, e),
+            Event::StepReviewed(e) => {
+                self.usage.attempt(origin, &e.attempt, e.usage.as_ref());
+                self.executions.step_reviewed(origin, e);
+            }
             Event::QuestionsAsked(e) => {
                 self.executions.questions_asked(origin, e);
                 self.interactions.questions_asked(origin, e);
-                self.usage.asked(origin, e);
+                self.usage.attempt(origin, &e.attempt, Some(&e.usage));
             }
             Event::QuestionAssigned(e) => self.interactions.question_assigned(origin, e),
             Event::QuestionAnswered(e) => {

@@ -276,6 +276,7 @@ impl Fixture {
             duration_ms: 42,
             cost_usd: None,
             knowledge_used: vec![],
+            fallback_reason: None,
         }))
     }
 
@@ -317,6 +318,7 @@ impl Fixture {
             attempt: self.attempt(attempt),
             retryable: true,
             error: "provider said 500".to_owned(),
+            usage: None,
         })
     }
 

@@ -337,6 +337,10 @@ impl Changes {
             // The texts are previews; the whole result is behind the API's result endpoint.
             entry["fullResult"] = json!(full);
         }
+        if let Some(reason) = &e.fallback_reason {
+            // `provider` and `model` name the fallback that answered; this says why.
+            entry["fallbackReason"] = json!(reason);
+        }
         self.patch(a.execution_id, origin.at)
             .merge_step(a.step_id.as_str(), entry);
     }

@@ -246,9 +246,9 @@ impl Changes {
             message,
             data: json!({
                 "answeredBy": e.agent_id,
-                "provider": e.provider,
-                "model": e.model,
-                "tokens": e.tokens,
+                "provider": e.usage.provider,
+                "model": e.usage.model,
+                "tokens": e.usage.tokens,
                 "error": e.error,
             }),
             at: origin.at,

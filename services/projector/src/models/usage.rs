@@ -1,10 +1,9 @@
 //! `token_usage`: what LLM calls used and cost, one row per event that reports calls (a
-//! `StepCompleted`; a `QuestionsAsked`, whose call ended in questions; a `QuestionAnswered`,
-//! counted for the teammate who answered, under the asking step), for the read API to sum per
-//! step, agent, execution and workflow.
+//! `StepCompleted`; a `StepFailed` or `StepReviewed` whose model answered; a `QuestionsAsked`,
+//! whose call ended in questions; a `QuestionAnswered`, counted for the teammate who answered,
+//! under the asking step), for the read API to sum per step, agent, execution and workflow.
 
-use cadre_proto::events::{QuestionAnswered, QuestionsAsked, StepAttempt, StepCompleted};
-use cadre_proto::model::TokenUsage;
+use cadre_proto::events::{CallUsage, QuestionAnswered, StepAttempt, StepCompleted};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -35,42 +34,26 @@ pub(crate) struct Changes {
     pub rows: Vec<UsageRow>,
 }
 
-/// What one event says its LLM calls used.
-struct Call<'a> {
-    provider: &'a str,
-    model: &'a str,
-    tokens: &'a TokenUsage,
-    cost_usd: Option<f64>,
-}
-
 impl Changes {
     pub fn completed(&mut self, origin: &Origin<'_>, e: &StepCompleted) {
-        let call = Call {
-            provider: &e.provider,
-            model: &e.model,
-            tokens: &e.result.tokens,
+        let call = CallUsage {
+            provider: e.provider.clone(),
+            model: e.model.clone(),
+            tokens: e.result.tokens,
             cost_usd: e.cost_usd,
         };
-        self.attempt(origin, &e.attempt, &call);
+        self.call(origin, &e.attempt, &call);
     }
 
-    pub fn asked(&mut self, origin: &Origin<'_>, e: &QuestionsAsked) {
-        let call = Call {
-            provider: &e.provider,
-            model: &e.model,
-            tokens: &e.tokens,
-            cost_usd: e.cost_usd,
-        };
-        self.attempt(origin, &e.attempt, &call);
+    /// A failed attempt's or a review's calls, when the event reports them.
+    pub fn attempt(&mut self, origin: &Origin<'_>, a: &StepAttempt, usage: Option<&CallUsage>) {
+        if let Some(usage) = usage {
+            self.call(origin, a, usage);
+        }
     }
 
+    /// A teammate's answer, counted for the teammate, under the asking step.
     pub fn answered(&mut self, origin: &Origin<'_>, e: &QuestionAnswered) {
-        let call = Call {
-            provider: &e.provider,
-            model: &e.model,
-            tokens: &e.tokens,
-            cost_usd: e.cost_usd,
-        };
         let answerer = StepAttempt {
             execution_id: e.execution_id,
             workflow_id: e.workflow_id,
@@ -79,11 +62,11 @@ impl Changes {
             number: e.attempt,
             agent_id: e.agent_id,
         };
-        self.attempt(origin, &answerer, &call);
+        self.call(origin, &answerer, &e.usage);
     }
 
-    fn attempt(&mut self, origin: &Origin<'_>, a: &StepAttempt, call: &Call<'_>) {
-        let tokens = call.tokens;
+    fn call(&mut self, origin: &Origin<'_>, a: &StepAttempt, call: &CallUsage) {
+        let tokens = &call.tokens;
         self.rows.push(UsageRow {
             event_id: origin.event_id,
             tenant_id: origin.tenant.to_owned(),
@@ -92,8 +75,8 @@ impl Changes {
             step_id: a.step_id.to_string(),
             attempt: i32::try_from(a.number).unwrap_or(i32::MAX),
             agent_id: a.agent_id.0,
-            provider: call.provider.to_owned(),
-            model: call.model.to_owned(),
+            provider: call.provider.clone(),
+            model: call.model.clone(),
             prompt_tokens: i64::from(tokens.prompt),
             completion_tokens: i64::from(tokens.completion),
             total_tokens: i64::from(tokens.total),
@@ -146,4 +129,42 @@ pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use cadre_proto::Event;
+    use cadre_proto::events::StepFailed;
+    use cadre_proto::model::TokenUsage;
+
+    use super::*;
+    use crate::testing::{Fixture, plan_all};
+
+    #[test]
+    fn a_failed_attempt_counts_what_its_calls_used_and_one_without_calls_nothing() {
+        let mut f = Fixture::new();
+        let usage = CallUsage {
+            provider: "openai".to_owned(),
+            model: "gpt-4o-mini".to_owned(),
+            tokens: TokenUsage {
+                prompt: 900,
+                completion: 300,
+                total: 1200,
+            },
+            cost_usd: Some(0.0042),
+        };
+        let unstructured = Event::StepFailed(StepFailed {
+            attempt: f.attempt(1),
+            retryable: true,
+            error: "answered without the required structure twice".to_owned(),
+            usage: Some(usage),
+        });
+        let batch = f.messages([unstructured, f.step_failed(2)]);
+        let rows = plan_all(&batch).usage.rows;
+        assert_eq!(rows.len(), 1, "the provider error cost nothing");
+        assert_eq!(rows[0].attempt, 1);
+        assert_eq!(rows[0].total_tokens, 1200);
+        assert_eq!(rows[0].cost_usd, Some(0.0042));
+        assert_eq!(rows[0].model, "gpt-4o-mini");
+    }
 }

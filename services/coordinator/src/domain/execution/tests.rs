@@ -1,8 +1,8 @@
 //! Given events, when a command, then events — and properties over random workflows.
 
 use cadre_proto::events::{
-    AskedQuestion, AssignmentReason, FailureCause, ParentStep, QuestionAnswered, QuestionsAsked,
-    Request, StepAttempt, StepCompleted, StepFailed, StepReviewed, StepStarted,
+    AskedQuestion, AssignmentReason, CallUsage, FailureCause, ParentStep, QuestionAnswered,
+    QuestionsAsked, Request, StepAttempt, StepCompleted, StepFailed, StepReviewed, StepStarted,
 };
 use cadre_proto::model::{
     AgentProfile, Constraints, Coordination, MissedDeadline, ModelParameters, PhaseMode,
@@ -124,6 +124,7 @@ fn completed(of: &Event) -> Event {
         duration_ms: 1,
         cost_usd: None,
         knowledge_used: Vec::new(),
+        fallback_reason: None,
     }))
 }
 
@@ -143,10 +144,12 @@ fn asked(of: &Event, questions: &[(Option<&str>, &str)]) -> Event {
                 text: (*text).to_owned(),
             })
             .collect(),
-        provider: "offline".into(),
-        model: "offline-1".into(),
-        tokens: TokenUsage::default(),
-        cost_usd: None,
+        usage: CallUsage {
+            provider: "offline".into(),
+            model: "offline-1".into(),
+            tokens: TokenUsage::default(),
+            cost_usd: None,
+        },
     })
 }
 
@@ -167,10 +170,12 @@ fn answered(assigned: &Event, answer: Option<&str>) -> Event {
         error: answer
             .is_none()
             .then(|| "HTTP 401 from the provider".to_owned()),
-        provider: "offline".into(),
-        model: "offline-1".into(),
-        tokens: TokenUsage::default(),
-        cost_usd: None,
+        usage: CallUsage {
+            provider: "offline".into(),
+            model: "offline-1".into(),
+            tokens: TokenUsage::default(),
+            cost_usd: None,
+        },
     })
 }
 
@@ -194,6 +199,7 @@ fn failed(of: &Event, error: &str) -> Event {
         attempt: StepAttempt::of(s),
         retryable: true,
         error: error.into(),
+        usage: None,
     })
 }
 
@@ -881,6 +887,7 @@ fn reviewed(of: &Event, approved: bool, feedback: &str) -> Event {
         author_agent_id: review.author_agent_id,
         approved,
         feedback: feedback.into(),
+        usage: None,
     })
 }
 
