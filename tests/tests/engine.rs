@@ -186,6 +186,11 @@ async fn cancel_ends_a_running_execution_and_stops_its_calls() {
     assert_eq!(reply.body["status"], "cancelled");
     let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
     assert_eq!(execution["status"], "cancelled", "{execution:#}");
+    // The step that was running shows the run's end, not a run that goes on.
+    let step = &execution["stepResults"]["step-1"];
+    assert_eq!(step["status"], "cancelled", "{execution:#}");
+    assert_eq!(step["cancelledWhile"], "running");
+    assert_eq!(execution["activeSteps"], json!([]), "{execution:#}");
 
     for path in [cancel.clone(), format!("/v1/executions/{}/pause", run.id)] {
         let again = control(&stack, &path, json!({})).await;

@@ -611,12 +611,21 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
                              FROM jsonb_object_keys(m.step_results) AS k(step)
                              WHERE NOT m.was_active ? k.step AND NOT m.scheduled ? k.step
                             ) AS a
-                       WHERE m.step_results -> a.step ->> 'status' IN ('scheduled', 'running', 'waiting'))
+                       WHERE m.step_results -> a.step ->> 'status'
+                             IN ('scheduled', 'running', 'waiting', 'awaiting_answers'))
                  END AS active_steps
              FROM merged m
          )
          UPDATE workflow_executions e SET
-             step_results = d.step_results,
+             step_results = CASE WHEN d.ends AND d.status IN ('cancelled', 'failed') THEN
+                 (SELECT coalesce(jsonb_object_agg(r.key, CASE
+                     WHEN r.value ->> 'status' IN ('scheduled', 'running', 'waiting',
+                                                   'awaiting_answers')
+                     THEN r.value || jsonb_build_object('status', 'cancelled',
+                                                        'cancelledWhile', r.value ->> 'status')
+                     ELSE r.value END), '{}'::jsonb)
+                  FROM jsonb_each(d.step_results) AS r)
+                 ELSE d.step_results END,
              active_steps = d.active_steps,
              current_step_id = d.active_steps ->> -1,
              active_agents = CASE WHEN d.status NOT IN ('running', 'paused') THEN '[]'::jsonb
