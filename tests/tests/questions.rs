@@ -114,6 +114,24 @@ async fn teammates_answer_and_the_asker_finishes_its_step_with_their_answers() {
         rows[2].4.as_deref(),
         Some(question_answer("Grace", "Ada").as_str())
     );
+    // The API shows the question with its answer and deadline.
+    let listed = stack
+        .api
+        .get(&format!(
+            "/v1/executions/{execution}/interactions?limit=1000"
+        ))
+        .await;
+    let question = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["interactionType"] == "question" && i["requiresResponse"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(question["responseReceived"], true, "{question:#}");
+    assert_eq!(question["responseMessage"], question_answer("Linus", "Ada"));
+    assert!(question["responseDeadline"].is_string() && question["respondedAt"].is_string());
 
     // Each step was asked twice: the first answer asked, the second finished with the answers
     // (quoted), and asked nothing more.

@@ -86,7 +86,14 @@ pub struct InteractionView {
     pub context_data: serde_json::Value,
     pub related_step_id: Option<String>,
     pub requires_response: bool,
+    /// When the asker stops waiting for the answer.
+    pub response_deadline: Option<DateTime<Utc>>,
     pub response_received: bool,
+    /// The answer, or why there is none.
+    pub response_message: Option<String>,
+    /// Who answered with which model and tokens; `missedDeadline` when it came too late.
+    pub response_data: Option<serde_json::Value>,
+    pub responded_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -217,7 +224,8 @@ pub async fn interactions(
     sqlx::query_as!(
         InteractionView,
         "SELECT id, workflow_execution_id, from_agent_id, to_agent_id, interaction_type, message,
-                context_data, related_step_id, requires_response, response_received, created_at
+                context_data, related_step_id, requires_response, response_deadline,
+                response_received, response_message, response_data, responded_at, created_at
          FROM agent_interactions WHERE tenant_id = $1 AND workflow_execution_id = $2
          ORDER BY event_sequence LIMIT $3 OFFSET $4",
         tenant.as_str(),
