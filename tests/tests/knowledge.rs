@@ -160,8 +160,7 @@ async fn an_agent_supersedes_knowledge_and_the_old_item_is_no_longer_offered() {
         .llm
         .requests()
         .into_iter()
-        .filter(|r| r.step_name() == Some("Analyse requirements"))
-        .last()
+        .rfind(|r| r.step_name() == Some("Analyse requirements"))
         .unwrap();
     let prompt = format!("{}\n{}", third.system, third.user);
     // (As items, `- [K-…] `: the replacement's own text names the handles it replaced.)
