@@ -508,6 +508,30 @@ pub struct StepTimedOut {
     pub timeout_minutes: f64,
 }
 
+/// A failed attempt's step waits for its retry backoff: its next attempt is handed out after
+/// `retry_at` (a durable timer), unless the run ends first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRetryScheduled {
+    /// The attempt that failed.
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
+    /// Failed attempts so far (this one included).
+    pub failures: u32,
+    pub retry_at: DateTime<Utc>,
+    /// Why the attempt failed.
+    pub error: String,
+}
+
+/// A step's retry backoff is over: its next attempt may be handed out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRetryDue {
+    /// The attempt that failed.
+    #[serde(flatten)]
+    pub attempt: StepAttempt,
+}
+
 /// The step's condition was false when its dependencies were done: it does not run, and the
 /// steps that depend on it treat it as done.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -680,6 +704,8 @@ events! {
     StepFailed(StepFailed) = STEP_FAILED: "dev.cadre.execution.step_failed.v1",
     StepTimedOut(StepTimedOut) = STEP_TIMED_OUT: "dev.cadre.execution.step_timed_out.v1",
     StepSkipped(StepSkipped) = STEP_SKIPPED: "dev.cadre.execution.step_skipped.v1",
+    StepRetryScheduled(StepRetryScheduled) = STEP_RETRY_SCHEDULED: "dev.cadre.execution.step_retry_scheduled.v1",
+    StepRetryDue(StepRetryDue) = STEP_RETRY_DUE: "dev.cadre.execution.step_retry_due.v1",
     StepReviewed(StepReviewed) = STEP_REVIEWED: "dev.cadre.execution.step_reviewed.v1",
     QuestionsAsked(QuestionsAsked) = QUESTIONS_ASKED: "dev.cadre.execution.questions_asked.v1",
     QuestionAssigned(Box<QuestionAssigned>) = QUESTION_ASSIGNED: "dev.cadre.execution.question_assigned.v1",
@@ -745,6 +771,8 @@ impl Event {
                 subjects::QUESTION_ANSWERED,
             ),
             Self::QuestionsExpired(e) => step_fact(&e.attempt, subjects::QUESTIONS_EXPIRED),
+            Self::StepRetryScheduled(e) => step_fact(&e.attempt, subjects::RETRY_SCHEDULED),
+            Self::StepRetryDue(e) => step_fact(&e.attempt, subjects::RETRY_DUE),
             Self::StepSkipped(e) => step(
                 tenant,
                 e.workflow_id,
@@ -807,6 +835,8 @@ impl Event {
             Self::QuestionAssigned(e) => Some(e.workflow_id),
             Self::QuestionAnswered(e) => Some(e.workflow_id),
             Self::QuestionsExpired(e) => Some(e.attempt.workflow_id),
+            Self::StepRetryScheduled(e) => Some(e.attempt.workflow_id),
+            Self::StepRetryDue(e) => Some(e.attempt.workflow_id),
             Self::StepSkipped(e) => Some(e.workflow_id),
             Self::ExecutionPaused(e) => Some(e.workflow_id),
             Self::ExecutionResumed(e) => Some(e.workflow_id),
@@ -839,6 +869,8 @@ impl Event {
             Self::QuestionAssigned(e) => Some(e.execution_id),
             Self::QuestionAnswered(e) => Some(e.execution_id),
             Self::QuestionsExpired(e) => Some(e.attempt.execution_id),
+            Self::StepRetryScheduled(e) => Some(e.attempt.execution_id),
+            Self::StepRetryDue(e) => Some(e.attempt.execution_id),
             Self::StepSkipped(e) => Some(e.execution_id),
             Self::ExecutionPaused(e) => Some(e.execution_id),
             Self::ExecutionResumed(e) => Some(e.execution_id),

@@ -211,6 +211,49 @@ pub struct Constraints {
     /// with the last feedback; 2 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_review_rounds: Option<u32>,
+    /// How long a failed step waits before it is tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff: Option<RetryBackoff>,
+}
+
+/// The wait before a failed step's next attempt: `initialSeconds` after the first failure,
+/// doubling with each further one up to `maxSeconds`, each wait jittered down by up to half so
+/// that steps failed together are not retried together.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBackoff {
+    #[serde(default = "RetryBackoff::default_initial")]
+    pub initial_seconds: f64,
+    #[serde(default = "RetryBackoff::default_max")]
+    pub max_seconds: f64,
+}
+
+impl RetryBackoff {
+    /// A day: a longer wait is a schedule, not a retry.
+    pub const LONGEST_SECONDS: f64 = 86_400.0;
+
+    fn default_initial() -> f64 {
+        1.0
+    }
+
+    fn default_max() -> f64 {
+        300.0
+    }
+
+    /// The wait after the `failures`-th failure (1 for the first), before jitter.
+    pub fn delay_seconds(&self, failures: u32) -> f64 {
+        let doublings = failures.saturating_sub(1).min(30);
+        (self.initial_seconds * f64::from(1u32 << doublings)).min(self.max_seconds)
+    }
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        Self {
+            initial_seconds: Self::default_initial(),
+            max_seconds: Self::default_max(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -45,6 +45,14 @@ pub enum Timer {
     },
     /// The workflow's `triggers.schedule` ticked: start a run.
     Schedule { workflow_id: WorkflowId },
+    /// A failed step is tried again when the timer fires (its retry backoff).
+    StepRetry {
+        workflow_id: WorkflowId,
+        execution_id: ExecutionId,
+        step_id: StepId,
+        /// The attempt that failed.
+        attempt: u32,
+    },
     /// The questions an attempt of a step asked its teammates must be answered by the time the
     /// timer fires (`coordination.questions.deadlineSeconds`).
     QuestionDeadline {
@@ -89,7 +97,8 @@ impl Timer {
         match self {
             Self::StepTimeout { execution_id, .. }
             | Self::ExecutionDeadline { execution_id, .. }
-            | Self::QuestionDeadline { execution_id, .. } => Some(*execution_id),
+            | Self::QuestionDeadline { execution_id, .. }
+            | Self::StepRetry { execution_id, .. } => Some(*execution_id),
             Self::Schedule { .. } => None,
         }
     }
@@ -99,6 +108,7 @@ impl Timer {
             Self::StepTimeout { workflow_id, .. }
             | Self::ExecutionDeadline { workflow_id, .. }
             | Self::QuestionDeadline { workflow_id, .. }
+            | Self::StepRetry { workflow_id, .. }
             | Self::Schedule { workflow_id } => *workflow_id,
         }
     }
@@ -117,6 +127,7 @@ impl Timer {
             Self::ExecutionDeadline { .. } => "deadline".to_owned(),
             Self::Schedule { .. } => "schedule".to_owned(),
             Self::QuestionDeadline { step_id, .. } => format!("questions.{step_id}"),
+            Self::StepRetry { step_id, .. } => format!("retry.{step_id}"),
         }
     }
 

@@ -3,7 +3,9 @@
 //! in between) load again and decide again. The HTTP API and the event processor both use it.
 
 use std::marker::PhantomData;
+use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 
 use cadre_proto::model::AgentProfile;
@@ -114,7 +116,16 @@ impl<D: Decider> Aggregate<D> {
         bus: &EventBus,
         command: &D::Command,
     ) -> Result<Vec<Envelope>, CommandError<D::Error>> {
-        for _ in 0..ATTEMPTS {
+        // The first conflict is decided again at once (usually a worker's event landed
+        // meanwhile); from the second on, writers back off (jittered, growing) so two
+        // coordinators contending for one aggregate do not keep colliding in lockstep.
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(1))
+            .with_max_delay(Duration::from_millis(100))
+            .with_jitter()
+            .with_max_times(ATTEMPTS)
+            .build();
+        for attempt in 0..ATTEMPTS {
             let now = Utc::now();
             let events = D::decide(command, &self.state, now).map_err(CommandError::Rejected)?;
             if events.is_empty() {
@@ -137,6 +148,11 @@ impl<D: Decider> Aggregate<D> {
                 }
                 Err(PublishError::Conflict { .. }) => {
                     tracing::debug!(filter = %self.filter, "append raced another writer; deciding again");
+                    if attempt > 0
+                        && let Some(delay) = backoff.next()
+                    {
+                        tokio::time::sleep(delay).await;
+                    }
                     self.reload(bus).await?;
                 }
                 Err(error) => return Err(CommandError::Publish(error)),

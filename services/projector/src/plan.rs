@@ -127,6 +127,12 @@ impl Plan {
                 self.usage.attempt(origin, &e.attempt, Some(&e.usage));
             }
             Event::QuestionAssigned(e) => self.interactions.question_assigned(origin, e),
+            Event::StepRetryScheduled(e) => {
+                self.executions.retry_scheduled(origin, e);
+                self.interactions.retry_scheduled(origin, e);
+            }
+            // The next attempt's scheduling follows and says it all.
+            Event::StepRetryDue(_) => {}
             Event::QuestionAnswered(e) => {
                 self.interactions.question_answered(origin, e);
                 self.usage.answered(origin, e);

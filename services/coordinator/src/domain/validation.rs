@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use cadre_proto::events::{Event, ExecutionStarted};
 use cadre_proto::model::{
-    AgentProfile, DecisionMaking, QuestionPolicy, TriggerReason, WorkflowDefinition,
+    AgentProfile, DecisionMaking, QuestionPolicy, RetryBackoff, TriggerReason, WorkflowDefinition,
 };
 use cadre_proto::streams::MAX_EVENT_BYTES;
 use cadre_proto::{AgentId, Envelope, ExecutionId, StepId, TenantId, subjects};
@@ -305,6 +305,22 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
                 QuestionPolicy::MAX_DEADLINE_SECONDS
             ),
         ));
+    }
+
+    if let Some(backoff) = workflow.configuration.constraints.retry_backoff {
+        let longest = RetryBackoff::LONGEST_SECONDS;
+        if !(backoff.initial_seconds > 0.0 && backoff.initial_seconds <= longest) {
+            errors.push(error(
+                "/configuration/constraints/retryBackoff/initialSeconds",
+                format!("must be more than 0 and at most {longest} seconds (a day)"),
+            ));
+        }
+        if !(backoff.max_seconds >= backoff.initial_seconds && backoff.max_seconds <= longest) {
+            errors.push(error(
+                "/configuration/constraints/retryBackoff/maxSeconds",
+                format!("must be at least initialSeconds and at most {longest} seconds (a day)"),
+            ));
+        }
     }
 
     if let Some(rounds) = workflow.configuration.constraints.max_review_rounds

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use cadre_proto::ExecutionId;
 use cadre_proto::events::{
     ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted, QuestionsAsked,
-    QuestionsExpired, StepCompleted, StepDeferred, StepFailed, StepReviewed, StepScheduled,
-    StepSkipped, StepStarted, StepTimedOut,
+    QuestionsExpired, StepCompleted, StepDeferred, StepFailed, StepRetryScheduled, StepReviewed,
+    StepScheduled, StepSkipped, StepStarted, StepTimedOut,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -293,6 +293,22 @@ impl Changes {
                 "attempt": a.number,
                 "agentId": a.agent_id,
                 "questions": e.questions,
+            }),
+        );
+    }
+
+    /// The failed step waits for its retry: shown as `retry_waiting`, with why and until when.
+    pub fn retry_scheduled(&mut self, origin: &Origin<'_>, e: &StepRetryScheduled) {
+        let a = &e.attempt;
+        self.patch(a.execution_id, origin.at).merge_step(
+            a.step_id.as_str(),
+            json!({
+                "status": "retry_waiting",
+                "attempt": a.number,
+                "agentId": a.agent_id,
+                "error": e.error,
+                "failures": e.failures,
+                "retryAt": e.retry_at,
             }),
         );
     }
@@ -612,7 +628,8 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
                              WHERE NOT m.was_active ? k.step AND NOT m.scheduled ? k.step
                             ) AS a
                        WHERE m.step_results -> a.step ->> 'status'
-                             IN ('scheduled', 'running', 'waiting', 'awaiting_answers'))
+                             IN ('scheduled', 'running', 'waiting', 'awaiting_answers',
+                                 'retry_waiting'))
                  END AS active_steps
              FROM merged m
          )
@@ -620,7 +637,7 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
              step_results = CASE WHEN d.ends AND d.status IN ('cancelled', 'failed') THEN
                  (SELECT coalesce(jsonb_object_agg(r.key, CASE
                      WHEN r.value ->> 'status' IN ('scheduled', 'running', 'waiting',
-                                                   'awaiting_answers')
+                                                   'awaiting_answers', 'retry_waiting')
                      THEN r.value || jsonb_build_object('status', 'cancelled',
                                                         'cancelledWhile', r.value ->> 'status')
                      ELSE r.value END), '{}'::jsonb)

@@ -5,7 +5,7 @@
 use cadre_proto::events::{
     AssignmentReason, InteractionRecorded, KnowledgeShared, QuestionAnswered, QuestionAssigned,
     QuestionsAsked, QuestionsExpired, StepAttempt, StepCompleted, StepDeferred, StepFailed,
-    StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+    StepRetryScheduled, StepScheduled, StepSkipped, StepStarted, StepTimedOut,
 };
 use cadre_proto::model::InteractionType;
 use cadre_proto::{ExecutionId, StepId};
@@ -282,6 +282,31 @@ impl Changes {
             ),
             json!({ "stepId": a.step_id, "attempt": a.number, "unanswered": e.unanswered, "failed": e.failed }),
         );
+    }
+
+    /// The coordinator's note that a failed step will be tried again, and when.
+    pub fn retry_scheduled(&mut self, origin: &Origin<'_>, e: &StepRetryScheduled) {
+        let a = &e.attempt;
+        self.rows.push(InteractionRow {
+            to_agent_id: Some(a.agent_id.0),
+            context_data: json!({
+                "stepId": a.step_id,
+                "attempt": a.number,
+                "failures": e.failures,
+                "retryAt": e.retry_at,
+                "error": e.error,
+            }),
+            related_step_id: Some(a.step_id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                a.execution_id,
+                InteractionType::Coordination,
+                format!(
+                    "Step retry scheduled: {} - attempt {} failed ({}); tried again at {}",
+                    a.step_name, a.number, e.error, e.retry_at
+                ),
+            )
+        });
     }
 
     /// The coordination note an agent leaves about its own step.

@@ -3,8 +3,8 @@
 use cadre_proto::events::{
     AssignmentReason, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused,
     ExecutionResumed, ExecutionStarted, FailureCause, ParentStep, QuestionAnswer, QuestionAssigned,
-    QuestionsExpired, Request, ReviewRequest, StepAttempt, StepScheduled, StepSkipped,
-    StepTimedOut, Teammate, Unanswered,
+    QuestionsExpired, Request, ReviewRequest, StepAttempt, StepRetryDue, StepRetryScheduled,
+    StepScheduled, StepSkipped, StepTimedOut, Teammate, Unanswered,
 };
 use cadre_proto::model::{
     AgentProfile, MissedDeadline, TriggerReason, WorkflowDefinition, WorkflowStep,
@@ -215,6 +215,29 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
         Timer::QuestionDeadline {
             step_id, attempt, ..
         } => questions_expired(execution, step_id, *attempt),
+        Timer::StepRetry {
+            step_id, attempt, ..
+        } => match (
+            execution.steps.get(step_id),
+            execution.workflow.step(step_id),
+        ) {
+            (Some(progress), Some(step)) if progress.attempt == *attempt => {
+                let StepState::RetryWaiting { agent, .. } = progress.state else {
+                    return vec![];
+                };
+                vec![Event::StepRetryDue(StepRetryDue {
+                    attempt: StepAttempt {
+                        execution_id: execution.id,
+                        workflow_id: execution.workflow.id,
+                        step_id: step_id.clone(),
+                        step_name: step.name.clone(),
+                        number: *attempt,
+                        agent_id: agent,
+                    },
+                })]
+            }
+            _ => vec![],
+        },
         Timer::ExecutionDeadline { .. } => {
             let seconds = execution
                 .workflow
@@ -290,6 +313,17 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     // Steps whose dependencies are done and whose condition is false are skipped first: a
     // skip can make further steps ready, which the next decision (on the skip's return from
     // the log) takes up.
+    // A failed attempt with retries left: its step waits for its backoff, on a durable timer.
+    let retries: Vec<Event> = workflow
+        .configuration
+        .steps
+        .iter()
+        .filter_map(|step| retry_scheduled(execution, step, now))
+        .collect();
+    if !retries.is_empty() {
+        return retries;
+    }
+
     let ready: Vec<&WorkflowStep> = workflow
         .configuration
         .steps
@@ -299,7 +333,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             let pending = matches!(
                 progress.state,
                 StepState::Waiting
-                    | StepState::Failed { .. }
+                    | StepState::RetryDue { .. }
                     | StepState::AwaitingReview
                     | StepState::Rework { .. }
             );
@@ -338,7 +372,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     }
 
     let mut load = execution.load();
-    let mut active: usize = load.values().map(|n| *n as usize).sum();
+    let mut active: usize = load.values().map(|n| *n as usize).sum::<usize>() + execution.pending();
     let exclusive_running = workflow
         .configuration
         .steps
@@ -392,7 +426,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         }
         let (review, assigned) = match (&progress.state, &progress.draft) {
             // Work waiting for a review, or a review to try again.
-            (StepState::AwaitingReview | StepState::Failed { .. }, Some(draft))
+            (StepState::AwaitingReview | StepState::RetryDue { .. }, Some(draft))
                 if progress.state == StepState::AwaitingReview || progress.reviewing =>
             {
                 let review = ReviewRequest {
@@ -461,6 +495,67 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         );
     }
     events
+}
+
+/// A step whose attempt failed with retries left waits for its backoff: the wait after the
+/// n-th failure, jittered down by up to half by a fraction drawn from the execution, step and
+/// attempt (the same decision every time it is taken, and steps that failed together spread).
+fn retry_scheduled(
+    execution: &Execution,
+    step: &WorkflowStep,
+    now: DateTime<Utc>,
+) -> Option<Event> {
+    let progress = &execution.steps[&step.id];
+    let StepState::Failed {
+        agent,
+        error,
+        retryable: true,
+    } = &progress.state
+    else {
+        return None;
+    };
+    if progress.failures > execution.max_retries() {
+        return None;
+    }
+    let delay = execution.retry_backoff().delay_seconds(progress.failures)
+        * (0.5 + 0.5 * jitter(execution.id, &step.id, progress.attempt));
+    // Validation bounds the backoff to a day, so the cast cannot overflow.
+    #[allow(clippy::cast_possible_truncation)]
+    let retry_at = now + TimeDelta::milliseconds((delay * 1000.0).round() as i64);
+    Some(Event::StepRetryScheduled(StepRetryScheduled {
+        attempt: StepAttempt {
+            execution_id: execution.id,
+            workflow_id: execution.workflow.id,
+            step_id: step.id.clone(),
+            step_name: step.name.clone(),
+            number: progress.attempt,
+            agent_id: *agent,
+        },
+        failures: progress.failures,
+        retry_at,
+        error: error.clone(),
+    }))
+}
+
+/// A fraction in `[0, 1)` drawn from its inputs (FNV-1a), stable across builds.
+fn jitter(execution: ExecutionId, step: &StepId, attempt: u32) -> f64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = execution
+        .0
+        .as_bytes()
+        .iter()
+        .chain(step.as_str().as_bytes())
+        .chain(&attempt.to_le_bytes())
+        .copied()
+        .collect::<Vec<u8>>();
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // The top 53 bits: exactly representable.
+    #[allow(clippy::cast_precision_loss)]
+    let fraction = (hash >> 11) as f64 / (1u64 << 53) as f64;
+    fraction
 }
 
 /// What a `StepScheduled` says beyond the execution's own facts.

@@ -84,6 +84,20 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                 vec![]
             }
         }
+        // The failed step's next attempt waits for its backoff, on a durable timer.
+        Event::StepRetryScheduled(e) => {
+            let waiting = execution.steps.get(&e.attempt.step_id).is_some_and(|p| {
+                p.attempt == e.attempt.number && matches!(p.state, StepState::RetryWaiting { .. })
+            });
+            if waiting {
+                vec![Effect::StartTimer {
+                    timer: retry(execution, &e.attempt.step_id, e.attempt.number),
+                    when: When::At(e.retry_at),
+                }]
+            } else {
+                vec![]
+            }
+        }
         Event::StepCompleted(e) => attempt_ended(execution, &e.attempt),
         Event::StepFailed(e) => attempt_ended(execution, &e.attempt),
         Event::StepReviewed(e) => attempt_ended(execution, &e.attempt),
@@ -190,13 +204,15 @@ fn ended(execution: &Execution, stop_calls: bool) -> Vec<Effect> {
             Effect::CancelTimer(step_timeout(execution, &s.id, attempt))
         })
         .collect();
-    effects.extend(
-        execution
-            .steps
-            .iter()
-            .filter(|(_, p)| matches!(p.state, StepState::AwaitingAnswers { .. }))
-            .map(|(id, p)| Effect::CancelTimer(question_deadline(execution, id, p.attempt))),
-    );
+    effects.extend(execution.steps.iter().filter_map(|(id, p)| match p.state {
+        StepState::AwaitingAnswers { .. } => Some(Effect::CancelTimer(question_deadline(
+            execution, id, p.attempt,
+        ))),
+        StepState::RetryWaiting { .. } => {
+            Some(Effect::CancelTimer(retry(execution, id, p.attempt)))
+        }
+        _ => None,
+    }));
     if execution
         .workflow
         .configuration
@@ -217,6 +233,15 @@ fn ended(execution: &Execution, stop_calls: bool) -> Vec<Effect> {
 
 fn step_timeout(execution: &Execution, step: &StepId, attempt: u32) -> Timer {
     Timer::StepTimeout {
+        workflow_id: execution.workflow.id,
+        execution_id: execution.id,
+        step_id: step.clone(),
+        attempt,
+    }
+}
+
+fn retry(execution: &Execution, step: &StepId, attempt: u32) -> Timer {
+    Timer::StepRetry {
         workflow_id: execution.workflow.id,
         execution_id: execution.id,
         step_id: step.clone(),

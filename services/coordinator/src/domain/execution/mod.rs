@@ -15,7 +15,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 
 use cadre_proto::events::ParentStep;
-use cadre_proto::model::{AgentProfile, ObjectRef, WorkflowDefinition};
+use cadre_proto::model::{AgentProfile, ObjectRef, RetryBackoff, WorkflowDefinition};
 use cadre_proto::{AgentId, Event, ExecutionId, StepId};
 use chrono::{DateTime, Utc};
 
@@ -58,6 +58,15 @@ pub enum StepState {
     Rejected {
         feedback: String,
     },
+    /// The attempt failed and the step waits for its retry backoff, until `at`.
+    RetryWaiting {
+        agent: AgentId,
+        at: DateTime<Utc>,
+    },
+    /// The backoff is over: the next attempt is handed out as soon as the run allows.
+    RetryDue {
+        agent: AgentId,
+    },
     /// Its agent asked teammates questions ([`StepProgress::questions`]) and finishes the step
     /// in a next attempt, with their answers; no worker is held meanwhile.
     AwaitingAnswers {
@@ -79,6 +88,8 @@ impl StepState {
             Self::Rework { .. } => "rework",
             Self::Rejected { .. } => "rejected",
             Self::AwaitingAnswers { .. } => "awaiting_answers",
+            Self::RetryWaiting { .. } => "retry_waiting",
+            Self::RetryDue { .. } => "retry_due",
         }
     }
 
@@ -238,6 +249,15 @@ impl StepProgress {
             StepState::Scheduled { .. }
                 | StepState::Running { .. }
                 | StepState::AwaitingAnswers { .. }
+        )
+    }
+
+    /// Whether the step holds its place in the run without holding an agent: it waits for
+    /// answers or for its retry. A run that allows one step at a time starts no other then.
+    fn is_pending(&self) -> bool {
+        matches!(
+            self.state,
+            StepState::AwaitingAnswers { .. } | StepState::RetryWaiting { .. }
         )
     }
 
@@ -488,6 +508,23 @@ impl Execution {
                     p.questions.clear();
                 }
             }),
+            Event::StepRetryScheduled(e) => self.step_event(&e.attempt.step_id, |p| {
+                if p.attempt == e.attempt.number && matches!(p.state, StepState::Failed { .. }) {
+                    p.state = StepState::RetryWaiting {
+                        agent: e.attempt.agent_id,
+                        at: e.retry_at,
+                    };
+                }
+            }),
+            Event::StepRetryDue(e) => self.step_event(&e.attempt.step_id, |p| {
+                if p.attempt == e.attempt.number
+                    && matches!(p.state, StepState::RetryWaiting { .. })
+                {
+                    p.state = StepState::RetryDue {
+                        agent: e.attempt.agent_id,
+                    };
+                }
+            }),
             Event::StepSkipped(e) => self.step_event(&e.step_id, |p| {
                 if p.state == StepState::Waiting {
                     p.state = StepState::Skipped;
@@ -538,6 +575,19 @@ impl Execution {
             .constraints
             .max_retries
             .unwrap_or(0)
+    }
+
+    fn retry_backoff(&self) -> RetryBackoff {
+        self.workflow
+            .configuration
+            .constraints
+            .retry_backoff
+            .unwrap_or_default()
+    }
+
+    /// Steps that hold their place without an agent (see [`StepProgress::is_pending`]).
+    fn pending(&self) -> usize {
+        self.steps.values().filter(|p| p.is_pending()).count()
     }
 
     /// How many times a reviewer may send a step back.

@@ -305,6 +305,87 @@ fn independent_steps_run_in_parallel_unless_the_workflow_forbids_it() {
     );
 }
 
+/// The retry of a failed attempt: its backoff is recorded, its timer fires, and the next
+/// decision hands out the next attempt (returned; the rest is appended to `log`).
+fn after_backoff(log: &mut Vec<Event>) -> Vec<Event> {
+    let waiting = advance(log);
+    let [Event::StepRetryScheduled(retry)] = waiting.as_slice() else {
+        panic!("expected a retry backoff, got {waiting:?}")
+    };
+    let timer = Timer::StepRetry {
+        workflow_id: retry.attempt.workflow_id,
+        execution_id: retry.attempt.execution_id,
+        step_id: retry.attempt.step_id.clone(),
+        attempt: retry.attempt.number,
+    };
+    log.extend(waiting.clone());
+    assert!(advance(log).is_empty(), "nothing happens before the timer");
+    let due = fire(log, timer);
+    assert!(
+        matches!(due.as_slice(), [Event::StepRetryDue(_)]),
+        "{due:?}"
+    );
+    log.extend(due);
+    advance(log)
+}
+
+#[test]
+fn a_failed_step_waits_a_doubling_jittered_backoff_on_a_timer_between_attempts() {
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(&team, vec![step("only", &[], &[])]);
+    wf.configuration.constraints.max_retries = Some(10);
+    wf.configuration.constraints.retry_backoff = Some(cadre_proto::model::RetryBackoff {
+        initial_seconds: 2.0,
+        max_seconds: 10.0,
+    });
+    let mut log = start(&wf, &team);
+    let mut attempt = advance(&log);
+    log.extend(attempt.clone());
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        log.push(failed(&attempt[0], "HTTP 503"));
+        let decided = advance(&log);
+        let [Event::StepRetryScheduled(retry)] = decided.as_slice() else {
+            panic!("expected a retry backoff, got {decided:?}")
+        };
+        assert_eq!(retry.error, "HTTP 503");
+        let timer = Timer::StepRetry {
+            workflow_id: wf.id,
+            execution_id: retry.attempt.execution_id,
+            step_id: retry.attempt.step_id.clone(),
+            attempt: retry.attempt.number,
+        };
+        assert_eq!(
+            effects(&evolve(fold(&log), &decided[0]), &decided[0], now()),
+            vec![Effect::StartTimer {
+                timer: timer.clone(),
+                when: When::At(retry.retry_at),
+            }]
+        );
+        waits.push((retry.retry_at - now()).num_milliseconds());
+        assert_eq!(advance(&log), decided, "the same decision every time");
+        log.extend(decided);
+        log.extend(fire(&log, timer));
+        attempt = advance(&log);
+        log.extend(attempt.clone());
+    }
+    // 2, 4, 8, 10, 10 s, each jittered down by up to half.
+    for (wait, full) in waits.iter().zip([2_000, 4_000, 8_000, 10_000, 10_000]) {
+        assert!((full / 2..=full).contains(wait), "{waits:?}");
+    }
+
+    // A run that ends while a step waits for its retry disarms the timer.
+    log.push(failed(&attempt[0], "HTTP 503"));
+    log.extend(advance(&log));
+    let cancelled = decide(&Command::Cancel(Request::default()), &fold(&log), now()).unwrap();
+    let state = evolve(fold(&log), &cancelled[0]);
+    assert!(
+        effects(&state, &cancelled[0], now())
+            .iter()
+            .any(|e| matches!(e, Effect::CancelTimer(Timer::StepRetry { attempt: 6, .. })))
+    );
+}
+
 #[test]
 fn a_failed_step_is_retried_then_fails_the_execution() {
     let team = vec![agent("Ada", &[])];
@@ -315,7 +396,7 @@ fn a_failed_step_is_retried_then_fails_the_execution() {
     let first = advance(&log);
     log.extend(first.clone());
     log.push(failed(&first[0], "provider returned 400"));
-    let retry = advance(&log);
+    let retry = after_backoff(&mut log);
     assert_eq!(scheduled(&retry), vec![("only".into(), 2, team[0].id)]);
     log.extend(retry.clone());
 
@@ -478,7 +559,7 @@ fn an_attempt_that_runs_past_its_timeout_is_timed_out_then_retried_then_fails_th
         "a timer firing twice changes nothing"
     );
 
-    let retry = advance(&log);
+    let retry = after_backoff(&mut log);
     assert_eq!(scheduled(&retry), vec![("slow".into(), 2, team[0].id)]);
     log.extend(retry.clone());
     log.push(completed(&first[0]));
@@ -985,7 +1066,7 @@ fn a_failed_review_is_retried_as_a_review() {
     let review = advance(&log);
     log.extend(review.clone());
     log.push(failed(&review[0], "provider said 503"));
-    let again = advance(&log);
+    let again = after_backoff(&mut log);
     let Event::StepScheduled(r) = &again[0] else {
         panic!("expected a review again, got {again:?}")
     };
@@ -1142,7 +1223,10 @@ fn a_missed_deadline_lets_the_step_proceed_or_fails_the_attempt_as_configured() 
             "a deadline fires once"
         );
 
-        let next = advance(&log);
+        let next = match policy {
+            MissedDeadline::Proceed => advance(&log),
+            MissedDeadline::Fail => after_backoff(&mut log),
+        };
         assert_eq!(scheduled(&next), vec![("a".into(), 2, team[0].id)]);
         let Event::StepScheduled(again) = &next[0] else {
             unreachable!()
@@ -1353,7 +1437,7 @@ proptest! {
         };
         for _ in 0..2_000 {
             let decided = decide(&Command::Advance { watermark: log.len() as u64 }, &state, now()).unwrap();
-            in_flight.extend(decided.iter().filter(|e| matches!(e, Event::StepScheduled(_) | Event::QuestionAssigned(_))).cloned());
+            in_flight.extend(decided.iter().filter(|e| matches!(e, Event::StepScheduled(_) | Event::QuestionAssigned(_) | Event::StepRetryScheduled(_))).cloned());
             append(&mut log, &mut state, decided);
             if state.is_finished() {
                 break;
@@ -1378,6 +1462,17 @@ proptest! {
                 continue;
             }
             let attempt = in_flight.remove(pick.index(in_flight.len()));
+            if let Event::StepRetryScheduled(r) = &attempt {
+                let timer = Timer::StepRetry {
+                    workflow_id: r.attempt.workflow_id,
+                    execution_id: r.attempt.execution_id,
+                    step_id: r.attempt.step_id.clone(),
+                    attempt: r.attempt.number,
+                };
+                let due = decide(&Command::TimerFired(timer), &state, now()).unwrap();
+                append(&mut log, &mut state, due);
+                continue;
+            }
             if let Event::QuestionAssigned(_) = &attempt {
                 let outcome = if roll % 2 == 0 {
                     vec![answered(&attempt, Some("yes"))]
