@@ -9,6 +9,7 @@
 
 mod decide;
 mod effects;
+mod handoff;
 #[cfg(test)]
 mod tests;
 
@@ -98,6 +99,8 @@ pub struct StepProgress {
     pub draft: Option<Draft>,
     /// The last reviewer's feedback, for the author's next attempt.
     pub feedback: Option<String>,
+    /// The handoffs recorded for the step's first attempt, as (from, to) agents.
+    pub handoffs: Vec<(AgentId, AgentId)>,
 }
 
 /// A step's work before its review approves it.
@@ -119,6 +122,7 @@ impl StepProgress {
             rounds: 0,
             draft: None,
             feedback: None,
+            handoffs: Vec::new(),
         }
     }
 }
@@ -230,6 +234,12 @@ impl Execution {
                     p.attempt = e.attempt;
                     p.state = StepState::Scheduled { agent: e.agent.id };
                     p.reviewing = e.review.is_some();
+                }
+            }),
+            Event::TaskHandedOff(e) => self.step_event(&e.task_id, |p| {
+                let pair = (e.from_agent, e.to_agent);
+                if !p.handoffs.contains(&pair) {
+                    p.handoffs.push(pair);
                 }
             }),
             Event::StepStarted(e) => self.step_event(&e.attempt.step_id, |p| {
