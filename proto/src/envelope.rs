@@ -315,6 +315,18 @@ mod tests {
                 relevance_score: 0.5,
                 tags: vec!["x".into()],
             }),
+            Event::AgentStatusReported(Box::new(AgentStatusReported {
+                agent_id: AgentId::new(),
+                current_task: Some(attempt()),
+                progress: 40,
+                estimated_completion: Some(Utc::now()),
+                blockers: vec!["waiting for an answer".into()],
+                requested_support: vec![SupportRequest {
+                    from_agent: Some(AgentId::new()),
+                    reason: "which schema?".into(),
+                    urgency: Urgency::High,
+                }],
+            })),
             Event::KnowledgeValidated(KnowledgeValidated {
                 knowledge_id: KnowledgeId::new(),
                 workflow_id: w,
@@ -348,9 +360,27 @@ mod tests {
                 deadline: Some(Utc::now()),
             })),
             Event::StepScheduled(Box::new(scheduled)),
+            Event::TaskHandedOff(Box::new(TaskHandedOff {
+                execution_id: e,
+                workflow_id: w,
+                from_agent: AgentId::new(),
+                to_agent: AgentId::new(),
+                task_id: StepId::parse("b").unwrap(),
+                task_name: "B".into(),
+                context: HandoffContext {
+                    completed_work: "A: the design".into(),
+                    remaining_work: "build it".into(),
+                    constraints: vec!["one attempt may take at most 5 minute(s)".into()],
+                    dependencies: vec!["a (A): completed by Ada".into()],
+                },
+                success_criteria: "a build".into(),
+                estimated_time: Some(5.0),
+                escalation_conditions: vec!["a failed attempt fails the execution".into()],
+            })),
             Event::StepStarted(StepStarted {
                 attempt: attempt(),
                 scheduled_event_id: EventId::new(),
+                timeout_at: Some(Utc::now()),
             }),
             Event::StepDeferred(StepDeferred {
                 attempt: attempt(),

@@ -180,6 +180,25 @@ impl Teammate {
             role: agent.role.clone(),
         }
     }
+
+    /// Whether a question's addressee `to` (`@` optional) names this teammate: its id, or its
+    /// name or role in any case.
+    pub fn is_addressed_by(&self, to: &str) -> bool {
+        let to = to.trim().trim_start_matches('@');
+        self.id.to_string() == to
+            || self.name.eq_ignore_ascii_case(to)
+            || self.role.eq_ignore_ascii_case(to)
+    }
+}
+
+/// Whether a question's addressee means the whole team: none, or `everyone`, `all`, `team`.
+pub fn is_everyone(to: Option<&str>) -> bool {
+    to.is_none_or(|to| {
+        let to = to.trim().trim_start_matches('@');
+        ["everyone", "all", "team", ""]
+            .iter()
+            .any(|word| to.eq_ignore_ascii_case(word))
+    })
 }
 
 /// What became of one question, for the agent that asked it.
@@ -227,6 +246,102 @@ impl StepAttempt {
     }
 }
 
+/// A step's first attempt goes to another agent than the one that completed work it depends
+/// on: the seed's `TaskHandoff`, from that agent to the step's agent. The coordinator records
+/// one per such agent, in the decision that schedules the step (before its `StepScheduled`), so
+/// the next agent's starting point is on record. Not recorded for retries, reviews and reworks,
+/// nor for a step a child workflow runs.
+///
+/// Everything in it is taken from the workflow definition and the execution's events, as
+/// bounded excerpts (see `context`): the whole results of the dependencies are at
+/// `GET /v1/executions/{id}/steps/{stepId}/result`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskHandedOff {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    /// The agent that completed the dependencies named in `context.completedWork`.
+    pub from_agent: AgentId,
+    /// The agent the step is now assigned to.
+    pub to_agent: AgentId,
+    /// The step handed over.
+    pub task_id: StepId,
+    pub task_name: String,
+    pub context: HandoffContext,
+    /// The step's `expectedOutput`, then its `validationCriteria`, if any.
+    pub success_criteria: String,
+    /// In minutes: the step's `timeoutMinutes`, the longest one attempt may take (a step
+    /// declares no estimate of its own); absent when the step has no timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_time: Option<f64>,
+    /// When the step stops being the agent's alone to finish: the definition's time-out, retry
+    /// and review rules, in words.
+    #[serde(default)]
+    pub escalation_conditions: Vec<String>,
+}
+
+/// What the next agent takes over (the seed's `TaskHandoff.context`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffContext {
+    /// What the handing agent did: one line per dependency it completed, `<step name>: <its
+    /// summary>`, each summary cut to a few hundred characters.
+    pub completed_work: String,
+    /// What is left: the step's `instructions`, cut to a bounded length.
+    pub remaining_work: String,
+    /// The declared rules that bind the work (time-out, running alone, the run's deadline,
+    /// review), in words.
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// Every step the handed-over step waits for, as `<step id> (<name>): <state>`.
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+}
+
+/// How soon an agent needs the support it asks for (the seed's `urgency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Urgency {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// Support an agent asks for (the seed's `requestedSupport` entry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SupportRequest {
+    /// The agent asked, when the request names one; absent: anyone on the team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_agent: Option<AgentId>,
+    pub reason: String,
+    pub urgency: Urgency,
+}
+
+/// An agent says how its work goes (the seed's `AgentStatus`), for what no other event says:
+/// what blocks it and the support it asks for. Its starts, waits, completions and failures are
+/// already facts of their own (`StepStarted`, `StepDeferred`, `StepCompleted`, `StepFailed`,
+/// ...), from which the status read model is projected without this event; a worker publishes
+/// it only to add to them, with an id derived from the step's `StepScheduled` id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatusReported {
+    pub agent_id: AgentId,
+    /// The step attempt the agent works on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_task: Option<StepAttempt>,
+    /// Percent done, 0 to 100 (readers cap larger values at 100).
+    pub progress: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_completion: Option<DateTime<Utc>>,
+    /// What stops the agent now, in words; empty when nothing does.
+    #[serde(default)]
+    pub blockers: Vec<String>,
+    #[serde(default)]
+    pub requested_support: Vec<SupportRequest>,
+}
+
 /// What a reviewer is asked to judge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -263,6 +378,11 @@ pub struct StepStarted {
     pub attempt: StepAttempt,
     /// The `StepScheduled` event this attempt answers.
     pub scheduled_event_id: EventId,
+    /// When the attempt times out, copied from its `StepScheduled` (absent when the step has no
+    /// `timeoutMinutes`, and in events recorded before it was added): the agent's estimated
+    /// completion in its status read model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_at: Option<DateTime<Utc>>,
 }
 
 /// The attempt's LLM provider could not answer now (rate limited, overloaded, unreachable,
@@ -689,6 +809,7 @@ macro_rules! events {
 
 events! {
     AgentRegistered(AgentRegistered) = AGENT_REGISTERED: "dev.cadre.agent.registered.v1",
+    AgentStatusReported(Box<AgentStatusReported>) = AGENT_STATUS_REPORTED: "dev.cadre.agent.status_reported.v1",
     WorkflowCreated(WorkflowCreated) = WORKFLOW_CREATED: "dev.cadre.workflow.created.v1",
     WorkflowPaused(WorkflowPaused) = WORKFLOW_PAUSED: "dev.cadre.workflow.paused.v1",
     WorkflowResumed(WorkflowResumed) = WORKFLOW_RESUMED: "dev.cadre.workflow.resumed.v1",
@@ -697,6 +818,7 @@ events! {
     KnowledgeSuperseded(KnowledgeSuperseded) = KNOWLEDGE_SUPERSEDED: "dev.cadre.workflow.knowledge_superseded.v1",
     ExecutionStarted(Box<ExecutionStarted>) = EXECUTION_STARTED: "dev.cadre.execution.started.v1",
     StepScheduled(Box<StepScheduled>) = STEP_SCHEDULED: "dev.cadre.execution.step_scheduled.v1",
+    TaskHandedOff(Box<TaskHandedOff>) = TASK_HANDED_OFF: "dev.cadre.execution.task_handed_off.v1",
     StepStarted(StepStarted) = STEP_STARTED: "dev.cadre.execution.step_started.v1",
     StepDeferred(StepDeferred) = STEP_DEFERRED: "dev.cadre.execution.step_deferred.v1",
     InteractionRecorded(InteractionRecorded) = INTERACTION_RECORDED: "dev.cadre.execution.interaction_recorded.v1",
@@ -726,6 +848,7 @@ impl Event {
             |a: &StepAttempt, fact| step(tenant, a.workflow_id, a.execution_id, &a.step_id, fact);
         match self {
             Self::AgentRegistered(e) => agent(tenant, e.agent.id, subjects::REGISTERED),
+            Self::AgentStatusReported(e) => agent(tenant, e.agent_id, subjects::STATUS_REPORTED),
             Self::WorkflowCreated(e) => workflow(tenant, e.workflow.id, subjects::CREATED),
             Self::WorkflowPaused(e) => workflow(tenant, e.workflow_id, subjects::PAUSED),
             Self::WorkflowResumed(e) => workflow(tenant, e.workflow_id, subjects::RESUMED),
@@ -745,6 +868,13 @@ impl Event {
                 e.execution_id,
                 &e.step.id,
                 subjects::SCHEDULED,
+            ),
+            Self::TaskHandedOff(e) => step(
+                tenant,
+                e.workflow_id,
+                e.execution_id,
+                &e.task_id,
+                subjects::HANDED_OFF,
             ),
             Self::StepStarted(e) => step_fact(&e.attempt, subjects::STARTED),
             Self::StepDeferred(e) => step_fact(&e.attempt, subjects::DEFERRED),
@@ -802,6 +932,7 @@ impl Event {
     pub fn ce_subject(&self) -> String {
         match self {
             Self::AgentRegistered(e) => e.agent.id.to_string(),
+            Self::AgentStatusReported(e) => e.agent_id.to_string(),
             Self::WorkflowCreated(e) => e.workflow.id.to_string(),
             Self::WorkflowPaused(e) => e.workflow_id.to_string(),
             Self::WorkflowResumed(e) => e.workflow_id.to_string(),
@@ -816,6 +947,7 @@ impl Event {
     pub fn workflow_id(&self) -> Option<WorkflowId> {
         match self {
             Self::AgentRegistered(_) => None,
+            Self::AgentStatusReported(e) => e.current_task.as_ref().map(|t| t.workflow_id),
             Self::WorkflowCreated(e) => Some(e.workflow.id),
             Self::WorkflowPaused(e) => Some(e.workflow_id),
             Self::WorkflowResumed(e) => Some(e.workflow_id),
@@ -824,6 +956,7 @@ impl Event {
             Self::KnowledgeSuperseded(e) => Some(e.workflow_id),
             Self::ExecutionStarted(e) => Some(e.workflow_id),
             Self::StepScheduled(e) => Some(e.workflow_id),
+            Self::TaskHandedOff(e) => Some(e.workflow_id),
             Self::StepStarted(e) => Some(e.attempt.workflow_id),
             Self::StepDeferred(e) => Some(e.attempt.workflow_id),
             Self::InteractionRecorded(e) => Some(e.workflow_id),
@@ -849,6 +982,7 @@ impl Event {
     /// The execution an event belongs to, if any.
     pub fn execution_id(&self) -> Option<ExecutionId> {
         match self {
+            Self::AgentStatusReported(e) => e.current_task.as_ref().map(|t| t.execution_id),
             Self::AgentRegistered(_)
             | Self::WorkflowCreated(_)
             | Self::WorkflowPaused(_)
@@ -858,6 +992,7 @@ impl Event {
             Self::KnowledgeSuperseded(e) => Some(e.execution_id),
             Self::ExecutionStarted(e) => Some(e.execution_id),
             Self::StepScheduled(e) => Some(e.execution_id),
+            Self::TaskHandedOff(e) => Some(e.execution_id),
             Self::StepStarted(e) => Some(e.attempt.execution_id),
             Self::StepDeferred(e) => Some(e.attempt.execution_id),
             Self::InteractionRecorded(e) => Some(e.execution_id),

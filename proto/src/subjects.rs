@@ -1,10 +1,10 @@
 //! Subject builders: the only place where a subject is spelled.
 //!
 //! Layout (tokens after `cadre.events.<tenant>`):
-//! - `agent.<agent>.registered`
+//! - `agent.<agent>.{registered,status_reported}`
 //! - `workflow.<workflow>.{created,paused,resumed}`, `workflow.<workflow>.knowledge.{shared,validated,superseded}`
 //! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled}`
-//! - `workflow.<workflow>.execution.<execution>.step.<step>.{scheduled,started,deferred,completed,failed,timed_out,skipped,reviewed}`
+//! - `workflow.<workflow>.execution.<execution>.step.<step>.{handed_off,scheduled,started,deferred,completed,failed,timed_out,skipped,reviewed}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{questions_asked,question_assigned,question_answered,questions_expired}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{retry_scheduled,retry_due}`
 //! - `workflow.<workflow>.interactions.<execution>.recorded`
@@ -33,6 +33,8 @@ pub const TIMED_OUT: &str = "timed_out";
 pub const SKIPPED: &str = "skipped";
 pub const REVIEWED: &str = "reviewed";
 pub const DEFERRED: &str = "deferred";
+pub const HANDED_OFF: &str = "handed_off";
+pub const STATUS_REPORTED: &str = "status_reported";
 pub const PAUSED: &str = "paused";
 pub const RESUMED: &str = "resumed";
 pub const CANCELLED: &str = "cancelled";
@@ -247,7 +249,8 @@ mod tests {
         let chat = interactions(&t, w, e);
         let know = knowledge(&t, w);
 
-        for subject in [&scheduled, &started] {
+        let handed_off = step(&t, w, e, &s, HANDED_OFF);
+        for subject in [&scheduled, &started, &handed_off] {
             assert!(is_execution_state(subject));
             assert!(matches(&execution_state(&t, w, e), subject));
         }
@@ -256,6 +259,7 @@ mod tests {
             &know,
             &workflow(&t, w, CREATED),
             &agent(&t, AgentId::new(), REGISTERED),
+            &agent(&t, AgentId::new(), STATUS_REPORTED),
         ] {
             assert!(!is_execution_state(subject), "{subject}");
             assert!(!matches(&execution_state(&t, w, e), subject));

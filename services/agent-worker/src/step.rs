@@ -8,9 +8,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use cadre_proto::events::{
-    AskedQuestion, CallUsage, InteractionRecorded, KnowledgeShared, KnowledgeSuperseded,
-    KnowledgeValidated, QuestionAnswered, QuestionAssigned, QuestionsAsked, ReviewRequest,
-    StepAttempt, StepCompleted, StepDeferred, StepFailed, StepReviewed, StepScheduled, StepStarted,
+    AgentStatusReported, AskedQuestion, CallUsage, InteractionRecorded, KnowledgeShared,
+    KnowledgeSuperseded, KnowledgeValidated, QuestionAnswered, QuestionAssigned, QuestionsAsked,
+    ReviewRequest, StepAttempt, StepCompleted, StepDeferred, StepFailed, StepReviewed,
+    StepScheduled, StepStarted, SupportRequest, Urgency, is_everyone,
 };
 use cadre_proto::model::{InteractionType, KnowledgeType, ModelChoice, StepResult};
 use cadre_proto::{Envelope, Event, EventId, KnowledgeId, TenantId};
@@ -51,6 +52,7 @@ mod label {
     pub const DEFERRED: &str = "deferred";
     pub const ASKED: &str = "questions-asked";
     pub const ANSWERED: &str = "answered";
+    pub const STATUS: &str = "status";
 }
 
 /// Longest addressee an `@name:` prefix may have: a name or role, not a sentence.
@@ -83,6 +85,7 @@ impl ScheduledStep {
             Event::StepStarted(StepStarted {
                 attempt: StepAttempt::of(s),
                 scheduled_event_id: self.event_id,
+                timeout_at: s.timeout_at,
             }),
         )
     }
@@ -126,6 +129,31 @@ impl ScheduledStep {
                 usage,
             }),
         )
+    }
+
+    /// The agent's status while it waits for the answers to `questions`: blocked on them,
+    /// asking each addressee (the team, for a broadcast or a name nobody has) for support.
+    /// Half done: a draft exists, and the answers finish it.
+    pub fn waiting_for_answers(&self, questions: &[AskedQuestion], now: DateTime<Utc>) -> Envelope {
+        let team = &self.scheduled.team;
+        let requested = questions
+            .iter()
+            .map(|q| SupportRequest {
+                from_agent: q
+                    .to
+                    .as_deref()
+                    .filter(|to| !is_everyone(Some(to)))
+                    .and_then(|to| team.iter().find(|t| t.is_addressed_by(to)))
+                    .map(|t| t.id),
+                reason: q.text.clone(),
+                urgency: Urgency::Medium,
+            })
+            .collect();
+        let blocker = format!(
+            "waiting for teammates' answers to {} question(s)",
+            questions.len()
+        );
+        self.status_reported("questions", 50, vec![blocker], requested, now)
     }
 
     /// What the agent tells the team before it reports the step done: its questions and
@@ -435,6 +463,36 @@ impl ScheduledStep {
                 deferral: wait.deferral,
                 waiting_since: wait.since,
             }),
+        )
+    }
+
+    /// The agent's own word on the attempt, for what no other event says: what blocks it and
+    /// the support it asks its team for. Its start, waits, completion and failure need no such
+    /// report: the status read model is projected from `StepStarted`, `StepDeferred`,
+    /// `StepCompleted` and `StepFailed`, so a step costs no extra event. `label` tells this
+    /// report from the attempt's others (`question/1`): a redelivery republishes the same id.
+    /// `progress` is a percentage (above 100 counts as 100); the estimated completion is the
+    /// attempt's time-out, when it has one.
+    pub fn status_reported(
+        &self,
+        label: &str,
+        progress: u8,
+        blockers: Vec<String>,
+        requested_support: Vec<SupportRequest>,
+        now: DateTime<Utc>,
+    ) -> Envelope {
+        let s = &self.scheduled;
+        self.envelope(
+            &format!("{}/{label}", label::STATUS),
+            now,
+            Event::AgentStatusReported(Box::new(AgentStatusReported {
+                agent_id: s.agent.id,
+                current_task: Some(StepAttempt::of(s)),
+                progress: progress.min(100),
+                estimated_completion: s.timeout_at,
+                blockers,
+                requested_support,
+            })),
         )
     }
 
@@ -1318,6 +1376,57 @@ mod tests {
             ..s.clone()
         };
         assert!(already_handled(&other_attempt, None, &waiting).is_none());
+    }
+
+    #[test]
+    fn a_status_report_names_its_attempt_and_asks_for_support() {
+        let mut step = step(true);
+        let timeout_at = Utc::now() + chrono::Duration::minutes(5);
+        step.scheduled.timeout_at = Some(timeout_at);
+        let teammate = cadre_proto::AgentId::new();
+        let asked = vec![SupportRequest {
+            from_agent: Some(teammate),
+            reason: "Which schema version?".to_owned(),
+            urgency: cadre_proto::events::Urgency::High,
+        }];
+        let report = |label: &str, at| {
+            step.status_reported(
+                label,
+                140,
+                vec!["waiting for an answer".to_owned()],
+                asked.clone(),
+                at,
+            )
+        };
+        let (early, late) = (Utc::now(), Utc::now() + chrono::Duration::seconds(30));
+        let first = report("question/1", early);
+        assert_eq!(first.meta.id, report("question/1", late).meta.id);
+        assert_ne!(first.meta.id, report("question/2", early).meta.id);
+        assert_ne!(first.meta.id, step.started(early).meta.id);
+        let Event::AgentStatusReported(status) = first.event else {
+            panic!("a status report");
+        };
+        assert_eq!(status.agent_id, step.scheduled.agent.id);
+        assert_eq!(status.current_task, Some(StepAttempt::of(&step.scheduled)));
+        assert_eq!(status.progress, 100, "a percentage");
+        assert_eq!(status.estimated_completion, Some(timeout_at));
+        assert_eq!(status.blockers, ["waiting for an answer"]);
+        assert_eq!(status.requested_support, asked);
+    }
+
+    #[test]
+    fn the_start_carries_the_attempts_time_out() {
+        let mut step = step(true);
+        let Event::StepStarted(started) = step.started(Utc::now()).event else {
+            panic!("a StepStarted");
+        };
+        assert_eq!(started.timeout_at, None);
+        let timeout_at = Utc::now() + chrono::Duration::minutes(10);
+        step.scheduled.timeout_at = Some(timeout_at);
+        let Event::StepStarted(started) = step.started(Utc::now()).event else {
+            panic!("a StepStarted");
+        };
+        assert_eq!(started.timeout_at, Some(timeout_at));
     }
 
     #[test]

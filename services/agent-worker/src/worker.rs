@@ -391,11 +391,13 @@ impl Worker {
             // The step waits for its teammates, holding no worker: the coordinator hands the
             // questions out and schedules the next attempt with the answers.
             let count = questions.len();
-            let asked = step.asked(questions, usage, Utc::now());
+            let now = Utc::now();
+            let status = step.waiting_for_answers(&questions, now);
+            let asked = step.asked(questions, usage, now);
             self.bus
-                .publish(&asked, Append::Any)
+                .publish_all(&[asked, status])
                 .await
-                .context("publishing QuestionsAsked")?;
+                .context("publishing QuestionsAsked and the agent's status")?;
             tracing::info!(questions = count, "step waits for its teammates' answers");
             return Ok(Disposition::Ack);
         }

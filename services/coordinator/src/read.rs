@@ -342,3 +342,139 @@ pub async fn usage(
     }
     Ok((total, breakdowns))
 }
+
+/// A step handed from one agent to another (the seed's `TaskHandoff`), with where it belongs.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffView {
+    /// The `TaskHandedOff` event the handoff was recorded by.
+    pub id: Uuid,
+    pub execution_id: Uuid,
+    pub workflow_id: Uuid,
+    pub from_agent: Uuid,
+    pub to_agent: Uuid,
+    /// The step handed over.
+    pub task_id: String,
+    pub task_name: String,
+    pub context: HandoffContextView,
+    pub success_criteria: String,
+    /// Minutes: the step's `timeoutMinutes`; absent when it has none.
+    pub estimated_time: Option<f64>,
+    pub escalation_conditions: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffContextView {
+    pub completed_work: String,
+    pub remaining_work: String,
+    pub constraints: serde_json::Value,
+    pub dependencies: serde_json::Value,
+}
+
+/// An execution's handoffs, in the order they were recorded.
+pub async fn handoffs(
+    db: &PgPool,
+    tenant: &TenantId,
+    execution_id: Uuid,
+    page: Page,
+) -> sqlx::Result<Vec<HandoffView>> {
+    let rows = sqlx::query!(
+        "SELECT event_id, execution_id, workflow_id, from_agent_id, to_agent_id, task_id,
+                task_name, completed_work, remaining_work, constraints, dependencies,
+                success_criteria, estimated_time, escalation_conditions, created_at
+         FROM task_handoffs WHERE tenant_id = $1 AND execution_id = $2
+         ORDER BY event_sequence LIMIT $3 OFFSET $4",
+        tenant.as_str(),
+        execution_id,
+        page.limit,
+        page.offset,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| HandoffView {
+            id: r.event_id,
+            execution_id: r.execution_id,
+            workflow_id: r.workflow_id,
+            from_agent: r.from_agent_id,
+            to_agent: r.to_agent_id,
+            task_id: r.task_id,
+            task_name: r.task_name,
+            context: HandoffContextView {
+                completed_work: r.completed_work,
+                remaining_work: r.remaining_work,
+                constraints: r.constraints,
+                dependencies: r.dependencies,
+            },
+            success_criteria: r.success_criteria,
+            estimated_time: r.estimated_time,
+            escalation_conditions: r.escalation_conditions,
+            created_at: r.created_at,
+        })
+        .collect())
+}
+
+/// An agent's latest status (the seed's `AgentStatus`), with the step attempt it is about.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatusView {
+    pub agent_id: Uuid,
+    /// `idle` (no status yet), `working`, `blocked`, `completed` or `failed`.
+    pub state: String,
+    /// The name of the step the status is about.
+    pub current_task: Option<String>,
+    pub workflow_id: Option<Uuid>,
+    pub execution_id: Option<Uuid>,
+    pub step_id: Option<String>,
+    pub attempt: Option<i32>,
+    /// Percent, 0 to 100.
+    pub progress: i16,
+    /// When the step will be done at the latest (its attempt's time-out), or was done.
+    pub estimated_completion: Option<DateTime<Utc>>,
+    pub blockers: serde_json::Value,
+    /// `[{fromAgent?, reason, urgency}]`, `urgency` one of `low`, `medium`, `high`, `critical`.
+    pub requested_support: serde_json::Value,
+    /// When the status was recorded; absent while idle.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl AgentStatusView {
+    /// An agent that has not worked on any step yet.
+    pub fn idle(agent_id: Uuid) -> Self {
+        Self {
+            agent_id,
+            state: "idle".to_owned(),
+            current_task: None,
+            workflow_id: None,
+            execution_id: None,
+            step_id: None,
+            attempt: None,
+            progress: 0,
+            estimated_completion: None,
+            blockers: serde_json::json!([]),
+            requested_support: serde_json::json!([]),
+            updated_at: None,
+        }
+    }
+}
+
+pub async fn agent_status(
+    db: &PgPool,
+    tenant: &TenantId,
+    agent_id: Uuid,
+) -> sqlx::Result<Option<AgentStatusView>> {
+    sqlx::query_as!(
+        AgentStatusView,
+        r#"SELECT agent_id, state, current_task, workflow_id, execution_id, step_id, attempt,
+                  progress, estimated_completion, blockers, requested_support,
+                  updated_at AS "updated_at?"
+           FROM agent_status WHERE tenant_id = $1 AND agent_id = $2"#,
+        tenant.as_str(),
+        agent_id,
+    )
+    .fetch_optional(db)
+    .await
+}

@@ -14,7 +14,9 @@ use uuid::Uuid;
 
 use crate::incoming::Incoming;
 use crate::models::executions::Outcome;
-use crate::models::{agents, executions, interactions, knowledge, rejections, usage, workflows};
+use crate::models::{
+    agents, executions, handoffs, interactions, knowledge, rejections, status, usage, workflows,
+};
 
 /// Every read model's changes from one batch.
 #[derive(Debug, Default)]
@@ -27,6 +29,8 @@ pub(crate) struct Plan {
     pub interactions: interactions::Changes,
     pub knowledge: knowledge::Changes,
     pub usage: usage::Changes,
+    pub handoffs: handoffs::Changes,
+    pub status: status::Changes,
     pub rejections: rejections::Changes,
 }
 
@@ -76,6 +80,7 @@ impl Plan {
         };
         match &envelope.event {
             Event::AgentRegistered(e) => self.agents.registered(origin, &e.agent),
+            Event::AgentStatusReported(e) => self.status.reported(origin, e),
             Event::WorkflowCreated(e) => self.workflows.created(origin, &e.workflow),
             Event::WorkflowPaused(e) => self.workflows.paused(origin, e.workflow_id),
             Event::WorkflowResumed(e) => self.workflows.resumed(origin, e.workflow_id),
@@ -91,13 +96,16 @@ impl Plan {
                 self.executions.step_scheduled(origin, e);
                 self.interactions.step_scheduled(origin, e);
             }
+            Event::TaskHandedOff(e) => self.handoffs.handed_off(origin, e),
             Event::StepStarted(e) => {
                 self.executions.step_started(origin, e);
                 self.interactions.step_started(origin, e);
+                self.status.step_started(origin, e);
             }
             Event::StepDeferred(e) => {
                 self.executions.step_deferred(origin, e);
                 self.interactions.step_deferred(origin, e);
+                self.status.step_deferred(origin, e);
             }
             Event::InteractionRecorded(e) => self.interactions.recorded(origin, e),
             Event::KnowledgeValidated(e) => self.knowledge.validated(origin, e),
@@ -107,19 +115,23 @@ impl Plan {
                 self.usage.completed(origin, e);
                 self.interactions.step_completed(origin, e);
                 self.knowledge.used(origin, e);
+                self.status.step_completed(origin, e);
             }
             Event::StepFailed(e) => {
                 self.usage.attempt(origin, &e.attempt, e.usage.as_ref());
                 self.executions.step_failed(origin, e);
                 self.interactions.step_failed(origin, e);
+                self.status.step_failed(origin, e);
             }
             Event::StepTimedOut(e) => {
                 self.executions.step_timed_out(origin, e);
                 self.interactions.step_timed_out(origin, e);
+                self.status.step_timed_out(origin, e);
             }
             Event::StepReviewed(e) => {
                 self.usage.attempt(origin, &e.attempt, e.usage.as_ref());
                 self.executions.step_reviewed(origin, e);
+                self.status.step_reviewed(origin, e);
             }
             Event::QuestionsAsked(e) => {
                 self.executions.questions_asked(origin, e);
@@ -175,6 +187,8 @@ impl Plan {
         self.interactions.write(tx).await?;
         self.knowledge.write(tx).await?;
         self.usage.write(tx).await?;
+        self.handoffs.write(tx).await?;
+        self.status.write(tx).await?;
         self.rejections.write(tx).await
     }
 }

@@ -6,10 +6,11 @@
 use std::collections::HashSet;
 
 use cadre_proto::events::{
-    AgentRegistered, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused,
-    ExecutionResumed, ExecutionStarted, FailureCause, InteractionRecorded, KnowledgeShared,
-    KnowledgeSuperseded, KnowledgeValidated, Request, StepAttempt, StepCompleted, StepFailed,
-    StepScheduled, StepStarted, StepTimedOut, WorkflowCreated, WorkflowPaused, WorkflowResumed,
+    AgentRegistered, AgentStatusReported, ExecutionCancelled, ExecutionCompleted, ExecutionFailed,
+    ExecutionPaused, ExecutionResumed, ExecutionStarted, FailureCause, HandoffContext,
+    InteractionRecorded, KnowledgeShared, KnowledgeSuperseded, KnowledgeValidated, Request,
+    StepAttempt, StepCompleted, StepDeferred, StepFailed, StepScheduled, StepStarted, StepTimedOut,
+    SupportRequest, TaskHandedOff, WorkflowCreated, WorkflowPaused, WorkflowResumed,
 };
 use cadre_proto::model::{
     AgentProfile, InteractionType, KnowledgeType, StepResult, StepType, TokenUsage,
@@ -251,6 +252,7 @@ impl Fixture {
         Event::StepStarted(StepStarted {
             attempt: self.attempt(attempt),
             scheduled_event_id: EventId::new(),
+            timeout_at: None,
         })
     }
 
@@ -311,6 +313,55 @@ impl Fixture {
             agent_id: self.agent.id,
             reason: "newer findings".to_owned(),
         })
+    }
+
+    /// The attempt waits for its provider until a minute after the fixture's clock.
+    pub fn step_deferred(&self, attempt: u32) -> Event {
+        Event::StepDeferred(StepDeferred {
+            attempt: self.attempt(attempt),
+            error: "provider said 429".to_owned(),
+            retry_at: self.clock + chrono::Duration::minutes(1),
+            deferral: 1,
+            waiting_since: self.clock,
+        })
+    }
+
+    /// `from` hands this fixture's step to this fixture's agent.
+    pub fn handed_off(&self, from: AgentId, completed_work: &str) -> Event {
+        Event::TaskHandedOff(Box::new(TaskHandedOff {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            from_agent: from,
+            to_agent: self.agent.id,
+            task_id: self.step.id.clone(),
+            task_name: self.step.name.clone(),
+            context: HandoffContext {
+                completed_work: completed_work.to_owned(),
+                remaining_work: self.step.instructions.clone(),
+                constraints: vec!["runs alone".to_owned()],
+                dependencies: vec!["research (Research): completed by Bo".to_owned()],
+            },
+            success_criteria: self.step.expected_output.clone(),
+            estimated_time: Some(5.0),
+            escalation_conditions: vec!["a failed attempt fails the execution".to_owned()],
+        }))
+    }
+
+    /// This fixture's agent reports on attempt 1 of this fixture's step.
+    pub fn status_reported(
+        &self,
+        progress: u8,
+        blockers: &[&str],
+        requested_support: Vec<SupportRequest>,
+    ) -> Event {
+        Event::AgentStatusReported(Box::new(AgentStatusReported {
+            agent_id: self.agent.id,
+            current_task: Some(self.attempt(1)),
+            progress,
+            estimated_completion: None,
+            blockers: blockers.iter().map(|b| (*b).to_owned()).collect(),
+            requested_support,
+        }))
     }
 
     pub fn step_failed(&self, attempt: u32) -> Event {

@@ -164,6 +164,39 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    let name_of = |id: &Value| names.get(text(id)).cloned().unwrap_or_default();
+    let handoffs = api
+        .get(&format!("/v1/executions/{execution_id}/handoffs"))
+        .await
+        .body;
+    let handoffs = handoffs.as_array().cloned().unwrap_or_default();
+    println!("\n== Handoffs ({})", handoffs.len());
+    for h in &handoffs {
+        println!(
+            "  {} -> {}: {} (success: {})",
+            name_of(&h["fromAgent"]),
+            name_of(&h["toAgent"]),
+            text(&h["taskName"]),
+            first_line(&h["successCriteria"])
+        );
+        println!(
+            "         completed work: {}",
+            first_line(&h["context"]["completedWork"])
+        );
+    }
+
+    println!("\n== Agent status");
+    for id in &ids {
+        let status = api.get(&format!("/v1/agents/{id}/status")).await.body;
+        println!(
+            "  {:<6} {:<9} {:>3}% {}",
+            names.get(id).cloned().unwrap_or_default(),
+            text(&status["state"]),
+            status["progress"],
+            text(&status["currentTask"])
+        );
+    }
+
     let knowledge = api
         .get(&format!("/v1/workflows/{workflow_id}/knowledge"))
         .await

@@ -4,6 +4,7 @@
 
 mod agents;
 mod body;
+mod collaboration;
 mod executions;
 mod problem;
 mod usage;
@@ -57,6 +58,7 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
         .route("/v1/agents", get(agents::list).post(agents::register))
         .route("/v1/agents/{id}", get(agents::get))
         .route("/v1/agents/{id}/usage", get(usage::agent))
+        .route("/v1/agents/{id}/status", get(collaboration::agent_status))
         .route("/v1/workers", get(agents::workers))
         .route(
             "/v1/workflows",
@@ -80,6 +82,7 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
             "/v1/executions/{id}/interactions",
             get(executions::interactions),
         )
+        .route("/v1/executions/{id}/handoffs", get(collaboration::handoffs))
         .route(
             "/v1/executions/{id}/steps/{step}/result",
             get(executions::step_result),

@@ -8,9 +8,11 @@
 
 pub(crate) mod agents;
 pub(crate) mod executions;
+pub(crate) mod handoffs;
 pub(crate) mod interactions;
 pub(crate) mod knowledge;
 pub(crate) mod rejections;
+pub(crate) mod status;
 pub(crate) mod usage;
 pub(crate) mod workflows;
 
@@ -49,6 +51,8 @@ pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     interactions::reset(tx).await?;
     knowledge::reset(tx).await?;
     usage::reset(tx).await?;
+    handoffs::reset(tx).await?;
+    status::reset(tx).await?;
     rejections::reset(tx).await
 }
 

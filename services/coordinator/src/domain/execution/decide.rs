@@ -13,7 +13,7 @@ use cadre_proto::timers::Timer;
 use cadre_proto::{Event, ExecutionId, StepId};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{Execution, Reply, State, Status, StepProgress, StepState, after_minutes};
+use super::{Execution, Reply, State, Status, StepProgress, StepState, after_minutes, handoff};
 use crate::domain::Decider;
 use crate::domain::assignment::{assign, assign_reviewer};
 use crate::domain::condition::{self, StepView};
@@ -463,6 +463,9 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         };
         *load.entry(agent.id).or_insert(0) += 1;
         active += 1;
+        // Before the scheduling: if only part of this decision is stored, the next one still
+        // records the handoffs (and not twice).
+        events.extend(handoff::handed_off(execution, step, agent));
         let feedback = review
             .is_none()
             .then(|| progress.feedback.clone())

@@ -9,12 +9,13 @@
 
 mod decide;
 mod effects;
+mod handoff;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
-use cadre_proto::events::ParentStep;
+use cadre_proto::events::{ParentStep, Teammate, is_everyone};
 use cadre_proto::model::{AgentProfile, ObjectRef, RetryBackoff, WorkflowDefinition};
 use cadre_proto::{AgentId, Event, ExecutionId, StepId};
 use chrono::{DateTime, Utc};
@@ -119,6 +120,8 @@ pub struct StepProgress {
     pub questions: Vec<Question>,
     /// Whether the current attempt was handed its questions' answers: it may not ask again.
     pub answered: bool,
+    /// The handoffs recorded for the step's first attempt, as (from, to) agents.
+    pub handoffs: Vec<(AgentId, AgentId)>,
 }
 
 /// A question an attempt asked, and what became of it for each teammate it went to.
@@ -170,18 +173,12 @@ impl Question {
     ) -> Self {
         let mut others = agents.iter().filter(|a| a.id != asker);
         let recipients: Vec<&AgentProfile> = match asked.to.as_deref() {
-            Some(to) if !is_everyone(to) => {
-                let to = to.trim().trim_start_matches('@');
-                others
-                    .find(|a| {
-                        a.id.to_string() == to
-                            || a.name.eq_ignore_ascii_case(to)
-                            || a.role.eq_ignore_ascii_case(to)
-                    })
-                    .into_iter()
-                    .collect()
-            }
-            _ => others.collect(),
+            to if is_everyone(to) => others.collect(),
+            Some(to) => others
+                .find(|a| Teammate::of(a).is_addressed_by(to))
+                .into_iter()
+                .collect(),
+            None => vec![],
         };
         Self {
             question_id: asked.question_id.clone(),
@@ -199,20 +196,12 @@ impl Question {
     }
 
     fn is_broadcast(&self) -> bool {
-        self.to.as_deref().is_none_or(is_everyone)
+        is_everyone(self.to.as_deref())
     }
 
     fn recipient(&mut self, agent: AgentId) -> Option<&mut Recipient> {
         self.recipients.iter_mut().find(|r| r.agent == agent)
     }
-}
-
-/// Whether a question's addressee means the whole team.
-fn is_everyone(to: &str) -> bool {
-    let to = to.trim().trim_start_matches('@');
-    ["everyone", "all", "team", ""]
-        .iter()
-        .any(|word| to.eq_ignore_ascii_case(word))
 }
 
 /// A step's work before its review approves it.
@@ -236,6 +225,7 @@ impl StepProgress {
             feedback: None,
             questions: Vec::new(),
             answered: false,
+            handoffs: Vec::new(),
         }
     }
 }
@@ -362,6 +352,12 @@ impl Execution {
                     p.reviewing = e.review.is_some();
                     p.questions.clear();
                     p.answered = !e.answers.is_empty();
+                }
+            }),
+            Event::TaskHandedOff(e) => self.step_event(&e.task_id, |p| {
+                let pair = (e.from_agent, e.to_agent);
+                if !p.handoffs.contains(&pair) {
+                    p.handoffs.push(pair);
                 }
             }),
             Event::StepStarted(e) => self.step_event(&e.attempt.step_id, |p| {

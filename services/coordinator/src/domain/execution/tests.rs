@@ -3,6 +3,7 @@
 use cadre_proto::events::{
     AskedQuestion, AssignmentReason, CallUsage, FailureCause, ParentStep, QuestionAnswered,
     QuestionsAsked, Request, StepAttempt, StepCompleted, StepFailed, StepReviewed, StepStarted,
+    TaskHandedOff,
 };
 use cadre_proto::model::{
     AgentProfile, Constraints, Coordination, MissedDeadline, ModelParameters, PhaseMode,
@@ -103,6 +104,28 @@ fn scheduled(events: &[Event]) -> Vec<(String, u32, AgentId)> {
         .iter()
         .filter_map(|e| match e {
             Event::StepScheduled(s) => Some((s.step.id.to_string(), s.attempt, s.agent.id)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one `StepScheduled` of a decision (handoffs may come before it).
+fn the_scheduled(events: &[Event]) -> &Event {
+    let mut scheduled = events
+        .iter()
+        .filter(|e| matches!(e, Event::StepScheduled(_)));
+    let (Some(one), None) = (scheduled.next(), scheduled.next()) else {
+        panic!("expected one StepScheduled in {events:?}")
+    };
+    one
+}
+
+/// The handoffs of a decision.
+fn handoffs(events: &[Event]) -> Vec<&TaskHandedOff> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TaskHandedOff(h) => Some(h.as_ref()),
             _ => None,
         })
         .collect()
@@ -251,11 +274,11 @@ fn a_pipeline_runs_in_dependency_order_then_completes() {
     let second = advance(&log);
     assert_eq!(scheduled(&second), vec![("build".into(), 1, team[1].id)]);
     log.extend(second.clone());
-    log.push(completed(&second[0]));
+    log.push(completed(the_scheduled(&second)));
     let third = advance(&log);
     assert_eq!(scheduled(&third), vec![("review".into(), 1, team[2].id)]);
     log.extend(third.clone());
-    log.push(completed(&third[0]));
+    log.push(completed(the_scheduled(&third)));
 
     let end = advance(&log);
     let [Event::ExecutionCompleted(done)] = end.as_slice() else {
@@ -462,6 +485,7 @@ fn duplicates_and_strays_change_nothing() {
     log.push(Event::StepStarted(StepStarted {
         attempt: StepAttempt::of(s),
         scheduled_event_id: EventId::new(),
+        timeout_at: None,
     }));
     log.push(completed(&first[0]));
     let once = fold(&log);
@@ -883,8 +907,16 @@ fn phases_run_one_after_another_in_their_mode() {
     }
     let second = advance(&log);
     assert_eq!(scheduled(&second), vec![("build".into(), 1, team[0].id)]);
+    assert_eq!(
+        handoffs(&second)[0].context.dependencies,
+        [
+            "design (Step design): completed by Ada",
+            "threats (Step threats): completed by Bo"
+        ],
+        "a phase's steps wait for every step of the phase before"
+    );
     log.extend(second.clone());
-    log.push(completed(&second[0]));
+    log.push(completed(the_scheduled(&second)));
     assert_eq!(
         scheduled(&advance(&log)),
         vec![("test".into(), 1, team[0].id)],
@@ -1366,7 +1398,18 @@ proptest! {
             if let Some(Event::ExecutionCompleted(_)) = decided.first() {
                 break;
             }
-            in_flight.extend(decided.iter().cloned());
+            // A handoff comes before the scheduling of its step, from another agent.
+            for (at, event) in decided.iter().enumerate() {
+                if let Event::TaskHandedOff(h) = event {
+                    let next = decided[at..].iter().find_map(|e| match e {
+                        Event::StepScheduled(s) => Some(s),
+                        _ => None,
+                    });
+                    prop_assert!(next.is_some_and(|s| s.step.id == h.task_id && s.agent.id == h.to_agent));
+                    prop_assert_ne!(h.from_agent, h.to_agent);
+                }
+            }
+            in_flight.extend(decided.iter().filter(|e| matches!(e, Event::StepScheduled(_))).cloned());
             log.extend(decided);
             prop_assert!(!in_flight.is_empty(), "stalled with steps left");
             let pick = picks.next().unwrap().index(in_flight.len());
@@ -1504,4 +1547,222 @@ proptest! {
             prop_assert!(all_done);
         }
     }
+}
+
+#[test]
+fn a_step_taken_over_from_another_agent_is_handed_off_before_it_is_scheduled() {
+    let team = vec![agent("Ada", &["design"]), agent("Bo", &["rust"])];
+    let mut build = step("build", &["design"], &["rust"]);
+    build.instructions = "Build what was designed.".into();
+    build.expected_output = "A working build".into();
+    build.validation_criteria = vec!["compiles".into(), "tests pass".into()];
+    build.timeout_minutes = Some(10.0);
+    build.can_run_in_parallel = false;
+    let mut wf = workflow(&team, vec![step("design", &[], &["design"]), build]);
+    wf.configuration.constraints.max_retries = Some(2);
+    wf.configuration.constraints.max_execution_time = Some(3600);
+    let mut log = start(&wf, &team);
+
+    let first = advance(&log);
+    assert!(
+        handoffs(&first).is_empty(),
+        "the first step takes over from nobody"
+    );
+    log.extend(first.clone());
+    let Event::StepCompleted(mut done) = completed(&first[0]) else {
+        unreachable!()
+    };
+    done.result.summary = "x".repeat(1000);
+    log.push(Event::StepCompleted(done));
+
+    let second = advance(&log);
+    let [Event::TaskHandedOff(h), Event::StepScheduled(s)] = second.as_slice() else {
+        panic!("expected a handoff, then the scheduling: {second:?}")
+    };
+    assert_eq!((h.from_agent, h.to_agent), (team[0].id, team[1].id));
+    assert_eq!(
+        (h.task_id.as_str(), h.task_name.as_str()),
+        ("build", "Step build")
+    );
+    assert_eq!(s.agent.id, h.to_agent);
+    let quoted = format!("Step design: {}…", "x".repeat(300));
+    assert_eq!(h.context.completed_work, quoted, "each summary is cut");
+    assert_eq!(h.context.remaining_work, "Build what was designed.");
+    assert_eq!(
+        h.context.dependencies,
+        ["design (Step design): completed by Ada"]
+    );
+    assert_eq!(
+        h.context.constraints,
+        [
+            "each attempt may take at most 10 minute(s) from when it is handed to the workers \
+             (timeoutMinutes)",
+            "runs alone: no other step of the execution runs at the same time \
+             (canRunInParallel: false)",
+            "the execution must end by 2026-11-29T13:00:00Z (maxExecutionTime: 3600 s)",
+        ]
+    );
+    assert_eq!(
+        h.success_criteria,
+        "A working build\nValidation criteria: compiles; tests pass"
+    );
+    assert_eq!(h.estimated_time, Some(10.0), "minutes, from the time-out");
+    assert_eq!(
+        h.escalation_conditions,
+        [
+            "an attempt still running after 10 minute(s) times out and counts as a failed attempt",
+            "a failed attempt is retried; after 3 failed attempts the execution fails \
+             (maxRetries: 2)",
+            "an error no retry fixes (a refused key, a spent quota, an invalid request) fails \
+             the execution at once",
+            "the execution fails with 'time limit' if it is still running at \
+             2026-11-29T13:00:00Z (maxExecutionTime: 3600 s)",
+        ]
+    );
+    log.extend(second.clone());
+    assert!(advance(&log).is_empty(), "recorded once");
+    let State::Started(execution) = fold(&log) else {
+        unreachable!()
+    };
+    assert_eq!(
+        execution.steps[&StepId::parse("build").unwrap()].handoffs,
+        [(team[0].id, team[1].id)]
+    );
+}
+
+#[test]
+fn work_from_several_agents_is_handed_off_once_per_agent() {
+    let team = vec![
+        agent("Ada", &["design"]),
+        agent("Bo", &["research"]),
+        agent("Cy", &["rust"]),
+    ];
+    let wf = workflow(
+        &team,
+        vec![
+            step("design", &[], &["design"]),
+            step("research", &[], &["research"]),
+            step("build", &["design", "research"], &["rust"]),
+            step("polish", &["build"], &["rust"]),
+        ],
+    );
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    for scheduled in &first {
+        log.push(completed(scheduled));
+    }
+    let next = advance(&log);
+    let handed = handoffs(&next);
+    let pairs: Vec<_> = handed.iter().map(|h| (h.from_agent, h.to_agent)).collect();
+    assert_eq!(pairs, [(team[0].id, team[2].id), (team[1].id, team[2].id)]);
+    assert_eq!(handed[0].context.completed_work, "Step design: did design");
+    assert_eq!(
+        handed[1].context.completed_work,
+        "Step research: did research"
+    );
+    for h in &handed {
+        assert_eq!(
+            h.context.dependencies,
+            [
+                "design (Step design): completed by Ada",
+                "research (Step research): completed by Bo"
+            ]
+        );
+        assert_eq!(h.estimated_time, None, "no time-out, no estimate");
+        assert_eq!(
+            h.escalation_conditions[0],
+            "a failed attempt fails the execution (maxRetries: 0)"
+        );
+    }
+    // The same agent goes on with the next step: nothing to hand over.
+    log.extend(next.clone());
+    log.push(completed(the_scheduled(&next)));
+    let last = advance(&log);
+    assert_eq!(scheduled(&last), vec![("polish".into(), 1, team[2].id)]);
+    assert!(handoffs(&last).is_empty());
+}
+
+#[test]
+fn retries_reviews_and_reworks_hand_nothing_over() {
+    let (team, mut wf) = review_team();
+    wf.configuration.constraints.max_retries = Some(1);
+    // Build needs Bo's skills, so the reviewed design goes from Ada to Bo.
+    wf.configuration.steps[1].required_skills = vec!["rust".into()];
+    let mut team = team;
+    team[1].skills = vec!["rust".into()];
+    wf.participating_agents = team.iter().map(|a| a.id).collect();
+    let mut log = start(&wf, &team);
+    let work = advance(&log);
+    log.extend(work.clone());
+    log.push(completed(&work[0]));
+    let review = advance(&log);
+    assert!(handoffs(&review).is_empty(), "a review is not a handoff");
+    log.extend(review.clone());
+    log.push(reviewed(&review[0], false, "More detail."));
+    let rework = advance(&log);
+    assert!(handoffs(&rework).is_empty(), "nor is a rework");
+    log.extend(rework.clone());
+    log.push(completed(&rework[0]));
+    let second = advance(&log);
+    log.extend(second.clone());
+    log.push(reviewed(&second[0], true, "Good."));
+
+    let build = advance(&log);
+    let handed = handoffs(&build);
+    assert_eq!(handed.len(), 1, "{build:?}");
+    assert_eq!(
+        (handed[0].from_agent, handed[0].to_agent),
+        (team[0].id, team[1].id),
+        "from the author, not the reviewer"
+    );
+    assert!(
+        handed[0]
+            .context
+            .constraints
+            .iter()
+            .all(|c| !c.contains("reviewRequired")),
+        "build itself is not reviewed"
+    );
+    log.extend(build.clone());
+    log.push(failed(the_scheduled(&build), "provider said 503"));
+    let retry = after_backoff(&mut log);
+    assert_eq!(scheduled(&retry), vec![("build".into(), 2, team[1].id)]);
+    assert!(handoffs(&retry).is_empty(), "a retry is not a handoff");
+}
+
+#[test]
+fn a_decision_stored_in_part_records_each_handoff_once() {
+    let team = vec![agent("Ada", &["design"]), agent("Bo", &["rust"])];
+    let mut build = step("build", &["design"], &["rust"]);
+    build.review_required = true;
+    let wf = workflow(&team, vec![step("design", &[], &["design"]), build]);
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    log.push(completed(&first[0]));
+    let decided = advance(&log);
+    let [handoff @ Event::TaskHandedOff(h), Event::StepScheduled(_)] = decided.as_slice() else {
+        panic!("expected a handoff, then the scheduling: {decided:?}")
+    };
+    assert!(
+        h.context.constraints.contains(
+            &"the work counts as done only once another agent approves it \
+                       (reviewRequired)"
+                .to_owned()
+        )
+    );
+    assert!(
+        h.escalation_conditions.contains(
+            &"a reviewer may send the work back 2 time(s) (maxReviewRounds); then the step fails \
+          with the last feedback, and the execution with it"
+                .to_owned()
+        )
+    );
+
+    // Only the handoff was stored (the coordinator stopped, or lost a race, in between).
+    log.push(handoff.clone());
+    let again = advance(&log);
+    assert_eq!(scheduled(&again), vec![("build".into(), 1, team[1].id)]);
+    assert!(handoffs(&again).is_empty(), "already recorded: {again:?}");
 }

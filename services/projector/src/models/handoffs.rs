@@ -1,0 +1,226 @@
+//! `task_handoffs`: the seed's `TaskHandoff`, one row per `TaskHandedOff`, for
+//! `GET /v1/executions/{id}/handoffs`.
+//!
+//! A row is keyed by what it is about (tenant, execution, step, handing agent), not by the event
+//! id: the coordinator may record a handoff again when it decides again after only part of a
+//! decision was stored, and the newer record replaces the older one.
+
+use std::collections::HashMap;
+
+use cadre_proto::events::TaskHandedOff;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::columns;
+use crate::plan::Origin;
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HandoffRow {
+    pub tenant_id: String,
+    pub execution_id: Uuid,
+    pub task_id: String,
+    pub from_agent_id: Uuid,
+    pub event_id: Uuid,
+    pub workflow_id: Uuid,
+    pub to_agent_id: Uuid,
+    pub task_name: String,
+    pub completed_work: String,
+    pub remaining_work: String,
+    pub constraints: Value,
+    pub dependencies: Value,
+    pub success_criteria: String,
+    pub estimated_time: Option<f64>,
+    pub escalation_conditions: Value,
+    pub created_at: DateTime<Utc>,
+    pub event_sequence: i64,
+}
+
+type Key = (String, Uuid, String, Uuid);
+
+/// The batch's handoffs, one row per key (the last in stream order): one statement cannot
+/// upsert a row twice.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pub rows: Vec<HandoffRow>,
+    index: HashMap<Key, usize>,
+}
+
+impl Changes {
+    pub fn handed_off(&mut self, origin: &Origin<'_>, e: &TaskHandedOff) {
+        let row = HandoffRow {
+            tenant_id: origin.tenant.to_owned(),
+            execution_id: e.execution_id.0,
+            task_id: e.task_id.to_string(),
+            from_agent_id: e.from_agent.0,
+            event_id: origin.event_id,
+            workflow_id: e.workflow_id.0,
+            to_agent_id: e.to_agent.0,
+            task_name: e.task_name.clone(),
+            completed_work: e.context.completed_work.clone(),
+            remaining_work: e.context.remaining_work.clone(),
+            constraints: json!(e.context.constraints),
+            dependencies: json!(e.context.dependencies),
+            success_criteria: e.success_criteria.clone(),
+            estimated_time: e.estimated_time,
+            escalation_conditions: json!(e.escalation_conditions),
+            created_at: origin.at,
+            event_sequence: origin.sequence,
+        };
+        let key = (
+            row.tenant_id.clone(),
+            row.execution_id,
+            row.task_id.clone(),
+            row.from_agent_id,
+        );
+        match self.index.get(&key) {
+            Some(&at) => self.rows[at] = row,
+            None => {
+                self.index.insert(key, self.rows.len());
+                self.rows.push(row);
+            }
+        }
+    }
+
+    /// The newer record of a handoff replaces the older; an older one (a replay over rows
+    /// already there) changes nothing.
+    pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows = self.rows;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        columns!(for r in rows => tenant_id, execution_id, task_id, from_agent_id, event_id,
+                 workflow_id, to_agent_id, task_name, completed_work, remaining_work,
+                 constraints, dependencies, success_criteria, estimated_time,
+                 escalation_conditions, created_at, event_sequence);
+        sqlx::query!(
+            "INSERT INTO task_handoffs (tenant_id, execution_id, task_id, from_agent_id, event_id,
+                 workflow_id, to_agent_id, task_name, completed_work, remaining_work, constraints,
+                 dependencies, success_criteria, estimated_time, escalation_conditions,
+                 created_at, event_sequence)
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
+                                  $6::uuid[], $7::uuid[], $8::text[], $9::text[], $10::text[],
+                                  $11::jsonb[], $12::jsonb[], $13::text[], $14::float8[],
+                                  $15::jsonb[], $16::timestamptz[], $17::bigint[])
+             ON CONFLICT (tenant_id, execution_id, task_id, from_agent_id) DO UPDATE SET
+                 event_id = excluded.event_id, workflow_id = excluded.workflow_id,
+                 to_agent_id = excluded.to_agent_id, task_name = excluded.task_name,
+                 completed_work = excluded.completed_work,
+                 remaining_work = excluded.remaining_work, constraints = excluded.constraints,
+                 dependencies = excluded.dependencies,
+                 success_criteria = excluded.success_criteria,
+                 estimated_time = excluded.estimated_time,
+                 escalation_conditions = excluded.escalation_conditions,
+                 created_at = excluded.created_at, event_sequence = excluded.event_sequence
+             WHERE task_handoffs.event_sequence < excluded.event_sequence",
+            &tenant_id,
+            &execution_id,
+            &task_id,
+            &from_agent_id,
+            &event_id,
+            &workflow_id,
+            &to_agent_id,
+            &task_name,
+            &completed_work,
+            &remaining_work,
+            &constraints,
+            &dependencies,
+            &success_criteria,
+            &estimated_time as _,
+            &escalation_conditions,
+            &created_at,
+            &event_sequence,
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query!("TRUNCATE task_handoffs")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
+mod tests {
+    use cadre_proto::AgentId;
+    use serde_json::json;
+
+    use crate::incoming::Incoming;
+    use crate::testing::{Fixture, TestDb, lease, plan_all, project, rows};
+
+    #[test]
+    fn a_handoff_is_one_row_in_the_seeds_shape() {
+        let mut f = Fixture::new();
+        let bo = AgentId::new();
+        let batch = vec![f.message(f.handed_off(bo, "Research: found three options"))];
+        let plan = plan_all(&batch);
+        let [row] = plan.handoffs.rows.as_slice() else {
+            panic!("one row: {:?}", plan.handoffs.rows)
+        };
+        assert_eq!((row.from_agent_id, row.to_agent_id), (bo.0, f.agent.id.0));
+        assert_eq!(
+            (row.task_id.as_str(), row.task_name.as_str()),
+            ("design", "Design")
+        );
+        assert_eq!(row.completed_work, "Research: found three options");
+        assert_eq!(row.remaining_work, "Think");
+        assert_eq!(row.constraints, json!(["runs alone"]));
+        assert_eq!(
+            row.dependencies,
+            json!(["research (Research): completed by Bo"])
+        );
+        assert_eq!(row.success_criteria, "A design");
+        assert_eq!(row.estimated_time, Some(5.0));
+        assert_eq!(
+            row.event_id,
+            batch[0].content.as_ref().unwrap().meta.id.0,
+            "the event it comes from"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handoff_recorded_again_replaces_the_older_record_and_never_the_newer() {
+        let mut f = Fixture::new();
+        let bo = AgentId::new();
+        let log = f.messages([
+            f.handed_off(bo, "first record"),
+            f.handed_off(bo, "second record"),
+            f.handed_off(AgentId::new(), "from someone else"),
+        ]);
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        // In one batch, the last record of a handoff wins.
+        project(&mut lease, &log[..2], 2).await;
+        let table = rows(&mut conn, "task_handoffs").await;
+        assert_eq!(table.as_array().unwrap().len(), 1, "{table}");
+        assert_eq!(table[0]["completed_work"], "second record");
+        // An older record arriving later changes nothing; another agent's is a row of its own.
+        let mut copy = log[0].content.as_ref().unwrap().clone();
+        copy.meta.id = cadre_proto::EventId::new();
+        let older = Incoming::decode(
+            log[0].sequence,
+            log[0].subject.clone(),
+            log[0].stored_at,
+            &copy.encode(),
+        );
+        project(&mut lease, &[older], 1).await;
+        project(&mut lease, &log[2..], 1).await;
+        let table = rows(&mut conn, "task_handoffs").await;
+        assert_eq!(table.as_array().unwrap().len(), 2, "{table}");
+        let works: Vec<_> = table
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["completed_work"].as_str().unwrap())
+            .collect();
+        assert!(works.contains(&"second record"), "{works:?}");
+        assert!(works.contains(&"from someone else"), "{works:?}");
+    }
+}

@@ -1,0 +1,363 @@
+//! `agent_status`: the seed's `AgentStatus`, one row per agent, its latest status, for
+//! `GET /v1/agents/{id}/status`.
+//!
+//! Most of it is projected from facts recorded anyway, so a step costs no event for its status:
+//! `StepStarted` (working, 0 %, done by the attempt's time-out at the latest), `StepDeferred`
+//! (blocked by its provider), `StepCompleted` and `StepReviewed` (completed, 100 %), `StepFailed`
+//! and `StepTimedOut` (failed, the error as blocker). `AgentStatusReported` adds what only the
+//! agent can say: its blockers and the support it asks for. The latest event wins, in stream
+//! order; an agent working on several steps at once shows the one it last reported on.
+
+use std::collections::HashMap;
+
+use cadre_proto::events::{
+    AgentStatusReported, StepAttempt, StepCompleted, StepDeferred, StepFailed, StepReviewed,
+    StepStarted, StepTimedOut,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::columns;
+use super::executions::timeout_error;
+use crate::plan::Origin;
+
+/// What an agent is doing, as the status read model says it.
+pub(crate) mod state {
+    /// A step attempt started, or the agent reported progress with nothing in its way.
+    pub const WORKING: &str = "working";
+    /// Something stops the agent: its provider cannot answer now, or it says so itself.
+    pub const BLOCKED: &str = "blocked";
+    pub const COMPLETED: &str = "completed";
+    pub const FAILED: &str = "failed";
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StatusRow {
+    pub tenant_id: String,
+    pub agent_id: Uuid,
+    pub state: &'static str,
+    pub workflow_id: Option<Uuid>,
+    pub execution_id: Option<Uuid>,
+    pub step_id: Option<String>,
+    pub current_task: Option<String>,
+    pub attempt: Option<i32>,
+    pub progress: i16,
+    pub estimated_completion: Option<DateTime<Utc>>,
+    pub blockers: Value,
+    pub requested_support: Value,
+    pub updated_at: DateTime<Utc>,
+    pub event_id: Uuid,
+    pub event_sequence: i64,
+}
+
+impl StatusRow {
+    fn of(
+        origin: &Origin<'_>,
+        agent: Uuid,
+        task: Option<&StepAttempt>,
+        state: &'static str,
+    ) -> Self {
+        Self {
+            tenant_id: origin.tenant.to_owned(),
+            agent_id: agent,
+            state,
+            workflow_id: task.map(|t| t.workflow_id.0),
+            execution_id: task.map(|t| t.execution_id.0),
+            step_id: task.map(|t| t.step_id.to_string()),
+            current_task: task.map(|t| t.step_name.clone()),
+            attempt: task.map(|t| i32::try_from(t.number).unwrap_or(i32::MAX)),
+            progress: 0,
+            estimated_completion: None,
+            blockers: json!([]),
+            requested_support: json!([]),
+            updated_at: origin.at,
+            event_id: origin.event_id,
+            event_sequence: origin.sequence,
+        }
+    }
+
+    fn attempt(origin: &Origin<'_>, attempt: &StepAttempt, state: &'static str) -> Self {
+        Self::of(origin, attempt.agent_id.0, Some(attempt), state)
+    }
+}
+
+/// The batch's statuses, the last per agent: one statement cannot upsert a row twice.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pub rows: Vec<StatusRow>,
+    index: HashMap<(String, Uuid), usize>,
+}
+
+impl Changes {
+    pub fn step_started(&mut self, origin: &Origin<'_>, e: &StepStarted) {
+        self.set(StatusRow {
+            estimated_completion: e.timeout_at,
+            ..StatusRow::attempt(origin, &e.attempt, state::WORKING)
+        });
+    }
+
+    pub fn step_deferred(&mut self, origin: &Origin<'_>, e: &StepDeferred) {
+        let until = e.retry_at.to_rfc3339_opts(SecondsFormat::Secs, true);
+        self.set(StatusRow {
+            blockers: json!([format!(
+                "waiting for its LLM provider until {until}: {}",
+                e.error
+            )]),
+            ..StatusRow::attempt(origin, &e.attempt, state::BLOCKED)
+        });
+    }
+
+    pub fn step_completed(&mut self, origin: &Origin<'_>, e: &StepCompleted) {
+        self.finished(origin, &e.attempt);
+    }
+
+    pub fn step_reviewed(&mut self, origin: &Origin<'_>, e: &StepReviewed) {
+        self.finished(origin, &e.attempt);
+    }
+
+    /// Done: 100 %, and the estimate is when it was done.
+    fn finished(&mut self, origin: &Origin<'_>, attempt: &StepAttempt) {
+        self.set(StatusRow {
+            progress: 100,
+            estimated_completion: Some(origin.at),
+            ..StatusRow::attempt(origin, attempt, state::COMPLETED)
+        });
+    }
+
+    pub fn step_failed(&mut self, origin: &Origin<'_>, e: &StepFailed) {
+        self.set(StatusRow {
+            blockers: json!([e.error]),
+            ..StatusRow::attempt(origin, &e.attempt, state::FAILED)
+        });
+    }
+
+    pub fn step_timed_out(&mut self, origin: &Origin<'_>, e: &StepTimedOut) {
+        self.set(StatusRow {
+            blockers: json!([timeout_error(e)]),
+            ..StatusRow::attempt(origin, &e.attempt, state::FAILED)
+        });
+    }
+
+    /// What the agent says about itself: blocked while anything is in its way or it waits for
+    /// support, else working (completed at 100 %).
+    pub fn reported(&mut self, origin: &Origin<'_>, e: &AgentStatusReported) {
+        let progress = e.progress.min(100);
+        let state = if !e.blockers.is_empty() || !e.requested_support.is_empty() {
+            state::BLOCKED
+        } else if progress == 100 {
+            state::COMPLETED
+        } else {
+            state::WORKING
+        };
+        self.set(StatusRow {
+            progress: i16::from(progress),
+            estimated_completion: e.estimated_completion,
+            blockers: json!(e.blockers),
+            requested_support: json!(e.requested_support),
+            ..StatusRow::of(origin, e.agent_id.0, e.current_task.as_ref(), state)
+        });
+    }
+
+    fn set(&mut self, row: StatusRow) {
+        let key = (row.tenant_id.clone(), row.agent_id);
+        match self.index.get(&key) {
+            Some(&at) => self.rows[at] = row,
+            None => {
+                self.index.insert(key, self.rows.len());
+                self.rows.push(row);
+            }
+        }
+    }
+
+    /// A status replaces the agent's row only if it is newer (a replay over rows already there
+    /// changes nothing).
+    pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows = self.rows;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        columns!(for r in rows => tenant_id, agent_id, workflow_id, execution_id, step_id,
+                 current_task, attempt, progress, estimated_completion, blockers,
+                 requested_support, updated_at, event_id, event_sequence,
+                 state = r.state.to_owned());
+        sqlx::query!(
+            "INSERT INTO agent_status (tenant_id, agent_id, state, workflow_id, execution_id,
+                 step_id, current_task, attempt, progress, estimated_completion, blockers,
+                 requested_support, updated_at, event_id, event_sequence)
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
+                                  $6::text[], $7::text[], $8::int4[], $9::int2[],
+                                  $10::timestamptz[], $11::jsonb[], $12::jsonb[],
+                                  $13::timestamptz[], $14::uuid[], $15::bigint[])
+             ON CONFLICT (tenant_id, agent_id) DO UPDATE SET
+                 state = excluded.state, workflow_id = excluded.workflow_id,
+                 execution_id = excluded.execution_id, step_id = excluded.step_id,
+                 current_task = excluded.current_task, attempt = excluded.attempt,
+                 progress = excluded.progress,
+                 estimated_completion = excluded.estimated_completion,
+                 blockers = excluded.blockers, requested_support = excluded.requested_support,
+                 updated_at = excluded.updated_at, event_id = excluded.event_id,
+                 event_sequence = excluded.event_sequence
+             WHERE agent_status.event_sequence < excluded.event_sequence",
+            &tenant_id,
+            &agent_id,
+            &state,
+            &workflow_id as _,
+            &execution_id as _,
+            &step_id as _,
+            &current_task as _,
+            &attempt as _,
+            &progress,
+            &estimated_completion as _,
+            &blockers,
+            &requested_support,
+            &updated_at,
+            &event_id,
+            &event_sequence,
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query!("TRUNCATE agent_status")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
+mod tests {
+    use cadre_proto::events::{SupportRequest, Urgency};
+    use cadre_proto::{AgentId, Event};
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{Fixture, TestDb, lease, plan_all, project, rows};
+
+    /// The agent's status after `event`, as the plan of a batch holding only it.
+    fn after(f: &mut Fixture, event: Event) -> StatusRow {
+        let plan = plan_all(&[f.message(event)]);
+        let [row] = plan.status.rows.as_slice() else {
+            panic!("one status per agent: {:?}", plan.status.rows)
+        };
+        row.clone()
+    }
+
+    #[test]
+    fn an_agents_status_follows_its_attempts_with_no_event_of_its_own() {
+        let mut f = Fixture::new();
+        let timeout_at = f.clock + chrono::Duration::minutes(10);
+        let mut started = f.step_started(1);
+        if let Event::StepStarted(s) = &mut started {
+            s.timeout_at = Some(timeout_at);
+        }
+        let working = after(&mut f, started);
+        assert_eq!(working.agent_id, f.agent.id.0);
+        assert_eq!(working.state, "working");
+        assert_eq!(working.current_task.as_deref(), Some("Design"));
+        assert_eq!(
+            (working.step_id.as_deref(), working.attempt),
+            (Some("design"), Some(1))
+        );
+        assert_eq!(working.execution_id, Some(f.execution.0));
+        assert_eq!(working.progress, 0);
+        assert_eq!(working.estimated_completion, Some(timeout_at));
+        assert_eq!(working.blockers, json!([]));
+
+        let deferred = f.step_deferred(1);
+        let blocked = after(&mut f, deferred);
+        assert_eq!(blocked.state, "blocked");
+        let until = (f.clock - chrono::Duration::seconds(1) + chrono::Duration::minutes(1))
+            .to_rfc3339_opts(SecondsFormat::Secs, true);
+        assert_eq!(
+            blocked.blockers,
+            json!([format!(
+                "waiting for its LLM provider until {until}: provider said 429"
+            )])
+        );
+        assert_eq!(blocked.requested_support, json!([]));
+
+        let completed = f.step_completed(1);
+        let done = after(&mut f, completed);
+        assert_eq!((done.state, done.progress), ("completed", 100));
+        assert_eq!(done.estimated_completion, Some(f.clock), "when it was done");
+        assert_eq!(done.blockers, json!([]));
+
+        let failed = f.step_failed(1);
+        let failed = after(&mut f, failed);
+        assert_eq!((failed.state, failed.progress), ("failed", 0));
+        assert_eq!(failed.blockers, json!(["provider said 500"]));
+        let timed_out = f.step_timed_out(1, 5);
+        let timed_out = after(&mut f, timed_out);
+        assert_eq!(timed_out.state, "failed");
+        assert_eq!(timed_out.blockers, json!(["timed out after 5 minute(s)"]));
+    }
+
+    #[test]
+    fn what_an_agent_reports_itself_adds_blockers_and_requested_support() {
+        let mut f = Fixture::new();
+        let teammate = AgentId::new();
+        let asked = vec![SupportRequest {
+            from_agent: Some(teammate),
+            reason: "Which schema version?".to_owned(),
+            urgency: Urgency::Critical,
+        }];
+        let report = f.status_reported(150, &["waiting for Bo"], asked);
+        let blocked = after(&mut f, report);
+        assert_eq!((blocked.state, blocked.progress), ("blocked", 100));
+        assert_eq!(blocked.blockers, json!(["waiting for Bo"]));
+        assert_eq!(
+            blocked.requested_support,
+            json!([{ "fromAgent": teammate, "reason": "Which schema version?", "urgency": "critical" }])
+        );
+        let report = f.status_reported(40, &[], vec![]);
+        let working = after(&mut f, report);
+        assert_eq!((working.state, working.progress), ("working", 40));
+        assert_eq!(working.current_task.as_deref(), Some("Design"));
+    }
+
+    #[test]
+    fn a_batch_keeps_each_agents_last_status() {
+        let mut f = Fixture::new();
+        let mut other = f.clone();
+        other.agent.id = AgentId::new();
+        let batch = vec![
+            f.message(f.step_started(1)),
+            f.message(other.step_started(1)),
+            f.message(f.step_completed(1)),
+        ];
+        let plan = plan_all(&batch);
+        let states: Vec<_> = plan
+            .status
+            .rows
+            .iter()
+            .map(|r| (r.agent_id, r.state))
+            .collect();
+        assert_eq!(
+            states,
+            [(f.agent.id.0, "completed"), (other.agent.id.0, "working")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_status_older_than_the_agents_row_changes_nothing() {
+        let mut f = Fixture::new();
+        let log = f.messages([f.step_started(1), f.step_completed(1)]);
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        // The completion first, then the older start (a replay over rows already there).
+        project(&mut lease, &log[1..], 1).await;
+        project(&mut lease, &log[..1], 1).await;
+        let mut conn = db.connect().await;
+        let table = rows(&mut conn, "agent_status").await;
+        assert_eq!(table.as_array().unwrap().len(), 1, "{table}");
+        assert_eq!(table[0]["state"], "completed");
+        assert_eq!(table[0]["progress"], 100);
+        assert_eq!(table[0]["event_sequence"], 2);
+    }
+}

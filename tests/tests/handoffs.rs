@@ -1,0 +1,115 @@
+//! Agents that collaborate, end to end: a step taken over by an agent of another role is handed
+//! off (the seed's `TaskHandoff`), and every agent's status (`AgentStatus`) follows its work,
+//! both read through the API.
+
+// Test code: a panic is the failure report, in helpers as in tests.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cadre_tests::Stack;
+use cadre_tests::stack::FAKE_PROVIDER;
+use serde_json::json;
+
+const FINISH: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_step_taken_over_by_another_agent_is_handed_off_and_agents_report_their_status() {
+    let stack = Stack::start().await;
+    // Ada (analyst) analyses, Linus (engineer) implements; Grace (reviewer) has no step.
+    let (agents, workflow_id) = stack.api.team_and_pipeline(FAKE_PROVIDER, 2).await;
+    let api = &stack.api;
+    let status_of = |agent: &str| {
+        let path = format!("/v1/agents/{agent}/status");
+        async move { api.get(&path).await }
+    };
+    let idle = status_of(&agents[0]).await;
+    assert_eq!(idle.status, 200, "{}", idle.body);
+    assert_eq!(idle.body["state"], "idle", "no step yet: {}", idle.body);
+
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    // The read models hold the run's end, so they hold everything recorded before it.
+
+    let reply = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}/handoffs"))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let handoffs = reply.body.as_array().unwrap();
+    assert_eq!(handoffs.len(), 1, "one step taken over: {:#}", reply.body);
+    let handoff = &handoffs[0];
+    assert_eq!(handoff["fromAgent"], agents[0].as_str());
+    assert_eq!(handoff["toAgent"], agents[1].as_str());
+    assert_eq!(handoff["taskId"], "step-2");
+    assert_eq!(handoff["taskName"], "Implement the change");
+    assert_eq!(handoff["executionId"], execution_id.as_str());
+    let summary = execution["stepResults"]["step-1"]["summary"]
+        .as_str()
+        .unwrap();
+    let quoted: String = summary.chars().take(300).collect();
+    let context = &handoff["context"];
+    assert!(
+        context["completedWork"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Analyse requirements: {}", quoted.trim_end())),
+        "{handoff:#}"
+    );
+    assert_eq!(
+        context["remainingWork"],
+        "Implement the change. Build on what the team already shared."
+    );
+    assert_eq!(
+        context["dependencies"],
+        json!(["step-1 (Analyse requirements): completed by Ada"])
+    );
+    assert_eq!(
+        context["constraints"],
+        json!([
+            "each attempt may take at most 10 minute(s) from when it is handed to the workers \
+             (timeoutMinutes)"
+        ])
+    );
+    assert_eq!(
+        handoff["successCriteria"],
+        "A description of the implementation"
+    );
+    assert_eq!(handoff["estimatedTime"], 10.0);
+    let escalation = handoff["escalationConditions"].as_array().unwrap();
+    assert!(
+        escalation
+            .iter()
+            .any(|c| c.as_str().unwrap().contains("times out")),
+        "{escalation:?}"
+    );
+
+    // Each agent's latest status is its step's completion, projected from the step's events.
+    for (agent, step) in [(&agents[0], "step-1"), (&agents[1], "step-2")] {
+        let status = status_of(agent).await;
+        assert_eq!(status.status, 200, "{}", status.body);
+        let status = status.body;
+        assert_eq!(status["agentId"], agent.as_str());
+        assert_eq!(status["state"], "completed", "{status:#}");
+        assert_eq!(status["progress"], 100);
+        assert_eq!(status["stepId"], step);
+        assert_eq!(status["executionId"], execution_id.as_str());
+        assert_eq!(status["blockers"], json!([]));
+        assert_eq!(status["requestedSupport"], json!([]));
+        assert!(status["estimatedCompletion"].is_string(), "{status:#}");
+    }
+    assert_eq!(status_of(&agents[2]).await.body["state"], "idle");
+
+    // Unknown ids are problems.
+    let ghost = uuid::Uuid::now_v7();
+    for path in [
+        format!("/v1/agents/{ghost}/status"),
+        format!("/v1/executions/{ghost}/handoffs"),
+    ] {
+        let reply = stack.api.get(&path).await;
+        assert_eq!(reply.status, 404, "{path}: {}", reply.body);
+        assert_eq!(reply.content_type, "application/problem+json", "{path}");
+    }
+    stack.stop().await;
+}
