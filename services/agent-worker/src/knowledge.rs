@@ -5,14 +5,21 @@
 //! checkpoint with its rows and announces it with `NOTIFY cadre_projection`. The view follows that
 //! checkpoint (with [`ProjectionWatermark`], shared with the coordinator) so a step can wait,
 //! bounded, until the read models have caught up before asking.
-
-use std::time::Duration;
+//!
+//! Ranking a workflow's knowledge for a step is the costliest read of a step, and the steps of
+//! many executions of one workflow ask the same question of the same knowledge: the view keeps
+//! each ranking until the read models move past the checkpoint it was read at (see
+//! [`KnowledgeView::relevant`]).
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use cadre_proto::model::WorkflowStep;
 use cadre_proto::{ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId};
 use cadre_runtime::projection::ProjectionWatermark;
+use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -30,9 +37,38 @@ const QUERY_WORDS: usize = 64;
 /// Longer "words" (a pasted hash, say) match nothing useful; Postgres would ignore them anyway.
 const LONGEST_QUERY_WORD: usize = 40;
 
+/// Most rankings kept: one per workflow step (and tenant) in use. A ranking holds what fits one
+/// prompt's knowledge budget (some 10 KB of text at 2,000 tokens), so about 10 MB at most.
+const RANKINGS_KEPT: u64 = 1_024;
+/// How long a ranking is kept however quiet the log is. Freshness does not rest on it (the
+/// checkpoint does): it lets the recency factor follow the clock, and forgets the steps of
+/// workflows no longer run.
+const RANKING_LIFETIME: Duration = Duration::from_secs(30);
+
 pub struct KnowledgeView {
     pool: PgPool,
     read_models: ProjectionWatermark,
+    rankings: Cache<RankingKey, Ranking>,
+}
+
+/// Everything a ranking depends on besides the read models.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RankingKey {
+    tenant: TenantId,
+    workflow: WorkflowId,
+    /// The step's [`search_terms`], rather than its id: a workflow whose step text changes
+    /// asks a new question.
+    terms: String,
+    limit: u32,
+    token_budget: u32,
+}
+
+/// A step's knowledge as ranked once the read models covered `checkpoint`: it shows at least
+/// everything projected up to there.
+#[derive(Debug, Clone)]
+struct Ranking {
+    checkpoint: u64,
+    items: Arc<[KnowledgeItem]>,
 }
 
 impl KnowledgeView {
@@ -41,6 +77,10 @@ impl KnowledgeView {
         Self {
             read_models: ProjectionWatermark::start(pool.clone()),
             pool,
+            rankings: Cache::builder()
+                .max_capacity(RANKINGS_KEPT)
+                .time_to_live(RANKING_LIFETIME)
+                .build(),
         }
     }
 
@@ -77,6 +117,21 @@ impl KnowledgeView {
     /// Only the workflow's [`RANKING_WINDOW`] newest active items are ranked: a busy workflow
     /// gathers thousands, ranking costs about 8 µs of Postgres time per item for every step,
     /// and the oldest are what the recency factor would rank last anyway.
+    ///
+    /// A ranking is reused, not read again, while the read models have not moved past the
+    /// projection checkpoint they had reached when it was read: the steps of many executions of
+    /// one workflow ask the same question of the same knowledge, and ranking it again for each
+    /// of them was the costliest part of a step. Every change to the read models moves the
+    /// checkpoint, an item superseded included, so staleness is bounded by the knowledge
+    /// version, not by time: a step never gets a ranking older than the read models it waited
+    /// for (its watermark), nor older than the checkpoint this worker has seen, which trails
+    /// the projector's commits by a notification (or, if one is missed, a one-second poll).
+    /// Concurrent steps that find no current ranking wait for one of them to read it.
+    ///
+    /// The key is the global checkpoint, not a per-workflow version: it costs no query, and
+    /// while a busy workflow shares knowledge at nearly every commit (as every step of the
+    /// benchmark does) a per-workflow version would move as often. Steps of many workflows
+    /// that each run rarely share fewer rankings.
     pub async fn relevant(
         &self,
         tenant: &TenantId,
@@ -85,8 +140,62 @@ impl KnowledgeView {
         limit: u32,
         token_budget: u32,
     ) -> Result<Vec<KnowledgeItem>, sqlx::Error> {
+        let key = RankingKey {
+            tenant: tenant.clone(),
+            workflow,
+            terms: search_terms(step),
+            limit,
+            token_budget,
+        };
+        let seen = self.read_models.checkpoint();
+        // `>=`, not `==`: a step that saw the checkpoint a moment before another step ranked
+        // at a later one must not replace the newer ranking with an older one. (A projector
+        // rebuild restarts the checkpoint at 0: rankings read before it stand until the replay
+        // passes their checkpoint, at which it has the same rows again, or their lifetime ends.)
+        if let Some(ranking) = self.rankings.get(&key).await
+            && ranking.checkpoint >= seen
+        {
+            return Ok(ranking.items.to_vec());
+        }
+        let computed = self
+            .rankings
+            .entry_by_ref(&key)
+            .and_try_compute_with(|current| async {
+                if let Some(current) = current
+                    && current.value().checkpoint >= seen
+                {
+                    return Ok(Op::Nop);
+                }
+                // Read before the query: the ranking shows at least what this covers.
+                let checkpoint = self.read_models.checkpoint();
+                let items = self.rank(&key).await?;
+                Ok::<_, sqlx::Error>(Op::Put(Ranking {
+                    checkpoint,
+                    items: items.into(),
+                }))
+            })
+            .await?;
+        Ok(match computed {
+            CompResult::Inserted(entry)
+            | CompResult::ReplacedWith(entry)
+            | CompResult::Unchanged(entry) => entry.into_value().items.to_vec(),
+            // Only `Op::Remove` removes, and only an entry can be left unchanged.
+            CompResult::StillNone(_) | CompResult::Removed(_) => vec![],
+        })
+    }
+
+    /// Ranks the workflow's knowledge for `key`'s question in Postgres, as
+    /// [`Self::relevant`] describes.
+    async fn rank(&self, key: &RankingKey) -> Result<Vec<KnowledgeItem>, sqlx::Error> {
+        let RankingKey {
+            tenant,
+            workflow,
+            terms,
+            limit,
+            token_budget,
+        } = key;
         // Twice the limit from each part: room to pass over items too large for the budget.
-        let candidates = i64::from(limit).saturating_mul(2);
+        let candidates = i64::from(*limit).saturating_mul(2);
         let rows: Vec<(Uuid, String, String, String)> = sqlx::query_as(
             "WITH q AS (SELECT to_tsquery('english', $3) AS query), \
              recent AS ( \
@@ -106,7 +215,7 @@ impl KnowledgeView {
         )
         .bind(tenant.as_str())
         .bind(workflow.0)
-        .bind(search_terms(step))
+        .bind(terms)
         .bind(candidates)
         .bind(RANKING_WINDOW)
         .fetch_all(&self.pool)
@@ -119,7 +228,7 @@ impl KnowledgeView {
                 knowledge_type,
                 content,
             });
-        Ok(within_budget(items, limit, token_budget))
+        Ok(within_budget(items, *limit, *token_budget))
     }
 
     /// The results of `steps` (a step's dependencies) in `execution`, in the order given, as
@@ -476,6 +585,83 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        drop(view);
+        db.drop().await;
+    }
+
+    /// What the projector does when it commits: moves its checkpoint and announces it.
+    async fn commit_checkpoint(pool: &PgPool, checkpoint: i64) {
+        sqlx::query("UPDATE projection_checkpoints SET stream_sequence = $1")
+            .bind(checkpoint)
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_notify('cadre_projection', $1)")
+            .bind(checkpoint.to_string())
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_ranking_stands_until_the_read_models_move_on() {
+        let db = Db::create().await;
+        let pool = &db.pool;
+        let view = KnowledgeView::start(pool.clone());
+        let tenant = TenantId::default_tenant();
+        let workflow = WorkflowId::new();
+        let step = crate::fixtures::step();
+        let relevant = || async {
+            let items = view
+                .relevant(&tenant, workflow, &step, 5, 10_000)
+                .await
+                .unwrap();
+            items.into_iter().map(|i| i.id.0).collect::<Vec<_>>()
+        };
+        let old = insert(
+            pool,
+            &tenant,
+            workflow,
+            Row {
+                title: "API design notes",
+                sequence: 1,
+                ..ROW
+            },
+        )
+        .await;
+        commit_checkpoint(pool, 1).await;
+        assert!(view.wait_until(1, Duration::from_secs(10)).await);
+        assert_eq!(relevant().await, [old]);
+
+        // Rows written behind the checkpoint's back (no projector does) show that the ranking
+        // read at checkpoint 1 is reused while the checkpoint stays there...
+        let new = insert(
+            pool,
+            &tenant,
+            workflow,
+            Row {
+                title: "API design",
+                content: "- Design the API endpoints over HTTP",
+                sequence: 2,
+                ..ROW
+            },
+        )
+        .await;
+        sqlx::query(
+            "UPDATE collaboration_knowledge SET is_active = false, superseded_by = $2 \
+             WHERE id = $1",
+        )
+        .bind(old)
+        .bind(new)
+        .execute(pool)
+        .await
+        .unwrap();
+        assert_eq!(relevant().await, [old]);
+
+        // ...and no longer once the checkpoint covers them: the superseded item is gone.
+        commit_checkpoint(pool, 2).await;
+        assert!(view.wait_until(2, Duration::from_secs(10)).await);
+        assert_eq!(relevant().await, [new]);
         drop(view);
         db.drop().await;
     }
