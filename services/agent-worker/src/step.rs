@@ -1086,6 +1086,40 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_waiting_for_answers_is_blocked_and_asks_its_addressees_for_support() {
+        let mut step = step(true);
+        let grace = cadre_proto::events::Teammate {
+            id: cadre_proto::AgentId::new(),
+            name: "Grace".to_owned(),
+            role: "tester".to_owned(),
+        };
+        step.scheduled.team = vec![grace.clone()];
+        let question = |to: &str, text: &str| AskedQuestion {
+            question_id: "q".to_owned(),
+            to: Some(to.to_owned()),
+            text: text.to_owned(),
+        };
+        let asked = [
+            question("Tester", "Which browsers?"),
+            question("everyone", "Any blockers?"),
+            question("Nobody", "Hello?"),
+        ];
+        let Event::AgentStatusReported(status) = step.waiting_for_answers(&asked, Utc::now()).event
+        else {
+            panic!("a status report");
+        };
+        assert_eq!(status.agent_id, step.scheduled.agent.id);
+        assert_eq!(status.blockers.len(), 1);
+        let from: Vec<Option<cadre_proto::AgentId>> = status
+            .requested_support
+            .iter()
+            .map(|r| r.from_agent)
+            .collect();
+        assert_eq!(from, vec![Some(grace.id), None, None]);
+        assert_eq!(status.requested_support[0].reason, "Which browsers?");
+    }
+
+    #[test]
     fn reads_confirm_and_supersede_lines() {
         assert_eq!(
             knowledge_verdict("- [confirms K-1a2b3c4d] matches what I measured"),
