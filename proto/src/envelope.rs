@@ -503,6 +503,13 @@ mod tests {
                 }],
                 failed: false,
             }),
+            Event::StepRetryScheduled(StepRetryScheduled {
+                attempt: attempt(),
+                failures: 1,
+                retry_at: Utc::now(),
+                error: "HTTP 503".into(),
+            }),
+            Event::StepRetryDue(StepRetryDue { attempt: attempt() }),
             Event::StepSkipped(StepSkipped {
                 execution_id: e,
                 workflow_id: w,
