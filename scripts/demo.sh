@@ -7,9 +7,14 @@ cd "$(dirname "$0")/.."
 root=$PWD
 mkdir -p .cadre/logs
 pids=()
+# The database this run created, dropped when it ends (the run's events die with its NATS).
+created_database=""
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$created_database" ]; then
+    psql "$admin" -qc "DROP DATABASE IF EXISTS $created_database" >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT INT TERM
 
@@ -38,6 +43,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
   admin=$(bash scripts/ensure-postgres.sh)
   database="cadre_demo_$(date +%s)"
   psql "$admin" -qc "CREATE DATABASE $database" >/dev/null
+  created_database=$database
   export DATABASE_URL="${admin%/*}/$database"
   echo "created database $database"
 else
@@ -47,9 +53,16 @@ fi
 echo "building (release)..."
 cargo build --release --locked -q -p cadre-coordinator -p cadre-agent-worker -p cadre-projector
 cargo build --release --locked -q -p cadre-tests --bin cadre-demo
-bin="$root/target/release"
+# Where cargo put them: CARGO_TARGET_DIR (relative to the workspace) when set.
+target=${CARGO_TARGET_DIR:-target}
+case "$target" in /*) ;; *) target="$root/$target" ;; esac
+bin="$target/release"
 
-"$bin/cadre-projector" migrate >.cadre/logs/migrate.log 2>&1
+if ! "$bin/cadre-projector" migrate >.cadre/logs/migrate.log 2>&1; then
+  echo "migrating the read models failed:" >&2
+  tail -n 20 .cadre/logs/migrate.log >&2
+  exit 1
+fi
 http_port=$(free_port)
 export CADRE_HTTP_ADDR="127.0.0.1:$http_port"
 CADRE_HEALTH_ADDR="127.0.0.1:$(free_port)" "$bin/cadre-projector" run >.cadre/logs/projector.log 2>&1 &

@@ -162,7 +162,8 @@ fn merge_step(
         Some(mut current) => match attempt(&current).cmp(&attempt(&patch)) {
             std::cmp::Ordering::Greater => current,
             std::cmp::Ordering::Less => patch,
-            std::cmp::Ordering::Equal if step_ended(&current) => current,
+            // A retry's wait follows its attempt's end: the entry says when the next comes.
+            std::cmp::Ordering::Equal if step_ended(&current) && !is_retry_wait(&patch) => current,
             std::cmp::Ordering::Equal => {
                 current.extend(patch);
                 current
@@ -171,8 +172,17 @@ fn merge_step(
     }
 }
 
-/// Step statuses that end an attempt; the SQL of [`update`] lists the same ones.
-const STEP_ENDED: [&str; 3] = ["completed", "failed", "timed_out"];
+/// Step statuses that end an attempt (waiting for the retry is an end too: the attempt's late
+/// reports change nothing); the SQL of [`update`] lists the same ones.
+const STEP_ENDED: [&str; 4] = ["completed", "failed", "timed_out", RETRY_WAITING];
+
+/// The status of a failed attempt's step while it waits for its retry, written over the
+/// attempt's end (the SQL of [`update`] says the same).
+const RETRY_WAITING: &str = "retry_waiting";
+
+fn is_retry_wait(entry: &Map<String, Value>) -> bool {
+    entry.get("status").and_then(Value::as_str) == Some(RETRY_WAITING)
+}
 
 fn step_ended(entry: &Map<String, Value>) -> bool {
     entry
@@ -303,7 +313,7 @@ impl Changes {
         self.patch(a.execution_id, origin.at).merge_step(
             a.step_id.as_str(),
             json!({
-                "status": "retry_waiting",
+                "status": RETRY_WAITING,
                 "attempt": a.number,
                 "agentId": a.agent_id,
                 "error": e.error,
@@ -604,7 +614,9 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
                          WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
                               < (s.value ->> 'attempt')::bigint THEN s.value
                          WHEN e.step_results -> s.key ->> 'status'
-                              IN ('completed', 'failed', 'timed_out') THEN e.step_results -> s.key
+                              IN ('completed', 'failed', 'timed_out', 'retry_waiting')
+                              AND s.value ->> 'status' IS DISTINCT FROM 'retry_waiting'
+                              THEN e.step_results -> s.key
                          ELSE coalesce(e.step_results -> s.key, '{}'::jsonb) || s.value
                      END)
                      FROM jsonb_each(p.steps) AS s), '{}'::jsonb) AS step_results
@@ -731,6 +743,24 @@ mod tests {
             5,
             "every event is still logged"
         );
+    }
+
+    #[test]
+    fn a_failed_attempt_waiting_for_its_retry_reads_retry_waiting() {
+        let mut f = Fixture::new();
+        let retry = Event::StepRetryScheduled(StepRetryScheduled {
+            attempt: f.attempt(1),
+            failures: 1,
+            retry_at: f.clock,
+            error: "provider said 500".to_owned(),
+        });
+        let late = f.step_completed(1);
+        let batch = f.messages([f.scheduled(1), f.step_failed(1), retry, late]);
+        let plan = plan_all(&batch);
+        let step = &only_patch(&plan).steps["design"];
+        assert_eq!(step["status"], "retry_waiting", "{step:?}");
+        assert_eq!(step["error"], "provider said 500");
+        assert_eq!(step["failures"], 1);
     }
 
     #[test]
