@@ -64,6 +64,16 @@ uuid_id!(
     EventId
 );
 
+impl KnowledgeId {
+    /// How prompts and answers name the item: `K-` and the last 8 hex digits of its id. The
+    /// last, not the first: ids are UUIDv7, whose first digits are a timestamp shared by
+    /// everything shared within the same minute.
+    pub fn handle(self) -> String {
+        let hex = self.0.simple().to_string();
+        format!("K-{}", &hex[hex.len() - 8..])
+    }
+}
+
 impl EventId {
     /// A UUIDv7 whose time is `at` and whose other bits are a hash of `(namespace, key)`.
     ///

@@ -81,6 +81,15 @@ async fn a_later_step_reads_the_earlier_steps_knowledge_and_counts_its_use() {
         }
         assert_eq!(validated, &json!([]), "the default answers confirm nothing");
     }
+    // The API names each item by the handle prompts use.
+    let listed = stack
+        .api
+        .get(&format!("/v1/workflows/{workflow}/knowledge"))
+        .await;
+    for item in listed.body.as_array().unwrap() {
+        let id = Uuid::parse_str(item["id"].as_str().unwrap()).unwrap();
+        assert_eq!(item["handle"], handle(id), "{item:#}");
+    }
     stack.stop().await;
 }
 

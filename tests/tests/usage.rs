@@ -61,11 +61,11 @@ async fn tokens_and_cost_are_summed_per_step_agent_execution_and_workflow() {
             .api
             .get(&format!("/v1/executions/{execution_id}/usage"))
             .await;
-        (reply.body["total"]["steps"] == 2).then_some(reply.body)
+        (reply.body["total"]["calls"] == 2).then_some(reply.body)
     })
     .await;
-    let check = |sum: &Value, steps: i64| {
-        assert_eq!(sum["steps"], steps, "{sum}");
+    let check = |sum: &Value, calls: i64| {
+        assert_eq!(sum["calls"], calls, "{sum}");
         assert_eq!(sum["promptTokens"].as_i64().unwrap(), prompt, "{sum}");
         assert_eq!(
             sum["completionTokens"].as_i64().unwrap(),

@@ -21,18 +21,11 @@ pub struct KnowledgeItem {
 }
 
 impl KnowledgeItem {
-    /// How the prompt names the item, so an answer can confirm or supersede it:
-    /// `K-` and 8 hex digits of its id. The last 8, not the first: ids are UUIDv7, whose first
-    /// digits are a timestamp shared by everything shared within the same minute.
+    /// How the prompt names the item, so an answer can confirm or supersede it (see
+    /// [`KnowledgeId::handle`]).
     pub fn handle(&self) -> String {
-        knowledge_handle(self.id)
+        self.id.handle()
     }
-}
-
-/// See [`KnowledgeItem::handle`].
-pub fn knowledge_handle(id: KnowledgeId) -> String {
-    let hex = id.0.simple().to_string();
-    format!("K-{}", &hex[hex.len() - 8..])
 }
 
 /// The result of a step this one depends on, as the read models show it.

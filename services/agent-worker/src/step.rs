@@ -131,6 +131,43 @@ impl ScheduledStep {
         )
     }
 
+    /// The agent's questions and concerns for the team, as one `question` interaction that
+    /// waits for nobody; `None` without any.
+    pub fn concerns(&self, lines: Vec<&String>, now: DateTime<Utc>) -> Option<Envelope> {
+        if lines.is_empty() {
+            return None;
+        }
+        let s = &self.scheduled;
+        Some(self.envelope(
+            label::QUESTIONS,
+            now,
+            Event::InteractionRecorded(InteractionRecorded {
+                execution_id: s.execution_id,
+                workflow_id: s.workflow_id,
+                from_agent_id: s.agent.id,
+                to_agent_id: None,
+                interaction_type: InteractionType::Question,
+                message: format!(
+                    "Questions/concerns from {} on {}:\n{}",
+                    s.agent.name,
+                    s.step.name,
+                    lines
+                        .iter()
+                        .map(|line| line.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+                context_data: serde_json::json!({
+                    "stepId": s.step.id,
+                    "attempt": s.attempt,
+                    "questions": lines,
+                }),
+                related_step_id: Some(s.step.id.clone()),
+                requires_response: false,
+            }),
+        ))
+    }
+
     /// The agent's status while it waits for the answers to `questions`: blocked on them,
     /// asking each addressee (the team, for a broadcast or a name nobody has) for support.
     /// Half done: a draft exists, and the answers finish it.
@@ -169,33 +206,10 @@ impl ScheduledStep {
         now: DateTime<Utc>,
     ) -> Vec<Envelope> {
         let s = &self.scheduled;
-        let mut events = Vec::new();
-        if !result.questions.is_empty() {
-            events.push(self.envelope(
-                label::QUESTIONS,
-                now,
-                Event::InteractionRecorded(InteractionRecorded {
-                    execution_id: s.execution_id,
-                    workflow_id: s.workflow_id,
-                    from_agent_id: s.agent.id,
-                    to_agent_id: None,
-                    interaction_type: InteractionType::Question,
-                    message: format!(
-                        "Questions/concerns from {} on {}:\n{}",
-                        s.agent.name,
-                        s.step.name,
-                        result.questions.join("\n")
-                    ),
-                    context_data: serde_json::json!({
-                        "stepId": s.step.id,
-                        "attempt": s.attempt,
-                        "questions": result.questions,
-                    }),
-                    related_step_id: Some(s.step.id.clone()),
-                    requires_response: false,
-                }),
-            ));
-        }
+        let mut events: Vec<Envelope> = self
+            .concerns(result.questions.iter().collect(), now)
+            .into_iter()
+            .collect();
         if s.knowledge_sharing {
             let kinds = [
                 (

@@ -33,7 +33,8 @@ use crate::prompt::{
     repair_prompt, review_prompt, step_prompt, step_result_schema,
 };
 use crate::step::{
-    Answered, AssignedQuestion, ScheduledStep, Waited, already_handled, next_wait, retry_delay,
+    Answered, AssignedQuestion, ScheduledStep, Waited, addressed, already_handled, next_wait,
+    retry_delay,
 };
 
 /// Longest a question waits for its recipient's provider between two deliveries: a question
@@ -394,8 +395,17 @@ impl Worker {
             let now = Utc::now();
             let status = step.waiting_for_answers(&questions, now);
             let asked = step.asked(questions, usage, now);
+            // Its concerns are the team's now: the answer that finishes the step may not
+            // repeat them.
+            let concerns = result
+                .questions
+                .iter()
+                .filter(|line| addressed(line).is_none())
+                .collect();
+            let mut events = vec![asked, status];
+            events.extend(step.concerns(concerns, now));
             self.bus
-                .publish_all(&[asked, status])
+                .publish_all(&events)
                 .await
                 .context("publishing QuestionsAsked and the agent's status")?;
             tracing::info!(questions = count, "step waits for its teammates' answers");

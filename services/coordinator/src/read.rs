@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use cadre_proto::TenantId;
+use cadre_proto::{KnowledgeId, TenantId};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
@@ -101,6 +101,8 @@ pub struct InteractionView {
 #[serde(rename_all = "camelCase")]
 pub struct KnowledgeView {
     pub id: Uuid,
+    /// How prompts and answers name the item (`K-1a2b3c4d`): `[confirms K-…]`, ...
+    pub handle: String,
     pub workflow_id: Uuid,
     pub execution_id: Uuid,
     pub step_id: String,
@@ -245,9 +247,9 @@ pub async fn knowledge(
 ) -> sqlx::Result<Vec<KnowledgeView>> {
     sqlx::query_as!(
         KnowledgeView,
-        "SELECT id, workflow_id, execution_id, step_id, title, content, knowledge_type,
-                created_by_agent_id, validated_by_agents, relevance_score, usage_count, tags,
-                is_active, superseded_by, created_at
+        "SELECT id, '' AS \"handle!\", workflow_id, execution_id, step_id, title, content,
+                knowledge_type, created_by_agent_id, validated_by_agents, relevance_score,
+                usage_count, tags, is_active, superseded_by, created_at
          FROM collaboration_knowledge WHERE tenant_id = $1 AND workflow_id = $2
          ORDER BY event_sequence LIMIT $3 OFFSET $4",
         tenant.as_str(),
@@ -257,6 +259,15 @@ pub async fn knowledge(
     )
     .fetch_all(db)
     .await
+    // The handle is derived from the id by the one rule prompts use, not spelt again in SQL.
+    .map(|rows| {
+        rows.into_iter()
+            .map(|row| KnowledgeView {
+                handle: KnowledgeId(row.id).handle(),
+                ..row
+            })
+            .collect()
+    })
 }
 
 /// Whose LLM usage to sum.
@@ -275,21 +286,22 @@ pub enum UsageGroup {
     Model,
 }
 
-/// Tokens and cost of a set of completed step attempts.
+/// Tokens and cost of a set of recorded LLM calls.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageSum {
     /// What the row sums (a step id, an agent id, a `provider/model`); absent for the total.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// Completed step attempts.
-    pub steps: i64,
+    /// Records of LLM calls summed: one per completed, failed or reviewed attempt whose model
+    /// answered, per attempt that asked questions, and per teammate's answer.
+    pub calls: i64,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub total_tokens: i64,
-    /// In US dollars; absent when no model of these steps has a price.
+    /// In US dollars; absent when no model of these calls has a price.
     pub cost_usd: Option<f64>,
-    /// Whether every step's model had a price (otherwise `costUsd` covers only some of them).
+    /// Whether every call's model had a price (otherwise `costUsd` covers only some of them).
     pub cost_complete: bool,
 }
 
@@ -309,7 +321,7 @@ pub async fn usage(
     // scope keeps its index); the tenant and the id are bound.
     let sum = |key: &str| {
         format!(
-            "SELECT {key} AS key, count(*) AS steps,
+            "SELECT {key} AS key, count(*) AS calls,
                     coalesce(sum(prompt_tokens), 0)::int8 AS prompt_tokens,
                     coalesce(sum(completion_tokens), 0)::int8 AS completion_tokens,
                     coalesce(sum(total_tokens), 0)::int8 AS total_tokens,

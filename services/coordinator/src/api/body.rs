@@ -75,7 +75,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let mut unknown = Vec::new();
     let mut json = serde_json::Deserializer::from_slice(bytes);
     let mut record_unknown =
-        |path: serde_ignored::Path<'_>| unknown.push(pointer_of_ignored(&path.to_string()));
+        |path: serde_ignored::Path<'_>| unknown.push(pointer_of_ignored(&path));
     let parsed: Result<T, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
         Strict(&mut json),
         &mut record_unknown,
@@ -141,12 +141,19 @@ fn pointer_of(path: &serde_path_to_error::Path) -> String {
     pointer
 }
 
-/// serde_ignored writes paths as `a.b.0.c`.
-fn pointer_of_ignored(path: &str) -> String {
-    format!(
-        "/{}",
-        path.split('.').map(escape).collect::<Vec<_>>().join("/")
-    )
+/// The RFC 6901 pointer of a field serde_ignored reports. Built from the path itself, not its
+/// `a.b.0.c` text: that text writes an optional value as `?` and cannot tell a key holding a
+/// dot from two keys.
+fn pointer_of_ignored(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}/{index}", pointer_of_ignored(parent)),
+        Path::Map { parent, key } => format!("{}/{}", pointer_of_ignored(parent), escape(key)),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => pointer_of_ignored(parent),
+    }
 }
 
 fn escape(token: &str) -> String {
@@ -866,6 +873,15 @@ mod tests {
         ]}));
         assert_eq!(typo.errors[0].pointer, "/steps/0/dependOn");
         assert_eq!(typo.errors[0].message, UNKNOWN_FIELD);
+        // Inside an optional object, and under a key that holds a dot.
+        let nested = refusal::<WorkflowConfiguration>(&json!({"steps": [],
+            "constraints": {"retryBackoff": {"initialSeconds": 1, "maxSecs": 2}},
+            "a.b": 1}));
+        let pointers: Vec<&str> = nested.errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert!(
+            pointers.contains(&"/constraints/retryBackoff/maxSecs") && pointers.contains(&"/a.b"),
+            "{pointers:?}"
+        );
 
         for body in [&b"{\"steps\":"[..], b"{} {}", b"{\"a\":1,}", b"nul"] {
             let problem = refused::<WorkflowConfiguration>(body);
