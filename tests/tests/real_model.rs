@@ -144,7 +144,7 @@ async fn a_workflow_runs_on_a_real_model_whose_template_has_no_system_role() {
             .api
             .get(&format!("/v1/executions/{execution_id}/usage"))
             .await;
-        (reply.body["total"]["steps"] == 1).then_some(reply.body)
+        (reply.body["total"]["calls"] == 1).then_some(reply.body)
     })
     .await;
     assert_eq!(

@@ -63,6 +63,12 @@ const ASKING_CONVENTION: &str = "(If you cannot finish the step well without an 
      or role and a colon, such as \"@Architect: which database do we use?\"; \"@everyone:\" asks \
      them all. The step then waits for the answers and you finish it with them. Lines without @ \
      are concerns noted for the team; nobody waits for them.)";
+/// How an agent shares knowledge of a kind of its own (read back by `step::knowledge_kind` and
+/// `step::knowledge_tags`). Said where there is a team to share with: a small model given a
+/// longer prompt than it needs answers worse.
+const KINDS_CONVENTION: &str = "(To share a line of your Insights or Decisions as a constraint, \
+     a resource or a best practice, start it with [constraint], [resource] or [best practice]; \
+     #tags in it help teammates find it.)";
 const ANSWERS_HEADER: &str = "Answers to your questions";
 const INPUT_HEADER: &str = "Execution Input";
 const FEEDBACK_HEADER: &str = "Reviewer Feedback";
@@ -244,7 +250,7 @@ Team Context:
 When completing tasks, please:
 1. Follow the step instructions carefully
 2. Provide clear, actionable outputs
-3. Share any insights or recommendations for the team (start a line with [constraint], [resource] or [best practice] to share it as that kind of knowledge, and add #tags that help teammates find it)
+3. Share any insights or recommendations for the team
 4. Note any questions or concerns for other team members
 5. Be thorough but concise in your response
 
@@ -287,7 +293,10 @@ fn team_section(team: &[Teammate], may_ask: bool) -> String {
     } else {
         String::new()
     };
-    format!("\nYour Teammates:\n{}\n{how}", members.join("\n"))
+    format!(
+        "\nYour Teammates:\n{}\n{KINDS_CONVENTION}\n{how}",
+        members.join("\n")
+    )
 }
 
 fn style_rule(style: CommunicationStyle) -> &'static str {
