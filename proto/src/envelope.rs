@@ -168,7 +168,7 @@ mod tests {
 
     use super::*;
     use crate::events::*;
-    use crate::ids::{AgentId, ExecutionId, KnowledgeId, StepId, WorkflowId};
+    use crate::ids::{AgentId, EscalationId, ExecutionId, KnowledgeId, StepId, WorkflowId};
     use crate::model::*;
 
     fn attempt() -> StepAttempt {
@@ -241,6 +241,10 @@ mod tests {
                     schedule: Some("@hourly".into()),
                     events: true,
                     after_workflows: vec![WorkflowId::new()],
+                },
+                escalation: EscalationPolicy {
+                    ladder: vec![EscalationRung::Reassign, EscalationRung::Person],
+                    stronger_model: None,
                 },
             },
         }
@@ -510,6 +514,40 @@ mod tests {
                 error: "HTTP 503".into(),
             }),
             Event::StepRetryDue(StepRetryDue { attempt: attempt() }),
+            Event::StepEscalated(Box::new(StepEscalated {
+                execution_id: e,
+                workflow_id: w,
+                step_id: StepId::parse("a").unwrap(),
+                step_name: "A".into(),
+                attempt: 3,
+                rung: EscalationRung::Person,
+                agent: None,
+                escalation_id: Some(EscalationId::of(e, &StepId::parse("a").unwrap(), 3)),
+                approval: false,
+                reason: "retries spent".into(),
+                context: EscalationContext {
+                    failures: vec![FailedAttempt {
+                        attempt: 3,
+                        agent_id: AgentId::new(),
+                        error: "HTTP 503".into(),
+                    }],
+                    tried: vec![EscalationRung::Reassign],
+                    outputs: [(StepId::parse("b").unwrap(), "done".to_owned())].into(),
+                },
+            })),
+            Event::EscalationResolved(Box::new(EscalationResolved {
+                execution_id: e,
+                workflow_id: w,
+                step_id: StepId::parse("a").unwrap(),
+                step_name: "A".into(),
+                attempt: 3,
+                escalation_id: EscalationId::of(e, &StepId::parse("a").unwrap(), 3),
+                resolution: Resolution::ProvideOutput {
+                    summary: "s".into(),
+                    output: "o".into(),
+                },
+                request: request.clone(),
+            })),
             Event::StepSkipped(StepSkipped {
                 execution_id: e,
                 workflow_id: w,

@@ -3,10 +3,12 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AgentId, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId};
+use crate::ids::{
+    AgentId, EscalationId, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId,
+};
 use crate::model::{
-    AgentProfile, CommunicationStyle, InteractionType, KnowledgeType, StepResult, TokenUsage,
-    TriggerReason, WorkflowDefinition, WorkflowStep,
+    AgentProfile, CommunicationStyle, EscalationRung, InteractionType, KnowledgeType, StepResult,
+    TokenUsage, TriggerReason, WorkflowDefinition, WorkflowStep,
 };
 use crate::subjects;
 
@@ -90,6 +92,14 @@ pub enum AssignmentReason {
     Rework,
     /// The agent that asked its teammates questions, to finish the step with their answers.
     Answered,
+    /// The step's retries were spent and its escalation ladder's `rung` chose this agent.
+    Escalated { rung: EscalationRung },
+    /// A person resolving the step's escalation asked for this attempt (a retry, or this
+    /// agent).
+    PersonDecided {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
 }
 
 impl AssignmentReason {
@@ -114,6 +124,11 @@ impl AssignmentReason {
             Self::Reviewer { role: None, .. } => "reviews another agent's work".to_owned(),
             Self::Rework => "reworks its output after review".to_owned(),
             Self::Answered => "finishes the step with its teammates' answers".to_owned(),
+            Self::Escalated { rung } => {
+                format!("retries spent; escalation rung '{}'", rung.as_str())
+            }
+            Self::PersonDecided { by: Some(by) } => format!("{by} asked for this attempt"),
+            Self::PersonDecided { by: None } => "a person asked for this attempt".to_owned(),
         }
     }
 }
@@ -652,6 +667,147 @@ pub struct StepRetryDue {
     pub attempt: StepAttempt,
 }
 
+/// A step climbed a rung of its workflow's escalation ladder: its retries were spent (or its
+/// error was one no retry fixes). For `person`, and for an `approval` step, it waits in
+/// `escalated` until a person resolves it ([`EscalationResolved`]); for the other rungs,
+/// `agent` takes its next attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepEscalated {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    pub step_id: StepId,
+    pub step_name: String,
+    /// The attempt that failed; for an approval, the attempt the approval is (nothing ran).
+    pub attempt: u32,
+    pub rung: EscalationRung,
+    /// Who takes the next attempt (`reassign`, `strongerModel` with its model swapped in,
+    /// `coordinator`); absent for `person`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentProfile>,
+    /// What a person resolves (`person` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation_id: Option<EscalationId>,
+    /// The step is an `approval`: a person's sign-off, not a failure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approval: bool,
+    /// Why, in words.
+    pub reason: String,
+    pub context: EscalationContext,
+}
+
+/// What whoever takes an escalated step needs to know: what failed, what was tried, and what
+/// the run has produced so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationContext {
+    /// The step's failed attempts, oldest first (the last [`EscalationContext::MAX_FAILURES`]).
+    pub failures: Vec<FailedAttempt>,
+    /// The rungs climbed before this one.
+    pub tried: Vec<EscalationRung>,
+    /// The summary of each completed step, by step id.
+    pub outputs: std::collections::BTreeMap<StepId, String>,
+}
+
+impl EscalationContext {
+    /// Failed attempts an escalation carries: the most recent.
+    pub const MAX_FAILURES: usize = 20;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedAttempt {
+    pub attempt: u32,
+    pub agent_id: AgentId,
+    pub error: String,
+}
+
+/// A person resolved a step's escalation (or approval).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationResolved {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    pub step_id: StepId,
+    pub step_name: String,
+    /// The attempt that was escalated.
+    pub attempt: u32,
+    pub escalation_id: EscalationId,
+    pub resolution: Resolution,
+    /// Who resolved it, and why (free text).
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+impl EscalationResolved {
+    /// The step's result, as `(summary, output)`, when the resolution completes the step: the
+    /// person's own output, or an approval (its summary names who approved, its output is the
+    /// reason they gave).
+    pub fn result(&self) -> Option<(String, String)> {
+        match &self.resolution {
+            Resolution::ProvideOutput { summary, output } => {
+                Some((summary.clone(), output.clone()))
+            }
+            Resolution::Approve => Some((
+                format!(
+                    "Approved by {}",
+                    self.request.requested_by.as_deref().unwrap_or("a person")
+                ),
+                self.request.reason.clone().unwrap_or_default(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// What a person decided about an escalated step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "action"
+)]
+pub enum Resolution {
+    /// Another attempt by the agent that last tried it.
+    Retry,
+    /// Another attempt by this participating agent.
+    Reassign { agent_id: AgentId },
+    /// The step does not run; its dependants treat it as done.
+    Skip,
+    /// The person's own result completes the step.
+    ProvideOutput { summary: String, output: String },
+    /// The run fails (cause `aborted`).
+    Abort,
+    /// An approval step is signed off: it completes.
+    Approve,
+    /// An approval step is refused: the run fails (cause `aborted`).
+    Reject,
+}
+
+impl Resolution {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Reassign { .. } => "reassign",
+            Self::Skip => "skip",
+            Self::ProvideOutput { .. } => "provideOutput",
+            Self::Abort => "abort",
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+        }
+    }
+
+    /// Whether it answers an approval (`approve`, `reject`, `abort`) rather than a failure
+    /// (every action but `approve` and `reject`).
+    pub fn fits(&self, approval: bool) -> bool {
+        match self {
+            Self::Approve | Self::Reject => approval,
+            Self::Abort => true,
+            _ => !approval,
+        }
+    }
+}
+
 /// The step's condition was false when its dependencies were done: it does not run, and the
 /// steps that depend on it treat it as done.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -692,6 +848,11 @@ pub enum FailureCause {
     Unrecordable,
     /// The execution's state allows no way forward (for example no agent can take a step).
     Stuck,
+    /// A person aborted the run while resolving a step's escalation, or rejected an approval.
+    Aborted {
+        step_id: StepId,
+        escalation_id: EscalationId,
+    },
     /// Recorded before causes existed (`failed.v1`).
     Unspecified,
 }
@@ -828,6 +989,8 @@ events! {
     StepSkipped(StepSkipped) = STEP_SKIPPED: "dev.cadre.execution.step_skipped.v1",
     StepRetryScheduled(StepRetryScheduled) = STEP_RETRY_SCHEDULED: "dev.cadre.execution.step_retry_scheduled.v1",
     StepRetryDue(StepRetryDue) = STEP_RETRY_DUE: "dev.cadre.execution.step_retry_due.v1",
+    StepEscalated(Box<StepEscalated>) = STEP_ESCALATED: "dev.cadre.execution.step_escalated.v1",
+    EscalationResolved(Box<EscalationResolved>) = ESCALATION_RESOLVED: "dev.cadre.execution.escalation_resolved.v1",
     StepReviewed(StepReviewed) = STEP_REVIEWED: "dev.cadre.execution.step_reviewed.v1",
     QuestionsAsked(QuestionsAsked) = QUESTIONS_ASKED: "dev.cadre.execution.questions_asked.v1",
     QuestionAssigned(Box<QuestionAssigned>) = QUESTION_ASSIGNED: "dev.cadre.execution.question_assigned.v1",
@@ -903,6 +1066,20 @@ impl Event {
             Self::QuestionsExpired(e) => step_fact(&e.attempt, subjects::QUESTIONS_EXPIRED),
             Self::StepRetryScheduled(e) => step_fact(&e.attempt, subjects::RETRY_SCHEDULED),
             Self::StepRetryDue(e) => step_fact(&e.attempt, subjects::RETRY_DUE),
+            Self::StepEscalated(e) => step(
+                tenant,
+                e.workflow_id,
+                e.execution_id,
+                &e.step_id,
+                subjects::ESCALATED,
+            ),
+            Self::EscalationResolved(e) => step(
+                tenant,
+                e.workflow_id,
+                e.execution_id,
+                &e.step_id,
+                subjects::ESCALATION_RESOLVED,
+            ),
             Self::StepSkipped(e) => step(
                 tenant,
                 e.workflow_id,
@@ -970,6 +1147,8 @@ impl Event {
             Self::QuestionsExpired(e) => Some(e.attempt.workflow_id),
             Self::StepRetryScheduled(e) => Some(e.attempt.workflow_id),
             Self::StepRetryDue(e) => Some(e.attempt.workflow_id),
+            Self::StepEscalated(e) => Some(e.workflow_id),
+            Self::EscalationResolved(e) => Some(e.workflow_id),
             Self::StepSkipped(e) => Some(e.workflow_id),
             Self::ExecutionPaused(e) => Some(e.workflow_id),
             Self::ExecutionResumed(e) => Some(e.workflow_id),
@@ -1006,6 +1185,8 @@ impl Event {
             Self::QuestionsExpired(e) => Some(e.attempt.execution_id),
             Self::StepRetryScheduled(e) => Some(e.attempt.execution_id),
             Self::StepRetryDue(e) => Some(e.attempt.execution_id),
+            Self::StepEscalated(e) => Some(e.execution_id),
+            Self::EscalationResolved(e) => Some(e.execution_id),
             Self::StepSkipped(e) => Some(e.execution_id),
             Self::ExecutionPaused(e) => Some(e.execution_id),
             Self::ExecutionResumed(e) => Some(e.execution_id),

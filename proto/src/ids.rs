@@ -60,6 +60,11 @@ uuid_id!(
     KnowledgeId
 );
 uuid_id!(
+    /// A question put to a person about one attempt of a step (a failure past the escalation
+    /// ladder's automatic rungs, or an approval).
+    EscalationId
+);
+uuid_id!(
     /// One event; also its `Nats-Msg-Id`, so JetStream drops a re-published copy.
     EventId
 );
@@ -71,6 +76,17 @@ impl KnowledgeId {
     pub fn handle(self) -> String {
         let hex = self.0.simple().to_string();
         format!("K-{}", &hex[hex.len() - 8..])
+    }
+}
+
+impl EscalationId {
+    /// The escalation of `attempt` of `step` in `execution`: derived, so that deciding twice
+    /// names it the same.
+    pub fn of(execution: ExecutionId, step: &StepId, attempt: u32) -> Self {
+        Self(Uuid::new_v5(
+            &execution.0,
+            format!("escalation/{step}/{attempt}").as_bytes(),
+        ))
     }
 }
 

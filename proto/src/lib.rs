@@ -19,4 +19,6 @@ pub mod workers;
 
 pub use envelope::{DecodeError, Envelope, EventMeta};
 pub use events::Event;
-pub use ids::{AgentId, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId};
+pub use ids::{
+    AgentId, EscalationId, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId,
+};

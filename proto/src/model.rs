@@ -61,6 +61,9 @@ pub enum StepType {
     Documentation,
     Coordination,
     Decision,
+    /// A person's sign-off (seed 002's production release): no agent runs it; the step waits
+    /// in `escalated` until someone approves it (it completes) or rejects it (the run fails).
+    Approval,
 }
 
 /// One step of a workflow (the seed's `WorkflowStep`).
@@ -271,6 +274,57 @@ pub struct WorkflowConfiguration {
     /// What starts runs besides `POST /v1/workflows/{id}/executions`.
     #[serde(default, skip_serializing_if = "Triggers::is_none")]
     pub triggers: Triggers,
+    /// What happens to a step whose retries are spent, before the run fails.
+    #[serde(default, skip_serializing_if = "EscalationPolicy::is_empty")]
+    pub escalation: EscalationPolicy,
+}
+
+/// A workflow's escalation ladder: once a step has failed `maxRetries + 1` times (or once with
+/// an error no retry fixes), it climbs these rungs in order, one attempt per rung, and the run
+/// fails only when a rung's attempt fails with no rung left. An empty ladder (the default)
+/// fails the run at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationPolicy {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ladder: Vec<EscalationRung>,
+    /// The model the `strongerModel` rung asks; when absent, the failing agent's `fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stronger_model: Option<ModelChoice>,
+}
+
+impl EscalationPolicy {
+    pub fn is_empty(&self) -> bool {
+        self.ladder.is_empty() && self.stronger_model.is_none()
+    }
+}
+
+/// One rung of an [`EscalationPolicy`] ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EscalationRung {
+    /// Another participating agent takes the step: the best match among those that have not
+    /// tried it yet (preferred agent, role, skills, load).
+    Reassign,
+    /// The failing agent again, on `strongerModel` (or its own fallback model).
+    StrongerModel,
+    /// The workflow's coordinator agent takes the step, with the failures so far.
+    Coordinator,
+    /// A person decides (`POST /v1/escalations/{id}/resolve`): the step waits in `escalated`,
+    /// holding no worker, with the whole context in its `StepEscalated` event. Climbed again
+    /// each time an attempt a person asked for fails.
+    Person,
+}
+
+impl EscalationRung {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reassign => "reassign",
+            Self::StrongerModel => "strongerModel",
+            Self::Coordinator => "coordinator",
+            Self::Person => "person",
+        }
+    }
 }
 
 /// What starts a workflow's runs on its own (each run records its `triggerReason`).

@@ -7,6 +7,7 @@
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{handed_off,scheduled,started,deferred,completed,failed,timed_out,skipped,reviewed}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{questions_asked,question_assigned,question_answered,questions_expired}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{retry_scheduled,retry_due}`
+//! - `workflow.<workflow>.execution.<execution>.step.<step>.{escalated,escalation_resolved}`
 //! - `workflow.<workflow>.interactions.<execution>.recorded`
 //!
 //! Everything under `execution.<execution>.>` is the execution's state and is appended with an
@@ -47,6 +48,8 @@ pub const QUESTION_ANSWERED: &str = "question_answered";
 pub const QUESTIONS_EXPIRED: &str = "questions_expired";
 pub const RETRY_SCHEDULED: &str = "retry_scheduled";
 pub const RETRY_DUE: &str = "retry_due";
+pub const ESCALATED: &str = "escalated";
+pub const ESCALATION_RESOLVED: &str = "escalation_resolved";
 
 /// Where the coordinator hands a tenant's scheduled steps to the agent workers that offer the
 /// step agent's LLM `provider`: steps are routed by capability, so a worker only ever takes

@@ -150,6 +150,7 @@ impl Fixture {
                 coordination: Default::default(),
                 constraints: Default::default(),
                 triggers: Default::default(),
+                escalation: Default::default(),
             },
         }
     }

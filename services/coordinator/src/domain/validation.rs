@@ -847,6 +847,7 @@ mod tests {
                 coordination: Coordination::default(),
                 constraints: Constraints::default(),
                 triggers: Default::default(),
+                escalation: Default::default(),
             },
         }
     }

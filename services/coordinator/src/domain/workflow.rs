@@ -180,6 +180,7 @@ mod tests {
                 coordination: Default::default(),
                 constraints: Default::default(),
                 triggers,
+                escalation: Default::default(),
             },
         };
         let event = Event::WorkflowCreated(WorkflowCreated {

@@ -77,6 +77,7 @@ fn workflow(agents: &[AgentProfile], steps: Vec<WorkflowStep>) -> WorkflowDefini
             coordination: Coordination::default(),
             constraints: Constraints::default(),
             triggers: Default::default(),
+            escalation: Default::default(),
         },
     }
 }
