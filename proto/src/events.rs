@@ -176,6 +176,10 @@ pub struct StepScheduled {
     /// attempt finishes the step with them (it may ask no further question that waits).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answers: Vec<QuestionAnswer>,
+    /// The step's failed attempts, when its escalation ladder (or a person) handed it to this
+    /// attempt: what went wrong before, so as not to do it again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_failures: Vec<FailedAttempt>,
 }
 
 /// A participant of an execution, as other agents see it.

@@ -867,6 +867,7 @@ mod tests {
                 timeout_at: None,
                 team: Vec::new(),
                 answers: Vec::new(),
+                earlier_failures: Vec::new(),
             },
         }
     }

@@ -315,6 +315,7 @@ impl Worker {
                     feedback: s.feedback.as_deref(),
                     team: &s.team,
                     answers: &s.answers,
+                    earlier_failures: &s.earlier_failures,
                 },
             ),
         };

@@ -298,22 +298,7 @@ async fn control(
 ) -> ApiResult {
     let id: ExecutionId = parse_id(&raw, "execution id")?;
     let command = command(control_request(&bytes)?);
-    let (_, started) = started(&app, id).await?;
-    let filter = subjects::execution_state(&app.tenant, started.workflow_id, id);
-    let mut execution =
-        Aggregate::<ExecutionDecider>::load(&app.bus, app.tenant.clone(), filter, History::All)
-            .await
-            .map_err(unavailable_log)?;
-    execution.execute(&app.bus, &command).await.map_err(|e| {
-        command_failed(e, |refused| match refused {
-            TransitionRefused::Invalid { status, .. } => {
-                Problem::invalid_transition(refused.to_string(), status)
-            }
-            TransitionRefused::NotStarted => {
-                Problem::not_found(format!("no execution has the id {id}"))
-            }
-        })
-    })?;
+    let execution = execute(&app, id, &command).await?;
     let status = match &execution.state {
         crate::domain::execution::State::Started(e) => e.status.as_str(),
         crate::domain::execution::State::NotStarted => "pending",
@@ -324,6 +309,34 @@ async fn control(
     )
         .into_response();
     Ok(written(&app, execution.version, response).await)
+}
+
+/// Runs `command` on execution `id`, loaded from the log; a refusal is a problem a person can
+/// act on.
+async fn execute(
+    app: &AppState,
+    id: ExecutionId,
+    command: &Command,
+) -> Result<Aggregate<ExecutionDecider>, Problem> {
+    let (_, started) = started(app, id).await?;
+    let filter = subjects::execution_state(&app.tenant, started.workflow_id, id);
+    let mut execution =
+        Aggregate::<ExecutionDecider>::load(&app.bus, app.tenant.clone(), filter, History::All)
+            .await
+            .map_err(unavailable_log)?;
+    execution.execute(&app.bus, command).await.map_err(|e| {
+        command_failed(e, |refused| match refused {
+            TransitionRefused::Invalid { status, .. } => {
+                Problem::invalid_transition(refused.to_string(), status)
+            }
+            TransitionRefused::NotStarted => {
+                Problem::not_found(format!("no execution has the id {id}"))
+            }
+            TransitionRefused::NotOpen { .. } => Problem::conflict(refused.to_string()),
+            TransitionRefused::Unfit(why) => Problem::invalid(why.clone(), vec![]),
+        })
+    })?;
+    Ok(execution)
 }
 
 pub(super) async fn cancel(

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 
 use cadre_proto::events::{Event, ExecutionStarted};
 use cadre_proto::model::{
-    AgentProfile, DecisionMaking, QuestionPolicy, RetryBackoff, TriggerReason, WorkflowDefinition,
+    AgentProfile, DecisionMaking, EscalationRung, QuestionPolicy, RetryBackoff, StepType,
+    TriggerReason, WorkflowDefinition,
 };
 use cadre_proto::streams::MAX_EVENT_BYTES;
 use cadre_proto::{AgentId, Envelope, ExecutionId, StepId, TenantId, subjects};
@@ -331,6 +332,7 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             format!("must be from 1 to {}", limits::MAX_REVIEW_ROUNDS),
         ));
     }
+    escalation_policy(&mut errors, workflow);
     if let Some(retries) = workflow.configuration.constraints.max_retries
         && retries > limits::MAX_RETRIES
     {
@@ -390,6 +392,20 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             limits::VALIDATION_CRITERIA,
             limits::VALIDATION_CRITERION,
         );
+        if step.step_type == StepType::Approval {
+            for (field, set) in [
+                ("reviewRequired", step.review_required),
+                ("childWorkflowId", step.child_workflow_id.is_some()),
+            ] {
+                if set {
+                    errors.push(error(
+                        format!("{at}/{field}"),
+                        "an approval step is a person's sign-off: no agent or child run does it, \
+                         so it takes no review and no child workflow",
+                    ));
+                }
+            }
+        }
         if let Some(role) = &step.reviewer_role {
             require_text(
                 &mut errors,
@@ -775,6 +791,58 @@ fn find_cycle(workflow: &WorkflowDefinition) -> Option<Vec<StepId>> {
             None
         }
     })
+}
+
+/// The escalation ladder: each rung once, and what a rung needs named.
+fn escalation_policy(errors: &mut Vec<FieldError>, workflow: &WorkflowDefinition) {
+    let policy = &workflow.configuration.escalation;
+    let at = "/configuration/escalation";
+    let mut seen = HashSet::new();
+    for (i, rung) in policy.ladder.iter().enumerate() {
+        if !seen.insert(rung) {
+            errors.push(error(
+                format!("{at}/ladder/{i}"),
+                format!(
+                    "'{}' is listed twice; each rung is climbed once, in order (a person is \
+                     asked again after each failed attempt they asked for)",
+                    rung.as_str()
+                ),
+            ));
+        }
+        if *rung == EscalationRung::Coordinator && workflow.coordinator_agent_id.is_none() {
+            errors.push(error(
+                format!("{at}/ladder/{i}"),
+                "the coordinator rung hands the step to the workflow's coordinator agent: set \
+                 coordinatorAgentId, or remove the rung",
+            ));
+        }
+    }
+    if let Some(model) = &policy.stronger_model {
+        provider_name(
+            errors,
+            &format!("{at}/strongerModel/provider"),
+            &model.provider,
+        );
+        require_text(
+            errors,
+            &format!("{at}/strongerModel/provider"),
+            &model.provider,
+            limits::NAME,
+        );
+        require_text(
+            errors,
+            &format!("{at}/strongerModel/model"),
+            &model.model,
+            limits::NAME,
+        );
+        if !policy.ladder.contains(&EscalationRung::StrongerModel) {
+            errors.push(error(
+                format!("{at}/strongerModel"),
+                "only means something with 'strongerModel' in the ladder; add it, or remove \
+                 strongerModel",
+            ));
+        }
+    }
 }
 
 /// Agents a workflow names: its participants and its coordinator.

@@ -1,16 +1,18 @@
 //! What an execution does next: commands in, events out. The time is an input, never read.
 
 use cadre_proto::events::{
-    AssignmentReason, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused,
-    ExecutionResumed, ExecutionStarted, FailureCause, ParentStep, QuestionAnswer, QuestionAssigned,
-    QuestionsExpired, Request, ReviewRequest, StepAttempt, StepRetryDue, StepRetryScheduled,
-    StepScheduled, StepSkipped, StepTimedOut, Teammate, Unanswered,
+    AssignmentReason, EscalationContext, EscalationResolved, ExecutionCancelled,
+    ExecutionCompleted, ExecutionFailed, ExecutionPaused, ExecutionResumed, ExecutionStarted,
+    FailedAttempt, FailureCause, ParentStep, QuestionAnswer, QuestionAssigned, QuestionsExpired,
+    Request, Resolution, ReviewRequest, StepAttempt, StepEscalated, StepRetryDue,
+    StepRetryScheduled, StepScheduled, StepSkipped, StepTimedOut, Teammate, Unanswered,
 };
 use cadre_proto::model::{
-    AgentProfile, MissedDeadline, TriggerReason, WorkflowDefinition, WorkflowStep,
+    AgentProfile, EscalationRung, MissedDeadline, StepType, TriggerReason, WorkflowDefinition,
+    WorkflowStep,
 };
 use cadre_proto::timers::Timer;
-use cadre_proto::{Event, ExecutionId, StepId};
+use cadre_proto::{EscalationId, Event, ExecutionId, StepId};
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{Execution, Reply, State, Status, StepProgress, StepState, after_minutes, handoff};
@@ -66,6 +68,12 @@ pub enum Command {
     Cancel(Request),
     Pause(Request),
     Resume(Request),
+    /// A person resolves the escalation `escalation_id` (`request` says who and why).
+    Resolve {
+        escalation_id: EscalationId,
+        resolution: Resolution,
+        request: Request,
+    },
     /// What the state called for could not be recorded, for a reason retrying cannot change
     /// (`error` says which): the run fails rather than wait forever.
     Abandon {
@@ -83,6 +91,16 @@ pub enum TransitionRefused {
         status: &'static str,
         wanted: &'static str,
     },
+    /// No step of the execution waits on this escalation (any more).
+    #[error("escalation {escalation_id} is not open: {why}")]
+    NotOpen {
+        escalation_id: EscalationId,
+        why: String,
+    },
+    /// The action does not apply to this escalation (`approve` of a failure, `reassign` to an
+    /// agent outside the execution).
+    #[error("{0}")]
+    Unfit(String),
 }
 
 /// The execution aggregate, for `crate::command`.
@@ -154,10 +172,77 @@ pub fn decide(
                 request: request.clone(),
             })])
         }
+        Command::Resolve { .. } if status.is_finished() => Err(refuse("resolved")),
+        Command::Resolve {
+            escalation_id,
+            resolution,
+            request,
+        } => resolved(execution, *escalation_id, resolution, request).map(|e| vec![e]),
         Command::Cancel(_) => Err(refuse("cancelled")),
         Command::Pause(_) => Err(refuse("paused")),
         Command::Resume(_) => Err(refuse("resumed")),
     }
+}
+
+/// A person's decision on the step that waits on `escalation_id`, if it fits.
+fn resolved(
+    execution: &Execution,
+    escalation_id: EscalationId,
+    resolution: &Resolution,
+    request: &Request,
+) -> Result<Event, TransitionRefused> {
+    let waiting = execution.steps.iter().find(|(_, p)| {
+        matches!(p.state, StepState::Escalated { escalation_id: id, .. } if id == escalation_id)
+    });
+    let Some((step_id, progress)) = waiting else {
+        return Err(TransitionRefused::NotOpen {
+            escalation_id,
+            why: "no step of the execution waits on it (it was resolved already, or never \
+                  opened in this execution)"
+                .to_owned(),
+        });
+    };
+    let StepState::Escalated { approval, .. } = progress.state else {
+        unreachable!("matched as escalated above")
+    };
+    if !resolution.fits(approval) {
+        return Err(TransitionRefused::Unfit(if approval {
+            format!(
+                "'{}' does not apply to an approval: approve, reject or abort it",
+                resolution.as_str()
+            )
+        } else {
+            format!(
+                "'{}' applies only to an approval step; this escalation is a failure: retry, \
+                 reassign, skip, provideOutput or abort it",
+                resolution.as_str()
+            )
+        }));
+    }
+    if let Resolution::Reassign { agent_id } = resolution
+        && !execution.agents.iter().any(|a| a.id == *agent_id)
+    {
+        return Err(TransitionRefused::Unfit(format!(
+            "agent {agent_id} does not take part in this execution; reassign to one of: {}",
+            execution
+                .agents
+                .iter()
+                .map(|a| format!("{} ({})", a.id, a.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let step = execution.workflow.step(step_id);
+    Ok(Event::EscalationResolved(Box::new(EscalationResolved {
+        execution_id: execution.id,
+        workflow_id: execution.workflow.id,
+        step_id: step_id.clone(),
+        step_name: step.map(|s| s.name.clone()).unwrap_or_default(),
+        attempt: progress.attempt,
+        escalation_id,
+        resolution: resolution.clone(),
+        request: request.clone(),
+    })))
 }
 
 fn failed(execution: &Execution, cause: FailureCause, error: String) -> Vec<Event> {
@@ -265,24 +350,68 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     let workflow = &execution.workflow;
     let max_retries = execution.max_retries();
 
-    // A step that failed more often than retries allow, or that reviewers sent back as often as
-    // allowed, fails the execution.
+    // A step that failed more often than retries allow climbs its escalation ladder; one with
+    // no rung left, or that reviewers sent back as often as allowed, or that a person aborted,
+    // fails the execution.
+    let mut escalations = Vec::new();
     for step in &workflow.configuration.steps {
         let progress = &execution.steps[&step.id];
+        let spent = match &progress.state {
+            // Each rung of the ladder is one attempt: no retries once on it.
+            StepState::Failed { retryable, .. } => {
+                progress.failures > max_retries || !retryable || !progress.climbed.is_empty()
+            }
+            _ => false,
+        };
+        if spent && let Some(escalated) = escalated(execution, step) {
+            escalations.push(escalated);
+            continue;
+        }
         let error = match &progress.state {
-            StepState::Failed { error, .. } if progress.failures > max_retries => format!(
-                "step '{}' failed after {} attempt(s): {error}",
-                step.name, progress.failures
-            ),
             // Retries left cannot help an error no retry fixes (a refused key, a spent quota).
             StepState::Failed {
                 error,
                 retryable: false,
                 ..
             } => format!(
-                "step '{}' failed with an error another attempt cannot fix: {error}",
-                step.name
+                "step '{}' failed with an error another attempt cannot fix{}: {error}",
+                step.name,
+                climbed(progress)
             ),
+            StepState::Failed { error, .. } if spent => format!(
+                "step '{}' failed after {} attempt(s){}: {error}",
+                step.name,
+                progress.failures,
+                climbed(progress)
+            ),
+            StepState::Aborted {
+                escalation_id,
+                resolution,
+                by,
+                reason,
+            } => {
+                let what = if *resolution == Resolution::Reject {
+                    "rejected the approval of"
+                } else {
+                    "aborted the run at"
+                };
+                return failed(
+                    execution,
+                    FailureCause::Aborted {
+                        step_id: step.id.clone(),
+                        escalation_id: *escalation_id,
+                    },
+                    format!(
+                        "{} {what} step '{}'{}",
+                        by.as_deref().unwrap_or("a person"),
+                        step.name,
+                        reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
             StepState::Rejected { feedback } => format!(
                 "step '{}' was sent back by its reviewer {} time(s); the last feedback: {feedback}",
                 step.name, progress.rounds
@@ -296,6 +425,9 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             },
             error,
         );
+    }
+    if !escalations.is_empty() {
+        return escalations;
     }
 
     let done = |id: &StepId| execution.steps[id].state.is_done();
@@ -334,6 +466,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                 progress.state,
                 StepState::Waiting
                     | StepState::RetryDue { .. }
+                    | StepState::Escalating { .. }
                     | StepState::AwaitingReview
                     | StepState::Rework { .. }
             );
@@ -411,6 +544,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                     review: None,
                     feedback: progress.feedback.clone(),
                     answers: answers(progress),
+                    earlier_failures: Vec::new(),
                 },
                 watermark,
                 now,
@@ -424,21 +558,43 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         if exclusive_running || (active > 0 && (one_at_a_time || !step.can_run_in_parallel)) {
             break;
         }
-        let (review, assigned) = match (&progress.state, &progress.draft) {
-            // Work waiting for a review, or a review to try again.
-            (StepState::AwaitingReview | StepState::RetryDue { .. }, Some(draft))
-                if progress.state == StepState::AwaitingReview || progress.reviewing =>
-            {
-                let review = ReviewRequest {
+        // An approval is a person's: it waits for one, holding its place in the run.
+        if step.step_type == StepType::Approval && progress.state == StepState::Waiting {
+            active += 1;
+            events.push(approval_requested(execution, step));
+            if one_at_a_time || !step.can_run_in_parallel {
+                break;
+            }
+            continue;
+        }
+        let review = match (&progress.state, &progress.draft) {
+            // Work waiting for a review, or a review to try again (or escalated).
+            (
+                StepState::AwaitingReview
+                | StepState::RetryDue { .. }
+                | StepState::Escalating { .. },
+                Some(draft),
+            ) if progress.state == StepState::AwaitingReview || progress.reviewing => {
+                Some(ReviewRequest {
                     round: progress.rounds + 1,
                     author_agent_id: draft.author,
                     summary: draft.summary.clone(),
                     output: draft.output.clone(),
-                };
-                let reviewer = assign_reviewer(step, &execution.agents, &load, draft.author);
+                })
+            }
+            _ => None,
+        };
+        let (review, assigned) = match (&progress.state, review) {
+            // Whom the escalation ladder (or a person) chose, to do or to review the work.
+            (StepState::Escalating { to, reason }, review) => {
+                (review, Some((to.as_ref(), reason.clone())))
+            }
+            (_, Some(review)) => {
+                let author = review.author_agent_id;
+                let reviewer = assign_reviewer(step, &execution.agents, &load, author);
                 (Some(review), reviewer)
             }
-            (StepState::Rework { author }, _) => {
+            (StepState::Rework { author }, None) => {
                 let author = execution
                     .agents
                     .iter()
@@ -480,6 +636,10 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                 review,
                 feedback,
                 answers: Vec::new(),
+                earlier_failures: match progress.state {
+                    StepState::Escalating { .. } => progress.failed.clone(),
+                    _ => Vec::new(),
+                },
             },
             watermark,
             now,
@@ -500,6 +660,185 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     events
 }
 
+/// The event of the next rung of the escalation ladder a step whose retries are spent climbs;
+/// `None` when none is left, and the run fails. A rung that cannot apply (nobody else to
+/// reassign to, no stronger model named, no coordinator agent) is passed over, and the event
+/// says why. A ladder with `person` always has a rung left: each failure of an attempt a
+/// person asked for goes back to a person.
+fn escalated(execution: &Execution, step: &WorkflowStep) -> Option<Event> {
+    let progress = &execution.steps[&step.id];
+    let StepState::Failed {
+        agent,
+        error,
+        retryable,
+    } = &progress.state
+    else {
+        return None;
+    };
+    let policy = execution.escalation();
+    let ladder = &policy.ladder;
+    // Where the step is on the ladder: past the last rung it climbed.
+    let from = progress
+        .climbed
+        .last()
+        .and_then(|last| ladder.iter().position(|r| r == last))
+        .map_or(0, |i| i + 1);
+    let again = ladder
+        .contains(&EscalationRung::Person)
+        .then_some(&EscalationRung::Person);
+    let failing = execution.agents.iter().find(|a| a.id == *agent);
+    let mut passed = Vec::new();
+    for rung in ladder[from..].iter().chain(again) {
+        match taker(execution, step, *rung, failing) {
+            Ok(taker) => {
+                let mut reason = if *retryable {
+                    format!(
+                        "step '{}' failed {} time(s), more than maxRetries allows; the last \
+                         error: {error}",
+                        step.name, progress.failures
+                    )
+                } else {
+                    format!(
+                        "step '{}' failed with an error another attempt cannot fix: {error}",
+                        step.name
+                    )
+                };
+                if !passed.is_empty() {
+                    reason.push_str(&format!("; passed over: {}", passed.join("; ")));
+                }
+                return Some(step_escalated(
+                    execution,
+                    step,
+                    progress.attempt,
+                    *rung,
+                    taker,
+                    reason,
+                ));
+            }
+            Err(why) => passed.push(format!("{} ({why})", rung.as_str())),
+        }
+    }
+    None
+}
+
+/// Who takes the next attempt on `rung`: `Ok(None)` for a person; `Err` says why the rung
+/// cannot apply.
+fn taker(
+    execution: &Execution,
+    step: &WorkflowStep,
+    rung: EscalationRung,
+    failing: Option<&AgentProfile>,
+) -> Result<Option<AgentProfile>, &'static str> {
+    if rung == EscalationRung::Person {
+        return Ok(None);
+    }
+    if step.child_workflow_id.is_some() {
+        return Err("a child workflow runs this step, not an agent");
+    }
+    let progress = &execution.steps[&step.id];
+    match rung {
+        EscalationRung::Reassign => {
+            let untried: Vec<AgentProfile> = execution
+                .agents
+                .iter()
+                .filter(|a| !progress.failed.iter().any(|f| f.agent_id == a.id))
+                .cloned()
+                .collect();
+            assign(step, &untried, &execution.load())
+                .map(|(agent, _)| Some(agent.clone()))
+                .ok_or("every participating agent has failed it")
+        }
+        EscalationRung::StrongerModel => {
+            let failing = failing.ok_or("the failing agent is not a participant")?;
+            let model = execution
+                .escalation()
+                .stronger_model
+                .clone()
+                .or_else(|| failing.fallback.clone())
+                .filter(|m| (&m.provider, &m.model) != (&failing.provider, &failing.model))
+                .ok_or(
+                    "neither escalation.strongerModel nor the agent's fallback names another model",
+                )?;
+            Ok(Some(AgentProfile {
+                provider: model.provider,
+                model: model.model,
+                fallback: None,
+                ..failing.clone()
+            }))
+        }
+        EscalationRung::Coordinator => execution
+            .workflow
+            .coordinator_agent_id
+            .and_then(|id| execution.agents.iter().find(|a| a.id == id))
+            .map(|a| Some(a.clone()))
+            .ok_or("the workflow names no participating coordinator agent"),
+        EscalationRung::Person => Ok(None),
+    }
+}
+
+/// An approval step is ready: it waits for a person.
+fn approval_requested(execution: &Execution, step: &WorkflowStep) -> Event {
+    let progress = &execution.steps[&step.id];
+    step_escalated(
+        execution,
+        step,
+        progress.attempt + 1,
+        EscalationRung::Person,
+        None,
+        format!(
+            "step '{}' is an approval: a person signs it off ({})",
+            step.name, step.instructions
+        ),
+    )
+}
+
+fn step_escalated(
+    execution: &Execution,
+    step: &WorkflowStep,
+    attempt: u32,
+    rung: EscalationRung,
+    agent: Option<AgentProfile>,
+    reason: String,
+) -> Event {
+    let progress = &execution.steps[&step.id];
+    let outputs = execution
+        .steps
+        .iter()
+        .filter_map(|(id, p)| match &p.state {
+            StepState::Completed { summary, .. } => Some((id.clone(), summary.clone())),
+            _ => None,
+        })
+        .collect();
+    Event::StepEscalated(Box::new(StepEscalated {
+        execution_id: execution.id,
+        workflow_id: execution.workflow.id,
+        step_id: step.id.clone(),
+        step_name: step.name.clone(),
+        attempt,
+        rung,
+        escalation_id: agent
+            .is_none()
+            .then(|| EscalationId::of(execution.id, &step.id, attempt)),
+        agent,
+        approval: step.step_type == StepType::Approval,
+        reason,
+        context: EscalationContext {
+            failures: progress.failed.clone(),
+            tried: progress.climbed.clone(),
+            outputs,
+        },
+    }))
+}
+
+/// How far a failed step climbed its ladder, for the run's error.
+fn climbed(progress: &StepProgress) -> String {
+    if progress.climbed.is_empty() {
+        return String::new();
+    }
+    let rungs: Vec<&str> = progress.climbed.iter().map(|r| r.as_str()).collect();
+    format!(", past its escalation ladder ({})", rungs.join(" → "))
+}
+
 /// A step whose attempt failed with retries left waits for its backoff: the wait after the
 /// n-th failure, jittered down by up to half by a fraction drawn from the execution, step and
 /// attempt (the same decision every time it is taken, and steps that failed together spread).
@@ -517,7 +856,8 @@ fn retry_scheduled(
     else {
         return None;
     };
-    if progress.failures > execution.max_retries() {
+    // Past its retries, or on its escalation ladder (each rung is one attempt): no backoff.
+    if progress.failures > execution.max_retries() || !progress.climbed.is_empty() {
         return None;
     }
     let delay = execution.retry_backoff().delay_seconds(progress.failures)
@@ -570,6 +910,7 @@ struct Scheduling<'a> {
     review: Option<ReviewRequest>,
     feedback: Option<String>,
     answers: Vec<QuestionAnswer>,
+    earlier_failures: Vec<FailedAttempt>,
 }
 
 fn scheduled(
@@ -587,6 +928,7 @@ fn scheduled(
         review,
         feedback,
         answers,
+        earlier_failures,
     } = scheduling;
     Event::StepScheduled(Box::new(StepScheduled {
         execution_id: execution.id,
@@ -611,6 +953,7 @@ fn scheduled(
             .map(Teammate::of)
             .collect(),
         answers,
+        earlier_failures,
     }))
 }
 

@@ -44,8 +44,9 @@ pub(super) fn handed_off(
         else {
             continue;
         };
+        // A result a person provided is handed off by nobody.
         let StepState::Completed {
-            agent: author,
+            agent: Some(author),
             summary,
             ..
         } = &progress.state
@@ -114,7 +115,10 @@ pub(super) fn handed_off(
 /// A dependency's state as the next agent needs to know it.
 fn describe(execution: &Execution, state: &StepState) -> String {
     match state {
-        StepState::Completed { agent, .. } => {
+        StepState::Completed { agent: None, .. } => "completed by a person".to_owned(),
+        StepState::Completed {
+            agent: Some(agent), ..
+        } => {
             let name = execution
                 .agents
                 .iter()

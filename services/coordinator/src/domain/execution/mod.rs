@@ -15,9 +15,14 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
-use cadre_proto::events::{ParentStep, Teammate, is_everyone};
-use cadre_proto::model::{AgentProfile, ObjectRef, RetryBackoff, WorkflowDefinition};
-use cadre_proto::{AgentId, Event, ExecutionId, StepId};
+use cadre_proto::events::{
+    AssignmentReason, EscalationContext, FailedAttempt, ParentStep, Resolution, StepAttempt,
+    Teammate, is_everyone,
+};
+use cadre_proto::model::{
+    AgentProfile, EscalationPolicy, EscalationRung, ObjectRef, RetryBackoff, WorkflowDefinition,
+};
+use cadre_proto::{AgentId, EscalationId, Event, ExecutionId, StepId};
 use chrono::{DateTime, Utc};
 
 pub use decide::{Command, ExecutionDecider, Start, TransitionRefused, decide, started};
@@ -34,7 +39,8 @@ pub enum StepState {
         agent: AgentId,
     },
     Completed {
-        agent: AgentId,
+        /// `None` when a person provided the result (or approved the step).
+        agent: Option<AgentId>,
         summary: String,
         output: String,
         /// Where the whole result is, when `summary` and `output` are previews.
@@ -73,6 +79,25 @@ pub enum StepState {
     AwaitingAnswers {
         agent: AgentId,
     },
+    /// Its retries are spent and a rung of the escalation ladder chose who takes its next
+    /// attempt, handed out as soon as the run allows.
+    Escalating {
+        to: Box<AgentProfile>,
+        reason: AssignmentReason,
+    },
+    /// It waits for a person ([`Command::Resolve`]): a failure past the ladder's other rungs,
+    /// or an `approval` step. No worker is held.
+    Escalated {
+        escalation_id: EscalationId,
+        approval: bool,
+    },
+    /// A person aborted the run from its escalation (or rejected the approval): the run fails.
+    Aborted {
+        escalation_id: EscalationId,
+        resolution: Resolution,
+        by: Option<String>,
+        reason: Option<String>,
+    },
 }
 
 impl StepState {
@@ -91,6 +116,9 @@ impl StepState {
             Self::AwaitingAnswers { .. } => "awaiting_answers",
             Self::RetryWaiting { .. } => "retry_waiting",
             Self::RetryDue { .. } => "retry_due",
+            Self::Escalating { .. } => "escalating",
+            Self::Escalated { .. } => "escalated",
+            Self::Aborted { .. } => "aborted",
         }
     }
 
@@ -122,6 +150,10 @@ pub struct StepProgress {
     pub answered: bool,
     /// The handoffs recorded for the step's first attempt, as (from, to) agents.
     pub handoffs: Vec<(AgentId, AgentId)>,
+    /// The failed attempts, oldest first (the last [`EscalationContext::MAX_FAILURES`]).
+    pub failed: Vec<FailedAttempt>,
+    /// The escalation rungs climbed, in order.
+    pub climbed: Vec<EscalationRung>,
 }
 
 /// A question an attempt asked, and what became of it for each teammate it went to.
@@ -226,6 +258,8 @@ impl StepProgress {
             questions: Vec::new(),
             answered: false,
             handoffs: Vec::new(),
+            failed: Vec::new(),
+            climbed: Vec::new(),
         }
     }
 }
@@ -247,8 +281,28 @@ impl StepProgress {
     fn is_pending(&self) -> bool {
         matches!(
             self.state,
-            StepState::AwaitingAnswers { .. } | StepState::RetryWaiting { .. }
+            StepState::AwaitingAnswers { .. }
+                | StepState::RetryWaiting { .. }
+                | StepState::Escalated { .. }
         )
+    }
+
+    /// Records a failed attempt and leaves the step `Failed`.
+    fn fail(&mut self, attempt: &StepAttempt, error: String, retryable: bool) {
+        self.failures += 1;
+        if self.failed.len() == EscalationContext::MAX_FAILURES {
+            self.failed.remove(0);
+        }
+        self.failed.push(FailedAttempt {
+            attempt: attempt.number,
+            agent_id: attempt.agent_id,
+            error: error.clone(),
+        });
+        self.state = StepState::Failed {
+            agent: attempt.agent_id,
+            error,
+            retryable,
+        };
     }
 
     /// Whether `attempt` is this step's current attempt and still running.
@@ -418,22 +472,13 @@ impl Execution {
             }
             Event::StepFailed(e) => self.step_event(&e.attempt.step_id, |p| {
                 if p.runs(e.attempt.number) {
-                    p.failures += 1;
-                    p.state = StepState::Failed {
-                        agent: e.attempt.agent_id,
-                        error: e.error.clone(),
-                        retryable: e.retryable,
-                    };
+                    p.fail(&e.attempt, e.error.clone(), e.retryable);
                 }
             }),
             Event::StepTimedOut(e) => self.step_event(&e.attempt.step_id, |p| {
                 if p.runs(e.attempt.number) {
-                    p.failures += 1;
-                    p.state = StepState::Failed {
-                        agent: e.attempt.agent_id,
-                        error: format!("timed out after {} minute(s)", e.timeout_minutes),
-                        retryable: true,
-                    };
+                    let error = format!("timed out after {} minute(s)", e.timeout_minutes);
+                    p.fail(&e.attempt, error, true);
                 }
             }),
             Event::QuestionsAsked(e) => {
@@ -495,12 +540,8 @@ impl Execution {
                     }
                 }
                 if e.failed {
-                    p.failures += 1;
-                    p.state = StepState::Failed {
-                        agent: e.attempt.agent_id,
-                        error: "its questions were not all answered by the deadline".to_owned(),
-                        retryable: true,
-                    };
+                    let error = "its questions were not all answered by the deadline".to_owned();
+                    p.fail(&e.attempt, error, true);
                     p.questions.clear();
                 }
             }),
@@ -521,6 +562,72 @@ impl Execution {
                     };
                 }
             }),
+            Event::StepEscalated(e) => self.step_event(&e.step_id, |p| {
+                let from = if e.approval {
+                    // An approval is an attempt of its own; nothing ran before it.
+                    p.state == StepState::Waiting && e.attempt == p.attempt + 1
+                } else {
+                    p.attempt == e.attempt && matches!(p.state, StepState::Failed { .. })
+                };
+                if !from {
+                    return;
+                }
+                p.attempt = e.attempt;
+                p.climbed.push(e.rung);
+                p.state = match (&e.escalation_id, &e.agent) {
+                    (Some(escalation_id), _) => StepState::Escalated {
+                        escalation_id: *escalation_id,
+                        approval: e.approval,
+                    },
+                    (None, Some(agent)) => StepState::Escalating {
+                        to: Box::new(agent.clone()),
+                        reason: AssignmentReason::Escalated { rung: e.rung },
+                    },
+                    // Neither a person nor an agent: not a rung this build climbs.
+                    (None, None) => return,
+                };
+            }),
+            Event::EscalationResolved(e) => {
+                // Resolutions are rare: a copy of the team beats a split borrow.
+                let agents = self.agents.clone();
+                self.step_event(&e.step_id, |p| {
+                    let StepState::Escalated { escalation_id, .. } = p.state else {
+                        return;
+                    };
+                    if escalation_id != e.escalation_id {
+                        return;
+                    }
+                    let by = e.request.requested_by.clone();
+                    let agent = |id: Option<AgentId>| {
+                        id.and_then(|id| agents.iter().find(|a| a.id == id))
+                            .map(|a| StepState::Escalating {
+                                to: Box::new(a.clone()),
+                                reason: AssignmentReason::PersonDecided { by: by.clone() },
+                            })
+                            .unwrap_or(StepState::Waiting)
+                    };
+                    p.state = match &e.resolution {
+                        Resolution::Retry => agent(p.failed.last().map(|f| f.agent_id)),
+                        Resolution::Reassign { agent_id } => agent(Some(*agent_id)),
+                        Resolution::Skip => StepState::Skipped,
+                        Resolution::ProvideOutput { .. } | Resolution::Approve => {
+                            let (summary, output) = e.result().unwrap_or_default();
+                            StepState::Completed {
+                                agent: None,
+                                summary,
+                                output,
+                                full: None,
+                            }
+                        }
+                        Resolution::Abort | Resolution::Reject => StepState::Aborted {
+                            escalation_id,
+                            resolution: e.resolution.clone(),
+                            by: by.clone(),
+                            reason: e.request.reason.clone(),
+                        },
+                    };
+                });
+            }
             Event::StepSkipped(e) => self.step_event(&e.step_id, |p| {
                 if p.state == StepState::Waiting {
                     p.state = StepState::Skipped;
@@ -573,6 +680,10 @@ impl Execution {
             .unwrap_or(0)
     }
 
+    fn escalation(&self) -> &EscalationPolicy {
+        &self.workflow.configuration.escalation
+    }
+
     fn retry_backoff(&self) -> RetryBackoff {
         self.workflow
             .configuration
@@ -612,7 +723,7 @@ const DEFAULT_REVIEW_ROUNDS: u32 = 2;
 impl Draft {
     fn completed(self) -> StepState {
         StepState::Completed {
-            agent: self.author,
+            agent: Some(self.author),
             summary: self.summary,
             output: self.output,
             full: self.full,

@@ -2,13 +2,13 @@
 
 use cadre_proto::events::{
     AskedQuestion, AssignmentReason, CallUsage, FailureCause, ParentStep, QuestionAnswered,
-    QuestionsAsked, Request, StepAttempt, StepCompleted, StepFailed, StepReviewed, StepStarted,
-    TaskHandedOff,
+    QuestionsAsked, Request, Resolution, StepAttempt, StepCompleted, StepFailed, StepReviewed,
+    StepStarted, TaskHandedOff,
 };
 use cadre_proto::model::{
-    AgentProfile, Constraints, Coordination, MissedDeadline, ModelParameters, PhaseMode,
-    StepResult, StepType, TokenUsage, TriggerReason, WorkflowConfiguration, WorkflowDefinition,
-    WorkflowPhase, WorkflowStep, WorkflowType,
+    AgentProfile, Constraints, Coordination, EscalationRung, MissedDeadline, ModelParameters,
+    PhaseMode, StepResult, StepType, TokenUsage, TriggerReason, WorkflowConfiguration,
+    WorkflowDefinition, WorkflowPhase, WorkflowStep, WorkflowType,
 };
 use cadre_proto::timers::{Timer, When};
 use cadre_proto::{AgentId, Event, EventId, ExecutionId, StepId, WorkflowId};
@@ -1447,20 +1447,30 @@ proptest! {
     }
 
     /// Whatever the DAG, and whatever happens to each attempt (it completes, fails, times
-    /// out, or asks teammates questions that are answered or miss their deadline) and to the
-    /// run (paused, resumed, cancelled), the run reaches a terminal state;
-    /// no step starts before its dependencies completed; and replaying the log gives the
-    /// state that was built event by event.
+    /// out, or asks teammates questions that are answered or miss their deadline), to the
+    /// run (paused, resumed, cancelled), on the escalation ladder and to the escalations and
+    /// approvals a person resolves (retry, reassign, skip, provide the output, abort, approve,
+    /// reject), the run reaches a terminal state; no step starts before its dependencies
+    /// completed; nothing is scheduled after an abort; and replaying the log gives the state
+    /// that was built event by event.
     #[test]
     fn every_run_ends_whatever_happens(
         deps in dag(),
         conditions in proptest::collection::vec(0u8..4, 12),
         retries in 0u32..3,
+        ladder in 0usize..4,
         moves in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..20), 200),
     ) {
         let team = vec![agent("Ada", &[]), agent("Bo", &[])];
         let mut wf = dag_workflow(&deps, &team);
         wf.configuration.constraints.max_retries = Some(retries);
+        wf.configuration.escalation.ladder = [
+            vec![],
+            vec![EscalationRung::Person],
+            vec![EscalationRung::Reassign, EscalationRung::Person],
+            vec![EscalationRung::Reassign],
+        ][ladder]
+            .clone();
         for (s, condition) in wf.configuration.steps.iter_mut().zip(conditions) {
             s.timeout_minutes = Some(1.0);
             s.condition = match condition {
@@ -1468,6 +1478,9 @@ proptest! {
                 1 => Some("input.tickets >= 3".into()),
                 _ => None,
             };
+            if condition == 3 {
+                s.step_type = StepType::Approval;
+            }
         }
         let mut log = start(&wf, &team);
         let mut state = fold(&log);
@@ -1479,9 +1492,17 @@ proptest! {
                 log.push(event);
             }
         };
+        let mut aborted = false;
         for _ in 0..2_000 {
             let decided = decide(&Command::Advance { watermark: log.len() as u64 }, &state, now()).unwrap();
-            in_flight.extend(decided.iter().filter(|e| matches!(e, Event::StepScheduled(_) | Event::QuestionAssigned(_) | Event::StepRetryScheduled(_))).cloned());
+            prop_assert!(
+                !(aborted && decided.iter().any(|e| matches!(e, Event::StepScheduled(_)))),
+                "scheduled after an abort"
+            );
+            in_flight.extend(decided.iter().filter(|e| match e {
+                Event::StepEscalated(e) => e.escalation_id.is_some(),
+                e => matches!(e, Event::StepScheduled(_) | Event::QuestionAssigned(_) | Event::StepRetryScheduled(_)),
+            }).cloned());
             append(&mut log, &mut state, decided);
             if state.is_finished() {
                 break;
@@ -1506,6 +1527,27 @@ proptest! {
                 continue;
             }
             let attempt = in_flight.remove(pick.index(in_flight.len()));
+            if let Event::StepEscalated(e) = &attempt {
+                let resolution = match (e.approval, roll % 5) {
+                    (true, 0) | (false, 4) => Resolution::Abort,
+                    (true, 1) => Resolution::Reject,
+                    (true, _) => Resolution::Approve,
+                    (false, 0) => Resolution::Retry,
+                    (false, 1) => Resolution::Reassign { agent_id: team[usize::from(roll) % 2].id },
+                    (false, 2) => Resolution::Skip,
+                    (false, _) => Resolution::ProvideOutput { summary: "s".into(), output: "o".into() },
+                };
+                aborted |= matches!(resolution, Resolution::Abort | Resolution::Reject);
+                let command = Command::Resolve {
+                    escalation_id: e.escalation_id.unwrap(),
+                    resolution,
+                    request: Request::default(),
+                };
+                // Refused once the run ended (a cancel): that changes nothing.
+                let events = decide(&command, &state, now()).unwrap_or_default();
+                append(&mut log, &mut state, events);
+                continue;
+            }
             if let Event::StepRetryScheduled(r) = &attempt {
                 let timer = Timer::StepRetry {
                     workflow_id: r.attempt.workflow_id,
@@ -1767,3 +1809,5 @@ fn a_decision_stored_in_part_records_each_handoff_once() {
     assert_eq!(scheduled(&again), vec![("build".into(), 1, team[1].id)]);
     assert!(handoffs(&again).is_empty(), "already recorded: {again:?}");
 }
+
+mod escalation;

@@ -1,0 +1,561 @@
+//! The escalation ladder, a person in the loop, and approval steps.
+
+use cadre_proto::events::{
+    AssignmentReason, EscalationResolved, FailureCause, Request, Resolution, StepEscalated,
+};
+use cadre_proto::model::{EscalationRung, ModelChoice, StepType, WorkflowDefinition};
+use cadre_proto::{AgentId, EscalationId, Event};
+
+use super::*;
+use crate::domain::execution::StepState;
+
+fn escalated(events: &[Event]) -> &StepEscalated {
+    match events {
+        [Event::StepEscalated(e)] => e,
+        other => panic!("expected one StepEscalated, got {other:?}"),
+    }
+}
+
+/// A person's `resolution` of the escalation `decided` opened, by Pat.
+fn resolve(
+    log: &[Event],
+    id: EscalationId,
+    resolution: Resolution,
+) -> Result<Event, TransitionRefused> {
+    let request = Request {
+        requested_by: Some("Pat".into()),
+        reason: Some("looked into it".into()),
+    };
+    decide(
+        &Command::Resolve {
+            escalation_id: id,
+            resolution,
+            request,
+        },
+        &fold(log),
+        now(),
+    )
+    .map(|events| {
+        let [event] = <[Event; 1]>::try_from(events).expect("one event");
+        event
+    })
+}
+
+fn ladder_team() -> (Vec<AgentProfile>, WorkflowDefinition) {
+    let team = vec![
+        agent("Ada", &["rust"]),
+        agent("Bo", &["rust"]),
+        agent("Cy", &["planning"]),
+    ];
+    let mut wf = workflow(
+        &team,
+        vec![
+            step("design", &[], &["planning"]),
+            step("build", &["design"], &["rust"]),
+        ],
+    );
+    wf.coordinator_agent_id = Some(team[2].id);
+    wf.configuration.escalation.ladder = vec![
+        EscalationRung::Reassign,
+        EscalationRung::StrongerModel,
+        EscalationRung::Coordinator,
+        EscalationRung::Person,
+    ];
+    wf.configuration.escalation.stronger_model = Some(ModelChoice {
+        provider: "big".into(),
+        model: "big-1".into(),
+    });
+    (team, wf)
+}
+
+#[test]
+fn a_step_past_its_retries_climbs_the_ladder_one_attempt_per_rung_then_waits_for_a_person() {
+    let (team, wf) = ladder_team();
+    assert!(
+        validate_workflow(&wf).is_empty(),
+        "{:?}",
+        validate_workflow(&wf)
+    );
+    let mut log = run_to_step(&wf, &team, "build");
+    let first = advance(&log);
+    assert_eq!(scheduled(&first), [("build".into(), 1, team[0].id)]);
+    log.extend(first.clone());
+    log.push(failed(the_scheduled(&first), "HTTP 500 from ada's model"));
+
+    // maxRetries 0: the first failure climbs the first rung, to the other rust agent.
+    let up = advance(&log);
+    let e = escalated(&up);
+    assert_eq!(
+        (e.rung, e.attempt, e.agent.as_ref().map(|a| a.id)),
+        (EscalationRung::Reassign, 1, Some(team[1].id))
+    );
+    assert!(e.escalation_id.is_none(), "an agent takes it, not a person");
+    assert!(
+        e.reason.contains("HTTP 500 from ada's model"),
+        "{}",
+        e.reason
+    );
+    assert_eq!(e.context.failures.len(), 1);
+    log.extend(up);
+    let second = advance(&log);
+    let Event::StepScheduled(s) = the_scheduled(&second) else {
+        unreachable!()
+    };
+    assert_eq!((s.attempt, s.agent.id), (2, team[1].id));
+    assert_eq!(
+        s.reason,
+        AssignmentReason::Escalated {
+            rung: EscalationRung::Reassign
+        }
+    );
+    log.extend(second.clone());
+    log.push(failed(the_scheduled(&second), "HTTP 500 from bo's model"));
+
+    // Then Bo again, on the stronger model.
+    let up = advance(&log);
+    let e = escalated(&up);
+    let taker = e.agent.clone().unwrap();
+    assert_eq!(e.rung, EscalationRung::StrongerModel);
+    assert_eq!(
+        (taker.id, taker.provider.as_str(), taker.model.as_str()),
+        (team[1].id, "big", "big-1")
+    );
+    assert_eq!(e.context.tried, [EscalationRung::Reassign]);
+    log.extend(up);
+    let third = advance(&log);
+    let Event::StepScheduled(s) = the_scheduled(&third) else {
+        unreachable!()
+    };
+    assert_eq!((s.attempt, s.agent.provider.as_str()), (3, "big"));
+    log.extend(third.clone());
+    log.push(failed(the_scheduled(&third), "still failing"));
+
+    // Then the coordinator agent.
+    let up = advance(&log);
+    let e = escalated(&up);
+    assert_eq!(
+        (e.rung, e.agent.as_ref().map(|a| a.id)),
+        (EscalationRung::Coordinator, Some(team[2].id))
+    );
+    log.extend(up);
+    let fourth = advance(&log);
+    assert_eq!(scheduled(&fourth), [("build".into(), 4, team[2].id)]);
+    log.extend(fourth.clone());
+    log.push(failed(the_scheduled(&fourth), "the coordinator failed too"));
+
+    // Then a person, with the whole context.
+    let up = advance(&log);
+    let e = escalated(&up).clone();
+    assert_eq!(e.rung, EscalationRung::Person);
+    assert_eq!(
+        e.escalation_id,
+        Some(EscalationId::of(e.execution_id, &e.step_id, 4))
+    );
+    assert!(e.agent.is_none());
+    let errors: Vec<&str> = e
+        .context
+        .failures
+        .iter()
+        .map(|f| f.error.as_str())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "HTTP 500 from ada's model",
+            "HTTP 500 from bo's model",
+            "still failing",
+            "the coordinator failed too"
+        ]
+    );
+    assert_eq!(
+        e.context.tried,
+        [
+            EscalationRung::Reassign,
+            EscalationRung::StrongerModel,
+            EscalationRung::Coordinator
+        ]
+    );
+    assert_eq!(
+        e.context.outputs.len(),
+        1,
+        "the design's summary: {:?}",
+        e.context.outputs
+    );
+    log.extend(up);
+
+    // Waiting costs nothing: no decision, no timer, and the run does not count as stuck.
+    assert!(advance(&log).is_empty());
+    let State::Started(execution) = fold(&log) else {
+        unreachable!()
+    };
+    assert_eq!(execution.steps[&s.step.id].state.name(), "escalated");
+    assert!(effects(&fold(&log), log.last().unwrap(), now()).is_empty());
+}
+
+/// The log of a run of `wf` in which every step before `until` completed.
+fn run_to_step(wf: &WorkflowDefinition, team: &[AgentProfile], until: &str) -> Vec<Event> {
+    let mut log = start(wf, team);
+    loop {
+        let decided = advance(&log);
+        let next = scheduled(&decided);
+        let approval = decided
+            .iter()
+            .any(|e| matches!(e, Event::StepEscalated(e) if e.step_id.as_str() == until));
+        if next.iter().any(|(step, ..)| step == until) || approval || decided.is_empty() {
+            return log;
+        }
+        let completions: Vec<Event> = decided
+            .iter()
+            .filter(|e| matches!(e, Event::StepScheduled(_)))
+            .map(completed)
+            .collect();
+        log.extend(decided);
+        log.extend(completions);
+    }
+}
+
+/// A run of the ladder team whose `build` step waits for a person after `failures` failures.
+fn waiting_for_a_person(
+    ladder: Vec<EscalationRung>,
+) -> (Vec<AgentProfile>, Vec<Event>, StepEscalated) {
+    let (team, mut wf) = ladder_team();
+    wf.configuration.escalation.ladder = ladder;
+    wf.configuration.escalation.stronger_model = None;
+    let mut log = run_to_step(&wf, &team, "build");
+    loop {
+        let decided = advance(&log);
+        if let [Event::StepEscalated(e)] = decided.as_slice()
+            && e.rung == EscalationRung::Person
+        {
+            let e = e.as_ref().clone();
+            log.extend(decided);
+            return (team, log, e);
+        }
+        let failures: Vec<Event> = decided
+            .iter()
+            .filter(|e| matches!(e, Event::StepScheduled(_)))
+            .map(|s| failed(s, "boom"))
+            .collect();
+        log.extend(decided);
+        log.extend(failures);
+    }
+}
+
+#[test]
+fn a_persons_retry_goes_to_the_last_agent_and_its_failure_comes_back_to_a_person() {
+    let (team, mut log, e) = waiting_for_a_person(vec![EscalationRung::Person]);
+    let id = e.escalation_id.unwrap();
+    let resolved = resolve(&log, id, Resolution::Retry).unwrap();
+    log.push(resolved);
+    let retry = advance(&log);
+    let Event::StepScheduled(s) = the_scheduled(&retry) else {
+        unreachable!()
+    };
+    assert_eq!((s.attempt, s.agent.id), (2, team[0].id));
+    assert_eq!(
+        s.reason,
+        AssignmentReason::PersonDecided {
+            by: Some("Pat".into())
+        }
+    );
+    log.extend(retry.clone());
+
+    // The same escalation cannot be resolved twice.
+    assert!(matches!(
+        resolve(&log, id, Resolution::Skip),
+        Err(TransitionRefused::NotOpen { .. })
+    ));
+
+    log.push(failed(the_scheduled(&retry), "boom again"));
+    let again = advance(&log);
+    let e2 = escalated(&again);
+    assert_eq!(e2.rung, EscalationRung::Person);
+    assert_ne!(
+        e2.escalation_id,
+        Some(id),
+        "a new escalation for a new attempt"
+    );
+    assert_eq!(e2.context.failures.len(), 2);
+}
+
+#[test]
+fn a_person_reassigns_provides_the_output_skips_or_aborts() {
+    // Reassign: the agent named takes the next attempt.
+    let (team, log, e) = waiting_for_a_person(vec![EscalationRung::Person]);
+    let id = e.escalation_id.unwrap();
+    let mut reassigned = log.clone();
+    reassigned.push(
+        resolve(
+            &log,
+            id,
+            Resolution::Reassign {
+                agent_id: team[2].id,
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        scheduled(&advance(&reassigned)),
+        [("build".into(), 2, team[2].id)]
+    );
+    let outsider = AgentId::new();
+    let refused = resolve(&log, id, Resolution::Reassign { agent_id: outsider });
+    assert!(
+        matches!(&refused, Err(TransitionRefused::Unfit(why)) if why.contains("does not take part")),
+        "{refused:?}"
+    );
+
+    // Provide the output: the step completes with it, and the run with it.
+    let mut provided = log.clone();
+    provided.push(
+        resolve(
+            &log,
+            id,
+            Resolution::ProvideOutput {
+                summary: "built by hand".into(),
+                output: "the binary".into(),
+            },
+        )
+        .unwrap(),
+    );
+    let end = advance(&provided);
+    let [Event::ExecutionCompleted(done)] = end.as_slice() else {
+        panic!("expected the run to complete, got {end:?}")
+    };
+    assert_eq!(done.final_output["build"]["summary"], "built by hand");
+    assert!(
+        done.final_output["build"]["agentId"].is_null(),
+        "a person, not an agent"
+    );
+
+    // Skip: done for its dependants, as a false condition is.
+    let mut skipped = log.clone();
+    skipped.push(resolve(&log, id, Resolution::Skip).unwrap());
+    assert!(matches!(
+        advance(&skipped).as_slice(),
+        [Event::ExecutionCompleted(_)]
+    ));
+
+    // Abort: the run fails, naming who and why.
+    let mut aborted = log.clone();
+    aborted.push(resolve(&log, id, Resolution::Abort).unwrap());
+    let end = advance(&aborted);
+    let [Event::ExecutionFailed(f)] = end.as_slice() else {
+        panic!("expected the run to fail, got {end:?}")
+    };
+    assert_eq!(
+        f.cause,
+        FailureCause::Aborted {
+            step_id: e.step_id.clone(),
+            escalation_id: id
+        }
+    );
+    assert_eq!(
+        f.error,
+        "Pat aborted the run at step 'Step build': looked into it"
+    );
+    aborted.extend(end);
+    assert!(
+        advance(&aborted).is_empty(),
+        "nothing is scheduled after an abort"
+    );
+    assert!(matches!(
+        resolve(&aborted, id, Resolution::Retry),
+        Err(TransitionRefused::Invalid { .. })
+    ));
+
+    // Approving a failure is not an action it takes.
+    assert!(matches!(
+        resolve(&log, id, Resolution::Approve),
+        Err(TransitionRefused::Unfit(_))
+    ));
+}
+
+#[test]
+fn rungs_that_cannot_apply_are_passed_over_and_named() {
+    // One agent: nobody to reassign to, no stronger model, no coordinator set.
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(&team, vec![step("only", &[], &[])]);
+    wf.configuration.escalation.ladder = vec![
+        EscalationRung::Reassign,
+        EscalationRung::StrongerModel,
+        EscalationRung::Person,
+    ];
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    log.push(failed(&first[0], "boom"));
+    let up = advance(&log);
+    let e = escalated(&up);
+    assert_eq!(e.rung, EscalationRung::Person);
+    assert!(
+        e.reason.contains("passed over: reassign (every participating agent has failed it); strongerModel (neither escalation.strongerModel nor the agent's fallback names another model)"),
+        "{}",
+        e.reason
+    );
+}
+
+#[test]
+fn an_error_no_retry_fixes_climbs_at_once_and_a_ladder_without_a_person_ends_in_failure() {
+    let team = vec![agent("Ada", &[]), agent("Bo", &[])];
+    let mut wf = workflow(&team, vec![step("only", &[], &[])]);
+    wf.configuration.constraints.max_retries = Some(5);
+    wf.configuration.escalation.ladder = vec![EscalationRung::Reassign];
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    let Event::StepFailed(mut refused) = failed(&first[0], "HTTP 401: invalid_api_key") else {
+        unreachable!()
+    };
+    refused.retryable = false;
+    log.push(Event::StepFailed(refused));
+    let up = advance(&log);
+    assert_eq!(
+        escalated(&up).rung,
+        EscalationRung::Reassign,
+        "retries left do not help"
+    );
+    log.extend(up);
+    let second = advance(&log);
+    assert_eq!(scheduled(&second), [("only".into(), 2, team[1].id)]);
+    log.extend(second.clone());
+    log.push(failed(the_scheduled(&second), "HTTP 500"));
+    let end = advance(&log);
+    let [Event::ExecutionFailed(f)] = end.as_slice() else {
+        panic!("expected failure, got {end:?}")
+    };
+    assert!(
+        f.error.contains("past its escalation ladder (reassign)"),
+        "{}",
+        f.error
+    );
+}
+
+#[test]
+fn an_approval_step_waits_for_a_person_who_approves_or_rejects_it() {
+    let team = vec![agent("Ada", &[])];
+    let mut approve = step("approve", &["build"], &[]);
+    approve.step_type = StepType::Approval;
+    approve.instructions = "Sign off the release".into();
+    let wf = workflow(
+        &team,
+        vec![
+            step("build", &[], &[]),
+            approve,
+            step("release", &["approve"], &[]),
+        ],
+    );
+    assert!(validate_workflow(&wf).is_empty());
+    let mut log = run_to_step(&wf, &team, "approve");
+    let asked = advance(&log);
+    let e = escalated(&asked).clone();
+    assert!(e.approval);
+    assert_eq!((e.rung, e.attempt), (EscalationRung::Person, 1));
+    assert!(e.reason.contains("Sign off the release"), "{}", e.reason);
+    assert_eq!(e.context.outputs.len(), 1, "what is to be approved");
+    log.extend(asked);
+    assert!(
+        advance(&log).is_empty(),
+        "nothing runs until a person answers"
+    );
+    let id = e.escalation_id.unwrap();
+    assert!(matches!(
+        resolve(&log, id, Resolution::Retry),
+        Err(TransitionRefused::Unfit(_))
+    ));
+
+    let mut approved = log.clone();
+    approved.push(resolve(&log, id, Resolution::Approve).unwrap());
+    let next = advance(&approved);
+    assert_eq!(scheduled(&next), [("release".into(), 1, team[0].id)]);
+    let State::Started(execution) = fold(&approved) else {
+        unreachable!()
+    };
+    let StepState::Completed { agent, summary, .. } = &execution.steps[&e.step_id].state else {
+        panic!("approved is completed")
+    };
+    assert_eq!((agent, summary.as_str()), (&None, "Approved by Pat"));
+
+    let mut rejected = log.clone();
+    rejected.push(resolve(&log, id, Resolution::Reject).unwrap());
+    let end = advance(&rejected);
+    let [Event::ExecutionFailed(f)] = end.as_slice() else {
+        panic!("expected failure, got {end:?}")
+    };
+    assert_eq!(
+        f.error,
+        "Pat rejected the approval of step 'Step approve': looked into it"
+    );
+}
+
+#[test]
+fn an_escalated_step_holds_its_place_in_a_one_at_a_time_run() {
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(&team, vec![step("a", &[], &[]), step("b", &[], &[])]);
+    wf.configuration.constraints.allow_parallel_execution = Some(false);
+    wf.configuration.escalation.ladder = vec![EscalationRung::Person];
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    log.push(failed(&first[0], "boom"));
+    let up = advance(&log);
+    let id = escalated(&up).escalation_id.unwrap();
+    log.extend(up);
+    assert!(advance(&log).is_empty(), "b waits: a holds the run");
+    log.push(resolve(&log, id, Resolution::Skip).unwrap());
+    assert_eq!(scheduled(&advance(&log)), [("b".into(), 1, team[0].id)]);
+}
+
+#[test]
+fn validation_names_ladder_and_approval_mistakes() {
+    let team = vec![agent("Ada", &[])];
+    let mut approve = step("ok", &[], &[]);
+    approve.step_type = StepType::Approval;
+    approve.review_required = true;
+    let mut wf = workflow(&team, vec![approve]);
+    wf.configuration.escalation.ladder = vec![
+        EscalationRung::Person,
+        EscalationRung::Coordinator,
+        EscalationRung::Person,
+    ];
+    wf.configuration.escalation.stronger_model = Some(ModelChoice {
+        provider: "Big Model".into(),
+        model: String::new(),
+    });
+    let pointers: Vec<String> = validate_workflow(&wf)
+        .into_iter()
+        .map(|e| e.pointer)
+        .collect();
+    for expected in [
+        "/configuration/steps/0/reviewRequired",
+        "/configuration/escalation/ladder/1",
+        "/configuration/escalation/ladder/2",
+        "/configuration/escalation/strongerModel/provider",
+        "/configuration/escalation/strongerModel/model",
+        "/configuration/escalation/strongerModel",
+    ] {
+        assert!(
+            pointers.iter().any(|p| p == expected),
+            "{expected} missing from {pointers:?}"
+        );
+    }
+}
+
+#[test]
+fn the_escalation_events_survive_a_replay_and_a_stray_resolution_changes_nothing() {
+    let (_, log, e) = waiting_for_a_person(vec![EscalationRung::Reassign, EscalationRung::Person]);
+    assert_eq!(fold(&log), fold(&log));
+    let stray = Event::EscalationResolved(Box::new(EscalationResolved {
+        execution_id: e.execution_id,
+        workflow_id: e.workflow_id,
+        step_id: e.step_id.clone(),
+        step_name: e.step_name.clone(),
+        attempt: 1,
+        escalation_id: EscalationId::of(e.execution_id, &e.step_id, 1),
+        resolution: Resolution::Skip,
+        request: Request::default(),
+    }));
+    let mut with_stray = log.clone();
+    with_stray.push(stray);
+    assert_eq!(fold(&with_stray), fold(&log));
+}
