@@ -229,6 +229,7 @@ mod tests {
                     reviewer_role: None,
                     condition: Some("input.ticket > 1".into()),
                     child_workflow_id: None,
+                    risks: vec!["security".into()],
                 }],
                 phases: vec![WorkflowPhase {
                     name: "Analysis".into(),
@@ -245,6 +246,10 @@ mod tests {
                 escalation: EscalationPolicy {
                     ladder: vec![EscalationRung::Reassign, EscalationRung::Person],
                     stronger_model: None,
+                    leads: vec![RiskLead {
+                        risk: "security".into(),
+                        role: "security".into(),
+                    }],
                 },
             },
         }
@@ -287,6 +292,11 @@ mod tests {
                 asked: "Ada".into(),
                 answer: None,
                 note: Some("did not answer by the deadline".into()),
+            }],
+            earlier_failures: vec![FailedAttempt {
+                attempt: 1,
+                agent_id: AgentId::new(),
+                error: "HTTP 400".into(),
             }],
         };
         let tokens = TokenUsage {
@@ -547,6 +557,19 @@ mod tests {
                     output: "o".into(),
                 },
                 request: request.clone(),
+            })),
+            Event::LeadTaken(Box::new(LeadTaken {
+                execution_id: e,
+                workflow_id: w,
+                risk: "security".into(),
+                role: "security".into(),
+                agent: Some(Teammate {
+                    id: AgentId::new(),
+                    name: "Sam".into(),
+                    role: "security".into(),
+                }),
+                step_id: StepId::parse("a").unwrap(),
+                shown_by: RiskSource::Result,
             })),
             Event::StepSkipped(StepSkipped {
                 execution_id: e,

@@ -94,6 +94,9 @@ pub enum AssignmentReason {
     Answered,
     /// The step's retries were spent and its escalation ladder's `rung` chose this agent.
     Escalated { rung: EscalationRung },
+    /// A risk showed in the run and the workflow's lead rule for it gave the lead to this
+    /// agent ([`LeadTaken`]).
+    Lead { risk: String },
     /// A person resolving the step's escalation asked for this attempt (a retry, or this
     /// agent).
     PersonDecided {
@@ -127,6 +130,7 @@ impl AssignmentReason {
             Self::Escalated { rung } => {
                 format!("retries spent; escalation rung '{}'", rung.as_str())
             }
+            Self::Lead { risk } => format!("leads the run since the '{risk}' risk showed"),
             Self::PersonDecided { by: Some(by) } => format!("{by} asked for this attempt"),
             Self::PersonDecided { by: None } => "a person asked for this attempt".to_owned(),
         }
@@ -726,6 +730,35 @@ pub struct FailedAttempt {
     pub error: String,
 }
 
+/// A risk showed in a run (a step declares it, or a completed step's result carries it as a
+/// `#hashtag`) and the workflow's lead rule for it applies: the run's steps not yet handed out
+/// go to `agent`, of the rule's `role` (a step's own `preferredAgentId` still wins). `agent` is
+/// absent when no participant has the role: the rule could not apply, and assignment goes on
+/// as before. Each rule applies once per run; the latest lead taken leads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeadTaken {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    pub risk: String,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Teammate>,
+    /// The step that showed the risk.
+    pub step_id: StepId,
+    pub shown_by: RiskSource,
+}
+
+/// How a step showed a risk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RiskSource {
+    /// Its `risks` name it, and it is ready to run.
+    Declared,
+    /// Its result carries the risk as a `#hashtag`.
+    Result,
+}
+
 /// A person resolved a step's escalation (or approval).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -995,6 +1028,7 @@ events! {
     StepRetryDue(StepRetryDue) = STEP_RETRY_DUE: "dev.cadre.execution.step_retry_due.v1",
     StepEscalated(Box<StepEscalated>) = STEP_ESCALATED: "dev.cadre.execution.step_escalated.v1",
     EscalationResolved(Box<EscalationResolved>) = ESCALATION_RESOLVED: "dev.cadre.execution.escalation_resolved.v1",
+    LeadTaken(Box<LeadTaken>) = LEAD_TAKEN: "dev.cadre.execution.lead_taken.v1",
     StepReviewed(StepReviewed) = STEP_REVIEWED: "dev.cadre.execution.step_reviewed.v1",
     QuestionsAsked(QuestionsAsked) = QUESTIONS_ASKED: "dev.cadre.execution.questions_asked.v1",
     QuestionAssigned(Box<QuestionAssigned>) = QUESTION_ASSIGNED: "dev.cadre.execution.question_assigned.v1",
@@ -1091,6 +1125,9 @@ impl Event {
                 &e.step_id,
                 subjects::SKIPPED,
             ),
+            Self::LeadTaken(e) => {
+                execution(tenant, e.workflow_id, e.execution_id, subjects::LEAD_TAKEN)
+            }
             Self::ExecutionPaused(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::PAUSED)
             }
@@ -1153,6 +1190,7 @@ impl Event {
             Self::StepRetryDue(e) => Some(e.attempt.workflow_id),
             Self::StepEscalated(e) => Some(e.workflow_id),
             Self::EscalationResolved(e) => Some(e.workflow_id),
+            Self::LeadTaken(e) => Some(e.workflow_id),
             Self::StepSkipped(e) => Some(e.workflow_id),
             Self::ExecutionPaused(e) => Some(e.workflow_id),
             Self::ExecutionResumed(e) => Some(e.workflow_id),
@@ -1191,6 +1229,7 @@ impl Event {
             Self::StepRetryDue(e) => Some(e.attempt.execution_id),
             Self::StepEscalated(e) => Some(e.execution_id),
             Self::EscalationResolved(e) => Some(e.execution_id),
+            Self::LeadTaken(e) => Some(e.execution_id),
             Self::StepSkipped(e) => Some(e.execution_id),
             Self::ExecutionPaused(e) => Some(e.execution_id),
             Self::ExecutionResumed(e) => Some(e.execution_id),

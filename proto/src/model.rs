@@ -106,6 +106,10 @@ pub struct WorkflowStep {
     /// with the child's final output, or fails with its error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child_workflow_id: Option<WorkflowId>,
+    /// Risks the step is known to carry (`security`, `data-corruption`): a lead rule of the
+    /// workflow's escalation policy for one of them applies once the step is ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub risks: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -291,12 +295,41 @@ pub struct EscalationPolicy {
     /// The model the `strongerModel` rung asks; when absent, the failing agent's `fallback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stronger_model: Option<ModelChoice>,
+    /// Who takes the lead when a risk shows (seed 002: "security implications → Security
+    /// Agent takes lead"): a step that declares the risk, or a completed step whose result
+    /// carries it as a `#hashtag`, hands the run's remaining steps to an agent of the role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leads: Vec<RiskLead>,
 }
 
 impl EscalationPolicy {
     pub fn is_empty(&self) -> bool {
-        self.ladder.is_empty() && self.stronger_model.is_none()
+        self.ladder.is_empty() && self.stronger_model.is_none() && self.leads.is_empty()
     }
+}
+
+/// A lead rule: once `risk` shows in a run, its steps not yet handed out go to an agent of
+/// `role` (except a step's own `preferredAgentId`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RiskLead {
+    /// A tag, compared without case: `security`, `data-corruption`.
+    pub risk: String,
+    pub role: String,
+}
+
+/// The `#hashtags` of `text`, lowercased, in order (repeats included): a word starting with
+/// `#` whose rest, without trailing punctuation, is letters, digits, `-` and `_`.
+pub fn hashtags(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split_whitespace().filter_map(|word| {
+        let tag = word.strip_prefix('#')?;
+        let tag = tag.trim_end_matches(|c: char| !c.is_alphanumeric());
+        let valid = !tag.is_empty()
+            && tag
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '_');
+        valid.then(|| tag.to_lowercase())
+    })
 }
 
 /// One rung of an [`EscalationPolicy`] ladder.

@@ -36,5 +36,6 @@ pub(crate) fn step() -> WorkflowStep {
         reviewer_role: None,
         condition: None,
         child_workflow_id: None,
+        risks: Vec::new(),
     }
 }

@@ -646,17 +646,9 @@ const MAX_TAGS: usize = 10;
 /// then the lines' `#hashtags`, lowercased, each once, at most [`MAX_TAGS`]. They are searched
 /// with the knowledge (weighted between its title and its content).
 pub fn knowledge_tags(skills: &[String], lines: &[&String]) -> Vec<String> {
-    let hashtags = lines.iter().flat_map(|line| {
-        line.split_whitespace().filter_map(|word| {
-            let tag = word.strip_prefix('#')?;
-            let tag = tag.trim_end_matches(|c: char| !c.is_alphanumeric());
-            let valid = !tag.is_empty()
-                && tag
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_');
-            valid.then(|| tag.to_lowercase())
-        })
-    });
+    let hashtags = lines
+        .iter()
+        .flat_map(|line| cadre_proto::model::hashtags(line));
     let mut tags: Vec<String> = Vec::new();
     for tag in skills
         .iter()

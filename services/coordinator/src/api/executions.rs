@@ -313,7 +313,7 @@ async fn control(
 
 /// Runs `command` on execution `id`, loaded from the log; a refusal is a problem a person can
 /// act on.
-async fn execute(
+pub(super) async fn execute(
     app: &AppState,
     id: ExecutionId,
     command: &Command,

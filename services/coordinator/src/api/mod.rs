@@ -7,6 +7,7 @@ mod body;
 mod collaboration;
 mod executions;
 mod problem;
+mod resolutions;
 mod usage;
 mod workflows;
 
@@ -83,6 +84,7 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
             get(executions::interactions),
         )
         .route("/v1/executions/{id}/handoffs", get(collaboration::handoffs))
+        .route("/v1/escalations/{id}/resolve", post(resolutions::resolve))
         .route(
             "/v1/executions/{id}/steps/{step}/result",
             get(executions::step_result),
@@ -212,10 +214,21 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Resu
 fn control_request(bytes: &[u8]) -> Result<Request, Problem> {
     let request: ControlRequest = optional_body(bytes)?;
     let mut errors = Vec::new();
-    for (pointer, text) in [
-        ("/reason", &request.reason),
-        ("/requestedBy", &request.requested_by),
-    ] {
+    let request = who_and_why(request.requested_by, request.reason, &mut errors);
+    if !errors.is_empty() {
+        return Err(Problem::invalid("the request is not valid", errors));
+    }
+    Ok(request)
+}
+
+/// Who asks for a change and why, each at most [`MAX_CONTROL_TEXT`] characters (else an error
+/// at `/requestedBy` or `/reason`).
+fn who_and_why(
+    requested_by: Option<String>,
+    reason: Option<String>,
+    errors: &mut Vec<crate::domain::validation::FieldError>,
+) -> Request {
+    for (pointer, text) in [("/reason", &reason), ("/requestedBy", &requested_by)] {
         if text
             .as_ref()
             .is_some_and(|t| t.chars().count() > MAX_CONTROL_TEXT)
@@ -226,13 +239,10 @@ fn control_request(bytes: &[u8]) -> Result<Request, Problem> {
             });
         }
     }
-    if !errors.is_empty() {
-        return Err(Problem::invalid("the request is not valid", errors));
+    Request {
+        requested_by,
+        reason,
     }
-    Ok(Request {
-        requested_by: request.requested_by,
-        reason: request.reason,
-    })
 }
 
 /// The stream sequence of the last event a command's answer rests on: what it appended, or,

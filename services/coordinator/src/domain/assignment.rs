@@ -146,6 +146,7 @@ mod tests {
             reviewer_role: None,
             condition: None,
             child_workflow_id: None,
+            risks: Vec::new(),
         }
     }
 

@@ -817,6 +817,18 @@ fn escalation_policy(errors: &mut Vec<FieldError>, workflow: &WorkflowDefinition
             ));
         }
     }
+    let mut risks = HashSet::new();
+    for (i, lead) in policy.leads.iter().enumerate() {
+        let at = format!("{at}/leads/{i}");
+        require_text(errors, &format!("{at}/risk"), &lead.risk, limits::NAME);
+        require_text(errors, &format!("{at}/role"), &lead.role, limits::NAME);
+        if !risks.insert(lead.risk.trim().to_lowercase()) {
+            errors.push(error(
+                format!("{at}/risk"),
+                format!("risk '{}' has a lead rule already", lead.risk),
+            ));
+        }
+    }
     if let Some(model) = &policy.stronger_model {
         provider_name(
             errors,
@@ -898,6 +910,7 @@ mod tests {
             reviewer_role: None,
             condition: None,
             child_workflow_id: None,
+            risks: Vec::new(),
         }
     }
 

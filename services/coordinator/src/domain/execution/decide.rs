@@ -3,13 +3,14 @@
 use cadre_proto::events::{
     AssignmentReason, EscalationContext, EscalationResolved, ExecutionCancelled,
     ExecutionCompleted, ExecutionFailed, ExecutionPaused, ExecutionResumed, ExecutionStarted,
-    FailedAttempt, FailureCause, ParentStep, QuestionAnswer, QuestionAssigned, QuestionsExpired,
-    Request, Resolution, ReviewRequest, StepAttempt, StepEscalated, StepRetryDue,
-    StepRetryScheduled, StepScheduled, StepSkipped, StepTimedOut, Teammate, Unanswered,
+    FailedAttempt, FailureCause, LeadTaken, ParentStep, QuestionAnswer, QuestionAssigned,
+    QuestionsExpired, Request, Resolution, ReviewRequest, RiskSource, StepAttempt, StepEscalated,
+    StepRetryDue, StepRetryScheduled, StepScheduled, StepSkipped, StepTimedOut, Teammate,
+    Unanswered,
 };
 use cadre_proto::model::{
-    AgentProfile, EscalationRung, MissedDeadline, StepType, TriggerReason, WorkflowDefinition,
-    WorkflowStep,
+    AgentProfile, EscalationRung, MissedDeadline, RiskLead, StepType, TriggerReason,
+    WorkflowDefinition, WorkflowStep, hashtags,
 };
 use cadre_proto::timers::Timer;
 use cadre_proto::{EscalationId, Event, ExecutionId, StepId};
@@ -442,6 +443,12 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         return vec![];
     }
 
+    // A risk that showed hands the lead to an agent of the rule's role, before anything else
+    // is handed out.
+    if let Some(lead) = lead_taken(execution) {
+        return vec![lead];
+    }
+
     // Steps whose dependencies are done and whose condition is false are skipped first: a
     // skip can make further steps ready, which the next decision (on the skip's return from
     // the log) takes up.
@@ -605,7 +612,18 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                     author.or_else(|| assign(step, &execution.agents, &load)),
                 )
             }
-            _ => (None, assign(step, &execution.agents, &load)),
+            _ => match execution.lead() {
+                Some((lead, risk)) if step.preferred_agent_id.is_none() => (
+                    None,
+                    Some((
+                        lead,
+                        AssignmentReason::Lead {
+                            risk: risk.to_owned(),
+                        },
+                    )),
+                ),
+                _ => (None, assign(step, &execution.agents, &load)),
+            },
         };
         let Some((agent, reason)) = assigned else {
             return failed(
@@ -658,6 +676,69 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         );
     }
     events
+}
+
+/// The first lead rule not yet applied whose risk a step shows: declared by a step whose
+/// dependencies are done (or that ran), or carried as a `#hashtag` by a completed step's result.
+fn lead_taken(execution: &Execution) -> Option<Event> {
+    let workflow = &execution.workflow;
+    let shows = |rule: &RiskLead| {
+        let risk = rule.risk.to_lowercase();
+        workflow.configuration.steps.iter().find_map(|step| {
+            let progress = &execution.steps[&step.id];
+            let declared = step
+                .risks
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(&rule.risk))
+                && progress.state != StepState::Skipped
+                && (progress.attempt > 0
+                    || workflow
+                        .dependencies(step)
+                        .into_iter()
+                        .all(|d| execution.steps[d].state.is_done()));
+            if declared {
+                return Some((step, RiskSource::Declared));
+            }
+            let StepState::Completed {
+                summary, output, ..
+            } = &progress.state
+            else {
+                return None;
+            };
+            [summary, output]
+                .into_iter()
+                .any(|text| hashtags(text).any(|tag| tag == risk))
+                .then_some((step, RiskSource::Result))
+        })
+    };
+    let load = execution.load();
+    execution
+        .escalation()
+        .leads
+        .iter()
+        .filter(|rule| {
+            !execution
+                .leads
+                .iter()
+                .any(|(risk, _)| risk.eq_ignore_ascii_case(&rule.risk))
+        })
+        .find_map(|rule| {
+            let (step, shown_by) = shows(rule)?;
+            let agent = execution
+                .agents
+                .iter()
+                .filter(|a| a.role.trim().eq_ignore_ascii_case(rule.role.trim()))
+                .min_by_key(|a| load.get(&a.id).copied().unwrap_or(0));
+            Some(Event::LeadTaken(Box::new(LeadTaken {
+                execution_id: execution.id,
+                workflow_id: workflow.id,
+                risk: rule.risk.clone(),
+                role: rule.role.clone(),
+                agent: agent.map(Teammate::of),
+                step_id: step.id.clone(),
+                shown_by,
+            })))
+        })
 }
 
 /// The event of the next rung of the escalation ladder a step whose retries are spent climbs;

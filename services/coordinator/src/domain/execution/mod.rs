@@ -350,6 +350,9 @@ pub struct Execution {
     pub started_at: Option<DateTime<Utc>>,
     pub status: Status,
     pub steps: BTreeMap<StepId, StepProgress>,
+    /// The lead rules applied, in order: the risk, and the agent that took the lead (none
+    /// when no participant had the rule's role). The last with an agent leads.
+    pub leads: Vec<(String, Option<AgentId>)>,
 }
 
 /// An execution's state: nothing before its `ExecutionStarted`.
@@ -385,6 +388,7 @@ pub fn evolve(state: State, event: &Event) -> State {
                 started_at: started.started_at,
                 status: Status::Running,
                 steps,
+                leads: Vec::new(),
             }))
         }
         (State::Started(mut execution), event) => {
@@ -633,6 +637,16 @@ impl Execution {
                     p.state = StepState::Skipped;
                 }
             }),
+            Event::LeadTaken(e) if !self.status.is_finished() => {
+                if !self
+                    .leads
+                    .iter()
+                    .any(|(risk, _)| risk.eq_ignore_ascii_case(&e.risk))
+                {
+                    self.leads
+                        .push((e.risk.clone(), e.agent.as_ref().map(|a| a.id)));
+                }
+            }
             Event::ExecutionPaused(_) if self.status == Status::Running => {
                 self.status = Status::Paused;
             }
@@ -678,6 +692,14 @@ impl Execution {
             .constraints
             .max_retries
             .unwrap_or(0)
+    }
+
+    /// The agent leading the run since a risk showed, and the risk.
+    fn lead(&self) -> Option<(&AgentProfile, &str)> {
+        self.leads.iter().rev().find_map(|(risk, agent)| {
+            let agent = self.agents.iter().find(|a| Some(a.id) == *agent)?;
+            Some((agent, risk.as_str()))
+        })
     }
 
     fn escalation(&self) -> &EscalationPolicy {

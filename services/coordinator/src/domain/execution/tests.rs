@@ -7,7 +7,7 @@ use cadre_proto::events::{
 };
 use cadre_proto::model::{
     AgentProfile, Constraints, Coordination, EscalationRung, MissedDeadline, ModelParameters,
-    PhaseMode, StepResult, StepType, TokenUsage, TriggerReason, WorkflowConfiguration,
+    PhaseMode, RiskLead, StepResult, StepType, TokenUsage, TriggerReason, WorkflowConfiguration,
     WorkflowDefinition, WorkflowPhase, WorkflowStep, WorkflowType,
 };
 use cadre_proto::timers::{Timer, When};
@@ -60,6 +60,7 @@ fn step(id: &str, deps: &[&str], skills: &[&str]) -> WorkflowStep {
         reviewer_role: None,
         condition: None,
         child_workflow_id: None,
+        risks: Vec::new(),
     }
 }
 
@@ -1450,7 +1451,7 @@ proptest! {
     /// out, or asks teammates questions that are answered or miss their deadline), to the
     /// run (paused, resumed, cancelled), on the escalation ladder and to the escalations and
     /// approvals a person resolves (retry, reassign, skip, provide the output, abort, approve,
-    /// reject), the run reaches a terminal state; no step starts before its dependencies
+    /// reject), and to risky steps handing the lead over, the run reaches a terminal state; no step starts before its dependencies
     /// completed; nothing is scheduled after an abort; and replaying the log gives the state
     /// that was built event by event.
     #[test]
@@ -1471,6 +1472,7 @@ proptest! {
             vec![EscalationRung::Reassign],
         ][ladder]
             .clone();
+        wf.configuration.escalation.leads = vec![RiskLead { risk: "security".into(), role: "bo".into() }];
         for (s, condition) in wf.configuration.steps.iter_mut().zip(conditions) {
             s.timeout_minutes = Some(1.0);
             s.condition = match condition {
@@ -1480,6 +1482,9 @@ proptest! {
             };
             if condition == 3 {
                 s.step_type = StepType::Approval;
+            }
+            if condition == 2 {
+                s.risks = vec!["security".into()];
             }
         }
         let mut log = start(&wf, &team);

@@ -1,9 +1,10 @@
-//! The escalation ladder, a person in the loop, and approval steps.
+//! The escalation ladder, a person in the loop, approval steps and lead rules.
 
 use cadre_proto::events::{
-    AssignmentReason, EscalationResolved, FailureCause, Request, Resolution, StepEscalated,
+    AssignmentReason, EscalationResolved, FailureCause, LeadTaken, Request, Resolution, RiskSource,
+    StepEscalated,
 };
-use cadre_proto::model::{EscalationRung, ModelChoice, StepType, WorkflowDefinition};
+use cadre_proto::model::{EscalationRung, ModelChoice, RiskLead, StepType, WorkflowDefinition};
 use cadre_proto::{AgentId, EscalationId, Event};
 
 use super::*;
@@ -558,4 +559,156 @@ fn the_escalation_events_survive_a_replay_and_a_stray_resolution_changes_nothing
     let mut with_stray = log.clone();
     with_stray.push(stray);
     assert_eq!(fold(&with_stray), fold(&log));
+}
+
+fn lead_team() -> Vec<AgentProfile> {
+    let mut sam = agent("Sam", &["rust"]);
+    sam.role = "Security".into();
+    let mut dana = agent("Dana", &["rust"]);
+    dana.role = "database".into();
+    vec![agent("Ada", &["rust"]), sam, dana]
+}
+
+fn lead_workflow(team: &[AgentProfile], steps: Vec<WorkflowStep>) -> WorkflowDefinition {
+    let mut wf = workflow(team, steps);
+    wf.configuration.escalation.leads = vec![
+        RiskLead {
+            risk: "security".into(),
+            role: "security".into(),
+        },
+        RiskLead {
+            risk: "data-corruption".into(),
+            role: "database".into(),
+        },
+    ];
+    assert!(
+        validate_workflow(&wf).is_empty(),
+        "{:?}",
+        validate_workflow(&wf)
+    );
+    wf
+}
+
+fn lead_taken(events: &[Event]) -> &LeadTaken {
+    match events {
+        [Event::LeadTaken(lead)] => lead,
+        other => panic!("expected one LeadTaken, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_step_that_declares_a_risk_hands_the_lead_to_the_rules_role_once_it_is_ready() {
+    let team = lead_team();
+    let mut fix = step("fix", &["triage"], &["rust"]);
+    fix.risks = vec!["Security".into()];
+    let mut pinned = step("notify", &["fix"], &["rust"]);
+    pinned.preferred_agent_id = Some(team[0].id);
+    let wf = lead_workflow(
+        &team,
+        vec![
+            step("triage", &[], &["rust"]),
+            fix,
+            step("deploy", &["fix"], &["rust"]),
+            pinned,
+        ],
+    );
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    assert_eq!(
+        scheduled(&first),
+        [("triage".into(), 1, team[0].id)],
+        "no lead before the risky step is ready"
+    );
+    log.extend(first.clone());
+    log.push(completed(&first[0]));
+
+    let lead = advance(&log);
+    let taken = lead_taken(&lead);
+    assert_eq!(
+        (
+            taken.risk.as_str(),
+            taken.agent.as_ref().map(|a| a.id),
+            taken.step_id.as_str(),
+            taken.shown_by
+        ),
+        ("security", Some(team[1].id), "fix", RiskSource::Declared)
+    );
+    log.extend(lead);
+    let fix = advance(&log);
+    let Event::StepScheduled(s) = the_scheduled(&fix) else {
+        unreachable!()
+    };
+    assert_eq!(s.agent.id, team[1].id);
+    assert_eq!(
+        s.reason,
+        AssignmentReason::Lead {
+            risk: "security".into()
+        }
+    );
+    log.extend(fix.clone());
+    log.push(completed(the_scheduled(&fix)));
+    let rest = advance(&log);
+    let mut after = scheduled(&rest);
+    after.sort();
+    assert_eq!(
+        after,
+        [
+            ("deploy".into(), 1, team[1].id),
+            ("notify".into(), 1, team[0].id)
+        ],
+        "the lead takes what follows, except a step's own preferred agent"
+    );
+}
+
+#[test]
+fn a_result_that_carries_a_risk_hashtag_hands_the_lead_and_a_rule_applies_once() {
+    let team = lead_team();
+    let wf = lead_workflow(
+        &team,
+        vec![
+            step("investigate", &[], &["rust"]),
+            step("repair", &["investigate"], &["rust"]),
+        ],
+    );
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    let Event::StepCompleted(mut done) = completed(&first[0]) else {
+        unreachable!()
+    };
+    done.result.summary = "Rows were overwritten: #Data-Corruption.".into();
+    log.push(Event::StepCompleted(done));
+    let lead = advance(&log);
+    let taken = lead_taken(&lead);
+    assert_eq!(
+        (
+            taken.risk.as_str(),
+            taken.agent.as_ref().map(|a| a.name.as_str()),
+            taken.shown_by
+        ),
+        ("data-corruption", Some("Dana"), RiskSource::Result)
+    );
+    log.extend(lead);
+    assert_eq!(
+        scheduled(&advance(&log)),
+        [("repair".into(), 1, team[2].id)]
+    );
+}
+
+#[test]
+fn a_lead_rule_with_nobody_of_its_role_is_recorded_and_changes_no_assignment() {
+    let team = vec![agent("Ada", &["rust"]), agent("Bo", &["rust"])];
+    let mut risky = step("a", &[], &["rust"]);
+    risky.risks = vec!["security".into()];
+    let wf = lead_workflow(&team, vec![risky]);
+    let mut log = start(&wf, &team);
+    let lead = advance(&log);
+    assert!(lead_taken(&lead).agent.is_none());
+    log.extend(lead);
+    let next = advance(&log);
+    assert_eq!(scheduled(&next), [("a".into(), 1, team[0].id)]);
+    assert!(
+        !next.iter().any(|e| matches!(e, Event::LeadTaken(_))),
+        "once"
+    );
 }
