@@ -490,3 +490,117 @@ pub async fn agent_status(
     .fetch_optional(db)
     .await
 }
+
+/// A step that waits, or waited, for a person (`escalations`): an escalation past the ladder's
+/// automatic rungs, or an approval.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationView {
+    /// The escalation id (`POST /v1/escalations/{id}/resolve`).
+    pub id: Uuid,
+    pub execution_id: Uuid,
+    pub workflow_id: Uuid,
+    pub step_id: String,
+    pub step_name: String,
+    /// The attempt that failed; for an approval, the attempt the approval is.
+    pub attempt: i32,
+    /// A sign-off (`approve` / `reject` / `abort`) rather than a failure to resolve.
+    pub approval: bool,
+    /// `open` (waits for a person), `resolved` or `closed` (its execution ended first).
+    pub status: String,
+    /// Why the step was escalated, in words.
+    pub reason: String,
+    /// `{failures: [{attempt, agentId, error}], tried: [rung], outputs: {stepId: summary}}`.
+    pub context: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    /// Resolved only: when, the action (`retry`, `reassign`, `skip`, `provideOutput`, `abort`,
+    /// `approve`, `reject`), the whole resolution (`{action, ...}`), who, and their comment.
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub action: Option<String>,
+    pub resolution: Option<serde_json::Value>,
+    pub resolved_by: Option<String>,
+    pub comment: Option<String>,
+    /// Closed only: when, and why (`execution completed`, `execution failed`,
+    /// `execution cancelled`).
+    pub closed_at: Option<DateTime<Utc>>,
+    pub closed_reason: Option<String>,
+}
+
+/// Where an escalation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscalationStatus {
+    Open,
+    Resolved,
+    Closed,
+}
+
+impl EscalationStatus {
+    pub const ALL: [Self; 3] = [Self::Open, Self::Resolved, Self::Closed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Resolved => "resolved",
+            Self::Closed => "closed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == raw)
+    }
+}
+
+/// Which escalations to list: every one the filters given match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EscalationFilter {
+    pub status: Option<EscalationStatus>,
+    pub execution_id: Option<Uuid>,
+    pub workflow_id: Option<Uuid>,
+}
+
+/// Escalations, oldest first (the order to resolve them in).
+pub async fn escalations(
+    db: &PgPool,
+    tenant: &TenantId,
+    filter: EscalationFilter,
+    page: Page,
+) -> sqlx::Result<Vec<EscalationView>> {
+    sqlx::query_as!(
+        EscalationView,
+        "SELECT id, execution_id, workflow_id, step_id, step_name, attempt, approval, status,
+                reason, context, created_at, resolved_at, action, resolution, resolved_by,
+                comment, closed_at, closed_reason
+         FROM escalations
+         WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($3::uuid IS NULL OR execution_id = $3)
+           AND ($4::uuid IS NULL OR workflow_id = $4)
+         ORDER BY created_at, id LIMIT $5 OFFSET $6",
+        tenant.as_str(),
+        filter.status.map(EscalationStatus::as_str),
+        filter.execution_id,
+        filter.workflow_id,
+        page.limit,
+        page.offset,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// One escalation, with the execution and workflow it belongs to.
+pub async fn escalation(
+    db: &PgPool,
+    tenant: &TenantId,
+    id: Uuid,
+) -> sqlx::Result<Option<EscalationView>> {
+    sqlx::query_as!(
+        EscalationView,
+        "SELECT id, execution_id, workflow_id, step_id, step_name, attempt, approval, status,
+                reason, context, created_at, resolved_at, action, resolution, resolved_by,
+                comment, closed_at, closed_reason
+         FROM escalations WHERE tenant_id = $1 AND id = $2",
+        tenant.as_str(),
+        id,
+    )
+    .fetch_optional(db)
+    .await
+}

@@ -15,7 +15,8 @@ use uuid::Uuid;
 use crate::incoming::Incoming;
 use crate::models::executions::Outcome;
 use crate::models::{
-    agents, executions, handoffs, interactions, knowledge, rejections, status, usage, workflows,
+    agents, escalations, executions, handoffs, interactions, knowledge, rejections, status, usage,
+    workflows,
 };
 
 /// Every read model's changes from one batch.
@@ -30,6 +31,7 @@ pub(crate) struct Plan {
     pub knowledge: knowledge::Changes,
     pub usage: usage::Changes,
     pub handoffs: handoffs::Changes,
+    pub escalations: escalations::Changes,
     pub status: status::Changes,
     pub rejections: rejections::Changes,
 }
@@ -145,6 +147,16 @@ impl Plan {
             }
             // The next attempt's scheduling follows and says it all.
             Event::StepRetryDue(_) => {}
+            Event::StepEscalated(e) => {
+                self.executions.step_escalated(origin, e);
+                self.interactions.step_escalated(origin, e);
+                self.escalations.escalated(origin, e);
+            }
+            Event::EscalationResolved(e) => {
+                self.executions.escalation_resolved(origin, e);
+                self.interactions.escalation_resolved(origin, e);
+                self.escalations.resolved(origin, e);
+            }
             Event::QuestionAnswered(e) => {
                 self.interactions.question_answered(origin, e);
                 self.usage.answered(origin, e);
@@ -163,16 +175,22 @@ impl Plan {
                 self.executions.completed(origin, e);
                 self.workflows
                     .run_ended(origin, e.workflow_id, Outcome::Completed);
+                self.escalations
+                    .execution_ended(origin, e.execution_id, Outcome::Completed);
             }
             Event::ExecutionFailed(e) => {
                 self.executions.failed(origin, e);
                 self.workflows
                     .run_ended(origin, e.workflow_id, Outcome::Failed);
+                self.escalations
+                    .execution_ended(origin, e.execution_id, Outcome::Failed);
             }
             Event::ExecutionCancelled(e) => {
                 self.executions.cancelled(origin, e);
                 self.workflows
                     .run_ended(origin, e.workflow_id, Outcome::Cancelled);
+                self.escalations
+                    .execution_ended(origin, e.execution_id, Outcome::Cancelled);
             }
         }
     }
@@ -188,6 +206,7 @@ impl Plan {
         self.knowledge.write(tx).await?;
         self.usage.write(tx).await?;
         self.handoffs.write(tx).await?;
+        self.escalations.write(tx).await?;
         self.status.write(tx).await?;
         self.rejections.write(tx).await
     }

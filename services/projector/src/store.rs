@@ -195,7 +195,9 @@ async fn set_checkpoint(tx: &mut PgConnection, checkpoint: u64) -> Result<(), sq
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 mod tests {
-    use cadre_proto::ExecutionId;
+    use cadre_proto::events::Resolution;
+    use cadre_proto::model::EscalationRung;
+    use cadre_proto::{ExecutionId, WorkflowId};
     use chrono::Utc;
     use serde_json::{Value, json};
     use sqlx::PgConnection;
@@ -256,6 +258,43 @@ mod tests {
             third.cancelled(Some("ops"), Some("superseded")),
         ]));
         executions.push(f.execution);
+        // A run of another workflow whose steps climb to a person, and one a person rejects.
+        let escalating = Fixture {
+            workflow: WorkflowId::new(),
+            execution: ExecutionId::new(),
+            ..f.clone()
+        };
+        let (design, review, test) = (
+            escalating.on("design"),
+            escalating.on("review"),
+            escalating.on("test"),
+        );
+        log.extend(f.messages([
+            design.created(),
+            design.started(1),
+            design.scheduled(1),
+            design.step_failed(1),
+            design.escalated(1, EscalationRung::Person),
+            // The failed attempt's worker reports late.
+            design.step_completed(1),
+            design.resolved(
+                1,
+                Resolution::ProvideOutput {
+                    summary: "Done by hand".to_owned(),
+                    output: "The design".to_owned(),
+                },
+            ),
+            review.scheduled(1),
+            review.step_failed(1),
+            review.escalated(1, EscalationRung::StrongerModel),
+            review.scheduled(2),
+            review.step_failed(2),
+            review.escalated(2, EscalationRung::Person),
+            test.approval_requested(1),
+            test.resolved(1, Resolution::Reject),
+            test.aborted(1),
+        ]));
+        executions.push(escalating.execution);
         (f, executions, log)
     }
 
@@ -273,6 +312,7 @@ mod tests {
                 "collaboration_workflows",
                 "workflow_executions",
                 "agent_interactions",
+                "escalations",
             ] {
                 snapshot.push(rows(&mut conn, table).await);
             }
@@ -329,6 +369,40 @@ mod tests {
             "ops"
         );
         assert_eq!(workflow_status(conn, f).await, "cancelled");
+
+        let fourth = execution(conn, executions[3]).await;
+        assert_eq!(fourth["status"], "failed");
+        assert_eq!(fourth["failure_cause"]["kind"], "aborted");
+        let steps = &fourth["step_results"];
+        assert_eq!(steps["design"]["status"], "completed", "{steps:#}");
+        assert_eq!(steps["design"]["summary"], "Done by hand");
+        assert_eq!(steps["design"]["providedBy"], "ops");
+        assert_eq!(steps["review"]["status"], "cancelled");
+        assert_eq!(steps["review"]["cancelledWhile"], "escalated");
+        assert_eq!(steps["review"]["attempt"], 2);
+        assert_eq!(steps["test"]["status"], "aborted");
+        let mut escalations: Vec<(Value, Value, Value)> = rows(conn, "escalations")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["step_id"].clone(),
+                    e["status"].clone(),
+                    e["attempt"].clone(),
+                )
+            })
+            .collect();
+        escalations.sort_by_key(|e| e.0.to_string());
+        assert_eq!(
+            escalations,
+            [
+                (json!("design"), json!("resolved"), json!(1)),
+                (json!("review"), json!("closed"), json!(2)),
+                (json!("test"), json!("resolved"), json!(1)),
+            ]
+        );
     }
 
     #[tokio::test]
@@ -361,11 +435,12 @@ mod tests {
         assert_eq!(after, before);
     }
 
-    const TABLES: [&str; 7] = [
+    const TABLES: [&str; 8] = [
         "agents",
         "collaboration_workflows",
         "workflow_executions",
         "agent_interactions",
+        "escalations",
         "collaboration_knowledge",
         "projected_events",
         "rejected_events",

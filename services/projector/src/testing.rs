@@ -6,18 +6,20 @@
 use std::collections::HashSet;
 
 use cadre_proto::events::{
-    AgentRegistered, AgentStatusReported, ExecutionCancelled, ExecutionCompleted, ExecutionFailed,
-    ExecutionPaused, ExecutionResumed, ExecutionStarted, FailureCause, HandoffContext,
-    InteractionRecorded, KnowledgeShared, KnowledgeSuperseded, KnowledgeValidated, Request,
-    StepAttempt, StepCompleted, StepDeferred, StepFailed, StepScheduled, StepStarted, StepTimedOut,
-    SupportRequest, TaskHandedOff, WorkflowCreated, WorkflowPaused, WorkflowResumed,
+    AgentRegistered, AgentStatusReported, EscalationContext, EscalationResolved,
+    ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused, ExecutionResumed,
+    ExecutionStarted, FailedAttempt, FailureCause, HandoffContext, InteractionRecorded,
+    KnowledgeShared, KnowledgeSuperseded, KnowledgeValidated, Request, Resolution, StepAttempt,
+    StepCompleted, StepDeferred, StepEscalated, StepFailed, StepScheduled, StepStarted,
+    StepTimedOut, SupportRequest, TaskHandedOff, WorkflowCreated, WorkflowPaused, WorkflowResumed,
 };
 use cadre_proto::model::{
-    AgentProfile, InteractionType, KnowledgeType, StepResult, StepType, TokenUsage,
+    AgentProfile, EscalationRung, InteractionType, KnowledgeType, StepResult, StepType, TokenUsage,
     WorkflowConfiguration, WorkflowDefinition, WorkflowStep,
 };
 use cadre_proto::{
-    AgentId, Envelope, Event, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId,
+    AgentId, Envelope, EscalationId, Event, EventId, ExecutionId, KnowledgeId, StepId, TenantId,
+    WorkflowId,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -378,6 +380,85 @@ impl Fixture {
         Event::StepTimedOut(StepTimedOut {
             attempt: self.attempt(attempt),
             timeout_minutes: f64::from(timeout_minutes),
+        })
+    }
+
+    /// The escalation id of `attempt` of this fixture's step.
+    pub fn escalation(&self, attempt: u32) -> EscalationId {
+        EscalationId::of(self.execution, &self.step.id, attempt)
+    }
+
+    /// Attempt `attempt` failed with its retries spent and the step climbs `rung`: a person
+    /// decides, or this fixture's agent takes the next attempt on a stronger model.
+    pub fn escalated(&self, attempt: u32, rung: EscalationRung) -> Event {
+        let person = rung == EscalationRung::Person;
+        Event::StepEscalated(Box::new(StepEscalated {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            step_id: self.step.id.clone(),
+            step_name: self.step.name.clone(),
+            attempt,
+            rung,
+            agent: (!person).then(|| AgentProfile {
+                model: "stronger".to_owned(),
+                ..self.agent.clone()
+            }),
+            escalation_id: person.then(|| self.escalation(attempt)),
+            approval: false,
+            reason: "retries spent: provider said 500".to_owned(),
+            context: EscalationContext {
+                failures: vec![FailedAttempt {
+                    attempt,
+                    agent_id: self.agent.id,
+                    error: "provider said 500".to_owned(),
+                }],
+                tried: vec![],
+                outputs: [(StepId::parse("research").unwrap(), "Researched".to_owned())].into(),
+            },
+        }))
+    }
+
+    /// This fixture's step is an approval, waiting for a person's sign-off.
+    pub fn approval_requested(&self, attempt: u32) -> Event {
+        Event::StepEscalated(Box::new(StepEscalated {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            step_id: self.step.id.clone(),
+            step_name: self.step.name.clone(),
+            attempt,
+            rung: EscalationRung::Person,
+            agent: None,
+            escalation_id: Some(self.escalation(attempt)),
+            approval: true,
+            reason: "approval required".to_owned(),
+            context: EscalationContext::default(),
+        }))
+    }
+
+    /// `ops` resolved the escalation of `attempt`, commenting "looked at it".
+    pub fn resolved(&self, attempt: u32, resolution: Resolution) -> Event {
+        Event::EscalationResolved(Box::new(EscalationResolved {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            step_id: self.step.id.clone(),
+            step_name: self.step.name.clone(),
+            attempt,
+            escalation_id: self.escalation(attempt),
+            resolution,
+            request: request(Some("ops"), Some("looked at it")),
+        }))
+    }
+
+    /// The execution failed because a person aborted it at the escalation of `attempt`.
+    pub fn aborted(&self, attempt: u32) -> Event {
+        Event::ExecutionFailed(ExecutionFailed {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            cause: FailureCause::Aborted {
+                step_id: self.step.id.clone(),
+                escalation_id: self.escalation(attempt),
+            },
+            error: format!("ops aborted the run at step '{}'", self.step.name),
         })
     }
 

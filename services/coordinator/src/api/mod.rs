@@ -5,6 +5,7 @@
 mod agents;
 mod body;
 mod collaboration;
+mod escalations;
 mod executions;
 mod problem;
 mod resolutions;
@@ -89,6 +90,8 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
             "/v1/executions/{id}/steps/{step}/result",
             get(executions::step_result),
         )
+        .route("/v1/escalations", get(escalations::list))
+        .route("/v1/escalations/{id}", get(escalations::get))
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)

@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use cadre_proto::ExecutionId;
 use cadre_proto::events::{
-    ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted, QuestionsAsked,
-    QuestionsExpired, StepCompleted, StepDeferred, StepFailed, StepRetryScheduled, StepReviewed,
-    StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+    EscalationResolved, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted,
+    QuestionsAsked, QuestionsExpired, Resolution, StepCompleted, StepDeferred, StepEscalated,
+    StepFailed, StepRetryScheduled, StepReviewed, StepScheduled, StepSkipped, StepStarted,
+    StepTimedOut,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -147,9 +148,10 @@ impl Ending {
 /// A step's entry in `step_results` after `patch`: a later attempt replaces the entry, an
 /// earlier one (a late message of a retried step) changes nothing, and the same attempt
 /// overwrites the fields it names unless the attempt already ended (a worker's report after its
-/// attempt timed out is ignored, as the coordinator ignores it). [`update`] applies the same
-/// rule between the stored entry and a batch's folded one, so folding first gives what applying
-/// one event at a time would.
+/// attempt timed out is ignored, as the coordinator ignores it) and the patch is not what was
+/// decided after that end ([`follows_end`]). [`update`] applies the same rule between the
+/// stored entry and a batch's folded one, so folding first gives what applying one event at a
+/// time would.
 fn merge_step(
     current: Option<Map<String, Value>>,
     patch: Map<String, Value>,
@@ -162,8 +164,8 @@ fn merge_step(
         Some(mut current) => match attempt(&current).cmp(&attempt(&patch)) {
             std::cmp::Ordering::Greater => current,
             std::cmp::Ordering::Less => patch,
-            // A retry's wait follows its attempt's end: the entry says when the next comes.
-            std::cmp::Ordering::Equal if step_ended(&current) && !is_retry_wait(&patch) => current,
+            // What was decided after the attempt's end says what comes next.
+            std::cmp::Ordering::Equal if step_ended(&current) && !follows_end(&patch) => current,
             std::cmp::Ordering::Equal => {
                 current.extend(patch);
                 current
@@ -172,16 +174,45 @@ fn merge_step(
     }
 }
 
-/// Step statuses that end an attempt (waiting for the retry is an end too: the attempt's late
-/// reports change nothing); the SQL of [`update`] lists the same ones.
-const STEP_ENDED: [&str; 4] = ["completed", "failed", "timed_out", RETRY_WAITING];
+/// Step statuses that end an attempt (waiting for the retry or for the escalation's outcome is
+/// an end too: the attempt's late reports change nothing); the SQL of [`update`] lists the same
+/// ones.
+const STEP_ENDED: [&str; 8] = [
+    "completed",
+    "failed",
+    "timed_out",
+    RETRY_WAITING,
+    ESCALATED,
+    ESCALATING,
+    SKIPPED,
+    ABORTED,
+];
 
 /// The status of a failed attempt's step while it waits for its retry, written over the
 /// attempt's end (the SQL of [`update`] says the same).
 const RETRY_WAITING: &str = "retry_waiting";
+/// The step waits for a person to resolve its escalation (rung `person`, or an approval).
+const ESCALATED: &str = "escalated";
+/// The step waits for the attempt an escalation chose (a rung's agent, or what a person asked
+/// for): the next scheduling replaces the entry.
+const ESCALATING: &str = "escalating";
+const SKIPPED: &str = "skipped";
+/// A person aborted the run, or rejected the approval, at this step.
+const ABORTED: &str = "aborted";
+/// Marks an entry as a person's resolution of the attempt's escalation, whatever status it
+/// gives the step (the SQL of [`update`] says the same).
+const RESOLVED_AT: &str = "resolvedAt";
 
-fn is_retry_wait(entry: &Map<String, Value>) -> bool {
-    entry.get("status").and_then(Value::as_str) == Some(RETRY_WAITING)
+/// Whether `patch` is what the coordinator or a person decided once its attempt ended: the
+/// wait for a retry, a rung of the escalation ladder, or a person's resolution. Such a patch is
+/// written over the attempt's end (and over the escalation it resolves); the SQL of [`update`]
+/// says the same.
+fn follows_end(patch: &Map<String, Value>) -> bool {
+    let decided = patch
+        .get("status")
+        .and_then(Value::as_str)
+        .is_some_and(|status| [RETRY_WAITING, ESCALATED, ESCALATING].contains(&status));
+    decided || patch.contains_key(RESOLVED_AT)
 }
 
 fn step_ended(entry: &Map<String, Value>) -> bool {
@@ -321,6 +352,77 @@ impl Changes {
                 "retryAt": e.retry_at,
             }),
         );
+    }
+
+    /// The step climbed a rung of its escalation ladder, over the failed attempt's end (whose
+    /// error and times stay): `escalated` while a person decides, with the escalation to
+    /// resolve; `escalating` while the agent the rung chose waits for its attempt, named in
+    /// `escalatedTo` (its scheduling replaces the entry).
+    pub fn step_escalated(&mut self, origin: &Origin<'_>, e: &StepEscalated) {
+        let mut entry = json!({
+            "attempt": e.attempt,
+            "rung": e.rung,
+            "reason": e.reason,
+            "escalatedAt": origin.at,
+        });
+        match e.escalation_id {
+            Some(escalation_id) => {
+                entry["status"] = json!(ESCALATED);
+                entry["escalationId"] = json!(escalation_id);
+                if e.approval {
+                    entry["approval"] = json!(true);
+                }
+            }
+            None => {
+                entry["status"] = json!(ESCALATING);
+                if let Some(agent) = &e.agent {
+                    entry["escalatedTo"] = json!({
+                        "agentId": agent.id,
+                        "agentName": agent.name,
+                        "provider": agent.provider,
+                        "model": agent.model,
+                    });
+                }
+            }
+        }
+        self.patch(e.execution_id, origin.at)
+            .merge_step(e.step_id.as_str(), entry);
+    }
+
+    /// A person's resolution, over the `escalated` entry: the step `completed` with their
+    /// result (`providedBy` them), `skipped`, `escalating` until the attempt they asked for is
+    /// scheduled, or `aborted` (the run fails).
+    pub fn escalation_resolved(&mut self, origin: &Origin<'_>, e: &EscalationResolved) {
+        let mut entry = json!({
+            "attempt": e.attempt,
+            "escalationId": e.escalation_id,
+            "action": e.resolution.as_str(),
+            "resolvedBy": e.request.requested_by,
+            RESOLVED_AT: origin.at,
+        });
+        if let Some(comment) = &e.request.reason {
+            entry["comment"] = json!(comment);
+        }
+        let status = match &e.resolution {
+            Resolution::ProvideOutput { .. } | Resolution::Approve => "completed",
+            Resolution::Skip => SKIPPED,
+            Resolution::Retry | Resolution::Reassign { .. } => ESCALATING,
+            Resolution::Abort | Resolution::Reject => ABORTED,
+        };
+        entry["status"] = json!(status);
+        if status != ESCALATING {
+            entry["completedAt"] = json!(origin.at);
+        }
+        if let Some((summary, output)) = e.result() {
+            entry["summary"] = json!(summary);
+            entry["output"] = json!(output);
+            entry["providedBy"] = json!(e.request.requested_by);
+        }
+        if let Resolution::Reassign { agent_id } = &e.resolution {
+            entry["escalatedTo"] = json!({ "agentId": agent_id });
+        }
+        self.patch(e.execution_id, origin.at)
+            .merge_step(e.step_id.as_str(), entry);
     }
 
     /// A missed deadline that fails the attempt ends it like a failure; one the step goes on
@@ -555,10 +657,13 @@ async fn insert(tx: &mut PgConnection, rows: Vec<ExecutionRow>) -> Result<(), sq
 /// One statement for every execution the batch touched. Step entries merge with the stored
 /// ones by the rule of [`merge_step`]. The status moves by the batch's [`ExecutionStatus`] from
 /// the stored one, and the batch's ending applies only if that ends the execution now.
-/// `active_steps` lists the steps now scheduled or running, the stored ones first (scheduled
-/// earlier), then those this batch scheduled, then any other (defensive: a step that started
-/// without being scheduled); `current_step_id` is the last of them and `active_agents` the
-/// agents of the running ones. All three are empty once the execution ended.
+/// `active_steps` lists the steps under way (scheduled, running, or waiting: for their provider,
+/// answers, a retry, a person or an escalation's next attempt), the stored ones first
+/// (scheduled earlier), then those this batch scheduled, then any other (defensive: a step that
+/// started without being scheduled); `current_step_id` is the last of them and `active_agents`
+/// the agents of the running ones. All three are empty once the execution ended, and a failed
+/// or cancelled execution's steps still under way read `cancelled` (`cancelledWhile` says what
+/// they were doing).
 async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
@@ -614,8 +719,11 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
                          WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
                               < (s.value ->> 'attempt')::bigint THEN s.value
                          WHEN e.step_results -> s.key ->> 'status'
-                              IN ('completed', 'failed', 'timed_out', 'retry_waiting')
-                              AND s.value ->> 'status' IS DISTINCT FROM 'retry_waiting'
+                              IN ('completed', 'failed', 'timed_out', 'retry_waiting',
+                                  'escalated', 'escalating', 'skipped', 'aborted')
+                              AND coalesce(s.value ->> 'status', '')
+                                  NOT IN ('retry_waiting', 'escalated', 'escalating')
+                              AND NOT s.value ? 'resolvedAt'
                               THEN e.step_results -> s.key
                          ELSE coalesce(e.step_results -> s.key, '{}'::jsonb) || s.value
                      END)
@@ -641,7 +749,7 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
                             ) AS a
                        WHERE m.step_results -> a.step ->> 'status'
                              IN ('scheduled', 'running', 'waiting', 'awaiting_answers',
-                                 'retry_waiting'))
+                                 'retry_waiting', 'escalated', 'escalating'))
                  END AS active_steps
              FROM merged m
          )
@@ -649,7 +757,8 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
              step_results = CASE WHEN d.ends AND d.status IN ('cancelled', 'failed') THEN
                  (SELECT coalesce(jsonb_object_agg(r.key, CASE
                      WHEN r.value ->> 'status' IN ('scheduled', 'running', 'waiting',
-                                                   'awaiting_answers', 'retry_waiting')
+                                                   'awaiting_answers', 'retry_waiting',
+                                                   'escalated', 'escalating')
                      THEN r.value || jsonb_build_object('status', 'cancelled',
                                                         'cancelledWhile', r.value ->> 'status')
                      ELSE r.value END), '{}'::jsonb)
@@ -705,7 +814,8 @@ pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 mod tests {
-    use cadre_proto::Event;
+    use cadre_proto::model::EscalationRung;
+    use cadre_proto::{AgentId, Event};
 
     use super::*;
     use crate::incoming::Incoming;
@@ -761,6 +871,139 @@ mod tests {
         assert_eq!(step["status"], "retry_waiting", "{step:?}");
         assert_eq!(step["error"], "provider said 500");
         assert_eq!(step["failures"], 1);
+    }
+
+    #[test]
+    fn a_step_escalated_to_a_person_waits_escalated_and_ignores_late_reports() {
+        let mut f = Fixture::new();
+        let batch = f.messages([
+            f.scheduled(1),
+            f.step_failed(1),
+            f.escalated(1, EscalationRung::Person),
+            // The failed attempt's worker reports after all.
+            f.step_completed(1),
+        ]);
+        let at = |i: usize| json!(batch[i].content.as_ref().unwrap().meta.time);
+        let plan = plan_all(&batch);
+        let step = &only_patch(&plan).steps["design"];
+        assert_eq!(
+            Value::Object(step.clone()),
+            json!({
+                "status": "escalated",
+                "attempt": 1,
+                "agentId": f.agent.id,
+                "error": "provider said 500",
+                "failedAt": at(1),
+                "completedAt": at(1),
+                "rung": "person",
+                "reason": "retries spent: provider said 500",
+                "escalationId": f.escalation(1),
+                "escalatedAt": at(2),
+            })
+        );
+    }
+
+    #[test]
+    fn a_step_escalated_to_an_agent_reads_escalating_until_its_attempt_is_scheduled() {
+        let mut f = Fixture::new();
+        let batch = f.messages([
+            f.scheduled(1),
+            f.step_failed(1),
+            f.escalated(1, EscalationRung::StrongerModel),
+            f.step_completed(1),
+        ]);
+        let plan = plan_all(&batch);
+        let step = &only_patch(&plan).steps["design"];
+        assert_eq!(step["status"], "escalating", "{step:?}");
+        assert_eq!(step["rung"], "strongerModel");
+        assert_eq!(
+            step["escalatedTo"],
+            json!({
+                "agentId": f.agent.id,
+                "agentName": "Ada",
+                "provider": "offline",
+                "model": "stronger",
+            })
+        );
+        assert_eq!(step.get("escalationId"), None);
+
+        let batch = f.messages([f.scheduled(2)]);
+        let plan = plan_all(&batch);
+        assert_eq!(only_patch(&plan).steps["design"]["status"], "scheduled");
+    }
+
+    #[test]
+    fn a_person_s_resolution_gives_the_escalated_step_its_status() {
+        let mut f = Fixture::new();
+        let other = AgentId::new();
+        let cases = [
+            (
+                Resolution::ProvideOutput {
+                    summary: "Done by hand".to_owned(),
+                    output: "The design, by hand".to_owned(),
+                },
+                "completed",
+            ),
+            (Resolution::Skip, "skipped"),
+            (Resolution::Retry, "escalating"),
+            (Resolution::Reassign { agent_id: other }, "escalating"),
+            (Resolution::Abort, "aborted"),
+        ];
+        for (resolution, status) in cases {
+            let action = resolution.as_str();
+            let batch = f.messages([
+                f.scheduled(1),
+                f.step_failed(1),
+                f.escalated(1, EscalationRung::Person),
+                f.resolved(1, resolution),
+                f.step_completed(1),
+            ]);
+            let resolved_at = json!(batch[3].content.as_ref().unwrap().meta.time);
+            let plan = plan_all(&batch);
+            let step = &only_patch(&plan).steps["design"];
+            assert_eq!(step["status"], status, "{action}: {step:?}");
+            assert_eq!(step["action"], action);
+            assert_eq!(step["resolvedBy"], "ops");
+            assert_eq!(step["comment"], "looked at it");
+            assert_eq!(step["resolvedAt"], resolved_at);
+            assert_eq!(step["escalationId"], json!(f.escalation(1)));
+            let ends = status != "escalating";
+            assert_eq!(
+                step.get("completedAt") == Some(&resolved_at),
+                ends,
+                "{step:?}"
+            );
+            match action {
+                "provideOutput" => {
+                    assert_eq!(step["summary"], "Done by hand");
+                    assert_eq!(step["output"], "The design, by hand");
+                    assert_eq!(step["providedBy"], "ops");
+                }
+                "reassign" => assert_eq!(step["escalatedTo"], json!({ "agentId": other })),
+                _ => assert_eq!(step.get("summary"), None, "{action}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_approval_waits_escalated_and_completes_with_who_approved() {
+        let mut f = Fixture::new();
+        let batch = f.messages([f.approval_requested(1), f.resolved(1, Resolution::Approve)]);
+        let plan = plan_all(&batch);
+        let step = &only_patch(&plan).steps["design"];
+        assert_eq!(step["status"], "completed", "{step:?}");
+        assert_eq!(step["approval"], true);
+        assert_eq!(step["summary"], "Approved by ops");
+        assert_eq!(step["output"], "looked at it");
+        assert_eq!(step["providedBy"], "ops");
+        assert_eq!(step.get("agentId"), None, "no agent ran it");
+
+        let batch = f.messages([f.approval_requested(1)]);
+        let plan = plan_all(&batch);
+        assert_eq!(only_patch(&plan).steps["design"]["status"], "escalated");
+        let batch = f.messages([f.resolved(1, Resolution::Reject)]);
+        let plan = plan_all(&batch);
+        assert_eq!(only_patch(&plan).steps["design"]["status"], "aborted");
     }
 
     #[test]
@@ -1074,6 +1317,95 @@ mod tests {
             row["status"], "running",
             "the coordinator decides what comes next"
         );
+    }
+
+    /// The stored entry and a batch's folded one merge in SQL by the rule the fold follows:
+    /// each event in its own batch gives what one batch does.
+    #[tokio::test]
+    async fn escalations_give_the_same_step_results_however_the_log_is_cut() {
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let (design, review, test) = (f.on("design"), f.on("review"), f.on("test"));
+        let log = f.messages([
+            design.started(1),
+            design.scheduled(1),
+            design.step_failed(1),
+            design.escalated(1, EscalationRung::Person),
+            design.step_completed(1),
+            design.resolved(1, Resolution::Retry),
+            design.scheduled(2),
+            design.step_failed(2),
+            design.escalated(2, EscalationRung::Person),
+            design.resolved(
+                2,
+                Resolution::ProvideOutput {
+                    summary: "Done by hand".to_owned(),
+                    output: "The design".to_owned(),
+                },
+            ),
+            design.step_started(2),
+            review.scheduled(1),
+            review.step_failed(1),
+            review.escalated(1, EscalationRung::Reassign),
+            review.step_started(1),
+            test.approval_requested(1),
+        ]);
+        let mut results = Vec::new();
+        for size in [log.len(), 1, 2] {
+            let db = TestDb::create().await;
+            let mut lease = lease(&db).await;
+            let mut conn = db.connect().await;
+            project(&mut lease, &log, size).await;
+            results.push(execution(&mut conn, f.execution).await);
+        }
+        let row = &results[0];
+        let steps = &row["step_results"];
+        assert_eq!(steps["design"]["status"], "completed", "{steps:#}");
+        assert_eq!(steps["design"]["attempt"], 2);
+        assert_eq!(steps["design"]["summary"], "Done by hand");
+        assert_eq!(steps["review"]["status"], "escalating");
+        assert_eq!(steps["test"]["status"], "escalated");
+        assert_eq!(row["active_steps"], json!(["review", "test"]));
+        for (size, other) in [1, 2].iter().zip(&results[1..]) {
+            assert_eq!(
+                other["step_results"], row["step_results"],
+                "batches of {size}"
+            );
+            assert_eq!(other["active_steps"], row["active_steps"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_waiting_for_a_person_is_cancelled_with_its_execution() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::with_steps(&["design", "review"]);
+        let (design, review) = (f.on("design"), f.on("review"));
+        let log = f.messages([
+            design.started(1),
+            design.approval_requested(1),
+            review.scheduled(1),
+            review.step_failed(1),
+            review.escalated(1, EscalationRung::Person),
+            review.resolved(1, Resolution::Abort),
+            review.aborted(1),
+        ]);
+        project(&mut lease, &log, 3).await;
+        let row = execution(&mut conn, f.execution).await;
+        let steps = &row["step_results"];
+        assert_eq!(steps["design"]["status"], "cancelled", "{steps:#}");
+        assert_eq!(steps["design"]["cancelledWhile"], "escalated");
+        assert_eq!(
+            steps["review"]["status"], "aborted",
+            "an end, not cancelled"
+        );
+        assert_eq!(row["status"], "failed");
+        assert_eq!(row["failure_cause"]["kind"], "aborted");
+        assert_eq!(
+            row["failure_cause"]["escalationId"],
+            json!(review.escalation(1))
+        );
+        assert_eq!(row["active_steps"], json!([]));
     }
 
     #[tokio::test]

@@ -3,9 +3,10 @@
 //! each keyed by the id of the event it comes from.
 
 use cadre_proto::events::{
-    AssignmentReason, InteractionRecorded, KnowledgeShared, QuestionAnswered, QuestionAssigned,
-    QuestionsAsked, QuestionsExpired, StepAttempt, StepCompleted, StepDeferred, StepFailed,
-    StepRetryScheduled, StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+    AssignmentReason, EscalationResolved, InteractionRecorded, KnowledgeShared, QuestionAnswered,
+    QuestionAssigned, QuestionsAsked, QuestionsExpired, Resolution, StepAttempt, StepCompleted,
+    StepDeferred, StepEscalated, StepFailed, StepRetryScheduled, StepScheduled, StepSkipped,
+    StepStarted, StepTimedOut,
 };
 use cadre_proto::model::InteractionType;
 use cadre_proto::{ExecutionId, StepId};
@@ -38,7 +39,7 @@ pub(crate) struct InteractionRow {
     pub event_sequence: i64,
 }
 
-/// What became of a question that waited for an answer.
+/// What became of a question (or an escalation) that waited for an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Response {
     /// The teammate answered, or (`received: false`) could not, `message` saying why; `id` is
@@ -59,6 +60,17 @@ pub(crate) enum Response {
         attempt: i32,
         question_id: String,
         agent: Uuid,
+    },
+    /// A person resolved the escalation whose interaction (`contextData.escalationId`) waited
+    /// for them; `message` is their action and comment.
+    Resolved {
+        tenant_id: String,
+        execution: Uuid,
+        step_id: String,
+        escalation_id: Uuid,
+        message: String,
+        data: Value,
+        at: DateTime<Utc>,
     },
 }
 
@@ -309,6 +321,103 @@ impl Changes {
         });
     }
 
+    /// The coordinator's note that a step climbed a rung of its escalation ladder, to the agent
+    /// that takes it over; one a person must resolve requires a response (see
+    /// [`Changes::escalation_resolved`]).
+    pub fn step_escalated(&mut self, origin: &Origin<'_>, e: &StepEscalated) {
+        let mut context_data = json!({
+            "stepId": e.step_id,
+            "attempt": e.attempt,
+            "rung": e.rung,
+            "reason": e.reason,
+            "tried": e.context.tried,
+            "failures": e.context.failures,
+        });
+        if let Some(escalation_id) = e.escalation_id {
+            context_data["escalationId"] = json!(escalation_id);
+        }
+        if e.approval {
+            context_data["approval"] = json!(true);
+        }
+        if let Some(agent) = &e.agent {
+            context_data["escalatedTo"] = json!({
+                "agentId": agent.id,
+                "agentName": agent.name,
+                "provider": agent.provider,
+                "model": agent.model,
+            });
+        }
+        self.rows.push(InteractionRow {
+            to_agent_id: e.agent.as_ref().map(|agent| agent.id.0),
+            context_data,
+            related_step_id: Some(e.step_id.to_string()),
+            requires_response: e.escalation_id.is_some(),
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::Coordination,
+                format!(
+                    "Step escalated: {} - {} ({})",
+                    e.step_name,
+                    e.rung.as_str(),
+                    e.reason
+                ),
+            )
+        });
+    }
+
+    /// A person's resolution answers the escalation's interaction (as a teammate's answer
+    /// does a question's) and is noted in the log when it happened.
+    pub fn escalation_resolved(&mut self, origin: &Origin<'_>, e: &EscalationResolved) {
+        let action = e.resolution.as_str();
+        let (by, comment) = (&e.request.requested_by, &e.request.reason);
+        let mut data = json!({ "action": action, "resolvedBy": by });
+        match &e.resolution {
+            Resolution::Reassign { agent_id } => data["agentId"] = json!(agent_id),
+            Resolution::ProvideOutput { summary, .. } => data["summary"] = json!(summary),
+            _ => {}
+        }
+        self.responses.push(Response::Resolved {
+            tenant_id: origin.tenant.to_owned(),
+            execution: e.execution_id.0,
+            step_id: e.step_id.to_string(),
+            escalation_id: e.escalation_id.0,
+            message: match comment {
+                Some(comment) => format!("{action}: {comment}"),
+                None => action.to_owned(),
+            },
+            data: data.clone(),
+            at: origin.at,
+        });
+        data["stepId"] = json!(e.step_id);
+        data["attempt"] = json!(e.attempt);
+        data["escalationId"] = json!(e.escalation_id);
+        if let Some(comment) = comment {
+            data["comment"] = json!(comment);
+        }
+        let mut message = format!("Escalation resolved: {} - {action}", e.step_name);
+        if let Some(by) = by {
+            message.push_str(&format!(" by {by}"));
+        }
+        if let Some(comment) = comment {
+            message.push_str(&format!(" ({comment})"));
+        }
+        self.rows.push(InteractionRow {
+            to_agent_id: match &e.resolution {
+                Resolution::Reassign { agent_id } => Some(agent_id.0),
+                _ => None,
+            },
+            context_data: data,
+            related_step_id: Some(e.step_id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::Coordination,
+                message,
+            )
+        });
+    }
+
     /// The coordination note an agent leaves about its own step.
     fn step_note(
         &mut self,
@@ -406,8 +515,8 @@ impl Changes {
             .execute(&mut *tx)
             .await?;
         }
-        // After the rows: a question and its answer may arrive in one batch. Rare (a few per
-        // step that asks), so one statement each.
+        // After the rows: a question (or an escalation) and its answer may arrive in one
+        // batch. Rare (a few per step that asks, one per escalation), so one statement each.
         for response in self.responses {
             match response {
                 Response::Answered {
@@ -459,6 +568,35 @@ impl Changes {
                     .execute(&mut *tx)
                     .await?;
                 }
+                Response::Resolved {
+                    tenant_id,
+                    execution,
+                    step_id,
+                    escalation_id,
+                    message,
+                    data,
+                    at,
+                } => {
+                    sqlx::query!(
+                        "UPDATE agent_interactions SET response_received = true,
+                             response_message = $5,
+                             response_data = coalesce(response_data, '{}') || $6,
+                             responded_at = $7
+                         WHERE tenant_id = $1 AND workflow_execution_id = $2
+                           AND related_step_id = $3 AND interaction_type = 'coordination'
+                           AND requires_response AND responded_at IS NULL
+                           AND context_data ->> 'escalationId' = $4::uuid::text",
+                        tenant_id,
+                        execution,
+                        step_id,
+                        escalation_id,
+                        message,
+                        data,
+                        at,
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
         }
         Ok(())
@@ -489,8 +627,10 @@ mod tests {
     use cadre_proto::model::KnowledgeType;
     use cadre_proto::{Event, KnowledgeId};
 
+    use cadre_proto::model::EscalationRung;
+
     use super::*;
-    use crate::testing::{Fixture, plan_all};
+    use crate::testing::{Fixture, TestDb, lease, plan_all, project, rows};
 
     #[test]
     fn knowledge_interaction_quotes_at_most_200_characters() {
@@ -568,5 +708,95 @@ mod tests {
         assert_eq!(timed_out.context_data["error"], true);
         assert_eq!(timed_out.context_data["timeoutMinutes"], 5.0);
         assert_eq!(timed_out.id, batch[2].content.as_ref().unwrap().meta.id.0);
+    }
+
+    #[test]
+    fn an_escalation_is_noted_to_whoever_takes_the_step_over() {
+        let mut f = Fixture::new();
+        let batch = f.messages([
+            f.escalated(1, EscalationRung::StrongerModel),
+            f.escalated(2, EscalationRung::Person),
+        ]);
+        let plan = plan_all(&batch);
+        let to_agent = &plan.interactions.rows[0];
+        assert_eq!(to_agent.interaction_type, "coordination");
+        assert_eq!(
+            to_agent.message,
+            "Step escalated: Design - strongerModel (retries spent: provider said 500)"
+        );
+        assert_eq!(to_agent.from_agent_id, None, "the coordinator decided");
+        assert_eq!(to_agent.to_agent_id, Some(f.agent.id.0));
+        assert!(!to_agent.requires_response);
+        assert_eq!(to_agent.context_data["rung"], "strongerModel");
+        assert_eq!(to_agent.context_data["escalatedTo"]["model"], "stronger");
+        assert_eq!(to_agent.context_data.get("escalationId"), None);
+
+        let to_person = &plan.interactions.rows[1];
+        assert_eq!(
+            to_person.message,
+            "Step escalated: Design - person (retries spent: provider said 500)"
+        );
+        assert_eq!(to_person.to_agent_id, None);
+        assert!(to_person.requires_response, "a person must resolve it");
+        assert_eq!(
+            to_person.context_data["escalationId"],
+            json!(f.escalation(2))
+        );
+        assert_eq!(
+            to_person.context_data["failures"][0]["error"],
+            "provider said 500"
+        );
+        assert_eq!(to_person.related_step_id.as_deref(), Some("design"));
+    }
+
+    /// As an answer does a question's: the escalation's interaction records the person's
+    /// response, in the batch of the escalation or a later one.
+    #[tokio::test]
+    async fn a_resolution_answers_the_escalation_and_is_noted() {
+        let mut f = Fixture::new();
+        let other = cadre_proto::AgentId::new();
+        let log = f.messages([
+            f.escalated(1, EscalationRung::Person),
+            f.resolved(1, Resolution::Reassign { agent_id: other }),
+            f.escalated(2, EscalationRung::Person),
+        ]);
+        let mut snapshots = Vec::new();
+        for size in [log.len(), 1] {
+            let db = TestDb::create().await;
+            let mut lease = lease(&db).await;
+            project(&mut lease, &log, size).await;
+            snapshots.push(rows(&mut db.connect().await, "agent_interactions").await);
+        }
+        assert_eq!(snapshots[0], snapshots[1], "however the log is cut");
+        let rows = snapshots[0].as_array().unwrap();
+        let by_event = |i: usize| {
+            let id = json!(log[i].content.as_ref().unwrap().meta.id);
+            rows.iter().find(|row| row["id"] == id).unwrap()
+        };
+        let escalated = by_event(0);
+        assert_eq!(escalated["response_received"], true);
+        assert_eq!(escalated["response_message"], "reassign: looked at it");
+        assert_eq!(
+            escalated["response_data"],
+            json!({ "action": "reassign", "resolvedBy": "ops", "agentId": other })
+        );
+        // `to_jsonb` writes the time with `+00:00`: read it back to compare.
+        let responded_at: DateTime<Utc> =
+            serde_json::from_value(escalated["responded_at"].clone()).unwrap();
+        assert_eq!(responded_at, log[1].content.as_ref().unwrap().meta.time);
+        let resolved = by_event(1);
+        assert_eq!(
+            resolved["message"],
+            "Escalation resolved: Design - reassign by ops (looked at it)"
+        );
+        assert_eq!(resolved["to_agent_id"], json!(other));
+        assert_eq!(resolved["requires_response"], false);
+        assert_eq!(
+            resolved["context_data"]["escalationId"],
+            json!(f.escalation(1))
+        );
+        let next = by_event(2);
+        assert_eq!(next["requires_response"], true);
+        assert_eq!(next["responded_at"], Value::Null, "another escalation");
     }
 }

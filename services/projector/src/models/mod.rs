@@ -7,6 +7,7 @@
 //! with the event ids they apply and the checkpoint.
 
 pub(crate) mod agents;
+pub(crate) mod escalations;
 pub(crate) mod executions;
 pub(crate) mod handoffs;
 pub(crate) mod interactions;
@@ -52,6 +53,7 @@ pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     knowledge::reset(tx).await?;
     usage::reset(tx).await?;
     handoffs::reset(tx).await?;
+    escalations::reset(tx).await?;
     status::reset(tx).await?;
     rejections::reset(tx).await
 }
