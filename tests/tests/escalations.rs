@@ -220,6 +220,10 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
     assert_eq!(build["status"], "completed", "{build:#}");
     assert_eq!(build["summary"], "Built by hand: v1.2.3");
     assert_eq!(build["providedBy"], "Pat");
+    assert!(
+        build["agentId"].is_null() && build["error"].is_null(),
+        "{build:#}"
+    );
     let last = stack.llm.requests().pop().unwrap();
     assert!(
         last.user.contains("Built by hand: v1.2.3"),

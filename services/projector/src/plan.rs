@@ -169,6 +169,7 @@ impl Plan {
                 self.executions.step_skipped(origin, e);
                 self.interactions.step_skipped(origin, e);
             }
+            Event::LeadTaken(e) => self.interactions.lead_taken(origin, e),
             Event::ExecutionPaused(e) => self.executions.paused(origin, e.execution_id),
             Event::ExecutionResumed(e) => self.executions.resumed(origin, e.execution_id),
             Event::ExecutionCompleted(e) => {

@@ -67,6 +67,7 @@ fn workflow_step(id: &str) -> WorkflowStep {
         reviewer_role: None,
         condition: None,
         child_workflow_id: None,
+        risks: Vec::new(),
     }
 }
 
@@ -237,6 +238,7 @@ impl Fixture {
             timeout_at: None,
             team: Vec::new(),
             answers: Vec::new(),
+            earlier_failures: Vec::new(),
         }))
     }
 

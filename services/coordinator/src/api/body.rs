@@ -825,7 +825,7 @@ mod tests {
         assert_eq!(
             said,
             "must be one of: analysis, implementation, review, testing, documentation, \
-             coordination, decision; got \"dancing\""
+             coordination, decision, approval; got \"dancing\""
         );
         // serde_json calls a number where a name belongs a syntax error; it is a wrong type.
         let (at, said) = field::<CreateWorkflow>(&with(workflow(), "/workflowType", json!(7)));

@@ -417,6 +417,9 @@ impl Changes {
             entry["summary"] = json!(summary);
             entry["output"] = json!(output);
             entry["providedBy"] = json!(e.request.requested_by);
+            // A person's result: no agent did it, and the failure it replaces is over.
+            entry["agentId"] = Value::Null;
+            entry["error"] = Value::Null;
         }
         if let Resolution::Reassign { agent_id } = &e.resolution {
             entry["escalatedTo"] = json!({ "agentId": agent_id });
@@ -996,7 +999,7 @@ mod tests {
         assert_eq!(step["summary"], "Approved by ops");
         assert_eq!(step["output"], "looked at it");
         assert_eq!(step["providedBy"], "ops");
-        assert_eq!(step.get("agentId"), None, "no agent ran it");
+        assert!(step["agentId"].is_null(), "no agent ran it");
 
         let batch = f.messages([f.approval_requested(1)]);
         let plan = plan_all(&batch);

@@ -3,10 +3,10 @@
 //! each keyed by the id of the event it comes from.
 
 use cadre_proto::events::{
-    AssignmentReason, EscalationResolved, InteractionRecorded, KnowledgeShared, QuestionAnswered,
-    QuestionAssigned, QuestionsAsked, QuestionsExpired, Resolution, StepAttempt, StepCompleted,
-    StepDeferred, StepEscalated, StepFailed, StepRetryScheduled, StepScheduled, StepSkipped,
-    StepStarted, StepTimedOut,
+    AssignmentReason, EscalationResolved, InteractionRecorded, KnowledgeShared, LeadTaken,
+    QuestionAnswered, QuestionAssigned, QuestionsAsked, QuestionsExpired, Resolution, StepAttempt,
+    StepCompleted, StepDeferred, StepEscalated, StepFailed, StepRetryScheduled, StepScheduled,
+    StepSkipped, StepStarted, StepTimedOut,
 };
 use cadre_proto::model::InteractionType;
 use cadre_proto::{ExecutionId, StepId};
@@ -202,6 +202,37 @@ impl Changes {
                     "Step skipped: {} - its condition is false: {}",
                     e.step_name, e.condition
                 ),
+            )
+        });
+    }
+
+    /// A risk showed and a lead rule gave the lead to an agent (or found nobody of its role).
+    pub fn lead_taken(&mut self, origin: &Origin<'_>, e: &LeadTaken) {
+        let message = match &e.agent {
+            Some(agent) => format!(
+                "Lead taken: {} ({}) leads the remaining steps - the '{}' risk showed in step {}",
+                agent.name, agent.role, e.risk, e.step_id
+            ),
+            None => format!(
+                "Lead not taken: no participant has the role '{}' - the '{}' risk showed in step {}",
+                e.role, e.risk, e.step_id
+            ),
+        };
+        self.rows.push(InteractionRow {
+            to_agent_id: e.agent.as_ref().map(|a| a.id.0),
+            context_data: json!({
+                "risk": e.risk,
+                "role": e.role,
+                "stepId": e.step_id,
+                "shownBy": e.shown_by,
+                "lead": e.agent,
+            }),
+            related_step_id: Some(e.step_id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::Coordination,
+                message,
             )
         });
     }

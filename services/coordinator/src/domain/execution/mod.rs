@@ -637,15 +637,15 @@ impl Execution {
                     p.state = StepState::Skipped;
                 }
             }),
-            Event::LeadTaken(e) if !self.status.is_finished() => {
-                if !self
-                    .leads
-                    .iter()
-                    .any(|(risk, _)| risk.eq_ignore_ascii_case(&e.risk))
-                {
-                    self.leads
-                        .push((e.risk.clone(), e.agent.as_ref().map(|a| a.id)));
-                }
+            Event::LeadTaken(e)
+                if !self.status.is_finished()
+                    && !self
+                        .leads
+                        .iter()
+                        .any(|(risk, _)| risk.eq_ignore_ascii_case(&e.risk)) =>
+            {
+                self.leads
+                    .push((e.risk.clone(), e.agent.as_ref().map(|a| a.id)));
             }
             Event::ExecutionPaused(_) if self.status == Status::Running => {
                 self.status = Status::Paused;
