@@ -250,6 +250,7 @@ mod tests {
                         risk: "security".into(),
                         role: "security".into(),
                     }],
+                    after_minutes: Some(60.0),
                 },
             },
         }

@@ -287,7 +287,7 @@ pub struct WorkflowConfiguration {
 /// an error no retry fixes), it climbs these rungs in order, one attempt per rung, and the run
 /// fails only when a rung's attempt fails with no rung left. An empty ladder (the default)
 /// fails the run at once.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EscalationPolicy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -300,11 +300,19 @@ pub struct EscalationPolicy {
     /// carries it as a `#hashtag`, hands the run's remaining steps to an agent of the role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leads: Vec<RiskLead>,
+    /// Minutes after its start (fractions allowed) at which a run still going needs a person
+    /// (seed 002: "> 60 minutes total → human intervention"): it stops handing out steps and
+    /// waits, `escalated`, until a person lets it continue or aborts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_minutes: Option<f64>,
 }
 
 impl EscalationPolicy {
     pub fn is_empty(&self) -> bool {
-        self.ladder.is_empty() && self.stronger_model.is_none() && self.leads.is_empty()
+        self.ladder.is_empty()
+            && self.stronger_model.is_none()
+            && self.leads.is_empty()
+            && self.after_minutes.is_none()
     }
 }
 

@@ -817,6 +817,17 @@ fn escalation_policy(errors: &mut Vec<FieldError>, workflow: &WorkflowDefinition
             ));
         }
     }
+    if let Some(minutes) = policy.after_minutes
+        && !(minutes > 0.0 && minutes <= f64::from(limits::EXECUTION_SECONDS) / 60.0)
+    {
+        errors.push(error(
+            format!("{at}/afterMinutes"),
+            format!(
+                "must be more than 0 and at most {} minutes (30 days)",
+                limits::EXECUTION_SECONDS / 60
+            ),
+        ));
+    }
     let mut risks = HashSet::new();
     for (i, lead) in policy.leads.iter().enumerate() {
         let at = format!("{at}/leads/{i}");
