@@ -546,11 +546,19 @@ mod tests {
                     outputs: [(StepId::parse("b").unwrap(), "done".to_owned())].into(),
                 },
             })),
+            Event::ExecutionEscalated(Box::new(ExecutionEscalated {
+                execution_id: e,
+                workflow_id: w,
+                escalation_id: EscalationId::of_execution(e),
+                after_minutes: 60.0,
+                reason: "over an hour".into(),
+                context: EscalationContext::default(),
+            })),
             Event::EscalationResolved(Box::new(EscalationResolved {
                 execution_id: e,
                 workflow_id: w,
-                step_id: StepId::parse("a").unwrap(),
-                step_name: "A".into(),
+                step_id: Some(StepId::parse("a").unwrap()),
+                step_name: Some("A".into()),
                 attempt: 3,
                 escalation_id: EscalationId::of(e, &StepId::parse("a").unwrap(), 3),
                 resolution: Resolution::ProvideOutput {

@@ -704,6 +704,21 @@ pub struct StepEscalated {
     pub context: EscalationContext,
 }
 
+/// A run went on longer than its workflow's `escalation.afterMinutes`: it hands out no new
+/// step (those running finish) and waits, `escalated`, until a person resolves `escalation_id`
+/// with `continue` or `abort`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionEscalated {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    pub escalation_id: EscalationId,
+    pub after_minutes: f64,
+    /// Why, in words: how long, and where each unfinished step is.
+    pub reason: String,
+    pub context: EscalationContext,
+}
+
 /// What whoever takes an escalated step needs to know: what failed, what was tried, and what
 /// the run has produced so far.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -759,15 +774,18 @@ pub enum RiskSource {
     Result,
 }
 
-/// A person resolved a step's escalation (or approval).
+/// A person resolved an escalation: a step's (or its approval), or the run's own
+/// (`step_id` absent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EscalationResolved {
     pub execution_id: ExecutionId,
     pub workflow_id: WorkflowId,
-    pub step_id: StepId,
-    pub step_name: String,
-    /// The attempt that was escalated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<StepId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_name: Option<String>,
+    /// The attempt that was escalated (0 for the run's own escalation).
     pub attempt: u32,
     pub escalation_id: EscalationId,
     pub resolution: Resolution,
@@ -819,6 +837,31 @@ pub enum Resolution {
     Approve,
     /// An approval step is refused: the run fails (cause `aborted`).
     Reject,
+    /// The run escalated for its time goes on handing out steps.
+    Continue,
+}
+
+/// What an escalation is about, and so which [`Resolution`]s fit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EscalationKind {
+    /// A step failed past its ladder's other rungs.
+    Failure,
+    /// An `approval` step waits for its sign-off.
+    Approval,
+    /// The run went on past `escalation.afterMinutes`.
+    Execution,
+}
+
+impl EscalationKind {
+    /// The actions that fit, for people reading a refusal.
+    pub fn actions(self) -> &'static str {
+        match self {
+            Self::Failure => "retry, reassign, skip, provideOutput or abort",
+            Self::Approval => "approve, reject or abort",
+            Self::Execution => "continue or abort",
+        }
+    }
 }
 
 impl Resolution {
@@ -831,16 +874,19 @@ impl Resolution {
             Self::Abort => "abort",
             Self::Approve => "approve",
             Self::Reject => "reject",
+            Self::Continue => "continue",
         }
     }
 
-    /// Whether it answers an approval (`approve`, `reject`, `abort`) rather than a failure
-    /// (every action but `approve` and `reject`).
-    pub fn fits(&self, approval: bool) -> bool {
+    /// Whether it is an answer to an escalation of `kind` ([`EscalationKind::actions`]).
+    pub fn fits(&self, kind: EscalationKind) -> bool {
         match self {
-            Self::Approve | Self::Reject => approval,
             Self::Abort => true,
-            _ => !approval,
+            Self::Approve | Self::Reject => kind == EscalationKind::Approval,
+            Self::Continue => kind == EscalationKind::Execution,
+            Self::Retry | Self::Reassign { .. } | Self::Skip | Self::ProvideOutput { .. } => {
+                kind == EscalationKind::Failure
+            }
         }
     }
 }
@@ -885,9 +931,11 @@ pub enum FailureCause {
     Unrecordable,
     /// The execution's state allows no way forward (for example no agent can take a step).
     Stuck,
-    /// A person aborted the run while resolving a step's escalation, or rejected an approval.
+    /// A person aborted the run while resolving an escalation (a step's, or the run's own
+    /// without `stepId`), or rejected an approval.
     Aborted {
-        step_id: StepId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step_id: Option<StepId>,
         escalation_id: EscalationId,
     },
     /// Recorded before causes existed (`failed.v1`).
@@ -1029,6 +1077,7 @@ events! {
     StepEscalated(Box<StepEscalated>) = STEP_ESCALATED: "dev.cadre.execution.step_escalated.v1",
     EscalationResolved(Box<EscalationResolved>) = ESCALATION_RESOLVED: "dev.cadre.execution.escalation_resolved.v1",
     LeadTaken(Box<LeadTaken>) = LEAD_TAKEN: "dev.cadre.execution.lead_taken.v1",
+    ExecutionEscalated(Box<ExecutionEscalated>) = EXECUTION_ESCALATED: "dev.cadre.execution.escalated.v1",
     StepReviewed(StepReviewed) = STEP_REVIEWED: "dev.cadre.execution.step_reviewed.v1",
     QuestionsAsked(QuestionsAsked) = QUESTIONS_ASKED: "dev.cadre.execution.questions_asked.v1",
     QuestionAssigned(Box<QuestionAssigned>) = QUESTION_ASSIGNED: "dev.cadre.execution.question_assigned.v1",
@@ -1111,13 +1160,24 @@ impl Event {
                 &e.step_id,
                 subjects::ESCALATED,
             ),
-            Self::EscalationResolved(e) => step(
-                tenant,
-                e.workflow_id,
-                e.execution_id,
-                &e.step_id,
-                subjects::ESCALATION_RESOLVED,
-            ),
+            Self::EscalationResolved(e) => match &e.step_id {
+                Some(step_id) => step(
+                    tenant,
+                    e.workflow_id,
+                    e.execution_id,
+                    step_id,
+                    subjects::ESCALATION_RESOLVED,
+                ),
+                None => execution(
+                    tenant,
+                    e.workflow_id,
+                    e.execution_id,
+                    subjects::ESCALATION_RESOLVED,
+                ),
+            },
+            Self::ExecutionEscalated(e) => {
+                execution(tenant, e.workflow_id, e.execution_id, subjects::ESCALATED)
+            }
             Self::StepSkipped(e) => step(
                 tenant,
                 e.workflow_id,
@@ -1191,6 +1251,7 @@ impl Event {
             Self::StepEscalated(e) => Some(e.workflow_id),
             Self::EscalationResolved(e) => Some(e.workflow_id),
             Self::LeadTaken(e) => Some(e.workflow_id),
+            Self::ExecutionEscalated(e) => Some(e.workflow_id),
             Self::StepSkipped(e) => Some(e.workflow_id),
             Self::ExecutionPaused(e) => Some(e.workflow_id),
             Self::ExecutionResumed(e) => Some(e.workflow_id),
@@ -1230,6 +1291,7 @@ impl Event {
             Self::StepEscalated(e) => Some(e.execution_id),
             Self::EscalationResolved(e) => Some(e.execution_id),
             Self::LeadTaken(e) => Some(e.execution_id),
+            Self::ExecutionEscalated(e) => Some(e.execution_id),
             Self::StepSkipped(e) => Some(e.execution_id),
             Self::ExecutionPaused(e) => Some(e.execution_id),
             Self::ExecutionResumed(e) => Some(e.execution_id),

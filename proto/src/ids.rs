@@ -88,6 +88,12 @@ impl EscalationId {
             format!("escalation/{step}/{attempt}").as_bytes(),
         ))
     }
+
+    /// The escalation of `execution` as a whole (its `escalation.afterMinutes` passed): one
+    /// per run.
+    pub fn of_execution(execution: ExecutionId) -> Self {
+        Self(Uuid::new_v5(&execution.0, b"escalation/execution"))
+    }
 }
 
 impl EventId {

@@ -43,6 +43,11 @@ pub enum Timer {
         workflow_id: WorkflowId,
         execution_id: ExecutionId,
     },
+    /// The run has gone on for its workflow's `escalation.afterMinutes`: a person must look.
+    EscalationDue {
+        workflow_id: WorkflowId,
+        execution_id: ExecutionId,
+    },
     /// The workflow's `triggers.schedule` ticked: start a run.
     Schedule { workflow_id: WorkflowId },
     /// A failed step is tried again when the timer fires (its retry backoff).
@@ -97,6 +102,7 @@ impl Timer {
         match self {
             Self::StepTimeout { execution_id, .. }
             | Self::ExecutionDeadline { execution_id, .. }
+            | Self::EscalationDue { execution_id, .. }
             | Self::QuestionDeadline { execution_id, .. }
             | Self::StepRetry { execution_id, .. } => Some(*execution_id),
             Self::Schedule { .. } => None,
@@ -107,6 +113,7 @@ impl Timer {
         match self {
             Self::StepTimeout { workflow_id, .. }
             | Self::ExecutionDeadline { workflow_id, .. }
+            | Self::EscalationDue { workflow_id, .. }
             | Self::QuestionDeadline { workflow_id, .. }
             | Self::StepRetry { workflow_id, .. }
             | Self::Schedule { workflow_id } => *workflow_id,
@@ -125,6 +132,7 @@ impl Timer {
         match self {
             Self::StepTimeout { step_id, .. } => format!("step.{step_id}"),
             Self::ExecutionDeadline { .. } => "deadline".to_owned(),
+            Self::EscalationDue { .. } => "escalation".to_owned(),
             Self::Schedule { .. } => "schedule".to_owned(),
             Self::QuestionDeadline { step_id, .. } => format!("questions.{step_id}"),
             Self::StepRetry { step_id, .. } => format!("retry.{step_id}"),

@@ -85,8 +85,8 @@ async fn escalations_are_listed_filtered_and_read_once_projected() {
     append(Event::EscalationResolved(Box::new(EscalationResolved {
         execution_id: execution,
         workflow_id: workflow,
-        step_id: StepId::parse("design").unwrap(),
-        step_name: "Step design".to_owned(),
+        step_id: Some(StepId::parse("design").unwrap()),
+        step_name: Some("Step design".to_owned()),
         attempt: 2,
         escalation_id: design,
         resolution: Resolution::Retry,

@@ -159,7 +159,10 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
         .await;
     assert_eq!(reply.status, 422, "{}", reply.body);
     assert!(
-        reply.body["detail"].as_str().unwrap().contains("approval"),
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("retry, reassign, skip, provideOutput or abort"),
         "{}",
         reply.body
     );
@@ -316,5 +319,71 @@ async fn an_approval_step_waits_for_a_persons_sign_off_and_a_rejection_fails_the
         execution["stepResults"].get("release").is_none(),
         "nothing ran after the rejection"
     );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_past_its_time_for_a_person_waits_escalated_until_one_lets_it_continue() {
+    let stack = Stack::start().await;
+    // The first step outlasts the run's time for a person (0.01 minute: 0.6 s).
+    stack.llm.set_latency(Duration::from_millis(1500));
+    let (_, workflow_id) = workflow(
+        &stack,
+        vec![
+            step("build", &[], "implementation"),
+            step("ship", &["build"], "documentation"),
+        ],
+        json!({ "escalation": { "afterMinutes": 0.01 } }),
+    )
+    .await;
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let escalation = open_escalation(&stack, &execution_id).await;
+    assert_eq!(escalation["kind"], "execution", "{escalation:#}");
+    assert!(escalation["stepId"].is_null());
+    assert!(
+        escalation["reason"]
+            .as_str()
+            .unwrap()
+            .contains("build (running)"),
+        "{escalation:#}"
+    );
+
+    // The running step finishes; the next one is not handed out while the run waits.
+    let waiting = eventually(FINISH, "the build to complete", || async {
+        let view = stack
+            .api
+            .get(&format!("/v1/executions/{execution_id}"))
+            .await
+            .body;
+        (view["stepResults"]["build"]["status"] == "completed").then_some(view)
+    })
+    .await;
+    assert_eq!(waiting["status"], "escalated");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let view = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}"))
+        .await
+        .body;
+    assert!(view["stepResults"].get("ship").is_none(), "{view:#}");
+    let reply = stack
+        .api
+        .post(&format!("/v1/executions/{execution_id}/resume"), &json!({}))
+        .await;
+    assert_eq!(reply.status, 409, "resolve it instead: {}", reply.body);
+
+    stack.llm.set_latency(Duration::ZERO);
+    let id = escalation["id"].as_str().unwrap();
+    let reply = stack
+        .api
+        .post(
+            &format!("/v1/escalations/{id}/resolve"),
+            &json!({ "action": "continue", "requestedBy": "Pat" }),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body["executionStatus"], "running");
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
     stack.stop().await;
 }

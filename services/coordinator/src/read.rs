@@ -491,8 +491,8 @@ pub async fn agent_status(
     .await
 }
 
-/// A step that waits, or waited, for a person (`escalations`): an escalation past the ladder's
-/// automatic rungs, or an approval.
+/// What waits, or waited, for a person (`escalations`): a step past the ladder's automatic
+/// rungs, an approval, or a whole run past `escalation.afterMinutes`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EscalationView {
@@ -500,9 +500,11 @@ pub struct EscalationView {
     pub id: Uuid,
     pub execution_id: Uuid,
     pub workflow_id: Uuid,
-    pub step_id: String,
-    pub step_name: String,
-    /// The attempt that failed; for an approval, the attempt the approval is.
+    /// `failure`, `approval` or `execution` (no step).
+    pub kind: String,
+    pub step_id: Option<String>,
+    pub step_name: Option<String>,
+    /// The attempt that failed; for an approval, the attempt the approval is; 0 for a run.
     pub attempt: i32,
     /// A sign-off (`approve` / `reject` / `abort`) rather than a failure to resolve.
     pub approval: bool,
@@ -514,7 +516,7 @@ pub struct EscalationView {
     pub context: serde_json::Value,
     pub created_at: DateTime<Utc>,
     /// Resolved only: when, the action (`retry`, `reassign`, `skip`, `provideOutput`, `abort`,
-    /// `approve`, `reject`), the whole resolution (`{action, ...}`), who, and their comment.
+    /// `approve`, `reject`, `continue`), the whole resolution (`{action, ...}`), who, and their comment.
     pub resolved_at: Option<DateTime<Utc>>,
     pub action: Option<String>,
     pub resolution: Option<serde_json::Value>,
@@ -567,7 +569,7 @@ pub async fn escalations(
 ) -> sqlx::Result<Vec<EscalationView>> {
     sqlx::query_as!(
         EscalationView,
-        "SELECT id, execution_id, workflow_id, step_id, step_name, attempt, approval, status,
+        "SELECT id, execution_id, workflow_id, kind, step_id, step_name, attempt, approval, status,
                 reason, context, created_at, resolved_at, action, resolution, resolved_by,
                 comment, closed_at, closed_reason
          FROM escalations
@@ -594,7 +596,7 @@ pub async fn escalation(
 ) -> sqlx::Result<Option<EscalationView>> {
     sqlx::query_as!(
         EscalationView,
-        "SELECT id, execution_id, workflow_id, step_id, step_name, attempt, approval, status,
+        "SELECT id, execution_id, workflow_id, kind, step_id, step_name, attempt, approval, status,
                 reason, context, created_at, resolved_at, action, resolution, resolved_by,
                 comment, closed_at, closed_reason
          FROM escalations WHERE tenant_id = $1 AND id = $2",

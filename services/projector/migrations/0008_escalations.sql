@@ -1,6 +1,7 @@
--- Steps that wait for a person: one row per escalation a person resolves (a step past its
--- escalation ladder's automatic rungs, rung person, or an approval step), from StepEscalated
--- events that carry an escalation id. The other rungs are visible in step_results and the
+-- What waits for a person: one row per escalation a person resolves (a step past its
+-- escalation ladder's automatic rungs, rung person, or an approval step, from StepEscalated
+-- events that carry an escalation id; or a whole run past escalation.afterMinutes, from
+-- ExecutionEscalated, with no step). The other rungs are visible in step_results and the
 -- interaction log only.
 --
 -- A row is open until a person resolves it (EscalationResolved: resolved, with their action)
@@ -14,9 +15,12 @@ CREATE TABLE escalations (
     tenant_id     text        NOT NULL,
     execution_id  uuid        NOT NULL,
     workflow_id   uuid        NOT NULL,
-    step_id       text        NOT NULL,
-    step_name     text        NOT NULL,
-    -- the attempt that failed; for an approval, the attempt the approval is
+    -- failure (a step past its ladder), approval (an approval step) or execution (the run,
+    -- past escalation.afterMinutes: no step)
+    kind          text        NOT NULL CHECK (kind IN ('failure', 'approval', 'execution')),
+    step_id       text,
+    step_name     text,
+    -- the attempt that failed; for an approval, the attempt the approval is; 0 for a run
     attempt       integer     NOT NULL,
     approval      boolean     NOT NULL,
     -- open, resolved or closed
@@ -27,7 +31,7 @@ CREATE TABLE escalations (
     -- when the step was escalated (the event's time)
     created_at    timestamptz NOT NULL,
     -- resolved only: when, the action (retry, reassign, skip, provideOutput, abort, approve,
-    -- reject), the whole resolution ({action, ...}), who and their comment
+    -- reject, continue), the whole resolution ({action, ...}), who and their comment
     resolved_at   timestamptz,
     action        text,
     resolution    jsonb,

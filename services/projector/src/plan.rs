@@ -170,6 +170,11 @@ impl Plan {
                 self.interactions.step_skipped(origin, e);
             }
             Event::LeadTaken(e) => self.interactions.lead_taken(origin, e),
+            Event::ExecutionEscalated(e) => {
+                self.executions.execution_escalated(origin, e.execution_id);
+                self.interactions.execution_escalated(origin, e);
+                self.escalations.execution_escalated(origin, e);
+            }
             Event::ExecutionPaused(e) => self.executions.paused(origin, e.execution_id),
             Event::ExecutionResumed(e) => self.executions.resumed(origin, e.execution_id),
             Event::ExecutionCompleted(e) => {
@@ -268,7 +273,8 @@ mod tests {
             patch.status,
             ExecutionStatus {
                 if_running: "completed",
-                if_paused: "completed"
+                if_paused: "completed",
+                if_escalated: "completed"
             }
         );
         let ending = patch.ending.as_ref().unwrap();

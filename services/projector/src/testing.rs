@@ -442,8 +442,8 @@ impl Fixture {
         Event::EscalationResolved(Box::new(EscalationResolved {
             execution_id: self.execution,
             workflow_id: self.workflow,
-            step_id: self.step.id.clone(),
-            step_name: self.step.name.clone(),
+            step_id: Some(self.step.id.clone()),
+            step_name: Some(self.step.name.clone()),
             attempt,
             escalation_id: self.escalation(attempt),
             resolution,
@@ -457,7 +457,7 @@ impl Fixture {
             execution_id: self.execution,
             workflow_id: self.workflow,
             cause: FailureCause::Aborted {
-                step_id: self.step.id.clone(),
+                step_id: Some(self.step.id.clone()),
                 escalation_id: self.escalation(attempt),
             },
             error: format!("ops aborted the run at step '{}'", self.step.name),

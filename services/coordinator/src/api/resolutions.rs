@@ -1,5 +1,6 @@
-//! `POST /v1/escalations/{id}/resolve`: a person decides about a step that waits for one (a
-//! failure past its escalation ladder's other rungs, or an approval step). The decision is a
+//! `POST /v1/escalations/{id}/resolve`: a person decides about what waits for one: a step (a
+//! failure past its escalation ladder's other rungs, or an approval step) or a whole run (past
+//! `escalation.afterMinutes`). The decision is a
 //! command on the step's execution, refused when the escalation is no longer open.
 
 use axum::extract::{Path, State};
@@ -30,6 +31,7 @@ enum Action {
     Abort,
     Approve,
     Reject,
+    Continue,
 }
 
 /// The body of a resolution.
@@ -86,6 +88,7 @@ impl ResolveRequest {
             Action::Abort => Some(Resolution::Abort),
             Action::Approve => Some(Resolution::Approve),
             Action::Reject => Some(Resolution::Reject),
+            Action::Continue => Some(Resolution::Continue),
             Action::Reassign => match self.agent_id {
                 Some(agent_id) => Some(Resolution::Reassign { agent_id }),
                 None => {
@@ -181,11 +184,13 @@ pub(super) async fn resolve(
             "no execution has the id {execution_id}"
         )));
     };
-    let step = state
-        .steps
-        .iter()
-        .find(|(step, _)| step.as_str() == escalation.step_id)
-        .map_or("unknown", |(_, p)| p.state.name());
+    let step = escalation.step_id.as_deref().and_then(|id| {
+        state
+            .steps
+            .iter()
+            .find(|(step, _)| step.as_str() == id)
+            .map(|(_, p)| p.state.name())
+    });
     let response = (
         StatusCode::ACCEPTED,
         axum::Json(json!({

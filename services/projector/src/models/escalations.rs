@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cadre_proto::events::{EscalationResolved, StepEscalated};
+use cadre_proto::events::{EscalationKind, EscalationResolved, ExecutionEscalated, StepEscalated};
 use cadre_proto::{EscalationId, ExecutionId};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -25,8 +25,9 @@ pub(crate) struct EscalationRow {
     pub tenant_id: String,
     pub execution_id: Uuid,
     pub workflow_id: Uuid,
-    pub step_id: String,
-    pub step_name: String,
+    pub kind: EscalationKind,
+    pub step_id: Option<String>,
+    pub step_name: Option<String>,
     pub attempt: i32,
     pub approval: bool,
     pub reason: String,
@@ -98,17 +99,18 @@ impl Changes {
         };
         // The id is derived from the attempt: a decision recorded again names the same one,
         // and the first record stays (as the stored row does, see `write`).
-        if self.index.contains_key(&id) {
-            return;
-        }
-        self.index.insert(id, self.rows.len());
-        self.rows.push(EscalationRow {
+        self.add(EscalationRow {
             id,
             tenant_id: origin.tenant.to_owned(),
             execution_id: e.execution_id.0,
             workflow_id: e.workflow_id.0,
-            step_id: e.step_id.to_string(),
-            step_name: e.step_name.clone(),
+            kind: if e.approval {
+                EscalationKind::Approval
+            } else {
+                EscalationKind::Failure
+            },
+            step_id: Some(e.step_id.to_string()),
+            step_name: Some(e.step_name.clone()),
             attempt: i32::try_from(e.attempt).unwrap_or(i32::MAX),
             approval: e.approval,
             reason: e.reason.clone(),
@@ -116,6 +118,33 @@ impl Changes {
             created_at: origin.at,
             settled: None,
         });
+    }
+
+    /// A run past `escalation.afterMinutes`: an escalation of the whole run.
+    pub fn execution_escalated(&mut self, origin: &Origin<'_>, e: &ExecutionEscalated) {
+        self.add(EscalationRow {
+            id: e.escalation_id.0,
+            tenant_id: origin.tenant.to_owned(),
+            execution_id: e.execution_id.0,
+            workflow_id: e.workflow_id.0,
+            kind: EscalationKind::Execution,
+            step_id: None,
+            step_name: None,
+            attempt: 0,
+            approval: false,
+            reason: e.reason.clone(),
+            context: json!(e.context),
+            created_at: origin.at,
+            settled: None,
+        });
+    }
+
+    fn add(&mut self, row: EscalationRow) {
+        if self.index.contains_key(&row.id) {
+            return;
+        }
+        self.index.insert(row.id, self.rows.len());
+        self.rows.push(row);
     }
 
     pub fn resolved(&mut self, origin: &Origin<'_>, e: &EscalationResolved) {
@@ -256,23 +285,24 @@ async fn insert(tx: &mut PgConnection, rows: Vec<EscalationRow>) -> Result<(), s
         closed_at.push(closed.map(|c| c.closed_at));
     }
     columns!(for r in rows => id, tenant_id, execution_id, workflow_id, step_id, step_name,
-             attempt, approval, reason, context, created_at);
+             attempt, approval, reason, context, created_at,
+             kind = kind_name(r.kind).to_owned());
     sqlx::query!(
         "INSERT INTO escalations (id, tenant_id, execution_id, workflow_id, step_id, step_name,
              attempt, approval, status, reason, context, created_at, resolved_at, action,
-             resolution, resolved_by, comment, closed_at, closed_reason)
+             resolution, resolved_by, comment, closed_at, closed_reason, kind)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[],
                               $6::text[], $7::int[], $8::bool[], $9::text[], $10::text[],
                               $11::jsonb[], $12::timestamptz[], $13::timestamptz[], $14::text[],
                               $15::jsonb[], $16::text[], $17::text[], $18::timestamptz[],
-                              $19::text[])
+                              $19::text[], $20::text[])
          ON CONFLICT DO NOTHING",
         &id,
         &tenant_id,
         &execution_id,
         &workflow_id,
-        &step_id,
-        &step_name,
+        step_id as _,
+        step_name as _,
         &attempt,
         &approval,
         &status,
@@ -286,10 +316,20 @@ async fn insert(tx: &mut PgConnection, rows: Vec<EscalationRow>) -> Result<(), s
         comment as _,
         closed_at as _,
         closed_reason as _,
+        &kind,
     )
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// The `kind` column's value.
+fn kind_name(kind: EscalationKind) -> &'static str {
+    match kind {
+        EscalationKind::Failure => "failure",
+        EscalationKind::Approval => "approval",
+        EscalationKind::Execution => "execution",
+    }
 }
 
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
@@ -302,6 +342,7 @@ pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 mod tests {
+    use cadre_proto::Event;
     use cadre_proto::events::Resolution;
     use cadre_proto::model::EscalationRung;
     use sqlx::PgConnection;
@@ -317,6 +358,14 @@ mod tests {
     /// A time as `to_jsonb` writes it (`+00:00`, not `Z`), read back.
     fn stored_time(value: &Value) -> DateTime<Utc> {
         serde_json::from_value(value.clone()).unwrap()
+    }
+
+    async fn execution_status(conn: &mut PgConnection, id: ExecutionId) -> String {
+        sqlx::query_scalar("SELECT status FROM workflow_executions WHERE id = $1")
+            .bind(id.0)
+            .fetch_one(conn)
+            .await
+            .unwrap()
     }
 
     async fn escalation(conn: &mut PgConnection, id: EscalationId) -> Value {
@@ -342,8 +391,8 @@ mod tests {
         assert_eq!(rows.len(), 2, "{rows:?}");
         let row = &rows[0];
         assert_eq!(row.id, design.escalation(3).0);
-        assert_eq!(row.step_id, "design");
-        assert_eq!(row.step_name, "Design");
+        assert_eq!(row.step_id.as_deref(), Some("design"));
+        assert_eq!(row.step_name.as_deref(), Some("Design"));
         assert_eq!(row.attempt, 3);
         assert!(!row.approval);
         assert_eq!(row.status(), "open");
@@ -406,6 +455,51 @@ mod tests {
         assert_eq!(stored_time(&closed["closed_at"]), time(&log[4]));
         assert_eq!(closed["action"], Value::Null);
         assert_eq!(closed["resolved_at"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn a_run_escalated_for_its_time_waits_escalated_until_a_person_lets_it_continue() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::new();
+        let id = EscalationId::of_execution(f.execution);
+        let escalated = Event::ExecutionEscalated(Box::new(ExecutionEscalated {
+            execution_id: f.execution,
+            workflow_id: f.workflow,
+            escalation_id: id,
+            after_minutes: 60.0,
+            reason: "over an hour".into(),
+            context: cadre_proto::events::EscalationContext::default(),
+        }));
+        let resolved = Event::EscalationResolved(Box::new(EscalationResolved {
+            execution_id: f.execution,
+            workflow_id: f.workflow,
+            step_id: None,
+            step_name: None,
+            attempt: 0,
+            escalation_id: id,
+            resolution: Resolution::Continue,
+            request: cadre_proto::events::Request {
+                requested_by: Some("ops".into()),
+                reason: None,
+            },
+        }));
+        let log = f.messages([f.started(1), escalated, resolved]);
+        project(&mut lease, &log[..2], 2).await;
+        assert_eq!(execution_status(&mut conn, f.execution).await, "escalated");
+        let row = escalation(&mut conn, id).await;
+        assert_eq!(
+            (&row["kind"], &row["step_id"], &row["status"]),
+            (&json!("execution"), &Value::Null, &json!("open"))
+        );
+        project(&mut lease, &log[2..], 1).await;
+        assert_eq!(execution_status(&mut conn, f.execution).await, "running");
+        let row = escalation(&mut conn, id).await;
+        assert_eq!(
+            (&row["status"], &row["action"]),
+            (&json!("resolved"), &json!("continue"))
+        );
     }
 
     /// Every order of settling, within a batch and across batches, and a replay from the start

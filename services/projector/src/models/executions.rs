@@ -23,6 +23,8 @@ use crate::plan::Origin;
 
 const RUNNING: &str = "running";
 const PAUSED: &str = "paused";
+/// The run waits for a person (`escalation.afterMinutes`).
+const ESCALATED_RUN: &str = "escalated";
 
 /// How an execution ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,7 @@ pub(crate) struct ExecutionPatch {
 pub(crate) struct ExecutionStatus {
     pub if_running: &'static str,
     pub if_paused: &'static str,
+    pub if_escalated: &'static str,
 }
 
 impl Default for ExecutionStatus {
@@ -92,6 +95,7 @@ impl Default for ExecutionStatus {
         Self {
             if_running: RUNNING,
             if_paused: PAUSED,
+            if_escalated: ESCALATED_RUN,
         }
     }
 }
@@ -101,24 +105,31 @@ impl Default for ExecutionStatus {
 enum Control {
     Pause,
     Resume,
+    /// The run waits for a person.
+    Escalate,
+    /// A person let the escalated run go on.
+    Continue,
     End(Outcome),
 }
 
 impl ExecutionStatus {
     fn apply(&mut self, control: Control) {
         fn after(status: &'static str, control: Control) -> &'static str {
-            let open = status == RUNNING || status == PAUSED;
+            let open = status == RUNNING || status == PAUSED || status == ESCALATED_RUN;
             match control {
-                Control::Pause if open => PAUSED,
+                Control::Pause if status == RUNNING || status == PAUSED => PAUSED,
                 // Defensive: events come in log order, but a resume must never reopen an
                 // execution that ended.
                 Control::Resume if status == PAUSED => RUNNING,
+                Control::Escalate if status == RUNNING || status == PAUSED => ESCALATED_RUN,
+                Control::Continue if status == ESCALATED_RUN => RUNNING,
                 Control::End(outcome) if open => outcome.status(),
                 _ => status,
             }
         }
         self.if_running = after(self.if_running, control);
         self.if_paused = after(self.if_paused, control);
+        self.if_escalated = after(self.if_escalated, control);
     }
 }
 
@@ -392,7 +403,22 @@ impl Changes {
     /// A person's resolution, over the `escalated` entry: the step `completed` with their
     /// result (`providedBy` them), `skipped`, `escalating` until the attempt they asked for is
     /// scheduled, or `aborted` (the run fails).
+    pub fn execution_escalated(&mut self, origin: &Origin<'_>, execution: ExecutionId) {
+        self.patch(execution, origin.at)
+            .status
+            .apply(Control::Escalate);
+    }
+
     pub fn escalation_resolved(&mut self, origin: &Origin<'_>, e: &EscalationResolved) {
+        let Some(step_id) = &e.step_id else {
+            // The run's own escalation: `continue` lets it go on; an abort fails it next.
+            if e.resolution == Resolution::Continue {
+                self.patch(e.execution_id, origin.at)
+                    .status
+                    .apply(Control::Continue);
+            }
+            return;
+        };
         let mut entry = json!({
             "attempt": e.attempt,
             "escalationId": e.escalation_id,
@@ -408,6 +434,8 @@ impl Changes {
             Resolution::Skip => SKIPPED,
             Resolution::Retry | Resolution::Reassign { .. } => ESCALATING,
             Resolution::Abort | Resolution::Reject => ABORTED,
+            // Only the run's own escalation takes it (above).
+            Resolution::Continue => return,
         };
         entry["status"] = json!(status);
         if status != ESCALATING {
@@ -425,7 +453,7 @@ impl Changes {
             entry["escalatedTo"] = json!({ "agentId": agent_id });
         }
         self.patch(e.execution_id, origin.at)
-            .merge_step(e.step_id.as_str(), entry);
+            .merge_step(step_id.as_str(), entry);
     }
 
     /// A missed deadline that fails the attempt ends it like a failure; one the step goes on
@@ -680,6 +708,7 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
              scheduled = json!(r.scheduled),
              if_running = r.status.if_running.to_owned(),
              if_paused = r.status.if_paused.to_owned(),
+             if_escalated = r.status.if_escalated.to_owned(),
              ending = r.ending);
     // The ending's columns: NULL, and no context, where the batch did not end the execution.
     let (mut error_message, mut failure_cause, mut final_output, mut context, mut completed_at) =
@@ -706,15 +735,18 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
         "WITH patch AS (
              SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::text[],
                                   $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::jsonb[],
-                                  $11::timestamptz[], $12::timestamptz[])
+                                  $11::timestamptz[], $12::timestamptz[], $13::text[])
                   AS p(id, steps, assignments, scheduled, if_running, if_paused, error_message,
-                       failure_cause, final_output, context, completed_at, updated_at)
+                       failure_cause, final_output, context, completed_at, updated_at,
+                       if_escalated)
          ), merged AS (
              SELECT p.*, e.active_steps AS was_active,
                  CASE e.status WHEN 'running' THEN p.if_running
                                WHEN 'paused' THEN p.if_paused
+                               WHEN 'escalated' THEN p.if_escalated
                                ELSE e.status END AS status,
-                 e.status IN ('running', 'paused') AND p.completed_at IS NOT NULL AS ends,
+                 e.status IN ('running', 'paused', 'escalated') AND p.completed_at IS NOT NULL
+                     AS ends,
                  e.step_results || coalesce((
                      SELECT jsonb_object_agg(s.key, CASE
                          WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
@@ -734,7 +766,7 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
              FROM patch p JOIN workflow_executions e ON e.id = p.id
          ), derived AS (
              SELECT m.*,
-                 CASE WHEN m.status NOT IN ('running', 'paused') THEN '[]'::jsonb
+                 CASE WHEN m.status NOT IN ('running', 'paused', 'escalated') THEN '[]'::jsonb
                  ELSE (SELECT coalesce(jsonb_agg(a.step ORDER BY a.rank, a.position, a.step),
                                        '[]'::jsonb)
                        FROM (SELECT w.step, 0 AS rank, w.position
@@ -769,7 +801,8 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
                  ELSE d.step_results END,
              active_steps = d.active_steps,
              current_step_id = d.active_steps ->> -1,
-             active_agents = CASE WHEN d.status NOT IN ('running', 'paused') THEN '[]'::jsonb
+             active_agents = CASE WHEN d.status NOT IN ('running', 'paused', 'escalated')
+                 THEN '[]'::jsonb
                  ELSE (SELECT coalesce(jsonb_agg(DISTINCT r.value -> 'agentId'), '[]'::jsonb)
                        FROM jsonb_each(d.step_results) AS r
                        WHERE r.value ->> 'status' = 'running') END,
@@ -796,6 +829,7 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
         &context,
         completed_at as _,
         &updated_at,
+        &if_escalated,
     )
     .execute(&mut *tx)
     .await?;

@@ -3,10 +3,10 @@
 //! each keyed by the id of the event it comes from.
 
 use cadre_proto::events::{
-    AssignmentReason, EscalationResolved, InteractionRecorded, KnowledgeShared, LeadTaken,
-    QuestionAnswered, QuestionAssigned, QuestionsAsked, QuestionsExpired, Resolution, StepAttempt,
-    StepCompleted, StepDeferred, StepEscalated, StepFailed, StepRetryScheduled, StepScheduled,
-    StepSkipped, StepStarted, StepTimedOut,
+    AssignmentReason, EscalationResolved, ExecutionEscalated, InteractionRecorded, KnowledgeShared,
+    LeadTaken, QuestionAnswered, QuestionAssigned, QuestionsAsked, QuestionsExpired, Resolution,
+    StepAttempt, StepCompleted, StepDeferred, StepEscalated, StepFailed, StepRetryScheduled,
+    StepScheduled, StepSkipped, StepStarted, StepTimedOut,
 };
 use cadre_proto::model::InteractionType;
 use cadre_proto::{ExecutionId, StepId};
@@ -66,7 +66,8 @@ pub(crate) enum Response {
     Resolved {
         tenant_id: String,
         execution: Uuid,
-        step_id: String,
+        /// `None` for the run's own escalation.
+        step_id: Option<String>,
         escalation_id: Uuid,
         message: String,
         data: Value,
@@ -397,6 +398,25 @@ impl Changes {
         });
     }
 
+    /// The run went on past `escalation.afterMinutes` and waits for a person.
+    pub fn execution_escalated(&mut self, origin: &Origin<'_>, e: &ExecutionEscalated) {
+        self.rows.push(InteractionRow {
+            context_data: json!({
+                "escalationId": e.escalation_id,
+                "afterMinutes": e.after_minutes,
+                "reason": e.reason,
+                "failures": e.context.failures,
+            }),
+            requires_response: true,
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::Coordination,
+                format!("Execution escalated: {}", e.reason),
+            )
+        });
+    }
+
     /// A person's resolution answers the escalation's interaction (as a teammate's answer
     /// does a question's) and is noted in the log when it happened.
     pub fn escalation_resolved(&mut self, origin: &Origin<'_>, e: &EscalationResolved) {
@@ -411,7 +431,7 @@ impl Changes {
         self.responses.push(Response::Resolved {
             tenant_id: origin.tenant.to_owned(),
             execution: e.execution_id.0,
-            step_id: e.step_id.to_string(),
+            step_id: e.step_id.as_ref().map(ToString::to_string),
             escalation_id: e.escalation_id.0,
             message: match comment {
                 Some(comment) => format!("{action}: {comment}"),
@@ -426,7 +446,8 @@ impl Changes {
         if let Some(comment) = comment {
             data["comment"] = json!(comment);
         }
-        let mut message = format!("Escalation resolved: {} - {action}", e.step_name);
+        let what = e.step_name.as_deref().unwrap_or("the run");
+        let mut message = format!("Escalation resolved: {what} - {action}");
         if let Some(by) = by {
             message.push_str(&format!(" by {by}"));
         }
@@ -439,7 +460,7 @@ impl Changes {
                 _ => None,
             },
             context_data: data,
-            related_step_id: Some(e.step_id.to_string()),
+            related_step_id: e.step_id.as_ref().map(ToString::to_string),
             ..InteractionRow::new(
                 origin,
                 e.execution_id,
@@ -614,7 +635,8 @@ impl Changes {
                              response_data = coalesce(response_data, '{}') || $6,
                              responded_at = $7
                          WHERE tenant_id = $1 AND workflow_execution_id = $2
-                           AND related_step_id = $3 AND interaction_type = 'coordination'
+                           AND related_step_id IS NOT DISTINCT FROM $3
+                           AND interaction_type = 'coordination'
                            AND requires_response AND responded_at IS NULL
                            AND context_data ->> 'escalationId' = $4::uuid::text",
                         tenant_id,

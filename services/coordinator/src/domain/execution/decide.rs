@@ -1,12 +1,12 @@
 //! What an execution does next: commands in, events out. The time is an input, never read.
 
 use cadre_proto::events::{
-    AssignmentReason, EscalationContext, EscalationResolved, ExecutionCancelled,
-    ExecutionCompleted, ExecutionFailed, ExecutionPaused, ExecutionResumed, ExecutionStarted,
-    FailedAttempt, FailureCause, LeadTaken, ParentStep, QuestionAnswer, QuestionAssigned,
-    QuestionsExpired, Request, Resolution, ReviewRequest, RiskSource, StepAttempt, StepEscalated,
-    StepRetryDue, StepRetryScheduled, StepScheduled, StepSkipped, StepTimedOut, Teammate,
-    Unanswered,
+    AssignmentReason, EscalationContext, EscalationKind, EscalationResolved, ExecutionCancelled,
+    ExecutionCompleted, ExecutionEscalated, ExecutionFailed, ExecutionPaused, ExecutionResumed,
+    ExecutionStarted, FailedAttempt, FailureCause, LeadTaken, ParentStep, QuestionAnswer,
+    QuestionAssigned, QuestionsExpired, Request, Resolution, ReviewRequest, RiskSource,
+    StepAttempt, StepEscalated, StepRetryDue, StepRetryScheduled, StepScheduled, StepSkipped,
+    StepTimedOut, Teammate, Unanswered,
 };
 use cadre_proto::model::{
     AgentProfile, EscalationRung, MissedDeadline, RiskLead, StepType, TriggerReason,
@@ -185,40 +185,53 @@ pub fn decide(
     }
 }
 
-/// A person's decision on the step that waits on `escalation_id`, if it fits.
+/// A person's decision on what waits on `escalation_id` (a step, or the run), if it fits.
 fn resolved(
     execution: &Execution,
     escalation_id: EscalationId,
     resolution: &Resolution,
     request: &Request,
 ) -> Result<Event, TransitionRefused> {
-    let waiting = execution.steps.iter().find(|(_, p)| {
-        matches!(p.state, StepState::Escalated { escalation_id: id, .. } if id == escalation_id)
+    let waiting = execution.steps.iter().find_map(|(id, p)| match p.state {
+        StepState::Escalated {
+            escalation_id: open,
+            approval,
+        } if open == escalation_id => Some((id, p, approval)),
+        _ => None,
     });
-    let Some((step_id, progress)) = waiting else {
-        return Err(TransitionRefused::NotOpen {
-            escalation_id,
-            why: "no step of the execution waits on it (it was resolved already, or never \
-                  opened in this execution)"
-                .to_owned(),
-        });
+    let (step, attempt, kind) = match waiting {
+        Some((id, p, approval)) => (
+            Some(id),
+            p.attempt,
+            if approval {
+                EscalationKind::Approval
+            } else {
+                EscalationKind::Failure
+            },
+        ),
+        None if execution.escalation == Some((escalation_id, true)) => {
+            (None, 0, EscalationKind::Execution)
+        }
+        None => {
+            return Err(TransitionRefused::NotOpen {
+                escalation_id,
+                why: "nothing in the execution waits on it (it was resolved already, or never \
+                      opened in this execution)"
+                    .to_owned(),
+            });
+        }
     };
-    let StepState::Escalated { approval, .. } = progress.state else {
-        unreachable!("matched as escalated above")
-    };
-    if !resolution.fits(approval) {
-        return Err(TransitionRefused::Unfit(if approval {
-            format!(
-                "'{}' does not apply to an approval: approve, reject or abort it",
-                resolution.as_str()
-            )
-        } else {
-            format!(
-                "'{}' applies only to an approval step; this escalation is a failure: retry, \
-                 reassign, skip, provideOutput or abort it",
-                resolution.as_str()
-            )
-        }));
+    if !resolution.fits(kind) {
+        let what = match kind {
+            EscalationKind::Failure => "a failed step",
+            EscalationKind::Approval => "an approval",
+            EscalationKind::Execution => "the run's time limit for a person",
+        };
+        return Err(TransitionRefused::Unfit(format!(
+            "'{}' does not apply to this escalation, about {what}: {} it",
+            resolution.as_str(),
+            kind.actions()
+        )));
     }
     if let Resolution::Reassign { agent_id } = resolution
         && !execution.agents.iter().any(|a| a.id == *agent_id)
@@ -233,13 +246,14 @@ fn resolved(
                 .join(", ")
         )));
     }
-    let step = execution.workflow.step(step_id);
     Ok(Event::EscalationResolved(Box::new(EscalationResolved {
         execution_id: execution.id,
         workflow_id: execution.workflow.id,
-        step_id: step_id.clone(),
-        step_name: step.map(|s| s.name.clone()).unwrap_or_default(),
-        attempt: progress.attempt,
+        step_id: step.cloned(),
+        step_name: step
+            .and_then(|id| execution.workflow.step(id))
+            .map(|s| s.name.clone()),
+        attempt,
         escalation_id,
         resolution: resolution.clone(),
         request: request.clone(),
@@ -298,6 +312,7 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
         }
         // A workflow's schedule is not a timer of an execution.
         Timer::Schedule { .. } => vec![],
+        Timer::EscalationDue { .. } => execution_escalated(execution).into_iter().collect(),
         Timer::QuestionDeadline {
             step_id, attempt, ..
         } => questions_expired(execution, step_id, *attempt),
@@ -399,7 +414,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                 return failed(
                     execution,
                     FailureCause::Aborted {
-                        step_id: step.id.clone(),
+                        step_id: Some(step.id.clone()),
                         escalation_id: *escalation_id,
                     },
                     format!(
@@ -430,6 +445,23 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     if !escalations.is_empty() {
         return escalations;
     }
+    if let Some((escalation_id, by, reason)) = &execution.aborted {
+        return failed(
+            execution,
+            FailureCause::Aborted {
+                step_id: None,
+                escalation_id: *escalation_id,
+            },
+            format!(
+                "{} aborted the run when it escalated for its time{}",
+                by.as_deref().unwrap_or("a person"),
+                reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
 
     let done = |id: &StepId| execution.steps[id].state.is_done();
     if workflow.configuration.steps.iter().all(|s| done(&s.id)) {
@@ -439,7 +471,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             final_output: final_output(execution),
         })];
     }
-    if execution.status == Status::Paused {
+    if matches!(execution.status, Status::Paused | Status::Escalated) {
         return vec![];
     }
 
@@ -713,7 +745,7 @@ fn lead_taken(execution: &Execution) -> Option<Event> {
     };
     let load = execution.load();
     execution
-        .escalation()
+        .escalation_policy()
         .leads
         .iter()
         .filter(|rule| {
@@ -756,7 +788,7 @@ fn escalated(execution: &Execution, step: &WorkflowStep) -> Option<Event> {
     else {
         return None;
     };
-    let policy = execution.escalation();
+    let policy = execution.escalation_policy();
     let ladder = &policy.ladder;
     // Where the step is on the ladder: past the last rung it climbed.
     let from = progress
@@ -832,7 +864,7 @@ fn taker(
         EscalationRung::StrongerModel => {
             let failing = failing.ok_or("the failing agent is not a participant")?;
             let model = execution
-                .escalation()
+                .escalation_policy()
                 .stronger_model
                 .clone()
                 .or_else(|| failing.fallback.clone())
@@ -855,6 +887,59 @@ fn taker(
             .ok_or("the workflow names no participating coordinator agent"),
         EscalationRung::Person => Ok(None),
     }
+}
+
+/// The run went on past `escalation.afterMinutes`: unless a person was asked already, or it is
+/// finished, it waits for one.
+fn execution_escalated(execution: &Execution) -> Option<Event> {
+    let after_minutes = execution.escalation_policy().after_minutes?;
+    if execution.escalation.is_some()
+        || !matches!(execution.status, Status::Running | Status::Paused)
+    {
+        return None;
+    }
+    let unfinished: Vec<String> = execution
+        .workflow
+        .configuration
+        .steps
+        .iter()
+        .filter_map(|step| {
+            let state = &execution.steps[&step.id].state;
+            (!state.is_done()).then(|| format!("{} ({})", step.id, state.name()))
+        })
+        .collect();
+    Some(Event::ExecutionEscalated(Box::new(ExecutionEscalated {
+        execution_id: execution.id,
+        workflow_id: execution.workflow.id,
+        escalation_id: EscalationId::of_execution(execution.id),
+        after_minutes,
+        reason: format!(
+            "the run has gone on for {after_minutes} minute(s) (escalation.afterMinutes) and needs \
+             a person; steps not done: {}",
+            unfinished.join(", ")
+        ),
+        context: EscalationContext {
+            failures: execution
+                .steps
+                .values()
+                .flat_map(|p| p.failed.iter().cloned())
+                .collect(),
+            tried: Vec::new(),
+            outputs: completed_summaries(execution),
+        },
+    })))
+}
+
+/// The summary of each completed step, by step id.
+fn completed_summaries(execution: &Execution) -> std::collections::BTreeMap<StepId, String> {
+    execution
+        .steps
+        .iter()
+        .filter_map(|(id, p)| match &p.state {
+            StepState::Completed { summary, .. } => Some((id.clone(), summary.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// An approval step is ready: it waits for a person.
@@ -882,14 +967,7 @@ fn step_escalated(
     reason: String,
 ) -> Event {
     let progress = &execution.steps[&step.id];
-    let outputs = execution
-        .steps
-        .iter()
-        .filter_map(|(id, p)| match &p.state {
-            StepState::Completed { summary, .. } => Some((id.clone(), summary.clone())),
-            _ => None,
-        })
-        .collect();
+    let outputs = completed_summaries(execution);
     Event::StepEscalated(Box::new(StepEscalated {
         execution_id: execution.id,
         workflow_id: execution.workflow.id,

@@ -21,13 +21,25 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
         return vec![];
     };
     match event {
-        Event::ExecutionStarted(e) => match e.deadline {
-            Some(at) if !execution.status.is_finished() => vec![Effect::StartTimer {
-                timer: deadline(execution),
-                when: When::At(at),
-            }],
-            _ => vec![],
-        },
+        Event::ExecutionStarted(e) if !execution.status.is_finished() => {
+            let mut effects: Vec<Effect> = e
+                .deadline
+                .map(|at| Effect::StartTimer {
+                    timer: deadline(execution),
+                    when: When::At(at),
+                })
+                .into_iter()
+                .collect();
+            // The time after which a person must look, from the same start.
+            if let Some(minutes) = execution.escalation_policy().after_minutes {
+                let started = e.started_at.unwrap_or(stored_at);
+                effects.push(Effect::StartTimer {
+                    timer: escalation_due(execution),
+                    when: When::At(super::after_minutes(started, minutes)),
+                });
+            }
+            effects
+        }
         Event::StepScheduled(e) => {
             let mut effects = vec![match e.step.child_workflow_id {
                 // A child run takes the step instead of an agent.
@@ -222,6 +234,9 @@ fn ended(execution: &Execution, stop_calls: bool) -> Vec<Effect> {
     {
         effects.push(Effect::CancelTimer(deadline(execution)));
     }
+    if execution.escalation_policy().after_minutes.is_some() {
+        effects.push(Effect::CancelTimer(escalation_due(execution)));
+    }
     if stop_calls {
         effects.push(Effect::StopCalls {
             execution_id: execution.id,
@@ -255,6 +270,13 @@ fn question_deadline(execution: &Execution, step: &StepId, attempt: u32) -> Time
         execution_id: execution.id,
         step_id: step.clone(),
         attempt,
+    }
+}
+
+fn escalation_due(execution: &Execution) -> Timer {
+    Timer::EscalationDue {
+        workflow_id: execution.workflow.id,
+        execution_id: execution.id,
     }
 }
 

@@ -316,6 +316,8 @@ pub enum Status {
     Running,
     /// Running steps finish; nothing new is scheduled.
     Paused,
+    /// Like paused, until a person resolves the run's escalation (`escalation.afterMinutes`).
+    Escalated,
     Completed,
     Failed,
     Cancelled,
@@ -326,6 +328,7 @@ impl Status {
         match self {
             Self::Running => "running",
             Self::Paused => "paused",
+            Self::Escalated => "escalated",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -353,6 +356,11 @@ pub struct Execution {
     /// The lead rules applied, in order: the risk, and the agent that took the lead (none
     /// when no participant had the rule's role). The last with an agent leads.
     pub leads: Vec<(String, Option<AgentId>)>,
+    /// The run's own escalation (`escalation.afterMinutes`), once raised: its id, and whether
+    /// it is still open.
+    pub escalation: Option<(EscalationId, bool)>,
+    /// A person aborted the run from its own escalation (who, why): it fails next.
+    pub aborted: Option<(EscalationId, Option<String>, Option<String>)>,
 }
 
 /// An execution's state: nothing before its `ExecutionStarted`.
@@ -389,6 +397,8 @@ pub fn evolve(state: State, event: &Event) -> State {
                 status: Status::Running,
                 steps,
                 leads: Vec::new(),
+                escalation: None,
+                aborted: None,
             }))
         }
         (State::Started(mut execution), event) => {
@@ -591,10 +601,40 @@ impl Execution {
                     (None, None) => return,
                 };
             }),
+            Event::ExecutionEscalated(e)
+                if matches!(self.status, Status::Running | Status::Paused)
+                    && self.escalation.is_none() =>
+            {
+                self.status = Status::Escalated;
+                self.escalation = Some((e.escalation_id, true));
+            }
+            // The run's own escalation, while it is open.
+            Event::EscalationResolved(e)
+                if e.step_id.is_none()
+                    && self.status == Status::Escalated
+                    && self.escalation == Some((e.escalation_id, true)) =>
+            {
+                self.escalation = Some((e.escalation_id, false));
+                match e.resolution {
+                    Resolution::Continue => self.status = Status::Running,
+                    _ => {
+                        self.aborted = Some((
+                            e.escalation_id,
+                            e.request.requested_by.clone(),
+                            e.request.reason.clone(),
+                        ));
+                    }
+                }
+            }
+            // One for no open escalation of the run changes nothing.
+            Event::EscalationResolved(e) if e.step_id.is_none() => {}
             Event::EscalationResolved(e) => {
                 // Resolutions are rare: a copy of the team beats a split borrow.
                 let agents = self.agents.clone();
-                self.step_event(&e.step_id, |p| {
+                let Some(step_id) = &e.step_id else {
+                    return;
+                };
+                self.step_event(step_id, |p| {
                     let StepState::Escalated { escalation_id, .. } = p.state else {
                         return;
                     };
@@ -623,6 +663,8 @@ impl Execution {
                                 full: None,
                             }
                         }
+                        // Not an answer to a step's escalation: the decider never records it.
+                        Resolution::Continue => return,
                         Resolution::Abort | Resolution::Reject => StepState::Aborted {
                             escalation_id,
                             resolution: e.resolution.clone(),
@@ -702,7 +744,7 @@ impl Execution {
         })
     }
 
-    fn escalation(&self) -> &EscalationPolicy {
+    fn escalation_policy(&self) -> &EscalationPolicy {
         &self.workflow.configuration.escalation
     }
 

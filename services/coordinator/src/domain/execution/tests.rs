@@ -1473,6 +1473,7 @@ proptest! {
         ][ladder]
             .clone();
         wf.configuration.escalation.leads = vec![RiskLead { risk: "security".into(), role: "bo".into() }];
+        wf.configuration.escalation.after_minutes = Some(30.0);
         for (s, condition) in wf.configuration.steps.iter_mut().zip(conditions) {
             s.timeout_minutes = Some(1.0);
             s.condition = match condition {
@@ -1506,6 +1507,7 @@ proptest! {
             );
             in_flight.extend(decided.iter().filter(|e| match e {
                 Event::StepEscalated(e) => e.escalation_id.is_some(),
+                Event::ExecutionEscalated(_) => true,
                 e => matches!(e, Event::StepScheduled(_) | Event::QuestionAssigned(_) | Event::StepRetryScheduled(_)),
             }).cloned());
             append(&mut log, &mut state, decided);
@@ -1517,6 +1519,13 @@ proptest! {
                 0 => Some(Command::Cancel(Request::default())),
                 1 => Some(Command::Pause(Request::default())),
                 2 | 3 => Some(Command::Resume(Request::default())),
+                4 => Some(Command::TimerFired(Timer::EscalationDue {
+                    workflow_id: wf.id,
+                    execution_id: match &state {
+                        State::Started(e) => e.id,
+                        State::NotStarted => unreachable!(),
+                    },
+                })),
                 _ => None,
             };
             if let Some(command) = control {
@@ -1532,6 +1541,18 @@ proptest! {
                 continue;
             }
             let attempt = in_flight.remove(pick.index(in_flight.len()));
+            if let Event::ExecutionEscalated(e) = &attempt {
+                let resolution = if roll % 4 == 0 { Resolution::Abort } else { Resolution::Continue };
+                aborted |= resolution == Resolution::Abort;
+                let command = Command::Resolve {
+                    escalation_id: e.escalation_id,
+                    resolution,
+                    request: Request::default(),
+                };
+                let events = decide(&command, &state, now()).unwrap_or_default();
+                append(&mut log, &mut state, events);
+                continue;
+            }
             if let Event::StepEscalated(e) = &attempt {
                 let resolution = match (e.approval, roll % 5) {
                     (true, 0) | (false, 4) => Resolution::Abort,

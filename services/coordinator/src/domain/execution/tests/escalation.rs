@@ -1,11 +1,14 @@
-//! The escalation ladder, a person in the loop, approval steps and lead rules.
+//! The escalation ladder, a person in the loop, approval steps, lead rules and the time after
+//! which a run needs a person.
 
 use cadre_proto::events::{
     AssignmentReason, EscalationResolved, FailureCause, LeadTaken, Request, Resolution, RiskSource,
     StepEscalated,
 };
 use cadre_proto::model::{EscalationRung, ModelChoice, RiskLead, StepType, WorkflowDefinition};
+use cadre_proto::timers::{Timer, When};
 use cadre_proto::{AgentId, EscalationId, Event};
+use chrono::TimeDelta;
 
 use super::*;
 use crate::domain::execution::StepState;
@@ -347,7 +350,7 @@ fn a_person_reassigns_provides_the_output_skips_or_aborts() {
     assert_eq!(
         f.cause,
         FailureCause::Aborted {
-            step_id: e.step_id.clone(),
+            step_id: Some(e.step_id.clone()),
             escalation_id: id
         }
     );
@@ -549,8 +552,8 @@ fn the_escalation_events_survive_a_replay_and_a_stray_resolution_changes_nothing
     let stray = Event::EscalationResolved(Box::new(EscalationResolved {
         execution_id: e.execution_id,
         workflow_id: e.workflow_id,
-        step_id: e.step_id.clone(),
-        step_name: e.step_name.clone(),
+        step_id: Some(e.step_id.clone()),
+        step_name: Some(e.step_name.clone()),
         attempt: 1,
         escalation_id: EscalationId::of(e.execution_id, &e.step_id, 1),
         resolution: Resolution::Skip,
@@ -711,4 +714,98 @@ fn a_lead_rule_with_nobody_of_its_role_is_recorded_and_changes_no_assignment() {
         !next.iter().any(|e| matches!(e, Event::LeadTaken(_))),
         "once"
     );
+}
+
+fn escalation_timer(log: &[Event]) -> Timer {
+    let State::Started(execution) = fold(log) else {
+        unreachable!()
+    };
+    Timer::EscalationDue {
+        workflow_id: execution.workflow.id,
+        execution_id: execution.id,
+    }
+}
+
+#[test]
+fn a_run_past_its_time_for_a_person_stops_handing_out_steps_until_one_lets_it_continue() {
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(&team, vec![step("a", &[], &[]), step("b", &["a"], &[])]);
+    wf.configuration.escalation.after_minutes = Some(60.0);
+    assert!(validate_workflow(&wf).is_empty());
+    let mut log = start(&wf, &team);
+    let armed = effects(&fold(&log), &log[0], now());
+    assert!(
+        armed.contains(&Effect::StartTimer {
+            timer: escalation_timer(&log),
+            when: When::At(now() + TimeDelta::minutes(60)),
+        }),
+        "{armed:?}"
+    );
+    let first = advance(&log);
+    log.extend(first.clone());
+
+    let due = fire(&log, escalation_timer(&log));
+    let [Event::ExecutionEscalated(e)] = due.as_slice() else {
+        panic!("expected the run to escalate, got {due:?}")
+    };
+    assert!(
+        e.reason.contains("a (scheduled), b (waiting)"),
+        "{}",
+        e.reason
+    );
+    let id = e.escalation_id;
+    log.extend(due);
+    assert_eq!(status(&log), Status::Escalated);
+    assert!(fire(&log, escalation_timer(&log)).is_empty(), "once");
+
+    // The running step finishes; nothing new is handed out; pause and resume do not apply.
+    log.push(completed(&first[0]));
+    assert!(advance(&log).is_empty());
+    for command in [
+        Command::Pause(Request::default()),
+        Command::Resume(Request::default()),
+    ] {
+        assert!(matches!(
+            decide(&command, &fold(&log), now()),
+            Err(TransitionRefused::Invalid {
+                status: "escalated",
+                ..
+            })
+        ));
+    }
+    assert!(matches!(
+        resolve(&log, id, Resolution::Retry),
+        Err(TransitionRefused::Unfit(why)) if why.contains("continue or abort")
+    ));
+
+    let mut aborted = log.clone();
+    aborted.push(resolve(&log, id, Resolution::Abort).unwrap());
+    let end = advance(&aborted);
+    let [Event::ExecutionFailed(f)] = end.as_slice() else {
+        panic!("expected the run to fail, got {end:?}")
+    };
+    assert_eq!(
+        f.cause,
+        FailureCause::Aborted {
+            step_id: None,
+            escalation_id: id
+        }
+    );
+    assert_eq!(
+        f.error,
+        "Pat aborted the run when it escalated for its time: looked into it"
+    );
+
+    let resolved = resolve(&log, id, Resolution::Continue).unwrap();
+    let Event::EscalationResolved(r) = &resolved else {
+        unreachable!()
+    };
+    assert_eq!((r.step_id.as_ref(), r.attempt), (None, 0));
+    log.push(resolved);
+    assert_eq!(status(&log), Status::Running);
+    assert_eq!(scheduled(&advance(&log)), [("b".into(), 1, team[0].id)]);
+    assert!(matches!(
+        resolve(&log, id, Resolution::Continue),
+        Err(TransitionRefused::NotOpen { .. })
+    ));
 }
