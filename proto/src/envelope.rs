@@ -230,6 +230,7 @@ mod tests {
                     condition: Some("input.ticket > 1".into()),
                     child_workflow_id: None,
                     risks: vec!["security".into()],
+                    compensation: Some("Revert it.".into()),
                 }],
                 phases: vec![WorkflowPhase {
                     name: "Analysis".into(),
@@ -553,6 +554,15 @@ mod tests {
                 after_minutes: 60.0,
                 reason: "over an hour".into(),
                 context: EscalationContext::default(),
+            })),
+            Event::CompensationStarted(Box::new(CompensationStarted {
+                execution_id: e,
+                workflow_id: w,
+                cause: FailureCause::StepFailed {
+                    step_id: StepId::parse("b").unwrap(),
+                },
+                error: "step 'B' failed".into(),
+                steps: vec![StepId::parse("a").unwrap()],
             })),
             Event::EscalationResolved(Box::new(EscalationResolved {
                 execution_id: e,

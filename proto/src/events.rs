@@ -97,6 +97,9 @@ pub enum AssignmentReason {
     /// A risk showed in the run and the workflow's lead rule for it gave the lead to this
     /// agent ([`LeadTaken`]).
     Lead { risk: String },
+    /// The run is failing and this agent completed the step `step_id` undoes: it compensates
+    /// its own work (or, when no agent did it, the best match does).
+    Compensates { step_id: StepId },
     /// A person resolving the step's escalation asked for this attempt (a retry, or this
     /// agent).
     PersonDecided {
@@ -130,6 +133,7 @@ impl AssignmentReason {
             Self::Escalated { rung } => {
                 format!("retries spent; escalation rung '{}'", rung.as_str())
             }
+            Self::Compensates { step_id } => format!("undoes step '{step_id}'"),
             Self::Lead { risk } => format!("leads the run since the '{risk}' risk showed"),
             Self::PersonDecided { by: Some(by) } => format!("{by} asked for this attempt"),
             Self::PersonDecided { by: None } => "a person asked for this attempt".to_owned(),
@@ -774,6 +778,20 @@ pub enum RiskSource {
     Result,
 }
 
+/// The run is failing after steps that declare a `compensation` completed (a saga): before it
+/// ends, each is undone, one at a time in `steps`' order (reverse order of completion), by a
+/// step `undo-<id>` scheduled like any other; then the run fails with `cause` and `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompensationStarted {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    pub cause: FailureCause,
+    pub error: String,
+    /// The completed steps to undo, in the order they are undone.
+    pub steps: Vec<StepId>,
+}
+
 /// A person resolved an escalation: a step's (or its approval), or the run's own
 /// (`step_id` absent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1078,6 +1096,7 @@ events! {
     EscalationResolved(Box<EscalationResolved>) = ESCALATION_RESOLVED: "dev.cadre.execution.escalation_resolved.v1",
     LeadTaken(Box<LeadTaken>) = LEAD_TAKEN: "dev.cadre.execution.lead_taken.v1",
     ExecutionEscalated(Box<ExecutionEscalated>) = EXECUTION_ESCALATED: "dev.cadre.execution.escalated.v1",
+    CompensationStarted(Box<CompensationStarted>) = COMPENSATION_STARTED: "dev.cadre.execution.compensation_started.v1",
     StepReviewed(StepReviewed) = STEP_REVIEWED: "dev.cadre.execution.step_reviewed.v1",
     QuestionsAsked(QuestionsAsked) = QUESTIONS_ASKED: "dev.cadre.execution.questions_asked.v1",
     QuestionAssigned(Box<QuestionAssigned>) = QUESTION_ASSIGNED: "dev.cadre.execution.question_assigned.v1",
@@ -1178,6 +1197,12 @@ impl Event {
             Self::ExecutionEscalated(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::ESCALATED)
             }
+            Self::CompensationStarted(e) => execution(
+                tenant,
+                e.workflow_id,
+                e.execution_id,
+                subjects::COMPENSATION_STARTED,
+            ),
             Self::StepSkipped(e) => step(
                 tenant,
                 e.workflow_id,
@@ -1252,6 +1277,7 @@ impl Event {
             Self::EscalationResolved(e) => Some(e.workflow_id),
             Self::LeadTaken(e) => Some(e.workflow_id),
             Self::ExecutionEscalated(e) => Some(e.workflow_id),
+            Self::CompensationStarted(e) => Some(e.workflow_id),
             Self::StepSkipped(e) => Some(e.workflow_id),
             Self::ExecutionPaused(e) => Some(e.workflow_id),
             Self::ExecutionResumed(e) => Some(e.workflow_id),
@@ -1292,6 +1318,7 @@ impl Event {
             Self::EscalationResolved(e) => Some(e.execution_id),
             Self::LeadTaken(e) => Some(e.execution_id),
             Self::ExecutionEscalated(e) => Some(e.execution_id),
+            Self::CompensationStarted(e) => Some(e.execution_id),
             Self::StepSkipped(e) => Some(e.execution_id),
             Self::ExecutionPaused(e) => Some(e.execution_id),
             Self::ExecutionResumed(e) => Some(e.execution_id),

@@ -172,6 +172,15 @@ impl StepId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Prefix of the steps that compensate others: reserved, no workflow may use it.
+    pub const UNDO_PREFIX: &'static str = "undo-";
+
+    /// The id of the step that compensates this one (`undo-<id>`). Workflow validation keeps a
+    /// step with a compensation short enough for it to be a step id.
+    pub fn undo(&self) -> Self {
+        Self(format!("{}{}", Self::UNDO_PREFIX, self.0))
+    }
 }
 
 impl TryFrom<String> for StepId {

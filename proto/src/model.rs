@@ -110,6 +110,39 @@ pub struct WorkflowStep {
     /// workflow's escalation policy for one of them applies once the step is ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub risks: Vec<String>,
+    /// How to undo the step's work (a saga's compensation): when the run fails after the step
+    /// completed, an agent does this, in reverse order of completion, before the run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<String>,
+}
+
+impl WorkflowStep {
+    /// The step that undoes this one, `undo-<id>` (see [`StepId::undo`]), when it declares a
+    /// `compensation`: an agent does the compensation's instructions, alone.
+    pub fn compensation_step(&self) -> Option<WorkflowStep> {
+        let instructions = self.compensation.clone()?;
+        Some(WorkflowStep {
+            id: self.id.undo(),
+            name: format!("Undo {}", self.name),
+            description: format!(
+                "Compensate step '{}' ({}): the run failed after it completed, so its effects \
+                 are undone.",
+                self.name, self.description
+            ),
+            instructions,
+            expected_output: "What was undone, and anything that could not be.".to_owned(),
+            depends_on: Vec::new(),
+            review_required: false,
+            reviewer_role: None,
+            condition: None,
+            child_workflow_id: None,
+            risks: Vec::new(),
+            compensation: None,
+            preferred_agent_id: None,
+            validation_criteria: Vec::new(),
+            ..self.clone()
+        })
+    }
 }
 
 fn yes() -> bool {

@@ -37,5 +37,6 @@ pub(crate) fn step() -> WorkflowStep {
         condition: None,
         child_workflow_id: None,
         risks: Vec::new(),
+        compensation: None,
     }
 }

@@ -68,6 +68,7 @@ fn workflow_step(id: &str) -> WorkflowStep {
         condition: None,
         child_workflow_id: None,
         risks: Vec::new(),
+        compensation: None,
     }
 }
 

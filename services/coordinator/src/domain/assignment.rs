@@ -147,6 +147,7 @@ mod tests {
             condition: None,
             child_workflow_id: None,
             risks: Vec::new(),
+            compensation: None,
         }
     }
 

@@ -392,6 +392,41 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             limits::VALIDATION_CRITERIA,
             limits::VALIDATION_CRITERION,
         );
+        if step.id.as_str().starts_with(StepId::UNDO_PREFIX) {
+            errors.push(error(
+                format!("{at}/id"),
+                format!(
+                    "step ids starting with '{}' are reserved for the steps that undo others \
+                     (compensation); rename it",
+                    StepId::UNDO_PREFIX
+                ),
+            ));
+        }
+        if let Some(compensation) = &step.compensation {
+            require_text(
+                &mut errors,
+                &format!("{at}/compensation"),
+                compensation,
+                limits::INSTRUCTIONS,
+            );
+            let longest = StepId::MAX_LEN - StepId::UNDO_PREFIX.len();
+            if step.id.as_str().len() > longest {
+                errors.push(error(
+                    format!("{at}/id"),
+                    format!(
+                        "a step with a compensation has an id of at most {longest} characters \
+                         (its undoing is the step '{}<id>')",
+                        StepId::UNDO_PREFIX
+                    ),
+                ));
+            }
+            if step.step_type == StepType::Approval {
+                errors.push(error(
+                    format!("{at}/compensation"),
+                    "an approval step has nothing to undo; remove its compensation",
+                ));
+            }
+        }
         if step.step_type == StepType::Approval {
             for (field, set) in [
                 ("reviewRequired", step.review_required),
@@ -922,6 +957,7 @@ mod tests {
             condition: None,
             child_workflow_id: None,
             risks: Vec::new(),
+            compensation: None,
         }
     }
 

@@ -3,10 +3,11 @@
 //! each keyed by the id of the event it comes from.
 
 use cadre_proto::events::{
-    AssignmentReason, EscalationResolved, ExecutionEscalated, InteractionRecorded, KnowledgeShared,
-    LeadTaken, QuestionAnswered, QuestionAssigned, QuestionsAsked, QuestionsExpired, Resolution,
-    StepAttempt, StepCompleted, StepDeferred, StepEscalated, StepFailed, StepRetryScheduled,
-    StepScheduled, StepSkipped, StepStarted, StepTimedOut,
+    AssignmentReason, CompensationStarted, EscalationResolved, ExecutionEscalated,
+    InteractionRecorded, KnowledgeShared, LeadTaken, QuestionAnswered, QuestionAssigned,
+    QuestionsAsked, QuestionsExpired, Resolution, StepAttempt, StepCompleted, StepDeferred,
+    StepEscalated, StepFailed, StepRetryScheduled, StepScheduled, StepSkipped, StepStarted,
+    StepTimedOut,
 };
 use cadre_proto::model::InteractionType;
 use cadre_proto::{ExecutionId, StepId};
@@ -393,6 +394,24 @@ impl Changes {
                     e.step_name,
                     e.rung.as_str(),
                     e.reason
+                ),
+            )
+        });
+    }
+
+    /// The run is failing and undoes its completed steps first.
+    pub fn compensation_started(&mut self, origin: &Origin<'_>, e: &CompensationStarted) {
+        let steps: Vec<&str> = e.steps.iter().map(StepId::as_str).collect();
+        self.rows.push(InteractionRow {
+            context_data: json!({ "steps": e.steps, "cause": e.cause, "error": e.error }),
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::Coordination,
+                format!(
+                    "Compensation started: undoing {} before the run fails ({})",
+                    steps.join(", then "),
+                    e.error
                 ),
             )
         });

@@ -1,12 +1,12 @@
 //! What an execution does next: commands in, events out. The time is an input, never read.
 
 use cadre_proto::events::{
-    AssignmentReason, EscalationContext, EscalationKind, EscalationResolved, ExecutionCancelled,
-    ExecutionCompleted, ExecutionEscalated, ExecutionFailed, ExecutionPaused, ExecutionResumed,
-    ExecutionStarted, FailedAttempt, FailureCause, LeadTaken, ParentStep, QuestionAnswer,
-    QuestionAssigned, QuestionsExpired, Request, Resolution, ReviewRequest, RiskSource,
-    StepAttempt, StepEscalated, StepRetryDue, StepRetryScheduled, StepScheduled, StepSkipped,
-    StepTimedOut, Teammate, Unanswered,
+    AssignmentReason, CompensationStarted, EscalationContext, EscalationKind, EscalationResolved,
+    ExecutionCancelled, ExecutionCompleted, ExecutionEscalated, ExecutionFailed, ExecutionPaused,
+    ExecutionResumed, ExecutionStarted, FailedAttempt, FailureCause, LeadTaken, ParentStep,
+    QuestionAnswer, QuestionAssigned, QuestionsExpired, Request, Resolution, ReviewRequest,
+    RiskSource, StepAttempt, StepEscalated, StepRetryDue, StepRetryScheduled, StepScheduled,
+    StepSkipped, StepTimedOut, Teammate, Unanswered,
 };
 use cadre_proto::model::{
     AgentProfile, EscalationRung, MissedDeadline, RiskLead, StepType, TriggerReason,
@@ -16,7 +16,9 @@ use cadre_proto::timers::Timer;
 use cadre_proto::{EscalationId, Event, ExecutionId, StepId};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{Execution, Reply, State, Status, StepProgress, StepState, after_minutes, handoff};
+use super::{
+    Execution, Reply, Saga, State, Status, StepProgress, StepState, Undoing, after_minutes, handoff,
+};
 use crate::domain::Decider;
 use crate::domain::assignment::{assign, assign_reviewer};
 use crate::domain::condition::{self, StepView};
@@ -260,6 +262,132 @@ fn resolved(
     })))
 }
 
+/// The run cannot go on: it fails, unless steps that completed declare how to undo them and
+/// have not been undone yet, in which case a saga undoes them first (`CompensationStarted`).
+fn failing(execution: &Execution, cause: FailureCause, error: String) -> Vec<Event> {
+    if execution.saga.is_some() {
+        return failed(execution, cause, error);
+    }
+    let steps: Vec<StepId> = execution
+        .completion_order
+        .iter()
+        .rev()
+        .filter(|id| {
+            execution
+                .workflow
+                .step(id)
+                .is_some_and(|s| s.compensation.is_some())
+        })
+        .cloned()
+        .collect();
+    if steps.is_empty() {
+        return failed(execution, cause, error);
+    }
+    vec![Event::CompensationStarted(Box::new(CompensationStarted {
+        execution_id: execution.id,
+        workflow_id: execution.workflow.id,
+        cause,
+        error,
+        steps,
+    }))]
+}
+
+/// The undoing `undo` of a saga ran past the time-out of the step it undoes.
+fn undoing_timed_out(execution: &Execution, undo: &StepId, attempt: u32) -> Option<Event> {
+    let (
+        step_id,
+        Undoing::Scheduled {
+            attempt: running,
+            agent,
+        },
+    ) = execution.saga.as_ref()?.current()?
+    else {
+        return None;
+    };
+    let step = execution.workflow.step(step_id)?;
+    let undo_step = step.compensation_step()?;
+    if *running != attempt || undo_step.id != *undo {
+        return None;
+    }
+    Some(Event::StepTimedOut(StepTimedOut {
+        attempt: StepAttempt {
+            execution_id: execution.id,
+            workflow_id: execution.workflow.id,
+            step_id: undo_step.id,
+            step_name: undo_step.name,
+            number: attempt,
+            agent_id: *agent,
+        },
+        timeout_minutes: step.timeout_minutes?,
+    }))
+}
+
+/// A failing run undoes its completed steps, one at a time; once each is undone (or could not
+/// be), it fails with the reason it was failing for.
+fn compensate(
+    execution: &Execution,
+    saga: &Saga,
+    watermark: u64,
+    now: DateTime<Utc>,
+) -> Vec<Event> {
+    match saga.current() {
+        Some((_, Undoing::Scheduled { .. })) => vec![],
+        Some(_) if matches!(execution.status, Status::Paused | Status::Escalated) => vec![],
+        Some((step_id, _)) => {
+            let Some(undo) = execution
+                .workflow
+                .step(step_id)
+                .and_then(WorkflowStep::compensation_step)
+            else {
+                return failed(execution, saga.cause.clone(), saga.error.clone());
+            };
+            let author = match &execution.steps[step_id].state {
+                StepState::Completed { agent, .. } => *agent,
+                _ => None,
+            };
+            let reason = AssignmentReason::Compensates {
+                step_id: step_id.clone(),
+            };
+            let agent = author
+                .and_then(|id| execution.agents.iter().find(|a| a.id == id))
+                .or_else(|| assign(&undo, &execution.agents, &execution.load()).map(|(a, _)| a));
+            let Some(agent) = agent else {
+                return failed(execution, saga.cause.clone(), saga.error.clone());
+            };
+            vec![scheduled(
+                execution,
+                Scheduling {
+                    step: &undo,
+                    attempt: 1,
+                    agent,
+                    reason,
+                    review: None,
+                    feedback: None,
+                    answers: Vec::new(),
+                    earlier_failures: Vec::new(),
+                },
+                watermark,
+                now,
+            )]
+        }
+        None => {
+            let undone: Vec<String> = saga
+                .steps
+                .iter()
+                .map(|(step, undoing)| match undoing {
+                    Undoing::Failed { error } => format!("{step} (not undone: {error})"),
+                    _ => step.to_string(),
+                })
+                .collect();
+            failed(
+                execution,
+                saga.cause.clone(),
+                format!("{}; compensated: {}", saga.error, undone.join(", ")),
+            )
+        }
+    }
+}
+
 fn failed(execution: &Execution, cause: FailureCause, error: String) -> Vec<Event> {
     vec![Event::ExecutionFailed(ExecutionFailed {
         execution_id: execution.id,
@@ -278,6 +406,9 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
         Timer::StepTimeout {
             step_id, attempt, ..
         } => {
+            if let Some(timed_out) = undoing_timed_out(execution, step_id, *attempt) {
+                return vec![timed_out];
+            }
             let (Some(progress), Some(step)) = (
                 execution.steps.get(step_id),
                 execution.workflow.step(step_id),
@@ -346,7 +477,7 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
                 .constraints
                 .max_execution_time
                 .unwrap_or(0);
-            failed(
+            failing(
                 execution,
                 FailureCause::TimeLimit {
                     max_execution_seconds: seconds,
@@ -362,6 +493,10 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
 fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Event> {
     if execution.status.is_finished() {
         return vec![];
+    }
+    // A failing run undoes its completed steps before anything else (a saga).
+    if let Some(saga) = &execution.saga {
+        return compensate(execution, saga, watermark, now);
     }
     let workflow = &execution.workflow;
     let max_retries = execution.max_retries();
@@ -411,7 +546,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                 } else {
                     "aborted the run at"
                 };
-                return failed(
+                return failing(
                     execution,
                     FailureCause::Aborted {
                         step_id: Some(step.id.clone()),
@@ -434,7 +569,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             ),
             _ => continue,
         };
-        return failed(
+        return failing(
             execution,
             FailureCause::StepFailed {
                 step_id: step.id.clone(),
@@ -446,7 +581,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         return escalations;
     }
     if let Some((escalation_id, by, reason)) = &execution.aborted {
-        return failed(
+        return failing(
             execution,
             FailureCause::Aborted {
                 step_id: None,
@@ -529,7 +664,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                 condition: condition.clone(),
             })),
             Err(error) => {
-                return failed(
+                return failing(
                     execution,
                     FailureCause::ConditionFailed {
                         step_id: step.id.clone(),
@@ -658,7 +793,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             },
         };
         let Some((agent, reason)) = assigned else {
-            return failed(
+            return failing(
                 execution,
                 FailureCause::Stuck,
                 format!(
@@ -701,7 +836,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     if events.is_empty() && active == 0 && !awaiting {
         // Nothing runs, nothing can start, and not everything is done: without this the run
         // would wait forever with no record of why.
-        return failed(
+        return failing(
             execution,
             FailureCause::Stuck,
             "no step is running and none can start, yet not every step is done".to_owned(),

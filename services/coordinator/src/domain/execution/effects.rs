@@ -11,7 +11,7 @@ use cadre_proto::timers::{Timer, When};
 use cadre_proto::{Event, StepId};
 use chrono::{DateTime, Utc};
 
-use super::{Execution, State, StepState};
+use super::{Execution, State, StepState, Undoing};
 use crate::domain::{ChildOutcome, Effect};
 
 /// The effects `event`, stored at `stored_at`, calls for, given the execution's state after
@@ -63,11 +63,17 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                     e.attempt - 1,
                 )));
             }
+            // A step's attempt, or a saga's undoing of one, still running.
+            let running = execution
+                .steps
+                .get(&e.step.id)
+                .is_some_and(|p| p.runs(e.attempt))
+                || execution.saga.as_ref().is_some_and(|saga| {
+                    matches!(saga.current(), Some((step, Undoing::Scheduled { attempt, .. }))
+                        if step.undo() == e.step.id && *attempt == e.attempt)
+                });
             if let Some(at) = e.timeout_at
-                && execution
-                    .steps
-                    .get(&e.step.id)
-                    .is_some_and(|p| p.runs(e.attempt))
+                && running
             {
                 effects.push(Effect::StartTimer {
                     timer: step_timeout(execution, &e.step.id, e.attempt),

@@ -16,8 +16,8 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 
 use cadre_proto::events::{
-    AssignmentReason, EscalationContext, FailedAttempt, ParentStep, Resolution, StepAttempt,
-    Teammate, is_everyone,
+    AssignmentReason, EscalationContext, FailedAttempt, FailureCause, ParentStep, Resolution,
+    StepAttempt, Teammate, is_everyone,
 };
 use cadre_proto::model::{
     AgentProfile, EscalationPolicy, EscalationRung, ObjectRef, RetryBackoff, WorkflowDefinition,
@@ -361,6 +361,57 @@ pub struct Execution {
     pub escalation: Option<(EscalationId, bool)>,
     /// A person aborted the run from its own escalation (who, why): it fails next.
     pub aborted: Option<(EscalationId, Option<String>, Option<String>)>,
+    /// The steps in the order they completed: a saga undoes them in reverse.
+    pub completion_order: Vec<StepId>,
+    /// The run is failing and undoing its completed steps first.
+    pub saga: Option<Saga>,
+}
+
+/// A failing run's compensations (see `CompensationStarted`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saga {
+    /// Why the run fails once its compensations are done.
+    pub cause: FailureCause,
+    pub error: String,
+    /// The steps to undo, in order, and what became of each undoing.
+    pub steps: Vec<(StepId, Undoing)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Undoing {
+    /// Not handed out yet.
+    Pending,
+    /// Handed out as this attempt of `undo-<id>`, to this agent.
+    Scheduled {
+        attempt: u32,
+        agent: AgentId,
+    },
+    Done {
+        summary: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl Saga {
+    /// The step whose undoing is handed out or next, if any is left.
+    pub fn current(&self) -> Option<&(StepId, Undoing)> {
+        self.steps
+            .iter()
+            .find(|(_, u)| matches!(u, Undoing::Pending | Undoing::Scheduled { .. }))
+    }
+
+    /// The undoing `undo` (an `undo-<id>` step) is, while handed out as `attempt`.
+    fn undoing(&mut self, undo: &StepId, attempt: u32) -> Option<&mut Undoing> {
+        self.steps
+            .iter_mut()
+            .find(|(step, u)| {
+                step.undo() == *undo
+                    && matches!(u, Undoing::Scheduled { attempt: a, .. } if *a == attempt)
+            })
+            .map(|(_, u)| u)
+    }
 }
 
 /// An execution's state: nothing before its `ExecutionStarted`.
@@ -399,6 +450,8 @@ pub fn evolve(state: State, event: &Event) -> State {
                 leads: Vec::new(),
                 escalation: None,
                 aborted: None,
+                completion_order: Vec::new(),
+                saga: None,
             }))
         }
         (State::Started(mut execution), event) => {
@@ -411,6 +464,106 @@ pub fn evolve(state: State, event: &Event) -> State {
 
 impl Execution {
     fn apply(&mut self, event: &Event) {
+        if self.undo(event) {
+            return;
+        }
+        self.apply_to_steps(event);
+        // At most one step completes per event: the order of completions is exact.
+        if matches!(
+            event,
+            Event::StepCompleted(_) | Event::StepReviewed(_) | Event::EscalationResolved(_)
+        ) {
+            for step in &self.workflow.configuration.steps {
+                if matches!(self.steps[&step.id].state, StepState::Completed { .. })
+                    && !self.completion_order.contains(&step.id)
+                {
+                    self.completion_order.push(step.id.clone());
+                }
+            }
+        }
+    }
+
+    /// Applies an event of the run's saga: its start, or one about an `undo-<id>` step.
+    /// Returns whether it was one.
+    fn undo(&mut self, event: &Event) -> bool {
+        if let Event::CompensationStarted(e) = event {
+            if self.saga.is_none() && !self.status.is_finished() {
+                self.saga = Some(Saga {
+                    cause: e.cause.clone(),
+                    error: e.error.clone(),
+                    steps: e
+                        .steps
+                        .iter()
+                        .map(|s| (s.clone(), Undoing::Pending))
+                        .collect(),
+                });
+            }
+            return true;
+        }
+        // Only `undo-<id>` steps are the saga's; no workflow step has that prefix.
+        let step = match event {
+            Event::StepScheduled(e) => &e.step.id,
+            Event::StepCompleted(e) => &e.attempt.step_id,
+            Event::StepFailed(e) => &e.attempt.step_id,
+            Event::StepTimedOut(e) => &e.attempt.step_id,
+            Event::QuestionsAsked(e) => &e.attempt.step_id,
+            _ => return false,
+        };
+        if !step.as_str().starts_with(StepId::UNDO_PREFIX) {
+            return false;
+        }
+        let Some(saga) = self.saga.as_mut().filter(|_| !self.status.is_finished()) else {
+            return true;
+        };
+        let outcome = match event {
+            Event::StepScheduled(e) => {
+                if let Some((_, undoing)) = saga
+                    .steps
+                    .iter_mut()
+                    .find(|(step, u)| step.undo() == e.step.id && *u == Undoing::Pending)
+                {
+                    *undoing = Undoing::Scheduled {
+                        attempt: e.attempt,
+                        agent: e.agent.id,
+                    };
+                }
+                return true;
+            }
+            Event::StepCompleted(e) => (
+                &e.attempt,
+                Undoing::Done {
+                    summary: e.result.summary.clone(),
+                },
+            ),
+            Event::StepFailed(e) => (
+                &e.attempt,
+                Undoing::Failed {
+                    error: e.error.clone(),
+                },
+            ),
+            Event::StepTimedOut(e) => (
+                &e.attempt,
+                Undoing::Failed {
+                    error: format!("timed out after {} minute(s)", e.timeout_minutes),
+                },
+            ),
+            // An undoing waits for no answer: asking instead of undoing leaves it undone.
+            Event::QuestionsAsked(e) => (
+                &e.attempt,
+                Undoing::Failed {
+                    error: "asked teammates questions instead of undoing the step".to_owned(),
+                },
+            ),
+            _ => return true,
+        };
+        let (attempt, result) = outcome;
+        if let Some(undoing) = saga.undoing(&attempt.step_id, attempt.number) {
+            *undoing = result;
+        }
+        true
+    }
+
+    fn apply_to_steps(&mut self, event: &Event) {
         match event {
             Event::StepScheduled(e) => self.step_event(&e.step.id, |p| {
                 // A newer attempt always takes over; the same attempt only schedules once.

@@ -1,5 +1,5 @@
-//! The escalation ladder, a person in the loop, approval steps, lead rules and the time after
-//! which a run needs a person.
+//! The escalation ladder, a person in the loop, approval steps, lead rules, the time after
+//! which a run needs a person, and sagas (compensation).
 
 use cadre_proto::events::{
     AssignmentReason, EscalationResolved, FailureCause, LeadTaken, Request, Resolution, RiskSource,
@@ -7,7 +7,7 @@ use cadre_proto::events::{
 };
 use cadre_proto::model::{EscalationRung, ModelChoice, RiskLead, StepType, WorkflowDefinition};
 use cadre_proto::timers::{Timer, When};
-use cadre_proto::{AgentId, EscalationId, Event};
+use cadre_proto::{AgentId, EscalationId, Event, StepId};
 use chrono::TimeDelta;
 
 use super::*;
@@ -808,4 +808,179 @@ fn a_run_past_its_time_for_a_person_stops_handing_out_steps_until_one_lets_it_co
         resolve(&log, id, Resolution::Continue),
         Err(TransitionRefused::NotOpen { .. })
     ));
+}
+
+fn saga_workflow(team: &[AgentProfile]) -> WorkflowDefinition {
+    let mut a = step("a", &[], &["rust"]);
+    a.compensation = Some("Drop the table a created.".into());
+    let mut b = step("b", &["a"], &["rust"]);
+    b.compensation = Some("Roll the deployment b made back.".into());
+    let wf = workflow(
+        team,
+        vec![
+            a,
+            b,
+            step("notes", &["b"], &["rust"]),
+            step("c", &["notes"], &["rust"]),
+        ],
+    );
+    assert!(
+        validate_workflow(&wf).is_empty(),
+        "{:?}",
+        validate_workflow(&wf)
+    );
+    wf
+}
+
+#[test]
+fn a_failing_run_undoes_its_completed_steps_in_reverse_order_then_fails() {
+    let team = vec![agent("Ada", &["rust"]), agent("Bo", &["rust"])];
+    let wf = saga_workflow(&team);
+    let mut log = run_to_step(&wf, &team, "c");
+    let c = advance(&log);
+    log.extend(c.clone());
+    log.push(failed(the_scheduled(&c), "the migration broke"));
+
+    let start = advance(&log);
+    let [Event::CompensationStarted(saga)] = start.as_slice() else {
+        panic!("expected a saga, got {start:?}")
+    };
+    let order: Vec<&str> = saga.steps.iter().map(StepId::as_str).collect();
+    assert_eq!(
+        order,
+        ["b", "a"],
+        "in reverse, and only steps with a compensation"
+    );
+    assert_eq!(
+        saga.cause,
+        FailureCause::StepFailed {
+            step_id: StepId::parse("c").unwrap()
+        }
+    );
+    log.extend(start);
+
+    let undo_b = advance(&log);
+    let Event::StepScheduled(s) = the_scheduled(&undo_b) else {
+        unreachable!()
+    };
+    assert_eq!(s.step.id.as_str(), "undo-b");
+    assert_eq!(s.step.instructions, "Roll the deployment b made back.");
+    assert_eq!(
+        s.reason,
+        AssignmentReason::Compensates {
+            step_id: StepId::parse("b").unwrap()
+        }
+    );
+    let State::Started(execution) = fold(&log) else {
+        unreachable!()
+    };
+    let StepState::Completed {
+        agent: b_author, ..
+    } = execution.steps[&StepId::parse("b").unwrap()].state
+    else {
+        unreachable!()
+    };
+    assert_eq!(Some(s.agent.id), b_author, "whoever did it undoes it");
+    log.extend(undo_b.clone());
+    assert!(advance(&log).is_empty(), "one undoing at a time");
+    log.push(completed(the_scheduled(&undo_b)));
+
+    let undo_a = advance(&log);
+    assert_eq!(scheduled(&undo_a)[0].0, "undo-a");
+    log.extend(undo_a.clone());
+    log.push(failed(the_scheduled(&undo_a), "the table is locked"));
+
+    let end = advance(&log);
+    let [Event::ExecutionFailed(f)] = end.as_slice() else {
+        panic!("expected the run to fail, got {end:?}")
+    };
+    assert!(
+        f.error
+            .ends_with("; compensated: b, a (not undone: the table is locked)"),
+        "{}",
+        f.error
+    );
+    assert!(f.error.contains("the migration broke"), "{}", f.error);
+}
+
+#[test]
+fn a_person_who_aborts_a_run_starts_its_saga_and_a_cancel_stops_it() {
+    let team = vec![agent("Ada", &["rust"])];
+    let mut wf = saga_workflow(&team);
+    wf.configuration.escalation.ladder = vec![EscalationRung::Person];
+    let mut log = run_to_step(&wf, &team, "c");
+    let c = advance(&log);
+    log.extend(c.clone());
+    log.push(failed(the_scheduled(&c), "boom"));
+    let up = advance(&log);
+    let id = escalated(&up).escalation_id.unwrap();
+    log.extend(up);
+    log.push(resolve(&log, id, Resolution::Abort).unwrap());
+    let start = advance(&log);
+    let [Event::CompensationStarted(saga)] = start.as_slice() else {
+        panic!("expected a saga, got {start:?}")
+    };
+    assert!(matches!(saga.cause, FailureCause::Aborted { .. }));
+    log.extend(start);
+    let undo = advance(&log);
+    log.extend(undo);
+    let cancel = decide(&Command::Cancel(Request::default()), &fold(&log), now()).unwrap();
+    log.extend(cancel);
+    assert_eq!(status(&log), Status::Cancelled);
+    assert!(advance(&log).is_empty());
+}
+
+#[test]
+fn an_undoing_that_runs_past_its_steps_time_out_is_timed_out() {
+    let team = vec![agent("Ada", &["rust"])];
+    let mut wf = saga_workflow(&team);
+    wf.configuration.steps[1].timeout_minutes = Some(5.0);
+    let mut log = run_to_step(&wf, &team, "c");
+    let c = advance(&log);
+    log.extend(c.clone());
+    log.push(failed(the_scheduled(&c), "boom"));
+    let start = advance(&log);
+    log.extend(start);
+    let undo_b = advance(&log);
+    log.extend(undo_b.clone());
+    // Effects are computed on the state the event was folded into, as the coordinator does.
+    let armed = effects(&fold(&log), &undo_b[0], now());
+    assert!(
+        armed.contains(&Effect::StartTimer {
+            timer: step_timer(&undo_b[0]),
+            when: When::At(now() + TimeDelta::minutes(5)),
+        }),
+        "its time-out is armed: {armed:?}"
+    );
+    let timed_out = fire(&log, step_timer(&undo_b[0]));
+    assert!(
+        matches!(timed_out.as_slice(), [Event::StepTimedOut(t)] if t.attempt.step_id.as_str() == "undo-b"),
+        "{timed_out:?}"
+    );
+    log.extend(timed_out);
+    assert_eq!(scheduled(&advance(&log))[0].0, "undo-a", "the saga goes on");
+}
+
+#[test]
+fn validation_reserves_the_undo_prefix_and_bounds_ids_with_a_compensation() {
+    let team = vec![agent("Ada", &[])];
+    let mut reserved = step("undo-x", &[], &[]);
+    reserved.compensation = Some(" ".into());
+    let mut long = step(&"x".repeat(64), &[], &[]);
+    long.compensation = Some("Revert.".into());
+    let wf = workflow(&team, vec![reserved, long]);
+    let pointers: Vec<String> = validate_workflow(&wf)
+        .into_iter()
+        .map(|e| e.pointer)
+        .collect();
+    for expected in [
+        "/configuration/steps/0/id",
+        "/configuration/steps/0/compensation",
+        "/configuration/steps/1/id",
+    ] {
+        assert!(
+            pointers.iter().any(|p| p == expected),
+            "{expected} missing from {pointers:?}"
+        );
+    }
 }
