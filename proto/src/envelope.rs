@@ -253,6 +253,10 @@ mod tests {
                     }],
                     after_minutes: Some(60.0),
                 },
+                saga: SagaPolicy {
+                    replan: true,
+                    max_replans: Some(2),
+                },
             },
         }
     }
@@ -555,7 +559,7 @@ mod tests {
                 reason: "over an hour".into(),
                 context: EscalationContext::default(),
             })),
-            Event::CompensationStarted(Box::new(CompensationStarted {
+            Event::SagaStarted(Box::new(SagaStarted {
                 execution_id: e,
                 workflow_id: w,
                 cause: FailureCause::StepFailed {
@@ -563,6 +567,16 @@ mod tests {
                 },
                 error: "step 'B' failed".into(),
                 steps: vec![StepId::parse("a").unwrap()],
+                replan: true,
+            })),
+            Event::ExecutionReplanned(Box::new(ExecutionReplanned {
+                execution_id: e,
+                workflow_id: w,
+                replan: 1,
+                agent_id: AgentId::new(),
+                summary: "smaller steps".into(),
+                steps: workflow().configuration.steps,
+                error: "step 'B' failed".into(),
             })),
             Event::EscalationResolved(Box::new(EscalationResolved {
                 execution_id: e,

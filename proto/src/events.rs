@@ -97,6 +97,8 @@ pub enum AssignmentReason {
     /// A risk showed in the run and the workflow's lead rule for it gave the lead to this
     /// agent ([`LeadTaken`]).
     Lead { risk: String },
+    /// The workflow's coordinator agent, to re-plan a failing run.
+    Replans,
     /// The run is failing and this agent completed the step `step_id` undoes: it compensates
     /// its own work (or, when no agent did it, the best match does).
     Compensates { step_id: StepId },
@@ -134,6 +136,7 @@ impl AssignmentReason {
                 format!("retries spent; escalation rung '{}'", rung.as_str())
             }
             Self::Compensates { step_id } => format!("undoes step '{step_id}'"),
+            Self::Replans => "the coordinator agent re-plans the failing run".to_owned(),
             Self::Lead { risk } => format!("leads the run since the '{risk}' risk showed"),
             Self::PersonDecided { by: Some(by) } => format!("{by} asked for this attempt"),
             Self::PersonDecided { by: None } => "a person asked for this attempt".to_owned(),
@@ -778,18 +781,40 @@ pub enum RiskSource {
     Result,
 }
 
-/// The run is failing after steps that declare a `compensation` completed (a saga): before it
-/// ends, each is undone, one at a time in `steps`' order (reverse order of completion), by a
-/// step `undo-<id>` scheduled like any other; then the run fails with `cause` and `error`.
+/// The run is failing (a saga): first each completed step that declares a `compensation` is
+/// undone, one at a time in `steps`' order (reverse order of completion), by a step
+/// `undo-<id>` scheduled like any other; then, when `replan`, the coordinator agent proposes
+/// revised steps in a step `replan-<n>` ([`ExecutionReplanned`]); otherwise (or when that
+/// fails) the run fails with `cause` and `error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CompensationStarted {
+pub struct SagaStarted {
     pub execution_id: ExecutionId,
     pub workflow_id: WorkflowId,
     pub cause: FailureCause,
     pub error: String,
     /// The completed steps to undo, in the order they are undone.
     pub steps: Vec<StepId>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replan: bool,
+}
+
+/// A failing run's coordinator agent proposed revised steps, valid as a workflow's: they
+/// replace the run's steps (a step keeping its id keeps counting its attempts) and the run goes
+/// on with them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionReplanned {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    /// 1 for the run's first re-planning.
+    pub replan: u32,
+    pub agent_id: AgentId,
+    /// Why, as the agent summarised it.
+    pub summary: String,
+    pub steps: Vec<WorkflowStep>,
+    /// Why the run was failing.
+    pub error: String,
 }
 
 /// A person resolved an escalation: a step's (or its approval), or the run's own
@@ -1096,7 +1121,8 @@ events! {
     EscalationResolved(Box<EscalationResolved>) = ESCALATION_RESOLVED: "dev.cadre.execution.escalation_resolved.v1",
     LeadTaken(Box<LeadTaken>) = LEAD_TAKEN: "dev.cadre.execution.lead_taken.v1",
     ExecutionEscalated(Box<ExecutionEscalated>) = EXECUTION_ESCALATED: "dev.cadre.execution.escalated.v1",
-    CompensationStarted(Box<CompensationStarted>) = COMPENSATION_STARTED: "dev.cadre.execution.compensation_started.v1",
+    SagaStarted(Box<SagaStarted>) = SAGA_STARTED: "dev.cadre.execution.saga_started.v1",
+    ExecutionReplanned(Box<ExecutionReplanned>) = EXECUTION_REPLANNED: "dev.cadre.execution.replanned.v1",
     StepReviewed(StepReviewed) = STEP_REVIEWED: "dev.cadre.execution.step_reviewed.v1",
     QuestionsAsked(QuestionsAsked) = QUESTIONS_ASKED: "dev.cadre.execution.questions_asked.v1",
     QuestionAssigned(Box<QuestionAssigned>) = QUESTION_ASSIGNED: "dev.cadre.execution.question_assigned.v1",
@@ -1197,11 +1223,14 @@ impl Event {
             Self::ExecutionEscalated(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::ESCALATED)
             }
-            Self::CompensationStarted(e) => execution(
+            Self::ExecutionReplanned(e) => {
+                execution(tenant, e.workflow_id, e.execution_id, subjects::REPLANNED)
+            }
+            Self::SagaStarted(e) => execution(
                 tenant,
                 e.workflow_id,
                 e.execution_id,
-                subjects::COMPENSATION_STARTED,
+                subjects::SAGA_STARTED,
             ),
             Self::StepSkipped(e) => step(
                 tenant,
@@ -1277,7 +1306,8 @@ impl Event {
             Self::EscalationResolved(e) => Some(e.workflow_id),
             Self::LeadTaken(e) => Some(e.workflow_id),
             Self::ExecutionEscalated(e) => Some(e.workflow_id),
-            Self::CompensationStarted(e) => Some(e.workflow_id),
+            Self::SagaStarted(e) => Some(e.workflow_id),
+            Self::ExecutionReplanned(e) => Some(e.workflow_id),
             Self::StepSkipped(e) => Some(e.workflow_id),
             Self::ExecutionPaused(e) => Some(e.workflow_id),
             Self::ExecutionResumed(e) => Some(e.workflow_id),
@@ -1318,7 +1348,8 @@ impl Event {
             Self::EscalationResolved(e) => Some(e.execution_id),
             Self::LeadTaken(e) => Some(e.execution_id),
             Self::ExecutionEscalated(e) => Some(e.execution_id),
-            Self::CompensationStarted(e) => Some(e.execution_id),
+            Self::SagaStarted(e) => Some(e.execution_id),
+            Self::ExecutionReplanned(e) => Some(e.execution_id),
             Self::StepSkipped(e) => Some(e.execution_id),
             Self::ExecutionPaused(e) => Some(e.execution_id),
             Self::ExecutionResumed(e) => Some(e.execution_id),

@@ -175,6 +175,13 @@ impl StepId {
 
     /// Prefix of the steps that compensate others: reserved, no workflow may use it.
     pub const UNDO_PREFIX: &'static str = "undo-";
+    /// Prefix of the steps in which a coordinator agent re-plans a failing run: reserved.
+    pub const REPLAN_PREFIX: &'static str = "replan-";
+
+    /// The step of a run's `n`-th re-planning (`replan-<n>`).
+    pub fn replan(n: u32) -> Self {
+        Self(format!("{}{n}", Self::REPLAN_PREFIX))
+    }
 
     /// The id of the step that compensates this one (`undo-<id>`). Workflow validation keeps a
     /// step with a compensation short enough for it to be a step id.

@@ -314,6 +314,38 @@ pub struct WorkflowConfiguration {
     /// What happens to a step whose retries are spent, before the run fails.
     #[serde(default, skip_serializing_if = "EscalationPolicy::is_empty")]
     pub escalation: EscalationPolicy,
+    /// What a failing run does after undoing its steps (seed 002: "failed agent triggers
+    /// rollback and re-planning").
+    #[serde(default, skip_serializing_if = "SagaPolicy::is_default")]
+    pub saga: SagaPolicy,
+}
+
+/// Re-planning: once a failing run's compensations are done, the workflow's coordinator agent
+/// proposes revised steps; valid ones replace the run's steps and it goes on with them, at most
+/// `maxReplans` times per run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaPolicy {
+    #[serde(default)]
+    pub replan: bool,
+    /// 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replans: Option<u32>,
+}
+
+impl SagaPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// How many times a run may re-plan.
+    pub fn replans_allowed(&self) -> u32 {
+        if self.replan {
+            self.max_replans.unwrap_or(1)
+        } else {
+            0
+        }
+    }
 }
 
 /// A workflow's escalation ladder: once a step has failed `maxRetries + 1` times (or once with

@@ -3,7 +3,7 @@
 //! Layout (tokens after `cadre.events.<tenant>`):
 //! - `agent.<agent>.{registered,status_reported}`
 //! - `workflow.<workflow>.{created,paused,resumed}`, `workflow.<workflow>.knowledge.{shared,validated,superseded}`
-//! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled,lead_taken,escalated,escalation_resolved,compensation_started}`
+//! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled,lead_taken,escalated,escalation_resolved,saga_started,replanned}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{handed_off,scheduled,started,deferred,completed,failed,timed_out,skipped,reviewed}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{questions_asked,question_assigned,question_answered,questions_expired}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{retry_scheduled,retry_due}`
@@ -50,7 +50,8 @@ pub const RETRY_SCHEDULED: &str = "retry_scheduled";
 pub const RETRY_DUE: &str = "retry_due";
 pub const ESCALATED: &str = "escalated";
 pub const LEAD_TAKEN: &str = "lead_taken";
-pub const COMPENSATION_STARTED: &str = "compensation_started";
+pub const SAGA_STARTED: &str = "saga_started";
+pub const REPLANNED: &str = "replanned";
 pub const ESCALATION_RESOLVED: &str = "escalation_resolved";
 
 /// Where the coordinator hands a tenant's scheduled steps to the agent workers that offer the

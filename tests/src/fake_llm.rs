@@ -98,6 +98,10 @@ struct Script {
     constraint: Option<String>,
     /// Lines a step's first answer adds to its questions (`@name: question`), once per step.
     asks: Vec<String>,
+    /// Steps (by name) whose next request fails, with the status.
+    failing_steps: Vec<(String, StatusCode)>,
+    /// The output of the answer to a re-planning step (`Re-plan the run`).
+    plan: Option<String>,
     /// How long a teammate takes to answer a question.
     question_delay: Duration,
 }
@@ -149,6 +153,19 @@ impl FakeLlm {
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.script).requests.clone()
+    }
+
+    /// Answers the next request for the step named `step` with HTTP `status`, once.
+    pub fn fail_step(&self, step: &str, status: u16) {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        lock(&self.script)
+            .failing_steps
+            .push((step.to_owned(), status));
+    }
+
+    /// Answers a re-planning step (`Re-plan the run`) with `plan` as its output.
+    pub fn propose_plan(&self, plan: &str) {
+        lock(&self.script).plan = Some(plan.to_owned());
     }
 
     /// Answers the next `n` requests with HTTP `status` and an OpenAI-style error body.
@@ -269,9 +286,17 @@ async fn complete(
         let text = question_answer(persona(&recorded.system), asker);
         return completion(&recorded.model, &text, words(&recorded.user), words(&text));
     }
-    let (failure, latency, padding, reject, verdict, constraint, asks) = {
+    let step = recorded.step_name().unwrap_or("an unnamed step").to_owned();
+    let (failure, latency, padding, reject, verdict, constraint, asks, plan) = {
         let mut script = lock(&script);
-        let failure = script.failures.pop_front();
+        let failing = script
+            .failing_steps
+            .iter()
+            .position(|(name, _)| *name == step);
+        let failure = match failing {
+            Some(at) => Some((script.failing_steps.remove(at).1, None)),
+            None => script.failures.pop_front(),
+        };
         if let Some((status, _)) = failure {
             recorded.status = status.as_u16();
         }
@@ -294,6 +319,7 @@ async fn complete(
             script.verdict,
             script.constraint.clone(),
             asks,
+            script.plan.clone().filter(|_| step == REPLAN_STEP),
         )
     };
     if !latency.is_zero() {
@@ -316,8 +342,9 @@ async fn complete(
         return response;
     }
 
-    let step = recorded.step_name().unwrap_or("an unnamed step").to_owned();
-    let text = if review {
+    let text = if let Some(plan) = plan {
+        format!("## Summary\nA smaller plan.\n\n## Output\n{plan}\n")
+    } else if review {
         let verdict = if reject {
             "CHANGES REQUESTED"
         } else {
@@ -371,6 +398,9 @@ fn completion(model: &str, text: &str, prompt_tokens: usize, completion_tokens: 
     }))
     .into_response()
 }
+
+/// The name of the step in which a coordinator agent re-plans a failing run.
+const REPLAN_STEP: &str = "Re-plan the run";
 
 /// How the worker's prompt for a teammate's question begins, and how a step's prompt
 /// introduces the answers to its questions.

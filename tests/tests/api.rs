@@ -307,7 +307,7 @@ async fn bad_requests_are_refused_with_problem_details_and_write_nothing() {
         &reply,
         422,
         "must be one of: analysis, implementation, review, testing, documentation, \
-         coordination, decision; got \"dancing\"",
+         coordination, decision, approval; got \"dancing\"",
     );
     assert_eq!(pointers(&reply), vec!["/configuration/steps/0/type"]);
 

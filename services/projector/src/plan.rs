@@ -170,7 +170,8 @@ impl Plan {
                 self.interactions.step_skipped(origin, e);
             }
             Event::LeadTaken(e) => self.interactions.lead_taken(origin, e),
-            Event::CompensationStarted(e) => self.interactions.compensation_started(origin, e),
+            Event::SagaStarted(e) => self.interactions.saga_started(origin, e),
+            Event::ExecutionReplanned(e) => self.interactions.replanned(origin, e),
             Event::ExecutionEscalated(e) => {
                 self.executions.execution_escalated(origin, e.execution_id);
                 self.interactions.execution_escalated(origin, e);

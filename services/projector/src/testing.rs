@@ -155,6 +155,7 @@ impl Fixture {
                 constraints: Default::default(),
                 triggers: Default::default(),
                 escalation: Default::default(),
+                saga: Default::default(),
             },
         }
     }

@@ -60,6 +60,8 @@ pub mod limits {
     pub const MAX_RETRIES: u32 = 20;
     /// Times a reviewer may send a step back.
     pub const MAX_REVIEW_ROUNDS: u32 = 5;
+    /// Times a failing run may re-plan.
+    pub const MAX_REPLANS: u32 = 5;
     /// A start's `input`, as JSON: it travels in the start event and every scheduled step.
     pub const INPUT_BYTES: usize = 64 * 1024;
 }
@@ -333,6 +335,22 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
         ));
     }
     escalation_policy(&mut errors, workflow);
+    let saga = workflow.configuration.saga;
+    if saga.replan && workflow.coordinator_agent_id.is_none() {
+        errors.push(error(
+            "/configuration/saga/replan",
+            "the workflow's coordinator agent re-plans a failing run: set coordinatorAgentId, or \
+             remove replan",
+        ));
+    }
+    if let Some(replans) = saga.max_replans
+        && !(1..=limits::MAX_REPLANS).contains(&replans)
+    {
+        errors.push(error(
+            "/configuration/saga/maxReplans",
+            format!("must be from 1 to {}", limits::MAX_REPLANS),
+        ));
+    }
     if let Some(retries) = workflow.configuration.constraints.max_retries
         && retries > limits::MAX_RETRIES
     {
@@ -392,15 +410,22 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             limits::VALIDATION_CRITERIA,
             limits::VALIDATION_CRITERION,
         );
-        if step.id.as_str().starts_with(StepId::UNDO_PREFIX) {
-            errors.push(error(
-                format!("{at}/id"),
-                format!(
-                    "step ids starting with '{}' are reserved for the steps that undo others \
-                     (compensation); rename it",
-                    StepId::UNDO_PREFIX
-                ),
-            ));
+        for (prefix, what) in [
+            (
+                StepId::UNDO_PREFIX,
+                "the steps that undo others (compensation)",
+            ),
+            (
+                StepId::REPLAN_PREFIX,
+                "the steps that re-plan a failing run",
+            ),
+        ] {
+            if step.id.as_str().starts_with(prefix) {
+                errors.push(error(
+                    format!("{at}/id"),
+                    format!("step ids starting with '{prefix}' are reserved for {what}; rename it"),
+                ));
+            }
         }
         if let Some(compensation) = &step.compensation {
             require_text(
@@ -976,6 +1001,7 @@ mod tests {
                 constraints: Constraints::default(),
                 triggers: Default::default(),
                 escalation: Default::default(),
+                saga: Default::default(),
             },
         }
     }

@@ -181,6 +181,7 @@ mod tests {
                 constraints: Default::default(),
                 triggers,
                 escalation: Default::default(),
+                saga: Default::default(),
             },
         };
         let event = Event::WorkflowCreated(WorkflowCreated {

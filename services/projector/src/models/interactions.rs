@@ -3,11 +3,11 @@
 //! each keyed by the id of the event it comes from.
 
 use cadre_proto::events::{
-    AssignmentReason, CompensationStarted, EscalationResolved, ExecutionEscalated,
+    AssignmentReason, EscalationResolved, ExecutionEscalated, ExecutionReplanned,
     InteractionRecorded, KnowledgeShared, LeadTaken, QuestionAnswered, QuestionAssigned,
-    QuestionsAsked, QuestionsExpired, Resolution, StepAttempt, StepCompleted, StepDeferred,
-    StepEscalated, StepFailed, StepRetryScheduled, StepScheduled, StepSkipped, StepStarted,
-    StepTimedOut,
+    QuestionsAsked, QuestionsExpired, Resolution, SagaStarted, StepAttempt, StepCompleted,
+    StepDeferred, StepEscalated, StepFailed, StepRetryScheduled, StepScheduled, StepSkipped,
+    StepStarted, StepTimedOut,
 };
 use cadre_proto::model::InteractionType;
 use cadre_proto::{ExecutionId, StepId};
@@ -400,18 +400,56 @@ impl Changes {
     }
 
     /// The run is failing and undoes its completed steps first.
-    pub fn compensation_started(&mut self, origin: &Origin<'_>, e: &CompensationStarted) {
+    pub fn saga_started(&mut self, origin: &Origin<'_>, e: &SagaStarted) {
         let steps: Vec<&str> = e.steps.iter().map(StepId::as_str).collect();
         self.rows.push(InteractionRow {
-            context_data: json!({ "steps": e.steps, "cause": e.cause, "error": e.error }),
+            context_data: json!({
+                "steps": e.steps,
+                "replan": e.replan,
+                "cause": e.cause,
+                "error": e.error,
+            }),
             ..InteractionRow::new(
                 origin,
                 e.execution_id,
                 InteractionType::Coordination,
+                match (steps.is_empty(), e.replan) {
+                    (false, true) => format!(
+                        "Saga started: undoing {}, then re-planning ({})",
+                        steps.join(", then "),
+                        e.error
+                    ),
+                    (false, false) => format!(
+                        "Saga started: undoing {} before the run fails ({})",
+                        steps.join(", then "),
+                        e.error
+                    ),
+                    (true, _) => format!("Saga started: re-planning ({})", e.error),
+                },
+            )
+        });
+    }
+
+    /// The coordinator agent's revised steps replaced the failing run's.
+    pub fn replanned(&mut self, origin: &Origin<'_>, e: &ExecutionReplanned) {
+        let steps: Vec<&str> = e.steps.iter().map(|s| s.id.as_str()).collect();
+        self.rows.push(InteractionRow {
+            from_agent_id: Some(e.agent_id.0),
+            context_data: json!({
+                "replan": e.replan,
+                "steps": e.steps,
+                "summary": e.summary,
+                "error": e.error,
+            }),
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::TaskDelegation,
                 format!(
-                    "Compensation started: undoing {} before the run fails ({})",
-                    steps.join(", then "),
-                    e.error
+                    "Execution re-planned ({}): the run goes on with {} - {}",
+                    e.replan,
+                    steps.join(", "),
+                    e.summary
                 ),
             )
         });

@@ -1,12 +1,12 @@
 //! What an execution does next: commands in, events out. The time is an input, never read.
 
 use cadre_proto::events::{
-    AssignmentReason, CompensationStarted, EscalationContext, EscalationKind, EscalationResolved,
-    ExecutionCancelled, ExecutionCompleted, ExecutionEscalated, ExecutionFailed, ExecutionPaused,
+    AssignmentReason, EscalationContext, EscalationKind, EscalationResolved, ExecutionCancelled,
+    ExecutionCompleted, ExecutionEscalated, ExecutionFailed, ExecutionPaused, ExecutionReplanned,
     ExecutionResumed, ExecutionStarted, FailedAttempt, FailureCause, LeadTaken, ParentStep,
     QuestionAnswer, QuestionAssigned, QuestionsExpired, Request, Resolution, ReviewRequest,
-    RiskSource, StepAttempt, StepEscalated, StepRetryDue, StepRetryScheduled, StepScheduled,
-    StepSkipped, StepTimedOut, Teammate, Unanswered,
+    RiskSource, SagaStarted, StepAttempt, StepEscalated, StepRetryDue, StepRetryScheduled,
+    StepScheduled, StepSkipped, StepTimedOut, Teammate, Unanswered,
 };
 use cadre_proto::model::{
     AgentProfile, EscalationRung, MissedDeadline, RiskLead, StepType, TriggerReason,
@@ -22,6 +22,7 @@ use super::{
 use crate::domain::Decider;
 use crate::domain::assignment::{assign, assign_reviewer};
 use crate::domain::condition::{self, StepView};
+use crate::domain::validation::validate_workflow;
 
 /// Begin a run of `workflow` with a snapshot of its agents. The workflow's execution numbers
 /// are decided by `crate::domain::starts`.
@@ -263,11 +264,19 @@ fn resolved(
 }
 
 /// The run cannot go on: it fails, unless steps that completed declare how to undo them and
-/// have not been undone yet, in which case a saga undoes them first (`CompensationStarted`).
+/// have not been undone yet, in which case a saga undoes them first (`SagaStarted`).
 fn failing(execution: &Execution, cause: FailureCause, error: String) -> Vec<Event> {
     if execution.saga.is_some() {
         return failed(execution, cause, error);
     }
+    // A person who aborted decided to stop, and a run past its time limit has no time left:
+    // neither re-plans (both still undo their steps).
+    let replan = execution.replans < execution.workflow.configuration.saga.replans_allowed()
+        && coordinator(execution).is_some()
+        && !matches!(
+            cause,
+            FailureCause::Aborted { .. } | FailureCause::TimeLimit { .. }
+        );
     let steps: Vec<StepId> = execution
         .completion_order
         .iter()
@@ -280,16 +289,173 @@ fn failing(execution: &Execution, cause: FailureCause, error: String) -> Vec<Eve
         })
         .cloned()
         .collect();
-    if steps.is_empty() {
+    if steps.is_empty() && !replan {
         return failed(execution, cause, error);
     }
-    vec![Event::CompensationStarted(Box::new(CompensationStarted {
+    vec![Event::SagaStarted(Box::new(SagaStarted {
         execution_id: execution.id,
         workflow_id: execution.workflow.id,
         cause,
         error,
         steps,
+        replan,
     }))]
+}
+
+/// The workflow's coordinator agent, when it takes part in the run.
+fn coordinator(execution: &Execution) -> Option<&AgentProfile> {
+    let id = execution.workflow.coordinator_agent_id?;
+    execution.agents.iter().find(|a| a.id == id)
+}
+
+/// What a failing run does once its undoings are done: re-plan when the workflow asks for it
+/// (hand the re-planning to the coordinator agent, wait for it, then take its proposal if it is
+/// valid), else fail.
+fn replan(
+    execution: &Execution,
+    saga: &Saga,
+    undone: &str,
+    watermark: u64,
+    now: DateTime<Utc>,
+) -> Vec<Event> {
+    let error = format!("{}{undone}", saga.error);
+    let fail = |why: Option<String>| {
+        let error = match why {
+            Some(why) => format!("{error}; re-planning failed: {why}"),
+            None => error.clone(),
+        };
+        failed(execution, saga.cause.clone(), error)
+    };
+    let (Some(planning), Some(agent)) = (&saga.replan, coordinator(execution)) else {
+        return fail(None);
+    };
+    let n = execution.replans + 1;
+    match planning {
+        Undoing::Scheduled { .. } => vec![],
+        Undoing::Pending if matches!(execution.status, Status::Paused | Status::Escalated) => {
+            vec![]
+        }
+        Undoing::Pending => {
+            let step = replanning_step(execution, n, &error);
+            vec![scheduled(
+                execution,
+                Scheduling {
+                    step: &step,
+                    attempt: 1,
+                    agent,
+                    reason: AssignmentReason::Replans,
+                    review: None,
+                    feedback: None,
+                    answers: Vec::new(),
+                    earlier_failures: Vec::new(),
+                },
+                watermark,
+                now,
+            )]
+        }
+        Undoing::Failed { error } => fail(Some(format!("the coordinator agent failed: {error}"))),
+        Undoing::Done { summary, output } => match proposed_steps(execution, output) {
+            Ok(steps) => vec![Event::ExecutionReplanned(Box::new(ExecutionReplanned {
+                execution_id: execution.id,
+                workflow_id: execution.workflow.id,
+                replan: n,
+                agent_id: agent.id,
+                summary: summary.clone(),
+                steps,
+                error,
+            }))],
+            Err(why) => fail(Some(why)),
+        },
+    }
+}
+
+/// The step in which the coordinator agent re-plans: what failed, what was done and undone,
+/// and the steps as they stood, with the answer's required shape.
+fn replanning_step(execution: &Execution, n: u32, error: &str) -> WorkflowStep {
+    let workflow = &execution.workflow;
+    let done: Vec<String> = execution
+        .completion_order
+        .iter()
+        .filter_map(|id| {
+            let StepState::Completed { summary, .. } = &execution.steps[id].state else {
+                return None;
+            };
+            Some(format!("- {id}: {summary}"))
+        })
+        .collect();
+    let steps = serde_json::to_string_pretty(&workflow.configuration.steps).unwrap_or_default();
+    WorkflowStep {
+        id: StepId::replan(n),
+        name: "Re-plan the run".to_owned(),
+        description: format!(
+            "The run of workflow '{}' failed and its completed steps were undone where they \
+             declare how. Propose revised steps that reach the workflow's goal another way.",
+            workflow.name
+        ),
+        step_type: StepType::Decision,
+        assigned_agent_role: None,
+        preferred_agent_id: workflow.coordinator_agent_id,
+        required_skills: Vec::new(),
+        depends_on: Vec::new(),
+        can_run_in_parallel: false,
+        instructions: format!(
+            "Why the run failed: {error}\n\nSteps completed before it failed (their effects \
+             were compensated where the step says how):\n{}\n\nThe steps as they stood, as \
+             JSON:\n{steps}\n\nPropose the revised steps the run goes on with, in the same \
+             JSON shape. They replace every step; keep a step's id to run it again.",
+            if done.is_empty() {
+                "(none)".to_owned()
+            } else {
+                done.join("\n")
+            }
+        ),
+        expected_output: "The output is only a JSON object {\"steps\": [...]} whose steps have \
+                          the shape above (id, name, description, type, requiredSkills, \
+                          dependsOn, instructions, expectedOutput); the summary says why."
+            .to_owned(),
+        timeout_minutes: workflow
+            .configuration
+            .steps
+            .iter()
+            .filter_map(|s| s.timeout_minutes)
+            .reduce(f64::max),
+        validation_criteria: Vec::new(),
+        review_required: false,
+        reviewer_role: None,
+        condition: None,
+        child_workflow_id: None,
+        risks: Vec::new(),
+        compensation: None,
+    }
+}
+
+/// The steps a re-planning proposed, if they make a valid workflow: the JSON object of the
+/// answer's output (fenced or not), validated as the workflow with these steps would be.
+fn proposed_steps(execution: &Execution, output: &str) -> Result<Vec<WorkflowStep>, String> {
+    #[derive(serde::Deserialize)]
+    struct Proposal {
+        steps: Vec<WorkflowStep>,
+    }
+    let (Some(start), Some(end)) = (output.find('{'), output.rfind('}')) else {
+        return Err("its output holds no JSON object {\"steps\": [...]}".to_owned());
+    };
+    let proposal: Proposal = serde_json::from_str(&output[start..=end])
+        .map_err(|e| format!("its output is not a JSON object {{\"steps\": [...]}}: {e}"))?;
+    if proposal.steps.is_empty() {
+        return Err("it proposed no step".to_owned());
+    }
+    let mut workflow = execution.workflow.clone();
+    workflow.configuration.steps = proposal.steps;
+    workflow.configuration.phases.clear();
+    let errors = validate_workflow(&workflow);
+    if !errors.is_empty() {
+        let errors: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{} {}", e.pointer, e.message))
+            .collect();
+        return Err(format!("its steps are not valid: {}", errors.join("; ")));
+    }
+    Ok(workflow.configuration.steps)
 }
 
 /// The undoing `undo` of a saga ran past the time-out of the step it undoes.
@@ -379,11 +545,12 @@ fn compensate(
                     _ => step.to_string(),
                 })
                 .collect();
-            failed(
-                execution,
-                saga.cause.clone(),
-                format!("{}; compensated: {}", saga.error, undone.join(", ")),
-            )
+            let undone = if undone.is_empty() {
+                String::new()
+            } else {
+                format!("; compensated: {}", undone.join(", "))
+            };
+            replan(execution, saga, &undone, watermark, now)
         }
     }
 }

@@ -116,6 +116,12 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                 vec![]
             }
         }
+        // A failing run's other attempts are moot: stop them before the undoings start (their
+        // timers may still fire; what they guard no longer counts).
+        Event::SagaStarted(e) => vec![Effect::StopCalls {
+            execution_id: e.execution_id,
+            step: None,
+        }],
         Event::StepCompleted(e) => attempt_ended(execution, &e.attempt),
         Event::StepFailed(e) => attempt_ended(execution, &e.attempt),
         Event::StepReviewed(e) => attempt_ended(execution, &e.attempt),

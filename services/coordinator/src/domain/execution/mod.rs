@@ -363,11 +363,13 @@ pub struct Execution {
     pub aborted: Option<(EscalationId, Option<String>, Option<String>)>,
     /// The steps in the order they completed: a saga undoes them in reverse.
     pub completion_order: Vec<StepId>,
+    /// How many times the run re-planned.
+    pub replans: u32,
     /// The run is failing and undoing its completed steps first.
     pub saga: Option<Saga>,
 }
 
-/// A failing run's compensations (see `CompensationStarted`).
+/// A failing run's compensations (see `SagaStarted`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Saga {
     /// Why the run fails once its compensations are done.
@@ -375,6 +377,8 @@ pub struct Saga {
     pub error: String,
     /// The steps to undo, in order, and what became of each undoing.
     pub steps: Vec<(StepId, Undoing)>,
+    /// The re-planning that follows the undoings, when the workflow asks for it.
+    pub replan: Option<Undoing>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -386,8 +390,10 @@ pub enum Undoing {
         attempt: u32,
         agent: AgentId,
     },
+    /// Done: for a re-planning, `output` is the proposal.
     Done {
         summary: String,
+        output: String,
     },
     Failed {
         error: String,
@@ -451,6 +457,7 @@ pub fn evolve(state: State, event: &Event) -> State {
                 escalation: None,
                 aborted: None,
                 completion_order: Vec::new(),
+                replans: 0,
                 saga: None,
             }))
         }
@@ -468,6 +475,12 @@ impl Execution {
             return;
         }
         self.apply_to_steps(event);
+        // A person who aborts while the run undoes its steps decided to stop: no re-planning.
+        if let (Event::EscalationResolved(e), Some(saga)) = (event, self.saga.as_mut())
+            && matches!(e.resolution, Resolution::Abort | Resolution::Reject)
+        {
+            saga.replan = None;
+        }
         // At most one step completes per event: the order of completions is exact.
         if matches!(
             event,
@@ -486,7 +499,7 @@ impl Execution {
     /// Applies an event of the run's saga: its start, or one about an `undo-<id>` step.
     /// Returns whether it was one.
     fn undo(&mut self, event: &Event) -> bool {
-        if let Event::CompensationStarted(e) = event {
+        if let Event::SagaStarted(e) = event {
             if self.saga.is_none() && !self.status.is_finished() {
                 self.saga = Some(Saga {
                     cause: e.cause.clone(),
@@ -496,7 +509,14 @@ impl Execution {
                         .iter()
                         .map(|s| (s.clone(), Undoing::Pending))
                         .collect(),
+                    replan: e.replan.then_some(Undoing::Pending),
                 });
+            }
+            return true;
+        }
+        if let Event::ExecutionReplanned(e) = event {
+            if self.saga.is_some() && !self.status.is_finished() {
+                self.replanned(e);
             }
             return true;
         }
@@ -509,13 +529,23 @@ impl Execution {
             Event::QuestionsAsked(e) => &e.attempt.step_id,
             _ => return false,
         };
-        if !step.as_str().starts_with(StepId::UNDO_PREFIX) {
+        let replanning = step.as_str().starts_with(StepId::REPLAN_PREFIX);
+        if !step.as_str().starts_with(StepId::UNDO_PREFIX) && !replanning {
             return false;
         }
         let Some(saga) = self.saga.as_mut().filter(|_| !self.status.is_finished()) else {
             return true;
         };
         let outcome = match event {
+            Event::StepScheduled(e) if replanning => {
+                if saga.replan == Some(Undoing::Pending) {
+                    saga.replan = Some(Undoing::Scheduled {
+                        attempt: e.attempt,
+                        agent: e.agent.id,
+                    });
+                }
+                return true;
+            }
             Event::StepScheduled(e) => {
                 if let Some((_, undoing)) = saga
                     .steps
@@ -533,6 +563,7 @@ impl Execution {
                 &e.attempt,
                 Undoing::Done {
                     summary: e.result.summary.clone(),
+                    output: e.result.output.clone(),
                 },
             ),
             Event::StepFailed(e) => (
@@ -557,10 +588,37 @@ impl Execution {
             _ => return true,
         };
         let (attempt, result) = outcome;
-        if let Some(undoing) = saga.undoing(&attempt.step_id, attempt.number) {
+        let undoing = if replanning {
+            saga.replan.as_mut().filter(
+                |u| matches!(u, Undoing::Scheduled { attempt: a, .. } if *a == attempt.number),
+            )
+        } else {
+            saga.undoing(&attempt.step_id, attempt.number)
+        };
+        if let Some(undoing) = undoing {
             *undoing = result;
         }
         true
+    }
+
+    /// The run goes on with the steps its coordinator agent proposed: a step keeping its id
+    /// keeps its attempt count (its next attempt is a new one), everything else starts afresh.
+    fn replanned(&mut self, e: &cadre_proto::events::ExecutionReplanned) {
+        let old = std::mem::take(&mut self.steps);
+        self.steps = e
+            .steps
+            .iter()
+            .map(|step| {
+                let mut progress = StepProgress::new();
+                progress.attempt = old.get(&step.id).map_or(0, |p| p.attempt);
+                (step.id.clone(), progress)
+            })
+            .collect();
+        self.workflow.configuration.steps = e.steps.clone();
+        self.workflow.configuration.phases.clear();
+        self.completion_order.clear();
+        self.replans = e.replan;
+        self.saga = None;
     }
 
     fn apply_to_steps(&mut self, event: &Event) {

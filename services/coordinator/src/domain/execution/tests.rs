@@ -80,6 +80,7 @@ fn workflow(agents: &[AgentProfile], steps: Vec<WorkflowStep>) -> WorkflowDefini
             constraints: Constraints::default(),
             triggers: Default::default(),
             escalation: Default::default(),
+            saga: Default::default(),
         },
     }
 }
@@ -1452,8 +1453,8 @@ proptest! {
     /// out, or asks teammates questions that are answered or miss their deadline), to the
     /// run (paused, resumed, cancelled), on the escalation ladder and to the escalations and
     /// approvals a person resolves (retry, reassign, skip, provide the output, abort, approve,
-    /// reject), to risky steps handing the lead over, and to the sagas of failing runs, the
-    /// run reaches a terminal state; no step starts before its dependencies
+    /// reject), to risky steps handing the lead over, and to the sagas of failing runs (their
+    /// undoings, and re-plans valid or not), the run reaches a terminal state; no step starts before its dependencies
     /// completed; nothing but a saga's undoings is scheduled after an abort; and replaying the log gives the state
     /// that was built event by event.
     #[test]
@@ -1476,6 +1477,8 @@ proptest! {
             .clone();
         wf.configuration.escalation.leads = vec![RiskLead { risk: "security".into(), role: "bo".into() }];
         wf.configuration.escalation.after_minutes = Some(30.0);
+        wf.coordinator_agent_id = Some(team[0].id);
+        wf.configuration.saga.replan = ladder % 2 == 0;
         for (s, condition) in wf.configuration.steps.iter_mut().zip(conditions) {
             s.timeout_minutes = Some(1.0);
             s.condition = match condition {
@@ -1601,12 +1604,19 @@ proptest! {
                 continue;
             }
             let Event::StepScheduled(s) = &attempt else { unreachable!() };
-            if let State::Started(e) = &state {
+            // An attempt of the run's current plan (one handed out before a re-plan may be stale).
+            if let State::Started(e) = &state && e.steps.get(&s.step.id).is_some_and(|p| p.attempt == s.attempt) {
                 for dependency in &s.step.depends_on {
                     prop_assert!(e.steps[dependency].state.is_done(), "ran before its dependency");
                 }
             }
             let outcome = match roll % 4 {
+                // A re-planning proposes one step, valid or not as the roll goes.
+                0 if s.step.id.as_str().starts_with(StepId::REPLAN_PREFIX) => {
+                    let Event::StepCompleted(mut done) = completed(&attempt) else { unreachable!() };
+                    done.result.output = format!(r#"{{"steps": [{{"id": "again", "name": "Again", "description": "", "type": "analysis", "dependsOn": [{}], "instructions": "Do.", "expectedOutput": "It."}}]}}"#, if roll % 8 == 0 { "\"ghost\"" } else { "" });
+                    vec![Event::StepCompleted(done)]
+                }
                 0 => vec![completed(&attempt)],
                 1 => vec![failed(&attempt, "boom")],
                 2 => decide(&Command::TimerFired(step_timer(&attempt)), &state, now()).unwrap(),

@@ -842,7 +842,7 @@ fn a_failing_run_undoes_its_completed_steps_in_reverse_order_then_fails() {
     log.push(failed(the_scheduled(&c), "the migration broke"));
 
     let start = advance(&log);
-    let [Event::CompensationStarted(saga)] = start.as_slice() else {
+    let [Event::SagaStarted(saga)] = start.as_slice() else {
         panic!("expected a saga, got {start:?}")
     };
     let order: Vec<&str> = saga.steps.iter().map(StepId::as_str).collect();
@@ -917,7 +917,7 @@ fn a_person_who_aborts_a_run_starts_its_saga_and_a_cancel_stops_it() {
     log.extend(up);
     log.push(resolve(&log, id, Resolution::Abort).unwrap());
     let start = advance(&log);
-    let [Event::CompensationStarted(saga)] = start.as_slice() else {
+    let [Event::SagaStarted(saga)] = start.as_slice() else {
         panic!("expected a saga, got {start:?}")
     };
     assert!(matches!(saga.cause, FailureCause::Aborted { .. }));
@@ -983,4 +983,157 @@ fn validation_reserves_the_undo_prefix_and_bounds_ids_with_a_compensation() {
             "{expected} missing from {pointers:?}"
         );
     }
+}
+
+/// `of` completes with this output.
+fn completed_with(of: &Event, output: &str) -> Event {
+    let Event::StepCompleted(mut done) = completed(of) else {
+        unreachable!()
+    };
+    done.result.summary = "Smaller steps that avoid the broken migration.".into();
+    done.result.output = output.to_owned();
+    Event::StepCompleted(done)
+}
+
+fn replanning_team() -> (Vec<AgentProfile>, WorkflowDefinition) {
+    let team = vec![agent("Ada", &["rust"]), agent("Cy", &["planning"])];
+    let mut wf = saga_workflow(&team);
+    wf.coordinator_agent_id = Some(team[1].id);
+    wf.configuration.saga.replan = true;
+    assert!(validate_workflow(&wf).is_empty());
+    (team, wf)
+}
+
+/// A replanning run's log up to the coordinator's re-planning attempt, which is returned.
+fn up_to_replanning(wf: &WorkflowDefinition, team: &[AgentProfile]) -> (Vec<Event>, Event) {
+    let mut log = run_to_step(wf, team, "c");
+    let c = advance(&log);
+    log.extend(c.clone());
+    log.push(failed(the_scheduled(&c), "the migration broke"));
+    loop {
+        let decided = advance(&log);
+        log.extend(decided.clone());
+        match decided.as_slice() {
+            [Event::SagaStarted(s)] => assert!(s.replan),
+            [Event::StepScheduled(s)] if s.step.id.as_str().starts_with("undo-") => {
+                log.push(completed(&decided[0]));
+            }
+            [Event::StepScheduled(s)] if s.step.id.as_str() == "replan-1" => {
+                return (log, decided[0].clone());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn after_its_undoings_a_failing_run_re_plans_with_its_coordinator_and_goes_on() {
+    let (team, wf) = replanning_team();
+    let (mut log, planning) = up_to_replanning(&wf, &team);
+    let Event::StepScheduled(s) = &planning else {
+        unreachable!()
+    };
+    assert_eq!(s.agent.id, team[1].id, "the coordinator agent re-plans");
+    assert_eq!(s.reason, AssignmentReason::Replans);
+    assert!(s.step.instructions.contains("the migration broke"));
+    assert!(s.step.instructions.contains("compensated: b, a"));
+    assert!(
+        s.step.instructions.contains("\"id\": \"notes\""),
+        "the steps as JSON"
+    );
+
+    let plan = r#"Here is the plan:
+```json
+{"steps": [
+  {"id": "c-small", "name": "Migrate in batches", "description": "Smaller migration.",
+   "type": "implementation", "requiredSkills": ["rust"], "dependsOn": [],
+   "instructions": "Migrate 1,000 rows at a time.", "expectedOutput": "Migrated rows."},
+  {"id": "c", "name": "Step c", "description": "Again.", "type": "implementation",
+   "dependsOn": ["c-small"], "instructions": "Finish.", "expectedOutput": "Done."}
+]}
+```"#;
+    log.push(completed_with(&planning, plan));
+    let replanned = advance(&log);
+    let [Event::ExecutionReplanned(r)] = replanned.as_slice() else {
+        panic!("expected the run to re-plan, got {replanned:?}")
+    };
+    assert_eq!((r.replan, r.agent_id), (1, team[1].id));
+    let ids: Vec<&str> = r.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["c-small", "c"]);
+    assert!(r.error.contains("the migration broke"));
+    log.extend(replanned);
+    assert_eq!(status(&log), Status::Running);
+
+    let next = advance(&log);
+    assert_eq!(scheduled(&next), [("c-small".into(), 1, team[0].id)]);
+    log.extend(next.clone());
+    log.push(completed(&next[0]));
+    let c = advance(&log);
+    assert_eq!(
+        scheduled(&c)[0].1,
+        2,
+        "a step kept by the new plan counts on"
+    );
+    log.extend(c.clone());
+    log.push(completed(&c[0]));
+    let end = advance(&log);
+    let [Event::ExecutionCompleted(done)] = end.as_slice() else {
+        panic!("expected the run to complete, got {end:?}")
+    };
+    assert_eq!(
+        done.final_output
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["c"]
+    );
+}
+
+#[test]
+fn a_proposal_that_is_no_valid_workflow_fails_the_run_with_why() {
+    let (team, wf) = replanning_team();
+    let (log, planning) = up_to_replanning(&wf, &team);
+    for (output, why) in [
+        ("I would rather not.", "holds no JSON object"),
+        (
+            r#"{"steps": [{"id": "x", "name": "X", "description": "", "type": "analysis",
+               "dependsOn": ["ghost"], "instructions": "Do.", "expectedOutput": "It."}]}"#,
+            "its steps are not valid: /configuration/steps/0/dependsOn/0",
+        ),
+        (r#"{"steps": []}"#, "it proposed no step"),
+    ] {
+        let mut log = log.clone();
+        log.push(completed_with(&planning, output));
+        let end = advance(&log);
+        let [Event::ExecutionFailed(f)] = end.as_slice() else {
+            panic!("expected failure for {output}, got {end:?}")
+        };
+        assert!(
+            f.error
+                .contains("the migration broke; compensated: b, a; re-planning failed: "),
+            "{}",
+            f.error
+        );
+        assert!(f.error.contains(why), "{why} not in {}", f.error);
+    }
+}
+
+#[test]
+fn a_run_re_plans_at_most_max_replans_times() {
+    let (team, wf) = replanning_team();
+    let (mut log, planning) = up_to_replanning(&wf, &team);
+    let plan = r#"{"steps": [{"id": "retry", "name": "Retry", "description": "", "type": "analysis",
+        "instructions": "Do.", "expectedOutput": "It."}]}"#;
+    log.push(completed_with(&planning, plan));
+    let replanned = advance(&log);
+    log.extend(replanned);
+    let next = advance(&log);
+    log.extend(next.clone());
+    log.push(failed(&next[0], "broke again"));
+    let end = advance(&log);
+    let [Event::ExecutionFailed(f)] = end.as_slice() else {
+        panic!("no second re-planning: {end:?}")
+    };
+    assert!(f.error.contains("broke again"), "{}", f.error);
 }

@@ -1,0 +1,167 @@
+//! Sagas end to end: a run that fails undoes the steps that declare how, in reverse order of
+//! completion, then its coordinator agent re-plans and the run goes on with the new steps.
+
+// Test code: a panic is the failure report, in helpers as in tests.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cadre_proto::events::AssignmentReason;
+use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
+use cadre_tests::Stack;
+use cadre_tests::api::agent;
+use cadre_tests::stack::FAKE_PROVIDER;
+use serde_json::{Value, json};
+
+const FINISH: Duration = Duration::from_secs(90);
+
+fn step(id: &str, depends_on: &[&str], compensation: Option<&str>) -> Value {
+    let mut step = json!({
+        "id": id, "name": format!("Step {id}"), "description": "A part of the release.",
+        "type": "implementation", "requiredSkills": ["research"], "dependsOn": depends_on,
+        "instructions": format!("Do {id}."), "expectedOutput": "It, done."
+    });
+    if let Some(compensation) = compensation {
+        step["compensation"] = json!(compensation);
+    }
+    step
+}
+
+#[tokio::test]
+async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_completes() {
+    let stack = Stack::start().await;
+    let mut ids = Vec::new();
+    for (name, role, skills) in [
+        ("Ada", "analyst", ["research"]),
+        ("Bo", "analyst", ["research"]),
+        ("Cy", "coordinator", ["planning"]),
+    ] {
+        let created = stack
+            .api
+            .register_agent(&agent(name, role, &skills, FAKE_PROVIDER))
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let workflow = stack
+        .api
+        .create_workflow(&json!({
+            "name": "Release", "description": "Migrate, deploy, verify.",
+            "workflowType": "pipeline", "participatingAgents": ids, "coordinatorAgentId": ids[2],
+            "configuration": {
+                "steps": [
+                    step("migrate", &[], Some("Restore the snapshot taken before the migration.")),
+                    step("deploy", &["migrate"], Some("Roll the deployment back.")),
+                    step("verify", &["deploy"], None),
+                ],
+                "constraints": { "maxRetries": 0 },
+                "saga": { "replan": true }
+            }
+        }))
+        .await;
+    let workflow_id = workflow["id"].as_str().unwrap().to_owned();
+
+    stack.llm.fail_step("Step verify", 400);
+    stack.llm.propose_plan(
+        r#"{"steps": [{"id": "canary", "name": "Canary release", "description": "Release to 5% first.", "type": "implementation", "requiredSkills": ["research"], "dependsOn": [], "instructions": "Deploy to the canary pool and watch the error rate.", "expectedOutput": "A healthy canary."}]}"#,
+    );
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    let results = &execution["stepResults"];
+    for step in ["undo-deploy", "undo-migrate", "replan-1", "canary"] {
+        assert_eq!(results[step]["status"], "completed", "{step}: {results:#}");
+    }
+    assert_eq!(results["verify"]["status"], "failed");
+    assert!(
+        execution["finalOutput"]["canary"].is_object(),
+        "{execution:#}"
+    );
+
+    let log: Vec<Event> = stack
+        .bus
+        .read_all(&subjects::execution_state(
+            &TenantId::default_tenant(),
+            WorkflowId(workflow_id.parse().unwrap()),
+            ExecutionId(execution_id.parse().unwrap()),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.envelope.event)
+        .collect();
+    let saga = log
+        .iter()
+        .find_map(|e| match e {
+            Event::SagaStarted(s) => Some(s),
+            _ => None,
+        })
+        .expect("a saga");
+    let order: Vec<&str> = saga.steps.iter().map(|s| s.as_str()).collect();
+    assert_eq!(order, ["deploy", "migrate"], "reverse order of completion");
+    assert!(saga.replan);
+    let scheduled: Vec<(String, String)> = log
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepScheduled(s) => Some((s.step.id.to_string(), s.agent.id.to_string())),
+            _ => None,
+        })
+        .collect();
+    let position = |step: &str| scheduled.iter().position(|(s, _)| s == step).unwrap();
+    assert!(position("undo-deploy") < position("undo-migrate"));
+    assert!(position("undo-migrate") < position("replan-1"));
+    assert!(position("replan-1") < position("canary"));
+    let author = |step: &str| {
+        log.iter()
+            .find_map(|e| match e {
+                Event::StepCompleted(c) if c.attempt.step_id.as_str() == step => {
+                    Some(c.attempt.agent_id.to_string())
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        scheduled[position("undo-deploy")].1,
+        author("deploy"),
+        "whoever deployed rolls back"
+    );
+    assert_eq!(
+        scheduled[position("replan-1")].1,
+        ids[2],
+        "the coordinator re-plans"
+    );
+    let replanning = log.iter().find_map(|e| match e {
+        Event::StepScheduled(s) if s.step.id.as_str() == "replan-1" => Some(s),
+        _ => None,
+    });
+    assert_eq!(replanning.unwrap().reason, AssignmentReason::Replans);
+    assert!(
+        log.iter()
+            .any(|e| matches!(e, Event::ExecutionReplanned(r) if r.steps.len() == 1))
+    );
+
+    let interactions = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}/interactions"))
+        .await
+        .body;
+    let messages: Vec<&str> = interactions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("Saga started: undoing deploy, then migrate, then re-planning")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("Execution re-planned (1): the run goes on with canary")),
+        "{messages:#?}"
+    );
+    stack.stop().await;
+}
