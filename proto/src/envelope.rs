@@ -168,7 +168,9 @@ mod tests {
 
     use super::*;
     use crate::events::*;
-    use crate::ids::{AgentId, EscalationId, ExecutionId, KnowledgeId, StepId, WorkflowId};
+    use crate::ids::{
+        AgentId, EscalationId, ExecutionId, KnowledgeId, StepId, TemplateId, WorkflowId,
+    };
     use crate::model::*;
 
     fn attempt() -> StepAttempt {
@@ -314,7 +316,23 @@ mod tests {
             Event::AgentRegistered(AgentRegistered { agent: agent() }),
             Event::WorkflowCreated(WorkflowCreated {
                 workflow: workflow(),
+                template_id: Some(TemplateId::new()),
             }),
+            Event::TemplateRegistered(Box::new(TemplateRegistered {
+                template: WorkflowTemplate {
+                    id: TemplateId::system(&TenantId::default_tenant(), "t"),
+                    name: "T".into(),
+                    description: "d".into(),
+                    category: TemplateCategory::Development,
+                    workflow_type: WorkflowType::Parallel,
+                    template_definition: workflow().configuration,
+                    required_agent_roles: vec!["analyst".into(), "security".into()],
+                    recommended_agent_count: 2,
+                    is_system_template: true,
+                    created_by: Some("ops".into()),
+                    revision: 3,
+                },
+            })),
             Event::WorkflowPaused(WorkflowPaused {
                 workflow_id: w,
                 request: request.clone(),
@@ -722,6 +740,17 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_workflow_created_before_templates_reads_without_a_template() {
+        let created = wrap(Event::WorkflowCreated(WorkflowCreated {
+            workflow: workflow(),
+            template_id: None,
+        }));
+        let v: serde_json::Value = serde_json::from_slice(&created.encode()).unwrap();
+        assert!(v["data"].get("templateId").is_none(), "{v}");
+        assert_eq!(Envelope::decode(&created.encode()).unwrap(), created);
     }
 
     #[test]

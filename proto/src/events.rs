@@ -4,11 +4,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{
-    AgentId, EscalationId, EventId, ExecutionId, KnowledgeId, StepId, TenantId, WorkflowId,
+    AgentId, EscalationId, EventId, ExecutionId, KnowledgeId, StepId, TemplateId, TenantId,
+    WorkflowId,
 };
 use crate::model::{
     AgentProfile, CommunicationStyle, EscalationRung, InteractionType, KnowledgeType, StepResult,
-    TokenUsage, TriggerReason, WorkflowDefinition, WorkflowStep,
+    TokenUsage, TriggerReason, WorkflowDefinition, WorkflowStep, WorkflowTemplate,
 };
 use crate::subjects;
 
@@ -22,6 +23,18 @@ pub struct AgentRegistered {
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowCreated {
     pub workflow: WorkflowDefinition,
+    /// The template the workflow was created from (`POST /v1/templates/{id}/workflows`);
+    /// absent for a workflow written out whole, and in events recorded before templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<TemplateId>,
+}
+
+/// A workflow template was registered: a user's (`POST /v1/templates`), or a system template
+/// the coordinator registers at start (again only with a higher `revision`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRegistered {
+    pub template: WorkflowTemplate,
 }
 
 /// An execution began. It carries a snapshot of the workflow and of its agents, so the
@@ -1102,6 +1115,7 @@ events! {
     WorkflowCreated(WorkflowCreated) = WORKFLOW_CREATED: "dev.cadre.workflow.created.v1",
     WorkflowPaused(WorkflowPaused) = WORKFLOW_PAUSED: "dev.cadre.workflow.paused.v1",
     WorkflowResumed(WorkflowResumed) = WORKFLOW_RESUMED: "dev.cadre.workflow.resumed.v1",
+    TemplateRegistered(Box<TemplateRegistered>) = TEMPLATE_REGISTERED: "dev.cadre.template.registered.v1",
     KnowledgeShared(KnowledgeShared) = KNOWLEDGE_SHARED: "dev.cadre.workflow.knowledge_shared.v1",
     KnowledgeValidated(KnowledgeValidated) = KNOWLEDGE_VALIDATED: "dev.cadre.workflow.knowledge_validated.v1",
     KnowledgeSuperseded(KnowledgeSuperseded) = KNOWLEDGE_SUPERSEDED: "dev.cadre.workflow.knowledge_superseded.v1",
@@ -1147,6 +1161,9 @@ impl Event {
             Self::WorkflowCreated(e) => workflow(tenant, e.workflow.id, subjects::CREATED),
             Self::WorkflowPaused(e) => workflow(tenant, e.workflow_id, subjects::PAUSED),
             Self::WorkflowResumed(e) => workflow(tenant, e.workflow_id, subjects::RESUMED),
+            Self::TemplateRegistered(e) => {
+                subjects::template(tenant, e.template.id, subjects::REGISTERED)
+            }
             Self::KnowledgeShared(e) => subjects::knowledge(tenant, e.workflow_id),
             Self::KnowledgeValidated(e) => {
                 subjects::knowledge_fact(tenant, e.workflow_id, subjects::VALIDATED)
@@ -1268,6 +1285,7 @@ impl Event {
             Self::WorkflowCreated(e) => e.workflow.id.to_string(),
             Self::WorkflowPaused(e) => e.workflow_id.to_string(),
             Self::WorkflowResumed(e) => e.workflow_id.to_string(),
+            Self::TemplateRegistered(e) => e.template.id.to_string(),
             _ => self
                 .execution_id()
                 .map(|id| id.to_string())
@@ -1278,7 +1296,7 @@ impl Event {
     /// The workflow an event belongs to, if any.
     pub fn workflow_id(&self) -> Option<WorkflowId> {
         match self {
-            Self::AgentRegistered(_) => None,
+            Self::AgentRegistered(_) | Self::TemplateRegistered(_) => None,
             Self::AgentStatusReported(e) => e.current_task.as_ref().map(|t| t.workflow_id),
             Self::WorkflowCreated(e) => Some(e.workflow.id),
             Self::WorkflowPaused(e) => Some(e.workflow_id),
@@ -1324,7 +1342,8 @@ impl Event {
             Self::AgentRegistered(_)
             | Self::WorkflowCreated(_)
             | Self::WorkflowPaused(_)
-            | Self::WorkflowResumed(_) => None,
+            | Self::WorkflowResumed(_)
+            | Self::TemplateRegistered(_) => None,
             Self::KnowledgeShared(e) => Some(e.execution_id),
             Self::KnowledgeValidated(e) => Some(e.execution_id),
             Self::KnowledgeSuperseded(e) => Some(e.execution_id),

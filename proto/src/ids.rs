@@ -68,6 +68,26 @@ uuid_id!(
     /// One event; also its `Nats-Msg-Id`, so JetStream drops a re-published copy.
     EventId
 );
+uuid_id!(
+    /// A workflow template: a reusable workflow configuration whose steps name roles, from
+    /// which workflows are created by mapping each role to an agent.
+    TemplateId
+);
+
+impl TemplateId {
+    /// The id of the system template named `slug` (`implement-a-feature`) in `tenant`: derived
+    /// (UUIDv5), so every coordinator, at every start, names it the same and registers it once.
+    pub fn system(tenant: &TenantId, slug: &str) -> Self {
+        Self(Uuid::new_v5(
+            &SYSTEM_TEMPLATES,
+            format!("{tenant}/{slug}").as_bytes(),
+        ))
+    }
+}
+
+/// The UUIDv5 namespace of system template ids (itself `uuid5(NAMESPACE_URL,
+/// "https://cadre.dev/system-templates")`, written out so that it never changes).
+const SYSTEM_TEMPLATES: Uuid = Uuid::from_u128(0x2745_d6de_5943_5421_b467_7387_0a3e_04df);
 
 impl KnowledgeId {
     /// How prompts and answers name the item: `K-` and the last 8 hex digits of its id. The
@@ -268,6 +288,17 @@ mod tests {
         assert_eq!(a.0.get_variant(), uuid::Variant::RFC4122);
         // The derived id keeps the parent's millisecond timestamp, so ids stay time-ordered.
         assert_eq!(a.0.as_bytes()[..6], parent.0.as_bytes()[..6]);
+    }
+
+    #[test]
+    fn system_template_ids_are_derived_per_tenant_and_slug() {
+        let tenant = TenantId::default_tenant();
+        let id = TemplateId::system(&tenant, "implement-a-feature");
+        assert_eq!(id, TemplateId::system(&tenant, "implement-a-feature"));
+        assert_ne!(id, TemplateId::system(&tenant, "critical-production-bug"));
+        let other = TenantId::parse("acme").unwrap();
+        assert_ne!(id, TemplateId::system(&other, "implement-a-feature"));
+        assert_eq!(id.0.get_version_num(), 5);
     }
 
     #[test]

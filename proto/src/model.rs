@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AgentId, StepId, WorkflowId};
+use crate::ids::{AgentId, StepId, TemplateId, WorkflowId};
 
 /// Sampling settings an agent passes to its LLM.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -631,4 +631,70 @@ pub struct ObjectRef {
     pub name: String,
     /// Bytes.
     pub size: u64,
+}
+
+/// What a workflow template is for (the seed's `TemplateCategory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateCategory {
+    Development,
+    Review,
+    Analysis,
+    Research,
+    Testing,
+}
+
+impl TemplateCategory {
+    pub const ALL: [Self; 5] = [
+        Self::Development,
+        Self::Review,
+        Self::Analysis,
+        Self::Research,
+        Self::Testing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Review => "review",
+            Self::Analysis => "analysis",
+            Self::Research => "research",
+            Self::Testing => "testing",
+        }
+    }
+}
+
+/// A reusable workflow (the seed's `WorkflowTemplate`, without its usage figures, which the
+/// read model counts from runs): a workflow configuration whose steps name the roles of the
+/// team (`assignedAgentRole`, `reviewerRole`, `escalation.leads[].role`) rather than agents.
+/// A workflow is created from it by mapping each of `required_agent_roles` to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowTemplate {
+    pub id: TemplateId,
+    pub name: String,
+    pub description: String,
+    pub category: TemplateCategory,
+    /// The `workflowType` of the workflows created from it.
+    #[serde(default)]
+    pub workflow_type: WorkflowType,
+    /// The `configuration` of the workflows created from it, roles still unmapped.
+    pub template_definition: WorkflowConfiguration,
+    /// Every role the configuration names, and any other the team needs, each to be mapped to
+    /// an agent (one agent may take several), in the order they are first named.
+    pub required_agent_roles: Vec<String>,
+    pub recommended_agent_count: u32,
+    /// Registered by Cadre itself (seed 002's team workflows), not by a user.
+    pub is_system_template: bool,
+    /// Who registered it, as they said (there are no user accounts yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// 1 when first registered; a system template registered again with a changed definition
+    /// has a higher one, and a lower or equal one never replaces it.
+    #[serde(default = "first_revision")]
+    pub revision: u32,
+}
+
+fn first_revision() -> u32 {
+    1
 }

@@ -9,12 +9,13 @@
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{retry_scheduled,retry_due}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{escalated,escalation_resolved}`
 //! - `workflow.<workflow>.interactions.<execution>.recorded`
+//! - `template.<template>.registered`
 //!
 //! Everything under `execution.<execution>.>` is the execution's state and is appended with an
 //! expected last sequence over that filter. Interactions live beside it, not inside it, so an
 //! agent chatting never makes the coordinator's optimistic append retry.
 
-use crate::ids::{AgentId, ExecutionId, StepId, TenantId, WorkflowId};
+use crate::ids::{AgentId, ExecutionId, StepId, TemplateId, TenantId, WorkflowId};
 
 pub const PREFIX: &str = "cadre.events";
 /// Every Cadre event.
@@ -151,6 +152,12 @@ pub fn agent(tenant: &TenantId, agent: AgentId, fact: &str) -> String {
     format!("{PREFIX}.{tenant}.agent.{agent}.{fact}")
 }
 
+/// A workflow template's facts (`registered`): the filter of its optimistic-concurrency check,
+/// so a template is registered once however many coordinators start at once.
+pub fn template(tenant: &TenantId, template: TemplateId, fact: &str) -> String {
+    format!("{PREFIX}.{tenant}.template.{template}.{fact}")
+}
+
 pub fn workflow(tenant: &TenantId, workflow: WorkflowId, fact: &str) -> String {
     format!("{PREFIX}.{tenant}.workflow.{workflow}.{fact}")
 }
@@ -266,11 +273,17 @@ mod tests {
             &workflow(&t, w, CREATED),
             &agent(&t, AgentId::new(), REGISTERED),
             &agent(&t, AgentId::new(), STATUS_REPORTED),
+            &template(&t, TemplateId::new(), REGISTERED),
         ] {
             assert!(!is_execution_state(subject), "{subject}");
             assert!(!matches(&execution_state(&t, w, e), subject));
             assert!(matches(ALL_EVENTS, subject));
         }
+        assert!(!is_workflow_lifecycle(&template(
+            &t,
+            TemplateId::new(),
+            REGISTERED
+        )));
         assert!(matches(&execution_starts(&t, w), &started));
         assert!(!matches(
             &execution_starts(&t, w),

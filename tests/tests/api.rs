@@ -764,7 +764,10 @@ async fn a_start_too_large_for_the_log_is_refused_as_such_not_as_an_outage() {
     workflow["id"] = json!(uuid::Uuid::now_v7());
     let workflow: WorkflowDefinition = serde_json::from_value(workflow).unwrap();
     let workflow_id = workflow.id;
-    let created = fact(Event::WorkflowCreated(WorkflowCreated { workflow }));
+    let created = fact(Event::WorkflowCreated(WorkflowCreated {
+        workflow,
+        template_id: None,
+    }));
     stack.bus.publish(&created, Append::Any).await.unwrap();
     let before = written(&stack, 6).await;
 

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod processor;
 pub mod read;
 pub mod starter;
+pub mod system_templates;
 mod triggers;
 pub mod workers;
 
@@ -95,6 +96,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let bus = EventBus::open(async_nats::jetstream::new(client), config.stream_replicas)
         .await
         .map_err(|e| anyhow::anyhow!("opening the event stream: {e}"))?;
+    system_templates::register(&bus, &TenantId::default_tenant())
+        .await
+        .context("registering the system templates")?;
     let starter =
         starter::Starter::open(bus.clone(), config.stream_replicas, config.max_child_depth)
             .await

@@ -44,6 +44,8 @@ pub struct WorkflowView {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub actual_duration: Option<i32>,
+    /// The template it was created from (`POST /v1/templates/{id}/workflows`), if any.
+    pub template_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -145,7 +147,7 @@ pub async fn workflows(
         WorkflowView,
         "SELECT id, name, description, workflow_type, configuration, participating_agents,
                 coordinator_agent_id, status, total_steps, execution_count, started_at,
-                completed_at, actual_duration, created_at, updated_at
+                completed_at, actual_duration, template_id, created_at, updated_at
          FROM collaboration_workflows WHERE tenant_id = $1
          ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
         tenant.as_str(),
@@ -165,7 +167,7 @@ pub async fn workflow(
         WorkflowView,
         "SELECT id, name, description, workflow_type, configuration, participating_agents,
                 coordinator_agent_id, status, total_steps, execution_count, started_at,
-                completed_at, actual_duration, created_at, updated_at
+                completed_at, actual_duration, template_id, created_at, updated_at
          FROM collaboration_workflows WHERE tenant_id = $1 AND id = $2",
         tenant.as_str(),
         id,
@@ -600,6 +602,76 @@ pub async fn escalation(
                 reason, context, created_at, resolved_at, action, resolution, resolved_by,
                 comment, closed_at, closed_reason
          FROM escalations WHERE tenant_id = $1 AND id = $2",
+        tenant.as_str(),
+        id,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// A workflow template (the seed's `WorkflowTemplate`) with how the workflows created from it
+/// did.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateView {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub workflow_type: String,
+    pub template_definition: serde_json::Value,
+    pub required_agent_roles: serde_json::Value,
+    pub recommended_agent_count: i32,
+    pub is_system_template: bool,
+    pub created_by: Option<String>,
+    pub revision: i32,
+    /// Workflows created from it.
+    pub workflow_count: i32,
+    /// Runs of those workflows.
+    pub usage_count: i32,
+    /// Of those runs, how many ended (completed, failed or cancelled), and how many completed.
+    pub ended_runs: i32,
+    pub completed_runs: i32,
+    /// Percent of the ended runs that completed; 0 while none has ended.
+    pub success_rate: f64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The tenant's templates, system and user ones, the most used first (as the seed lists them).
+pub async fn templates(
+    db: &PgPool,
+    tenant: &TenantId,
+    page: Page,
+) -> sqlx::Result<Vec<TemplateView>> {
+    sqlx::query_as!(
+        TemplateView,
+        r#"SELECT id, name, description, category, workflow_type, template_definition,
+                  required_agent_roles, recommended_agent_count, is_system_template, created_by,
+                  revision, workflow_count, usage_count, ended_runs, completed_runs,
+                  success_rate AS "success_rate!", created_at, updated_at
+           FROM workflow_templates WHERE tenant_id = $1
+           ORDER BY usage_count DESC, created_at, id LIMIT $2 OFFSET $3"#,
+        tenant.as_str(),
+        page.limit,
+        page.offset,
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub async fn template(
+    db: &PgPool,
+    tenant: &TenantId,
+    id: Uuid,
+) -> sqlx::Result<Option<TemplateView>> {
+    sqlx::query_as!(
+        TemplateView,
+        r#"SELECT id, name, description, category, workflow_type, template_definition,
+                  required_agent_roles, recommended_agent_count, is_system_template, created_by,
+                  revision, workflow_count, usage_count, ended_runs, completed_runs,
+                  success_rate AS "success_rate!", created_at, updated_at
+           FROM workflow_templates WHERE tenant_id = $1 AND id = $2"#,
         tenant.as_str(),
         id,
     )

@@ -15,8 +15,8 @@ use uuid::Uuid;
 use crate::incoming::Incoming;
 use crate::models::executions::Outcome;
 use crate::models::{
-    agents, escalations, executions, handoffs, interactions, knowledge, rejections, status, usage,
-    workflows,
+    agents, escalations, executions, handoffs, interactions, knowledge, rejections, status,
+    templates, usage, workflows,
 };
 
 /// Every read model's changes from one batch.
@@ -33,6 +33,7 @@ pub(crate) struct Plan {
     pub handoffs: handoffs::Changes,
     pub escalations: escalations::Changes,
     pub status: status::Changes,
+    pub templates: templates::Changes,
     pub rejections: rejections::Changes,
 }
 
@@ -83,7 +84,13 @@ impl Plan {
         match &envelope.event {
             Event::AgentRegistered(e) => self.agents.registered(origin, &e.agent),
             Event::AgentStatusReported(e) => self.status.reported(origin, e),
-            Event::WorkflowCreated(e) => self.workflows.created(origin, &e.workflow),
+            Event::WorkflowCreated(e) => {
+                self.workflows.created(origin, &e.workflow, e.template_id);
+                if let Some(template) = e.template_id {
+                    self.templates.workflow_created(origin, template);
+                }
+            }
+            Event::TemplateRegistered(e) => self.templates.registered(origin, &e.template),
             Event::WorkflowPaused(e) => self.workflows.paused(origin, e.workflow_id),
             Event::WorkflowResumed(e) => self.workflows.resumed(origin, e.workflow_id),
             Event::KnowledgeShared(e) => {
@@ -93,6 +100,7 @@ impl Plan {
             Event::ExecutionStarted(e) => {
                 self.executions.started(origin, e);
                 self.workflows.run_started(origin, e);
+                self.templates.run_started(origin, e.workflow_id);
             }
             Event::StepScheduled(e) => {
                 self.executions.step_scheduled(origin, e);
@@ -183,6 +191,8 @@ impl Plan {
                 self.executions.completed(origin, e);
                 self.workflows
                     .run_ended(origin, e.workflow_id, Outcome::Completed);
+                self.templates
+                    .run_ended(origin, e.workflow_id, Outcome::Completed);
                 self.escalations
                     .execution_ended(origin, e.execution_id, Outcome::Completed);
             }
@@ -190,12 +200,16 @@ impl Plan {
                 self.executions.failed(origin, e);
                 self.workflows
                     .run_ended(origin, e.workflow_id, Outcome::Failed);
+                self.templates
+                    .run_ended(origin, e.workflow_id, Outcome::Failed);
                 self.escalations
                     .execution_ended(origin, e.execution_id, Outcome::Failed);
             }
             Event::ExecutionCancelled(e) => {
                 self.executions.cancelled(origin, e);
                 self.workflows
+                    .run_ended(origin, e.workflow_id, Outcome::Cancelled);
+                self.templates
                     .run_ended(origin, e.workflow_id, Outcome::Cancelled);
                 self.escalations
                     .execution_ended(origin, e.execution_id, Outcome::Cancelled);
@@ -216,6 +230,8 @@ impl Plan {
         self.handoffs.write(tx).await?;
         self.escalations.write(tx).await?;
         self.status.write(tx).await?;
+        // After the workflows: runs are credited to templates through their workflow's row.
+        self.templates.write(tx).await?;
         self.rejections.write(tx).await
     }
 }
@@ -238,6 +254,7 @@ mod tests {
             f.message(Event::WorkflowCreated(
                 cadre_proto::events::WorkflowCreated {
                     workflow: f.definition(),
+                    template_id: None,
                 },
             )),
             f.message(f.started(1)),

@@ -11,15 +11,17 @@ use cadre_proto::events::{
     ExecutionStarted, FailedAttempt, FailureCause, HandoffContext, InteractionRecorded,
     KnowledgeShared, KnowledgeSuperseded, KnowledgeValidated, Request, Resolution, StepAttempt,
     StepCompleted, StepDeferred, StepEscalated, StepFailed, StepScheduled, StepStarted,
-    StepTimedOut, SupportRequest, TaskHandedOff, WorkflowCreated, WorkflowPaused, WorkflowResumed,
+    StepTimedOut, SupportRequest, TaskHandedOff, TemplateRegistered, WorkflowCreated,
+    WorkflowPaused, WorkflowResumed,
 };
 use cadre_proto::model::{
-    AgentProfile, EscalationRung, InteractionType, KnowledgeType, StepResult, StepType, TokenUsage,
-    WorkflowConfiguration, WorkflowDefinition, WorkflowStep,
+    AgentProfile, EscalationRung, InteractionType, KnowledgeType, StepResult, StepType,
+    TemplateCategory, TokenUsage, WorkflowConfiguration, WorkflowDefinition, WorkflowStep,
+    WorkflowTemplate,
 };
 use cadre_proto::{
-    AgentId, Envelope, EscalationId, Event, EventId, ExecutionId, KnowledgeId, StepId, TenantId,
-    WorkflowId,
+    AgentId, Envelope, EscalationId, Event, EventId, ExecutionId, KnowledgeId, StepId, TemplateId,
+    TenantId, WorkflowId,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -200,6 +202,45 @@ impl Fixture {
     pub fn created(&self) -> Event {
         Event::WorkflowCreated(WorkflowCreated {
             workflow: self.definition(),
+            template_id: None,
+        })
+    }
+
+    /// The user template this fixture's workflows may be created from: its steps, with the
+    /// agent's role; the same for every fixture cloned from this one.
+    pub fn template(&self) -> WorkflowTemplate {
+        let mut configuration = self.definition().configuration;
+        for step in &mut configuration.steps {
+            step.assigned_agent_role = Some(self.agent.role.clone());
+        }
+        WorkflowTemplate {
+            id: TemplateId(Uuid::new_v5(&self.agent.id.0, b"template")),
+            name: "Build from a template".to_owned(),
+            description: "Build it, by role".to_owned(),
+            category: TemplateCategory::Development,
+            workflow_type: Default::default(),
+            template_definition: configuration,
+            required_agent_roles: vec![self.agent.role.clone()],
+            recommended_agent_count: 1,
+            is_system_template: false,
+            created_by: Some("tester".to_owned()),
+            revision: 1,
+        }
+    }
+
+    pub fn template_registered(&self) -> Event {
+        self.registration_of(self.template())
+    }
+
+    pub fn registration_of(&self, template: WorkflowTemplate) -> Event {
+        Event::TemplateRegistered(Box::new(TemplateRegistered { template }))
+    }
+
+    /// This fixture's workflow, created from [`Fixture::template`].
+    pub fn created_from_template(&self) -> Event {
+        Event::WorkflowCreated(WorkflowCreated {
+            workflow: self.definition(),
+            template_id: Some(self.template().id),
         })
     }
 

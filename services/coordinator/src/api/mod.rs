@@ -9,6 +9,7 @@ mod escalations;
 mod executions;
 mod problem;
 mod resolutions;
+mod templates;
 mod usage;
 mod workflows;
 
@@ -89,6 +90,15 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
         .route(
             "/v1/executions/{id}/steps/{step}/result",
             get(executions::step_result),
+        )
+        .route(
+            "/v1/templates",
+            get(templates::list).post(templates::register),
+        )
+        .route("/v1/templates/{id}", get(templates::get))
+        .route(
+            "/v1/templates/{id}/workflows",
+            post(templates::create_workflow),
         )
         .route("/v1/escalations", get(escalations::list))
         .route("/v1/escalations/{id}", get(escalations::get))

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use cadre_proto::model::{WorkflowConfiguration, WorkflowDefinition, WorkflowType};
-use cadre_proto::{AgentId, WorkflowId, subjects};
+use cadre_proto::{AgentId, TemplateId, WorkflowId, subjects};
 
 use super::body::Body;
 use super::body::OptionalBody;
@@ -52,12 +52,23 @@ pub(super) async fn create(
         coordinator_agent_id: req.coordinator_agent_id,
         configuration: req.configuration,
     };
+    record(&app, definition, None).await
+}
+
+/// Validates `definition` and records its creation (from `template`, if any), as
+/// `POST /v1/workflows` does: the answer is that endpoint's, once the read models show the
+/// workflow. Error pointers name the fields of that endpoint's body.
+pub(super) async fn record(
+    app: &AppState,
+    definition: WorkflowDefinition,
+    template: Option<TemplateId>,
+) -> ApiResult {
     let errors = validate_workflow(&definition);
     if !errors.is_empty() {
         return Err(Problem::invalid("the workflow is not valid", errors));
     }
     let referenced = referenced_agents(&definition);
-    let known = try_join_all(referenced.iter().map(|id| agents::load(&app, *id))).await?;
+    let known = try_join_all(referenced.iter().map(|id| agents::load(app, *id))).await?;
     let unknown: Vec<FieldError> = referenced
         .iter()
         .zip(&known)
@@ -150,15 +161,20 @@ pub(super) async fn create(
     let filter = subjects::workflow_lifecycle(&app.tenant, definition.id);
     let mut created_workflow =
         Aggregate::<Workflow>::empty(app.tenant.clone(), filter, History::All);
+    let create = Command::Create {
+        definition: Box::new(definition.clone()),
+        template_id: template,
+    };
     created_workflow
-        .execute(&app.bus, &Command::Create(Box::new(definition.clone())))
+        .execute(&app.bus, &create)
         .await
         .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
     let mut body = serde_json::to_value(&definition).unwrap_or_default();
     body["status"] = json!("draft");
     body["totalSteps"] = json!(definition.configuration.steps.len());
+    body["templateId"] = json!(template);
     let response = created(format!("/v1/workflows/{}", definition.id), body);
-    Ok(written(&app, created_workflow.version, response).await)
+    Ok(written(app, created_workflow.version, response).await)
 }
 
 pub(super) async fn list(

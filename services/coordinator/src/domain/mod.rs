@@ -3,13 +3,15 @@
 //! command, then events.
 //!
 //! Each aggregate is a [`Decider`]: [`agent`], [`workflow`], [`starts`] (a workflow's execution
-//! numbers) and [`execution`] (one run, with the effects its events call for).
+//! numbers), [`execution`] (one run, with the effects its events call for) and [`template`] (a
+//! reusable workflow whose steps name roles).
 
 pub mod agent;
 pub mod assignment;
 pub mod condition;
 pub mod execution;
 pub mod starts;
+pub mod template;
 pub mod validation;
 pub mod workflow;
 

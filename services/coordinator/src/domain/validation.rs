@@ -23,7 +23,7 @@ pub struct FieldError {
     pub message: String,
 }
 
-fn error(pointer: impl Into<String>, message: impl Into<String>) -> FieldError {
+pub(crate) fn error(pointer: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError {
         pointer: pointer.into(),
         message: message.into(),
@@ -71,7 +71,7 @@ fn too_long(max: usize, count: usize) -> String {
 }
 
 /// A text that must say something, within `max` characters.
-fn require_text(errors: &mut Vec<FieldError>, pointer: &str, value: &str, max: usize) {
+pub(crate) fn require_text(errors: &mut Vec<FieldError>, pointer: &str, value: &str, max: usize) {
     if value.trim().is_empty() {
         errors.push(error(pointer, "must not be empty"));
     } else {
@@ -80,7 +80,7 @@ fn require_text(errors: &mut Vec<FieldError>, pointer: &str, value: &str, max: u
 }
 
 /// A text that may be empty, within `max` characters.
-fn limit_text(errors: &mut Vec<FieldError>, pointer: &str, value: &str, max: usize) {
+pub(crate) fn limit_text(errors: &mut Vec<FieldError>, pointer: &str, value: &str, max: usize) {
     let count = value.chars().count();
     if count > max {
         errors.push(error(pointer, too_long(max, count)));
@@ -88,7 +88,7 @@ fn limit_text(errors: &mut Vec<FieldError>, pointer: &str, value: &str, max: usi
 }
 
 /// A list of at most `max_entries` texts, each non-empty and within `max` characters.
-fn require_texts(
+pub(crate) fn require_texts(
     errors: &mut Vec<FieldError>,
     pointer: &str,
     values: &[String],

@@ -3,7 +3,7 @@
 
 use cadre_proto::events::{Request, WorkflowCreated, WorkflowPaused, WorkflowResumed};
 use cadre_proto::model::WorkflowDefinition;
-use cadre_proto::{Event, WorkflowId};
+use cadre_proto::{Event, TemplateId, WorkflowId};
 use chrono::{DateTime, Utc};
 
 use cadre_proto::timers::{Timer, When};
@@ -44,8 +44,12 @@ impl State {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    /// Create a validated definition whose agents are known to exist.
-    Create(Box<WorkflowDefinition>),
+    /// Create a validated definition whose agents are known to exist, made from the template
+    /// `template_id` if any.
+    Create {
+        definition: Box<WorkflowDefinition>,
+        template_id: Option<TemplateId>,
+    },
     Pause(Request),
     Resume(Request),
 }
@@ -72,12 +76,19 @@ impl Decider for Workflow {
 
     fn decide(command: &Command, state: &State, _now: DateTime<Utc>) -> Result<Vec<Event>, Error> {
         let (workflow_id, paused) = match (command, state) {
-            (Command::Create(definition), State::Unknown) => {
+            (
+                Command::Create {
+                    definition,
+                    template_id,
+                },
+                State::Unknown,
+            ) => {
                 return Ok(vec![Event::WorkflowCreated(WorkflowCreated {
                     workflow: (**definition).clone(),
+                    template_id: *template_id,
                 })]);
             }
-            (Command::Create(definition), State::Created { .. }) => {
+            (Command::Create { definition, .. }, State::Created { .. }) => {
                 return Err(Error::AlreadyExists(definition.id));
             }
             (_, State::Unknown) => return Err(Error::NotFound),
@@ -186,6 +197,7 @@ mod tests {
         };
         let event = Event::WorkflowCreated(WorkflowCreated {
             workflow: definition,
+            template_id: None,
         });
         (Workflow::evolve(State::Unknown, &event), event)
     }

@@ -14,6 +14,7 @@ pub(crate) mod interactions;
 pub(crate) mod knowledge;
 pub(crate) mod rejections;
 pub(crate) mod status;
+pub(crate) mod templates;
 pub(crate) mod usage;
 pub(crate) mod workflows;
 
@@ -55,6 +56,7 @@ pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     handoffs::reset(tx).await?;
     escalations::reset(tx).await?;
     status::reset(tx).await?;
+    templates::reset(tx).await?;
     rejections::reset(tx).await
 }
 

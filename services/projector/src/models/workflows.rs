@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 
-use cadre_proto::WorkflowId;
 use cadre_proto::events::ExecutionStarted;
 use cadre_proto::model::WorkflowDefinition;
+use cadre_proto::{TemplateId, WorkflowId};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -32,6 +32,8 @@ pub(crate) struct WorkflowRow {
     pub participating_agents: Value,
     pub coordinator_agent_id: Option<Uuid>,
     pub total_steps: i32,
+    /// The template it was created from, if any.
+    pub template_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -105,7 +107,12 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
-    pub fn created(&mut self, origin: &Origin<'_>, workflow: &WorkflowDefinition) {
+    pub fn created(
+        &mut self,
+        origin: &Origin<'_>,
+        workflow: &WorkflowDefinition,
+        template: Option<TemplateId>,
+    ) {
         self.rows.push(WorkflowRow {
             id: workflow.id.0,
             tenant_id: origin.tenant.to_owned(),
@@ -116,6 +123,7 @@ impl Changes {
             participating_agents: json!(workflow.participating_agents),
             coordinator_agent_id: workflow.coordinator_agent_id.map(|id| id.0),
             total_steps: i32::try_from(workflow.configuration.steps.len()).unwrap_or(i32::MAX),
+            template_id: template.map(|id| id.0),
             created_at: origin.at,
         });
     }
@@ -187,18 +195,19 @@ async fn insert(tx: &mut PgConnection, rows: Vec<WorkflowRow>) -> Result<(), sql
         return Ok(());
     }
     columns!(for r in rows => id, tenant_id, name, description, workflow_type, configuration,
-             participating_agents, coordinator_agent_id, total_steps, created_at);
+             participating_agents, coordinator_agent_id, total_steps, template_id, created_at);
     sqlx::query!(
         "INSERT INTO collaboration_workflows (id, tenant_id, name, description, workflow_type,
              configuration, participating_agents, coordinator_agent_id, status, total_steps,
-             created_at, updated_at)
+             template_id, created_at, updated_at)
          SELECT id, tenant_id, name, description, workflow_type, configuration,
-                participating_agents, coordinator_agent_id, 'draft', total_steps, created_at,
-                created_at
+                participating_agents, coordinator_agent_id, 'draft', total_steps, template_id,
+                created_at, created_at
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                     $7::jsonb[], $8::uuid[], $9::int[], $10::timestamptz[])
+                     $7::jsonb[], $8::uuid[], $9::int[], $10::uuid[], $11::timestamptz[])
               AS w(id, tenant_id, name, description, workflow_type, configuration,
-                   participating_agents, coordinator_agent_id, total_steps, created_at)
+                   participating_agents, coordinator_agent_id, total_steps, template_id,
+                   created_at)
          ON CONFLICT DO NOTHING",
         &id,
         &tenant_id,
@@ -209,6 +218,7 @@ async fn insert(tx: &mut PgConnection, rows: Vec<WorkflowRow>) -> Result<(), sql
         &participating_agents,
         coordinator_agent_id as _,
         &total_steps,
+        template_id as _,
         &created_at,
     )
     .execute(&mut *tx)
