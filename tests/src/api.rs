@@ -166,7 +166,39 @@ pub fn agent(name: &str, role: &str, skills: &[&str], provider: &str) -> Value {
     })
 }
 
-/// The three agents of the demo pipeline, in step order.
+/// Seed 002's team, one agent per role the system templates name, on `provider`.
+pub fn seed_team(provider: &str) -> Vec<Value> {
+    [
+        (
+            "Sasha",
+            "security",
+            &["threat modeling", "security review"][..],
+        ),
+        (
+            "Dana",
+            "database",
+            &["schema design", "sql", "data integrity"],
+        ),
+        (
+            "Finn",
+            "frontend",
+            &["ux", "react", "rendering performance"],
+        ),
+        (
+            "Ari",
+            "api",
+            &["api design", "debugging", "performance optimisation"],
+        ),
+        ("Tess", "testing", &["test design", "benchmarking"]),
+        ("Dev", "devops", &["deployment", "monitoring"]),
+        ("Meta", "meta", &["coordination", "triage"]),
+    ]
+    .into_iter()
+    .map(|(name, role, skills)| agent(name, role, skills, provider))
+    .collect()
+}
+
+/// The three agents of the bench pipeline, in step order.
 pub fn team(provider: &str) -> Vec<Value> {
     vec![
         agent(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cadre_coordinator::domain::template::system;
 use cadre_proto::{TemplateId, TenantId, subjects};
-use cadre_tests::api::agent;
+use cadre_tests::api::seed_team;
 use cadre_tests::stack::FAKE_PROVIDER;
 use cadre_tests::{Stack, eventually};
 use serde_json::{Value, json};
@@ -22,38 +22,13 @@ const FINISH: Duration = Duration::from_secs(120);
 
 /// Seed 002's agents, one per role, on `provider`; role → agent id.
 async fn register_team(stack: &Stack, provider: &str) -> BTreeMap<String, String> {
-    let members = [
-        (
-            "Sasha",
-            "security",
-            &["threat modeling", "security review"][..],
-        ),
-        (
-            "Dana",
-            "database",
-            &["schema design", "sql", "data integrity"],
-        ),
-        (
-            "Finn",
-            "frontend",
-            &["ux", "react", "rendering performance"],
-        ),
-        (
-            "Ari",
-            "api",
-            &["api design", "debugging", "performance optimisation"],
-        ),
-        ("Tess", "testing", &["test design", "benchmarking"]),
-        ("Dev", "devops", &["deployment", "monitoring"]),
-        ("Meta", "meta", &["coordination", "triage"]),
-    ];
     let mut ids = BTreeMap::new();
-    for (name, role, skills) in members {
-        let created = stack
-            .api
-            .register_agent(&agent(name, role, skills, provider))
-            .await;
-        ids.insert(role.to_owned(), created["id"].as_str().unwrap().to_owned());
+    for member in seed_team(provider) {
+        let created = stack.api.register_agent(&member).await;
+        ids.insert(
+            created["role"].as_str().unwrap().to_owned(),
+            created["id"].as_str().unwrap().to_owned(),
+        );
     }
     ids
 }

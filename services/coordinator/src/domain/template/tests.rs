@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use cadre_proto::events::{Request, Resolution, StepAttempt, StepCompleted};
+use cadre_proto::events::{Request, Resolution, StepAttempt, StepCompleted, StepReviewed};
 use cadre_proto::model::{
     AgentProfile, EscalationRung, ModelParameters, PhaseMode, RiskLead, StepResult, StepType,
     TriggerReason,
@@ -204,7 +204,18 @@ fn the_performance_template_implements_by_impact_high_first() {
     );
 }
 
+/// The attempt's outcome: a review approves, any other attempt completes.
 fn completed(scheduled: &cadre_proto::events::StepScheduled) -> Event {
+    if let Some(review) = &scheduled.review {
+        return Event::StepReviewed(StepReviewed {
+            attempt: StepAttempt::of(scheduled),
+            round: review.round,
+            author_agent_id: review.author_agent_id,
+            approved: true,
+            feedback: "Clear and complete.".into(),
+            usage: None,
+        });
+    }
     Event::StepCompleted(Box::new(StepCompleted {
         attempt: StepAttempt::of(scheduled),
         result: StepResult {
@@ -222,7 +233,7 @@ fn completed(scheduled: &cadre_proto::events::StepScheduled) -> Event {
 }
 
 /// Runs `workflow` with `agents` in the pure core, completing every step an agent gets and
-/// approving every approval; returns the step ids in the order they were handed out (an
+/// approving every review and approval; returns the step ids in the order they were handed out (an
 /// approval when it was approved) and the final event.
 fn run(workflow: &WorkflowDefinition, agents: Vec<AgentProfile>) -> (Vec<String>, Event) {
     let start = Start {
@@ -258,7 +269,10 @@ fn run(workflow: &WorkflowDefinition, agents: Vec<AgentProfile>) -> (Vec<String>
         for event in &decided {
             match event {
                 Event::StepScheduled(s) => {
-                    order.push(s.step.id.to_string());
+                    // A review is another attempt of a step already handed out.
+                    if s.review.is_none() {
+                        order.push(s.step.id.to_string());
+                    }
                     answers.push(completed(s));
                 }
                 Event::StepEscalated(e) if e.approval => {
