@@ -3,12 +3,15 @@
 //! command, then events.
 //!
 //! Each aggregate is a [`Decider`]: [`agent`], [`workflow`], [`starts`] (a workflow's execution
-//! numbers) and [`execution`] (one run, with the effects its events call for).
+//! numbers) and [`execution`] (one run, with the effects its events call for). [`alerts`]
+//! watches how agents' attempts end and decides the alerts on their [`performance`].
 
 pub mod agent;
+pub mod alerts;
 pub mod assignment;
 pub mod condition;
 pub mod execution;
+pub mod performance;
 pub mod starts;
 pub mod validation;
 pub mod workflow;
