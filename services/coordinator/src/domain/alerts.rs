@@ -144,7 +144,8 @@ enum Change {
 /// from it, so they cannot disagree.
 struct Observation {
     facts: Vec<(AgentId, Fact)>,
-    at: Option<(WorkflowId, ExecutionId, StepId)>,
+    /// The step of a run the facts happened at: where an alert they raise points to.
+    step: Option<(WorkflowId, ExecutionId, StepId)>,
     change: Change,
 }
 
@@ -152,7 +153,7 @@ impl Observation {
     fn nothing() -> Self {
         Self {
             facts: Vec::new(),
-            at: None,
+            step: None,
             change: Change::None,
         }
     }
@@ -172,7 +173,7 @@ impl Watch {
     /// hold before.
     pub fn decide(&self, event: &Event, at: DateTime<Utc>) -> Vec<AlertRaised> {
         let observation = self.observe(event, at);
-        let Some((workflow_id, execution_id, step_id)) = observation.at else {
+        let Some((workflow_id, execution_id, step_id)) = observation.step else {
             return Vec::new();
         };
         let mut alerts = Vec::new();
@@ -253,7 +254,7 @@ impl Watch {
                 }
                 Observation {
                     facts: vec![(e.agent.id, Fact::Task)],
-                    at: Some((e.workflow_id, e.execution_id, e.step.id.clone())),
+                    step: Some((e.workflow_id, e.execution_id, e.step.id.clone())),
                     change: Change::TaskHandedOut {
                         execution: e.execution_id,
                         step: e.step.id.clone(),
@@ -273,7 +274,7 @@ impl Watch {
             Event::StepTimedOut(e) => self.attempt_ended(&e.attempt, Outcome::TimedOut, at),
             Event::StepReviewed(e) => {
                 let mut observation = self.attempt_ended(&e.attempt, Outcome::Reviewed, at);
-                if observation.at.is_some() {
+                if observation.step.is_some() {
                     observation.facts.push((
                         e.author_agent_id,
                         Fact::Reviewed {
@@ -305,7 +306,7 @@ impl Watch {
                 };
                 Observation {
                     facts: vec![(agent, Fact::TaskEscalated(step_type))],
-                    at: Some((e.workflow_id, e.execution_id, e.step_id.clone())),
+                    step: Some((e.workflow_id, e.execution_id, e.step_id.clone())),
                     change: Change::TaskEscalated {
                         execution: e.execution_id,
                         step: e.step_id.clone(),
@@ -352,7 +353,7 @@ impl Watch {
         });
         Observation {
             facts,
-            at: Some((a.workflow_id, a.execution_id, a.step_id.clone())),
+            step: Some((a.workflow_id, a.execution_id, a.step_id.clone())),
             change: Change::AttemptEnded {
                 execution: a.execution_id,
                 step: a.step_id.clone(),
