@@ -9,7 +9,7 @@ use crate::ids::{
 };
 use crate::model::{
     AgentProfile, CommunicationStyle, EscalationRung, InteractionType, KnowledgeType, StepResult,
-    TokenUsage, TriggerReason, WorkflowDefinition, WorkflowStep, WorkflowTemplate,
+    StepType, TokenUsage, TriggerReason, WorkflowDefinition, WorkflowStep, WorkflowTemplate,
 };
 use crate::subjects;
 
@@ -383,6 +383,85 @@ pub struct AgentStatusReported {
     pub blockers: Vec<String>,
     #[serde(default)]
     pub requested_support: Vec<SupportRequest>,
+}
+
+/// Which of seed 002's alert conditions an agent's measured performance crossed (see
+/// [`AlertRaised`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertCondition {
+    /// More than a fifth of the agent's ended attempts failed or timed out.
+    FailureRate,
+    /// The agent's completed tasks took more than one and a half times their estimates.
+    SlowCompletion,
+    /// The agent's failures escalated several tasks of one step type.
+    RepeatedEscalations,
+    /// Reviewers approved too little of the agent's work: quality under 7 of 10.
+    LowQuality,
+}
+
+impl AlertCondition {
+    pub const ALL: [Self; 4] = [
+        Self::FailureRate,
+        Self::SlowCompletion,
+        Self::RepeatedEscalations,
+        Self::LowQuality,
+    ];
+
+    /// The wire name (`failure_rate`, ...), also a subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FailureRate => "failure_rate",
+            Self::SlowCompletion => "slow_completion",
+            Self::RepeatedEscalations => "repeated_escalations",
+            Self::LowQuality => "low_quality",
+        }
+    }
+}
+
+/// An agent's measured performance crossed one of the alert conditions (seed 002's "Alert
+/// Conditions"): it did not hold before the fact at `execution_id`/`step_id`, and holds after
+/// it. Raised once per crossing: a condition that clears and holds again is raised again,
+/// with the next `crossing`. The coordinator derives the event's id from the agent, the
+/// condition (and task type) and the crossing, and appends it only where no alert of that
+/// crossing is stored, so a replay of the log never raises it twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertRaised {
+    pub agent_id: AgentId,
+    pub condition: AlertCondition,
+    /// The step type whose tasks escalated (`repeatedEscalations` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<StepType>,
+    /// 1 the first time the condition held for the agent (and task type), then 2 after it
+    /// cleared and held again, ...
+    pub crossing: u32,
+    /// What was measured, in the condition's unit: percent of attempts failed
+    /// (`failureRate`), percent of the estimates taken (`slowCompletion`), tasks escalated
+    /// (`repeatedEscalations`), quality score 0-10 (`lowQuality`).
+    pub value: f64,
+    /// The limit `value` passed, in the same unit.
+    pub threshold: f64,
+    /// How many facts `value` is measured over: attempts, tasks or reviews.
+    pub sample: u64,
+    /// What happened, in words.
+    pub message: String,
+    /// The fact that made the condition hold: a step of a run.
+    pub workflow_id: WorkflowId,
+    pub execution_id: ExecutionId,
+    pub step_id: StepId,
+}
+
+impl AlertRaised {
+    /// What the alert is about for its agent, as a subject token: the condition, and for
+    /// `repeatedEscalations` the task type (`repeated_escalations_review`). One alert is
+    /// stored per key and crossing.
+    pub fn alert_key(&self) -> String {
+        match self.task_type {
+            Some(task_type) => format!("{}_{}", self.condition.as_str(), task_type.as_str()),
+            None => self.condition.as_str().to_owned(),
+        }
+    }
 }
 
 /// What a reviewer is asked to judge.
@@ -1112,6 +1191,7 @@ macro_rules! events {
 events! {
     AgentRegistered(AgentRegistered) = AGENT_REGISTERED: "dev.cadre.agent.registered.v1",
     AgentStatusReported(Box<AgentStatusReported>) = AGENT_STATUS_REPORTED: "dev.cadre.agent.status_reported.v1",
+    AlertRaised(Box<AlertRaised>) = ALERT_RAISED: "dev.cadre.agent.alert_raised.v1",
     WorkflowCreated(WorkflowCreated) = WORKFLOW_CREATED: "dev.cadre.workflow.created.v1",
     WorkflowPaused(WorkflowPaused) = WORKFLOW_PAUSED: "dev.cadre.workflow.paused.v1",
     WorkflowResumed(WorkflowResumed) = WORKFLOW_RESUMED: "dev.cadre.workflow.resumed.v1",
@@ -1158,6 +1238,9 @@ impl Event {
         match self {
             Self::AgentRegistered(e) => agent(tenant, e.agent.id, subjects::REGISTERED),
             Self::AgentStatusReported(e) => agent(tenant, e.agent_id, subjects::STATUS_REPORTED),
+            Self::AlertRaised(e) => {
+                subjects::alert_raised(tenant, e.agent_id, &e.alert_key(), e.crossing)
+            }
             Self::WorkflowCreated(e) => workflow(tenant, e.workflow.id, subjects::CREATED),
             Self::WorkflowPaused(e) => workflow(tenant, e.workflow_id, subjects::PAUSED),
             Self::WorkflowResumed(e) => workflow(tenant, e.workflow_id, subjects::RESUMED),
@@ -1282,6 +1365,7 @@ impl Event {
         match self {
             Self::AgentRegistered(e) => e.agent.id.to_string(),
             Self::AgentStatusReported(e) => e.agent_id.to_string(),
+            Self::AlertRaised(e) => e.agent_id.to_string(),
             Self::WorkflowCreated(e) => e.workflow.id.to_string(),
             Self::WorkflowPaused(e) => e.workflow_id.to_string(),
             Self::WorkflowResumed(e) => e.workflow_id.to_string(),
@@ -1298,6 +1382,7 @@ impl Event {
         match self {
             Self::AgentRegistered(_) | Self::TemplateRegistered(_) => None,
             Self::AgentStatusReported(e) => e.current_task.as_ref().map(|t| t.workflow_id),
+            Self::AlertRaised(e) => Some(e.workflow_id),
             Self::WorkflowCreated(e) => Some(e.workflow.id),
             Self::WorkflowPaused(e) => Some(e.workflow_id),
             Self::WorkflowResumed(e) => Some(e.workflow_id),
@@ -1339,6 +1424,7 @@ impl Event {
     pub fn execution_id(&self) -> Option<ExecutionId> {
         match self {
             Self::AgentStatusReported(e) => e.current_task.as_ref().map(|t| t.execution_id),
+            Self::AlertRaised(e) => Some(e.execution_id),
             Self::AgentRegistered(_)
             | Self::WorkflowCreated(_)
             | Self::WorkflowPaused(_)

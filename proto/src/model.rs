@@ -51,7 +51,7 @@ pub enum WorkflowType {
     Recursive,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepType {
     Analysis,
@@ -64,6 +64,38 @@ pub enum StepType {
     /// A person's sign-off (seed 002's production release): no agent runs it; the step waits
     /// in `escalated` until someone approves it (it completes) or rejects it (the run fails).
     Approval,
+}
+
+impl StepType {
+    pub const ALL: [Self; 8] = [
+        Self::Analysis,
+        Self::Implementation,
+        Self::Review,
+        Self::Testing,
+        Self::Documentation,
+        Self::Coordination,
+        Self::Decision,
+        Self::Approval,
+    ];
+
+    /// The wire name (`analysis`, ...), also a subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Analysis => "analysis",
+            Self::Implementation => "implementation",
+            Self::Review => "review",
+            Self::Testing => "testing",
+            Self::Documentation => "documentation",
+            Self::Coordination => "coordination",
+            Self::Decision => "decision",
+            Self::Approval => "approval",
+        }
+    }
+
+    /// The type of this wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
 }
 
 /// One step of a workflow (the seed's `WorkflowStep`).

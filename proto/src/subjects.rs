@@ -1,7 +1,7 @@
 //! Subject builders: the only place where a subject is spelled.
 //!
 //! Layout (tokens after `cadre.events.<tenant>`):
-//! - `agent.<agent>.{registered,status_reported}`
+//! - `agent.<agent>.{registered,status_reported}`, `agent.<agent>.alert_raised.<alert key>.<crossing>`
 //! - `workflow.<workflow>.{created,paused,resumed}`, `workflow.<workflow>.knowledge.{shared,validated,superseded}`
 //! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled,lead_taken,escalated,escalation_resolved,saga_started,replanned}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{handed_off,scheduled,started,deferred,completed,failed,timed_out,skipped,reviewed}`
@@ -54,6 +54,7 @@ pub const LEAD_TAKEN: &str = "lead_taken";
 pub const SAGA_STARTED: &str = "saga_started";
 pub const REPLANNED: &str = "replanned";
 pub const ESCALATION_RESOLVED: &str = "escalation_resolved";
+pub const ALERT_RAISED: &str = "alert_raised";
 
 /// Where the coordinator hands a tenant's scheduled steps to the agent workers that offer the
 /// step agent's LLM `provider`: steps are routed by capability, so a worker only ever takes
@@ -156,6 +157,13 @@ pub fn agent(tenant: &TenantId, agent: AgentId, fact: &str) -> String {
 /// so a template is registered once however many coordinators start at once.
 pub fn template(tenant: &TenantId, template: TemplateId, fact: &str) -> String {
     format!("{PREFIX}.{tenant}.template.{template}.{fact}")
+}
+
+/// Where the alert of `crossing` for `key` (a condition, with a task type where it has one:
+/// see `AlertRaised::alert_key`) of `agent` is stored. One subject per alert, so that it is
+/// appended only where nothing is stored yet and a replay never stores it twice.
+pub fn alert_raised(tenant: &TenantId, agent: AgentId, key: &str, crossing: u32) -> String {
+    format!("{PREFIX}.{tenant}.agent.{agent}.{ALERT_RAISED}.{key}.{crossing}")
 }
 
 pub fn workflow(tenant: &TenantId, workflow: WorkflowId, fact: &str) -> String {
@@ -274,6 +282,7 @@ mod tests {
             &agent(&t, AgentId::new(), REGISTERED),
             &agent(&t, AgentId::new(), STATUS_REPORTED),
             &template(&t, TemplateId::new(), REGISTERED),
+            &alert_raised(&t, AgentId::new(), "failure_rate", 1),
         ] {
             assert!(!is_execution_state(subject), "{subject}");
             assert!(!matches(&execution_state(&t, w, e), subject));

@@ -2,10 +2,12 @@
 //!
 //! [`domain`] is the pure core (decide/evolve, assignment, validation). [`api`] validates
 //! commands and appends their events; [`processor`] folds execution events and appends the
-//! decisions. The coordinator never writes to Postgres: it only reads the projector's models,
+//! decisions; [`alerts`] watches how agents' attempts end and appends the alerts on their
+//! performance. The coordinator never writes to Postgres: it only reads the projector's models,
 //! and a command answers once they have caught up with it (bounded), so a client reads its own
 //! writes.
 
+mod alerts;
 pub mod api;
 pub mod command;
 pub mod domain;
@@ -151,10 +153,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             shutdown.clone(),
             readiness,
         ));
+        let alerts = tokio::spawn(alerts::run(bus, shutdown.clone()));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .context("serving the API")?;
+        alerts.await.context("alert watcher panicked")?;
         processor
             .await
             .context("event processor panicked")?

@@ -1,6 +1,8 @@
 //! Queries over the projector's read models, shaped as the API returns them. Read models lag
 //! the event log by the projection lag; the API says so where it matters.
 
+pub mod metrics;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -73,6 +75,8 @@ pub struct ExecutionView {
     pub final_output: Option<serde_json::Value>,
     pub started_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Seconds from its start to its end; absent while it runs.
+    pub actual_duration: Option<i32>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -186,7 +190,7 @@ pub async fn execution(
         "SELECT id, workflow_id, execution_number, trigger_reason, triggered_by, current_step_id,
                 active_steps, execution_context, step_results, active_agents, agent_assignments,
                 status, error_message, failure_cause, final_output, started_at, completed_at,
-                updated_at
+                actual_duration, updated_at
          FROM workflow_executions WHERE tenant_id = $1 AND id = $2",
         tenant.as_str(),
         id,
@@ -206,7 +210,7 @@ pub async fn executions(
         "SELECT id, workflow_id, execution_number, trigger_reason, triggered_by, current_step_id,
                 active_steps, execution_context, step_results, active_agents, agent_assignments,
                 status, error_message, failure_cause, final_output, started_at, completed_at,
-                updated_at
+                actual_duration, updated_at
          FROM workflow_executions
          WHERE tenant_id = $1 AND workflow_id = $2
          ORDER BY execution_number DESC LIMIT $3 OFFSET $4",

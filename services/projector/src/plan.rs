@@ -15,8 +15,8 @@ use uuid::Uuid;
 use crate::incoming::Incoming;
 use crate::models::executions::Outcome;
 use crate::models::{
-    agents, escalations, executions, handoffs, interactions, knowledge, rejections, status,
-    templates, usage, workflows,
+    agents, alerts, escalations, executions, handoffs, history, interactions, knowledge,
+    rejections, status, tasks, templates, usage, workflows,
 };
 
 /// Every read model's changes from one batch.
@@ -34,6 +34,9 @@ pub(crate) struct Plan {
     pub escalations: escalations::Changes,
     pub status: status::Changes,
     pub templates: templates::Changes,
+    pub tasks: tasks::Changes,
+    pub history: history::Changes,
+    pub alerts: alerts::Changes,
     pub rejections: rejections::Changes,
 }
 
@@ -84,6 +87,7 @@ impl Plan {
         match &envelope.event {
             Event::AgentRegistered(e) => self.agents.registered(origin, &e.agent),
             Event::AgentStatusReported(e) => self.status.reported(origin, e),
+            Event::AlertRaised(e) => self.alerts.raised(origin, e),
             Event::WorkflowCreated(e) => {
                 self.workflows.created(origin, &e.workflow, e.template_id);
                 if let Some(template) = e.template_id {
@@ -105,6 +109,7 @@ impl Plan {
             Event::StepScheduled(e) => {
                 self.executions.step_scheduled(origin, e);
                 self.interactions.step_scheduled(origin, e);
+                self.tasks.step_scheduled(origin, e);
             }
             Event::TaskHandedOff(e) => self.handoffs.handed_off(origin, e),
             Event::StepStarted(e) => {
@@ -126,22 +131,26 @@ impl Plan {
                 self.interactions.step_completed(origin, e);
                 self.knowledge.used(origin, e);
                 self.status.step_completed(origin, e);
+                self.history.step_completed(origin, e);
             }
             Event::StepFailed(e) => {
                 self.usage.attempt(origin, &e.attempt, e.usage.as_ref());
                 self.executions.step_failed(origin, e);
                 self.interactions.step_failed(origin, e);
                 self.status.step_failed(origin, e);
+                self.history.step_failed(origin, e);
             }
             Event::StepTimedOut(e) => {
                 self.executions.step_timed_out(origin, e);
                 self.interactions.step_timed_out(origin, e);
                 self.status.step_timed_out(origin, e);
+                self.history.step_timed_out(origin, e);
             }
             Event::StepReviewed(e) => {
                 self.usage.attempt(origin, &e.attempt, e.usage.as_ref());
                 self.executions.step_reviewed(origin, e);
                 self.status.step_reviewed(origin, e);
+                self.history.step_reviewed(origin, e);
             }
             Event::QuestionsAsked(e) => {
                 self.executions.questions_asked(origin, e);
@@ -159,11 +168,13 @@ impl Plan {
                 self.executions.step_escalated(origin, e);
                 self.interactions.step_escalated(origin, e);
                 self.escalations.escalated(origin, e);
+                self.history.step_escalated(origin, e);
             }
             Event::EscalationResolved(e) => {
                 self.executions.escalation_resolved(origin, e);
                 self.interactions.escalation_resolved(origin, e);
                 self.escalations.resolved(origin, e);
+                self.history.escalation_resolved(origin, e);
             }
             Event::QuestionAnswered(e) => {
                 self.interactions.question_answered(origin, e);
@@ -176,6 +187,7 @@ impl Plan {
             Event::StepSkipped(e) => {
                 self.executions.step_skipped(origin, e);
                 self.interactions.step_skipped(origin, e);
+                self.history.step_skipped(origin, e);
             }
             Event::LeadTaken(e) => self.interactions.lead_taken(origin, e),
             Event::SagaStarted(e) => self.interactions.saga_started(origin, e),
@@ -195,6 +207,7 @@ impl Plan {
                     .run_ended(origin, e.workflow_id, Outcome::Completed);
                 self.escalations
                     .execution_ended(origin, e.execution_id, Outcome::Completed);
+                self.history.execution_ended(e.execution_id);
             }
             Event::ExecutionFailed(e) => {
                 self.executions.failed(origin, e);
@@ -204,6 +217,7 @@ impl Plan {
                     .run_ended(origin, e.workflow_id, Outcome::Failed);
                 self.escalations
                     .execution_ended(origin, e.execution_id, Outcome::Failed);
+                self.history.execution_ended(e.execution_id);
             }
             Event::ExecutionCancelled(e) => {
                 self.executions.cancelled(origin, e);
@@ -213,6 +227,7 @@ impl Plan {
                     .run_ended(origin, e.workflow_id, Outcome::Cancelled);
                 self.escalations
                     .execution_ended(origin, e.execution_id, Outcome::Cancelled);
+                self.history.execution_ended(e.execution_id);
             }
         }
     }
@@ -232,6 +247,11 @@ impl Plan {
         self.status.write(tx).await?;
         // After the workflows: runs are credited to templates through their workflow's row.
         self.templates.write(tx).await?;
+        // Tasks before the records that complete them, both after the executions whose ends
+        // give the runs' durations.
+        self.tasks.write(tx).await?;
+        self.history.write(tx).await?;
+        self.alerts.write(tx).await?;
         self.rejections.write(tx).await
     }
 }

@@ -222,6 +222,7 @@ pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) ->
         final_output: None,
         started_at: time,
         completed_at: None,
+        actual_duration: None,
         updated_at: time,
     })
     .into_response())

@@ -3,10 +3,12 @@
 //! problem+json. One module per resource.
 
 mod agents;
+mod alerts;
 mod body;
 mod collaboration;
 mod escalations;
 mod executions;
+mod metrics;
 mod problem;
 mod resolutions;
 mod templates;
@@ -102,6 +104,16 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
         )
         .route("/v1/escalations", get(escalations::list))
         .route("/v1/escalations/{id}", get(escalations::get))
+        .route("/v1/agents/performance", get(metrics::agents))
+        .route("/v1/agents/{id}/performance", get(metrics::agent))
+        .route("/v1/executions/{id}/metrics", get(metrics::execution))
+        .route("/v1/workflows/{id}/metrics", get(metrics::workflow))
+        .route(
+            "/v1/executions/{id}/history",
+            get(metrics::execution_history),
+        )
+        .route("/v1/workflows/{id}/history", get(metrics::workflow_history))
+        .route("/v1/alerts", get(alerts::list))
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)

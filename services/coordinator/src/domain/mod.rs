@@ -4,12 +4,15 @@
 //!
 //! Each aggregate is a [`Decider`]: [`agent`], [`workflow`], [`starts`] (a workflow's execution
 //! numbers), [`execution`] (one run, with the effects its events call for) and [`template`] (a
-//! reusable workflow whose steps name roles).
+//! reusable workflow whose steps name roles). [`alerts`] watches how agents' attempts end and
+//! decides the alerts on their [`performance`].
 
 pub mod agent;
+pub mod alerts;
 pub mod assignment;
 pub mod condition;
 pub mod execution;
+pub mod performance;
 pub mod starts;
 pub mod template;
 pub mod validation;

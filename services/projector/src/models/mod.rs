@@ -7,13 +7,16 @@
 //! with the event ids they apply and the checkpoint.
 
 pub(crate) mod agents;
+pub(crate) mod alerts;
 pub(crate) mod escalations;
 pub(crate) mod executions;
 pub(crate) mod handoffs;
+pub(crate) mod history;
 pub(crate) mod interactions;
 pub(crate) mod knowledge;
 pub(crate) mod rejections;
 pub(crate) mod status;
+pub(crate) mod tasks;
 pub(crate) mod templates;
 pub(crate) mod usage;
 pub(crate) mod workflows;
@@ -57,6 +60,9 @@ pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     escalations::reset(tx).await?;
     status::reset(tx).await?;
     templates::reset(tx).await?;
+    tasks::reset(tx).await?;
+    history::reset(tx).await?;
+    alerts::reset(tx).await?;
     rejections::reset(tx).await
 }
 

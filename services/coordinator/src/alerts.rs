@@ -1,0 +1,191 @@
+//! The alert watcher: reads the event log and appends the alerts the pure [`Watch`]
+//! ([`crate::domain::alerts`]) decides on how agents' attempts end.
+//!
+//! It reads the whole log from sequence 1 each time it starts (an ordered consumer: nothing to
+//! ack), because an alert depends on everything an agent did before. Each alert is appended to
+//! a subject of its own (its agent, condition and crossing), only where nothing is stored yet,
+//! with an id derived from the same: reading the log again after a restart, a second
+//! coordinator watching beside this one, or an append retried after a lost answer all store
+//! it once. An event is folded in only after its alerts are stored, so an outage of the log
+//! delays alerts and loses none.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use cadre_proto::events::AlertRaised;
+use cadre_proto::{Envelope, Event, TenantId, subjects};
+use cadre_runtime::bus::{Append, EventBus, NatsError, PublishError};
+
+use crate::domain::alerts::{Watch, alert_id};
+
+/// The longest wait between two tries of a failed append or a failed read of the log.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Watches until `shutdown`; a failed read of the log starts over from its beginning.
+pub async fn run(bus: EventBus, shutdown: CancellationToken) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match watch(&bus, &shutdown).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, ?delay, "reading the event log for alerts failed; starting over");
+                if sleep_or_shutdown(delay, &shutdown).await {
+                    return;
+                }
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        }
+    }
+}
+
+async fn watch(bus: &EventBus, shutdown: &CancellationToken) -> Result<(), NatsError> {
+    let consumer = bus
+        .stream()
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subjects::ALL_EVENTS.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut watch = Watch::default();
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => match next {
+                Some(message) => message?,
+                None => return Err("the event log's consumer ended".into()),
+            },
+        };
+        if !is_watched(&message.subject) {
+            continue;
+        }
+        // The processor terminates what it cannot read, with the reason; nothing to add.
+        let Ok(envelope) = Envelope::decode(&message.payload) else {
+            continue;
+        };
+        let at = envelope.meta.time;
+        for alert in watch.decide(&envelope.event, at) {
+            if !append(bus, &envelope.meta.tenant, alert, at, shutdown).await {
+                return Ok(());
+            }
+        }
+        watch.evolve(&envelope.event, at);
+    }
+}
+
+/// The events the watch folds: how steps are handed out and how their attempts end, and the
+/// ends of runs (execution events whose fact is one of these).
+fn is_watched(subject: &str) -> bool {
+    subjects::is_execution_state(subject)
+        && matches!(
+            subject.rsplit('.').next(),
+            Some(
+                subjects::SCHEDULED
+                    | subjects::COMPLETED
+                    | subjects::FAILED
+                    | subjects::TIMED_OUT
+                    | subjects::REVIEWED
+                    | subjects::ESCALATED
+                    | subjects::CANCELLED
+            )
+        )
+}
+
+/// Appends `alert`, retrying until it is stored (or was before); false if `shutdown` came
+/// first (the next start decides it again).
+async fn append(
+    bus: &EventBus,
+    tenant: &TenantId,
+    alert: AlertRaised,
+    at: chrono::DateTime<chrono::Utc>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let envelope = Envelope::with_id(
+        alert_id(&alert, at),
+        crate::SOURCE,
+        tenant.clone(),
+        at,
+        Event::AlertRaised(Box::new(alert)),
+    );
+    // Nothing may be stored on the alert's own subject yet: it is stored once.
+    let only_once = Append::ExpectLast {
+        filter: envelope.nats_subject(),
+        sequence: 0,
+    };
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match bus.publish(&envelope, only_once.clone()).await {
+            Ok(_) => {
+                if let Event::AlertRaised(alert) = &envelope.event {
+                    tracing::info!(
+                        agent_id = %alert.agent_id,
+                        condition = alert.condition.as_str(),
+                        crossing = alert.crossing,
+                        message = alert.message,
+                        "alert raised"
+                    );
+                }
+                return true;
+            }
+            Err(PublishError::Conflict { .. }) => {
+                tracing::debug!(subject = %envelope.nats_subject(), "alert stored before");
+                return true;
+            }
+            Err(error) => {
+                tracing::warn!(%error, ?delay, "could not append an alert; retrying");
+                if sleep_or_shutdown(delay, shutdown).await {
+                    return false;
+                }
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        }
+    }
+}
+
+/// Sleeps for `delay`; true if `shutdown` interrupted it.
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cadre_proto::{ExecutionId, StepId, WorkflowId};
+
+    use super::*;
+
+    #[test]
+    fn the_watch_reads_step_outcomes_and_run_ends_only() {
+        let t = TenantId::default_tenant();
+        let (w, e) = (WorkflowId::new(), ExecutionId::new());
+        let s = StepId::parse("design").unwrap();
+        for fact in [
+            subjects::SCHEDULED,
+            subjects::COMPLETED,
+            subjects::FAILED,
+            subjects::TIMED_OUT,
+            subjects::REVIEWED,
+            subjects::ESCALATED,
+        ] {
+            assert!(is_watched(&subjects::step(&t, w, e, &s, fact)), "{fact}");
+        }
+        for fact in [subjects::COMPLETED, subjects::FAILED, subjects::CANCELLED] {
+            assert!(is_watched(&subjects::execution(&t, w, e, fact)), "{fact}");
+        }
+        for subject in [
+            subjects::step(&t, w, e, &s, subjects::STARTED),
+            subjects::interactions(&t, w, e),
+            subjects::knowledge(&t, w),
+            subjects::workflow(&t, w, subjects::CREATED),
+            subjects::alert_raised(&t, cadre_proto::AgentId::new(), "failure_rate", 1),
+        ] {
+            assert!(!is_watched(&subject), "{subject}");
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `/v1/alerts`: the alerts raised on agents' performance (`AlertRaised`, see
+//! [`crate::domain::alerts`]), from the `alerts` read model.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::response::IntoResponse;
+use uuid::Uuid;
+
+use cadre_proto::events::AlertCondition;
+use cadre_proto::model::StepType;
+
+use super::{ApiResult, AppState, Problem, page, unavailable_db};
+use crate::read::metrics::{self, AlertFilter};
+
+/// `GET /v1/alerts?agentId&condition&taskType&workflowId&executionId&limit&offset`: newest
+/// first; each filter is optional.
+pub(super) async fn list(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let page = page(&params)?;
+    let filter = filter(&params)?;
+    let rows = metrics::alerts(&app.db, &app.tenant, filter, page)
+        .await
+        .map_err(unavailable_db)?;
+    Ok(axum::Json(rows).into_response())
+}
+
+fn filter(params: &HashMap<String, String>) -> Result<AlertFilter, Problem> {
+    let one_of = |name: &str, raw: &str, allowed: &[&str]| {
+        Problem::bad_request(format!(
+            "query parameter '{name}' must be one of {}, not '{raw}'",
+            allowed.join(", ")
+        ))
+    };
+    let condition = params
+        .get("condition")
+        .map(|raw| {
+            AlertCondition::ALL
+                .into_iter()
+                .find(|c| c.as_str() == raw)
+                .ok_or_else(|| {
+                    one_of(
+                        "condition",
+                        raw,
+                        &AlertCondition::ALL.map(AlertCondition::as_str),
+                    )
+                })
+        })
+        .transpose()?;
+    let task_type = params
+        .get("taskType")
+        .map(|raw| {
+            StepType::parse(raw)
+                .ok_or_else(|| one_of("taskType", raw, &StepType::ALL.map(StepType::as_str)))
+        })
+        .transpose()?;
+    let id = |name: &str| -> Result<Option<Uuid>, Problem> {
+        params
+            .get(name)
+            .map(|raw| {
+                raw.parse().map_err(|_| {
+                    Problem::bad_request(format!(
+                        "query parameter '{name}' must be a UUID, not '{raw}'"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    Ok(AlertFilter {
+        agent_id: id("agentId")?,
+        condition,
+        task_type,
+        workflow_id: id("workflowId")?,
+        execution_id: id("executionId")?,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn filters_are_optional_and_read_as_given() {
+        let none = filter(&params(&[])).unwrap();
+        assert!(none.agent_id.is_none() && none.condition.is_none() && none.task_type.is_none());
+        let agent = Uuid::now_v7();
+        let all = filter(&params(&[
+            ("agentId", &agent.to_string()),
+            ("condition", "repeated_escalations"),
+            ("taskType", "review"),
+            ("workflowId", &Uuid::now_v7().to_string()),
+            ("executionId", &Uuid::now_v7().to_string()),
+        ]))
+        .unwrap();
+        assert_eq!(all.agent_id, Some(agent));
+        assert_eq!(all.condition, Some(AlertCondition::RepeatedEscalations));
+        assert_eq!(all.task_type, Some(StepType::Review));
+        assert!(all.workflow_id.is_some() && all.execution_id.is_some());
+    }
+
+    #[test]
+    fn a_bad_filter_is_a_problem_naming_the_parameter_and_what_it_takes() {
+        let condition = filter(&params(&[("condition", "slow")])).unwrap_err();
+        assert_eq!(condition.status, 400);
+        assert_eq!(
+            condition.detail,
+            "query parameter 'condition' must be one of failure_rate, slow_completion, \
+             repeated_escalations, low_quality, not 'slow'"
+        );
+        let task_type = filter(&params(&[("taskType", "coding")])).unwrap_err();
+        assert!(
+            task_type
+                .detail
+                .contains("'taskType' must be one of analysis"),
+            "{task_type:?}"
+        );
+        for name in ["agentId", "workflowId", "executionId"] {
+            let problem = filter(&params(&[(name, "x1")])).unwrap_err();
+            assert_eq!(problem.status, 400);
+            assert!(problem.detail.contains(&format!("'{name}'")), "{problem:?}");
+        }
+    }
+}
