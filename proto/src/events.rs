@@ -112,6 +112,17 @@ pub enum AssignmentReason {
     Lead { risk: String },
     /// The workflow's coordinator agent, to re-plan a failing run.
     Replans,
+    /// The workflow's coordinator agent, to choose who takes `step_id` (seed 000's
+    /// coordinator-agent assignment).
+    Chooses { step_id: StepId },
+    /// The workflow's coordinator agent chose this agent, for this reason.
+    Delegated { reasoning: String },
+    /// The coordinator agent's choice could not be taken (`why`); the step went by the usual
+    /// rules instead (`fallback`).
+    NotDelegated {
+        why: String,
+        fallback: Box<AssignmentReason>,
+    },
     /// The run is failing and this agent completed the step `step_id` undoes: it compensates
     /// its own work (or, when no agent did it, the best match does).
     Compensates { step_id: StepId },
@@ -150,6 +161,16 @@ impl AssignmentReason {
             }
             Self::Compensates { step_id } => format!("undoes step '{step_id}'"),
             Self::Replans => "the coordinator agent re-plans the failing run".to_owned(),
+            Self::Chooses { step_id } => {
+                format!("the coordinator agent chooses who takes step '{step_id}'")
+            }
+            Self::Delegated { reasoning } => {
+                format!("chosen by the coordinator agent: {reasoning}")
+            }
+            Self::NotDelegated { why, fallback } => format!(
+                "{} (the coordinator agent's choice could not be taken: {why})",
+                fallback.describe()
+            ),
             Self::Lead { risk } => format!("leads the run since the '{risk}' risk showed"),
             Self::PersonDecided { by: Some(by) } => format!("{by} asked for this attempt"),
             Self::PersonDecided { by: None } => "a person asked for this attempt".to_owned(),

@@ -197,6 +197,21 @@ impl StepId {
     pub const UNDO_PREFIX: &'static str = "undo-";
     /// Prefix of the steps in which a coordinator agent re-plans a failing run: reserved.
     pub const REPLAN_PREFIX: &'static str = "replan-";
+    /// Prefix of the steps in which a coordinator agent chooses who takes another: reserved.
+    pub const DELEGATE_PREFIX: &'static str = "delegate-";
+
+    /// The step in which the coordinator agent chooses who takes this one (`delegate-<id>`).
+    /// Workflow validation keeps the steps it may choose for short enough.
+    pub fn delegate(&self) -> Self {
+        Self(format!("{}{}", Self::DELEGATE_PREFIX, self.0))
+    }
+
+    /// The step a `delegate-<id>` step chooses for.
+    pub fn delegated(&self) -> Option<Self> {
+        self.0
+            .strip_prefix(Self::DELEGATE_PREFIX)
+            .map(|id| Self(id.to_owned()))
+    }
 
     /// The step of a run's `n`-th re-planning (`replan-<n>`).
     pub fn replan(n: u32) -> Self {

@@ -102,6 +102,8 @@ struct Script {
     failing_steps: Vec<(String, StatusCode)>,
     /// The output of the answer to a re-planning step (`Re-plan the run`).
     plan: Option<String>,
+    /// The participant a coordinator agent chooses (by name) in a `Choose who takes` step.
+    delegate_to: Option<String>,
     /// How long a teammate takes to answer a question.
     question_delay: Duration,
 }
@@ -161,6 +163,12 @@ impl FakeLlm {
         lock(&self.script)
             .failing_steps
             .push((step.to_owned(), status));
+    }
+
+    /// Answers a coordinator agent's choice (a step `Choose who takes …`) with the participant
+    /// named `name`, by the id its prompt lists for it.
+    pub fn delegate_to(&self, name: &str) {
+        lock(&self.script).delegate_to = Some(name.to_owned());
     }
 
     /// Answers a re-planning step (`Re-plan the run`) with `plan` as its output.
@@ -319,7 +327,16 @@ async fn complete(
             script.verdict,
             script.constraint.clone(),
             asks,
-            script.plan.clone().filter(|_| step == REPLAN_STEP),
+            script
+                .plan
+                .clone()
+                .filter(|_| step == REPLAN_STEP)
+                .or_else(|| {
+                    let name = script.delegate_to.as_deref()?;
+                    step.starts_with(CHOOSING_STEP)
+                        .then(|| choice(&recorded.user, name))
+                        .flatten()
+                }),
         )
     };
     if !latency.is_zero() {
@@ -401,6 +418,18 @@ fn completion(model: &str, text: &str, prompt_tokens: usize, completion_tokens: 
 
 /// The name of the step in which a coordinator agent re-plans a failing run.
 const REPLAN_STEP: &str = "Re-plan the run";
+/// How the name of a step in which a coordinator agent chooses who takes another begins.
+const CHOOSING_STEP: &str = "Choose who takes ";
+
+/// A coordinator agent's choice of the participant named `name`, from the prompt's list of
+/// participants (`- <id>: <name> (<role>), skills: …`).
+fn choice(prompt: &str, name: &str) -> Option<String> {
+    let id = prompt.lines().find_map(|line| {
+        let (id, rest) = line.strip_prefix("- ")?.split_once(": ")?;
+        rest.starts_with(&format!("{name} (")).then_some(id)
+    })?;
+    Some(json!({ "agentId": id, "reasoning": format!("{name} knows this code best.") }).to_string())
+}
 
 /// How the worker's prompt for a teammate's question begins, and how a step's prompt
 /// introduces the answers to its questions.

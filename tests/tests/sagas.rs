@@ -1,5 +1,6 @@
-//! Sagas end to end: a run that fails undoes the steps that declare how, in reverse order of
-//! completion, then its coordinator agent re-plans and the run goes on with the new steps.
+//! The coordinator agent end to end: a run that fails undoes the steps that declare how, in
+//! reverse order of completion, then its coordinator agent re-plans and the run goes on with the
+//! new steps (a saga); and the coordinator agent chooses who takes a step.
 
 // Test code: a panic is the failure report, in helpers as in tests.
 #![allow(clippy::unwrap_used)]
@@ -163,5 +164,71 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
             .any(|m| m.starts_with("Execution re-planned (1): the run goes on with canary")),
         "{messages:#?}"
     );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_coordinator_agent_chooses_who_takes_a_step_and_the_log_says_why() {
+    let stack = Stack::start().await;
+    let mut ids = Vec::new();
+    for (name, role, skills) in [
+        ("Ada", "analyst", ["research"]),
+        ("Bo", "analyst", ["research"]),
+        ("Cy", "coordinator", ["planning"]),
+    ] {
+        let created = stack
+            .api
+            .register_agent(&agent(name, role, &skills, FAKE_PROVIDER))
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let workflow = stack
+        .api
+        .create_workflow(&json!({
+            "name": "Research", "description": "One step, chosen for.",
+            "workflowType": "pipeline", "participatingAgents": ids, "coordinatorAgentId": ids[2],
+            "configuration": { "steps": [step("survey", &[], None)] }
+        }))
+        .await;
+    stack.llm.delegate_to("Bo");
+    let (execution_id, _) = stack
+        .api
+        .start_execution(workflow["id"].as_str().unwrap())
+        .await;
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    assert_eq!(
+        execution["stepResults"]["survey"]["agentId"],
+        ids[1].as_str()
+    );
+    assert_eq!(
+        execution["agentAssignments"]["survey"]["reason"],
+        json!({ "kind": "delegated", "reasoning": "Bo knows this code best." })
+    );
+    let interactions = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}/interactions"))
+        .await
+        .body;
+    let delegation = interactions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| {
+            i["interactionType"] == "task_delegation"
+                && i["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Assigned Step survey to Bo")
+        })
+        .expect("the delegation in the interaction log");
+    assert!(
+        delegation["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("chosen by the coordinator agent: Bo knows this code best."),
+        "{delegation:#}"
+    );
+    assert_eq!(delegation["fromAgentId"], ids[2].as_str());
     stack.stop().await;
 }

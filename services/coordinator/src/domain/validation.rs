@@ -419,6 +419,10 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
                 StepId::REPLAN_PREFIX,
                 "the steps that re-plan a failing run",
             ),
+            (
+                StepId::DELEGATE_PREFIX,
+                "the steps in which a coordinator agent chooses who takes another",
+            ),
         ] {
             if step.id.as_str().starts_with(prefix) {
                 errors.push(error(
@@ -426,6 +430,24 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
                     format!("step ids starting with '{prefix}' are reserved for {what}; rename it"),
                 ));
             }
+        }
+        // The coordinator agent may choose who takes a step that names neither an agent nor a
+        // role, in a step `delegate-<id>` that must be a step id too.
+        let longest = StepId::MAX_LEN - StepId::DELEGATE_PREFIX.len();
+        if workflow.coordinator_agent_id.is_some()
+            && step.preferred_agent_id.is_none()
+            && step.assigned_agent_role.is_none()
+            && step.id.as_str().len() > longest
+        {
+            errors.push(error(
+                format!("{at}/id"),
+                format!(
+                    "with a coordinator agent, a step that names no agent or role has an id of at \
+                     most {longest} characters (the coordinator chooses who takes it in the step \
+                     '{}<id>')",
+                    StepId::DELEGATE_PREFIX
+                ),
+            ));
         }
         if let Some(compensation) = &step.compensation {
             require_text(

@@ -9,11 +9,13 @@ use cadre_proto::events::{
     StepScheduled, StepSkipped, StepTimedOut, Teammate, Unanswered,
 };
 use cadre_proto::model::{
-    AgentProfile, EscalationRung, MissedDeadline, RiskLead, StepType, TriggerReason,
-    WorkflowDefinition, WorkflowStep, hashtags,
+    AgentProfile, DecisionMaking, EscalationRung, MissedDeadline, RiskLead, StepType,
+    TriggerReason, WorkflowDefinition, WorkflowStep, hashtags,
 };
 use cadre_proto::timers::Timer;
-use cadre_proto::{EscalationId, Event, ExecutionId, StepId};
+use std::collections::HashMap;
+
+use cadre_proto::{AgentId, EscalationId, Event, ExecutionId, StepId};
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
@@ -302,6 +304,196 @@ fn failing(execution: &Execution, cause: FailureCause, error: String) -> Vec<Eve
     }))]
 }
 
+/// Longest reasoning of a coordinator agent's choice kept with the assignment.
+const REASONING_CHARS: usize = 500;
+
+/// The step in which the coordinator agent chooses who takes `step`, when the workflow decides
+/// by its coordinator and the step names neither an agent nor a role that takes it: seed 000's
+/// coordinator-agent assignment. Only a step's first attempt is delegated, and only among
+/// several candidates.
+fn delegation_asked(
+    execution: &Execution,
+    step: &WorkflowStep,
+    watermark: u64,
+    now: DateTime<Utc>,
+) -> Option<Event> {
+    let workflow = &execution.workflow;
+    let coordinator = coordinator(execution)?;
+    let progress = &execution.steps[&step.id];
+    let named = step
+        .preferred_agent_id
+        .is_some_and(|id| execution.agents.iter().any(|a| a.id == id));
+    let of_role = step.assigned_agent_role.as_deref().is_some_and(|role| {
+        execution
+            .agents
+            .iter()
+            .any(|a| a.role.trim().eq_ignore_ascii_case(role.trim()))
+    });
+    if workflow.configuration.coordination.decision_making != DecisionMaking::Coordinator
+        || progress.attempt > 0
+        || named
+        || of_role
+        || step.child_workflow_id.is_some()
+        || execution.lead().is_some()
+        || execution.agents.len() < 2
+    {
+        return None;
+    }
+    let candidates: Vec<String> = execution
+        .agents
+        .iter()
+        .map(|a| {
+            format!(
+                "- {}: {} ({}), skills: {}",
+                a.id,
+                a.name,
+                a.role,
+                a.skills.join(", ")
+            )
+        })
+        .collect();
+    let choosing = WorkflowStep {
+        id: step.id.delegate(),
+        name: format!("Choose who takes {}", step.name),
+        description: format!(
+            "As the coordinator of workflow '{}', choose the participant best placed to do step \
+             '{}'.",
+            workflow.name, step.name
+        ),
+        step_type: StepType::Decision,
+        assigned_agent_role: None,
+        preferred_agent_id: Some(coordinator.id),
+        required_skills: Vec::new(),
+        depends_on: Vec::new(),
+        can_run_in_parallel: true,
+        instructions: format!(
+            "The step: {}\nIts instructions: {}\nIts required skills: {}\n\nThe participants \
+             (id: name (role), skills):\n{}",
+            step.name,
+            step.instructions,
+            step.required_skills.join(", "),
+            candidates.join("\n")
+        ),
+        expected_output: "The output is only a JSON object {\"agentId\": \"<one participant's \
+                          id>\", \"reasoning\": \"<why, in a sentence>\"}."
+            .to_owned(),
+        timeout_minutes: step.timeout_minutes,
+        validation_criteria: Vec::new(),
+        review_required: false,
+        reviewer_role: None,
+        condition: None,
+        child_workflow_id: None,
+        risks: Vec::new(),
+        compensation: None,
+    };
+    Some(scheduled(
+        execution,
+        Scheduling {
+            step: &choosing,
+            attempt: 1,
+            agent: coordinator,
+            reason: AssignmentReason::Chooses {
+                step_id: step.id.clone(),
+            },
+            review: None,
+            feedback: None,
+            answers: Vec::new(),
+            earlier_failures: Vec::new(),
+        },
+        watermark,
+        now,
+    ))
+}
+
+/// Who takes a step the coordinator agent chose for: its choice, when its answer names a
+/// participant (by id, else by name) in a JSON object `{agentId, reasoning}`; otherwise the
+/// usual rules, with why the choice could not be taken.
+fn delegated<'a>(
+    execution: &'a Execution,
+    step: &WorkflowStep,
+    answer: &Result<(String, String), String>,
+    load: &HashMap<AgentId, u32>,
+) -> Option<(&'a AgentProfile, AssignmentReason)> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Choice {
+        agent_id: String,
+        #[serde(default)]
+        reasoning: String,
+    }
+    let chosen = answer
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|(summary, output)| {
+            let (Some(start), Some(end)) = (output.find('{'), output.rfind('}')) else {
+                return Err(
+                    "its answer holds no JSON object {\"agentId\", \"reasoning\"}".to_owned(),
+                );
+            };
+            let choice: Choice = serde_json::from_str(&output[start..=end]).map_err(|e| {
+                format!("its answer is not a JSON object {{\"agentId\", \"reasoning\"}}: {e}")
+            })?;
+            let named = choice.agent_id.trim();
+            let agent = execution
+                .agents
+                .iter()
+                .find(|a| a.id.to_string() == named)
+                .or_else(|| {
+                    execution
+                        .agents
+                        .iter()
+                        .find(|a| a.name.eq_ignore_ascii_case(named))
+                })
+                .ok_or_else(|| {
+                    format!("it chose '{named}', who does not take part in this execution")
+                })?;
+            let reasoning = if choice.reasoning.trim().is_empty() {
+                summary.trim()
+            } else {
+                choice.reasoning.trim()
+            };
+            Ok((
+                agent,
+                reasoning.chars().take(REASONING_CHARS).collect::<String>(),
+            ))
+        });
+    match chosen {
+        Ok((agent, reasoning)) => Some((agent, AssignmentReason::Delegated { reasoning })),
+        Err(why) => assign(step, &execution.agents, load).map(|(agent, fallback)| {
+            (
+                agent,
+                AssignmentReason::NotDelegated {
+                    why,
+                    fallback: Box::new(fallback),
+                },
+            )
+        }),
+    }
+}
+
+/// A coordinator agent's choice that ran past its step's time-out.
+fn delegation_timed_out(execution: &Execution, choosing: &StepId, attempt: u32) -> Option<Event> {
+    let step_id = choosing.delegated()?;
+    let step = execution.workflow.step(&step_id)?;
+    let StepState::Delegating { attempt: asked } = execution.steps.get(&step_id)?.state else {
+        return None;
+    };
+    let coordinator = coordinator(execution)?;
+    (asked == attempt).then(|| {
+        Event::StepTimedOut(StepTimedOut {
+            attempt: StepAttempt {
+                execution_id: execution.id,
+                workflow_id: execution.workflow.id,
+                step_id: choosing.clone(),
+                step_name: format!("Choose who takes {}", step.name),
+                number: attempt,
+                agent_id: coordinator.id,
+            },
+            timeout_minutes: step.timeout_minutes.unwrap_or_default(),
+        })
+    })
+}
+
 /// The workflow's coordinator agent, when it takes part in the run.
 fn coordinator(execution: &Execution) -> Option<&AgentProfile> {
     let id = execution.workflow.coordinator_agent_id?;
@@ -573,7 +765,9 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
         Timer::StepTimeout {
             step_id, attempt, ..
         } => {
-            if let Some(timed_out) = undoing_timed_out(execution, step_id, *attempt) {
+            if let Some(timed_out) = undoing_timed_out(execution, step_id, *attempt)
+                .or_else(|| delegation_timed_out(execution, step_id, *attempt))
+            {
                 return vec![timed_out];
             }
             let (Some(progress), Some(step)) = (
@@ -808,6 +1002,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                 StepState::Waiting
                     | StepState::RetryDue { .. }
                     | StepState::Escalating { .. }
+                    | StepState::Delegated { .. }
                     | StepState::AwaitingReview
                     | StepState::Rework { .. }
             );
@@ -899,10 +1094,18 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         if exclusive_running || (active > 0 && (one_at_a_time || !step.can_run_in_parallel)) {
             break;
         }
-        // An approval is a person's: it waits for one, holding its place in the run.
-        if step.step_type == StepType::Approval && progress.state == StepState::Waiting {
+        // An approval is a person's: it waits for one, holding its place in the run. A step
+        // the usual rules leave open goes to the coordinator agent, who chooses who takes it.
+        let asked = if progress.state != StepState::Waiting {
+            None
+        } else if step.step_type == StepType::Approval {
+            Some(approval_requested(execution, step))
+        } else {
+            delegation_asked(execution, step, watermark, now)
+        };
+        if let Some(asked) = asked {
             active += 1;
-            events.push(approval_requested(execution, step));
+            events.push(asked);
             if one_at_a_time || !step.can_run_in_parallel {
                 break;
             }
@@ -934,6 +1137,9 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                 let author = review.author_agent_id;
                 let reviewer = assign_reviewer(step, &execution.agents, &load, author);
                 (Some(review), reviewer)
+            }
+            (StepState::Delegated { answer }, None) => {
+                (None, delegated(execution, step, answer, &load))
             }
             (StepState::Rework { author }, None) => {
                 let author = execution

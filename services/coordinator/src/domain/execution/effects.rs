@@ -63,11 +63,19 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                     e.attempt - 1,
                 )));
             }
-            // A step's attempt, or a saga's undoing of one, still running.
+            // A step's attempt, a coordinator agent's choice for one, or a saga's undoing of
+            // one, still running.
+            let choosing =
+                |p: &super::StepProgress| p.state == StepState::Delegating { attempt: e.attempt };
             let running = execution
                 .steps
                 .get(&e.step.id)
                 .is_some_and(|p| p.runs(e.attempt))
+                || e.step
+                    .id
+                    .delegated()
+                    .and_then(|step| execution.steps.get(&step))
+                    .is_some_and(choosing)
                 || execution.saga.as_ref().is_some_and(|saga| {
                     matches!(saga.current(), Some((step, Undoing::Scheduled { attempt, .. }))
                         if step.undo() == e.step.id && *attempt == e.attempt)

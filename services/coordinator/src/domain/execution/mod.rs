@@ -91,6 +91,15 @@ pub enum StepState {
         escalation_id: EscalationId,
         approval: bool,
     },
+    /// The coordinator agent chooses who takes it, in its step `delegate-<id>` (this attempt).
+    Delegating {
+        attempt: u32,
+    },
+    /// The coordinator agent answered (its summary and output), or could not (why): the step
+    /// is handed out next, to its choice if that holds.
+    Delegated {
+        answer: Result<(String, String), String>,
+    },
     /// A person aborted the run from its escalation (or rejected the approval): the run fails.
     Aborted {
         escalation_id: EscalationId,
@@ -119,6 +128,8 @@ impl StepState {
             Self::Escalating { .. } => "escalating",
             Self::Escalated { .. } => "escalated",
             Self::Aborted { .. } => "aborted",
+            Self::Delegating { .. } => "delegating",
+            Self::Delegated { .. } => "delegated",
         }
     }
 
@@ -284,6 +295,7 @@ impl StepProgress {
             StepState::AwaitingAnswers { .. }
                 | StepState::RetryWaiting { .. }
                 | StepState::Escalated { .. }
+                | StepState::Delegating { .. }
         )
     }
 
@@ -471,7 +483,7 @@ pub fn evolve(state: State, event: &Event) -> State {
 
 impl Execution {
     fn apply(&mut self, event: &Event) {
-        if self.undo(event) {
+        if self.undo(event) || self.delegation(event) {
             return;
         }
         self.apply_to_steps(event);
@@ -598,6 +610,51 @@ impl Execution {
         if let Some(undoing) = undoing {
             *undoing = result;
         }
+        true
+    }
+
+    /// Applies an event of a `delegate-<id>` step, in which the coordinator agent chooses who
+    /// takes step `<id>`. Returns whether it was one.
+    fn delegation(&mut self, event: &Event) -> bool {
+        let (id, attempt, answer) = match event {
+            Event::StepScheduled(e) => (&e.step.id, e.attempt, None),
+            Event::StepCompleted(e) => (
+                &e.attempt.step_id,
+                e.attempt.number,
+                Some(Ok((e.result.summary.clone(), e.result.output.clone()))),
+            ),
+            Event::StepFailed(e) => (
+                &e.attempt.step_id,
+                e.attempt.number,
+                Some(Err(e.error.clone())),
+            ),
+            Event::StepTimedOut(e) => (
+                &e.attempt.step_id,
+                e.attempt.number,
+                Some(Err(format!(
+                    "timed out after {} minute(s)",
+                    e.timeout_minutes
+                ))),
+            ),
+            Event::QuestionsAsked(e) => (
+                &e.attempt.step_id,
+                e.attempt.number,
+                Some(Err(
+                    "it asked teammates questions instead of choosing".to_owned()
+                )),
+            ),
+            _ => return false,
+        };
+        let Some(step) = id.delegated() else {
+            return false;
+        };
+        self.step_event(&step, |p| match (&p.state, answer) {
+            (StepState::Waiting, None) => p.state = StepState::Delegating { attempt },
+            (StepState::Delegating { attempt: asked }, Some(answer)) if *asked == attempt => {
+                p.state = StepState::Delegated { answer };
+            }
+            _ => {}
+        });
         true
     }
 

@@ -1,5 +1,6 @@
 //! The escalation ladder, a person in the loop, approval steps, lead rules, the time after
-//! which a run needs a person, and sagas (compensation).
+//! which a run needs a person, sagas (compensation and re-planning), and the coordinator
+//! agent's choice of who takes a step.
 
 use cadre_proto::events::{
     AssignmentReason, EscalationResolved, FailureCause, LeadTaken, Request, Resolution, RiskSource,
@@ -1046,9 +1047,9 @@ fn after_its_undoings_a_failing_run_re_plans_with_its_coordinator_and_goes_on() 
 ```json
 {"steps": [
   {"id": "c-small", "name": "Migrate in batches", "description": "Smaller migration.",
-   "type": "implementation", "requiredSkills": ["rust"], "dependsOn": [],
+   "type": "implementation", "requiredSkills": ["rust"], "dependsOn": [], "assignedAgentRole": "ada",
    "instructions": "Migrate 1,000 rows at a time.", "expectedOutput": "Migrated rows."},
-  {"id": "c", "name": "Step c", "description": "Again.", "type": "implementation",
+  {"id": "c", "name": "Step c", "description": "Again.", "type": "implementation", "assignedAgentRole": "ada",
    "dependsOn": ["c-small"], "instructions": "Finish.", "expectedOutput": "Done."}
 ]}
 ```"#;
@@ -1123,7 +1124,7 @@ fn a_proposal_that_is_no_valid_workflow_fails_the_run_with_why() {
 fn a_run_re_plans_at_most_max_replans_times() {
     let (team, wf) = replanning_team();
     let (mut log, planning) = up_to_replanning(&wf, &team);
-    let plan = r#"{"steps": [{"id": "retry", "name": "Retry", "description": "", "type": "analysis",
+    let plan = r#"{"steps": [{"id": "retry", "name": "Retry", "description": "", "type": "analysis", "assignedAgentRole": "ada",
         "instructions": "Do.", "expectedOutput": "It."}]}"#;
     log.push(completed_with(&planning, plan));
     let replanned = advance(&log);
@@ -1136,4 +1137,132 @@ fn a_run_re_plans_at_most_max_replans_times() {
         panic!("no second re-planning: {end:?}")
     };
     assert!(f.error.contains("broke again"), "{}", f.error);
+}
+
+fn delegation_team() -> (Vec<AgentProfile>, WorkflowDefinition) {
+    let team = vec![
+        agent("Ada", &["rust"]),
+        agent("Bo", &["rust"]),
+        agent("Cy", &["planning"]),
+    ];
+    let mut build = step("build", &[], &["rust"]);
+    build.timeout_minutes = Some(2.0);
+    let mut pinned = step("docs", &[], &["writing"]);
+    pinned.assigned_agent_role = Some("ada".into());
+    let mut wf = workflow(&team, vec![build, pinned]);
+    wf.coordinator_agent_id = Some(team[2].id);
+    assert!(validate_workflow(&wf).is_empty());
+    (team, wf)
+}
+
+/// The run up to the coordinator's choice for `build`, which is returned.
+fn asked_to_choose(wf: &WorkflowDefinition, team: &[AgentProfile]) -> (Vec<Event>, Event) {
+    let mut log = start(wf, team);
+    let first = advance(&log);
+    let mut handed = scheduled(&first);
+    handed.sort();
+    assert_eq!(
+        handed,
+        [
+            ("delegate-build".into(), 1, team[2].id),
+            ("docs".into(), 1, team[0].id),
+        ],
+        "a step with a role is not delegated"
+    );
+    let choosing = first
+        .iter()
+        .find(|e| matches!(e, Event::StepScheduled(s) if s.step.id.as_str() == "delegate-build"))
+        .unwrap()
+        .clone();
+    let Event::StepScheduled(s) = &choosing else {
+        unreachable!()
+    };
+    assert_eq!(
+        s.reason,
+        AssignmentReason::Chooses {
+            step_id: StepId::parse("build").unwrap()
+        }
+    );
+    assert!(
+        s.step
+            .instructions
+            .contains(&format!("- {}: Bo (bo)", team[1].id))
+    );
+    log.extend(first);
+    (log, choosing)
+}
+
+#[test]
+fn the_coordinator_agent_chooses_who_takes_a_step_and_its_reasoning_is_recorded() {
+    let (team, wf) = delegation_team();
+    let (log, choosing) = asked_to_choose(&wf, &team);
+    for named in [team[1].id.to_string(), "bo".to_owned()] {
+        let mut log = log.clone();
+        let answer =
+            format!(r#"{{"agentId": "{named}", "reasoning": "Bo wrote the build scripts."}}"#);
+        log.push(completed_with(&choosing, &answer));
+        let next = advance(&log);
+        let Event::StepScheduled(s) = the_scheduled(&next) else {
+            unreachable!()
+        };
+        assert_eq!((s.step.id.as_str(), s.agent.id), ("build", team[1].id));
+        assert_eq!(
+            s.reason,
+            AssignmentReason::Delegated {
+                reasoning: "Bo wrote the build scripts.".into()
+            }
+        );
+    }
+}
+
+#[test]
+fn a_choice_that_cannot_be_taken_falls_back_to_the_usual_rules_and_says_why() {
+    let (team, wf) = delegation_team();
+    let (log, choosing) = asked_to_choose(&wf, &team);
+    let Event::StepScheduled(s) = &choosing else {
+        unreachable!()
+    };
+    let failed_choice = Event::StepFailed(StepFailed {
+        attempt: StepAttempt::of(s),
+        retryable: true,
+        error: "HTTP 500".into(),
+        usage: None,
+    });
+    let timed_out = fire(&log, step_timer(&choosing));
+    assert!(
+        matches!(timed_out.as_slice(), [Event::StepTimedOut(_)]),
+        "{timed_out:?}"
+    );
+    for (outcome, why) in [
+        (
+            completed_with(&choosing, "Bo, clearly."),
+            "holds no JSON object",
+        ),
+        (
+            completed_with(&choosing, r#"{"agentId": "Zed"}"#),
+            "it chose 'Zed', who does not take part",
+        ),
+        (failed_choice, "HTTP 500"),
+        (timed_out[0].clone(), "timed out after 2 minute(s)"),
+    ] {
+        let mut log = log.clone();
+        log.push(outcome);
+        let next = advance(&log);
+        let Event::StepScheduled(s) = the_scheduled(&next) else {
+            unreachable!()
+        };
+        assert_eq!(s.step.id.as_str(), "build");
+        let AssignmentReason::NotDelegated {
+            why: said,
+            fallback,
+        } = &s.reason
+        else {
+            panic!("{:?}", s.reason)
+        };
+        assert!(said.contains(why), "{why} not in {said}");
+        assert!(
+            matches!(fallback.as_ref(), AssignmentReason::SkillMatch { .. }),
+            "{fallback:?}"
+        );
+    }
 }
