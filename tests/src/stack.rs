@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cadre_agent_worker::{HttpProviderConfig, ProviderConfig};
+use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -138,6 +139,21 @@ impl Stack {
         .expect("second coordinator starts");
         let api = Api::new(format!("http://{}", running.http_addr));
         (running, api)
+    }
+
+    /// The events of an execution's state (not its interactions), in log order.
+    pub async fn execution_events(&self, workflow_id: &str, execution_id: &str) -> Vec<Event> {
+        self.bus
+            .read_all(&subjects::execution_state(
+                &TenantId::default_tenant(),
+                WorkflowId(workflow_id.parse().expect("a workflow id")),
+                ExecutionId(execution_id.parse().expect("an execution id")),
+            ))
+            .await
+            .expect("the execution's events")
+            .into_iter()
+            .map(|stored| stored.envelope.event)
+            .collect()
     }
 
     /// The event log's counts and last sequence, now.

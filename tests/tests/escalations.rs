@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use cadre_proto::Event;
 use cadre_proto::events::AssignmentReason;
 use cadre_proto::model::EscalationRung;
-use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_tests::api::agent;
 use cadre_tests::stack::FAKE_PROVIDER;
 use cadre_tests::{Stack, eventually};
@@ -69,21 +69,6 @@ async fn open_escalation(stack: &Stack, execution_id: &str) -> Value {
     .await
 }
 
-async fn events(stack: &Stack, workflow_id: &str, execution_id: &str) -> Vec<Event> {
-    stack
-        .bus
-        .read_all(&subjects::execution_state(
-            &TenantId::default_tenant(),
-            WorkflowId(workflow_id.parse().unwrap()),
-            ExecutionId(execution_id.parse().unwrap()),
-        ))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.envelope.event)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provides_the_output() {
     let stack = Stack::start().await;
@@ -131,7 +116,7 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
     assert_eq!(execution["status"], "running");
     assert_eq!(execution["stepResults"]["build"]["status"], "escalated");
 
-    let log = events(&stack, &workflow_id, &execution_id).await;
+    let log = stack.execution_events(&workflow_id, &execution_id).await;
     let reassigned = log.iter().find_map(|e| match e {
         Event::StepScheduled(s) if s.attempt == 2 => Some(s),
         _ => None,

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use cadre_proto::Event;
 use cadre_proto::events::AssignmentReason;
-use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_tests::Stack;
 use cadre_tests::api::agent;
 use cadre_tests::stack::FAKE_PROVIDER;
@@ -28,9 +28,8 @@ fn step(id: &str, depends_on: &[&str], compensation: Option<&str>) -> Value {
     step
 }
 
-#[tokio::test]
-async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_completes() {
-    let stack = Stack::start().await;
+/// Ada and Bo, analysts, and Cy, who coordinates; their ids in that order.
+async fn team(stack: &Stack) -> Vec<String> {
     let mut ids = Vec::new();
     for (name, role, skills) in [
         ("Ada", "analyst", ["research"]),
@@ -43,6 +42,13 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
             .await;
         ids.push(created["id"].as_str().unwrap().to_owned());
     }
+    ids
+}
+
+#[tokio::test]
+async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_completes() {
+    let stack = Stack::start().await;
+    let ids = team(&stack).await;
     let workflow = stack
         .api
         .create_workflow(&json!({
@@ -78,18 +84,7 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
         "{execution:#}"
     );
 
-    let log: Vec<Event> = stack
-        .bus
-        .read_all(&subjects::execution_state(
-            &TenantId::default_tenant(),
-            WorkflowId(workflow_id.parse().unwrap()),
-            ExecutionId(execution_id.parse().unwrap()),
-        ))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.envelope.event)
-        .collect();
+    let log = stack.execution_events(&workflow_id, &execution_id).await;
     let saga = log
         .iter()
         .find_map(|e| match e {
@@ -170,18 +165,7 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
 #[tokio::test]
 async fn the_coordinator_agent_chooses_who_takes_a_step_and_the_log_says_why() {
     let stack = Stack::start().await;
-    let mut ids = Vec::new();
-    for (name, role, skills) in [
-        ("Ada", "analyst", ["research"]),
-        ("Bo", "analyst", ["research"]),
-        ("Cy", "coordinator", ["planning"]),
-    ] {
-        let created = stack
-            .api
-            .register_agent(&agent(name, role, &skills, FAKE_PROVIDER))
-            .await;
-        ids.push(created["id"].as_str().unwrap().to_owned());
-    }
+    let ids = team(&stack).await;
     let workflow = stack
         .api
         .create_workflow(&json!({

@@ -352,21 +352,15 @@ fn delegation_asked(
             )
         })
         .collect();
-    let choosing = WorkflowStep {
-        id: step.id.delegate(),
-        name: format!("Choose who takes {}", step.name),
-        description: format!(
+    let choosing = coordinator_task(
+        step.id.delegate(),
+        format!("Choose who takes {}", step.name),
+        format!(
             "As the coordinator of workflow '{}', choose the participant best placed to do step \
              '{}'.",
             workflow.name, step.name
         ),
-        step_type: StepType::Decision,
-        assigned_agent_role: None,
-        preferred_agent_id: Some(coordinator.id),
-        required_skills: Vec::new(),
-        depends_on: Vec::new(),
-        can_run_in_parallel: true,
-        instructions: format!(
+        format!(
             "The step: {}\nIts instructions: {}\nIts required skills: {}\n\nThe participants \
              (id: name (role), skills):\n{}",
             step.name,
@@ -374,31 +368,17 @@ fn delegation_asked(
             step.required_skills.join(", "),
             candidates.join("\n")
         ),
-        expected_output: "The output is only a JSON object {\"agentId\": \"<one participant's \
-                          id>\", \"reasoning\": \"<why, in a sentence>\"}."
-            .to_owned(),
-        timeout_minutes: step.timeout_minutes,
-        validation_criteria: Vec::new(),
-        review_required: false,
-        reviewer_role: None,
-        condition: None,
-        child_workflow_id: None,
-        risks: Vec::new(),
-        compensation: None,
-    };
-    Some(scheduled(
+        "The output is only a JSON object {\"agentId\": \"<one participant's id>\", \
+         \"reasoning\": \"<why, in a sentence>\"}.",
+        coordinator.id,
+        step.timeout_minutes,
+    );
+    Some(task_scheduled(
         execution,
-        Scheduling {
-            step: &choosing,
-            attempt: 1,
-            agent: coordinator,
-            reason: AssignmentReason::Chooses {
-                step_id: step.id.clone(),
-            },
-            review: None,
-            feedback: None,
-            answers: Vec::new(),
-            earlier_failures: Vec::new(),
+        &choosing,
+        coordinator,
+        AssignmentReason::Chooses {
+            step_id: step.id.clone(),
         },
         watermark,
         now,
@@ -528,19 +508,12 @@ fn replan(
             vec![]
         }
         Undoing::Pending => {
-            let step = replanning_step(execution, n, &error);
-            vec![scheduled(
+            let step = replanning_step(execution, n, &error, agent.id);
+            vec![task_scheduled(
                 execution,
-                Scheduling {
-                    step: &step,
-                    attempt: 1,
-                    agent,
-                    reason: AssignmentReason::Replans,
-                    review: None,
-                    feedback: None,
-                    answers: Vec::new(),
-                    earlier_failures: Vec::new(),
-                },
+                &step,
+                agent,
+                AssignmentReason::Replans,
                 watermark,
                 now,
             )]
@@ -563,7 +536,12 @@ fn replan(
 
 /// The step in which the coordinator agent re-plans: what failed, what was done and undone,
 /// and the steps as they stood, with the answer's required shape.
-fn replanning_step(execution: &Execution, n: u32, error: &str) -> WorkflowStep {
+fn replanning_step(
+    execution: &Execution,
+    n: u32,
+    error: &str,
+    coordinator: AgentId,
+) -> WorkflowStep {
     let workflow = &execution.workflow;
     let done: Vec<String> = execution
         .completion_order
@@ -576,21 +554,15 @@ fn replanning_step(execution: &Execution, n: u32, error: &str) -> WorkflowStep {
         })
         .collect();
     let steps = serde_json::to_string_pretty(&workflow.configuration.steps).unwrap_or_default();
-    WorkflowStep {
-        id: StepId::replan(n),
-        name: "Re-plan the run".to_owned(),
-        description: format!(
+    coordinator_task(
+        StepId::replan(n),
+        "Re-plan the run".to_owned(),
+        format!(
             "The run of workflow '{}' failed and its completed steps were undone where they \
              declare how. Propose revised steps that reach the workflow's goal another way.",
             workflow.name
         ),
-        step_type: StepType::Decision,
-        assigned_agent_role: None,
-        preferred_agent_id: workflow.coordinator_agent_id,
-        required_skills: Vec::new(),
-        depends_on: Vec::new(),
-        can_run_in_parallel: false,
-        instructions: format!(
+        format!(
             "Why the run failed: {error}\n\nSteps completed before it failed (their effects \
              were compensated where the step says how):\n{}\n\nThe steps as they stood, as \
              JSON:\n{steps}\n\nPropose the revised steps the run goes on with, in the same \
@@ -601,16 +573,42 @@ fn replanning_step(execution: &Execution, n: u32, error: &str) -> WorkflowStep {
                 done.join("\n")
             }
         ),
-        expected_output: "The output is only a JSON object {\"steps\": [...]} whose steps have \
-                          the shape above (id, name, description, type, requiredSkills, \
-                          dependsOn, instructions, expectedOutput); the summary says why."
-            .to_owned(),
-        timeout_minutes: workflow
+        "The output is only a JSON object {\"steps\": [...]} whose steps have the shape above \
+         (id, name, description, type, requiredSkills, dependsOn, instructions, expectedOutput); \
+         the summary says why.",
+        coordinator,
+        workflow
             .configuration
             .steps
             .iter()
             .filter_map(|s| s.timeout_minutes)
             .reduce(f64::max),
+    )
+}
+
+/// A decision the run asks of its coordinator agent (`coordinator`), as a step of its own.
+fn coordinator_task(
+    id: StepId,
+    name: String,
+    description: String,
+    instructions: String,
+    expected_output: &str,
+    coordinator: AgentId,
+    timeout_minutes: Option<f64>,
+) -> WorkflowStep {
+    WorkflowStep {
+        id,
+        name,
+        description,
+        step_type: StepType::Decision,
+        assigned_agent_role: None,
+        preferred_agent_id: Some(coordinator),
+        required_skills: Vec::new(),
+        depends_on: Vec::new(),
+        can_run_in_parallel: true,
+        instructions,
+        expected_output: expected_output.to_owned(),
+        timeout_minutes,
         validation_criteria: Vec::new(),
         review_required: false,
         reviewer_role: None,
@@ -712,20 +710,8 @@ fn compensate(
             let Some(agent) = agent else {
                 return failed(execution, saga.cause.clone(), saga.error.clone());
             };
-            vec![scheduled(
-                execution,
-                Scheduling {
-                    step: &undo,
-                    attempt: 1,
-                    agent,
-                    reason,
-                    review: None,
-                    feedback: None,
-                    answers: Vec::new(),
-                    earlier_failures: Vec::new(),
-                },
-                watermark,
-                now,
+            vec![task_scheduled(
+                execution, &undo, agent, reason, watermark, now,
             )]
         }
         None => {
@@ -1566,6 +1552,33 @@ fn jitter(execution: ExecutionId, step: &StepId, attempt: u32) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let fraction = (hash >> 11) as f64 / (1u64 << 53) as f64;
     fraction
+}
+
+/// The first and only attempt of a step the run makes for itself (an undoing, a re-planning, a
+/// coordinator agent's choice): no review, feedback, answers or earlier failures.
+fn task_scheduled(
+    execution: &Execution,
+    step: &WorkflowStep,
+    agent: &AgentProfile,
+    reason: AssignmentReason,
+    watermark: u64,
+    now: DateTime<Utc>,
+) -> Event {
+    scheduled(
+        execution,
+        Scheduling {
+            step,
+            attempt: 1,
+            agent,
+            reason,
+            review: None,
+            feedback: None,
+            answers: Vec::new(),
+            earlier_failures: Vec::new(),
+        },
+        watermark,
+        now,
+    )
 }
 
 /// What a `StepScheduled` says beyond the execution's own facts.
