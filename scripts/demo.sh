@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cadre's main job, locally: NATS and Postgres (reused when NATS_URL / DATABASE_URL point at
-# running ones, else started here), the three services, and a 3-step workflow run by three
-# agents on the built-in offline LLM provider. Logs: .cadre/logs/.
+# running ones, else started here), the three services, and the system template "Implement a
+# feature" run by seed 002's team on the built-in offline LLM provider. Logs: .cadre/logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

@@ -157,6 +157,20 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
         .await;
     assert_eq!(reply.status, 422, "{}", reply.body);
     assert_eq!(reply.body["errors"][0]["pointer"], "/agentId");
+    let outsider = json!({ "action": "reassign", "agentId": uuid::Uuid::now_v7() });
+    let reply = stack.api.post(&resolve, &outsider).await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert_eq!(
+        reply.body["errors"][0]["pointer"], "/agentId",
+        "{}",
+        reply.body
+    );
+    let reply = stack
+        .api
+        .post(&resolve, &json!({ "action": "retry", "requestedBy": " " }))
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert_eq!(reply.body["errors"][0]["pointer"], "/requestedBy");
     let reply = stack
         .api
         .post(&resolve, &json!({ "action": "dance" }))
@@ -212,6 +226,13 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
         build["agentId"].is_null() && build["error"].is_null(),
         "{build:#}"
     );
+    let whole = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}/steps/build/result"))
+        .await;
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    assert_eq!(whole.body["providedBy"], "Pat");
+    assert_eq!(whole.body["result"]["output"], "Built by hand: v1.2.3");
     let last = stack.llm.requests().pop().unwrap();
     assert!(
         last.user.contains("Built by hand: v1.2.3"),

@@ -334,7 +334,13 @@ pub(super) async fn execute(
                 Problem::not_found(format!("no execution has the id {id}"))
             }
             TransitionRefused::NotOpen { .. } => Problem::conflict(refused.to_string()),
-            TransitionRefused::Unfit(why) => Problem::invalid(why.clone(), vec![]),
+            TransitionRefused::Unfit { field, why } => Problem::invalid(
+                why.clone(),
+                vec![crate::domain::validation::FieldError {
+                    pointer: format!("/{field}"),
+                    message: why.clone(),
+                }],
+            ),
         })
     })?;
     Ok(execution)
@@ -374,17 +380,33 @@ pub(super) async fn step_result(
     let step_id = StepId::parse(step.as_str())
         .map_err(|error| Problem::bad_request(format!("step id '{step}': {error}")))?;
     let (_, started) = started(&app, id).await?;
-    let stored = app
-        .bus
-        .last_event(&subjects::step(
-            &app.tenant,
-            started.workflow_id,
-            id,
-            &step_id,
-            subjects::COMPLETED,
-        ))
-        .await
-        .map_err(unavailable_log)?;
+    let fact = |fact| subjects::step(&app.tenant, started.workflow_id, id, &step_id, fact);
+    let (completed, resolved) = (
+        fact(subjects::COMPLETED),
+        fact(subjects::ESCALATION_RESOLVED),
+    );
+    let (stored, resolution) = futures::try_join!(
+        app.bus.last_event(&completed),
+        app.bus.last_event(&resolved)
+    )
+    .map_err(unavailable_log)?;
+    // A person's own result (or sign-off) of a later attempt than any agent's completion.
+    if let Some(Event::EscalationResolved(e)) = resolution.map(|s| s.envelope.event)
+        && let Some((summary, output)) = e.result()
+        && stored.as_ref().is_none_or(|s| match &s.envelope.event {
+            Event::StepCompleted(done) => done.attempt.number <= e.attempt,
+            _ => true,
+        })
+    {
+        return Ok(axum::Json(json!({
+            "executionId": id,
+            "stepId": step_id,
+            "attempt": e.attempt,
+            "providedBy": e.request.requested_by,
+            "result": { "summary": summary, "output": output },
+        }))
+        .into_response());
+    }
     let Some(Event::StepCompleted(done)) = stored.map(|s| s.envelope.event) else {
         return Err(Problem::not_found(format!(
             "step '{step_id}' of execution {id} has no result: it has not completed"

@@ -254,15 +254,17 @@ fn who_and_why(
     errors: &mut Vec<crate::domain::validation::FieldError>,
 ) -> Request {
     for (pointer, text) in [("/reason", &reason), ("/requestedBy", &requested_by)] {
-        if text
-            .as_ref()
-            .is_some_and(|t| t.chars().count() > MAX_CONTROL_TEXT)
-        {
-            errors.push(crate::domain::validation::FieldError {
-                pointer: pointer.to_owned(),
-                message: format!("must be at most {MAX_CONTROL_TEXT} characters"),
-            });
-        }
+        let message = match text.as_deref() {
+            Some(t) if t.chars().count() > MAX_CONTROL_TEXT => {
+                format!("must be at most {MAX_CONTROL_TEXT} characters")
+            }
+            Some(t) if t.trim().is_empty() => "must not be blank; leave it out instead".to_owned(),
+            _ => continue,
+        };
+        errors.push(crate::domain::validation::FieldError {
+            pointer: pointer.to_owned(),
+            message,
+        });
     }
     Request {
         requested_by,

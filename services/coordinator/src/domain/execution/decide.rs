@@ -104,9 +104,9 @@ pub enum TransitionRefused {
         why: String,
     },
     /// The action does not apply to this escalation (`approve` of a failure, `reassign` to an
-    /// agent outside the execution).
-    #[error("{0}")]
-    Unfit(String),
+    /// agent outside the execution); `field` names what in the request is at fault.
+    #[error("{why}")]
+    Unfit { field: &'static str, why: String },
 }
 
 /// The execution aggregate, for `crate::command`.
@@ -232,24 +232,31 @@ fn resolved(
             EscalationKind::Approval => "an approval",
             EscalationKind::Execution => "the run's time limit for a person",
         };
-        return Err(TransitionRefused::Unfit(format!(
-            "'{}' does not apply to this escalation, about {what}: {} it",
-            resolution.as_str(),
-            kind.actions()
-        )));
+        return Err(TransitionRefused::Unfit {
+            field: "action",
+            why: format!(
+                "'{}' does not apply to this escalation, about {what}: {} it",
+                resolution.as_str(),
+                kind.actions()
+            ),
+        });
     }
     if let Resolution::Reassign { agent_id } = resolution
         && !execution.agents.iter().any(|a| a.id == *agent_id)
     {
-        return Err(TransitionRefused::Unfit(format!(
-            "agent {agent_id} does not take part in this execution; reassign to one of: {}",
-            execution
-                .agents
-                .iter()
-                .map(|a| format!("{} ({})", a.id, a.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        return Err(TransitionRefused::Unfit {
+            field: "agentId",
+            why: format!(
+                "agent {agent_id} does not take part in this execution (or does not exist); \
+                 reassign to one of: {}",
+                execution
+                    .agents
+                    .iter()
+                    .map(|a| format!("{} ({})", a.id, a.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
     }
     Ok(Event::EscalationResolved(Box::new(EscalationResolved {
         execution_id: execution.id,
@@ -861,9 +868,15 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             }
             _ => false,
         };
-        if spent && let Some(escalated) = escalated(execution, step) {
-            escalations.push(escalated);
-            continue;
+        let mut passed_over = Vec::new();
+        if spent {
+            match escalated(execution, step) {
+                Ok(escalated) => {
+                    escalations.push(escalated);
+                    continue;
+                }
+                Err(passed) => passed_over = passed,
+            }
         }
         let error = match &progress.state {
             // Retries left cannot help an error no retry fixes (a refused key, a spent quota).
@@ -874,13 +887,13 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             } => format!(
                 "step '{}' failed with an error another attempt cannot fix{}: {error}",
                 step.name,
-                climbed(progress)
+                climbed(progress, &passed_over)
             ),
             StepState::Failed { error, .. } if spent => format!(
                 "step '{}' failed after {} attempt(s){}: {error}",
                 step.name,
                 progress.failures,
-                climbed(progress)
+                climbed(progress, &passed_over)
             ),
             StepState::Aborted {
                 escalation_id,
@@ -1268,11 +1281,11 @@ fn lead_taken(execution: &Execution) -> Option<Event> {
 }
 
 /// The event of the next rung of the escalation ladder a step whose retries are spent climbs;
-/// `None` when none is left, and the run fails. A rung that cannot apply (nobody else to
-/// reassign to, no stronger model named, no coordinator agent) is passed over, and the event
-/// says why. A ladder with `person` always has a rung left: each failure of an attempt a
+/// when none is left, the rungs passed over and why, and the run fails. A rung that cannot
+/// apply (nobody else to reassign to, no stronger model named, no coordinator agent) is passed
+/// over, and the event (or the run's error) says why. A ladder with `person` always has a rung left: each failure of an attempt a
 /// person asked for goes back to a person.
-fn escalated(execution: &Execution, step: &WorkflowStep) -> Option<Event> {
+fn escalated(execution: &Execution, step: &WorkflowStep) -> Result<Event, Vec<String>> {
     let progress = &execution.steps[&step.id];
     let StepState::Failed {
         agent,
@@ -1280,16 +1293,18 @@ fn escalated(execution: &Execution, step: &WorkflowStep) -> Option<Event> {
         retryable,
     } = &progress.state
     else {
-        return None;
+        return Err(Vec::new());
     };
     let policy = execution.escalation_policy();
     let ladder = &policy.ladder;
-    // Where the step is on the ladder: past the last rung it climbed.
-    let from = progress
-        .climbed
-        .last()
-        .and_then(|last| ladder.iter().position(|r| r == last))
-        .map_or(0, |i| i + 1);
+    // Where the step is on the ladder: past the last rung it climbed; an attempt a person
+    // asked for goes back to a person.
+    let from = match progress.climbed.last() {
+        Some(EscalationRung::Person) => ladder.len(),
+        last => last
+            .and_then(|last| ladder.iter().position(|r| r == last))
+            .map_or(0, |i| i + 1),
+    };
     let again = ladder
         .contains(&EscalationRung::Person)
         .then_some(&EscalationRung::Person);
@@ -1313,7 +1328,7 @@ fn escalated(execution: &Execution, step: &WorkflowStep) -> Option<Event> {
                 if !passed.is_empty() {
                     reason.push_str(&format!("; passed over: {}", passed.join("; ")));
                 }
-                return Some(step_escalated(
+                return Ok(step_escalated(
                     execution,
                     step,
                     progress.attempt,
@@ -1325,7 +1340,7 @@ fn escalated(execution: &Execution, step: &WorkflowStep) -> Option<Event> {
             Err(why) => passed.push(format!("{} ({why})", rung.as_str())),
         }
     }
-    None
+    Err(passed)
 }
 
 /// Who takes the next attempt on `rung`: `Ok(None)` for a person; `Err` says why the rung
@@ -1484,12 +1499,19 @@ fn step_escalated(
 }
 
 /// How far a failed step climbed its ladder, for the run's error.
-fn climbed(progress: &StepProgress) -> String {
-    if progress.climbed.is_empty() {
-        return String::new();
+fn climbed(progress: &StepProgress, passed_over: &[String]) -> String {
+    let mut said = String::new();
+    if !progress.climbed.is_empty() {
+        let rungs: Vec<&str> = progress.climbed.iter().map(|r| r.as_str()).collect();
+        said.push_str(&format!(
+            ", past its escalation ladder ({})",
+            rungs.join(" → ")
+        ));
     }
-    let rungs: Vec<&str> = progress.climbed.iter().map(|r| r.as_str()).collect();
-    format!(", past its escalation ladder ({})", rungs.join(" → "))
+    if !passed_over.is_empty() {
+        said.push_str(&format!(" (rungs passed over: {})", passed_over.join("; ")));
+    }
+    said
 }
 
 /// A step whose attempt failed with retries left waits for its backoff: the wait after the

@@ -186,10 +186,7 @@ impl TemplateDraft {
                  after others with POST /v1/workflows",
             ));
         }
-        let needs_coordinator = configuration
-            .escalation
-            .ladder
-            .contains(&EscalationRung::Coordinator);
+        let needs_coordinator = needs_coordinator(&configuration);
         let workflow = WorkflowDefinition {
             id: WorkflowId(Uuid::nil()),
             name: self.name.clone(),
@@ -316,8 +313,8 @@ pub fn agent_pointer(role: &str) -> String {
 /// are the mapped agents in the order of the template's roles (an agent mapped to several
 /// roles once), then the coordinator. Each role the configuration names (`assignedAgentRole`,
 /// `reviewerRole`, a lead rule's `role`) becomes the registered role of the agent mapped to
-/// it, so steps reach their agents by role as in any workflow; agents that share a registered
-/// role share its steps. Errors point into the request: `/agents/<role>`, `/coordinatorAgentId`.
+/// it, so steps reach their agents by role as in any workflow; where two roles map to agents
+/// that share a registered role, a step of either is pinned to its agent (`preferredAgentId`). Errors point into the request: `/agents/<role>`, `/coordinatorAgentId`.
 pub fn instantiate(
     template: &WorkflowTemplate,
     request: Instantiation,
@@ -357,16 +354,11 @@ pub fn instantiate(
         }
     }
     let configuration = &template.template_definition;
-    if request.coordinator_agent_id.is_none()
-        && configuration
-            .escalation
-            .ladder
-            .contains(&EscalationRung::Coordinator)
-    {
+    if request.coordinator_agent_id.is_none() && needs_coordinator(configuration) {
         errors.push(error(
             "/coordinatorAgentId",
-            "the template's escalation ladder hands failing steps to the coordinator: name the \
-             coordinator agent",
+            "the template hands work to the coordinator agent (its escalation ladder's \
+             coordinator rung, or re-planning a failing run): name the coordinator agent",
         ));
     }
     if !errors.is_empty() {
@@ -391,8 +383,23 @@ pub fn instantiate(
             role.clone_from(&agent.role);
         }
     };
+    // Two template roles mapped to different agents that share a registered role would share
+    // their steps: such a step is pinned to the agent its role was mapped to.
+    let ambiguous = |agent: &AgentProfile| {
+        mapped
+            .values()
+            .any(|other| other.id != agent.id && role_key(&other.role) == role_key(&agent.role))
+    };
     let mut configuration = configuration.clone();
     for step in &mut configuration.steps {
+        if let Some(agent) = step
+            .assigned_agent_role
+            .as_deref()
+            .and_then(|role| mapped.get(&role_key(role)))
+            && ambiguous(agent)
+        {
+            step.preferred_agent_id = Some(agent.id);
+        }
         step.assigned_agent_role.iter_mut().for_each(agent_role);
         step.reviewer_role.iter_mut().for_each(agent_role);
     }
@@ -410,6 +417,16 @@ pub fn instantiate(
         coordinator_agent_id: request.coordinator_agent_id,
         configuration,
     })
+}
+
+/// Whether a template's configuration hands work to the workflow's coordinator agent: the
+/// escalation ladder's `coordinator` rung, or re-planning a failing run.
+fn needs_coordinator(configuration: &WorkflowConfiguration) -> bool {
+    configuration.saga.replan
+        || configuration
+            .escalation
+            .ladder
+            .contains(&EscalationRung::Coordinator)
 }
 
 #[cfg(test)]

@@ -590,3 +590,37 @@ fn an_unmapped_an_unknown_or_a_twice_mapped_role_is_named_with_its_pointer() {
     coordinated.template_definition.escalation.ladder.clear();
     assert!(instantiate(&coordinated, request(team)).is_ok());
 }
+
+#[test]
+fn roles_mapped_to_agents_that_share_a_registered_role_keep_their_steps_apart() {
+    let template = system_template(CRITICAL_PRODUCTION_BUG);
+    let mut agents = team_for(&template);
+    // The database and devops roles go to two agents both registered as `dev`.
+    let (alice, bob) = (agent("Alice", "dev"), agent("Bob", "dev"));
+    agents.insert("database".to_owned(), alice.clone());
+    agents.insert("devops".to_owned(), bob.clone());
+    let workflow = instantiate(&template, request(agents)).unwrap();
+    let pinned = |id: &str| {
+        workflow
+            .step(&StepId::parse(id).unwrap())
+            .unwrap()
+            .preferred_agent_id
+    };
+    assert_eq!(pinned("impact-assessment"), Some(alice.id));
+    assert_eq!(pinned("mitigation"), Some(bob.id));
+    assert_eq!(pinned("triage"), None, "an unshared role needs no pin");
+    assert_eq!(validate_workflow(&workflow), vec![]);
+}
+
+#[test]
+fn a_template_that_re_plans_names_its_coordinator_when_a_workflow_is_made_of_it() {
+    let draft = draft(json!({
+        "steps": [step("review", json!({ "assignedAgentRole": "reviewer" }))],
+        "saga": { "replan": true }
+    }));
+    assert_eq!(draft.validate(), vec![], "the coordinator is named later");
+    let template = draft.into_template(TemplateId::new(), false, 1);
+    let agents = BTreeMap::from([("reviewer".to_owned(), agent("Rae", "reviewer"))]);
+    let errors = instantiate(&template, request(agents)).unwrap_err();
+    assert_eq!(pointers(&errors), ["/coordinatorAgentId"]);
+}

@@ -306,7 +306,7 @@ fn a_person_reassigns_provides_the_output_skips_or_aborts() {
     let outsider = AgentId::new();
     let refused = resolve(&log, id, Resolution::Reassign { agent_id: outsider });
     assert!(
-        matches!(&refused, Err(TransitionRefused::Unfit(why)) if why.contains("does not take part")),
+        matches!(&refused, Err(TransitionRefused::Unfit { field: "agentId", why }) if why.contains("does not take part")),
         "{refused:?}"
     );
 
@@ -372,7 +372,10 @@ fn a_person_reassigns_provides_the_output_skips_or_aborts() {
     // Approving a failure is not an action it takes.
     assert!(matches!(
         resolve(&log, id, Resolution::Approve),
-        Err(TransitionRefused::Unfit(_))
+        Err(TransitionRefused::Unfit {
+            field: "action",
+            ..
+        })
     ));
 }
 
@@ -466,7 +469,10 @@ fn an_approval_step_waits_for_a_person_who_approves_or_rejects_it() {
     let id = e.escalation_id.unwrap();
     assert!(matches!(
         resolve(&log, id, Resolution::Retry),
-        Err(TransitionRefused::Unfit(_))
+        Err(TransitionRefused::Unfit {
+            field: "action",
+            ..
+        })
     ));
 
     let mut approved = log.clone();
@@ -776,7 +782,7 @@ fn a_run_past_its_time_for_a_person_stops_handing_out_steps_until_one_lets_it_co
     }
     assert!(matches!(
         resolve(&log, id, Resolution::Retry),
-        Err(TransitionRefused::Unfit(why)) if why.contains("continue or abort")
+        Err(TransitionRefused::Unfit { why, .. }) if why.contains("continue or abort")
     ));
 
     let mut aborted = log.clone();
@@ -1265,4 +1271,37 @@ fn a_choice_that_cannot_be_taken_falls_back_to_the_usual_rules_and_says_why() {
             "{fallback:?}"
         );
     }
+}
+
+#[test]
+fn a_ladder_whose_rungs_all_pass_over_fails_the_run_saying_why_and_a_persons_attempt_goes_back_to_a_person()
+ {
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(&team, vec![step("only", &[], &[])]);
+    wf.configuration.escalation.ladder =
+        vec![EscalationRung::Reassign, EscalationRung::StrongerModel];
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    log.push(failed(&first[0], "boom"));
+    let end = advance(&log);
+    let [Event::ExecutionFailed(f)] = end.as_slice() else {
+        panic!("expected failure, got {end:?}")
+    };
+    assert!(
+        f.error.contains(
+            "rungs passed over: reassign (every participating agent has failed it); strongerModel"
+        ),
+        "{}",
+        f.error
+    );
+
+    // A person's attempt that fails goes back to a person, before the rungs after `person`.
+    let (_, log, e) = waiting_for_a_person(vec![EscalationRung::Person, EscalationRung::Reassign]);
+    let mut log = log;
+    log.push(resolve(&log, e.escalation_id.unwrap(), Resolution::Retry).unwrap());
+    let retry = advance(&log);
+    log.extend(retry.clone());
+    log.push(failed(the_scheduled(&retry), "boom again"));
+    assert_eq!(escalated(&advance(&log)).rung, EscalationRung::Person);
 }
