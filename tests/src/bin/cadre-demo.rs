@@ -135,7 +135,9 @@ async fn main() -> anyhow::Result<()> {
         "\n== Execution #{} ({execution_id}) accepted; progress:",
         start.body["executionNumber"]
     );
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    // The interaction log is in log order: printing what is new at each poll tells the run as
+    // it happened.
+    let mut printed = 0;
     let mut resolved = Vec::new();
     let execution = loop {
         anyhow::ensure!(
@@ -145,34 +147,20 @@ async fn main() -> anyhow::Result<()> {
         let reply = api.get(&format!("/v1/executions/{execution_id}")).await;
         if reply.status == 200 {
             let execution = reply.body;
-            for (step, result) in execution["stepResults"].as_object().into_iter().flatten() {
-                let status = text(&result["status"]).to_owned();
-                if seen.get(step) != Some(&status) {
-                    let agent = names
-                        .get(text(&result["agentId"]))
-                        .cloned()
-                        .unwrap_or_default();
-                    let why = &execution["agentAssignments"][step]["reason"];
-                    match status.as_str() {
-                        "scheduled" => println!("  {step}: assigned to {agent} ({})", reason(why)),
-                        "running" => println!("  {step}: {agent} is working"),
-                        "changes_requested" => {
-                            println!("  {step}: the reviewer asked for changes")
-                        }
-                        "completed" if result["providedBy"].is_string() => {
-                            println!("  {step}: {}", first_line(&result["summary"]))
-                        }
-                        "completed" => println!(
-                            "  {step}: completed by {agent}: {}",
-                            first_line(&result["summary"])
-                        ),
-                        "escalated" => println!(
-                            "  {step}: waits for a person: {}",
-                            first_line(&result["reason"])
-                        ),
-                        other => println!("  {step}: {other} {}", text(&result["error"])),
-                    }
-                    seen.insert(step.clone(), status);
+            let new = api
+                .get(&format!(
+                    "/v1/executions/{execution_id}/interactions?limit=1000&offset={printed}"
+                ))
+                .await
+                .body;
+            for i in new.as_array().into_iter().flatten() {
+                printed += 1;
+                if i["interactionType"] != "knowledge_sharing" {
+                    println!(
+                        "  [{:<15}] {}",
+                        text(&i["interactionType"]),
+                        first_line(&i["message"])
+                    );
                 }
             }
             // The demo is the person in the loop: it signs off what waits for one.
