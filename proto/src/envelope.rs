@@ -291,6 +291,11 @@ mod tests {
                 author_agent_id: AgentId::new(),
                 summary: "s".into(),
                 output: "o".into(),
+                ballot: Some(Ballot {
+                    rule: DecisionMaking::Majority,
+                    seat: 2,
+                    seats: 3,
+                }),
             }),
             feedback: Some("tighten it".into()),
             timeout_at: Some(Utc::now()),
@@ -494,6 +499,7 @@ mod tests {
                 author_agent_id: AgentId::new(),
                 approved: false,
                 feedback: "name the risks".into(),
+                ballot: None,
                 usage: Some(CallUsage {
                     provider: "offline".into(),
                     model: "m".into(),
@@ -634,6 +640,23 @@ mod tests {
                 }),
                 step_id: StepId::parse("a").unwrap(),
                 shown_by: RiskSource::Result,
+            })),
+            Event::VotesTallied(Box::new(VotesTallied {
+                execution_id: e,
+                workflow_id: w,
+                step_id: StepId::parse("a").unwrap(),
+                step_name: "A".into(),
+                attempt: 4,
+                round: 1,
+                rule: DecisionMaking::Consensus,
+                seats: 3,
+                votes: vec![Vote {
+                    agent_id: AgentId::new(),
+                    approved: false,
+                    feedback: "name the risks".into(),
+                }],
+                approved: false,
+                author_agent_id: AgentId::new(),
             })),
             Event::StepSkipped(StepSkipped {
                 execution_id: e,

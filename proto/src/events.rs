@@ -8,8 +8,9 @@ use crate::ids::{
     WorkflowId,
 };
 use crate::model::{
-    AgentProfile, CommunicationStyle, EscalationRung, InteractionType, KnowledgeType, StepResult,
-    StepType, TokenUsage, TriggerReason, WorkflowDefinition, WorkflowStep, WorkflowTemplate,
+    AgentProfile, CommunicationStyle, DecisionMaking, EscalationRung, InteractionType,
+    KnowledgeType, StepResult, StepType, TokenUsage, TriggerReason, WorkflowDefinition,
+    WorkflowStep, WorkflowTemplate,
 };
 use crate::subjects;
 
@@ -101,6 +102,16 @@ pub enum AssignmentReason {
         role: Option<String>,
         author_agent_id: AgentId,
     },
+    /// A seat of the panel that votes on the step's work (`decisionMaking` consensus or
+    /// majority): an agent of `reviewerRole` if one has not voted yet, else another
+    /// participant than the author who has not.
+    Voter {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        author_agent_id: AgentId,
+        #[serde(flatten)]
+        ballot: Ballot,
+    },
     /// The author of the work a reviewer sent back, to rework it.
     Rework,
     /// The agent that asked its teammates questions, to finish the step with their answers.
@@ -154,6 +165,13 @@ impl AssignmentReason {
                 role: Some(role), ..
             } => format!("reviewer of role '{role}'"),
             Self::Reviewer { role: None, .. } => "reviews another agent's work".to_owned(),
+            Self::Voter { role, ballot, .. } => format!(
+                "votes on another agent's work{} ({})",
+                role.as_ref()
+                    .map(|r| format!(" as a '{r}'"))
+                    .unwrap_or_default(),
+                ballot.describe()
+            ),
             Self::Rework => "reworks its output after review".to_owned(),
             Self::Answered => "finishes the step with its teammates' answers".to_owned(),
             Self::Escalated { rung } => {
@@ -494,6 +512,84 @@ pub struct ReviewRequest {
     pub author_agent_id: AgentId,
     pub summary: String,
     pub output: String,
+    /// The reviewer's seat when a panel votes on the work; absent for a lone reviewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ballot: Option<Ballot>,
+}
+
+/// One seat of a panel voting on a step's work: seat `seat` (1-based) of `seats`, under
+/// `rule`. Voters are asked one at a time and judge the work alone (no voter sees another's
+/// vote); the ballot closes as soon as the votes still to come cannot change its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ballot {
+    pub rule: DecisionMaking,
+    pub seat: u32,
+    pub seats: u32,
+}
+
+impl Ballot {
+    /// `seat 2 of 3, majority`.
+    pub fn describe(&self) -> String {
+        format!(
+            "seat {} of {}, {}",
+            self.seat,
+            self.seats,
+            self.rule.as_str()
+        )
+    }
+}
+
+/// One vote of a panel, as its voter's `StepReviewed` gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Vote {
+    pub agent_id: AgentId,
+    pub approved: bool,
+    pub feedback: String,
+}
+
+/// A panel's votes on a step's work settled its outcome (see [`DecisionMaking::tally`]):
+/// approved, the step completes with the work; rejected, the work goes back to its author with
+/// the dissenting voters' feedback (or, after `maxReviewRounds`, the step is rejected).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VotesTallied {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    pub step_id: StepId,
+    pub step_name: String,
+    /// The attempt of the vote that settled it.
+    pub attempt: u32,
+    /// 1 for the first round of votes on the step.
+    pub round: u32,
+    pub rule: DecisionMaking,
+    pub seats: u32,
+    /// The votes cast, in the order they were given; fewer than `seats` when the outcome
+    /// settled early.
+    pub votes: Vec<Vote>,
+    pub approved: bool,
+    /// Whose work was voted on.
+    pub author_agent_id: AgentId,
+}
+
+impl VotesTallied {
+    /// How many of the votes approved.
+    pub fn approvals(&self) -> usize {
+        self.votes.iter().filter(|v| v.approved).count()
+    }
+
+    /// The feedback of the voters who carried the outcome, one voter to a paragraph: for a
+    /// rejection, what the author reworks with.
+    pub fn feedback(&self) -> String {
+        self.votes
+            .iter()
+            .filter(|v| v.approved == self.approved)
+            .map(|v| v.feedback.trim())
+            .filter(|f| !f.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
 }
 
 /// A reviewer judged a step's work: approved, or sent back with feedback.
@@ -508,6 +604,10 @@ pub struct StepReviewed {
     pub author_agent_id: AgentId,
     pub approved: bool,
     pub feedback: String,
+    /// The voter's seat when a panel votes ([`ReviewRequest::ballot`]): the vote alone does
+    /// not settle the step; [`VotesTallied`] does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ballot: Option<Ballot>,
     /// What the reviewer's call used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<CallUsage>,
@@ -1239,6 +1339,7 @@ events! {
     SagaStarted(Box<SagaStarted>) = SAGA_STARTED: "dev.cadre.execution.saga_started.v1",
     ExecutionReplanned(Box<ExecutionReplanned>) = EXECUTION_REPLANNED: "dev.cadre.execution.replanned.v1",
     StepReviewed(StepReviewed) = STEP_REVIEWED: "dev.cadre.execution.step_reviewed.v1",
+    VotesTallied(Box<VotesTallied>) = VOTES_TALLIED: "dev.cadre.execution.votes_tallied.v1",
     QuestionsAsked(QuestionsAsked) = QUESTIONS_ASKED: "dev.cadre.execution.questions_asked.v1",
     QuestionAssigned(Box<QuestionAssigned>) = QUESTION_ASSIGNED: "dev.cadre.execution.question_assigned.v1",
     QuestionAnswered(QuestionAnswered) = QUESTION_ANSWERED: "dev.cadre.execution.question_answered.v1",
@@ -1363,6 +1464,13 @@ impl Event {
             Self::LeadTaken(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::LEAD_TAKEN)
             }
+            Self::VotesTallied(e) => step(
+                tenant,
+                e.workflow_id,
+                e.execution_id,
+                &e.step_id,
+                subjects::TALLIED,
+            ),
             Self::ExecutionPaused(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::PAUSED)
             }
@@ -1429,6 +1537,7 @@ impl Event {
             Self::StepEscalated(e) => Some(e.workflow_id),
             Self::EscalationResolved(e) => Some(e.workflow_id),
             Self::LeadTaken(e) => Some(e.workflow_id),
+            Self::VotesTallied(e) => Some(e.workflow_id),
             Self::ExecutionEscalated(e) => Some(e.workflow_id),
             Self::SagaStarted(e) => Some(e.workflow_id),
             Self::ExecutionReplanned(e) => Some(e.workflow_id),
@@ -1473,6 +1582,7 @@ impl Event {
             Self::StepEscalated(e) => Some(e.execution_id),
             Self::EscalationResolved(e) => Some(e.execution_id),
             Self::LeadTaken(e) => Some(e.execution_id),
+            Self::VotesTallied(e) => Some(e.execution_id),
             Self::ExecutionEscalated(e) => Some(e.execution_id),
             Self::SagaStarted(e) => Some(e.execution_id),
             Self::ExecutionReplanned(e) => Some(e.execution_id),

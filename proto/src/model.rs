@@ -149,6 +149,14 @@ pub struct WorkflowStep {
 }
 
 impl WorkflowStep {
+    /// Whether a panel votes on the step's work under `decision_making` (see
+    /// [`DecisionMaking`]): it requires a review, or it is a `review` or a `decision`.
+    pub fn voted_on(&self, decision_making: DecisionMaking) -> bool {
+        decision_making.votes()
+            && (self.review_required
+                || matches!(self.step_type, StepType::Review | StepType::Decision))
+    }
+
     /// The step that undoes this one, `undo-<id>` (see [`StepId::undo`]), when it declares a
     /// `compensation`: an agent does the compensation's instructions, alone.
     pub fn compensation_step(&self) -> Option<WorkflowStep> {
@@ -190,6 +198,10 @@ pub enum CommunicationStyle {
     Technical,
 }
 
+/// Who settles a step's work before it completes: the one reviewer its `reviewRequired` asks
+/// for (`coordinator`, the default), or a panel of agents that vote on it (`consensus`: every
+/// vote approves; `majority`: more than half do). Under a panel, steps of type `review` and
+/// `decision` are voted on too, whether or not they require a review.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionMaking {
@@ -199,6 +211,35 @@ pub enum DecisionMaking {
     Majority,
 }
 
+impl DecisionMaking {
+    /// The wire name (`consensus`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Consensus => "consensus",
+            Self::Coordinator => "coordinator",
+            Self::Majority => "majority",
+        }
+    }
+
+    /// Whether a panel votes (`consensus`, `majority`).
+    pub fn votes(self) -> bool {
+        self != Self::Coordinator
+    }
+
+    /// What `approvals` and `rejections` of a panel of `seats` decide: `Some(true)` approved,
+    /// `Some(false)` rejected, `None` while the votes still to come could change it. A
+    /// consensus needs every seat's approval (the first rejection settles it); a majority
+    /// needs more than half, so a tie on an even panel rejects.
+    pub fn tally(self, seats: u32, approvals: u32, rejections: u32) -> Option<bool> {
+        match self {
+            Self::Consensus | Self::Coordinator if rejections > 0 => Some(false),
+            Self::Consensus | Self::Coordinator => (approvals >= seats).then_some(true),
+            Self::Majority if approvals * 2 > seats => Some(true),
+            Self::Majority => (rejections * 2 >= seats).then_some(false),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Coordination {
@@ -206,6 +247,11 @@ pub struct Coordination {
     pub communication_style: CommunicationStyle,
     #[serde(default)]
     pub decision_making: DecisionMaking,
+    /// How many agents vote under `consensus` or `majority` (2 to
+    /// [`Coordination::MAX_VOTERS`]; [`Coordination::DEFAULT_VOTERS`] when absent). A panel
+    /// is never larger than the participants other than the work's author.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voters: Option<u32>,
     #[serde(default = "yes")]
     pub knowledge_sharing: bool,
     /// How long an agent waits for its teammates' answers, and what then.
@@ -213,11 +259,28 @@ pub struct Coordination {
     pub questions: QuestionPolicy,
 }
 
+impl Coordination {
+    pub const DEFAULT_VOTERS: u32 = 3;
+    /// A panel larger than this costs more calls than a vote is worth.
+    pub const MAX_VOTERS: u32 = 9;
+
+    /// The panel's size for work by one of `participants` agents (its author does not vote
+    /// unless it works alone).
+    pub fn seats(&self, participants: usize) -> u32 {
+        let others = u32::try_from(participants.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.voters
+            .unwrap_or(Self::DEFAULT_VOTERS)
+            .min(others)
+            .max(1)
+    }
+}
+
 impl Default for Coordination {
     fn default() -> Self {
         Self {
             communication_style: CommunicationStyle::default(),
             decision_making: DecisionMaking::default(),
+            voters: None,
             knowledge_sharing: true,
             questions: QuestionPolicy::default(),
         }

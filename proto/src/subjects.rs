@@ -34,6 +34,7 @@ pub const FAILED: &str = "failed";
 pub const TIMED_OUT: &str = "timed_out";
 pub const SKIPPED: &str = "skipped";
 pub const REVIEWED: &str = "reviewed";
+pub const TALLIED: &str = "tallied";
 pub const DEFERRED: &str = "deferred";
 pub const HANDED_OFF: &str = "handed_off";
 pub const STATUS_REPORTED: &str = "status_reported";

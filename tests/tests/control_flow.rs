@@ -1,5 +1,6 @@
 //! Control flow end to end: fan-out and fan-in with steps running at the same time, phases,
-//! a condition that skips a branch, and answers too large for an event (claim checks).
+//! a condition that skips a branch, answers too large for an event (claim checks), a review
+//! and a panel's votes.
 
 // Test code: a panic is the failure report, in helpers as in tests.
 #![allow(clippy::unwrap_used)]
@@ -396,5 +397,114 @@ async fn a_review_rejected_once_then_accepted_sends_the_work_back_with_feedback(
             .iter()
             .all(|i| i["fromAgentId"] == critic["id"] && i["toAgentId"] == author["id"])
     );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_panel_votes_on_a_decision_and_one_dissent_breaks_a_consensus() {
+    let stack = Stack::start().await;
+    // The first vote cast rejects; every later vote approves.
+    stack.llm.reject_reviews(1);
+    let mut ids = Vec::new();
+    for (name, role) in [
+        ("Ada", "architect"),
+        ("Bo", "analyst"),
+        ("Cy", "analyst"),
+        ("Di", "analyst"),
+    ] {
+        let created = stack
+            .api
+            .register_agent(&agent(name, role, &["research"], FAKE_PROVIDER))
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let mut decide = step("decide", &[]);
+    decide["type"] = json!("decision");
+    decide["assignedAgentRole"] = json!("architect");
+    let body = json!({
+        "name": "Decided together", "description": "A decision a panel agrees on.",
+        "participatingAgents": ids,
+        "configuration": {
+            "steps": [decide, step("build", &["decide"])],
+            "coordination": {"decisionMaking": "consensus", "voters": 3}
+        }
+    });
+    let workflow_id = stack.api.create_workflow(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (view, events) = run(&stack, &workflow_id, json!({})).await;
+    assert_eq!(view["status"], "completed", "{view:#}");
+
+    // Round 1 closes at the first rejection; round 2 asks all three seats.
+    let tallies: Vec<(u32, bool, usize)> = events
+        .iter()
+        .filter_map(|(e, _)| match e {
+            Event::VotesTallied(t) => Some((t.round, t.approved, t.votes.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tallies, vec![(1, false, 1), (2, true, 3)]);
+    let voters: Vec<String> = events
+        .iter()
+        .filter_map(|(e, _)| match e {
+            Event::StepReviewed(r) if r.ballot.is_some() => Some(r.attempt.agent_id.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(voters.len(), 4);
+    assert!(
+        !voters.contains(&ids[0]),
+        "the author never votes: {voters:?}"
+    );
+    let mut round_two = voters[1..].to_vec();
+    round_two.sort();
+    round_two.dedup();
+    assert_eq!(round_two.len(), 3, "three different voters in round 2");
+
+    let entry = &view["stepResults"]["decide"];
+    assert_eq!(entry["status"], "completed");
+    assert_eq!(
+        entry["agentId"],
+        ids[0].as_str(),
+        "the decision is its author's"
+    );
+    assert_eq!(entry["ballot"]["rule"], "consensus");
+    assert_eq!(entry["ballot"]["votes"].as_array().unwrap().len(), 3);
+
+    // Each voter was told it votes alone; the author reworked with the dissent.
+    let requests = stack.llm.requests();
+    let votes = requests
+        .iter()
+        .filter(|r| {
+            r.user
+                .contains("You are one of 3 voters on this work (consensus decides)")
+        })
+        .count();
+    assert_eq!(votes, 4);
+    let rework: Vec<_> = requests
+        .iter()
+        .filter(|r| r.user.contains("Reviewer Feedback"))
+        .collect();
+    assert_eq!(rework.len(), 1);
+    assert!(rework[0].user.contains(review_feedback(true)));
+
+    let interactions = stack
+        .api
+        .get(&format!(
+            "/v1/executions/{}/interactions",
+            view["id"].as_str().unwrap()
+        ))
+        .await
+        .body;
+    let tallied: Vec<&str> = interactions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["message"].as_str())
+        .filter(|m| m.starts_with("Votes on"))
+        .collect();
+    assert_eq!(tallied.len(), 2, "{interactions:#}");
+    assert!(tallied[1].contains("3 approved, 0 rejected"), "{tallied:?}");
     stack.stop().await;
 }

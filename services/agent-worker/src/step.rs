@@ -430,6 +430,7 @@ impl ScheduledStep {
                     author_agent_id: review.author_agent_id,
                     approved,
                     feedback,
+                    ballot: review.ballot,
                     usage: Some(usage),
                 }),
             ),
@@ -1088,6 +1089,7 @@ mod tests {
             author_agent_id: cadre_proto::AgentId::new(),
             summary: "s".to_owned(),
             output: "o".to_owned(),
+            ballot: None,
         });
         assert!(step.questions_to_ask(&with_questions).is_empty());
     }

@@ -190,6 +190,10 @@ impl Plan {
                 self.history.step_skipped(origin, e);
             }
             Event::LeadTaken(e) => self.interactions.lead_taken(origin, e),
+            Event::VotesTallied(e) => {
+                self.executions.votes_tallied(origin, e);
+                self.interactions.votes_tallied(origin, e);
+            }
             Event::SagaStarted(e) => self.interactions.saga_started(origin, e),
             Event::ExecutionReplanned(e) => self.interactions.replanned(origin, e),
             Event::ExecutionEscalated(e) => {

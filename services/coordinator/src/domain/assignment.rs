@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use cadre_proto::AgentId;
-use cadre_proto::events::AssignmentReason;
+use cadre_proto::events::{AssignmentReason, Ballot};
 use cadre_proto::model::{AgentProfile, WorkflowStep};
 
 /// The seed's fuzzy rule: a skill matches when either name contains the other, ignoring case.
@@ -82,29 +82,42 @@ pub fn assign<'a>(
 
 /// Picks the reviewer of `author`'s work on `step`: the least loaded agent of the step's
 /// `reviewerRole` other than the author, else the least loaded other participant, else (a team
-/// of one) the author. `None` only when there are no candidates.
+/// of one) the author. With a `ballot` it picks a voter of a panel the same way, among those
+/// not in `voted` (who already voted this round). `None` only when there are no candidates.
 pub fn assign_reviewer<'a>(
     step: &WorkflowStep,
     candidates: &'a [AgentProfile],
     load: &HashMap<AgentId, u32>,
     author: AgentId,
+    ballot: Option<(Ballot, &[AgentId])>,
 ) -> Option<(&'a AgentProfile, AssignmentReason)> {
     let load_of = |agent: &&AgentProfile| load.get(&agent.id).copied().unwrap_or(0);
     let role = step.reviewer_role.as_deref().map(str::trim);
-    let others = || candidates.iter().filter(|a| a.id != author);
+    let voted = ballot.map(|(_, voted)| voted).unwrap_or_default();
+    let others = || {
+        candidates
+            .iter()
+            .filter(|a| a.id != author && !voted.contains(&a.id))
+    };
     let of_role = others()
         .filter(|a| role.is_some_and(|r| a.role.trim().eq_ignore_ascii_case(r)))
         .min_by_key(load_of);
     let agent = of_role
         .or_else(|| others().min_by_key(load_of))
         .or_else(|| candidates.iter().find(|a| a.id == author))?;
-    Some((
-        agent,
-        AssignmentReason::Reviewer {
-            role: role.filter(|_| of_role.is_some()).map(str::to_owned),
+    let role = role.filter(|_| of_role.is_some()).map(str::to_owned);
+    let reason = match ballot {
+        Some((ballot, _)) => AssignmentReason::Voter {
+            role,
+            author_agent_id: author,
+            ballot,
+        },
+        None => AssignmentReason::Reviewer {
+            role,
             author_agent_id: author,
         },
-    ))
+    };
+    Some((agent, reason))
 }
 
 #[cfg(test)]

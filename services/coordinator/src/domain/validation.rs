@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use cadre_proto::events::{Event, ExecutionStarted};
 use cadre_proto::model::{
-    AgentProfile, DecisionMaking, EscalationRung, QuestionPolicy, RetryBackoff, StepType,
+    AgentProfile, Coordination, EscalationRung, QuestionPolicy, RetryBackoff, StepType,
     TriggerReason, WorkflowDefinition,
 };
 use cadre_proto::streams::MAX_EVENT_BYTES;
@@ -192,15 +192,6 @@ pub fn validate_start(
     errors
 }
 
-/// A field the API accepts in its schema but does not act on yet: refused rather than stored
-/// and silently ignored, so no one relies on behaviour that does not exist.
-fn unsupported(pointer: impl Into<String>, what: &str, why: &str, instead: &str) -> FieldError {
-    error(
-        pointer,
-        format!("{what} is not supported yet: {why}; {instead}"),
-    )
-}
-
 /// Checks a workflow on its own; whether its agents exist is the caller's question.
 pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
     let mut errors = Vec::new();
@@ -256,15 +247,7 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             ),
         ));
     }
-    let decision_making = workflow.configuration.coordination.decision_making;
-    if decision_making != DecisionMaking::Coordinator {
-        errors.push(unsupported(
-            "/configuration/coordination/decisionMaking",
-            &format!("decisionMaking '{}'", wire_name(&decision_making)),
-            "each step's agent decides on its own and no vote is taken",
-            "remove it, or use 'coordinator'",
-        ));
-    }
+    validate_voting(&mut errors, workflow);
 
     let steps = &workflow.configuration.steps;
     if steps.is_empty() {
@@ -495,10 +478,13 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
                 role,
                 limits::NAME,
             );
-            if !step.review_required {
+            let rule = workflow.configuration.coordination.decision_making;
+            if !step.review_required && !step.voted_on(rule) {
                 errors.push(error(
                     format!("{at}/reviewerRole"),
-                    "only means something with reviewRequired: true; add that, or remove reviewerRole",
+                    "only means something with reviewRequired: true (or, under decisionMaking \
+                     'consensus' or 'majority', on a review or decision step); add that, or \
+                     remove reviewerRole",
                 ));
             }
         }
@@ -809,12 +795,70 @@ fn json_len<T: Serialize>(value: &T) -> usize {
     serde_json::to_vec(value).map_or(0, |json| json.len())
 }
 
-/// How `value` (an enum of plain names) is spelt in JSON.
-fn wire_name<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+/// A panel (`decisionMaking` consensus or majority) needs something to vote on and enough
+/// agents to vote: two or more besides the work's author, as many as `voters` asks for.
+fn validate_voting(errors: &mut Vec<FieldError>, workflow: &WorkflowDefinition) {
+    let coordination = &workflow.configuration.coordination;
+    let rule = coordination.decision_making;
+    let participants = workflow.participating_agents.len();
+    if let Some(voters) = coordination.voters {
+        let at = "/configuration/coordination/voters";
+        if !rule.votes() {
+            errors.push(error(
+                at,
+                "only means something with decisionMaking 'consensus' or 'majority'; add that, \
+                 or remove voters",
+            ));
+        } else if !(2..=Coordination::MAX_VOTERS).contains(&voters) {
+            errors.push(error(
+                at,
+                format!(
+                    "must be between 2 and {} (it is {voters})",
+                    Coordination::MAX_VOTERS
+                ),
+            ));
+        } else if voters as usize >= participants {
+            errors.push(error(
+                at,
+                format!(
+                    "{voters} voters need {} participating agents (the voters and the work's \
+                     author); this workflow has {participants}: add agents, or ask for fewer \
+                     voters",
+                    voters + 1
+                ),
+            ));
+        }
+    }
+    if !rule.votes() {
+        return;
+    }
+    let at = "/configuration/coordination/decisionMaking";
+    if participants < 3 {
+        errors.push(error(
+            at,
+            format!(
+                "'{}' asks a panel of at least two agents besides the work's author; this \
+                 workflow has {participants} participating agent(s): add agents, or use \
+                 'coordinator'",
+                rule.as_str()
+            ),
+        ));
+    }
+    if !workflow
+        .configuration
+        .steps
+        .iter()
+        .any(|step| step.voted_on(rule))
+    {
+        errors.push(error(
+            at,
+            format!(
+                "'{}' has nothing to vote on: no step has reviewRequired: true or type review or \
+                 decision; add one, or use 'coordinator'",
+                rule.as_str()
+            ),
+        ));
+    }
 }
 
 /// A dependency cycle as a path that starts and ends on the same step, if there is one.
@@ -966,7 +1010,7 @@ mod tests {
     use super::*;
     use cadre_proto::WorkflowId;
     use cadre_proto::model::{
-        Constraints, Coordination, ModelChoice, ModelParameters, StepType, WorkflowConfiguration,
+        Constraints, DecisionMaking, ModelChoice, ModelParameters, StepType, WorkflowConfiguration,
         WorkflowStep, WorkflowType,
     };
 
@@ -1295,20 +1339,24 @@ mod tests {
     }
 
     #[test]
-    fn fields_that_do_nothing_yet_are_refused_and_say_so() {
+    fn fields_that_do_nothing_are_refused_and_say_so() {
         let team = [agent("Ada")];
         let mut wf = workflow(&team);
-        wf.configuration.coordination.decision_making = DecisionMaking::Majority;
+        wf.configuration.coordination.voters = Some(3);
         wf.configuration.steps[1].reviewer_role = Some("reviewer".into());
         let errors = validate_workflow(&wf);
         assert_eq!(
             pointers(&errors),
             vec![
-                "/configuration/coordination/decisionMaking",
+                "/configuration/coordination/voters",
                 "/configuration/steps/1/reviewerRole",
             ]
         );
-        assert!(errors[0].message.contains("decisionMaking 'majority'"));
+        assert!(
+            errors[0]
+                .message
+                .contains("only means something with decisionMaking")
+        );
         assert!(
             errors[1]
                 .message
@@ -1325,6 +1373,61 @@ mod tests {
         wf.configuration.steps[0].can_run_in_parallel = false;
         wf.configuration.constraints.max_execution_time = Some(30);
         wf.configuration.constraints.allow_parallel_execution = Some(false);
+        assert_eq!(validate_workflow(&wf), vec![]);
+    }
+
+    #[test]
+    fn a_panel_needs_voters_and_something_to_vote_on() {
+        let team = [agent("Ada"), agent("Bo")];
+        let mut wf = workflow(&team);
+        wf.configuration.coordination.decision_making = DecisionMaking::Majority;
+        let errors = validate_workflow(&wf);
+        assert_eq!(
+            pointers(&errors),
+            vec![
+                "/configuration/coordination/decisionMaking",
+                "/configuration/coordination/decisionMaking",
+            ]
+        );
+        assert!(
+            errors[0]
+                .message
+                .contains("'majority' asks a panel of at least two agents")
+        );
+        assert!(
+            errors[0]
+                .message
+                .contains("this workflow has 2 participating agent(s)")
+        );
+        assert!(
+            errors[1]
+                .message
+                .contains("'majority' has nothing to vote on")
+        );
+
+        // Three agents and a decision step: a panel of two (the default three is capped by
+        // the team), and a reviewer role means something on the decision step.
+        let team = [agent("Ada"), agent("Bo"), agent("Cy")];
+        let mut wf = workflow(&team);
+        wf.configuration.coordination.decision_making = DecisionMaking::Consensus;
+        wf.configuration.steps[1].step_type = StepType::Decision;
+        wf.configuration.steps[1].reviewer_role = Some("architect".into());
+        assert_eq!(validate_workflow(&wf), vec![]);
+
+        for (voters, says) in [
+            (1, "must be between 2 and 9 (it is 1)"),
+            (10, "must be between 2 and 9 (it is 10)"),
+            (3, "3 voters need 4 participating agents"),
+        ] {
+            wf.configuration.coordination.voters = Some(voters);
+            let errors = validate_workflow(&wf);
+            assert_eq!(
+                pointers(&errors),
+                vec!["/configuration/coordination/voters"]
+            );
+            assert!(errors[0].message.contains(says), "{}", errors[0].message);
+        }
+        wf.configuration.coordination.voters = Some(2);
         assert_eq!(validate_workflow(&wf), vec![]);
     }
 

@@ -11,7 +11,7 @@ use cadre_proto::events::{
     EscalationResolved, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted,
     QuestionsAsked, QuestionsExpired, Resolution, StepCompleted, StepDeferred, StepEscalated,
     StepFailed, StepRetryScheduled, StepReviewed, StepScheduled, StepSkipped, StepStarted,
-    StepTimedOut,
+    StepTimedOut, VotesTallied,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -210,6 +210,8 @@ const ESCALATING: &str = "escalating";
 const SKIPPED: &str = "skipped";
 /// A person aborted the run, or rejected the approval, at this step.
 const ABORTED: &str = "aborted";
+/// A panel votes on the step's work: the entry holds the last vote until the tally.
+const VOTING: &str = "voting";
 /// Marks an entry as a person's resolution of the attempt's escalation, whatever status it
 /// gives the step (the SQL of [`update`] says the same).
 const RESOLVED_AT: &str = "resolvedAt";
@@ -515,7 +517,14 @@ impl Changes {
             "reviewerId": a.agent_id,
             "authorAgentId": e.author_agent_id,
         });
-        let patch = if e.approved {
+        let patch = if let Some(ballot) = &e.ballot {
+            // One vote of a panel's: the tally ([`Self::votes_tallied`]) settles the step.
+            json!({
+                "status": VOTING,
+                "attempt": a.number,
+                "vote": { "seat": ballot.seat, "seats": ballot.seats, "rule": ballot.rule, "review": review },
+            })
+        } else if e.approved {
             json!({
                 "status": "completed",
                 "attempt": a.number,
@@ -532,6 +541,32 @@ impl Changes {
         };
         self.patch(a.execution_id, origin.at)
             .merge_step(a.step_id.as_str(), patch);
+    }
+
+    /// A panel's outcome: approved completes the step with the author's work (as a lone
+    /// reviewer's approval does); rejected leaves it for the author's next attempt.
+    pub fn votes_tallied(&mut self, origin: &Origin<'_>, e: &VotesTallied) {
+        let ballot = json!({
+            "round": e.round,
+            "rule": e.rule,
+            "seats": e.seats,
+            "approved": e.approved,
+            "votes": e.votes,
+            "authorAgentId": e.author_agent_id,
+        });
+        let patch = if e.approved {
+            json!({
+                "status": "completed",
+                "attempt": e.attempt,
+                "agentId": e.author_agent_id,
+                "ballot": ballot,
+                "completedAt": origin.at,
+            })
+        } else {
+            json!({ "status": "changes_requested", "attempt": e.attempt, "ballot": ballot })
+        };
+        self.patch(e.execution_id, origin.at)
+            .merge_step(e.step_id.as_str(), patch);
     }
 
     pub fn step_failed(&mut self, origin: &Origin<'_>, e: &StepFailed) {

@@ -338,6 +338,7 @@ mod tests {
             author_agent_id: f.agent.id,
             approved,
             feedback: "add tests".to_owned(),
+            ballot: None,
             usage: None,
         })
     }
@@ -351,6 +352,7 @@ mod tests {
                 author_agent_id: f.agent.id,
                 summary: "Designed".to_owned(),
                 output: "The design".to_owned(),
+                ballot: None,
             });
         }
         event

@@ -7,7 +7,7 @@ use cadre_proto::events::{
     InteractionRecorded, KnowledgeShared, LeadTaken, QuestionAnswered, QuestionAssigned,
     QuestionsAsked, QuestionsExpired, Resolution, SagaStarted, StepAttempt, StepCompleted,
     StepDeferred, StepEscalated, StepFailed, StepRetryScheduled, StepScheduled, StepSkipped,
-    StepStarted, StepTimedOut,
+    StepStarted, StepTimedOut, VotesTallied,
 };
 use cadre_proto::model::InteractionType;
 use cadre_proto::{ExecutionId, StepId};
@@ -203,6 +203,42 @@ impl Changes {
                 format!(
                     "Step skipped: {} - its condition is false: {}",
                     e.step_name, e.condition
+                ),
+            )
+        });
+    }
+
+    /// A panel settled a step's work: how many voted which way, and what it means.
+    pub fn votes_tallied(&mut self, origin: &Origin<'_>, e: &VotesTallied) {
+        let outcome = if e.approved {
+            "approved: the step completes with the work"
+        } else {
+            "rejected: the work goes back to its author with the dissent"
+        };
+        self.rows.push(InteractionRow {
+            to_agent_id: Some(e.author_agent_id.0),
+            context_data: json!({
+                "stepId": e.step_id,
+                "round": e.round,
+                "rule": e.rule,
+                "seats": e.seats,
+                "votes": e.votes,
+                "approved": e.approved,
+            }),
+            related_step_id: Some(e.step_id.to_string()),
+            ..InteractionRow::new(
+                origin,
+                e.execution_id,
+                InteractionType::Coordination,
+                format!(
+                    "Votes on {} (round {}, {} of {} seats, {}): {} approved, {} rejected - {outcome}",
+                    e.step_name,
+                    e.round,
+                    e.votes.len(),
+                    e.seats,
+                    e.rule.as_str(),
+                    e.approvals(),
+                    e.votes.len() - e.approvals(),
                 ),
             )
         });

@@ -131,6 +131,7 @@ impl Log {
                 author_agent_id: self.agent.id,
                 summary: String::new(),
                 output: String::new(),
+                ballot: None,
             });
         }
         event
@@ -179,6 +180,7 @@ impl Log {
             author_agent_id: self.agent.id,
             approved,
             feedback: String::new(),
+            ballot: None,
             usage: None,
         })
     }

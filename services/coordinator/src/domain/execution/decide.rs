@@ -1,12 +1,13 @@
 //! What an execution does next: commands in, events out. The time is an input, never read.
 
 use cadre_proto::events::{
-    AssignmentReason, EscalationContext, EscalationKind, EscalationResolved, ExecutionCancelled,
-    ExecutionCompleted, ExecutionEscalated, ExecutionFailed, ExecutionPaused, ExecutionReplanned,
-    ExecutionResumed, ExecutionStarted, FailedAttempt, FailureCause, LeadTaken, ParentStep,
-    QuestionAnswer, QuestionAssigned, QuestionsExpired, Request, Resolution, ReviewRequest,
-    RiskSource, SagaStarted, StepAttempt, StepEscalated, StepRetryDue, StepRetryScheduled,
-    StepScheduled, StepSkipped, StepTimedOut, Teammate, Unanswered,
+    AssignmentReason, Ballot, EscalationContext, EscalationKind, EscalationResolved,
+    ExecutionCancelled, ExecutionCompleted, ExecutionEscalated, ExecutionFailed, ExecutionPaused,
+    ExecutionReplanned, ExecutionResumed, ExecutionStarted, FailedAttempt, FailureCause, LeadTaken,
+    ParentStep, QuestionAnswer, QuestionAssigned, QuestionsExpired, Request, Resolution,
+    ReviewRequest, RiskSource, SagaStarted, StepAttempt, StepEscalated, StepRetryDue,
+    StepRetryScheduled, StepScheduled, StepSkipped, StepTimedOut, Teammate, Unanswered,
+    VotesTallied,
 };
 use cadre_proto::model::{
     AgentProfile, DecisionMaking, EscalationRung, MissedDeadline, RiskLead, StepType,
@@ -924,8 +925,14 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                 );
             }
             StepState::Rejected { feedback } => format!(
-                "step '{}' was sent back by its reviewer {} time(s); the last feedback: {feedback}",
-                step.name, progress.rounds
+                "step '{}' was sent back by its {} {} time(s); the last feedback: {feedback}",
+                step.name,
+                if execution.seats(step).is_some() {
+                    "panel's votes"
+                } else {
+                    "reviewer"
+                },
+                progress.rounds
             ),
             _ => continue,
         };
@@ -1038,6 +1045,16 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
     if !skipped.is_empty() {
         return skipped;
     }
+    // A panel's outcome is recorded as soon as its votes settle it, before anything else.
+    let tallied: Vec<Event> = workflow
+        .configuration
+        .steps
+        .iter()
+        .filter_map(|step| votes_tallied(execution, step))
+        .collect();
+    if !tallied.is_empty() {
+        return tallied;
+    }
 
     let mut load = execution.load();
     let mut active: usize = load.values().map(|n| *n as usize).sum::<usize>() + execution.pending();
@@ -1123,6 +1140,11 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                     author_agent_id: draft.author,
                     summary: draft.summary.clone(),
                     output: draft.output.clone(),
+                    ballot: execution.seats(step).map(|seats| Ballot {
+                        rule: workflow.configuration.coordination.decision_making,
+                        seat: progress.votes.len() as u32 + 1,
+                        seats,
+                    }),
                 })
             }
             _ => None,
@@ -1134,7 +1156,9 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             }
             (_, Some(review)) => {
                 let author = review.author_agent_id;
-                let reviewer = assign_reviewer(step, &execution.agents, &load, author);
+                let voted: Vec<AgentId> = progress.votes.iter().map(|v| v.agent_id).collect();
+                let ballot = review.ballot.map(|ballot| (ballot, voted.as_slice()));
+                let reviewer = assign_reviewer(step, &execution.agents, &load, author, ballot);
                 (Some(review), reviewer)
             }
             (StepState::Delegated { answer }, None) => {
@@ -1215,6 +1239,38 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         );
     }
     events
+}
+
+/// The panel's outcome on a step's work, once the votes cast settle it (see
+/// [`DecisionMaking::tally`]); `None` while it waits for more votes, or when no panel votes.
+fn votes_tallied(execution: &Execution, step: &WorkflowStep) -> Option<Event> {
+    let progress = &execution.steps[&step.id];
+    let seats = execution.seats(step)?;
+    let draft = progress.draft.as_ref()?;
+    if progress.state != StepState::AwaitingReview || progress.votes.is_empty() {
+        return None;
+    }
+    let rule = execution
+        .workflow
+        .configuration
+        .coordination
+        .decision_making;
+    let approvals = progress.votes.iter().filter(|v| v.approved).count() as u32;
+    let rejections = progress.votes.len() as u32 - approvals;
+    let approved = rule.tally(seats, approvals, rejections)?;
+    Some(Event::VotesTallied(Box::new(VotesTallied {
+        execution_id: execution.id,
+        workflow_id: execution.workflow.id,
+        step_id: step.id.clone(),
+        step_name: step.name.clone(),
+        attempt: progress.attempt,
+        round: progress.rounds + 1,
+        rule,
+        seats,
+        votes: progress.votes.clone(),
+        approved,
+        author_agent_id: draft.author,
+    })))
 }
 
 /// The first lead rule not yet applied whose risk a step shows: declared by a step whose

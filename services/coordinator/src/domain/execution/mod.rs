@@ -17,10 +17,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use cadre_proto::events::{
     AssignmentReason, EscalationContext, FailedAttempt, FailureCause, ParentStep, Resolution,
-    StepAttempt, Teammate, is_everyone,
+    StepAttempt, Teammate, Vote, is_everyone,
 };
 use cadre_proto::model::{
     AgentProfile, EscalationPolicy, EscalationRung, ObjectRef, RetryBackoff, WorkflowDefinition,
+    WorkflowStep,
 };
 use cadre_proto::{AgentId, EscalationId, Event, ExecutionId, StepId};
 use chrono::{DateTime, Utc};
@@ -153,6 +154,8 @@ pub struct StepProgress {
     pub rounds: u32,
     /// Work done and waiting for (or under) review.
     pub draft: Option<Draft>,
+    /// The votes cast so far on the draft in this round, when a panel votes on it.
+    pub votes: Vec<Vote>,
     /// The last reviewer's feedback, for the author's next attempt.
     pub feedback: Option<String>,
     /// The questions the current attempt asked, while it waits for their answers.
@@ -265,6 +268,7 @@ impl StepProgress {
             reviewing: false,
             rounds: 0,
             draft: None,
+            votes: Vec::new(),
             feedback: None,
             questions: Vec::new(),
             answered: false,
@@ -496,7 +500,10 @@ impl Execution {
         // At most one step completes per event: the order of completions is exact.
         if matches!(
             event,
-            Event::StepCompleted(_) | Event::StepReviewed(_) | Event::EscalationResolved(_)
+            Event::StepCompleted(_)
+                | Event::StepReviewed(_)
+                | Event::VotesTallied(_)
+                | Event::EscalationResolved(_)
         ) {
             for step in &self.workflow.configuration.steps {
                 if matches!(self.steps[&step.id].state, StepState::Completed { .. })
@@ -707,7 +714,7 @@ impl Execution {
                 let review_required = self
                     .workflow
                     .step(&e.attempt.step_id)
-                    .is_some_and(|s| s.review_required);
+                    .is_some_and(|s| s.review_required || self.seats(s).is_some());
                 self.step_event(&e.attempt.step_id, |p| {
                     // A review attempt answers with `StepReviewed`, never with this.
                     if !p.runs(e.attempt.number) || p.reviewing {
@@ -729,8 +736,23 @@ impl Execution {
             }
             Event::StepReviewed(e) => {
                 let max_rounds = self.max_review_rounds();
+                let voted = self
+                    .workflow
+                    .step(&e.attempt.step_id)
+                    .and_then(|s| self.seats(s))
+                    .is_some();
                 self.step_event(&e.attempt.step_id, |p| {
                     if !p.runs(e.attempt.number) || !p.reviewing {
+                        return;
+                    }
+                    if voted {
+                        // One vote of the panel's: the decider tallies them.
+                        p.votes.push(Vote {
+                            agent_id: e.attempt.agent_id,
+                            approved: e.approved,
+                            feedback: e.feedback.clone(),
+                        });
+                        p.state = StepState::AwaitingReview;
                         return;
                     }
                     p.rounds = e.round;
@@ -748,6 +770,31 @@ impl Execution {
                             };
                         }
                         // A review of no work cannot be: leave the step as it is.
+                        None => {}
+                    }
+                });
+            }
+            Event::VotesTallied(e) => {
+                let max_rounds = self.max_review_rounds();
+                self.step_event(&e.step_id, |p| {
+                    if p.state != StepState::AwaitingReview || e.round != p.rounds + 1 {
+                        return;
+                    }
+                    p.rounds = e.round;
+                    p.votes.clear();
+                    match p.draft.take() {
+                        Some(draft) if e.approved => p.state = draft.completed(),
+                        Some(_) if e.round >= max_rounds => {
+                            p.state = StepState::Rejected {
+                                feedback: e.feedback(),
+                            };
+                        }
+                        Some(draft) => {
+                            p.feedback = Some(e.feedback());
+                            p.state = StepState::Rework {
+                                author: draft.author,
+                            };
+                        }
                         None => {}
                     }
                 });
@@ -1029,7 +1076,16 @@ impl Execution {
         self.steps.values().filter(|p| p.is_pending()).count()
     }
 
-    /// How many times a reviewer may send a step back.
+    /// How many agents vote on `step`'s work, when a panel does: under `decisionMaking`
+    /// consensus or majority, for a step that requires a review or decides (`review`,
+    /// `decision`).
+    fn seats(&self, step: &WorkflowStep) -> Option<u32> {
+        let coordination = &self.workflow.configuration.coordination;
+        step.voted_on(coordination.decision_making)
+            .then(|| coordination.seats(self.agents.len()))
+    }
+
+    /// How many times a reviewer (or a panel) may send a step back.
     fn max_review_rounds(&self) -> u32 {
         self.workflow
             .configuration

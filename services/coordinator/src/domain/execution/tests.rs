@@ -6,9 +6,9 @@ use cadre_proto::events::{
     StepStarted, TaskHandedOff,
 };
 use cadre_proto::model::{
-    AgentProfile, Constraints, Coordination, EscalationRung, MissedDeadline, ModelParameters,
-    PhaseMode, RiskLead, StepResult, StepType, TokenUsage, TriggerReason, WorkflowConfiguration,
-    WorkflowDefinition, WorkflowPhase, WorkflowStep, WorkflowType,
+    AgentProfile, Constraints, Coordination, DecisionMaking, EscalationRung, MissedDeadline,
+    ModelParameters, PhaseMode, RiskLead, StepResult, StepType, TokenUsage, TriggerReason,
+    WorkflowConfiguration, WorkflowDefinition, WorkflowPhase, WorkflowStep, WorkflowType,
 };
 use cadre_proto::timers::{Timer, When};
 use cadre_proto::{AgentId, Event, EventId, ExecutionId, StepId, WorkflowId};
@@ -1004,6 +1004,7 @@ fn reviewed(of: &Event, approved: bool, feedback: &str) -> Event {
         author_agent_id: review.author_agent_id,
         approved,
         feedback: feedback.into(),
+        ballot: review.ballot,
         usage: None,
     })
 }
@@ -1453,7 +1454,8 @@ proptest! {
     /// out, or asks teammates questions that are answered or miss their deadline), to the
     /// run (paused, resumed, cancelled), on the escalation ladder and to the escalations and
     /// approvals a person resolves (retry, reassign, skip, provide the output, abort, approve,
-    /// reject), to risky steps handing the lead over, and to the sagas of failing runs (their
+    /// reject), to risky steps handing the lead over, to reviews and a panel's votes (under
+    /// each `decisionMaking`), and to the sagas of failing runs (their
     /// undoings, and re-plans valid or not), the run reaches a terminal state; no step starts before its dependencies
     /// completed; nothing but a saga's undoings is scheduled after an abort; and replaying the log gives the state
     /// that was built event by event.
@@ -1465,9 +1467,11 @@ proptest! {
         ladder in 0usize..4,
         moves in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..20), 200),
     ) {
-        let team = vec![agent("Ada", &[]), agent("Bo", &[])];
+        let team = vec![agent("Ada", &[]), agent("Bo", &[]), agent("Cy", &[])];
         let mut wf = dag_workflow(&deps, &team);
         wf.configuration.constraints.max_retries = Some(retries);
+        wf.configuration.coordination.decision_making =
+            [DecisionMaking::Coordinator, DecisionMaking::Majority, DecisionMaking::Coordinator, DecisionMaking::Consensus][ladder];
         wf.configuration.escalation.ladder = [
             vec![],
             vec![EscalationRung::Person],
@@ -1494,6 +1498,7 @@ proptest! {
             }
             if condition == 1 {
                 s.compensation = Some("Undo it.".into());
+                s.review_required = true;
             }
         }
         let mut log = start(&wf, &team);
@@ -1617,6 +1622,8 @@ proptest! {
                     done.result.output = format!(r#"{{"steps": [{{"id": "again", "name": "Again", "description": "", "type": "analysis", "dependsOn": [{}], "instructions": "Do.", "expectedOutput": "It."}}]}}"#, if roll % 8 == 0 { "\"ghost\"" } else { "" });
                     vec![Event::StepCompleted(done)]
                 }
+                // A review (or a vote): approved or sent back as the roll goes.
+                0 | 3.. if s.review.is_some() => vec![reviewed(&attempt, roll % 3 != 0, "fb")],
                 0 => vec![completed(&attempt)],
                 1 => vec![failed(&attempt, "boom")],
                 2 => decide(&Command::TimerFired(step_timer(&attempt)), &state, now()).unwrap(),
@@ -1853,3 +1860,4 @@ fn a_decision_stored_in_part_records_each_handoff_once() {
 }
 
 mod escalation;
+mod voting;

@@ -213,6 +213,7 @@ fn completed(scheduled: &cadre_proto::events::StepScheduled) -> Event {
             author_agent_id: review.author_agent_id,
             approved: true,
             feedback: "Clear and complete.".into(),
+            ballot: review.ballot,
             usage: None,
         });
     }
