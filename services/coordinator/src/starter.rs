@@ -38,9 +38,11 @@ use cadre_proto::events::{AgentRecord, ParentStep};
 /// counts as abandoned (its coordinator died in between) and the next request carries it out.
 const ABANDONED_CLAIM: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
-/// Every agent's record as far as the alert watcher (`crate::alerts`) has read the log: behind
-/// it while it replays the log after a start, which is fine, since each run records the
-/// records it was started with.
+/// Every agent's record as far as the alert watcher (`crate::alerts`) has read the log. It lags
+/// while the watcher reads the log again from its beginning (after the coordinator starts, or a
+/// failed read), which is fine: each run records the records it was started with.
+///
+/// A write is one insert, never left half-done: a poisoned lock is still sound.
 #[derive(Clone, Default)]
 pub struct Records(Arc<RwLock<HashMap<AgentId, AgentRecord>>>);
 
@@ -54,7 +56,6 @@ impl Records {
 
     /// The records of `agents` that have one.
     pub fn of(&self, agents: &[AgentProfile]) -> BTreeMap<AgentId, AgentRecord> {
-        // A write is one insert, never left half-done: a poisoned lock is still sound.
         let records = self
             .0
             .read()
