@@ -280,6 +280,11 @@ mod tests {
             reason: AssignmentReason::SkillMatch {
                 matched: vec!["research".into()],
                 active_steps: 0,
+                tie_break: Some(RecordTieBreak {
+                    figure: RecordFigure::TaskSuccess,
+                    detail: "task success: Ada 100 % over 3 attempts, Bo 50 % over 2 attempts"
+                        .into(),
+                }),
             },
             coordinator_agent_id: None,
             knowledge_sharing: true,
@@ -414,6 +419,20 @@ mod tests {
                 }),
                 started_at: Some(Utc::now()),
                 deadline: Some(Utc::now()),
+                records: [(
+                    agent().id,
+                    AgentRecord {
+                        attempts: 4,
+                        task_success: Some(0.75),
+                        reviews: 0,
+                        review_pass_rate: None,
+                        tasks_completed: 3,
+                        average_completion_minutes: Some(2.5),
+                        costed_completions: 3,
+                        average_cost_usd: Some(0.012),
+                    },
+                )]
+                .into(),
             })),
             Event::StepScheduled(Box::new(scheduled)),
             Event::TaskHandedOff(Box::new(TaskHandedOff {
@@ -787,6 +806,28 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&created.encode()).unwrap();
         assert!(v["data"].get("templateId").is_none(), "{v}");
         assert_eq!(Envelope::decode(&created.encode()).unwrap(), created);
+    }
+
+    #[test]
+    fn an_execution_started_before_records_reads_without_records() {
+        let Some(Event::ExecutionStarted(sample)) = every_event()
+            .into_iter()
+            .find(|e| matches!(e, Event::ExecutionStarted(_)))
+        else {
+            panic!("every_event holds an ExecutionStarted");
+        };
+        assert!(!sample.records.is_empty());
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&wrap(Event::ExecutionStarted(sample.clone())).encode())
+                .unwrap();
+        assert!(v["data"]["records"].is_object(), "{v}");
+        v["data"].as_object_mut().unwrap().remove("records");
+        let decoded = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap();
+        let without = ExecutionStarted {
+            records: Default::default(),
+            ..*sample
+        };
+        assert_eq!(decoded.event, Event::ExecutionStarted(Box::new(without)));
     }
 
     #[test]

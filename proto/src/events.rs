@@ -1,5 +1,7 @@
 //! Every fact Cadre records, in the past tense, with its CloudEvents `type` and its subject.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +66,62 @@ pub struct ExecutionStarted {
     /// When the run must have ended (`constraints.maxExecutionTime` after its start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<DateTime<Utc>>,
+    /// The participating agents' records as the coordinator had read them from the log when
+    /// the run started; assignment breaks ties with them. An agent with no recorded work is
+    /// absent (and absent in events recorded before records were kept).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub records: BTreeMap<AgentId, AgentRecord>,
+}
+
+/// How an agent's earlier work went, over everything the log holds of it: its attempts, the
+/// reviews of its work and the tasks it completed. A figure is absent when no fact backs it
+/// (an agent never reviewed has no review pass rate), never a default; the count beside each
+/// figure says how many facts back it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRecord {
+    /// Attempts the agent ended: completed, reviewed (as a reviewer), failed or timed out.
+    pub attempts: u64,
+    /// Share of those attempts that neither failed nor timed out, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_success: Option<f64>,
+    /// Reviews of the agent's work (`StepReviewed` naming it the author).
+    pub reviews: u64,
+    /// Share of those reviews that approved the work, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_pass_rate: Option<f64>,
+    /// Tasks (steps of a run handed to the agent) it completed.
+    pub tasks_completed: u64,
+    /// Minutes from a task's first handout to its completion, averaged over those tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_completion_minutes: Option<f64>,
+    /// Completed attempts whose `StepCompleted` carried a `costUsd`.
+    pub costed_completions: u64,
+    /// US dollars per completed attempt, averaged over the costed ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_cost_usd: Option<f64>,
+}
+
+/// A figure of an [`AgentRecord`], in the order assignment compares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RecordFigure {
+    TaskSuccess,
+    ReviewPassRate,
+    AverageCompletionMinutes,
+    AverageCostUsd,
+}
+
+/// The agents' records chose between agents tied on everything assignment weighs before them
+/// (skills matched, load).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordTieBreak {
+    /// The first figure on which the chosen agent's record beat the next best one's.
+    pub figure: RecordFigure,
+    /// Both agents' figures for people, e.g. "task success: Ada 90 % over 10 attempts, Bo
+    /// 50 % over 2 attempts".
+    pub detail: String,
 }
 
 /// The attempt of a step that runs a child execution, and how deep the child is (1 for a
@@ -86,15 +144,31 @@ pub struct ParentStep {
 pub enum AssignmentReason {
     /// The step named this agent as `preferredAgentId`.
     PreferredAgent,
-    /// The agent's role equals the step's `assignedAgentRole`.
-    RoleMatch { role: String },
-    /// The agent matched the most of the step's `requiredSkills` (ties go to the less loaded).
+    /// The agent's role equals the step's `assignedAgentRole` (ties go to the less loaded,
+    /// then to the better record).
+    RoleMatch {
+        role: String,
+        /// Present only when the agents' records decided.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tie_break: Option<RecordTieBreak>,
+    },
+    /// The agent matched the most of the step's `requiredSkills` (ties go to the less loaded,
+    /// then to the better record).
     SkillMatch {
         matched: Vec<String>,
         active_steps: u32,
+        /// Present only when the agents' records decided.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tie_break: Option<RecordTieBreak>,
     },
-    /// No agent matched any requirement; the least loaded participant was taken.
-    LeastLoaded { active_steps: u32 },
+    /// No agent matched any requirement; the least loaded participant was taken (ties go to
+    /// the better record).
+    LeastLoaded {
+        active_steps: u32,
+        /// Present only when the agents' records decided.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tie_break: Option<RecordTieBreak>,
+    },
     /// The step's review: an agent of `reviewerRole` if there is one, else another participant
     /// than the author (the author itself only when it works alone).
     Reviewer {
@@ -150,17 +224,25 @@ impl AssignmentReason {
     pub fn describe(&self) -> String {
         match self {
             Self::PreferredAgent => "preferred agent of the step".to_owned(),
-            Self::RoleMatch { role } => format!("role matches '{role}'"),
+            Self::RoleMatch { role, tie_break } => {
+                format!("role matches '{role}'{}", decided_by(tie_break))
+            }
             Self::SkillMatch {
                 matched,
                 active_steps,
+                tie_break,
             } => format!(
-                "best skill match ({}), {active_steps} active step(s)",
-                matched.join(", ")
+                "best skill match ({}), {active_steps} active step(s){}",
+                matched.join(", "),
+                decided_by(tie_break)
             ),
-            Self::LeastLoaded { active_steps } => {
-                format!("no skill match; least loaded agent ({active_steps} active step(s))")
-            }
+            Self::LeastLoaded {
+                active_steps,
+                tie_break,
+            } => format!(
+                "no skill match; least loaded agent ({active_steps} active step(s)){}",
+                decided_by(tie_break)
+            ),
             Self::Reviewer {
                 role: Some(role), ..
             } => format!("reviewer of role '{role}'"),
@@ -194,6 +276,14 @@ impl AssignmentReason {
             Self::PersonDecided { by: None } => "a person asked for this attempt".to_owned(),
         }
     }
+}
+
+/// The clause [`AssignmentReason::describe`] adds when the agents' records broke a tie.
+fn decided_by(tie_break: &Option<RecordTieBreak>) -> String {
+    tie_break
+        .as_ref()
+        .map(|t| format!("; its record broke the tie: {}", t.detail))
+        .unwrap_or_default()
 }
 
 /// The coordinator handed a step to an agent. It carries everything the worker needs, so a

@@ -1,5 +1,6 @@
 //! The alert watcher: reads the event log and appends the alerts the pure [`Watch`]
-//! ([`crate::domain::alerts`]) decides on how agents' attempts end.
+//! ([`crate::domain::alerts`]) decides on how agents' attempts end. It also keeps each agent's
+//! record ([`Records`]) from the same facts, for the starter to record in each run's start.
 //!
 //! It reads the whole log from sequence 1 each time it starts (an ordered consumer: nothing to
 //! ack), because an alert depends on everything an agent did before. Each alert is appended to
@@ -20,15 +21,17 @@ use cadre_proto::{Envelope, Event, TenantId, subjects};
 use cadre_runtime::bus::{Append, EventBus, NatsError, PublishError};
 
 use crate::domain::alerts::{Watch, alert_id};
+use crate::starter::Records;
 
 /// The longest wait between two tries of a failed append or a failed read of the log.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
-/// Watches until `shutdown`; a failed read of the log starts over from its beginning.
-pub async fn run(bus: EventBus, shutdown: CancellationToken) {
+/// Watches until `shutdown`, keeping `records`; a failed read of the log starts over from its
+/// beginning.
+pub async fn run(bus: EventBus, records: Records, shutdown: CancellationToken) {
     let mut delay = Duration::from_secs(1);
     loop {
-        match watch(&bus, &shutdown).await {
+        match watch(&bus, &records, &shutdown).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(%error, ?delay, "reading the event log for alerts failed; starting over");
@@ -41,7 +44,11 @@ pub async fn run(bus: EventBus, shutdown: CancellationToken) {
     }
 }
 
-async fn watch(bus: &EventBus, shutdown: &CancellationToken) -> Result<(), NatsError> {
+async fn watch(
+    bus: &EventBus,
+    records: &Records,
+    shutdown: &CancellationToken,
+) -> Result<(), NatsError> {
     let consumer = bus
         .stream()
         .create_consumer(consumer::pull::OrderedConfig {
@@ -73,7 +80,11 @@ async fn watch(bus: &EventBus, shutdown: &CancellationToken) -> Result<(), NatsE
                 return Ok(());
             }
         }
-        watch.evolve(&envelope.event, at);
+        for agent in watch.evolve(&envelope.event, at) {
+            if let Some(facts) = watch.facts(agent) {
+                records.set(agent, facts.record());
+            }
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! [`domain`] is the pure core (decide/evolve, assignment, validation). [`api`] validates
 //! commands and appends their events; [`processor`] folds execution events and appends the
-//! decisions; [`alerts`] watches how agents' attempts end and appends the alerts on their
-//! performance. The coordinator never writes to Postgres: it only reads the projector's models,
+//! decisions; [`alerts`] watches how agents' attempts end, appends the alerts on their
+//! performance and keeps their records for [`starter`]. The coordinator never writes to Postgres: it only reads the projector's models,
 //! and a command answers once they have caught up with it (bounded), so a client reads its own
 //! writes.
 
@@ -101,10 +101,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     system_templates::register(&bus, &TenantId::default_tenant())
         .await
         .context("registering the system templates")?;
-    let starter =
-        starter::Starter::open(bus.clone(), config.stream_replicas, config.max_child_depth)
-            .await
-            .map_err(|e| anyhow::anyhow!("opening the idempotency store: {e}"))?;
+    // The alert watcher keeps the agents' records; the starter records them in each start.
+    let records = starter::Records::default();
+    let starter = starter::Starter::open(
+        bus.clone(),
+        config.stream_replicas,
+        config.max_child_depth,
+        records.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("opening the idempotency store: {e}"))?;
     let results = bus
         .jetstream()
         .create_object_store(cadre_proto::streams::results_object_store(
@@ -153,7 +159,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             shutdown.clone(),
             readiness,
         ));
-        let alerts = tokio::spawn(alerts::run(bus, shutdown.clone()));
+        let alerts = tokio::spawn(alerts::run(bus, records, shutdown.clone()));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await

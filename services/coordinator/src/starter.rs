@@ -6,12 +6,16 @@
 //! coordinator replica is still caught by the expected-sequence append and resolved by the
 //! command path, which reloads and decides again.
 //!
+//! Each start records the participating agents' records ([`Records`], kept by the alert
+//! watcher as it reads the log) for assignment to break ties with; read at every start, not
+//! cached with the agents.
+//!
 //! An idempotency key is claimed in a JetStream KV bucket (entries expire after a day) before
 //! the start is appended, mapping it to the execution id; a second start with the same key
 //! finds the claim and answers with the first execution instead of starting another.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
@@ -28,11 +32,40 @@ use crate::command::{Aggregate, CommandError, History, registered_agent};
 use crate::domain::execution::Start;
 use crate::domain::starts::{StartExecution, Starts, WorkflowPaused};
 use crate::domain::workflow::Workflow;
-use cadre_proto::events::ParentStep;
+use cadre_proto::events::{AgentRecord, ParentStep};
 
 /// How long a claimed idempotency key may wait for its start to be recorded before the claim
 /// counts as abandoned (its coordinator died in between) and the next request carries it out.
 const ABANDONED_CLAIM: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// Every agent's record as far as the alert watcher (`crate::alerts`) has read the log. It lags
+/// while the watcher reads the log again from its beginning (after the coordinator starts, or a
+/// failed read), which is fine: each run records the records it was started with.
+///
+/// A write is one insert, never left half-done: a poisoned lock is still sound.
+#[derive(Clone, Default)]
+pub struct Records(Arc<RwLock<HashMap<AgentId, AgentRecord>>>);
+
+impl Records {
+    pub fn set(&self, agent: AgentId, record: AgentRecord) {
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(agent, record);
+    }
+
+    /// The records of `agents` that have one.
+    pub fn of(&self, agents: &[AgentProfile]) -> BTreeMap<AgentId, AgentRecord> {
+        let records = self
+            .0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        agents
+            .iter()
+            .filter_map(|a| Some((a.id, records.get(&a.id)?.clone())))
+            .collect()
+    }
+}
 
 /// What an idempotency key maps to.
 #[derive(Debug, Serialize, Deserialize)]
@@ -124,11 +157,17 @@ pub struct Starter {
     max_depth: u32,
     /// Keyed by tenant too: a workflow id names a workflow of one tenant only.
     locks: Arc<std::sync::Mutex<HashMap<(TenantId, WorkflowId), StartLock>>>,
+    records: Records,
 }
 
 impl Starter {
     /// Opens (or creates) the idempotency bucket.
-    pub async fn open(bus: EventBus, replicas: usize, max_depth: u32) -> Result<Self, NatsError> {
+    pub async fn open(
+        bus: EventBus,
+        replicas: usize,
+        max_depth: u32,
+        records: Records,
+    ) -> Result<Self, NatsError> {
         let keys = bus
             .jetstream()
             .create_or_update_key_value(streams::idempotency_bucket(replicas))
@@ -138,6 +177,7 @@ impl Starter {
             keys,
             max_depth,
             locks: Arc::default(),
+            records,
         })
     }
 
@@ -281,6 +321,7 @@ impl Starter {
                 agents: starts.agents.clone(),
                 input: order.input.clone(),
                 parent: order.parent.clone(),
+                records: self.records.of(&starts.agents),
             },
             workflow_paused,
         };

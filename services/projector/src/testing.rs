@@ -257,6 +257,7 @@ impl Fixture {
             parent: None,
             started_at: None,
             deadline: None,
+            records: Default::default(),
         }))
     }
 
@@ -270,6 +271,7 @@ impl Fixture {
             agent: self.agent.clone(),
             reason: cadre_proto::events::AssignmentReason::RoleMatch {
                 role: "architect".to_owned(),
+                tie_break: None,
             },
             coordinator_agent_id: None,
             knowledge_sharing: true,

@@ -102,6 +102,10 @@ enum Fact {
     Reviewed {
         approved: bool,
     },
+    /// A completed attempt's cost, in US dollars.
+    Costed {
+        usd: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,11 +211,13 @@ impl Watch {
         alerts
     }
 
-    /// The watch after `event` (stored at `at`).
-    pub fn evolve(&mut self, event: &Event, at: DateTime<Utc>) {
+    /// The watch after `event` (stored at `at`); returns the agents whose facts it changed.
+    pub fn evolve(&mut self, event: &Event, at: DateTime<Utc>) -> Vec<AgentId> {
         let observation = self.observe(event, at);
         self.remember(observation.change);
-        for (agent, facts) in by_agent(observation.facts) {
+        let grouped = by_agent(observation.facts);
+        let changed = grouped.iter().map(|(agent, _)| *agent).collect();
+        for (agent, facts) in grouped {
             let watched = self.agents.entry(agent).or_default();
             facts
                 .iter()
@@ -229,6 +235,7 @@ impl Watch {
                 }
             }
         }
+        changed
     }
 
     /// The facts an agent has shown so far.
@@ -269,7 +276,17 @@ impl Watch {
                     },
                 }
             }
-            Event::StepCompleted(e) => self.attempt_ended(&e.attempt, Outcome::Completed, at),
+            Event::StepCompleted(e) => {
+                let mut observation = self.attempt_ended(&e.attempt, Outcome::Completed, at);
+                if let Some(usd) = e.cost_usd
+                    && observation.step.is_some()
+                {
+                    observation
+                        .facts
+                        .push((e.attempt.agent_id, Fact::Costed { usd }));
+                }
+                observation
+            }
             Event::StepFailed(e) => self.attempt_ended(&e.attempt, Outcome::Failed, at),
             Event::StepTimedOut(e) => self.attempt_ended(&e.attempt, Outcome::TimedOut, at),
             Event::StepReviewed(e) => {
@@ -465,6 +482,10 @@ fn record(facts: &mut AgentFacts, fact: &Fact) {
         Fact::Reviewed { approved } => {
             facts.reviews += 1;
             facts.approvals += u64::from(*approved);
+        }
+        Fact::Costed { usd } => {
+            facts.costed_completions += 1;
+            facts.completion_cost_usd += usd;
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Which participating agent takes a step: the preferred agent, else an agent of the requested
-//! role, else the best skill match, else the least loaded. Load (steps an agent is already doing
-//! in this execution) breaks ties, then the order of `participatingAgents`.
+//! role, else the best skill match, else the least loaded. Ties go to the less loaded (steps an
+//! agent is already doing in this execution), then to the better record (how its earlier work
+//! went: the run's `ExecutionStarted.records`), then to the order of `participatingAgents`.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
 
 use cadre_proto::AgentId;
-use cadre_proto::events::{AssignmentReason, Ballot};
+use cadre_proto::events::{AgentRecord, AssignmentReason, Ballot, RecordFigure, RecordTieBreak};
 use cadre_proto::model::{AgentProfile, WorkflowStep};
 
 /// The seed's fuzzy rule: a skill matches when either name contains the other, ignoring case.
@@ -14,18 +16,138 @@ fn skill_matches(required: &str, offered: &str) -> bool {
     required.contains(&offered) || offered.contains(&required)
 }
 
-/// Picks the agent for `step` among `candidates` (in participation order). `None` only when
-/// there are no candidates.
+/// Which way a figure of a record is better.
+#[derive(Clone, Copy)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// The figures of a record in the order they break ties: work goes where it succeeds, then
+/// where reviewers pass it, then where it is done sooner, then cheaper.
+const RECORD_RANKING: [(RecordFigure, Better); 4] = [
+    (RecordFigure::TaskSuccess, Better::Higher),
+    (RecordFigure::ReviewPassRate, Better::Higher),
+    (RecordFigure::AverageCompletionMinutes, Better::Lower),
+    (RecordFigure::AverageCostUsd, Better::Lower),
+];
+
+fn figure(record: &AgentRecord, figure: RecordFigure) -> Option<f64> {
+    match figure {
+        RecordFigure::TaskSuccess => record.task_success,
+        RecordFigure::ReviewPassRate => record.review_pass_rate,
+        RecordFigure::AverageCompletionMinutes => record.average_completion_minutes,
+        RecordFigure::AverageCostUsd => record.average_cost_usd,
+    }
+}
+
+/// How `a`'s record ranks against `b`'s (`Less`: `a` takes the work), and the figure that
+/// decided; `None` when they rank the same. A figure nobody recorded (no record at all, or no
+/// facts behind it) ranks after a known one: a proven agent goes before an unproven one.
+fn compare_records(
+    a: Option<&AgentRecord>,
+    b: Option<&AgentRecord>,
+) -> Option<(RecordFigure, Ordering)> {
+    RECORD_RANKING.iter().find_map(|&(f, better)| {
+        let value = |record: Option<&AgentRecord>| record.and_then(|r| figure(r, f));
+        let order = match (value(a), value(b), better) {
+            (Some(x), Some(y), Better::Higher) => y.total_cmp(&x),
+            (Some(x), Some(y), Better::Lower) => x.total_cmp(&y),
+            (Some(_), None, _) => Ordering::Less,
+            (None, Some(_), _) => Ordering::Greater,
+            (None, None, _) => Ordering::Equal,
+        };
+        order.is_ne().then_some((f, order))
+    })
+}
+
+/// One figure of an agent's record, for people: the value and the facts behind it.
+fn show(f: RecordFigure, record: Option<&AgentRecord>) -> String {
+    let record = record.cloned().unwrap_or_default();
+    let value = figure(&record, f);
+    let (value, count, facts) = match f {
+        RecordFigure::TaskSuccess => (
+            value.map(|share| format!("{:.0} %", 100.0 * share)),
+            record.attempts,
+            "attempts",
+        ),
+        RecordFigure::ReviewPassRate => (
+            value.map(|share| format!("{:.0} %", 100.0 * share)),
+            record.reviews,
+            "reviews",
+        ),
+        RecordFigure::AverageCompletionMinutes => (
+            value.map(|minutes| format!("{minutes:.1} min")),
+            record.tasks_completed,
+            "completed tasks",
+        ),
+        RecordFigure::AverageCostUsd => (
+            value.map(|usd| format!("${usd:.4}")),
+            record.costed_completions,
+            "costed completions",
+        ),
+    };
+    match value {
+        Some(value) => format!("{value} over {count} {facts}"),
+        None => format!("unknown (no {facts})"),
+    }
+}
+
+fn figure_name(f: RecordFigure) -> &'static str {
+    match f {
+        RecordFigure::TaskSuccess => "task success",
+        RecordFigure::ReviewPassRate => "review pass rate",
+        RecordFigure::AverageCompletionMinutes => "average completion time",
+        RecordFigure::AverageCostUsd => "average cost per completed attempt",
+    }
+}
+
+/// The first of `candidates` with the least `key` (what the rule weighs: skills matched, load),
+/// ties going to the better record; with the records' tie break when they set it apart from
+/// the next best agent of the same key (not when participation order did).
+fn best<'a, K: Ord>(
+    candidates: impl Iterator<Item = &'a AgentProfile> + Clone,
+    key: impl Fn(&AgentProfile) -> K,
+    records: &BTreeMap<AgentId, AgentRecord>,
+) -> Option<(&'a AgentProfile, Option<RecordTieBreak>)> {
+    let record = |agent: &AgentProfile| records.get(&agent.id);
+    let rank = |a: &&AgentProfile, b: &&AgentProfile| {
+        key(a).cmp(&key(b)).then_with(|| {
+            compare_records(record(a), record(b)).map_or(Ordering::Equal, |(_, order)| order)
+        })
+    };
+    // `min_by` keeps the first of equals: participation order breaks the last ties.
+    let chosen = candidates.clone().min_by(rank)?;
+    let next_best = candidates
+        .filter(|a| !std::ptr::eq(*a, chosen) && key(a) == key(chosen))
+        .min_by(rank);
+    let tie_break = next_best.and_then(|other| {
+        let (f, _) = compare_records(record(chosen), record(other))?;
+        Some(RecordTieBreak {
+            figure: f,
+            detail: format!(
+                "{}: {} {}, {} {}",
+                figure_name(f),
+                chosen.name,
+                show(f, record(chosen)),
+                other.name,
+                show(f, record(other)),
+            ),
+        })
+    });
+    Some((chosen, tie_break))
+}
+
+/// Picks the agent for `step` among `candidates` (in participation order), weighing their
+/// `load` (active steps in this execution) and their `records`. `None` only when there are no
+/// candidates.
 pub fn assign<'a>(
     step: &WorkflowStep,
     candidates: &'a [AgentProfile],
     load: &HashMap<AgentId, u32>,
+    records: &BTreeMap<AgentId, AgentRecord>,
 ) -> Option<(&'a AgentProfile, AssignmentReason)> {
     let load_of = |agent: &AgentProfile| load.get(&agent.id).copied().unwrap_or(0);
-    let least_loaded = |agents: &mut dyn Iterator<Item = &'a AgentProfile>| {
-        // min_by_key keeps the first of equals: participation order breaks ties.
-        agents.min_by_key(|a| load_of(a))
-    };
 
     if let Some(preferred) = step.preferred_agent_id
         && let Some(agent) = candidates.iter().find(|a| a.id == preferred)
@@ -34,14 +156,15 @@ pub fn assign<'a>(
     }
 
     if let Some(role) = step.assigned_agent_role.as_deref() {
-        let mut of_role = candidates
+        let of_role = candidates
             .iter()
             .filter(|a| a.role.trim().eq_ignore_ascii_case(role.trim()));
-        if let Some(agent) = least_loaded(&mut of_role) {
+        if let Some((agent, tie_break)) = best(of_role, load_of, records) {
             return Some((
                 agent,
                 AssignmentReason::RoleMatch {
                     role: agent.role.clone(),
+                    tie_break,
                 },
             ));
         }
@@ -54,27 +177,33 @@ pub fn assign<'a>(
             .cloned()
             .collect()
     };
-    let best = candidates
+    let matching = candidates
         .iter()
-        .map(|agent| (agent, matched_skills(agent)))
-        .filter(|(_, matched)| !matched.is_empty())
-        // Most skills first, then least load; `min_by_key` keeps participation order on ties.
-        .min_by_key(|(agent, matched)| (std::cmp::Reverse(matched.len()), load_of(agent)));
-    if let Some((agent, matched)) = best {
+        .filter(|agent| !matched_skills(agent).is_empty());
+    // Most skills first, then least load.
+    let skills_then_load = |agent: &AgentProfile| {
+        (
+            std::cmp::Reverse(matched_skills(agent).len()),
+            load_of(agent),
+        )
+    };
+    if let Some((agent, tie_break)) = best(matching, skills_then_load, records) {
         return Some((
             agent,
             AssignmentReason::SkillMatch {
-                matched,
+                matched: matched_skills(agent),
                 active_steps: load_of(agent),
+                tie_break,
             },
         ));
     }
 
-    least_loaded(&mut candidates.iter()).map(|agent| {
+    best(candidates.iter(), load_of, records).map(|(agent, tie_break)| {
         (
             agent,
             AssignmentReason::LeastLoaded {
                 active_steps: load_of(agent),
+                tie_break,
             },
         )
     })
@@ -164,6 +293,39 @@ mod tests {
         }
     }
 
+    /// A record with these figures, each backed by two facts when known.
+    fn record(
+        success: Option<f64>,
+        pass_rate: Option<f64>,
+        minutes: Option<f64>,
+        cost: Option<f64>,
+    ) -> AgentRecord {
+        let backed = |figure: Option<f64>| if figure.is_some() { 2 } else { 0 };
+        AgentRecord {
+            attempts: backed(success),
+            task_success: success,
+            reviews: backed(pass_rate),
+            review_pass_rate: pass_rate,
+            tasks_completed: backed(minutes),
+            average_completion_minutes: minutes,
+            costed_completions: backed(cost),
+            average_cost_usd: cost,
+        }
+    }
+
+    fn records(of: &[(&AgentProfile, AgentRecord)]) -> BTreeMap<AgentId, AgentRecord> {
+        of.iter().map(|(a, r)| (a.id, r.clone())).collect()
+    }
+
+    fn tie_break(reason: &AssignmentReason) -> Option<&RecordTieBreak> {
+        match reason {
+            AssignmentReason::SkillMatch { tie_break, .. }
+            | AssignmentReason::RoleMatch { tie_break, .. }
+            | AssignmentReason::LeastLoaded { tie_break, .. } => tie_break.as_ref(),
+            _ => None,
+        }
+    }
+
     #[test]
     fn preferred_then_role_then_skills_then_load() {
         let team = vec![
@@ -172,36 +334,190 @@ mod tests {
             agent("Cy", "Reviewer", &["testing"]),
         ];
         let none = HashMap::new();
+        let no_records = BTreeMap::new();
 
         let mut s = step(&["review"]);
         s.preferred_agent_id = Some(team[2].id);
         assert_eq!(
-            assign(&s, &team, &none).unwrap().1,
+            assign(&s, &team, &none, &no_records).unwrap().1,
             AssignmentReason::PreferredAgent
         );
 
         let mut s = step(&[]);
         s.assigned_agent_role = Some("reviewer".into());
         let busy_bo = HashMap::from([(team[1].id, 2)]);
-        let (who, why) = assign(&s, &team, &busy_bo).unwrap();
+        let (who, why) = assign(&s, &team, &busy_bo, &no_records).unwrap();
         assert_eq!(who.name, "Cy", "the less loaded of two reviewers");
         assert!(matches!(why, AssignmentReason::RoleMatch { .. }));
 
-        let (who, why) = assign(&step(&["Design", "Rust", "review"]), &team, &none).unwrap();
+        let (who, why) = assign(
+            &step(&["Design", "Rust", "review"]),
+            &team,
+            &none,
+            &no_records,
+        )
+        .unwrap();
         assert_eq!(who.name, "Ada");
         assert_eq!(
             why,
             AssignmentReason::SkillMatch {
                 matched: vec!["Design".into(), "Rust".into()],
-                active_steps: 0
+                active_steps: 0,
+                tie_break: None,
             }
         );
 
         let busy_ada = HashMap::from([(team[0].id, 1)]);
-        let (who, why) = assign(&step(&["cooking"]), &team, &busy_ada).unwrap();
+        let (who, why) = assign(&step(&["cooking"]), &team, &busy_ada, &no_records).unwrap();
         assert_eq!(who.name, "Bo");
-        assert_eq!(why, AssignmentReason::LeastLoaded { active_steps: 0 });
+        assert_eq!(
+            why,
+            AssignmentReason::LeastLoaded {
+                active_steps: 0,
+                tie_break: None
+            }
+        );
 
-        assert!(assign(&step(&[]), &[], &none).is_none());
+        assert!(assign(&step(&[]), &[], &none, &no_records).is_none());
+    }
+
+    #[test]
+    fn each_figure_of_the_record_breaks_a_tie_left_by_the_figures_before_it() {
+        let (ada, bo) = (
+            agent("Ada", "dev", &["rust"]),
+            agent("Bo", "dev", &["rust"]),
+        );
+        let team = [ada.clone(), bo.clone()];
+        // Bo, second in participation order, is better only at the figure named.
+        let cases = [
+            (
+                RecordFigure::TaskSuccess,
+                record(Some(0.5), Some(1.0), Some(1.0), Some(0.01)),
+                record(Some(0.9), Some(0.1), Some(9.0), Some(9.0)),
+            ),
+            (
+                RecordFigure::ReviewPassRate,
+                record(Some(0.9), Some(0.5), Some(1.0), Some(0.01)),
+                record(Some(0.9), Some(0.8), Some(9.0), Some(9.0)),
+            ),
+            (
+                RecordFigure::AverageCompletionMinutes,
+                record(Some(0.9), Some(0.8), Some(9.0), Some(0.01)),
+                record(Some(0.9), Some(0.8), Some(2.5), Some(9.0)),
+            ),
+            (
+                RecordFigure::AverageCostUsd,
+                record(Some(0.9), None, Some(2.5), Some(0.02)),
+                record(Some(0.9), None, Some(2.5), Some(0.01)),
+            ),
+        ];
+        for (figure, of_ada, of_bo) in cases {
+            let records = records(&[(&ada, of_ada), (&bo, of_bo)]);
+            let (who, why) = assign(&step(&["rust"]), &team, &HashMap::new(), &records).unwrap();
+            assert_eq!(who.name, "Bo", "{figure:?}");
+            assert_eq!(tie_break(&why).map(|t| t.figure), Some(figure));
+        }
+    }
+
+    #[test]
+    fn the_tie_break_says_both_agents_figures() {
+        let (ada, bo) = (agent("Ada", "dev", &[]), agent("Bo", "dev", &[]));
+        let records = records(&[
+            (&ada, record(Some(0.5), None, None, None)),
+            (&bo, record(Some(1.0), None, None, None)),
+        ]);
+        let team = [ada, bo];
+        let (who, why) = assign(&step(&[]), &team, &HashMap::new(), &records).unwrap();
+        assert_eq!(who.name, "Bo");
+        assert_eq!(
+            why,
+            AssignmentReason::LeastLoaded {
+                active_steps: 0,
+                tie_break: Some(RecordTieBreak {
+                    figure: RecordFigure::TaskSuccess,
+                    detail: "task success: Bo 100 % over 2 attempts, Ada 50 % over 2 attempts"
+                        .into(),
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_figure_ranks_after_a_known_one() {
+        let (ada, bo, cy) = (
+            agent("Ada", "dev", &[]),
+            agent("Bo", "dev", &[]),
+            agent("Cy", "dev", &[]),
+        );
+        let mut s = step(&[]);
+        s.assigned_agent_role = Some("dev".into());
+        // Ada has no record at all; Bo's is poor but known.
+        let team = [ada.clone(), bo.clone()];
+        let known = records(&[(&bo, record(Some(0.1), None, None, None))]);
+        let (who, why) = assign(&s, &team, &HashMap::new(), &known).unwrap();
+        assert_eq!(who.name, "Bo");
+        assert_eq!(
+            tie_break(&why).unwrap().detail,
+            "task success: Bo 10 % over 2 attempts, Ada unknown (no attempts)"
+        );
+        // Equal on success, Cy's work was never reviewed.
+        let team = [cy.clone(), bo.clone()];
+        let known = records(&[
+            (&cy, record(Some(1.0), None, Some(1.0), None)),
+            (&bo, record(Some(1.0), Some(0.2), Some(9.0), None)),
+        ]);
+        let (who, why) = assign(&s, &team, &HashMap::new(), &known).unwrap();
+        assert_eq!(who.name, "Bo");
+        assert_eq!(
+            tie_break(&why).map(|t| t.figure),
+            Some(RecordFigure::ReviewPassRate)
+        );
+    }
+
+    #[test]
+    fn without_records_or_with_equal_ones_participation_order_decides() {
+        let (ada, bo) = (
+            agent("Ada", "dev", &["rust"]),
+            agent("Bo", "dev", &["rust"]),
+        );
+        let team = [ada.clone(), bo.clone()];
+        let same = record(Some(0.8), Some(1.0), Some(3.0), Some(0.05));
+        for records in [
+            BTreeMap::new(),
+            records(&[(&ada, same.clone()), (&bo, same)]),
+        ] {
+            let (who, why) = assign(&step(&["rust"]), &team, &HashMap::new(), &records).unwrap();
+            assert_eq!(who.name, "Ada");
+            assert_eq!(tie_break(&why), None, "the records did not decide");
+        }
+    }
+
+    #[test]
+    fn the_record_never_outweighs_more_skills_or_less_load() {
+        let (ada, bo, cy) = (
+            agent("Ada", "dev", &["rust", "sql"]),
+            agent("Bo", "dev", &["rust"]),
+            agent("Cy", "dev", &["rust", "sql"]),
+        );
+        let poor = record(Some(0.1), Some(0.1), Some(60.0), Some(1.0));
+        let great = record(Some(1.0), Some(1.0), Some(1.0), Some(0.01));
+        let records = records(&[(&ada, poor.clone()), (&bo, great.clone()), (&cy, poor)]);
+        let none = HashMap::new();
+
+        let team = [ada.clone(), bo.clone()];
+        let (who, why) = assign(&step(&["rust", "sql"]), &team, &none, &records).unwrap();
+        assert_eq!(who.name, "Ada", "two skills beat one, whatever the record");
+        assert_eq!(tie_break(&why), None);
+
+        let busy_bo = HashMap::from([(bo.id, 1)]);
+        let (who, why) = assign(&step(&["rust"]), &team, &busy_bo, &records).unwrap();
+        assert_eq!(who.name, "Ada", "less load beats a better record");
+        assert_eq!(tie_break(&why), None);
+
+        // Among the two with both skills, equal records: participation order, not Bo's record.
+        let team = [ada, bo, cy];
+        let (who, why) = assign(&step(&["rust", "sql"]), &team, &none, &records).unwrap();
+        assert_eq!(who.name, "Ada");
+        assert_eq!(tie_break(&why), None);
     }
 }

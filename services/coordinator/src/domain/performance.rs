@@ -15,6 +15,8 @@
 //!   **escalated** when a `StepEscalated` names a failed attempt of the agent's (approvals are
 //!   not failures).
 //! - a **review** is a `StepReviewed`: it counts for the author of the work reviewed.
+//! - a **cost** is the `costUsd` of a counted `StepCompleted` (absent when the model has no
+//!   price): it counts for the agent that completed the attempt.
 //! - a **question** is one handed to a teammate (`QuestionAssigned`), answered when the teammate
 //!   gave an answer (`QuestionAnswered` with one); a **handoff** is a `TaskHandedOff`, completed
 //!   when the receiving agent completed the task.
@@ -24,6 +26,7 @@
 
 use std::collections::BTreeMap;
 
+use cadre_proto::events::AgentRecord;
 use cadre_proto::model::StepType;
 
 /// `part` of `whole` as a fraction; `None` when there is no whole.
@@ -78,6 +81,10 @@ pub struct AgentFacts {
     /// Handoffs to the agent, and how many of their tasks it completed.
     pub handoffs_received: u64,
     pub handoffs_completed: u64,
+    /// Completed attempts (`StepCompleted`) that carried a cost, and their costs in US dollars,
+    /// summed.
+    pub costed_completions: u64,
+    pub completion_cost_usd: f64,
 }
 
 impl AgentFacts {
@@ -90,9 +97,14 @@ impl AgentFacts {
         self.escalations_by_type.values().sum()
     }
 
+    /// Succeeded / ended attempts, 0 to 1.
+    pub fn success_share(&self) -> Option<f64> {
+        share(self.succeeded(), self.attempts)
+    }
+
     /// `taskSuccess`, percent: succeeded / ended attempts.
     pub fn task_success(&self) -> Option<f64> {
-        share(self.succeeded(), self.attempts).map(|s| 100.0 * s)
+        self.success_share().map(|s| 100.0 * s)
     }
 
     /// Percent of ended attempts that failed or timed out (100 − `taskSuccess`).
@@ -124,6 +136,31 @@ impl AgentFacts {
     /// `qualityScore`, 0 to 10: 10 × the share of reviews of its work that approved it.
     pub fn quality_score(&self) -> Option<f64> {
         quality(self.approvals, self.reviews)
+    }
+
+    /// The share of reviews of its work that approved it, 0 to 1.
+    pub fn review_pass_rate(&self) -> Option<f64> {
+        share(self.approvals, self.reviews)
+    }
+
+    /// US dollars per completed attempt, averaged over those that carried a cost.
+    pub fn average_cost_usd(&self) -> Option<f64> {
+        (self.costed_completions > 0)
+            .then(|| self.completion_cost_usd / self.costed_completions as f64)
+    }
+
+    /// The record assignment weighs (recorded in `ExecutionStarted.records`).
+    pub fn record(&self) -> AgentRecord {
+        AgentRecord {
+            attempts: self.attempts,
+            task_success: self.success_share(),
+            reviews: self.reviews,
+            review_pass_rate: self.review_pass_rate(),
+            tasks_completed: self.tasks_completed,
+            average_completion_minutes: self.average_completion_minutes(),
+            costed_completions: self.costed_completions,
+            average_cost_usd: self.average_cost_usd(),
+        }
     }
 
     /// `collaborationScore`, 0 to 10: 10 × the share of the questions put to it that it
@@ -224,6 +261,12 @@ mod tests {
         assert_eq!(agent.escalation_rate(), None);
         assert_eq!(agent.quality_score(), None);
         assert_eq!(agent.collaboration_score(), None);
+        assert_eq!(agent.average_cost_usd(), None);
+        assert_eq!(
+            agent.record(),
+            AgentRecord::default(),
+            "every figure of the record is absent"
+        );
         let team = TeamFacts::default();
         assert_eq!(team.average_response_minutes(), None);
         assert_eq!(team.efficiency_rating(), None);
@@ -250,6 +293,8 @@ mod tests {
             questions_answered: 2,
             handoffs_received: 1,
             handoffs_completed: 1,
+            costed_completions: 2,
+            completion_cost_usd: 0.5,
         };
         assert_eq!(agent.succeeded(), 7);
         assert_eq!(agent.task_success(), Some(70.0));
@@ -259,6 +304,20 @@ mod tests {
         assert_eq!(agent.escalation_rate(), Some(25.0));
         assert_eq!(agent.quality_score(), Some(7.5));
         assert_eq!(agent.collaboration_score(), Some(7.5));
+        assert_eq!(agent.average_cost_usd(), Some(0.25));
+        assert_eq!(
+            agent.record(),
+            AgentRecord {
+                attempts: 10,
+                task_success: Some(0.7),
+                reviews: 4,
+                review_pass_rate: Some(0.75),
+                tasks_completed: 4,
+                average_completion_minutes: Some(2.0),
+                costed_completions: 2,
+                average_cost_usd: Some(0.25),
+            }
+        );
 
         let team = TeamFacts {
             answers: 2,

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use cadre_proto::events::{Event, ExecutionStarted};
+use cadre_proto::events::{AgentRecord, Event, ExecutionStarted};
 use cadre_proto::model::{
     AgentProfile, Coordination, EscalationRung, QuestionPolicy, RetryBackoff, StepType,
     TriggerReason, WorkflowDefinition,
@@ -719,6 +719,23 @@ fn validate_phases(
 /// may escape to six bytes each, the deadline, and an `input` of up to [`limits::INPUT_BYTES`].
 const START_HEADROOM: usize = 4 * 1024 + limits::INPUT_BYTES;
 
+/// A record as long as JSON can write one: every count and figure at its widest.
+fn widest_record() -> AgentRecord {
+    // JSON writes it "-2.2250738585072014e-308": a sign, 17 digits and a three-digit exponent,
+    // as long as an f64 gets.
+    let widest = Some(-f64::MIN_POSITIVE);
+    AgentRecord {
+        attempts: u64::MAX,
+        task_success: widest,
+        reviews: u64::MAX,
+        review_pass_rate: widest,
+        tasks_completed: u64::MAX,
+        average_completion_minutes: widest,
+        costed_completions: u64::MAX,
+        average_cost_usd: widest,
+    }
+}
+
 /// Why `workflow` could never start, if so. A run's first event snapshots the workflow and
 /// every participating agent's profile (`agents`) in one message, and the event log refuses a
 /// message over [`MAX_EVENT_BYTES`]. Checked when the workflow is created: the same start
@@ -743,6 +760,7 @@ pub fn start_size_error(
         parent: None,
         started_at: Some(DateTime::<Utc>::default()),
         deadline: None,
+        records: agents.iter().map(|a| (a.id, widest_record())).collect(),
     }));
     let envelope = Envelope::new(
         crate::SOURCE,
@@ -1477,6 +1495,7 @@ mod tests {
                 trigger_reason: TriggerReason::Manual,
                 triggered_by: Some("\u{1}".repeat(limits::TRIGGERED_BY)),
                 workflow: workflow(&team),
+                records: team.iter().map(|a| (a.id, widest_record())).collect(),
                 agents: team,
                 input: None,
                 parent: None,

@@ -116,6 +116,9 @@ pub async fn agent_facts(
                 questions_answered: count(r.answered),
                 handoffs_received: count(r.handoffs),
                 handoffs_completed: count(r.handoffs_completed),
+                // The API reports no cost per agent; the agents' records (kept by the alert
+                // watcher, for assignment) do.
+                ..AgentFacts::default()
             };
             (r.agent_id, facts)
         })

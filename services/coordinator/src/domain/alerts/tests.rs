@@ -520,6 +520,63 @@ fn a_reviewers_attempt_counts_for_the_reviewer_and_its_verdict_for_the_author() 
 }
 
 #[test]
+fn a_completed_attempts_cost_counts_once_for_its_agent() {
+    let mut log = Log::new();
+    let agent = log.agent.clone();
+    let work = step("work", StepType::Implementation, None);
+    let run = ExecutionId::new();
+    let completed = |log: &Log, n: u32, cost_usd: Option<f64>| {
+        let mut event = log.completed(run, &work, agent.id, n);
+        if let Event::StepCompleted(c) = &mut event {
+            c.cost_usd = cost_usd;
+        }
+        event
+    };
+    log.feed(log.scheduled(run, &work, &agent, 1));
+    log.feed(completed(&log, 1, Some(0.25)));
+    // A second report of the same attempt is ignored, cost and all.
+    log.feed(completed(&log, 1, Some(9.0)));
+    log.feed(log.scheduled(run, &work, &agent, 2));
+    // A model without a price: completed, not costed.
+    log.feed(completed(&log, 2, None));
+    log.feed(log.scheduled(run, &work, &agent, 3));
+    log.feed(completed(&log, 3, Some(0.75)));
+    let facts = log.watch.facts(agent.id).unwrap();
+    assert_eq!((facts.attempts, facts.costed_completions), (3, 2));
+    assert_eq!(facts.average_cost_usd(), Some(0.5));
+}
+
+#[test]
+fn evolving_says_whose_facts_changed() {
+    let mut log = Log::new();
+    let (author, reviewer) = (log.agent.clone(), agent("Bo"));
+    let work = step("work", StepType::Implementation, None);
+    let run = ExecutionId::new();
+    let events = [
+        log.scheduled(run, &work, &author, 1),
+        log.completed(run, &work, author.id, 1),
+        log.review_scheduled(run, &work, &reviewer, 2),
+        log.reviewed(run, &work, reviewer.id, 2, true),
+        log.ended(run),
+    ];
+    let changed: Vec<Vec<AgentId>> = events
+        .iter()
+        .map(|event| log.watch.evolve(event, log.clock))
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            vec![author.id],
+            vec![author.id],
+            vec![],
+            // The reviewer ended an attempt; the author's work was reviewed.
+            vec![reviewer.id, author.id],
+            vec![],
+        ]
+    );
+}
+
+#[test]
 fn replaying_the_log_raises_the_same_alerts_with_the_same_ids() {
     let mut log = Log::new();
     for fails in [true, true, false, true, true, true, false] {

@@ -1,5 +1,6 @@
 //! What an execution does next: commands in, events out. The time is an input, never read.
 
+use cadre_proto::events::AgentRecord;
 use cadre_proto::events::{
     AssignmentReason, Ballot, EscalationContext, EscalationKind, EscalationResolved,
     ExecutionCancelled, ExecutionCompleted, ExecutionEscalated, ExecutionFailed, ExecutionPaused,
@@ -14,7 +15,7 @@ use cadre_proto::model::{
     TriggerReason, WorkflowDefinition, WorkflowStep, hashtags,
 };
 use cadre_proto::timers::Timer;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cadre_proto::{AgentId, EscalationId, Event, ExecutionId, StepId};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -39,6 +40,8 @@ pub struct Start {
     pub input: Option<serde_json::Value>,
     /// The step this run is a child of, if any.
     pub parent: Option<ParentStep>,
+    /// The agents' records as known at the start (see `ExecutionStarted.records`).
+    pub records: BTreeMap<AgentId, AgentRecord>,
 }
 
 /// The first event of an execution: the run numbered `number` of its workflow, started `now`.
@@ -54,6 +57,7 @@ pub fn started(start: &Start, number: u32, now: DateTime<Utc>) -> ExecutionStart
         input: start.input.clone(),
         parent: start.parent.clone(),
         started_at: Some(now),
+        records: start.records.clone(),
         deadline: start
             .workflow
             .configuration
@@ -447,15 +451,17 @@ fn delegated<'a>(
         });
     match chosen {
         Ok((agent, reasoning)) => Some((agent, AssignmentReason::Delegated { reasoning })),
-        Err(why) => assign(step, &execution.agents, load).map(|(agent, fallback)| {
-            (
-                agent,
-                AssignmentReason::NotDelegated {
-                    why,
-                    fallback: Box::new(fallback),
-                },
-            )
-        }),
+        Err(why) => {
+            assign(step, &execution.agents, load, &execution.records).map(|(agent, fallback)| {
+                (
+                    agent,
+                    AssignmentReason::NotDelegated {
+                        why,
+                        fallback: Box::new(fallback),
+                    },
+                )
+            })
+        }
     }
 }
 
@@ -714,7 +720,15 @@ fn compensate(
             };
             let agent = author
                 .and_then(|id| execution.agents.iter().find(|a| a.id == id))
-                .or_else(|| assign(&undo, &execution.agents, &execution.load()).map(|(a, _)| a));
+                .or_else(|| {
+                    assign(
+                        &undo,
+                        &execution.agents,
+                        &execution.load(),
+                        &execution.records,
+                    )
+                    .map(|(a, _)| a)
+                });
             let Some(agent) = agent else {
                 return failed(execution, saga.cause.clone(), saga.error.clone());
             };
@@ -1172,7 +1186,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                     .map(|a| (a, AssignmentReason::Rework));
                 (
                     None,
-                    author.or_else(|| assign(step, &execution.agents, &load)),
+                    author.or_else(|| assign(step, &execution.agents, &load, &execution.records)),
                 )
             }
             _ => match execution.lead() {
@@ -1185,7 +1199,10 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                         },
                     )),
                 ),
-                _ => (None, assign(step, &execution.agents, &load)),
+                _ => (
+                    None,
+                    assign(step, &execution.agents, &load, &execution.records),
+                ),
             },
         };
         let Some((agent, reason)) = assigned else {
@@ -1422,7 +1439,7 @@ fn taker(
                 .filter(|a| !progress.failed.iter().any(|f| f.agent_id == a.id))
                 .cloned()
                 .collect();
-            assign(step, &untried, &execution.load())
+            assign(step, &untried, &execution.load(), &execution.records)
                 .map(|(agent, _)| Some(agent.clone()))
                 .ok_or("every participating agent has failed it")
         }

@@ -15,6 +15,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
+use cadre_proto::events::AgentRecord;
 use cadre_proto::events::{
     AssignmentReason, EscalationContext, FailedAttempt, FailureCause, ParentStep, Resolution,
     StepAttempt, Teammate, Vote, is_everyone,
@@ -367,6 +368,8 @@ pub struct Execution {
     /// The step of another execution this run is a child of.
     pub parent: Option<ParentStep>,
     pub started_at: Option<DateTime<Utc>>,
+    /// The agents' records when the run started: assignment breaks ties of load with them.
+    pub records: BTreeMap<AgentId, AgentRecord>,
     pub status: Status,
     pub steps: BTreeMap<StepId, StepProgress>,
     /// The lead rules applied, in order: the risk, and the agent that took the lead (none
@@ -467,6 +470,7 @@ pub fn evolve(state: State, event: &Event) -> State {
                 input: started.input.clone(),
                 parent: started.parent.clone(),
                 started_at: started.started_at,
+                records: started.records.clone(),
                 status: Status::Running,
                 steps,
                 leads: Vec::new(),

@@ -1,9 +1,9 @@
 //! Given events, when a command, then events — and properties over random workflows.
 
 use cadre_proto::events::{
-    AskedQuestion, AssignmentReason, CallUsage, FailureCause, ParentStep, QuestionAnswered,
-    QuestionsAsked, Request, Resolution, StepAttempt, StepCompleted, StepFailed, StepReviewed,
-    StepStarted, TaskHandedOff,
+    AgentRecord, AskedQuestion, AssignmentReason, CallUsage, FailureCause, ParentStep,
+    QuestionAnswered, QuestionsAsked, RecordFigure, Request, Resolution, StepAttempt,
+    StepCompleted, StepFailed, StepReviewed, StepStarted, TaskHandedOff,
 };
 use cadre_proto::model::{
     AgentProfile, Constraints, Coordination, DecisionMaking, EscalationRung, MissedDeadline,
@@ -95,6 +95,7 @@ fn start(workflow: &WorkflowDefinition, agents: &[AgentProfile]) -> Vec<Event> {
         agents: agents.to_vec(),
         input: Some(serde_json::json!({"priority": "high", "tickets": 3})),
         parent: None,
+        records: Default::default(),
     };
     vec![Event::ExecutionStarted(Box::new(started(&start, 1, now())))]
 }
@@ -239,6 +240,48 @@ fn advance(log: &[Event]) -> Vec<Event> {
         now(),
     )
     .unwrap()
+}
+
+#[test]
+fn the_records_a_run_started_with_break_a_tie_and_the_reason_says_so() {
+    let team = vec![agent("Ada", &["rust"]), agent("Bo", &["rust"])];
+    let wf = workflow(&team, vec![step("build", &[], &["rust"])]);
+    let without_records = start(&wf, &team);
+    let first = advance(&without_records);
+    assert_eq!(
+        scheduled(&first),
+        vec![("build".into(), 1, team[0].id)],
+        "no records: participation order"
+    );
+
+    let mut with_records = without_records;
+    let Event::ExecutionStarted(started) = &mut with_records[0] else {
+        unreachable!()
+    };
+    let record = |success: f64| AgentRecord {
+        attempts: 4,
+        task_success: Some(success),
+        ..AgentRecord::default()
+    };
+    started.records = [(team[0].id, record(0.5)), (team[1].id, record(1.0))].into();
+    let first = advance(&with_records);
+    assert_eq!(scheduled(&first), vec![("build".into(), 1, team[1].id)]);
+    let Event::StepScheduled(s) = the_scheduled(&first) else {
+        unreachable!()
+    };
+    let AssignmentReason::SkillMatch {
+        tie_break: Some(tie_break),
+        ..
+    } = &s.reason
+    else {
+        panic!("a skill match the records decided: {:?}", s.reason)
+    };
+    assert_eq!(tie_break.figure, RecordFigure::TaskSuccess);
+    assert_eq!(
+        s.reason.describe(),
+        "best skill match (rust), 0 active step(s); its record broke the tie: \
+         task success: Bo 100 % over 4 attempts, Ada 50 % over 4 attempts"
+    );
 }
 
 #[test]
@@ -966,6 +1009,7 @@ fn a_child_step_starts_a_child_run_and_a_child_run_reports_to_its_parent() {
             agents: team.clone(),
             input: None,
             parent: Some(parent.clone()),
+            records: Default::default(),
         },
         1,
         now(),

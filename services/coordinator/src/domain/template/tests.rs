@@ -245,6 +245,7 @@ fn run(workflow: &WorkflowDefinition, agents: Vec<AgentProfile>) -> (Vec<String>
         agents,
         input: Some(json!({ "feature": "real-time inspection collaboration" })),
         parent: None,
+        records: Default::default(),
     };
     let mut log = vec![Event::ExecutionStarted(Box::new(execution::started(
         &start,
