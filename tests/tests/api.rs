@@ -847,30 +847,41 @@ async fn a_start_body_must_be_a_json_object_or_nothing() {
 }
 
 #[tokio::test]
-async fn fields_that_do_nothing_yet_are_refused_and_say_so() {
+async fn fields_that_do_nothing_are_refused_and_say_so() {
     let stack = Stack::start().await;
     let api = &stack.api;
     let valid = one_agent_and_a_pipeline(&stack).await;
     let before = written(&stack, 1).await;
 
-    let cases: [(&str, Value, &str); 3] = [
+    // (field, value, what the message starts with, what it says to do)
+    let cases: [(&str, Value, &str, &str); 4] = [
         (
             "/configuration/steps/1/reviewerRole",
             json!("reviewer"),
             "only means something with reviewRequired: true",
+            "remove reviewerRole",
+        ),
+        (
+            "/configuration/coordination/voters",
+            json!(3),
+            "only means something with decisionMaking 'consensus' or 'majority'",
+            "remove voters",
         ),
         (
             "/configuration/coordination/decisionMaking",
             json!("consensus"),
-            "decisionMaking 'consensus' is not supported yet: ",
+            "'consensus' asks a panel of at least two agents besides the work's author; this \
+             workflow has 1",
+            "add agents, or use 'coordinator'",
         ),
         (
             "/configuration/coordination/decisionMaking",
             json!("majority"),
-            "decisionMaking 'majority' is not supported yet: ",
+            "'majority' asks a panel of at least two agents",
+            "add agents, or use 'coordinator'",
         ),
     ];
-    for (field, value, says) in cases {
+    for (field, value, says, remedy) in cases {
         let mut body = valid.clone();
         let (parent, key) = field.rsplit_once('/').unwrap();
         body.pointer_mut(parent).unwrap()[key] = value;
@@ -879,7 +890,7 @@ async fn fields_that_do_nothing_yet_are_refused_and_say_so() {
         let (pointer, message) = only_error(&reply);
         assert_eq!(pointer, field);
         assert!(
-            message.starts_with(says) && message.contains("remove"),
+            message.starts_with(says) && message.contains(remedy),
             "{message}"
         );
     }
