@@ -3,9 +3,9 @@
 //! [`domain`] is the pure core (decide/evolve, assignment, validation). [`api`] validates
 //! commands and appends their events; [`processor`] folds execution events and appends the
 //! decisions; [`alerts`] watches how agents' attempts end, appends the alerts on their
-//! performance and keeps their records for [`starter`]. The coordinator never writes to Postgres: it only reads the projector's models,
-//! and a command answers once they have caught up with it (bounded), so a client reads its own
-//! writes.
+//! performance and keeps their records for [`starter`]. The coordinator never writes to
+//! Postgres: it only reads the projector's models, and a command answers once they have caught
+//! up with it (bounded), so a client reads its own writes.
 
 mod alerts;
 pub mod api;
