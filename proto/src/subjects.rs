@@ -167,6 +167,16 @@ pub fn alert_raised(tenant: &TenantId, agent: AgentId, key: &str, crossing: u32)
     format!("{PREFIX}.{tenant}.agent.{agent}.{ALERT_RAISED}.{key}.{crossing}")
 }
 
+/// Every event of a tenant.
+pub fn tenant_events(tenant: &TenantId) -> String {
+    format!("{PREFIX}.{tenant}.>")
+}
+
+/// Every event of a workflow: its own facts and its executions'.
+pub fn workflow_events(tenant: &TenantId, workflow: WorkflowId) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.>")
+}
+
 pub fn workflow(tenant: &TenantId, workflow: WorkflowId, fact: &str) -> String {
     format!("{PREFIX}.{tenant}.workflow.{workflow}.{fact}")
 }

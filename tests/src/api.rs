@@ -55,6 +55,36 @@ impl Api {
         }
     }
 
+    /// Opens the server-sent events at `path` (resuming after `last_event_id`): the stream
+    /// of its events, or the reply when it answered with something else than a feed.
+    pub async fn events(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<impl futures::Stream<Item = eventsource_stream::Event> + Unpin + use<>, Reply> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let mut request = reqwest::Client::new().get(format!("{}{path}", self.base));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("GET events");
+        let is_feed = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if !is_feed {
+            return Err(Self::reply(response).await);
+        }
+        Ok(response
+            .bytes_stream()
+            .eventsource()
+            // A broken connection ends the stream, as a closed one does.
+            .take_while(|event| futures::future::ready(event.is_ok()))
+            .filter_map(|event| futures::future::ready(event.ok()))
+            .boxed())
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         let response = self
             .http

@@ -147,6 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             workers,
             read_models,
             read_your_writes: config.read_your_writes_timeout(),
+            shutdown: shutdown.clone(),
         },
         readiness.clone(),
     );

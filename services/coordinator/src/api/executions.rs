@@ -166,7 +166,7 @@ pub(super) async fn list(
 }
 
 /// An execution's start, read from the log (the read models may not have it yet).
-async fn started(
+pub(super) async fn started(
     app: &AppState,
     id: ExecutionId,
 ) -> Result<

@@ -8,6 +8,7 @@ mod body;
 mod collaboration;
 mod escalations;
 mod executions;
+mod live;
 mod metrics;
 mod problem;
 mod resolutions;
@@ -56,6 +57,9 @@ pub struct AppState {
     pub read_models: ProjectionWatermark,
     /// How long a command waits for that (zero: not at all).
     pub read_your_writes: Duration,
+    /// Ends the live feeds when the coordinator stops, so a graceful shutdown does not wait
+    /// for clients that would watch forever.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState, readiness: Readiness) -> Router {
@@ -114,6 +118,8 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
         )
         .route("/v1/workflows/{id}/history", get(metrics::workflow_history))
         .route("/v1/alerts", get(alerts::list))
+        .route("/v1/events", get(live::all))
+        .route("/v1/executions/{id}/events", get(live::execution))
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)

@@ -1,0 +1,162 @@
+//! Live feeds of the event log as server-sent events (`text/event-stream`): what the console
+//! and `cadre run --follow` watch. Read from JetStream with an ordered consumer (nothing to
+//! ack; it goes away with the client), never by polling Postgres.
+//!
+//! Each SSE event is one stored event: `id` is its stream sequence, `event` its CloudEvents
+//! `type`, `data` the CloudEvents JSON exactly as stored (structured mode). A client that
+//! reconnects with `Last-Event-ID` (or `?after=<sequence>`) goes on after that event, so a
+//! dropped connection loses nothing. A message this build cannot decode is left out (the
+//! services terminate such messages with their reason). Feeds end when the coordinator stops;
+//! clients reconnect to another replica.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::{Stream, StreamExt};
+
+use cadre_proto::{Envelope, Event, ExecutionId, WorkflowId, subjects};
+
+use super::executions::started;
+use super::{ApiResult, AppState, Problem, parse_id};
+
+/// How often an idle feed sends a comment, so proxies and clients keep the connection open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /v1/executions/{id}/events`: the execution's events from its start (or after
+/// `Last-Event-ID`), then live; the feed ends after the event that ends the run.
+pub(super) async fn execution(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let id: ExecutionId = parse_id(&raw, "execution id")?;
+    let after = resume_after(&headers, &params)?;
+    let (_, start) = started(&app, id).await?;
+    let filter = subjects::execution_state(&app.tenant, start.workflow_id, id);
+    let deliver = match after {
+        Some(sequence) => DeliverPolicy::ByStartSequence {
+            start_sequence: sequence + 1,
+        },
+        None => DeliverPolicy::All,
+    };
+    feed(&app, filter, deliver, true).await
+}
+
+/// `GET /v1/events[?workflowId=]`: every event of the tenant (or of one workflow) from now
+/// on, or after `Last-Event-ID`; it never ends on its own.
+pub(super) async fn all(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let after = resume_after(&headers, &params)?;
+    let filter = match params.get("workflowId") {
+        Some(raw) => {
+            let workflow: WorkflowId = parse_id(raw, "workflowId")?;
+            subjects::workflow_events(&app.tenant, workflow)
+        }
+        None => subjects::tenant_events(&app.tenant),
+    };
+    let deliver = match after {
+        Some(sequence) => DeliverPolicy::ByStartSequence {
+            start_sequence: sequence + 1,
+        },
+        None => DeliverPolicy::New,
+    };
+    feed(&app, filter, deliver, false).await
+}
+
+/// The sequence a reconnecting client saw last: its `Last-Event-ID` header, else `?after=`.
+fn resume_after(
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<Option<u64>, Problem> {
+    let raw = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .or_else(|| params.get("after").cloned());
+    raw.map(|raw| {
+        raw.trim().parse::<u64>().map_err(|_| {
+            Problem::bad_request(format!(
+                "Last-Event-ID (or 'after') '{raw}' is not an event's sequence: a whole number \
+                 from an earlier event's id"
+            ))
+        })
+    })
+    .transpose()
+}
+
+async fn feed(
+    app: &AppState,
+    filter: String,
+    deliver_policy: DeliverPolicy,
+    ends_with_the_run: bool,
+) -> ApiResult {
+    let consumer = app
+        .bus
+        .stream()
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| unavailable(&error))?;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|error| unavailable(&error))?;
+    let until_shutdown = app.shutdown.clone().cancelled_owned();
+    Ok(
+        Sse::new(events(messages, ends_with_the_run).take_until(until_shutdown))
+            .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+            .into_response(),
+    )
+}
+
+fn unavailable(error: &dyn std::fmt::Display) -> Problem {
+    tracing::error!(%error, "opening a live feed of the event log failed");
+    Problem::unavailable(format!("the event log could not be read: {error}; retry"))
+}
+
+/// The SSE events of `messages`, until the run's last event (when `ends_with_the_run`) or a
+/// failed read of the log (the client reconnects with the last id it saw).
+fn events(
+    messages: consumer::pull::Ordered,
+    ends_with_the_run: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures::stream::unfold((messages, false), move |(mut messages, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            let message = messages.next().await?.ok()?;
+            if let Some((event, ends)) = sse_event(&message) {
+                return Some((Ok(event), (messages, ends && ends_with_the_run)));
+            }
+        }
+    })
+}
+
+/// One stored event as an SSE event, and whether it ends its run; `None` for a message this
+/// build cannot decode.
+fn sse_event(message: &async_nats::jetstream::Message) -> Option<(SseEvent, bool)> {
+    let sequence = message.info().ok()?.stream_sequence;
+    let envelope = Envelope::decode(&message.payload).ok()?;
+    let ends = matches!(
+        envelope.event,
+        Event::ExecutionCompleted(_) | Event::ExecutionFailed(_) | Event::ExecutionCancelled(_)
+    );
+    let event = SseEvent::default()
+        .id(sequence.to_string())
+        .event(envelope.event.type_name())
+        .data(String::from_utf8_lossy(&message.payload));
+    Some((event, ends))
+}
