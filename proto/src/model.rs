@@ -614,14 +614,6 @@ impl WorkflowDefinition {
         all.retain(|id| seen.insert(*id));
         all
     }
-
-    /// Whether some step waits for `step`.
-    pub fn has_dependants(&self, step: &StepId) -> bool {
-        self.configuration
-            .steps
-            .iter()
-            .any(|s| self.dependencies(s).contains(&step))
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

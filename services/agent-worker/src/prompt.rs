@@ -77,6 +77,9 @@ const FEEDBACK_HEADER: &str = "Reviewer Feedback";
 const FAILURES_HEADER: &str = "Earlier attempts failed";
 const DEPENDENCIES_HEADER: &str = "Results of the steps this one depends on";
 const REVIEW_LABEL: &str = "Review of step: ";
+/// What follows a review's expected output: its criteria, or the work itself.
+const REVIEW_CRITERIA_LABEL: &str = "\nValidation Criteria:\n";
+const REVIEW_WORK_LABEL: &str = "The work to review, as quoted data:";
 const QUESTION_LABEL: &str = "Question from ";
 const VERDICT_HEADING: &str = "## Verdict";
 const APPROVED: &str = "APPROVED";
@@ -169,7 +172,7 @@ pub fn review_prompt(
         String::new()
     } else {
         format!(
-            "\nValidation Criteria:\n{}\n",
+            "{REVIEW_CRITERIA_LABEL}{}\n",
             step.validation_criteria
                 .iter()
                 .map(|c| format!("- {c}"))
@@ -192,8 +195,8 @@ pub fn review_prompt(
         ),
         user: format!(
             "{REVIEW_LABEL}{name} (review round {round})\n\nInstructions the author had: \
-             {instructions}\n\n{EXPECTED_OUTPUT_LABEL}{expected}\n{criteria}\n{ballot}\
-             The work to review, as quoted data:\n{work}\n\n\
+             {instructions}\n\n{EXPECTED_OUTPUT_LABEL}{expected}\n{criteria}\n\
+             {REVIEW_WORK_LABEL}\n{work}\n\n{ballot}\
              Give your verdict and feedback in the sections requested.",
             name = step.name,
             round = review.round,
@@ -542,7 +545,16 @@ pub fn read_prompt(system: &str, user: &str) -> PromptFacts {
         .to_owned();
     let expected_output = user
         .split_once(EXPECTED_OUTPUT_LABEL)
-        .map(|(_, rest)| rest.rsplit_once(CLOSING_REQUEST).map_or(rest, |(e, _)| e))
+        .map(|(_, rest)| {
+            // A step's expected output ends at its closing request, a review's at its
+            // criteria or the work it quotes.
+            let end = [REVIEW_CRITERIA_LABEL, REVIEW_WORK_LABEL]
+                .iter()
+                .filter_map(|label| rest.find(label))
+                .min();
+            let rest = end.map_or(rest, |at| &rest[..at]);
+            rest.rsplit_once(CLOSING_REQUEST).map_or(rest, |(e, _)| e)
+        })
         .unwrap_or_default()
         .trim()
         .to_owned();
@@ -1037,6 +1049,14 @@ mod tests {
             "{}",
             prompt.user
         );
+        // The expected output reads back alone, with criteria or without.
+        let mut with_criteria = step();
+        with_criteria.validation_criteria = vec!["names the error codes".to_owned()];
+        for step in [step(), with_criteria] {
+            let prompt = review_prompt(&agent(), &step, CommunicationStyle::Formal, &voted);
+            let facts = read_prompt(&prompt.system, &prompt.user);
+            assert_eq!(facts.expected_output, step.expected_output.trim());
+        }
 
         assert_eq!(
             parse_review("## Verdict\nCHANGES REQUESTED\n\n## Feedback\nName the error codes."),

@@ -41,15 +41,33 @@ fn figure(record: &AgentRecord, figure: RecordFigure) -> Option<f64> {
     }
 }
 
+/// What a figure weighs in a comparison. A share (task success, review pass rate) is taken
+/// with Laplace's rule of succession, (successes + 1) / (trials + 2): an agent never tried
+/// weighs 0.5, so it goes after a good record and before a poor one, and one lucky attempt
+/// does not outweigh a long good record. A time or a cost nobody recorded is `None`.
+fn weight(record: Option<&AgentRecord>, f: RecordFigure) -> Option<f64> {
+    let record = record.cloned().unwrap_or_default();
+    let succession = |share: Option<f64>, trials: u64| {
+        let trials = trials as f64;
+        Some((share.unwrap_or(0.0) * trials + 1.0) / (trials + 2.0))
+    };
+    match f {
+        RecordFigure::TaskSuccess => succession(record.task_success, record.attempts),
+        RecordFigure::ReviewPassRate => succession(record.review_pass_rate, record.reviews),
+        RecordFigure::AverageCompletionMinutes | RecordFigure::AverageCostUsd => figure(&record, f),
+    }
+}
+
 /// How `a`'s record ranks against `b`'s (`Less`: `a` takes the work), and the figure that
-/// decided; `None` when they rank the same. A figure nobody recorded (no record at all, or no
-/// facts behind it) ranks after a known one: a proven agent goes before an unproven one.
+/// decided; `None` when they rank the same. See [`weight`]: an untried agent ranks between
+/// good and poor records on success and review; a time or cost nobody recorded ranks after
+/// a known one.
 fn compare_records(
     a: Option<&AgentRecord>,
     b: Option<&AgentRecord>,
 ) -> Option<(RecordFigure, Ordering)> {
     RECORD_RANKING.iter().find_map(|&(f, better)| {
-        let value = |record: Option<&AgentRecord>| record.and_then(|r| figure(r, f));
+        let value = |record: Option<&AgentRecord>| weight(record, f);
         let order = match (value(a), value(b), better) {
             (Some(x), Some(y), Better::Higher) => y.total_cmp(&x),
             (Some(x), Some(y), Better::Lower) => x.total_cmp(&y),
@@ -77,7 +95,14 @@ fn show(f: RecordFigure, record: Option<&AgentRecord>) -> String {
             "reviews",
         ),
         RecordFigure::AverageCompletionMinutes => (
-            value.map(|minutes| format!("{minutes:.1} min")),
+            // Seconds under a minute, so two different figures never read the same.
+            value.map(|minutes| {
+                if minutes < 1.0 {
+                    format!("{:.3} s", minutes * 60.0)
+                } else {
+                    format!("{minutes:.1} min")
+                }
+            }),
             record.tasks_completed,
             "completed tasks",
         ),
@@ -209,20 +234,43 @@ pub fn assign<'a>(
     })
 }
 
-/// Picks the reviewer of `author`'s work on `step`: the least loaded agent of the step's
-/// `reviewerRole` other than the author, else the least loaded other participant, else (a team
-/// of one) the author. With a `ballot` it picks a voter of a panel the same way, among those
-/// not in `voted` (who already voted this round). `None` only when there are no candidates.
+/// Who judges a step's work, and who may not or should not.
+pub struct Judging<'a> {
+    /// Whose work it is: never its judge, unless the team is that agent alone.
+    pub author: AgentId,
+    /// The seat to fill when a panel votes; `None` for a lone reviewer.
+    pub ballot: Option<Ballot>,
+    /// Voters who voted this round: not asked again.
+    pub voted: &'a [AgentId],
+    /// Agents whose attempts at the step failed: asked only when nobody else can be.
+    pub failed: &'a [AgentId],
+}
+
+/// Picks the reviewer of the author's work on `step` (or, with a ballot, a voter of its
+/// panel): the least loaded agent of the step's `reviewerRole`, else the least loaded other
+/// participant, never the author nor one who voted this round, and one whose attempt at the
+/// step failed only when nobody else is left; else (a team of one) the author. `None` only
+/// when there are no candidates.
 pub fn assign_reviewer<'a>(
     step: &WorkflowStep,
     candidates: &'a [AgentProfile],
     load: &HashMap<AgentId, u32>,
-    author: AgentId,
-    ballot: Option<(Ballot, &[AgentId])>,
+    judging: Judging<'_>,
 ) -> Option<(&'a AgentProfile, AssignmentReason)> {
-    let load_of = |agent: &&AgentProfile| load.get(&agent.id).copied().unwrap_or(0);
+    let Judging {
+        author,
+        ballot,
+        voted,
+        failed,
+    } = judging;
+    // A failed judge goes after every other, then the least loaded.
+    let rank = |agent: &&AgentProfile| {
+        (
+            failed.contains(&agent.id),
+            load.get(&agent.id).copied().unwrap_or(0),
+        )
+    };
     let role = step.reviewer_role.as_deref().map(str::trim);
-    let voted = ballot.map(|(_, voted)| voted).unwrap_or_default();
     let others = || {
         candidates
             .iter()
@@ -230,13 +278,13 @@ pub fn assign_reviewer<'a>(
     };
     let of_role = others()
         .filter(|a| role.is_some_and(|r| a.role.trim().eq_ignore_ascii_case(r)))
-        .min_by_key(load_of);
+        .min_by_key(rank);
     let agent = of_role
-        .or_else(|| others().min_by_key(load_of))
+        .or_else(|| others().min_by_key(rank))
         .or_else(|| candidates.iter().find(|a| a.id == author))?;
     let role = role.filter(|_| of_role.is_some()).map(str::to_owned);
     let reason = match ballot {
-        Some((ballot, _)) => AssignmentReason::Voter {
+        Some(ballot) => AssignmentReason::Voter {
             role,
             author_agent_id: author,
             ballot,
@@ -443,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_figure_ranks_after_a_known_one() {
+    fn an_untried_agent_goes_after_a_good_record_and_before_a_poor_one() {
         let (ada, bo, cy) = (
             agent("Ada", "dev", &[]),
             agent("Bo", "dev", &[]),
@@ -451,26 +499,53 @@ mod tests {
         );
         let mut s = step(&[]);
         s.assigned_agent_role = Some("dev".into());
-        // Ada has no record at all; Bo's is poor but known.
-        let team = [ada.clone(), bo.clone()];
-        let known = records(&[(&bo, record(Some(0.1), None, None, None))]);
-        let (who, why) = assign(&s, &team, &HashMap::new(), &known).unwrap();
-        assert_eq!(who.name, "Bo");
+        // Ada has no record at all; Bo's is poor (10 % of 2 attempts): Ada is the better bet.
+        let team = [bo.clone(), ada.clone()];
+        let poor = records(&[(&bo, record(Some(0.1), None, None, None))]);
+        let (who, why) = assign(&s, &team, &HashMap::new(), &poor).unwrap();
+        assert_eq!(who.name, "Ada");
         assert_eq!(
             tie_break(&why).unwrap().detail,
-            "task success: Bo 10 % over 2 attempts, Ada unknown (no attempts)"
+            "task success: Ada unknown (no attempts), Bo 10 % over 2 attempts"
         );
-        // Equal on success, Cy's work was never reviewed.
-        let team = [cy.clone(), bo.clone()];
+        // A good record (100 % of 2) goes before none.
+        let good = records(&[(&bo, record(Some(1.0), None, None, None))]);
+        assert_eq!(
+            assign(&s, &team, &HashMap::new(), &good).unwrap().0.name,
+            "Bo"
+        );
+        // One lucky attempt does not outweigh a long good record.
+        let mut lucky = record(Some(1.0), None, None, None);
+        lucky.attempts = 1;
+        let mut steady = record(Some(0.9), None, None, None);
+        steady.attempts = 20;
+        let team = [ada.clone(), bo.clone()];
+        let known = records(&[(&ada, lucky), (&bo, steady)]);
+        assert_eq!(
+            assign(&s, &team, &HashMap::new(), &known).unwrap().0.name,
+            "Bo"
+        );
+        // Equal on success, Cy's work was never reviewed and Bo's mostly failed review.
+        let team = [bo.clone(), cy.clone()];
         let known = records(&[
             (&cy, record(Some(1.0), None, Some(1.0), None)),
             (&bo, record(Some(1.0), Some(0.2), Some(9.0), None)),
         ]);
         let (who, why) = assign(&s, &team, &HashMap::new(), &known).unwrap();
-        assert_eq!(who.name, "Bo");
+        assert_eq!(who.name, "Cy");
         assert_eq!(
             tie_break(&why).map(|t| t.figure),
             Some(RecordFigure::ReviewPassRate)
+        );
+        // A completion time nobody recorded goes after a known one.
+        let team = [ada.clone(), bo.clone()];
+        let known = records(&[(&bo, record(None, None, Some(0.0002), None))]);
+        let (who, why) = assign(&s, &team, &HashMap::new(), &known).unwrap();
+        assert_eq!(who.name, "Bo");
+        assert_eq!(
+            tie_break(&why).unwrap().detail,
+            "average completion time: Bo 0.012 s over 2 completed tasks, Ada unknown (no \
+             completed tasks)"
         );
     }
 

@@ -326,13 +326,18 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
              remove replan",
         ));
     }
-    if let Some(replans) = saga.max_replans
-        && !(1..=limits::MAX_REPLANS).contains(&replans)
-    {
-        errors.push(error(
-            "/configuration/saga/maxReplans",
-            format!("must be from 1 to {}", limits::MAX_REPLANS),
-        ));
+    if let Some(replans) = saga.max_replans {
+        if !saga.replan {
+            errors.push(error(
+                "/configuration/saga/maxReplans",
+                "only means something with replan: true; add that, or remove maxReplans",
+            ));
+        } else if !(1..=limits::MAX_REPLANS).contains(&replans) {
+            errors.push(error(
+                "/configuration/saga/maxReplans",
+                format!("must be from 1 to {}", limits::MAX_REPLANS),
+            ));
+        }
     }
     if let Some(retries) = workflow.configuration.constraints.max_retries
         && retries > limits::MAX_RETRIES
@@ -1362,13 +1367,20 @@ mod tests {
         let mut wf = workflow(&team);
         wf.configuration.coordination.voters = Some(3);
         wf.configuration.steps[1].reviewer_role = Some("reviewer".into());
+        wf.configuration.saga.max_replans = Some(2);
         let errors = validate_workflow(&wf);
         assert_eq!(
             pointers(&errors),
             vec![
                 "/configuration/coordination/voters",
+                "/configuration/saga/maxReplans",
                 "/configuration/steps/1/reviewerRole",
             ]
+        );
+        assert!(
+            errors[1]
+                .message
+                .contains("only means something with replan: true")
         );
         assert!(
             errors[0]
@@ -1376,7 +1388,7 @@ mod tests {
                 .contains("only means something with decisionMaking")
         );
         assert!(
-            errors[1]
+            errors[2]
                 .message
                 .contains("only means something with reviewRequired")
         );

@@ -24,7 +24,7 @@ use super::{
     Execution, Reply, Saga, State, Status, StepProgress, StepState, Undoing, after_minutes, handoff,
 };
 use crate::domain::Decider;
-use crate::domain::assignment::{assign, assign_reviewer};
+use crate::domain::assignment::{Judging, assign, assign_reviewer};
 use crate::domain::condition::{self, StepView};
 use crate::domain::validation::validate_workflow;
 
@@ -243,6 +243,27 @@ fn resolved(
                 "'{}' does not apply to this escalation, about {what}: {} it",
                 resolution.as_str(),
                 kind.actions()
+            ),
+        });
+    }
+    let barred = waiting
+        .map(|(_, p, _)| p.barred_from_judging())
+        .unwrap_or_default();
+    if let Resolution::Reassign { agent_id } = resolution
+        && barred.contains(agent_id)
+    {
+        return Err(TransitionRefused::Unfit {
+            field: "agentId",
+            why: format!(
+                "agent {agent_id} wrote the work under review, or already voted on it this \
+                 round: its judge must be someone else; reassign to one of: {}",
+                execution
+                    .agents
+                    .iter()
+                    .filter(|a| !barred.contains(&a.id))
+                    .map(|a| format!("{} ({})", a.id, a.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         });
     }
@@ -939,10 +960,11 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                 );
             }
             StepState::Rejected { feedback } => format!(
-                "step '{}' was sent back by its {} {} time(s); the last feedback: {feedback}",
+                "step '{}' was rejected by its {} in {} review round(s), all that \
+                 maxReviewRounds allows; the last feedback: {feedback}",
                 step.name,
                 if execution.seats(step).is_some() {
-                    "panel's votes"
+                    "panel"
                 } else {
                     "reviewer"
                 },
@@ -1171,8 +1193,18 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
             (_, Some(review)) => {
                 let author = review.author_agent_id;
                 let voted: Vec<AgentId> = progress.votes.iter().map(|v| v.agent_id).collect();
-                let ballot = review.ballot.map(|ballot| (ballot, voted.as_slice()));
-                let reviewer = assign_reviewer(step, &execution.agents, &load, author, ballot);
+                let failed: Vec<AgentId> = progress.failed.iter().map(|f| f.agent_id).collect();
+                let reviewer = assign_reviewer(
+                    step,
+                    &execution.agents,
+                    &load,
+                    Judging {
+                        author,
+                        ballot: review.ballot,
+                        voted: &voted,
+                        failed: &failed,
+                    },
+                );
                 (Some(review), reviewer)
             }
             (StepState::Delegated { answer }, None) => {
@@ -1427,16 +1459,19 @@ fn taker(
     if rung == EscalationRung::Person {
         return Ok(None);
     }
-    if step.child_workflow_id.is_some() {
+    let progress = &execution.steps[&step.id];
+    if step.child_workflow_id.is_some() && !progress.reviewing {
         return Err("a child workflow runs this step, not an agent");
     }
-    let progress = &execution.steps[&step.id];
+    // A review's judge is never the work's author, nor a voter who voted this round.
+    let barred = progress.barred_from_judging();
     match rung {
         EscalationRung::Reassign => {
             let untried: Vec<AgentProfile> = execution
                 .agents
                 .iter()
                 .filter(|a| !progress.failed.iter().any(|f| f.agent_id == a.id))
+                .filter(|a| !barred.contains(&a.id))
                 .cloned()
                 .collect();
             assign(step, &untried, &execution.load(), &execution.records)
@@ -1461,12 +1496,17 @@ fn taker(
                 ..failing.clone()
             }))
         }
-        EscalationRung::Coordinator => execution
-            .workflow
-            .coordinator_agent_id
-            .and_then(|id| execution.agents.iter().find(|a| a.id == id))
-            .map(|a| Some(a.clone()))
-            .ok_or("the workflow names no participating coordinator agent"),
+        EscalationRung::Coordinator => {
+            let coordinator = execution
+                .workflow
+                .coordinator_agent_id
+                .and_then(|id| execution.agents.iter().find(|a| a.id == id))
+                .ok_or("the workflow names no participating coordinator agent")?;
+            if barred.contains(&coordinator.id) {
+                return Err("the coordinator agent wrote the work under review, or voted on it");
+            }
+            Ok(Some(coordinator.clone()))
+        }
         EscalationRung::Person => Ok(None),
     }
 }
@@ -1883,14 +1923,21 @@ const FINAL_OUTPUT_BYTES: usize = 256 * 1024;
 /// Characters of a summary kept when the outputs themselves do not fit.
 const SHORT_SUMMARY_CHARS: usize = 200;
 
-/// The results of the steps nothing depends on: what the workflow delivers. Each carries its
+/// The results of the completed steps no completed step depends on: what the workflow
+/// delivers (the last steps, or, where one was skipped, the steps before it). Each carries its
 /// whole result's reference when it has one; when the outputs together would not fit in an
 /// event, each keeps a short summary and where its whole result is.
 fn final_output(execution: &Execution) -> serde_json::Value {
-    let steps = &execution.workflow.configuration.steps;
+    let workflow = &execution.workflow;
+    let steps = &workflow.configuration.steps;
+    let completed = |id: &StepId| matches!(execution.steps[id].state, StepState::Completed { .. });
     let sinks: Vec<(&StepId, &StepState)> = steps
         .iter()
-        .filter(|s| !execution.workflow.has_dependants(&s.id))
+        .filter(|s| {
+            !steps
+                .iter()
+                .any(|d| completed(&d.id) && workflow.dependencies(d).contains(&&s.id))
+        })
         .map(|s| (&s.id, &execution.steps[&s.id].state))
         .collect();
     let entry = |state: &StepState, whole: bool| match state {

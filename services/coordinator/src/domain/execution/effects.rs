@@ -42,8 +42,8 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
         }
         Event::StepScheduled(e) => {
             let mut effects = vec![match e.step.child_workflow_id {
-                // A child run takes the step instead of an agent.
-                Some(workflow_id) => Effect::StartChild {
+                // A child run takes the step instead of an agent (an agent reviews its work).
+                Some(workflow_id) if e.review.is_none() => Effect::StartChild {
                     workflow_id,
                     parent: ParentStep {
                         attempt: StepAttempt::of(e),
@@ -51,7 +51,7 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                     },
                     input: execution.input.clone(),
                 },
-                None => Effect::Dispatch {
+                _ => Effect::Dispatch {
                     provider: e.agent.provider.clone(),
                 },
             }];

@@ -322,6 +322,19 @@ impl StepProgress {
         };
     }
 
+    /// Who may not judge the work the current attempt reviews: its author, and the voters who
+    /// voted on it this round. Empty when the attempt does not review.
+    fn barred_from_judging(&self) -> Vec<AgentId> {
+        if !self.reviewing {
+            return Vec::new();
+        }
+        self.draft
+            .iter()
+            .map(|d| d.author)
+            .chain(self.votes.iter().map(|v| v.agent_id))
+            .collect()
+    }
+
     /// Whether `attempt` is this step's current attempt and still running.
     fn runs(&self, attempt: u32) -> bool {
         self.attempt == attempt && self.is_active()

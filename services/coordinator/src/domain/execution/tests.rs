@@ -879,6 +879,20 @@ fn a_false_condition_skips_its_step_and_its_dependants_go_on() {
 }
 
 #[test]
+fn a_run_whose_last_step_is_skipped_delivers_what_came_before_it() {
+    let team = vec![agent("Ada", &[])];
+    let mut release = step("release", &["build"], &[]);
+    release.condition = Some("input.tickets > 5".into());
+    let wf = workflow(&team, vec![step("build", &[], &[]), release]);
+    let log = run_to_end(start(&wf, &team));
+    let Some(Event::ExecutionCompleted(done)) = log.last() else {
+        panic!("expected completion: {:?}", log.last())
+    };
+    assert_eq!(done.final_output["build"]["output"], "output of build");
+    assert!(done.final_output.get("release").is_none());
+}
+
+#[test]
 fn a_condition_that_cannot_be_evaluated_fails_the_run_with_the_reason() {
     let team = vec![agent("Ada", &[])];
     let mut odd = step("odd", &[], &[]);
@@ -1130,7 +1144,7 @@ fn reviews_that_keep_rejecting_fail_the_step_with_the_last_feedback() {
     assert!(
         failure
             .error
-            .ends_with("was sent back by its reviewer 1 time(s); the last feedback: Still vague."),
+            .ends_with("was rejected by its reviewer in 1 review round(s), all that maxReviewRounds allows; the last feedback: Still vague."),
         "{}",
         failure.error
     );

@@ -2,7 +2,7 @@
 //! time, and the ballot closes as soon as its outcome is settled.
 
 use cadre_proto::events::{AssignmentReason, Ballot, VotesTallied};
-use cadre_proto::model::{DecisionMaking, StepType};
+use cadre_proto::model::{DecisionMaking, EscalationRung, StepType};
 
 use super::*;
 use crate::domain::execution::StepState;
@@ -199,7 +199,8 @@ fn a_panel_that_keeps_rejecting_fails_the_step_with_its_dissent() {
     };
     assert!(
         failure.error.ends_with(
-            "was sent back by its panel's votes 1 time(s); the last feedback: Weigh the cost."
+            "was rejected by its panel in 1 review round(s), all that maxReviewRounds allows; \
+             the last feedback: Weigh the cost."
         ),
         "{}",
         failure.error
@@ -250,5 +251,89 @@ fn a_review_step_and_a_required_review_are_voted_on_but_other_work_is_not() {
     assert_eq!(
         scheduled(&advance(&log)),
         vec![("build".into(), 1, team[0].id)]
+    );
+}
+
+#[test]
+fn a_failed_judge_is_replaced_by_one_who_may_judge_never_the_author_nor_a_voter() {
+    let (team, mut wf) = panel_team(DecisionMaking::Consensus, None);
+    wf.configuration.constraints.max_retries = Some(1);
+    wf.configuration.escalation.ladder = vec![EscalationRung::Reassign, EscalationRung::Person];
+    let mut log = start(&wf, &team);
+    authored(&mut log);
+    let first = vote(&mut log, &[true])[0];
+
+    // Seat 2 fails, then its retry goes to someone who has not failed it.
+    let next = advance(&log);
+    let (_, failing) = voter(&next);
+    log.extend(next.clone());
+    log.push(failed(&next[0], "provider said 400"));
+    let again = after_backoff(&mut log);
+    let (ballot, retried) = voter(&again);
+    assert_eq!(ballot.seat, 2);
+    assert!(
+        ![team[0].id, first, failing].contains(&retried),
+        "not the author, not a voter, not the one that failed"
+    );
+
+    // Out of retries: the reassign rung finds nobody left who may judge, and a person is asked.
+    log.extend(again.clone());
+    log.push(failed(&again[0], "provider said 400"));
+    let climbed = advance(&log);
+    let Some(Event::StepEscalated(e)) = climbed.first() else {
+        panic!("expected an escalation, got {climbed:?}")
+    };
+    let escalation_id = e.escalation_id.expect("a person is asked");
+    log.extend(climbed);
+    for barred in [team[0].id, first] {
+        let refused = decide(
+            &Command::Resolve {
+                escalation_id,
+                resolution: Resolution::Reassign { agent_id: barred },
+                request: Request::default(),
+            },
+            &fold(&log),
+            now(),
+        );
+        let Err(TransitionRefused::Unfit { field, why }) = refused else {
+            panic!("a person may not give the vote to {barred}: {refused:?}")
+        };
+        assert_eq!(field, "agentId");
+        assert!(
+            why.contains("wrote the work under review, or already voted"),
+            "{why}"
+        );
+    }
+}
+
+#[test]
+fn a_child_workflow_steps_work_is_reviewed_by_an_agent_not_run_again() {
+    let team = vec![agent("Ada", &[]), agent("Bo", &[])];
+    let mut nested = step("nested", &[], &[]);
+    nested.child_workflow_id = Some(WorkflowId::new());
+    nested.review_required = true;
+    let wf = workflow(&team, vec![nested, step("after", &["nested"], &[])]);
+    let mut log = start(&wf, &team);
+    authored(&mut log);
+    let review = advance(&log);
+    let Event::StepScheduled(r) = the_scheduled(&review) else {
+        unreachable!()
+    };
+    assert!(r.review.is_some());
+    log.extend(review.clone());
+    assert!(
+        matches!(
+            effects(&fold(&log), &review[0], now()).as_slice(),
+            [crate::domain::Effect::Dispatch { .. }, ..]
+        ),
+        "an agent reviews the child's result; no second child run"
+    );
+    log.push(reviewed(&review[0], true, "Good."));
+    assert_eq!(
+        scheduled(&advance(&log))
+            .into_iter()
+            .map(|(id, ..)| id)
+            .collect::<Vec<_>>(),
+        vec!["after".to_owned()]
     );
 }
