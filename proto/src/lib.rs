@@ -11,6 +11,8 @@ pub mod envelope;
 pub mod events;
 pub mod ids;
 pub mod model;
+#[cfg(any(test, feature = "samples"))]
+pub mod samples;
 pub mod streams;
 pub mod subjects;
 pub mod timers;
