@@ -12,11 +12,15 @@ use crate::ids::{
 };
 use crate::model::*;
 
+fn step_id(id: &str) -> StepId {
+    StepId::parse(id).unwrap_or_else(|_| unreachable!("sample step ids are valid"))
+}
+
 pub(crate) fn attempt() -> StepAttempt {
     StepAttempt {
         execution_id: ExecutionId::new(),
         workflow_id: WorkflowId::new(),
-        step_id: StepId::parse("review").unwrap(),
+        step_id: step_id("review"),
         step_name: "Review".to_owned(),
         number: 1,
         agent_id: AgentId::new(),
@@ -53,7 +57,7 @@ pub(crate) fn workflow() -> WorkflowDefinition {
         coordinator_agent_id: None,
         configuration: WorkflowConfiguration {
             steps: vec![WorkflowStep {
-                id: StepId::parse("a").unwrap(),
+                id: step_id("a"),
                 name: "A".into(),
                 description: "d".into(),
                 step_type: StepType::Analysis,
@@ -76,7 +80,7 @@ pub(crate) fn workflow() -> WorkflowDefinition {
             phases: vec![WorkflowPhase {
                 name: "Analysis".into(),
                 mode: PhaseMode::Sequential,
-                steps: vec![StepId::parse("a").unwrap()],
+                steps: vec![step_id("a")],
             }],
             coordination: Coordination::default(),
             constraints: Constraints::default(),
@@ -193,7 +197,7 @@ pub fn every_event() -> Vec<Event> {
             knowledge_id: KnowledgeId::new(),
             workflow_id: w,
             execution_id: e,
-            step_id: StepId::parse("a").unwrap(),
+            step_id: step_id("a"),
             title: "t".into(),
             content: "c".into(),
             knowledge_type: KnowledgeType::Insight,
@@ -224,13 +228,13 @@ pub fn every_event() -> Vec<Event> {
             message: "2 review tasks escalated".into(),
             workflow_id: w,
             execution_id: e,
-            step_id: StepId::parse("a").unwrap(),
+            step_id: step_id("a"),
         })),
         Event::KnowledgeValidated(KnowledgeValidated {
             knowledge_id: KnowledgeId::new(),
             workflow_id: w,
             execution_id: e,
-            step_id: StepId::parse("b").unwrap(),
+            step_id: step_id("b"),
             agent_id: AgentId::new(),
         }),
         Event::KnowledgeSuperseded(KnowledgeSuperseded {
@@ -238,7 +242,7 @@ pub fn every_event() -> Vec<Event> {
             superseded_by: KnowledgeId::new(),
             workflow_id: w,
             execution_id: e,
-            step_id: StepId::parse("b").unwrap(),
+            step_id: step_id("b"),
             agent_id: AgentId::new(),
             reason: "newer measurements".into(),
         }),
@@ -278,7 +282,7 @@ pub fn every_event() -> Vec<Event> {
             workflow_id: w,
             from_agent: AgentId::new(),
             to_agent: AgentId::new(),
-            task_id: StepId::parse("b").unwrap(),
+            task_id: step_id("b"),
             task_name: "B".into(),
             context: HandoffContext {
                 completed_work: "A: the design".into(),
@@ -310,7 +314,7 @@ pub fn every_event() -> Vec<Event> {
             interaction_type: InteractionType::Question,
             message: "m".into(),
             context_data: serde_json::json!({"k": 1}),
-            related_step_id: Some(StepId::parse("a").unwrap()),
+            related_step_id: Some(step_id("a")),
             requires_response: true,
         }),
         Event::StepCompleted(Box::new(StepCompleted {
@@ -381,7 +385,7 @@ pub fn every_event() -> Vec<Event> {
         Event::QuestionAssigned(Box::new(QuestionAssigned {
             execution_id: e,
             workflow_id: w,
-            step_id: StepId::parse("a").unwrap(),
+            step_id: step_id("a"),
             step_name: "A".into(),
             attempt: 1,
             question_id: "q1".into(),
@@ -395,7 +399,7 @@ pub fn every_event() -> Vec<Event> {
         Event::QuestionAnswered(QuestionAnswered {
             execution_id: e,
             workflow_id: w,
-            step_id: StepId::parse("a").unwrap(),
+            step_id: step_id("a"),
             attempt: 1,
             question_id: "q1".into(),
             agent_id: AgentId::new(),
@@ -427,12 +431,12 @@ pub fn every_event() -> Vec<Event> {
         Event::StepEscalated(Box::new(StepEscalated {
             execution_id: e,
             workflow_id: w,
-            step_id: StepId::parse("a").unwrap(),
+            step_id: step_id("a"),
             step_name: "A".into(),
             attempt: 3,
             rung: EscalationRung::Person,
             agent: None,
-            escalation_id: Some(EscalationId::of(e, &StepId::parse("a").unwrap(), 3)),
+            escalation_id: Some(EscalationId::of(e, &step_id("a"), 3)),
             approval: false,
             reason: "retries spent".into(),
             context: EscalationContext {
@@ -442,7 +446,7 @@ pub fn every_event() -> Vec<Event> {
                     error: "HTTP 503".into(),
                 }],
                 tried: vec![EscalationRung::Reassign],
-                outputs: [(StepId::parse("b").unwrap(), "done".to_owned())].into(),
+                outputs: [(step_id("b"), "done".to_owned())].into(),
             },
         })),
         Event::ExecutionEscalated(Box::new(ExecutionEscalated {
@@ -457,10 +461,10 @@ pub fn every_event() -> Vec<Event> {
             execution_id: e,
             workflow_id: w,
             cause: FailureCause::StepFailed {
-                step_id: StepId::parse("b").unwrap(),
+                step_id: step_id("b"),
             },
             error: "step 'B' failed".into(),
-            steps: vec![StepId::parse("a").unwrap()],
+            steps: vec![step_id("a")],
             replan: true,
         })),
         Event::ExecutionReplanned(Box::new(ExecutionReplanned {
@@ -475,10 +479,10 @@ pub fn every_event() -> Vec<Event> {
         Event::EscalationResolved(Box::new(EscalationResolved {
             execution_id: e,
             workflow_id: w,
-            step_id: Some(StepId::parse("a").unwrap()),
+            step_id: Some(step_id("a")),
             step_name: Some("A".into()),
             attempt: 3,
-            escalation_id: EscalationId::of(e, &StepId::parse("a").unwrap(), 3),
+            escalation_id: EscalationId::of(e, &step_id("a"), 3),
             resolution: Resolution::ProvideOutput {
                 summary: "s".into(),
                 output: "o".into(),
@@ -495,13 +499,13 @@ pub fn every_event() -> Vec<Event> {
                 name: "Sam".into(),
                 role: "security".into(),
             }),
-            step_id: StepId::parse("a").unwrap(),
+            step_id: step_id("a"),
             shown_by: RiskSource::Result,
         })),
         Event::VotesTallied(Box::new(VotesTallied {
             execution_id: e,
             workflow_id: w,
-            step_id: StepId::parse("a").unwrap(),
+            step_id: step_id("a"),
             step_name: "A".into(),
             attempt: 4,
             round: 1,
@@ -518,7 +522,7 @@ pub fn every_event() -> Vec<Event> {
         Event::StepSkipped(StepSkipped {
             execution_id: e,
             workflow_id: w,
-            step_id: StepId::parse("a").unwrap(),
+            step_id: step_id("a"),
             step_name: "A".into(),
             condition: "false".into(),
         }),
