@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{
-    AgentId, EscalationId, EventId, ExecutionId, KnowledgeId, StepId, TemplateId, TenantId,
-    WorkflowId,
+    AgentId, EscalationId, EventId, ExecutionId, KnowledgeId, StepId, SubscriptionId, TemplateId,
+    TenantId, WorkflowId,
 };
 use crate::model::{
     AgentProfile, CommunicationStyle, DecisionMaking, EscalationRung, InteractionType,
@@ -591,6 +591,74 @@ impl AlertRaised {
             None => self.condition.as_str().to_owned(),
         }
     }
+}
+
+/// A webhook subscription was made: Cadre's events whose `type` matches `event_types` are
+/// POSTed to `url` as CloudEvents in HTTP structured mode, signed the Standard Webhooks way
+/// with a secret kept outside the log. It receives what is stored after it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionCreated {
+    pub subscription_id: SubscriptionId,
+    /// An `http` or `https` URL.
+    pub url: String,
+    /// Event types it receives: exact types, or prefixes ending in `*`
+    /// (`dev.cadre.execution.*`). Empty: every type.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl SubscriptionCreated {
+    /// Whether an event of `event_type` goes to this subscription.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.event_types.is_empty()
+            || self
+                .event_types
+                .iter()
+                .any(|wanted| match wanted.strip_suffix('*') {
+                    Some(prefix) => event_type.starts_with(prefix),
+                    None => event_type == wanted,
+                })
+    }
+}
+
+/// A webhook subscription was deleted: nothing more is delivered to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionDeleted {
+    pub subscription_id: SubscriptionId,
+}
+
+/// One try to deliver an event to a subscription, and how the endpoint answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDelivery {
+    pub subscription_id: SubscriptionId,
+    /// The delivered event (also the `webhook-id` header).
+    pub event_id: EventId,
+    pub event_type: String,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// The endpoint's HTTP status; absent when it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Milliseconds from sending to the answer (or the failure).
+    pub duration_ms: u64,
+}
+
+/// A delivery failed: a status other than 2xx, a refused connection or a time-out. It is
+/// tried again after `retry_in_seconds`, or never when `retry_in_seconds` is absent (the
+/// attempts allowed are spent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDeliveryFailed {
+    #[serde(flatten)]
+    pub delivery: WebhookDelivery,
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_seconds: Option<u64>,
 }
 
 /// What a reviewer is asked to judge.
@@ -1407,6 +1475,10 @@ events! {
     WorkflowPaused(WorkflowPaused) = WORKFLOW_PAUSED: "dev.cadre.workflow.paused.v1",
     WorkflowResumed(WorkflowResumed) = WORKFLOW_RESUMED: "dev.cadre.workflow.resumed.v1",
     TemplateRegistered(Box<TemplateRegistered>) = TEMPLATE_REGISTERED: "dev.cadre.template.registered.v1",
+    SubscriptionCreated(SubscriptionCreated) = SUBSCRIPTION_CREATED: "dev.cadre.subscription.created.v1",
+    SubscriptionDeleted(SubscriptionDeleted) = SUBSCRIPTION_DELETED: "dev.cadre.subscription.deleted.v1",
+    WebhookDelivered(WebhookDelivery) = WEBHOOK_DELIVERED: "dev.cadre.subscription.delivered.v1",
+    WebhookDeliveryFailed(Box<WebhookDeliveryFailed>) = WEBHOOK_DELIVERY_FAILED: "dev.cadre.subscription.delivery_failed.v1",
     KnowledgeShared(KnowledgeShared) = KNOWLEDGE_SHARED: "dev.cadre.workflow.knowledge_shared.v1",
     KnowledgeValidated(KnowledgeValidated) = KNOWLEDGE_VALIDATED: "dev.cadre.workflow.knowledge_validated.v1",
     KnowledgeSuperseded(KnowledgeSuperseded) = KNOWLEDGE_SUPERSEDED: "dev.cadre.workflow.knowledge_superseded.v1",
@@ -1459,6 +1531,20 @@ impl Event {
             Self::TemplateRegistered(e) => {
                 subjects::template(tenant, e.template.id, subjects::REGISTERED)
             }
+            Self::SubscriptionCreated(e) => {
+                subjects::subscription(tenant, e.subscription_id, subjects::CREATED)
+            }
+            Self::SubscriptionDeleted(e) => {
+                subjects::subscription(tenant, e.subscription_id, subjects::DELETED)
+            }
+            Self::WebhookDelivered(e) => {
+                subjects::subscription(tenant, e.subscription_id, subjects::DELIVERED)
+            }
+            Self::WebhookDeliveryFailed(e) => subjects::subscription(
+                tenant,
+                e.delivery.subscription_id,
+                subjects::DELIVERY_FAILED,
+            ),
             Self::KnowledgeShared(e) => subjects::knowledge(tenant, e.workflow_id),
             Self::KnowledgeValidated(e) => {
                 subjects::knowledge_fact(tenant, e.workflow_id, subjects::VALIDATED)
@@ -1589,6 +1675,10 @@ impl Event {
             Self::WorkflowPaused(e) => e.workflow_id.to_string(),
             Self::WorkflowResumed(e) => e.workflow_id.to_string(),
             Self::TemplateRegistered(e) => e.template.id.to_string(),
+            Self::SubscriptionCreated(e) => e.subscription_id.to_string(),
+            Self::SubscriptionDeleted(e) => e.subscription_id.to_string(),
+            Self::WebhookDelivered(e) => e.subscription_id.to_string(),
+            Self::WebhookDeliveryFailed(e) => e.delivery.subscription_id.to_string(),
             _ => self
                 .execution_id()
                 .map(|id| id.to_string())
@@ -1599,7 +1689,12 @@ impl Event {
     /// The workflow an event belongs to, if any.
     pub fn workflow_id(&self) -> Option<WorkflowId> {
         match self {
-            Self::AgentRegistered(_) | Self::TemplateRegistered(_) => None,
+            Self::AgentRegistered(_)
+            | Self::TemplateRegistered(_)
+            | Self::SubscriptionCreated(_)
+            | Self::SubscriptionDeleted(_)
+            | Self::WebhookDelivered(_)
+            | Self::WebhookDeliveryFailed(_) => None,
             Self::AgentStatusReported(e) => e.current_task.as_ref().map(|t| t.workflow_id),
             Self::AlertRaised(e) => Some(e.workflow_id),
             Self::WorkflowCreated(e) => Some(e.workflow.id),
@@ -1649,7 +1744,11 @@ impl Event {
             | Self::WorkflowCreated(_)
             | Self::WorkflowPaused(_)
             | Self::WorkflowResumed(_)
-            | Self::TemplateRegistered(_) => None,
+            | Self::TemplateRegistered(_)
+            | Self::SubscriptionCreated(_)
+            | Self::SubscriptionDeleted(_)
+            | Self::WebhookDelivered(_)
+            | Self::WebhookDeliveryFailed(_) => None,
             Self::KnowledgeShared(e) => Some(e.execution_id),
             Self::KnowledgeValidated(e) => Some(e.execution_id),
             Self::KnowledgeSuperseded(e) => Some(e.execution_id),

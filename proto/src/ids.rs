@@ -69,6 +69,10 @@ uuid_id!(
     EventId
 );
 uuid_id!(
+    /// A webhook subscription: a URL that receives Cadre's events over HTTP.
+    SubscriptionId
+);
+uuid_id!(
     /// A workflow template: a reusable workflow configuration whose steps name roles, from
     /// which workflows are created by mapping each role to an agent.
     TemplateId

@@ -22,6 +22,6 @@ pub mod workers;
 pub use envelope::{DecodeError, Envelope, EventMeta};
 pub use events::Event;
 pub use ids::{
-    AgentId, EscalationId, EventId, ExecutionId, KnowledgeId, StepId, TemplateId, TenantId,
-    WorkflowId,
+    AgentId, EscalationId, EventId, ExecutionId, KnowledgeId, StepId, SubscriptionId, TemplateId,
+    TenantId, WorkflowId,
 };

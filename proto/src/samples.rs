@@ -7,8 +7,8 @@ use chrono::Utc;
 use crate::envelope::Envelope;
 use crate::events::*;
 use crate::ids::{
-    AgentId, EscalationId, EventId, ExecutionId, KnowledgeId, StepId, TemplateId, TenantId,
-    WorkflowId,
+    AgentId, EscalationId, EventId, ExecutionId, KnowledgeId, StepId, SubscriptionId, TemplateId,
+    TenantId, WorkflowId,
 };
 use crate::model::*;
 
@@ -170,6 +170,35 @@ pub fn every_event() -> Vec<Event> {
             workflow: workflow(),
             template_id: Some(TemplateId::new()),
         }),
+        Event::SubscriptionCreated(SubscriptionCreated {
+            subscription_id: SubscriptionId::new(),
+            url: "https://hooks.example.com/cadre".into(),
+            event_types: vec!["dev.cadre.execution.*".into()],
+            description: Some("ops dashboard".into()),
+        }),
+        Event::SubscriptionDeleted(SubscriptionDeleted {
+            subscription_id: SubscriptionId::new(),
+        }),
+        Event::WebhookDelivered(WebhookDelivery {
+            subscription_id: SubscriptionId::new(),
+            event_id: EventId::new(),
+            event_type: types::EXECUTION_COMPLETED.into(),
+            attempt: 3,
+            status: Some(204),
+            duration_ms: 12,
+        }),
+        Event::WebhookDeliveryFailed(Box::new(WebhookDeliveryFailed {
+            delivery: WebhookDelivery {
+                subscription_id: SubscriptionId::new(),
+                event_id: EventId::new(),
+                event_type: types::EXECUTION_COMPLETED.into(),
+                attempt: 1,
+                status: Some(503),
+                duration_ms: 40,
+            },
+            error: "HTTP 503 Service Unavailable".into(),
+            retry_in_seconds: Some(2),
+        })),
         Event::TemplateRegistered(Box::new(TemplateRegistered {
             template: WorkflowTemplate {
                 id: TemplateId::system(&TenantId::default_tenant(), "t"),

@@ -293,3 +293,60 @@ pub fn projector_consumer() -> consumer::pull::Config {
         ..Default::default()
     }
 }
+
+/// Webhook subscriptions' signing secrets (the raw key bytes), by subscription id: outside the
+/// event log, which subscribers read.
+pub const WEBHOOK_SECRETS_BUCKET: &str = "CADRE_WEBHOOK_SECRETS";
+
+pub fn webhook_secrets_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: WEBHOOK_SECRETS_BUCKET.to_owned(),
+        description: "Cadre webhook subscription id -> signing key".to_owned(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// How many times one event is offered to a subscription's endpoint before it is given up
+/// (the last failure is recorded with no retry).
+pub const WEBHOOK_MAX_ATTEMPTS: u32 = 8;
+
+/// The wait before each next try of a failed delivery, by the number of the try that failed;
+/// the last is repeated. About 2 h 10 min from the first try to the eighth.
+pub const WEBHOOK_BACKOFF: [Duration; 7] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+    Duration::from_secs(3600),
+];
+
+pub fn webhook_consumer_name(subscription: crate::SubscriptionId) -> String {
+    format!("webhook-{subscription}")
+}
+
+/// The durable consumer that delivers to one subscription, from the event stored after the
+/// subscription (`start_sequence`): one event at a time, so the endpoint sees them in log
+/// order and a failing endpoint holds back only its own deliveries.
+pub fn webhook_consumer(
+    tenant: &crate::TenantId,
+    subscription: crate::SubscriptionId,
+    start_sequence: u64,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(webhook_consumer_name(subscription)),
+        description: Some(format!("webhook subscription {subscription}")),
+        filter_subject: subjects::tenant_events(tenant),
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence },
+        ack_policy: consumer::AckPolicy::Explicit,
+        // Longer than a delivery's time-out, so a slow endpoint is not offered the event twice.
+        ack_wait: Duration::from_secs(60),
+        max_ack_pending: 1,
+        max_deliver: i64::from(WEBHOOK_MAX_ATTEMPTS),
+        ..Default::default()
+    }
+}

@@ -15,7 +15,7 @@
 //! expected last sequence over that filter. Interactions live beside it, not inside it, so an
 //! agent chatting never makes the coordinator's optimistic append retry.
 
-use crate::ids::{AgentId, ExecutionId, StepId, TemplateId, TenantId, WorkflowId};
+use crate::ids::{AgentId, ExecutionId, StepId, SubscriptionId, TemplateId, TenantId, WorkflowId};
 
 pub const PREFIX: &str = "cadre.events";
 /// Every Cadre event.
@@ -56,6 +56,9 @@ pub const SAGA_STARTED: &str = "saga_started";
 pub const REPLANNED: &str = "replanned";
 pub const ESCALATION_RESOLVED: &str = "escalation_resolved";
 pub const ALERT_RAISED: &str = "alert_raised";
+pub const DELETED: &str = "deleted";
+pub const DELIVERED: &str = "delivered";
+pub const DELIVERY_FAILED: &str = "delivery_failed";
 
 /// Where the coordinator hands a tenant's scheduled steps to the agent workers that offer the
 /// step agent's LLM `provider`: steps are routed by capability, so a worker only ever takes
@@ -165,6 +168,27 @@ pub fn template(tenant: &TenantId, template: TemplateId, fact: &str) -> String {
 /// appended only where nothing is stored yet and a replay never stores it twice.
 pub fn alert_raised(tenant: &TenantId, agent: AgentId, key: &str, crossing: u32) -> String {
     format!("{PREFIX}.{tenant}.agent.{agent}.{ALERT_RAISED}.{key}.{crossing}")
+}
+
+/// A webhook subscription's facts (`created`, `deleted`, `delivered`, `delivery_failed`).
+pub fn subscription(tenant: &TenantId, subscription: SubscriptionId, fact: &str) -> String {
+    format!("{PREFIX}.{tenant}.subscription.{subscription}.{fact}")
+}
+
+/// Every subscription's `fact` in `tenant`.
+pub fn tenant_subscriptions(tenant: &TenantId, fact: &str) -> String {
+    format!("{PREFIX}.{tenant}.subscription.*.{fact}")
+}
+
+/// Every subscription's `fact`, in every tenant.
+pub fn all_subscriptions(fact: &str) -> String {
+    format!("{PREFIX}.*.subscription.*.{fact}")
+}
+
+/// Whether `subject` is a webhook subscription's own fact: never delivered to a subscription,
+/// so that a delivery's record cannot cause another delivery.
+pub fn is_subscription_fact(subject: &str) -> bool {
+    subject.split('.').nth(3) == Some("subscription")
 }
 
 /// Every event of a tenant.

@@ -95,6 +95,16 @@ impl Api {
         Self::reply(response).await
     }
 
+    pub async fn delete(&self, path: &str) -> Reply {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("DELETE");
+        Self::reply(response).await
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
         self.post_raw(
             path,

@@ -74,6 +74,7 @@ fn pattern(subject: &str) -> String {
             (_, Some("agent"), _) => "<agent>".to_owned(),
             (_, Some("workflow"), _) => "<workflow>".to_owned(),
             (_, Some("template"), _) => "<template>".to_owned(),
+            (_, Some("subscription"), _) => "<subscription>".to_owned(),
             (_, Some("execution" | "interactions"), _) => "<execution>".to_owned(),
             (_, Some("step"), _) => "<step>".to_owned(),
             (_, Some(subjects::ALERT_RAISED), _) => "<alert>".to_owned(),

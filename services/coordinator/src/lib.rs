@@ -16,6 +16,7 @@ pub mod read;
 pub mod starter;
 pub mod system_templates;
 mod triggers;
+mod webhooks;
 pub mod workers;
 
 use std::net::SocketAddr;
@@ -121,6 +122,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let services = processor::Services::open(bus.clone(), starter.clone(), config.stream_replicas)
         .await
         .map_err(|e| anyhow::anyhow!("opening the workflow links: {e}"))?;
+    let webhook_secrets = bus
+        .jetstream()
+        .create_or_update_key_value(cadre_proto::streams::webhook_secrets_bucket(
+            config.stream_replicas,
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the webhook signing keys: {e}"))?;
     let workers = workers::WorkerRegistry::open(bus.jetstream(), config.stream_replicas)
         .await
         .map_err(|e| anyhow::anyhow!("opening the worker registry: {e}"))?;
@@ -148,6 +156,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             read_models,
             read_your_writes: config.read_your_writes_timeout(),
             shutdown: shutdown.clone(),
+            webhook_secrets: webhook_secrets.clone(),
         },
         readiness.clone(),
     );
@@ -160,12 +169,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             shutdown.clone(),
             readiness,
         ));
-        let alerts = tokio::spawn(alerts::run(bus, records, shutdown.clone()));
+        let alerts = tokio::spawn(alerts::run(bus.clone(), records, shutdown.clone()));
+        let webhooks = tokio::spawn(webhooks::run(bus, webhook_secrets, shutdown.clone()));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .context("serving the API")?;
         alerts.await.context("alert watcher panicked")?;
+        webhooks.await.context("webhook delivery panicked")?;
         processor
             .await
             .context("event processor panicked")?

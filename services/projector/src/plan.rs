@@ -164,6 +164,11 @@ impl Plan {
             }
             // The next attempt's scheduling follows and says it all.
             Event::StepRetryDue(_) => {}
+            // Webhook subscriptions and their delivery log are read from the log itself.
+            Event::SubscriptionCreated(_)
+            | Event::SubscriptionDeleted(_)
+            | Event::WebhookDelivered(_)
+            | Event::WebhookDeliveryFailed(_) => {}
             Event::StepEscalated(e) => {
                 self.executions.step_escalated(origin, e);
                 self.interactions.step_escalated(origin, e);

@@ -12,6 +12,7 @@ mod live;
 mod metrics;
 mod problem;
 mod resolutions;
+mod subscriptions;
 mod templates;
 mod usage;
 mod workflows;
@@ -60,6 +61,8 @@ pub struct AppState {
     /// Ends the live feeds when the coordinator stops, so a graceful shutdown does not wait
     /// for clients that would watch forever.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Webhook subscriptions' signing keys, outside the log.
+    pub webhook_secrets: async_nats::jetstream::kv::Store,
 }
 
 pub fn router(state: AppState, readiness: Readiness) -> Router {
@@ -119,6 +122,18 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
         .route("/v1/workflows/{id}/history", get(metrics::workflow_history))
         .route("/v1/alerts", get(alerts::list))
         .route("/v1/events", get(live::all))
+        .route(
+            "/v1/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/v1/subscriptions/{id}",
+            get(subscriptions::get).delete(subscriptions::delete),
+        )
+        .route(
+            "/v1/subscriptions/{id}/deliveries",
+            get(subscriptions::deliveries),
+        )
         .route("/v1/executions/{id}/events", get(live::execution))
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))

@@ -1,0 +1,302 @@
+//! `/v1/subscriptions`: webhook subscriptions (delivered by [`crate::webhooks`]). Made and
+//! deleted as events; read from the log itself (subscriptions are few), so a subscription is
+//! visible the moment it is made. The signing secret is shown once, in the answer that makes
+//! the subscription, and kept only in a KV bucket outside the log.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use cadre_proto::events::{SubscriptionCreated, SubscriptionDeleted, types};
+use cadre_proto::{Envelope, Event, SubscriptionId, subjects};
+use cadre_runtime::bus::Append;
+
+use super::body::Body;
+use super::{
+    ApiResult, AppState, Problem, created, page, parse_id, publish_failed, unavailable_log,
+};
+use crate::domain::validation::{FieldError, error};
+
+/// Longest URL, and most event types, a subscription may name.
+const MAX_URL: usize = 2000;
+const MAX_EVENT_TYPES: usize = 100;
+const MAX_DESCRIPTION: usize = 1000;
+/// Bytes of a signing key (Standard Webhooks asks for 24 to 64).
+const KEY_BYTES: usize = 32;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NewSubscription {
+    url: String,
+    #[serde(default)]
+    event_types: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+impl NewSubscription {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            _ if self.url.len() > MAX_URL => {
+                errors.push(error(
+                    "/url",
+                    format!("must be at most {MAX_URL} characters"),
+                ));
+            }
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            Ok(url) => errors.push(error(
+                "/url",
+                format!(
+                    "must be an http or https URL with a host (this one is '{}:')",
+                    url.scheme()
+                ),
+            )),
+            Err(why) => errors.push(error("/url", format!("is not a URL: {why}"))),
+        }
+        if self.event_types.len() > MAX_EVENT_TYPES {
+            errors.push(error(
+                "/eventTypes",
+                format!("must name at most {MAX_EVENT_TYPES} types"),
+            ));
+        }
+        for (i, wanted) in self.event_types.iter().enumerate() {
+            let matches_one = match wanted.strip_suffix('*') {
+                Some(prefix) => types::ALL.iter().any(|t| t.starts_with(prefix)),
+                None => types::ALL.contains(&wanted.as_str()),
+            };
+            if !matches_one {
+                errors.push(error(
+                    format!("/eventTypes/{i}"),
+                    format!(
+                        "'{wanted}' is no event type Cadre stores; name one (such as '{}') or a \
+                         prefix ending in '*' (such as 'dev.cadre.execution.*'); \
+                         docs/events.md lists them",
+                        types::EXECUTION_COMPLETED
+                    ),
+                ));
+            }
+        }
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
+        {
+            errors.push(error(
+                "/description",
+                format!("must be at most {MAX_DESCRIPTION} characters"),
+            ));
+        }
+        errors
+    }
+}
+
+/// A subscription as the API shows it (never its secret).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscriptionView {
+    id: SubscriptionId,
+    url: String,
+    event_types: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl SubscriptionView {
+    fn of(created: SubscriptionCreated, at: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            id: created.subscription_id,
+            url: created.url,
+            event_types: created.event_types,
+            description: created.description,
+            created_at: at,
+        }
+    }
+}
+
+/// `POST /v1/subscriptions` `{url, eventTypes?, description?}` → 201 with the subscription and
+/// its `secret` (`whsec_…`, shown this once), 422 naming each field that is wrong.
+pub(super) async fn create(
+    State(app): State<AppState>,
+    Body(new): Body<NewSubscription>,
+) -> ApiResult {
+    let errors = new.validate();
+    if !errors.is_empty() {
+        return Err(Problem::invalid("the subscription is not valid", errors));
+    }
+    let mut key = [0u8; KEY_BYTES];
+    getrandom::fill(&mut key).map_err(|why| {
+        tracing::error!(%why, "no randomness for a signing key");
+        Problem::unavailable("no signing key could be made; retry")
+    })?;
+    let id = SubscriptionId::new();
+    // The key first: a subscription in the log always has its key.
+    app.webhook_secrets
+        .put(id.to_string(), key.to_vec().into())
+        .await
+        .map_err(|why| {
+            tracing::error!(%why, "storing a webhook signing key failed");
+            Problem::unavailable("the signing key could not be stored; nothing was made, retry")
+        })?;
+    let subscription = SubscriptionCreated {
+        subscription_id: id,
+        url: new.url,
+        event_types: new.event_types,
+        description: new.description,
+    };
+    let envelope = Envelope::new(
+        "/cadre/coordinator",
+        app.tenant.clone(),
+        chrono::Utc::now(),
+        Event::SubscriptionCreated(subscription.clone()),
+    );
+    app.bus
+        .publish(&envelope, Append::Any)
+        .await
+        .map_err(publish_failed)?;
+    let mut body = serde_json::to_value(SubscriptionView::of(subscription, envelope.meta.time))
+        .unwrap_or_default();
+    body["secret"] = json!(format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    ));
+    Ok(created(format!("/v1/subscriptions/{id}"), body))
+}
+
+/// The tenant's live subscriptions, oldest first, as the log holds them now.
+async fn live(app: &AppState) -> Result<BTreeMap<SubscriptionId, SubscriptionView>, Problem> {
+    let fact = |fact| subjects::tenant_subscriptions(&app.tenant, fact);
+    let made = app
+        .bus
+        .read_all(&fact(subjects::CREATED))
+        .await
+        .map_err(unavailable_log)?;
+    let deleted = app
+        .bus
+        .read_all(&fact(subjects::DELETED))
+        .await
+        .map_err(unavailable_log)?;
+    let mut live: BTreeMap<SubscriptionId, SubscriptionView> = made
+        .into_iter()
+        .filter_map(|stored| match stored.envelope.event {
+            Event::SubscriptionCreated(e) => Some((
+                e.subscription_id,
+                SubscriptionView::of(e, stored.envelope.meta.time),
+            )),
+            _ => None,
+        })
+        .collect();
+    for stored in deleted {
+        if let Event::SubscriptionDeleted(e) = stored.envelope.event {
+            live.remove(&e.subscription_id);
+        }
+    }
+    Ok(live)
+}
+
+/// `GET /v1/subscriptions`: the live subscriptions, oldest first (`limit`, `offset`).
+pub(super) async fn list(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let page = page(&params)?;
+    let all = live(&app).await?;
+    let shown: Vec<&SubscriptionView> = all
+        .values()
+        .skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
+        .take(usize::try_from(page.limit).unwrap_or(usize::MAX))
+        .collect();
+    Ok(axum::Json(shown).into_response())
+}
+
+async fn one(app: &AppState, raw: &str) -> Result<SubscriptionView, Problem> {
+    let id: SubscriptionId = parse_id(raw, "subscription id")?;
+    live(app)
+        .await?
+        .remove(&id)
+        .ok_or_else(|| Problem::not_found(format!("no live subscription has the id {id}")))
+}
+
+/// `GET /v1/subscriptions/{id}`.
+pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
+    Ok(axum::Json(one(&app, &raw).await?).into_response())
+}
+
+/// `DELETE /v1/subscriptions/{id}` → 204; nothing more is delivered to it.
+pub(super) async fn delete(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
+    let subscription = one(&app, &raw).await?;
+    let envelope = Envelope::new(
+        "/cadre/coordinator",
+        app.tenant.clone(),
+        chrono::Utc::now(),
+        Event::SubscriptionDeleted(SubscriptionDeleted {
+            subscription_id: subscription.id,
+        }),
+    );
+    app.bus
+        .publish(&envelope, Append::Any)
+        .await
+        .map_err(publish_failed)?;
+    if let Err(why) = app.webhook_secrets.purge(subscription.id.to_string()).await {
+        // Harmless: nothing signs with it any more. Say so for whoever cleans up.
+        tracing::warn!(%why, subscription = %subscription.id, "the deleted subscription's key stays");
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/subscriptions/{id}/deliveries`: every try to deliver to it, in the order tried
+/// (`limit`, `offset`): `eventId`, `eventType`, `attempt`, `status`, `durationMs`, `outcome`
+/// (`delivered`, `failed`), `error`, `retryInSeconds`, `at`.
+pub(super) async fn deliveries(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let page = page(&params)?;
+    let id: SubscriptionId = parse_id(&raw, "subscription id")?;
+    let made = app
+        .bus
+        .last_event(&subjects::subscription(&app.tenant, id, subjects::CREATED))
+        .await
+        .map_err(unavailable_log)?;
+    if made.is_none() {
+        return Err(Problem::not_found(format!(
+            "no subscription has the id {id}"
+        )));
+    }
+    let tries = app
+        .bus
+        .read_all(&subjects::subscription(&app.tenant, id, "*"))
+        .await
+        .map_err(unavailable_log)?;
+    let rows: Vec<serde_json::Value> = tries
+        .into_iter()
+        .filter_map(|stored| {
+            let at = stored.envelope.meta.time;
+            match stored.envelope.event {
+                Event::WebhookDelivered(d) => {
+                    let mut row = serde_json::to_value(d).ok()?;
+                    row["outcome"] = json!("delivered");
+                    row["at"] = json!(at);
+                    Some(row)
+                }
+                Event::WebhookDeliveryFailed(f) => {
+                    let mut row = serde_json::to_value(*f).ok()?;
+                    row["outcome"] = json!("failed");
+                    row["at"] = json!(at);
+                    Some(row)
+                }
+                _ => None,
+            }
+        })
+        .skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
+        .take(usize::try_from(page.limit).unwrap_or(usize::MAX))
+        .collect();
+    Ok(axum::Json(rows).into_response())
+}
