@@ -1,0 +1,3 @@
+//! `cadre`, the command line for Cadre.
+
+pub mod manifest;
