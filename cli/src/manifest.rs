@@ -483,9 +483,9 @@ fn pointer_of_ignored(path: &serde_ignored::Path<'_>) -> String {
         Path::Root => String::new(),
         Path::Seq { parent, index } => format!("{}/{index}", pointer_of_ignored(parent)),
         Path::Map { parent, key } => format!("{}/{}", pointer_of_ignored(parent), escape(key)),
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            pointer_of_ignored(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => pointer_of_ignored(parent),
     }
 }
 
@@ -532,7 +532,10 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
             error(place, (!field.is_empty()).then_some(field), message)
         };
         let Some(object) = value.as_object_mut() else {
-            errors.push(located("", "a document must be a mapping with `kind`".into()));
+            errors.push(located(
+                "",
+                "a document must be a mapping with `kind`".into(),
+            ));
             continue;
         };
         let kind = match object.remove("kind") {
@@ -720,7 +723,10 @@ configuration:
 
     #[test]
     fn a_wrong_type_names_file_line_and_field() {
-        let text = TEAM.replace("      instructions: Find out.", "      timeoutMinutes: soon");
+        let text = TEAM.replace(
+            "      instructions: Find out.",
+            "      timeoutMinutes: soon",
+        );
         let errors = parse("team.yaml", &text).unwrap_err();
         assert_eq!(errors.len(), 1, "{errors:?}");
         let shown = errors[0].to_string();
@@ -734,11 +740,17 @@ configuration:
     fn unknown_fields_are_each_named() {
         let text = TEAM
             .replace("skills: [research]", "skils: [research]")
-            .replace("      type: analysis", "      type: analysis\n      dependOn: []");
+            .replace(
+                "      type: analysis",
+                "      type: analysis\n      dependOn: []",
+            );
         let errors = parse("team.yaml", &text).unwrap_err();
         let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(shown.len(), 2, "{shown:?}");
-        assert!(shown[0].starts_with("team.yaml:4:1: skils: unknown field"), "{shown:?}");
+        assert!(
+            shown[0].starts_with("team.yaml:4:1: skils: unknown field"),
+            "{shown:?}"
+        );
         assert!(
             shown[1].starts_with("team.yaml:17:7: configuration.steps[0].dependOn: unknown field"),
             "{shown:?}"
@@ -748,10 +760,18 @@ configuration:
     #[test]
     fn a_missing_field_or_kind_points_at_its_document() {
         let errors = parse("a.yaml", "kind: Agent\nname: Bo\n").unwrap_err();
-        assert!(errors[0].to_string().contains("missing field `role`"), "{errors:?}");
+        assert!(
+            errors[0].to_string().contains("missing field `role`"),
+            "{errors:?}"
+        );
         let errors = parse("a.yaml", "---\nname: Bo\n---\nkind: Robot\n").unwrap_err();
         assert_eq!(errors.len(), 2);
-        assert!(errors[1].to_string().starts_with("a.yaml:4:1: kind: unknown kind"), "{errors:?}");
+        assert!(
+            errors[1]
+                .to_string()
+                .starts_with("a.yaml:4:1: kind: unknown kind"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -763,7 +783,10 @@ configuration:
 
     #[test]
     fn field_paths_read_as_yaml() {
-        assert_eq!(field_path("/configuration/steps/1/dependsOn"), "configuration.steps[1].dependsOn");
+        assert_eq!(
+            field_path("/configuration/steps/1/dependsOn"),
+            "configuration.steps[1].dependsOn"
+        );
         assert_eq!(field_path(""), "");
     }
 }
