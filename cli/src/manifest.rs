@@ -489,6 +489,19 @@ fn pointer_of_ignored(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
+/// The parser's message without what the error already says (`error: line 2 column 7: `).
+fn syntax_message(shown: &str) -> String {
+    let first = shown.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((place, message)) if place.contains(" column ") => message.to_owned(),
+        _ => first.to_owned(),
+    }
+}
+
 /// Reads every document of `text` (from the file `file`), checking each against what the API
 /// accepts. All errors are returned, not only the first.
 pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
@@ -499,10 +512,11 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
         message,
     };
     let trees: Vec<Spanned<Node>> = serde_saphyr::from_str_multiple(text).map_err(|e| {
-        let message = e.to_string();
-        // The message ends with its own "at line …" where the parser knew it; keep it short.
-        let message = message.lines().next().unwrap_or_default().to_owned();
-        vec![error(e.location().map(Place::from), None, message)]
+        vec![error(
+            e.location().map(Place::from),
+            None,
+            syntax_message(&e.to_string()),
+        )]
     })?;
     if trees.is_empty() {
         return Err(vec![error(
@@ -776,9 +790,12 @@ configuration:
 
     #[test]
     fn a_syntax_error_names_its_line() {
-        let errors = parse("bad.yaml", "kind: Agent\nname: [unclosed\nrole: x\n").unwrap_err();
-        assert!(errors[0].place.is_some(), "{errors:?}");
-        assert!(errors[0].to_string().starts_with("bad.yaml:"), "{errors:?}");
+        let errors = parse("bad.yaml", "kind: Agent\nname: [unclosed\n").unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "bad.yaml:2:7: unclosed bracket '['",
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -149,7 +149,6 @@ async fn apply_run_follow_resolve_cancel_and_api_problems() {
     )
     .await;
     let shown = text(&run);
-    println!("cadre run --follow printed:\n{shown}");
     assert!(run.status.success(), "{shown}");
     for line in [
         "execution #1 of 'Research brief' started (3 steps",
