@@ -1,0 +1,498 @@
+//! Watching a run as it happens: its events from the log, as server-sent events, shown as one
+//! line each (assignments, interactions, step outcomes) under a progress bar.
+//!
+//! An execution's own feed (`GET /v1/executions/{id}/events`) carries its state events but not
+//! the interactions, which are recorded on the workflow's subjects. So the execution's feed is
+//! read only for the sequence of its first event; the workflow's feed
+//! (`GET /v1/events?workflowId=`) is then read from there, kept to this execution's events, and
+//! left after the event that ends the run. A dropped connection is reopened after the last
+//! event seen (`Last-Event-ID`), so nothing is lost or shown twice.
+
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use cadre_proto::events::{Event, Resolution};
+use cadre_proto::{AgentId, Envelope, ExecutionId, StepId, WorkflowId};
+
+use crate::client::Client;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Failed(String),
+    Cancelled,
+}
+
+/// When to stop reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The event that ends the run.
+    End,
+    /// The end, or the feed being quiet this long: what has happened so far.
+    Quiet(Duration),
+}
+
+/// Reconnections in a row without a new event before giving up.
+const MAX_RECONNECTS: u32 = 10;
+
+/// Shows `execution`'s events from its start until `until`; the outcome once it ended.
+pub async fn follow(
+    client: &Client,
+    execution: ExecutionId,
+    workflow: WorkflowId,
+    until: Until,
+) -> anyhow::Result<Option<Outcome>> {
+    let first = first_sequence(client, execution).await?;
+    let mut view = View::new(std::io::stdout().is_terminal());
+    let path = format!("/v1/events?workflowId={workflow}");
+    // The feed goes on after the id it is given: the event before the run's first.
+    let mut last_id = first.saturating_sub(1).to_string();
+    let mut failures = 0;
+    loop {
+        let response = match client.events(&path, Some(&last_id)).await {
+            Ok(response) => response,
+            Err(error) if failures < MAX_RECONNECTS && error.problem().is_none() => {
+                failures += 1;
+                view.note(&format!("(reconnecting: {error})"));
+                tokio::time::sleep(backoff(failures)).await;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let mut feed = response.bytes_stream().eventsource();
+        loop {
+            let next = match until {
+                Until::End => feed.next().await,
+                Until::Quiet(quiet) => match tokio::time::timeout(quiet, feed.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        view.finish();
+                        return Ok(None);
+                    }
+                },
+            };
+            let sse = match next {
+                Some(Ok(sse)) => sse,
+                Some(Err(error)) => {
+                    view.note(&format!("(the feed broke: {error}; reconnecting)"));
+                    break;
+                }
+                // The coordinator closed the feed (it stops): another replica goes on.
+                None => break,
+            };
+            if sse.id.is_empty() {
+                continue;
+            }
+            last_id = sse.id.clone();
+            failures = 0;
+            let Ok(envelope) = Envelope::decode(sse.data.as_bytes()) else {
+                continue;
+            };
+            if envelope.event.execution_id() != Some(execution) {
+                continue;
+            }
+            if let Some(outcome) = view.show(&envelope.event) {
+                view.finish();
+                return Ok(Some(outcome));
+            }
+        }
+        failures += 1;
+        if failures > MAX_RECONNECTS {
+            anyhow::bail!("the event feed keeps closing; gave up after {MAX_RECONNECTS} tries");
+        }
+        tokio::time::sleep(backoff(failures)).await;
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(250 * 2u64.pow(failures.min(5)))
+}
+
+/// The stream sequence of the execution's first event (`ExecutionStarted`).
+async fn first_sequence(client: &Client, execution: ExecutionId) -> anyhow::Result<u64> {
+    let response = client
+        .events(&format!("/v1/executions/{execution}/events"), None)
+        .await?;
+    let mut feed = response.bytes_stream().eventsource();
+    while let Some(sse) = feed.next().await {
+        let sse = sse?;
+        if let Ok(sequence) = sse.id.parse() {
+            return Ok(sequence);
+        }
+    }
+    anyhow::bail!("the execution's event feed ended before its first event")
+}
+
+/// What is known of the run so far, and where its lines go.
+struct View {
+    bar: Option<ProgressBar>,
+    names: HashMap<AgentId, String>,
+    steps: Vec<StepId>,
+    done: HashSet<StepId>,
+}
+
+impl View {
+    fn new(terminal: bool) -> Self {
+        let bar = terminal.then(|| {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{bar:30}] {pos}/{len} steps  {elapsed}  {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Self {
+            bar,
+            names: HashMap::new(),
+            steps: Vec::new(),
+            done: HashSet::new(),
+        }
+    }
+
+    fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => println!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn agent(&self, id: AgentId) -> String {
+        self.names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    fn progress(&self) -> String {
+        format!("{}/{}", self.done.len(), self.steps.len())
+    }
+
+    fn set_done(&mut self, step: &StepId, done: bool) {
+        if !self.steps.contains(step) {
+            return; // undo-, replan- and delegate- steps are not the workflow's
+        }
+        if done {
+            self.done.insert(step.clone());
+        } else {
+            self.done.remove(step);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done.len() as u64);
+        }
+    }
+
+    fn set_steps(&mut self, steps: Vec<StepId>) {
+        self.done.retain(|s| steps.contains(s));
+        self.steps = steps;
+        if let Some(bar) = &self.bar {
+            bar.set_length(self.steps.len() as u64);
+            bar.set_position(self.done.len() as u64);
+        }
+    }
+
+    /// Shows one of the run's events; the outcome when it ends the run.
+    fn show(&mut self, event: &Event) -> Option<Outcome> {
+        let (line, outcome) = self.describe(event);
+        if let Some(line) = line {
+            self.note(&line);
+        }
+        if let (Some(bar), Event::StepStarted(e)) = (&self.bar, event) {
+            bar.set_message(format!(
+                "{} working on {}",
+                self.agent(e.attempt.agent_id),
+                e.attempt.step_id
+            ));
+        }
+        outcome
+    }
+
+    fn describe(&mut self, event: &Event) -> (Option<String>, Option<Outcome>) {
+        let line = match event {
+            Event::ExecutionStarted(e) => {
+                for agent in &e.agents {
+                    self.names.insert(agent.id, agent.name.clone());
+                }
+                self.set_steps(
+                    e.workflow
+                        .configuration
+                        .steps
+                        .iter()
+                        .map(|s| s.id.clone())
+                        .collect(),
+                );
+                format!(
+                    "execution #{} of '{}' started ({} steps, {})",
+                    e.execution_number,
+                    e.workflow.name,
+                    self.steps.len(),
+                    serde_json::to_value(e.trigger_reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                )
+            }
+            Event::StepScheduled(e) => {
+                self.names.insert(e.agent.id, e.agent.name.clone());
+                match &e.review {
+                    Some(review) => format!(
+                        "[{}] review round {} by {} (of {}'s work)",
+                        e.step.id,
+                        review.round,
+                        e.agent.name,
+                        self.agent(review.author_agent_id)
+                    ),
+                    None => format!(
+                        "[{}] attempt {} assigned to {}: {}",
+                        e.step.id,
+                        e.attempt,
+                        e.agent.name,
+                        e.reason.describe()
+                    ),
+                }
+            }
+            Event::StepStarted(e) => format!(
+                "[{}] started by {}",
+                e.attempt.step_id,
+                self.agent(e.attempt.agent_id)
+            ),
+            Event::StepDeferred(e) => format!(
+                "[{}] waits for its provider until {}: {}",
+                e.attempt.step_id,
+                e.retry_at.format("%H:%M:%S"),
+                one_line(&e.error)
+            ),
+            Event::TaskHandedOff(e) => format!(
+                "[{}] handed off from {} to {}",
+                e.task_id,
+                self.agent(e.from_agent),
+                self.agent(e.to_agent)
+            ),
+            Event::InteractionRecorded(e) => format!(
+                "  {} -> {} ({}): {}",
+                self.agent(e.from_agent_id),
+                e.to_agent_id
+                    .map(|a| self.agent(a))
+                    .unwrap_or_else(|| "team".to_owned()),
+                e.interaction_type.as_str(),
+                one_line(&e.message)
+            ),
+            Event::KnowledgeShared(e) => format!(
+                "  {} shared {}: {}",
+                self.agent(e.created_by_agent_id),
+                serde_json::to_value(e.knowledge_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "knowledge".to_owned()),
+                one_line(&e.title)
+            ),
+            Event::StepCompleted(e) => {
+                self.set_done(&e.attempt.step_id, true);
+                format!(
+                    "[{}] completed by {} in {:.1} s ({} steps done): {}",
+                    e.attempt.step_id,
+                    self.agent(e.attempt.agent_id),
+                    e.duration_ms as f64 / 1000.0,
+                    self.progress(),
+                    one_line(&e.result.summary)
+                )
+            }
+            Event::StepReviewed(e) => {
+                if e.ballot.is_none() {
+                    self.set_done(&e.attempt.step_id, e.approved);
+                }
+                format!(
+                    "[{}] {} by {}{}",
+                    e.attempt.step_id,
+                    if e.approved {
+                        "approved"
+                    } else {
+                        "changes requested"
+                    },
+                    self.agent(e.attempt.agent_id),
+                    if e.approved {
+                        String::new()
+                    } else {
+                        format!(": {}", one_line(&e.feedback))
+                    }
+                )
+            }
+            Event::VotesTallied(e) => {
+                self.set_done(&e.step_id, e.approved);
+                format!(
+                    "[{}] vote: {} of {} approved, {}",
+                    e.step_id,
+                    e.approvals(),
+                    e.votes.len(),
+                    if e.approved { "approved" } else { "rejected" }
+                )
+            }
+            Event::StepFailed(e) => format!(
+                "[{}] attempt {} failed{}: {}",
+                e.attempt.step_id,
+                e.attempt.number,
+                if e.retryable {
+                    ""
+                } else {
+                    " (no retry can fix it)"
+                },
+                one_line(&e.error)
+            ),
+            Event::StepTimedOut(e) => format!(
+                "[{}] attempt {} timed out after {} min",
+                e.attempt.step_id, e.attempt.number, e.timeout_minutes
+            ),
+            Event::StepRetryScheduled(e) => format!(
+                "[{}] retry at {}",
+                e.attempt.step_id,
+                e.retry_at.format("%H:%M:%S")
+            ),
+            Event::StepRetryDue(_) => return (None, None),
+            Event::StepSkipped(e) => {
+                self.set_done(&e.step_id, true);
+                format!(
+                    "[{}] skipped: its condition is false ({})",
+                    e.step_id, e.condition
+                )
+            }
+            Event::StepEscalated(e) => match (&e.escalation_id, &e.agent) {
+                (Some(id), _) => format!(
+                    "[{}] {} waits for a person: {} (escalation {id}; act on it with \
+                     `cadre resolve {id} --action ...`)",
+                    e.step_id,
+                    if e.approval { "approval" } else { "escalated" },
+                    one_line(&e.reason)
+                ),
+                (None, Some(agent)) => format!(
+                    "[{}] escalated ({}) to {}: {}",
+                    e.step_id,
+                    e.rung.as_str(),
+                    agent.name,
+                    one_line(&e.reason)
+                ),
+                (None, None) => format!("[{}] escalated: {}", e.step_id, one_line(&e.reason)),
+            },
+            Event::ExecutionEscalated(e) => format!(
+                "execution waits for a person after {} min (escalation {}): {}",
+                e.after_minutes,
+                e.escalation_id,
+                one_line(&e.reason)
+            ),
+            Event::EscalationResolved(e) => {
+                if let Some(step) = &e.step_id
+                    && matches!(
+                        e.resolution,
+                        Resolution::Skip | Resolution::ProvideOutput { .. } | Resolution::Approve
+                    )
+                {
+                    self.set_done(step, true);
+                }
+                format!(
+                    "{} resolved by {}: {}{}",
+                    e.step_id
+                        .as_ref()
+                        .map(|s| format!("[{s}]"))
+                        .unwrap_or_else(|| "execution".to_owned()),
+                    e.request.requested_by.as_deref().unwrap_or("a person"),
+                    e.resolution.as_str(),
+                    e.request
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(" ({})", one_line(r)))
+                        .unwrap_or_default()
+                )
+            }
+            Event::LeadTaken(e) => format!(
+                "lead for '{}' goes to {}",
+                e.risk,
+                e.agent
+                    .as_ref()
+                    .map(|a| a.name.clone())
+                    .unwrap_or_else(|| format!("nobody (no agent has the role '{}')", e.role))
+            ),
+            Event::QuestionsAsked(e) => format!(
+                "[{}] {} asks {} question(s) and waits",
+                e.attempt.step_id,
+                self.agent(e.attempt.agent_id),
+                e.questions.len()
+            ),
+            Event::QuestionAssigned(_) | Event::QuestionAnswered(_) => return (None, None),
+            Event::QuestionsExpired(e) => format!(
+                "[{}] {} question(s) unanswered at the deadline",
+                e.attempt.step_id,
+                e.unanswered.len()
+            ),
+            Event::SagaStarted(e) => format!(
+                "run failing ({}); undoing {} step(s)",
+                one_line(&e.error),
+                e.steps.len()
+            ),
+            Event::ExecutionReplanned(e) => {
+                self.set_steps(e.steps.iter().map(|s| s.id.clone()).collect());
+                format!(
+                    "re-planned by {}: {}",
+                    self.agent(e.agent_id),
+                    one_line(&e.summary)
+                )
+            }
+            Event::ExecutionPaused(_) => "execution paused".to_owned(),
+            Event::ExecutionResumed(_) => "execution resumed".to_owned(),
+            Event::ExecutionCompleted(_) => {
+                return (
+                    Some(format!(
+                        "execution completed ({} steps done)",
+                        self.progress()
+                    )),
+                    Some(Outcome::Completed),
+                );
+            }
+            Event::ExecutionFailed(e) => {
+                return (
+                    Some(format!("execution failed: {}", one_line(&e.error))),
+                    Some(Outcome::Failed(e.error.clone())),
+                );
+            }
+            Event::ExecutionCancelled(e) => {
+                return (
+                    Some(format!(
+                        "execution cancelled{}",
+                        e.request
+                            .reason
+                            .as_deref()
+                            .map(|r| format!(": {}", one_line(r)))
+                            .unwrap_or_default()
+                    )),
+                    Some(Outcome::Cancelled),
+                );
+            }
+            _ => return (None, None),
+        };
+        (Some(line), None)
+    }
+}
+
+/// A text on one line (its lines joined, spaces collapsed), cut to fit a terminal line.
+fn one_line(text: &str) -> String {
+    const MAX: usize = 160;
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.chars().count() > MAX {
+        format!("{}…", joined.chars().take(MAX).collect::<String>())
+    } else {
+        joined
+    }
+}

@@ -1,0 +1,546 @@
+//! `cadre`, the command line for Cadre: agents and workflows kept as YAML files applied to the
+//! coordinator's HTTP API, runs started and followed live, executions and escalations read and
+//! acted on.
+//!
+//! It speaks only the public HTTP API (the address from `--api` or `CADRE_API`), so it works
+//! against any deployment; it never reads NATS or Postgres. Exit codes: 0 success; 1 the
+//! command could not be done (a file error, an API problem, the API unreachable, a document
+//! apply refused); 2 a usage error; 3 the followed run failed; 4 it was cancelled.
+
+pub mod apply;
+pub mod client;
+pub mod follow;
+pub mod manifest;
+pub mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use cadre_proto::{EscalationId, ExecutionId, WorkflowId};
+
+use crate::client::Client;
+use crate::follow::{Outcome, Until};
+use crate::output::Format;
+
+pub const EXIT_FAILED_RUN: u8 = 3;
+pub const EXIT_CANCELLED_RUN: u8 = 4;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cadre",
+    version,
+    about = "Run teams of AI agents as workflows on Cadre"
+)]
+pub struct Cli {
+    /// The coordinator's HTTP API.
+    #[arg(
+        long,
+        env = "CADRE_API",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub api: String,
+    /// How to print what the API answers.
+    #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register the agents and create the workflows of YAML files (`kind: Agent` /
+    /// `kind: Workflow` documents); what exists with the same name and fields is left as is.
+    Apply {
+        /// A YAML file (`-` for standard input); repeat for several.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Start a run of a workflow (by name or id).
+    Run {
+        workflow: String,
+        /// A JSON file with the run's input (an object).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Watch the run until it ends: progress, assignments, interactions, outcomes; exit 0
+        /// when it completed, 3 when it failed, 4 when it was cancelled.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// List agents, workflows, executions, escalations or templates.
+    Get {
+        #[arg(value_enum)]
+        kind: ListKind,
+        /// Executions and escalations: only those of this workflow (name or id).
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Escalations: `open`, `resolved` or `closed`.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show one agent, workflow, execution, escalation or template whole.
+    Describe {
+        #[arg(value_enum)]
+        kind: OneKind,
+        /// A name (agents, workflows, templates) or an id.
+        name: String,
+    },
+    /// An execution's events in order: assignments, interactions, outcomes.
+    Logs {
+        execution: ExecutionId,
+        /// Keep watching until the run ends (else: what has happened so far).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a running execution (its running LLM calls are stopped).
+    Cancel(Control),
+    /// Pause an execution: running steps finish, nothing new starts.
+    Pause(Control),
+    /// Resume a paused execution.
+    Resume(Control),
+    /// What waits for a person (open escalations; `--all` for every one).
+    Escalations {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Decide about an escalation.
+    Resolve {
+        escalation: String,
+        #[arg(long, value_enum)]
+        action: Action,
+        /// `reassign`: the participating agent (name or id) to take the step.
+        #[arg(long)]
+        agent: Option<String>,
+        /// `provide-output`: a file with the step's output.
+        #[arg(long = "output-file", alias = "result")]
+        output_file: Option<PathBuf>,
+        /// `provide-output`: a one-line summary of it.
+        #[arg(long)]
+        summary: Option<String>,
+        /// Why (kept with the resolution).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who decides (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Control {
+    pub execution: ExecutionId,
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who asks (default: $USER).
+    #[arg(long)]
+    pub by: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListKind {
+    #[value(alias = "agent")]
+    Agents,
+    #[value(alias = "workflow")]
+    Workflows,
+    #[value(alias = "execution")]
+    Executions,
+    #[value(alias = "escalation")]
+    Escalations,
+    #[value(alias = "template")]
+    Templates,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OneKind {
+    #[value(alias = "agents")]
+    Agent,
+    #[value(alias = "workflows")]
+    Workflow,
+    #[value(alias = "executions")]
+    Execution,
+    #[value(alias = "escalations")]
+    Escalation,
+    #[value(alias = "templates")]
+    Template,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Action {
+    Retry,
+    Reassign,
+    Skip,
+    ProvideOutput,
+    Abort,
+    Approve,
+    Reject,
+    Continue,
+}
+
+impl Action {
+    fn api_name(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Reassign => "reassign",
+            Self::Skip => "skip",
+            Self::ProvideOutput => "provideOutput",
+            Self::Abort => "abort",
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+            Self::Continue => "continue",
+        }
+    }
+}
+
+/// Runs one command; the exit code to leave with.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&cli.api);
+    let format = cli.output;
+    match cli.command {
+        Command::Apply { files } => {
+            let applied = apply::apply(&client, &files, |applied| {
+                if format == Format::Table {
+                    println!("{}", applied.line());
+                }
+            })
+            .await?;
+            match applied {
+                Err(errors) => {
+                    for error in &errors {
+                        eprintln!("{error}");
+                    }
+                    eprintln!(
+                        "error: {} problem(s) in the files; nothing was applied",
+                        errors.len()
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                Ok(applied) => {
+                    if format != Format::Table {
+                        output::print_one(format, &serde_json::to_value(&applied)?);
+                    }
+                    Ok(if applied.iter().all(apply::Applied::ok) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+            }
+        }
+        Command::Run {
+            workflow,
+            input,
+            follow,
+        } => {
+            let workflow = workflow_id(&client, &workflow).await?;
+            let mut body = json!({ "triggeredBy": user(None) });
+            if let Some(path) = input {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                body["input"] = serde_json::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}:{}:{}: not JSON: {e}",
+                        path.display(),
+                        e.line(),
+                        e.column()
+                    )
+                })?;
+            }
+            let started: Value = client
+                .post(&format!("/v1/workflows/{workflow}/executions"), &body)
+                .await?;
+            let execution: ExecutionId = started["executionId"]
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("the API answered no executionId: {started}"))?;
+            if !follow {
+                match format {
+                    Format::Table => println!(
+                        "execution {execution} (#{}) {}",
+                        started["executionNumber"],
+                        output::cell(&started, "status")
+                    ),
+                    _ => output::print_one(format, &started),
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("execution {execution} (#{})", started["executionNumber"]);
+            let outcome = follow::follow(&client, execution, workflow, Until::End).await?;
+            Ok(exit_for(outcome))
+        }
+        Command::Logs { execution, follow } => {
+            let view: Value = client.get(&format!("/v1/executions/{execution}")).await?;
+            let workflow: WorkflowId =
+                view["workflowId"]
+                    .as_str()
+                    .and_then(|id| id.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("the execution has no workflowId: {view}"))?;
+            let ended = matches!(
+                view["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            );
+            let until = if follow || ended {
+                Until::End
+            } else {
+                Until::Quiet(Duration::from_secs(1))
+            };
+            let outcome = follow::follow(&client, execution, workflow, until).await?;
+            if outcome.is_none() {
+                println!(
+                    "(the run goes on: `cadre logs {execution} --follow` to watch it to its end)"
+                );
+            }
+            Ok(if follow {
+                exit_for(outcome)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Get {
+            kind,
+            workflow,
+            status,
+        } => {
+            get(
+                &client,
+                format,
+                kind,
+                workflow.as_deref(),
+                status.as_deref(),
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Describe { kind, name } => {
+            let path = match kind {
+                OneKind::Agent => format!("/v1/agents/{}", agent_id(&client, &name).await?),
+                OneKind::Workflow => {
+                    format!("/v1/workflows/{}", workflow_id(&client, &name).await?)
+                }
+                OneKind::Execution => format!(
+                    "/v1/executions/{}",
+                    parse_id::<ExecutionId>(&name, "execution")?
+                ),
+                OneKind::Escalation => {
+                    format!(
+                        "/v1/escalations/{}",
+                        parse_id::<EscalationId>(&name, "escalation")?
+                    )
+                }
+                OneKind::Template => format!(
+                    "/v1/templates/{}",
+                    by_name(&client, "/v1/templates", "template", &name).await?
+                ),
+            };
+            let value: Value = client.get(&path).await?;
+            output::print_one(format, &value);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel(control) => self::control(&client, format, "cancel", control).await,
+        Command::Pause(control) => self::control(&client, format, "pause", control).await,
+        Command::Resume(control) => self::control(&client, format, "resume", control).await,
+        Command::Escalations { all } => {
+            let status = (!all).then_some("open");
+            get(&client, format, ListKind::Escalations, None, status).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resolve {
+            escalation,
+            action,
+            agent,
+            output_file,
+            summary,
+            reason,
+            by,
+        } => {
+            let escalation: EscalationId = parse_id(&escalation, "escalation")?;
+            let mut body = json!({ "action": action.api_name(), "requestedBy": user(by) });
+            if let Some(reason) = reason {
+                body["reason"] = json!(reason);
+            }
+            match (action, agent) {
+                (Action::Reassign, Some(agent)) => {
+                    body["agentId"] = json!(agent_id(&client, &agent).await?.to_string());
+                }
+                (Action::Reassign, None) => {
+                    anyhow::bail!("--action reassign needs --agent <name or id>")
+                }
+                (_, Some(_)) => anyhow::bail!("--agent goes only with --action reassign"),
+                _ => {}
+            }
+            match (action, output_file) {
+                (Action::ProvideOutput, Some(path)) => {
+                    body["output"] = json!(
+                        std::fs::read_to_string(&path)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                    );
+                    if let Some(summary) = summary {
+                        body["summary"] = json!(summary);
+                    }
+                }
+                (Action::ProvideOutput, None) => {
+                    anyhow::bail!("--action provide-output needs --output-file <file>")
+                }
+                (_, Some(_)) => {
+                    anyhow::bail!("--output-file goes only with --action provide-output")
+                }
+                _ => {}
+            }
+            let resolved: Value = client
+                .post(&format!("/v1/escalations/{escalation}/resolve"), &body)
+                .await?;
+            match format {
+                Format::Table => println!(
+                    "escalation {escalation} resolved: {} (step {}: {}, execution {}: {})",
+                    output::cell(&resolved, "action"),
+                    output::cell(&resolved, "stepId"),
+                    output::cell(&resolved, "stepStatus"),
+                    output::cell(&resolved, "executionId"),
+                    output::cell(&resolved, "executionStatus"),
+                ),
+                _ => output::print_one(format, &resolved),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit_for(outcome: Option<Outcome>) -> ExitCode {
+    match outcome {
+        Some(Outcome::Completed) | None => ExitCode::SUCCESS,
+        Some(Outcome::Failed(_)) => ExitCode::from(EXIT_FAILED_RUN),
+        Some(Outcome::Cancelled) => ExitCode::from(EXIT_CANCELLED_RUN),
+    }
+}
+
+/// Who a request is from: `--by`, else the user's login name.
+fn user(by: Option<String>) -> Option<String> {
+    by.or_else(|| std::env::var("USER").ok())
+}
+
+async fn control(
+    client: &Client,
+    format: Format,
+    verb: &str,
+    control: Control,
+) -> anyhow::Result<ExitCode> {
+    let mut body = json!({ "requestedBy": user(control.by) });
+    if let Some(reason) = control.reason {
+        body["reason"] = json!(reason);
+    }
+    let answer: Value = client
+        .post(
+            &format!("/v1/executions/{}/{verb}", control.execution),
+            &body,
+        )
+        .await?;
+    match format {
+        Format::Table => println!(
+            "execution {} {}",
+            control.execution,
+            output::cell(&answer, "status")
+        ),
+        _ => output::print_one(format, &answer),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> anyhow::Result<T> {
+    raw.parse()
+        .map_err(|_| anyhow::anyhow!("'{raw}' is not an {what} id (a UUID)"))
+}
+
+/// The id of the item of `path` (a list) named `name`, or `name` itself when it is an id.
+async fn by_name(
+    client: &Client,
+    path: &str,
+    what: &str,
+    name: &str,
+) -> anyhow::Result<uuid::Uuid> {
+    if let Ok(id) = name.parse() {
+        return Ok(id);
+    }
+    let items = client.list_all(path).await?;
+    let ids: Vec<&str> = items
+        .iter()
+        .filter(|item| item["name"].as_str() == Some(name))
+        .filter_map(|item| item["id"].as_str())
+        .collect();
+    match ids.as_slice() {
+        [id] => parse_id(id, what),
+        [] => anyhow::bail!("no {what} is named '{name}'"),
+        several => anyhow::bail!(
+            "several {what}s are named '{name}': name one by its id ({})",
+            several.join(", ")
+        ),
+    }
+}
+
+async fn workflow_id(client: &Client, name: &str) -> anyhow::Result<WorkflowId> {
+    by_name(client, "/v1/workflows", "workflow", name)
+        .await
+        .map(WorkflowId)
+}
+
+async fn agent_id(client: &Client, name: &str) -> anyhow::Result<cadre_proto::AgentId> {
+    by_name(client, "/v1/agents", "agent", name)
+        .await
+        .map(cadre_proto::AgentId)
+}
+
+async fn get(
+    client: &Client,
+    format: Format,
+    kind: ListKind,
+    workflow: Option<&str>,
+    status: Option<&str>,
+) -> anyhow::Result<()> {
+    let workflow = match workflow {
+        Some(name) => Some(workflow_id(client, name).await?),
+        None => None,
+    };
+    let (items, columns) = match kind {
+        ListKind::Agents => (client.list_all("/v1/agents").await?, output::AGENTS),
+        ListKind::Workflows => (client.list_all("/v1/workflows").await?, output::WORKFLOWS),
+        ListKind::Templates => (client.list_all("/v1/templates").await?, output::TEMPLATES),
+        ListKind::Escalations => {
+            let mut query = Vec::new();
+            if let Some(status) = status {
+                query.push(format!("status={status}"));
+            }
+            if let Some(workflow) = workflow {
+                query.push(format!("workflowId={workflow}"));
+            }
+            let path = format!("/v1/escalations?{}", query.join("&"));
+            (client.list_all(&path).await?, output::ESCALATIONS)
+        }
+        ListKind::Executions => {
+            // There is no list of every run: each workflow's, newest first.
+            let workflows = client.list_all("/v1/workflows").await?;
+            let mut runs = Vec::new();
+            for listed in &workflows {
+                let Some(id) = listed["id"].as_str() else {
+                    continue;
+                };
+                if workflow.is_some_and(|w| w.to_string() != id) {
+                    continue;
+                }
+                for mut run in client
+                    .list_all(&format!("/v1/workflows/{id}/executions"))
+                    .await?
+                {
+                    if format == Format::Table {
+                        run["workflowName"] = listed["name"].clone();
+                    }
+                    runs.push(run);
+                }
+            }
+            (runs, output::EXECUTIONS)
+        }
+    };
+    output::print(format, &Value::Array(items.clone()), &items, columns);
+    Ok(())
+}

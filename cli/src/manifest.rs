@@ -1,0 +1,809 @@
+//! Agents and workflows as YAML documents a team keeps in git, read with every node's place in
+//! the file so an error can name `file:line:column` and the field.
+//!
+//! A file holds one or more documents (`---` between them), each `kind: Agent` or
+//! `kind: Workflow` with the fields of the API's body (`POST /v1/agents`, `POST /v1/workflows`,
+//! camelCase). A workflow may name its agents by name where the API wants ids
+//! (`participatingAgents`, `coordinatorAgentId`, `configuration.steps[].preferredAgentId`);
+//! `apply` resolves them.
+//!
+//! YAML is read with `serde-saphyr`: maintained, pure Rust with `#![forbid(unsafe_code)]`, built
+//! for panic-free parsing and located errors, and able to give each value's location
+//! ([`serde_saphyr::Spanned`]). `serde_yaml` is archived, `serde_yml` has had soundness
+//! advisories, and `serde_norway` keeps `serde_yaml`'s C-to-Rust translated `unsafe` libyaml.
+//!
+//! Each document is read once into a tree of located nodes, from which come both its JSON value
+//! and a map from every JSON pointer in it to where that node starts. Typed checks then run on
+//! the JSON value (with `serde_path_to_error` for the path, `serde_ignored` for unknown fields),
+//! and the pointer of any error, ours or one an API problem names, finds its line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize as DeriveDeserialize, Serialize};
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use cadre_proto::model::{
+    AgentProfile, ModelChoice, ModelParameters, WorkflowConfiguration, WorkflowType,
+};
+use cadre_proto::{AgentId, WorkflowId};
+
+/// Where in a file: 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Place {
+    pub line: u64,
+    pub column: u64,
+}
+
+impl From<serde_saphyr::Location> for Place {
+    fn from(location: serde_saphyr::Location) -> Self {
+        Self {
+            line: location.line(),
+            column: location.column(),
+        }
+    }
+}
+
+/// Something wrong in a file, where it is and which field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileError {
+    pub file: String,
+    pub place: Option<Place>,
+    /// The field as a path (`configuration.steps[1].dependsOn`); absent for the document
+    /// itself or a syntax error.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(place) = self.place {
+            write!(f, ":{}:{}", place.line, place.column)?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A JSON pointer (`/configuration/steps/1/dependsOn`) as a person reads a path in YAML
+/// (`configuration.steps[1].dependsOn`).
+pub fn field_path(pointer: &str) -> String {
+    let mut path = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&segment);
+        }
+    }
+    path
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// A YAML node as read, each child with where it starts.
+#[derive(Debug)]
+enum Node {
+    Scalar(Value),
+    Seq(Vec<Spanned<Node>>),
+    Map(Vec<(String, Spanned<Node>)>),
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+        Ok(Node::Scalar(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+        Ok(Node::Scalar(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
+        serde_json::Number::from_f64(v)
+            .map(|n| Node::Scalar(Value::Number(n)))
+            .ok_or_else(|| E::custom(format!("{v} is not a number JSON can carry")))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::String(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Null))
+    }
+    fn visit_none<E>(self) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Null))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
+        Node::deserialize(deserializer)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+            items.push(item);
+        }
+        Ok(Node::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries: Vec<(String, Spanned<Node>)> = Vec::new();
+        while let Some(key) = map.next_key::<Spanned<Node>>()? {
+            let key_place = key.referenced;
+            let key = match key.value {
+                Node::Scalar(Value::String(key)) => key,
+                Node::Scalar(other) => other.to_string(),
+                _ => return Err(de::Error::custom("a mapping key must be a plain value")),
+            };
+            let mut value = map.next_value::<Spanned<Node>>()?;
+            // A field is where its key is: a nested value starts on the lines below it.
+            value.referenced = key_place;
+            if entries.iter().any(|(k, _)| *k == key) {
+                return Err(de::Error::custom(format!("the key '{key}' appears twice")));
+            }
+            entries.push((key, value));
+        }
+        Ok(Node::Map(entries))
+    }
+}
+
+/// Turns a located tree into its JSON value, recording where each pointer's node starts.
+fn flatten(node: Spanned<Node>, pointer: String, places: &mut BTreeMap<String, Place>) -> Value {
+    places.insert(pointer.clone(), node.referenced.into());
+    match node.value {
+        Node::Scalar(value) => value,
+        Node::Seq(items) => Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| flatten(item, format!("{pointer}/{i}"), places))
+                .collect(),
+        ),
+        Node::Map(entries) => Value::Object(
+            entries
+                .into_iter()
+                .map(|(key, value)| {
+                    let child = format!("{pointer}/{}", escape(&key));
+                    (key, flatten(value, child, places))
+                })
+                .collect(),
+        ),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Kind {
+    Agent,
+    Workflow,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Workflow => "workflow",
+        }
+    }
+}
+
+/// An agent as a document declares it: `POST /v1/agents`'s body.
+#[derive(Debug, Clone, PartialEq, DeriveDeserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    pub name: String,
+    pub role: String,
+    #[serde(default)]
+    pub backstory: String,
+    #[serde(default)]
+    pub skills: Vec<String>,
+    pub provider: String,
+    pub model: String,
+    #[serde(default)]
+    pub model_parameters: ModelParameters,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<ModelChoice>,
+}
+
+impl AgentSpec {
+    /// The fields in which a registered agent differs from this declaration (empty: the same).
+    pub fn differences(&self, agent: &AgentProfile) -> Vec<&'static str> {
+        let mut differ = Vec::new();
+        let mut check = |same: bool, field| {
+            if !same {
+                differ.push(field);
+            }
+        };
+        check(self.role == agent.role, "role");
+        check(self.backstory == agent.backstory, "backstory");
+        check(self.skills == agent.skills, "skills");
+        check(self.provider == agent.provider, "provider");
+        check(self.model == agent.model, "model");
+        check(
+            self.model_parameters == agent.model_parameters,
+            "modelParameters",
+        );
+        check(self.fallback == agent.fallback, "fallback");
+        differ
+    }
+}
+
+/// A workflow as a document declares it: `POST /v1/workflows`'s body, agents by name or id.
+#[derive(Debug, Clone, DeriveDeserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub workflow_type: WorkflowType,
+    pub participating_agents: Vec<String>,
+    #[serde(default)]
+    pub coordinator_agent_id: Option<String>,
+    /// Checked as a [`WorkflowConfiguration`] when read (agent names stood in for), and turned
+    /// into one once its agent names are resolved.
+    pub configuration: Value,
+}
+
+/// `POST /v1/workflows`'s body with ids, as sent, and as an existing workflow is compared.
+#[derive(Debug, Clone, PartialEq, DeriveDeserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowBody {
+    pub name: String,
+    pub description: String,
+    pub workflow_type: WorkflowType,
+    pub participating_agents: Vec<AgentId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_agent_id: Option<AgentId>,
+    pub configuration: WorkflowConfiguration,
+}
+
+impl WorkflowBody {
+    /// The fields in which an existing workflow differs (empty: the same).
+    pub fn differences(&self, other: &WorkflowBody) -> Vec<&'static str> {
+        let mut differ = Vec::new();
+        let mut check = |same: bool, field| {
+            if !same {
+                differ.push(field);
+            }
+        };
+        check(self.description == other.description, "description");
+        check(self.workflow_type == other.workflow_type, "workflowType");
+        check(
+            self.participating_agents == other.participating_agents,
+            "participatingAgents",
+        );
+        check(
+            self.coordinator_agent_id == other.coordinator_agent_id,
+            "coordinatorAgentId",
+        );
+        check(self.configuration == other.configuration, "configuration");
+        differ
+    }
+}
+
+/// Where a workflow names an agent: the pointer and the name or id written there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRef {
+    pub pointer: String,
+    pub reference: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Spec {
+    Agent(AgentSpec),
+    Workflow(WorkflowSpec),
+}
+
+/// One document of a file: what it declares, and where each of its fields is.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub file: String,
+    pub spec: Spec,
+    places: BTreeMap<String, Place>,
+}
+
+impl Document {
+    pub fn kind(&self) -> Kind {
+        match self.spec {
+            Spec::Agent(_) => Kind::Agent,
+            Spec::Workflow(_) => Kind::Workflow,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match &self.spec {
+            Spec::Agent(agent) => &agent.name,
+            Spec::Workflow(workflow) => &workflow.name,
+        }
+    }
+
+    /// Where the node at `pointer` starts, or the nearest enclosing node that the file has (a
+    /// missing field is reported at the object that lacks it).
+    pub fn place(&self, pointer: &str) -> Option<Place> {
+        let mut at = pointer;
+        loop {
+            if let Some(place) = self.places.get(at) {
+                return Some(*place);
+            }
+            at = &at[..at.rfind('/')?];
+        }
+    }
+
+    /// An error about the field at `pointer`, placed in the file.
+    pub fn error_at(&self, pointer: &str, message: impl Into<String>) -> FileError {
+        let field = field_path(pointer);
+        FileError {
+            file: self.file.clone(),
+            place: self.place(pointer),
+            field: (!field.is_empty()).then_some(field),
+            message: message.into(),
+        }
+    }
+
+    /// An error about the document as a whole.
+    pub fn error(&self, message: impl Into<String>) -> FileError {
+        self.error_at("", message)
+    }
+
+    /// Every place this workflow names an agent, in document order.
+    pub fn agent_refs(&self) -> Vec<AgentRef> {
+        let Spec::Workflow(workflow) = &self.spec else {
+            return vec![];
+        };
+        agent_refs(workflow)
+    }
+}
+
+fn agent_refs(workflow: &WorkflowSpec) -> Vec<AgentRef> {
+    let mut refs: Vec<AgentRef> = workflow
+        .participating_agents
+        .iter()
+        .enumerate()
+        .map(|(i, reference)| AgentRef {
+            pointer: format!("/participatingAgents/{i}"),
+            reference: reference.clone(),
+        })
+        .collect();
+    if let Some(reference) = &workflow.coordinator_agent_id {
+        refs.push(AgentRef {
+            pointer: "/coordinatorAgentId".into(),
+            reference: reference.clone(),
+        });
+    }
+    if let Some(steps) = workflow.configuration["steps"].as_array() {
+        for (i, step) in steps.iter().enumerate() {
+            if let Some(reference) = step["preferredAgentId"].as_str() {
+                refs.push(AgentRef {
+                    pointer: format!("/configuration/steps/{i}/preferredAgentId"),
+                    reference: reference.to_owned(),
+                });
+            }
+        }
+    }
+    refs
+}
+
+impl WorkflowSpec {
+    /// The body to send, with each agent reference replaced by the id `resolve` gives it.
+    pub fn body(
+        &self,
+        mut resolve: impl FnMut(&str) -> AgentId,
+    ) -> Result<WorkflowBody, serde_json::Error> {
+        let mut configuration = self.configuration.clone();
+        if let Some(steps) = configuration["steps"].as_array_mut() {
+            for step in steps {
+                if let Some(reference) = step["preferredAgentId"].as_str() {
+                    step["preferredAgentId"] = Value::String(resolve(reference).to_string());
+                }
+            }
+        }
+        Ok(WorkflowBody {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            workflow_type: self.workflow_type,
+            participating_agents: self
+                .participating_agents
+                .iter()
+                .map(|r| resolve(r))
+                .collect(),
+            coordinator_agent_id: self.coordinator_agent_id.as_deref().map(&mut resolve),
+            configuration: serde_json::from_value(configuration)?,
+        })
+    }
+}
+
+/// Reads `value` as `T` the way the API does: every unknown field is an error, and a wrong
+/// type names its field. Errors are `(pointer, message)`.
+fn typed<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    prefix: &str,
+) -> Result<T, Vec<(String, String)>> {
+    let mut unknown = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(pointer_of_ignored(&path));
+    let parsed: Result<T, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut record));
+    match parsed {
+        Err(error) => Err(vec![(
+            format!("{prefix}{}", pointer_of(error.path())),
+            error.inner().to_string(),
+        )]),
+        Ok(_) if !unknown.is_empty() => Err(unknown
+            .into_iter()
+            .map(|pointer| {
+                (
+                    format!("{prefix}{pointer}"),
+                    "unknown field; check its spelling against the API reference".to_owned(),
+                )
+            })
+            .collect()),
+        Ok(parsed) => Ok(parsed),
+    }
+}
+
+fn pointer_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .map(|segment| match segment {
+            Segment::Seq { index } => format!("/{index}"),
+            Segment::Map { key } => format!("/{}", escape(key)),
+            Segment::Enum { variant } => format!("/{}", escape(variant)),
+            Segment::Unknown => "/?".to_owned(),
+        })
+        .collect()
+}
+
+fn pointer_of_ignored(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}/{index}", pointer_of_ignored(parent)),
+        Path::Map { parent, key } => format!("{}/{}", pointer_of_ignored(parent), escape(key)),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => pointer_of_ignored(parent),
+    }
+}
+
+/// The parser's message without what the error already says (`error: line 2 column 7: `).
+fn syntax_message(shown: &str) -> String {
+    let first = shown.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((place, message)) if place.contains(" column ") => message.to_owned(),
+        _ => first.to_owned(),
+    }
+}
+
+/// Reads every document of `text` (from the file `file`), checking each against what the API
+/// accepts. All errors are returned, not only the first.
+pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
+    let error = |place: Option<Place>, field: Option<String>, message: String| FileError {
+        file: file.to_owned(),
+        place,
+        field,
+        message,
+    };
+    let trees: Vec<Spanned<Node>> = serde_saphyr::from_str_multiple(text).map_err(|e| {
+        vec![error(
+            e.location().map(Place::from),
+            None,
+            syntax_message(&e.to_string()),
+        )]
+    })?;
+    if trees.is_empty() {
+        return Err(vec![error(
+            None,
+            None,
+            "no document: expected one or more documents with `kind: Agent` or `kind: Workflow`"
+                .into(),
+        )]);
+    }
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for tree in trees {
+        let mut places = BTreeMap::new();
+        let mut value = flatten(tree, String::new(), &mut places);
+        let located = |pointer: &str, message: String| {
+            let mut at = pointer;
+            let place = loop {
+                if let Some(place) = places.get(at) {
+                    break Some(*place);
+                }
+                match at.rfind('/') {
+                    Some(i) => at = &at[..i],
+                    None => break None,
+                }
+            };
+            let field = field_path(pointer);
+            error(place, (!field.is_empty()).then_some(field), message)
+        };
+        let Some(object) = value.as_object_mut() else {
+            errors.push(located(
+                "",
+                "a document must be a mapping with `kind`".into(),
+            ));
+            continue;
+        };
+        let kind = match object.remove("kind") {
+            Some(Value::String(kind)) if kind == "Agent" => Kind::Agent,
+            Some(Value::String(kind)) if kind == "Workflow" => Kind::Workflow,
+            Some(other) => {
+                errors.push(located(
+                    "/kind",
+                    format!("unknown kind {other}: expected Agent or Workflow"),
+                ));
+                continue;
+            }
+            None => {
+                errors.push(located(
+                    "",
+                    "missing field `kind` (Agent or Workflow)".into(),
+                ));
+                continue;
+            }
+        };
+        let spec = match kind {
+            Kind::Agent => typed::<AgentSpec>(&value, "").map(Spec::Agent),
+            Kind::Workflow => typed::<WorkflowSpec>(&value, "").and_then(|workflow| {
+                // The configuration as the API will read it, with any id standing in for names.
+                let stand_in = AgentId(uuid::Uuid::nil());
+                let mut configuration = workflow.configuration.clone();
+                if let Some(steps) = configuration["steps"].as_array_mut() {
+                    for step in steps {
+                        if step["preferredAgentId"].is_string() {
+                            step["preferredAgentId"] = Value::String(stand_in.to_string());
+                        }
+                    }
+                }
+                typed::<WorkflowConfiguration>(&configuration, "/configuration")?;
+                Ok(Spec::Workflow(workflow))
+            }),
+        };
+        match spec {
+            Ok(spec) => documents.push(Document {
+                file: file.to_owned(),
+                spec,
+                places,
+            }),
+            Err(problems) => errors.extend(
+                problems
+                    .into_iter()
+                    .map(|(pointer, message)| located(&pointer, message)),
+            ),
+        }
+    }
+    if errors.is_empty() {
+        Ok(documents)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reads and checks the documents of every file (`-` is standard input), in order; a name
+/// declared twice for one kind is an error at its second place.
+pub fn load(paths: &[String]) -> Result<Vec<Document>, Vec<FileError>> {
+    let mut documents: Vec<Document> = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let text = if path == "-" {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(Path::new(path))
+        };
+        let text = match text {
+            Ok(text) => text,
+            Err(error) => {
+                errors.push(FileError {
+                    file: path.clone(),
+                    place: None,
+                    field: None,
+                    message: format!("cannot read it: {error}"),
+                });
+                continue;
+            }
+        };
+        match parse(path, &text) {
+            Ok(read) => {
+                for document in read {
+                    if let Some(first) = documents
+                        .iter()
+                        .find(|d| d.kind() == document.kind() && d.name() == document.name())
+                    {
+                        let at = first
+                            .place("")
+                            .map(|p| format!(":{}", p.line))
+                            .unwrap_or_default();
+                        errors.push(document.error_at(
+                            "/name",
+                            format!(
+                                "{} '{}' is declared twice (first at {}{at})",
+                                document.kind().as_str(),
+                                document.name(),
+                                first.file
+                            ),
+                        ));
+                        continue;
+                    }
+                    documents.push(document);
+                }
+            }
+            Err(mut found) => errors.append(&mut found),
+        }
+    }
+    if errors.is_empty() {
+        Ok(documents)
+    } else {
+        Err(errors)
+    }
+}
+
+/// A reference that is an id rather than a name.
+pub fn as_agent_id(reference: &str) -> Option<AgentId> {
+    reference.parse::<uuid::Uuid>().ok().map(AgentId)
+}
+
+/// A reference that is an id rather than a name.
+pub fn as_workflow_id(reference: &str) -> Option<WorkflowId> {
+    reference.parse::<uuid::Uuid>().ok().map(WorkflowId)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const TEAM: &str = "\
+kind: Agent
+name: Ada
+role: analyst
+skills: [research]
+provider: offline
+model: offline-deterministic
+---
+kind: Workflow
+name: Study
+description: Research, then write up
+participatingAgents: [Ada]
+configuration:
+  steps:
+    - id: research
+      name: Research
+      type: analysis
+      description: Look into it.
+      preferredAgentId: Ada
+      instructions: Find out.
+      expectedOutput: Notes.
+";
+
+    #[test]
+    fn documents_are_read_with_their_kind_and_agent_references() {
+        let documents = parse("team.yaml", TEAM).unwrap();
+        assert_eq!(documents.len(), 2);
+        assert_eq!(documents[0].kind(), Kind::Agent);
+        assert_eq!(documents[1].name(), "Study");
+        let refs: Vec<_> = documents[1]
+            .agent_refs()
+            .into_iter()
+            .map(|r| (r.pointer, r.reference))
+            .collect();
+        assert_eq!(
+            refs,
+            [
+                ("/participatingAgents/0".to_owned(), "Ada".to_owned()),
+                (
+                    "/configuration/steps/0/preferredAgentId".to_owned(),
+                    "Ada".to_owned()
+                ),
+            ]
+        );
+        // Line 18 is the second document's `preferredAgentId`.
+        assert_eq!(
+            documents[1].place("/configuration/steps/0/preferredAgentId"),
+            Some(Place {
+                line: 18,
+                column: 7
+            })
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_names_file_line_and_field() {
+        let text = TEAM.replace(
+            "      instructions: Find out.",
+            "      timeoutMinutes: soon",
+        );
+        let errors = parse("team.yaml", &text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let shown = errors[0].to_string();
+        assert!(
+            shown.starts_with("team.yaml:19:7: configuration.steps[0].timeoutMinutes: "),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_each_named() {
+        let text = TEAM
+            .replace("skills: [research]", "skils: [research]")
+            .replace(
+                "      type: analysis",
+                "      type: analysis\n      dependOn: []",
+            );
+        let errors = parse("team.yaml", &text).unwrap_err();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with("team.yaml:4:1: skils: unknown field"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1].starts_with("team.yaml:17:7: configuration.steps[0].dependOn: unknown field"),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_field_or_kind_points_at_its_document() {
+        let errors = parse("a.yaml", "kind: Agent\nname: Bo\n").unwrap_err();
+        assert!(
+            errors[0].to_string().contains("missing field `role`"),
+            "{errors:?}"
+        );
+        let errors = parse("a.yaml", "---\nname: Bo\n---\nkind: Robot\n").unwrap_err();
+        assert_eq!(errors.len(), 2);
+        assert!(
+            errors[1]
+                .to_string()
+                .starts_with("a.yaml:4:1: kind: unknown kind"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line() {
+        let errors = parse("bad.yaml", "kind: Agent\nname: [unclosed\n").unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "bad.yaml:2:7: unclosed bracket '['",
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn field_paths_read_as_yaml() {
+        assert_eq!(
+            field_path("/configuration/steps/1/dependsOn"),
+            "configuration.steps[1].dependsOn"
+        );
+        assert_eq!(field_path(""), "");
+    }
+}

@@ -1,0 +1,330 @@
+//! The `cadre` binary against the three services on a real NATS JetStream and Postgres:
+//! apply (then apply again), run --follow to the end, act on an escalation, cancel a followed
+//! run, and the errors a person sees for a bad file and for a workflow the API refuses.
+
+// Test code: a panic is the failure report, in helpers as in tests.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use cadre_tests::{Stack, eventually};
+use serde_json::Value;
+use tokio::process::Command;
+
+const CADRE: &str = env!("CARGO_BIN_EXE_cadre");
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn command(api: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(CADRE);
+    command
+        .arg("--api")
+        .arg(api)
+        .args(args)
+        .env_remove("CADRE_API")
+        .env("USER", "tester")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `cadre` to its end, within a minute.
+async fn cadre(api: &str, args: &[&str]) -> Output {
+    tokio::time::timeout(Duration::from_secs(60), command(api, args).output())
+        .await
+        .unwrap_or_else(|_| panic!("cadre {args:?} did not end within a minute"))
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(output)))
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> String {
+    let path: PathBuf = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path.display().to_string()
+}
+
+/// A workflow whose second step waits for a person's sign-off.
+const GATE: &str = "\
+kind: Workflow
+name: Gate
+description: Prepare, then wait for a sign-off
+participatingAgents: [Ada]
+configuration:
+  steps:
+    - id: prepare
+      name: Prepare
+      description: Get it ready
+      type: analysis
+      instructions: Prepare the release notes.
+      expectedOutput: Release notes.
+    - id: sign-off
+      name: Sign off
+      description: A person approves
+      type: approval
+      dependsOn: [prepare]
+      instructions: Approve the release.
+      expectedOutput: An approval.
+";
+
+/// The open escalation of the workflow's latest run, once the read models show it.
+async fn open_escalation(api: &str) -> Value {
+    eventually(Duration::from_secs(30), "an open escalation", || async {
+        let listed = json(&cadre(api, &["escalations", "-o", "json"]).await);
+        listed.as_array().unwrap().first().cloned()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn apply_run_follow_resolve_cancel_and_api_problems() {
+    let stack = Stack::start().await;
+    let api = stack.api.base().to_owned();
+    let api = api.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let team = example("team.yaml");
+
+    // Apply creates every document; applying the same files again changes nothing.
+    let applied = cadre(api, &["apply", "-f", &team]).await;
+    let shown = text(&applied);
+    assert!(applied.status.success(), "{shown}");
+    for line in [
+        "agent/Ada created",
+        "agent/Grace created",
+        "agent/Linus created",
+        "workflow/Research brief created",
+    ] {
+        assert!(shown.contains(line), "{line} in:\n{shown}");
+    }
+    let again = cadre(api, &["apply", "-f", &team, "-o", "json"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    let results: Vec<String> = json(&again)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["result"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(results, ["unchanged"; 4]);
+
+    // A changed agent under a registered name is refused, naming what differs; the others go on.
+    let changed = write(
+        dir.path(),
+        "changed.yaml",
+        "kind: Agent\nname: Ada\nrole: critic\nskills: [research, analysis]\n\
+         backstory: Reads widely and checks every claim.\nprovider: offline\n\
+         model: offline-deterministic\n---\nkind: Agent\nname: Ada2\nrole: critic\n\
+         provider: offline\nmodel: offline-deterministic\n",
+    );
+    let refused = cadre(api, &["apply", "-f", &changed]).await;
+    let shown = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("agent/Ada refused"), "{shown}");
+    assert!(shown.contains("differs in role"), "{shown}");
+    assert!(shown.contains("agent/Ada2 created"), "{shown}");
+
+    // A run followed to its end: progress, assignments, outcomes, exit code 0.
+    let input = example("input.json");
+    let run = cadre(
+        api,
+        &["run", "Research brief", "--input", &input, "--follow"],
+    )
+    .await;
+    let shown = text(&run);
+    assert!(run.status.success(), "{shown}");
+    for line in [
+        "execution #1 of 'Research brief' started (3 steps",
+        "[research] attempt 1 assigned to Ada",
+        "[draft] attempt 1 assigned to Grace: preferred agent of the step",
+        "[research] completed by Ada",
+        "(1/3 steps done)",
+        "(3/3 steps done)",
+        "execution completed (3/3 steps done)",
+    ] {
+        assert!(shown.contains(line), "{line} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains('\u{1b}'),
+        "no terminal codes when not a terminal"
+    );
+
+    // The run as listed (once the read models caught up), and its log afterwards.
+    let runs = eventually(
+        Duration::from_secs(30),
+        "the run listed as completed",
+        || async {
+            let args = [
+                "get",
+                "executions",
+                "--workflow",
+                "Research brief",
+                "-o",
+                "json",
+            ];
+            let runs = json(&cadre(api, &args).await);
+            (runs[0]["status"] == "completed").then_some(runs)
+        },
+    )
+    .await;
+    let execution = runs[0]["id"].as_str().unwrap().to_owned();
+    let table = text(&cadre(api, &["get", "executions"]).await);
+    assert!(
+        table.contains("Research brief") && table.contains("completed"),
+        "{table}"
+    );
+    let logs = cadre(api, &["logs", &execution]).await;
+    assert!(logs.status.success());
+    assert!(
+        text(&logs).contains("execution completed"),
+        "{}",
+        text(&logs)
+    );
+    let described = cadre(
+        api,
+        &["describe", "workflow", "Research brief", "-o", "yaml"],
+    )
+    .await;
+    assert!(
+        text(&described).contains("name: Research brief"),
+        "{}",
+        text(&described)
+    );
+
+    // An approval waits for a person: listed, then approved.
+    let gate = write(dir.path(), "gate.yaml", GATE);
+    let applied = cadre(api, &["apply", "-f", &gate]).await;
+    assert!(applied.status.success(), "{}", text(&applied));
+    let started = cadre(api, &["run", "Gate", "-o", "json"]).await;
+    assert!(started.status.success(), "{}", text(&started));
+    let escalation = open_escalation(api).await;
+    assert_eq!(escalation["kind"], "approval");
+    let listed = text(&cadre(api, &["escalations"]).await);
+    assert!(listed.contains("sign-off"), "{listed}");
+    let id = escalation["id"].as_str().unwrap();
+    let resolved = cadre(
+        api,
+        &[
+            "resolve",
+            id,
+            "--action",
+            "approve",
+            "--reason",
+            "looks good",
+        ],
+    )
+    .await;
+    assert!(resolved.status.success(), "{}", text(&resolved));
+    assert!(
+        text(&resolved).contains("resolved: approve"),
+        "{}",
+        text(&resolved)
+    );
+
+    // A followed run that is cancelled ends the follower with exit code 4.
+    let follower = command(api, &["run", "Gate", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let escalation = open_escalation(api).await;
+    let execution = escalation["executionId"].as_str().unwrap();
+    let cancelled = cadre(api, &["cancel", execution, "--reason", "not today"]).await;
+    assert!(cancelled.status.success(), "{}", text(&cancelled));
+    let followed = tokio::time::timeout(Duration::from_secs(60), follower.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let shown = text(&followed);
+    assert_eq!(followed.status.code(), Some(4), "{shown}");
+    assert!(
+        shown.contains("[sign-off] approval waits for a person"),
+        "{shown}"
+    );
+    assert!(shown.contains("execution cancelled: not today"), "{shown}");
+    // Cancelling it again is a problem the API explains.
+    let again = cadre(api, &["cancel", execution]).await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again).contains("current status: cancelled"),
+        "{}",
+        text(&again)
+    );
+
+    // A workflow the API refuses: its problem, each pointer with its place in the file.
+    let unknown = write(
+        dir.path(),
+        "unknown-step.yaml",
+        &GATE.replace("name: Gate", "name: Unknown step").replace(
+            "      type: analysis\n",
+            "      type: analysis\n      dependsOn: [nowhere]\n",
+        ),
+    );
+    let refused = cadre(api, &["apply", "-f", &unknown]).await;
+    let shown = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("workflow/Unknown step failed"), "{shown}");
+    assert!(shown.contains("The request is not valid (422)"), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "{unknown}:11:19: configuration.steps[0].dependsOn[0]: "
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("(pointer /configuration/steps/0/dependsOn/0)"),
+        "{shown}"
+    );
+
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_error_names_file_line_and_field_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &GATE.replace(
+            "      type: approval\n",
+            "      type: approval\n      timeoutMinutes: soon\n",
+        ),
+    );
+    // Nothing listens there: a file error is found before the API is asked anything.
+    let output = cadre("http://127.0.0.1:9", &["apply", "-f", &bad]).await;
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "{bad}:17:7: configuration.steps[1].timeoutMinutes: invalid type"
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("nothing was applied"), "{shown}");
+
+    // The API unreachable is said so, with where it was looked for.
+    let output = cadre("http://127.0.0.1:9", &["get", "agents"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).contains("cannot reach the Cadre API at http://127.0.0.1:9"),
+        "{}",
+        text(&output)
+    );
+}
