@@ -1,12 +1,10 @@
 //! Watching a run as it happens: its events from the log, as server-sent events, shown as one
 //! line each (assignments, interactions, step outcomes) under a progress bar.
 //!
-//! An execution's own feed (`GET /v1/executions/{id}/events`) carries its state events but not
-//! the interactions, which are recorded on the workflow's subjects. So the execution's feed is
-//! read only for the sequence of its first event; the workflow's feed
-//! (`GET /v1/events?workflowId=`) is then read from there, kept to this execution's events, and
-//! left after the event that ends the run. A dropped connection is reopened after the last
-//! event seen (`Last-Event-ID`), so nothing is lost or shown twice.
+//! The execution's own feed (`GET /v1/executions/{id}/events`) carries its events and its
+//! interactions, from its start, and ends after the event that ends the run. A dropped
+//! connection is reopened after the last event seen (`Last-Event-ID`), so nothing is lost or
+//! shown twice.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
@@ -17,7 +15,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use cadre_proto::events::{Event, Resolution};
-use cadre_proto::{AgentId, Envelope, ExecutionId, StepId, WorkflowId};
+use cadre_proto::{AgentId, Envelope, ExecutionId, StepId};
 
 use crate::client::Client;
 
@@ -45,17 +43,15 @@ const MAX_RECONNECTS: u32 = 10;
 pub async fn follow(
     client: &Client,
     execution: ExecutionId,
-    workflow: WorkflowId,
     until: Until,
 ) -> anyhow::Result<Option<Outcome>> {
-    let first = first_sequence(client, execution).await?;
     let mut view = View::new(std::io::stdout().is_terminal());
-    let path = format!("/v1/events?workflowId={workflow}");
-    // The feed goes on after the id it is given: the event before the run's first.
-    let mut last_id = first.saturating_sub(1).to_string();
+    let path = format!("/v1/executions/{execution}/events");
+    // Nothing seen yet: the feed starts at the run's start.
+    let mut last_id: Option<String> = None;
     let mut failures = 0;
     loop {
-        let response = match client.events(&path, Some(&last_id)).await {
+        let response = match client.events(&path, last_id.as_deref()).await {
             Ok(response) => response,
             Err(error) if failures < MAX_RECONNECTS && error.problem().is_none() => {
                 failures += 1;
@@ -89,14 +85,11 @@ pub async fn follow(
             if sse.id.is_empty() {
                 continue;
             }
-            last_id = sse.id.clone();
+            last_id = Some(sse.id.clone());
             failures = 0;
             let Ok(envelope) = Envelope::decode(sse.data.as_bytes()) else {
                 continue;
             };
-            if envelope.event.execution_id() != Some(execution) {
-                continue;
-            }
             if let Some(outcome) = view.show(&envelope.event) {
                 view.finish();
                 return Ok(Some(outcome));
@@ -112,21 +105,6 @@ pub async fn follow(
 
 fn backoff(failures: u32) -> Duration {
     Duration::from_millis(250 * 2u64.pow(failures.min(5)))
-}
-
-/// The stream sequence of the execution's first event (`ExecutionStarted`).
-async fn first_sequence(client: &Client, execution: ExecutionId) -> anyhow::Result<u64> {
-    let response = client
-        .events(&format!("/v1/executions/{execution}/events"), None)
-        .await?;
-    let mut feed = response.bytes_stream().eventsource();
-    while let Some(sse) = feed.next().await {
-        let sse = sse?;
-        if let Ok(sequence) = sse.id.parse() {
-            return Ok(sequence);
-        }
-    }
-    anyhow::bail!("the execution's event feed ended before its first event")
 }
 
 /// What is known of the run so far, and where its lines go.

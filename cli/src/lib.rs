@@ -268,16 +268,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             println!("execution {execution} (#{})", started["executionNumber"]);
-            let outcome = follow::follow(&client, execution, workflow, Until::End).await?;
+            let outcome = follow::follow(&client, execution, Until::End).await?;
             Ok(exit_for(outcome))
         }
         Command::Logs { execution, follow } => {
             let view: Value = client.get(&format!("/v1/executions/{execution}")).await?;
-            let workflow: WorkflowId =
-                view["workflowId"]
-                    .as_str()
-                    .and_then(|id| id.parse().ok())
-                    .ok_or_else(|| anyhow::anyhow!("the execution has no workflowId: {view}"))?;
             let ended = matches!(
                 view["status"].as_str(),
                 Some("completed" | "failed" | "cancelled")
@@ -287,7 +282,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 Until::Quiet(Duration::from_secs(1))
             };
-            let outcome = follow::follow(&client, execution, workflow, until).await?;
+            let outcome = follow::follow(&client, execution, until).await?;
             if outcome.is_none() {
                 println!(
                     "(the run goes on: `cadre logs {execution} --follow` to watch it to its end)"

@@ -1,4 +1,5 @@
-//! Live feeds of the event log as server-sent events: an execution's events from its start,
+//! Live feeds of the event log as server-sent events: an execution's events (and its
+//! interactions) from its start,
 //! resumed after `Last-Event-ID`, ending with the run; and the tenant's feed, live.
 
 // Test code: a panic is the failure report, in helpers as in tests.
@@ -47,6 +48,10 @@ async fn an_execution_feed_replays_then_follows_resumes_after_an_id_and_ends_wit
             .filter(|k| **k == types::STEP_COMPLETED)
             .count(),
         3
+    );
+    assert!(
+        kinds.contains(&types::INTERACTION_RECORDED),
+        "the run's interactions are in its feed: {kinds:?}"
     );
     let ids: Vec<u64> = events.iter().map(|e| e.id.parse().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in log order: {ids:?}");

@@ -28,8 +28,9 @@ use super::{ApiResult, AppState, Problem, parse_id};
 /// How often an idle feed sends a comment, so proxies and clients keep the connection open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// `GET /v1/executions/{id}/events`: the execution's events from its start (or after
-/// `Last-Event-ID`), then live; the feed ends after the event that ends the run.
+/// `GET /v1/executions/{id}/events`: the execution's events and its interactions from its
+/// start (or after `Last-Event-ID`), then live; the feed ends after the event that ends the
+/// run.
 pub(super) async fn execution(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -39,14 +40,17 @@ pub(super) async fn execution(
     let id: ExecutionId = parse_id(&raw, "execution id")?;
     let after = resume_after(&headers, &params)?;
     let (_, start) = started(&app, id).await?;
-    let filter = subjects::execution_state(&app.tenant, start.workflow_id, id);
+    let filters = vec![
+        subjects::execution_state(&app.tenant, start.workflow_id, id),
+        subjects::interactions(&app.tenant, start.workflow_id, id),
+    ];
     let deliver = match after {
         Some(sequence) => DeliverPolicy::ByStartSequence {
             start_sequence: sequence + 1,
         },
         None => DeliverPolicy::All,
     };
-    feed(&app, filter, deliver, true).await
+    feed(&app, filters, deliver, true).await
 }
 
 /// `GET /v1/events[?workflowId=]`: every event of the tenant (or of one workflow) from now
@@ -70,7 +74,7 @@ pub(super) async fn all(
         },
         None => DeliverPolicy::New,
     };
-    feed(&app, filter, deliver, false).await
+    feed(&app, vec![filter], deliver, false).await
 }
 
 /// The sequence a reconnecting client saw last: its `Last-Event-ID` header, else `?after=`.
@@ -95,7 +99,7 @@ fn resume_after(
 
 async fn feed(
     app: &AppState,
-    filter: String,
+    filter_subjects: Vec<String>,
     deliver_policy: DeliverPolicy,
     ends_with_the_run: bool,
 ) -> ApiResult {
@@ -103,7 +107,7 @@ async fn feed(
         .bus
         .stream()
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter,
+            filter_subjects,
             deliver_policy,
             ..Default::default()
         })
