@@ -23,6 +23,7 @@ use futures::{Stream, StreamExt};
 use cadre_proto::{Envelope, Event, ExecutionId, WorkflowId, subjects};
 
 use super::executions::started;
+use super::openapi::{BadRequest, NotFound, Unavailable};
 use super::{ApiResult, AppState, Problem, parse_id};
 
 /// How often an idle feed sends a comment, so proxies and clients keep the connection open.
@@ -30,6 +31,21 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// `GET /v1/executions/{id}/events`: the execution's events from its start (or after
 /// `Last-Event-ID`), then live; the feed ends after the event that ends the run.
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}/events",
+    tag = "events",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The execution's id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Go on after this event (the `id` of the last event seen)"),
+        ("after" = Option<u64>, Query, description = "As `Last-Event-ID`, for clients that cannot set it"),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+         description = "Server-sent events: `id` the event's stream sequence, `event` its CloudEvents type, `data` the CloudEvents JSON as stored"),
+        BadRequest, NotFound, Unavailable,
+    )
+)]
 pub(super) async fn execution(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -51,6 +67,21 @@ pub(super) async fn execution(
 
 /// `GET /v1/events[?workflowId=]`: every event of the tenant (or of one workflow) from now
 /// on, or after `Last-Event-ID`; it never ends on its own.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(
+        ("workflowId" = Option<uuid::Uuid>, Query, description = "Only this workflow's events and its executions'"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Go on after this event (the `id` of the last event seen)"),
+        ("after" = Option<u64>, Query, description = "As `Last-Event-ID`, for clients that cannot set it"),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+         description = "Server-sent events: `id` the event's stream sequence, `event` its CloudEvents type, `data` the CloudEvents JSON as stored"),
+        BadRequest, Unavailable,
+    )
+)]
 pub(super) async fn all(
     State(app): State<AppState>,
     headers: HeaderMap,
