@@ -28,13 +28,21 @@ use crate::workers::no_worker_offers;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct RegisterAgent {
+    #[schema(max_length = 200, pattern = r"\S")]
     name: String,
+    #[schema(max_length = 200, pattern = r"\S")]
     role: String,
     #[serde(default)]
+    #[schema(max_length = 8192)]
     backstory: String,
     #[serde(default)]
+    /// At most 50, each not blank and at most 200 characters.
+    #[schema(max_items = 50)]
     skills: Vec<String>,
+    /// A provider configured on the agent workers.
+    #[schema(max_length = 64, pattern = "^[a-z0-9_-]+$")]
     provider: String,
+    #[schema(max_length = 200, pattern = r"\S")]
     model: String,
     #[serde(default)]
     model_parameters: ModelParameters,

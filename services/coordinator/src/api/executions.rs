@@ -38,6 +38,7 @@ pub(super) struct StartRequest {
     #[serde(default)]
     trigger_reason: TriggerReason,
     #[serde(default)]
+    #[schema(max_length = 200)]
     triggered_by: Option<String>,
     /// The run's input (at most 64 KiB), quoted to every step.
     #[serde(default)]

@@ -10,7 +10,7 @@ mod escalations;
 mod executions;
 mod live;
 mod metrics;
-mod openapi;
+pub mod openapi;
 mod problem;
 mod resolutions;
 mod templates;
@@ -120,11 +120,6 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
         )
 }
 
-/// The API's OpenAPI document, as `GET /openapi.json` serves it.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().into_openapi()
-}
-
 type ApiResult = Result<Response, Problem>;
 
 fn unavailable_log(error: ReadError) -> Problem {
@@ -219,8 +214,10 @@ fn found<T: Serialize>(value: Option<T>, missing: impl FnOnce() -> String) -> Ap
 #[serde(rename_all = "camelCase")]
 struct ControlRequest {
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = r"\S")]
     reason: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = r"\S")]
     requested_by: Option<String>,
 }
 

@@ -38,11 +38,76 @@ pub(super) struct ApiDoc;
 
 /// The document, built once from the router's routes.
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    super::api()
-        .into_openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"))
+    let mut document = serde_json::to_value(super::api().into_openapi()).unwrap_or_default();
+    close_request_bodies(&mut document);
+    serde_json::to_string_pretty(&document).unwrap_or_default()
 });
+
+/// The document as `GET /openapi.json` serves it.
+pub fn json() -> &'static str {
+    &DOCUMENT
+}
+
+/// Says of every object a request body is made of what the body parser enforces: a field it
+/// does not know is refused (`additionalProperties: false`), at any depth. Response objects
+/// stay open, as clients should read them (some are extended by flattening).
+fn close_request_bodies(document: &mut serde_json::Value) {
+    let mut pending: Vec<String> = Vec::new();
+    for item in document["paths"].as_object().into_iter().flatten() {
+        for operation in item.1.as_object().into_iter().flatten() {
+            collect_refs(&operation.1["requestBody"], &mut pending);
+        }
+    }
+    let mut closed = std::collections::BTreeSet::new();
+    while let Some(name) = pending.pop() {
+        if !closed.insert(name.clone()) {
+            continue;
+        }
+        let schema = &mut document["components"]["schemas"][&name];
+        collect_refs(schema, &mut pending);
+        close(schema);
+    }
+}
+
+/// Closes `schema` and the inline object schemas in it (not those it refers to).
+fn close(schema: &mut serde_json::Value) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    if object.contains_key("properties") && !object.contains_key("additionalProperties") {
+        object.insert("additionalProperties".to_owned(), false.into());
+    }
+    for (key, value) in object.iter_mut() {
+        match (key.as_str(), value) {
+            ("properties", serde_json::Value::Object(properties)) => {
+                properties.values_mut().for_each(close);
+            }
+            ("items" | "additionalProperties", value) => close(value),
+            ("oneOf" | "anyOf" | "allOf", serde_json::Value::Array(parts)) => {
+                parts.iter_mut().for_each(close);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The names of the component schemas `value` refers to.
+fn collect_refs(value: &serde_json::Value, names: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(object) => {
+            if let Some(name) = object
+                .get("$ref")
+                .and_then(|r| r.as_str())
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+            {
+                names.push(name.to_owned());
+            }
+            object.values().for_each(|v| collect_refs(v, names));
+        }
+        serde_json::Value::Array(values) => values.iter().for_each(|v| collect_refs(v, names)),
+        _ => {}
+    }
+}
 
 /// `GET /openapi.json`.
 #[utoipa::path(
@@ -197,5 +262,19 @@ mod tests {
         }
         let feed = &document["paths"]["/v1/events"]["get"]["responses"]["200"]["content"];
         assert!(feed["text/event-stream"].is_object(), "{feed}");
+    }
+
+    /// The body parser refuses unknown fields at any depth; the document says so of request
+    /// bodies only: responses may be extended (`RegisteredAgent` flattens `AgentProfile`).
+    #[test]
+    fn request_bodies_refuse_unknown_fields_and_responses_stay_open() {
+        let document: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap();
+        let schemas = &document["components"]["schemas"];
+        for closed in ["RegisterAgent", "ModelParameters", "CreateWorkflow", "WorkflowStep"] {
+            assert_eq!(schemas[closed]["additionalProperties"], false, "{closed}");
+        }
+        for open in ["AgentProfile", "WorkflowDefinition", "ExecutionView", "Problem"] {
+            assert!(schemas[open]["additionalProperties"].is_null(), "{open}");
+        }
     }
 }

@@ -48,10 +48,13 @@ pub(super) struct ResolveRequest {
     #[serde(default)]
     output: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 2000)]
     summary: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = r"\S")]
     requested_by: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = r"\S")]
     reason: Option<String>,
 }
 
