@@ -270,10 +270,20 @@ mod tests {
     fn request_bodies_refuse_unknown_fields_and_responses_stay_open() {
         let document: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap();
         let schemas = &document["components"]["schemas"];
-        for closed in ["RegisterAgent", "ModelParameters", "CreateWorkflow", "WorkflowStep"] {
+        for closed in [
+            "RegisterAgent",
+            "ModelParameters",
+            "CreateWorkflow",
+            "WorkflowStep",
+        ] {
             assert_eq!(schemas[closed]["additionalProperties"], false, "{closed}");
         }
-        for open in ["AgentProfile", "WorkflowDefinition", "ExecutionView", "Problem"] {
+        for open in [
+            "AgentProfile",
+            "WorkflowDefinition",
+            "ExecutionView",
+            "Problem",
+        ] {
             assert!(schemas[open]["additionalProperties"].is_null(), "{open}");
         }
     }
