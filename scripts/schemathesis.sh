@@ -45,6 +45,10 @@ free_port() {
   done
 }
 
+for tool in curl jq; do
+  command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null; }
+done
+
 echo "building the services (debug)..."
 cargo build --locked -q -p cadre-coordinator -p cadre-agent-worker -p cadre-projector
 target=${CARGO_TARGET_DIR:-target}
@@ -76,11 +80,16 @@ pids+=($!)
 pids+=($!)
 
 api="http://$CADRE_HTTP_ADDR"
-for _ in $(seq 1 100); do
-  curl -fsS "$api/readyz" >/dev/null 2>&1 && break
+ready=""
+for _ in $(seq 1 150); do
+  if curl -fsS "$api/readyz" >/dev/null 2>&1; then ready=1; break; fi
   sleep 0.2
 done
-command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
+if [ -z "$ready" ]; then
+  echo "the coordinator did not become ready; its log:" >&2
+  tail -n 20 "$logs/schemathesis-coordinator.log" >&2
+  exit 1
+fi
 
 # Something to find: a team, a workflow whose run completes a step and then waits for a
 # person's sign-off (an open escalation), so that the operations on ids reach real resources
