@@ -121,6 +121,8 @@ async fn provider_warnings(app: &AppState, agent: &AgentProfile) -> Vec<String> 
         .collect()
 }
 
+/// `GET /v1/workers`: the live agent workers, what providers they offer and how much they run
+/// at once.
 #[utoipa::path(
     get,
     path = "/v1/workers",
@@ -130,8 +132,6 @@ async fn provider_warnings(app: &AppState, agent: &AgentProfile) -> Vec<String> 
         Unavailable,
     )
 )]
-/// `GET /v1/workers`: the live agent workers, what providers they offer and how much they run
-/// at once.
 pub(super) async fn workers(State(app): State<AppState>) -> ApiResult {
     let live = app.workers.live().await.map_err(|error| {
         tracing::error!(%error, "worker registry read failed");
