@@ -27,3 +27,6 @@ echo "== kubernetes manifests"
 bash scripts/validate-k8s.sh
 echo "== cargo test"
 cargo test --workspace --locked
+# The API's contract: every operation of /openapi.json fuzzed on a live stack.
+echo "== API contract (schemathesis)"
+bash scripts/schemathesis.sh

@@ -6,6 +6,7 @@ use crate::ids::{AgentId, StepId, TemplateId, WorkflowId};
 
 /// Sampling settings an agent passes to its LLM.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelParameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -16,6 +17,7 @@ pub struct ModelParameters {
 
 /// A registered agent: who it is, what it knows, and which LLM speaks for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentProfile {
     pub id: AgentId,
@@ -35,6 +37,7 @@ pub struct AgentProfile {
 
 /// An LLM provider (by the name the agent workers configure it under) and one of its models.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelChoice {
     pub provider: String,
@@ -42,6 +45,7 @@ pub struct ModelChoice {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowType {
     #[default]
@@ -52,6 +56,7 @@ pub enum WorkflowType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StepType {
     Analysis,
@@ -100,6 +105,7 @@ impl StepType {
 
 /// One step of a workflow (the seed's `WorkflowStep`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowStep {
     pub id: StepId,
@@ -190,6 +196,7 @@ fn yes() -> bool {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CommunicationStyle {
     Formal,
@@ -203,6 +210,7 @@ pub enum CommunicationStyle {
 /// vote approves; `majority`: more than half do). Under a panel, steps of type `review` and
 /// `decision` are voted on too, whether or not they require a review.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionMaking {
     Consensus,
@@ -241,6 +249,7 @@ impl DecisionMaking {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Coordination {
     #[serde(default)]
@@ -290,6 +299,7 @@ impl Default for Coordination {
 /// What happens to a step whose agent asked teammates questions that need an answer: the step
 /// waits (holding no worker) until every addressee answered or `deadline_seconds` passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct QuestionPolicy {
     /// Seconds the asker waits for answers, from when the questions were handed out.
@@ -322,6 +332,7 @@ impl Default for QuestionPolicy {
 
 /// What a step does when some of its questions are still unanswered at the deadline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MissedDeadline {
     /// The asker goes on with the answers it has, told which ones never came.
@@ -332,6 +343,7 @@ pub enum MissedDeadline {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Constraints {
     /// How long a run may take from its start, in seconds (the seed's unit: 3600 is an hour).
@@ -355,6 +367,7 @@ pub struct Constraints {
 /// doubling with each further one up to `maxSeconds`, each wait jittered down by up to half so
 /// that steps failed together are not retried together.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RetryBackoff {
     #[serde(default = "RetryBackoff::default_initial")]
@@ -392,6 +405,7 @@ impl Default for RetryBackoff {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowConfiguration {
     pub steps: Vec<WorkflowStep>,
@@ -419,6 +433,7 @@ pub struct WorkflowConfiguration {
 /// proposes revised steps; valid ones replace the run's steps and it goes on with them, at most
 /// `maxReplans` times per run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SagaPolicy {
     #[serde(default)]
@@ -448,6 +463,7 @@ impl SagaPolicy {
 /// fails only when a rung's attempt fails with no rung left. An empty ladder (the default)
 /// fails the run at once.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EscalationPolicy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -479,6 +495,7 @@ impl EscalationPolicy {
 /// A lead rule: once `risk` shows in a run, its steps not yet handed out go to an agent of
 /// `role` (except a step's own `preferredAgentId`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RiskLead {
     /// A tag, compared without case: `security`, `data-corruption`.
@@ -502,6 +519,7 @@ pub fn hashtags(text: &str) -> impl Iterator<Item = String> + '_ {
 
 /// One rung of an [`EscalationPolicy`] ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum EscalationRung {
     /// Another participating agent takes the step: the best match among those that have not
@@ -530,6 +548,7 @@ impl EscalationRung {
 
 /// What starts a workflow's runs on its own (each run records its `triggerReason`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Triggers {
     /// A run on every tick of this schedule (`scheduled`): a cron expression of 6 fields,
@@ -553,6 +572,7 @@ impl Triggers {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PhaseMode {
     /// The phase's steps run at the same time.
@@ -564,6 +584,7 @@ pub enum PhaseMode {
 
 /// A group of steps that runs as one stage of the workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowPhase {
     pub name: String,
@@ -575,6 +596,7 @@ pub struct WorkflowPhase {
 
 /// A workflow as created: the seed's `CreateWorkflowRequest` plus its id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowDefinition {
     pub id: WorkflowId,
@@ -617,6 +639,7 @@ impl WorkflowDefinition {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerReason {
     #[default]
@@ -627,6 +650,7 @@ pub enum TriggerReason {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum InteractionType {
     TaskDelegation,
@@ -649,6 +673,7 @@ impl InteractionType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum KnowledgeType {
     Insight,
@@ -672,6 +697,7 @@ impl KnowledgeType {
 
 /// Token counts reported by the LLM (or estimated by the offline provider).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenUsage {
     pub prompt: u32,
@@ -692,6 +718,7 @@ impl TokenUsage {
 
 /// What an agent produced for a step, parsed from the seed's response sections.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepResult {
     pub summary: String,
@@ -712,6 +739,7 @@ pub struct StepResult {
 
 /// A value kept in a JetStream Object Store because it is too large for an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectRef {
     pub bucket: String,
@@ -722,6 +750,7 @@ pub struct ObjectRef {
 
 /// What a workflow template is for (the seed's `TemplateCategory`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TemplateCategory {
     Development,
@@ -756,6 +785,7 @@ impl TemplateCategory {
 /// team (`assignedAgentRole`, `reviewerRole`, `escalation.leads[].role`) rather than agents.
 /// A workflow is created from it by mapping each of `required_agent_roles` to an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowTemplate {
     pub id: TemplateId,

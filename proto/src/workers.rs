@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// What one agent worker announces every [`crate::streams::WORKER_HEARTBEAT`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerRecord {
     pub worker_id: String,
@@ -20,6 +21,7 @@ pub struct WorkerRecord {
 
 /// One piece of a step's answer as the model writes it, on [`crate::subjects::live_tokens`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenDelta {
     pub attempt: u32,

@@ -16,28 +16,33 @@ pub struct Page {
     pub offset: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentView {
     pub id: Uuid,
     pub name: String,
     pub role: String,
     pub backstory: String,
+    #[schema(value_type = Vec<String>)]
     pub skills: serde_json::Value,
     pub provider: String,
     pub model: String,
+    #[schema(value_type = cadre_proto::model::ModelParameters)]
     pub model_parameters: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowView {
     pub id: Uuid,
     pub name: String,
     pub description: String,
+    #[schema(value_type = cadre_proto::model::WorkflowType)]
     pub workflow_type: String,
+    #[schema(value_type = cadre_proto::model::WorkflowConfiguration)]
     pub configuration: serde_json::Value,
+    #[schema(value_type = Vec<Uuid>)]
     pub participating_agents: serde_json::Value,
     pub coordinator_agent_id: Option<Uuid>,
     pub status: String,
@@ -52,7 +57,7 @@ pub struct WorkflowView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionView {
     pub id: Uuid,
@@ -63,14 +68,20 @@ pub struct ExecutionView {
     /// The most recently scheduled of `active_steps`; kept for clients of the seed's API.
     pub current_step_id: Option<String>,
     /// Every step scheduled or running, in the order they were scheduled.
+    #[schema(value_type = Vec<String>)]
     pub active_steps: serde_json::Value,
+    #[schema(value_type = Object)]
     pub execution_context: serde_json::Value,
+    #[schema(value_type = std::collections::BTreeMap<String, Object>)]
     pub step_results: serde_json::Value,
+    #[schema(value_type = Vec<String>)]
     pub active_agents: serde_json::Value,
+    #[schema(value_type = std::collections::BTreeMap<String, Object>)]
     pub agent_assignments: serde_json::Value,
     pub status: String,
     pub error_message: Option<String>,
     /// Why a failed execution failed (`{"kind": "stepFailed", "stepId": ...}`).
+    #[schema(value_type = Option<Object>)]
     pub failure_cause: Option<serde_json::Value>,
     pub final_output: Option<serde_json::Value>,
     pub started_at: DateTime<Utc>,
@@ -80,7 +91,7 @@ pub struct ExecutionView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InteractionView {
     pub id: Uuid,
@@ -89,6 +100,7 @@ pub struct InteractionView {
     pub to_agent_id: Option<Uuid>,
     pub interaction_type: String,
     pub message: String,
+    #[schema(value_type = Object)]
     pub context_data: serde_json::Value,
     pub related_step_id: Option<String>,
     pub requires_response: bool,
@@ -98,12 +110,13 @@ pub struct InteractionView {
     /// The answer, or why there is none.
     pub response_message: Option<String>,
     /// Who answered with which model and tokens; `missedDeadline` when it came too late.
+    #[schema(value_type = Option<Object>)]
     pub response_data: Option<serde_json::Value>,
     pub responded_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KnowledgeView {
     pub id: Uuid,
@@ -116,9 +129,11 @@ pub struct KnowledgeView {
     pub content: String,
     pub knowledge_type: String,
     pub created_by_agent_id: Uuid,
+    #[schema(value_type = Vec<String>)]
     pub validated_by_agents: serde_json::Value,
     pub relevance_score: f64,
     pub usage_count: i32,
+    #[schema(value_type = Vec<String>)]
     pub tags: serde_json::Value,
     pub is_active: bool,
     pub superseded_by: Option<Uuid>,
@@ -293,7 +308,7 @@ pub enum UsageGroup {
 }
 
 /// Tokens and cost of a set of recorded LLM calls.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageSum {
     /// What the row sums (a step id, an agent id, a `provider/model`); absent for the total.
@@ -362,7 +377,7 @@ pub async fn usage(
 }
 
 /// A step handed from one agent to another (the seed's `TaskHandoff`), with where it belongs.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HandoffView {
     /// The `TaskHandedOff` event the handoff was recorded by.
@@ -378,16 +393,19 @@ pub struct HandoffView {
     pub success_criteria: String,
     /// Minutes: the step's `timeoutMinutes`; absent when it has none.
     pub estimated_time: Option<f64>,
+    #[schema(value_type = Vec<String>)]
     pub escalation_conditions: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HandoffContextView {
     pub completed_work: String,
     pub remaining_work: String,
+    #[schema(value_type = Vec<String>)]
     pub constraints: serde_json::Value,
+    #[schema(value_type = Vec<String>)]
     pub dependencies: serde_json::Value,
 }
 
@@ -436,7 +454,7 @@ pub async fn handoffs(
 }
 
 /// An agent's latest status (the seed's `AgentStatus`), with the step attempt it is about.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentStatusView {
     pub agent_id: Uuid,
@@ -452,8 +470,10 @@ pub struct AgentStatusView {
     pub progress: i16,
     /// When the step will be done at the latest (its attempt's time-out), or was done.
     pub estimated_completion: Option<DateTime<Utc>>,
+    #[schema(value_type = Vec<String>)]
     pub blockers: serde_json::Value,
     /// `[{fromAgent?, reason, urgency}]`, `urgency` one of `low`, `medium`, `high`, `critical`.
+    #[schema(value_type = Vec<Object>)]
     pub requested_support: serde_json::Value,
     /// When the status was recorded; absent while idle.
     pub updated_at: Option<DateTime<Utc>>,
@@ -499,7 +519,7 @@ pub async fn agent_status(
 
 /// What waits, or waited, for a person (`escalations`): a step past the ladder's automatic
 /// rungs, an approval, or a whole run past `escalation.afterMinutes`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EscalationView {
     /// The escalation id (`POST /v1/escalations/{id}/resolve`).
@@ -519,12 +539,14 @@ pub struct EscalationView {
     /// Why the step was escalated, in words.
     pub reason: String,
     /// `{failures: [{attempt, agentId, error}], tried: [rung], outputs: {stepId: summary}}`.
+    #[schema(value_type = Object)]
     pub context: serde_json::Value,
     pub created_at: DateTime<Utc>,
     /// Resolved only: when, the action (`retry`, `reassign`, `skip`, `provideOutput`, `abort`,
     /// `approve`, `reject`, `continue`), the whole resolution (`{action, ...}`), who, and their comment.
     pub resolved_at: Option<DateTime<Utc>>,
     pub action: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub resolution: Option<serde_json::Value>,
     pub resolved_by: Option<String>,
     pub comment: Option<String>,
@@ -615,15 +637,19 @@ pub async fn escalation(
 
 /// A workflow template (the seed's `WorkflowTemplate`) with how the workflows created from it
 /// did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateView {
     pub id: Uuid,
     pub name: String,
     pub description: String,
+    #[schema(value_type = cadre_proto::model::TemplateCategory)]
     pub category: String,
+    #[schema(value_type = cadre_proto::model::WorkflowType)]
     pub workflow_type: String,
+    #[schema(value_type = cadre_proto::model::WorkflowConfiguration)]
     pub template_definition: serde_json::Value,
+    #[schema(value_type = Vec<String>)]
     pub required_agent_roles: serde_json::Value,
     pub recommended_agent_count: i32,
     pub is_system_template: bool,

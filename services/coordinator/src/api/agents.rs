@@ -4,12 +4,16 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use cadre_proto::model::{AgentProfile, ModelChoice, ModelParameters};
 use cadre_proto::{AgentId, subjects};
 
 use super::body::Body;
+use super::openapi::{
+    BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
+    UnsupportedMediaType,
+};
 use super::{
     ApiResult, AppState, Problem, command_failed, created, found, page, parse_id, unavailable_db,
     unavailable_log, written,
@@ -20,16 +24,25 @@ use crate::domain::validation::validate_agent;
 use crate::read;
 use crate::workers::no_worker_offers;
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/agents`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct RegisterAgent {
+    #[schema(max_length = 200, pattern = r"\S")]
     name: String,
+    #[schema(max_length = 200, pattern = r"\S")]
     role: String,
     #[serde(default)]
+    #[schema(max_length = 8192)]
     backstory: String,
     #[serde(default)]
+    /// At most 50, each not blank and at most 200 characters.
+    #[schema(max_items = 50)]
     skills: Vec<String>,
+    /// A provider configured on the agent workers.
+    #[schema(max_length = 64, pattern = "^[a-z0-9_-]+$")]
     provider: String,
+    #[schema(max_length = 200, pattern = r"\S")]
     model: String,
     #[serde(default)]
     model_parameters: ModelParameters,
@@ -37,6 +50,28 @@ pub(super) struct RegisterAgent {
     fallback: Option<ModelChoice>,
 }
 
+/// An agent as registered, with what the person registering it should know.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RegisteredAgent {
+    #[serde(flatten)]
+    agent: AgentProfile,
+    /// Its provider (or fallback) no running worker offers: its steps will wait.
+    warnings: Vec<String>,
+}
+
+/// `POST /v1/agents`: register an agent.
+#[utoipa::path(
+    post,
+    path = "/v1/agents",
+    tag = "agents",
+    request_body = RegisterAgent,
+    responses(
+        (status = 201, description = "Registered", body = RegisteredAgent,
+         headers(("Location" = String, description = "The agent's URL"))),
+        BadRequest, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn register(
     State(app): State<AppState>,
     Body(req): Body<RegisterAgent>,
@@ -63,9 +98,8 @@ pub(super) async fn register(
         .await
         .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
     let warnings = provider_warnings(&app, &agent).await;
-    let mut body = serde_json::to_value(&agent).unwrap_or_default();
-    body["warnings"] = serde_json::json!(warnings);
-    let response = created(format!("/v1/agents/{}", agent.id), body);
+    let location = format!("/v1/agents/{}", agent.id);
+    let response = created(location, RegisteredAgent { agent, warnings });
     Ok(written(&app, registered.version, response).await)
 }
 
@@ -89,6 +123,15 @@ async fn provider_warnings(app: &AppState, agent: &AgentProfile) -> Vec<String> 
 
 /// `GET /v1/workers`: the live agent workers, what providers they offer and how much they run
 /// at once.
+#[utoipa::path(
+    get,
+    path = "/v1/workers",
+    tag = "agents",
+    responses(
+        (status = 200, description = "The live workers", body = Vec<cadre_proto::workers::WorkerRecord>),
+        Unavailable,
+    )
+)]
 pub(super) async fn workers(State(app): State<AppState>) -> ApiResult {
     let live = app.workers.live().await.map_err(|error| {
         tracing::error!(%error, "worker registry read failed");
@@ -97,6 +140,14 @@ pub(super) async fn workers(State(app): State<AppState>) -> ApiResult {
     Ok(axum::Json(live).into_response())
 }
 
+/// `GET /v1/agents`: registered agents, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/agents",
+    tag = "agents",
+    params(PageParams),
+    responses((status = 200, description = "Agents", body = Vec<read::AgentView>), BadRequest, Unavailable)
+)]
 pub(super) async fn list(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -107,6 +158,14 @@ pub(super) async fn list(
     Ok(axum::Json(rows).into_response())
 }
 
+/// `GET /v1/agents/{id}`: an agent as registered.
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{id}",
+    tag = "agents",
+    params(("id" = uuid::Uuid, Path, description = "The agent's id")),
+    responses((status = 200, description = "The agent", body = AgentProfile), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     let id: AgentId = parse_id(&raw, "agent id")?;
     found(load(&app, id).await?, || {

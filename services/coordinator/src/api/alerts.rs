@@ -10,11 +10,27 @@ use uuid::Uuid;
 use cadre_proto::events::AlertCondition;
 use cadre_proto::model::StepType;
 
+use super::openapi::{BadRequest, PageParams, Unavailable};
 use super::{ApiResult, AppState, Problem, page, unavailable_db};
 use crate::read::metrics::{self, AlertFilter};
 
 /// `GET /v1/alerts?agentId&condition&taskType&workflowId&executionId&limit&offset`: newest
 /// first; each filter is optional.
+#[utoipa::path(
+    get,
+    path = "/v1/alerts",
+    tag = "alerts",
+    params(
+        ("agentId" = Option<Uuid>, Query, description = "Only this agent's"),
+        ("condition" = Option<String>, Query, description = "Only this condition's",
+         pattern = "^(failure_rate|slow_completion|repeated_escalations|low_quality)$"),
+        ("taskType" = Option<cadre_proto::model::StepType>, Query, description = "Only this step type's"),
+        ("workflowId" = Option<Uuid>, Query, description = "Only those raised in this workflow's runs"),
+        ("executionId" = Option<Uuid>, Query, description = "Only those raised in this run"),
+        PageParams,
+    ),
+    responses((status = 200, description = "Alerts, newest first", body = Vec<metrics::AlertView>), BadRequest, Unavailable)
+)]
 pub(super) async fn list(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,

@@ -8,10 +8,18 @@ use axum::response::IntoResponse;
 
 use cadre_proto::{AgentId, ExecutionId};
 
+use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
 use super::{ApiResult, AppState, Problem, page, parse_id, unavailable_db};
 use crate::read;
 
 /// `GET /v1/executions/{id}/handoffs`: in the order recorded; 404 for an unknown execution.
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}/handoffs",
+    tag = "executions",
+    params(("id" = uuid::Uuid, Path, description = "The execution's id"), PageParams),
+    responses((status = 200, description = "Its handoffs", body = Vec<read::HandoffView>), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn handoffs(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -28,6 +36,13 @@ pub(super) async fn handoffs(
 
 /// `GET /v1/agents/{id}/status`: the agent's latest status; `idle` for a registered agent that
 /// has not worked on a step yet, 404 for an unknown agent.
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{id}/status",
+    tag = "agents",
+    params(("id" = uuid::Uuid, Path, description = "The agent's id")),
+    responses((status = 200, description = "Its latest status", body = read::AgentStatusView), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn agent_status(
     State(app): State<AppState>,
     Path(raw): Path<String>,

@@ -9,11 +9,25 @@ use uuid::Uuid;
 
 use cadre_proto::EscalationId;
 
+use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
 use super::{ApiResult, AppState, Problem, found, page, parse_id, unavailable_db};
 use crate::read::{self, EscalationFilter, EscalationStatus};
 
 /// `GET /v1/escalations?status=open&executionId=…&workflowId=…&limit&offset`: oldest first;
 /// each filter is optional.
+#[utoipa::path(
+    get,
+    path = "/v1/escalations",
+    tag = "escalations",
+    params(
+        ("status" = Option<String>, Query, description = "Only those in this status",
+         example = "open", pattern = "^(open|resolved|closed)$"),
+        ("executionId" = Option<Uuid>, Query, description = "Only this execution's"),
+        ("workflowId" = Option<Uuid>, Query, description = "Only this workflow's runs'"),
+        PageParams,
+    ),
+    responses((status = 200, description = "Escalations, oldest first", body = Vec<read::EscalationView>), BadRequest, Unavailable)
+)]
 pub(super) async fn list(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -28,6 +42,13 @@ pub(super) async fn list(
 
 /// `GET /v1/escalations/{id}`. The read models lag the log a little: an escalation recorded a
 /// moment ago may not be found yet.
+#[utoipa::path(
+    get,
+    path = "/v1/escalations/{id}",
+    tag = "escalations",
+    params(("id" = uuid::Uuid, Path, description = "The escalation's id")),
+    responses((status = 200, description = "The escalation", body = read::EscalationView), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     let id: EscalationId = parse_id(&raw, "escalation id")?;
     let row = read::escalation(&app.db, &app.tenant, id.0)

@@ -11,10 +11,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use cadre_proto::events::Request;
+use cadre_proto::model::StepResult;
 use cadre_proto::model::TriggerReason;
-use cadre_proto::{Event, ExecutionId, StepId, WorkflowId, subjects};
+use cadre_proto::{AgentId, Event, ExecutionId, StepId, WorkflowId, subjects};
 
 use super::body::OptionalBody;
+use super::openapi::{
+    BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
+    UnsupportedMediaType,
+};
 use super::{
     ApiResult, AppState, Problem, command_failed, control_request, optional_body, page, parse_id,
     unavailable_db, unavailable_log, workflows, written,
@@ -27,14 +32,17 @@ use crate::starter::{StartError, StartOrder};
 use crate::workers::no_worker_offers;
 
 /// The body of a start: all optional (the seed's `executionContext` is `input`).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct StartRequest {
     #[serde(default)]
     trigger_reason: TriggerReason,
     #[serde(default)]
+    #[schema(max_length = 200)]
     triggered_by: Option<String>,
+    /// The run's input (at most 64 KiB), quoted to every step.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     input: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -49,15 +57,44 @@ impl StartRequest {
     }
 }
 
-#[derive(Serialize)]
+/// A run accepted (or, for a repeated `Idempotency-Key`, the run that key started).
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ExecutionAccepted {
+pub(super) struct ExecutionAccepted {
     execution_id: ExecutionId,
     execution_number: u32,
     workflow_id: WorkflowId,
+    /// `running`.
     status: &'static str,
 }
 
+/// An execution's status after a cancel, pause or resume.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ExecutionStatus {
+    execution_id: ExecutionId,
+    status: &'static str,
+}
+
+/// `POST /v1/workflows/{id}/executions`: start a run.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/executions",
+    tag = "executions",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The workflow's id"),
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Starts with the same key within a day return the same run (1 to 255 visible ASCII characters)"),
+    ),
+    request_body(content = Option<StartRequest>, description = "Optional"),
+    responses(
+        (status = 202, description = "Started", body = ExecutionAccepted,
+         headers(("Location" = String, description = "The execution's URL"))),
+        (status = 200, description = "The run an earlier start with the same Idempotency-Key started", body = ExecutionAccepted,
+         headers(("Location" = String, description = "The execution's URL"))),
+        BadRequest, NotFound, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn start(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -151,6 +188,14 @@ pub(super) async fn execution_must_exist(app: &AppState, id: ExecutionId) -> Res
         .ok_or_else(|| Problem::not_found(format!("no execution has the id {id}")))
 }
 
+/// `GET /v1/workflows/{id}/executions`: a workflow's runs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/executions",
+    tag = "executions",
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id"), PageParams),
+    responses((status = 200, description = "Its runs", body = Vec<read::ExecutionView>), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn list(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -190,6 +235,15 @@ pub(super) async fn started(
     }
 }
 
+/// `GET /v1/executions/{id}`: status, steps, assignments, output, and the steps no running
+/// worker can take.
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}",
+    tag = "executions",
+    params(("id" = uuid::Uuid, Path, description = "The execution's id")),
+    responses((status = 200, description = "The execution", body = ExecutionDetail), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     let id: ExecutionId = parse_id(&raw, "execution id")?;
     if let Some(row) = read::execution(&app.db, &app.tenant, id.0)
@@ -201,7 +255,7 @@ pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) ->
     }
     // Just accepted and not yet projected: answer from the log rather than deny it exists.
     let (time, e) = started(&app, id).await?;
-    Ok(axum::Json(read::ExecutionView {
+    let row = read::ExecutionView {
         id: e.execution_id.0,
         workflow_id: e.workflow_id.0,
         execution_number: i32::try_from(e.execution_number).unwrap_or(i32::MAX),
@@ -224,20 +278,24 @@ pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) ->
         completed_at: None,
         actual_duration: None,
         updated_at: time,
+    };
+    Ok(axum::Json(ExecutionDetail {
+        row,
+        waiting: vec![],
     })
     .into_response())
 }
 
 /// An execution as the read models show it, with what they cannot know: which of its
 /// scheduled steps no live worker can take.
-#[derive(Serialize)]
-struct ExecutionDetail {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ExecutionDetail {
     #[serde(flatten)]
     row: read::ExecutionView,
     waiting: Vec<WaitingStep>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct WaitingStep {
     step_id: String,
@@ -277,6 +335,14 @@ async fn waiting_for_workers(app: &AppState, row: &read::ExecutionView) -> Vec<W
         .collect()
 }
 
+/// `GET /v1/executions/{id}/interactions`: in the order recorded.
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}/interactions",
+    tag = "executions",
+    params(("id" = uuid::Uuid, Path, description = "The execution's id"), PageParams),
+    responses((status = 200, description = "Its interactions", body = Vec<read::InteractionView>), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn interactions(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -306,7 +372,10 @@ async fn control(
     };
     let response = (
         StatusCode::ACCEPTED,
-        axum::Json(json!({ "executionId": id, "status": status })),
+        axum::Json(ExecutionStatus {
+            execution_id: id,
+            status,
+        }),
     )
         .into_response();
     Ok(written(&app, execution.version, response).await)
@@ -346,6 +415,18 @@ pub(super) async fn execute(
     Ok(execution)
 }
 
+/// `POST /v1/executions/{id}/cancel`: end the run and stop its running LLM calls.
+#[utoipa::path(
+    post,
+    path = "/v1/executions/{id}/cancel",
+    tag = "executions",
+    params(("id" = uuid::Uuid, Path, description = "The execution's id")),
+    request_body(content = Option<super::ControlRequest>, description = "Optional: who asks, and why"),
+    responses(
+        (status = 202, description = "Its status now", body = ExecutionStatus),
+        BadRequest, NotFound, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn cancel(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -354,6 +435,18 @@ pub(super) async fn cancel(
     control(app, raw, bytes, Command::Cancel).await
 }
 
+/// `POST /v1/executions/{id}/pause`: schedule nothing new until resumed.
+#[utoipa::path(
+    post,
+    path = "/v1/executions/{id}/pause",
+    tag = "executions",
+    params(("id" = uuid::Uuid, Path, description = "The execution's id")),
+    request_body(content = Option<super::ControlRequest>, description = "Optional: who asks, and why"),
+    responses(
+        (status = 202, description = "Its status now", body = ExecutionStatus),
+        BadRequest, NotFound, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn pause(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -362,6 +455,18 @@ pub(super) async fn pause(
     control(app, raw, bytes, Command::Pause).await
 }
 
+/// `POST /v1/executions/{id}/resume`: go on after a pause.
+#[utoipa::path(
+    post,
+    path = "/v1/executions/{id}/resume",
+    tag = "executions",
+    params(("id" = uuid::Uuid, Path, description = "The execution's id")),
+    request_body(content = Option<super::ControlRequest>, description = "Optional: who asks, and why"),
+    responses(
+        (status = 202, description = "Its status now", body = ExecutionStatus),
+        BadRequest, NotFound, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn resume(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -372,6 +477,16 @@ pub(super) async fn resume(
 
 /// The whole result of a completed step: what its `StepCompleted` carries, or, when that holds
 /// previews, the result it refers to in the results store.
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}/steps/{step}/result",
+    tag = "executions",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The execution's id"),
+        ("step" = String, Path, description = "The step's id", pattern = "^[A-Za-z0-9_-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The step's whole result", body = CompletedStep), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn step_result(
     State(app): State<AppState>,
     Path((raw, step)): Path<(String, String)>,
@@ -398,12 +513,15 @@ pub(super) async fn step_result(
             _ => true,
         })
     {
-        return Ok(axum::Json(json!({
-            "executionId": id,
-            "stepId": step_id,
-            "attempt": e.attempt,
-            "providedBy": e.request.requested_by,
-            "result": { "summary": summary, "output": output },
+        return Ok(axum::Json(CompletedStep::Provided(ProvidedResult {
+            execution_id: id,
+            step_id,
+            attempt: e.attempt,
+            provided_by: e.request.requested_by.clone(),
+            result: ProvidedOutput {
+                summary: summary.to_owned(),
+                output: output.to_owned(),
+            },
         }))
         .into_response());
     }
@@ -436,12 +554,50 @@ pub(super) async fn step_result(
             })?
         }
     };
-    Ok(axum::Json(json!({
-        "executionId": id,
-        "stepId": step_id,
-        "attempt": done.attempt.number,
-        "agentId": done.attempt.agent_id,
-        "result": result,
+    Ok(axum::Json(CompletedStep::Agent(AgentResult {
+        execution_id: id,
+        step_id,
+        attempt: done.attempt.number,
+        agent_id: done.attempt.agent_id,
+        result,
     }))
     .into_response())
+}
+
+/// A completed step's result: an agent's, or one a person provided when resolving its
+/// escalation.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(super) enum CompletedStep {
+    Agent(AgentResult),
+    Provided(ProvidedResult),
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct AgentResult {
+    execution_id: ExecutionId,
+    step_id: StepId,
+    attempt: u32,
+    /// The agent whose attempt completed the step.
+    agent_id: AgentId,
+    result: StepResult,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ProvidedResult {
+    execution_id: ExecutionId,
+    step_id: StepId,
+    attempt: u32,
+    /// Who provided it, as they said (`requestedBy`), if they did.
+    #[schema(required = true)]
+    provided_by: Option<String>,
+    result: ProvidedOutput,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ProvidedOutput {
+    summary: String,
+    output: String,
 }

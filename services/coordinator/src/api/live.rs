@@ -23,7 +23,23 @@ use futures::{Stream, StreamExt};
 use cadre_proto::{Envelope, Event, ExecutionId, WorkflowId, subjects};
 
 use super::executions::started;
+use super::openapi::{BadRequest, NotFound, Unavailable};
 use super::{ApiResult, AppState, Problem, parse_id};
+
+/// One server-sent event of a feed: one stored event of the log. (The schema is each event's,
+/// as OpenAPI 3.2's `itemSchema` has it: a feed is a stream of them.)
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation: the feed writes these fields itself
+pub(super) struct LogEvent {
+    /// The event's stream sequence: send it back as `Last-Event-ID` to go on after it.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// Its CloudEvents `type` (`dev.cadre.execution.started.v1`, ...).
+    event: String,
+    /// The CloudEvents JSON as stored (structured mode).
+    #[schema(content_media_type = "application/cloudevents+json")]
+    data: String,
+}
 
 /// How often an idle feed sends a comment, so proxies and clients keep the connection open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -31,6 +47,22 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `GET /v1/executions/{id}/events`: the execution's events and its interactions from its
 /// start (or after `Last-Event-ID`), then live; the feed ends after the event that ends the
 /// run.
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}/events",
+    tag = "events",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The execution's id"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+$",
+         description = "Go on after this event (the `id` of the last event seen)"),
+        ("after" = Option<u64>, Query, description = "As `Last-Event-ID`, for clients that cannot set it"),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = LogEvent,
+         description = "Server-sent events, each one stored event of the log"),
+        BadRequest, NotFound, Unavailable,
+    )
+)]
 pub(super) async fn execution(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -55,6 +87,22 @@ pub(super) async fn execution(
 
 /// `GET /v1/events[?workflowId=]`: every event of the tenant (or of one workflow) from now
 /// on, or after `Last-Event-ID`; it never ends on its own.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(
+        ("workflowId" = Option<uuid::Uuid>, Query, description = "Only this workflow's events and its executions'"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+$",
+         description = "Go on after this event (the `id` of the last event seen)"),
+        ("after" = Option<u64>, Query, description = "As `Last-Event-ID`, for clients that cannot set it"),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = LogEvent,
+         description = "Server-sent events, each one stored event of the log"),
+        BadRequest, Unavailable,
+    )
+)]
 pub(super) async fn all(
     State(app): State<AppState>,
     headers: HeaderMap,

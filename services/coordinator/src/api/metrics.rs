@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use cadre_proto::{AgentId, ExecutionId, WorkflowId};
 
+use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
 use super::{ApiResult, AppState, Problem, page, parse_id, unavailable_db};
 use crate::domain::performance::{AgentFacts, TeamFacts};
 use crate::read::{self, metrics::RecordScope};
@@ -24,9 +25,9 @@ fn rounded(value: Option<f64>) -> Option<f64> {
 
 /// Seed 002's `AgentPerformanceMetrics`, without `userSatisfaction` (nothing records it), with
 /// the facts they come from.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AgentPerformance {
+pub(super) struct AgentPerformance {
     agent_id: Uuid,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
@@ -48,7 +49,7 @@ struct AgentPerformance {
     facts: AgentFactsView,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct AgentFactsView {
     attempts: u64,
@@ -59,6 +60,7 @@ struct AgentFactsView {
     tasks_completed: u64,
     tasks_with_estimate: u64,
     tasks_escalated: u64,
+    #[schema(value_type = BTreeMap<String, u64>)]
     escalations_by_task_type: BTreeMap<&'static str, u64>,
     reviews: u64,
     approvals: u64,
@@ -106,6 +108,13 @@ impl AgentPerformance {
 }
 
 /// `GET /v1/agents/{id}/performance`; 404 for an unknown agent.
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{id}/performance",
+    tag = "agents",
+    params(("id" = uuid::Uuid, Path, description = "The agent's id")),
+    responses((status = 200, description = "Its performance", body = AgentPerformance), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn agent(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     let id: AgentId = parse_id(&raw, "agent id")?;
     let Some(profile) = super::agents::load(&app, id).await? else {
@@ -125,6 +134,13 @@ pub(super) async fn agent(State(app): State<AppState>, Path(raw): Path<String>) 
 
 /// `GET /v1/agents/performance?limit&offset`: every registered agent's, in the order
 /// `GET /v1/agents` lists them.
+#[utoipa::path(
+    get,
+    path = "/v1/agents/performance",
+    tag = "agents",
+    params(PageParams),
+    responses((status = 200, description = "Every agent's performance", body = Vec<AgentPerformance>), BadRequest, Unavailable)
+)]
 pub(super) async fn agents(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -150,9 +166,9 @@ pub(super) async fn agents(
 }
 
 /// The seed's `CollaborationMetrics`, with the facts they come from.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct CollaborationMetrics {
+pub(super) struct CollaborationMetrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     execution_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,7 +191,7 @@ struct CollaborationMetrics {
     facts: TeamFactsView,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct TeamFactsView {
     questions_asked: u64,
@@ -222,6 +238,13 @@ impl CollaborationMetrics {
 }
 
 /// `GET /v1/executions/{id}/metrics`; 404 for an unknown execution.
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}/metrics",
+    tag = "executions",
+    params(("id" = uuid::Uuid, Path, description = "The execution's id")),
+    responses((status = 200, description = "Its collaboration metrics", body = CollaborationMetrics), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn execution(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     let id: ExecutionId = parse_id(&raw, "execution id")?;
     super::executions::execution_must_exist(&app, id).await?;
@@ -236,6 +259,13 @@ pub(super) async fn execution(State(app): State<AppState>, Path(raw): Path<Strin
 }
 
 /// `GET /v1/workflows/{id}/metrics`: over all its runs; 404 for an unknown workflow.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/metrics",
+    tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id")),
+    responses((status = 200, description = "The collaboration metrics of its runs", body = CollaborationMetrics), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn workflow(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     let id: WorkflowId = parse_id(&raw, "workflow id")?;
     super::workflows::must_exist(&app, id).await?;
@@ -254,6 +284,13 @@ pub(super) async fn workflow(State(app): State<AppState>, Path(raw): Path<String
 }
 
 /// `GET /v1/executions/{id}/history`: its records in the order they happened.
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}/history",
+    tag = "executions",
+    params(("id" = uuid::Uuid, Path, description = "The execution's id"), PageParams),
+    responses((status = 200, description = "Its records", body = Vec<read::metrics::RecordView>), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn execution_history(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -269,6 +306,13 @@ pub(super) async fn execution_history(
 }
 
 /// `GET /v1/workflows/{id}/history`: the records of all its runs, in the order they happened.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/history",
+    tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id"), PageParams),
+    responses((status = 200, description = "Its runs' records", body = Vec<read::metrics::RecordView>), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn workflow_history(
     State(app): State<AppState>,
     Path(raw): Path<String>,

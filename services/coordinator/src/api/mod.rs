@@ -10,6 +10,7 @@ mod escalations;
 mod executions;
 mod live;
 mod metrics;
+pub mod openapi;
 mod problem;
 mod resolutions;
 mod subscriptions;
@@ -25,10 +26,12 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tower_http::trace::DefaultMakeSpan;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use cadre_proto::TenantId;
 use cadre_proto::events::Request;
@@ -65,77 +68,53 @@ pub struct AppState {
     pub webhook_secrets: async_nats::jetstream::kv::Store,
 }
 
+/// Every operation of the API, each added with the documentation its handler declares.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(openapi::document))
+        .routes(routes!(agents::list, agents::register))
+        .routes(routes!(agents::get))
+        .routes(routes!(usage::agent))
+        .routes(routes!(collaboration::agent_status))
+        .routes(routes!(agents::workers))
+        .routes(routes!(workflows::list, workflows::create))
+        .routes(routes!(workflows::get))
+        .routes(routes!(workflows::pause))
+        .routes(routes!(workflows::resume))
+        .routes(routes!(executions::list, executions::start))
+        .routes(routes!(workflows::knowledge))
+        .routes(routes!(usage::workflow))
+        .routes(routes!(executions::get))
+        .routes(routes!(usage::execution))
+        .routes(routes!(executions::cancel))
+        .routes(routes!(executions::pause))
+        .routes(routes!(executions::resume))
+        .routes(routes!(executions::interactions))
+        .routes(routes!(collaboration::handoffs))
+        .routes(routes!(resolutions::resolve))
+        .routes(routes!(executions::step_result))
+        .routes(routes!(templates::list, templates::register))
+        .routes(routes!(templates::get))
+        .routes(routes!(templates::create_workflow))
+        .routes(routes!(escalations::list))
+        .routes(routes!(escalations::get))
+        .routes(routes!(metrics::agents))
+        .routes(routes!(metrics::agent))
+        .routes(routes!(metrics::execution))
+        .routes(routes!(metrics::workflow))
+        .routes(routes!(metrics::execution_history))
+        .routes(routes!(metrics::workflow_history))
+        .routes(routes!(alerts::list))
+        .routes(routes!(live::all))
+        .routes(routes!(live::execution))
+        .routes(routes!(subscriptions::list, subscriptions::create))
+        .routes(routes!(subscriptions::get, subscriptions::delete))
+        .routes(routes!(subscriptions::deliveries))
+}
+
 pub fn router(state: AppState, readiness: Readiness) -> Router {
-    Router::new()
-        .route("/v1/agents", get(agents::list).post(agents::register))
-        .route("/v1/agents/{id}", get(agents::get))
-        .route("/v1/agents/{id}/usage", get(usage::agent))
-        .route("/v1/agents/{id}/status", get(collaboration::agent_status))
-        .route("/v1/workers", get(agents::workers))
-        .route(
-            "/v1/workflows",
-            get(workflows::list).post(workflows::create),
-        )
-        .route("/v1/workflows/{id}", get(workflows::get))
-        .route("/v1/workflows/{id}/pause", post(workflows::pause))
-        .route("/v1/workflows/{id}/resume", post(workflows::resume))
-        .route(
-            "/v1/workflows/{id}/executions",
-            get(executions::list).post(executions::start),
-        )
-        .route("/v1/workflows/{id}/knowledge", get(workflows::knowledge))
-        .route("/v1/workflows/{id}/usage", get(usage::workflow))
-        .route("/v1/executions/{id}", get(executions::get))
-        .route("/v1/executions/{id}/usage", get(usage::execution))
-        .route("/v1/executions/{id}/cancel", post(executions::cancel))
-        .route("/v1/executions/{id}/pause", post(executions::pause))
-        .route("/v1/executions/{id}/resume", post(executions::resume))
-        .route(
-            "/v1/executions/{id}/interactions",
-            get(executions::interactions),
-        )
-        .route("/v1/executions/{id}/handoffs", get(collaboration::handoffs))
-        .route("/v1/escalations/{id}/resolve", post(resolutions::resolve))
-        .route(
-            "/v1/executions/{id}/steps/{step}/result",
-            get(executions::step_result),
-        )
-        .route(
-            "/v1/templates",
-            get(templates::list).post(templates::register),
-        )
-        .route("/v1/templates/{id}", get(templates::get))
-        .route(
-            "/v1/templates/{id}/workflows",
-            post(templates::create_workflow),
-        )
-        .route("/v1/escalations", get(escalations::list))
-        .route("/v1/escalations/{id}", get(escalations::get))
-        .route("/v1/agents/performance", get(metrics::agents))
-        .route("/v1/agents/{id}/performance", get(metrics::agent))
-        .route("/v1/executions/{id}/metrics", get(metrics::execution))
-        .route("/v1/workflows/{id}/metrics", get(metrics::workflow))
-        .route(
-            "/v1/executions/{id}/history",
-            get(metrics::execution_history),
-        )
-        .route("/v1/workflows/{id}/history", get(metrics::workflow_history))
-        .route("/v1/alerts", get(alerts::list))
-        .route("/v1/events", get(live::all))
-        .route(
-            "/v1/subscriptions",
-            get(subscriptions::list).post(subscriptions::create),
-        )
-        .route(
-            "/v1/subscriptions/{id}",
-            get(subscriptions::get).delete(subscriptions::delete),
-        )
-        .route(
-            "/v1/subscriptions/{id}/deliveries",
-            get(subscriptions::deliveries),
-        )
-        .route("/v1/executions/{id}/events", get(live::execution))
-        .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
+    let (api, _) = api().split_for_parts();
+    api.method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
         .merge(health::routes(readiness))
@@ -235,13 +214,16 @@ fn found<T: Serialize>(value: Option<T>, missing: impl FnOnce() -> String) -> Ap
         .ok_or_else(|| Problem::not_found(missing()))
 }
 
-/// The optional body of a control request (cancel, pause, resume): who asks, and why.
-#[derive(Deserialize, Default)]
+/// The optional body of a control request (cancel, pause, resume): who asks, and why (each at
+/// most 1000 characters, not blank).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ControlRequest {
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = r"\S")]
     reason: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = r"\S")]
     requested_by: Option<String>,
 }
 

@@ -11,17 +11,23 @@ use crate::domain::validation::FieldError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
-#[derive(Debug, Serialize)]
+/// An RFC 9457 problem (`application/problem+json`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// A URI naming the kind of problem (`https://cadre.dev/problems/validation`, ...).
     #[serde(rename = "type")]
     pub problem_type: String,
     pub title: &'static str,
+    /// The HTTP status.
     pub status: u16,
+    /// What went wrong, for a person to act on.
     pub detail: String,
+    /// For an invalid body: each field at fault.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     /// For a refused state transition: the resource's status now.
     #[serde(rename = "currentStatus", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub current_status: Option<&'static str>,
 }
 

@@ -6,13 +6,15 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use cadre_proto::events::Resolution;
 use cadre_proto::{AgentId, EscalationId, ExecutionId};
 
 use super::body::Body;
+use super::openapi::{
+    BadRequest, Conflict, Invalid, NotFound, TooLarge, Unavailable, UnsupportedMediaType,
+};
 use super::{
     ApiResult, AppState, Problem, executions, parse_id, unavailable_db, who_and_why, written,
 };
@@ -21,7 +23,7 @@ use crate::domain::validation::FieldError;
 use crate::read;
 
 /// What a person may do about an escalation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 enum Action {
     Retry,
@@ -35,7 +37,7 @@ enum Action {
 }
 
 /// The body of a resolution.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ResolveRequest {
     action: Action,
@@ -46,10 +48,13 @@ pub(super) struct ResolveRequest {
     #[serde(default)]
     output: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 2000)]
     summary: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = r"\S")]
     requested_by: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = r"\S")]
     reason: Option<String>,
 }
 
@@ -161,6 +166,32 @@ fn provided(
     })
 }
 
+/// A resolution accepted, with the statuses it left.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ResolutionAccepted {
+    escalation_id: EscalationId,
+    execution_id: ExecutionId,
+    /// The step it was about; null for a whole run.
+    step_id: Option<String>,
+    action: &'static str,
+    /// The step's status now; null for a whole run.
+    step_status: Option<&'static str>,
+    execution_status: &'static str,
+}
+
+/// `POST /v1/escalations/{id}/resolve`: a person decides.
+#[utoipa::path(
+    post,
+    path = "/v1/escalations/{id}/resolve",
+    tag = "escalations",
+    params(("id" = uuid::Uuid, Path, description = "The escalation's id")),
+    request_body = ResolveRequest,
+    responses(
+        (status = 202, description = "Recorded", body = ResolutionAccepted),
+        BadRequest, NotFound, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn resolve(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -193,14 +224,14 @@ pub(super) async fn resolve(
     });
     let response = (
         StatusCode::ACCEPTED,
-        axum::Json(json!({
-            "escalationId": id,
-            "executionId": execution_id,
-            "stepId": escalation.step_id,
-            "action": resolution.as_str(),
-            "stepStatus": step,
-            "executionStatus": state.status.as_str(),
-        })),
+        axum::Json(ResolutionAccepted {
+            escalation_id: id,
+            execution_id,
+            step_id: escalation.step_id,
+            action: resolution.as_str(),
+            step_status: step,
+            execution_status: state.status.as_str(),
+        }),
     )
         .into_response();
     Ok(written(&app, execution.version, response).await)

@@ -10,13 +10,15 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use cadre_proto::events::{SubscriptionCreated, SubscriptionDeleted, types};
 use cadre_proto::{Envelope, Event, SubscriptionId, subjects};
 use cadre_runtime::bus::Append;
 
 use super::body::Body;
+use super::openapi::{
+    BadRequest, Invalid, NotFound, PageParams, TooLarge, Unavailable, UnsupportedMediaType,
+};
 use super::{
     ApiResult, AppState, Problem, created, page, parse_id, publish_failed, unavailable_log,
 };
@@ -29,13 +31,19 @@ const MAX_DESCRIPTION: usize = 1000;
 /// Bytes of a signing key (Standard Webhooks asks for 24 to 64).
 const KEY_BYTES: usize = 32;
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/subscriptions`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct NewSubscription {
+    /// Where events are POSTed: an `http` or `https` URL.
+    #[schema(max_length = 2000)]
     url: String,
+    /// Event types to receive: exact types, or prefixes ending in `*`; none: every type.
     #[serde(default)]
+    #[schema(max_items = 100)]
     event_types: Vec<String>,
     #[serde(default)]
+    #[schema(max_length = 1000)]
     description: Option<String>,
 }
 
@@ -97,9 +105,10 @@ impl NewSubscription {
 }
 
 /// A subscription as the API shows it (never its secret).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct SubscriptionView {
+pub(super) struct SubscriptionView {
+    #[schema(value_type = uuid::Uuid)]
     id: SubscriptionId,
     url: String,
     event_types: Vec<String>,
@@ -120,8 +129,52 @@ impl SubscriptionView {
     }
 }
 
+/// A subscription just made, with its signing secret.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct CreatedSubscription {
+    #[serde(flatten)]
+    subscription: SubscriptionView,
+    /// The Standard Webhooks signing secret (`whsec_` and base64): shown this once.
+    secret: String,
+}
+
+/// One try to deliver an event, as `GET /v1/subscriptions/{id}/deliveries` lists it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct DeliveryView {
+    #[schema(value_type = uuid::Uuid)]
+    event_id: cadre_proto::EventId,
+    event_type: String,
+    /// 1 for the first try of the event.
+    attempt: u32,
+    /// `delivered` or `failed`.
+    outcome: &'static str,
+    /// The endpoint's HTTP status; absent when it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// When the next try comes; absent after a success or the last try allowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_in_seconds: Option<u64>,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
 /// `POST /v1/subscriptions` `{url, eventTypes?, description?}` → 201 with the subscription and
 /// its `secret` (`whsec_…`, shown this once), 422 naming each field that is wrong.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions",
+    tag = "subscriptions",
+    request_body = NewSubscription,
+    responses(
+        (status = 201, description = "Made; the secret is shown this once", body = CreatedSubscription,
+         headers(("Location" = String, description = "The subscription's URL"))),
+        BadRequest, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn create(
     State(app): State<AppState>,
     Body(new): Body<NewSubscription>,
@@ -160,12 +213,13 @@ pub(super) async fn create(
         .publish(&envelope, Append::Any)
         .await
         .map_err(publish_failed)?;
-    let mut body = serde_json::to_value(SubscriptionView::of(subscription, envelope.meta.time))
-        .unwrap_or_default();
-    body["secret"] = json!(format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    ));
+    let body = CreatedSubscription {
+        subscription: SubscriptionView::of(subscription, envelope.meta.time),
+        secret: format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        ),
+    };
     Ok(created(format!("/v1/subscriptions/{id}"), body))
 }
 
@@ -201,6 +255,13 @@ async fn live(app: &AppState) -> Result<BTreeMap<SubscriptionId, SubscriptionVie
 }
 
 /// `GET /v1/subscriptions`: the live subscriptions, oldest first (`limit`, `offset`).
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions",
+    tag = "subscriptions",
+    params(PageParams),
+    responses((status = 200, description = "Subscriptions", body = Vec<SubscriptionView>), BadRequest, Unavailable)
+)]
 pub(super) async fn list(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -224,11 +285,25 @@ async fn one(app: &AppState, raw: &str) -> Result<SubscriptionView, Problem> {
 }
 
 /// `GET /v1/subscriptions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}",
+    tag = "subscriptions",
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id")),
+    responses((status = 200, description = "The subscription", body = SubscriptionView), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     Ok(axum::Json(one(&app, &raw).await?).into_response())
 }
 
 /// `DELETE /v1/subscriptions/{id}` → 204; nothing more is delivered to it.
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{id}",
+    tag = "subscriptions",
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id")),
+    responses((status = 204, description = "Deleted"), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn delete(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     let subscription = one(&app, &raw).await?;
     let envelope = Envelope::new(
@@ -251,8 +326,14 @@ pub(super) async fn delete(State(app): State<AppState>, Path(raw): Path<String>)
 }
 
 /// `GET /v1/subscriptions/{id}/deliveries`: every try to deliver to it, in the order tried
-/// (`limit`, `offset`): `eventId`, `eventType`, `attempt`, `status`, `durationMs`, `outcome`
-/// (`delivered`, `failed`), `error`, `retryInSeconds`, `at`.
+/// (`limit`, `offset`).
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}/deliveries",
+    tag = "subscriptions",
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id"), PageParams),
+    responses((status = 200, description = "The delivery log", body = Vec<DeliveryView>), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn deliveries(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -275,25 +356,28 @@ pub(super) async fn deliveries(
         .read_all(&subjects::subscription(&app.tenant, id, "*"))
         .await
         .map_err(unavailable_log)?;
-    let rows: Vec<serde_json::Value> = tries
+    let rows: Vec<DeliveryView> = tries
         .into_iter()
         .filter_map(|stored| {
             let at = stored.envelope.meta.time;
-            match stored.envelope.event {
-                Event::WebhookDelivered(d) => {
-                    let mut row = serde_json::to_value(d).ok()?;
-                    row["outcome"] = json!("delivered");
-                    row["at"] = json!(at);
-                    Some(row)
-                }
+            let (tried, outcome, error, retry_in_seconds) = match stored.envelope.event {
+                Event::WebhookDelivered(d) => (d, "delivered", None, None),
                 Event::WebhookDeliveryFailed(f) => {
-                    let mut row = serde_json::to_value(*f).ok()?;
-                    row["outcome"] = json!("failed");
-                    row["at"] = json!(at);
-                    Some(row)
+                    (f.delivery, "failed", Some(f.error), f.retry_in_seconds)
                 }
-                _ => None,
-            }
+                _ => return None,
+            };
+            Some(DeliveryView {
+                event_id: tried.event_id,
+                event_type: tried.event_type,
+                attempt: tried.attempt,
+                outcome,
+                status: tried.status,
+                duration_ms: tried.duration_ms,
+                error,
+                retry_in_seconds,
+                at,
+            })
         })
         .skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
         .take(usize::try_from(page.limit).unwrap_or(usize::MAX))

@@ -16,6 +16,10 @@ use cadre_proto::model::WorkflowTemplate;
 use cadre_proto::{AgentId, TemplateId, WorkflowId, subjects};
 
 use super::body::Body;
+use super::openapi::{
+    BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
+    UnsupportedMediaType,
+};
 use super::{
     ApiResult, AppState, Problem, agents, command_failed, created, found, page, parse_id,
     unavailable_db, unavailable_log, workflows, written,
@@ -29,6 +33,17 @@ use crate::read;
 
 /// `POST /v1/templates`: the body is a [`TemplateDraft`] → 201 with the template as
 /// `GET /v1/templates/{id}` shows it.
+#[utoipa::path(
+    post,
+    path = "/v1/templates",
+    tag = "templates",
+    request_body = TemplateDraft,
+    responses(
+        (status = 201, description = "Registered", body = read::TemplateView,
+         headers(("Location" = String, description = "The template's URL"))),
+        BadRequest, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn register(
     State(app): State<AppState>,
     Body(draft): Body<TemplateDraft>,
@@ -69,6 +84,13 @@ fn as_listed(template: &WorkflowTemplate, at: DateTime<Utc>) -> Value {
 }
 
 /// `GET /v1/templates?limit&offset`: system and user templates, the most used first.
+#[utoipa::path(
+    get,
+    path = "/v1/templates",
+    tag = "templates",
+    params(PageParams),
+    responses((status = 200, description = "Templates", body = Vec<read::TemplateView>), BadRequest, Unavailable)
+)]
 pub(super) async fn list(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -79,6 +101,14 @@ pub(super) async fn list(
     Ok(axum::Json(rows).into_response())
 }
 
+/// `GET /v1/templates/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/templates/{id}",
+    tag = "templates",
+    params(("id" = uuid::Uuid, Path, description = "The template's id")),
+    responses((status = 200, description = "The template", body = read::TemplateView), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     let id: TemplateId = parse_id(&raw, "template id")?;
     let row = read::template(&app.db, &app.tenant, id.0)
@@ -88,7 +118,7 @@ pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) ->
 }
 
 /// The body of `POST /v1/templates/{id}/workflows`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CreateFromTemplate {
     /// The workflow's name and description; the template's when absent.
@@ -103,6 +133,18 @@ pub(super) struct CreateFromTemplate {
 }
 
 /// `POST /v1/templates/{id}/workflows` → 201 as `POST /v1/workflows`, with `templateId`.
+#[utoipa::path(
+    post,
+    path = "/v1/templates/{id}/workflows",
+    tag = "templates",
+    params(("id" = uuid::Uuid, Path, description = "The template's id")),
+    request_body = CreateFromTemplate,
+    responses(
+        (status = 201, description = "Created", body = workflows::CreatedWorkflow,
+         headers(("Location" = String, description = "The workflow's URL"))),
+        BadRequest, NotFound, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn create_workflow(
     State(app): State<AppState>,
     Path(raw): Path<String>,

@@ -7,14 +7,17 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use futures::future::try_join_all;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use cadre_proto::model::{WorkflowConfiguration, WorkflowDefinition, WorkflowType};
 use cadre_proto::{AgentId, TemplateId, WorkflowId, subjects};
 
 use super::body::Body;
 use super::body::OptionalBody;
+use super::openapi::{
+    BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
+    UnsupportedMediaType,
+};
 use super::{
     ApiResult, AppState, Problem, agents, command_failed, control_request, created, found, page,
     parse_id, unavailable_db, unavailable_log, written,
@@ -26,7 +29,8 @@ use crate::domain::validation::{
 use crate::domain::workflow::{self, Command, Workflow};
 use crate::read;
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/workflows` (the seed's `CreateWorkflowRequest`).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CreateWorkflow {
     name: String,
@@ -39,6 +43,39 @@ pub(super) struct CreateWorkflow {
     configuration: WorkflowConfiguration,
 }
 
+/// A workflow as created: its definition, `draft` until its first run.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct CreatedWorkflow {
+    #[serde(flatten)]
+    definition: WorkflowDefinition,
+    /// `draft`.
+    status: &'static str,
+    total_steps: usize,
+    /// The template it was created from, if any.
+    template_id: Option<TemplateId>,
+}
+
+/// A workflow's status after a pause or a resume.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct WorkflowStatus {
+    id: WorkflowId,
+    /// `draft`, `active`, `paused`, ...
+    status: &'static str,
+}
+
+/// `POST /v1/workflows`: create a workflow.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows",
+    tag = "workflows",
+    request_body = CreateWorkflow,
+    responses(
+        (status = 201, description = "Created", body = CreatedWorkflow,
+         headers(("Location" = String, description = "The workflow's URL"))),
+        BadRequest, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn create(
     State(app): State<AppState>,
     Body(req): Body<CreateWorkflow>,
@@ -169,14 +206,25 @@ pub(super) async fn record(
         .execute(&app.bus, &create)
         .await
         .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
-    let mut body = serde_json::to_value(&definition).unwrap_or_default();
-    body["status"] = json!("draft");
-    body["totalSteps"] = json!(definition.configuration.steps.len());
-    body["templateId"] = json!(template);
-    let response = created(format!("/v1/workflows/{}", definition.id), body);
+    let location = format!("/v1/workflows/{}", definition.id);
+    let body = CreatedWorkflow {
+        status: "draft",
+        total_steps: definition.configuration.steps.len(),
+        template_id: template,
+        definition,
+    };
+    let response = created(location, body);
     Ok(written(app, created_workflow.version, response).await)
 }
 
+/// `GET /v1/workflows`: the newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows",
+    tag = "workflows",
+    params(PageParams),
+    responses((status = 200, description = "Workflows", body = Vec<read::WorkflowView>), BadRequest, Unavailable)
+)]
 pub(super) async fn list(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -187,6 +235,14 @@ pub(super) async fn list(
     Ok(axum::Json(rows).into_response())
 }
 
+/// `GET /v1/workflows/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}",
+    tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id")),
+    responses((status = 200, description = "The workflow", body = read::WorkflowView), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn get(State(app): State<AppState>, Path(raw): Path<String>) -> ApiResult {
     let id: WorkflowId = parse_id(&raw, "workflow id")?;
     let row = read::workflow(&app.db, &app.tenant, id.0)
@@ -225,10 +281,25 @@ async fn control(
             workflow::Error::AlreadyExists(_) => Problem::conflict(refused.to_string()),
         })
     })?;
-    let response = axum::Json(json!({ "id": id, "status": aggregate.state.status() }));
+    let response = axum::Json(WorkflowStatus {
+        id,
+        status: aggregate.state.status(),
+    });
     Ok(written(&app, aggregate.version, response.into_response()).await)
 }
 
+/// `POST /v1/workflows/{id}/pause`: stop taking new runs.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/pause",
+    tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id")),
+    request_body(content = Option<super::ControlRequest>, description = "Optional: who asks, and why"),
+    responses(
+        (status = 200, description = "Its status now", body = WorkflowStatus),
+        BadRequest, NotFound, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn pause(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -237,6 +308,18 @@ pub(super) async fn pause(
     control(app, raw, bytes, Command::Pause).await
 }
 
+/// `POST /v1/workflows/{id}/resume`: take new runs again.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/resume",
+    tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id")),
+    request_body(content = Option<super::ControlRequest>, description = "Optional: who asks, and why"),
+    responses(
+        (status = 200, description = "Its status now", body = WorkflowStatus),
+        BadRequest, NotFound, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+    )
+)]
 pub(super) async fn resume(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -254,6 +337,14 @@ pub(super) async fn must_exist(app: &AppState, id: WorkflowId) -> Result<(), Pro
         .ok_or_else(|| Problem::not_found(format!("no workflow has the id {id}")))
 }
 
+/// `GET /v1/workflows/{id}/knowledge`: its shared knowledge, in the order shared.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/knowledge",
+    tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id"), PageParams),
+    responses((status = 200, description = "Its knowledge", body = Vec<read::KnowledgeView>), BadRequest, NotFound, Unavailable)
+)]
 pub(super) async fn knowledge(
     State(app): State<AppState>,
     Path(raw): Path<String>,

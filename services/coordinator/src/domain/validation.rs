@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use super::condition;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One field at fault in a request body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// RFC 6901 pointer into the request body.
     pub pointer: String,

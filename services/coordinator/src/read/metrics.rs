@@ -214,7 +214,7 @@ pub async fn team_facts(db: &PgPool, tenant: &TenantId, runs: &[Uuid]) -> sqlx::
 }
 
 /// One of the seed's execution records (`ExecutionRecord`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordView {
     /// The event the record comes from.
@@ -278,7 +278,7 @@ pub async fn records(
 }
 
 /// An alert on an agent's performance.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertView {
     /// The `AlertRaised` event.

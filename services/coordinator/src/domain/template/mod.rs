@@ -95,7 +95,7 @@ impl Decider for Template {
 /// A template as a person writes it: the body of `POST /v1/templates`, and the form of the
 /// system templates' JSON files. Its id, whether it is a system template and its revision are
 /// not the writer's to choose ([`TemplateDraft::into_template`]).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateDraft {
     pub name: String,
