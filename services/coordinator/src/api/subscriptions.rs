@@ -17,7 +17,8 @@ use cadre_runtime::bus::Append;
 
 use super::body::Body;
 use super::openapi::{
-    BadRequest, Invalid, NotFound, PageParams, TooLarge, Unavailable, UnsupportedMediaType,
+    BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
+    UnsupportedMediaType,
 };
 use super::{
     ApiResult, AppState, Problem, created, page, parse_id, publish_failed, unavailable_log,
@@ -28,6 +29,8 @@ use crate::domain::validation::{FieldError, error};
 const MAX_URL: usize = 2000;
 const MAX_EVENT_TYPES: usize = 100;
 const MAX_DESCRIPTION: usize = 1000;
+/// Live subscriptions a tenant may have: each holds a consumer and a delivery task.
+const MAX_SUBSCRIPTIONS: usize = 100;
 /// Bytes of a signing key (Standard Webhooks asks for 24 to 64).
 const KEY_BYTES: usize = 32;
 
@@ -172,7 +175,7 @@ pub(super) struct DeliveryView {
     responses(
         (status = 201, description = "Made; the secret is shown this once", body = CreatedSubscription,
          headers(("Location" = String, description = "The subscription's URL"))),
-        BadRequest, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
+        BadRequest, Conflict, TooLarge, UnsupportedMediaType, Invalid, Unavailable,
     )
 )]
 pub(super) async fn create(
@@ -182,6 +185,12 @@ pub(super) async fn create(
     let errors = new.validate();
     if !errors.is_empty() {
         return Err(Problem::invalid("the subscription is not valid", errors));
+    }
+    if live(&app).await?.len() >= MAX_SUBSCRIPTIONS {
+        return Err(Problem::conflict(format!(
+            "there are {MAX_SUBSCRIPTIONS} subscriptions already, the most a tenant may have: \
+             delete one first (DELETE /v1/subscriptions/{{id}})"
+        )));
     }
     let mut key = [0u8; KEY_BYTES];
     getrandom::fill(&mut key).map_err(|why| {
