@@ -41,7 +41,7 @@
       } catch {
         return;
       }
-      onEvent(cloudEvent, source);
+      onEvent(cloudEvent, source, message.lastEventId);
     };
     source.addEventListener("message", handle);
     for (const type of KNOWN_TYPES) source.addEventListener(type, handle);
@@ -176,21 +176,16 @@
       if (at) $("#run-ended").replaceChildren(timeCell(at));
     }
 
-    async function addEscalation(escalationId) {
+    // The card comes from the read models, which the server lets reach the event's log
+    // position (`at`) first.
+    async function addEscalation(escalationId, sequence) {
       if (document.getElementById("esc-" + escalationId)) return;
-      // The card comes from the read model, which may be a moment behind the log.
-      for (let tries = 0; tries < 50; tries += 1) {
-        const response = await fetch("/console/escalations/" + escalationId + "/card");
-        if (response.ok) {
-          if (document.getElementById("esc-" + escalationId)) return;
-          const fragment = new DOMParser().parseFromString(await response.text(), "text/html");
-          const card = $("article.escalation", fragment);
-          // Resolved in the meantime: nothing waits any more.
-          if (card && $("form.resolve", card)) $("#escalations").append(card);
-          return;
-        }
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
+      const response = await fetch("/console/escalations/" + escalationId + "/card?at=" + sequence);
+      if (!response.ok || document.getElementById("esc-" + escalationId)) return;
+      const fragment = new DOMParser().parseFromString(await response.text(), "text/html");
+      const card = $("article.escalation", fragment);
+      // Resolved in the meantime: nothing waits any more.
+      if (card && $("form.resolve", card)) $("#escalations").append(card);
     }
 
     function removeEscalation(escalationId) {
@@ -213,13 +208,13 @@
       step_reviewed: (d, at) => {
         if (!d.approved) setStep(d.stepId, { status: "changes_requested" }, at);
       },
-      step_escalated: (d, at) => {
+      step_escalated: (d, at, sequence) => {
         setStep(d.stepId, { status: d.escalationId ? "escalated" : "escalating" }, at);
-        if (d.escalationId) addEscalation(d.escalationId);
+        if (d.escalationId) addEscalation(d.escalationId, sequence);
       },
-      escalated: (d, at) => {
+      escalated: (d, at, sequence) => {
         runStatus("escalated");
-        addEscalation(d.escalationId);
+        addEscalation(d.escalationId, sequence);
       },
       escalation_resolved: (d, at) => {
         removeEscalation(d.escalationId);
@@ -233,11 +228,11 @@
       cancelled: (d, at) => runStatus("cancelled", at),
     };
 
-    subscribe(feed, (cloudEvent, source) => {
+    subscribe(feed, (cloudEvent, source, sequence) => {
       const fact = cloudEvent.type.replace(/^dev\.cadre\.execution\./, "").replace(/\.v\d+$/, "");
       const handler = apply[fact];
       if (!handler) return;
-      handler(cloudEvent.data, cloudEvent.time);
+      handler(cloudEvent.data, cloudEvent.time, sequence);
       measured(cloudEvent);
       if (fact === "completed" || fact === "failed" || fact === "cancelled") {
         // The feed ends with the run; without this EventSource would reconnect for nothing.
@@ -412,14 +407,16 @@
         return;
       }
       count += 1;
-      const note = document.createElement("p");
+      const note = document.createElement("span");
       note.className = "field-error";
       note.id = "field-error-" + count;
       note.textContent = message;
       el.setAttribute("aria-invalid", "true");
       el.setAttribute("aria-describedby", note.id);
-      const anchor = el.closest("label") || el;
-      anchor.after(note);
+      // Inside the field's label, right under it; after a group (a fieldset) that has none.
+      const label = el.closest("label");
+      if (label) label.append(note);
+      else el.after(note);
     }
 
     form.addEventListener("submit", async (event) => {
