@@ -27,3 +27,5 @@ echo "== kubernetes manifests"
 bash scripts/validate-k8s.sh
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== web console in a browser"
+bash scripts/browser-test.sh
