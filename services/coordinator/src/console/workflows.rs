@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::dag::Graph;
 use super::{
-    Live, PageError, PageResult, agent_link, agent_names, json_attr, layout, parse_uuid, status,
-    time, usage_table,
+    Live, PageError, PageResult, agent_link, agent_names, layout, parse_uuid, status, time,
+    usage_table,
 };
 use crate::api::AppState;
 use crate::read::{self, Page, UsageGroup, UsageScope};
@@ -266,7 +266,7 @@ pub(super) async fn builder(State(app): State<AppState>) -> PageResult {
         @if agents.is_empty() {
             p.empty { "Register agents first (" code { "POST /v1/agents" } "): a workflow needs participants." }
         }
-        form #builder data-agents=(json_attr(&options)) novalidate {
+        form #builder novalidate {
             p.error.form-error role="alert" data-pointer="" {}
             fieldset {
                 legend { "Workflow" }

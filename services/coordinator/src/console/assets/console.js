@@ -178,17 +178,19 @@
 
     // The card comes from the read models, which the server lets reach the event's log
     // position (`at`) first.
+    const resolved = new Set();
     async function addEscalation(escalationId, sequence) {
       if (document.getElementById("esc-" + escalationId)) return;
       const response = await fetch("/console/escalations/" + escalationId + "/card?at=" + sequence);
       if (!response.ok || document.getElementById("esc-" + escalationId)) return;
       const fragment = new DOMParser().parseFromString(await response.text(), "text/html");
       const card = $("article.escalation", fragment);
-      // Resolved in the meantime: nothing waits any more.
-      if (card && $("form.resolve", card)) $("#escalations").append(card);
+      // Resolved in the meantime (a replayed feed brings both events at once): nothing waits.
+      if (card && $("form.resolve", card) && !resolved.has(escalationId)) $("#escalations").append(card);
     }
 
     function removeEscalation(escalationId) {
+      resolved.add(escalationId);
       const card = document.getElementById("esc-" + escalationId);
       if (card) card.remove();
     }
