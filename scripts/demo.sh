@@ -72,4 +72,5 @@ pids+=($!)
 "$bin/cadre-coordinator" >.cadre/logs/coordinator.log 2>&1 &
 pids+=($!)
 
+echo "web console: http://$CADRE_HTTP_ADDR/console (while the demo runs)"
 "$bin/cadre-demo" --api "http://$CADRE_HTTP_ADDR"

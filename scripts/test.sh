@@ -30,3 +30,5 @@ cargo test --workspace --locked
 # The API's contract: every operation of /openapi.json fuzzed on a live stack.
 echo "== API contract (schemathesis)"
 bash scripts/schemathesis.sh
+echo "== web console in a browser"
+bash scripts/browser-test.sh

@@ -3,13 +3,15 @@
 //! [`domain`] is the pure core (decide/evolve, assignment, validation). [`api`] validates
 //! commands and appends their events; [`processor`] folds execution events and appends the
 //! decisions; [`alerts`] watches how agents' attempts end, appends the alerts on their
-//! performance and keeps their records for [`starter`]. The coordinator never writes to
+//! performance and keeps their records for [`starter`]; `console` serves the web console
+//! beside the API. The coordinator never writes to
 //! Postgres: it only reads the projector's models, and a command answers once they have caught
 //! up with it (bounded), so a client reads its own writes.
 
 mod alerts;
 pub mod api;
 pub mod command;
+mod console;
 pub mod domain;
 pub mod processor;
 pub mod read;
@@ -145,21 +147,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_context(|| format!("binding the API to {}", config.http_addr))?;
     let http_addr = listener.local_addr()?;
     let readiness = Readiness::default();
-    let app = api::router(
-        api::AppState {
-            bus: bus.clone(),
-            db,
-            tenant: TenantId::default_tenant(),
-            starter: starter.clone(),
-            results,
-            workers,
-            read_models,
-            read_your_writes: config.read_your_writes_timeout(),
-            shutdown: shutdown.clone(),
-            webhook_secrets: webhook_secrets.clone(),
-        },
-        readiness.clone(),
-    );
+    let state = api::AppState {
+        bus: bus.clone(),
+        db,
+        tenant: TenantId::default_tenant(),
+        starter: starter.clone(),
+        results,
+        workers,
+        read_models,
+        read_your_writes: config.read_your_writes_timeout(),
+        shutdown: shutdown.clone(),
+        webhook_secrets: webhook_secrets.clone(),
+    };
+    let app = api::router(state.clone(), readiness.clone()).merge(console::router(state));
     tracing::info!(%http_addr, "coordinator API listening");
 
     let task = tokio::spawn(async move {

@@ -1,0 +1,502 @@
+// Cadre's web console: applies the event log's live feeds (server-sent events) to the page the
+// server rendered, and sends the console's forms to the JSON API. No framework, no build step.
+//
+// An SSE event is one stored event: `id` its stream sequence, `event` its CloudEvents type,
+// `data` the CloudEvents JSON, whose `data` member is the payload. EventSource reconnects by
+// itself with Last-Event-ID, so a dropped connection loses nothing.
+"use strict";
+
+(() => {
+  const $ = (selector, root = document) => root.querySelector(selector);
+  const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+
+  // What a test (or a curious person) can read: the delay from each event's CloudEvents `time`
+  // to its change on the page, for events that happened after the page was opened.
+  const cadre = (window.cadre = { latencies: [], applied: 0, reloads: 0 });
+
+  function measured(cloudEvent) {
+    cadre.applied += 1;
+    const at = Date.parse(cloudEvent.time);
+    if (!Number.isNaN(at) && at >= performance.timeOrigin) {
+      cadre.latencies.push({ type: cloudEvent.type, ms: Date.now() - at });
+    }
+  }
+
+  function liveState(text) {
+    const live = $("#live");
+    if (live) live.textContent = text;
+  }
+
+  // Opens `url` and hands each event's CloudEvent to `onEvent`; returns the EventSource.
+  function subscribe(url, onEvent) {
+    const source = new EventSource(url);
+    source.onopen = () => liveState("live");
+    source.onerror = () => liveState(source.readyState === EventSource.CLOSED ? "" : "reconnecting…");
+    // Every event arrives named by its type, and EventSource has no listener for any name:
+    // listen to each known type (a test checks the list against proto's).
+    const handle = (message) => {
+      let cloudEvent;
+      try {
+        cloudEvent = JSON.parse(message.data);
+      } catch {
+        return;
+      }
+      onEvent(cloudEvent, source, message.lastEventId);
+    };
+    source.addEventListener("message", handle);
+    for (const type of KNOWN_TYPES) source.addEventListener(type, handle);
+    return source;
+  }
+
+  const KNOWN_TYPES = [
+    "agent.registered.v1", "agent.status_reported.v1", "agent.alert_raised.v1",
+    "workflow.created.v1", "workflow.paused.v1", "workflow.resumed.v1",
+    "template.registered.v1", "workflow.knowledge_shared.v1", "workflow.knowledge_validated.v1",
+    "workflow.knowledge_superseded.v1", "execution.started.v1", "execution.step_scheduled.v1",
+    "execution.task_handed_off.v1", "execution.step_started.v1", "execution.step_deferred.v1",
+    "execution.interaction_recorded.v1", "execution.step_completed.v1", "execution.step_failed.v1",
+    "execution.step_timed_out.v1", "execution.step_skipped.v1", "execution.step_retry_scheduled.v1",
+    "execution.step_retry_due.v1", "execution.step_escalated.v1", "execution.escalation_resolved.v1",
+    "execution.lead_taken.v1", "execution.escalated.v1", "execution.saga_started.v1",
+    "execution.replanned.v1", "execution.step_reviewed.v1", "execution.votes_tallied.v1",
+    "execution.questions_asked.v1", "execution.question_assigned.v1",
+    "execution.question_answered.v1", "execution.questions_expired.v1", "execution.paused.v1",
+    "execution.resumed.v1", "execution.completed.v1", "execution.failed.v2",
+    "execution.cancelled.v1", "subscription.created.v1", "subscription.deleted.v1",
+    "subscription.delivered.v1", "subscription.delivery_failed.v1",
+  ].map((t) => "dev.cadre." + t);
+
+  // ---- Lists: reload the page's own HTML when an event that changes it arrives. ----
+
+  function reloadOn(feed, prefixes) {
+    let pending = null;
+    subscribe(feed, (cloudEvent) => {
+      if (!prefixes.some((p) => cloudEvent.type.startsWith(p))) return;
+      const waiting = pending ? pending.events : [];
+      waiting.push(cloudEvent);
+      if (pending) return;
+      // One reload for a burst of events.
+      pending = { events: waiting };
+      setTimeout(async () => {
+        const events = pending.events;
+        pending = null;
+        const response = await fetch(location.href, { headers: { accept: "text/html" } });
+        if (!response.ok) return;
+        const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+        $("main").replaceChildren(...$("main", fresh).childNodes);
+        cadre.reloads += 1;
+        events.forEach(measured);
+      }, 150);
+    });
+  }
+
+  // ---- The execution view: apply each event to the steps, the graph and the timeline. ----
+
+  function execution(feed, workflowFeed) {
+    const run = $("#run");
+    const executionId = run.dataset.execution;
+    const agents = JSON.parse(run.dataset.agents || "{}");
+    const steps = JSON.parse(run.dataset.steps || "[]");
+    const name = (id) => agents[id] || "an unknown agent";
+
+    function badge(status) {
+      const span = document.createElement("span");
+      span.className = "badge st-" + status;
+      span.textContent = status.replace(/_/g, " ");
+      return span;
+    }
+
+    function timeCell(iso) {
+      const t = document.createElement("time");
+      t.dateTime = iso;
+      t.textContent = iso.replace("T", " ").slice(0, 19);
+      return t;
+    }
+
+    function stepRow(stepId) {
+      let row = document.getElementById("step-" + stepId);
+      if (!row) {
+        // A step the run added (a delegation, an undoing, a re-plan).
+        row = document.createElement("tr");
+        row.id = "step-" + stepId;
+        row.dataset.step = stepId;
+        row.innerHTML =
+          '<th scope="row"></th><td class="state"></td><td class="agent"></td>' +
+          '<td class="attempt"></td><td class="started"></td><td class="ended"></td>' +
+          '<td class="duration"></td>';
+        $("th", row).textContent = stepId;
+        $("#step-table tbody").append(row);
+      }
+      return row;
+    }
+
+    // Sets what is known of a step: its status, agent, attempt, start, end, duration.
+    function setStep(stepId, change, at) {
+      const row = stepRow(stepId);
+      if (change.status) {
+        $(".state", row).replaceChildren(badge(change.status));
+        const node = document.getElementById("node-" + stepId);
+        if (node) {
+          node.setAttribute("class", "node st-" + change.status);
+          $("text.state", node).textContent = change.status.replace(/_/g, " ");
+        }
+      }
+      if (change.agentId) {
+        const link = document.createElement("a");
+        link.href = "/console/agents/" + change.agentId;
+        link.textContent = name(change.agentId);
+        $(".agent", row).replaceChildren(link);
+      }
+      if (change.attempt) $(".attempt", row).textContent = change.attempt;
+      if (change.scheduled) {
+        for (const cell of [".started", ".ended", ".duration"]) $(cell, row).textContent = "—";
+      }
+      if (change.started) {
+        $(".started", row).replaceChildren(timeCell(at));
+        row.dataset.startedAt = at;
+      }
+      if (change.ended) {
+        $(".ended", row).replaceChildren(timeCell(at));
+        const ms = change.durationMs ?? (row.dataset.startedAt ? Date.parse(at) - Date.parse(row.dataset.startedAt) : null);
+        if (ms != null) $(".duration", row).textContent = (ms / 1000).toFixed(1) + " s";
+      }
+      progress();
+    }
+
+    function progress() {
+      const done = steps.filter((id) => {
+        const badgeEl = $("#step-" + CSS.escape(id) + " .state .badge");
+        return badgeEl && /st-(completed|skipped)\b/.test(badgeEl.className);
+      }).length;
+      $("#progress").value = done;
+      $("#progress-text").textContent = done + " of " + steps.length + " steps done";
+    }
+
+    function runStatus(status, at) {
+      $("#run-status").replaceChildren(badge(status));
+      if (at) $("#run-ended").replaceChildren(timeCell(at));
+    }
+
+    // The card comes from the read models, which the server lets reach the event's log
+    // position (`at`) first.
+    const resolved = new Set();
+    async function addEscalation(escalationId, sequence) {
+      if (document.getElementById("esc-" + escalationId)) return;
+      const response = await fetch("/console/escalations/" + escalationId + "/card?at=" + sequence);
+      if (!response.ok || document.getElementById("esc-" + escalationId)) return;
+      const fragment = new DOMParser().parseFromString(await response.text(), "text/html");
+      const card = $("article.escalation", fragment);
+      // Resolved in the meantime (a replayed feed brings both events at once): nothing waits.
+      if (card && $("form.resolve", card) && !resolved.has(escalationId)) $("#escalations").append(card);
+    }
+
+    function removeEscalation(escalationId) {
+      resolved.add(escalationId);
+      const card = document.getElementById("esc-" + escalationId);
+      if (card) card.remove();
+    }
+
+    const RESOLVED_STATUS = { approve: "completed", provideOutput: "completed", skip: "skipped" };
+
+    const apply = {
+      step_scheduled: (d, at) => setStep(d.step.id, { status: "scheduled", agentId: d.agent.id, attempt: d.attempt, scheduled: true }, at),
+      step_started: (d, at) => setStep(d.stepId, { status: "running", agentId: d.agentId, attempt: d.attempt, started: true }, at),
+      step_deferred: (d, at) => setStep(d.stepId, { status: "waiting" }, at),
+      questions_asked: (d, at) => setStep(d.stepId, { status: "awaiting_answers" }, at),
+      step_completed: (d, at) => setStep(d.stepId, { status: "completed", ended: true, durationMs: d.durationMs }, at),
+      step_failed: (d, at) => setStep(d.stepId, { status: "failed", ended: true }, at),
+      step_timed_out: (d, at) => setStep(d.stepId, { status: "timed_out", ended: true }, at),
+      step_retry_scheduled: (d, at) => setStep(d.stepId, { status: "retry_waiting" }, at),
+      step_skipped: (d, at) => setStep(d.stepId, { status: "skipped" }, at),
+      step_reviewed: (d, at) => {
+        if (!d.approved) setStep(d.stepId, { status: "changes_requested" }, at);
+      },
+      step_escalated: (d, at, sequence) => {
+        setStep(d.stepId, { status: d.escalationId ? "escalated" : "escalating" }, at);
+        if (d.escalationId) addEscalation(d.escalationId, sequence);
+      },
+      escalated: (d, at, sequence) => {
+        runStatus("escalated");
+        addEscalation(d.escalationId, sequence);
+      },
+      escalation_resolved: (d, at) => {
+        removeEscalation(d.escalationId);
+        const status = RESOLVED_STATUS[d.resolution && d.resolution.action];
+        if (d.stepId && status) setStep(d.stepId, { status, ended: status === "completed" }, at);
+      },
+      paused: () => runStatus("paused"),
+      resumed: () => runStatus("running"),
+      completed: (d, at) => runStatus("completed", at),
+      failed: (d, at) => runStatus("failed", at),
+      cancelled: (d, at) => runStatus("cancelled", at),
+    };
+
+    subscribe(feed, (cloudEvent, source, sequence) => {
+      const fact = cloudEvent.type.replace(/^dev\.cadre\.execution\./, "").replace(/\.v\d+$/, "");
+      const handler = apply[fact];
+      if (!handler) return;
+      handler(cloudEvent.data, cloudEvent.time, sequence);
+      measured(cloudEvent);
+      if (fact === "completed" || fact === "failed" || fact === "cancelled") {
+        // The feed ends with the run; without this EventSource would reconnect for nothing.
+        source.close();
+        liveState("ended");
+        for (const card of $$("#escalations article.escalation")) card.remove();
+      }
+    });
+
+    // Interactions are the workflow's facts, not the execution state's: they come on the
+    // workflow's feed (from now on; the page already shows the earlier ones).
+    const timeline = $("#timeline");
+    subscribe(workflowFeed, (cloudEvent) => {
+      const d = cloudEvent.data;
+      if (!d || d.executionId !== executionId) return;
+      let kind;
+      let from;
+      let to;
+      let message;
+      if (cloudEvent.type.includes(".interaction_recorded.")) {
+        kind = d.interactionType;
+        from = d.fromAgentId;
+        to = d.toAgentId;
+        message = d.message;
+      } else if (cloudEvent.type.includes(".question_answered.")) {
+        kind = "answer";
+        from = d.agentId;
+        message = d.answer || d.error || "";
+      } else {
+        return;
+      }
+      const item = document.createElement("li");
+      item.className = "interaction " + kind;
+      item.append(timeCell(cloudEvent.time), " ");
+      const k = document.createElement("span");
+      k.className = "kind";
+      k.textContent = kind.replace(/_/g, " ");
+      item.append(k, " " + name(from) + " → " + (to ? name(to) : "the team"));
+      if (d.relatedStepId || d.stepId) item.append(" on " + (d.relatedStepId || d.stepId));
+      const p = document.createElement("p");
+      p.className = "message";
+      p.textContent = message;
+      item.append(p);
+      timeline.append(item);
+      measured(cloudEvent);
+    });
+  }
+
+  // ---- Forms: they call the JSON API and show its problems where they belong. ----
+
+  async function send(method, url, body) {
+    const response = await fetch(url, {
+      method,
+      headers: { "content-type": "application/json", accept: "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let json = null;
+    try {
+      json = await response.json();
+    } catch {
+      json = null;
+    }
+    return { response, json };
+  }
+
+  function problemText(json, response) {
+    if (json && json.detail) return json.detail;
+    if (json && json.title) return json.title;
+    return "The request failed (" + response.status + ").";
+  }
+
+  const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
+
+  function builder(form) {
+    const stepTemplate = $("#step-template");
+    const phaseTemplate = $("#phase-template");
+
+    function renumber(container) {
+      $$(":scope > fieldset", container).forEach((fieldset, i) => {
+        $(".n", fieldset).textContent = String(i + 1);
+      });
+    }
+
+    function add(template, container) {
+      const fieldset = template.content.firstElementChild.cloneNode(true);
+      $(".remove", fieldset).addEventListener("click", () => {
+        fieldset.remove();
+        renumber(container);
+      });
+      container.append(fieldset);
+      renumber(container);
+      return fieldset;
+    }
+
+    $("#add-step").addEventListener("click", () => add(stepTemplate, $("#steps")));
+    $("#add-phase").addEventListener("click", () => add(phaseTemplate, $("#phases")));
+    add(stepTemplate, $("#steps"));
+
+    function field(fieldset, name) {
+      return $('[data-field="' + name + '"]', fieldset).value.trim();
+    }
+
+    function request() {
+      const steps = $$("#steps > fieldset").map((fs) => {
+        const step = {
+          id: field(fs, "id"),
+          name: field(fs, "name"),
+          type: field(fs, "type"),
+          description: field(fs, "description"),
+          instructions: field(fs, "instructions"),
+          expectedOutput: field(fs, "expectedOutput"),
+          requiredSkills: list(field(fs, "requiredSkills")),
+          dependsOn: list(field(fs, "dependsOn")),
+        };
+        const agent = field(fs, "preferredAgentId");
+        if (agent) step.preferredAgentId = agent;
+        const timeout = field(fs, "timeoutMinutes");
+        if (timeout) step.timeoutMinutes = Number(timeout);
+        return step;
+      });
+      const phases = $$("#phases > fieldset").map((fs) => ({
+        name: field(fs, "name"),
+        mode: field(fs, "mode"),
+        steps: list(field(fs, "steps")),
+      }));
+      const body = {
+        name: $("#wf-name").value.trim(),
+        description: $("#wf-description").value.trim(),
+        workflowType: $("#wf-type").value,
+        participatingAgents: $$('#wf-agents input[name="agent"]:checked').map((c) => c.value),
+        configuration: { steps },
+      };
+      if (phases.length) body.configuration.phases = phases;
+      const coordinator = $("#wf-coordinator").value;
+      if (coordinator) body.coordinatorAgentId = coordinator;
+      return body;
+    }
+
+    // The element a JSON pointer of the request names: a step's or phase's field, else the
+    // form element whose data-pointer is the pointer's longest prefix, else the form.
+    function target(pointer) {
+      const parts = pointer.split("/").slice(1);
+      if (parts[0] === "configuration" && (parts[1] === "steps" || parts[1] === "phases")) {
+        const container = parts[1] === "steps" ? $("#steps") : $("#phases");
+        const fieldset = parts[2] !== undefined ? $$(":scope > fieldset", container)[Number(parts[2])] : null;
+        if (!fieldset) return container.parentElement;
+        const input = parts[3] ? $('[data-field="' + parts[3] + '"]', fieldset) : null;
+        return input || fieldset;
+      }
+      let best = form.querySelector('[data-pointer=""]');
+      let bestLength = -1;
+      for (const el of $$("[data-pointer]", form)) {
+        const p = el.dataset.pointer;
+        if (p && (pointer === p || pointer.startsWith(p + "/")) && p.length > bestLength) {
+          best = el;
+          bestLength = p.length;
+        }
+      }
+      return best;
+    }
+
+    function clearErrors() {
+      $$(".field-error", form).forEach((e) => e.remove());
+      $$("[aria-invalid]", form).forEach((e) => e.removeAttribute("aria-invalid"));
+      $(".form-error", form).textContent = "";
+    }
+
+    let count = 0;
+    function showError(el, message) {
+      if (el.classList.contains("form-error")) {
+        el.textContent = (el.textContent ? el.textContent + " " : "") + message;
+        return;
+      }
+      count += 1;
+      const note = document.createElement("span");
+      note.className = "field-error";
+      note.id = "field-error-" + count;
+      note.textContent = message;
+      el.setAttribute("aria-invalid", "true");
+      el.setAttribute("aria-describedby", note.id);
+      // Inside the field's label, right under it; after a group (a fieldset) that has none.
+      const label = el.closest("label");
+      if (label) label.append(note);
+      else el.after(note);
+    }
+
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      clearErrors();
+      const button = $("#create");
+      button.disabled = true;
+      try {
+        const { response, json } = await send("POST", "/v1/workflows", request());
+        if (response.status === 201 && json && json.id) {
+          location.assign("/console/workflows/" + json.id);
+          return;
+        }
+        const errors = (json && json.errors) || [];
+        if (!errors.length) showError($(".form-error", form), problemText(json, response));
+        for (const e of errors) showError(target(e.pointer || ""), e.message || e.detail || "invalid");
+        const first = $(".field-error", form);
+        if (first) first.scrollIntoView({ block: "center" });
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
+  function startRun(form) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = $(".error", form);
+      error.textContent = "";
+      const raw = $("#run-input", form).value.trim();
+      let body = {};
+      if (raw) {
+        try {
+          body = { input: JSON.parse(raw) };
+        } catch {
+          error.textContent = "The input is not JSON.";
+          return;
+        }
+      }
+      const { response, json } = await send("POST", "/v1/workflows/" + form.dataset.workflow + "/executions", body);
+      if (response.ok && json && json.executionId) {
+        location.assign("/console/executions/" + json.executionId);
+      } else {
+        error.textContent = problemText(json, response);
+      }
+    });
+  }
+
+  // Escalation actions, wherever a card is (delegated: cards come and go).
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("form.resolve [data-action]");
+    if (!button) return;
+    const form = button.closest("form.resolve");
+    const action = button.dataset.action;
+    const body = { action, requestedBy: "console" };
+    const reason = form.elements.reason && form.elements.reason.value.trim();
+    if (reason) body.reason = reason;
+    if (action === "reassign") body.agentId = form.elements.agentId.value;
+    if (action === "provideOutput") body.output = form.elements.output.value;
+    const error = $(".error", form);
+    error.textContent = "";
+    $$("button", form).forEach((b) => (b.disabled = true));
+    const { response, json } = await send("POST", "/v1/escalations/" + form.dataset.escalation + "/resolve", body);
+    if (response.ok) {
+      form.replaceWith(Object.assign(document.createElement("p"), { className: "outcome", textContent: "Sent: " + action }));
+    } else {
+      error.textContent = problemText(json, response);
+      $$("button", form).forEach((b) => (b.disabled = false));
+    }
+  });
+
+  const body = document.body;
+  if ($("#builder")) builder($("#builder"));
+  if ($("#start-run")) startRun($("#start-run"));
+  if (body.dataset.workflowFeed && body.dataset.feed) {
+    execution(body.dataset.feed, body.dataset.workflowFeed);
+  } else if (body.dataset.feed && body.dataset.reloadOn) {
+    reloadOn(body.dataset.feed, body.dataset.reloadOn.split(/\s+/).filter(Boolean));
+  }
+})();

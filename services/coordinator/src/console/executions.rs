@@ -1,0 +1,318 @@
+//! One execution, drawn and updated live; and the history of runs with filters.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use chrono::{DateTime, Utc};
+use maud::{Markup, html};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::dag::Graph;
+use super::escalations::card;
+use super::{
+    Live, PageError, PageResult, agent_link, agent_names, json_attr, layout, parse_uuid, status,
+    time, usage_table,
+};
+use crate::api::AppState;
+use crate::read::{self, EscalationFilter, EscalationStatus, Page, UsageGroup, UsageScope};
+
+/// Statuses that count as done for the progress bar: what the steps after them wait for.
+const DONE: [&str; 2] = ["completed", "skipped"];
+
+/// `GET /console/executions/{id}`.
+pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>) -> PageResult {
+    let id = parse_uuid(&raw, "execution")?;
+    let Some(run) = read::execution(&app.db, &app.tenant, id).await? else {
+        return Err(PageError::NotFound(format!("There is no execution {id}.")));
+    };
+    let workflow = read::workflow(&app.db, &app.tenant, run.workflow_id).await?;
+    let configuration = workflow
+        .as_ref()
+        .map_or(Value::Null, |w| w.configuration.clone());
+    let all = Page {
+        limit: 1000,
+        offset: 0,
+    };
+    let interactions = read::interactions(&app.db, &app.tenant, id, all).await?;
+    let escalations = read::escalations(
+        &app.db,
+        &app.tenant,
+        EscalationFilter {
+            status: Some(EscalationStatus::Open),
+            execution_id: Some(id),
+            workflow_id: None,
+        },
+        all,
+    )
+    .await?;
+    let (usage, by) = read::usage(
+        &app.db,
+        &app.tenant,
+        UsageScope::Execution(id),
+        &[UsageGroup::Step, UsageGroup::Agent],
+    )
+    .await?;
+    let names = agent_names(&app).await?;
+
+    let graph = Graph::of(&configuration);
+    let results = &run.step_results;
+    let step_status = |step: &str| {
+        results[step]["status"]
+            .as_str()
+            .unwrap_or("pending")
+            .to_owned()
+    };
+    // The configured steps, then those the run added (delegations, undoings, re-plans).
+    let mut rows: Vec<(String, String)> = graph
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.name.clone()))
+        .collect();
+    if let Some(extra) = results.as_object() {
+        for step in extra.keys() {
+            if !rows.iter().any(|(id, _)| id == step) {
+                rows.push((step.clone(), step.clone()));
+            }
+        }
+    }
+    let done = graph
+        .nodes
+        .iter()
+        .filter(|n| DONE.contains(&step_status(&n.id).as_str()))
+        .count();
+    let title = format!(
+        "{} #{}",
+        workflow.as_ref().map_or("Execution", |w| w.name.as_str()),
+        run.execution_number
+    );
+    let content = html! {
+        // The names of agents that events give by id, and the steps the progress bar counts.
+        div #run hidden data-execution=(id) data-agents=(json_attr(&names))
+            data-steps=(json_attr(&graph.nodes.iter().map(|n| &n.id).collect::<Vec<_>>())) {}
+        h1 {
+            @if let Some(w) = &workflow { a href={ "/console/workflows/" (w.id) } { (w.name) } } @else { "Execution" }
+            " #" (run.execution_number) " "
+            span #run-status { (status(&run.status)) }
+        }
+        div.progress {
+            label for="progress" { "Progress" }
+            progress #progress max=(graph.nodes.len().max(1)) value=(done) {}
+            span #progress-text { (done) " of " (graph.nodes.len()) " steps done" }
+        }
+        dl.facts {
+            dt { "Trigger" } dd { (run.trigger_reason) @if let Some(by) = &run.triggered_by { " by " (by) } }
+            dt { "Started" } dd { (time(Some(run.started_at))) }
+            dt { "Ended" } dd #run-ended { (time(run.completed_at)) }
+            @if let Some(error) = &run.error_message { dt { "Error" } dd.error { (error) } }
+        }
+        section #escalations aria-labelledby="escalations-title" {
+            h2 #escalations-title { "Waiting for a person" }
+            p.empty.when-empty { "Nothing waits for a person." }
+            @for e in &escalations { (card(e, &names)) }
+        }
+        h2 { "Steps" }
+        div.dag-wrap { (graph.svg(step_status)) }
+        table #step-table {
+            thead { tr { th scope="col" { "Step" } th scope="col" { "State" } th scope="col" { "Agent" }
+                th scope="col" { "Attempt" } th scope="col" { "Started" } th scope="col" { "Ended" }
+                th scope="col" { "Duration" } } }
+            tbody {
+                @for (step, name) in &rows {
+                    @let r = &results[step.as_str()];
+                    tr id={ "step-" (step) } data-step=(step) {
+                        th scope="row" { (name) br; code { (step) } }
+                        td.state { (status(r["status"].as_str().unwrap_or("pending"))) }
+                        td.agent { (agent_link(&names, r["agentId"].as_str().and_then(|a| a.parse().ok()))) }
+                        td.attempt { (r["attempt"].as_u64().map_or("—".to_owned(), |a| a.to_string())) }
+                        td.started { (time(at(&r["startedAt"]))) }
+                        td.ended { (time(at(&r["completedAt"]))) }
+                        td.duration { (duration(r)) }
+                    }
+                }
+            }
+        }
+        h2 { "Interactions" }
+        p { "Who asked whom, the answers, delegations, feedback, escalations and knowledge shared, in the order recorded." }
+        ol #timeline.timeline {
+            @for i in &interactions {
+                (timeline_row(i, &names))
+            }
+        }
+        h2 { "Token use and cost" }
+        (usage_table("By step", &usage, &by[0], |key| html! { code { (key) } }))
+        (usage_table("By agent", &usage, &by[1], |key| agent_link(&names, key.parse().ok())))
+    };
+    let live = if matches!(run.status.as_str(), "completed" | "failed" | "cancelled") {
+        Live::None
+    } else {
+        Live::Execution {
+            execution_feed: format!("/v1/executions/{id}/events"),
+            workflow_feed: format!("/v1/events?workflowId={}", run.workflow_id),
+        }
+    };
+    Ok(layout(&title, live, content))
+}
+
+fn at(value: &Value) -> Option<DateTime<Utc>> {
+    value.as_str().and_then(|s| s.parse().ok())
+}
+
+fn duration(result: &Value) -> String {
+    match (at(&result["startedAt"]), at(&result["completedAt"])) {
+        (Some(start), Some(end)) => {
+            format!("{:.1} s", (end - start).num_milliseconds() as f64 / 1000.0)
+        }
+        _ => "—".to_owned(),
+    }
+}
+
+fn timeline_row(i: &read::InteractionView, names: &HashMap<Uuid, String>) -> Markup {
+    html! {
+        li class={ "interaction " (i.interaction_type) } {
+            (time(Some(i.created_at))) " "
+            span.kind { (i.interaction_type.replace('_', " ")) } " "
+            (agent_link(names, i.from_agent_id))
+            " → "
+            @if i.to_agent_id.is_some() { (agent_link(names, i.to_agent_id)) } @else { "the team" }
+            @if let Some(step) = &i.related_step_id { " on " code { (step) } }
+            p.message { (i.message) }
+            @if i.requires_response || i.response_received {
+                p.answer {
+                    @if let Some(answer) = &i.response_message { "Answer: " (answer) }
+                    @else { "Waiting for an answer" }
+                }
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct HistoryFilter {
+    #[serde(default)]
+    workflow_id: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    trigger: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: Uuid,
+    workflow_id: Uuid,
+    workflow_name: String,
+    execution_number: i32,
+    status: String,
+    trigger_reason: String,
+    started_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+    actual_duration: Option<i32>,
+}
+
+const STATUSES: [&str; 6] = [
+    "running",
+    "paused",
+    "escalated",
+    "completed",
+    "failed",
+    "cancelled",
+];
+const TRIGGERS: [&str; 4] = ["manual", "scheduled", "event", "dependency"];
+
+/// `GET /console/history`: runs of every workflow, newest first, filtered by workflow, status
+/// and trigger.
+pub(super) async fn history(
+    State(app): State<AppState>,
+    Query(filter): Query<HistoryFilter>,
+) -> PageResult {
+    let blank = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let workflow_id = match blank(filter.workflow_id) {
+        Some(raw) => Some(
+            raw.parse::<Uuid>()
+                .map_err(|_| PageError::BadRequest(format!("workflowId '{raw}' is not a UUID")))?,
+        ),
+        None => None,
+    };
+    let status_filter = blank(filter.status);
+    let trigger = blank(filter.trigger);
+    let workflows = read::workflows(
+        &app.db,
+        &app.tenant,
+        Page {
+            limit: 1000,
+            offset: 0,
+        },
+    )
+    .await?;
+    // Not a macro query: the console's one query of its own keeps `.sqlx/` untouched.
+    let runs: Vec<RunRow> = sqlx::query_as(
+        "SELECT e.id, e.workflow_id, w.name AS workflow_name, e.execution_number, e.status,
+                e.trigger_reason, e.started_at, e.completed_at, e.actual_duration
+         FROM workflow_executions e
+         JOIN collaboration_workflows w ON w.tenant_id = e.tenant_id AND w.id = e.workflow_id
+         WHERE e.tenant_id = $1 AND ($2::uuid IS NULL OR e.workflow_id = $2)
+           AND ($3::text IS NULL OR e.status = $3)
+           AND ($4::text IS NULL OR e.trigger_reason = $4)
+         ORDER BY e.started_at DESC, e.id LIMIT 200",
+    )
+    .bind(app.tenant.as_str())
+    .bind(workflow_id)
+    .bind(&status_filter)
+    .bind(&trigger)
+    .fetch_all(&app.db)
+    .await?;
+    let content = html! {
+        h1 { "Execution history" }
+        form.filters method="get" action="/console/history" {
+            label for="f-workflow" { "Workflow" }
+            select #f-workflow name="workflowId" {
+                option value="" { "any" }
+                @for w in &workflows { option value=(w.id) selected[workflow_id == Some(w.id)] { (w.name) } }
+            }
+            label for="f-status" { "Status" }
+            select #f-status name="status" {
+                option value="" { "any" }
+                @for s in STATUSES { option value=(s) selected[status_filter.as_deref() == Some(s)] { (s) } }
+            }
+            label for="f-trigger" { "Trigger" }
+            select #f-trigger name="trigger" {
+                option value="" { "any" }
+                @for t in TRIGGERS { option value=(t) selected[trigger.as_deref() == Some(t)] { (t) } }
+            }
+            button type="submit" { "Filter" }
+        }
+        @if runs.is_empty() { p.empty { "No run matches." } } @else {
+            table #history {
+                thead { tr { th scope="col" { "Workflow" } th scope="col" { "Run" } th scope="col" { "Status" }
+                    th scope="col" { "Trigger" } th scope="col" { "Started" } th scope="col" { "Ended" }
+                    th scope="col" { "Seconds" } } }
+                tbody {
+                    @for r in &runs {
+                        tr {
+                            td { a href={ "/console/workflows/" (r.workflow_id) } { (r.workflow_name) } }
+                            td { a href={ "/console/executions/" (r.id) } { "#" (r.execution_number) } }
+                            td { (status(&r.status)) }
+                            td { (r.trigger_reason) }
+                            td { (time(Some(r.started_at))) }
+                            td { (time(r.completed_at)) }
+                            td { (r.actual_duration.map_or("—".to_owned(), |d| d.to_string())) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout(
+        "History",
+        Live::Reload {
+            feed: "/v1/events".to_owned(),
+            prefixes: "dev.cadre.execution.started dev.cadre.execution.completed \
+                       dev.cadre.execution.failed dev.cadre.execution.cancelled \
+                       dev.cadre.execution.paused dev.cadre.execution.resumed \
+                       dev.cadre.execution.escalated",
+        },
+        content,
+    ))
+}
