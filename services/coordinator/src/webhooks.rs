@@ -158,6 +158,11 @@ async fn deliver_from_consumer(
     delivery: &Delivery,
     stop: &CancellationToken,
 ) -> Result<(), NatsError> {
+    // Deleted while this task was starting (its `created` and `deleted` read together): do
+    // not create the consumer the deletion removed.
+    if stop.is_cancelled() {
+        return Ok(());
+    }
     let id = delivery.subscription.subscription_id;
     let key = delivery
         .secrets
