@@ -25,25 +25,8 @@ if [ "$("$venv/bin/schemathesis" --version 2>/dev/null | awk '{print $NF}')" != 
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
 fi
 
-pids=()
-created_database=""
-config=""
-cleanup() {
-  [ -z "$config" ] || rm -f "$config"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -n "$created_database" ]; then
-    psql "$admin" -qc "DROP DATABASE IF EXISTS $created_database WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-}
-trap cleanup EXIT INT TERM
-
-free_port() {
-  while :; do
-    port=$((20000 + RANDOM % 40000))
-    (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null || { echo "$port"; return; }
-  done
-}
+log_prefix=schemathesis-
+source scripts/local-stack.sh
 
 for tool in curl jq; do
   command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null; }
@@ -51,33 +34,10 @@ done
 
 echo "building the services (debug)..."
 cargo build --locked -q -p cadre-coordinator -p cadre-agent-worker -p cadre-projector
-target=${CARGO_TARGET_DIR:-target}
-case "$target" in /*) ;; *) target="$root/$target" ;; esac
-bin="$target/debug"
-
-bash scripts/ensure-nats.sh
-nats_port=$(free_port)
-nats_data=$(mktemp -d)
-.cadre/bin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_data" >"$logs/schemathesis-nats.log" 2>&1 &
-pids+=($!)
-export NATS_URL="nats://127.0.0.1:$nats_port"
-for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/"$nats_port") 2>/dev/null && break; sleep 0.1; done
-
-admin=$(bash scripts/ensure-postgres.sh)
-database="cadre_schemathesis_$$"
-psql "$admin" -qc "CREATE DATABASE $database" >/dev/null
-created_database=$database
-export DATABASE_URL="${admin%/*}/$database"
-
-"$bin/cadre-projector" migrate >"$logs/schemathesis-migrate.log" 2>&1
-http_port=$(free_port)
-export CADRE_HTTP_ADDR="127.0.0.1:$http_port"
-CADRE_HEALTH_ADDR="127.0.0.1:$(free_port)" "$bin/cadre-projector" run >"$logs/schemathesis-projector.log" 2>&1 &
-pids+=($!)
-CADRE_HEALTH_ADDR="127.0.0.1:$(free_port)" "$bin/cadre-agent-worker" >"$logs/schemathesis-agent-worker.log" 2>&1 &
-pids+=($!)
-"$bin/cadre-coordinator" >"$logs/schemathesis-coordinator.log" 2>&1 &
-pids+=($!)
+bin=$(build_dir debug)
+start_nats .cadre/schemathesis-nats-data
+create_database "cadre_schemathesis_$$"
+start_services "$bin"
 
 api="http://$CADRE_HTTP_ADDR"
 ready=""
@@ -115,7 +75,7 @@ for _ in $(seq 1 150); do
 done
 [ -n "$escalation" ] || { echo "the seeded run never waited for its sign-off" >&2; exit 1; }
 templates=$(curl -fsS "$api/v1/templates" | jq -c '[.[].id]')
-config=$(mktemp --suffix=.toml)
+config="$logs/schemathesis.toml"
 cat >"$config" <<TOML
 [dictionaries.agents]
 values = $(printf '%s\n' "${agents[@]}" | jq -R . | jq -sc .)

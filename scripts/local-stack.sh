@@ -1,0 +1,72 @@
+# Sourced by scripts that run Cadre's services on this machine (demo.sh, schemathesis.sh): a
+# private nats-server, a database of their own, and the three services, each stopped (and the
+# database dropped) when the script ends. Uses the caller's `root` (the workspace) and `logs`
+# (where each process writes its log, with `log_prefix` before its name).
+
+pids=()
+# The database this run created, dropped when it ends (the run's events die with its NATS).
+created_database=""
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$created_database" ]; then
+    psql "$admin" -qc "DROP DATABASE IF EXISTS $created_database WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT INT TERM
+
+# A local port nothing listens on.
+free_port() {
+  while :; do
+    port=$((20000 + RANDOM % 40000))
+    (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+
+# A current nats-server with JetStream on a free port, its data in `$1` (emptied first);
+# exports NATS_URL.
+start_nats() {
+  local data=$1 port
+  bash "$root/scripts/ensure-nats.sh"
+  port=$(free_port)
+  rm -rf "$data"
+  "$root/.cadre/bin/nats-server" -a 127.0.0.1 -p "$port" -js -sd "$data" >"$logs/${log_prefix}nats-server.log" 2>&1 &
+  pids+=($!)
+  export NATS_URL="nats://127.0.0.1:$port"
+  for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+}
+
+# A new database named `$1` on the local Postgres (installed and started if none answers);
+# exports DATABASE_URL.
+create_database() {
+  admin=$(bash "$root/scripts/ensure-postgres.sh")
+  psql "$admin" -qc "CREATE DATABASE $1" >/dev/null
+  created_database=$1
+  export DATABASE_URL="${admin%/*}/$1"
+}
+
+# Where cargo puts `$1` (debug or release) builds: CARGO_TARGET_DIR (relative to the
+# workspace) when set.
+build_dir() {
+  local target=${CARGO_TARGET_DIR:-target}
+  case "$target" in /*) ;; *) target="$root/$target" ;; esac
+  echo "$target/$1"
+}
+
+# The read models migrated, then the projector, an agent worker and the coordinator from the
+# binaries in `$1`, on free ports; exports CADRE_HTTP_ADDR (the API's address).
+start_services() {
+  local bin=$1
+  if ! "$bin/cadre-projector" migrate >"$logs/${log_prefix}migrate.log" 2>&1; then
+    echo "migrating the read models failed:" >&2
+    tail -n 20 "$logs/${log_prefix}migrate.log" >&2
+    exit 1
+  fi
+  export CADRE_HTTP_ADDR="127.0.0.1:$(free_port)"
+  CADRE_HEALTH_ADDR="127.0.0.1:$(free_port)" "$bin/cadre-projector" run >"$logs/${log_prefix}projector.log" 2>&1 &
+  pids+=($!)
+  CADRE_HEALTH_ADDR="127.0.0.1:$(free_port)" "$bin/cadre-agent-worker" >"$logs/${log_prefix}agent-worker.log" 2>&1 &
+  pids+=($!)
+  "$bin/cadre-coordinator" >"$logs/${log_prefix}coordinator.log" 2>&1 &
+  pids+=($!)
+}
