@@ -930,3 +930,50 @@ async fn control_requests_refuse_what_is_not_json_and_what_is_too_large_as_probl
     }
     stack.stop().await;
 }
+
+/// Postgres keeps a JSON number as an exact decimal and writes it back in full (f64::MAX as a
+/// 309-digit integer): whatever number the API accepted must read back as the same number,
+/// from the run and from the list of runs, not fail the whole list as undecodable.
+#[tokio::test]
+async fn numbers_at_the_edges_of_json_read_back_as_sent() {
+    let stack = Stack::start().await;
+    let api = &stack.api;
+    let edges = json!({
+        "max": f64::MAX, "min": f64::MIN, "belowMax": 1.797_693_134_862_315_5e308,
+        "tiny": 5e-324, "negativeTiny": -5e-324, "smallestNormal": 2.225_073_858_507_201_4e-308,
+        "beyondU64": 18_446_744_073_709_551_616.0, "beyondF64Integers": 9_007_199_254_740_993_u64,
+        "largeDecimal": 123.456e300,
+    });
+    let ada = api
+        .register_agent(&agent("Ada", "analyst", &["research"], "offline"))
+        .await;
+    let ada_id = ada["id"].as_str().unwrap().to_owned();
+    let workflow = api
+        .create_workflow(&pipeline(
+            "Edges",
+            std::slice::from_ref(&ada_id),
+            &PIPELINE_SKILLS,
+            1,
+        ))
+        .await;
+    let workflow_id = workflow["id"].as_str().unwrap();
+    let started = api
+        .post(
+            &format!("/v1/workflows/{workflow_id}/executions"),
+            &json!({"input": edges}),
+        )
+        .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let execution_id = started.body["executionId"].as_str().unwrap();
+    let run = api
+        .wait_until_finished(execution_id, std::time::Duration::from_secs(30))
+        .await;
+    assert_eq!(run["executionContext"], edges, "{run}");
+
+    let listed = api
+        .get(&format!("/v1/workflows/{workflow_id}/executions"))
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body[0]["executionContext"], edges);
+    stack.stop().await;
+}
