@@ -217,6 +217,7 @@ impl Plan {
                 self.escalations
                     .execution_ended(origin, e.execution_id, Outcome::Completed);
                 self.history.execution_ended(e.execution_id);
+                self.status.run_ended(origin, e.execution_id);
             }
             Event::ExecutionFailed(e) => {
                 self.executions.failed(origin, e);
@@ -227,6 +228,7 @@ impl Plan {
                 self.escalations
                     .execution_ended(origin, e.execution_id, Outcome::Failed);
                 self.history.execution_ended(e.execution_id);
+                self.status.run_ended(origin, e.execution_id);
             }
             Event::ExecutionCancelled(e) => {
                 self.executions.cancelled(origin, e);
@@ -237,6 +239,7 @@ impl Plan {
                 self.escalations
                     .execution_ended(origin, e.execution_id, Outcome::Cancelled);
                 self.history.execution_ended(e.execution_id);
+                self.status.run_ended(origin, e.execution_id);
             }
         }
     }

@@ -6,10 +6,13 @@
 //! (blocked by its provider), `StepCompleted` and `StepReviewed` (completed, 100 %), `StepFailed`
 //! and `StepTimedOut` (failed, the error as blocker). `AgentStatusReported` adds what only the
 //! agent can say: its blockers and the support it asks for. The latest event wins, in stream
-//! order; an agent working on several steps at once shows the one it last reported on.
+//! order; an agent working on several steps at once shows the one it last reported on. When a
+//! run ends (completed, failed, cancelled), an agent still shown working or blocked on it is
+//! idle again: its attempt was stopped with the run, and no event of the attempt will say so.
 
 use std::collections::HashMap;
 
+use cadre_proto::ExecutionId;
 use cadre_proto::events::{
     AgentStatusReported, StepAttempt, StepCompleted, StepDeferred, StepFailed, StepReviewed,
     StepStarted, StepTimedOut,
@@ -25,6 +28,8 @@ use crate::plan::Origin;
 
 /// What an agent is doing, as the status read model says it.
 pub(crate) mod state {
+    /// Nothing to do: no step yet, or the run of its last one ended while it was on it.
+    pub const IDLE: &str = "idle";
     /// A step attempt started, or the agent reported progress with nothing in its way.
     pub const WORKING: &str = "working";
     /// Something stops the agent: its provider cannot answer now, or it says so itself.
@@ -81,6 +86,20 @@ impl StatusRow {
     fn attempt(origin: &Origin<'_>, attempt: &StepAttempt, state: &'static str) -> Self {
         Self::of(origin, attempt.agent_id.0, Some(attempt), state)
     }
+
+    fn is_busy(&self) -> bool {
+        matches!(self.state, state::WORKING | state::BLOCKED)
+    }
+}
+
+/// A run that ended, with the event that says so.
+#[derive(Debug)]
+struct RunEnded {
+    tenant_id: String,
+    execution_id: Uuid,
+    at: DateTime<Utc>,
+    event_id: Uuid,
+    event_sequence: i64,
 }
 
 /// The batch's statuses, the last per agent: one statement cannot upsert a row twice.
@@ -88,6 +107,8 @@ impl StatusRow {
 pub(crate) struct Changes {
     pub rows: Vec<StatusRow>,
     index: HashMap<(String, Uuid), usize>,
+    /// Runs that ended in the batch, for the rows stored before it.
+    ended: Vec<RunEnded>,
 }
 
 impl Changes {
@@ -160,6 +181,22 @@ impl Changes {
         });
     }
 
+    /// The run ended: whoever is still on one of its steps, in the batch or stored, is idle.
+    pub fn run_ended(&mut self, origin: &Origin<'_>, execution: ExecutionId) {
+        for row in &mut self.rows {
+            if row.execution_id == Some(execution.0) && row.is_busy() {
+                *row = StatusRow::of(origin, row.agent_id, None, state::IDLE);
+            }
+        }
+        self.ended.push(RunEnded {
+            tenant_id: origin.tenant.to_owned(),
+            execution_id: execution.0,
+            at: origin.at,
+            event_id: origin.event_id,
+            event_sequence: origin.sequence,
+        });
+    }
+
     fn set(&mut self, row: StatusRow) {
         let key = (row.tenant_id.clone(), row.agent_id);
         match self.index.get(&key) {
@@ -171,9 +208,11 @@ impl Changes {
         }
     }
 
-    /// A status replaces the agent's row only if it is newer (a replay over rows already there
+    /// Stored rows of the runs that ended first, then the batch's own (already folded). A
+    /// status replaces the agent's row only if it is newer (a replay over rows already there
     /// changes nothing).
     pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        idle_after_runs_ended(tx, self.ended).await?;
         let rows = self.rows;
         if rows.is_empty() {
             return Ok(());
@@ -220,6 +259,38 @@ impl Changes {
         .await?;
         Ok(())
     }
+}
+
+/// Rows stored before their run ended that still show the agent busy on it.
+async fn idle_after_runs_ended(
+    tx: &mut PgConnection,
+    ended: Vec<RunEnded>,
+) -> Result<(), sqlx::Error> {
+    if ended.is_empty() {
+        return Ok(());
+    }
+    columns!(for e in ended => tenant_id, execution_id, at, event_id, event_sequence);
+    sqlx::query!(
+        "UPDATE agent_status s SET state = $6, workflow_id = NULL, execution_id = NULL,
+             step_id = NULL, current_task = NULL, attempt = NULL, progress = 0,
+             estimated_completion = NULL, blockers = '[]', requested_support = '[]',
+             updated_at = e.at, event_id = e.event_id, event_sequence = e.event_sequence
+         FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[], $4::uuid[], $5::bigint[])
+              AS e(tenant_id, execution_id, at, event_id, event_sequence)
+         WHERE s.tenant_id = e.tenant_id AND s.execution_id = e.execution_id
+           AND s.state IN ($7, $8) AND s.event_sequence < e.event_sequence",
+        &tenant_id,
+        &execution_id,
+        &at,
+        &event_id,
+        &event_sequence,
+        state::IDLE,
+        state::WORKING,
+        state::BLOCKED,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
@@ -342,6 +413,68 @@ mod tests {
             states,
             [(f.agent.id.0, "completed"), (other.agent.id.0, "working")]
         );
+    }
+
+    #[tokio::test]
+    async fn an_agent_on_a_run_that_ends_is_idle_in_the_batch_and_in_stored_rows() {
+        let mut f = Fixture::new();
+        let mut other = f.clone();
+        other.agent.id = AgentId::new();
+        let mut elsewhere = f.clone();
+        elsewhere.agent.id = AgentId::new();
+        elsewhere.execution = cadre_proto::ExecutionId::new();
+        let earlier = vec![
+            f.message(f.step_started(1)),
+            f.message(other.step_started(1)),
+            f.message(other.step_completed(1)),
+            f.message(elsewhere.step_started(1)),
+        ];
+        // The same batch: a start then the run's end.
+        let mut third = f.clone();
+        third.agent.id = AgentId::new();
+        let later = vec![
+            f.message(third.step_started(1)),
+            f.message(f.cancelled(Some("ops"), None)),
+        ];
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        project(&mut lease, &earlier, 10).await;
+        project(&mut lease, &later, 10).await;
+        let mut conn = db.connect().await;
+        let table = rows(&mut conn, "agent_status").await;
+        let state_of = |agent: AgentId| {
+            let row = table
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["agent_id"] == json!(agent.0))
+                .unwrap();
+            (
+                row["state"].as_str().unwrap().to_owned(),
+                row["current_task"].clone(),
+            )
+        };
+        assert_eq!(
+            state_of(f.agent.id),
+            ("idle".to_owned(), Value::Null),
+            "stored"
+        );
+        assert_eq!(
+            state_of(third.agent.id),
+            ("idle".to_owned(), Value::Null),
+            "in the batch"
+        );
+        assert_eq!(
+            state_of(other.agent.id).0,
+            "completed",
+            "done before the end"
+        );
+        assert_eq!(state_of(elsewhere.agent.id).0, "working", "on another run");
+
+        // A replay of the earlier events changes nothing.
+        project(&mut lease, &earlier, 10).await;
+        let again = rows(&mut conn, "agent_status").await;
+        assert_eq!(again, table);
     }
 
     #[tokio::test]
