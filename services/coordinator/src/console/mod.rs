@@ -10,6 +10,7 @@ mod agents;
 mod dag;
 mod escalations;
 mod executions;
+mod templates;
 mod workflows;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/console", get(workflows::list))
         .route("/console/builder", get(workflows::builder))
         .route("/console/workflows/{id}", get(workflows::detail))
+        .route("/console/templates/{id}", get(templates::detail))
         .route("/console/executions/{id}", get(executions::detail))
         .route("/console/history", get(executions::history))
         .route("/console/escalations", get(escalations::list))
