@@ -299,7 +299,8 @@ async fn run_and_workflow_controls_show_as_their_status_allows() {
         .post(&format!("/v1/workflows/{workflow_id}/pause"), &json!({}))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let paused = page(&stack, &path).await;
+    // As the script reloads it for the pause's event: once the read models have reached it.
+    let paused = page(&stack, &format!("{path}?at=1")).await;
     tag(&paused, r#"data-workflow-action="resume""#);
     assert!(
         !paused.contains(r#"data-workflow-action="pause""#),

@@ -68,13 +68,16 @@
 
   // ---- Lists: reload the page's own HTML when an event that changes it arrives. ----
 
-  // Reloads the page's `main` from the server, one reload after the other, so that an earlier
-  // one (which may have read the read models before they had the change) never lands after a
-  // later one. Resolves to whether it replaced `main`.
+  // Reloads the page's `main` from the server once the read models have reached the event at
+  // log position `at` (if given), one reload after the other (so none lands after a later
+  // one). Resolves to whether it replaced `main`.
   let reloading = Promise.resolve(false);
-  function reloadMain() {
+  function reloadMain(at) {
+    const url = new URL(location.href);
+    url.hash = "";
+    if (at) url.searchParams.set("at", at);
     reloading = reloading.then(async () => {
-      const response = await fetch(location.href, { headers: { accept: "text/html" } });
+      const response = await fetch(url, { headers: { accept: "text/html" } });
       if (!response.ok) return false;
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
       $("main").replaceChildren(...$("main", fresh).childNodes);
@@ -86,17 +89,19 @@
 
   function reloadOn(feed, prefixes) {
     let pending = null;
-    subscribe(feed, (cloudEvent) => {
+    subscribe(feed, (cloudEvent, source, sequence) => {
       if (!prefixes.some((p) => cloudEvent.type.startsWith(p))) return;
-      const waiting = pending ? pending.events : [];
-      waiting.push(cloudEvent);
-      if (pending) return;
-      // One reload for a burst of events.
-      pending = { events: waiting };
+      if (pending) {
+        pending.events.push(cloudEvent);
+        pending.at = sequence;
+        return;
+      }
+      // One reload for a burst of events, read once the read models have the last one.
+      pending = { events: [cloudEvent], at: sequence };
       setTimeout(async () => {
-        const events = pending.events;
+        const { events, at } = pending;
         pending = null;
-        if (await reloadMain()) events.forEach(measured);
+        if (await reloadMain(at)) events.forEach(measured);
       }, 150);
     });
   }
@@ -624,9 +629,9 @@
     const url = "/v1/workflows/" + box.dataset.workflow + "/" + button.dataset.workflowAction;
     const { response, json } = await send("POST", url, { requestedBy: "console" });
     if (response.ok) {
-      // The answer comes once the read models have the change: show the page as they have it
-      // (the log's event may have reloaded it already, possibly before they had it).
-      await reloadMain();
+      // The log's event reloads the page (with the buttons the new status allows); without a
+      // live feed, reload it now: the answer came once the read models had the change.
+      if ($("#live").textContent !== "live") await reloadMain();
     } else {
       error.textContent = problemSummary(json, response);
       button.disabled = false;
