@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use maud::html;
 
 use super::dag::Graph;
-use super::workflows::roles as listed;
+use super::workflows::joined;
 use super::{Live, PageError, PageResult, layout, parse_uuid};
 use crate::api::AppState;
 use crate::domain::template::agent_pointer;
@@ -98,7 +98,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
                         td { code { (s["id"].as_str().unwrap_or_default()) } }
                         td { (s["name"].as_str().unwrap_or_default()) }
                         td { (s["type"].as_str().unwrap_or_default()) }
-                        td { (listed(&s["dependsOn"])) }
+                        td { (joined(&s["dependsOn"])) }
                         td { (s["assignedAgentRole"].as_str().unwrap_or("any")) }
                     }
                 }

@@ -61,7 +61,7 @@ pub(super) async fn list(State(app): State<AppState>) -> PageResult {
                     tr data-template=(t.id) {
                         td { a href={ "/console/templates/" (t.id) } { strong { (t.name) } } br; small { (t.description) } }
                         td { (t.category) }
-                        td { (roles(&t.required_agent_roles)) }
+                        td { (joined(&t.required_agent_roles)) }
                         td { (t.workflow_count) }
                         td { (t.usage_count) }
                         td { @if t.ended_runs > 0 { (format!("{:.0} %", t.success_rate)) } @else { "—" } }
@@ -86,7 +86,7 @@ pub(super) async fn list(State(app): State<AppState>) -> PageResult {
 }
 
 /// The strings of a JSON array, comma separated.
-pub(super) fn roles(value: &serde_json::Value) -> String {
+pub(super) fn joined(value: &serde_json::Value) -> String {
     value
         .as_array()
         .map(|a| {
@@ -188,7 +188,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
                         td { code { (s["id"].as_str().unwrap_or_default()) } }
                         td { (s["name"].as_str().unwrap_or_default()) }
                         td { (s["type"].as_str().unwrap_or_default()) }
-                        td { (roles(&s["dependsOn"])) }
+                        td { (joined(&s["dependsOn"])) }
                         td {
                             @if let Some(agent) = s["preferredAgentId"].as_str().and_then(|a| a.parse().ok()) {
                                 (agent_link(&names, Some(agent)))
@@ -204,7 +204,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
             h3 { "Phases" }
             ol.phases {
                 @for p in &phases {
-                    li { strong { (p["name"].as_str().unwrap_or_default()) } " (" (p["mode"].as_str().unwrap_or("parallel")) "): " (roles(&p["steps"])) }
+                    li { strong { (p["name"].as_str().unwrap_or_default()) } " (" (p["mode"].as_str().unwrap_or("parallel")) "): " (joined(&p["steps"])) }
                 }
             }
         }
