@@ -1,8 +1,11 @@
 """The web console in a real browser (Debian's Chromium, driven by Playwright).
 
-Builds a workflow in the builder (first with a mistake, which the page must show at the field
-the API's JSON pointer names), starts it, watches its steps change state live, approves its
-sign-off step from the console, and visits every page. Any console error, uncaught exception,
+Creates a workflow from a template (first with a role left without an agent, which the page
+must show at that role's field), builds a workflow in the builder (first with a mistake, shown
+at the field the API's JSON pointer names), pauses it (a run cannot start, the API's refusal
+shows) and resumes it, starts it, pauses and resumes the run and sees its status change live,
+watches its steps change state, approves its sign-off step from the console, cancels a second
+run (after a refused reason), and visits every page. Any console error, uncaught exception,
 failed request or unexpected error status fails the test. Prints each page's load time and the
 delay from an event's time in the log to its change on the page.
 
@@ -24,6 +27,13 @@ CHROMIUM = "/usr/bin/chromium"
 STEP_TIMEOUT_MS = 60_000
 
 problems: list[str] = []
+# What the test has the API refuse on purpose: (status, path prefix, path suffix).
+EXPECTED_REFUSALS = [
+    (422, "/v1/workflows", "/v1/workflows"),  # the builder's first submission
+    (422, "/v1/templates/", "/workflows"),  # a template's role left without an agent
+    (409, "/v1/workflows/", "/executions"),  # a run of a paused workflow
+    (422, "/v1/executions/", "/cancel"),  # a cancellation's reason over 1000 characters
+]
 load_times: dict[str, float] = {}
 
 
@@ -33,8 +43,8 @@ def watch(page):
     def on_console(message):
         if message.type != "error":
             return
-        # The builder's first submission is refused on purpose (422): Chromium logs it.
-        if "422" in message.text and "Failed to load resource" in message.text:
+        # Requests the test has refused on purpose (see EXPECTED_REFUSALS): Chromium logs them.
+        if "Failed to load resource" in message.text and ("422" in message.text or "409" in message.text):
             return
         problems.append(f"console error on {page.url}: {message.text}")
 
@@ -46,7 +56,11 @@ def watch(page):
         problems.append(f"request failed: {request.method} {request.url}: {failure}")
 
     def on_response(response):
-        expected = response.status == 422 and response.url.endswith("/v1/workflows")
+        path = response.url.removeprefix(BASE)
+        expected = any(
+            response.status == status and path.startswith(prefix) and path.endswith(suffix)
+            for status, prefix, suffix in EXPECTED_REFUSALS
+        )
         if response.status >= 400 and not expected:
             problems.append(f"{response.status} for {response.request.method} {response.url}")
 
@@ -98,6 +112,30 @@ def main():
         expect(page.locator("#templates")).to_contain_text("Implement a feature")
         page.screenshot(path=SHOTS / "workflows.png", full_page=True)
 
+        # A workflow from a template: every role but one given an agent, then all of them.
+        page.locator("#templates tr", has_text="Critical production bug resolution").get_by_role(
+            "link", name="Create a workflow"
+        ).click()
+        loaded(page, "template")
+        roles = page.locator("#from-template select[data-role]")
+        assert roles.count() > 1, roles.count()
+        for select in roles.all()[1:]:
+            select.select_option(index=1)
+        page.locator("#ft-name").fill("Outage drill")
+        page.get_by_role("button", name="Create workflow").click()
+        first_role = roles.first
+        expect(first_role).to_have_attribute("aria-invalid", "true")
+        expect(page.locator("label:has(select[data-role]) .field-error")).to_have_count(1)
+        role = first_role.get_attribute("data-role")
+        expect(page.locator(f'label:has(select[data-role="{role}"]) .field-error')).to_contain_text(role)
+        page.screenshot(path=SHOTS / "template-error.png", full_page=True)
+        first_role.select_option(index=1)
+        page.get_by_role("button", name="Create workflow").click()
+        page.wait_for_url("**/console/workflows/*")
+        loaded(page, "workflow (from a template)")
+        expect(page.get_by_role("heading", level=1)).to_contain_text("Outage drill")
+        expect(page.locator("dl.facts")).to_contain_text("Critical production bug resolution")
+
         # The builder: three steps, the second depending on a step that does not exist.
         page.get_by_role("link", name="New workflow").click()
         loaded(page, "builder")
@@ -141,6 +179,15 @@ def main():
         expect(page.locator("#node-sign-off")).to_be_visible()
         page.screenshot(path=SHOTS / "workflow.png", full_page=True)
 
+        # Paused, it starts no run (the API's refusal shows) until resumed.
+        page.get_by_role("button", name="Pause workflow").click()
+        expect(page.locator("#workflow-status .badge")).to_have_text("paused")
+        page.get_by_role("button", name="Start run").click()
+        expect(page.locator("#start-run .error")).to_contain_text("paused")
+        page.screenshot(path=SHOTS / "workflow-paused.png", full_page=True)
+        page.get_by_role("button", name="Resume workflow").click()
+        expect(page.get_by_role("button", name="Pause workflow")).to_be_visible()
+
         # Start it and watch it live.
         page.get_by_role("button", name="Start run").click()
         page.wait_for_url("**/console/executions/*")
@@ -149,6 +196,19 @@ def main():
         expect(page.locator("#node-analyse")).to_have_class("node st-running")
         expect(page.locator("#step-analyse .agent a")).not_to_be_empty()
         page.screenshot(path=SHOTS / "execution-running.png", full_page=True)
+
+        # Pause the run and resume it: the buttons follow the status the log's events bring.
+        run_action = lambda name: page.locator(f'#run-actions [data-run-action="{name}"]')
+        expect(run_action("resume")).to_be_hidden()
+        run_action("pause").click()
+        expect(page.locator("#run-status .badge")).to_have_text("paused")
+        expect(run_action("pause")).to_be_hidden()
+        expect(run_action("cancel")).to_be_visible()
+        page.screenshot(path=SHOTS / "execution-paused.png", full_page=True)
+        run_action("resume").click()
+        expect(page.locator("#run-status .badge")).to_have_text("running")
+        expect(run_action("resume")).to_be_hidden()
+        expect(run_action("pause")).to_be_enabled()
         expect(page.locator("#node-analyse")).to_have_class("node st-completed")
         expect(page.locator("#node-build")).to_have_class("node st-running")
         expect(page.locator("#step-analyse .duration")).to_contain_text(" s")
@@ -202,6 +262,27 @@ def main():
         )
         assert started_run == 202, started_run
         expect(page.locator("#history tbody tr")).to_have_count(before + 1)
+        latencies += page.evaluate("() => window.cadre.latencies")
+
+        # Cancel that run: the dialog asks first, and shows the API's problem at its field.
+        page.locator("#history tbody tr").first.get_by_role("link", name="#").click()
+        loaded(page, "execution (to cancel)")
+        expect(page.locator("#live")).to_have_text("live")
+        run_action("cancel").click()
+        dialog = page.locator("#cancel-dialog")
+        expect(dialog).to_be_visible()
+        dialog.get_by_label("Reason (optional)").fill("x" * 1001)
+        dialog.get_by_role("button", name="Cancel the run", exact=True).click()
+        expect(dialog.locator(".field-error")).to_contain_text("1000")
+        expect(page.locator("#cancel-reason")).to_have_attribute("aria-invalid", "true")
+        page.screenshot(path=SHOTS / "execution-cancel-refused.png", full_page=True)
+        dialog.get_by_label("Reason (optional)").fill("Started by mistake.")
+        dialog.get_by_role("button", name="Cancel the run", exact=True).click()
+        expect(dialog).to_be_hidden()
+        expect(page.locator("#run-status .badge")).to_have_text("cancelled")
+        expect(page.locator("#run-actions button:visible")).to_have_count(0)
+        expect(page.locator("#live")).to_have_text("ended")
+        page.screenshot(path=SHOTS / "execution-cancelled.png", full_page=True)
         latencies += page.evaluate("() => window.cadre.latencies")
         browser.close()
 

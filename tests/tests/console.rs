@@ -125,6 +125,7 @@ async fn every_page_shows_a_finished_run_and_unknown_ids_are_not_found() {
         format!("/console/workflows/{ghost}"),
         format!("/console/executions/{ghost}"),
         format!("/console/agents/{ghost}"),
+        format!("/console/templates/{ghost}"),
         format!("/console/escalations/{ghost}/card"),
         "/console/executions/not-a-uuid".to_owned(),
     ] {
@@ -137,10 +138,8 @@ async fn every_page_shows_a_finished_run_and_unknown_ids_are_not_found() {
     stack.stop().await;
 }
 
-#[tokio::test]
-async fn an_approval_waiting_for_a_person_shows_with_its_actions() {
-    let stack = Stack::start().await;
-    let (agents, _) = stack.api.team_and_pipeline(FAKE_PROVIDER, 1).await;
+/// A workflow whose runs build, then wait for a person to sign off: they stay running.
+async fn release(stack: &Stack, agents: &[String]) -> Value {
     let step = |id: &str, kind: &str, depends_on: &[&str]| {
         json!({
             "id": id, "name": format!("Step {id}"), "description": "A part of the work.",
@@ -148,7 +147,7 @@ async fn an_approval_waiting_for_a_person_shows_with_its_actions() {
             "instructions": format!("Do {id}."), "expectedOutput": "It, done."
         })
     };
-    let workflow = stack
+    stack
         .api
         .create_workflow(&json!({
             "name": "Release", "description": "Build, then sign off.", "workflowType": "pipeline",
@@ -158,7 +157,14 @@ async fn an_approval_waiting_for_a_person_shows_with_its_actions() {
                 step("sign-off", "approval", &["build"]),
             ] }
         }))
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn an_approval_waiting_for_a_person_shows_with_its_actions() {
+    let stack = Stack::start().await;
+    let (agents, _) = stack.api.team_and_pipeline(FAKE_PROVIDER, 1).await;
+    let workflow = release(&stack, &agents).await;
     let (execution_id, _) = stack
         .api
         .start_execution(workflow["id"].as_str().unwrap())
@@ -205,5 +211,174 @@ async fn an_approval_waiting_for_a_person_shows_with_its_actions() {
     );
     let resolved = page(&stack, "/console/escalations?status=resolved").await;
     assert!(resolved.contains("Nothing here."), "{resolved}");
+    stack.stop().await;
+}
+
+/// The tag of the element with `attribute` (`name="value"`) in `html`, up to its `>`.
+fn tag<'a>(html: &'a str, attribute: &str) -> &'a str {
+    let at = html
+        .find(attribute)
+        .unwrap_or_else(|| panic!("no {attribute} in:\n{html}"));
+    let start = html[..at].rfind('<').unwrap();
+    let end = at + html[at..].find('>').unwrap();
+    &html[start..=end]
+}
+
+/// Which of the run's control buttons the page shows (the others are `hidden`).
+fn run_actions_shown(html: &str) -> Vec<&'static str> {
+    ["pause", "resume", "cancel"]
+        .into_iter()
+        .filter(|a| !tag(html, &format!(r#"data-run-action="{a}""#)).contains(" hidden"))
+        .collect()
+}
+
+#[tokio::test]
+async fn run_and_workflow_controls_show_as_their_status_allows() {
+    let stack = Stack::start().await;
+    let (agents, _) = stack.api.team_and_pipeline(FAKE_PROVIDER, 1).await;
+    let workflow = release(&stack, &agents).await;
+    let workflow_id = workflow["id"].as_str().unwrap();
+    let (execution_id, _) = stack.api.start_execution(workflow_id).await;
+
+    // A command answers once the read models have its effect: the page read next shows it.
+    let path = format!("/console/executions/{execution_id}");
+    let control = |action: &'static str| {
+        let stack = &stack;
+        let execution_id = &execution_id;
+        async move {
+            let reply = stack
+                .api
+                .post(
+                    &format!("/v1/executions/{execution_id}/{action}"),
+                    &json!({ "requestedBy": "console test", "reason": "checking the page" }),
+                )
+                .await;
+            assert_eq!(reply.status, 202, "{action}: {}", reply.body);
+        }
+    };
+    let running = page(&stack, &path).await;
+    assert_eq!(
+        run_actions_shown(&running),
+        ["pause", "cancel"],
+        "{running}"
+    );
+    contains_all(
+        &running,
+        &[r#"<dialog id="cancel-dialog""#, r#"data-pointer="/reason""#],
+        &path,
+    );
+    control("pause").await;
+    let paused = page(&stack, &path).await;
+    assert_eq!(run_actions_shown(&paused), ["resume", "cancel"], "{paused}");
+    assert!(
+        paused.contains(r#"<span class="badge st-paused">"#),
+        "{paused}"
+    );
+    control("resume").await;
+    let resumed = page(&stack, &path).await;
+    assert_eq!(
+        run_actions_shown(&resumed),
+        ["pause", "cancel"],
+        "{resumed}"
+    );
+    control("cancel").await;
+    let cancelled = page(&stack, &path).await;
+    assert!(run_actions_shown(&cancelled).is_empty(), "{cancelled}");
+    assert!(!cancelled.contains("data-feed="), "{cancelled}");
+
+    let path = format!("/console/workflows/{workflow_id}");
+    let workflow_page = page(&stack, &path).await;
+    assert!(
+        tag(&workflow_page, r#"id="workflow-actions""#)
+            .contains(&format!(r#"data-workflow="{workflow_id}""#)),
+        "{workflow_page}"
+    );
+    tag(&workflow_page, r#"data-workflow-action="pause""#);
+    let reply = stack
+        .api
+        .post(&format!("/v1/workflows/{workflow_id}/pause"), &json!({}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // As the script reloads it for the pause's event: once the read models have reached it.
+    let paused = page(&stack, &format!("{path}?at=1")).await;
+    tag(&paused, r#"data-workflow-action="resume""#);
+    assert!(
+        !paused.contains(r#"data-workflow-action="pause""#),
+        "{paused}"
+    );
+    assert!(
+        paused.contains(r#"<span class="badge st-paused">"#),
+        "{paused}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_template_has_a_form_mapping_its_roles_to_agents() {
+    let stack = Stack::start().await;
+    let (agents, _) = stack.api.team_and_pipeline(FAKE_PROVIDER, 1).await;
+    let templates = stack.api.get("/v1/templates").await.body;
+    let template = templates
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "Critical production bug resolution")
+        .unwrap();
+    let id = template["id"].as_str().unwrap();
+    let roles: Vec<&str> = template["requiredAgentRoles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(!roles.is_empty());
+
+    let home = page(&stack, "/console").await;
+    assert!(
+        home.contains(&format!(r#"href="/console/templates/{id}#from-template""#)),
+        "{home}"
+    );
+    let path = format!("/console/templates/{id}");
+    let form = page(&stack, &path).await;
+    contains_all(
+        &form,
+        &[
+            &format!(r#"form id="from-template" data-template="{id}""#),
+            r#"data-pointer="/coordinatorAgentId""#,
+            r#"id="template-steps""#,
+            &format!(r#"option value="{}""#, agents[2]),
+        ],
+        &path,
+    );
+    // One select per role, named by the pointer a problem with it would carry.
+    for role in &roles {
+        tag(
+            &form,
+            &format!(r#"data-role="{role}" data-pointer="/agents/{role}""#),
+        );
+    }
+
+    // What the form sends; the workflow's page then names its template.
+    let mapping: serde_json::Map<String, Value> = roles
+        .iter()
+        .map(|r| ((*r).to_owned(), json!(agents[0])))
+        .collect();
+    let reply = stack
+        .api
+        .post(
+            &format!("/v1/templates/{id}/workflows"),
+            &json!({ "name": "Outage drill", "agents": mapping }),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let path = format!("/console/workflows/{}", reply.body["id"].as_str().unwrap());
+    contains_all(
+        &page(&stack, &path).await,
+        &[
+            "Outage drill",
+            &format!(r#"<a href="/console/templates/{id}">Critical production bug resolution</a>"#),
+        ],
+        &path,
+    );
     stack.stop().await;
 }

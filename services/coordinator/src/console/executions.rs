@@ -95,6 +95,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
             " #" (run.execution_number) " "
             span #run-status { (status(&run.status)) }
         }
+        (run_actions(&run.status))
         div.progress {
             label for="progress" { "Progress" }
             progress #progress max=(graph.nodes.len().max(1)) value=(done) {}
@@ -152,6 +153,43 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
         }
     };
     Ok(layout(&title, live, content))
+}
+
+/// A run's statuses in which each control command is accepted, as the execution decider
+/// accepts them: pause a running run, resume a paused one, cancel any that has not ended. Each
+/// button carries its statuses, for the script to show or hide it as the run's status changes.
+const RUN_ACTIONS: [(&str, &str, &[&str]); 3] = [
+    ("pause", "Pause", &["running"]),
+    ("resume", "Resume", &["paused"]),
+    ("cancel", "Cancel run…", &["running", "paused", "escalated"]),
+];
+
+/// The buttons that pause, resume and cancel the run (`POST /v1/executions/{id}/pause|resume|
+/// cancel`, sent by the script), those its `status` allows shown; cancelling asks first.
+fn run_actions(status: &str) -> Markup {
+    html! {
+        div #run-actions.actions {
+            @for (action, label, statuses) in RUN_ACTIONS {
+                button type="button" class={ "run-action " (action) } data-run-action=(action)
+                    data-statuses=(statuses.join(" ")) hidden[!statuses.contains(&status)] { (label) }
+            }
+            p.error role="alert" {}
+            p.note aria-live="polite" {}
+        }
+        dialog #cancel-dialog aria-labelledby="cancel-title" {
+            form #cancel-form novalidate {
+                h2 #cancel-title { "Cancel this run?" }
+                p { "Its running steps are stopped and nothing more is scheduled. A cancelled run cannot be resumed." }
+                p.error.form-error role="alert" data-pointer="" {}
+                label for="cancel-reason" { "Reason (optional)" }
+                textarea #cancel-reason name="reason" rows="2" data-pointer="/reason" {}
+                div.actions {
+                    button.danger type="submit" { "Cancel the run" }
+                    button #cancel-keep type="button" { "Keep it running" }
+                }
+            }
+        }
+    }
 }
 
 fn at(value: &Value) -> Option<DateTime<Utc>> {

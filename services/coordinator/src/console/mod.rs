@@ -10,12 +10,15 @@ mod agents;
 mod dag;
 mod escalations;
 mod executions;
+mod templates;
 mod workflows;
 
 use std::collections::HashMap;
 
 use axum::Router;
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
@@ -32,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/console", get(workflows::list))
         .route("/console/builder", get(workflows::builder))
         .route("/console/workflows/{id}", get(workflows::detail))
+        .route("/console/templates/{id}", get(templates::detail))
         .route("/console/executions/{id}", get(executions::detail))
         .route("/console/history", get(executions::history))
         .route("/console/escalations", get(escalations::list))
@@ -40,7 +44,36 @@ pub fn router(state: AppState) -> Router {
         .route("/console/agents/{id}", get(agents::detail))
         .route("/console/assets/console.js", get(script))
         .route("/console/assets/console.css", get(stylesheet))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            read_models_at,
+        ))
         .with_state(state)
+}
+
+#[derive(serde::Deserialize, Default)]
+struct At {
+    /// The log position (stream sequence) of the event that made the script ask.
+    #[serde(default)]
+    at: Option<u64>,
+}
+
+/// `?at=<sequence>` on any console page: answer once the read models have reached that event,
+/// waiting as a command's answer does (bounded, and not while they cannot be read). The script
+/// sends it when an event makes it read a page or a fragment again, so what it reads shows
+/// the event.
+async fn read_models_at(
+    State(app): State<AppState>,
+    Query(at): Query<At>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(position) = at.at {
+        app.read_models
+            .wait_while_readable(position, app.read_your_writes)
+            .await;
+    }
+    next.run(request).await
 }
 
 const SCRIPT: &str = include_str!("assets/console.js");

@@ -55,17 +55,18 @@ pub(super) async fn list(State(app): State<AppState>) -> PageResult {
         table #templates {
             thead { tr { th scope="col" { "Name" } th scope="col" { "Category" } th scope="col" { "Roles" }
                 th scope="col" { "Workflows" } th scope="col" { "Runs" } th scope="col" { "Success rate" }
-                th scope="col" { "Kind" } } }
+                th scope="col" { "Kind" } th scope="col" { "" } } }
             tbody {
                 @for t in &templates {
-                    tr {
-                        td { strong { (t.name) } br; small { (t.description) } }
+                    tr data-template=(t.id) {
+                        td { a href={ "/console/templates/" (t.id) } { strong { (t.name) } } br; small { (t.description) } }
                         td { (t.category) }
-                        td { (roles(&t.required_agent_roles)) }
+                        td { (joined(&t.required_agent_roles)) }
                         td { (t.workflow_count) }
                         td { (t.usage_count) }
                         td { @if t.ended_runs > 0 { (format!("{:.0} %", t.success_rate)) } @else { "—" } }
                         td { @if t.is_system_template { "system" } @else { "user" } }
+                        td { a href={ "/console/templates/" (t.id) "#from-template" } { "Create a workflow" } }
                     }
                 }
             }
@@ -84,7 +85,8 @@ pub(super) async fn list(State(app): State<AppState>) -> PageResult {
     ))
 }
 
-fn roles(value: &serde_json::Value) -> String {
+/// The strings of a JSON array, comma separated.
+pub(super) fn joined(value: &serde_json::Value) -> String {
     value
         .as_array()
         .map(|a| {
@@ -137,10 +139,30 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
         .unwrap_or_default();
     let participants: Vec<Uuid> =
         serde_json::from_value(workflow.participating_agents.clone()).unwrap_or_default();
+    let template = match workflow.template_id {
+        Some(t) => read::template(&app.db, &app.tenant, t).await?,
+        None => None,
+    };
+    let paused = workflow.status == "paused";
     let content = html! {
-        h1 { (workflow.name) " " (status(&workflow.status)) }
+        h1 { (workflow.name) " " span #workflow-status { (status(&workflow.status)) } }
         p { (workflow.description) }
+        // The workflow decider pauses one that is not paused and resumes one that is; the page
+        // reloads (with its button) when the log records either.
+        div #workflow-actions.actions data-workflow=(id) {
+            @if paused {
+                button type="button" data-workflow-action="resume" { "Resume workflow" }
+                span.meta { "Paused: it starts no new run until resumed; runs under way go on." }
+            } @else {
+                button type="button" data-workflow-action="pause" { "Pause workflow" }
+                span.meta { "A paused workflow starts no new run; runs under way go on." }
+            }
+            p.error role="alert" {}
+        }
         dl.facts {
+            @if let Some(t) = &template {
+                dt { "Template" } dd { a href={ "/console/templates/" (t.id) } { (t.name) } }
+            }
             dt { "Type" } dd { (workflow.workflow_type) }
             dt { "Runs" } dd { (workflow.execution_count) }
             dt { "Participants" } dd { @for (i, a) in participants.iter().enumerate() { @if i > 0 { ", " } (agent_link(&names, Some(*a))) } }
@@ -166,7 +188,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
                         td { code { (s["id"].as_str().unwrap_or_default()) } }
                         td { (s["name"].as_str().unwrap_or_default()) }
                         td { (s["type"].as_str().unwrap_or_default()) }
-                        td { (roles(&s["dependsOn"])) }
+                        td { (joined(&s["dependsOn"])) }
                         td {
                             @if let Some(agent) = s["preferredAgentId"].as_str().and_then(|a| a.parse().ok()) {
                                 (agent_link(&names, Some(agent)))
@@ -182,7 +204,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
             h3 { "Phases" }
             ol.phases {
                 @for p in &phases {
-                    li { strong { (p["name"].as_str().unwrap_or_default()) } " (" (p["mode"].as_str().unwrap_or("parallel")) "): " (roles(&p["steps"])) }
+                    li { strong { (p["name"].as_str().unwrap_or_default()) } " (" (p["mode"].as_str().unwrap_or("parallel")) "): " (joined(&p["steps"])) }
                 }
             }
         }

@@ -68,24 +68,40 @@
 
   // ---- Lists: reload the page's own HTML when an event that changes it arrives. ----
 
+  // Reloads the page's `main` from the server once the read models have reached the event at
+  // log position `at` (if given), one reload after the other (so none lands after a later
+  // one). Resolves to whether it replaced `main`.
+  let reloading = Promise.resolve(false);
+  function reloadMain(at) {
+    const url = new URL(location.href);
+    url.hash = "";
+    if (at) url.searchParams.set("at", at);
+    reloading = reloading.then(async () => {
+      const response = await fetch(url, { headers: { accept: "text/html" } });
+      if (!response.ok) return false;
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+      $("main").replaceChildren(...$("main", fresh).childNodes);
+      cadre.reloads += 1;
+      return true;
+    }).catch(() => false);
+    return reloading;
+  }
+
   function reloadOn(feed, prefixes) {
     let pending = null;
-    subscribe(feed, (cloudEvent) => {
+    subscribe(feed, (cloudEvent, source, sequence) => {
       if (!prefixes.some((p) => cloudEvent.type.startsWith(p))) return;
-      const waiting = pending ? pending.events : [];
-      waiting.push(cloudEvent);
-      if (pending) return;
-      // One reload for a burst of events.
-      pending = { events: waiting };
+      if (pending) {
+        pending.events.push(cloudEvent);
+        pending.at = sequence;
+        return;
+      }
+      // One reload for a burst of events, read once the read models have the last one.
+      pending = { events: [cloudEvent], at: sequence };
       setTimeout(async () => {
-        const events = pending.events;
+        const { events, at } = pending;
         pending = null;
-        const response = await fetch(location.href, { headers: { accept: "text/html" } });
-        if (!response.ok) return;
-        const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
-        $("main").replaceChildren(...$("main", fresh).childNodes);
-        cadre.reloads += 1;
-        events.forEach(measured);
+        if (await reloadMain(at)) events.forEach(measured);
       }, 150);
     });
   }
@@ -175,7 +191,20 @@
     function runStatus(status, at) {
       $("#run-status").replaceChildren(badge(status));
       if (at) $("#run-ended").replaceChildren(timeCell(at));
+      showRunActions(status);
     }
+
+    // Each control button lists the statuses it applies in (the server's rule).
+    const dialog = $("#cancel-dialog");
+    function showRunActions(status) {
+      for (const button of $$("#run-actions [data-run-action]")) {
+        button.hidden = !button.dataset.statuses.split(" ").includes(status);
+        button.disabled = false;
+      }
+      $("#run-actions .note").textContent = "";
+      if (dialog && dialog.open && $('#run-actions [data-run-action="cancel"]').hidden) dialog.close();
+    }
+    runControls(executionId);
 
     // The card comes from the read models, which the server lets reach the event's log
     // position (`at`) first.
@@ -221,8 +250,11 @@
       },
       escalation_resolved: (d, at) => {
         removeEscalation(d.escalationId);
-        const status = RESOLVED_STATUS[d.resolution && d.resolution.action];
+        const action = d.resolution && d.resolution.action;
+        const status = RESOLVED_STATUS[action];
         if (d.stepId && status) setStep(d.stepId, { status, ended: status === "completed" }, at);
+        // The run's own escalation (over its time), let go on.
+        if (!d.stepId && action === "continue") runStatus("running");
       },
       paused: () => runStatus("paused"),
       resumed: () => runStatus("running"),
@@ -307,6 +339,72 @@
     return "The request failed (" + response.status + ").";
   }
 
+  // A problem+json answer on one line: its title, its detail, and each error's field.
+  function problemSummary(json, response) {
+    if (!json || !(json.title || json.detail)) return problemText(json, response);
+    let text = [json.title, json.detail].filter(Boolean).join(": ");
+    for (const e of json.errors || []) text += "; " + (e.pointer ? e.pointer + " " : "") + (e.message || "invalid");
+    return text;
+  }
+
+  // The element of `form` whose data-pointer is the longest prefix of a JSON pointer of the
+  // request (a whole path segment at a time), else its `.form-error` line (data-pointer="").
+  function byPointer(form, pointer) {
+    let best = form.querySelector('[data-pointer=""]');
+    let bestLength = -1;
+    for (const el of $$("[data-pointer]", form)) {
+      const p = el.dataset.pointer;
+      if (p && (pointer === p || pointer.startsWith(p + "/")) && p.length > bestLength) {
+        best = el;
+        bestLength = p.length;
+      }
+    }
+    return best;
+  }
+
+  // Shows a problem's errors in `form`, each at the element `target(pointer)` names (inside
+  // its label, or right after it) and marked invalid; a problem without errors goes to the
+  // form's `.form-error` line.
+  let errorCount = 0;
+  function formProblems(form, target) {
+    function clear() {
+      $$(".field-error", form).forEach((e) => e.remove());
+      $$("[aria-invalid]", form).forEach((e) => {
+        e.removeAttribute("aria-invalid");
+        e.removeAttribute("aria-describedby");
+      });
+      $(".form-error", form).textContent = "";
+    }
+
+    function show(el, message) {
+      if (el.classList.contains("form-error")) {
+        el.textContent = (el.textContent ? el.textContent + " " : "") + message;
+        return;
+      }
+      errorCount += 1;
+      const note = document.createElement("span");
+      note.className = "field-error";
+      note.id = "field-error-" + errorCount;
+      note.textContent = message;
+      el.setAttribute("aria-invalid", "true");
+      el.setAttribute("aria-describedby", note.id);
+      // Inside the field's label, right under it; after a group (a fieldset) that has none.
+      const label = el.closest("label");
+      if (label) label.append(note);
+      else el.after(note);
+    }
+
+    function report(json, response) {
+      const errors = (json && json.errors) || [];
+      if (!errors.length) show($(".form-error", form), problemText(json, response));
+      for (const e of errors) show(target(e.pointer || ""), e.message || e.detail || "invalid");
+      const first = $(".field-error", form);
+      if (first) first.scrollIntoView({ block: "center" });
+    }
+
+    return { clear, report };
+  }
+
   const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 
   function builder(form) {
@@ -385,46 +483,13 @@
         const input = parts[3] ? $('[data-field="' + parts[3] + '"]', fieldset) : null;
         return input || fieldset;
       }
-      let best = form.querySelector('[data-pointer=""]');
-      let bestLength = -1;
-      for (const el of $$("[data-pointer]", form)) {
-        const p = el.dataset.pointer;
-        if (p && (pointer === p || pointer.startsWith(p + "/")) && p.length > bestLength) {
-          best = el;
-          bestLength = p.length;
-        }
-      }
-      return best;
+      return byPointer(form, pointer);
     }
 
-    function clearErrors() {
-      $$(".field-error", form).forEach((e) => e.remove());
-      $$("[aria-invalid]", form).forEach((e) => e.removeAttribute("aria-invalid"));
-      $(".form-error", form).textContent = "";
-    }
-
-    let count = 0;
-    function showError(el, message) {
-      if (el.classList.contains("form-error")) {
-        el.textContent = (el.textContent ? el.textContent + " " : "") + message;
-        return;
-      }
-      count += 1;
-      const note = document.createElement("span");
-      note.className = "field-error";
-      note.id = "field-error-" + count;
-      note.textContent = message;
-      el.setAttribute("aria-invalid", "true");
-      el.setAttribute("aria-describedby", note.id);
-      // Inside the field's label, right under it; after a group (a fieldset) that has none.
-      const label = el.closest("label");
-      if (label) label.append(note);
-      else el.after(note);
-    }
-
+    const problems = formProblems(form, target);
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      clearErrors();
+      problems.clear();
       const button = $("#create");
       button.disabled = true;
       try {
@@ -433,40 +498,145 @@
           location.assign("/console/workflows/" + json.id);
           return;
         }
-        const errors = (json && json.errors) || [];
-        if (!errors.length) showError($(".form-error", form), problemText(json, response));
-        for (const e of errors) showError(target(e.pointer || ""), e.message || e.detail || "invalid");
-        const first = $(".field-error", form);
-        if (first) first.scrollIntoView({ block: "center" });
+        problems.report(json, response);
       } finally {
         button.disabled = false;
       }
     });
   }
 
-  function startRun(form) {
+  // A workflow made of a template: each role mapped to the agent chosen for it (a role left
+  // unchosen is left out, for the API to name it).
+  function fromTemplate(form) {
+    const problems = formProblems(form, (pointer) => byPointer(form, pointer));
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      const error = $(".error", form);
-      error.textContent = "";
-      const raw = $("#run-input", form).value.trim();
-      let body = {};
-      if (raw) {
-        try {
-          body = { input: JSON.parse(raw) };
-        } catch {
-          error.textContent = "The input is not JSON.";
+      problems.clear();
+      const body = { agents: {} };
+      const name = $("#ft-name", form).value.trim();
+      if (name) body.name = name;
+      const description = $("#ft-description", form).value.trim();
+      if (description) body.description = description;
+      for (const select of $$("select[data-role]", form)) {
+        if (select.value) body.agents[select.dataset.role] = select.value;
+      }
+      const coordinator = $("#ft-coordinator", form).value;
+      if (coordinator) body.coordinatorAgentId = coordinator;
+      const button = $("#create-from-template", form);
+      button.disabled = true;
+      try {
+        const { response, json } = await send("POST", "/v1/templates/" + form.dataset.template + "/workflows", body);
+        if (response.status === 201 && json && json.id) {
+          location.assign("/console/workflows/" + json.id);
           return;
         }
-      }
-      const { response, json } = await send("POST", "/v1/workflows/" + form.dataset.workflow + "/executions", body);
-      if (response.ok && json && json.executionId) {
-        location.assign("/console/executions/" + json.executionId);
-      } else {
-        error.textContent = problemText(json, response);
+        problems.report(json, response);
+      } finally {
+        button.disabled = false;
       }
     });
   }
+
+  // Delegated: the workflow page reloads its `main`, this form with it.
+  document.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (form.id !== "start-run") return;
+    event.preventDefault();
+    const error = $(".error", form);
+    error.textContent = "";
+    const raw = $("#run-input", form).value.trim();
+    let body = {};
+    if (raw) {
+      try {
+        body = { input: JSON.parse(raw) };
+      } catch {
+        error.textContent = "The input is not JSON.";
+        return;
+      }
+    }
+    const { response, json } = await send("POST", "/v1/workflows/" + form.dataset.workflow + "/executions", body);
+    if (response.ok && json && json.executionId) {
+      location.assign("/console/executions/" + json.executionId);
+    } else {
+      error.textContent = problemText(json, response);
+    }
+  });
+
+  // ---- Controls: a run's pause, resume and cancel; a workflow's pause and resume. ----
+
+  // The buttons are shown by the run's status (see showRunActions), which only the log's
+  // events change: a click sends the command, and the page changes when the log records it.
+  function runControls(executionId) {
+    const box = $("#run-actions");
+    const dialog = $("#cancel-dialog");
+    if (!box || !dialog) return;
+    const note = $(".note", box);
+    const error = $(".error", box);
+    const cancelForm = $("#cancel-form", dialog);
+    const problems = formProblems(cancelForm, (pointer) => byPointer(cancelForm, pointer));
+
+    async function control(action, extra) {
+      const shown = $("#run-status").textContent;
+      error.textContent = "";
+      note.textContent = "";
+      $$("button", box).forEach((b) => (b.disabled = true));
+      const answer = await send("POST", "/v1/executions/" + executionId + "/" + action, { requestedBy: "console", ...extra });
+      if (!answer.response.ok) {
+        $$("button", box).forEach((b) => (b.disabled = false));
+      } else if ($("#run-status").textContent === shown) {
+        note.textContent = "Accepted; waiting for the log to record it…";
+      }
+      return answer;
+    }
+
+    box.addEventListener("click", async (event) => {
+      const button = event.target.closest("[data-run-action]");
+      if (!button) return;
+      const action = button.dataset.runAction;
+      if (action === "cancel") {
+        problems.clear();
+        dialog.showModal();
+        return;
+      }
+      const { response, json } = await control(action, {});
+      if (!response.ok) error.textContent = problemSummary(json, response);
+    });
+    $("#cancel-keep", dialog).addEventListener("click", () => dialog.close());
+    cancelForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      problems.clear();
+      const reason = $("#cancel-reason", cancelForm).value.trim();
+      const submit = $('button[type="submit"]', cancelForm);
+      submit.disabled = true;
+      try {
+        const { response, json } = await control("cancel", reason ? { reason } : {});
+        if (response.ok) dialog.close();
+        else problems.report(json, response);
+      } finally {
+        submit.disabled = false;
+      }
+    });
+  }
+
+  // Delegated: the workflow page reloads its `main`, buttons included.
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("#workflow-actions [data-workflow-action]");
+    if (!button) return;
+    const box = button.closest("#workflow-actions");
+    const error = $(".error", box);
+    error.textContent = "";
+    button.disabled = true;
+    const url = "/v1/workflows/" + box.dataset.workflow + "/" + button.dataset.workflowAction;
+    const { response, json } = await send("POST", url, { requestedBy: "console" });
+    if (response.ok) {
+      // The log's event reloads the page (with the buttons the new status allows); without a
+      // live feed, reload it now: the answer came once the read models had the change.
+      if ($("#live").textContent !== "live") await reloadMain();
+    } else {
+      error.textContent = problemSummary(json, response);
+      button.disabled = false;
+    }
+  });
 
   // Escalation actions, wherever a card is (delegated: cards come and go).
   document.addEventListener("click", async (event) => {
@@ -493,7 +663,7 @@
 
   const body = document.body;
   if ($("#builder")) builder($("#builder"));
-  if ($("#start-run")) startRun($("#start-run"));
+  if ($("#from-template")) fromTemplate($("#from-template"));
   if (body.dataset.workflowFeed && body.dataset.feed) {
     execution(body.dataset.feed, body.dataset.workflowFeed);
   } else if (body.dataset.feed && body.dataset.reloadOn) {
