@@ -172,10 +172,7 @@ pub(crate) async fn agent_names(app: &AppState) -> Result<HashMap<Uuid, String>,
     let agents = read::agents(
         &app.db,
         &app.tenant,
-        Page {
-            limit: 1000,
-            offset: 0,
-        },
+        Page::first(1000),
     )
     .await?;
     Ok(agents.into_iter().map(|a| (a.id, a.name)).collect())
