@@ -175,8 +175,14 @@ pub async fn agents(
 
 /// What a workflow's `status` can be: `draft` until its first run, then `active`, or how its
 /// latest run ended, or `paused`.
-pub const WORKFLOW_STATUSES: [&str; 6] =
-    ["draft", "active", "paused", "completed", "failed", "cancelled"];
+pub const WORKFLOW_STATUSES: [&str; 6] = [
+    "draft",
+    "active",
+    "paused",
+    "completed",
+    "failed",
+    "cancelled",
+];
 
 /// Workflows, the newest first (by `(created_at, id)` descending); only those in one of
 /// `statuses` unless it is empty.
@@ -392,10 +398,12 @@ pub async fn knowledge(
     .fetch_all(db)
     .await?;
     // The handle is derived from the id by the one rule prompts use, not spelt again in SQL.
-    Ok(Paged::of(rows, &page, |k| k.event_sequence).map(|row| KnowledgeView {
-        handle: KnowledgeId(row.id).handle(),
-        ..row
-    }))
+    Ok(
+        Paged::of(rows, &page, |k| k.event_sequence).map(|row| KnowledgeView {
+            handle: KnowledgeId(row.id).handle(),
+            ..row
+        }),
+    )
 }
 
 /// Whose LLM usage to sum.
@@ -540,7 +548,8 @@ pub async fn handoffs(
     )
     .fetch_all(db)
     .await?;
-    Ok(Paged::of(rows, &page, |r| r.event_sequence).map(|r| HandoffView {
+    Ok(
+        Paged::of(rows, &page, |r| r.event_sequence).map(|r| HandoffView {
             id: r.event_id,
             execution_id: r.execution_id,
             workflow_id: r.workflow_id,
@@ -556,9 +565,10 @@ pub async fn handoffs(
             },
             success_criteria: r.success_criteria,
             estimated_time: r.estimated_time,
-        escalation_conditions: r.escalation_conditions,
-        created_at: r.created_at,
-    }))
+            escalation_conditions: r.escalation_conditions,
+            created_at: r.created_at,
+        }),
+    )
 }
 
 /// An agent's latest status (the seed's `AgentStatus`), with the step attempt it is about.

@@ -9,11 +9,11 @@ use cadre_proto::model::{AgentProfile, ModelChoice, ModelParameters};
 use cadre_proto::{AgentId, subjects};
 
 use super::body::Body;
+use super::list::ListQuery;
 use super::openapi::{
     BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
     UnsupportedMediaType,
 };
-use super::list::ListQuery;
 use super::{
     ApiResult, AppState, Problem, command_failed, created, found, parse_id, unavailable_db,
     unavailable_log, written,

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use cadre_proto::events::AlertCondition;
 use cadre_proto::model::StepType;
 
-use super::openapi::{BadRequest, PageParams, Unavailable};
 use super::list::ListQuery;
+use super::openapi::{BadRequest, PageParams, Unavailable};
 use super::{ApiResult, AppState, Problem, unavailable_db};
 use crate::read::metrics::{self, AlertFilter};
 

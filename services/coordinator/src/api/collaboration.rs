@@ -7,8 +7,8 @@ use axum::response::IntoResponse;
 
 use cadre_proto::{AgentId, ExecutionId};
 
-use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
 use super::list::ListQuery;
+use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
 use super::{ApiResult, AppState, Problem, parse_id, unavailable_db};
 use crate::read;
 

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use cadre_proto::EscalationId;
 
-use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
 use super::list::ListQuery;
+use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
 use super::{ApiResult, AppState, Problem, found, parse_id, unavailable_db};
 use crate::read::{self, EscalationFilter, EscalationStatus};
 
@@ -30,7 +30,11 @@ use crate::read::{self, EscalationFilter, EscalationStatus};
     responses((status = 200, description = "Escalations, oldest first", body = Vec<read::EscalationView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, Unavailable)
 )]
 pub(super) async fn list(State(app): State<AppState>, uri: Uri) -> ApiResult {
-    let query = ListQuery::read(&uri, "escalations", &["status", "executionId", "workflowId"])?;
+    let query = ListQuery::read(
+        &uri,
+        "escalations",
+        &["status", "executionId", "workflowId"],
+    )?;
     let page = query.page()?;
     let filter = filter(query.params())?;
     let rows = read::escalations(&app.db, &app.tenant, filter, page)

@@ -14,11 +14,11 @@ use cadre_proto::model::TriggerReason;
 use cadre_proto::{AgentId, Event, ExecutionId, StepId, WorkflowId, subjects};
 
 use super::body::OptionalBody;
+use super::list::ListQuery;
 use super::openapi::{
     BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
     UnsupportedMediaType,
 };
-use super::list::ListQuery;
 use super::{
     ApiResult, AppState, Problem, command_failed, control_request, optional_body, parse_id,
     unavailable_db, unavailable_log, workflows, written,
@@ -271,7 +271,10 @@ pub(super) async fn all(State(app): State<AppState>, uri: Uri) -> ApiResult {
 struct RunFilters {
     /// Only those in one of these statuses (comma-separated): `running`, `paused`,
     /// `escalated`, `completed`, `failed`, `cancelled`.
-    #[param(example = "failed,cancelled", pattern = "^(running|paused|escalated|completed|failed|cancelled)(,(running|paused|escalated|completed|failed|cancelled))*$")]
+    #[param(
+        example = "failed,cancelled",
+        pattern = "^(running|paused|escalated|completed|failed|cancelled)(,(running|paused|escalated|completed|failed|cancelled))*$"
+    )]
     status: Option<String>,
     /// Only those started so.
     #[param(pattern = "^(manual|scheduled|event|dependency)$")]

@@ -107,7 +107,9 @@ impl ListQuery {
 
     /// The page as the API answers it: its items, and a link to the next page if one follows.
     pub(super) fn answer<T: Serialize, K: SortKey>(&self, paged: Paged<T, K>) -> Response {
-        let link = paged.next.map(|key| self.next(&page::encode(self.list, &key)));
+        let link = paged
+            .next
+            .map(|key| self.next(&page::encode(self.list, &key)));
         let mut response = axum::Json(paged.rows).into_response();
         if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
             response.headers_mut().insert(header::LINK, link);
@@ -175,16 +177,12 @@ impl ListQuery {
         self.params
             .get(name)
             .map(|raw| {
-                allowed
-                    .iter()
-                    .find(|a| **a == raw)
-                    .copied()
-                    .ok_or_else(|| {
-                        Problem::bad_request(format!(
-                            "query parameter '{name}' must be one of {}, not '{raw}'",
-                            allowed.join(", ")
-                        ))
-                    })
+                allowed.iter().find(|a| **a == raw).copied().ok_or_else(|| {
+                    Problem::bad_request(format!(
+                        "query parameter '{name}' must be one of {}, not '{raw}'",
+                        allowed.join(", ")
+                    ))
+                })
             })
             .transpose()
     }
@@ -220,7 +218,10 @@ mod tests {
     fn offset_unknown_and_repeated_parameters_are_refused_by_name() {
         let offset = query("/v1/things?limit=5&offset=10", &[]).err().unwrap();
         assert_eq!(offset.status, 400);
-        assert!(offset.detail.contains("'offset' is not supported"), "{offset:?}");
+        assert!(
+            offset.detail.contains("'offset' is not supported"),
+            "{offset:?}"
+        );
         assert!(offset.detail.contains("rel=\"next\""), "{offset:?}");
         let unknown = query("/v1/things?stauts=open", &["status", "workflowId"])
             .err()
@@ -229,8 +230,13 @@ mod tests {
             unknown.detail,
             "unknown query parameter 'stauts'; this list takes status, workflowId, limit, cursor"
         );
-        let twice = query("/v1/things?status=a&status=b", &["status"]).err().unwrap();
-        assert!(twice.detail.contains("'status' is given more than once"), "{twice:?}");
+        let twice = query("/v1/things?status=a&status=b", &["status"])
+            .err()
+            .unwrap();
+        assert!(
+            twice.detail.contains("'status' is given more than once"),
+            "{twice:?}"
+        );
         assert!(query("/v1/things?status=a&limit=2", &["status"]).is_ok());
     }
 
@@ -238,7 +244,10 @@ mod tests {
     fn limit_is_one_to_a_thousand_and_defaults_to_a_hundred() {
         let page = query("/v1/things", &[]).unwrap().page::<i64>().unwrap();
         assert_eq!((page.limit, page.after), (DEFAULT_LIMIT, None));
-        let page = query("/v1/things?limit=1000", &[]).unwrap().page::<i64>().unwrap();
+        let page = query("/v1/things?limit=1000", &[])
+            .unwrap()
+            .page::<i64>()
+            .unwrap();
         assert_eq!(page.limit, 1000);
         for bad in ["0", "1001", "-1", "ten", ""] {
             let problem = query(&format!("/v1/things?limit={bad}"), &[])
@@ -247,7 +256,9 @@ mod tests {
                 .err()
                 .unwrap();
             assert!(
-                problem.detail.contains("'limit' must be a whole number from 1 to 1000"),
+                problem
+                    .detail
+                    .contains("'limit' must be a whole number from 1 to 1000"),
                 "{problem:?}"
             );
         }
@@ -265,7 +276,10 @@ mod tests {
             next: Some(7_i64),
         };
         let response = q.answer(paged);
-        let link = response.headers()[header::LINK].to_str().unwrap().to_owned();
+        let link = response.headers()[header::LINK]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let cursor = page::encode("things", &7_i64);
         assert_eq!(
             link,
@@ -276,8 +290,8 @@ mod tests {
         );
         // Following it reads the same filters and the page after row 7.
         let uri = link.trim_start_matches('<').split('>').next().unwrap();
-        let next = ListQuery::read(&uri.parse().unwrap(), "things", &["status", "startedAfter"])
-            .unwrap();
+        let next =
+            ListQuery::read(&uri.parse().unwrap(), "things", &["status", "startedAfter"]).unwrap();
         assert_eq!(next.page::<i64>().unwrap().after, Some(7));
         assert_eq!(next.params()["startedAfter"], "2025-01-01T00:00:00+02:00");
         let last = q.answer(Paged::<i32, i64> {
@@ -292,7 +306,10 @@ mod tests {
         let other = page::encode("others", &7_i64);
         for (cursor, says) in [
             ("nonsense!", "'cursor' is not a cursor this API gave"),
-            (other.as_str(), "'cursor' is a cursor of another list (others)"),
+            (
+                other.as_str(),
+                "'cursor' is a cursor of another list (others)",
+            ),
         ] {
             let problem = query(&format!("/v1/things?cursor={cursor}"), &[])
                 .unwrap()
@@ -317,7 +334,10 @@ mod tests {
         .unwrap();
         assert_eq!(q.uuid("workflowId").unwrap(), Some(id));
         let allowed = ["running", "failed", "cancelled"];
-        assert_eq!(q.any_of("status", &allowed).unwrap(), ["failed", "cancelled"]);
+        assert_eq!(
+            q.any_of("status", &allowed).unwrap(),
+            ["failed", "cancelled"]
+        );
         assert_eq!(q.one_of("trigger", &["manual"]).unwrap(), Some("manual"));
         assert_eq!(
             q.time("startedAfter").unwrap().unwrap().to_rfc3339(),
@@ -331,7 +351,12 @@ mod tests {
             &["workflowId", "status", "startedAfter"],
         )
         .unwrap();
-        assert!(bad.uuid("workflowId").unwrap_err().detail.contains("'workflowId'"));
+        assert!(
+            bad.uuid("workflowId")
+                .unwrap_err()
+                .detail
+                .contains("'workflowId'")
+        );
         assert!(
             bad.any_of("status", &allowed)
                 .unwrap_err()

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use cadre_proto::{AgentId, ExecutionId, WorkflowId};
 
-use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
 use super::list::ListQuery;
+use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
 use super::{ApiResult, AppState, Problem, parse_id, unavailable_db};
 use crate::domain::performance::{AgentFacts, TeamFacts};
 use crate::read::{self, metrics::RecordScope};

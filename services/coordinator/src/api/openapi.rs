@@ -291,7 +291,12 @@ mod tests {
         }
         assert!(lists.contains("get /v1/executions"), "{lists:?}");
         assert_eq!(lists.len(), 15, "{lists:?}");
-        for view in ["InteractionView", "KnowledgeView", "RecordView", "AlertView"] {
+        for view in [
+            "InteractionView",
+            "KnowledgeView",
+            "RecordView",
+            "AlertView",
+        ] {
             let properties = &document["components"]["schemas"][view]["properties"];
             assert!(properties.is_object(), "{view}");
             assert!(properties["eventSequence"].is_null(), "{view}");

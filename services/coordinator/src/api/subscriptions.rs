@@ -16,14 +16,14 @@ use cadre_proto::{Envelope, Event, SubscriptionId, subjects};
 use cadre_runtime::bus::Append;
 
 use super::body::Body;
+use super::list::ListQuery;
 use super::openapi::{
     BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
     UnsupportedMediaType,
 };
-use super::list::ListQuery;
 use super::{ApiResult, AppState, Problem, created, parse_id, publish_failed, unavailable_log};
-use crate::read::{Page, Paged};
 use crate::domain::validation::{FieldError, error};
+use crate::read::{Page, Paged};
 
 /// Longest URL, and most event types, a subscription may name.
 const MAX_URL: usize = 2000;
@@ -375,27 +375,27 @@ pub(super) async fn deliveries(
     let rows = tries.into_iter().filter_map(|stored| {
         let sequence = i64::try_from(stored.sequence).unwrap_or(i64::MAX);
         let at = stored.envelope.meta.time;
-            let (tried, outcome, error, retry_in_seconds) = match stored.envelope.event {
-                Event::WebhookDelivered(d) => (d, "delivered", None, None),
-                Event::WebhookDeliveryFailed(f) => {
-                    (f.delivery, "failed", Some(f.error), f.retry_in_seconds)
-                }
-                _ => return None,
-            };
-            Some((
-                sequence,
-                DeliveryView {
-                    event_id: tried.event_id,
-                    event_type: tried.event_type,
-                    attempt: tried.attempt,
-                    outcome,
-                    status: tried.status,
-                    duration_ms: tried.duration_ms,
-                    error,
-                    retry_in_seconds,
-                    at,
-                },
-            ))
-        });
+        let (tried, outcome, error, retry_in_seconds) = match stored.envelope.event {
+            Event::WebhookDelivered(d) => (d, "delivered", None, None),
+            Event::WebhookDeliveryFailed(f) => {
+                (f.delivery, "failed", Some(f.error), f.retry_in_seconds)
+            }
+            _ => return None,
+        };
+        Some((
+            sequence,
+            DeliveryView {
+                event_id: tried.event_id,
+                event_type: tried.event_type,
+                attempt: tried.attempt,
+                outcome,
+                status: tried.status,
+                duration_ms: tried.duration_ms,
+                error,
+                retry_in_seconds,
+                at,
+            },
+        ))
+    });
     Ok(query.answer(page_of(rows, &page)))
 }

@@ -16,14 +16,14 @@ use cadre_proto::model::WorkflowTemplate;
 use cadre_proto::{AgentId, TemplateId, WorkflowId, subjects};
 
 use super::body::Body;
+use super::list::ListQuery;
 use super::openapi::{
     BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
     UnsupportedMediaType,
 };
-use super::list::ListQuery;
 use super::{
-    ApiResult, AppState, Problem, agents, command_failed, created, found, parse_id,
-    unavailable_db, unavailable_log, workflows, written,
+    ApiResult, AppState, Problem, agents, command_failed, created, found, parse_id, unavailable_db,
+    unavailable_log, workflows, written,
 };
 use crate::command::{Aggregate, History};
 use crate::domain::template::{

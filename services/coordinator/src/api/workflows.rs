@@ -13,11 +13,11 @@ use cadre_proto::{AgentId, TemplateId, WorkflowId, subjects};
 
 use super::body::Body;
 use super::body::OptionalBody;
+use super::list::ListQuery;
 use super::openapi::{
     BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
     UnsupportedMediaType,
 };
-use super::list::ListQuery;
 use super::{
     ApiResult, AppState, Problem, agents, command_failed, control_request, created, found,
     parse_id, unavailable_db, unavailable_log, written,

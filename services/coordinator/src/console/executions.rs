@@ -217,9 +217,11 @@ pub(super) async fn history(
     };
     let known = |name: &str, raw: Option<String>, allowed: &[&'static str]| {
         raw.map(|raw| {
-            allowed.iter().copied().find(|a| *a == raw).ok_or_else(|| {
-                PageError::BadRequest(format!("There is no {name} '{raw}'."))
-            })
+            allowed
+                .iter()
+                .copied()
+                .find(|a| *a == raw)
+                .ok_or_else(|| PageError::BadRequest(format!("There is no {name} '{raw}'.")))
         })
         .transpose()
     };

@@ -219,7 +219,9 @@ pub fn decode<K: SortKey>(list: &str, cursor: &str) -> Result<K, CursorError> {
     let parts: Vec<&str> = parts.collect();
     if minted_by != list {
         let a_list = !minted_by.is_empty()
-            && minted_by.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+            && minted_by
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'-');
         return Err(if a_list && !parts.is_empty() {
             CursorError::OtherList(minted_by.to_owned())
         } else {
@@ -246,7 +248,10 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
             "{cursor}"
         );
-        assert_eq!(decode::<(DateTime<Utc>, Uuid)>("agents", &cursor), Ok((at, id)));
+        assert_eq!(
+            decode::<(DateTime<Utc>, Uuid)>("agents", &cursor),
+            Ok((at, id))
+        );
         let template = (true, at, id);
         assert_eq!(
             decode("templates", &encode("templates", &template)),
@@ -263,7 +268,12 @@ mod tests {
             decode::<i64>("handoffs", &cursor),
             Err(CursorError::OtherList("interactions".to_owned()))
         );
-        for bad in ["", "!!", "bm90IGEgY3Vyc29y", &encode("alerts", &42_i64)[..3]] {
+        for bad in [
+            "",
+            "!!",
+            "bm90IGEgY3Vyc29y",
+            &encode("alerts", &42_i64)[..3],
+        ] {
             assert_eq!(
                 decode::<i64>("alerts", bad),
                 Err(CursorError::Malformed),
@@ -272,7 +282,10 @@ mod tests {
         }
         // The right list with a key of another shape.
         let cursor = encode("alerts", &(earliest(), Uuid::nil()));
-        assert_eq!(decode::<i64>("alerts", &cursor), Err(CursorError::Malformed));
+        assert_eq!(
+            decode::<i64>("alerts", &cursor),
+            Err(CursorError::Malformed)
+        );
     }
 
     #[test]
