@@ -196,9 +196,12 @@ pub(super) struct HistoryFilter {
     /// cursors).
     #[serde(default)]
     cursor: Option<String>,
+    /// Runs on a page (1 to 1000).
+    #[serde(default)]
+    limit: Option<String>,
 }
 
-/// Runs the history shows at once; "Older runs" pages on.
+/// Runs the history shows at once unless the URL says otherwise; "Older runs" pages on.
 const HISTORY_PAGE: i64 = 100;
 
 /// `GET /console/history`: runs of every workflow, newest first, filtered by workflow, status
@@ -235,6 +238,14 @@ pub(super) async fn history(
                 "That link to older runs is not valid; start again from the newest.".to_owned(),
             )
         })?;
+    let limit = match blank(filter.limit) {
+        None => HISTORY_PAGE,
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| PageError::BadRequest(format!("limit '{raw}' is not 1 to 1000")))?,
+    };
     let workflows = read::workflows(&app.db, &app.tenant, &[], Page::first(1000)).await?;
     let names: HashMap<Uuid, &str> = workflows.iter().map(|w| (w.id, w.name.as_str())).collect();
     let runs = read::all_executions(
@@ -246,20 +257,19 @@ pub(super) async fn history(
             trigger,
             ..Default::default()
         },
-        Page {
-            limit: HISTORY_PAGE,
-            after,
-        },
+        Page { limit, after },
     )
     .await?;
     // This page's filters, from the newest run or from a cursor.
     let link = |cursor: Option<String>| {
         let mut query = form_urlencoded::Serializer::new(String::new());
         let workflow_id = workflow_id.map(|id| id.to_string());
+        let limit = (limit != HISTORY_PAGE).then(|| limit.to_string());
         for (name, value) in [
             ("workflowId", workflow_id.as_deref()),
             ("status", status_filter),
             ("trigger", trigger),
+            ("limit", limit.as_deref()),
             ("cursor", cursor.as_deref()),
         ] {
             if let Some(value) = value {
