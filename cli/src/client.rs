@@ -141,24 +141,50 @@ impl Client {
         self.send("POST", path, request).await
     }
 
-    /// Every item of a paged list (`limit`/`offset`).
+    /// Every item of a paged list.
     pub async fn list_all(&self, path: &str) -> Result<Vec<Value>, ApiError> {
-        const PAGE: usize = 1000;
+        self.list(path, None).await
+    }
+
+    /// The items of a paged list, page after page as each page's `Link: <…>; rel="next"`
+    /// header leads, up to `most` items when given.
+    pub async fn list(&self, path: &str, most: Option<usize>) -> Result<Vec<Value>, ApiError> {
+        const MAX_PAGE: usize = 1000;
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let page = most.map_or(MAX_PAGE, |most| most.clamp(1, MAX_PAGE));
+        let mut next = Some(format!("{path}{separator}limit={page}"));
         let mut all = Vec::new();
-        loop {
-            let separator = if path.contains('?') { '&' } else { '?' };
-            let page: Vec<Value> = self
-                .get(&format!(
-                    "{path}{separator}limit={PAGE}&offset={}",
-                    all.len()
-                ))
-                .await?;
-            let last = page.len() < PAGE;
-            all.extend(page);
-            if last {
-                return Ok(all);
+        while let Some(path) = next.take() {
+            let request = self
+                .http
+                .get(self.url(&path))
+                .timeout(Duration::from_secs(60));
+            let response = request.send().await.map_err(|e| self.unreachable(e))?;
+            if !response.status().is_success() {
+                return Err(Self::refused("GET", &path, response).await);
+            }
+            next = response
+                .headers()
+                .get_all(reqwest::header::LINK)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .find_map(next_link);
+            let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+            let items: Vec<Value> =
+                serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
+                    method: "GET",
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
+            all.extend(items);
+            if let Some(most) = most
+                && all.len() >= most
+            {
+                all.truncate(most);
+                break;
             }
         }
+        Ok(all)
     }
 
     /// Opens a server-sent events feed, after `last_event_id` when given.
@@ -235,6 +261,22 @@ impl Client {
     }
 }
 
+/// The target of the `rel="next"` link of an RFC 8288 `Link` header value, if it has one.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+        params
+            .split(';')
+            .filter_map(|param| param.trim().strip_prefix("rel="))
+            .any(|rel| {
+                rel.trim_matches('"')
+                    .split_whitespace()
+                    .any(|r| r == "next")
+            })
+            .then(|| target.to_owned())
+    })
+}
+
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client").field("base", &self.base).finish()
@@ -246,6 +288,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn the_next_page_is_the_link_whose_relation_is_next() {
+        assert_eq!(
+            next_link(r#"</v1/agents?limit=2&cursor=abc>; rel="next""#).as_deref(),
+            Some("/v1/agents?limit=2&cursor=abc")
+        );
+        assert_eq!(
+            next_link(r#"</a>; rel="prev", </b>; rel="next""#).as_deref(),
+            Some("/b")
+        );
+        assert_eq!(next_link(r#"</a>; rel="prev""#), None);
+        assert_eq!(next_link("nonsense"), None);
+    }
 
     #[test]
     fn a_problem_reads_with_its_detail_and_pointers() {

@@ -78,9 +78,22 @@ pub enum Command {
         /// Executions and escalations: only those of this workflow (name or id).
         #[arg(long)]
         workflow: Option<String>,
-        /// Escalations: `open`, `resolved` or `closed`.
+        /// Only those in this status. Escalations: `open`, `resolved` or `closed`; executions:
+        /// `running`, `paused`, `escalated`, `completed`, `failed`, `cancelled`; workflows:
+        /// `draft`, `active`, `paused`, `completed`, `failed`, `cancelled` (several
+        /// comma-separated for executions and workflows).
         #[arg(long)]
         status: Option<String>,
+        /// Executions: only those started at or after this time (RFC 3339, such as
+        /// 2025-01-31T09:30:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Executions: only those started before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many items (default: all, page after page).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
     },
     /// Show one agent, workflow, execution, escalation or template whole.
     Describe {
@@ -298,15 +311,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kind,
             workflow,
             status,
+            since,
+            until,
+            limit,
         } => {
-            get(
-                &client,
-                format,
-                kind,
-                workflow.as_deref(),
-                status.as_deref(),
-            )
-            .await?;
+            let filters = Filters {
+                workflow,
+                status,
+                since,
+                until,
+                limit: limit.and_then(|l| usize::try_from(l).ok()),
+            };
+            get(&client, format, kind, filters).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Describe { kind, name } => {
@@ -338,8 +354,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pause(control) => self::control(&client, format, "pause", control).await,
         Command::Resume(control) => self::control(&client, format, "resume", control).await,
         Command::Escalations { all } => {
-            let status = (!all).then_some("open");
-            get(&client, format, ListKind::Escalations, None, status).await?;
+            let filters = Filters {
+                workflow: None,
+                status: (!all).then(|| "open".to_owned()),
+                since: None,
+                until: None,
+                limit: None,
+            };
+            get(&client, format, ListKind::Escalations, filters).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Resolve {
@@ -486,56 +508,93 @@ async fn agent_id(client: &Client, name: &str) -> anyhow::Result<cadre_proto::Ag
         .map(cadre_proto::AgentId)
 }
 
+/// What `cadre get` lists: the filters given, each passed to the API where the list takes it.
+struct Filters {
+    workflow: Option<String>,
+    status: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `path` with the query `pairs` whose values are given, percent-encoded.
+fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    match query.finish() {
+        query if query.is_empty() => path.to_owned(),
+        query => format!("{path}?{query}"),
+    }
+}
+
 async fn get(
     client: &Client,
     format: Format,
     kind: ListKind,
-    workflow: Option<&str>,
-    status: Option<&str>,
+    filters: Filters,
 ) -> anyhow::Result<()> {
-    let workflow = match workflow {
-        Some(name) => Some(workflow_id(client, name).await?),
+    let workflow = match &filters.workflow {
+        Some(name) => Some(workflow_id(client, name).await?.to_string()),
         None => None,
     };
-    let (items, columns) = match kind {
-        ListKind::Agents => (client.list_all("/v1/agents").await?, output::AGENTS),
-        ListKind::Workflows => (client.list_all("/v1/workflows").await?, output::WORKFLOWS),
-        ListKind::Templates => (client.list_all("/v1/templates").await?, output::TEMPLATES),
+    let (workflow, status) = (workflow.as_deref(), filters.status.as_deref());
+    let unused = |flag: &str, given: bool| {
+        if given {
+            anyhow::bail!("--{flag} does not filter this list");
+        }
+        Ok(())
+    };
+    if kind != ListKind::Executions {
+        unused("since", filters.since.is_some())?;
+        unused("until", filters.until.is_some())?;
+    }
+    let (path, columns) = match kind {
+        ListKind::Agents | ListKind::Templates => {
+            unused("workflow", workflow.is_some())?;
+            unused("status", status.is_some())?;
+            if kind == ListKind::Agents {
+                ("/v1/agents".to_owned(), output::AGENTS)
+            } else {
+                ("/v1/templates".to_owned(), output::TEMPLATES)
+            }
+        }
+        ListKind::Workflows => {
+            unused("workflow", workflow.is_some())?;
+            let path = with_query("/v1/workflows", &[("status", status)]);
+            (path, output::WORKFLOWS)
+        }
         ListKind::Escalations => {
-            let mut query = Vec::new();
-            if let Some(status) = status {
-                query.push(format!("status={status}"));
-            }
-            if let Some(workflow) = workflow {
-                query.push(format!("workflowId={workflow}"));
-            }
-            let path = format!("/v1/escalations?{}", query.join("&"));
-            (client.list_all(&path).await?, output::ESCALATIONS)
+            let pairs = [("status", status), ("workflowId", workflow)];
+            (with_query("/v1/escalations", &pairs), output::ESCALATIONS)
         }
         ListKind::Executions => {
-            // There is no list of every run: each workflow's, newest first.
-            let workflows = client.list_all("/v1/workflows").await?;
-            let mut runs = Vec::new();
-            for listed in &workflows {
-                let Some(id) = listed["id"].as_str() else {
-                    continue;
-                };
-                if workflow.is_some_and(|w| w.to_string() != id) {
-                    continue;
-                }
-                for mut run in client
-                    .list_all(&format!("/v1/workflows/{id}/executions"))
-                    .await?
-                {
-                    if format == Format::Table {
-                        run["workflowName"] = listed["name"].clone();
-                    }
-                    runs.push(run);
-                }
-            }
-            (runs, output::EXECUTIONS)
+            let pairs = [
+                ("workflowId", workflow),
+                ("status", status),
+                ("startedAfter", filters.since.as_deref()),
+                ("startedBefore", filters.until.as_deref()),
+            ];
+            (with_query("/v1/executions", &pairs), output::EXECUTIONS)
         }
     };
+    let mut items = client.list(&path, filters.limit).await?;
+    if kind == ListKind::Executions && format == Format::Table {
+        // The table names each run's workflow; runs carry only its id.
+        let workflows = client.list_all("/v1/workflows").await?;
+        let names: std::collections::HashMap<&str, &Value> = workflows
+            .iter()
+            .filter_map(|w| Some((w["id"].as_str()?, &w["name"])))
+            .collect();
+        for run in &mut items {
+            if let Some(name) = run["workflowId"].as_str().and_then(|id| names.get(id)) {
+                run["workflowName"] = (*name).clone();
+            }
+        }
+    }
     output::print(format, &Value::Array(items.clone()), &items, columns);
     Ok(())
 }

@@ -190,6 +190,23 @@ async fn apply_run_follow_resolve_cancel_and_api_problems() {
         table.contains("Research brief") && table.contains("completed"),
         "{table}"
     );
+    let args = ["get", "executions", "--status", "completed", "--since"];
+    let since = runs[0]["startedAt"].as_str().unwrap();
+    let filtered = json(
+        &cadre(
+            api,
+            &[&args[..], &[since, "--limit", "1", "-o", "json"]].concat(),
+        )
+        .await,
+    );
+    assert_eq!(filtered.as_array().unwrap().len(), 1, "{filtered}");
+    let refused = cadre(api, &["get", "executions", "--until", "soon"]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused).contains("'startedBefore' must be an RFC 3339 time"),
+        "{}",
+        text(&refused)
+    );
     let logs = cadre(api, &["logs", &execution]).await;
     assert!(logs.status.success());
     assert!(

@@ -9,6 +9,8 @@ pub struct Reply {
     pub status: u16,
     pub content_type: String,
     pub location: Option<String>,
+    /// The target of the `Link: <…>; rel="next"` header of a list's page, when more follow.
+    pub next: Option<String>,
     pub body: Value,
 }
 
@@ -44,6 +46,10 @@ impl Api {
         };
         let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
         let location = header(reqwest::header::LOCATION);
+        let next = header(reqwest::header::LINK).and_then(|link| {
+            let (target, relation) = link.strip_prefix('<')?.split_once('>')?;
+            (relation.trim() == "; rel=\"next\"").then(|| target.to_owned())
+        });
         let bytes = response.bytes().await.expect("response body");
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
@@ -51,6 +57,7 @@ impl Api {
             status,
             content_type,
             location,
+            next,
             body,
         }
     }

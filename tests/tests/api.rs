@@ -345,7 +345,7 @@ async fn bad_requests_are_refused_with_problem_details_and_write_nothing() {
     assert_problem(
         &api.get("/v1/agents?limit=5000").await,
         400,
-        "'limit' must be a whole number from 0 to 1000",
+        "'limit' must be a whole number from 1 to 1000",
     );
     assert_problem(
         &api.get("/v2/anything").await,

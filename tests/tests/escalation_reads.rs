@@ -166,8 +166,10 @@ async fn escalations_are_listed_filtered_and_read_once_projected() {
         ))
         .await;
     assert_eq!(ids(&reply.body), [json!(design)]);
-    let reply = api.get("/v1/escalations?limit=1&offset=1").await;
-    assert_eq!(ids(&reply.body), [json!(release)]);
+    let reply = api.get("/v1/escalations?limit=1").await;
+    assert_eq!(ids(&reply.body), [json!(design)]);
+    let next = reply.next.expect("a link to the second page");
+    assert_eq!(ids(&api.get(&next).await.body), [json!(release)]);
 
     // The run ends: what still waited for a person closes, saying why.
     append(Event::ExecutionCancelled(ExecutionCancelled {

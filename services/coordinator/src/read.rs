@@ -2,6 +2,7 @@
 //! the event log by the projection lag; the API says so where it matters.
 
 pub mod metrics;
+pub mod page;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -10,11 +11,11 @@ use uuid::Uuid;
 
 use cadre_proto::{KnowledgeId, TenantId};
 
-#[derive(Debug, Clone, Copy)]
-pub struct Page {
-    pub limit: i64,
-    pub offset: i64,
-}
+pub use page::{Page, Paged};
+use page::{earliest, latest};
+
+/// The sort key of a list ordered by a time, then by id among rows of the same time.
+pub type TimeAndId = (DateTime<Utc>, Uuid);
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -114,6 +115,9 @@ pub struct InteractionView {
     pub response_data: Option<serde_json::Value>,
     pub responded_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The list's sort key: where in the log the interaction was recorded.
+    #[serde(skip)]
+    pub event_sequence: i64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -138,43 +142,75 @@ pub struct KnowledgeView {
     pub is_active: bool,
     pub superseded_by: Option<Uuid>,
     pub created_at: DateTime<Utc>,
+    /// The list's sort key: where in the log the item was shared.
+    #[serde(skip)]
+    pub event_sequence: i64,
 }
 
-pub async fn agents(db: &PgPool, tenant: &TenantId, page: Page) -> sqlx::Result<Vec<AgentView>> {
-    sqlx::query_as!(
+/// Agents, oldest first (by `(created_at, id)`).
+pub async fn agents(
+    db: &PgPool,
+    tenant: &TenantId,
+    page: Page<TimeAndId>,
+) -> sqlx::Result<Paged<AgentView, TimeAndId>> {
+    let (at, id) = page.after.unwrap_or((earliest(), Uuid::nil()));
+    let rows = sqlx::query_as!(
         AgentView,
         "SELECT id, name, role, backstory, skills, provider, model, model_parameters, created_at
-         FROM agents WHERE tenant_id = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3",
+         FROM agents WHERE tenant_id = $1 AND (created_at, id) > ($2::timestamptz, $3::uuid)
+         ORDER BY created_at, id LIMIT $4",
         tenant.as_str(),
-        page.limit,
-        page.offset,
+        at,
+        id,
+        page.fetch(),
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(Paged::of(rows, &page, |a| (a.created_at, a.id)))
 }
 
 // The column lists below are spelled out in each query: the query macros read SQL literals
 // only. A list that misses or adds a column does not compile, since the macros build the view
 // struct field by field.
 
+/// What a workflow's `status` can be: `draft` until its first run, then `active`, or how its
+/// latest run ended, or `paused`.
+pub const WORKFLOW_STATUSES: [&str; 6] = [
+    "draft",
+    "active",
+    "paused",
+    "completed",
+    "failed",
+    "cancelled",
+];
+
+/// Workflows, the newest first (by `(created_at, id)` descending); only those in one of
+/// `statuses` unless it is empty.
 pub async fn workflows(
     db: &PgPool,
     tenant: &TenantId,
-    page: Page,
-) -> sqlx::Result<Vec<WorkflowView>> {
-    sqlx::query_as!(
+    statuses: &[&str],
+    page: Page<TimeAndId>,
+) -> sqlx::Result<Paged<WorkflowView, TimeAndId>> {
+    let (at, id) = page.after.unwrap_or((latest(), Uuid::max()));
+    let rows = sqlx::query_as!(
         WorkflowView,
         "SELECT id, name, description, workflow_type, configuration, participating_agents,
                 coordinator_agent_id, status, total_steps, execution_count, started_at,
                 completed_at, actual_duration, template_id, created_at, updated_at
-         FROM collaboration_workflows WHERE tenant_id = $1
-         ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+         FROM collaboration_workflows
+         WHERE tenant_id = $1 AND (created_at, id) < ($2::timestamptz, $3::uuid)
+           AND (cardinality($4::text[]) = 0 OR status = ANY($4))
+         ORDER BY created_at DESC, id DESC LIMIT $5",
         tenant.as_str(),
-        page.limit,
-        page.offset,
+        at,
+        id,
+        statuses as &[&str],
+        page.fetch(),
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(Paged::of(rows, &page, |w| (w.created_at, w.id)))
 }
 
 pub async fn workflow(
@@ -214,81 +250,160 @@ pub async fn execution(
     .await
 }
 
+/// What an execution's `status` can be.
+pub const EXECUTION_STATUSES: [&str; 6] = [
+    "running",
+    "paused",
+    "escalated",
+    "completed",
+    "failed",
+    "cancelled",
+];
+
+/// What an execution's `triggerReason` can be.
+pub const TRIGGERS: [&str; 4] = ["manual", "scheduled", "event", "dependency"];
+
+/// Which runs to list: those every filter given matches. Times bound `started_at`, from
+/// `started_after` (included) to `started_before` (excluded).
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub workflow_id: Option<Uuid>,
+    /// Any of these; any status when empty.
+    pub statuses: Vec<&'static str>,
+    pub trigger: Option<&'static str>,
+    pub started_after: Option<DateTime<Utc>>,
+    pub started_before: Option<DateTime<Utc>>,
+}
+
+/// A workflow's runs, the newest first (by `execution_number` descending).
 pub async fn executions(
     db: &PgPool,
     tenant: &TenantId,
     workflow_id: Uuid,
-    page: Page,
-) -> sqlx::Result<Vec<ExecutionView>> {
-    sqlx::query_as!(
+    filter: &ExecutionFilter,
+    page: Page<i32>,
+) -> sqlx::Result<Paged<ExecutionView, i32>> {
+    let rows = sqlx::query_as!(
         ExecutionView,
         "SELECT id, workflow_id, execution_number, trigger_reason, triggered_by, current_step_id,
                 active_steps, execution_context, step_results, active_agents, agent_assignments,
                 status, error_message, failure_cause, final_output, started_at, completed_at,
                 actual_duration, updated_at
          FROM workflow_executions
-         WHERE tenant_id = $1 AND workflow_id = $2
-         ORDER BY execution_number DESC LIMIT $3 OFFSET $4",
+         WHERE tenant_id = $1 AND workflow_id = $2 AND execution_number < $3
+           AND (cardinality($4::text[]) = 0 OR status = ANY($4))
+           AND ($5::text IS NULL OR trigger_reason = $5)
+           AND started_at >= $6 AND started_at < $7
+         ORDER BY execution_number DESC LIMIT $8",
         tenant.as_str(),
         workflow_id,
-        page.limit,
-        page.offset,
+        page.after.unwrap_or(i32::MAX),
+        &filter.statuses as &[&str],
+        filter.trigger,
+        filter.started_after.unwrap_or_else(earliest),
+        filter.started_before.unwrap_or_else(latest),
+        page.fetch(),
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(Paged::of(rows, &page, |e| e.execution_number))
 }
 
+/// The list name the cursors of [`all_executions`] carry: the API's and the console's pages
+/// of it are one list.
+pub const ALL_EXECUTIONS: &str = "executions";
+
+/// The runs of every workflow, the newest first (by `(started_at, id)` descending).
+pub async fn all_executions(
+    db: &PgPool,
+    tenant: &TenantId,
+    filter: &ExecutionFilter,
+    page: Page<TimeAndId>,
+) -> sqlx::Result<Paged<ExecutionView, TimeAndId>> {
+    let (at, id) = page.after.unwrap_or((latest(), Uuid::max()));
+    let rows = sqlx::query_as!(
+        ExecutionView,
+        "SELECT id, workflow_id, execution_number, trigger_reason, triggered_by, current_step_id,
+                active_steps, execution_context, step_results, active_agents, agent_assignments,
+                status, error_message, failure_cause, final_output, started_at, completed_at,
+                actual_duration, updated_at
+         FROM workflow_executions
+         WHERE tenant_id = $1 AND (started_at, id) < ($2::timestamptz, $3::uuid)
+           AND ($4::uuid IS NULL OR workflow_id = $4)
+           AND (cardinality($5::text[]) = 0 OR status = ANY($5))
+           AND ($6::text IS NULL OR trigger_reason = $6)
+           AND started_at >= $7 AND started_at < $8
+         ORDER BY started_at DESC, id DESC LIMIT $9",
+        tenant.as_str(),
+        at,
+        id,
+        filter.workflow_id,
+        &filter.statuses as &[&str],
+        filter.trigger,
+        filter.started_after.unwrap_or_else(earliest),
+        filter.started_before.unwrap_or_else(latest),
+        page.fetch(),
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(Paged::of(rows, &page, |e| (e.started_at, e.id)))
+}
+
+/// An execution's interactions, in the order recorded (by `event_sequence`).
 pub async fn interactions(
     db: &PgPool,
     tenant: &TenantId,
     execution_id: Uuid,
-    page: Page,
-) -> sqlx::Result<Vec<InteractionView>> {
-    sqlx::query_as!(
+    page: Page<i64>,
+) -> sqlx::Result<Paged<InteractionView, i64>> {
+    let rows = sqlx::query_as!(
         InteractionView,
         "SELECT id, workflow_execution_id, from_agent_id, to_agent_id, interaction_type, message,
                 context_data, related_step_id, requires_response, response_deadline,
-                response_received, response_message, response_data, responded_at, created_at
-         FROM agent_interactions WHERE tenant_id = $1 AND workflow_execution_id = $2
-         ORDER BY event_sequence LIMIT $3 OFFSET $4",
+                response_received, response_message, response_data, responded_at, created_at,
+                event_sequence
+         FROM agent_interactions
+         WHERE tenant_id = $1 AND workflow_execution_id = $2 AND event_sequence > $3
+         ORDER BY event_sequence LIMIT $4",
         tenant.as_str(),
         execution_id,
-        page.limit,
-        page.offset,
+        page.after.unwrap_or(0),
+        page.fetch(),
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(Paged::of(rows, &page, |i| i.event_sequence))
 }
 
+/// A workflow's shared knowledge, in the order shared (by `event_sequence`).
 pub async fn knowledge(
     db: &PgPool,
     tenant: &TenantId,
     workflow_id: Uuid,
-    page: Page,
-) -> sqlx::Result<Vec<KnowledgeView>> {
-    sqlx::query_as!(
+    page: Page<i64>,
+) -> sqlx::Result<Paged<KnowledgeView, i64>> {
+    let rows = sqlx::query_as!(
         KnowledgeView,
         "SELECT id, '' AS \"handle!\", workflow_id, execution_id, step_id, title, content,
                 knowledge_type, created_by_agent_id, validated_by_agents, relevance_score,
-                usage_count, tags, is_active, superseded_by, created_at
-         FROM collaboration_knowledge WHERE tenant_id = $1 AND workflow_id = $2
-         ORDER BY event_sequence LIMIT $3 OFFSET $4",
+                usage_count, tags, is_active, superseded_by, created_at, event_sequence
+         FROM collaboration_knowledge
+         WHERE tenant_id = $1 AND workflow_id = $2 AND event_sequence > $3
+         ORDER BY event_sequence LIMIT $4",
         tenant.as_str(),
         workflow_id,
-        page.limit,
-        page.offset,
+        page.after.unwrap_or(0),
+        page.fetch(),
     )
     .fetch_all(db)
-    .await
+    .await?;
     // The handle is derived from the id by the one rule prompts use, not spelt again in SQL.
-    .map(|rows| {
-        rows.into_iter()
-            .map(|row| KnowledgeView {
-                handle: KnowledgeId(row.id).handle(),
-                ..row
-            })
-            .collect()
-    })
+    Ok(
+        Paged::of(rows, &page, |k| k.event_sequence).map(|row| KnowledgeView {
+            handle: KnowledgeId(row.id).handle(),
+            ..row
+        }),
+    )
 }
 
 /// Whose LLM usage to sum.
@@ -409,29 +524,32 @@ pub struct HandoffContextView {
     pub dependencies: serde_json::Value,
 }
 
-/// An execution's handoffs, in the order they were recorded.
+/// An execution's handoffs, in the order they were recorded (by `event_sequence`). A step
+/// handed over again replaces its handoff, which moves to the end: a client paging through
+/// meanwhile may see it twice, never miss it.
 pub async fn handoffs(
     db: &PgPool,
     tenant: &TenantId,
     execution_id: Uuid,
-    page: Page,
-) -> sqlx::Result<Vec<HandoffView>> {
+    page: Page<i64>,
+) -> sqlx::Result<Paged<HandoffView, i64>> {
     let rows = sqlx::query!(
         "SELECT event_id, execution_id, workflow_id, from_agent_id, to_agent_id, task_id,
                 task_name, completed_work, remaining_work, constraints, dependencies,
-                success_criteria, estimated_time, escalation_conditions, created_at
-         FROM task_handoffs WHERE tenant_id = $1 AND execution_id = $2
-         ORDER BY event_sequence LIMIT $3 OFFSET $4",
+                success_criteria, estimated_time, escalation_conditions, created_at,
+                event_sequence
+         FROM task_handoffs
+         WHERE tenant_id = $1 AND execution_id = $2 AND event_sequence > $3
+         ORDER BY event_sequence LIMIT $4",
         tenant.as_str(),
         execution_id,
-        page.limit,
-        page.offset,
+        page.after.unwrap_or(0),
+        page.fetch(),
     )
     .fetch_all(db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| HandoffView {
+    Ok(
+        Paged::of(rows, &page, |r| r.event_sequence).map(|r| HandoffView {
             id: r.event_id,
             execution_id: r.execution_id,
             workflow_id: r.workflow_id,
@@ -449,8 +567,8 @@ pub async fn handoffs(
             estimated_time: r.estimated_time,
             escalation_conditions: r.escalation_conditions,
             created_at: r.created_at,
-        })
-        .collect())
+        }),
+    )
 }
 
 /// An agent's latest status (the seed's `AgentStatus`), with the step attempt it is about.
@@ -588,14 +706,15 @@ pub struct EscalationFilter {
     pub workflow_id: Option<Uuid>,
 }
 
-/// Escalations, oldest first (the order to resolve them in).
+/// Escalations, oldest first (the order to resolve them in; by `(created_at, id)`).
 pub async fn escalations(
     db: &PgPool,
     tenant: &TenantId,
     filter: EscalationFilter,
-    page: Page,
-) -> sqlx::Result<Vec<EscalationView>> {
-    sqlx::query_as!(
+    page: Page<TimeAndId>,
+) -> sqlx::Result<Paged<EscalationView, TimeAndId>> {
+    let (at, id) = page.after.unwrap_or((earliest(), Uuid::nil()));
+    let rows = sqlx::query_as!(
         EscalationView,
         "SELECT id, execution_id, workflow_id, kind, step_id, step_name, attempt, approval, status,
                 reason, context, created_at, resolved_at, action, resolution, resolved_by,
@@ -604,16 +723,19 @@ pub async fn escalations(
          WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
            AND ($3::uuid IS NULL OR execution_id = $3)
            AND ($4::uuid IS NULL OR workflow_id = $4)
-         ORDER BY created_at, id LIMIT $5 OFFSET $6",
+           AND (created_at, id) > ($5::timestamptz, $6::uuid)
+         ORDER BY created_at, id LIMIT $7",
         tenant.as_str(),
         filter.status.map(EscalationStatus::as_str),
         filter.execution_id,
         filter.workflow_id,
-        page.limit,
-        page.offset,
+        at,
+        id,
+        page.fetch(),
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(Paged::of(rows, &page, |e| (e.created_at, e.id)))
 }
 
 /// One escalation, with the execution and workflow it belongs to.
@@ -668,26 +790,40 @@ pub struct TemplateView {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The tenant's templates, system and user ones, the most used first (as the seed lists them).
+/// The sort key of the templates: whether it is a user's (system templates first), when it
+/// was first registered, its id.
+pub type TemplateKey = (bool, DateTime<Utc>, Uuid);
+
+/// The tenant's templates: the system ones, then the users', each oldest first. (The seed
+/// listed the most used first; a count that changes under a client paging through the list
+/// would skip or repeat templates.)
 pub async fn templates(
     db: &PgPool,
     tenant: &TenantId,
-    page: Page,
-) -> sqlx::Result<Vec<TemplateView>> {
-    sqlx::query_as!(
+    page: Page<TemplateKey>,
+) -> sqlx::Result<Paged<TemplateView, TemplateKey>> {
+    let (user, at, id) = page.after.unwrap_or((false, earliest(), Uuid::nil()));
+    let rows = sqlx::query_as!(
         TemplateView,
         r#"SELECT id, name, description, category, workflow_type, template_definition,
                   required_agent_roles, recommended_agent_count, is_system_template, created_by,
                   revision, workflow_count, usage_count, ended_runs, completed_runs,
                   success_rate AS "success_rate!", created_at, updated_at
-           FROM workflow_templates WHERE tenant_id = $1
-           ORDER BY usage_count DESC, created_at, id LIMIT $2 OFFSET $3"#,
+           FROM workflow_templates
+           WHERE tenant_id = $1
+             AND (NOT is_system_template, created_at, id) > ($2::bool, $3::timestamptz, $4::uuid)
+           ORDER BY NOT is_system_template, created_at, id LIMIT $5"#,
         tenant.as_str(),
-        page.limit,
-        page.offset,
+        user,
+        at,
+        id,
+        page.fetch(),
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(Paged::of(rows, &page, |t| {
+        (!t.is_system_template, t.created_at, t.id)
+    }))
 }
 
 pub async fn template(

@@ -147,13 +147,13 @@ async fn main() -> anyhow::Result<()> {
         let reply = api.get(&format!("/v1/executions/{execution_id}")).await;
         if reply.status == 200 {
             let execution = reply.body;
-            let new = api
+            let all = api
                 .get(&format!(
-                    "/v1/executions/{execution_id}/interactions?limit=1000&offset={printed}"
+                    "/v1/executions/{execution_id}/interactions?limit=1000"
                 ))
                 .await
                 .body;
-            for i in new.as_array().into_iter().flatten() {
+            for i in all.as_array().into_iter().flatten().skip(printed) {
                 printed += 1;
                 if i["interactionType"] != "knowledge_sharing" {
                     println!(

@@ -1,8 +1,7 @@
 //! `/v1/agents`: register (a command on the agent aggregate), list and get.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+use axum::http::Uri;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
@@ -10,12 +9,13 @@ use cadre_proto::model::{AgentProfile, ModelChoice, ModelParameters};
 use cadre_proto::{AgentId, subjects};
 
 use super::body::Body;
+use super::list::ListQuery;
 use super::openapi::{
     BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
     UnsupportedMediaType,
 };
 use super::{
-    ApiResult, AppState, Problem, command_failed, created, found, page, parse_id, unavailable_db,
+    ApiResult, AppState, Problem, command_failed, created, found, parse_id, unavailable_db,
     unavailable_log, written,
 };
 use crate::command::{Aggregate, History, registered_agent};
@@ -140,22 +140,20 @@ pub(super) async fn workers(State(app): State<AppState>) -> ApiResult {
     Ok(axum::Json(live).into_response())
 }
 
-/// `GET /v1/agents`: registered agents, oldest first.
+/// `GET /v1/agents`: registered agents, oldest first (by registration time, then id).
 #[utoipa::path(
     get,
     path = "/v1/agents",
     tag = "agents",
     params(PageParams),
-    responses((status = 200, description = "Agents", body = Vec<read::AgentView>), BadRequest, Unavailable)
+    responses((status = 200, description = "Agents", body = Vec<read::AgentView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, Unavailable)
 )]
-pub(super) async fn list(
-    State(app): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let rows = read::agents(&app.db, &app.tenant, page(&params)?)
+pub(super) async fn list(State(app): State<AppState>, uri: Uri) -> ApiResult {
+    let query = ListQuery::read(&uri, "agents", &[])?;
+    let rows = read::agents(&app.db, &app.tenant, query.page()?)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
 }
 
 /// `GET /v1/agents/{id}`: an agent as registered.

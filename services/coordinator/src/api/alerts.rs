@@ -3,19 +3,20 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
-use axum::response::IntoResponse;
+use axum::extract::State;
+use axum::http::Uri;
 use uuid::Uuid;
 
 use cadre_proto::events::AlertCondition;
 use cadre_proto::model::StepType;
 
+use super::list::ListQuery;
 use super::openapi::{BadRequest, PageParams, Unavailable};
-use super::{ApiResult, AppState, Problem, page, unavailable_db};
+use super::{ApiResult, AppState, Problem, unavailable_db};
 use crate::read::metrics::{self, AlertFilter};
 
-/// `GET /v1/alerts?agentId&condition&taskType&workflowId&executionId&limit&offset`: newest
-/// first; each filter is optional.
+/// `GET /v1/alerts?agentId&condition&taskType&workflowId&executionId&limit&cursor`: newest
+/// first (in the order raised); each filter is optional.
 #[utoipa::path(
     get,
     path = "/v1/alerts",
@@ -29,18 +30,26 @@ use crate::read::metrics::{self, AlertFilter};
         ("executionId" = Option<Uuid>, Query, description = "Only those raised in this run"),
         PageParams,
     ),
-    responses((status = 200, description = "Alerts, newest first", body = Vec<metrics::AlertView>), BadRequest, Unavailable)
+    responses((status = 200, description = "Alerts, newest first", body = Vec<metrics::AlertView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, Unavailable)
 )]
-pub(super) async fn list(
-    State(app): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let page = page(&params)?;
-    let filter = filter(&params)?;
+pub(super) async fn list(State(app): State<AppState>, uri: Uri) -> ApiResult {
+    let query = ListQuery::read(
+        &uri,
+        "alerts",
+        &[
+            "agentId",
+            "condition",
+            "taskType",
+            "workflowId",
+            "executionId",
+        ],
+    )?;
+    let page = query.page()?;
+    let filter = filter(query.params())?;
     let rows = metrics::alerts(&app.db, &app.tenant, filter, page)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
 }
 
 fn filter(params: &HashMap<String, String>) -> Result<AlertFilter, Problem> {

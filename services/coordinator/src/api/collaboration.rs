@@ -1,15 +1,15 @@
 //! How agents collaborate, from the read models: the handoffs of an execution's steps from one
 //! agent to the next (the seed's `TaskHandoff`) and each agent's latest status (`AgentStatus`).
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+use axum::http::Uri;
 use axum::response::IntoResponse;
 
 use cadre_proto::{AgentId, ExecutionId};
 
+use super::list::ListQuery;
 use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
-use super::{ApiResult, AppState, Problem, page, parse_id, unavailable_db};
+use super::{ApiResult, AppState, Problem, parse_id, unavailable_db};
 use crate::read;
 
 /// `GET /v1/executions/{id}/handoffs`: in the order recorded; 404 for an unknown execution.
@@ -18,20 +18,21 @@ use crate::read;
     path = "/v1/executions/{id}/handoffs",
     tag = "executions",
     params(("id" = uuid::Uuid, Path, description = "The execution's id"), PageParams),
-    responses((status = 200, description = "Its handoffs", body = Vec<read::HandoffView>), BadRequest, NotFound, Unavailable)
+    responses((status = 200, description = "Its handoffs", body = Vec<read::HandoffView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, NotFound, Unavailable)
 )]
 pub(super) async fn handoffs(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    uri: Uri,
 ) -> ApiResult {
     let id: ExecutionId = parse_id(&raw, "execution id")?;
-    let page = page(&params)?;
+    let query = ListQuery::read(&uri, "handoffs", &[])?;
+    let page = query.page()?;
     super::executions::execution_must_exist(&app, id).await?;
     let rows = read::handoffs(&app.db, &app.tenant, id.0, page)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
 }
 
 /// `GET /v1/agents/{id}/status`: the agent's latest status; `idle` for a registered agent that

@@ -3,18 +3,19 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
-use axum::response::IntoResponse;
+use axum::extract::{Path, State};
+use axum::http::Uri;
 use uuid::Uuid;
 
 use cadre_proto::EscalationId;
 
+use super::list::ListQuery;
 use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
-use super::{ApiResult, AppState, Problem, found, page, parse_id, unavailable_db};
+use super::{ApiResult, AppState, Problem, found, parse_id, unavailable_db};
 use crate::read::{self, EscalationFilter, EscalationStatus};
 
-/// `GET /v1/escalations?status=open&executionId=…&workflowId=…&limit&offset`: oldest first;
-/// each filter is optional.
+/// `GET /v1/escalations?status=open&executionId=…&workflowId=…&limit&cursor`: oldest first
+/// (by the time escalated, then id); each filter is optional.
 #[utoipa::path(
     get,
     path = "/v1/escalations",
@@ -26,18 +27,20 @@ use crate::read::{self, EscalationFilter, EscalationStatus};
         ("workflowId" = Option<Uuid>, Query, description = "Only this workflow's runs'"),
         PageParams,
     ),
-    responses((status = 200, description = "Escalations, oldest first", body = Vec<read::EscalationView>), BadRequest, Unavailable)
+    responses((status = 200, description = "Escalations, oldest first", body = Vec<read::EscalationView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, Unavailable)
 )]
-pub(super) async fn list(
-    State(app): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let page = page(&params)?;
-    let filter = filter(&params)?;
+pub(super) async fn list(State(app): State<AppState>, uri: Uri) -> ApiResult {
+    let query = ListQuery::read(
+        &uri,
+        "escalations",
+        &["status", "executionId", "workflowId"],
+    )?;
+    let page = query.page()?;
+    let filter = filter(query.params())?;
     let rows = read::escalations(&app.db, &app.tenant, filter, page)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
 }
 
 /// `GET /v1/escalations/{id}`. The read models lag the log a little: an escalation recorded a

@@ -1,11 +1,9 @@
 //! `/v1/executions` and a workflow's executions: start (a command on the workflow's execution
 //! numbering), cancel, pause and resume (commands on the execution), list, get, interactions.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -16,12 +14,13 @@ use cadre_proto::model::TriggerReason;
 use cadre_proto::{AgentId, Event, ExecutionId, StepId, WorkflowId, subjects};
 
 use super::body::OptionalBody;
+use super::list::ListQuery;
 use super::openapi::{
     BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
     UnsupportedMediaType,
 };
 use super::{
-    ApiResult, AppState, Problem, command_failed, control_request, optional_body, page, parse_id,
+    ApiResult, AppState, Problem, command_failed, control_request, optional_body, parse_id,
     unavailable_db, unavailable_log, workflows, written,
 };
 use crate::command::{Aggregate, History};
@@ -188,26 +187,102 @@ pub(super) async fn execution_must_exist(app: &AppState, id: ExecutionId) -> Res
         .ok_or_else(|| Problem::not_found(format!("no execution has the id {id}")))
 }
 
-/// `GET /v1/workflows/{id}/executions`: a workflow's runs, newest first.
+/// The filters of the lists of runs, all optional (see [`read::ExecutionFilter`]).
+const RUN_FILTERS: [&str; 4] = ["status", "trigger", "startedAfter", "startedBefore"];
+
+fn run_filter(query: &ListQuery) -> Result<read::ExecutionFilter, Problem> {
+    let filter = read::ExecutionFilter {
+        workflow_id: None,
+        statuses: query.any_of("status", &read::EXECUTION_STATUSES)?,
+        trigger: query.one_of("trigger", &read::TRIGGERS)?,
+        started_after: query.time("startedAfter")?,
+        started_before: query.time("startedBefore")?,
+    };
+    if let (Some(after), Some(before)) = (filter.started_after, filter.started_before)
+        && after > before
+    {
+        return Err(Problem::bad_request(format!(
+            "query parameter 'startedAfter' ({}) is later than 'startedBefore' ({}): no run \
+             can match",
+            after.to_rfc3339(),
+            before.to_rfc3339()
+        )));
+    }
+    Ok(filter)
+}
+
+/// `GET /v1/workflows/{id}/executions?status&trigger&startedAfter&startedBefore`: a workflow's
+/// runs, newest first (by execution number).
 #[utoipa::path(
     get,
     path = "/v1/workflows/{id}/executions",
     tag = "executions",
-    params(("id" = uuid::Uuid, Path, description = "The workflow's id"), PageParams),
-    responses((status = 200, description = "Its runs", body = Vec<read::ExecutionView>), BadRequest, NotFound, Unavailable)
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id"), RunFilters, PageParams),
+    responses((status = 200, description = "Its runs", body = Vec<read::ExecutionView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, NotFound, Unavailable)
 )]
 pub(super) async fn list(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    uri: Uri,
 ) -> ApiResult {
     let id: WorkflowId = parse_id(&raw, "workflow id")?;
-    let page = page(&params)?;
+    let query = ListQuery::read(&uri, "workflow-executions", &RUN_FILTERS)?;
+    let page = query.page()?;
+    let filter = run_filter(&query)?;
     workflows::must_exist(&app, id).await?;
-    let rows = read::executions(&app.db, &app.tenant, id.0, page)
+    let rows = read::executions(&app.db, &app.tenant, id.0, &filter, page)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
+}
+
+/// `GET /v1/executions?workflowId&status&trigger&startedAfter&startedBefore`: the runs of
+/// every workflow, newest first (by start time, then id).
+#[utoipa::path(
+    get,
+    path = "/v1/executions",
+    tag = "executions",
+    params(
+        ("workflowId" = Option<uuid::Uuid>, Query, description = "Only this workflow's"),
+        RunFilters,
+        PageParams,
+    ),
+    responses((status = 200, description = "Runs", body = Vec<read::ExecutionView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, Unavailable)
+)]
+pub(super) async fn all(State(app): State<AppState>, uri: Uri) -> ApiResult {
+    let mut filters = vec!["workflowId"];
+    filters.extend(RUN_FILTERS);
+    let query = ListQuery::read(&uri, read::ALL_EXECUTIONS, &filters)?;
+    let page = query.page()?;
+    let filter = read::ExecutionFilter {
+        workflow_id: query.uuid("workflowId")?,
+        ..run_filter(&query)?
+    };
+    let rows = read::all_executions(&app.db, &app.tenant, &filter, page)
+        .await
+        .map_err(unavailable_db)?;
+    Ok(query.answer(rows))
+}
+
+/// The filters of the lists of runs. Documentation only, as [`PageParams`].
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct RunFilters {
+    /// Only those in one of these statuses (comma-separated): `running`, `paused`,
+    /// `escalated`, `completed`, `failed`, `cancelled`.
+    #[param(
+        example = "failed,cancelled",
+        pattern = "^(running|paused|escalated|completed|failed|cancelled)(,(running|paused|escalated|completed|failed|cancelled))*$"
+    )]
+    status: Option<String>,
+    /// Only those started so.
+    #[param(pattern = "^(manual|scheduled|event|dependency)$")]
+    trigger: Option<String>,
+    /// Only those started at or after this time (RFC 3339).
+    started_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only those started before this time (RFC 3339); not before `startedAfter`.
+    started_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// An execution's start, read from the log (the read models may not have it yet).
@@ -341,20 +416,21 @@ async fn waiting_for_workers(app: &AppState, row: &read::ExecutionView) -> Vec<W
     path = "/v1/executions/{id}/interactions",
     tag = "executions",
     params(("id" = uuid::Uuid, Path, description = "The execution's id"), PageParams),
-    responses((status = 200, description = "Its interactions", body = Vec<read::InteractionView>), BadRequest, NotFound, Unavailable)
+    responses((status = 200, description = "Its interactions", body = Vec<read::InteractionView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, NotFound, Unavailable)
 )]
 pub(super) async fn interactions(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    uri: Uri,
 ) -> ApiResult {
     let id: ExecutionId = parse_id(&raw, "execution id")?;
-    let page = page(&params)?;
+    let query = ListQuery::read(&uri, "interactions", &[])?;
+    let page = query.page()?;
     execution_must_exist(&app, id).await?;
     let rows = read::interactions(&app.db, &app.tenant, id.0, page)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
 }
 
 async fn control(

@@ -5,15 +5,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+use axum::http::Uri;
 use axum::response::IntoResponse;
 use serde::Serialize;
 use uuid::Uuid;
 
 use cadre_proto::{AgentId, ExecutionId, WorkflowId};
 
+use super::list::ListQuery;
 use super::openapi::{BadRequest, NotFound, PageParams, Unavailable};
-use super::{ApiResult, AppState, Problem, page, parse_id, unavailable_db};
+use super::{ApiResult, AppState, Problem, parse_id, unavailable_db};
 use crate::domain::performance::{AgentFacts, TeamFacts};
 use crate::read::{self, metrics::RecordScope};
 
@@ -132,20 +134,18 @@ pub(super) async fn agent(State(app): State<AppState>, Path(raw): Path<String>) 
     .into_response())
 }
 
-/// `GET /v1/agents/performance?limit&offset`: every registered agent's, in the order
+/// `GET /v1/agents/performance?limit&cursor`: every registered agent's, in the order
 /// `GET /v1/agents` lists them.
 #[utoipa::path(
     get,
     path = "/v1/agents/performance",
     tag = "agents",
     params(PageParams),
-    responses((status = 200, description = "Every agent's performance", body = Vec<AgentPerformance>), BadRequest, Unavailable)
+    responses((status = 200, description = "Every agent's performance", body = Vec<AgentPerformance>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, Unavailable)
 )]
-pub(super) async fn agents(
-    State(app): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let agents = read::agents(&app.db, &app.tenant, page(&params)?)
+pub(super) async fn agents(State(app): State<AppState>, uri: Uri) -> ApiResult {
+    let query = ListQuery::read(&uri, "agent-performance", &[])?;
+    let agents = read::agents(&app.db, &app.tenant, query.page()?)
         .await
         .map_err(unavailable_db)?;
     let ids: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
@@ -154,15 +154,12 @@ pub(super) async fn agents(
         .map_err(unavailable_db)?
         .into_iter()
         .collect();
-    let performance: Vec<AgentPerformance> = agents
-        .into_iter()
-        .map(|agent| AgentPerformance {
-            name: Some(agent.name),
-            role: Some(agent.role),
-            ..AgentPerformance::of(agent.id, &facts.get(&agent.id).cloned().unwrap_or_default())
-        })
-        .collect();
-    Ok(axum::Json(performance).into_response())
+    let performance = agents.map(|agent| AgentPerformance {
+        name: Some(agent.name),
+        role: Some(agent.role),
+        ..AgentPerformance::of(agent.id, &facts.get(&agent.id).cloned().unwrap_or_default())
+    });
+    Ok(query.answer(performance))
 }
 
 /// The seed's `CollaborationMetrics`, with the facts they come from.
@@ -289,20 +286,21 @@ pub(super) async fn workflow(State(app): State<AppState>, Path(raw): Path<String
     path = "/v1/executions/{id}/history",
     tag = "executions",
     params(("id" = uuid::Uuid, Path, description = "The execution's id"), PageParams),
-    responses((status = 200, description = "Its records", body = Vec<read::metrics::RecordView>), BadRequest, NotFound, Unavailable)
+    responses((status = 200, description = "Its records", body = Vec<read::metrics::RecordView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, NotFound, Unavailable)
 )]
 pub(super) async fn execution_history(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    uri: Uri,
 ) -> ApiResult {
     let id: ExecutionId = parse_id(&raw, "execution id")?;
-    let page = page(&params)?;
+    let query = ListQuery::read(&uri, "execution-records", &[])?;
+    let page = query.page()?;
     super::executions::execution_must_exist(&app, id).await?;
     let rows = read::metrics::records(&app.db, &app.tenant, RecordScope::Execution(id.0), page)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
 }
 
 /// `GET /v1/workflows/{id}/history`: the records of all its runs, in the order they happened.
@@ -311,18 +309,19 @@ pub(super) async fn execution_history(
     path = "/v1/workflows/{id}/history",
     tag = "workflows",
     params(("id" = uuid::Uuid, Path, description = "The workflow's id"), PageParams),
-    responses((status = 200, description = "Its runs' records", body = Vec<read::metrics::RecordView>), BadRequest, NotFound, Unavailable)
+    responses((status = 200, description = "Its runs' records", body = Vec<read::metrics::RecordView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, NotFound, Unavailable)
 )]
 pub(super) async fn workflow_history(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    uri: Uri,
 ) -> ApiResult {
     let id: WorkflowId = parse_id(&raw, "workflow id")?;
-    let page = page(&params)?;
+    let query = ListQuery::read(&uri, "workflow-records", &[])?;
+    let page = query.page()?;
     super::workflows::must_exist(&app, id).await?;
     let rows = read::metrics::records(&app.db, &app.tenant, RecordScope::Workflow(id.0), page)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
 }

@@ -8,6 +8,7 @@ mod body;
 mod collaboration;
 mod escalations;
 mod executions;
+mod list;
 mod live;
 mod metrics;
 pub mod openapi;
@@ -18,7 +19,6 @@ mod templates;
 mod usage;
 mod workflows;
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -40,7 +40,6 @@ use cadre_runtime::health::{self, Readiness};
 use cadre_runtime::projection::ProjectionWatermark;
 
 use crate::command::CommandError;
-use crate::read::Page;
 use crate::starter::Starter;
 pub use problem::Problem;
 
@@ -82,6 +81,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::pause))
         .routes(routes!(workflows::resume))
         .routes(routes!(executions::list, executions::start))
+        .routes(routes!(executions::all))
         .routes(routes!(workflows::knowledge))
         .routes(routes!(usage::workflow))
         .routes(routes!(executions::get))
@@ -176,27 +176,6 @@ fn command_failed<E: std::error::Error>(
 fn parse_id<T: FromStr>(raw: &str, what: &str) -> Result<T, Problem> {
     raw.parse()
         .map_err(|_| Problem::bad_request(format!("{what} '{raw}' is not a UUID")))
-}
-
-fn page(params: &HashMap<String, String>) -> Result<Page, Problem> {
-    let number = |name: &str, default: i64, max: i64| -> Result<i64, Problem> {
-        match params.get(name) {
-            None => Ok(default),
-            Some(raw) => raw
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (0..=max).contains(n))
-                .ok_or_else(|| {
-                    Problem::bad_request(format!(
-                        "query parameter '{name}' must be a whole number from 0 to {max}"
-                    ))
-                }),
-        }
-    };
-    Ok(Page {
-        limit: number("limit", 100, 1000)?,
-        offset: number("offset", 0, i64::MAX)?,
-    })
 }
 
 fn created(location: String, body: impl Serialize) -> Response {

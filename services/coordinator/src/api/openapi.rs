@@ -124,18 +124,19 @@ pub(super) async fn document() -> impl IntoResponse {
     )
 }
 
-/// `limit` and `offset` of a list. Documentation only: the handlers read the query as a map so
-/// that a bad value is answered with a problem naming the parameter.
+/// `limit` and `cursor` of a list (see [`super::list`]). Documentation only: the handlers read
+/// the query themselves so that a bad value is answered with a problem naming the parameter.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub(super) struct PageParams {
     /// At most this many items (default 100).
-    #[param(minimum = 0, maximum = 1000)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
-    /// Skip this many items first (default 0).
-    #[param(minimum = 0)]
-    offset: Option<i64>,
+    /// Where the page starts: the `cursor` of the URL the previous page's `Link` header names
+    /// (`rel="next"`). Opaque; absent for the first page.
+    #[param(pattern = "^[A-Za-z0-9_-]+$")]
+    cursor: Option<String>,
 }
 
 // The problems an operation may answer with, one type per status, listed in each handler's
@@ -263,6 +264,43 @@ mod tests {
         }
         let feed = &document["paths"]["/v1/events"]["get"]["responses"]["200"]["content"];
         assert!(feed["text/event-stream"].is_object(), "{feed}");
+    }
+
+    /// Every list pages by cursor and says so: `limit` and `cursor` in, a `Link` header out;
+    /// no `offset` is left, and the sort keys kept for cursors are not shown.
+    #[test]
+    fn every_list_documents_its_cursor_and_next_link() {
+        let document: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap();
+        let mut lists = BTreeSet::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let names: Vec<&str> = operation["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                assert!(!names.contains(&"offset"), "{method} {path}");
+                if names.contains(&"cursor") {
+                    assert!(names.contains(&"limit"), "{method} {path}");
+                    let link = &operation["responses"]["200"]["headers"]["Link"];
+                    assert!(link.is_object(), "{method} {path} documents no Link");
+                    lists.insert(format!("{method} {path}"));
+                }
+            }
+        }
+        assert!(lists.contains("get /v1/executions"), "{lists:?}");
+        assert_eq!(lists.len(), 15, "{lists:?}");
+        for view in [
+            "InteractionView",
+            "KnowledgeView",
+            "RecordView",
+            "AlertView",
+        ] {
+            let properties = &document["components"]["schemas"][view]["properties"];
+            assert!(properties.is_object(), "{view}");
+            assert!(properties["eventSequence"].is_null(), "{view}");
+        }
     }
 
     /// The body parser refuses unknown fields at any depth; the document says so of request

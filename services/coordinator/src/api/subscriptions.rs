@@ -3,10 +3,10 @@
 //! visible the moment it is made. The signing secret is shown once, in the answer that makes
 //! the subscription, and kept only in a KV bucket outside the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -16,14 +16,14 @@ use cadre_proto::{Envelope, Event, SubscriptionId, subjects};
 use cadre_runtime::bus::Append;
 
 use super::body::Body;
+use super::list::ListQuery;
 use super::openapi::{
     BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
     UnsupportedMediaType,
 };
-use super::{
-    ApiResult, AppState, Problem, created, page, parse_id, publish_failed, unavailable_log,
-};
+use super::{ApiResult, AppState, Problem, created, parse_id, publish_failed, unavailable_log};
 use crate::domain::validation::{FieldError, error};
+use crate::read::{Page, Paged};
 
 /// Longest URL, and most event types, a subscription may name.
 const MAX_URL: usize = 2000;
@@ -263,26 +263,33 @@ async fn live(app: &AppState) -> Result<BTreeMap<SubscriptionId, SubscriptionVie
     Ok(live)
 }
 
-/// `GET /v1/subscriptions`: the live subscriptions, oldest first (`limit`, `offset`).
+/// The page of `rows` (in list order, each with its sort key) that `page` asks for.
+fn page_of<T, K: PartialOrd + Copy>(
+    rows: impl IntoIterator<Item = (K, T)>,
+    page: &Page<K>,
+) -> Paged<T, K> {
+    let limit = usize::try_from(page.fetch()).unwrap_or(usize::MAX);
+    let rows: Vec<(K, T)> = rows
+        .into_iter()
+        .filter(|(key, _)| page.after.is_none_or(|after| *key > after))
+        .take(limit)
+        .collect();
+    Paged::of(rows, page, |(key, _)| *key).map(|(_, row)| row)
+}
+
+/// `GET /v1/subscriptions`: the live subscriptions, oldest first (by id, which grows with time).
 #[utoipa::path(
     get,
     path = "/v1/subscriptions",
     tag = "subscriptions",
     params(PageParams),
-    responses((status = 200, description = "Subscriptions", body = Vec<SubscriptionView>), BadRequest, Unavailable)
+    responses((status = 200, description = "Subscriptions", body = Vec<SubscriptionView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, Unavailable)
 )]
-pub(super) async fn list(
-    State(app): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let page = page(&params)?;
+pub(super) async fn list(State(app): State<AppState>, uri: Uri) -> ApiResult {
+    let query = ListQuery::read(&uri, "subscriptions", &[])?;
+    let page = query.page()?;
     let all = live(&app).await?;
-    let shown: Vec<&SubscriptionView> = all
-        .values()
-        .skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
-        .take(usize::try_from(page.limit).unwrap_or(usize::MAX))
-        .collect();
-    Ok(axum::Json(shown).into_response())
+    Ok(query.answer(page_of(all.into_iter().map(|(id, s)| (id.0, s)), &page)))
 }
 
 async fn one(app: &AppState, raw: &str) -> Result<SubscriptionView, Problem> {
@@ -334,21 +341,21 @@ pub(super) async fn delete(State(app): State<AppState>, Path(raw): Path<String>)
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `GET /v1/subscriptions/{id}/deliveries`: every try to deliver to it, in the order tried
-/// (`limit`, `offset`).
+/// `GET /v1/subscriptions/{id}/deliveries`: every try to deliver to it, in the order tried.
 #[utoipa::path(
     get,
     path = "/v1/subscriptions/{id}/deliveries",
     tag = "subscriptions",
     params(("id" = uuid::Uuid, Path, description = "The subscription's id"), PageParams),
-    responses((status = 200, description = "The delivery log", body = Vec<DeliveryView>), BadRequest, NotFound, Unavailable)
+    responses((status = 200, description = "The delivery log", body = Vec<DeliveryView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, NotFound, Unavailable)
 )]
 pub(super) async fn deliveries(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    uri: Uri,
 ) -> ApiResult {
-    let page = page(&params)?;
+    let query = ListQuery::read(&uri, "deliveries", &[])?;
+    let page = query.page()?;
     let id: SubscriptionId = parse_id(&raw, "subscription id")?;
     let made = app
         .bus
@@ -365,18 +372,19 @@ pub(super) async fn deliveries(
         .read_all(&subjects::subscription(&app.tenant, id, "*"))
         .await
         .map_err(unavailable_log)?;
-    let rows: Vec<DeliveryView> = tries
-        .into_iter()
-        .filter_map(|stored| {
-            let at = stored.envelope.meta.time;
-            let (tried, outcome, error, retry_in_seconds) = match stored.envelope.event {
-                Event::WebhookDelivered(d) => (d, "delivered", None, None),
-                Event::WebhookDeliveryFailed(f) => {
-                    (f.delivery, "failed", Some(f.error), f.retry_in_seconds)
-                }
-                _ => return None,
-            };
-            Some(DeliveryView {
+    let rows = tries.into_iter().filter_map(|stored| {
+        let sequence = i64::try_from(stored.sequence).unwrap_or(i64::MAX);
+        let at = stored.envelope.meta.time;
+        let (tried, outcome, error, retry_in_seconds) = match stored.envelope.event {
+            Event::WebhookDelivered(d) => (d, "delivered", None, None),
+            Event::WebhookDeliveryFailed(f) => {
+                (f.delivery, "failed", Some(f.error), f.retry_in_seconds)
+            }
+            _ => return None,
+        };
+        Some((
+            sequence,
+            DeliveryView {
                 event_id: tried.event_id,
                 event_type: tried.event_type,
                 attempt: tried.attempt,
@@ -386,10 +394,8 @@ pub(super) async fn deliveries(
                 error,
                 retry_in_seconds,
                 at,
-            })
-        })
-        .skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
-        .take(usize::try_from(page.limit).unwrap_or(usize::MAX))
-        .collect();
-    Ok(axum::Json(rows).into_response())
+            },
+        ))
+    });
+    Ok(query.answer(page_of(rows, &page)))
 }

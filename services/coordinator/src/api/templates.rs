@@ -1,12 +1,12 @@
 //! `/v1/templates`: register a user's template (a command on the template aggregate), list and
-//! get templates from the read model (the most used first), and create a workflow from one by
+//! get templates from the read model (system templates first), and create a workflow from one by
 //! mapping its roles to agents, which is then recorded exactly as `POST /v1/workflows` records
 //! a workflow.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
-use axum::response::IntoResponse;
+use axum::extract::{Path, State};
+use axum::http::Uri;
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::future::try_join_all;
 use serde::Deserialize;
@@ -16,13 +16,14 @@ use cadre_proto::model::WorkflowTemplate;
 use cadre_proto::{AgentId, TemplateId, WorkflowId, subjects};
 
 use super::body::Body;
+use super::list::ListQuery;
 use super::openapi::{
     BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
     UnsupportedMediaType,
 };
 use super::{
-    ApiResult, AppState, Problem, agents, command_failed, created, found, page, parse_id,
-    unavailable_db, unavailable_log, workflows, written,
+    ApiResult, AppState, Problem, agents, command_failed, created, found, parse_id, unavailable_db,
+    unavailable_log, workflows, written,
 };
 use crate::command::{Aggregate, History};
 use crate::domain::template::{
@@ -83,22 +84,21 @@ fn as_listed(template: &WorkflowTemplate, at: DateTime<Utc>) -> Value {
     body
 }
 
-/// `GET /v1/templates?limit&offset`: system and user templates, the most used first.
+/// `GET /v1/templates?limit&cursor`: the system templates, then the users', each in the order
+/// first registered.
 #[utoipa::path(
     get,
     path = "/v1/templates",
     tag = "templates",
     params(PageParams),
-    responses((status = 200, description = "Templates", body = Vec<read::TemplateView>), BadRequest, Unavailable)
+    responses((status = 200, description = "Templates", body = Vec<read::TemplateView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, Unavailable)
 )]
-pub(super) async fn list(
-    State(app): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let rows = read::templates(&app.db, &app.tenant, page(&params)?)
+pub(super) async fn list(State(app): State<AppState>, uri: Uri) -> ApiResult {
+    let query = ListQuery::read(&uri, "templates", &[])?;
+    let rows = read::templates(&app.db, &app.tenant, query.page()?)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
 }
 
 /// `GET /v1/templates/{id}`.

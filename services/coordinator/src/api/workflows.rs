@@ -1,10 +1,9 @@
 //! `/v1/workflows`: create, pause and resume (commands on the workflow aggregate), list, get,
 //! and the workflow's shared knowledge.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+use axum::http::Uri;
 use axum::response::IntoResponse;
 use futures::future::try_join_all;
 use serde::{Deserialize, Serialize};
@@ -14,12 +13,13 @@ use cadre_proto::{AgentId, TemplateId, WorkflowId, subjects};
 
 use super::body::Body;
 use super::body::OptionalBody;
+use super::list::ListQuery;
 use super::openapi::{
     BadRequest, Conflict, Invalid, NotFound, PageParams, TooLarge, Unavailable,
     UnsupportedMediaType,
 };
 use super::{
-    ApiResult, AppState, Problem, agents, command_failed, control_request, created, found, page,
+    ApiResult, AppState, Problem, agents, command_failed, control_request, created, found,
     parse_id, unavailable_db, unavailable_log, written,
 };
 use crate::command::{Aggregate, History};
@@ -217,22 +217,29 @@ pub(super) async fn record(
     Ok(written(app, created_workflow.version, response).await)
 }
 
-/// `GET /v1/workflows`: the newest first.
+/// `GET /v1/workflows?status`: the newest first (by creation time, then id).
 #[utoipa::path(
     get,
     path = "/v1/workflows",
     tag = "workflows",
-    params(PageParams),
-    responses((status = 200, description = "Workflows", body = Vec<read::WorkflowView>), BadRequest, Unavailable)
+    params(
+        ("status" = Option<String>, Query,
+         description = "Only those in one of these statuses (comma-separated): `draft`, \
+                        `active`, `paused`, `completed`, `failed`, `cancelled`",
+         example = "active,paused",
+         pattern = "^(draft|active|paused|completed|failed|cancelled)(,(draft|active|paused|completed|failed|cancelled))*$"),
+        PageParams,
+    ),
+    responses((status = 200, description = "Workflows", body = Vec<read::WorkflowView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, Unavailable)
 )]
-pub(super) async fn list(
-    State(app): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let rows = read::workflows(&app.db, &app.tenant, page(&params)?)
+pub(super) async fn list(State(app): State<AppState>, uri: Uri) -> ApiResult {
+    let query = ListQuery::read(&uri, "workflows", &["status"])?;
+    let page = query.page()?;
+    let statuses = query.any_of("status", &read::WORKFLOW_STATUSES)?;
+    let rows = read::workflows(&app.db, &app.tenant, &statuses, page)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
 }
 
 /// `GET /v1/workflows/{id}`.
@@ -343,18 +350,19 @@ pub(super) async fn must_exist(app: &AppState, id: WorkflowId) -> Result<(), Pro
     path = "/v1/workflows/{id}/knowledge",
     tag = "workflows",
     params(("id" = uuid::Uuid, Path, description = "The workflow's id"), PageParams),
-    responses((status = 200, description = "Its knowledge", body = Vec<read::KnowledgeView>), BadRequest, NotFound, Unavailable)
+    responses((status = 200, description = "Its knowledge", body = Vec<read::KnowledgeView>, headers(("Link" = String, description = "The next page (`<…>; rel=\"next\"`), when more items follow"))), BadRequest, NotFound, Unavailable)
 )]
 pub(super) async fn knowledge(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    uri: Uri,
 ) -> ApiResult {
     let id: WorkflowId = parse_id(&raw, "workflow id")?;
-    let page = page(&params)?;
+    let query = ListQuery::read(&uri, "knowledge", &[])?;
+    let page = query.page()?;
     must_exist(&app, id).await?;
     let rows = read::knowledge(&app.db, &app.tenant, id.0, page)
         .await
         .map_err(unavailable_db)?;
-    Ok(axum::Json(rows).into_response())
+    Ok(query.answer(rows))
 }

@@ -16,10 +16,8 @@ use crate::domain::performance::AgentFacts;
 use crate::read::metrics::{self, AlertFilter, AlertView};
 use crate::read::{self, Page, UsageGroup, UsageScope};
 
-const ALL: Page = Page {
-    limit: 1000,
-    offset: 0,
-};
+/// As much of a list as a page of the console shows (it does not page them).
+const ALL: i64 = 1000;
 
 fn performance_head() -> Markup {
     html! {
@@ -72,7 +70,7 @@ fn alerts_table(alerts: &[AlertView], names: &HashMap<Uuid, String>) -> Markup {
 
 /// `GET /console/agents`.
 pub(super) async fn list(State(app): State<AppState>) -> PageResult {
-    let agents = read::agents(&app.db, &app.tenant, ALL).await?;
+    let agents = read::agents(&app.db, &app.tenant, Page::first(ALL)).await?;
     let ids: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
     let facts: HashMap<Uuid, AgentFacts> = metrics::agent_facts(&app.db, &app.tenant, &ids)
         .await?
@@ -82,10 +80,7 @@ pub(super) async fn list(State(app): State<AppState>) -> PageResult {
         &app.db,
         &app.tenant,
         AlertFilter::default(),
-        Page {
-            limit: 100,
-            offset: 0,
-        },
+        Page::first(100),
     )
     .await?;
     let names: HashMap<Uuid, String> = agents.iter().map(|a| (a.id, a.name.clone())).collect();
@@ -124,7 +119,7 @@ pub(super) async fn list(State(app): State<AppState>) -> PageResult {
 /// `GET /console/agents/{id}`: its profile, status, performance, alerts and token use.
 pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>) -> PageResult {
     let id = parse_uuid(&raw, "agent")?;
-    let agents = read::agents(&app.db, &app.tenant, ALL).await?;
+    let agents = read::agents(&app.db, &app.tenant, Page::first(ALL)).await?;
     let Some(agent) = agents.iter().find(|a| a.id == id) else {
         return Err(PageError::NotFound(format!("There is no agent {id}.")));
     };
@@ -144,10 +139,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
             agent_id: Some(id),
             ..Default::default()
         },
-        Page {
-            limit: 100,
-            offset: 0,
-        },
+        Page::first(100),
     )
     .await?;
     let (usage, by) = read::usage(

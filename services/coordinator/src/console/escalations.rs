@@ -37,10 +37,7 @@ pub(super) async fn list(
             status: wanted,
             ..Default::default()
         },
-        Page {
-            limit: 200,
-            offset: 0,
-        },
+        Page::first(200),
     )
     .await?;
     let names = agent_names(&app).await?;

@@ -30,11 +30,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
     let configuration = workflow
         .as_ref()
         .map_or(Value::Null, |w| w.configuration.clone());
-    let all = Page {
-        limit: 1000,
-        offset: 0,
-    };
-    let interactions = read::interactions(&app.db, &app.tenant, id, all).await?;
+    let interactions = read::interactions(&app.db, &app.tenant, id, Page::first(1000)).await?;
     let escalations = read::escalations(
         &app.db,
         &app.tenant,
@@ -43,7 +39,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
             execution_id: Some(id),
             workflow_id: None,
         },
-        all,
+        Page::first(1000),
     )
     .await?;
     let (usage, by) = read::usage(
@@ -234,33 +230,20 @@ pub(super) struct HistoryFilter {
     status: Option<String>,
     #[serde(default)]
     trigger: Option<String>,
+    /// Where the page starts: after the last run of the page before (`GET /v1/executions`'s
+    /// cursors).
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Runs on a page (1 to 1000).
+    #[serde(default)]
+    limit: Option<String>,
 }
 
-#[derive(sqlx::FromRow)]
-struct RunRow {
-    id: Uuid,
-    workflow_id: Uuid,
-    workflow_name: String,
-    execution_number: i32,
-    status: String,
-    trigger_reason: String,
-    started_at: DateTime<Utc>,
-    completed_at: Option<DateTime<Utc>>,
-    actual_duration: Option<i32>,
-}
-
-const STATUSES: [&str; 6] = [
-    "running",
-    "paused",
-    "escalated",
-    "completed",
-    "failed",
-    "cancelled",
-];
-const TRIGGERS: [&str; 4] = ["manual", "scheduled", "event", "dependency"];
+/// Runs the history shows at once unless the URL says otherwise; "Older runs" pages on.
+const HISTORY_PAGE: i64 = 100;
 
 /// `GET /console/history`: runs of every workflow, newest first, filtered by workflow, status
-/// and trigger.
+/// and trigger, a page at a time (as `GET /v1/executions` lists them).
 pub(super) async fn history(
     State(app): State<AppState>,
     Query(filter): Query<HistoryFilter>,
@@ -273,34 +256,70 @@ pub(super) async fn history(
         ),
         None => None,
     };
-    let status_filter = blank(filter.status);
-    let trigger = blank(filter.trigger);
-    let workflows = read::workflows(
+    let known = |name: &str, raw: Option<String>, allowed: &[&'static str]| {
+        raw.map(|raw| {
+            allowed
+                .iter()
+                .copied()
+                .find(|a| *a == raw)
+                .ok_or_else(|| PageError::BadRequest(format!("There is no {name} '{raw}'.")))
+        })
+        .transpose()
+    };
+    let status_filter = known("status", blank(filter.status), &read::EXECUTION_STATUSES)?;
+    let trigger = known("trigger", blank(filter.trigger), &read::TRIGGERS)?;
+    let after = blank(filter.cursor)
+        .map(|raw| read::page::decode(read::ALL_EXECUTIONS, &raw))
+        .transpose()
+        .map_err(|_| {
+            PageError::BadRequest(
+                "That link to older runs is not valid; start again from the newest.".to_owned(),
+            )
+        })?;
+    let limit = match blank(filter.limit) {
+        None => HISTORY_PAGE,
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| PageError::BadRequest(format!("limit '{raw}' is not 1 to 1000")))?,
+    };
+    let workflows = read::workflows(&app.db, &app.tenant, &[], Page::first(1000)).await?;
+    let names: HashMap<Uuid, &str> = workflows.iter().map(|w| (w.id, w.name.as_str())).collect();
+    let runs = read::all_executions(
         &app.db,
         &app.tenant,
-        Page {
-            limit: 1000,
-            offset: 0,
+        &read::ExecutionFilter {
+            workflow_id,
+            statuses: status_filter.into_iter().collect(),
+            trigger,
+            ..Default::default()
         },
+        Page { limit, after },
     )
     .await?;
-    // Not a macro query: the console's one query of its own keeps `.sqlx/` untouched.
-    let runs: Vec<RunRow> = sqlx::query_as(
-        "SELECT e.id, e.workflow_id, w.name AS workflow_name, e.execution_number, e.status,
-                e.trigger_reason, e.started_at, e.completed_at, e.actual_duration
-         FROM workflow_executions e
-         JOIN collaboration_workflows w ON w.tenant_id = e.tenant_id AND w.id = e.workflow_id
-         WHERE e.tenant_id = $1 AND ($2::uuid IS NULL OR e.workflow_id = $2)
-           AND ($3::text IS NULL OR e.status = $3)
-           AND ($4::text IS NULL OR e.trigger_reason = $4)
-         ORDER BY e.started_at DESC, e.id LIMIT 200",
-    )
-    .bind(app.tenant.as_str())
-    .bind(workflow_id)
-    .bind(&status_filter)
-    .bind(&trigger)
-    .fetch_all(&app.db)
-    .await?;
+    // This page's filters, from the newest run or from a cursor.
+    let link = |cursor: Option<String>| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        let workflow_id = workflow_id.map(|id| id.to_string());
+        let limit = (limit != HISTORY_PAGE).then(|| limit.to_string());
+        for (name, value) in [
+            ("workflowId", workflow_id.as_deref()),
+            ("status", status_filter),
+            ("trigger", trigger),
+            ("limit", limit.as_deref()),
+            ("cursor", cursor.as_deref()),
+        ] {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
+        }
+        format!("/console/history?{}", query.finish())
+    };
+    let older = runs
+        .next
+        .map(|key| link(Some(read::page::encode(read::ALL_EXECUTIONS, &key))));
+    let newest = after.is_some().then(|| link(None));
     let content = html! {
         h1 { "Execution history" }
         form.filters method="get" action="/console/history" {
@@ -312,12 +331,12 @@ pub(super) async fn history(
             label for="f-status" { "Status" }
             select #f-status name="status" {
                 option value="" { "any" }
-                @for s in STATUSES { option value=(s) selected[status_filter.as_deref() == Some(s)] { (s) } }
+                @for s in read::EXECUTION_STATUSES { option value=(s) selected[status_filter == Some(s)] { (s) } }
             }
             label for="f-trigger" { "Trigger" }
             select #f-trigger name="trigger" {
                 option value="" { "any" }
-                @for t in TRIGGERS { option value=(t) selected[trigger.as_deref() == Some(t)] { (t) } }
+                @for t in read::TRIGGERS { option value=(t) selected[trigger == Some(t)] { (t) } }
             }
             button type="submit" { "Filter" }
         }
@@ -329,7 +348,9 @@ pub(super) async fn history(
                 tbody {
                     @for r in &runs {
                         tr {
-                            td { a href={ "/console/workflows/" (r.workflow_id) } { (r.workflow_name) } }
+                            td { a href={ "/console/workflows/" (r.workflow_id) } {
+                                (names.get(&r.workflow_id).map_or_else(|| r.workflow_id.to_string(), |n| (*n).to_owned()))
+                            } }
                             td { a href={ "/console/executions/" (r.id) } { "#" (r.execution_number) } }
                             td { (status(&r.status)) }
                             td { (r.trigger_reason) }
@@ -340,6 +361,10 @@ pub(super) async fn history(
                     }
                 }
             }
+        }
+        nav.pages aria-label="More runs" {
+            @if let Some(newest) = &newest { a href=(newest) { "Newest runs" } " " }
+            @if let Some(older) = &older { a #older href=(older) rel="next" { "Older runs" } }
         }
     };
     Ok(layout(

@@ -202,15 +202,7 @@ pub(crate) fn layout(title: &str, live: Live, content: Markup) -> Markup {
 
 /// Agents' names by id, for the pages that show who did what.
 pub(crate) async fn agent_names(app: &AppState) -> Result<HashMap<Uuid, String>, PageError> {
-    let agents = read::agents(
-        &app.db,
-        &app.tenant,
-        Page {
-            limit: 1000,
-            offset: 0,
-        },
-    )
-    .await?;
+    let agents = read::agents(&app.db, &app.tenant, Page::first(1000)).await?;
     Ok(agents.into_iter().map(|a| (a.id, a.name)).collect())
 }
 

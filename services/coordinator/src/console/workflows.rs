@@ -15,15 +15,13 @@ use super::{
 use crate::api::AppState;
 use crate::read::{self, Page, UsageGroup, UsageScope};
 
-const ALL: Page = Page {
-    limit: 1000,
-    offset: 0,
-};
+/// As much of a list as a page of the console shows (it does not page them).
+const ALL: i64 = 1000;
 
 /// `GET /console`: every workflow and template; reloads as runs start and end.
 pub(super) async fn list(State(app): State<AppState>) -> PageResult {
-    let workflows = read::workflows(&app.db, &app.tenant, ALL).await?;
-    let templates = read::templates(&app.db, &app.tenant, ALL).await?;
+    let workflows = read::workflows(&app.db, &app.tenant, &[], Page::first(ALL)).await?;
+    let templates = read::templates(&app.db, &app.tenant, Page::first(ALL)).await?;
     let template_names: HashMap<Uuid, &str> =
         templates.iter().map(|t| (t.id, t.name.as_str())).collect();
     let content = html! {
@@ -109,13 +107,11 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
         &app.db,
         &app.tenant,
         id,
-        Page {
-            limit: 20,
-            offset: 0,
-        },
+        &read::ExecutionFilter::default(),
+        Page::first(20),
     )
     .await?;
-    let knowledge = read::knowledge(&app.db, &app.tenant, id, ALL).await?;
+    let knowledge = read::knowledge(&app.db, &app.tenant, id, Page::first(ALL)).await?;
     let (usage, by) = read::usage(
         &app.db,
         &app.tenant,
@@ -278,7 +274,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
 /// `GET /console/builder`: a form for `POST /v1/workflows`; the script sends it as JSON and
 /// shows each problem next to the field its JSON pointer names.
 pub(super) async fn builder(State(app): State<AppState>) -> PageResult {
-    let agents = read::agents(&app.db, &app.tenant, ALL).await?;
+    let agents = read::agents(&app.db, &app.tenant, Page::first(ALL)).await?;
     let options: Vec<(Uuid, String)> = agents
         .iter()
         .map(|a| (a.id, format!("{} ({})", a.name, a.role)))

@@ -14,7 +14,7 @@ use cadre_proto::TenantId;
 use cadre_proto::events::AlertCondition;
 use cadre_proto::model::StepType;
 
-use super::Page;
+use super::{Page, Paged};
 use crate::domain::performance::{AgentFacts, TeamFacts};
 
 /// A count from Postgres, which has no unsigned integers.
@@ -239,6 +239,9 @@ pub struct RecordView {
     /// Milliseconds the attempt took, where known (completed: as its worker measured it;
     /// timed out: its time-out).
     pub duration_ms: Option<i64>,
+    /// The list's sort key: where in the log the record comes from.
+    #[serde(skip)]
+    pub event_sequence: i64,
 }
 
 /// Which runs' records to list.
@@ -248,33 +251,35 @@ pub enum RecordScope {
     Workflow(Uuid),
 }
 
-/// Records in the order they happened.
+/// Records in the order they happened (by `event_sequence`).
 pub async fn records(
     db: &PgPool,
     tenant: &TenantId,
     scope: RecordScope,
-    page: Page,
-) -> sqlx::Result<Vec<RecordView>> {
+    page: Page<i64>,
+) -> sqlx::Result<Paged<RecordView, i64>> {
     let (execution_id, workflow_id) = match scope {
         RecordScope::Execution(id) => (Some(id), None),
         RecordScope::Workflow(id) => (None, Some(id)),
     };
-    sqlx::query_as!(
+    let rows = sqlx::query_as!(
         RecordView,
         "SELECT event_id AS id, recorded_at AS timestamp, execution_id, workflow_id, step_id,
-                step_name, attempt, action, agent_id, author_agent_id, result, duration_ms
+                step_name, attempt, action, agent_id, author_agent_id, result, duration_ms,
+                event_sequence
          FROM execution_history
          WHERE tenant_id = $1 AND ($2::uuid IS NULL OR execution_id = $2)
-           AND ($3::uuid IS NULL OR workflow_id = $3)
-         ORDER BY event_sequence LIMIT $4 OFFSET $5",
+           AND ($3::uuid IS NULL OR workflow_id = $3) AND event_sequence > $4
+         ORDER BY event_sequence LIMIT $5",
         tenant.as_str(),
         execution_id,
         workflow_id,
-        page.limit,
-        page.offset,
+        page.after.unwrap_or(0),
+        page.fetch(),
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(Paged::of(rows, &page, |r| r.event_sequence))
 }
 
 /// An alert on an agent's performance.
@@ -303,6 +308,9 @@ pub struct AlertView {
     pub execution_id: Uuid,
     pub step_id: String,
     pub raised_at: DateTime<Utc>,
+    /// The list's sort key: where in the log the alert was raised.
+    #[serde(skip)]
+    pub event_sequence: i64,
 }
 
 /// Which alerts to list: every one the filters given match.
@@ -315,33 +323,34 @@ pub struct AlertFilter {
     pub execution_id: Option<Uuid>,
 }
 
-/// Alerts, newest first.
+/// Alerts, newest first (by `event_sequence` descending).
 pub async fn alerts(
     db: &PgPool,
     tenant: &TenantId,
     filter: AlertFilter,
-    page: Page,
-) -> sqlx::Result<Vec<AlertView>> {
-    sqlx::query_as!(
+    page: Page<i64>,
+) -> sqlx::Result<Paged<AlertView, i64>> {
+    let rows = sqlx::query_as!(
         AlertView,
         "SELECT id, agent_id, condition, task_type, crossing, value, threshold, sample, message,
-                workflow_id, execution_id, step_id, raised_at
+                workflow_id, execution_id, step_id, raised_at, event_sequence
          FROM alerts
          WHERE tenant_id = $1 AND ($2::uuid IS NULL OR agent_id = $2)
            AND ($3::text IS NULL OR condition = $3)
            AND ($4::text IS NULL OR task_type = $4)
            AND ($5::uuid IS NULL OR workflow_id = $5)
-           AND ($6::uuid IS NULL OR execution_id = $6)
-         ORDER BY event_sequence DESC LIMIT $7 OFFSET $8",
+           AND ($6::uuid IS NULL OR execution_id = $6) AND event_sequence < $7
+         ORDER BY event_sequence DESC LIMIT $8",
         tenant.as_str(),
         filter.agent_id,
         filter.condition.map(AlertCondition::as_str),
         filter.task_type.map(StepType::as_str),
         filter.workflow_id,
         filter.execution_id,
-        page.limit,
-        page.offset,
+        page.after.unwrap_or(i64::MAX),
+        page.fetch(),
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(Paged::of(rows, &page, |a| a.event_sequence))
 }
