@@ -18,15 +18,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
     let Some(template) = read::template(&app.db, &app.tenant, id).await? else {
         return Err(PageError::NotFound(format!("There is no template {id}.")));
     };
-    let agents = read::agents(
-        &app.db,
-        &app.tenant,
-        Page {
-            limit: 1000,
-            offset: 0,
-        },
-    )
-    .await?;
+    let agents = read::agents(&app.db, &app.tenant, Page::first(1000)).await?;
     let roles: Vec<String> =
         serde_json::from_value(template.required_agent_roles.clone()).unwrap_or_default();
     let definition = &template.template_definition;
