@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod describe;
 pub mod follow;
 pub mod manifest;
 pub mod output;
@@ -81,8 +82,12 @@ pub enum Command {
         /// Escalations: `open`, `resolved` or `closed`.
         #[arg(long)]
         status: Option<String>,
+        /// Only the ids, one a line (for scripts).
+        #[arg(short, long)]
+        quiet: bool,
     },
-    /// Show one agent, workflow, execution, escalation or template whole.
+    /// Show one agent, workflow, execution, escalation or template: an execution as how its
+    /// team worked and a template as its phases (`-o yaml` for them whole), the others whole.
     Describe {
         #[arg(value_enum)]
         kind: OneKind,
@@ -106,6 +111,9 @@ pub enum Command {
     Escalations {
         #[arg(long)]
         all: bool,
+        /// Only the ids, one a line (for scripts).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Decide about an escalation.
     Resolve {
@@ -298,7 +306,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kind,
             workflow,
             status,
+            quiet,
         } => {
+            let format = if quiet {
+                Listing::Ids
+            } else {
+                Listing::As(format)
+            };
             get(
                 &client,
                 format,
@@ -331,14 +345,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             };
             let value: Value = client.get(&path).await?;
-            output::print_one(format, &value);
+            match (format, kind) {
+                (Format::Table, OneKind::Execution) => {
+                    println!("{}", describe::execution(&client, &value).await?);
+                }
+                (Format::Table, OneKind::Template) => println!("{}", describe::template(&value)),
+                _ => output::print_one(format, &value),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel(control) => self::control(&client, format, "cancel", control).await,
         Command::Pause(control) => self::control(&client, format, "pause", control).await,
         Command::Resume(control) => self::control(&client, format, "resume", control).await,
-        Command::Escalations { all } => {
+        Command::Escalations { all, quiet } => {
             let status = (!all).then_some("open");
+            let format = if quiet {
+                Listing::Ids
+            } else {
+                Listing::As(format)
+            };
             get(&client, format, ListKind::Escalations, None, status).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -486,9 +511,16 @@ async fn agent_id(client: &Client, name: &str) -> anyhow::Result<cadre_proto::Ag
         .map(cadre_proto::AgentId)
 }
 
+/// How a list is printed: as `-o` says, or only the ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    As(Format),
+    Ids,
+}
+
 async fn get(
     client: &Client,
-    format: Format,
+    listing: Listing,
     kind: ListKind,
     workflow: Option<&str>,
     status: Option<&str>,
@@ -527,7 +559,7 @@ async fn get(
                     .list_all(&format!("/v1/workflows/{id}/executions"))
                     .await?
                 {
-                    if format == Format::Table {
+                    if listing == Listing::As(Format::Table) {
                         run["workflowName"] = listed["name"].clone();
                     }
                     runs.push(run);
@@ -536,6 +568,13 @@ async fn get(
             (runs, output::EXECUTIONS)
         }
     };
-    output::print(format, &Value::Array(items.clone()), &items, columns);
+    match listing {
+        Listing::As(format) => output::print(format, &Value::Array(items.clone()), &items, columns),
+        Listing::Ids => {
+            for item in &items {
+                println!("{}", output::cell(item, "id"));
+            }
+        }
+    }
     Ok(())
 }
