@@ -71,8 +71,16 @@ cadre describe template "Implement a feature"
 
 section "The run, as it happens (the demo is the person in the loop: it signs off the release)"
 show run "$workflow" --input "$input" --follow
-# In the background, so that this shell can act on what waits for a person meanwhile.
-"$bin/cadre" run "$workflow" --input "$input" --follow &
+# In the background, so that this shell can act on what waits for a person meanwhile; through
+# a pipe, so that it prints plain lines (a progress bar would garble the lines printed here).
+follow_pipe=.cadre/follow.pipe
+rm -f "$follow_pipe"
+mkfifo "$follow_pipe"
+run_files+=("$follow_pipe")
+cat "$follow_pipe" &
+printer=$!
+pids+=("$printer")
+"$bin/cadre" run "$workflow" --input "$input" --follow >"$follow_pipe" &
 follower=$!
 pids+=("$follower")
 deadline=$((SECONDS + run_timeout))
@@ -93,6 +101,7 @@ while kill -0 "$follower" 2>/dev/null; do
 done
 outcome=0
 wait "$follower" || outcome=$?
+wait "$printer" || true
 
 section "Final state"
 cadre get executions --workflow "$workflow"

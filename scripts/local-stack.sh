@@ -2,15 +2,19 @@
 # private nats-server, a database of their own, and the three services, each stopped (and the
 # database dropped) when the script ends, is interrupted (Ctrl-C) or is told to stop (TERM).
 # Uses the caller's `root` (the workspace) and `logs` (where each process writes its log, with
-# `log_prefix` before its name). A caller adds what else it starts in the background to `pids`.
+# `log_prefix` before its name). A caller adds what else it starts in the background to `pids`,
+# and files of the run's own to `run_files`.
 
 pids=()
+run_files=()
 # The database this run created, dropped when it ends (the run's events die with its NATS).
 created_database=""
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pids=()
+  for file in "${run_files[@]}"; do rm -f "$file"; done
+  run_files=()
   if [ -n "$created_database" ]; then
     psql "$admin" -qc "DROP DATABASE IF EXISTS $created_database WITH (FORCE)" >/dev/null 2>&1 || true
     created_database=""

@@ -150,12 +150,23 @@ pub async fn execution(client: &Client, execution: &Value) -> Result<String, Api
         .await?;
     lines.push(String::new());
     lines.push(format!("Handoffs ({})", handoffs.len()));
+    // One line per task taken over: who handed it on, to whom.
+    let mut taken: Vec<(String, String, Vec<String>)> = Vec::new();
     for h in &handoffs {
-        lines.push(format!(
-            "  {} -> {}: {}",
-            name(&h["fromAgent"]),
+        let (task, to, from) = (
+            text(&h["taskName"]),
             name(&h["toAgent"]),
-            text(&h["taskName"])
+            name(&h["fromAgent"]),
+        );
+        match taken.iter_mut().find(|(t, a, _)| t == task && *a == to) {
+            Some((_, _, froms)) => froms.push(from),
+            None => taken.push((task.to_owned(), to, vec![from])),
+        }
+    }
+    for (task, to, from) in taken {
+        lines.push(format!(
+            "  {to} took \"{task}\" on from {}",
+            from.join(", ")
         ));
     }
 
