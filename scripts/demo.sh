@@ -102,13 +102,16 @@ done
 outcome=0
 wait "$follower" || outcome=$?
 wait "$printer" || true
+rm -f "$follow_pipe"
 
 section "Final state"
 cadre get executions --workflow "$workflow"
 execution=$("$bin/cadre" get executions --workflow "$workflow" -q | sed -n 1p)
 
-section "How the team worked, read back from Postgres"
-cadre describe execution "$execution"
+if [ -n "$execution" ]; then
+  section "How the team worked, read back from Postgres"
+  cadre describe execution "$execution"
+fi
 
 status=0
 if [ "$outcome" != 0 ]; then

@@ -475,6 +475,7 @@ async fn a_workflow_from_a_template_is_applied_run_and_described() {
         "  Phase 4: Production Release (sequential)",
         "    production-approval  completed  Release manager (a person)",
         "Review rounds (",
+        "Dev took \"Deploy to production\" on from",
         "Knowledge passed on (",
         "approval of production-approval: approve by Release manager",
         "LLM usage: ",
