@@ -1,19 +1,29 @@
 # Sourced by scripts that run Cadre's services on this machine (demo.sh, schemathesis.sh): a
 # private nats-server, a database of their own, and the three services, each stopped (and the
-# database dropped) when the script ends. Uses the caller's `root` (the workspace) and `logs`
-# (where each process writes its log, with `log_prefix` before its name).
+# database dropped) when the script ends, is interrupted (Ctrl-C) or is told to stop (TERM).
+# Uses the caller's `root` (the workspace) and `logs` (where each process writes its log, with
+# `log_prefix` before its name). A caller adds what else it starts in the background to `pids`,
+# and files of the run's own to `run_files`.
 
 pids=()
+run_files=()
 # The database this run created, dropped when it ends (the run's events die with its NATS).
 created_database=""
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+  for file in "${run_files[@]}"; do rm -f "$file"; done
+  run_files=()
   if [ -n "$created_database" ]; then
     psql "$admin" -qc "DROP DATABASE IF EXISTS $created_database WITH (FORCE)" >/dev/null 2>&1 || true
+    created_database=""
   fi
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+# A trap that returned would let the script carry on after the interrupted command: stop here.
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 
 # A local port nothing listens on.
 free_port() {
@@ -69,4 +79,23 @@ start_services() {
   pids+=($!)
   "$bin/cadre-coordinator" >"$logs/${log_prefix}coordinator.log" 2>&1 &
   pids+=($!)
+}
+
+# Waits until the coordinator at `$1` (host:port) answers `GET /readyz` with 200, for at most a
+# minute; else shows the end of its log and stops the script. Plain bash: no curl needed.
+wait_ready() {
+  local host=${1%:*} port=${1##*:}
+  for _ in $(seq 1 300); do
+    if (
+      exec 3<>"/dev/tcp/$host/$port" &&
+        printf 'GET /readyz HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$1" >&3 &&
+        read -r _ status _ <&3 && [ "$status" = 200 ]
+    ) 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "the coordinator at $1 did not become ready; the end of its log:" >&2
+  tail -n 20 "$logs/${log_prefix}coordinator.log" >&2
+  exit 1
 }

@@ -14,17 +14,23 @@
 //! Every file is read and checked before anything is sent, so a mistake in one document
 //! creates nothing. Agents are applied before workflows, so a workflow may name an agent
 //! declared anywhere in the files. Apply exits non-zero when any document was refused or failed.
+//!
+//! A workflow made from a template (`template` and `agents`) is created with
+//! `POST /v1/templates/{id}/workflows`. To compare it with one already made, apply works out
+//! what that request makes of the template (each role becomes its agent's registered role, as
+//! README "Workflow templates" says), so a changed mapping, coordinator or template revision
+//! is refused like any other change.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use cadre_proto::AgentId;
-use cadre_proto::model::AgentProfile;
+use cadre_proto::model::{AgentProfile, WorkflowConfiguration};
 
 use crate::client::{ApiError, Client};
-use crate::manifest::{self, Document, FileError, Spec, WorkflowBody};
+use crate::manifest::{self, Document, FileError, FromTemplateSpec, Spec, WorkflowBody};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -95,38 +101,52 @@ pub async fn apply(
 
     let existing_agents = client.list_all("/v1/agents").await?;
     let mut agents: HashMap<String, Resolved> = HashMap::new();
-    for document in documents
+    // Each agent's registered role, for the workflows made from templates.
+    let mut roles: HashMap<AgentId, String> = existing_agents
         .iter()
-        .filter(|d| matches!(d.spec, Spec::Agent(_)))
-    {
+        .filter_map(|agent| {
+            let id = agent["id"].as_str()?.parse().ok()?;
+            Some((AgentId(id), agent["role"].as_str()?.to_owned()))
+        })
+        .collect();
+    for document in documents.iter() {
+        let Spec::Agent(spec) = &document.spec else {
+            continue;
+        };
         let outcome = apply_agent(client, document, &existing_agents).await?;
-        agents.insert(
-            document.name().to_owned(),
-            match (&outcome.id, outcome.ok()) {
-                (Some(id), true) => id
-                    .parse()
-                    .map(|id| Resolved::Id(AgentId(id)))
-                    .unwrap_or(Resolved::Refused),
-                _ => Resolved::Refused,
-            },
-        );
+        let resolved = match (&outcome.id, outcome.ok()) {
+            (Some(id), true) => id
+                .parse()
+                .map(|id| Resolved::Id(AgentId(id)))
+                .unwrap_or(Resolved::Refused),
+            _ => Resolved::Refused,
+        };
+        if let Resolved::Id(id) = resolved {
+            roles.insert(id, spec.role.clone());
+        }
+        agents.insert(document.name().to_owned(), resolved);
         report(&outcome);
         applied.push(outcome);
     }
 
-    let existing_workflows = client.list_all("/v1/workflows").await?;
+    let existing = Existing {
+        agents: existing_agents,
+        roles,
+        workflows: client.list_all("/v1/workflows").await?,
+        templates: if documents
+            .iter()
+            .any(|d| matches!(d.spec, Spec::FromTemplate(_)))
+        {
+            client.list_all("/v1/templates").await?
+        } else {
+            Vec::new()
+        },
+    };
     for document in documents
         .iter()
-        .filter(|d| matches!(d.spec, Spec::Workflow(_)))
+        .filter(|d| d.kind() == manifest::Kind::Workflow)
     {
-        let outcome = apply_workflow(
-            client,
-            document,
-            &mut agents,
-            &existing_agents,
-            &existing_workflows,
-        )
-        .await?;
+        let outcome = apply_workflow(client, document, &mut agents, &existing).await?;
         report(&outcome);
         applied.push(outcome);
     }
@@ -243,16 +263,20 @@ fn failed(document: &Document, error: ApiError) -> anyhow::Result<Applied> {
     Ok(outcome(document, None, Result::Failed, messages))
 }
 
+/// What was registered when apply started, and each agent's role since.
+struct Existing {
+    agents: Vec<Value>,
+    roles: HashMap<AgentId, String>,
+    workflows: Vec<Value>,
+    templates: Vec<Value>,
+}
+
 async fn apply_workflow(
     client: &Client,
     document: &Document,
     agents: &mut HashMap<String, Resolved>,
-    existing_agents: &[Value],
-    existing: &[Value],
+    existing: &Existing,
 ) -> anyhow::Result<Applied> {
-    let Spec::Workflow(spec) = &document.spec else {
-        unreachable!("only workflows are passed here")
-    };
     // Each agent reference: an id as written, else a name from this apply, else a registered one.
     let mut ids: HashMap<String, AgentId> = HashMap::new();
     let mut problems = Vec::new();
@@ -265,7 +289,7 @@ async fn apply_workflow(
                 "the agent '{name}' was refused or failed above; this workflow is not created \
                  with an older agent of that name"
             )),
-            (None, None) => match named(existing_agents, name).as_slice() {
+            (None, None) => match named(&existing.agents, name).as_slice() {
                 [id] => id
                     .parse()
                     .map(AgentId)
@@ -288,53 +312,239 @@ async fn apply_workflow(
             }
         }
     }
-    if !problems.is_empty() {
-        return Ok(outcome(document, None, Result::Refused, problems));
-    }
-    let body: WorkflowBody = spec.body(|reference| ids[reference])?;
-
-    let mut differences = Vec::new();
-    for id in named(existing, &spec.name) {
-        let current: Value = client.get(&format!("/v1/workflows/{id}")).await?;
-        match serde_json::from_value::<WorkflowBody>(current) {
-            Ok(current) => {
-                let differ = body.differences(&current);
-                if differ.is_empty() {
-                    return Ok(outcome(
-                        document,
-                        Some(id.to_owned()),
-                        Result::Unchanged,
-                        vec![],
-                    ));
-                }
-                differences.push(format!(
-                    "the workflow {id} has this name and differs in {}",
-                    differ.join(", ")
-                ));
+    match &document.spec {
+        Spec::Workflow(spec) => {
+            if !problems.is_empty() {
+                return Ok(outcome(document, None, Result::Refused, problems));
             }
-            Err(error) => differences.push(format!(
+            let body: WorkflowBody = spec.body(|reference| ids[reference])?;
+            if let Some(done) = same_name(client, document, &existing.workflows, |current| {
+                Ok(body.differences(&serde_json::from_value(current)?))
+            })
+            .await?
+            {
+                return Ok(done);
+            }
+            match client
+                .post::<Value>("/v1/workflows", &serde_json::to_value(&body)?)
+                .await
+            {
+                Ok(created) => Ok(created_outcome(document, &created)),
+                Err(error) => failed(document, error),
+            }
+        }
+        Spec::FromTemplate(spec) => {
+            let template = match named_or_id(&existing.templates, &spec.template) {
+                Ok(template) => Some(template),
+                Err(message) => {
+                    problems.push(document.error_at("/template", message).to_string());
+                    None
+                }
+            };
+            let Some(template) = template.filter(|_| problems.is_empty()) else {
+                return Ok(outcome(document, None, Result::Refused, problems));
+            };
+            let template_id = template["id"].as_str().unwrap_or_default();
+            let mut roles = existing.roles.clone();
+            for id in ids.values() {
+                if !roles.contains_key(id) {
+                    let agent: AgentProfile = client.get(&format!("/v1/agents/{id}")).await?;
+                    roles.insert(*id, agent.role);
+                }
+            }
+            // Unmapped or unknown roles: the API says which when the request is sent.
+            if let Some(expected) = from_template(template, spec, &ids, &roles)
+                && let Some(done) = same_name(client, document, &existing.workflows, |current| {
+                    let mut differ = Vec::new();
+                    if current["templateId"].as_str() != Some(template_id) {
+                        differ.push("template");
+                    }
+                    differ.extend(expected.differences(&serde_json::from_value(current)?));
+                    Ok(differ)
+                })
+                .await?
+            {
+                return Ok(done);
+            }
+            let mut body = json!({
+                "name": spec.name,
+                "agents": spec.agents.iter()
+                    .map(|(role, reference)| (role.clone(), json!(ids[reference])))
+                    .collect::<serde_json::Map<String, Value>>(),
+            });
+            if let Some(description) = &spec.description {
+                body["description"] = json!(description);
+            }
+            if let Some(coordinator) = &spec.coordinator_agent_id {
+                body["coordinatorAgentId"] = json!(ids[coordinator]);
+            }
+            match client
+                .post::<Value>(&format!("/v1/templates/{template_id}/workflows"), &body)
+                .await
+            {
+                Ok(created) => Ok(created_outcome(document, &created)),
+                Err(error) => failed(document, error),
+            }
+        }
+        Spec::Agent(_) => unreachable!("only workflows are passed here"),
+    }
+}
+
+fn created_outcome(document: &Document, created: &Value) -> Applied {
+    outcome(
+        document,
+        created["id"].as_str().map(str::to_owned),
+        Result::Created,
+        vec![],
+    )
+}
+
+/// What to do when workflows named as the document exist: `unchanged` when one has no
+/// `differences` from it, else `refused` naming them; `None` when none has the name.
+async fn same_name(
+    client: &Client,
+    document: &Document,
+    workflows: &[Value],
+    differences: impl Fn(Value) -> serde_json::Result<Vec<&'static str>>,
+) -> anyhow::Result<Option<Applied>> {
+    let mut messages = Vec::new();
+    for id in named(workflows, document.name()) {
+        let current: Value = client.get(&format!("/v1/workflows/{id}")).await?;
+        match differences(current) {
+            Ok(differ) if differ.is_empty() => {
+                return Ok(Some(outcome(
+                    document,
+                    Some(id.to_owned()),
+                    Result::Unchanged,
+                    vec![],
+                )));
+            }
+            Ok(differ) => messages.push(format!(
+                "the workflow {id} has this name and differs in {}",
+                differ.join(", ")
+            )),
+            Err(error) => messages.push(format!(
                 "the workflow {id} has this name (and reads differently: {error})"
             )),
         }
     }
-    if !differences.is_empty() {
-        differences.push(
-            "workflows cannot be changed: give the changed workflow another name (its runs \
-             stay with the old one)"
-                .to_owned(),
-        );
-        return Ok(refused(document, differences));
+    if messages.is_empty() {
+        return Ok(None);
     }
-    match client
-        .post::<Value>("/v1/workflows", &serde_json::to_value(&body)?)
-        .await
-    {
-        Ok(created) => Ok(outcome(
-            document,
-            created["id"].as_str().map(str::to_owned),
-            Result::Created,
-            vec![],
+    messages.push(
+        "workflows cannot be changed: give the changed workflow another name (its runs \
+         stay with the old one)"
+            .to_owned(),
+    );
+    Ok(Some(refused(document, messages)))
+}
+
+/// The one item of `list` whose id or name is `reference`.
+fn named_or_id<'a>(list: &'a [Value], reference: &str) -> std::result::Result<&'a Value, String> {
+    let found: Vec<&Value> = list
+        .iter()
+        .filter(|item| item["id"].as_str() == Some(reference))
+        .chain(
+            list.iter()
+                .filter(|item| item["name"].as_str() == Some(reference)),
+        )
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!(
+            "no template is named '{reference}' (`cadre get templates` lists them)"
         )),
-        Err(error) => failed(document, error),
+        several => Err(format!(
+            "several templates are named '{reference}': name one by its id ({})",
+            several
+                .iter()
+                .filter_map(|t| t["id"].as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
+}
+
+/// Roles are compared without case, as the API compares them.
+fn role_key(role: &str) -> String {
+    role.trim().to_lowercase()
+}
+
+/// The workflow `POST /v1/templates/{id}/workflows` makes of `template` (a template as the API
+/// lists it) for `spec`: the mapped agents in the order of the template's roles, then the
+/// coordinator; each role the configuration names becomes the registered role of its agent,
+/// and a step whose agent shares its registered role with another mapped agent is pinned to
+/// it. `None` when the roles are not mapped as the template needs.
+fn from_template(
+    template: &Value,
+    spec: &FromTemplateSpec,
+    ids: &HashMap<String, AgentId>,
+    roles: &HashMap<AgentId, String>,
+) -> Option<WorkflowBody> {
+    let required: Vec<String> =
+        serde_json::from_value(template["requiredAgentRoles"].clone()).ok()?;
+    let mut mapped: HashMap<String, AgentId> = HashMap::new();
+    for (role, reference) in &spec.agents {
+        let key = role_key(role);
+        if !required.iter().any(|r| role_key(r) == key)
+            || mapped.insert(key, *ids.get(reference)?).is_some()
+        {
+            return None;
+        }
+    }
+    let mut participating_agents = Vec::new();
+    for role in &required {
+        let id = *mapped.get(&role_key(role))?;
+        if !participating_agents.contains(&id) {
+            participating_agents.push(id);
+        }
+    }
+    let coordinator = match &spec.coordinator_agent_id {
+        Some(reference) => Some(*ids.get(reference)?),
+        None => None,
+    };
+    if let Some(id) = coordinator
+        && !participating_agents.contains(&id)
+    {
+        participating_agents.push(id);
+    }
+    let registered = |id: &AgentId| roles.get(id).map(|role| role_key(role));
+    let ambiguous = |id: &AgentId| {
+        mapped
+            .values()
+            .any(|other| other != id && registered(other) == registered(id))
+    };
+    let agent_role = |role: &mut String| {
+        if let Some(registered) = mapped.get(&role_key(role)).and_then(|id| roles.get(id)) {
+            role.clone_from(registered);
+        }
+    };
+    let mut configuration: WorkflowConfiguration =
+        serde_json::from_value(template["templateDefinition"].clone()).ok()?;
+    for step in &mut configuration.steps {
+        if let Some(id) = step
+            .assigned_agent_role
+            .as_deref()
+            .and_then(|role| mapped.get(&role_key(role)))
+            && ambiguous(id)
+        {
+            step.preferred_agent_id = Some(*id);
+        }
+        step.assigned_agent_role.iter_mut().for_each(agent_role);
+        step.reviewer_role.iter_mut().for_each(agent_role);
+    }
+    for lead in &mut configuration.escalation.leads {
+        agent_role(&mut lead.role);
+    }
+    Some(WorkflowBody {
+        name: spec.name.clone(),
+        description: spec
+            .description
+            .clone()
+            .or_else(|| template["description"].as_str().map(str::to_owned))?,
+        workflow_type: serde_json::from_value(template["workflowType"].clone()).ok()?,
+        participating_agents,
+        coordinator_agent_id: coordinator,
+        configuration,
+    })
 }

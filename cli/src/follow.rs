@@ -4,11 +4,12 @@
 //! The execution's own feed (`GET /v1/executions/{id}/events`) carries its events and its
 //! interactions, from its start, and ends after the event that ends the run. A dropped
 //! connection is reopened after the last event seen (`Last-Event-ID`), so nothing is lost or
-//! shown twice.
+//! shown twice. Once the run ended, following waits (briefly) for the read models to show its
+//! end, so that a `cadre get` or `cadre describe` right after reads the run as it ended.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
@@ -92,6 +93,7 @@ pub async fn follow(
             };
             if let Some(outcome) = view.show(&envelope.event) {
                 view.finish();
+                settle(client, execution).await;
                 return Ok(Some(outcome));
             }
         }
@@ -100,6 +102,28 @@ pub async fn follow(
             anyhow::bail!("the event feed keeps closing; gave up after {MAX_RECONNECTS} tries");
         }
         tokio::time::sleep(backoff(failures)).await;
+    }
+}
+
+/// How long a run that ended is waited for in the read models.
+const SETTLE: Duration = Duration::from_secs(15);
+
+/// Waits until the read models show `execution` ended, for at most [`SETTLE`]. The projector
+/// applies the log in order, so by then they hold the rest of the run too (its interactions,
+/// knowledge, escalations, usage).
+async fn settle(client: &Client, execution: ExecutionId) {
+    let deadline = Instant::now() + SETTLE;
+    let path = format!("/v1/executions/{execution}");
+    while Instant::now() < deadline {
+        if let Ok(view) = client.get::<serde_json::Value>(&path).await
+            && matches!(
+                view["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            )
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod describe;
 pub mod follow;
 pub mod manifest;
 pub mod output;
@@ -94,8 +95,12 @@ pub enum Command {
         /// At most this many items (default: all, page after page).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
+        /// Only the ids, one a line (for scripts).
+        #[arg(short, long)]
+        quiet: bool,
     },
-    /// Show one agent, workflow, execution, escalation or template whole.
+    /// Show one agent, workflow, execution, escalation or template: an execution as how its
+    /// team worked and a template as its phases (`-o yaml` for them whole), the others whole.
     Describe {
         #[arg(value_enum)]
         kind: OneKind,
@@ -119,6 +124,9 @@ pub enum Command {
     Escalations {
         #[arg(long)]
         all: bool,
+        /// Only the ids, one a line (for scripts).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Decide about an escalation.
     Resolve {
@@ -314,6 +322,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             since,
             until,
             limit,
+            quiet,
         } => {
             let filters = Filters {
                 workflow,
@@ -322,7 +331,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 until,
                 limit: limit.and_then(|l| usize::try_from(l).ok()),
             };
-            get(&client, format, kind, filters).await?;
+            get(&client, listing(format, quiet), kind, filters).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Describe { kind, name } => {
@@ -347,13 +356,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             };
             let value: Value = client.get(&path).await?;
-            output::print_one(format, &value);
+            match (format, kind) {
+                (Format::Table, OneKind::Execution) => {
+                    println!("{}", describe::execution(&client, &value).await?);
+                }
+                (Format::Table, OneKind::Template) => println!("{}", describe::template(&value)),
+                _ => output::print_one(format, &value),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel(control) => self::control(&client, format, "cancel", control).await,
         Command::Pause(control) => self::control(&client, format, "pause", control).await,
         Command::Resume(control) => self::control(&client, format, "resume", control).await,
-        Command::Escalations { all } => {
+        Command::Escalations { all, quiet } => {
             let filters = Filters {
                 workflow: None,
                 status: (!all).then(|| "open".to_owned()),
@@ -361,7 +376,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 until: None,
                 limit: None,
             };
-            get(&client, format, ListKind::Escalations, filters).await?;
+            get(
+                &client,
+                listing(format, quiet),
+                ListKind::Escalations,
+                filters,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Resolve {
@@ -531,9 +552,25 @@ fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
     }
 }
 
+/// How a list is printed: as `-o` says, or only the ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    As(Format),
+    Ids,
+}
+
+/// `-q` prints only the ids; otherwise the list is printed as `-o` says.
+fn listing(format: Format, quiet: bool) -> Listing {
+    if quiet {
+        Listing::Ids
+    } else {
+        Listing::As(format)
+    }
+}
+
 async fn get(
     client: &Client,
-    format: Format,
+    listing: Listing,
     kind: ListKind,
     filters: Filters,
 ) -> anyhow::Result<()> {
@@ -582,7 +619,7 @@ async fn get(
         }
     };
     let mut items = client.list(&path, filters.limit).await?;
-    if kind == ListKind::Executions && format == Format::Table {
+    if kind == ListKind::Executions && listing == Listing::As(Format::Table) {
         // The table names each run's workflow; runs carry only its id.
         let workflows = client.list_all("/v1/workflows").await?;
         let names: std::collections::HashMap<&str, &Value> = workflows
@@ -595,6 +632,13 @@ async fn get(
             }
         }
     }
-    output::print(format, &Value::Array(items.clone()), &items, columns);
+    match listing {
+        Listing::As(format) => output::print(format, &Value::Array(items.clone()), &items, columns),
+        Listing::Ids => {
+            for item in &items {
+                println!("{}", output::cell(item, "id"));
+            }
+        }
+    }
     Ok(())
 }

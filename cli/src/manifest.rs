@@ -5,7 +5,8 @@
 //! `kind: Workflow` with the fields of the API's body (`POST /v1/agents`, `POST /v1/workflows`,
 //! camelCase). A workflow may name its agents by name where the API wants ids
 //! (`participatingAgents`, `coordinatorAgentId`, `configuration.steps[].preferredAgentId`);
-//! `apply` resolves them.
+//! `apply` resolves them. A workflow may instead be made from a template (`template`, and
+//! `agents` mapping each of its roles to an agent: `POST /v1/templates/{id}/workflows`'s body).
 //!
 //! YAML is read with `serde-saphyr`: maintained, pure Rust with `#![forbid(unsafe_code)]`, built
 //! for panic-free parsing and located errors, and able to give each value's location
@@ -269,6 +270,23 @@ pub struct WorkflowSpec {
     pub configuration: Value,
 }
 
+/// A workflow made from a template: `POST /v1/templates/{id}/workflows`'s body, with the
+/// template and the agents by name or id.
+#[derive(Debug, Clone, DeriveDeserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FromTemplateSpec {
+    pub name: String,
+    /// The template's when absent.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The template's name or id.
+    pub template: String,
+    /// Each role of the template, and the agent that takes it.
+    pub agents: BTreeMap<String, String>,
+    #[serde(default)]
+    pub coordinator_agent_id: Option<String>,
+}
+
 /// `POST /v1/workflows`'s body with ids, as sent, and as an existing workflow is compared.
 #[derive(Debug, Clone, PartialEq, DeriveDeserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -317,6 +335,7 @@ pub struct AgentRef {
 pub enum Spec {
     Agent(AgentSpec),
     Workflow(WorkflowSpec),
+    FromTemplate(FromTemplateSpec),
 }
 
 /// One document of a file: what it declares, and where each of its fields is.
@@ -331,7 +350,7 @@ impl Document {
     pub fn kind(&self) -> Kind {
         match self.spec {
             Spec::Agent(_) => Kind::Agent,
-            Spec::Workflow(_) => Kind::Workflow,
+            Spec::Workflow(_) | Spec::FromTemplate(_) => Kind::Workflow,
         }
     }
 
@@ -339,6 +358,7 @@ impl Document {
         match &self.spec {
             Spec::Agent(agent) => &agent.name,
             Spec::Workflow(workflow) => &workflow.name,
+            Spec::FromTemplate(workflow) => &workflow.name,
         }
     }
 
@@ -372,10 +392,27 @@ impl Document {
 
     /// Every place this workflow names an agent, in document order.
     pub fn agent_refs(&self) -> Vec<AgentRef> {
-        let Spec::Workflow(workflow) = &self.spec else {
-            return vec![];
-        };
-        agent_refs(workflow)
+        match &self.spec {
+            Spec::Agent(_) => vec![],
+            Spec::Workflow(workflow) => agent_refs(workflow),
+            Spec::FromTemplate(workflow) => workflow
+                .agents
+                .iter()
+                .map(|(role, reference)| AgentRef {
+                    pointer: format!("/agents/{}", escape(role)),
+                    reference: reference.clone(),
+                })
+                .chain(
+                    workflow
+                        .coordinator_agent_id
+                        .iter()
+                        .map(|reference| AgentRef {
+                            pointer: "/coordinatorAgentId".into(),
+                            reference: reference.clone(),
+                        }),
+                )
+                .collect(),
+        }
     }
 }
 
@@ -572,6 +609,27 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
         };
         let spec = match kind {
             Kind::Agent => typed::<AgentSpec>(&value, "").map(Spec::Agent),
+            Kind::Workflow if value.get("template").is_some() => {
+                // Said here, or the fields of the other form would each be "unknown".
+                let other: Vec<(String, String)> = ["participatingAgents", "configuration"]
+                    .into_iter()
+                    .filter(|field| value.get(field).is_some())
+                    .map(|field| {
+                        (
+                            format!("/{field}"),
+                            "a workflow made from a template has its template's configuration \
+                             and the agents its roles map to: give either `template` and \
+                             `agents`, or `participatingAgents` and `configuration`"
+                                .to_owned(),
+                        )
+                    })
+                    .collect();
+                if other.is_empty() {
+                    typed::<FromTemplateSpec>(&value, "").map(Spec::FromTemplate)
+                } else {
+                    Err(other)
+                }
+            }
             Kind::Workflow => typed::<WorkflowSpec>(&value, "").and_then(|workflow| {
                 // The configuration as the API will read it, with any id standing in for names.
                 let stand_in = AgentId(uuid::Uuid::nil());
@@ -794,6 +852,70 @@ configuration:
         assert_eq!(
             errors[0].to_string(),
             "bad.yaml:2:7: unclosed bracket '['",
+            "{errors:?}"
+        );
+    }
+
+    const FROM_TEMPLATE: &str = "\
+kind: Workflow
+name: Inspections
+template: Implement a feature
+agents:
+  security: Sasha
+  api: 5f0c7d2e-8d1c-4f5e-9a53-3f2b1c0d9e8a
+coordinatorAgentId: Meta
+";
+
+    #[test]
+    fn a_workflow_from_a_template_names_its_agents_by_role() {
+        let documents = parse("team.yaml", FROM_TEMPLATE).unwrap();
+        assert_eq!(documents[0].kind(), Kind::Workflow);
+        let Spec::FromTemplate(spec) = &documents[0].spec else {
+            panic!(
+                "not read as a workflow from a template: {:?}",
+                documents[0].spec
+            )
+        };
+        assert_eq!(spec.template, "Implement a feature");
+        let refs: Vec<_> = documents[0]
+            .agent_refs()
+            .into_iter()
+            .map(|r| (r.pointer, r.reference))
+            .collect();
+        assert_eq!(
+            refs,
+            [
+                (
+                    "/agents/api".to_owned(),
+                    "5f0c7d2e-8d1c-4f5e-9a53-3f2b1c0d9e8a".to_owned()
+                ),
+                ("/agents/security".to_owned(), "Sasha".to_owned()),
+                ("/coordinatorAgentId".to_owned(), "Meta".to_owned()),
+            ]
+        );
+        assert_eq!(
+            documents[0].place("/agents/security"),
+            Some(Place { line: 5, column: 3 })
+        );
+    }
+
+    #[test]
+    fn a_workflow_is_made_from_a_template_or_from_steps_not_both() {
+        let text = format!("{FROM_TEMPLATE}participatingAgents: [Sasha]\n");
+        let errors = parse("team.yaml", &text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with("team.yaml:8:1: participatingAgents: a workflow made from a template"),
+            "{errors:?}"
+        );
+        let errors =
+            parse("team.yaml", &FROM_TEMPLATE.replace("template:", "templat:")).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e
+                .to_string()
+                .contains("missing field `participatingAgents`")),
             "{errors:?}"
         );
     }

@@ -11,6 +11,9 @@ pub enum Format {
     Yaml,
 }
 
+/// Narrower than this, a terminal's width is not believed.
+const MIN_WIDTH: u16 = 20;
+
 /// A column: its header and how a row's cell is read from an item.
 pub type Column = (&'static str, fn(&Value) -> String);
 
@@ -29,6 +32,11 @@ pub fn print(format: Format, value: &Value, rows: &[Value], columns: &[Column]) 
                 .load_style(NOTHING)
                 .set_content_arrangement(ContentArrangement::Dynamic)
                 .set_header(columns.iter().map(|(header, _)| *header));
+            // A terminal that does not know its width (0 columns: a pseudo-terminal nobody
+            // sized, as `script` makes without one) would squeeze every column to a character.
+            if table.width().is_some_and(|width| width < MIN_WIDTH) {
+                table.set_content_arrangement(ContentArrangement::Disabled);
+            }
             for row in rows {
                 table.add_row(columns.iter().map(|(_, cell)| cell(row)));
             }

@@ -1,6 +1,8 @@
 //! The `cadre` binary against the three services on a real NATS JetStream and Postgres:
 //! apply (then apply again), run --follow to the end, act on an escalation, cancel a followed
-//! run, and the errors a person sees for a bad file and for a workflow the API refuses.
+//! run, and the errors a person sees for a bad file and for a workflow the API refuses; and
+//! `make demo`'s team file: a workflow made from a template, applied, run with its approval
+//! resolved by id (`-q`), and described as the team worked.
 
 // Test code: a panic is the failure report, in helpers as in tests.
 #![allow(clippy::unwrap_used)]
@@ -344,4 +346,161 @@ async fn a_file_error_names_file_line_and_field_and_sends_nothing() {
         "{}",
         text(&output)
     );
+}
+
+/// Every line of `cadre ... -q`: the ids.
+fn ids(output: &Output) -> Vec<String> {
+    assert!(output.status.success(), "{}", text(output));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_workflow_from_a_template_is_applied_run_and_described() {
+    let stack = Stack::start().await;
+    let api = stack.api.base().to_owned();
+    let api = api.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let team = example("feature-team.yaml");
+    let workflow = "Real-time inspection collaboration";
+
+    // The team and the workflow its roles make of the template; again, nothing changes.
+    let applied = cadre(api, &["apply", "-f", &team]).await;
+    let shown = text(&applied);
+    assert!(applied.status.success(), "{shown}");
+    for line in [
+        "agent/Sasha created",
+        "agent/Meta created",
+        "workflow/Real-time inspection collaboration created",
+    ] {
+        assert!(shown.contains(line), "{line} in:\n{shown}");
+    }
+    let again = cadre(api, &["apply", "-f", &team, "-o", "json"]).await;
+    let results: Vec<String> = json(&again)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["result"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(results, ["unchanged"; 8], "{}", text(&again));
+    let made = json(&cadre(api, &["describe", "workflow", workflow, "-o", "json"]).await);
+    assert!(made["templateId"].is_string(), "{made}");
+
+    // Two roles swapped between the same agents: the same participants, another workflow.
+    let swapped = write(
+        dir.path(),
+        "swapped.yaml",
+        &std::fs::read_to_string(&team)
+            .unwrap()
+            .replace("security: Sasha", "security: Ari")
+            .replace("api: Ari", "api: Sasha"),
+    );
+    let refused = cadre(api, &["apply", "-f", &swapped]).await;
+    let shown = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("workflow/Real-time inspection collaboration refused"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("differs in participatingAgents, configuration"),
+        "{shown}"
+    );
+    // A template nobody registered is named at its line.
+    let unknown = write(
+        dir.path(),
+        "unknown.yaml",
+        "kind: Workflow\nname: Elsewhere\ntemplate: Build a bridge\nagents: {security: Sasha}\n",
+    );
+    let refused = cadre(api, &["apply", "-f", &unknown]).await;
+    let shown = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "{unknown}:3:1: template: no template is named 'Build a bridge'"
+        )),
+        "{shown}"
+    );
+
+    // The template for people: its phases.
+    let described = text(&cadre(api, &["describe", "template", "Implement a feature"]).await);
+    for line in [
+        "Template \"Implement a feature\" (development, system",
+        "Phase 1: Analysis & Design (parallel): threat-model, schema-design, ux-requirements",
+        "Phase 4: Production Release (sequential): deploy-staging, smoke-tests, \
+         production-approval, deploy-production",
+    ] {
+        assert!(described.contains(line), "{line} in:\n{described}");
+    }
+
+    // Followed to its end, while its sign-off is found by id and approved.
+    let input = example("feature-input.json");
+    let follower = command(api, &["run", workflow, "--input", &input, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let escalation = eventually(Duration::from_secs(120), "the release to wait", || async {
+        let args = [
+            "get",
+            "escalations",
+            "--workflow",
+            workflow,
+            "--status",
+            "open",
+            "-q",
+        ];
+        ids(&cadre(api, &args).await).into_iter().next()
+    })
+    .await;
+    let resolved = cadre(
+        api,
+        &[
+            "resolve",
+            &escalation,
+            "--action",
+            "approve",
+            "--by",
+            "Release manager",
+        ],
+    )
+    .await;
+    assert!(resolved.status.success(), "{}", text(&resolved));
+    let followed = tokio::time::timeout(Duration::from_secs(120), follower.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let shown = text(&followed);
+    assert!(followed.status.success(), "{shown}");
+    assert!(
+        shown.contains("[production-approval] resolved by Release manager: approve"),
+        "{shown}"
+    );
+
+    // Right after the follower ended, the read models show the run as it ended.
+    let runs = ids(&cadre(api, &["get", "executions", "--workflow", workflow, "-q"]).await);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let described = text(&cadre(api, &["describe", "execution", &runs[0]]).await);
+    for line in [
+        "of \"Real-time inspection collaboration\"",
+        "status: completed",
+        "  Phase 1: Analysis & Design (parallel)",
+        "    threat-model         completed  Sasha",
+        "role matches 'security'",
+        "  Phase 4: Production Release (sequential)",
+        "    production-approval  completed  Release manager (a person)",
+        "Review rounds (",
+        "Dev took \"Deploy to production\" on from",
+        "Knowledge passed on (",
+        "approval of production-approval: approve by Release manager",
+        "LLM usage: ",
+    ] {
+        assert!(described.contains(line), "{line} in:\n{described}");
+    }
+    let whole = json(&cadre(api, &["describe", "execution", &runs[0], "-o", "json"]).await);
+    assert_eq!(whole["status"], "completed");
+
+    stack.stop().await;
 }

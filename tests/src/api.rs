@@ -1,4 +1,4 @@
-//! A small client for the coordinator's HTTP API, shared by the tests, the demo and the bench.
+//! A small client for the coordinator's HTTP API, shared by the tests and the bench.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The harness for Cadre's end-to-end tests, demo and benchmark.
+//! The harness for Cadre's end-to-end tests and benchmark.
 //!
 //! Every test gets its own `nats-server` (a free port, a temporary JetStream store) and its own
 //! Postgres database, and runs the three services in-process against them. Only the LLM is
