@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use restate_sdk::prelude::{Endpoint, HttpServer};
@@ -66,7 +66,12 @@ async fn main() -> anyhow::Result<()> {
     // Stop the server and remove its data however the run ends: finished, failed or signalled.
     let outcome = tokio::select! {
         outcome = bench(&server, mode, executions, steps, in_flight) => outcome,
-        signal = shutdown_signal() => Err(anyhow!("stopped by {signal}")),
+        signal = shutdown_signal() => {
+            server.stop().await;
+            drop(data);
+            eprintln!("stopped by {signal}");
+            std::process::exit(130);
+        }
     };
     if outcome.is_err() {
         server.print_log_tail();
