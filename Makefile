@@ -1,5 +1,5 @@
 # Cadre's commands. `make demo` runs a workflow end to end; `make test` runs every check.
-.PHONY: demo test bench lint
+.PHONY: demo test bench bench-peers lint
 
 demo:
 	@bash scripts/demo.sh
@@ -9,6 +9,10 @@ test:
 
 bench:
 	@bash scripts/bench.sh
+
+# Cadre and Restate side by side on the same workload (see README, "Side by side with Restate").
+bench-peers:
+	@bash scripts/bench-peers.sh
 
 lint:
 	cargo fmt --all --check

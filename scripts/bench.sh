@@ -11,6 +11,8 @@
 #                             handoff, execution latency, overlap and projection lag;
 #                             starts: start BENCH_EXECUTIONS executions of one workflow as fast
 #                             as the API accepts them, print starts/s and request latency only
+#                             sequential: one execution at a time (low load), each started once
+#                             the one before is visible in the read models, print ms per step
 #   BENCH_START_PARALLELISM (64)  concurrent HTTP clients starting executions
 #   BENCH_WORKFLOWS (1)       run mode: spread the executions over this many identical workflows
 #   BENCH_LATENCY_MS (0)      simulated LLM latency of the offline provider
@@ -19,6 +21,7 @@
 #   make bench
 #   BENCH_SHAPE=dag BENCH_STEPS=50 BENCH_FANOUT=10 BENCH_EXECUTIONS=200 make bench
 #   BENCH_MODE=starts BENCH_EXECUTIONS=1000 make bench
+#   BENCH_MODE=sequential BENCH_EXECUTIONS=100 make bench
 # A working nats-server in NATS_SERVER_BIN is used as is; otherwise scripts/services-env.sh
 # installs one under .cadre/.
 set -euo pipefail

@@ -9,7 +9,9 @@
 //!   then fan-in, so up to `BENCH_FANOUT` steps of one execution run at once).
 //! - `BENCH_MODE`: `run` (default: start the executions, wait for all of them to finish and for
 //!   the projector to catch up) or `starts` (start the executions of one workflow as fast as the
-//!   API accepts them and measure only the start requests; the executions are not waited for).
+//!   API accepts them and measure only the start requests; the executions are not waited for)
+//!   or `sequential` (low load: one execution at a time, each started when the one before is
+//!   visible in the read models; prints the time per step).
 //! - `BENCH_EXECUTIONS` (1000), `BENCH_STEPS` (5), `BENCH_FANOUT` (10), `BENCH_WORKFLOWS` (1,
 //!   `run` mode only), `BENCH_START_PARALLELISM` (64 concurrent HTTP clients),
 //!   `BENCH_LATENCY_MS` (0), `BENCH_WORKER_CONCURRENCY` (256), `BENCH_COORDINATOR_SHARDS` (128).
@@ -22,6 +24,9 @@
 //! Times are the server's store timestamps of the events (one clock: everything runs on this
 //! machine); projection lag is the time the projector's commit notification arrives minus the
 //! store time of the events it covers.
+//!
+//! The last line is `result: steps_per_s=…` (`run`) or `result: ms_per_step=…` (`sequential`),
+//! for `scripts/bench-peers.sh`; both count only once every read model is projected.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -201,15 +206,17 @@ async fn main() -> anyhow::Result<()> {
         },
         other => anyhow::bail!("BENCH_SHAPE must be 'pipeline' or 'dag', not '{other}'"),
     };
-    let starts_only = match choice("BENCH_MODE", "run").as_str() {
-        "run" => false,
-        "starts" => true,
-        other => anyhow::bail!("BENCH_MODE must be 'run' or 'starts', not '{other}'"),
+    let mode = choice("BENCH_MODE", "run");
+    let (starts_only, sequential) = match mode.as_str() {
+        "run" => (false, false),
+        "starts" => (true, false),
+        "sequential" => (false, true),
+        other => anyhow::bail!("BENCH_MODE must be 'run', 'starts' or 'sequential', not '{other}'"),
     };
     // Starts of one workflow queue behind each other (execution numbers are consecutive);
     // spreading the executions over several identical workflows shows the steps' own ceiling.
     // The starts measurement is of one workflow.
-    let workflows = if starts_only {
+    let workflows = if starts_only || sequential {
         1
     } else {
         setting("BENCH_WORKFLOWS", 1).max(1)
@@ -217,7 +224,12 @@ async fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    if starts_only {
+    if sequential {
+        println!(
+            "cadre bench (sequential): {executions} executions x {steps} steps, one at a time, \
+             offline provider latency {latency_ms} ms, {cores} cores"
+        );
+    } else if starts_only {
         println!(
             "cadre bench (starts): {executions} starts of one {steps}-step {} workflow from \
              {start_parallelism} concurrent HTTP clients, offline provider latency {latency_ms} ms, \
@@ -265,6 +277,9 @@ async fn main() -> anyhow::Result<()> {
         // The executions are still running: stop the services under them, as a deploy would.
         stack.stop().await;
         return outcome;
+    }
+    if sequential {
+        return measure_sequential(stack, &workflow_ids[0], executions, steps).await;
     }
     measure_runs(
         stack,
@@ -380,6 +395,7 @@ async fn measure_runs(
         }
     });
 
+    let first_sent = Utc::now();
     let wall = Instant::now();
     let http_latencies = futures::stream::iter(0..executions)
         .map(|i| {
@@ -471,8 +487,18 @@ async fn measure_runs(
         sqlx::query_scalar("SELECT count(*) FROM workflow_executions WHERE status = 'completed'")
             .fetch_one(&stack.db.pool)
             .await?;
-    projection.abort();
+    // The checkpoint can be read before its commit's notification arrives: wait for it.
     let mut commits: Vec<(u64, DateTime<Utc>)> = Vec::new();
+    while commits
+        .last()
+        .is_none_or(|(covered, _)| *covered < last_sequence)
+    {
+        match tokio::time::timeout(Duration::from_secs(5), commit_receiver.recv()).await {
+            Ok(Some(commit)) => commits.push(commit),
+            _ => break,
+        }
+    }
+    projection.abort();
     while let Ok(commit) = commit_receiver.try_recv() {
         commits.push(commit);
     }
@@ -542,9 +568,25 @@ async fn measure_runs(
         stored.len() as f64 / wall
     );
     println!(
-        "throughput: {:.0} steps/s end to end ({total_steps} steps in {wall:.2} s)",
+        "throughput: {:.0} steps/s end to end ({total_steps} steps in {wall:.2} s, first event \
+         stored -> last event stored)",
         total_steps as f64 / wall
     );
+    // The figure that compares with a peer's: from the first start request until every read
+    // model shows every event (the projector's commit that covers the last one).
+    let visible_at = commits
+        .iter()
+        .find(|(covered, _)| *covered >= last_sequence)
+        .map(|(_, at)| *at);
+    let visible_steps_per_s = visible_at.map(|at| {
+        let took = micros(at, first_sent) as f64 / 1e6;
+        let steps_per_s = total_steps as f64 / took;
+        println!(
+            "throughput (read models visible): {steps_per_s:.0} steps/s ({total_steps} steps in \
+             {took:.2} s, first start request -> the projector's commit of the last event)"
+        );
+        steps_per_s
+    });
     let handoff_what = match shape {
         Shape::Pipeline => "StepCompleted -> next StepStarted",
         Shape::Dag { .. } => "last dependency's StepCompleted -> StepStarted",
@@ -608,5 +650,127 @@ async fn measure_runs(
         ms(&lag, 1.0),
         lag.len()
     );
+    match visible_steps_per_s {
+        Some(steps_per_s) if failed == 0 && completed_rows as u64 == executions => {
+            println!("result: steps_per_s={steps_per_s:.1}");
+        }
+        _ => println!(
+            "result: invalid (failed executions, or read models not caught up within the deadline)"
+        ),
+    }
+    Ok(())
+}
+
+/// `BENCH_MODE=sequential`: low load. One execution at a time, each started once the one
+/// before is visible in the read models; prints the time per step from the start request to
+/// the projector's commit of the execution's `ExecutionCompleted`.
+async fn measure_sequential(
+    stack: Stack,
+    workflow_id: &str,
+    executions: u64,
+    steps: usize,
+) -> anyhow::Result<()> {
+    // Not measured: the first executions open connections and fill caches.
+    const WARM_UP: u64 = 3;
+    let api = stack.api.clone();
+    let first_sequence = stack.log_state().await.last_sequence + 1;
+    let observer = stack
+        .bus
+        .stream()
+        .create_consumer(OrderedConfig {
+            filter_subject: subjects::ALL_EVENTS.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: first_sequence,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut events = observer.messages().await?;
+    let mut listener = PgListener::connect(&stack.db.url).await?;
+    listener.listen("cadre_projection").await?;
+    // Each commit's arrival time, taken as it arrives: it may come before the observer has
+    // seen the event it covers.
+    let (commit_sender, mut commits) = tokio::sync::mpsc::unbounded_channel();
+    let projection = tokio::spawn(async move {
+        while let Ok(notification) = listener.recv().await {
+            if let Ok(sequence) = notification.payload().parse::<u64>()
+                && commit_sender.send((sequence, Instant::now())).is_err()
+            {
+                break;
+            }
+        }
+    });
+
+    let mut stored = Histogram::<u64>::new(3)?;
+    let mut visible = Histogram::<u64>::new(3)?;
+    let mut failed = 0u64;
+    let mut latest_commit: Option<(u64, Instant)> = None;
+    let wait = Duration::from_secs(60);
+    for i in 0..WARM_UP + executions {
+        let sent = Instant::now();
+        let (execution_id, _) = api.start_execution(workflow_id).await;
+        // Follow the log to this execution's end: `...execution.<id>.completed` (or `failed`).
+        let (sequence, seen_at, completed) = loop {
+            let Some(message) = tokio::time::timeout(wait, events.next()).await? else {
+                anyhow::bail!("the event log ended");
+            };
+            let message = message?;
+            let tokens: Vec<&str> = message.subject.split('.').collect();
+            if tokens.len() != 8 || tokens[5] != "execution" || tokens[6] != execution_id {
+                continue;
+            }
+            if tokens[7] == "completed" || tokens[7] == "failed" {
+                let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+                break (
+                    info.stream_sequence,
+                    Instant::now(),
+                    tokens[7] == "completed",
+                );
+            }
+        };
+        // The first commit that covers that event.
+        let visible_at = loop {
+            if let Some((covered, at)) = latest_commit
+                && covered >= sequence
+            {
+                break at;
+            }
+            latest_commit = tokio::time::timeout(wait, commits.recv()).await?;
+            if latest_commit.is_none() {
+                anyhow::bail!("the projector's notifications ended");
+            }
+        };
+        if i < WARM_UP {
+            continue;
+        }
+        failed += u64::from(!completed);
+        stored.record(u64::try_from((seen_at - sent).as_micros())?)?;
+        visible.record(u64::try_from((visible_at.max(sent) - sent).as_micros())?)?;
+    }
+    projection.abort();
+    stack.stop().await;
+
+    let per_step = ms(&visible, 0.5) / steps as f64;
+    println!("finished: {executions} executions ({failed} failed)");
+    println!(
+        "execution (start request -> ExecutionCompleted seen in the log): p50 {:.2} ms, p99 {:.2} ms",
+        ms(&stored, 0.5),
+        ms(&stored, 0.99)
+    );
+    println!(
+        "execution (start request -> read models visible): p50 {:.2} ms, p99 {:.2} ms, mean {:.2} ms",
+        ms(&visible, 0.5),
+        ms(&visible, 0.99),
+        visible.mean() / 1000.0
+    );
+    println!(
+        "per step: {per_step:.2} ms (execution p50 / {steps}), mean {:.2} ms",
+        visible.mean() / 1000.0 / steps as f64
+    );
+    if failed == 0 {
+        println!("result: ms_per_step={per_step:.3}");
+    } else {
+        println!("result: invalid (some executions failed)");
+    }
     Ok(())
 }
