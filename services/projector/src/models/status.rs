@@ -208,57 +208,61 @@ impl Changes {
         }
     }
 
-    /// Stored rows of the runs that ended first, then the batch's own (already folded). A
-    /// status replaces the agent's row only if it is newer (a replay over rows already there
-    /// changes nothing).
+    /// The batch's own rows (already folded with the runs' ends), then the stored rows the
+    /// runs' ends leave idle: in that order, an agent whose step finished in the batch keeps
+    /// that status rather than being idled through its older stored row. A status replaces
+    /// the agent's row only if it is newer (a replay over rows already there changes nothing).
     pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        idle_after_runs_ended(tx, self.ended).await?;
-        let rows = self.rows;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        columns!(for r in rows => tenant_id, agent_id, workflow_id, execution_id, step_id,
-                 current_task, attempt, progress, estimated_completion, blockers,
-                 requested_support, updated_at, event_id, event_sequence,
-                 state = r.state.to_owned());
-        sqlx::query!(
-            "INSERT INTO agent_status (tenant_id, agent_id, state, workflow_id, execution_id,
-                 step_id, current_task, attempt, progress, estimated_completion, blockers,
-                 requested_support, updated_at, event_id, event_sequence)
-             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
-                                  $6::text[], $7::text[], $8::int4[], $9::int2[],
-                                  $10::timestamptz[], $11::jsonb[], $12::jsonb[],
-                                  $13::timestamptz[], $14::uuid[], $15::bigint[])
-             ON CONFLICT (tenant_id, agent_id) DO UPDATE SET
-                 state = excluded.state, workflow_id = excluded.workflow_id,
-                 execution_id = excluded.execution_id, step_id = excluded.step_id,
-                 current_task = excluded.current_task, attempt = excluded.attempt,
-                 progress = excluded.progress,
-                 estimated_completion = excluded.estimated_completion,
-                 blockers = excluded.blockers, requested_support = excluded.requested_support,
-                 updated_at = excluded.updated_at, event_id = excluded.event_id,
-                 event_sequence = excluded.event_sequence
-             WHERE agent_status.event_sequence < excluded.event_sequence",
-            &tenant_id,
-            &agent_id,
-            &state,
-            &workflow_id as _,
-            &execution_id as _,
-            &step_id as _,
-            &current_task as _,
-            &attempt as _,
-            &progress,
-            &estimated_completion as _,
-            &blockers,
-            &requested_support,
-            &updated_at,
-            &event_id,
-            &event_sequence,
-        )
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+        upsert(tx, self.rows).await?;
+        idle_after_runs_ended(tx, self.ended).await
     }
+}
+
+async fn upsert(tx: &mut PgConnection, rows: Vec<StatusRow>) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    columns!(for r in rows => tenant_id, agent_id, workflow_id, execution_id, step_id,
+             current_task, attempt, progress, estimated_completion, blockers,
+             requested_support, updated_at, event_id, event_sequence,
+             state = r.state.to_owned());
+    sqlx::query!(
+        "INSERT INTO agent_status (tenant_id, agent_id, state, workflow_id, execution_id,
+             step_id, current_task, attempt, progress, estimated_completion, blockers,
+             requested_support, updated_at, event_id, event_sequence)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
+                              $6::text[], $7::text[], $8::int4[], $9::int2[],
+                              $10::timestamptz[], $11::jsonb[], $12::jsonb[],
+                              $13::timestamptz[], $14::uuid[], $15::bigint[])
+         ON CONFLICT (tenant_id, agent_id) DO UPDATE SET
+             state = excluded.state, workflow_id = excluded.workflow_id,
+             execution_id = excluded.execution_id, step_id = excluded.step_id,
+             current_task = excluded.current_task, attempt = excluded.attempt,
+             progress = excluded.progress,
+             estimated_completion = excluded.estimated_completion,
+             blockers = excluded.blockers, requested_support = excluded.requested_support,
+             updated_at = excluded.updated_at, event_id = excluded.event_id,
+             event_sequence = excluded.event_sequence
+         WHERE agent_status.event_sequence < excluded.event_sequence",
+        &tenant_id,
+        &agent_id,
+        &state,
+        &workflow_id as _,
+        &execution_id as _,
+        &step_id as _,
+        &current_task as _,
+        &attempt as _,
+        &progress,
+        &estimated_completion as _,
+        &blockers,
+        &requested_support,
+        &updated_at,
+        &event_id,
+        &event_sequence,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Rows stored before their run ended that still show the agent busy on it.
@@ -423,17 +427,22 @@ mod tests {
         let mut elsewhere = f.clone();
         elsewhere.agent.id = AgentId::new();
         elsewhere.execution = cadre_proto::ExecutionId::new();
+        let mut finisher = f.clone();
+        finisher.agent.id = AgentId::new();
         let earlier = vec![
             f.message(f.step_started(1)),
             f.message(other.step_started(1)),
             f.message(other.step_completed(1)),
             f.message(elsewhere.step_started(1)),
+            f.message(finisher.step_started(1)),
         ];
-        // The same batch: a start then the run's end.
+        // The same batch: a start, a step finished (its agent's start stored before), then
+        // the run's end.
         let mut third = f.clone();
         third.agent.id = AgentId::new();
         let later = vec![
             f.message(third.step_started(1)),
+            f.message(finisher.step_completed(1)),
             f.message(f.cancelled(Some("ops"), None)),
         ];
         let db = TestDb::create().await;
@@ -468,6 +477,11 @@ mod tests {
             state_of(other.agent.id).0,
             "completed",
             "done before the end"
+        );
+        assert_eq!(
+            state_of(finisher.agent.id).0,
+            "completed",
+            "done in the batch that ended the run"
         );
         assert_eq!(state_of(elsewhere.agent.id).0, "working", "on another run");
 
