@@ -17,17 +17,18 @@
 //!
 //! A workflow made from a template (`template` and `agents`) is created with
 //! `POST /v1/templates/{id}/workflows`. To compare it with one already made, apply works out
-//! what that request makes of the template (each role becomes its agent's registered role, as
-//! README "Workflow templates" says), so a changed mapping, coordinator or template revision
-//! is refused like any other change.
+//! what that request makes of the template with the coordinator's own function,
+//! `WorkflowTemplate::staff` (each role becomes its agent's registered role, as README
+//! "Workflow templates" says), so a changed mapping, coordinator or template revision is
+//! refused like any other change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use cadre_proto::AgentId;
-use cadre_proto::model::{AgentProfile, WorkflowConfiguration};
+use cadre_proto::model::{AgentProfile, Staffing, TeamMember, WorkflowTemplate, role_key};
 
 use crate::client::{ApiError, Client};
 use crate::manifest::{self, Document, FileError, FromTemplateSpec, Spec, WorkflowBody};
@@ -465,84 +466,48 @@ fn named_or_id<'a>(list: &'a [Value], reference: &str) -> std::result::Result<&'
     }
 }
 
-/// Roles are compared without case, as the API compares them.
-fn role_key(role: &str) -> String {
-    role.trim().to_lowercase()
-}
-
 /// The workflow `POST /v1/templates/{id}/workflows` makes of `template` (a template as the API
-/// lists it) for `spec`: the mapped agents in the order of the template's roles, then the
-/// coordinator; each role the configuration names becomes the registered role of its agent,
-/// and a step whose agent shares its registered role with another mapped agent is pinned to
-/// it. `None` when the roles are not mapped as the template needs.
+/// lists it) for `spec`: the API's own [`WorkflowTemplate::staff`], each agent with its
+/// registered role in `roles`. `None` when the roles are not mapped as the template needs (the
+/// API says how when the request is sent).
 fn from_template(
     template: &Value,
     spec: &FromTemplateSpec,
     ids: &HashMap<String, AgentId>,
     roles: &HashMap<AgentId, String>,
 ) -> Option<WorkflowBody> {
-    let required: Vec<String> =
-        serde_json::from_value(template["requiredAgentRoles"].clone()).ok()?;
-    let mut mapped: HashMap<String, AgentId> = HashMap::new();
+    let template: WorkflowTemplate = serde_json::from_value(template.clone()).ok()?;
+    let mut team = BTreeMap::new();
     for (role, reference) in &spec.agents {
-        let key = role_key(role);
-        if !required.iter().any(|r| role_key(r) == key)
-            || mapped.insert(key, *ids.get(reference)?).is_some()
-        {
+        let id = *ids.get(reference)?;
+        let member = TeamMember {
+            id,
+            role: roles.get(&id)?.clone(),
+        };
+        if team.insert(role_key(role), member).is_some() {
             return None;
         }
     }
-    let mut participating_agents = Vec::new();
-    for role in &required {
-        let id = *mapped.get(&role_key(role))?;
-        if !participating_agents.contains(&id) {
-            participating_agents.push(id);
-        }
+    let needed: BTreeSet<String> = template
+        .required_agent_roles
+        .iter()
+        .map(|role| role_key(role))
+        .collect();
+    if !team.keys().eq(&needed) {
+        return None;
     }
     let coordinator = match &spec.coordinator_agent_id {
         Some(reference) => Some(*ids.get(reference)?),
         None => None,
     };
-    if let Some(id) = coordinator
-        && !participating_agents.contains(&id)
-    {
-        participating_agents.push(id);
-    }
-    let registered = |id: &AgentId| roles.get(id).map(|role| role_key(role));
-    let ambiguous = |id: &AgentId| {
-        mapped
-            .values()
-            .any(|other| other != id && registered(other) == registered(id))
-    };
-    let agent_role = |role: &mut String| {
-        if let Some(registered) = mapped.get(&role_key(role)).and_then(|id| roles.get(id)) {
-            role.clone_from(registered);
-        }
-    };
-    let mut configuration: WorkflowConfiguration =
-        serde_json::from_value(template["templateDefinition"].clone()).ok()?;
-    for step in &mut configuration.steps {
-        if let Some(id) = step
-            .assigned_agent_role
-            .as_deref()
-            .and_then(|role| mapped.get(&role_key(role)))
-            && ambiguous(id)
-        {
-            step.preferred_agent_id = Some(*id);
-        }
-        step.assigned_agent_role.iter_mut().for_each(agent_role);
-        step.reviewer_role.iter_mut().for_each(agent_role);
-    }
-    for lead in &mut configuration.escalation.leads {
-        agent_role(&mut lead.role);
-    }
+    let Staffing {
+        participating_agents,
+        configuration,
+    } = template.staff(&team, coordinator);
     Some(WorkflowBody {
         name: spec.name.clone(),
-        description: spec
-            .description
-            .clone()
-            .or_else(|| template["description"].as_str().map(str::to_owned))?,
-        workflow_type: serde_json::from_value(template["workflowType"].clone()).ok()?,
+        description: spec.description.clone().unwrap_or(template.description),
+        workflow_type: template.workflow_type,
         participating_agents,
         coordinator_agent_id: coordinator,
         configuration,

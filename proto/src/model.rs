@@ -1,5 +1,7 @@
 //! The seed's domain types, as they travel in events and in the HTTP API (camelCase JSON).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AgentId, StepId, TemplateId, WorkflowId};
@@ -815,3 +817,109 @@ pub struct WorkflowTemplate {
 fn first_revision() -> u32 {
     1
 }
+
+/// A role as assignment compares it: without case or surrounding spaces (`" Reviewer"` and
+/// `"reviewer"` are one role), in templates, in the agents mapped to their roles, and in the
+/// registered roles steps reach their agents by.
+pub fn role_key(role: &str) -> String {
+    role.trim().to_lowercase()
+}
+
+/// The agent a template's role is mapped to, as [`WorkflowTemplate::staff`] needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamMember {
+    pub id: AgentId,
+    /// The role the agent is registered with ([`AgentProfile::role`]).
+    pub role: String,
+}
+
+impl From<&AgentProfile> for TeamMember {
+    fn from(agent: &AgentProfile) -> Self {
+        Self {
+            id: agent.id,
+            role: agent.role.clone(),
+        }
+    }
+}
+
+/// What a workflow made from a template has where the template has roles
+/// ([`WorkflowTemplate::staff`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Staffing {
+    pub participating_agents: Vec<AgentId>,
+    pub configuration: WorkflowConfiguration,
+}
+
+impl WorkflowTemplate {
+    /// The participants and configuration of a workflow made from this template, its roles
+    /// mapped to the agents of `team` (each role, compared by [`role_key`], to one agent; an
+    /// agent may take several). This is what `POST /v1/templates/{id}/workflows` records once
+    /// the request is checked, and what `cadre apply` compares an existing workflow with.
+    ///
+    /// - The participants are the mapped agents in the order of `required_agent_roles` (an
+    ///   agent mapped to several roles once), then `coordinator_agent_id` unless already there.
+    /// - Each role the configuration names (a step's `assignedAgentRole` and `reviewerRole`, a
+    ///   lead rule's `role`) becomes the registered role of the agent mapped to it, so steps
+    ///   reach their agents by role as in any workflow.
+    /// - Where two roles are mapped to different agents that share a registered role, a step
+    ///   assigned to either is pinned to its agent (`preferredAgentId`): by role alone they
+    ///   would share each other's steps.
+    ///
+    /// It checks nothing: the caller makes sure first that `team` maps exactly the template's
+    /// roles (a role left unmapped stays as written and brings no agent).
+    pub fn staff(
+        &self,
+        team: &BTreeMap<String, TeamMember>,
+        coordinator_agent_id: Option<AgentId>,
+    ) -> Staffing {
+        let mapped: BTreeMap<String, &TeamMember> = team
+            .iter()
+            .map(|(role, member)| (role_key(role), member))
+            .collect();
+        let member = |role: &str| mapped.get(&role_key(role)).copied();
+
+        let mut participating_agents = Vec::new();
+        let agents = self
+            .required_agent_roles
+            .iter()
+            .filter_map(|role| member(role));
+        for id in agents.map(|m| m.id).chain(coordinator_agent_id) {
+            if !participating_agents.contains(&id) {
+                participating_agents.push(id);
+            }
+        }
+
+        let shares_its_role = |agent: &TeamMember| {
+            mapped
+                .values()
+                .any(|other| other.id != agent.id && role_key(&other.role) == role_key(&agent.role))
+        };
+        let registered_role = |role: &mut String| {
+            if let Some(agent) = member(role) {
+                role.clone_from(&agent.role);
+            }
+        };
+        let mut configuration = self.template_definition.clone();
+        for step in &mut configuration.steps {
+            if let Some(agent) = step.assigned_agent_role.as_deref().and_then(member)
+                && shares_its_role(agent)
+            {
+                step.preferred_agent_id = Some(agent.id);
+            }
+            step.assigned_agent_role
+                .iter_mut()
+                .for_each(registered_role);
+            step.reviewer_role.iter_mut().for_each(registered_role);
+        }
+        for lead in &mut configuration.escalation.leads {
+            registered_role(&mut lead.role);
+        }
+        Staffing {
+            participating_agents,
+            configuration,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

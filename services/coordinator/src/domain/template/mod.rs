@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use cadre_proto::events::TemplateRegistered;
 use cadre_proto::model::{
-    AgentProfile, EscalationRung, TemplateCategory, WorkflowConfiguration, WorkflowDefinition,
-    WorkflowTemplate, WorkflowType,
+    AgentProfile, EscalationRung, Staffing, TeamMember, TemplateCategory, WorkflowConfiguration,
+    WorkflowDefinition, WorkflowTemplate, WorkflowType, role_key,
 };
 use cadre_proto::{AgentId, Event, TemplateId, WorkflowId};
 
@@ -116,11 +116,6 @@ pub struct TemplateDraft {
     pub recommended_agent_count: Option<u32>,
     #[serde(default)]
     pub created_by: Option<String>,
-}
-
-/// A role as assignment compares it: without case or surrounding spaces.
-fn role_key(role: &str) -> String {
-    role.trim().to_lowercase()
 }
 
 /// `value` as one token of an RFC 6901 JSON pointer (`/` and `~` escaped).
@@ -309,12 +304,10 @@ pub fn agent_pointer(role: &str) -> String {
 
 /// The workflow `request` makes of `template`, to be validated and recorded like any other.
 ///
-/// Every role the template needs must be mapped to an agent, and only those. The participants
-/// are the mapped agents in the order of the template's roles (an agent mapped to several
-/// roles once), then the coordinator. Each role the configuration names (`assignedAgentRole`,
-/// `reviewerRole`, a lead rule's `role`) becomes the registered role of the agent mapped to
-/// it, so steps reach their agents by role as in any workflow; where two roles map to agents
-/// that share a registered role, a step of either is pinned to its agent (`preferredAgentId`). Errors point into the request: `/agents/<role>`, `/coordinatorAgentId`.
+/// Every role the template needs must be mapped to an agent, and only those, and a template
+/// that hands work to the coordinator needs one named. The participants and configuration are
+/// then [`WorkflowTemplate::staff`]'s. Errors point into the request: `/agents/<role>`,
+/// `/coordinatorAgentId`.
 pub fn instantiate(
     template: &WorkflowTemplate,
     request: Instantiation,
@@ -325,7 +318,7 @@ pub fn instantiate(
         .iter()
         .map(|r| role_key(r))
         .collect();
-    let mut mapped: BTreeMap<String, &AgentProfile> = BTreeMap::new();
+    let mut mapped: BTreeMap<String, TeamMember> = BTreeMap::new();
     for (role, agent) in &request.agents {
         if !needed.contains(&role_key(role)) {
             errors.push(error(
@@ -335,7 +328,7 @@ pub fn instantiate(
                     template.required_agent_roles.join(", ")
                 ),
             ));
-        } else if mapped.insert(role_key(role), agent).is_some() {
+        } else if mapped.insert(role_key(role), agent.into()).is_some() {
             errors.push(error(
                 agent_pointer(role),
                 format!("role '{role}' is mapped twice (roles are compared without case)"),
@@ -353,8 +346,7 @@ pub fn instantiate(
             ));
         }
     }
-    let configuration = &template.template_definition;
-    if request.coordinator_agent_id.is_none() && needs_coordinator(configuration) {
+    if request.coordinator_agent_id.is_none() && needs_coordinator(&template.template_definition) {
         errors.push(error(
             "/coordinatorAgentId",
             "the template hands work to the coordinator agent (its escalation ladder's \
@@ -365,47 +357,10 @@ pub fn instantiate(
         return Err(errors);
     }
 
-    let mut participating_agents = Vec::new();
-    for role in &template.required_agent_roles {
-        if let Some(agent) = mapped.get(&role_key(role))
-            && !participating_agents.contains(&agent.id)
-        {
-            participating_agents.push(agent.id);
-        }
-    }
-    if let Some(coordinator) = request.coordinator_agent_id
-        && !participating_agents.contains(&coordinator)
-    {
-        participating_agents.push(coordinator);
-    }
-    let agent_role = |role: &mut String| {
-        if let Some(agent) = mapped.get(&role_key(role)) {
-            role.clone_from(&agent.role);
-        }
-    };
-    // Two template roles mapped to different agents that share a registered role would share
-    // their steps: such a step is pinned to the agent its role was mapped to.
-    let ambiguous = |agent: &AgentProfile| {
-        mapped
-            .values()
-            .any(|other| other.id != agent.id && role_key(&other.role) == role_key(&agent.role))
-    };
-    let mut configuration = configuration.clone();
-    for step in &mut configuration.steps {
-        if let Some(agent) = step
-            .assigned_agent_role
-            .as_deref()
-            .and_then(|role| mapped.get(&role_key(role)))
-            && ambiguous(agent)
-        {
-            step.preferred_agent_id = Some(agent.id);
-        }
-        step.assigned_agent_role.iter_mut().for_each(agent_role);
-        step.reviewer_role.iter_mut().for_each(agent_role);
-    }
-    for lead in &mut configuration.escalation.leads {
-        agent_role(&mut lead.role);
-    }
+    let Staffing {
+        participating_agents,
+        configuration,
+    } = template.staff(&mapped, request.coordinator_agent_id);
     Ok(WorkflowDefinition {
         id: request.workflow_id,
         name: request.name.unwrap_or_else(|| template.name.clone()),
