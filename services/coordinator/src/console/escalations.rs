@@ -69,28 +69,11 @@ pub(super) async fn list(
     ))
 }
 
-#[derive(serde::Deserialize, Default)]
-pub(super) struct At {
-    /// The log position of the event that told the script about the escalation.
-    #[serde(default)]
-    at: Option<u64>,
-}
-
 /// `GET /console/escalations/{id}/card[?at=<sequence>]`: one escalation as the execution view
-/// shows it, for the script to add when the log says a step escalated. With `at`, it first
-/// waits (as a command does, bounded) until the read models have reached that event, so the
-/// card is there to show.
-pub(super) async fn fragment(
-    State(app): State<AppState>,
-    Path(raw): Path<String>,
-    Query(at): Query<At>,
-) -> PageResult {
+/// shows it, for the script to add when the log says a step escalated (with `at`, once the
+/// read models have reached that event: see `read_at`).
+pub(super) async fn fragment(State(app): State<AppState>, Path(raw): Path<String>) -> PageResult {
     let id = parse_uuid(&raw, "escalation")?;
-    if let Some(position) = at.at {
-        app.read_models
-            .wait_while_readable(position, app.read_your_writes)
-            .await;
-    }
     let Some(escalation) = read::escalation(&app.db, &app.tenant, id).await? else {
         return Err(PageError::NotFound(format!("There is no escalation {id}.")));
     };

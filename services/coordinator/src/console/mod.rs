@@ -15,7 +15,9 @@ mod workflows;
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::http::{StatusCode, header};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
@@ -40,7 +42,33 @@ pub fn router(state: AppState) -> Router {
         .route("/console/agents/{id}", get(agents::detail))
         .route("/console/assets/console.js", get(script))
         .route("/console/assets/console.css", get(stylesheet))
+        .layer(middleware::from_fn_with_state(state.clone(), read_at))
         .with_state(state)
+}
+
+#[derive(serde::Deserialize)]
+struct At {
+    at: u64,
+}
+
+/// `?at=<sequence>` on any console URL: answers once the read models cover that event of the
+/// log (bounded, as a command's answer waits), so a page or card fetched because the live feed
+/// brought an event shows what the event changed. `Cadre-Read-Models` says whether they did
+/// (`current`) or the wait gave up (`behind`).
+async fn read_at(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(Query(At { at })) = Query::<At>::try_from_uri(request.uri()) else {
+        return next.run(request).await;
+    };
+    let current = app
+        .read_models
+        .wait_while_readable(at, app.read_your_writes)
+        .await;
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        crate::api::READ_MODELS,
+        HeaderValue::from_static(if current { "current" } else { "behind" }),
+    );
+    response
 }
 
 const SCRIPT: &str = include_str!("assets/console.js");

@@ -27,8 +27,10 @@
     if (live) live.textContent = text;
   }
 
-  // Opens `url` and hands each event's CloudEvent to `onEvent`; returns the EventSource.
-  function subscribe(url, onEvent) {
+  // Opens `url` and hands each event's CloudEvent to `onEvent`; returns the EventSource. With
+  // `wanted` (a test on the type), events of other types are not even parsed: a busy tenant's
+  // feed brings thousands a second, and a list page wants a few.
+  function subscribe(url, onEvent, wanted = () => true) {
     const source = new EventSource(url);
     source.onopen = () => liveState("live");
     source.onerror = () => liveState(source.readyState === EventSource.CLOSED ? "" : "reconnecting…");
@@ -44,7 +46,7 @@
       onEvent(cloudEvent, source, message.lastEventId);
     };
     source.addEventListener("message", handle);
-    for (const type of KNOWN_TYPES) source.addEventListener(type, handle);
+    for (const type of KNOWN_TYPES.filter(wanted)) source.addEventListener(type, handle);
     return source;
   }
 
@@ -68,26 +70,47 @@
 
   // ---- Lists: reload the page's own HTML when an event that changes it arrives. ----
 
+  // At most one reload in flight and one waiting: the events that arrive meanwhile share the
+  // next one, so a busy log costs a reload per round trip, not one per event (nor a pile of
+  // reloads racing each other). `at` has the server answer once the read models cover the
+  // last of them, so the page shows what they changed.
   function reloadOn(feed, prefixes) {
-    let pending = null;
-    subscribe(feed, (cloudEvent) => {
-      if (!prefixes.some((p) => cloudEvent.type.startsWith(p))) return;
-      const waiting = pending ? pending.events : [];
+    let waiting = [];
+    let position = "";
+    let inFlight = false;
+    async function reload() {
+      inFlight = true;
+      while (waiting.length) {
+        const events = waiting;
+        waiting = [];
+        const url = new URL(location.href);
+        url.searchParams.set("at", position);
+        try {
+          const response = await fetch(url, { headers: { accept: "text/html" } });
+          if (!response.ok) continue;
+          const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+          $("main").replaceChildren(...$("main", fresh).childNodes);
+          cadre.reloads += 1;
+          if (response.headers.get("cadre-read-models") !== "behind") {
+            events.forEach(measured);
+            continue;
+          }
+          // The read models did not get there in the (bounded) wait: try again shortly.
+          waiting.unshift(...events);
+          await new Promise((resolve) => setTimeout(resolve, 250));
+        } catch {
+          // Offline for a moment: the next event reloads.
+        }
+      }
+      inFlight = false;
+    }
+    const changes = (type) => prefixes.some((p) => type.startsWith(p));
+    subscribe(feed, (cloudEvent, source, sequence) => {
+      if (!changes(cloudEvent.type)) return;
       waiting.push(cloudEvent);
-      if (pending) return;
-      // One reload for a burst of events.
-      pending = { events: waiting };
-      setTimeout(async () => {
-        const events = pending.events;
-        pending = null;
-        const response = await fetch(location.href, { headers: { accept: "text/html" } });
-        if (!response.ok) return;
-        const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
-        $("main").replaceChildren(...$("main", fresh).childNodes);
-        cadre.reloads += 1;
-        events.forEach(measured);
-      }, 150);
-    });
+      position = sequence;
+      if (!inFlight) reload();
+    }, changes);
   }
 
   // ---- The execution view: apply each event to the steps, the graph and the timeline. ----
@@ -231,8 +254,9 @@
       cancelled: (d, at) => runStatus("cancelled", at),
     };
 
+    const factOf = (type) => type.replace(/^dev\.cadre\.execution\./, "").replace(/\.v\d+$/, "");
     subscribe(feed, (cloudEvent, source, sequence) => {
-      const fact = cloudEvent.type.replace(/^dev\.cadre\.execution\./, "").replace(/\.v\d+$/, "");
+      const fact = factOf(cloudEvent.type);
       const handler = apply[fact];
       if (!handler) return;
       handler(cloudEvent.data, cloudEvent.time, sequence);
@@ -243,7 +267,7 @@
         liveState("ended");
         for (const card of $$("#escalations article.escalation")) card.remove();
       }
-    });
+    }, (type) => Object.hasOwn(apply, factOf(type)));
 
     // Interactions are the workflow's facts, not the execution state's: they come on the
     // workflow's feed (from now on; the page already shows the earlier ones).
@@ -281,7 +305,7 @@
       item.append(p);
       timeline.append(item);
       measured(cloudEvent);
-    });
+    }, (type) => type.includes(".interaction_recorded.") || type.includes(".question_answered."));
   }
 
   // ---- Forms: they call the JSON API and show its problems where they belong. ----
