@@ -18,6 +18,7 @@ Usage: python3 console_bench.py STACK_BINARY [FIGURES_JSON]
 
 import json
 import math
+import os
 import queue
 import subprocess
 import sys
@@ -150,6 +151,47 @@ def load_time(page):
     )
 
 
+def processes():
+    """pid -> (parent, name, CPU seconds) of every process, from /proc (Linux)."""
+    found = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def cpu_shares(before, after, stack_pid):
+    """CPU seconds used between two snapshots: the stack (with its nats-server), the browser
+    (with Playwright's driver), Postgres (the whole server, whoever uses it) and this script."""
+
+    def under(pid, root, table):
+        while pid > 1:
+            if pid == root:
+                return True
+            pid = table.get(pid, (0,))[0]
+        return False
+
+    shares = {"stack and nats-server": 0.0, "chromium": 0.0, "postgres (whole server)": 0.0}
+    for pid, (parent, name, cpu) in after.items():
+        used = cpu - (before[pid][2] if pid in before and before[pid][1] == name else 0.0)
+        if under(pid, stack_pid, after):
+            shares["stack and nats-server"] += used
+        elif under(pid, os.getpid(), after) and pid != os.getpid():
+            shares["chromium"] += used
+        elif name == "postgres":
+            shares["postgres (whole server)"] += used
+    shares["this script"] = after.get(os.getpid(), (0, "", 0.0))[2] - before.get(os.getpid(), (0, "", 0.0))[2]
+    return shares
+
+
 def live_figures(page):
     """console.js's figures, and how long each reload's request took (its server waits for the
     read models to reach the event, then renders the page)."""
@@ -204,42 +246,54 @@ def main():
                 open_live(page, base + path)
                 loads["idle"].setdefault(name, []).append(load_time(page))
                 live[name] = page
+            # One tab follows a watched run in its execution view while another loads pages.
+            viewer = new_page()
+            viewer.goto(base + "/console")
             visitor = new_page()
             for name, path in visits.items():
                 visitor.goto(base + path)
                 loads["idle"].setdefault(name, []).append(load_time(visitor))
 
             stack.send("go")
+            cpu_before, cpu_started = processes(), time.monotonic()
             seen: dict[str, str] = {}
             done = False
+            ended = (
+                "() => ['completed', 'failed', 'cancelled'].includes("
+                "document.querySelector('#run-status .badge')?.textContent)"
+            )
             while not done:
-                # A run of the watched workflow, started as the console's button does and
-                # followed in its execution view until it ends.
-                execution = visitor.evaluate(
+                # A run of the watched workflow, started as the console's button does.
+                execution = viewer.evaluate(
                     "async (id) => (await (await fetch('/v1/workflows/' + id + '/executions',"
                     " {method: 'POST', headers: {'content-type': 'application/json'}, body: '{}'}))"
                     ".json()).executionId",
                     watched,
                 )
-                visitor.goto(f"{base}/console/executions/{execution}")
-                loads["under load"].setdefault("execution", []).append(load_time(visitor))
-                visitor.wait_for_function(
-                    "() => ['completed', 'failed', 'cancelled'].includes("
-                    "document.querySelector('#run-status .badge')?.textContent)",
-                    timeout=120_000,
-                )
-                latencies.setdefault("execution", []).extend(live_figures(visitor)["latencies"])
+                viewer.goto(f"{base}/console/executions/{execution}")
+                loads["under load"].setdefault("execution", []).append(load_time(viewer))
+                while not viewer.evaluate(ended):
+                    for name, path in visits.items():
+                        # A person's pace: a page a second at most.
+                        opened = time.monotonic()
+                        visitor.goto(base + path)
+                        loads["under load"].setdefault(name, []).append(load_time(visitor))
+                        if done := done or stack.said("LOAD_DONE", seen):
+                            break
+                        time.sleep(max(0.0, 1.0 - (time.monotonic() - opened)))
+                    if done:
+                        viewer.wait_for_function(ended, timeout=120_000)
+                latencies.setdefault("execution", []).extend(live_figures(viewer)["latencies"])
                 watched_runs += 1
-                for name, path in visits.items():
-                    if done := stack.said("LOAD_DONE", seen):
-                        break
-                    visitor.goto(base + path)
-                    loads["under load"].setdefault(name, []).append(load_time(visitor))
                 done = done or stack.said("LOAD_DONE", seen)
 
+            cpu = cpu_shares(cpu_before, processes(), stack.process.pid)
+            cpu_wall = time.monotonic() - cpu_started
             # Reloads still under way finish; then the live pages say what they saw.
             time.sleep(3)
             for name, page in live.items():
+                if page.evaluate("() => document.visibilityState") != "visible":
+                    print(f"warning: the {name} page was hidden (its timers may be throttled)")
                 figures = live_figures(page)
                 latencies[name] = figures["latencies"]
                 live_counts[name] = {
@@ -270,6 +324,11 @@ def main():
         by_type.setdefault(l["type"].removeprefix("dev.cadre."), []).append(l["ms"])
     for kind, ms in sorted(by_type.items()):
         print(f"  execution view: {kind:<36} {summary(ms)}")
+    print(
+        f"CPU while loaded ({cpu_wall:.0f} s, {os.cpu_count()} cores): "
+        + ", ".join(f"{name} {seconds / cpu_wall:.2f}" for name, seconds in cpu.items())
+        + " cores"
+    )
     print(
         f"achieved {achieved.get('achievedStepsPerSecond', 0):.0f} steps/s; {watched_runs} watched "
         f"runs followed; took {time.monotonic() - started:.0f} s"

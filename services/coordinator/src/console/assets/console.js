@@ -68,6 +68,11 @@
     "subscription.delivered.v1", "subscription.delivery_failed.v1",
   ].map((t) => "dev.cadre." + t);
 
+  // The tenant's or a workflow's feed with only the types `wanted` picks: the log filters
+  // them, so the page is never sent the others (most of a busy log).
+  const only = (feed, wanted) =>
+    feed + (feed.includes("?") ? "&" : "?") + "types=" + KNOWN_TYPES.filter(wanted).join(",");
+
   // ---- Lists: reload the page's own HTML when an event that changes it arrives. ----
 
   // At most one reload in flight and one waiting: the events that arrive meanwhile share the
@@ -105,7 +110,7 @@
       inFlight = false;
     }
     const changes = (type) => prefixes.some((p) => type.startsWith(p));
-    subscribe(feed, (cloudEvent, source, sequence) => {
+    subscribe(only(feed, changes), (cloudEvent, source, sequence) => {
       if (!changes(cloudEvent.type)) return;
       waiting.push(cloudEvent);
       position = sequence;
@@ -272,7 +277,8 @@
     // Interactions are the workflow's facts, not the execution state's: they come on the
     // workflow's feed (from now on; the page already shows the earlier ones).
     const timeline = $("#timeline");
-    subscribe(workflowFeed, (cloudEvent) => {
+    const interaction = (type) => type.includes(".interaction_recorded.") || type.includes(".question_answered.");
+    subscribe(only(workflowFeed, interaction), (cloudEvent) => {
       const d = cloudEvent.data;
       if (!d || d.executionId !== executionId) return;
       let kind;
@@ -305,7 +311,7 @@
       item.append(p);
       timeline.append(item);
       measured(cloudEvent);
-    }, (type) => type.includes(".interaction_recorded.") || type.includes(".question_answered."));
+    }, interaction);
   }
 
   // ---- Forms: they call the JSON API and show its problems where they belong. ----
