@@ -54,7 +54,8 @@ struct At {
 /// `?at=<sequence>` on any console URL: answers once the read models cover that event of the
 /// log (bounded, as a command's answer waits), so a page or card fetched because the live feed
 /// brought an event shows what the event changed. `Cadre-Read-Models` says whether they did
-/// (`current`) or the wait gave up (`behind`).
+/// (`current`) or the wait gave up (`behind`), and `Cadre-Log-Position` how far into the log
+/// they had got when the page was read: every event up to it is on the page.
 async fn read_at(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let Ok(Query(At { at })) = Query::<At>::try_from_uri(request.uri()) else {
         return next.run(request).await;
@@ -63,11 +64,15 @@ async fn read_at(State(app): State<AppState>, request: Request, next: Next) -> R
         .read_models
         .wait_while_readable(at, app.read_your_writes)
         .await;
+    // Read before the page's queries, which see at least this much.
+    let position = app.read_models.checkpoint();
     let mut response = next.run(request).await;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         crate::api::READ_MODELS,
         HeaderValue::from_static(if current { "current" } else { "behind" }),
     );
+    headers.insert(crate::api::LOG_POSITION, HeaderValue::from(position));
     response
 }
 

@@ -77,34 +77,36 @@
 
   // At most one reload in flight and one waiting: the events that arrive meanwhile share the
   // next one, so a busy log costs a reload per round trip, not one per event (nor a pile of
-  // reloads racing each other). `at` has the server answer once the read models cover the
-  // last of them, so the page shows what they changed.
+  // reloads racing each other). `at` has the server answer once the read models have the
+  // oldest event not yet shown; its Cadre-Log-Position says how far they had got, so the
+  // events up to there are on the page and the others wait for the next reload.
   function reloadOn(feed, prefixes) {
     let waiting = [];
-    let position = "";
     let inFlight = false;
     async function reload() {
       inFlight = true;
       while (waiting.length) {
-        const events = waiting;
-        waiting = [];
         const url = new URL(location.href);
-        url.searchParams.set("at", position);
+        url.searchParams.set("at", waiting[0].sequence);
         try {
           const response = await fetch(url, { headers: { accept: "text/html" } });
-          if (!response.ok) continue;
+          if (!response.ok) {
+            waiting = [];
+            continue;
+          }
           const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
           $("main").replaceChildren(...$("main", fresh).childNodes);
           cadre.reloads += 1;
-          if (response.headers.get("cadre-read-models") !== "behind") {
-            events.forEach(measured);
-            continue;
+          const reached = Number(response.headers.get("cadre-log-position") ?? Infinity);
+          for (const event of waiting) if (event.sequence <= reached) measured(event.cloudEvent);
+          waiting = waiting.filter((event) => event.sequence > reached);
+          // Not there within the server's (bounded) wait: try again shortly.
+          if (waiting.length && response.headers.get("cadre-read-models") === "behind") {
+            await new Promise((resolve) => setTimeout(resolve, 250));
           }
-          // The read models did not get there in the (bounded) wait: try again shortly.
-          waiting.unshift(...events);
-          await new Promise((resolve) => setTimeout(resolve, 250));
         } catch {
           // Offline for a moment: the next event reloads.
+          waiting = [];
         }
       }
       inFlight = false;
@@ -112,8 +114,7 @@
     const changes = (type) => prefixes.some((p) => type.startsWith(p));
     subscribe(only(feed, changes), (cloudEvent, source, sequence) => {
       if (!changes(cloudEvent.type)) return;
-      waiting.push(cloudEvent);
-      position = sequence;
+      waiting.push({ cloudEvent, sequence: Number(sequence) });
       if (!inFlight) reload();
     }, changes);
   }
