@@ -1,5 +1,7 @@
-# Cadre's commands. `make demo` runs a workflow end to end; `make test` runs every check.
-.PHONY: demo test bench bench-peers lint
+# Cadre's commands. `make demo` runs a workflow end to end; `make test` runs every check;
+# `make bench`, `make bench-console` (the web console in Chromium under load) and
+# `make bench-peers` (Cadre and Restate side by side) print figures.
+.PHONY: demo test bench bench-console bench-peers lint
 
 demo:
 	@bash scripts/demo.sh
@@ -9,6 +11,9 @@ test:
 
 bench:
 	@bash scripts/bench.sh
+
+bench-console:
+	@bash scripts/bench-console.sh
 
 # Cadre and Restate side by side on the same workload (see README, "Side by side with Restate").
 bench-peers:

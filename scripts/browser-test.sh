@@ -7,15 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null; then
-  echo "installing chromium (Debian)..."
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
-if ! python3 -c 'import playwright' 2>/dev/null; then
-  echo "installing playwright (PyPI)..."
-  python3 -m pip install -q playwright
-fi
-
+source scripts/browser-env.sh
 source scripts/services-env.sh
 cargo build --locked -q -p cadre-tests --bin cadre-console-stack
 target=${CARGO_TARGET_DIR:-target}

@@ -260,6 +260,78 @@ pub fn execution_started_in_any_workflow(tenant: &TenantId, execution: Execution
     format!("{PREFIX}.{tenant}.workflow.*.execution.{execution}.{STARTED}")
 }
 
+/// The subjects (ids as wildcards) under which events of the CloudEvents type `type_name` are
+/// stored: in the whole tenant, or in one workflow's events when `workflow` is given (where a
+/// type stored outside workflows has none). `None` for a type this build does not know. A
+/// live feed that wants a few types asks the log for these, so it is never sent the others.
+/// The filters of two types never overlap, as a consumer's filters must not.
+pub fn of_type(
+    tenant: &TenantId,
+    workflow: Option<WorkflowId>,
+    type_name: &str,
+) -> Option<Vec<String>> {
+    use crate::events::types as ty;
+    let tenant_wide = |rest: String| match workflow {
+        Some(_) => vec![],
+        None => vec![format!("{PREFIX}.{tenant}.{rest}")],
+    };
+    let in_workflow = |rest: String| match workflow {
+        Some(w) => vec![format!("{PREFIX}.{tenant}.workflow.{w}.{rest}")],
+        None => vec![format!("{PREFIX}.{tenant}.workflow.*.{rest}")],
+    };
+    let execution = |fact: &str| in_workflow(format!("execution.*.{fact}"));
+    let step = |fact: &str| in_workflow(format!("execution.*.step.*.{fact}"));
+    Some(match type_name {
+        ty::AGENT_REGISTERED => tenant_wide(format!("agent.*.{REGISTERED}")),
+        ty::AGENT_STATUS_REPORTED => tenant_wide(format!("agent.*.{STATUS_REPORTED}")),
+        ty::ALERT_RAISED => tenant_wide(format!("agent.*.{ALERT_RAISED}.*.*")),
+        ty::TEMPLATE_REGISTERED => tenant_wide(format!("template.*.{REGISTERED}")),
+        ty::SUBSCRIPTION_CREATED => tenant_wide(format!("subscription.*.{CREATED}")),
+        ty::SUBSCRIPTION_DELETED => tenant_wide(format!("subscription.*.{DELETED}")),
+        ty::WEBHOOK_DELIVERED => tenant_wide(format!("subscription.*.{DELIVERED}")),
+        ty::WEBHOOK_DELIVERY_FAILED => tenant_wide(format!("subscription.*.{DELIVERY_FAILED}")),
+        ty::WORKFLOW_CREATED => in_workflow(CREATED.to_owned()),
+        ty::WORKFLOW_PAUSED => in_workflow(PAUSED.to_owned()),
+        ty::WORKFLOW_RESUMED => in_workflow(RESUMED.to_owned()),
+        ty::KNOWLEDGE_SHARED => in_workflow(format!("knowledge.{SHARED}")),
+        ty::KNOWLEDGE_VALIDATED => in_workflow(format!("knowledge.{VALIDATED}")),
+        ty::KNOWLEDGE_SUPERSEDED => in_workflow(format!("knowledge.{SUPERSEDED}")),
+        ty::INTERACTION_RECORDED => in_workflow("interactions.*.recorded".to_owned()),
+        ty::EXECUTION_STARTED => execution(STARTED),
+        ty::EXECUTION_ESCALATED => execution(ESCALATED),
+        ty::LEAD_TAKEN => execution(LEAD_TAKEN),
+        ty::SAGA_STARTED => execution(SAGA_STARTED),
+        ty::EXECUTION_REPLANNED => execution(REPLANNED),
+        ty::EXECUTION_PAUSED => execution(PAUSED),
+        ty::EXECUTION_RESUMED => execution(RESUMED),
+        ty::EXECUTION_COMPLETED => execution(COMPLETED),
+        ty::EXECUTION_FAILED => execution(FAILED),
+        ty::EXECUTION_CANCELLED => execution(CANCELLED),
+        // Resolving a step's escalation is the step's fact; a run's (over its time), the run's.
+        ty::ESCALATION_RESOLVED => {
+            [execution(ESCALATION_RESOLVED), step(ESCALATION_RESOLVED)].concat()
+        }
+        ty::STEP_SCHEDULED => step(SCHEDULED),
+        ty::TASK_HANDED_OFF => step(HANDED_OFF),
+        ty::STEP_STARTED => step(STARTED),
+        ty::STEP_DEFERRED => step(DEFERRED),
+        ty::STEP_COMPLETED => step(COMPLETED),
+        ty::STEP_FAILED => step(FAILED),
+        ty::STEP_TIMED_OUT => step(TIMED_OUT),
+        ty::STEP_SKIPPED => step(SKIPPED),
+        ty::STEP_RETRY_SCHEDULED => step(RETRY_SCHEDULED),
+        ty::STEP_RETRY_DUE => step(RETRY_DUE),
+        ty::STEP_ESCALATED => step(ESCALATED),
+        ty::STEP_REVIEWED => step(REVIEWED),
+        ty::VOTES_TALLIED => step(TALLIED),
+        ty::QUESTIONS_ASKED => step(QUESTIONS_ASKED),
+        ty::QUESTION_ASSIGNED => step(QUESTION_ASSIGNED),
+        ty::QUESTION_ANSWERED => step(QUESTION_ANSWERED),
+        ty::QUESTIONS_EXPIRED => step(QUESTIONS_EXPIRED),
+        _ => return None,
+    })
+}
+
 /// The key under which a start's idempotency key is claimed (in the idempotency bucket): the
 /// client's key is hashed, so any text is a valid key and none is stored.
 pub fn idempotency_key(tenant: &TenantId, workflow: WorkflowId, key: &str) -> String {
@@ -334,6 +406,40 @@ mod tests {
             &step(&t, w, e, &s, STARTED)
         ));
         assert!(matches(&step_state(&t, w, e, &s), &scheduled));
+    }
+
+    #[test]
+    fn a_types_filters_select_its_events_and_no_others() {
+        let t = TenantId::default_tenant();
+        let other = WorkflowId::new();
+        let filters = |workflow, type_name| of_type(&t, workflow, type_name).expect("a known type");
+        for event in crate::samples::every_event() {
+            let subject = event.nats_subject(&t);
+            let tokens: Vec<&str> = subject.split('.').collect();
+            let workflow: Option<WorkflowId> = (tokens[3] == "workflow")
+                .then(|| tokens[4].parse().map(WorkflowId).expect("a workflow id"));
+            for type_name in crate::events::types::ALL {
+                let own = *type_name == event.type_name();
+                let in_tenant = filters(None, type_name)
+                    .iter()
+                    .any(|f| matches(f, &subject));
+                assert_eq!(in_tenant, own, "{type_name} and {subject}");
+                if let Some(w) = workflow {
+                    let in_workflow = filters(Some(w), type_name)
+                        .iter()
+                        .any(|f| matches(f, &subject));
+                    assert_eq!(
+                        in_workflow, own,
+                        "{type_name} in its workflow and {subject}"
+                    );
+                }
+                let elsewhere = filters(Some(other), type_name)
+                    .iter()
+                    .any(|f| matches(f, &subject));
+                assert!(!elsewhere, "{type_name} in another workflow and {subject}");
+            }
+        }
+        assert_eq!(of_type(&t, None, "dev.cadre.execution.finished.v1"), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Live feeds of the event log as server-sent events: an execution's events (and its
 //! interactions) from its start,
-//! resumed after `Last-Event-ID`, ending with the run; and the tenant's feed, live.
+//! resumed after `Last-Event-ID`, ending with the run; and the tenant's feed, live, whole or
+//! of some types.
 
 // Test code: a panic is the failure report, in helpers as in tests.
 #![allow(clippy::unwrap_used)]
@@ -30,6 +31,13 @@ async fn an_execution_feed_replays_then_follows_resumes_after_an_id_and_ends_wit
 
     // The tenant's feed is live: it shows what happens after it was opened.
     let mut tenant = stack.api.events("/v1/events", None).await.unwrap();
+    // Or only the types a client asks for: a run's start and end, nothing between.
+    let typed = format!(
+        "/v1/events?workflowId={workflow_id}&types={},{}",
+        types::EXECUTION_STARTED,
+        types::EXECUTION_COMPLETED
+    );
+    let mut typed = stack.api.events(&typed, None).await.unwrap();
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
     let first = tokio::time::timeout(FINISH, tenant.next())
         .await
@@ -61,6 +69,16 @@ async fn an_execution_feed_replays_then_follows_resumes_after_an_id_and_ends_wit
         assert_eq!(envelope.event.type_name(), event.event);
     }
 
+    let mut ends = Vec::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(FINISH, typed.next())
+            .await
+            .unwrap()
+            .unwrap();
+        ends.push(event.event);
+    }
+    assert_eq!(ends, [types::EXECUTION_STARTED, types::EXECUTION_COMPLETED]);
+
     // A client that reconnects goes on after the last id it saw, missing nothing.
     let resumed = to_the_end(stack.api.events(&path, Some(&events[2].id)).await.unwrap()).await;
     let resumed_ids: Vec<&str> = resumed.iter().map(|e| e.id.as_str()).collect();
@@ -80,6 +98,14 @@ async fn an_execution_feed_replays_then_follows_resumes_after_an_id_and_ends_wit
         "{}",
         reply.body
     );
+    let Err(reply) = stack
+        .api
+        .events("/v1/events?types=dev.cadre.execution.finished.v1", None)
+        .await
+    else {
+        panic!("an unknown type is refused")
+    };
+    assert_eq!(reply.status, 400);
     let ghost = uuid::Uuid::now_v7();
     let Err(reply) = stack
         .api

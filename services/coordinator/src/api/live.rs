@@ -9,7 +9,7 @@
 //! services terminate such messages with their reason). Feeds end when the coordinator stops;
 //! clients reconnect to another replica.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -85,14 +85,18 @@ pub(super) async fn execution(
     feed(&app, filters, deliver, true).await
 }
 
-/// `GET /v1/events[?workflowId=]`: every event of the tenant (or of one workflow) from now
-/// on, or after `Last-Event-ID`; it never ends on its own.
+/// `GET /v1/events[?workflowId=][&types=]`: every event of the tenant (or of one workflow),
+/// or only those of the listed types, from now on, or after `Last-Event-ID`; it never ends on
+/// its own. The log does the type filtering (by subject), so a client that wants a few types
+/// of a busy tenant is not sent, nor does the coordinator decode, the thousands of others.
 #[utoipa::path(
     get,
     path = "/v1/events",
     tag = "events",
     params(
         ("workflowId" = Option<uuid::Uuid>, Query, description = "Only this workflow's events and its executions'"),
+        ("types" = Option<String>, Query,
+         description = "Only events of these CloudEvents types, comma-separated (`dev.cadre.execution.completed.v1,...`)"),
         ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+$",
          description = "Go on after this event (the `id` of the last event seen)"),
         ("after" = Option<u64>, Query, description = "As `Last-Event-ID`, for clients that cannot set it"),
@@ -109,12 +113,16 @@ pub(super) async fn all(
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let after = resume_after(&headers, &params)?;
-    let filter = match params.get("workflowId") {
-        Some(raw) => {
-            let workflow: WorkflowId = parse_id(raw, "workflowId")?;
-            subjects::workflow_events(&app.tenant, workflow)
-        }
-        None => subjects::tenant_events(&app.tenant),
+    let workflow = params
+        .get("workflowId")
+        .map(|raw| parse_id::<WorkflowId>(raw, "workflowId"))
+        .transpose()?;
+    let filters = match params.get("types") {
+        Some(types) => of_types(&app, workflow, types)?,
+        None => vec![match workflow {
+            Some(workflow) => subjects::workflow_events(&app.tenant, workflow),
+            None => subjects::tenant_events(&app.tenant),
+        }],
     };
     let deliver = match after {
         Some(sequence) => DeliverPolicy::ByStartSequence {
@@ -122,7 +130,33 @@ pub(super) async fn all(
         },
         None => DeliverPolicy::New,
     };
-    feed(&app, vec![filter], deliver, false).await
+    feed(&app, filters, deliver, false).await
+}
+
+/// The subjects of the comma-separated CloudEvents `types` (in `workflow`, if given).
+fn of_types(
+    app: &AppState,
+    workflow: Option<WorkflowId>,
+    types: &str,
+) -> Result<Vec<String>, Problem> {
+    let mut filters = BTreeSet::new();
+    for type_name in types.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let Some(subjects) = subjects::of_type(&app.tenant, workflow, type_name) else {
+            return Err(Problem::bad_request(format!(
+                "'types' names '{type_name}', which is not an event type: list CloudEvents types \
+                 such as dev.cadre.execution.completed.v1, separated by commas"
+            )));
+        };
+        filters.extend(subjects);
+    }
+    if filters.is_empty() {
+        // No filter would mean every event.
+        return Err(Problem::bad_request(
+            "'types' names no event type that can occur here (agents', templates' and \
+             subscriptions' events are in no workflow)",
+        ));
+    }
+    Ok(filters.into_iter().collect())
 }
 
 /// The sequence a reconnecting client saw last: its `Last-Event-ID` header, else `?after=`.

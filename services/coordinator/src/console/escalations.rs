@@ -67,9 +67,8 @@ pub(super) async fn list(
 }
 
 /// `GET /console/escalations/{id}/card[?at=<sequence>]`: one escalation as the execution view
-/// shows it, for the script to add when the log says a step escalated. With `at` (the event
-/// that told the script), the console first waits for the read models to reach that event
-/// (see `super::read_models_at`), so the card is there to show.
+/// shows it, for the script to add when the log says a step escalated (with `at`, once the
+/// read models have reached that event: see `read_at`).
 pub(super) async fn fragment(State(app): State<AppState>, Path(raw): Path<String>) -> PageResult {
     let id = parse_uuid(&raw, "escalation")?;
     let Some(escalation) = read::escalation(&app.db, &app.tenant, id).await? else {

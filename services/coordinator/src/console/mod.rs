@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -44,36 +44,38 @@ pub fn router(state: AppState) -> Router {
         .route("/console/agents/{id}", get(agents::detail))
         .route("/console/assets/console.js", get(script))
         .route("/console/assets/console.css", get(stylesheet))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            read_models_at,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), read_at))
         .with_state(state)
 }
 
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize)]
 struct At {
-    /// The log position (stream sequence) of the event that made the script ask.
-    #[serde(default)]
-    at: Option<u64>,
+    at: u64,
 }
 
-/// `?at=<sequence>` on any console page: answer once the read models have reached that event,
-/// waiting as a command's answer does (bounded, and not while they cannot be read). The script
-/// sends it when an event makes it read a page or a fragment again, so what it reads shows
-/// the event.
-async fn read_models_at(
-    State(app): State<AppState>,
-    Query(at): Query<At>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(position) = at.at {
-        app.read_models
-            .wait_while_readable(position, app.read_your_writes)
-            .await;
-    }
-    next.run(request).await
+/// `?at=<sequence>` on any console URL: answers once the read models cover that event of the
+/// log (bounded, as a command's answer waits), so a page or card fetched because the live feed
+/// brought an event shows what the event changed. `Cadre-Read-Models` says whether they did
+/// (`current`) or the wait gave up (`behind`), and `Cadre-Log-Position` how far into the log
+/// they had got when the page was read: every event up to it is on the page.
+async fn read_at(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(Query(At { at })) = Query::<At>::try_from_uri(request.uri()) else {
+        return next.run(request).await;
+    };
+    let current = app
+        .read_models
+        .wait_while_readable(at, app.read_your_writes)
+        .await;
+    // Read before the page's queries, which see at least this much.
+    let position = app.read_models.checkpoint();
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        crate::api::READ_MODELS,
+        HeaderValue::from_static(if current { "current" } else { "behind" }),
+    );
+    headers.insert(crate::api::LOG_POSITION, HeaderValue::from(position));
+    response
 }
 
 const SCRIPT: &str = include_str!("assets/console.js");

@@ -27,8 +27,10 @@
     if (live) live.textContent = text;
   }
 
-  // Opens `url` and hands each event's CloudEvent to `onEvent`; returns the EventSource.
-  function subscribe(url, onEvent) {
+  // Opens `url` and hands each event's CloudEvent to `onEvent`; returns the EventSource. With
+  // `wanted` (a test on the type), events of other types are not even parsed: a busy tenant's
+  // feed brings thousands a second, and a list page wants a few.
+  function subscribe(url, onEvent, wanted = () => true) {
     const source = new EventSource(url);
     source.onopen = () => liveState("live");
     source.onerror = () => liveState(source.readyState === EventSource.CLOSED ? "" : "reconnecting…");
@@ -44,7 +46,7 @@
       onEvent(cloudEvent, source, message.lastEventId);
     };
     source.addEventListener("message", handle);
-    for (const type of KNOWN_TYPES) source.addEventListener(type, handle);
+    for (const type of KNOWN_TYPES.filter(wanted)) source.addEventListener(type, handle);
     return source;
   }
 
@@ -66,44 +68,64 @@
     "subscription.delivered.v1", "subscription.delivery_failed.v1",
   ].map((t) => "dev.cadre." + t);
 
+  // The tenant's or a workflow's feed with only the types `wanted` picks: the log filters
+  // them, so the page is never sent the others (most of a busy log).
+  const only = (feed, wanted) =>
+    feed + (feed.includes("?") ? "&" : "?") + "types=" + KNOWN_TYPES.filter(wanted).join(",");
+
   // ---- Lists: reload the page's own HTML when an event that changes it arrives. ----
 
-  // Reloads the page's `main` from the server once the read models have reached the event at
-  // log position `at` (if given), one reload after the other (so none lands after a later
-  // one). Resolves to whether it replaced `main`.
-  let reloading = Promise.resolve(false);
-  function reloadMain(at) {
+  // Replaces the page's `main` with the server's, read once the read models have the event at
+  // log position `at` (if given). Resolves to the response, or null when it did not replace.
+  async function reloadMain(at) {
     const url = new URL(location.href);
     url.hash = "";
-    if (at) url.searchParams.set("at", at);
-    reloading = reloading.then(async () => {
-      const response = await fetch(url, { headers: { accept: "text/html" } });
-      if (!response.ok) return false;
-      const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
-      $("main").replaceChildren(...$("main", fresh).childNodes);
-      cadre.reloads += 1;
-      return true;
-    }).catch(() => false);
-    return reloading;
+    if (at !== undefined) url.searchParams.set("at", at);
+    const response = await fetch(url, { headers: { accept: "text/html" } });
+    if (!response.ok) return null;
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    $("main").replaceChildren(...$("main", fresh).childNodes);
+    cadre.reloads += 1;
+    return response;
   }
 
+  // At most one reload in flight and one waiting: the events that arrive meanwhile share the
+  // next one, so a busy log costs a reload per round trip, not one per event (nor a pile of
+  // reloads racing each other). `at` has the server answer once the read models have the
+  // oldest event not yet shown; its Cadre-Log-Position says how far they had got, so the
+  // events up to there are on the page and the others wait for the next reload.
   function reloadOn(feed, prefixes) {
-    let pending = null;
-    subscribe(feed, (cloudEvent, source, sequence) => {
-      if (!prefixes.some((p) => cloudEvent.type.startsWith(p))) return;
-      if (pending) {
-        pending.events.push(cloudEvent);
-        pending.at = sequence;
-        return;
+    let waiting = [];
+    let inFlight = false;
+    async function reload() {
+      inFlight = true;
+      while (waiting.length) {
+        try {
+          const response = await reloadMain(waiting[0].sequence);
+          if (!response) {
+            waiting = [];
+            continue;
+          }
+          const reached = Number(response.headers.get("cadre-log-position") ?? Infinity);
+          for (const event of waiting) if (event.sequence <= reached) measured(event.cloudEvent);
+          waiting = waiting.filter((event) => event.sequence > reached);
+          // Not there within the server's (bounded) wait: try again shortly.
+          if (waiting.length && response.headers.get("cadre-read-models") === "behind") {
+            await new Promise((resolve) => setTimeout(resolve, 250));
+          }
+        } catch {
+          // Offline for a moment: the next event reloads.
+          waiting = [];
+        }
       }
-      // One reload for a burst of events, read once the read models have the last one.
-      pending = { events: [cloudEvent], at: sequence };
-      setTimeout(async () => {
-        const { events, at } = pending;
-        pending = null;
-        if (await reloadMain(at)) events.forEach(measured);
-      }, 150);
-    });
+      inFlight = false;
+    }
+    const changes = (type) => prefixes.some((p) => type.startsWith(p));
+    subscribe(only(feed, changes), (cloudEvent, source, sequence) => {
+      if (!changes(cloudEvent.type)) return;
+      waiting.push({ cloudEvent, sequence: Number(sequence) });
+      if (!inFlight) reload();
+    }, changes);
   }
 
   // ---- The execution view: apply each event to the steps, the graph and the timeline. ----
@@ -263,8 +285,9 @@
       cancelled: (d, at) => runStatus("cancelled", at),
     };
 
+    const factOf = (type) => type.replace(/^dev\.cadre\.execution\./, "").replace(/\.v\d+$/, "");
     subscribe(feed, (cloudEvent, source, sequence) => {
-      const fact = cloudEvent.type.replace(/^dev\.cadre\.execution\./, "").replace(/\.v\d+$/, "");
+      const fact = factOf(cloudEvent.type);
       const handler = apply[fact];
       if (!handler) return;
       handler(cloudEvent.data, cloudEvent.time, sequence);
@@ -275,12 +298,13 @@
         liveState("ended");
         for (const card of $$("#escalations article.escalation")) card.remove();
       }
-    });
+    }, (type) => Object.hasOwn(apply, factOf(type)));
 
     // Interactions are the workflow's facts, not the execution state's: they come on the
     // workflow's feed (from now on; the page already shows the earlier ones).
     const timeline = $("#timeline");
-    subscribe(workflowFeed, (cloudEvent) => {
+    const interaction = (type) => type.includes(".interaction_recorded.") || type.includes(".question_answered.");
+    subscribe(only(workflowFeed, interaction), (cloudEvent) => {
       const d = cloudEvent.data;
       if (!d || d.executionId !== executionId) return;
       let kind;
@@ -313,7 +337,7 @@
       item.append(p);
       timeline.append(item);
       measured(cloudEvent);
-    });
+    }, interaction);
   }
 
   // ---- Forms: they call the JSON API and show its problems where they belong. ----
@@ -631,7 +655,7 @@
     if (response.ok) {
       // The log's event reloads the page (with the buttons the new status allows); without a
       // live feed, reload it now: the answer came once the read models had the change.
-      if ($("#live").textContent !== "live") await reloadMain();
+      if ($("#live").textContent !== "live") await reloadMain().catch(() => null);
     } else {
       error.textContent = problemSummary(json, response);
       button.disabled = false;
