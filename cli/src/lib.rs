@@ -224,7 +224,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply { files } => {
             let applied = apply::apply(&client, &files, |applied| {
                 if format == Format::Table {
-                    println!("{}", applied.line());
+                    crate::outln!("{}", applied.line());
                 }
             })
             .await?;
@@ -279,7 +279,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| anyhow::anyhow!("the API answered no executionId: {started}"))?;
             if !follow {
                 match format {
-                    Format::Table => println!(
+                    Format::Table => crate::outln!(
                         "execution {execution} (#{}) {}",
                         started["executionNumber"],
                         output::cell(&started, "status")
@@ -288,7 +288,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("execution {execution} (#{})", started["executionNumber"]);
+            crate::outln!("execution {execution} (#{})", started["executionNumber"]);
             let outcome = follow::follow(&client, execution, Until::End).await?;
             Ok(exit_for(outcome))
         }
@@ -305,7 +305,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let outcome = follow::follow(&client, execution, until).await?;
             if outcome.is_none() {
-                println!(
+                crate::outln!(
                     "(the run goes on: `cadre logs {execution} --follow` to watch it to its end)"
                 );
             }
@@ -358,9 +358,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let value: Value = client.get(&path).await?;
             match (format, kind) {
                 (Format::Table, OneKind::Execution) => {
-                    println!("{}", describe::execution(&client, &value).await?);
+                    crate::outln!("{}", describe::execution(&client, &value).await?);
                 }
-                (Format::Table, OneKind::Template) => println!("{}", describe::template(&value)),
+                (Format::Table, OneKind::Template) => {
+                    crate::outln!("{}", describe::template(&value))
+                }
                 _ => output::print_one(format, &value),
             }
             Ok(ExitCode::SUCCESS)
@@ -395,7 +397,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             by,
         } => {
             let escalation: EscalationId = parse_id(&escalation, "escalation")?;
-            let mut body = json!({ "action": action.api_name(), "requestedBy": user(by) });
+            // A person's decision is kept with their name: never recorded as nobody's.
+            let Some(person) = user(by) else {
+                anyhow::bail!(
+                    "say who decides with --by <name> (neither $USER nor $LOGNAME is set)"
+                );
+            };
+            let mut body = json!({ "action": action.api_name(), "requestedBy": person });
             if let Some(reason) = reason {
                 body["reason"] = json!(reason);
             }
@@ -431,7 +439,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .post(&format!("/v1/escalations/{escalation}/resolve"), &body)
                 .await?;
             match format {
-                Format::Table => println!(
+                Format::Table => crate::outln!(
                     "escalation {escalation} resolved: {} (step {}: {}, execution {}: {})",
                     output::cell(&resolved, "action"),
                     output::cell(&resolved, "stepId"),
@@ -454,9 +462,15 @@ fn exit_for(outcome: Option<Outcome>) -> ExitCode {
     }
 }
 
-/// Who a request is from: `--by`, else the user's login name.
+/// Who a request is from: `--by`, else the user's login name (`$USER`, else `$LOGNAME`); none
+/// when neither is set, never an empty name.
 fn user(by: Option<String>) -> Option<String> {
-    by.or_else(|| std::env::var("USER").ok())
+    let named = |name: String| Some(name).filter(|n| !n.trim().is_empty());
+    by.and_then(named).or_else(|| {
+        ["USER", "LOGNAME"]
+            .into_iter()
+            .find_map(|variable| std::env::var(variable).ok().and_then(named))
+    })
 }
 
 async fn control(
@@ -476,7 +490,7 @@ async fn control(
         )
         .await?;
     match format {
-        Format::Table => println!(
+        Format::Table => crate::outln!(
             "execution {} {}",
             control.execution,
             output::cell(&answer, "status")
@@ -636,7 +650,7 @@ async fn get(
         Listing::As(format) => output::print(format, &Value::Array(items.clone()), &items, columns),
         Listing::Ids => {
             for item in &items {
-                println!("{}", output::cell(item, "id"));
+                crate::outln!("{}", output::cell(item, "id"));
             }
         }
     }

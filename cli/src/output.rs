@@ -11,6 +11,31 @@ pub enum Format {
     Yaml,
 }
 
+/// Writes `text` to standard output. When its reader has gone (`cadre logs | head`), the
+/// program ends there with success, as Unix tools do: `println!` would panic instead, since
+/// Rust ignores SIGPIPE.
+pub fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => panic!("writing to standard output: {error}"),
+    }
+}
+
+/// `print!` through [`write_out`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_out(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`write_out`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 /// Narrower than this, a terminal's width is not believed.
 const MIN_WIDTH: u16 = 20;
 
@@ -20,11 +45,11 @@ pub type Column = (&'static str, fn(&Value) -> String);
 /// Prints `value` whole (JSON, YAML); for a table, `rows` of it under `columns`.
 pub fn print(format: Format, value: &Value, rows: &[Value], columns: &[Column]) {
     match format {
-        Format::Json => println!("{}", json(value)),
-        Format::Yaml => print!("{}", yaml(value)),
+        Format::Json => crate::outln!("{}", json(value)),
+        Format::Yaml => crate::out!("{}", yaml(value)),
         Format::Table => {
             if rows.is_empty() {
-                println!("(none)");
+                crate::outln!("(none)");
                 return;
             }
             let mut table = Table::new();
@@ -40,7 +65,7 @@ pub fn print(format: Format, value: &Value, rows: &[Value], columns: &[Column]) 
             for row in rows {
                 table.add_row(columns.iter().map(|(_, cell)| cell(row)));
             }
-            println!("{table}");
+            crate::outln!("{table}");
         }
     }
 }
@@ -48,8 +73,8 @@ pub fn print(format: Format, value: &Value, rows: &[Value], columns: &[Column]) 
 /// One object: YAML for people (and `-o yaml`), JSON for `-o json`.
 pub fn print_one(format: Format, value: &Value) {
     match format {
-        Format::Json => println!("{}", json(value)),
-        Format::Table | Format::Yaml => print!("{}", yaml(value)),
+        Format::Json => crate::outln!("{}", json(value)),
+        Format::Table | Format::Yaml => crate::out!("{}", yaml(value)),
     }
 }
 

@@ -106,6 +106,19 @@ async fn an_execution_feed_replays_then_follows_resumes_after_an_id_and_ends_wit
         panic!("an unknown type is refused")
     };
     assert_eq!(reply.status, 400);
+    // A misspelt parameter would follow every event of the tenant: refused, naming it.
+    let Err(reply) = stack.api.events("/v1/events?workflowID=x", None).await else {
+        panic!("an unknown parameter is refused")
+    };
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown query parameter 'workflowID'"),
+        "{}",
+        reply.body
+    );
     let ghost = uuid::Uuid::now_v7();
     let Err(reply) = stack
         .api

@@ -100,6 +100,31 @@ async fn events_reach_a_flaky_endpoint_signed_and_in_order_and_a_dead_one_slows_
         .map(|e| e["pointer"].as_str().unwrap())
         .collect();
     assert_eq!(pointers, ["/url", "/eventTypes/0"]);
+    // Nor credentials in the URL (the log keeps it), nor only subscriptions' own events.
+    let reply = api
+        .post(
+            "/v1/subscriptions",
+            &json!({"url": "http://user:secret@127.0.0.1:9/hook",
+                    "eventTypes": ["dev.cadre.subscription.*", types::SUBSCRIPTION_CREATED]}),
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    let errors = reply.body["errors"].as_array().unwrap();
+    let at = |pointer: &str| {
+        errors
+            .iter()
+            .find(|e| e["pointer"] == pointer)
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert!(at("/url").contains("credentials"), "{errors:?}");
+    assert!(!reply.body.to_string().contains("secret"), "{}", reply.body);
+    for i in 0..2 {
+        assert!(
+            at(&format!("/eventTypes/{i}")).contains("never delivered"),
+            "{errors:?}"
+        );
+    }
 
     let receiver = Shared::new(Mutex::new(Receiver {
         failures_left: 2,

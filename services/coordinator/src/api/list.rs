@@ -20,6 +20,23 @@ use crate::read::page::{self, CursorError, Page, Paged, SortKey};
 pub(super) const DEFAULT_LIMIT: i64 = 100;
 pub(super) const MAX_LIMIT: i64 = 1000;
 
+/// A 400 naming the first of `names` (the query parameters of a request) that is not one of
+/// `accepted`, the parameters this `what` takes: a misspelt parameter silently ignored would
+/// answer something other than what was asked.
+pub(super) fn refuse_unknown<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    what: &str,
+    accepted: &[&str],
+) -> Result<(), Problem> {
+    match names.into_iter().find(|name| !accepted.contains(name)) {
+        Some(name) => Err(Problem::bad_request(format!(
+            "unknown query parameter '{name}'; this {what} takes {}",
+            accepted.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The query of a request for one list.
 pub(super) struct ListQuery {
     /// Names the list in its cursors.
@@ -47,14 +64,9 @@ impl ListQuery {
                      the `cursor` of the next page)",
                 ));
             }
-            if !filters.contains(&name.as_str()) && name != "limit" && name != "cursor" {
-                let mut accepted = filters.to_vec();
-                accepted.extend(["limit", "cursor"]);
-                return Err(Problem::bad_request(format!(
-                    "unknown query parameter '{name}'; this list takes {}",
-                    accepted.join(", ")
-                )));
-            }
+            let mut accepted = filters.to_vec();
+            accepted.extend(["limit", "cursor"]);
+            refuse_unknown([name.as_str()], "list", &accepted)?;
             if params.insert(name.clone(), value.clone()).is_some() {
                 return Err(Problem::bad_request(format!(
                     "query parameter '{name}' is given more than once"

@@ -24,7 +24,7 @@ use cadre_proto::{Envelope, Event, ExecutionId, WorkflowId, subjects};
 
 use super::executions::started;
 use super::openapi::{BadRequest, NotFound, Unavailable};
-use super::{ApiResult, AppState, Problem, parse_id};
+use super::{ApiResult, AppState, Problem, list, parse_id};
 
 /// One server-sent event of a feed: one stored event of the log. (The schema is each event's,
 /// as OpenAPI 3.2's `itemSchema` has it: a feed is a stream of them.)
@@ -70,6 +70,7 @@ pub(super) async fn execution(
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let id: ExecutionId = parse_id(&raw, "execution id")?;
+    list::refuse_unknown(params.keys().map(String::as_str), "feed", &["after"])?;
     let after = resume_after(&headers, &params)?;
     let (_, start) = started(&app, id).await?;
     let filters = vec![
@@ -112,6 +113,11 @@ pub(super) async fn all(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    list::refuse_unknown(
+        params.keys().map(String::as_str),
+        "feed",
+        &["workflowId", "types", "after"],
+    )?;
     let after = resume_after(&headers, &params)?;
     let workflow = params
         .get("workflowId")

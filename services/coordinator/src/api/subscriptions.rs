@@ -50,6 +50,9 @@ pub(super) struct NewSubscription {
     description: Option<String>,
 }
 
+/// The prefix of the subscriptions' own event types.
+const SUBSCRIPTION_TYPES: &str = "dev.cadre.subscription.";
+
 impl NewSubscription {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
@@ -58,6 +61,14 @@ impl NewSubscription {
                 errors.push(error(
                     "/url",
                     format!("must be at most {MAX_URL} characters"),
+                ));
+            }
+            // The URL is recorded in the event log, forever and for every reader of it.
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                errors.push(error(
+                    "/url",
+                    "must not carry credentials (user:password@): it is recorded in the event \
+                     log; a receiver authenticates Cadre by the webhook signature",
                 ));
             }
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
@@ -76,12 +87,27 @@ impl NewSubscription {
                 format!("must name at most {MAX_EVENT_TYPES} types"),
             ));
         }
+        // A subscription's own facts are never delivered (see `crate::webhooks`).
+        let deliverable = || {
+            types::ALL
+                .iter()
+                .filter(|t| !t.starts_with(SUBSCRIPTION_TYPES))
+        };
         for (i, wanted) in self.event_types.iter().enumerate() {
             let matches_one = match wanted.strip_suffix('*') {
-                Some(prefix) => types::ALL.iter().any(|t| t.starts_with(prefix)),
-                None => types::ALL.contains(&wanted.as_str()),
+                Some(prefix) => deliverable().any(|t| t.starts_with(prefix)),
+                None => deliverable().any(|t| *t == wanted.as_str()),
             };
-            if !matches_one {
+            if !matches_one && wanted.starts_with(SUBSCRIPTION_TYPES) {
+                errors.push(error(
+                    format!("/eventTypes/{i}"),
+                    format!(
+                        "'{wanted}' names only subscriptions' own events, which are never \
+                         delivered; read a subscription's deliveries at \
+                         GET /v1/subscriptions/{{id}}/deliveries"
+                    ),
+                ));
+            } else if !matches_one {
                 errors.push(error(
                     format!("/eventTypes/{i}"),
                     format!(
