@@ -167,6 +167,48 @@ impl Stack {
             .clone()
     }
 
+    /// What a benchmark watches from now on: every event appended after this call (an ordered
+    /// consumer of the log), and each commit of the projector as `(the log sequence it
+    /// covers, now() when it arrived)`, taken as it arrives (it may come before the watcher
+    /// has seen the event it covers). Abort the returned task when done.
+    pub async fn watch_log_and_commits<T: Send + 'static>(
+        &self,
+        now: fn() -> T,
+    ) -> anyhow::Result<(
+        async_nats::jetstream::consumer::pull::Ordered,
+        tokio::sync::mpsc::UnboundedReceiver<(u64, T)>,
+        JoinHandle<()>,
+    )> {
+        let first_sequence = self.log_state().await.last_sequence + 1;
+        let observer = self
+            .bus
+            .stream()
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subjects::ALL_EVENTS.to_owned(),
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: first_sequence,
+                },
+                ..Default::default()
+            })
+            .await?;
+        let events = observer.messages().await?;
+        let mut listener = sqlx::postgres::PgListener::connect(&self.db.url).await?;
+        listener
+            .listen(cadre_runtime::projection::PROJECTION_CHANNEL)
+            .await?;
+        let (commit_sender, commits) = tokio::sync::mpsc::unbounded_channel();
+        let projection = tokio::spawn(async move {
+            while let Ok(notification) = listener.recv().await {
+                if let Ok(sequence) = notification.payload().parse::<u64>()
+                    && commit_sender.send((sequence, now())).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok((events, commits, projection))
+    }
+
     pub fn projector_config(&self, max_batch: usize) -> cadre_projector::Config {
         cadre_projector::Config {
             nats_url: self.nats.url.clone(),

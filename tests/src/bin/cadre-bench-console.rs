@@ -24,15 +24,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use cadre_agent_worker::ProviderConfig;
-use cadre_proto::subjects;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
 use cadre_tests::{Stack, StackOptions};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use sqlx::postgres::PgListener;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
 
@@ -161,32 +158,9 @@ async fn load(
     parallelism: usize,
 ) -> anyhow::Result<()> {
     let load_workflows: HashSet<String> = workflows.iter().cloned().collect();
-    let first_sequence = stack.log_state().await.last_sequence + 1;
-    let observer = stack
-        .bus
-        .stream()
-        .create_consumer(OrderedConfig {
-            filter_subject: subjects::ALL_EVENTS.to_owned(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: first_sequence,
-            },
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = observer.messages().await?;
-    // The projector's commits: what the list pages can show, and when.
-    let mut listener = PgListener::connect(&stack.db.url).await?;
-    listener.listen("cadre_projection").await?;
-    let (commit_sender, mut commit_receiver) = tokio::sync::mpsc::unbounded_channel();
-    let projection = tokio::spawn(async move {
-        while let Ok(notification) = listener.recv().await {
-            if let Ok(sequence) = notification.payload().parse::<u64>()
-                && commit_sender.send((sequence, Utc::now())).is_err()
-            {
-                break;
-            }
-        }
-    });
+    // Watch the log from here on, and the projector's commits.
+    let (mut messages, mut commit_receiver, projection) =
+        stack.watch_log_and_commits(Utc::now).await?;
     let (tally_sender, tally_receiver) = tokio::sync::watch::channel((0u64, 0u64));
     let stop_counting = tokio_util::sync::CancellationToken::new();
     let counter = tokio::spawn({

@@ -31,15 +31,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-use cadre_proto::subjects;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
 use cadre_tests::{Api, Stack, StackOptions};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use sqlx::postgres::PgListener;
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -354,31 +351,8 @@ async fn measure_runs(
 ) -> anyhow::Result<()> {
     let api = stack.api.clone();
     // Watch the log from here on, and the projector's commits.
-    let first_sequence = stack.log_state().await.last_sequence + 1;
-    let observer = stack
-        .bus
-        .stream()
-        .create_consumer(OrderedConfig {
-            filter_subject: subjects::ALL_EVENTS.to_owned(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: first_sequence,
-            },
-            ..Default::default()
-        })
-        .await?;
-    let mut events = observer.messages().await?;
-    let mut listener = PgListener::connect(&stack.db.url).await?;
-    listener.listen("cadre_projection").await?;
-    let (commit_sender, mut commit_receiver) = tokio::sync::mpsc::unbounded_channel();
-    let projection = tokio::spawn(async move {
-        while let Ok(notification) = listener.recv().await {
-            if let Ok(sequence) = notification.payload().parse::<u64>()
-                && commit_sender.send((sequence, Utc::now())).is_err()
-            {
-                break;
-            }
-        }
-    });
+    let (mut events, mut commit_receiver, projection) =
+        stack.watch_log_and_commits(Utc::now).await?;
 
     // The whole process's resident memory, sampled while the executions run.
     let baseline_rss = resident_kib();
@@ -673,33 +647,8 @@ async fn measure_sequential(
     // Not measured: the first executions open connections and fill caches.
     const WARM_UP: u64 = 3;
     let api = stack.api.clone();
-    let first_sequence = stack.log_state().await.last_sequence + 1;
-    let observer = stack
-        .bus
-        .stream()
-        .create_consumer(OrderedConfig {
-            filter_subject: subjects::ALL_EVENTS.to_owned(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: first_sequence,
-            },
-            ..Default::default()
-        })
-        .await?;
-    let mut events = observer.messages().await?;
-    let mut listener = PgListener::connect(&stack.db.url).await?;
-    listener.listen("cadre_projection").await?;
-    // Each commit's arrival time, taken as it arrives: it may come before the observer has
-    // seen the event it covers.
-    let (commit_sender, mut commits) = tokio::sync::mpsc::unbounded_channel();
-    let projection = tokio::spawn(async move {
-        while let Ok(notification) = listener.recv().await {
-            if let Ok(sequence) = notification.payload().parse::<u64>()
-                && commit_sender.send((sequence, Instant::now())).is_err()
-            {
-                break;
-            }
-        }
-    });
+    // Watch the log from here on, and the projector's commits.
+    let (mut events, mut commits, projection) = stack.watch_log_and_commits(Instant::now).await?;
 
     let mut stored = Histogram::<u64>::new(3)?;
     let mut visible = Histogram::<u64>::new(3)?;
