@@ -50,8 +50,9 @@ def watch(page):
 
     def on_failed(request):
         failure = request.failure or ""
-        # Leaving a page closes its event streams: that is not a failure.
-        if "ERR_ABORTED" in failure and "/events" in request.url:
+        # Leaving a page closes its event streams and cancels a reload under way (`?at=`, asked
+        # when an event arrives): neither is a failure.
+        if "ERR_ABORTED" in failure and ("/events" in request.url or "at=" in request.url):
             return
         problems.append(f"request failed: {request.method} {request.url}: {failure}")
 
