@@ -306,10 +306,6 @@ pub struct StepScheduled {
     /// How the workflow wants its agents to write.
     #[serde(default)]
     pub communication_style: CommunicationStyle,
-    /// Stream sequence the coordinator had seen when it scheduled the step. Knowledge shared
-    /// by the steps this one depends on was stored at or before it, so a worker that waits
-    /// until the read models reach it sees that knowledge.
-    pub knowledge_watermark: u64,
     /// The execution's input, for the agent to read as data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
@@ -992,9 +988,35 @@ pub struct StepCompleted {
     /// The workflow knowledge the step's prompt carried: each use counts once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub knowledge_used: Vec<KnowledgeId>,
+    /// The knowledge the step shared (its `KnowledgeShared` events, stored before this one),
+    /// repeated here for the steps that depend on it: their workers read it with the step's
+    /// result from the log, so a dependent step never waits for the read models to see it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub knowledge_shared: Vec<SharedKnowledge>,
     /// Why the agent's own model did not answer, when its fallback (`provider`, `model`) did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
+}
+
+/// A piece of knowledge as a step's [`StepCompleted`] repeats it from its `KnowledgeShared`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedKnowledge {
+    pub knowledge_id: KnowledgeId,
+    pub title: String,
+    pub knowledge_type: KnowledgeType,
+    pub content: String,
+}
+
+impl From<&KnowledgeShared> for SharedKnowledge {
+    fn from(shared: &KnowledgeShared) -> Self {
+        Self {
+            knowledge_id: shared.knowledge_id,
+            title: shared.title.clone(),
+            knowledge_type: shared.knowledge_type,
+            content: shared.content.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

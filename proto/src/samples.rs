@@ -131,7 +131,6 @@ pub fn every_event() -> Vec<Event> {
         coordinator_agent_id: None,
         knowledge_sharing: true,
         communication_style: CommunicationStyle::Formal,
-        knowledge_watermark: 7,
         input: Some(serde_json::json!({"ticket": 42})),
         review: Some(ReviewRequest {
             round: 1,
@@ -371,6 +370,12 @@ pub fn every_event() -> Vec<Event> {
             duration_ms: 12,
             cost_usd: None,
             knowledge_used: vec![KnowledgeId::new()],
+            knowledge_shared: vec![SharedKnowledge {
+                knowledge_id: KnowledgeId::new(),
+                title: "Insights from Design".into(),
+                knowledge_type: KnowledgeType::Insight,
+                content: "i".into(),
+            }],
             fallback_reason: None,
         })),
         Event::StepFailed(StepFailed {

@@ -272,7 +272,6 @@ impl Stack {
             health_addr: "127.0.0.1:0".into(),
             worker_id: name.to_owned(),
             concurrency: StackOptions::default().worker_concurrency,
-            knowledge_wait_secs: 10,
             providers,
             ..Default::default()
         }

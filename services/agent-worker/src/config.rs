@@ -30,9 +30,6 @@ pub struct Config {
     pub concurrency: usize,
     /// Most knowledge items put in a step's prompt (the seed's "top 5").
     pub knowledge_limit: u32,
-    /// How long a step waits for the read models to reach its knowledge watermark before it
-    /// proceeds with the knowledge that is visible.
-    pub knowledge_wait_secs: u64,
     /// How long a step attempt may wait, in all, for a provider that keeps failing transiently
     /// (rate limits, overload, outages) before it fails. Counted in time, not calls: a provider
     /// asking for 30 s between calls gets as long as one that fails fast.
@@ -48,10 +45,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn knowledge_wait(&self) -> Duration {
-        Duration::from_secs(self.knowledge_wait_secs)
-    }
-
     pub fn retry_budget(&self) -> Duration {
         Duration::from_secs(self.retry_budget_secs)
     }
@@ -67,7 +60,6 @@ impl Default for Config {
             worker_id: default_worker_id(),
             concurrency: 256,
             knowledge_limit: 5,
-            knowledge_wait_secs: 30,
             retry_budget_secs: 900,
             dependency_budget_chars: 12_000,
             prices: BTreeMap::new(),

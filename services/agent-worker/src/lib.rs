@@ -144,7 +144,6 @@ pub async fn run_with_readiness(
         providers,
         knowledge,
         knowledge_limit: config.knowledge_limit,
-        knowledge_wait: config.knowledge_wait(),
         retry_budget: config.retry_budget(),
         dependency_budget: config.dependency_budget_chars,
         prices: config.prices.clone(),

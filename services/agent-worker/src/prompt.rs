@@ -7,7 +7,7 @@
 
 use cadre_proto::KnowledgeId;
 use cadre_proto::events::{
-    FailedAttempt, QuestionAnswer, QuestionAssigned, ReviewRequest, Teammate,
+    FailedAttempt, QuestionAnswer, QuestionAssigned, ReviewRequest, SharedKnowledge, Teammate,
 };
 use cadre_proto::model::{AgentProfile, CommunicationStyle, StepResult, TokenUsage, WorkflowStep};
 use serde::Serialize;
@@ -20,6 +20,17 @@ pub struct KnowledgeItem {
     /// `insight`, `decision`, ... as stored by the projector.
     pub knowledge_type: String,
     pub content: String,
+}
+
+impl From<SharedKnowledge> for KnowledgeItem {
+    fn from(shared: SharedKnowledge) -> Self {
+        Self {
+            id: shared.knowledge_id,
+            title: shared.title,
+            knowledge_type: shared.knowledge_type.as_str().to_owned(),
+            content: shared.content,
+        }
+    }
 }
 
 impl KnowledgeItem {

@@ -438,12 +438,14 @@ impl ScheduledStep {
     }
 
     /// The attempt's result, as `answered` says who gave it; `knowledge_used` is the
-    /// knowledge its prompt carried.
+    /// knowledge its prompt carried, `shared` what [`Self::shared`] told the team (its
+    /// knowledge is repeated in the completion for the steps that depend on this one).
     pub fn completed(
         &self,
         result: StepResult,
         answered: Answered,
         knowledge_used: Vec<KnowledgeId>,
+        shared: &[Envelope],
         duration: Duration,
         now: DateTime<Utc>,
     ) -> Envelope {
@@ -459,6 +461,13 @@ impl ScheduledStep {
                 duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                 cost_usd: answered.cost_usd,
                 knowledge_used,
+                knowledge_shared: shared
+                    .iter()
+                    .filter_map(|envelope| match &envelope.event {
+                        Event::KnowledgeShared(knowledge) => Some(knowledge.into()),
+                        _ => None,
+                    })
+                    .collect(),
                 fallback_reason: answered.fallback_reason,
             })),
         )
@@ -853,7 +862,6 @@ mod tests {
                 coordinator_agent_id: None,
                 knowledge_sharing,
                 communication_style: Default::default(),
-                knowledge_watermark: 7,
                 input: None,
                 review: None,
                 feedback: None,
@@ -920,9 +928,16 @@ mod tests {
             knowledge_ids(step.shared(&result(), &[], late))
         );
         let completed = |at| {
-            step.completed(result(), answered(), vec![], Duration::from_millis(5), at)
-                .meta
-                .id
+            step.completed(
+                result(),
+                answered(),
+                vec![],
+                &[],
+                Duration::from_millis(5),
+                at,
+            )
+            .meta
+            .id
         };
         assert_eq!(completed(early), completed(late));
         assert_eq!(
@@ -1353,14 +1368,16 @@ mod tests {
     }
 
     #[test]
-    fn the_completion_records_the_knowledge_used() {
+    fn the_completion_records_the_knowledge_used_and_repeats_the_knowledge_shared() {
         let step = step(true);
         let used = vec![KnowledgeId::new(), KnowledgeId::new()];
+        let shared = step.shared(&result(), &[], Utc::now());
         let Event::StepCompleted(done) = step
             .completed(
                 result(),
                 answered(),
                 used.clone(),
+                &shared,
                 Duration::ZERO,
                 Utc::now(),
             )
@@ -1369,6 +1386,15 @@ mod tests {
             panic!("a StepCompleted");
         };
         assert_eq!(done.knowledge_used, used);
+        let told: Vec<cadre_proto::events::SharedKnowledge> = shared
+            .iter()
+            .filter_map(|envelope| match &envelope.event {
+                Event::KnowledgeShared(knowledge) => Some(knowledge.into()),
+                _ => None,
+            })
+            .collect();
+        assert!(!told.is_empty(), "the fixture's result shares knowledge");
+        assert_eq!(done.knowledge_shared, told);
     }
 
     #[test]
@@ -1378,7 +1404,7 @@ mod tests {
         let now = Utc::now();
         let completed = |attempt| {
             let mut e = step
-                .completed(result(), answered(), vec![], Duration::ZERO, now)
+                .completed(result(), answered(), vec![], &[], Duration::ZERO, now)
                 .event;
             if let Event::StepCompleted(c) = &mut e {
                 c.attempt.number = attempt;

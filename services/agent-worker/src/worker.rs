@@ -26,11 +26,11 @@ use tracing::Instrument;
 use crate::calls::RunningCalls;
 use crate::claim;
 use crate::config::Price;
-use crate::knowledge::{KNOWLEDGE_TOKEN_BUDGET, KnowledgeView};
+use crate::knowledge::{KNOWLEDGE_TOKEN_BUDGET, KnowledgeView, for_step};
 use crate::llm::{ChatRequest, Completion, LlmError, Providers};
 use crate::prompt::{
-    StepContext, StepPrompt, has_system_role, parse_answer, parse_review, question_prompt,
-    repair_prompt, review_prompt, step_prompt, step_result_schema,
+    DependencyOutput, KnowledgeItem, StepContext, StepPrompt, has_system_role, parse_answer,
+    parse_review, question_prompt, repair_prompt, review_prompt, step_prompt, step_result_schema,
 };
 use crate::step::{
     Answered, AssignedQuestion, ScheduledStep, Waited, addressed, already_handled, next_wait,
@@ -53,6 +53,13 @@ struct Answer {
     fallback_reason: Option<String>,
 }
 
+/// What a step's dependencies handed on (see [`Worker::dependencies`]).
+#[derive(Default)]
+struct Dependencies {
+    outputs: Vec<DependencyOutput>,
+    knowledge: Vec<KnowledgeItem>,
+}
+
 /// What to tell JetStream about a delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Disposition {
@@ -72,7 +79,6 @@ pub struct Worker {
     pub providers: Providers,
     pub knowledge: KnowledgeView,
     pub knowledge_limit: u32,
-    pub knowledge_wait: Duration,
     /// How long a step attempt may wait for a provider that keeps failing transiently.
     pub retry_budget: Duration,
     /// Most characters of the dependencies' results a step's prompt carries.
@@ -242,6 +248,54 @@ impl Worker {
         Ok(latest)
     }
 
+    /// What the step's dependencies handed on, read from the log (their latest
+    /// `StepCompleted`), in the order the step lists them: each one's result, and the knowledge
+    /// it shared. A dependency without a completion (skipped, say) is left out. Read from the
+    /// log rather than the read models so that no step waits for the projector: the log has
+    /// them the moment the coordinator schedules this step.
+    async fn dependencies(&self, step: &ScheduledStep) -> anyhow::Result<Dependencies> {
+        let s = &step.scheduled;
+        let completions: Vec<String> = s
+            .step
+            .depends_on
+            .iter()
+            .map(|dependency| {
+                subjects::step(
+                    &step.tenant,
+                    s.workflow_id,
+                    s.execution_id,
+                    dependency,
+                    subjects::COMPLETED,
+                )
+            })
+            .collect();
+        let lookups = futures::future::join_all(
+            completions
+                .iter()
+                .map(|subject| self.bus.peek_last_event(subject)),
+        )
+        .await;
+        let mut dependencies = Dependencies::default();
+        for lookup in lookups {
+            let Some(stored) = lookup.context("reading the results of the step's dependencies")?
+            else {
+                continue;
+            };
+            let Event::StepCompleted(done) = stored.envelope.event else {
+                continue;
+            };
+            dependencies.outputs.push(DependencyOutput {
+                step_id: done.attempt.step_id.to_string(),
+                summary: done.result.summary,
+                output: done.result.output,
+            });
+            dependencies
+                .knowledge
+                .extend(done.knowledge_shared.into_iter().map(KnowledgeItem::from));
+        }
+        Ok(dependencies)
+    }
+
     fn retry_later(&self, error: &anyhow::Error, delivered: i64) -> Disposition {
         let delay = retry_delay(delivered);
         tracing::warn!(
@@ -260,7 +314,9 @@ impl Worker {
         waited: Option<Waited>,
     ) -> anyhow::Result<Disposition> {
         let s = &step.scheduled;
-        for latest in self.latest_outcomes(step).await? {
+        let (latest, dependencies) =
+            tokio::try_join!(self.latest_outcomes(step), self.dependencies(step))?;
+        for latest in latest {
             if let Some(why) = already_handled(s, waited, &latest) {
                 tracing::info!(why, "step already handled; skipping this delivery");
                 return Ok(Disposition::Ack);
@@ -273,18 +329,9 @@ impl Worker {
             .await
             .context("publishing StepStarted")?;
 
-        if !self
-            .knowledge
-            .wait_until(s.knowledge_watermark, self.knowledge_wait)
-            .await
-        {
-            tracing::warn!(
-                watermark = s.knowledge_watermark,
-                visible = self.knowledge.checkpoint(),
-                "read models are behind the step's knowledge watermark; using the knowledge visible now"
-            );
-        }
-        let knowledge = self
+        // What the dependencies shared comes first; the rest of the team's knowledge is read
+        // as the read models show it now.
+        let team = self
             .knowledge
             .relevant(
                 &step.tenant,
@@ -295,11 +342,13 @@ impl Worker {
             )
             .await
             .context("reading the workflow's knowledge")?;
-        let dependencies = self
-            .knowledge
-            .dependency_outputs(&step.tenant, s.execution_id, &s.step.depends_on)
-            .await
-            .context("reading the results of the step's dependencies")?;
+        let knowledge = for_step(
+            dependencies.knowledge,
+            team,
+            self.knowledge_limit,
+            KNOWLEDGE_TOKEN_BUDGET,
+        );
+        let dependencies = dependencies.outputs;
 
         let prompt = match &s.review {
             Some(review) => review_prompt(&s.agent, &s.step, s.communication_style, review),
@@ -419,25 +468,29 @@ impl Worker {
             result
         };
         let shared = step.shared(&result, &knowledge, Utc::now());
-        if !shared.is_empty() {
-            // Stored before the completion: the coordinator takes the next step's knowledge
-            // watermark after it sees the completion.
-            self.bus
-                .publish_all(&shared)
-                .await
-                .context("publishing the step's questions and knowledge")?;
-        }
         let used = knowledge.iter().map(|item| item.id).collect();
         let answered = Answered {
             by: answered_by,
             cost_usd: cost,
             fallback_reason,
         };
-        let completed = step.completed(result, answered, used, started_at.elapsed(), Utc::now());
+        let completed = step.completed(
+            result,
+            answered,
+            used,
+            &shared,
+            started_at.elapsed(),
+            Utc::now(),
+        );
+        // In flight together, stored in this order: what the step shared before the
+        // completion that moves the execution on. A redelivery after a partial store publishes
+        // the same event ids again, which the log's duplicate window drops.
+        let mut events = shared;
+        events.push(completed);
         self.bus
-            .publish(&completed, Append::Any)
+            .publish_all(&events)
             .await
-            .context("publishing StepCompleted")?;
+            .context("publishing what the step shared and StepCompleted")?;
         tracing::info!(tokens, "step completed");
         Ok(Disposition::Ack)
     }

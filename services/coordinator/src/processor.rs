@@ -391,10 +391,7 @@ async fn on_event(
     if let Some(Err(error)) = performed.into_iter().find(Result::is_err) {
         return Processed::Retry(format!("performing an effect of event {sequence}: {error}"));
     }
-    let advance = Command::Advance {
-        watermark: aggregate.version,
-    };
-    let outcome = decide_or_abandon(bus, aggregate, &advance).await;
+    let outcome = decide_or_abandon(bus, aggregate, &Command::Advance).await;
     // A finished execution leaves memory once its end has come back from the log (its effects
     // are performed) and nothing more was decided.
     if aggregate.state.is_finished() && is_end(&envelope.event) {
@@ -613,6 +610,7 @@ async fn report_to_parent(
             duration_ms: duration_ms.unwrap_or_default(),
             cost_usd: None,
             knowledge_used: Vec::new(),
+            knowledge_shared: Vec::new(),
             fallback_reason: None,
         })),
         ChildOutcome::Failed { error } => Event::StepFailed(StepFailed {

@@ -276,7 +276,6 @@ impl Fixture {
             coordinator_agent_id: None,
             knowledge_sharing: true,
             communication_style: Default::default(),
-            knowledge_watermark: 0,
             input: None,
             review: None,
             feedback: None,
@@ -328,6 +327,7 @@ impl Fixture {
             duration_ms: 42,
             cost_usd: None,
             knowledge_used: vec![],
+            knowledge_shared: Vec::new(),
             fallback_reason: None,
         }))
     }

@@ -106,7 +106,6 @@ impl Log {
             coordinator_agent_id: None,
             knowledge_sharing: false,
             communication_style: Default::default(),
-            knowledge_watermark: 0,
             input: None,
             review: None,
             feedback: None,
@@ -146,6 +145,7 @@ impl Log {
             duration_ms: 5,
             cost_usd: None,
             knowledge_used: vec![],
+            knowledge_shared: vec![],
             fallback_reason: None,
         }))
     }

@@ -70,10 +70,7 @@ pub fn started(start: &Start, number: u32, now: DateTime<Utc>) -> ExecutionStart
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Do whatever the state calls for: schedule ready steps, retry, complete or fail.
-    /// `watermark` is the last stream sequence folded into the state.
-    Advance {
-        watermark: u64,
-    },
+    Advance,
     /// A durable timer of this execution is due.
     TimerFired(Timer),
     Cancel(Request),
@@ -143,9 +140,7 @@ pub fn decide(
     let State::Started(execution) = state else {
         return match command {
             // Nothing to advance before the start; a timer cannot outlive its execution's log.
-            Command::Advance { .. } | Command::TimerFired(_) | Command::Abandon { .. } => {
-                Ok(vec![])
-            }
+            Command::Advance | Command::TimerFired(_) | Command::Abandon { .. } => Ok(vec![]),
             _ => Err(TransitionRefused::NotStarted),
         };
     };
@@ -156,7 +151,7 @@ pub fn decide(
         wanted,
     };
     match command {
-        Command::Advance { watermark } => Ok(advance(execution, *watermark, now)),
+        Command::Advance => Ok(advance(execution, now)),
         Command::TimerFired(timer) => Ok(timer_fired(execution, timer)),
         Command::Abandon { error } if !status.is_finished() => {
             Ok(failed(execution, FailureCause::Unrecordable, error.clone()))
@@ -347,7 +342,6 @@ const REASONING_CHARS: usize = 500;
 fn delegation_asked(
     execution: &Execution,
     step: &WorkflowStep,
-    watermark: u64,
     now: DateTime<Utc>,
 ) -> Option<Event> {
     let workflow = &execution.workflow;
@@ -413,7 +407,6 @@ fn delegation_asked(
         AssignmentReason::Chooses {
             step_id: step.id.clone(),
         },
-        watermark,
         now,
     ))
 }
@@ -518,13 +511,7 @@ fn coordinator(execution: &Execution) -> Option<&AgentProfile> {
 /// What a failing run does once its undoings are done: re-plan when the workflow asks for it
 /// (hand the re-planning to the coordinator agent, wait for it, then take its proposal if it is
 /// valid), else fail.
-fn replan(
-    execution: &Execution,
-    saga: &Saga,
-    undone: &str,
-    watermark: u64,
-    now: DateTime<Utc>,
-) -> Vec<Event> {
+fn replan(execution: &Execution, saga: &Saga, undone: &str, now: DateTime<Utc>) -> Vec<Event> {
     let error = format!("{}{undone}", saga.error);
     let fail = |why: Option<String>| {
         let error = match why {
@@ -549,7 +536,6 @@ fn replan(
                 &step,
                 agent,
                 AssignmentReason::Replans,
-                watermark,
                 now,
             )]
         }
@@ -715,12 +701,7 @@ fn undoing_timed_out(execution: &Execution, undo: &StepId, attempt: u32) -> Opti
 
 /// A failing run undoes its completed steps, one at a time; once each is undone (or could not
 /// be), it fails with the reason it was failing for.
-fn compensate(
-    execution: &Execution,
-    saga: &Saga,
-    watermark: u64,
-    now: DateTime<Utc>,
-) -> Vec<Event> {
+fn compensate(execution: &Execution, saga: &Saga, now: DateTime<Utc>) -> Vec<Event> {
     match saga.current() {
         Some((_, Undoing::Scheduled { .. })) => vec![],
         Some(_) if matches!(execution.status, Status::Paused | Status::Escalated) => vec![],
@@ -753,9 +734,7 @@ fn compensate(
             let Some(agent) = agent else {
                 return failed(execution, saga.cause.clone(), saga.error.clone());
             };
-            vec![task_scheduled(
-                execution, &undo, agent, reason, watermark, now,
-            )]
+            vec![task_scheduled(execution, &undo, agent, reason, now)]
         }
         None => {
             let undone: Vec<String> = saga
@@ -771,7 +750,7 @@ fn compensate(
             } else {
                 format!("; compensated: {}", undone.join(", "))
             };
-            replan(execution, saga, &undone, watermark, now)
+            replan(execution, saga, &undone, now)
         }
     }
 }
@@ -880,13 +859,13 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
     }
 }
 
-fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Event> {
+fn advance(execution: &Execution, now: DateTime<Utc>) -> Vec<Event> {
     if execution.status.is_finished() {
         return vec![];
     }
     // A failing run undoes its completed steps before anything else (a saga).
     if let Some(saga) = &execution.saga {
-        return compensate(execution, saga, watermark, now);
+        return compensate(execution, saga, now);
     }
     let workflow = &execution.workflow;
     let max_retries = execution.max_retries();
@@ -1134,7 +1113,6 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                     answers: answers(progress),
                     earlier_failures: Vec::new(),
                 },
-                watermark,
                 now,
             ));
         }
@@ -1153,7 +1131,7 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
         } else if step.step_type == StepType::Approval {
             Some(approval_requested(execution, step))
         } else {
-            delegation_asked(execution, step, watermark, now)
+            delegation_asked(execution, step, now)
         };
         if let Some(asked) = asked {
             active += 1;
@@ -1271,7 +1249,6 @@ fn advance(execution: &Execution, watermark: u64, now: DateTime<Utc>) -> Vec<Eve
                     _ => Vec::new(),
                 },
             },
-            watermark,
             now,
         ));
         if one_at_a_time || !step.can_run_in_parallel {
@@ -1696,7 +1673,6 @@ fn task_scheduled(
     step: &WorkflowStep,
     agent: &AgentProfile,
     reason: AssignmentReason,
-    watermark: u64,
     now: DateTime<Utc>,
 ) -> Event {
     scheduled(
@@ -1711,7 +1687,6 @@ fn task_scheduled(
             answers: Vec::new(),
             earlier_failures: Vec::new(),
         },
-        watermark,
         now,
     )
 }
@@ -1728,12 +1703,7 @@ struct Scheduling<'a> {
     earlier_failures: Vec<FailedAttempt>,
 }
 
-fn scheduled(
-    execution: &Execution,
-    scheduling: Scheduling<'_>,
-    watermark: u64,
-    now: DateTime<Utc>,
-) -> Event {
+fn scheduled(execution: &Execution, scheduling: Scheduling<'_>, now: DateTime<Utc>) -> Event {
     let workflow = &execution.workflow;
     let Scheduling {
         step,
@@ -1756,7 +1726,6 @@ fn scheduled(
         coordinator_agent_id: workflow.coordinator_agent_id,
         knowledge_sharing: workflow.configuration.coordination.knowledge_sharing,
         communication_style: workflow.configuration.coordination.communication_style,
-        knowledge_watermark: watermark,
         input: execution.input.clone(),
         feedback,
         review,

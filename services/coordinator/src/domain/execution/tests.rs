@@ -152,6 +152,7 @@ fn completed(of: &Event) -> Event {
         duration_ms: 1,
         cost_usd: None,
         knowledge_used: Vec::new(),
+        knowledge_shared: Vec::new(),
         fallback_reason: None,
     }))
 }
@@ -232,14 +233,7 @@ fn failed(of: &Event, error: &str) -> Event {
 }
 
 fn advance(log: &[Event]) -> Vec<Event> {
-    decide(
-        &Command::Advance {
-            watermark: log.len() as u64,
-        },
-        &fold(log),
-        now(),
-    )
-    .unwrap()
+    decide(&Command::Advance, &fold(log), now()).unwrap()
 }
 
 #[test]
@@ -306,10 +300,6 @@ fn a_pipeline_runs_in_dependency_order_then_completes() {
     let Event::StepScheduled(s) = &first[0] else {
         unreachable!()
     };
-    assert_eq!(
-        s.knowledge_watermark, 1,
-        "the watermark is the state's last sequence"
-    );
     assert!(matches!(s.reason, AssignmentReason::SkillMatch { .. }));
     log.extend(first.clone());
     assert!(
@@ -541,8 +531,7 @@ fn duplicates_and_strays_change_nothing() {
     twice.extend(first.clone()); // the StepScheduled again
     twice.push(completed(&first[0])); // and its completion again
     assert_eq!(fold(&twice), once);
-    let advance_at =
-        |state: &State| decide(&Command::Advance { watermark: 9 }, state, now()).unwrap();
+    let advance_at = |state: &State| decide(&Command::Advance, state, now()).unwrap();
     assert_eq!(advance_at(&fold(&twice)), advance_at(&once));
     assert_eq!(
         fold(&[log.clone(), start(&wf, &team)].concat()),
@@ -1571,7 +1560,7 @@ proptest! {
         };
         let mut aborted = false;
         for _ in 0..2_000 {
-            let decided = decide(&Command::Advance { watermark: log.len() as u64 }, &state, now()).unwrap();
+            let decided = decide(&Command::Advance, &state, now()).unwrap();
             // After an abort only a saga's undoings are handed out.
             prop_assert!(
                 !(aborted && decided.iter().any(|e| matches!(e, Event::StepScheduled(s) if !s.step.id.as_str().starts_with(StepId::UNDO_PREFIX)))),

@@ -229,6 +229,7 @@ fn completed(scheduled: &cadre_proto::events::StepScheduled) -> Event {
         duration_ms: 1,
         cost_usd: None,
         knowledge_used: Vec::new(),
+        knowledge_shared: Vec::new(),
         fallback_reason: None,
     }))
 }
@@ -257,10 +258,7 @@ fn run(workflow: &WorkflowDefinition, agents: Vec<AgentProfile>) -> (Vec<String>
         let state = log
             .iter()
             .fold(execution::State::NotStarted, execution::evolve);
-        let command = execution::Command::Advance {
-            watermark: log.len() as u64,
-        };
-        let decided = execution::decide(&command, &state, now()).unwrap();
+        let decided = execution::decide(&execution::Command::Advance, &state, now()).unwrap();
         if let Some(end) = decided
             .iter()
             .find(|e| matches!(e, Event::ExecutionCompleted(_) | Event::ExecutionFailed(_)))
