@@ -86,7 +86,10 @@ impl LogFacts {
                 self.scheduled.entry(key).or_default().insert(id);
             }
             Event::StepStarted(e) => {
-                self.started.entry(attempt(&e.attempt)).or_default().insert(id);
+                self.started
+                    .entry(attempt(&e.attempt))
+                    .or_default()
+                    .insert(id);
             }
             Event::StepCompleted(e) => {
                 self.outcomes
@@ -96,7 +99,10 @@ impl LogFacts {
             }
             Event::StepFailed(e) => {
                 let key = attempt(&e.attempt);
-                self.failed.entry(key.clone()).or_default().insert(id.clone());
+                self.failed
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(id.clone());
                 self.outcomes.entry(key).or_default().insert(id);
             }
             Event::StepTimedOut(e) => {
@@ -335,7 +341,10 @@ pub async fn table_hashes(pool: &PgPool) -> anyhow::Result<BTreeMap<String, (i64
     for row in columns {
         let (table, column): (String, String) = (row.get("t"), row.get("c"));
         if !TIME_OF_PROJECTION.contains(&(table.as_str(), column.as_str())) {
-            tables.entry(table).or_default().push(format!("\"{column}\""));
+            tables
+                .entry(table)
+                .or_default()
+                .push(format!("\"{column}\""));
         }
     }
     let mut hashes = BTreeMap::new();

@@ -83,7 +83,10 @@ impl Process {
         command
             .env("NATS_URL", &env.nats_url)
             .env("DATABASE_URL", &env.database_url)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -376,8 +376,15 @@ impl System {
             nats_url: self.proxy.url.clone(),
             ..self.env.clone()
         };
-        self.coordinator =
-            Some(Process::start(&env, Kind::Coordinator, "coordinator", &self.coordinator_addr).await?);
+        self.coordinator = Some(
+            Process::start(
+                &env,
+                Kind::Coordinator,
+                "coordinator",
+                &self.coordinator_addr,
+            )
+            .await?,
+        );
         Ok(())
     }
 
@@ -559,12 +566,9 @@ impl System {
         .await?;
         let live = audit::table_hashes(&self.db.pool).await?;
         let rebuilt = audit::table_hashes(&self.shadow.pool).await?;
-        findings.violations.extend(audit::compare_hashes(
-            &live,
-            &rebuilt,
-            "the rebuild",
-            &[],
-        ));
+        findings
+            .violations
+            .extend(audit::compare_hashes(&live, &rebuilt, "the rebuild", &[]));
         if findings.violations.is_empty() {
             println!("    rebuild: {}", report.trim());
         }
@@ -598,8 +602,10 @@ impl System {
             }
             _ => {}
         }
-        let (outcomes_before, requests_before) =
-            (self.observed().facts.outcomes.len(), self.llm.requests().len());
+        let (outcomes_before, requests_before) = (
+            self.observed().facts.outcomes.len(),
+            self.llm.requests().len(),
+        );
         if fault == Fault::RateLimit {
             self.llm.rate_limit_share(30, RETRY_AFTER_SECS);
         }
@@ -645,7 +651,11 @@ impl System {
                     .keys()
                     .filter(|a| in_flight.contains(a))
                     .count(),
-                all.then(|| last.map_or(0.0, |at| at.saturating_duration_since(injected).as_secs_f64())),
+                all.then(|| {
+                    last.map_or(0.0, |at| {
+                        at.saturating_duration_since(injected).as_secs_f64()
+                    })
+                }),
             )
         };
         let findings = self.audit().await?;
@@ -664,7 +674,11 @@ impl System {
     }
 
     /// Injects `fault` into the running system; returns a note for the table.
-    async fn inject(&mut self, fault: Fault, violations: &mut Vec<String>) -> anyhow::Result<String> {
+    async fn inject(
+        &mut self,
+        fault: Fault,
+        violations: &mut Vec<String>,
+    ) -> anyhow::Result<String> {
         let pause = Duration::from_secs(1);
         Ok(match fault {
             Fault::KillWorker => {
@@ -774,7 +788,12 @@ impl System {
         });
         let poisons: [(String, Vec<u8>); 5] = [
             (
-                subjects::execution(&tenant, nobody, cadre_proto::ExecutionId::new(), "completed"),
+                subjects::execution(
+                    &tenant,
+                    nobody,
+                    cadre_proto::ExecutionId::new(),
+                    "completed",
+                ),
                 b"\x00not an event".to_vec(),
             ),
             (
@@ -789,7 +808,10 @@ impl System {
                 format!("cadre.timers.{tenant}.fired.chaos.{}", uuid::Uuid::now_v7()),
                 b"not a timer".to_vec(),
             ),
-            (subjects::trigger(&tenant, nobody), b"not a CloudEvent".to_vec()),
+            (
+                subjects::trigger(&tenant, nobody),
+                b"not a CloudEvent".to_vec(),
+            ),
         ];
         let mut published = Vec::new();
         for (subject, payload) in poisons {
@@ -862,24 +884,25 @@ impl System {
                 Some(_) => {}
             }
         }
-        for (stream, sequence, _) in expected.iter().filter(|(s, _, _)| s == streams::EVENTS_STREAM) {
-            let recorded: Option<String> = sqlx::query_scalar(
-                "SELECT reason FROM rejected_events WHERE stream_sequence = $1",
-            )
-            .bind(i64::try_from(*sequence)?)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        for (stream, sequence, _) in expected
+            .iter()
+            .filter(|(s, _, _)| s == streams::EVENTS_STREAM)
+        {
+            let recorded: Option<String> =
+                sqlx::query_scalar("SELECT reason FROM rejected_events WHERE stream_sequence = $1")
+                    .bind(i64::try_from(*sequence)?)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
             // The projector records it once it reaches it; the drain that follows waits for
             // that, so look again after the drain when it is not there yet.
             if recorded.is_none() {
                 self.drain().await?;
             }
-            let recorded: Option<String> = sqlx::query_scalar(
-                "SELECT reason FROM rejected_events WHERE stream_sequence = $1",
-            )
-            .bind(i64::try_from(*sequence)?)
-            .fetch_optional(&self.db.pool)
-            .await?;
+            let recorded: Option<String> =
+                sqlx::query_scalar("SELECT reason FROM rejected_events WHERE stream_sequence = $1")
+                    .bind(i64::try_from(*sequence)?)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
             if recorded.is_none_or(|reason| reason.is_empty()) {
                 violations.push(format!(
                     "poison {stream}:{sequence} has no reason in rejected_events"
@@ -941,7 +964,13 @@ impl System {
     async fn republish(&mut self, round: u64) -> anyhow::Result<Row> {
         let mut violations = Vec::new();
         let before = audit::table_hashes(&self.db.pool).await?;
-        let mut sequences: Vec<i64> = self.observed().facts.event_sequences.iter().copied().collect();
+        let mut sequences: Vec<i64> = self
+            .observed()
+            .facts
+            .event_sequences
+            .iter()
+            .copied()
+            .collect();
         sequences.sort_unstable();
         self.rng.shuffle(&mut sequences);
         sequences.truncate(200);
@@ -1048,7 +1077,11 @@ fn print_table(rows: &[Row]) {
             row.duplicated,
             row.recover_secs
                 .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}")),
-            if row.violations.is_empty() { "ok" } else { "FAILED" },
+            if row.violations.is_empty() {
+                "ok"
+            } else {
+                "FAILED"
+            },
             row.note
         );
     }
@@ -1073,7 +1106,11 @@ async fn run(settings: Settings, log_dir: &std::path::Path) -> anyhow::Result<Ve
             let row = system.run_fault(fault, round).await?;
             println!(
                 "    {} in {:.1} s",
-                if row.violations.is_empty() { "ok" } else { "FAILED" },
+                if row.violations.is_empty() {
+                    "ok"
+                } else {
+                    "FAILED"
+                },
                 started.elapsed().as_secs_f64()
             );
             rows.push(row);
@@ -1127,6 +1164,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     // Keep the services' logs of a failed run.
     let _ = temporary.keep();
-    println!("invariants failed; the services' logs are in {}", log_dir.display());
+    println!(
+        "invariants failed; the services' logs are in {}",
+        log_dir.display()
+    );
     Ok(std::process::ExitCode::FAILURE)
 }
