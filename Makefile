@@ -1,7 +1,8 @@
 # Cadre's commands. `make demo` runs a workflow end to end; `make test` runs every check;
 # `make bench`, `make bench-console` (the web console in Chromium under load) and
-# `make bench-peers` (Cadre and Restate side by side) print figures.
-.PHONY: demo test bench bench-console bench-peers lint
+# `make bench-peers` (Cadre and Restate side by side) print figures; `make chaos` injects faults
+# (kills, pauses, poison messages, lost connections) under load and checks nothing is lost.
+.PHONY: demo test bench bench-console bench-peers chaos lint
 
 demo:
 	@bash scripts/demo.sh
@@ -18,6 +19,10 @@ bench-console:
 # Cadre and Restate side by side on the same workload (see README, "Side by side with Restate").
 bench-peers:
 	@bash scripts/bench-peers.sh
+
+# The fault suite (see README, "Fault suite"); CHAOS_PROFILE=short is the run `make test` does.
+chaos:
+	@bash scripts/chaos.sh
 
 lint:
 	cargo fmt --all --check

@@ -27,6 +27,9 @@ echo "== kubernetes manifests"
 bash scripts/validate-k8s.sh
 echo "== cargo test"
 cargo test --workspace --locked
+# A short run of the fault suite: one round of the faults that need no ack wait to expire.
+echo "== fault suite (short)"
+CHAOS_PROFILE=short bash scripts/chaos.sh
 # The API's contract: every operation of /openapi.json fuzzed on a live stack.
 echo "== API contract (schemathesis)"
 bash scripts/schemathesis.sh

@@ -106,6 +106,21 @@ struct Script {
     delegate_to: Option<String>,
     /// How long a teammate takes to answer a question.
     question_delay: Duration,
+    /// The percentage of step requests answered with HTTP 429 and `Retry-After` (seconds).
+    rate_limit: Option<(u64, u64)>,
+    /// Step requests counted while `rate_limit` was set.
+    rate_limit_calls: u64,
+}
+
+impl Script {
+    /// HTTP 429 for `percent` of the step requests, evenly spread, while a rate limit is set.
+    fn rate_limited(&mut self) -> Option<(StatusCode, Option<u64>)> {
+        let (percent, retry_after_secs) = self.rate_limit?;
+        let n = self.rate_limit_calls;
+        self.rate_limit_calls += 1;
+        ((n + 1) * percent / 100 > n * percent / 100)
+            .then_some((StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs)))
+    }
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -190,6 +205,14 @@ impl FakeLlm {
             (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs)),
             n,
         ));
+    }
+
+    /// From now on, answers `percent` of the step requests (evenly spread) with HTTP 429 and
+    /// `Retry-After: retry_after_secs`; `percent` 0 lifts the limit.
+    pub fn rate_limit_share(&self, percent: u64, retry_after_secs: u64) {
+        let mut script = lock(&self.script);
+        script.rate_limit = (percent > 0).then_some((percent.min(100), retry_after_secs));
+        script.rate_limit_calls = 0;
     }
 
     /// Delays every answer from now on by `latency`.
@@ -303,7 +326,10 @@ async fn complete(
             .position(|(name, _)| *name == step);
         let failure = match failing {
             Some(at) => Some((script.failing_steps.remove(at).1, None)),
-            None => script.failures.pop_front(),
+            None => script
+                .failures
+                .pop_front()
+                .or_else(|| script.rate_limited()),
         };
         if let Some((status, _)) = failure {
             recorded.status = status.as_u16();

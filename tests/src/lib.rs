@@ -5,9 +5,11 @@
 //! replaced, by [`fake_llm::FakeLlm`], a local server that speaks the OpenAI protocol.
 
 pub mod api;
+pub mod audit;
 pub mod fake_llm;
 pub mod nats;
 pub mod pg;
+pub mod services;
 pub mod stack;
 
 pub use api::Api;

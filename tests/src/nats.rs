@@ -25,7 +25,8 @@ pub fn binary() -> PathBuf {
     installed
 }
 
-fn free_port() -> u16 {
+/// A local port nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -368,12 +368,24 @@ async fn on_event(
         return Processed::Unreadable("not an execution event".to_owned());
     };
     let tenant = envelope.meta.tenant.clone();
-    // The first event of an execution needs no replay.
-    if let Event::ExecutionStarted(_) = &envelope.event {
-        executions.entry(execution_id).or_insert_with(|| {
-            let filter = subjects::execution_state(&tenant, workflow_id, execution_id);
-            Execution::empty(tenant.clone(), filter, History::All)
-        });
+    // The first event of an execution needs no replay. A copy of it stored again (re-published
+    // past the duplicate window) is not the first: an empty state would start the run over, so
+    // the execution is loaded from the log as for any other event.
+    if let Event::ExecutionStarted(_) = &envelope.event
+        && let Entry::Vacant(missing) = executions.entry(execution_id)
+    {
+        let filter = subjects::execution_state(&tenant, workflow_id, execution_id);
+        match bus
+            .stream()
+            .get_first_raw_message_by_subject(&filter, 1)
+            .await
+        {
+            Ok(first) if first.sequence == sequence => {
+                missing.insert(Execution::empty(tenant.clone(), filter, History::All));
+            }
+            Ok(_) => {}
+            Err(error) => return Processed::Retry(error.to_string()),
+        }
     }
     let aggregate = match execution(bus, executions, &tenant, workflow_id, execution_id).await {
         Ok(aggregate) => aggregate,
