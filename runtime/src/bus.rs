@@ -366,6 +366,30 @@ impl EventBus {
         }
     }
 
+    /// Whether `envelope`, stored at `sequence`, is a copy of an older event stored again:
+    /// re-published with its `Nats-Msg-Id` after the duplicate window had forgotten it, so
+    /// JetStream kept it twice. Exact when the event's subject is its own (an execution's
+    /// start): the original is then the first message there. A copy of a later event on a
+    /// shared subject (an agent's second registration) is not recognised. Any replica may
+    /// answer: one that lags lacks only the newest messages, never an original older than its
+    /// copy.
+    pub async fn is_copy(&self, sequence: u64, envelope: &Envelope) -> Result<bool, ReadError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let first = self
+            .stream
+            .direct_get_next_for_subject(envelope.nats_subject(), Some(1))
+            .await;
+        match first {
+            Ok(first) if first.sequence < sequence => {
+                let first = decode_stored(first.sequence, &first.payload);
+                Ok(first.is_ok_and(|first| first.envelope.meta.id == envelope.meta.id))
+            }
+            Ok(_) => Ok(false),
+            Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(false),
+            Err(error) => Err(ReadError::Nats(Box::new(error))),
+        }
+    }
+
     /// Every event stored on `filter`, in order, as of the moment of the call.
     pub async fn read_all(&self, filter: &str) -> Result<Vec<Stored>, ReadError> {
         Ok(self.read_history(filter).await?.events)

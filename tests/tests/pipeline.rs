@@ -537,6 +537,77 @@ async fn two_coordinators_starting_at_once_never_reuse_an_execution_number() {
 }
 
 #[tokio::test]
+async fn a_copy_of_an_old_start_stored_again_neither_restarts_its_run_nor_rewinds_the_numbering() {
+    let stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    let (first, number) = stack.api.start_execution(&workflow_id).await;
+    assert_eq!(number, 1);
+    stack.api.wait_until_finished(&first, FINISH).await;
+    let (second_run, _) = stack.api.start_execution(&workflow_id).await;
+    stack.api.wait_until_finished(&second_run, FINISH).await;
+
+    // The first run's ExecutionStarted re-published with a new message id, as after the duplicate window:
+    // JetStream keeps it a second time, the last start on the workflow's subjects.
+    let started = stack
+        .bus
+        .last_event(&subjects::execution_started_in_any_workflow(
+            &TenantId::default_tenant(),
+            first
+                .parse::<uuid::Uuid>()
+                .map(cadre_proto::ExecutionId)
+                .unwrap(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let original = stack
+        .bus
+        .stream()
+        .get_raw_message(started.sequence)
+        .await
+        .unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+    stack
+        .bus
+        .jetstream()
+        .publish_with_headers(original.subject.to_string(), headers, original.payload)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // A replica that has not started this workflow yet numbers from the log.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (second, other) = stack.second_coordinator(shutdown.clone()).await;
+    let (next, number) = other.start_execution(&workflow_id).await;
+    assert_eq!(number, 3, "numbered after the highest, not after the copy");
+    stack.api.wait_until_finished(&next, FINISH).await;
+    let listed = stack
+        .api
+        .get(&format!("/v1/executions?workflowId={workflow_id}"))
+        .await;
+    assert_eq!(
+        listed.body.as_array().unwrap().len(),
+        3,
+        "{:#}",
+        listed.body
+    );
+    let events = stack.execution_events(&workflow_id, &first).await;
+    let scheduled = events
+        .iter()
+        .filter(|e| matches!(e, Event::StepScheduled(_)))
+        .count();
+    assert_eq!(
+        scheduled, 3,
+        "one per step: the copy did not start the finished run over"
+    );
+    shutdown.cancel();
+    second.wait().await.unwrap();
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn a_step_whose_llm_refuses_the_request_fails_the_execution_without_a_pointless_retry() {
     let stack = Stack::start().await;
     let (_, workflow_id) = team_and_pipeline(&stack).await;

@@ -24,6 +24,7 @@ pub enum History {
     /// Every event on the filter, in order.
     All,
     /// Only the last one: the state is a function of it (a workflow's last execution number).
+    /// Unless it is a copy of an older event ([`bus::EventBus::is_copy`]): then all of them.
     Last,
 }
 
@@ -87,7 +88,16 @@ impl<D: Decider> Aggregate<D> {
             }
             History::Last => {
                 let (last, sequence) = bus.last_decodable_event(&self.filter).await?;
-                (last.into_iter().collect(), sequence)
+                match last {
+                    // A copy of an old event stored again would set the state back (a
+                    // workflow's numbering to an old run's): read everything instead, where
+                    // the copy is folded as the repeat it is.
+                    Some(last) if bus.is_copy(last.sequence, &last.envelope).await? => {
+                        let history = bus.read_history(&self.filter).await?;
+                        (history.events, history.last_sequence)
+                    }
+                    last => (last.into_iter().collect(), sequence),
+                }
             }
         };
         self.state = D::State::default();

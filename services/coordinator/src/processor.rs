@@ -374,16 +374,12 @@ async fn on_event(
     if let Event::ExecutionStarted(_) = &envelope.event
         && let Entry::Vacant(missing) = executions.entry(execution_id)
     {
-        let filter = subjects::execution_state(&tenant, workflow_id, execution_id);
-        match bus
-            .stream()
-            .get_first_raw_message_by_subject(&filter, 1)
-            .await
-        {
-            Ok(first) if first.sequence == sequence => {
+        match bus.is_copy(sequence, &envelope).await {
+            Ok(false) => {
+                let filter = subjects::execution_state(&tenant, workflow_id, execution_id);
                 missing.insert(Execution::empty(tenant.clone(), filter, History::All));
             }
-            Ok(_) => {}
+            Ok(true) => {}
             Err(error) => return Processed::Retry(error.to_string()),
         }
     }
