@@ -988,11 +988,13 @@ pub struct StepCompleted {
     /// The workflow knowledge the step's prompt carried: each use counts once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub knowledge_used: Vec<KnowledgeId>,
-    /// The knowledge the step shared (its `KnowledgeShared` events, stored before this one),
-    /// repeated here for the steps that depend on it: their workers read it with the step's
-    /// result from the log, so a dependent step never waits for the read models to see it.
+    /// What the steps that depend on this one are to see, read with its result from the log
+    /// so that none of them waits for the read models: the knowledge the step shared (its
+    /// `KnowledgeShared` events, stored before this one), then the knowledge its own
+    /// dependencies handed on to it that its prompt showed (so it reaches their dependents
+    /// too, within each prompt's knowledge limit).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub knowledge_shared: Vec<SharedKnowledge>,
+    pub knowledge_handed_on: Vec<SharedKnowledge>,
     /// Why the agent's own model did not answer, when its fallback (`provider`, `model`) did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,

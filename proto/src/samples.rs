@@ -370,7 +370,7 @@ pub fn every_event() -> Vec<Event> {
             duration_ms: 12,
             cost_usd: None,
             knowledge_used: vec![KnowledgeId::new()],
-            knowledge_shared: vec![SharedKnowledge {
+            knowledge_handed_on: vec![SharedKnowledge {
                 knowledge_id: KnowledgeId::new(),
                 title: "Insights from Design".into(),
                 knowledge_type: KnowledgeType::Insight,

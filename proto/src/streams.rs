@@ -28,6 +28,8 @@ pub fn events_stream(replicas: usize) -> stream::Config {
         duplicate_window: DUPLICATE_WINDOW,
         max_message_size: MAX_EVENT_BYTES,
         allow_direct: true,
+        // Group commits (a workflow's starts) are atomic batches.
+        allow_atomic_publish: true,
         // The log is append-only: no message is deleted or purged, so a replay from sequence 1
         // always sees everything that happened.
         deny_delete: true,

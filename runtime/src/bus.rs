@@ -21,6 +21,9 @@ use futures::StreamExt;
 pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
     "Nats-Expected-Last-Subject-Sequence-Subject";
 
+/// Most events in one atomic batch ([`EventBus::append_batch_after`]): the server's limit.
+pub const MAX_BATCH: usize = 1000;
+
 /// The error type of NATS calls whose kinds do not matter to the caller.
 pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,6 +51,7 @@ async fn ensure_stream(
                 || current.duplicate_window != config.duplicate_window
                 || current.max_message_size != config.max_message_size
                 || current.allow_message_schedules != config.allow_message_schedules
+                || current.allow_atomic_publish != config.allow_atomic_publish
             {
                 js.update_stream(config).await?;
             }
@@ -308,6 +312,74 @@ impl EventBus {
             last = self.publish(envelope, append).await?.sequence;
         }
         Ok(last)
+    }
+
+    /// Appends `envelopes` as one JetStream atomic batch (ADR-50): all stored, at consecutive
+    /// sequences, or none; the first expects the last message on `filter` to be at `expected`,
+    /// so no other writer came in between. Returns the last one's sequence. One round trip
+    /// however many events: the group commit of many commands on one aggregate.
+    ///
+    /// Atomic batches take no `Nats-Msg-Id`: a retried batch is refused by its expectation
+    /// instead (a [`PublishError::Conflict`]: the caller reloads and finds its events stored).
+    /// At most [`MAX_BATCH`] events.
+    pub async fn append_batch_after(
+        &self,
+        envelopes: &[Envelope],
+        filter: &str,
+        expected: u64,
+    ) -> Result<u64, PublishError> {
+        let append = Append::ExpectLast {
+            filter: filter.to_owned(),
+            sequence: expected,
+        };
+        let batch = uuid::Uuid::now_v7().simple().to_string();
+        let last = envelopes.len();
+        for (index, envelope) in envelopes.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert("Content-Type", CONTENT_TYPE);
+            crate::telemetry::inject(&mut headers);
+            headers.insert("Nats-Batch-Id", batch.as_str());
+            headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
+            if index == 0 {
+                headers.insert(
+                    header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    expected.to_string().as_str(),
+                );
+                headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, filter);
+            }
+            let payload = Bytes::from(envelope.encode());
+            if index + 1 < last {
+                // Held by the server until the commit, which answers for the whole batch.
+                self.js
+                    .client()
+                    .publish_with_headers(envelope.nats_subject(), headers, payload)
+                    .await
+                    .map_err(|error| {
+                        let kind = match error.kind() {
+                            async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                                context::PublishErrorKind::MaxPayloadExceeded
+                            }
+                            _ => context::PublishErrorKind::Other,
+                        };
+                        context::PublishError::with_source(kind, error)
+                    })?;
+                continue;
+            }
+            headers.insert("Nats-Batch-Commit", "1");
+            let commit = jetstream::message::PublishMessage::build()
+                .headers(headers)
+                .payload(payload);
+            let ack = self
+                .js
+                .send_publish(envelope.nats_subject(), commit)
+                .await
+                .map_err(|error| classify(error, &append))?;
+            return Ok(ack
+                .await
+                .map_err(|error| classify(error, &append))?
+                .sequence);
+        }
+        Ok(expected)
     }
 
     /// Appends events without expectations, all in flight at once, and waits until every one is

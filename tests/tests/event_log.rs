@@ -119,3 +119,58 @@ async fn an_expected_sequence_over_a_filter_stops_a_second_writer() {
         .is_none()
     );
 }
+
+#[tokio::test]
+async fn an_atomic_batch_lands_whole_at_consecutive_sequences_or_not_at_all() {
+    let nats = NatsServer::start();
+    let bus = open(&nats).await;
+    let tenant = TenantId::default_tenant();
+    let workflow = WorkflowId::new();
+    // Each on a subject of its own (another execution's failure), all under one filter.
+    let batch = |what: &str| -> Vec<Envelope> {
+        (0..5)
+            .map(|i| failed(workflow, ExecutionId::new(), &format!("{what} {i}")))
+            .collect()
+    };
+    let all = format!("cadre.events.{tenant}.workflow.{workflow}.execution.*.*");
+
+    // Something else lands in between, on another workflow: the batch is still contiguous.
+    bus.append_after(
+        &[failed(WorkflowId::new(), ExecutionId::new(), "elsewhere")],
+        &subjects::execution_starts(&tenant, WorkflowId::new()),
+        0,
+    )
+    .await
+    .unwrap();
+    let first = batch("first");
+    let last = bus.append_batch_after(&first, &all, 0).await.unwrap();
+    let stored = bus.read_all(&all).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|s| s.sequence).collect::<Vec<_>>(),
+        (last - 4..=last).collect::<Vec<_>>(),
+        "consecutive, ending at the sequence returned"
+    );
+    assert_eq!(
+        stored.into_iter().map(|s| s.envelope).collect::<Vec<_>>(),
+        first
+    );
+
+    // A writer that read before the first batch landed stores none of its own.
+    let refused = bus.append_batch_after(&batch("stale"), &all, 0).await;
+    assert!(
+        matches!(refused, Err(PublishError::Conflict { expected: 0, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        bus.read_all(&all).await.unwrap().len(),
+        5,
+        "nothing of it stored"
+    );
+
+    // After the right sequence, the next batch lands.
+    let next = bus
+        .append_batch_after(&batch("next"), &all, last)
+        .await
+        .unwrap();
+    assert_eq!(next, last + 5);
+}

@@ -10,8 +10,8 @@ use std::time::Duration;
 use cadre_proto::events::{
     AgentStatusReported, AskedQuestion, CallUsage, InteractionRecorded, KnowledgeShared,
     KnowledgeSuperseded, KnowledgeValidated, QuestionAnswered, QuestionAssigned, QuestionsAsked,
-    ReviewRequest, StepAttempt, StepCompleted, StepDeferred, StepFailed, StepReviewed,
-    StepScheduled, StepStarted, SupportRequest, Urgency, is_everyone,
+    ReviewRequest, SharedKnowledge, StepAttempt, StepCompleted, StepDeferred, StepFailed,
+    StepReviewed, StepScheduled, StepStarted, SupportRequest, Urgency, is_everyone,
 };
 use cadre_proto::model::{InteractionType, KnowledgeType, ModelChoice, StepResult};
 use cadre_proto::{Envelope, Event, EventId, KnowledgeId, TenantId};
@@ -438,14 +438,16 @@ impl ScheduledStep {
     }
 
     /// The attempt's result, as `answered` says who gave it; `knowledge_used` is the
-    /// knowledge its prompt carried, `shared` what [`Self::shared`] told the team (its
-    /// knowledge is repeated in the completion for the steps that depend on this one).
+    /// knowledge its prompt carried, `shared` what [`Self::shared`] told the team and
+    /// `passed_on` what the step's dependencies handed on that its prompt showed: the
+    /// completion hands both on to the steps that depend on this one.
     pub fn completed(
         &self,
         result: StepResult,
         answered: Answered,
         knowledge_used: Vec<KnowledgeId>,
         shared: &[Envelope],
+        passed_on: Vec<SharedKnowledge>,
         duration: Duration,
         now: DateTime<Utc>,
     ) -> Envelope {
@@ -461,12 +463,13 @@ impl ScheduledStep {
                 duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                 cost_usd: answered.cost_usd,
                 knowledge_used,
-                knowledge_shared: shared
+                knowledge_handed_on: shared
                     .iter()
                     .filter_map(|envelope| match &envelope.event {
                         Event::KnowledgeShared(knowledge) => Some(knowledge.into()),
                         _ => None,
                     })
+                    .chain(passed_on)
                     .collect(),
                 fallback_reason: answered.fallback_reason,
             })),
@@ -933,6 +936,7 @@ mod tests {
                 answered(),
                 vec![],
                 &[],
+                vec![],
                 Duration::from_millis(5),
                 at,
             )
@@ -1368,16 +1372,23 @@ mod tests {
     }
 
     #[test]
-    fn the_completion_records_the_knowledge_used_and_repeats_the_knowledge_shared() {
+    fn the_completion_records_the_knowledge_used_and_hands_on_what_was_shared_and_passed_on() {
         let step = step(true);
         let used = vec![KnowledgeId::new(), KnowledgeId::new()];
         let shared = step.shared(&result(), &[], Utc::now());
+        let passed_on = SharedKnowledge {
+            knowledge_id: KnowledgeId::new(),
+            title: "Insights from Design".to_owned(),
+            knowledge_type: KnowledgeType::Insight,
+            content: "- earlier".to_owned(),
+        };
         let Event::StepCompleted(done) = step
             .completed(
                 result(),
                 answered(),
                 used.clone(),
                 &shared,
+                vec![passed_on.clone()],
                 Duration::ZERO,
                 Utc::now(),
             )
@@ -1386,7 +1397,7 @@ mod tests {
             panic!("a StepCompleted");
         };
         assert_eq!(done.knowledge_used, used);
-        let told: Vec<cadre_proto::events::SharedKnowledge> = shared
+        let mut told: Vec<SharedKnowledge> = shared
             .iter()
             .filter_map(|envelope| match &envelope.event {
                 Event::KnowledgeShared(knowledge) => Some(knowledge.into()),
@@ -1394,7 +1405,11 @@ mod tests {
             })
             .collect();
         assert!(!told.is_empty(), "the fixture's result shares knowledge");
-        assert_eq!(done.knowledge_shared, told);
+        told.push(passed_on);
+        assert_eq!(
+            done.knowledge_handed_on, told,
+            "its own first, then what it passes on"
+        );
     }
 
     #[test]
@@ -1404,7 +1419,15 @@ mod tests {
         let now = Utc::now();
         let completed = |attempt| {
             let mut e = step
-                .completed(result(), answered(), vec![], &[], Duration::ZERO, now)
+                .completed(
+                    result(),
+                    answered(),
+                    vec![],
+                    &[],
+                    vec![],
+                    Duration::ZERO,
+                    now,
+                )
                 .event;
             if let Event::StepCompleted(c) = &mut e {
                 c.attempt.number = attempt;

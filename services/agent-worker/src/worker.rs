@@ -8,17 +8,17 @@
 //! provider named (or after a jittered backoff), and acked; it fails once its retry budget,
 //! counted in time, runs out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, AckKind};
-use cadre_proto::events::CallUsage;
+use cadre_proto::events::{CallUsage, SharedKnowledge};
 use cadre_proto::model::{AgentProfile, ModelChoice, ObjectRef, StepResult, TokenUsage};
 use cadre_proto::workers::TokenDelta;
-use cadre_proto::{Envelope, Event, events::types, streams, subjects};
+use cadre_proto::{Envelope, Event, KnowledgeId, events::types, streams, subjects};
 use cadre_runtime::bus::{self, Append, EventBus, ReadError};
 use chrono::Utc;
 use tracing::Instrument;
@@ -57,7 +57,7 @@ struct Answer {
 #[derive(Default)]
 struct Dependencies {
     outputs: Vec<DependencyOutput>,
-    knowledge: Vec<KnowledgeItem>,
+    knowledge: Vec<SharedKnowledge>,
 }
 
 /// What to tell JetStream about a delivery.
@@ -250,7 +250,7 @@ impl Worker {
 
     /// What the step's dependencies handed on, read from the log (their latest
     /// `StepCompleted`), in the order the step lists them: each one's result, and the knowledge
-    /// it shared. A dependency without a completion (skipped, say) is left out. Read from the
+    /// it hands on (its own, then what it was handed). A dependency without a completion (skipped, say) is left out. Read from the
     /// log rather than the read models so that no step waits for the projector: the log has
     /// them the moment the coordinator schedules this step.
     async fn dependencies(&self, step: &ScheduledStep) -> anyhow::Result<Dependencies> {
@@ -289,9 +289,7 @@ impl Worker {
                 summary: done.result.summary,
                 output: done.result.output,
             });
-            dependencies
-                .knowledge
-                .extend(done.knowledge_shared.into_iter().map(KnowledgeItem::from));
+            dependencies.knowledge.extend(done.knowledge_handed_on);
         }
         Ok(dependencies)
     }
@@ -343,11 +341,24 @@ impl Worker {
             .await
             .context("reading the workflow's knowledge")?;
         let knowledge = for_step(
-            dependencies.knowledge,
+            dependencies
+                .knowledge
+                .iter()
+                .cloned()
+                .map(KnowledgeItem::from)
+                .collect(),
             team,
             self.knowledge_limit,
             KNOWLEDGE_TOKEN_BUDGET,
         );
+        // What the dependencies handed on and the prompt showed goes on to this step's
+        // dependents.
+        let shown: HashSet<KnowledgeId> = knowledge.iter().map(|item| item.id).collect();
+        let passed_on: Vec<SharedKnowledge> = dependencies
+            .knowledge
+            .into_iter()
+            .filter(|item| shown.contains(&item.knowledge_id))
+            .collect();
         let dependencies = dependencies.outputs;
 
         let prompt = match &s.review {
@@ -479,6 +490,7 @@ impl Worker {
             answered,
             used,
             &shared,
+            passed_on,
             started_at.elapsed(),
             Utc::now(),
         );

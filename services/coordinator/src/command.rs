@@ -126,15 +126,7 @@ impl<D: Decider> Aggregate<D> {
         bus: &EventBus,
         command: &D::Command,
     ) -> Result<Vec<Envelope>, CommandError<D::Error>> {
-        // The first conflict is decided again at once (usually a worker's event landed
-        // meanwhile); from the second on, writers back off (jittered, growing) so two
-        // coordinators contending for one aggregate do not keep colliding in lockstep.
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(1))
-            .with_max_delay(Duration::from_millis(100))
-            .with_jitter()
-            .with_max_times(ATTEMPTS)
-            .build();
+        let mut backoff = contention_backoff();
         for attempt in 0..ATTEMPTS {
             let now = Utc::now();
             let events = D::decide(command, &self.state, now).map_err(CommandError::Rejected)?;
@@ -170,6 +162,91 @@ impl<D: Decider> Aggregate<D> {
         }
         Err(CommandError::Contended)
     }
+}
+
+impl<D: Decider> Aggregate<D>
+where
+    D::State: Clone,
+{
+    /// A group commit: decides `commands` one after another, each on the state the ones before
+    /// it left, and appends all their events as one atomic batch ([`EventBus::append_batch_after`]),
+    /// so many commands cost one round trip. Returns, per command in order, its events with
+    /// their stream sequences, or the domain's refusal (which does not stop the others). A race
+    /// with another writer decides them all again, as [`Self::execute`] does. At most
+    /// [`bus::MAX_BATCH`] events in all.
+    pub async fn execute_all(
+        &mut self,
+        bus: &EventBus,
+        commands: &[D::Command],
+    ) -> Result<Vec<Decided<D::Error>>, CommandError<D::Error>> {
+        let mut backoff = contention_backoff();
+        for attempt in 0..ATTEMPTS {
+            let now = Utc::now();
+            let mut state = self.state.clone();
+            let mut envelopes = Vec::new();
+            // Per command: how many of `envelopes` are its own, or its refusal.
+            let mut counts = Vec::with_capacity(commands.len());
+            for command in commands {
+                match D::decide(command, &state, now) {
+                    Ok(events) => {
+                        counts.push(Ok(events.len()));
+                        for event in events {
+                            state = D::evolve(state, &event);
+                            envelopes.push(Envelope::new(SOURCE, self.tenant.clone(), now, event));
+                        }
+                    }
+                    Err(refused) => counts.push(Err(refused)),
+                }
+            }
+            let appended = match envelopes.len() {
+                0 => Ok(self.version),
+                _ => {
+                    bus.append_batch_after(&envelopes, &self.filter, self.version)
+                        .await
+                }
+            };
+            match appended {
+                Ok(last) => {
+                    // An atomic batch is stored at consecutive sequences.
+                    let first = last + 1 - envelopes.len() as u64;
+                    let mut stored = (first..).zip(envelopes);
+                    self.state = state;
+                    self.version = last;
+                    return Ok(counts
+                        .into_iter()
+                        .map(|count| count.map(|n| stored.by_ref().take(n).collect()))
+                        .collect());
+                }
+                Err(PublishError::Conflict { .. }) => {
+                    tracing::debug!(filter = %self.filter, "batch raced another writer; deciding again");
+                    if attempt > 0
+                        && let Some(delay) = backoff.next()
+                    {
+                        tokio::time::sleep(delay).await;
+                    }
+                    self.reload(bus).await?;
+                }
+                Err(error) => return Err(CommandError::Publish(error)),
+            }
+        }
+        Err(CommandError::Contended)
+    }
+}
+
+/// What [`Aggregate::execute_all`] did with one command: its events as stored, with their
+/// stream sequences, or the domain's refusal.
+pub type Decided<E> = Result<Vec<(u64, Envelope)>, E>;
+
+/// The first conflict is decided again at once (usually a worker's event landed meanwhile);
+/// from the second on, writers back off (jittered, growing) so two coordinators contending for
+/// one aggregate do not keep colliding in lockstep.
+fn contention_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(1))
+        .with_max_delay(Duration::from_millis(100))
+        .with_jitter()
+        .with_max_times(ATTEMPTS)
+        .build()
 }
 
 /// An agent as registered, read from the log (the read models may lag behind it).

@@ -618,7 +618,7 @@ async fn report_to_parent(
             duration_ms: duration_ms.unwrap_or_default(),
             cost_usd: None,
             knowledge_used: Vec::new(),
-            knowledge_shared: Vec::new(),
+            knowledge_handed_on: Vec::new(),
             fallback_reason: None,
         })),
         ChildOutcome::Failed { error } => Event::StepFailed(StepFailed {

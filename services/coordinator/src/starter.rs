@@ -1,10 +1,12 @@
 //! Starting executions: one path for the API and for triggers (schedules, events, other
 //! workflows). It numbers runs through the `starts` decider and honours idempotency keys.
 //!
-//! Starts of one workflow queue on a per-workflow lock here (with the workflow's definition,
-//! agents and numbering cached) instead of racing each other in the log; a race with another
-//! coordinator replica is still caught by the expected-sequence append and resolved by the
-//! command path, which reloads and decides again.
+//! Starts of one workflow are group-committed here (with the workflow's definition, agents and
+//! numbering cached) instead of racing each other in the log: each start joins the workflow's
+//! queue and waits for its lock; whoever holds the lock takes every start queued by then,
+//! numbers them in order and appends them as one atomic batch, one round trip for all of them,
+//! and answers each. A race with another coordinator replica is still caught by the batch's
+//! expected-sequence append and resolved by the command path, which reloads and decides again.
 //!
 //! Each start records the participating agents' records ([`Records`], kept by the alert
 //! watcher as it reads the log) for assignment to break ties with; read at every start, not
@@ -22,11 +24,11 @@ use chrono::{DateTime, Utc};
 use futures::future::try_join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 use cadre_proto::model::{AgentProfile, TriggerReason, WorkflowDefinition};
-use cadre_proto::{AgentId, Event, ExecutionId, TenantId, WorkflowId, streams, subjects};
-use cadre_runtime::bus::{EventBus, NatsError, ReadError};
+use cadre_proto::{AgentId, Envelope, Event, ExecutionId, TenantId, WorkflowId, streams, subjects};
+use cadre_runtime::bus::{EventBus, NatsError, PublishError, ReadError, is_too_large};
 
 use crate::command::{Aggregate, CommandError, History, registered_agent};
 use crate::domain::execution::Start;
@@ -140,6 +142,43 @@ pub enum StartError {
     Idempotency(NatsError),
 }
 
+impl StartError {
+    /// The same failure again, for each start of the group commit it failed: the same kind
+    /// (which the API maps to a status), the NATS errors' details as text.
+    fn for_each(&self) -> Self {
+        let read = |error: &ReadError| ReadError::Nats(error.to_string().into());
+        match self {
+            Self::NoWorkflow(id) => Self::NoWorkflow(*id),
+            Self::NoAgent(id) => Self::NoAgent(*id),
+            Self::NotTriggerable(why) => Self::NotTriggerable(why.clone()),
+            Self::TooDeep { depth, limit } => Self::TooDeep {
+                depth: *depth,
+                limit: *limit,
+            },
+            Self::KeyInFlight => Self::KeyInFlight,
+            Self::Read(error) => Self::Read(read(error)),
+            Self::Idempotency(error) => Self::Idempotency(error.to_string().into()),
+            Self::Refused(error) => Self::Refused(match error {
+                CommandError::Rejected(paused) => CommandError::Rejected(paused.clone()),
+                CommandError::Read(error) => CommandError::Read(read(error)),
+                CommandError::Contended => CommandError::Contended,
+                CommandError::Publish(error) => CommandError::Publish(match error {
+                    PublishError::Conflict { filter, expected } => PublishError::Conflict {
+                        filter: filter.clone(),
+                        expected: *expected,
+                    },
+                    PublishError::Nats(error) => PublishError::Nats(
+                        async_nats::jetstream::context::PublishError::with_source(
+                            error.kind(),
+                            error.to_string(),
+                        ),
+                    ),
+                }),
+            }),
+        }
+    }
+}
+
 /// What starting a workflow needs, kept per workflow.
 struct WorkflowStarts {
     workflow: WorkflowDefinition,
@@ -147,7 +186,26 @@ struct WorkflowStarts {
     numbering: Aggregate<Starts>,
 }
 
-type StartLock = Arc<Mutex<Option<WorkflowStarts>>>;
+/// A workflow's starts: the cache its lock guards, and the starts waiting for a commit.
+#[derive(Default)]
+struct StartQueue {
+    cached: Mutex<Option<WorkflowStarts>>,
+    waiting: std::sync::Mutex<Vec<Queued>>,
+}
+
+/// A start waiting in its workflow's queue, and where its answer goes.
+struct Queued {
+    order: StartOrder,
+    execution_id: ExecutionId,
+    workflow_paused: bool,
+    answer: oneshot::Sender<Result<Started, StartError>>,
+}
+
+type StartLock = Arc<StartQueue>;
+
+/// Most starts one group commit takes (each is one event of the atomic batch).
+const MOST_STARTS_PER_COMMIT: usize = 256;
+const _: () = assert!(MOST_STARTS_PER_COMMIT <= cadre_runtime::bus::MAX_BATCH);
 
 #[derive(Clone)]
 pub struct Starter {
@@ -296,47 +354,123 @@ impl Starter {
             last,
             Some(stored) if matches!(stored.envelope.event, Event::WorkflowPaused(_))
         );
-        let lock = self.lock_of(tenant, workflow_id);
-        let mut cached = lock.lock().await;
+        let queue = self.lock_of(tenant, workflow_id);
+        let (answer, answered) = oneshot::channel();
+        lock_waiting(&queue.waiting).push(Queued {
+            order: order.clone(),
+            execution_id,
+            workflow_paused,
+            answer,
+        });
+        {
+            let mut cached = queue.cached.lock().await;
+            // Empty when the holder before us took our start with its own.
+            let batch: Vec<Queued> = {
+                let mut waiting = lock_waiting(&queue.waiting);
+                let take = waiting.len().min(MOST_STARTS_PER_COMMIT);
+                waiting.drain(..take).collect()
+            };
+            if !batch.is_empty() {
+                self.commit(tenant, workflow_id, &mut cached, batch).await;
+            }
+        }
+        answered.await.unwrap_or_else(|_| {
+            unreachable!("every start taken from the queue is answered before the lock is released")
+        })
+    }
+
+    /// Numbers and records `batch` (starts of one workflow, in the order they came) as one
+    /// group commit, and answers each.
+    async fn commit(
+        &self,
+        tenant: &TenantId,
+        workflow_id: WorkflowId,
+        cached: &mut Option<WorkflowStarts>,
+        batch: Vec<Queued>,
+    ) {
         let starts = match cached.as_mut() {
             Some(starts) => starts,
             None => match self.load(tenant, workflow_id).await {
                 Ok(loaded) => cached.insert(loaded),
                 Err(error) => {
-                    // Keep no lock for ids that name no workflow: bad requests must not grow memory.
+                    // Keep no queue for ids that name no workflow: bad requests must not grow
+                    // memory.
                     self.forget(tenant, workflow_id);
-                    return Err(error);
+                    answer_failed(batch, error);
+                    return;
                 }
             },
         };
-        if order.triggered {
-            permitted(order, &starts.workflow).map_err(StartError::NotTriggerable)?;
+        let mut admitted = Vec::with_capacity(batch.len());
+        for queued in batch {
+            match queued
+                .order
+                .triggered
+                .then(|| permitted(&queued.order, &starts.workflow))
+            {
+                Some(Err(why)) => {
+                    let _ = queued.answer.send(Err(StartError::NotTriggerable(why)));
+                }
+                _ => admitted.push(queued),
+            }
         }
-        let command = StartExecution {
-            start: Start {
-                execution_id,
-                trigger_reason: order.trigger_reason,
-                triggered_by: order.triggered_by.clone(),
-                workflow: starts.workflow.clone(),
-                agents: starts.agents.clone(),
-                input: order.input.clone(),
-                parent: order.parent.clone(),
-                records: self.records.of(&starts.agents),
-            },
-            workflow_paused,
+        let records = self.records.of(&starts.agents);
+        let commands: Vec<StartExecution> = admitted
+            .iter()
+            .map(|queued| StartExecution {
+                start: Start {
+                    execution_id: queued.execution_id,
+                    trigger_reason: queued.order.trigger_reason,
+                    triggered_by: queued.order.triggered_by.clone(),
+                    workflow: starts.workflow.clone(),
+                    agents: starts.agents.clone(),
+                    input: queued.order.input.clone(),
+                    parent: queued.order.parent.clone(),
+                    records: records.clone(),
+                },
+                workflow_paused: queued.workflow_paused,
+            })
+            .collect();
+        // Each append and how many of the starts, in order, it recorded.
+        let outcome = starts.numbering.execute_all(&self.bus, &commands).await;
+        let appends = match outcome {
+            // One start too large for the log refuses the whole batch (nothing is stored):
+            // record them one by one, so only that one is refused.
+            Err(CommandError::Publish(PublishError::Nats(error)))
+                if commands.len() > 1 && is_too_large(&error) =>
+            {
+                let mut appends = Vec::with_capacity(commands.len());
+                for command in &commands {
+                    let alone = std::slice::from_ref(command);
+                    appends.push((1, starts.numbering.execute_all(&self.bus, alone).await));
+                }
+                appends
+            }
+            outcome => vec![(commands.len(), outcome)],
         };
-        if let Err(error) = starts.numbering.execute(&self.bus, &command).await {
-            // Whether an append that failed midway was stored is unknown: read it again next time.
-            *cached = None;
-            return Err(StartError::Refused(error));
+        let mut admitted = admitted.into_iter();
+        for (count, outcome) in appends {
+            let queued = admitted.by_ref().take(count);
+            match outcome {
+                Ok(decided) => {
+                    for (queued, decided) in queued.zip(decided) {
+                        let started = decided
+                            .map_err(|paused| StartError::Refused(CommandError::Rejected(paused)))
+                            .map(|stored| started(workflow_id, &stored));
+                        let _ = queued.answer.send(started);
+                    }
+                }
+                Err(error) => {
+                    // Whether an append that failed midway was stored is unknown: read it
+                    // again next time (one refused as too large stored nothing).
+                    if !matches!(&error, CommandError::Publish(PublishError::Nats(e)) if is_too_large(e))
+                    {
+                        *cached = None;
+                    }
+                    answer_failed(queued.collect(), StartError::Refused(error));
+                }
+            }
         }
-        Ok(Started {
-            execution_id,
-            execution_number: starts.numbering.state.last_number,
-            workflow_id,
-            sequence: starts.numbering.version,
-            repeated: false,
-        })
     }
 
     /// What starting a workflow needs, read from the log.
@@ -375,6 +509,47 @@ impl Starter {
             agents,
             numbering,
         })
+    }
+}
+
+/// Answers every start of a group commit that failed with `error`: the first with the error
+/// itself, the others with copies ([`StartError::for_each`]).
+fn answer_failed(starts: Vec<Queued>, error: StartError) {
+    let mut starts = starts.into_iter();
+    let first = starts.next();
+    for queued in starts {
+        let _ = queued.answer.send(Err(error.for_each()));
+    }
+    if let Some(first) = first {
+        let _ = first.answer.send(Err(error));
+    }
+}
+
+/// The waiting starts of a workflow. Nothing is left half-done under this lock, so a poisoned
+/// one is still sound.
+fn lock_waiting(waiting: &std::sync::Mutex<Vec<Queued>>) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+    waiting
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A start as the numbering recorded it: `stored` is its one `ExecutionStarted`.
+fn started(workflow_id: WorkflowId, stored: &[(u64, Envelope)]) -> Started {
+    let (sequence, execution_id, execution_number) = stored
+        .iter()
+        .find_map(|(sequence, envelope)| match &envelope.event {
+            Event::ExecutionStarted(e) => Some((*sequence, e.execution_id, e.execution_number)),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            unreachable!("a start that was not refused recorded its ExecutionStarted")
+        });
+    Started {
+        execution_id,
+        execution_number,
+        workflow_id,
+        sequence,
+        repeated: false,
     }
 }
 

@@ -327,7 +327,7 @@ impl Fixture {
             duration_ms: 42,
             cost_usd: None,
             knowledge_used: vec![],
-            knowledge_shared: Vec::new(),
+            knowledge_handed_on: Vec::new(),
             fallback_reason: None,
         }))
     }

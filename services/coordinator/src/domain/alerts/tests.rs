@@ -145,7 +145,7 @@ impl Log {
             duration_ms: 5,
             cost_usd: None,
             knowledge_used: vec![],
-            knowledge_shared: vec![],
+            knowledge_handed_on: vec![],
             fallback_reason: None,
         }))
     }

@@ -152,7 +152,7 @@ fn completed(of: &Event) -> Event {
         duration_ms: 1,
         cost_usd: None,
         knowledge_used: Vec::new(),
-        knowledge_shared: Vec::new(),
+        knowledge_handed_on: Vec::new(),
         fallback_reason: None,
     }))
 }

@@ -229,7 +229,7 @@ fn completed(scheduled: &cadre_proto::events::StepScheduled) -> Event {
         duration_ms: 1,
         cost_usd: None,
         knowledge_used: Vec::new(),
-        knowledge_shared: Vec::new(),
+        knowledge_handed_on: Vec::new(),
         fallback_reason: None,
     }))
 }
