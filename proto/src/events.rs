@@ -306,6 +306,13 @@ pub struct StepScheduled {
     /// How the workflow wants its agents to write.
     #[serde(default)]
     pub communication_style: CommunicationStyle,
+    /// Deprecated, always 0: workers once waited for the read models to reach this log
+    /// position; they now read what a step's dependencies handed on from the log (see
+    /// [`StepCompleted::knowledge_handed_on`]). Still written so that readers of
+    /// `step_scheduled.v1` that require it (workers of the previous release during a rolling
+    /// upgrade) can read the event.
+    #[serde(default)]
+    pub knowledge_watermark: u64,
     /// The execution's input, for the agent to read as data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,

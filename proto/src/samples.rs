@@ -131,6 +131,7 @@ pub fn every_event() -> Vec<Event> {
         coordinator_agent_id: None,
         knowledge_sharing: true,
         communication_style: CommunicationStyle::Formal,
+        knowledge_watermark: 0,
         input: Some(serde_json::json!({"ticket": 42})),
         review: Some(ReviewRequest {
             round: 1,

@@ -24,6 +24,10 @@ pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
 /// Most events in one atomic batch ([`EventBus::append_batch_after`]): the server's limit.
 pub const MAX_BATCH: usize = 1000;
 
+/// Most atomic batches one process has open at once: the server allows 50 per stream (all
+/// replicas of the coordinator together), and refuses the batches beyond.
+const BATCHES_IN_FLIGHT: usize = 16;
+
 /// The error type of NATS calls whose kinds do not matter to the caller.
 pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -161,6 +165,8 @@ pub enum ReadError {
 #[derive(Clone)]
 pub struct EventBus {
     js: jetstream::Context,
+    /// Turns to have an atomic batch open (see [`BATCHES_IN_FLIGHT`]).
+    batches: std::sync::Arc<tokio::sync::Semaphore>,
     stream: stream::Stream,
     dispatch: stream::Stream,
     timers: stream::Stream,
@@ -175,6 +181,7 @@ impl EventBus {
         let timers = ensure_stream(&js, streams::timers_stream(replicas)).await?;
         Ok(Self {
             js,
+            batches: std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT)),
             stream,
             dispatch,
             timers,
@@ -321,20 +328,41 @@ impl EventBus {
     ///
     /// Atomic batches take no `Nats-Msg-Id`: a retried batch is refused by its expectation
     /// instead (a [`PublishError::Conflict`]: the caller reloads and finds its events stored).
-    /// At most [`MAX_BATCH`] events.
+    /// One event is appended as usual (with its `Nats-Msg-Id`, no batch). At most
+    /// [`MAX_BATCH`] events; an event over the log's largest is refused before anything is
+    /// sent (the kind [`is_too_large`] recognises).
     pub async fn append_batch_after(
         &self,
         envelopes: &[Envelope],
         filter: &str,
         expected: u64,
     ) -> Result<u64, PublishError> {
+        if envelopes.len() <= 1 {
+            return self.append_after(envelopes, filter, expected).await;
+        }
+        let payloads: Vec<Bytes> = envelopes
+            .iter()
+            .map(|envelope| Bytes::from(envelope.encode()))
+            .collect();
+        if payloads
+            .iter()
+            .any(|payload| payload.len() > streams::MAX_EVENT_BYTES as usize)
+        {
+            return Err(PublishError::Nats(context::PublishError::new(
+                context::PublishErrorKind::MaxPayloadExceeded,
+            )));
+        }
+        // The server keeps few batches open per stream: wait for a turn rather than be refused.
+        let _turn = self.batches.acquire().await.map_err(|error| {
+            context::PublishError::with_source(context::PublishErrorKind::Other, error)
+        })?;
         let append = Append::ExpectLast {
             filter: filter.to_owned(),
             sequence: expected,
         };
         let batch = uuid::Uuid::now_v7().simple().to_string();
         let last = envelopes.len();
-        for (index, envelope) in envelopes.iter().enumerate() {
+        for (index, (envelope, payload)) in envelopes.iter().zip(payloads).enumerate() {
             let mut headers = HeaderMap::new();
             headers.insert("Content-Type", CONTENT_TYPE);
             crate::telemetry::inject(&mut headers);
@@ -347,7 +375,6 @@ impl EventBus {
                 );
                 headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, filter);
             }
-            let payload = Bytes::from(envelope.encode());
             if index + 1 < last {
                 // Held by the server until the commit, which answers for the whole batch.
                 self.js

@@ -153,12 +153,29 @@ impl Api {
 
     /// Starts an execution; returns `(executionId, executionNumber)`.
     pub async fn start_execution(&self, workflow_id: &str) -> (String, u64) {
+        self.start(workflow_id, None).await
+    }
+
+    /// [`Self::start_execution`] answered once the log has the run (`Prefer: wait=0`), before
+    /// the read models show it.
+    pub async fn start_execution_without_waiting(&self, workflow_id: &str) -> (String, u64) {
+        self.start(workflow_id, Some("wait=0")).await
+    }
+
+    async fn start(&self, workflow_id: &str, prefer: Option<&str>) -> (String, u64) {
+        let mut request = self
+            .http
+            .post(format!(
+                "{}/v1/workflows/{workflow_id}/executions",
+                self.base
+            ))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body("{}");
+        if let Some(prefer) = prefer {
+            request = request.header("prefer", prefer);
+        }
         let body = Self::expect(
-            self.post(
-                &format!("/v1/workflows/{workflow_id}/executions"),
-                &json!({}),
-            )
-            .await,
+            Self::reply(request.send().await.expect("POST")).await,
             202,
             "starting an execution",
         );

@@ -112,9 +112,9 @@ impl KnowledgeView {
     /// one workflow ask the same question of the same knowledge, and ranking it again for each
     /// of them was the costliest part of a step. Every change to the read models moves the
     /// checkpoint, an item superseded included, so staleness is bounded by the knowledge
-    /// version, not by time: a step never gets a ranking older than the read models it waited
-    /// for (its watermark), nor older than the checkpoint this worker has seen, which trails
-    /// the projector's commits by a notification (or, if one is missed, a one-second poll).
+    /// version, not by time: a step never gets a ranking older than the checkpoint this worker
+    /// has seen, which trails the projector's commits by a notification (or, if one is
+    /// missed, a one-second poll).
     /// Concurrent steps that find no current ranking wait for one of them to read it.
     ///
     /// The key is the global checkpoint, not a per-workflow version: it costs no query, and

@@ -438,16 +438,14 @@ impl ScheduledStep {
     }
 
     /// The attempt's result, as `answered` says who gave it; `knowledge_used` is the
-    /// knowledge its prompt carried, `shared` what [`Self::shared`] told the team and
-    /// `passed_on` what the step's dependencies handed on that its prompt showed: the
-    /// completion hands both on to the steps that depend on this one.
+    /// knowledge its prompt carried, `handed_on` what it hands on to the steps that depend on
+    /// it (see [`handed_on`]).
     pub fn completed(
         &self,
         result: StepResult,
         answered: Answered,
         knowledge_used: Vec<KnowledgeId>,
-        shared: &[Envelope],
-        passed_on: Vec<SharedKnowledge>,
+        handed_on: Vec<SharedKnowledge>,
         duration: Duration,
         now: DateTime<Utc>,
     ) -> Envelope {
@@ -463,14 +461,7 @@ impl ScheduledStep {
                 duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                 cost_usd: answered.cost_usd,
                 knowledge_used,
-                knowledge_handed_on: shared
-                    .iter()
-                    .filter_map(|envelope| match &envelope.event {
-                        Event::KnowledgeShared(knowledge) => Some(knowledge.into()),
-                        _ => None,
-                    })
-                    .chain(passed_on)
-                    .collect(),
+                knowledge_handed_on: handed_on,
                 fallback_reason: answered.fallback_reason,
             })),
         )
@@ -838,6 +829,35 @@ pub fn next_wait(
     })
 }
 
+/// What a step hands on to the steps that depend on it: the knowledge it shared (its
+/// `shared` events), then each item its dependencies `handed` it that its prompt showed
+/// (`shown`), once, unless the step superseded it.
+pub fn handed_on(
+    handed: Vec<SharedKnowledge>,
+    shown: &HashSet<KnowledgeId>,
+    shared: &[Envelope],
+) -> Vec<SharedKnowledge> {
+    let own: Vec<SharedKnowledge> = shared
+        .iter()
+        .filter_map(|envelope| match &envelope.event {
+            Event::KnowledgeShared(knowledge) => Some(knowledge.into()),
+            _ => None,
+        })
+        .collect();
+    let mut left_out: HashSet<KnowledgeId> = shared
+        .iter()
+        .filter_map(|envelope| match &envelope.event {
+            Event::KnowledgeShared(own) => Some(own.knowledge_id),
+            Event::KnowledgeSuperseded(replaced) => Some(replaced.knowledge_id),
+            _ => None,
+        })
+        .collect();
+    let passed_on = handed
+        .into_iter()
+        .filter(|item| shown.contains(&item.knowledge_id) && left_out.insert(item.knowledge_id));
+    own.into_iter().chain(passed_on).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use cadre_proto::events::{AssignmentReason, StepTimedOut};
@@ -865,6 +885,7 @@ mod tests {
                 coordinator_agent_id: None,
                 knowledge_sharing,
                 communication_style: Default::default(),
+                knowledge_watermark: 0,
                 input: None,
                 review: None,
                 feedback: None,
@@ -935,7 +956,6 @@ mod tests {
                 result(),
                 answered(),
                 vec![],
-                &[],
                 vec![],
                 Duration::from_millis(5),
                 at,
@@ -1387,8 +1407,11 @@ mod tests {
                 result(),
                 answered(),
                 used.clone(),
-                &shared,
-                vec![passed_on.clone()],
+                handed_on(
+                    vec![passed_on.clone()],
+                    &[passed_on.knowledge_id].into(),
+                    &shared,
+                ),
                 Duration::ZERO,
                 Utc::now(),
             )
@@ -1413,21 +1436,42 @@ mod tests {
     }
 
     #[test]
+    fn a_step_hands_on_what_it_was_shown_once_and_not_what_it_replaced() {
+        let step = step(true);
+        let item = |content: &str| SharedKnowledge {
+            knowledge_id: KnowledgeId::new(),
+            title: "Insights from Design".to_owned(),
+            knowledge_type: KnowledgeType::Insight,
+            content: content.to_owned(),
+        };
+        let (kept, unseen, replaced) = (item("kept"), item("not shown"), item("replaced"));
+        // A diamond hands the same item on twice.
+        let handed = vec![kept.clone(), unseen.clone(), replaced.clone(), kept.clone()];
+        let shown: HashSet<KnowledgeId> = [kept.knowledge_id, replaced.knowledge_id].into();
+        let supersedes = step.envelope(
+            "superseded",
+            Utc::now(),
+            Event::KnowledgeSuperseded(KnowledgeSuperseded {
+                knowledge_id: replaced.knowledge_id,
+                superseded_by: KnowledgeId::new(),
+                workflow_id: step.scheduled.workflow_id,
+                execution_id: step.scheduled.execution_id,
+                step_id: step.scheduled.step.id.clone(),
+                agent_id: step.scheduled.agent.id,
+                reason: "newer".to_owned(),
+            }),
+        );
+        assert_eq!(handed_on(handed, &shown, &[supersedes]), vec![kept]);
+    }
+
+    #[test]
     fn recognises_deliveries_that_need_no_work() {
         let step = step(true);
         let s = &step.scheduled;
         let now = Utc::now();
         let completed = |attempt| {
             let mut e = step
-                .completed(
-                    result(),
-                    answered(),
-                    vec![],
-                    &[],
-                    vec![],
-                    Duration::ZERO,
-                    now,
-                )
+                .completed(result(), answered(), vec![], vec![], Duration::ZERO, now)
                 .event;
             if let Event::StepCompleted(c) = &mut e {
                 c.attempt.number = attempt;

@@ -33,8 +33,8 @@ use crate::prompt::{
     parse_review, question_prompt, repair_prompt, review_prompt, step_prompt, step_result_schema,
 };
 use crate::step::{
-    Answered, AssignedQuestion, ScheduledStep, Waited, addressed, already_handled, next_wait,
-    retry_delay,
+    Answered, AssignedQuestion, ScheduledStep, Waited, addressed, already_handled, handed_on,
+    next_wait, retry_delay,
 };
 
 /// Longest a question waits for its recipient's provider between two deliveries: a question
@@ -269,10 +269,12 @@ impl Worker {
                 )
             })
             .collect();
+        // From the stream's leader: a replica that lags could miss a completion the
+        // coordinator has seen, and the step would run without that dependency's work.
         let lookups = futures::future::join_all(
             completions
                 .iter()
-                .map(|subject| self.bus.peek_last_event(subject)),
+                .map(|subject| self.bus.last_event(subject)),
         )
         .await;
         let mut dependencies = Dependencies::default();
@@ -351,14 +353,8 @@ impl Worker {
             self.knowledge_limit,
             KNOWLEDGE_TOKEN_BUDGET,
         );
-        // What the dependencies handed on and the prompt showed goes on to this step's
-        // dependents.
         let shown: HashSet<KnowledgeId> = knowledge.iter().map(|item| item.id).collect();
-        let passed_on: Vec<SharedKnowledge> = dependencies
-            .knowledge
-            .into_iter()
-            .filter(|item| shown.contains(&item.knowledge_id))
-            .collect();
+        let handed = dependencies.knowledge;
         let dependencies = dependencies.outputs;
 
         let prompt = match &s.review {
@@ -479,6 +475,7 @@ impl Worker {
             result
         };
         let shared = step.shared(&result, &knowledge, Utc::now());
+        let handed_on = handed_on(handed, &shown, &shared);
         let used = knowledge.iter().map(|item| item.id).collect();
         let answered = Answered {
             by: answered_by,
@@ -489,20 +486,22 @@ impl Worker {
             result,
             answered,
             used,
-            &shared,
-            passed_on,
+            handed_on,
             started_at.elapsed(),
             Utc::now(),
         );
-        // In flight together, stored in this order: what the step shared before the
-        // completion that moves the execution on. A redelivery after a partial store publishes
-        // the same event ids again, which the log's duplicate window drops.
-        let mut events = shared;
-        events.push(completed);
+        if !shared.is_empty() {
+            // Stored before the completion: once it is, a redelivery of this step finds it
+            // done and publishes nothing again.
+            self.bus
+                .publish_all(&shared)
+                .await
+                .context("publishing the step's questions and knowledge")?;
+        }
         self.bus
-            .publish_all(&events)
+            .publish(&completed, Append::Any)
             .await
-            .context("publishing what the step shared and StepCompleted")?;
+            .context("publishing StepCompleted")?;
         tracing::info!(tokens, "step completed");
         Ok(Disposition::Ack)
     }
@@ -822,7 +821,7 @@ fn live_tokens(
 }
 
 /// Runs `work` while telling JetStream every [`PROGRESS_INTERVAL`] that the message is still
-/// being worked on, so that a long LLM call or knowledge wait is not redelivered elsewhere.
+/// being worked on, so that a long LLM call is not redelivered elsewhere.
 async fn while_in_progress<F: Future>(message: &jetstream::Message, work: F) -> F::Output {
     let mut progress = tokio::time::interval_at(
         tokio::time::Instant::now() + PROGRESS_INTERVAL,

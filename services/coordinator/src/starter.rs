@@ -362,7 +362,11 @@ impl Starter {
             workflow_paused,
             answer,
         });
-        {
+        // The commit runs on a task of its own: a request dropped meanwhile (its client gone)
+        // must neither leave its start queued with nobody to take it nor take with it the
+        // starts of others that its commit carries.
+        let (starter, tenant) = (self.clone(), tenant.clone());
+        tokio::spawn(async move {
             let mut cached = queue.cached.lock().await;
             // Empty when the holder before us took our start with its own.
             let batch: Vec<Queued> = {
@@ -371,12 +375,19 @@ impl Starter {
                 waiting.drain(..take).collect()
             };
             if !batch.is_empty() {
-                self.commit(tenant, workflow_id, &mut cached, batch).await;
+                starter
+                    .commit(&tenant, workflow_id, &mut cached, batch)
+                    .await;
             }
-        }
-        answered.await.unwrap_or_else(|_| {
-            unreachable!("every start taken from the queue is answered before the lock is released")
-        })
+        });
+        // Only a commit that panicked drops an answer.
+        answered.await.map_err(|_| {
+            StartError::Read(ReadError::Nats(
+                "recording the start was interrupted; it may have been stored: retry with the \
+                 same Idempotency-Key to find out"
+                    .into(),
+            ))
+        })?
     }
 
     /// Numbers and records `batch` (starts of one workflow, in the order they came) as one
@@ -396,21 +407,29 @@ impl Starter {
                     // Keep no queue for ids that name no workflow: bad requests must not grow
                     // memory.
                     self.forget(tenant, workflow_id);
-                    answer_failed(batch, error);
+                    answer_failed(batch, error, &mut HashMap::new());
                     return;
                 }
             },
         };
         let mut admitted = Vec::with_capacity(batch.len());
+        // Two requests of one execution (a key's start carried out again after its claim was
+        // thought abandoned) are one start: the later ones get the first's answer.
+        let mut repeats: HashMap<ExecutionId, Vec<Queued>> = HashMap::new();
         for queued in batch {
+            if admitted
+                .iter()
+                .any(|first: &Queued| first.execution_id == queued.execution_id)
+            {
+                repeats.entry(queued.execution_id).or_default().push(queued);
+                continue;
+            }
             match queued
                 .order
                 .triggered
                 .then(|| permitted(&queued.order, &starts.workflow))
             {
-                Some(Err(why)) => {
-                    let _ = queued.answer.send(Err(StartError::NotTriggerable(why)));
-                }
+                Some(Err(why)) => reply(queued, Err(StartError::NotTriggerable(why)), &mut repeats),
                 _ => admitted.push(queued),
             }
         }
@@ -457,7 +476,7 @@ impl Starter {
                         let started = decided
                             .map_err(|paused| StartError::Refused(CommandError::Rejected(paused)))
                             .map(|stored| started(workflow_id, &stored));
-                        let _ = queued.answer.send(started);
+                        reply(queued, started, &mut repeats);
                     }
                 }
                 Err(error) => {
@@ -467,7 +486,7 @@ impl Starter {
                     {
                         *cached = None;
                     }
-                    answer_failed(queued.collect(), StartError::Refused(error));
+                    answer_failed(queued.collect(), StartError::Refused(error), &mut repeats);
                 }
             }
         }
@@ -512,16 +531,39 @@ impl Starter {
     }
 }
 
+/// Answers `queued`, and the `repeats` of its execution as repeated.
+fn reply(
+    queued: Queued,
+    answer: Result<Started, StartError>,
+    repeats: &mut HashMap<ExecutionId, Vec<Queued>>,
+) {
+    for repeat in repeats.remove(&queued.execution_id).unwrap_or_default() {
+        let again = match &answer {
+            Ok(started) => Ok(Started {
+                repeated: true,
+                ..started.clone()
+            }),
+            Err(error) => Err(error.for_each()),
+        };
+        let _ = repeat.answer.send(again);
+    }
+    let _ = queued.answer.send(answer);
+}
+
 /// Answers every start of a group commit that failed with `error`: the first with the error
 /// itself, the others with copies ([`StartError::for_each`]).
-fn answer_failed(starts: Vec<Queued>, error: StartError) {
+fn answer_failed(
+    starts: Vec<Queued>,
+    error: StartError,
+    repeats: &mut HashMap<ExecutionId, Vec<Queued>>,
+) {
     let mut starts = starts.into_iter();
     let first = starts.next();
     for queued in starts {
-        let _ = queued.answer.send(Err(error.for_each()));
+        reply(queued, Err(error.for_each()), repeats);
     }
     if let Some(first) = first {
-        let _ = first.answer.send(Err(error));
+        reply(first, Err(error), repeats);
     }
 }
 

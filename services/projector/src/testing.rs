@@ -276,6 +276,7 @@ impl Fixture {
             coordinator_agent_id: None,
             knowledge_sharing: true,
             communication_style: Default::default(),
+            knowledge_watermark: 0,
             input: None,
             review: None,
             feedback: None,

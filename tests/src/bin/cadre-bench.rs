@@ -377,7 +377,9 @@ async fn measure_runs(
             let workflow_id = workflow_ids[i as usize % workflow_ids.len()].clone();
             async move {
                 let started = Instant::now();
-                api.start_execution(&workflow_id).await;
+                // The figure counts once the read models show everything: the start need not
+                // wait for them.
+                api.start_execution_without_waiting(&workflow_id).await;
                 started.elapsed()
             }
         })
@@ -652,20 +654,57 @@ async fn measure_sequential(
 
     let mut stored = Histogram::<u64>::new(3)?;
     let mut visible = Histogram::<u64>::new(3)?;
+    // Each stage of a step, from when the bench sees one event in the log to the next:
+    // StepScheduled -> StepStarted (handing over: the coordinator dispatches it, a worker takes
+    // it, checks the log and reads its dependencies), StepStarted -> StepCompleted (the work:
+    // knowledge, prompt, the provider, what the step shared), StepCompleted -> the next
+    // StepScheduled (the coordinator decides), and the start request -> the first StepScheduled.
+    let mut stages: [(&str, Histogram<u64>); 4] = [
+        ("start request -> first StepScheduled", Histogram::new(3)?),
+        ("StepScheduled -> StepStarted", Histogram::new(3)?),
+        ("StepStarted -> StepCompleted", Histogram::new(3)?),
+        ("StepCompleted -> next StepScheduled", Histogram::new(3)?),
+    ];
     let mut failed = 0u64;
     let mut latest_commit: Option<(u64, Instant)> = None;
     let wait = Duration::from_secs(60);
     for i in 0..WARM_UP + executions {
         let sent = Instant::now();
         let (execution_id, _) = api.start_execution(workflow_id).await;
+        // The stage each step event ends, and when the bench saw it.
+        let mut seen: Vec<(usize, Duration)> = Vec::new();
+        let mut last: (&str, Instant) = ("start", sent);
         // Follow the log to this execution's end: `...execution.<id>.completed` (or `failed`).
         let (sequence, seen_at, completed) = loop {
             let Some(message) = tokio::time::timeout(wait, events.next()).await? else {
                 anyhow::bail!("the event log ended");
             };
             let message = message?;
+            let arrived = Instant::now();
             let tokens: Vec<&str> = message.subject.split('.').collect();
-            if tokens.len() != 8 || tokens[5] != "execution" || tokens[6] != execution_id {
+            if tokens.len() < 8 || tokens[5] != "execution" || tokens[6] != execution_id {
+                continue;
+            }
+            if tokens.len() == 10 && tokens[7] == "step" {
+                let stage = match (last.0, tokens[9]) {
+                    ("start", "scheduled") => Some(0),
+                    ("scheduled", "started") => Some(1),
+                    ("started", "completed") => Some(2),
+                    ("completed", "scheduled") => Some(3),
+                    _ => None,
+                };
+                if let Some(stage) = stage {
+                    seen.push((stage, arrived - last.1));
+                }
+                if let Some(fact) = ["scheduled", "started", "completed"]
+                    .into_iter()
+                    .find(|fact| *fact == tokens[9])
+                {
+                    last = (fact, arrived);
+                }
+                continue;
+            }
+            if tokens.len() != 8 {
                 continue;
             }
             if tokens[7] == "completed" || tokens[7] == "failed" {
@@ -693,6 +732,9 @@ async fn measure_sequential(
             continue;
         }
         failed += u64::from(!completed);
+        for (stage, took) in seen {
+            stages[stage].1.record(u64::try_from(took.as_micros())?)?;
+        }
         stored.record(u64::try_from((seen_at - sent).as_micros())?)?;
         visible.record(u64::try_from((visible_at.max(sent) - sent).as_micros())?)?;
     }
@@ -716,6 +758,13 @@ async fn measure_sequential(
         "per step: {per_step:.2} ms (execution p50 / {steps}), mean {:.2} ms",
         visible.mean() / 1000.0 / steps as f64
     );
+    for (stage, took) in &stages {
+        println!(
+            "  stage {stage}: p50 {:.2} ms, p99 {:.2} ms",
+            ms(took, 0.5),
+            ms(took, 0.99)
+        );
+    }
     if failed == 0 {
         println!("result: ms_per_step={per_step:.3}");
     } else {

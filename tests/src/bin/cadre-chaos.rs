@@ -321,9 +321,6 @@ impl System {
                 ),
                 (Kind::Coordinator, "SHARDS".into(), "16".into()),
                 (Kind::Worker, "CONCURRENCY".into(), "64".into()),
-                // A step waits this long for the read models (they may be down) before it
-                // goes on with the knowledge that is visible.
-                (Kind::Worker, "KNOWLEDGE_WAIT_SECS".into(), "5".into()),
                 (
                     Kind::Worker,
                     "PROVIDERS__OFFLINE__LATENCY_MS".into(),

@@ -21,7 +21,7 @@ use super::openapi::{
 };
 use super::{
     ApiResult, AppState, Problem, command_failed, control_request, optional_body, parse_id,
-    unavailable_db, unavailable_log, workflows, written,
+    unavailable_db, unavailable_log, workflows, written, written_within,
 };
 use crate::command::{Aggregate, History};
 use crate::domain::execution::{Command, ExecutionDecider, TransitionRefused};
@@ -84,6 +84,8 @@ pub(super) struct ExecutionStatus {
         ("id" = uuid::Uuid, Path, description = "The workflow's id"),
         ("Idempotency-Key" = Option<String>, Header,
          description = "Starts with the same key within a day return the same run (1 to 255 visible ASCII characters)"),
+        ("Prefer" = Option<String>, Header,
+         description = "RFC 7240. `wait=<seconds>` caps how long the answer waits for the read models to show the new run (`wait=0`: answer once the log has it; `Cadre-Read-Models` says which). Other preferences are ignored"),
     ),
     request_body(content = Option<StartRequest>, description = "Optional"),
     responses(
@@ -137,7 +139,26 @@ pub(super) async fn start(
         }),
     )
         .into_response();
-    Ok(written(&app, started.sequence, response).await)
+    let wait = preferred_wait(&headers).unwrap_or(app.read_your_writes);
+    Ok(written_within(&app, wait, started.sequence, response).await)
+}
+
+/// The client's `Prefer: wait=<seconds>` (RFC 7240), if it sent one that parses; a preference
+/// that does not is ignored, as the RFC asks.
+fn preferred_wait(headers: &HeaderMap) -> Option<std::time::Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|preference| {
+            let (name, seconds) = preference.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                return None;
+            }
+            let seconds: u64 = seconds.trim().trim_matches('"').parse().ok()?;
+            Some(std::time::Duration::from_secs(seconds))
+        })
 }
 
 /// Longest `Idempotency-Key`.
@@ -676,4 +697,34 @@ pub(super) struct ProvidedResult {
 pub(super) struct ProvidedOutput {
     summary: String,
     output: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefer(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("prefer", value.parse().unwrap_or_else(|_| unreachable!()));
+        }
+        headers
+    }
+
+    #[test]
+    fn the_wait_preference_is_read_from_any_prefer_header_and_nonsense_is_ignored() {
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(preferred_wait(&prefer(&["wait=0"])), Some(secs(0)));
+        assert_eq!(
+            preferred_wait(&prefer(&["respond-async, Wait = \"3\""])),
+            Some(secs(3))
+        );
+        assert_eq!(
+            preferred_wait(&prefer(&["return=minimal", "wait=2"])),
+            Some(secs(2))
+        );
+        assert_eq!(preferred_wait(&prefer(&["wait=soon", "wait=-1"])), None);
+        assert_eq!(preferred_wait(&prefer(&["handling=lenient"])), None);
+        assert_eq!(preferred_wait(&HeaderMap::new()), None);
+    }
 }

@@ -265,11 +265,19 @@ pub const READ_MODELS: HeaderName = HeaderName::from_static("cadre-read-models")
 /// that the client can read its own write; waits at most `read_your_writes` and not at all
 /// while the read models cannot be read (Postgres down: the command has succeeded all the
 /// same). Call it with no lock held: others would queue behind the projector.
-async fn written(app: &AppState, position: u64, mut response: Response) -> Response {
-    let current = app
-        .read_models
-        .wait_while_readable(position, app.read_your_writes)
-        .await;
+async fn written(app: &AppState, position: u64, response: Response) -> Response {
+    written_within(app, app.read_your_writes, position, response).await
+}
+
+/// [`written`], waiting at most `wait` (at most the configured read-your-writes wait).
+async fn written_within(
+    app: &AppState,
+    wait: std::time::Duration,
+    position: u64,
+    mut response: Response,
+) -> Response {
+    let wait = wait.min(app.read_your_writes);
+    let current = app.read_models.wait_while_readable(position, wait).await;
     if !current {
         let checkpoint = app.read_models.checkpoint();
         if app.read_models.unreadable() {
@@ -278,11 +286,11 @@ async fn written(app: &AppState, position: u64, mut response: Response) -> Respo
                 checkpoint,
                 "read models unreadable; answering without them"
             );
-        } else if !app.read_your_writes.is_zero() {
+        } else if !wait.is_zero() {
             tracing::warn!(
                 position,
                 checkpoint,
-                timeout = ?app.read_your_writes,
+                timeout = ?wait,
                 "read models did not reach the command's events in time; answering without them"
             );
         }

@@ -106,6 +106,7 @@ impl Log {
             coordinator_agent_id: None,
             knowledge_sharing: false,
             communication_style: Default::default(),
+            knowledge_watermark: 0,
             input: None,
             review: None,
             feedback: None,

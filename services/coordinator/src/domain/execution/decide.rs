@@ -1726,6 +1726,7 @@ fn scheduled(execution: &Execution, scheduling: Scheduling<'_>, now: DateTime<Ut
         coordinator_agent_id: workflow.coordinator_agent_id,
         knowledge_sharing: workflow.configuration.coordination.knowledge_sharing,
         communication_style: workflow.configuration.coordination.communication_style,
+        knowledge_watermark: 0,
         input: execution.input.clone(),
         feedback,
         review,
