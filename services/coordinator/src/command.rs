@@ -109,6 +109,23 @@ impl<D: Decider> Aggregate<D> {
         Ok(())
     }
 
+    /// After losing a race for the aggregate: from the second time on, waits a turn of
+    /// `backoff`; then reads the aggregate again, to decide again.
+    async fn after_conflict(
+        &mut self,
+        bus: &EventBus,
+        attempt: usize,
+        backoff: &mut impl Iterator<Item = Duration>,
+    ) -> Result<(), bus::ReadError> {
+        tracing::debug!(filter = %self.filter, "append raced another writer; deciding again");
+        if attempt > 0
+            && let Some(delay) = backoff.next()
+        {
+            tokio::time::sleep(delay).await;
+        }
+        self.reload(bus).await
+    }
+
     /// Folds an event read from the log at `sequence`; one already folded (a redelivery, or
     /// our own append coming back) changes nothing. Returns whether it was new.
     pub fn fold(&mut self, sequence: u64, event: &Event) -> bool {
@@ -149,13 +166,7 @@ impl<D: Decider> Aggregate<D> {
                     return Ok(envelopes);
                 }
                 Err(PublishError::Conflict { .. }) => {
-                    tracing::debug!(filter = %self.filter, "append raced another writer; deciding again");
-                    if attempt > 0
-                        && let Some(delay) = backoff.next()
-                    {
-                        tokio::time::sleep(delay).await;
-                    }
-                    self.reload(bus).await?;
+                    self.after_conflict(bus, attempt, &mut backoff).await?;
                 }
                 Err(error) => return Err(CommandError::Publish(error)),
             }
@@ -218,13 +229,7 @@ where
                         .collect());
                 }
                 Err(PublishError::Conflict { .. }) => {
-                    tracing::debug!(filter = %self.filter, "batch raced another writer; deciding again");
-                    if attempt > 0
-                        && let Some(delay) = backoff.next()
-                    {
-                        tokio::time::sleep(delay).await;
-                    }
-                    self.reload(bus).await?;
+                    self.after_conflict(bus, attempt, &mut backoff).await?;
                 }
                 Err(error) => return Err(CommandError::Publish(error)),
             }
