@@ -331,8 +331,9 @@ async fn an_approval_step_waits_for_a_persons_sign_off_and_a_rejection_fails_the
 #[tokio::test]
 async fn a_run_past_its_time_for_a_person_waits_escalated_until_one_lets_it_continue() {
     let stack = Stack::start().await;
-    // The first step outlasts the run's time for a person (0.01 minute: 0.6 s).
-    stack.llm.set_latency(Duration::from_millis(1500));
+    // The first step outlasts the run's time for a person (0.01 minute: 0.6 s) by far, so a
+    // busy machine that handles the timer late still finds it running.
+    stack.llm.set_latency(Duration::from_millis(4000));
     let (_, workflow_id) = workflow(
         &stack,
         vec![

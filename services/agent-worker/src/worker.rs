@@ -19,7 +19,7 @@ use cadre_proto::events::{CallUsage, SharedKnowledge};
 use cadre_proto::model::{AgentProfile, ModelChoice, ObjectRef, StepResult, TokenUsage};
 use cadre_proto::workers::TokenDelta;
 use cadre_proto::{Envelope, Event, KnowledgeId, events::types, streams, subjects};
-use cadre_runtime::bus::{self, Append, EventBus, ReadError};
+use cadre_runtime::bus::{self, Append, EventBus, ReadError, Stored};
 use chrono::Utc;
 use tracing::Instrument;
 
@@ -255,43 +255,73 @@ impl Worker {
     /// them the moment the coordinator schedules this step.
     async fn dependencies(&self, step: &ScheduledStep) -> anyhow::Result<Dependencies> {
         let s = &step.scheduled;
-        let completions: Vec<String> = s
+        // A step is completed by its agent (`StepCompleted`) or by a person (an escalation
+        // resolved with their output, or an approval): the later of the two counts.
+        let ways = [subjects::COMPLETED, subjects::ESCALATION_RESOLVED];
+        let subjects: Vec<String> = s
             .step
             .depends_on
             .iter()
-            .map(|dependency| {
-                subjects::step(
-                    &step.tenant,
-                    s.workflow_id,
-                    s.execution_id,
-                    dependency,
-                    subjects::COMPLETED,
-                )
+            .flat_map(|dependency| {
+                ways.map(|fact| {
+                    subjects::step(
+                        &step.tenant,
+                        s.workflow_id,
+                        s.execution_id,
+                        dependency,
+                        fact,
+                    )
+                })
             })
             .collect();
         // From the stream's leader: a replica that lags could miss a completion the
         // coordinator has seen, and the step would run without that dependency's work.
-        let lookups = futures::future::join_all(
-            completions
-                .iter()
-                .map(|subject| self.bus.last_event(subject)),
-        )
-        .await;
+        let lookups =
+            futures::future::join_all(subjects.iter().map(|subject| self.bus.last_event(subject)))
+                .await;
         let mut dependencies = Dependencies::default();
-        for lookup in lookups {
-            let Some(stored) = lookup.context("reading the results of the step's dependencies")?
-            else {
-                continue;
-            };
-            let Event::StepCompleted(done) = stored.envelope.event else {
-                continue;
-            };
-            dependencies.outputs.push(DependencyOutput {
-                step_id: done.attempt.step_id.to_string(),
-                summary: done.result.summary,
-                output: done.result.output,
-            });
-            dependencies.knowledge.extend(done.knowledge_handed_on);
+        for (dependency, lookups) in s.step.depends_on.iter().zip(lookups.chunks(ways.len())) {
+            let mut latest: Option<&Stored> = None;
+            for lookup in lookups {
+                let stored = lookup
+                    .as_ref()
+                    .map_err(|error| anyhow::anyhow!("{error}"))
+                    .context("reading the results of the step's dependencies")?;
+                let completes = stored
+                    .as_ref()
+                    .filter(|stored| match &stored.envelope.event {
+                        Event::StepCompleted(_) => true,
+                        Event::EscalationResolved(resolved) => resolved.result().is_some(),
+                        _ => false,
+                    });
+                if let Some(stored) = completes
+                    && latest.is_none_or(|latest| latest.sequence < stored.sequence)
+                {
+                    latest = Some(stored);
+                }
+            }
+            match latest.map(|stored| &stored.envelope.event) {
+                Some(Event::StepCompleted(done)) => {
+                    dependencies.outputs.push(DependencyOutput {
+                        step_id: dependency.to_string(),
+                        summary: done.result.summary.clone(),
+                        output: done.result.output.clone(),
+                    });
+                    dependencies
+                        .knowledge
+                        .extend(done.knowledge_handed_on.iter().cloned());
+                }
+                Some(Event::EscalationResolved(resolved)) => {
+                    if let Some((summary, output)) = resolved.result() {
+                        dependencies.outputs.push(DependencyOutput {
+                            step_id: dependency.to_string(),
+                            summary,
+                            output,
+                        });
+                    }
+                }
+                _ => {}
+            }
         }
         Ok(dependencies)
     }
