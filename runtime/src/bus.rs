@@ -330,15 +330,27 @@ impl EventBus {
     /// instead (a [`PublishError::Conflict`]: the caller reloads and finds its events stored).
     /// One event is appended as usual (with its `Nats-Msg-Id`, no batch). At most
     /// [`MAX_BATCH`] events; an event over the log's largest is refused before anything is
-    /// sent (the kind [`is_too_large`] recognises).
+    /// sent (the kind [`is_too_large`] recognises). Event `i` carries the trace context of
+    /// `spans[i]` (each event of a group commit its own request's), or the current span's.
     pub async fn append_batch_after(
         &self,
         envelopes: &[Envelope],
+        spans: &[tracing::Span],
         filter: &str,
         expected: u64,
     ) -> Result<u64, PublishError> {
+        use tracing::Instrument;
+        let span_of = |index: usize| {
+            spans
+                .get(index)
+                .cloned()
+                .unwrap_or_else(tracing::Span::current)
+        };
         if envelopes.len() <= 1 {
-            return self.append_after(envelopes, filter, expected).await;
+            return self
+                .append_after(envelopes, filter, expected)
+                .instrument(span_of(0))
+                .await;
         }
         let payloads: Vec<Bytes> = envelopes
             .iter()
@@ -365,7 +377,7 @@ impl EventBus {
         for (index, (envelope, payload)) in envelopes.iter().zip(payloads).enumerate() {
             let mut headers = HeaderMap::new();
             headers.insert("Content-Type", CONTENT_TYPE);
-            crate::telemetry::inject(&mut headers);
+            span_of(index).in_scope(|| crate::telemetry::inject(&mut headers));
             headers.insert("Nats-Batch-Id", batch.as_str());
             headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
             if index == 0 {

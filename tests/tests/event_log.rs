@@ -143,7 +143,7 @@ async fn an_atomic_batch_lands_whole_at_consecutive_sequences_or_not_at_all() {
     .await
     .unwrap();
     let first = batch("first");
-    let last = bus.append_batch_after(&first, &all, 0).await.unwrap();
+    let last = bus.append_batch_after(&first, &[], &all, 0).await.unwrap();
     let stored = bus.read_all(&all).await.unwrap();
     assert_eq!(
         stored.iter().map(|s| s.sequence).collect::<Vec<_>>(),
@@ -156,7 +156,7 @@ async fn an_atomic_batch_lands_whole_at_consecutive_sequences_or_not_at_all() {
     );
 
     // A writer that read before the first batch landed stores none of its own.
-    let refused = bus.append_batch_after(&batch("stale"), &all, 0).await;
+    let refused = bus.append_batch_after(&batch("stale"), &[], &all, 0).await;
     assert!(
         matches!(refused, Err(PublishError::Conflict { expected: 0, .. })),
         "{refused:?}"
@@ -169,7 +169,7 @@ async fn an_atomic_batch_lands_whole_at_consecutive_sequences_or_not_at_all() {
 
     // After the right sequence, the next batch lands.
     let next = bus
-        .append_batch_after(&batch("next"), &all, last)
+        .append_batch_after(&batch("next"), &[], &all, last)
         .await
         .unwrap();
     assert_eq!(next, last + 5);

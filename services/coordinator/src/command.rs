@@ -184,26 +184,35 @@ where
     /// so many commands cost one round trip. Returns, per command in order, its events with
     /// their stream sequences, or the domain's refusal (which does not stop the others). A race
     /// with another writer decides them all again, as [`Self::execute`] does. At most
-    /// [`bus::MAX_BATCH`] events in all.
+    /// [`bus::MAX_BATCH`] events in all. The events of `commands[i]` carry the trace context
+    /// of `spans[i]` (the span of the request that asked for it), or the current span's.
     pub async fn execute_all(
         &mut self,
         bus: &EventBus,
         commands: &[D::Command],
+        spans: &[tracing::Span],
     ) -> Result<Vec<Decided<D::Error>>, CommandError<D::Error>> {
         let mut backoff = contention_backoff();
         for attempt in 0..ATTEMPTS {
             let now = Utc::now();
             let mut state = self.state.clone();
             let mut envelopes = Vec::new();
+            let mut envelope_spans = Vec::new();
             // Per command: how many of `envelopes` are its own, or its refusal.
             let mut counts = Vec::with_capacity(commands.len());
-            for command in commands {
+            for (index, command) in commands.iter().enumerate() {
                 match D::decide(command, &state, now) {
                     Ok(events) => {
                         counts.push(Ok(events.len()));
                         for event in events {
                             state = D::evolve(state, &event);
                             envelopes.push(Envelope::new(SOURCE, self.tenant.clone(), now, event));
+                            envelope_spans.push(
+                                spans
+                                    .get(index)
+                                    .cloned()
+                                    .unwrap_or_else(tracing::Span::current),
+                            );
                         }
                     }
                     Err(refused) => counts.push(Err(refused)),
@@ -212,7 +221,7 @@ where
             let appended = match envelopes.len() {
                 0 => Ok(self.version),
                 _ => {
-                    bus.append_batch_after(&envelopes, &self.filter, self.version)
+                    bus.append_batch_after(&envelopes, &envelope_spans, &self.filter, self.version)
                         .await
                 }
             };

@@ -196,6 +196,8 @@ struct StartQueue {
 /// A start waiting in its workflow's queue, and where its answer goes.
 struct Queued {
     order: StartOrder,
+    /// The request's span: its start's event carries its trace, whoever commits it.
+    span: tracing::Span,
     execution_id: ExecutionId,
     workflow_paused: bool,
     answer: oneshot::Sender<Result<Started, StartError>>,
@@ -358,6 +360,7 @@ impl Starter {
         let (answer, answered) = oneshot::channel();
         lock_waiting(&queue.waiting).push(Queued {
             order: order.clone(),
+            span: tracing::Span::current(),
             execution_id,
             workflow_paused,
             answer,
@@ -451,7 +454,11 @@ impl Starter {
             })
             .collect();
         // Each append and how many of the starts, in order, it recorded.
-        let outcome = starts.numbering.execute_all(&self.bus, &commands).await;
+        let spans: Vec<tracing::Span> = admitted.iter().map(|queued| queued.span.clone()).collect();
+        let outcome = starts
+            .numbering
+            .execute_all(&self.bus, &commands, &spans)
+            .await;
         let appends = match outcome {
             // One start too large for the log refuses the whole batch (nothing is stored):
             // record them one by one, so only that one is refused.
@@ -459,9 +466,12 @@ impl Starter {
                 if commands.len() > 1 && is_too_large(&error) =>
             {
                 let mut appends = Vec::with_capacity(commands.len());
-                for command in &commands {
-                    let alone = std::slice::from_ref(command);
-                    appends.push((1, starts.numbering.execute_all(&self.bus, alone).await));
+                for (command, span) in commands.iter().zip(&spans) {
+                    let (alone, span) = (std::slice::from_ref(command), std::slice::from_ref(span));
+                    appends.push((
+                        1,
+                        starts.numbering.execute_all(&self.bus, alone, span).await,
+                    ));
                 }
                 appends
             }
