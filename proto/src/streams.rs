@@ -109,7 +109,8 @@ pub fn triggers_stream(replicas: usize) -> stream::Config {
 
 pub const COORDINATOR_TRIGGERS_CONSUMER: &str = "coordinator-triggers";
 
-/// The coordinator's trigger events, pinned like [`coordinator_consumer`].
+/// The coordinator's trigger events: one replica at a time (the pinned client) starts their
+/// runs; which one does not matter, since starts are appended with an expected sequence.
 pub fn coordinator_triggers_consumer() -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(COORDINATOR_TRIGGERS_CONSUMER.to_owned()),
@@ -183,21 +184,87 @@ pub const PIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pull expiry for pinned consumers: well below [`PIN_TIMEOUT`], so a live client never loses it.
 pub const PINNED_PULL_EXPIRY: Duration = Duration::from_secs(5);
 
-pub const COORDINATOR_CONSUMER: &str = "coordinator";
 pub const AGENT_WORKER_CONSUMER: &str = "agent-worker";
 pub const PROJECTOR_CONSUMER: &str = "projector";
 
-/// The coordinator folds every execution-state event in order. One replica is active at a time
-/// (pinned client): its in-memory execution states stay a gap-free prefix of the log. It reads
-/// the whole log (the fast path, see [`DISPATCH_STREAM`]) and acks other events unread.
-pub fn coordinator_consumer() -> consumer::pull::Config {
+/// How many partitions the coordinator's work is split into: the most coordinator replicas
+/// that can share it. Part of the wire contract: every execution's partition derives from it,
+/// so changing it moves running executions between partitions.
+pub const EXECUTION_PARTITIONS: u16 = 16;
+
+/// The coordinator's inbox: what it decides on, copied by the server from the event log (every
+/// execution's state events and every workflow's own facts) and from the timers stream (fired
+/// timers), each on `cadre.partition.<p>.<original subject>`. An execution's events and timers
+/// share a partition (the server hashes the execution id; a workflow's facts and schedule ticks
+/// hash the workflow id), so the replica working a partition sees each execution in log order.
+/// A work queue: a message leaves it once decided on, so each partition's consumer reads only
+/// its own backlog, never filtering the whole log.
+pub const PARTITIONS_STREAM: &str = "CADRE_PARTITIONS";
+
+/// The inbox, its sources starting at `events_from` in the event log and `timers_from` in the
+/// timers stream (1 on a new system; where the coordinator had got to on one upgraded from a
+/// single coordinator consumer).
+pub fn partitions_stream(replicas: usize, events_from: u64, timers_from: u64) -> stream::Config {
+    // One source per stream, with a transform per kind of subject: the server handles two
+    // sources from one stream unreliably (one of them was seen never to copy anything).
+    let source = |name: &str, from: u64, keyed: &[(&str, usize)]| stream::Source {
+        name: name.to_owned(),
+        start_sequence: (from > 1).then_some(from),
+        subject_transforms: keyed
+            .iter()
+            .map(|&(filter, key)| stream::SubjectTransform {
+                source: filter.to_owned(),
+                destination: subjects::partitioning(filter, key, EXECUTION_PARTITIONS),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    stream::Config {
+        name: PARTITIONS_STREAM.to_owned(),
+        description: Some("Cadre coordinator inbox, partitioned by execution".to_owned()),
+        subjects: Vec::new(),
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        sources: Some(vec![
+            source(
+                EVENTS_STREAM,
+                events_from,
+                &[
+                    (subjects::ALL_EXECUTION_STATES, 3),
+                    (subjects::ALL_WORKFLOW_LIFECYCLES, 2),
+                ],
+            ),
+            source(TIMERS_STREAM, timers_from, &[(timers::ALL_FIRED, 2)]),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// The consumers a single coordinator replica used before the work was partitioned; a
+/// coordinator that finds them starts the inbox where they had got to, then deletes them.
+pub const RETIRED_COORDINATOR_CONSUMERS: [(&str, &str); 2] = [
+    (EVENTS_STREAM, "coordinator"),
+    (TIMERS_STREAM, "coordinator-timers"),
+];
+
+pub fn coordinator_partition_consumer_name(partition: u16) -> String {
+    format!("coordinator-p{partition}")
+}
+
+/// One partition of the coordinator's inbox. The replica that owns the partition (see
+/// [`COORDINATORS_BUCKET`]) pulls it as the pinned client, so even while replicas disagree for
+/// a moment on who owns what, one replica at a time folds a partition's executions.
+pub fn coordinator_partition_consumer(partition: u16) -> consumer::pull::Config {
     consumer::pull::Config {
-        durable_name: Some(COORDINATOR_CONSUMER.to_owned()),
-        description: Some("coordinator: folds execution events and decides".to_owned()),
-        filter_subject: subjects::ALL_EVENTS.to_owned(),
+        durable_name: Some(coordinator_partition_consumer_name(partition)),
+        description: Some(format!(
+            "coordinator: partition {partition} of the executions, folded and decided"
+        )),
+        filter_subject: subjects::partition(partition),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
-        max_ack_pending: 20_000,
+        max_ack_pending: 5_000,
         priority_policy: consumer::PriorityPolicy::PinnedClient,
         priority_groups: vec![ACTIVE_GROUP.to_owned()],
         priority_timeout: PIN_TIMEOUT,
@@ -205,21 +272,22 @@ pub fn coordinator_consumer() -> consumer::pull::Config {
     }
 }
 
-pub const COORDINATOR_TIMERS_CONSUMER: &str = "coordinator-timers";
+/// The live coordinator replicas: one key per replica, rewritten every
+/// [`COORDINATOR_HEARTBEAT`]; a replica that stops heartbeating drops out after
+/// [`COORDINATOR_TTL`] and its partitions pass to the others. A replica that stops cleanly
+/// deletes its key, and its partitions pass at once.
+pub const COORDINATORS_BUCKET: &str = "CADRE_COORDINATORS";
+pub const COORDINATOR_HEARTBEAT: Duration = Duration::from_secs(3);
+pub const COORDINATOR_TTL: Duration = Duration::from_secs(10);
 
-/// The coordinator's fired timers. Pinned like [`coordinator_consumer`]; the two pins may sit on
-/// different replicas, which is safe (appends expect the execution's last sequence) if slower.
-pub fn coordinator_timers_consumer() -> consumer::pull::Config {
-    consumer::pull::Config {
-        durable_name: Some(COORDINATOR_TIMERS_CONSUMER.to_owned()),
-        description: Some("coordinator: fired timers".to_owned()),
-        filter_subject: timers::ALL_FIRED.to_owned(),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
-        max_ack_pending: 10_000,
-        priority_policy: consumer::PriorityPolicy::PinnedClient,
-        priority_groups: vec![ACTIVE_GROUP.to_owned()],
-        priority_timeout: PIN_TIMEOUT,
+pub fn coordinators_kv(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: COORDINATORS_BUCKET.to_owned(),
+        description: "Cadre coordinator replicas sharing the execution partitions".to_owned(),
+        history: 1,
+        max_age: COORDINATOR_TTL,
+        storage: stream::StorageType::Memory,
+        num_replicas: replicas,
         ..Default::default()
     }
 }

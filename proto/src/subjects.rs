@@ -153,6 +153,51 @@ pub fn is_execution_state(subject: &str) -> bool {
     tokens.nth(3) == Some("workflow") && tokens.nth(1) == Some("execution")
 }
 
+/// Every execution's state events, of every tenant and workflow (see [`is_execution_state`]);
+/// the execution id is the third wildcard.
+pub const ALL_EXECUTION_STATES: &str = "cadre.events.*.workflow.*.execution.*.>";
+/// Every workflow's own facts (created, paused, resumed); the workflow id is the second wildcard.
+pub const ALL_WORKFLOW_LIFECYCLES: &str = "cadre.events.*.workflow.*.*";
+
+/// Every subject of the coordinator's partitioned inbox (see `streams::partitions_stream`):
+/// `cadre.partition.<partition>.<the subject the message was stored on>`.
+pub const ALL_PARTITIONED: &str = "cadre.partition.>";
+
+/// Every message of one partition of the coordinator's inbox.
+pub fn partition(partition: u16) -> String {
+    format!("cadre.partition.{partition}.>")
+}
+
+/// The partition of a message in the coordinator's inbox and the subject it was stored on
+/// (in the event log or the timers stream); `None` for any other subject.
+pub fn parse_partitioned(subject: &str) -> Option<(u16, &str)> {
+    let rest = subject.strip_prefix("cadre.partition.")?;
+    let (partition, original) = rest.split_once('.')?;
+    Some((partition.parse().ok()?, original))
+}
+
+/// The inbox subject a message stored on `source` (with `*` and `>` wildcards) goes to, as a
+/// JetStream subject transform: the partition is the server's hash of the `key`-th wildcard
+/// token, so everything keyed by one id (an execution's events and timers, a workflow's own
+/// facts) lands in one partition, in order.
+pub fn partitioning(source: &str, key: usize, partitions: u16) -> String {
+    let mut wildcard = 0;
+    let tokens: Vec<String> = source
+        .split('.')
+        .map(|token| match token {
+            "*" => {
+                wildcard += 1;
+                format!("{{{{wildcard({wildcard})}}}}")
+            }
+            other => other.to_owned(),
+        })
+        .collect();
+    format!(
+        "cadre.partition.{{{{partition({partitions},{key})}}}}.{}",
+        tokens.join(".")
+    )
+}
+
 pub fn agent(tenant: &TenantId, agent: AgentId, fact: &str) -> String {
     format!("{PREFIX}.{tenant}.agent.{agent}.{fact}")
 }

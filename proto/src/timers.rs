@@ -5,7 +5,7 @@
 //! workflow's schedule the workflow), published with `Nats-Schedule: @at <RFC 3339 time>` (once)
 //! or a cron expression (repeating), and `Nats-Schedule-Target` =
 //! `cadre.timers.<tenant>.fired.<scope>.<key>`. When it is due the server publishes the body to
-//! the target, and the coordinator's timers consumer hands it to the execution's decider, or
+//! the target, and the coordinator's inbox hands it to the execution's decider, or
 //! starts a run of the scheduled workflow. Ticks of a schedule that fire while no coordinator
 //! consumes them coalesce into one (one message per subject).
 //! Arming a timer again replaces it (the last message of a subject is the schedule); cancelling
@@ -17,11 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ExecutionId, StepId, TenantId, WorkflowId};
 
-const PREFIX: &str = "cadre.timers";
+/// The first tokens of every timer subject.
+pub const PREFIX: &str = "cadre.timers";
 /// Every subject of the timers stream.
 pub const ALL: &str = "cadre.timers.>";
-/// Every fired timer, of every tenant: what the coordinator consumes.
-pub const ALL_FIRED: &str = "cadre.timers.*.fired.>";
+/// Every fired timer, of every tenant: what the coordinator consumes (through its partitioned
+/// inbox, keyed by the scope: the second wildcard).
+pub const ALL_FIRED: &str = "cadre.timers.*.fired.*.>";
 
 /// What a timer guards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

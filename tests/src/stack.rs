@@ -1,11 +1,12 @@
 //! Cadre's three services, in-process, on a private NATS server and a fresh database.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cadre_agent_worker::{HttpProviderConfig, ProviderConfig};
 use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_runtime::bus::{self, EventBus};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,8 @@ pub struct Stack {
     pub llm: FakeLlm,
     pub db: TestDb,
     pub nats: NatsServer,
+    /// The execution partitions the first coordinator works, as they change.
+    pub coordinator_partitions: watch::Receiver<BTreeSet<u16>>,
     shutdown: CancellationToken,
     services: Vec<Service>,
 }
@@ -100,6 +103,7 @@ impl Stack {
         .await
         .expect("coordinator starts");
         let api = Api::new(format!("http://{}", coordinator.http_addr));
+        let coordinator_partitions = coordinator.partitions();
         services.push(Service {
             name: "coordinator",
             stop: coordinator_stop,
@@ -112,6 +116,7 @@ impl Stack {
             llm,
             db,
             nats,
+            coordinator_partitions,
             shutdown,
             services,
         };

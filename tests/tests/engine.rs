@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use cadre_coordinator::partitions;
 use cadre_proto::events::FailureCause;
-use cadre_proto::streams::COORDINATOR_CONSUMER;
 use cadre_proto::timers::Timer;
 use cadre_proto::{Event, ExecutionId, StepId, TenantId, WorkflowId, subjects};
 use cadre_tests::api::{Reply, agent, pipeline};
@@ -242,18 +242,12 @@ async fn pause_lets_the_running_step_finish_and_resume_carries_on() {
         matches!(e, Event::StepCompleted(_))
     })
     .await;
-    let completed_at = stack.log_state().await.last_sequence;
     eventually(
         FINISH,
         "the coordinator to process step-1's completion",
         || async {
-            let info = stack
-                .bus
-                .stream()
-                .consumer_info(COORDINATOR_CONSUMER)
-                .await
-                .ok()?;
-            (info.ack_floor.stream_sequence >= completed_at).then_some(())
+            let backlog = partitions::backlog(stack.bus.jetstream()).await.ok()?;
+            (backlog == 0).then_some(())
         },
     )
     .await;

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use cadre_proto::streams::{COORDINATOR_CONSUMER, PROJECTOR_CONSUMER, agent_worker_consumer_name};
+use cadre_coordinator::partitions;
+use cadre_proto::streams::{PROJECTOR_CONSUMER, agent_worker_consumer_name};
 use cadre_proto::subjects;
 use cadre_proto::{Event, TenantId};
 use cadre_tests::fake_llm::insight_line;
@@ -70,8 +71,10 @@ async fn settle(stack: &Stack) {
             agent_worker_consumer_name("offline"),
             agent_worker_consumer_name(FAKE_PROVIDER),
         );
+        if partitions::backlog(stack.bus.jetstream()).await.ok()? > 0 {
+            return None;
+        }
         let consumers = [
-            (stack.bus.stream(), &COORDINATOR_CONSUMER.to_owned()),
             (stack.bus.stream(), &PROJECTOR_CONSUMER.to_owned()),
             (stack.bus.dispatch_stream(), &offline_queue),
             (stack.bus.dispatch_stream(), &fake_queue),
@@ -415,8 +418,9 @@ async fn malformed_messages_are_terminated_with_a_reason_and_block_nothing() {
         reasons[0].1.contains("not a CloudEvents JSON envelope"),
         "{reasons:?}"
     );
-    assert_eq!(reasons[1].0, COORDINATOR_CONSUMER);
-    assert_eq!(reasons[2].0, COORDINATOR_CONSUMER);
+    // The coordinator reads execution events in its partitioned inbox.
+    assert!(reasons[1].0.starts_with("coordinator-p"), "{reasons:?}");
+    assert!(reasons[2].0.starts_with("coordinator-p"), "{reasons:?}");
     assert!(
         reasons
             .iter()
@@ -711,5 +715,56 @@ async fn a_standby_coordinator_takes_over_a_running_execution() {
     );
     shutdown.cancel();
     standby.wait().await.unwrap();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn coordinators_share_the_partitions_and_one_takes_over_those_of_one_that_leaves() {
+    let mut stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (second, second_api) = stack.second_coordinator(shutdown.clone()).await;
+    let all = usize::from(cadre_proto::streams::EXECUTION_PARTITIONS);
+    // Each sees the other within a heartbeat; then each works its own share, and every
+    // partition has one owner.
+    eventually(FINISH, "the partitions to be shared", || async {
+        let first = stack.coordinator_partitions.borrow().clone();
+        let second = second.partitions().borrow().clone();
+        let shared = !first.is_empty()
+            && !second.is_empty()
+            && first.is_disjoint(&second)
+            && first.len() + second.len() == all;
+        shared.then_some(())
+    })
+    .await;
+
+    let starts = (0..16).map(|i| {
+        let api = if i % 2 == 0 {
+            stack.api.clone()
+        } else {
+            second_api.clone()
+        };
+        let workflow_id = workflow_id.clone();
+        async move { api.start_execution(&workflow_id).await.0 }
+    });
+    let runs = futures::future::join_all(starts).await;
+    for run in &runs {
+        let done = stack.api.wait_until_finished(run, FINISH).await;
+        assert_eq!(done["status"], "completed", "{done:#}");
+    }
+
+    // The first leaves: the second takes all of its partitions and runs what comes next.
+    stack.stop_service("coordinator").await;
+    eventually(
+        FINISH,
+        "the second coordinator to own every partition",
+        || async { (second.partitions().borrow().len() == all).then_some(()) },
+    )
+    .await;
+    let (after, _) = second_api.start_execution(&workflow_id).await;
+    let done = second_api.wait_until_finished(&after, FINISH).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    shutdown.cancel();
+    second.wait().await.unwrap();
     stack.stop().await;
 }

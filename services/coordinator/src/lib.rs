@@ -13,6 +13,7 @@ pub mod api;
 pub mod command;
 mod console;
 pub mod domain;
+pub mod partitions;
 pub mod processor;
 pub mod read;
 pub mod starter;
@@ -21,12 +22,14 @@ mod triggers;
 mod webhooks;
 pub mod workers;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +49,10 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// JetStream replicas of the event stream (3 in a cluster).
     pub stream_replicas: usize,
+    /// This replica's name among the coordinators sharing the execution partitions; unique
+    /// per running replica. Default: the host name (the pod name under Kubernetes) and a
+    /// random suffix.
+    pub replica_id: String,
     /// Parallel lanes of the event processor; one execution always uses the same lane. Each
     /// lane waits for its appends, so lanes, not CPU, bound throughput when there are too few.
     pub shards: usize,
@@ -71,6 +78,7 @@ impl Default for Config {
             database_url: "postgres://postgres@127.0.0.1:5432/cadre".into(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             stream_replicas: 1,
+            replica_id: default_replica_id(),
             shards: 128,
             db_max_connections: 16,
             max_child_depth: 5,
@@ -79,14 +87,30 @@ impl Default for Config {
     }
 }
 
+fn default_replica_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "coordinator".to_owned());
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    // The random end of a v7 id: the start is the time, the same for replicas started together.
+    format!("{host}-{}", &suffix[suffix.len() - 8..])
+}
+
 /// A started coordinator.
 pub struct Running {
     /// Where the HTTP API listens (useful with port 0).
     pub http_addr: SocketAddr,
+    owned: watch::Receiver<BTreeSet<u16>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
+    /// The execution partitions this replica works, as they change.
+    pub fn partitions(&self) -> watch::Receiver<BTreeSet<u16>> {
+        self.owned.clone()
+    }
+
     /// Waits until the coordinator has stopped (after `shutdown` is cancelled).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("coordinator task panicked")?
@@ -162,9 +186,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let app = api::router(state.clone(), readiness.clone()).merge(console::router(state));
     tracing::info!(%http_addr, "coordinator API listening");
 
+    let (owned_sender, owned) = watch::channel(BTreeSet::new());
+    let replica = processor::Replica {
+        id: config.replica_id,
+        replicas: config.stream_replicas,
+        owned: owned_sender,
+    };
     let task = tokio::spawn(async move {
         let processor = tokio::spawn(processor::run(
             services,
+            replica,
             config.shards,
             shutdown.clone(),
             readiness,
@@ -182,7 +213,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .context("event processor panicked")?
             .map_err(|e| anyhow::anyhow!("event processor: {e}"))
     });
-    Ok(Running { http_addr, task })
+    Ok(Running {
+        http_addr,
+        owned,
+        task,
+    })
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -1,29 +1,31 @@
 //! The event processor: folds every execution event, in log order, into the execution's
 //! state; performs the effects the stored event calls for; and appends what `decide` returns.
-//! Fired timers come in through a second consumer and are decided on the same way. Workflow
-//! lifecycle events keep each workflow's schedule and links in step with it, and what starts
-//! runs on its own (a schedule's tick, a trigger CloudEvent, a run of an upstream workflow
-//! completing) goes through the same start path as the API ([`crate::starter`]).
+//! Fired timers are decided on the same way. Workflow lifecycle events keep each workflow's
+//! schedule and links in step with it, and what starts runs on its own (a schedule's tick, a
+//! trigger CloudEvent, a run of an upstream workflow completing) goes through the same start
+//! path as the API ([`crate::starter`]).
+//!
+//! It reads the coordinator's inbox ([`streams::partitions_stream`]): the server copies each
+//! execution's events and fired timers into one of [`streams::EXECUTION_PARTITIONS`]
+//! partitions, and each partition is worked by one live replica ([`crate::partitions`]), so
+//! adding replicas adds deciders. Inside a replica, events and timers of one execution always
+//! go to the same lane, so each execution's state in memory is a prefix of its events in the
+//! log. Appends expect the last sequence that state has seen: if anyone appended in between,
+//! the command path reloads the execution and decides again.
 //!
 //! Effects (handing a step to the workers, arming and cancelling timers, stopping calls) are
-//! performed when their event is read back from the log and before it is acked: the log is the
-//! outbox, so none is lost between an append and a crash.
-//!
-//! One coordinator replica processes at a time (each consumer's pinned client); the others wait
-//! on standby. Events and timers of one execution always go to the same lane, so each
-//! execution's state in memory is a prefix of its events in the log. Appends expect the last
-//! sequence that state has seen: if anyone appended in between, the command path reloads the
-//! execution and decides again. Nothing is acked before its effects are stored.
+//! performed when their event is read back and before it is acked: the log is the outbox, so
+//! none is lost between an append and a crash. Nothing is acked before its effects are stored.
 
-use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -32,7 +34,7 @@ use cadre_proto::control::{StopCalls, stop_calls_subject};
 use cadre_proto::events::{ParentStep, StepAttempt, StepCompleted, StepFailed};
 use cadre_proto::model::StepResult;
 use cadre_proto::streams::{self, ACTIVE_GROUP, PINNED_PULL_EXPIRY};
-use cadre_proto::timers::TimerMessage;
+use cadre_proto::timers::{self, TimerMessage};
 use cadre_proto::{Envelope, Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_runtime::bus::{self, Append, EventBus, NatsError};
 use cadre_runtime::health::Readiness;
@@ -42,6 +44,7 @@ use crate::command::{Aggregate, CommandError, History};
 use crate::domain::execution::{Command, ExecutionDecider, TransitionRefused, effects};
 use crate::domain::workflow::{self, Workflow};
 use crate::domain::{ChildOutcome, Effect};
+use crate::partitions::{self, Membership};
 use crate::starter::Starter;
 use crate::triggers;
 
@@ -54,21 +57,33 @@ type Execution = Aggregate<ExecutionDecider>;
 
 /// What a lane processes.
 enum Input {
-    /// An execution's state event.
-    Event(jetstream::Message),
-    /// A workflow's own fact (created, paused, resumed).
-    Workflow(jetstream::Message),
-    Timer(jetstream::Message),
-    /// A CloudEvent that starts a run.
-    Trigger(jetstream::Message),
+    Delivery(Box<Delivery>),
+    /// This replica gave up a partition: another may now move its executions on, so no state
+    /// held in memory can be trusted any more.
+    Forget,
 }
 
-impl Input {
-    fn message(&self) -> &jetstream::Message {
-        match self {
-            Self::Event(m) | Self::Workflow(m) | Self::Timer(m) | Self::Trigger(m) => m,
-        }
-    }
+struct Delivery {
+    kind: Kind,
+    message: jetstream::Message,
+    origin: Origin,
+}
+
+enum Kind {
+    /// An execution's state event.
+    Event,
+    /// A workflow's own fact (created, paused, resumed).
+    Workflow,
+    Timer,
+    /// A CloudEvent that starts a run.
+    Trigger,
+}
+
+/// Where a message was first stored: the inbox holds copies of the log's events and the
+/// timers stream's fired timers.
+struct Origin {
+    subject: String,
+    sequence: u64,
 }
 
 /// What the lanes act with.
@@ -101,22 +116,25 @@ impl Services {
     }
 }
 
+/// This replica's part in the coordination: the partitions it owns and the triggers when it
+/// holds their pin.
+pub struct Replica {
+    pub id: String,
+    pub replicas: usize,
+    /// The partitions this replica works, as they change.
+    pub owned: watch::Sender<BTreeSet<u16>>,
+}
+
 pub async fn run(
     services: Services,
+    replica: Replica,
     shards: usize,
     shutdown: CancellationToken,
     readiness: Readiness,
 ) -> Result<(), NatsError> {
     let bus = &services.bus;
-    // Create or update: a consumer left by an older release takes today's settings.
-    let events = bus
-        .stream()
-        .create_consumer(streams::coordinator_consumer())
-        .await?;
-    let timers = bus
-        .timers_stream()
-        .create_consumer(streams::coordinator_timers_consumer())
-        .await?;
+    let inbox = partitions::open_inbox(bus, replica.replicas).await?;
+    let membership = Membership::join(bus.jetstream(), replica.replicas, replica.id).await?;
     let triggers = services
         .triggers
         .create_consumer(streams::coordinator_triggers_consumer())
@@ -129,68 +147,69 @@ pub async fn run(
             sender
         })
         .collect();
-    let mut events = pinned_messages(&events).await?;
-    let mut timers = pinned_messages(&timers).await?;
+    let mut pulls: BTreeMap<u16, CancellationToken> = BTreeMap::new();
+    let pulling = TaskTracker::new();
     let mut triggers = pinned_messages(&triggers).await?;
     let mut abandoned_steps = bus
         .jetstream()
         .client()
         .subscribe(streams::agent_worker_max_deliveries_advisory())
         .await?;
+    let mut heartbeat = tokio::time::interval(streams::COORDINATOR_HEARTBEAT);
     readiness.set(true);
     loop {
-        let input = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = events.next() => match next {
-                Some(Ok(message)) if subjects::is_workflow_lifecycle(&message.subject) => {
-                    Input::Workflow(message)
-                }
-                Some(Ok(message)) if !subjects::is_execution_state(&message.subject) => {
-                    // Agents, workflows, knowledge, interactions: not the coordinator's business.
-                    if let Err(error) = message.ack().await {
-                        tracing::warn!(%error, "ack failed; the event will be redelivered");
+            _ = heartbeat.tick() => {
+                let live = match membership.heartbeat().await {
+                    Ok(()) => membership.live().await,
+                    Err(error) => Err(error),
+                };
+                match live {
+                    Ok(live) => {
+                        let owned = partitions::owned(&live, membership.me());
+                        rebalance(&inbox, &lanes, &pulling, &mut pulls, &owned, &shutdown).await;
+                        replica.owned.send_if_modified(|current| {
+                            let changed = *current != owned;
+                            if changed {
+                                tracing::info!(replica = membership.me(), live = live.len(), ?owned, "partitions assigned");
+                                *current = owned;
+                            }
+                            changed
+                        });
                     }
-                    continue;
+                    // Keeps what it has: its consumers fail the same way until NATS is back.
+                    Err(error) => tracing::warn!(%error, "could not renew this coordinator's membership"),
                 }
-                Some(Ok(message)) => Input::Event(message),
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "pulling execution events failed; retrying");
-                    continue;
-                }
-                None => break,
-            },
-            next = timers.next() => match next {
-                Some(Ok(message)) => Input::Timer(message),
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "pulling fired timers failed; retrying");
-                    continue;
-                }
-                None => break,
-            },
+            }
             Some(advisory) = abandoned_steps.next() => {
                 if let Err(error) = fail_abandoned_step(bus, &advisory.payload).await {
                     tracing::warn!(%error, "could not record a step no worker finished");
                 }
-                continue;
             }
             next = triggers.next() => match next {
-                Some(Ok(message)) => Input::Trigger(message),
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "pulling trigger events failed; retrying");
-                    continue;
+                Some(Ok(message)) => {
+                    let origin = Origin {
+                        subject: message.subject.to_string(),
+                        sequence: message.info().map_or(0, |info| info.stream_sequence),
+                    };
+                    let input = Input::Delivery(Box::new(Delivery { kind: Kind::Trigger, message, origin }));
+                    if lanes[lane_of(&input, lanes.len())].send(input).await.is_err() {
+                        break;
+                    }
                 }
+                Some(Err(error)) => tracing::warn!(%error, "pulling trigger events failed; retrying"),
                 None => break,
             },
-        };
-        if lanes[lane_of(&input, lanes.len())]
-            .send(input)
-            .await
-            .is_err()
-        {
-            break;
         }
     }
     readiness.set(false);
+    membership.leave().await;
+    for stop in pulls.values() {
+        stop.cancel();
+    }
+    pulling.close();
+    pulling.wait().await;
     drop(lanes);
     tracker.close();
     if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
@@ -199,20 +218,146 @@ pub async fn run(
     {
         tracing::warn!("stopped before every in-flight event finished; they will be redelivered");
     }
-    // Hand the pins to a standby now rather than after PIN_TIMEOUT of silence.
-    drop(events);
-    drop(timers);
+    // Hand the pins to the other replicas now rather than after PIN_TIMEOUT of silence.
     drop(triggers);
-    for (stream, consumer) in [
-        (bus.stream(), streams::COORDINATOR_CONSUMER),
-        (bus.timers_stream(), streams::COORDINATOR_TIMERS_CONSUMER),
-        (&services.triggers, streams::COORDINATOR_TRIGGERS_CONSUMER),
-    ] {
-        if let Err(error) = stream.unpin_consumer(consumer, ACTIVE_GROUP).await {
-            tracing::warn!(%error, consumer, "could not release the consumer's pin; a standby takes over when it expires");
+    for partition in pulls.keys() {
+        unpin(
+            &inbox,
+            &streams::coordinator_partition_consumer_name(*partition),
+        )
+        .await;
+    }
+    unpin(&services.triggers, streams::COORDINATOR_TRIGGERS_CONSUMER).await;
+    Ok(())
+}
+
+/// Starts pulling the partitions newly `owned` and stops pulling those given up.
+async fn rebalance(
+    inbox: &jetstream::stream::Stream,
+    lanes: &[mpsc::Sender<Input>],
+    pulling: &TaskTracker,
+    pulls: &mut BTreeMap<u16, CancellationToken>,
+    owned: &BTreeSet<u16>,
+    shutdown: &CancellationToken,
+) {
+    let given_up: Vec<u16> = pulls
+        .keys()
+        .filter(|partition| !owned.contains(partition))
+        .copied()
+        .collect();
+    for partition in &given_up {
+        if let Some(stop) = pulls.remove(partition) {
+            stop.cancel();
         }
     }
-    Ok(())
+    if !given_up.is_empty() {
+        // Each puller stops before its next message reaches a lane, so `Forget` comes after
+        // everything the lanes got from the partitions given up.
+        for lane in lanes {
+            let _ = lane.send(Input::Forget).await;
+        }
+        for partition in given_up {
+            unpin(
+                inbox,
+                &streams::coordinator_partition_consumer_name(partition),
+            )
+            .await;
+        }
+    }
+    for &partition in owned {
+        if pulls.contains_key(&partition) {
+            continue;
+        }
+        let name = streams::coordinator_partition_consumer_name(partition);
+        let consumer = match inbox.get_consumer(&name).await {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::warn!(%error, partition, "could not open the partition's consumer; trying again at the next heartbeat");
+                continue;
+            }
+        };
+        let stop = shutdown.child_token();
+        pulls.insert(partition, stop.clone());
+        pulling.spawn(pull(consumer, lanes.to_vec(), stop));
+    }
+}
+
+/// Hands a partition's messages to the lanes until `stop`.
+async fn pull(
+    consumer: jetstream::consumer::PullConsumer,
+    lanes: Vec<mpsc::Sender<Input>>,
+    stop: CancellationToken,
+) {
+    let mut messages = loop {
+        match pinned_messages(&consumer).await {
+            Ok(messages) => break messages,
+            Err(error) => {
+                tracing::warn!(%error, "could not pull a partition; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY_DELAY) => {}
+                }
+            }
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = messages.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pulling a partition failed; retrying");
+                    continue;
+                }
+                None => return,
+            },
+        };
+        let Some(input) = from_inbox(message).await else {
+            continue;
+        };
+        if lanes[lane_of(&input, lanes.len())]
+            .send(input)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// What an inbox message is, from the subject and sequence it was first stored on; `None` for
+/// a message that was settled here (unreadable, or none of the coordinator's business).
+async fn from_inbox(message: jetstream::Message) -> Option<Input> {
+    let parsed = subjects::parse_partitioned(&message.subject)
+        .map(|(_, original)| original.to_owned())
+        .zip(bus::source_sequence(&message));
+    let Some((subject, sequence)) = parsed else {
+        bus::terminate(&message, "not a copy of a stored event or timer").await;
+        return None;
+    };
+    let kind = if subject.starts_with(timers::PREFIX) {
+        Kind::Timer
+    } else if subjects::is_workflow_lifecycle(&subject) {
+        Kind::Workflow
+    } else if subjects::is_execution_state(&subject) {
+        Kind::Event
+    } else {
+        // Another fact about a workflow: not the coordinator's business.
+        settle(&message, Processed::Done).await;
+        return None;
+    };
+    let origin = Origin { subject, sequence };
+    Some(Input::Delivery(Box::new(Delivery {
+        kind,
+        message,
+        origin,
+    })))
+}
+
+async fn unpin(stream: &jetstream::stream::Stream, consumer: &str) {
+    if let Err(error) = stream.unpin_consumer(consumer, ACTIVE_GROUP).await {
+        tracing::warn!(%error, consumer, "could not release the consumer's pin; another replica takes over when it expires");
+    }
 }
 
 /// A step the workers took [`streams::AGENT_WORKER_MAX_DELIVER`] times without finishing (each
@@ -274,10 +419,14 @@ async fn pinned_messages(
 /// event's subject and the 5th of a fired timer's (a workflow's own timer, lifecycle events
 /// and triggers go by the workflow id, their 5th token).
 fn lane_of(input: &Input, lanes: usize) -> usize {
-    let (subject, token) = match input {
-        Input::Event(m) => (m.subject.as_str(), 6),
-        Input::Workflow(m) | Input::Timer(m) | Input::Trigger(m) => (m.subject.as_str(), 4),
+    let Input::Delivery(delivery) = input else {
+        return 0;
     };
+    let token = match delivery.kind {
+        Kind::Event => 6,
+        Kind::Workflow | Kind::Timer | Kind::Trigger => 4,
+    };
+    let subject = delivery.origin.subject.as_str();
     let mut hasher = DefaultHasher::new();
     subject
         .split('.')
@@ -290,20 +439,32 @@ fn lane_of(input: &Input, lanes: usize) -> usize {
 async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
     let mut executions: HashMap<ExecutionId, Execution> = HashMap::new();
     while let Some(input) = inputs.recv().await {
-        let message = input.message();
-        let span = tracing::info_span!("coordinator.event", subject = %message.subject);
+        let Input::Delivery(delivery) = input else {
+            executions.clear();
+            continue;
+        };
+        let Delivery {
+            kind,
+            message,
+            origin,
+        } = *delivery;
+        let span = tracing::info_span!("coordinator.event", subject = %origin.subject);
         telemetry::extract(message.headers.as_ref(), &span);
         let processed = async {
-            match &input {
-                Input::Event(message) => on_event(&services, &mut executions, message).await,
-                Input::Workflow(message) => on_workflow_event(&services, message).await,
-                Input::Timer(message) => on_timer(&services, &mut executions, message).await,
-                Input::Trigger(message) => triggers::on_trigger(&services.starter, message).await,
+            match kind {
+                Kind::Event => {
+                    on_event(&services, &mut executions, &message, origin.sequence).await
+                }
+                Kind::Workflow => on_workflow_event(&services, &message).await,
+                Kind::Timer => {
+                    on_timer(&services, &mut executions, &message, origin.sequence).await
+                }
+                Kind::Trigger => triggers::on_trigger(&services.starter, &message).await,
             }
         }
         .instrument(span)
         .await;
-        settle(message, processed).await;
+        settle(&message, processed).await;
     }
 }
 
@@ -348,16 +509,14 @@ async fn execution<'a>(
     })
 }
 
+/// An execution's state event, stored at `sequence` in the log.
 async fn on_event(
     services: &Services,
     executions: &mut HashMap<ExecutionId, Execution>,
     message: &jetstream::Message,
+    sequence: u64,
 ) -> Processed {
     let bus = &services.bus;
-    let sequence = match message.info() {
-        Ok(info) => info.stream_sequence,
-        Err(error) => return Processed::Unreadable(format!("no JetStream metadata: {error}")),
-    };
     let envelope = match Envelope::decode(&message.payload) {
         Ok(envelope) => envelope,
         Err(error) => return Processed::Unreadable(error.to_string()),
@@ -487,10 +646,12 @@ async fn on_workflow_event(services: &Services, message: &jetstream::Message) ->
     Processed::Done
 }
 
+/// A fired timer, stored at `sequence` in the timers stream.
 async fn on_timer(
     services: &Services,
     executions: &mut HashMap<ExecutionId, Execution>,
     message: &jetstream::Message,
+    sequence: u64,
 ) -> Processed {
     let fired: TimerMessage = match serde_json::from_slice(&message.payload) {
         Ok(fired) => fired,
@@ -499,7 +660,6 @@ async fn on_timer(
     tracing::info!(timer = ?fired.timer, "timer fired");
     let Some(execution_id) = fired.timer.execution_id() else {
         // A workflow's schedule ticked: one run per tick, even if the tick is delivered twice.
-        let sequence = message.info().map_or(0, |info| info.stream_sequence);
         return triggers::start_scheduled(
             &services.starter,
             &fired.tenant,

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cadre_coordinator::partitions;
 use cadre_proto::{Envelope, TenantId, WorkflowId, streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
@@ -508,20 +509,9 @@ impl System {
             .fetch_one(&self.db.pool)
             .await
             .unwrap_or(-1);
-            let coordinator_idle = match self
-                .bus
-                .stream()
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
-                    streams::COORDINATOR_CONSUMER,
-                )
+            let coordinator_idle = partitions::backlog(self.bus.jetstream())
                 .await
-            {
-                Ok(mut consumer) => consumer
-                    .info()
-                    .await
-                    .is_ok_and(|info| info.num_pending == 0 && info.num_ack_pending == 0),
-                Err(_) => false,
-            };
+                .is_ok_and(|backlog| backlog == 0);
             let drained = all_ended
                 && seen == last
                 && u64::try_from(checkpoint).unwrap_or(0) >= last
@@ -830,43 +820,64 @@ impl System {
         mut advisories: async_nats::Subscriber,
         note: &str,
     ) -> anyhow::Result<Vec<String>> {
-        let expected: Vec<(String, u64, &str)> = note
+        let items: Vec<(String, u64)> = note
             .split_whitespace()
             .filter_map(|item| {
                 let (stream, sequence) = item.split_once(':')?;
-                let consumer = match stream {
-                    streams::EVENTS_STREAM => streams::COORDINATOR_CONSUMER,
+                Some((stream.to_owned(), sequence.parse().ok()?))
+            })
+            .collect();
+        // The coordinator reads the log's and the timers' poison as copies in its partitioned
+        // inbox, whose advisories name the copies: those are counted, the others matched.
+        let read_in_inbox =
+            |stream: &str| stream == streams::EVENTS_STREAM || stream == streams::TIMERS_STREAM;
+        let inbox_poisons = items.iter().filter(|(s, _)| read_in_inbox(s)).count();
+        let expected: Vec<(String, u64, &str)> = items
+            .iter()
+            .filter(|(stream, _)| !read_in_inbox(stream))
+            .map(|(stream, sequence)| {
+                let consumer = match stream.as_str() {
                     streams::DISPATCH_STREAM => "agent-worker-offline",
-                    streams::TIMERS_STREAM => streams::COORDINATOR_TIMERS_CONSUMER,
                     _ => streams::COORDINATOR_TRIGGERS_CONSUMER,
                 };
-                Some((stream.to_owned(), sequence.parse().ok()?, consumer))
+                (stream.clone(), *sequence, consumer)
             })
             .collect();
         let mut seen: BTreeMap<(String, u64), (String, String)> = BTreeMap::new();
+        let mut inbox_terminated = 0;
         let deadline = Instant::now() + Duration::from_secs(40);
-        while expected
-            .iter()
-            .any(|(s, q, _)| !seen.contains_key(&(s.clone(), *q)))
+        while inbox_terminated < inbox_poisons
+            || expected
+                .iter()
+                .any(|(s, q, _)| !seen.contains_key(&(s.clone(), *q)))
         {
             let Ok(Some(message)) = tokio::time::timeout_at(deadline, advisories.next()).await
             else {
                 break;
             };
             let advisory: Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+            let stream = advisory["stream"].as_str().unwrap_or_default();
+            let consumer = advisory["consumer"].as_str().unwrap_or_default();
+            let reason = advisory["reason"].as_str().unwrap_or_default();
+            if stream == streams::PARTITIONS_STREAM {
+                if consumer.starts_with("coordinator-p") && !reason.is_empty() {
+                    inbox_terminated += 1;
+                }
+                continue;
+            }
             let key = (
-                advisory["stream"].as_str().unwrap_or_default().to_owned(),
+                stream.to_owned(),
                 advisory["stream_seq"].as_u64().unwrap_or(0),
             );
-            seen.insert(
-                key,
-                (
-                    advisory["consumer"].as_str().unwrap_or_default().to_owned(),
-                    advisory["reason"].as_str().unwrap_or_default().to_owned(),
-                ),
-            );
+            seen.insert(key, (consumer.to_owned(), reason.to_owned()));
         }
         let mut violations = Vec::new();
+        if inbox_terminated < inbox_poisons {
+            violations.push(format!(
+                "{inbox_terminated} of {inbox_poisons} poison events and timers were terminated \
+                 with a reason by the coordinator's partitions"
+            ));
+        }
         for (stream, sequence, consumer) in &expected {
             match seen.get(&(stream.clone(), *sequence)) {
                 None => violations.push(format!(
@@ -881,10 +892,7 @@ impl System {
                 Some(_) => {}
             }
         }
-        for (stream, sequence, _) in expected
-            .iter()
-            .filter(|(s, _, _)| s == streams::EVENTS_STREAM)
-        {
+        for (stream, sequence) in items.iter().filter(|(s, _)| s == streams::EVENTS_STREAM) {
             let recorded: Option<String> =
                 sqlx::query_scalar("SELECT reason FROM rejected_events WHERE stream_sequence = $1")
                     .bind(i64::try_from(*sequence)?)
