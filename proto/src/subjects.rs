@@ -14,6 +14,11 @@
 //! Everything under `execution.<execution>.>` is the execution's state and is appended with an
 //! expected last sequence over that filter. Interactions live beside it, not inside it, so an
 //! agent chatting never makes the coordinator's optimistic append retry.
+//!
+//! Beside the log: `cadre.dispatch.>` (work for agent workers), `cadre.timers.>` (durable
+//! timers), `cadre.triggers.>` (CloudEvents that start runs), `cadre.partition.>` (the
+//! coordinators' inbox: copies of execution events and fired timers, by partition) and
+//! `cadre.live.>` (tokens as a model writes them, not stored).
 
 use crate::ids::{AgentId, ExecutionId, StepId, SubscriptionId, TemplateId, TenantId, WorkflowId};
 

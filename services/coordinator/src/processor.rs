@@ -147,8 +147,7 @@ pub async fn run(
             sender
         })
         .collect();
-    let mut pulls: BTreeMap<u16, CancellationToken> = BTreeMap::new();
-    let pulling = TaskTracker::new();
+    let mut pulls = Pulls::new();
     let mut triggers = pinned_messages(&triggers).await?;
     let mut abandoned_steps = bus
         .jetstream()
@@ -168,7 +167,7 @@ pub async fn run(
                 match live {
                     Ok(live) => {
                         let owned = partitions::owned(&live, membership.me());
-                        rebalance(&inbox, &lanes, &pulling, &mut pulls, &owned, &shutdown).await;
+                        rebalance(&inbox, &lanes, &mut pulls, &owned, &shutdown).await;
                         replica.owned.send_if_modified(|current| {
                             let changed = *current != owned;
                             if changed {
@@ -205,11 +204,10 @@ pub async fn run(
     }
     readiness.set(false);
     membership.leave().await;
-    for stop in pulls.values() {
-        stop.cancel();
+    let partitions: Vec<u16> = pulls.keys().copied().collect();
+    for (_, puller) in std::mem::take(&mut pulls) {
+        puller.stop().await;
     }
-    pulling.close();
-    pulling.wait().await;
     drop(lanes);
     tracker.close();
     if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
@@ -220,10 +218,10 @@ pub async fn run(
     }
     // Hand the pins to the other replicas now rather than after PIN_TIMEOUT of silence.
     drop(triggers);
-    for partition in pulls.keys() {
+    for partition in partitions {
         unpin(
             &inbox,
-            &streams::coordinator_partition_consumer_name(*partition),
+            &streams::coordinator_partition_consumer_name(partition),
         )
         .await;
     }
@@ -231,12 +229,28 @@ pub async fn run(
     Ok(())
 }
 
+/// The partitions this replica pulls.
+type Pulls = BTreeMap<u16, Puller>;
+
+/// The task handing one partition's messages to the lanes.
+struct Puller {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Puller {
+    /// Stops it; returns once it hands the lanes nothing more.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// Starts pulling the partitions newly `owned` and stops pulling those given up.
 async fn rebalance(
     inbox: &jetstream::stream::Stream,
     lanes: &[mpsc::Sender<Input>],
-    pulling: &TaskTracker,
-    pulls: &mut BTreeMap<u16, CancellationToken>,
+    pulls: &mut Pulls,
     owned: &BTreeSet<u16>,
     shutdown: &CancellationToken,
 ) {
@@ -246,13 +260,13 @@ async fn rebalance(
         .copied()
         .collect();
     for partition in &given_up {
-        if let Some(stop) = pulls.remove(partition) {
-            stop.cancel();
+        if let Some(puller) = pulls.remove(partition) {
+            puller.stop().await;
         }
     }
     if !given_up.is_empty() {
-        // Each puller stops before its next message reaches a lane, so `Forget` comes after
-        // everything the lanes got from the partitions given up.
+        // Its pullers have stopped, so `Forget` comes after everything the lanes got from the
+        // partitions given up.
         for lane in lanes {
             let _ = lane.send(Input::Forget).await;
         }
@@ -277,8 +291,8 @@ async fn rebalance(
             }
         };
         let stop = shutdown.child_token();
-        pulls.insert(partition, stop.clone());
-        pulling.spawn(pull(consumer, lanes.to_vec(), stop));
+        let task = tokio::spawn(pull(consumer, lanes.to_vec(), stop.clone()));
+        pulls.insert(partition, Puller { stop, task });
     }
 }
 
