@@ -1,9 +1,12 @@
-//! A private nats-server per test: its own port and JetStream store, killed on drop.
+//! A private nats-server per test: its own port and JetStream store, killed on drop; or a
+//! private three-node cluster ([`NatsCluster`]) for the fault suite and the scale benchmark.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 pub struct NatsServer {
     child: Child,
@@ -64,5 +67,237 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One node of a [`NatsCluster`].
+struct Node {
+    name: String,
+    client_port: u16,
+    monitor_port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// Three local nats-server processes forming one JetStream cluster (loopback only), each with
+/// its own ports, store and config file; every write is synced to disk (`sync_interval:
+/// always`), so a node killed with SIGKILL loses nothing it acknowledged. Streams created on it
+/// should have 3 replicas. Every node is killed on drop.
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+/// How many nodes a [`NatsCluster`] has.
+pub const CLUSTER_NODES: usize = 3;
+
+impl NatsCluster {
+    /// Starts the three nodes, each logging to `log_dir/nats-<n>.log`, and returns once
+    /// JetStream has a meta leader and creates a stream with 3 replicas.
+    pub async fn start(log_dir: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("cadre-nats-cluster-")
+            .tempdir()
+            .context("a directory for the cluster")?;
+        std::fs::create_dir_all(log_dir)
+            .with_context(|| format!("creating {}", log_dir.display()))?;
+        let ports: Vec<(u16, u16, u16)> = (0..CLUSTER_NODES)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (index, &(client_port, cluster_port, monitor_port)) in ports.iter().enumerate() {
+            let name = format!("cadre-{}", index + 1);
+            let store = dir.path().join(&name);
+            let routes: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != index)
+                .map(|(_, (_, route, _))| format!("\"nats-route://127.0.0.1:{route}\""))
+                .collect();
+            let config = dir.path().join(format!("{name}.conf"));
+            let log = log_dir.join(format!("nats-{}.log", index + 1));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: \"{name}\"\n\
+                     listen: \"127.0.0.1:{client_port}\"\n\
+                     http: \"127.0.0.1:{monitor_port}\"\n\
+                     log_file: \"{}\"\n\
+                     jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n\
+                     cluster {{\n  name: \"cadre\"\n  listen: \"127.0.0.1:{cluster_port}\"\n  \
+                     routes: [{}]\n}}\n",
+                    log.display(),
+                    store.display(),
+                    routes.join(", ")
+                ),
+            )
+            .with_context(|| format!("writing {}", config.display()))?;
+            nodes.push(Node {
+                name,
+                client_port,
+                monitor_port,
+                config,
+                child: None,
+            });
+        }
+        let mut cluster = Self { nodes, _dir: dir };
+        for index in 0..CLUSTER_NODES {
+            cluster.spawn(index)?;
+        }
+        for index in 0..CLUSTER_NODES {
+            cluster.wait_healthy(index, Duration::from_secs(60)).await?;
+        }
+        cluster.wait_for_replicated_streams().await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[index];
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&node.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting nats-server {}", node.name))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until node `index` says it is healthy (`/healthz`: it reached the meta leader and
+    /// its streams and consumers have caught up).
+    async fn wait_healthy(&self, index: usize, timeout: Duration) -> anyhow::Result<()> {
+        let node = &self.nodes[index];
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{}/healthz", node.monitor_port);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let healthy = http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|reply| reply.status().is_success());
+            if healthy {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server {} was not healthy within {timeout:?}",
+                node.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A node can be healthy before the meta group places a replicated stream, and for a
+    /// second or two after the first success the nodes still replace duplicate and pooled
+    /// routes, during which a peer counts as offline and placement fails ("no suitable peers
+    /// for placement"). So: create and delete a probe stream with 3 replicas until that has
+    /// worked without a failure for two seconds.
+    async fn wait_for_replicated_streams(&self) -> anyhow::Result<()> {
+        let client = self.connect("cadre-cluster-probe").await?;
+        let js = async_nats::jetstream::new(client);
+        let name = format!("CADRE_PROBE_{}", uuid::Uuid::now_v7().simple());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut working_since: Option<tokio::time::Instant> = None;
+        loop {
+            let probe = async {
+                js.create_stream(async_nats::jetstream::stream::Config {
+                    name: name.clone(),
+                    subjects: vec![format!("cadre-probe.{name}")],
+                    num_replicas: CLUSTER_NODES,
+                    ..Default::default()
+                })
+                .await
+                .map_err(anyhow::Error::from)?;
+                js.delete_stream(&name).await.map_err(anyhow::Error::from)
+            };
+            match probe.await {
+                Ok(_) => {
+                    let since = *working_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= Duration::from_secs(2) {
+                        return Ok(());
+                    }
+                }
+                Err(error) => {
+                    working_since = None;
+                    anyhow::ensure!(
+                        tokio::time::Instant::now() < deadline,
+                        "the cluster would not create a stream with {CLUSTER_NODES} replicas: \
+                         {error}"
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Node `index`'s client URL (`nats://127.0.0.1:port`).
+    pub fn url(&self, index: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[index].client_port)
+    }
+
+    /// Every node's client URL. The services' `NATS_URL` takes one URL, not a list (async-nats
+    /// parses the whole string as one address); a client connected to one node learns the
+    /// others' from the server (`connect_urls`) and reconnects to them when its node dies.
+    pub fn urls(&self) -> Vec<String> {
+        (0..CLUSTER_NODES).map(|index| self.url(index)).collect()
+    }
+
+    /// A client that knows every node from the start, so it connects and reconnects to
+    /// whichever is alive.
+    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connect(self.urls().as_slice())
+            .await
+            .context("connecting to the NATS cluster")?;
+        client.flush().await.context("reaching the NATS cluster")?;
+        Ok(client)
+    }
+
+    /// The index of the node whose `server_name` is `name` (as JetStream names a leader).
+    pub fn node_named(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|node| node.name == name)
+    }
+
+    /// Node `index`'s `server_name`.
+    pub fn name(&self, index: usize) -> &str {
+        &self.nodes[index].name
+    }
+
+    /// SIGKILLs node `index` and waits until it is gone.
+    pub fn kill(&mut self, index: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[index];
+        let mut child = node
+            .child
+            .take()
+            .with_context(|| format!("nats-server {} is not running", node.name))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts node `index` again on its ports and store, and waits until it has caught up
+    /// (healthy, at most a minute).
+    pub async fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.nodes[index].child.is_none(),
+            "nats-server {} is running",
+            self.nodes[index].name
+        );
+        self.spawn(index)?;
+        self.wait_healthy(index, Duration::from_secs(60)).await
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().filter_map(|node| node.child.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -36,8 +36,13 @@ pub struct Environment {
     pub bin_dir: PathBuf,
     /// Where each process writes its log (`<name>.log`, appended across restarts).
     pub log_dir: PathBuf,
+    /// The one NATS URL the services connect to (they take no list; see
+    /// [`crate::nats::NatsCluster::urls`]).
     pub nats_url: String,
     pub database_url: String,
+    /// Replicas of the streams and buckets a service creates (`CADRE_STREAM_REPLICAS`): 1 on a
+    /// single server, 3 on a [`crate::nats::NatsCluster`].
+    pub stream_replicas: usize,
     /// `CADRE_`-prefixed settings (without the prefix) given to every service of a kind.
     pub settings: Vec<(Kind, String, String)>,
 }
@@ -83,6 +88,7 @@ impl Process {
         command
             .env("NATS_URL", &env.nats_url)
             .env("DATABASE_URL", &env.database_url)
+            .env("CADRE_STREAM_REPLICAS", env.stream_replicas.to_string())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or("info".into()),
@@ -201,6 +207,7 @@ pub async fn run_once(
         .args(args)
         .env("NATS_URL", &env.nats_url)
         .env("DATABASE_URL", database_url)
+        .env("CADRE_STREAM_REPLICAS", env.stream_replicas.to_string())
         .env("CADRE_HEALTH_ADDR", format!("127.0.0.1:{}", free_port()))
         .stdin(Stdio::null())
         .stderr(log)

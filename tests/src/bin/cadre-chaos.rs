@@ -17,12 +17,17 @@
 //! the injection until the last of those steps had its outcome. The process exits 1 when any
 //! invariant failed (listed under the table). Wall times are figures, never assertions.
 //!
+//! `kill-nats-node` runs on a three-node NATS cluster ([`NatsCluster`], streams with 3
+//! replicas), the other faults on a single server unless `CHAOS_CLUSTER=1` puts them on a
+//! cluster too.
+//!
 //! Settings (environment; `scripts/chaos.sh` documents them too): `CHAOS_FAULTS` (comma-separated
-//! names of [`Fault`], default all), `CHAOS_ROUNDS` (3: each fault that many times),
-//! `CHAOS_EXECUTIONS` (24 runs a fault), `CHAOS_STEPS` (4), `CHAOS_LATENCY_MS` (200, the offline
-//! provider's), `CHAOS_DRAIN_SECS` (180, the most a drain may take), `CHAOS_SEED` (random: the
-//! faults' timing and choices; printed, so a run can be repeated), `CHAOS_LOG_DIR` (the
-//! services' logs; default a temporary directory kept only when a check failed).
+//! names of [`Fault`], default all), `CHAOS_CLUSTER` (0; 1: every fault on the cluster),
+//! `CHAOS_ROUNDS` (3: each fault that many times), `CHAOS_EXECUTIONS` (24 runs a fault),
+//! `CHAOS_STEPS` (4), `CHAOS_LATENCY_MS` (200, the offline provider's), `CHAOS_DRAIN_SECS` (180,
+//! the most a drain may take), `CHAOS_SEED` (random: the faults' timing and choices; printed, so
+//! a run can be repeated), `CHAOS_LOG_DIR` (the services' and the nats-servers' logs; default a
+//! temporary directory kept only when a check failed).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,7 +40,7 @@ use cadre_runtime::bus::{self, EventBus};
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
 use cadre_tests::audit::{self, Attempt, Findings, LogFacts};
 use cadre_tests::fake_llm::FakeLlm;
-use cadre_tests::nats::{NatsServer, free_port};
+use cadre_tests::nats::{CLUSTER_NODES, NatsCluster, NatsServer, free_port};
 use cadre_tests::pg::TestDb;
 use cadre_tests::services::{Environment, Kind, Process, run_once};
 use futures::StreamExt;
@@ -76,6 +81,10 @@ enum Fault {
     /// The NATS connections of the coordinator and of one worker (through a loopback proxy)
     /// cut at random for eight seconds: publish acknowledgements get lost and are retried.
     LostAck,
+    /// SIGKILL the NATS node that leads the event log (on the three-node cluster), restarted a
+    /// few seconds later on the same store: the services reconnect to the other nodes, and
+    /// nothing acknowledged is lost.
+    KillNatsNode,
     /// Copies of old events re-published with fresh `Nats-Msg-Id`s, so the stream stores them
     /// again (as after the duplicate window): the read models must not change and no service
     /// may act on them.
@@ -83,7 +92,7 @@ enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 10] = [
+    const ALL: [Fault; 11] = [
         Fault::KillWorker,
         Fault::KillCoordinator,
         Fault::KillProjector,
@@ -93,6 +102,7 @@ impl Fault {
         Fault::RateLimit,
         Fault::ProjectorFailover,
         Fault::LostAck,
+        Fault::KillNatsNode,
         Fault::Republish,
     ];
 
@@ -107,8 +117,14 @@ impl Fault {
             Fault::RateLimit => "rate-limit",
             Fault::ProjectorFailover => "projector-failover",
             Fault::LostAck => "lost-ack",
+            Fault::KillNatsNode => "kill-nats-node",
             Fault::Republish => "republish",
         }
+    }
+
+    /// Whether the fault needs the three-node cluster.
+    fn needs_cluster(self) -> bool {
+        self == Fault::KillNatsNode
     }
 
     fn parse_list(list: &str) -> anyhow::Result<Vec<Fault>> {
@@ -130,8 +146,11 @@ impl Fault {
     }
 }
 
+#[derive(Clone)]
 struct Settings {
     faults: Vec<Fault>,
+    /// Every fault on the cluster, not only those that need it.
+    cluster: bool,
     rounds: u64,
     executions: u64,
     steps: usize,
@@ -168,23 +187,53 @@ fn lock(observed: &Mutex<Observed>) -> MutexGuard<'_, Observed> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Follows the whole log from sequence 1 (an ordered consumer) into `observed`.
+/// Follows the whole log from sequence 1 into `observed`. On a cluster the node this reads
+/// through may be killed: the watcher then carries on after the last event it saw, with a new
+/// consumer once the client has reconnected, and gives up only when it cannot make one for a
+/// minute.
 async fn watch_log(bus: EventBus, observed: Arc<Mutex<Observed>>) -> anyhow::Result<()> {
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let from = lock(&observed).last_sequence + 1;
+        let error = follow_log(&bus, &observed, from, &mut failing_since)
+            .await
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("the log's consumer ended"));
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > Duration::from_secs(60) {
+            return Err(error.context("following the log"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Follows the log from sequence `from` (an ordered consumer) into `observed` until the
+/// consumer fails; clears `failing_since` once the consumer is made.
+async fn follow_log(
+    bus: &EventBus,
+    observed: &Mutex<Observed>,
+    from: u64,
+    failing_since: &mut Option<Instant>,
+) -> anyhow::Result<()> {
     let consumer = bus
         .stream()
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
             filter_subject: subjects::ALL_EVENTS.to_owned(),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
             ..Default::default()
         })
         .await?;
     let mut messages = consumer.messages().await?;
+    *failing_since = None;
     while let Some(message) = messages.next().await {
         let message = message?;
         let sequence = message
             .info()
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .stream_sequence;
-        let mut observed = lock(&observed);
+        let mut observed = lock(observed);
         observed.last_sequence = sequence;
         if let Ok(envelope) = Envelope::decode(&message.payload) {
             let before = observed.facts.outcomes.len();
@@ -254,6 +303,48 @@ impl Drop for Proxy {
     }
 }
 
+/// What the system runs on: one nats-server, or the three-node cluster.
+enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    async fn start(cluster: bool, log_dir: &std::path::Path) -> anyhow::Result<Self> {
+        Ok(if cluster {
+            Nats::Cluster(NatsCluster::start(log_dir).await?)
+        } else {
+            Nats::Single(NatsServer::start())
+        })
+    }
+
+    /// The URL of the `index`-th connection: on the cluster, the nodes in turn, so the
+    /// services' connections are spread over them.
+    fn url(&self, index: usize) -> String {
+        match self {
+            Nats::Single(server) => server.url.clone(),
+            Nats::Cluster(cluster) => cluster.url(index % CLUSTER_NODES),
+        }
+    }
+
+    fn replicas(&self) -> usize {
+        match self {
+            Nats::Single(_) => 1,
+            Nats::Cluster(_) => CLUSTER_NODES,
+        }
+    }
+
+    /// The harness's own connection: on the cluster it knows every node from the start.
+    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        match self {
+            Nats::Single(server) => bus::connect(&server.url, "cadre-chaos")
+                .await
+                .map_err(|e| anyhow::anyhow!("NATS: {e}")),
+            Nats::Cluster(cluster) => cluster.connect("cadre-chaos").await,
+        }
+    }
+}
+
 /// The system under test. Fields drop in order: the processes go before NATS and the databases.
 struct System {
     coordinator: Option<Process>,
@@ -270,7 +361,7 @@ struct System {
     llm: FakeLlm,
     shadow: TestDb,
     db: TestDb,
-    nats: NatsServer,
+    nats: Nats,
     rng: fastrand::Rng,
     settings: Settings,
     offline_workflow: String,
@@ -287,20 +378,26 @@ const WORKERS: usize = 2;
 const RETRY_AFTER_SECS: u64 = 1;
 
 impl System {
-    async fn start(settings: Settings, log_dir: &std::path::Path) -> anyhow::Result<Self> {
-        let nats = NatsServer::start();
+    /// Starts everything on a single nats-server, or on the three-node cluster (`cluster`).
+    /// The services connect to one URL each (on the cluster: the coordinator and the first
+    /// worker through the proxy to the first node, the second worker to the second, the
+    /// projector to the third), and learn the other nodes from the server.
+    async fn start(
+        settings: Settings,
+        log_dir: &std::path::Path,
+        cluster: bool,
+    ) -> anyhow::Result<Self> {
+        let nats = Nats::start(cluster, log_dir).await?;
         let db = TestDb::create().await;
         let shadow = TestDb::create().await;
         let llm = FakeLlm::start().await?;
-        let client = bus::connect(&nats.url, "cadre-chaos")
-            .await
-            .map_err(|e| anyhow::anyhow!("NATS: {e}"))?;
-        let bus = EventBus::open(async_nats::jetstream::new(client), 1)
+        let client = nats.connect().await?;
+        let bus = EventBus::open(async_nats::jetstream::new(client), nats.replicas())
             .await
             .map_err(|e| anyhow::anyhow!("event stream: {e}"))?;
         let observed = Arc::new(Mutex::new(Observed::default()));
         let watcher = tokio::spawn(watch_log(bus.clone(), observed.clone()));
-        let proxy = Proxy::start(&nats.url).await?;
+        let proxy = Proxy::start(&nats.url(0)).await?;
         let provider = |key: &str, value: String| {
             (
                 Kind::Worker,
@@ -311,8 +408,9 @@ impl System {
         let env = Environment {
             bin_dir: Environment::beside_current_exe()?,
             log_dir: log_dir.to_path_buf(),
-            nats_url: nats.url.clone(),
+            nats_url: nats.url(2),
             database_url: db.url.clone(),
+            stream_replicas: nats.replicas(),
             settings: vec![
                 // A start answers at once: the projector may be down.
                 (
@@ -392,7 +490,7 @@ impl System {
             nats_url: if index == 0 {
                 self.proxy.url.clone()
             } else {
-                self.nats.url.clone()
+                self.nats.url(index)
             },
             ..self.env.clone()
         };
@@ -494,7 +592,19 @@ impl System {
         let mut still_since: Option<(u64, Instant)> = None;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let last = self.bus.stream().clone().info().await?.state.last_sequence;
+            // While a NATS node restarts, the harness's requests may fail until its client has
+            // reconnected: not drained yet.
+            let Ok(last) = self
+                .bus
+                .stream()
+                .clone()
+                .info()
+                .await
+                .map(|info| info.state.last_sequence)
+            else {
+                still_since = None;
+                continue;
+            };
             let (seen, all_ended) = {
                 let observed = self.observed();
                 let ended = self
@@ -759,8 +869,45 @@ impl System {
                 }
                 format!("{cuts} connection cuts")
             }
+            Fault::KillNatsNode => self.kill_nats_node().await?,
             Fault::Republish => unreachable!("republish runs without load"),
         })
+    }
+
+    /// SIGKILLs the node that leads the event log (a random one when no leader is known within
+    /// ten seconds), restarts it after three to eight seconds, and waits until it has caught
+    /// up; returns a note for the table.
+    async fn kill_nats_node(&mut self) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let leader = loop {
+            let leader = match self.bus.stream().clone().info().await {
+                Ok(info) => info.cluster.as_ref().and_then(|c| c.leader.clone()),
+                Err(_) => None,
+            };
+            if leader.is_some() || Instant::now() > deadline {
+                break leader;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let down = Duration::from_secs(self.rng.u64(3..=8));
+        let random = self.rng.usize(0..CLUSTER_NODES);
+        let Nats::Cluster(cluster) = &mut self.nats else {
+            anyhow::bail!("kill-nats-node runs on the cluster only");
+        };
+        let (index, role) = match leader.as_deref().and_then(|name| cluster.node_named(name)) {
+            Some(index) => (index, "the log's leader"),
+            None => (random, "no leader known"),
+        };
+        cluster.kill(index)?;
+        tokio::time::sleep(down).await;
+        let restarted = Instant::now();
+        cluster.restart(index).await?;
+        Ok(format!(
+            "killed {} ({role}), down {} s, caught up {:.1} s after its restart",
+            cluster.name(index),
+            down.as_secs(),
+            restarted.elapsed().as_secs_f64()
+        ))
     }
 
     /// Publishes one unreadable message on the subjects of each consumer; returns their
@@ -1102,27 +1249,45 @@ async fn run(settings: Settings, log_dir: &std::path::Path) -> anyhow::Result<Ve
         settings.seed,
         log_dir.display()
     );
-    let mut system = System::start(settings, log_dir).await?;
+    // The faults that need the cluster run on one of their own after the others (unless
+    // every fault runs on a cluster), each system started fresh and stopped before the next.
+    let (on_cluster, on_single): (Vec<Fault>, Vec<Fault>) = faults
+        .iter()
+        .partition(|fault| settings.cluster || fault.needs_cluster());
     let mut rows = Vec::new();
-    for round in 1..=rounds {
-        for &fault in &faults {
-            let started = Instant::now();
-            println!("  round {round}: {} ...", fault.name());
-            let row = system.run_fault(fault, round).await?;
-            println!(
-                "    {} in {:.1} s",
-                if row.violations.is_empty() {
-                    "ok"
-                } else {
-                    "FAILED"
-                },
-                started.elapsed().as_secs_f64()
-            );
-            rows.push(row);
+    for (cluster, faults) in [(false, on_single), (true, on_cluster)] {
+        if faults.is_empty() {
+            continue;
         }
-    }
-    if system.watcher.is_finished() {
-        anyhow::bail!("the log watcher stopped early");
+        if cluster {
+            println!(
+                "  on a {CLUSTER_NODES}-node NATS cluster, streams with {CLUSTER_NODES} replicas"
+            );
+        }
+        let mut system = System::start(settings.clone(), log_dir, cluster).await?;
+        for round in 1..=rounds {
+            for &fault in &faults {
+                let started = Instant::now();
+                println!("  round {round}: {} ...", fault.name());
+                let row = system.run_fault(fault, round).await?;
+                println!(
+                    "    {} in {:.1} s",
+                    if row.violations.is_empty() {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    },
+                    started.elapsed().as_secs_f64()
+                );
+                rows.push(row);
+            }
+        }
+        if system.watcher.is_finished() {
+            anyhow::bail!("the log watcher stopped early");
+        }
+        // It would outlive the system (a dropped task handle detaches), following a log that
+        // is gone.
+        system.watcher.abort();
     }
     Ok(rows)
 }
@@ -1131,6 +1296,7 @@ async fn run(settings: Settings, log_dir: &std::path::Path) -> anyhow::Result<Ve
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let settings = Settings {
         faults: Fault::parse_list(&std::env::var("CHAOS_FAULTS").unwrap_or_default())?,
+        cluster: setting("CHAOS_CLUSTER", 0) == 1,
         rounds: setting("CHAOS_ROUNDS", 3).max(1),
         executions: setting("CHAOS_EXECUTIONS", 24).max(1),
         steps: setting("CHAOS_STEPS", 4).max(1) as usize,
