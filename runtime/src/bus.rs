@@ -31,13 +31,20 @@ const BATCHES_IN_FLIGHT: usize = 16;
 /// The error type of NATS calls whose kinds do not matter to the caller.
 pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Connects, retrying until the server answers (it may start after us in a pod). Returns once
-/// the server has introduced itself, so its version is known.
-pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client, NatsError> {
+/// Connects to `urls` (one server URL, or several separated by commas: the servers of a
+/// cluster), retrying until one answers (it may start after us in a pod). Returns once the
+/// server has introduced itself, so its version is known.
+pub async fn connect(urls: &str, client_name: &str) -> Result<async_nats::Client, NatsError> {
+    let servers = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
     let client = async_nats::ConnectOptions::new()
         .name(client_name)
         .retry_on_initial_connect()
-        .connect(url)
+        .connect(servers)
         .await?;
     client.flush().await?;
     Ok(client)

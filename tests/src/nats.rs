@@ -238,24 +238,21 @@ impl NatsCluster {
         format!("nats://127.0.0.1:{}", self.nodes[index].client_port)
     }
 
-    /// Every node's client URL. The services' `NATS_URL` takes one URL, not a list (async-nats
-    /// parses the whole string as one address); a client connected to one node learns the
-    /// others' from the server (`connect_urls`) and reconnects to them when its node dies.
-    pub fn urls(&self) -> Vec<String> {
-        (0..CLUSTER_NODES).map(|index| self.url(index)).collect()
+    /// Every node's client URL, node `first`'s first, separated by commas as the services'
+    /// `NATS_URL` takes them: a service connects to `first` and, when it dies, to another.
+    pub fn nats_url(&self, first: usize) -> String {
+        (0..CLUSTER_NODES)
+            .map(|offset| self.url((first + offset) % CLUSTER_NODES))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// A client that knows every node from the start, so it connects and reconnects to
     /// whichever is alive.
     pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
-        let client = async_nats::ConnectOptions::new()
-            .name(name)
-            .retry_on_initial_connect()
-            .connect(self.urls().as_slice())
+        cadre_runtime::bus::connect(&self.nats_url(0), name)
             .await
-            .context("connecting to the NATS cluster")?;
-        client.flush().await.context("reaching the NATS cluster")?;
-        Ok(client)
+            .map_err(|e| anyhow::anyhow!("connecting to the NATS cluster: {e}"))
     }
 
     /// The index of the node whose `server_name` is `name` (as JetStream names a leader).

@@ -318,12 +318,12 @@ impl Nats {
         })
     }
 
-    /// The URL of the `index`-th connection: on the cluster, the nodes in turn, so the
-    /// services' connections are spread over them.
+    /// The `NATS_URL` of the `index`-th connection: on the cluster, every node, a different one
+    /// first in turn, so the services' connections are spread over them.
     fn url(&self, index: usize) -> String {
         match self {
             Nats::Single(server) => server.url.clone(),
-            Nats::Cluster(cluster) => cluster.url(index % CLUSTER_NODES),
+            Nats::Cluster(cluster) => cluster.nats_url(index % CLUSTER_NODES),
         }
     }
 

@@ -127,7 +127,7 @@ impl System {
         let env = Environment {
             bin_dir: Environment::beside_current_exe()?,
             log_dir: log_dir.to_path_buf(),
-            nats_url: cluster.url(0),
+            nats_url: cluster.nats_url(0),
             database_url: db.url.clone(),
             stream_replicas: CLUSTER_NODES,
             // Four coordinators (16 connections each by default), two workers (16 each), the
@@ -135,7 +135,7 @@ impl System {
             settings: vec![(Kind::Coordinator, "DB_MAX_CONNECTIONS".into(), "8".into())],
         };
         let on_node = |index: usize| Environment {
-            nats_url: cluster.url(index % CLUSTER_NODES),
+            nats_url: cluster.nats_url(index % CLUSTER_NODES),
             ..env.clone()
         };
         let address = || format!("127.0.0.1:{}", free_port());
