@@ -327,6 +327,14 @@ impl Nats {
         }
     }
 
+    /// The one server the lost-ack proxy stands in front of: on the cluster, the first node.
+    fn first_server(&self) -> String {
+        match self {
+            Nats::Single(server) => server.url.clone(),
+            Nats::Cluster(cluster) => cluster.url(0),
+        }
+    }
+
     fn replicas(&self) -> usize {
         match self {
             Nats::Single(_) => 1,
@@ -397,7 +405,7 @@ impl System {
             .map_err(|e| anyhow::anyhow!("event stream: {e}"))?;
         let observed = Arc::new(Mutex::new(Observed::default()));
         let watcher = tokio::spawn(watch_log(bus.clone(), observed.clone()));
-        let proxy = Proxy::start(&nats.url(0)).await?;
+        let proxy = Proxy::start(&nats.first_server()).await?;
         let provider = |key: &str, value: String| {
             (
                 Kind::Worker,
