@@ -164,10 +164,6 @@ pub const ALL_EXECUTION_STATES: &str = "cadre.events.*.workflow.*.execution.*.>"
 /// Every workflow's own facts (created, paused, resumed); the workflow id is the second wildcard.
 pub const ALL_WORKFLOW_LIFECYCLES: &str = "cadre.events.*.workflow.*.*";
 
-/// Every subject of the coordinator's partitioned inbox (see `streams::partitions_stream`):
-/// `cadre.partition.<partition>.<the subject the message was stored on>`.
-pub const ALL_PARTITIONED: &str = "cadre.partition.>";
-
 /// Every message of one partition of the coordinator's inbox.
 pub fn partition(partition: u16) -> String {
     format!("cadre.partition.{partition}.>")

@@ -623,8 +623,7 @@ fn classify(error: context::PublishError, append: &Append) -> PublishError {
 
 /// Where a message a stream copied from another (a stream source) was first stored: the
 /// sequence in the source stream, read from the `Nats-Stream-Source` header the server adds
-/// (`<source stream> <sequence> <filter> <transform> <subject> ...`). `None` for a message that
-/// was not copied.
+/// (`<source stream> <sequence> ...`). `None` for a message that was not copied.
 pub fn source_sequence(message: &jetstream::Message) -> Option<u64> {
     let header = message.headers.as_ref()?.get("Nats-Stream-Source")?;
     header.as_str().split_whitespace().nth(1)?.parse().ok()

@@ -239,7 +239,8 @@ impl NatsCluster {
     }
 
     /// Every node's client URL, node `first`'s first, separated by commas as the services'
-    /// `NATS_URL` takes them: a service connects to `first` and, when it dies, to another.
+    /// `NATS_URL` takes them: a service connects to one of them (the client shuffles the list)
+    /// and, when it dies, to another.
     pub fn nats_url(&self, first: usize) -> String {
         (0..CLUSTER_NODES)
             .map(|offset| self.url((first + offset) % CLUSTER_NODES))

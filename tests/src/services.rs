@@ -36,8 +36,8 @@ pub struct Environment {
     pub bin_dir: PathBuf,
     /// Where each process writes its log (`<name>.log`, appended across restarts).
     pub log_dir: PathBuf,
-    /// The one NATS URL the services connect to (they take no list; see
-    /// [`crate::nats::NatsCluster::urls`]).
+    /// The NATS URL the services connect to: one server, or a cluster's servers separated by
+    /// commas (see [`crate::nats::NatsCluster::nats_url`]).
     pub nats_url: String,
     pub database_url: String,
     /// Replicas of the streams and buckets a service creates (`CADRE_STREAM_REPLICAS`): 1 on a

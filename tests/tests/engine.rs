@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use cadre_coordinator::partitions;
 use cadre_proto::events::FailureCause;
+use cadre_proto::streams::{EVENTS_STREAM, PARTITIONS_STREAM};
 use cadre_proto::timers::Timer;
 use cadre_proto::{Event, ExecutionId, StepId, TenantId, WorkflowId, subjects};
 use cadre_tests::api::{Reply, agent, pipeline};
@@ -242,12 +242,40 @@ async fn pause_lets_the_running_step_finish_and_resume_carries_on() {
         matches!(e, Event::StepCompleted(_))
     })
     .await;
+    let completed_at = stack
+        .bus
+        .last_event(&subjects::execution_state(
+            &TenantId::default_tenant(),
+            run.workflow,
+            run.execution,
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .sequence;
     eventually(
         FINISH,
         "the coordinator to process step-1's completion",
         || async {
-            let backlog = partitions::backlog(stack.bus.jetstream()).await.ok()?;
-            (backlog == 0).then_some(())
+            // Copied into the coordinators' inbox (the log's source there has reached it), and
+            // the inbox empty: decided on.
+            let info = stack
+                .bus
+                .jetstream()
+                .client()
+                .request(
+                    format!("$JS.API.STREAM.INFO.{PARTITIONS_STREAM}"),
+                    "".into(),
+                )
+                .await
+                .ok()?;
+            let info: Value = serde_json::from_slice(&info.payload).ok()?;
+            let copied = info["sources"]
+                .as_array()?
+                .iter()
+                .find(|source| source["name"] == EVENTS_STREAM)?["seq"]
+                .as_u64()?;
+            (copied >= completed_at && info["state"]["messages"] == 0).then_some(())
         },
     )
     .await;

@@ -12,9 +12,15 @@
 
 use std::collections::BTreeSet;
 
+use std::time::Instant;
+
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamError, GetStreamErrorKind};
 use async_nats::jetstream::{self, kv, stream};
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use cadre_proto::streams::{self, EXECUTION_PARTITIONS, PARTITIONS_STREAM};
 use cadre_runtime::bus::{EventBus, NatsError};
@@ -70,19 +76,56 @@ impl Membership {
     }
 
     /// Says this replica is alive, for [`streams::COORDINATOR_TTL`].
-    pub async fn heartbeat(&self) -> Result<(), NatsError> {
+    async fn heartbeat(&self) -> Result<(), NatsError> {
         self.registry.put(&self.me, "".into()).await?;
         Ok(())
     }
 
     /// The replicas that heartbeated within [`streams::COORDINATOR_TTL`].
-    pub async fn live(&self) -> Result<BTreeSet<String>, NatsError> {
+    async fn live(&self) -> Result<BTreeSet<String>, NatsError> {
         Ok(self.registry.keys().await?.try_collect().await?)
+    }
+
+    /// Heartbeats until `shutdown`, then leaves. After each heartbeat `view` gets the live
+    /// replicas; once no heartbeat has been stored for so long that the others may count this
+    /// replica gone, it gets `None`: this replica must work nothing until one is stored again.
+    pub async fn keep(
+        self,
+        view: watch::Sender<Option<BTreeSet<String>>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(streams::COORDINATOR_HEARTBEAT);
+        let mut renewed = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let live = match self.heartbeat().await {
+                Ok(()) => self.live().await,
+                Err(error) => Err(error),
+            };
+            match live {
+                Ok(live) => {
+                    renewed = Instant::now();
+                    view.send_replace(Some(live));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not renew this coordinator's membership");
+                    if renewed.elapsed() + streams::COORDINATOR_HEARTBEAT
+                        >= streams::COORDINATOR_TTL
+                    {
+                        view.send_replace(None);
+                    }
+                }
+            }
+        }
+        self.leave().await;
     }
 
     /// Leaves at once, so the others take this replica's partitions without waiting for its
     /// key to expire.
-    pub async fn leave(&self) {
+    async fn leave(&self) {
         if let Err(error) = self.registry.delete(&self.me).await {
             tracing::warn!(%error, "could not leave the coordinators; the others take over when this replica's key expires");
         }
@@ -96,29 +139,34 @@ pub async fn open_inbox(bus: &EventBus, replicas: usize) -> Result<stream::Strea
     let js = bus.jetstream();
     let inbox = match js.get_stream(PARTITIONS_STREAM).await {
         Ok(inbox) => inbox,
-        Err(_) => {
+        // Only when it surely does not exist: created from sequence 1 on a system that has
+        // one, it would decide on the whole history again.
+        Err(error) if is_not_found(&error) => {
             let mut from = [1; 2];
             for (next, (stream, consumer)) in
                 from.iter_mut().zip(streams::RETIRED_COORDINATOR_CONSUMERS)
             {
-                if let Ok(info) = js.get_stream(stream).await?.consumer_info(consumer).await {
-                    *next = info.ack_floor.stream_sequence + 1;
+                match js.get_stream(stream).await?.consumer_info(consumer).await {
+                    Ok(info) => *next = info.ack_floor.stream_sequence + 1,
+                    Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {}
+                    Err(error) => return Err(error.into()),
                 }
             }
             // Two coordinators starting at once may both try: the loser takes the winner's.
-            let inbox = match js
+            match js
                 .create_stream(streams::partitions_stream(replicas, from[0], from[1]))
                 .await
             {
                 Ok(inbox) => inbox,
                 Err(_) => js.get_stream(PARTITIONS_STREAM).await?,
-            };
-            for (stream, consumer) in streams::RETIRED_COORDINATOR_CONSUMERS {
-                let _ = js.get_stream(stream).await?.delete_consumer(consumer).await;
             }
-            inbox
         }
+        Err(error) => return Err(error.into()),
     };
+    // On every start: one that stopped between creating the inbox and this leaves them behind.
+    for (stream, consumer) in streams::RETIRED_COORDINATOR_CONSUMERS {
+        let _ = js.get_stream(stream).await?.delete_consumer(consumer).await;
+    }
     for partition in 0..EXECUTION_PARTITIONS {
         // Create or update: a consumer left by an older release takes today's settings.
         inbox
@@ -126,6 +174,10 @@ pub async fn open_inbox(bus: &EventBus, replicas: usize) -> Result<stream::Strea
             .await?;
     }
     Ok(inbox)
+}
+
+fn is_not_found(error: &GetStreamError) -> bool {
+    matches!(error.kind(), GetStreamErrorKind::JetStream(error) if error.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// How many of the inbox's messages wait to be decided on, counting those the server has not

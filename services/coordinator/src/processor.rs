@@ -21,11 +21,12 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -59,8 +60,9 @@ type Execution = Aggregate<ExecutionDecider>;
 enum Input {
     Delivery(Box<Delivery>),
     /// This replica gave up a partition: another may now move its executions on, so no state
-    /// held in memory can be trusted any more.
-    Forget,
+    /// held in memory can be trusted any more. The lane answers once it has forgotten, that is
+    /// once it has finished everything it got before.
+    Forget(oneshot::Sender<()>),
 }
 
 struct Delivery {
@@ -116,8 +118,8 @@ impl Services {
     }
 }
 
-/// This replica's part in the coordination: the partitions it owns and the triggers when it
-/// holds their pin.
+/// This replica among the coordinators: its name, the streams' replicas, and where it says
+/// which execution partitions it works.
 pub struct Replica {
     pub id: String,
     pub replicas: usize,
@@ -135,6 +137,10 @@ pub async fn run(
     let bus = &services.bus;
     let inbox = partitions::open_inbox(bus, replica.replicas).await?;
     let membership = Membership::join(bus.jetstream(), replica.replicas, replica.id).await?;
+    let me = membership.me().to_owned();
+    // Heartbeats run on their own, so that a busy replica never misses one and loses its share.
+    let (view_sender, mut view) = watch::channel(None);
+    let heartbeats = tokio::spawn(membership.keep(view_sender, shutdown.clone()));
     let triggers = services
         .triggers
         .create_consumer(streams::coordinator_triggers_consumer())
@@ -149,37 +155,35 @@ pub async fn run(
         .collect();
     let mut pulls = Pulls::new();
     let mut triggers = pinned_messages(&triggers).await?;
+    // One replica records each abandoned step: the advisory goes to one member of the group.
     let mut abandoned_steps = bus
         .jetstream()
         .client()
-        .subscribe(streams::agent_worker_max_deliveries_advisory())
+        .queue_subscribe(
+            streams::agent_worker_max_deliveries_advisory(),
+            "cadre-coordinators".to_owned(),
+        )
         .await?;
-    let mut heartbeat = tokio::time::interval(streams::COORDINATOR_HEARTBEAT);
     readiness.set(true);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = heartbeat.tick() => {
-                let live = match membership.heartbeat().await {
-                    Ok(()) => membership.live().await,
-                    Err(error) => Err(error),
-                };
-                match live {
-                    Ok(live) => {
-                        let owned = partitions::owned(&live, membership.me());
-                        rebalance(&inbox, &lanes, &mut pulls, &owned, &shutdown).await;
-                        replica.owned.send_if_modified(|current| {
-                            let changed = *current != owned;
-                            if changed {
-                                tracing::info!(replica = membership.me(), live = live.len(), ?owned, "partitions assigned");
-                                *current = owned;
-                            }
-                            changed
-                        });
+            Ok(()) = view.changed() => {
+                // No view: this replica may no longer count as alive; it works nothing.
+                let live = view.borrow_and_update().clone();
+                let owned = live
+                    .as_ref()
+                    .map_or_else(BTreeSet::new, |live| partitions::owned(live, &me));
+                rebalance(&inbox, &lanes, &mut pulls, &owned, &shutdown).await;
+                replica.owned.send_if_modified(|current| {
+                    let changed = *current != owned;
+                    if changed {
+                        let live = live.as_ref().map(BTreeSet::len);
+                        tracing::info!(replica = me, ?live, ?owned, "partitions assigned");
+                        *current = owned;
                     }
-                    // Keeps what it has: its consumers fail the same way until NATS is back.
-                    Err(error) => tracing::warn!(%error, "could not renew this coordinator's membership"),
-                }
+                    changed
+                });
             }
             Some(advisory) = abandoned_steps.next() => {
                 if let Err(error) = fail_abandoned_step(bus, &advisory.payload).await {
@@ -203,10 +207,11 @@ pub async fn run(
         }
     }
     readiness.set(false);
-    membership.leave().await;
-    let partitions: Vec<u16> = pulls.keys().copied().collect();
-    for (_, puller) in std::mem::take(&mut pulls) {
-        puller.stop().await;
+    // Leaves the coordinators, so the others start pulling this replica's partitions.
+    let _ = heartbeats.await;
+    let mut held = Vec::new();
+    for (partition, puller) in std::mem::take(&mut pulls) {
+        held.push((partition, puller.stop().await));
     }
     drop(lanes);
     tracker.close();
@@ -218,14 +223,16 @@ pub async fn run(
     }
     // Hand the pins to the other replicas now rather than after PIN_TIMEOUT of silence.
     drop(triggers);
-    for partition in partitions {
-        unpin(
-            &inbox,
-            &streams::coordinator_partition_consumer_name(partition),
-        )
-        .await;
+    for (partition, pin) in held {
+        unpin_if_held(&inbox, partition, pin).await;
     }
-    unpin(&services.triggers, streams::COORDINATOR_TRIGGERS_CONSUMER).await;
+    if let Err(error) = services
+        .triggers
+        .unpin_consumer(streams::COORDINATOR_TRIGGERS_CONSUMER, ACTIVE_GROUP)
+        .await
+    {
+        tracing::warn!(%error, "could not release the triggers' pin; another replica takes over when it expires");
+    }
     Ok(())
 }
 
@@ -235,18 +242,23 @@ type Pulls = BTreeMap<u16, Puller>;
 /// The task handing one partition's messages to the lanes.
 struct Puller {
     stop: CancellationToken,
+    /// The `Nats-Pin-Id` the server last delivered with: this replica's pin on the partition.
+    pin: Arc<std::sync::Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Puller {
-    /// Stops it; returns once it hands the lanes nothing more.
-    async fn stop(self) {
+    /// Stops it; returns once it hands the lanes nothing more, with the pin it held.
+    async fn stop(self) -> Option<String> {
         self.stop.cancel();
         let _ = self.task.await;
+        self.pin.lock().ok().and_then(|pin| pin.clone())
     }
 }
 
-/// Starts pulling the partitions newly `owned` and stops pulling those given up.
+/// Starts pulling the partitions newly `owned` (and those whose puller ended) and stops
+/// pulling those given up: only once the lanes have finished what those handed them does it
+/// release their pins, so the next owner starts where this replica stopped.
 async fn rebalance(
     inbox: &jetstream::stream::Stream,
     lanes: &[mpsc::Sender<Input>],
@@ -255,27 +267,27 @@ async fn rebalance(
     shutdown: &CancellationToken,
 ) {
     let given_up: Vec<u16> = pulls
-        .keys()
-        .filter(|partition| !owned.contains(partition))
-        .copied()
+        .iter()
+        .filter(|(partition, puller)| !owned.contains(partition) || puller.task.is_finished())
+        .map(|(partition, _)| *partition)
         .collect();
-    for partition in &given_up {
-        if let Some(puller) = pulls.remove(partition) {
-            puller.stop().await;
+    let mut held = Vec::new();
+    for partition in given_up {
+        if let Some(puller) = pulls.remove(&partition) {
+            held.push((partition, puller.stop().await));
         }
     }
-    if !given_up.is_empty() {
-        // Its pullers have stopped, so `Forget` comes after everything the lanes got from the
-        // partitions given up.
+    if !held.is_empty() {
+        let mut forgotten = Vec::new();
         for lane in lanes {
-            let _ = lane.send(Input::Forget).await;
+            let (done, forgot) = oneshot::channel();
+            if lane.send(Input::Forget(done)).await.is_ok() {
+                forgotten.push(forgot);
+            }
         }
-        for partition in given_up {
-            unpin(
-                inbox,
-                &streams::coordinator_partition_consumer_name(partition),
-            )
-            .await;
+        futures::future::join_all(forgotten).await;
+        for (partition, pin) in held.into_iter().filter(|(p, _)| !owned.contains(p)) {
+            unpin_if_held(inbox, partition, pin).await;
         }
     }
     for &partition in owned {
@@ -291,16 +303,23 @@ async fn rebalance(
             }
         };
         let stop = shutdown.child_token();
-        let task = tokio::spawn(pull(consumer, lanes.to_vec(), stop.clone()));
-        pulls.insert(partition, Puller { stop, task });
+        let pin = Arc::default();
+        let task = tokio::spawn(pull(
+            consumer,
+            lanes.to_vec(),
+            stop.clone(),
+            Arc::clone(&pin),
+        ));
+        pulls.insert(partition, Puller { stop, pin, task });
     }
 }
 
-/// Hands a partition's messages to the lanes until `stop`.
+/// Hands a partition's messages to the lanes until `stop`, keeping the pin they came with.
 async fn pull(
     consumer: jetstream::consumer::PullConsumer,
     lanes: Vec<mpsc::Sender<Input>>,
     stop: CancellationToken,
+    pin: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let mut messages = loop {
         match pinned_messages(&consumer).await {
@@ -326,6 +345,11 @@ async fn pull(
                 None => return,
             },
         };
+        if let Some(id) = message.headers.as_ref().and_then(|h| h.get("Nats-Pin-Id"))
+            && let Ok(mut pin) = pin.lock()
+        {
+            *pin = Some(id.to_string());
+        }
         let Some(input) = from_inbox(message).await else {
             continue;
         };
@@ -368,9 +392,24 @@ async fn from_inbox(message: jetstream::Message) -> Option<Input> {
     })))
 }
 
-async fn unpin(stream: &jetstream::stream::Stream, consumer: &str) {
-    if let Err(error) = stream.unpin_consumer(consumer, ACTIVE_GROUP).await {
-        tracing::warn!(%error, consumer, "could not release the consumer's pin; another replica takes over when it expires");
+/// Releases this replica's pin on a partition, so the next owner need not wait for it to
+/// expire; not another replica's (this one may never have held it).
+async fn unpin_if_held(inbox: &jetstream::stream::Stream, partition: u16, pin: Option<String>) {
+    let Some(pin) = pin else {
+        return;
+    };
+    let consumer = streams::coordinator_partition_consumer_name(partition);
+    let pinned = match inbox.consumer_info(&consumer).await {
+        Ok(info) => info.priority_groups.iter().any(|group| {
+            group.group == ACTIVE_GROUP && group.pinned_client_id.as_deref() == Some(pin.as_str())
+        }),
+        Err(error) => {
+            tracing::warn!(%error, consumer, "could not read the partition's pin; it expires on its own");
+            return;
+        }
+    };
+    if pinned && let Err(error) = inbox.unpin_consumer(&consumer, ACTIVE_GROUP).await {
+        tracing::warn!(%error, consumer, "could not release the partition's pin; it expires on its own");
     }
 }
 
@@ -453,9 +492,13 @@ fn lane_of(input: &Input, lanes: usize) -> usize {
 async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
     let mut executions: HashMap<ExecutionId, Execution> = HashMap::new();
     while let Some(input) = inputs.recv().await {
-        let Input::Delivery(delivery) = input else {
-            executions.clear();
-            continue;
+        let delivery = match input {
+            Input::Delivery(delivery) => delivery,
+            Input::Forget(done) => {
+                executions.clear();
+                let _ = done.send(());
+                continue;
+            }
         };
         let Delivery {
             kind,
