@@ -356,6 +356,9 @@ impl Nats {
 /// The system under test. Fields drop in order: the processes go before NATS and the databases.
 struct System {
     coordinator: Option<Process>,
+    /// A second coordinator replica, sharing the execution partitions with the first for the
+    /// whole run: every fault also moves partitions between replicas.
+    partner: Option<Process>,
     workers: Vec<Option<Process>>,
     projectors: Vec<Process>,
     proxy: Proxy,
@@ -442,6 +445,7 @@ impl System {
         let coordinator_addr = format!("127.0.0.1:{}", free_port());
         let mut system = Self {
             coordinator: None,
+            partner: None,
             workers: (0..WORKERS).map(|_| None).collect(),
             projectors: Vec::new(),
             proxy,
@@ -469,6 +473,16 @@ impl System {
             system.start_worker(index).await?;
         }
         system.start_coordinator().await?;
+        let partner_addr = format!("127.0.0.1:{}", free_port());
+        system.partner = Some(
+            Process::start(
+                &system.env,
+                Kind::Coordinator,
+                "coordinator-2",
+                &partner_addr,
+            )
+            .await?,
+        );
         system.offline_workflow = system.create_workflow("offline").await?;
         system.fake_workflow = system.create_workflow(FAKE_PROVIDER).await?;
         Ok(system)
@@ -801,7 +815,7 @@ impl System {
                 }
                 tokio::time::sleep(pause).await;
                 self.start_coordinator().await?;
-                "killed the coordinator".to_owned()
+                "killed the coordinator (coordinator-2 shares the partitions)".to_owned()
             }
             Fault::KillProjector => {
                 for projector in std::mem::take(&mut self.projectors) {
