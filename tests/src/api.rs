@@ -329,3 +329,41 @@ pub fn pipeline(name: &str, agent_ids: &[String], skills: &[&[&str]], steps: usi
 
 /// The skills each step of [`pipeline`] requires, matching [`team`].
 pub const PIPELINE_SKILLS: [&[&str]; 3] = [&["research"], &["rust"], &["code review"]];
+
+/// Starts a run of `workflow` through the API at `api` with `body`, answered once the log has
+/// it (`Prefer: wait=0`), retrying with the same `Idempotency-Key` (`key`) until the API
+/// acknowledges it (202, or 200 for a start it already had) or `patience` runs out: the
+/// execution's id, or the last error. For harnesses whose services come and go.
+pub async fn start_until_acknowledged(
+    http: &reqwest::Client,
+    api: &str,
+    workflow: &str,
+    key: &str,
+    body: &Value,
+    patience: Duration,
+) -> Result<String, String> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut last_error = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let reply = http
+            .post(format!("{api}/v1/workflows/{workflow}/executions"))
+            .header("Idempotency-Key", key)
+            .header("Prefer", "wait=0")
+            .json(body)
+            .send()
+            .await;
+        match reply {
+            Ok(reply) if matches!(reply.status().as_u16(), 200 | 202) => {
+                let body: Value = reply.json().await.map_err(|e| e.to_string())?;
+                return body["executionId"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("no executionId in {body}"));
+            }
+            Ok(reply) => last_error = format!("HTTP {}", reply.status()),
+            Err(error) => last_error = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!("{api}, key {key}: {last_error}"))
+}

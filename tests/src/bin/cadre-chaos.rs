@@ -37,7 +37,7 @@ use anyhow::Context as _;
 use cadre_coordinator::partitions;
 use cadre_proto::{Envelope, TenantId, WorkflowId, streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
-use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
+use cadre_tests::api::{PIPELINE_SKILLS, pipeline, start_until_acknowledged, team};
 use cadre_tests::audit::{self, Attempt, Findings, LogFacts};
 use cadre_tests::fake_llm::FakeLlm;
 use cadre_tests::nats::{CLUSTER_NODES, NatsCluster, NatsServer, free_port};
@@ -575,7 +575,24 @@ impl System {
         let (http, api, workflow) = (self.http.clone(), self.api.clone(), workflow.to_owned());
         tokio::spawn(async move {
             let outcomes = futures::stream::iter(0..count)
-                .map(|_| start_run(&http, &api, &workflow))
+                .map(|_| {
+                    let key = uuid::Uuid::now_v7().to_string();
+                    // The key is also the run's input, so the prompts (and the fake LLM) tell
+                    // runs apart.
+                    let body = json!({ "input": { "chaosRun": key } });
+                    let (http, api, workflow) = (&http, &api, &workflow);
+                    async move {
+                        start_until_acknowledged(
+                            http,
+                            api,
+                            workflow,
+                            &key,
+                            &body,
+                            Duration::from_secs(120),
+                        )
+                        .await
+                    }
+                })
                 .buffer_unordered(8)
                 .collect::<Vec<_>>()
                 .await;
@@ -1202,36 +1219,6 @@ impl System {
             violations,
         })
     }
-}
-
-/// One start, retried with the same `Idempotency-Key` for up to two minutes.
-async fn start_run(http: &reqwest::Client, api: &str, workflow: &str) -> Result<String, String> {
-    let key = uuid::Uuid::now_v7().to_string();
-    // The key is also the run's input, so the prompts (and the fake LLM) tell runs apart.
-    let body = json!({ "input": { "chaosRun": key } });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last_error = String::new();
-    while Instant::now() < deadline {
-        let reply = http
-            .post(format!("{api}/v1/workflows/{workflow}/executions"))
-            .header("Idempotency-Key", &key)
-            .json(&body)
-            .send()
-            .await;
-        match reply {
-            Ok(reply) if matches!(reply.status().as_u16(), 200 | 202) => {
-                let body: Value = reply.json().await.map_err(|e| e.to_string())?;
-                return body["executionId"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| format!("no executionId in {body}"));
-            }
-            Ok(reply) => last_error = format!("HTTP {}", reply.status()),
-            Err(error) => last_error = error.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Err(format!("key {key}: {last_error}"))
 }
 
 fn print_table(rows: &[Row]) {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cadre_proto::subjects;
 use cadre_runtime::bus::EventBus;
-use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
+use cadre_tests::api::{PIPELINE_SKILLS, pipeline, start_until_acknowledged, team};
 use cadre_tests::nats::{CLUSTER_NODES, NatsCluster, free_port};
 use cadre_tests::pg::TestDb;
 use cadre_tests::services::{Environment, Kind, Process};
@@ -177,40 +177,6 @@ async fn post_created(http: &reqwest::Client, url: &str, body: &Value) -> anyhow
         .context("no id in the reply")
 }
 
-/// One start, answered once the log has it (`Prefer: wait=0`), retried with the same
-/// `Idempotency-Key` for up to a minute: the execution's id, or why it was never acknowledged.
-async fn start_execution(
-    http: &reqwest::Client,
-    api: &str,
-    workflow: &str,
-) -> Result<String, String> {
-    let key = uuid::Uuid::now_v7().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last_error = String::new();
-    while Instant::now() < deadline {
-        let reply = http
-            .post(format!("{api}/v1/workflows/{workflow}/executions"))
-            .header("Idempotency-Key", &key)
-            .header("Prefer", "wait=0")
-            .json(&json!({}))
-            .send()
-            .await;
-        match reply {
-            Ok(reply) if reply.status().as_u16() == 202 => {
-                let body: Value = reply.json().await.map_err(|e| e.to_string())?;
-                return body["executionId"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| format!("no executionId in {body}"));
-            }
-            Ok(reply) => last_error = format!("HTTP {}", reply.status()),
-            Err(error) => last_error = error.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Err(format!("{api}: {last_error}"))
-}
-
 /// One count of coordinators, from a fresh system to its figures.
 async fn measure(
     coordinators: usize,
@@ -272,7 +238,16 @@ async fn measure(
             let workflow = workflows[i % workflows.len()].clone();
             async move {
                 let started = Instant::now();
-                let outcome = start_execution(&http, &api, &workflow).await;
+                let key = uuid::Uuid::now_v7().to_string();
+                let outcome = start_until_acknowledged(
+                    &http,
+                    &api,
+                    &workflow,
+                    &key,
+                    &json!({}),
+                    Duration::from_secs(60),
+                )
+                .await;
                 (outcome, started.elapsed())
             }
         })
