@@ -367,3 +367,22 @@ pub async fn start_until_acknowledged(
     }
     Err(format!("{api}, key {key}: {last_error}"))
 }
+
+/// POSTs `body` to `url` and expects `201 Created`: the id of what was created.
+pub async fn post_created(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> anyhow::Result<String> {
+    let reply = http.post(url).json(body).send().await?;
+    anyhow::ensure!(
+        reply.status().as_u16() == 201,
+        "POST {url}: {}",
+        reply.status()
+    );
+    let body: Value = reply.json().await?;
+    body["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("POST {url}: no id in the reply {body}"))
+}

@@ -37,7 +37,7 @@ use anyhow::Context as _;
 use cadre_coordinator::partitions;
 use cadre_proto::{Envelope, TenantId, WorkflowId, streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
-use cadre_tests::api::{PIPELINE_SKILLS, pipeline, start_until_acknowledged, team};
+use cadre_tests::api::{PIPELINE_SKILLS, pipeline, post_created, start_until_acknowledged, team};
 use cadre_tests::audit::{self, Attempt, Findings, LogFacts};
 use cadre_tests::fake_llm::FakeLlm;
 use cadre_tests::nats::{CLUSTER_NODES, NatsCluster, NatsServer, free_port};
@@ -550,22 +550,7 @@ impl System {
     }
 
     async fn post_created(&self, path: &str, body: &Value) -> anyhow::Result<String> {
-        let reply = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .json(body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            reply.status().as_u16() == 201,
-            "POST {path}: {}",
-            reply.status()
-        );
-        let body: Value = reply.json().await?;
-        body["id"]
-            .as_str()
-            .map(str::to_owned)
-            .context("no id in the reply")
+        post_created(&self.http, &format!("{}{path}", self.api), body).await
     }
 
     /// Starts `count` runs of `workflow` in the background, eight at a time, each retried with

@@ -26,14 +26,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cadre_proto::subjects;
 use cadre_runtime::bus::EventBus;
-use cadre_tests::api::{PIPELINE_SKILLS, pipeline, start_until_acknowledged, team};
+use cadre_tests::api::{PIPELINE_SKILLS, pipeline, post_created, start_until_acknowledged, team};
 use cadre_tests::nats::{CLUSTER_NODES, NatsCluster, free_port};
 use cadre_tests::pg::TestDb;
 use cadre_tests::services::{Environment, Kind, Process};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::Instant;
 
 fn setting(name: &str, default: u64) -> u64 {
@@ -161,20 +161,6 @@ impl System {
             _cluster: cluster,
         })
     }
-}
-
-async fn post_created(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<String> {
-    let reply = http.post(url).json(body).send().await?;
-    anyhow::ensure!(
-        reply.status().as_u16() == 201,
-        "POST {url}: {}",
-        reply.status()
-    );
-    let body: Value = reply.json().await?;
-    body["id"]
-        .as_str()
-        .map(str::to_owned)
-        .context("no id in the reply")
 }
 
 /// One count of coordinators, from a fresh system to its figures.
