@@ -345,7 +345,11 @@ async fn pull(
                 None => return,
             },
         };
-        if let Some(id) = message.headers.as_ref().and_then(|h| h.get("Nats-Pin-Id"))
+        // The server's header is the last: an event published with one carries its own first.
+        if let Some(id) = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get_last(async_nats::header::NATS_PIN_ID))
             && let Ok(mut pin) = pin.lock()
         {
             *pin = Some(id.to_string());
@@ -408,8 +412,14 @@ async fn unpin_if_held(inbox: &jetstream::stream::Stream, partition: u16, pin: O
             return;
         }
     };
-    if pinned && let Err(error) = inbox.unpin_consumer(&consumer, ACTIVE_GROUP).await {
-        tracing::warn!(%error, consumer, "could not release the partition's pin; it expires on its own");
+    if !pinned {
+        return;
+    }
+    match inbox.unpin_consumer(&consumer, ACTIVE_GROUP).await {
+        Ok(_) => tracing::debug!(consumer, pin, "released the partition's pin"),
+        Err(error) => {
+            tracing::warn!(%error, consumer, "could not release the partition's pin; it expires on its own");
+        }
     }
 }
 
