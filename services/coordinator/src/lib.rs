@@ -176,6 +176,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         db,
         tenant: TenantId::default_tenant(),
         starter: starter.clone(),
+        links: services.links.clone(),
         results,
         workers,
         read_models,

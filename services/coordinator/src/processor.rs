@@ -786,15 +786,7 @@ async fn perform(services: &Services, stored: &Envelope, effect: Effect) -> Resu
         Effect::Link {
             upstream,
             downstream,
-        } => {
-            services
-                .links
-                .put(
-                    subjects::after_link(tenant, upstream, downstream),
-                    "".into(),
-                )
-                .await?;
-        }
+        } => triggers::link(&services.links, tenant, upstream, downstream).await?,
         Effect::StartDependants {
             upstream,
             execution_id,

@@ -3,7 +3,7 @@
 //! [`crate::starter`], with an idempotency key derived from what triggered it, so a trigger
 //! delivered twice starts one run.
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use cloudevents::AttributesReader;
 use serde_json::json;
 
@@ -195,4 +195,20 @@ pub async fn start_child(
             Err(error) => Err(error.into()),
         },
     }
+}
+
+/// Records that a completed run of `upstream` starts `downstream` (idempotent).
+pub(crate) async fn link(
+    links: &kv::Store,
+    tenant: &TenantId,
+    upstream: WorkflowId,
+    downstream: WorkflowId,
+) -> Result<(), NatsError> {
+    links
+        .put(
+            subjects::after_link(tenant, upstream, downstream),
+            "".into(),
+        )
+        .await?;
+    Ok(())
 }

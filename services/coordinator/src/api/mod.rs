@@ -52,6 +52,8 @@ pub struct AppState {
     /// Until authentication arrives, every request acts for this tenant.
     pub tenant: TenantId,
     pub starter: Starter,
+    /// Which workflows start after which (`triggers.afterWorkflows`).
+    pub links: async_nats::jetstream::kv::Store,
     /// Step results too large for an event.
     pub results: async_nats::jetstream::object_store::ObjectStore,
     /// The live agent workers and the providers they offer.

@@ -23,11 +23,13 @@ use super::{
     parse_id, unavailable_db, unavailable_log, written,
 };
 use crate::command::{Aggregate, History};
+use crate::domain::Effect;
 use crate::domain::validation::{
     FieldError, referenced_agents, start_size_error, validate_workflow,
 };
 use crate::domain::workflow::{self, Command, Workflow};
 use crate::read;
+use crate::triggers;
 
 /// The body of `POST /v1/workflows` (the seed's `CreateWorkflowRequest`).
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -202,10 +204,28 @@ pub(super) async fn record(
         definition: Box::new(definition.clone()),
         template_id: template,
     };
-    created_workflow
+    let stored = created_workflow
         .execute(&app.bus, &create)
         .await
         .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
+    // Its links are written before the answer too, not only once a coordinator reads the
+    // creation back: a run of an upstream workflow the client starts next is decided on in
+    // another partition, in no order with this creation, and must find them.
+    for envelope in &stored {
+        for effect in workflow::effects(&created_workflow.state, &envelope.event) {
+            if let Effect::Link {
+                upstream,
+                downstream,
+            } = effect
+            {
+                triggers::link(&app.links, &app.tenant, upstream, downstream)
+                    .await
+                    .map_err(|e| {
+                        Problem::unavailable(format!("recording the workflow's links: {e}"))
+                    })?;
+            }
+        }
+    }
     let location = format!("/v1/workflows/{}", definition.id);
     let body = CreatedWorkflow {
         status: "draft",
