@@ -185,7 +185,6 @@ pub const PIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub const PINNED_PULL_EXPIRY: Duration = Duration::from_secs(5);
 
 pub const AGENT_WORKER_CONSUMER: &str = "agent-worker";
-pub const PROJECTOR_CONSUMER: &str = "projector";
 
 /// How many partitions the coordinator's work is split into: the most coordinator replicas
 /// that can share it. Part of the wire contract: every execution's partition derives from it,
@@ -272,24 +271,47 @@ pub fn coordinator_partition_consumer(partition: u16) -> consumer::pull::Config 
     }
 }
 
-/// The live coordinator replicas: one key per replica, rewritten every
-/// [`COORDINATOR_HEARTBEAT`]; a replica that stops heartbeating drops out after
-/// [`COORDINATOR_TTL`] and its partitions pass to the others. A replica that stops cleanly
-/// deletes its key, and its partitions pass at once.
-pub const COORDINATORS_BUCKET: &str = "CADRE_COORDINATORS";
-pub const COORDINATOR_HEARTBEAT: Duration = Duration::from_secs(3);
-pub const COORDINATOR_TTL: Duration = Duration::from_secs(10);
+/// How often a replica of a service that shares its work (coordinators, projectors) rewrites
+/// its key in the service's membership bucket.
+pub const MEMBERSHIP_HEARTBEAT: Duration = Duration::from_secs(3);
+/// How long a replica's key outlives its last heartbeat: a replica that stops heartbeating
+/// drops out after this, and its work passes to the others. One that stops cleanly deletes its
+/// key, and its work passes at once.
+pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(10);
 
-pub fn coordinators_kv(replicas: usize) -> kv::Config {
+/// The live coordinator replicas, which share the execution partitions.
+pub const COORDINATORS_BUCKET: &str = "CADRE_COORDINATORS";
+/// The live projector replicas, which share the projections.
+pub const PROJECTORS_BUCKET: &str = "CADRE_PROJECTORS";
+
+/// A membership bucket: one key per live replica, expiring [`MEMBERSHIP_TTL`] after its last
+/// heartbeat. In memory: it only says who is alive now.
+pub fn membership_kv(bucket: &str, description: &str, replicas: usize) -> kv::Config {
     kv::Config {
-        bucket: COORDINATORS_BUCKET.to_owned(),
-        description: "Cadre coordinator replicas sharing the execution partitions".to_owned(),
+        bucket: bucket.to_owned(),
+        description: description.to_owned(),
         history: 1,
-        max_age: COORDINATOR_TTL,
+        max_age: MEMBERSHIP_TTL,
         storage: stream::StorageType::Memory,
         num_replicas: replicas,
         ..Default::default()
     }
+}
+
+pub fn coordinators_kv(replicas: usize) -> kv::Config {
+    membership_kv(
+        COORDINATORS_BUCKET,
+        "Cadre coordinator replicas sharing the execution partitions",
+        replicas,
+    )
+}
+
+pub fn projectors_kv(replicas: usize) -> kv::Config {
+    membership_kv(
+        PROJECTORS_BUCKET,
+        "Cadre projector replicas sharing the projections",
+        replicas,
+    )
 }
 
 /// How often a step is delivered without being settled (each worker that took it crashed or
@@ -348,12 +370,28 @@ pub fn workers_kv(replicas: usize) -> kv::Config {
     }
 }
 
-/// The projector folds every event into Postgres in stream order. One replica is active: it
-/// holds a Postgres advisory lock, which also keeps a `rebuild` from running beside it.
-pub fn projector_consumer() -> consumer::pull::Config {
+/// The projections: groups of read models that the projector folds the log into, each with
+/// its own consumer, Postgres lock and checkpoint (the row of `projection_checkpoints` of that
+/// name), so projector replicas can share them. Read models that read each other's rows are in
+/// the same group. The read models as a whole cover the lowest of their checkpoints.
+pub const PROJECTIONS: [&str; 4] = ["runs", "interactions", "knowledge", "catalog"];
+
+/// The single consumer every read model was folded through before they were split into
+/// [`PROJECTIONS`]; a projector deletes it.
+pub const RETIRED_PROJECTOR_CONSUMER: &str = "projector";
+
+pub fn projector_consumer_name(projection: &str) -> String {
+    format!("projector-{projection}")
+}
+
+/// One projection's consumer: every event, in stream order, to the one replica that holds the
+/// projection's Postgres lock (which also keeps a `rebuild` from running beside it).
+pub fn projector_consumer(projection: &str) -> consumer::pull::Config {
     consumer::pull::Config {
-        durable_name: Some(PROJECTOR_CONSUMER.to_owned()),
-        description: Some("projector: folds events into Postgres read models".to_owned()),
+        durable_name: Some(projector_consumer_name(projection)),
+        description: Some(format!(
+            "projector: folds events into the Postgres read models of projection {projection}"
+        )),
         filter_subject: subjects::ALL_EVENTS.to_owned(),
         // Acking a batch's last message acks the batch: the checkpoint committed with the rows
         // is what really records progress.

@@ -1,6 +1,7 @@
 //! What every Cadre service shares: layered configuration, telemetry with W3C trace-context
 //! propagation, structured shutdown, the thin adapter that puts [`cadre_proto`] events on
-//! NATS JetStream and reads them back, and the watch on how far the projector's read models
+//! NATS JetStream and reads them back, the membership of replicas that share a service's work,
+//! and the watch on how far the projector's read models
 //! have got ([`projection`]).
 //!
 //! No domain logic lives here: deciding what to publish is the services' job.
@@ -8,6 +9,7 @@
 pub mod bus;
 pub mod config;
 pub mod health;
+pub mod membership;
 pub mod projection;
 pub mod shutdown;
 pub mod telemetry;

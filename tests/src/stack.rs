@@ -202,10 +202,16 @@ impl Stack {
             .listen(cadre_runtime::projection::PROJECTION_CHANNEL)
             .await?;
         let (commit_sender, commits) = tokio::sync::mpsc::unbounded_channel();
+        // What the read models as a whole cover: the lowest of the projections' checkpoints.
+        let mut checkpoints = cadre_runtime::projection::read_checkpoints(&self.db.pool).await?;
         let projection = tokio::spawn(async move {
             while let Ok(notification) = listener.recv().await {
-                if let Ok(sequence) = notification.payload().parse::<u64>()
-                    && commit_sender.send((sequence, now())).is_err()
+                let covered = checkpoints.read_models();
+                if checkpoints.notified(notification.payload())
+                    && checkpoints.read_models() != covered
+                    && commit_sender
+                        .send((checkpoints.read_models(), now()))
+                        .is_err()
                 {
                     break;
                 }
@@ -219,6 +225,7 @@ impl Stack {
             nats_url: self.nats.url.clone(),
             database_url: self.db.url.clone(),
             health_addr: "127.0.0.1:0".parse().expect("address"),
+            replica_id: "projector-a".to_owned(),
             max_batch,
             ..Default::default()
         }

@@ -3,12 +3,15 @@
 // Test code: a panic is the failure report, in helpers as in tests.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cadre_coordinator::partitions;
-use cadre_proto::streams::{PROJECTOR_CONSUMER, agent_worker_consumer_name};
+use cadre_proto::streams::{PROJECTIONS, agent_worker_consumer_name, projector_consumer_name};
 use cadre_proto::subjects;
 use cadre_proto::{Event, TenantId};
+use cadre_runtime::projection::read_checkpoints;
+use cadre_tests::audit;
 use cadre_tests::fake_llm::insight_line;
 use cadre_tests::stack::FAKE_PROVIDER;
 use cadre_tests::{Stack, eventually};
@@ -74,24 +77,22 @@ async fn settle(stack: &Stack) {
         if partitions::backlog(stack.bus.jetstream()).await.ok()? > 0 {
             return None;
         }
-        let consumers = [
-            (stack.bus.stream(), &PROJECTOR_CONSUMER.to_owned()),
-            (stack.bus.dispatch_stream(), &offline_queue),
-            (stack.bus.dispatch_stream(), &fake_queue),
-        ];
+        let projectors = PROJECTIONS.map(projector_consumer_name);
+        let consumers = projectors
+            .iter()
+            .map(|name| (stack.bus.stream(), name))
+            .chain([
+                (stack.bus.dispatch_stream(), &offline_queue),
+                (stack.bus.dispatch_stream(), &fake_queue),
+            ]);
         for (stream, name) in consumers {
             let info = stream.consumer_info(name.as_str()).await.ok()?;
             if info.num_pending > 0 || info.num_ack_pending > 0 {
                 return None;
             }
         }
-        let checkpoint: i64 = sqlx::query_scalar(
-            "SELECT stream_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
-        )
-        .fetch_one(&stack.db.pool)
-        .await
-        .ok()?;
-        (checkpoint as u64 >= last).then_some(())
+        let checkpoint = read_checkpoints(&stack.db.pool).await.ok()?.read_models();
+        (checkpoint >= last).then_some(())
     })
     .await
 }
@@ -767,4 +768,90 @@ async fn coordinators_share_the_partitions_and_one_takes_over_those_of_one_that_
     shutdown.cancel();
     second.wait().await.unwrap();
     stack.stop().await;
+}
+
+/// Which replica writes each projection now: the holders of the projections' locks, by the
+/// session names the projector gives them (`cadre-projector <replica> <projection>`).
+async fn projection_writers(stack: &Stack) -> BTreeMap<String, String> {
+    let holders: Vec<String> = sqlx::query_scalar(
+        "SELECT a.application_name::text FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+         WHERE l.locktype = 'advisory' AND l.mode = 'ExclusiveLock' AND l.granted
+           AND a.datname = current_database()",
+    )
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    holders
+        .iter()
+        .filter_map(|name| {
+            let mut words = name.strip_prefix("cadre-projector ")?.split(' ');
+            let (replica, projection) = (words.next()?, words.next()?);
+            Some((projection.to_owned(), replica.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn projectors_share_the_projections_and_one_takes_over_those_of_one_that_leaves() {
+    let mut stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let second = tokio::spawn(cadre_projector::run(
+        cadre_projector::Config {
+            replica_id: "projector-b".to_owned(),
+            ..stack.projector_config(100)
+        },
+        shutdown.clone(),
+    ));
+    // Each sees the other within a heartbeat; then each writes half of the projections.
+    let shared = eventually(FINISH, "the projections to be shared", || async {
+        let writers = projection_writers(&stack).await;
+        let of = |replica: &str| writers.values().filter(|w| *w == replica).count();
+        (writers.len() == PROJECTIONS.len() && of("projector-a") == 2 && of("projector-b") == 2)
+            .then_some(writers)
+    })
+    .await;
+    println!("writers: {shared:?}");
+
+    // The read models are whole although two replicas wrote them.
+    let runs = futures::future::join_all(
+        (0..8).map(|_| async { stack.api.start_execution(&workflow_id).await.0 }),
+    )
+    .await;
+    for run in &runs {
+        let done = stack.api.wait_until_finished(run, FINISH).await;
+        assert_eq!(done["status"], "completed", "{done:#}");
+        assert_eq!(
+            count(&stack, "SELECT count(*) FROM agent_interactions WHERE workflow_execution_id = $1 AND interaction_type = 'task_delegation'", run).await,
+            3,
+        );
+    }
+
+    // The first leaves: the second writes every projection and the next run shows up whole.
+    stack.stop_service("projector").await;
+    eventually(
+        FINISH,
+        "the second projector to write every projection",
+        || async {
+            let writers = projection_writers(&stack).await;
+            (writers.len() == PROJECTIONS.len() && writers.values().all(|w| w == "projector-b"))
+                .then_some(())
+        },
+    )
+    .await;
+    let (after, _) = stack.api.start_execution(&workflow_id).await;
+    let done = stack.api.wait_until_finished(&after, FINISH).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    settle(&stack).await;
+
+    // Nothing was applied twice or skipped in the handovers: a rebuild gives the same rows.
+    let live = audit::table_hashes(&stack.db.pool).await.unwrap();
+    shutdown.cancel();
+    second.await.unwrap().unwrap();
+    stack.stop_services().await;
+    cadre_projector::rebuild(stack.projector_config(50))
+        .await
+        .unwrap();
+    let rebuilt = audit::table_hashes(&stack.db.pool).await.unwrap();
+    assert_eq!(rebuilt, live);
 }

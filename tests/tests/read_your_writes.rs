@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use cadre_proto::streams::PROJECTIONS;
 use cadre_proto::{AgentId, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::projection::ProjectionWatermark;
@@ -427,25 +428,31 @@ async fn without_postgres_commands_answer_without_waiting() {
 async fn the_watermark_follows_the_checkpoint_the_projector_commits() {
     let db = TestDb::create().await;
     let watermark = ProjectionWatermark::start(db.pool.clone());
+    // As the projector commits: every projection moves its checkpoint and announces it.
     let commit = |sequence: i64, notify: bool| {
         let pool = db.pool.clone();
         async move {
             let mut tx = pool.begin().await.unwrap();
             sqlx::query(
                 "INSERT INTO projection_checkpoints (projection, stream_sequence, updated_at)
-                 VALUES ('read_models', $1, now())
+                 SELECT projection, $2, now() FROM unnest($1::text[]) AS projection
                  ON CONFLICT (projection) DO UPDATE SET stream_sequence = excluded.stream_sequence",
             )
+            .bind(PROJECTIONS)
             .bind(sequence)
             .execute(&mut *tx)
             .await
             .unwrap();
             if notify {
-                sqlx::query("SELECT pg_notify('cadre_projection', $1)")
-                    .bind(sequence.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
+                sqlx::query(
+                    "SELECT pg_notify('cadre_projection', projection || ':' || $2)
+                     FROM unnest($1::text[]) AS projection",
+                )
+                .bind(PROJECTIONS)
+                .bind(sequence.to_string())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
             }
             tx.commit().await.unwrap();
         }

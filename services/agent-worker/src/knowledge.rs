@@ -592,11 +592,14 @@ mod tests {
             .execute(pool)
             .await
             .unwrap();
-        sqlx::query("SELECT pg_notify('cadre_projection', $1)")
-            .bind(checkpoint.to_string())
-            .execute(pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "SELECT pg_notify('cadre_projection', projection || ':' || $1)
+             FROM projection_checkpoints",
+        )
+        .bind(checkpoint.to_string())
+        .execute(pool)
+        .await
+        .unwrap();
     }
 
     #[tokio::test]

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use cadre_proto::TenantId;
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
+use cadre_runtime::membership;
 use cadre_runtime::projection::ProjectionWatermark;
 
 /// The CloudEvents `source` of every event the coordinator emits.
@@ -78,23 +79,13 @@ impl Default for Config {
             database_url: "postgres://postgres@127.0.0.1:5432/cadre".into(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             stream_replicas: 1,
-            replica_id: default_replica_id(),
+            replica_id: membership::default_replica_id("coordinator"),
             shards: 128,
             db_max_connections: 16,
             max_child_depth: 5,
             read_your_writes_timeout_ms: 5000,
         }
     }
-}
-
-fn default_replica_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "coordinator".to_owned());
-    let suffix = uuid::Uuid::now_v7().simple().to_string();
-    // The random end of a v7 id: the start is the time, the same for replicas started together.
-    format!("{host}-{}", &suffix[suffix.len() - 8..])
 }
 
 /// A started coordinator.

@@ -2,8 +2,8 @@
 //! [`EXECUTION_PARTITIONS`] partitions of the coordinator's inbox, and each partition is worked
 //! by one live replica.
 //!
-//! Each replica heartbeats its key in [`streams::COORDINATORS_BUCKET`] and, from the replicas
-//! it sees live, computes which partitions are its own by rendezvous hashing: every replica
+//! Each replica heartbeats its key in [`streams::COORDINATORS_BUCKET`] (see
+//! [`cadre_runtime::membership`]) and, from the replicas it sees live, computes which partitions are its own by rendezvous hashing: every replica
 //! with the same view reaches the same answer without talking to the others, and a replica
 //! joining or leaving moves only the partitions it takes or gives up. Views may differ for a
 //! moment; the partition consumers' pinned client keeps one replica at a time on a partition
@@ -12,15 +12,10 @@
 
 use std::collections::BTreeSet;
 
-use std::time::Instant;
-
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamError, GetStreamErrorKind};
-use async_nats::jetstream::{self, kv, stream};
-use futures::TryStreamExt;
+use async_nats::jetstream::{self, stream};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use cadre_proto::streams::{self, EXECUTION_PARTITIONS, PARTITIONS_STREAM};
 use cadre_runtime::bus::{EventBus, NatsError};
@@ -49,87 +44,6 @@ pub fn owned(live: &BTreeSet<String>, me: &str) -> BTreeSet<u16> {
                 .all(|other| (mine, me) > (score(other, partition), other.as_str()))
         })
         .collect()
-}
-
-/// This replica's place among the live coordinators.
-pub struct Membership {
-    registry: kv::Store,
-    me: String,
-}
-
-impl Membership {
-    pub async fn join(
-        js: &jetstream::Context,
-        replicas: usize,
-        me: String,
-    ) -> Result<Self, NatsError> {
-        let registry = js
-            .create_or_update_key_value(streams::coordinators_kv(replicas))
-            .await?;
-        let membership = Self { registry, me };
-        membership.heartbeat().await?;
-        Ok(membership)
-    }
-
-    pub fn me(&self) -> &str {
-        &self.me
-    }
-
-    /// Says this replica is alive, for [`streams::COORDINATOR_TTL`].
-    async fn heartbeat(&self) -> Result<(), NatsError> {
-        self.registry.put(&self.me, "".into()).await?;
-        Ok(())
-    }
-
-    /// The replicas that heartbeated within [`streams::COORDINATOR_TTL`].
-    async fn live(&self) -> Result<BTreeSet<String>, NatsError> {
-        Ok(self.registry.keys().await?.try_collect().await?)
-    }
-
-    /// Heartbeats until `shutdown`, then leaves. After each heartbeat `view` gets the live
-    /// replicas; once no heartbeat has been stored for so long that the others may count this
-    /// replica gone, it gets `None`: this replica must work nothing until one is stored again.
-    pub async fn keep(
-        self,
-        view: watch::Sender<Option<BTreeSet<String>>>,
-        shutdown: CancellationToken,
-    ) {
-        let mut tick = tokio::time::interval(streams::COORDINATOR_HEARTBEAT);
-        let mut renewed = Instant::now();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let live = match self.heartbeat().await {
-                Ok(()) => self.live().await,
-                Err(error) => Err(error),
-            };
-            match live {
-                Ok(live) => {
-                    renewed = Instant::now();
-                    view.send_replace(Some(live));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "could not renew this coordinator's membership");
-                    if renewed.elapsed() + streams::COORDINATOR_HEARTBEAT
-                        >= streams::COORDINATOR_TTL
-                    {
-                        view.send_replace(None);
-                    }
-                }
-            }
-        }
-        self.leave().await;
-    }
-
-    /// Leaves at once, so the others take this replica's partitions without waiting for its
-    /// key to expire.
-    async fn leave(&self) {
-        if let Err(error) = self.registry.delete(&self.me).await {
-            tracing::warn!(%error, "could not leave the coordinators; the others take over when this replica's key expires");
-        }
-    }
 }
 
 /// The coordinator's inbox (see [`streams::partitions_stream`]) and one consumer per partition.

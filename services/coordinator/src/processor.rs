@@ -39,13 +39,14 @@ use cadre_proto::timers::{self, TimerMessage};
 use cadre_proto::{Envelope, Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_runtime::bus::{self, Append, EventBus, NatsError};
 use cadre_runtime::health::Readiness;
+use cadre_runtime::membership::Membership;
 use cadre_runtime::telemetry;
 
 use crate::command::{Aggregate, CommandError, History};
 use crate::domain::execution::{Command, ExecutionDecider, TransitionRefused, effects};
 use crate::domain::workflow::{self, Workflow};
 use crate::domain::{ChildOutcome, Effect};
-use crate::partitions::{self, Membership};
+use crate::partitions;
 use crate::starter::Starter;
 use crate::triggers;
 
@@ -136,7 +137,12 @@ pub async fn run(
 ) -> Result<(), NatsError> {
     let bus = &services.bus;
     let inbox = partitions::open_inbox(bus, replica.replicas).await?;
-    let membership = Membership::join(bus.jetstream(), replica.replicas, replica.id).await?;
+    let membership = Membership::join(
+        bus.jetstream(),
+        streams::coordinators_kv(replica.replicas),
+        replica.id,
+    )
+    .await?;
     let me = membership.me().to_owned();
     // Heartbeats run on their own, so that a busy replica never misses one and loses its share.
     let (view_sender, mut view) = watch::channel(None);

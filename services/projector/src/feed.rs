@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::incoming::Incoming;
+use crate::projection::Projection;
 use crate::store::{Lease, retry_backoff, sleep_or_shutdown};
 
 /// How often the active projector checks that its Postgres session, and so its lock, is alive
@@ -34,9 +35,12 @@ pub(crate) struct Progress {
     pub checkpoint: u64,
 }
 
-pub(crate) struct Projector<'a> {
-    pub bus: &'a EventBus,
-    pub database_url: &'a str,
+#[derive(Clone)]
+pub(crate) struct Projector {
+    pub bus: EventBus,
+    pub database_url: String,
+    /// Who writes: this replica's name, or `rebuild`.
+    pub writer: String,
     pub max_batch: usize,
     /// Stop once the checkpoint reaches this sequence (a rebuild); `None` runs until shutdown.
     pub until: Option<u64>,
@@ -63,7 +67,7 @@ enum End {
     Resubscribe,
 }
 
-impl Projector<'_> {
+impl Projector {
     /// Projects until shutdown or `until`, resubscribing after stream trouble and taking the
     /// lock again (as a standby if need be) when its Postgres session is lost.
     pub async fn run(&self, mut lease: Lease, shutdown: &CancellationToken) -> Progress {
@@ -83,7 +87,14 @@ impl Projector<'_> {
                 }
                 Err(SessionError::Lease(error)) => {
                     tracing::warn!(%error, "lost the Postgres session that held the projector lock");
-                    match Lease::acquire(self.database_url, shutdown).await {
+                    match Lease::acquire(
+                        &self.database_url,
+                        lease.projection(),
+                        &self.writer,
+                        shutdown,
+                    )
+                    .await
+                    {
                         Some(again) => lease = again,
                         None => return progress,
                     }
@@ -113,7 +124,10 @@ impl Projector<'_> {
             return Ok(End::Stopped);
         }
         let stream = self.bus.stream();
-        let consumer = open_consumer(stream, checkpoint).await.map_err(nats)?;
+        let projection = lease.projection();
+        let consumer = open_consumer(stream, projection, checkpoint)
+            .await
+            .map_err(nats)?;
         let messages = consumer
             .stream()
             .max_messages_per_batch(self.max_batch)
@@ -124,7 +138,7 @@ impl Projector<'_> {
         let mut chunks = messages.ready_chunks(self.max_batch);
         let mut cursor = Cursor { last: checkpoint };
         let mut lease_check = tokio::time::interval(LEASE_CHECK);
-        tracing::info!(checkpoint, "projecting events");
+        tracing::info!(%projection, checkpoint, "projecting events");
         loop {
             let chunk = tokio::select! {
                 () = shutdown.cancelled() => return Ok(End::Stopped),
@@ -164,8 +178,10 @@ impl Projector<'_> {
     ) -> Result<bool, SessionError> {
         if let (Some(first), Some(last)) = (batch.incoming.first(), batch.incoming.last()) {
             let (first, last) = (first.sequence, last.sequence);
+            let projection = lease.projection();
             let span = tracing::info_span!(
                 "project_batch",
+                %projection,
                 first,
                 last,
                 messages = batch.incoming.len()
@@ -182,7 +198,7 @@ impl Projector<'_> {
                     .await
                 {
                     Ok(checkpoint) => {
-                        tracing::debug!(first, last, messages = batch.incoming.len(), elapsed = ?started.elapsed(), "batch committed");
+                        tracing::debug!(%projection, first, last, messages = batch.incoming.len(), elapsed = ?started.elapsed(), "batch committed");
                         break checkpoint;
                     }
                     Err(error) => {
@@ -190,7 +206,7 @@ impl Projector<'_> {
                             return Err(SessionError::Lease(error));
                         }
                         let delay = backoff.next().unwrap_or(LEASE_CHECK);
-                        tracing::warn!(%error, first, last, ?delay, "writing a batch failed; retrying it");
+                        tracing::warn!(%error, %projection, first, last, ?delay, "writing a batch failed; retrying it");
                         if sleep_or_shutdown(delay, shutdown).await {
                             return Ok(false);
                         }
@@ -198,15 +214,17 @@ impl Projector<'_> {
                 }
             };
             // Every message that is not a readable event is now a row of rejected_events.
-            for incoming in &batch.incoming {
-                if let Err(unreadable) = &incoming.content {
-                    progress.rejected += 1;
-                    tracing::warn!(
-                        sequence = incoming.sequence,
-                        subject = %incoming.subject,
-                        reason = %unreadable.reason,
-                        "recorded a message that is not a readable event in rejected_events"
-                    );
+            if projection.records_rejections() {
+                for incoming in &batch.incoming {
+                    if let Err(unreadable) = &incoming.content {
+                        progress.rejected += 1;
+                        tracing::warn!(
+                            sequence = incoming.sequence,
+                            subject = %incoming.subject,
+                            reason = %unreadable.reason,
+                            "recorded a message that is not a readable event in rejected_events"
+                        );
+                    }
                 }
             }
             progress.messages += batch.incoming.len() as u64;
@@ -222,15 +240,17 @@ impl Projector<'_> {
     }
 }
 
-/// Creates the durable consumer at the checkpoint, or reuses it if it has not handed out
+/// Creates the projection's durable consumer at the checkpoint, or reuses it if it has not handed out
 /// anything beyond the checkpoint. Otherwise its position is wrong for this database (restored
 /// from a backup, or rebuilt), or messages past the checkpoint are out with a previous owner and
 /// would only come back after the ack wait; either way it is recreated from the checkpoint.
 async fn open_consumer(
     stream: &stream::Stream,
+    projection: Projection,
     checkpoint: u64,
 ) -> Result<PullConsumer, NatsError> {
-    let mut config = streams::projector_consumer();
+    let mut config = streams::projector_consumer(projection.name());
+    let name = streams::projector_consumer_name(projection.name());
     config.deliver_policy = if checkpoint == 0 {
         DeliverPolicy::All
     } else {
@@ -238,19 +258,18 @@ async fn open_consumer(
             start_sequence: checkpoint + 1,
         }
     };
-    let consumer: PullConsumer = stream
-        .get_or_create_consumer(streams::PROJECTOR_CONSUMER, config.clone())
-        .await?;
+    let consumer: PullConsumer = stream.get_or_create_consumer(&name, config.clone()).await?;
     let delivered = consumer.cached_info().delivered.stream_sequence;
     if delivered <= checkpoint {
         return Ok(consumer);
     }
     tracing::info!(
+        %projection,
         checkpoint,
         delivered,
-        "recreating the projector consumer at the checkpoint"
+        "recreating the projection's consumer at the checkpoint"
     );
-    stream.delete_consumer(streams::PROJECTOR_CONSUMER).await?;
+    stream.delete_consumer(&name).await?;
     Ok(stream.create_consumer::<pull::Config>(config).await?)
 }
 

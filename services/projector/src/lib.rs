@@ -1,11 +1,14 @@
 //! Cadre's projector: folds the event log (JetStream, the source of truth) into the Postgres
 //! read models that the API and the agent workers query.
 //!
-//! One replica is active at a time: it holds a Postgres advisory lock, and the others wait as
-//! standbys. Events are applied in stream order, in batches: each batch's rows, its event ids,
-//! its rejected messages and the new checkpoint commit in one transaction, which also notifies
-//! `cadre_projection` with the checkpoint. Rows are built from event data only, so [`rebuild`]
-//! (truncate, replay from sequence 1) reproduces them exactly.
+//! The read models are folded as independent projections (see [`projection`]), each through its
+//! own consumer of the whole log. Each projection has one writer at a time, the replica that
+//! holds its Postgres advisory lock; the live replicas share the projections out between them
+//! (see [`assigned`]) and wait as standbys for the others'. Events are applied in stream order,
+//! in batches: each batch's rows, its event ids, its rejected messages and the projection's new
+//! checkpoint commit in one transaction, which also notifies `cadre_projection` with the
+//! checkpoint. Rows are built from event data only, so [`rebuild`] (truncate, replay from
+//! sequence 1) reproduces them exactly.
 //!
 //! The projector must not decide anything or publish events: a read model that disagrees with
 //! the log is fixed by replaying the log, never by writing to it.
@@ -14,6 +17,7 @@ mod feed;
 mod incoming;
 mod models;
 mod plan;
+mod projection;
 mod store;
 #[cfg(test)]
 mod testing;
@@ -23,13 +27,18 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use cadre_proto::streams;
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::{self, Readiness};
+use cadre_runtime::membership::{self, Membership, View};
+use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::feed::Projector;
+use crate::projection::Projection;
 use crate::store::Lease;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +48,9 @@ pub struct Config {
     pub database_url: String,
     /// Replicas of the event stream, should the projector be the one to create it.
     pub stream_replicas: usize,
+    /// This replica's name among the projectors sharing the projections; unique per running
+    /// replica. Default: the host name (the pod name under Kubernetes) and a random suffix.
+    pub replica_id: String,
     /// Where `/healthz` and `/readyz` are served (`run` only).
     pub health_addr: SocketAddr,
     /// Most events written in one transaction.
@@ -51,6 +63,7 @@ impl Default for Config {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             database_url: "postgres://postgres@127.0.0.1:5432/cadre".to_owned(),
             stream_replicas: 1,
+            replica_id: membership::default_replica_id("projector"),
             health_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
             max_batch: 1000,
         }
@@ -62,9 +75,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("./migrations").run(pool).await
 }
 
-/// Serves health, then projects events as they are appended until `shutdown`. While another
-/// replica holds the lock this one waits as a standby. Ready means able to take over (the event
-/// stream is open): a standby that reported not ready would stall every rolling update.
+/// Serves health, then projects events as they are appended until `shutdown`: this replica
+/// writes the projections assigned to it, each once it holds that projection's lock, and waits
+/// as a standby for the others. Ready means able to take over (the event stream is open): a
+/// standby that reported not ready would stall every rolling update.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let health = health::serve(config.health_addr, readiness.clone(), shutdown.clone())
@@ -74,19 +88,92 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let Some(bus) = open_bus(&config, &shutdown).await? else {
         return Ok(());
     };
+    // Left by a release that folded every read model through one consumer.
+    let _ = bus
+        .stream()
+        .delete_consumer(streams::RETIRED_PROJECTOR_CONSUMER)
+        .await;
+    let membership = Membership::join(
+        bus.jetstream(),
+        streams::projectors_kv(config.stream_replicas),
+        config.replica_id.clone(),
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("joining the projectors: {error}"))?;
     readiness.set(true);
-    let Some(lease) = Lease::acquire(&config.database_url, &shutdown).await else {
-        return Ok(());
-    };
+    let me = membership.me().to_owned();
+    let (view_sender, view) = watch::channel(None);
+    let heartbeats = tokio::spawn(membership.keep(view_sender, shutdown.clone()));
     let projector = Projector {
-        bus: &bus,
-        database_url: &config.database_url,
+        bus,
+        database_url: config.database_url.clone(),
+        writer: me.clone(),
         max_batch: config.max_batch.max(1),
         until: None,
     };
-    let progress = projector.run(lease, &shutdown).await;
-    tracing::info!(checkpoint = progress.checkpoint, "projector stopped");
+    let writers = Projection::ALL.map(|projection| {
+        tokio::spawn(write_while_assigned(
+            projector.clone(),
+            projection,
+            me.clone(),
+            view.clone(),
+            shutdown.clone(),
+        ))
+    });
+    join_all(writers).await;
+    let _ = heartbeats.await;
+    tracing::info!("projector stopped");
     Ok(())
+}
+
+/// Whether `me` should write `projection` while it sees `view`: with the live replicas known,
+/// the projections go round the replicas in name order (`me` counts as live), so each writes
+/// an even share; while this replica cannot tell who is live, every projection, which it then
+/// writes only if no other replica holds it. The lock, not this rule, keeps two replicas from
+/// writing one projection while their views differ.
+fn assigned(view: &View, me: &str, projection: Projection) -> bool {
+    let Some(live) = view else {
+        return true;
+    };
+    let mut replicas: Vec<&str> = live.iter().map(String::as_str).collect();
+    if let Err(place) = replicas.binary_search(&me) {
+        replicas.insert(place, me);
+    }
+    replicas[projection as usize % replicas.len()] == me
+}
+
+/// Writes `projection` whenever it is assigned to this replica, until `shutdown`. A projection
+/// taken away is given up once the batch in hand is committed, and its lock released.
+async fn write_while_assigned(
+    projector: Projector,
+    projection: Projection,
+    me: String,
+    mut view: watch::Receiver<View>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            seen = view.wait_for(|view| assigned(view, &me, projection)) => {
+                if seen.is_err() {
+                    return;
+                }
+            }
+        }
+        let stop = shutdown.child_token();
+        let taken_away = tokio::spawn({
+            let (stop, mut view, me) = (stop.clone(), view.clone(), me.clone());
+            async move {
+                let _ = view.wait_for(|view| !assigned(view, &me, projection)).await;
+                stop.cancel();
+            }
+        });
+        if let Some(lease) = Lease::acquire(&projector.database_url, projection, &me, &stop).await {
+            let progress = projector.run(lease, &stop).await;
+            tracing::info!(%projection, checkpoint = progress.checkpoint, "stopped writing the projection");
+        }
+        taken_away.abort();
+    }
 }
 
 /// What [`rebuild`] did.
@@ -117,8 +204,9 @@ impl fmt::Display for RebuildReport {
 }
 
 /// Empties the read models and replays the whole log into them, up to the stream's last
-/// sequence when the rebuild takes the lock; then returns. It takes the projector lock, so it
-/// waits for a running projector to stop (and keeps standbys away until it is done).
+/// sequence when the rebuild began; then returns. The projections are rebuilt side by side,
+/// each once the rebuild holds its lock: it waits for running projectors to stop (and keeps
+/// standbys away until it is done).
 pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
     let started = Instant::now();
     // Stopping a rebuild midway is safe (the next one starts over), so callers stop it by
@@ -127,9 +215,6 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
     let bus = open_bus(&config, &never)
         .await?
         .context("connecting to NATS")?;
-    let mut lease = Lease::acquire(&config.database_url, &never)
-        .await
-        .context("taking the projector lock")?;
     let target = bus
         .stream()
         .get_info()
@@ -137,23 +222,51 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
         .map_err(|error| anyhow::anyhow!("reading the event stream's state: {error}"))?
         .state
         .last_sequence;
-    lease.reset().await.context("emptying the read models")?;
-    tracing::info!(target, "read models emptied; replaying the event log");
-    // The durable consumer is now ahead of checkpoint 0, so the first session recreates it
-    // from the start of the log.
     let projector = Projector {
-        bus: &bus,
-        database_url: &config.database_url,
+        bus,
+        database_url: config.database_url.clone(),
+        writer: "rebuild".to_owned(),
         max_batch: config.max_batch.max(1),
         until: Some(target),
     };
-    let progress = projector.run(lease, &never).await;
-    Ok(RebuildReport {
-        events_replayed: progress.messages,
-        rejected: progress.rejected,
-        final_checkpoint: progress.checkpoint,
-        elapsed: started.elapsed(),
-    })
+    let replays = Projection::ALL.map(|projection| {
+        let (projector, never) = (projector.clone(), never.clone());
+        async move {
+            let mut lease = Lease::acquire(
+                &projector.database_url,
+                projection,
+                &projector.writer,
+                &never,
+            )
+            .await
+            .with_context(|| format!("taking the lock of projection {projection}"))?;
+            lease
+                .reset()
+                .await
+                .with_context(|| format!("emptying the read models of projection {projection}"))?;
+            tracing::info!(%projection, target, "read models emptied; replaying the event log");
+            // The durable consumer is now ahead of checkpoint 0, so the first session recreates
+            // it from the start of the log.
+            anyhow::Ok((projection, projector.run(lease, &never).await))
+        }
+    });
+    let mut report = RebuildReport {
+        events_replayed: 0,
+        rejected: 0,
+        final_checkpoint: u64::MAX,
+        elapsed: Duration::ZERO,
+    };
+    for replay in join_all(replays).await {
+        let (projection, progress) = replay?;
+        // Every projection replays the same messages.
+        report.events_replayed = report.events_replayed.max(progress.messages);
+        if projection.records_rejections() {
+            report.rejected = progress.rejected;
+        }
+        report.final_checkpoint = report.final_checkpoint.min(progress.checkpoint);
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
 }
 
 /// Connects to NATS (waiting for it, unless `shutdown` comes first) and opens the event stream.
@@ -171,4 +284,51 @@ async fn open_bus(
         .await
         .map_err(|error| anyhow::anyhow!("opening the event stream: {error}"))?;
     Ok(Some(bus))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn view(names: &[&str]) -> View {
+        Some(names.iter().map(|name| (*name).to_owned()).collect())
+    }
+
+    fn share(view: &View, me: &str) -> BTreeSet<Projection> {
+        Projection::ALL
+            .into_iter()
+            .filter(|projection| assigned(view, me, *projection))
+            .collect()
+    }
+
+    #[test]
+    fn replicas_that_agree_write_every_projection_once_and_evenly() {
+        for names in [
+            &["a"][..],
+            &["a", "b"],
+            &["a", "b", "c"],
+            &["a", "b", "c", "d", "e"],
+        ] {
+            let live = view(names);
+            let shares: Vec<_> = names.iter().map(|me| share(&live, me)).collect();
+            let mut all: Vec<_> = shares.iter().flatten().copied().collect();
+            all.sort_unstable();
+            assert_eq!(all, Projection::ALL, "{names:?}");
+            let sizes: BTreeSet<_> = shares.iter().map(BTreeSet::len).collect();
+            assert!(
+                sizes.last().unwrap_or(&0) - sizes.first().unwrap_or(&0) <= 1,
+                "{names:?}: {shares:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_replica_counts_itself_live_and_takes_everything_it_cannot_place() {
+        assert_eq!(share(&view(&[]), "a").len(), Projection::ALL.len());
+        assert_eq!(share(&None, "a").len(), Projection::ALL.len());
+        // Before the others see it, a joining replica already takes its share by its own view.
+        assert_eq!(share(&view(&["a"]), "b").len(), Projection::ALL.len() / 2);
+    }
 }

@@ -2,8 +2,11 @@
 //!
 //! [`plan`] folds a batch in stream order into one change per row: several events for the same
 //! execution or workflow become one patch, so that each read model (see [`crate::models`])
-//! writes a whole batch with one set-based statement per kind of change. The routing below says
-//! which read models each event changes; each model's module says how.
+//! writes a whole batch with one set-based statement per kind of change. The routing below says,
+//! projection by projection (see [`Projection`]), which read models each event changes; each
+//! model's module says how. Events no read model reads (webhook subscriptions and deliveries,
+//! which are read from the log itself; a retry coming due, which the next attempt's scheduling
+//! says all about) fall through every projection.
 
 use std::collections::HashSet;
 
@@ -18,6 +21,7 @@ use crate::models::{
     agents, alerts, escalations, executions, handoffs, history, interactions, knowledge,
     rejections, status, tasks, templates, usage, workflows,
 };
+use crate::projection::Projection;
 
 /// Every read model's changes from one batch.
 #[derive(Debug, Default)]
@@ -54,11 +58,13 @@ pub(crate) fn sequence(stream_sequence: u64) -> i64 {
     i64::try_from(stream_sequence).unwrap_or(i64::MAX)
 }
 
-/// Folds `batch` into row changes. `fresh` holds the ids of the batch's events that the
-/// projection had not applied before; any other event is a re-published copy and changes nothing.
-pub(crate) fn plan(batch: &[Incoming], fresh: &HashSet<Uuid>) -> Plan {
+/// Folds `batch` into the row changes of `projections`. `fresh` holds the ids of the batch's
+/// events that those projections had not applied before; any other event is a re-published
+/// copy and changes nothing.
+pub(crate) fn plan(batch: &[Incoming], fresh: &HashSet<Uuid>, projections: &[Projection]) -> Plan {
     let mut plan = Plan::default();
     let mut seen = HashSet::new();
+    let records_rejections = projections.iter().any(|p| p.records_rejections());
     for incoming in batch {
         plan.last_sequence = plan.last_sequence.max(incoming.sequence);
         match &incoming.content {
@@ -66,25 +72,151 @@ pub(crate) fn plan(batch: &[Incoming], fresh: &HashSet<Uuid>) -> Plan {
                 let id = envelope.meta.id.0;
                 // `seen` catches two copies inside one batch: both ids were new to the table.
                 if fresh.contains(&id) && seen.insert(id) {
-                    plan.apply(incoming.sequence, envelope);
+                    plan.apply(projections, incoming.sequence, envelope);
                 }
             }
-            Err(unreadable) => plan.rejections.rejected(incoming, unreadable),
+            Err(unreadable) if records_rejections => plan.rejections.rejected(incoming, unreadable),
+            Err(_) => {}
         }
     }
     plan
 }
 
 impl Plan {
-    /// Hands the event to every read model it changes.
-    fn apply(&mut self, stream_sequence: u64, envelope: &Envelope) {
+    /// Hands the event to every read model of `projections` it changes.
+    fn apply(&mut self, projections: &[Projection], stream_sequence: u64, envelope: &Envelope) {
         let origin = &Origin {
             event_id: envelope.meta.id.0,
             tenant: envelope.meta.tenant.as_str(),
             at: envelope.meta.time,
             sequence: sequence(stream_sequence),
         };
-        match &envelope.event {
+        let event = &envelope.event;
+        for projection in projections {
+            match projection {
+                Projection::Runs => self.runs(origin, event),
+                Projection::Interactions => self.interactions(origin, event),
+                Projection::Knowledge => self.knowledge(origin, event),
+                Projection::Catalog => self.catalog(origin, event),
+            }
+        }
+    }
+
+    /// Executions with their steps, escalations, agents' tasks and the execution history.
+    fn runs(&mut self, origin: &Origin, event: &Event) {
+        match event {
+            Event::ExecutionStarted(e) => self.executions.started(origin, e),
+            Event::StepScheduled(e) => {
+                self.executions.step_scheduled(origin, e);
+                self.tasks.step_scheduled(origin, e);
+            }
+            Event::StepStarted(e) => self.executions.step_started(origin, e),
+            Event::StepDeferred(e) => self.executions.step_deferred(origin, e),
+            Event::StepCompleted(e) => {
+                self.executions.step_completed(origin, e);
+                self.history.step_completed(origin, e);
+            }
+            Event::StepFailed(e) => {
+                self.executions.step_failed(origin, e);
+                self.history.step_failed(origin, e);
+            }
+            Event::StepTimedOut(e) => {
+                self.executions.step_timed_out(origin, e);
+                self.history.step_timed_out(origin, e);
+            }
+            Event::StepReviewed(e) => {
+                self.executions.step_reviewed(origin, e);
+                self.history.step_reviewed(origin, e);
+            }
+            Event::QuestionsAsked(e) => self.executions.questions_asked(origin, e),
+            Event::StepRetryScheduled(e) => self.executions.retry_scheduled(origin, e),
+            Event::StepEscalated(e) => {
+                self.executions.step_escalated(origin, e);
+                self.escalations.escalated(origin, e);
+                self.history.step_escalated(origin, e);
+            }
+            Event::EscalationResolved(e) => {
+                self.executions.escalation_resolved(origin, e);
+                self.escalations.resolved(origin, e);
+                self.history.escalation_resolved(origin, e);
+            }
+            Event::QuestionsExpired(e) => self.executions.questions_expired(origin, e),
+            Event::StepSkipped(e) => {
+                self.executions.step_skipped(origin, e);
+                self.history.step_skipped(origin, e);
+            }
+            Event::VotesTallied(e) => self.executions.votes_tallied(origin, e),
+            Event::ExecutionEscalated(e) => {
+                self.executions.execution_escalated(origin, e.execution_id);
+                self.escalations.execution_escalated(origin, e);
+            }
+            Event::ExecutionPaused(e) => self.executions.paused(origin, e.execution_id),
+            Event::ExecutionResumed(e) => self.executions.resumed(origin, e.execution_id),
+            Event::ExecutionCompleted(e) => {
+                self.executions.completed(origin, e);
+                self.escalations
+                    .execution_ended(origin, e.execution_id, Outcome::Completed);
+                self.history.execution_ended(e.execution_id);
+            }
+            Event::ExecutionFailed(e) => {
+                self.executions.failed(origin, e);
+                self.escalations
+                    .execution_ended(origin, e.execution_id, Outcome::Failed);
+                self.history.execution_ended(e.execution_id);
+            }
+            Event::ExecutionCancelled(e) => {
+                self.executions.cancelled(origin, e);
+                self.escalations
+                    .execution_ended(origin, e.execution_id, Outcome::Cancelled);
+                self.history.execution_ended(e.execution_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// The interaction timeline and task handoffs.
+    fn interactions(&mut self, origin: &Origin, event: &Event) {
+        match event {
+            Event::KnowledgeShared(e) => self.interactions.knowledge_shared(origin, e),
+            Event::StepScheduled(e) => self.interactions.step_scheduled(origin, e),
+            Event::TaskHandedOff(e) => self.handoffs.handed_off(origin, e),
+            Event::StepStarted(e) => self.interactions.step_started(origin, e),
+            Event::StepDeferred(e) => self.interactions.step_deferred(origin, e),
+            Event::InteractionRecorded(e) => self.interactions.recorded(origin, e),
+            Event::StepCompleted(e) => self.interactions.step_completed(origin, e),
+            Event::StepFailed(e) => self.interactions.step_failed(origin, e),
+            Event::StepTimedOut(e) => self.interactions.step_timed_out(origin, e),
+            Event::QuestionsAsked(e) => self.interactions.questions_asked(origin, e),
+            Event::QuestionAssigned(e) => self.interactions.question_assigned(origin, e),
+            Event::StepRetryScheduled(e) => self.interactions.retry_scheduled(origin, e),
+            Event::StepEscalated(e) => self.interactions.step_escalated(origin, e),
+            Event::EscalationResolved(e) => self.interactions.escalation_resolved(origin, e),
+            Event::QuestionAnswered(e) => self.interactions.question_answered(origin, e),
+            Event::QuestionsExpired(e) => self.interactions.questions_expired(origin, e),
+            Event::StepSkipped(e) => self.interactions.step_skipped(origin, e),
+            Event::LeadTaken(e) => self.interactions.lead_taken(origin, e),
+            Event::VotesTallied(e) => self.interactions.votes_tallied(origin, e),
+            Event::SagaStarted(e) => self.interactions.saga_started(origin, e),
+            Event::ExecutionReplanned(e) => self.interactions.replanned(origin, e),
+            Event::ExecutionEscalated(e) => self.interactions.execution_escalated(origin, e),
+            _ => {}
+        }
+    }
+
+    /// The team's knowledge and what used it.
+    fn knowledge(&mut self, origin: &Origin, event: &Event) {
+        match event {
+            Event::KnowledgeShared(e) => self.knowledge.shared(origin, e),
+            Event::KnowledgeValidated(e) => self.knowledge.validated(origin, e),
+            Event::KnowledgeSuperseded(e) => self.knowledge.superseded(origin, e),
+            Event::StepCompleted(e) => self.knowledge.used(origin, e),
+            _ => {}
+        }
+    }
+
+    /// Agents and their status, workflows, templates, token usage and alerts.
+    fn catalog(&mut self, origin: &Origin, event: &Event) {
+        match event {
             Event::AgentRegistered(e) => self.agents.registered(origin, &e.agent),
             Event::AgentStatusReported(e) => self.status.reported(origin, e),
             Event::AlertRaised(e) => self.alerts.raised(origin, e),
@@ -97,150 +229,49 @@ impl Plan {
             Event::TemplateRegistered(e) => self.templates.registered(origin, &e.template),
             Event::WorkflowPaused(e) => self.workflows.paused(origin, e.workflow_id),
             Event::WorkflowResumed(e) => self.workflows.resumed(origin, e.workflow_id),
-            Event::KnowledgeShared(e) => {
-                self.knowledge.shared(origin, e);
-                self.interactions.knowledge_shared(origin, e);
-            }
             Event::ExecutionStarted(e) => {
-                self.executions.started(origin, e);
                 self.workflows.run_started(origin, e);
                 self.templates.run_started(origin, e.workflow_id);
             }
-            Event::StepScheduled(e) => {
-                self.executions.step_scheduled(origin, e);
-                self.interactions.step_scheduled(origin, e);
-                self.tasks.step_scheduled(origin, e);
-            }
-            Event::TaskHandedOff(e) => self.handoffs.handed_off(origin, e),
-            Event::StepStarted(e) => {
-                self.executions.step_started(origin, e);
-                self.interactions.step_started(origin, e);
-                self.status.step_started(origin, e);
-            }
-            Event::StepDeferred(e) => {
-                self.executions.step_deferred(origin, e);
-                self.interactions.step_deferred(origin, e);
-                self.status.step_deferred(origin, e);
-            }
-            Event::InteractionRecorded(e) => self.interactions.recorded(origin, e),
-            Event::KnowledgeValidated(e) => self.knowledge.validated(origin, e),
-            Event::KnowledgeSuperseded(e) => self.knowledge.superseded(origin, e),
+            Event::StepStarted(e) => self.status.step_started(origin, e),
+            Event::StepDeferred(e) => self.status.step_deferred(origin, e),
             Event::StepCompleted(e) => {
-                self.executions.step_completed(origin, e);
                 self.usage.completed(origin, e);
-                self.interactions.step_completed(origin, e);
-                self.knowledge.used(origin, e);
                 self.status.step_completed(origin, e);
-                self.history.step_completed(origin, e);
             }
             Event::StepFailed(e) => {
                 self.usage.attempt(origin, &e.attempt, e.usage.as_ref());
-                self.executions.step_failed(origin, e);
-                self.interactions.step_failed(origin, e);
                 self.status.step_failed(origin, e);
-                self.history.step_failed(origin, e);
             }
-            Event::StepTimedOut(e) => {
-                self.executions.step_timed_out(origin, e);
-                self.interactions.step_timed_out(origin, e);
-                self.status.step_timed_out(origin, e);
-                self.history.step_timed_out(origin, e);
-            }
+            Event::StepTimedOut(e) => self.status.step_timed_out(origin, e),
             Event::StepReviewed(e) => {
                 self.usage.attempt(origin, &e.attempt, e.usage.as_ref());
-                self.executions.step_reviewed(origin, e);
                 self.status.step_reviewed(origin, e);
-                self.history.step_reviewed(origin, e);
             }
-            Event::QuestionsAsked(e) => {
-                self.executions.questions_asked(origin, e);
-                self.interactions.questions_asked(origin, e);
-                self.usage.attempt(origin, &e.attempt, Some(&e.usage));
-            }
-            Event::QuestionAssigned(e) => self.interactions.question_assigned(origin, e),
-            Event::StepRetryScheduled(e) => {
-                self.executions.retry_scheduled(origin, e);
-                self.interactions.retry_scheduled(origin, e);
-            }
-            // The next attempt's scheduling follows and says it all.
-            Event::StepRetryDue(_) => {}
-            // Webhook subscriptions and their delivery log are read from the log itself.
-            Event::SubscriptionCreated(_)
-            | Event::SubscriptionDeleted(_)
-            | Event::WebhookDelivered(_)
-            | Event::WebhookDeliveryFailed(_) => {}
-            Event::StepEscalated(e) => {
-                self.executions.step_escalated(origin, e);
-                self.interactions.step_escalated(origin, e);
-                self.escalations.escalated(origin, e);
-                self.history.step_escalated(origin, e);
-            }
-            Event::EscalationResolved(e) => {
-                self.executions.escalation_resolved(origin, e);
-                self.interactions.escalation_resolved(origin, e);
-                self.escalations.resolved(origin, e);
-                self.history.escalation_resolved(origin, e);
-            }
-            Event::QuestionAnswered(e) => {
-                self.interactions.question_answered(origin, e);
-                self.usage.answered(origin, e);
-            }
-            Event::QuestionsExpired(e) => {
-                self.executions.questions_expired(origin, e);
-                self.interactions.questions_expired(origin, e);
-            }
-            Event::StepSkipped(e) => {
-                self.executions.step_skipped(origin, e);
-                self.interactions.step_skipped(origin, e);
-                self.history.step_skipped(origin, e);
-            }
-            Event::LeadTaken(e) => self.interactions.lead_taken(origin, e),
-            Event::VotesTallied(e) => {
-                self.executions.votes_tallied(origin, e);
-                self.interactions.votes_tallied(origin, e);
-            }
-            Event::SagaStarted(e) => self.interactions.saga_started(origin, e),
-            Event::ExecutionReplanned(e) => self.interactions.replanned(origin, e),
-            Event::ExecutionEscalated(e) => {
-                self.executions.execution_escalated(origin, e.execution_id);
-                self.interactions.execution_escalated(origin, e);
-                self.escalations.execution_escalated(origin, e);
-            }
-            Event::ExecutionPaused(e) => self.executions.paused(origin, e.execution_id),
-            Event::ExecutionResumed(e) => self.executions.resumed(origin, e.execution_id),
+            Event::QuestionsAsked(e) => self.usage.attempt(origin, &e.attempt, Some(&e.usage)),
+            Event::QuestionAnswered(e) => self.usage.answered(origin, e),
             Event::ExecutionCompleted(e) => {
-                self.executions.completed(origin, e);
                 self.workflows
                     .run_ended(origin, e.workflow_id, Outcome::Completed);
                 self.templates
                     .run_ended(origin, e.workflow_id, Outcome::Completed);
-                self.escalations
-                    .execution_ended(origin, e.execution_id, Outcome::Completed);
-                self.history.execution_ended(e.execution_id);
                 self.status.run_ended(origin, e.execution_id);
             }
             Event::ExecutionFailed(e) => {
-                self.executions.failed(origin, e);
                 self.workflows
                     .run_ended(origin, e.workflow_id, Outcome::Failed);
                 self.templates
                     .run_ended(origin, e.workflow_id, Outcome::Failed);
-                self.escalations
-                    .execution_ended(origin, e.execution_id, Outcome::Failed);
-                self.history.execution_ended(e.execution_id);
                 self.status.run_ended(origin, e.execution_id);
             }
             Event::ExecutionCancelled(e) => {
-                self.executions.cancelled(origin, e);
                 self.workflows
                     .run_ended(origin, e.workflow_id, Outcome::Cancelled);
                 self.templates
                     .run_ended(origin, e.workflow_id, Outcome::Cancelled);
-                self.escalations
-                    .execution_ended(origin, e.execution_id, Outcome::Cancelled);
-                self.history.execution_ended(e.execution_id);
                 self.status.run_ended(origin, e.execution_id);
             }
+            _ => {}
         }
     }
 
@@ -391,7 +422,7 @@ mod tests {
         );
         assert_eq!(both_new.last_sequence, 2);
 
-        let both_applied = plan(&batch, &HashSet::new());
+        let both_applied = plan(&batch, &HashSet::new(), &Projection::ALL);
         assert!(
             both_applied.executions.patches.is_empty() && both_applied.interactions.rows.is_empty()
         );

@@ -1,12 +1,13 @@
-//! Postgres: the lease that makes one projector the writer, the transaction each batch is
-//! written in, the index of applied event ids and the checkpoint. What the rows are is up to the
-//! read models ([`crate::models`]).
+//! Postgres: the lease that makes one projector replica the writer of a projection, the
+//! transaction each batch is written in, the projection's index of applied event ids and its
+//! checkpoint. What the rows are is up to the read models ([`crate::models`]).
 
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use cadre_runtime::projection::PROJECTION_CHANNEL;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -15,40 +16,45 @@ use uuid::Uuid;
 use crate::incoming::Incoming;
 use crate::models;
 use crate::plan::{plan, sequence};
+use crate::projection::Projection;
 
-/// The row of `projection_checkpoints` this projector owns.
-const PROJECTION: &str = "read_models";
-
-/// Key of the session advisory lock held by the one active projector ("cadrePRJ").
-const LOCK_KEY: i64 = 0x6361_6472_6550_524a;
+/// Key of the advisory lock that the single projector of earlier releases held exclusively
+/// ("cadrePRJ"). Every projection's writer holds it shared, so neither release writes while the
+/// other does during an upgrade.
+const SINGLE_PROJECTOR_LOCK_KEY: i64 = 0x6361_6472_6550_524a;
 
 /// How often a standby asks for the lock.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
 
-/// The `NOTIFY` channel on which each commit announces the new checkpoint.
-const NOTIFY_CHANNEL: &str = "cadre_projection";
-
-/// A Postgres session that holds the projector's advisory lock. Every write goes through this
+/// A Postgres session that holds a projection's advisory lock. Every write goes through this
 /// session, so a committed batch proves the lock was still held: if the session dies, Postgres
-/// releases the lock and our next write fails before another projector can be overwritten.
+/// releases the lock and our next write fails before another replica can be overwritten.
 pub(crate) struct Lease {
     conn: PgConnection,
+    projection: Projection,
 }
 
 impl Lease {
-    /// Waits until this process holds the lock; `None` if `shutdown` came first.
-    pub async fn acquire(database_url: &str, shutdown: &CancellationToken) -> Option<Self> {
+    /// Waits until this process holds `projection`'s lock; `None` if `shutdown` came first.
+    /// The session is named `cadre-projector <writer> <projection>` (`application_name`), so
+    /// `pg_stat_activity` and `pg_locks` show who writes what.
+    pub async fn acquire(
+        database_url: &str,
+        projection: Projection,
+        writer: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Self> {
         let mut backoff = retry_backoff();
         let mut announced = false;
         loop {
-            match Self::try_acquire(database_url).await {
+            match Self::try_acquire(database_url, projection, writer).await {
                 Ok(Some(lease)) => {
-                    tracing::info!("holding the projector lock; this replica is active");
+                    tracing::info!(%projection, "holding the projection's lock; this replica writes it");
                     return Some(lease);
                 }
                 Ok(None) => {
                     if !announced {
-                        tracing::info!("another projector holds the lock; waiting as standby");
+                        tracing::info!(%projection, "another projector holds the projection's lock; waiting as standby");
                         announced = true;
                     }
                     backoff = retry_backoff();
@@ -67,24 +73,36 @@ impl Lease {
         }
     }
 
-    async fn try_acquire(database_url: &str) -> Result<Option<Self>, sqlx::Error> {
+    async fn try_acquire(
+        database_url: &str,
+        projection: Projection,
+        writer: &str,
+    ) -> Result<Option<Self>, sqlx::Error> {
         let mut conn = PgConnectOptions::from_str(database_url)?
-            .application_name("cadre-projector")
+            .application_name(&format!("cadre-projector {writer} {projection}"))
             .connect()
             .await?;
-        let locked =
-            sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "locked!""#, LOCK_KEY)
-                .fetch_one(&mut conn)
-                .await?;
-        // A standby closes its session between polls: an idle connection per replica buys nothing.
-        Ok(locked.then_some(Self { conn }))
+        let locked = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_lock_shared($1) AND pg_try_advisory_lock($2) AS "locked!""#,
+            SINGLE_PROJECTOR_LOCK_KEY,
+            projection.lock_key(),
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        // A standby closes its session between polls (which also drops a shared lock taken
+        // alone): an idle connection per replica buys nothing.
+        Ok(locked.then_some(Self { conn, projection }))
     }
 
-    /// The last stream sequence whose effects are committed.
+    pub fn projection(&self) -> Projection {
+        self.projection
+    }
+
+    /// The last stream sequence whose effects on this projection are committed.
     pub async fn checkpoint(&mut self) -> Result<u64, sqlx::Error> {
         let sequence = sqlx::query_scalar!(
             "SELECT stream_sequence FROM projection_checkpoints WHERE projection = $1",
-            PROJECTION
+            self.projection.name()
         )
         .fetch_optional(&mut self.conn)
         .await?;
@@ -96,20 +114,22 @@ impl Lease {
         self.conn.ping().await
     }
 
-    /// Applies a batch in one transaction: rows, rejections, checkpoint and notification commit
-    /// together or not at all. Returns the new checkpoint.
+    /// Applies a batch to this projection's read models in one transaction: rows, rejections,
+    /// checkpoint and notification commit together or not at all. Returns the new checkpoint.
     pub async fn project(&mut self, batch: &[Incoming]) -> Result<u64, sqlx::Error> {
+        let projection = self.projection;
         let mut tx = self.conn.begin().await?;
-        let fresh = register_events(&mut tx, batch).await?;
-        let plan = plan(batch, &fresh);
+        let fresh = register_events(&mut tx, projection, batch).await?;
+        let plan = plan(batch, &fresh, &[projection]);
         let checkpoint = plan.last_sequence;
         plan.write(&mut tx).await?;
-        set_checkpoint(&mut tx, checkpoint).await?;
-        // Delivered on commit: workers waiting for a knowledge watermark wake up then.
+        set_checkpoint(&mut tx, projection, checkpoint).await?;
+        // Delivered on commit: readers waiting for the read models to cover a position (see
+        // `cadre_runtime::projection`) wake up then.
         sqlx::query!(
             "SELECT pg_notify($1, $2)",
-            NOTIFY_CHANNEL,
-            checkpoint.to_string()
+            PROJECTION_CHANNEL,
+            format!("{projection}:{checkpoint}")
         )
         .execute(&mut *tx)
         .await?;
@@ -117,14 +137,19 @@ impl Lease {
         Ok(checkpoint)
     }
 
-    /// Empties every read model and moves the checkpoint back to the start of the log.
+    /// Empties this projection's read models and moves its checkpoint back to the start of the
+    /// log.
     pub async fn reset(&mut self) -> Result<(), sqlx::Error> {
+        let projection = self.projection;
         let mut tx = self.conn.begin().await?;
-        models::reset(&mut tx).await?;
-        sqlx::query!("TRUNCATE projected_events")
-            .execute(&mut *tx)
-            .await?;
-        set_checkpoint(&mut tx, 0).await?;
+        models::reset(&mut tx, projection).await?;
+        sqlx::query!(
+            "DELETE FROM projected_events WHERE projection = $1",
+            projection.name()
+        )
+        .execute(&mut *tx)
+        .await?;
+        set_checkpoint(&mut tx, projection, 0).await?;
         tx.commit().await
     }
 }
@@ -146,11 +171,12 @@ pub(crate) async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationTo
     }
 }
 
-/// Records the batch's event ids; returns those recorded for the first time. An id already
-/// there belongs to an event applied before (a copy re-published beyond JetStream's duplicate
-/// window) and must change nothing.
+/// Records the batch's event ids as applied by `projection`; returns those recorded for the
+/// first time. An id already there belongs to an event applied before (a copy re-published
+/// beyond JetStream's duplicate window) and must change nothing.
 async fn register_events(
     tx: &mut PgConnection,
+    projection: Projection,
     batch: &[Incoming],
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     let (mut ids, mut tenants, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
@@ -165,10 +191,11 @@ async fn register_events(
         return Ok(HashSet::new());
     }
     let fresh = sqlx::query_scalar!(
-        "INSERT INTO projected_events (event_id, tenant_id, event_sequence)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[])
-         ON CONFLICT (event_id) DO NOTHING
+        "INSERT INTO projected_events (projection, event_id, tenant_id, event_sequence)
+         SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::bigint[])
+         ON CONFLICT (projection, event_id) DO NOTHING
          RETURNING event_id",
+        projection.name(),
         &ids,
         &tenants,
         &sequences,
@@ -178,13 +205,17 @@ async fn register_events(
     Ok(fresh.into_iter().collect())
 }
 
-async fn set_checkpoint(tx: &mut PgConnection, checkpoint: u64) -> Result<(), sqlx::Error> {
+async fn set_checkpoint(
+    tx: &mut PgConnection,
+    projection: Projection,
+    checkpoint: u64,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO projection_checkpoints (projection, stream_sequence, updated_at)
          VALUES ($1, $2, now())
          ON CONFLICT (projection) DO UPDATE
          SET stream_sequence = excluded.stream_sequence, updated_at = excluded.updated_at",
-        PROJECTION,
+        projection.name(),
         sequence(checkpoint),
     )
     .execute(&mut *tx)

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::incoming::Incoming;
 use crate::plan::{Plan, plan};
+use crate::projection::Projection;
 use crate::store::Lease;
 
 /// One workflow, one agent, one execution at a time; `step` is the step the step events are
@@ -590,7 +591,7 @@ pub(crate) fn payload(incoming: &Incoming) -> Vec<u8> {
 
 /// The plan of a batch whose events are all new to the projection.
 pub(crate) fn plan_all(batch: &[Incoming]) -> Plan {
-    plan(batch, &fresh_ids(batch))
+    plan(batch, &fresh_ids(batch), &Projection::ALL)
 }
 
 /// A fresh database with the read-model schema, dropped when the value is.
@@ -657,16 +658,52 @@ impl Drop for TestDb {
     }
 }
 
-pub(crate) async fn lease(db: &TestDb) -> Lease {
-    Lease::acquire(&db.url, &CancellationToken::new())
-        .await
-        .unwrap()
+/// Every projection's lease on one database: the read models as a whole.
+pub(crate) struct Leases(Vec<Lease>);
+
+impl Leases {
+    /// Applies the batch to every projection.
+    pub async fn project(&mut self, batch: &[Incoming]) -> Result<u64, sqlx::Error> {
+        let mut checkpoint = u64::MAX;
+        for lease in &mut self.0 {
+            checkpoint = checkpoint.min(lease.project(batch).await?);
+        }
+        Ok(checkpoint)
+    }
+
+    pub async fn reset(&mut self) -> Result<(), sqlx::Error> {
+        for lease in &mut self.0 {
+            lease.reset().await?;
+        }
+        Ok(())
+    }
+
+    /// The lowest projection's checkpoint.
+    pub async fn checkpoint(&mut self) -> Result<u64, sqlx::Error> {
+        let mut checkpoint = u64::MAX;
+        for lease in &mut self.0 {
+            checkpoint = checkpoint.min(lease.checkpoint().await?);
+        }
+        Ok(checkpoint)
+    }
+}
+
+pub(crate) async fn lease(db: &TestDb) -> Leases {
+    let mut leases = Vec::new();
+    for projection in Projection::ALL {
+        leases.push(
+            Lease::acquire(&db.url, projection, "test", &CancellationToken::new())
+                .await
+                .unwrap(),
+        );
+    }
+    Leases(leases)
 }
 
 /// Projects `messages` in batches of `size`.
-pub(crate) async fn project(lease: &mut Lease, messages: &[Incoming], size: usize) {
+pub(crate) async fn project(leases: &mut Leases, messages: &[Incoming], size: usize) {
     for batch in messages.chunks(size) {
-        lease.project(batch).await.unwrap();
+        leases.project(batch).await.unwrap();
     }
 }
 

@@ -31,6 +31,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use cadre_runtime::projection::read_checkpoints;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
 use cadre_tests::{Api, Stack, StackOptions};
 use chrono::{DateTime, Utc};
@@ -449,12 +450,8 @@ async fn measure_runs(
     // Let the projector finish, then stop everything and collect its commit times.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let checkpoint: i64 = sqlx::query_scalar(
-            "SELECT stream_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
-        )
-        .fetch_one(&stack.db.pool)
-        .await?;
-        if checkpoint as u64 >= last_sequence || Instant::now() > deadline {
+        let checkpoint = read_checkpoints(&stack.db.pool).await?.read_models();
+        if checkpoint >= last_sequence || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -37,6 +37,7 @@ use anyhow::Context as _;
 use cadre_coordinator::partitions;
 use cadre_proto::{Envelope, TenantId, WorkflowId, streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
+use cadre_runtime::projection::read_checkpoints;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, post_created, start_until_acknowledged, team};
 use cadre_tests::audit::{self, Attempt, Findings, LogFacts};
 use cadre_tests::fake_llm::FakeLlm;
@@ -637,19 +638,13 @@ impl System {
                     .all(|e| observed.facts.endings.contains_key(e));
                 (observed.last_sequence, ended)
             };
-            let checkpoint: i64 = sqlx::query_scalar(
-                "SELECT stream_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
-            )
-            .fetch_one(&self.db.pool)
-            .await
-            .unwrap_or(-1);
+            let checkpoint = read_checkpoints(&self.db.pool)
+                .await
+                .map_or(0, |checkpoints| checkpoints.read_models());
             let coordinator_idle = partitions::backlog(self.bus.jetstream())
                 .await
                 .is_ok_and(|backlog| backlog == 0);
-            let drained = all_ended
-                && seen == last
-                && u64::try_from(checkpoint).unwrap_or(0) >= last
-                && coordinator_idle;
+            let drained = all_ended && seen == last && checkpoint >= last && coordinator_idle;
             if !drained {
                 still_since = None;
                 continue;

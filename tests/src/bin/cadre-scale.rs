@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cadre_proto::subjects;
 use cadre_runtime::bus::EventBus;
+use cadre_runtime::projection::read_checkpoints;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, post_created, start_until_acknowledged, team};
 use cadre_tests::nats::{CLUSTER_NODES, NatsCluster, free_port};
 use cadre_tests::pg::TestDb;
@@ -296,13 +297,8 @@ async fn measure(
     // at most the stall time.
     let deadline = Instant::now() + settings.stall;
     let visible_at = loop {
-        let checkpoint: i64 = sqlx::query_scalar(
-            "SELECT stream_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
-        )
-        .fetch_optional(&system.db.pool)
-        .await?
-        .unwrap_or(0);
-        if u64::try_from(checkpoint).unwrap_or(0) >= last_sequence {
+        let checkpoint = read_checkpoints(&system.db.pool).await?.read_models();
+        if checkpoint >= last_sequence {
             break Some(Instant::now());
         }
         if Instant::now() > deadline {

@@ -25,6 +25,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
+use crate::projection::Projection;
+
 /// Splits `rows` into one `Vec` per column, moving the values, ready to bind as the Postgres
 /// arrays of an `UNNEST` statement: `columns!(for r in rows => id, name, kind = r.kind.to_owned())`
 /// binds `id` and `name` (the fields of those names) and `kind` (the expression).
@@ -48,22 +50,33 @@ macro_rules! columns {
 }
 pub(crate) use columns;
 
-/// Empties every read model (`cadre-projector rebuild`).
-pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    agents::reset(tx).await?;
-    workflows::reset(tx).await?;
-    executions::reset(tx).await?;
-    interactions::reset(tx).await?;
-    knowledge::reset(tx).await?;
-    usage::reset(tx).await?;
-    handoffs::reset(tx).await?;
-    escalations::reset(tx).await?;
-    status::reset(tx).await?;
-    templates::reset(tx).await?;
-    tasks::reset(tx).await?;
-    history::reset(tx).await?;
-    alerts::reset(tx).await?;
-    rejections::reset(tx).await
+/// Empties `projection`'s read models (`cadre-projector rebuild`).
+pub(crate) async fn reset(
+    tx: &mut PgConnection,
+    projection: Projection,
+) -> Result<(), sqlx::Error> {
+    match projection {
+        Projection::Runs => {
+            executions::reset(tx).await?;
+            escalations::reset(tx).await?;
+            tasks::reset(tx).await?;
+            history::reset(tx).await
+        }
+        Projection::Interactions => {
+            interactions::reset(tx).await?;
+            handoffs::reset(tx).await
+        }
+        Projection::Knowledge => knowledge::reset(tx).await,
+        Projection::Catalog => {
+            agents::reset(tx).await?;
+            workflows::reset(tx).await?;
+            templates::reset(tx).await?;
+            status::reset(tx).await?;
+            usage::reset(tx).await?;
+            alerts::reset(tx).await?;
+            rejections::reset(tx).await
+        }
+    }
 }
 
 /// The serde name of a unit enum variant (`"pipeline"`, `"manual"`).

@@ -1,0 +1,108 @@
+//! Which replicas of a service are alive, so that they can share its work without talking to
+//! each other: each replica heartbeats its own key in the service's membership bucket (see
+//! [`streams::membership_kv`]), and reads the keys that have not expired as the live replicas.
+//! Every replica derives its share of the work from that set by a rule all replicas compute
+//! alike; what keeps two replicas off the same work while their views differ is up to the
+//! service (a pinned consumer, a Postgres lock).
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use async_nats::jetstream::{self, kv};
+use futures::TryStreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use cadre_proto::streams::{MEMBERSHIP_HEARTBEAT, MEMBERSHIP_TTL};
+
+use crate::bus::NatsError;
+
+/// The live replicas as this one sees them; `None` while this replica cannot tell whether the
+/// others still count it alive.
+pub type View = Option<BTreeSet<String>>;
+
+/// A replica name unique per running process: the host name (the pod name under Kubernetes),
+/// or `service` without one, and a random suffix.
+pub fn default_replica_id(service: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| service.to_owned());
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    // The random end of a v7 id: the start is the time, the same for replicas started together.
+    format!("{host}-{}", &suffix[suffix.len() - 8..])
+}
+
+/// This replica's place among the live replicas of its service.
+pub struct Membership {
+    registry: kv::Store,
+    me: String,
+}
+
+impl Membership {
+    /// Opens (or creates) the membership bucket `bucket` and heartbeats once as `me`.
+    pub async fn join(
+        js: &jetstream::Context,
+        bucket: kv::Config,
+        me: String,
+    ) -> Result<Self, NatsError> {
+        let registry = js.create_or_update_key_value(bucket).await?;
+        let membership = Self { registry, me };
+        membership.heartbeat().await?;
+        Ok(membership)
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Says this replica is alive, for [`MEMBERSHIP_TTL`].
+    async fn heartbeat(&self) -> Result<(), NatsError> {
+        self.registry.put(&self.me, "".into()).await?;
+        Ok(())
+    }
+
+    /// The replicas that heartbeated within [`MEMBERSHIP_TTL`].
+    async fn live(&self) -> Result<BTreeSet<String>, NatsError> {
+        Ok(self.registry.keys().await?.try_collect().await?)
+    }
+
+    /// Heartbeats every [`MEMBERSHIP_HEARTBEAT`] until `shutdown`, then leaves. After each
+    /// heartbeat `view` gets the live replicas; once no heartbeat has been stored for so long
+    /// that the others may count this replica gone, it gets `None`.
+    pub async fn keep(self, view: watch::Sender<View>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(MEMBERSHIP_HEARTBEAT);
+        let mut renewed = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let live = match self.heartbeat().await {
+                Ok(()) => self.live().await,
+                Err(error) => Err(error),
+            };
+            match live {
+                Ok(live) => {
+                    renewed = Instant::now();
+                    view.send_replace(Some(live));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, bucket = self.registry.name, "could not renew this replica's membership");
+                    if renewed.elapsed() + MEMBERSHIP_HEARTBEAT >= MEMBERSHIP_TTL {
+                        view.send_replace(None);
+                    }
+                }
+            }
+        }
+        self.leave().await;
+    }
+
+    /// Leaves at once, so the others take this replica's work without waiting for its key to
+    /// expire.
+    async fn leave(&self) {
+        if let Err(error) = self.registry.delete(&self.me).await {
+            tracing::warn!(%error, bucket = self.registry.name, "could not leave; the others take over when this replica's key expires");
+        }
+    }
+}
