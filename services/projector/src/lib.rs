@@ -153,6 +153,8 @@ async fn write_while_assigned(
 ) {
     loop {
         tokio::select! {
+            // Shutdown first: once it has come, the projection may still look assigned.
+            biased;
             () = shutdown.cancelled() => return,
             seen = view.wait_for(|view| assigned(view, &me, projection)) => {
                 if seen.is_err() {

@@ -28,6 +28,9 @@ use crate::projection::Projection;
 pub(crate) struct Plan {
     /// The batch's last stream sequence: the checkpoint once the plan is written.
     pub last_sequence: u64,
+    /// The events that change a read model of the plan's projections, in stream order: what
+    /// the projections must record as applied.
+    pub applied: Vec<Applied>,
     pub agents: agents::Changes,
     pub workflows: workflows::Changes,
     pub executions: executions::Changes,
@@ -42,6 +45,14 @@ pub(crate) struct Plan {
     pub history: history::Changes,
     pub alerts: alerts::Changes,
     pub rejections: rejections::Changes,
+}
+
+/// An event a projection applied.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    pub event_id: Uuid,
+    pub tenant: String,
+    pub sequence: i64,
 }
 
 /// Where a derived row came from.
@@ -59,9 +70,13 @@ pub(crate) fn sequence(stream_sequence: u64) -> i64 {
 }
 
 /// Folds `batch` into the row changes of `projections`. `fresh` holds the ids of the batch's
-/// events that those projections had not applied before; any other event is a re-published
-/// copy and changes nothing.
-pub(crate) fn plan(batch: &[Incoming], fresh: &HashSet<Uuid>, projections: &[Projection]) -> Plan {
+/// events that those projections had not applied before, if known (`None` takes every event
+/// as new); any other event is a re-published copy and changes nothing.
+pub(crate) fn plan(
+    batch: &[Incoming],
+    fresh: Option<&HashSet<Uuid>>,
+    projections: &[Projection],
+) -> Plan {
     let mut plan = Plan::default();
     let mut seen = HashSet::new();
     let records_rejections = projections.iter().any(|p| p.records_rejections());
@@ -71,8 +86,15 @@ pub(crate) fn plan(batch: &[Incoming], fresh: &HashSet<Uuid>, projections: &[Pro
             Ok(envelope) => {
                 let id = envelope.meta.id.0;
                 // `seen` catches two copies inside one batch: both ids were new to the table.
-                if fresh.contains(&id) && seen.insert(id) {
-                    plan.apply(projections, incoming.sequence, envelope);
+                if fresh.is_none_or(|fresh| fresh.contains(&id))
+                    && seen.insert(id)
+                    && plan.apply(projections, incoming.sequence, envelope)
+                {
+                    plan.applied.push(Applied {
+                        event_id: id,
+                        tenant: envelope.meta.tenant.as_str().to_owned(),
+                        sequence: sequence(incoming.sequence),
+                    });
                 }
             }
             Err(unreadable) if records_rejections => plan.rejections.rejected(incoming, unreadable),
@@ -83,8 +105,14 @@ pub(crate) fn plan(batch: &[Incoming], fresh: &HashSet<Uuid>, projections: &[Pro
 }
 
 impl Plan {
-    /// Hands the event to every read model of `projections` it changes.
-    fn apply(&mut self, projections: &[Projection], stream_sequence: u64, envelope: &Envelope) {
+    /// Hands the event to every read model of `projections` it changes; false if it changes
+    /// none.
+    fn apply(
+        &mut self,
+        projections: &[Projection],
+        stream_sequence: u64,
+        envelope: &Envelope,
+    ) -> bool {
         let origin = &Origin {
             event_id: envelope.meta.id.0,
             tenant: envelope.meta.tenant.as_str(),
@@ -92,18 +120,20 @@ impl Plan {
             sequence: sequence(stream_sequence),
         };
         let event = &envelope.event;
+        let mut applied = false;
         for projection in projections {
-            match projection {
+            applied |= match projection {
                 Projection::Runs => self.runs(origin, event),
                 Projection::Interactions => self.interactions(origin, event),
                 Projection::Knowledge => self.knowledge(origin, event),
                 Projection::Catalog => self.catalog(origin, event),
-            }
+            };
         }
+        applied
     }
 
     /// Executions with their steps, escalations, agents' tasks and the execution history.
-    fn runs(&mut self, origin: &Origin, event: &Event) {
+    fn runs(&mut self, origin: &Origin, event: &Event) -> bool {
         match event {
             Event::ExecutionStarted(e) => self.executions.started(origin, e),
             Event::StepScheduled(e) => {
@@ -170,12 +200,13 @@ impl Plan {
                     .execution_ended(origin, e.execution_id, Outcome::Cancelled);
                 self.history.execution_ended(e.execution_id);
             }
-            _ => {}
+            _ => return false,
         }
+        true
     }
 
     /// The interaction timeline and task handoffs.
-    fn interactions(&mut self, origin: &Origin, event: &Event) {
+    fn interactions(&mut self, origin: &Origin, event: &Event) -> bool {
         match event {
             Event::KnowledgeShared(e) => self.interactions.knowledge_shared(origin, e),
             Event::StepScheduled(e) => self.interactions.step_scheduled(origin, e),
@@ -199,23 +230,25 @@ impl Plan {
             Event::SagaStarted(e) => self.interactions.saga_started(origin, e),
             Event::ExecutionReplanned(e) => self.interactions.replanned(origin, e),
             Event::ExecutionEscalated(e) => self.interactions.execution_escalated(origin, e),
-            _ => {}
+            _ => return false,
         }
+        true
     }
 
     /// The team's knowledge and what used it.
-    fn knowledge(&mut self, origin: &Origin, event: &Event) {
+    fn knowledge(&mut self, origin: &Origin, event: &Event) -> bool {
         match event {
             Event::KnowledgeShared(e) => self.knowledge.shared(origin, e),
             Event::KnowledgeValidated(e) => self.knowledge.validated(origin, e),
             Event::KnowledgeSuperseded(e) => self.knowledge.superseded(origin, e),
             Event::StepCompleted(e) => self.knowledge.used(origin, e),
-            _ => {}
+            _ => return false,
         }
+        true
     }
 
     /// Agents and their status, workflows, templates, token usage and alerts.
-    fn catalog(&mut self, origin: &Origin, event: &Event) {
+    fn catalog(&mut self, origin: &Origin, event: &Event) -> bool {
         match event {
             Event::AgentRegistered(e) => self.agents.registered(origin, &e.agent),
             Event::AgentStatusReported(e) => self.status.reported(origin, e),
@@ -271,8 +304,9 @@ impl Plan {
                     .run_ended(origin, e.workflow_id, Outcome::Cancelled);
                 self.status.run_ended(origin, e.execution_id);
             }
-            _ => {}
+            _ => return false,
         }
+        true
     }
 
     /// Writes every read model's changes inside the caller's transaction. The tables are
@@ -422,7 +456,7 @@ mod tests {
         );
         assert_eq!(both_new.last_sequence, 2);
 
-        let both_applied = plan(&batch, &HashSet::new(), &Projection::ALL);
+        let both_applied = plan(&batch, Some(&HashSet::new()), &Projection::ALL);
         assert!(
             both_applied.executions.patches.is_empty() && both_applied.interactions.rows.is_empty()
         );

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::incoming::Incoming;
 use crate::models;
-use crate::plan::{plan, sequence};
+use crate::plan::{Applied, plan, sequence};
 use crate::projection::Projection;
 
 /// Key of the advisory lock that the single projector of earlier releases held exclusively
@@ -119,10 +119,14 @@ impl Lease {
     pub async fn project(&mut self, batch: &[Incoming]) -> Result<u64, sqlx::Error> {
         let projection = self.projection;
         let mut tx = self.conn.begin().await?;
-        let fresh = register_events(&mut tx, projection, batch).await?;
-        let plan = plan(batch, &fresh, &[projection]);
-        let checkpoint = plan.last_sequence;
-        plan.write(&mut tx).await?;
+        let mut planned = plan(batch, None, &[projection]);
+        let fresh = register_events(&mut tx, projection, &planned.applied).await?;
+        if fresh.len() < planned.applied.len() {
+            // Some are copies of events applied before: fold the batch again without them.
+            planned = plan(batch, Some(&fresh), &[projection]);
+        }
+        let checkpoint = planned.last_sequence;
+        planned.write(&mut tx).await?;
         set_checkpoint(&mut tx, projection, checkpoint).await?;
         // Delivered on commit: readers waiting for the read models to cover a position (see
         // `cadre_runtime::projection`) wake up then.
@@ -171,24 +175,23 @@ pub(crate) async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationTo
     }
 }
 
-/// Records the batch's event ids as applied by `projection`; returns those recorded for the
-/// first time. An id already there belongs to an event applied before (a copy re-published
-/// beyond JetStream's duplicate window) and must change nothing.
+/// Records the events as applied by `projection`; returns the ids recorded for the first time.
+/// An id already there belongs to an event applied before (a copy re-published beyond
+/// JetStream's duplicate window) and must change nothing. Only events that change one of the
+/// projection's read models are recorded: a copy of any other changes nothing anyway.
 async fn register_events(
     tx: &mut PgConnection,
     projection: Projection,
-    batch: &[Incoming],
+    applied: &[Applied],
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let (mut ids, mut tenants, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
-    for incoming in batch {
-        if let Ok(envelope) = &incoming.content {
-            ids.push(envelope.meta.id.0);
-            tenants.push(envelope.meta.tenant.as_str().to_owned());
-            sequences.push(sequence(incoming.sequence));
-        }
-    }
-    if ids.is_empty() {
+    if applied.is_empty() {
         return Ok(HashSet::new());
+    }
+    let (mut ids, mut tenants, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
+    for event in applied {
+        ids.push(event.event_id);
+        tenants.push(event.tenant.clone());
+        sequences.push(event.sequence);
     }
     let fresh = sqlx::query_scalar!(
         "INSERT INTO projected_events (projection, event_id, tenant_id, event_sequence)
@@ -234,7 +237,9 @@ mod tests {
     use sqlx::PgConnection;
 
     use crate::incoming::Incoming;
-    use crate::testing::{Fixture, TestDb, execution, lease, project, rows, workflow_status};
+    use crate::testing::{
+        Fixture, TestDb, execution, lease, payload, project, rows, workflow_status,
+    };
 
     /// A run through every kind of event, late and out-of-place ones included.
     fn eventful_log() -> (Fixture, Vec<ExecutionId>, Vec<Incoming>) {
@@ -464,6 +469,40 @@ mod tests {
             after.push(rows(&mut conn, table).await);
         }
         assert_eq!(after, before);
+    }
+
+    #[tokio::test]
+    async fn copies_of_applied_events_stored_again_change_no_row() {
+        let (_, _, log) = eventful_log();
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        project(&mut lease, &log, 5).await;
+        let mut before = Vec::new();
+        for table in TABLES {
+            before.push(rows(&mut conn, table).await);
+        }
+        // Re-published after JetStream's duplicate window: the same events at new sequences,
+        // cut into batches that start and end elsewhere than the originals'.
+        let end = log.len() as u64;
+        let copies: Vec<Incoming> = (1..)
+            .zip(&log)
+            .map(|(offset, original)| {
+                Incoming::decode(
+                    end + offset,
+                    original.subject.clone(),
+                    Utc::now(),
+                    &payload(original),
+                )
+            })
+            .collect();
+        project(&mut lease, &copies, 3).await;
+        let mut after = Vec::new();
+        for table in TABLES {
+            after.push(rows(&mut conn, table).await);
+        }
+        assert_eq!(after, before);
+        assert_eq!(lease.checkpoint().await.unwrap(), 2 * end);
     }
 
     const TABLES: [&str; 8] = [

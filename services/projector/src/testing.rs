@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
-use std::collections::HashSet;
-
 use cadre_proto::events::{
     AgentRegistered, AgentStatusReported, EscalationContext, EscalationResolved,
     ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionPaused, ExecutionResumed,
@@ -577,13 +575,6 @@ fn request(requested_by: Option<&str>, reason: Option<&str>) -> Request {
     }
 }
 
-pub(crate) fn fresh_ids(batch: &[Incoming]) -> HashSet<Uuid> {
-    batch
-        .iter()
-        .filter_map(|m| m.content.as_ref().ok().map(|e| e.meta.id.0))
-        .collect()
-}
-
 /// The message's envelope, encoded again.
 pub(crate) fn payload(incoming: &Incoming) -> Vec<u8> {
     incoming.content.as_ref().unwrap().encode()
@@ -591,7 +582,7 @@ pub(crate) fn payload(incoming: &Incoming) -> Vec<u8> {
 
 /// The plan of a batch whose events are all new to the projection.
 pub(crate) fn plan_all(batch: &[Incoming]) -> Plan {
-    plan(batch, &fresh_ids(batch), &Projection::ALL)
+    plan(batch, None, &Projection::ALL)
 }
 
 /// A fresh database with the read-model schema, dropped when the value is.
