@@ -374,7 +374,17 @@ pub fn workers_kv(replicas: usize) -> kv::Config {
 /// its own consumer, Postgres lock and checkpoint (the row of `projection_checkpoints` of that
 /// name), so projector replicas can share them. Read models that read each other's rows are in
 /// the same group. The read models as a whole cover the lowest of their checkpoints.
-pub const PROJECTIONS: [&str; 4] = ["runs", "interactions", "knowledge", "catalog"];
+pub const PROJECTIONS: [&str; 4] = [
+    RUNS_PROJECTION,
+    INTERACTIONS_PROJECTION,
+    KNOWLEDGE_PROJECTION,
+    CATALOG_PROJECTION,
+];
+pub const RUNS_PROJECTION: &str = "runs";
+pub const INTERACTIONS_PROJECTION: &str = "interactions";
+/// `collaboration_knowledge` alone: what workers rank the team's knowledge from.
+pub const KNOWLEDGE_PROJECTION: &str = "knowledge";
+pub const CATALOG_PROJECTION: &str = "catalog";
 
 /// The single consumer every read model was folded through before they were split into
 /// [`PROJECTIONS`]; a projector deletes it.

@@ -38,6 +38,14 @@ impl Checkpoints {
         self.0.iter().copied().min().unwrap_or(0)
     }
 
+    /// One projection's checkpoint; 0 for a name not in [`PROJECTIONS`].
+    pub fn of(&self, projection: &str) -> u64 {
+        PROJECTIONS
+            .iter()
+            .position(|known| *known == projection)
+            .map_or(0, |place| self.0[place])
+    }
+
     /// Records the checkpoint a `NOTIFY cadre_projection` payload announces; false if the
     /// payload is not such an announcement.
     pub fn notified(&mut self, payload: &str) -> bool {
@@ -106,6 +114,12 @@ impl ProjectionWatermark {
     /// The stream sequence the read models (every projection) have been seen to cover.
     pub fn checkpoint(&self) -> u64 {
         self.seen.borrow().checkpoint()
+    }
+
+    /// The stream sequence one projection (of [`PROJECTIONS`]) has been seen to cover: for a
+    /// reader of its read models alone, which need not wait for the others.
+    pub fn checkpoint_of(&self, projection: &str) -> u64 {
+        self.seen.borrow().checkpoints.of(projection)
     }
 
     /// True when the last attempt to read the checkpoint failed: Postgres is unreachable, or
@@ -278,6 +292,7 @@ mod tests {
         assert!(checkpoints.notified("runs:42"));
         assert!(checkpoints.notified(" catalog:7\n"));
         assert_eq!(checkpoints.0, [42, 0, 0, 7]);
+        assert_eq!((checkpoints.of("runs"), checkpoints.of("catalog")), (42, 7));
         for other in ["42", "read_models:42", "runs:", "runs:-1", "runs:x", ""] {
             assert!(!checkpoints.notified(other), "{other:?}");
         }

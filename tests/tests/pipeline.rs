@@ -771,7 +771,7 @@ async fn coordinators_share_the_partitions_and_one_takes_over_those_of_one_that_
 }
 
 /// Which replica writes each projection now: the holders of the projections' locks, by the
-/// session names the projector gives them (`cadre-projector <replica> <projection>`).
+/// session names the projector gives them (`cadre-projector <projection> <replica>`).
 async fn projection_writers(stack: &Stack) -> BTreeMap<String, String> {
     let holders: Vec<String> = sqlx::query_scalar(
         "SELECT a.application_name::text FROM pg_locks l JOIN pg_stat_activity a USING (pid)
@@ -785,7 +785,7 @@ async fn projection_writers(stack: &Stack) -> BTreeMap<String, String> {
         .iter()
         .filter_map(|name| {
             let mut words = name.strip_prefix("cadre-projector ")?.split(' ');
-            let (replica, projection) = (words.next()?, words.next()?);
+            let (projection, replica) = (words.next()?, words.next()?);
             Some((projection.to_owned(), replica.to_owned()))
         })
         .collect()

@@ -9,7 +9,7 @@
 //!
 //! Ranking a workflow's knowledge for a step is the costliest read of a step, and the steps of
 //! many executions of one workflow ask the same question of the same knowledge: the view keeps
-//! each ranking until the read models move past the checkpoint it was read at (see
+//! each ranking until the knowledge projection moves past the checkpoint it was read at (see
 //! [`KnowledgeView::relevant`]).
 
 use std::collections::HashSet;
@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cadre_proto::model::WorkflowStep;
+use cadre_proto::streams::KNOWLEDGE_PROJECTION;
 use cadre_proto::{KnowledgeId, TenantId, WorkflowId};
 use cadre_runtime::projection::ProjectionWatermark;
 use moka::future::Cache;
@@ -107,17 +108,17 @@ impl KnowledgeView {
     /// gathers thousands, ranking costs about 8 µs of Postgres time per item for every step,
     /// and the oldest are what the recency factor would rank last anyway.
     ///
-    /// A ranking is reused, not read again, while the read models have not moved past the
-    /// projection checkpoint they had reached when it was read: the steps of many executions of
-    /// one workflow ask the same question of the same knowledge, and ranking it again for each
-    /// of them was the costliest part of a step. Every change to the read models moves the
-    /// checkpoint, an item superseded included, so staleness is bounded by the knowledge
+    /// A ranking is reused, not read again, while the knowledge projection (the read model of
+    /// `collaboration_knowledge` alone) has not moved past the checkpoint it had reached when
+    /// it was read: the steps of many executions of one workflow ask the same question of the
+    /// same knowledge, and ranking it again for each of them was the costliest part of a step.
+    /// Every change to the knowledge moves that checkpoint, an item superseded included, so staleness is bounded by the knowledge
     /// version, not by time: a step never gets a ranking older than the checkpoint this worker
     /// has seen, which trails the projector's commits by a notification (or, if one is
     /// missed, a one-second poll).
     /// Concurrent steps that find no current ranking wait for one of them to read it.
     ///
-    /// The key is the global checkpoint, not a per-workflow version: it costs no query, and
+    /// The key is the projection's checkpoint, not a per-workflow version: it costs no query, and
     /// while a busy workflow shares knowledge at nearly every commit (as every step of the
     /// benchmark does) a per-workflow version would move as often. Steps of many workflows
     /// that each run rarely share fewer rankings.
@@ -136,7 +137,7 @@ impl KnowledgeView {
             limit,
             token_budget,
         };
-        let seen = self.read_models.checkpoint();
+        let seen = self.read_models.checkpoint_of(KNOWLEDGE_PROJECTION);
         // `>=`, not `==`: a step that saw the checkpoint a moment before another step ranked
         // at a later one must not replace the newer ranking with an older one. (A projector
         // rebuild restarts the checkpoint at 0: rankings read before it stand until the replay
@@ -156,7 +157,7 @@ impl KnowledgeView {
                     return Ok(Op::Nop);
                 }
                 // Read before the query: the ranking shows at least what this covers.
-                let checkpoint = self.read_models.checkpoint();
+                let checkpoint = self.read_models.checkpoint_of(KNOWLEDGE_PROJECTION);
                 let items = self.rank(&key).await?;
                 Ok::<_, sqlx::Error>(Op::Put(Ranking {
                     checkpoint,

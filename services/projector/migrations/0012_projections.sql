@@ -2,6 +2,11 @@
 -- cadre_proto::streams::PROJECTIONS), each with its own checkpoint and its own index of the
 -- event ids it applied, so that each commits on its own and replicas can share them.
 
+-- A projector of the previous release may still be running: keep it from committing while the
+-- index and the checkpoint are copied (its batches wait, then fail on the new schema), so that
+-- both copies cover exactly the same events. Its own order of locking, so no deadlock.
+LOCK TABLE projected_events, projection_checkpoints IN SHARE ROW EXCLUSIVE MODE;
+
 -- Every event applied so far was applied by every projection.
 CREATE TABLE projected_events_by_projection (
     projection     text   NOT NULL,

@@ -249,6 +249,11 @@ async fn open_consumer(
     projection: Projection,
     checkpoint: u64,
 ) -> Result<PullConsumer, NatsError> {
+    // Left by a release that folded every read model through one consumer; deleted at every
+    // session, since a projector of that release may recreate it while an upgrade rolls out.
+    let _ = stream
+        .delete_consumer(streams::RETIRED_PROJECTOR_CONSUMER)
+        .await;
     let mut config = streams::projector_consumer(projection.name());
     let name = streams::projector_consumer_name(projection.name());
     config.deliver_policy = if checkpoint == 0 {

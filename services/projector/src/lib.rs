@@ -88,11 +88,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let Some(bus) = open_bus(&config, &shutdown).await? else {
         return Ok(());
     };
-    // Left by a release that folded every read model through one consumer.
-    let _ = bus
-        .stream()
-        .delete_consumer(streams::RETIRED_PROJECTOR_CONSUMER)
-        .await;
     let membership = Membership::join(
         bus.jetstream(),
         streams::projectors_kv(config.stream_replicas),
@@ -128,12 +123,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Whether `me` should write `projection` while it sees `view`: with the live replicas known,
 /// the projections go round the replicas in name order (`me` counts as live), so each writes
-/// an even share; while this replica cannot tell who is live, every projection, which it then
-/// writes only if no other replica holds it. The lock, not this rule, keeps two replicas from
-/// writing one projection while their views differ.
+/// an even share. While this replica cannot tell whether the others count it live, none: the
+/// others may have taken its projections over, and holding their locks (say, cut off from
+/// NATS but not from Postgres) would stall them. The lock, not this rule, keeps two replicas
+/// from writing one projection while their views differ.
 fn assigned(view: &View, me: &str, projection: Projection) -> bool {
     let Some(live) = view else {
-        return true;
+        return false;
     };
     let mut replicas: Vec<&str> = live.iter().map(String::as_str).collect();
     if let Err(place) = replicas.binary_search(&me) {
@@ -327,9 +323,9 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_counts_itself_live_and_takes_everything_it_cannot_place() {
+    fn a_replica_counts_itself_live_and_writes_nothing_while_it_cannot_tell() {
         assert_eq!(share(&view(&[]), "a").len(), Projection::ALL.len());
-        assert_eq!(share(&None, "a").len(), Projection::ALL.len());
+        assert!(share(&None, "a").is_empty());
         // Before the others see it, a joining replica already takes its share by its own view.
         assert_eq!(share(&view(&["a"]), "b").len(), Projection::ALL.len() / 2);
     }

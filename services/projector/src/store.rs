@@ -36,8 +36,8 @@ pub(crate) struct Lease {
 
 impl Lease {
     /// Waits until this process holds `projection`'s lock; `None` if `shutdown` came first.
-    /// The session is named `cadre-projector <writer> <projection>` (`application_name`), so
-    /// `pg_stat_activity` and `pg_locks` show who writes what.
+    /// The session is named `cadre-projector <projection> <writer>` (`application_name`, cut
+    /// at 63 bytes), so `pg_stat_activity` and `pg_locks` show who writes what.
     pub async fn acquire(
         database_url: &str,
         projection: Projection,
@@ -79,7 +79,7 @@ impl Lease {
         writer: &str,
     ) -> Result<Option<Self>, sqlx::Error> {
         let mut conn = PgConnectOptions::from_str(database_url)?
-            .application_name(&format!("cadre-projector {writer} {projection}"))
+            .application_name(&format!("cadre-projector {projection} {writer}"))
             .connect()
             .await?;
         let locked = sqlx::query_scalar!(

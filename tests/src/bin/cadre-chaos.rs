@@ -77,7 +77,8 @@ enum Fault {
     /// The LLM answers 30% of calls with 429 and `Retry-After: 1` for ten seconds: no step may
     /// fail and no step may call again before its `Retry-After`.
     RateLimit,
-    /// A standby projector beside the active one; the active one is killed.
+    /// A second projector replica beside the first, which then share the projections; the
+    /// first is killed, and the second takes its projections over once its heartbeat expires.
     ProjectorFailover,
     /// The NATS connections of the coordinator and of one worker (through a loopback proxy)
     /// cut at random for eight seconds: publish acknowledgements get lost and are retried.
@@ -873,10 +874,10 @@ impl System {
                 format!("{limited} calls answered 429")
             }
             Fault::ProjectorFailover => {
-                // The first projector holds the lock: it ran alone until the standby started.
-                let leader = self.projectors.remove(0);
-                leader.kill().await?;
-                "killed the active projector".to_owned()
+                // The first projector ran alone until the second started; they now share.
+                let first = self.projectors.remove(0);
+                first.kill().await?;
+                "killed the first of two projectors".to_owned()
             }
             Fault::LostAck => {
                 let until = Instant::now() + Duration::from_secs(8);
