@@ -6,6 +6,7 @@
 //! acked past one that was not applied: a gap in delivered sequences ends the session and the
 //! consumer is recreated from the checkpoint.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
@@ -26,6 +27,15 @@ use crate::store::{Lease, retry_backoff, sleep_or_shutdown};
 /// while no events arrive.
 const LEASE_CHECK: Duration = Duration::from_secs(5);
 
+/// A batch at least this large means events arrive faster than the projection writes them:
+/// its next commit then waits for the commit interval to have passed since this one started,
+/// so that batches grow and Postgres commits (and rewrites busy rows) once per interval rather
+/// than once per few events. Smaller batches (light load) are written at once.
+const LOADED_BATCH: usize = 64;
+
+/// How many decoded messages a projector process keeps for its other projections.
+pub(crate) const DECODED_CACHE: u64 = 50_000;
+
 /// What a projector has done so far.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Progress {
@@ -42,6 +52,12 @@ pub(crate) struct Projector {
     /// Who writes: this replica's name, or `rebuild`.
     pub writer: String,
     pub max_batch: usize,
+    /// Under load, the least time from one commit's start to the next's (see
+    /// [`LOADED_BATCH`]).
+    pub commit_interval: Duration,
+    /// Messages decoded by any projection of this process, by stream sequence: the projections
+    /// read the same messages within moments of each other, and each message is decoded once.
+    pub decoded: moka::future::Cache<u64, Arc<Incoming>>,
     /// Stop once the checkpoint reaches this sequence (a rebuild); `None` runs until shutdown.
     pub until: Option<u64>,
 }
@@ -139,22 +155,33 @@ impl Projector {
         let mut cursor = Cursor { last: checkpoint };
         let mut lease_check = tokio::time::interval(LEASE_CHECK);
         tracing::info!(%projection, checkpoint, "projecting events");
+        let mut next_commit = tokio::time::Instant::now();
         loop {
+            // Unconstrained: tokio's cooperative budget would otherwise cut every chunk at
+            // about 128 messages however many are waiting.
+            let next_chunk = async {
+                tokio::time::sleep_until(next_commit).await;
+                tokio::task::unconstrained(chunks.next()).await
+            };
             let chunk = tokio::select! {
                 () = shutdown.cancelled() => return Ok(End::Stopped),
                 _ = lease_check.tick() => {
                     lease.ping().await?;
                     continue;
                 }
-                // Unconstrained: tokio's cooperative budget would otherwise cut every chunk at
-                // about 128 messages however many are waiting.
-                chunk = tokio::task::unconstrained(chunks.next()) => chunk,
+                chunk = next_chunk => chunk,
             };
             let Some(chunk) = chunk else {
                 tracing::warn!("the event subscription ended; resubscribing");
                 return Ok(End::Resubscribe);
             };
-            let (batch, interrupted) = admit(chunk, &mut cursor, stream).await?;
+            let started = tokio::time::Instant::now();
+            next_commit = if chunk.len() >= LOADED_BATCH {
+                started + self.commit_interval
+            } else {
+                started
+            };
+            let (batch, interrupted) = admit(chunk, &mut cursor, stream, &self.decoded).await?;
             if !self.commit(lease, batch, shutdown, progress).await? {
                 return Ok(End::Stopped);
             }
@@ -281,7 +308,7 @@ async fn open_consumer(
 /// Messages of one chunk to write together, and the message whose ack covers them.
 #[derive(Default)]
 struct Batch {
-    incoming: Vec<Incoming>,
+    incoming: Vec<Arc<Incoming>>,
     /// One span per message, a child of its publisher's trace; closed after the commit.
     spans: Vec<tracing::Span>,
     ack: Option<Message>,
@@ -336,6 +363,7 @@ async fn admit(
     chunk: Vec<Delivery>,
     cursor: &mut Cursor,
     stream: &stream::Stream,
+    decoded: &moka::future::Cache<u64, Arc<Incoming>>,
 ) -> Result<(Batch, bool), SessionError> {
     let mut batch = Batch::default();
     let mut highest_skipped = 0;
@@ -366,14 +394,17 @@ async fn admit(
                 let span =
                     tracing::info_span!("project_event", sequence, subject = %message.subject);
                 telemetry::extract(message.headers.as_ref(), &span);
-                let incoming = span.in_scope(|| {
-                    Incoming::decode(
-                        sequence,
-                        message.subject.as_str(),
-                        stored_at,
-                        &message.payload,
-                    )
-                });
+                let decode = async {
+                    span.in_scope(|| {
+                        Arc::new(Incoming::decode(
+                            sequence,
+                            message.subject.as_str(),
+                            stored_at,
+                            &message.payload,
+                        ))
+                    })
+                };
+                let incoming = decoded.get_with(sequence, decode).await;
                 batch.incoming.push(incoming);
                 batch.spans.push(span);
                 batch.ack = Some(message);

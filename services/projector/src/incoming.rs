@@ -14,6 +14,12 @@ pub(crate) struct Incoming {
     pub content: Result<Envelope, Unreadable>,
 }
 
+impl AsRef<Incoming> for Incoming {
+    fn as_ref(&self) -> &Incoming {
+        self
+    }
+}
+
 /// A message that is not an event the read models can hold, and why.
 #[derive(Debug)]
 pub(crate) struct Unreadable {

@@ -55,6 +55,17 @@ pub struct Config {
     pub health_addr: SocketAddr,
     /// Most events written in one transaction.
     pub max_batch: usize,
+    /// Under load (a batch of 64 events or more), the least time between the starts of two
+    /// commits of one projection, in milliseconds: batches then grow, and Postgres commits
+    /// (and rewrites each busy row) once per interval rather than once per few events. Light
+    /// load is written at once. 0 writes whatever has arrived as soon as the commit before ends.
+    pub commit_interval_ms: u64,
+}
+
+impl Config {
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_interval_ms)
+    }
 }
 
 impl Default for Config {
@@ -66,6 +77,7 @@ impl Default for Config {
             replica_id: membership::default_replica_id("projector"),
             health_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
             max_batch: 1000,
+            commit_interval_ms: 200,
         }
     }
 }
@@ -104,6 +116,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         database_url: config.database_url.clone(),
         writer: me.clone(),
         max_batch: config.max_batch.max(1),
+        commit_interval: config.commit_interval(),
+        decoded: moka::future::Cache::new(feed::DECODED_CACHE),
         until: None,
     };
     let writers = Projection::ALL.map(|projection| {
@@ -225,6 +239,8 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
         database_url: config.database_url.clone(),
         writer: "rebuild".to_owned(),
         max_batch: config.max_batch.max(1),
+        commit_interval: config.commit_interval(),
+        decoded: moka::future::Cache::new(feed::DECODED_CACHE),
         until: Some(target),
     };
     let replays = Projection::ALL.map(|projection| {

@@ -116,7 +116,7 @@ impl Lease {
 
     /// Applies a batch to this projection's read models in one transaction: rows, rejections,
     /// checkpoint and notification commit together or not at all. Returns the new checkpoint.
-    pub async fn project(&mut self, batch: &[Incoming]) -> Result<u64, sqlx::Error> {
+    pub async fn project(&mut self, batch: &[impl AsRef<Incoming>]) -> Result<u64, sqlx::Error> {
         let projection = self.projection;
         let mut tx = self.conn.begin().await?;
         let mut planned = plan(batch, None, &[projection]);
