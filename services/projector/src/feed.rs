@@ -30,11 +30,30 @@ const LEASE_CHECK: Duration = Duration::from_secs(5);
 /// A batch at least this large means events arrive faster than the projection writes them:
 /// its next commit then waits for the commit interval to have passed since this one started,
 /// so that batches grow and Postgres commits (and rewrites busy rows) once per interval rather
-/// than once per few events. Smaller batches (light load) are written at once.
+/// than once per few events. Smaller batches (light load) are written at once, and so is the
+/// batch after a full one (`max_batch`): a backlog, a catch-up or a replay cannot grow its
+/// batches by waiting, only slow down.
 const LOADED_BATCH: usize = 64;
 
-/// How many decoded messages a projector process keeps for its other projections.
-pub(crate) const DECODED_CACHE: u64 = 50_000;
+/// The longest commit interval taken: longer would keep the feed from pulling for so long that
+/// NATS may count the subscription idle.
+pub(crate) const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Decoded messages shared by the projections of one process, by stream sequence: they read
+/// the same messages within moments of each other, and each message is decoded once while it
+/// is here. Bounded by the messages' size, and forgotten once none has read them for a while.
+pub(crate) type Decoded = moka::future::Cache<u64, Arc<Incoming>>;
+
+pub(crate) fn decoded_cache() -> Decoded {
+    moka::future::Cache::builder()
+        .weigher(|_, incoming: &Arc<Incoming>| u32::try_from(incoming.bytes).unwrap_or(u32::MAX))
+        .max_capacity(64 * 1024 * 1024)
+        .time_to_idle(Duration::from_secs(10))
+        // Each message is read a few times, close together, and never again: the default
+        // policy (TinyLFU) would refuse newcomers once the cache is full of well-read ones.
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .build()
+}
 
 /// What a projector has done so far.
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,9 +74,8 @@ pub(crate) struct Projector {
     /// Under load, the least time from one commit's start to the next's (see
     /// [`LOADED_BATCH`]).
     pub commit_interval: Duration,
-    /// Messages decoded by any projection of this process, by stream sequence: the projections
-    /// read the same messages within moments of each other, and each message is decoded once.
-    pub decoded: moka::future::Cache<u64, Arc<Incoming>>,
+    /// Messages decoded by any projection of this process (see [`decoded_cache`]).
+    pub decoded: Decoded,
     /// Stop once the checkpoint reaches this sequence (a rebuild); `None` runs until shutdown.
     pub until: Option<u64>,
 }
@@ -176,12 +194,13 @@ impl Projector {
                 return Ok(End::Resubscribe);
             };
             let started = tokio::time::Instant::now();
-            next_commit = if chunk.len() >= LOADED_BATCH {
-                started + self.commit_interval
+            let full = chunk.len() >= self.max_batch;
+            let (batch, interrupted) = admit(chunk, &mut cursor, stream, &self.decoded).await?;
+            next_commit = if batch.incoming.len() >= LOADED_BATCH && !full {
+                started + self.commit_interval.min(MAX_COMMIT_INTERVAL)
             } else {
                 started
             };
-            let (batch, interrupted) = admit(chunk, &mut cursor, stream, &self.decoded).await?;
             if !self.commit(lease, batch, shutdown, progress).await? {
                 return Ok(End::Stopped);
             }
@@ -363,7 +382,7 @@ async fn admit(
     chunk: Vec<Delivery>,
     cursor: &mut Cursor,
     stream: &stream::Stream,
-    decoded: &moka::future::Cache<u64, Arc<Incoming>>,
+    decoded: &Decoded,
 ) -> Result<(Batch, bool), SessionError> {
     let mut batch = Batch::default();
     let mut highest_skipped = 0;
@@ -404,7 +423,17 @@ async fn admit(
                         ))
                     })
                 };
-                let incoming = decoded.get_with(sequence, decode).await;
+                let mut incoming = decoded.get_with(sequence, decode).await;
+                if incoming.subject != message.subject.as_str() || incoming.stored_at != stored_at {
+                    // Another message at this sequence: the stream was recreated meanwhile.
+                    incoming = Arc::new(Incoming::decode(
+                        sequence,
+                        message.subject.as_str(),
+                        stored_at,
+                        &message.payload,
+                    ));
+                    decoded.insert(sequence, incoming.clone()).await;
+                }
                 batch.incoming.push(incoming);
                 batch.spans.push(span);
                 batch.ack = Some(message);

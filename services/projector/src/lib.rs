@@ -55,17 +55,13 @@ pub struct Config {
     pub health_addr: SocketAddr,
     /// Most events written in one transaction.
     pub max_batch: usize,
-    /// Under load (a batch of 64 events or more), the least time between the starts of two
-    /// commits of one projection, in milliseconds: batches then grow, and Postgres commits
-    /// (and rewrites each busy row) once per interval rather than once per few events. Light
-    /// load is written at once. 0 writes whatever has arrived as soon as the commit before ends.
+    /// Under load (a batch of 64 events or more, short of `max_batch`), the least time between
+    /// the starts of two commits of one projection, in milliseconds (at most 1000): batches
+    /// then grow, and Postgres commits (and rewrites each busy row) once per interval rather
+    /// than once per few events, at the cost of up to one interval of lag. Light load, and a
+    /// backlog read in full batches, are written at once. 0 writes whatever has arrived as soon
+    /// as the commit before ends.
     pub commit_interval_ms: u64,
-}
-
-impl Config {
-    pub fn commit_interval(&self) -> Duration {
-        Duration::from_millis(self.commit_interval_ms)
-    }
 }
 
 impl Default for Config {
@@ -116,8 +112,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         database_url: config.database_url.clone(),
         writer: me.clone(),
         max_batch: config.max_batch.max(1),
-        commit_interval: config.commit_interval(),
-        decoded: moka::future::Cache::new(feed::DECODED_CACHE),
+        commit_interval: Duration::from_millis(config.commit_interval_ms),
+        decoded: feed::decoded_cache(),
         until: None,
     };
     let writers = Projection::ALL.map(|projection| {
@@ -239,8 +235,9 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
         database_url: config.database_url.clone(),
         writer: "rebuild".to_owned(),
         max_batch: config.max_batch.max(1),
-        commit_interval: config.commit_interval(),
-        decoded: moka::future::Cache::new(feed::DECODED_CACHE),
+        // A replay reads full batches at once: spacing its commits would only slow it down.
+        commit_interval: Duration::ZERO,
+        decoded: feed::decoded_cache(),
         until: Some(target),
     };
     let replays = Projection::ALL.map(|projection| {
