@@ -371,8 +371,9 @@ pub fn workers_kv(replicas: usize) -> kv::Config {
 }
 
 /// The projections: groups of read models that the projector folds the log into, each with
-/// its own consumer, Postgres lock and checkpoint (the row of `projection_checkpoints` of that
-/// name), so projector replicas can share them. Read models that read each other's rows are in
+/// its own Postgres lock and checkpoint (the row of `projection_checkpoints` of that name), so
+/// projector replicas can share them; a replica reads the log once, through an ephemeral
+/// consumer, for all the projections it holds. Read models that read each other's rows are in
 /// the same group. The read models as a whole cover the lowest of their checkpoints.
 pub const PROJECTIONS: [&str; 4] = [
     RUNS_PROJECTION,
@@ -386,31 +387,9 @@ pub const INTERACTIONS_PROJECTION: &str = "interactions";
 pub const KNOWLEDGE_PROJECTION: &str = "knowledge";
 pub const CATALOG_PROJECTION: &str = "catalog";
 
-/// The single consumer every read model was folded through before they were split into
+/// The durable consumer every read model was folded through before they were split into
 /// [`PROJECTIONS`]; a projector deletes it.
 pub const RETIRED_PROJECTOR_CONSUMER: &str = "projector";
-
-pub fn projector_consumer_name(projection: &str) -> String {
-    format!("projector-{projection}")
-}
-
-/// One projection's consumer: every event, in stream order, to the one replica that holds the
-/// projection's Postgres lock (which also keeps a `rebuild` from running beside it).
-pub fn projector_consumer(projection: &str) -> consumer::pull::Config {
-    consumer::pull::Config {
-        durable_name: Some(projector_consumer_name(projection)),
-        description: Some(format!(
-            "projector: folds events into the Postgres read models of projection {projection}"
-        )),
-        filter_subject: subjects::ALL_EVENTS.to_owned(),
-        // Acking a batch's last message acks the batch: the checkpoint committed with the rows
-        // is what really records progress.
-        ack_policy: consumer::AckPolicy::All,
-        ack_wait: Duration::from_secs(60),
-        max_ack_pending: 50_000,
-        ..Default::default()
-    }
-}
 
 /// Webhook subscriptions' signing secrets (the raw key bytes), by subscription id: outside the
 /// event log, which subscribers read.

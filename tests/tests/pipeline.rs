@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cadre_coordinator::partitions;
-use cadre_proto::streams::{PROJECTIONS, agent_worker_consumer_name, projector_consumer_name};
+use cadre_proto::streams::{PROJECTIONS, agent_worker_consumer_name};
 use cadre_proto::subjects;
 use cadre_proto::{Event, TenantId};
 use cadre_runtime::projection::read_checkpoints;
@@ -77,14 +77,10 @@ async fn settle(stack: &Stack) {
         if partitions::backlog(stack.bus.jetstream()).await.ok()? > 0 {
             return None;
         }
-        let projectors = PROJECTIONS.map(projector_consumer_name);
-        let consumers = projectors
-            .iter()
-            .map(|name| (stack.bus.stream(), name))
-            .chain([
-                (stack.bus.dispatch_stream(), &offline_queue),
-                (stack.bus.dispatch_stream(), &fake_queue),
-            ]);
+        let consumers = [
+            (stack.bus.dispatch_stream(), &offline_queue),
+            (stack.bus.dispatch_stream(), &fake_queue),
+        ];
         for (stream, name) in consumers {
             let info = stream.consumer_info(name.as_str()).await.ok()?;
             if info.num_pending > 0 || info.num_ack_pending > 0 {
@@ -770,25 +766,26 @@ async fn coordinators_share_the_partitions_and_one_takes_over_those_of_one_that_
     stack.stop().await;
 }
 
-/// Which replica writes each projection now: the holders of the projections' locks, by the
-/// session names the projector gives them (`cadre-projector <projection> <replica>`).
+/// Which replica writes each projection now, by the session names the projector gives them
+/// (`cadre-projector <projections> <replica>`).
 async fn projection_writers(stack: &Stack) -> BTreeMap<String, String> {
-    let holders: Vec<String> = sqlx::query_scalar(
-        "SELECT a.application_name::text FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-         WHERE l.locktype = 'advisory' AND l.mode = 'ExclusiveLock' AND l.granted
-           AND a.datname = current_database()",
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT application_name::text FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name LIKE 'cadre-projector %'",
     )
     .fetch_all(&stack.db.pool)
     .await
     .unwrap();
-    holders
-        .iter()
-        .filter_map(|name| {
-            let mut words = name.strip_prefix("cadre-projector ")?.split(' ');
-            let (projection, replica) = (words.next()?, words.next()?);
-            Some((projection.to_owned(), replica.to_owned()))
-        })
-        .collect()
+    let mut writers = BTreeMap::new();
+    for name in &names {
+        let mut words = name.split(' ').skip(1);
+        if let (Some(projections), Some(replica)) = (words.next(), words.next()) {
+            for projection in projections.split(',').filter(|p| *p != "-") {
+                writers.insert(projection.to_owned(), replica.to_owned());
+            }
+        }
+    }
+    writers
 }
 
 #[tokio::test]

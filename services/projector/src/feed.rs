@@ -1,59 +1,38 @@
 //! Reading the event stream in batches and handing each batch to the store.
 //!
-//! Postgres, not JetStream, knows how far the projection got: each session starts from the
-//! committed checkpoint, skips what is at or below it, and acks a batch only after its commit.
-//! The consumer's `AckPolicy::All` makes one ack cover the batch, so a message must never be
-//! acked past one that was not applied: a gap in delivered sequences ends the session and the
-//! consumer is recreated from the checkpoint.
+//! Postgres, not JetStream, knows how far each projection got: a session reads the checkpoints
+//! of the projections this replica holds, reads the log once from the lowest of them through an
+//! ephemeral consumer without acks (the checkpoints committed with the rows record progress),
+//! and writes each batch for every projection held in one transaction. A replica that holds
+//! every projection therefore does the work of a single projection; replicas that share them
+//! each read the log once and write their own read models. A gap in the delivered sequences (a
+//! reconnect drops messages in flight, and nothing redelivers them) ends the session, and the
+//! next one starts again from the checkpoints.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{self, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{Message, stream};
 use cadre_proto::{streams, subjects};
 use cadre_runtime::bus::{EventBus, NatsError};
 use cadre_runtime::telemetry;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::incoming::Incoming;
 use crate::projection::Projection;
-use crate::store::{Lease, retry_backoff, sleep_or_shutdown};
+use crate::store::{Lease, STANDBY_POLL, retry_backoff, sleep_or_shutdown};
 
-/// How often the active projector checks that its Postgres session, and so its lock, is alive
-/// while no events arrive.
+/// How often the projector checks that its Postgres session, and so its locks, are alive while
+/// no events arrive.
 const LEASE_CHECK: Duration = Duration::from_secs(5);
 
-/// A batch at least this large means events arrive faster than the projection writes them:
-/// its next commit then waits for the commit interval to have passed since this one started,
-/// so that batches grow and Postgres commits (and rewrites busy rows) once per interval rather
-/// than once per few events. Smaller batches (light load) are written at once, and so is the
-/// batch after a full one (`max_batch`): a backlog, a catch-up or a replay cannot grow its
-/// batches by waiting, only slow down.
-const LOADED_BATCH: usize = 64;
-
-/// The longest commit interval taken: longer would keep the feed from pulling for so long that
-/// NATS may count the subscription idle.
-pub(crate) const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Decoded messages shared by the projections of one process, by stream sequence: they read
-/// the same messages within moments of each other, and each message is decoded once while it
-/// is here. Bounded by the messages' size, and forgotten once none has read them for a while.
-pub(crate) type Decoded = moka::future::Cache<u64, Arc<Incoming>>;
-
-pub(crate) fn decoded_cache() -> Decoded {
-    moka::future::Cache::builder()
-        .weigher(|_, incoming: &Arc<Incoming>| u32::try_from(incoming.bytes).unwrap_or(u32::MAX))
-        .max_capacity(64 * 1024 * 1024)
-        .time_to_idle(Duration::from_secs(10))
-        // Each message is read a few times, close together, and never again: the default
-        // policy (TinyLFU) would refuse newcomers once the cache is full of well-read ones.
-        .eviction_policy(moka::policy::EvictionPolicy::lru())
-        .build()
-}
+/// How long the server keeps a feed's consumer once nobody pulls from it (its replica gone).
+const FEED_INACTIVE_THRESHOLD: Duration = Duration::from_secs(30);
 
 /// What a projector has done so far.
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,6 +40,7 @@ pub(crate) struct Progress {
     /// Messages applied (events and rejected messages), copies and skips excluded.
     pub messages: u64,
     pub rejected: u64,
+    /// The lowest checkpoint of the projections held.
     pub checkpoint: u64,
 }
 
@@ -71,18 +51,13 @@ pub(crate) struct Projector {
     /// Who writes: this replica's name, or `rebuild`.
     pub writer: String,
     pub max_batch: usize,
-    /// Under load, the least time from one commit's start to the next's (see
-    /// [`LOADED_BATCH`]).
-    pub commit_interval: Duration,
-    /// Messages decoded by any projection of this process (see [`decoded_cache`]).
-    pub decoded: Decoded,
     /// Stop once the checkpoint reaches this sequence (a rebuild); `None` runs until shutdown.
     pub until: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    /// The session holding the lock failed: another replica may be active by now.
+    /// The session holding the locks failed: another replica may be writing by now.
     #[error("Postgres session lost: {0}")]
     Lease(#[from] sqlx::Error),
     #[error("NATS: {0}")]
@@ -97,41 +72,66 @@ fn nats(error: impl Into<NatsError>) -> SessionError {
 enum End {
     /// Shutdown, or the rebuild target was reached.
     Stopped,
-    /// The subscription cannot go on (a gap, a stream error): resubscribe from the checkpoint.
+    /// The subscription cannot go on (a gap, a stream error), or the projections held changed:
+    /// resubscribe from the lowest checkpoint.
     Resubscribe,
 }
 
 impl Projector {
-    /// Projects until shutdown or `until`, resubscribing after stream trouble and taking the
-    /// lock again (as a standby if need be) when its Postgres session is lost.
-    pub async fn run(&self, mut lease: Lease, shutdown: &CancellationToken) -> Progress {
+    /// Writes the projections `wanted` names, those of them no other replica holds, until
+    /// shutdown or `until`: resubscribing after stream trouble or when the projections held
+    /// change, asking every [`STANDBY_POLL`] for those wanted but held elsewhere, and
+    /// connecting again when the Postgres session is lost. `lease` is a session already
+    /// connected, if any.
+    pub async fn run(
+        &self,
+        mut lease: Option<Lease>,
+        mut wanted: watch::Receiver<BTreeSet<Projection>>,
+        shutdown: &CancellationToken,
+    ) -> Progress {
         let mut progress = Progress::default();
         let mut backoff = retry_backoff();
         loop {
+            let held = match &mut lease {
+                Some(held) => held,
+                None => match Lease::connect(&self.database_url, &self.writer, shutdown).await {
+                    Some(connected) => lease.insert(connected),
+                    None => return progress,
+                },
+            };
+            let wants = wanted.borrow_and_update().clone();
+            if let Err(error) = held.hold(&wants).await {
+                tracing::warn!(%error, "lost the Postgres session that held the projection locks");
+                lease = None;
+                continue;
+            }
+            if held.is_empty() {
+                // A standby: ask again for the projections wanted, or wait to be given some.
+                tokio::select! {
+                    () = shutdown.cancelled() => return progress,
+                    changed = wanted.changed() => if changed.is_err() {
+                        return progress;
+                    },
+                    () = tokio::time::sleep(STANDBY_POLL) => {}
+                }
+                continue;
+            }
             let before = progress.checkpoint;
-            let outcome = self.session(&mut lease, shutdown, &mut progress).await;
+            let outcome = self
+                .session(held, &mut wanted, shutdown, &mut progress)
+                .await;
             if progress.checkpoint != before {
                 backoff = retry_backoff();
             }
             match outcome {
                 Ok(End::Stopped) => return progress,
-                Ok(End::Resubscribe) => {}
+                Ok(End::Resubscribe) => continue,
                 Err(SessionError::Nats(error)) => {
                     tracing::warn!(%error, "event stream unavailable; retrying");
                 }
                 Err(SessionError::Lease(error)) => {
-                    tracing::warn!(%error, "lost the Postgres session that held the projector lock");
-                    match Lease::acquire(
-                        &self.database_url,
-                        lease.projection(),
-                        &self.writer,
-                        shutdown,
-                    )
-                    .await
-                    {
-                        Some(again) => lease = again,
-                        None => return progress,
-                    }
+                    tracing::warn!(%error, "lost the Postgres session that held the projection locks");
+                    lease = None;
                     continue;
                 }
             }
@@ -149,58 +149,54 @@ impl Projector {
     async fn session(
         &self,
         lease: &mut Lease,
+        wanted: &mut watch::Receiver<BTreeSet<Projection>>,
         shutdown: &CancellationToken,
         progress: &mut Progress,
     ) -> Result<End, SessionError> {
-        let checkpoint = lease.checkpoint().await?;
+        let checkpoint = lease.checkpoint();
         progress.checkpoint = checkpoint;
         if self.reached(checkpoint) {
             return Ok(End::Stopped);
         }
         let stream = self.bus.stream();
-        let projection = lease.projection();
-        let consumer = open_consumer(stream, projection, checkpoint)
-            .await
-            .map_err(nats)?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(self.max_batch)
-            .messages()
+        let messages = open_feed(stream, checkpoint, self.max_batch)
             .await
             .map_err(nats)?;
         // Whatever has arrived while the previous batch was written forms the next batch.
         let mut chunks = messages.ready_chunks(self.max_batch);
         let mut cursor = Cursor { last: checkpoint };
         let mut lease_check = tokio::time::interval(LEASE_CHECK);
-        tracing::info!(%projection, checkpoint, "projecting events");
-        let mut next_commit = tokio::time::Instant::now();
+        let mut standby_poll = tokio::time::interval(STANDBY_POLL);
+        let projections = lease.projections();
+        tracing::info!(?projections, checkpoint, "projecting events");
         loop {
-            // Unconstrained: tokio's cooperative budget would otherwise cut every chunk at
-            // about 128 messages however many are waiting.
-            let next_chunk = async {
-                tokio::time::sleep_until(next_commit).await;
-                tokio::task::unconstrained(chunks.next()).await
-            };
+            let wants = wanted.borrow().clone();
+            let missing = lease.projections().len() < wants.len();
             let chunk = tokio::select! {
                 () = shutdown.cancelled() => return Ok(End::Stopped),
+                changed = wanted.changed() => {
+                    return Ok(if changed.is_ok() { End::Resubscribe } else { End::Stopped });
+                }
                 _ = lease_check.tick() => {
                     lease.ping().await?;
                     continue;
                 }
-                chunk = next_chunk => chunk,
+                _ = standby_poll.tick(), if missing => {
+                    // A projection wanted is held elsewhere: take it if it is free now.
+                    if lease.hold(&wants).await? {
+                        return Ok(End::Resubscribe);
+                    }
+                    continue;
+                }
+                // Unconstrained: tokio's cooperative budget would otherwise cut every chunk at
+                // about 128 messages however many are waiting.
+                chunk = tokio::task::unconstrained(chunks.next()) => chunk,
             };
             let Some(chunk) = chunk else {
                 tracing::warn!("the event subscription ended; resubscribing");
                 return Ok(End::Resubscribe);
             };
-            let started = tokio::time::Instant::now();
-            let full = chunk.len() >= self.max_batch;
-            let (batch, interrupted) = admit(chunk, &mut cursor, stream, &self.decoded).await?;
-            next_commit = if batch.incoming.len() >= LOADED_BATCH && !full {
-                started + self.commit_interval.min(MAX_COMMIT_INTERVAL)
-            } else {
-                started
-            };
+            let (batch, interrupted) = admit(chunk, &mut cursor, stream).await.map_err(nats)?;
             if !self.commit(lease, batch, shutdown, progress).await? {
                 return Ok(End::Stopped);
             }
@@ -213,8 +209,8 @@ impl Projector {
         }
     }
 
-    /// Writes the batch (retrying the same batch while the session lives) and then acks it.
-    /// False if shutdown interrupted the retries; the batch is then not acked.
+    /// Writes the batch (retrying the same batch while the session lives). False if shutdown
+    /// interrupted the retries.
     async fn commit(
         &self,
         lease: &mut Lease,
@@ -222,115 +218,103 @@ impl Projector {
         shutdown: &CancellationToken,
         progress: &mut Progress,
     ) -> Result<bool, SessionError> {
-        if let (Some(first), Some(last)) = (batch.incoming.first(), batch.incoming.last()) {
-            let (first, last) = (first.sequence, last.sequence);
-            let projection = lease.projection();
-            let span = tracing::info_span!(
-                "project_batch",
-                %projection,
-                first,
-                last,
-                messages = batch.incoming.len()
-            );
-            for event_span in &batch.spans {
-                span.follows_from(event_span);
-            }
-            let mut backoff = retry_backoff();
-            let started = Instant::now();
-            let checkpoint = loop {
-                match lease
-                    .project(&batch.incoming)
-                    .instrument(span.clone())
-                    .await
-                {
-                    Ok(checkpoint) => {
-                        tracing::debug!(%projection, first, last, messages = batch.incoming.len(), elapsed = ?started.elapsed(), "batch committed");
-                        break checkpoint;
-                    }
-                    Err(error) => {
-                        if lease.ping().await.is_err() {
-                            return Err(SessionError::Lease(error));
-                        }
-                        let delay = backoff.next().unwrap_or(LEASE_CHECK);
-                        tracing::warn!(%error, %projection, first, last, ?delay, "writing a batch failed; retrying it");
-                        if sleep_or_shutdown(delay, shutdown).await {
-                            return Ok(false);
-                        }
-                    }
+        let (Some(first), Some(last)) = (batch.incoming.first(), batch.incoming.last()) else {
+            return Ok(true);
+        };
+        let (first, last) = (first.sequence, last.sequence);
+        let span = tracing::info_span!(
+            "project_batch",
+            first,
+            last,
+            messages = batch.incoming.len()
+        );
+        for event_span in &batch.spans {
+            span.follows_from(event_span);
+        }
+        let mut backoff = retry_backoff();
+        let started = Instant::now();
+        let checkpoint = loop {
+            match lease
+                .project(&batch.incoming)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(checkpoint) => {
+                    tracing::debug!(first, last, messages = batch.incoming.len(), elapsed = ?started.elapsed(), "batch committed");
+                    break checkpoint;
                 }
-            };
-            // Every message that is not a readable event is now a row of rejected_events.
-            if projection.records_rejections() {
-                for incoming in &batch.incoming {
-                    if let Err(unreadable) = &incoming.content {
-                        progress.rejected += 1;
-                        tracing::warn!(
-                            sequence = incoming.sequence,
-                            subject = %incoming.subject,
-                            reason = %unreadable.reason,
-                            "recorded a message that is not a readable event in rejected_events"
-                        );
+                Err(error) => {
+                    if lease.ping().await.is_err() {
+                        return Err(SessionError::Lease(error));
+                    }
+                    let delay = backoff.next().unwrap_or(LEASE_CHECK);
+                    tracing::warn!(%error, first, last, ?delay, "writing a batch failed; retrying it");
+                    if sleep_or_shutdown(delay, shutdown).await {
+                        return Ok(false);
                     }
                 }
             }
-            progress.messages += batch.incoming.len() as u64;
-            progress.checkpoint = checkpoint;
+        };
+        // Every message that is not a readable event is now a row of rejected_events.
+        if lease.projections().iter().any(|p| p.records_rejections()) {
+            for incoming in &batch.incoming {
+                if let Err(unreadable) = &incoming.content {
+                    progress.rejected += 1;
+                    tracing::warn!(
+                        sequence = incoming.sequence,
+                        subject = %incoming.subject,
+                        reason = %unreadable.reason,
+                        "recorded a message that is not a readable event in rejected_events"
+                    );
+                }
+            }
         }
-        // Ack after commit: a crash in between replays the batch, which the checkpoint skips.
-        if let Some(message) = batch.ack
-            && let Err(error) = message.ack().await
-        {
-            tracing::warn!(%error, "ack failed; the batch will be redelivered and skipped");
-        }
+        progress.messages += batch.incoming.len() as u64;
+        progress.checkpoint = checkpoint;
         Ok(true)
     }
 }
 
-/// Creates the projection's durable consumer at the checkpoint, or reuses it if it has not handed out
-/// anything beyond the checkpoint. Otherwise its position is wrong for this database (restored
-/// from a backup, or rebuilt), or messages past the checkpoint are out with a previous owner and
-/// would only come back after the ack wait; either way it is recreated from the checkpoint.
-async fn open_consumer(
+/// Every event after `checkpoint`, in stream order, through an ephemeral consumer: nothing is
+/// left on the server once this replica stops, and nothing is acked, since the checkpoints
+/// committed with the rows are what records progress.
+async fn open_feed(
     stream: &stream::Stream,
-    projection: Projection,
     checkpoint: u64,
-) -> Result<PullConsumer, NatsError> {
-    // Left by a release that folded every read model through one consumer; deleted at every
-    // session, since a projector of that release may recreate it while an upgrade rolls out.
+    max_batch: usize,
+) -> Result<pull::Stream, NatsError> {
+    // Left by releases that kept one durable consumer for the projector; deleted at every
+    // session, since a projector of such a release may recreate it while an upgrade rolls out.
     let _ = stream
         .delete_consumer(streams::RETIRED_PROJECTOR_CONSUMER)
         .await;
-    let mut config = streams::projector_consumer(projection.name());
-    let name = streams::projector_consumer_name(projection.name());
-    config.deliver_policy = if checkpoint == 0 {
-        DeliverPolicy::All
-    } else {
-        DeliverPolicy::ByStartSequence {
-            start_sequence: checkpoint + 1,
-        }
-    };
-    let consumer: PullConsumer = stream.get_or_create_consumer(&name, config.clone()).await?;
-    let delivered = consumer.cached_info().delivered.stream_sequence;
-    if delivered <= checkpoint {
-        return Ok(consumer);
-    }
-    tracing::info!(
-        %projection,
-        checkpoint,
-        delivered,
-        "recreating the projection's consumer at the checkpoint"
-    );
-    stream.delete_consumer(&name).await?;
-    Ok(stream.create_consumer::<pull::Config>(config).await?)
+    let consumer: PullConsumer = stream
+        .create_consumer(pull::Config {
+            description: Some("projector: folds events into the Postgres read models".to_owned()),
+            filter_subject: subjects::ALL_EVENTS.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: checkpoint + 1,
+            },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: FEED_INACTIVE_THRESHOLD,
+            num_replicas: 1,
+            memory_storage: true,
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer
+        .stream()
+        .max_messages_per_batch(max_batch)
+        .messages()
+        .await?)
 }
 
-/// Messages of one chunk to write together, and the message whose ack covers them.
+/// Messages of one chunk to write together.
 #[derive(Default)]
 struct Batch {
-    incoming: Vec<Arc<Incoming>>,
+    incoming: Vec<Incoming>,
     /// One span per message, a child of its publisher's trace; closed after the commit.
     spans: Vec<tracing::Span>,
-    ack: Option<Message>,
 }
 
 /// The last stream sequence admitted: every message up to it is applied or in the batch.
@@ -351,12 +335,11 @@ impl Cursor {
         stream: &stream::Stream,
     ) -> Result<Admission, NatsError> {
         if sequence <= self.last {
-            // Already applied: a redelivery, or a replay of a batch committed but not acked.
             return Ok(Admission::Skip);
         }
         if sequence > self.last + 1 {
             // Sequences may only jump where the stream holds nothing; otherwise a delivery went
-            // missing (a reconnect drops messages in flight) and acking past it would lose it.
+            // missing (a reconnect drops messages in flight) and nothing would redeliver it.
             let next = stream
                 .get_first_raw_message_by_subject(subjects::ALL_EVENTS, self.last + 1)
                 .await?;
@@ -382,10 +365,8 @@ async fn admit(
     chunk: Vec<Delivery>,
     cursor: &mut Cursor,
     stream: &stream::Stream,
-    decoded: &Decoded,
-) -> Result<(Batch, bool), SessionError> {
+) -> Result<(Batch, bool), NatsError> {
     let mut batch = Batch::default();
-    let mut highest_skipped = 0;
     for delivery in chunk {
         let message = match delivery {
             Ok(message) => message,
@@ -408,43 +389,23 @@ async fn admit(
                 return Ok((batch, true));
             }
         };
-        match cursor.admit(sequence, stream).await.map_err(nats)? {
+        match cursor.admit(sequence, stream).await? {
             Admission::Apply => {
                 let span =
                     tracing::info_span!("project_event", sequence, subject = %message.subject);
                 telemetry::extract(message.headers.as_ref(), &span);
-                let decode = async {
-                    span.in_scope(|| {
-                        Arc::new(Incoming::decode(
-                            sequence,
-                            message.subject.as_str(),
-                            stored_at,
-                            &message.payload,
-                        ))
-                    })
-                };
-                let mut incoming = decoded.get_with(sequence, decode).await;
-                if incoming.subject != message.subject.as_str() || incoming.stored_at != stored_at {
-                    // Another message at this sequence: the stream was recreated meanwhile.
-                    incoming = Arc::new(Incoming::decode(
+                let incoming = span.in_scope(|| {
+                    Incoming::decode(
                         sequence,
                         message.subject.as_str(),
                         stored_at,
                         &message.payload,
-                    ));
-                    decoded.insert(sequence, incoming.clone()).await;
-                }
+                    )
+                });
                 batch.incoming.push(incoming);
                 batch.spans.push(span);
-                batch.ack = Some(message);
             }
-            Admission::Skip => {
-                // Its ack only matters when nothing new comes with it: ack the highest one.
-                if batch.incoming.is_empty() && sequence > highest_skipped {
-                    highest_skipped = sequence;
-                    batch.ack = Some(message);
-                }
-            }
+            Admission::Skip => {}
             Admission::Gap => return Ok((batch, true)),
         }
     }

@@ -9,17 +9,9 @@ use chrono::{DateTime, Datelike, Utc};
 pub(crate) struct Incoming {
     pub sequence: u64,
     pub subject: String,
-    /// The message's size in bytes, as stored.
-    pub bytes: usize,
     /// When JetStream stored the message: the only time a message that is not an event has.
     pub stored_at: DateTime<Utc>,
     pub content: Result<Envelope, Unreadable>,
-}
-
-impl AsRef<Incoming> for Incoming {
-    fn as_ref(&self) -> &Incoming {
-        self
-    }
 }
 
 /// A message that is not an event the read models can hold, and why.
@@ -36,7 +28,6 @@ impl Incoming {
         stored_at: DateTime<Utc>,
         payload: &[u8],
     ) -> Self {
-        let bytes = payload.len();
         let payload = without_nul_escapes(payload);
         let content = Envelope::decode(&payload)
             .map_err(|error| error.to_string())
@@ -48,7 +39,6 @@ impl Incoming {
         Self {
             sequence,
             subject: subject.into(),
-            bytes,
             stored_at,
             content,
         }

@@ -1,13 +1,13 @@
 //! Cadre's projector: folds the event log (JetStream, the source of truth) into the Postgres
 //! read models that the API and the agent workers query.
 //!
-//! The read models are folded as independent projections (see [`projection`]), each through its
-//! own consumer of the whole log. Each projection has one writer at a time, the replica that
-//! holds its Postgres advisory lock; the live replicas share the projections out between them
-//! (see [`assigned`]) and wait as standbys for the others'. Events are applied in stream order,
-//! in batches: each batch's rows, its event ids, its rejected messages and the projection's new
-//! checkpoint commit in one transaction, which also notifies `cadre_projection` with the
-//! checkpoint. Rows are built from event data only, so [`rebuild`] (truncate, replay from
+//! The read models are folded as independent projections (see [`projection`]), each with its
+//! own checkpoint. Each projection has one writer at a time, the replica that holds its
+//! Postgres advisory lock; the live replicas share the projections out between them (see
+//! [`assigned`]) and stand by for the others'. A replica reads the log once for all the
+//! projections it holds, in stream order, in batches: each batch's rows, event ids, rejected
+//! messages and new checkpoints commit in one transaction, which also notifies
+//! `cadre_projection` with each projection's checkpoint. Rows are built from event data only, so [`rebuild`] (truncate, replay from
 //! sequence 1) reproduces them exactly.
 //!
 //! The projector must not decide anything or publish events: a read model that disagrees with
@@ -22,6 +22,7 @@ mod store;
 #[cfg(test)]
 mod testing;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,7 +32,6 @@ use cadre_proto::streams;
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::{self, Readiness};
 use cadre_runtime::membership::{self, Membership, View};
-use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -55,13 +55,6 @@ pub struct Config {
     pub health_addr: SocketAddr,
     /// Most events written in one transaction.
     pub max_batch: usize,
-    /// Under load (a batch of 64 events or more, short of `max_batch`), the least time between
-    /// the starts of two commits of one projection, in milliseconds (at most 1000): batches
-    /// then grow, and Postgres commits (and rewrites each busy row) once per interval rather
-    /// than once per few events, at the cost of up to one interval of lag. Light load, and a
-    /// backlog read in full batches, are written at once. 0 writes whatever has arrived as soon
-    /// as the commit before ends.
-    pub commit_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -73,7 +66,6 @@ impl Default for Config {
             replica_id: membership::default_replica_id("projector"),
             health_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
             max_batch: 1000,
-            commit_interval_ms: 200,
         }
     }
 }
@@ -107,28 +99,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let me = membership.me().to_owned();
     let (view_sender, view) = watch::channel(None);
     let heartbeats = tokio::spawn(membership.keep(view_sender, shutdown.clone()));
+    let (wanted_sender, wanted) = watch::channel(BTreeSet::new());
+    tokio::spawn(follow_assignment(view, me.clone(), wanted_sender));
     let projector = Projector {
         bus,
         database_url: config.database_url.clone(),
-        writer: me.clone(),
+        writer: me,
         max_batch: config.max_batch.max(1),
-        commit_interval: Duration::from_millis(config.commit_interval_ms),
-        decoded: feed::decoded_cache(),
         until: None,
     };
-    let writers = Projection::ALL.map(|projection| {
-        tokio::spawn(write_while_assigned(
-            projector.clone(),
-            projection,
-            me.clone(),
-            view.clone(),
-            shutdown.clone(),
-        ))
-    });
-    join_all(writers).await;
+    let progress = projector.run(None, wanted, &shutdown).await;
     let _ = heartbeats.await;
-    tracing::info!("projector stopped");
+    tracing::info!(checkpoint = progress.checkpoint, "projector stopped");
     Ok(())
+}
+
+/// Keeps `wanted` on the projections [`assigned`] to `me` by each view of the live replicas,
+/// until the views end (shutdown).
+async fn follow_assignment(
+    mut view: watch::Receiver<View>,
+    me: String,
+    wanted: watch::Sender<BTreeSet<Projection>>,
+) {
+    loop {
+        let share: BTreeSet<Projection> = {
+            let view = view.borrow_and_update();
+            Projection::ALL
+                .into_iter()
+                .filter(|projection| assigned(&view, &me, *projection))
+                .collect()
+        };
+        wanted.send_if_modified(|current| std::mem::replace(current, share.clone()) != share);
+        if view.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Whether `me` should write `projection` while it sees `view`: with the live replicas known,
@@ -146,42 +151,6 @@ fn assigned(view: &View, me: &str, projection: Projection) -> bool {
         replicas.insert(place, me);
     }
     replicas[projection as usize % replicas.len()] == me
-}
-
-/// Writes `projection` whenever it is assigned to this replica, until `shutdown`. A projection
-/// taken away is given up once the batch in hand is committed, and its lock released.
-async fn write_while_assigned(
-    projector: Projector,
-    projection: Projection,
-    me: String,
-    mut view: watch::Receiver<View>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            // Shutdown first: once it has come, the projection may still look assigned.
-            biased;
-            () = shutdown.cancelled() => return,
-            seen = view.wait_for(|view| assigned(view, &me, projection)) => {
-                if seen.is_err() {
-                    return;
-                }
-            }
-        }
-        let stop = shutdown.child_token();
-        let taken_away = tokio::spawn({
-            let (stop, mut view, me) = (stop.clone(), view.clone(), me.clone());
-            async move {
-                let _ = view.wait_for(|view| !assigned(view, &me, projection)).await;
-                stop.cancel();
-            }
-        });
-        if let Some(lease) = Lease::acquire(&projector.database_url, projection, &me, &stop).await {
-            let progress = projector.run(lease, &stop).await;
-            tracing::info!(%projection, checkpoint = progress.checkpoint, "stopped writing the projection");
-        }
-        taken_away.abort();
-    }
 }
 
 /// What [`rebuild`] did.
@@ -212,9 +181,8 @@ impl fmt::Display for RebuildReport {
 }
 
 /// Empties the read models and replays the whole log into them, up to the stream's last
-/// sequence when the rebuild began; then returns. The projections are rebuilt side by side,
-/// each once the rebuild holds its lock: it waits for running projectors to stop (and keeps
-/// standbys away until it is done).
+/// sequence when the rebuild began; then returns. It takes every projection's lock first, so
+/// it waits for running projectors to stop (and keeps standbys away until it is done).
 pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
     let started = Instant::now();
     // Stopping a rebuild midway is safe (the next one starts over), so callers stop it by
@@ -235,49 +203,33 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
         database_url: config.database_url.clone(),
         writer: "rebuild".to_owned(),
         max_batch: config.max_batch.max(1),
-        // A replay reads full batches at once: spacing its commits would only slow it down.
-        commit_interval: Duration::ZERO,
-        decoded: feed::decoded_cache(),
         until: Some(target),
     };
-    let replays = Projection::ALL.map(|projection| {
-        let (projector, never) = (projector.clone(), never.clone());
-        async move {
-            let mut lease = Lease::acquire(
-                &projector.database_url,
-                projection,
-                &projector.writer,
-                &never,
-            )
+    let every: BTreeSet<Projection> = Projection::ALL.into();
+    let mut lease = Lease::connect(&projector.database_url, &projector.writer, &never)
+        .await
+        .context("connecting to Postgres")?;
+    loop {
+        lease
+            .hold(&every)
             .await
-            .with_context(|| format!("taking the lock of projection {projection}"))?;
-            lease
-                .reset()
-                .await
-                .with_context(|| format!("emptying the read models of projection {projection}"))?;
-            tracing::info!(%projection, target, "read models emptied; replaying the event log");
-            // The durable consumer is now ahead of checkpoint 0, so the first session recreates
-            // it from the start of the log.
-            anyhow::Ok((projection, projector.run(lease, &never).await))
+            .context("taking the projection locks")?;
+        if lease.projections() == every {
+            break;
         }
-    });
-    let mut report = RebuildReport {
-        events_replayed: 0,
-        rejected: 0,
-        final_checkpoint: u64::MAX,
-        elapsed: Duration::ZERO,
-    };
-    for replay in join_all(replays).await {
-        let (projection, progress) = replay?;
-        // Every projection replays the same messages.
-        report.events_replayed = report.events_replayed.max(progress.messages);
-        if projection.records_rejections() {
-            report.rejected = progress.rejected;
-        }
-        report.final_checkpoint = report.final_checkpoint.min(progress.checkpoint);
+        tracing::info!("waiting for the running projectors to stop");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    report.elapsed = started.elapsed();
-    Ok(report)
+    lease.reset().await.context("emptying the read models")?;
+    tracing::info!(target, "read models emptied; replaying the event log");
+    let (_every, wanted) = watch::channel(every);
+    let progress = projector.run(Some(lease), wanted, &never).await;
+    Ok(RebuildReport {
+        events_replayed: progress.messages,
+        rejected: progress.rejected,
+        final_checkpoint: progress.checkpoint,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Connects to NATS (waiting for it, unless `shutdown` comes first) and opens the event stream.

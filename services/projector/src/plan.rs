@@ -73,14 +73,14 @@ pub(crate) fn sequence(stream_sequence: u64) -> i64 {
 /// events that those projections had not applied before, if known (`None` takes every event
 /// as new); any other event is a re-published copy and changes nothing.
 pub(crate) fn plan(
-    batch: &[impl AsRef<Incoming>],
+    batch: &[Incoming],
     fresh: Option<&HashSet<Uuid>>,
     projections: &[Projection],
 ) -> Plan {
     let mut plan = Plan::default();
     let mut seen = HashSet::new();
     let records_rejections = projections.iter().any(|p| p.records_rejections());
-    for incoming in batch.iter().map(AsRef::as_ref) {
+    for incoming in batch {
         plan.last_sequence = plan.last_sequence.max(incoming.sequence);
         match &incoming.content {
             Ok(envelope) => {

@@ -38,6 +38,13 @@ impl Projection {
         PROJECTIONS[self as usize]
     }
 
+    /// The projection of that name (see [`PROJECTIONS`]).
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|projection| projection.name() == name)
+    }
+
     /// Whether it records the messages that are not readable events (in `rejected_events`):
     /// one projection does, so each is recorded once.
     pub fn records_rejections(self) -> bool {

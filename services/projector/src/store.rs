@@ -1,8 +1,8 @@
-//! Postgres: the lease that makes one projector replica the writer of a projection, the
-//! transaction each batch is written in, the projection's index of applied event ids and its
-//! checkpoint. What the rows are is up to the read models ([`crate::models`]).
+//! Postgres: the lease that makes one projector replica the writer of the projections it
+//! holds, the transaction each batch is written in, each projection's index of applied event
+//! ids and its checkpoint. What the rows are is up to the read models ([`crate::models`]).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::incoming::Incoming;
 use crate::models;
-use crate::plan::{Applied, plan, sequence};
+use crate::plan::{Plan, plan, sequence};
 use crate::projection::Projection;
 
 /// Key of the advisory lock that the single projector of earlier releases held exclusively
@@ -23,38 +23,40 @@ use crate::projection::Projection;
 /// other does during an upgrade.
 const SINGLE_PROJECTOR_LOCK_KEY: i64 = 0x6361_6472_6550_524a;
 
-/// How often a standby asks for the lock.
-const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How often a replica asks for the locks of projections it should write but another holds.
+pub(crate) const STANDBY_POLL: Duration = Duration::from_secs(1);
 
-/// A Postgres session that holds a projection's advisory lock. Every write goes through this
-/// session, so a committed batch proves the lock was still held: if the session dies, Postgres
-/// releases the lock and our next write fails before another replica can be overwritten.
+/// A Postgres session that holds the advisory locks of the projections this replica writes,
+/// with each one's checkpoint. Every write goes through this session, so a committed batch
+/// proves the locks were still held: if the session dies, Postgres releases them and our next
+/// write fails before another replica can be overwritten.
 pub(crate) struct Lease {
     conn: PgConnection,
-    projection: Projection,
+    writer: String,
+    /// The projections whose locks the session holds, each with its checkpoint.
+    held: BTreeMap<Projection, u64>,
 }
 
 impl Lease {
-    /// Waits until this process holds `projection`'s lock; `None` if `shutdown` came first.
-    /// The session is named `cadre-projector <projection> <writer>` (`application_name`, cut
-    /// at 63 bytes), so `pg_stat_activity` and `pg_locks` show who writes what.
-    pub async fn acquire(
+    /// Connects, holding no projection yet. The session's `application_name` names the writer
+    /// and the projections it holds (`cadre-projector runs,catalog <writer>`, `-` for none; cut
+    /// at 63 bytes), so `pg_stat_activity` shows who writes what. Waits while a projector of the
+    /// release before projections holds its single lock; `None` if `shutdown` came first.
+    pub async fn connect(
         database_url: &str,
-        projection: Projection,
         writer: &str,
         shutdown: &CancellationToken,
     ) -> Option<Self> {
         let mut backoff = retry_backoff();
         let mut announced = false;
         loop {
-            match Self::try_acquire(database_url, projection, writer).await {
-                Ok(Some(lease)) => {
-                    tracing::info!(%projection, "holding the projection's lock; this replica writes it");
-                    return Some(lease);
-                }
+            match Self::try_connect(database_url, writer).await {
+                Ok(Some(lease)) => return Some(lease),
                 Ok(None) => {
                     if !announced {
-                        tracing::info!(%projection, "another projector holds the projection's lock; waiting as standby");
+                        tracing::info!(
+                            "a projector of an earlier release is writing; waiting for it to stop"
+                        );
                         announced = true;
                     }
                     backoff = retry_backoff();
@@ -64,7 +66,7 @@ impl Lease {
                 }
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(STANDBY_POLL);
-                    tracing::warn!(%error, ?delay, "cannot reach Postgres to take the projector lock");
+                    tracing::warn!(%error, ?delay, "cannot reach Postgres to take the projection locks");
                     if sleep_or_shutdown(delay, shutdown).await {
                         return None;
                     }
@@ -73,88 +75,156 @@ impl Lease {
         }
     }
 
-    async fn try_acquire(
-        database_url: &str,
-        projection: Projection,
-        writer: &str,
-    ) -> Result<Option<Self>, sqlx::Error> {
+    async fn try_connect(database_url: &str, writer: &str) -> Result<Option<Self>, sqlx::Error> {
         let mut conn = PgConnectOptions::from_str(database_url)?
-            .application_name(&format!("cadre-projector {projection} {writer}"))
+            .application_name(&format!("cadre-projector - {writer}"))
             .connect()
             .await?;
-        let locked = sqlx::query_scalar!(
-            r#"SELECT pg_try_advisory_lock_shared($1) AND pg_try_advisory_lock($2) AS "locked!""#,
+        let allowed = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_lock_shared($1) AS "locked!""#,
             SINGLE_PROJECTOR_LOCK_KEY,
-            projection.lock_key(),
         )
         .fetch_one(&mut conn)
         .await?;
-        // A standby closes its session between polls (which also drops a shared lock taken
-        // alone): an idle connection per replica buys nothing.
-        Ok(locked.then_some(Self { conn, projection }))
+        // Closed otherwise: an idle connection per waiting replica buys nothing.
+        Ok(allowed.then_some(Self {
+            conn,
+            writer: writer.to_owned(),
+            held: BTreeMap::new(),
+        }))
     }
 
-    pub fn projection(&self) -> Projection {
-        self.projection
+    /// Makes the projections held those of `wanted` that no other replica holds: releases the
+    /// locks of those not wanted (between batches, so what they wrote is committed), and takes
+    /// the free ones of those wanted, reading their checkpoints. True if what is held changed.
+    pub async fn hold(&mut self, wanted: &BTreeSet<Projection>) -> Result<bool, sqlx::Error> {
+        let mut changed = false;
+        let unwanted: Vec<Projection> = self
+            .held
+            .keys()
+            .filter(|projection| !wanted.contains(projection))
+            .copied()
+            .collect();
+        for projection in unwanted {
+            sqlx::query_scalar!(
+                r#"SELECT pg_advisory_unlock($1) AS "unlocked!""#,
+                projection.lock_key()
+            )
+            .fetch_one(&mut self.conn)
+            .await?;
+            self.held.remove(&projection);
+            changed = true;
+            tracing::info!(%projection, "gave the projection up");
+        }
+        for &projection in wanted {
+            if self.held.contains_key(&projection) {
+                continue;
+            }
+            let locked = sqlx::query_scalar!(
+                r#"SELECT pg_try_advisory_lock($1) AS "locked!""#,
+                projection.lock_key()
+            )
+            .fetch_one(&mut self.conn)
+            .await?;
+            if !locked {
+                continue;
+            }
+            let checkpoint = sqlx::query_scalar!(
+                "SELECT stream_sequence FROM projection_checkpoints WHERE projection = $1",
+                projection.name()
+            )
+            .fetch_optional(&mut self.conn)
+            .await?
+            .map_or(0, |s| u64::try_from(s).unwrap_or(0));
+            self.held.insert(projection, checkpoint);
+            changed = true;
+            tracing::info!(%projection, checkpoint, "holding the projection's lock; this replica writes it");
+        }
+        if changed {
+            let held: Vec<&str> = self.held.keys().map(|p| p.name()).collect();
+            let held = if held.is_empty() {
+                "-".to_owned()
+            } else {
+                held.join(",")
+            };
+            sqlx::query_scalar!(
+                r#"SELECT set_config('application_name', $1, false) AS "name!""#,
+                format!("cadre-projector {held} {}", self.writer)
+            )
+            .fetch_one(&mut self.conn)
+            .await?;
+        }
+        Ok(changed)
     }
 
-    /// The last stream sequence whose effects on this projection are committed.
-    pub async fn checkpoint(&mut self) -> Result<u64, sqlx::Error> {
-        let sequence = sqlx::query_scalar!(
-            "SELECT stream_sequence FROM projection_checkpoints WHERE projection = $1",
-            self.projection.name()
-        )
-        .fetch_optional(&mut self.conn)
-        .await?;
-        Ok(sequence.map_or(0, |s| u64::try_from(s).unwrap_or(0)))
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
     }
 
-    /// Fails once the session (and with it the lock) is gone.
+    /// The projections held.
+    pub fn projections(&self) -> BTreeSet<Projection> {
+        self.held.keys().copied().collect()
+    }
+
+    /// The lowest checkpoint of the projections held: every stream sequence up to it has been
+    /// applied to all of them.
+    pub fn checkpoint(&self) -> u64 {
+        self.held.values().copied().min().unwrap_or(0)
+    }
+
+    /// Fails once the session (and with it the locks) is gone.
     pub async fn ping(&mut self) -> Result<(), sqlx::Error> {
         self.conn.ping().await
     }
 
-    /// Applies a batch to this projection's read models in one transaction: rows, rejections,
-    /// checkpoint and notification commit together or not at all. Returns the new checkpoint.
-    pub async fn project(&mut self, batch: &[impl AsRef<Incoming>]) -> Result<u64, sqlx::Error> {
-        let projection = self.projection;
-        let mut tx = self.conn.begin().await?;
-        let mut planned = plan(batch, None, &[projection]);
-        let fresh = register_events(&mut tx, projection, &planned.applied).await?;
-        if fresh.len() < planned.applied.len() {
-            // Some are copies of events applied before: fold the batch again without them.
-            planned = plan(batch, Some(&fresh), &[projection]);
+    /// Applies a batch (in stream order) to every projection held, each from the events after
+    /// its own checkpoint, in one transaction: rows, applied event ids, rejections, checkpoints
+    /// and notifications commit together or not at all. Returns the lowest new checkpoint.
+    pub async fn project(&mut self, batch: &[Incoming]) -> Result<u64, sqlx::Error> {
+        let mut planned = Vec::new();
+        for (&projection, &checkpoint) in &self.held {
+            let unapplied = &batch[batch.partition_point(|m| m.sequence <= checkpoint)..];
+            if !unapplied.is_empty() {
+                planned.push((projection, unapplied, plan(unapplied, None, &[projection])));
+            }
         }
-        let checkpoint = planned.last_sequence;
-        planned.write(&mut tx).await?;
-        set_checkpoint(&mut tx, projection, checkpoint).await?;
-        // Delivered on commit: readers waiting for the read models to cover a position (see
-        // `cadre_runtime::projection`) wake up then.
-        sqlx::query!(
-            "SELECT pg_notify($1, $2)",
-            PROJECTION_CHANNEL,
-            format!("{projection}:{checkpoint}")
-        )
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = self.conn.begin().await?;
+        let fresh = register_events(&mut tx, &planned).await?;
+        let mut checkpoints = Vec::new();
+        for (projection, unapplied, mut plan_of) in planned {
+            let fresh = fresh.get(&projection);
+            if fresh.map_or(0, HashSet::len) < plan_of.applied.len() {
+                // Some are copies of events applied before: fold the batch again without them.
+                let none = HashSet::new();
+                plan_of = plan(unapplied, Some(fresh.unwrap_or(&none)), &[projection]);
+            }
+            checkpoints.push((projection, plan_of.last_sequence));
+            plan_of.write(&mut tx).await?;
+        }
+        set_checkpoints(&mut tx, &checkpoints).await?;
         tx.commit().await?;
-        Ok(checkpoint)
+        self.held.extend(checkpoints);
+        Ok(self.checkpoint())
     }
 
-    /// Empties this projection's read models and moves its checkpoint back to the start of the
-    /// log.
+    /// Empties the read models of every projection held and moves their checkpoints back to
+    /// the start of the log.
     pub async fn reset(&mut self) -> Result<(), sqlx::Error> {
-        let projection = self.projection;
         let mut tx = self.conn.begin().await?;
-        models::reset(&mut tx, projection).await?;
-        sqlx::query!(
-            "DELETE FROM projected_events WHERE projection = $1",
-            projection.name()
-        )
-        .execute(&mut *tx)
-        .await?;
-        set_checkpoint(&mut tx, projection, 0).await?;
-        tx.commit().await
+        for &projection in self.held.keys() {
+            models::reset(&mut tx, projection).await?;
+            sqlx::query!(
+                "DELETE FROM projected_events WHERE projection = $1",
+                projection.name()
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        let checkpoints: Vec<(Projection, u64)> = self.held.keys().map(|p| (*p, 0)).collect();
+        set_checkpoints(&mut tx, &checkpoints).await?;
+        tx.commit().await?;
+        self.held.extend(checkpoints);
+        Ok(())
     }
 }
 
@@ -175,53 +245,83 @@ pub(crate) async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationTo
     }
 }
 
-/// Records the events as applied by `projection`; returns the ids recorded for the first time.
-/// An id already there belongs to an event applied before (a copy re-published beyond
-/// JetStream's duplicate window) and must change nothing. Only events that change one of the
-/// projection's read models are recorded: a copy of any other changes nothing anyway.
+/// Records each projection's applied events; returns, by projection, the ids recorded for
+/// the first time. An id already there belongs to an event the projection applied before (a
+/// copy re-published beyond JetStream's duplicate window) and must change nothing. Only events
+/// that change one of the projection's read models are recorded: a copy of any other changes
+/// nothing anyway.
 async fn register_events(
     tx: &mut PgConnection,
-    projection: Projection,
-    applied: &[Applied],
-) -> Result<HashSet<Uuid>, sqlx::Error> {
-    if applied.is_empty() {
-        return Ok(HashSet::new());
+    planned: &[(Projection, &[Incoming], Plan)],
+) -> Result<HashMap<Projection, HashSet<Uuid>>, sqlx::Error> {
+    let (mut projections, mut ids, mut tenants, mut sequences) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (projection, _, plan_of) in planned {
+        for event in &plan_of.applied {
+            projections.push(projection.name().to_owned());
+            ids.push(event.event_id);
+            tenants.push(event.tenant.clone());
+            sequences.push(event.sequence);
+        }
     }
-    let (mut ids, mut tenants, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
-    for event in applied {
-        ids.push(event.event_id);
-        tenants.push(event.tenant.clone());
-        sequences.push(event.sequence);
+    let mut fresh: HashMap<Projection, HashSet<Uuid>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(fresh);
     }
-    let fresh = sqlx::query_scalar!(
+    let recorded = sqlx::query!(
         "INSERT INTO projected_events (projection, event_id, tenant_id, event_sequence)
-         SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::bigint[])
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bigint[])
          ON CONFLICT (projection, event_id) DO NOTHING
-         RETURNING event_id",
-        projection.name(),
+         RETURNING projection, event_id",
+        &projections,
         &ids,
         &tenants,
         &sequences,
     )
     .fetch_all(&mut *tx)
     .await?;
-    Ok(fresh.into_iter().collect())
+    for row in recorded {
+        if let Some(projection) = Projection::named(&row.projection) {
+            fresh.entry(projection).or_default().insert(row.event_id);
+        }
+    }
+    Ok(fresh)
 }
 
-async fn set_checkpoint(
+/// Moves the projections' checkpoints and announces each on `cadre_projection` (delivered on
+/// commit: readers waiting for the read models to cover a position wake up then; see
+/// `cadre_runtime::projection`).
+async fn set_checkpoints(
     tx: &mut PgConnection,
-    projection: Projection,
-    checkpoint: u64,
+    checkpoints: &[(Projection, u64)],
 ) -> Result<(), sqlx::Error> {
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = checkpoints
+        .iter()
+        .map(|(p, _)| p.name().to_owned())
+        .collect();
+    let sequences: Vec<i64> = checkpoints.iter().map(|(_, c)| sequence(*c)).collect();
     sqlx::query!(
         "INSERT INTO projection_checkpoints (projection, stream_sequence, updated_at)
-         VALUES ($1, $2, now())
+         SELECT projection, stream_sequence, now()
+         FROM UNNEST($1::text[], $2::bigint[]) AS c(projection, stream_sequence)
          ON CONFLICT (projection) DO UPDATE
          SET stream_sequence = excluded.stream_sequence, updated_at = excluded.updated_at",
-        projection.name(),
-        sequence(checkpoint),
+        &names,
+        &sequences,
     )
     .execute(&mut *tx)
+    .await?;
+    sqlx::query_scalar!(
+        r#"SELECT pg_notify($1, projection || ':' || stream_sequence) AS "notified!"
+           FROM UNNEST($2::text[], $3::bigint[]) AS c(projection, stream_sequence)"#,
+        PROJECTION_CHANNEL,
+        &names,
+        &sequences,
+    )
+    .fetch_all(&mut *tx)
     .await?;
     Ok(())
 }
@@ -460,7 +560,7 @@ mod tests {
         for table in TABLES {
             assert_eq!(rows(&mut conn, table).await, json!([]), "{table}");
         }
-        assert_eq!(lease.checkpoint().await.unwrap(), 0);
+        assert_eq!(lease.checkpoint(), 0);
 
         project(&mut lease, &log, 5).await;
         project(&mut lease, std::slice::from_ref(&junk), 1).await;
@@ -502,7 +602,7 @@ mod tests {
             after.push(rows(&mut conn, table).await);
         }
         assert_eq!(after, before);
-        assert_eq!(lease.checkpoint().await.unwrap(), 2 * end);
+        assert_eq!(lease.checkpoint(), 2 * end);
     }
 
     const TABLES: [&str; 8] = [

@@ -649,52 +649,20 @@ impl Drop for TestDb {
     }
 }
 
-/// Every projection's lease on one database: the read models as a whole.
-pub(crate) struct Leases(Vec<Lease>);
-
-impl Leases {
-    /// Applies the batch to every projection.
-    pub async fn project(&mut self, batch: &[Incoming]) -> Result<u64, sqlx::Error> {
-        let mut checkpoint = u64::MAX;
-        for lease in &mut self.0 {
-            checkpoint = checkpoint.min(lease.project(batch).await?);
-        }
-        Ok(checkpoint)
-    }
-
-    pub async fn reset(&mut self) -> Result<(), sqlx::Error> {
-        for lease in &mut self.0 {
-            lease.reset().await?;
-        }
-        Ok(())
-    }
-
-    /// The lowest projection's checkpoint.
-    pub async fn checkpoint(&mut self) -> Result<u64, sqlx::Error> {
-        let mut checkpoint = u64::MAX;
-        for lease in &mut self.0 {
-            checkpoint = checkpoint.min(lease.checkpoint().await?);
-        }
-        Ok(checkpoint)
-    }
-}
-
-pub(crate) async fn lease(db: &TestDb) -> Leases {
-    let mut leases = Vec::new();
-    for projection in Projection::ALL {
-        leases.push(
-            Lease::acquire(&db.url, projection, "test", &CancellationToken::new())
-                .await
-                .unwrap(),
-        );
-    }
-    Leases(leases)
+/// A lease on every projection of the test database.
+pub(crate) async fn lease(db: &TestDb) -> Lease {
+    let mut lease = Lease::connect(&db.url, "test", &CancellationToken::new())
+        .await
+        .unwrap();
+    lease.hold(&Projection::ALL.into()).await.unwrap();
+    assert_eq!(lease.projections().len(), Projection::ALL.len());
+    lease
 }
 
 /// Projects `messages` in batches of `size`.
-pub(crate) async fn project(leases: &mut Leases, messages: &[Incoming], size: usize) {
+pub(crate) async fn project(lease: &mut Lease, messages: &[Incoming], size: usize) {
     for batch in messages.chunks(size) {
-        leases.project(batch).await.unwrap();
+        lease.project(batch).await.unwrap();
     }
 }
 
