@@ -5,9 +5,10 @@
 //! ephemeral consumer without acks (the checkpoints committed with the rows record progress),
 //! and writes each batch for every projection held in one transaction. A replica that holds
 //! every projection therefore does the work of a single projection; replicas that share them
-//! each read the log once and write their own read models. A gap in the delivered sequences (a
-//! reconnect drops messages in flight, and nothing redelivers them) ends the session, and the
-//! next one starts again from the checkpoints.
+//! each read the log once and write their own read models. A message lost in flight (a
+//! reconnect drops what was on the wire, and nothing redelivers it) ends the session, and the
+//! next one starts again from the checkpoints: it shows as a gap before the next message, or,
+//! when none follows, as a consumer that delivered more than was received.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -27,12 +28,17 @@ use crate::incoming::Incoming;
 use crate::projection::Projection;
 use crate::store::{Lease, STANDBY_POLL, retry_backoff, sleep_or_shutdown};
 
-/// How often the projector checks that its Postgres session, and so its locks, are alive while
-/// no events arrive.
-const LEASE_CHECK: Duration = Duration::from_secs(5);
+/// How often the projector checks, while no events arrive, that its Postgres session (and so
+/// its locks) is alive and that the server has delivered nothing it did not receive.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
 
-/// How long the server keeps a feed's consumer once nobody pulls from it (its replica gone).
-const FEED_INACTIVE_THRESHOLD: Duration = Duration::from_secs(30);
+/// How long the server keeps a feed's consumer once nobody pulls from it (its replica gone):
+/// well beyond a pull's expiry, so a live but idle feed keeps it.
+const FEED_INACTIVE_THRESHOLD: Duration = Duration::from_secs(120);
+/// How long a pull waits for messages before the client asks again, and how often the server
+/// says a waiting pull is still alive (so a feed whose server went away notices).
+const FEED_PULL_EXPIRY: Duration = Duration::from_secs(10);
+const FEED_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// What a projector has done so far.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,9 +78,11 @@ fn nats(error: impl Into<NatsError>) -> SessionError {
 enum End {
     /// Shutdown, or the rebuild target was reached.
     Stopped,
-    /// The subscription cannot go on (a gap, a stream error), or the projections held changed:
-    /// resubscribe from the lowest checkpoint.
+    /// The subscription cannot go on (a gap, a stream error, a message lost): resubscribe from
+    /// the lowest checkpoint, after a backoff.
     Resubscribe,
+    /// The projections wanted or held changed: resubscribe at once.
+    Reassigned,
 }
 
 impl Projector {
@@ -125,7 +133,8 @@ impl Projector {
             }
             match outcome {
                 Ok(End::Stopped) => return progress,
-                Ok(End::Resubscribe) => continue,
+                Ok(End::Reassigned) => continue,
+                Ok(End::Resubscribe) => {}
                 Err(SessionError::Nats(error)) => {
                     tracing::warn!(%error, "event stream unavailable; retrying");
                 }
@@ -135,7 +144,7 @@ impl Projector {
                     continue;
                 }
             }
-            let delay = backoff.next().unwrap_or(LEASE_CHECK);
+            let delay = backoff.next().unwrap_or(IDLE_CHECK);
             if sleep_or_shutdown(delay, shutdown).await {
                 return progress;
             }
@@ -159,13 +168,44 @@ impl Projector {
             return Ok(End::Stopped);
         }
         let stream = self.bus.stream();
-        let messages = open_feed(stream, checkpoint, self.max_batch)
+        let mut consumer = open_feed(stream, checkpoint).await.map_err(nats)?;
+        let ended = self
+            .follow(&mut consumer, lease, wanted, shutdown, progress)
+            .await;
+        // Gone after its inactive threshold anyway; at once is tidier.
+        let name = consumer.cached_info().name.clone();
+        let _ = stream.delete_consumer(&name).await;
+        ended
+    }
+
+    /// Projects what `consumer` delivers until the session must end.
+    async fn follow(
+        &self,
+        consumer: &mut PullConsumer,
+        lease: &mut Lease,
+        wanted: &mut watch::Receiver<BTreeSet<Projection>>,
+        shutdown: &CancellationToken,
+        progress: &mut Progress,
+    ) -> Result<End, SessionError> {
+        let stream = self.bus.stream();
+        let checkpoint = lease.checkpoint();
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.max_batch)
+            .expires(FEED_PULL_EXPIRY)
+            .heartbeat(FEED_HEARTBEAT)
+            .messages()
             .await
             .map_err(nats)?;
         // Whatever has arrived while the previous batch was written forms the next batch.
         let mut chunks = messages.ready_chunks(self.max_batch);
         let mut cursor = Cursor { last: checkpoint };
-        let mut lease_check = tokio::time::interval(LEASE_CHECK);
+        let mut idle_check =
+            tokio::time::interval_at(tokio::time::Instant::now() + IDLE_CHECK, IDLE_CHECK);
+        // Whether a chunk arrived since the last idle check, and whether that check found the
+        // server ahead of what arrived (messages may be in the client's buffer for a moment:
+        // only a second quiet check in a row says they are lost).
+        let (mut received, mut behind) = (false, false);
         let mut standby_poll = tokio::time::interval(STANDBY_POLL);
         let projections = lease.projections();
         tracing::info!(?projections, checkpoint, "projecting events");
@@ -175,16 +215,29 @@ impl Projector {
             let chunk = tokio::select! {
                 () = shutdown.cancelled() => return Ok(End::Stopped),
                 changed = wanted.changed() => {
-                    return Ok(if changed.is_ok() { End::Resubscribe } else { End::Stopped });
+                    return Ok(if changed.is_ok() { End::Reassigned } else { End::Stopped });
                 }
-                _ = lease_check.tick() => {
+                _ = idle_check.tick() => {
                     lease.ping().await?;
+                    // Without acks nothing is redelivered: a message the server handed out but
+                    // that never arrived (a connection lost with it in flight) is noticed by
+                    // the gap it leaves before the next one, or, when none follows, here.
+                    behind = if std::mem::take(&mut received) {
+                        false
+                    } else {
+                        let delivered = consumer.info().await.map_err(nats)?.delivered.stream_sequence;
+                        if delivered > cursor.last && behind {
+                            tracing::warn!(delivered, received = cursor.last, "deliveries went missing");
+                            return Ok(End::Resubscribe);
+                        }
+                        delivered > cursor.last
+                    };
                     continue;
                 }
                 _ = standby_poll.tick(), if missing => {
                     // A projection wanted is held elsewhere: take it if it is free now.
                     if lease.hold(&wants).await? {
-                        return Ok(End::Resubscribe);
+                        return Ok(End::Reassigned);
                     }
                     continue;
                 }
@@ -196,9 +249,13 @@ impl Projector {
                 tracing::warn!("the event subscription ended; resubscribing");
                 return Ok(End::Resubscribe);
             };
+            received = true;
             let (batch, interrupted) = admit(chunk, &mut cursor, stream).await.map_err(nats)?;
-            if !self.commit(lease, batch, shutdown, progress).await? {
-                return Ok(End::Stopped);
+            if let Some(end) = self
+                .commit(lease, batch, wanted, shutdown, progress)
+                .await?
+            {
+                return Ok(end);
             }
             if self.reached(progress.checkpoint) {
                 return Ok(End::Stopped);
@@ -209,17 +266,19 @@ impl Projector {
         }
     }
 
-    /// Writes the batch (retrying the same batch while the session lives). False if shutdown
-    /// interrupted the retries.
+    /// Writes the batch, retrying the same batch while the session lives. Returns how the
+    /// session must end if something interrupted the retries: shutdown, or a change of the
+    /// projections wanted (a batch that keeps failing must not keep them from their new writer).
     async fn commit(
         &self,
         lease: &mut Lease,
         batch: Batch,
+        wanted: &mut watch::Receiver<BTreeSet<Projection>>,
         shutdown: &CancellationToken,
         progress: &mut Progress,
-    ) -> Result<bool, SessionError> {
+    ) -> Result<Option<End>, SessionError> {
         let (Some(first), Some(last)) = (batch.incoming.first(), batch.incoming.last()) else {
-            return Ok(true);
+            return Ok(None);
         };
         let (first, last) = (first.sequence, last.sequence);
         let span = tracing::info_span!(
@@ -247,10 +306,14 @@ impl Projector {
                     if lease.ping().await.is_err() {
                         return Err(SessionError::Lease(error));
                     }
-                    let delay = backoff.next().unwrap_or(LEASE_CHECK);
+                    let delay = backoff.next().unwrap_or(IDLE_CHECK);
                     tracing::warn!(%error, first, last, ?delay, "writing a batch failed; retrying it");
-                    if sleep_or_shutdown(delay, shutdown).await {
-                        return Ok(false);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(Some(End::Stopped)),
+                        changed = wanted.changed() => {
+                            return Ok(Some(if changed.is_ok() { End::Reassigned } else { End::Stopped }));
+                        }
+                        () = tokio::time::sleep(delay) => {}
                     }
                 }
             }
@@ -271,24 +334,20 @@ impl Projector {
         }
         progress.messages += batch.incoming.len() as u64;
         progress.checkpoint = checkpoint;
-        Ok(true)
+        Ok(None)
     }
 }
 
 /// Every event after `checkpoint`, in stream order, through an ephemeral consumer: nothing is
 /// left on the server once this replica stops, and nothing is acked, since the checkpoints
 /// committed with the rows are what records progress.
-async fn open_feed(
-    stream: &stream::Stream,
-    checkpoint: u64,
-    max_batch: usize,
-) -> Result<pull::Stream, NatsError> {
+async fn open_feed(stream: &stream::Stream, checkpoint: u64) -> Result<PullConsumer, NatsError> {
     // Left by releases that kept one durable consumer for the projector; deleted at every
     // session, since a projector of such a release may recreate it while an upgrade rolls out.
     let _ = stream
         .delete_consumer(streams::RETIRED_PROJECTOR_CONSUMER)
         .await;
-    let consumer: PullConsumer = stream
+    Ok(stream
         .create_consumer(pull::Config {
             description: Some("projector: folds events into the Postgres read models".to_owned()),
             filter_subject: subjects::ALL_EVENTS.to_owned(),
@@ -301,11 +360,6 @@ async fn open_feed(
             memory_storage: true,
             ..Default::default()
         })
-        .await?;
-    Ok(consumer
-        .stream()
-        .max_messages_per_batch(max_batch)
-        .messages()
         .await?)
 }
 

@@ -1,7 +1,7 @@
-//! The projections: the read models in groups that are folded independently, each through its
-//! own consumer of the whole log, in its own transactions, with its own checkpoint, event-id
-//! index and Postgres lock. Projector replicas share them (see [`crate::run`]), and on one
-//! replica they commit in parallel.
+//! The projections: the read models in groups, each with its own checkpoint, event-id index
+//! and Postgres lock, so that projector replicas can share them (see [`crate::run`]). A replica
+//! reads the log once for the projections it holds and writes them in one transaction per
+//! batch.
 //!
 //! A read model whose statements read another's rows (history, escalations and tasks read the
 //! executions; templates read the workflows) is in the same projection as that model, so it
@@ -33,7 +33,8 @@ impl Projection {
         Self::Catalog,
     ];
 
-    /// Its row of `projection_checkpoints` and the end of its consumer's name.
+    /// Its row of `projection_checkpoints`, and its name in `projected_events` and in the
+    /// `cadre_projection` notifications.
     pub fn name(self) -> &'static str {
         PROJECTIONS[self as usize]
     }
