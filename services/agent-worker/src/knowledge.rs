@@ -112,10 +112,10 @@ impl KnowledgeView {
     /// `collaboration_knowledge` alone) has not moved past the checkpoint it had reached when
     /// it was read: the steps of many executions of one workflow ask the same question of the
     /// same knowledge, and ranking it again for each of them was the costliest part of a step.
-    /// Every change to the knowledge moves that checkpoint, an item superseded included, so staleness is bounded by the knowledge
-    /// version, not by time: a step never gets a ranking older than the checkpoint this worker
-    /// has seen, which trails the projector's commits by a notification (or, if one is
-    /// missed, a one-second poll).
+    /// Every change to the knowledge moves that checkpoint, an item superseded included, so
+    /// staleness is bounded by the knowledge version, not by time: a step never gets a ranking
+    /// older than the checkpoint this worker has seen, which trails the projector's commits by
+    /// a notification (or, if one is missed, a one-second poll).
     /// Concurrent steps that find no current ranking wait for one of them to read it.
     ///
     /// The key is the projection's checkpoint, not a per-workflow version: it costs no query, and

@@ -3,9 +3,10 @@
 //! by one live replica.
 //!
 //! Each replica heartbeats its key in [`streams::COORDINATORS_BUCKET`] (see
-//! [`cadre_runtime::membership`]) and, from the replicas it sees live, computes which partitions are its own by rendezvous hashing: every replica
-//! with the same view reaches the same answer without talking to the others, and a replica
-//! joining or leaving moves only the partitions it takes or gives up. Views may differ for a
+//! [`cadre_runtime::membership`]) and, from the replicas it sees live, computes which
+//! partitions are its own by rendezvous hashing: every replica with the same view reaches the
+//! same answer without talking to the others, and a replica joining or leaving moves only the
+//! partitions it takes or gives up. Views may differ for a
 //! moment; the partition consumers' pinned client keeps one replica at a time on a partition
 //! even then, and appends expect each execution's last sequence, so a replica that acts on a
 //! stale state decides again rather than twice.

@@ -7,8 +7,8 @@
 //! [`assigned`]) and stand by for the others'. A replica reads the log once for all the
 //! projections it holds, in stream order, in batches: each batch's rows, event ids, rejected
 //! messages and new checkpoints commit in one transaction, which also notifies
-//! `cadre_projection` with each projection's checkpoint. Rows are built from event data only, so [`rebuild`] (truncate, replay from
-//! sequence 1) reproduces them exactly.
+//! `cadre_projection` with each projection's checkpoint. Rows are built from event data only,
+//! so [`rebuild`] (truncate, replay from sequence 1) reproduces them exactly.
 //!
 //! The projector must not decide anything or publish events: a read model that disagrees with
 //! the log is fixed by replaying the log, never by writing to it.
