@@ -113,7 +113,10 @@ impl Projector {
                 lease = None;
                 continue;
             }
-            if held.is_empty() {
+            // A rebuild writes every projection or none: one that reconnected while a projector
+            // holds some waits for them rather than finish the others alone.
+            let partial = self.until.is_some() && held.projections() != wants;
+            if held.is_empty() || partial {
                 // A standby: ask again for the projections wanted, or wait to be given some.
                 tokio::select! {
                     () = shutdown.cancelled() => return progress,
