@@ -44,6 +44,12 @@ pub fn events_stream(replicas: usize) -> stream::Config {
 /// a consumer whose filter is its stream's whole subject space reads sequentially.
 pub const DISPATCH_STREAM: &str = "CADRE_DISPATCH";
 
+/// The header of a step in the workers' queue that gives the log sequence of the
+/// `StepScheduled` it is a copy of (decimal). A worker that finds this event still the latest
+/// of the step knows nothing has happened to the step since, and need not look up each of its
+/// possible outcomes; a copy without it (a deferred step handed back) gets the full check.
+pub const LOG_SEQUENCE_HEADER: &str = "Cadre-Log-Sequence";
+
 pub fn dispatch_stream(replicas: usize) -> stream::Config {
     stream::Config {
         name: DISPATCH_STREAM.to_owned(),

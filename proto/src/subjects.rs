@@ -289,6 +289,16 @@ pub fn step(
     format!("{PREFIX}.{tenant}.workflow.{workflow}.execution.{execution}.step.{step}.{fact}")
 }
 
+/// Every event of one step of an execution, whatever its fact.
+pub fn step_events(
+    tenant: &TenantId,
+    workflow: WorkflowId,
+    execution: ExecutionId,
+    step: &StepId,
+) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.execution.{execution}.step.{step}.>")
+}
+
 /// All of one execution's state events: the filter of its optimistic-concurrency check and of
 /// its replay.
 pub fn execution_state(tenant: &TenantId, workflow: WorkflowId, execution: ExecutionId) -> String {

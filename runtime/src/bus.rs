@@ -175,6 +175,10 @@ pub struct EventBus {
     /// Turns to have an atomic batch open (see [`BATCHES_IN_FLIGHT`]).
     batches: std::sync::Arc<tokio::sync::Semaphore>,
     stream: stream::Stream,
+    /// Whether the log has a single replica, its leader, when the bus opened: a direct get is
+    /// then answered by the leader, and [`EventBus::last_event`] takes that cheaper path. A log
+    /// given more replicas later is read through the leader's API once the services restart.
+    single_replica: bool,
     dispatch: stream::Stream,
     timers: stream::Stream,
 }
@@ -186,10 +190,12 @@ impl EventBus {
         let stream = ensure_stream(&js, streams::events_stream(replicas)).await?;
         let dispatch = ensure_stream(&js, streams::dispatch_stream(replicas)).await?;
         let timers = ensure_stream(&js, streams::timers_stream(replicas)).await?;
+        let single_replica = stream.cached_info().config.num_replicas <= 1;
         Ok(Self {
             js,
             batches: std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT)),
             stream,
+            single_replica,
             dispatch,
             timers,
         })
@@ -254,15 +260,22 @@ impl EventBus {
         Ok(())
     }
 
-    /// Hands a scheduled step to the agent workers that offer `provider`. The copy keeps the
-    /// event's id as its `Nats-Msg-Id`, so handing the same step twice within the duplicate
-    /// window stores it once.
-    pub async fn dispatch(&self, envelope: &Envelope, provider: &str) -> Result<(), PublishError> {
+    /// Hands a scheduled step, stored in the log at `sequence`, to the agent workers that offer
+    /// `provider`. The copy keeps the event's id as its `Nats-Msg-Id`, so handing the same step
+    /// twice within the duplicate window stores it once, and carries `sequence` in
+    /// [`LOG_SEQUENCE_HEADER`](cadre_proto::streams::LOG_SEQUENCE_HEADER).
+    pub async fn dispatch(
+        &self,
+        envelope: &Envelope,
+        sequence: u64,
+        provider: &str,
+    ) -> Result<(), PublishError> {
         let subject = cadre_proto::subjects::dispatched_steps(provider, &envelope.meta.tenant);
-        self.js
-            .send_publish(subject, message(envelope))
-            .await?
-            .await?;
+        let copy = message(envelope).header(
+            cadre_proto::streams::LOG_SEQUENCE_HEADER,
+            sequence.to_string().as_str(),
+        );
+        self.js.send_publish(subject, copy).await?.await?;
         Ok(())
     }
 
@@ -462,9 +475,15 @@ impl EventBus {
             .map_err(|error| classify(error, append))
     }
 
-    /// The last event stored on `filter` (wildcards allowed), if any.
+    /// The last event stored on `filter` (wildcards allowed), if any, as the stream's leader
+    /// has it. With a single replica that is a direct get; otherwise the leader's API answers,
+    /// wrapping the message in JSON and base64 (measured on one machine: reading through the
+    /// API cost 6% of the pipeline's CPU time and 7% of its steps per second).
     pub async fn last_event(&self, filter: &str) -> Result<Option<Stored>, ReadError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        if self.single_replica {
+            return self.peek_last_event(filter).await;
+        }
         match self.stream.get_last_raw_message_by_subject(filter).await {
             Ok(message) => decode_stored(message.sequence, &message.payload).map(Some),
             Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),

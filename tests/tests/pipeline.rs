@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cadre_coordinator::partitions;
-use cadre_proto::streams::{PROJECTIONS, agent_worker_consumer_name};
+use cadre_proto::streams::{LOG_SEQUENCE_HEADER, PROJECTIONS, agent_worker_consumer_name};
 use cadre_proto::subjects;
 use cadre_proto::{Event, TenantId};
 use cadre_runtime::projection::read_checkpoints;
@@ -266,6 +266,26 @@ async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
         .unwrap()
         .await
         .unwrap();
+    settle(&stack).await;
+
+    // And the original scheduling handed straight to the workers again, naming where it is
+    // stored, as a coordinator redelivered past the duplicate window would: it is no longer
+    // the step's latest event, so the worker checks each outcome and finds the completion.
+    let Event::StepScheduled(step) = &scheduled.envelope.event else {
+        unreachable!()
+    };
+    let again = async_nats::jetstream::message::PublishMessage::build()
+        .message_id(format!("{}-again", scheduled.envelope.meta.id))
+        .header(LOG_SEQUENCE_HEADER, scheduled.sequence.to_string().as_str())
+        .payload(scheduled.envelope.encode().into());
+    js.send_publish(
+        subjects::dispatched_steps(&step.agent.provider, &tenant),
+        again,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     settle(&stack).await;
 
     let events = stack.bus.read_all(&filter).await.unwrap();

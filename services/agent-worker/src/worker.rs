@@ -165,6 +165,11 @@ impl Worker {
             scheduled: *scheduled,
         };
         let waited = Waited::from_headers(message.headers.as_ref());
+        let stored_at = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(streams::LOG_SEQUENCE_HEADER))
+            .and_then(|sequence| sequence.as_str().parse().ok());
         let last_delivery = delivered >= streams::AGENT_WORKER_MAX_DELIVER;
 
         let call = self.calls.register(
@@ -174,7 +179,7 @@ impl Worker {
         );
         let Some(outcome) = call
             .token
-            .run_until_cancelled(self.run_step(&step, message, waited))
+            .run_until_cancelled(self.run_step(&step, message, waited, stored_at))
             .await
         else {
             // The coordinator recorded why (a time-out, a cancel) before it asked.
@@ -203,11 +208,64 @@ impl Worker {
         }
     }
 
-    /// The step's latest scheduling, completion, failure and time-out, and its execution's end. Looked up per fact rather than as
-    /// the step's single latest event: a copy of the `StepScheduled` re-published after the
-    /// duplicate window would otherwise hide a completion stored before it. Any replica may
-    /// answer: one that lags can only say "not done yet", and a step run twice is deduplicated.
-    async fn latest_outcomes(&self, step: &ScheduledStep) -> anyhow::Result<Vec<Event>> {
+    /// The step's latest scheduling, completion, failure and time-out, and its execution's end.
+    /// Looked up per fact rather than as the step's single latest event: a copy of the
+    /// `StepScheduled` re-published after the duplicate window would otherwise hide a
+    /// completion stored before it. Any replica may answer: one that lags can only say "not
+    /// done yet", and a step run twice is deduplicated.
+    ///
+    /// When the delivery says where its `StepScheduled` is stored (`stored_at`) and that event
+    /// is still the latest of the step, nothing has happened to the step since it was
+    /// scheduled, and one lookup stands for the seven: every outcome of this attempt or a later
+    /// one, and any copy stored again, would be stored after it (and the coordinator hands out
+    /// no copy of a scheduling whose attempt had ended). A first delivery, the usual case,
+    /// takes that path; a redelivery finds its own `StepStarted` and checks each fact.
+    async fn latest_outcomes(
+        &self,
+        step: &ScheduledStep,
+        stored_at: Option<u64>,
+    ) -> anyhow::Result<Vec<Event>> {
+        let s = &step.scheduled;
+        // An execution that ended (cancelled, or failed by another step) needs no more work.
+        let execution_ends = [subjects::CANCELLED, subjects::FAILED]
+            .map(|fact| subjects::execution(&step.tenant, s.workflow_id, s.execution_id, fact));
+        let untouched = async {
+            let Some(stored_at) = stored_at else {
+                return Ok(false);
+            };
+            let all =
+                subjects::step_events(&step.tenant, s.workflow_id, s.execution_id, &s.step.id);
+            match self.bus.peek_last_event(&all).await {
+                Ok(latest) => Ok(latest.is_some_and(|latest| latest.sequence == stored_at)),
+                // Decided per fact below, where an unreadable event is passed over.
+                Err(ReadError::Decode { .. }) => Ok(false),
+                Err(error) => Err(error),
+            }
+        };
+        let (mut lookups, untouched) = tokio::join!(
+            futures::future::join_all(execution_ends.iter().map(|f| self.bus.peek_last_event(f))),
+            untouched
+        );
+        if !untouched.context("reading the step's latest event")? {
+            lookups.extend(self.step_facts(step).await);
+        }
+        let mut latest = Vec::new();
+        for lookup in lookups {
+            match lookup {
+                Ok(Some(stored)) => latest.push(stored.envelope.event),
+                Ok(None) => {}
+                // Only our own events matter here; one this build cannot read is not one.
+                Err(error @ ReadError::Decode { .. }) => {
+                    tracing::warn!(%error, "ignoring an unreadable event of the step");
+                }
+                Err(error) => return Err(error).context("reading the step's latest events"),
+            }
+        }
+        Ok(latest)
+    }
+
+    /// The latest event of each fact that can settle the step, one lookup per fact.
+    async fn step_facts(&self, step: &ScheduledStep) -> Vec<Result<Option<Stored>, ReadError>> {
         let s = &step.scheduled;
         let step_facts = [
             subjects::SCHEDULED,
@@ -227,25 +285,7 @@ impl Worker {
                 fact,
             )
         });
-        // An execution that ended (cancelled, or failed by another step) needs no more work.
-        let execution_ends = [subjects::CANCELLED, subjects::FAILED]
-            .map(|fact| subjects::execution(&step.tenant, s.workflow_id, s.execution_id, fact));
-        let filters: Vec<&String> = step_facts.iter().chain(&execution_ends).collect();
-        let lookups =
-            futures::future::join_all(filters.iter().map(|f| self.bus.peek_last_event(f))).await;
-        let mut latest = Vec::new();
-        for lookup in lookups {
-            match lookup {
-                Ok(Some(stored)) => latest.push(stored.envelope.event),
-                Ok(None) => {}
-                // Only our own events matter here; one this build cannot read is not one.
-                Err(error @ ReadError::Decode { .. }) => {
-                    tracing::warn!(%error, "ignoring an unreadable event of the step");
-                }
-                Err(error) => return Err(error).context("reading the step's latest events"),
-            }
-        }
-        Ok(latest)
+        futures::future::join_all(step_facts.iter().map(|f| self.bus.peek_last_event(f))).await
     }
 
     /// What the step's dependencies handed on, read from the log (their latest
@@ -342,10 +382,13 @@ impl Worker {
         step: &ScheduledStep,
         message: &jetstream::Message,
         waited: Option<Waited>,
+        stored_at: Option<u64>,
     ) -> anyhow::Result<Disposition> {
         let s = &step.scheduled;
-        let (latest, dependencies) =
-            tokio::try_join!(self.latest_outcomes(step), self.dependencies(step))?;
+        let (latest, dependencies) = tokio::try_join!(
+            self.latest_outcomes(step, stored_at),
+            self.dependencies(step)
+        )?;
         for latest in latest {
             if let Some(why) = already_handled(s, waited, &latest) {
                 tracing::info!(why, "step already handled; skipping this delivery");

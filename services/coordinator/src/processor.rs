@@ -528,7 +528,7 @@ async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
                 Kind::Event => {
                     on_event(&services, &mut executions, &message, origin.sequence).await
                 }
-                Kind::Workflow => on_workflow_event(&services, &message).await,
+                Kind::Workflow => on_workflow_event(&services, &message, origin.sequence).await,
                 Kind::Timer => {
                     on_timer(&services, &mut executions, &message, origin.sequence).await
                 }
@@ -625,7 +625,7 @@ async fn on_event(
     let performed = futures::future::join_all(
         effects(&aggregate.state, &envelope.event, envelope.meta.time)
             .into_iter()
-            .map(|effect| perform(services, &envelope, effect)),
+            .map(|effect| perform(services, &envelope, sequence, effect)),
     )
     .await;
     if let Some(Err(error)) = performed.into_iter().find(Result::is_err) {
@@ -690,8 +690,13 @@ fn decided(
     }
 }
 
-/// A workflow's lifecycle event: its schedule and links follow its state.
-async fn on_workflow_event(services: &Services, message: &jetstream::Message) -> Processed {
+/// A workflow's lifecycle event, stored at `sequence` in the log: its schedule and links follow
+/// its state.
+async fn on_workflow_event(
+    services: &Services,
+    message: &jetstream::Message,
+    sequence: u64,
+) -> Processed {
     let envelope = match Envelope::decode(&message.payload) {
         Ok(envelope) => envelope,
         Err(error) => return Processed::Unreadable(error.to_string()),
@@ -712,7 +717,7 @@ async fn on_workflow_event(services: &Services, message: &jetstream::Message) ->
         Err(error) => return Processed::Retry(error.to_string()),
     };
     for effect in workflow::effects(&workflow.state, &envelope.event) {
-        if let Err(error) = perform(services, &envelope, effect).await {
+        if let Err(error) = perform(services, &envelope, sequence, effect).await {
             return Processed::Retry(format!("performing an effect of a workflow event: {error}"));
         }
     }
@@ -758,13 +763,18 @@ async fn on_timer(
     decided(outcome, executions, execution_id)
 }
 
-/// Carries out one effect of a stored event.
-async fn perform(services: &Services, stored: &Envelope, effect: Effect) -> Result<(), NatsError> {
+/// Carries out one effect of an event stored at `sequence` in the log.
+async fn perform(
+    services: &Services,
+    stored: &Envelope,
+    sequence: u64,
+    effect: Effect,
+) -> Result<(), NatsError> {
     let (bus, tenant) = (&services.bus, &stored.meta.tenant);
     match effect {
         // The log is the workers' outbox: a scheduled step stored in it is handed to them
         // before its delivery is acked, so none is lost between the two writes.
-        Effect::Dispatch { provider } => bus.dispatch(stored, &provider).await?,
+        Effect::Dispatch { provider } => bus.dispatch(stored, sequence, &provider).await?,
         Effect::StartTimer { timer, when } => match bus.arm_timer(tenant, &timer, &when).await {
             // Validation keeps such schedules out; one the server still refuses (an older
             // definition) would be refused forever, so it is reported and left unarmed.

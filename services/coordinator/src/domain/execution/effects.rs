@@ -41,28 +41,6 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
             effects
         }
         Event::StepScheduled(e) => {
-            let mut effects = vec![match e.step.child_workflow_id {
-                // A child run takes the step instead of an agent (an agent reviews its work).
-                Some(workflow_id) if e.review.is_none() => Effect::StartChild {
-                    workflow_id,
-                    parent: ParentStep {
-                        attempt: StepAttempt::of(e),
-                        depth: execution.parent.as_ref().map_or(0, |p| p.depth) + 1,
-                    },
-                    input: execution.input.clone(),
-                },
-                _ => Effect::Dispatch {
-                    provider: e.agent.provider.clone(),
-                },
-            }];
-            // The asker is back at work: its questions' deadline has nothing left to guard.
-            if !e.answers.is_empty() {
-                effects.push(Effect::CancelTimer(question_deadline(
-                    execution,
-                    &e.step.id,
-                    e.attempt - 1,
-                )));
-            }
             // A step's attempt, a coordinator agent's choice for one, or a saga's undoing of
             // one, still running.
             let choosing =
@@ -80,6 +58,33 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                     matches!(saga.current(), Some((step, Undoing::Scheduled { attempt, .. }))
                         if step.undo() == e.step.id && *attempt == e.attempt)
                 });
+            let mut effects = match e.step.child_workflow_id {
+                // A child run takes the step instead of an agent (an agent reviews its work).
+                Some(workflow_id) if e.review.is_none() => vec![Effect::StartChild {
+                    workflow_id,
+                    parent: ParentStep {
+                        attempt: StepAttempt::of(e),
+                        depth: execution.parent.as_ref().map_or(0, |p| p.depth) + 1,
+                    },
+                    input: execution.input.clone(),
+                }],
+                // An attempt that already ended needs no worker: this is a copy of its
+                // scheduling stored again (re-published after the duplicate window). Workers
+                // trust a dispatched step whose scheduling is still the step's latest event to
+                // be unsettled, so such a copy must not reach them.
+                _ if running => vec![Effect::Dispatch {
+                    provider: e.agent.provider.clone(),
+                }],
+                _ => vec![],
+            };
+            // The asker is back at work: its questions' deadline has nothing left to guard.
+            if !e.answers.is_empty() {
+                effects.push(Effect::CancelTimer(question_deadline(
+                    execution,
+                    &e.step.id,
+                    e.attempt - 1,
+                )));
+            }
             if let Some(at) = e.timeout_at
                 && running
             {

@@ -540,6 +540,30 @@ fn duplicates_and_strays_change_nothing() {
     );
 }
 
+#[test]
+fn a_scheduling_stored_again_after_its_attempt_ended_hands_nothing_to_the_workers() {
+    let team = vec![agent("Ada", &[])];
+    let wf = workflow(&team, vec![step("a", &[], &[]), step("b", &["a"], &[])]);
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first.clone());
+    let scheduled = the_scheduled(&first).clone();
+    let Event::StepScheduled(s) = &scheduled else {
+        unreachable!()
+    };
+    let dispatch = Effect::Dispatch {
+        provider: s.agent.provider.clone(),
+    };
+    assert!(effects(&fold(&log), &scheduled, now()).contains(&dispatch));
+
+    // Its attempt completed, then a copy of the scheduling was stored again (re-published past
+    // the duplicate window): read back, it must not reach a worker, which would find it the
+    // step's latest event and run the attempt again.
+    log.push(completed(&scheduled));
+    log.push(scheduled.clone());
+    assert!(!effects(&fold(&log), &scheduled, now()).contains(&dispatch));
+}
+
 fn fire(log: &[Event], timer: Timer) -> Vec<Event> {
     decide(&Command::TimerFired(timer), &fold(log), now()).unwrap()
 }
