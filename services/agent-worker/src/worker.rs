@@ -236,7 +236,9 @@ impl Worker {
             let all =
                 subjects::step_events(&step.tenant, s.workflow_id, s.execution_id, &s.step.id);
             match self.bus.peek_last_event(&all).await {
-                Ok(latest) => Ok(latest.is_some_and(|latest| latest.sequence == stored_at)),
+                Ok(latest) => Ok(latest.is_some_and(|latest| {
+                    latest.sequence == stored_at && latest.envelope.meta.id == step.event_id
+                })),
                 // Decided per fact below, where an unreadable event is passed over.
                 Err(ReadError::Decode { .. }) => Ok(false),
                 Err(error) => Err(error),

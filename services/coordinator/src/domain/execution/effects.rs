@@ -41,8 +41,8 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
             effects
         }
         Event::StepScheduled(e) => {
-            // A step's attempt, a coordinator agent's choice for one, or a saga's undoing of
-            // one, still running.
+            // A step's attempt, a coordinator agent's choice for one, a saga's undoing of one,
+            // or its re-planning, still running.
             let choosing =
                 |p: &super::StepProgress| p.state == StepState::Delegating { attempt: e.attempt };
             let running = execution
@@ -57,6 +57,9 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                 || execution.saga.as_ref().is_some_and(|saga| {
                     matches!(saga.current(), Some((step, Undoing::Scheduled { attempt, .. }))
                         if step.undo() == e.step.id && *attempt == e.attempt)
+                        || e.step.id.as_str().starts_with(StepId::REPLAN_PREFIX)
+                            && matches!(saga.replan, Some(Undoing::Scheduled { attempt, .. })
+                                if attempt == e.attempt)
                 });
             let mut effects = match e.step.child_workflow_id {
                 // A child run takes the step instead of an agent (an agent reviews its work).

@@ -1579,6 +1579,18 @@ proptest! {
         let append = |log: &mut Vec<Event>, state: &mut State, events: Vec<Event>| {
             for event in events {
                 *state = evolve(std::mem::take(state), &event);
+                // Read back, whatever was scheduled is handed out: to a worker, or as a child run.
+                if let Event::StepScheduled(s) = &event {
+                    assert!(
+                        effects(state, &event, now()).iter().any(|effect| matches!(
+                            effect,
+                            Effect::Dispatch { .. } | Effect::StartChild { .. }
+                        )),
+                        "{} attempt {} was scheduled but not handed out",
+                        s.step.id,
+                        s.attempt
+                    );
+                }
                 log.push(event);
             }
         };
