@@ -238,11 +238,14 @@ pub async fn execution(
 ) -> sqlx::Result<Option<ExecutionView>> {
     sqlx::query_as!(
         ExecutionView,
-        "SELECT id, workflow_id, execution_number, trigger_reason, triggered_by, current_step_id,
-                active_steps, execution_context, step_results, active_agents, agent_assignments,
-                status, error_message, failure_cause, final_output, started_at, completed_at,
-                actual_duration, updated_at
-         FROM workflow_executions WHERE tenant_id = $1 AND id = $2",
+        r#"SELECT id AS "id!", workflow_id AS "workflow_id!", execution_number AS "execution_number!",
+                trigger_reason AS "trigger_reason!", triggered_by, current_step_id,
+                active_steps AS "active_steps!", execution_context AS "execution_context!",
+                step_results AS "step_results!", active_agents AS "active_agents!",
+                agent_assignments AS "agent_assignments!", status AS "status!", error_message,
+                failure_cause, final_output, started_at AS "started_at!", completed_at,
+                actual_duration, updated_at AS "updated_at!"
+         FROM workflow_executions WHERE tenant_id = $1 AND id = $2"#,
         tenant.as_str(),
         id,
     )
@@ -285,16 +288,19 @@ pub async fn executions(
 ) -> sqlx::Result<Paged<ExecutionView, i32>> {
     let rows = sqlx::query_as!(
         ExecutionView,
-        "SELECT id, workflow_id, execution_number, trigger_reason, triggered_by, current_step_id,
-                active_steps, execution_context, step_results, active_agents, agent_assignments,
-                status, error_message, failure_cause, final_output, started_at, completed_at,
-                actual_duration, updated_at
+        r#"SELECT id AS "id!", workflow_id AS "workflow_id!", execution_number AS "execution_number!",
+                trigger_reason AS "trigger_reason!", triggered_by, current_step_id,
+                active_steps AS "active_steps!", execution_context AS "execution_context!",
+                step_results AS "step_results!", active_agents AS "active_agents!",
+                agent_assignments AS "agent_assignments!", status AS "status!", error_message,
+                failure_cause, final_output, started_at AS "started_at!", completed_at,
+                actual_duration, updated_at AS "updated_at!"
          FROM workflow_executions
          WHERE tenant_id = $1 AND workflow_id = $2 AND execution_number < $3
            AND (cardinality($4::text[]) = 0 OR status = ANY($4))
            AND ($5::text IS NULL OR trigger_reason = $5)
            AND started_at >= $6 AND started_at < $7
-         ORDER BY execution_number DESC LIMIT $8",
+         ORDER BY execution_number DESC LIMIT $8"#,
         tenant.as_str(),
         workflow_id,
         page.after.unwrap_or(i32::MAX),
@@ -323,17 +329,20 @@ pub async fn all_executions(
     let (at, id) = page.after.unwrap_or((latest(), Uuid::max()));
     let rows = sqlx::query_as!(
         ExecutionView,
-        "SELECT id, workflow_id, execution_number, trigger_reason, triggered_by, current_step_id,
-                active_steps, execution_context, step_results, active_agents, agent_assignments,
-                status, error_message, failure_cause, final_output, started_at, completed_at,
-                actual_duration, updated_at
+        r#"SELECT id AS "id!", workflow_id AS "workflow_id!", execution_number AS "execution_number!",
+                trigger_reason AS "trigger_reason!", triggered_by, current_step_id,
+                active_steps AS "active_steps!", execution_context AS "execution_context!",
+                step_results AS "step_results!", active_agents AS "active_agents!",
+                agent_assignments AS "agent_assignments!", status AS "status!", error_message,
+                failure_cause, final_output, started_at AS "started_at!", completed_at,
+                actual_duration, updated_at AS "updated_at!"
          FROM workflow_executions
          WHERE tenant_id = $1 AND (started_at, id) < ($2::timestamptz, $3::uuid)
            AND ($4::uuid IS NULL OR workflow_id = $4)
            AND (cardinality($5::text[]) = 0 OR status = ANY($5))
            AND ($6::text IS NULL OR trigger_reason = $6)
            AND started_at >= $7 AND started_at < $8
-         ORDER BY started_at DESC, id DESC LIMIT $9",
+         ORDER BY started_at DESC, id DESC LIMIT $9"#,
         tenant.as_str(),
         at,
         id,

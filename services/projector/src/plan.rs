@@ -375,16 +375,17 @@ mod tests {
 
         assert_eq!(plan.executions.patches.len(), 1);
         let patch = &plan.executions.patches[0];
-        let step = &patch.steps["design"];
+        let step = &patch.steps["design"].entry;
         assert_eq!(step["status"], "completed");
         assert_eq!(step["attempt"], 1);
         assert_eq!(step["agentId"], json!(f.agent.id));
         assert_eq!(step["summary"], "Designed");
         assert_eq!(step["tokens"]["total"], 15);
         assert_eq!(step["durationMs"], 42);
-        assert_eq!(patch.assignments["design"]["agentName"], "Ada");
-        assert_eq!(patch.assignments["design"]["reason"]["kind"], "roleMatch");
-        assert_eq!(patch.scheduled, ["design"]);
+        let assignment = patch.steps["design"].assignment.as_ref().unwrap();
+        assert_eq!(assignment["agentName"], "Ada");
+        assert_eq!(assignment["reason"]["kind"], "roleMatch");
+        assert!(patch.steps["design"].scheduled_sequence.is_some());
         assert_eq!(
             patch.status,
             ExecutionStatus {
@@ -396,7 +397,7 @@ mod tests {
         let ending = patch.ending.as_ref().unwrap();
         assert_eq!(ending.final_output, Some(json!({ "design": "The design" })));
         assert_eq!(ending.completed_at, f.clock);
-        assert_eq!(patch.updated_at, f.clock);
+        assert_eq!(patch.controlled_at, Some(f.clock));
 
         assert_eq!(plan.workflows.patches.len(), 1);
         let workflow = &plan.workflows.patches[0];

@@ -13,7 +13,8 @@ use cadre_proto::streams::PROJECTIONS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Projection {
-    /// `workflow_executions`, `escalations`, `agent_tasks`, `execution_history`.
+    /// `workflow_executions` (a view of `executions` and `execution_steps`), `escalations`,
+    /// `agent_tasks`, `execution_history`.
     Runs,
     /// `agent_interactions`, `task_handoffs`.
     Interactions,

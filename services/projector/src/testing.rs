@@ -595,6 +595,12 @@ pub(crate) struct TestDb {
 impl TestDb {
     /// On `CADRE_ADMIN_DATABASE_URL`'s server, else the local one (as the end-to-end tests do).
     pub async fn create() -> Self {
+        Self::create_to(None).await
+    }
+
+    /// Migrated up to migration `version` included (every one when `None`): the schema of an
+    /// earlier release, to test an upgrade from it.
+    pub async fn create_to(version: Option<i64>) -> Self {
         let admin_url = std::env::var("CADRE_ADMIN_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let name = format!("cadre_projector_test_{}", Uuid::now_v7().simple());
@@ -610,7 +616,13 @@ impl TestDb {
             None => format!("{admin_url}/{name}"),
         };
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        crate::migrate(&pool).await.unwrap();
+        match version {
+            None => crate::migrate(&pool).await.unwrap(),
+            Some(version) => sqlx::migrate!("./migrations")
+                .run_to(version, &pool)
+                .await
+                .unwrap(),
+        }
         pool.close().await;
         Self {
             url,

@@ -1,10 +1,13 @@
 //! `workflow_executions`: one row per run of a workflow, with each step's latest attempt
 //! (`step_results`), who was assigned each step, the steps under way and how the run ended.
+//! It is a view (migration 0013) over the run's own row (`executions`), written when the run
+//! starts and when its status moves, and one row per step (`execution_steps`), written when the
+//! step moves: a step's move no longer rewrites the whole run.
 //!
 //! An execution is `running` or `paused` until it ends `completed`, `failed` or `cancelled`;
 //! an ended execution never changes status again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, btree_map};
 
 use cadre_proto::ExecutionId;
 use cadre_proto::events::{
@@ -62,22 +65,34 @@ pub(crate) struct ExecutionRow {
     pub started_at: DateTime<Utc>,
 }
 
-/// Changes to one execution row, folded over the batch.
+/// Changes to one step's row (`execution_steps`), folded over the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StepPatch {
+    /// The step's entry in `step_results`, merged with [`merge_step`].
+    pub entry: Map<String, Value>,
+    /// Its latest assignment, where the batch scheduled it.
+    pub assignment: Option<Value>,
+    /// The log sequence of its latest scheduling in the batch: the `workflow_executions` view
+    /// orders the steps under way (`active_steps`) by it.
+    pub scheduled_sequence: Option<i64>,
+    /// When the batch's last event about the step was written.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Changes to one execution, folded over the batch: its steps' rows, and its own row where
+/// the batch moved the run itself.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ExecutionPatch {
     pub execution_id: Uuid,
-    /// Step id -> the step's entry in `step_results`, merged with [`merge_step`].
-    pub steps: BTreeMap<String, Map<String, Value>>,
-    /// Step id -> its latest assignment.
-    pub assignments: Map<String, Value>,
-    /// Steps scheduled in the batch, in the order of their latest scheduling. [`update`] puts
-    /// them after the stored `active_steps` (all scheduled earlier), so `active_steps` stays in
-    /// scheduling order however the log is cut into batches.
-    pub scheduled: Vec<String>,
+    /// Step id -> the changes to its row.
+    pub steps: BTreeMap<String, StepPatch>,
     pub status: ExecutionStatus,
     /// The batch's first end of the execution; it applies only if the stored one had not ended.
     pub ending: Option<Ending>,
-    pub updated_at: DateTime<Utc>,
+    /// When the batch's last event about the run itself (a pause, a resume, an escalation, an
+    /// end, whether or not it changed the status) was written; `None` when it had none, and
+    /// the run's own row is left alone.
+    pub controlled_at: Option<DateTime<Utc>>,
 }
 
 /// What a batch does to an execution's `status`, for each status it can have had before the
@@ -160,7 +175,7 @@ impl Ending {
 /// earlier one (a late message of a retried step) changes nothing, and the same attempt
 /// overwrites the fields it names unless the attempt already ended (a worker's report after its
 /// attempt timed out is ignored, as the coordinator ignores it) and the patch is not what was
-/// decided after that end ([`follows_end`]). [`update`] applies the same rule between the
+/// decided after that end ([`follows_end`]). [`update_steps`] applies the same rule between the
 /// stored entry and a batch's folded one, so folding first gives what applying one event at a
 /// time would.
 fn merge_step(
@@ -186,7 +201,7 @@ fn merge_step(
 }
 
 /// Step statuses that end an attempt (waiting for the retry or for the escalation's outcome is
-/// an end too: the attempt's late reports change nothing); the SQL of [`update`] lists the same
+/// an end too: the attempt's late reports change nothing); the SQL of [`update_steps`] lists the same
 /// ones.
 const STEP_ENDED: [&str; 8] = [
     "completed",
@@ -200,7 +215,7 @@ const STEP_ENDED: [&str; 8] = [
 ];
 
 /// The status of a failed attempt's step while it waits for its retry, written over the
-/// attempt's end (the SQL of [`update`] says the same).
+/// attempt's end (the SQL of [`update_steps`] says the same).
 const RETRY_WAITING: &str = "retry_waiting";
 /// The step waits for a person to resolve its escalation (rung `person`, or an approval).
 const ESCALATED: &str = "escalated";
@@ -213,12 +228,12 @@ const ABORTED: &str = "aborted";
 /// A panel votes on the step's work: the entry holds the last vote until the tally.
 const VOTING: &str = "voting";
 /// Marks an entry as a person's resolution of the attempt's escalation, whatever status it
-/// gives the step (the SQL of [`update`] says the same).
+/// gives the step (the SQL of [`update_steps`] says the same).
 const RESOLVED_AT: &str = "resolvedAt";
 
 /// Whether `patch` is what the coordinator or a person decided once its attempt ended: the
 /// wait for a retry, a rung of the escalation ladder, or a person's resolution. Such a patch is
-/// written over the attempt's end (and over the escalation it resolves); the SQL of [`update`]
+/// written over the attempt's end (and over the escalation it resolves); the SQL of [`update_steps`]
 /// says the same.
 fn follows_end(patch: &Map<String, Value>) -> bool {
     let decided = patch
@@ -236,16 +251,35 @@ fn step_ended(entry: &Map<String, Value>) -> bool {
 }
 
 impl ExecutionPatch {
-    fn merge_step(&mut self, step: &str, patch: Value) {
-        let current = self.steps.remove(step);
-        self.steps
-            .insert(step.to_owned(), merge_step(current, object(patch)));
+    /// Merges `patch` into the step's entry, from an event written `at`.
+    fn merge_step(&mut self, step: &str, at: DateTime<Utc>, patch: Value) -> &mut StepPatch {
+        let patch = object(patch);
+        match self.steps.entry(step.to_owned()) {
+            btree_map::Entry::Occupied(current) => {
+                let current = current.into_mut();
+                current.entry = merge_step(Some(std::mem::take(&mut current.entry)), patch);
+                current.updated_at = at;
+                current
+            }
+            btree_map::Entry::Vacant(vacant) => vacant.insert(StepPatch {
+                entry: patch,
+                assignment: None,
+                scheduled_sequence: None,
+                updated_at: at,
+            }),
+        }
+    }
+
+    /// Moves the run's status, from an event written `at`.
+    fn control(&mut self, at: DateTime<Utc>, control: Control) {
+        self.status.apply(control);
+        self.controlled_at = Some(at);
     }
 
     /// Ends the execution; only the first end counts, as only the first would apply one event
     /// at a time.
     fn end(&mut self, outcome: Outcome, ending: Ending) {
-        self.status.apply(Control::End(outcome));
+        self.control(ending.completed_at, Control::End(outcome));
         self.ending.get_or_insert(ending);
     }
 }
@@ -274,8 +308,6 @@ impl Changes {
     }
 
     pub fn step_scheduled(&mut self, origin: &Origin<'_>, e: &StepScheduled) {
-        let step = e.step.id.to_string();
-        let execution = self.patch(e.execution_id, origin.at);
         let mut entry =
             json!({ "status": "scheduled", "attempt": e.attempt, "agentId": e.agent.id });
         if let Some(timeout_at) = e.timeout_at {
@@ -291,25 +323,24 @@ impl Changes {
         if let Some(feedback) = &e.feedback {
             entry["feedback"] = json!(feedback);
         }
-        execution.merge_step(&step, entry);
-        execution.assignments.insert(
-            step.clone(),
-            json!({
-                "agentId": e.agent.id,
-                "agentName": e.agent.name,
-                "provider": e.agent.provider,
-                "reason": e.reason,
-                "attempt": e.attempt,
-            }),
-        );
-        execution.scheduled.retain(|scheduled| *scheduled != step);
-        execution.scheduled.push(step);
+        let step = self
+            .patch(e.execution_id)
+            .merge_step(e.step.id.as_str(), origin.at, entry);
+        step.assignment = Some(json!({
+            "agentId": e.agent.id,
+            "agentName": e.agent.name,
+            "provider": e.agent.provider,
+            "reason": e.reason,
+            "attempt": e.attempt,
+        }));
+        step.scheduled_sequence = Some(origin.sequence);
     }
 
     pub fn step_started(&mut self, origin: &Origin<'_>, e: &StepStarted) {
         let a = &e.attempt;
-        self.patch(a.execution_id, origin.at).merge_step(
+        self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
+            origin.at,
             json!({
                 "status": "running",
                 "attempt": a.number,
@@ -322,8 +353,9 @@ impl Changes {
     /// The attempt waits for its provider: shown as `waiting`, with why and until when.
     pub fn step_deferred(&mut self, origin: &Origin<'_>, e: &StepDeferred) {
         let a = &e.attempt;
-        self.patch(a.execution_id, origin.at).merge_step(
+        self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
+            origin.at,
             json!({
                 "status": "waiting",
                 "attempt": a.number,
@@ -340,8 +372,9 @@ impl Changes {
     /// questions.
     pub fn questions_asked(&mut self, origin: &Origin<'_>, e: &QuestionsAsked) {
         let a = &e.attempt;
-        self.patch(a.execution_id, origin.at).merge_step(
+        self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
+            origin.at,
             json!({
                 "status": "awaiting_answers",
                 "attempt": a.number,
@@ -354,8 +387,9 @@ impl Changes {
     /// The failed step waits for its retry: shown as `retry_waiting`, with why and until when.
     pub fn retry_scheduled(&mut self, origin: &Origin<'_>, e: &StepRetryScheduled) {
         let a = &e.attempt;
-        self.patch(a.execution_id, origin.at).merge_step(
+        self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
+            origin.at,
             json!({
                 "status": RETRY_WAITING,
                 "attempt": a.number,
@@ -398,26 +432,23 @@ impl Changes {
                 }
             }
         }
-        self.patch(e.execution_id, origin.at)
-            .merge_step(e.step_id.as_str(), entry);
+        self.patch(e.execution_id)
+            .merge_step(e.step_id.as_str(), origin.at, entry);
     }
 
     /// A person's resolution, over the `escalated` entry: the step `completed` with their
     /// result (`providedBy` them), `skipped`, `escalating` until the attempt they asked for is
     /// scheduled, or `aborted` (the run fails).
     pub fn execution_escalated(&mut self, origin: &Origin<'_>, execution: ExecutionId) {
-        self.patch(execution, origin.at)
-            .status
-            .apply(Control::Escalate);
+        self.patch(execution).control(origin.at, Control::Escalate);
     }
 
     pub fn escalation_resolved(&mut self, origin: &Origin<'_>, e: &EscalationResolved) {
         let Some(step_id) = &e.step_id else {
             // The run's own escalation: `continue` lets it go on; an abort fails it next.
             if e.resolution == Resolution::Continue {
-                self.patch(e.execution_id, origin.at)
-                    .status
-                    .apply(Control::Continue);
+                self.patch(e.execution_id)
+                    .control(origin.at, Control::Continue);
             }
             return;
         };
@@ -454,8 +485,8 @@ impl Changes {
         if let Resolution::Reassign { agent_id } = &e.resolution {
             entry["escalatedTo"] = json!({ "agentId": agent_id });
         }
-        self.patch(e.execution_id, origin.at)
-            .merge_step(step_id.as_str(), entry);
+        self.patch(e.execution_id)
+            .merge_step(step_id.as_str(), origin.at, entry);
     }
 
     /// A missed deadline that fails the attempt ends it like a failure; one the step goes on
@@ -465,8 +496,9 @@ impl Changes {
             return;
         }
         let a = &e.attempt;
-        self.patch(a.execution_id, origin.at).merge_step(
+        self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
+            origin.at,
             json!({
                 "status": "failed",
                 "attempt": a.number,
@@ -502,8 +534,8 @@ impl Changes {
             // `provider` and `model` name the fallback that answered; this says why.
             entry["fallbackReason"] = json!(reason);
         }
-        self.patch(a.execution_id, origin.at)
-            .merge_step(a.step_id.as_str(), entry);
+        self.patch(a.execution_id)
+            .merge_step(a.step_id.as_str(), origin.at, entry);
     }
 
     /// A review's verdict: approval completes the step with the reviewed work (its author's);
@@ -539,8 +571,8 @@ impl Changes {
                 "review": review,
             })
         };
-        self.patch(a.execution_id, origin.at)
-            .merge_step(a.step_id.as_str(), patch);
+        self.patch(a.execution_id)
+            .merge_step(a.step_id.as_str(), origin.at, patch);
     }
 
     /// A panel's outcome: approved completes the step with the author's work (as a lone
@@ -565,14 +597,15 @@ impl Changes {
         } else {
             json!({ "status": "changes_requested", "attempt": e.attempt, "ballot": ballot })
         };
-        self.patch(e.execution_id, origin.at)
-            .merge_step(e.step_id.as_str(), patch);
+        self.patch(e.execution_id)
+            .merge_step(e.step_id.as_str(), origin.at, patch);
     }
 
     pub fn step_failed(&mut self, origin: &Origin<'_>, e: &StepFailed) {
         let a = &e.attempt;
-        self.patch(a.execution_id, origin.at).merge_step(
+        self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
+            origin.at,
             json!({
                 "status": "failed",
                 "attempt": a.number,
@@ -586,8 +619,9 @@ impl Changes {
 
     pub fn step_timed_out(&mut self, origin: &Origin<'_>, e: &StepTimedOut) {
         let a = &e.attempt;
-        self.patch(a.execution_id, origin.at).merge_step(
+        self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
+            origin.at,
             json!({
                 "status": "timed_out",
                 "attempt": a.number,
@@ -600,8 +634,9 @@ impl Changes {
     }
 
     pub fn step_skipped(&mut self, origin: &Origin<'_>, e: &StepSkipped) {
-        self.patch(e.execution_id, origin.at).merge_step(
+        self.patch(e.execution_id).merge_step(
             e.step_id.as_str(),
+            origin.at,
             json!({
                 "status": "skipped",
                 "attempt": 0,
@@ -612,19 +647,15 @@ impl Changes {
     }
 
     pub fn paused(&mut self, origin: &Origin<'_>, execution: ExecutionId) {
-        self.patch(execution, origin.at)
-            .status
-            .apply(Control::Pause);
+        self.patch(execution).control(origin.at, Control::Pause);
     }
 
     pub fn resumed(&mut self, origin: &Origin<'_>, execution: ExecutionId) {
-        self.patch(execution, origin.at)
-            .status
-            .apply(Control::Resume);
+        self.patch(execution).control(origin.at, Control::Resume);
     }
 
     pub fn completed(&mut self, origin: &Origin<'_>, e: &ExecutionCompleted) {
-        self.patch(e.execution_id, origin.at).end(
+        self.patch(e.execution_id).end(
             Outcome::Completed,
             Ending {
                 final_output: Some(e.final_output.clone()),
@@ -634,7 +665,7 @@ impl Changes {
     }
 
     pub fn failed(&mut self, origin: &Origin<'_>, e: &ExecutionFailed) {
-        self.patch(e.execution_id, origin.at).end(
+        self.patch(e.execution_id).end(
             Outcome::Failed,
             Ending {
                 error_message: Some(e.error.clone()),
@@ -650,7 +681,7 @@ impl Changes {
             .reason
             .as_deref()
             .unwrap_or(Outcome::Cancelled.status());
-        self.patch(e.execution_id, origin.at).end(
+        self.patch(e.execution_id).end(
             Outcome::Cancelled,
             Ending {
                 error_message: Some(reason.to_owned()),
@@ -660,30 +691,28 @@ impl Changes {
         );
     }
 
-    /// The batch's patch of an execution, touched at `at`.
-    fn patch(&mut self, execution: ExecutionId, at: DateTime<Utc>) -> &mut ExecutionPatch {
+    /// The batch's patch of an execution.
+    fn patch(&mut self, execution: ExecutionId) -> &mut ExecutionPatch {
         let patches = &mut self.patches;
         let index = *self.index.entry(execution.0).or_insert_with(|| {
             patches.push(ExecutionPatch {
                 execution_id: execution.0,
                 steps: BTreeMap::new(),
-                assignments: Map::new(),
-                scheduled: Vec::new(),
                 status: ExecutionStatus::default(),
                 ending: None,
-                updated_at: at,
+                controlled_at: None,
             });
             patches.len() - 1
         });
-        let patch = &mut patches[index];
-        patch.updated_at = at;
-        patch
+        &mut patches[index]
     }
 
     /// Inserts first, so that patches of executions started in the same batch find them.
     pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         insert(tx, self.rows).await?;
-        update(tx, self.patches).await
+        let mut patches = self.patches;
+        update_steps(tx, &mut patches).await?;
+        update_runs(tx, patches).await
     }
 }
 
@@ -697,7 +726,7 @@ async fn insert(tx: &mut PgConnection, rows: Vec<ExecutionRow>) -> Result<(), sq
     columns!(for r in rows => id, tenant_id, workflow_id, execution_number, trigger_reason,
              triggered_by, execution_context, started_at);
     sqlx::query!(
-        "INSERT INTO workflow_executions (id, tenant_id, workflow_id, execution_number,
+        "INSERT INTO executions (id, tenant_id, workflow_id, execution_number,
              trigger_reason, triggered_by, execution_context, status, started_at, updated_at)
          SELECT id, tenant_id, workflow_id, execution_number, trigger_reason, triggered_by,
                 execution_context, 'running', started_at, started_at
@@ -720,31 +749,99 @@ async fn insert(tx: &mut PgConnection, rows: Vec<ExecutionRow>) -> Result<(), sq
     Ok(())
 }
 
-/// One statement for every execution the batch touched. Step entries merge with the stored
-/// ones by the rule of [`merge_step`]. The status moves by the batch's [`ExecutionStatus`] from
-/// the stored one, and the batch's ending applies only if that ends the execution now.
-/// `active_steps` lists the steps under way (scheduled, running, or waiting: for their provider,
-/// answers, a retry, a person or an escalation's next attempt), the stored ones first
-/// (scheduled earlier), then those this batch scheduled, then any other (defensive: a step that
-/// started without being scheduled); `current_step_id` is the last of them and `active_agents`
-/// the agents of the running ones. All three are empty once the execution ended, and a failed
-/// or cancelled execution's steps still under way read `cancelled` (`cancelledWhile` says what
-/// they were doing).
-async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), sqlx::Error> {
+/// One statement for every step the batch touched, of executions that exist. Entries merge
+/// with the stored ones by the rule of [`merge_step`]; the latest assignment and scheduling
+/// win.
+async fn update_steps(
+    tx: &mut PgConnection,
+    patches: &mut [ExecutionPatch],
+) -> Result<(), sqlx::Error> {
+    let (
+        mut execution_id,
+        mut step_id,
+        mut entry,
+        mut assignment,
+        mut scheduled_sequence,
+        mut updated_at,
+    ) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for patch in patches {
+        for (step, changes) in std::mem::take(&mut patch.steps) {
+            execution_id.push(patch.execution_id);
+            step_id.push(step);
+            entry.push(Value::Object(changes.entry));
+            assignment.push(changes.assignment);
+            scheduled_sequence.push(changes.scheduled_sequence);
+            updated_at.push(changes.updated_at);
+        }
+    }
+    if execution_id.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        "INSERT INTO execution_steps AS s (execution_id, step_id, entry, assignment,
+                                           scheduled_sequence, updated_at)
+         SELECT p.* FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bigint[],
+                                $6::timestamptz[])
+              AS p(execution_id, step_id, entry, assignment, scheduled_sequence, updated_at)
+         WHERE EXISTS (SELECT 1 FROM executions e WHERE e.id = p.execution_id)
+         ON CONFLICT (execution_id, step_id) DO UPDATE SET
+             entry = CASE
+                 WHEN coalesce((s.entry ->> 'attempt')::bigint, 0)
+                      > (EXCLUDED.entry ->> 'attempt')::bigint THEN s.entry
+                 WHEN coalesce((s.entry ->> 'attempt')::bigint, 0)
+                      < (EXCLUDED.entry ->> 'attempt')::bigint THEN EXCLUDED.entry
+                 WHEN s.entry ->> 'status'
+                      IN ('completed', 'failed', 'timed_out', 'retry_waiting', 'escalated',
+                          'escalating', 'skipped', 'aborted')
+                      AND coalesce(EXCLUDED.entry ->> 'status', '')
+                          NOT IN ('retry_waiting', 'escalated', 'escalating')
+                      AND NOT EXCLUDED.entry ? 'resolvedAt'
+                      THEN s.entry
+                 ELSE s.entry || EXCLUDED.entry
+             END,
+             assignment = coalesce(EXCLUDED.assignment, s.assignment),
+             scheduled_sequence = coalesce(EXCLUDED.scheduled_sequence, s.scheduled_sequence),
+             updated_at = EXCLUDED.updated_at",
+        &execution_id,
+        &step_id,
+        &entry,
+        assignment as _,
+        scheduled_sequence as _,
+        &updated_at,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// One statement for every execution whose run the batch moved (its steps are written first).
+/// The status moves by the batch's [`ExecutionStatus`] from the stored one, and the batch's
+/// ending applies only if that ends the execution now; a failed or cancelled execution's steps
+/// still under way then read `cancelled` (`cancelledWhile` says what they were doing).
+async fn update_runs(
+    tx: &mut PgConnection,
+    patches: Vec<ExecutionPatch>,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<_> = patches
+        .into_iter()
+        .filter(|p| p.controlled_at.is_some())
+        .collect();
     if rows.is_empty() {
         return Ok(());
     }
-    columns!(for r in rows => updated_at,
+    columns!(for r in rows => ending,
              id = r.execution_id,
-             steps = Value::Object(
-                 r.steps.into_iter().map(|(step, entry)| (step, Value::Object(entry))).collect()
-             ),
-             assignments = Value::Object(r.assignments),
-             scheduled = json!(r.scheduled),
              if_running = r.status.if_running.to_owned(),
              if_paused = r.status.if_paused.to_owned(),
              if_escalated = r.status.if_escalated.to_owned(),
-             ending = r.ending);
+             updated_at = r.controlled_at);
     // The ending's columns: NULL, and no context, where the batch did not end the execution.
     let (mut error_message, mut failure_cause, mut final_output, mut context, mut completed_at) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -768,103 +865,51 @@ async fn update(tx: &mut PgConnection, rows: Vec<ExecutionPatch>) -> Result<(), 
     }
     sqlx::query!(
         "WITH patch AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::text[],
-                                  $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::jsonb[],
-                                  $11::timestamptz[], $12::timestamptz[], $13::text[])
-                  AS p(id, steps, assignments, scheduled, if_running, if_paused, error_message,
-                       failure_cause, final_output, context, completed_at, updated_at,
-                       if_escalated)
-         ), merged AS (
-             SELECT p.*, e.active_steps AS was_active,
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::jsonb[], $7::jsonb[], $8::jsonb[], $9::timestamptz[],
+                                  $10::timestamptz[])
+                  AS p(id, if_running, if_paused, if_escalated, error_message, failure_cause,
+                       final_output, context, completed_at, updated_at)
+         ), moved AS (
+             SELECT p.*,
                  CASE e.status WHEN 'running' THEN p.if_running
                                WHEN 'paused' THEN p.if_paused
                                WHEN 'escalated' THEN p.if_escalated
                                ELSE e.status END AS status,
                  e.status IN ('running', 'paused', 'escalated') AND p.completed_at IS NOT NULL
-                     AS ends,
-                 e.step_results || coalesce((
-                     SELECT jsonb_object_agg(s.key, CASE
-                         WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
-                              > (s.value ->> 'attempt')::bigint THEN e.step_results -> s.key
-                         WHEN coalesce((e.step_results -> s.key ->> 'attempt')::bigint, 0)
-                              < (s.value ->> 'attempt')::bigint THEN s.value
-                         WHEN e.step_results -> s.key ->> 'status'
-                              IN ('completed', 'failed', 'timed_out', 'retry_waiting',
-                                  'escalated', 'escalating', 'skipped', 'aborted')
-                              AND coalesce(s.value ->> 'status', '')
-                                  NOT IN ('retry_waiting', 'escalated', 'escalating')
-                              AND NOT s.value ? 'resolvedAt'
-                              THEN e.step_results -> s.key
-                         ELSE coalesce(e.step_results -> s.key, '{}'::jsonb) || s.value
-                     END)
-                     FROM jsonb_each(p.steps) AS s), '{}'::jsonb) AS step_results
-             FROM patch p JOIN workflow_executions e ON e.id = p.id
-         ), derived AS (
-             SELECT m.*,
-                 CASE WHEN m.status NOT IN ('running', 'paused', 'escalated') THEN '[]'::jsonb
-                 ELSE (SELECT coalesce(jsonb_agg(a.step ORDER BY a.rank, a.position, a.step),
-                                       '[]'::jsonb)
-                       FROM (SELECT w.step, 0 AS rank, w.position
-                             FROM jsonb_array_elements_text(m.was_active)
-                                  WITH ORDINALITY AS w(step, position)
-                             WHERE NOT m.scheduled ? w.step
-                             UNION ALL
-                             SELECT n.step, 1, n.position
-                             FROM jsonb_array_elements_text(m.scheduled)
-                                  WITH ORDINALITY AS n(step, position)
-                             UNION ALL
-                             SELECT k.step, 2, 0
-                             FROM jsonb_object_keys(m.step_results) AS k(step)
-                             WHERE NOT m.was_active ? k.step AND NOT m.scheduled ? k.step
-                            ) AS a
-                       WHERE m.step_results -> a.step ->> 'status'
-                             IN ('scheduled', 'running', 'waiting', 'awaiting_answers',
-                                 'retry_waiting', 'escalated', 'escalating'))
-                 END AS active_steps
-             FROM merged m
+                     AS ends
+             FROM patch p JOIN executions e ON e.id = p.id
+         ), ended AS (
+             UPDATE executions e SET
+                 status = m.status,
+                 error_message = CASE WHEN m.ends THEN m.error_message ELSE e.error_message END,
+                 failure_cause = CASE WHEN m.ends THEN m.failure_cause ELSE e.failure_cause END,
+                 final_output = CASE WHEN m.ends THEN m.final_output ELSE e.final_output END,
+                 execution_context = CASE WHEN m.ends THEN e.execution_context || m.context
+                                          ELSE e.execution_context END,
+                 completed_at = CASE WHEN m.ends THEN m.completed_at ELSE e.completed_at END,
+                 updated_at = m.updated_at
+             FROM moved m
+             WHERE e.id = m.id
+             RETURNING e.id, m.ends AND m.status IN ('cancelled', 'failed') AS cancels
          )
-         UPDATE workflow_executions e SET
-             step_results = CASE WHEN d.ends AND d.status IN ('cancelled', 'failed') THEN
-                 (SELECT coalesce(jsonb_object_agg(r.key, CASE
-                     WHEN r.value ->> 'status' IN ('scheduled', 'running', 'waiting',
-                                                   'awaiting_answers', 'retry_waiting',
-                                                   'escalated', 'escalating')
-                     THEN r.value || jsonb_build_object('status', 'cancelled',
-                                                        'cancelledWhile', r.value ->> 'status')
-                     ELSE r.value END), '{}'::jsonb)
-                  FROM jsonb_each(d.step_results) AS r)
-                 ELSE d.step_results END,
-             active_steps = d.active_steps,
-             current_step_id = d.active_steps ->> -1,
-             active_agents = CASE WHEN d.status NOT IN ('running', 'paused', 'escalated')
-                 THEN '[]'::jsonb
-                 ELSE (SELECT coalesce(jsonb_agg(DISTINCT r.value -> 'agentId'), '[]'::jsonb)
-                       FROM jsonb_each(d.step_results) AS r
-                       WHERE r.value ->> 'status' = 'running') END,
-             agent_assignments = e.agent_assignments || d.assignments,
-             status = d.status,
-             error_message = CASE WHEN d.ends THEN d.error_message ELSE e.error_message END,
-             failure_cause = CASE WHEN d.ends THEN d.failure_cause ELSE e.failure_cause END,
-             final_output = CASE WHEN d.ends THEN d.final_output ELSE e.final_output END,
-             execution_context = CASE WHEN d.ends THEN e.execution_context || d.context
-                                      ELSE e.execution_context END,
-             completed_at = CASE WHEN d.ends THEN d.completed_at ELSE e.completed_at END,
-             updated_at = d.updated_at
-         FROM derived d
-         WHERE e.id = d.id",
+         UPDATE execution_steps s SET
+             entry = s.entry || jsonb_build_object('status', 'cancelled',
+                                                   'cancelledWhile', s.entry ->> 'status')
+         FROM ended
+         WHERE s.execution_id = ended.id AND ended.cancels
+           AND s.entry ->> 'status' IN ('scheduled', 'running', 'waiting', 'awaiting_answers',
+                                        'retry_waiting', 'escalated', 'escalating')",
         &id,
-        &steps,
-        &assignments,
-        &scheduled,
         &if_running,
         &if_paused,
+        &if_escalated,
         error_message as _,
         failure_cause as _,
         final_output as _,
         &context,
         completed_at as _,
-        &updated_at,
-        &if_escalated,
+        updated_at as _,
     )
     .execute(&mut *tx)
     .await?;
@@ -877,7 +922,7 @@ pub(crate) fn timeout_error(e: &StepTimedOut) -> String {
 }
 
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query!("TRUNCATE workflow_executions")
+    sqlx::query!("TRUNCATE executions, execution_steps")
         .execute(&mut *tx)
         .await?;
     Ok(())
@@ -891,7 +936,7 @@ mod tests {
 
     use super::*;
     use crate::incoming::Incoming;
-    use crate::plan::Plan;
+    use crate::plan::{Plan, sequence};
     use crate::testing::{Fixture, TestDb, execution, lease, plan_all, project};
 
     fn only_patch(plan: &Plan) -> &ExecutionPatch {
@@ -911,13 +956,16 @@ mod tests {
             f.message(f.step_started(2)),
         ];
         let plan = plan_all(&batch);
-        let step = &plan.executions.patches[0].steps["design"];
+        let step = &plan.executions.patches[0].steps["design"].entry;
         assert_eq!(
             Value::Object(step.clone()),
             json!({ "status": "running", "attempt": 2, "agentId": f.agent.id, "startedAt": f.clock })
         );
         assert_eq!(
-            plan.executions.patches[0].assignments["design"]["attempt"],
+            plan.executions.patches[0].steps["design"]
+                .assignment
+                .as_ref()
+                .unwrap()["attempt"],
             2
         );
         assert_eq!(
@@ -939,7 +987,7 @@ mod tests {
         let late = f.step_completed(1);
         let batch = f.messages([f.scheduled(1), f.step_failed(1), retry, late]);
         let plan = plan_all(&batch);
-        let step = &only_patch(&plan).steps["design"];
+        let step = &only_patch(&plan).steps["design"].entry;
         assert_eq!(step["status"], "retry_waiting", "{step:?}");
         assert_eq!(step["error"], "provider said 500");
         assert_eq!(step["failures"], 1);
@@ -957,7 +1005,7 @@ mod tests {
         ]);
         let at = |i: usize| json!(batch[i].content.as_ref().unwrap().meta.time);
         let plan = plan_all(&batch);
-        let step = &only_patch(&plan).steps["design"];
+        let step = &only_patch(&plan).steps["design"].entry;
         assert_eq!(
             Value::Object(step.clone()),
             json!({
@@ -985,7 +1033,7 @@ mod tests {
             f.step_completed(1),
         ]);
         let plan = plan_all(&batch);
-        let step = &only_patch(&plan).steps["design"];
+        let step = &only_patch(&plan).steps["design"].entry;
         assert_eq!(step["status"], "escalating", "{step:?}");
         assert_eq!(step["rung"], "strongerModel");
         assert_eq!(
@@ -1001,7 +1049,10 @@ mod tests {
 
         let batch = f.messages([f.scheduled(2)]);
         let plan = plan_all(&batch);
-        assert_eq!(only_patch(&plan).steps["design"]["status"], "scheduled");
+        assert_eq!(
+            only_patch(&plan).steps["design"].entry["status"],
+            "scheduled"
+        );
     }
 
     #[test]
@@ -1032,7 +1083,7 @@ mod tests {
             ]);
             let resolved_at = json!(batch[3].content.as_ref().unwrap().meta.time);
             let plan = plan_all(&batch);
-            let step = &only_patch(&plan).steps["design"];
+            let step = &only_patch(&plan).steps["design"].entry;
             assert_eq!(step["status"], status, "{action}: {step:?}");
             assert_eq!(step["action"], action);
             assert_eq!(step["resolvedBy"], "ops");
@@ -1062,7 +1113,7 @@ mod tests {
         let mut f = Fixture::new();
         let batch = f.messages([f.approval_requested(1), f.resolved(1, Resolution::Approve)]);
         let plan = plan_all(&batch);
-        let step = &only_patch(&plan).steps["design"];
+        let step = &only_patch(&plan).steps["design"].entry;
         assert_eq!(step["status"], "completed", "{step:?}");
         assert_eq!(step["approval"], true);
         assert_eq!(step["summary"], "Approved by ops");
@@ -1072,10 +1123,13 @@ mod tests {
 
         let batch = f.messages([f.approval_requested(1)]);
         let plan = plan_all(&batch);
-        assert_eq!(only_patch(&plan).steps["design"]["status"], "escalated");
+        assert_eq!(
+            only_patch(&plan).steps["design"].entry["status"],
+            "escalated"
+        );
         let batch = f.messages([f.resolved(1, Resolution::Reject)]);
         let plan = plan_all(&batch);
-        assert_eq!(only_patch(&plan).steps["design"]["status"], "aborted");
+        assert_eq!(only_patch(&plan).steps["design"].entry["status"], "aborted");
     }
 
     #[test]
@@ -1093,13 +1147,13 @@ mod tests {
         let at = |i: usize| json!(batch[i].content.as_ref().unwrap().meta.time);
         let plan = plan_all(&batch);
         let steps = &only_patch(&plan).steps;
-        assert_eq!(steps["design"]["startedAt"], at(2));
-        assert_eq!(steps["design"]["completedAt"], at(4));
-        assert_eq!(steps["review"]["status"], "failed");
-        assert_eq!(steps["review"]["startedAt"], at(3));
-        assert_eq!(steps["review"]["completedAt"], at(5));
+        assert_eq!(steps["design"].entry["startedAt"], at(2));
+        assert_eq!(steps["design"].entry["completedAt"], at(4));
+        assert_eq!(steps["review"].entry["status"], "failed");
+        assert_eq!(steps["review"].entry["startedAt"], at(3));
+        assert_eq!(steps["review"].entry["completedAt"], at(5));
         assert_eq!(
-            steps["review"]["failedAt"],
+            steps["review"].entry["failedAt"],
             at(5),
             "kept for existing readers"
         );
@@ -1117,7 +1171,7 @@ mod tests {
         ]);
         let time = |i: usize| batch[i].content.as_ref().unwrap().meta.time;
         let plan = plan_all(&batch);
-        let step = &only_patch(&plan).steps["design"];
+        let step = &only_patch(&plan).steps["design"].entry;
         assert_eq!(
             Value::Object(step.clone()),
             json!({
@@ -1143,9 +1197,12 @@ mod tests {
         ]);
         let plan = plan_all(&batch);
         let patch = only_patch(&plan);
-        assert_eq!(patch.steps["design"]["status"], "scheduled");
-        assert_eq!(patch.steps["design"]["attempt"], 2);
-        assert_eq!(patch.scheduled, ["design"]);
+        assert_eq!(patch.steps["design"].entry["status"], "scheduled");
+        assert_eq!(patch.steps["design"].entry["attempt"], 2);
+        assert_eq!(
+            patch.steps["design"].scheduled_sequence,
+            Some(sequence(batch[2].sequence))
+        );
     }
 
     #[test]
@@ -1160,7 +1217,10 @@ mod tests {
             f.scheduled(2),
         ]);
         let plan = plan_all(&batch);
-        assert_eq!(only_patch(&plan).scheduled, ["review", "test", "design"]);
+        let mut steps: Vec<_> = only_patch(&plan).steps.iter().collect();
+        steps.sort_by_key(|(_, step)| step.scheduled_sequence);
+        let order: Vec<_> = steps.into_iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(order, ["review", "test", "design"]);
     }
 
     #[test]
@@ -1334,6 +1394,57 @@ mod tests {
         assert_eq!(active, json!([]));
         assert_eq!(current, Value::Null);
         assert_eq!(working, json!([]));
+    }
+
+    #[tokio::test]
+    async fn a_run_projected_before_steps_had_rows_reads_the_same_after_the_upgrade_and_goes_on() {
+        // Migration 0013 gave steps their own rows.
+        let db = TestDb::create_to(Some(12)).await;
+        let mut conn = db.connect().await;
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let design = f.on("design");
+        let agent = json!(f.agent.id);
+        let assignment = |attempt: u32| json!({ "agentId": agent, "attempt": attempt });
+        // As the previous release projected it: design done, then test and review scheduled
+        // in that order, review running.
+        sqlx::query(
+            "INSERT INTO workflow_executions (id, tenant_id, workflow_id, execution_number,
+                 trigger_reason, execution_context, step_results, active_steps, current_step_id,
+                 active_agents, agent_assignments, status, started_at, updated_at)
+             VALUES ($1, 'default', $2, 1, 'manual', '{}', $3, '[\"test\", \"review\"]',
+                     'review', $4, $5, 'running', $6, $6)",
+        )
+        .bind(f.execution.0)
+        .bind(f.workflow.0)
+        .bind(json!({
+            "design": { "status": "completed", "attempt": 1, "agentId": agent },
+            "review": { "status": "running", "attempt": 1, "agentId": agent },
+            "test": { "status": "scheduled", "attempt": 1, "agentId": agent },
+        }))
+        .bind(json!([agent]))
+        .bind(json!({
+            "design": assignment(1),
+            "review": assignment(1),
+            "test": assignment(1),
+        }))
+        .bind(f.clock)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let before = execution(&mut conn, f.execution).await;
+
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        crate::migrate(&pool).await.unwrap();
+        assert_eq!(execution(&mut conn, f.execution).await, before);
+
+        // A step scheduled after the upgrade comes after those scheduled before it.
+        let mut lease = lease(&db).await;
+        project(&mut lease, &f.messages([design.scheduled(2)]), 10).await;
+        let row = execution(&mut conn, f.execution).await;
+        assert_eq!(row["active_steps"], json!(["test", "review", "design"]));
+        assert_eq!(row["current_step_id"], "design");
+        assert_eq!(row["agent_assignments"]["design"]["attempt"], 2);
+        assert_eq!(row["agent_assignments"]["test"], assignment(1));
     }
 
     #[tokio::test]

@@ -243,7 +243,7 @@ impl Changes {
         insert(tx, self.rows).await?;
         if !self.ended.is_empty() {
             sqlx::query!(
-                "UPDATE workflow_executions
+                "UPDATE executions
                  SET actual_duration = trunc(extract(epoch FROM completed_at - started_at))::int
                  WHERE id = ANY($1) AND completed_at IS NOT NULL",
                 &self.ended,
