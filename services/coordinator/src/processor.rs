@@ -523,6 +523,16 @@ async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
         } = *delivery;
         let span = tracing::info_span!("coordinator.event", subject = %origin.subject);
         telemetry::extract(message.headers.as_ref(), &span);
+        // Rare and costly (an unsettled delivery waits out the ack wait): worth a line each.
+        if let Ok(info) = message.info()
+            && info.delivered > 1
+        {
+            tracing::warn!(
+                subject = %origin.subject,
+                delivery = info.delivered,
+                "an event delivered again: an earlier delivery failed or was not settled in time"
+            );
+        }
         let processed = async {
             match kind {
                 Kind::Event => {

@@ -12,6 +12,10 @@
 //!   API accepts them and measure only the start requests; the executions are not waited for)
 //!   or `sequential` (low load: one execution at a time, each started when the one before is
 //!   visible in the read models; prints the time per step).
+//! - `BENCH_RATE` (0, `run` mode only): executions started per second, paced evenly (an open
+//!   loop: a start does not wait for earlier ones to finish), so that handoff and projection lag
+//!   are measured at a set load (`BENCH_RATE=200` with 5 steps offers 1,000 steps/s); 0 starts
+//!   them all at once.
 //! - `BENCH_EXECUTIONS` (1000), `BENCH_STEPS` (5), `BENCH_FANOUT` (10), `BENCH_WORKFLOWS` (1,
 //!   `run` mode only), `BENCH_START_PARALLELISM` (64 concurrent HTTP clients),
 //!   `BENCH_LATENCY_MS` (0), `BENCH_WORKER_CONCURRENCY` (256), `BENCH_COORDINATOR_SHARDS` (128).
@@ -197,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
     let latency_ms = setting("BENCH_LATENCY_MS", 0);
     let concurrency = setting("BENCH_WORKER_CONCURRENCY", 256) as usize;
     let start_parallelism = setting("BENCH_START_PARALLELISM", 64).max(1) as usize;
+    let rate = setting("BENCH_RATE", 0);
     let shape = match choice("BENCH_SHAPE", "pipeline").as_str() {
         "pipeline" => Shape::Pipeline,
         "dag" => Shape::Dag {
@@ -239,6 +244,12 @@ async fn main() -> anyhow::Result<()> {
             "cadre bench: {executions} executions x {steps} steps over {workflows} workflow(s), \
              offline provider latency {latency_ms} ms, worker concurrency {concurrency}, {cores} cores"
         );
+        if rate > 0 {
+            println!(
+                "started at {rate} executions/s ({} steps/s offered)",
+                rate * steps as u64
+            );
+        }
         if shape != Shape::Pipeline {
             println!("shape: {}", shape.describe());
         }
@@ -285,9 +296,30 @@ async fn main() -> anyhow::Result<()> {
         shape,
         executions,
         steps,
-        start_parallelism,
+        Starts {
+            parallelism: start_parallelism,
+            rate,
+        },
     )
     .await
+}
+
+/// How `BENCH_MODE=run` starts its executions.
+struct Starts {
+    /// Concurrent start requests at most.
+    parallelism: usize,
+    /// Executions started per second, evenly paced; 0 starts them all at once.
+    rate: u64,
+}
+
+impl Starts {
+    /// When start number `i` is due, counted from `first`.
+    fn due(&self, first: Instant, i: u64) -> Instant {
+        match self.rate {
+            0 => first,
+            rate => first + Duration::from_secs_f64(i as f64 / rate as f64),
+        }
+    }
 }
 
 /// `BENCH_MODE=starts`: `executions` start requests for one workflow, `parallelism` at a time;
@@ -348,7 +380,7 @@ async fn measure_runs(
     shape: Shape,
     executions: u64,
     steps: usize,
-    start_parallelism: usize,
+    starts: Starts,
 ) -> anyhow::Result<()> {
     let api = stack.api.clone();
     // Watch the log from here on, and the projector's commits.
@@ -373,6 +405,13 @@ async fn measure_runs(
     let first_sent = Utc::now();
     let wall = Instant::now();
     let http_latencies = futures::stream::iter(0..executions)
+        .then(|i| {
+            let due = starts.due(wall, i);
+            async move {
+                tokio::time::sleep_until(due.into()).await;
+                i
+            }
+        })
         .map(|i| {
             let api = api.clone();
             let workflow_id = workflow_ids[i as usize % workflow_ids.len()].clone();
@@ -384,7 +423,7 @@ async fn measure_runs(
                 started.elapsed()
             }
         })
-        .buffer_unordered(start_parallelism)
+        .buffer_unordered(starts.parallelism)
         .collect::<Vec<Duration>>()
         .await;
     let accepted_in = wall.elapsed();
