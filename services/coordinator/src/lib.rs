@@ -37,7 +37,7 @@ use cadre_proto::TenantId;
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::membership;
-use cadre_runtime::projection::ProjectionWatermark;
+use cadre_runtime::projection::{ProjectionWatermark, read_model_connection};
 
 /// The CloudEvents `source` of every event the coordinator emits.
 pub(crate) const SOURCE: &str = "/cadre/coordinator";
@@ -153,8 +153,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let db = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&config.database_url)
-        .context("parsing DATABASE_URL")?;
+        .connect_lazy_with(
+            read_model_connection(&config.database_url).context("parsing DATABASE_URL")?,
+        );
     // Keeps one of the pool's connections to listen for the projector's checkpoints.
     let read_models = ProjectionWatermark::start(db.clone());
     let listener = tokio::net::TcpListener::bind(config.http_addr)

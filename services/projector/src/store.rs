@@ -3,12 +3,10 @@
 //! ids and its checkpoint. What the rows are is up to the read models ([`crate::models`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::str::FromStr;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use cadre_runtime::projection::PROJECTION_CHANNEL;
-use sqlx::postgres::PgConnectOptions;
+use cadre_runtime::projection::{PROJECTION_CHANNEL, read_model_connection};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -76,7 +74,7 @@ impl Lease {
     }
 
     async fn try_connect(database_url: &str, writer: &str) -> Result<Option<Self>, sqlx::Error> {
-        let mut conn = PgConnectOptions::from_str(database_url)?
+        let mut conn = read_model_connection(database_url)?
             .application_name(&format!("cadre-projector - {writer}"))
             .connect()
             .await?;
