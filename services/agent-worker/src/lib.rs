@@ -43,9 +43,8 @@ use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use cadre_proto::{streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
-use cadre_runtime::projection::read_model_connection;
+use cadre_runtime::projection::read_model_pool;
 use futures::StreamExt;
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -84,11 +83,10 @@ pub async fn run_with_readiness(
 ) -> anyhow::Result<()> {
     let providers =
         Providers::from_config(&config.providers).context("configuring LLM providers")?;
-    let pool = PgPoolOptions::new()
+    let pool = read_model_pool()
         .max_connections(DATABASE_CONNECTIONS)
-        .connect_lazy_with(
-            read_model_connection(&config.database_url).context("parsing database_url")?,
-        );
+        .connect_lazy(&config.database_url)
+        .context("parsing database_url")?;
     let knowledge = KnowledgeView::start(pool);
 
     let client_name = format!("cadre-agent-worker/{}", config.worker_id);

@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +36,7 @@ use cadre_proto::TenantId;
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::membership;
-use cadre_runtime::projection::{ProjectionWatermark, read_model_connection};
+use cadre_runtime::projection::{ProjectionWatermark, read_model_pool};
 
 /// The CloudEvents `source` of every event the coordinator emits.
 pub(crate) const SOURCE: &str = "/cadre/coordinator";
@@ -150,12 +149,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("opening the worker registry: {e}"))?;
     // Lazy: the API's commands work while Postgres is down; only its queries answer 503.
-    let db = PgPoolOptions::new()
+    let db = read_model_pool()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(
-            read_model_connection(&config.database_url).context("parsing DATABASE_URL")?,
-        );
+        .connect_lazy(&config.database_url)
+        .context("parsing DATABASE_URL")?;
     // Keeps one of the pool's connections to listen for the projector's checkpoints.
     let read_models = ProjectionWatermark::start(db.clone());
     let listener = tokio::net::TcpListener::bind(config.http_addr)

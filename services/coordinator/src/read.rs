@@ -279,6 +279,9 @@ pub struct ExecutionFilter {
 }
 
 /// A workflow's runs, the newest first (by `execution_number` descending).
+///
+/// Each list picks its page's ids first: the view assembles the step columns only for them,
+/// whatever plan the filters lead to (its step rows are left out of the inner query).
 pub async fn executions(
     db: &PgPool,
     tenant: &TenantId,
@@ -296,11 +299,14 @@ pub async fn executions(
                 failure_cause, final_output, started_at AS "started_at!", completed_at,
                 actual_duration, updated_at AS "updated_at!"
          FROM workflow_executions
-         WHERE tenant_id = $1 AND workflow_id = $2 AND execution_number < $3
-           AND (cardinality($4::text[]) = 0 OR status = ANY($4))
-           AND ($5::text IS NULL OR trigger_reason = $5)
-           AND started_at >= $6 AND started_at < $7
-         ORDER BY execution_number DESC LIMIT $8"#,
+         WHERE id IN (
+             SELECT id FROM workflow_executions
+             WHERE tenant_id = $1 AND workflow_id = $2 AND execution_number < $3
+               AND (cardinality($4::text[]) = 0 OR status = ANY($4))
+               AND ($5::text IS NULL OR trigger_reason = $5)
+               AND started_at >= $6 AND started_at < $7
+             ORDER BY execution_number DESC LIMIT $8)
+         ORDER BY execution_number DESC"#,
         tenant.as_str(),
         workflow_id,
         page.after.unwrap_or(i32::MAX),
@@ -337,12 +343,15 @@ pub async fn all_executions(
                 failure_cause, final_output, started_at AS "started_at!", completed_at,
                 actual_duration, updated_at AS "updated_at!"
          FROM workflow_executions
-         WHERE tenant_id = $1 AND (started_at, id) < ($2::timestamptz, $3::uuid)
-           AND ($4::uuid IS NULL OR workflow_id = $4)
-           AND (cardinality($5::text[]) = 0 OR status = ANY($5))
-           AND ($6::text IS NULL OR trigger_reason = $6)
-           AND started_at >= $7 AND started_at < $8
-         ORDER BY started_at DESC, id DESC LIMIT $9"#,
+         WHERE id IN (
+             SELECT id FROM workflow_executions
+             WHERE tenant_id = $1 AND (started_at, id) < ($2::timestamptz, $3::uuid)
+               AND ($4::uuid IS NULL OR workflow_id = $4)
+               AND (cardinality($5::text[]) = 0 OR status = ANY($5))
+               AND ($6::text IS NULL OR trigger_reason = $6)
+               AND started_at >= $7 AND started_at < $8
+             ORDER BY started_at DESC, id DESC LIMIT $9)
+         ORDER BY started_at DESC, id DESC"#,
         tenant.as_str(),
         at,
         id,

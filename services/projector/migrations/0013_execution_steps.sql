@@ -8,14 +8,20 @@
 --
 -- A projector of the previous release fails its batches on the new schema (they write
 -- workflow_executions' old columns) and retries them until it is replaced; it applies nothing
--- meanwhile, and the new projector starts from the checkpoint both share.
+-- meanwhile, and the new projector starts from the checkpoint both share. Coordinators of the
+-- previous release read the view as they read the table.
+--
+-- Runs projected before this migration keep the order and times they were shown with; their
+-- step rows differ from what a replay writes (the sequences of their events were not kept), so
+-- compare such a database with a rebuild only after `cadre-projector rebuild`. The dropped
+-- columns' space is reclaimed by the rows' next update or a VACUUM FULL.
 
 LOCK TABLE workflow_executions IN ACCESS EXCLUSIVE MODE;
 
 ALTER TABLE workflow_executions RENAME TO executions;
 ALTER INDEX workflow_executions_pkey RENAME TO executions_pkey;
 
--- One row per step of a run that has an entry (a step never scheduled has none). No foreign
+-- One row per step of a run that an event has named (a step not reached yet has none). No foreign
 -- key: its check would lock the run's row at every write; the projector writes steps only of
 -- runs it has.
 CREATE TABLE execution_steps (
@@ -26,8 +32,11 @@ CREATE TABLE execution_steps (
     entry              jsonb       NOT NULL,
     -- Its latest assignment: { agentId, agentName, provider, reason, attempt }.
     assignment         jsonb,
-    -- The log sequence of its latest scheduling: orders the steps under way (active_steps).
+    -- The log sequence of its latest scheduling, and of the first event about it: the steps
+    -- under way (active_steps) are in the order of the first, or of the second for a step
+    -- never scheduled (an approval waiting for a person).
     scheduled_sequence bigint,
+    first_sequence     bigint      NOT NULL,
     -- When the last event about this step was written.
     updated_at         timestamptz NOT NULL,
     PRIMARY KEY (execution_id, step_id)
@@ -35,11 +44,11 @@ CREATE TABLE execution_steps (
 -- Room on each page lets a step's next move be a HOT update (only the key is indexed).
 ALTER TABLE execution_steps ALTER COLUMN entry SET COMPRESSION lz4;
 
--- Steps under way keep the order they were listed in (their scheduling's sequence is not
--- recorded in the old columns); later schedulings carry real sequences, which come after.
-INSERT INTO execution_steps (execution_id, step_id, entry, assignment, scheduled_sequence,
+-- Steps under way keep the order they were listed in (the sequences of their events are not
+-- recorded in the old columns): negative positions, before every later event's sequence.
+INSERT INTO execution_steps (execution_id, step_id, entry, assignment, first_sequence,
                              updated_at)
-SELECT e.id, s.key, s.value, e.agent_assignments -> s.key, a.position, e.updated_at
+SELECT e.id, s.key, s.value, e.agent_assignments -> s.key, coalesce(a.position, 0), e.updated_at
 FROM executions e
 CROSS JOIN LATERAL jsonb_each(e.step_results) AS s
 LEFT JOIN LATERAL (
@@ -57,9 +66,10 @@ ALTER TABLE executions
 
 -- workflow_executions as before: step_results (step id -> entry), agent_assignments (step id
 -- -> assignment), active_steps (the steps scheduled, running or waiting, in the order of their
--- latest scheduling), current_step_id (the last of them), active_agents (the agents of the
--- running ones); the last three are empty once the run ended. updated_at is the latest write
--- about the run or any of its steps.
+-- latest scheduling, or of their first event if never scheduled), current_step_id (the last of
+-- them), active_agents (the agents of the running ones); the last three are empty once the run
+-- ended. updated_at is the latest write about the run or any of its steps (the latest by the
+-- writers' clocks, where it was the last in the log).
 CREATE VIEW workflow_executions AS
 SELECT e.id, e.tenant_id, e.workflow_id, e.execution_number, e.trigger_reason, e.triggered_by,
        CASE WHEN e.status IN ('running', 'paused', 'escalated') THEN s.active_steps ->> -1 END
@@ -80,7 +90,7 @@ LEFT JOIN LATERAL (
     SELECT jsonb_object_agg(step_id, entry) AS step_results,
            jsonb_object_agg(step_id, assignment) FILTER (WHERE assignment IS NOT NULL)
                AS agent_assignments,
-           jsonb_agg(step_id ORDER BY scheduled_sequence NULLS LAST, step_id) FILTER (
+           jsonb_agg(step_id ORDER BY coalesce(scheduled_sequence, first_sequence), step_id) FILTER (
                WHERE entry ->> 'status' IN ('scheduled', 'running', 'waiting',
                                             'awaiting_answers', 'retry_waiting', 'escalated',
                                             'escalating')) AS active_steps,
@@ -90,3 +100,6 @@ LEFT JOIN LATERAL (
     FROM execution_steps
     WHERE execution_id = e.id
 ) s ON true;
+
+-- The planner's statistics for the new table, and for the old one rewritten.
+ANALYZE executions, execution_steps;

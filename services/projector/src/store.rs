@@ -3,10 +3,12 @@
 //! ids and its checkpoint. What the rows are is up to the read models ([`crate::models`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::str::FromStr;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use cadre_runtime::projection::{PROJECTION_CHANNEL, read_model_connection};
+use cadre_runtime::projection::{PROJECTION_CHANNEL, plan_for_current_tables};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -74,10 +76,11 @@ impl Lease {
     }
 
     async fn try_connect(database_url: &str, writer: &str) -> Result<Option<Self>, sqlx::Error> {
-        let mut conn = read_model_connection(database_url)?
+        let mut conn = PgConnectOptions::from_str(database_url)?
             .application_name(&format!("cadre-projector - {writer}"))
             .connect()
             .await?;
+        plan_for_current_tables(&mut conn).await?;
         let allowed = sqlx::query_scalar!(
             r#"SELECT pg_try_advisory_lock_shared($1) AS "locked!""#,
             SINGLE_PROJECTOR_LOCK_KEY,

@@ -13,9 +13,9 @@
 //!   or `sequential` (low load: one execution at a time, each started when the one before is
 //!   visible in the read models; prints the time per step).
 //! - `BENCH_RATE` (0, `run` mode only): executions started per second, paced evenly (an open
-//!   loop: a start does not wait for earlier ones to finish), so that handoff and projection lag
-//!   are measured at a set load (`BENCH_RATE=200` with 5 steps offers 1,000 steps/s); 0 starts
-//!   them all at once.
+//!   loop: a start does not wait for earlier ones, nor for `BENCH_START_PARALLELISM`), so that
+//!   handoff and projection lag are measured at a set load (`BENCH_RATE=200` with 5 steps
+//!   offers 1,000 steps/s); 0 starts them all at once.
 //! - `BENCH_EXECUTIONS` (1000), `BENCH_STEPS` (5), `BENCH_FANOUT` (10), `BENCH_WORKFLOWS` (1,
 //!   `run` mode only), `BENCH_START_PARALLELISM` (64 concurrent HTTP clients),
 //!   `BENCH_LATENCY_MS` (0), `BENCH_WORKER_CONCURRENCY` (256), `BENCH_COORDINATOR_SHARDS` (128).
@@ -297,7 +297,12 @@ async fn main() -> anyhow::Result<()> {
         executions,
         steps,
         Starts {
-            parallelism: start_parallelism,
+            // An open loop: a start is sent when due, however many are still unanswered.
+            parallelism: if rate > 0 {
+                usize::try_from(executions).unwrap_or(usize::MAX).max(1)
+            } else {
+                start_parallelism
+            },
             rate,
         },
     )

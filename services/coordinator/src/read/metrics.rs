@@ -132,7 +132,7 @@ pub async fn workflow_runs(
     workflow_id: Uuid,
 ) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar!(
-        "SELECT id FROM executions WHERE tenant_id = $1 AND workflow_id = $2",
+        r#"SELECT id AS "id!" FROM workflow_executions WHERE tenant_id = $1 AND workflow_id = $2"#,
         tenant.as_str(),
         workflow_id,
     )

@@ -75,6 +75,9 @@ pub(crate) struct StepPatch {
     /// The log sequence of its latest scheduling in the batch: the `workflow_executions` view
     /// orders the steps under way (`active_steps`) by it.
     pub scheduled_sequence: Option<i64>,
+    /// The log sequence of the batch's first event about the step: the order of a step never
+    /// scheduled (an approval waiting for a person, a skipped step).
+    pub first_sequence: i64,
     /// When the batch's last event about the step was written.
     pub updated_at: DateTime<Utc>,
 }
@@ -251,21 +254,22 @@ fn step_ended(entry: &Map<String, Value>) -> bool {
 }
 
 impl ExecutionPatch {
-    /// Merges `patch` into the step's entry, from an event written `at`.
-    fn merge_step(&mut self, step: &str, at: DateTime<Utc>, patch: Value) -> &mut StepPatch {
+    /// Merges `patch` into the step's entry, from the event at `origin`.
+    fn merge_step(&mut self, step: &str, origin: &Origin<'_>, patch: Value) -> &mut StepPatch {
         let patch = object(patch);
         match self.steps.entry(step.to_owned()) {
             btree_map::Entry::Occupied(current) => {
                 let current = current.into_mut();
                 current.entry = merge_step(Some(std::mem::take(&mut current.entry)), patch);
-                current.updated_at = at;
+                current.updated_at = origin.at;
                 current
             }
             btree_map::Entry::Vacant(vacant) => vacant.insert(StepPatch {
                 entry: patch,
                 assignment: None,
                 scheduled_sequence: None,
-                updated_at: at,
+                first_sequence: origin.sequence,
+                updated_at: origin.at,
             }),
         }
     }
@@ -325,7 +329,7 @@ impl Changes {
         }
         let step = self
             .patch(e.execution_id)
-            .merge_step(e.step.id.as_str(), origin.at, entry);
+            .merge_step(e.step.id.as_str(), origin, entry);
         step.assignment = Some(json!({
             "agentId": e.agent.id,
             "agentName": e.agent.name,
@@ -340,7 +344,7 @@ impl Changes {
         let a = &e.attempt;
         self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
-            origin.at,
+            origin,
             json!({
                 "status": "running",
                 "attempt": a.number,
@@ -355,7 +359,7 @@ impl Changes {
         let a = &e.attempt;
         self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
-            origin.at,
+            origin,
             json!({
                 "status": "waiting",
                 "attempt": a.number,
@@ -374,7 +378,7 @@ impl Changes {
         let a = &e.attempt;
         self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
-            origin.at,
+            origin,
             json!({
                 "status": "awaiting_answers",
                 "attempt": a.number,
@@ -389,7 +393,7 @@ impl Changes {
         let a = &e.attempt;
         self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
-            origin.at,
+            origin,
             json!({
                 "status": RETRY_WAITING,
                 "attempt": a.number,
@@ -433,7 +437,7 @@ impl Changes {
             }
         }
         self.patch(e.execution_id)
-            .merge_step(e.step_id.as_str(), origin.at, entry);
+            .merge_step(e.step_id.as_str(), origin, entry);
     }
 
     /// A person's resolution, over the `escalated` entry: the step `completed` with their
@@ -486,7 +490,7 @@ impl Changes {
             entry["escalatedTo"] = json!({ "agentId": agent_id });
         }
         self.patch(e.execution_id)
-            .merge_step(step_id.as_str(), origin.at, entry);
+            .merge_step(step_id.as_str(), origin, entry);
     }
 
     /// A missed deadline that fails the attempt ends it like a failure; one the step goes on
@@ -498,7 +502,7 @@ impl Changes {
         let a = &e.attempt;
         self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
-            origin.at,
+            origin,
             json!({
                 "status": "failed",
                 "attempt": a.number,
@@ -535,7 +539,7 @@ impl Changes {
             entry["fallbackReason"] = json!(reason);
         }
         self.patch(a.execution_id)
-            .merge_step(a.step_id.as_str(), origin.at, entry);
+            .merge_step(a.step_id.as_str(), origin, entry);
     }
 
     /// A review's verdict: approval completes the step with the reviewed work (its author's);
@@ -572,7 +576,7 @@ impl Changes {
             })
         };
         self.patch(a.execution_id)
-            .merge_step(a.step_id.as_str(), origin.at, patch);
+            .merge_step(a.step_id.as_str(), origin, patch);
     }
 
     /// A panel's outcome: approved completes the step with the author's work (as a lone
@@ -598,14 +602,14 @@ impl Changes {
             json!({ "status": "changes_requested", "attempt": e.attempt, "ballot": ballot })
         };
         self.patch(e.execution_id)
-            .merge_step(e.step_id.as_str(), origin.at, patch);
+            .merge_step(e.step_id.as_str(), origin, patch);
     }
 
     pub fn step_failed(&mut self, origin: &Origin<'_>, e: &StepFailed) {
         let a = &e.attempt;
         self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
-            origin.at,
+            origin,
             json!({
                 "status": "failed",
                 "attempt": a.number,
@@ -621,7 +625,7 @@ impl Changes {
         let a = &e.attempt;
         self.patch(a.execution_id).merge_step(
             a.step_id.as_str(),
-            origin.at,
+            origin,
             json!({
                 "status": "timed_out",
                 "attempt": a.number,
@@ -636,7 +640,7 @@ impl Changes {
     pub fn step_skipped(&mut self, origin: &Origin<'_>, e: &StepSkipped) {
         self.patch(e.execution_id).merge_step(
             e.step_id.as_str(),
-            origin.at,
+            origin,
             json!({
                 "status": "skipped",
                 "attempt": 0,
@@ -751,7 +755,7 @@ async fn insert(tx: &mut PgConnection, rows: Vec<ExecutionRow>) -> Result<(), sq
 
 /// One statement for every step the batch touched, of executions that exist. Entries merge
 /// with the stored ones by the rule of [`merge_step`]; the latest assignment and scheduling
-/// win.
+/// win, and the first event's sequence stays.
 async fn update_steps(
     tx: &mut PgConnection,
     patches: &mut [ExecutionPatch],
@@ -762,8 +766,10 @@ async fn update_steps(
         mut entry,
         mut assignment,
         mut scheduled_sequence,
+        mut first_sequence,
         mut updated_at,
     ) = (
+        Vec::new(),
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -778,6 +784,7 @@ async fn update_steps(
             entry.push(Value::Object(changes.entry));
             assignment.push(changes.assignment);
             scheduled_sequence.push(changes.scheduled_sequence);
+            first_sequence.push(changes.first_sequence);
             updated_at.push(changes.updated_at);
         }
     }
@@ -786,10 +793,11 @@ async fn update_steps(
     }
     sqlx::query!(
         "INSERT INTO execution_steps AS s (execution_id, step_id, entry, assignment,
-                                           scheduled_sequence, updated_at)
+                                           scheduled_sequence, first_sequence, updated_at)
          SELECT p.* FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bigint[],
-                                $6::timestamptz[])
-              AS p(execution_id, step_id, entry, assignment, scheduled_sequence, updated_at)
+                                $6::bigint[], $7::timestamptz[])
+              AS p(execution_id, step_id, entry, assignment, scheduled_sequence, first_sequence,
+                   updated_at)
          WHERE EXISTS (SELECT 1 FROM executions e WHERE e.id = p.execution_id)
          ON CONFLICT (execution_id, step_id) DO UPDATE SET
              entry = CASE
@@ -814,6 +822,7 @@ async fn update_steps(
         &entry,
         assignment as _,
         scheduled_sequence as _,
+        &first_sequence,
         &updated_at,
     )
     .execute(&mut *tx)
@@ -1445,6 +1454,42 @@ mod tests {
         assert_eq!(row["current_step_id"], "design");
         assert_eq!(row["agent_assignments"]["design"]["attempt"], 2);
         assert_eq!(row["agent_assignments"]["test"], assignment(1));
+    }
+
+    #[tokio::test]
+    async fn a_step_waiting_for_a_person_without_a_scheduling_is_listed_when_it_was_first_named() {
+        let mut f = Fixture::with_steps(&["design", "approve", "test"]);
+        let (design, approve, test) = (f.on("design"), f.on("approve"), f.on("test"));
+        let retry = Event::StepRetryScheduled(StepRetryScheduled {
+            attempt: design.attempt(1),
+            failures: 1,
+            retry_at: f.clock,
+            error: "provider said 500".to_owned(),
+        });
+        let log = f.messages([
+            design.started(1),
+            design.scheduled(1),
+            // An approval waits for a person without ever being scheduled.
+            approve.approval_requested(1),
+            test.scheduled(1),
+            design.step_failed(1),
+            retry,
+        ]);
+        let mut rows = Vec::new();
+        for size in [1, 2, log.len()] {
+            let db = TestDb::create().await;
+            let mut lease = lease(&db).await;
+            project(&mut lease, &log, size).await;
+            let row = execution(&mut db.connect().await, f.execution).await;
+            assert_eq!(
+                row["active_steps"],
+                json!(["design", "approve", "test"]),
+                "batches of {size}: a step waiting for its retry keeps its scheduling's place"
+            );
+            assert_eq!(row["current_step_id"], "test");
+            rows.push(row);
+        }
+        assert!(rows.windows(2).all(|pair| pair[0] == pair[1]), "{rows:#?}");
     }
 
     #[tokio::test]
