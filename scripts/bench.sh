@@ -13,7 +13,7 @@
 #                             as the API accepts them, print starts/s and request latency only
 #                             sequential: one execution at a time (low load), each started once
 #                             the one before is visible in the read models, print ms per step
-#   BENCH_RATE (0)            run mode: executions started per second, evenly paced (an open
+#   BENCH_RATE (0)            run mode: steps/s offered, as executions started evenly (an open
 #                             loop), to measure handoff and lag at a set load; 0: all at once
 #   BENCH_START_PARALLELISM (64)  concurrent HTTP clients starting executions
 #   BENCH_WORKFLOWS (1)       run mode: spread the executions over this many identical workflows
@@ -24,7 +24,7 @@
 #   BENCH_SHAPE=dag BENCH_STEPS=50 BENCH_FANOUT=10 BENCH_EXECUTIONS=200 make bench
 #   BENCH_MODE=starts BENCH_EXECUTIONS=1000 make bench
 #   BENCH_MODE=sequential BENCH_EXECUTIONS=100 make bench
-#   BENCH_RATE=200 BENCH_EXECUTIONS=2000 make bench     (1,000 steps/s offered for 10 s)
+#   BENCH_RATE=1000 BENCH_EXECUTIONS=2000 make bench    (1,000 steps/s offered for 10 s)
 # A working nats-server in NATS_SERVER_BIN is used as is; otherwise scripts/services-env.sh
 # installs one under .cadre/.
 set -euo pipefail

@@ -12,10 +12,10 @@
 //!   API accepts them and measure only the start requests; the executions are not waited for)
 //!   or `sequential` (low load: one execution at a time, each started when the one before is
 //!   visible in the read models; prints the time per step).
-//! - `BENCH_RATE` (0, `run` mode only): executions started per second, paced evenly (an open
-//!   loop: a start does not wait for earlier ones, nor for `BENCH_START_PARALLELISM`), so that
-//!   handoff and projection lag are measured at a set load (`BENCH_RATE=200` with 5 steps
-//!   offers 1,000 steps/s); 0 starts them all at once.
+//! - `BENCH_RATE` (0, `run` mode only): steps per second offered, as executions started evenly
+//!   (`BENCH_RATE / BENCH_STEPS` a second; an open loop: a start does not wait for earlier ones,
+//!   nor for `BENCH_START_PARALLELISM`), so that handoff and projection lag are measured at a
+//!   set load, as `make bench-console` offers it; 0 starts them all at once.
 //! - `BENCH_EXECUTIONS` (1000), `BENCH_STEPS` (5), `BENCH_FANOUT` (10), `BENCH_WORKFLOWS` (1,
 //!   `run` mode only), `BENCH_START_PARALLELISM` (64 concurrent HTTP clients),
 //!   `BENCH_LATENCY_MS` (0), `BENCH_WORKER_CONCURRENCY` (256), `BENCH_COORDINATOR_SHARDS` (128).
@@ -246,8 +246,8 @@ async fn main() -> anyhow::Result<()> {
         );
         if rate > 0 {
             println!(
-                "started at {rate} executions/s ({} steps/s offered)",
-                rate * steps as u64
+                "offered: {rate} steps/s ({:.1} executions started per second)",
+                rate as f64 / steps as f64
             );
         }
         if shape != Shape::Pipeline {
@@ -303,7 +303,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 start_parallelism
             },
-            rate,
+            executions_per_s: rate as f64 / steps as f64,
         },
     )
     .await
@@ -314,15 +314,16 @@ struct Starts {
     /// Concurrent start requests at most.
     parallelism: usize,
     /// Executions started per second, evenly paced; 0 starts them all at once.
-    rate: u64,
+    executions_per_s: f64,
 }
 
 impl Starts {
     /// When start number `i` is due, counted from `first`.
     fn due(&self, first: Instant, i: u64) -> Instant {
-        match self.rate {
-            0 => first,
-            rate => first + Duration::from_secs_f64(i as f64 / rate as f64),
+        if self.executions_per_s > 0.0 {
+            first + Duration::from_secs_f64(i as f64 / self.executions_per_s)
+        } else {
+            first
         }
     }
 }
