@@ -150,8 +150,11 @@ fn time_part(at: DateTime<Utc>) -> String {
     at.timestamp_micros().to_string()
 }
 
+/// A stored row's time: one outside the years 1 to 9999 was never in a cursor of this API (and
+/// Postgres would refuse it as a query parameter).
 fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_micros(raw.parse().ok()?)
+        .filter(|at| (earliest()..=latest()).contains(at))
 }
 
 /// `(created_at, id)` and its like: a time, then the id that orders rows of the same time.
@@ -278,6 +281,15 @@ mod tests {
                 decode::<i64>("alerts", bad),
                 Err(CursorError::Malformed),
                 "{bad}"
+            );
+        }
+        // Times no stored row has, each side of what Postgres stores.
+        for micros in [-3_200_000_000_000_000_000_i64, i64::MAX] {
+            let cursor = URL_SAFE_NO_PAD.encode(format!("executions:{micros}:{}", Uuid::nil()));
+            assert_eq!(
+                decode::<(DateTime<Utc>, Uuid)>("executions", &cursor),
+                Err(CursorError::Malformed),
+                "{micros}"
             );
         }
         // The right list with a key of another shape.
