@@ -283,6 +283,16 @@ def main():
         expect(page.locator("#run-status .badge")).to_have_text("cancelled")
         expect(page.locator("#run-actions button:visible")).to_have_count(0)
         expect(page.locator("#live")).to_have_text("ended")
+        # Without a reload, each step reads what the API says (those under way: cancelled).
+        run_id = page.url.split("?")[0].rstrip("/").rsplit("/", 1)[1]
+        results = page.evaluate(
+            "async (id) => (await (await fetch('/v1/executions/' + id)).json()).stepResults",
+            run_id,
+        )
+        for step, entry in results.items():
+            expect(page.locator(f'tr[data-step="{step}"] .state .badge')).to_have_text(
+                entry["status"].replace("_", " ")
+            )
         page.screenshot(path=SHOTS / "execution-cancelled.png", full_page=True)
         latencies += page.evaluate("() => window.cadre.latencies")
         browser.close()

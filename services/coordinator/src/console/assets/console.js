@@ -247,7 +247,22 @@
       if (card) card.remove();
     }
 
-    const RESOLVED_STATUS = { approve: "completed", provideOutput: "completed", skip: "skipped" };
+    // What a person's resolution makes of the step, as the read models say it.
+    const RESOLVED_STATUS = {
+      approve: "completed", provideOutput: "completed", skip: "skipped",
+      retry: "escalating", reassign: "escalating", abort: "aborted", reject: "aborted",
+    };
+
+    // A run that fails or is cancelled cancels its steps still under way, as the read models
+    // show them (with what they were doing in `cancelledWhile`).
+    const UNDER_WAY = ["scheduled", "running", "waiting", "awaiting_answers", "retry_waiting", "escalated", "escalating"];
+    function cancelUnderWay(at) {
+      for (const id of steps) {
+        const badgeEl = $("#step-" + CSS.escape(id) + " .state .badge");
+        const status = badgeEl && (badgeEl.className.match(/\bst-([a-z_]+)/) || [])[1];
+        if (UNDER_WAY.includes(status)) setStep(id, { status: "cancelled" }, at);
+      }
+    }
 
     const apply = {
       step_scheduled: (d, at) => setStep(d.step.id, { status: "scheduled", agentId: d.agent.id, attempt: d.attempt, scheduled: true }, at),
@@ -274,15 +289,21 @@
         removeEscalation(d.escalationId);
         const action = d.resolution && d.resolution.action;
         const status = RESOLVED_STATUS[action];
-        if (d.stepId && status) setStep(d.stepId, { status, ended: status === "completed" }, at);
+        if (d.stepId && status) setStep(d.stepId, { status, ended: status !== "escalating" }, at);
         // The run's own escalation (over its time), let go on.
         if (!d.stepId && action === "continue") runStatus("running");
       },
       paused: () => runStatus("paused"),
       resumed: () => runStatus("running"),
       completed: (d, at) => runStatus("completed", at),
-      failed: (d, at) => runStatus("failed", at),
-      cancelled: (d, at) => runStatus("cancelled", at),
+      failed: (d, at) => {
+        cancelUnderWay(at);
+        runStatus("failed", at);
+      },
+      cancelled: (d, at) => {
+        cancelUnderWay(at);
+        runStatus("cancelled", at);
+      },
     };
 
     const factOf = (type) => type.replace(/^dev\.cadre\.execution\./, "").replace(/\.v\d+$/, "");
