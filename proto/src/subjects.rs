@@ -164,6 +164,31 @@ pub const ALL_EXECUTION_STATES: &str = "cadre.events.*.workflow.*.execution.*.>"
 /// Every workflow's own facts (created, paused, resumed); the workflow id is the second wildcard.
 pub const ALL_WORKFLOW_LIFECYCLES: &str = "cadre.events.*.workflow.*.*";
 
+/// One fact (`completed`, say) of every step, of every tenant, workflow and execution.
+pub fn every_step_fact(fact: &str) -> String {
+    format!("{PREFIX}.*.workflow.*.execution.*.step.*.{fact}")
+}
+
+/// One fact of every execution, its own and not its steps', of every tenant and workflow.
+pub fn every_execution_fact(fact: &str) -> String {
+    format!("{PREFIX}.*.workflow.*.execution.*.{fact}")
+}
+
+/// Whether the filter `filter` selects `subject`, by NATS's rule: `*` is one token, a final `>`
+/// one or more.
+pub fn selects(filter: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in filter.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (token, Some(s)) if token == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
 /// Every message of one partition of the coordinator's inbox.
 pub fn partition(partition: u16) -> String {
     format!("cadre.partition.{partition}.>")
@@ -305,6 +330,13 @@ pub fn execution_state(tenant: &TenantId, workflow: WorkflowId, execution: Execu
     format!("{PREFIX}.{tenant}.workflow.{workflow}.execution.{execution}.>")
 }
 
+/// One execution's own facts (started, paused, resumed, escalated, ended, ...), without its
+/// steps': all a run's status is folded from. A person's cancel, pause or resume expects only
+/// these, so workers reporting on the run's steps meanwhile do not make it decide again.
+pub fn execution_facts(tenant: &TenantId, workflow: WorkflowId, execution: ExecutionId) -> String {
+    format!("{PREFIX}.{tenant}.workflow.{workflow}.execution.{execution}.*")
+}
+
 /// The `started` events of all executions of a workflow: the last one holds the last
 /// execution number, and appending the next one expects it to still be the last.
 pub fn execution_starts(tenant: &TenantId, workflow: WorkflowId) -> String {
@@ -409,20 +441,6 @@ pub fn step_state(
 mod tests {
     use super::*;
 
-    fn matches(filter: &str, subject: &str) -> bool {
-        let f: Vec<&str> = filter.split('.').collect();
-        let s: Vec<&str> = subject.split('.').collect();
-        for (i, token) in f.iter().enumerate() {
-            match *token {
-                ">" => return s.len() > i,
-                "*" if i < s.len() => {}
-                t if s.get(i) == Some(&t) => {}
-                _ => return false,
-            }
-        }
-        f.len() == s.len()
-    }
-
     #[test]
     fn filters_select_exactly_their_events() {
         let t = TenantId::default_tenant();
@@ -436,8 +454,15 @@ mod tests {
         let handed_off = step(&t, w, e, &s, HANDED_OFF);
         for subject in [&scheduled, &started, &handed_off] {
             assert!(is_execution_state(subject));
-            assert!(matches(&execution_state(&t, w, e), subject));
+            assert!(selects(&execution_state(&t, w, e), subject));
         }
+        assert!(selects(&execution_facts(&t, w, e), &started));
+        assert!(selects(
+            &execution_facts(&t, w, e),
+            &execution(&t, w, e, CANCELLED)
+        ));
+        assert!(!selects(&execution_facts(&t, w, e), &scheduled));
+        assert!(!selects(&execution_facts(&t, w, e), &handed_off));
         for subject in [
             &chat,
             &know,
@@ -448,20 +473,20 @@ mod tests {
             &alert_raised(&t, AgentId::new(), "failure_rate", 1),
         ] {
             assert!(!is_execution_state(subject), "{subject}");
-            assert!(!matches(&execution_state(&t, w, e), subject));
-            assert!(matches(ALL_EVENTS, subject));
+            assert!(!selects(&execution_state(&t, w, e), subject));
+            assert!(selects(ALL_EVENTS, subject));
         }
         assert!(!is_workflow_lifecycle(&template(
             &t,
             TemplateId::new(),
             REGISTERED
         )));
-        assert!(matches(&execution_starts(&t, w), &started));
-        assert!(!matches(
+        assert!(selects(&execution_starts(&t, w), &started));
+        assert!(!selects(
             &execution_starts(&t, w),
             &step(&t, w, e, &s, STARTED)
         ));
-        assert!(matches(&step_state(&t, w, e, &s), &scheduled));
+        assert!(selects(&step_state(&t, w, e, &s), &scheduled));
     }
 
     #[test]
@@ -478,12 +503,12 @@ mod tests {
                 let own = *type_name == event.type_name();
                 let in_tenant = filters(None, type_name)
                     .iter()
-                    .any(|f| matches(f, &subject));
+                    .any(|f| selects(f, &subject));
                 assert_eq!(in_tenant, own, "{type_name} and {subject}");
                 if let Some(w) = workflow {
                     let in_workflow = filters(Some(w), type_name)
                         .iter()
-                        .any(|f| matches(f, &subject));
+                        .any(|f| selects(f, &subject));
                     assert_eq!(
                         in_workflow, own,
                         "{type_name} in its workflow and {subject}"
@@ -491,7 +516,7 @@ mod tests {
                 }
                 let elsewhere = filters(Some(other), type_name)
                     .iter()
-                    .any(|f| matches(f, &subject));
+                    .any(|f| selects(f, &subject));
                 assert!(!elsewhere, "{type_name} in another workflow and {subject}");
             }
         }
@@ -503,12 +528,12 @@ mod tests {
         let t = TenantId::default_tenant();
         let (e, s) = (ExecutionId::new(), StepId::parse("design").unwrap());
         let quirk = dispatched_steps("quirk", &t);
-        assert!(matches(&dispatched_steps_for("quirk"), &quirk));
-        assert!(!matches(&dispatched_steps_for("offline"), &quirk));
-        assert!(matches(ALL_DISPATCHED_STEPS, &quirk));
+        assert!(selects(&dispatched_steps_for("quirk"), &quirk));
+        assert!(!selects(&dispatched_steps_for("offline"), &quirk));
+        assert!(selects(ALL_DISPATCHED_STEPS, &quirk));
         let waiting = deferred_step("quirk", &t, e, &s, 2);
-        assert!(matches(ALL_DISPATCHED_STEPS, &waiting));
-        assert!(!matches(&dispatched_steps_for("quirk"), &waiting));
+        assert!(selects(ALL_DISPATCHED_STEPS, &waiting));
+        assert!(!selects(&dispatched_steps_for("quirk"), &waiting));
 
         for good in ["offline", "open-ai", "llama_cpp", "anthropic2"] {
             assert!(is_provider_name(good), "{good}");

@@ -10,11 +10,13 @@ use std::time::Duration;
 use cadre_proto::events::FailureCause;
 use cadre_proto::streams::{EVENTS_STREAM, PARTITIONS_STREAM};
 use cadre_proto::timers::Timer;
-use cadre_proto::{Event, ExecutionId, StepId, TenantId, WorkflowId, subjects};
+use cadre_proto::{Envelope, Event, ExecutionId, StepId, TenantId, WorkflowId, subjects};
+use cadre_runtime::bus::Append;
 use cadre_tests::api::{Reply, agent, pipeline};
 use cadre_tests::stack::FAKE_PROVIDER;
 use cadre_tests::{Stack, StackOptions, eventually};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 const FINISH: Duration = Duration::from_secs(60);
 /// An LLM that answers long after any test is over: only a stopped call ends sooner.
@@ -175,6 +177,35 @@ async fn cancel_ends_a_running_execution_and_stops_its_calls() {
     })
     .await;
 
+    // Workers keep reporting on the run's steps while the person cancels it (as a hundred
+    // running steps would): the cancel does not depend on them, so it never loses the race.
+    let started = events(&stack, &run)
+        .await
+        .into_iter()
+        .find(|e| matches!(e, Event::StepStarted(_)))
+        .unwrap();
+    let reporting = CancellationToken::new();
+    let reports = tokio::spawn({
+        let (bus, reporting) = (stack.bus.clone(), reporting.clone());
+        async move {
+            let mut reported = 0_usize;
+            while !reporting.is_cancelled() {
+                let report = Envelope::new(
+                    "test",
+                    TenantId::default_tenant(),
+                    chrono::Utc::now(),
+                    started.clone(),
+                );
+                bus.publish(&report, Append::Any).await.unwrap();
+                reported += 1;
+            }
+            reported
+        }
+    });
+    eventually(FINISH, "the reports to flow", || async {
+        (events(&stack, &run).await.len() > 50).then_some(())
+    })
+    .await;
     let cancel = format!("/v1/executions/{}/cancel", run.id);
     let reply = control(
         &stack,
@@ -182,6 +213,8 @@ async fn cancel_ends_a_running_execution_and_stops_its_calls() {
         json!({"reason": "wrong input", "requestedBy": "ops"}),
     )
     .await;
+    reporting.cancel();
+    assert!(reports.await.unwrap() > 50);
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert_eq!(reply.body["status"], "cancelled");
     let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
@@ -209,8 +242,10 @@ async fn cancel_ends_a_running_execution_and_stops_its_calls() {
     })
     .await;
     let log = events(&stack, &run).await;
+    // Past the reports, which went on a moment after the cancel.
+    let mut decided = log.iter().filter(|e| !matches!(e, Event::StepStarted(_)));
     assert!(
-        matches!(log.last(), Some(Event::ExecutionCancelled(c)) if c.request.reason.as_deref() == Some("wrong input"))
+        matches!(decided.next_back(), Some(Event::ExecutionCancelled(c)) if c.request.reason.as_deref() == Some("wrong input"))
     );
     assert!(!log.iter().any(|e| matches!(e, Event::StepCompleted(_))
         || matches!(e, Event::StepScheduled(s) if s.step.id.as_str() == "step-2")));

@@ -66,7 +66,11 @@ const ABANDON_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages pulled ahead of the running steps. A pulled message's ack deadline runs while it
 /// waits for a free slot, so the client buffers only a few.
 const PREFETCH_LIMIT: usize = 16;
-const IDLE_HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long one pull request waits for steps before the client asks again, and how often the
+/// server says a waiting pull is still alive. Short, as the coordinator's: a pull request the
+/// server lost leaves the worker idle with free slots until it expires (30 s by default).
+const PULL_EXPIRY: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Read-model connections; one of them listens for checkpoint notifications.
 const DATABASE_CONNECTIONS: u32 = 16;
 
@@ -220,7 +224,8 @@ async fn consume(
         let messages = consumer
             .stream()
             .max_messages_per_batch(concurrency.min(PREFETCH_LIMIT))
-            .heartbeat(IDLE_HEARTBEAT)
+            .expires(PULL_EXPIRY)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
             .context("pulling from a step queue")?;

@@ -486,7 +486,11 @@ pub(super) async fn execute(
     command: &Command,
 ) -> Result<Aggregate<ExecutionDecider>, Problem> {
     let (_, started) = started(app, id).await?;
-    let filter = subjects::execution_state(&app.tenant, started.workflow_id, id);
+    let filter = if command.reads_steps() {
+        subjects::execution_state(&app.tenant, started.workflow_id, id)
+    } else {
+        subjects::execution_facts(&app.tenant, started.workflow_id, id)
+    };
     let mut execution =
         Aggregate::<ExecutionDecider>::load(&app.bus, app.tenant.clone(), filter, History::All)
             .await

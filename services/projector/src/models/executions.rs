@@ -43,7 +43,7 @@ impl Outcome {
         match self {
             Self::Completed => "completed",
             Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
+            Self::Cancelled => CANCELLED,
         }
     }
 }
@@ -205,8 +205,10 @@ fn merge_step(
 
 /// Step statuses that end an attempt (waiting for the retry or for the escalation's outcome is
 /// an end too: the attempt's late reports change nothing); the SQL of [`update_steps`] lists the same
-/// ones.
-const STEP_ENDED: [&str; 8] = [
+/// ones. `cancelled` is written only by [`update_runs`], when the run ends under the step: a
+/// worker that announces or finishes the attempt after that (its delivery raced the cancel)
+/// changes nothing, as the coordinator ignores it.
+const STEP_ENDED: [&str; 9] = [
     "completed",
     "failed",
     "timed_out",
@@ -215,6 +217,22 @@ const STEP_ENDED: [&str; 8] = [
     ESCALATING,
     SKIPPED,
     ABORTED,
+    CANCELLED,
+];
+
+/// The status of a step that was under way when its run failed or was cancelled.
+const CANCELLED: &str = "cancelled";
+
+/// Step statuses of work still under way, which a failed or cancelled run ends as
+/// [`CANCELLED`] (the SQL of [`update_runs`] lists the same ones).
+const UNDER_WAY: [&str; 7] = [
+    "scheduled",
+    "running",
+    "waiting",
+    "awaiting_answers",
+    RETRY_WAITING,
+    ESCALATED,
+    ESCALATING,
 ];
 
 /// The status of a failed attempt's step while it waits for its retry, written over the
@@ -281,9 +299,23 @@ impl ExecutionPatch {
     }
 
     /// Ends the execution; only the first end counts, as only the first would apply one event
-    /// at a time.
+    /// at a time. A failed or cancelled run's steps under way in the batch read `cancelled`
+    /// from here on, as [`update_runs`] marks those stored before: later reports of theirs in
+    /// the batch change nothing, whatever batch they fall in.
     fn end(&mut self, outcome: Outcome, ending: Ending) {
         self.control(ending.completed_at, Control::End(outcome));
+        if self.ending.is_none() && outcome != Outcome::Completed {
+            for step in self.steps.values_mut() {
+                let status = step.entry.get("status").and_then(Value::as_str);
+                if let Some(status) = status.filter(|status| UNDER_WAY.contains(status)) {
+                    let cancelled_while = Value::from(status);
+                    step.entry
+                        .insert("cancelledWhile".to_owned(), cancelled_while);
+                    step.entry
+                        .insert("status".to_owned(), Value::from(CANCELLED));
+                }
+            }
+        }
         self.ending.get_or_insert(ending);
     }
 }
@@ -807,7 +839,7 @@ async fn update_steps(
                       < (EXCLUDED.entry ->> 'attempt')::bigint THEN EXCLUDED.entry
                  WHEN s.entry ->> 'status'
                       IN ('completed', 'failed', 'timed_out', 'retry_waiting', 'escalated',
-                          'escalating', 'skipped', 'aborted')
+                          'escalating', 'skipped', 'aborted', 'cancelled')
                       AND coalesce(EXCLUDED.entry ->> 'status', '')
                           NOT IN ('retry_waiting', 'escalated', 'escalating')
                       AND NOT EXCLUDED.entry ? 'resolvedAt'
@@ -1634,6 +1666,35 @@ mod tests {
             json!(review.escalation(1))
         );
         assert_eq!(row["active_steps"], json!([]));
+    }
+
+    #[tokio::test]
+    async fn a_report_after_the_cancel_leaves_its_step_cancelled_whatever_the_batch() {
+        for size in [1, 2, 10] {
+            let db = TestDb::create().await;
+            let mut lease = lease(&db).await;
+            let mut conn = db.connect().await;
+            let mut f = Fixture::new();
+            let log = f.messages([
+                f.started(1),
+                f.scheduled(1),
+                f.cancelled(Some("ops"), None),
+                // A worker's delivery that raced the cancel.
+                f.step_started(1),
+                f.step_completed(1),
+            ]);
+            project(&mut lease, &log, size).await;
+            let row = execution(&mut conn, f.execution).await;
+            let step = &row["step_results"][f.step.id.as_str()];
+            assert_eq!(step["status"], "cancelled", "batches of {size}: {step:#}");
+            // What it was doing when cancelled, except where the cut falls between the cancel
+            // and a report of a step stored before the batch: that report is folded first.
+            if size != 2 {
+                assert_eq!(step["cancelledWhile"], "scheduled", "batches of {size}");
+            }
+            assert_eq!(row["status"], "cancelled");
+            assert_eq!(row["active_steps"], json!([]), "batches of {size}");
+        }
     }
 
     #[tokio::test]

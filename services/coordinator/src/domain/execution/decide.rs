@@ -89,6 +89,16 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether deciding needs the run's steps, or only the run's own facts, which its status
+    /// is folded from: a cancel, pause or resume needs only those, so the API loads and expects
+    /// just them ([`cadre_proto::subjects::execution_facts`]) and workers reporting on a
+    /// hundred running steps never make a person's cancel lose the race for the log.
+    pub fn reads_steps(&self) -> bool {
+        !matches!(self, Self::Cancel(_) | Self::Pause(_) | Self::Resume(_))
+    }
+}
+
 /// A person asked for a change the execution's status does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionRefused {

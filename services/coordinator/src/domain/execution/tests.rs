@@ -11,7 +11,7 @@ use cadre_proto::model::{
     WorkflowConfiguration, WorkflowDefinition, WorkflowPhase, WorkflowStep, WorkflowType,
 };
 use cadre_proto::timers::{Timer, When};
-use cadre_proto::{AgentId, Event, EventId, ExecutionId, StepId, WorkflowId};
+use cadre_proto::{AgentId, Event, EventId, ExecutionId, StepId, TenantId, WorkflowId, subjects};
 use proptest::prelude::*;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -102,6 +102,25 @@ fn start(workflow: &WorkflowDefinition, agents: &[AgentProfile]) -> Vec<Event> {
 
 fn fold(events: &[Event]) -> State {
     events.iter().fold(State::NotStarted, evolve)
+}
+
+/// What the API loads for a command that does not read the run's steps: the events of `log`
+/// that `subjects::execution_facts` selects (its trailing `*` is one more token).
+fn run_facts(log: &[Event]) -> Vec<Event> {
+    let tenant = TenantId::default_tenant();
+    let Some(Event::ExecutionStarted(start)) = log.first() else {
+        return vec![];
+    };
+    let filter = subjects::execution_facts(&tenant, start.workflow_id, start.execution_id);
+    let prefix = filter.strip_suffix('*').unwrap();
+    log.iter()
+        .filter(|e| {
+            e.nats_subject(&tenant)
+                .strip_prefix(prefix)
+                .is_some_and(|fact| !fact.contains('.'))
+        })
+        .cloned()
+        .collect()
 }
 
 fn scheduled(events: &[Event]) -> Vec<(String, u32, AgentId)> {
@@ -1626,6 +1645,13 @@ proptest! {
                 _ => None,
             };
             if let Some(command) = control {
+                // Decided on the run's own facts, as the API does, the same.
+                if !command.reads_steps() {
+                    prop_assert_eq!(
+                        decide(&command, &fold(&run_facts(&log)), now()),
+                        decide(&command, &state, now())
+                    );
+                }
                 // A refused transition is a valid outcome; it must not change anything.
                 let events = decide(&command, &state, now()).unwrap_or_default();
                 append(&mut log, &mut state, events);
