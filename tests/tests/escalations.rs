@@ -202,6 +202,9 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
     assert_eq!(resolved["resolvedBy"], "Pat");
     let reply = stack.api.post(&resolve, &json!({ "action": "skip" })).await;
     assert_eq!(reply.status, 409, "resolved already: {}", reply.body);
+    // What the person needs to hear is that it was resolved, not that the run has ended.
+    let detail = reply.body["detail"].as_str().unwrap();
+    assert!(detail.contains("resolved already"), "{detail}");
 
     // Again, and this time the person provides the output; the next step builds on it.
     stack.llm.fail_next(2, 400);

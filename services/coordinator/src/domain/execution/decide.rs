@@ -188,12 +188,17 @@ pub fn decide(
                 request: request.clone(),
             })])
         }
-        Command::Resolve { .. } if status.is_finished() => Err(refuse("resolved")),
         Command::Resolve {
             escalation_id,
             resolution,
             request,
-        } => resolved(execution, *escalation_id, resolution, request).map(|e| vec![e]),
+        } => match resolved(execution, *escalation_id, resolution, request) {
+            // Resolved already (and the run ended since): that is what the person needs to hear.
+            Err(not_open @ TransitionRefused::NotOpen { .. }) => Err(not_open),
+            // Still open, but the run ended under it (cancelled while a person was to decide).
+            _ if status.is_finished() => Err(refuse("resolved")),
+            decided => decided.map(|e| vec![e]),
+        },
         Command::Cancel(_) => Err(refuse("cancelled")),
         Command::Pause(_) => Err(refuse("paused")),
         Command::Resume(_) => Err(refuse("resumed")),

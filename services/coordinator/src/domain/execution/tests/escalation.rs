@@ -284,6 +284,31 @@ fn a_persons_retry_goes_to_the_last_agent_and_its_failure_comes_back_to_a_person
 }
 
 #[test]
+fn an_escalation_resolved_before_the_run_ended_is_refused_as_resolved_not_as_ended() {
+    let (_, mut log, e) = waiting_for_a_person(vec![EscalationRung::Person]);
+    let id = e.escalation_id.unwrap();
+    let cancel =
+        |log: &[Event]| decide(&Command::Cancel(Request::default()), &fold(log), now()).unwrap();
+    // Cancelled while a person was to decide: the run's end is the answer.
+    let mut cancelled = log.clone();
+    cancelled.extend(cancel(&cancelled));
+    assert!(matches!(
+        resolve(&cancelled, id, Resolution::Skip),
+        Err(TransitionRefused::Invalid {
+            status: "cancelled",
+            ..
+        })
+    ));
+    // Resolved, then the run ended: the escalation is what is not open any more.
+    log.push(resolve(&log, id, Resolution::Skip).unwrap());
+    log.extend(cancel(&log));
+    assert!(matches!(
+        resolve(&log, id, Resolution::Retry),
+        Err(TransitionRefused::NotOpen { .. })
+    ));
+}
+
+#[test]
 fn a_person_reassigns_provides_the_output_skips_or_aborts() {
     // Reassign: the agent named takes the next attempt.
     let (team, log, e) = waiting_for_a_person(vec![EscalationRung::Person]);
@@ -364,9 +389,10 @@ fn a_person_reassigns_provides_the_output_skips_or_aborts() {
         advance(&aborted).is_empty(),
         "nothing is scheduled after an abort"
     );
+    // Its escalation was resolved by the abort: that is what a second resolution hears.
     assert!(matches!(
         resolve(&aborted, id, Resolution::Retry),
-        Err(TransitionRefused::Invalid { .. })
+        Err(TransitionRefused::NotOpen { .. })
     ));
 
     // Approving a failure is not an action it takes.
