@@ -87,10 +87,10 @@ pub enum Command {
         status: Option<String>,
         /// Executions: only those started at or after this time (RFC 3339, such as
         /// 2025-01-31T09:30:00Z).
-        #[arg(long)]
+        #[arg(long, value_parser = rfc3339)]
         since: Option<String>,
         /// Executions: only those started before this time (RFC 3339).
-        #[arg(long)]
+        #[arg(long, value_parser = rfc3339)]
         until: Option<String>,
         /// At most this many items (default: all, page after page).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -553,6 +553,17 @@ struct Filters {
 }
 
 /// `path` with the query `pairs` whose values are given, percent-encoded.
+/// A time given on the command line, checked before anything is asked of the API, which would
+/// name its own query parameter rather than the flag the user typed.
+fn rfc3339(raw: &str) -> Result<String, String> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|_| raw.to_owned())
+        .map_err(|_| {
+            "not an RFC 3339 time, such as 2025-01-31T09:30:00Z or 2025-01-31T10:30:00+01:00"
+                .to_owned()
+        })
+}
+
 fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     for (name, value) in pairs {
@@ -602,6 +613,12 @@ async fn get(
     if kind != ListKind::Executions {
         unused("since", filters.since.is_some())?;
         unused("until", filters.until.is_some())?;
+    }
+    if let (Some(since), Some(until)) = (&filters.since, &filters.until) {
+        let at = |raw: &str| chrono::DateTime::parse_from_rfc3339(raw).ok();
+        if at(since) > at(until) {
+            anyhow::bail!("--since {since} is later than --until {until}: no run can match");
+        }
     }
     let (path, columns) = match kind {
         ListKind::Agents | ListKind::Templates => {

@@ -338,6 +338,33 @@ async fn a_file_error_names_file_line_and_field_and_sends_nothing() {
     );
     assert!(shown.contains("nothing was applied"), "{shown}");
 
+    // A time flag is checked, and named as typed, before the API is asked.
+    for (args, said) in [
+        (
+            &["get", "executions", "--since", "yesterday"][..],
+            "invalid value 'yesterday' for '--since <SINCE>': not an RFC 3339 time",
+        ),
+        (
+            &["get", "executions", "--until", "2025-01-31 09:30"][..],
+            "for '--until <UNTIL>': not an RFC 3339 time",
+        ),
+        (
+            &[
+                "get",
+                "executions",
+                "--since",
+                "2025-02-01T00:00:00Z",
+                "--until",
+                "2025-01-31T10:30:00+01:00",
+            ][..],
+            "--since 2025-02-01T00:00:00Z is later than --until 2025-01-31T10:30:00+01:00",
+        ),
+    ] {
+        let output = cadre("http://127.0.0.1:9", args).await;
+        assert_ne!(output.status.code(), Some(0));
+        assert!(text(&output).contains(said), "{args:?}: {}", text(&output));
+    }
+
     // The API unreachable is said so, with where it was looked for.
     let output = cadre("http://127.0.0.1:9", &["get", "agents"]).await;
     assert_eq!(output.status.code(), Some(1));
