@@ -96,6 +96,11 @@ pub(crate) struct ExecutionPatch {
     /// end, whether or not it changed the status) was written; `None` when it had none, and
     /// the run's own row is left alone.
     pub controlled_at: Option<DateTime<Utc>>,
+    /// The batch ended the run failed or cancelled: reports on its steps after that (a
+    /// worker's delivery that raced the end) change nothing, as the coordinator ignores them.
+    /// [`update_runs`] marks the steps then under way `cancelled`, and a later batch's reports
+    /// find them ended.
+    steps_closed: bool,
 }
 
 /// What a batch does to an execution's `status`, for each status it can have had before the
@@ -223,18 +228,6 @@ const STEP_ENDED: [&str; 9] = [
 /// The status of a step that was under way when its run failed or was cancelled.
 const CANCELLED: &str = "cancelled";
 
-/// Step statuses of work still under way, which a failed or cancelled run ends as
-/// [`CANCELLED`] (the SQL of [`update_runs`] lists the same ones).
-const UNDER_WAY: [&str; 7] = [
-    "scheduled",
-    "running",
-    "waiting",
-    "awaiting_answers",
-    RETRY_WAITING,
-    ESCALATED,
-    ESCALATING,
-];
-
 /// The status of a failed attempt's step while it waits for its retry, written over the
 /// attempt's end (the SQL of [`update_steps`] says the same).
 const RETRY_WAITING: &str = "retry_waiting";
@@ -272,10 +265,19 @@ fn step_ended(entry: &Map<String, Value>) -> bool {
 }
 
 impl ExecutionPatch {
-    /// Merges `patch` into the step's entry, from the event at `origin`.
-    fn merge_step(&mut self, step: &str, origin: &Origin<'_>, patch: Value) -> &mut StepPatch {
+    /// Merges `patch` into the step's entry, from the event at `origin`; `None`, changing
+    /// nothing, once the batch ended the run failed or cancelled.
+    fn merge_step(
+        &mut self,
+        step: &str,
+        origin: &Origin<'_>,
+        patch: Value,
+    ) -> Option<&mut StepPatch> {
+        if self.steps_closed {
+            return None;
+        }
         let patch = object(patch);
-        match self.steps.entry(step.to_owned()) {
+        Some(match self.steps.entry(step.to_owned()) {
             btree_map::Entry::Occupied(current) => {
                 let current = current.into_mut();
                 current.entry = merge_step(Some(std::mem::take(&mut current.entry)), patch);
@@ -289,7 +291,7 @@ impl ExecutionPatch {
                 first_sequence: origin.sequence,
                 updated_at: origin.at,
             }),
-        }
+        })
     }
 
     /// Moves the run's status, from an event written `at`.
@@ -299,22 +301,11 @@ impl ExecutionPatch {
     }
 
     /// Ends the execution; only the first end counts, as only the first would apply one event
-    /// at a time. A failed or cancelled run's steps under way in the batch read `cancelled`
-    /// from here on, as [`update_runs`] marks those stored before: later reports of theirs in
-    /// the batch change nothing, whatever batch they fall in.
+    /// at a time.
     fn end(&mut self, outcome: Outcome, ending: Ending) {
         self.control(ending.completed_at, Control::End(outcome));
         if self.ending.is_none() && outcome != Outcome::Completed {
-            for step in self.steps.values_mut() {
-                let status = step.entry.get("status").and_then(Value::as_str);
-                if let Some(status) = status.filter(|status| UNDER_WAY.contains(status)) {
-                    let cancelled_while = Value::from(status);
-                    step.entry
-                        .insert("cancelledWhile".to_owned(), cancelled_while);
-                    step.entry
-                        .insert("status".to_owned(), Value::from(CANCELLED));
-                }
-            }
+            self.steps_closed = true;
         }
         self.ending.get_or_insert(ending);
     }
@@ -359,9 +350,10 @@ impl Changes {
         if let Some(feedback) = &e.feedback {
             entry["feedback"] = json!(feedback);
         }
-        let step = self
-            .patch(e.execution_id)
-            .merge_step(e.step.id.as_str(), origin, entry);
+        let patch = self.patch(e.execution_id);
+        let Some(step) = patch.merge_step(e.step.id.as_str(), origin, entry) else {
+            return;
+        };
         step.assignment = Some(json!({
             "agentId": e.agent.id,
             "agentName": e.agent.name,
@@ -737,6 +729,7 @@ impl Changes {
                 status: ExecutionStatus::default(),
                 ending: None,
                 controlled_at: None,
+                steps_closed: false,
             });
             patches.len() - 1
         });
@@ -940,7 +933,8 @@ async fn update_runs(
          FROM ended
          WHERE s.execution_id = ended.id AND ended.cancels
            AND s.entry ->> 'status' IN ('scheduled', 'running', 'waiting', 'awaiting_answers',
-                                        'retry_waiting', 'escalated', 'escalating')",
+                                        'retry_waiting', 'escalated', 'escalating', 'voting',
+                                        'changes_requested')",
         &id,
         &if_running,
         &if_paused,
@@ -1669,31 +1663,68 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_report_after_the_cancel_leaves_its_step_cancelled_whatever_the_batch() {
-        for size in [1, 2, 10] {
-            let db = TestDb::create().await;
-            let mut lease = lease(&db).await;
-            let mut conn = db.connect().await;
-            let mut f = Fixture::new();
-            let log = f.messages([
-                f.started(1),
-                f.scheduled(1),
-                f.cancelled(Some("ops"), None),
-                // A worker's delivery that raced the cancel.
-                f.step_started(1),
-                f.step_completed(1),
-            ]);
-            project(&mut lease, &log, size).await;
-            let row = execution(&mut conn, f.execution).await;
-            let step = &row["step_results"][f.step.id.as_str()];
-            assert_eq!(step["status"], "cancelled", "batches of {size}: {step:#}");
-            // What it was doing when cancelled, except where the cut falls between the cancel
-            // and a report of a step stored before the batch: that report is folded first.
-            if size != 2 {
-                assert_eq!(step["cancelledWhile"], "scheduled", "batches of {size}");
+    async fn a_run_cancelled_under_a_step_shows_what_it_was_doing_whatever_the_batch() {
+        type Story = fn(&Fixture) -> Vec<Event>;
+        let stories: [(Story, &str); 3] = [
+            // Reports of a worker's delivery that raced the cancel change nothing.
+            (
+                |f| {
+                    vec![
+                        f.started(1),
+                        f.scheduled(1),
+                        f.cancelled(Some("ops"), None),
+                        f.step_started(1),
+                        f.step_completed(1),
+                    ]
+                },
+                "scheduled",
+            ),
+            (
+                |f| {
+                    vec![
+                        f.started(1),
+                        f.scheduled(1),
+                        f.step_started(1),
+                        f.cancelled(Some("ops"), None),
+                        f.step_completed(1),
+                    ]
+                },
+                "running",
+            ),
+            // Waiting for a person when the run was cancelled.
+            (
+                |f| {
+                    vec![
+                        f.started(1),
+                        f.scheduled(1),
+                        f.step_failed(1),
+                        f.escalated(1, EscalationRung::Person),
+                        f.cancelled(Some("ops"), None),
+                    ]
+                },
+                "escalated",
+            ),
+        ];
+        let db = TestDb::create().await;
+        let mut conn = db.connect().await;
+        for (story, doing) in stories {
+            for size in 1..=5 {
+                // Each cut projected from the start: the fixture numbers events from 1.
+                sqlx::query("DELETE FROM projection_checkpoints")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let mut lease = lease(&db).await;
+                let mut f = Fixture::new();
+                let log = f.messages(story(&f));
+                project(&mut lease, &log, size).await;
+                let row = execution(&mut conn, f.execution).await;
+                let step = &row["step_results"][f.step.id.as_str()];
+                assert_eq!(step["status"], "cancelled", "batches of {size}: {step:#}");
+                assert_eq!(step["cancelledWhile"], doing, "batches of {size}");
+                assert_eq!(row["status"], "cancelled");
+                assert_eq!(row["active_steps"], json!([]), "batches of {size}");
             }
-            assert_eq!(row["status"], "cancelled");
-            assert_eq!(row["active_steps"], json!([]), "batches of {size}");
         }
     }
 

@@ -255,7 +255,7 @@
 
     // A run that fails or is cancelled cancels its steps still under way, as the read models
     // show them (with what they were doing in `cancelledWhile`).
-    const UNDER_WAY = ["scheduled", "running", "waiting", "awaiting_answers", "retry_waiting", "escalated", "escalating"];
+    const UNDER_WAY = ["scheduled", "running", "waiting", "awaiting_answers", "retry_waiting", "escalated", "escalating", "voting", "changes_requested"];
     function cancelUnderWay(at) {
       for (const id of steps) {
         const badgeEl = $("#step-" + CSS.escape(id) + " .state .badge");
