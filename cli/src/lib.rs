@@ -552,7 +552,6 @@ struct Filters {
     limit: Option<usize>,
 }
 
-/// `path` with the query `pairs` whose values are given, percent-encoded.
 /// A time given on the command line, checked before anything is asked of the API, which would
 /// name its own query parameter rather than the flag the user typed.
 fn rfc3339(raw: &str) -> Result<String, String> {
@@ -564,6 +563,7 @@ fn rfc3339(raw: &str) -> Result<String, String> {
         })
 }
 
+/// `path` with the query `pairs` whose values are given, percent-encoded.
 fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     for (name, value) in pairs {
@@ -599,11 +599,6 @@ async fn get(
     kind: ListKind,
     filters: Filters,
 ) -> anyhow::Result<()> {
-    let workflow = match &filters.workflow {
-        Some(name) => Some(workflow_id(client, name).await?.to_string()),
-        None => None,
-    };
-    let (workflow, status) = (workflow.as_deref(), filters.status.as_deref());
     let unused = |flag: &str, given: bool| {
         if given {
             anyhow::bail!("--{flag} does not filter this list");
@@ -615,11 +610,16 @@ async fn get(
         unused("until", filters.until.is_some())?;
     }
     if let (Some(since), Some(until)) = (&filters.since, &filters.until) {
-        let at = |raw: &str| chrono::DateTime::parse_from_rfc3339(raw).ok();
-        if at(since) > at(until) {
+        let at = chrono::DateTime::parse_from_rfc3339;
+        if matches!((at(since), at(until)), (Ok(since), Ok(until)) if since > until) {
             anyhow::bail!("--since {since} is later than --until {until}: no run can match");
         }
     }
+    let workflow = match &filters.workflow {
+        Some(name) => Some(workflow_id(client, name).await?.to_string()),
+        None => None,
+    };
+    let (workflow, status) = (workflow.as_deref(), filters.status.as_deref());
     let (path, columns) = match kind {
         ListKind::Agents | ListKind::Templates => {
             unused("workflow", workflow.is_some())?;
