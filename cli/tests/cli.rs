@@ -202,10 +202,11 @@ async fn apply_run_follow_resolve_cancel_and_api_problems() {
         .await,
     );
     assert_eq!(filtered.as_array().unwrap().len(), 1, "{filtered}");
+    // Refused as a usage error naming the flag, before the API is asked.
     let refused = cadre(api, &["get", "executions", "--until", "soon"]).await;
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2));
     assert!(
-        text(&refused).contains("'startedBefore' must be an RFC 3339 time"),
+        text(&refused).contains("invalid value 'soon' for '--until <UNTIL>'"),
         "{}",
         text(&refused)
     );
