@@ -2,8 +2,9 @@
 //! ([`crate::domain::alerts`]) decides on how agents' attempts end. It also keeps each agent's
 //! record ([`Records`]) from the same facts, for the starter to record in each run's start.
 //!
-//! It reads the whole log from sequence 1 each time it starts (an ordered consumer: nothing to
-//! ack), because an alert depends on everything an agent did before. Each alert is appended to
+//! It reads the log's step and run facts it folds ([`watched`]) from sequence 1 each time it
+//! starts (an ordered consumer: nothing to ack), because an alert depends on everything an
+//! agent did before. Each alert is appended to
 //! a subject of its own (its agent, condition and crossing), only where nothing is stored yet,
 //! with an id derived from the same: reading the log again after a restart, a second
 //! coordinator watching beside this one, or an append retried after a lost answer all store
