@@ -13,8 +13,15 @@ use tokio_util::sync::CancellationToken;
 
 type Key = (ExecutionId, StepId, u32);
 
+/// One attempt's token, shared by every delivery of it running here (a redelivery can overlap
+/// the delivery before it), and how many those are.
+struct Running {
+    token: CancellationToken,
+    deliveries: usize,
+}
+
 #[derive(Clone, Default)]
-pub struct RunningCalls(Arc<Mutex<HashMap<Key, CancellationToken>>>);
+pub struct RunningCalls(Arc<Mutex<HashMap<Key, Running>>>);
 
 /// A registered call; it leaves the registry when dropped.
 pub struct Registration {
@@ -25,27 +32,44 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.calls.lock().remove(&self.key);
+        let mut calls = self.calls.lock();
+        if let Some(running) = calls.get_mut(&self.key) {
+            running.deliveries -= 1;
+            if running.deliveries == 0 {
+                calls.remove(&self.key);
+            }
+        }
     }
 }
 
 impl RunningCalls {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, CancellationToken>> {
-        // Every change under the lock is a single insert or remove: a poisoned map is sound.
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Running>> {
+        // Every change under the lock is a single insert, update or remove: a poisoned map is
+        // sound.
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers `attempt` of `step` while it runs.
+    /// Registers `attempt` of `step` while it runs. Every delivery of the same attempt gets
+    /// the same token, so a stop reaches them all (a second registration used to replace the
+    /// first's, and the first call ran on after its run was cancelled).
     pub fn register(&self, execution: ExecutionId, step: StepId, attempt: u32) -> Registration {
-        let token = CancellationToken::new();
         let key = (execution, step, attempt);
-        self.lock().insert(key.clone(), token.clone());
+        let running = self
+            .lock()
+            .entry(key.clone())
+            .and_modify(|running| running.deliveries += 1)
+            .or_insert_with(|| Running {
+                token: CancellationToken::new(),
+                deliveries: 1,
+            })
+            .token
+            .clone();
         Registration {
             calls: self.clone(),
             key,
-            token,
+            token: running,
         }
     }
 
@@ -53,10 +77,10 @@ impl RunningCalls {
     pub fn stop(&self, request: &StopCalls) -> usize {
         let calls = self.lock();
         let mut stopped = 0;
-        for ((execution, step, attempt), token) in calls.iter() {
+        for ((execution, step, attempt), running) in calls.iter() {
             if request.covers(*execution, step, *attempt) {
-                token.cancel();
-                stopped += 1;
+                running.token.cancel();
+                stopped += running.deliveries;
             }
         }
         stopped
@@ -120,5 +144,26 @@ mod tests {
 
         drop((a1, b1));
         assert_eq!(calls.stop(&all), 0, "finished calls leave the registry");
+    }
+
+    #[test]
+    fn a_stop_reaches_every_delivery_of_the_attempt_running_here() {
+        let calls = RunningCalls::default();
+        let execution = ExecutionId::new();
+        let step = StepId::parse("s64").unwrap();
+        let first = calls.register(execution, step.clone(), 1);
+        // Redelivered while the first delivery's call still runs.
+        let second = calls.register(execution, step.clone(), 1);
+        drop(second);
+        let third = calls.register(execution, step, 1);
+        let stop = StopCalls {
+            execution_id: execution,
+            step_id: None,
+            attempt: None,
+        };
+        assert_eq!(calls.stop(&stop), 2);
+        assert!(first.token.is_cancelled() && third.token.is_cancelled());
+        drop((first, third));
+        assert_eq!(calls.stop(&stop), 0, "finished calls leave the registry");
     }
 }
