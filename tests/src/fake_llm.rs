@@ -110,6 +110,8 @@ struct Script {
     rate_limit: Option<(u64, u64)>,
     /// Step requests counted while `rate_limit` was set.
     rate_limit_calls: u64,
+    /// While true, step requests are recorded and then wait unanswered.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Script {
@@ -215,6 +217,17 @@ impl FakeLlm {
         script.rate_limit_calls = 0;
     }
 
+    /// Keeps every step request from now on waiting, recorded but unanswered, until
+    /// [`FakeLlm::release_answers`].
+    pub fn hold_answers(&self) {
+        lock(&self.script).held.send_replace(true);
+    }
+
+    /// Answers the step requests [`FakeLlm::hold_answers`] kept waiting, and those to come.
+    pub fn release_answers(&self) {
+        lock(&self.script).held.send_replace(false);
+    }
+
     /// Delays every answer from now on by `latency`.
     pub fn set_latency(&self, latency: Duration) {
         lock(&self.script).latency = latency;
@@ -318,7 +331,7 @@ async fn complete(
         return completion(&recorded.model, &text, words(&recorded.user), words(&text));
     }
     let step = recorded.step_name().unwrap_or("an unnamed step").to_owned();
-    let (failure, latency, padding, reject, verdict, constraint, asks, plan) = {
+    let (failure, latency, padding, reject, verdict, constraint, asks, plan, mut held) = {
         let mut script = lock(&script);
         let failing = script
             .failing_steps
@@ -363,8 +376,11 @@ async fn complete(
                         .then(|| choice(&recorded.user, name))
                         .flatten()
                 }),
+            script.held.subscribe(),
         )
     };
+    // The sender lives as long as the server.
+    let _ = held.wait_for(|held| !held).await;
     if !latency.is_zero() {
         // The server drops this handler when the client hangs up: the guard counts that.
         let pending = Pending {

@@ -9,9 +9,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cadre_agent_worker::ProviderConfig;
+use cadre_agent_worker::{HttpProviderConfig, ProviderConfig};
+use cadre_proto::streams::agent_worker_consumer_name;
 use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_tests::api::{agent, pipeline};
+use cadre_tests::fake_llm::FakeLlm;
 use cadre_tests::{Stack, eventually};
 use serde_json::{Value, json};
 
@@ -104,6 +106,90 @@ async fn a_mixed_fleet_runs_every_step_on_a_worker_that_offers_its_provider() {
         .collect();
     assert_eq!(attempts, vec![1; 8], "every step done on its first attempt");
     assert_eq!(stack.llm.requests().len(), 8, "one call per step");
+    stack.stop().await;
+}
+
+/// A worker whose slots are all taken leaves the queue's other steps to a worker with free
+/// slots. It pulls no step it cannot start: one that waited in its buffer past the queue's ack
+/// deadline would be delivered again elsewhere and then run twice, and meanwhile a free worker
+/// would sit idle.
+#[tokio::test]
+async fn a_busy_worker_leaves_the_steps_it_cannot_start_to_a_free_one() {
+    let mut stack = Stack::start().await;
+    stack.stop_service("agent-worker").await;
+    // The busy worker's quirk answers only when the test says so.
+    let held = FakeLlm::start().await.unwrap();
+    held.hold_answers();
+    let mut slow = offline_only();
+    slow.insert(
+        QUIRK.to_owned(),
+        ProviderConfig::OpenAiCompatible(HttpProviderConfig {
+            api_key: Some("test-key".to_owned().into()),
+            timeout_secs: 120,
+            ..HttpProviderConfig::new(held.base_url())
+        }),
+    );
+    let busy = cadre_agent_worker::Config {
+        concurrency: 2,
+        ..stack.worker_config("busy", slow)
+    };
+    stack.run_worker("busy", busy);
+
+    let registered = stack
+        .api
+        .register_agent(&agent("Quinn", "analyst", &["research"], QUIRK))
+        .await;
+    let ids = vec![registered["id"].as_str().unwrap().to_owned()];
+    let mut body = pipeline("Side by side", &ids, &[&["research"]], 6);
+    for step in body["configuration"]["steps"].as_array_mut().unwrap() {
+        step["dependsOn"] = json!([]);
+    }
+    let workflow = stack.api.create_workflow(&body).await;
+    let workflow_id = workflow["id"].as_str().unwrap().to_owned();
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+
+    let queue = stack.bus.dispatch_stream();
+    let name = agent_worker_consumer_name(QUIRK);
+    let info = eventually(FINISH, "two calls held, six steps dispatched", || async {
+        let info = queue.consumer_info(name.as_str()).await.ok()?;
+        (held.requests().len() == 2 && info.num_pending + info.num_ack_pending as u64 == 6)
+            .then_some(info)
+    })
+    .await;
+    assert_eq!(
+        info.num_ack_pending, 2,
+        "the busy worker took only what it started"
+    );
+    assert_eq!(info.num_pending, 4, "the other steps wait in the queue");
+
+    // A worker with free slots runs those four while the busy one's calls are still held.
+    stack.run_worker("free", stack.worker_config("free", with_quirk(&stack)));
+    eventually(FINISH, "four steps done by the free worker", || async {
+        (events(&stack, &workflow_id, &execution_id)
+            .await
+            .iter()
+            .filter(|e| matches!(e, Event::StepCompleted(_)))
+            .count()
+            == 4)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(held.requests().len(), 2, "still only the two held calls");
+
+    held.release_answers();
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    let log = events(&stack, &workflow_id, &execution_id).await;
+    let started: Vec<u32> = log
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted(s) => Some(s.attempt.number),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, vec![1; 6], "each step started once");
+    assert_eq!(held.requests().len(), 2, "no step called twice");
+    assert_eq!(stack.llm.requests().len(), 4);
     stack.stop().await;
 }
 

@@ -30,22 +30,22 @@ mod fixtures;
 mod knowledge;
 pub mod llm;
 pub mod prompt;
+mod pull;
 mod registry;
 mod step;
 mod worker;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use cadre_proto::{streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::projection::read_model_pool;
-use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,6 +54,7 @@ pub use config::{CircuitBreakerConfig, Config, HttpProviderConfig, ProviderConfi
 use crate::calls::RunningCalls;
 use crate::knowledge::KnowledgeView;
 use crate::llm::Providers;
+use crate::pull::{Slots, StepQueue};
 use crate::worker::Worker;
 use cadre_proto::workers::WorkerRecord;
 
@@ -63,14 +64,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long steps handed back at the drain deadline get to send their nak.
 const ABANDON_TIMEOUT: Duration = Duration::from_secs(2);
-/// Messages pulled ahead of the running steps. A pulled message's ack deadline runs while it
-/// waits for a free slot, so the client buffers only a few.
-const PREFETCH_LIMIT: usize = 16;
-/// How long one pull request waits for steps before the client asks again, and how often the
-/// server says a waiting pull is still alive. Short, as the coordinator's: a pull request the
-/// server lost leaves the worker idle with free slots until it expires (30 s by default).
-const PULL_EXPIRY: Duration = Duration::from_secs(5);
-const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Read-model connections; one of them listens for checkpoint notifications.
 const DATABASE_CONNECTIONS: u32 = 16;
 
@@ -210,8 +203,8 @@ async fn provider_queues(
     Ok(consumers)
 }
 
-/// Pulls steps from every queue while a slot is free, each in its own task; on shutdown stops
-/// pulling and drains.
+/// Pulls steps from every queue for the slots that are free, each step in its own task; on
+/// shutdown stops pulling and drains.
 async fn consume(
     worker: Arc<Worker>,
     consumers: Vec<PullConsumer>,
@@ -219,57 +212,27 @@ async fn consume(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut queues = Vec::with_capacity(consumers.len());
-    for consumer in &consumers {
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(concurrency.min(PREFETCH_LIMIT))
-            .expires(PULL_EXPIRY)
-            .heartbeat(PULL_HEARTBEAT)
-            .messages()
-            .await
-            .context("pulling from a step queue")?;
-        queues.push(messages);
-    }
-    let mut messages = futures::stream::select_all(queues);
-    readiness.set(true);
-
-    let slots = Arc::new(Semaphore::new(concurrency));
-    let steps = TaskTracker::new();
-    let abandon = CancellationToken::new();
-    let outcome = loop {
-        // A slot first, then a message: a message taken from the stream is ours to run now.
-        let slot = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            slot = slots.clone().acquire_owned() => slot.context("step slots closed")?,
-        };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            next = messages.next() => next,
-        };
-        match next {
-            Some(Ok(message)) => {
-                let (worker, abandon) = (worker.clone(), abandon.clone());
-                steps.spawn(async move {
-                    worker.handle(message, &abandon).await;
-                    drop(slot);
-                });
-            }
-            Some(Err(error)) => match error.kind() {
-                MessagesErrorKind::ConsumerDeleted
-                | MessagesErrorKind::PushBasedConsumer
-                | MessagesErrorKind::RequestLimitExceeded => {
-                    break Err(anyhow::anyhow!(error).context("a step queue failed"));
-                }
-                _ => tracing::warn!(%error, "pulling steps failed; retrying"),
-            },
-            None => break Err(anyhow::anyhow!("the step queues' message streams ended")),
-        }
+    let slots = Slots {
+        worker: worker.clone(),
+        free: Arc::new(Semaphore::new(concurrency)),
+        waiting: AtomicUsize::new(0),
+        wanted: watch::Sender::new(()),
+        steps: TaskTracker::new(),
+        abandon: CancellationToken::new(),
+        shutdown,
     };
+    let mut queues = Vec::with_capacity(consumers.len());
+    for consumer in consumers {
+        queues.push(StepQueue::open(consumer, worker.bus.jetstream(), &slots).await?);
+    }
+    readiness.set(true);
+    let outcome = futures::future::try_join_all(queues.into_iter().map(|queue| queue.pull(&slots)))
+        .await
+        .map(drop);
 
     readiness.set(false);
-    // Messages pulled but not started go back to the server when their ack deadline passes.
-    drop(messages);
+    // A step the server sent while the pull stopped goes back when its ack deadline passes.
+    let Slots { steps, abandon, .. } = slots;
     steps.close();
     tracing::info!(running = steps.len(), "draining running steps");
     if tokio::time::timeout(DRAIN_TIMEOUT, steps.wait())
