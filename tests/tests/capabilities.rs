@@ -161,6 +161,10 @@ async fn a_busy_worker_leaves_the_steps_it_cannot_start_to_a_free_one() {
         "the busy worker took only what it started"
     );
     assert_eq!(info.num_pending, 4, "the other steps wait in the queue");
+    assert_eq!(
+        info.delivered.consumer_sequence, 2,
+        "and none was handed back"
+    );
 
     // A worker with free slots runs those four while the busy one's calls are still held.
     stack.run_worker("free", stack.worker_config("free", with_quirk(&stack)));
@@ -190,6 +194,90 @@ async fn a_busy_worker_leaves_the_steps_it_cannot_start_to_a_free_one() {
     assert_eq!(started, vec![1; 6], "each step started once");
     assert_eq!(held.requests().len(), 2, "no step called twice");
     assert_eq!(stack.llm.requests().len(), 4);
+    let info = stack
+        .bus
+        .dispatch_stream()
+        .consumer_info(name.as_str())
+        .await
+        .unwrap();
+    assert_eq!(
+        info.delivered.consumer_sequence, 6,
+        "each step delivered once"
+    );
+    stack.stop().await;
+}
+
+/// A worker with fewer slots than queues (one slot; offline and quirk) runs the steps of both,
+/// each delivered once: a queue waiting for steps lends its slot to the other, and a step that
+/// reaches a queue whose slot is lent waits for the slot rather than going back to the server,
+/// where every delivery counts towards the queue's limit.
+#[tokio::test]
+async fn a_worker_with_fewer_slots_than_queues_runs_each_step_on_its_first_delivery() {
+    let mut stack = Stack::start().await;
+    stack.stop_service("agent-worker").await;
+    stack.llm.hold_answers();
+    let solo = cadre_agent_worker::Config {
+        concurrency: 1,
+        ..stack.worker_config("solo", with_quirk(&stack))
+    };
+    stack.run_worker("solo", solo);
+
+    let quirky = stack
+        .api
+        .register_agent(&agent("Quinn", "analyst", &["research"], QUIRK))
+        .await;
+    let plain = stack
+        .api
+        .register_agent(&agent("Otto", "analyst", &["research"], "offline"))
+        .await;
+    let mut runs = Vec::new();
+    for (name, agent, steps) in [("Held", &quirky, 1), ("Plain", &plain, 3)] {
+        let ids = vec![agent["id"].as_str().unwrap().to_owned()];
+        let mut body = pipeline(name, &ids, &[&["research"]], steps);
+        for step in body["configuration"]["steps"].as_array_mut().unwrap() {
+            step["dependsOn"] = json!([]);
+        }
+        let workflow = stack.api.create_workflow(&body).await;
+        let workflow_id = workflow["id"].as_str().unwrap().to_owned();
+        let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+        runs.push((workflow_id, execution_id));
+        if name == "Held" {
+            // The quirk call holds the only slot while the plain steps come.
+            eventually(FINISH, "the quirk call held", || async {
+                (stack.llm.requests().len() == 1).then_some(())
+            })
+            .await;
+        }
+    }
+    let queue = stack.bus.dispatch_stream();
+    let offline = agent_worker_consumer_name("offline");
+    eventually(FINISH, "the plain steps dispatched", || async {
+        let info = queue.consumer_info(offline.as_str()).await.ok()?;
+        (info.num_pending + info.num_ack_pending as u64 == 3).then_some(())
+    })
+    .await;
+
+    stack.llm.release_answers();
+    for (workflow_id, execution_id) in &runs {
+        let execution = stack.api.wait_until_finished(execution_id, FINISH).await;
+        assert_eq!(execution["status"], "completed", "{execution:#}");
+        let log = events(&stack, workflow_id, execution_id).await;
+        assert!(
+            !log.iter().any(|e| matches!(e, Event::StepFailed(_))),
+            "{log:#?}"
+        );
+    }
+    for (provider, steps) in [(QUIRK, 1), ("offline", 3)] {
+        let info = queue
+            .consumer_info(agent_worker_consumer_name(provider).as_str())
+            .await
+            .unwrap();
+        assert_eq!(
+            info.delivered.consumer_sequence, steps,
+            "the {provider} queue delivered each step once"
+        );
+    }
+    assert_eq!(stack.llm.requests().len(), 1);
     stack.stop().await;
 }
 

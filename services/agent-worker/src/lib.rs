@@ -54,7 +54,7 @@ pub use config::{CircuitBreakerConfig, Config, HttpProviderConfig, ProviderConfi
 use crate::calls::RunningCalls;
 use crate::knowledge::KnowledgeView;
 use crate::llm::Providers;
-use crate::pull::{Slots, StepQueue};
+use crate::pull::{Pulling, StepQueue};
 use crate::worker::Worker;
 use cadre_proto::workers::WorkerRecord;
 
@@ -212,7 +212,7 @@ async fn consume(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let slots = Slots {
+    let pulling = Pulling {
         worker: worker.clone(),
         free: Arc::new(Semaphore::new(concurrency)),
         waiting: AtomicUsize::new(0),
@@ -221,18 +221,18 @@ async fn consume(
         abandon: CancellationToken::new(),
         shutdown,
     };
-    let mut queues = Vec::with_capacity(consumers.len());
-    for consumer in consumers {
-        queues.push(StepQueue::open(consumer, worker.bus.jetstream(), &slots).await?);
-    }
+    let queues: Vec<StepQueue> = consumers
+        .into_iter()
+        .map(|consumer| StepQueue::new(consumer, worker.bus.jetstream(), &pulling))
+        .collect();
     readiness.set(true);
-    let outcome = futures::future::try_join_all(queues.into_iter().map(|queue| queue.pull(&slots)))
-        .await
-        .map(drop);
+    let outcome =
+        futures::future::try_join_all(queues.into_iter().map(|queue| queue.pull(&pulling)))
+            .await
+            .map(drop);
 
     readiness.set(false);
-    // A step the server sent while the pull stopped goes back when its ack deadline passes.
-    let Slots { steps, abandon, .. } = slots;
+    let Pulling { steps, abandon, .. } = pulling;
     steps.close();
     tracing::info!(running = steps.len(), "draining running steps");
     if tokio::time::timeout(DRAIN_TIMEOUT, steps.wait())

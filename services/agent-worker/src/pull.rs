@@ -6,28 +6,35 @@
 //! and when a slot here frees the buffered copy runs too, so both call the LLM. Meanwhile a
 //! worker with free slots could have run it at once. So, as Temporal's pollers reserve a task
 //! slot before they poll, each queue here first reserves slots, then asks the server for at most
-//! that many messages with one pull request at a time; a message is always ours to start.
+//! that many messages, with one pull request at a time.
 //!
-//! A queue with nothing to do still holds the slot its waiting request reserved. When another
-//! of the worker's queues finds no free slot, an idle queue lends its slot back; a step that
-//! then reaches the idle queue takes a slot if one is free, or goes straight back to the server
-//! for another worker.
+//! Each request has a reply subject of its own, unsubscribed when the request ends: a request
+//! given up as lost (a silent server, a reconnect) is then dropped by the server rather than
+//! delivering into a later request's slots, and its late status cannot end a later request.
+//!
+//! A queue with nothing to do still holds the slots its waiting request reserved (one, unless
+//! its last request brought steps). When another of the worker's queues finds no free slot,
+//! they are lent to it, one per waiting queue. A step that then reaches the lending queue waits
+//! here for a slot (keeping its delivery alive with in-progress acks, as a running step does)
+//! rather than going back to the server: every delivery counts towards the queue's
+//! `max_deliver`, after which the step fails. At most the lent slots' steps wait so.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use async_nats::connection::State;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, AckKind};
-use async_nats::{StatusCode, Subject, Subscriber};
+use async_nats::{StatusCode, Subscriber};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::worker::Worker;
+use crate::worker::{Worker, while_in_progress};
 
 /// The most steps one pull request asks for; the slots it reserves wait for those steps.
 const PULL_BATCH: usize = 32;
@@ -36,14 +43,19 @@ const PULL_BATCH: usize = 32;
 const PULL_EXPIRY: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Silence after which a pull request is taken as lost (a server restarted or a leader moved
-/// without a word): two missed heartbeats.
+/// without a word): two missed heartbeats. The server sends them to every open request,
+/// one partly served included.
 const PULL_SILENCE: Duration = Duration::from_secs(4);
-/// Pause before asking again when the server could not take a pull request.
+/// Pause before asking again when the server could not take a pull request (disconnected, no
+/// consumer leader yet), so that the worker does not spin.
 const PULL_RETRY: Duration = Duration::from_secs(1);
+/// How long a stopping worker spends handing back the steps delivered after it stopped pulling.
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What the worker shares between its queues: slots, running steps, and when to stop.
-pub(crate) struct Slots {
+/// What the worker's queues share: its slots, its running steps, and when to stop.
+pub(crate) struct Pulling {
     pub worker: Arc<Worker>,
+    /// One permit per step the worker may run at once (`concurrency`).
     pub free: Arc<Semaphore>,
     /// How many queues wait for a slot; each new waiter pings `wanted`.
     pub waiting: AtomicUsize,
@@ -54,109 +66,122 @@ pub(crate) struct Slots {
     pub shutdown: CancellationToken,
 }
 
-/// One provider's step queue, read through a subscription of its own.
+/// One provider's step queue.
 pub(crate) struct StepQueue {
     consumer: PullConsumer,
-    inbox: Subject,
-    deliveries: Subscriber,
     context: jetstream::Context,
     wanted: watch::Receiver<()>,
 }
 
 /// How one pull request ended.
 enum Round {
-    /// The request delivered what it asked for, expired or failed: ask again.
-    Ended { delivered: usize },
+    /// It delivered what it asked for, expired or was lost; `refused` when the server answered
+    /// it with an error status.
+    Ended { delivered: usize, refused: bool },
     /// The worker is stopping.
     Stopped,
 }
 
 impl StepQueue {
-    pub async fn open(
-        consumer: PullConsumer,
-        context: &jetstream::Context,
-        slots: &Slots,
-    ) -> anyhow::Result<Self> {
-        let client = context.client();
-        let inbox = Subject::from(client.new_inbox());
-        let deliveries = client
-            .subscribe(inbox.clone())
-            .await
-            .context("subscribing to a step queue's deliveries")?;
-        Ok(Self {
+    pub fn new(consumer: PullConsumer, context: &jetstream::Context, pulling: &Pulling) -> Self {
+        Self {
             consumer,
-            inbox,
-            deliveries,
             context: context.clone(),
-            wanted: slots.wanted.subscribe(),
-        })
+            wanted: pulling.wanted.subscribe(),
+        }
     }
 
     /// Runs this queue's steps until shutdown; fails only when the queue cannot be read again
     /// (it was deleted or reconfigured beneath the worker).
-    pub async fn pull(mut self, slots: &Slots) -> anyhow::Result<()> {
-        // A queue that was idle holds one slot while it waits, not a batch of them, so the
-        // worker's other queues keep the rest.
+    pub async fn pull(mut self, pulling: &Pulling) -> anyhow::Result<()> {
+        // A queue that was idle asks for one step, not a batch, so the worker's other queues
+        // keep the other slots.
         let mut busy = false;
         loop {
-            let Some(reserved) = reserve(slots, busy).await else {
+            let Some(reserved) = reserve(pulling, busy).await else {
                 return Ok(());
             };
-            let request = BatchConfig {
-                batch: reserved.len(),
-                expires: Some(PULL_EXPIRY),
-                idle_heartbeat: PULL_HEARTBEAT,
-                ..Default::default()
+            let round = match self.request(reserved.len(), pulling).await {
+                Some(deliveries) => self.receive(deliveries, reserved, pulling).await?,
+                None => Round::Ended {
+                    delivered: 0,
+                    refused: true,
+                },
             };
-            if let Err(error) = self
-                .consumer
-                .request_batch(request, self.inbox.clone())
-                .await
-            {
-                tracing::warn!(%error, "could not ask for steps; retrying");
-                drop(reserved);
-                if slots
-                    .shutdown
-                    .run_until_cancelled(tokio::time::sleep(PULL_RETRY))
-                    .await
-                    .is_none()
-                {
-                    return Ok(());
+            match round {
+                Round::Ended { delivered, refused } => {
+                    busy = delivered > 0;
+                    if refused && delivered == 0 && !pause(pulling).await {
+                        return Ok(());
+                    }
                 }
-                continue;
-            }
-            match self.receive(reserved, slots).await? {
-                Round::Ended { delivered } => busy = delivered > 0,
                 Round::Stopped => return Ok(()),
             }
         }
     }
 
+    /// Sends a pull request for `batch` steps on a reply subject of its own, whose subscription
+    /// it returns; `None` when it could not be sent.
+    async fn request(&self, batch: usize, pulling: &Pulling) -> Option<Subscriber> {
+        let client = self.context.client();
+        // Queued while disconnected, requests would all be sent at once on reconnect.
+        if client.connection_state() != State::Connected {
+            return None;
+        }
+        let inbox = client.new_inbox();
+        let request = BatchConfig {
+            batch,
+            expires: Some(PULL_EXPIRY),
+            idle_heartbeat: PULL_HEARTBEAT,
+            ..Default::default()
+        };
+        let sent = async {
+            let deliveries = client.subscribe(inbox.clone()).await?;
+            self.consumer.request_batch(request, inbox.into()).await?;
+            Ok::<_, async_nats::Error>(deliveries)
+        };
+        match pulling.shutdown.run_until_cancelled(sent).await? {
+            Ok(deliveries) => Some(deliveries),
+            Err(error) => {
+                tracing::warn!(%error, "could not ask for steps; retrying");
+                None
+            }
+        }
+    }
+
     /// Starts each step the pull request delivers in one of the `reserved` slots, until it has
-    /// delivered as many as it asked for or ends; the slots left over are freed.
+    /// delivered as many as it asked for or ends; the slots left over are freed. Slots still
+    /// reserved are lent to the worker's other queues that wait for one.
     async fn receive(
         &mut self,
+        mut deliveries: Subscriber,
         mut reserved: Vec<OwnedSemaphorePermit>,
-        slots: &Slots,
+        pulling: &Pulling,
     ) -> anyhow::Result<Round> {
         let asked = reserved.len();
         let mut delivered = 0;
+        let mut silent_at = Instant::now() + PULL_SILENCE;
         while delivered < asked {
             let next = tokio::select! {
-                _ = slots.shutdown.cancelled() => return Ok(Round::Stopped),
-                Ok(()) = self.wanted.changed(), if delivered == 0 && !reserved.is_empty() => {
-                    if slots.waiting.load(Ordering::Relaxed) > 0 {
-                        reserved.clear();
-                    }
+                _ = pulling.shutdown.cancelled() => {
+                    hand_back(deliveries, &self.context).await;
+                    return Ok(Round::Stopped);
+                }
+                Ok(()) = self.wanted.changed(), if !reserved.is_empty() => {
+                    let lent = pulling.waiting.load(Ordering::Relaxed).min(reserved.len());
+                    reserved.truncate(reserved.len() - lent);
                     continue;
                 }
-                next = tokio::time::timeout(PULL_SILENCE, self.deliveries.next()) => next,
+                next = tokio::time::timeout_at(silent_at, deliveries.next()) => next,
             };
             let Ok(next) = next else {
                 tracing::warn!("the server went silent on a pull request; asking again");
                 break;
             };
-            let message = next.context("a step queue's subscription ended")?;
+            silent_at = Instant::now() + PULL_SILENCE;
+            let Some(message) = next else {
+                anyhow::bail!("a step queue's subscription ended");
+            };
             match message.status {
                 None | Some(StatusCode::OK) => {
                     let message = jetstream::Message {
@@ -164,17 +189,14 @@ impl StepQueue {
                         context: self.context.clone(),
                     };
                     delivered += 1;
-                    let slot = reserved
-                        .pop()
-                        .or_else(|| slots.free.clone().try_acquire_owned().ok());
-                    match slot {
-                        Some(slot) => start(message, slot, slots),
-                        // The slot was lent to a busier queue, or a request given up as lost
-                        // was served after all: the step goes back for a free worker.
-                        None => give_back(&message).await,
+                    match reserved.pop() {
+                        Some(slot) => start(message, slot, pulling),
+                        None => start_when_free(message, pulling),
                     }
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
+                // The request expired.
+                Some(StatusCode::TIMEOUT) => break,
                 Some(StatusCode::REQUEST_TERMINATED) => {
                     let description = message.description.unwrap_or_default();
                     // These come back the same on every request: the queue is not ours to read.
@@ -184,38 +206,46 @@ impl StepQueue {
                     {
                         anyhow::bail!("the step queue refused a pull request: {description}");
                     }
-                    // A leader change, a server shutting down: ask again.
+                    // A leader change, a server shutting down, too many waiting requests.
                     tracing::debug!(description, "a pull request ended early");
-                    break;
+                    return Ok(Round::Ended {
+                        delivered,
+                        refused: true,
+                    });
                 }
-                // The request expired (408), or the server had nothing for it (404).
-                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => break,
+                // No responders (no consumer leader yet), or a status this build does not know.
                 Some(status) => {
                     tracing::warn!(%status, description = ?message.description, "a pull request failed; asking again");
-                    break;
+                    return Ok(Round::Ended {
+                        delivered,
+                        refused: true,
+                    });
                 }
             }
         }
-        Ok(Round::Ended { delivered })
+        Ok(Round::Ended {
+            delivered,
+            refused: false,
+        })
     }
 }
 
 /// One free slot (waiting for it), and when the queue was `busy`, every other free slot up to
 /// a batch; `None` once the worker stops.
-async fn reserve(slots: &Slots, busy: bool) -> Option<Vec<OwnedSemaphorePermit>> {
-    let first = match slots.free.clone().try_acquire_owned() {
+async fn reserve(pulling: &Pulling, busy: bool) -> Option<Vec<OwnedSemaphorePermit>> {
+    let first = match pulling.free.clone().try_acquire_owned() {
         Ok(slot) => slot,
         Err(_) => {
-            let _waiting = Waiting::new(slots);
+            let _waiting = Waiting::new(pulling);
             tokio::select! {
-                _ = slots.shutdown.cancelled() => return None,
-                slot = slots.free.clone().acquire_owned() => slot.ok()?,
+                _ = pulling.shutdown.cancelled() => return None,
+                slot = pulling.free.clone().acquire_owned() => slot.ok()?,
             }
         }
     };
     let mut reserved = vec![first];
     while busy && reserved.len() < PULL_BATCH {
-        match slots.free.clone().try_acquire_owned() {
+        match pulling.free.clone().try_acquire_owned() {
             Ok(slot) => reserved.push(slot),
             Err(_) => break,
         }
@@ -223,14 +253,24 @@ async fn reserve(slots: &Slots, busy: bool) -> Option<Vec<OwnedSemaphorePermit>>
     Some(reserved)
 }
 
-/// Counts a queue as waiting for a slot while it lives, and asks idle queues to lend theirs.
+/// Waits [`PULL_RETRY`]; false when the worker stops meanwhile.
+async fn pause(pulling: &Pulling) -> bool {
+    pulling
+        .shutdown
+        .run_until_cancelled(tokio::time::sleep(PULL_RETRY))
+        .await
+        .is_some()
+}
+
+/// Counts a queue as waiting for a slot while it lives, and asks the other queues to lend the
+/// slots their requests hold unused.
 struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {
-    fn new(slots: &'a Slots) -> Self {
-        slots.waiting.fetch_add(1, Ordering::Relaxed);
-        slots.wanted.send_replace(());
-        Self(&slots.waiting)
+    fn new(pulling: &'a Pulling) -> Self {
+        pulling.waiting.fetch_add(1, Ordering::Relaxed);
+        pulling.wanted.send_replace(());
+        Self(&pulling.waiting)
     }
 }
 
@@ -240,17 +280,49 @@ impl Drop for Waiting<'_> {
     }
 }
 
-fn start(message: jetstream::Message, slot: OwnedSemaphorePermit, slots: &Slots) {
-    let (worker, abandon) = (slots.worker.clone(), slots.abandon.clone());
-    slots.steps.spawn(async move {
+fn start(message: jetstream::Message, slot: OwnedSemaphorePermit, pulling: &Pulling) {
+    let (worker, abandon) = (pulling.worker.clone(), pulling.abandon.clone());
+    pulling.steps.spawn(async move {
         worker.handle(message, &abandon).await;
         drop(slot);
     });
 }
 
-async fn give_back(message: &jetstream::Message) {
-    if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
-        // Its ack deadline returns it instead.
-        tracing::warn!(%error, "could not hand back a step delivered beyond the free slots");
-    }
+/// A step delivered to a queue that lent its slot: it takes the next free slot.
+fn start_when_free(message: jetstream::Message, pulling: &Pulling) {
+    let (worker, abandon) = (pulling.worker.clone(), pulling.abandon.clone());
+    let free = pulling.free.clone();
+    pulling.steps.spawn(async move {
+        let Ok(slot) = while_in_progress(&message, free.acquire_owned()).await else {
+            return;
+        };
+        worker.handle(message, &abandon).await;
+        drop(slot);
+    });
+}
+
+/// Stops a request's deliveries and hands back the steps already delivered, so that they go to
+/// another worker now rather than when their ack deadline passes.
+async fn hand_back(mut deliveries: Subscriber, context: &jetstream::Context) {
+    let handed = async {
+        if deliveries.unsubscribe().await.is_err() {
+            return;
+        }
+        while let Some(message) = deliveries.next().await {
+            if message
+                .status
+                .is_some_and(|status| status != StatusCode::OK)
+            {
+                continue;
+            }
+            let message = jetstream::Message {
+                message,
+                context: context.clone(),
+            };
+            if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+                tracing::debug!(%error, "could not hand back a step");
+            }
+        }
+    };
+    let _ = tokio::time::timeout(HAND_BACK_TIMEOUT, handed).await;
 }

@@ -906,7 +906,10 @@ fn live_tokens(
 
 /// Runs `work` while telling JetStream every [`PROGRESS_INTERVAL`] that the message is still
 /// being worked on, so that a long LLM call is not redelivered elsewhere.
-async fn while_in_progress<F: Future>(message: &jetstream::Message, work: F) -> F::Output {
+pub(crate) async fn while_in_progress<F: Future>(
+    message: &jetstream::Message,
+    work: F,
+) -> F::Output {
     let mut progress = tokio::time::interval_at(
         tokio::time::Instant::now() + PROGRESS_INTERVAL,
         PROGRESS_INTERVAL,
