@@ -216,9 +216,12 @@ async fn a_worker_with_fewer_slots_than_queues_runs_each_step_on_its_first_deliv
     let mut stack = Stack::start().await;
     stack.stop_service("agent-worker").await;
     stack.llm.hold_answers();
+    // No call ends for a timeout while it is held.
+    let mut providers = offline_only();
+    providers.insert(QUIRK.to_owned(), stack.fake_provider(120));
     let solo = cadre_agent_worker::Config {
         concurrency: 1,
-        ..stack.worker_config("solo", with_quirk(&stack))
+        ..stack.worker_config("solo", providers)
     };
     stack.run_worker("solo", solo);
 

@@ -219,17 +219,26 @@ async fn consume(
         wanted: watch::Sender::new(()),
         steps: TaskTracker::new(),
         abandon: CancellationToken::new(),
-        shutdown,
+        shutdown: shutdown.child_token(),
     };
     let queues: Vec<StepQueue> = consumers
         .into_iter()
         .map(|consumer| StepQueue::new(consumer, worker.bus.jetstream(), &pulling))
         .collect();
     readiness.set(true);
-    let outcome =
-        futures::future::try_join_all(queues.into_iter().map(|queue| queue.pull(&pulling)))
-            .await
-            .map(drop);
+    // A queue that fails stops the others too, each handing back what it holds.
+    let pulled = futures::future::join_all(queues.into_iter().map(|queue| async {
+        let pulled = queue.pull(&pulling).await;
+        if pulled.is_err() {
+            pulling.shutdown.cancel();
+        }
+        pulled
+    }))
+    .await;
+    let outcome = pulled
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()
+        .map(drop);
 
     readiness.set(false);
     let Pulling { steps, abandon, .. } = pulling;

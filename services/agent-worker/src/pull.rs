@@ -14,10 +14,11 @@
 //!
 //! A queue with nothing to do still holds the slots its waiting request reserved (one, unless
 //! its last request brought steps). When another of the worker's queues finds no free slot,
-//! they are lent to it, one per waiting queue. A step that then reaches the lending queue waits
-//! here for a slot (keeping its delivery alive with in-progress acks, as a running step does)
-//! rather than going back to the server: every delivery counts towards the queue's
-//! `max_deliver`, after which the step fails. At most the lent slots' steps wait so.
+//! the request lends it one of them, once per request. A step that then reaches the lending
+//! queue beyond the slots it kept waits here for a slot (keeping its delivery alive with
+//! in-progress acks, as a running step does) rather than going back to the server: every
+//! delivery counts towards the queue's `max_deliver`, after which the step fails. So at most one
+//! step per open request waits on a worker while another may be idle.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,18 +39,19 @@ use crate::worker::{Worker, while_in_progress};
 
 /// The most steps one pull request asks for; the slots it reserves wait for those steps.
 const PULL_BATCH: usize = 32;
-/// How long one pull request waits for steps before the worker asks again, and how often the
-/// server says a waiting request is still alive.
+/// How long one pull request waits for steps before the worker asks again.
 const PULL_EXPIRY: Duration = Duration::from_secs(5);
+/// How often the server says a waiting pull request is still alive.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Silence after which a pull request is taken as lost (a server restarted or a leader moved
 /// without a word): two missed heartbeats. The server sends them to every open request,
-/// one partly served included.
+/// one partly served included. Longer than the 2 s for which a server with gateways or leaf
+/// nodes still serves a request whose reply subject lost its subscriber.
 const PULL_SILENCE: Duration = Duration::from_secs(4);
 /// Pause before asking again when the server could not take a pull request (disconnected, no
 /// consumer leader yet), so that the worker does not spin.
 const PULL_RETRY: Duration = Duration::from_secs(1);
-/// How long a stopping worker spends handing back the steps delivered after it stopped pulling.
+/// How long a stopping worker spends handing back the steps already in a request's buffer.
 const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the worker's queues share: its slots, its running steps, and when to stop.
@@ -63,6 +65,7 @@ pub(crate) struct Pulling {
     pub steps: TaskTracker,
     /// Cancelled at the drain deadline: running steps hand their messages back.
     pub abandon: CancellationToken,
+    /// Stops the pulling: the worker stops, or one of its queues failed.
     pub shutdown: CancellationToken,
 }
 
@@ -75,8 +78,8 @@ pub(crate) struct StepQueue {
 
 /// How one pull request ended.
 enum Round {
-    /// It delivered what it asked for, expired or was lost; `refused` when the server answered
-    /// it with an error status.
+    /// It delivered what it asked for, expired or was lost; `refused` when it could not be sent
+    /// or the server answered it with an error status.
     Ended { delivered: usize, refused: bool },
     /// The worker is stopping.
     Stopped,
@@ -103,10 +106,14 @@ impl StepQueue {
             };
             let round = match self.request(reserved.len(), pulling).await {
                 Some(deliveries) => self.receive(deliveries, reserved, pulling).await?,
-                None => Round::Ended {
-                    delivered: 0,
-                    refused: true,
-                },
+                None if pulling.shutdown.is_cancelled() => Round::Stopped,
+                None => {
+                    drop(reserved);
+                    Round::Ended {
+                        delivered: 0,
+                        refused: true,
+                    }
+                }
             };
             match round {
                 Round::Ended { delivered, refused } => {
@@ -121,7 +128,7 @@ impl StepQueue {
     }
 
     /// Sends a pull request for `batch` steps on a reply subject of its own, whose subscription
-    /// it returns; `None` when it could not be sent.
+    /// it returns; `None` when disconnected, stopping, or it could not be sent.
     async fn request(&self, batch: usize, pulling: &Pulling) -> Option<Subscriber> {
         let client = self.context.client();
         // Queued while disconnected, requests would all be sent at once on reconnect.
@@ -150,8 +157,9 @@ impl StepQueue {
     }
 
     /// Starts each step the pull request delivers in one of the `reserved` slots, until it has
-    /// delivered as many as it asked for or ends; the slots left over are freed. Slots still
-    /// reserved are lent to the worker's other queues that wait for one.
+    /// delivered as many as it asked for or ends; the slots left over are freed. The request
+    /// lends one reserved slot to the worker's other queues if one waits for a slot; a step
+    /// delivered beyond the slots it kept waits for a free one.
     async fn receive(
         &mut self,
         mut deliveries: Subscriber,
@@ -161,15 +169,21 @@ impl StepQueue {
         let asked = reserved.len();
         let mut delivered = 0;
         let mut silent_at = Instant::now() + PULL_SILENCE;
+        // A queue that waited before this request's slots were reserved waited ahead of them
+        // (the semaphore is fair), and has its slot: only later waiters need one lent.
+        self.wanted.borrow_and_update();
+        let mut lent = false;
         while delivered < asked {
             let next = tokio::select! {
                 _ = pulling.shutdown.cancelled() => {
-                    hand_back(deliveries, &self.context).await;
+                    self.hand_back(deliveries).await;
                     return Ok(Round::Stopped);
                 }
-                Ok(()) = self.wanted.changed(), if !reserved.is_empty() => {
-                    let lent = pulling.waiting.load(Ordering::Relaxed).min(reserved.len());
-                    reserved.truncate(reserved.len() - lent);
+                Ok(()) = self.wanted.changed(), if !lent && !reserved.is_empty() => {
+                    if pulling.waiting.load(Ordering::Relaxed) > 0 {
+                        reserved.pop();
+                        lent = true;
+                    }
                     continue;
                 }
                 next = tokio::time::timeout_at(silent_at, deliveries.next()) => next,
@@ -184,15 +198,8 @@ impl StepQueue {
             };
             match message.status {
                 None | Some(StatusCode::OK) => {
-                    let message = jetstream::Message {
-                        message,
-                        context: self.context.clone(),
-                    };
                     delivered += 1;
-                    match reserved.pop() {
-                        Some(slot) => start(message, slot, pulling),
-                        None => start_when_free(message, pulling),
-                    }
+                    start(self.step(message), reserved.pop(), pulling);
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 // The request expired.
@@ -228,6 +235,31 @@ impl StepQueue {
             refused: false,
         })
     }
+
+    fn step(&self, message: async_nats::Message) -> jetstream::Message {
+        jetstream::Message {
+            message,
+            context: self.context.clone(),
+        }
+    }
+
+    /// Stops a request's deliveries and hands back the steps already in its buffer, so that
+    /// they go to another worker now rather than when their ack deadline passes. (A step the
+    /// server sent before it saw the unsubscribe is dropped by the client, and waits for that
+    /// deadline.)
+    async fn hand_back(&self, mut deliveries: Subscriber) {
+        let handed = async {
+            if deliveries.unsubscribe().await.is_err() {
+                return;
+            }
+            while let Some(message) = deliveries.next().await {
+                if message.status.is_none_or(|status| status == StatusCode::OK) {
+                    give_back(&self.step(message)).await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(HAND_BACK_TIMEOUT, handed).await;
+    }
 }
 
 /// One free slot (waiting for it), and when the queue was `busy`, every other free slot up to
@@ -262,8 +294,8 @@ async fn pause(pulling: &Pulling) -> bool {
         .is_some()
 }
 
-/// Counts a queue as waiting for a slot while it lives, and asks the other queues to lend the
-/// slots their requests hold unused.
+/// Counts a queue as waiting for a slot while it lives, and asks the open requests of the
+/// worker's queues (its own included, which ignore it: see [`StepQueue::receive`]) to lend one.
 struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {
@@ -280,49 +312,30 @@ impl Drop for Waiting<'_> {
     }
 }
 
-fn start(message: jetstream::Message, slot: OwnedSemaphorePermit, pulling: &Pulling) {
+/// Runs a delivered step in its `slot`, or, without one, in the next free slot (see the module
+/// doc); a step still waiting for a slot when the worker stops goes back to the server.
+fn start(message: jetstream::Message, slot: Option<OwnedSemaphorePermit>, pulling: &Pulling) {
     let (worker, abandon) = (pulling.worker.clone(), pulling.abandon.clone());
+    let (free, shutdown) = (pulling.free.clone(), pulling.shutdown.clone());
     pulling.steps.spawn(async move {
-        worker.handle(message, &abandon).await;
-        drop(slot);
-    });
-}
-
-/// A step delivered to a queue that lent its slot: it takes the next free slot.
-fn start_when_free(message: jetstream::Message, pulling: &Pulling) {
-    let (worker, abandon) = (pulling.worker.clone(), pulling.abandon.clone());
-    let free = pulling.free.clone();
-    pulling.steps.spawn(async move {
-        let Ok(slot) = while_in_progress(&message, free.acquire_owned()).await else {
-            return;
+        let slot = match slot {
+            Some(slot) => slot,
+            None => {
+                let waited = shutdown.run_until_cancelled(free.acquire_owned());
+                match while_in_progress(&message, waited).await {
+                    Some(Ok(slot)) => slot,
+                    _ => return give_back(&message).await,
+                }
+            }
         };
         worker.handle(message, &abandon).await;
         drop(slot);
     });
 }
 
-/// Stops a request's deliveries and hands back the steps already delivered, so that they go to
-/// another worker now rather than when their ack deadline passes.
-async fn hand_back(mut deliveries: Subscriber, context: &jetstream::Context) {
-    let handed = async {
-        if deliveries.unsubscribe().await.is_err() {
-            return;
-        }
-        while let Some(message) = deliveries.next().await {
-            if message
-                .status
-                .is_some_and(|status| status != StatusCode::OK)
-            {
-                continue;
-            }
-            let message = jetstream::Message {
-                message,
-                context: context.clone(),
-            };
-            if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
-                tracing::debug!(%error, "could not hand back a step");
-            }
-        }
-    };
-    let _ = tokio::time::timeout(HAND_BACK_TIMEOUT, handed).await;
+async fn give_back(message: &jetstream::Message) {
+    if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+        // Its ack deadline returns it instead.
+        tracing::debug!(%error, "could not hand back a step");
+    }
 }

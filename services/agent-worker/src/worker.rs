@@ -905,7 +905,8 @@ fn live_tokens(
 }
 
 /// Runs `work` while telling JetStream every [`PROGRESS_INTERVAL`] that the message is still
-/// being worked on, so that a long LLM call is not redelivered elsewhere.
+/// being worked on, so that a long LLM call, or a wait for a free slot, does not get the step
+/// redelivered elsewhere.
 pub(crate) async fn while_in_progress<F: Future>(
     message: &jetstream::Message,
     work: F,
