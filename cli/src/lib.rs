@@ -217,6 +217,57 @@ impl Action {
 }
 
 /// Runs one command; the exit code to leave with.
+impl Cli {
+    /// What the flags mean together, checked before anything is asked of the API: a flag the
+    /// list does not take, or a time range no run can fall in, is a usage error (exit 2).
+    pub fn check(&self) -> Result<(), clap::Error> {
+        let Command::Get {
+            kind,
+            workflow,
+            status,
+            since,
+            until,
+            ..
+        } = &self.command
+        else {
+            return Ok(());
+        };
+        let filters = match kind {
+            ListKind::Agents | ListKind::Templates => &[][..],
+            ListKind::Workflows => &["status"][..],
+            ListKind::Escalations => &["workflow", "status"][..],
+            ListKind::Executions => &["workflow", "status", "since", "until"][..],
+        };
+        let given = [
+            ("workflow", workflow.is_some()),
+            ("status", status.is_some()),
+            ("since", since.is_some()),
+            ("until", until.is_some()),
+        ];
+        let usage = |message: String| {
+            <Self as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, message)
+        };
+        if let Some((flag, _)) = given
+            .iter()
+            .find(|(flag, given)| *given && !filters.contains(flag))
+        {
+            return Err(usage(format!("--{flag} does not filter this list")));
+        }
+        if let (Some(since), Some(until)) = (since, until) {
+            let at = chrono::DateTime::parse_from_rfc3339;
+            // Both parsed already (`rfc3339`); the range includes --since and excludes --until.
+            if matches!((at(since), at(until)), (Ok(since), Ok(until)) if since >= until) {
+                return Err(usage(format!(
+                    "--since {since} is not before --until {until}: no run can match (runs \
+                     started at or after --since and before --until are listed)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::new(&cli.api);
     let format = cli.output;
@@ -599,22 +650,6 @@ async fn get(
     kind: ListKind,
     filters: Filters,
 ) -> anyhow::Result<()> {
-    let unused = |flag: &str, given: bool| {
-        if given {
-            anyhow::bail!("--{flag} does not filter this list");
-        }
-        Ok(())
-    };
-    if kind != ListKind::Executions {
-        unused("since", filters.since.is_some())?;
-        unused("until", filters.until.is_some())?;
-    }
-    if let (Some(since), Some(until)) = (&filters.since, &filters.until) {
-        let at = chrono::DateTime::parse_from_rfc3339;
-        if matches!((at(since), at(until)), (Ok(since), Ok(until)) if since > until) {
-            anyhow::bail!("--since {since} is later than --until {until}: no run can match");
-        }
-    }
     let workflow = match &filters.workflow {
         Some(name) => Some(workflow_id(client, name).await?.to_string()),
         None => None,
@@ -622,8 +657,6 @@ async fn get(
     let (workflow, status) = (workflow.as_deref(), filters.status.as_deref());
     let (path, columns) = match kind {
         ListKind::Agents | ListKind::Templates => {
-            unused("workflow", workflow.is_some())?;
-            unused("status", status.is_some())?;
             if kind == ListKind::Agents {
                 ("/v1/agents".to_owned(), output::AGENTS)
             } else {
@@ -631,7 +664,6 @@ async fn get(
             }
         }
         ListKind::Workflows => {
-            unused("workflow", workflow.is_some())?;
             let path = with_query("/v1/workflows", &[("status", status)]);
             (path, output::WORKFLOWS)
         }

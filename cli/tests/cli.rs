@@ -339,7 +339,7 @@ async fn a_file_error_names_file_line_and_field_and_sends_nothing() {
     );
     assert!(shown.contains("nothing was applied"), "{shown}");
 
-    // A time flag is checked, and named as typed, before the API is asked.
+    // Flags are checked, and named as typed, before the API is asked: a usage error (exit 2).
     for (args, said) in [
         (
             &["get", "executions", "--since", "yesterday"][..],
@@ -358,11 +358,30 @@ async fn a_file_error_names_file_line_and_field_and_sends_nothing() {
                 "--until",
                 "2025-01-31T10:30:00+01:00",
             ][..],
-            "--since 2025-02-01T00:00:00Z is later than --until 2025-01-31T10:30:00+01:00",
+            "--since 2025-02-01T00:00:00Z is not before --until 2025-01-31T10:30:00+01:00",
+        ),
+        (
+            &[
+                "get",
+                "executions",
+                "--since",
+                "2025-02-01T00:00:00Z",
+                "--until",
+                "2025-02-01T01:00:00+01:00",
+            ][..],
+            "--since 2025-02-01T00:00:00Z is not before --until 2025-02-01T01:00:00+01:00",
+        ),
+        (
+            &["get", "agents", "--since", "2025-02-01T00:00:00Z"][..],
+            "--since does not filter this list",
+        ),
+        (
+            &["get", "workflows", "--workflow", "Ship"][..],
+            "--workflow does not filter this list",
         ),
     ] {
         let output = cadre("http://127.0.0.1:9", args).await;
-        assert_ne!(output.status.code(), Some(0));
+        assert_eq!(output.status.code(), Some(2), "{args:?}: a usage error");
         assert!(text(&output).contains(said), "{args:?}: {}", text(&output));
     }
 

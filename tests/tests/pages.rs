@@ -224,7 +224,13 @@ async fn lists_page_by_cursor_while_rows_are_added_and_runs_filter_by_workflow_s
         (
             "/v1/executions?startedAfter=2025-02-01T00:00:00Z&startedBefore=2025-01-01T00:00:00Z"
                 .to_owned(),
-            "'startedAfter' (2025-02-01T00:00:00+00:00) is later than 'startedBefore'",
+            "'startedAfter' (2025-02-01T00:00:00+00:00) is not before 'startedBefore'",
+        ),
+        // The range includes startedAfter and excludes startedBefore: equal, it is empty.
+        (
+            "/v1/executions?startedAfter=2025-02-01T00:00:00Z&startedBefore=2025-02-01T01:00:00%2B01:00"
+                .to_owned(),
+            "'startedAfter' (2025-02-01T00:00:00+00:00) is not before 'startedBefore' (2025-02-01T00:00:00+00:00)",
         ),
     ] {
         let reply = api.get(&path).await;

@@ -220,11 +220,12 @@ fn run_filter(query: &ListQuery) -> Result<read::ExecutionFilter, Problem> {
         started_before: query.time("startedBefore")?,
     };
     if let (Some(after), Some(before)) = (filter.started_after, filter.started_before)
-        && after > before
+        && after >= before
     {
         return Err(Problem::bad_request(format!(
-            "query parameter 'startedAfter' ({}) is later than 'startedBefore' ({}): no run \
-             can match",
+            "query parameter 'startedAfter' ({}) is not before 'startedBefore' ({}): no run \
+             can match (runs started at or after startedAfter and before startedBefore are \
+             listed)",
             after.to_rfc3339(),
             before.to_rfc3339()
         )));
@@ -302,7 +303,7 @@ struct RunFilters {
     trigger: Option<String>,
     /// Only those started at or after this time (RFC 3339).
     started_after: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only those started before this time (RFC 3339); not before `startedAfter`.
+    /// Only those started before this time (RFC 3339); later than `startedAfter`.
     started_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
