@@ -284,6 +284,30 @@ async fn a_worker_with_fewer_slots_than_queues_runs_each_step_on_its_first_deliv
     stack.stop().await;
 }
 
+/// A queue with nothing to do hands the only slot of a worker to the queue that has steps at
+/// once: it held it until its pull request expired (5 s), so each of a provider's steps waited
+/// 5 s (a trial's 40 one-second steps took 236 s, not 41). Twenty steps one after another
+/// would take over 100 s so; the run must finish well within [`FINISH`].
+#[tokio::test]
+async fn a_worker_with_one_slot_runs_one_providers_steps_back_to_back() {
+    let mut stack = Stack::start().await;
+    stack.stop_service("agent-worker").await;
+    let solo = cadre_agent_worker::Config {
+        concurrency: 1,
+        ..stack.worker_config("solo", with_quirk(&stack))
+    };
+    stack.run_worker("solo", solo);
+    let (_, workflow_id) = workflow(&stack, "offline", 20, 0).await;
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    assert!(
+        stack.llm.requests().is_empty(),
+        "the quirk queue stayed idle"
+    );
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn a_step_no_running_worker_can_take_waits_visibly_until_one_starts() {
     let mut stack = Stack::start().await;

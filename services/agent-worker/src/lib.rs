@@ -36,7 +36,6 @@ mod step;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -45,7 +44,6 @@ use cadre_proto::{streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::projection::read_model_pool;
-use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,7 +52,7 @@ pub use config::{CircuitBreakerConfig, Config, HttpProviderConfig, ProviderConfi
 use crate::calls::RunningCalls;
 use crate::knowledge::KnowledgeView;
 use crate::llm::Providers;
-use crate::pull::{Pulling, StepQueue};
+use crate::pull::{Pulling, Slots, StepQueue};
 use crate::worker::Worker;
 use cadre_proto::workers::WorkerRecord;
 
@@ -214,9 +212,7 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let pulling = Pulling {
         worker: worker.clone(),
-        free: Arc::new(Semaphore::new(concurrency)),
-        waiting: AtomicUsize::new(0),
-        wanted: watch::Sender::new(()),
+        slots: Arc::new(Slots::new(concurrency)),
         steps: TaskTracker::new(),
         abandon: CancellationToken::new(),
         shutdown: shutdown.child_token(),

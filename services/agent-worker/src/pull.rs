@@ -12,13 +12,15 @@
 //! given up as lost (a silent server, a reconnect) is then dropped by the server rather than
 //! delivering into a later request's slots, and its late status cannot end a later request.
 //!
-//! A queue with nothing to do still holds the slots its waiting request reserved (one, unless
-//! its last request brought steps). When another of the worker's queues finds no free slot,
-//! the request lends it one of them, once per request. A step that then reaches the lending
-//! queue beyond the slots it kept waits here for a slot (keeping its delivery alive with
+//! A queue with nothing to do reserves no slot: its request asks for one step, which takes a
+//! slot when it comes. A queue whose last request brought steps reserves slots (waiting for
+//! one), up to a batch, and asks for that many. While it waits for steps, a request lends its
+//! unused reserved slots, one at a time, to whatever waits for a slot: another queue, or a step
+//! that came without one. Such a step waits here for a slot (keeping its delivery alive with
 //! in-progress acks, as a running step does) rather than going back to the server: every
-//! delivery counts towards the queue's `max_deliver`, after which the step fails. So at most one
-//! step per open request waits on a worker while another may be idle.
+//! delivery counts towards the queue's `max_deliver`, after which the step fails. So the steps
+//! waiting on a worker are at most one per idle queue and those a request brought beyond the
+//! slots it lent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,16 +59,69 @@ const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the worker's queues share: its slots, its running steps, and when to stop.
 pub(crate) struct Pulling {
     pub worker: Arc<Worker>,
-    /// One permit per step the worker may run at once (`concurrency`).
-    pub free: Arc<Semaphore>,
-    /// How many queues wait for a slot; each new waiter pings `wanted`.
-    pub waiting: AtomicUsize,
-    pub wanted: watch::Sender<()>,
+    pub slots: Arc<Slots>,
     pub steps: TaskTracker,
     /// Cancelled at the drain deadline: running steps hand their messages back.
     pub abandon: CancellationToken,
     /// Stops the pulling: the worker stops, or one of its queues failed.
     pub shutdown: CancellationToken,
+}
+
+/// The steps a worker may run at once, and who waits for one.
+pub(crate) struct Slots {
+    /// One permit per step the worker may run at once (`concurrency`).
+    free: Arc<Semaphore>,
+    /// How many queues and steps wait for a slot; each new waiter pings `wanted`.
+    waiting: AtomicUsize,
+    wanted: watch::Sender<()>,
+}
+
+impl Slots {
+    pub fn new(concurrency: usize) -> Self {
+        Self {
+            free: Arc::new(Semaphore::new(concurrency)),
+            waiting: AtomicUsize::new(0),
+            wanted: watch::Sender::new(()),
+        }
+    }
+
+    /// A free slot, waiting for one (and asking open requests to lend theirs) if none is;
+    /// `None` once `shutdown`.
+    async fn take(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = self.free.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        let _waiting = Waiting::new(self);
+        shutdown
+            .run_until_cancelled(self.free.clone().acquire_owned())
+            .await?
+            .ok()
+    }
+
+    /// Frees one of a request's `reserved` slots if something waits for one.
+    fn lend(&self, reserved: &mut Vec<OwnedSemaphorePermit>) {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            reserved.pop();
+        }
+    }
+}
+
+/// Counts a waiter for a slot while it lives (a future dropped while waiting included), and
+/// pings the open requests when it starts.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(slots: &'a Slots) -> Self {
+        slots.waiting.fetch_add(1, Ordering::Relaxed);
+        slots.wanted.send_replace(());
+        Self(&slots.waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One provider's step queue.
@@ -90,22 +145,28 @@ impl StepQueue {
         Self {
             consumer,
             context: context.clone(),
-            wanted: pulling.wanted.subscribe(),
+            wanted: pulling.slots.wanted.subscribe(),
         }
     }
 
     /// Runs this queue's steps until shutdown; fails only when the queue cannot be read again
     /// (it was deleted or reconfigured beneath the worker).
     pub async fn pull(mut self, pulling: &Pulling) -> anyhow::Result<()> {
-        // A queue that was idle asks for one step, not a batch, so the worker's other queues
-        // keep the other slots.
+        // A queue that was idle asks for one step and reserves no slot for it, so the worker's
+        // other queues keep every slot.
         let mut busy = false;
         loop {
-            let Some(reserved) = reserve(pulling, busy).await else {
-                return Ok(());
+            let reserved = if busy {
+                let Some(reserved) = reserve(pulling).await else {
+                    return Ok(());
+                };
+                reserved
+            } else {
+                Vec::new()
             };
-            let round = match self.request(reserved.len(), pulling).await {
-                Some(deliveries) => self.receive(deliveries, reserved, pulling).await?,
+            let batch = reserved.len().max(1);
+            let round = match self.request(batch, pulling).await {
+                Some(deliveries) => self.receive(deliveries, batch, reserved, pulling).await?,
                 None if pulling.shutdown.is_cancelled() => Round::Stopped,
                 None => {
                     drop(reserved);
@@ -156,34 +217,30 @@ impl StepQueue {
         }
     }
 
-    /// Starts each step the pull request delivers in one of the `reserved` slots, until it has
-    /// delivered as many as it asked for or ends; the slots left over are freed. The request
-    /// lends one reserved slot to the worker's other queues if one waits for a slot; a step
-    /// delivered beyond the slots it kept waits for a free one.
+    /// Starts each step the pull request for `asked` steps delivers in one of the `reserved`
+    /// slots, or in the next free one, until it has delivered as many as it asked for or ends;
+    /// the slots left over are freed. Meanwhile it lends its reserved slots to what waits for
+    /// one (see the module doc).
     async fn receive(
         &mut self,
         mut deliveries: Subscriber,
+        asked: usize,
         mut reserved: Vec<OwnedSemaphorePermit>,
         pulling: &Pulling,
     ) -> anyhow::Result<Round> {
-        let asked = reserved.len();
         let mut delivered = 0;
         let mut silent_at = Instant::now() + PULL_SILENCE;
-        // A queue that waited before this request's slots were reserved waited ahead of them
-        // (the semaphore is fair), and has its slot: only later waiters need one lent.
+        // Pings are wake-ups; whether something waits is read from the count.
         self.wanted.borrow_and_update();
-        let mut lent = false;
+        pulling.slots.lend(&mut reserved);
         while delivered < asked {
             let next = tokio::select! {
                 _ = pulling.shutdown.cancelled() => {
                     self.hand_back(deliveries).await;
                     return Ok(Round::Stopped);
                 }
-                Ok(()) = self.wanted.changed(), if !lent && !reserved.is_empty() => {
-                    if pulling.waiting.load(Ordering::Relaxed) > 0 {
-                        reserved.pop();
-                        lent = true;
-                    }
+                Ok(()) = self.wanted.changed(), if !reserved.is_empty() => {
+                    pulling.slots.lend(&mut reserved);
                     continue;
                 }
                 next = tokio::time::timeout_at(silent_at, deliveries.next()) => next,
@@ -199,7 +256,12 @@ impl StepQueue {
             match message.status {
                 None | Some(StatusCode::OK) => {
                     delivered += 1;
-                    start(self.step(message), reserved.pop(), pulling);
+                    // Taken now, not in the step's task: the queue's next request must not
+                    // count it free.
+                    let slot = reserved
+                        .pop()
+                        .or_else(|| pulling.slots.free.clone().try_acquire_owned().ok());
+                    start(self.step(message), slot, pulling);
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 // The request expired.
@@ -262,22 +324,12 @@ impl StepQueue {
     }
 }
 
-/// One free slot (waiting for it), and when the queue was `busy`, every other free slot up to
-/// a batch; `None` once the worker stops.
-async fn reserve(pulling: &Pulling, busy: bool) -> Option<Vec<OwnedSemaphorePermit>> {
-    let first = match pulling.free.clone().try_acquire_owned() {
-        Ok(slot) => slot,
-        Err(_) => {
-            let _waiting = Waiting::new(pulling);
-            tokio::select! {
-                _ = pulling.shutdown.cancelled() => return None,
-                slot = pulling.free.clone().acquire_owned() => slot.ok()?,
-            }
-        }
-    };
-    let mut reserved = vec![first];
-    while busy && reserved.len() < PULL_BATCH {
-        match pulling.free.clone().try_acquire_owned() {
+/// One free slot (waiting for it), and every other free slot up to a batch; `None` once the
+/// worker stops.
+async fn reserve(pulling: &Pulling) -> Option<Vec<OwnedSemaphorePermit>> {
+    let mut reserved = vec![pulling.slots.take(&pulling.shutdown).await?];
+    while reserved.len() < PULL_BATCH {
+        match pulling.slots.free.clone().try_acquire_owned() {
             Ok(slot) => reserved.push(slot),
             Err(_) => break,
         }
@@ -294,39 +346,18 @@ async fn pause(pulling: &Pulling) -> bool {
         .is_some()
 }
 
-/// Counts a queue as waiting for a slot while it lives, and asks the open requests of the
-/// worker's queues (its own included, which ignore it: see [`StepQueue::receive`]) to lend one.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(pulling: &'a Pulling) -> Self {
-        pulling.waiting.fetch_add(1, Ordering::Relaxed);
-        pulling.wanted.send_replace(());
-        Self(&pulling.waiting)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Runs a delivered step in its `slot`, or, without one, in the next free slot (see the module
 /// doc); a step still waiting for a slot when the worker stops goes back to the server.
 fn start(message: jetstream::Message, slot: Option<OwnedSemaphorePermit>, pulling: &Pulling) {
     let (worker, abandon) = (pulling.worker.clone(), pulling.abandon.clone());
-    let (free, shutdown) = (pulling.free.clone(), pulling.shutdown.clone());
+    let (slots, shutdown) = (pulling.slots.clone(), pulling.shutdown.clone());
     pulling.steps.spawn(async move {
         let slot = match slot {
             Some(slot) => slot,
-            None => {
-                let waited = shutdown.run_until_cancelled(free.acquire_owned());
-                match while_in_progress(&message, waited).await {
-                    Some(Ok(slot)) => slot,
-                    _ => return give_back(&message).await,
-                }
-            }
+            None => match while_in_progress(&message, slots.take(&shutdown)).await {
+                Some(slot) => slot,
+                None => return give_back(&message).await,
+            },
         };
         worker.handle(message, &abandon).await;
         drop(slot);
