@@ -110,9 +110,9 @@ async fn a_mixed_fleet_runs_every_step_on_a_worker_that_offers_its_provider() {
 }
 
 /// A worker whose slots are all taken leaves the queue's other steps to a worker with free
-/// slots. It pulls no step it cannot start: one that waited in its buffer past the queue's ack
-/// deadline would be delivered again elsewhere and then run twice, and meanwhile a free worker
-/// would sit idle.
+/// slots. It asks for no more steps of a busy queue than it has slots: one that waited in its
+/// buffer past the queue's ack deadline would be delivered again elsewhere and then run twice,
+/// and meanwhile a free worker would sit idle.
 #[tokio::test]
 async fn a_busy_worker_leaves_the_steps_it_cannot_start_to_a_free_one() {
     let mut stack = Stack::start().await;
@@ -208,9 +208,8 @@ async fn a_busy_worker_leaves_the_steps_it_cannot_start_to_a_free_one() {
 }
 
 /// A worker with fewer slots than queues (one slot; offline and quirk) runs the steps of both,
-/// each delivered once: a queue waiting for steps lends its slot to the other, and a step that
-/// reaches a queue whose slot is lent waits for the slot rather than going back to the server,
-/// where every delivery counts towards the queue's limit.
+/// each delivered once: a step that reaches an idle queue while the slot is taken waits for it
+/// rather than going back to the server, where every delivery counts towards the queue's limit.
 #[tokio::test]
 async fn a_worker_with_fewer_slots_than_queues_runs_each_step_on_its_first_delivery() {
     let mut stack = Stack::start().await;
@@ -284,10 +283,10 @@ async fn a_worker_with_fewer_slots_than_queues_runs_each_step_on_its_first_deliv
     stack.stop().await;
 }
 
-/// A queue with nothing to do hands the only slot of a worker to the queue that has steps at
-/// once: it held it until its pull request expired (5 s), so each of a provider's steps waited
-/// 5 s (a trial's 40 one-second steps took 236 s, not 41). Twenty steps one after another
-/// would take over 100 s so; the run must finish well within [`FINISH`].
+/// A queue with nothing to do holds no slot: it held the only slot of a worker until its pull
+/// request expired (5 s), so each of the other provider's steps waited 5 s (a trial's 40
+/// one-second steps took 236 s, not 41). Twenty steps one after another would take over 100 s
+/// so; the run must finish well within [`FINISH`].
 #[tokio::test]
 async fn a_worker_with_one_slot_runs_one_providers_steps_back_to_back() {
     let mut stack = Stack::start().await;
@@ -301,10 +300,6 @@ async fn a_worker_with_one_slot_runs_one_providers_steps_back_to_back() {
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
     let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
-    assert!(
-        stack.llm.requests().is_empty(),
-        "the quirk queue stayed idle"
-    );
     stack.stop().await;
 }
 

@@ -44,6 +44,7 @@ use cadre_proto::{streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::projection::read_model_pool;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,7 +53,7 @@ pub use config::{CircuitBreakerConfig, Config, HttpProviderConfig, ProviderConfi
 use crate::calls::RunningCalls;
 use crate::knowledge::KnowledgeView;
 use crate::llm::Providers;
-use crate::pull::{Pulling, Slots, StepQueue};
+use crate::pull::{Pulling, StepQueue};
 use crate::worker::Worker;
 use cadre_proto::workers::WorkerRecord;
 
@@ -212,14 +213,14 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let pulling = Pulling {
         worker: worker.clone(),
-        slots: Arc::new(Slots::new(concurrency)),
+        slots: Arc::new(Semaphore::new(concurrency)),
         steps: TaskTracker::new(),
         abandon: CancellationToken::new(),
         shutdown: shutdown.child_token(),
     };
     let queues: Vec<StepQueue> = consumers
         .into_iter()
-        .map(|consumer| StepQueue::new(consumer, worker.bus.jetstream(), &pulling))
+        .map(|consumer| StepQueue::new(consumer, worker.bus.jetstream()))
         .collect();
     readiness.set(true);
     // A queue that fails stops the others too, each handing back what it holds.

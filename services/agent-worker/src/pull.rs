@@ -4,26 +4,24 @@
 //! another worker. A client that pulls ahead of its free slots keeps messages in a buffer while
 //! its running calls take their time: past that deadline the step is delivered again elsewhere,
 //! and when a slot here frees the buffered copy runs too, so both call the LLM. Meanwhile a
-//! worker with free slots could have run it at once. So, as Temporal's pollers reserve a task
-//! slot before they poll, each queue here first reserves slots, then asks the server for at most
-//! that many messages, with one pull request at a time.
+//! worker with free slots could have run it. So each queue here sends one pull request at a
+//! time, and asks only for what it can start:
+//!
+//! - A queue whose last request brought steps reserves the free slots (waiting for one), up to a
+//!   batch, and asks for that many with `no_wait`: the server answers at once with the steps it
+//!   has, so the slots are never held waiting for steps to come.
+//! - A queue that found nothing asks for one step and waits for it (5 s, then again), holding no
+//!   slot, so that an idle provider costs the worker's busy ones nothing. The step takes a slot
+//!   when it comes, or waits here for the next free one, keeping its delivery alive with
+//!   in-progress acks as a running step does, rather than going back to the server (every
+//!   delivery counts towards the queue's `max_deliver`, after which the step fails). So at most
+//!   one step per provider queue waits on a worker while another may be idle.
 //!
 //! Each request has a reply subject of its own, unsubscribed when the request ends: a request
 //! given up as lost (a silent server, a reconnect) is then dropped by the server rather than
-//! delivering into a later request's slots, and its late status cannot end a later request.
-//!
-//! A queue with nothing to do reserves no slot: its request asks for one step, which takes a
-//! slot when it comes. A queue whose last request brought steps reserves slots (waiting for
-//! one), up to a batch, and asks for that many. While it waits for steps, a request lends its
-//! unused reserved slots, one at a time, to whatever waits for a slot: another queue, or a step
-//! that came without one. Such a step waits here for a slot (keeping its delivery alive with
-//! in-progress acks, as a running step does) rather than going back to the server: every
-//! delivery counts towards the queue's `max_deliver`, after which the step fails. So the steps
-//! waiting on a worker are at most one per idle queue and those a request brought beyond the
-//! slots it lent.
+//! delivering into a later request, and its late status cannot end a later request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -32,7 +30,7 @@ use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, AckKind};
 use async_nats::{StatusCode, Subscriber};
 use futures::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,9 +39,9 @@ use crate::worker::{Worker, while_in_progress};
 
 /// The most steps one pull request asks for; the slots it reserves wait for those steps.
 const PULL_BATCH: usize = 32;
-/// How long one pull request waits for steps before the worker asks again.
+/// How long an idle queue's pull request waits for a step before the worker asks again.
 const PULL_EXPIRY: Duration = Duration::from_secs(5);
-/// How often the server says a waiting pull request is still alive.
+/// How often the server says an idle queue's pull request is still alive.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Silence after which a pull request is taken as lost (a server restarted or a leader moved
 /// without a word): two missed heartbeats. The server sends them to every open request,
@@ -59,7 +57,8 @@ const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the worker's queues share: its slots, its running steps, and when to stop.
 pub(crate) struct Pulling {
     pub worker: Arc<Worker>,
-    pub slots: Arc<Slots>,
+    /// One permit per step the worker may run at once (`concurrency`).
+    pub slots: Arc<Semaphore>,
     pub steps: TaskTracker,
     /// Cancelled at the drain deadline: running steps hand their messages back.
     pub abandon: CancellationToken,
@@ -67,68 +66,10 @@ pub(crate) struct Pulling {
     pub shutdown: CancellationToken,
 }
 
-/// The steps a worker may run at once, and who waits for one.
-pub(crate) struct Slots {
-    /// One permit per step the worker may run at once (`concurrency`).
-    free: Arc<Semaphore>,
-    /// How many queues and steps wait for a slot; each new waiter pings `wanted`.
-    waiting: AtomicUsize,
-    wanted: watch::Sender<()>,
-}
-
-impl Slots {
-    pub fn new(concurrency: usize) -> Self {
-        Self {
-            free: Arc::new(Semaphore::new(concurrency)),
-            waiting: AtomicUsize::new(0),
-            wanted: watch::Sender::new(()),
-        }
-    }
-
-    /// A free slot, waiting for one (and asking open requests to lend theirs) if none is;
-    /// `None` once `shutdown`.
-    async fn take(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
-        if let Ok(slot) = self.free.clone().try_acquire_owned() {
-            return Some(slot);
-        }
-        let _waiting = Waiting::new(self);
-        shutdown
-            .run_until_cancelled(self.free.clone().acquire_owned())
-            .await?
-            .ok()
-    }
-
-    /// Frees one of a request's `reserved` slots if something waits for one.
-    fn lend(&self, reserved: &mut Vec<OwnedSemaphorePermit>) {
-        if self.waiting.load(Ordering::Relaxed) > 0 {
-            reserved.pop();
-        }
-    }
-}
-
-/// Counts a waiter for a slot while it lives (a future dropped while waiting included), and
-/// pings the open requests when it starts.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(slots: &'a Slots) -> Self {
-        slots.waiting.fetch_add(1, Ordering::Relaxed);
-        slots.wanted.send_replace(());
-        Self(&slots.waiting)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// One provider's step queue.
 pub(crate) struct StepQueue {
     consumer: PullConsumer,
     context: jetstream::Context,
-    wanted: watch::Receiver<()>,
 }
 
 /// How one pull request ended.
@@ -141,32 +82,40 @@ enum Round {
 }
 
 impl StepQueue {
-    pub fn new(consumer: PullConsumer, context: &jetstream::Context, pulling: &Pulling) -> Self {
+    pub fn new(consumer: PullConsumer, context: &jetstream::Context) -> Self {
         Self {
             consumer,
             context: context.clone(),
-            wanted: pulling.slots.wanted.subscribe(),
         }
     }
 
     /// Runs this queue's steps until shutdown; fails only when the queue cannot be read again
     /// (it was deleted or reconfigured beneath the worker).
     pub async fn pull(mut self, pulling: &Pulling) -> anyhow::Result<()> {
-        // A queue that was idle asks for one step and reserves no slot for it, so the worker's
-        // other queues keep every slot.
         let mut busy = false;
         loop {
-            let reserved = if busy {
+            let (reserved, request) = if busy {
                 let Some(reserved) = reserve(pulling).await else {
                     return Ok(());
                 };
-                reserved
+                let request = BatchConfig {
+                    batch: reserved.len(),
+                    no_wait: true,
+                    ..Default::default()
+                };
+                (reserved, request)
             } else {
-                Vec::new()
+                let request = BatchConfig {
+                    batch: 1,
+                    expires: Some(PULL_EXPIRY),
+                    idle_heartbeat: PULL_HEARTBEAT,
+                    ..Default::default()
+                };
+                (Vec::new(), request)
             };
-            let batch = reserved.len().max(1);
-            let round = match self.request(batch, pulling).await {
-                Some(deliveries) => self.receive(deliveries, batch, reserved, pulling).await?,
+            let asked = request.batch;
+            let round = match self.request(request, pulling).await {
+                Some(deliveries) => self.receive(deliveries, asked, reserved, pulling).await?,
                 None if pulling.shutdown.is_cancelled() => Round::Stopped,
                 None => {
                     drop(reserved);
@@ -188,21 +137,15 @@ impl StepQueue {
         }
     }
 
-    /// Sends a pull request for `batch` steps on a reply subject of its own, whose subscription
-    /// it returns; `None` when disconnected, stopping, or it could not be sent.
-    async fn request(&self, batch: usize, pulling: &Pulling) -> Option<Subscriber> {
+    /// Sends a pull `request` on a reply subject of its own, whose subscription it returns;
+    /// `None` when disconnected, stopping, or it could not be sent.
+    async fn request(&self, request: BatchConfig, pulling: &Pulling) -> Option<Subscriber> {
         let client = self.context.client();
         // Queued while disconnected, requests would all be sent at once on reconnect.
         if client.connection_state() != State::Connected {
             return None;
         }
         let inbox = client.new_inbox();
-        let request = BatchConfig {
-            batch,
-            expires: Some(PULL_EXPIRY),
-            idle_heartbeat: PULL_HEARTBEAT,
-            ..Default::default()
-        };
         let sent = async {
             let deliveries = client.subscribe(inbox.clone()).await?;
             self.consumer.request_batch(request, inbox.into()).await?;
@@ -219,8 +162,7 @@ impl StepQueue {
 
     /// Starts each step the pull request for `asked` steps delivers in one of the `reserved`
     /// slots, or in the next free one, until it has delivered as many as it asked for or ends;
-    /// the slots left over are freed. Meanwhile it lends its reserved slots to what waits for
-    /// one (see the module doc).
+    /// the slots left over are freed.
     async fn receive(
         &mut self,
         mut deliveries: Subscriber,
@@ -230,18 +172,11 @@ impl StepQueue {
     ) -> anyhow::Result<Round> {
         let mut delivered = 0;
         let mut silent_at = Instant::now() + PULL_SILENCE;
-        // Pings are wake-ups; whether something waits is read from the count.
-        self.wanted.borrow_and_update();
-        pulling.slots.lend(&mut reserved);
         while delivered < asked {
             let next = tokio::select! {
                 _ = pulling.shutdown.cancelled() => {
                     self.hand_back(deliveries).await;
                     return Ok(Round::Stopped);
-                }
-                Ok(()) = self.wanted.changed(), if !reserved.is_empty() => {
-                    pulling.slots.lend(&mut reserved);
-                    continue;
                 }
                 next = tokio::time::timeout_at(silent_at, deliveries.next()) => next,
             };
@@ -260,12 +195,12 @@ impl StepQueue {
                     // count it free.
                     let slot = reserved
                         .pop()
-                        .or_else(|| pulling.slots.free.clone().try_acquire_owned().ok());
+                        .or_else(|| pulling.slots.clone().try_acquire_owned().ok());
                     start(self.step(message), slot, pulling);
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
-                // The request expired.
-                Some(StatusCode::TIMEOUT) => break,
+                // The request expired, or (`no_wait`) the queue has no more steps now.
+                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => break,
                 Some(StatusCode::REQUEST_TERMINATED) => {
                     let description = message.description.unwrap_or_default();
                     // These come back the same on every request: the queue is not ours to read.
@@ -327,9 +262,13 @@ impl StepQueue {
 /// One free slot (waiting for it), and every other free slot up to a batch; `None` once the
 /// worker stops.
 async fn reserve(pulling: &Pulling) -> Option<Vec<OwnedSemaphorePermit>> {
-    let mut reserved = vec![pulling.slots.take(&pulling.shutdown).await?];
+    let first = pulling
+        .shutdown
+        .run_until_cancelled(pulling.slots.clone().acquire_owned())
+        .await?;
+    let mut reserved = vec![first.ok()?];
     while reserved.len() < PULL_BATCH {
-        match pulling.slots.free.clone().try_acquire_owned() {
+        match pulling.slots.clone().try_acquire_owned() {
             Ok(slot) => reserved.push(slot),
             Err(_) => break,
         }
@@ -354,10 +293,14 @@ fn start(message: jetstream::Message, slot: Option<OwnedSemaphorePermit>, pullin
     pulling.steps.spawn(async move {
         let slot = match slot {
             Some(slot) => slot,
-            None => match while_in_progress(&message, slots.take(&shutdown)).await {
-                Some(slot) => slot,
-                None => return give_back(&message).await,
-            },
+            None => {
+                let waited = shutdown.run_until_cancelled(slots.acquire_owned());
+                match while_in_progress(&message, waited).await {
+                    // A slot that frees as the worker stops starts nothing more.
+                    Some(Ok(slot)) if !shutdown.is_cancelled() => slot,
+                    _ => return give_back(&message).await,
+                }
+            }
         };
         worker.handle(message, &abandon).await;
         drop(slot);
