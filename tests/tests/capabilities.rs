@@ -54,6 +54,18 @@ async fn workflow(
     (registered, workflow["id"].as_str().unwrap().to_owned())
 }
 
+/// A workflow `name` of `steps` steps that run side by side, all for the registered `agent`;
+/// returns its id.
+async fn side_by_side(stack: &Stack, name: &str, agent: &Value, steps: usize) -> String {
+    let ids = vec![agent["id"].as_str().unwrap().to_owned()];
+    let mut body = pipeline(name, &ids, &[&["research"]], steps);
+    for step in body["configuration"]["steps"].as_array_mut().unwrap() {
+        step["dependsOn"] = json!([]);
+    }
+    let workflow = stack.api.create_workflow(&body).await;
+    workflow["id"].as_str().unwrap().to_owned()
+}
+
 async fn events(stack: &Stack, workflow: &str, execution: &str) -> Vec<Event> {
     stack
         .bus
@@ -139,13 +151,7 @@ async fn a_busy_worker_leaves_the_steps_it_cannot_start_to_a_free_one() {
         .api
         .register_agent(&agent("Quinn", "analyst", &["research"], QUIRK))
         .await;
-    let ids = vec![registered["id"].as_str().unwrap().to_owned()];
-    let mut body = pipeline("Side by side", &ids, &[&["research"]], 6);
-    for step in body["configuration"]["steps"].as_array_mut().unwrap() {
-        step["dependsOn"] = json!([]);
-    }
-    let workflow = stack.api.create_workflow(&body).await;
-    let workflow_id = workflow["id"].as_str().unwrap().to_owned();
+    let workflow_id = side_by_side(&stack, "Side by side", &registered, 6).await;
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
 
     let queue = stack.bus.dispatch_stream();
@@ -234,13 +240,7 @@ async fn a_worker_with_fewer_slots_than_queues_runs_each_step_on_its_first_deliv
         .await;
     let mut runs = Vec::new();
     for (name, agent, steps) in [("Held", &quirky, 1), ("Plain", &plain, 3)] {
-        let ids = vec![agent["id"].as_str().unwrap().to_owned()];
-        let mut body = pipeline(name, &ids, &[&["research"]], steps);
-        for step in body["configuration"]["steps"].as_array_mut().unwrap() {
-            step["dependsOn"] = json!([]);
-        }
-        let workflow = stack.api.create_workflow(&body).await;
-        let workflow_id = workflow["id"].as_str().unwrap().to_owned();
+        let workflow_id = side_by_side(&stack, name, agent, steps).await;
         let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
         runs.push((workflow_id, execution_id));
         if name == "Held" {

@@ -9,13 +9,14 @@
 //!
 //! - A queue whose last request brought steps reserves the free slots (waiting for one), up to a
 //!   batch, and asks for that many with `no_wait`: the server answers at once with the steps it
-//!   has, so the slots are never held waiting for steps to come.
+//!   has, so the slots are held for a round trip, not while steps are awaited.
 //! - A queue that found nothing asks for one step and waits for it (5 s, then again), holding no
 //!   slot, so that an idle provider costs the worker's busy ones nothing. The step takes a slot
-//!   when it comes, or waits here for the next free one, keeping its delivery alive with
-//!   in-progress acks as a running step does, rather than going back to the server (every
-//!   delivery counts towards the queue's `max_deliver`, after which the step fails). So at most
-//!   one step per provider queue waits on a worker while another may be idle.
+//!   when it comes, or the queue waits with it for the next free one, keeping its delivery alive
+//!   with in-progress acks as a running step does, rather than sending it back to the server
+//!   (every delivery counts towards the queue's `max_deliver`, after which the step fails). So at
+//!   most one step per provider queue waits on a worker while another may be idle, and the
+//!   queue asks for nothing more meanwhile.
 //!
 //! Each request has a reply subject of its own, unsubscribed when the request ends: a request
 //! given up as lost (a silent server, a reconnect) is then dropped by the server rather than
@@ -37,15 +38,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::worker::{Worker, while_in_progress};
 
-/// The most steps one pull request asks for; the slots it reserves wait for those steps.
+/// The most slots a busy queue reserves, and steps it asks for, at once.
 const PULL_BATCH: usize = 32;
 /// How long an idle queue's pull request waits for a step before the worker asks again.
 const PULL_EXPIRY: Duration = Duration::from_secs(5);
 /// How often the server says an idle queue's pull request is still alive.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Silence after which a pull request is taken as lost (a server restarted or a leader moved
-/// without a word): two missed heartbeats. The server sends them to every open request,
-/// one partly served included. Longer than the 2 s for which a server with gateways or leaf
+/// without a word): for an idle queue's request, two missed heartbeats (the server sends them to
+/// every open request, one partly served included); a `no_wait` request carries none, and this
+/// only bounds an answer that never comes. Longer than the 2 s for which a server with gateways or leaf
 /// nodes still serves a request whose reply subject lost its subscriber.
 const PULL_SILENCE: Duration = Duration::from_secs(4);
 /// Pause before asking again when the server could not take a pull request (disconnected, no
@@ -74,8 +76,9 @@ pub(crate) struct StepQueue {
 
 /// How one pull request ended.
 enum Round {
-    /// It delivered what it asked for, expired or was lost; `refused` when it could not be sent
-    /// or the server answered it with an error status.
+    /// It delivered what it asked for, expired, was lost, or (`no_wait`) the server had no more
+    /// steps now (a 404, or a 408 when other requests claim them); `refused` when it could not
+    /// be sent or the server answered it with an error status.
     Ended { delivered: usize, refused: bool },
     /// The worker is stopping.
     Stopped,
@@ -161,8 +164,8 @@ impl StepQueue {
     }
 
     /// Starts each step the pull request for `asked` steps delivers in one of the `reserved`
-    /// slots, or in the next free one, until it has delivered as many as it asked for or ends;
-    /// the slots left over are freed.
+    /// slots, or a free one, or (an idle queue's step) waits with it for the next free one, until
+    /// it has delivered as many as it asked for or ends; the slots left over are freed.
     async fn receive(
         &mut self,
         mut deliveries: Subscriber,
@@ -174,6 +177,7 @@ impl StepQueue {
         let mut silent_at = Instant::now() + PULL_SILENCE;
         while delivered < asked {
             let next = tokio::select! {
+                biased;
                 _ = pulling.shutdown.cancelled() => {
                     self.hand_back(deliveries).await;
                     return Ok(Round::Stopped);
@@ -191,19 +195,35 @@ impl StepQueue {
             match message.status {
                 None | Some(StatusCode::OK) => {
                     delivered += 1;
-                    // Taken now, not in the step's task: the queue's next request must not
-                    // count it free.
-                    let slot = reserved
-                        .pop()
-                        .or_else(|| pulling.slots.clone().try_acquire_owned().ok());
-                    start(self.step(message), slot, pulling);
+                    let step = self.step(message);
+                    let free = || pulling.slots.clone().try_acquire_owned().ok();
+                    let slot = match reserved.pop().or_else(free) {
+                        Some(slot) => slot,
+                        None => {
+                            // Waited for here, not in the step's task: the queue's next request
+                            // must not overtake this step nor bring another to wait.
+                            let waited = pulling
+                                .shutdown
+                                .run_until_cancelled(pulling.slots.clone().acquire_owned());
+                            match while_in_progress(&step, waited).await {
+                                // A slot that frees as the worker stops starts nothing more.
+                                Some(Ok(slot)) if !pulling.shutdown.is_cancelled() => slot,
+                                _ => {
+                                    give_back(&step).await;
+                                    self.hand_back(deliveries).await;
+                                    return Ok(Round::Stopped);
+                                }
+                            }
+                        }
+                    };
+                    start(step, slot, pulling);
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 // The request expired, or (`no_wait`) the queue has no more steps now.
                 Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => break,
                 Some(StatusCode::REQUEST_TERMINATED) => {
                     let description = message.description.unwrap_or_default();
-                    // These come back the same on every request: the queue is not ours to read.
+                    // The queue is not ours to read any more.
                     if description == "Consumer Deleted"
                         || description == "Consumer is push based"
                         || description.starts_with("Exceeded MaxRequest")
@@ -285,24 +305,10 @@ async fn pause(pulling: &Pulling) -> bool {
         .is_some()
 }
 
-/// Runs a delivered step in its `slot`, or, without one, in the next free slot (see the module
-/// doc); a step still waiting for a slot when the worker stops goes back to the server.
-fn start(message: jetstream::Message, slot: Option<OwnedSemaphorePermit>, pulling: &Pulling) {
+fn start(step: jetstream::Message, slot: OwnedSemaphorePermit, pulling: &Pulling) {
     let (worker, abandon) = (pulling.worker.clone(), pulling.abandon.clone());
-    let (slots, shutdown) = (pulling.slots.clone(), pulling.shutdown.clone());
     pulling.steps.spawn(async move {
-        let slot = match slot {
-            Some(slot) => slot,
-            None => {
-                let waited = shutdown.run_until_cancelled(slots.acquire_owned());
-                match while_in_progress(&message, waited).await {
-                    // A slot that frees as the worker stops starts nothing more.
-                    Some(Ok(slot)) if !shutdown.is_cancelled() => slot,
-                    _ => return give_back(&message).await,
-                }
-            }
-        };
-        worker.handle(message, &abandon).await;
+        worker.handle(step, &abandon).await;
         drop(slot);
     });
 }
