@@ -33,9 +33,60 @@ pub fn default_replica_id(service: &str) -> String {
     format!("{host}-{}", &suffix[suffix.len() - 8..])
 }
 
+/// A bucket of keys that say who is alive, each rewritten by its owner before it expires
+/// (replicas' membership, the worker registry). Such buckets are kept in memory (see
+/// [`cadre_proto::streams::membership_kv`]), so a NATS server that restarts without a replica of them (a
+/// single server, say) comes back without them: the owners' writes then fail, and the first
+/// owner to notice creates the bucket again.
+pub struct LivenessBucket {
+    js: jetstream::Context,
+    config: kv::Config,
+    store: kv::Store,
+}
+
+impl LivenessBucket {
+    /// Opens `config`'s bucket, creating it (or updating its settings) as needed.
+    pub async fn open(js: &jetstream::Context, config: kv::Config) -> Result<Self, NatsError> {
+        let store = js.create_or_update_key_value(config.clone()).await?;
+        Ok(Self {
+            js: js.clone(),
+            config,
+            store,
+        })
+    }
+
+    /// The bucket, for reads.
+    pub fn store(&self) -> &kv::Store {
+        &self.store
+    }
+
+    /// Writes `key`, renewing it for the bucket's TTL. A write that fails may have failed
+    /// because the bucket is gone: it is created again and the write tried once more, so the
+    /// error returned is the second try's (or the re-creation's).
+    pub async fn renew(&self, key: &str, value: bytes::Bytes) -> Result<(), NatsError> {
+        if self.store.put(key, value.clone()).await.is_ok() {
+            return Ok(());
+        }
+        // Same settings: a no-op when the bucket is there and the write failed for another
+        // reason (a timeout), so trying costs one request.
+        let store = self
+            .js
+            .create_or_update_key_value(self.config.clone())
+            .await?;
+        store.put(key, value).await?;
+        Ok(())
+    }
+
+    /// Deletes `key`, so that readers stop counting its owner at once.
+    pub async fn withdraw(&self, key: &str) -> Result<(), NatsError> {
+        self.store.delete(key).await?;
+        Ok(())
+    }
+}
+
 /// This replica's place among the live replicas of its service.
 pub struct Membership {
-    registry: kv::Store,
+    registry: LivenessBucket,
     me: String,
 }
 
@@ -46,7 +97,7 @@ impl Membership {
         bucket: kv::Config,
         me: String,
     ) -> Result<Self, NatsError> {
-        let registry = js.create_or_update_key_value(bucket).await?;
+        let registry = LivenessBucket::open(js, bucket).await?;
         let membership = Self { registry, me };
         membership.heartbeat().await?;
         Ok(membership)
@@ -58,13 +109,12 @@ impl Membership {
 
     /// Says this replica is alive, for [`MEMBERSHIP_TTL`].
     async fn heartbeat(&self) -> Result<(), NatsError> {
-        self.registry.put(&self.me, "".into()).await?;
-        Ok(())
+        self.registry.renew(&self.me, bytes::Bytes::new()).await
     }
 
     /// The replicas that heartbeated within [`MEMBERSHIP_TTL`].
     async fn live(&self) -> Result<BTreeSet<String>, NatsError> {
-        Ok(self.registry.keys().await?.try_collect().await?)
+        Ok(self.registry.store().keys().await?.try_collect().await?)
     }
 
     /// Heartbeats every [`MEMBERSHIP_HEARTBEAT`] until `shutdown`, then leaves. After each
@@ -88,7 +138,7 @@ impl Membership {
                     view.send_replace(Some(live));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, bucket = self.registry.name, "could not renew this replica's membership");
+                    tracing::warn!(%error, bucket = self.registry.store().name, "could not renew this replica's membership");
                     if renewed.elapsed() + MEMBERSHIP_HEARTBEAT >= MEMBERSHIP_TTL {
                         view.send_replace(None);
                     }
@@ -101,8 +151,8 @@ impl Membership {
     /// Leaves at once, so the others take this replica's work without waiting for its key to
     /// expire.
     async fn leave(&self) {
-        if let Err(error) = self.registry.delete(&self.me).await {
-            tracing::warn!(%error, bucket = self.registry.name, "could not leave; the others take over when this replica's key expires");
+        if let Err(error) = self.registry.withdraw(&self.me).await {
+            tracing::warn!(%error, bucket = self.registry.store().name, "could not leave; the others take over when this replica's key expires");
         }
     }
 }

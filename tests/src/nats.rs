@@ -11,7 +11,8 @@ use anyhow::Context as _;
 pub struct NatsServer {
     child: Child,
     pub url: String,
-    _store: tempfile::TempDir,
+    port: u16,
+    store: tempfile::TempDir,
 }
 
 /// The nats-server binary: `NATS_SERVER_BIN`, else the one `scripts/ensure-nats.sh` installs.
@@ -40,27 +41,46 @@ impl NatsServer {
     pub fn start() -> Self {
         let store = tempfile::tempdir().expect("temporary JetStream store");
         let port = free_port();
-        let child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting nats-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
         Self {
-            child,
+            child: spawn_server(port, store.path()),
             url: format!("nats://127.0.0.1:{port}"),
-            _store: store,
+            port,
+            store,
         }
     }
+
+    /// Stops the server as an operator's restart would (SIGTERM, then waits for it to exit)
+    /// and starts it again on the same port and store. What it kept in memory (memory-storage
+    /// streams and buckets, subscriptions) is gone; what it stored on disk is back.
+    pub fn restart(&mut self) {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(stopped.success(), "kill -TERM nats-server failed");
+        self.child.wait().expect("nats-server exits");
+        self.child = spawn_server(self.port, self.store.path());
+    }
+}
+
+/// Starts a single JetStream server on `port` storing in `store`; returns once it listens.
+fn spawn_server(port: u16, store: &Path) -> Child {
+    let child = Command::new(binary())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting nats-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
 }
 
 impl Drop for NatsServer {

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cadre_coordinator::partitions;
-use cadre_proto::streams::{LOG_SEQUENCE_HEADER, PROJECTIONS, agent_worker_consumer_name};
+use cadre_proto::streams::{
+    COORDINATORS_BUCKET, LOG_SEQUENCE_HEADER, PROJECTIONS, PROJECTORS_BUCKET,
+    agent_worker_consumer_name,
+};
 use cadre_proto::subjects;
 use cadre_proto::{Event, TenantId};
 use cadre_runtime::projection::read_checkpoints;
@@ -732,6 +735,83 @@ async fn a_standby_coordinator_takes_over_a_running_execution() {
     );
     shutdown.cancel();
     standby.wait().await.unwrap();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn runs_go_on_when_the_nats_server_restarts() {
+    let mut stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    // Slow steps, so that the server restarts while the first one runs.
+    stack.llm.set_latency(Duration::from_millis(300));
+    let (running, _) = stack.api.start_execution(&workflow_id).await;
+    let tenant = TenantId::default_tenant();
+    let workflow = cadre_proto::WorkflowId(workflow_id.parse().unwrap());
+    let execution = cadre_proto::ExecutionId(running.parse().unwrap());
+    let first = cadre_proto::StepId::parse("step-1").unwrap();
+    eventually(FINISH, "step-1 to start", || async {
+        let started = subjects::step(&tenant, workflow, execution, &first, subjects::STARTED);
+        stack.bus.last_event(&started).await.ok().flatten()
+    })
+    .await;
+
+    // What the server kept in memory (the replicas' membership and the worker registry)
+    // is gone after this; the log, the queues and the read models' positions are on disk.
+    stack.nats.restart();
+
+    // The run in flight finishes, and runs started afterwards run too.
+    let done = stack.api.wait_until_finished(&running, FINISH).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let started = cadre_tests::api::start_until_acknowledged(
+        &reqwest::Client::new(),
+        stack.api.base(),
+        &workflow_id,
+        "after-the-restart",
+        &serde_json::json!({}),
+        FINISH,
+    )
+    .await
+    .unwrap();
+    let done = stack.api.wait_until_finished(&started, FINISH).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    settle(&stack).await;
+
+    // A stop lets the server keep what it delivered: no step is handed out a second time.
+    assert_eq!(
+        stack.llm.requests().len(),
+        6,
+        "each step asked the model once"
+    );
+    // The replicas are members again, and the worker offers its providers again.
+    let workers: Value = eventually(FINISH, "the worker to announce itself again", || async {
+        let workers = stack.api.get("/v1/workers").await.body;
+        (workers.as_array()?.len() == 1).then_some(workers)
+    })
+    .await;
+    assert_eq!(workers[0]["workerId"], "agent-worker", "{workers:#}");
+    let coordinators = stack
+        .bus
+        .jetstream()
+        .get_key_value(COORDINATORS_BUCKET)
+        .await;
+    let projectors = stack.bus.jetstream().get_key_value(PROJECTORS_BUCKET).await;
+    assert!(
+        coordinators.is_ok() && projectors.is_ok(),
+        "membership buckets back"
+    );
+    for run in [&running, &started] {
+        let execution = cadre_proto::ExecutionId(run.parse().unwrap());
+        let events = stack
+            .bus
+            .read_all(&subjects::execution_state(&tenant, workflow, execution))
+            .await
+            .unwrap();
+        let completed = events
+            .iter()
+            .filter(|s| matches!(s.envelope.event, Event::StepCompleted(_)))
+            .count();
+        assert_eq!(completed, 3, "each step completed once in {run}");
+    }
     stack.stop().await;
 }
 

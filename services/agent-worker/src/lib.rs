@@ -43,6 +43,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use cadre_proto::{streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
+use cadre_runtime::membership::LivenessBucket;
 use cadre_runtime::projection::read_model_pool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -107,11 +108,10 @@ pub async fn run_with_readiness(
         );
     }
     let consumers = provider_queues(&bus, &offered).await?;
-    let registry = bus
-        .jetstream()
-        .create_key_value(streams::workers_kv(config.stream_replicas))
-        .await
-        .context("opening the worker registry")?;
+    let registry =
+        LivenessBucket::open(bus.jetstream(), streams::workers_kv(config.stream_replicas))
+            .await
+            .map_err(|error| anyhow::anyhow!(error).context("opening the worker registry"))?;
     let record = WorkerRecord {
         worker_id: config.worker_id.clone(),
         providers: offered.clone(),
