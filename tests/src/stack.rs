@@ -53,6 +53,16 @@ pub struct Stack {
     services: Vec<Service>,
 }
 
+/// What [`Stack::watch_log_and_commits`] hands a benchmark.
+pub struct LogWatch<T> {
+    /// The first log sequence the watch can see: the log's end when it began, plus one.
+    pub first_sequence: u64,
+    pub events: async_nats::jetstream::consumer::pull::Ordered,
+    pub commits: tokio::sync::mpsc::UnboundedReceiver<(u64, T)>,
+    /// Forwards the projector's commits; abort it when done.
+    pub projection: JoinHandle<()>,
+}
+
 /// A service running in-process, stoppable on its own.
 struct Service {
     name: &'static str,
@@ -172,31 +182,19 @@ impl Stack {
             .clone()
     }
 
-    /// What a benchmark watches from now on: every event appended after this call (an ordered
-    /// consumer of the log), and each commit of the projector as `(the log sequence it
-    /// covers, now() when it arrived)`, taken as it arrives (it may come before the watcher
-    /// has seen the event it covers). Abort the returned task when done.
+    /// What a benchmark watches from now on: every event appended after this call whose
+    /// subject matches one of `filters` (an ordered consumer of the log), the first sequence
+    /// that can come, and each commit of the projector as `(the log sequence it covers, now()
+    /// when it arrived)`, taken as it arrives (it may come before the watcher has seen the
+    /// event it covers). Abort the returned task when done. Each event watched costs the
+    /// server a delivery while the load runs: watch only what must be seen live.
     pub async fn watch_log_and_commits<T: Send + 'static>(
         &self,
+        filters: &[&str],
         now: fn() -> T,
-    ) -> anyhow::Result<(
-        async_nats::jetstream::consumer::pull::Ordered,
-        tokio::sync::mpsc::UnboundedReceiver<(u64, T)>,
-        JoinHandle<()>,
-    )> {
+    ) -> anyhow::Result<LogWatch<T>> {
         let first_sequence = self.log_state().await.last_sequence + 1;
-        let observer = self
-            .bus
-            .stream()
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                filter_subject: subjects::ALL_EVENTS.to_owned(),
-                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: first_sequence,
-                },
-                ..Default::default()
-            })
-            .await?;
-        let events = observer.messages().await?;
+        let events = self.read_log_from(first_sequence, filters).await?;
         let mut listener = sqlx::postgres::PgListener::connect(&self.db.url).await?;
         listener
             .listen(cadre_runtime::projection::PROJECTION_CHANNEL)
@@ -217,7 +215,33 @@ impl Stack {
                 }
             }
         });
-        Ok((events, commits, projection))
+        Ok(LogWatch {
+            first_sequence,
+            events,
+            commits,
+            projection,
+        })
+    }
+
+    /// The events of the log from `first_sequence` on whose subject matches one of
+    /// `filters`, in log order (an ordered consumer).
+    pub async fn read_log_from(
+        &self,
+        first_sequence: u64,
+        filters: &[&str],
+    ) -> anyhow::Result<async_nats::jetstream::consumer::pull::Ordered> {
+        let reader = self
+            .bus
+            .stream()
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subjects: filters.iter().map(|filter| (*filter).to_owned()).collect(),
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: first_sequence,
+                },
+                ..Default::default()
+            })
+            .await?;
+        Ok(reader.messages().await?)
     }
 
     pub fn projector_config(&self, max_batch: usize) -> cadre_projector::Config {

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cadre_agent_worker::ProviderConfig;
+use cadre_proto::subjects;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
+use cadre_tests::stack::LogWatch;
 use cadre_tests::{Stack, StackOptions};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -159,8 +161,14 @@ async fn load(
 ) -> anyhow::Result<()> {
     let load_workflows: HashSet<String> = workflows.iter().cloned().collect();
     // Watch the log from here on, and the projector's commits.
-    let (mut messages, mut commit_receiver, projection) =
-        stack.watch_log_and_commits(Utc::now).await?;
+    let LogWatch {
+        events: mut messages,
+        commits: mut commit_receiver,
+        projection,
+        ..
+    } = stack
+        .watch_log_and_commits(&[subjects::ALL_EVENTS], Utc::now)
+        .await?;
     let (tally_sender, tally_receiver) = tokio::sync::watch::channel((0u64, 0u64));
     let stop_counting = tokio_util::sync::CancellationToken::new();
     let counter = tokio::spawn({

@@ -35,8 +35,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use cadre_proto::subjects;
 use cadre_runtime::projection::read_checkpoints;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
+use cadre_tests::stack::LogWatch;
 use cadre_tests::{Api, Stack, StackOptions};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -142,7 +144,9 @@ fn step_id(i: usize) -> String {
 struct ExecutionTimes {
     started: Option<DateTime<Utc>>,
     finished: Option<DateTime<Utc>>,
-    /// Per step id: when it was started and when it completed.
+    failed: bool,
+    /// Per step id: when it was scheduled, started and completed.
+    step_scheduled: HashMap<String, DateTime<Utc>>,
     step_started: HashMap<String, DateTime<Utc>>,
     step_completed: HashMap<String, DateTime<Utc>>,
 }
@@ -378,6 +382,55 @@ async fn measure_starts(
     Ok(())
 }
 
+/// Every event of the log from `first_sequence` to `last_sequence`, read after the load: the
+/// times of each execution's facts, by execution id, and each event's sequence and store time.
+async fn read_runs(
+    stack: &Stack,
+    first_sequence: u64,
+    last_sequence: u64,
+) -> anyhow::Result<(HashMap<String, ExecutionTimes>, Vec<(u64, DateTime<Utc>)>)> {
+    let mut log = stack
+        .read_log_from(first_sequence, &[subjects::ALL_EVENTS])
+        .await?;
+    let mut times: HashMap<String, ExecutionTimes> = HashMap::new();
+    let mut stored: Vec<(u64, DateTime<Utc>)> = Vec::new();
+    while stored
+        .last()
+        .is_none_or(|(sequence, _)| *sequence < last_sequence)
+    {
+        let Some(message) = tokio::time::timeout(Duration::from_secs(60), log.next()).await? else {
+            anyhow::bail!("the event log ended");
+        };
+        let message = message?;
+        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let at = DateTime::<Utc>::from_timestamp_nanos(
+            i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0),
+        );
+        stored.push((info.stream_sequence, at));
+        // The subject says all the bench needs: `...execution.<id>.<fact>` or
+        // `...execution.<id>.step.<step>.<fact>`.
+        let tokens: Vec<&str> = message.subject.split('.').collect();
+        if tokens.get(5) != Some(&"execution") {
+            continue;
+        }
+        let entry = times.entry(tokens[6].to_owned()).or_default();
+        let step = || tokens[8].to_owned();
+        match (tokens.get(7), tokens.get(9)) {
+            (Some(&"step"), Some(&"scheduled")) => _ = entry.step_scheduled.insert(step(), at),
+            (Some(&"step"), Some(&"started")) => _ = entry.step_started.insert(step(), at),
+            (Some(&"step"), Some(&"completed")) => _ = entry.step_completed.insert(step(), at),
+            (Some(&"started"), None) => entry.started = Some(at),
+            (Some(&"completed"), None) => entry.finished = Some(at),
+            (Some(&"failed"), None) => {
+                entry.finished = Some(at);
+                entry.failed = true;
+            }
+            _ => {}
+        }
+    }
+    Ok((times, stored))
+}
+
 /// `BENCH_MODE=run`: starts the executions, follows the event log until every one finished and
 /// the projector caught up, then prints the figures.
 async fn measure_runs(
@@ -389,9 +442,19 @@ async fn measure_runs(
     starts: Starts,
 ) -> anyhow::Result<()> {
     let api = stack.api.clone();
-    // Watch the log from here on, and the projector's commits.
-    let (mut events, mut commit_receiver, projection) =
-        stack.watch_log_and_commits(Utc::now).await?;
+    // Watch the executions' ends from here on, and the projector's commits. The rest of the
+    // log is read once the load is over: a live reader of every event would cost the server a
+    // delivery per event, load the machine it measures and lower the figure.
+    let ended = |fact: &str| format!("cadre.events.*.workflow.*.execution.*.{fact}");
+    let (completed, failed) = (ended(subjects::COMPLETED), ended(subjects::FAILED));
+    let LogWatch {
+        first_sequence,
+        events: mut endings,
+        commits: mut commit_receiver,
+        projection,
+    } = stack
+        .watch_log_and_commits(&[&completed, &failed], Utc::now)
+        .await?;
 
     // The whole process's resident memory, sampled while the executions run.
     let baseline_rss = resident_kib();
@@ -434,52 +497,25 @@ async fn measure_runs(
         .await;
     let accepted_in = wall.elapsed();
 
-    let mut times: HashMap<String, ExecutionTimes> = HashMap::new();
-    let mut stored: Vec<(u64, DateTime<Utc>)> = Vec::new();
     let mut finished = 0u64;
-    let mut failed = 0u64;
-    let mut step_events = 0u64;
+    let mut last_sequence = 0;
     while finished < executions {
-        let Some(message) = tokio::time::timeout(Duration::from_secs(120), events.next()).await?
+        let Some(message) = tokio::time::timeout(Duration::from_secs(120), endings.next()).await?
         else {
             anyhow::bail!("the event log ended");
         };
-        let message = message?;
-        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let at = DateTime::<Utc>::from_timestamp_nanos(
-            i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0),
-        );
-        stored.push((info.stream_sequence, at));
-        // The subject says all the bench needs; decoding every event would load the machine
-        // it measures. `...execution.<id>.<fact>` or `...execution.<id>.step.<step>.<fact>`.
-        let tokens: Vec<&str> = message.subject.split('.').collect();
-        if tokens.get(5) != Some(&"execution") {
-            continue;
-        }
-        let entry = times.entry(tokens[6].to_owned()).or_default();
-        match (tokens.get(7), tokens.get(9), tokens.last()) {
-            (Some(&"step"), Some(&"started"), _) => {
-                step_events += 1;
-                entry.step_started.insert(tokens[8].to_owned(), at);
-            }
-            (Some(&"step"), Some(&"completed"), _) => {
-                entry.step_completed.insert(tokens[8].to_owned(), at);
-            }
-            (Some(&"started"), None, _) => entry.started = Some(at),
-            (Some(&"completed"), None, _) => {
-                entry.finished = Some(at);
-                finished += 1;
-            }
-            (Some(&"failed"), None, _) => {
-                entry.finished = Some(at);
-                finished += 1;
-                failed += 1;
-            }
-            _ => {}
-        }
+        let info = message?
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        last_sequence = last_sequence.max(info);
+        finished += 1;
     }
     sampling.cancel();
     let peak_rss = sampler.await.unwrap_or(0);
+    let (times, stored) = read_runs(&stack, first_sequence, last_sequence).await?;
+    let failed = times.values().filter(|t| t.failed).count();
+    let step_events: usize = times.values().map(|t| t.step_started.len()).sum();
     let last_event = stored
         .iter()
         .map(|(_, at)| *at)
@@ -490,7 +526,6 @@ async fn measure_runs(
         .map(|(_, at)| *at)
         .min()
         .unwrap_or_else(Utc::now);
-    let last_sequence = stored.iter().map(|(s, _)| *s).max().unwrap_or(0);
 
     // Let the projector finish, then stop everything and collect its commit times.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -529,6 +564,9 @@ async fn measure_runs(
         .filter(|(_, on)| !on.is_empty())
         .collect();
     let mut handoff = Histogram::<u64>::new(3)?;
+    // The handoff's two stages: the coordinator's decision, then the queue and the worker.
+    let mut deciding = Histogram::<u64>::new(3)?;
+    let mut dispatching = Histogram::<u64>::new(3)?;
     let mut end_to_end = Histogram::<u64>::new(3)?;
     let (mut overlap_sum, mut peak_sum, mut peak_max, mut overlapped) = (0.0, 0usize, 0usize, 0u32);
     for t in times.values() {
@@ -540,6 +578,10 @@ async fn measure_runs(
                 .and_then(|done| done.into_iter().max());
             if let (Some(done), Some(next)) = (last_done, t.step_started.get(step)) {
                 handoff.record(micros(*next, done))?;
+                if let Some(scheduled) = t.step_scheduled.get(step) {
+                    deciding.record(micros(*scheduled, done))?;
+                    dispatching.record(micros(*next, *scheduled))?;
+                }
             }
         }
         if let (Some(start), Some(end)) = (t.started, t.finished) {
@@ -556,9 +598,9 @@ async fn measure_runs(
     for latency in &http_latencies {
         http.record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX))?;
     }
-    // Projection lag: the first commit that covers an event, minus the event's store time.
+    // Projection lag: the first commit that covers an event, minus the event's store time
+    // (`stored` is in log order).
     let mut lag = Histogram::<u64>::new(3)?;
-    stored.sort_unstable_by_key(|(sequence, _)| *sequence);
     let mut commit = commits.iter().peekable();
     for (sequence, at) in &stored {
         while commit.peek().is_some_and(|(covered, _)| covered < sequence) {
@@ -615,6 +657,14 @@ async fn measure_runs(
         ms(&handoff, 0.99),
         ms(&handoff, 1.0),
         handoff.len()
+    );
+    println!(
+        "  of which -> StepScheduled (the coordinator): p50 {:.1} ms, p99 {:.1} ms; \
+         StepScheduled -> StepStarted (the queue and the worker): p50 {:.1} ms, p99 {:.1} ms",
+        ms(&deciding, 0.5),
+        ms(&deciding, 0.99),
+        ms(&dispatching, 0.5),
+        ms(&dispatching, 0.99)
     );
     println!(
         "execution (ExecutionStarted -> ExecutionCompleted): p50 {:.1} ms, p99 {:.1} ms",
@@ -692,7 +742,14 @@ async fn measure_sequential(
     const WARM_UP: u64 = 3;
     let api = stack.api.clone();
     // Watch the log from here on, and the projector's commits.
-    let (mut events, mut commits, projection) = stack.watch_log_and_commits(Instant::now).await?;
+    let LogWatch {
+        mut events,
+        mut commits,
+        projection,
+        ..
+    } = stack
+        .watch_log_and_commits(&[subjects::ALL_EXECUTION_STATES], Instant::now)
+        .await?;
 
     let mut stored = Histogram::<u64>::new(3)?;
     let mut visible = Histogram::<u64>::new(3)?;
