@@ -169,11 +169,14 @@ pub enum ReadError {
 }
 
 /// Publishes and reads Cadre events on the event stream, and hands steps to the workers.
+/// Cheap to clone: every task that appends or reads holds one.
 #[derive(Clone)]
-pub struct EventBus {
+pub struct EventBus(std::sync::Arc<Bus>);
+
+struct Bus {
     js: jetstream::Context,
     /// Turns to have an atomic batch open (see [`BATCHES_IN_FLIGHT`]).
-    batches: std::sync::Arc<tokio::sync::Semaphore>,
+    batches: tokio::sync::Semaphore,
     stream: stream::Stream,
     /// Whether the log has a single replica, its leader, when the bus opened: a direct get is
     /// then answered by the leader, and [`EventBus::last_event`] takes that cheaper path. A log
@@ -191,33 +194,33 @@ impl EventBus {
         let dispatch = ensure_stream(&js, streams::dispatch_stream(replicas)).await?;
         let timers = ensure_stream(&js, streams::timers_stream(replicas)).await?;
         let single_replica = stream.cached_info().config.num_replicas <= 1;
-        Ok(Self {
+        Ok(Self(std::sync::Arc::new(Bus {
             js,
-            batches: std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT)),
+            batches: tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT),
             stream,
             single_replica,
             dispatch,
             timers,
-        })
+        })))
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
-        &self.js
+        &self.0.js
     }
 
     /// The event log.
     pub fn stream(&self) -> &stream::Stream {
-        &self.stream
+        &self.0.stream
     }
 
     /// The agent workers' queue.
     pub fn dispatch_stream(&self) -> &stream::Stream {
-        &self.dispatch
+        &self.0.dispatch
     }
 
     /// The durable timers.
     pub fn timers_stream(&self) -> &stream::Stream {
-        &self.timers
+        &self.0.timers
     }
 
     /// Arms `timer` to fire `when` (replacing an earlier schedule of the same timer) and waits
@@ -244,7 +247,8 @@ impl EventBus {
             format!("{}s", streams::FIRED_TIMER_TTL.as_secs()).as_str(),
         );
         crate::telemetry::inject(&mut headers);
-        self.js
+        self.0
+            .js
             .publish_with_headers(timer.schedule_subject(tenant), headers, body.into())
             .await?
             .await?;
@@ -253,7 +257,8 @@ impl EventBus {
 
     /// Disarms `timer`; nothing happens if it is not armed.
     pub async fn disarm_timer(&self, tenant: &TenantId, timer: &Timer) -> Result<(), NatsError> {
-        self.timers
+        self.0
+            .timers
             .purge()
             .filter(timer.schedule_subject(tenant))
             .await?;
@@ -275,7 +280,7 @@ impl EventBus {
             cadre_proto::streams::LOG_SEQUENCE_HEADER,
             sequence.to_string().as_str(),
         );
-        self.js.send_publish(subject, copy).await?.await?;
+        self.0.js.send_publish(subject, copy).await?.await?;
         Ok(())
     }
 
@@ -304,7 +309,8 @@ impl EventBus {
             .headers(map)
             .message_id(message_id)
             .payload(payload);
-        self.js
+        self.0
+            .js
             .send_publish(schedule_subject, message)
             .await?
             .await?;
@@ -385,7 +391,7 @@ impl EventBus {
             )));
         }
         // The server keeps few batches open per stream: wait for a turn rather than be refused.
-        let _turn = self.batches.acquire().await.map_err(|error| {
+        let _turn = self.0.batches.acquire().await.map_err(|error| {
             context::PublishError::with_source(context::PublishErrorKind::Other, error)
         })?;
         let append = Append::ExpectLast {
@@ -409,7 +415,8 @@ impl EventBus {
             }
             if index + 1 < last {
                 // Held by the server until the commit, which answers for the whole batch.
-                self.js
+                self.0
+                    .js
                     .client()
                     .publish_with_headers(envelope.nats_subject(), headers, payload)
                     .await
@@ -429,6 +436,7 @@ impl EventBus {
                 .headers(headers)
                 .payload(payload);
             let ack = self
+                .0
                 .js
                 .send_publish(envelope.nats_subject(), commit)
                 .await
@@ -469,7 +477,8 @@ impl EventBus {
                 .expected_last_subject_sequence(*sequence)
                 .header(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, filter.as_str());
         }
-        self.js
+        self.0
+            .js
             .send_publish(envelope.nats_subject(), publish)
             .await
             .map_err(|error| classify(error, append))
@@ -481,10 +490,10 @@ impl EventBus {
     /// API cost 6% of the pipeline's CPU time and 7% of its steps per second).
     pub async fn last_event(&self, filter: &str) -> Result<Option<Stored>, ReadError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        if self.single_replica {
+        if self.0.single_replica {
             return self.peek_last_event(filter).await;
         }
-        match self.stream.get_last_raw_message_by_subject(filter).await {
+        match self.0.stream.get_last_raw_message_by_subject(filter).await {
             Ok(message) => decode_stored(message.sequence, &message.payload).map(Some),
             Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(error) => Err(ReadError::Nats(Box::new(error))),
@@ -496,7 +505,7 @@ impl EventBus {
     /// appends. Only for checks that a stale answer cannot make wrong, just slower.
     pub async fn peek_last_event(&self, filter: &str) -> Result<Option<Stored>, ReadError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
-        match self.stream.direct_get_last_for_subject(filter).await {
+        match self.0.stream.direct_get_last_for_subject(filter).await {
             Ok(message) => decode_stored(message.sequence, &message.payload).map(Some),
             Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(error) => Err(ReadError::Nats(Box::new(error))),
@@ -513,6 +522,7 @@ impl EventBus {
     pub async fn is_copy(&self, sequence: u64, envelope: &Envelope) -> Result<bool, ReadError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
         let first = self
+            .0
             .stream
             .direct_get_next_for_subject(envelope.nats_subject(), Some(1))
             .await;
@@ -538,6 +548,7 @@ impl EventBus {
     pub async fn read_history(&self, filter: &str) -> Result<History, ReadError> {
         let nats = |e: NatsError| ReadError::Nats(e);
         let consumer = self
+            .0
             .stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
                 filter_subject: filter.to_owned(),

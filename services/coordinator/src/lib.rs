@@ -161,7 +161,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_context(|| format!("binding the API to {}", config.http_addr))?;
     let http_addr = listener.local_addr()?;
     let readiness = Readiness::default();
-    let state = api::AppState {
+    let state = api::AppState::new(api::AppContext {
         bus: bus.clone(),
         db,
         tenant: TenantId::default_tenant(),
@@ -173,7 +173,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         read_your_writes: config.read_your_writes_timeout(),
         shutdown: shutdown.clone(),
         webhook_secrets: webhook_secrets.clone(),
-    };
+    });
     let app = api::router(state.clone(), readiness.clone()).merge(console::router(state));
     tracing::info!(%http_addr, "coordinator API listening");
 

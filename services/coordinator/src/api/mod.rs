@@ -45,8 +45,26 @@ pub use problem::Problem;
 
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 
+/// What the handlers act with, shared: axum clones the state for every request, and the parts
+/// (NATS streams with their cached info, pools) are costly to copy one by one.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<AppContext>);
+
+impl AppState {
+    pub fn new(context: AppContext) -> Self {
+        Self(std::sync::Arc::new(context))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppContext;
+
+    fn deref(&self) -> &AppContext {
+        &self.0
+    }
+}
+
+pub struct AppContext {
     pub bus: EventBus,
     pub db: PgPool,
     /// Until authentication arrives, every request acts for this tenant.
