@@ -326,6 +326,12 @@ pub fn projectors_kv(replicas: usize) -> kv::Config {
 /// step wait on a message schedule (see `subjects::deferred_step`).
 pub const AGENT_WORKER_MAX_DELIVER: i64 = 5;
 
+/// How long a delivered step may go unsettled, with no word from its worker, before the server
+/// hands it to another: a worker sends in-progress acks three times per period while it runs a
+/// step (or waits for a slot for one), so only a worker that crashed, hung or lost NATS holds a
+/// step this long, and its steps run elsewhere this soon after.
+pub const AGENT_WORKER_ACK_WAIT: Duration = Duration::from_secs(10);
+
 /// Where the server announces a step that reached [`AGENT_WORKER_MAX_DELIVER`] deliveries with
 /// none acked, for the queue of any provider.
 pub fn agent_worker_max_deliveries_advisory() -> String {
@@ -348,9 +354,7 @@ pub fn agent_worker_consumer(provider: &str) -> consumer::pull::Config {
         )),
         filter_subject: subjects::dispatched_steps_for(provider),
         ack_policy: consumer::AckPolicy::Explicit,
-        // Workers send in-progress acks while an LLM call runs, so this only bounds how long a
-        // crashed worker holds a step.
-        ack_wait: Duration::from_secs(30),
+        ack_wait: AGENT_WORKER_ACK_WAIT,
         max_deliver: AGENT_WORKER_MAX_DELIVER,
         max_ack_pending: 20_000,
         ..Default::default()

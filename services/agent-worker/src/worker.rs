@@ -41,9 +41,10 @@ use crate::step::{
 /// has a deadline, and a later answer is of no use to its asker.
 const MAX_QUESTION_DELAY: Duration = Duration::from_secs(30);
 
-/// How often a running step tells JetStream it is still being worked on; well under the
-/// consumer's `ack_wait` of 30 s.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a running step tells JetStream it is still being worked on: three times per
+/// [`streams::AGENT_WORKER_ACK_WAIT`], so one late or lost in-progress ack does not get the step
+/// handed to another worker.
+const PROGRESS_INTERVAL: Duration = streams::AGENT_WORKER_ACK_WAIT.checked_div(3).unwrap();
 
 /// An answer and the model that gave it (the agent's own, or its fallback, and then why).
 struct Answer {

@@ -66,8 +66,9 @@ enum Fault {
     KillCoordinator,
     /// `kill -9` the projector, restarted a second later.
     KillProjector,
-    /// SIGSTOP an agent worker for longer than the dispatch consumer's ack wait (30 s), so its
-    /// steps go to the other worker; then SIGCONT: its late results must change nothing.
+    /// SIGSTOP an agent worker for longer than the dispatch consumer's ack wait
+    /// ([`streams::AGENT_WORKER_ACK_WAIT`]), so its steps go to the other worker; then SIGCONT:
+    /// its late results must change nothing.
     PauseWorker,
     /// Unreadable messages on the subjects of every consumer: each must be terminated with a
     /// reason (the projector records it), and the rest flows.
@@ -830,9 +831,10 @@ impl System {
                     .context("the worker is not running")?;
                 worker.signal("STOP").await?;
                 // Past the ack wait, so the other worker is handed its steps.
-                tokio::time::sleep(Duration::from_secs(35)).await;
+                let stopped = streams::AGENT_WORKER_ACK_WAIT + Duration::from_secs(5);
+                tokio::time::sleep(stopped).await;
                 worker.signal("CONT").await?;
-                format!("worker-{} stopped 35 s", index + 1)
+                format!("worker-{} stopped {} s", index + 1, stopped.as_secs())
             }
             Fault::Poison => self.publish_poison().await?,
             Fault::PgKill => {
