@@ -382,6 +382,75 @@ async fn a_step_delivered_twice_while_running_still_completes_once() {
 }
 
 #[tokio::test]
+async fn a_step_handed_to_a_worker_again_while_it_runs_there_asks_the_model_once() {
+    let stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    stack.llm.hold_answers();
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let tenant = TenantId::default_tenant();
+    let execution = cadre_proto::ExecutionId(execution_id.parse().unwrap());
+    let workflow = cadre_proto::WorkflowId(workflow_id.parse().unwrap());
+    let step = cadre_proto::StepId::parse("step-1").unwrap();
+    eventually(FINISH, "step-1's call to be held", || async {
+        (stack.llm.requests().len() == 1).then_some(())
+    })
+    .await;
+
+    // The step handed to the workers again while its call runs, as after a NATS server that
+    // restarted and forgot the first delivery: the same worker, the only one, takes it.
+    let scheduled = stack
+        .bus
+        .last_event(&subjects::step(
+            &tenant,
+            workflow,
+            execution,
+            &step,
+            subjects::SCHEDULED,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let again = async_nats::jetstream::message::PublishMessage::build()
+        .message_id(format!("{}-again", scheduled.envelope.meta.id))
+        .header(LOG_SEQUENCE_HEADER, scheduled.sequence.to_string().as_str())
+        .payload(scheduled.envelope.encode().into());
+    let js = stack.bus.jetstream();
+    js.send_publish(subjects::dispatched_steps(FAKE_PROVIDER, &tenant), again)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let queue = agent_worker_consumer_name(FAKE_PROVIDER);
+    eventually(FINISH, "both deliveries on the worker", || async {
+        let info = stack
+            .bus
+            .dispatch_stream()
+            .consumer_info(queue.as_str())
+            .await
+            .ok()?;
+        (info.num_ack_pending == 2).then_some(())
+    })
+    .await;
+
+    stack.llm.release_answers();
+    let done = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    settle(&stack).await;
+    let asked = stack
+        .llm
+        .requests()
+        .iter()
+        .filter(|request| request.step_name() == Some("Analyse requirements"))
+        .count();
+    assert_eq!(
+        asked, 1,
+        "the second delivery waited for the first call, not ran its own"
+    );
+    assert_eq!(stack.llm.requests().len(), 3, "one call per step");
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_messages_are_terminated_with_a_reason_and_block_nothing() {
     let stack = Stack::start().await;
     let client = async_nats::connect(&stack.nats.url).await.unwrap();

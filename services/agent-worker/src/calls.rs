@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 type Key = (ExecutionId, StepId, u32);
 
 /// One attempt's token, shared by every delivery of it running here (a redelivery can overlap
-/// the delivery before it), and how many those are.
+/// the delivery before it), how many those are, and whose turn it is to run it.
 struct Running {
     token: CancellationToken,
     deliveries: usize,
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Clone, Default)]
@@ -28,6 +29,18 @@ pub struct Registration {
     calls: RunningCalls,
     key: Key,
     pub token: CancellationToken,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Registration {
+    /// Waits until no other delivery of the same attempt runs here, and holds that turn until
+    /// the guard drops. A delivery that overlaps one still running on this worker (the server
+    /// handed the step out again: it restarted and forgot the first delivery, say) waits for it
+    /// instead of asking the model a second time; then its check of the log finds the step
+    /// done, or, if the first delivery failed, runs it.
+    pub async fn turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.turn.clone().lock_owned().await
+    }
 }
 
 impl Drop for Registration {
@@ -56,20 +69,22 @@ impl RunningCalls {
     /// first's, and the first call ran on after its run was cancelled).
     pub fn register(&self, execution: ExecutionId, step: StepId, attempt: u32) -> Registration {
         let key = (execution, step, attempt);
-        let running = self
-            .lock()
+        let mut calls = self.lock();
+        let running = calls
             .entry(key.clone())
             .and_modify(|running| running.deliveries += 1)
             .or_insert_with(|| Running {
                 token: CancellationToken::new(),
                 deliveries: 1,
-            })
-            .token
-            .clone();
+                turn: Arc::default(),
+            });
+        let (token, turn) = (running.token.clone(), running.turn.clone());
+        drop(calls);
         Registration {
             calls: self.clone(),
             key,
-            token: running,
+            token,
+            turn,
         }
     }
 

@@ -178,11 +178,11 @@ impl Worker {
             step.scheduled.step.id.clone(),
             step.scheduled.attempt,
         );
-        let Some(outcome) = call
-            .token
-            .run_until_cancelled(self.run_step(&step, message, waited, stored_at))
-            .await
-        else {
+        let run = async {
+            let _turn = call.turn().await;
+            self.run_step(&step, message, waited, stored_at).await
+        };
+        let Some(outcome) = call.token.run_until_cancelled(run).await else {
             // The coordinator recorded why (a time-out, a cancel) before it asked.
             tracing::info!("the coordinator stopped this step; nothing more to record");
             return Disposition::Ack;
