@@ -10,10 +10,11 @@
 #                     the faults that need no ack-wait expiry, about a minute: what `make test` runs)
 #   CHAOS_FAULTS      comma-separated faults, overriding the profile's: kill-worker,
 #                     kill-coordinator, kill-projector, pause-worker, poison, pg-kill, rate-limit,
-#                     projector-failover, lost-ack, kill-nats-node, republish (or all)
-#   CHAOS_CLUSTER     1: every fault on a 3-node NATS cluster (streams with 3 replicas); by
-#                     default only kill-nats-node runs on one (after the others), the rest on a
-#                     single nats-server. On the cluster lost-ack is milder: its proxy fronts one
+#                     projector-failover, lost-ack, restart-nats, kill-nats-node, republish
+#                     (or all)
+#   CHAOS_CLUSTER     1: every fault but restart-nats on a 3-node NATS cluster (streams with 3
+#                     replicas); by default only kill-nats-node runs on one (after the others),
+#                     the rest on a single nats-server. On the cluster lost-ack is milder: its proxy fronts one
 #                     node, and a client cut off may reconnect to another node directly
 #   CHAOS_ROUNDS      how many times each fault is injected (full: 3, short: 1)
 #   CHAOS_EXECUTIONS  runs started as load for each fault (full: 24, short: 12)
@@ -31,8 +32,8 @@ source scripts/services-env.sh
 case "${CHAOS_PROFILE:-full}" in
   full) ;;
   short)
-    # Killing a worker, the coordinator or a NATS node (acks and naks in flight to it are lost), or
-    # pausing a worker, waits out a 30 s ack wait.
+    # Killing a worker, the coordinator or a NATS node, restarting NATS (acks and naks in flight
+    # to it are lost), or pausing a worker, waits out an ack wait (10 s or 30 s).
     export CHAOS_FAULTS=${CHAOS_FAULTS:-kill-projector,poison,pg-kill,rate-limit,projector-failover,lost-ack,republish}
     export CHAOS_ROUNDS=${CHAOS_ROUNDS:-1}
     export CHAOS_EXECUTIONS=${CHAOS_EXECUTIONS:-12}

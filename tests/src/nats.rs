@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 pub struct NatsServer {
-    child: Child,
+    /// `None` while stopped ([`NatsServer::stop`]).
+    child: Option<Child>,
     pub url: String,
     port: u16,
     store: tempfile::TempDir,
@@ -42,24 +43,32 @@ impl NatsServer {
         let store = tempfile::tempdir().expect("temporary JetStream store");
         let port = free_port();
         Self {
-            child: spawn_server(port, store.path()),
+            child: Some(spawn_server(port, store.path())),
             url: format!("nats://127.0.0.1:{port}"),
             port,
             store,
         }
     }
 
-    /// Stops the server as an operator's restart would (SIGTERM, then waits for it to exit)
-    /// and starts it again on the same port and store. What it kept in memory (memory-storage
-    /// streams and buckets, subscriptions) is gone; what it stored on disk is back.
-    pub fn restart(&mut self) {
+    /// Stops the server as an operator's restart would (SIGTERM: it stores what it holds and
+    /// exits), and waits until it has. What it kept in memory only (memory-storage streams and
+    /// buckets, subscriptions) is gone; [`NatsServer::start_again`] brings back what it stored.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let stopped = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status()
             .expect("running kill");
         assert!(stopped.success(), "kill -TERM nats-server failed");
-        self.child.wait().expect("nats-server exits");
-        self.child = spawn_server(self.port, self.store.path());
+        child.wait().expect("nats-server exits");
+    }
+
+    /// Starts the stopped server again on the same port and store.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "nats-server is running");
+        self.child = Some(spawn_server(self.port, self.store.path()));
     }
 }
 
@@ -85,8 +94,10 @@ fn spawn_server(port: u16, store: &Path) -> Child {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

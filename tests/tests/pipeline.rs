@@ -826,7 +826,8 @@ async fn runs_go_on_when_the_nats_server_restarts() {
 
     // What the server kept in memory (the replicas' membership and the worker registry)
     // is gone after this; the log, the queues and the read models' positions are on disk.
-    stack.nats.restart();
+    stack.nats.stop();
+    stack.nats.start_again();
 
     // The run in flight finishes, and runs started afterwards run too.
     let done = stack.api.wait_until_finished(&running, FINISH).await;

@@ -18,8 +18,8 @@
 //! invariant failed (listed under the table). Wall times are figures, never assertions.
 //!
 //! `kill-nats-node` runs on a three-node NATS cluster ([`NatsCluster`], streams with 3
-//! replicas), the other faults on a single server unless `CHAOS_CLUSTER=1` puts them on a
-//! cluster too.
+//! replicas), `restart-nats` on a single server, the other faults on a single server unless
+//! `CHAOS_CLUSTER=1` puts them on a cluster too.
 //!
 //! Settings (environment; `scripts/chaos.sh` documents them too): `CHAOS_FAULTS` (comma-separated
 //! names of [`Fault`], default all), `CHAOS_CLUSTER` (0; 1: every fault on the cluster),
@@ -88,6 +88,11 @@ enum Fault {
     /// few seconds later on the same store: the services reconnect to the other nodes, and
     /// nothing acknowledged is lost.
     KillNatsNode,
+    /// Stop the single NATS server (SIGTERM) under load and start it again one to three seconds
+    /// later on the same store: every service loses NATS at once, and the server comes back
+    /// without what it held in memory only (the heartbeat buckets), which the services must
+    /// bring back to go on.
+    RestartNats,
     /// Copies of old events re-published with fresh `Nats-Msg-Id`s, so the stream stores them
     /// again (as after the duplicate window): the read models must not change and no service
     /// may act on them.
@@ -95,7 +100,7 @@ enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 11] = [
+    const ALL: [Fault; 12] = [
         Fault::KillWorker,
         Fault::KillCoordinator,
         Fault::KillProjector,
@@ -105,6 +110,7 @@ impl Fault {
         Fault::RateLimit,
         Fault::ProjectorFailover,
         Fault::LostAck,
+        Fault::RestartNats,
         Fault::KillNatsNode,
         Fault::Republish,
     ];
@@ -121,13 +127,19 @@ impl Fault {
             Fault::ProjectorFailover => "projector-failover",
             Fault::LostAck => "lost-ack",
             Fault::KillNatsNode => "kill-nats-node",
+            Fault::RestartNats => "restart-nats",
             Fault::Republish => "republish",
         }
     }
 
-    /// Whether the fault needs the three-node cluster.
-    fn needs_cluster(self) -> bool {
-        self == Fault::KillNatsNode
+    /// Whether the fault runs on the three-node cluster: the one that needs it, and, with
+    /// `CHAOS_CLUSTER=1`, every one that can (a single server's restart cannot).
+    fn on_cluster(self, every_fault_on_cluster: bool) -> bool {
+        match self {
+            Fault::KillNatsNode => true,
+            Fault::RestartNats => false,
+            _ => every_fault_on_cluster,
+        }
     }
 
     fn parse_list(list: &str) -> anyhow::Result<Vec<Fault>> {
@@ -892,6 +904,16 @@ impl System {
                 format!("{cuts} connection cuts")
             }
             Fault::KillNatsNode => self.kill_nats_node().await?,
+            Fault::RestartNats => {
+                let Nats::Single(server) = &mut self.nats else {
+                    anyhow::bail!("restart-nats runs on a single server");
+                };
+                let down = Duration::from_secs(self.rng.u64(1..=3));
+                server.stop();
+                tokio::time::sleep(down).await;
+                server.start_again();
+                format!("NATS down {} s", down.as_secs())
+            }
             Fault::Republish => unreachable!("republish runs without load"),
         })
     }
@@ -1245,7 +1267,7 @@ async fn run(settings: Settings, log_dir: &std::path::Path) -> anyhow::Result<Ve
     // every fault runs on a cluster), each system started fresh and stopped before the next.
     let (on_cluster, on_single): (Vec<Fault>, Vec<Fault>) = faults
         .iter()
-        .partition(|fault| settings.cluster || fault.needs_cluster());
+        .partition(|fault| fault.on_cluster(settings.cluster));
     let mut rows = Vec::new();
     for (cluster, faults) in [(false, on_single), (true, on_cluster)] {
         if faults.is_empty() {
