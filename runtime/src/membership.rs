@@ -35,9 +35,9 @@ pub fn default_replica_id(service: &str) -> String {
 
 /// A bucket of keys that say who is alive, each rewritten by its owner before it expires
 /// (replicas' membership, the worker registry). Such buckets are kept in memory (see
-/// [`cadre_proto::streams::membership_kv`]), so a NATS server that restarts without a replica of them (a
-/// single server, say) comes back without them: the owners' writes then fail, and the first
-/// owner to notice creates the bucket again.
+/// [`cadre_proto::streams::membership_kv`]), so a NATS server that restarts without a replica
+/// of them (a single server, say) comes back without them: the owners' writes then fail, and
+/// the first owner to notice creates the bucket again.
 pub struct LivenessBucket {
     js: jetstream::Context,
     config: kv::Config,
