@@ -60,21 +60,27 @@ impl LivenessBucket {
         &self.store
     }
 
-    /// Writes `key`, renewing it for the bucket's TTL. A write that fails may have failed
-    /// because the bucket is gone: it is created again and the write tried once more, so the
-    /// error returned is the second try's (or the re-creation's).
-    pub async fn renew(&self, key: &str, value: bytes::Bytes) -> Result<(), NatsError> {
-        if self.store.put(key, value.clone()).await.is_ok() {
-            return Ok(());
+    /// Writes `key`, renewing it for the bucket's TTL. When the server answers that the bucket
+    /// is gone (at once: no stream listens on its subjects), the bucket is created again and
+    /// the write tried once more; any other failure (a timeout, NATS unreachable) is returned
+    /// as it is, so a heartbeat fails no later than it did.
+    pub async fn renew(&self, key: &str, value: bytes::Bytes) -> Result<Renewal, NatsError> {
+        match self.store.put(key, value.clone()).await {
+            Ok(_) => Ok(Renewal::Renewed),
+            Err(error) if bucket_is_gone(&error) => {
+                tracing::info!(
+                    bucket = self.config.bucket,
+                    "the bucket is gone (NATS restarted?); creating it again"
+                );
+                let store = self
+                    .js
+                    .create_or_update_key_value(self.config.clone())
+                    .await?;
+                store.put(key, value).await?;
+                Ok(Renewal::Recreated)
+            }
+            Err(error) => Err(error.into()),
         }
-        // Same settings: a no-op when the bucket is there and the write failed for another
-        // reason (a timeout), so trying costs one request.
-        let store = self
-            .js
-            .create_or_update_key_value(self.config.clone())
-            .await?;
-        store.put(key, value).await?;
-        Ok(())
     }
 
     /// Deletes `key`, so that readers stop counting its owner at once.
@@ -82,6 +88,25 @@ impl LivenessBucket {
         self.store.delete(key).await?;
         Ok(())
     }
+}
+
+/// What [`LivenessBucket::renew`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// The bucket was gone and is back, with this key alone until the other owners write
+    /// theirs.
+    Recreated,
+}
+
+/// Whether a write failed because no stream stores the bucket's subjects: the server answers
+/// such a publish at once with "no responders".
+fn bucket_is_gone(error: &kv::PutError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::context::PublishError>())
+        .is_some_and(|publish| {
+            publish.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+        })
 }
 
 /// This replica's place among the live replicas of its service.
@@ -108,7 +133,7 @@ impl Membership {
     }
 
     /// Says this replica is alive, for [`MEMBERSHIP_TTL`].
-    async fn heartbeat(&self) -> Result<(), NatsError> {
+    async fn heartbeat(&self) -> Result<Renewal, NatsError> {
         self.registry.renew(&self.me, bytes::Bytes::new()).await
     }
 
@@ -128,15 +153,30 @@ impl Membership {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let live = match self.heartbeat().await {
-                Ok(()) => self.live().await,
-                Err(error) => Err(error),
+            let beat = async {
+                let renewal = self.heartbeat().await?;
+                Ok::<_, NatsError>((renewal, self.live().await?))
             };
-            match live {
-                Ok(live) => {
+            tokio::pin!(beat);
+            // Once the others may soon count this replica gone, it works nothing, even while
+            // a slow server still has the heartbeat in hand.
+            let doubt = renewed + MEMBERSHIP_TTL - MEMBERSHIP_HEARTBEAT;
+            let beat = tokio::select! {
+                beat = &mut beat => beat,
+                () = tokio::time::sleep_until(doubt.into()) => {
+                    view.send_replace(None);
+                    beat.await
+                }
+            };
+            match beat {
+                Ok((Renewal::Renewed, live)) => {
                     renewed = Instant::now();
                     view.send_replace(Some(live));
                 }
+                // The bucket came back holding this replica's key alone: the others write
+                // theirs within a heartbeat, so the view waits for the next one rather than
+                // hand this replica every share for a moment.
+                Ok((Renewal::Recreated, _)) => renewed = Instant::now(),
                 Err(error) => {
                     tracing::warn!(%error, bucket = self.registry.store().name, "could not renew this replica's membership");
                     if renewed.elapsed() + MEMBERSHIP_HEARTBEAT >= MEMBERSHIP_TTL {

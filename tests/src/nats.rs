@@ -42,8 +42,17 @@ impl NatsServer {
     pub fn start() -> Self {
         let store = tempfile::tempdir().expect("temporary JetStream store");
         let port = free_port();
+        let child = spawn_server(port, store.path());
+        let deadline = Instant::now() + START_PATIENCE;
+        while !listening(port) {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Self {
-            child: Some(spawn_server(port, store.path())),
+            child: Some(child),
             url: format!("nats://127.0.0.1:{port}"),
             port,
             store,
@@ -51,45 +60,58 @@ impl NatsServer {
     }
 
     /// Stops the server as an operator's restart would (SIGTERM: it stores what it holds and
-    /// exits), and waits until it has. What it kept in memory only (memory-storage streams and
-    /// buckets, subscriptions) is gone; [`NatsServer::start_again`] brings back what it stored.
-    pub fn stop(&mut self) {
+    /// exits), and returns once it has exited. What it kept in memory only (memory-storage
+    /// streams and buckets, subscriptions) is gone; [`NatsServer::start_again`] brings back
+    /// what it stored. Waits without blocking the runtime, so the services under test live
+    /// through the outage.
+    pub async fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let stopped = Command::new("kill")
+        let stopped = tokio::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
+            .await
             .expect("running kill");
         assert!(stopped.success(), "kill -TERM nats-server failed");
-        child.wait().expect("nats-server exits");
+        while child.try_wait().expect("nats-server's status").is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
-    /// Starts the stopped server again on the same port and store.
-    pub fn start_again(&mut self) {
+    /// Starts the stopped server again on the same port and store; returns once it listens.
+    pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "nats-server is running");
         self.child = Some(spawn_server(self.port, self.store.path()));
+        let deadline = Instant::now() + START_PATIENCE;
+        while !listening(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start again on port {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
-/// Starts a single JetStream server on `port` storing in `store`; returns once it listens.
+/// How long a server may take to listen once started.
+const START_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Starts a single JetStream server on `port` storing in `store`.
 fn spawn_server(port: u16, store: &Path) -> Child {
-    let child = Command::new(binary())
+    Command::new(binary())
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("starting nats-server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nats-server did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
+        .expect("starting nats-server")
+}
+
+/// Whether something accepts connections on local `port`.
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
 impl Drop for NatsServer {

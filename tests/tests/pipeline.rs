@@ -18,6 +18,7 @@ use cadre_tests::audit;
 use cadre_tests::fake_llm::insight_line;
 use cadre_tests::stack::FAKE_PROVIDER;
 use cadre_tests::{Stack, eventually};
+use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::Row;
 
@@ -826,8 +827,9 @@ async fn runs_go_on_when_the_nats_server_restarts() {
 
     // What the server kept in memory (the replicas' membership and the worker registry)
     // is gone after this; the log, the queues and the read models' positions are on disk.
-    stack.nats.stop();
-    stack.nats.start_again();
+    stack.nats.stop().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.nats.start_again().await;
 
     // The run in flight finishes, and runs started afterwards run too.
     let done = stack.api.wait_until_finished(&running, FINISH).await;
@@ -859,16 +861,16 @@ async fn runs_go_on_when_the_nats_server_restarts() {
     })
     .await;
     assert_eq!(workers[0]["workerId"], "agent-worker", "{workers:#}");
-    let coordinators = stack
-        .bus
-        .jetstream()
-        .get_key_value(COORDINATORS_BUCKET)
-        .await;
-    let projectors = stack.bus.jetstream().get_key_value(PROJECTORS_BUCKET).await;
-    assert!(
-        coordinators.is_ok() && projectors.is_ok(),
-        "membership buckets back"
-    );
+    for bucket in [COORDINATORS_BUCKET, PROJECTORS_BUCKET] {
+        let members: Vec<String> =
+            eventually(FINISH, "the replicas to be members again", || async {
+                let bucket = stack.bus.jetstream().get_key_value(bucket).await.ok()?;
+                let members: Vec<String> = bucket.keys().await.ok()?.try_collect().await.ok()?;
+                (!members.is_empty()).then_some(members)
+            })
+            .await;
+        assert_eq!(members.len(), 1, "{bucket}: {members:?}");
+    }
     for run in [&running, &started] {
         let execution = cadre_proto::ExecutionId(run.parse().unwrap());
         let events = stack

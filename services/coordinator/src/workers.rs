@@ -20,7 +20,10 @@ impl WorkerRegistry {
         replicas: usize,
     ) -> Result<Self, NatsError> {
         Ok(Self(
-            js.create_key_value(streams::workers_kv(replicas)).await?,
+            // Created or updated as the workers do (`LivenessBucket::open`), so the two agree
+            // on its settings whichever starts first.
+            js.create_or_update_key_value(streams::workers_kv(replicas))
+                .await?,
         ))
     }
 

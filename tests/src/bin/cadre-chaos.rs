@@ -909,9 +909,9 @@ impl System {
                     anyhow::bail!("restart-nats runs on a single server");
                 };
                 let down = Duration::from_secs(self.rng.u64(1..=3));
-                server.stop();
+                server.stop().await;
                 tokio::time::sleep(down).await;
-                server.start_again();
+                server.start_again().await;
                 format!("NATS down {} s", down.as_secs())
             }
             Fault::Republish => unreachable!("republish runs without load"),
