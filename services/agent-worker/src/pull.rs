@@ -1,7 +1,8 @@
 //! Pulling steps from a provider's queue only for slots that are free.
 //!
-//! A step message that JetStream delivers has 30 s (the queue's `ack_wait`) before it goes to
-//! another worker. A client that pulls ahead of its free slots keeps messages in a buffer while
+//! A step message that JetStream delivers has 10 s (the queue's `ack_wait`,
+//! [`cadre_proto::streams::AGENT_WORKER_ACK_WAIT`]) without word from its worker before it goes
+//! to another worker. A client that pulls ahead of its free slots keeps messages in a buffer while
 //! its running calls take their time: past that deadline the step is delivered again elsewhere,
 //! and when a slot here frees the buffered copy runs too, so both call the LLM. Meanwhile a
 //! worker with free slots could have run it. So each queue here sends one pull request at a
@@ -207,7 +208,14 @@ impl StepQueue {
                                 .run_until_cancelled(pulling.slots.clone().acquire_owned());
                             match while_in_progress(&step, waited).await {
                                 // A slot that frees as the worker stops starts nothing more.
-                                Some(Ok(slot)) if !pulling.shutdown.is_cancelled() => slot,
+                                Some(Ok(slot)) if !pulling.shutdown.is_cancelled() => {
+                                    // Its last in-progress ack may be most of a period old,
+                                    // and the run's first comes a period after it starts.
+                                    if let Err(error) = step.ack_with(AckKind::Progress).await {
+                                        tracing::warn!(%error, "could not extend the step's ack deadline");
+                                    }
+                                    slot
+                                }
                                 _ => {
                                     give_back(&step).await;
                                     self.hand_back(deliveries).await;
