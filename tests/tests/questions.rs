@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use cadre_proto::streams::agent_worker_consumer_name;
+use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline};
 use cadre_tests::fake_llm::question_answer;
 use cadre_tests::stack::FAKE_PROVIDER;
@@ -175,7 +177,59 @@ async fn teammates_answer_and_the_asker_finishes_its_step_with_their_answers() {
         answered_tokens > 0,
         "Grace answered two questions and ran no step"
     );
+
+    // A question handed to the workers again after it was answered (a redelivery, a copy)
+    // asks the model nothing: the worker finds the answer in the log.
+    let tenant = TenantId::default_tenant();
+    let assigned = stack
+        .bus
+        .read_all(&subjects::execution_state(
+            &tenant,
+            workflow_of(&stack, &execution).await,
+            ExecutionId(execution.parse().unwrap()),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|stored| matches!(stored.envelope.event, Event::QuestionAssigned(_)))
+        .unwrap();
+    let again = async_nats::jetstream::message::PublishMessage::build()
+        .message_id(format!("{}-again", assigned.envelope.meta.id))
+        .payload(assigned.envelope.encode().into());
+    let queued = stack
+        .bus
+        .jetstream()
+        .send_publish(subjects::dispatched_steps(FAKE_PROVIDER, &tenant), again)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let queue = agent_worker_consumer_name(FAKE_PROVIDER);
+    eventually(FINISH, "the copy settled", || async {
+        let info = stack
+            .bus
+            .dispatch_stream()
+            .consumer_info(queue.as_str())
+            .await
+            .ok()?;
+        (info.ack_floor.stream_sequence >= queued).then_some(())
+    })
+    .await;
+    let asked = stack
+        .llm
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.starts_with("Question from "))
+        .count();
+    assert_eq!(asked, 5, "no second answer to a question answered");
     stack.stop().await;
+}
+
+/// The workflow of `execution`, as the API shows it.
+async fn workflow_of(stack: &Stack, execution: &str) -> WorkflowId {
+    let shown = stack.api.get(&format!("/v1/executions/{execution}")).await;
+    WorkflowId(shown.body["workflowId"].as_str().unwrap().parse().unwrap())
 }
 
 #[tokio::test]

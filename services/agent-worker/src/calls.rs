@@ -1,17 +1,20 @@
 //! The LLM calls running on this worker, so that the coordinator can stop them: when an attempt
 //! times out or its execution is cancelled or fails, it publishes a [`StopCalls`] that every
-//! worker hears. Stopping is an optimisation, not a guarantee: the log already says the work is
+//! worker hears, which stops the attempt's own run and the answers teammates are giving to its
+//! questions. Stopping is an optimisation, not a guarantee: the log already says the work is
 //! moot, and whatever a call that was not stopped reports is ignored by the coordinator.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cadre_proto::control::{self, StopCalls};
-use cadre_proto::{ExecutionId, StepId};
+use cadre_proto::{EventId, ExecutionId, StepId};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-type Key = (ExecutionId, StepId, u32);
+/// An attempt of a step, and `Some` assignment (the `QuestionAssigned` event's id) for an answer
+/// to one of its questions, `None` for the attempt's own run.
+type Key = (ExecutionId, StepId, u32, Option<EventId>);
 
 /// One attempt's token, shared by every delivery of it running here (a redelivery can overlap
 /// the delivery before it), how many those are, and whose turn it is to run it.
@@ -68,7 +71,22 @@ impl RunningCalls {
     /// the same token, so a stop reaches them all (a second registration used to replace the
     /// first's, and the first call ran on after its run was cancelled).
     pub fn register(&self, execution: ExecutionId, step: StepId, attempt: u32) -> Registration {
-        let key = (execution, step, attempt);
+        self.register_key((execution, step, attempt, None))
+    }
+
+    /// Registers the answer to the question assigned by event `assignment`, which `attempt` of
+    /// `step` asked, while it is being given; deliveries of the same assignment share it.
+    pub fn register_answer(
+        &self,
+        execution: ExecutionId,
+        step: StepId,
+        attempt: u32,
+        assignment: EventId,
+    ) -> Registration {
+        self.register_key((execution, step, attempt, Some(assignment)))
+    }
+
+    fn register_key(&self, key: Key) -> Registration {
         let mut calls = self.lock();
         let running = calls
             .entry(key.clone())
@@ -92,7 +110,7 @@ impl RunningCalls {
     pub fn stop(&self, request: &StopCalls) -> usize {
         let calls = self.lock();
         let mut stopped = 0;
-        for ((execution, step, attempt), running) in calls.iter() {
+        for ((execution, step, attempt, _), running) in calls.iter() {
             if request.covers(*execution, step, *attempt) {
                 running.token.cancel();
                 stopped += running.deliveries;
@@ -159,6 +177,43 @@ mod tests {
 
         drop((a1, b1));
         assert_eq!(calls.stop(&all), 0, "finished calls leave the registry");
+    }
+
+    #[test]
+    fn deliveries_of_one_attempt_take_turns_and_answers_to_its_questions_have_their_own() {
+        use futures::FutureExt;
+        let calls = RunningCalls::default();
+        let execution = ExecutionId::new();
+        let step = StepId::parse("s1").unwrap();
+        let first = calls.register(execution, step.clone(), 1);
+        let second = calls.register(execution, step.clone(), 1);
+        let asked = EventId::new();
+        let answer = calls.register_answer(execution, step.clone(), 1, asked);
+        let answer_again = calls.register_answer(execution, step, 1, asked);
+
+        let running = first
+            .turn()
+            .now_or_never()
+            .expect("the first delivery's turn");
+        assert!(second.turn().now_or_never().is_none(), "the second waits");
+        // The attempt waits for the answer to its question: the answer must not wait for it.
+        let answering = answer.turn().now_or_never().expect("an answer's own turn");
+        assert!(answer_again.turn().now_or_never().is_none());
+        drop((running, answering));
+        assert!(second.turn().now_or_never().is_some());
+        assert!(answer_again.turn().now_or_never().is_some());
+
+        let stop = StopCalls {
+            execution_id: execution,
+            step_id: None,
+            attempt: Some(1),
+        };
+        assert_eq!(
+            calls.stop(&stop),
+            4,
+            "the attempt's deliveries and the answers to it"
+        );
+        assert!(answer.token.is_cancelled() && answer_again.token.is_cancelled());
     }
 
     #[test]

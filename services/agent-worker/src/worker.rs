@@ -773,6 +773,59 @@ impl Worker {
         span.record("step_id", tracing::field::display(&q.step_id));
         span.record("attempt", q.attempt);
         span.record("delivered", delivered);
+        let call = self.calls.register_answer(
+            q.execution_id,
+            q.step_id.clone(),
+            q.attempt,
+            question.event_id,
+        );
+        let answering = async {
+            // Another delivery of this question running here answers it first.
+            let _turn = call.turn().await;
+            match self.answer_stored(question).await {
+                Ok(true) => {
+                    tracing::info!(question = q.question_id, "question already answered");
+                    Disposition::Ack
+                }
+                Ok(false) => self.give_answer(question, delivered).await,
+                Err(error) => {
+                    tracing::warn!(%error, "could not read whether the question was answered; it comes back");
+                    Disposition::Nak {
+                        delay: retry_delay(delivered),
+                    }
+                }
+            }
+        };
+        call.token
+            .run_until_cancelled(answering)
+            .await
+            .unwrap_or_else(|| {
+                // The asking attempt is over (timed out, cancelled): no one waits for the answer.
+                tracing::info!("the coordinator stopped the asking attempt; not answering");
+                Disposition::Ack
+            })
+    }
+
+    /// Whether the answer to `question` (to this assignment of it) is in the log already: a
+    /// delivery of a question answered before asks the model nothing.
+    async fn answer_stored(&self, question: &AssignedQuestion) -> Result<bool, ReadError> {
+        let q = &question.assigned;
+        let answers = subjects::step(
+            &question.tenant,
+            q.workflow_id,
+            q.execution_id,
+            &q.step_id,
+            subjects::QUESTION_ANSWERED,
+        );
+        Ok(self.bus.read_all(&answers).await?.iter().any(|stored| {
+            matches!(&stored.envelope.event, Event::QuestionAnswered(answered)
+                if answered.assigned_event_id == question.event_id)
+        }))
+    }
+
+    /// Asks the recipient's model (or its fallback) and records the answer.
+    async fn give_answer(&self, question: &AssignedQuestion, delivered: i64) -> Disposition {
+        let q = &question.assigned;
         let agent = &q.recipient;
         let prompt = question_prompt(q);
         let mut answered_by = ModelChoice {
