@@ -161,6 +161,11 @@ pub fn is_execution_state(subject: &str) -> bool {
 /// Every execution's state events, of every tenant and workflow (see [`is_execution_state`]);
 /// the execution id is the third wildcard.
 pub const ALL_EXECUTION_STATES: &str = "cadre.events.*.workflow.*.execution.*.>";
+/// Every execution's own fact `fact` (`completed`, `failed`, ...), of every tenant and workflow.
+pub fn every_execution(fact: &str) -> String {
+    format!("{PREFIX}.*.workflow.*.execution.*.{fact}")
+}
+
 /// Every workflow's own facts (created, paused, resumed); the workflow id is the second wildcard.
 pub const ALL_WORKFLOW_LIFECYCLES: &str = "cadre.events.*.workflow.*.*";
 

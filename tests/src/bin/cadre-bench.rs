@@ -382,18 +382,26 @@ async fn measure_starts(
     Ok(())
 }
 
-/// Every event of the log from `first_sequence` to `last_sequence`, read after the load: the
-/// times of each execution's facts, by execution id, and each event's sequence and store time.
+/// What the log holds from one sequence to another: the times of each execution's facts, by
+/// execution id; each event's sequence and store time; how many `StepStarted` there were.
+type RunsRead = (
+    HashMap<String, ExecutionTimes>,
+    Vec<(u64, DateTime<Utc>)>,
+    u64,
+);
+
+/// Every event of the log from `first_sequence` to `last_sequence`, read after the load.
 async fn read_runs(
     stack: &Stack,
     first_sequence: u64,
     last_sequence: u64,
-) -> anyhow::Result<(HashMap<String, ExecutionTimes>, Vec<(u64, DateTime<Utc>)>)> {
+) -> anyhow::Result<RunsRead> {
     let mut log = stack
         .read_log_from(first_sequence, &[subjects::ALL_EVENTS])
         .await?;
     let mut times: HashMap<String, ExecutionTimes> = HashMap::new();
     let mut stored: Vec<(u64, DateTime<Utc>)> = Vec::new();
+    let mut step_events = 0;
     while stored
         .last()
         .is_none_or(|(sequence, _)| *sequence < last_sequence)
@@ -417,7 +425,10 @@ async fn read_runs(
         let step = || tokens[8].to_owned();
         match (tokens.get(7), tokens.get(9)) {
             (Some(&"step"), Some(&"scheduled")) => _ = entry.step_scheduled.insert(step(), at),
-            (Some(&"step"), Some(&"started")) => _ = entry.step_started.insert(step(), at),
+            (Some(&"step"), Some(&"started")) => {
+                step_events += 1;
+                entry.step_started.insert(step(), at);
+            }
             (Some(&"step"), Some(&"completed")) => _ = entry.step_completed.insert(step(), at),
             (Some(&"started"), None) => entry.started = Some(at),
             (Some(&"completed"), None) => entry.finished = Some(at),
@@ -428,7 +439,7 @@ async fn read_runs(
             _ => {}
         }
     }
-    Ok((times, stored))
+    Ok((times, stored, step_events))
 }
 
 /// `BENCH_MODE=run`: starts the executions, follows the event log until every one finished and
@@ -445,8 +456,8 @@ async fn measure_runs(
     // Watch the executions' ends from here on, and the projector's commits. The rest of the
     // log is read once the load is over: a live reader of every event would cost the server a
     // delivery per event, load the machine it measures and lower the figure.
-    let ended = |fact: &str| format!("cadre.events.*.workflow.*.execution.*.{fact}");
-    let (completed, failed) = (ended(subjects::COMPLETED), ended(subjects::FAILED));
+    let completed = subjects::every_execution(subjects::COMPLETED);
+    let failed = subjects::every_execution(subjects::FAILED);
     let LogWatch {
         first_sequence,
         events: mut endings,
@@ -513,9 +524,8 @@ async fn measure_runs(
     }
     sampling.cancel();
     let peak_rss = sampler.await.unwrap_or(0);
-    let (times, stored) = read_runs(&stack, first_sequence, last_sequence).await?;
+    let (times, stored, step_events) = read_runs(&stack, first_sequence, last_sequence).await?;
     let failed = times.values().filter(|t| t.failed).count();
-    let step_events: usize = times.values().map(|t| t.step_started.len()).sum();
     let last_event = stored
         .iter()
         .map(|(_, at)| *at)
