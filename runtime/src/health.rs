@@ -2,8 +2,8 @@
 //! (`/healthz`: the process runs; `/readyz`: it is connected and consuming).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,17 +11,33 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-/// Set once a service is ready to do its work; cleared while it drains.
+/// Set once a service is ready to do its work; cleared while it drains. Not ready either while
+/// its NATS connection, once given ([`Readiness::needs_nats`]), is down: what it would do then
+/// waits or fails.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    ready: AtomicBool,
+    nats: OnceLock<async_nats::Client>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.0.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Counts the service ready only while `client` is connected.
+    pub fn needs_nats(&self, client: async_nats::Client) {
+        let _ = self.0.nats.set(client);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.ready.load(Ordering::Relaxed)
+            && self.0.nats.get().is_none_or(|client| {
+                client.connection_state() == async_nats::connection::State::Connected
+            })
     }
 }
 

@@ -828,7 +828,21 @@ async fn runs_go_on_when_the_nats_server_restarts() {
     // What the server kept in memory (the replicas' membership and the worker registry)
     // is gone after this; the log, the queues and the read models' positions are on disk.
     stack.nats.stop().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Meanwhile the coordinator says it is not ready, and refuses a command before sending
+    // it: NATS's client would hold its event and store it once back, after the answer said
+    // the command had failed.
+    eventually(FINISH, "the coordinator to say it is not ready", || async {
+        (stack.api.get("/readyz").await.status == 503).then_some(())
+    })
+    .await;
+    let ghost = cadre_tests::api::agent("Ghost", "analyst", &["research"], FAKE_PROVIDER);
+    let refused = stack.api.post("/v1/agents", &ghost).await;
+    assert_eq!(refused.status, 503, "{:#}", refused.body);
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(detail.contains("nothing was written"), "{detail}");
+    // Longer than a publish waits for its acknowledgement (5 s): the worker whose call ended
+    // meanwhile keeps trying to record its answer rather than have the step run again.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     stack.nats.start_again().await;
 
     // The run in flight finishes, and runs started afterwards run too.
@@ -848,7 +862,7 @@ async fn runs_go_on_when_the_nats_server_restarts() {
     assert_eq!(done["status"], "completed", "{done:#}");
     settle(&stack).await;
 
-    // A stop lets the server keep what it delivered: no step is handed out a second time.
+    // No answer was thrown away: each step asked the model once.
     assert_eq!(
         stack.llm.requests().len(),
         6,
@@ -861,6 +875,18 @@ async fn runs_go_on_when_the_nats_server_restarts() {
     })
     .await;
     assert_eq!(workers[0]["workerId"], "agent-worker", "{workers:#}");
+    assert_eq!(stack.api.get("/readyz").await.status, 200);
+    let agents = stack.api.get("/v1/agents?limit=1000").await.body;
+    let names: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|agent| agent["name"].as_str())
+        .collect();
+    assert!(
+        !names.contains(&"Ghost"),
+        "a refused command stored nothing: {names:?}"
+    );
     for bucket in [COORDINATORS_BUCKET, PROJECTORS_BUCKET] {
         let members: Vec<String> =
             eventually(FINISH, "the replicas to be members again", || async {

@@ -150,6 +150,7 @@ pub async fn run_with_readiness(
         providers = ?offered,
         "agent worker consuming scheduled steps"
     );
+    readiness.needs_nats(worker.bus.jetstream().client());
     let consumed = consume(
         worker,
         consumers,

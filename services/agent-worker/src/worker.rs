@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, AckKind};
+use backon::{ExponentialBuilder, Retryable};
 use cadre_proto::events::{CallUsage, SharedKnowledge};
 use cadre_proto::model::{AgentProfile, ModelChoice, ObjectRef, StepResult, TokenUsage};
 use cadre_proto::workers::TokenDelta;
 use cadre_proto::{Envelope, Event, KnowledgeId, events::types, streams, subjects};
-use cadre_runtime::bus::{self, Append, EventBus, ReadError, Stored};
+use cadre_runtime::bus::{self, Append, EventBus, PublishError, ReadError, Stored};
 use chrono::Utc;
 use tracing::Instrument;
 
@@ -45,6 +46,12 @@ const MAX_QUESTION_DELAY: Duration = Duration::from_secs(30);
 /// [`streams::AGENT_WORKER_ACK_WAIT`], so one late or lost in-progress ack does not get the step
 /// handed to another worker.
 const PROGRESS_INTERVAL: Duration = streams::AGENT_WORKER_ACK_WAIT.checked_div(3).unwrap();
+
+/// How long a worker keeps trying to record what a step produced while NATS is away or slow,
+/// before it hands the step back to be run again: the model's answer is paid for. Well inside
+/// JetStream's duplicate window, so a try that was stored but not confirmed is dropped when
+/// tried again.
+const RECORD_PATIENCE: Duration = Duration::from_secs(60);
 
 /// An answer and the model that gave it (the agent's own, or its fallback, and then why).
 struct Answer {
@@ -369,6 +376,26 @@ impl Worker {
         Ok(dependencies)
     }
 
+    /// Stores `events`, in order, trying again with backoff while NATS is away or slow, for up
+    /// to [`RECORD_PATIENCE`]: they say what a paid model call produced, and giving up would
+    /// have the step run, and the model paid, again. Their ids derive from the step's, so a
+    /// try stored but not confirmed is dropped when tried again. A refusal no other try can
+    /// change (too large) is returned at once.
+    async fn record(&self, events: &[Envelope]) -> Result<(), PublishError> {
+        let patience = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_total_delay(Some(RECORD_PATIENCE))
+            .without_max_times();
+        (|| async { self.bus.publish_all(events).await.map(drop) })
+            .retry(patience)
+            .when(|error| !error.is_too_large())
+            .notify(|error, after| {
+                tracing::warn!(%error, ?after, "could not record the step's events; trying again");
+            })
+            .await
+    }
+
     fn retry_later(&self, error: &anyhow::Error, delivered: i64) -> Disposition {
         let delay = retry_delay(delivered);
         tracing::warn!(
@@ -546,8 +573,7 @@ impl Worker {
                 .collect();
             let mut events = vec![asked, status];
             events.extend(step.concerns(concerns, now));
-            self.bus
-                .publish_all(&events)
+            self.record(&events)
                 .await
                 .context("publishing QuestionsAsked and the agent's status")?;
             tracing::info!(questions = count, "step waits for its teammates' answers");
@@ -578,13 +604,11 @@ impl Worker {
         if !shared.is_empty() {
             // Stored before the completion: once it is, a redelivery of this step finds it
             // done and publishes nothing again.
-            self.bus
-                .publish_all(&shared)
+            self.record(&shared)
                 .await
                 .context("publishing the step's questions and knowledge")?;
         }
-        self.bus
-            .publish(&completed, Append::Any)
+        self.record(std::slice::from_ref(&completed))
             .await
             .context("publishing StepCompleted")?;
         tracing::info!(tokens, "step completed");
@@ -867,7 +891,7 @@ impl Worker {
                 now,
             ),
         };
-        match self.bus.publish(&event, Append::Any).await {
+        match self.record(std::slice::from_ref(&event)).await {
             Ok(_) => {
                 tracing::info!(question = q.question_id, "question answered");
                 Disposition::Ack
@@ -904,11 +928,7 @@ impl Worker {
         usage: Option<CallUsage>,
     ) -> anyhow::Result<Disposition> {
         tracing::warn!(error, retryable, "step failed");
-        self.bus
-            .publish(
-                &step.failed(error, retryable, usage, Utc::now()),
-                Append::Any,
-            )
+        self.record(&[step.failed(error, retryable, usage, Utc::now())])
             .await
             .context("publishing StepFailed")?;
         Ok(Disposition::Ack)

@@ -161,6 +161,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_context(|| format!("binding the API to {}", config.http_addr))?;
     let http_addr = listener.local_addr()?;
     let readiness = Readiness::default();
+    readiness.needs_nats(bus.jetstream().client());
     let state = api::AppState::new(api::AppContext {
         bus: bus.clone(),
         db,

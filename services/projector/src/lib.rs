@@ -95,6 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await
     .map_err(|error| anyhow::anyhow!("joining the projectors: {error}"))?;
+    readiness.needs_nats(bus.jetstream().client());
     readiness.set(true);
     let me = membership.me().to_owned();
     let (view_sender, view) = watch::channel(None);

@@ -23,8 +23,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -33,6 +33,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use cadre_proto::TenantId;
 use cadre_proto::events::Request;
 use cadre_runtime::bus::{EventBus, PublishError, ReadError};
@@ -136,6 +137,10 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
     let (api, _) = api().split_for_parts();
     api.method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            commands_need_nats,
+        ))
         .with_state(state)
         .merge(health::routes(readiness))
         .fallback(|| async { Problem::not_found("no such resource; the API lives under /v1") })
@@ -147,6 +152,27 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
 }
 
 type ApiResult = Result<Response, Problem>;
+
+/// Refuses a command (any request but a read) while NATS is unreachable, before it is sent:
+/// the client would hold its events and store them once NATS is back, after the request had
+/// been answered as failed, and a client retrying as told would record the change twice.
+async fn commands_need_nats(
+    State(app): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let reads = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let connected =
+        app.bus.jetstream().client().connection_state() == async_nats::connection::State::Connected;
+    if reads || connected {
+        return next.run(request).await;
+    }
+    Problem::unavailable("NATS is unreachable: nothing was written; retry once it is back")
+        .into_response()
+}
 
 fn unavailable_log(error: ReadError) -> Problem {
     tracing::error!(%error, "event log read failed");
@@ -167,6 +193,14 @@ fn publish_failed(error: PublishError) -> Problem {
         PublishError::Nats(error) if cadre_runtime::bus::is_too_large(&error) => {
             tracing::warn!(%error, "event refused as too large");
             Problem::too_large_to_record(&error)
+        }
+        // Sent, but not confirmed: the log may store it yet.
+        PublishError::Nats(error) if error.kind() == PublishErrorKind::TimedOut => {
+            tracing::error!(%error, "event append not confirmed");
+            Problem::unavailable(
+                "the event log did not confirm the change in time: it may still be stored; look \
+                 for it before you retry",
+            )
         }
         PublishError::Nats(error) => {
             tracing::error!(%error, "event append failed");
