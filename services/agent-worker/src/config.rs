@@ -87,13 +87,10 @@ impl Price {
     }
 }
 
-/// The pod name under Kubernetes; a random name where the host has none.
+/// Unique per process, as the other services' replica names: two workers on one host with the
+/// same id would overwrite each other's entry in the registry.
 fn default_worker_id() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| format!("agent-worker-{}", uuid::Uuid::now_v7()))
+    cadre_runtime::membership::default_replica_id("agent-worker")
 }
 
 /// One configured LLM provider. A setting it does not know (a misspelt `APIKEY`, say) stops
