@@ -61,6 +61,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 }
 
 const UNKNOWN_FIELD: &str = "unknown field; check its spelling against the API reference";
+const NUL_REFUSED: &str =
+    "text must not contain the NUL character (U+0000): the read models (Postgres) cannot store it";
+
+/// The pointer of the first string (or key) of `value`, at `pointer`, that holds a NUL.
+fn nul_at(value: &serde_json::Value, pointer: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.contains('\0').then_some(pointer),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_at(item, format!("{pointer}/{i}"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, field)| {
+            let at = format!("{pointer}/{}", escape(key));
+            if key.contains('\0') {
+                Some(at)
+            } else {
+                nul_at(field, at)
+            }
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
 
 /// Parses `bytes` as `T`, refusing unknown fields.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
@@ -71,6 +94,19 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         return Err(Problem::bad_request(format!(
             "the body is not valid JSON: {error}"
         )));
+    }
+    // JSON carries a NUL only escaped; most bodies are spared the second look.
+    if bytes.windows(6).any(|window| window == br"\u0000")
+        && let Ok(document) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && let Some(pointer) = nul_at(&document, String::new())
+    {
+        return Err(Problem::invalid(
+            format!("the body has a NUL character (U+0000) at '{pointer}': {NUL_REFUSED}"),
+            vec![FieldError {
+                pointer,
+                message: NUL_REFUSED.into(),
+            }],
+        ));
     }
     let mut unknown = Vec::new();
     let mut json = serde_json::Deserializer::from_slice(bytes);
@@ -629,6 +665,37 @@ mod tests {
             problem.detail
         );
         (error.pointer.clone(), error.message.clone())
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_is_refused_at_its_field() {
+        let at = |body: Value| field::<RegisterAgent>(&body).0;
+        assert_eq!(at(with(agent(), "/name", json!("Zoë \u{0} null"))), "/name");
+        assert_eq!(
+            at(with(agent(), "/skills", json!(["ok", "b\u{0}d"]))),
+            "/skills/1"
+        );
+        let problem = refusal::<CreateWorkflow>(&with(
+            workflow(),
+            "/configuration/steps/0/instructions",
+            json!("do\u{0}this"),
+        ));
+        assert_eq!(problem.status, 422);
+        assert_eq!(
+            problem.errors[0].pointer,
+            "/configuration/steps/0/instructions"
+        );
+        // A key too, escaped as a pointer; and a backslash followed by "u0000" is no NUL.
+        let problem = refusal::<CreateWorkflow>(&with(workflow(), "/a~b\u{0}", json!(1)));
+        assert_eq!(problem.errors[0].pointer, "/a~0b\u{0}");
+        assert!(
+            parse::<RegisterAgent>(
+                with(agent(), "/backstory", json!("C:\\u0000"))
+                    .to_string()
+                    .as_bytes()
+            )
+            .is_ok()
+        );
     }
 
     fn agent() -> Value {
