@@ -502,6 +502,25 @@ async fn the_same_idempotency_key_starts_one_execution() {
         .await
         .unwrap();
     assert_eq!(starts.len(), 2, "one run per key");
+    // The key of a recorded start, with a start that asks for something else: refused, as
+    // the client's mistake, rather than answered with a run it did not ask for.
+    let reused = reqwest::Client::new()
+        .post(format!("{}{path}", stack.api.base()))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "deploy-41")
+        .body(r#"{"triggeredBy":"ci","input":{"release":"v2"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reused.status().as_u16(), 422);
+    let problem: Value = reused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("use a new key"),
+        "{problem}"
+    );
     let reply = stack
         .api
         .post_raw(&path, Some("application/json"), b"{}".to_vec())

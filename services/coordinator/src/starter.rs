@@ -13,8 +13,9 @@
 //! cached with the agents.
 //!
 //! An idempotency key is claimed in a JetStream KV bucket (entries expire after a day) before
-//! the start is appended, mapping it to the execution id; a second start with the same key
-//! finds the claim and answers with the first execution instead of starting another.
+//! the start is appended, mapping it to the execution id and a digest of what the start asked
+//! for; a second start with the same key finds the claim and answers with the first execution
+//! instead of starting another, or, when it asks for something else, is refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -75,6 +76,10 @@ impl Records {
 struct Claim {
     execution_id: ExecutionId,
     claimed_at: DateTime<Utc>,
+    /// [`StartOrder::digest`] of the start that claimed the key; absent in claims of older
+    /// releases, which any start with the key matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request: Option<String>,
 }
 
 impl Claim {
@@ -108,6 +113,21 @@ pub struct StartOrder {
     pub parent: Option<ParentStep>,
 }
 
+impl StartOrder {
+    /// What the start asks for, as a SHA-256 hex digest: its input, trigger reason and who
+    /// triggered it. Two requests with one idempotency key must agree on it.
+    fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let asked = serde_json::json!({
+            "input": self.input,
+            "triggerReason": self.trigger_reason,
+            "triggeredBy": self.triggered_by,
+        });
+        let digest = Sha256::digest(asked.to_string().as_bytes());
+        digest.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+}
+
 /// A started execution (or, for a repeated idempotency key, the one started before).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Started {
@@ -136,6 +156,11 @@ pub enum StartError {
         "a start with this idempotency key is still being recorded; retry in a moment to get its execution"
     )]
     KeyInFlight,
+    #[error(
+        "this Idempotency-Key was used within a day for a start that asked for something else \
+         (its input, triggerReason or triggeredBy differ): use a new key for a new start"
+    )]
+    KeyReused,
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error("the idempotency store failed: {0}")]
@@ -156,6 +181,7 @@ impl StartError {
                 limit: *limit,
             },
             Self::KeyInFlight => Self::KeyInFlight,
+            Self::KeyReused => Self::KeyReused,
             Self::Read(error) => Self::Read(read(error)),
             Self::Idempotency(error) => Self::Idempotency(error.to_string().into()),
             Self::Refused(error) => Self::Refused(match error {
@@ -275,11 +301,12 @@ impl Starter {
                 let value = Claim {
                     execution_id,
                     claimed_at: Utc::now(),
+                    request: Some(order.digest()),
                 };
                 match self.keys.create(&claim, value.encode()).await {
                     Ok(_) => Some(claim),
                     Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        return match self.repeated(tenant, &claim).await? {
+                        return match self.repeated(tenant, &claim, &order).await? {
                             Repeat::Started(started) => Ok(started),
                             // The start that claimed the key died before recording it: carry
                             // it out with the execution id the key names.
@@ -304,8 +331,13 @@ impl Starter {
     }
 
     /// The execution an earlier start with the same key recorded, or the claim of a start that
-    /// never recorded one.
-    async fn repeated(&self, tenant: &TenantId, claim: &str) -> Result<Repeat, StartError> {
+    /// never recorded one; refused when that start asked for something else than `order`.
+    async fn repeated(
+        &self,
+        tenant: &TenantId,
+        claim: &str,
+        order: &StartOrder,
+    ) -> Result<Repeat, StartError> {
         let claimed = self
             .keys
             .get(claim)
@@ -314,6 +346,13 @@ impl Starter {
         let Some(claimed) = claimed.as_deref().and_then(Claim::decode) else {
             return Err(StartError::KeyInFlight);
         };
+        if claimed
+            .request
+            .as_ref()
+            .is_some_and(|asked| *asked != order.digest())
+        {
+            return Err(StartError::KeyReused);
+        }
         let execution_id = claimed.execution_id;
         let stored = self
             .bus

@@ -83,7 +83,7 @@ pub(super) struct ExecutionStatus {
     params(
         ("id" = uuid::Uuid, Path, description = "The workflow's id"),
         ("Idempotency-Key" = Option<String>, Header,
-         description = "Starts with the same key within a day return the same run (1 to 255 visible ASCII characters)"),
+         description = "Starts with the same key within a day return the same run; one that asks for something else (input, triggerReason, triggeredBy) is refused with 422 (1 to 255 visible ASCII characters)"),
         ("Prefer" = Option<String>, Header,
          description = "RFC 7240. `wait=<seconds>` caps how long the answer waits for the read models to show the new run (`wait=0`: answer once the log has it; `Cadre-Read-Models` says which). Other preferences are ignored"),
     ),
@@ -192,6 +192,8 @@ fn start_failed(error: StartError) -> Problem {
             Problem::invalid_transition(paused.to_string(), "paused")
         }),
         StartError::KeyInFlight => Problem::conflict(error.to_string()),
+        // The request is at fault, not its timing: retrying it cannot succeed.
+        StartError::KeyReused => Problem::invalid(error.to_string(), Vec::new()),
         StartError::Read(error) => unavailable_log(error),
         StartError::Idempotency(error) => {
             tracing::error!(%error, "idempotency store failed");
