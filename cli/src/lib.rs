@@ -109,6 +109,7 @@ pub enum Command {
     },
     /// An execution's events in order: assignments, interactions, outcomes.
     Logs {
+        #[arg(value_parser = execution_id)]
         execution: ExecutionId,
         /// Keep watching until the run ends (else: what has happened so far).
         #[arg(short, long)]
@@ -153,6 +154,7 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct Control {
+    #[arg(value_parser = execution_id)]
     pub execution: ExecutionId,
     #[arg(long)]
     pub reason: Option<String>,
@@ -549,6 +551,11 @@ async fn control(
         _ => output::print_one(format, &answer),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An execution id given on the command line, with the same words as [`parse_id`].
+fn execution_id(raw: &str) -> Result<ExecutionId, String> {
+    parse_id(raw, "execution").map_err(|error| error.to_string())
 }
 
 fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> anyhow::Result<T> {

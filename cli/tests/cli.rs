@@ -379,6 +379,14 @@ async fn a_file_error_names_file_line_and_field_and_sends_nothing() {
             &["get", "workflows", "--workflow", "Ship"][..],
             "--workflow does not filter this list",
         ),
+        (
+            &["logs", "nonsense"][..],
+            "'nonsense' is not an execution id (a UUID)",
+        ),
+        (
+            &["cancel", "nonsense"][..],
+            "'nonsense' is not an execution id (a UUID)",
+        ),
     ] {
         let output = cadre("http://127.0.0.1:9", args).await;
         assert_eq!(output.status.code(), Some(2), "{args:?}: a usage error");
