@@ -123,6 +123,13 @@ pub async fn execution(client: &Client, execution: &Value) -> Result<String, Api
             };
             let status = result["status"].as_str().unwrap_or("not run");
             lines.push(format!("    {step:<20} {status:<10} {who:<26} {why}"));
+            // A step no live worker can take waits, and says so.
+            if let Some(waiting) = execution["waiting"]
+                .as_array()
+                .and_then(|waiting| waiting.iter().find(|w| w["stepId"] == step.as_str()))
+            {
+                lines.push(format!("      waiting: {}", text(&waiting["reason"])));
+            }
             listed.push(step);
         }
     }

@@ -279,6 +279,33 @@ async fn apply_run_follow_resolve_cancel_and_api_problems() {
         "{shown}"
     );
     assert!(shown.contains("execution cancelled: not today"), "{shown}");
+    // A step whose provider no worker offers waits, and describe says why.
+    let unserved = write(
+        dir.path(),
+        "unserved.yaml",
+        &format!(
+            "kind: Agent\nname: Nemo\nrole: analyst\nskills: [research]\nprovider: nobody\n\
+             model: m\n---\n{}",
+            GATE.replace("name: Gate", "name: Unserved")
+                .replace("participatingAgents: [Ada]", "participatingAgents: [Nemo]")
+        ),
+    );
+    let applied = cadre(api, &["apply", "-f", &unserved]).await;
+    assert!(applied.status.success(), "{}", text(&applied));
+    let started = json(&cadre(api, &["run", "Unserved", "-o", "json"]).await);
+    let waiting = started["executionId"].as_str().unwrap().to_owned();
+    let described = eventually(Duration::from_secs(30), "the step to wait", || async {
+        let shown = text(&cadre(api, &["describe", "execution", &waiting]).await);
+        shown.contains("waiting: ").then_some(shown)
+    })
+    .await;
+    assert!(
+        described.contains("waiting: no live agent worker offers provider \"nobody\""),
+        "{described}"
+    );
+    let cancelled = cadre(api, &["cancel", &waiting]).await;
+    assert!(cancelled.status.success(), "{}", text(&cancelled));
+
     // Cancelling it again is a problem the API explains.
     let again = cadre(api, &["cancel", execution]).await;
     assert_eq!(again.status.code(), Some(1));
