@@ -101,6 +101,16 @@ async fn a_cloud_event_on_the_trigger_subject_starts_one_run_with_the_event_as_i
     publish(subject(&workflow_id), event.to_string().into_bytes(), "m1").await;
     // The same CloudEvent again, past JetStream's own duplicate check: still one run.
     publish(subject(&workflow_id), event.to_string().into_bytes(), "m2").await;
+    // And sent again with the time the sender stamps on each send: the same event (its
+    // source and id say so), so still one run, and the copy settled.
+    let mut stamped = event.clone();
+    stamped["time"] = json!("2026-12-06T20:00:00Z");
+    publish(
+        subject(&workflow_id),
+        stamped.to_string().into_bytes(),
+        "m2b",
+    )
+    .await;
     // What cannot start a run is terminated with a reason, and blocks nothing.
     publish(subject(&workflow_id), b"{\"hello\": 1}".to_vec(), "m3").await;
     publish(subject(&closed), event.to_string().into_bytes(), "m4").await;

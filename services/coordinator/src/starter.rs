@@ -76,8 +76,10 @@ impl Records {
 struct Claim {
     execution_id: ExecutionId,
     claimed_at: DateTime<Utc>,
-    /// [`StartOrder::digest`] of the start that claimed the key; absent in claims of older
-    /// releases, which any start with the key matches.
+    /// [`StartOrder::digest`] of the start that claimed the key; absent for a trigger's start
+    /// (its key names the event, whose copies may differ in what the sender stamps on them,
+    /// such as a CloudEvent's `time`) and in claims of older releases: any start with the key
+    /// matches those.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     request: Option<String>,
 }
@@ -168,6 +170,13 @@ pub enum StartError {
 }
 
 impl StartError {
+    /// Whether the start may have been stored though it failed: its append was sent and not
+    /// confirmed (a timeout, a lost connection), rather than refused.
+    pub fn may_be_stored(&self) -> bool {
+        matches!(self, Self::Refused(CommandError::Publish(PublishError::Nats(error)))
+            if !is_too_large(error))
+    }
+
     /// The same failure again, for each start of the group commit it failed: the same kind
     /// (which the API maps to a status), the NATS errors' details as text.
     fn for_each(&self) -> Self {
@@ -301,7 +310,7 @@ impl Starter {
                 let value = Claim {
                     execution_id,
                     claimed_at: Utc::now(),
-                    request: Some(order.digest()),
+                    request: (!order.triggered).then(|| order.digest()),
                 };
                 match self.keys.create(&claim, value.encode()).await {
                     Ok(_) => Some(claim),
@@ -321,8 +330,12 @@ impl Starter {
             None => None,
         };
         let started = self.start_new(tenant, &order, execution_id).await;
-        if let (Err(_), Some(claim)) = (&started, &claim) {
-            // Nothing was started under the key: free it for the client's retry.
+        if let (Err(error), Some(claim)) = (&started, &claim)
+            && !error.may_be_stored()
+        {
+            // Nothing was started under the key: free it for the client's retry. A start that
+            // may still be stored keeps it: the retry finds that run, or, once the claim counts
+            // as abandoned, carries the start out under the same execution id.
             if let Err(error) = self.keys.delete(claim).await {
                 tracing::warn!(%error, "could not release an idempotency key; it expires in a day");
             }
@@ -658,5 +671,61 @@ fn permitted(order: &StartOrder, workflow: &WorkflowDefinition) -> Result<(), St
             workflow.id
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{PublishError as NatsPublishError, PublishErrorKind};
+
+    fn publish_failed(kind: PublishErrorKind, text: &str) -> StartError {
+        StartError::Refused(CommandError::Publish(PublishError::Nats(
+            NatsPublishError::with_source(kind, text.to_owned()),
+        )))
+    }
+
+    #[test]
+    fn only_a_start_sent_and_not_confirmed_may_be_stored() {
+        assert!(publish_failed(PublishErrorKind::TimedOut, "no ack").may_be_stored());
+        assert!(publish_failed(PublishErrorKind::BrokenPipe, "connection lost").may_be_stored());
+        let too_large = publish_failed(PublishErrorKind::MaxPayloadExceeded, "max payload");
+        assert!(!too_large.may_be_stored(), "refused before it was stored");
+        let conflict = StartError::Refused(CommandError::Publish(PublishError::Conflict {
+            filter: "f".to_owned(),
+            expected: 1,
+        }));
+        assert!(!conflict.may_be_stored());
+        for refused in [
+            StartError::NoWorkflow(WorkflowId::new()),
+            StartError::KeyInFlight,
+            StartError::KeyReused,
+            StartError::Read(ReadError::Nats("unreachable".into())),
+        ] {
+            assert!(!refused.may_be_stored(), "{refused}");
+        }
+    }
+
+    fn order(input: Option<Value>, triggered: bool) -> StartOrder {
+        StartOrder {
+            workflow_id: WorkflowId::new(),
+            trigger_reason: TriggerReason::Manual,
+            triggered_by: Some("ci".to_owned()),
+            input,
+            idempotency_key: Some("k".to_owned()),
+            triggered,
+            parent: None,
+        }
+    }
+
+    #[test]
+    fn the_digest_is_what_the_start_asks_for() {
+        let a = order(Some(serde_json::json!({"a": 1, "b": 2})), false);
+        // The same request, its keys in another order.
+        let same = order(Some(serde_json::json!({"b": 2, "a": 1})), false);
+        assert_eq!(a.digest(), same.digest());
+        let other = order(Some(serde_json::json!({"a": 2, "b": 2})), false);
+        assert_ne!(a.digest(), other.digest());
+        assert_eq!(a.digest().len(), 64, "SHA-256 in hex");
     }
 }

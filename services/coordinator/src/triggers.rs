@@ -24,7 +24,8 @@ fn classify(error: StartError) -> Result<String, String> {
         StartError::NoWorkflow(_)
         | StartError::NoAgent(_)
         | StartError::NotTriggerable(_)
-        | StartError::TooDeep { .. } => Ok(error.to_string()),
+        | StartError::TooDeep { .. }
+        | StartError::KeyReused => Ok(error.to_string()),
         StartError::Refused(CommandError::Rejected(paused)) => Ok(paused.to_string()),
         other => Err(other.to_string()),
     }
