@@ -24,8 +24,10 @@ pub type View = Option<BTreeSet<String>>;
 /// A replica name unique per running process: the host name (the pod name under Kubernetes),
 /// or `service` without one, and a random suffix.
 pub fn default_replica_id(service: &str) -> String {
+    // `HOSTNAME` is the pod's name under Kubernetes; shells do not export it.
     let host = std::env::var("HOSTNAME")
         .ok()
+        .or_else(|| hostname::get().ok()?.into_string().ok())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| service.to_owned());
     let suffix = uuid::Uuid::now_v7().simple().to_string();
@@ -161,6 +163,9 @@ impl Membership {
             // Once the others may soon count this replica gone, it works nothing, even while
             // a slow server still has the heartbeat in hand.
             let doubt = renewed + MEMBERSHIP_TTL - MEMBERSHIP_HEARTBEAT;
+            // The others count the TTL from when the key was written, not from when the
+            // listing after it came back.
+            let attempt = Instant::now();
             let beat = tokio::select! {
                 beat = &mut beat => beat,
                 () = tokio::time::sleep_until(doubt.into()) => {
@@ -170,13 +175,13 @@ impl Membership {
             };
             match beat {
                 Ok((Renewal::Renewed, live)) => {
-                    renewed = Instant::now();
+                    renewed = attempt;
                     view.send_replace(Some(live));
                 }
                 // The bucket came back holding this replica's key alone: the others write
                 // theirs within a heartbeat, so the view waits for the next one rather than
                 // hand this replica every share for a moment.
-                Ok((Renewal::Recreated, _)) => renewed = Instant::now(),
+                Ok((Renewal::Recreated, _)) => renewed = attempt,
                 Err(error) => {
                     tracing::warn!(%error, bucket = self.registry.store().name, "could not renew this replica's membership");
                     if renewed.elapsed() + MEMBERSHIP_HEARTBEAT >= MEMBERSHIP_TTL {

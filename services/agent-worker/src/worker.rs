@@ -49,8 +49,9 @@ const PROGRESS_INTERVAL: Duration = streams::AGENT_WORKER_ACK_WAIT.checked_div(3
 
 /// How long a worker keeps trying to record what a step produced while NATS is away or slow,
 /// before it hands the step back to be run again: the model's answer is paid for. Well inside
-/// JetStream's duplicate window, so a try that was stored but not confirmed is dropped when
-/// tried again.
+/// JetStream's duplicate window (2 min), so a try that was stored but not confirmed is dropped
+/// when tried again: a deadline on the whole, since each try may wait 5 s for its
+/// acknowledgement on top of the backoff's pauses.
 const RECORD_PATIENCE: Duration = Duration::from_secs(60);
 
 /// An answer and the model that gave it (the agent's own, or its fallback, and then why).
@@ -385,15 +386,23 @@ impl Worker {
         let patience = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(5))
-            .with_total_delay(Some(RECORD_PATIENCE))
             .without_max_times();
-        (|| async { self.bus.publish_all(events).await.map(drop) })
+        let tries = (|| async { self.bus.publish_all(events).await.map(drop) })
             .retry(patience)
             .when(|error| !error.is_too_large())
             .notify(|error, after| {
                 tracing::warn!(%error, ?after, "could not record the step's events; trying again");
-            })
+            });
+        tokio::time::timeout(RECORD_PATIENCE, tries)
             .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::Nats(
+                    async_nats::jetstream::context::PublishError::with_source(
+                        async_nats::jetstream::context::PublishErrorKind::TimedOut,
+                        format!("not recorded within {}s", RECORD_PATIENCE.as_secs()),
+                    ),
+                ))
+            })
     }
 
     fn retry_later(&self, error: &anyhow::Error, delivered: i64) -> Disposition {

@@ -160,8 +160,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("binding the API to {}", config.http_addr))?;
     let http_addr = listener.local_addr()?;
+    // Not tied to NATS: while it is away the API still serves what Postgres holds, and refuses
+    // commands with a problem that says why (a coordinator taken out of its Service could
+    // say neither).
     let readiness = Readiness::default();
-    readiness.needs_nats(bus.jetstream().client());
     let state = api::AppState::new(api::AppContext {
         bus: bus.clone(),
         db,
