@@ -171,6 +171,37 @@ impl Stack {
             .collect()
     }
 
+    /// Hands `stored` (a `StepScheduled` or `QuestionAssigned` from the log) to the workers of
+    /// `provider` again, naming where it is stored, as a coordinator redelivering it past the
+    /// duplicate window would (a fresh `Nats-Msg-Id`); returns its sequence in their queue.
+    pub async fn hand_to_workers_again(&self, stored: &bus::Stored, provider: &str) -> u64 {
+        let again = async_nats::jetstream::message::PublishMessage::build()
+            .message_id(format!("{}-again", stored.envelope.meta.id))
+            .header(
+                cadre_proto::streams::LOG_SEQUENCE_HEADER,
+                stored.sequence.to_string().as_str(),
+            )
+            .payload(stored.envelope.encode().into());
+        let subject = subjects::dispatched_steps(provider, &stored.envelope.meta.tenant);
+        self.bus
+            .jetstream()
+            .send_publish(subject, again)
+            .await
+            .expect("publishing to the workers' queue")
+            .await
+            .expect("the workers' queue stores it")
+            .sequence
+    }
+
+    /// The queue of `provider`'s steps, as the server counts it now (`None` if unreadable).
+    pub async fn provider_queue(
+        &self,
+        provider: &str,
+    ) -> Option<async_nats::jetstream::consumer::Info> {
+        let name = cadre_proto::streams::agent_worker_consumer_name(provider);
+        self.bus.dispatch_stream().consumer_info(name).await.ok()
+    }
+
     /// The event log's counts and last sequence, now.
     pub async fn log_state(&self) -> async_nats::jetstream::stream::State {
         let mut stream = self.bus.stream().clone();

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use cadre_coordinator::partitions;
 use cadre_proto::streams::{
-    COORDINATORS_BUCKET, LOG_SEQUENCE_HEADER, PROJECTIONS, PROJECTORS_BUCKET,
-    agent_worker_consumer_name,
+    COORDINATORS_BUCKET, PROJECTIONS, PROJECTORS_BUCKET, agent_worker_consumer_name,
 };
 use cadre_proto::subjects;
 use cadre_proto::{Event, TenantId};
@@ -278,18 +277,9 @@ async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
     let Event::StepScheduled(step) = &scheduled.envelope.event else {
         unreachable!()
     };
-    let again = async_nats::jetstream::message::PublishMessage::build()
-        .message_id(format!("{}-again", scheduled.envelope.meta.id))
-        .header(LOG_SEQUENCE_HEADER, scheduled.sequence.to_string().as_str())
-        .payload(scheduled.envelope.encode().into());
-    js.send_publish(
-        subjects::dispatched_steps(&step.agent.provider, &tenant),
-        again,
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    stack
+        .hand_to_workers_again(scheduled, &step.agent.provider)
+        .await;
     settle(&stack).await;
 
     let events = stack.bus.read_all(&filter).await.unwrap();
@@ -411,24 +401,9 @@ async fn a_step_handed_to_a_worker_again_while_it_runs_there_asks_the_model_once
         .await
         .unwrap()
         .unwrap();
-    let again = async_nats::jetstream::message::PublishMessage::build()
-        .message_id(format!("{}-again", scheduled.envelope.meta.id))
-        .header(LOG_SEQUENCE_HEADER, scheduled.sequence.to_string().as_str())
-        .payload(scheduled.envelope.encode().into());
-    let js = stack.bus.jetstream();
-    js.send_publish(subjects::dispatched_steps(FAKE_PROVIDER, &tenant), again)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let queue = agent_worker_consumer_name(FAKE_PROVIDER);
+    stack.hand_to_workers_again(&scheduled, FAKE_PROVIDER).await;
     eventually(FINISH, "both deliveries on the worker", || async {
-        let info = stack
-            .bus
-            .dispatch_stream()
-            .consumer_info(queue.as_str())
-            .await
-            .ok()?;
+        let info = stack.provider_queue(FAKE_PROVIDER).await?;
         (info.num_ack_pending == 2).then_some(())
     })
     .await;

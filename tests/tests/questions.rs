@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use cadre_proto::streams::agent_worker_consumer_name;
 use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline};
 use cadre_tests::fake_llm::question_answer;
@@ -193,26 +192,9 @@ async fn teammates_answer_and_the_asker_finishes_its_step_with_their_answers() {
         .into_iter()
         .find(|stored| matches!(stored.envelope.event, Event::QuestionAssigned(_)))
         .unwrap();
-    let again = async_nats::jetstream::message::PublishMessage::build()
-        .message_id(format!("{}-again", assigned.envelope.meta.id))
-        .payload(assigned.envelope.encode().into());
-    let queued = stack
-        .bus
-        .jetstream()
-        .send_publish(subjects::dispatched_steps(FAKE_PROVIDER, &tenant), again)
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
-    let queue = agent_worker_consumer_name(FAKE_PROVIDER);
+    let queued = stack.hand_to_workers_again(&assigned, FAKE_PROVIDER).await;
     eventually(FINISH, "the copy settled", || async {
-        let info = stack
-            .bus
-            .dispatch_stream()
-            .consumer_info(queue.as_str())
-            .await
-            .ok()?;
+        let info = stack.provider_queue(FAKE_PROVIDER).await?;
         (info.ack_floor.stream_sequence >= queued).then_some(())
     })
     .await;
