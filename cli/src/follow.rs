@@ -15,7 +15,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use cadre_proto::events::{Event, Resolution};
+use cadre_proto::events::{Event, Resolution, TaskHandedOff};
 use cadre_proto::{AgentId, Envelope, ExecutionId, StepId};
 
 use crate::client::Client;
@@ -181,6 +181,15 @@ impl View {
             .unwrap_or_else(|| id.to_string())
     }
 
+    fn handed_off(&self, handoff: &TaskHandedOff) -> String {
+        format!(
+            "[{}] handed off from {} to {}",
+            handoff.task_id,
+            self.agent(handoff.from_agent),
+            self.agent(handoff.to_agent)
+        )
+    }
+
     fn progress(&self) -> String {
         format!("{}/{}", self.done.len(), self.steps.len())
     }
@@ -251,7 +260,7 @@ impl View {
             }
             Event::StepScheduled(e) => {
                 self.names.insert(e.agent.id, e.agent.name.clone());
-                match &e.review {
+                let mut line = match &e.review {
                     Some(review) => format!(
                         "[{}] review round {} by {} (of {}'s work)",
                         e.step.id,
@@ -266,7 +275,12 @@ impl View {
                         e.agent.name,
                         e.reason.describe()
                     ),
+                };
+                for handoff in e.handed_off() {
+                    line.push('\n');
+                    line.push_str(&self.handed_off(&handoff));
                 }
+                line
             }
             Event::StepStarted(e) => format!(
                 "[{}] started by {}",
@@ -279,12 +293,8 @@ impl View {
                 e.retry_at.format("%H:%M:%S"),
                 one_line(&e.error)
             ),
-            Event::TaskHandedOff(e) => format!(
-                "[{}] handed off from {} to {}",
-                e.task_id,
-                self.agent(e.from_agent),
-                self.agent(e.to_agent)
-            ),
+            // Logs written before handoffs travelled in the scheduling.
+            Event::TaskHandedOff(e) => self.handed_off(e),
             Event::InteractionRecorded(e) => format!(
                 "  {} -> {} ({}): {}",
                 self.agent(e.from_agent_id),

@@ -336,6 +336,49 @@ pub struct StepScheduled {
     /// attempt: what went wrong before, so as not to do it again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier_failures: Vec<FailedAttempt>,
+    /// The seed's `TaskHandoff`s that go with this attempt: one per other agent that completed
+    /// some of the step's dependencies, in dependency order (see [`StepScheduled::handed_off`]).
+    /// Only on a step's first attempt. They travel in the scheduling rather than as events of
+    /// their own (as [`TaskHandedOff`] before them) so that a step's scheduling is one event,
+    /// appended without an atomic batch, and the coordinators' inbox copies one event per
+    /// scheduling instead of two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handoffs: Vec<Handoff>,
+}
+
+impl StepScheduled {
+    /// Each of `handoffs` as the seed's `TaskHandoff` record: from its agent to this attempt's.
+    pub fn handed_off(&self) -> impl Iterator<Item = TaskHandedOff> + '_ {
+        self.handoffs.iter().map(|handoff| TaskHandedOff {
+            execution_id: self.execution_id,
+            workflow_id: self.workflow_id,
+            from_agent: handoff.from_agent,
+            to_agent: self.agent.id,
+            task_id: self.step.id.clone(),
+            task_name: self.step.name.clone(),
+            context: handoff.context.clone(),
+            success_criteria: handoff.success_criteria.clone(),
+            estimated_time: self.step.timeout_minutes,
+            escalation_conditions: handoff.escalation_conditions.clone(),
+        })
+    }
+}
+
+/// One agent handing a step over to the agent its [`StepScheduled`] names: a
+/// [`TaskHandedOff`] without what the scheduling already says (the execution, the step, the
+/// receiving agent, and the step's `timeoutMinutes` as the estimated time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handoff {
+    /// The agent that completed the dependencies named in `context.completedWork`.
+    pub from_agent: AgentId,
+    pub context: HandoffContext,
+    /// The step's `expectedOutput`, then its `validationCriteria`, if any.
+    pub success_criteria: String,
+    /// When the step stops being the agent's alone to finish: the definition's time-out, retry
+    /// and review rules, in words.
+    #[serde(default)]
+    pub escalation_conditions: Vec<String>,
 }
 
 /// A participant of an execution, as other agents see it.
@@ -422,10 +465,14 @@ impl StepAttempt {
 }
 
 /// A step's first attempt goes to another agent than the one that completed work it depends
-/// on: the seed's `TaskHandoff`, from that agent to the step's agent. The coordinator records
-/// one per such agent, in the decision that schedules the step (before its `StepScheduled`), so
-/// the next agent's starting point is on record. Not recorded for retries, reviews and reworks,
-/// nor for a step a child workflow runs.
+/// on: the seed's `TaskHandoff`, from that agent to the step's agent, so the next agent's
+/// starting point is on record. Not recorded for retries, reviews and reworks, nor for a step
+/// a child workflow runs.
+///
+/// The record readers see (the read models, the API); on the log since `handoffs` was added to
+/// [`StepScheduled`], a handoff travels in its step's scheduling ([`StepScheduled::handed_off`]
+/// gives it in this shape). Logs written before hold it as an event of its own, stored just
+/// before its `StepScheduled`, which every reader still folds.
 ///
 /// Everything in it is taken from the workflow definition and the execution's events, as
 /// bounded excerpts (see `context`): the whole results of the dependencies are at

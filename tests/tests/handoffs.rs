@@ -101,6 +101,52 @@ async fn a_step_taken_over_by_another_agent_is_handed_off_and_agents_report_thei
     }
     assert_eq!(status_of(&agents[2]).await.body["state"], "idle");
 
+    // A step that waits for the work of two other agents is handed over by each: both
+    // handoffs travel in its one scheduling, each listed once, page by page.
+    let fan_in = stack
+        .api
+        .create_workflow(&json!({
+            "name": "Two sources, one build",
+            "description": "Research and tests, then a build that needs both.",
+            "workflowType": "parallel",
+            "participatingAgents": agents,
+            "configuration": { "steps": [
+                fan_in_step("research", &agents[0], &[]),
+                fan_in_step("tests", &agents[2], &[]),
+                fan_in_step("build", &agents[1], &["research", "tests"]),
+            ] }
+        }))
+        .await;
+    let (fan_in_run, _) = api.start_execution(fan_in["id"].as_str().unwrap()).await;
+    let execution = api.wait_until_finished(&fan_in_run, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    let mut listed = Vec::new();
+    let mut next = Some(format!("/v1/executions/{fan_in_run}/handoffs?limit=1"));
+    while let Some(page) = next {
+        let reply = api.get(&page).await;
+        assert_eq!(reply.status, 200, "{page}: {}", reply.body);
+        listed.extend(reply.body.as_array().unwrap().iter().cloned());
+        assert!(listed.len() <= 2, "a handoff listed twice: {listed:#?}");
+        next = reply.next;
+    }
+    let mut from: Vec<_> = listed
+        .iter()
+        .map(|h| h["fromAgent"].as_str().unwrap())
+        .collect();
+    from.sort_unstable();
+    let mut expected = [agents[0].as_str(), agents[2].as_str()];
+    expected.sort_unstable();
+    assert_eq!(from, expected, "{listed:#?}");
+    assert!(
+        listed
+            .iter()
+            .all(|h| h["toAgent"] == agents[1].as_str() && h["taskId"] == "build")
+    );
+    assert_ne!(
+        listed[0]["id"], listed[1]["id"],
+        "each handoff has an id of its own"
+    );
+
     // Unknown ids are problems.
     let ghost = uuid::Uuid::now_v7();
     for path in [
@@ -112,4 +158,19 @@ async fn a_step_taken_over_by_another_agent_is_handed_off_and_agents_report_thei
         assert_eq!(reply.content_type, "application/problem+json", "{path}");
     }
     stack.stop().await;
+}
+
+/// A step of the fan-in workflow, for the agent `agent` (by id).
+fn fan_in_step(id: &str, agent: &str, depends_on: &[&str]) -> serde_json::Value {
+    json!({
+        "id": id,
+        "name": format!("Step {id}"),
+        "description": format!("The {id} of the feature."),
+        "type": "implementation",
+        "requiredSkills": [],
+        "instructions": format!("Do the {id}."),
+        "expectedOutput": format!("The {id}"),
+        "preferredAgentId": agent,
+        "dependsOn": depends_on,
+    })
 }

@@ -513,7 +513,8 @@ pub async fn usage(
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HandoffView {
-    /// The `TaskHandedOff` event the handoff was recorded by.
+    /// The handoff's id: derived from the `StepScheduled` event that carries it (or, in logs
+    /// written before handoffs travelled in the scheduling, its `TaskHandedOff` event's id).
     pub id: Uuid,
     pub execution_id: Uuid,
     pub workflow_id: Uuid,
@@ -542,32 +543,35 @@ pub struct HandoffContextView {
     pub dependencies: serde_json::Value,
 }
 
-/// An execution's handoffs, in the order they were recorded (by `event_sequence`). A step
-/// handed over again replaces its handoff, which moves to the end: a client paging through
-/// meanwhile may see it twice, never miss it.
+/// An execution's handoffs, in the order they were recorded (by `event_sequence`, then by id:
+/// one scheduling may carry several). A step handed over again replaces its handoff, which
+/// moves to the end: a client paging through meanwhile may see it twice, never miss it.
 pub async fn handoffs(
     db: &PgPool,
     tenant: &TenantId,
     execution_id: Uuid,
-    page: Page<i64>,
-) -> sqlx::Result<Paged<HandoffView, i64>> {
+    page: Page<(i64, Uuid)>,
+) -> sqlx::Result<Paged<HandoffView, (i64, Uuid)>> {
+    let (sequence, id) = page.after.unwrap_or((0, Uuid::nil()));
     let rows = sqlx::query!(
         "SELECT event_id, execution_id, workflow_id, from_agent_id, to_agent_id, task_id,
                 task_name, completed_work, remaining_work, constraints, dependencies,
                 success_criteria, estimated_time, escalation_conditions, created_at,
                 event_sequence
          FROM task_handoffs
-         WHERE tenant_id = $1 AND execution_id = $2 AND event_sequence > $3
-         ORDER BY event_sequence LIMIT $4",
+         WHERE tenant_id = $1 AND execution_id = $2
+           AND (event_sequence, event_id) > ($3::bigint, $4::uuid)
+         ORDER BY event_sequence, event_id LIMIT $5",
         tenant.as_str(),
         execution_id,
-        page.after.unwrap_or(0),
+        sequence,
+        id,
         page.fetch(),
     )
     .fetch_all(db)
     .await?;
     Ok(
-        Paged::of(rows, &page, |r| r.event_sequence).map(|r| HandoffView {
+        Paged::of(rows, &page, |r| (r.event_sequence, r.event_id)).map(|r| HandoffView {
             id: r.event_id,
             execution_id: r.execution_id,
             workflow_id: r.workflow_id,

@@ -209,7 +209,10 @@ impl Plan {
     fn interactions(&mut self, origin: &Origin, event: &Event) -> bool {
         match event {
             Event::KnowledgeShared(e) => self.interactions.knowledge_shared(origin, e),
-            Event::StepScheduled(e) => self.interactions.step_scheduled(origin, e),
+            Event::StepScheduled(e) => {
+                self.interactions.step_scheduled(origin, e);
+                self.handoffs.scheduled(origin, e);
+            }
             Event::TaskHandedOff(e) => self.handoffs.handed_off(origin, e),
             Event::StepStarted(e) => self.interactions.step_started(origin, e),
             Event::StepDeferred(e) => self.interactions.step_deferred(origin, e),

@@ -118,6 +118,19 @@ impl SortKey for i64 {
     }
 }
 
+impl SortKey for (i64, Uuid) {
+    fn parts(&self) -> Vec<String> {
+        vec![self.0.to_string(), self.1.to_string()]
+    }
+
+    fn from_parts(parts: &[&str]) -> Option<Self> {
+        match parts {
+            [n, id] => Some((n.parse().ok()?, id.parse().ok()?)),
+            _ => None,
+        }
+    }
+}
+
 impl SortKey for i32 {
     fn parts(&self) -> Vec<String> {
         vec![self.to_string()]
@@ -262,6 +275,11 @@ mod tests {
         );
         assert_eq!(decode("alerts", &encode("alerts", &42_i64)), Ok(42_i64));
         assert_eq!(decode("runs", &encode("runs", &7_i32)), Ok(7_i32));
+        let handoff = (42_i64, id);
+        assert_eq!(
+            decode("handoffs", &encode("handoffs", &handoff)),
+            Ok(handoff)
+        );
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! `task_handoffs`: the seed's `TaskHandoff`, one row per `TaskHandedOff`, for
+//! `task_handoffs`: the seed's `TaskHandoff`, one row per handoff a `StepScheduled` carries (or,
+//! in logs written before handoffs travelled in the scheduling, per `TaskHandedOff`), for
 //! `GET /v1/executions/{id}/handoffs`.
 //!
 //! A row is keyed by what it is about (tenant, execution, step, handing agent), not by the event
-//! id: the coordinator may record a handoff again when it decides again after only part of a
-//! decision was stored, and the newer record replaces the older one.
+//! id: a handoff recorded again (in older logs, a decision taken again after only part of it
+//! was stored) replaces the older record.
 
 use std::collections::HashMap;
 
-use cadre_proto::events::TaskHandedOff;
+use cadre_proto::EventId;
+use cadre_proto::events::{StepScheduled, TaskHandedOff};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -22,6 +24,8 @@ pub(crate) struct HandoffRow {
     pub execution_id: Uuid,
     pub task_id: String,
     pub from_agent_id: Uuid,
+    /// The handoff's id (the API's `id`): the `TaskHandedOff` event's, or derived from the
+    /// `StepScheduled` that carries the handoff.
     pub event_id: Uuid,
     pub workflow_id: Uuid,
     pub to_agent_id: Uuid,
@@ -48,13 +52,29 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
+    /// The handoffs `e` carries, each with an id of its own derived from the event's (several
+    /// agents may hand one step over).
+    pub fn scheduled(&mut self, origin: &Origin<'_>, e: &StepScheduled) {
+        for handoff in e.handed_off() {
+            let label = format!("handoff/{}", handoff.from_agent);
+            let id = EventId(origin.event_id).child(&label).0;
+            self.record(origin, &handoff, id);
+        }
+    }
+
+    /// A handoff stored as an event of its own (logs written before handoffs travelled in the
+    /// scheduling): its id is the event's.
     pub fn handed_off(&mut self, origin: &Origin<'_>, e: &TaskHandedOff) {
+        self.record(origin, e, origin.event_id);
+    }
+
+    fn record(&mut self, origin: &Origin<'_>, e: &TaskHandedOff, id: Uuid) {
         let row = HandoffRow {
             tenant_id: origin.tenant.to_owned(),
             execution_id: e.execution_id.0,
             task_id: e.task_id.to_string(),
             from_agent_id: e.from_agent.0,
-            event_id: origin.event_id,
+            event_id: id,
             workflow_id: e.workflow_id.0,
             to_agent_id: e.to_agent.0,
             task_name: e.task_name.clone(),
@@ -148,7 +168,8 @@ pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 mod tests {
-    use cadre_proto::AgentId;
+    use cadre_proto::events::Handoff;
+    use cadre_proto::{AgentId, Event};
     use serde_json::json;
 
     use crate::incoming::Incoming;
@@ -181,6 +202,58 @@ mod tests {
             row.event_id,
             batch[0].content.as_ref().unwrap().meta.id.0,
             "the event it comes from"
+        );
+    }
+
+    #[test]
+    fn each_handoff_a_scheduling_carries_is_a_row_with_an_id_of_its_own() {
+        let mut f = Fixture::new();
+        let (bo, cy) = (AgentId::new(), AgentId::new());
+        let Event::TaskHandedOff(alone) = f.handed_off(bo, "Research: found three options") else {
+            unreachable!()
+        };
+        let Event::StepScheduled(mut scheduled) = f.scheduled(1) else {
+            unreachable!()
+        };
+        scheduled.handoffs = [bo, cy]
+            .map(|from_agent| Handoff {
+                from_agent,
+                context: alone.context.clone(),
+                success_criteria: alone.success_criteria.clone(),
+                escalation_conditions: alone.escalation_conditions.clone(),
+            })
+            .into();
+        let batch = vec![f.message(Event::StepScheduled(scheduled))];
+        let plan = plan_all(&batch);
+        let [first, second] = plan.handoffs.rows.as_slice() else {
+            panic!("two rows: {:?}", plan.handoffs.rows)
+        };
+        assert_eq!((first.from_agent_id, second.from_agent_id), (bo.0, cy.0));
+        for row in [first, second] {
+            assert_eq!(row.to_agent_id, f.agent.id.0);
+            assert_eq!(
+                (row.task_id.as_str(), row.completed_work.as_str()),
+                ("design", "Research: found three options")
+            );
+            assert_eq!(
+                row.estimated_time, f.step.timeout_minutes,
+                "the step's time-out"
+            );
+            assert_eq!(row.event_sequence, batch[0].sequence as i64);
+        }
+        let event_id = batch[0].content.as_ref().unwrap().meta.id.0;
+        let ids = [first.event_id, second.event_id];
+        assert!(ids[0] != ids[1] && !ids.contains(&event_id), "{ids:?}");
+        // A replay derives the same ids, so it writes the same rows.
+        let again = plan_all(&batch);
+        assert_eq!(
+            again
+                .handoffs
+                .rows
+                .iter()
+                .map(|r| r.event_id)
+                .collect::<Vec<_>>(),
+            ids
         );
     }
 

@@ -4,8 +4,8 @@ use cadre_proto::events::AgentRecord;
 use cadre_proto::events::{
     AssignmentReason, Ballot, EscalationContext, EscalationKind, EscalationResolved,
     ExecutionCancelled, ExecutionCompleted, ExecutionEscalated, ExecutionFailed, ExecutionPaused,
-    ExecutionReplanned, ExecutionResumed, ExecutionStarted, FailedAttempt, FailureCause, LeadTaken,
-    ParentStep, QuestionAnswer, QuestionAssigned, QuestionsExpired, Request, Resolution,
+    ExecutionReplanned, ExecutionResumed, ExecutionStarted, FailedAttempt, FailureCause, Handoff,
+    LeadTaken, ParentStep, QuestionAnswer, QuestionAssigned, QuestionsExpired, Request, Resolution,
     ReviewRequest, RiskSource, SagaStarted, StepAttempt, StepEscalated, StepRetryDue,
     StepRetryScheduled, StepScheduled, StepSkipped, StepTimedOut, Teammate, Unanswered,
     VotesTallied,
@@ -1127,6 +1127,7 @@ fn advance(execution: &Execution, now: DateTime<Utc>) -> Vec<Event> {
                     feedback: progress.feedback.clone(),
                     answers: answers(progress),
                     earlier_failures: Vec::new(),
+                    handoffs: Vec::new(),
                 },
                 now,
             ));
@@ -1242,9 +1243,7 @@ fn advance(execution: &Execution, now: DateTime<Utc>) -> Vec<Event> {
         };
         *load.entry(agent.id).or_insert(0) += 1;
         active += 1;
-        // Before the scheduling: if only part of this decision is stored, the next one still
-        // records the handoffs (and not twice).
-        events.extend(handoff::handed_off(execution, step, agent));
+        let handoffs = handoff::handed_off(execution, step, agent);
         let feedback = review
             .is_none()
             .then(|| progress.feedback.clone())
@@ -1263,6 +1262,7 @@ fn advance(execution: &Execution, now: DateTime<Utc>) -> Vec<Event> {
                     StepState::Escalating { .. } => progress.failed.clone(),
                     _ => Vec::new(),
                 },
+                handoffs,
             },
             now,
         ));
@@ -1701,6 +1701,7 @@ fn task_scheduled(
             feedback: None,
             answers: Vec::new(),
             earlier_failures: Vec::new(),
+            handoffs: Vec::new(),
         },
         now,
     )
@@ -1716,6 +1717,7 @@ struct Scheduling<'a> {
     feedback: Option<String>,
     answers: Vec<QuestionAnswer>,
     earlier_failures: Vec<FailedAttempt>,
+    handoffs: Vec<Handoff>,
 }
 
 fn scheduled(execution: &Execution, scheduling: Scheduling<'_>, now: DateTime<Utc>) -> Event {
@@ -1729,6 +1731,7 @@ fn scheduled(execution: &Execution, scheduling: Scheduling<'_>, now: DateTime<Ut
         feedback,
         answers,
         earlier_failures,
+        handoffs,
     } = scheduling;
     Event::StepScheduled(Box::new(StepScheduled {
         execution_id: execution.id,
@@ -1754,6 +1757,7 @@ fn scheduled(execution: &Execution, scheduling: Scheduling<'_>, now: DateTime<Ut
             .collect(),
         answers,
         earlier_failures,
+        handoffs,
     }))
 }
 

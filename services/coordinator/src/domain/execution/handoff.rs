@@ -1,14 +1,14 @@
 //! The seed's `TaskHandoff`: when a step's first attempt goes to another agent than the one
-//! that completed work it depends on, that agent hands the step over ([`TaskHandedOff`]).
+//! that completed work it depends on, that agent hands the step over ([`Handoff`], carried by
+//! the step's `StepScheduled`).
 //!
 //! Built from the workflow definition and the execution's state only (no clock, no I/O): what
 //! was done (the dependencies' summaries), what is left (the step's instructions), and the
 //! rules the definition declares for the step, in words. Texts are cut to fixed lengths so a
-//! handoff stays small beside the `StepScheduled` it precedes.
+//! handoff stays small beside the rest of the `StepScheduled` that carries it.
 
 use cadre_proto::AgentId;
-use cadre_proto::Event;
-use cadre_proto::events::{HandoffContext, TaskHandedOff};
+use cadre_proto::events::{Handoff, HandoffContext};
 use cadre_proto::model::{AgentProfile, WorkflowStep};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
@@ -24,13 +24,14 @@ pub const SUCCESS_CRITERIA_CHARS: usize = 1000;
 /// The handoffs that go with scheduling `step` on `agent`: one per other agent that completed
 /// some of the step's dependencies, in dependency order. Only for the step's first attempt (a
 /// retry, a review or a rework hands nothing over) and never for a step a child workflow
-/// runs. Handoffs already recorded for the same pair of agents are left out: a decision that
-/// is taken again after only part of it was appended records each once.
+/// runs. Handoffs already recorded for the same pair of agents are left out (in logs written
+/// before handoffs travelled in the scheduling, a `TaskHandedOff` may be stored without the
+/// `StepScheduled` that followed it in its decision): each is recorded once.
 pub(super) fn handed_off(
     execution: &Execution,
     step: &WorkflowStep,
     agent: &AgentProfile,
-) -> Vec<Event> {
+) -> Vec<Handoff> {
     let progress = &execution.steps[&step.id];
     if progress.attempt != 0 || step.child_workflow_id.is_some() {
         return vec![];
@@ -92,22 +93,14 @@ pub(super) fn handed_off(
     let escalation_conditions = escalation_conditions(execution, step);
     done_by
         .into_iter()
-        .map(|(from, lines)| {
-            Event::TaskHandedOff(Box::new(TaskHandedOff {
-                execution_id: execution.id,
-                workflow_id: workflow.id,
-                from_agent: from,
-                to_agent: agent.id,
-                task_id: step.id.clone(),
-                task_name: step.name.clone(),
-                context: HandoffContext {
-                    completed_work: lines.join("\n"),
-                    ..context.clone()
-                },
-                success_criteria: success_criteria.clone(),
-                estimated_time: step.timeout_minutes,
-                escalation_conditions: escalation_conditions.clone(),
-            }))
+        .map(|(from, lines)| Handoff {
+            from_agent: from,
+            context: HandoffContext {
+                completed_work: lines.join("\n"),
+                ..context.clone()
+            },
+            success_criteria: success_criteria.clone(),
+            escalation_conditions: escalation_conditions.clone(),
         })
         .collect()
 }

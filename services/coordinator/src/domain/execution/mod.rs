@@ -281,6 +281,13 @@ impl StepProgress {
 }
 
 impl StepProgress {
+    /// Records that `from` handed the step to `to`, once per pair.
+    fn handed_off(&mut self, from: AgentId, to: AgentId) {
+        if !self.handoffs.contains(&(from, to)) {
+            self.handoffs.push((from, to));
+        }
+    }
+
     /// Whether an attempt is under way: handed out, running, or waiting for its questions'
     /// answers.
     pub fn is_active(&self) -> bool {
@@ -713,13 +720,14 @@ impl Execution {
                     p.questions.clear();
                     p.answered = !e.answers.is_empty();
                 }
-            }),
-            Event::TaskHandedOff(e) => self.step_event(&e.task_id, |p| {
-                let pair = (e.from_agent, e.to_agent);
-                if !p.handoffs.contains(&pair) {
-                    p.handoffs.push(pair);
+                for handoff in &e.handoffs {
+                    p.handed_off(handoff.from_agent, e.agent.id);
                 }
             }),
+            // Logs written before handoffs travelled in the scheduling.
+            Event::TaskHandedOff(e) => {
+                self.step_event(&e.task_id, |p| p.handed_off(e.from_agent, e.to_agent));
+            }
             Event::StepStarted(e) => self.step_event(&e.attempt.step_id, |p| {
                 if p.attempt == e.attempt.number && matches!(p.state, StepState::Scheduled { .. }) {
                     p.state = StepState::Running {
