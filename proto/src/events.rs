@@ -336,49 +336,76 @@ pub struct StepScheduled {
     /// attempt: what went wrong before, so as not to do it again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier_failures: Vec<FailedAttempt>,
-    /// The seed's `TaskHandoff`s that go with this attempt: one per other agent that completed
-    /// some of the step's dependencies, in dependency order (see [`StepScheduled::handed_off`]).
-    /// Only on a step's first attempt. They travel in the scheduling rather than as events of
-    /// their own (as [`TaskHandedOff`] before them) so that a step's scheduling is one event,
-    /// appended without an atomic batch, and the coordinators' inbox copies one event per
-    /// scheduling instead of two.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub handoffs: Vec<Handoff>,
+    /// The seed's `TaskHandoff`s that go with this attempt, when other agents completed some
+    /// of the step's dependencies (see [`StepScheduled::handed_off`]). Only on a step's first
+    /// attempt. They travel in the scheduling rather than as events of their own (as
+    /// [`TaskHandedOff`] before them): a scheduling is one append, never stored without its
+    /// handoffs nor they without it, and the coordinators' inbox copies one event for it
+    /// instead of two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
 }
 
 impl StepScheduled {
-    /// Each of `handoffs` as the seed's `TaskHandoff` record: from its agent to this attempt's.
+    /// The handoff as the seed's `TaskHandoff` records, one per handing agent, in dependency
+    /// order: from that agent to this attempt's.
     pub fn handed_off(&self) -> impl Iterator<Item = TaskHandedOff> + '_ {
-        self.handoffs.iter().map(|handoff| TaskHandedOff {
-            execution_id: self.execution_id,
-            workflow_id: self.workflow_id,
-            from_agent: handoff.from_agent,
-            to_agent: self.agent.id,
-            task_id: self.step.id.clone(),
-            task_name: self.step.name.clone(),
-            context: handoff.context.clone(),
-            success_criteria: handoff.success_criteria.clone(),
-            estimated_time: self.step.timeout_minutes,
-            escalation_conditions: handoff.escalation_conditions.clone(),
+        self.handoff.iter().flat_map(move |handoff| {
+            handoff.from.iter().map(move |giver| TaskHandedOff {
+                execution_id: self.execution_id,
+                workflow_id: self.workflow_id,
+                from_agent: giver.agent_id,
+                to_agent: self.agent.id,
+                task_id: self.step.id.clone(),
+                task_name: self.step.name.clone(),
+                context: HandoffContext {
+                    completed_work: giver.completed_work.clone(),
+                    remaining_work: handoff.remaining_work.clone(),
+                    constraints: handoff.constraints.clone(),
+                    dependencies: handoff.dependencies.clone(),
+                },
+                success_criteria: handoff.success_criteria.clone(),
+                estimated_time: self.step.timeout_minutes,
+                escalation_conditions: handoff.escalation_conditions.clone(),
+            })
         })
     }
 }
 
-/// One agent handing a step over to the agent its [`StepScheduled`] names: a
-/// [`TaskHandedOff`] without what the scheduling already says (the execution, the step, the
-/// receiving agent, and the step's `timeoutMinutes` as the estimated time).
+/// A step handed over to the agent its [`StepScheduled`] names, by each other agent that
+/// completed some of its dependencies: the [`TaskHandedOff`] records without what the
+/// scheduling already says (the execution, the step, the receiving agent, the step's
+/// `timeoutMinutes` as the estimated time), and what they share said once, so that its size
+/// grows with the handing agents plus the dependencies, not with their product.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Handoff {
-    /// The agent that completed the dependencies named in `context.completedWork`.
-    pub from_agent: AgentId,
-    pub context: HandoffContext,
+    /// Who hands the step over, in dependency order, each with what it did.
+    pub from: Vec<HandingAgent>,
+    /// What is left: the step's `instructions`, cut to a bounded length.
+    pub remaining_work: String,
+    /// The declared rules that bind the work, in words (see [`HandoffContext::constraints`]).
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// Every step the handed-over step waits for, as `<step id> (<name>): <state>`.
+    #[serde(default)]
+    pub dependencies: Vec<String>,
     /// The step's `expectedOutput`, then its `validationCriteria`, if any.
     pub success_criteria: String,
     /// When the step stops being the agent's alone to finish: the definition's time-out, retry
     /// and review rules, in words.
     #[serde(default)]
     pub escalation_conditions: Vec<String>,
+}
+
+/// One agent that hands a step over, and what it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandingAgent {
+    pub agent_id: AgentId,
+    /// One line per dependency it completed, `<step name>: <its summary>`, each summary cut to
+    /// a few hundred characters (see [`HandoffContext::completed_work`]).
+    pub completed_work: String,
 }
 
 /// A participant of an execution, as other agents see it.

@@ -158,17 +158,17 @@ pub fn every_event() -> Vec<Event> {
             agent_id: AgentId::new(),
             error: "HTTP 400".into(),
         }],
-        handoffs: vec![Handoff {
-            from_agent: AgentId::new(),
-            context: HandoffContext {
+        handoff: Some(Handoff {
+            from: vec![HandingAgent {
+                agent_id: AgentId::new(),
                 completed_work: "A: the design".into(),
-                remaining_work: "build it".into(),
-                constraints: vec!["one attempt may take at most 5 minute(s)".into()],
-                dependencies: vec!["a (A): completed by Ada".into()],
-            },
+            }],
+            remaining_work: "build it".into(),
+            constraints: vec!["one attempt may take at most 5 minute(s)".into()],
+            dependencies: vec!["a (A): completed by Ada".into()],
             success_criteria: "a build".into(),
             escalation_conditions: vec!["a failed attempt fails the execution".into()],
-        }],
+        }),
     };
     let tokens = TokenUsage {
         prompt: 1,

@@ -893,7 +893,7 @@ mod tests {
                 team: Vec::new(),
                 answers: Vec::new(),
                 earlier_failures: Vec::new(),
-                handoffs: Vec::new(),
+                handoff: None,
             },
         }
     }

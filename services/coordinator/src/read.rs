@@ -554,14 +554,14 @@ pub async fn handoffs(
 ) -> sqlx::Result<Paged<HandoffView, (i64, Uuid)>> {
     let (sequence, id) = page.after.unwrap_or((0, Uuid::nil()));
     let rows = sqlx::query!(
-        "SELECT event_id, execution_id, workflow_id, from_agent_id, to_agent_id, task_id,
+        "SELECT id, execution_id, workflow_id, from_agent_id, to_agent_id, task_id,
                 task_name, completed_work, remaining_work, constraints, dependencies,
                 success_criteria, estimated_time, escalation_conditions, created_at,
                 event_sequence
          FROM task_handoffs
          WHERE tenant_id = $1 AND execution_id = $2
-           AND (event_sequence, event_id) > ($3::bigint, $4::uuid)
-         ORDER BY event_sequence, event_id LIMIT $5",
+           AND (event_sequence, id) > ($3::bigint, $4::uuid)
+         ORDER BY event_sequence, id LIMIT $5",
         tenant.as_str(),
         execution_id,
         sequence,
@@ -571,8 +571,8 @@ pub async fn handoffs(
     .fetch_all(db)
     .await?;
     Ok(
-        Paged::of(rows, &page, |r| (r.event_sequence, r.event_id)).map(|r| HandoffView {
-            id: r.event_id,
+        Paged::of(rows, &page, |r| (r.event_sequence, r.id)).map(|r| HandoffView {
+            id: r.id,
             execution_id: r.execution_id,
             workflow_id: r.workflow_id,
             from_agent: r.from_agent_id,

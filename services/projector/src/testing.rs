@@ -283,7 +283,7 @@ impl Fixture {
             team: Vec::new(),
             answers: Vec::new(),
             earlier_failures: Vec::new(),
-            handoffs: Vec::new(),
+            handoff: None,
         }))
     }
 

@@ -18,8 +18,9 @@
 //! - a **cost** is the `costUsd` of a counted `StepCompleted` (absent when the model has no
 //!   price): it counts for the agent that completed the attempt.
 //! - a **question** is one handed to a teammate (`QuestionAssigned`), answered when the teammate
-//!   gave an answer (`QuestionAnswered` with one); a **handoff** is a `TaskHandedOff`, completed
-//!   when the receiving agent completed the task.
+//!   gave an answer (`QuestionAnswered` with one); a **handoff** is one of a `StepScheduled`'s
+//!   handing agents (a `TaskHandedOff` in older logs), completed when the receiving agent
+//!   completed the task.
 //!
 //! The seed's `userSatisfaction` is left out: no event records what a user thought of the work,
 //! so there is nothing to measure it from.

@@ -118,6 +118,7 @@ impl SortKey for i64 {
     }
 }
 
+/// A log position and an id: rows of one event, in id order.
 impl SortKey for (i64, Uuid) {
     fn parts(&self) -> Vec<String> {
         vec![self.0.to_string(), self.1.to_string()]
@@ -126,6 +127,9 @@ impl SortKey for (i64, Uuid) {
     fn from_parts(parts: &[&str]) -> Option<Self> {
         match parts {
             [n, id] => Some((n.parse().ok()?, id.parse().ok()?)),
+            // A cursor of a list that was keyed by position alone (one row per event): after
+            // every row of that event.
+            [n] => Some((n.parse().ok()?, Uuid::max())),
             _ => None,
         }
     }
@@ -279,6 +283,11 @@ mod tests {
         assert_eq!(
             decode("handoffs", &encode("handoffs", &handoff)),
             Ok(handoff)
+        );
+        assert_eq!(
+            decode("handoffs", &encode("handoffs", &42_i64)),
+            Ok((42_i64, Uuid::max())),
+            "a cursor of the release before"
         );
     }
 

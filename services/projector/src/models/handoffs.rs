@@ -24,8 +24,10 @@ pub(crate) struct HandoffRow {
     pub execution_id: Uuid,
     pub task_id: String,
     pub from_agent_id: Uuid,
-    /// The handoff's id (the API's `id`): the `TaskHandedOff` event's, or derived from the
-    /// `StepScheduled` that carries the handoff.
+    /// The handoff's id (the API's `id`): derived from the id of the `StepScheduled` that
+    /// carries it, or a `TaskHandedOff` event's own.
+    pub id: Uuid,
+    /// The event the row comes from.
     pub event_id: Uuid,
     pub workflow_id: Uuid,
     pub to_agent_id: Uuid,
@@ -74,7 +76,8 @@ impl Changes {
             execution_id: e.execution_id.0,
             task_id: e.task_id.to_string(),
             from_agent_id: e.from_agent.0,
-            event_id: id,
+            id,
+            event_id: origin.event_id,
             workflow_id: e.workflow_id.0,
             to_agent_id: e.to_agent.0,
             task_name: e.task_name.clone(),
@@ -110,21 +113,22 @@ impl Changes {
         if rows.is_empty() {
             return Ok(());
         }
-        columns!(for r in rows => tenant_id, execution_id, task_id, from_agent_id, event_id,
+        columns!(for r in rows => tenant_id, execution_id, task_id, from_agent_id, id, event_id,
                  workflow_id, to_agent_id, task_name, completed_work, remaining_work,
                  constraints, dependencies, success_criteria, estimated_time,
                  escalation_conditions, created_at, event_sequence);
         sqlx::query!(
-            "INSERT INTO task_handoffs (tenant_id, execution_id, task_id, from_agent_id, event_id,
-                 workflow_id, to_agent_id, task_name, completed_work, remaining_work, constraints,
+            "INSERT INTO task_handoffs (tenant_id, execution_id, task_id, from_agent_id, id,
+                 event_id, workflow_id, to_agent_id, task_name, completed_work, remaining_work, constraints,
                  dependencies, success_criteria, estimated_time, escalation_conditions,
                  created_at, event_sequence)
              SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
-                                  $6::uuid[], $7::uuid[], $8::text[], $9::text[], $10::text[],
-                                  $11::jsonb[], $12::jsonb[], $13::text[], $14::float8[],
-                                  $15::jsonb[], $16::timestamptz[], $17::bigint[])
+                                  $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::text[],
+                                  $11::text[], $12::jsonb[], $13::jsonb[], $14::text[],
+                                  $15::float8[], $16::jsonb[], $17::timestamptz[],
+                                  $18::bigint[])
              ON CONFLICT (tenant_id, execution_id, task_id, from_agent_id) DO UPDATE SET
-                 event_id = excluded.event_id, workflow_id = excluded.workflow_id,
+                 id = excluded.id, event_id = excluded.event_id, workflow_id = excluded.workflow_id,
                  to_agent_id = excluded.to_agent_id, task_name = excluded.task_name,
                  completed_work = excluded.completed_work,
                  remaining_work = excluded.remaining_work, constraints = excluded.constraints,
@@ -138,6 +142,7 @@ impl Changes {
             &execution_id,
             &task_id,
             &from_agent_id,
+            &id,
             &event_id,
             &workflow_id,
             &to_agent_id,
@@ -168,10 +173,11 @@ pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 mod tests {
-    use cadre_proto::events::Handoff;
+    use cadre_proto::events::{HandingAgent, Handoff};
     use cadre_proto::{AgentId, Event};
     use serde_json::json;
 
+    use super::HandoffRow;
     use crate::incoming::Incoming;
     use crate::testing::{Fixture, TestDb, lease, plan_all, project, rows};
 
@@ -198,11 +204,8 @@ mod tests {
         );
         assert_eq!(row.success_criteria, "A design");
         assert_eq!(row.estimated_time, Some(5.0));
-        assert_eq!(
-            row.event_id,
-            batch[0].content.as_ref().unwrap().meta.id.0,
-            "the event it comes from"
-        );
+        let event_id = batch[0].content.as_ref().unwrap().meta.id.0;
+        assert_eq!((row.id, row.event_id), (event_id, event_id), "the event's");
     }
 
     #[test]
@@ -215,44 +218,77 @@ mod tests {
         let Event::StepScheduled(mut scheduled) = f.scheduled(1) else {
             unreachable!()
         };
-        scheduled.handoffs = [bo, cy]
-            .map(|from_agent| Handoff {
-                from_agent,
-                context: alone.context.clone(),
-                success_criteria: alone.success_criteria.clone(),
-                escalation_conditions: alone.escalation_conditions.clone(),
-            })
-            .into();
+        let context = &alone.context;
+        scheduled.handoff = Some(Handoff {
+            from: [bo, cy]
+                .map(|agent_id| HandingAgent {
+                    agent_id,
+                    completed_work: context.completed_work.clone(),
+                })
+                .into(),
+            remaining_work: context.remaining_work.clone(),
+            constraints: context.constraints.clone(),
+            dependencies: context.dependencies.clone(),
+            success_criteria: alone.success_criteria.clone(),
+            escalation_conditions: alone.escalation_conditions.clone(),
+        });
         let batch = vec![f.message(Event::StepScheduled(scheduled))];
         let plan = plan_all(&batch);
         let [first, second] = plan.handoffs.rows.as_slice() else {
             panic!("two rows: {:?}", plan.handoffs.rows)
         };
         assert_eq!((first.from_agent_id, second.from_agent_id), (bo.0, cy.0));
+        let event_id = batch[0].content.as_ref().unwrap().meta.id.0;
         for row in [first, second] {
-            assert_eq!(row.to_agent_id, f.agent.id.0);
+            // The record the handoff would have been as an event of its own, but for its ids.
+            let expected = HandoffRow {
+                from_agent_id: row.from_agent_id,
+                ..plan_all(&[f.message(Event::TaskHandedOff(alone.clone()))])
+                    .handoffs
+                    .rows[0]
+                    .clone()
+            };
             assert_eq!(
-                (row.task_id.as_str(), row.completed_work.as_str()),
-                ("design", "Research: found three options")
+                (
+                    &row.to_agent_id,
+                    &row.task_id,
+                    &row.completed_work,
+                    &row.constraints
+                ),
+                (
+                    &expected.to_agent_id,
+                    &expected.task_id,
+                    &expected.completed_work,
+                    &expected.constraints
+                )
+            );
+            assert_eq!(
+                (
+                    &row.remaining_work,
+                    &row.dependencies,
+                    &row.success_criteria,
+                    &row.escalation_conditions
+                ),
+                (
+                    &expected.remaining_work,
+                    &expected.dependencies,
+                    &expected.success_criteria,
+                    &expected.escalation_conditions
+                )
             );
             assert_eq!(
                 row.estimated_time, f.step.timeout_minutes,
                 "the step's time-out"
             );
             assert_eq!(row.event_sequence, batch[0].sequence as i64);
+            assert_eq!(row.event_id, event_id, "the event it comes from");
         }
-        let event_id = batch[0].content.as_ref().unwrap().meta.id.0;
-        let ids = [first.event_id, second.event_id];
+        let ids = [first.id, second.id];
         assert!(ids[0] != ids[1] && !ids.contains(&event_id), "{ids:?}");
         // A replay derives the same ids, so it writes the same rows.
         let again = plan_all(&batch);
         assert_eq!(
-            again
-                .handoffs
-                .rows
-                .iter()
-                .map(|r| r.event_id)
-                .collect::<Vec<_>>(),
+            again.handoffs.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
             ids
         );
     }

@@ -114,7 +114,7 @@ impl Log {
             team: vec![],
             answers: vec![],
             earlier_failures: vec![],
-            handoffs: vec![],
+            handoff: None,
         }))
     }
 

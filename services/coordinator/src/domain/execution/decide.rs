@@ -1127,7 +1127,7 @@ fn advance(execution: &Execution, now: DateTime<Utc>) -> Vec<Event> {
                     feedback: progress.feedback.clone(),
                     answers: answers(progress),
                     earlier_failures: Vec::new(),
-                    handoffs: Vec::new(),
+                    handoff: None,
                 },
                 now,
             ));
@@ -1243,7 +1243,7 @@ fn advance(execution: &Execution, now: DateTime<Utc>) -> Vec<Event> {
         };
         *load.entry(agent.id).or_insert(0) += 1;
         active += 1;
-        let handoffs = handoff::handed_off(execution, step, agent);
+        let handoff = handoff::handed_off(execution, step, agent);
         let feedback = review
             .is_none()
             .then(|| progress.feedback.clone())
@@ -1262,7 +1262,7 @@ fn advance(execution: &Execution, now: DateTime<Utc>) -> Vec<Event> {
                     StepState::Escalating { .. } => progress.failed.clone(),
                     _ => Vec::new(),
                 },
-                handoffs,
+                handoff,
             },
             now,
         ));
@@ -1701,7 +1701,7 @@ fn task_scheduled(
             feedback: None,
             answers: Vec::new(),
             earlier_failures: Vec::new(),
-            handoffs: Vec::new(),
+            handoff: None,
         },
         now,
     )
@@ -1717,7 +1717,7 @@ struct Scheduling<'a> {
     feedback: Option<String>,
     answers: Vec<QuestionAnswer>,
     earlier_failures: Vec<FailedAttempt>,
-    handoffs: Vec<Handoff>,
+    handoff: Option<Handoff>,
 }
 
 fn scheduled(execution: &Execution, scheduling: Scheduling<'_>, now: DateTime<Utc>) -> Event {
@@ -1731,7 +1731,7 @@ fn scheduled(execution: &Execution, scheduling: Scheduling<'_>, now: DateTime<Ut
         feedback,
         answers,
         earlier_failures,
-        handoffs,
+        handoff,
     } = scheduling;
     Event::StepScheduled(Box::new(StepScheduled {
         execution_id: execution.id,
@@ -1757,7 +1757,7 @@ fn scheduled(execution: &Execution, scheduling: Scheduling<'_>, now: DateTime<Ut
             .collect(),
         answers,
         earlier_failures,
-        handoffs,
+        handoff,
     }))
 }
 

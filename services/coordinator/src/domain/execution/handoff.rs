@@ -8,7 +8,7 @@
 //! handoff stays small beside the rest of the `StepScheduled` that carries it.
 
 use cadre_proto::AgentId;
-use cadre_proto::events::{Handoff, HandoffContext};
+use cadre_proto::events::{HandingAgent, Handoff};
 use cadre_proto::model::{AgentProfile, WorkflowStep};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
@@ -21,8 +21,8 @@ pub const REMAINING_WORK_CHARS: usize = 1000;
 /// Characters of the step's expected output and validation criteria (`successCriteria`).
 pub const SUCCESS_CRITERIA_CHARS: usize = 1000;
 
-/// The handoffs that go with scheduling `step` on `agent`: one per other agent that completed
-/// some of the step's dependencies, in dependency order. Only for the step's first attempt (a
+/// The handoff that goes with scheduling `step` on `agent`: from each other agent that completed
+/// some of the step's dependencies, in dependency order; `None` when there is none. Only for the step's first attempt (a
 /// retry, a review or a rework hands nothing over) and never for a step a child workflow
 /// runs. Handoffs already recorded for the same pair of agents are left out (in logs written
 /// before handoffs travelled in the scheduling, a `TaskHandedOff` may be stored without the
@@ -31,10 +31,10 @@ pub(super) fn handed_off(
     execution: &Execution,
     step: &WorkflowStep,
     agent: &AgentProfile,
-) -> Vec<Handoff> {
+) -> Option<Handoff> {
     let progress = &execution.steps[&step.id];
     if progress.attempt != 0 || step.child_workflow_id.is_some() {
-        return vec![];
+        return None;
     }
     let workflow = &execution.workflow;
     let dependencies = workflow.dependencies(step);
@@ -69,10 +69,16 @@ pub(super) fn handed_off(
     }
     done_by.retain(|(from, _)| !progress.handoffs.contains(&(*from, agent.id)));
     if done_by.is_empty() {
-        return vec![];
+        return None;
     }
-    let context = HandoffContext {
-        completed_work: String::new(),
+    Some(Handoff {
+        from: done_by
+            .into_iter()
+            .map(|(agent_id, lines)| HandingAgent {
+                agent_id,
+                completed_work: lines.join("\n"),
+            })
+            .collect(),
         remaining_work: excerpt(&step.instructions, REMAINING_WORK_CHARS),
         constraints: constraints(execution, step),
         dependencies: dependencies
@@ -88,21 +94,9 @@ pub(super) fn handed_off(
                 ))
             })
             .collect(),
-    };
-    let success_criteria = excerpt(&success_criteria(step), SUCCESS_CRITERIA_CHARS);
-    let escalation_conditions = escalation_conditions(execution, step);
-    done_by
-        .into_iter()
-        .map(|(from, lines)| Handoff {
-            from_agent: from,
-            context: HandoffContext {
-                completed_work: lines.join("\n"),
-                ..context.clone()
-            },
-            success_criteria: success_criteria.clone(),
-            escalation_conditions: escalation_conditions.clone(),
-        })
-        .collect()
+        success_criteria: excerpt(&success_criteria(step), SUCCESS_CRITERIA_CHARS),
+        escalation_conditions: escalation_conditions(execution, step),
+    })
 }
 
 /// A dependency's state as the next agent needs to know it.

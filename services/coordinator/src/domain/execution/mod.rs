@@ -720,8 +720,8 @@ impl Execution {
                     p.questions.clear();
                     p.answered = !e.answers.is_empty();
                 }
-                for handoff in &e.handoffs {
-                    p.handed_off(handoff.from_agent, e.agent.id);
+                for giver in e.handoff.iter().flat_map(|handoff| &handoff.from) {
+                    p.handed_off(giver.agent_id, e.agent.id);
                 }
             }),
             // Logs written before handoffs travelled in the scheduling.
