@@ -496,9 +496,9 @@ impl StepAttempt {
 /// starting point is on record. Not recorded for retries, reviews and reworks, nor for a step
 /// a child workflow runs.
 ///
-/// The record readers see (the read models, the API); on the log since `handoffs` was added to
-/// [`StepScheduled`], a handoff travels in its step's scheduling ([`StepScheduled::handed_off`]
-/// gives it in this shape). Logs written before hold it as an event of its own, stored just
+/// The record readers see (the read models, the API). On the log, since `handoff` was added to
+/// [`StepScheduled`], handoffs travel in their step's scheduling ([`StepScheduled::handed_off`]
+/// gives them in this shape). Logs written before hold it as an event of its own, stored just
 /// before its `StepScheduled`, which every reader still folds.
 ///
 /// Everything in it is taken from the workflow definition and the execution's events, as

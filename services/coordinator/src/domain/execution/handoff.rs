@@ -21,12 +21,13 @@ pub const REMAINING_WORK_CHARS: usize = 1000;
 /// Characters of the step's expected output and validation criteria (`successCriteria`).
 pub const SUCCESS_CRITERIA_CHARS: usize = 1000;
 
-/// The handoff that goes with scheduling `step` on `agent`: from each other agent that completed
-/// some of the step's dependencies, in dependency order; `None` when there is none. Only for the step's first attempt (a
-/// retry, a review or a rework hands nothing over) and never for a step a child workflow
-/// runs. Handoffs already recorded for the same pair of agents are left out (in logs written
-/// before handoffs travelled in the scheduling, a `TaskHandedOff` may be stored without the
-/// `StepScheduled` that followed it in its decision): each is recorded once.
+/// The handoff that goes with scheduling `step` on `agent`: from each other agent that
+/// completed some of the step's dependencies, in dependency order; `None` when there is none.
+/// Only for the step's first attempt (a retry, a review or a rework hands nothing over) and
+/// never for a step a child workflow runs. Handoffs already recorded for the same pair of
+/// agents are left out (in logs written before handoffs travelled in the scheduling, a
+/// `TaskHandedOff` may be stored without the `StepScheduled` that followed it in its
+/// decision): each is recorded once.
 pub(super) fn handed_off(
     execution: &Execution,
     step: &WorkflowStep,
