@@ -15,7 +15,9 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use cadre_proto::events::{Event, Resolution, TaskHandedOff};
+use cadre_proto::events::{
+    Event, InteractionRecorded, KnowledgeShared, Resolution, TaskHandedOff, ToldEvent,
+};
 use cadre_proto::{AgentId, Envelope, ExecutionId, StepId};
 
 use crate::client::Client;
@@ -181,6 +183,30 @@ impl View {
             .unwrap_or_else(|| id.to_string())
     }
 
+    fn interaction(&self, e: &InteractionRecorded) -> String {
+        format!(
+            "  {} -> {} ({}): {}",
+            self.agent(e.from_agent_id),
+            e.to_agent_id
+                .map(|a| self.agent(a))
+                .unwrap_or_else(|| "team".to_owned()),
+            e.interaction_type.as_str(),
+            one_line(&e.message)
+        )
+    }
+
+    fn knowledge_shared(&self, e: &KnowledgeShared) -> String {
+        format!(
+            "  {} shared {}: {}",
+            self.agent(e.created_by_agent_id),
+            serde_json::to_value(e.knowledge_type)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "knowledge".to_owned()),
+            one_line(&e.title)
+        )
+    }
+
     fn handed_off(&self, handoff: &TaskHandedOff) -> String {
         format!(
             "[{}] handed off from {} to {}",
@@ -295,34 +321,31 @@ impl View {
             ),
             // Logs written before handoffs travelled in the scheduling.
             Event::TaskHandedOff(e) => self.handed_off(e),
-            Event::InteractionRecorded(e) => format!(
-                "  {} -> {} ({}): {}",
-                self.agent(e.from_agent_id),
-                e.to_agent_id
-                    .map(|a| self.agent(a))
-                    .unwrap_or_else(|| "team".to_owned()),
-                e.interaction_type.as_str(),
-                one_line(&e.message)
-            ),
-            Event::KnowledgeShared(e) => format!(
-                "  {} shared {}: {}",
-                self.agent(e.created_by_agent_id),
-                serde_json::to_value(e.knowledge_type)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "knowledge".to_owned()),
-                one_line(&e.title)
-            ),
+            // Logs written before a step's end was one event.
+            Event::InteractionRecorded(e) => self.interaction(e),
+            Event::KnowledgeShared(e) => self.knowledge_shared(e),
             Event::StepCompleted(e) => {
                 self.set_done(&e.attempt.step_id, true);
-                format!(
+                // What the agent told its team first, as the log of separate events showed it.
+                let mut lines: Vec<String> =
+                    e.told
+                        .iter()
+                        .filter_map(|told| match &told.event {
+                            ToldEvent::InteractionRecorded(i) => Some(self.interaction(i)),
+                            ToldEvent::KnowledgeShared(k) => Some(self.knowledge_shared(k)),
+                            ToldEvent::KnowledgeValidated(_)
+                            | ToldEvent::KnowledgeSuperseded(_) => None,
+                        })
+                        .collect();
+                lines.push(format!(
                     "[{}] completed by {} in {:.1} s ({} steps done): {}",
                     e.attempt.step_id,
                     self.agent(e.attempt.agent_id),
                     e.duration_ms as f64 / 1000.0,
                     self.progress(),
                     one_line(&e.result.summary)
-                )
+                ));
+                lines.join("\n")
             }
             Event::StepReviewed(e) => {
                 if e.ballot.is_none() {

@@ -194,6 +194,28 @@ mod tests {
     }
 
     #[test]
+    fn what_a_completion_told_is_each_the_cloudevent_it_stands_for_without_shared_attributes() {
+        let Some(Event::StepCompleted(done)) = every_event()
+            .into_iter()
+            .find(|e| matches!(e, Event::StepCompleted(_)))
+        else {
+            panic!("the samples have a StepCompleted");
+        };
+        assert_eq!(done.told.len(), 4, "one of each kind");
+        for told in &done.told {
+            let wire = serde_json::to_value(told).unwrap();
+            let event = Event::from(told.event.clone());
+            assert_eq!(wire["id"], serde_json::json!(told.id));
+            assert_eq!(wire["type"], event.type_name());
+            // Its data reads as the event of that type, with nothing more at the top level.
+            let data = wire["data"].to_string();
+            let read = Event::from_data(event.type_name(), &data).unwrap().unwrap();
+            assert_eq!(read, event);
+            assert_eq!(wire.as_object().unwrap().len(), 3, "{wire}");
+        }
+    }
+
+    #[test]
     fn step_attempt_fields_stay_at_the_top_level_of_the_payload() {
         let bytes = wrap(Event::StepFailed(StepFailed {
             attempt: attempt(),

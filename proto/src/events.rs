@@ -1079,6 +1079,51 @@ pub struct StepCompleted {
     /// Why the agent's own model did not answer, when its fallback (`provider`, `model`) did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
+    /// What the agent told its team as it finished, in the order it said it: its questions and
+    /// concerns, the knowledge it shared, its confirmations and supersessions of knowledge its
+    /// prompt showed, and the conflicts it flagged. Stored with the result, so that a step's
+    /// end is one event; each keeps the id and the payload it has as an event of its own, and
+    /// readers apply it as that event. Logs written before the step's end was one event store
+    /// these as events of their own, just before the completion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub told: Vec<Told>,
+}
+
+/// One thing a step told its team, inside its [`StepCompleted`]: the CloudEvent it stands for
+/// without the attributes it shares with the completion (`source`, `time`, the tenant) —
+/// `{"id", "type", "data"}`, where `type` is the event type of its own (`..._shared.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Told {
+    /// Its event id: derived from the step's scheduling, so that a redelivered step tells the
+    /// same, and a read model keyed by event id keeps one row for it.
+    pub id: EventId,
+    #[serde(flatten)]
+    pub event: ToldEvent,
+}
+
+/// The kinds of event a step's completion may carry (see [`Told`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum ToldEvent {
+    #[serde(rename = "dev.cadre.execution.interaction_recorded.v1")]
+    InteractionRecorded(InteractionRecorded),
+    #[serde(rename = "dev.cadre.workflow.knowledge_shared.v1")]
+    KnowledgeShared(KnowledgeShared),
+    #[serde(rename = "dev.cadre.workflow.knowledge_validated.v1")]
+    KnowledgeValidated(KnowledgeValidated),
+    #[serde(rename = "dev.cadre.workflow.knowledge_superseded.v1")]
+    KnowledgeSuperseded(KnowledgeSuperseded),
+}
+
+impl From<ToldEvent> for Event {
+    fn from(told: ToldEvent) -> Self {
+        match told {
+            ToldEvent::InteractionRecorded(e) => Self::InteractionRecorded(e),
+            ToldEvent::KnowledgeShared(e) => Self::KnowledgeShared(e),
+            ToldEvent::KnowledgeValidated(e) => Self::KnowledgeValidated(e),
+            ToldEvent::KnowledgeSuperseded(e) => Self::KnowledgeSuperseded(e),
+        }
+    }
 }
 
 /// A piece of knowledge as a step's [`StepCompleted`] repeats it from its `KnowledgeShared`.

@@ -27,6 +27,59 @@ pub(crate) fn attempt() -> StepAttempt {
     }
 }
 
+/// One of each kind of event a step's completion may carry.
+fn told(workflow_id: WorkflowId, execution_id: ExecutionId) -> Vec<Told> {
+    let knowledge_id = KnowledgeId::new();
+    let agent_id = AgentId::new();
+    [
+        ToldEvent::InteractionRecorded(InteractionRecorded {
+            execution_id,
+            workflow_id,
+            from_agent_id: agent_id,
+            to_agent_id: None,
+            interaction_type: InteractionType::Question,
+            message: "Questions/concerns from Ada on Design:\n- which schema?".into(),
+            context_data: serde_json::json!({"stepId": "a", "attempt": 1}),
+            related_step_id: Some(step_id("a")),
+            requires_response: false,
+        }),
+        ToldEvent::KnowledgeShared(KnowledgeShared {
+            knowledge_id,
+            workflow_id,
+            execution_id,
+            step_id: step_id("a"),
+            title: "Insights from Design".into(),
+            content: "i".into(),
+            knowledge_type: KnowledgeType::Insight,
+            created_by_agent_id: agent_id,
+            relevance_score: 1.0,
+            tags: vec!["design".into()],
+        }),
+        ToldEvent::KnowledgeValidated(KnowledgeValidated {
+            knowledge_id: KnowledgeId::new(),
+            workflow_id,
+            execution_id,
+            step_id: step_id("a"),
+            agent_id,
+        }),
+        ToldEvent::KnowledgeSuperseded(KnowledgeSuperseded {
+            knowledge_id: KnowledgeId::new(),
+            superseded_by: knowledge_id,
+            workflow_id,
+            execution_id,
+            step_id: step_id("a"),
+            agent_id,
+            reason: "newer measurements".into(),
+        }),
+    ]
+    .into_iter()
+    .map(|event| Told {
+        id: EventId::new(),
+        event,
+    })
+    .collect()
+}
+
 fn agent() -> AgentProfile {
     AgentProfile {
         id: AgentId::new(),
@@ -389,6 +442,7 @@ pub fn every_event() -> Vec<Event> {
                 content: "i".into(),
             }],
             fallback_reason: None,
+            told: told(w, e),
         })),
         Event::StepFailed(StepFailed {
             attempt: attempt(),

@@ -5,15 +5,15 @@
 //! a step it cannot run; a step whose provider no running replica offers waits in its queue. Each
 //! replica announces what it offers in the live worker registry.
 //!
-//! Each scheduled step is done by one replica: it announces the
-//! step (`StepStarted`), waits until the read models hold the knowledge the step's
-//! dependencies shared, asks the agent's LLM with the seed's prompt (carrying the workflow's
-//! knowledge most relevant to the step, within a token budget), and records what came back:
-//! the agent's questions (`InteractionRecorded`), its insights and decisions (`KnowledgeShared`),
-//! the knowledge it confirmed or replaced (`KnowledgeValidated`, `KnowledgeSuperseded`), then
-//! `StepCompleted` with the knowledge used — or `StepFailed` when the provider refuses for good. The message is
-//! acked only after those events are stored, and every event id derives from the scheduled
-//! event's id, so a redelivered step changes nothing.
+//! Each scheduled step is done by one replica: it announces the step (`StepStarted`), reads
+//! its dependencies' results and the knowledge they hand on from the log, asks the agent's LLM
+//! with the seed's prompt (carrying the workflow's knowledge most relevant to the step, within a
+//! token budget), and records what came back in one `StepCompleted`: the result, the knowledge
+//! used, and what the agent told its team (`told`: its questions as an `InteractionRecorded`,
+//! its insights and decisions as `KnowledgeShared`, the knowledge it confirmed or replaced as
+//! `KnowledgeValidated` and `KnowledgeSuperseded`) — or `StepFailed` when the provider refuses
+//! for good. The message is acked only after that is stored, and every event id derives from
+//! the scheduled event's id, so a redelivered step changes nothing.
 //!
 //! The worker decides nothing about the execution (which step comes next, retries of a failed
 //! step, the execution's outcome: that is the coordinator's), and it writes no read model

@@ -11,7 +11,8 @@ use cadre_proto::events::{
     AgentStatusReported, AskedQuestion, CallUsage, InteractionRecorded, KnowledgeShared,
     KnowledgeSuperseded, KnowledgeValidated, QuestionAnswered, QuestionAssigned, QuestionsAsked,
     ReviewRequest, SharedKnowledge, StepAttempt, StepCompleted, StepDeferred, StepFailed,
-    StepReviewed, StepScheduled, StepStarted, SupportRequest, Urgency, is_everyone,
+    StepReviewed, StepScheduled, StepStarted, SupportRequest, Told, ToldEvent, Urgency,
+    is_everyone,
 };
 use cadre_proto::model::{InteractionType, KnowledgeType, ModelChoice, StepResult};
 use cadre_proto::{Envelope, Event, EventId, KnowledgeId, TenantId};
@@ -77,6 +78,19 @@ impl ScheduledStep {
         )
     }
 
+    /// What the step tells its team, with the id its `label` derives.
+    fn told(&self, label: &str, event: ToldEvent) -> Told {
+        Told {
+            id: self.event_id.child(label),
+            event,
+        }
+    }
+
+    /// `told` as an event of its own, for what the step tells without completing.
+    pub fn told_apart(&self, told: Told, now: DateTime<Utc>) -> Envelope {
+        Envelope::with_id(told.id, SOURCE, self.tenant.clone(), now, told.event.into())
+    }
+
     pub fn started(&self, now: DateTime<Utc>) -> Envelope {
         let s = &self.scheduled;
         self.envelope(
@@ -133,15 +147,14 @@ impl ScheduledStep {
 
     /// The agent's questions and concerns for the team, as one `question` interaction that
     /// waits for nobody; `None` without any.
-    pub fn concerns(&self, lines: Vec<&String>, now: DateTime<Utc>) -> Option<Envelope> {
+    pub fn concerns(&self, lines: Vec<&String>) -> Option<Told> {
         if lines.is_empty() {
             return None;
         }
         let s = &self.scheduled;
-        Some(self.envelope(
+        Some(self.told(
             label::QUESTIONS,
-            now,
-            Event::InteractionRecorded(InteractionRecorded {
+            ToldEvent::InteractionRecorded(InteractionRecorded {
                 execution_id: s.execution_id,
                 workflow_id: s.workflow_id,
                 from_agent_id: s.agent.id,
@@ -199,15 +212,10 @@ impl ScheduledStep {
     /// seed's `shareKnowledge` did, then what those lines say about the `knowledge` its prompt
     /// showed (see [`knowledge_verdict`]): an item confirmed, or superseded by the new insights
     /// or decisions that carry the line.
-    pub fn shared(
-        &self,
-        result: &StepResult,
-        knowledge: &[KnowledgeItem],
-        now: DateTime<Utc>,
-    ) -> Vec<Envelope> {
+    pub fn shared(&self, result: &StepResult, knowledge: &[KnowledgeItem]) -> Vec<Told> {
         let s = &self.scheduled;
-        let mut events: Vec<Envelope> = self
-            .concerns(result.questions.iter().collect(), now)
+        let mut events: Vec<Told> = self
+            .concerns(result.questions.iter().collect())
             .into_iter()
             .collect();
         if s.knowledge_sharing {
@@ -242,7 +250,6 @@ impl ScheduledStep {
                         content.join("\n"),
                         knowledge_type,
                         tags(&plain),
-                        now,
                     ));
                 }
                 for (i, line) in marked.into_iter().enumerate() {
@@ -255,11 +262,10 @@ impl ScheduledStep {
                         text.to_owned(),
                         kind,
                         tags(&[line]),
-                        now,
                     ));
                 }
             }
-            events.extend(self.verdicts(result, knowledge, now));
+            events.extend(self.verdicts(result, knowledge));
         }
         events
     }
@@ -272,13 +278,11 @@ impl ScheduledStep {
         content: String,
         knowledge_type: KnowledgeType,
         tags: Vec<String>,
-        now: DateTime<Utc>,
-    ) -> Envelope {
+    ) -> Told {
         let s = &self.scheduled;
-        self.envelope(
+        self.told(
             event_label,
-            now,
-            Event::KnowledgeShared(KnowledgeShared {
+            ToldEvent::KnowledgeShared(KnowledgeShared {
                 knowledge_id: KnowledgeId(self.event_id.child(id_label).0),
                 workflow_id: s.workflow_id,
                 execution_id: s.execution_id,
@@ -297,12 +301,7 @@ impl ScheduledStep {
     /// once per item and verdict, for items the prompt showed under an unambiguous handle. A
     /// conflict (the agent's result contradicts an item, an active constraint say) is flagged
     /// to the team as a coordination interaction that requires a response.
-    fn verdicts(
-        &self,
-        result: &StepResult,
-        knowledge: &[KnowledgeItem],
-        now: DateTime<Utc>,
-    ) -> Vec<Envelope> {
+    fn verdicts(&self, result: &StepResult, knowledge: &[KnowledgeItem]) -> Vec<Told> {
         let s = &self.scheduled;
         // Two items whose handles collide cannot be told apart: neither is named.
         let mut shown: HashMap<String, Option<&KnowledgeItem>> = HashMap::new();
@@ -331,14 +330,14 @@ impl ScheduledStep {
                     continue;
                 }
                 let event = match verdict {
-                    Verdict::Confirms => Event::KnowledgeValidated(KnowledgeValidated {
+                    Verdict::Confirms => ToldEvent::KnowledgeValidated(KnowledgeValidated {
                         knowledge_id: old_id,
                         workflow_id: s.workflow_id,
                         execution_id: s.execution_id,
                         step_id: s.step.id.clone(),
                         agent_id: s.agent.id,
                     }),
-                    Verdict::Supersedes => Event::KnowledgeSuperseded(KnowledgeSuperseded {
+                    Verdict::Supersedes => ToldEvent::KnowledgeSuperseded(KnowledgeSuperseded {
                         knowledge_id: old_id,
                         superseded_by: new_id,
                         workflow_id: s.workflow_id,
@@ -347,7 +346,7 @@ impl ScheduledStep {
                         agent_id: s.agent.id,
                         reason: reason.to_owned(),
                     }),
-                    Verdict::Conflicts => Event::InteractionRecorded(InteractionRecorded {
+                    Verdict::Conflicts => ToldEvent::InteractionRecorded(InteractionRecorded {
                         execution_id: s.execution_id,
                         workflow_id: s.workflow_id,
                         from_agent_id: s.agent.id,
@@ -376,7 +375,7 @@ impl ScheduledStep {
                     Verdict::Supersedes => label::SUPERSEDES,
                     Verdict::Conflicts => label::CONFLICTS,
                 };
-                events.push(self.envelope(&format!("{event_label}/{}", old_id.0), now, event));
+                events.push(self.told(&format!("{event_label}/{}", old_id.0), event));
             }
         }
         events
@@ -439,13 +438,15 @@ impl ScheduledStep {
 
     /// The attempt's result, as `answered` says who gave it; `knowledge_used` is the
     /// knowledge its prompt carried, `handed_on` what it hands on to the steps that depend on
-    /// it (see [`handed_on`]).
+    /// it (see [`handed_on`]), `told` what it tells the team (see [`Self::shared`]).
+    #[allow(clippy::too_many_arguments)] // the parts of a completion, each from elsewhere
     pub fn completed(
         &self,
         result: StepResult,
         answered: Answered,
         knowledge_used: Vec<KnowledgeId>,
         handed_on: Vec<SharedKnowledge>,
+        told: Vec<Told>,
         duration: Duration,
         now: DateTime<Utc>,
     ) -> Envelope {
@@ -463,6 +464,7 @@ impl ScheduledStep {
                 knowledge_used,
                 knowledge_handed_on: handed_on,
                 fallback_reason: answered.fallback_reason,
+                told,
             })),
         )
     }
@@ -829,26 +831,26 @@ pub fn next_wait(
     })
 }
 
-/// What a step hands on to the steps that depend on it: the knowledge it shared (its
-/// `shared` events), then each item its dependencies `handed` it that its prompt showed
+/// What a step hands on to the steps that depend on it: the knowledge it shared (in what it
+/// told, `shared`), then each item its dependencies `handed` it that its prompt showed
 /// (`shown`), once, unless the step superseded it.
 pub fn handed_on(
     handed: Vec<SharedKnowledge>,
     shown: &HashSet<KnowledgeId>,
-    shared: &[Envelope],
+    shared: &[Told],
 ) -> Vec<SharedKnowledge> {
     let own: Vec<SharedKnowledge> = shared
         .iter()
-        .filter_map(|envelope| match &envelope.event {
-            Event::KnowledgeShared(knowledge) => Some(knowledge.into()),
+        .filter_map(|told| match &told.event {
+            ToldEvent::KnowledgeShared(knowledge) => Some(knowledge.into()),
             _ => None,
         })
         .collect();
     let mut left_out: HashSet<KnowledgeId> = shared
         .iter()
-        .filter_map(|envelope| match &envelope.event {
-            Event::KnowledgeShared(own) => Some(own.knowledge_id),
-            Event::KnowledgeSuperseded(replaced) => Some(replaced.knowledge_id),
+        .filter_map(|told| match &told.event {
+            ToldEvent::KnowledgeShared(own) => Some(own.knowledge_id),
+            ToldEvent::KnowledgeSuperseded(replaced) => Some(replaced.knowledge_id),
             _ => None,
         })
         .collect();
@@ -926,8 +928,8 @@ mod tests {
         }
     }
 
-    fn ids(events: &[Envelope]) -> Vec<EventId> {
-        events.iter().map(|e| e.meta.id).collect()
+    fn ids(told: &[Told]) -> Vec<EventId> {
+        told.iter().map(|t| t.id).collect()
     }
 
     #[test]
@@ -936,26 +938,26 @@ mod tests {
         let (early, late) = (Utc::now(), Utc::now() + chrono::Duration::seconds(90));
         assert_eq!(step.started(early).meta.id, step.started(late).meta.id);
         assert_eq!(
-            ids(&step.shared(&result(), &[], early)),
-            ids(&step.shared(&result(), &[], late))
+            ids(&step.shared(&result(), &[])),
+            ids(&step.shared(&result(), &[]))
         );
-        let knowledge_ids = |events: Vec<Envelope>| -> Vec<KnowledgeId> {
-            events
-                .into_iter()
-                .filter_map(|e| match e.event {
-                    Event::KnowledgeShared(k) => Some(k.knowledge_id),
+        let knowledge_ids = |told: Vec<Told>| -> Vec<KnowledgeId> {
+            told.into_iter()
+                .filter_map(|t| match t.event {
+                    ToldEvent::KnowledgeShared(k) => Some(k.knowledge_id),
                     _ => None,
                 })
                 .collect()
         };
         assert_eq!(
-            knowledge_ids(step.shared(&result(), &[], early)),
-            knowledge_ids(step.shared(&result(), &[], late))
+            knowledge_ids(step.shared(&result(), &[])),
+            knowledge_ids(step.shared(&result(), &[]))
         );
         let completed = |at| {
             step.completed(
                 result(),
                 answered(),
+                vec![],
                 vec![],
                 vec![],
                 Duration::from_millis(5),
@@ -971,7 +973,7 @@ mod tests {
         );
 
         // Distinct events get distinct ids, and another step gets others.
-        let mut all = ids(&step.shared(&result(), &[], early));
+        let mut all = ids(&step.shared(&result(), &[]));
         all.extend([
             step.started(early).meta.id,
             completed(early),
@@ -988,9 +990,9 @@ mod tests {
     #[test]
     fn shares_questions_insights_and_decisions_like_the_seed() {
         let step = step(true);
-        let events = step.shared(&result(), &[], Utc::now());
+        let events = step.shared(&result(), &[]);
         assert_eq!(events.len(), 3);
-        let Event::InteractionRecorded(question) = &events[0].event else {
+        let ToldEvent::InteractionRecorded(question) = &events[0].event else {
             panic!("questions first");
         };
         assert_eq!(question.interaction_type, InteractionType::Question);
@@ -1000,20 +1002,24 @@ mod tests {
         );
         assert_eq!(question.to_agent_id, None);
         assert!(question.message.contains("- q1"));
-        let Event::KnowledgeShared(insights) = &events[1].event else {
+        let ToldEvent::KnowledgeShared(insights) = &events[1].event else {
             panic!("insights second");
         };
         assert_eq!(insights.title, "Insights from Design");
         assert_eq!(insights.content, "- i1\n- i2");
         assert_eq!(insights.knowledge_type, KnowledgeType::Insight);
-        let Event::KnowledgeShared(decisions) = &events[2].event else {
+        let ToldEvent::KnowledgeShared(decisions) = &events[2].event else {
             panic!("decisions third");
         };
         assert_eq!(decisions.title, "Decisions from Design");
         assert_eq!(decisions.knowledge_type, KnowledgeType::Decision);
-        for event in &events {
-            assert_eq!(event.meta.source, SOURCE);
-            assert_eq!(event.meta.tenant, step.tenant);
+        // Told apart (the questions of a step that waits for answers), each keeps its id.
+        for told in &events {
+            let apart = step.told_apart(told.clone(), Utc::now());
+            assert_eq!(apart.meta.id, told.id);
+            assert_eq!(apart.meta.source, SOURCE);
+            assert_eq!(apart.meta.tenant, step.tenant);
+            assert_eq!(apart.event, Event::from(told.event.clone()));
         }
     }
 
@@ -1024,15 +1030,15 @@ mod tests {
             questions: vec![],
             ..result()
         };
-        let events = step(true).shared(&quiet, &[], Utc::now());
+        let events = step(true).shared(&quiet, &[]);
         assert_eq!(events.len(), 1);
         assert!(
-            matches!(&events[0].event, Event::KnowledgeShared(k) if k.knowledge_type == KnowledgeType::Decision)
+            matches!(&events[0].event, ToldEvent::KnowledgeShared(k) if k.knowledge_type == KnowledgeType::Decision)
         );
 
-        let events = step(false).shared(&result(), &[], Utc::now());
+        let events = step(false).shared(&result(), &[]);
         assert_eq!(events.len(), 1);
-        assert!(matches!(events[0].event, Event::InteractionRecorded(_)));
+        assert!(matches!(events[0].event, ToldEvent::InteractionRecorded(_)));
     }
 
     #[test]
@@ -1236,26 +1242,25 @@ mod tests {
             questions: vec![],
             ..result()
         };
-        let now = Utc::now();
-        let events = step.shared(&answer, &shown, now);
-        let verdicts: Vec<&Event> = events
+        let events = step.shared(&answer, &shown);
+        let verdicts: Vec<&ToldEvent> = events
             .iter()
             .map(|e| &e.event)
             .filter(|e| {
                 matches!(
                     e,
-                    Event::KnowledgeValidated(_) | Event::KnowledgeSuperseded(_)
+                    ToldEvent::KnowledgeValidated(_) | ToldEvent::KnowledgeSuperseded(_)
                 )
             })
             .collect();
         assert_eq!(verdicts.len(), 2, "{verdicts:#?}");
-        let Event::KnowledgeValidated(confirmed) = verdicts[0] else {
+        let ToldEvent::KnowledgeValidated(confirmed) = verdicts[0] else {
             panic!("the confirmation first");
         };
         assert_eq!(confirmed.knowledge_id, shown[1].id);
         assert_eq!(confirmed.agent_id, step.scheduled.agent.id);
         assert_eq!(confirmed.step_id, step.scheduled.step.id);
-        let Event::KnowledgeSuperseded(superseded) = verdicts[1] else {
+        let ToldEvent::KnowledgeSuperseded(superseded) = verdicts[1] else {
             panic!("then the supersession");
         };
         assert_eq!(superseded.knowledge_id, shown[0].id);
@@ -1263,7 +1268,7 @@ mod tests {
         let decisions = events
             .iter()
             .find_map(|e| match &e.event {
-                Event::KnowledgeShared(k) if k.knowledge_type == KnowledgeType::Decision => {
+                ToldEvent::KnowledgeShared(k) if k.knowledge_type == KnowledgeType::Decision => {
                     Some(k.knowledge_id)
                 }
                 _ => None,
@@ -1274,11 +1279,11 @@ mod tests {
             "replaced by the decisions that carry the line"
         );
         // The same ids on a redelivery; none without knowledge sharing.
-        assert_eq!(ids(&events), ids(&step.shared(&answer, &shown, Utc::now())));
-        let quiet = self::step(false).shared(&answer, &shown, now);
+        assert_eq!(ids(&events), ids(&step.shared(&answer, &shown)));
+        let quiet = self::step(false).shared(&answer, &shown);
         assert!(quiet.iter().all(|e| !matches!(
             e.event,
-            Event::KnowledgeValidated(_) | Event::KnowledgeSuperseded(_)
+            ToldEvent::KnowledgeValidated(_) | ToldEvent::KnowledgeSuperseded(_)
         )));
     }
 
@@ -1299,10 +1304,12 @@ mod tests {
             ..result()
         };
         let shared: Vec<(KnowledgeType, String, String, Vec<String>)> = step
-            .shared(&answer, &[], Utc::now())
+            .shared(&answer, &[])
             .into_iter()
             .filter_map(|e| match e.event {
-                Event::KnowledgeShared(k) => Some((k.knowledge_type, k.title, k.content, k.tags)),
+                ToldEvent::KnowledgeShared(k) => {
+                    Some((k.knowledge_type, k.title, k.content, k.tags))
+                }
                 _ => None,
             })
             .collect();
@@ -1366,10 +1373,10 @@ mod tests {
             ..result()
         };
         let conflicts: Vec<InteractionRecorded> = step
-            .shared(&answer, std::slice::from_ref(&constraint), Utc::now())
+            .shared(&answer, std::slice::from_ref(&constraint))
             .into_iter()
             .filter_map(|e| match e.event {
-                Event::InteractionRecorded(i) if i.context_data["conflict"] == true => Some(i),
+                ToldEvent::InteractionRecorded(i) if i.context_data["conflict"] == true => Some(i),
                 _ => None,
             })
             .collect();
@@ -1396,7 +1403,7 @@ mod tests {
     fn the_completion_records_the_knowledge_used_and_hands_on_what_was_shared_and_passed_on() {
         let step = step(true);
         let used = vec![KnowledgeId::new(), KnowledgeId::new()];
-        let shared = step.shared(&result(), &[], Utc::now());
+        let shared = step.shared(&result(), &[]);
         let passed_on = SharedKnowledge {
             knowledge_id: KnowledgeId::new(),
             title: "Insights from Design".to_owned(),
@@ -1413,6 +1420,7 @@ mod tests {
                     &[passed_on.knowledge_id].into(),
                     &shared,
                 ),
+                shared.clone(),
                 Duration::ZERO,
                 Utc::now(),
             )
@@ -1421,10 +1429,11 @@ mod tests {
             panic!("a StepCompleted");
         };
         assert_eq!(done.knowledge_used, used);
+        assert_eq!(done.told, shared, "what the step told its team, in order");
         let mut told: Vec<SharedKnowledge> = shared
             .iter()
-            .filter_map(|envelope| match &envelope.event {
-                Event::KnowledgeShared(knowledge) => Some(knowledge.into()),
+            .filter_map(|told| match &told.event {
+                ToldEvent::KnowledgeShared(knowledge) => Some(knowledge.into()),
                 _ => None,
             })
             .collect();
@@ -1449,10 +1458,9 @@ mod tests {
         // A diamond hands the same item on twice.
         let handed = vec![kept.clone(), unseen.clone(), replaced.clone(), kept.clone()];
         let shown: HashSet<KnowledgeId> = [kept.knowledge_id, replaced.knowledge_id].into();
-        let supersedes = step.envelope(
+        let supersedes = step.told(
             "superseded",
-            Utc::now(),
-            Event::KnowledgeSuperseded(KnowledgeSuperseded {
+            ToldEvent::KnowledgeSuperseded(KnowledgeSuperseded {
                 knowledge_id: replaced.knowledge_id,
                 superseded_by: KnowledgeId::new(),
                 workflow_id: step.scheduled.workflow_id,
@@ -1472,7 +1480,15 @@ mod tests {
         let now = Utc::now();
         let completed = |attempt| {
             let mut e = step
-                .completed(result(), answered(), vec![], vec![], Duration::ZERO, now)
+                .completed(
+                    result(),
+                    answered(),
+                    vec![],
+                    vec![],
+                    vec![],
+                    Duration::ZERO,
+                    now,
+                )
                 .event;
             if let Event::StepCompleted(c) = &mut e {
                 c.attempt.number = attempt;

@@ -581,7 +581,10 @@ impl Worker {
                 .filter(|line| addressed(line).is_none())
                 .collect();
             let mut events = vec![asked, status];
-            events.extend(step.concerns(concerns, now));
+            events.extend(
+                step.concerns(concerns)
+                    .map(|told| step.told_apart(told, now)),
+            );
             self.record(&events)
                 .await
                 .context("publishing QuestionsAsked and the agent's status")?;
@@ -594,8 +597,8 @@ impl Worker {
         } else {
             result
         };
-        let shared = step.shared(&result, &knowledge, Utc::now());
-        let handed_on = handed_on(handed, &shown, &shared);
+        let told = step.shared(&result, &knowledge);
+        let handed_on = handed_on(handed, &shown, &told);
         let used = knowledge.iter().map(|item| item.id).collect();
         let answered = Answered {
             by: answered_by,
@@ -607,16 +610,10 @@ impl Worker {
             answered,
             used,
             handed_on,
+            told,
             started_at.elapsed(),
             Utc::now(),
         );
-        if !shared.is_empty() {
-            // Stored before the completion: once it is, a redelivery of this step finds it
-            // done and publishes nothing again.
-            self.record(&shared)
-                .await
-                .context("publishing the step's questions and knowledge")?;
-        }
         self.record(std::slice::from_ref(&completed))
             .await
             .context("publishing StepCompleted")?;

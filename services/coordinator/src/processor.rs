@@ -865,6 +865,7 @@ async fn report_to_parent(
             knowledge_used: Vec::new(),
             knowledge_handed_on: Vec::new(),
             fallback_reason: None,
+            told: Vec::new(),
         })),
         ChildOutcome::Failed { error } => Event::StepFailed(StepFailed {
             attempt: parent.attempt,

@@ -367,13 +367,15 @@ pub async fn all_executions(
     Ok(Paged::of(rows, &page, |e| (e.started_at, e.id)))
 }
 
-/// An execution's interactions, in the order recorded (by `event_sequence`).
+/// An execution's interactions, in the order recorded (by `event_sequence`; those of one
+/// event, such as a step's completion and what it told its team, by id).
 pub async fn interactions(
     db: &PgPool,
     tenant: &TenantId,
     execution_id: Uuid,
-    page: Page<i64>,
-) -> sqlx::Result<Paged<InteractionView, i64>> {
+    page: Page<(i64, Uuid)>,
+) -> sqlx::Result<Paged<InteractionView, (i64, Uuid)>> {
+    let (sequence, id) = page.after.unwrap_or((0, Uuid::nil()));
     let rows = sqlx::query_as!(
         InteractionView,
         "SELECT id, workflow_execution_id, from_agent_id, to_agent_id, interaction_type, message,
@@ -381,43 +383,49 @@ pub async fn interactions(
                 response_received, response_message, response_data, responded_at, created_at,
                 event_sequence
          FROM agent_interactions
-         WHERE tenant_id = $1 AND workflow_execution_id = $2 AND event_sequence > $3
-         ORDER BY event_sequence LIMIT $4",
+         WHERE tenant_id = $1 AND workflow_execution_id = $2
+           AND (event_sequence, id) > ($3::bigint, $4::uuid)
+         ORDER BY event_sequence, id LIMIT $5",
         tenant.as_str(),
         execution_id,
-        page.after.unwrap_or(0),
+        sequence,
+        id,
         page.fetch(),
     )
     .fetch_all(db)
     .await?;
-    Ok(Paged::of(rows, &page, |i| i.event_sequence))
+    Ok(Paged::of(rows, &page, |i| (i.event_sequence, i.id)))
 }
 
-/// A workflow's shared knowledge, in the order shared (by `event_sequence`).
+/// A workflow's shared knowledge, in the order shared (by `event_sequence`; the items of one
+/// step's completion by id).
 pub async fn knowledge(
     db: &PgPool,
     tenant: &TenantId,
     workflow_id: Uuid,
-    page: Page<i64>,
-) -> sqlx::Result<Paged<KnowledgeView, i64>> {
+    page: Page<(i64, Uuid)>,
+) -> sqlx::Result<Paged<KnowledgeView, (i64, Uuid)>> {
+    let (sequence, id) = page.after.unwrap_or((0, Uuid::nil()));
     let rows = sqlx::query_as!(
         KnowledgeView,
         "SELECT id, '' AS \"handle!\", workflow_id, execution_id, step_id, title, content,
                 knowledge_type, created_by_agent_id, validated_by_agents, relevance_score,
                 usage_count, tags, is_active, superseded_by, created_at, event_sequence
          FROM collaboration_knowledge
-         WHERE tenant_id = $1 AND workflow_id = $2 AND event_sequence > $3
-         ORDER BY event_sequence LIMIT $4",
+         WHERE tenant_id = $1 AND workflow_id = $2
+           AND (event_sequence, id) > ($3::bigint, $4::uuid)
+         ORDER BY event_sequence, id LIMIT $5",
         tenant.as_str(),
         workflow_id,
-        page.after.unwrap_or(0),
+        sequence,
+        id,
         page.fetch(),
     )
     .fetch_all(db)
     .await?;
     // The handle is derived from the id by the one rule prompts use, not spelt again in SQL.
     Ok(
-        Paged::of(rows, &page, |k| k.event_sequence).map(|row| KnowledgeView {
+        Paged::of(rows, &page, |k| (k.event_sequence, k.id)).map(|row| KnowledgeView {
             handle: KnowledgeId(row.id).handle(),
             ..row
         }),

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 
+use cadre_proto::events::{StepCompleted, ToldEvent};
 use cadre_proto::{Envelope, Event};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -62,6 +63,24 @@ pub(crate) struct Origin<'a> {
     pub at: DateTime<Utc>,
     /// The event's stream sequence: the order of the interaction log and of knowledge.
     pub sequence: i64,
+}
+
+/// What a step's completion told its team, each with the origin of the event it stands for:
+/// its own id, and the completion's tenant, time and stream sequence. Read models apply each
+/// as that event, so they hold the same rows as for a log that stored them apart.
+fn told<'a>(
+    origin: &'a Origin<'a>,
+    e: &'a StepCompleted,
+) -> impl Iterator<Item = (Origin<'a>, &'a ToldEvent)> {
+    e.told.iter().map(|told| {
+        (
+            Origin {
+                event_id: told.id.0,
+                ..*origin
+            },
+            &told.event,
+        )
+    })
 }
 
 pub(crate) fn sequence(stream_sequence: u64) -> i64 {
@@ -217,7 +236,18 @@ impl Plan {
             Event::StepStarted(e) => self.interactions.step_started(origin, e),
             Event::StepDeferred(e) => self.interactions.step_deferred(origin, e),
             Event::InteractionRecorded(e) => self.interactions.recorded(origin, e),
-            Event::StepCompleted(e) => self.interactions.step_completed(origin, e),
+            Event::StepCompleted(e) => {
+                for (origin, told) in told(origin, e) {
+                    match told {
+                        ToldEvent::InteractionRecorded(t) => self.interactions.recorded(&origin, t),
+                        ToldEvent::KnowledgeShared(t) => {
+                            self.interactions.knowledge_shared(&origin, t);
+                        }
+                        ToldEvent::KnowledgeValidated(_) | ToldEvent::KnowledgeSuperseded(_) => {}
+                    }
+                }
+                self.interactions.step_completed(origin, e);
+            }
             Event::StepFailed(e) => self.interactions.step_failed(origin, e),
             Event::StepTimedOut(e) => self.interactions.step_timed_out(origin, e),
             Event::QuestionsAsked(e) => self.interactions.questions_asked(origin, e),
@@ -244,7 +274,17 @@ impl Plan {
             Event::KnowledgeShared(e) => self.knowledge.shared(origin, e),
             Event::KnowledgeValidated(e) => self.knowledge.validated(origin, e),
             Event::KnowledgeSuperseded(e) => self.knowledge.superseded(origin, e),
-            Event::StepCompleted(e) => self.knowledge.used(origin, e),
+            Event::StepCompleted(e) => {
+                for (origin, told) in told(origin, e) {
+                    match told {
+                        ToldEvent::KnowledgeShared(t) => self.knowledge.shared(&origin, t),
+                        ToldEvent::KnowledgeValidated(t) => self.knowledge.validated(&origin, t),
+                        ToldEvent::KnowledgeSuperseded(t) => self.knowledge.superseded(&origin, t),
+                        ToldEvent::InteractionRecorded(_) => {}
+                    }
+                }
+                self.knowledge.used(origin, e);
+            }
             _ => return false,
         }
         true
@@ -345,7 +385,108 @@ mod tests {
     use super::*;
     use crate::models::executions::ExecutionStatus;
     use crate::models::workflows::{Duration, WorkflowStatus};
+    use cadre_proto::events::Told;
+    use cadre_proto::{EventId, KnowledgeId};
+
     use crate::testing::{Fixture, payload, plan_all};
+
+    /// The rows of `table` as JSON by id, without the columns that say when and at which
+    /// position of the log a row was written.
+    async fn rows_by_id(conn: &mut sqlx::PgConnection, table: &str) -> serde_json::Value {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'event_sequence' - 'created_at' \
+                 - 'updated_at' ORDER BY t.id), '[]') FROM {table} t"
+        )))
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_completion_gives_the_rows_of_what_its_step_told_stored_apart() {
+        let mut f = Fixture::new();
+        let (rest, cache) = (f.shared("- REST"), f.shared("- cache"));
+        let knowledge = |e: &Event| match e {
+            Event::KnowledgeShared(k) => k.knowledge_id,
+            other => panic!("not knowledge: {other:?}"),
+        };
+        let (k_rest, k_cache) = (knowledge(&rest), knowledge(&cache));
+        let grpc = f.shared("- gRPC");
+        let k_grpc = knowledge(&grpc);
+        let told: Vec<Told> = [
+            f.question("- which schema?"),
+            grpc,
+            f.validated(k_cache, f.agent.id),
+            f.superseded(k_rest, k_grpc),
+        ]
+        .into_iter()
+        .map(|event| Told {
+            id: EventId::new(),
+            event: match event {
+                Event::InteractionRecorded(e) => ToldEvent::InteractionRecorded(e),
+                Event::KnowledgeShared(e) => ToldEvent::KnowledgeShared(e),
+                Event::KnowledgeValidated(e) => ToldEvent::KnowledgeValidated(e),
+                Event::KnowledgeSuperseded(e) => ToldEvent::KnowledgeSuperseded(e),
+                other => panic!("not told: {other:?}"),
+            },
+        })
+        .collect();
+        let earlier = [(EventId::new(), rest), (EventId::new(), cache)];
+        let earlier_again = |f: &mut Fixture| -> Vec<_> {
+            earlier
+                .iter()
+                .map(|(id, e)| f.message_with_id(*id, e.clone()))
+                .collect()
+        };
+        let (done, done_id) = (f.step_completed(1), EventId::new());
+
+        // As logs wrote it before a step's end was one event: each apart, then the completion.
+        let mut apart = earlier_again(&mut f);
+        for t in &told {
+            apart.push(f.message_with_id(t.id, t.event.clone().into()));
+        }
+        apart.push(f.message_with_id(done_id, done.clone()));
+        // As one completion that carries them.
+        let mut folded = earlier_again(&mut f);
+        let Event::StepCompleted(mut carrying) = done else {
+            unreachable!()
+        };
+        carrying.told = told;
+        folded.push(f.message_with_id(done_id, Event::StepCompleted(carrying)));
+
+        let mut tables = Vec::new();
+        for log in [apart, folded] {
+            let db = crate::testing::TestDb::create().await;
+            let mut lease = crate::testing::lease(&db).await;
+            crate::testing::project(&mut lease, &log, log.len()).await;
+            let mut conn = db.connect().await;
+            let knowledge = rows_by_id(&mut conn, "collaboration_knowledge").await;
+            let interactions = rows_by_id(&mut conn, "agent_interactions").await;
+            tables.push((knowledge, interactions));
+        }
+        let (knowledge, interactions) = &tables[1];
+        assert_eq!(knowledge.as_array().unwrap().len(), 3, "{knowledge:#}");
+        let by_id = |id: KnowledgeId| {
+            knowledge
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|row| row["id"] == json!(id))
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_id(k_rest)["is_active"], false);
+        assert_eq!(by_id(k_rest)["superseded_by"], json!(k_grpc));
+        assert_eq!(by_id(k_cache)["validated_by_agents"], json!([f.agent.id]));
+        // Knowledge shared twice before, then the question, the new knowledge and the
+        // completion, each a row of the timeline.
+        assert_eq!(
+            interactions.as_array().unwrap().len(),
+            5,
+            "{interactions:#}"
+        );
+        assert_eq!(tables[0], tables[1], "the same rows either way");
+    }
 
     #[test]
     fn events_for_one_execution_fold_into_one_patch_in_order() {

@@ -119,10 +119,15 @@ impl Fixture {
 
     /// The next message of the stream, carrying `event`, one second after the previous one.
     pub fn message(&mut self, event: Event) -> Incoming {
+        self.message_with_id(EventId::new(), event)
+    }
+
+    /// [`Self::message`] with the event id `id`.
+    pub fn message_with_id(&mut self, id: EventId, event: Event) -> Incoming {
         self.clock += chrono::Duration::seconds(1);
         self.sequence += 1;
         let envelope = Envelope::with_id(
-            EventId::new(),
+            id,
             "/cadre/test",
             TenantId::default_tenant(),
             self.clock,
@@ -330,6 +335,7 @@ impl Fixture {
             knowledge_used: vec![],
             knowledge_handed_on: Vec::new(),
             fallback_reason: None,
+            told: vec![],
         }))
     }
 

@@ -324,39 +324,42 @@
     // Interactions are the workflow's facts, not the execution state's: they come on the
     // workflow's feed (from now on; the page already shows the earlier ones).
     const timeline = $("#timeline");
-    const interaction = (type) => type.includes(".interaction_recorded.") || type.includes(".question_answered.");
-    subscribe(only(workflowFeed, interaction), (cloudEvent) => {
-      const d = cloudEvent.data;
-      if (!d || d.executionId !== executionId) return;
-      let kind;
-      let from;
-      let to;
-      let message;
-      if (cloudEvent.type.includes(".interaction_recorded.")) {
-        kind = d.interactionType;
-        from = d.fromAgentId;
-        to = d.toAgentId;
-        message = d.message;
-      } else if (cloudEvent.type.includes(".question_answered.")) {
-        kind = "answer";
-        from = d.agentId;
-        message = d.answer || d.error || "";
-      } else {
-        return;
-      }
+    // A step's completion carries what its agent told the team (`told`: the interactions
+    // recorded with it); older logs stored those as interaction_recorded events of their own.
+    const interaction = (type) =>
+      type.includes(".interaction_recorded.") || type.includes(".question_answered.") ||
+      type.includes(".step_completed.");
+    const show = (at, kind, from, to, stepId, message) => {
       const item = document.createElement("li");
       item.className = "interaction " + kind;
-      item.append(timeCell(cloudEvent.time), " ");
+      item.append(timeCell(at), " ");
       const k = document.createElement("span");
       k.className = "kind";
       k.textContent = kind.replace(/_/g, " ");
       item.append(k, " " + name(from) + " → " + (to ? name(to) : "the team"));
-      if (d.relatedStepId || d.stepId) item.append(" on " + (d.relatedStepId || d.stepId));
+      if (stepId) item.append(" on " + stepId);
       const p = document.createElement("p");
       p.className = "message";
       p.textContent = message;
       item.append(p);
       timeline.append(item);
+    };
+    const recorded = (at, d) =>
+      show(at, d.interactionType, d.fromAgentId, d.toAgentId, d.relatedStepId, d.message);
+    subscribe(only(workflowFeed, interaction), (cloudEvent) => {
+      const d = cloudEvent.data;
+      if (!d || d.executionId !== executionId) return;
+      if (cloudEvent.type.includes(".interaction_recorded.")) {
+        recorded(cloudEvent.time, d);
+      } else if (cloudEvent.type.includes(".question_answered.")) {
+        show(cloudEvent.time, "answer", d.agentId, null, d.stepId, d.answer || d.error || "");
+      } else if (cloudEvent.type.includes(".step_completed.")) {
+        const told = (d.told || []).filter((t) => t.type.includes(".interaction_recorded."));
+        if (told.length === 0) return;
+        for (const t of told) recorded(cloudEvent.time, t.data);
+      } else {
+        return;
+      }
       measured(cloudEvent);
     }, interaction);
   }

@@ -149,6 +149,7 @@ impl Log {
             knowledge_used: vec![],
             knowledge_handed_on: vec![],
             fallback_reason: None,
+            told: vec![],
         }))
     }
 

@@ -173,6 +173,7 @@ fn completed(of: &Event) -> Event {
         knowledge_used: Vec::new(),
         knowledge_handed_on: Vec::new(),
         fallback_reason: None,
+        told: vec![],
     }))
 }
 

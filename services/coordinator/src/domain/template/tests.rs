@@ -231,6 +231,7 @@ fn completed(scheduled: &cadre_proto::events::StepScheduled) -> Event {
         knowledge_used: Vec::new(),
         knowledge_handed_on: Vec::new(),
         fallback_reason: None,
+        told: vec![],
     }))
 }
 
