@@ -216,6 +216,34 @@ mod tests {
     }
 
     #[test]
+    fn a_completion_skips_what_it_told_of_a_kind_this_build_does_not_know() {
+        let Some(Event::StepCompleted(done)) = every_event()
+            .into_iter()
+            .find(|e| matches!(e, Event::StepCompleted(_)))
+        else {
+            panic!("the samples have a StepCompleted");
+        };
+        let bytes = wrap(Event::StepCompleted(done.clone())).encode();
+        let mut wire: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let told = wire["data"]["told"].as_array_mut().unwrap();
+        told.insert(
+            1,
+            serde_json::json!({"id": EventId::new(), "type": "dev.cadre.workflow.later_kind.v1",
+                               "data": {"anything": [1, 2]}}),
+        );
+        let decoded = Envelope::decode(&serde_json::to_vec(&wire).unwrap()).unwrap();
+        let Event::StepCompleted(read) = decoded.event else {
+            panic!("still a completion");
+        };
+        assert_eq!(read.told, done.told, "the known ones, in order");
+
+        // A known kind whose data does not fit is an error, as the event would be.
+        let broken = wire["data"]["told"].as_array_mut().unwrap();
+        broken[0]["data"] = serde_json::json!({"executionId": 3});
+        assert!(Envelope::decode(&serde_json::to_vec(&wire).unwrap()).is_err());
+    }
+
+    #[test]
     fn step_attempt_fields_stay_at_the_top_level_of_the_payload() {
         let bytes = wrap(Event::StepFailed(StepFailed {
             attempt: attempt(),

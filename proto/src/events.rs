@@ -1085,8 +1085,46 @@ pub struct StepCompleted {
     /// end is one event; each keeps the id and the payload it has as an event of its own, and
     /// readers apply it as that event. Logs written before the step's end was one event store
     /// these as events of their own, just before the completion.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "known_told"
+    )]
     pub told: Vec<Told>,
+}
+
+/// The entries of a completion's `told` of a type this build knows: one of a kind added later
+/// is skipped, as an event of an unknown type is, rather than failing the whole completion.
+/// (Events are JSON: each entry's `data` is read as raw JSON, then as its type says.)
+fn known_told<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Told>, D::Error> {
+    #[derive(Deserialize)]
+    struct Entry {
+        id: EventId,
+        #[serde(rename = "type")]
+        event_type: String,
+        data: Box<serde_json::value::RawValue>,
+    }
+    fn read<'a, T: Deserialize<'a>, E: serde::de::Error>(data: &'a RawValue) -> Result<T, E> {
+        serde_json::from_str(data.get()).map_err(E::custom)
+    }
+    use serde_json::value::RawValue;
+    let mut told = Vec::new();
+    for Entry {
+        id,
+        event_type,
+        data,
+    } in Vec::<Entry>::deserialize(deserializer)?
+    {
+        let event = match event_type.as_str() {
+            types::INTERACTION_RECORDED => ToldEvent::InteractionRecorded(read(&data)?),
+            types::KNOWLEDGE_SHARED => ToldEvent::KnowledgeShared(read(&data)?),
+            types::KNOWLEDGE_VALIDATED => ToldEvent::KnowledgeValidated(read(&data)?),
+            types::KNOWLEDGE_SUPERSEDED => ToldEvent::KnowledgeSuperseded(read(&data)?),
+            _ => continue,
+        };
+        told.push(Told { id, event });
+    }
+    Ok(told)
 }
 
 /// One thing a step told its team, inside its [`StepCompleted`]: the CloudEvent it stands for

@@ -53,8 +53,7 @@ async fn one_execution_is_one_trace_across_every_service() {
         // 00-<32 hex trace id>-<16 hex span id>-<flags>
         let parts: Vec<&str> = traceparent.split('-').collect();
         assert_eq!((parts.len(), parts[1].len()), (4, 32), "{traceparent}");
-        if message.subject.contains(&execution_id) || message.subject.ends_with("knowledge.shared")
-        {
+        if message.subject.contains(&execution_id) {
             traces.insert(parts[1].to_owned());
             seen += 1;
         }
@@ -63,7 +62,8 @@ async fn one_execution_is_one_trace_across_every_service() {
             break;
         }
     }
-    assert!(seen >= 15, "only {seen} events of the execution were read");
+    // Its start and end, and each step's scheduling, start and completion.
+    assert!(seen >= 11, "only {seen} events of the execution were read");
     assert_eq!(
         traces.len(),
         1,

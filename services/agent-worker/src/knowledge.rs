@@ -193,17 +193,17 @@ impl KnowledgeView {
             "WITH q AS MATERIALIZED (SELECT to_tsquery('english', $3) AS query), \
              recent AS ( \
                  SELECT id, title, knowledge_type, content, search, relevance_score, \
-                        created_at, event_sequence \
+                        created_at, event_sequence, event_position \
                  FROM collaboration_knowledge \
                  WHERE tenant_id = $1 AND workflow_id = $2 AND is_active \
-                 ORDER BY event_sequence DESC LIMIT $5), \
+                 ORDER BY event_sequence DESC, event_position DESC, id DESC LIMIT $5), \
              ranked AS MATERIALIZED ( \
                  SELECT k.*, ts_rank(k.search, q.query, 32) AS text_rank FROM recent k, q) \
              SELECT id, title, knowledge_type, content FROM ranked \
              ORDER BY text_rank > 0 DESC, \
                  text_rank * relevance_score \
                      / (1 + greatest(extract(epoch FROM now() - created_at), 0) / 86400) DESC, \
-                 relevance_score DESC, event_sequence DESC \
+                 relevance_score DESC, event_sequence DESC, event_position DESC, id DESC \
              LIMIT $4",
         )
         .bind(tenant.as_str())

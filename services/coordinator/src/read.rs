@@ -115,9 +115,12 @@ pub struct InteractionView {
     pub response_data: Option<serde_json::Value>,
     pub responded_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
-    /// The list's sort key: where in the log the interaction was recorded.
+    /// The list's sort key, with `event_position` and the id: where in the log the
+    /// interaction was recorded.
     #[serde(skip)]
     pub event_sequence: i64,
+    #[serde(skip)]
+    pub event_position: i16,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -142,9 +145,12 @@ pub struct KnowledgeView {
     pub is_active: bool,
     pub superseded_by: Option<Uuid>,
     pub created_at: DateTime<Utc>,
-    /// The list's sort key: where in the log the item was shared.
+    /// The list's sort key, with `event_position` and the id: where in the log the item was
+    /// shared.
     #[serde(skip)]
     pub event_sequence: i64,
+    #[serde(skip)]
+    pub event_position: i16,
 }
 
 /// Agents, oldest first (by `(created_at, id)`).
@@ -367,57 +373,63 @@ pub async fn all_executions(
     Ok(Paged::of(rows, &page, |e| (e.started_at, e.id)))
 }
 
-/// An execution's interactions, in the order recorded (by `event_sequence`; those of one
-/// event, such as a step's completion and what it told its team, by id).
+/// An execution's interactions, in the order recorded (by `event_sequence`, then
+/// `event_position`: what a step's completion told its team in the order told, then the
+/// completion's own entry).
 pub async fn interactions(
     db: &PgPool,
     tenant: &TenantId,
     execution_id: Uuid,
-    page: Page<(i64, Uuid)>,
-) -> sqlx::Result<Paged<InteractionView, (i64, Uuid)>> {
-    let (sequence, id) = page.after.unwrap_or((0, Uuid::nil()));
+    page: Page<(i64, i16, Uuid)>,
+) -> sqlx::Result<Paged<InteractionView, (i64, i16, Uuid)>> {
+    let (sequence, position, id) = page.after.unwrap_or((0, 0, Uuid::nil()));
     let rows = sqlx::query_as!(
         InteractionView,
         "SELECT id, workflow_execution_id, from_agent_id, to_agent_id, interaction_type, message,
                 context_data, related_step_id, requires_response, response_deadline,
                 response_received, response_message, response_data, responded_at, created_at,
-                event_sequence
+                event_sequence, event_position
          FROM agent_interactions
          WHERE tenant_id = $1 AND workflow_execution_id = $2
-           AND (event_sequence, id) > ($3::bigint, $4::uuid)
-         ORDER BY event_sequence, id LIMIT $5",
+           AND (event_sequence, event_position, id) > ($3::bigint, $4::int2, $5::uuid)
+         ORDER BY event_sequence, event_position, id LIMIT $6",
         tenant.as_str(),
         execution_id,
         sequence,
+        position,
         id,
         page.fetch(),
     )
     .fetch_all(db)
     .await?;
-    Ok(Paged::of(rows, &page, |i| (i.event_sequence, i.id)))
+    Ok(Paged::of(rows, &page, |i| {
+        (i.event_sequence, i.event_position, i.id)
+    }))
 }
 
-/// A workflow's shared knowledge, in the order shared (by `event_sequence`; the items of one
-/// step's completion by id).
+/// A workflow's shared knowledge, in the order shared (by `event_sequence`, then
+/// `event_position`: the items of one step's completion in the order told).
 pub async fn knowledge(
     db: &PgPool,
     tenant: &TenantId,
     workflow_id: Uuid,
-    page: Page<(i64, Uuid)>,
-) -> sqlx::Result<Paged<KnowledgeView, (i64, Uuid)>> {
-    let (sequence, id) = page.after.unwrap_or((0, Uuid::nil()));
+    page: Page<(i64, i16, Uuid)>,
+) -> sqlx::Result<Paged<KnowledgeView, (i64, i16, Uuid)>> {
+    let (sequence, position, id) = page.after.unwrap_or((0, 0, Uuid::nil()));
     let rows = sqlx::query_as!(
         KnowledgeView,
         "SELECT id, '' AS \"handle!\", workflow_id, execution_id, step_id, title, content,
                 knowledge_type, created_by_agent_id, validated_by_agents, relevance_score,
-                usage_count, tags, is_active, superseded_by, created_at, event_sequence
+                usage_count, tags, is_active, superseded_by, created_at, event_sequence,
+                event_position
          FROM collaboration_knowledge
          WHERE tenant_id = $1 AND workflow_id = $2
-           AND (event_sequence, id) > ($3::bigint, $4::uuid)
-         ORDER BY event_sequence, id LIMIT $5",
+           AND (event_sequence, event_position, id) > ($3::bigint, $4::int2, $5::uuid)
+         ORDER BY event_sequence, event_position, id LIMIT $6",
         tenant.as_str(),
         workflow_id,
         sequence,
+        position,
         id,
         page.fetch(),
     )
@@ -425,9 +437,11 @@ pub async fn knowledge(
     .await?;
     // The handle is derived from the id by the one rule prompts use, not spelt again in SQL.
     Ok(
-        Paged::of(rows, &page, |k| (k.event_sequence, k.id)).map(|row| KnowledgeView {
-            handle: KnowledgeId(row.id).handle(),
-            ..row
+        Paged::of(rows, &page, |k| (k.event_sequence, k.event_position, k.id)).map(|row| {
+            KnowledgeView {
+                handle: KnowledgeId(row.id).handle(),
+                ..row
+            }
         }),
     )
 }

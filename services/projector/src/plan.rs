@@ -63,6 +63,9 @@ pub(crate) struct Origin<'a> {
     pub at: DateTime<Utc>,
     /// The event's stream sequence: the order of the interaction log and of knowledge.
     pub sequence: i64,
+    /// The row's place among the rows of one event, after `sequence`: 0 but for what a
+    /// completion told (0, 1, ... in the order told) and the completion's own entry (last).
+    pub position: i16,
 }
 
 /// What a step's completion told its team, each with the origin of the event it stands for:
@@ -72,10 +75,11 @@ fn told<'a>(
     origin: &'a Origin<'a>,
     e: &'a StepCompleted,
 ) -> impl Iterator<Item = (Origin<'a>, &'a ToldEvent)> {
-    e.told.iter().map(|told| {
+    e.told.iter().zip(0..).map(|(told, position)| {
         (
             Origin {
                 event_id: told.id.0,
+                position,
                 ..*origin
             },
             &told.event,
@@ -137,6 +141,7 @@ impl Plan {
             tenant: envelope.meta.tenant.as_str(),
             at: envelope.meta.time,
             sequence: sequence(stream_sequence),
+            position: 0,
         };
         let event = &envelope.event;
         let mut applied = false;
@@ -246,7 +251,15 @@ impl Plan {
                         ToldEvent::KnowledgeValidated(_) | ToldEvent::KnowledgeSuperseded(_) => {}
                     }
                 }
-                self.interactions.step_completed(origin, e);
+                // After what it told, as the log that stored those apart had it.
+                let position = i16::try_from(e.told.len()).unwrap_or(i16::MAX);
+                self.interactions.step_completed(
+                    &Origin {
+                        position,
+                        ..*origin
+                    },
+                    e,
+                );
             }
             Event::StepFailed(e) => self.interactions.step_failed(origin, e),
             Event::StepTimedOut(e) => self.interactions.step_timed_out(origin, e),
@@ -391,11 +404,16 @@ mod tests {
     use crate::testing::{Fixture, payload, plan_all};
 
     /// The rows of `table` as JSON by id, without the columns that say when and at which
-    /// position of the log a row was written.
-    async fn rows_by_id(conn: &mut sqlx::PgConnection, table: &str) -> serde_json::Value {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'event_sequence' - 'created_at' \
-                 - 'updated_at' ORDER BY t.id), '[]') FROM {table} t"
+    /// position of the log a row was written; and their ids in the order lists show them.
+    async fn rows_by_id(
+        conn: &mut sqlx::PgConnection,
+        table: &str,
+    ) -> (serde_json::Value, serde_json::Value) {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'event_sequence' - 'event_position' \
+                 - 'created_at' - 'updated_at' ORDER BY t.id), '[]'), \
+                 coalesce(jsonb_agg(t.id ORDER BY event_sequence, event_position, t.id), '[]') \
+             FROM {table} t"
         )))
         .fetch_one(conn)
         .await
@@ -431,6 +449,7 @@ mod tests {
             },
         })
         .collect();
+        let (question_id, grpc_id) = (told[0].id, told[1].id);
         let earlier = [(EventId::new(), rest), (EventId::new(), cache)];
         let earlier_again = |f: &mut Fixture| -> Vec<_> {
             earlier
@@ -464,7 +483,7 @@ mod tests {
             let interactions = rows_by_id(&mut conn, "agent_interactions").await;
             tables.push((knowledge, interactions));
         }
-        let (knowledge, interactions) = &tables[1];
+        let ((knowledge, _), (interactions, listed)) = &tables[1];
         assert_eq!(knowledge.as_array().unwrap().len(), 3, "{knowledge:#}");
         let by_id = |id: KnowledgeId| {
             knowledge
@@ -485,7 +504,15 @@ mod tests {
             5,
             "{interactions:#}"
         );
-        assert_eq!(tables[0], tables[1], "the same rows either way");
+        assert_eq!(
+            listed.as_array().unwrap()[2..],
+            [json!(question_id), json!(grpc_id), json!(done_id)],
+            "what the step told, in order, then its completion"
+        );
+        assert_eq!(
+            tables[0], tables[1],
+            "the same rows, listed in the same order"
+        );
     }
 
     #[test]

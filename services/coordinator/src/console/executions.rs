@@ -203,7 +203,8 @@ fn duration(result: &Value) -> String {
 
 fn timeline_row(i: &read::InteractionView, names: &HashMap<Uuid, String>) -> Markup {
     html! {
-        li class={ "interaction " (i.interaction_type) } {
+        // The id lets the live feed, which replays the run, skip what the page already shows.
+        li id={ "i-" (i.id) } class={ "interaction " (i.interaction_type) } {
             (time(Some(i.created_at))) " "
             span.kind { (i.interaction_type.replace('_', " ")) } " "
             (agent_link(names, i.from_agent_id))

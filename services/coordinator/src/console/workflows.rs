@@ -263,9 +263,10 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
         &workflow.name,
         Live::Reload {
             feed: format!("/v1/events?workflowId={id}"),
+            // A step's completion carries the knowledge its agent shared.
             prefixes: "dev.cadre.workflow dev.cadre.execution.started \
-                       dev.cadre.execution.completed dev.cadre.execution.failed \
-                       dev.cadre.execution.cancelled",
+                       dev.cadre.execution.step_completed dev.cadre.execution.completed \
+                       dev.cadre.execution.failed dev.cadre.execution.cancelled",
         },
         content,
     ))

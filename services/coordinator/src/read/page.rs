@@ -135,6 +135,23 @@ impl SortKey for (i64, Uuid) {
     }
 }
 
+/// A log position, a place among the rows of that event, and an id.
+impl SortKey for (i64, i16, Uuid) {
+    fn parts(&self) -> Vec<String> {
+        vec![self.0.to_string(), self.1.to_string(), self.2.to_string()]
+    }
+
+    fn from_parts(parts: &[&str]) -> Option<Self> {
+        match parts {
+            [n, position, id] => Some((n.parse().ok()?, position.parse().ok()?, id.parse().ok()?)),
+            // A cursor of a list that was keyed by position alone (one row per event): after
+            // every row of that event.
+            [n] => Some((n.parse().ok()?, i16::MAX, Uuid::max())),
+            _ => None,
+        }
+    }
+}
+
 impl SortKey for i32 {
     fn parts(&self) -> Vec<String> {
         vec![self.to_string()]
@@ -288,6 +305,16 @@ mod tests {
             decode("handoffs", &encode("handoffs", &42_i64)),
             Ok((42_i64, Uuid::max())),
             "a cursor of the release before"
+        );
+        let told = (42_i64, 3_i16, id);
+        assert_eq!(
+            decode("interactions", &encode("interactions", &told)),
+            Ok(told)
+        );
+        assert_eq!(
+            decode("knowledge", &encode("knowledge", &42_i64)),
+            Ok((42_i64, i16::MAX, Uuid::max())),
+            "a cursor of the release before: after every row of that event"
         );
     }
 

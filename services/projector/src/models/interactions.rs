@@ -38,6 +38,8 @@ pub(crate) struct InteractionRow {
     pub response_deadline: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub event_sequence: i64,
+    /// Its place among the rows of its event (see [`Origin::position`]).
+    pub event_position: i16,
 }
 
 /// What became of a question (or an escalation) that waited for an answer.
@@ -97,6 +99,7 @@ impl InteractionRow {
             response_deadline: None,
             created_at: origin.at,
             event_sequence: origin.sequence,
+            event_position: origin.position,
         }
     }
 }
@@ -631,17 +634,17 @@ impl Changes {
         if !rows.is_empty() {
             columns!(for r in rows => id, tenant_id, workflow_execution_id, from_agent_id,
                      to_agent_id, message, context_data, related_step_id, requires_response,
-                     response_deadline, created_at, event_sequence,
+                     response_deadline, created_at, event_sequence, event_position,
                      interaction_type = r.interaction_type.to_owned());
             sqlx::query!(
                 "INSERT INTO agent_interactions (id, tenant_id, workflow_execution_id,
                      from_agent_id, to_agent_id, interaction_type, message, context_data,
                      related_step_id, requires_response, response_deadline, created_at,
-                     event_sequence)
+                     event_sequence, event_position)
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[],
                                       $6::text[], $7::text[], $8::jsonb[], $9::text[],
                                       $10::bool[], $11::timestamptz[], $12::timestamptz[],
-                                      $13::bigint[])
+                                      $13::bigint[], $14::int2[])
                  ON CONFLICT DO NOTHING",
                 &id,
                 &tenant_id,
@@ -656,6 +659,7 @@ impl Changes {
                 response_deadline as _,
                 &created_at,
                 &event_sequence,
+                &event_position,
             )
             .execute(&mut *tx)
             .await?;

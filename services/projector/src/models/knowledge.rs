@@ -30,6 +30,8 @@ pub(crate) struct KnowledgeRow {
     pub tags: Value,
     pub created_at: DateTime<Utc>,
     pub event_sequence: i64,
+    /// Its place among the rows of its event (see [`Origin::position`]).
+    pub event_position: i16,
 }
 
 /// A key of the maps below: the tenant and the knowledge id, so an event of one tenant never
@@ -78,6 +80,7 @@ impl Changes {
             tags: json!(e.tags),
             created_at: origin.at,
             event_sequence: origin.sequence,
+            event_position: origin.position,
         });
     }
 
@@ -131,20 +134,20 @@ async fn insert(rows: Vec<KnowledgeRow>, tx: &mut PgConnection) -> Result<(), sq
     }
     columns!(for r in rows => id, tenant_id, workflow_id, execution_id, step_id, title,
                  content, created_by_agent_id, relevance_score, tags, created_at, event_sequence,
-                 knowledge_type = r.knowledge_type.to_owned());
+                 event_position, knowledge_type = r.knowledge_type.to_owned());
     sqlx::query!(
         "INSERT INTO collaboration_knowledge (id, tenant_id, workflow_id, execution_id,
                  step_id, title, content, knowledge_type, created_by_agent_id, relevance_score,
-                 tags, created_at, updated_at, event_sequence)
+                 tags, created_at, updated_at, event_sequence, event_position)
              SELECT id, tenant_id, workflow_id, execution_id, step_id, title, content,
                     knowledge_type, created_by_agent_id, relevance_score, tags, created_at,
-                    created_at, event_sequence
+                    created_at, event_sequence, event_position
              FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
                          $7::text[], $8::text[], $9::uuid[], $10::float8[], $11::jsonb[],
-                         $12::timestamptz[], $13::bigint[])
+                         $12::timestamptz[], $13::bigint[], $14::int2[])
                   AS k(id, tenant_id, workflow_id, execution_id, step_id, title, content,
                        knowledge_type, created_by_agent_id, relevance_score, tags, created_at,
-                       event_sequence)
+                       event_sequence, event_position)
              ON CONFLICT DO NOTHING",
         &id,
         &tenant_id,
@@ -159,6 +162,7 @@ async fn insert(rows: Vec<KnowledgeRow>, tx: &mut PgConnection) -> Result<(), sq
         &tags,
         &created_at,
         &event_sequence,
+        &event_position,
     )
     .execute(&mut *tx)
     .await?;

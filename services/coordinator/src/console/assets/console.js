@@ -264,12 +264,41 @@
       }
     }
 
+    // The interaction timeline. Each entry's id is its interaction's: the execution feed
+    // replays the run, and an entry the page already shows is not added again.
+    const timeline = $("#timeline");
+    const show = (id, at, kind, from, to, stepId, message) => {
+      if (document.getElementById("i-" + id)) return;
+      const item = document.createElement("li");
+      item.id = "i-" + id;
+      item.className = "interaction " + kind;
+      item.append(timeCell(at), " ");
+      const k = document.createElement("span");
+      k.className = "kind";
+      k.textContent = kind.replace(/_/g, " ");
+      item.append(k, " " + name(from) + " → " + (to ? name(to) : "the team"));
+      if (stepId) item.append(" on " + stepId);
+      const p = document.createElement("p");
+      p.className = "message";
+      p.textContent = message;
+      item.append(p);
+      timeline.append(item);
+    };
+    const recorded = (id, at, d) =>
+      show(id, at, d.interactionType, d.fromAgentId, d.toAgentId, d.relatedStepId, d.message);
+
     const apply = {
       step_scheduled: (d, at) => setStep(d.step.id, { status: "scheduled", agentId: d.agent.id, attempt: d.attempt, scheduled: true }, at),
       step_started: (d, at) => setStep(d.stepId, { status: "running", agentId: d.agentId, attempt: d.attempt, started: true }, at),
       step_deferred: (d, at) => setStep(d.stepId, { status: "waiting" }, at),
       questions_asked: (d, at) => setStep(d.stepId, { status: "awaiting_answers" }, at),
-      step_completed: (d, at) => setStep(d.stepId, { status: "completed", ended: true, durationMs: d.durationMs }, at),
+      step_completed: (d, at) => {
+        // What the agent told its team comes with the completion (`told`), before it.
+        for (const t of d.told || []) {
+          if (t.type.includes(".interaction_recorded.")) recorded(t.id, at, t.data);
+        }
+        setStep(d.stepId, { status: "completed", ended: true, durationMs: d.durationMs }, at);
+      },
       step_failed: (d, at) => setStep(d.stepId, { status: "failed", ended: true }, at),
       step_timed_out: (d, at) => setStep(d.stepId, { status: "timed_out", ended: true }, at),
       step_retry_scheduled: (d, at) => setStep(d.stepId, { status: "retry_waiting" }, at),
@@ -322,41 +351,16 @@
     }, (type) => Object.hasOwn(apply, factOf(type)));
 
     // Interactions are the workflow's facts, not the execution state's: they come on the
-    // workflow's feed (from now on; the page already shows the earlier ones).
-    const timeline = $("#timeline");
-    // A step's completion carries what its agent told the team (`told`: the interactions
-    // recorded with it); older logs stored those as interaction_recorded events of their own.
-    const interaction = (type) =>
-      type.includes(".interaction_recorded.") || type.includes(".question_answered.") ||
-      type.includes(".step_completed.");
-    const show = (at, kind, from, to, stepId, message) => {
-      const item = document.createElement("li");
-      item.className = "interaction " + kind;
-      item.append(timeCell(at), " ");
-      const k = document.createElement("span");
-      k.className = "kind";
-      k.textContent = kind.replace(/_/g, " ");
-      item.append(k, " " + name(from) + " → " + (to ? name(to) : "the team"));
-      if (stepId) item.append(" on " + stepId);
-      const p = document.createElement("p");
-      p.className = "message";
-      p.textContent = message;
-      item.append(p);
-      timeline.append(item);
-    };
-    const recorded = (at, d) =>
-      show(at, d.interactionType, d.fromAgentId, d.toAgentId, d.relatedStepId, d.message);
+    // workflow's feed (from now on; the page already shows the earlier ones), except what an
+    // agent told its team as it completed a step, which comes with the completion.
+    const interaction = (type) => type.includes(".interaction_recorded.") || type.includes(".question_answered.");
     subscribe(only(workflowFeed, interaction), (cloudEvent) => {
       const d = cloudEvent.data;
       if (!d || d.executionId !== executionId) return;
       if (cloudEvent.type.includes(".interaction_recorded.")) {
-        recorded(cloudEvent.time, d);
+        recorded(cloudEvent.id, cloudEvent.time, d);
       } else if (cloudEvent.type.includes(".question_answered.")) {
-        show(cloudEvent.time, "answer", d.agentId, null, d.stepId, d.answer || d.error || "");
-      } else if (cloudEvent.type.includes(".step_completed.")) {
-        const told = (d.told || []).filter((t) => t.type.includes(".interaction_recorded."));
-        if (told.length === 0) return;
-        for (const t of told) recorded(cloudEvent.time, t.data);
+        show(cloudEvent.id, cloudEvent.time, "answer", d.agentId, null, d.stepId, d.answer || d.error || "");
       } else {
         return;
       }
