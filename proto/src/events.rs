@@ -1097,17 +1097,17 @@ pub struct StepCompleted {
 /// is skipped, as an event of an unknown type is, rather than failing the whole completion.
 /// (Events are JSON: each entry's `data` is read as raw JSON, then as its type says.)
 fn known_told<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Told>, D::Error> {
+    use serde_json::value::RawValue;
     #[derive(Deserialize)]
     struct Entry {
         id: EventId,
         #[serde(rename = "type")]
         event_type: String,
-        data: Box<serde_json::value::RawValue>,
+        data: Box<RawValue>,
     }
     fn read<'a, T: Deserialize<'a>, E: serde::de::Error>(data: &'a RawValue) -> Result<T, E> {
         serde_json::from_str(data.get()).map_err(E::custom)
     }
-    use serde_json::value::RawValue;
     let mut told = Vec::new();
     for Entry {
         id,
@@ -1130,7 +1130,8 @@ fn known_told<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<T
 /// One thing a step told its team, inside its [`StepCompleted`]: the CloudEvent it stands for
 /// without the attributes it shares with the completion (`source`, `time`, the tenant) —
 /// `{"id", "type", "data"}`, where `type` is the event type of its own (`..._shared.v1`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Read only as part of a completion, which skips entries of a type it does not know.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Told {
     /// Its event id: derived from the step's scheduling, so that a redelivered step tells the
     /// same, and a read model keyed by event id keeps one row for it.
@@ -1140,7 +1141,7 @@ pub struct Told {
 }
 
 /// The kinds of event a step's completion may carry (see [`Told`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", content = "data")]
 pub enum ToldEvent {
     #[serde(rename = "dev.cadre.execution.interaction_recorded.v1")]

@@ -392,15 +392,13 @@ impl Plan {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 mod tests {
-    use cadre_proto::events::ExecutionCompleted;
+    use cadre_proto::events::{ExecutionCompleted, Told};
+    use cadre_proto::{EventId, KnowledgeId};
     use serde_json::json;
 
     use super::*;
     use crate::models::executions::ExecutionStatus;
     use crate::models::workflows::{Duration, WorkflowStatus};
-    use cadre_proto::events::Told;
-    use cadre_proto::{EventId, KnowledgeId};
-
     use crate::testing::{Fixture, payload, plan_all};
 
     /// The rows of `table` as JSON by id, without the columns that say when and at which
