@@ -328,23 +328,23 @@ impl EventBus {
     }
 
     /// Appends `envelopes` in order after the message at `expected` on `filter`, each expecting
-    /// the one before it; returns the sequence of each. On a conflict, the events before it
+    /// the one before it; returns the last one's sequence. On a conflict, the events before it
     /// are stored and the rest are not: the caller re-reads and decides again.
     pub async fn append_after(
         &self,
         envelopes: &[Envelope],
         filter: &str,
         expected: u64,
-    ) -> Result<Vec<u64>, PublishError> {
-        let mut sequences = Vec::with_capacity(envelopes.len());
+    ) -> Result<u64, PublishError> {
+        let mut last = expected;
         for envelope in envelopes {
             let append = Append::ExpectLast {
                 filter: filter.to_owned(),
-                sequence: sequences.last().copied().unwrap_or(expected),
+                sequence: last,
             };
-            sequences.push(self.publish(envelope, append).await?.sequence);
+            last = self.publish(envelope, append).await?.sequence;
         }
-        Ok(sequences)
+        Ok(last)
     }
 
     /// Appends `envelopes` as one JetStream atomic batch (ADR-50): all stored, at consecutive
@@ -373,11 +373,10 @@ impl EventBus {
                 .unwrap_or_else(tracing::Span::current)
         };
         if envelopes.len() <= 1 {
-            let sequences = self
+            return self
                 .append_after(envelopes, filter, expected)
                 .instrument(span_of(0))
-                .await?;
-            return Ok(sequences.last().copied().unwrap_or(expected));
+                .await;
         }
         let payloads: Vec<Bytes> = envelopes
             .iter()

@@ -10,7 +10,7 @@ use chrono::Utc;
 
 use cadre_proto::model::AgentProfile;
 use cadre_proto::{AgentId, Envelope, Event, TenantId, subjects};
-use cadre_runtime::bus::{self, EventBus, PublishError, Stored};
+use cadre_runtime::bus::{self, EventBus, PublishError};
 
 use crate::SOURCE;
 use crate::domain::Decider;
@@ -137,13 +137,12 @@ impl<D: Decider> Aggregate<D> {
         true
     }
 
-    /// Decides `command` on the current state and appends the events; returns them as stored,
-    /// each with its stream sequence.
+    /// Decides `command` on the current state and appends the events; returns them as stored.
     pub async fn execute(
         &mut self,
         bus: &EventBus,
         command: &D::Command,
-    ) -> Result<Vec<Stored>, CommandError<D::Error>> {
+    ) -> Result<Vec<Envelope>, CommandError<D::Error>> {
         let mut backoff = contention_backoff();
         for attempt in 0..ATTEMPTS {
             let now = Utc::now();
@@ -159,16 +158,12 @@ impl<D: Decider> Aggregate<D> {
                 .append_after(&envelopes, &self.filter, self.version)
                 .await
             {
-                Ok(sequences) => {
+                Ok(last) => {
                     for envelope in &envelopes {
                         self.state = D::evolve(std::mem::take(&mut self.state), &envelope.event);
                     }
-                    self.version = sequences.last().copied().unwrap_or(self.version);
-                    return Ok(envelopes
-                        .into_iter()
-                        .zip(sequences)
-                        .map(|(envelope, sequence)| Stored { sequence, envelope })
-                        .collect());
+                    self.version = last;
+                    return Ok(envelopes);
                 }
                 Err(PublishError::Conflict { .. }) => {
                     self.after_conflict(bus, attempt, &mut backoff).await?;

@@ -19,7 +19,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,14 +36,14 @@ use cadre_proto::events::{ParentStep, StepAttempt, StepCompleted, StepFailed};
 use cadre_proto::model::StepResult;
 use cadre_proto::streams::{self, ACTIVE_GROUP, PINNED_PULL_EXPIRY};
 use cadre_proto::timers::{self, TimerMessage};
-use cadre_proto::{Envelope, Event, EventId, ExecutionId, TenantId, WorkflowId, subjects};
-use cadre_runtime::bus::{self, Append, EventBus, NatsError, Stored};
+use cadre_proto::{Envelope, Event, ExecutionId, TenantId, WorkflowId, subjects};
+use cadre_runtime::bus::{self, Append, EventBus, NatsError};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::membership::Membership;
 use cadre_runtime::telemetry;
 
 use crate::command::{Aggregate, CommandError, History};
-use crate::domain::execution::{Command, ExecutionDecider, State, TransitionRefused, effects};
+use crate::domain::execution::{Command, ExecutionDecider, TransitionRefused, effects};
 use crate::domain::workflow::{self, Workflow};
 use crate::domain::{ChildOutcome, Effect};
 use crate::partitions;
@@ -506,12 +506,12 @@ fn lane_of(input: &Input, lanes: usize) -> usize {
 }
 
 async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
-    let mut executions = Executions::default();
+    let mut executions: HashMap<ExecutionId, Execution> = HashMap::new();
     while let Some(input) = inputs.recv().await {
         let delivery = match input {
             Input::Delivery(delivery) => delivery,
             Input::Forget(done) => {
-                executions = Executions::default();
+                executions.clear();
                 let _ = done.send(());
                 continue;
             }
@@ -575,19 +575,6 @@ async fn settle(message: &jetstream::Message, processed: Processed) {
     }
 }
 
-/// What a lane keeps in memory: the executions it works, and the ids of the events it
-/// appended whose effects it has performed already (see [`perform_decided`]).
-#[derive(Default)]
-struct Executions {
-    states: HashMap<ExecutionId, Execution>,
-    performed: HashSet<EventId>,
-}
-
-/// Past this many, the ids of events whose effects were performed early are forgotten (those
-/// never read back, as after a partition moved): their effects are performed again when read
-/// back, which every effect tolerates.
-const MAX_PERFORMED: usize = 100_000;
-
 /// The execution's state, from this lane's memory or else from the log.
 async fn execution<'a>(
     bus: &EventBus,
@@ -608,12 +595,10 @@ async fn execution<'a>(
 /// An execution's state event, stored at `sequence` in the log.
 async fn on_event(
     services: &Services,
-    lane: &mut Executions,
+    executions: &mut HashMap<ExecutionId, Execution>,
     message: &jetstream::Message,
     sequence: u64,
 ) -> Processed {
-    let Executions { states, performed } = lane;
-    let executions = states;
     let bus = &services.bus;
     let envelope = match Envelope::decode(&message.payload) {
         Ok(envelope) => envelope,
@@ -645,15 +630,18 @@ async fn on_event(
         Err(error) => return Processed::Retry(error.to_string()),
     };
     aggregate.fold(sequence, &envelope.event);
-    // Performed when this lane appended it, unless that failed: the log is the outbox, and
-    // what it hands back is done here at the latest.
-    if !performed.remove(&envelope.meta.id)
-        && let Err(error) = perform_all(services, &aggregate.state, &envelope, sequence).await
-    {
+    // An event's effects are independent of each other (handing a step over and arming its
+    // timer): perform them at once.
+    let performed = futures::future::join_all(
+        effects(&aggregate.state, &envelope.event, envelope.meta.time)
+            .into_iter()
+            .map(|effect| perform(services, &envelope, sequence, effect)),
+    )
+    .await;
+    if let Some(Err(error)) = performed.into_iter().find(Result::is_err) {
         return Processed::Retry(format!("performing an effect of event {sequence}: {error}"));
     }
     let outcome = decide_or_abandon(bus, aggregate, &Command::Advance).await;
-    perform_decided(services, &aggregate.state, &outcome, performed).await;
     // A finished execution leaves memory once its end has come back from the log (its effects
     // are performed) and nothing more was decided.
     if aggregate.state.is_finished() && is_end(&envelope.event) {
@@ -662,64 +650,13 @@ async fn on_event(
     decided(outcome, executions, execution_id)
 }
 
-/// Performs the effects of `envelope`, stored at `sequence`, on `state` (the execution's after
-/// it). They are independent of each other (handing a step over and arming its timer): all at
-/// once.
-async fn perform_all(
-    services: &Services,
-    state: &State,
-    envelope: &Envelope,
-    sequence: u64,
-) -> Result<(), NatsError> {
-    futures::future::join_all(
-        effects(state, &envelope.event, envelope.meta.time)
-            .into_iter()
-            .map(|effect| perform(services, envelope, sequence, effect)),
-    )
-    .await
-    .into_iter()
-    .collect()
-}
-
-/// Performs the effects of the events just decided and stored, without waiting for the log to
-/// hand them back through the inbox (a round trip that was the larger part of a step's
-/// handoff): the next step goes to the workers as soon as its scheduling is stored. Each one
-/// performed is recorded in `performed`, so that its read-back skips it; one that fails is
-/// left to the read-back, which performs it before the event is acked, as for any event.
-/// Performing an effect twice (this lane lost the execution's partition meanwhile, or forgot)
-/// is harmless: the dispatch and the timers carry ids the server deduplicates, and every
-/// effect is idempotent.
-async fn perform_decided(
-    services: &Services,
-    state: &State,
-    outcome: &Result<Vec<Stored>, CommandError<TransitionRefused>>,
-    performed: &mut HashSet<EventId>,
-) {
-    let Ok(stored) = outcome else {
-        return;
-    };
-    if performed.len() + stored.len() > MAX_PERFORMED {
-        performed.clear();
-    }
-    for Stored { sequence, envelope } in stored {
-        match perform_all(services, state, envelope, *sequence).await {
-            Ok(()) => {
-                performed.insert(envelope.meta.id);
-            }
-            Err(error) => {
-                tracing::debug!(%error, sequence, "an effect failed; the read-back performs it");
-            }
-        }
-    }
-}
-
 /// Decides `command`; when the log refuses what it decided as too large, retrying would fail
 /// the same way forever, so the run fails with that reason instead.
 async fn decide_or_abandon(
     bus: &EventBus,
     aggregate: &mut Execution,
     command: &Command,
-) -> Result<Vec<Stored>, CommandError<TransitionRefused>> {
+) -> Result<Vec<Envelope>, CommandError<TransitionRefused>> {
     match aggregate.execute(bus, command).await {
         Err(CommandError::Publish(error)) if error.is_too_large() => {
             tracing::error!(%error, "a decision is too large to record; failing the execution");
@@ -744,7 +681,7 @@ fn is_end(event: &Event) -> bool {
 /// Settles a decision; on an infrastructure error the execution's state is dropped, so the
 /// redelivery rebuilds it from the log.
 fn decided(
-    outcome: Result<Vec<Stored>, CommandError<TransitionRefused>>,
+    outcome: Result<Vec<Envelope>, CommandError<TransitionRefused>>,
     executions: &mut HashMap<ExecutionId, Execution>,
     execution_id: ExecutionId,
 ) -> Processed {
@@ -800,12 +737,10 @@ async fn on_workflow_event(
 /// A fired timer, stored at `sequence` in the timers stream.
 async fn on_timer(
     services: &Services,
-    lane: &mut Executions,
+    executions: &mut HashMap<ExecutionId, Execution>,
     message: &jetstream::Message,
     sequence: u64,
 ) -> Processed {
-    let Executions { states, performed } = lane;
-    let executions = states;
     let fired: TimerMessage = match serde_json::from_slice(&message.payload) {
         Ok(fired) => fired,
         Err(error) => return Processed::Unreadable(format!("not a Cadre timer: {error}")),
@@ -835,7 +770,6 @@ async fn on_timer(
     };
     let outcome =
         decide_or_abandon(&services.bus, aggregate, &Command::TimerFired(fired.timer)).await;
-    perform_decided(services, &aggregate.state, &outcome, performed).await;
     decided(outcome, executions, execution_id)
 }
 
