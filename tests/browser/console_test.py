@@ -226,7 +226,11 @@ def main():
         expect(page.locator("#node-sign-off")).to_have_class("node st-completed")
         expect(page.locator("#progress-text")).to_have_text("3 of 3 steps done")
         expect(page.locator("#escalations article.escalation")).to_have_count(0)
+        # The timeline follows the run live, rows derived from its steps' facts included: each
+        # step's completion, and what its agent shared with the team.
         expect(page.locator("#timeline li").first).to_be_visible()
+        expect(page.locator("#timeline")).to_contain_text("Completed step")
+        expect(page.locator("#timeline li.interaction.knowledge_sharing").first).to_be_visible()
         page.screenshot(path=SHOTS / "execution-completed.png", full_page=True)
         latencies = page.evaluate("() => window.cadre.latencies")
         execution_url = page.url

@@ -131,11 +131,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
         }
         h2 { "Interactions" }
         p { "Who asked whom, the answers, delegations, feedback, escalations and knowledge shared, in the order recorded." }
-        ol #timeline.timeline {
-            @for i in &interactions {
-                (timeline_row(i, &names))
-            }
-        }
+        (timeline(&interactions.rows, &names))
         h2 { "Token use and cost" }
         (usage_table("By step", &usage, &by[0], |key| html! { code { (key) } }))
         (usage_table("By agent", &usage, &by[1], |key| agent_link(&names, key.parse().ok())))
@@ -201,10 +197,34 @@ fn duration(result: &Value) -> String {
     }
 }
 
+/// `GET /console/executions/{id}/timeline[?at=<sequence>]`: the execution's interaction
+/// timeline as its page shows it, for the script to put in place when the live feed brings an
+/// event (with `at`, once the read models have reached it: see `read_at`). The timeline's rows
+/// are the projector's, most of them derived from what happened to the steps: the page shows
+/// them as the read models have them rather than spelling each again.
+pub(super) async fn timeline_fragment(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+) -> PageResult {
+    let id = parse_uuid(&raw, "execution")?;
+    let interactions = read::interactions(&app.db, &app.tenant, id, Page::first(1000)).await?;
+    let names = agent_names(&app).await?;
+    Ok(timeline(&interactions.rows, &names))
+}
+
+fn timeline(interactions: &[read::InteractionView], names: &HashMap<Uuid, String>) -> Markup {
+    html! {
+        ol #timeline.timeline {
+            @for i in interactions {
+                (timeline_row(i, names))
+            }
+        }
+    }
+}
+
 fn timeline_row(i: &read::InteractionView, names: &HashMap<Uuid, String>) -> Markup {
     html! {
-        // The id lets the live feed, which replays the run, skip what the page already shows.
-        li id={ "i-" (i.id) } class={ "interaction " (i.interaction_type) } {
+        li class={ "interaction " (i.interaction_type) } {
             (time(Some(i.created_at))) " "
             span.kind { (i.interaction_type.replace('_', " ")) } " "
             (agent_link(names, i.from_agent_id))

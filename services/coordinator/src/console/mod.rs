@@ -37,6 +37,10 @@ pub fn router(state: AppState) -> Router {
         .route("/console/workflows/{id}", get(workflows::detail))
         .route("/console/templates/{id}", get(templates::detail))
         .route("/console/executions/{id}", get(executions::detail))
+        .route(
+            "/console/executions/{id}/timeline",
+            get(executions::timeline_fragment),
+        )
         .route("/console/history", get(executions::history))
         .route("/console/escalations", get(escalations::list))
         .route("/console/escalations/{id}/card", get(escalations::fragment))

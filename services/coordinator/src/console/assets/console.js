@@ -264,41 +264,36 @@
       }
     }
 
-    // The interaction timeline. Each entry's id is its interaction's: the execution feed
-    // replays the run, and an entry the page already shows is not added again.
-    const timeline = $("#timeline");
-    const show = (id, at, kind, from, to, stepId, message) => {
-      if (document.getElementById("i-" + id)) return;
-      const item = document.createElement("li");
-      item.id = "i-" + id;
-      item.className = "interaction " + kind;
-      item.append(timeCell(at), " ");
-      const k = document.createElement("span");
-      k.className = "kind";
-      k.textContent = kind.replace(/_/g, " ");
-      item.append(k, " " + name(from) + " → " + (to ? name(to) : "the team"));
-      if (stepId) item.append(" on " + stepId);
-      const p = document.createElement("p");
-      p.className = "message";
-      p.textContent = message;
-      item.append(p);
-      timeline.append(item);
-    };
-    const recorded = (id, at, d) =>
-      show(id, at, d.interactionType, d.fromAgentId, d.toAgentId, d.relatedStepId, d.message);
+    // The interaction timeline, as the read models have it once they reach the event that
+    // changed it (most rows are derived from what happened to the steps): fetched again after
+    // each such event, at most one request at a time, for the latest event seen.
+    let timelineWanted = 0;
+    let timelineBusy = false;
+    async function refreshTimeline(sequence) {
+      timelineWanted = Math.max(timelineWanted, Number(sequence) || 0);
+      if (timelineBusy) return;
+      timelineBusy = true;
+      try {
+        let at;
+        do {
+          at = timelineWanted;
+          const response = await fetch("/console/executions/" + executionId + "/timeline?at=" + at);
+          if (!response.ok) break;
+          const fragment = new DOMParser().parseFromString(await response.text(), "text/html");
+          const fresh = $("#timeline", fragment);
+          if (fresh) $("#timeline").replaceWith(fresh);
+        } while (timelineWanted !== at);
+      } finally {
+        timelineBusy = false;
+      }
+    }
 
     const apply = {
       step_scheduled: (d, at) => setStep(d.step.id, { status: "scheduled", agentId: d.agent.id, attempt: d.attempt, scheduled: true }, at),
       step_started: (d, at) => setStep(d.stepId, { status: "running", agentId: d.agentId, attempt: d.attempt, started: true }, at),
       step_deferred: (d, at) => setStep(d.stepId, { status: "waiting" }, at),
       questions_asked: (d, at) => setStep(d.stepId, { status: "awaiting_answers" }, at),
-      step_completed: (d, at) => {
-        // What the agent told its team comes with the completion (`told`), before it.
-        for (const t of d.told || []) {
-          if (t.type.includes(".interaction_recorded.")) recorded(t.id, at, t.data);
-        }
-        setStep(d.stepId, { status: "completed", ended: true, durationMs: d.durationMs }, at);
-      },
+      step_completed: (d, at) => setStep(d.stepId, { status: "completed", ended: true, durationMs: d.durationMs }, at),
       step_failed: (d, at) => setStep(d.stepId, { status: "failed", ended: true }, at),
       step_timed_out: (d, at) => setStep(d.stepId, { status: "timed_out", ended: true }, at),
       step_retry_scheduled: (d, at) => setStep(d.stepId, { status: "retry_waiting" }, at),
@@ -341,6 +336,7 @@
       const handler = apply[fact];
       if (!handler) return;
       handler(cloudEvent.data, cloudEvent.time, sequence);
+      refreshTimeline(sequence);
       measured(cloudEvent);
       if (fact === "completed" || fact === "failed" || fact === "cancelled") {
         // The feed ends with the run; without this EventSource would reconnect for nothing.
@@ -350,20 +346,13 @@
       }
     }, (type) => Object.hasOwn(apply, factOf(type)));
 
-    // Interactions are the workflow's facts, not the execution state's: they come on the
-    // workflow's feed (from now on; the page already shows the earlier ones), except what an
-    // agent told its team as it completed a step, which comes with the completion.
+    // Interactions recorded apart from the run's own facts (a question's answer, a review's
+    // feedback) come on the workflow's feed.
     const interaction = (type) => type.includes(".interaction_recorded.") || type.includes(".question_answered.");
-    subscribe(only(workflowFeed, interaction), (cloudEvent) => {
+    subscribe(only(workflowFeed, interaction), (cloudEvent, source, sequence) => {
       const d = cloudEvent.data;
       if (!d || d.executionId !== executionId) return;
-      if (cloudEvent.type.includes(".interaction_recorded.")) {
-        recorded(cloudEvent.id, cloudEvent.time, d);
-      } else if (cloudEvent.type.includes(".question_answered.")) {
-        show(cloudEvent.id, cloudEvent.time, "answer", d.agentId, null, d.stepId, d.answer || d.error || "");
-      } else {
-        return;
-      }
+      refreshTimeline(sequence);
       measured(cloudEvent);
     }, interaction);
   }
