@@ -193,14 +193,19 @@ mod tests {
         }
     }
 
+    fn sample_completion() -> Box<StepCompleted> {
+        every_event()
+            .into_iter()
+            .find_map(|e| match e {
+                Event::StepCompleted(done) => Some(done),
+                _ => None,
+            })
+            .expect("the samples have a StepCompleted")
+    }
+
     #[test]
     fn what_a_completion_told_is_each_the_cloudevent_it_stands_for_without_shared_attributes() {
-        let Some(Event::StepCompleted(done)) = every_event()
-            .into_iter()
-            .find(|e| matches!(e, Event::StepCompleted(_)))
-        else {
-            panic!("the samples have a StepCompleted");
-        };
+        let done = sample_completion();
         assert_eq!(done.told.len(), 4, "one of each kind");
         for told in &done.told {
             let wire = serde_json::to_value(told).unwrap();
@@ -217,12 +222,7 @@ mod tests {
 
     #[test]
     fn a_completion_skips_what_it_told_of_a_kind_this_build_does_not_know() {
-        let Some(Event::StepCompleted(done)) = every_event()
-            .into_iter()
-            .find(|e| matches!(e, Event::StepCompleted(_)))
-        else {
-            panic!("the samples have a StepCompleted");
-        };
+        let done = sample_completion();
         let bytes = wrap(Event::StepCompleted(done.clone())).encode();
         let mut wire: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         let told = wire["data"]["told"].as_array_mut().unwrap();

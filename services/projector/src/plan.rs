@@ -483,15 +483,7 @@ mod tests {
         }
         let ((knowledge, _), (interactions, listed)) = &tables[1];
         assert_eq!(knowledge.as_array().unwrap().len(), 3, "{knowledge:#}");
-        let by_id = |id: KnowledgeId| {
-            knowledge
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|row| row["id"] == json!(id))
-                .unwrap()
-                .clone()
-        };
+        let by_id = |id: KnowledgeId| crate::testing::row_with_id(knowledge, id);
         assert_eq!(by_id(k_rest)["is_active"], false);
         assert_eq!(by_id(k_rest)["superseded_by"], json!(k_grpc));
         assert_eq!(by_id(k_cache)["validated_by_agents"], json!([f.agent.id]));

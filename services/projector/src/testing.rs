@@ -695,6 +695,17 @@ pub(crate) async fn rows(conn: &mut PgConnection, table: &str) -> Value {
     .unwrap()
 }
 
+/// The row of `rows` (a JSON array, as [`rows`] gives) whose `id` is `id`.
+pub(crate) fn row_with_id(rows: &Value, id: impl serde::Serialize) -> Value {
+    let id = serde_json::json!(id);
+    rows.as_array()
+        .into_iter()
+        .flatten()
+        .find(|row| row["id"] == id)
+        .unwrap_or_else(|| panic!("no row {id} in {rows:#}"))
+        .clone()
+}
+
 pub(crate) async fn execution(conn: &mut PgConnection, id: ExecutionId) -> Value {
     sqlx::query_scalar("SELECT to_jsonb(e) FROM workflow_executions e WHERE id = $1")
         .bind(id.0)

@@ -551,15 +551,7 @@ mod tests {
             assert_eq!(snapshot, whole, "batches of {size}");
         }
 
-        let by_id = |id: EscalationId| {
-            whole
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|row| row["id"] == json!(id))
-                .unwrap()
-                .clone()
-        };
+        let by_id = |id: EscalationId| crate::testing::row_with_id(whole, id);
         let status = |id: EscalationId| by_id(id)["status"].clone();
         assert_eq!(status(design.escalation(1)), "resolved");
         assert_eq!(by_id(design.escalation(2))["action"], "skip");
