@@ -262,6 +262,17 @@ async fn answers_too_large_for_an_event_go_by_reference_and_the_run_completes() 
     let output = whole.body["result"]["output"].as_str().unwrap();
     assert!(output.len() > 380 * 1024, "{}", output.len());
     assert!(output.starts_with("Deliverable of Step a"));
+    // A step the run does not have is told apart from one that has not completed.
+    let unknown = stack
+        .api
+        .get(&format!(
+            "/v1/executions/{}/steps/nope/result",
+            view["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let detail = unknown.body["detail"].as_str().unwrap();
+    assert!(detail.contains("no such step (its steps: a"), "{detail}");
     stack.stop().await;
 }
 

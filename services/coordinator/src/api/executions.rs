@@ -630,9 +630,24 @@ pub(super) async fn step_result(
         .into_response());
     }
     let Some(Event::StepCompleted(done)) = stored.map(|s| s.envelope.event) else {
-        return Err(Problem::not_found(format!(
-            "step '{step_id}' of execution {id} has no result: it has not completed"
-        )));
+        let steps = &started.workflow.configuration.steps;
+        return Err(Problem::not_found(
+            if steps.iter().any(|s| s.id == step_id) {
+                format!("step '{step_id}' of execution {id} has no result: it has not completed")
+            } else {
+                // A run may add steps of its own (delegated, undoing, re-planned): those have
+                // results too once completed, so the answer names what the workflow has.
+                format!(
+                    "execution {id} has completed no step '{step_id}', and its workflow has no such \
+                     step (its steps: {})",
+                    steps
+                        .iter()
+                        .map(|s| s.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+        ));
     };
     let result = match &done.result.full {
         None => done.result.clone(),
