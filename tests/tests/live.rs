@@ -120,6 +120,19 @@ async fn an_execution_feed_replays_then_follows_resumes_after_an_id_and_ends_wit
         panic!("an unknown type is refused")
     };
     assert_eq!(reply.status, 400);
+    // No type at all would follow every event: refused as empty, workflow or not.
+    let Err(reply) = stack.api.events("/v1/events?types=,", None).await else {
+        panic!("an empty list of types is refused")
+    };
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("'types' is empty"),
+        "{}",
+        reply.body
+    );
     // A misspelt parameter would follow every event of the tenant: refused, naming it.
     let Err(reply) = stack.api.events("/v1/events?workflowID=x", None).await else {
         panic!("an unknown parameter is refused")

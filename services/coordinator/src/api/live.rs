@@ -146,7 +146,9 @@ fn of_types(
     types: &str,
 ) -> Result<Vec<String>, Problem> {
     let mut filters = BTreeSet::new();
+    let mut named = 0;
     for type_name in types.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        named += 1;
         let Some(subjects) = subjects::of_type(&app.tenant, workflow, type_name) else {
             return Err(Problem::bad_request(format!(
                 "'types' names '{type_name}', which is not an event type: list CloudEvents types \
@@ -155,11 +157,17 @@ fn of_types(
         };
         filters.extend(subjects);
     }
-    if filters.is_empty() {
-        // No filter would mean every event.
+    // No filter would mean every event.
+    if named == 0 {
         return Err(Problem::bad_request(
-            "'types' names no event type that can occur here (agents', templates' and \
-             subscriptions' events are in no workflow)",
+            "'types' is empty: list CloudEvents types such as dev.cadre.execution.completed.v1, \
+             separated by commas, or leave it out for every event",
+        ));
+    }
+    if filters.is_empty() {
+        return Err(Problem::bad_request(
+            "'types' names no event type that can occur in a workflow's feed (agents', \
+             templates' and subscriptions' events are in no workflow)",
         ));
     }
     Ok(filters.into_iter().collect())
