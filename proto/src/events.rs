@@ -325,6 +325,13 @@ pub struct StepScheduled {
     /// When this attempt times out (the step's `timeoutMinutes` after it was scheduled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_at: Option<DateTime<Utc>>,
+    /// Whether `timeout_at` comes before every deadline the execution's one step time-out timer
+    /// is armed for (or it is not armed), so that the coordinator arms it again for
+    /// `timeout_at`. One timer guards all of an execution's attempts; a later deadline is
+    /// checked when the earlier one fires (see [`StepDeadlinesChecked`]). False in logs of
+    /// releases that armed one timer per attempt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub arms_step_timer: bool,
     /// The other participants, whom the agent may ask questions by name or role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub team: Vec<Teammate>,
@@ -1218,6 +1225,19 @@ pub struct StepTimedOut {
     pub timeout_minutes: f64,
 }
 
+/// The execution's step time-out timer fired, armed for `due`: the attempts due by then were
+/// timed out (`StepTimedOut`, decided with it), and the timer is armed again for `next_at`, the
+/// earliest deadline of the attempts still running, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepDeadlinesChecked {
+    pub execution_id: ExecutionId,
+    pub workflow_id: WorkflowId,
+    pub due: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<DateTime<Utc>>,
+}
+
 /// A failed attempt's step waits for its retry backoff: its next attempt is handed out after
 /// `retry_at` (a durable timer), unless the run ends first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1681,6 +1701,7 @@ events! {
     StepFailed(StepFailed) = STEP_FAILED: "dev.cadre.execution.step_failed.v1",
     StepTimedOut(StepTimedOut) = STEP_TIMED_OUT: "dev.cadre.execution.step_timed_out.v1",
     StepSkipped(StepSkipped) = STEP_SKIPPED: "dev.cadre.execution.step_skipped.v1",
+    StepDeadlinesChecked(StepDeadlinesChecked) = STEP_DEADLINES_CHECKED: "dev.cadre.execution.step_deadlines_checked.v1",
     StepRetryScheduled(StepRetryScheduled) = STEP_RETRY_SCHEDULED: "dev.cadre.execution.step_retry_scheduled.v1",
     StepRetryDue(StepRetryDue) = STEP_RETRY_DUE: "dev.cadre.execution.step_retry_due.v1",
     StepEscalated(Box<StepEscalated>) = STEP_ESCALATED: "dev.cadre.execution.step_escalated.v1",
@@ -1826,6 +1847,12 @@ impl Event {
                 &e.step_id,
                 subjects::SKIPPED,
             ),
+            Self::StepDeadlinesChecked(e) => execution(
+                tenant,
+                e.workflow_id,
+                e.execution_id,
+                subjects::STEP_DEADLINES_CHECKED,
+            ),
             Self::LeadTaken(e) => {
                 execution(tenant, e.workflow_id, e.execution_id, subjects::LEAD_TAKEN)
             }
@@ -1916,6 +1943,7 @@ impl Event {
             Self::SagaStarted(e) => Some(e.workflow_id),
             Self::ExecutionReplanned(e) => Some(e.workflow_id),
             Self::StepSkipped(e) => Some(e.workflow_id),
+            Self::StepDeadlinesChecked(e) => Some(e.workflow_id),
             Self::ExecutionPaused(e) => Some(e.workflow_id),
             Self::ExecutionResumed(e) => Some(e.workflow_id),
             Self::ExecutionCompleted(e) => Some(e.workflow_id),
@@ -1965,6 +1993,7 @@ impl Event {
             Self::SagaStarted(e) => Some(e.execution_id),
             Self::ExecutionReplanned(e) => Some(e.execution_id),
             Self::StepSkipped(e) => Some(e.execution_id),
+            Self::StepDeadlinesChecked(e) => Some(e.execution_id),
             Self::ExecutionPaused(e) => Some(e.execution_id),
             Self::ExecutionResumed(e) => Some(e.execution_id),
             Self::ExecutionCompleted(e) => Some(e.execution_id),

@@ -199,6 +199,7 @@ pub fn every_event() -> Vec<Event> {
         }),
         feedback: Some("tighten it".into()),
         timeout_at: Some(Utc::now()),
+        arms_step_timer: true,
         team: vec![Teammate::of(&agent())],
         answers: vec![QuestionAnswer {
             question: "which database?".into(),
@@ -625,6 +626,12 @@ pub fn every_event() -> Vec<Event> {
             step_id: step_id("a"),
             step_name: "A".into(),
             condition: "false".into(),
+        }),
+        Event::StepDeadlinesChecked(StepDeadlinesChecked {
+            execution_id: e,
+            workflow_id: w,
+            due: Utc::now(),
+            next_at: Some(Utc::now()),
         }),
         Event::ExecutionPaused(ExecutionPaused {
             execution_id: e,

@@ -3,7 +3,7 @@
 //! Layout (tokens after `cadre.events.<tenant>`):
 //! - `agent.<agent>.{registered,status_reported}`, `agent.<agent>.alert_raised.<alert key>.<crossing>`
 //! - `workflow.<workflow>.{created,paused,resumed}`, `workflow.<workflow>.knowledge.{shared,validated,superseded}`
-//! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled,lead_taken,escalated,escalation_resolved,saga_started,replanned}`
+//! - `workflow.<workflow>.execution.<execution>.{started,paused,resumed,completed,failed,cancelled,lead_taken,escalated,escalation_resolved,saga_started,replanned,step_deadlines_checked}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{handed_off,scheduled,started,deferred,completed,failed,timed_out,skipped,reviewed}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{questions_asked,question_assigned,question_answered,questions_expired}`
 //! - `workflow.<workflow>.execution.<execution>.step.<step>.{retry_scheduled,retry_due}`
@@ -59,6 +59,7 @@ pub const ESCALATED: &str = "escalated";
 pub const LEAD_TAKEN: &str = "lead_taken";
 pub const SAGA_STARTED: &str = "saga_started";
 pub const REPLANNED: &str = "replanned";
+pub const STEP_DEADLINES_CHECKED: &str = "step_deadlines_checked";
 pub const ESCALATION_RESOLVED: &str = "escalation_resolved";
 pub const ALERT_RAISED: &str = "alert_raised";
 pub const DELETED: &str = "deleted";
@@ -395,6 +396,7 @@ pub fn of_type(
         ty::LEAD_TAKEN => execution(LEAD_TAKEN),
         ty::SAGA_STARTED => execution(SAGA_STARTED),
         ty::EXECUTION_REPLANNED => execution(REPLANNED),
+        ty::STEP_DEADLINES_CHECKED => execution(STEP_DEADLINES_CHECKED),
         ty::EXECUTION_PAUSED => execution(PAUSED),
         ty::EXECUTION_RESUMED => execution(RESUMED),
         ty::EXECUTION_COMPLETED => execution(COMPLETED),

@@ -33,7 +33,16 @@ pub const ALL_FIRED: &str = "cadre.timers.*.fired.*.>";
     tag = "kind"
 )]
 pub enum Timer {
-    /// One attempt of a step must end by the time the timer fires (`timeoutMinutes`).
+    /// The execution's attempts that have a time-out (`timeoutMinutes`) are checked: the
+    /// earliest of their deadlines, `due`, has come. One timer guards every attempt of an
+    /// execution (see `StepScheduled::arms_step_timer`).
+    StepDeadlines {
+        workflow_id: WorkflowId,
+        execution_id: ExecutionId,
+        due: DateTime<Utc>,
+    },
+    /// One attempt of a step must end by the time the timer fires: armed by releases that
+    /// armed one timer per attempt, it may still fire for an attempt they handed out.
     StepTimeout {
         workflow_id: WorkflowId,
         execution_id: ExecutionId,
@@ -103,6 +112,7 @@ impl Timer {
     pub fn execution_id(&self) -> Option<ExecutionId> {
         match self {
             Self::StepTimeout { execution_id, .. }
+            | Self::StepDeadlines { execution_id, .. }
             | Self::ExecutionDeadline { execution_id, .. }
             | Self::EscalationDue { execution_id, .. }
             | Self::QuestionDeadline { execution_id, .. }
@@ -114,6 +124,7 @@ impl Timer {
     pub fn workflow_id(&self) -> WorkflowId {
         match self {
             Self::StepTimeout { workflow_id, .. }
+            | Self::StepDeadlines { workflow_id, .. }
             | Self::ExecutionDeadline { workflow_id, .. }
             | Self::EscalationDue { workflow_id, .. }
             | Self::QuestionDeadline { workflow_id, .. }
@@ -133,6 +144,7 @@ impl Timer {
     fn key(&self) -> String {
         match self {
             Self::StepTimeout { step_id, .. } => format!("step.{step_id}"),
+            Self::StepDeadlines { .. } => "steps".to_owned(),
             Self::ExecutionDeadline { .. } => "deadline".to_owned(),
             Self::EscalationDue { .. } => "escalation".to_owned(),
             Self::Schedule { .. } => "schedule".to_owned(),
@@ -185,6 +197,16 @@ mod tests {
         assert_eq!(
             step.schedule_subject(&t),
             format!("cadre.timers.{t}.schedule.{e}.step.review")
+        );
+        let steps = Timer::StepDeadlines {
+            workflow_id: w,
+            execution_id: e,
+            due: Utc::now(),
+        };
+        assert_eq!(
+            steps.schedule_subject(&t),
+            format!("cadre.timers.{t}.schedule.{e}.steps"),
+            "one schedule per execution, whenever it is due"
         );
         assert_eq!(
             deadline.fired_subject(&t),

@@ -398,6 +398,63 @@ async fn start_and_finish(stack: &Stack, workflow_id: &str) -> Value {
 }
 
 #[tokio::test]
+async fn the_step_timer_fires_for_the_first_deadline_then_guards_the_steps_still_running() {
+    let stack = Stack::start().await;
+    // Each step takes 4 s; the first must end within 6 s, the others within 10 minutes. The
+    // first step's deadline comes while a later step runs: nothing is due, and the timer,
+    // armed once for the run, is armed again for the running step's deadline.
+    stack.llm.set_latency(Duration::from_secs(4));
+    let workflow_id = workflow(&stack, 3, json!({"timeoutMinutes": 0.1}), json!({})).await;
+    let run = start(&stack, &workflow_id).await;
+    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    assert_eq!(execution["status"], "completed", "{execution:#}");
+    let log = events(&stack, &run).await;
+    let scheduled: Vec<_> = log
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepScheduled(s) => Some((s.arms_step_timer, s.timeout_at)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        scheduled.iter().map(|(arms, _)| *arms).collect::<Vec<_>>(),
+        [true, false, false],
+        "only the first deadline arms the timer"
+    );
+    let checked: Vec<_> = log
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepDeadlinesChecked(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let [check] = checked.as_slice() else {
+        panic!("expected one check of the deadlines: {checked:?}")
+    };
+    assert_eq!(Some(check.due), scheduled[0].1);
+    assert!(
+        scheduled[1..].iter().any(|(_, at)| *at == check.next_at),
+        "armed again for a later step's deadline: {check:?}, {scheduled:?}"
+    );
+    assert!(!log.iter().any(|e| matches!(e, Event::StepTimedOut(_))));
+    let timer = Timer::StepDeadlines {
+        workflow_id: run.workflow,
+        execution_id: run.execution,
+        due: check.due,
+    };
+    let timers = stack.bus.timers_stream().clone();
+    eventually(FINISH, "the run's end to purge its timer", || async {
+        timers
+            .get_last_raw_message_by_subject(&timer.schedule_subject(&TenantId::default_tenant()))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn a_timer_armed_before_a_coordinator_stopped_fires_for_the_next_one() {
     let mut stack = patient_stack().await;
     stack.llm.set_latency(NEVER);
@@ -405,11 +462,11 @@ async fn a_timer_armed_before_a_coordinator_stopped_fires_for_the_next_one() {
     let run = start(&stack, &workflow_id).await;
     wait_for(&stack, &run, "step-1 to start", step_started("step-1")).await;
     let tenant = TenantId::default_tenant();
-    let timer = Timer::StepTimeout {
+    // The execution's one step time-out timer (its subjects do not depend on when it is due).
+    let timer = Timer::StepDeadlines {
         workflow_id: run.workflow,
         execution_id: run.execution,
-        step_id: StepId::parse("step-1").unwrap(),
-        attempt: 1,
+        due: chrono::Utc::now(),
     };
     let timers = stack.bus.timers_stream().clone();
     eventually(FINISH, "the step's timer to be armed", || async {

@@ -285,6 +285,7 @@ impl Fixture {
             review: None,
             feedback: None,
             timeout_at: None,
+            arms_step_timer: false,
             team: Vec::new(),
             answers: Vec::new(),
             earlier_failures: Vec::new(),

@@ -6,14 +6,15 @@ use cadre_proto::events::{
     ExecutionCancelled, ExecutionCompleted, ExecutionEscalated, ExecutionFailed, ExecutionPaused,
     ExecutionReplanned, ExecutionResumed, ExecutionStarted, FailedAttempt, FailureCause, Handoff,
     LeadTaken, ParentStep, QuestionAnswer, QuestionAssigned, QuestionsExpired, Request, Resolution,
-    ReviewRequest, RiskSource, SagaStarted, StepAttempt, StepEscalated, StepRetryDue,
-    StepRetryScheduled, StepScheduled, StepSkipped, StepTimedOut, Teammate, Unanswered,
-    VotesTallied,
+    ReviewRequest, RiskSource, SagaStarted, StepAttempt, StepDeadlinesChecked, StepEscalated,
+    StepRetryDue, StepRetryScheduled, StepScheduled, StepSkipped, StepTimedOut, Teammate,
+    Unanswered, VotesTallied,
 };
 use cadre_proto::model::{
     AgentProfile, DecisionMaking, EscalationRung, MissedDeadline, RiskLead, StepType,
     TriggerReason, WorkflowDefinition, WorkflowStep, hashtags,
 };
+use cadre_proto::streams::FIRED_TIMER_TTL;
 use cadre_proto::timers::Timer;
 use std::collections::{BTreeMap, HashMap};
 
@@ -147,6 +148,19 @@ pub fn decide(
     state: &State,
     now: DateTime<Utc>,
 ) -> Result<Vec<Event>, TransitionRefused> {
+    let mut events = respond(command, state, now)?;
+    if let State::Started(execution) = state {
+        arm_step_timer(execution, &mut events, now);
+    }
+    Ok(events)
+}
+
+/// What `command` calls for, before [`arm_step_timer`] marks the schedulings that arm a timer.
+fn respond(
+    command: &Command,
+    state: &State,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, TransitionRefused> {
     let State::Started(execution) = state else {
         return match command {
             // Nothing to advance before the start; a timer cannot outlive its execution's log.
@@ -162,7 +176,7 @@ pub fn decide(
     };
     match command {
         Command::Advance => Ok(advance(execution, now)),
-        Command::TimerFired(timer) => Ok(timer_fired(execution, timer)),
+        Command::TimerFired(timer) => Ok(timer_fired(execution, timer, now)),
         Command::Abandon { error } if !status.is_finished() => {
             Ok(failed(execution, FailureCause::Unrecordable, error.clone()))
         }
@@ -714,6 +728,94 @@ fn undoing_timed_out(execution: &Execution, undo: &StepId, attempt: u32) -> Opti
     }))
 }
 
+/// The attempt `attempt` of `step_id` (a step, a delegation or an undoing) timed out, if it is
+/// still running; `None` once it has ended.
+fn attempt_timed_out(execution: &Execution, step_id: &StepId, attempt: u32) -> Option<Event> {
+    if let Some(timed_out) = undoing_timed_out(execution, step_id, attempt)
+        .or_else(|| delegation_timed_out(execution, step_id, attempt))
+    {
+        return Some(timed_out);
+    }
+    let progress = execution.steps.get(step_id)?;
+    let step = execution.workflow.step(step_id)?;
+    let (
+        true,
+        StepState::Scheduled { agent }
+        | StepState::Running { agent }
+        | StepState::AwaitingAnswers { agent },
+        Some(minutes),
+    ) = (
+        progress.attempt == attempt,
+        &progress.state,
+        step.timeout_minutes,
+    )
+    else {
+        return None;
+    };
+    Some(Event::StepTimedOut(StepTimedOut {
+        attempt: StepAttempt {
+            execution_id: execution.id,
+            workflow_id: execution.workflow.id,
+            step_id: step_id.clone(),
+            step_name: step.name.clone(),
+            number: attempt,
+            agent_id: *agent,
+        },
+        timeout_minutes: minutes,
+    }))
+}
+
+/// The step time-out timer fired for `due`: every running attempt due by then times out. When
+/// this is the firing the execution armed last, the check is recorded with the next deadline
+/// to arm it for: the earliest of the attempts still running (the timer was not cancelled when
+/// earlier attempts ended, so it may fire with nothing due).
+fn deadlines_checked(execution: &Execution, due: DateTime<Utc>, now: DateTime<Utc>) -> Vec<Event> {
+    let by = due.max(now);
+    let (expired, pending): (Vec<_>, Vec<_>) = execution
+        .step_deadlines
+        .iter()
+        .filter_map(|((step, attempt), at)| {
+            attempt_timed_out(execution, step, *attempt).map(|timed_out| (timed_out, *at))
+        })
+        .partition(|(_, at)| *at <= by);
+    let mut events: Vec<Event> = expired
+        .into_iter()
+        .map(|(timed_out, _)| timed_out)
+        .collect();
+    if execution.step_timer == Some(due) {
+        events.push(Event::StepDeadlinesChecked(StepDeadlinesChecked {
+            execution_id: execution.id,
+            workflow_id: execution.workflow.id,
+            due,
+            next_at: pending.into_iter().map(|(_, at)| at).min(),
+        }));
+    }
+    events
+}
+
+/// Marks the schedulings of a decision that arm the execution's step time-out timer: those
+/// whose deadline comes before the one it is armed for. A timer due longer ago than a fired
+/// timer is kept ([`FIRED_TIMER_TTL`]) may have fired unheard, so it counts as not armed.
+fn arm_step_timer(execution: &Execution, events: &mut [Event], now: DateTime<Utc>) {
+    let mut armed = execution
+        .step_timer
+        .filter(|at| *at + FIRED_TIMER_TTL > now);
+    for event in events {
+        match event {
+            Event::StepDeadlinesChecked(e) => armed = e.next_at,
+            Event::StepScheduled(e) => {
+                if let Some(at) = e.timeout_at
+                    && armed.is_none_or(|armed| at < armed)
+                {
+                    e.arms_step_timer = true;
+                    armed = Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A failing run undoes its completed steps, one at a time; once each is undone (or could not
 /// be), it fails with the reason it was failing for.
 fn compensate(execution: &Execution, saga: &Saga, now: DateTime<Utc>) -> Vec<Event> {
@@ -780,51 +882,17 @@ fn failed(execution: &Execution, cause: FailureCause, error: String) -> Vec<Even
 }
 
 /// A due timer ends what it guards, if that is still running.
-fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
+fn timer_fired(execution: &Execution, timer: &Timer, now: DateTime<Utc>) -> Vec<Event> {
     if execution.status.is_finished() {
         return vec![];
     }
     match timer {
+        Timer::StepDeadlines { due, .. } => deadlines_checked(execution, *due, now),
         Timer::StepTimeout {
             step_id, attempt, ..
-        } => {
-            if let Some(timed_out) = undoing_timed_out(execution, step_id, *attempt)
-                .or_else(|| delegation_timed_out(execution, step_id, *attempt))
-            {
-                return vec![timed_out];
-            }
-            let (Some(progress), Some(step)) = (
-                execution.steps.get(step_id),
-                execution.workflow.step(step_id),
-            ) else {
-                return vec![];
-            };
-            let (
-                true,
-                StepState::Scheduled { agent }
-                | StepState::Running { agent }
-                | StepState::AwaitingAnswers { agent },
-                Some(minutes),
-            ) = (
-                progress.attempt == *attempt,
-                &progress.state,
-                step.timeout_minutes,
-            )
-            else {
-                return vec![];
-            };
-            vec![Event::StepTimedOut(StepTimedOut {
-                attempt: StepAttempt {
-                    execution_id: execution.id,
-                    workflow_id: execution.workflow.id,
-                    step_id: step_id.clone(),
-                    step_name: step.name.clone(),
-                    number: *attempt,
-                    agent_id: *agent,
-                },
-                timeout_minutes: minutes,
-            })]
-        }
+        } => attempt_timed_out(execution, step_id, *attempt)
+            .into_iter()
+            .collect(),
         // A workflow's schedule is not a timer of an execution.
         Timer::Schedule { .. } => vec![],
         Timer::EscalationDue { .. } => execution_escalated(execution).into_iter().collect(),
@@ -1749,6 +1817,8 @@ fn scheduled(execution: &Execution, scheduling: Scheduling<'_>, now: DateTime<Ut
         feedback,
         review,
         timeout_at: step.timeout_minutes.map(|m| after_minutes(now, m)),
+        // Set, if it arms the timer, once the whole decision is known (`arm_step_timer`).
+        arms_step_timer: false,
         team: execution
             .agents
             .iter()

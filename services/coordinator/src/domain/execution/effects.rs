@@ -88,16 +88,20 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                     e.attempt - 1,
                 )));
             }
+            // Armed by the decision even if this attempt has ended since: the timer guards the
+            // later attempts of the run too.
             if let Some(at) = e.timeout_at
-                && running
+                && e.arms_step_timer
             {
-                effects.push(Effect::StartTimer {
-                    timer: step_timeout(execution, &e.step.id, e.attempt),
-                    when: When::At(at),
-                });
+                effects.extend(arm_step_timer(execution, at));
             }
             effects
         }
+        Event::StepDeadlinesChecked(e) => e
+            .next_at
+            .and_then(|at| arm_step_timer(execution, at))
+            .into_iter()
+            .collect(),
         // A question goes to the workers of its addressee's provider; its asker waits until the
         // deadline at most (one timer per asking attempt: arming it again changes nothing).
         Event::QuestionAssigned(e) => {
@@ -138,17 +142,10 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
             execution_id: e.execution_id,
             step: None,
         }],
-        Event::StepCompleted(e) => attempt_ended(execution, &e.attempt),
-        Event::StepFailed(e) => attempt_ended(execution, &e.attempt),
-        Event::StepReviewed(e) => attempt_ended(execution, &e.attempt),
-        Event::StepTimedOut(e) => {
-            let mut effects = attempt_ended(execution, &e.attempt);
-            effects.push(Effect::StopCalls {
-                execution_id: execution.id,
-                step: Some((e.attempt.step_id.clone(), e.attempt.number)),
-            });
-            effects
-        }
+        Event::StepTimedOut(e) => vec![Effect::StopCalls {
+            execution_id: execution.id,
+            step: Some((e.attempt.step_id.clone(), e.attempt.number)),
+        }],
         Event::ExecutionCompleted(e) => {
             let duration_ms = execution.started_at.map(|started| {
                 u64::try_from((stored_at - started).num_milliseconds()).unwrap_or(0)
@@ -209,40 +206,13 @@ fn report_to_parent(execution: &Execution, outcome: ChildOutcome) -> Option<Effe
         .map(|parent| Effect::ReportToParent { parent, outcome })
 }
 
-/// An attempt's timer is cancelled once the attempt is over, unless a later attempt (whose
-/// timer has the same name) has taken its place.
-fn attempt_ended(execution: &Execution, attempt: &StepAttempt) -> Vec<Effect> {
-    let has_timeout = execution
-        .workflow
-        .step(&attempt.step_id)
-        .is_some_and(|s| s.timeout_minutes.is_some());
-    let superseded = execution
-        .steps
-        .get(&attempt.step_id)
-        .is_none_or(|p| p.attempt != attempt.number || p.is_active());
-    if has_timeout && !superseded {
-        vec![Effect::CancelTimer(step_timeout(
-            execution,
-            &attempt.step_id,
-            attempt.number,
-        ))]
-    } else {
-        vec![]
-    }
-}
-
 /// A finished execution needs no timer, and a failed or cancelled one no running call.
 fn ended(execution: &Execution, stop_calls: bool) -> Vec<Effect> {
+    // Attempts that ended left the step time-out timer armed; it goes with the run.
     let mut effects: Vec<Effect> = execution
-        .workflow
-        .configuration
-        .steps
-        .iter()
-        .filter(|s| s.timeout_minutes.is_some())
-        .map(|s| {
-            let attempt = execution.steps.get(&s.id).map_or(0, |p| p.attempt);
-            Effect::CancelTimer(step_timeout(execution, &s.id, attempt))
-        })
+        .step_timer
+        .map(|due| Effect::CancelTimer(step_deadlines(execution, due)))
+        .into_iter()
         .collect();
     effects.extend(execution.steps.iter().filter_map(|(id, p)| match p.state {
         StepState::AwaitingAnswers { .. } => Some(Effect::CancelTimer(question_deadline(
@@ -274,12 +244,19 @@ fn ended(execution: &Execution, stop_calls: bool) -> Vec<Effect> {
     effects
 }
 
-fn step_timeout(execution: &Execution, step: &StepId, attempt: u32) -> Timer {
-    Timer::StepTimeout {
+/// Arms the execution's step time-out timer for `due`, while the run goes on.
+fn arm_step_timer(execution: &Execution, due: DateTime<Utc>) -> Option<Effect> {
+    (!execution.status.is_finished()).then(|| Effect::StartTimer {
+        timer: step_deadlines(execution, due),
+        when: When::At(due),
+    })
+}
+
+fn step_deadlines(execution: &Execution, due: DateTime<Utc>) -> Timer {
+    Timer::StepDeadlines {
         workflow_id: execution.workflow.id,
         execution_id: execution.id,
-        step_id: step.clone(),
-        attempt,
+        due,
     }
 }
 

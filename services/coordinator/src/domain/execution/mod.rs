@@ -406,6 +406,13 @@ pub struct Execution {
     pub replans: u32,
     /// The run is failing and undoing its completed steps first.
     pub saga: Option<Saga>,
+    /// When each attempt handed out with a time-out (a step's, a delegation's, an undoing's)
+    /// must end by, until it ends: what the execution's step time-out timer guards.
+    pub step_deadlines: BTreeMap<(StepId, u32), DateTime<Utc>>,
+    /// When the execution's step time-out timer is armed to fire, until its firing is checked
+    /// (`StepDeadlinesChecked`): armed by a scheduling whose deadline comes first
+    /// (`StepScheduled::arms_step_timer`), never cancelled when the attempt ends early.
+    pub step_timer: Option<DateTime<Utc>>,
 }
 
 /// A failing run's compensations (see `SagaStarted`).
@@ -499,6 +506,8 @@ pub fn evolve(state: State, event: &Event) -> State {
                 completion_order: Vec::new(),
                 replans: 0,
                 saga: None,
+                step_deadlines: BTreeMap::new(),
+                step_timer: None,
             }))
         }
         (State::Started(mut execution), event) => {
@@ -511,6 +520,7 @@ pub fn evolve(state: State, event: &Event) -> State {
 
 impl Execution {
     fn apply(&mut self, event: &Event) {
+        self.track_step_deadlines(event);
         if self.undo(event) || self.delegation(event) {
             return;
         }
@@ -537,6 +547,33 @@ impl Execution {
                 }
             }
         }
+    }
+
+    /// Keeps [`Execution::step_deadlines`] and [`Execution::step_timer`] up to date.
+    fn track_step_deadlines(&mut self, event: &Event) {
+        let ended = match event {
+            Event::StepScheduled(e) => {
+                if let Some(at) = e.timeout_at {
+                    self.step_deadlines
+                        .insert((e.step.id.clone(), e.attempt), at);
+                    if e.arms_step_timer {
+                        self.step_timer = Some(at);
+                    }
+                }
+                return;
+            }
+            Event::StepDeadlinesChecked(e) => {
+                self.step_timer = e.next_at;
+                return;
+            }
+            Event::StepCompleted(e) => &e.attempt,
+            Event::StepFailed(e) => &e.attempt,
+            Event::StepReviewed(e) => &e.attempt,
+            Event::StepTimedOut(e) => &e.attempt,
+            _ => return,
+        };
+        self.step_deadlines
+            .remove(&(ended.step_id.clone(), ended.number));
     }
 
     /// Applies an event of the run's saga: its start, or one about an `undo-<id>` step.

@@ -588,7 +588,21 @@ fn fire(log: &[Event], timer: Timer) -> Vec<Event> {
     decide(&Command::TimerFired(timer), &fold(log), now()).unwrap()
 }
 
-fn step_timer(of: &Event) -> Timer {
+/// The execution's step time-out timer, fired for the deadline of the attempt `of` schedules
+/// (for the time it was scheduled, when it has none).
+fn deadlines_timer(of: &Event) -> Timer {
+    let Event::StepScheduled(s) = of else {
+        panic!("not a StepScheduled: {of:?}")
+    };
+    Timer::StepDeadlines {
+        workflow_id: s.workflow_id,
+        execution_id: s.execution_id,
+        due: s.timeout_at.unwrap_or_else(now),
+    }
+}
+
+/// The timer of the attempt `of` schedules, as releases that armed one per attempt armed it.
+fn attempt_timer(of: &Event) -> Timer {
     let Event::StepScheduled(s) = of else {
         panic!("not a StepScheduled: {of:?}")
     };
@@ -639,17 +653,19 @@ fn an_attempt_that_runs_past_its_timeout_is_timed_out_then_retried_then_fails_th
                 provider: s.agent.provider.clone()
             },
             Effect::StartTimer {
-                timer: step_timer(&first[0]),
+                timer: deadlines_timer(&first[0]),
                 when: When::At(now() + TimeDelta::seconds(30))
             }
         ]
     );
 
-    let timed_out = fire(&log, step_timer(&first[0]));
-    let [Event::StepTimedOut(t)] = timed_out.as_slice() else {
-        panic!("expected a time-out, got {timed_out:?}")
+    let timed_out = fire(&log, deadlines_timer(&first[0]));
+    let [Event::StepTimedOut(t), Event::StepDeadlinesChecked(checked)] = timed_out.as_slice()
+    else {
+        panic!("expected a time-out and the check, got {timed_out:?}")
     };
     assert_eq!((t.attempt.number, t.timeout_minutes), (1, 0.5));
+    assert_eq!(checked.next_at, None, "nothing else runs");
     log.extend(timed_out.clone());
     assert!(
         effects(&fold(&log), &timed_out[0], now()).contains(&Effect::StopCalls {
@@ -659,7 +675,7 @@ fn an_attempt_that_runs_past_its_timeout_is_timed_out_then_retried_then_fails_th
         "the worker's call for the attempt is stopped"
     );
     assert!(
-        fire(&log, step_timer(&first[0])).is_empty(),
+        fire(&log, deadlines_timer(&first[0])).is_empty(),
         "a timer firing twice changes nothing"
     );
 
@@ -672,11 +688,11 @@ fn an_attempt_that_runs_past_its_timeout_is_timed_out_then_retried_then_fails_th
         "the timed-out attempt's late answer is ignored"
     );
     assert!(
-        fire(&log, step_timer(&first[0])).is_empty(),
-        "attempt 1's timer cannot time out attempt 2"
+        fire(&log, attempt_timer(&first[0])).is_empty(),
+        "attempt 1's timer, as a release before armed it, cannot time out attempt 2"
     );
 
-    log.extend(fire(&log, step_timer(&retry[0])));
+    log.extend(fire(&log, deadlines_timer(&retry[0])));
     let end = advance(&log);
     let [Event::ExecutionFailed(failure)] = end.as_slice() else {
         panic!("expected failure, got {end:?}")
@@ -702,9 +718,181 @@ fn a_timer_that_fires_after_its_step_ended_changes_nothing() {
     log.push(completed(&first[0]));
     assert_eq!(
         effects(&fold(&log), log.last().unwrap(), now()),
-        vec![Effect::CancelTimer(step_timer(&first[0]))]
+        vec![],
+        "an attempt that ends leaves the timer armed: it may guard later attempts"
     );
-    assert!(fire(&log, step_timer(&first[0])).is_empty());
+    let checked = fire(&log, deadlines_timer(&first[0]));
+    let [Event::StepDeadlinesChecked(c)] = checked.as_slice() else {
+        panic!("expected only the check, got {checked:?}")
+    };
+    assert_eq!(c.next_at, None);
+    log.extend(checked);
+    assert!(fire(&log, deadlines_timer(&first[0])).is_empty());
+    assert!(fire(&log, attempt_timer(&first[0])).is_empty());
+}
+
+/// The step time-out timer effects of every event of `log`, each on the state it was folded
+/// into, as the coordinator performs them.
+fn timer_effects(log: &[Event]) -> Vec<Effect> {
+    (1..=log.len())
+        .flat_map(|n| effects(&fold(&log[..n]), &log[n - 1], now()))
+        .filter(|e| {
+            matches!(
+                e,
+                Effect::StartTimer {
+                    timer: Timer::StepDeadlines { .. },
+                    ..
+                } | Effect::CancelTimer(Timer::StepDeadlines { .. })
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn one_timer_guards_a_pipeline_armed_once_and_purged_once() {
+    let team = vec![agent("Ada", &[])];
+    let steps: Vec<WorkflowStep> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let before = ["a", "b"];
+            let mut s = step(id, if i == 0 { &[] } else { &before[i - 1..i] }, &[]);
+            s.timeout_minutes = Some(1.0);
+            s
+        })
+        .collect();
+    let wf = workflow(&team, steps);
+    let mut log = start(&wf, &team);
+    let mut armed = vec![];
+    for minute in 0..3 {
+        let at = now() + TimeDelta::minutes(minute) / 60;
+        let next = decide(&Command::Advance, &fold(&log), at).unwrap();
+        let Event::StepScheduled(s) = &next[0] else {
+            panic!("expected a scheduling, got {next:?}")
+        };
+        armed.push(s.arms_step_timer);
+        log.extend(next.clone());
+        log.push(completed(&next[0]));
+    }
+    assert_eq!(
+        armed,
+        [true, false, false],
+        "later deadlines are checked when the first fires"
+    );
+    log.extend(advance(&log));
+    assert_eq!(status(&log), Status::Completed);
+    let due = now() + TimeDelta::minutes(1);
+    let timer = Timer::StepDeadlines {
+        workflow_id: wf.id,
+        execution_id: match &log[0] {
+            Event::ExecutionStarted(e) => e.execution_id,
+            _ => unreachable!(),
+        },
+        due,
+    };
+    assert_eq!(
+        timer_effects(&log),
+        vec![
+            Effect::StartTimer {
+                timer: timer.clone(),
+                when: When::At(due)
+            },
+            Effect::CancelTimer(timer)
+        ],
+        "one arm and one purge for the run"
+    );
+}
+
+#[test]
+fn a_deadline_before_the_armed_one_arms_the_timer_again() {
+    let team = vec![agent("Ada", &[]), agent("Bo", &[])];
+    let mut long = step("long", &[], &[]);
+    long.timeout_minutes = Some(10.0);
+    let mut short = step("short", &[], &[]);
+    short.timeout_minutes = Some(1.0);
+    let mut log = start(&workflow(&team, vec![long, short]), &team);
+    let both = advance(&log);
+    let arms: Vec<(&str, bool)> = both
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepScheduled(s) => Some((s.step.id.as_str(), s.arms_step_timer)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(arms, [("long", true), ("short", true)]);
+    log.extend(both.clone());
+    let State::Started(execution) = fold(&log) else {
+        unreachable!()
+    };
+    assert_eq!(execution.step_timer, Some(now() + TimeDelta::minutes(1)));
+}
+
+#[test]
+fn a_firing_with_nothing_due_arms_the_timer_for_the_next_running_deadline() {
+    let team = vec![agent("Ada", &[]), agent("Bo", &[])];
+    let mut quick = step("quick", &[], &[]);
+    quick.timeout_minutes = Some(1.0);
+    let mut slow = step("slow", &[], &[]);
+    slow.timeout_minutes = Some(5.0);
+    let mut log = start(&workflow(&team, vec![quick, slow]), &team);
+    let both = advance(&log);
+    log.extend(both.clone());
+    log.push(completed(&both[0]));
+
+    let checked = fire(&log, deadlines_timer(&both[0]));
+    let [Event::StepDeadlinesChecked(c)] = checked.as_slice() else {
+        panic!("expected only the check, got {checked:?}")
+    };
+    let next = now() + TimeDelta::minutes(5);
+    assert_eq!(c.next_at, Some(next), "slow still runs");
+    log.extend(checked.clone());
+    assert_eq!(
+        effects(&fold(&log), &checked[0], now()),
+        vec![Effect::StartTimer {
+            timer: deadlines_timer(&both[1]),
+            when: When::At(next)
+        }]
+    );
+    assert!(
+        fire(&log, deadlines_timer(&both[0])).is_empty(),
+        "a firing checked already changes nothing"
+    );
+
+    let due = fire(&log, deadlines_timer(&both[1]));
+    assert!(
+        matches!(due.as_slice(), [Event::StepTimedOut(t), Event::StepDeadlinesChecked(c)]
+            if t.attempt.step_id.as_str() == "slow" && c.next_at.is_none()),
+        "{due:?}"
+    );
+    assert!(
+        matches!(
+            fire(&log, attempt_timer(&both[1])).as_slice(),
+            [Event::StepTimedOut(_)]
+        ),
+        "a timer a release before armed for the attempt times it out, and checks nothing else"
+    );
+}
+
+#[test]
+fn a_timer_due_longer_ago_than_a_fired_timer_is_kept_counts_as_not_armed() {
+    let team = vec![agent("Ada", &[])];
+    let mut first = step("first", &[], &[]);
+    first.timeout_minutes = Some(1.0);
+    let mut then = step("then", &["first"], &[]);
+    then.timeout_minutes = Some(1.0);
+    let mut log = start(&workflow(&team, vec![first, then]), &team);
+    let a = advance(&log);
+    log.extend(a.clone());
+    log.push(completed(&a[0]));
+    let much_later = now() + TimeDelta::days(2);
+    let b = decide(&Command::Advance, &fold(&log), much_later).unwrap();
+    let Event::StepScheduled(s) = &b[0] else {
+        panic!("expected a scheduling, got {b:?}")
+    };
+    assert!(
+        s.arms_step_timer,
+        "the first deadline's firing may have expired unheard"
+    );
 }
 
 #[test]
@@ -796,7 +984,7 @@ fn cancel_ends_the_run_and_stops_its_calls_and_a_finished_run_refuses_control() 
     assert_eq!(
         effects(&fold(&log), &cancelled[0], now()),
         vec![
-            Effect::CancelTimer(step_timer(&first[0])),
+            Effect::CancelTimer(deadlines_timer(&first[0])),
             Effect::StopCalls {
                 execution_id: s.execution_id,
                 step: None
@@ -1734,7 +1922,7 @@ proptest! {
                 0 | 3.. if s.review.is_some() => vec![reviewed(&attempt, roll % 3 != 0, "fb")],
                 0 => vec![completed(&attempt)],
                 1 => vec![failed(&attempt, "boom")],
-                2 => decide(&Command::TimerFired(step_timer(&attempt)), &state, now()).unwrap(),
+                2 => decide(&Command::TimerFired(deadlines_timer(&attempt)), &state, now()).unwrap(),
                 _ if s.answers.is_empty() => vec![asked(&attempt, &[(Some("bo"), "why?"), (None, "anyone?")])],
                 _ => vec![completed(&attempt)],
             };

@@ -976,18 +976,19 @@ fn an_undoing_that_runs_past_its_steps_time_out_is_timed_out() {
     log.extend(start);
     let undo_b = advance(&log);
     log.extend(undo_b.clone());
-    // Effects are computed on the state the event was folded into, as the coordinator does.
-    let armed = effects(&fold(&log), &undo_b[0], now());
-    assert!(
-        armed.contains(&Effect::StartTimer {
-            timer: step_timer(&undo_b[0]),
-            when: When::At(now() + TimeDelta::minutes(5)),
-        }),
-        "its time-out is armed: {armed:?}"
+    // The timer b's attempt armed (b's deadline is the undoing's, on this test's clock) still
+    // guards the undoing.
+    let State::Started(execution) = fold(&log) else {
+        unreachable!()
+    };
+    assert_eq!(
+        execution.step_timer,
+        Some(now() + TimeDelta::minutes(5)),
+        "b's attempt ended but its timer stays armed"
     );
-    let timed_out = fire(&log, step_timer(&undo_b[0]));
+    let timed_out = fire(&log, deadlines_timer(&undo_b[0]));
     assert!(
-        matches!(timed_out.as_slice(), [Event::StepTimedOut(t)] if t.attempt.step_id.as_str() == "undo-b"),
+        matches!(timed_out.as_slice(), [Event::StepTimedOut(t), Event::StepDeadlinesChecked(_)] if t.attempt.step_id.as_str() == "undo-b"),
         "{timed_out:?}"
     );
     log.extend(timed_out);
@@ -1260,9 +1261,9 @@ fn a_choice_that_cannot_be_taken_falls_back_to_the_usual_rules_and_says_why() {
         error: "HTTP 500".into(),
         usage: None,
     });
-    let timed_out = fire(&log, step_timer(&choosing));
+    let timed_out = fire(&log, deadlines_timer(&choosing));
     assert!(
-        matches!(timed_out.as_slice(), [Event::StepTimedOut(_)]),
+        matches!(timed_out.as_slice(), [Event::StepTimedOut(_), ..]),
         "{timed_out:?}"
     );
     for (outcome, why) in [
