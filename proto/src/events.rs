@@ -325,13 +325,13 @@ pub struct StepScheduled {
     /// When this attempt times out (the step's `timeoutMinutes` after it was scheduled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_at: Option<DateTime<Utc>>,
-    /// Whether `timeout_at` comes before every deadline the execution's one step time-out timer
-    /// is armed for (or it is not armed), so that the coordinator arms it again for
-    /// `timeout_at`. One timer guards all of an execution's attempts; a later deadline is
-    /// checked when the earlier one fires (see [`StepDeadlinesChecked`]). False in logs of
-    /// releases that armed one timer per attempt.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub arms_step_timer: bool,
+    /// Whether `timeout_at` comes before the time the execution's step time-out timer is armed
+    /// for (or it is not armed), so that the timer is armed again for `timeout_at`. One timer
+    /// guards every attempt of an execution: a later deadline is checked when the earlier one
+    /// fires (see [`StepDeadlinesChecked`]). Absent in logs of releases that armed one timer per
+    /// attempt (`Timer::StepTimeout`), which the coordinator still arms for such an attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arms_step_timer: Option<bool>,
     /// The other participants, whom the agent may ask questions by name or role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub team: Vec<Teammate>,

@@ -199,7 +199,7 @@ pub fn every_event() -> Vec<Event> {
         }),
         feedback: Some("tighten it".into()),
         timeout_at: Some(Utc::now()),
-        arms_step_timer: true,
+        arms_step_timer: Some(true),
         team: vec![Teammate::of(&agent())],
         answers: vec![QuestionAnswer {
             question: "which database?".into(),

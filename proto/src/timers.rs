@@ -33,9 +33,10 @@ pub const ALL_FIRED: &str = "cadre.timers.*.fired.*.>";
     tag = "kind"
 )]
 pub enum Timer {
-    /// The execution's attempts that have a time-out (`timeoutMinutes`) are checked: the
-    /// earliest of their deadlines, `due`, has come. One timer guards every attempt of an
-    /// execution (see `StepScheduled::arms_step_timer`).
+    /// The execution's running attempts that have a time-out (`timeoutMinutes`) are checked:
+    /// `due`, the time it was armed for (the earliest deadline when it was armed; that attempt
+    /// may have ended since), has come. One timer guards every attempt of an execution (see
+    /// `StepScheduled::arms_step_timer`).
     StepDeadlines {
         workflow_id: WorkflowId,
         execution_id: ExecutionId,
@@ -139,8 +140,8 @@ impl Timer {
             .map_or_else(|| self.workflow_id().to_string(), |e| e.to_string())
     }
 
-    /// The timer's name within its execution: one schedule per step (a retry re-arms it) and
-    /// one deadline.
+    /// The timer's name within its execution: one schedule for the steps' time-outs, one per
+    /// step for its retry or its questions (a later attempt re-arms it), one deadline.
     fn key(&self) -> String {
         match self {
             Self::StepTimeout { step_id, .. } => format!("step.{step_id}"),

@@ -412,7 +412,7 @@ async fn the_step_timer_fires_for_the_first_deadline_then_guards_the_steps_still
     let scheduled: Vec<_> = log
         .iter()
         .filter_map(|e| match e {
-            Event::StepScheduled(s) => Some((s.arms_step_timer, s.timeout_at)),
+            Event::StepScheduled(s) => Some((s.arms_step_timer == Some(true), s.timeout_at)),
             _ => None,
         })
         .collect();

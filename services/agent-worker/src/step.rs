@@ -892,7 +892,7 @@ mod tests {
                 review: None,
                 feedback: None,
                 timeout_at: None,
-                arms_step_timer: false,
+                arms_step_timer: Some(false),
                 team: Vec::new(),
                 answers: Vec::new(),
                 earlier_failures: Vec::new(),

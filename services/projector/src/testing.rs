@@ -285,7 +285,7 @@ impl Fixture {
             review: None,
             feedback: None,
             timeout_at: None,
-            arms_step_timer: false,
+            arms_step_timer: Some(false),
             team: Vec::new(),
             answers: Vec::new(),
             earlier_failures: Vec::new(),

@@ -111,7 +111,7 @@ impl Log {
             review: None,
             feedback: None,
             timeout_at: None,
-            arms_step_timer: false,
+            arms_step_timer: Some(false),
             team: vec![],
             answers: vec![],
             earlier_failures: vec![],

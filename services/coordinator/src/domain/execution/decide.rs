@@ -148,15 +148,16 @@ pub fn decide(
     state: &State,
     now: DateTime<Utc>,
 ) -> Result<Vec<Event>, TransitionRefused> {
-    let mut events = respond(command, state, now)?;
+    let mut events = events_for(command, state, now)?;
     if let State::Started(execution) = state {
-        arm_step_timer(execution, &mut events, now);
+        mark_timer_arming(execution, &mut events, now);
     }
     Ok(events)
 }
 
-/// What `command` calls for, before [`arm_step_timer`] marks the schedulings that arm a timer.
-fn respond(
+/// What `command` calls for, before [`mark_timer_arming`] marks the schedulings that arm the
+/// step time-out timer.
+fn events_for(
     command: &Command,
     state: &State,
     now: DateTime<Utc>,
@@ -176,7 +177,7 @@ fn respond(
     };
     match command {
         Command::Advance => Ok(advance(execution, now)),
-        Command::TimerFired(timer) => Ok(timer_fired(execution, timer, now)),
+        Command::TimerFired(timer) => Ok(timer_fired(execution, timer)),
         Command::Abandon { error } if !status.is_finished() => {
             Ok(failed(execution, FailureCause::Unrecordable, error.clone()))
         }
@@ -765,19 +766,19 @@ fn attempt_timed_out(execution: &Execution, step_id: &StepId, attempt: u32) -> O
     }))
 }
 
-/// The step time-out timer fired for `due`: every running attempt due by then times out. When
-/// this is the firing the execution armed last, the check is recorded with the next deadline
-/// to arm it for: the earliest of the attempts still running (the timer was not cancelled when
-/// earlier attempts ended, so it may fire with nothing due).
-fn deadlines_checked(execution: &Execution, due: DateTime<Utc>, now: DateTime<Utc>) -> Vec<Event> {
-    let by = due.max(now);
+/// The step time-out timer fired for `due`: every running attempt due by then times out (by
+/// the deadlines, not this replica's clock). When this is the firing the execution armed last,
+/// the check is recorded with the next deadline to arm it for: the earliest of the attempts
+/// still running (the timer was not cancelled when earlier attempts ended, so it may fire with
+/// nothing due).
+fn deadlines_checked(execution: &Execution, due: DateTime<Utc>) -> Vec<Event> {
     let (expired, pending): (Vec<_>, Vec<_>) = execution
         .step_deadlines
         .iter()
         .filter_map(|((step, attempt), at)| {
             attempt_timed_out(execution, step, *attempt).map(|timed_out| (timed_out, *at))
         })
-        .partition(|(_, at)| *at <= by);
+        .partition(|(_, at)| *at <= due);
     let mut events: Vec<Event> = expired
         .into_iter()
         .map(|(timed_out, _)| timed_out)
@@ -794,9 +795,9 @@ fn deadlines_checked(execution: &Execution, due: DateTime<Utc>, now: DateTime<Ut
 }
 
 /// Marks the schedulings of a decision that arm the execution's step time-out timer: those
-/// whose deadline comes before the one it is armed for. A timer due longer ago than a fired
+/// whose deadline comes before the time it is armed for. A timer due longer ago than a fired
 /// timer is kept ([`FIRED_TIMER_TTL`]) may have fired unheard, so it counts as not armed.
-fn arm_step_timer(execution: &Execution, events: &mut [Event], now: DateTime<Utc>) {
+fn mark_timer_arming(execution: &Execution, events: &mut [Event], now: DateTime<Utc>) {
     let mut armed = execution
         .step_timer
         .filter(|at| *at + FIRED_TIMER_TTL > now);
@@ -807,7 +808,7 @@ fn arm_step_timer(execution: &Execution, events: &mut [Event], now: DateTime<Utc
                 if let Some(at) = e.timeout_at
                     && armed.is_none_or(|armed| at < armed)
                 {
-                    e.arms_step_timer = true;
+                    e.arms_step_timer = Some(true);
                     armed = Some(at);
                 }
             }
@@ -882,12 +883,12 @@ fn failed(execution: &Execution, cause: FailureCause, error: String) -> Vec<Even
 }
 
 /// A due timer ends what it guards, if that is still running.
-fn timer_fired(execution: &Execution, timer: &Timer, now: DateTime<Utc>) -> Vec<Event> {
+fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
     if execution.status.is_finished() {
         return vec![];
     }
     match timer {
-        Timer::StepDeadlines { due, .. } => deadlines_checked(execution, *due, now),
+        Timer::StepDeadlines { due, .. } => deadlines_checked(execution, *due),
         Timer::StepTimeout {
             step_id, attempt, ..
         } => attempt_timed_out(execution, step_id, *attempt)
@@ -1817,8 +1818,8 @@ fn scheduled(execution: &Execution, scheduling: Scheduling<'_>, now: DateTime<Ut
         feedback,
         review,
         timeout_at: step.timeout_minutes.map(|m| after_minutes(now, m)),
-        // Set, if it arms the timer, once the whole decision is known (`arm_step_timer`).
-        arms_step_timer: false,
+        // Whether it arms the timer is known once the whole decision is (`mark_timer_arming`).
+        arms_step_timer: Some(false),
         team: execution
             .agents
             .iter()

@@ -88,20 +88,23 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                     e.attempt - 1,
                 )));
             }
-            // Armed by the decision even if this attempt has ended since: the timer guards the
-            // later attempts of the run too.
-            if let Some(at) = e.timeout_at
-                && e.arms_step_timer
-            {
-                effects.extend(arm_step_timer(execution, at));
+            match (e.arms_step_timer, e.timeout_at) {
+                (Some(true), _) => effects.extend(arm_deadlines_timer(execution)),
+                // Stored by a release that armed one timer per attempt.
+                (None, Some(at)) if running => effects.push(Effect::StartTimer {
+                    timer: Timer::StepTimeout {
+                        workflow_id: execution.workflow.id,
+                        execution_id: execution.id,
+                        step_id: e.step.id.clone(),
+                        attempt: e.attempt,
+                    },
+                    when: When::At(at),
+                }),
+                _ => {}
             }
             effects
         }
-        Event::StepDeadlinesChecked(e) => e
-            .next_at
-            .and_then(|at| arm_step_timer(execution, at))
-            .into_iter()
-            .collect(),
+        Event::StepDeadlinesChecked(_) => arm_deadlines_timer(execution).into_iter().collect(),
         // A question goes to the workers of its addressee's provider; its asker waits until the
         // deadline at most (one timer per asking attempt: arming it again changes nothing).
         Event::QuestionAssigned(e) => {
@@ -211,7 +214,7 @@ fn ended(execution: &Execution, stop_calls: bool) -> Vec<Effect> {
     // Attempts that ended left the step time-out timer armed; it goes with the run.
     let mut effects: Vec<Effect> = execution
         .step_timer
-        .map(|due| Effect::CancelTimer(step_deadlines(execution, due)))
+        .map(|due| Effect::CancelTimer(deadlines_timer(execution, due)))
         .into_iter()
         .collect();
     effects.extend(execution.steps.iter().filter_map(|(id, p)| match p.state {
@@ -244,15 +247,19 @@ fn ended(execution: &Execution, stop_calls: bool) -> Vec<Effect> {
     effects
 }
 
-/// Arms the execution's step time-out timer for `due`, while the run goes on.
-fn arm_step_timer(execution: &Execution, due: DateTime<Utc>) -> Option<Effect> {
+/// Arms the execution's step time-out timer for the time the state says, while the run goes
+/// on. That is the latest arming even when the state holds events stored after the one whose
+/// effect this is: performing an earlier event's effect again never puts back an earlier
+/// schedule over a later one (they share a subject).
+fn arm_deadlines_timer(execution: &Execution) -> Option<Effect> {
+    let due = execution.step_timer?;
     (!execution.status.is_finished()).then(|| Effect::StartTimer {
-        timer: step_deadlines(execution, due),
+        timer: deadlines_timer(execution, due),
         when: When::At(due),
     })
 }
 
-fn step_deadlines(execution: &Execution, due: DateTime<Utc>) -> Timer {
+fn deadlines_timer(execution: &Execution, due: DateTime<Utc>) -> Timer {
     Timer::StepDeadlines {
         workflow_id: execution.workflow.id,
         execution_id: execution.id,

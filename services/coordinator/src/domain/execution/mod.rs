@@ -406,8 +406,11 @@ pub struct Execution {
     pub replans: u32,
     /// The run is failing and undoing its completed steps first.
     pub saga: Option<Saga>,
-    /// When each attempt handed out with a time-out (a step's, a delegation's, an undoing's)
-    /// must end by, until it ends: what the execution's step time-out timer guards.
+    /// When each attempt handed out with a time-out (a step's, a delegation's, an undoing's; a
+    /// re-planning's is kept but never times out) must end by, until it completes, fails, is
+    /// reviewed or times out: what the execution's step time-out timer guards. An attempt that
+    /// ends otherwise (it asked questions, a saga or a re-plan stopped it) keeps its entry,
+    /// which the timer's checks pass over.
     pub step_deadlines: BTreeMap<(StepId, u32), DateTime<Utc>>,
     /// When the execution's step time-out timer is armed to fire, until its firing is checked
     /// (`StepDeadlinesChecked`): armed by a scheduling whose deadline comes first
@@ -556,14 +559,17 @@ impl Execution {
                 if let Some(at) = e.timeout_at {
                     self.step_deadlines
                         .insert((e.step.id.clone(), e.attempt), at);
-                    if e.arms_step_timer {
+                    if e.arms_step_timer == Some(true) {
                         self.step_timer = Some(at);
                     }
                 }
                 return;
             }
+            // A copy of an earlier check (stored again) is not about the timer as armed now.
             Event::StepDeadlinesChecked(e) => {
-                self.step_timer = e.next_at;
+                if self.step_timer == Some(e.due) {
+                    self.step_timer = e.next_at;
+                }
                 return;
             }
             Event::StepCompleted(e) => &e.attempt,

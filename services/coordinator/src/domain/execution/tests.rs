@@ -770,7 +770,7 @@ fn one_timer_guards_a_pipeline_armed_once_and_purged_once() {
         let Event::StepScheduled(s) = &next[0] else {
             panic!("expected a scheduling, got {next:?}")
         };
-        armed.push(s.arms_step_timer);
+        armed.push(s.arms_step_timer == Some(true));
         log.extend(next.clone());
         log.push(completed(&next[0]));
     }
@@ -812,19 +812,52 @@ fn a_deadline_before_the_armed_one_arms_the_timer_again() {
     short.timeout_minutes = Some(1.0);
     let mut log = start(&workflow(&team, vec![long, short]), &team);
     let both = advance(&log);
-    let arms: Vec<(&str, bool)> = both
+    let arms: Vec<(&str, Option<bool>)> = both
         .iter()
         .filter_map(|e| match e {
             Event::StepScheduled(s) => Some((s.step.id.as_str(), s.arms_step_timer)),
             _ => None,
         })
         .collect();
-    assert_eq!(arms, [("long", true), ("short", true)]);
+    assert_eq!(arms, [("long", Some(true)), ("short", Some(true))]);
     log.extend(both.clone());
     let State::Started(execution) = fold(&log) else {
         unreachable!()
     };
-    assert_eq!(execution.step_timer, Some(now() + TimeDelta::minutes(1)));
+    let short_due = now() + TimeDelta::minutes(1);
+    assert_eq!(execution.step_timer, Some(short_due));
+    // The long step's arming performed again (a redelivery) after the short one's: the timer
+    // is armed as the state says now, never back for the later deadline.
+    assert_eq!(
+        effects(&fold(&log), &both[0], now())
+            .into_iter()
+            .filter(|e| matches!(e, Effect::StartTimer { .. }))
+            .collect::<Vec<_>>(),
+        vec![Effect::StartTimer {
+            timer: deadlines_timer(&both[1]),
+            when: When::At(short_due)
+        }]
+    );
+}
+
+#[test]
+fn a_scheduling_stored_by_a_release_before_arms_its_own_attempts_timer() {
+    let team = vec![agent("Ada", &[])];
+    let mut only = step("only", &[], &[]);
+    only.timeout_minutes = Some(1.0);
+    let mut log = start(&workflow(&team, vec![only]), &team);
+    let mut first = advance(&log);
+    let Event::StepScheduled(s) = &mut first[0] else {
+        unreachable!()
+    };
+    s.arms_step_timer = None;
+    log.extend(first.clone());
+    assert!(
+        effects(&fold(&log), &first[0], now()).contains(&Effect::StartTimer {
+            timer: attempt_timer(&first[0]),
+            when: When::At(now() + TimeDelta::minutes(1))
+        })
+    );
 }
 
 #[test]
@@ -856,6 +889,13 @@ fn a_firing_with_nothing_due_arms_the_timer_for_the_next_running_deadline() {
     assert!(
         fire(&log, deadlines_timer(&both[0])).is_empty(),
         "a firing checked already changes nothing"
+    );
+    let mut copied = log.clone();
+    copied.push(checked[0].clone());
+    assert_eq!(
+        fold(&copied),
+        fold(&log),
+        "a copy of the check (stored again) leaves the timer as armed"
     );
 
     let due = fire(&log, deadlines_timer(&both[1]));
@@ -889,8 +929,9 @@ fn a_timer_due_longer_ago_than_a_fired_timer_is_kept_counts_as_not_armed() {
     let Event::StepScheduled(s) = &b[0] else {
         panic!("expected a scheduling, got {b:?}")
     };
-    assert!(
+    assert_eq!(
         s.arms_step_timer,
+        Some(true),
         "the first deadline's firing may have expired unheard"
     );
 }
