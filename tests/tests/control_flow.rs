@@ -388,6 +388,28 @@ async fn a_review_rejected_once_then_accepted_sends_the_work_back_with_feedback(
         .collect::<Vec<_>>();
     assert_eq!(rework.len(), 1);
     assert!(rework[0].user.contains(review_feedback(true)));
+    // The step after reads design's work, though reviews followed it in the log.
+    let accepted = events
+        .iter()
+        .rev()
+        .find_map(|(e, _)| match e {
+            Event::StepCompleted(c) if c.attempt.step_id.as_str() == "design" => {
+                Some(c.result.summary.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let build = stack
+        .llm
+        .requests()
+        .into_iter()
+        .find(|r| r.step_name() == Some("Step build"))
+        .unwrap();
+    assert!(
+        build.user.contains(&accepted),
+        "{accepted:?} not in {}",
+        build.user
+    );
     let interactions = stack
         .api
         .get(&format!(

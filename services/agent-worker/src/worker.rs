@@ -19,7 +19,7 @@ use backon::{ExponentialBuilder, Retryable};
 use cadre_proto::events::{CallUsage, SharedKnowledge};
 use cadre_proto::model::{AgentProfile, ModelChoice, ObjectRef, StepResult, TokenUsage};
 use cadre_proto::workers::TokenDelta;
-use cadre_proto::{Envelope, Event, KnowledgeId, events::types, streams, subjects};
+use cadre_proto::{Envelope, Event, KnowledgeId, StepId, events::types, streams, subjects};
 use cadre_runtime::bus::{self, Append, EventBus, PublishError, ReadError, Stored};
 use chrono::Utc;
 use tracing::Instrument;
@@ -228,23 +228,22 @@ impl Worker {
     /// scheduled, and one lookup stands for the seven: every outcome of this attempt or a later
     /// one, and any copy stored again, would be stored after it (and the coordinator hands out
     /// no copy of a scheduling whose attempt had ended). A first delivery, the usual case,
-    /// takes that path; a redelivery finds its own `StepStarted` and checks each fact.
+    /// takes that path; a redelivery finds its own `StepStarted` and checks each fact. When
+    /// the scheduling is even the latest event of the whole run (a pipeline's step, picked up
+    /// before anything else happened in its run), the run has not ended either, and that one
+    /// lookup is all: nothing is scheduled once a run has ended, and a scheduling appended
+    /// after an end would have failed its expected last sequence over the run.
     async fn latest_outcomes(
         &self,
         step: &ScheduledStep,
         stored_at: Option<u64>,
     ) -> anyhow::Result<Vec<Event>> {
         let s = &step.scheduled;
-        // An execution that ended (cancelled, or failed by another step) needs no more work.
-        let execution_ends = [subjects::CANCELLED, subjects::FAILED]
-            .map(|fact| subjects::execution(&step.tenant, s.workflow_id, s.execution_id, fact));
-        let untouched = async {
+        let scheduling_is_latest = |filter: String| async move {
             let Some(stored_at) = stored_at else {
                 return Ok(false);
             };
-            let all =
-                subjects::step_events(&step.tenant, s.workflow_id, s.execution_id, &s.step.id);
-            match self.bus.peek_last_event(&all).await {
+            match self.bus.peek_last_event(&filter).await {
                 Ok(latest) => Ok(latest.is_some_and(|latest| {
                     latest.sequence == stored_at && latest.envelope.meta.id == step.event_id
                 })),
@@ -253,9 +252,24 @@ impl Worker {
                 Err(error) => Err(error),
             }
         };
+        let run_state = subjects::execution_state(&step.tenant, s.workflow_id, s.execution_id);
+        if scheduling_is_latest(run_state)
+            .await
+            .context("reading the run's latest event")?
+        {
+            return Ok(Vec::new());
+        }
+        // An execution that ended (cancelled, or failed by another step) needs no more work.
+        let execution_ends = [subjects::CANCELLED, subjects::FAILED]
+            .map(|fact| subjects::execution(&step.tenant, s.workflow_id, s.execution_id, fact));
         let (mut lookups, untouched) = tokio::join!(
             futures::future::join_all(execution_ends.iter().map(|f| self.bus.peek_last_event(f))),
-            untouched
+            scheduling_is_latest(subjects::step_events(
+                &step.tenant,
+                s.workflow_id,
+                s.execution_id,
+                &s.step.id
+            ))
         );
         if !untouched.context("reading the step's latest event")? {
             lookups.extend(self.step_facts(step).await);
@@ -299,59 +313,25 @@ impl Worker {
         futures::future::join_all(step_facts.iter().map(|f| self.bus.peek_last_event(f))).await
     }
 
-    /// What the step's dependencies handed on, read from the log (their latest
-    /// `StepCompleted`), in the order the step lists them: each one's result, and the knowledge
-    /// it hands on (its own, then what it was handed). A dependency without a completion (skipped, say) is left out. Read from the
-    /// log rather than the read models so that no step waits for the projector: the log has
-    /// them the moment the coordinator schedules this step.
+    /// What the step's dependencies handed on, read from the log (what completed each, see
+    /// [`Worker::completion`]), in the order the step lists them: each one's result, and the knowledge
+    /// it hands on (its own, then what it was handed). A dependency without a completion
+    /// (skipped, say) is left out. Read from the log rather than the read models so that no
+    /// step waits for the projector: the log has them the moment the coordinator schedules
+    /// this step.
     async fn dependencies(&self, step: &ScheduledStep) -> anyhow::Result<Dependencies> {
-        let s = &step.scheduled;
-        // A step is completed by its agent (`StepCompleted`) or by a person (an escalation
-        // resolved with their output, or an approval): the later of the two counts.
-        let ways = [subjects::COMPLETED, subjects::ESCALATION_RESOLVED];
-        let subjects: Vec<String> = s
-            .step
-            .depends_on
-            .iter()
-            .flat_map(|dependency| {
-                ways.map(|fact| {
-                    subjects::step(
-                        &step.tenant,
-                        s.workflow_id,
-                        s.execution_id,
-                        dependency,
-                        fact,
-                    )
-                })
-            })
-            .collect();
-        // From the stream's leader: a replica that lags could miss a completion the
-        // coordinator has seen, and the step would run without that dependency's work.
-        let lookups =
-            futures::future::join_all(subjects.iter().map(|subject| self.bus.last_event(subject)))
-                .await;
+        let completions = futures::future::try_join_all(
+            step.scheduled
+                .step
+                .depends_on
+                .iter()
+                .map(|dependency| self.completion(step, dependency)),
+        )
+        .await
+        .context("reading the results of the step's dependencies")?;
         let mut dependencies = Dependencies::default();
-        for (dependency, lookups) in s.step.depends_on.iter().zip(lookups.chunks(ways.len())) {
-            let mut latest: Option<&Stored> = None;
-            for lookup in lookups {
-                let stored = lookup
-                    .as_ref()
-                    .map_err(|error| anyhow::anyhow!("{error}"))
-                    .context("reading the results of the step's dependencies")?;
-                let completes = stored
-                    .as_ref()
-                    .filter(|stored| match &stored.envelope.event {
-                        Event::StepCompleted(_) => true,
-                        Event::EscalationResolved(resolved) => resolved.result().is_some(),
-                        _ => false,
-                    });
-                if let Some(stored) = completes
-                    && latest.is_none_or(|latest| latest.sequence < stored.sequence)
-                {
-                    latest = Some(stored);
-                }
-            }
-            match latest.map(|stored| &stored.envelope.event) {
+        for (dependency, completion) in step.scheduled.step.depends_on.iter().zip(completions) {
+            match completion.map(|stored| stored.envelope.event) {
                 Some(Event::StepCompleted(done)) => {
                     dependencies.outputs.push(DependencyOutput {
                         step_id: dependency.to_string(),
@@ -375,6 +355,58 @@ impl Worker {
             }
         }
         Ok(dependencies)
+    }
+
+    /// What completed `dependency` of the step: its agent's `StepCompleted` or a person's
+    /// resolution with its output (an escalation, an approval), the later of the two; `None`
+    /// if neither. Usually the dependency's latest event, one lookup; when something followed
+    /// it (a review), the latest of each. From the stream's leader: a replica that lags could
+    /// miss a completion the coordinator has seen, and the step would run without that
+    /// dependency's work.
+    async fn completion(
+        &self,
+        step: &ScheduledStep,
+        dependency: &StepId,
+    ) -> Result<Option<Stored>, ReadError> {
+        let s = &step.scheduled;
+        let subject = |fact| {
+            subjects::step(
+                &step.tenant,
+                s.workflow_id,
+                s.execution_id,
+                dependency,
+                fact,
+            )
+        };
+        let completes = |stored: &Stored| match &stored.envelope.event {
+            Event::StepCompleted(_) => true,
+            Event::EscalationResolved(resolved) => resolved.result().is_some(),
+            _ => false,
+        };
+        let all = subjects::step_events(&step.tenant, s.workflow_id, s.execution_id, dependency);
+        let latest = match self.bus.last_event(&all).await {
+            Ok(latest) => latest.filter(completes),
+            // One of another kind, from a later release say: read each way below.
+            Err(ReadError::Decode { .. }) => None,
+            Err(error) => return Err(error),
+        };
+        if latest.is_some() {
+            return Ok(latest);
+        }
+        let ways = [subjects::COMPLETED, subjects::ESCALATION_RESOLVED].map(subject);
+        let mut completion: Option<Stored> = None;
+        for lookup in
+            futures::future::join_all(ways.iter().map(|way| self.bus.last_event(way))).await
+        {
+            if let Some(stored) = lookup?.filter(completes)
+                && completion
+                    .as_ref()
+                    .is_none_or(|latest| latest.sequence < stored.sequence)
+            {
+                completion = Some(stored);
+            }
+        }
+        Ok(completion)
     }
 
     /// Stores `events`, in order, trying again with backoff while NATS is away or slow, for up
