@@ -519,14 +519,13 @@ fn delegation_timed_out(execution: &Execution, choosing: &StepId, attempt: u32) 
     let coordinator = coordinator(execution)?;
     (asked == attempt).then(|| {
         Event::StepTimedOut(StepTimedOut {
-            attempt: StepAttempt {
-                execution_id: execution.id,
-                workflow_id: execution.workflow.id,
-                step_id: choosing.clone(),
-                step_name: format!("Choose who takes {}", step.name),
-                number: attempt,
-                agent_id: coordinator.id,
-            },
+            attempt: attempt_of(
+                execution,
+                choosing.clone(),
+                format!("Choose who takes {}", step.name),
+                attempt,
+                coordinator.id,
+            ),
             timeout_minutes: step.timeout_minutes.unwrap_or_default(),
         })
     })
@@ -717,16 +716,27 @@ fn undoing_timed_out(execution: &Execution, undo: &StepId, attempt: u32) -> Opti
         return None;
     }
     Some(Event::StepTimedOut(StepTimedOut {
-        attempt: StepAttempt {
-            execution_id: execution.id,
-            workflow_id: execution.workflow.id,
-            step_id: undo_step.id,
-            step_name: undo_step.name,
-            number: attempt,
-            agent_id: *agent,
-        },
+        attempt: attempt_of(execution, undo_step.id, undo_step.name, attempt, *agent),
         timeout_minutes: step.timeout_minutes?,
     }))
+}
+
+/// Attempt `number` of `step_id` (named `step_name`) of the execution, by `agent_id`.
+fn attempt_of(
+    execution: &Execution,
+    step_id: StepId,
+    step_name: String,
+    number: u32,
+    agent_id: AgentId,
+) -> StepAttempt {
+    StepAttempt {
+        execution_id: execution.id,
+        workflow_id: execution.workflow.id,
+        step_id,
+        step_name,
+        number,
+        agent_id,
+    }
 }
 
 /// The attempt `attempt` of `step_id` (a step, a delegation or an undoing) timed out, if it is
@@ -754,14 +764,13 @@ fn attempt_timed_out(execution: &Execution, step_id: &StepId, attempt: u32) -> O
         return None;
     };
     Some(Event::StepTimedOut(StepTimedOut {
-        attempt: StepAttempt {
-            execution_id: execution.id,
-            workflow_id: execution.workflow.id,
-            step_id: step_id.clone(),
-            step_name: step.name.clone(),
-            number: attempt,
-            agent_id: *agent,
-        },
+        attempt: attempt_of(
+            execution,
+            step_id.clone(),
+            step.name.clone(),
+            attempt,
+            *agent,
+        ),
         timeout_minutes: minutes,
     }))
 }
@@ -911,14 +920,13 @@ fn timer_fired(execution: &Execution, timer: &Timer) -> Vec<Event> {
                     return vec![];
                 };
                 vec![Event::StepRetryDue(StepRetryDue {
-                    attempt: StepAttempt {
-                        execution_id: execution.id,
-                        workflow_id: execution.workflow.id,
-                        step_id: step_id.clone(),
-                        step_name: step.name.clone(),
-                        number: *attempt,
-                        agent_id: agent,
-                    },
+                    attempt: attempt_of(
+                        execution,
+                        step_id.clone(),
+                        step.name.clone(),
+                        *attempt,
+                        agent,
+                    ),
                 })]
             }
             _ => vec![],
@@ -1715,14 +1723,13 @@ fn retry_scheduled(
     #[allow(clippy::cast_possible_truncation)]
     let retry_at = now + TimeDelta::milliseconds((delay * 1000.0).round() as i64);
     Some(Event::StepRetryScheduled(StepRetryScheduled {
-        attempt: StepAttempt {
-            execution_id: execution.id,
-            workflow_id: execution.workflow.id,
-            step_id: step.id.clone(),
-            step_name: step.name.clone(),
-            number: progress.attempt,
-            agent_id: *agent,
-        },
+        attempt: attempt_of(
+            execution,
+            step.id.clone(),
+            step.name.clone(),
+            progress.attempt,
+            *agent,
+        ),
         failures: progress.failures,
         retry_at,
         error: error.clone(),
@@ -1944,14 +1951,13 @@ fn questions_expired(execution: &Execution, step_id: &StepId, attempt: u32) -> V
     }
     let policy = execution.workflow.configuration.coordination.questions;
     vec![Event::QuestionsExpired(QuestionsExpired {
-        attempt: StepAttempt {
-            execution_id: execution.id,
-            workflow_id: execution.workflow.id,
-            step_id: step_id.clone(),
-            step_name: step.name.clone(),
-            number: attempt,
-            agent_id: agent,
-        },
+        attempt: attempt_of(
+            execution,
+            step_id.clone(),
+            step.name.clone(),
+            attempt,
+            agent,
+        ),
         unanswered,
         failed: policy.on_missed_deadline == MissedDeadline::Fail,
     })]
