@@ -21,6 +21,7 @@ use cadre_proto::events::{
 use cadre_proto::{AgentId, Envelope, ExecutionId, StepId};
 
 use crate::client::Client;
+use crate::output::{self, Format};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,13 +43,17 @@ pub enum Until {
 /// Reconnections in a row without a new event before giving up.
 const MAX_RECONNECTS: u32 = 10;
 
-/// Shows `execution`'s events from its start until `until`; the outcome once it ended.
+/// Shows `execution`'s events from its start until `until`: as lines (`Format::Table`), or each
+/// event whole as the API sent it, a CloudEvent (`-o json`: one JSON document each; `-o yaml`:
+/// one YAML document each). The outcome once it ended.
 pub async fn follow(
     client: &Client,
     execution: ExecutionId,
     until: Until,
+    format: Format,
 ) -> anyhow::Result<Option<Outcome>> {
-    let mut view = View::new(std::io::stdout().is_terminal());
+    let lines = format == Format::Table;
+    let mut view = View::new(lines && std::io::stdout().is_terminal());
     let path = format!("/v1/executions/{execution}/events");
     // Nothing seen yet: the feed starts at the run's start.
     let mut last_id: Option<String> = None;
@@ -93,7 +98,17 @@ pub async fn follow(
             let Ok(envelope) = Envelope::decode(sse.data.as_bytes()) else {
                 continue;
             };
-            if let Some(outcome) = view.show(&envelope.event) {
+            let outcome = if lines {
+                view.show(&envelope.event)
+            } else {
+                let whole: serde_json::Value = serde_json::from_str(&sse.data)?;
+                if format == Format::Yaml {
+                    crate::outln!("---");
+                }
+                output::print_one(format, &whole);
+                ended(&envelope.event)
+            };
+            if let Some(outcome) = outcome {
                 view.finish();
                 settle(client, execution).await;
                 return Ok(Some(outcome));
@@ -493,13 +508,13 @@ impl View {
                         "execution completed ({} steps done)",
                         self.progress()
                     )),
-                    Some(Outcome::Completed),
+                    ended(event),
                 );
             }
             Event::ExecutionFailed(e) => {
                 return (
                     Some(format!("execution failed: {}", one_line(&e.error))),
-                    Some(Outcome::Failed(e.error.clone())),
+                    ended(event),
                 );
             }
             Event::ExecutionCancelled(e) => {
@@ -512,12 +527,22 @@ impl View {
                             .map(|r| format!(": {}", one_line(r)))
                             .unwrap_or_default()
                     )),
-                    Some(Outcome::Cancelled),
+                    ended(event),
                 );
             }
             _ => return (None, None),
         };
         (Some(line), None)
+    }
+}
+
+/// How the run ended, if `event` ends it.
+fn ended(event: &Event) -> Option<Outcome> {
+    match event {
+        Event::ExecutionCompleted(_) => Some(Outcome::Completed),
+        Event::ExecutionFailed(e) => Some(Outcome::Failed(e.error.clone())),
+        Event::ExecutionCancelled(_) => Some(Outcome::Cancelled),
+        _ => None,
     }
 }
 

@@ -341,8 +341,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            crate::outln!("execution {execution} (#{})", started["executionNumber"]);
-            let outcome = follow::follow(&client, execution, Until::End).await?;
+            match format {
+                Format::Table => {
+                    crate::outln!("execution {execution} (#{})", started["executionNumber"]);
+                }
+                // Then its events, each a document of its own.
+                _ => output::print_one(format, &started),
+            }
+            let outcome = follow::follow(&client, execution, Until::End, format).await?;
             Ok(exit_for(outcome))
         }
         Command::Logs { execution, follow } => {
@@ -356,8 +362,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 Until::Quiet(Duration::from_secs(1))
             };
-            let outcome = follow::follow(&client, execution, until).await?;
-            if outcome.is_none() {
+            let outcome = follow::follow(&client, execution, until, format).await?;
+            if outcome.is_none() && format == Format::Table {
                 crate::outln!(
                     "(the run goes on: `cadre logs {execution} --follow` to watch it to its end)"
                 );

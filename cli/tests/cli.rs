@@ -217,6 +217,28 @@ async fn apply_run_follow_resolve_cancel_and_api_problems() {
         "{}",
         text(&logs)
     );
+    // Whole, as the API sent them: CloudEvents, one document each.
+    let logs = cadre(api, &["logs", &execution, "-o", "json"]).await;
+    assert!(logs.status.success(), "{}", text(&logs));
+    let events: Vec<Value> = serde_json::Deserializer::from_slice(&logs.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("not JSON documents ({e}): {}", text(&logs)));
+    assert_eq!(
+        events.first().map(|e| e["type"].clone()),
+        Some(Value::from("dev.cadre.execution.started.v1"))
+    );
+    assert_eq!(
+        events.last().map(|e| e["type"].clone()),
+        Some(Value::from("dev.cadre.execution.completed.v1"))
+    );
+    let logs = cadre(api, &["logs", &execution, "-o", "yaml"]).await;
+    assert!(
+        text(&logs).contains("---")
+            && text(&logs).contains("type: dev.cadre.execution.completed.v1"),
+        "{}",
+        text(&logs)
+    );
     let described = cadre(
         api,
         &["describe", "workflow", "Research brief", "-o", "yaml"],
