@@ -14,6 +14,16 @@ use crate::output::{cell, short, time};
 /// The knowledge items an execution summary lists; the rest are counted.
 const KNOWLEDGE_SHOWN: usize = 12;
 
+/// A step's status, with its attempt once it has been tried more than once (a time-out or a
+/// failure retried).
+fn step_status(result: &Value) -> String {
+    match (result["status"].as_str(), result["attempt"].as_u64()) {
+        (None, _) => "not run".to_owned(),
+        (Some(status), Some(attempt @ 2..)) => format!("{status} (attempt {attempt})"),
+        (Some(status), _) => status.to_owned(),
+    }
+}
+
 /// A template: what it is for, its roles and its steps, phase by phase.
 pub fn template(template: &Value) -> String {
     let mut lines = vec![format!(
@@ -121,8 +131,14 @@ pub async fn execution(client: &Client, execution: &Value) -> Result<String, Api
             } else {
                 reason(&assignment["reason"])
             };
-            let status = result["status"].as_str().unwrap_or("not run");
-            lines.push(format!("    {step:<20} {status:<10} {who:<26} {why}"));
+            lines.push(format!(
+                "    {step:<20} {:<10} {who:<26} {why}",
+                step_status(result)
+            ));
+            // Why its last attempt failed, timed out or waits for a retry.
+            if let Some(error) = result["error"].as_str() {
+                lines.push(format!("      error: {}", short(error, 150)));
+            }
             // A step no live worker can take waits, and says so.
             if let Some(waiting) = execution["waiting"]
                 .as_array()
@@ -295,4 +311,26 @@ fn reason(reason: &Value) -> String {
     serde_json::from_value::<AssignmentReason>(reason.clone())
         .map(|reason| reason.describe())
         .unwrap_or_else(|_| "-".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::step_status;
+
+    #[test]
+    fn a_step_tried_again_names_its_attempt() {
+        for (result, shown) in [
+            (json!(null), "not run"),
+            (json!({"status": "completed", "attempt": 1}), "completed"),
+            (
+                json!({"status": "timed_out", "attempt": 3}),
+                "timed_out (attempt 3)",
+            ),
+            (json!({"status": "completed"}), "completed"),
+        ] {
+            assert_eq!(step_status(&result), shown);
+        }
+    }
 }

@@ -86,14 +86,27 @@ fn nul_at(value: &serde_json::Value, pointer: String) -> Option<String> {
 }
 
 /// Parses `bytes` as `T`, refusing unknown fields.
+/// The problem of a body serde_json cannot read as JSON, at the line and column it names.
+fn not_json(error: &serde_json::Error) -> Problem {
+    // JSON itself sets no range on numbers; this server reads them as 64-bit floats at most.
+    Problem::bad_request(if error.to_string().starts_with("number out of range") {
+        format!(
+            "the body has a number too large for a 64-bit float (about 1.8e308 at most) at \
+             line {} column {}",
+            error.line(),
+            error.column()
+        )
+    } else {
+        format!("the body is not valid JSON: {error}")
+    })
+}
+
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     // Syntax first, on its own: serde_json reports a number where an enum belongs as a syntax
     // error ("expected value"), so only once the document is known to be JSON does every error
     // of the typed pass below mean "wrong shape".
     if let Err(error) = serde_json::from_slice::<IgnoredAny>(bytes) {
-        return Err(Problem::bad_request(format!(
-            "the body is not valid JSON: {error}"
-        )));
+        return Err(not_json(&error));
     }
     // JSON carries a NUL only escaped; most bodies are spared the second look.
     if bytes.windows(6).any(|window| window == br"\u0000")
@@ -121,10 +134,9 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         Err(error) => {
             let inner = error.inner();
             if inner.is_syntax() || inner.is_eof() {
-                // Only what the syntax pass lets through, such as invalid UTF-8 in a string.
-                return Err(Problem::bad_request(format!(
-                    "the body is not valid JSON: {inner}"
-                )));
+                // Only what the syntax pass lets through, such as invalid UTF-8 in a string or
+                // a number out of range.
+                return Err(not_json(inner));
             }
             let field = explain(pointer_of(error.path()), &inner.to_string());
             let detail = match field.message.strip_prefix("expected an object, got ") {
@@ -954,6 +966,21 @@ mod tests {
             let problem = refused::<WorkflowConfiguration>(body);
             assert_eq!(problem.status, 400, "{}", String::from_utf8_lossy(body));
             assert!(problem.detail.starts_with("the body is not valid JSON"));
+        }
+        for body in [
+            &b"{\"steps\": 1e309}"[..],
+            b"{\"steps\": [], \"phases\": -1e400}",
+        ] {
+            let problem = refused::<WorkflowConfiguration>(body);
+            assert_eq!(problem.status, 400, "{}", String::from_utf8_lossy(body));
+            assert!(
+                problem
+                    .detail
+                    .starts_with("the body has a number too large")
+                    && problem.detail.contains("line 1 column"),
+                "{}",
+                problem.detail
+            );
         }
     }
 

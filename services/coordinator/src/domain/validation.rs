@@ -52,6 +52,9 @@ pub mod limits {
     pub const TRIGGERED_BY: usize = 200;
     /// Longest step attempt: a week, in minutes.
     pub const TIMEOUT_MINUTES: f64 = 7.0 * 24.0 * 60.0;
+    /// Shortest step attempt: a second, in minutes. Timers fire on whole seconds, so a shorter
+    /// time-out could not be kept.
+    pub const MIN_TIMEOUT_MINUTES: f64 = 1.0 / 60.0;
     /// Longest run: 30 days, in seconds.
     pub const EXECUTION_SECONDS: u32 = 30 * 24 * 3600;
     pub const PHASES: usize = 50;
@@ -508,12 +511,14 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             errors.push(error(format!("{at}/condition"), why));
         }
         if let Some(minutes) = step.timeout_minutes
-            && !(minutes > 0.0 && minutes <= limits::TIMEOUT_MINUTES)
+            && !(limits::MIN_TIMEOUT_MINUTES..=limits::TIMEOUT_MINUTES).contains(&minutes)
         {
             errors.push(error(
                 format!("{at}/timeoutMinutes"),
                 format!(
-                    "must be more than 0 and at most {} (a week)",
+                    "must be at least {:.4} (one second: timers fire on whole seconds) and at \
+                     most {} (a week), got {minutes}",
+                    limits::MIN_TIMEOUT_MINUTES,
                     limits::TIMEOUT_MINUTES
                 ),
             ));
@@ -1405,6 +1410,37 @@ mod tests {
         wf.configuration.constraints.max_execution_time = Some(30);
         wf.configuration.constraints.allow_parallel_execution = Some(false);
         assert_eq!(validate_workflow(&wf), vec![]);
+    }
+
+    #[test]
+    fn a_time_out_is_between_a_second_and_a_week() {
+        let team = [agent("Ada")];
+        for (minutes, refused) in [
+            (1e-12, true),
+            (0.0, true),
+            (-1.0, true),
+            (0.5 / 60.0, true),
+            (f64::NAN, true),
+            (f64::INFINITY, true),
+            (limits::TIMEOUT_MINUTES + 1.0, true),
+            (1.0 / 60.0, false),
+            (0.05, false),
+            (limits::TIMEOUT_MINUTES, false),
+        ] {
+            let mut wf = workflow(&team);
+            wf.configuration.steps[0].timeout_minutes = Some(minutes);
+            let errors = validate_workflow(&wf);
+            if refused {
+                assert_eq!(
+                    pointers(&errors),
+                    ["/configuration/steps/0/timeoutMinutes"],
+                    "{minutes}"
+                );
+                assert!(errors[0].message.contains("one second"), "{minutes}");
+            } else {
+                assert_eq!(errors, vec![], "{minutes}");
+            }
+        }
     }
 
     #[test]
