@@ -512,6 +512,28 @@ impl EventBus {
         }
     }
 
+    /// The log sequence and event id of the last message stored on `filter`, answered as
+    /// [`EventBus::peek_last_event`] is, from the message's `Nats-Msg-Id` header without
+    /// decoding the event: for a check of which event is the latest, not of what it says. The
+    /// id is `None` for a message stored without that header (an atomic batch's).
+    pub async fn peek_last_id(
+        &self,
+        filter: &str,
+    ) -> Result<Option<(u64, Option<String>)>, NatsError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match self.0.stream.direct_get_last_for_subject(filter).await {
+            Ok(message) => {
+                let id = message
+                    .headers
+                    .get(header::NATS_MESSAGE_ID)
+                    .map(|id| id.as_str().to_owned());
+                Ok(Some((message.sequence, id)))
+            }
+            Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(error) => Err(Box::new(error)),
+        }
+    }
+
     /// Whether `envelope`, stored at `sequence`, is a copy of an older event stored again:
     /// re-published with its `Nats-Msg-Id` after the duplicate window had forgotten it, so
     /// JetStream kept it twice. Exact when the event's subject is its own (an execution's

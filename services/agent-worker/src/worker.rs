@@ -241,16 +241,18 @@ impl Worker {
         let s = &step.scheduled;
         let scheduling_is_latest = |filter: String| async move {
             let Some(stored_at) = stored_at else {
-                return Ok(false);
+                return Ok::<_, ReadError>(false);
             };
-            match self.bus.peek_last_event(&filter).await {
-                Ok(latest) => Ok(latest.is_some_and(|latest| {
-                    latest.sequence == stored_at && latest.envelope.meta.id == step.event_id
-                })),
-                // Decided per fact below, where an unreadable event is passed over.
-                Err(ReadError::Decode { .. }) => Ok(false),
-                Err(error) => Err(error),
-            }
+            // By its sequence and id, without decoding it. A scheduling stored without its id
+            // (an atomic batch's) takes the precise lookups below.
+            let latest = self
+                .bus
+                .peek_last_id(&filter)
+                .await
+                .map_err(ReadError::Nats)?;
+            Ok(latest.is_some_and(|(sequence, id)| {
+                sequence == stored_at && id.is_some_and(|id| id == step.event_id.to_string())
+            }))
         };
         let run_state = subjects::execution_state(&step.tenant, s.workflow_id, s.execution_id);
         if scheduling_is_latest(run_state)
