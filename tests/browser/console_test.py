@@ -291,8 +291,14 @@ def main():
         expect(page.locator("#live")).to_have_text("ended")
         # Without a reload, each step reads what the API says (those under way: cancelled).
         run_id = page.url.split("?")[0].rstrip("/").rsplit("/", 1)[1]
+        # The cancel's answer waits for the read models at most a few seconds: on a loaded
+        # machine they may still be behind, so compare once they show the run cancelled.
         results = page.evaluate(
-            "async (id) => (await (await fetch('/v1/executions/' + id)).json()).stepResults",
+            "async (id) => { for (let i = 0; i < 300; i++) {"
+            " const run = await (await fetch('/v1/executions/' + id)).json();"
+            " if (run.status === 'cancelled') return run.stepResults;"
+            " await new Promise((done) => setTimeout(done, 100)); }"
+            " throw new Error('the read models never showed the run cancelled'); }",
             run_id,
         )
         for step, entry in results.items():

@@ -85,7 +85,6 @@ fn nul_at(value: &serde_json::Value, pointer: String) -> Option<String> {
     }
 }
 
-/// Parses `bytes` as `T`, refusing unknown fields.
 /// The problem of a body serde_json cannot read as JSON, at the line and column it names.
 fn not_json(error: &serde_json::Error) -> Problem {
     // JSON itself sets no range on numbers; this server reads them as 64-bit floats at most.
@@ -101,6 +100,7 @@ fn not_json(error: &serde_json::Error) -> Problem {
     })
 }
 
+/// Parses `bytes` as `T`, refusing unknown fields.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     // Syntax first, on its own: serde_json reports a number where an enum belongs as a syntax
     // error ("expected value"), so only once the document is known to be JSON does every error
