@@ -14,12 +14,13 @@ use crate::output::{cell, short, time};
 /// The knowledge items an execution summary lists; the rest are counted.
 const KNOWLEDGE_SHOWN: usize = 12;
 
-/// A step's status, with its attempt once it has been tried more than once (a time-out or a
-/// failure retried).
+/// A step's status, with its attempt when the step was tried again (a failure or time-out
+/// retried, a rework): a review's attempt, which follows the author's, is no second try.
 fn step_status(result: &Value) -> String {
+    let review = result.get("review").is_some();
     match (result["status"].as_str(), result["attempt"].as_u64()) {
         (None, _) => "not run".to_owned(),
-        (Some(status), Some(attempt @ 2..)) => format!("{status} (attempt {attempt})"),
+        (Some(status), Some(attempt @ 2..)) if !review => format!("{status} (attempt {attempt})"),
         (Some(status), _) => status.to_owned(),
     }
 }
@@ -111,6 +112,13 @@ pub async fn execution(client: &Client, execution: &Value) -> Result<String, Api
             steps: others,
         });
     }
+    // As wide as the widest status, so that the columns after it line up.
+    let status_width = results
+        .as_object()
+        .into_iter()
+        .flat_map(|results| results.values())
+        .map(|result| step_status(result).len())
+        .fold("not run".len(), usize::max);
     for group in groups {
         lines.push(format!("  {}", group.title));
         for step in group.steps {
@@ -132,7 +140,7 @@ pub async fn execution(client: &Client, execution: &Value) -> Result<String, Api
                 reason(&assignment["reason"])
             };
             lines.push(format!(
-                "    {step:<20} {:<10} {who:<26} {why}",
+                "    {step:<20} {:<status_width$} {who:<26} {why}",
                 step_status(result)
             ));
             // Why its last attempt failed, timed out or waits for a retry.
@@ -329,6 +337,15 @@ mod tests {
                 "timed_out (attempt 3)",
             ),
             (json!({"status": "completed"}), "completed"),
+            // Approved in review: the reviewer's attempt follows the author's.
+            (
+                json!({"status": "completed", "attempt": 2, "review": {"approved": true}}),
+                "completed",
+            ),
+            (
+                json!({"status": "running", "attempt": 3}),
+                "running (attempt 3)",
+            ),
         ] {
             assert_eq!(step_status(&result), shown);
         }

@@ -404,8 +404,10 @@ impl View {
                 one_line(&e.error)
             ),
             Event::StepTimedOut(e) => format!(
-                "[{}] attempt {} timed out after {} min",
-                e.attempt.step_id, e.attempt.number, e.timeout_minutes
+                "[{}] attempt {} {}",
+                e.attempt.step_id,
+                e.attempt.number,
+                e.error()
             ),
             Event::StepRetryScheduled(e) => format!(
                 "[{}] retry at {}",

@@ -530,12 +530,24 @@ fn pointer_of_ignored(path: &serde_ignored::Path<'_>) -> String {
 fn syntax_message(shown: &str) -> String {
     let first = shown.lines().next().unwrap_or_default();
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    match first
+    let message = match first
         .strip_prefix("line ")
         .and_then(|rest| rest.split_once(": "))
     {
-        Some((place, message)) if place.contains(" column ") => message.to_owned(),
-        _ => first.to_owned(),
+        Some((place, message)) if place.contains(" column ") => message,
+        _ => first,
+    };
+    // The parser's own words ("non-finite float `1e309` rejected by the configured policy")
+    // name a setting of its, not what the number is.
+    match message
+        .strip_prefix("non-finite float `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        Some((number, _)) => format!(
+            "{number} is not a number the API can take: JSON has no infinity, NaN or number \
+             beyond a 64-bit float (about 1.8e308)"
+        ),
+        None => message.to_owned(),
     }
 }
 
@@ -854,6 +866,17 @@ configuration:
             "bad.yaml:2:7: unclosed bracket '['",
             "{errors:?}"
         );
+        for number in ["1e309", "-1e400", ".inf", ".nan"] {
+            let text =
+                format!("kind: Agent\nname: Bo\nmodelParameters:\n  temperature: {number}\n");
+            let errors = parse("bad.yaml", &text).unwrap_err();
+            let shown = errors[0].to_string();
+            assert!(
+                shown.starts_with("bad.yaml:4:")
+                    && shown.contains("is not a number the API can take"),
+                "{shown}"
+            );
+        }
     }
 
     const FROM_TEMPLATE: &str = "\

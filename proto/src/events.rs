@@ -1225,6 +1225,18 @@ pub struct StepTimedOut {
     pub timeout_minutes: f64,
 }
 
+impl StepTimedOut {
+    /// The attempt's error as people read it: "timed out after 5 minute(s)", or in whole
+    /// seconds under a minute ("timed out after 30 s"; time-outs are at least a second).
+    pub fn error(&self) -> String {
+        if self.timeout_minutes < 1.0 {
+            format!("timed out after {:.0} s", self.timeout_minutes * 60.0)
+        } else {
+            format!("timed out after {} minute(s)", self.timeout_minutes)
+        }
+    }
+}
+
 /// The execution's step time-out timer fired, armed for `due`: the attempts due by then were
 /// timed out (`StepTimedOut`, decided with it), and the timer is armed again for `next_at`, the
 /// earliest deadline of the attempts still running, if any.

@@ -114,7 +114,7 @@ async fn an_attempt_past_its_timeout_is_timed_out_its_call_stopped_and_the_run_f
     assert_eq!(execution["status"], "failed", "{execution:#}");
     let error = execution["errorMessage"].as_str().unwrap();
     assert!(
-        error.contains("failed after 2 attempt(s): timed out after 0.05 minute(s)"),
+        error.contains("failed after 2 attempt(s): timed out after 3 s"),
         "{error}"
     );
     let log = events(&stack, &run).await;
@@ -502,7 +502,7 @@ async fn a_timer_armed_before_a_coordinator_stopped_fires_for_the_next_one() {
         execution["errorMessage"]
             .as_str()
             .unwrap()
-            .contains("timed out after 0.05 minute(s)")
+            .contains("timed out after 3 s")
     );
     stop.cancel();
     next.wait().await.unwrap();

@@ -338,7 +338,7 @@ pub(super) async fn builder(State(app): State<AppState>) -> PageResult {
                         option value="" { "any" }
                         @for (id, label) in &options { option value=(id) { (label) } }
                     } }
-                    label { "Timeout (minutes)" input name="timeoutMinutes" type="number" min="0" step="any" data-field="timeoutMinutes"; }
+                    label { "Timeout (minutes)" input name="timeoutMinutes" type="number" min="0.0166666" max="10080" step="any" data-field="timeoutMinutes"; }
                 }
                 label { "Description" textarea name="description" rows="1" data-field="description" {} }
                 label { "Instructions" textarea name="instructions" rows="2" data-field="instructions" {} }

@@ -516,9 +516,8 @@ pub fn validate_workflow(workflow: &WorkflowDefinition) -> Vec<FieldError> {
             errors.push(error(
                 format!("{at}/timeoutMinutes"),
                 format!(
-                    "must be at least {:.4} (one second: timers fire on whole seconds) and at \
+                    "must be at least 1/60 (one second: timers fire on whole seconds) and at \
                      most {} (a week), got {minutes}",
-                    limits::MIN_TIMEOUT_MINUTES,
                     limits::TIMEOUT_MINUTES
                 ),
             ));

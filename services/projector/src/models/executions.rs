@@ -654,7 +654,7 @@ impl Changes {
                 "status": "timed_out",
                 "attempt": a.number,
                 "agentId": a.agent_id,
-                "error": timeout_error(e),
+                "error": e.error(),
                 "timeoutMinutes": e.timeout_minutes,
                 "completedAt": origin.at,
             }),
@@ -949,11 +949,6 @@ async fn update_runs(
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-/// The error a timed-out attempt reports.
-pub(crate) fn timeout_error(e: &StepTimedOut) -> String {
-    format!("timed out after {} minute(s)", e.timeout_minutes)
 }
 
 pub(crate) async fn reset(tx: &mut PgConnection) -> Result<(), sqlx::Error> {

@@ -22,7 +22,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::columns;
-use super::executions::timeout_error;
 use crate::plan::Origin;
 
 /// What a record says happened.
@@ -138,7 +137,7 @@ impl Changes {
         let row = HistoryRow {
             // It ran as long as it was allowed to.
             duration_ms: Some((e.timeout_minutes * 60_000.0).round() as i64),
-            ..HistoryRow::outcome(origin, &e.attempt, action::TIMED_OUT, timeout_error(e))
+            ..HistoryRow::outcome(origin, &e.attempt, action::TIMED_OUT, e.error())
         };
         self.outcome(row);
     }

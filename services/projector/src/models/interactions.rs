@@ -17,7 +17,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::columns;
-use super::executions::timeout_error;
 use crate::plan::Origin;
 
 /// How many characters of shared knowledge its interaction quotes (as the seed does).
@@ -175,7 +174,7 @@ impl Changes {
     /// interaction comes from the coordinator (no agent) and is addressed to the agent.
     pub fn step_timed_out(&mut self, origin: &Origin<'_>, e: &StepTimedOut) {
         let a = &e.attempt;
-        let error = timeout_error(e);
+        let error = e.error();
         self.rows.push(InteractionRow {
             to_agent_id: Some(a.agent_id.0),
             context_data: json!({

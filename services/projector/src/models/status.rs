@@ -23,7 +23,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::columns;
-use super::executions::timeout_error;
 use crate::plan::Origin;
 
 /// What an agent is doing, as the status read model says it.
@@ -156,7 +155,7 @@ impl Changes {
 
     pub fn step_timed_out(&mut self, origin: &Origin<'_>, e: &StepTimedOut) {
         self.set(StatusRow {
-            blockers: json!([timeout_error(e)]),
+            blockers: json!([e.error()]),
             ..StatusRow::attempt(origin, &e.attempt, state::FAILED)
         });
     }

@@ -658,12 +658,7 @@ impl Execution {
                     error: e.error.clone(),
                 },
             ),
-            Event::StepTimedOut(e) => (
-                &e.attempt,
-                Undoing::Failed {
-                    error: format!("timed out after {} minute(s)", e.timeout_minutes),
-                },
-            ),
+            Event::StepTimedOut(e) => (&e.attempt, Undoing::Failed { error: e.error() }),
             // An undoing waits for no answer: asking instead of undoing leaves it undone.
             Event::QuestionsAsked(e) => (
                 &e.attempt,
@@ -702,14 +697,7 @@ impl Execution {
                 e.attempt.number,
                 Some(Err(e.error.clone())),
             ),
-            Event::StepTimedOut(e) => (
-                &e.attempt.step_id,
-                e.attempt.number,
-                Some(Err(format!(
-                    "timed out after {} minute(s)",
-                    e.timeout_minutes
-                ))),
-            ),
+            Event::StepTimedOut(e) => (&e.attempt.step_id, e.attempt.number, Some(Err(e.error()))),
             Event::QuestionsAsked(e) => (
                 &e.attempt.step_id,
                 e.attempt.number,
@@ -874,8 +862,7 @@ impl Execution {
             }),
             Event::StepTimedOut(e) => self.step_event(&e.attempt.step_id, |p| {
                 if p.runs(e.attempt.number) {
-                    let error = format!("timed out after {} minute(s)", e.timeout_minutes);
-                    p.fail(&e.attempt, error, true);
+                    p.fail(&e.attempt, e.error(), true);
                 }
             }),
             Event::QuestionsAsked(e) => {

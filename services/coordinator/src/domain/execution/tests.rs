@@ -700,7 +700,7 @@ fn an_attempt_that_runs_past_its_timeout_is_timed_out_then_retried_then_fails_th
     assert!(
         failure
             .error
-            .contains("failed after 2 attempt(s): timed out after 0.5 minute(s)"),
+            .contains("failed after 2 attempt(s): timed out after 30 s"),
         "{}",
         failure.error
     );
