@@ -112,12 +112,13 @@ pub async fn execution(client: &Client, execution: &Value) -> Result<String, Api
             steps: others,
         });
     }
-    // At least 10 wide, and as wide as the widest status, so that the columns after it line up.
+    // At least 10 wide, and one wider than the widest status, so that the columns after it
+    // line up and stay two spaces apart.
     let status_width = results
         .as_object()
         .into_iter()
         .flat_map(|results| results.values())
-        .map(|result| step_status(result).len())
+        .map(|result| step_status(result).len() + 1)
         .fold(10, usize::max);
     for group in groups {
         lines.push(format!("  {}", group.title));

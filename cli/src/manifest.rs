@@ -98,6 +98,9 @@ fn escape(key: &str) -> String {
 #[derive(Debug)]
 enum Node {
     Scalar(Value),
+    /// An infinity or NaN (`.inf`, `.nan`, or a number like `1e309` beyond a 64-bit float):
+    /// valid YAML that JSON, and so the API, cannot carry.
+    NotJson(f64),
     Seq(Vec<Spanned<Node>>),
     Map(Vec<(String, Spanned<Node>)>),
 }
@@ -125,10 +128,9 @@ impl<'de> Visitor<'de> for NodeVisitor {
     fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
         Ok(Node::Scalar(v.into()))
     }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
-        serde_json::Number::from_f64(v)
-            .map(|n| Node::Scalar(Value::Number(n)))
-            .ok_or_else(|| E::custom(format!("{v} is not a number JSON can carry")))
+    fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+        Ok(serde_json::Number::from_f64(v)
+            .map_or(Node::NotJson(v), |n| Node::Scalar(Value::Number(n))))
     }
     fn visit_str<E>(self, v: &str) -> Result<Node, E> {
         Ok(Node::Scalar(Value::String(v.to_owned())))
@@ -159,6 +161,8 @@ impl<'de> Visitor<'de> for NodeVisitor {
             let key = match key.value {
                 Node::Scalar(Value::String(key)) => key,
                 Node::Scalar(other) => other.to_string(),
+                // A key is a name, not a number to send.
+                Node::NotJson(number) => number.to_string(),
                 _ => return Err(de::Error::custom("a mapping key must be a plain value")),
             };
             let mut value = map.next_value::<Spanned<Node>>()?;
@@ -173,16 +177,31 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 }
 
-/// Turns a located tree into its JSON value, recording where each pointer's node starts.
-fn flatten(node: Spanned<Node>, pointer: String, places: &mut BTreeMap<String, Place>) -> Value {
-    places.insert(pointer.clone(), node.referenced.into());
+/// Where a document's nodes start, by JSON pointer, and the pointers of the numbers JSON
+/// cannot carry.
+#[derive(Default)]
+struct Located {
+    places: BTreeMap<String, Place>,
+    not_json: Vec<(String, f64)>,
+}
+
+/// Turns a located tree into its JSON value (a number JSON cannot carry becomes null, and is
+/// recorded in `located`), recording where each pointer's node starts.
+fn flatten(node: Spanned<Node>, pointer: String, located: &mut Located) -> Value {
+    located
+        .places
+        .insert(pointer.clone(), node.referenced.into());
     match node.value {
         Node::Scalar(value) => value,
+        Node::NotJson(number) => {
+            located.not_json.push((pointer, number));
+            Value::Null
+        }
         Node::Seq(items) => Value::Array(
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| flatten(item, format!("{pointer}/{i}"), places))
+                .map(|(i, item)| flatten(item, format!("{pointer}/{i}"), located))
                 .collect(),
         ),
         Node::Map(entries) => Value::Object(
@@ -190,11 +209,23 @@ fn flatten(node: Spanned<Node>, pointer: String, places: &mut BTreeMap<String, P
                 .into_iter()
                 .map(|(key, value)| {
                     let child = format!("{pointer}/{}", escape(&key));
-                    (key, flatten(value, child, places))
+                    (key, flatten(value, child, located))
                 })
                 .collect(),
         ),
     }
+}
+
+/// Why `number` (an infinity or NaN as YAML reads it) cannot be sent.
+fn not_json_message(number: f64) -> String {
+    let what = if number.is_nan() {
+        "NaN (.nan)"
+    } else if number > 0.0 {
+        "infinity (.inf, or a number beyond a 64-bit float: about 1.8e308 at most)"
+    } else {
+        "minus infinity (-.inf, or a number beyond a 64-bit float: about -1.8e308 at least)"
+    };
+    format!("{what} is not a number the API can take: JSON has no infinity or NaN")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -530,25 +561,14 @@ fn pointer_of_ignored(path: &serde_ignored::Path<'_>) -> String {
 fn syntax_message(shown: &str) -> String {
     let first = shown.lines().next().unwrap_or_default();
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    let message = match first
+    match first
         .strip_prefix("line ")
         .and_then(|rest| rest.split_once(": "))
     {
         Some((place, message)) if place.contains(" column ") => message,
         _ => first,
-    };
-    // The parser's own words ("non-finite float `1e309` rejected by the configured policy")
-    // name a setting of its, not what the number is.
-    match message
-        .strip_prefix("non-finite float `")
-        .and_then(|rest| rest.split_once('`'))
-    {
-        Some((number, _)) => format!(
-            "{number} is not a number the API can take: JSON has no infinity, NaN or number \
-             beyond a 64-bit float (about 1.8e308)"
-        ),
-        None => message.to_owned(),
     }
+    .to_owned()
 }
 
 /// Reads every document of `text` (from the file `file`), checking each against what the API
@@ -560,13 +580,18 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
         field,
         message,
     };
-    let trees: Vec<Spanned<Node>> = serde_saphyr::from_str_multiple(text).map_err(|e| {
-        vec![error(
-            e.location().map(Place::from),
-            None,
-            syntax_message(&e.to_string()),
-        )]
-    })?;
+    // Infinities and NaNs are read as numbers, to be refused at the field they are in.
+    let options = serde_saphyr::options! {
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
+    };
+    let trees: Vec<Spanned<Node>> = serde_saphyr::from_str_multiple_with_options(text, options)
+        .map_err(|e| {
+            vec![error(
+                e.location().map(Place::from),
+                None,
+                syntax_message(&e.to_string()),
+            )]
+        })?;
     if trees.is_empty() {
         return Err(vec![error(
             None,
@@ -578,8 +603,9 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
     let mut documents = Vec::new();
     let mut errors = Vec::new();
     for tree in trees {
-        let mut places = BTreeMap::new();
-        let mut value = flatten(tree, String::new(), &mut places);
+        let mut nodes = Located::default();
+        let mut value = flatten(tree, String::new(), &mut nodes);
+        let places = &nodes.places;
         let located = |pointer: &str, message: String| {
             let mut at = pointer;
             let place = loop {
@@ -594,6 +620,15 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
             let field = field_path(pointer);
             error(place, (!field.is_empty()).then_some(field), message)
         };
+        if !nodes.not_json.is_empty() {
+            errors.extend(
+                nodes
+                    .not_json
+                    .iter()
+                    .map(|(pointer, number)| located(pointer, not_json_message(*number))),
+            );
+            continue;
+        }
         let Some(object) = value.as_object_mut() else {
             errors.push(located(
                 "",
@@ -661,7 +696,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
             Ok(spec) => documents.push(Document {
                 file: file.to_owned(),
                 spec,
-                places,
+                places: nodes.places,
             }),
             Err(problems) => errors.extend(
                 problems
@@ -866,17 +901,38 @@ configuration:
             "bad.yaml:2:7: unclosed bracket '['",
             "{errors:?}"
         );
-        for number in ["1e309", "-1e400", ".inf", ".nan"] {
+        for (number, named) in [
+            ("1e309", "infinity"),
+            ("-1e400", "minus infinity"),
+            (".inf", "infinity"),
+            ("-.inf", "minus infinity"),
+            (".nan", "NaN"),
+        ] {
             let text =
                 format!("kind: Agent\nname: Bo\nmodelParameters:\n  temperature: {number}\n");
             let errors = parse("bad.yaml", &text).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
             let shown = errors[0].to_string();
             assert!(
-                shown.starts_with("bad.yaml:4:")
+                shown.starts_with("bad.yaml:4:3: modelParameters.temperature: ")
+                    && shown.contains(&format!(": {named} "))
                     && shown.contains("is not a number the API can take"),
                 "{shown}"
             );
         }
+    }
+
+    #[test]
+    fn an_infinite_key_is_a_name() {
+        let errors = parse(
+            "bad.yaml",
+            "kind: Agent\nname: Bo\n.inf: 1\nrole: r\nprovider: offline\nmodel: m\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "bad.yaml:3:1: inf: unknown field; check its spelling against the API reference"
+        );
     }
 
     const FROM_TEMPLATE: &str = "\
