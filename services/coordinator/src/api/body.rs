@@ -213,8 +213,9 @@ fn escape(token: &str) -> String {
 /// Rewrites one of serde's messages (`raw`, about the value at `pointer`) for the person who
 /// sent the body. serde's categories: invalid type, invalid value, invalid length, unknown
 /// variant, unknown field, missing field, duplicate field, and custom messages (ours, or a
-/// type's such as the UUID parser's). A field-level message about a struct names the field,
-/// but serde reports it at the struct's path: the field is appended to the pointer.
+/// type's such as the UUID parser's). A missing or duplicate field's message about a struct
+/// names the field, but serde reports it at the struct's path: the field is appended to the
+/// pointer.
 fn explain(mut pointer: String, raw: &str) -> FieldError {
     let message = without_position(raw);
     let text = if let Some(field) = quoted_after(message, "missing field `") {
@@ -223,8 +224,8 @@ fn explain(mut pointer: String, raw: &str) -> FieldError {
     } else if let Some(field) = quoted_after(message, "duplicate field `") {
         pointer.push_str(&format!("/{}", escape(field)));
         "this field appears more than once; give it once".to_owned()
-    } else if let Some(field) = quoted_after(message, "unknown field `") {
-        pointer.push_str(&format!("/{}", escape(field)));
+    } else if message.starts_with("unknown field `") {
+        // Refused while its key is read (`deny_unknown_fields`): the path names it already.
         UNKNOWN_FIELD.to_owned()
     } else if let Some(rest) = message.strip_prefix("unknown variant `") {
         // "unknown variant `x`, expected one of `a`, `b`" (or "expected `a` or `b`").
@@ -980,6 +981,31 @@ mod tests {
                     && problem.detail.contains("line 1 column"),
                 "{}",
                 problem.detail
+            );
+        }
+    }
+
+    #[test]
+    fn a_field_a_strict_body_refuses_is_named_once() {
+        // `deny_unknown_fields` refuses the field as its key is read: the path names it.
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Strictly {
+            url: String,
+            inner: Option<Box<Strictly>>,
+        }
+        let cases = [
+            (json!({"url": "u", "secret": "s"}), "/secret"),
+            (
+                json!({"url": "u", "inner": {"url": "v", "url2": 1}}),
+                "/inner/url2",
+            ),
+        ];
+        for (body, pointer) in cases {
+            assert_eq!(
+                field::<Strictly>(&body),
+                (pointer.to_owned(), UNKNOWN_FIELD.to_owned())
             );
         }
     }

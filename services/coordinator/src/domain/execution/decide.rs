@@ -959,6 +959,9 @@ fn advance(execution: &Execution, now: DateTime<Utc>) -> Vec<Event> {
     if let Some(saga) = &execution.saga {
         return compensate(execution, saga, now);
     }
+    if let Some(escalated) = overdue_escalation(execution, now) {
+        return vec![escalated];
+    }
     let workflow = &execution.workflow;
     let max_retries = execution.max_retries();
 
@@ -1580,13 +1583,13 @@ fn taker(
     }
 }
 
-/// The run went on past `escalation.afterMinutes`: unless a person was asked already, or it is
-/// finished, it waits for one.
+/// The run went on past `escalation.afterMinutes`: unless a person was asked already, it waits
+/// for one. Only a running run: a paused one is in a person's hands already, and is asked once
+/// it is resumed ([`overdue_escalation`]), so that letting it go on (`continue`) never undoes
+/// the pause.
 fn execution_escalated(execution: &Execution) -> Option<Event> {
     let after_minutes = execution.escalation_policy().after_minutes?;
-    if execution.escalation.is_some()
-        || !matches!(execution.status, Status::Running | Status::Paused)
-    {
+    if execution.escalation.is_some() || execution.status != Status::Running {
         return None;
     }
     let unfinished: Vec<String> = execution
@@ -1619,6 +1622,19 @@ fn execution_escalated(execution: &Execution) -> Option<Event> {
             outputs: completed_summaries(execution),
         },
     })))
+}
+
+/// A run past its time for a person whose timer found it paused: it waits for one as soon as
+/// it runs again.
+fn overdue_escalation(execution: &Execution, now: DateTime<Utc>) -> Option<Event> {
+    let due = after_minutes(
+        execution.started_at?,
+        execution.escalation_policy().after_minutes?,
+    );
+    if now < due {
+        return None;
+    }
+    execution_escalated(execution)
 }
 
 /// The summary of each completed step, by step id.

@@ -843,6 +843,51 @@ fn a_run_past_its_time_for_a_person_stops_handing_out_steps_until_one_lets_it_co
     ));
 }
 
+#[test]
+fn a_paused_run_past_its_time_asks_a_person_once_resumed_and_continuing_keeps_it_running() {
+    let team = vec![agent("Ada", &[])];
+    let mut wf = workflow(&team, vec![step("a", &[], &[]), step("b", &["a"], &[])]);
+    wf.configuration.escalation.after_minutes = Some(60.0);
+    let mut log = start(&wf, &team);
+    let first = advance(&log);
+    log.extend(first);
+    log.extend(decide(&Command::Pause(Request::default()), &fold(&log), now()).unwrap());
+    assert_eq!(status(&log), Status::Paused);
+
+    // The person who paused it holds it: the timer asks no one, and a pause stays a pause.
+    let later = now() + TimeDelta::minutes(61);
+    let timer = escalation_timer(&log);
+    assert!(
+        decide(&Command::TimerFired(timer), &fold(&log), later)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        decide(&Command::Advance, &fold(&log), later)
+            .unwrap()
+            .is_empty()
+    );
+
+    // Resumed past its time, it waits for a person at once; `continue` lets it run.
+    log.extend(decide(&Command::Resume(Request::default()), &fold(&log), later).unwrap());
+    assert_eq!(status(&log), Status::Running);
+    let due = decide(&Command::Advance, &fold(&log), later).unwrap();
+    let [Event::ExecutionEscalated(e)] = due.as_slice() else {
+        panic!("expected the run to escalate once resumed, got {due:?}")
+    };
+    let id = e.escalation_id;
+    log.extend(due);
+    assert_eq!(status(&log), Status::Escalated);
+    log.push(resolve(&log, id, Resolution::Continue).unwrap());
+    assert_eq!(status(&log), Status::Running);
+    assert!(
+        decide(&Command::Advance, &fold(&log), later)
+            .unwrap()
+            .is_empty(),
+        "asked once"
+    );
+}
+
 fn saga_workflow(team: &[AgentProfile]) -> WorkflowDefinition {
     let mut a = step("a", &[], &["rust"]);
     a.compensation = Some("Drop the table a created.".into());
