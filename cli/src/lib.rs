@@ -220,54 +220,120 @@ impl Action {
 
 /// Runs one command; the exit code to leave with.
 impl Cli {
-    /// What the flags mean together, checked before anything is asked of the API: a flag the
-    /// list does not take, or a time range no run can fall in, is a usage error (exit 2).
+    /// What the arguments mean together, checked before anything is asked of the API: a flag
+    /// the list does not take, a time range no run can fall in, a resolution's flags that do
+    /// not go with its action, or an id that is no UUID where only an id will do, is a usage
+    /// error (exit 2).
     pub fn check(&self) -> Result<(), clap::Error> {
-        let Command::Get {
-            kind,
-            workflow,
-            status,
-            since,
-            until,
-            ..
-        } = &self.command
-        else {
-            return Ok(());
-        };
-        let filters = match kind {
-            ListKind::Agents | ListKind::Templates => &[][..],
-            ListKind::Workflows => &["status"][..],
-            ListKind::Escalations => &["workflow", "status"][..],
-            ListKind::Executions => &["workflow", "status", "since", "until"][..],
-        };
-        let given = [
-            ("workflow", workflow.is_some()),
-            ("status", status.is_some()),
-            ("since", since.is_some()),
-            ("until", until.is_some()),
-        ];
         let usage = |message: String| {
             <Self as clap::CommandFactory>::command()
                 .error(clap::error::ErrorKind::ArgumentConflict, message)
         };
-        if let Some((flag, _)) = given
-            .iter()
-            .find(|(flag, given)| *given && !filters.contains(flag))
-        {
-            return Err(usage(format!("--{flag} does not filter this list")));
-        }
-        if let (Some(since), Some(until)) = (since, until) {
-            let at = chrono::DateTime::parse_from_rfc3339;
-            // Both parsed already (`rfc3339`); the range includes --since and excludes --until.
-            if matches!((at(since), at(until)), (Ok(since), Ok(until)) if since >= until) {
-                return Err(usage(format!(
-                    "--since {since} is not before --until {until}: no run can match (runs \
-                     started at or after --since and before --until are listed)"
-                )));
+        let invalid = |message: String| {
+            <Self as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::InvalidValue, message)
+        };
+        match &self.command {
+            Command::Resolve {
+                escalation,
+                action,
+                agent,
+                output_file,
+                by,
+                ..
+            } => {
+                parse_id::<EscalationId>(escalation, "escalation")
+                    .map_err(|error| invalid(error.to_string()))?;
+                let flags = [
+                    ("--agent <name or id>", agent.is_some(), Action::Reassign),
+                    (
+                        "--output-file <file>",
+                        output_file.is_some(),
+                        Action::ProvideOutput,
+                    ),
+                ];
+                for (flag, given, needed_by) in flags {
+                    // As typed on the command line (`provide-output`).
+                    let name = clap::ValueEnum::to_possible_value(&needed_by).map_or_else(
+                        || needed_by.api_name().to_owned(),
+                        |v| v.get_name().to_owned(),
+                    );
+                    if *action == needed_by && !given {
+                        return Err(usage(format!("--action {name} needs {flag}")));
+                    }
+                    if *action != needed_by && given {
+                        let flag = flag.split(' ').next().unwrap_or(flag);
+                        return Err(usage(format!("{flag} goes only with --action {name}")));
+                    }
+                }
+                // A person's decision is kept with their name: never recorded as nobody's.
+                if user(by.clone()).is_none() {
+                    return Err(usage(
+                        "say who decides with --by <name> (neither $USER nor $LOGNAME is set)"
+                            .to_owned(),
+                    ));
+                }
+                Ok(())
             }
+            Command::Describe { kind, name } => {
+                let id = match kind {
+                    OneKind::Execution => parse_id::<ExecutionId>(name, "execution").map(drop),
+                    OneKind::Escalation => parse_id::<EscalationId>(name, "escalation").map(drop),
+                    OneKind::Agent | OneKind::Workflow | OneKind::Template => Ok(()),
+                };
+                id.map_err(|error| invalid(error.to_string()))
+            }
+            Command::Get {
+                kind,
+                workflow,
+                status,
+                since,
+                until,
+                ..
+            } => check_list(kind, workflow, status, since, until, usage),
+            _ => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// The filters of `cadre get <kind>` together (see [`Cli::check`]).
+fn check_list(
+    kind: &ListKind,
+    workflow: &Option<String>,
+    status: &Option<String>,
+    since: &Option<String>,
+    until: &Option<String>,
+    usage: impl Fn(String) -> clap::Error,
+) -> Result<(), clap::Error> {
+    let filters = match kind {
+        ListKind::Agents | ListKind::Templates => &[][..],
+        ListKind::Workflows => &["status"][..],
+        ListKind::Escalations => &["workflow", "status"][..],
+        ListKind::Executions => &["workflow", "status", "since", "until"][..],
+    };
+    let given = [
+        ("workflow", workflow.is_some()),
+        ("status", status.is_some()),
+        ("since", since.is_some()),
+        ("until", until.is_some()),
+    ];
+    if let Some((flag, _)) = given
+        .iter()
+        .find(|(flag, given)| *given && !filters.contains(flag))
+    {
+        return Err(usage(format!("--{flag} does not filter this list")));
+    }
+    if let (Some(since), Some(until)) = (since, until) {
+        let at = chrono::DateTime::parse_from_rfc3339;
+        // Both parsed already (`rfc3339`); the range includes --since and excludes --until.
+        if matches!((at(since), at(until)), (Ok(since), Ok(until)) if since >= until) {
+            return Err(usage(format!(
+                "--since {since} is not before --until {until}: no run can match (runs \
+                 started at or after --since and before --until are listed)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -455,57 +521,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             by,
         } => {
+            // `Cli::check` made sure of the id, the flags and the person.
             let escalation: EscalationId = parse_id(&escalation, "escalation")?;
-            // A person's decision is kept with their name: never recorded as nobody's.
-            let Some(person) = user(by) else {
-                anyhow::bail!(
-                    "say who decides with --by <name> (neither $USER nor $LOGNAME is set)"
-                );
-            };
+            let person = user(by).unwrap_or_default();
             let mut body = json!({ "action": action.api_name(), "requestedBy": person });
             if let Some(reason) = reason {
                 body["reason"] = json!(reason);
             }
-            match (action, agent) {
-                (Action::Reassign, Some(agent)) => {
-                    body["agentId"] = json!(agent_id(&client, &agent).await?.to_string());
-                }
-                (Action::Reassign, None) => {
-                    anyhow::bail!("--action reassign needs --agent <name or id>")
-                }
-                (_, Some(_)) => anyhow::bail!("--agent goes only with --action reassign"),
-                _ => {}
+            if let Some(agent) = agent {
+                body["agentId"] = json!(agent_id(&client, &agent).await?.to_string());
             }
-            match (action, output_file) {
-                (Action::ProvideOutput, Some(path)) => {
-                    body["output"] = json!(
-                        std::fs::read_to_string(&path)
-                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
-                    );
-                    if let Some(summary) = summary {
-                        body["summary"] = json!(summary);
-                    }
+            if let Some(path) = output_file {
+                body["output"] = json!(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                );
+                if let Some(summary) = summary {
+                    body["summary"] = json!(summary);
                 }
-                (Action::ProvideOutput, None) => {
-                    anyhow::bail!("--action provide-output needs --output-file <file>")
-                }
-                (_, Some(_)) => {
-                    anyhow::bail!("--output-file goes only with --action provide-output")
-                }
-                _ => {}
             }
             let resolved: Value = client
                 .post(&format!("/v1/escalations/{escalation}/resolve"), &body)
                 .await?;
             match format {
-                Format::Table => crate::outln!(
-                    "escalation {escalation} resolved: {} (step {}: {}, execution {}: {})",
-                    output::cell(&resolved, "action"),
-                    output::cell(&resolved, "stepId"),
-                    output::cell(&resolved, "stepStatus"),
-                    output::cell(&resolved, "executionId"),
-                    output::cell(&resolved, "executionStatus"),
-                ),
+                Format::Table => {
+                    // A run's own escalation (its time for a person) names no step.
+                    let step = match resolved["stepId"].as_str() {
+                        Some(step) => {
+                            format!("step {step}: {}, ", output::cell(&resolved, "stepStatus"))
+                        }
+                        None => String::new(),
+                    };
+                    crate::outln!(
+                        "escalation {escalation} resolved: {} ({step}execution {}: {})",
+                        output::cell(&resolved, "action"),
+                        output::cell(&resolved, "executionId"),
+                        output::cell(&resolved, "executionStatus"),
+                    );
+                }
                 _ => output::print_one(format, &resolved),
             }
             Ok(ExitCode::SUCCESS)

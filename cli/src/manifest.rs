@@ -30,6 +30,7 @@ use serde_saphyr::Spanned;
 use cadre_proto::model::{
     AgentProfile, ModelChoice, ModelParameters, WorkflowConfiguration, WorkflowType,
 };
+use cadre_proto::shape::{self, UNKNOWN_FIELD, escape, pointer_of, pointer_of_ignored};
 use cadre_proto::{AgentId, WorkflowId};
 
 /// Where in a file: 1-based line and column.
@@ -88,10 +89,6 @@ pub fn field_path(pointer: &str) -> String {
         }
     }
     path
-}
-
-fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// A YAML node as read, each child with where it starts.
@@ -516,44 +513,16 @@ fn typed<T: serde::de::DeserializeOwned>(
     let parsed: Result<T, _> =
         serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut record));
     match parsed {
-        Err(error) => Err(vec![(
-            format!("{prefix}{}", pointer_of(error.path())),
-            error.inner().to_string(),
-        )]),
+        Err(error) => {
+            let (pointer, message) =
+                shape::explain(pointer_of(error.path()), &error.inner().to_string());
+            Err(vec![(format!("{prefix}{pointer}"), message)])
+        }
         Ok(_) if !unknown.is_empty() => Err(unknown
             .into_iter()
-            .map(|pointer| {
-                (
-                    format!("{prefix}{pointer}"),
-                    "unknown field; check its spelling against the API reference".to_owned(),
-                )
-            })
+            .map(|pointer| (format!("{prefix}{pointer}"), UNKNOWN_FIELD.to_owned()))
             .collect()),
         Ok(parsed) => Ok(parsed),
-    }
-}
-
-fn pointer_of(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    path.iter()
-        .map(|segment| match segment {
-            Segment::Seq { index } => format!("/{index}"),
-            Segment::Map { key } => format!("/{}", escape(key)),
-            Segment::Enum { variant } => format!("/{}", escape(variant)),
-            Segment::Unknown => "/?".to_owned(),
-        })
-        .collect()
-}
-
-fn pointer_of_ignored(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}/{index}", pointer_of_ignored(parent)),
-        Path::Map { parent, key } => format!("{}/{}", pointer_of_ignored(parent), escape(key)),
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => pointer_of_ignored(parent),
     }
 }
 
@@ -879,9 +848,9 @@ configuration:
     #[test]
     fn a_missing_field_or_kind_points_at_its_document() {
         let errors = parse("a.yaml", "kind: Agent\nname: Bo\n").unwrap_err();
-        assert!(
-            errors[0].to_string().contains("missing field `role`"),
-            "{errors:?}"
+        assert_eq!(
+            errors[0].to_string(),
+            "a.yaml:1:1: role: this field is required"
         );
         let errors = parse("a.yaml", "---\nname: Bo\n---\nkind: Robot\n").unwrap_err();
         assert_eq!(errors.len(), 2);
@@ -920,6 +889,26 @@ configuration:
                 "{shown}"
             );
         }
+    }
+
+    #[test]
+    fn a_wrong_type_is_said_in_json_terms() {
+        let text = "kind: Agent\nname: Bo\nrole: r\nprovider: offline\nmodel: m\n\
+                    modelParameters:\n  temperature: hot\n";
+        let errors = parse("types.yaml", text).unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "types.yaml:7:3: modelParameters.temperature: expected a number, got the string \"hot\""
+        );
+        let text = "kind: Agent\nname: Bo\nrole: r\nprovider: offline\nmodel: m\n\
+                    modelParameters:\n  maxTokens: many\n";
+        let errors = parse("types.yaml", text).unwrap_err();
+        assert!(
+            errors[0].to_string().ends_with(
+                "modelParameters.maxTokens: expected a whole number from 0 to 4294967295, got the string \"many\""
+            ),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -992,9 +981,10 @@ coordinatorAgentId: Meta
         let errors =
             parse("team.yaml", &FROM_TEMPLATE.replace("template:", "templat:")).unwrap_err();
         assert!(
-            errors.iter().any(|e| e
-                .to_string()
-                .contains("missing field `participatingAgents`")),
+            errors
+                .iter()
+                .any(|e| e.to_string()
+                    == "team.yaml:1:1: participatingAgents: this field is required"),
             "{errors:?}"
         );
     }

@@ -382,7 +382,8 @@ async fn a_file_error_names_file_line_and_field_and_sends_nothing() {
     assert_eq!(output.status.code(), Some(1), "{shown}");
     assert!(
         shown.contains(&format!(
-            "{bad}:17:7: configuration.steps[1].timeoutMinutes: invalid type"
+            "{bad}:17:7: configuration.steps[1].timeoutMinutes: expected a number, got the \
+             string \"soon\""
         )),
         "{shown}"
     );
@@ -435,6 +436,43 @@ async fn a_file_error_names_file_line_and_field_and_sends_nothing() {
         (
             &["cancel", "nonsense"][..],
             "'nonsense' is not an execution id (a UUID)",
+        ),
+        (
+            &["describe", "execution", "nonsense"][..],
+            "'nonsense' is not an execution id (a UUID)",
+        ),
+        (
+            &["resolve", "nonsense", "--action", "skip"][..],
+            "'nonsense' is not an escalation id (a UUID)",
+        ),
+        (
+            &[
+                "resolve",
+                "0196b4a2-7e0c-7d21-9f3a-2b5c8d1e4f60",
+                "--action",
+                "reassign",
+            ][..],
+            "--action reassign needs --agent <name or id>",
+        ),
+        (
+            &[
+                "resolve",
+                "0196b4a2-7e0c-7d21-9f3a-2b5c8d1e4f60",
+                "--action",
+                "provide-output",
+            ][..],
+            "--action provide-output needs --output-file <file>",
+        ),
+        (
+            &[
+                "resolve",
+                "0196b4a2-7e0c-7d21-9f3a-2b5c8d1e4f60",
+                "--action",
+                "skip",
+                "--agent",
+                "Ada",
+            ][..],
+            "--agent goes only with --action reassign",
         ),
     ] {
         let output = cadre("http://127.0.0.1:9", args).await;

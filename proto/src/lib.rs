@@ -13,6 +13,7 @@ pub mod ids;
 pub mod model;
 #[cfg(any(test, feature = "samples"))]
 pub mod samples;
+pub mod shape;
 pub mod streams;
 pub mod subjects;
 pub mod timers;
