@@ -242,6 +242,31 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
         "ship sees the person's output: {}",
         last.user
     );
+
+    // Once more, and the person skips the step: it has no result, and asking says why.
+    stack.llm.fail_next(2, 400);
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let escalation = open_escalation(&stack, &execution_id).await;
+    let id = escalation["id"].as_str().unwrap();
+    let reply = stack
+        .api
+        .post(
+            &format!("/v1/escalations/{id}/resolve"),
+            &json!({ "action": "skip", "requestedBy": "Pat" }),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let none = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}/steps/build/result"))
+        .await;
+    assert_eq!(none.status, 404, "{}", none.body);
+    let detail = none.body["detail"].as_str().unwrap();
+    assert!(
+        detail.ends_with("has no result: Pat skipped it when it escalated"),
+        "{detail}"
+    );
     stack.stop().await;
 }
 

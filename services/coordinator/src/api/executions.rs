@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use cadre_proto::events::Request;
+use cadre_proto::events::{Request, Resolution};
 use cadre_proto::model::StepResult;
 use cadre_proto::model::TriggerReason;
 use cadre_proto::{AgentId, Event, ExecutionId, StepId, WorkflowId, subjects};
@@ -609,8 +609,12 @@ pub(super) async fn step_result(
         app.bus.last_event(&resolved)
     )
     .map_err(unavailable_log)?;
+    let resolution = resolution.and_then(|s| match s.envelope.event {
+        Event::EscalationResolved(e) => Some(e),
+        _ => None,
+    });
     // A person's own result (or sign-off) of a later attempt than any agent's completion.
-    if let Some(Event::EscalationResolved(e)) = resolution.map(|s| s.envelope.event)
+    if let Some(e) = &resolution
         && let Some((summary, output)) = e.result()
         && stored.as_ref().is_none_or(|s| match &s.envelope.event {
             Event::StepCompleted(done) => done.attempt.number <= e.attempt,
@@ -631,23 +635,43 @@ pub(super) async fn step_result(
     }
     let Some(Event::StepCompleted(done)) = stored.map(|s| s.envelope.event) else {
         let steps = &started.workflow.configuration.steps;
-        return Err(Problem::not_found(
-            if steps.iter().any(|s| s.id == step_id) {
-                format!("step '{step_id}' of execution {id} has no result: it has not completed")
-            } else {
-                // A run may add steps of its own (delegated, undoing, re-planned): those have
-                // results too once completed, so the answer names what the workflow has.
-                format!(
-                    "execution {id} has completed no step '{step_id}', and its workflow has no such \
-                     step (its steps: {})",
-                    steps
-                        .iter()
-                        .map(|s| s.id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+        // Why there is none: skipped (by its condition, or by a person), or not done yet.
+        let skipped = match resolution.as_deref() {
+            Some(e) if e.resolution == Resolution::Skip => Some(format!(
+                "{} skipped it when it escalated",
+                e.request.requested_by.as_deref().unwrap_or("a person")
+            )),
+            _ => match app
+                .bus
+                .last_event(&fact(subjects::SKIPPED))
+                .await
+                .map_err(unavailable_log)?
+                .map(|s| s.envelope.event)
+            {
+                Some(Event::StepSkipped(skipped)) => Some(format!(
+                    "it was skipped: its condition '{}' was false",
+                    skipped.condition
+                )),
+                _ => None,
             },
-        ));
+        };
+        return Err(Problem::not_found(if let Some(why) = skipped {
+            format!("step '{step_id}' of execution {id} has no result: {why}")
+        } else if steps.iter().any(|s| s.id == step_id) {
+            format!("step '{step_id}' of execution {id} has no result: it has not completed")
+        } else {
+            // A run may add steps of its own (delegated, undoing, re-planned): those have
+            // results too once completed, so the answer names what the workflow has.
+            format!(
+                "execution {id} has completed no step '{step_id}', and its workflow has no such \
+                     step (its steps: {})",
+                steps
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }));
     };
     let result = match &done.result.full {
         None => done.result.clone(),
