@@ -41,10 +41,10 @@ pub fn template(template: &Value) -> String {
     lines.push(format!("  {}", short(text(&template["description"]), 150)));
     lines.push(format!("  roles: {}", cell(template, "requiredAgentRoles")));
     lines.push(format!(
-        "  used by {} workflow(s), {} run(s), {} % completed",
+        "  used by {} workflow(s), {} run(s), completed: {}",
         cell(template, "workflowCount"),
         cell(template, "usageCount"),
-        cell(template, "successRate"),
+        crate::output::success_rate(template),
     ));
     for group in phases(&template["templateDefinition"]) {
         lines.push(format!("  {}: {}", group.title, group.steps.join(", ")));

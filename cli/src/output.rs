@@ -171,6 +171,9 @@ pub const ESCALATIONS: &[Column] = &[
     ("EXECUTION", |v| cell(v, "executionId")),
     ("REASON", |v| short(v["reason"].as_str().unwrap_or("-"), 60)),
     ("CREATED", |v| time(v, "createdAt")),
+    // What a person decided, once one did.
+    ("ACTION", |v| cell(v, "action")),
+    ("RESOLVED BY", |v| cell(v, "resolvedBy")),
 ];
 
 pub const TEMPLATES: &[Column] = &[
@@ -180,5 +183,27 @@ pub const TEMPLATES: &[Column] = &[
     ("ROLES", |v| cell(v, "requiredAgentRoles")),
     ("WORKFLOWS", |v| cell(v, "workflowCount")),
     ("RUNS", |v| cell(v, "usageCount")),
-    ("SUCCESS", |v| format!("{} %", cell(v, "successRate"))),
+    ("SUCCESS", success_rate),
 ];
+
+/// A template's share of ended runs that completed; "-" while none has ended (the API's 0 is
+/// no rate yet).
+pub fn success_rate(template: &Value) -> String {
+    if template["endedRuns"].as_u64().unwrap_or(0) == 0 {
+        return "-".to_owned();
+    }
+    format!("{} %", cell(template, "successRate"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_with_no_ended_run_has_no_success_rate_yet() {
+        let none = serde_json::json!({"endedRuns": 0, "successRate": 0.0});
+        assert_eq!(success_rate(&none), "-");
+        let some = serde_json::json!({"endedRuns": 4, "successRate": 75.0});
+        assert_eq!(success_rate(&some), "75.0 %");
+    }
+}
