@@ -7,7 +7,7 @@
 //! shown twice. Once the run ended, following waits (briefly) for the read models to show its
 //! end, so that a `cadre get` or `cadre describe` right after reads the run as it ended.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -154,12 +154,17 @@ struct View {
     names: HashMap<AgentId, String>,
     steps: Vec<StepId>,
     done: HashSet<StepId>,
+    /// What the bar says the run is doing: each step an agent works on, or that waits for a
+    /// person, by step; and whether the run itself waits for one.
+    activity: BTreeMap<StepId, String>,
+    run_waits: bool,
 }
 
 impl View {
     fn new(terminal: bool) -> Self {
         let bar = terminal.then(|| {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
+            // Drawn once the run's steps are known: before, it would read "0/0 steps".
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
             bar.set_style(
                 ProgressStyle::with_template(
                     "{spinner} [{bar:30}] {pos}/{len} steps  {elapsed}  {wide_msg}",
@@ -175,6 +180,8 @@ impl View {
             names: HashMap::new(),
             steps: Vec::new(),
             done: HashSet::new(),
+            activity: BTreeMap::new(),
+            run_waits: false,
         }
     }
 
@@ -255,6 +262,60 @@ impl View {
         if let Some(bar) = &self.bar {
             bar.set_length(self.steps.len() as u64);
             bar.set_position(self.done.len() as u64);
+            if bar.is_hidden() {
+                bar.set_draw_target(ProgressDrawTarget::stdout());
+            }
+        }
+    }
+
+    /// Follows what the run is doing from `event`, for the bar.
+    fn track(&mut self, event: &Event) {
+        match event {
+            Event::StepStarted(e) => {
+                let doing = format!(
+                    "{} working on {}",
+                    self.agent(e.attempt.agent_id),
+                    e.attempt.step_id
+                );
+                self.activity.insert(e.attempt.step_id.clone(), doing);
+            }
+            Event::StepEscalated(e) if e.escalation_id.is_some() => {
+                let waits = format!("{} waits for a person", e.step_id);
+                self.activity.insert(e.step_id.clone(), waits);
+            }
+            Event::StepCompleted(e) => {
+                self.activity.remove(&e.attempt.step_id);
+            }
+            Event::StepFailed(e) => {
+                self.activity.remove(&e.attempt.step_id);
+            }
+            Event::StepTimedOut(e) => {
+                self.activity.remove(&e.attempt.step_id);
+            }
+            Event::StepReviewed(e) => {
+                self.activity.remove(&e.attempt.step_id);
+            }
+            Event::StepSkipped(e) => {
+                self.activity.remove(&e.step_id);
+            }
+            Event::EscalationResolved(e) => match &e.step_id {
+                Some(step) => {
+                    self.activity.remove(step);
+                }
+                None => self.run_waits = false,
+            },
+            Event::ExecutionEscalated(_) => self.run_waits = true,
+            _ => return,
+        }
+        if let Some(bar) = &self.bar {
+            let run = self
+                .run_waits
+                .then(|| "the run waits for a person".to_owned());
+            let doing: Vec<String> = run
+                .into_iter()
+                .chain(self.activity.values().cloned())
+                .collect();
+            bar.set_message(doing.join("; "));
         }
     }
 
@@ -264,13 +325,7 @@ impl View {
         if let Some(line) = line {
             self.note(&line);
         }
-        if let (Some(bar), Event::StepStarted(e)) = (&self.bar, event) {
-            bar.set_message(format!(
-                "{} working on {}",
-                self.agent(e.attempt.agent_id),
-                e.attempt.step_id
-            ));
-        }
+        self.track(event);
         outcome
     }
 
@@ -556,5 +611,52 @@ fn one_line(text: &str) -> String {
         format!("{}…", joined.chars().take(MAX).collect::<String>())
     } else {
         joined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cadre_proto::samples::every_event;
+
+    fn sample(type_name: &str) -> Event {
+        every_event()
+            .into_iter()
+            .find(|e| e.type_name() == type_name)
+            .unwrap_or_else(|| panic!("no sample {type_name}"))
+    }
+
+    #[test]
+    fn the_bar_says_what_each_step_does_and_what_waits_for_a_person() {
+        use cadre_proto::events::types;
+        let mut view = View::new(false);
+        let Event::StepEscalated(mut escalated) = sample(types::STEP_ESCALATED) else {
+            unreachable!()
+        };
+        escalated.escalation_id = Some(cadre_proto::EscalationId::new());
+        let step = escalated.step_id.clone();
+        view.track(&Event::StepEscalated(escalated));
+        assert_eq!(
+            view.activity.get(&step).map(String::as_str),
+            Some(format!("{step} waits for a person").as_str())
+        );
+        let Event::EscalationResolved(mut resolved) = sample(types::ESCALATION_RESOLVED) else {
+            unreachable!()
+        };
+        resolved.step_id = Some(step.clone());
+        view.track(&Event::EscalationResolved(resolved.clone()));
+        assert!(view.activity.is_empty(), "{:?}", view.activity);
+
+        let started = sample(types::STEP_STARTED);
+        view.track(&started);
+        assert_eq!(view.activity.len(), 1);
+        view.track(&sample(types::STEP_COMPLETED));
+        assert!(view.activity.is_empty(), "{:?}", view.activity);
+
+        view.track(&sample(types::EXECUTION_ESCALATED));
+        assert!(view.run_waits);
+        resolved.step_id = None;
+        view.track(&Event::EscalationResolved(resolved));
+        assert!(!view.run_waits);
     }
 }
