@@ -51,9 +51,10 @@ pub enum ApiError {
         status: StatusCode,
         body: String,
     },
+    // Why comes after, as the error's source (`{:#}` prints the chain): not in this text too.
     #[error(
-        "cannot reach the Cadre API at {base} ({source}); is the coordinator running? \
-         Name it with --api or CADRE_API"
+        "cannot reach the Cadre API at {base} (is the coordinator running? Name it with --api \
+         or CADRE_API)"
     )]
     Unreachable {
         base: String,

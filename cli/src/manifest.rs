@@ -503,27 +503,64 @@ impl WorkflowSpec {
 }
 
 /// Reads `value` as `T` the way the API does: every unknown field is an error, and a wrong
-/// type names its field. Errors are `(pointer, message)`.
+/// type names its field. Errors are `(pointer, message)`: every field of a wrong type (serde
+/// stops at the first, so each is left out in turn and the rest read again), every missing and
+/// every unknown one, each once.
 fn typed<T: serde::de::DeserializeOwned>(
     value: &Value,
     prefix: &str,
 ) -> Result<T, Vec<(String, String)>> {
-    let mut unknown = Vec::new();
-    let mut record = |path: serde_ignored::Path<'_>| unknown.push(pointer_of_ignored(&path));
-    let parsed: Result<T, _> =
-        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut record));
-    match parsed {
-        Err(error) => {
-            let (pointer, message) =
-                shape::explain(pointer_of(error.path()), &error.inner().to_string());
-            Err(vec![(format!("{prefix}{pointer}"), message)])
+    let mut value = std::borrow::Cow::Borrowed(value);
+    let mut errors: Vec<(String, String)> = Vec::new();
+    loop {
+        let mut unknown = Vec::new();
+        let mut record = |path: serde_ignored::Path<'_>| unknown.push(pointer_of_ignored(&path));
+        let parsed: Result<T, _> = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(value.as_ref(), &mut record),
+        );
+        let parsed = parsed
+            .map_err(|error| shape::explain(pointer_of(error.path()), &error.inner().to_string()));
+        for pointer in unknown {
+            let pointer = format!("{prefix}{pointer}");
+            if !errors.iter().any(|(at, _)| *at == pointer) {
+                errors.push((pointer, UNKNOWN_FIELD.to_owned()));
+            }
         }
-        Ok(_) if !unknown.is_empty() => Err(unknown
-            .into_iter()
-            .map(|pointer| (format!("{prefix}{pointer}"), UNKNOWN_FIELD.to_owned()))
-            .collect()),
-        Ok(parsed) => Ok(parsed),
+        match parsed {
+            Ok(parsed) if errors.is_empty() => return Ok(parsed),
+            Ok(_) => return Err(errors),
+            Err((pointer, message)) => {
+                let at = format!("{prefix}{pointer}");
+                // Said already: a field left out for its type is now missing.
+                if errors.iter().any(|(said, _)| *said == at) {
+                    return Err(errors);
+                }
+                errors.push((at, message));
+                if errors.len() >= MOST_ERRORS_PER_DOCUMENT || !leave_out(value.to_mut(), &pointer)
+                {
+                    return Err(errors);
+                }
+            }
+        }
     }
+}
+
+/// Most problems said of one document: past these, the file is likely not what it should be.
+const MOST_ERRORS_PER_DOCUMENT: usize = 20;
+
+/// Removes the field at `pointer` (an item of a list takes its whole list with it: removing
+/// the item would move the pointers of those after it); false if there is none.
+fn leave_out(value: &mut Value, pointer: &str) -> bool {
+    let mut at = pointer;
+    while let Some((parent, key)) = at.rsplit_once('/') {
+        let key = key.replace("~1", "/").replace("~0", "~");
+        match value.pointer_mut(parent) {
+            Some(Value::Object(fields)) => return fields.remove(&key).is_some(),
+            Some(Value::Array(_)) => at = parent,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The parser's message without what the error already says (`error: line 2 column 7: `).
@@ -667,11 +704,15 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
                 spec,
                 places: nodes.places,
             }),
-            Err(problems) => errors.extend(
-                problems
+            Err(problems) => {
+                // In the order of the file, as a person fixes them.
+                let mut found: Vec<FileError> = problems
                     .into_iter()
-                    .map(|(pointer, message)| located(&pointer, message)),
-            ),
+                    .map(|(pointer, message)| located(&pointer, message))
+                    .collect();
+                found.sort_by_key(|error| error.place);
+                errors.extend(found);
+            }
         }
     }
     if errors.is_empty() {
@@ -816,11 +857,15 @@ configuration:
             "      timeoutMinutes: soon",
         );
         let errors = parse("team.yaml", &text).unwrap_err();
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        let shown = errors[0].to_string();
-        assert!(
-            shown.starts_with("team.yaml:19:7: configuration.steps[0].timeoutMinutes: "),
-            "{shown}"
+        // The step lost its instructions too: both are said, in the file's order.
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "team.yaml:14:7: configuration.steps[0].instructions: this field is required",
+                "team.yaml:19:7: configuration.steps[0].timeoutMinutes: expected a number, got \
+                 the string \"soon\"",
+            ]
         );
     }
 
@@ -908,6 +953,39 @@ configuration:
                 "modelParameters.maxTokens: expected a whole number from 0 to 4294967295, got the string \"many\""
             ),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn every_wrong_field_of_a_document_is_said_in_file_order() {
+        let text = "kind: Agent\nname: Bo\nrole: r\nskills: x\nprovider: offline\nmodel: m\n\
+                    modelParameters:\n  temperature: hot\nnickname: B\n";
+        let shown: Vec<String> = parse("types.yaml", text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown.len(), 3, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("types.yaml:4:1: skills: expected a list"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].starts_with("types.yaml:8:3: modelParameters.temperature: expected a number"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[2].starts_with("types.yaml:9:1: nickname: unknown field"),
+            "{shown:#?}"
+        );
+        // A required field of the wrong type is said once, not again as missing.
+        let text = "kind: Agent\nname: Bo\nrole: [r]\nprovider: offline\nmodel: m\n";
+        let errors = parse("types.yaml", text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with("types.yaml:3:1: role: expected a string")
         );
     }
 
