@@ -155,5 +155,22 @@ async fn an_execution_feed_replays_then_follows_resumes_after_an_id_and_ends_wit
         panic!("an unknown execution has no feed")
     };
     assert_eq!(reply.status, 404);
+    // Nor has an unknown workflow: its feed would stay silent forever.
+    let Err(reply) = stack
+        .api
+        .events(&format!("/v1/events?workflowId={ghost}"), None)
+        .await
+    else {
+        panic!("an unknown workflow has no feed")
+    };
+    assert_eq!(reply.status, 404);
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("no workflow has the id {ghost}")),
+        "{}",
+        reply.body
+    );
     stack.stop().await;
 }

@@ -86,9 +86,9 @@ pub(super) async fn execution(
     feed(&app, filters, deliver, true).await
 }
 
-/// `GET /v1/events[?workflowId=][&types=]`: every event of the tenant (or of one workflow),
-/// or only those of the listed types, from now on, or after `Last-Event-ID`; it never ends on
-/// its own. The log does the type filtering (by subject), so a client that wants a few types
+/// `GET /v1/events[?workflowId=][&types=]`: every event of the tenant (or of one workflow: 404
+/// for one that does not exist), or only those of the listed types, from now on, or after
+/// `Last-Event-ID`; it never ends on its own. The log does the type filtering (by subject), so a client that wants a few types
 /// of a busy tenant is not sent, nor does the coordinator decode, the thousands of others.
 #[utoipa::path(
     get,
@@ -105,7 +105,7 @@ pub(super) async fn execution(
     responses(
         (status = 200, content_type = "text/event-stream", body = LogEvent,
          description = "Server-sent events, each one stored event of the log"),
-        BadRequest, Unavailable,
+        BadRequest, NotFound, Unavailable,
     )
 )]
 pub(super) async fn all(
@@ -123,6 +123,10 @@ pub(super) async fn all(
         .get("workflowId")
         .map(|raw| parse_id::<WorkflowId>(raw, "workflowId"))
         .transpose()?;
+    // A feed of a workflow that does not exist would stay silent forever: ids are the API's.
+    if let Some(workflow) = workflow {
+        super::workflows::load(&app, workflow).await?;
+    }
     let filters = match params.get("types") {
         Some(types) => of_types(&app, workflow, types)?,
         None => vec![match workflow {
