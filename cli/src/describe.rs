@@ -249,11 +249,12 @@ pub async fn execution(client: &Client, execution: &Value) -> Result<String, Api
             "closed" => format!("closed: {}", cell(e, "closedReason")),
             status => status.to_owned(),
         };
-        lines.push(format!(
-            "  {} of {}: {outcome}",
-            text(&e["kind"]),
-            cell(e, "stepId"),
-        ));
+        // A run's own escalation (its time for a person) is of no step.
+        let what = match e["stepId"].as_str() {
+            Some(step) => format!("{} of {step}", text(&e["kind"])),
+            None => "the run, past its time".to_owned(),
+        };
+        lines.push(format!("  {what}: {outcome}"));
     }
 
     let usage: Value = client.get(&format!("/v1/executions/{id}/usage")).await?;

@@ -233,12 +233,20 @@ impl Cli {
             <Self as clap::CommandFactory>::command()
                 .error(clap::error::ErrorKind::InvalidValue, message)
         };
+        if reqwest::Url::parse(&self.api).is_err() {
+            return Err(invalid(format!(
+                "--api (or CADRE_API) '{}' is not a URL: give the coordinator's, such as \
+                 http://127.0.0.1:8080",
+                self.api
+            )));
+        }
         match &self.command {
             Command::Resolve {
                 escalation,
                 action,
                 agent,
                 output_file,
+                summary,
                 by,
                 ..
             } => {
@@ -252,6 +260,11 @@ impl Cli {
                         Action::ProvideOutput,
                     ),
                 ];
+                if summary.is_some() && *action != Action::ProvideOutput {
+                    return Err(usage(
+                        "--summary goes only with --action provide-output".to_owned(),
+                    ));
+                }
                 for (flag, given, needed_by) in flags {
                     // As typed on the command line (`provide-output`).
                     let name = clap::ValueEnum::to_possible_value(&needed_by).map_or_else(
@@ -267,6 +280,11 @@ impl Cli {
                     }
                 }
                 // A person's decision is kept with their name: never recorded as nobody's.
+                if by.as_deref().is_some_and(|by| by.trim().is_empty()) {
+                    return Err(usage(
+                        "--by names no one: give the name of who decides".to_owned(),
+                    ));
+                }
                 if user(by.clone()).is_none() {
                     return Err(usage(
                         "say who decides with --by <name> (neither $USER nor $LOGNAME is set)"

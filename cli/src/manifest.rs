@@ -567,14 +567,21 @@ fn leave_out(value: &mut Value, pointer: &str) -> bool {
 fn syntax_message(shown: &str) -> String {
     let first = shown.lines().next().unwrap_or_default();
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    match first
+    let message = match first
         .strip_prefix("line ")
         .and_then(|rest| rest.split_once(": "))
     {
         Some((place, message)) if place.contains(" column ") => message,
         _ => first,
+    };
+    // The parser names its own setting ("set DuplicateKeyPolicy in Options if acceptable").
+    match message
+        .strip_prefix("duplicate mapping key: ")
+        .and_then(|rest| rest.split(',').next())
+    {
+        Some(key) => format!("the key '{key}' appears twice in one mapping: give it once"),
+        None => message.to_owned(),
     }
-    .to_owned()
 }
 
 /// Reads every document of `text` (from the file `file`), checking each against what the API
@@ -626,14 +633,14 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
             let field = field_path(pointer);
             error(place, (!field.is_empty()).then_some(field), message)
         };
-        if !nodes.not_json.is_empty() {
-            errors.extend(
-                nodes
-                    .not_json
-                    .iter()
-                    .map(|(pointer, number)| located(pointer, not_json_message(*number))),
-            );
-            continue;
+        // Said here, and left out of what is checked next, which then finds the rest.
+        let not_json: Vec<(String, String)> = nodes
+            .not_json
+            .iter()
+            .map(|(pointer, number)| (pointer.clone(), not_json_message(*number)))
+            .collect();
+        for (pointer, _) in &not_json {
+            leave_out(&mut value, pointer);
         }
         let Some(object) = value.as_object_mut() else {
             errors.push(located(
@@ -697,6 +704,20 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
                 typed::<WorkflowConfiguration>(&configuration, "/configuration")?;
                 Ok(Spec::Workflow(workflow))
             }),
+        };
+        let spec = match spec {
+            Ok(spec) if not_json.is_empty() => Ok(spec),
+            Ok(_) => Err(not_json),
+            Err(problems) => Err(not_json
+                .iter()
+                .cloned()
+                // A number left out is not said again as missing.
+                .chain(
+                    problems
+                        .into_iter()
+                        .filter(|(at, _)| !not_json.iter().any(|(pointer, _)| pointer == at)),
+                )
+                .collect()),
         };
         match spec {
             Ok(spec) => documents.push(Document {
@@ -922,18 +943,25 @@ configuration:
             ("-.inf", "minus infinity"),
             (".nan", "NaN"),
         ] {
+            // The rest of the document is checked too: it lacks its role.
             let text =
                 format!("kind: Agent\nname: Bo\nmodelParameters:\n  temperature: {number}\n");
             let errors = parse("bad.yaml", &text).unwrap_err();
-            assert_eq!(errors.len(), 1, "{errors:?}");
-            let shown = errors[0].to_string();
+            let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            assert_eq!(shown.len(), 2, "{shown:?}");
+            assert_eq!(shown[0], "bad.yaml:1:1: role: this field is required");
             assert!(
-                shown.starts_with("bad.yaml:4:3: modelParameters.temperature: ")
-                    && shown.contains(&format!(": {named} "))
-                    && shown.contains("is not a number the API can take"),
-                "{shown}"
+                shown[1].starts_with("bad.yaml:4:3: modelParameters.temperature: ")
+                    && shown[1].contains(&format!(": {named} "))
+                    && shown[1].contains("is not a number the API can take"),
+                "{shown:?}"
             );
         }
+        let errors = parse("bad.yaml", "kind: Agent\nname: Bo\nname: Al\n").unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "bad.yaml:3:1: the key 'name' appears twice in one mapping: give it once"
+        );
     }
 
     #[test]

@@ -474,11 +474,42 @@ async fn a_file_error_names_file_line_and_field_and_sends_nothing() {
             ][..],
             "--agent goes only with --action reassign",
         ),
+        (
+            &[
+                "resolve",
+                "0196b4a2-7e0c-7d21-9f3a-2b5c8d1e4f60",
+                "--action",
+                "skip",
+                "--summary",
+                "s",
+            ][..],
+            "--summary goes only with --action provide-output",
+        ),
+        (
+            &[
+                "resolve",
+                "0196b4a2-7e0c-7d21-9f3a-2b5c8d1e4f60",
+                "--action",
+                "skip",
+                "--by",
+                " ",
+            ][..],
+            "--by names no one",
+        ),
     ] {
         let output = cadre("http://127.0.0.1:9", args).await;
         assert_eq!(output.status.code(), Some(2), "{args:?}: a usage error");
         assert!(text(&output).contains(said), "{args:?}: {}", text(&output));
     }
+
+    // An address that is no URL is a usage error too.
+    let output = cadre("notaurl", &["get", "agents"]).await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("--api (or CADRE_API) 'notaurl' is not a URL"),
+        "{}",
+        text(&output)
+    );
 
     // The API unreachable is said so, with where it was looked for.
     let output = cadre("http://127.0.0.1:9", &["get", "agents"]).await;

@@ -36,7 +36,7 @@ const KEY_BYTES: usize = 32;
 
 /// The body of `POST /v1/subscriptions`.
 #[derive(Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct NewSubscription {
     /// Where events are POSTed: an `http` or `https` URL.
     #[schema(max_length = 2000)]
@@ -424,4 +424,19 @@ pub(super) async fn deliveries(
         ))
     });
     Ok(query.answer(page_of(rows, &page)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unknown_field_of_a_subscription_is_named() {
+        let body = br#"{"url": "http://127.0.0.1:9/x", "secret": "mine", "colour": "red"}"#;
+        let Err(problem) = super::super::body::parse::<NewSubscription>(body) else {
+            panic!("accepted")
+        };
+        let pointers: Vec<&str> = problem.errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/secret", "/colour"]);
+    }
 }

@@ -972,12 +972,14 @@ fn escalation_policy(errors: &mut Vec<FieldError>, workflow: &WorkflowDefinition
         }
     }
     if let Some(minutes) = policy.after_minutes
-        && !(minutes > 0.0 && minutes <= f64::from(limits::EXECUTION_SECONDS) / 60.0)
+        && !(limits::MIN_TIMEOUT_MINUTES..=f64::from(limits::EXECUTION_SECONDS) / 60.0)
+            .contains(&minutes)
     {
         errors.push(error(
             format!("{at}/afterMinutes"),
             format!(
-                "must be more than 0 and at most {} minutes (30 days)",
+                "must be at least 1/60 (one second: timers fire on whole seconds) and at most \
+                 {} minutes (30 days), got {minutes}",
                 limits::EXECUTION_SECONDS / 60
             ),
         ));
@@ -1433,6 +1435,38 @@ mod tests {
                 assert_eq!(
                     pointers(&errors),
                     ["/configuration/steps/0/timeoutMinutes"],
+                    "{minutes}"
+                );
+                assert!(errors[0].message.contains("one second"), "{minutes}");
+            } else {
+                assert_eq!(errors, vec![], "{minutes}");
+            }
+        }
+    }
+
+    /// The run's time for a person is a timer too: from a second, to the longest run.
+    #[test]
+    fn the_time_for_a_person_is_between_a_second_and_thirty_days() {
+        let team = [agent("Ada")];
+        let longest = f64::from(limits::EXECUTION_SECONDS) / 60.0;
+        for (minutes, refused) in [
+            (1e-320, true),
+            (0.0, true),
+            (-1.0, true),
+            (0.5 / 60.0, true),
+            (f64::NAN, true),
+            (longest + 1.0, true),
+            (1.0 / 60.0, false),
+            (0.1, false),
+            (longest, false),
+        ] {
+            let mut wf = workflow(&team);
+            wf.configuration.escalation.after_minutes = Some(minutes);
+            let errors = validate_workflow(&wf);
+            if refused {
+                assert_eq!(
+                    pointers(&errors),
+                    ["/configuration/escalation/afterMinutes"],
                     "{minutes}"
                 );
                 assert!(errors[0].message.contains("one second"), "{minutes}");
