@@ -662,7 +662,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
             None => {
                 errors.push(located(
                     "",
-                    "missing field `kind` (Agent or Workflow)".into(),
+                    "this document has no `kind`: give `kind: Agent` or `kind: Workflow`".into(),
                 ));
                 continue;
             }
@@ -920,6 +920,10 @@ configuration:
         );
         let errors = parse("a.yaml", "---\nname: Bo\n---\nkind: Robot\n").unwrap_err();
         assert_eq!(errors.len(), 2);
+        assert_eq!(
+            errors[0].to_string(),
+            "a.yaml:2:1: this document has no `kind`: give `kind: Agent` or `kind: Workflow`"
+        );
         assert!(
             errors[1]
                 .to_string()

@@ -353,14 +353,26 @@ async fn an_approval_step_waits_for_a_persons_sign_off_and_a_rejection_fails_the
         execution["stepResults"].get("release").is_none(),
         "nothing ran after the rejection"
     );
+    let never = stack
+        .api
+        .get(&format!(
+            "/v1/executions/{execution_id}/steps/release/result"
+        ))
+        .await;
+    assert_eq!(never.status, 404, "{}", never.body);
+    let detail = never.body["detail"].as_str().unwrap();
+    assert!(
+        detail.ends_with("has no result: the run failed before it completed"),
+        "{detail}"
+    );
     stack.stop().await;
 }
 
 #[tokio::test]
 async fn a_run_past_its_time_for_a_person_waits_escalated_until_one_lets_it_continue() {
     let stack = Stack::start().await;
-    // The first step outlasts the run's time for a person (0.01 minute: 0.6 s) by far, so a
-    // busy machine that handles the timer late still finds it running.
+    // The first step outlasts the run's time for a person (1/60 minute, the shortest: 1 s) by
+    // far, so a busy machine that handles the timer late still finds it running.
     stack.llm.set_latency(Duration::from_millis(4000));
     let (_, workflow_id) = workflow(
         &stack,
@@ -368,7 +380,7 @@ async fn a_run_past_its_time_for_a_person_waits_escalated_until_one_lets_it_cont
             step("build", &[], "implementation"),
             step("ship", &["build"], "documentation"),
         ],
-        json!({ "escalation": { "afterMinutes": 0.01 } }),
+        json!({ "escalation": { "afterMinutes": 1.0 / 60.0 } }),
     )
     .await;
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;

@@ -652,7 +652,7 @@ pub(super) async fn step_result(
                     "it was skipped: its condition '{}' was false",
                     skipped.condition
                 )),
-                _ => None,
+                _ => run_ended(&app, &started.workflow_id, id).await?,
             },
         };
         return Err(Problem::not_found(if let Some(why) = skipped {
@@ -705,6 +705,24 @@ pub(super) async fn step_result(
         result,
     }))
     .into_response())
+}
+
+/// Why a step of run `id` will not complete, if the run ended without it: failed or cancelled.
+async fn run_ended(
+    app: &AppState,
+    workflow_id: &WorkflowId,
+    id: ExecutionId,
+) -> Result<Option<String>, Problem> {
+    let end = |fact| subjects::execution(&app.tenant, *workflow_id, id, fact);
+    let (failed, cancelled) = (end(subjects::FAILED), end(subjects::CANCELLED));
+    let (failed, cancelled) =
+        futures::try_join!(app.bus.last_event(&failed), app.bus.last_event(&cancelled))
+            .map_err(unavailable_log)?;
+    Ok(match (failed, cancelled) {
+        (Some(_), _) => Some("the run failed before it completed".to_owned()),
+        (None, Some(_)) => Some("the run was cancelled before it completed".to_owned()),
+        (None, None) => None,
+    })
 }
 
 /// A completed step's result: an agent's, or one a person provided when resolving its
