@@ -102,6 +102,17 @@ impl Api {
         Self::reply(response).await
     }
 
+    /// The 404 `detail` of a step's result that the run will never have (it asserts the 404).
+    pub async fn no_result(&self, execution_id: &str, step: &str) -> String {
+        let reply = self
+            .get(&format!(
+                "/v1/executions/{execution_id}/steps/{step}/result"
+            ))
+            .await;
+        assert_eq!(reply.status, 404, "{}", reply.body);
+        reply.body["detail"].as_str().unwrap_or_default().to_owned()
+    }
+
     pub async fn delete(&self, path: &str) -> Reply {
         let response = self
             .http
