@@ -50,6 +50,14 @@ async fn workflow(stack: &Stack, steps: Vec<Value>, extra: Value) -> (Vec<String
     (ids, id)
 }
 
+/// A person's decision on escalation `id`.
+async fn decide(stack: &Stack, id: &str, body: &Value) -> cadre_tests::api::Reply {
+    stack
+        .api
+        .post(&format!("/v1/escalations/{id}/resolve"), body)
+        .await
+}
+
 /// The one open escalation of an execution, once the read models show it.
 async fn open_escalation(stack: &Stack, execution_id: &str) -> Value {
     eventually(FINISH, "an open escalation", || async {
@@ -211,13 +219,7 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
     let escalation = open_escalation(&stack, &execution_id).await;
     let id = escalation["id"].as_str().unwrap();
-    let reply = stack
-        .api
-        .post(
-            &format!("/v1/escalations/{id}/resolve"),
-            &json!({ "action": "provideOutput", "output": "Built by hand: v1.2.3", "requestedBy": "Pat" }),
-        )
-        .await;
+    let reply = decide(&stack, id, &json!({ "action": "provideOutput", "output": "Built by hand: v1.2.3", "requestedBy": "Pat" })).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
@@ -248,13 +250,12 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
     let escalation = open_escalation(&stack, &execution_id).await;
     let id = escalation["id"].as_str().unwrap();
-    let reply = stack
-        .api
-        .post(
-            &format!("/v1/escalations/{id}/resolve"),
-            &json!({ "action": "skip", "requestedBy": "Pat" }),
-        )
-        .await;
+    let reply = decide(
+        &stack,
+        id,
+        &json!({ "action": "skip", "requestedBy": "Pat" }),
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     stack.api.wait_until_finished(&execution_id, FINISH).await;
     let none = stack
@@ -307,21 +308,14 @@ async fn an_approval_step_waits_for_a_persons_sign_off_and_a_rejection_fails_the
         "only the build ran: no model is asked to approve"
     );
     let id = escalation["id"].as_str().unwrap();
-    let reply = stack
-        .api
-        .post(
-            &format!("/v1/escalations/{id}/resolve"),
-            &json!({ "action": "retry" }),
-        )
-        .await;
+    let reply = decide(&stack, id, &json!({ "action": "retry" })).await;
     assert_eq!(reply.status, 422, "{}", reply.body);
-    let reply = stack
-        .api
-        .post(
-            &format!("/v1/escalations/{id}/resolve"),
-            &json!({ "action": "approve", "requestedBy": "Release manager" }),
-        )
-        .await;
+    let reply = decide(
+        &stack,
+        id,
+        &json!({ "action": "approve", "requestedBy": "Release manager" }),
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
@@ -334,13 +328,7 @@ async fn an_approval_step_waits_for_a_persons_sign_off_and_a_rejection_fails_the
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
     let escalation = open_escalation(&stack, &execution_id).await;
     let id = escalation["id"].as_str().unwrap();
-    let reply = stack
-        .api
-        .post(
-            &format!("/v1/escalations/{id}/resolve"),
-            &json!({ "action": "reject", "requestedBy": "Release manager", "reason": "the change freeze" }),
-        )
-        .await;
+    let reply = decide(&stack, id, &json!({ "action": "reject", "requestedBy": "Release manager", "reason": "the change freeze" })).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "failed", "{execution:#}");
@@ -421,13 +409,12 @@ async fn a_run_past_its_time_for_a_person_waits_escalated_until_one_lets_it_cont
 
     stack.llm.set_latency(Duration::ZERO);
     let id = escalation["id"].as_str().unwrap();
-    let reply = stack
-        .api
-        .post(
-            &format!("/v1/escalations/{id}/resolve"),
-            &json!({ "action": "continue", "requestedBy": "Pat" }),
-        )
-        .await;
+    let reply = decide(
+        &stack,
+        id,
+        &json!({ "action": "continue", "requestedBy": "Pat" }),
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert_eq!(reply.body["executionStatus"], "running");
     let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
