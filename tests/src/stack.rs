@@ -6,6 +6,8 @@ use std::time::Duration;
 use cadre_agent_worker::{HttpProviderConfig, ProviderConfig};
 use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_runtime::bus::{self, EventBus};
+use cadre_runtime::projection::read_checkpoints;
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -202,6 +204,25 @@ impl Stack {
         self.bus.dispatch_stream().consumer_info(name).await.ok()
     }
 
+    /// [`Api::wait_until_finished`], then [`Self::wait_for_read_models`]: each projection
+    /// commits on its own, so a run can show finished before its interactions, its knowledge or
+    /// its agents' figures do. Returns the finished execution as the API shows it.
+    pub async fn wait_until_finished(&self, execution_id: &str, timeout: Duration) -> Value {
+        let finished = self.api.wait_until_finished(execution_id, timeout).await;
+        self.wait_for_read_models(timeout).await;
+        finished
+    }
+
+    /// Waits until every projection covers the log as it stands now.
+    pub async fn wait_for_read_models(&self, timeout: Duration) {
+        let end = self.log_state().await.last_sequence;
+        crate::eventually(timeout, "every projection to cover the log", || async {
+            let checkpoints = read_checkpoints(&self.db.pool).await.ok()?;
+            (checkpoints.read_models() >= end).then_some(())
+        })
+        .await;
+    }
+
     /// The event log's counts and last sequence, now.
     pub async fn log_state(&self) -> async_nats::jetstream::stream::State {
         let mut stream = self.bus.stream().clone();
@@ -232,7 +253,7 @@ impl Stack {
             .await?;
         let (commit_sender, commits) = tokio::sync::mpsc::unbounded_channel();
         // What the read models as a whole cover: the lowest of the projections' checkpoints.
-        let mut checkpoints = cadre_runtime::projection::read_checkpoints(&self.db.pool).await?;
+        let mut checkpoints = read_checkpoints(&self.db.pool).await?;
         let projection = tokio::spawn(async move {
             while let Ok(notification) = listener.recv().await {
                 let covered = checkpoints.read_models();

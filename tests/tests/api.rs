@@ -965,7 +965,7 @@ async fn numbers_at_the_edges_of_json_read_back_as_sent() {
         .await;
     assert_eq!(started.status, 202, "{}", started.body);
     let execution_id = started.body["executionId"].as_str().unwrap();
-    let run = api
+    let run = stack
         .wait_until_finished(execution_id, std::time::Duration::from_secs(30))
         .await;
     assert_eq!(run["executionContext"], edges, "{run}");

@@ -39,7 +39,7 @@ async fn study(stack: &Stack, agents: &[&str]) -> String {
 
 async fn run(stack: &Stack, workflow: &str) -> (String, Value) {
     let (id, _) = stack.api.start_execution(workflow).await;
-    let run = stack.api.wait_until_finished(&id, FINISH).await;
+    let run = stack.wait_until_finished(&id, FINISH).await;
     (id, run)
 }
 

@@ -100,7 +100,7 @@ async fn a_mixed_fleet_runs_every_step_on_a_worker_that_offers_its_provider() {
     let (registered, workflow_id) = workflow(&stack, QUIRK, 8, 3).await;
     assert_eq!(registered["warnings"], json!([]), "a worker offers quirk");
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
 
     let log = events(&stack, &workflow_id, &execution_id).await;
@@ -187,7 +187,7 @@ async fn a_busy_worker_leaves_the_steps_it_cannot_start_to_a_free_one() {
     assert_eq!(held.requests().len(), 2, "still only the two held calls");
 
     held.release_answers();
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     let log = events(&stack, &workflow_id, &execution_id).await;
     let started: Vec<u32> = log
@@ -261,7 +261,7 @@ async fn a_worker_with_fewer_slots_than_queues_runs_each_step_on_its_first_deliv
 
     stack.llm.release_answers();
     for (workflow_id, execution_id) in &runs {
-        let execution = stack.api.wait_until_finished(execution_id, FINISH).await;
+        let execution = stack.wait_until_finished(execution_id, FINISH).await;
         assert_eq!(execution["status"], "completed", "{execution:#}");
         let log = events(&stack, workflow_id, execution_id).await;
         assert!(
@@ -298,7 +298,7 @@ async fn a_worker_with_one_slot_runs_one_providers_steps_back_to_back() {
     stack.run_worker("solo", solo);
     let (_, workflow_id) = workflow(&stack, "offline", 20, 0).await;
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     stack.stop().await;
 }
@@ -337,7 +337,7 @@ async fn a_step_no_running_worker_can_take_waits_visibly_until_one_starts() {
 
     // A worker that offers quirk starts: the waiting step runs, nothing was lost.
     stack.run_worker("quirky", stack.worker_config("quirky", with_quirk(&stack)));
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     let after = stack
         .api
@@ -354,7 +354,7 @@ async fn a_rate_limited_call_is_repeated_no_sooner_than_retry_after_and_each_wai
     stack.llm.rate_limit_next(2, 2);
     let (_, workflow_id) = workflow(&stack, cadre_tests::stack::FAKE_PROVIDER, 1, 0).await;
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
 
     let calls = stack.llm.requests();
@@ -399,7 +399,7 @@ async fn a_provider_that_keeps_failing_fails_the_step_when_its_time_budget_runs_
     stack.llm.fail_next(100, 503);
     let (_, workflow_id) = workflow(&stack, QUIRK, 1, 0).await;
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "failed", "{execution:#}");
     let error = execution["errorMessage"].as_str().unwrap();
     assert!(error.contains("retry budget of 3s"), "{error}");
@@ -428,7 +428,7 @@ async fn an_agent_whose_provider_refuses_is_answered_by_its_fallback() {
         .await;
     let workflow_id = workflow["id"].as_str().unwrap();
     let (execution_id, _) = stack.api.start_execution(workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     let step = &execution["stepResults"]["step-1"];
     assert_eq!(step["provider"], "offline", "{step:#}");

@@ -41,7 +41,7 @@ async fn every_page_shows_a_finished_run_and_unknown_ids_are_not_found() {
     let stack = Stack::start().await;
     let (agents, workflow_id) = stack.api.team_and_pipeline(FAKE_PROVIDER, 3).await;
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let run = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let run = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(run["status"], "completed", "{run:#}");
 
     // `/` leads to the console, which lists the workflow and the system templates.

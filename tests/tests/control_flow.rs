@@ -63,7 +63,7 @@ async fn run(
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let id = reply.body["executionId"].as_str().unwrap().to_owned();
-    let view = stack.api.wait_until_finished(&id, FINISH).await;
+    let view = stack.wait_until_finished(&id, FINISH).await;
     let events = stack
         .bus
         .read_all(&subjects::execution_state(

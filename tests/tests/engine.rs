@@ -110,7 +110,7 @@ async fn an_attempt_past_its_timeout_is_timed_out_its_call_stopped_and_the_run_f
     )
     .await;
     let run = start(&stack, &workflow_id).await;
-    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    let execution = stack.wait_until_finished(&run.id, FINISH).await;
     assert_eq!(execution["status"], "failed", "{execution:#}");
     let error = execution["errorMessage"].as_str().unwrap();
     assert!(
@@ -146,7 +146,7 @@ async fn a_run_past_its_time_limit_fails_with_reason_time_limit() {
     stack.llm.set_latency(NEVER);
     let workflow_id = workflow(&stack, 1, json!({}), json!({"maxExecutionTime": 2})).await;
     let run = start(&stack, &workflow_id).await;
-    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    let execution = stack.wait_until_finished(&run.id, FINISH).await;
     assert_eq!(execution["status"], "failed", "{execution:#}");
     assert!(
         execution["errorMessage"]
@@ -217,7 +217,7 @@ async fn cancel_ends_a_running_execution_and_stops_its_calls() {
     assert!(reports.await.unwrap() > 50);
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert_eq!(reply.body["status"], "cancelled");
-    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    let execution = stack.wait_until_finished(&run.id, FINISH).await;
     assert_eq!(execution["status"], "cancelled", "{execution:#}");
     // The step that was running shows the run's end, not a run that goes on.
     let step = &execution["stepResults"]["step-1"];
@@ -339,7 +339,7 @@ async fn pause_lets_the_running_step_finish_and_resume_carries_on() {
     .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert_eq!(reply.body["status"], "running");
-    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    let execution = stack.wait_until_finished(&run.id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     let resume_again = control(
         &stack,
@@ -394,7 +394,7 @@ async fn a_paused_workflow_takes_no_new_executions_until_resumed() {
 
 async fn start_and_finish(stack: &Stack, workflow_id: &str) -> Value {
     let (id, _) = stack.api.start_execution(workflow_id).await;
-    stack.api.wait_until_finished(&id, FINISH).await
+    stack.wait_until_finished(&id, FINISH).await
 }
 
 #[tokio::test]
@@ -406,7 +406,7 @@ async fn the_step_timer_fires_for_the_first_deadline_then_guards_the_steps_still
     stack.llm.set_latency(Duration::from_secs(4));
     let workflow_id = workflow(&stack, 3, json!({"timeoutMinutes": 0.1}), json!({})).await;
     let run = start(&stack, &workflow_id).await;
-    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    let execution = stack.wait_until_finished(&run.id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     let log = events(&stack, &run).await;
     let scheduled: Vec<_> = log
@@ -641,12 +641,12 @@ async fn an_unreadable_message_in_a_runs_history_blocks_neither_the_run_nor_its_
     )
     .await;
     assert_eq!(resumed.status, 202, "{}", resumed.body);
-    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    let execution = stack.wait_until_finished(&run.id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     // The workflow still takes runs.
     let (second, _) = stack.api.start_execution(&workflow_id).await;
     assert_eq!(
-        stack.api.wait_until_finished(&second, FINISH).await["status"],
+        stack.wait_until_finished(&second, FINISH).await["status"],
         "completed"
     );
     stack.stop().await;
@@ -687,7 +687,6 @@ async fn a_key_whose_start_died_before_it_was_recorded_is_carried_out_by_the_nex
     assert_eq!(body["executionId"], claimed.to_string());
     assert_eq!(
         stack
-            .api
             .wait_until_finished(&claimed.to_string(), FINISH)
             .await["status"],
         "completed"
@@ -731,7 +730,7 @@ async fn a_step_no_worker_finishes_fails_its_attempt_instead_of_waiting_forever(
         .await
         .unwrap();
     while futures::StreamExt::next(&mut idle).await.is_some() {}
-    let execution = stack.api.wait_until_finished(&run.id, FINISH).await;
+    let execution = stack.wait_until_finished(&run.id, FINISH).await;
     assert_eq!(execution["status"], "failed", "{execution:#}");
     assert!(
         execution["errorMessage"]

@@ -201,7 +201,7 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert_eq!(reply.body["action"], "retry");
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     assert_eq!(execution["stepResults"]["build"]["attempt"], 3);
     let resolved = stack.api.get(&format!("/v1/escalations/{id}")).await.body;
@@ -221,7 +221,7 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
     let id = escalation["id"].as_str().unwrap();
     let reply = decide(&stack, id, &json!({ "action": "provideOutput", "output": "Built by hand: v1.2.3", "requestedBy": "Pat" })).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     let build = &execution["stepResults"]["build"];
     assert_eq!(build["status"], "completed", "{build:#}");
@@ -257,7 +257,7 @@ async fn a_failure_climbs_to_another_agent_then_a_person_who_retries_it_or_provi
     )
     .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    stack.api.wait_until_finished(&execution_id, FINISH).await;
+    stack.wait_until_finished(&execution_id, FINISH).await;
     let none = stack
         .api
         .get(&format!("/v1/executions/{execution_id}/steps/build/result"))
@@ -317,7 +317,7 @@ async fn an_approval_step_waits_for_a_persons_sign_off_and_a_rejection_fails_the
     )
     .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     assert_eq!(
         execution["stepResults"]["approve"]["summary"],
@@ -330,7 +330,7 @@ async fn an_approval_step_waits_for_a_persons_sign_off_and_a_rejection_fails_the
     let id = escalation["id"].as_str().unwrap();
     let reply = decide(&stack, id, &json!({ "action": "reject", "requestedBy": "Release manager", "reason": "the change freeze" })).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "failed", "{execution:#}");
     assert_eq!(execution["failureCause"]["kind"], "aborted");
     assert_eq!(
@@ -417,7 +417,7 @@ async fn a_run_past_its_time_for_a_person_waits_escalated_until_one_lets_it_cont
     .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert_eq!(reply.body["executionStatus"], "running");
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     stack.stop().await;
 }

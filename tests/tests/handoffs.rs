@@ -28,7 +28,7 @@ async fn a_step_taken_over_by_another_agent_is_handed_off_and_agents_report_thei
     assert_eq!(idle.body["state"], "idle", "no step yet: {}", idle.body);
 
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     // The read models hold the run's end, so they hold everything recorded before it.
 
@@ -118,7 +118,7 @@ async fn a_step_taken_over_by_another_agent_is_handed_off_and_agents_report_thei
         }))
         .await;
     let (fan_in_run, _) = api.start_execution(fan_in["id"].as_str().unwrap()).await;
-    let execution = api.wait_until_finished(&fan_in_run, FINISH).await;
+    let execution = stack.wait_until_finished(&fan_in_run, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     let mut listed = Vec::new();
     let mut next = Some(format!("/v1/executions/{fan_in_run}/handoffs?limit=1"));

@@ -20,7 +20,7 @@ const FINISH: Duration = Duration::from_secs(60);
 async fn run_two_steps(stack: &Stack) -> (Vec<String>, Uuid) {
     let (agents, workflow_id) = stack.api.team_and_pipeline(FAKE_PROVIDER, 2).await;
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     (agents, Uuid::parse_str(&workflow_id).unwrap())
 }
@@ -164,7 +164,7 @@ async fn an_agent_supersedes_knowledge_and_the_old_item_is_no_longer_offered() {
 
     // A third run's first step is shown only what is still active.
     let (execution_id, _) = stack.api.start_execution(&workflow.to_string()).await;
-    stack.api.wait_until_finished(&execution_id, FINISH).await;
+    stack.wait_until_finished(&execution_id, FINISH).await;
     let third = stack
         .llm
         .requests()

@@ -86,7 +86,7 @@ async fn an_agent_that_keeps_failing_raises_one_failure_rate_alert_and_the_metri
     let mut failed = Vec::new();
     for _ in 0..5 {
         let (id, _) = stack.api.start_execution(&workflow).await;
-        let run = stack.api.wait_until_finished(&id, FINISH).await;
+        let run = stack.wait_until_finished(&id, FINISH).await;
         assert_eq!(run["status"], "failed", "{run:#}");
         failed.push(id);
     }
@@ -119,7 +119,7 @@ async fn an_agent_that_keeps_failing_raises_one_failure_rate_alert_and_the_metri
     // A run that goes well: Ada's work, approved by Bo. The rate stays over the limit (5 of
     // 6): nothing new is raised.
     let (done, _) = stack.api.start_execution(&workflow).await;
-    let run = stack.api.wait_until_finished(&done, FINISH).await;
+    let run = stack.wait_until_finished(&done, FINISH).await;
     assert_eq!(run["status"], "completed", "{run:#}");
     assert!(run["actualDuration"].is_i64(), "{run:#}");
     assert!(get(&stack, &format!("/v1/executions/{}", failed[0])).await["actualDuration"].is_i64());

@@ -63,7 +63,7 @@ async fn interaction_and_knowledge_rows(
 async fn run_to_completion(stack: &Stack) -> (String, String) {
     let (_, workflow_id) = team_and_pipeline(stack).await;
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     settle(stack).await;
     (workflow_id, execution_id)
@@ -103,7 +103,7 @@ async fn a_three_step_pipeline_runs_end_to_end_and_shares_knowledge() {
 
     let (execution_id, number) = stack.api.start_execution(&workflow_id).await;
     assert_eq!(number, 1);
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
 
     // Each step went to the agent whose skills match, in dependsOn order.
@@ -196,7 +196,7 @@ async fn a_three_step_pipeline_runs_end_to_end_and_shares_knowledge() {
     // Knowledge belongs to the workflow: the next execution starts with it.
     let (second, number) = stack.api.start_execution(&workflow_id).await;
     assert_eq!(number, 2);
-    let done = stack.api.wait_until_finished(&second, FINISH).await;
+    let done = stack.wait_until_finished(&second, FINISH).await;
     assert_eq!(done["status"], "completed");
     let first_step_of_second_run = &stack.llm.requests()[3];
     assert_eq!(
@@ -344,7 +344,7 @@ async fn a_step_delivered_twice_while_running_still_completes_once() {
         .unwrap();
 
     assert_eq!(
-        stack.api.wait_until_finished(&execution_id, FINISH).await["status"],
+        stack.wait_until_finished(&execution_id, FINISH).await["status"],
         "completed"
     );
     settle(&stack).await;
@@ -409,7 +409,7 @@ async fn a_step_handed_to_a_worker_again_while_it_runs_there_asks_the_model_once
     .await;
 
     stack.llm.release_answers();
-    let done = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let done = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     settle(&stack).await;
     let asked = stack
@@ -541,7 +541,7 @@ async fn a_rebuild_replays_the_log_into_the_same_read_models() {
     for _ in 0..2 {
         let (id, _) = stack.api.start_execution(&workflow_id).await;
         assert_eq!(
-            stack.api.wait_until_finished(&id, FINISH).await["status"],
+            stack.wait_until_finished(&id, FINISH).await["status"],
             "completed"
         );
     }
@@ -596,7 +596,7 @@ async fn two_coordinators_starting_at_once_never_reuse_an_execution_number() {
     );
     for (id, _) in &started {
         assert_eq!(
-            stack.api.wait_until_finished(id, FINISH).await["status"],
+            stack.wait_until_finished(id, FINISH).await["status"],
             "completed"
         );
     }
@@ -611,9 +611,9 @@ async fn a_copy_of_an_old_start_stored_again_neither_restarts_its_run_nor_rewind
     let (_, workflow_id) = team_and_pipeline(&stack).await;
     let (first, number) = stack.api.start_execution(&workflow_id).await;
     assert_eq!(number, 1);
-    stack.api.wait_until_finished(&first, FINISH).await;
+    stack.wait_until_finished(&first, FINISH).await;
     let (second_run, _) = stack.api.start_execution(&workflow_id).await;
-    stack.api.wait_until_finished(&second_run, FINISH).await;
+    stack.wait_until_finished(&second_run, FINISH).await;
 
     // The first run's ExecutionStarted re-published with a new message id, as after the duplicate window:
     // JetStream keeps it a second time, the last start on the workflow's subjects.
@@ -651,7 +651,7 @@ async fn a_copy_of_an_old_start_stored_again_neither_restarts_its_run_nor_rewind
     let (second, other) = stack.second_coordinator(shutdown.clone()).await;
     let (next, number) = other.start_execution(&workflow_id).await;
     assert_eq!(number, 3, "numbered after the highest, not after the copy");
-    stack.api.wait_until_finished(&next, FINISH).await;
+    stack.wait_until_finished(&next, FINISH).await;
     let listed = stack
         .api
         .get(&format!("/v1/executions?workflowId={workflow_id}"))
@@ -683,7 +683,7 @@ async fn a_step_whose_llm_refuses_the_request_fails_the_execution_without_a_poin
     // The pipeline allows one retry, but a rejected request is rejected again: not retried.
     stack.llm.fail_next(2, 400);
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "failed", "{execution:#}");
     let error = execution["errorMessage"].as_str().unwrap();
     assert!(
@@ -819,7 +819,7 @@ async fn runs_go_on_when_the_nats_server_restarts() {
     stack.nats.start_again().await;
 
     // The run in flight finishes, and runs started afterwards run too.
-    let done = stack.api.wait_until_finished(&running, FINISH).await;
+    let done = stack.wait_until_finished(&running, FINISH).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     let started = cadre_tests::api::start_until_acknowledged(
         &reqwest::Client::new(),
@@ -831,7 +831,7 @@ async fn runs_go_on_when_the_nats_server_restarts() {
     )
     .await
     .unwrap();
-    let done = stack.api.wait_until_finished(&started, FINISH).await;
+    let done = stack.wait_until_finished(&started, FINISH).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     settle(&stack).await;
 
@@ -916,7 +916,7 @@ async fn coordinators_share_the_partitions_and_one_takes_over_those_of_one_that_
     });
     let runs = futures::future::join_all(starts).await;
     for run in &runs {
-        let done = stack.api.wait_until_finished(run, FINISH).await;
+        let done = stack.wait_until_finished(run, FINISH).await;
         assert_eq!(done["status"], "completed", "{done:#}");
     }
 
@@ -986,7 +986,7 @@ async fn projectors_share_the_projections_and_one_takes_over_those_of_one_that_l
     )
     .await;
     for run in &runs {
-        let done = stack.api.wait_until_finished(run, FINISH).await;
+        let done = stack.wait_until_finished(run, FINISH).await;
         assert_eq!(done["status"], "completed", "{done:#}");
         assert_eq!(
             count(&stack, "SELECT count(*) FROM agent_interactions WHERE workflow_execution_id = $1 AND interaction_type = 'task_delegation'", run).await,
@@ -1007,7 +1007,7 @@ async fn projectors_share_the_projections_and_one_takes_over_those_of_one_that_l
     )
     .await;
     let (after, _) = stack.api.start_execution(&workflow_id).await;
-    let done = stack.api.wait_until_finished(&after, FINISH).await;
+    let done = stack.wait_until_finished(&after, FINISH).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     settle(&stack).await;
 

@@ -82,7 +82,7 @@ async fn teammates_answer_and_the_asker_finishes_its_step_with_their_answers() {
         "- @everyone: Any risk I missed?",
     ]);
     let ([ada, linus, grace], execution) = run_team(&stack, 2, None).await;
-    let finished = stack.api.wait_until_finished(&execution, FINISH).await;
+    let finished = stack.wait_until_finished(&execution, FINISH).await;
     assert_eq!(finished["status"], "completed", "{finished:#}");
 
     // Step 1 (Ada's): the engineer by role, then each teammate for the broadcast. Step 2
@@ -223,7 +223,7 @@ async fn a_teammate_too_slow_for_the_deadline_is_recorded_and_the_step_goes_on()
     stack.llm.set_question_delay(Duration::from_secs(4));
     let policy = serde_json::json!({ "deadlineSeconds": 1, "onMissedDeadline": "proceed" });
     let (_, execution) = run_team(&stack, 1, Some(policy)).await;
-    let finished = stack.api.wait_until_finished(&execution, FINISH).await;
+    let finished = stack.wait_until_finished(&execution, FINISH).await;
     assert_eq!(finished["status"], "completed", "{finished:#}");
 
     let prompts = prompts_of(&stack, "Analyse requirements");

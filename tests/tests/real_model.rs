@@ -113,7 +113,7 @@ async fn a_workflow_runs_on_a_real_model_whose_template_has_no_system_role() {
         .await;
     let workflow_id = workflow["id"].as_str().unwrap().to_owned();
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
 
     let result = &execution["stepResults"]["step-1"];

@@ -72,7 +72,7 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
         r#"{"steps": [{"id": "canary", "name": "Canary release", "description": "Release to 5% first.", "type": "implementation", "requiredSkills": ["research"], "dependsOn": [], "instructions": "Deploy to the canary pool and watch the error rate.", "expectedOutput": "A healthy canary."}]}"#,
     );
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     let results = &execution["stepResults"];
     for step in ["undo-deploy", "undo-migrate", "replan-1", "canary"] {
@@ -179,7 +179,7 @@ async fn the_coordinator_agent_chooses_who_takes_a_step_and_the_log_says_why() {
         .api
         .start_execution(workflow["id"].as_str().unwrap())
         .await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     assert_eq!(
         execution["stepResults"]["survey"]["agentId"],

@@ -48,7 +48,7 @@ async fn a_streaming_providers_answer_reaches_subscribers_piece_by_piece() {
         .api
         .start_execution(workflow["id"].as_str().unwrap())
         .await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
 
     // Every piece was published before the result was recorded.

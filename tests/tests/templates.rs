@@ -112,7 +112,7 @@ async fn run_each(
     assert_eq!(escalation["approval"], true);
     for ((_, execution_id), template) in runs.iter().zip(templates) {
         let name = &template["name"];
-        let execution = stack.api.wait_until_finished(execution_id, FINISH).await;
+        let execution = stack.wait_until_finished(execution_id, FINISH).await;
         assert_eq!(execution["status"], "completed", "{name}: {execution:#}");
         let steps = &execution["stepResults"];
         let total = template["templateDefinition"]["steps"].as_array().unwrap();
@@ -339,7 +339,7 @@ async fn system_templates_run_as_workflows_and_count_their_runs_and_users_add_th
     );
     let workflow_id = reply.body["id"].as_str().unwrap().to_owned();
     let execution_id = start(&stack, &workflow_id, json!({ "change": "PR 42" })).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
     assert_eq!(
         execution["agentAssignments"]["review"]["agentId"],

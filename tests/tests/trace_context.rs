@@ -20,7 +20,6 @@ async fn one_execution_is_one_trace_across_every_service() {
     let workflow_id = workflow_id.as_str();
     let (execution_id, _) = stack.api.start_execution(workflow_id).await;
     let done = stack
-        .api
         .wait_until_finished(&execution_id, Duration::from_secs(60))
         .await;
     assert_eq!(done["status"], "completed");

@@ -41,7 +41,7 @@ async fn tokens_and_cost_are_summed_per_step_agent_execution_and_workflow() {
         .unwrap()
         .to_owned();
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let execution = stack.api.wait_until_finished(&execution_id, FINISH).await;
+    let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
 
     let tokens = |step: &str, kind: &str| {

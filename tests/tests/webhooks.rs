@@ -160,7 +160,8 @@ async fn events_reach_a_flaky_endpoint_signed_and_in_order_and_a_dead_one_slows_
 
     let (_, workflow_id) = api.team_and_pipeline(FAKE_PROVIDER, 2).await;
     let (execution_id, _) = api.start_execution(&workflow_id).await;
-    api.wait_until_finished(&execution_id, Duration::from_secs(60))
+    stack
+        .wait_until_finished(&execution_id, Duration::from_secs(60))
         .await;
 
     // The start failed twice (1 s, then 2 s later), then it and the completion arrived.

@@ -1326,10 +1326,19 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     // with it.
     let interrupted = cadre_runtime::shutdown::on_signal();
     let rows = tokio::select! {
-        rows = run(settings, &log_dir) => rows?,
+        rows = run(settings, &log_dir) => rows,
         () = interrupted.cancelled() => {
             eprintln!("interrupted; everything started was stopped");
             return Ok(std::process::ExitCode::from(130));
+        }
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(error) => {
+            // The services' logs say what went wrong around it: keep them.
+            let _ = temporary.keep();
+            eprintln!("the services' logs are in {}", log_dir.display());
+            return Err(error);
         }
     };
     print_table(&rows);
