@@ -328,14 +328,16 @@ impl EventBus {
     }
 
     /// Appends `envelopes` in order after the message at `expected` on `filter`, each expecting
-    /// the one before it; returns the last one's sequence. On a conflict, the events before it
-    /// are stored and the rest are not: the caller re-reads and decides again.
+    /// the one before it; returns each one's sequence, in order (not consecutive: other
+    /// subjects' events may land in between). On a conflict, the events before it are stored
+    /// and the rest are not: the caller re-reads and decides again.
     pub async fn append_after(
         &self,
         envelopes: &[Envelope],
         filter: &str,
         expected: u64,
-    ) -> Result<u64, PublishError> {
+    ) -> Result<Vec<u64>, PublishError> {
+        let mut sequences = Vec::with_capacity(envelopes.len());
         let mut last = expected;
         for envelope in envelopes {
             let append = Append::ExpectLast {
@@ -343,8 +345,9 @@ impl EventBus {
                 sequence: last,
             };
             last = self.publish(envelope, append).await?.sequence;
+            sequences.push(last);
         }
-        Ok(last)
+        Ok(sequences)
     }
 
     /// Appends `envelopes` as one JetStream atomic batch (ADR-50): all stored, at consecutive
@@ -376,7 +379,8 @@ impl EventBus {
             return self
                 .append_after(envelopes, filter, expected)
                 .instrument(span_of(0))
-                .await;
+                .await
+                .map(|sequences| sequences.last().copied().unwrap_or(expected));
         }
         let payloads: Vec<Bytes> = envelopes
             .iter()

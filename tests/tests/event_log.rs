@@ -78,7 +78,7 @@ async fn an_expected_sequence_over_a_filter_stops_a_second_writer() {
     let stored = bus
         .append_after(std::slice::from_ref(&a), &filter, 0)
         .await
-        .unwrap();
+        .unwrap()[0];
     let refused = bus.append_after(std::slice::from_ref(&b), &filter, 0).await;
     assert!(
         matches!(refused, Err(PublishError::Conflict { expected: 0, .. })),

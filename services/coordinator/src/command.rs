@@ -137,12 +137,13 @@ impl<D: Decider> Aggregate<D> {
         true
     }
 
-    /// Decides `command` on the current state and appends the events; returns them as stored.
+    /// Decides `command` on the current state and appends the events; returns them as stored,
+    /// each with its stream sequence.
     pub async fn execute(
         &mut self,
         bus: &EventBus,
         command: &D::Command,
-    ) -> Result<Vec<Envelope>, CommandError<D::Error>> {
+    ) -> Result<Vec<(u64, Envelope)>, CommandError<D::Error>> {
         let mut backoff = contention_backoff();
         for attempt in 0..ATTEMPTS {
             let now = Utc::now();
@@ -158,12 +159,12 @@ impl<D: Decider> Aggregate<D> {
                 .append_after(&envelopes, &self.filter, self.version)
                 .await
             {
-                Ok(last) => {
+                Ok(sequences) => {
                     for envelope in &envelopes {
                         self.state = D::evolve(std::mem::take(&mut self.state), &envelope.event);
                     }
-                    self.version = last;
-                    return Ok(envelopes);
+                    self.version = sequences.last().copied().unwrap_or(self.version);
+                    return Ok(sequences.into_iter().zip(envelopes).collect());
                 }
                 Err(PublishError::Conflict { .. }) => {
                     self.after_conflict(bus, attempt, &mut backoff).await?;

@@ -16,10 +16,12 @@
 //! Effects (handing a step to the workers, arming and cancelling timers, stopping calls) are
 //! performed when their event is read back and before it is acked: the log is the outbox, so
 //! none is lost between an append and a crash. Nothing is acked before its effects are stored.
+//! One effect also goes first: a step a lane schedules is handed to the workers as soon as the
+//! log has stored it ([`hand_over_early`]), and its copy read back then skips that effect.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -507,11 +509,13 @@ fn lane_of(input: &Input, lanes: usize) -> usize {
 
 async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
     let mut executions: HashMap<ExecutionId, Execution> = HashMap::new();
+    let mut handed_over = HandedOver::new();
     while let Some(input) = inputs.recv().await {
         let delivery = match input {
             Input::Delivery(delivery) => delivery,
             Input::Forget(done) => {
                 executions.clear();
+                handed_over.clear();
                 let _ = done.send(());
                 continue;
             }
@@ -536,11 +540,25 @@ async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
         let processed = async {
             match kind {
                 Kind::Event => {
-                    on_event(&services, &mut executions, &message, origin.sequence).await
+                    on_event(
+                        &services,
+                        &mut executions,
+                        &mut handed_over,
+                        &message,
+                        origin.sequence,
+                    )
+                    .await
                 }
                 Kind::Workflow => on_workflow_event(&services, &message, origin.sequence).await,
                 Kind::Timer => {
-                    on_timer(&services, &mut executions, &message, origin.sequence).await
+                    on_timer(
+                        &services,
+                        &mut executions,
+                        &mut handed_over,
+                        &message,
+                        origin.sequence,
+                    )
+                    .await
                 }
                 Kind::Trigger => triggers::on_trigger(&services.starter, &message).await,
             }
@@ -596,6 +614,7 @@ async fn execution<'a>(
 async fn on_event(
     services: &Services,
     executions: &mut HashMap<ExecutionId, Execution>,
+    handed_over: &mut HandedOver,
     message: &jetstream::Message,
     sequence: u64,
 ) -> Processed {
@@ -630,11 +649,13 @@ async fn on_event(
         Err(error) => return Processed::Retry(error.to_string()),
     };
     aggregate.fold(sequence, &envelope.event);
+    let handed = handed_over.remove(&sequence);
     // An event's effects are independent of each other (handing a step over and arming its
     // timer): perform them at once.
     let performed = futures::future::join_all(
         effects(&aggregate.state, &envelope.event, envelope.meta.time)
             .into_iter()
+            .filter(|effect| !(handed && matches!(effect, Effect::Dispatch { .. })))
             .map(|effect| perform(services, &envelope, sequence, effect)),
     )
     .await;
@@ -642,6 +663,9 @@ async fn on_event(
         return Processed::Retry(format!("performing an effect of event {sequence}: {error}"));
     }
     let outcome = decide_or_abandon(bus, aggregate, &Command::Advance).await;
+    if let Ok(appended) = &outcome {
+        hand_over_early(services, aggregate, appended, handed_over).await;
+    }
     // A finished execution leaves memory once its end has come back from the log (its effects
     // are performed) and nothing more was decided.
     if aggregate.state.is_finished() && is_end(&envelope.event) {
@@ -650,13 +674,54 @@ async fn on_event(
     decided(outcome, executions, execution_id)
 }
 
+/// The log sequences of the `StepScheduled` events a lane handed to the workers as soon as it
+/// appended them, until their copies come back through the inbox, each of which removes its
+/// own. A lane forgetting its partitions clears them all (the copies go to another replica,
+/// which hands the steps over again; the duplicate window keeps a second copy out of the
+/// workers' queue).
+type HandedOver = HashSet<u64>;
+
+/// Hands the steps a decision just scheduled (`appended`, as stored) to the workers at once,
+/// rather than when their `StepScheduled` comes back through the inbox: at low load that round
+/// (the server's copy into the inbox, its delivery, the lane's turn) was most of a step's
+/// hand-over. The outbox guarantee is unchanged: a step not handed over here, because this
+/// failed or the replica stopped first, is handed over when its copy is read back, as before.
+async fn hand_over_early(
+    services: &Services,
+    execution: &Execution,
+    appended: &[(u64, Envelope)],
+    handed_over: &mut HandedOver,
+) {
+    let dispatches = appended.iter().flat_map(|(sequence, envelope)| {
+        effects(&execution.state, &envelope.event, envelope.meta.time)
+            .into_iter()
+            .filter_map(move |effect| match effect {
+                Effect::Dispatch { provider } => Some(async move {
+                    let handed = services.bus.dispatch(envelope, *sequence, &provider).await;
+                    (*sequence, handed)
+                }),
+                _ => None,
+            })
+    });
+    for (sequence, handed) in futures::future::join_all(dispatches).await {
+        match handed {
+            Ok(()) => {
+                handed_over.insert(sequence);
+            }
+            Err(error) => {
+                tracing::debug!(%error, sequence, "a step's early hand-over failed; it is handed over when read back");
+            }
+        }
+    }
+}
+
 /// Decides `command`; when the log refuses what it decided as too large, retrying would fail
 /// the same way forever, so the run fails with that reason instead.
 async fn decide_or_abandon(
     bus: &EventBus,
     aggregate: &mut Execution,
     command: &Command,
-) -> Result<Vec<Envelope>, CommandError<TransitionRefused>> {
+) -> Result<Vec<(u64, Envelope)>, CommandError<TransitionRefused>> {
     match aggregate.execute(bus, command).await {
         Err(CommandError::Publish(error)) if error.is_too_large() => {
             tracing::error!(%error, "a decision is too large to record; failing the execution");
@@ -681,7 +746,7 @@ fn is_end(event: &Event) -> bool {
 /// Settles a decision; on an infrastructure error the execution's state is dropped, so the
 /// redelivery rebuilds it from the log.
 fn decided(
-    outcome: Result<Vec<Envelope>, CommandError<TransitionRefused>>,
+    outcome: Result<Vec<(u64, Envelope)>, CommandError<TransitionRefused>>,
     executions: &mut HashMap<ExecutionId, Execution>,
     execution_id: ExecutionId,
 ) -> Processed {
@@ -738,6 +803,7 @@ async fn on_workflow_event(
 async fn on_timer(
     services: &Services,
     executions: &mut HashMap<ExecutionId, Execution>,
+    handed_over: &mut HandedOver,
     message: &jetstream::Message,
     sequence: u64,
 ) -> Processed {
@@ -770,6 +836,9 @@ async fn on_timer(
     };
     let outcome =
         decide_or_abandon(&services.bus, aggregate, &Command::TimerFired(fired.timer)).await;
+    if let Ok(appended) = &outcome {
+        hand_over_early(services, aggregate, appended, handed_over).await;
+    }
     decided(outcome, executions, execution_id)
 }
 

@@ -60,7 +60,7 @@ pub(super) async fn register(
         .execute(&app.bus, &Command::Register(Box::new(template.clone())))
         .await
         .map_err(|e| command_failed(e, |refused| Problem::conflict(refused.to_string())))?;
-    let at = stored.first().map_or_else(Utc::now, |e| e.meta.time);
+    let at = stored.first().map_or_else(Utc::now, |(_, e)| e.meta.time);
     let response = created(
         format!("/v1/templates/{}", template.id),
         as_listed(&template, at),

@@ -211,7 +211,7 @@ pub(super) async fn record(
     // Its links are written before the answer too, not only once a coordinator reads the
     // creation back: a run of an upstream workflow the client starts next is decided on in
     // another partition, in no order with this creation, and must find them.
-    for envelope in &stored {
+    for (_, envelope) in &stored {
         for effect in workflow::effects(&created_workflow.state, &envelope.event) {
             if let Effect::Link {
                 upstream,
