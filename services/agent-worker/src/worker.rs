@@ -217,61 +217,49 @@ impl Worker {
         }
     }
 
-    /// The step's latest scheduling, completion, failure and time-out, and its execution's end.
-    /// Looked up per fact rather than as the step's single latest event: a copy of the
-    /// `StepScheduled` re-published after the duplicate window would otherwise hide a
-    /// completion stored before it. Any replica may answer: one that lags can only say "not
-    /// done yet", and a step run twice is deduplicated.
+    /// The step's latest scheduling, completion, failure and time-out, and its execution's end:
+    /// what [`Worker::run_step`] checks when its first try, starting the step on the condition
+    /// that nothing happened in the run since it was scheduled, found something had. Looked up
+    /// per fact rather than as the step's single latest event: a copy of the `StepScheduled`
+    /// re-published after the duplicate window would otherwise hide a completion stored before
+    /// it. Any replica may answer: one that lags can only say "not done yet", and a step run
+    /// twice is deduplicated.
     ///
     /// When the delivery says where its `StepScheduled` is stored (`stored_at`) and that event
     /// is still the latest of the step, nothing has happened to the step since it was
     /// scheduled, and one lookup stands for the seven: every outcome of this attempt or a later
     /// one, and any copy stored again, would be stored after it (and the coordinator hands out
-    /// no copy of a scheduling whose attempt had ended). A first delivery, the usual case,
-    /// takes that path; a redelivery finds its own `StepStarted` and checks each fact. When
-    /// the scheduling is even the latest event of the whole run (a pipeline's step, picked up
-    /// before anything else happened in its run), the run has not ended either, and that one
-    /// lookup is all: nothing is scheduled once a run has ended, and a scheduling appended
-    /// after an end would have failed its expected last sequence over the run.
+    /// no copy of a scheduling whose attempt had ended).
     async fn latest_outcomes(
         &self,
         step: &ScheduledStep,
         stored_at: Option<u64>,
     ) -> anyhow::Result<Vec<Event>> {
         let s = &step.scheduled;
-        let scheduling_is_latest = |filter: String| async move {
+        // Whether the scheduling is still the step's latest event: by its sequence and id,
+        // without decoding it. A scheduling stored without its id (an atomic batch's) takes
+        // the precise lookups below.
+        let untouched = async {
             let Some(stored_at) = stored_at else {
                 return Ok::<_, ReadError>(false);
             };
-            // By its sequence and id, without decoding it. A scheduling stored without its id
-            // (an atomic batch's) takes the precise lookups below.
+            let step_events =
+                subjects::step_events(&step.tenant, s.workflow_id, s.execution_id, &s.step.id);
             let latest = self
                 .bus
-                .peek_last_id(&filter)
+                .peek_last_id(&step_events)
                 .await
                 .map_err(ReadError::Nats)?;
             Ok(latest.is_some_and(|(sequence, id)| {
                 sequence == stored_at && id.is_some_and(|id| id == step.event_id.to_string())
             }))
         };
-        let run_state = subjects::execution_state(&step.tenant, s.workflow_id, s.execution_id);
-        if scheduling_is_latest(run_state)
-            .await
-            .context("reading the run's latest event")?
-        {
-            return Ok(Vec::new());
-        }
         // An execution that ended (cancelled, or failed by another step) needs no more work.
         let execution_ends = [subjects::CANCELLED, subjects::FAILED]
             .map(|fact| subjects::execution(&step.tenant, s.workflow_id, s.execution_id, fact));
         let (mut lookups, untouched) = tokio::join!(
             futures::future::join_all(execution_ends.iter().map(|f| self.bus.peek_last_event(f))),
-            scheduling_is_latest(subjects::step_events(
-                &step.tenant,
-                s.workflow_id,
-                s.execution_id,
-                &s.step.id
-            ))
+            untouched
         );
         if !untouched.context("reading the step's latest event")? {
             lookups.extend(self.step_facts(step).await);
@@ -289,6 +277,52 @@ impl Worker {
             }
         }
         Ok(latest)
+    }
+
+    /// Records the step's start, unless something settled it already or ended its run (`Err`
+    /// with why). First tries to record it on the condition that its scheduling (stored at
+    /// `stored_at`) is still the run's latest event: then nothing can have settled the step or
+    /// ended the run (nothing is scheduled once a run has ended), and the check costs no round
+    /// trip of its own; a first delivery of a pipeline's step, the usual case, looks nothing up
+    /// before it starts. Anything else in the run since (a sibling step's events, a
+    /// redelivery's own start, stored or found a duplicate) takes the checks of
+    /// [`Worker::latest_outcomes`].
+    async fn start(
+        &self,
+        step: &ScheduledStep,
+        waited: Option<Waited>,
+        stored_at: Option<u64>,
+    ) -> anyhow::Result<Result<(), String>> {
+        let s = &step.scheduled;
+        if let Some(stored_at) = stored_at {
+            let if_unchanged = Append::ExpectLast {
+                filter: subjects::execution_state(&step.tenant, s.workflow_id, s.execution_id),
+                sequence: stored_at,
+            };
+            match self
+                .bus
+                .publish(&step.started(Utc::now()), if_unchanged)
+                .await
+            {
+                // A duplicate is an earlier delivery's start (its id derives from the step's):
+                // that delivery may have finished the step since.
+                Ok(stored) if !stored.duplicate => return Ok(Ok(())),
+                Ok(_) | Err(PublishError::Conflict { .. }) => {}
+                Err(error) => return Err(error).context("publishing StepStarted"),
+            }
+        }
+        let latest = self.latest_outcomes(step, stored_at).await?;
+        if let Some(why) = latest
+            .iter()
+            .find_map(|latest| already_handled(s, waited, latest))
+        {
+            return Ok(Err(why));
+        }
+        self.bus
+            .publish(&step.started(Utc::now()), Append::Any)
+            .await
+            .context("publishing StepStarted")?;
+        Ok(Ok(()))
     }
 
     /// The latest event of each fact that can settle the step, one lookup per fact.
@@ -463,22 +497,13 @@ impl Worker {
         // longest part of a step at low load. (A delivery of a step already done wastes the
         // query.)
         let start = async {
-            let (latest, dependencies) = tokio::try_join!(
-                self.latest_outcomes(step, stored_at),
-                self.dependencies(step)
-            )?;
-            if let Some(why) = latest
-                .iter()
-                .find_map(|latest| already_handled(s, waited, latest))
-            {
+            let started_at = Instant::now();
+            let (started, dependencies) =
+                tokio::join!(self.start(step, waited, stored_at), self.dependencies(step));
+            if let Err(why) = started? {
                 return Ok(Err(why));
             }
-            let started_at = Instant::now();
-            self.bus
-                .publish(&step.started(Utc::now()), Append::Any)
-                .await
-                .context("publishing StepStarted")?;
-            anyhow::Ok(Ok((dependencies, started_at)))
+            anyhow::Ok(Ok((dependencies?, started_at)))
         };
         let team = self.knowledge.relevant(
             &step.tenant,
