@@ -18,17 +18,13 @@ log=.cadre/logs/console-stack.log
 "$target/debug/cadre-console-stack" >"$log" 2>&1 &
 stack=$!
 trap 'kill -TERM "$stack" 2>/dev/null || true; wait "$stack" 2>/dev/null || true' EXIT
-# Its log up to a backtrace: the panic's message, not only the backtrace's last frames.
-why_not_started() {
-  sed -n '1,/[Ss]tack backtrace:/p' "$log" | tail -n 40 >&2
-}
 url=""
 for _ in $(seq 1 600); do
   url=$(sed -n 's/^CONSOLE_URL=//p' "$log")
   [ -n "$url" ] && break
-  kill -0 "$stack" 2>/dev/null || { echo "the test stack did not start:" >&2; why_not_started; exit 1; }
+  kill -0 "$stack" 2>/dev/null || { echo "the test stack did not start:" >&2; bash scripts/log-excerpt.sh "$log" >&2; exit 1; }
   sleep 0.1
 done
-[ -n "$url" ] || { echo "the test stack did not start in time:" >&2; why_not_started; exit 1; }
+[ -n "$url" ] || { echo "the test stack did not start in time:" >&2; bash scripts/log-excerpt.sh "$log" >&2; exit 1; }
 echo "console at $url/console"
 timeout 300 python3 tests/browser/console_test.py "$url" .cadre/screenshots

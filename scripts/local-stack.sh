@@ -69,7 +69,7 @@ start_services() {
   local bin=$1
   if ! "$bin/cadre-projector" migrate >"$logs/${log_prefix}migrate.log" 2>&1; then
     echo "migrating the read models failed:" >&2
-    tail -n 20 "$logs/${log_prefix}migrate.log" >&2
+    bash "$root/scripts/log-excerpt.sh" "$logs/${log_prefix}migrate.log" >&2
     exit 1
   fi
   export CADRE_HTTP_ADDR="127.0.0.1:$(free_port)"
@@ -96,6 +96,6 @@ wait_ready() {
     sleep 0.2
   done
   echo "the coordinator at $1 did not become ready; the end of its log:" >&2
-  tail -n 20 "$logs/${log_prefix}coordinator.log" >&2
+  bash "$root/scripts/log-excerpt.sh" "$logs/${log_prefix}coordinator.log" >&2
   exit 1
 }

@@ -40,16 +40,7 @@ create_database "cadre_schemathesis_$$"
 start_services "$bin"
 
 api="http://$CADRE_HTTP_ADDR"
-ready=""
-for _ in $(seq 1 150); do
-  if curl -fsS "$api/readyz" >/dev/null 2>&1; then ready=1; break; fi
-  sleep 0.2
-done
-if [ -z "$ready" ]; then
-  echo "the coordinator did not become ready; its log:" >&2
-  tail -n 20 "$logs/schemathesis-coordinator.log" >&2
-  exit 1
-fi
+wait_ready "$CADRE_HTTP_ADDR"
 
 # Something to find: a team, a workflow whose run completes a step and then waits for a
 # person's sign-off (an open escalation), so that the operations on ids reach real resources
