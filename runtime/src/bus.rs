@@ -117,9 +117,7 @@ pub fn is_too_large(error: &context::PublishError) -> bool {
     if error.kind() == context::PublishErrorKind::MaxPayloadExceeded {
         return true;
     }
-    let stream_refused = std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<jetstream::Error>())
-        .is_some_and(|e| e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM);
+    let stream_refused = refused_with(error, jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM);
     // Older clients and servers say it only in words.
     let text = error.to_string().to_lowercase();
     stream_refused
@@ -139,9 +137,7 @@ impl PublishError {
         let Self::Nats(error) = self else {
             return false;
         };
-        std::error::Error::source(error)
-            .and_then(|source| source.downcast_ref::<jetstream::Error>())
-            .is_some_and(|e| e.error_code() == jetstream::ErrorCode(SCHEDULE_PATTERN_INVALID))
+        refused_with(error, jetstream::ErrorCode(SCHEDULE_PATTERN_INVALID))
             || error.to_string().contains("schedules pattern is invalid")
     }
 }
@@ -265,21 +261,27 @@ impl EventBus {
         Ok(())
     }
 
-    /// Hands a scheduled step, stored in the log at `sequence`, to the agent workers that offer
-    /// `provider`. The copy keeps the event's id as its `Nats-Msg-Id`, so handing the same step
-    /// twice within the duplicate window stores it once, and carries `sequence` in
-    /// [`LOG_SEQUENCE_HEADER`](cadre_proto::streams::LOG_SEQUENCE_HEADER).
+    /// Hands a scheduled step to the agent workers that offer `provider`. The copy keeps the
+    /// event's id as its `Nats-Msg-Id`, so handing the same step twice within the duplicate
+    /// window stores it once. `stored_at`, the log sequence of the very event the caller has
+    /// just appended, goes in [`LOG_SEQUENCE_HEADER`](cadre_proto::streams::LOG_SEQUENCE_HEADER):
+    /// a worker trusts a scheduling at that sequence that is still the run's latest event to be
+    /// unsettled, which an event read back from the log does not vouch for (it may be a copy
+    /// stored again into a run that has ended since).
     pub async fn dispatch(
         &self,
         envelope: &Envelope,
-        sequence: u64,
+        stored_at: Option<u64>,
         provider: &str,
     ) -> Result<(), PublishError> {
         let subject = cadre_proto::subjects::dispatched_steps(provider, &envelope.meta.tenant);
-        let copy = message(envelope).header(
-            cadre_proto::streams::LOG_SEQUENCE_HEADER,
-            sequence.to_string().as_str(),
-        );
+        let mut copy = message(envelope);
+        if let Some(sequence) = stored_at {
+            copy = copy.header(
+                cadre_proto::streams::LOG_SEQUENCE_HEADER,
+                sequence.to_string().as_str(),
+            );
+        }
         self.0.js.send_publish(subject, copy).await?.await?;
         Ok(())
     }
@@ -666,8 +668,8 @@ fn decode_stored(sequence: u64, payload: &[u8]) -> Result<Stored, ReadError> {
 }
 
 fn classify(error: context::PublishError, append: &Append) -> PublishError {
-    match (error.kind(), append) {
-        (context::PublishErrorKind::WrongLastSequence, Append::ExpectLast { filter, sequence }) => {
+    match append {
+        Append::ExpectLast { filter, sequence } if refuses_expectation(&error) => {
             PublishError::Conflict {
                 filter: filter.clone(),
                 expected: *sequence,
@@ -675,6 +677,25 @@ fn classify(error: context::PublishError, append: &Append) -> PublishError {
         }
         _ => PublishError::Nats(error),
     }
+}
+
+/// Whether JetStream refused an append for its expected last sequence: another message is last
+/// on the filter (10071), or, on a cluster, another append expecting on the same filter is still
+/// being replicated, so the server cannot check yet and refuses without naming a sequence
+/// (10164). Either way the writer reads again and decides again.
+fn refuses_expectation(error: &context::PublishError) -> bool {
+    error.kind() == context::PublishErrorKind::WrongLastSequence
+        || refused_with(
+            error,
+            jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT,
+        )
+}
+
+/// Whether JetStream answered the publish with the API error `code`.
+fn refused_with(error: &context::PublishError, code: jetstream::ErrorCode) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == code)
 }
 
 /// Where a message a stream copied from another (a stream source) was first stored: the
@@ -709,7 +730,9 @@ pub async fn terminate(message: &jetstream::Message, reason: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_server_version, is_too_large};
+    use super::{
+        Append, PublishError as AppendError, check_server_version, classify, is_too_large,
+    };
     use async_nats::jetstream::{self, context::PublishError, context::PublishErrorKind};
 
     fn stream_error(code: u64, description: &str) -> PublishError {
@@ -718,6 +741,46 @@ mod tests {
         }))
         .unwrap();
         PublishError::with_source(PublishErrorKind::Other, error)
+    }
+
+    #[test]
+    fn every_refusal_of_an_expected_sequence_is_a_conflict_to_decide_again() {
+        let expect = Append::ExpectLast {
+            filter: "cadre.events.t.workflow.w.execution.e.>".to_owned(),
+            sequence: 7,
+        };
+        let refusals = [
+            // Another message is last on the filter (async-nats names the kind).
+            PublishError::new(PublishErrorKind::WrongLastSequence),
+            // A cluster still replicating another append that expects on the same filter.
+            stream_error(10164, "wrong last sequence"),
+        ];
+        for error in refusals {
+            let shown = error.to_string();
+            assert!(
+                matches!(
+                    classify(error, &expect),
+                    AppendError::Conflict { expected: 7, .. }
+                ),
+                "{shown}"
+            );
+        }
+        let others = [
+            PublishError::new(PublishErrorKind::TimedOut),
+            stream_error(10008, "JetStream system temporarily unavailable"),
+        ];
+        for error in others {
+            let shown = error.to_string();
+            assert!(
+                matches!(classify(error, &expect), AppendError::Nats(_)),
+                "{shown}"
+            );
+        }
+        // Without an expectation there is nothing to conflict with.
+        assert!(matches!(
+            classify(stream_error(10164, "wrong last sequence"), &Append::Any),
+            AppendError::Nats(_)
+        ));
     }
 
     #[test]

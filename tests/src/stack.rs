@@ -174,8 +174,9 @@ impl Stack {
     }
 
     /// Hands `stored` (a `StepScheduled` or `QuestionAssigned` from the log) to the workers of
-    /// `provider` again, naming where it is stored, as a coordinator redelivering it past the
-    /// duplicate window would (a fresh `Nats-Msg-Id`); returns its sequence in their queue.
+    /// `provider` again, naming where it is stored, as the coordinator's first hand-over does,
+    /// with a fresh `Nats-Msg-Id`: as a redelivery of that hand-over would reach a worker past the
+    /// duplicate window; returns its sequence in their queue.
     pub async fn hand_to_workers_again(&self, stored: &bus::Stored, provider: &str) -> u64 {
         let again = async_nats::jetstream::message::PublishMessage::build()
             .message_id(format!("{}-again", stored.envelope.meta.id))

@@ -174,3 +174,41 @@ async fn an_atomic_batch_lands_whole_at_consecutive_sequences_or_not_at_all() {
         .unwrap();
     assert_eq!(next, last + 5);
 }
+
+/// On a cluster, a writer whose append expects on a filter while another append expecting on
+/// the same filter is still being replicated is refused without a sequence (JetStream's
+/// "wrong last sequence", 10164): that is a conflict to decide again, as when the other append
+/// has landed, never an outage to retry after a pause. Many pairs of writers race here; every
+/// refusal must be a conflict, and of each pair exactly one lands.
+#[tokio::test]
+async fn on_a_cluster_every_refused_expectation_is_a_conflict() {
+    let logs = tempfile::tempdir().unwrap();
+    let cluster = cadre_tests::nats::NatsCluster::start(logs.path())
+        .await
+        .unwrap();
+    let client = bus::connect(&cluster.nats_url(0), "event-log-test")
+        .await
+        .unwrap();
+    let bus = EventBus::open(async_nats::jetstream::new(client), 3)
+        .await
+        .unwrap();
+    let tenant = TenantId::default_tenant();
+    for round in 0..40 {
+        let (workflow, execution) = (WorkflowId::new(), ExecutionId::new());
+        let filter = subjects::execution_state(&tenant, workflow, execution);
+        let writers = ["a", "b"].map(|writer| {
+            let envelope = failed(workflow, execution, &format!("writer {writer}"));
+            let (bus, filter) = (bus.clone(), filter.clone());
+            tokio::spawn(async move { bus.append_after(&[envelope], &filter, 0).await })
+        });
+        let mut landed = 0;
+        for writer in writers {
+            match writer.await.unwrap() {
+                Ok(_) => landed += 1,
+                Err(PublishError::Conflict { expected: 0, .. }) => {}
+                Err(error) => panic!("round {round}: {error:?}"),
+            }
+        }
+        assert_eq!(landed, 1, "round {round}");
+    }
+}

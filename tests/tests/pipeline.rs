@@ -272,8 +272,8 @@ async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
     settle(&stack).await;
 
     // And the original scheduling handed straight to the workers again, naming where it is
-    // stored, as a coordinator redelivered past the duplicate window would: it is no longer
-    // the step's latest event, so the worker checks each outcome and finds the completion.
+    // stored, as a redelivery of the first hand-over past the duplicate window would: it is no
+    // longer the run's latest event, so the worker checks each outcome and finds the completion.
     let Event::StepScheduled(step) = &scheduled.envelope.event else {
         unreachable!()
     };
@@ -300,6 +300,84 @@ async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
         .await
         .body;
     assert_eq!(execution["status"], "completed");
+    stack.stop().await;
+}
+
+/// A copy of a scheduling stored again past the duplicate window, into a run cancelled while
+/// the step ran, is the run's latest event, the condition on which a worker starts a step
+/// without looking anything up: nothing may run on it. (The coordinator reading it back finds
+/// the attempt ended with the run; a copy it does hand over carries no log sequence, so the
+/// worker checks the step's and the run's facts first.)
+#[tokio::test]
+async fn a_copy_of_a_scheduling_stored_again_into_a_cancelled_run_runs_nothing() {
+    let stack = Stack::start().await;
+    let (_, workflow_id) = team_and_pipeline(&stack).await;
+    stack.llm.hold_answers();
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    eventually(FINISH, "step-1's call to be held", || async {
+        (stack.llm.requests().len() == 1).then_some(())
+    })
+    .await;
+    let cancelled = stack
+        .api
+        .post(
+            &format!("/v1/executions/{execution_id}/cancel"),
+            &serde_json::json!({"reason": "wrong input"}),
+        )
+        .await;
+    assert_eq!(cancelled.status, 202, "{}", cancelled.body);
+    let done = stack.wait_until_finished(&execution_id, FINISH).await;
+    assert_eq!(done["status"], "cancelled", "{done:#}");
+    stack.llm.release_answers();
+    settle(&stack).await;
+
+    let tenant = TenantId::default_tenant();
+    let execution = cadre_proto::ExecutionId(execution_id.parse().unwrap());
+    let workflow = cadre_proto::WorkflowId(workflow_id.parse().unwrap());
+    let step = cadre_proto::StepId::parse("step-1").unwrap();
+    let scheduled = stack
+        .bus
+        .last_event(&subjects::step(
+            &tenant,
+            workflow,
+            execution,
+            &step,
+            subjects::SCHEDULED,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let calls_before = stack.llm.requests().len();
+    let copy = async_nats::jetstream::message::PublishMessage::build()
+        .message_id(format!("{}-copy", scheduled.envelope.meta.id))
+        .payload(scheduled.envelope.encode().into());
+    let copied_at = stack
+        .bus
+        .jetstream()
+        .send_publish(scheduled.envelope.nats_subject(), copy)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    settle(&stack).await;
+
+    assert_eq!(
+        stack.llm.requests().len(),
+        calls_before,
+        "no call for the copy"
+    );
+    let run_state = subjects::execution_state(&tenant, workflow, execution);
+    let after: Vec<_> = stack
+        .bus
+        .read_all(&run_state)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|stored| stored.sequence > copied_at)
+        .map(|stored| stored.envelope.event.type_name())
+        .collect();
+    assert_eq!(after, Vec::<&str>::new(), "nothing follows the copy");
     stack.stop().await;
 }
 

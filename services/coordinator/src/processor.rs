@@ -549,7 +549,7 @@ async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
                     )
                     .await
                 }
-                Kind::Workflow => on_workflow_event(&services, &message, origin.sequence).await,
+                Kind::Workflow => on_workflow_event(&services, &message).await,
                 Kind::Timer => {
                     on_timer(
                         &services,
@@ -656,7 +656,7 @@ async fn on_event(
         effects(&aggregate.state, &envelope.event, envelope.meta.time)
             .into_iter()
             .filter(|effect| !(handed && matches!(effect, Effect::Dispatch { .. })))
-            .map(|effect| perform(services, &envelope, sequence, effect)),
+            .map(|effect| perform(services, &envelope, effect)),
     )
     .await;
     if let Some(Err(error)) = performed.into_iter().find(Result::is_err) {
@@ -674,11 +674,12 @@ async fn on_event(
     decided(outcome, executions, execution_id)
 }
 
-/// The log sequences of the `StepScheduled` events a lane handed to the workers as soon as it
-/// appended them, until their copies come back through the inbox, each of which removes its
-/// own. A lane forgetting its partitions clears them all (the copies go to another replica,
-/// which hands the steps over again; the duplicate window keeps a second copy out of the
-/// workers' queue).
+/// The log sequences of the events (scheduled steps, questions assigned) a lane handed to the
+/// workers as soon as it appended them, until their copies come back through the inbox, each
+/// of which removes its own. A lane forgetting its partitions clears them all: the copies go to
+/// another replica, which hands them over again, and the duplicate window (two minutes) keeps a
+/// second copy out of the workers' queue, as it does for a replica that stops between a
+/// hand-over and its ack.
 type HandedOver = HashSet<u64>;
 
 /// Hands the steps a decision just scheduled (`appended`, as stored) to the workers at once,
@@ -697,7 +698,10 @@ async fn hand_over_early(
             .into_iter()
             .filter_map(move |effect| match effect {
                 Effect::Dispatch { provider } => Some(async move {
-                    let handed = services.bus.dispatch(envelope, *sequence, &provider).await;
+                    let handed = services
+                        .bus
+                        .dispatch(envelope, Some(*sequence), &provider)
+                        .await;
                     (*sequence, handed)
                 }),
                 _ => None,
@@ -765,13 +769,9 @@ fn decided(
     }
 }
 
-/// A workflow's lifecycle event, stored at `sequence` in the log: its schedule and links follow
-/// its state.
-async fn on_workflow_event(
-    services: &Services,
-    message: &jetstream::Message,
-    sequence: u64,
-) -> Processed {
+/// A workflow's lifecycle event, read back from the log: its schedule and links follow its
+/// state.
+async fn on_workflow_event(services: &Services, message: &jetstream::Message) -> Processed {
     let envelope = match Envelope::decode(&message.payload) {
         Ok(envelope) => envelope,
         Err(error) => return Processed::Unreadable(error.to_string()),
@@ -792,7 +792,7 @@ async fn on_workflow_event(
         Err(error) => return Processed::Retry(error.to_string()),
     };
     for effect in workflow::effects(&workflow.state, &envelope.event) {
-        if let Err(error) = perform(services, &envelope, sequence, effect).await {
+        if let Err(error) = perform(services, &envelope, effect).await {
             return Processed::Retry(format!("performing an effect of a workflow event: {error}"));
         }
     }
@@ -842,18 +842,14 @@ async fn on_timer(
     decided(outcome, executions, execution_id)
 }
 
-/// Carries out one effect of an event stored at `sequence` in the log.
-async fn perform(
-    services: &Services,
-    stored: &Envelope,
-    sequence: u64,
-    effect: Effect,
-) -> Result<(), NatsError> {
+/// Carries out one effect of an event read back from the log.
+async fn perform(services: &Services, stored: &Envelope, effect: Effect) -> Result<(), NatsError> {
     let (bus, tenant) = (&services.bus, &stored.meta.tenant);
     match effect {
         // The log is the workers' outbox: a scheduled step stored in it is handed to them
-        // before its delivery is acked, so none is lost between the two writes.
-        Effect::Dispatch { provider } => bus.dispatch(stored, sequence, &provider).await?,
+        // before its delivery is acked, so none is lost between the two writes. Read back, it
+        // may be a copy stored again: the worker checks everything (no log sequence).
+        Effect::Dispatch { provider } => bus.dispatch(stored, None, &provider).await?,
         Effect::StartTimer { timer, when } => match bus.arm_timer(tenant, &timer, &when).await {
             // Validation keeps such schedules out; one the server still refuses (an older
             // definition) would be refused forever, so it is reported and left unarmed.

@@ -2,7 +2,9 @@
 //!
 //! Effects follow from stored events, not from decisions: the coordinator performs them when it
 //! reads the event back from the log and acks the event only afterwards, so the log is the
-//! outbox and no effect is lost between an append and a crash. Every effect is idempotent
+//! outbox and no effect is lost between an append and a crash. (A lane also hands the steps it
+//! has just appended to the workers at once, and then skips that effect when it reads them
+//! back.) Every effect is idempotent
 //! (dispatch deduplicates by event id, a timer armed twice is one schedule, cancelling twice is
 //! a no-op, a stop of a call that ended does nothing), so performing one again is harmless.
 
@@ -72,9 +74,9 @@ pub fn effects(state: &State, event: &Event, stored_at: DateTime<Utc>) -> Vec<Ef
                     input: execution.input.clone(),
                 }],
                 // An attempt that already ended needs no worker: this is a copy of its
-                // scheduling stored again (re-published after the duplicate window). Workers
-                // trust a dispatched step whose scheduling is still the step's latest event to
-                // be unsettled, so such a copy must not reach them.
+                // scheduling stored again (re-published after the duplicate window). One that
+                // still runs is handed over; read back, it carries no log sequence, so the
+                // worker checks the step's and the run's facts before it runs it.
                 _ if running => vec![Effect::Dispatch {
                     provider: e.agent.provider.clone(),
                 }],
