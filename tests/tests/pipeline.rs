@@ -12,6 +12,7 @@ use cadre_proto::streams::{
 };
 use cadre_proto::subjects;
 use cadre_proto::{Event, TenantId};
+use cadre_runtime::bus;
 use cadre_runtime::projection::read_checkpoints;
 use cadre_tests::audit;
 use cadre_tests::fake_llm::insight_line;
@@ -70,6 +71,38 @@ async fn run_to_completion(stack: &Stack) -> (String, String) {
 }
 
 /// Waits until every consumer has processed everything stored so far.
+/// Step `step-1`'s latest `StepScheduled` in the log of run `execution_id`, once there is one.
+async fn step_one_scheduled(stack: &Stack, workflow_id: &str, execution_id: &str) -> bus::Stored {
+    let filter = subjects::step(
+        &TenantId::default_tenant(),
+        cadre_proto::WorkflowId(workflow_id.parse().unwrap()),
+        cadre_proto::ExecutionId(execution_id.parse().unwrap()),
+        &cadre_proto::StepId::parse("step-1").unwrap(),
+        subjects::SCHEDULED,
+    );
+    eventually(FINISH, "step-1 to be scheduled", || async {
+        stack.bus.last_event(&filter).await.ok().flatten()
+    })
+    .await
+}
+
+/// Stores `stored` in the log again, as a copy re-published after JetStream's duplicate window
+/// had forgotten its id would be: a new message id, the same event. Returns the copy's sequence.
+async fn store_again(stack: &Stack, stored: &bus::Stored) -> u64 {
+    let copy = async_nats::jetstream::message::PublishMessage::build()
+        .message_id(format!("{}-copy", stored.envelope.meta.id))
+        .payload(stored.envelope.encode().into());
+    stack
+        .bus
+        .jetstream()
+        .send_publish(stored.envelope.nats_subject(), copy)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
 async fn settle(stack: &Stack) {
     let last = stack.log_state().await.last_sequence;
     eventually(FINISH, "the consumers to catch up", || async {
@@ -259,16 +292,8 @@ async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
     let calls_before = stack.llm.requests().len();
 
     // The same StepScheduled again, as a copy stored after JetStream's duplicate window would
-    // have forgotten its id: a new message id, the same event.
-    let js = stack.bus.jetstream();
-    let copy = async_nats::jetstream::message::PublishMessage::build()
-        .message_id(format!("{}-copy", scheduled.envelope.meta.id))
-        .payload(scheduled.envelope.encode().into());
-    js.send_publish(scheduled.envelope.nats_subject(), copy)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    // have forgotten its id.
+    store_again(&stack, scheduled).await;
     settle(&stack).await;
 
     // And the original scheduling handed straight to the workers again, naming where it is
@@ -331,35 +356,9 @@ async fn a_copy_of_a_scheduling_stored_again_into_a_cancelled_run_runs_nothing()
     stack.llm.release_answers();
     settle(&stack).await;
 
-    let tenant = TenantId::default_tenant();
-    let execution = cadre_proto::ExecutionId(execution_id.parse().unwrap());
-    let workflow = cadre_proto::WorkflowId(workflow_id.parse().unwrap());
-    let step = cadre_proto::StepId::parse("step-1").unwrap();
-    let scheduled = stack
-        .bus
-        .last_event(&subjects::step(
-            &tenant,
-            workflow,
-            execution,
-            &step,
-            subjects::SCHEDULED,
-        ))
-        .await
-        .unwrap()
-        .unwrap();
+    let scheduled = step_one_scheduled(&stack, &workflow_id, &execution_id).await;
     let calls_before = stack.llm.requests().len();
-    let copy = async_nats::jetstream::message::PublishMessage::build()
-        .message_id(format!("{}-copy", scheduled.envelope.meta.id))
-        .payload(scheduled.envelope.encode().into());
-    let copied_at = stack
-        .bus
-        .jetstream()
-        .send_publish(scheduled.envelope.nats_subject(), copy)
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
+    let copied_at = store_again(&stack, &scheduled).await;
     settle(&stack).await;
 
     assert_eq!(
@@ -367,6 +366,9 @@ async fn a_copy_of_a_scheduling_stored_again_into_a_cancelled_run_runs_nothing()
         calls_before,
         "no call for the copy"
     );
+    let tenant = TenantId::default_tenant();
+    let execution = cadre_proto::ExecutionId(execution_id.parse().unwrap());
+    let workflow = cadre_proto::WorkflowId(workflow_id.parse().unwrap());
     let run_state = subjects::execution_state(&tenant, workflow, execution);
     let after: Vec<_> = stack
         .bus
@@ -394,32 +396,8 @@ async fn a_step_delivered_twice_while_running_still_completes_once() {
 
     // As soon as the first step is scheduled, store a copy of it: both copies reach workers
     // while the LLM call is still running.
-    let scheduled = eventually(FINISH, "step-1 to be scheduled", || async {
-        stack
-            .bus
-            .last_event(&subjects::step(
-                &tenant,
-                workflow,
-                execution,
-                &step,
-                subjects::SCHEDULED,
-            ))
-            .await
-            .ok()
-            .flatten()
-    })
-    .await;
-    let copy = async_nats::jetstream::message::PublishMessage::build()
-        .message_id(format!("{}-copy", scheduled.envelope.meta.id))
-        .payload(scheduled.envelope.encode().into());
-    stack
-        .bus
-        .jetstream()
-        .send_publish(scheduled.envelope.nats_subject(), copy)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let scheduled = step_one_scheduled(&stack, &workflow_id, &execution_id).await;
+    store_again(&stack, &scheduled).await;
 
     assert_eq!(
         stack.wait_until_finished(&execution_id, FINISH).await["status"],
@@ -456,10 +434,6 @@ async fn a_step_handed_to_a_worker_again_while_it_runs_there_asks_the_model_once
     let (_, workflow_id) = team_and_pipeline(&stack).await;
     stack.llm.hold_answers();
     let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    let tenant = TenantId::default_tenant();
-    let execution = cadre_proto::ExecutionId(execution_id.parse().unwrap());
-    let workflow = cadre_proto::WorkflowId(workflow_id.parse().unwrap());
-    let step = cadre_proto::StepId::parse("step-1").unwrap();
     eventually(FINISH, "step-1's call to be held", || async {
         (stack.llm.requests().len() == 1).then_some(())
     })
@@ -467,18 +441,7 @@ async fn a_step_handed_to_a_worker_again_while_it_runs_there_asks_the_model_once
 
     // The step handed to the workers again while its call runs, as after a NATS server that
     // restarted and forgot the first delivery: the same worker, the only one, takes it.
-    let scheduled = stack
-        .bus
-        .last_event(&subjects::step(
-            &tenant,
-            workflow,
-            execution,
-            &step,
-            subjects::SCHEDULED,
-        ))
-        .await
-        .unwrap()
-        .unwrap();
+    let scheduled = step_one_scheduled(&stack, &workflow_id, &execution_id).await;
     stack.hand_to_workers_again(&scheduled, FAKE_PROVIDER).await;
     eventually(FINISH, "both deliveries on the worker", || async {
         let info = stack.provider_queue(FAKE_PROVIDER).await?;
