@@ -285,8 +285,8 @@ impl Worker {
     /// ended the run (a coordinator names `stored_at` only for a scheduling it has just
     /// appended, expecting the run's last event, so to a run that had not ended; one read back
     /// from the log, perhaps a copy stored again, comes without it), and the check costs no
-    /// round trip of its own; a first delivery of a pipeline's step, the usual case, looks nothing up
-    /// before it starts. Anything else in the run since (a sibling step's events, a
+    /// round trip of its own; a first delivery of a pipeline's step, the usual case, looks
+    /// nothing up before it starts. Anything else in the run since (a sibling step's events, a
     /// redelivery's own start, stored or found a duplicate) takes the checks of
     /// [`Worker::latest_outcomes`].
     async fn start(

@@ -682,11 +682,12 @@ async fn on_event(
 /// hand-over and its ack.
 type HandedOver = HashSet<u64>;
 
-/// Hands the steps a decision just scheduled (`appended`, as stored) to the workers at once,
-/// rather than when their `StepScheduled` comes back through the inbox: at low load that round
-/// (the server's copy into the inbox, its delivery, the lane's turn) was most of a step's
-/// hand-over. The outbox guarantee is unchanged: a step not handed over here, because this
-/// failed or the replica stopped first, is handed over when its copy is read back, as before.
+/// Hands what a decision just appended for the workers (`appended`, as stored: its scheduled
+/// steps, its questions for teammates) to them at once, rather than when it comes back through
+/// the inbox: at low load that round (the server's copy into the inbox, its delivery, the
+/// lane's turn) was most of a step's hand-over. The outbox guarantee is unchanged: what is not
+/// handed over here, because this failed or the replica stopped first, is handed over when its
+/// copy is read back, as before.
 async fn hand_over_early(
     services: &Services,
     execution: &Execution,
