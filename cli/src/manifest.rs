@@ -510,18 +510,21 @@ fn typed<T: serde::de::DeserializeOwned>(
     value: &Value,
     prefix: &str,
 ) -> Result<T, Vec<(String, String)>> {
-    let mut value = std::borrow::Cow::Borrowed(value);
+    let mut pruned = Pruned {
+        value: value.clone(),
+        removed: Vec::new(),
+    };
     let mut errors: Vec<(String, String)> = Vec::new();
     loop {
         let mut unknown = Vec::new();
         let mut record = |path: serde_ignored::Path<'_>| unknown.push(pointer_of_ignored(&path));
         let parsed: Result<T, _> = serde_path_to_error::deserialize(
-            serde_ignored::Deserializer::new(value.as_ref(), &mut record),
+            serde_ignored::Deserializer::new(&pruned.value, &mut record),
         );
         let parsed = parsed
             .map_err(|error| shape::explain(pointer_of(error.path()), &error.inner().to_string()));
         for pointer in unknown {
-            let pointer = format!("{prefix}{pointer}");
+            let pointer = format!("{prefix}{}", pruned.as_given(&pointer));
             if !errors.iter().any(|(at, _)| *at == pointer) {
                 errors.push((pointer, UNKNOWN_FIELD.to_owned()));
             }
@@ -530,14 +533,13 @@ fn typed<T: serde::de::DeserializeOwned>(
             Ok(parsed) if errors.is_empty() => return Ok(parsed),
             Ok(_) => return Err(errors),
             Err((pointer, message)) => {
-                let at = format!("{prefix}{pointer}");
-                // Said already: a field left out for its type is now missing.
-                if errors.iter().any(|(said, _)| *said == at) {
-                    return Err(errors);
+                let at = format!("{prefix}{}", pruned.as_given(&pointer));
+                // Said already when a field left out for its type is now missing: then the
+                // item of a list that holds it goes, so that the rest is read.
+                if !errors.iter().any(|(said, _)| *said == at) {
+                    errors.push((at, message));
                 }
-                errors.push((at, message));
-                if errors.len() >= MOST_ERRORS_PER_DOCUMENT || !leave_out(value.to_mut(), &pointer)
-                {
+                if errors.len() >= MOST_ERRORS_PER_DOCUMENT || !pruned.leave_out(&pointer) {
                     return Err(errors);
                 }
             }
@@ -548,19 +550,69 @@ fn typed<T: serde::de::DeserializeOwned>(
 /// Most problems said of one document: past these, the file is likely not what it should be.
 const MOST_ERRORS_PER_DOCUMENT: usize = 20;
 
-/// Removes the field at `pointer` (an item of a list takes its whole list with it: removing
-/// the item would move the pointers of those after it); false if there is none.
-fn leave_out(value: &mut Value, pointer: &str) -> bool {
-    let mut at = pointer;
-    while let Some((parent, key)) = at.rsplit_once('/') {
-        let key = key.replace("~1", "/").replace("~0", "~");
-        match value.pointer_mut(parent) {
-            Some(Value::Object(fields)) => return fields.remove(&key).is_some(),
-            Some(Value::Array(_)) => at = parent,
-            _ => return false,
+/// A document with what was wrong in it left out, so that reading it again finds the rest,
+/// and the pointers of what is left told as they were in the document given.
+struct Pruned {
+    value: Value,
+    /// Each item left out of a list, in order: the list's pointer and the item's index, both
+    /// as they were when it was left out.
+    removed: Vec<(String, usize)>,
+}
+
+impl Pruned {
+    /// Leaves out the field at `pointer` (a pointer into `value` as it is now), or, when there
+    /// is no such field (a required one is missing) or it is an item of a list, the nearest
+    /// item of a list that holds it: the list's later items are still read. False when there
+    /// is nothing to leave out (a field missing from the document itself).
+    fn leave_out(&mut self, pointer: &str) -> bool {
+        if let Some((parent, key)) = pointer.rsplit_once('/')
+            && let Some(Value::Object(fields)) = self.value.pointer_mut(parent)
+            && fields
+                .remove(&key.replace("~1", "/").replace("~0", "~"))
+                .is_some()
+        {
+            return true;
         }
+        let mut at = pointer;
+        while let Some((parent, key)) = at.rsplit_once('/') {
+            if let Some(Value::Array(items)) = self.value.pointer_mut(parent)
+                && let Ok(index) = key.parse::<usize>()
+                && index < items.len()
+            {
+                items.remove(index);
+                self.removed.push((parent.to_owned(), index));
+                return true;
+            }
+            at = parent;
+        }
+        false
     }
-    false
+
+    /// `pointer` (into `value` as it is now) as it was in the document given: each list item
+    /// left out moved the items after it up one.
+    fn as_given(&self, pointer: &str) -> String {
+        let mut pointer = pointer.to_owned();
+        for (list, index) in self.removed.iter().rev() {
+            let Some(rest) = pointer
+                .strip_prefix(list.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+            else {
+                continue;
+            };
+            let (item, tail) = rest.split_once('/').map_or((rest, ""), |(i, t)| (i, t));
+            if let Ok(item) = item.parse::<usize>()
+                && item >= *index
+            {
+                let tail = if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{tail}")
+                };
+                pointer = format!("{list}/{}{tail}", item + 1);
+            }
+        }
+        pointer
+    }
 }
 
 /// The parser's message without what the error already says (`error: line 2 column 7: `).
@@ -639,8 +691,12 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Vec<FileError>> {
             .iter()
             .map(|(pointer, number)| (pointer.clone(), not_json_message(*number)))
             .collect();
+        // Null in its place: later pointers stay where they were, and what is then said of the
+        // null at that pointer is left out below.
         for (pointer, _) in &not_json {
-            leave_out(&mut value, pointer);
+            if let Some(number) = value.pointer_mut(pointer) {
+                *number = Value::Null;
+            }
         }
         let Some(object) = value.as_object_mut() else {
             errors.push(located(
@@ -985,6 +1041,69 @@ configuration:
                 "modelParameters.maxTokens: expected a whole number from 0 to 4294967295, got the string \"many\""
             ),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn every_item_of_a_list_is_checked_past_one_that_is_wrong() {
+        // The first step lacks its instructions, the second's time-out is no number, the
+        // third has a field no step has, and one skill is no string: each is said at its own
+        // item, as the file numbers them, not only the first.
+        let text = "\
+kind: Workflow
+name: Study
+description: d
+participatingAgents: [Ada]
+configuration:
+  steps:
+    - id: a
+      name: A
+      type: analysis
+      description: d
+      expectedOutput: Notes.
+    - id: b
+      name: B
+      type: analysis
+      description: d
+      instructions: i
+      expectedOutput: Notes.
+      timeoutMinutes: soon
+    - id: c
+      name: C
+      type: analysis
+      description: d
+      instructions: i
+      expectedOutput: Notes.
+      requiredSkills: [research, 7]
+      colour: red
+";
+        let shown: Vec<String> = parse("w.yaml", text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown.len(), 4, "{shown:#?}");
+        assert!(
+            shown[0].starts_with(
+                "w.yaml:7:7: configuration.steps[0].instructions: this field is required"
+            ),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].starts_with(
+                "w.yaml:18:7: configuration.steps[1].timeoutMinutes: expected a number"
+            ),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[2].starts_with(
+                "w.yaml:25:34: configuration.steps[2].requiredSkills[1]: expected a string"
+            ),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[3].starts_with("w.yaml:26:7: configuration.steps[2].colour: unknown field"),
+            "{shown:#?}"
         );
     }
 
