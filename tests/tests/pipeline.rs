@@ -71,6 +71,19 @@ async fn run_to_completion(stack: &Stack) -> (String, String) {
 }
 
 /// Waits until every consumer has processed everything stored so far.
+/// A run of the team's pipeline whose first step's call to the model is held (release it with
+/// `stack.llm.release_answers()`), once the call is made: `(workflow id, execution id)`.
+async fn run_held_at_step_one(stack: &Stack) -> (String, String) {
+    let (_, workflow_id) = team_and_pipeline(stack).await;
+    stack.llm.hold_answers();
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    eventually(FINISH, "step-1's call to be held", || async {
+        (stack.llm.requests().len() == 1).then_some(())
+    })
+    .await;
+    (workflow_id, execution_id)
+}
+
 /// Step `step-1`'s latest `StepScheduled` in the log of run `execution_id`, once there is one.
 async fn step_one_scheduled(stack: &Stack, workflow_id: &str, execution_id: &str) -> bus::Stored {
     let filter = subjects::step(
@@ -336,13 +349,7 @@ async fn a_step_delivered_twice_completes_once_and_writes_no_duplicates() {
 #[tokio::test]
 async fn a_copy_of_a_scheduling_stored_again_into_a_cancelled_run_runs_nothing() {
     let stack = Stack::start().await;
-    let (_, workflow_id) = team_and_pipeline(&stack).await;
-    stack.llm.hold_answers();
-    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    eventually(FINISH, "step-1's call to be held", || async {
-        (stack.llm.requests().len() == 1).then_some(())
-    })
-    .await;
+    let (workflow_id, execution_id) = run_held_at_step_one(&stack).await;
     let cancelled = stack
         .api
         .post(
@@ -431,13 +438,7 @@ async fn a_step_delivered_twice_while_running_still_completes_once() {
 #[tokio::test]
 async fn a_step_handed_to_a_worker_again_while_it_runs_there_asks_the_model_once() {
     let stack = Stack::start().await;
-    let (_, workflow_id) = team_and_pipeline(&stack).await;
-    stack.llm.hold_answers();
-    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
-    eventually(FINISH, "step-1's call to be held", || async {
-        (stack.llm.requests().len() == 1).then_some(())
-    })
-    .await;
+    let (workflow_id, execution_id) = run_held_at_step_one(&stack).await;
 
     // The step handed to the workers again while its call runs, as after a NATS server that
     // restarted and forgot the first delivery: the same worker, the only one, takes it.
@@ -827,16 +828,10 @@ async fn a_standby_coordinator_takes_over_a_running_execution() {
 #[tokio::test]
 async fn runs_go_on_when_the_nats_server_restarts() {
     let mut stack = Stack::start().await;
-    let (_, workflow_id) = team_and_pipeline(&stack).await;
     // The first step's call is held until NATS has gone, so that it ends during the outage.
-    stack.llm.hold_answers();
-    let (running, _) = stack.api.start_execution(&workflow_id).await;
+    let (workflow_id, running) = run_held_at_step_one(&stack).await;
     let tenant = TenantId::default_tenant();
     let workflow = cadre_proto::WorkflowId(workflow_id.parse().unwrap());
-    eventually(FINISH, "step-1's call to be held", || async {
-        (stack.llm.requests().len() == 1).then_some(())
-    })
-    .await;
 
     // What the server kept in memory (the replicas' membership and the worker registry)
     // is gone after this; the log, the queues and the read models' positions are on disk.

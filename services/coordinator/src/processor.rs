@@ -508,14 +508,12 @@ fn lane_of(input: &Input, lanes: usize) -> usize {
 }
 
 async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
-    let mut executions: HashMap<ExecutionId, Execution> = HashMap::new();
-    let mut handed_over = HandedOver::new();
+    let mut memory = LaneMemory::default();
     while let Some(input) = inputs.recv().await {
         let delivery = match input {
             Input::Delivery(delivery) => delivery,
             Input::Forget(done) => {
-                executions.clear();
-                handed_over.clear();
+                memory = LaneMemory::default();
                 let _ = done.send(());
                 continue;
             }
@@ -539,27 +537,9 @@ async fn lane(services: Services, mut inputs: mpsc::Receiver<Input>) {
         }
         let processed = async {
             match kind {
-                Kind::Event => {
-                    on_event(
-                        &services,
-                        &mut executions,
-                        &mut handed_over,
-                        &message,
-                        origin.sequence,
-                    )
-                    .await
-                }
+                Kind::Event => on_event(&services, &mut memory, &message, origin.sequence).await,
                 Kind::Workflow => on_workflow_event(&services, &message).await,
-                Kind::Timer => {
-                    on_timer(
-                        &services,
-                        &mut executions,
-                        &mut handed_over,
-                        &message,
-                        origin.sequence,
-                    )
-                    .await
-                }
+                Kind::Timer => on_timer(&services, &mut memory, &message, origin.sequence).await,
                 Kind::Trigger => triggers::on_trigger(&services.starter, &message).await,
             }
         }
@@ -613,11 +593,14 @@ async fn execution<'a>(
 /// An execution's state event, stored at `sequence` in the log.
 async fn on_event(
     services: &Services,
-    executions: &mut HashMap<ExecutionId, Execution>,
-    handed_over: &mut HandedOver,
+    memory: &mut LaneMemory,
     message: &jetstream::Message,
     sequence: u64,
 ) -> Processed {
+    let LaneMemory {
+        executions,
+        handed_over,
+    } = memory;
     let bus = &services.bus;
     let envelope = match Envelope::decode(&message.payload) {
         Ok(envelope) => envelope,
@@ -674,13 +657,18 @@ async fn on_event(
     decided(outcome, executions, execution_id)
 }
 
-/// The log sequences of the events (scheduled steps, questions assigned) a lane handed to the
-/// workers as soon as it appended them, until their copies come back through the inbox, each
-/// of which removes its own. A lane forgetting its partitions clears them all: the copies go to
-/// another replica, which hands them over again, and the duplicate window (two minutes) keeps a
-/// second copy out of the workers' queue, as it does for a replica that stops between a
-/// hand-over and its ack.
-type HandedOver = HashSet<u64>;
+/// What a lane keeps in memory, all of it forgotten when its replica gives up a partition.
+#[derive(Default)]
+struct LaneMemory {
+    /// The executions it decides on, as folded so far.
+    executions: HashMap<ExecutionId, Execution>,
+    /// The log sequences of the events (scheduled steps, questions assigned) it handed to the
+    /// workers as soon as it appended them, until their copies come back through the inbox,
+    /// each of which removes its own. Forgotten, they go to another replica, which hands them
+    /// over again, and the duplicate window (two minutes) keeps a second copy out of the
+    /// workers' queue, as it does for a replica that stops between a hand-over and its ack.
+    handed_over: HashSet<u64>,
+}
 
 /// Hands what a decision just appended for the workers (`appended`, as stored: its scheduled
 /// steps, its questions for teammates) to them at once, rather than when it comes back through
@@ -692,7 +680,7 @@ async fn hand_over_early(
     services: &Services,
     execution: &Execution,
     appended: &[(u64, Envelope)],
-    handed_over: &mut HandedOver,
+    handed_over: &mut HashSet<u64>,
 ) {
     let dispatches = appended.iter().flat_map(|(sequence, envelope)| {
         effects(&execution.state, &envelope.event, envelope.meta.time)
@@ -803,11 +791,14 @@ async fn on_workflow_event(services: &Services, message: &jetstream::Message) ->
 /// A fired timer, stored at `sequence` in the timers stream.
 async fn on_timer(
     services: &Services,
-    executions: &mut HashMap<ExecutionId, Execution>,
-    handed_over: &mut HandedOver,
+    memory: &mut LaneMemory,
     message: &jetstream::Message,
     sequence: u64,
 ) -> Processed {
+    let LaneMemory {
+        executions,
+        handed_over,
+    } = memory;
     let fired: TimerMessage = match serde_json::from_slice(&message.payload) {
         Ok(fired) => fired,
         Err(error) => return Processed::Unreadable(format!("not a Cadre timer: {error}")),
