@@ -1894,13 +1894,15 @@ proptest! {
             let attempt = in_flight.remove(pick.index(in_flight.len()));
             if let Event::ExecutionEscalated(e) = &attempt {
                 let resolution = if roll % 4 == 0 { Resolution::Abort } else { Resolution::Continue };
-                aborted |= resolution == Resolution::Abort;
+                let abort = resolution == Resolution::Abort;
                 let command = Command::Resolve {
                     escalation_id: e.escalation_id,
                     resolution,
                     request: Request::default(),
                 };
                 let events = decide(&command, &state, now()).unwrap_or_default();
+                // Only an abort the run took: one refused (the run ended under it) is none.
+                aborted |= abort && !events.is_empty();
                 append(&mut log, &mut state, events);
                 continue;
             }
@@ -1914,14 +1916,16 @@ proptest! {
                     (false, 2) => Resolution::Skip,
                     (false, _) => Resolution::ProvideOutput { summary: "s".into(), output: "o".into() },
                 };
-                aborted |= matches!(resolution, Resolution::Abort | Resolution::Reject);
+                let abort = matches!(resolution, Resolution::Abort | Resolution::Reject);
                 let command = Command::Resolve {
                     escalation_id: e.escalation_id.unwrap(),
                     resolution,
                     request: Request::default(),
                 };
-                // Refused once the run ended (a cancel): that changes nothing.
+                // Refused once the run ended (a cancel) or a re-plan dropped the step: that
+                // changes nothing, and is no abort.
                 let events = decide(&command, &state, now()).unwrap_or_default();
+                aborted |= abort && !events.is_empty();
                 append(&mut log, &mut state, events);
                 continue;
             }
