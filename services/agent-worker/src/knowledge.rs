@@ -47,6 +47,30 @@ const RANKINGS_KEPT: u64 = 1_024;
 /// workflows no longer run.
 const RANKING_LIFETIME: Duration = Duration::from_secs(30);
 
+/// The ranking of [`KnowledgeView::relevant`]: `$1` tenant, `$2` workflow, `$3` the step's
+/// [`search_terms`], `$4` how many items to return, `$5` the [`RANKING_WINDOW`]. Returns
+/// `(id, title, knowledge_type, content)`, best first.
+///
+/// Both CTEs MATERIALIZED: inlined, the planner parsed the step's text (`to_tsquery`) again for
+/// every item and ranked every item twice (once per sort key), some 4 ms per ranking and nearly
+/// half of Postgres's time under load. `recent`'s order is that of the index
+/// `collaboration_knowledge_newest`, so it reads the window's rows and no more.
+const RANKING: &str = "WITH q AS MATERIALIZED (SELECT to_tsquery('english', $3) AS query), \
+     recent AS ( \
+         SELECT id, title, knowledge_type, content, search, relevance_score, \
+                created_at, event_sequence, event_position \
+         FROM collaboration_knowledge \
+         WHERE tenant_id = $1 AND workflow_id = $2 AND is_active \
+         ORDER BY event_sequence DESC, event_position DESC, id DESC LIMIT $5), \
+     ranked AS MATERIALIZED ( \
+         SELECT k.*, ts_rank(k.search, q.query, 32) AS text_rank FROM recent k, q) \
+     SELECT id, title, knowledge_type, content FROM ranked \
+     ORDER BY text_rank > 0 DESC, \
+         text_rank * relevance_score \
+             / (1 + greatest(extract(epoch FROM now() - created_at), 0) / 86400) DESC, \
+         relevance_score DESC, event_sequence DESC, event_position DESC, id DESC \
+     LIMIT $4";
+
 pub struct KnowledgeView {
     pool: PgPool,
     read_models: ProjectionWatermark,
@@ -186,33 +210,14 @@ impl KnowledgeView {
         } = key;
         // Twice the limit from each part: room to pass over items too large for the budget.
         let candidates = i64::from(*limit).saturating_mul(2);
-        // Both CTEs MATERIALIZED: inlined, the planner parsed the step's text (`to_tsquery`)
-        // again for every item and ranked every item twice (once per sort key), some 4 ms per
-        // ranking and nearly half of Postgres's time under load.
-        let rows: Vec<(Uuid, String, String, String)> = sqlx::query_as(
-            "WITH q AS MATERIALIZED (SELECT to_tsquery('english', $3) AS query), \
-             recent AS ( \
-                 SELECT id, title, knowledge_type, content, search, relevance_score, \
-                        created_at, event_sequence, event_position \
-                 FROM collaboration_knowledge \
-                 WHERE tenant_id = $1 AND workflow_id = $2 AND is_active \
-                 ORDER BY event_sequence DESC, event_position DESC, id DESC LIMIT $5), \
-             ranked AS MATERIALIZED ( \
-                 SELECT k.*, ts_rank(k.search, q.query, 32) AS text_rank FROM recent k, q) \
-             SELECT id, title, knowledge_type, content FROM ranked \
-             ORDER BY text_rank > 0 DESC, \
-                 text_rank * relevance_score \
-                     / (1 + greatest(extract(epoch FROM now() - created_at), 0) / 86400) DESC, \
-                 relevance_score DESC, event_sequence DESC, event_position DESC, id DESC \
-             LIMIT $4",
-        )
-        .bind(tenant.as_str())
-        .bind(workflow.0)
-        .bind(terms)
-        .bind(candidates)
-        .bind(RANKING_WINDOW)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(Uuid, String, String, String)> = sqlx::query_as(RANKING)
+            .bind(tenant.as_str())
+            .bind(workflow.0)
+            .bind(terms)
+            .bind(candidates)
+            .bind(RANKING_WINDOW)
+            .fetch_all(&self.pool)
+            .await?;
         let items = rows
             .into_iter()
             .map(|(id, title, knowledge_type, content)| KnowledgeItem {
@@ -586,6 +591,82 @@ mod tests {
                 .is_empty()
         );
         drop(view);
+        db.drop().await;
+    }
+
+    /// The rows of `collaboration_knowledge` each scan of `plan` (an `EXPLAIN (ANALYZE, FORMAT
+    /// JSON)` node) read, those its filter removed included, summed over its loops.
+    fn knowledge_rows_read(plan: &serde_json::Value) -> Vec<f64> {
+        let mut read = Vec::new();
+        if plan["Relation Name"] == "collaboration_knowledge" {
+            let rows = ["Actual Rows", "Rows Removed by Filter"]
+                .iter()
+                .filter_map(|count| plan[count].as_f64())
+                .sum::<f64>();
+            read.push(rows * plan["Actual Loops"].as_f64().unwrap_or(1.0));
+        }
+        for child in plan["Plans"].as_array().into_iter().flatten() {
+            read.extend(knowledge_rows_read(child));
+        }
+        read
+    }
+
+    #[tokio::test]
+    async fn a_ranking_reads_the_newest_window_however_much_the_workflow_knows() {
+        let db = Db::create().await;
+        let pool = &db.pool;
+        let tenant = TenantId::default_tenant();
+        let workflow = WorkflowId::new();
+        // A busy workflow's knowledge, several items per event as a step's completion gives,
+        // some superseded; and another workflow's.
+        for (workflow, items) in [(workflow, 3_000), (WorkflowId::new(), 500)] {
+            sqlx::query(
+                "INSERT INTO collaboration_knowledge (id, tenant_id, workflow_id, execution_id, \
+                     step_id, title, content, knowledge_type, created_by_agent_id, \
+                     relevance_score, tags, is_active, created_at, updated_at, event_sequence, \
+                     event_position) \
+                 SELECT gen_random_uuid(), $1, $2, gen_random_uuid(), 'research', \
+                     'API design ' || i, 'Design the API endpoints over HTTP', 'insight', \
+                     gen_random_uuid(), 0.8, '[]', i % 7 <> 0, now(), now(), i / 3, i % 3 \
+                 FROM generate_series(1, $3) AS i",
+            )
+            .bind(tenant.as_str())
+            .bind(workflow.0)
+            .bind(items)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {RANKING}");
+        let terms = search_terms(&crate::fixtures::step());
+        // Right after a burst of writes (no statistics yet, which made the planner sort the
+        // whole workflow) and once the table is analyzed.
+        for analyzed in [false, true] {
+            if analyzed {
+                sqlx::query("ANALYZE collaboration_knowledge")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain.as_str()))
+                .bind(tenant.as_str())
+                .bind(workflow.0)
+                .bind(&terms)
+                .bind(10_i64)
+                .bind(RANKING_WINDOW)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            // Bounded by the window, not by the 3,000 items: an index of every item read
+            // backwards passes over the superseded among the newest (a seventh here).
+            let read = knowledge_rows_read(&plan[0]["Plan"]);
+            let bound = 2.0 * RANKING_WINDOW as f64;
+            assert!(
+                !read.is_empty() && read.iter().all(|&rows| rows <= bound),
+                "analyzed: {analyzed}: rows read per scan {read:?}, more than twice the window \
+                 of {RANKING_WINDOW}: {plan:#}"
+            );
+        }
         db.drop().await;
     }
 
