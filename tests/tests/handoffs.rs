@@ -85,6 +85,37 @@ async fn a_step_taken_over_by_another_agent_is_handed_off_and_agents_report_thei
         "{escalation:?}"
     );
 
+    // The handoff counts for whoever took it, and as completed once its step was.
+    let taker = stack
+        .api
+        .get(&format!("/v1/agents/{}/performance", agents[1]))
+        .await;
+    assert_eq!(taker.status, 200, "{}", taker.body);
+    let facts = &taker.body["facts"];
+    assert_eq!(
+        (
+            facts["handoffsReceived"].clone(),
+            facts["handoffsCompleted"].clone()
+        ),
+        (json!(1), json!(1)),
+        "{:#}",
+        taker.body
+    );
+    let run = stack
+        .api
+        .get(&format!("/v1/executions/{execution_id}/metrics"))
+        .await;
+    assert_eq!(run.status, 200, "{}", run.body);
+    assert_eq!(
+        (
+            run.body["facts"]["handoffs"].clone(),
+            run.body["facts"]["handoffsCompleted"].clone()
+        ),
+        (json!(1), json!(1)),
+        "{:#}",
+        run.body
+    );
+
     // Each agent's latest status is its step's completion, projected from the step's events.
     for (agent, step) in [(&agents[0], "step-1"), (&agents[1], "step-2")] {
         let status = status_of(agent).await;
