@@ -204,6 +204,7 @@ impl Plan {
                 self.executions.execution_escalated(origin, e.execution_id);
                 self.escalations.execution_escalated(origin, e);
             }
+            Event::ExecutionReplanned(e) => self.escalations.replanned(origin, e),
             Event::ExecutionPaused(e) => self.executions.paused(origin, e.execution_id),
             Event::ExecutionResumed(e) => self.executions.resumed(origin, e.execution_id),
             Event::ExecutionCompleted(e) => {

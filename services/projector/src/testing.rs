@@ -537,6 +537,20 @@ impl Fixture {
         })
     }
 
+    /// The coordinator agent re-planned the failing run: this fixture's step is all that is
+    /// left to do.
+    pub fn replanned(&self) -> Event {
+        Event::ExecutionReplanned(Box::new(cadre_proto::events::ExecutionReplanned {
+            execution_id: self.execution,
+            workflow_id: self.workflow,
+            replan: 1,
+            agent_id: self.agent.id,
+            summary: "Try the design again".to_owned(),
+            steps: vec![self.step.clone()],
+            error: format!("step '{}' failed after 1 attempt(s)", self.step.name),
+        }))
+    }
+
     pub fn cancelled(&self, requested_by: Option<&str>, reason: Option<&str>) -> Event {
         Event::ExecutionCancelled(ExecutionCancelled {
             execution_id: self.execution,

@@ -1,6 +1,8 @@
 //! `escalations`: one row per step escalation a person resolves (rung `person`, or an approval
 //! step), for `GET /v1/escalations`. A row is `open` until a person resolves it (`resolved`,
-//! with their action) or its execution ends first (`closed`, saying how it ended).
+//! with their action) or its execution ends first (`closed`, saying how it ended). A re-plan
+//! closes its execution's step escalations too: it replaces every step not done, so nothing
+//! waits on them any more (the run's own escalation stays open).
 //!
 //! Only the first resolution of an escalation counts, and nothing changes a row once it is no
 //! longer open: the batch's fold and the SQL follow the same rule, so a batch gives what
@@ -8,7 +10,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cadre_proto::events::{EscalationKind, EscalationResolved, ExecutionEscalated, StepEscalated};
+use cadre_proto::events::{
+    EscalationKind, EscalationResolved, ExecutionEscalated, ExecutionReplanned, StepEscalated,
+};
 use cadre_proto::{EscalationId, ExecutionId};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -61,8 +65,11 @@ pub(crate) struct Resolution {
 pub(crate) struct Closing {
     pub tenant_id: String,
     pub execution_id: Uuid,
-    /// `execution completed`, `execution failed` or `execution cancelled`.
+    /// `execution completed`, `execution failed`, `execution cancelled` or `execution
+    /// re-planned`.
     pub reason: String,
+    /// Only the step escalations (a re-plan), not the run's own.
+    pub steps_only: bool,
     pub closed_at: DateTime<Utc>,
 }
 
@@ -85,9 +92,13 @@ pub(crate) struct Changes {
     pub resolutions: Vec<(Uuid, Resolution)>,
     /// The first end of each execution that ended in the batch.
     pub closings: Vec<Closing>,
+    /// The first re-plan of each execution re-planned in the batch (each closes what was
+    /// stored before the batch: later rows are the batch's own, folded here).
+    pub replans: Vec<Closing>,
     index: HashMap<Uuid, usize>,
     resolved: HashSet<Uuid>,
     ended: HashSet<Uuid>,
+    replanned: HashSet<Uuid>,
 }
 
 impl Changes {
@@ -181,25 +192,62 @@ impl Changes {
         if !self.ended.insert(execution.0) {
             return;
         }
-        let closing = Closing {
-            tenant_id: origin.tenant.to_owned(),
-            execution_id: execution.0,
-            reason: format!("execution {}", ended.status()),
-            closed_at: origin.at,
-        };
-        for row in &mut self.rows {
-            if row.execution_id == execution.0 && row.settled.is_none() {
-                row.settled = Some(Settled::Closed(closing.clone()));
-            }
-        }
+        let closing = self.close_open(
+            origin,
+            execution,
+            format!("execution {}", ended.status()),
+            false,
+        );
         self.closings.push(closing);
     }
 
-    /// Resolutions first, then closings: a resolution the fold kept came before its
-    /// execution's end. The batch's own rows come last, already folded, so neither statement
-    /// touches them. An escalation recorded again (the same id) keeps the first row.
+    /// Closes the execution's step escalations still open: the re-plan replaced their steps.
+    pub fn replanned(&mut self, origin: &Origin<'_>, e: &ExecutionReplanned) {
+        let closing = self.close_open(
+            origin,
+            e.execution_id,
+            "execution re-planned".to_owned(),
+            true,
+        );
+        if self.replanned.insert(e.execution_id.0) {
+            self.replans.push(closing);
+        }
+    }
+
+    /// Closes the batch's open rows of `execution` (its step escalations alone if
+    /// `steps_only`), and returns the closing for the rows stored before.
+    fn close_open(
+        &mut self,
+        origin: &Origin<'_>,
+        execution: ExecutionId,
+        reason: String,
+        steps_only: bool,
+    ) -> Closing {
+        let closing = Closing {
+            tenant_id: origin.tenant.to_owned(),
+            execution_id: execution.0,
+            reason,
+            closed_at: origin.at,
+            steps_only,
+        };
+        for row in &mut self.rows {
+            if row.execution_id == execution.0
+                && row.settled.is_none()
+                && (row.step_id.is_some() || !steps_only)
+            {
+                row.settled = Some(Settled::Closed(closing.clone()));
+            }
+        }
+        closing
+    }
+
+    /// Resolutions first, then re-plans, then ends: a resolution the fold kept came before its
+    /// escalation's re-plan or its execution's end, and a re-plan comes before the end. The
+    /// batch's own rows come last, already folded, so no statement touches them. An escalation
+    /// recorded again (the same id) keeps the first row.
     pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         resolve(tx, self.resolutions).await?;
+        close(tx, self.replans).await?;
         close(tx, self.closings).await?;
         insert(tx, self.rows).await
     }
@@ -242,18 +290,19 @@ async fn close(tx: &mut PgConnection, closings: Vec<Closing>) -> Result<(), sqlx
     if closings.is_empty() {
         return Ok(());
     }
-    columns!(for c in closings => tenant_id, execution_id, reason, closed_at);
+    columns!(for c in closings => tenant_id, execution_id, reason, closed_at, steps_only);
     sqlx::query!(
         "UPDATE escalations e SET status = 'closed', closed_reason = c.reason,
              closed_at = c.closed_at
-         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::timestamptz[])
-              AS c(tenant_id, execution_id, reason, closed_at)
+         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::bool[])
+              AS c(tenant_id, execution_id, reason, closed_at, steps_only)
          WHERE e.tenant_id = c.tenant_id AND e.execution_id = c.execution_id
-           AND e.status = 'open'",
+           AND e.status = 'open' AND (e.step_id IS NOT NULL OR NOT c.steps_only)",
         &tenant_id,
         &execution_id,
         &reason,
         &closed_at,
+        &steps_only,
     )
     .execute(&mut *tx)
     .await?;
@@ -530,6 +579,25 @@ mod tests {
             second.resolved(1, Resolution::Retry),
             second.escalated(2, EscalationRung::Person),
         ]));
+        // A re-plan replaces the steps not done: their escalations close, and the run's own
+        // and those of the new plan's steps stay open.
+        f.execution = cadre_proto::ExecutionId::new();
+        let third = (f.on("design"), f.on("review"));
+        let run_escalated = Event::ExecutionEscalated(Box::new(ExecutionEscalated {
+            execution_id: f.execution,
+            workflow_id: f.workflow,
+            escalation_id: EscalationId::of_execution(f.execution),
+            after_minutes: 60.0,
+            reason: "over an hour".into(),
+            context: cadre_proto::events::EscalationContext::default(),
+        }));
+        log.extend(f.messages([
+            third.0.escalated(1, EscalationRung::Person),
+            third.1.approval_requested(1),
+            run_escalated,
+            third.0.replanned(),
+            third.0.escalated(2, EscalationRung::Person),
+        ]));
         let mut snapshots = Vec::new();
         for size in [log.len(), 1, 2, 3, 5] {
             let db = TestDb::create().await;
@@ -568,6 +636,16 @@ mod tests {
             status(second.escalation(2)),
             "open",
             "defensive: escalated after the end, nothing closes it"
+        );
+        for replaced in [third.0.escalation(1), third.1.escalation(1)] {
+            assert_eq!(status(replaced), "closed");
+            assert_eq!(by_id(replaced)["closed_reason"], "execution re-planned");
+        }
+        assert_eq!(status(third.0.escalation(2)), "open", "the new plan's");
+        assert_eq!(
+            status(EscalationId::of_execution(f.execution)),
+            "open",
+            "the run's own"
         );
     }
 }

@@ -250,8 +250,8 @@ fn resolved(
         None => {
             return Err(TransitionRefused::NotOpen {
                 escalation_id,
-                why: "nothing in the execution waits on it (it was resolved already, or never \
-                      opened in this execution)"
+                why: "nothing in the execution waits on it (it was resolved already, a \
+                      re-plan replaced its step, or it was never opened in this execution)"
                     .to_owned(),
             });
         }
