@@ -713,7 +713,7 @@ pub struct EscalationView {
     pub resolved_by: Option<String>,
     pub comment: Option<String>,
     /// Closed only: when, and why (`execution completed`, `execution failed`,
-    /// `execution cancelled`).
+    /// `execution cancelled`, or for a step's, `execution re-planned`: the re-plan replaced it).
     pub closed_at: Option<DateTime<Utc>>,
     pub closed_reason: Option<String>,
 }

@@ -4,7 +4,8 @@
 -- yet) Postgres then read every row of the workflow or run and sorted them all. Measured: the
 -- worker's ranking read all 960 active items of a workflow to keep its newest 64 (2.5 to 4.6 ms,
 -- growing with every item shared); a page of 101 items read 2,000 of them; a page of a run's
--- interactions read 2,009 for 101.
+-- interactions read 2,009 for 101. A run's handoffs, ordered by (event_sequence, id) since 0015,
+-- get the same.
 
 -- The worker's ranking: a workflow's newest active items.
 CREATE INDEX collaboration_knowledge_newest
@@ -25,6 +26,3 @@ DROP INDEX agent_interactions_execution;
 -- A run's handoffs, by (event_sequence, id).
 CREATE INDEX task_handoffs_listed ON task_handoffs (tenant_id, execution_id, event_sequence, id);
 DROP INDEX task_handoffs_execution;
-
--- An agent's alerts, newest first (the tenant's index made the agent filter read every alert).
-CREATE INDEX alerts_by_agent ON alerts (tenant_id, agent_id, event_sequence DESC);

@@ -60,7 +60,8 @@ pub(crate) struct Resolution {
     pub resolved_at: DateTime<Utc>,
 }
 
-/// The end of an execution, closing its escalations still open.
+/// The end of an execution, closing its escalations still open, or its re-plan, closing those
+/// of its steps.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Closing {
     pub tenant_id: String,
@@ -84,7 +85,7 @@ impl EscalationRow {
 }
 
 /// The batch's new escalations (with what became of them within the batch), the resolutions of
-/// escalations stored earlier, and the executions that ended.
+/// escalations stored earlier, and the executions re-planned or ended.
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
     pub rows: Vec<EscalationRow>,
@@ -159,9 +160,13 @@ impl Changes {
     }
 
     pub fn resolved(&mut self, origin: &Origin<'_>, e: &EscalationResolved) {
-        // After its execution ended (defensive: the coordinator refuses it) the escalation is
-        // closed, or was settled before.
-        if self.ended.contains(&e.execution_id.0) {
+        // After its execution ended, or (a step's) after a re-plan (defensive: the coordinator
+        // refuses both) the escalation is closed, or was settled before. An escalation of the
+        // new plan's steps is the batch's own row, settled in the fold below.
+        let replaced = e.step_id.is_some()
+            && self.replanned.contains(&e.execution_id.0)
+            && !self.index.contains_key(&e.escalation_id.0);
+        if self.ended.contains(&e.execution_id.0) || replaced {
             return;
         }
         let id = e.escalation_id.0;
@@ -203,6 +208,10 @@ impl Changes {
 
     /// Closes the execution's step escalations still open: the re-plan replaced their steps.
     pub fn replanned(&mut self, origin: &Origin<'_>, e: &ExecutionReplanned) {
+        // Defensive: the coordinator re-plans only a run that has not ended.
+        if self.ended.contains(&e.execution_id.0) {
+            return;
+        }
         let closing = self.close_open(
             origin,
             e.execution_id,
@@ -591,12 +600,30 @@ mod tests {
             reason: "over an hour".into(),
             context: cadre_proto::events::EscalationContext::default(),
         }));
+        let run_resolved = Event::EscalationResolved(Box::new(EscalationResolved {
+            execution_id: f.execution,
+            workflow_id: f.workflow,
+            step_id: None,
+            step_name: None,
+            attempt: 0,
+            escalation_id: EscalationId::of_execution(f.execution),
+            resolution: Resolution::Continue,
+            request: cadre_proto::events::Request::default(),
+        }));
         log.extend(f.messages([
             third.0.escalated(1, EscalationRung::Person),
             third.1.approval_requested(1),
             run_escalated,
             third.0.replanned(),
+            // Defensive (the coordinator refuses it): a replaced step's escalation resolved.
+            third.1.resolved(1, Resolution::Approve),
             third.0.escalated(2, EscalationRung::Person),
+            third.0.replanned(),
+            run_resolved,
+            third.0.escalated(3, EscalationRung::Person),
+            third.0.failed(),
+            // Defensive: a re-plan after the end.
+            third.0.replanned(),
         ]));
         let mut snapshots = Vec::new();
         for size in [log.len(), 1, 2, 3, 5] {
@@ -641,11 +668,20 @@ mod tests {
             assert_eq!(status(replaced), "closed");
             assert_eq!(by_id(replaced)["closed_reason"], "execution re-planned");
         }
-        assert_eq!(status(third.0.escalation(2)), "open", "the new plan's");
         assert_eq!(
-            status(EscalationId::of_execution(f.execution)),
-            "open",
-            "the run's own"
+            by_id(third.0.escalation(2))["closed_reason"],
+            "execution re-planned",
+            "the first new plan's, replaced by the second"
+        );
+        assert_eq!(
+            by_id(third.0.escalation(3))["closed_reason"],
+            "execution failed",
+            "the last plan's, open until the run ended"
+        );
+        assert_eq!(
+            by_id(EscalationId::of_execution(f.execution))["action"],
+            "continue",
+            "the run's own, resolved after the re-plans"
         );
     }
 }
