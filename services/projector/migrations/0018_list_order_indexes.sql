@@ -26,3 +26,15 @@ DROP INDEX agent_interactions_execution;
 -- A run's handoffs, by (event_sequence, id).
 CREATE INDEX task_handoffs_listed ON task_handoffs (tenant_id, execution_id, event_sequence, id);
 DROP INDEX task_handoffs_execution;
+
+-- Each handoff, and whether whom it was handed to completed its task: what the metrics count
+-- (per agent, per run). An EXISTS on the task's whole key rather than a join: joined, a planner
+-- without statistics yet probed all of an agent's tasks for every handoff (1.95 M rows, 2 s for
+-- 20 agents with 4,000 handoffs).
+CREATE VIEW task_handoff_outcomes AS
+SELECT h.tenant_id, h.execution_id, h.to_agent_id,
+       EXISTS (SELECT FROM agent_tasks done
+               WHERE done.tenant_id = h.tenant_id AND done.execution_id = h.execution_id
+                 AND done.step_id = h.task_id AND done.agent_id = h.to_agent_id
+                 AND done.completed_at IS NOT NULL) AS completed
+FROM task_handoffs h;

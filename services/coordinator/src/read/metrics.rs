@@ -28,9 +28,6 @@ pub async fn agent_facts(
     tenant: &TenantId,
     agents: &[Uuid],
 ) -> sqlx::Result<Vec<(Uuid, AgentFacts)>> {
-    // A handoff counts as completed through an EXISTS on the task's whole key, not a LEFT
-    // JOIN: joined, a planner without statistics yet (tables that just grew) probed all of the
-    // agent's tasks for every handoff, 1.95 M rows and 2 s for 20 agents with 4,000 handoffs.
     let rows = sqlx::query!(
         r#"SELECT a.agent_id AS "agent_id!", h.attempts AS "attempts!", h.failed AS "failed!",
                   h.timed_out AS "timed_out!", r.reviews AS "reviews!",
@@ -81,15 +78,9 @@ pub async fn agent_facts(
                WHERE tenant_id = $1 AND to_agent_id = a.agent_id
                  AND interaction_type = 'question' AND requires_response) q
            CROSS JOIN LATERAL (
-               SELECT count(*) AS handoffs,
-                      count(*) FILTER (WHERE EXISTS (
-                          SELECT FROM agent_tasks done
-                          WHERE done.tenant_id = h.tenant_id
-                            AND done.execution_id = h.execution_id
-                            AND done.step_id = h.task_id AND done.agent_id = h.to_agent_id
-                            AND done.completed_at IS NOT NULL)) AS completed
-               FROM task_handoffs h
-               WHERE h.tenant_id = $1 AND h.to_agent_id = a.agent_id) ho
+               SELECT count(*) AS handoffs, count(*) FILTER (WHERE completed) AS completed
+               FROM task_handoff_outcomes
+               WHERE tenant_id = $1 AND to_agent_id = a.agent_id) ho
            ORDER BY a.position"#,
         tenant.as_str(),
         agents,
@@ -169,15 +160,9 @@ pub async fn team_facts(db: &PgPool, tenant: &TenantId, runs: &[Uuid]) -> sqlx::
                  FROM agent_interactions
                  WHERE tenant_id = $1 AND workflow_execution_id = ANY($2)
                    AND interaction_type = 'question' AND requires_response) q,
-                (SELECT count(*) AS handoffs,
-                        count(*) FILTER (WHERE EXISTS (
-                            SELECT FROM agent_tasks done
-                            WHERE done.tenant_id = h.tenant_id
-                              AND done.execution_id = h.execution_id
-                              AND done.step_id = h.task_id AND done.agent_id = h.to_agent_id
-                              AND done.completed_at IS NOT NULL)) AS completed
-                 FROM task_handoffs h
-                 WHERE h.tenant_id = $1 AND h.execution_id = ANY($2)) ho,
+                (SELECT count(*) AS handoffs, count(*) FILTER (WHERE completed) AS completed
+                 FROM task_handoff_outcomes
+                 WHERE tenant_id = $1 AND execution_id = ANY($2)) ho,
                 (SELECT count(*) FILTER (WHERE action IN ('approved', 'changes_requested'))
                             AS reviews,
                         count(*) FILTER (WHERE action = 'approved') AS approvals,
