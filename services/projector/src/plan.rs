@@ -204,7 +204,10 @@ impl Plan {
                 self.executions.execution_escalated(origin, e.execution_id);
                 self.escalations.execution_escalated(origin, e);
             }
-            Event::ExecutionReplanned(e) => self.escalations.replanned(origin, e),
+            Event::ExecutionReplanned(e) => {
+                self.executions.replanned(origin, e);
+                self.escalations.replanned(origin, e);
+            }
             Event::ExecutionPaused(e) => self.executions.paused(origin, e.execution_id),
             Event::ExecutionResumed(e) => self.executions.resumed(origin, e.execution_id),
             Event::ExecutionCompleted(e) => {
@@ -277,6 +280,18 @@ impl Plan {
             Event::SagaStarted(e) => self.interactions.saga_started(origin, e),
             Event::ExecutionReplanned(e) => self.interactions.replanned(origin, e),
             Event::ExecutionEscalated(e) => self.interactions.execution_escalated(origin, e),
+            Event::ExecutionCompleted(e) => {
+                self.interactions
+                    .execution_ended(origin, e.execution_id, Outcome::Completed);
+            }
+            Event::ExecutionFailed(e) => {
+                self.interactions
+                    .execution_ended(origin, e.execution_id, Outcome::Failed);
+            }
+            Event::ExecutionCancelled(e) => {
+                self.interactions
+                    .execution_ended(origin, e.execution_id, Outcome::Cancelled);
+            }
             _ => return false,
         }
         true

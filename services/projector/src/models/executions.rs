@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashMap, btree_map};
 
 use cadre_proto::ExecutionId;
 use cadre_proto::events::{
-    EscalationResolved, ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionStarted,
-    QuestionsAsked, QuestionsExpired, Resolution, StepCompleted, StepDeferred, StepEscalated,
-    StepFailed, StepRetryScheduled, StepReviewed, StepScheduled, StepSkipped, StepStarted,
-    StepTimedOut, VotesTallied,
+    EscalationResolved, ExecutionCancelled, ExecutionCompleted, ExecutionFailed,
+    ExecutionReplanned, ExecutionStarted, QuestionsAsked, QuestionsExpired, Resolution,
+    StepCompleted, StepDeferred, StepEscalated, StepFailed, StepRetryScheduled, StepReviewed,
+    StepScheduled, StepSkipped, StepStarted, StepTimedOut, VotesTallied,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -213,7 +213,7 @@ fn merge_step(
 /// ones. `cancelled` is written only by [`update_runs`], when the run ends under the step: a
 /// worker that announces or finishes the attempt after that (its delivery raced the cancel)
 /// changes nothing, as the coordinator ignores it.
-const STEP_ENDED: [&str; 9] = [
+const STEP_ENDED: [&str; 10] = [
     "completed",
     "failed",
     "timed_out",
@@ -223,10 +223,29 @@ const STEP_ENDED: [&str; 9] = [
     SKIPPED,
     ABORTED,
     CANCELLED,
+    REPLACED,
 ];
 
 /// The status of a step that was under way when its run failed or was cancelled.
 const CANCELLED: &str = "cancelled";
+/// The status of a step that was under way when a re-plan replaced the run's steps: the
+/// coordinator forgets its attempt (a step the new plan keeps starts a new one), so nothing
+/// else would ever end it.
+const REPLACED: &str = "replaced";
+/// Step statuses under way, which a run's end (`cancelled`) or re-plan (`replaced`) closes
+/// ([`update_runs`], [`replace_steps`]), keeping what the step was doing (`cancelledWhile`,
+/// `replacedWhile`).
+const UNDER_WAY: [&str; 9] = [
+    "scheduled",
+    "running",
+    "waiting",
+    "awaiting_answers",
+    RETRY_WAITING,
+    ESCALATED,
+    ESCALATING,
+    VOTING,
+    "changes_requested",
+];
 
 /// The status of a failed attempt's step while it waits for its retry, written over the
 /// attempt's end (the SQL of [`update_steps`] says the same).
@@ -317,6 +336,19 @@ pub(crate) struct Changes {
     pub rows: Vec<ExecutionRow>,
     pub patches: Vec<ExecutionPatch>,
     index: HashMap<Uuid, usize>,
+    /// The batch's re-plans, each after the patches it follows (`patches[..n]`): a re-plan
+    /// closes the steps under way as the events before it left them, and the run's events
+    /// after it fold into a patch of their own, written after it.
+    replans: Vec<(usize, Replan)>,
+}
+
+/// A re-plan replaced an execution's steps.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Replan {
+    pub execution_id: Uuid,
+    /// 1 for the run's first.
+    pub replan: u32,
+    pub at: DateTime<Utc>,
 }
 
 impl Changes {
@@ -719,6 +751,23 @@ impl Changes {
         );
     }
 
+    /// The steps under way become `replaced` (see [`REPLACED`]); the steps of the new plan are
+    /// written when they are scheduled, as any step is.
+    pub fn replanned(&mut self, origin: &Origin<'_>, e: &ExecutionReplanned) {
+        let patch = self.patch(e.execution_id);
+        // Defensive: the coordinator re-plans only a run that has not ended.
+        if patch.ending.is_some() {
+            return;
+        }
+        let replan = Replan {
+            execution_id: e.execution_id.0,
+            replan: e.replan,
+            at: origin.at,
+        };
+        self.index.remove(&e.execution_id.0);
+        self.replans.push((self.patches.len(), replan));
+    }
+
     /// The batch's patch of an execution.
     fn patch(&mut self, execution: ExecutionId) -> &mut ExecutionPatch {
         let patches = &mut self.patches;
@@ -737,12 +786,49 @@ impl Changes {
     }
 
     /// Inserts first, so that patches of executions started in the same batch find them.
+    /// Then the patches up to each re-plan, and the re-plan, in the batch's order.
     pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         insert(tx, self.rows).await?;
-        let mut patches = self.patches;
-        update_steps(tx, &mut patches).await?;
-        update_runs(tx, patches).await
+        let mut patches = self.patches.into_iter();
+        let mut written = 0;
+        for (before, replan) in self.replans {
+            update(tx, patches.by_ref().take(before - written).collect()).await?;
+            written = before;
+            replace_steps(tx, replan).await?;
+        }
+        update(tx, patches.collect()).await
     }
+}
+
+/// Writes `patches` (at most one per execution): their steps first, then their runs.
+async fn update(
+    tx: &mut PgConnection,
+    mut patches: Vec<ExecutionPatch>,
+) -> Result<(), sqlx::Error> {
+    update_steps(tx, &mut patches).await?;
+    update_runs(tx, patches).await
+}
+
+/// Closes the steps under way of a run still going as `replaced`.
+async fn replace_steps(tx: &mut PgConnection, replan: Replan) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE execution_steps s SET
+             entry = s.entry || jsonb_build_object('status', $4::text,
+                                                   'replacedWhile', s.entry ->> 'status',
+                                                   'replan', $2::int4),
+             updated_at = $3
+         FROM executions e
+         WHERE e.id = $1 AND e.status IN ('running', 'paused', 'escalated')
+           AND s.execution_id = e.id AND s.entry ->> 'status' = ANY($5)",
+        replan.execution_id,
+        i32::try_from(replan.replan).unwrap_or(i32::MAX),
+        replan.at,
+        REPLACED,
+        &UNDER_WAY[..] as _,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// An execution started twice (two different events with one id) keeps the first: the event
@@ -830,9 +916,7 @@ async fn update_steps(
                       > (EXCLUDED.entry ->> 'attempt')::bigint THEN s.entry
                  WHEN coalesce((s.entry ->> 'attempt')::bigint, 0)
                       < (EXCLUDED.entry ->> 'attempt')::bigint THEN EXCLUDED.entry
-                 WHEN s.entry ->> 'status'
-                      IN ('completed', 'failed', 'timed_out', 'retry_waiting', 'escalated',
-                          'escalating', 'skipped', 'aborted', 'cancelled')
+                 WHEN s.entry ->> 'status' = ANY($8)
                       AND coalesce(EXCLUDED.entry ->> 'status', '')
                           NOT IN ('retry_waiting', 'escalated', 'escalating')
                       AND NOT EXCLUDED.entry ? 'resolvedAt'
@@ -849,6 +933,7 @@ async fn update_steps(
         scheduled_sequence as _,
         &first_sequence,
         &updated_at,
+        &STEP_ENDED[..] as _,
     )
     .execute(&mut *tx)
     .await?;
@@ -932,9 +1017,7 @@ async fn update_runs(
                                                    'cancelledWhile', s.entry ->> 'status')
          FROM ended
          WHERE s.execution_id = ended.id AND ended.cancels
-           AND s.entry ->> 'status' IN ('scheduled', 'running', 'waiting', 'awaiting_answers',
-                                        'retry_waiting', 'escalated', 'escalating', 'voting',
-                                        'changes_requested')",
+           AND s.entry ->> 'status' = ANY($11)",
         &id,
         &if_running,
         &if_paused,
@@ -945,6 +1028,7 @@ async fn update_runs(
         &context,
         completed_at as _,
         updated_at as _,
+        &UNDER_WAY[..] as _,
     )
     .execute(&mut *tx)
     .await?;
@@ -1655,6 +1739,83 @@ mod tests {
             json!(review.escalation(1))
         );
         assert_eq!(row["active_steps"], json!([]));
+    }
+
+    /// A re-plan closes the steps under way as the events before it left them; the new plan's
+    /// attempts, and reports of the replaced ones that raced it, fold as usual after it.
+    #[tokio::test]
+    async fn a_replan_replaces_the_steps_under_way_however_the_log_is_cut_and_when_replayed() {
+        let mut f = Fixture::with_steps(&["design", "review", "test"]);
+        let (design, review, test) = (f.on("design"), f.on("review"), f.on("test"));
+        let mut log = f.messages([
+            design.started(1),
+            design.scheduled(1),
+            design.step_started(1),
+            design.step_completed(1),
+            review.scheduled(1),
+            review.step_started(1),
+            test.approval_requested(1),
+            review.replanned(),
+            // The replaced attempt's worker finished after the re-plan: it changes nothing.
+            review.step_completed(1),
+            review.scheduled(2),
+            review.step_started(2),
+        ]);
+        let replanned = f.execution;
+        // Defensive (the coordinator re-plans only a run still going): after the end.
+        f.execution = ExecutionId::new();
+        let ended = f.on("design");
+        log.extend(f.messages([
+            ended.started(2),
+            ended.scheduled(1),
+            ended.cancelled(Some("ops"), None),
+            ended.replanned(),
+        ]));
+        let mut runs = Vec::new();
+        for size in [log.len(), 1, 2, 3, 5, 8] {
+            let db = TestDb::create().await;
+            let mut lease = lease(&db).await;
+            let mut conn = db.connect().await;
+            project(&mut lease, &log, size).await;
+            let projected = (
+                execution(&mut conn, replanned).await,
+                execution(&mut conn, f.execution).await,
+            );
+            lease.reset().await.unwrap();
+            project(&mut lease, &log, size).await;
+            let replayed = (
+                execution(&mut conn, replanned).await,
+                execution(&mut conn, f.execution).await,
+            );
+            assert_eq!(replayed, projected, "replayed in batches of {size}");
+            runs.push((size, projected));
+        }
+        let (_, (run, cancelled)) = &runs[0];
+        let steps = &run["step_results"];
+        assert_eq!(steps["design"]["status"], "completed", "{steps:#}");
+        assert_eq!(
+            (&steps["test"]["status"], &steps["test"]["replacedWhile"]),
+            (&json!("replaced"), &json!("escalated")),
+            "{steps:#}"
+        );
+        assert_eq!(steps["test"]["replan"], 1);
+        assert_eq!(
+            (&steps["review"]["status"], &steps["review"]["attempt"]),
+            (&json!("running"), &json!(2)),
+            "the new plan's attempt: {steps:#}"
+        );
+        assert_eq!(run["active_steps"], json!(["review"]));
+        assert_eq!(run["status"], "running");
+        assert_eq!(
+            (
+                &cancelled["step_results"]["design"]["status"],
+                &cancelled["step_results"]["design"]["cancelledWhile"]
+            ),
+            (&json!("cancelled"), &json!("scheduled")),
+        );
+        for (size, other) in &runs[1..] {
+            assert_eq!(other, &runs[0].1, "batches of {size}");
+        }
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::columns;
+use super::executions::Outcome;
 use crate::plan::Origin;
 
 /// How many characters of shared knowledge its interaction quotes (as the seed does).
@@ -75,6 +76,24 @@ pub(crate) enum Response {
         data: Value,
         at: DateTime<Utc>,
     },
+    /// Runs ended or re-planned: what waited for an answer there can no longer get one.
+    /// Consecutive closings are one statement (nearly every run's end is one, and a batch
+    /// ends many runs).
+    Closed(Vec<Closing>),
+}
+
+/// A run ended (every request of it closes) or was re-planned (its steps' requests close,
+/// the run's own escalation stays open); the requests recorded after it, from events stored
+/// after `before`, are not its to close.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Closing {
+    pub tenant_id: String,
+    pub execution: Uuid,
+    pub steps_only: bool,
+    /// Why, as the request's `response_message` says it.
+    pub reason: String,
+    pub before: i64,
+    pub at: DateTime<Utc>,
 }
 
 impl InteractionRow {
@@ -491,6 +510,44 @@ impl Changes {
                 ),
             )
         });
+        // The replaced steps' questions and escalations: nobody will take an answer.
+        self.close(
+            origin,
+            e.execution_id,
+            "execution re-planned".to_owned(),
+            true,
+        );
+    }
+
+    /// Closes the requests of the run still waiting for an answer: nobody will take one.
+    pub fn execution_ended(&mut self, origin: &Origin<'_>, execution: ExecutionId, ended: Outcome) {
+        self.close(
+            origin,
+            execution,
+            format!("execution {}", ended.status()),
+            false,
+        );
+    }
+
+    fn close(
+        &mut self,
+        origin: &Origin<'_>,
+        execution: ExecutionId,
+        reason: String,
+        steps_only: bool,
+    ) {
+        let closing = Closing {
+            tenant_id: origin.tenant.to_owned(),
+            execution: execution.0,
+            steps_only,
+            reason,
+            before: origin.sequence,
+            at: origin.at,
+        };
+        match self.responses.last_mut() {
+            Some(Response::Closed(closings)) => closings.push(closing),
+            _ => self.responses.push(Response::Closed(vec![closing])),
+        }
     }
 
     /// The run went on past `escalation.afterMinutes` and waits for a person.
@@ -746,10 +803,37 @@ impl Changes {
                     .execute(&mut *tx)
                     .await?;
                 }
+                Response::Closed(closings) => close(tx, closings).await?,
             }
         }
         Ok(())
     }
+}
+
+async fn close(tx: &mut PgConnection, closings: Vec<Closing>) -> Result<(), sqlx::Error> {
+    columns!(for c in closings => tenant_id, execution, steps_only, reason, before, at);
+    sqlx::query!(
+        "UPDATE agent_interactions i SET response_received = false,
+             response_message = c.reason,
+             response_data = coalesce(i.response_data, '{}') || jsonb_build_object('closed', true),
+             responded_at = c.at
+         FROM UNNEST($1::text[], $2::uuid[], $3::bool[], $4::text[], $5::bigint[],
+                     $6::timestamptz[])
+              AS c(tenant_id, execution, steps_only, reason, before, at)
+         WHERE i.tenant_id = c.tenant_id AND i.workflow_execution_id = c.execution
+           AND i.requires_response AND i.responded_at IS NULL
+           AND i.event_sequence < c.before
+           AND (i.related_step_id IS NOT NULL OR NOT c.steps_only)",
+        &tenant_id,
+        &execution,
+        &steps_only,
+        &reason,
+        &before,
+        &at,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 fn delegation_message(step: &str, agent: &str, reason: &AssignmentReason) -> String {
@@ -947,5 +1031,83 @@ mod tests {
         let next = by_event(2);
         assert_eq!(next["requires_response"], true);
         assert_eq!(next["responded_at"], Value::Null, "another escalation");
+    }
+
+    /// What waited for an answer closes when its run can no longer take one: at a re-plan a
+    /// replaced step's requests, at the run's end all of them; a request made after that, or
+    /// answered before it, keeps what it got.
+    #[tokio::test]
+    async fn requests_close_with_their_run_however_the_log_is_cut_and_when_replayed() {
+        use cadre_proto::EscalationId;
+        use cadre_proto::events::EscalationContext;
+
+        let mut f = Fixture::new();
+        let run_escalated = Event::ExecutionEscalated(Box::new(ExecutionEscalated {
+            execution_id: f.execution,
+            workflow_id: f.workflow,
+            escalation_id: EscalationId::of_execution(f.execution),
+            after_minutes: 60.0,
+            reason: "over an hour".into(),
+            context: EscalationContext::default(),
+        }));
+        let mut log = f.messages([
+            f.escalated(1, EscalationRung::Person),
+            run_escalated,
+            f.replanned(),
+            f.escalated(2, EscalationRung::Person),
+            f.failed(),
+        ]);
+        f.execution = ExecutionId::new();
+        log.extend(f.messages([
+            f.escalated(1, EscalationRung::Person),
+            f.resolved(1, Resolution::Retry),
+            f.escalated(2, EscalationRung::Person),
+            f.cancelled(Some("ops"), None),
+            // Defensive (the coordinator refuses it): a resolution after the end.
+            f.resolved(2, Resolution::Skip),
+        ]));
+        let mut snapshots = Vec::new();
+        for size in [log.len(), 1, 2, 3, 4] {
+            let db = TestDb::create().await;
+            let mut lease = lease(&db).await;
+            let mut conn = db.connect().await;
+            project(&mut lease, &log, size).await;
+            let projected = rows(&mut conn, "agent_interactions").await;
+            lease.reset().await.unwrap();
+            project(&mut lease, &log, size).await;
+            assert_eq!(
+                rows(&mut conn, "agent_interactions").await,
+                projected,
+                "replayed in batches of {size}"
+            );
+            snapshots.push((size, projected));
+        }
+        for (size, snapshot) in &snapshots[1..] {
+            assert_eq!(snapshot, &snapshots[0].1, "batches of {size}");
+        }
+        let rows = snapshots[0].1.as_array().unwrap();
+        let by_event = |i: usize| {
+            let id = json!(log[i].content.as_ref().unwrap().meta.id);
+            rows.iter().find(|row| row["id"] == id).unwrap()
+        };
+        let closed_by = |i: usize, closing: usize, reason: &str| {
+            let row = by_event(i);
+            assert_eq!(
+                (
+                    &row["response_received"],
+                    &row["response_message"],
+                    &row["response_data"]
+                ),
+                (&json!(false), &json!(reason), &json!({ "closed": true })),
+                "request {i}: {row:#}"
+            );
+            let at: DateTime<Utc> = serde_json::from_value(row["responded_at"].clone()).unwrap();
+            assert_eq!(at, log[closing].content.as_ref().unwrap().meta.time);
+        };
+        closed_by(0, 2, "execution re-planned");
+        closed_by(1, 4, "execution failed");
+        closed_by(3, 4, "execution failed");
+        assert_eq!(by_event(5)["response_message"], "retry: looked at it");
+        closed_by(7, 8, "execution cancelled");
     }
 }

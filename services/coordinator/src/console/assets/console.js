@@ -254,14 +254,16 @@
       retry: "escalating", reassign: "escalating", abort: "aborted", reject: "aborted",
     };
 
-    // A run that fails or is cancelled cancels its steps still under way, as the read models
-    // show them (with what they were doing in `cancelledWhile`).
+    // A run that fails or is cancelled cancels its steps still under way, and a re-plan
+    // replaces them, as the read models show them (with what they were doing in
+    // `cancelledWhile` or `replacedWhile`).
     const UNDER_WAY = ["scheduled", "running", "waiting", "awaiting_answers", "retry_waiting", "escalated", "escalating", "voting", "changes_requested"];
-    function cancelUnderWay(at) {
-      for (const id of steps) {
-        const badgeEl = $("#step-" + CSS.escape(id) + " .state .badge");
+    function closeUnderWay(closed, at) {
+      // Every row, not only the workflow's steps: a saga's and a re-plan's steps have rows too.
+      for (const row of $$("#step-table tbody tr[data-step]")) {
+        const badgeEl = $(".state .badge", row);
         const status = badgeEl && (badgeEl.className.match(/\bst-([a-z_]+)/) || [])[1];
-        if (UNDER_WAY.includes(status)) setStep(id, { status: "cancelled" }, at);
+        if (UNDER_WAY.includes(status)) setStep(row.dataset.step, { status: closed }, at);
       }
     }
 
@@ -318,15 +320,16 @@
         // The run's own escalation (over its time), let go on.
         if (!d.stepId && action === "continue") runStatus("running");
       },
+      replanned: (d, at) => closeUnderWay("replaced", at),
       paused: () => runStatus("paused"),
       resumed: () => runStatus("running"),
       completed: (d, at) => runStatus("completed", at),
       failed: (d, at) => {
-        cancelUnderWay(at);
+        closeUnderWay("cancelled", at);
         runStatus("failed", at);
       },
       cancelled: (d, at) => {
-        cancelUnderWay(at);
+        closeUnderWay("cancelled", at);
         runStatus("cancelled", at);
       },
     };
