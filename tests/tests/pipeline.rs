@@ -599,6 +599,10 @@ async fn a_rebuild_replays_the_log_into_the_same_read_models() {
     let live = snapshot(&stack).await;
     stack.stop_services().await;
 
+    let rebuilding: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
     let report = cadre_projector::rebuild(stack.projector_config(7))
         .await
         .unwrap();
@@ -609,6 +613,19 @@ async fn a_rebuild_replays_the_log_into_the_same_read_models() {
     assert_eq!(report.rejected, 1);
     let rebuilt = snapshot(&stack).await;
     assert_eq!(rebuilt, live);
+    // The planner has statistics of what the rebuild wrote, before any query needs them.
+    let unanalyzed: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_stat_user_tables
+         WHERE relname IN ('execution_steps', 'agent_interactions', 'collaboration_knowledge',
+                           'projected_events')
+           AND (last_analyze IS NULL OR last_analyze < $1)
+           AND (last_autoanalyze IS NULL OR last_autoanalyze < $1)",
+    )
+    .bind(rebuilding)
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(unanalyzed, Vec::<String>::new());
 }
 
 #[tokio::test]

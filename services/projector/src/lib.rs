@@ -33,7 +33,7 @@ use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::{self, Readiness};
 use cadre_runtime::membership::{self, Membership, View};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -225,6 +225,16 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
     tracing::info!(target, "read models emptied; replaying the event log");
     let (_every, wanted) = watch::channel(every);
     let progress = projector.run(Some(lease), wanted, &never).await;
+    // The tables were emptied and filled again faster than autovacuum's analyze follows: until
+    // it does, the planner has no statistics for them, and some reads then walk or sort whole
+    // tables (see migration 0018). The rebuild owes the planner what it wrote.
+    let mut conn = PgConnection::connect(&config.database_url)
+        .await
+        .context("connecting to Postgres to analyze the read models")?;
+    sqlx::query("ANALYZE")
+        .execute(&mut conn)
+        .await
+        .context("analyzing the rebuilt read models")?;
     Ok(RebuildReport {
         events_replayed: progress.messages,
         rejected: progress.rejected,
