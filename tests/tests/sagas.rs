@@ -49,6 +49,10 @@ async fn team(stack: &Stack) -> Vec<String> {
 async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_completes() {
     let stack = Stack::start().await;
     let ids = team(&stack).await;
+    // A person's sign-off, waiting when the run re-plans: the new plan drops it.
+    let mut sign_off = step("sign-off", &[], None);
+    sign_off["type"] = json!("approval");
+    sign_off["requiredSkills"] = json!([]);
     let workflow = stack
         .api
         .create_workflow(&json!({
@@ -59,6 +63,7 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
                     step("migrate", &[], Some("Restore the snapshot taken before the migration.")),
                     step("deploy", &["migrate"], Some("Roll the deployment back.")),
                     step("verify", &["deploy"], None),
+                    sign_off,
                 ],
                 "constraints": { "maxRetries": 0 },
                 "saga": { "replan": true }
@@ -79,6 +84,14 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
         assert_eq!(results[step]["status"], "completed", "{step}: {results:#}");
     }
     assert_eq!(results["verify"]["status"], "failed");
+    assert_eq!(
+        (
+            &results["sign-off"]["status"],
+            &results["sign-off"]["replacedWhile"]
+        ),
+        (&json!("replaced"), &json!("escalated")),
+        "{results:#}"
+    );
     assert!(
         execution["finalOutput"]["canary"].is_object(),
         "{execution:#}"
@@ -158,6 +171,42 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
             .iter()
             .any(|m| m.starts_with("Execution re-planned (1): the run goes on with canary")),
         "{messages:#?}"
+    );
+    // Nobody can sign off a step the run no longer has: its request and escalation are closed,
+    // and nothing of the ended run waits for an answer.
+    let requests: Vec<&Value> = interactions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["requiresResponse"] == true)
+        .collect();
+    assert!(
+        requests.iter().all(|i| i["respondedAt"].is_string()),
+        "{requests:#?}"
+    );
+    let sign_off = requests
+        .iter()
+        .find(|i| i["relatedStepId"] == "sign-off")
+        .unwrap();
+    assert_eq!(
+        (&sign_off["responseReceived"], &sign_off["responseMessage"]),
+        (&json!(false), &json!("execution re-planned")),
+    );
+    let escalations = stack
+        .api
+        .get(&format!("/v1/escalations?executionId={execution_id}"))
+        .await
+        .body;
+    let sign_off = escalations
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["stepId"] == "sign-off")
+        .unwrap();
+    assert_eq!(
+        (&sign_off["status"], &sign_off["closedReason"]),
+        (&json!("closed"), &json!("execution re-planned")),
+        "{escalations:#}"
     );
     stack.stop().await;
 }

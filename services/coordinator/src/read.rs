@@ -110,7 +110,9 @@ pub struct InteractionView {
     pub response_received: bool,
     /// The answer, or why there is none.
     pub response_message: Option<String>,
-    /// Who answered with which model and tokens; `missedDeadline` when it came too late.
+    /// Who answered with which model and tokens; `missedDeadline` when it came too late;
+    /// `closed` when no answer can come any more (its run ended, or a re-plan replaced its
+    /// step: `responseMessage` says which).
     #[schema(value_type = Option<Object>)]
     pub response_data: Option<serde_json::Value>,
     pub responded_at: Option<DateTime<Utc>>,

@@ -234,12 +234,22 @@ fn timeline_row(i: &read::InteractionView, names: &HashMap<Uuid, String>) -> Mar
             p.message { (i.message) }
             @if i.requires_response || i.response_received {
                 p.answer {
-                    @if let Some(answer) = &i.response_message { "Answer: " (answer) }
+                    @if let Some(answer) = &i.response_message {
+                        @if closed(i) { "Closed: " } @else { "Answer: " }
+                        (answer)
+                    }
                     @else { "Waiting for an answer" }
                 }
             }
         }
     }
+}
+
+/// Whether the request was closed unanswered: its run can no longer take an answer.
+fn closed(i: &read::InteractionView) -> bool {
+    i.response_data
+        .as_ref()
+        .is_some_and(|data| data["closed"] == true)
 }
 
 #[derive(serde::Deserialize, Default)]
