@@ -305,6 +305,8 @@ impl View {
                 None => self.run_waits = false,
             },
             Event::ExecutionEscalated(_) => self.run_waits = true,
+            // The new plan replaced every step under way: none of them waits or works any more.
+            Event::ExecutionReplanned(_) => self.activity.clear(),
             _ => return,
         }
         if let Some(bar) = &self.bar {
@@ -651,6 +653,10 @@ mod tests {
         view.track(&started);
         assert_eq!(view.activity.len(), 1);
         view.track(&sample(types::STEP_COMPLETED));
+        assert!(view.activity.is_empty(), "{:?}", view.activity);
+
+        view.track(&started);
+        view.track(&sample(types::EXECUTION_REPLANNED));
         assert!(view.activity.is_empty(), "{:?}", view.activity);
 
         view.track(&sample(types::EXECUTION_ESCALATED));

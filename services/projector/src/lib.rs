@@ -227,7 +227,8 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
     let progress = projector.run(Some(lease), wanted, &never).await;
     // The tables were emptied and filled again faster than autovacuum's analyze follows: until
     // it does, the planner has no statistics for them, and some reads then walk or sort whole
-    // tables (see migration 0018). The rebuild owes the planner what it wrote.
+    // tables (see migration 0018). The rebuild owes the planner what it wrote: every table of
+    // the database, which holds the read models and their bookkeeping.
     let mut conn = PgConnection::connect(&config.database_url)
         .await
         .context("connecting to Postgres to analyze the read models")?;
@@ -235,6 +236,9 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
         .execute(&mut conn)
         .await
         .context("analyzing the rebuilt read models")?;
+    conn.close()
+        .await
+        .context("closing the analyzing session")?;
     Ok(RebuildReport {
         events_replayed: progress.messages,
         rejected: progress.rejected,

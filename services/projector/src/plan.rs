@@ -338,6 +338,7 @@ impl Plan {
                 self.workflows.run_started(origin, e);
                 self.templates.run_started(origin, e.workflow_id);
             }
+            Event::ExecutionReplanned(e) => self.status.steps_dropped(origin, e.execution_id),
             Event::StepStarted(e) => self.status.step_started(origin, e),
             Event::StepDeferred(e) => self.status.step_deferred(origin, e),
             Event::StepCompleted(e) => {
@@ -360,21 +361,21 @@ impl Plan {
                     .run_ended(origin, e.workflow_id, Outcome::Completed);
                 self.templates
                     .run_ended(origin, e.workflow_id, Outcome::Completed);
-                self.status.run_ended(origin, e.execution_id);
+                self.status.steps_dropped(origin, e.execution_id);
             }
             Event::ExecutionFailed(e) => {
                 self.workflows
                     .run_ended(origin, e.workflow_id, Outcome::Failed);
                 self.templates
                     .run_ended(origin, e.workflow_id, Outcome::Failed);
-                self.status.run_ended(origin, e.execution_id);
+                self.status.steps_dropped(origin, e.execution_id);
             }
             Event::ExecutionCancelled(e) => {
                 self.workflows
                     .run_ended(origin, e.workflow_id, Outcome::Cancelled);
                 self.templates
                     .run_ended(origin, e.workflow_id, Outcome::Cancelled);
-                self.status.run_ended(origin, e.execution_id);
+                self.status.steps_dropped(origin, e.execution_id);
             }
             _ => return false,
         }

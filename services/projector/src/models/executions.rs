@@ -209,10 +209,12 @@ fn merge_step(
 }
 
 /// Step statuses that end an attempt (waiting for the retry or for the escalation's outcome is
-/// an end too: the attempt's late reports change nothing); the SQL of [`update_steps`] lists the same
-/// ones. `cancelled` is written only by [`update_runs`], when the run ends under the step: a
-/// worker that announces or finishes the attempt after that (its delivery raced the cancel)
-/// changes nothing, as the coordinator ignores it.
+/// an end too: the attempt's late reports change nothing); [`update_steps`] reads this list.
+/// `cancelled` is written only by [`update_runs`], when the run ends under the step, and
+/// `replaced` only by [`replace_steps`], when a re-plan drops it: a worker that announces or
+/// finishes the attempt after that (its delivery raced the end or the re-plan) changes
+/// nothing, as the coordinator ignores it, and nor does anything decided about the attempt
+/// ([`CLOSED_UNDER_WAY`]).
 const STEP_ENDED: [&str; 10] = [
     "completed",
     "failed",
@@ -232,6 +234,9 @@ const CANCELLED: &str = "cancelled";
 /// coordinator forgets its attempt (a step the new plan keeps starts a new one), so nothing
 /// else would ever end it.
 const REPLACED: &str = "replaced";
+/// What a run's end or re-plan made of a step under way: final for its attempt, even against
+/// what [`follows_end`] (the coordinator refuses a resolution or a retry of such an attempt).
+const CLOSED_UNDER_WAY: [&str; 2] = [CANCELLED, REPLACED];
 /// Step statuses under way, which a run's end (`cancelled`) or re-plan (`replaced`) closes
 /// ([`update_runs`], [`replace_steps`]), keeping what the step was doing (`cancelledWhile`,
 /// `replacedWhile`).
@@ -916,6 +921,7 @@ async fn update_steps(
                       > (EXCLUDED.entry ->> 'attempt')::bigint THEN s.entry
                  WHEN coalesce((s.entry ->> 'attempt')::bigint, 0)
                       < (EXCLUDED.entry ->> 'attempt')::bigint THEN EXCLUDED.entry
+                 WHEN s.entry ->> 'status' = ANY($9) THEN s.entry
                  WHEN s.entry ->> 'status' = ANY($8)
                       AND coalesce(EXCLUDED.entry ->> 'status', '')
                           NOT IN ('retry_waiting', 'escalated', 'escalating')
@@ -934,6 +940,7 @@ async fn update_steps(
         &first_sequence,
         &updated_at,
         &STEP_ENDED[..] as _,
+        &CLOSED_UNDER_WAY[..] as _,
     )
     .execute(&mut *tx)
     .await?;
@@ -1771,6 +1778,24 @@ mod tests {
             ended.cancelled(Some("ops"), None),
             ended.replanned(),
         ]));
+        let cancelled_run = f.execution;
+        // Re-planned twice: each re-plan closes what was under way then.
+        f.execution = ExecutionId::new();
+        let (twice, other) = (f.on("design"), f.on("review"));
+        let mut second_replan = twice.replanned();
+        if let Event::ExecutionReplanned(e) = &mut second_replan {
+            e.replan = 2;
+        }
+        log.extend(f.messages([
+            twice.started(3),
+            twice.scheduled(1),
+            other.scheduled(1),
+            other.step_started(1),
+            twice.replanned(),
+            twice.scheduled(2),
+            twice.step_started(2),
+            second_replan,
+        ]));
         let mut runs = Vec::new();
         for size in [log.len(), 1, 2, 3, 5, 8] {
             let db = TestDb::create().await;
@@ -1779,18 +1804,20 @@ mod tests {
             project(&mut lease, &log, size).await;
             let projected = (
                 execution(&mut conn, replanned).await,
+                execution(&mut conn, cancelled_run).await,
                 execution(&mut conn, f.execution).await,
             );
             lease.reset().await.unwrap();
             project(&mut lease, &log, size).await;
             let replayed = (
                 execution(&mut conn, replanned).await,
+                execution(&mut conn, cancelled_run).await,
                 execution(&mut conn, f.execution).await,
             );
             assert_eq!(replayed, projected, "replayed in batches of {size}");
             runs.push((size, projected));
         }
-        let (_, (run, cancelled)) = &runs[0];
+        let (_, (run, cancelled, twice)) = &runs[0];
         let steps = &run["step_results"];
         assert_eq!(steps["design"]["status"], "completed", "{steps:#}");
         assert_eq!(
@@ -1813,6 +1840,27 @@ mod tests {
             ),
             (&json!("cancelled"), &json!("scheduled")),
         );
+        let steps = &twice["step_results"];
+        let replaced = |step: &str| {
+            let entry = &steps[step];
+            (
+                entry["status"].clone(),
+                entry["replacedWhile"].clone(),
+                entry["replan"].clone(),
+                entry["attempt"].clone(),
+            )
+        };
+        assert_eq!(
+            replaced("review"),
+            (json!("replaced"), json!("running"), json!(1), json!(1)),
+            "{steps:#}"
+        );
+        assert_eq!(
+            replaced("design"),
+            (json!("replaced"), json!("running"), json!(2), json!(2)),
+            "{steps:#}"
+        );
+        assert_eq!(twice["active_steps"], json!([]));
         for (size, other) in &runs[1..] {
             assert_eq!(other, &runs[0].1, "batches of {size}");
         }

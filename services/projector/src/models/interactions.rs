@@ -47,7 +47,8 @@ pub(crate) struct InteractionRow {
 pub(crate) enum Response {
     /// The teammate answered, or (`received: false`) could not, `message` saying why; `id` is
     /// the question's row (its `QuestionAssigned` event id). An answer after the deadline is
-    /// still recorded: `response_data.missedDeadline` tells it came too late for the asker.
+    /// still recorded: `response_data.missedDeadline` tells it came too late for the asker; so
+    /// is one after the question was closed (its run ended first), in place of the closing.
     Answered {
         id: Uuid,
         received: bool,
@@ -76,9 +77,10 @@ pub(crate) enum Response {
         data: Value,
         at: DateTime<Utc>,
     },
-    /// Runs ended or re-planned: what waited for an answer there can no longer get one.
-    /// Consecutive closings are one statement (nearly every run's end is one, and a batch
-    /// ends many runs).
+    /// Runs ended or re-planned: the questions and escalations that waited for an answer
+    /// there can no longer get one their run would take. Consecutive closings are one
+    /// statement (nearly every run's end is one, and a batch ends many runs), as long as each
+    /// run has one closing in it: a request matched by two would take either.
     Closed(Vec<Closing>),
 }
 
@@ -545,7 +547,13 @@ impl Changes {
             at: origin.at,
         };
         match self.responses.last_mut() {
-            Some(Response::Closed(closings)) => closings.push(closing),
+            Some(Response::Closed(closings))
+                if !closings.iter().any(|c| {
+                    c.execution == closing.execution && c.tenant_id == closing.tenant_id
+                }) =>
+            {
+                closings.push(closing);
+            }
             _ => self.responses.push(Response::Closed(vec![closing])),
         }
     }
@@ -734,9 +742,9 @@ impl Changes {
                     sqlx::query!(
                         "UPDATE agent_interactions SET response_received = $2,
                              response_message = $3,
-                             response_data = coalesce(response_data, '{}') || $4,
+                             response_data = (coalesce(response_data, '{}') - 'closed') || $4,
                              responded_at = $5
-                         WHERE id = $1 AND responded_at IS NULL",
+                         WHERE id = $1 AND (responded_at IS NULL OR response_data ? 'closed')",
                         id,
                         received,
                         message,
@@ -822,6 +830,7 @@ async fn close(tx: &mut PgConnection, closings: Vec<Closing>) -> Result<(), sqlx
               AS c(tenant_id, execution, steps_only, reason, before, at)
          WHERE i.tenant_id = c.tenant_id AND i.workflow_execution_id = c.execution
            AND i.requires_response AND i.responded_at IS NULL
+           AND (i.interaction_type = 'question' OR i.context_data ? 'escalationId')
            AND i.event_sequence < c.before
            AND (i.related_step_id IS NOT NULL OR NOT c.steps_only)",
         &tenant_id,
@@ -1058,13 +1067,54 @@ mod tests {
             f.failed(),
         ]);
         f.execution = ExecutionId::new();
+        let samples = cadre_proto::samples::every_event();
+        let execution = f.execution;
+        let sample = |type_name: &str| {
+            let mut event = samples
+                .iter()
+                .find(|e| e.type_name() == type_name)
+                .unwrap()
+                .clone();
+            match &mut event {
+                Event::QuestionAssigned(q) => q.execution_id = execution,
+                Event::QuestionAnswered(a) => a.execution_id = execution,
+                _ => {}
+            }
+            event
+        };
+        let asked = f.message(sample(cadre_proto::events::types::QUESTION_ASSIGNED));
+        let Event::QuestionAnswered(mut answered) =
+            sample(cadre_proto::events::types::QUESTION_ANSWERED)
+        else {
+            unreachable!()
+        };
+        answered.assigned_event_id = asked.content.as_ref().unwrap().meta.id;
+        // Review feedback asking for changes waits for the author's rework, not for an answer
+        // the run must take: it is not the closing's.
+        let feedback = Event::InteractionRecorded(InteractionRecorded {
+            execution_id: f.execution,
+            workflow_id: f.workflow,
+            from_agent_id: f.agent.id,
+            to_agent_id: None,
+            interaction_type: InteractionType::Feedback,
+            message: "Needs another pass".into(),
+            context_data: json!({}),
+            related_step_id: Some(f.step.id.clone()),
+            requires_response: true,
+        });
         log.extend(f.messages([
             f.escalated(1, EscalationRung::Person),
             f.resolved(1, Resolution::Retry),
             f.escalated(2, EscalationRung::Person),
+        ]));
+        log.push(asked);
+        log.extend(f.messages([
+            feedback,
             f.cancelled(Some("ops"), None),
             // Defensive (the coordinator refuses it): a resolution after the end.
             f.resolved(2, Resolution::Skip),
+            // A teammate's answer after the end is still what they answered.
+            Event::QuestionAnswered(answered),
         ]));
         let mut snapshots = Vec::new();
         for size in [log.len(), 1, 2, 3, 4] {
@@ -1108,6 +1158,21 @@ mod tests {
         closed_by(1, 4, "execution failed");
         closed_by(3, 4, "execution failed");
         assert_eq!(by_event(5)["response_message"], "retry: looked at it");
-        closed_by(7, 8, "execution cancelled");
+        closed_by(7, 10, "execution cancelled");
+        let answered = by_event(8);
+        assert_eq!(
+            (
+                &answered["response_received"],
+                &answered["response_message"]
+            ),
+            (&json!(true), &json!("Postgres")),
+            "{answered:#}"
+        );
+        assert_eq!(answered["response_data"].get("closed"), None);
+        assert_eq!(
+            by_event(9)["responded_at"],
+            Value::Null,
+            "feedback stays open"
+        );
     }
 }

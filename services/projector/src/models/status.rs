@@ -91,9 +91,9 @@ impl StatusRow {
     }
 }
 
-/// A run that ended, with the event that says so.
+/// A run that ended or was re-planned (its steps under way dropped), with the event that says so.
 #[derive(Debug)]
-struct RunEnded {
+struct StepsDropped {
     tenant_id: String,
     execution_id: Uuid,
     at: DateTime<Utc>,
@@ -106,8 +106,8 @@ struct RunEnded {
 pub(crate) struct Changes {
     pub rows: Vec<StatusRow>,
     index: HashMap<(String, Uuid), usize>,
-    /// Runs that ended in the batch, for the rows stored before it.
-    ended: Vec<RunEnded>,
+    /// Runs whose steps under way the batch dropped, for the rows stored before it.
+    dropped: Vec<StepsDropped>,
 }
 
 impl Changes {
@@ -180,14 +180,15 @@ impl Changes {
         });
     }
 
-    /// The run ended: whoever is still on one of its steps, in the batch or stored, is idle.
-    pub fn run_ended(&mut self, origin: &Origin<'_>, execution: ExecutionId) {
+    /// The run ended, or a re-plan dropped its steps under way: whoever is still on one of
+    /// them, in the batch or stored, is idle (the new plan's steps start after this).
+    pub fn steps_dropped(&mut self, origin: &Origin<'_>, execution: ExecutionId) {
         for row in &mut self.rows {
             if row.execution_id == Some(execution.0) && row.is_busy() {
                 *row = StatusRow::of(origin, row.agent_id, None, state::IDLE);
             }
         }
-        self.ended.push(RunEnded {
+        self.dropped.push(StepsDropped {
             tenant_id: origin.tenant.to_owned(),
             execution_id: execution.0,
             at: origin.at,
@@ -213,7 +214,7 @@ impl Changes {
     /// the agent's row only if it is newer (a replay over rows already there changes nothing).
     pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         upsert(tx, self.rows).await?;
-        idle_after_runs_ended(tx, self.ended).await
+        idle_after_steps_dropped(tx, self.dropped).await
     }
 }
 
@@ -264,15 +265,15 @@ async fn upsert(tx: &mut PgConnection, rows: Vec<StatusRow>) -> Result<(), sqlx:
     Ok(())
 }
 
-/// Rows stored before their run ended that still show the agent busy on it.
-async fn idle_after_runs_ended(
+/// Rows stored before their run ended or was re-planned that still show the agent busy on it.
+async fn idle_after_steps_dropped(
     tx: &mut PgConnection,
-    ended: Vec<RunEnded>,
+    dropped: Vec<StepsDropped>,
 ) -> Result<(), sqlx::Error> {
-    if ended.is_empty() {
+    if dropped.is_empty() {
         return Ok(());
     }
-    columns!(for e in ended => tenant_id, execution_id, at, event_id, event_sequence);
+    columns!(for e in dropped => tenant_id, execution_id, at, event_id, event_sequence);
     sqlx::query!(
         "UPDATE agent_status s SET state = $6, workflow_id = NULL, execution_id = NULL,
              step_id = NULL, current_task = NULL, attempt = NULL, progress = 0,

@@ -320,7 +320,13 @@
         // The run's own escalation (over its time), let go on.
         if (!d.stepId && action === "continue") runStatus("running");
       },
-      replanned: (d, at) => closeUnderWay("replaced", at),
+      replanned: (d, at) => {
+        closeUnderWay("replaced", at);
+        // The replaced steps' escalations are closed: nobody can resolve them any more.
+        for (const card of $$('#escalations article.escalation:not([data-kind="execution"])')) {
+          removeEscalation(card.dataset.escalation);
+        }
+      },
       paused: () => runStatus("paused"),
       resumed: () => runStatus("running"),
       completed: (d, at) => runStatus("completed", at),
