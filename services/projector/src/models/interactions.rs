@@ -1082,6 +1082,11 @@ mod tests {
             }
             event
         };
+        log.extend(f.messages([
+            f.escalated(1, EscalationRung::Person),
+            f.resolved(1, Resolution::Retry),
+            f.escalated(2, EscalationRung::Person),
+        ]));
         let asked = f.message(sample(cadre_proto::events::types::QUESTION_ASSIGNED));
         let Event::QuestionAnswered(mut answered) =
             sample(cadre_proto::events::types::QUESTION_ANSWERED)
@@ -1102,11 +1107,6 @@ mod tests {
             related_step_id: Some(f.step.id.clone()),
             requires_response: true,
         });
-        log.extend(f.messages([
-            f.escalated(1, EscalationRung::Person),
-            f.resolved(1, Resolution::Retry),
-            f.escalated(2, EscalationRung::Person),
-        ]));
         log.push(asked);
         log.extend(f.messages([
             feedback,

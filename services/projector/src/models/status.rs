@@ -420,7 +420,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_agent_on_a_run_that_ends_is_idle_in_the_batch_and_in_stored_rows() {
+    async fn an_agent_on_a_run_that_ends_or_re_plans_is_idle_in_the_batch_and_in_stored_rows() {
+        for replans in [false, true] {
+            agents_on_dropped_steps_are_idle(replans).await;
+        }
+    }
+
+    /// The run ends (or, `replans`, a re-plan drops its steps under way) while agents work.
+    async fn agents_on_dropped_steps_are_idle(replans: bool) {
         let mut f = Fixture::new();
         let mut other = f.clone();
         other.agent.id = AgentId::new();
@@ -443,7 +450,11 @@ mod tests {
         let later = vec![
             f.message(third.step_started(1)),
             f.message(finisher.step_completed(1)),
-            f.message(f.cancelled(Some("ops"), None)),
+            f.message(if replans {
+                f.replanned()
+            } else {
+                f.cancelled(Some("ops"), None)
+            }),
         ];
         let db = TestDb::create().await;
         let mut lease = lease(&db).await;
@@ -466,7 +477,7 @@ mod tests {
         assert_eq!(
             state_of(f.agent.id),
             ("idle".to_owned(), Value::Null),
-            "stored"
+            "stored, re-planned: {replans}"
         );
         assert_eq!(
             state_of(third.agent.id),
