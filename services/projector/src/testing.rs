@@ -700,6 +700,33 @@ pub(crate) async fn project(lease: &mut Lease, messages: &[Incoming], size: usiz
     }
 }
 
+/// Every row of `table` once `log` is projected in batches of each of `sizes` into a fresh
+/// database, and once more after a reset and a replay there; asserts that every cut, and every
+/// replay, gives the same rows.
+pub(crate) async fn rows_however_cut(log: &[Incoming], sizes: &[usize], table: &str) -> Value {
+    let mut snapshots = Vec::new();
+    for &size in sizes {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        project(&mut lease, log, size).await;
+        let projected = rows(&mut conn, table).await;
+        lease.reset().await.unwrap();
+        project(&mut lease, log, size).await;
+        assert_eq!(
+            rows(&mut conn, table).await,
+            projected,
+            "{table} replayed in batches of {size}"
+        );
+        snapshots.push((size, projected));
+    }
+    let (_, first) = snapshots.remove(0);
+    for (size, snapshot) in snapshots {
+        assert_eq!(snapshot, first, "{table} in batches of {size}");
+    }
+    first
+}
+
 /// Every row of `table` as JSON, in a stable order.
 pub(crate) async fn rows(conn: &mut PgConnection, table: &str) -> Value {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(

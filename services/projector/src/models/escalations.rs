@@ -407,7 +407,7 @@ mod tests {
 
     use super::*;
     use crate::incoming::Incoming;
-    use crate::testing::{Fixture, TestDb, lease, plan_all, project, rows};
+    use crate::testing::{Fixture, TestDb, lease, plan_all, project, rows_however_cut};
 
     fn time(message: &Incoming) -> DateTime<Utc> {
         message.content.as_ref().unwrap().meta.time
@@ -625,26 +625,7 @@ mod tests {
             // Defensive: a re-plan after the end.
             third.0.replanned(),
         ]));
-        let mut snapshots = Vec::new();
-        for size in [log.len(), 1, 2, 3, 5] {
-            let db = TestDb::create().await;
-            let mut lease = lease(&db).await;
-            let mut conn = db.connect().await;
-            project(&mut lease, &log, size).await;
-            let projected = rows(&mut conn, "escalations").await;
-            lease.reset().await.unwrap();
-            project(&mut lease, &log, size).await;
-            assert_eq!(
-                rows(&mut conn, "escalations").await,
-                projected,
-                "replayed in batches of {size}"
-            );
-            snapshots.push((size, projected));
-        }
-        let (_, whole) = &snapshots[0];
-        for (size, snapshot) in &snapshots[1..] {
-            assert_eq!(snapshot, whole, "batches of {size}");
-        }
+        let whole = &rows_however_cut(&log, &[log.len(), 1, 2, 3, 5], "escalations").await;
 
         let by_id = |id: EscalationId| crate::testing::row_with_id(whole, id);
         let status = |id: EscalationId| by_id(id)["status"].clone();
