@@ -256,8 +256,11 @@ impl View {
         }
     }
 
+    /// The run's steps: the workflow's at its start, then each re-plan's. A re-plan runs every
+    /// one of its steps, a step that keeps its id and was done before included, so nothing
+    /// counts as done under it yet.
     fn set_steps(&mut self, steps: Vec<StepId>) {
-        self.done.retain(|s| steps.contains(s));
+        self.done.clear();
         self.steps = steps;
         if let Some(bar) = &self.bar {
             bar.set_length(self.steps.len() as u64);
@@ -658,6 +661,17 @@ mod tests {
         view.track(&started);
         view.track(&sample(types::EXECUTION_REPLANNED));
         assert!(view.activity.is_empty(), "{:?}", view.activity);
+        // A step done before the re-plan runs again if the new plan keeps its id.
+        let kept = StepId::parse("design").unwrap();
+        view.set_steps(vec![kept.clone()]);
+        view.set_done(&kept, true);
+        assert_eq!(view.progress(), "1/1");
+        view.set_steps(vec![kept]);
+        assert_eq!(
+            view.progress(),
+            "0/1",
+            "kept by the next plan, to be done again"
+        );
 
         view.track(&sample(types::EXECUTION_ESCALATED));
         assert!(view.run_waits);
