@@ -5,16 +5,19 @@
 // Test code: a panic is the failure report, in helpers as in tests.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cadre_proto::Event;
 use cadre_proto::events::AssignmentReason;
-use cadre_tests::Stack;
 use cadre_tests::api::agent;
 use cadre_tests::stack::FAKE_PROVIDER;
+use cadre_tests::{Stack, eventually};
 use serde_json::{Value, json};
 
 const FINISH: Duration = Duration::from_secs(90);
+/// A provider only a worker started late offers.
+const QUEUED_PROVIDER: &str = "late";
 
 fn step(id: &str, depends_on: &[&str], compensation: Option<&str>) -> Value {
     let mut step = json!({
@@ -47,8 +50,16 @@ async fn team(stack: &Stack) -> Vec<String> {
 
 #[tokio::test]
 async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_completes() {
-    let stack = Stack::start().await;
-    let ids = team(&stack).await;
+    let mut stack = Stack::start().await;
+    let mut ids = team(&stack).await;
+    // Dee's provider has no worker yet: her step waits in its queue while the run re-plans.
+    let dee = stack
+        .api
+        .register_agent(&agent("Dee", "analyst", &["research"], QUEUED_PROVIDER))
+        .await;
+    ids.push(dee["id"].as_str().unwrap().to_owned());
+    let mut docs = step("docs", &[], None);
+    docs["preferredAgentId"] = dee["id"].clone();
     // A person's sign-off, waiting when the run re-plans: the new plan drops it.
     let mut sign_off = step("sign-off", &[], None);
     sign_off["type"] = json!("approval");
@@ -64,6 +75,7 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
                     step("deploy", &["migrate"], Some("Roll the deployment back.")),
                     step("verify", &["deploy"], None),
                     sign_off,
+                    docs,
                 ],
                 "constraints": { "maxRetries": 0 },
                 "saga": { "replan": true }
@@ -90,6 +102,14 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
             &results["sign-off"]["replacedWhile"]
         ),
         (&json!("replaced"), &json!("escalated")),
+        "{results:#}"
+    );
+    assert_eq!(
+        (
+            &results["docs"]["status"],
+            &results["docs"]["replacedWhile"]
+        ),
+        (&json!("replaced"), &json!("scheduled")),
         "{results:#}"
     );
     assert!(
@@ -207,6 +227,33 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
         (&sign_off["status"], &sign_off["closedReason"]),
         (&json!("closed"), &json!("execution re-planned")),
         "{escalations:#}"
+    );
+
+    // A worker for Dee's provider starts after the re-plan dropped her step: it takes the step
+    // from its queue and gives it up, calling no model and recording nothing.
+    let providers = BTreeMap::from([(QUEUED_PROVIDER.to_owned(), stack.fake_provider(10))]);
+    stack.run_worker("late", stack.worker_config("late", providers));
+    eventually(FINISH, "the queued step taken and given up", || async {
+        let queue = stack.provider_queue(QUEUED_PROVIDER).await?;
+        (queue.delivered.consumer_sequence >= 1
+            && queue.num_pending == 0
+            && queue.num_ack_pending == 0)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !stack
+            .llm
+            .requests()
+            .iter()
+            .any(|r| r.step_name() == Some("Step docs")),
+        "a dropped step's model call"
+    );
+    let log = stack.execution_events(&workflow_id, &execution_id).await;
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, Event::StepStarted(s) if s.attempt.step_id.as_str() == "docs")),
+        "a dropped step started"
     );
     stack.stop().await;
 }

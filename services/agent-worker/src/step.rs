@@ -755,6 +755,44 @@ pub fn already_handled(
     }
 }
 
+/// Why a delivery of `scheduled` needs no work because its run gave up the steps it had
+/// scheduled: a saga (the run is failing; it stops the attempts under way and schedules only
+/// its undoings and its re-planning after it) or a re-plan (the run goes on with new steps,
+/// scheduled after it) stored after this scheduling. `latest` holds the run's and the step's
+/// latest events with their log sequences; this scheduling is stored at `stored_at`, or, for a
+/// copy that does not say, where `latest` finds the step's scheduling of this attempt. A
+/// scheduling whose place is unknown is not given up.
+pub fn given_up(
+    scheduled: &StepScheduled,
+    stored_at: Option<u64>,
+    latest: &[(u64, Event)],
+) -> Option<String> {
+    let at = stored_at.or_else(|| {
+        latest.iter().find_map(|(sequence, event)| match event {
+            Event::StepScheduled(s)
+                if s.step.id == scheduled.step.id && s.attempt == scheduled.attempt =>
+            {
+                Some(*sequence)
+            }
+            _ => None,
+        })
+    })?;
+    latest
+        .iter()
+        .filter(|(sequence, _)| *sequence > at)
+        .find_map(|(_, event)| match event {
+            Event::SagaStarted(saga) => Some(format!(
+                "the run is failing and undoing its steps ({})",
+                saga.error
+            )),
+            Event::ExecutionReplanned(replan) => Some(format!(
+                "the run was re-planned (re-plan {}) after this step was scheduled",
+                replan.replan
+            )),
+            _ => None,
+        })
+}
+
 /// How long to wait before delivery `delivered + 1`: 1 s, 2 s, 4 s, ... up to a minute.
 pub fn retry_delay(delivered: i64) -> Duration {
     backoff(u32::try_from(delivered).unwrap_or(u32::MAX))
@@ -1530,6 +1568,45 @@ mod tests {
             ..s.clone()
         };
         assert!(already_handled(&other_attempt, None, &waiting).is_none());
+    }
+
+    /// A saga or a re-plan stored after the scheduling gives it up; one stored before it (the
+    /// undoings', the re-planning's and the new plan's own steps) does not.
+    #[test]
+    fn a_saga_or_a_re_plan_after_a_scheduling_gives_it_up() {
+        let sample = |wanted: fn(&Event) -> bool| {
+            cadre_proto::samples::every_event()
+                .into_iter()
+                .find(wanted)
+                .unwrap()
+        };
+        let saga = sample(|e| matches!(e, Event::SagaStarted(_)));
+        let replan = sample(|e| matches!(e, Event::ExecutionReplanned(_)));
+        let step = step(false);
+        let s = &step.scheduled;
+        for after in [&saga, &replan] {
+            assert!(
+                given_up(s, Some(10), &[(11, after.clone())]).is_some(),
+                "{after:?}"
+            );
+            assert!(
+                given_up(s, Some(10), &[(9, after.clone())]).is_none(),
+                "{after:?}"
+            );
+        }
+        // A copy that does not say where it is stored: where the step's latest scheduling of
+        // this attempt is, if it is this attempt's.
+        let this = Event::StepScheduled(Box::new(s.clone()));
+        assert!(given_up(s, None, &[(10, this.clone()), (11, replan.clone())]).is_some());
+        assert!(given_up(s, None, &[(12, this), (11, replan.clone())]).is_none());
+        let later = Event::StepScheduled(Box::new(StepScheduled {
+            attempt: s.attempt + 1,
+            ..s.clone()
+        }));
+        assert!(
+            given_up(s, None, &[(10, later), (11, replan)]).is_none(),
+            "its place is unknown"
+        );
     }
 
     #[test]

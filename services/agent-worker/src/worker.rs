@@ -34,8 +34,8 @@ use crate::prompt::{
     parse_review, question_prompt, repair_prompt, review_prompt, step_prompt, step_result_schema,
 };
 use crate::step::{
-    Answered, AssignedQuestion, ScheduledStep, Waited, addressed, already_handled, handed_on,
-    next_wait, retry_delay,
+    Answered, AssignedQuestion, ScheduledStep, Waited, addressed, already_handled, given_up,
+    handed_on, next_wait, retry_delay,
 };
 
 /// Longest a question waits for its recipient's provider between two deliveries: a question
@@ -234,7 +234,7 @@ impl Worker {
         &self,
         step: &ScheduledStep,
         stored_at: Option<u64>,
-    ) -> anyhow::Result<Vec<Event>> {
+    ) -> anyhow::Result<Vec<(u64, Event)>> {
         let s = &step.scheduled;
         // Whether the scheduling is still the step's latest event: by its sequence and id,
         // without decoding it. A scheduling stored without its id (an atomic batch's) takes
@@ -254,9 +254,15 @@ impl Worker {
                 sequence == stored_at && id.is_some_and(|id| id == step.event_id.to_string())
             }))
         };
-        // An execution that ended (cancelled, or failed by another step) needs no more work.
-        let execution_ends = [subjects::CANCELLED, subjects::FAILED]
-            .map(|fact| subjects::execution(&step.tenant, s.workflow_id, s.execution_id, fact));
+        // An execution that ended (cancelled, or failed by another step) needs no more work,
+        // nor one that gave up the steps it had scheduled (a saga, a re-plan).
+        let execution_ends = [
+            subjects::CANCELLED,
+            subjects::FAILED,
+            subjects::SAGA_STARTED,
+            subjects::REPLANNED,
+        ]
+        .map(|fact| subjects::execution(&step.tenant, s.workflow_id, s.execution_id, fact));
         let (mut lookups, untouched) = tokio::join!(
             futures::future::join_all(execution_ends.iter().map(|f| self.bus.peek_last_event(f))),
             untouched
@@ -267,7 +273,7 @@ impl Worker {
         let mut latest = Vec::new();
         for lookup in lookups {
             match lookup {
-                Ok(Some(stored)) => latest.push(stored.envelope.event),
+                Ok(Some(stored)) => latest.push((stored.sequence, stored.envelope.event)),
                 Ok(None) => {}
                 // Only our own events matter here; one this build cannot read is not one.
                 Err(error @ ReadError::Decode { .. }) => {
@@ -316,7 +322,8 @@ impl Worker {
         let latest = self.latest_outcomes(step, stored_at).await?;
         if let Some(why) = latest
             .iter()
-            .find_map(|latest| already_handled(s, waited, latest))
+            .find_map(|(_, latest)| already_handled(s, waited, latest))
+            .or_else(|| given_up(s, stored_at, &latest))
         {
             return Ok(Err(why));
         }
