@@ -3,15 +3,19 @@
 # Restate is its published server (npm @restatedev/restate-server, pinned in
 # bench/peers/restate/server/, installed under .cadre/) running a Workflow written with its
 # Rust SDK (bench/peers/restate/), each step a no-op durable `ctx.run` returning ~200 B of JSON.
-# Cadre is `make bench` on the offline provider at zero latency; its figures count only once
-# every read model is projected. Each round runs, alternating which peer goes first:
+# Cadre is `make bench` on the offline provider at zero latency, on each workload of
+# BENCH_PEERS_WORKLOADS: `noop` (each step's answer a ~200 B output and nothing else, the peer's
+# workload) and `team` (each step shares knowledge and raises a concern, as `make bench` runs
+# by default); its figures count only once every read model is projected. Each round runs,
+# alternating which peer goes first:
 #   throughput  BENCH_EXECUTIONS executions x BENCH_STEPS steps, all in flight -> steps/s
 #   low load    BENCH_PEERS_SEQUENTIAL executions one at a time             -> ms per step
-# and the table at the end gives each round's figures and the ratio Cadre / Restate.
+# and the tables at the end give each round's figures and the ratio Cadre / Restate.
 # Settings:
 #   BENCH_EXECUTIONS (1000), BENCH_STEPS (5)   the workload of both
 #   BENCH_PEERS_ROUNDS (3)                     rounds
 #   BENCH_PEERS_SEQUENTIAL (100)               executions of the low-load run
+#   BENCH_PEERS_WORKLOADS ("noop team")        Cadre's workloads (BENCH_WORKLOAD), each run
 #   BENCH_IN_FLIGHT (256)                      Restate: executions in flight at once (each a
 #                                              request waiting for the workflow's result)
 #   BENCH_START_PARALLELISM (64)               Cadre: concurrent start requests
@@ -24,6 +28,13 @@ executions=${BENCH_EXECUTIONS:-1000}
 steps=${BENCH_STEPS:-5}
 rounds=${BENCH_PEERS_ROUNDS:-3}
 sequential=${BENCH_PEERS_SEQUENTIAL:-100}
+read -r -a workloads <<<"${BENCH_PEERS_WORKLOADS:-noop team}"
+for workload in "${workloads[@]}"; do
+  case $workload in
+    noop | team) ;;
+    *) echo "BENCH_PEERS_WORKLOADS takes 'noop' and 'team', not '$workload'" >&2; exit 2 ;;
+  esac
+done
 
 if [ -n "${NATS_SERVER_BIN:-}" ] && "$NATS_SERVER_BIN" --version >/dev/null 2>&1; then
   CADRE_ADMIN_DATABASE_URL=$(bash scripts/ensure-postgres.sh)
@@ -61,11 +72,13 @@ stop() {
 }
 trap stop INT TERM
 
-# run NAME MODE N BINARY: runs one measurement, prints its output, sets $result to its figure.
+# run NAME MODE N BINARY [WORKLOAD]: runs one measurement, prints its output, sets $result to
+# its figure.
 run() {
-  local name=$1 mode=$2 n=$3 bin=$4 log="$logs/$1.log"
+  local name=$1 mode=$2 n=$3 bin=$4 workload=${5:-} log="$logs/$1.log"
   echo "== $name" >&2
-  BENCH_MODE=$mode BENCH_EXECUTIONS=$n BENCH_STEPS=$steps setsid "$bin" >"$log" 2>&1 &
+  BENCH_WORKLOAD=$workload BENCH_MODE=$mode BENCH_EXECUTIONS=$n BENCH_STEPS=$steps \
+    setsid "$bin" >"$log" 2>&1 &
   child=$!
   local status=0
   wait "$child" || status=$?
@@ -77,29 +90,65 @@ run() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 
-rows=()
+# measure PEER MEASURE MODE N: runs PEER (restate, or Cadre on each workload) and sets
+# figure_<peer>_<measure> (figure_cadre_noop_throughput, ...).
+measure() {
+  local peer=$1 measure=$2 mode=$3 n=$4 workload
+  if [ "$peer" = restate ]; then
+    run "round$round-restate-$measure" "$mode" "$n" "$restate_bin"
+    printf -v "figure_restate_$measure" '%s' "$result"
+    return
+  fi
+  for workload in "${workloads[@]}"; do
+    run "round$round-cadre-$workload-$measure" "$mode" "$n" "$cadre_bin" "$workload"
+    printf -v "figure_cadre_${workload}_$measure" '%s' "$result"
+  done
+}
+
+throughput_rows=() low_load_rows=()
 for round in $(seq 1 "$rounds"); do
   if [ $((round % 2)) -eq 1 ]; then order="cadre restate"; else order="restate cadre"; fi
-  for peer in $order; do
-    bin=$cadre_bin; [ "$peer" = restate ] && bin=$restate_bin
-    run "round$round-$peer-throughput" run "$executions" "$bin"
-    printf -v "${peer}_throughput" '%s' "$result"
+  for peer in $order; do measure "$peer" throughput run "$executions"; done
+  for peer in $order; do measure "$peer" low_load sequential "$sequential"; done
+  for measure in throughput low_load; do
+    restate_figure_name="figure_restate_$measure"
+    row="$round|${!restate_figure_name}"
+    for workload in "${workloads[@]}"; do
+      cadre_figure_name="figure_cadre_${workload}_$measure"
+      row+="|${!cadre_figure_name}|$(ratio "${!cadre_figure_name}" "${!restate_figure_name}")"
+    done
+    if [ "$measure" = throughput ]; then throughput_rows+=("$row"); else low_load_rows+=("$row"); fi
   done
-  for peer in $order; do
-    bin=$cadre_bin; [ "$peer" = restate ] && bin=$restate_bin
-    run "round$round-$peer-low-load" sequential "$sequential" "$bin"
-    printf -v "${peer}_low_load" '%s' "$result"
-  done
-  # shellcheck disable=SC2154 # set through printf -v above
-  rows+=("$round|$cadre_throughput|$restate_throughput|$(ratio "$cadre_throughput" "$restate_throughput")|$cadre_low_load|$restate_low_load|$(ratio "$cadre_low_load" "$restate_low_load")")
 done
+
+# table TITLE UNIT ROWS...: one line per round: Restate's figure, then Cadre's and the ratio
+# for each workload.
+table() {
+  local title=$1 unit=$2 row
+  shift 2
+  echo "$title"
+  local header
+  header=$(printf '%-6s %14s' round "restate $unit")
+  for workload in "${workloads[@]}"; do
+    header+=$(printf ' %16s %7s' "cadre $workload $unit" ratio)
+  done
+  echo "$header"
+  for row in "$@"; do
+    IFS='|' read -r -a cells <<<"$row"
+    local line
+    line=$(printf '%-6s %14s' "${cells[0]}" "${cells[1]}")
+    for ((i = 2; i < ${#cells[@]}; i += 2)); do
+      line+=$(printf ' %16s %7s' "${cells[i]}" "${cells[i + 1]}")
+    done
+    echo "$line"
+  done
+}
 
 echo
 echo "Cadre vs Restate: $executions executions x $steps steps (throughput), $sequential executions one at a time (low load), $(nproc) cores"
 echo "$($RESTATE_SERVER_BIN --version), restate-sdk $(sed -n 's/^restate-sdk = { version = "=\([^"]*\)".*/\1/p' bench/peers/restate/Cargo.toml); full output in $logs/"
-printf '%-6s %14s %14s %8s   %14s %14s %8s\n' round "cadre steps/s" "restate st/s" "ratio" "cadre ms/step" "restate ms/st" "ratio"
-for row in "${rows[@]}"; do
-  IFS='|' read -r r ct rt tr cl rl lr <<<"$row"
-  printf '%-6s %14s %14s %8s   %14s %14s %8s\n' "$r" "$ct" "$rt" "$tr" "$cl" "$rl" "$lr"
-done
-echo "ratio = Cadre / Restate: above 1 is Cadre ahead in steps/s, below 1 is Cadre ahead in ms per step."
+echo "Cadre's workloads: noop = each step a ~200 B output and nothing else (the peer's workload); team = each step shares knowledge and raises a concern"
+echo
+table "throughput (steps/s; ratio = Cadre / Restate, above 1 is Cadre ahead)" "st/s" "${throughput_rows[@]}"
+echo
+table "low load (ms per step, one execution at a time; ratio = Cadre / Restate, below 1 is Cadre ahead)" "ms/st" "${low_load_rows[@]}"

@@ -18,6 +18,8 @@
 #   BENCH_START_PARALLELISM (64)  concurrent HTTP clients starting executions
 #   BENCH_WORKFLOWS (1)       run mode: spread the executions over this many identical workflows
 #   BENCH_LATENCY_MS (0)      simulated LLM latency of the offline provider
+#   BENCH_WORKLOAD (team)     team: each step shares knowledge and raises a concern;
+#                             noop: each step's answer is a ~200 B output, nothing else
 #   BENCH_WORKER_CONCURRENCY (256), BENCH_COORDINATOR_SHARDS (128)
 # Examples:
 #   make bench

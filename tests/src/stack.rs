@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use cadre_agent_worker::{HttpProviderConfig, ProviderConfig};
+use cadre_agent_worker::{HttpProviderConfig, OfflineAnswer, ProviderConfig};
 use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::projection::read_checkpoints;
@@ -24,6 +24,8 @@ pub const FAKE_PROVIDER: &str = "fake-openai";
 pub struct StackOptions {
     /// Simulated latency of the built-in offline provider.
     pub offline_latency_ms: u64,
+    /// What the built-in offline provider answers a step with.
+    pub offline_answer: OfflineAnswer,
     pub worker_concurrency: usize,
     pub coordinator_shards: usize,
     pub projector_max_batch: usize,
@@ -35,6 +37,7 @@ impl Default for StackOptions {
     fn default() -> Self {
         Self {
             offline_latency_ms: 0,
+            offline_answer: OfflineAnswer::Team,
             worker_concurrency: 64,
             coordinator_shards: 8,
             projector_max_batch: 1000,
@@ -325,6 +328,7 @@ impl Stack {
                 "offline".to_owned(),
                 ProviderConfig::Offline {
                     latency_ms: options.offline_latency_ms,
+                    answer: options.offline_answer,
                 },
             ),
             (

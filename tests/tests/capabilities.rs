@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cadre_agent_worker::{HttpProviderConfig, ProviderConfig};
+use cadre_agent_worker::{HttpProviderConfig, OfflineAnswer, ProviderConfig};
 use cadre_proto::streams::agent_worker_consumer_name;
 use cadre_proto::{Event, ExecutionId, TenantId, WorkflowId, subjects};
 use cadre_tests::api::{agent, pipeline};
@@ -24,7 +24,10 @@ const QUIRK: &str = "quirk";
 fn offline_only() -> BTreeMap<String, ProviderConfig> {
     BTreeMap::from([(
         "offline".to_owned(),
-        ProviderConfig::Offline { latency_ms: 0 },
+        ProviderConfig::Offline {
+            latency_ms: 0,
+            answer: OfflineAnswer::Team,
+        },
     )])
 }
 

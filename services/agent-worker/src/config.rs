@@ -65,10 +65,28 @@ impl Default for Config {
             prices: BTreeMap::new(),
             providers: BTreeMap::from([(
                 "offline".to_owned(),
-                ProviderConfig::Offline { latency_ms: 0 },
+                ProviderConfig::Offline {
+                    latency_ms: 0,
+                    answer: OfflineAnswer::Team,
+                },
             )]),
         }
     }
+}
+
+/// What the offline provider answers a step with (`answer`: `team` or `brief`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfflineAnswer {
+    /// The seed's sections, built from the prompt: a summary, an outline as the output, two
+    /// insights and a decision (which the team shares when the workflow shares knowledge) and
+    /// a concern for a person. Every step does some teamwork: what demos and tests show.
+    #[default]
+    Team,
+    /// A one-line summary and an output of about 200 bytes, nothing else: a step that shares
+    /// no knowledge and raises nothing, the benchmarks' no-op step (as a peer's no-op
+    /// durable step returning a small JSON value).
+    Brief,
 }
 
 /// A model's price in US dollars per million tokens.
@@ -103,6 +121,9 @@ pub enum ProviderConfig {
         /// Simulated latency of each call.
         #[serde(default)]
         latency_ms: u64,
+        /// What it answers a step with.
+        #[serde(default)]
+        answer: OfflineAnswer,
     },
     /// Any server speaking OpenAI's `/chat/completions` (OpenAI, DeepSeek, vLLM, Ollama,
     /// llama.cpp's server, ...).
@@ -257,6 +278,8 @@ mod tests {
             );
             jail.set_env("CADRE_PROVIDERS__OPENAI__API_KEY", "sk-test");
             jail.set_env("CADRE_PROVIDERS__OFFLINE__LATENCY_MS", "25");
+            jail.set_env("CADRE_PROVIDERS__NOOP__KIND", "offline");
+            jail.set_env("CADRE_PROVIDERS__NOOP__ANSWER", "brief");
             jail.set_env("CADRE_CONCURRENCY", "8");
             jail.set_env("CADRE_PROVIDERS__CLAUDE__KIND", "anthropic");
             jail.set_env("CADRE_PROVIDERS__CLAUDE__API_KEY_ENV", "ANTHROPIC_KEY");
@@ -274,7 +297,17 @@ mod tests {
             assert_eq!(config.knowledge_limit, 5);
             assert!(matches!(
                 config.providers.get("offline"),
-                Some(ProviderConfig::Offline { latency_ms: 25 })
+                Some(ProviderConfig::Offline {
+                    latency_ms: 25,
+                    answer: OfflineAnswer::Team
+                })
+            ));
+            assert!(matches!(
+                config.providers.get("noop"),
+                Some(ProviderConfig::Offline {
+                    latency_ms: 0,
+                    answer: OfflineAnswer::Brief
+                })
             ));
             match config.providers.get("openai") {
                 Some(ProviderConfig::OpenAiCompatible(http)) => {

@@ -49,7 +49,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{CircuitBreakerConfig, Config, HttpProviderConfig, ProviderConfig};
+pub use config::{CircuitBreakerConfig, Config, HttpProviderConfig, OfflineAnswer, ProviderConfig};
 
 use crate::calls::RunningCalls;
 use crate::knowledge::KnowledgeView;

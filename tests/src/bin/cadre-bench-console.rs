@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cadre_agent_worker::ProviderConfig;
+use cadre_agent_worker::{OfflineAnswer, ProviderConfig};
 use cadre_proto::subjects;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
 use cadre_tests::stack::LogWatch;
@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             PACED.to_owned(),
             ProviderConfig::Offline {
                 latency_ms: watched_step_ms,
+                answer: OfflineAnswer::Team,
             },
         )]),
     );

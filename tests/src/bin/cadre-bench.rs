@@ -16,6 +16,11 @@
 //!   (`BENCH_RATE / BENCH_STEPS` a second; an open loop: a start does not wait for earlier ones,
 //!   nor for `BENCH_START_PARALLELISM`), so that handoff and projection lag are measured at a
 //!   set load, as `make bench-console` offers it; 0 starts them all at once.
+//! - `BENCH_WORKLOAD`: `team` (default: each step's answer, from the offline provider, shares
+//!   two insights and a decision with the team and raises a concern, and each step ranks the
+//!   team's knowledge for its prompt) or `noop` (each step's answer is a ~200 B output and
+//!   nothing else, in a workflow that shares no knowledge: the no-op step `make bench-peers`
+//!   runs on its peers).
 //! - `BENCH_EXECUTIONS` (1000), `BENCH_STEPS` (5), `BENCH_FANOUT` (10), `BENCH_WORKFLOWS` (1,
 //!   `run` mode only), `BENCH_START_PARALLELISM` (64 concurrent HTTP clients),
 //!   `BENCH_LATENCY_MS` (0), `BENCH_WORKER_CONCURRENCY` (256), `BENCH_COORDINATOR_SHARDS` (128).
@@ -35,6 +40,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use cadre_agent_worker::OfflineAnswer;
 use cadre_proto::subjects;
 use cadre_runtime::projection::read_checkpoints;
 use cadre_tests::api::{PIPELINE_SKILLS, pipeline, team};
@@ -97,8 +103,10 @@ impl Shape {
     }
 
     /// The workflow the API takes: [`pipeline`]'s steps, rewired to this shape.
-    fn workflow(self, agent_ids: &[String], steps: usize) -> Value {
+    fn workflow(self, agent_ids: &[String], steps: usize, workload: Workload) -> Value {
         let mut workflow = pipeline("bench", agent_ids, &PIPELINE_SKILLS, steps);
+        workflow["configuration"]["coordination"]["knowledgeSharing"] =
+            json!(workload == Workload::Team);
         if let Shape::Dag { fanout } = self {
             workflow["workflowType"] = json!("parallel");
             workflow["description"] = json!(format!(
@@ -119,6 +127,33 @@ impl Shape {
             Shape::Dag { fanout } => {
                 format!("DAG (layers of {fanout}, each on the whole layer before)")
             }
+        }
+    }
+}
+
+/// What each step of the benchmark's workflow does besides its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// The offline provider's full answer in a workflow that shares knowledge: each step
+    /// ranks the team's knowledge, shares two insights and a decision and raises a concern.
+    Team,
+    /// The offline provider's brief answer (~200 B of output) in a workflow that shares no
+    /// knowledge: a no-op step, as the peers' in `make bench-peers`.
+    Noop,
+}
+
+impl Workload {
+    fn offline_answer(self) -> OfflineAnswer {
+        match self {
+            Workload::Team => OfflineAnswer::Team,
+            Workload::Noop => OfflineAnswer::Brief,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Workload::Team => "team steps (knowledge shared, a concern raised)",
+            Workload::Noop => "no-op steps (a ~200 B output, no knowledge)",
         }
     }
 }
@@ -213,6 +248,11 @@ async fn main() -> anyhow::Result<()> {
         },
         other => anyhow::bail!("BENCH_SHAPE must be 'pipeline' or 'dag', not '{other}'"),
     };
+    let workload = match choice("BENCH_WORKLOAD", "team").as_str() {
+        "team" => Workload::Team,
+        "noop" => Workload::Noop,
+        other => anyhow::bail!("BENCH_WORKLOAD must be 'team' or 'noop', not '{other}'"),
+    };
     let mode = choice("BENCH_MODE", "run");
     let (starts_only, sequential) = match mode.as_str() {
         "run" => (false, false),
@@ -231,22 +271,24 @@ async fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let workload_line = workload.describe();
     if sequential {
         println!(
             "cadre bench (sequential): {executions} executions x {steps} steps, one at a time, \
-             offline provider latency {latency_ms} ms, {cores} cores"
+             {workload_line}, offline provider latency {latency_ms} ms, {cores} cores"
         );
     } else if starts_only {
         println!(
             "cadre bench (starts): {executions} starts of one {steps}-step {} workflow from \
-             {start_parallelism} concurrent HTTP clients, offline provider latency {latency_ms} ms, \
-             worker concurrency {concurrency}, {cores} cores",
+             {start_parallelism} concurrent HTTP clients, {workload_line}, offline provider \
+             latency {latency_ms} ms, worker concurrency {concurrency}, {cores} cores",
             shape.describe()
         );
     } else {
         println!(
             "cadre bench: {executions} executions x {steps} steps over {workflows} workflow(s), \
-             offline provider latency {latency_ms} ms, worker concurrency {concurrency}, {cores} cores"
+             {workload_line}, offline provider latency {latency_ms} ms, worker concurrency \
+             {concurrency}, {cores} cores"
         );
         if rate > 0 {
             println!(
@@ -261,6 +303,7 @@ async fn main() -> anyhow::Result<()> {
 
     let stack = Stack::start_with(StackOptions {
         offline_latency_ms: latency_ms,
+        offline_answer: workload.offline_answer(),
         worker_concurrency: concurrency,
         coordinator_shards: setting("BENCH_COORDINATOR_SHARDS", 128) as usize,
         projector_max_batch: 2000,
@@ -280,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
     let mut workflow_ids = Vec::new();
     for _ in 0..workflows {
         let workflow = api
-            .create_workflow(&shape.workflow(&agent_ids, steps))
+            .create_workflow(&shape.workflow(&agent_ids, steps, workload))
             .await;
         workflow_ids.push(workflow["id"].as_str().unwrap_or_default().to_owned());
     }

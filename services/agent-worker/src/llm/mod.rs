@@ -173,10 +173,13 @@ impl Provider {
             reason,
         };
         let http = match config {
-            ProviderConfig::Offline { latency_ms } => {
+            ProviderConfig::Offline { latency_ms, answer } => {
                 return Ok(Self {
                     name: name.to_owned(),
-                    backend: Backend::Offline(Offline::new(Duration::from_millis(*latency_ms))),
+                    backend: Backend::Offline(Offline::new(
+                        Duration::from_millis(*latency_ms),
+                        *answer,
+                    )),
                     concurrency: None,
                     breaker: None,
                     max_continuations: 0,

@@ -3,26 +3,32 @@
 use std::time::Duration;
 
 use super::{ChatRequest, Completion, estimated_usage};
+use crate::config::OfflineAnswer;
 use crate::prompt::{self, PromptFacts};
 
 /// Answers without a model: the same prompt always gets the same answer, in the seed's
 /// sections, built from what the prompt says (step name, expected output, how much team
-/// knowledge it carries). Its summary says where it came from, so nobody mistakes it for work.
-/// A request's `json_schema` changes nothing: callers read the seed's sections as well.
+/// knowledge it carries), in full or brief ([`OfflineAnswer`]). Its summary says where it came
+/// from, so nobody mistakes it for work. A request's `json_schema` changes nothing: callers
+/// read the seed's sections as well.
 pub(crate) struct Offline {
     latency: Duration,
+    answer: OfflineAnswer,
 }
 
 impl Offline {
-    pub fn new(latency: Duration) -> Self {
-        Self { latency }
+    pub fn new(latency: Duration, answer: OfflineAnswer) -> Self {
+        Self { latency, answer }
     }
 
     pub async fn complete(&self, request: &ChatRequest) -> Completion {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
-        let text = offline_answer(&prompt::read_prompt(&request.system, &request.user));
+        let text = offline_answer(
+            &prompt::read_prompt(&request.system, &request.user),
+            self.answer,
+        );
         Completion {
             usage: estimated_usage(request, &text),
             text,
@@ -33,7 +39,7 @@ impl Offline {
     }
 }
 
-fn offline_answer(facts: &PromptFacts) -> String {
+fn offline_answer(facts: &PromptFacts, answer: OfflineAnswer) -> String {
     let PromptFacts {
         step_name: step,
         expected_output: expected,
@@ -54,6 +60,24 @@ APPROVED
 ## Feedback
 [offline provider] Reviewed \"{step}\" without a language model: the work is approved as it \
 stands against the expected output (\"{expected}\"); a person should review it before relying on it.
+"
+        );
+    }
+    if answer == OfflineAnswer::Brief {
+        // About 200 bytes of output, as a peer's no-op step returns: a small JSON value.
+        let output = serde_json::json!({
+            "step": step,
+            "expected": expected,
+            "knowledgeInContext": known,
+            "by": "offline provider (brief answer)",
+            "note": "a no-op step: no knowledge shared, nothing asked",
+        });
+        return format!(
+            "## Summary
+[offline provider] Completed \"{step}\" without a language model.
+
+## Output
+{output}
 "
         );
     }
@@ -90,8 +114,14 @@ mod tests {
 
     #[tokio::test]
     async fn offline_is_deterministic_labelled_and_in_the_seed_sections() {
-        let offline =
-            Provider::from_config("offline", &ProviderConfig::Offline { latency_ms: 0 }).unwrap();
+        let offline = Provider::from_config(
+            "offline",
+            &ProviderConfig::Offline {
+                latency_ms: 0,
+                answer: OfflineAnswer::Team,
+            },
+        )
+        .unwrap();
         let first = offline.complete(&request()).await.unwrap();
         let second = offline.complete(&request()).await.unwrap();
         assert_eq!(first, second);
@@ -122,8 +152,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_brief_answer_is_a_summary_and_a_small_output_and_nothing_else() {
+        let offline = Offline::new(Duration::ZERO, OfflineAnswer::Brief);
+        let completion = offline.complete(&request()).await;
+        let result = parse_step_result("Design the API", &completion.text, completion.usage);
+        assert!(
+            result.summary.starts_with("[offline provider]"),
+            "{}",
+            result.summary
+        );
+        let output: serde_json::Value = serde_json::from_str(&result.output).unwrap();
+        assert_eq!(output["step"], "Design the API");
+        assert!(
+            (100..=300).contains(&result.output.len()),
+            "{} bytes: {}",
+            result.output.len(),
+            result.output
+        );
+        assert!(result.insights.is_empty() && result.decisions.is_empty());
+        assert!(result.questions.is_empty());
+    }
+
+    #[tokio::test]
     async fn offline_latency_is_simulated() {
-        let offline = Offline::new(Duration::from_millis(50));
+        let offline = Offline::new(Duration::from_millis(50), OfflineAnswer::Team);
         let started = std::time::Instant::now();
         offline.complete(&request()).await;
         assert!(started.elapsed() >= Duration::from_millis(50));
