@@ -567,6 +567,18 @@ async fn measure_runs(
     }
     sampling.cancel();
     let peak_rss = sampler.await.unwrap_or(0);
+
+    // Let the projector finish before reading the log for the times: reading and decoding the
+    // whole run's events here would take the cores from the projector's last batches, and
+    // delay the very commit the read-model figures end at.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let checkpoint = read_checkpoints(&stack.db.pool).await?.read_models();
+        if checkpoint >= last_sequence || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (times, stored, step_events) = read_runs(&stack, first_sequence, last_sequence).await?;
     let failed = times.values().filter(|t| t.failed).count();
     let last_event = stored
@@ -579,16 +591,6 @@ async fn measure_runs(
         .map(|(_, at)| *at)
         .min()
         .unwrap_or_else(Utc::now);
-
-    // Let the projector finish, then stop everything and collect its commit times.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let checkpoint = read_checkpoints(&stack.db.pool).await?.read_models();
-        if checkpoint >= last_sequence || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let completed_rows: i64 =
         sqlx::query_scalar("SELECT count(*) FROM workflow_executions WHERE status = 'completed'")
             .fetch_one(&stack.db.pool)
