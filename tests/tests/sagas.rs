@@ -169,6 +169,20 @@ async fn a_failing_run_undoes_two_steps_in_reverse_order_then_re_plans_and_compl
             .any(|e| matches!(e, Event::ExecutionReplanned(r) if r.steps.len() == 1))
     );
 
+    // The console draws the new plan and counts its steps; the table keeps the whole run.
+    let path = format!("/console/executions/{execution_id}");
+    let page = stack.api.get(&path).await;
+    let page = page.body.as_str().unwrap_or_default();
+    for shown in [
+        "1 of 1 steps done",
+        "Re-planned (1)",
+        r#"id="node-canary" class="node st-completed""#,
+        r#"id="step-verify""#,
+    ] {
+        assert!(page.contains(shown), "{path} shows {shown:?}:\n{page}");
+    }
+    assert!(!page.contains(r#"id="node-verify""#), "{page}");
+
     let interactions = stack
         .api
         .get(&format!("/v1/executions/{execution_id}/interactions"))

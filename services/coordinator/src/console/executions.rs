@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
+
+use cadre_proto::{Event, ExecutionId, WorkflowId, subjects};
 
 use super::dag::Graph;
 use super::escalations::card;
@@ -51,7 +53,14 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
     .await?;
     let names = agent_names(&app).await?;
 
-    let graph = Graph::of(&configuration);
+    // The plan the graph and the progress bar show: the latest re-plan's steps, else the
+    // workflow's.
+    let replan = latest_replan(&app, run.workflow_id, id).await?;
+    let graph = match &replan {
+        Some(replan) => Graph::of(&json!({ "steps": replan.steps })),
+        None => Graph::of(&configuration),
+    };
+    let replanned_at = replan.as_ref().map(|replan| replan.at);
     let results = &run.step_results;
     let step_status = |step: &str| {
         results[step]["status"]
@@ -75,7 +84,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
     let done = graph
         .nodes
         .iter()
-        .filter(|n| DONE.contains(&step_status(&n.id).as_str()))
+        .filter(|n| done_in_plan(&results[n.id.as_str()], replanned_at))
         .count();
     let title = format!(
         "{} #{}",
@@ -85,7 +94,8 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
     let content = html! {
         // The names of agents that events give by id, and the steps the progress bar counts.
         div #run hidden data-execution=(id) data-agents=(json_attr(&names))
-            data-steps=(json_attr(&graph.nodes.iter().map(|n| &n.id).collect::<Vec<_>>())) {}
+            data-steps=(json_attr(&graph.nodes.iter().map(|n| &n.id).collect::<Vec<_>>()))
+            data-replanned-at=[replanned_at.map(|at| at.to_rfc3339())] {}
         h1 {
             @if let Some(w) = &workflow { a href={ "/console/workflows/" (w.id) } { (w.name) } } @else { "Execution" }
             " #" (run.execution_number) " "
@@ -109,6 +119,12 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
             @for e in &escalations { (card(e, &names)) }
         }
         h2 { "Steps" }
+        p #plan-note.note hidden[replan.is_none()] {
+            @if let Some(replan) = &replan {
+                "Re-planned (" (replan.number) "): the graph and the progress show the new plan; \
+                 the table keeps every step of the run."
+            }
+        }
         div.dag-wrap { (graph.svg(step_status)) }
         table #step-table {
             thead { tr { th scope="col" { "Step" } th scope="col" { "State" } th scope="col" { "Agent" }
@@ -117,7 +133,8 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
             tbody {
                 @for (step, name) in &rows {
                     @let r = &results[step.as_str()];
-                    tr id={ "step-" (step) } data-step=(step) {
+                    tr id={ "step-" (step) } data-step=(step)
+                        data-done-at=[done_at(r).map(|at| at.to_rfc3339())] {
                         th scope="row" { (name) br; code { (step) } }
                         td.state { (status(r["status"].as_str().unwrap_or("pending"))) }
                         td.agent { (agent_link(&names, r["agentId"].as_str().and_then(|a| a.parse().ok()))) }
@@ -181,6 +198,57 @@ fn run_actions(status: &str) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// A run's latest re-plan, as its `ExecutionReplanned` in the log says.
+struct Replan {
+    number: u32,
+    at: DateTime<Utc>,
+    steps: Vec<cadre_proto::model::WorkflowStep>,
+}
+
+/// The run's latest re-plan, read from the event log (the read models keep which steps it
+/// replaced, not the plan).
+async fn latest_replan(
+    app: &AppState,
+    workflow: Uuid,
+    execution: Uuid,
+) -> Result<Option<Replan>, PageError> {
+    let subject = subjects::execution(
+        &app.tenant,
+        WorkflowId(workflow),
+        ExecutionId(execution),
+        subjects::REPLANNED,
+    );
+    let stored = app.bus.last_event(&subject).await.map_err(|error| {
+        tracing::error!(%error, "console: reading a run's re-plan failed");
+        PageError::Unavailable
+    })?;
+    Ok(stored.and_then(|stored| match stored.envelope.event {
+        Event::ExecutionReplanned(e) => Some(Replan {
+            number: e.replan,
+            at: stored.envelope.meta.time,
+            steps: e.steps,
+        }),
+        _ => None,
+    }))
+}
+
+/// When a step's row became done (completed or skipped), if it is.
+fn done_at(result: &Value) -> Option<DateTime<Utc>> {
+    DONE.contains(&result["status"].as_str()?)
+        .then(|| at(&result["completedAt"]))
+        .flatten()
+}
+
+/// Whether a step of the plan counts as done: done, and after a re-plan done since (a step
+/// the new plan keeps runs again).
+fn done_in_plan(result: &Value, replanned_at: Option<DateTime<Utc>>) -> bool {
+    let done = DONE.contains(&result["status"].as_str().unwrap_or_default());
+    match replanned_at {
+        None => done,
+        Some(replanned_at) => done_at(result).is_some_and(|at| at >= replanned_at),
     }
 }
 

@@ -135,7 +135,10 @@
     const run = $("#run");
     const executionId = run.dataset.execution;
     const agents = JSON.parse(run.dataset.agents || "{}");
-    const steps = JSON.parse(run.dataset.steps || "[]");
+    // The plan's steps, which the graph and the progress bar show, and when the run was last
+    // re-planned (a step of the new plan counts as done only once done since).
+    let steps = JSON.parse(run.dataset.steps || "[]");
+    let replannedAt = run.dataset.replannedAt || null;
     const name = (id) => agents[id] || "an unknown agent";
 
     function badge(status) {
@@ -170,10 +173,13 @@
     }
 
     // Sets what is known of a step: its status, agent, attempt, start, end, duration.
+    const DONE = ["completed", "skipped"];
     function setStep(stepId, change, at) {
       const row = stepRow(stepId);
       if (change.status) {
         $(".state", row).replaceChildren(badge(change.status));
+        if (DONE.includes(change.status)) row.dataset.doneAt = at;
+        else delete row.dataset.doneAt;
         const node = document.getElementById("node-" + stepId);
         if (node) {
           node.setAttribute("class", "node st-" + change.status);
@@ -204,11 +210,36 @@
 
     function progress() {
       const done = steps.filter((id) => {
-        const badgeEl = $("#step-" + CSS.escape(id) + " .state .badge");
-        return badgeEl && /st-(completed|skipped)\b/.test(badgeEl.className);
+        const row = document.getElementById("step-" + id);
+        const doneAt = row && row.dataset.doneAt;
+        return doneAt && (!replannedAt || Date.parse(doneAt) >= Date.parse(replannedAt));
       }).length;
+      $("#progress").max = Math.max(steps.length, 1);
       $("#progress").value = done;
       $("#progress-text").textContent = done + " of " + steps.length + " steps done";
+    }
+
+    // A re-plan gives the run new steps: the graph of the new plan comes from the page as
+    // the server draws it once the read models reach the re-plan (`at`); the statuses the
+    // feed brought since are the table's, and go on the graph again.
+    async function redrawPlan(sequence) {
+      const response = await fetch("/console/executions/" + executionId + "?at=" + sequence);
+      if (!response.ok) return;
+      const fragment = new DOMParser().parseFromString(await response.text(), "text/html");
+      const fresh = $(".dag-wrap", fragment);
+      const note = $("#plan-note", fragment);
+      if (!fresh) return;
+      $(".dag-wrap").replaceWith(fresh);
+      if (note) $("#plan-note").replaceWith(note);
+      for (const row of $$("#step-table tbody tr[data-step]")) {
+        const node = document.getElementById("node-" + row.dataset.step);
+        const status = (($(".state .badge", row) || {}).className || "").match(/\bst-([a-z_]+)/);
+        if (node && status) {
+          node.setAttribute("class", "node st-" + status[1]);
+          $("text.state", node).textContent = status[1].replace(/_/g, " ");
+        }
+      }
+      progress();
     }
 
     function runStatus(status, at) {
@@ -320,8 +351,12 @@
         // The run's own escalation (over its time), let go on.
         if (!d.stepId && action === "continue") runStatus("running");
       },
-      replanned: (d, at) => {
+      replanned: (d, at, sequence) => {
         closeUnderWay("replaced", at);
+        steps = d.steps.map((step) => step.id);
+        replannedAt = at;
+        progress();
+        redrawPlan(sequence);
         // The replaced steps' escalations are closed: nobody can resolve them any more.
         for (const card of $$('#escalations article.escalation:not([data-kind="execution"])')) {
           removeEscalation(card.dataset.escalation);
