@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cadre_proto::streams::PROJECTIONS;
-use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -27,29 +27,6 @@ pub const PROJECTION_CHANNEL: &str = "cadre_projection";
 /// bounds how late the view can be.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
-
-/// Options of a pool of read-model sessions: each session runs [`plan_for_current_tables`]
-/// once connected. Every Cadre service's pool starts here.
-pub fn read_model_pool() -> PgPoolOptions {
-    PgPoolOptions::new()
-        .after_connect(|conn, _| Box::pin(async move { plan_for_current_tables(conn).await }))
-}
-
-/// Makes the session plan every statement for the tables as they are now
-/// (`SET plan_cache_mode = force_custom_plan`); an error if the session cannot run it.
-///
-/// The read models grow from empty to millions of rows while the services keep their
-/// connections. A prepared statement's cached generic plan keeps what the planner chose when
-/// the tables were small: after ten seconds of `make bench` from an empty database, sequential
-/// scans made the projector's keyed updates and the workers' knowledge ranking take 2-4 ms
-/// each, where an index lookup takes a tenth of that. Planning each time costs about 0.1 ms.
-/// A `SET` rather than a startup option, which poolers such as PgBouncer refuse.
-pub async fn plan_for_current_tables(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql("SET plan_cache_mode = force_custom_plan")
-        .execute(conn)
-        .await
-        .map(drop)
-}
 
 /// Every projection's checkpoint, as last read or announced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -335,22 +312,6 @@ mod tests {
         // A projection rebuilt from scratch holds the whole back.
         assert!(observe_notified(&seen, "knowledge:0"));
         assert_eq!(watermark.checkpoint(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_read_model_session_plans_every_statement_for_the_tables_as_they_are() {
-        let url = std::env::var("CADRE_ADMIN_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let pool = read_model_pool()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("Postgres at {url}: {e} (run `make test`)"));
-        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        assert_eq!(mode, "force_custom_plan");
     }
 
     /// Reached only by a waiter that failed to wake up.

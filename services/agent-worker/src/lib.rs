@@ -44,7 +44,7 @@ use cadre_proto::{streams, subjects};
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::membership::LivenessBucket;
-use cadre_runtime::projection::read_model_pool;
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -80,7 +80,7 @@ pub async fn run_with_readiness(
 ) -> anyhow::Result<()> {
     let providers =
         Providers::from_config(&config.providers).context("configuring LLM providers")?;
-    let pool = read_model_pool()
+    let pool = PgPoolOptions::new()
         .max_connections(DATABASE_CONNECTIONS)
         .connect_lazy(&config.database_url)
         .context("parsing database_url")?;

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,7 @@ use cadre_proto::TenantId;
 use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::Readiness;
 use cadre_runtime::membership;
-use cadre_runtime::projection::{ProjectionWatermark, read_model_pool};
+use cadre_runtime::projection::ProjectionWatermark;
 
 /// The CloudEvents `source` of every event the coordinator emits.
 pub(crate) const SOURCE: &str = "/cadre/coordinator";
@@ -149,7 +150,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("opening the worker registry: {e}"))?;
     // Lazy: the API's commands work while Postgres is down; only its queries answer 503.
-    let db = read_model_pool()
+    let db = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy(&config.database_url)

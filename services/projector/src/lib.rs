@@ -13,6 +13,7 @@
 //! The projector must not decide anything or publish events: a read model that disagrees with
 //! the log is fixed by replaying the log, never by writing to it.
 
+mod analyze;
 mod feed;
 mod incoming;
 mod models;
@@ -33,7 +34,7 @@ use cadre_runtime::bus::{self, EventBus};
 use cadre_runtime::health::{self, Readiness};
 use cadre_runtime::membership::{self, Membership, View};
 use serde::{Deserialize, Serialize};
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -229,16 +230,9 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
     // it does, the planner has no statistics for them, and some reads then walk or sort whole
     // tables (see migration 0018). The rebuild owes the planner what it wrote: every table of
     // the database, which holds the read models and their bookkeeping.
-    let mut conn = PgConnection::connect(&config.database_url)
-        .await
-        .context("connecting to Postgres to analyze the read models")?;
-    sqlx::query("ANALYZE")
-        .execute(&mut conn)
+    analyze::analyze(&config.database_url)
         .await
         .context("analyzing the rebuilt read models")?;
-    conn.close()
-        .await
-        .context("closing the analyzing session")?;
     Ok(RebuildReport {
         events_replayed: progress.messages,
         rejected: progress.rejected,

@@ -7,12 +7,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use cadre_runtime::projection::{PROJECTION_CHANNEL, plan_for_current_tables};
+use cadre_runtime::projection::PROJECTION_CHANNEL;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::analyze::Analyzer;
 use crate::incoming::Incoming;
 use crate::models;
 use crate::plan::{Plan, plan, sequence};
@@ -35,6 +36,7 @@ pub(crate) struct Lease {
     writer: String,
     /// The projections whose locks the session holds, each with its checkpoint.
     held: BTreeMap<Projection, u64>,
+    analyzer: Analyzer,
 }
 
 impl Lease {
@@ -80,7 +82,6 @@ impl Lease {
             .application_name(&format!("cadre-projector - {writer}"))
             .connect()
             .await?;
-        plan_for_current_tables(&mut conn).await?;
         let allowed = sqlx::query_scalar!(
             r#"SELECT pg_try_advisory_lock_shared($1) AS "locked!""#,
             SINGLE_PROJECTOR_LOCK_KEY,
@@ -92,6 +93,7 @@ impl Lease {
             conn,
             writer: writer.to_owned(),
             held: BTreeMap::new(),
+            analyzer: Analyzer::new(database_url),
         }))
     }
 
@@ -182,6 +184,7 @@ impl Lease {
     /// its own checkpoint, in one transaction: rows, applied event ids, rejections, checkpoints
     /// and notifications commit together or not at all. Returns the lowest new checkpoint.
     pub async fn project(&mut self, batch: &[Incoming]) -> Result<u64, sqlx::Error> {
+        let before = self.checkpoint();
         let mut planned = Vec::new();
         for (&projection, &checkpoint) in &self.held {
             let unapplied = &batch[batch.partition_point(|m| m.sequence <= checkpoint)..];
@@ -205,7 +208,9 @@ impl Lease {
         set_checkpoints(&mut tx, &checkpoints).await?;
         tx.commit().await?;
         self.held.extend(checkpoints);
-        Ok(self.checkpoint())
+        let now = self.checkpoint();
+        self.analyzer.moved(before, now);
+        Ok(now)
     }
 
     /// Empties the read models of every projection held and moves their checkpoints back to
@@ -570,6 +575,38 @@ mod tests {
             after.push(rows(&mut conn, table).await);
         }
         assert_eq!(after, before);
+    }
+
+    #[tokio::test]
+    async fn the_read_models_are_analyzed_as_their_position_in_the_log_doubles() {
+        let db = TestDb::create().await;
+        let mut lease = lease(&db).await;
+        let mut conn = db.connect().await;
+        let message = |sequence: u64| {
+            Incoming::decode(sequence, "cadre.events.x", Utc::now(), b"not an event")
+        };
+        project(&mut lease, &[message(1000)], 1).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!analyzed(&mut conn).await, "before 1,024");
+        // The read models' position crosses 1,024: they are analyzed in the background.
+        project(&mut lease, &[message(1030)], 1).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !analyzed(&mut conn).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not analyzed after crossing 1,024"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn analyzed(conn: &mut PgConnection) -> bool {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT analyze_count > 0 FROM pg_stat_user_tables WHERE relname = 'rejected_events'",
+        )
+        .fetch_one(conn)
+        .await
+        .unwrap()
     }
 
     #[tokio::test]
