@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -150,7 +149,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("opening the worker registry: {e}"))?;
     // Lazy: the API's commands work while Postgres is down; only its queries answer 503.
-    let db = PgPoolOptions::new()
+    let db = read::pool_options()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy(&config.database_url)

@@ -10,7 +10,10 @@
 //! doubles (1,024 events, 2,048, 4,096 ...): their statistics are never far behind, and every
 //! session's cached plans on them are made again (Postgres invalidates them when statistics
 //! change). Doubling costs a handful of runs while the tables are young and next to nothing
-//! later, when autovacuum keeps up on its own.
+//! later, when autovacuum keeps up on its own. Only tables that hold rows are analyzed: an
+//! empty one analyzed would tell the planner it stays empty, where a never-analyzed one is
+//! assumed to hold a few pages. One replica analyzes at a time (an advisory lock); the others
+//! skip that position.
 
 use std::str::FromStr;
 
@@ -21,11 +24,25 @@ use tokio::task::JoinHandle;
 /// The first log position at which the read models are analyzed; the next ones double it.
 const FIRST: u64 = 1024;
 
+/// Key of the advisory lock an analyzing session holds ("cadreANZ"), so that replicas crossing
+/// the same position analyze once.
+const ANALYZE_LOCK_KEY: i64 = 0x6361_6472_6541_4e5a;
+
 /// Starts an analyze of the read models in the background each time their position in the
 /// log crosses [`FIRST`] times a power of two, one at a time.
 pub(crate) struct Analyzer {
     database_url: String,
     running: Option<JoinHandle<()>>,
+}
+
+/// An analyze still running when its lease is dropped (the session lost, a rebuild's replay
+/// done) stops with it rather than overlap the next lease's.
+impl Drop for Analyzer {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.abort();
+        }
+    }
 }
 
 impl Analyzer {
@@ -45,7 +62,7 @@ impl Analyzer {
         }
         let database_url = self.database_url.clone();
         self.running = Some(tokio::spawn(async move {
-            match analyze(&database_url).await {
+            match analyze(&database_url, Another::Skip).await {
                 Ok(()) => tracing::debug!(position = now, "analyzed the read models"),
                 Err(error) => tracing::warn!(%error, "analyzing the read models failed"),
             }
@@ -66,14 +83,59 @@ fn crosses(before: u64, now: u64) -> bool {
     now >= next
 }
 
-/// Analyzes every table of the database (it holds the read models and their bookkeeping) on
-/// a session of its own, closed after.
-pub(crate) async fn analyze(database_url: &str) -> Result<(), sqlx::Error> {
+/// What an analyze does when another session is analyzing the read models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Another {
+    /// Waits for it, then analyzes (a rebuild owes the planner what it wrote).
+    Wait,
+    /// Leaves it to that one (a replica crossing the same position).
+    Skip,
+}
+
+/// Analyzes the tables of the database's schema that hold rows (the read models and their
+/// bookkeeping), in one statement, on a session of its own, closed after.
+pub(crate) async fn analyze(database_url: &str, another: Another) -> Result<(), sqlx::Error> {
     let mut conn = PgConnectOptions::from_str(database_url)?
         .application_name("cadre-projector - analyze")
         .connect()
         .await?;
-    sqlx::query("ANALYZE").execute(&mut conn).await?;
+    let locked = match another {
+        Another::Wait => {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(ANALYZE_LOCK_KEY)
+                .execute(&mut conn)
+                .await?;
+            true
+        }
+        Another::Skip => {
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(ANALYZE_LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await?
+        }
+    };
+    if locked {
+        // Whether a table holds rows is read from the table (a page at most), not from the
+        // statistics views, which trail the last writes by up to seconds.
+        sqlx::raw_sql(
+            "DO $$
+             DECLARE
+                 t text;
+                 filled boolean;
+             BEGIN
+                 FOR t IN SELECT quote_ident(tablename) FROM pg_tables
+                          WHERE schemaname = current_schema() ORDER BY tablename LOOP
+                     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t) INTO filled;
+                     IF filled THEN
+                         EXECUTE 'ANALYZE ' || t;
+                     END IF;
+                 END LOOP;
+             END $$",
+        )
+        .execute(&mut conn)
+        .await?;
+    }
+    // Closing the session releases the lock.
     conn.close().await
 }
 

@@ -230,7 +230,7 @@ pub async fn rebuild(config: Config) -> anyhow::Result<RebuildReport> {
     // it does, the planner has no statistics for them, and some reads then walk or sort whole
     // tables (see migration 0018). The rebuild owes the planner what it wrote: every table of
     // the database, which holds the read models and their bookkeeping.
-    analyze::analyze(&config.database_url)
+    analyze::analyze(&config.database_url, analyze::Another::Wait)
         .await
         .context("analyzing the rebuilt read models")?;
     Ok(RebuildReport {
