@@ -15,7 +15,8 @@
 #   BENCH_EXECUTIONS (1000), BENCH_STEPS (5)   the workload of both
 #   BENCH_PEERS_ROUNDS (3)                     rounds
 #   BENCH_PEERS_SEQUENTIAL (100)               executions of the low-load run
-#   BENCH_PEERS_WORKLOADS ("noop team")        Cadre's workloads (BENCH_WORKLOAD), each run
+#   BENCH_PEERS_WORKLOADS ("noop team")        Cadre's workloads (BENCH_WORKLOAD), each run;
+#                                              spaces or commas between them
 #   BENCH_IN_FLIGHT (256)                      Restate: executions in flight at once (each a
 #                                              request waiting for the workflow's result)
 #   BENCH_START_PARALLELISM (64)               Cadre: concurrent start requests
@@ -28,12 +29,24 @@ executions=${BENCH_EXECUTIONS:-1000}
 steps=${BENCH_STEPS:-5}
 rounds=${BENCH_PEERS_ROUNDS:-3}
 sequential=${BENCH_PEERS_SEQUENTIAL:-100}
-read -r -a workloads <<<"${BENCH_PEERS_WORKLOADS:-noop team}"
-for workload in "${workloads[@]}"; do
+usage() { echo "$1" >&2; exit 2; }
+workloads=()
+listed=${BENCH_PEERS_WORKLOADS-noop team}
+for workload in ${listed//,/ }; do
+  workload=${workload,,}
   case $workload in
     noop | team) ;;
-    *) echo "BENCH_PEERS_WORKLOADS takes 'noop' and 'team', not '$workload'" >&2; exit 2 ;;
+    *) usage "BENCH_PEERS_WORKLOADS takes 'noop' and 'team' (spaces or commas between them), not '$workload'" ;;
   esac
+  for seen in "${workloads[@]}"; do
+    [ "$seen" != "$workload" ] || usage "BENCH_PEERS_WORKLOADS names '$workload' twice"
+  done
+  workloads+=("$workload")
+done
+[ "${#workloads[@]}" -gt 0 ] || usage "BENCH_PEERS_WORKLOADS names no workload: 'noop', 'team' or both"
+for setting in executions steps rounds sequential; do
+  value=${!setting}
+  [[ $value =~ ^[1-9][0-9]*$ ]] || usage "the number of $setting must be a whole number above 0, not '$value'"
 done
 
 if [ -n "${NATS_SERVER_BIN:-}" ] && "$NATS_SERVER_BIN" --version >/dev/null 2>&1; then
@@ -147,7 +160,12 @@ table() {
 echo
 echo "Cadre vs Restate: $executions executions x $steps steps (throughput), $sequential executions one at a time (low load), $(nproc) cores"
 echo "$($RESTATE_SERVER_BIN --version), restate-sdk $(sed -n 's/^restate-sdk = { version = "=\([^"]*\)".*/\1/p' bench/peers/restate/Cargo.toml); full output in $logs/"
-echo "Cadre's workloads: noop = each step a ~200 B output and nothing else (the peer's workload); team = each step shares knowledge and raises a concern"
+for workload in "${workloads[@]}"; do
+  case $workload in
+    noop) echo "Cadre noop: each step's answer a ~200 B output and nothing else (the peer's workload)" ;;
+    team) echo "Cadre team: each step shares knowledge and raises a concern (make bench's default)" ;;
+  esac
+done
 echo
 table "throughput (steps/s; ratio = Cadre / Restate, above 1 is Cadre ahead)" "st/s" "${throughput_rows[@]}"
 echo

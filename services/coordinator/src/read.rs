@@ -262,6 +262,35 @@ pub async fn workflow(
     .await
 }
 
+/// Where a run's step stands in the log: the sequence of its latest scheduling, or of the
+/// first event about it if it was never scheduled (an approval, a step skipped by its
+/// condition). What the step shows is of its current plan if this comes after the run's
+/// latest re-plan.
+pub struct StepPosition {
+    pub step_id: String,
+    pub sequence: i64,
+}
+
+/// The log positions of a run's steps (see [`StepPosition`]), none for an unknown run.
+pub async fn step_positions(
+    db: &PgPool,
+    tenant: &TenantId,
+    execution: Uuid,
+) -> sqlx::Result<Vec<StepPosition>> {
+    sqlx::query_as!(
+        StepPosition,
+        r#"SELECT s.step_id AS "step_id!",
+                  coalesce(s.scheduled_sequence, s.first_sequence) AS "sequence!"
+           FROM execution_steps s
+           JOIN executions e ON e.id = s.execution_id
+           WHERE e.tenant_id = $1 AND s.execution_id = $2"#,
+        tenant.as_str(),
+        execution,
+    )
+    .fetch_all(db)
+    .await
+}
+
 pub async fn execution(
     db: &PgPool,
     tenant: &TenantId,

@@ -912,7 +912,7 @@ async fn measure_sequential(
         visible.mean() / 1000.0
     );
     println!(
-        "per step: {per_step:.2} ms (execution p50 / {steps}), mean {:.2} ms",
+        "per step: {per_step:.2} ms (execution p50 with read models visible / {steps}), mean {:.2} ms",
         visible.mean() / 1000.0 / steps as f64
     );
     for (stage, took) in &stages {

@@ -53,27 +53,42 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
     .await?;
     let names = agent_names(&app).await?;
 
-    // The plan the graph and the progress bar show: the latest re-plan's steps, else the
-    // workflow's.
-    let replan = latest_replan(&app, run.workflow_id, id).await?;
-    let graph = match &replan {
-        Some(replan) => Graph::of(&json!({ "steps": replan.steps })),
-        None => Graph::of(&configuration),
-    };
-    let replanned_at = replan.as_ref().map(|replan| replan.at);
     let results = &run.step_results;
+    let configured = Graph::of(&configuration);
+    // The plan the graph and the progress bar show: the latest re-plan's steps, else the
+    // workflow's. A step shows what it did in that plan (see `StepPosition`); a step the new
+    // plan keeps is pending until it is scheduled again.
+    let replan = latest_replan(&app, run.workflow_id, id, results).await;
+    let positions: HashMap<String, i64> = read::step_positions(&app.db, &app.tenant, id)
+        .await?
+        .into_iter()
+        .map(|p| (p.step_id, p.sequence))
+        .collect();
+    let (graph, replan_sequence) = match &replan {
+        Some(replan) => (
+            Graph::of(&json!({ "steps": replan.steps })),
+            Some(replan.sequence),
+        ),
+        None => (Graph::of(&configuration), None),
+    };
+    let in_plan = |step: &str| {
+        replan_sequence.is_none_or(|r| positions.get(step).is_some_and(|&p| p > r as i64))
+    };
     let step_status = |step: &str| {
         results[step]["status"]
             .as_str()
+            .filter(|_| in_plan(step))
             .unwrap_or("pending")
             .to_owned()
     };
-    // The configured steps, then those the run added (delegations, undoings, re-plans).
-    let mut rows: Vec<(String, String)> = graph
-        .nodes
-        .iter()
-        .map(|n| (n.id.clone(), n.name.clone()))
-        .collect();
+    // The configured steps, then those the run added (delegations, undoings, re-plans), with
+    // the names their plans gave them.
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for node in configured.nodes.iter().chain(&graph.nodes) {
+        if !rows.iter().any(|(id, _)| *id == node.id) {
+            rows.push((node.id.clone(), node.name.clone()));
+        }
+    }
     if let Some(extra) = results.as_object() {
         for step in extra.keys() {
             if !rows.iter().any(|(id, _)| id == step) {
@@ -84,7 +99,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
     let done = graph
         .nodes
         .iter()
-        .filter(|n| done_in_plan(&results[n.id.as_str()], replanned_at))
+        .filter(|n| DONE.contains(&step_status(&n.id).as_str()))
         .count();
     let title = format!(
         "{} #{}",
@@ -95,7 +110,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
         // The names of agents that events give by id, and the steps the progress bar counts.
         div #run hidden data-execution=(id) data-agents=(json_attr(&names))
             data-steps=(json_attr(&graph.nodes.iter().map(|n| &n.id).collect::<Vec<_>>()))
-            data-replanned-at=[replanned_at.map(|at| at.to_rfc3339())] {}
+            data-replan-sequence=[replan_sequence] {}
         h1 {
             @if let Some(w) = &workflow { a href={ "/console/workflows/" (w.id) } { (w.name) } } @else { "Execution" }
             " #" (run.execution_number) " "
@@ -134,7 +149,7 @@ pub(super) async fn detail(State(app): State<AppState>, Path(raw): Path<String>)
                 @for (step, name) in &rows {
                     @let r = &results[step.as_str()];
                     tr id={ "step-" (step) } data-step=(step)
-                        data-done-at=[done_at(r).map(|at| at.to_rfc3339())] {
+                        data-position=[positions.get(step.as_str())] {
                         th scope="row" { (name) br; code { (step) } }
                         td.state { (status(r["status"].as_str().unwrap_or("pending"))) }
                         td.agent { (agent_link(&names, r["agentId"].as_str().and_then(|a| a.parse().ok()))) }
@@ -204,51 +219,47 @@ fn run_actions(status: &str) -> Markup {
 /// A run's latest re-plan, as its `ExecutionReplanned` in the log says.
 struct Replan {
     number: u32,
-    at: DateTime<Utc>,
+    /// Its position in the log.
+    sequence: u64,
     steps: Vec<cadre_proto::model::WorkflowStep>,
 }
 
 /// The run's latest re-plan, read from the event log (the read models keep which steps it
-/// replaced, not the plan).
+/// replaced, not the plan), looked up only for a run that shows one (its re-planning step, or
+/// a step it replaced). If the log cannot be read, the page shows the workflow's plan.
 async fn latest_replan(
     app: &AppState,
     workflow: Uuid,
     execution: Uuid,
-) -> Result<Option<Replan>, PageError> {
+    results: &Value,
+) -> Option<Replan> {
+    let replanned = results.as_object().is_some_and(|steps| {
+        steps
+            .iter()
+            .any(|(id, entry)| id.starts_with("replan-") || entry.get("replan").is_some())
+    });
+    if !replanned {
+        return None;
+    }
     let subject = subjects::execution(
         &app.tenant,
         WorkflowId(workflow),
         ExecutionId(execution),
         subjects::REPLANNED,
     );
-    let stored = app.bus.last_event(&subject).await.map_err(|error| {
-        tracing::error!(%error, "console: reading a run's re-plan failed");
-        PageError::Unavailable
-    })?;
-    Ok(stored.and_then(|stored| match stored.envelope.event {
-        Event::ExecutionReplanned(e) => Some(Replan {
-            number: e.replan,
-            at: stored.envelope.meta.time,
-            steps: e.steps,
+    match app.bus.last_event(&subject).await {
+        Ok(stored) => stored.and_then(|stored| match stored.envelope.event {
+            Event::ExecutionReplanned(e) => Some(Replan {
+                number: e.replan,
+                sequence: stored.sequence,
+                steps: e.steps,
+            }),
+            _ => None,
         }),
-        _ => None,
-    }))
-}
-
-/// When a step's row became done (completed or skipped), if it is.
-fn done_at(result: &Value) -> Option<DateTime<Utc>> {
-    DONE.contains(&result["status"].as_str()?)
-        .then(|| at(&result["completedAt"]))
-        .flatten()
-}
-
-/// Whether a step of the plan counts as done: done, and after a re-plan done since (a step
-/// the new plan keeps runs again).
-fn done_in_plan(result: &Value, replanned_at: Option<DateTime<Utc>>) -> bool {
-    let done = DONE.contains(&result["status"].as_str().unwrap_or_default());
-    match replanned_at {
-        None => done,
-        Some(replanned_at) => done_at(result).is_some_and(|at| at >= replanned_at),
+        Err(error) => {
+            tracing::warn!(%error, %execution, "console: reading a run's re-plan failed; showing its workflow's plan");
+            None
+        }
     }
 }
 

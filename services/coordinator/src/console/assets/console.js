@@ -135,10 +135,14 @@
     const run = $("#run");
     const executionId = run.dataset.execution;
     const agents = JSON.parse(run.dataset.agents || "{}");
-    // The plan's steps, which the graph and the progress bar show, and when the run was last
-    // re-planned (a step of the new plan counts as done only once done since).
+    // The plan's steps, which the graph and the progress bar show, and where in the log the
+    // run was last re-planned: a step shows on the graph and counts as done for what it did in
+    // that plan, if its position (its latest scheduling, or its first event if never
+    // scheduled: `data-position`, as the server renders it) comes after the re-plan; a step
+    // the new plan keeps is pending until it is scheduled again.
     let steps = JSON.parse(run.dataset.steps || "[]");
-    let replannedAt = run.dataset.replannedAt || null;
+    let replanSequence = Number(run.dataset.replanSequence || 0);
+    const inPlan = (row) => !replanSequence || Number(row.dataset.position || 0) > replanSequence;
     const name = (id) => agents[id] || "an unknown agent";
 
     function badge(status) {
@@ -155,13 +159,14 @@
       return t;
     }
 
-    function stepRow(stepId) {
+    function stepRow(stepId, sequence) {
       let row = document.getElementById("step-" + stepId);
       if (!row) {
         // A step the run added (a delegation, an undoing, a re-plan).
         row = document.createElement("tr");
         row.id = "step-" + stepId;
         row.dataset.step = stepId;
+        if (sequence) row.dataset.position = sequence;
         row.innerHTML =
           '<th scope="row"></th><td class="state"></td><td class="agent"></td>' +
           '<td class="attempt"></td><td class="started"></td><td class="ended"></td>' +
@@ -172,19 +177,25 @@
       return row;
     }
 
-    // Sets what is known of a step: its status, agent, attempt, start, end, duration.
-    const DONE = ["completed", "skipped"];
-    function setStep(stepId, change, at) {
-      const row = stepRow(stepId);
+    // The status a row's badge shows.
+    const rowStatus = (row) => ((($(".state .badge", row) || {}).className || "").match(/\bst-([a-z_]+)/) || [])[1];
+
+    function paintNode(stepId, status) {
+      const node = document.getElementById("node-" + stepId);
+      if (node) {
+        node.setAttribute("class", "node st-" + status);
+        $("text.state", node).textContent = status.replace(/_/g, " ");
+      }
+    }
+
+    // Sets what is known of a step: its status, agent, attempt, start, end, duration; the
+    // event's log `sequence` moves its position when it schedules the step.
+    function setStep(stepId, change, at, sequence) {
+      const row = stepRow(stepId, sequence);
+      if (change.scheduled && sequence) row.dataset.position = sequence;
       if (change.status) {
         $(".state", row).replaceChildren(badge(change.status));
-        if (DONE.includes(change.status)) row.dataset.doneAt = at;
-        else delete row.dataset.doneAt;
-        const node = document.getElementById("node-" + stepId);
-        if (node) {
-          node.setAttribute("class", "node st-" + change.status);
-          $("text.state", node).textContent = change.status.replace(/_/g, " ");
-        }
+        paintNode(stepId, inPlan(row) ? change.status : "pending");
       }
       if (change.agentId) {
         const link = document.createElement("a");
@@ -211,8 +222,7 @@
     function progress() {
       const done = steps.filter((id) => {
         const row = document.getElementById("step-" + id);
-        const doneAt = row && row.dataset.doneAt;
-        return doneAt && (!replannedAt || Date.parse(doneAt) >= Date.parse(replannedAt));
+        return row && inPlan(row) && ["completed", "skipped"].includes(rowStatus(row));
       }).length;
       $("#progress").max = Math.max(steps.length, 1);
       $("#progress").value = done;
@@ -221,25 +231,25 @@
 
     // A re-plan gives the run new steps: the graph of the new plan comes from the page as
     // the server draws it once the read models reach the re-plan (`at`); the statuses the
-    // feed brought since are the table's, and go on the graph again.
+    // feed brought since are the table's, and go on the graph again. If the page cannot be
+    // had, the graph stays the old plan's (the table and the progress follow the new one).
     async function redrawPlan(sequence) {
-      const response = await fetch("/console/executions/" + executionId + "?at=" + sequence);
-      if (!response.ok) return;
-      const fragment = new DOMParser().parseFromString(await response.text(), "text/html");
-      const fresh = $(".dag-wrap", fragment);
-      const note = $("#plan-note", fragment);
-      if (!fresh) return;
-      $(".dag-wrap").replaceWith(fresh);
-      if (note) $("#plan-note").replaceWith(note);
-      for (const row of $$("#step-table tbody tr[data-step]")) {
-        const node = document.getElementById("node-" + row.dataset.step);
-        const status = (($(".state .badge", row) || {}).className || "").match(/\bst-([a-z_]+)/);
-        if (node && status) {
-          node.setAttribute("class", "node st-" + status[1]);
-          $("text.state", node).textContent = status[1].replace(/_/g, " ");
+      try {
+        const response = await fetch("/console/executions/" + executionId + "?at=" + sequence);
+        if (!response.ok) return;
+        const fragment = new DOMParser().parseFromString(await response.text(), "text/html");
+        const fresh = $(".dag-wrap", fragment);
+        const note = $("#plan-note", fragment);
+        if (!fresh) return;
+        $(".dag-wrap").replaceWith(fresh);
+        if (note) $("#plan-note").replaceWith(note);
+        for (const row of $$("#step-table tbody tr[data-step]")) {
+          const status = rowStatus(row);
+          if (status) paintNode(row.dataset.step, inPlan(row) ? status : "pending");
         }
+      } catch (error) {
+        console.warn("redrawing the re-planned graph failed", error);
       }
-      progress();
     }
 
     function runStatus(status, at) {
@@ -292,9 +302,7 @@
     function closeUnderWay(closed, at) {
       // Every row, not only the workflow's steps: a saga's and a re-plan's steps have rows too.
       for (const row of $$("#step-table tbody tr[data-step]")) {
-        const badgeEl = $(".state .badge", row);
-        const status = badgeEl && (badgeEl.className.match(/\bst-([a-z_]+)/) || [])[1];
-        if (UNDER_WAY.includes(status)) setStep(row.dataset.step, { status: closed }, at);
+        if (UNDER_WAY.includes(rowStatus(row))) setStep(row.dataset.step, { status: closed }, at);
       }
     }
 
@@ -323,20 +331,20 @@
     }
 
     const apply = {
-      step_scheduled: (d, at) => setStep(d.step.id, { status: "scheduled", agentId: d.agent.id, attempt: d.attempt, scheduled: true }, at),
-      step_started: (d, at) => setStep(d.stepId, { status: "running", agentId: d.agentId, attempt: d.attempt, started: true }, at),
-      step_deferred: (d, at) => setStep(d.stepId, { status: "waiting" }, at),
-      questions_asked: (d, at) => setStep(d.stepId, { status: "awaiting_answers" }, at),
-      step_completed: (d, at) => setStep(d.stepId, { status: "completed", ended: true, durationMs: d.durationMs }, at),
-      step_failed: (d, at) => setStep(d.stepId, { status: "failed", ended: true }, at),
-      step_timed_out: (d, at) => setStep(d.stepId, { status: "timed_out", ended: true }, at),
-      step_retry_scheduled: (d, at) => setStep(d.stepId, { status: "retry_waiting" }, at),
-      step_skipped: (d, at) => setStep(d.stepId, { status: "skipped" }, at),
-      step_reviewed: (d, at) => {
-        if (!d.approved) setStep(d.stepId, { status: "changes_requested" }, at);
+      step_scheduled: (d, at, seq) => setStep(d.step.id, { status: "scheduled", agentId: d.agent.id, attempt: d.attempt, scheduled: true }, at, seq),
+      step_started: (d, at, seq) => setStep(d.stepId, { status: "running", agentId: d.agentId, attempt: d.attempt, started: true }, at, seq),
+      step_deferred: (d, at, seq) => setStep(d.stepId, { status: "waiting" }, at, seq),
+      questions_asked: (d, at, seq) => setStep(d.stepId, { status: "awaiting_answers" }, at, seq),
+      step_completed: (d, at, seq) => setStep(d.stepId, { status: "completed", ended: true, durationMs: d.durationMs }, at, seq),
+      step_failed: (d, at, seq) => setStep(d.stepId, { status: "failed", ended: true }, at, seq),
+      step_timed_out: (d, at, seq) => setStep(d.stepId, { status: "timed_out", ended: true }, at, seq),
+      step_retry_scheduled: (d, at, seq) => setStep(d.stepId, { status: "retry_waiting" }, at, seq),
+      step_skipped: (d, at, seq) => setStep(d.stepId, { status: "skipped" }, at, seq),
+      step_reviewed: (d, at, seq) => {
+        if (!d.approved) setStep(d.stepId, { status: "changes_requested" }, at, seq);
       },
       step_escalated: (d, at, sequence) => {
-        setStep(d.stepId, { status: d.escalationId ? "escalated" : "escalating" }, at);
+        setStep(d.stepId, { status: d.escalationId ? "escalated" : "escalating" }, at, sequence);
         if (d.escalationId) addEscalation(d.escalationId, sequence);
       },
       escalated: (d, at, sequence) => {
@@ -353,10 +361,14 @@
       },
       replanned: (d, at, sequence) => {
         closeUnderWay("replaced", at);
-        steps = d.steps.map((step) => step.id);
-        replannedAt = at;
-        progress();
-        redrawPlan(sequence);
+        // The feed replays the run from its start: a re-plan the page was drawn with, or one
+        // before it, changes no plan.
+        if (Number(sequence) > replanSequence) {
+          steps = d.steps.map((step) => step.id);
+          replanSequence = Number(sequence);
+          progress();
+          redrawPlan(sequence);
+        }
         // The replaced steps' escalations are closed: nobody can resolve them any more.
         for (const card of $$('#escalations article.escalation:not([data-kind="execution"])')) {
           removeEscalation(card.dataset.escalation);
