@@ -1,5 +1,6 @@
 //! The web console under `/console`: HTML pages rendered on the server with maud from the same
-//! read-model queries the API answers with, and one small hand-written script
+//! read-model queries the API answers with (and, for a re-planned run, its plan from the
+//! log's `ExecutionReplanned`, which no read model keeps), and one small hand-written script
 //! (`assets/console.js`) that applies the event log's live feeds (`/v1/.../events`) to the
 //! page. Forms and buttons call the JSON API, so the console can do nothing the API cannot.
 //!
