@@ -342,6 +342,7 @@ mod tests {
     use serde_json::{Value, json};
     use sqlx::PgConnection;
 
+    use crate::analyze::FIRST;
     use crate::incoming::Incoming;
     use crate::testing::{
         Fixture, TestDb, execution, lease, payload, project, rows, workflow_status,
@@ -585,19 +586,19 @@ mod tests {
         let message = |sequence: u64| {
             Incoming::decode(sequence, "cadre.events.x", Utc::now(), b"not an event")
         };
-        project(&mut lease, &[message(1000)], 1).await;
+        project(&mut lease, &[message(FIRST - 24)], 1).await;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         assert!(
             !analyzed(&mut conn, "rejected_events").await,
-            "before 1,024"
+            "before the first position"
         );
-        // The read models' position crosses 1,024: they are analyzed in the background.
-        project(&mut lease, &[message(1030)], 1).await;
+        // The read models' position crosses the first: they are analyzed in the background.
+        project(&mut lease, &[message(FIRST + 6)], 1).await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !analyzed(&mut conn, "rejected_events").await {
             assert!(
                 std::time::Instant::now() < deadline,
-                "not analyzed after crossing 1,024"
+                "not analyzed after crossing the first position"
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
