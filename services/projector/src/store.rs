@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::analyze::Analyzer;
 use crate::incoming::Incoming;
 use crate::models;
-use crate::plan::{Plan, plan, sequence};
+use crate::plan::{Applied, Plan, plan, sequence};
 use crate::projection::Projection;
 
 /// Key of the advisory lock that the single projector of earlier releases held exclusively
@@ -183,31 +183,48 @@ impl Lease {
     /// Applies a batch (in stream order) to every projection held, each from the events after
     /// its own checkpoint, in one transaction: rows, applied event ids, rejections, checkpoints
     /// and notifications commit together or not at all. Returns the lowest new checkpoint.
+    ///
+    /// Nearly always every event is new to the projections it changes, so the rows are written
+    /// first and the events recorded after them, with the checkpoints, in one statement: at low
+    /// load a batch is a handful of statements, each a round trip, and recording first took
+    /// one of its own. When that statement finds a copy of an event applied before (one
+    /// re-published beyond JetStream's duplicate window), the transaction is rolled back and
+    /// written again in the other order, each projection folded without its copies.
     pub async fn project(&mut self, batch: &[Incoming]) -> Result<u64, sqlx::Error> {
         let before = self.checkpoint();
-        let mut planned = Vec::new();
+        let mut unapplied = Vec::new();
         for (&projection, &checkpoint) in &self.held {
-            let unapplied = &batch[batch.partition_point(|m| m.sequence <= checkpoint)..];
-            if !unapplied.is_empty() {
-                planned.push((projection, unapplied, plan(unapplied, None, &[projection])));
+            let events = &batch[batch.partition_point(|m| m.sequence <= checkpoint)..];
+            if !events.is_empty() {
+                unapplied.push((projection, events));
             }
         }
+        let mut plans: Vec<(Projection, Plan)> = unapplied
+            .iter()
+            .map(|&(projection, events)| (projection, plan(events, None, &[projection])))
+            .collect();
+        let applied = Recorded::of(&mut plans);
         let mut tx = self.conn.begin().await?;
-        let fresh = register_events(&mut tx, &planned).await?;
-        let mut checkpoints = Vec::new();
-        for (projection, unapplied, mut plan_of) in planned {
-            let fresh = fresh.get(&projection);
-            if fresh.map_or(0, HashSet::len) < plan_of.applied.len() {
-                // Some are copies of events applied before: fold the batch again without them.
-                let none = HashSet::new();
-                plan_of = plan(unapplied, Some(fresh.unwrap_or(&none)), &[projection]);
-            }
-            checkpoints.push((projection, plan_of.last_sequence));
+        for (_, plan_of) in plans {
             plan_of.write(&mut tx).await?;
         }
-        set_checkpoints(&mut tx, &checkpoints).await?;
-        tx.commit().await?;
-        self.held.extend(checkpoints);
+        let fresh = applied.record(&mut tx).await?;
+        if applied.all_fresh(&fresh) {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+            let mut tx = self.conn.begin().await?;
+            let fresh = applied.record(&mut tx).await?;
+            let none = HashSet::new();
+            for &(projection, events) in &unapplied {
+                let fresh = fresh.get(&projection).unwrap_or(&none);
+                plan(events, Some(fresh), &[projection])
+                    .write(&mut tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+        self.held.extend(applied.checkpoints);
         let now = self.checkpoint();
         self.analyzer.moved(before, now);
         Ok(now)
@@ -226,10 +243,13 @@ impl Lease {
             .execute(&mut *tx)
             .await?;
         }
-        let checkpoints: Vec<(Projection, u64)> = self.held.keys().map(|p| (*p, 0)).collect();
-        set_checkpoints(&mut tx, &checkpoints).await?;
+        let moved = Recorded {
+            events: Vec::new(),
+            checkpoints: self.held.keys().map(|p| (*p, 0)).collect(),
+        };
+        moved.record(&mut tx).await?;
         tx.commit().await?;
-        self.held.extend(checkpoints);
+        self.held.extend(moved.checkpoints);
         Ok(())
     }
 }
@@ -251,85 +271,101 @@ pub(crate) async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationTo
     }
 }
 
-/// Records each projection's applied events; returns, by projection, the ids recorded for
-/// the first time. An id already there belongs to an event the projection applied before (a
-/// copy re-published beyond JetStream's duplicate window) and must change nothing. Only events
-/// that change one of the projection's read models are recorded: a copy of any other changes
-/// nothing anyway.
-async fn register_events(
-    tx: &mut PgConnection,
-    planned: &[(Projection, &[Incoming], Plan)],
-) -> Result<HashMap<Projection, HashSet<Uuid>>, sqlx::Error> {
-    let (mut projections, mut ids, mut tenants, mut sequences) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (projection, _, plan_of) in planned {
-        for event in &plan_of.applied {
+/// What a batch records beside its rows: the events each projection applied (the ones that
+/// change one of its read models; a copy of any other changes nothing anyway) and each
+/// projection's new checkpoint.
+struct Recorded {
+    events: Vec<(Projection, Applied)>,
+    checkpoints: Vec<(Projection, u64)>,
+}
+
+impl Recorded {
+    /// Takes what `plans` applied, leaving them their rows to write.
+    fn of(plans: &mut [(Projection, Plan)]) -> Self {
+        Recorded {
+            events: plans
+                .iter_mut()
+                .flat_map(|(projection, plan_of)| {
+                    let projection = *projection;
+                    std::mem::take(&mut plan_of.applied)
+                        .into_iter()
+                        .map(move |applied| (projection, applied))
+                })
+                .collect(),
+            checkpoints: plans
+                .iter()
+                .map(|(projection, plan_of)| (*projection, plan_of.last_sequence))
+                .collect(),
+        }
+    }
+
+    /// Records the applied events in each projection's index and moves the checkpoints,
+    /// announcing each on `cadre_projection` (delivered on commit: readers waiting for the read
+    /// models to cover a position wake up then; see `cadre_runtime::projection`), in one
+    /// statement. Returns, by projection, the ids recorded for the first time: an id already
+    /// there belongs to an event the projection applied before and must change nothing.
+    async fn record(
+        &self,
+        tx: &mut PgConnection,
+    ) -> Result<HashMap<Projection, HashSet<Uuid>>, sqlx::Error> {
+        let (mut projections, mut ids, mut tenants, mut sequences) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (projection, event) in &self.events {
             projections.push(projection.name().to_owned());
             ids.push(event.event_id);
             tenants.push(event.tenant.clone());
             sequences.push(event.sequence);
         }
-    }
-    let mut fresh: HashMap<Projection, HashSet<Uuid>> = HashMap::new();
-    if ids.is_empty() {
-        return Ok(fresh);
-    }
-    let recorded = sqlx::query!(
-        "INSERT INTO projected_events (projection, event_id, tenant_id, event_sequence)
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bigint[])
-         ON CONFLICT (projection, event_id) DO NOTHING
-         RETURNING projection, event_id",
-        &projections,
-        &ids,
-        &tenants,
-        &sequences,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    for row in recorded {
-        if let Some(projection) = Projection::named(&row.projection) {
-            fresh.entry(projection).or_default().insert(row.event_id);
+        let names: Vec<String> = self
+            .checkpoints
+            .iter()
+            .map(|(p, _)| p.name().to_owned())
+            .collect();
+        let checkpoints: Vec<i64> = self.checkpoints.iter().map(|(_, c)| sequence(*c)).collect();
+        // One row whatever was recorded, so that both subqueries run: a plain `SELECT` in a
+        // `WITH` runs only where it is read.
+        let recorded = sqlx::query!(
+            r#"WITH recorded AS (
+                   INSERT INTO projected_events (projection, event_id, tenant_id, event_sequence)
+                   SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bigint[])
+                   ON CONFLICT (projection, event_id) DO NOTHING
+                   RETURNING projection, event_id
+               ), moved AS (
+                   INSERT INTO projection_checkpoints (projection, stream_sequence, updated_at)
+                   SELECT projection, stream_sequence, now()
+                   FROM UNNEST($5::text[], $6::bigint[]) AS c(projection, stream_sequence)
+                   ON CONFLICT (projection) DO UPDATE
+                   SET stream_sequence = excluded.stream_sequence, updated_at = excluded.updated_at
+                   RETURNING projection, stream_sequence
+               ), announced AS (
+                   SELECT pg_notify($7, projection || ':' || stream_sequence) FROM moved
+               )
+               SELECT (SELECT count(*) FROM announced) AS "announced!",
+                      coalesce((SELECT array_agg(projection) FROM recorded), '{}') AS "projections!",
+                      coalesce((SELECT array_agg(event_id) FROM recorded), '{}') AS "event_ids!""#,
+            &projections,
+            &ids,
+            &tenants,
+            &sequences,
+            &names,
+            &checkpoints,
+            PROJECTION_CHANNEL,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut fresh: HashMap<Projection, HashSet<Uuid>> = HashMap::new();
+        for (name, id) in recorded.projections.iter().zip(recorded.event_ids) {
+            if let Some(projection) = Projection::named(name) {
+                fresh.entry(projection).or_default().insert(id);
+            }
         }
+        Ok(fresh)
     }
-    Ok(fresh)
-}
 
-/// Moves the projections' checkpoints and announces each on `cadre_projection` (delivered on
-/// commit: readers waiting for the read models to cover a position wake up then; see
-/// `cadre_runtime::projection`).
-async fn set_checkpoints(
-    tx: &mut PgConnection,
-    checkpoints: &[(Projection, u64)],
-) -> Result<(), sqlx::Error> {
-    if checkpoints.is_empty() {
-        return Ok(());
+    /// Whether every event recorded was new to its projection (`fresh`, from [`Self::record`]).
+    fn all_fresh(&self, fresh: &HashMap<Projection, HashSet<Uuid>>) -> bool {
+        fresh.values().map(HashSet::len).sum::<usize>() == self.events.len()
     }
-    let names: Vec<String> = checkpoints
-        .iter()
-        .map(|(p, _)| p.name().to_owned())
-        .collect();
-    let sequences: Vec<i64> = checkpoints.iter().map(|(_, c)| sequence(*c)).collect();
-    sqlx::query!(
-        "INSERT INTO projection_checkpoints (projection, stream_sequence, updated_at)
-         SELECT projection, stream_sequence, now()
-         FROM UNNEST($1::text[], $2::bigint[]) AS c(projection, stream_sequence)
-         ON CONFLICT (projection) DO UPDATE
-         SET stream_sequence = excluded.stream_sequence, updated_at = excluded.updated_at",
-        &names,
-        &sequences,
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query_scalar!(
-        r#"SELECT pg_notify($1, projection || ':' || stream_sequence) AS "notified!"
-           FROM UNNEST($2::text[], $3::bigint[]) AS c(projection, stream_sequence)"#,
-        PROJECTION_CHANNEL,
-        &names,
-        &sequences,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -345,7 +381,8 @@ mod tests {
     use crate::analyze::FIRST;
     use crate::incoming::Incoming;
     use crate::testing::{
-        Fixture, TestDb, execution, lease, payload, project, rows, workflow_status,
+        Fixture, TestDb, execution, lease, payload, project, rows, rows_however_cut,
+        workflow_status,
     };
 
     /// A run through every kind of event, late and out-of-place ones included.
@@ -649,6 +686,55 @@ mod tests {
         }
         assert_eq!(after, before);
         assert_eq!(lease.checkpoint(), 2 * end);
+    }
+
+    #[tokio::test]
+    async fn runs_are_the_same_however_the_log_is_cut_into_batches() {
+        // Among them: an escalated step's late report, then a person's resolution, in one
+        // batch after the escalation's.
+        let (_, _, log) = eventful_log();
+        rows_however_cut(&log, &[log.len(), 1, 2, 3, 4, 5], "workflow_executions").await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_mixing_copies_and_new_events_applies_only_the_new_ones() {
+        let (_, _, log) = eventful_log();
+        let half = log.len() / 2;
+        let at = |sequence: u64, original: &Incoming| {
+            Incoming::decode(
+                sequence,
+                original.subject.clone(),
+                Utc::now(),
+                &payload(original),
+            )
+        };
+        // After the first half, at new sequences: each event of the second half with a copy of
+        // one of the first half before it (re-published beyond the duplicate window).
+        let end = half as u64;
+        let mixed: Vec<Incoming> = (log[half..].iter().enumerate())
+            .flat_map(|(i, new)| {
+                let sequence = end + 1 + 2 * i as u64;
+                [at(sequence, &log[i % half]), at(sequence + 1, new)]
+            })
+            .collect();
+        let only_new: Vec<Incoming> = (mixed.iter().skip(1).step_by(2))
+            .map(|new| at(new.sequence, new))
+            .collect();
+        let mut tables = Vec::new();
+        for later in [&mixed, &only_new] {
+            let db = TestDb::create().await;
+            let mut lease = lease(&db).await;
+            project(&mut lease, &log[..half], 5).await;
+            project(&mut lease, later, 4).await;
+            assert_eq!(lease.checkpoint(), mixed.last().unwrap().sequence);
+            let mut conn = db.connect().await;
+            let mut rows_of = Vec::new();
+            for table in TABLES {
+                rows_of.push(rows(&mut conn, table).await);
+            }
+            tables.push(rows_of);
+        }
+        assert_eq!(tables[0], tables[1]);
     }
 
     const TABLES: [&str; 8] = [

@@ -68,8 +68,15 @@ pub(crate) struct ExecutionRow {
 /// Changes to one step's row (`execution_steps`), folded over the batch.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StepPatch {
-    /// The step's entry in `step_results`, merged with [`merge_step`].
+    /// The step's entry in `step_results`, merged with [`merge_step`]: what the batch writes
+    /// over no entry, one of an earlier attempt, or one of the same attempt still under way.
     pub entry: Map<String, Value>,
+    /// What the batch writes over a stored entry of the same attempt that had ended: merged
+    /// from the batch's first patch decided after an end ([`follows_end`]) on, since until
+    /// then each of its patches changes nothing; `None` when there is none (the entry stays).
+    /// Folding the batch from its first patch alone would carry that patch's fields (a
+    /// worker's late report) over the ended entry with the decision that follows it.
+    pub over_ended: Option<Map<String, Value>>,
     /// Its latest assignment, where the batch scheduled it.
     pub assignment: Option<Value>,
     /// The log sequence of its latest scheduling in the batch: the `workflow_executions` view
@@ -184,15 +191,13 @@ impl Ending {
 /// overwrites the fields it names unless the attempt already ended (a worker's report after its
 /// attempt timed out is ignored, as the coordinator ignores it) and the patch is not what was
 /// decided after that end ([`follows_end`]). [`update_steps`] applies the same rule between the
-/// stored entry and a batch's folded one, so folding first gives what applying one event at a
-/// time would.
+/// stored entry and a batch's folded one (its [`StepPatch::over_ended`] over an ended entry),
+/// so folding first gives what applying one event at a time would, however the log is cut
+/// into batches.
 fn merge_step(
     current: Option<Map<String, Value>>,
     patch: Map<String, Value>,
 ) -> Map<String, Value> {
-    fn attempt(entry: &Map<String, Value>) -> u64 {
-        entry.get("attempt").and_then(Value::as_u64).unwrap_or(0)
-    }
     match current {
         None => patch,
         Some(mut current) => match attempt(&current).cmp(&attempt(&patch)) {
@@ -205,6 +210,27 @@ fn merge_step(
                 current
             }
         },
+    }
+}
+
+fn attempt(entry: &Map<String, Value>) -> u64 {
+    entry.get("attempt").and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// [`StepPatch::over_ended`] after `patch`, for the batch's entry `entry` before it.
+fn merge_over_ended(
+    over_ended: Option<Map<String, Value>>,
+    entry: &Map<String, Value>,
+    patch: &Map<String, Value>,
+) -> Option<Map<String, Value>> {
+    match (attempt(entry).cmp(&attempt(patch)), over_ended) {
+        (std::cmp::Ordering::Greater, kept) => kept,
+        // A decision carries a status that ends the attempt, so merging after it goes by the
+        // rule the stored entry would.
+        (std::cmp::Ordering::Equal, Some(decided)) => {
+            Some(merge_step(Some(decided), patch.clone()))
+        }
+        _ => follows_end(patch).then(|| patch.clone()),
     }
 }
 
@@ -253,7 +279,7 @@ const UNDER_WAY: [&str; 9] = [
 ];
 
 /// The status of a failed attempt's step while it waits for its retry, written over the
-/// attempt's end (the SQL of [`update_steps`] says the same).
+/// attempt's end.
 const RETRY_WAITING: &str = "retry_waiting";
 /// The step waits for a person to resolve its escalation (rung `person`, or an approval).
 const ESCALATED: &str = "escalated";
@@ -266,13 +292,12 @@ const ABORTED: &str = "aborted";
 /// A panel votes on the step's work: the entry holds the last vote until the tally.
 const VOTING: &str = "voting";
 /// Marks an entry as a person's resolution of the attempt's escalation, whatever status it
-/// gives the step (the SQL of [`update_steps`] says the same).
+/// gives the step.
 const RESOLVED_AT: &str = "resolvedAt";
 
 /// Whether `patch` is what the coordinator or a person decided once its attempt ended: the
 /// wait for a retry, a rung of the escalation ladder, or a person's resolution. Such a patch is
-/// written over the attempt's end (and over the escalation it resolves); the SQL of [`update_steps`]
-/// says the same.
+/// written over the attempt's end (and over the escalation it resolves).
 fn follows_end(patch: &Map<String, Value>) -> bool {
     let decided = patch
         .get("status")
@@ -304,11 +329,14 @@ impl ExecutionPatch {
         Some(match self.steps.entry(step.to_owned()) {
             btree_map::Entry::Occupied(current) => {
                 let current = current.into_mut();
+                current.over_ended =
+                    merge_over_ended(current.over_ended.take(), &current.entry, &patch);
                 current.entry = merge_step(Some(std::mem::take(&mut current.entry)), patch);
                 current.updated_at = origin.at;
                 current
             }
             btree_map::Entry::Vacant(vacant) => vacant.insert(StepPatch {
+                over_ended: follows_end(&patch).then(|| patch.clone()),
                 entry: patch,
                 assignment: None,
                 scheduled_sequence: None,
@@ -876,65 +904,58 @@ async fn update_steps(
     tx: &mut PgConnection,
     patches: &mut [ExecutionPatch],
 ) -> Result<(), sqlx::Error> {
-    let (
-        mut execution_id,
-        mut step_id,
-        mut entry,
-        mut assignment,
-        mut scheduled_sequence,
-        mut first_sequence,
-        mut updated_at,
-    ) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    let mut columns = StepColumns::default();
     for patch in patches {
         for (step, changes) in std::mem::take(&mut patch.steps) {
-            execution_id.push(patch.execution_id);
-            step_id.push(step);
-            entry.push(Value::Object(changes.entry));
-            assignment.push(changes.assignment);
-            scheduled_sequence.push(changes.scheduled_sequence);
-            first_sequence.push(changes.first_sequence);
-            updated_at.push(changes.updated_at);
+            columns.push(patch.execution_id, step, changes);
         }
     }
-    if execution_id.is_empty() {
+    if columns.execution_id.is_empty() {
         return Ok(());
     }
+    let StepColumns {
+        execution_id,
+        step_id,
+        entry,
+        over_ended,
+        assignment,
+        scheduled_sequence,
+        first_sequence,
+        updated_at,
+    } = columns;
+    // The stored entry is read in the same statement (one writer per projection: nothing
+    // changes it in between), so that an ended one takes the batch's `over_ended`.
     sqlx::query!(
         "INSERT INTO execution_steps AS s (execution_id, step_id, entry, assignment,
                                            scheduled_sequence, first_sequence, updated_at)
-         SELECT p.* FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bigint[],
-                                $6::bigint[], $7::timestamptz[])
-              AS p(execution_id, step_id, entry, assignment, scheduled_sequence, first_sequence,
-                   updated_at)
+         SELECT p.execution_id, p.step_id,
+                CASE
+                    WHEN c.entry IS NULL THEN p.entry
+                    WHEN coalesce((c.entry ->> 'attempt')::bigint, 0)
+                         > (p.entry ->> 'attempt')::bigint THEN c.entry
+                    WHEN coalesce((c.entry ->> 'attempt')::bigint, 0)
+                         < (p.entry ->> 'attempt')::bigint THEN p.entry
+                    WHEN c.entry ->> 'status' = ANY($10) THEN c.entry
+                    WHEN c.entry ->> 'status' = ANY($9) THEN c.entry || coalesce(p.over_ended, '{}')
+                    ELSE c.entry || p.entry
+                END,
+                p.assignment, p.scheduled_sequence, p.first_sequence, p.updated_at
+         FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::bigint[],
+                     $7::bigint[], $8::timestamptz[])
+              AS p(execution_id, step_id, entry, over_ended, assignment, scheduled_sequence,
+                   first_sequence, updated_at)
+         LEFT JOIN execution_steps c
+                ON c.execution_id = p.execution_id AND c.step_id = p.step_id
          WHERE EXISTS (SELECT 1 FROM executions e WHERE e.id = p.execution_id)
          ON CONFLICT (execution_id, step_id) DO UPDATE SET
-             entry = CASE
-                 WHEN coalesce((s.entry ->> 'attempt')::bigint, 0)
-                      > (EXCLUDED.entry ->> 'attempt')::bigint THEN s.entry
-                 WHEN coalesce((s.entry ->> 'attempt')::bigint, 0)
-                      < (EXCLUDED.entry ->> 'attempt')::bigint THEN EXCLUDED.entry
-                 WHEN s.entry ->> 'status' = ANY($9) THEN s.entry
-                 WHEN s.entry ->> 'status' = ANY($8)
-                      AND coalesce(EXCLUDED.entry ->> 'status', '')
-                          NOT IN ('retry_waiting', 'escalated', 'escalating')
-                      AND NOT EXCLUDED.entry ? 'resolvedAt'
-                      THEN s.entry
-                 ELSE s.entry || EXCLUDED.entry
-             END,
+             entry = EXCLUDED.entry,
              assignment = coalesce(EXCLUDED.assignment, s.assignment),
              scheduled_sequence = coalesce(EXCLUDED.scheduled_sequence, s.scheduled_sequence),
              updated_at = EXCLUDED.updated_at",
         &execution_id,
         &step_id,
         &entry,
+        over_ended as _,
         assignment as _,
         scheduled_sequence as _,
         &first_sequence,
@@ -945,6 +966,32 @@ async fn update_steps(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// The batch's step patches as the columns [`update_steps`] writes.
+#[derive(Default)]
+struct StepColumns {
+    execution_id: Vec<Uuid>,
+    step_id: Vec<String>,
+    entry: Vec<Value>,
+    over_ended: Vec<Option<Value>>,
+    assignment: Vec<Option<Value>>,
+    scheduled_sequence: Vec<Option<i64>>,
+    first_sequence: Vec<i64>,
+    updated_at: Vec<DateTime<Utc>>,
+}
+
+impl StepColumns {
+    fn push(&mut self, execution_id: Uuid, step_id: String, changes: StepPatch) {
+        self.execution_id.push(execution_id);
+        self.step_id.push(step_id);
+        self.entry.push(Value::Object(changes.entry));
+        self.over_ended.push(changes.over_ended.map(Value::Object));
+        self.assignment.push(changes.assignment);
+        self.scheduled_sequence.push(changes.scheduled_sequence);
+        self.first_sequence.push(changes.first_sequence);
+        self.updated_at.push(changes.updated_at);
+    }
 }
 
 /// One statement for every execution whose run the batch moved (its steps are written first).
