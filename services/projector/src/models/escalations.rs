@@ -89,7 +89,8 @@ impl EscalationRow {
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
     pub rows: Vec<EscalationRow>,
-    /// Escalation id -> the first resolution of a row stored by an earlier batch.
+    /// Escalation id -> the first resolution of a row stored by an earlier batch (or perhaps
+    /// stored: a batch's row may record an escalation again).
     pub resolutions: Vec<(Uuid, Resolution)>,
     /// The first end of each execution that ended in the batch.
     pub closings: Vec<Closing>,
@@ -181,7 +182,12 @@ impl Changes {
             Some(&at) => {
                 let row = &mut self.rows[at];
                 if row.settled.is_none() {
-                    row.settled = Some(Settled::Resolved(resolution));
+                    row.settled = Some(Settled::Resolved(resolution.clone()));
+                    // The batch's row may record again one stored before (its insert then
+                    // changes nothing): the stored row, if still open, takes the resolution.
+                    if self.resolved.insert(id) {
+                        self.resolutions.push((id, resolution));
+                    }
                 }
             }
             None => {
@@ -664,5 +670,19 @@ mod tests {
             "continue",
             "the run's own, resolved after the re-plans"
         );
+    }
+
+    #[tokio::test]
+    async fn an_escalation_recorded_again_then_resolved_is_resolved_however_cut() {
+        let mut f = Fixture::new();
+        let log = f.messages([
+            f.started(1),
+            f.escalated(1, EscalationRung::Person),
+            // The same decision recorded again: its batch's row is one stored already.
+            f.escalated(1, EscalationRung::Person),
+            f.resolved(1, Resolution::Retry),
+        ]);
+        let rows = rows_however_cut(&log, &[log.len(), 1, 2], "escalations").await;
+        assert_eq!(rows[0]["status"], "resolved", "{rows:#}");
     }
 }

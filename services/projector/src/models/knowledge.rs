@@ -108,11 +108,18 @@ impl Changes {
         if e.knowledge_id == e.superseded_by {
             return;
         }
+        // The last replacement wins; the time is the latest, as the statement's `greatest`
+        // keeps it over the stored one (hosts' clocks may disagree with the log's order).
+        let key = (origin.tenant.to_owned(), e.knowledge_id.0);
+        let at = self
+            .supersessions
+            .get(&key)
+            .map_or(origin.at, |earlier| earlier.at.max(origin.at));
         self.supersessions.insert(
-            (origin.tenant.to_owned(), e.knowledge_id.0),
+            key,
             Supersession {
                 superseded_by: e.superseded_by.0,
-                at: origin.at,
+                at,
             },
         );
     }
@@ -400,5 +407,24 @@ mod tests {
             assert_eq!(row(conn, k_other).await["active"], true);
         }
         assert_same_rows(&mut dbs).await;
+    }
+
+    #[tokio::test]
+    async fn an_item_superseded_twice_keeps_the_latest_time_however_cut() {
+        let mut f = Fixture::new();
+        let (a, b, c) = (f.shared("- a"), f.shared("- b"), f.shared("- c"));
+        let id = |e: &Event| match e {
+            Event::KnowledgeShared(k) => k.knowledge_id,
+            other => panic!("not knowledge: {other:?}"),
+        };
+        let (ka, kb, kc) = (id(&a), id(&b), id(&c));
+        let mut log = f.messages([a, b, c]);
+        // The hosts' clocks disagree with the log's order.
+        f.clock += chrono::Duration::seconds(100);
+        log.push(f.message(f.superseded(ka, kb)));
+        f.clock -= chrono::Duration::seconds(50);
+        log.push(f.message(f.superseded(ka, kc)));
+        crate::testing::rows_however_cut(&log, &[log.len(), 1, 2, 4], "collaboration_knowledge")
+            .await;
     }
 }

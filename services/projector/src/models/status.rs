@@ -188,6 +188,12 @@ impl Changes {
                 *row = StatusRow::of(origin, row.agent_id, None, state::IDLE);
             }
         }
+        // The first drop idles the stored rows of the run; a later one in the same batch (a
+        // re-plan, then the run's end) would find them idle already, and two source rows for
+        // one stored row would leave the statement to pick either.
+        if self.dropped.iter().any(|d| d.execution_id == execution.0) {
+            return;
+        }
         self.dropped.push(StepsDropped {
             tenant_id: origin.tenant.to_owned(),
             execution_id: execution.0,
@@ -517,5 +523,49 @@ mod tests {
         assert_eq!(table[0]["state"], "completed");
         assert_eq!(table[0]["progress"], 100);
         assert_eq!(table[0]["event_sequence"], 2);
+    }
+
+    /// With other agents' rows (a table of some size) Postgres hash-joins the stored rows with
+    /// the batch's drops, and one stored row met two of them (a re-plan, then the run's end).
+    #[tokio::test]
+    async fn a_replan_and_the_runs_end_in_one_batch_idle_the_agent_as_one_at_a_time() {
+        let mut f = Fixture::new();
+        let log = f.messages([
+            f.started(1),
+            f.scheduled(1),
+            f.step_started(1),
+            f.replanned(),
+            f.failed(),
+        ]);
+        let mut statuses = Vec::new();
+        for size in [1, 3] {
+            let db = TestDb::create().await;
+            let mut lease = lease(&db).await;
+            let mut conn = db.connect().await;
+            sqlx::raw_sql(
+                "INSERT INTO agent_status (tenant_id, agent_id, state, execution_id, progress,
+                     updated_at, event_id, event_sequence)
+                 SELECT 'default', gen_random_uuid(), 'working', gen_random_uuid(), 0, now(),
+                        gen_random_uuid(), 0
+                 FROM generate_series(1, 5000);
+                 ANALYZE agent_status;",
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            project(&mut lease, &log, size).await;
+            let status: serde_json::Value =
+                sqlx::query_scalar("SELECT to_jsonb(s) FROM agent_status s WHERE agent_id = $1")
+                    .bind(f.agent.id.0)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            statuses.push(status);
+        }
+        assert_eq!(statuses[0]["state"], "idle");
+        assert_eq!(
+            statuses[1], statuses[0],
+            "batches of 3 against one at a time"
+        );
     }
 }

@@ -94,8 +94,18 @@ impl Changes {
         };
         match self.index.get(&row.id) {
             Some(&i) => {
-                let created_at = self.rows[i].created_at;
-                self.rows[i] = TemplateRow { created_at, ..row };
+                // The first creation and the latest update, as the upsert keeps them over the
+                // stored row (hosts' clocks may disagree with the log's order).
+                let TemplateRow {
+                    created_at,
+                    updated_at,
+                    ..
+                } = self.rows[i];
+                self.rows[i] = TemplateRow {
+                    created_at,
+                    updated_at: updated_at.max(row.updated_at),
+                    ..row
+                };
             }
             None => {
                 self.index.insert(row.id, self.rows.len());
@@ -378,5 +388,15 @@ mod tests {
         for (size, t, w) in &snapshots[1..] {
             assert_eq!((t, w), (templates, workflows), "batches of {size}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_template_registered_again_keeps_the_latest_time_however_cut() {
+        let mut f = Fixture::new();
+        let mut log = vec![f.message(f.template_registered())];
+        // The hosts' clocks disagree with the log's order.
+        f.clock -= chrono::Duration::seconds(10);
+        log.push(f.message(f.template_registered()));
+        crate::testing::rows_however_cut(&log, &[1, 2], "workflow_templates").await;
     }
 }
