@@ -384,7 +384,9 @@ impl Plan {
 
     /// Writes every read model's changes inside the caller's transaction. The tables are
     /// independent (no foreign keys), so the order between models does not matter. The rows
-    /// move into the statements' arrays: a batch retried is planned again.
+    /// move into the statements' arrays: a batch retried is planned again. A batch is written
+    /// before its events are found new (see `Lease::project`), so every statement must accept
+    /// a copy of an event applied before without failing: the batch is then rolled back.
     pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         self.agents.write(tx).await?;
         self.workflows.write(tx).await?;

@@ -199,22 +199,29 @@ impl Lease {
                 unapplied.push((projection, events));
             }
         }
+        if unapplied.is_empty() {
+            return Ok(before);
+        }
         let mut plans: Vec<(Projection, Plan)> = unapplied
             .iter()
             .map(|&(projection, events)| (projection, plan(events, None, &[projection])))
             .collect();
-        let applied = Recorded::of(&mut plans);
+        let books = Bookkeeping::of(&mut plans);
         let mut tx = self.conn.begin().await?;
         for (_, plan_of) in plans {
             plan_of.write(&mut tx).await?;
         }
-        let fresh = applied.record(&mut tx).await?;
-        if applied.all_fresh(&fresh) {
+        let fresh = books.record(&mut tx).await?;
+        if books.all_fresh(&fresh) {
             tx.commit().await?;
         } else {
+            tracing::info!(
+                first = batch.first().map(|m| m.sequence),
+                "the batch holds copies of events applied before; writing it again without them"
+            );
             tx.rollback().await?;
             let mut tx = self.conn.begin().await?;
-            let fresh = applied.record(&mut tx).await?;
+            let fresh = books.record(&mut tx).await?;
             let none = HashSet::new();
             for &(projection, events) in &unapplied {
                 let fresh = fresh.get(&projection).unwrap_or(&none);
@@ -224,7 +231,7 @@ impl Lease {
             }
             tx.commit().await?;
         }
-        self.held.extend(applied.checkpoints);
+        self.held.extend(books.checkpoints);
         let now = self.checkpoint();
         self.analyzer.moved(before, now);
         Ok(now)
@@ -243,7 +250,7 @@ impl Lease {
             .execute(&mut *tx)
             .await?;
         }
-        let moved = Recorded {
+        let moved = Bookkeeping {
             events: Vec::new(),
             checkpoints: self.held.keys().map(|p| (*p, 0)).collect(),
         };
@@ -274,15 +281,15 @@ pub(crate) async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationTo
 /// What a batch records beside its rows: the events each projection applied (the ones that
 /// change one of its read models; a copy of any other changes nothing anyway) and each
 /// projection's new checkpoint.
-struct Recorded {
+struct Bookkeeping {
     events: Vec<(Projection, Applied)>,
     checkpoints: Vec<(Projection, u64)>,
 }
 
-impl Recorded {
+impl Bookkeeping {
     /// Takes what `plans` applied, leaving them their rows to write.
     fn of(plans: &mut [(Projection, Plan)]) -> Self {
-        Recorded {
+        Bookkeeping {
             events: plans
                 .iter_mut()
                 .flat_map(|(projection, plan_of)| {
@@ -322,8 +329,9 @@ impl Recorded {
             .map(|(p, _)| p.name().to_owned())
             .collect();
         let checkpoints: Vec<i64> = self.checkpoints.iter().map(|(_, c)| sequence(*c)).collect();
-        // One row whatever was recorded, so that both subqueries run: a plain `SELECT` in a
-        // `WITH` runs only where it is read.
+        // `announced` is read so that it runs: a plain `SELECT` in a `WITH` runs only where
+        // it is read (the inserts run whether read or not). The ids and their projections are
+        // aggregated in one pass, so that they pair up.
         let recorded = sqlx::query!(
             r#"WITH recorded AS (
                    INSERT INTO projected_events (projection, event_id, tenant_id, event_sequence)
@@ -341,8 +349,10 @@ impl Recorded {
                    SELECT pg_notify($7, projection || ':' || stream_sequence) FROM moved
                )
                SELECT (SELECT count(*) FROM announced) AS "announced!",
-                      coalesce((SELECT array_agg(projection) FROM recorded), '{}') AS "projections!",
-                      coalesce((SELECT array_agg(event_id) FROM recorded), '{}') AS "event_ids!""#,
+                      coalesce(r.projections, '{}') AS "projections!",
+                      coalesce(r.event_ids, '{}') AS "event_ids!"
+               FROM (SELECT array_agg(projection) AS projections, array_agg(event_id) AS event_ids
+                     FROM recorded) r"#,
             &projections,
             &ids,
             &tenants,
@@ -353,6 +363,11 @@ impl Recorded {
         )
         .fetch_one(&mut *tx)
         .await?;
+        debug_assert_eq!(
+            usize::try_from(recorded.announced).ok(),
+            Some(self.checkpoints.len()),
+            "one notification per checkpoint"
+        );
         let mut fresh: HashMap<Projection, HashSet<Uuid>> = HashMap::new();
         for (name, id) in recorded.projections.iter().zip(recorded.event_ids) {
             if let Some(projection) = Projection::named(name) {
@@ -737,13 +752,18 @@ mod tests {
         assert_eq!(tables[0], tables[1]);
     }
 
-    const TABLES: [&str; 8] = [
+    /// Every read model the eventful log fills, the event index and the rejections.
+    const TABLES: [&str; 12] = [
         "agents",
+        "agent_status",
         "collaboration_workflows",
         "workflow_executions",
+        "execution_history",
+        "agent_tasks",
         "agent_interactions",
         "escalations",
         "collaboration_knowledge",
+        "token_usage",
         "projected_events",
         "rejected_events",
     ];

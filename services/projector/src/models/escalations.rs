@@ -184,8 +184,11 @@ impl Changes {
                 if row.settled.is_none() {
                     row.settled = Some(Settled::Resolved(resolution.clone()));
                     // The batch's row may record again one stored before (its insert then
-                    // changes nothing): the stored row, if still open, takes the resolution.
-                    if self.resolved.insert(id) {
+                    // changes nothing): the stored row, if still open, takes the resolution,
+                    // unless a re-plan of the batch closed it first (defensive: the coordinator
+                    // records no escalation of a step the re-plan replaced).
+                    let execution = self.rows[at].execution_id;
+                    if !self.replanned.contains(&execution) && self.resolved.insert(id) {
                         self.resolutions.push((id, resolution));
                     }
                 }
@@ -256,8 +259,9 @@ impl Changes {
         closing
     }
 
-    /// Resolutions first, then re-plans, then ends: a resolution the fold kept came before its
-    /// escalation's re-plan or its execution's end, and a re-plan comes before the end. The
+    /// Resolutions first, then re-plans, then ends: a resolution the fold kept for a stored row
+    /// came before its escalation's re-plan or its execution's end, and a re-plan comes before
+    /// the end. The
     /// batch's own rows come last, already folded, so no statement touches them. An escalation
     /// recorded again (the same id) keeps the first row.
     pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {

@@ -1107,6 +1107,44 @@ mod tests {
     use crate::plan::{Plan, sequence};
     use crate::testing::{Fixture, TestDb, execution, lease, plan_all, project};
 
+    /// Folds `patches` as a batch does: the entry, and what it writes over an ended one.
+    fn fold(patches: &[Value]) -> (Map<String, Value>, Option<Map<String, Value>>) {
+        let mut patches = patches.iter().cloned().map(super::super::object);
+        let first = patches.next().unwrap();
+        let mut over_ended = follows_end(&first).then(|| first.clone());
+        let mut entry = first;
+        for patch in patches {
+            over_ended = merge_over_ended(over_ended, &entry, &patch);
+            entry = merge_step(Some(entry), patch);
+        }
+        (entry, over_ended)
+    }
+
+    #[test]
+    fn over_an_ended_entry_a_batch_writes_what_was_decided_and_nothing_before_it() {
+        let late = json!({"attempt": 1, "status": "completed", "output": "late"});
+        let escalated = json!({"attempt": 1, "status": ESCALATED, "escalationId": "e1"});
+        let resolved =
+            json!({"attempt": 1, "status": "completed", RESOLVED_AT: "t", "output": "by hand"});
+        // A late report, then decisions, then another late report.
+        let (entry, over_ended) = fold(&[late.clone(), escalated.clone(), resolved, late.clone()]);
+        assert_eq!(entry["output"], "by hand");
+        let over_ended = over_ended.unwrap();
+        assert_eq!(over_ended["escalationId"], "e1");
+        assert_eq!(
+            over_ended["output"], "by hand",
+            "nothing of the reports: {over_ended:?}"
+        );
+        // No decision: an ended entry stays as it is.
+        assert_eq!(fold(std::slice::from_ref(&late)).1, None);
+        // A decision, then the next attempt, then the first attempt's late report: the next
+        // attempt decided nothing yet.
+        let next = json!({"attempt": 2, "status": "scheduled"});
+        let (entry, over_ended) = fold(&[escalated, next, late]);
+        assert_eq!(entry["attempt"], 2);
+        assert_eq!(over_ended, None);
+    }
+
     fn only_patch(plan: &Plan) -> &ExecutionPatch {
         assert_eq!(plan.executions.patches.len(), 1, "{plan:?}");
         &plan.executions.patches[0]

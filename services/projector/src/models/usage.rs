@@ -85,8 +85,8 @@ impl Changes {
         });
     }
 
-    /// One row per event: a copy of an event is already kept out by the event index, and the
-    /// key makes a clash harmless.
+    /// One row per event: the key makes a copy of an event (written before the event index
+    /// finds it, and rolled back) or a clash harmless.
     pub async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         let rows = self.rows;
         if rows.is_empty() {
