@@ -79,8 +79,14 @@ pub async fn execution(client: &Client, execution: &Value) -> Result<String, Api
         cell(&workflow, "name")
     )];
     lines.push(format!("  status: {}", cell(execution, "status")));
-    if let Some(error) = execution["errorMessage"].as_str() {
-        lines.push(format!("  error: {}", short(error, 150)));
+    // The seed's `errorMessage` says why a run ended: a failure's error, a cancel's reason.
+    if let Some(why) = execution["errorMessage"].as_str() {
+        let label = if text(&execution["status"]) == "cancelled" {
+            "cancelled because"
+        } else {
+            "error"
+        };
+        lines.push(format!("  {label}: {}", short(why, 150)));
     }
     lines.push(format!(
         "  started {}, ended {}{}",

@@ -155,7 +155,8 @@ pub const EXECUTIONS: &[Column] = &[
         Some(seconds) => format!("{seconds} s"),
         None => "-".to_owned(),
     }),
-    ("ERROR", |v| {
+    // Why the run ended otherwise than completed: a failure's error or a cancel's reason.
+    ("REASON", |v| {
         v["errorMessage"]
             .as_str()
             .map(|e| short(e, 60))

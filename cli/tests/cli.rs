@@ -301,6 +301,16 @@ async fn apply_run_follow_resolve_cancel_and_api_problems() {
         "{shown}"
     );
     assert!(shown.contains("execution cancelled: not today"), "{shown}");
+    // Its reason reads as the cancel's, not as an error.
+    let described = eventually(Duration::from_secs(30), "the cancel to show", || async {
+        let shown = text(&cadre(api, &["describe", "execution", execution]).await);
+        shown.contains("status: cancelled").then_some(shown)
+    })
+    .await;
+    assert!(
+        described.contains("cancelled because: not today"),
+        "{described}"
+    );
     // A step whose provider no worker offers waits, and describe says why.
     let unserved = write(
         dir.path(),
