@@ -74,7 +74,7 @@ impl Default for Config {
     }
 }
 
-/// What the offline provider answers a step with (`answer`: `team` or `brief`).
+/// What the offline provider answers a step with (`answer`: `team`, `brief` or `fail`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OfflineAnswer {
@@ -87,6 +87,11 @@ pub enum OfflineAnswer {
     /// no knowledge and raises nothing, the benchmarks' no-op step (as a peer's no-op
     /// durable step returning a small JSON value).
     Brief,
+    /// No answer: every call fails with an error no retry can fix, as a model that rejects
+    /// every request would. Steps fail without an outside model, so retries, the escalation
+    /// ladder (a person, an agent on another provider), sagas and re-plans can be tried
+    /// offline.
+    Fail,
 }
 
 /// A model's price in US dollars per million tokens.
@@ -280,6 +285,8 @@ mod tests {
             jail.set_env("CADRE_PROVIDERS__OFFLINE__LATENCY_MS", "25");
             jail.set_env("CADRE_PROVIDERS__NOOP__KIND", "offline");
             jail.set_env("CADRE_PROVIDERS__NOOP__ANSWER", "brief");
+            jail.set_env("CADRE_PROVIDERS__BROKEN__KIND", "offline");
+            jail.set_env("CADRE_PROVIDERS__BROKEN__ANSWER", "fail");
             jail.set_env("CADRE_CONCURRENCY", "8");
             jail.set_env("CADRE_PROVIDERS__CLAUDE__KIND", "anthropic");
             jail.set_env("CADRE_PROVIDERS__CLAUDE__API_KEY_ENV", "ANTHROPIC_KEY");
@@ -307,6 +314,13 @@ mod tests {
                 Some(ProviderConfig::Offline {
                     latency_ms: 0,
                     answer: OfflineAnswer::Brief
+                })
+            ));
+            assert!(matches!(
+                config.providers.get("broken"),
+                Some(ProviderConfig::Offline {
+                    answer: OfflineAnswer::Fail,
+                    ..
                 })
             ));
             match config.providers.get("openai") {

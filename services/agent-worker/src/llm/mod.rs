@@ -345,7 +345,10 @@ impl Provider {
         sink: Option<TextSink<'_>>,
     ) -> Result<Completion, LlmError> {
         if let Backend::Offline(offline) = &self.backend {
-            let completion = offline.complete(request).await;
+            let completion = offline
+                .complete(request)
+                .await
+                .map_err(|kind| self.error(model, kind))?;
             if let Some(sink) = sink {
                 sink(&completion.text);
             }

@@ -2,15 +2,15 @@
 
 use std::time::Duration;
 
-use super::{ChatRequest, Completion, estimated_usage};
+use super::{ChatRequest, Completion, LlmErrorKind, estimated_usage};
 use crate::config::OfflineAnswer;
 use crate::prompt::{self, PromptFacts};
 
 /// Answers without a model: the same prompt always gets the same answer, in the seed's
 /// sections, built from what the prompt says (step name, expected output, how much team
-/// knowledge it carries), in full or brief ([`OfflineAnswer`]). Its summary says where it came
-/// from, so nobody mistakes it for work. A request's `json_schema` changes nothing: callers
-/// read the seed's sections as well.
+/// knowledge it carries), in full or brief ([`OfflineAnswer`]), or never (`fail`). Its summary
+/// says where it came from, so nobody mistakes it for work. A request's `json_schema` changes
+/// nothing: callers read the seed's sections as well.
 pub(crate) struct Offline {
     latency: Duration,
     answer: OfflineAnswer,
@@ -21,21 +21,32 @@ impl Offline {
         Self { latency, answer }
     }
 
-    pub async fn complete(&self, request: &ChatRequest) -> Completion {
+    /// The answer, after the simulated latency; a provider set to `fail` refuses the request
+    /// as a server would a bad one (400, not retryable).
+    pub async fn complete(&self, request: &ChatRequest) -> Result<Completion, LlmErrorKind> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
+        }
+        if self.answer == OfflineAnswer::Fail {
+            return Err(LlmErrorKind::Api {
+                status: 400,
+                code: Some("offline_fail".to_owned()),
+                message: "the offline provider is set to fail every call (answer = fail)"
+                    .to_owned(),
+                retryable: false,
+            });
         }
         let text = offline_answer(
             &prompt::read_prompt(&request.system, &request.user),
             self.answer,
         );
-        Completion {
+        Ok(Completion {
             usage: estimated_usage(request, &text),
             text,
             finish_reason: Some("stop".to_owned()),
             response_model: None,
             continuations: 0,
-        }
+        })
     }
 }
 
@@ -154,7 +165,7 @@ mod tests {
     #[tokio::test]
     async fn a_brief_answer_is_a_summary_and_a_small_output_and_nothing_else() {
         let offline = Offline::new(Duration::ZERO, OfflineAnswer::Brief);
-        let completion = offline.complete(&request()).await;
+        let completion = offline.complete(&request()).await.unwrap();
         let result = parse_step_result("Design the API", &completion.text, completion.usage);
         assert!(
             result.summary.starts_with("[offline provider]"),
@@ -177,7 +188,26 @@ mod tests {
     async fn offline_latency_is_simulated() {
         let offline = Offline::new(Duration::from_millis(50), OfflineAnswer::Team);
         let started = std::time::Instant::now();
-        offline.complete(&request()).await;
+        offline.complete(&request()).await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_provider_set_to_fail_refuses_every_call_for_good() {
+        let offline = Provider::from_config(
+            "broken",
+            &ProviderConfig::Offline {
+                latency_ms: 0,
+                answer: OfflineAnswer::Fail,
+            },
+        )
+        .unwrap();
+        let error = offline.complete(&request()).await.unwrap_err();
+        assert!(!error.is_retryable(), "{error}");
+        assert!(
+            error.to_string().contains("broken"),
+            "names the provider: {error}"
+        );
+        assert!(error.to_string().contains("answer = fail"), "{error}");
     }
 }
