@@ -5,8 +5,10 @@
 // Test code: a panic is the failure report, in helpers as in tests.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use cadre_agent_worker::{OfflineAnswer, ProviderConfig};
 use cadre_proto::Event;
 use cadre_proto::events::AssignmentReason;
 use cadre_proto::model::EscalationRung;
@@ -419,5 +421,50 @@ async fn a_run_past_its_time_for_a_person_waits_escalated_until_one_lets_it_cont
     assert_eq!(reply.body["executionStatus"], "running");
     let execution = stack.wait_until_finished(&execution_id, FINISH).await;
     assert_eq!(execution["status"], "completed", "{execution:#}");
+    stack.stop().await;
+}
+
+/// The offline provider set to fail: a step fails without an outside model, is not retried
+/// (nothing can fix the error) and climbs the ladder to a person.
+#[tokio::test]
+async fn an_agent_on_an_offline_provider_set_to_fail_reaches_a_person_without_retries() {
+    let mut stack = Stack::start().await;
+    let broken = BTreeMap::from([(
+        "broken".to_owned(),
+        ProviderConfig::Offline {
+            latency_ms: 0,
+            answer: OfflineAnswer::Fail,
+        },
+    )]);
+    stack.run_worker("broken", stack.worker_config("broken", broken));
+    let cy = stack
+        .api
+        .register_agent(&agent("Cy", "analyst", &["research"], "broken"))
+        .await;
+    let body = json!({
+        "name": "Offline failure", "description": "A step that cannot succeed.",
+        "workflowType": "pipeline", "participatingAgents": [cy["id"]],
+        "configuration": {
+            "steps": [step("build", &[], "implementation")],
+            "constraints": { "maxRetries": 3 },
+            "escalation": { "ladder": ["person"] }
+        }
+    });
+    let workflow_id = stack.api.create_workflow(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (execution_id, _) = stack.api.start_execution(&workflow_id).await;
+    let escalation = open_escalation(&stack, &execution_id).await;
+    let failures = escalation["context"]["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "one attempt, no retry: {escalation:#}");
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(error.contains("answer = fail"), "{error}");
+    let log = stack.execution_events(&workflow_id, &execution_id).await;
+    let attempts = log
+        .iter()
+        .filter(|e| matches!(e, Event::StepScheduled(_)))
+        .count();
+    assert_eq!(attempts, 1);
     stack.stop().await;
 }
