@@ -687,3 +687,60 @@ async fn a_workflow_from_a_template_is_applied_run_and_described() {
 
     stack.stop().await;
 }
+
+/// `examples/escalation.yaml` as its comments tell: a worker offering the offline provider set
+/// to fail, the build climbing the ladder to a person, who provides its output; the run then
+/// completes.
+#[tokio::test]
+async fn the_escalation_example_climbs_to_a_person_who_provides_the_output() {
+    let mut stack = Stack::start().await;
+    let broken = std::collections::BTreeMap::from([(
+        "broken".to_owned(),
+        cadre_agent_worker::ProviderConfig::Offline {
+            latency_ms: 0,
+            answer: cadre_agent_worker::OfflineAnswer::Fail,
+        },
+    )]);
+    stack.run_worker("broken", stack.worker_config("broken", broken));
+    let api = stack.api.base().to_owned();
+    let api = api.as_str();
+    let applied = cadre(api, &["apply", "-f", &example("escalation.yaml")]).await;
+    assert!(applied.status.success(), "{}", text(&applied));
+    let started = json(&cadre(api, &["run", "Fragile release", "-o", "json"]).await);
+    let execution = started["executionId"].as_str().unwrap().to_owned();
+
+    let escalation = open_escalation(api).await;
+    assert_eq!(escalation["stepId"], "build", "{escalation:#}");
+    let failures = escalation["context"]["failures"].as_array().unwrap();
+    assert_eq!(
+        failures.len(),
+        2,
+        "Cy's attempt, then Dee's: {escalation:#}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let output = write(dir.path(), "build.txt", "v1.2.0 built by hand\n");
+    let resolved = cadre(
+        api,
+        &[
+            "resolve",
+            escalation["id"].as_str().unwrap(),
+            "--action",
+            "provide-output",
+            "--output-file",
+            &output,
+            "--summary",
+            "Built by hand",
+        ],
+    )
+    .await;
+    assert!(resolved.status.success(), "{}", text(&resolved));
+    let done = stack
+        .wait_until_finished(&execution, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(
+        done["stepResults"]["build"]["output"],
+        "v1.2.0 built by hand\n"
+    );
+    stack.stop().await;
+}
