@@ -112,7 +112,14 @@ measure() {
     printf -v "figure_restate_$measure" '%s' "$result"
     return
   fi
-  for workload in "${workloads[@]}"; do
+  # Odd rounds run the workloads in the order listed, even rounds in reverse, so that no
+  # workload always runs right after Restate or always on a machine warmed by the other.
+  local order=("${workloads[@]}") i
+  if [ $((round % 2)) -eq 0 ]; then
+    order=()
+    for ((i = ${#workloads[@]} - 1; i >= 0; i--)); do order+=("${workloads[i]}"); done
+  fi
+  for workload in "${order[@]}"; do
     run "round$round-cadre-$workload-$measure" "$mode" "$n" "$cadre_bin" "$workload"
     printf -v "figure_cadre_${workload}_$measure" '%s' "$result"
   done
